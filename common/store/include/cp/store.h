@@ -1,0 +1,117 @@
+/*
+ * cp/store.h: the PostgreSQL store.
+ *
+ * A cp_store is a small pool of libpq connections to one database. Each
+ * connection prepares the statements of the statement table lazily, once,
+ * and reuses them. Functions never log; failures come back as a negative
+ * errno-style value with reterr holding the message and the SQLSTATE.
+ *
+ * Threads: every function here is safe to call from any thread at the same
+ * time; each call borrows a pooled connection for its duration and blocks
+ * while none is free. The pool reconnects a connection found broken.
+ *
+ * Scope: every statement about tenant data takes an account id and is
+ * filtered by it; nothing reads or writes another account's rows.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "cp/error.h"
+
+typedef struct cp_store cp_store;
+
+/* Opens a pool of pool_size (1..256) connections to dsn (libpq conninfo
+ * or URI). Connections are made on demand; this call makes the first one
+ * so a bad DSN fails here. *ret is owned by the caller, freed with
+ * cp_store_free(). */
+int cp_store_open(const char *dsn, unsigned pool_size, cp_store **ret, cp_error *reterr);
+/* Closes every connection; waits for none. Accepts NULL; returns NULL. */
+cp_store *cp_store_free(cp_store *s);
+
+/* Runs SELECT 1 on a pooled connection. */
+int cp_store_ping(cp_store *s, cp_error *reterr);
+
+/* ---- migrations (store-migrate.c) ---------------------------------------
+ * The migrations in sql/migrations/ are compiled into the binary. Applying
+ * them takes a session advisory lock, so replicas that start together
+ * apply each migration exactly once; each is recorded in
+ * schema_migrations(version, name, checksum, applied_at). An applied
+ * migration whose checksum differs from the compiled one is an error
+ * (-EBADMSG, reterr names it): migrations are forward-only and never
+ * edited after they land. Versions in the database the binary does not
+ * know (a newer replica ran first) are tolerated and counted. */
+typedef struct cp_store_migrate_result {
+        unsigned applied;       /* migrations applied by this call */
+        unsigned current;       /* known migrations already present before */
+        unsigned unknown;       /* recorded versions newer than this binary */
+} cp_store_migrate_result;
+
+int cp_store_migrate(cp_store *s, cp_store_migrate_result *ret, cp_error *reterr);
+/* Checks without changing anything; returns 1 when every compiled
+ * migration is applied with a matching checksum, 0 when some are pending,
+ * or a negative error (-EBADMSG on a checksum mismatch). */
+int cp_store_migrations_current(cp_store *s, cp_error *reterr);
+
+/* ---- fenced peer status (store-peer.c) -----------------------------------
+ * Both are one UPDATE, no transaction wrapper and no read before the write
+ * (netbird-protocol.md section 5.2). last_seen comes from the database
+ * clock (CURRENT_TIMESTAMP).
+ *
+ * mark_connected lands only when the stored session token is smaller than
+ * token; it sets connected, last_seen, the token and clears login_expired.
+ * mark_disconnected lands only when the stored token equals token; it sets
+ * disconnected, last_seen and token 0. A token of 0 never touches the row.
+ *
+ * Return 1 when the UPDATE landed, 0 when it was fenced off (stale, or no
+ * such peer in that account), negative on error. */
+int cp_store_peer_mark_connected(cp_store *s, const char *account_id, const char *peer_id,
+                                 int64_t token, cp_error *reterr);
+int cp_store_peer_mark_disconnected(cp_store *s, const char *account_id, const char *peer_id,
+                                    int64_t token, cp_error *reterr);
+
+/* The current status columns of one peer, for callers and tests. */
+typedef struct cp_store_peer_status {
+        bool connected;
+        bool login_expired;
+        bool requires_approval;
+        int64_t session_started_at;     /* the session token, 0 = none */
+        int64_t last_seen_unix_ns;      /* 0 when NULL */
+} cp_store_peer_status;
+
+/* Returns 0 and fills *ret, -ENOENT when the peer is not in the account. */
+int cp_store_peer_get_status(cp_store *s, const char *account_id, const char *peer_id,
+                             cp_store_peer_status *ret, cp_error *reterr);
+
+/* ---- accounts (store-account.c) ------------------------------------------
+ * Creates an account the way NetBird creates one: a random /16 inside
+ * 100.64.0.0/10, serial 0, default settings (login expiration on, 24 h),
+ * the "All" group and the "Default" All->All accept policy, an owner user,
+ * a personal access token for that user and a reusable setup key. All in
+ * one transaction: either everything exists afterwards or nothing does.
+ *
+ * The secrets are returned in plain text once and stored only hashed. */
+typedef struct cp_store_account_spec {
+        const char *name;               /* owner user's name, e.g. "admin" */
+        const char *domain;             /* account domain, may be NULL */
+        const char *dns_domain;         /* peer FQDN suffix, NULL = netbird.selfhosted */
+        const char *setup_key_name;     /* NULL = "Default key" */
+        int64_t setup_key_ttl_s;        /* 0 = never expires */
+} cp_store_account_spec;
+
+typedef struct cp_store_account_created {
+        char account_id[32];
+        char user_id[32];
+        char setup_key_id[32];
+        char setup_key[40];             /* plain text, e.g. 36-char UUID form */
+        char pat_id[32];
+        char admin_token[48];           /* plain text nbp_… token */
+        char network_cidr[24];          /* e.g. 100.77.0.0/16 */
+} cp_store_account_created;
+
+int cp_store_account_create(cp_store *s, const cp_store_account_spec *spec,
+                            cp_store_account_created *ret, cp_error *reterr);
+
+/* Number of accounts; used by bootstrap to stay idempotent. */
+int cp_store_account_count(cp_store *s, int64_t *ret, cp_error *reterr);

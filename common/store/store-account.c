@@ -1,0 +1,153 @@
+#include "cp/base.h"
+#include "cp/crypto.h"
+#include "cp/util.h"
+#include "store-int.h"
+
+/* NetBird activity codes used here (netbird-protocol.md section 7). */
+enum {
+        ACTIVITY_ACCOUNT_CREATED = 4,
+        ACTIVITY_POLICY_ADDED = 9,
+        ACTIVITY_SETUP_KEY_CREATED = 12,
+        ACTIVITY_GROUP_CREATED = 16,
+        ACTIVITY_PAT_CREATED = 41,
+};
+
+#define PAT_TTL_DAYS "365"
+
+int cp_store_account_count(cp_store *s, int64_t *ret, cp_error *reterr) {
+        _cleanup_pgresult_ PGresult *res = NULL;
+        cp_store_conn *c;
+        int r;
+
+        r = cp_store__acquire(s, &c, reterr);
+        if (r < 0)
+                return r;
+        r = cp_store__exec(c, ST_ACCOUNT_COUNT, NULL, &res, reterr);
+        cp_store__release(s, c);
+        if (r < 0)
+                return r;
+        *ret = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+        return 0;
+}
+
+static int event(cp_store_conn *c, int activity, const char *initiator, const char *target,
+                 const char *account, const char *meta, cp_error *reterr) {
+        char code[12];
+        const char *params[5] = { code, initiator, target, account, meta };
+
+        (void) snprintf(code, sizeof code, "%d", activity);
+        return cp_store__exec(c, ST_EVENT_INSERT, params, NULL, reterr);
+}
+
+/* All inserts of one new account, inside the caller's transaction. */
+static int insert_all(cp_store_conn *c, const cp_store_account_spec *spec,
+                      cp_store_account_created *out, cp_error *reterr) {
+        char all_id[CP_ID_LEN + 1], policy_id[CP_ID_LEN + 1], rule_id[CP_ID_LEN + 1];
+        char hash[CP_SHA256_B64_LEN], masked[10], ttl[24], groups[CP_ID_LEN + 3];
+        const char *name = spec->name && *spec->name ? spec->name : "admin";
+        int r;
+
+        cp_id_new(out->account_id);
+        cp_id_new(out->user_id);
+        cp_id_new(out->setup_key_id);
+        cp_id_new(out->pat_id);
+        cp_id_new(all_id);
+        cp_id_new(policy_id);
+        cp_id_new(rule_id);
+        /* A random /16 inside 100.64.0.0/10, as NetBird allocates. */
+        (void) snprintf(out->network_cidr, sizeof out->network_cidr, "100.%u.0.0/16",
+                        64u + (unsigned) cp_random_uniform(64));
+
+        const char *acct[6] = { out->account_id, out->user_id, spec->domain ? spec->domain : "",
+                                out->account_id, out->network_cidr,
+                                spec->dns_domain ? spec->dns_domain : "" };
+        r = cp_store__exec(c, ST_ACCOUNT_INSERT, acct, NULL, reterr);
+        if (r < 0)
+                return r;
+
+        const char *grp[4] = { all_id, out->account_id, "All", "api" };
+        r = cp_store__exec(c, ST_GROUP_INSERT, grp, NULL, reterr);
+        if (r < 0)
+                return r;
+
+        (void) snprintf(groups, sizeof groups, "{%s}", all_id);
+        const char *pol[5] = { policy_id, out->account_id, "Default",
+                               "This is a default policy that allows connections between all the resources",
+                               "true" };
+        r = cp_store__exec(c, ST_POLICY_INSERT, pol, NULL, reterr);
+        if (r < 0)
+                return r;
+        const char *rule[11] = { rule_id, policy_id, out->account_id, "Default",
+                                 "This is a default rule that allows connections between all the resources",
+                                 "true", "accept", "true", "all", groups, groups };
+        r = cp_store__exec(c, ST_POLICY_RULE_INSERT, rule, NULL, reterr);
+        if (r < 0)
+                return r;
+
+        const char *user[7] = { out->user_id, out->account_id, "owner", "false", "true", "", name };
+        r = cp_store__exec(c, ST_USER_INSERT, user, NULL, reterr);
+        if (r < 0)
+                return r;
+
+        cp_crypto_pat_new(out->admin_token);
+        cp_crypto_pat_hash(out->admin_token, hash);
+        const char *pat[7] = { out->pat_id, out->account_id, out->user_id, "bootstrap admin token",
+                               hash, PAT_TTL_DAYS, out->user_id };
+        r = cp_store__exec(c, ST_PAT_INSERT, pat, NULL, reterr);
+        if (r < 0)
+                return r;
+
+        cp_crypto_setup_key_new(out->setup_key);
+        r = cp_crypto_setup_key_hash(out->setup_key, hash);
+        if (r < 0)
+                return cp_error_set(reterr, r, "cannot hash setup key");
+        cp_crypto_setup_key_mask(out->setup_key, masked);
+        (void) snprintf(ttl, sizeof ttl, "%" PRId64, spec->setup_key_ttl_s > 0 ? spec->setup_key_ttl_s : 0);
+        const char *key[10] = { out->setup_key_id, out->account_id, hash, masked,
+                                spec->setup_key_name ? spec->setup_key_name : "Default key",
+                                "reusable", ttl, "0", "{}", "false" };
+        r = cp_store__exec(c, ST_SETUP_KEY_INSERT, key, NULL, reterr);
+        if (r < 0)
+                return r;
+
+        /* The activity log NetBird writes for the same steps. */
+        r = event(c, ACTIVITY_ACCOUNT_CREATED, out->user_id, out->account_id, out->account_id, "{}", reterr);
+        if (r >= 0)
+                r = event(c, ACTIVITY_GROUP_CREATED, out->user_id, all_id, out->account_id,
+                          "{\"name\":\"All\"}", reterr);
+        if (r >= 0)
+                r = event(c, ACTIVITY_POLICY_ADDED, out->user_id, policy_id, out->account_id,
+                          "{\"name\":\"Default\"}", reterr);
+        if (r >= 0)
+                r = event(c, ACTIVITY_PAT_CREATED, out->user_id, out->pat_id, out->account_id,
+                          "{\"name\":\"bootstrap admin token\"}", reterr);
+        if (r >= 0)
+                r = event(c, ACTIVITY_SETUP_KEY_CREATED, out->user_id, out->setup_key_id, out->account_id,
+                          "{\"name\":\"Default key\",\"type\":\"reusable\"}", reterr);
+        return r;
+}
+
+int cp_store_account_create(cp_store *s, const cp_store_account_spec *spec,
+                            cp_store_account_created *ret, cp_error *reterr) {
+        cp_store_account_created out = { 0 };
+        cp_store_conn *c;
+        int r;
+
+        r = cp_store__acquire(s, &c, reterr);
+        if (r < 0)
+                return r;
+        r = cp_store__command(c, "BEGIN", reterr);
+        if (r >= 0)
+                r = insert_all(c, spec, &out, reterr);
+        if (r >= 0)
+                r = cp_store__command(c, "COMMIT", reterr);
+        if (r < 0) {
+                (void) cp_store__command(c, "ROLLBACK", NULL);
+                cp_error_prefix(reterr, "creating account");
+        }
+        cp_store__release(s, c);
+        if (r >= 0)
+                *ret = out;
+        cp_explicit_bzero(&out, sizeof out);
+        return r;
+}

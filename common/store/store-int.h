@@ -1,0 +1,82 @@
+/*
+ * store-int.h: internals shared by the store's .c files; not exported.
+ */
+#pragma once
+
+#include <libpq-fe.h>
+#include <pthread.h>
+
+#include "cp/store.h"
+
+/* One compiled-in migration (generated from sql/migrations by embed.py). */
+typedef struct cp_store_migration {
+        int version;
+        const char *name;
+        const char *sql;
+} cp_store_migration;
+
+extern const cp_store_migration cp_store__migrations[];
+extern const size_t cp_store__n_migrations;
+
+/* The statement table: every prepared statement the store runs. The enum
+ * indexes cp_store__statements[] in store.c. */
+typedef enum cp_store_stmt {
+        ST_PING,
+        ST_PEER_CONNECT,
+        ST_PEER_DISCONNECT,
+        ST_PEER_STATUS,
+        ST_ACCOUNT_COUNT,
+        ST_ACCOUNT_INSERT,
+        ST_GROUP_INSERT,
+        ST_POLICY_INSERT,
+        ST_POLICY_RULE_INSERT,
+        ST_USER_INSERT,
+        ST_PAT_INSERT,
+        ST_SETUP_KEY_INSERT,
+        ST_EVENT_INSERT,
+        _ST_MAX,
+} cp_store_stmt;
+
+typedef struct cp_store_conn {
+        PGconn *pg;
+        bool in_use;
+        bool prepared[_ST_MAX];
+} cp_store_conn;
+
+struct cp_store {
+        char *dsn;
+        unsigned size;
+        pthread_mutex_t lock;
+        pthread_cond_t cond;
+        cp_store_conn *conns;
+};
+
+/* Borrows a connection (connecting it if needed); blocks while all are in
+ * use. Returns 0 and *ret, or a negative error when connecting failed. */
+int cp_store__acquire(cp_store *s, cp_store_conn **ret, cp_error *reterr);
+/* Gives the connection back. A connection that went bad is closed here and
+ * reconnected by the next acquire. */
+void cp_store__release(cp_store *s, cp_store_conn *c);
+
+/* Executes a prepared statement with text parameters (NULL = SQL NULL).
+ * On success returns 0 and hands the PGresult to *ret (caller PQclear()s;
+ * ret may be NULL to discard). On failure fills reterr (SQLSTATE kept) and
+ * returns: -EEXIST unique violation, -ENOENT foreign key violation,
+ * -EINVAL check/invalid input, -ECONNRESET connection lost, -EIO else. */
+int cp_store__exec(cp_store_conn *c, cp_store_stmt st, const char *const *params,
+                   PGresult **ret, cp_error *reterr);
+
+/* Runs a simple command without parameters (BEGIN, COMMIT, migration SQL). */
+int cp_store__command(cp_store_conn *c, const char *sql, cp_error *reterr);
+
+/* Fills reterr from a failed result or connection; returns the errno code. */
+int cp_store__error(PGconn *pg, const PGresult *res, cp_error *reterr);
+
+/* Number of rows changed by a command result. */
+int64_t cp_store__affected(const PGresult *res);
+
+static inline void cp_store__pqclearp(PGresult **r) {
+        if (*r)
+                PQclear(*r);
+}
+#define _cleanup_pgresult_ _cleanup_(cp_store__pqclearp)

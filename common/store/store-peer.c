@@ -1,0 +1,66 @@
+#include "cp/base.h"
+#include "store-int.h"
+
+/* Runs one fenced UPDATE and reports whether it landed. */
+static int fenced_update(cp_store *s, cp_store_stmt st, const char *account_id,
+                         const char *peer_id, int64_t token, cp_error *reterr) {
+        _cleanup_pgresult_ PGresult *res = NULL;
+        char tok[24];
+        const char *params[3] = { account_id, peer_id, tok };
+        cp_store_conn *c;
+        int r;
+
+        if (!account_id || !peer_id)
+                return cp_error_set(reterr, -EINVAL, "account and peer id are required");
+        (void) snprintf(tok, sizeof tok, "%" PRId64, token);
+
+        r = cp_store__acquire(s, &c, reterr);
+        if (r < 0)
+                return r;
+        r = cp_store__exec(c, st, params, &res, reterr);
+        cp_store__release(s, c);
+        if (r < 0)
+                return r;
+        return cp_store__affected(res) > 0 ? 1 : 0;
+}
+
+int cp_store_peer_mark_connected(cp_store *s, const char *account_id, const char *peer_id,
+                                 int64_t token, cp_error *reterr) {
+        /* Tokens are positive: 0 means "no session" and is the oldest. */
+        if (token <= 0)
+                return cp_error_set(reterr, -EINVAL, "session token must be positive, got %" PRId64, token);
+        return fenced_update(s, ST_PEER_CONNECT, account_id, peer_id, token, reterr);
+}
+
+int cp_store_peer_mark_disconnected(cp_store *s, const char *account_id, const char *peer_id,
+                                    int64_t token, cp_error *reterr) {
+        /* "= 0" would match every peer that never connected. */
+        if (token == 0)
+                return 0;
+        return fenced_update(s, ST_PEER_DISCONNECT, account_id, peer_id, token, reterr);
+}
+
+int cp_store_peer_get_status(cp_store *s, const char *account_id, const char *peer_id,
+                             cp_store_peer_status *ret, cp_error *reterr) {
+        _cleanup_pgresult_ PGresult *res = NULL;
+        const char *params[2] = { account_id, peer_id };
+        cp_store_conn *c;
+        int r;
+
+        r = cp_store__acquire(s, &c, reterr);
+        if (r < 0)
+                return r;
+        r = cp_store__exec(c, ST_PEER_STATUS, params, &res, reterr);
+        cp_store__release(s, c);
+        if (r < 0)
+                return r;
+        if (PQntuples(res) != 1)
+                return cp_error_set(reterr, -ENOENT, "peer %s not found in account %s", peer_id, account_id);
+
+        ret->connected = PQgetvalue(res, 0, 0)[0] == 't';
+        ret->login_expired = PQgetvalue(res, 0, 1)[0] == 't';
+        ret->requires_approval = PQgetvalue(res, 0, 2)[0] == 't';
+        ret->session_started_at = strtoll(PQgetvalue(res, 0, 3), NULL, 10);
+        ret->last_seen_unix_ns = strtoll(PQgetvalue(res, 0, 4), NULL, 10) * 1000;
+        return 0;
+}

@@ -1,0 +1,366 @@
+/*
+ * Fenced peer status against a real PostgreSQL (netbird-protocol.md 5.2):
+ * a connect lands only with a strictly newer session token, a disconnect
+ * only with the token that owns the row, and a token of 0 never touches it.
+ */
+#include "cp/base.h"
+#include "cp/store.h"
+#include "cp/util.h"
+#include "cptest.h"
+#include "testdb.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+
+#define SEC 1000000000LL
+
+typedef struct fixture {
+        cptest_db *db;
+        cp_store *store;
+        cp_store_account_created acct;
+        char peer_id[CP_ID_LEN + 1];
+} fixture;
+
+/* A migrated database with one account and one never-connected peer. */
+static void fixture_init(fixture *f, unsigned pool) {
+        cp_store_account_spec spec = { .name = "fence" };
+        cp_error err = { 0 };
+        char key[64];
+
+        f->db = cptest_db_new_migrated(pool, &f->store);
+        ASSERT_OK(cp_store_account_create(f->store, &spec, &f->acct, &err), &err);
+        cp_id_new(f->peer_id);
+        (void) snprintf(key, sizeof key, "key-%s", f->peer_id);
+        const char *p[3] = { f->peer_id, f->acct.account_id, key };
+        free(cptest_db_query(f->db,
+                "INSERT INTO peers (id, account_id, key, ip, dns_label) VALUES ($1, $2, $3, '100.64.0.1', 'p1')",
+                3, p));
+}
+
+static void fixture_release(fixture *f) {
+        f->store = cp_store_free(f->store);
+        f->db = cptest_db_free(f->db);
+}
+
+static cp_store_peer_status status(fixture *f) {
+        cp_store_peer_status st;
+        cp_error err = { 0 };
+
+        ASSERT_OK(cp_store_peer_get_status(f->store, f->acct.account_id, f->peer_id, &st, &err), &err);
+        return st;
+}
+
+static int connect_(fixture *f, int64_t t) {
+        cp_error err = { 0 };
+        int r = cp_store_peer_mark_connected(f->store, f->acct.account_id, f->peer_id, t, &err);
+        ASSERT_OK(r, &err);
+        return r;
+}
+
+static int disconnect_(fixture *f, int64_t t) {
+        cp_error err = { 0 };
+        int r = cp_store_peer_mark_disconnected(f->store, f->acct.account_id, f->peer_id, t, &err);
+        ASSERT_OK(r, &err);
+        return r;
+}
+
+TEST(matching_disconnect_lands) {
+        fixture f;
+        int64_t t = cp_now_unix_ns();
+
+        fixture_init(&f, 2);
+        ASSERT_EQ(1, connect_(&f, t));
+        cp_store_peer_status st = status(&f);
+        ASSERT_TRUE(st.connected);
+        ASSERT_EQ(t, st.session_started_at);
+        ASSERT_TRUE(st.last_seen_unix_ns > 0);
+
+        ASSERT_EQ(1, disconnect_(&f, t));
+        st = status(&f);
+        ASSERT_FALSE(st.connected);
+        ASSERT_EQ(0, st.session_started_at);
+        fixture_release(&f);
+}
+
+TEST(stale_disconnect_is_dropped) {
+        fixture f;
+        int64_t t = cp_now_unix_ns();
+
+        fixture_init(&f, 2);
+        ASSERT_EQ(1, connect_(&f, t));
+        /* A zombie stream that started an hour earlier ends now. */
+        ASSERT_EQ(0, disconnect_(&f, t - 3600 * SEC));
+        cp_store_peer_status st = status(&f);
+        ASSERT_TRUE(st.connected);
+        ASSERT_EQ(t, st.session_started_at);
+        /* A newer token than the owner's does not disconnect either. */
+        ASSERT_EQ(0, disconnect_(&f, t + 1));
+        ASSERT_TRUE(status(&f).connected);
+        fixture_release(&f);
+}
+
+TEST(stale_connect_is_dropped) {
+        fixture f;
+        int64_t t2 = cp_now_unix_ns();
+
+        fixture_init(&f, 2);
+        ASSERT_EQ(1, connect_(&f, t2));
+        ASSERT_EQ(1, disconnect_(&f, t2));
+        ASSERT_EQ(1, connect_(&f, t2 + SEC));
+        /* A blocked goroutine's older connect arrives late. */
+        ASSERT_EQ(0, connect_(&f, t2 + SEC - 60 * SEC));
+        /* Equal is not newer. */
+        ASSERT_EQ(0, connect_(&f, t2 + SEC));
+        cp_store_peer_status st = status(&f);
+        ASSERT_TRUE(st.connected);
+        ASSERT_EQ(t2 + SEC, st.session_started_at);
+        fixture_release(&f);
+}
+
+TEST(zero_token_disconnect_never_touches_the_row) {
+        fixture f;
+
+        fixture_init(&f, 2);
+        /* The peer never connected: stored token 0, last_seen NULL. */
+        ASSERT_EQ(0, disconnect_(&f, 0));
+        cp_store_peer_status st = status(&f);
+        ASSERT_EQ(0, st.last_seen_unix_ns);
+        ASSERT_FALSE(st.connected);
+        char *n = cptest_db_query(f.db, "SELECT count(*) FROM peers WHERE peer_status_last_seen IS NULL", 0, NULL);
+        ASSERT_STREQ("1", n);
+        free(n);
+        /* And a connect needs a positive token. */
+        cp_error err;
+        ASSERT_EQ(-EINVAL, cp_store_peer_mark_connected(f.store, f.acct.account_id, f.peer_id, 0, &err));
+        fixture_release(&f);
+}
+
+TEST(connect_clears_login_expired_and_uses_db_clock) {
+        fixture f;
+
+        fixture_init(&f, 2);
+        const char *p[1] = { f.peer_id };
+        free(cptest_db_query(f.db, "UPDATE peers SET peer_status_login_expired = true WHERE id = $1", 1, p));
+        char *before = cptest_db_query(f.db, "SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::bigint", 0, NULL);
+        ASSERT_EQ(1, connect_(&f, cp_now_unix_ns()));
+        char *after = cptest_db_query(f.db, "SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::bigint", 0, NULL);
+        cp_store_peer_status st = status(&f);
+        ASSERT_FALSE(st.login_expired);
+        /* last_seen was written by the database between the two readings. */
+        ASSERT_TRUE(st.last_seen_unix_ns / 1000 >= strtoll(before, NULL, 10));
+        ASSERT_TRUE(st.last_seen_unix_ns / 1000 <= strtoll(after, NULL, 10));
+        free(before);
+        free(after);
+        fixture_release(&f);
+}
+
+TEST(updates_are_scoped_to_the_account) {
+        fixture f;
+        cp_store_account_spec spec = { .name = "other" };
+        cp_store_account_created other;
+        cp_error err = { 0 };
+        int64_t t = cp_now_unix_ns();
+
+        fixture_init(&f, 2);
+        ASSERT_OK(cp_store_account_create(f.store, &spec, &other, &err), &err);
+        /* The right peer id under another account's id changes nothing. */
+        ASSERT_EQ(0, cp_store_peer_mark_connected(f.store, other.account_id, f.peer_id, t, &err));
+        ASSERT_FALSE(status(&f).connected);
+        ASSERT_EQ(1, connect_(&f, t));
+        ASSERT_EQ(0, cp_store_peer_mark_disconnected(f.store, other.account_id, f.peer_id, t, &err));
+        ASSERT_TRUE(status(&f).connected);
+        cp_store_peer_status st;
+        ASSERT_EQ(-ENOENT, cp_store_peer_get_status(f.store, other.account_id, f.peer_id, &st, &err));
+        fixture_release(&f);
+}
+
+/* ---- races ---------------------------------------------------------------
+ * nproc processes x THREADS threads share a barrier in shared memory. Each
+ * round: every thread connects with a distinct token (slot order), then
+ * the checker asserts the row holds the largest; then every thread tries
+ * to disconnect with its own token, and exactly the owner's must land. */
+#define THREADS 16
+#define MAX_PROCS 3
+
+typedef struct race_shared {
+        pthread_barrier_t barrier;
+        atomic_int violations;
+        atomic_int errors;
+        atomic_int disconnects_landed;
+        atomic_int owner_disconnected;
+        atomic_int first_bad_round;
+} race_shared;
+
+typedef struct race_ctx {
+        race_shared *sh;
+        fixture *f;
+        cp_store *store;        /* this process's own pool */
+        int proc, nproc, rounds;
+        int64_t base;
+} race_ctx;
+
+typedef struct race_thread {
+        race_ctx *ctx;
+        int slot;
+} race_thread;
+
+static void violation(race_shared *sh, int round) {
+        int zero = 0;
+        atomic_fetch_add(&sh->violations, 1);
+        atomic_compare_exchange_strong(&sh->first_bad_round, &zero, round);
+}
+
+static void *race_thread_main(void *arg) {
+        race_thread *t = arg;
+        race_ctx *c = t->ctx;
+        race_shared *sh = c->sh;
+        int slots = c->nproc * THREADS;
+        bool checker = t->slot == 0;
+        cp_error err;
+
+        for (int round = 1; round <= c->rounds; round++) {
+                int64_t my = c->base + (int64_t) round * 1000 + t->slot;
+                int64_t max = c->base + (int64_t) round * 1000 + slots - 1;
+                int r;
+
+                pthread_barrier_wait(&sh->barrier);
+                r = cp_store_peer_mark_connected(c->store, c->f->acct.account_id, c->f->peer_id, my, &err);
+                if (r < 0)
+                        atomic_fetch_add(&sh->errors, 1);
+                pthread_barrier_wait(&sh->barrier);
+                if (checker) {
+                        cp_store_peer_status st;
+                        if (cp_store_peer_get_status(c->store, c->f->acct.account_id, c->f->peer_id, &st, &err) < 0)
+                                atomic_fetch_add(&sh->errors, 1);
+                        else if (!st.connected || st.session_started_at != max)
+                                violation(sh, round);
+                        atomic_store(&sh->disconnects_landed, 0);
+                        atomic_store(&sh->owner_disconnected, 0);
+                }
+                pthread_barrier_wait(&sh->barrier);
+                r = cp_store_peer_mark_disconnected(c->store, c->f->acct.account_id, c->f->peer_id, my, &err);
+                if (r < 0)
+                        atomic_fetch_add(&sh->errors, 1);
+                else if (r == 1) {
+                        atomic_fetch_add(&sh->disconnects_landed, 1);
+                        if (my == max)
+                                atomic_store(&sh->owner_disconnected, 1);
+                }
+                pthread_barrier_wait(&sh->barrier);
+                if (checker) {
+                        cp_store_peer_status st;
+                        if (atomic_load(&sh->disconnects_landed) != 1 || !atomic_load(&sh->owner_disconnected))
+                                violation(sh, round);
+                        if (cp_store_peer_get_status(c->store, c->f->acct.account_id, c->f->peer_id, &st, &err) < 0)
+                                atomic_fetch_add(&sh->errors, 1);
+                        else if (st.connected || st.session_started_at != 0)
+                                violation(sh, round);
+                }
+        }
+        return NULL;
+}
+
+/* Runs in each process: its own pool, THREADS threads. */
+static int race_process(race_ctx *c) {
+        pthread_t th[THREADS];
+        race_thread args[THREADS];
+        cp_error err;
+
+        if (cp_store_open(c->f->db->dsn, THREADS, &c->store, &err) < 0) {
+                fprintf(stderr, "# race process %d: %s\n", c->proc, err.message);
+                return 1;
+        }
+        for (int i = 0; i < THREADS; i++) {
+                args[i].ctx = c;
+                /* Interleave slots across processes so no process owns the max. */
+                args[i].slot = i * c->nproc + c->proc;
+                if (pthread_create(&th[i], NULL, race_thread_main, &args[i]) != 0)
+                        abort();
+        }
+        for (int i = 0; i < THREADS; i++)
+                pthread_join(th[i], NULL);
+        c->store = cp_store_free(c->store);
+        return 0;
+}
+
+static void run_race(int nproc, int rounds) {
+        fixture f;
+        pid_t pids[MAX_PROCS];
+        pthread_barrierattr_t attr;
+
+        fixture_init(&f, 1);
+        race_shared *sh = mmap(NULL, sizeof *sh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        ASSERT_TRUE(sh != MAP_FAILED);
+        memset(sh, 0, sizeof *sh);
+        pthread_barrierattr_init(&attr);
+        pthread_barrierattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
+        ASSERT_EQ(0, pthread_barrier_init(&sh->barrier, &attr, (unsigned) (nproc * THREADS)));
+        pthread_barrierattr_destroy(&attr);
+
+        race_ctx ctx = { .sh = sh, .f = &f, .nproc = nproc, .rounds = rounds, .base = cp_now_unix_ns() };
+        /* The parent's pool is idle during the race; children build their own. */
+        for (int p = 0; p < nproc; p++) {
+                pid_t pid = fork();
+                ASSERT_TRUE(pid >= 0);
+                if (pid == 0) {
+                        ctx.proc = p;
+                        _exit(race_process(&ctx));
+                }
+                pids[p] = pid;
+        }
+
+        /* Wait with a deadline so a stuck barrier fails instead of hanging. */
+        int64_t deadline = cp_now_mono_ms() + 600 * 1000;
+        int alive = nproc, bad_exit = 0;
+        while (alive > 0) {
+                int wst;
+                pid_t w = waitpid(-1, &wst, WNOHANG);
+                if (w > 0) {
+                        alive--;
+                        if (!WIFEXITED(wst) || WEXITSTATUS(wst) != 0)
+                                bad_exit++;
+                        continue;
+                }
+                if (cp_now_mono_ms() > deadline) {
+                        for (int p = 0; p < nproc; p++)
+                                (void) kill(pids[p], SIGKILL);
+                        while (waitpid(-1, NULL, 0) > 0)
+                                ;
+                        cptest_fail(__FILE__, __LINE__, "race did not finish in time");
+                }
+                usleep(20000);
+        }
+        int violations = atomic_load(&sh->violations), errors = atomic_load(&sh->errors);
+        int first = atomic_load(&sh->first_bad_round);
+        pthread_barrier_destroy(&sh->barrier);
+        munmap(sh, sizeof *sh);
+        printf("# %d process(es) x %d threads, %d rounds: %d violations, %d errors\n",
+               nproc, THREADS, rounds, violations, errors);
+        if (violations)
+                printf("# first violation in round %d\n", first);
+        ASSERT_EQ(0, bad_exit);
+        ASSERT_EQ(0, errors);
+        ASSERT_EQ(0, violations);
+        fixture_release(&f);
+}
+
+static int rounds_from_env(int dflt) {
+        const char *s = getenv("CP_FENCE_ROUNDS");
+        int64_t v;
+        return s && cp_parse_int64(s, 1, 1000000, &v) == 0 ? (int) v : dflt;
+}
+
+TEST(sixteen_threads_racing_connects_leave_the_highest_token) {
+        run_race(1, 50);
+}
+
+TEST(three_processes_by_sixteen_threads_for_many_rounds) {
+        run_race(MAX_PROCS, rounds_from_env(1000));
+}
+
+int main(int argc, char **argv) {
+        return cptest_main(argc, argv);
+}
