@@ -1,0 +1,248 @@
+/*
+ * The management server's settings table. docs/config.md lists the same
+ * rows for people; keep the two in step.
+ */
+#include "cp/base.h"
+#include "cp/config.h"
+
+/* ---- checks (run on every value, whatever its source) ------------------- */
+
+static int check_nonempty(const void *field, cp_error *reterr) {
+        const char *s = *(char *const *) field;
+
+        if (!s || !*s)
+                return cp_error_set(reterr, -EINVAL, "must not be empty");
+        return 0;
+}
+
+static int check_letsencrypt(const void *field, cp_error *reterr) {
+        const char *s = *(char *const *) field;
+
+        if (!s || !*s)
+                return 0;
+        return cp_error_set(reterr, -EINVAL, "ACME/Let's Encrypt is not supported; obtain a certificate "
+                            "(e.g. cert-manager) and pass --cert-file and --cert-key");
+}
+
+static int check_store_engine(const void *field, cp_error *reterr) {
+        const char *s = *(char *const *) field;
+
+        if (!s || !*s || strcasecmp(s, "postgres") == 0)
+                return 0;
+        cp_error_set(reterr, -EINVAL, "only the postgres store engine is supported (sqlite, mysql and "
+                     "jsonfile are not)");
+        cp_error_hint(reterr, "set StoreConfig.Engine to \"postgres\" and the DSN in "
+                      "NB_STORE_ENGINE_POSTGRES_DSN");
+        return -EINVAL;
+}
+
+static int check_dns_domain(const void *field, cp_error *reterr) {
+        const char *s = *(char *const *) field;
+
+        if (!s || !*s || strlen(s) > 192)
+                return cp_error_set(reterr, -EINVAL, "expected a domain name of 1 to 192 characters");
+        return 0;
+}
+
+static int check_encryption_key(const void *field, cp_error *reterr) {
+        const char *s = *(char *const *) field;
+        uint8_t key[33];
+
+        if (!s || !*s)
+                return 0;
+        int n = cp_cfg_b64_decode(s, key, sizeof key);
+        cp_explicit_bzero(key, sizeof key);
+        if (n != 32)
+                return cp_error_set(reterr, -EINVAL, "expected standard base64 of 32 bytes "
+                                    "(e.g. the output of: openssl rand -base64 32)");
+        return 0;
+}
+
+/* ---- the table ----------------------------------------------------------- */
+
+#define F(field) offsetof(cp_config, field)
+#define PORT_RANGE 0, 65535
+
+static const cp_cfg_option options[] = {
+        { "port", CP_CFG_INT, F(port), "33073", { NULL }, "ControlPlane.Port", 0, PORT_RANGE,
+          NULL, "PORT", "gRPC port for agents (0 = any free port)" },
+        { "http-port", CP_CFG_INT, F(http_port), "33080", { NULL }, "ControlPlane.HttpPort", 0, PORT_RANGE,
+          NULL, "PORT", "HTTP port for /healthz and /readyz (0 = any free port)" },
+        { "listen-address", CP_CFG_STRING, F(listen_address), "0.0.0.0", { NULL },
+          "ControlPlane.ListenAddress", 0, 0, 0, check_nonempty, "ADDR",
+          "address both listeners bind to" },
+        { "config", CP_CFG_STRING, F(config_file), CP_CONFIG_DEFAULT_FILE, { NULL }, NULL, 0, 0, 0,
+          NULL, "FILE", "management.json; a missing file is fine only at the default path" },
+        { "datadir", CP_CFG_STRING, F(datadir), "/var/lib/netbird/", { NULL }, "Datadir", 0, 0, 0,
+          check_nonempty, "DIR", "data directory" },
+        { "log-file", CP_CFG_STRING, F(log_file), "console", { NULL }, "ControlPlane.LogFile", 0, 0, 0,
+          check_nonempty, "FILE", "log target: console (stdout), stderr or a file path" },
+        { "log-level", CP_CFG_LOG_LEVEL, F(log_level), "info", { NULL }, "ControlPlane.LogLevel", 0, 0, 0,
+          NULL, "LEVEL", "trace, debug, info, warn, error, fatal or panic" },
+        { "cert-file", CP_CFG_STRING, F(cert_file), NULL, { NULL }, "HttpConfig.CertFile", 0, 0, 0,
+          NULL, "FILE", "TLS certificate chain (PEM) for gRPC; needs --cert-key" },
+        { "cert-key", CP_CFG_STRING, F(cert_key), NULL, { NULL }, "HttpConfig.CertKey", 0, 0, 0,
+          NULL, "FILE", "TLS private key (PEM); needs --cert-file" },
+        { "letsencrypt-domain", CP_CFG_STRING, F(letsencrypt_domain), NULL, { NULL },
+          "HttpConfig.LetsEncryptDomain", 0, 0, 0, check_letsencrypt, "DOMAIN",
+          "not supported: use --cert-file and --cert-key" },
+        { "postgres-dsn", CP_CFG_STRING, F(postgres_dsn), NULL,
+          { "NB_STORE_ENGINE_POSTGRES_DSN", "NETBIRD_STORE_ENGINE_POSTGRES_DSN" },
+          "ControlPlane.PostgresDSN", CP_CFG_SECRET, 0, 0, NULL, "DSN",
+          "PostgreSQL conninfo or URI (required)" },
+        { "store-engine", CP_CFG_STRING, F(store_engine), "postgres", { "NETBIRD_STORE_ENGINE" },
+          "StoreConfig.Engine", 0, 0, 0, check_store_engine, "ENGINE", "only postgres is supported" },
+        { "redis-url", CP_CFG_STRING, F(redis_url), NULL, { "NB_CACHE_REDIS_ADDRESS" },
+          "ControlPlane.RedisURL", CP_CFG_SECRET, 0, 0, NULL, "URL", "Redis URL (optional for now)" },
+        { "dns-domain", CP_CFG_STRING, F(dns_domain), "netbird.selfhosted", { NULL },
+          "ControlPlane.DNSDomain", 0, 0, 0, check_dns_domain, "DOMAIN", "peer FQDN suffix" },
+        { "db-pool-size", CP_CFG_INT, F(db_pool_size), "8", { "NB_SQL_MAX_OPEN_CONNS" },
+          "ControlPlane.DBPoolSize", 0, 1, 256, NULL, "N", "PostgreSQL connections per process" },
+        { "shutdown-timeout", CP_CFG_DURATION, F(shutdown_timeout_ms), "10s", { NULL },
+          "ControlPlane.ShutdownTimeout", 0, 0, 3600 * 1000, NULL, "DURATION",
+          "how long in-flight calls may finish after SIGTERM" },
+        { "data-store-encryption-key", CP_CFG_STRING, F(data_store_encryption_key), NULL, { NULL },
+          "DataStoreEncryptionKey", CP_CFG_SECRET, 0, 0, check_encryption_key, "KEY",
+          "base64 of 32 bytes; must be the same on every replica" },
+
+        /* NetBird flags we accept so existing command lines keep working. */
+        { "disable-anonymous-metrics", CP_CFG_BOOL, 0, NULL, { NULL }, NULL, CP_CFG_IGNORED, 0, 0, NULL,
+          NULL, "ignored (NetBird compatibility)" },
+        { "single-account-mode-domain", CP_CFG_STRING, 0, NULL, { NULL }, NULL, CP_CFG_IGNORED, 0, 0,
+          NULL, "DOMAIN", "ignored (NetBird compatibility)" },
+        { "disable-single-account-mode", CP_CFG_BOOL, 0, NULL, { NULL }, NULL, CP_CFG_IGNORED, 0, 0,
+          NULL, NULL, "ignored (NetBird compatibility)" },
+        { "idp-sign-key-refresh-enabled", CP_CFG_BOOL, 0, NULL, { NULL }, NULL, CP_CFG_IGNORED, 0, 0,
+          NULL, NULL, "ignored (NetBird compatibility)" },
+        { "user-delete-from-idp", CP_CFG_BOOL, 0, NULL, { NULL }, NULL, CP_CFG_IGNORED, 0, 0, NULL,
+          NULL, "ignored (NetBird compatibility)" },
+        { "disable-geolite-update", CP_CFG_BOOL, 0, NULL, { NULL }, NULL, CP_CFG_IGNORED, 0, 0, NULL,
+          NULL, "ignored (NetBird compatibility)" },
+        { "disable-legacy-port", CP_CFG_BOOL, 0, NULL, { NULL }, NULL, CP_CFG_IGNORED, 0, 0, NULL,
+          NULL, "ignored (NetBird compatibility)" },
+        { "metrics-port", CP_CFG_INT, 0, NULL, { NULL }, NULL, CP_CFG_IGNORED, PORT_RANGE, NULL, "PORT",
+          "ignored (NetBird compatibility)" },
+};
+
+#undef F
+#undef PORT_RANGE
+
+/* Top-level keys of NetBird's management.json that we know but do not
+ * read (yet); the agent-protocol work reads Stuns/TURNConfig/Relay/Signal
+ * from cp_config.source.file. */
+static const char *const known_keys[] = {
+        "Stuns", "TURNConfig", "Relay", "Signal", "Datadir", "DataStoreEncryptionKey", "HttpConfig",
+        "IdpManagerConfig", "DeviceAuthorizationFlow", "PKCEAuthorizationFlow", "StoreConfig",
+        "ReverseProxy", "DisableDefaultPolicy", "EmbeddedIdP", "AgentNetwork",
+        "HighestSupportedSyncMessageVersion", "PerAccountHighestSupportedSyncMessageVersion",
+        NULL,
+};
+
+/* Our own settings live under one object NetBird does not use, so the same
+ * file stays readable by NetBird (Go ignores unknown keys). */
+static const char *const owned_objects[] = { "ControlPlane", NULL };
+
+const cp_cfg_spec cp_config_spec = {
+        .env_prefix = CP_CONFIG_ENV_PREFIX,
+        .file_option = "config",
+        .file_known_keys = known_keys,
+        .file_owned_objects = owned_objects,
+};
+
+const cp_cfg_option *cp_config_options(size_t *n) {
+        *n = ELEMENTSOF(options);
+        return options;
+}
+
+/* ---- load ----------------------------------------------------------------- */
+
+/* "" and NULL mean the same for every string setting afterwards. */
+static void empty_to_null(const cp_cfg_table *tables, size_t n_tables) {
+        for (size_t t = 0; t < n_tables; t++)
+                for (size_t k = 0; k < tables[t].n_options; k++) {
+                        const cp_cfg_option *o = &tables[t].options[k];
+                        if (o->type != CP_CFG_STRING || (o->flags & CP_CFG_IGNORED))
+                                continue;
+                        char **f = (char **) ((char *) tables[t].base + o->offset);
+                        if (*f && !**f) {
+                                free(*f);
+                                *f = NULL;
+                        }
+                }
+}
+
+static int check_cross(const cp_config *c, cp_error *reterr) {
+        if (!!c->cert_file != !!c->cert_key) {
+                const char *set = c->cert_file ? "cert-file" : "cert-key";
+                const char *unset = c->cert_file ? "cert-key" : "cert-file";
+                const cp_cfg_origin *o = cp_cfg_result_origin(&c->source, set);
+                cp_error_set(reterr, -EINVAL, "--%s is set (from %s) but --%s is not: TLS needs both the "
+                             "certificate and its key", set, o ? o->text : "?", unset);
+                cp_error_hint(reterr, "pass both --cert-file and --cert-key (HttpConfig.CertFile and "
+                              "HttpConfig.CertKey), or neither for plaintext h2c");
+                return -EINVAL;
+        }
+        return 0;
+}
+
+int cp_config_load(cp_config *ret, int argc, char *const *argv, char *const *envp,
+                   const cp_cfg_table *extra, size_t n_extra, cp_error *reterr) {
+        cp_config c = { 0 };
+        size_t n_tables = 1 + n_extra;
+        cp_cfg_table *tables = cp_xcalloc(n_tables, sizeof *tables);
+        int r;
+
+        tables[0] = (cp_cfg_table) { options, ELEMENTSOF(options), &c };
+        for (size_t i = 0; i < n_extra; i++)
+                tables[1 + i] = extra[i];
+
+        r = cp_cfg_load(&cp_config_spec, tables, n_tables, argc, argv, envp, &c.source, reterr);
+        if (r >= 0 && !c.source.help) {
+                empty_to_null(tables, n_tables);
+                r = check_cross(&c, reterr);
+        }
+        if (r < 0) {
+                cp_cfg_release_fields(tables, n_tables);
+                cp_cfg_result_release(&c.source);
+                free(tables);
+                return r;
+        }
+        free(tables);
+        *ret = c;
+        return 0;
+}
+
+void cp_config_release(cp_config *c) {
+        if (!c)
+                return;
+        cp_cfg_table t = { options, ELEMENTSOF(options), c };
+        if (c->data_store_encryption_key)
+                cp_explicit_bzero(c->data_store_encryption_key, strlen(c->data_store_encryption_key));
+        if (c->postgres_dsn)
+                cp_explicit_bzero(c->postgres_dsn, strlen(c->postgres_dsn));
+        cp_cfg_release_fields(&t, 1);
+        cp_cfg_result_release(&c->source);
+        memset(c, 0, sizeof *c);
+}
+
+int cp_config_check_store(const cp_config *c, cp_error *reterr) {
+        if (c->postgres_dsn)
+                return 0;
+        cp_error_set(reterr, -EINVAL, "no PostgreSQL DSN configured: set NB_STORE_ENGINE_POSTGRES_DSN");
+        cp_error_hint(reterr, "or pass --postgres-dsn, or set NB_MGMT_POSTGRES_DSN, "
+                      "NETBIRD_STORE_ENGINE_POSTGRES_DSN or ControlPlane.PostgresDSN in the config file; "
+                      "e.g. \"host=db user=netbird dbname=netbird\"");
+        return -EINVAL;
+}
+
+int cp_config_encryption_key(const cp_config *c, uint8_t out[32]) {
+        uint8_t key[33];
+
+        if (!c->data_store_encryption_key)
+                return 0;
+        int n = cp_cfg_b64_decode(c->data_store_encryption_key, key, sizeof key);
+        if (n == 32)
+                memcpy(out, key, 32);
+        cp_explicit_bzero(key, sizeof key);
+        return n == 32 ? 1 : -EINVAL;
+}

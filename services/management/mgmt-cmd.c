@@ -1,0 +1,207 @@
+#include "cp/base.h"
+#include "cp/log.h"
+#include "cp/store.h"
+#include "mgmt-cmd.h"
+#include "mgmt-manager.h"
+#include "mgmt-tls.h"
+
+#include <event2/event.h>
+#include <grpc/support/log.h>
+
+static const cp_log_ctx log_main = { .component = "main" };
+
+/* ---- library log routing -------------------------------------------------- */
+
+static void grpc_log_sink(gpr_log_func_args *a) {
+        static const cp_log_ctx ctx = { .component = "grpc" };
+        cp_log_level level = a->severity == GPR_LOG_SEVERITY_ERROR ? CP_LOG_ERROR :
+                             a->severity == GPR_LOG_SEVERITY_INFO ? CP_LOG_DEBUG : CP_LOG_TRACE;
+        char line[16];
+
+        (void) snprintf(line, sizeof line, "%d", a->line);
+        cp_log_kv(&ctx, level, a->message, "file", a->file, "line", line, NULL);
+}
+
+static void libevent_log_sink(int severity, const char *msg) {
+        static const cp_log_ctx ctx = { .component = "libevent" };
+        cp_log_level level = severity >= EVENT_LOG_ERR ? CP_LOG_ERROR :
+                             severity == EVENT_LOG_WARN ? CP_LOG_WARN : CP_LOG_DEBUG;
+
+        cp_log(&ctx, level, "%s", msg);
+}
+
+void mgmt_log_route_libraries(cp_log_level level) {
+        gpr_set_log_function(grpc_log_sink);
+        /* gRPC's INFO is chatty: only at trace; its DEBUG never. */
+        gpr_set_log_verbosity(level <= CP_LOG_TRACE ? GPR_LOG_SEVERITY_INFO : GPR_LOG_SEVERITY_ERROR);
+        event_set_log_callback(libevent_log_sink);
+}
+
+/* ---- management ----------------------------------------------------------- */
+
+int mgmt_cmd_management(const cp_config *cfg, void *extra) {
+        mgmt_manager *m = NULL;
+        mgmt_tls *tls = NULL;
+        cp_error err = { 0 };
+        int r;
+
+        /* Unreadable or mismatched certificates are configuration errors. */
+        if (cfg->cert_file) {
+                r = mgmt_tls_load(cfg->cert_file, cfg->cert_key, &tls, &err);
+                if (r < 0) {
+                        (void) cp_log_error(&log_main, r, &err, "invalid TLS configuration");
+                        fprintf(stderr, "netbird-mgmt: error: %s\n", err.message);
+                        return MGMT_EXIT_USAGE;
+                }
+                cp_log_kv(&log_main, CP_LOG_INFO, "TLS enabled for gRPC", "subject", tls->subject, NULL);
+        }
+        r = mgmt_manager_new(cfg, tls, &m, &err);
+        if (r < 0) {
+                (void) cp_log_error(&log_main, r, &err, "cannot start the management server");
+                fprintf(stderr, "netbird-mgmt: error: %s\n", err.message);
+                return MGMT_EXIT_FAILURE;
+        }
+        r = mgmt_manager_run(m);
+        mgmt_manager_free(m);
+        if (r < 0) {
+                (void) cp_log_error(&log_main, r, NULL, "server stopped with an error");
+                return MGMT_EXIT_FAILURE;
+        }
+        cp_log(&log_main, CP_LOG_INFO, "stopped");
+        return MGMT_EXIT_OK;
+}
+
+/* ---- migrate / bootstrap -------------------------------------------------- */
+
+static int open_and_migrate(const cp_config *cfg, cp_store **ret, cp_store_migrate_result *mr) {
+        cp_error err = { 0 };
+        cp_store *s = NULL;
+        int r;
+
+        r = cp_store_open(cfg->postgres_dsn, (unsigned) cfg->db_pool_size, &s, &err);
+        if (r < 0) {
+                (void) cp_log_error(&log_main, r, &err, "cannot connect to PostgreSQL");
+                fprintf(stderr, "netbird-mgmt: error: cannot connect to PostgreSQL: %s\n", err.message);
+                return r;
+        }
+        r = cp_store_migrate(s, mr, &err);
+        if (r < 0) {
+                (void) cp_log_error(&log_main, r, &err, "cannot apply database migrations");
+                fprintf(stderr, "netbird-mgmt: error: cannot apply database migrations: %s\n", err.message);
+                cp_store_free(s);
+                return r;
+        }
+        char a[16], c[16], u[16];
+        (void) snprintf(a, sizeof a, "%u", mr->applied);
+        (void) snprintf(c, sizeof c, "%u", mr->current);
+        (void) snprintf(u, sizeof u, "%u", mr->unknown);
+        cp_log_kv(&log_main, CP_LOG_INFO, "database schema ready", "applied", a, "already_applied", c,
+                  "unknown", u, NULL);
+        *ret = s;
+        return 0;
+}
+
+/* stdout is the command's result: report if it could not be written. */
+static int finish_stdout(void) {
+        if (fflush(stdout) != 0 || ferror(stdout)) {
+                (void) cp_log_error(&log_main, -errno, NULL, "cannot write to stdout");
+                return MGMT_EXIT_FAILURE;
+        }
+        return MGMT_EXIT_OK;
+}
+
+int mgmt_cmd_migrate(const cp_config *cfg, void *extra) {
+        cp_store_migrate_result mr = { 0 };
+        cp_store *s = NULL;
+
+        if (open_and_migrate(cfg, &s, &mr) < 0)
+                return MGMT_EXIT_FAILURE;
+        cp_store_free(s);
+        printf("applied %u migration%s (%u already applied)\n", mr.applied, mr.applied == 1 ? "" : "s",
+               mr.current);
+        if (mr.unknown)
+                printf("the database also records %u newer migration%s this binary does not know\n",
+                       mr.unknown, mr.unknown == 1 ? "" : "s");
+        return finish_stdout();
+}
+
+const cp_cfg_option mgmt_bootstrap_options[] = {
+        { "account-name", CP_CFG_STRING, offsetof(mgmt_bootstrap_cfg, account_name), "admin", { NULL }, NULL,
+          0, 0, 0, NULL, "NAME", "bootstrap: name of the account's owner user" },
+        { "setup-key-ttl", CP_CFG_DURATION, offsetof(mgmt_bootstrap_cfg, setup_key_ttl_ms), "0", { NULL }, NULL,
+          0, 0, (int64_t) 10 * 365 * 86400 * 1000, NULL, "DURATION",
+          "bootstrap: setup key lifetime, 0 = never expires" },
+};
+const size_t mgmt_bootstrap_n_options = ELEMENTSOF(mgmt_bootstrap_options);
+
+/* Values are ids, UUIDs, base64/base62 and CIDRs; anything else is
+ * single-quoted so the output stays safe to source. */
+static void print_var(const char *name, const char *value) {
+        if (strspn(value, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-./:+=@") ==
+            strlen(value)) {
+                printf("%s=%s\n", name, value);
+                return;
+        }
+        printf("%s='", name);
+        for (const char *p = value; *p; p++)
+                if (*p == '\'')
+                        fputs("'\\''", stdout);
+                else
+                        putchar(*p);
+        fputs("'\n", stdout);
+}
+
+int mgmt_cmd_bootstrap(const cp_config *cfg, void *extra) {
+        const mgmt_bootstrap_cfg *b = extra;
+        cp_store_migrate_result mr = { 0 };
+        cp_store_account_created out;
+        cp_error err = { 0 };
+        cp_store *s = NULL;
+        int64_t count = 0;
+        int r;
+
+        if (b->setup_key_ttl_ms % 1000 != 0) {
+                fprintf(stderr, "netbird-mgmt: error: invalid value for --setup-key-ttl: whole seconds only\n");
+                cp_log(&log_main, CP_LOG_ERROR, "invalid value for --setup-key-ttl: whole seconds only");
+                return MGMT_EXIT_USAGE;
+        }
+        if (open_and_migrate(cfg, &s, &mr) < 0)
+                return MGMT_EXIT_FAILURE;
+        r = cp_store_account_count(s, &count, &err);
+        if (r < 0) {
+                (void) cp_log_error(&log_main, r, &err, "cannot count accounts");
+                fprintf(stderr, "netbird-mgmt: error: cannot count accounts: %s\n", err.message);
+                cp_store_free(s);
+                return MGMT_EXIT_FAILURE;
+        }
+        if (count > 0) {
+                char n[32];
+                (void) snprintf(n, sizeof n, "%" PRId64, count);
+                cp_log_kv(&log_main, CP_LOG_WARN, "accounts already exist; bootstrap created nothing", "accounts",
+                          n, NULL);
+                cp_store_free(s);
+                return MGMT_EXIT_OK;
+        }
+
+        cp_store_account_spec spec = {
+                .name = b->account_name,
+                .dns_domain = cfg->dns_domain,
+                .setup_key_ttl_s = b->setup_key_ttl_ms / 1000,
+        };
+        r = cp_store_account_create(s, &spec, &out, &err);
+        cp_store_free(s);
+        if (r < 0) {
+                (void) cp_log_error(&log_main, r, &err, "cannot create the account");
+                fprintf(stderr, "netbird-mgmt: error: cannot create the account: %s\n", err.message);
+                return MGMT_EXIT_FAILURE;
+        }
+        cp_log_kv(&log_main, CP_LOG_INFO, "account created", "account", out.account_id, "user", out.user_id,
+                  "network", out.network_cidr, NULL);
+        print_var("ACCOUNT_ID", out.account_id);
+        print_var("USER_ID", out.user_id);
+        print_var("SETUP_KEY", out.setup_key);
+        print_var("ADMIN_TOKEN", out.admin_token);
+        print_var("NETWORK", out.network_cidr);
+        cp_explicit_bzero(&out, sizeof out);
+        return finish_stdout();
+}

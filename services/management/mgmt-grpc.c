@@ -1,0 +1,445 @@
+#include "cp/base.h"
+#include "cp/util.h"
+#include "mgmt-grpc.h"
+
+#include <ctype.h>
+#include <grpc/grpc_security.h>
+#include <grpc/slice.h>
+#include <grpc/support/alloc.h>
+#include <grpc/support/time.h>
+#include <pthread.h>
+#include <stdatomic.h>
+
+/* Request slots kept posted per registered method and for unknown methods. */
+#define SLOTS_PER_METHOD 16
+#define SLOTS_GENERIC 8
+/* How often the CQ thread wakes when idle, and while shutting down, to see
+ * whether the grace period is over. */
+#define POLL_IDLE_MS 250
+#define POLL_SHUTDOWN_MS 50
+#define MAX_RECV_MESSAGE (4 * 1024 * 1024)
+
+typedef enum tag_kind {
+        TAG_NEW,                /* the request slot matched a call (or was dropped) */
+        TAG_CLOSE,              /* RECV_CLOSE_ON_SERVER: the call is over */
+        TAG_STATUS,             /* the final status went out */
+        _TAG_MAX,
+} tag_kind;
+
+typedef struct mgmt_tag {
+        mgmt_call *call;        /* NULL for the server shutdown tag */
+        tag_kind kind;
+} mgmt_tag;
+
+#define GENERIC_SLOT SIZE_MAX
+
+struct mgmt_call {
+        mgmt_grpc *g;
+        size_t method;                  /* index into g->methods, or GENERIC_SLOT */
+        unsigned refs;                  /* slot + outstanding batches; CQ thread only */
+        bool matched;                   /* counted in g->live_calls */
+        bool initial_md_sent;
+        bool status_sent;
+        int cancelled;                  /* from RECV_CLOSE_ON_SERVER */
+        mgmt_tag tags[_TAG_MAX];
+        grpc_call *call;
+        grpc_call_details details;      /* generic slots */
+        grpc_metadata_array request_md;
+        gpr_timespec deadline;          /* registered slots */
+        grpc_byte_buffer *payload;      /* unary / server-stream request */
+        grpc_slice status_details;      /* kept until the STATUS batch is done */
+        bool has_status_details;
+        char *method_name;              /* for logs */
+        char *peer;                     /* gpr-allocated */
+        char request_id[65];
+        cp_log_ctx log;
+};
+
+struct mgmt_grpc {
+        grpc_server *server;            /* set before the thread starts, never changed */
+        grpc_completion_queue *cq;
+        int port;
+        mgmt_rpc_method *methods;
+        void **registered;
+        size_t n_methods;
+        void *userdata;
+        void (*on_stopped)(mgmt_grpc *g, void *userdata);
+        void *stopped_userdata;
+        pthread_t thread;
+        bool thread_started;
+        bool grpc_inited;
+
+        /* Written by any thread. */
+        atomic_bool shutdown_requested;
+        _Atomic int64_t cancel_at_ms;   /* monotonic; 0 = not shutting down */
+
+        /* CQ thread only. */
+        mgmt_tag shutdown_tag;
+        bool server_destroyed;
+        bool calls_cancelled;
+        size_t live_calls;
+};
+
+static const cp_log_ctx log_ctx = { .component = "grpc" };
+
+/* ---- call lifetime ------------------------------------------------------- */
+
+static void call_unref(mgmt_call *c) {
+        if (--c->refs > 0)
+                return;
+        if (c->matched)
+                c->g->live_calls--;
+        if (c->call)
+                grpc_call_unref(c->call);
+        grpc_call_details_destroy(&c->details);
+        grpc_metadata_array_destroy(&c->request_md);
+        if (c->payload)
+                grpc_byte_buffer_destroy(c->payload);
+        if (c->has_status_details)
+                grpc_slice_unref(c->status_details);
+        if (c->peer)
+                gpr_free(c->peer);
+        free(c->method_name);
+        free(c);
+}
+
+/* Starts a batch that holds one reference until its tag comes back. */
+static bool call_batch(mgmt_call *c, const grpc_op *ops, size_t n, tag_kind kind) {
+        c->refs++;
+        grpc_call_error e = grpc_call_start_batch(c->call, ops, n, &c->tags[kind], NULL);
+        if (e != GRPC_CALL_OK) {
+                c->refs--;
+                cp_log_kv(&c->log, CP_LOG_ERROR, "cannot start batch", "error", grpc_call_error_to_string(e),
+                          NULL);
+                return false;
+        }
+        return true;
+}
+
+void mgmt_call_finish(mgmt_call *c, grpc_status_code status, const char *message) {
+        grpc_op ops[2];
+        size_t n = 0;
+
+        if (c->status_sent)
+                return;
+        memset(ops, 0, sizeof ops);
+        if (!c->initial_md_sent) {
+                ops[n].op = GRPC_OP_SEND_INITIAL_METADATA;
+                ops[n].data.send_initial_metadata.count = 0;
+                n++;
+        }
+        ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+        ops[n].data.send_status_from_server.trailing_metadata_count = 0;
+        ops[n].data.send_status_from_server.status = status;
+        if (message) {
+                c->status_details = grpc_slice_from_copied_string(message);
+                c->has_status_details = true;
+                ops[n].data.send_status_from_server.status_details = &c->status_details;
+        }
+        n++;
+        if (call_batch(c, ops, n, TAG_STATUS)) {
+                c->initial_md_sent = true;
+                c->status_sent = true;
+        }
+}
+
+const cp_log_ctx *mgmt_call_log(const mgmt_call *c) {
+        return &c->log;
+}
+
+/* ---- request slots ------------------------------------------------------- */
+
+static void request_slot(mgmt_grpc *g, size_t method) {
+        mgmt_call *c = cp_xcalloc(1, sizeof *c);
+        grpc_call_error e;
+
+        c->g = g;
+        c->method = method;
+        c->refs = 1;                    /* the slot's own reference */
+        for (size_t k = 0; k < _TAG_MAX; k++)
+                c->tags[k] = (mgmt_tag) { .call = c, .kind = (tag_kind) k };
+        grpc_call_details_init(&c->details);
+        grpc_metadata_array_init(&c->request_md);
+        c->log = log_ctx;
+
+        if (method == GENERIC_SLOT)
+                e = grpc_server_request_call(g->server, &c->call, &c->details, &c->request_md, g->cq, g->cq,
+                                             &c->tags[TAG_NEW]);
+        else
+                e = grpc_server_request_registered_call(
+                        g->server, g->registered[method], &c->call, &c->deadline, &c->request_md,
+                        g->methods[method].kind == MGMT_RPC_BIDI ? NULL : &c->payload, g->cq, g->cq,
+                        &c->tags[TAG_NEW]);
+        if (e != GRPC_CALL_OK) {
+                cp_log_kv(&log_ctx, CP_LOG_ERROR, "cannot post a request slot", "error",
+                          grpc_call_error_to_string(e), NULL);
+                call_unref(c);
+        }
+}
+
+/* The caller's x-request-id when it is short and plain, else a new id. */
+static void pick_request_id(mgmt_call *c) {
+        for (size_t i = 0; i < c->request_md.count; i++) {
+                const grpc_metadata *md = &c->request_md.metadata[i];
+                size_t n = GRPC_SLICE_LENGTH(md->value);
+                const char *v = (const char *) GRPC_SLICE_START_PTR(md->value);
+                if (grpc_slice_str_cmp(md->key, "x-request-id") != 0 || n == 0 || n >= sizeof c->request_id)
+                        continue;
+                size_t k = 0;
+                while (k < n && (isalnum((unsigned char) v[k]) || strchr("._-", v[k])))
+                        k++;
+                if (k == n) {
+                        memcpy(c->request_id, v, n);
+                        c->request_id[n] = '\0';
+                        return;
+                }
+        }
+        char id[CP_ID_LEN + 1];
+        cp_id_new(id);
+        memcpy(c->request_id, id, sizeof id);
+}
+
+static void on_new_call(mgmt_call *c, bool ok) {
+        mgmt_grpc *g = c->g;
+        grpc_op op;
+
+        if (!ok)
+                return;                 /* slot given back at shutdown */
+        if (!atomic_load(&g->shutdown_requested))
+                request_slot(g, c->method);     /* keep the pool full */
+        c->matched = true;
+        g->live_calls++;
+
+        c->method_name = c->method == GENERIC_SLOT ? grpc_slice_to_c_string(c->details.method) : NULL;
+        if (c->method_name) {
+                /* grpc_slice_to_c_string memory belongs to gpr; keep a libc copy */
+                char *m = cp_xstrdup(c->method_name);
+                gpr_free(c->method_name);
+                c->method_name = m;
+        } else
+                c->method_name = cp_xstrdup(c->method == GENERIC_SLOT ? "?" : g->methods[c->method].path);
+        c->peer = grpc_call_get_peer(c->call);
+        pick_request_id(c);
+        c->log = (cp_log_ctx) { .component = "grpc", .method = c->method_name, .peer = c->peer,
+                                .request_id = c->request_id };
+
+        /* Always watch for the end of the call first. */
+        memset(&op, 0, sizeof op);
+        op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+        op.data.recv_close_on_server.cancelled = &c->cancelled;
+        if (!call_batch(c, &op, 1, TAG_CLOSE))
+                return;
+
+        if (c->method == GENERIC_SLOT) {
+                char msg[300];
+                (void) snprintf(msg, sizeof msg, "method %s is not implemented", c->method_name);
+                cp_log(&c->log, CP_LOG_INFO, "unimplemented method");
+                mgmt_call_finish(c, GRPC_STATUS_UNIMPLEMENTED, msg);
+                return;
+        }
+        g->methods[c->method].on_call(c, g->userdata);
+}
+
+static void on_event(mgmt_tag *t, bool ok) {
+        mgmt_call *c = t->call;
+
+        switch (t->kind) {
+        case TAG_NEW:
+                on_new_call(c, ok);
+                break;
+        case TAG_CLOSE:
+                cp_log_kv(&c->log, CP_LOG_DEBUG, "call finished", "cancelled", c->cancelled ? "true" : "false",
+                          NULL);
+                if (c->method != GENERIC_SLOT && c->g->methods[c->method].on_close)
+                        c->g->methods[c->method].on_close(c, c->cancelled != 0, c->g->userdata);
+                break;
+        case TAG_STATUS:
+        case _TAG_MAX:
+                break;
+        }
+        call_unref(c);
+}
+
+/* ---- the CQ thread ------------------------------------------------------- */
+
+static void maybe_cancel(mgmt_grpc *g) {
+        int64_t at = atomic_load(&g->cancel_at_ms);
+
+        if (g->calls_cancelled || g->server_destroyed || at == 0 || cp_now_mono_ms() < at)
+                return;
+        g->calls_cancelled = true;
+        if (g->live_calls > 0) {
+                char n[32];
+                (void) snprintf(n, sizeof n, "%zu", g->live_calls);
+                cp_log_kv(&log_ctx, CP_LOG_WARN, "shutdown grace period over, cancelling calls", "calls", n,
+                          NULL);
+        }
+        grpc_server_cancel_all_calls(g->server);
+}
+
+static void *cq_thread(void *userdata) {
+        mgmt_grpc *g = userdata;
+
+        for (;;) {
+                int64_t poll = atomic_load(&g->shutdown_requested) ? POLL_SHUTDOWN_MS : POLL_IDLE_MS;
+                gpr_timespec deadline = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+                                                     gpr_time_from_millis(poll, GPR_TIMESPAN));
+                grpc_event ev = grpc_completion_queue_next(g->cq, deadline, NULL);
+
+                if (ev.type == GRPC_QUEUE_SHUTDOWN)
+                        break;
+                if (ev.type == GRPC_OP_COMPLETE) {
+                        mgmt_tag *t = ev.tag;
+                        if (t == &g->shutdown_tag) {
+                                /* No call is matched any more; what is left are
+                                 * completions of calls already finishing and the
+                                 * slots given back, drained below. */
+                                grpc_server_destroy(g->server);
+                                g->server_destroyed = true;
+                                grpc_completion_queue_shutdown(g->cq);
+                        } else
+                                on_event(t, ev.success != 0);
+                }
+                maybe_cancel(g);
+        }
+        if (g->live_calls > 0) {
+                char n[32];
+                (void) snprintf(n, sizeof n, "%zu", g->live_calls);
+                cp_log_kv(&log_ctx, CP_LOG_WARN, "calls still referenced after shutdown", "calls", n, NULL);
+        }
+        cp_log(&log_ctx, CP_LOG_INFO, "grpc server stopped");
+        if (g->on_stopped)
+                g->on_stopped(g, g->stopped_userdata);
+        return NULL;
+}
+
+/* ---- setup / teardown ---------------------------------------------------- */
+
+static grpc_server_credentials *make_credentials(const mgmt_tls *tls) {
+        if (!tls)
+                return grpc_insecure_server_credentials_create();
+        grpc_ssl_pem_key_cert_pair pair = { .private_key = tls->key_pem, .cert_chain = tls->cert_pem };
+        return grpc_ssl_server_credentials_create_ex(NULL, &pair, 1, GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE,
+                                                     NULL);
+}
+
+int mgmt_grpc_new(const mgmt_grpc_options *o, mgmt_grpc **ret, cp_error *reterr) {
+        mgmt_grpc *g = cp_xcalloc(1, sizeof *g);
+        grpc_arg args[] = {
+                { .type = GRPC_ARG_INTEGER, .key = (char *) GRPC_ARG_ALLOW_REUSEPORT, .value.integer = 0 },
+                { .type = GRPC_ARG_INTEGER, .key = (char *) GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
+                  .value.integer = 5000 },
+                { .type = GRPC_ARG_INTEGER, .key = (char *) GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS,
+                  .value.integer = 1 },
+                { .type = GRPC_ARG_INTEGER, .key = (char *) GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
+                  .value.integer = MAX_RECV_MESSAGE },
+        };
+        grpc_channel_args chargs = { .num_args = ELEMENTSOF(args), .args = args };
+        char addr[300];
+        int r, e;
+
+        g->shutdown_tag = (mgmt_tag) { .call = NULL };
+        g->userdata = o->userdata;
+        g->on_stopped = o->on_stopped;
+        g->stopped_userdata = o->stopped_userdata;
+        g->n_methods = o->n_methods;
+        g->methods = cp_xcalloc(o->n_methods + 1, sizeof *g->methods);
+        g->registered = cp_xcalloc(o->n_methods + 1, sizeof *g->registered);
+        if (o->n_methods)
+                memcpy(g->methods, o->methods, o->n_methods * sizeof *g->methods);
+
+        grpc_init();
+        g->grpc_inited = true;
+        g->server = grpc_server_create(&chargs, NULL);
+        g->cq = grpc_completion_queue_create_for_next(NULL);
+        grpc_server_register_completion_queue(g->server, g->cq, NULL);
+        for (size_t i = 0; i < g->n_methods; i++) {
+                grpc_server_register_method_payload_handling ph =
+                        g->methods[i].kind == MGMT_RPC_BIDI ? GRPC_SRM_PAYLOAD_NONE
+                                                           : GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER;
+                g->registered[i] = grpc_server_register_method(g->server, g->methods[i].path, NULL, ph, 0);
+                if (!g->registered[i]) {
+                        r = cp_error_set(reterr, -EINVAL, "cannot register gRPC method %s", g->methods[i].path);
+                        goto fail;
+                }
+        }
+
+        /* IPv6 literals need brackets in a gRPC target. */
+        if (strchr(o->address, ':') && o->address[0] != '[')
+                (void) snprintf(addr, sizeof addr, "[%s]:%d", o->address, o->port);
+        else
+                (void) snprintf(addr, sizeof addr, "%s:%d", o->address, o->port);
+        grpc_server_credentials *creds = make_credentials(o->tls);
+        g->port = grpc_server_add_http2_port(g->server, addr, creds);
+        grpc_server_credentials_release(creds);
+        if (g->port <= 0) {
+                r = cp_error_set(reterr, -EADDRINUSE, "cannot listen for gRPC on %s", addr);
+                cp_error_hint(reterr, "is another process using the port, or is the address not local?");
+                goto fail;
+        }
+        grpc_server_start(g->server);
+        for (size_t i = 0; i < g->n_methods; i++)
+                for (int k = 0; k < SLOTS_PER_METHOD; k++)
+                        request_slot(g, i);
+        for (int k = 0; k < SLOTS_GENERIC; k++)
+                request_slot(g, GENERIC_SLOT);
+
+        e = pthread_create(&g->thread, NULL, cq_thread, g);
+        if (e != 0) {
+                /* Nobody drains the queue yet: do it here, on this thread. */
+                atomic_store(&g->shutdown_requested, true);
+                atomic_store(&g->cancel_at_ms, 1);
+                g->on_stopped = NULL;
+                grpc_server_shutdown_and_notify(g->server, g->cq, &g->shutdown_tag);
+                (void) cq_thread(g);
+                mgmt_grpc_free(g);
+                return cp_error_set(reterr, -e, "cannot start the gRPC thread: %s", strerror(e));
+        }
+        (void) pthread_setname_np(g->thread, "grpc-cq");
+        g->thread_started = true;
+        *ret = g;
+        return 0;
+
+fail:
+        /* Never started: destroy directly, then drain the empty queue. */
+        grpc_server_destroy(g->server);
+        g->server_destroyed = true;
+        grpc_completion_queue_shutdown(g->cq);
+        while (grpc_completion_queue_next(g->cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL).type !=
+               GRPC_QUEUE_SHUTDOWN)
+                ;
+        mgmt_grpc_free(g);
+        return r;
+}
+
+int mgmt_grpc_port(const mgmt_grpc *g) {
+        return g->port;
+}
+
+void mgmt_grpc_shutdown(mgmt_grpc *g, int64_t grace_ms) {
+        if (atomic_exchange(&g->shutdown_requested, true))
+                return;
+        int64_t at = cp_now_mono_ms() + (grace_ms > 0 ? grace_ms : 0);
+        atomic_store(&g->cancel_at_ms, at > 0 ? at : 1);
+        grpc_server_shutdown_and_notify(g->server, g->cq, &g->shutdown_tag);
+}
+
+void mgmt_grpc_cancel_now(mgmt_grpc *g) {
+        if (atomic_load(&g->shutdown_requested))
+                atomic_store(&g->cancel_at_ms, 1);
+}
+
+mgmt_grpc *mgmt_grpc_free(mgmt_grpc *g) {
+        if (!g)
+                return NULL;
+        if (g->thread_started)
+                (void) pthread_join(g->thread, NULL);
+        if (g->cq)
+                grpc_completion_queue_destroy(g->cq);
+        if (g->grpc_inited)
+                grpc_shutdown();
+        free(g->methods);
+        free(g->registered);
+        free(g);
+        return NULL;
+}

@@ -1,0 +1,235 @@
+#include "cp/base.h"
+#include "cp/log.h"
+#include "cp/strbuf.h"
+#include "cp/util.h"
+#include "mgmt-http.h"
+
+#include <arpa/inet.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+struct mgmt_http {
+        struct evhttp *http;
+        struct evhttp_bound_socket *sock;
+        int port;
+        mgmt_ready *ready;
+};
+
+/* Per request, on the stack of the dispatcher: the request's log context
+ * and the id echoed in X-Request-Id. */
+typedef struct http_op {
+        mgmt_http *h;
+        struct evhttp_request *req;
+        char request_id[65];
+        char peer[64];
+        const char *method;
+        const char *path;
+        cp_log_ctx log;
+        int status;
+} http_op;
+
+typedef void (*route_fn)(http_op *op);
+
+static void handle_healthz(http_op *op);
+static void handle_readyz(http_op *op);
+
+/* The route table: exact paths. */
+static const struct route {
+        const char *path;
+        unsigned methods;       /* EVHTTP_REQ_* mask */
+        route_fn handler;
+} routes[] = {
+        { "/healthz", EVHTTP_REQ_GET | EVHTTP_REQ_HEAD, handle_healthz },
+        { "/readyz", EVHTTP_REQ_GET | EVHTTP_REQ_HEAD, handle_readyz },
+};
+
+static const struct {
+        enum evhttp_cmd_type cmd;
+        const char *name;
+} method_names[] = {
+        { EVHTTP_REQ_GET, "GET" }, { EVHTTP_REQ_POST, "POST" }, { EVHTTP_REQ_HEAD, "HEAD" },
+        { EVHTTP_REQ_PUT, "PUT" }, { EVHTTP_REQ_DELETE, "DELETE" }, { EVHTTP_REQ_OPTIONS, "OPTIONS" },
+        { EVHTTP_REQ_TRACE, "TRACE" }, { EVHTTP_REQ_CONNECT, "CONNECT" }, { EVHTTP_REQ_PATCH, "PATCH" },
+};
+
+static const char *method_name(enum evhttp_cmd_type cmd) {
+        for (size_t i = 0; i < ELEMENTSOF(method_names); i++)
+                if (method_names[i].cmd == cmd)
+                        return method_names[i].name;
+        return "UNKNOWN";
+}
+
+static void reply_json(http_op *op, int code, const char *reason, const char *body) {
+        struct evkeyvalq *out = evhttp_request_get_output_headers(op->req);
+        struct evbuffer *buf = evbuffer_new();
+
+        (void) evhttp_add_header(out, "Content-Type", "application/json; charset=UTF-8");
+        (void) evhttp_add_header(out, "Cache-Control", "no-store");
+        (void) evhttp_add_header(out, "X-Request-Id", op->request_id);
+        if (buf)
+                (void) evbuffer_add(buf, body, strlen(body));
+        evhttp_send_reply(op->req, code, reason, buf);
+        if (buf)
+                evbuffer_free(buf);
+        op->status = code;
+}
+
+/* NetBird's REST error body. */
+static void reply_error(http_op *op, int code, const char *reason, const char *message) {
+        cp_strbuf sb;
+
+        cp_strbuf_init(&sb);
+        cp_strbuf_adds(&sb, "{\"message\":\"");
+        cp_strbuf_add_json_escaped(&sb, message);
+        cp_strbuf_addf(&sb, "\",\"code\":%d}", code);
+        reply_json(op, code, reason, sb.buf);
+        cp_strbuf_release(&sb);
+}
+
+static void handle_healthz(http_op *op) {
+        reply_json(op, HTTP_OK, "OK", "{\"status\":\"ok\"}");
+}
+
+static void handle_readyz(http_op *op) {
+        mgmt_ready_state st;
+        cp_strbuf sb;
+
+        mgmt_ready_get(op->h->ready, &st);
+        if (st.ready) {
+                reply_json(op, HTTP_OK, "OK", "{\"status\":\"ready\"}");
+                return;
+        }
+        cp_strbuf_init(&sb);
+        cp_strbuf_adds(&sb, "{\"status\":\"not ready\",\"failed\":\"");
+        cp_strbuf_add_json_escaped(&sb, st.failed);
+        cp_strbuf_adds(&sb, "\",\"error\":\"");
+        cp_strbuf_add_json_escaped(&sb, st.error);
+        cp_strbuf_adds(&sb, "\"}");
+        reply_json(op, HTTP_SERVUNAVAIL, "Service Unavailable", sb.buf);
+        cp_strbuf_release(&sb);
+}
+
+/* Use the caller's X-Request-Id when it is short and plain, else a new id. */
+static void pick_request_id(http_op *op) {
+        const char *in = evhttp_find_header(evhttp_request_get_input_headers(op->req), "X-Request-Id");
+        size_t n = in ? strlen(in) : 0;
+
+        if (n > 0 && n < sizeof op->request_id && strspn(in, "abcdefghijklmnopqrstuvwxyz"
+                                                         "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") == n) {
+                memcpy(op->request_id, in, n + 1);
+                return;
+        }
+        char id[CP_ID_LEN + 1];
+        cp_id_new(id);
+        memcpy(op->request_id, id, sizeof id);
+}
+
+static void dispatch(struct evhttp_request *req, void *userdata) {
+        http_op op = { .h = userdata, .req = req };
+        struct evhttp_connection *conn = evhttp_request_get_connection(req);
+        const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+        enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+        const struct route *route = NULL;
+
+        pick_request_id(&op);
+        op.method = method_name(cmd);
+        op.path = uri ? evhttp_uri_get_path(uri) : NULL;
+        if (!op.path || !*op.path)
+                op.path = "/";
+        if (conn) {
+                char *addr = NULL;
+                ev_uint16_t port = 0;
+                evhttp_connection_get_peer(conn, &addr, &port);
+                (void) snprintf(op.peer, sizeof op.peer, "%s:%u", addr ? addr : "?", (unsigned) port);
+        }
+        op.log = (cp_log_ctx) { .component = "http", .request_id = op.request_id, .method = op.method,
+                                .peer = op.peer };
+
+        for (size_t i = 0; i < ELEMENTSOF(routes); i++)
+                if (strcmp(routes[i].path, op.path) == 0) {
+                        route = &routes[i];
+                        break;
+                }
+        if (!route)
+                reply_error(&op, HTTP_NOTFOUND, "Not Found", "not found");
+        else if (!(route->methods & cmd)) {
+                (void) evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, HEAD");
+                reply_error(&op, HTTP_BADMETHOD, "Method Not Allowed", "method not allowed");
+        } else
+                route->handler(&op);
+
+        char status[8];
+        (void) snprintf(status, sizeof status, "%d", op.status);
+        cp_log_kv(&op.log, CP_LOG_DEBUG, "http request", "path", op.path, "status", status, NULL);
+}
+
+int mgmt_http_new(struct event_base *base, const char *address, int port, mgmt_ready *ready,
+                  mgmt_http **ret, cp_error *reterr) {
+        mgmt_http *h = cp_xcalloc(1, sizeof *h);
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof ss;
+        char host[256];
+
+        h->ready = ready;
+        h->http = evhttp_new(base);
+        if (!h->http) {
+                free(h);
+                return cp_error_set(reterr, -ENOMEM, "cannot create the HTTP server");
+        }
+        /* Every method reaches the router, which answers 405 itself. */
+        evhttp_set_allowed_methods(h->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
+                                   EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS |
+                                   EVHTTP_REQ_PATCH);
+        evhttp_set_timeout(h->http, 30);
+        evhttp_set_max_headers_size(h->http, 16 * 1024);
+        evhttp_set_max_body_size(h->http, 1024 * 1024);
+        evhttp_set_gencb(h->http, dispatch, h);
+
+        /* evhttp wants a bare IPv6 address, without brackets. */
+        size_t n = strlen(address);
+        if (n >= 2 && address[0] == '[' && address[n - 1] == ']')
+                (void) snprintf(host, sizeof host, "%.*s", (int) (n - 2), address + 1);
+        else
+                (void) snprintf(host, sizeof host, "%s", address);
+        h->sock = evhttp_bind_socket_with_handle(h->http, host, (ev_uint16_t) port);
+        if (!h->sock) {
+                int e = errno ? errno : EADDRINUSE;
+                evhttp_free(h->http);
+                free(h);
+                return cp_error_set(reterr, -e, "cannot listen for HTTP on %s port %d: %s", address, port,
+                                    strerror(e));
+        }
+        h->port = port;
+        if (getsockname(evhttp_bound_socket_get_fd(h->sock), (struct sockaddr *) &ss, &len) == 0) {
+                if (ss.ss_family == AF_INET)
+                        h->port = ntohs(((struct sockaddr_in *) &ss)->sin_port);
+                else if (ss.ss_family == AF_INET6)
+                        h->port = ntohs(((struct sockaddr_in6 *) &ss)->sin6_port);
+        }
+        *ret = h;
+        return 0;
+}
+
+int mgmt_http_port(const mgmt_http *h) {
+        return h->port;
+}
+
+void mgmt_http_stop_accepting(mgmt_http *h) {
+        if (h && h->sock) {
+                evhttp_del_accept_socket(h->http, h->sock);
+                h->sock = NULL;
+        }
+}
+
+mgmt_http *mgmt_http_free(mgmt_http *h) {
+        if (!h)
+                return NULL;
+        if (h->http)
+                evhttp_free(h->http);
+        free(h);
+        return NULL;
+}

@@ -1,0 +1,291 @@
+#include "cp/base.h"
+#include "cp/log.h"
+#include "cp/store.h"
+#include "cp/util.h"
+#include "mgmt-grpc.h"
+#include "mgmt-http.h"
+#include "mgmt-manager.h"
+#include "mgmt-ready.h"
+
+#include <event2/event.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+
+/* After the grace period, gRPC gets this much longer to finish cancelling
+ * before the loop gives up on it. */
+#define SHUTDOWN_SLACK_MS 5000
+/* How long to wait for a readiness check stuck inside the store. */
+#define READY_STOP_MS 2000
+
+typedef struct mgmt_post {
+        struct mgmt_post *next;
+        mgmt_post_fn fn;
+        void *userdata;
+} mgmt_post;
+
+struct mgmt_manager {
+        const cp_config *config;        /* borrowed */
+        mgmt_tls *tls;
+        struct event_base *base;
+        cp_store *store;
+        mgmt_ready *ready;
+        mgmt_grpc *grpc;
+        mgmt_http *http;
+
+        struct event *sig_term, *sig_int, *wake, *deadline;
+        int wake_fd;
+
+        pthread_mutex_t posts_lock;
+        mgmt_post *posts_head, **posts_tail;
+
+        bool shutting_down;
+        bool grpc_stopped;
+        bool leak_on_free;              /* a thread is stuck: do not free what it uses */
+        int result;
+};
+
+static const cp_log_ctx log_ctx = { .component = "manager" };
+
+/* ---- cross-thread hand-off ------------------------------------------------ */
+
+void mgmt_manager_post(mgmt_manager *m, mgmt_post_fn fn, void *userdata) {
+        mgmt_post *p = cp_xcalloc(1, sizeof *p);
+        uint64_t one = 1;
+
+        p->fn = fn;
+        p->userdata = userdata;
+        pthread_mutex_lock(&m->posts_lock);
+        *m->posts_tail = p;
+        m->posts_tail = &p->next;
+        pthread_mutex_unlock(&m->posts_lock);
+        /* An eventfd counter only fails to take a write when it would
+         * overflow, and then the loop is already due to wake up. */
+        (void) !write(m->wake_fd, &one, sizeof one);
+}
+
+static void on_wake(evutil_socket_t fd, short what, void *userdata) {
+        mgmt_manager *m = userdata;
+        uint64_t n;
+        mgmt_post *list;
+
+        (void) !read(fd, &n, sizeof n);
+        pthread_mutex_lock(&m->posts_lock);
+        list = m->posts_head;
+        m->posts_head = NULL;
+        m->posts_tail = &m->posts_head;
+        pthread_mutex_unlock(&m->posts_lock);
+        while (list) {
+                mgmt_post *p = list;
+                list = p->next;
+                p->fn(m, p->userdata);
+                free(p);
+        }
+}
+
+/* ---- shutdown ------------------------------------------------------------- */
+
+static void on_grpc_stopped_loop(mgmt_manager *m, void *userdata) {
+        m->grpc_stopped = true;
+        if (m->deadline)
+                event_del(m->deadline);
+        (void) event_base_loopexit(m->base, NULL);
+}
+
+/* Runs on the CQ thread: hand over to the loop. */
+static void on_grpc_stopped(mgmt_grpc *g, void *userdata) {
+        mgmt_manager_post(userdata, on_grpc_stopped_loop, NULL);
+}
+
+static void on_deadline(evutil_socket_t fd, short what, void *userdata) {
+        mgmt_manager *m = userdata;
+
+        cp_log(&log_ctx, CP_LOG_ERROR, "gRPC server did not stop in time; exiting anyway");
+        m->result = -ETIMEDOUT;
+        m->leak_on_free = true;
+        (void) event_base_loopbreak(m->base);
+}
+
+static void begin_shutdown(mgmt_manager *m, const char *why) {
+        int64_t grace = m->config->shutdown_timeout_ms;
+        char buf[32];
+
+        m->shutting_down = true;
+        (void) snprintf(buf, sizeof buf, "%" PRId64 "ms", grace);
+        cp_log_kv(&log_ctx, CP_LOG_INFO, "shutting down", "signal", why, "grace", buf, NULL);
+        mgmt_http_stop_accepting(m->http);
+        mgmt_grpc_shutdown(m->grpc, grace);
+
+        int64_t limit = grace + SHUTDOWN_SLACK_MS;
+        struct timeval tv = { .tv_sec = limit / 1000, .tv_usec = (limit % 1000) * 1000 };
+        m->deadline = evtimer_new(m->base, on_deadline, m);
+        if (m->deadline)
+                (void) evtimer_add(m->deadline, &tv);
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *userdata) {
+        mgmt_manager *m = userdata;
+        const char *name = sig == SIGTERM ? "SIGTERM" : sig == SIGINT ? "SIGINT" : "signal";
+
+        if (!m->shutting_down) {
+                begin_shutdown(m, name);
+                return;
+        }
+        cp_log_kv(&log_ctx, CP_LOG_WARN, "second signal: cancelling in-flight calls now", "signal", name, NULL);
+        mgmt_grpc_cancel_now(m->grpc);
+}
+
+/* ---- setup ---------------------------------------------------------------- */
+
+static int open_store(mgmt_manager *m, cp_error *reterr) {
+        const cp_config *c = m->config;
+        cp_store_migrate_result mr = { 0 };
+        char applied[16], current[16], unknown[16];
+        int r;
+
+        r = cp_store_open(c->postgres_dsn, (unsigned) c->db_pool_size, &m->store, reterr);
+        if (r < 0) {
+                cp_error_prefix(reterr, "cannot connect to PostgreSQL");
+                return r;
+        }
+        /* Replicas starting together serialise on the store's advisory lock. */
+        r = cp_store_migrate(m->store, &mr, reterr);
+        if (r < 0) {
+                cp_error_prefix(reterr, "cannot apply database migrations");
+                return r;
+        }
+        (void) snprintf(applied, sizeof applied, "%u", mr.applied);
+        (void) snprintf(current, sizeof current, "%u", mr.current);
+        (void) snprintf(unknown, sizeof unknown, "%u", mr.unknown);
+        cp_log_kv(&log_ctx, CP_LOG_INFO, "database schema ready", "applied", applied, "already_applied", current,
+                  "unknown", unknown, NULL);
+        return 0;
+}
+
+static void log_listening(const char *protocol, const char *address, int port, const char *tls) {
+        char p[16], addr[300];
+
+        (void) snprintf(p, sizeof p, "%d", port);
+        if (strchr(address, ':') && address[0] != '[')
+                (void) snprintf(addr, sizeof addr, "[%s]:%d", address, port);
+        else
+                (void) snprintf(addr, sizeof addr, "%s:%d", address, port);
+        cp_log_kv(&log_ctx, CP_LOG_INFO, "listening", "protocol", protocol, "address", addr, "port", p,
+                  "tls", tls, NULL);
+}
+
+int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_manager **ret, cp_error *reterr) {
+        mgmt_manager *m = cp_xcalloc(1, sizeof *m);
+        int r;
+
+        m->config = cfg;
+        m->tls = tls;
+        m->wake_fd = -1;
+        m->posts_tail = &m->posts_head;
+        pthread_mutex_init(&m->posts_lock, NULL);
+
+        m->base = event_base_new();
+        if (!m->base) {
+                r = cp_error_set(reterr, -ENOMEM, "cannot create the event loop");
+                goto fail;
+        }
+        m->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (m->wake_fd < 0) {
+                r = cp_error_set(reterr, -errno, "cannot create an eventfd: %s", strerror(errno));
+                goto fail;
+        }
+        m->wake = event_new(m->base, m->wake_fd, EV_READ | EV_PERSIST, on_wake, m);
+        m->sig_term = evsignal_new(m->base, SIGTERM, on_signal, m);
+        m->sig_int = evsignal_new(m->base, SIGINT, on_signal, m);
+        if (!m->wake || !m->sig_term || !m->sig_int || event_add(m->wake, NULL) < 0 ||
+            event_add(m->sig_term, NULL) < 0 || event_add(m->sig_int, NULL) < 0) {
+                r = cp_error_set(reterr, -ENOMEM, "cannot register loop events");
+                goto fail;
+        }
+
+        r = open_store(m, reterr);
+        if (r < 0)
+                goto fail;
+        r = mgmt_ready_new(m->store, &m->ready);
+        if (r < 0) {
+                r = cp_error_set(reterr, r, "cannot start the readiness checker: %s", strerror(-r));
+                goto fail;
+        }
+
+        mgmt_grpc_options go = {
+                .address = cfg->listen_address,
+                .port = (int) cfg->port,
+                .tls = m->tls,
+                .methods = NULL,        /* the agent protocol registers its table here */
+                .n_methods = 0,
+                .userdata = m,
+                .on_stopped = on_grpc_stopped,
+                .stopped_userdata = m,
+        };
+        r = mgmt_grpc_new(&go, &m->grpc, reterr);
+        if (r < 0)
+                goto fail;
+        r = mgmt_http_new(m->base, cfg->listen_address, (int) cfg->http_port, m->ready, &m->http, reterr);
+        if (r < 0)
+                goto fail;
+
+        log_listening("grpc", cfg->listen_address, mgmt_grpc_port(m->grpc), m->tls ? "true" : "false");
+        log_listening("http", cfg->listen_address, mgmt_http_port(m->http), "false");
+        *ret = m;
+        return 0;
+
+fail:
+        mgmt_manager_free(m);
+        return r;
+}
+
+int mgmt_manager_run(mgmt_manager *m) {
+        if (event_base_dispatch(m->base) < 0)
+                return -EIO;
+        return m->result;
+}
+
+mgmt_manager *mgmt_manager_free(mgmt_manager *m) {
+        if (!m)
+                return NULL;
+        mgmt_http_stop_accepting(m->http);
+        if (m->grpc && !m->grpc_stopped && !m->leak_on_free) {
+                /* Failed start-up or an unexpected loop exit: stop gRPC now
+                 * and wait for its thread (pending posts are dropped). */
+                mgmt_grpc_shutdown(m->grpc, 0);
+        }
+        if (m->leak_on_free) {
+                /* gRPC's thread is stuck: leave it, the store and the rest
+                 * in place; the process exits right after. */
+                cp_log(&log_ctx, CP_LOG_WARN, "skipping cleanup: a thread did not stop");
+                return NULL;
+        }
+        m->grpc = mgmt_grpc_free(m->grpc);
+        m->http = mgmt_http_free(m->http);
+        bool store_free = mgmt_ready_stop(m->ready, READY_STOP_MS);
+        if (store_free)
+                m->store = cp_store_free(m->store);
+        else
+                cp_log(&log_ctx, CP_LOG_WARN, "readiness check stuck in the store; not closing the store");
+        if (m->deadline)
+                event_free(m->deadline);
+        if (m->wake)
+                event_free(m->wake);
+        if (m->sig_term)
+                event_free(m->sig_term);
+        if (m->sig_int)
+                event_free(m->sig_int);
+        if (m->base)
+                event_base_free(m->base);
+        if (m->wake_fd >= 0)
+                (void) close(m->wake_fd);
+        while (m->posts_head) {
+                mgmt_post *p = m->posts_head;
+                m->posts_head = p->next;
+                free(p);
+        }
+        pthread_mutex_destroy(&m->posts_lock);
+        mgmt_tls_free(m->tls);
+        free(m);
+        return NULL;
+}

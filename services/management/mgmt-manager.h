@@ -1,0 +1,45 @@
+/*
+ * mgmt-manager.h: the Manager of the management server (style.md habit 11).
+ *
+ * One mgmt_manager owns everything the server process has: the event loop,
+ * the store pool, the readiness checker, the gRPC server and the HTTP
+ * listener. It is built by mgmt_manager_new(), driven by
+ * mgmt_manager_run() on the thread that built it (the loop thread) and
+ * torn down by mgmt_manager_free(). Nothing else is global apart from the
+ * logger's settings.
+ *
+ * Threads: the loop thread owns the manager. Other threads (the gRPC CQ
+ * thread, the readiness checker) never touch the event_base; they hand
+ * work over with mgmt_manager_post(), which queues a function and wakes
+ * the loop through an eventfd.
+ *
+ * Shutdown: SIGTERM or SIGINT closes the HTTP listener, asks gRPC to stop
+ * accepting and gives in-flight calls config->shutdown_timeout_ms to end,
+ * after which they are cancelled. When gRPC reports it has stopped the
+ * loop exits. A second signal cancels in-flight calls at once.
+ */
+#pragma once
+
+#include "cp/config.h"
+#include "cp/error.h"
+#include "mgmt-tls.h"
+
+typedef struct mgmt_manager mgmt_manager;
+
+typedef void (*mgmt_post_fn)(mgmt_manager *m, void *userdata);
+
+/* Opens the store, applies migrations, binds both listeners and starts the
+ * gRPC thread; logs the "listening" lines. cfg is borrowed and must outlive
+ * the manager; tls (may be NULL) is taken over, even on failure. */
+int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_manager **ret, cp_error *reterr);
+
+/* Runs the event loop until shutdown completes. Returns 0, or a negative
+ * errno when shutdown did not complete in time. */
+int mgmt_manager_run(mgmt_manager *m);
+
+/* Any thread: runs fn(m, userdata) on the loop thread soon. Functions still
+ * queued when the manager is freed are dropped without running. */
+void mgmt_manager_post(mgmt_manager *m, mgmt_post_fn fn, void *userdata);
+
+/* Accepts NULL; returns NULL. */
+mgmt_manager *mgmt_manager_free(mgmt_manager *m);

@@ -1,0 +1,163 @@
+#include "cp/base.h"
+#include "cp/log.h"
+#include "cp/util.h"
+#include "mgmt-ready.h"
+
+#include <pthread.h>
+
+struct mgmt_ready {
+        cp_store *store;
+        pthread_t thread;
+        pthread_mutex_t lock;
+        pthread_cond_t cond;            /* CLOCK_MONOTONIC; signalled on stop */
+        /* Everything below is guarded by lock. */
+        bool stop;
+        bool exited;
+        bool have_result;
+        bool running;
+        int64_t started_ms, finished_ms;
+        bool store_ok;
+        int migrations;                 /* cp_store_migrations_current() */
+        char error[256];
+};
+
+static const cp_log_ctx log_ctx = { .component = "ready" };
+
+static void check_once(mgmt_ready *r) {
+        cp_error err = { 0 };
+        int ping, mig = -EIO;
+
+        pthread_mutex_lock(&r->lock);
+        r->running = true;
+        r->started_ms = cp_now_mono_ms();
+        pthread_mutex_unlock(&r->lock);
+
+        ping = cp_store_ping(r->store, &err);
+        if (ping >= 0)
+                mig = cp_store_migrations_current(r->store, &err);
+
+        pthread_mutex_lock(&r->lock);
+        bool was_ready = r->have_result && r->store_ok && r->migrations == 1;
+        r->running = false;
+        r->have_result = true;
+        r->finished_ms = cp_now_mono_ms();
+        r->store_ok = ping >= 0;
+        r->migrations = mig;
+        if (ping < 0 || mig < 0)
+                (void) snprintf(r->error, sizeof r->error, "%s", err.message[0] ? err.message : strerror(-(ping < 0 ? ping : mig)));
+        else if (mig == 0)
+                (void) snprintf(r->error, sizeof r->error, "database schema has pending migrations");
+        else
+                r->error[0] = '\0';
+        bool now_ready = r->store_ok && r->migrations == 1;
+        char error[sizeof r->error];
+        memcpy(error, r->error, sizeof error);
+        pthread_mutex_unlock(&r->lock);
+
+        /* Log transitions only, not every probe. */
+        if (was_ready && !now_ready)
+                cp_log_kv(&log_ctx, CP_LOG_WARN, "not ready", "error", error, NULL);
+        else if (!was_ready && now_ready)
+                cp_log(&log_ctx, CP_LOG_INFO, "ready");
+}
+
+static void *ready_thread(void *userdata) {
+        mgmt_ready *r = userdata;
+
+        pthread_mutex_lock(&r->lock);
+        while (!r->stop) {
+                struct timespec ts;
+                clock_gettime(CLOCK_MONOTONIC, &ts);
+                ts.tv_sec += MGMT_READY_INTERVAL_MS / 1000;
+                ts.tv_nsec += (MGMT_READY_INTERVAL_MS % 1000) * 1000000L;
+                if (ts.tv_nsec >= 1000000000L) {
+                        ts.tv_sec++;
+                        ts.tv_nsec -= 1000000000L;
+                }
+                while (!r->stop && pthread_cond_timedwait(&r->cond, &r->lock, &ts) != ETIMEDOUT)
+                        ;
+                if (r->stop)
+                        break;
+                pthread_mutex_unlock(&r->lock);
+                check_once(r);
+                pthread_mutex_lock(&r->lock);
+        }
+        r->exited = true;
+        pthread_cond_broadcast(&r->cond);
+        pthread_mutex_unlock(&r->lock);
+        return NULL;
+}
+
+int mgmt_ready_new(cp_store *store, mgmt_ready **ret) {
+        mgmt_ready *r = cp_xcalloc(1, sizeof *r);
+        pthread_condattr_t attr;
+        int e;
+
+        r->store = store;
+        pthread_mutex_init(&r->lock, NULL);
+        pthread_condattr_init(&attr);
+        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+        pthread_cond_init(&r->cond, &attr);
+        pthread_condattr_destroy(&attr);
+
+        check_once(r);
+        e = pthread_create(&r->thread, NULL, ready_thread, r);
+        if (e != 0) {
+                pthread_cond_destroy(&r->cond);
+                pthread_mutex_destroy(&r->lock);
+                free(r);
+                return -e;
+        }
+        *ret = r;
+        return 0;
+}
+
+void mgmt_ready_get(mgmt_ready *r, mgmt_ready_state *ret) {
+        int64_t now = cp_now_mono_ms();
+
+        memset(ret, 0, sizeof *ret);
+        pthread_mutex_lock(&r->lock);
+        ret->age_ms = r->have_result ? now - r->finished_ms : 0;
+        if (r->running && now - r->started_ms > MGMT_READY_STALE_MS) {
+                ret->failed = "store";
+                (void) snprintf(ret->error, sizeof ret->error, "store check running for %" PRId64 " ms",
+                                now - r->started_ms);
+        } else if (!r->have_result || !r->store_ok) {
+                ret->failed = "store";
+                (void) snprintf(ret->error, sizeof ret->error, "%s", r->have_result ? r->error : "not checked yet");
+        } else if (r->migrations != 1) {
+                ret->failed = "migrations";
+                (void) snprintf(ret->error, sizeof ret->error, "%s", r->error);
+        } else
+                ret->ready = true;
+        pthread_mutex_unlock(&r->lock);
+}
+
+bool mgmt_ready_stop(mgmt_ready *r, int64_t timeout_ms) {
+        struct timespec ts;
+        bool exited;
+
+        if (!r)
+                return true;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_sec += timeout_ms / 1000;
+        ts.tv_nsec += (timeout_ms % 1000) * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+        }
+        pthread_mutex_lock(&r->lock);
+        r->stop = true;
+        pthread_cond_broadcast(&r->cond);
+        while (!r->exited && pthread_cond_timedwait(&r->cond, &r->lock, &ts) != ETIMEDOUT)
+                ;
+        exited = r->exited;
+        pthread_mutex_unlock(&r->lock);
+        if (!exited)
+                return false;
+        (void) pthread_join(r->thread, NULL);
+        pthread_cond_destroy(&r->cond);
+        pthread_mutex_destroy(&r->lock);
+        free(r);
+        return true;
+}

@@ -1,0 +1,44 @@
+/*
+ * mgmt-ready.h: the readiness checker behind GET /readyz.
+ *
+ * A thread of its own runs the checks (cp_store_ping, then
+ * cp_store_migrations_current) every MGMT_READY_INTERVAL_MS and keeps the
+ * latest result. The HTTP handler only reads that result, so a database
+ * that hangs never blocks the event loop (and with it /healthz and signal
+ * handling). A check still running after MGMT_READY_STALE_MS counts as a
+ * failure.
+ *
+ * Threads: mgmt_ready_get() may be called from any thread; new/free from
+ * the thread that owns the manager.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "cp/store.h"
+
+#define MGMT_READY_INTERVAL_MS 2000
+#define MGMT_READY_STALE_MS 5000
+
+typedef struct mgmt_ready mgmt_ready;
+
+typedef struct mgmt_ready_state {
+        bool ready;
+        const char *failed;     /* "store" or "migrations" when not ready (static string) */
+        char error[256];        /* why, when not ready */
+        int64_t age_ms;         /* since the result was produced */
+} mgmt_ready_state;
+
+/* Runs the checks once synchronously (so the first /readyz is accurate),
+ * then starts the thread. store is borrowed and must outlive the checker.
+ * Returns 0 or a negative errno (thread creation failed). */
+int mgmt_ready_new(cp_store *store, mgmt_ready **ret);
+
+void mgmt_ready_get(mgmt_ready *r, mgmt_ready_state *ret);
+
+/* Stops the thread, waiting at most timeout_ms for a check in progress.
+ * Returns true when the thread is gone (r is freed); false when it is stuck
+ * inside the store, in which case r is left alone and the store must not be
+ * freed either (the process is about to exit anyway). Accepts NULL. */
+bool mgmt_ready_stop(mgmt_ready *r, int64_t timeout_ms);

@@ -1,0 +1,319 @@
+"""Helpers for the service tests: a TAP runner, throwaway databases, free
+ports and a wrapper around a running netbird-mgmt process.
+
+Run by /usr/bin/python3 (the interpreter that has grpc and psycopg2); the
+binary's path is the first command-line argument (meson passes it).
+"""
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import urllib.error
+import urllib.request
+
+BINARY = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("NETBIRD_MGMT", "")
+PG_DSN = os.environ.get("CP_TEST_PG_DSN", "")
+# Start-up under ASan/valgrind is slow; keep generous limits.
+START_TIMEOUT = float(os.environ.get("CP_TEST_START_TIMEOUT", "30"))
+
+
+class Skip(Exception):
+    pass
+
+
+def needs_db():
+    if not PG_DSN:
+        raise Skip("CP_TEST_PG_DSN not set (run through tests/run)")
+
+
+# ---- TAP -------------------------------------------------------------------
+
+_tests = []
+_cleanups = []
+
+
+def test(fn):
+    _tests.append(fn)
+    return fn
+
+
+def defer(fn, *args):
+    """Run fn(*args) when the current test ends, pass or fail."""
+    _cleanups.append((fn, args))
+
+
+def run_all():
+    only = sys.argv[2] if len(sys.argv) > 2 else None
+    chosen = [t for t in _tests if only is None or t.__name__ == only]
+    print("1..%d" % len(chosen), flush=True)
+    failed = 0
+    for i, t in enumerate(chosen, 1):
+        name = t.__name__
+        ok, skip = True, None
+        try:
+            if not BINARY or not os.access(BINARY, os.X_OK):
+                raise Skip("netbird-mgmt binary not given")
+            t()
+        except Skip as s:
+            skip = str(s)
+        except Exception:
+            ok = False
+            for l in traceback.format_exc().splitlines():
+                print("# " + l)
+        # Cleanups run whatever happened; a failing one (say, a sanitizer
+        # report from a server killed at the end) fails the test too.
+        while _cleanups:
+            fn, args = _cleanups.pop()
+            try:
+                fn(*args)
+            except Exception:
+                ok = False
+                for l in traceback.format_exc().splitlines():
+                    print("# cleanup: " + l)
+        if not ok:
+            failed += 1
+            line = "not ok %d - %s" % (i, name)
+        elif skip is not None:
+            line = "ok %d - %s # SKIP %s" % (i, name, skip)
+        else:
+            line = "ok %d - %s" % (i, name)
+        print(line, flush=True)
+    return 1 if failed else 0
+
+
+# ---- databases, ports, files -------------------------------------------------
+
+def _admin(sql):
+    import psycopg2
+    conn = psycopg2.connect(PG_DSN)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+    finally:
+        conn.close()
+
+
+def new_db():
+    """Creates an empty database, dropped when the test ends; returns its DSN."""
+    needs_db()
+    name = "svc_" + secrets.token_hex(6)
+    _admin("CREATE DATABASE %s" % name)
+    defer(drop_db, name)
+    return PG_DSN + " dbname=" + name, name
+
+
+def drop_db(name):
+    _admin("DROP DATABASE IF EXISTS %s WITH (FORCE)" % name)
+
+
+def query(dsn, sql):
+    import psycopg2
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+            return cur.fetchall()
+    finally:
+        conn.close()
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tmpdir():
+    d = tempfile.TemporaryDirectory(prefix="svc-")
+    defer(d.cleanup)
+    return d.name
+
+
+def write_json(obj, text=None):
+    path = os.path.join(tmpdir(), "management.json")
+    with open(path, "w") as f:
+        f.write(text if text is not None else json.dumps(obj))
+    return path
+
+
+def clean_env(extra=None):
+    """The environment without any setting variables, plus extra."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("NB_", "NETBIRD_"))}
+    env.update(extra or {})
+    return env
+
+
+# ---- one-shot runs -----------------------------------------------------------
+
+class Result:
+    def __init__(self, p, out, err):
+        self.rc = p.returncode
+        self.out = out
+        self.err = err
+
+    def __repr__(self):
+        return "rc=%r\nstdout=%s\nstderr=%s" % (self.rc, self.out, self.err)
+
+
+def run(args, env=None, timeout=60):
+    p = subprocess.run([BINARY] + list(args), capture_output=True, text=True,
+                       env=clean_env(env), timeout=timeout)
+    check_sanitizer_clean(p.stderr)
+    return Result(p, p.stdout, p.stderr)
+
+
+def check_usage_error(r, *needles):
+    """Exit 2, and stderr mentions every needle."""
+    assert r.rc == 2, r
+    for n in needles:
+        assert n in r.err, "%r not in stderr\n%r" % (n, r)
+    check_sanitizer_clean(r.err)
+
+
+def check_sanitizer_clean(text):
+    for bad in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+        assert bad not in text, text
+
+
+def json_lines(text):
+    """Parses every line as a JSON object (fails on anything else)."""
+    out = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            raise AssertionError("not a JSON log line: %r" % line)
+        assert isinstance(obj, dict), line
+        out.append(obj)
+    return out
+
+
+# ---- a running server --------------------------------------------------------
+
+class Server:
+    """netbird-mgmt management, with stdout/stderr collected by threads."""
+
+    def __init__(self, args, env=None, wait=True, command=None, protocols=("grpc", "http")):
+        self.lines = []
+        self.err = []
+        self.cond = threading.Condition()
+        self.protocols = protocols
+        self.proc = subprocess.Popen((command or [BINARY, "management"]) + list(args),
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, env=clean_env(env))
+        defer(self.kill)
+        self._t1 = threading.Thread(target=self._pump, args=(self.proc.stdout, self.lines), daemon=True)
+        self._t2 = threading.Thread(target=self._pump, args=(self.proc.stderr, self.err), daemon=True)
+        self._t1.start()
+        self._t2.start()
+        self.grpc_port = self.http_port = None
+        if wait:
+            self.wait_listening()
+
+    def _pump(self, stream, sink):
+        for line in stream:
+            with self.cond:
+                sink.append(line.rstrip("\n"))
+                self.cond.notify_all()
+        with self.cond:
+            self.cond.notify_all()
+
+    def stdout(self):
+        with self.cond:
+            return "\n".join(self.lines)
+
+    def stderr(self):
+        with self.cond:
+            return "\n".join(self.err)
+
+    def logs(self):
+        return json_lines(self.stdout())
+
+    def wait_log(self, pred, timeout=START_TIMEOUT):
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                for line in self.lines:
+                    try:
+                        obj = json.loads(line)
+                    except ValueError:
+                        continue
+                    if pred(obj):
+                        return obj
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not self._t1.is_alive()):
+                    raise AssertionError("log line not seen; rc=%r\nstdout:\n%s\nstderr:\n%s" % (
+                        self.proc.poll(), "\n".join(self.lines), "\n".join(self.err)))
+                self.cond.wait(min(left, 0.2))
+
+    def wait_listening(self):
+        for proto in self.protocols:
+            obj = self.wait_log(lambda o, p=proto: o.get("msg") == "listening" and o.get("protocol") == p)
+            setattr(self, proto + "_port", int(obj["port"]))
+
+    def url(self, path):
+        return "http://127.0.0.1:%d%s" % (self.http_port, path)
+
+    def signal(self, sig=signal.SIGTERM):
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout):
+        rc = self.proc.wait(timeout)
+        self._t1.join(5)
+        self._t2.join(5)
+        return rc
+
+    def stop(self, timeout=30):
+        """SIGTERM and wait; returns (exit code, seconds taken)."""
+        t0 = time.monotonic()
+        self.signal(signal.SIGTERM)
+        rc = self.wait(timeout)
+        return rc, time.monotonic() - t0
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        check_sanitizer_clean(self.stderr())
+
+
+def http(method, url, timeout=10, headers=None):
+    """Returns (status, headers, body bytes); HTTP errors are results too."""
+    req = urllib.request.Request(url, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def http_json(method, url, **kw):
+    status, headers, body = http(method, url, **kw)
+    return status, headers, json.loads(body.decode()) if body else None
+
+
+def dsn_env(dsn):
+    return {"NB_STORE_ENGINE_POSTGRES_DSN": dsn}
+
+
+def base_args(**over):
+    """--listen-address 127.0.0.1 and fresh ports unless given."""
+    args = ["--listen-address", "127.0.0.1",
+            "--port", str(over.pop("port", free_port())),
+            "--http-port", str(over.pop("http_port", free_port())),
+            "--config", over.pop("config", "")]
+    for k, v in over.items():
+        args += ["--" + k.replace("_", "-"), str(v)]
+    return args
