@@ -13,6 +13,8 @@ enum {
 };
 
 #define PAT_TTL_DAYS "365"
+/* Advisory lock key serialising "create the first account": "nbcpfrst". */
+#define FIRST_ACCOUNT_LOCK_KEY "7953758364750951540"
 
 int cp_store_account_count(cp_store *s, int64_t *ret, cp_error *reterr) {
         _cleanup_pgresult_ PGresult *res = NULL;
@@ -127,6 +129,23 @@ static int insert_all(cp_store_conn *c, const cp_store_account_spec *spec,
         return r;
 }
 
+/* Inside the transaction: wait for any other "first account" creation to
+ * commit (transaction-scoped advisory lock), then make sure none exists. */
+static int check_none(cp_store_conn *c, cp_error *reterr) {
+        _cleanup_pgresult_ PGresult *res = NULL;
+        int r;
+
+        r = cp_store__command(c, "SELECT pg_advisory_xact_lock(" FIRST_ACCOUNT_LOCK_KEY ")", reterr);
+        if (r < 0)
+                return r;
+        r = cp_store__exec(c, ST_ACCOUNT_COUNT, NULL, &res, reterr);
+        if (r < 0)
+                return r;
+        if (strcmp(PQgetvalue(res, 0, 0), "0") != 0)
+                return cp_error_set(reterr, -EEXIST, "an account already exists");
+        return 0;
+}
+
 int cp_store_account_create(cp_store *s, const cp_store_account_spec *spec,
                             cp_store_account_created *ret, cp_error *reterr) {
         cp_store_account_created out = { 0 };
@@ -137,6 +156,8 @@ int cp_store_account_create(cp_store *s, const cp_store_account_spec *spec,
         if (r < 0)
                 return r;
         r = cp_store__command(c, "BEGIN", reterr);
+        if (r >= 0 && spec->only_if_none)
+                r = check_none(c, reterr);
         if (r >= 0)
                 r = insert_all(c, spec, &out, reterr);
         if (r >= 0)

@@ -34,6 +34,8 @@ typedef enum cp_store_stmt {
         ST_PAT_INSERT,
         ST_SETUP_KEY_INSERT,
         ST_EVENT_INSERT,
+        ST_SERVER_KEY_GET,
+        ST_SERVER_KEY_INSERT,
         _ST_MAX,
 } cp_store_stmt;
 

@@ -63,6 +63,13 @@ static const struct {
         [ST_EVENT_INSERT] = { "event_insert",
                 "INSERT INTO events (activity, initiator_id, target_id, account_id, meta)"
                 " VALUES ($1::int, $2, $3, $4, $5::jsonb)", 5 },
+
+        /* Server key pair (store-serverkey.c): first writer wins, all read. */
+        [ST_SERVER_KEY_GET] = { "server_key_get",
+                "SELECT public_key, private_key_enc FROM server_keys WHERE purpose = $1", 1 },
+        [ST_SERVER_KEY_INSERT] = { "server_key_insert",
+                "INSERT INTO server_keys (purpose, public_key, private_key_enc) VALUES ($1, $2, $3)"
+                " ON CONFLICT (purpose) DO NOTHING", 3 },
 };
 
 int cp_store__error(PGconn *pg, const PGresult *res, cp_error *reterr) {

@@ -157,7 +157,6 @@ int mgmt_cmd_bootstrap(const cp_config *cfg, void *extra) {
         cp_store_account_created out;
         cp_error err = { 0 };
         cp_store *s = NULL;
-        int64_t count = 0;
         int r;
 
         if (b->setup_key_ttl_ms % 1000 != 0) {
@@ -167,29 +166,19 @@ int mgmt_cmd_bootstrap(const cp_config *cfg, void *extra) {
         }
         if (open_and_migrate(cfg, &s, &mr) < 0)
                 return MGMT_EXIT_FAILURE;
-        r = cp_store_account_count(s, &count, &err);
-        if (r < 0) {
-                (void) cp_log_error(&log_main, r, &err, "cannot count accounts");
-                fprintf(stderr, "netbird-mgmt: error: cannot count accounts: %s\n", err.message);
-                cp_store_free(s);
-                return MGMT_EXIT_FAILURE;
-        }
-        if (count > 0) {
-                char n[32];
-                (void) snprintf(n, sizeof n, "%" PRId64, count);
-                cp_log_kv(&log_main, CP_LOG_WARN, "accounts already exist; bootstrap created nothing", "accounts",
-                          n, NULL);
-                cp_store_free(s);
-                return MGMT_EXIT_OK;
-        }
-
         cp_store_account_spec spec = {
                 .name = b->account_name,
-                .dns_domain = cfg->dns_domain,
                 .setup_key_ttl_s = b->setup_key_ttl_ms / 1000,
+                .only_if_none = true,
         };
         r = cp_store_account_create(s, &spec, &out, &err);
         cp_store_free(s);
+        if (r == -EEXIST) {
+                /* Idempotent: the first account exists (maybe made by a
+                 * bootstrap running at the same moment). */
+                cp_log(&log_main, CP_LOG_WARN, "an account already exists; bootstrap created nothing");
+                return MGMT_EXIT_OK;
+        }
         if (r < 0) {
                 (void) cp_log_error(&log_main, r, &err, "cannot create the account");
                 fprintf(stderr, "netbird-mgmt: error: cannot create the account: %s\n", err.message);

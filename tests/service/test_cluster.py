@@ -91,8 +91,28 @@ def bootstrap_on_an_empty_database_migrates_first():
     r = svc.run(["bootstrap", "--config=", "--dns-domain", "corp.internal"], env=svc.dsn_env(dsn))
     assert r.rc == 0, r
     v = parse_vars(r.out)
+    # The schema exists and the account is there. Its own DNS-domain override
+    # stays empty: the server's --dns-domain applies, and changing the flag
+    # later must not leave the first account behind on the old domain.
+    assert svc.query(dsn, "SELECT count(*) FROM schema_migrations") != [(0,)]
     assert svc.query(dsn, "SELECT settings_dns_domain FROM accounts WHERE id = '%s'" % v["ACCOUNT_ID"]) == \
-        [("corp.internal",)]
+        [("",)]
+
+
+@test
+def concurrent_bootstraps_create_one_account():
+    dsn, _ = svc.new_db()
+    import subprocess
+    procs = [subprocess.Popen([svc.BINARY, "bootstrap", "--config="], env=svc.clean_env(svc.dsn_env(dsn)),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    for _, err in outs:
+        svc.check_sanitizer_clean(err)
+    printed = [o for o, _ in outs if "ACCOUNT_ID=" in o]
+    assert len(printed) == 1, outs
+    assert svc.query(dsn, "SELECT count(*) FROM accounts") == [(1,)]
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@
 #include "cptest.h"
 #include "testdb.h"
 
+#include <pthread.h>
+
 static char *q1(cptest_db *db, const char *sql, const char *a) {
         const char *p[1] = { a };
         return cptest_db_query(db, sql, a ? 1 : 0, a ? p : NULL);
@@ -168,6 +170,60 @@ TEST(store_errors_keep_the_sqlstate) {
         ASSERT_STREQ("1", g);
         free(g);
         cp_store_free(s);
+        cptest_db_free(db);
+}
+
+typedef struct first_racer {
+        const char *dsn;
+        pthread_barrier_t *start;
+        int r;
+        cp_error err;
+} first_racer;
+
+static void *first_main(void *arg) {
+        first_racer *x = arg;
+        cp_store_account_spec spec = { .name = "first", .only_if_none = true };
+        cp_store_account_created out;
+        cp_store *s = NULL;
+
+        x->r = cp_store_open(x->dsn, 1, &s, &x->err);
+        pthread_barrier_wait(x->start);
+        if (x->r >= 0)
+                x->r = cp_store_account_create(s, &spec, &out, &x->err);
+        cp_store_free(s);
+        return NULL;
+}
+
+TEST(concurrent_first_account_creation_makes_exactly_one) {
+        enum { N = 8 };
+        cp_store *s = NULL;
+        cptest_db *db = cptest_db_new_migrated(1, &s);
+        pthread_barrier_t start;
+        pthread_t th[N];
+        first_racer rc[N];
+        int created = 0, exists = 0;
+
+        s = cp_store_free(s);
+        pthread_barrier_init(&start, NULL, N);
+        for (int i = 0; i < N; i++) {
+                rc[i] = (first_racer) { .dsn = db->dsn, .start = &start };
+                pthread_create(&th[i], NULL, first_main, &rc[i]);
+        }
+        for (int i = 0; i < N; i++)
+                pthread_join(th[i], NULL);
+        pthread_barrier_destroy(&start);
+        for (int i = 0; i < N; i++) {
+                if (rc[i].r == -EEXIST)
+                        exists++;
+                else {
+                        ASSERT_OK(rc[i].r, &rc[i].err);
+                        created++;
+                }
+        }
+        ASSERT_EQ(1, created);
+        ASSERT_EQ(N - 1, exists);
+        ASSERT_QUERY("1", db, "SELECT count(*) FROM accounts", NULL);
+        ASSERT_QUERY("1", db, "SELECT count(*) FROM setup_keys", NULL);
         cptest_db_free(db);
 }
 

@@ -5,6 +5,9 @@
  * base64(SHA-256(secret)), the form NetBird uses, so a database dump never
  * reveals a usable secret. All functions are thread-safe and need
  * cp_crypto_init() once per process first (it initialises libsodium).
+ *
+ * See also cp/crypto-box.h (WireGuard keys, the agent envelope) and
+ * cp/crypto-aead.h (field encryption with the DataStoreEncryptionKey).
  */
 #pragma once
 

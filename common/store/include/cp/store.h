@@ -95,9 +95,13 @@ int cp_store_peer_get_status(cp_store *s, const char *account_id, const char *pe
 typedef struct cp_store_account_spec {
         const char *name;               /* owner user's name, e.g. "admin" */
         const char *domain;             /* account domain, may be NULL */
-        const char *dns_domain;         /* peer FQDN suffix, NULL = netbird.selfhosted */
+        const char *dns_domain;         /* account override of the FQDN suffix; NULL or ""
+                                         * = the server's --dns-domain applies */
         const char *setup_key_name;     /* NULL = "Default key" */
         int64_t setup_key_ttl_s;        /* 0 = never expires */
+        bool only_if_none;              /* create only when no account exists yet;
+                                         * concurrent callers serialise on an advisory
+                                         * lock and all but one get -EEXIST */
 } cp_store_account_spec;
 
 typedef struct cp_store_account_created {
@@ -115,3 +119,28 @@ int cp_store_account_create(cp_store *s, const cp_store_account_spec *spec,
 
 /* Number of accounts; used by bootstrap to stay idempotent. */
 int cp_store_account_count(cp_store *s, int64_t *ret, cp_error *reterr);
+
+/* ---- server key pair (store-serverkey.c) -------------------------------
+ * The server's WireGuard key pair, which agents seal their requests to
+ * (GetServerKey hands out the public half). Every replica must hold the
+ * same pair, so it lives in the database: the public key in clear, the
+ * private key AES-256-GCM-encrypted with the DataStoreEncryptionKey
+ * (cp/crypto-aead.h), which all replicas share.
+ *
+ * get_or_create reads the pair; when there is none yet it generates one
+ * and inserts it with ON CONFLICT DO NOTHING, then reads again, so
+ * replicas starting together all end up with the first inserted pair.
+ * After decrypting it checks that the private key yields the stored
+ * public key.
+ *
+ * data_key is the raw 32-byte DataStoreEncryptionKey. On success ret_priv
+ * and ret_pub are filled; ret_priv is a secret the caller keeps for the
+ * process lifetime and wipes with cp_explicit_bzero when done. Nothing is
+ * written to them on failure. Errors:
+ *   -EKEYREJECTED  the stored private key does not decrypt with data_key:
+ *                  the DataStoreEncryptionKey differs from the one the key
+ *                  was stored with (reterr says so, with a hint)
+ *   -EBADMSG       the stored row is malformed or its halves do not match
+ *   others         as for every store call (-ECONNRESET, -EIO, ...) */
+int cp_store_server_key_get_or_create(cp_store *s, const uint8_t data_key[32],
+                                      uint8_t ret_priv[32], uint8_t ret_pub[32], cp_error *reterr);
