@@ -1,6 +1,54 @@
 #include "cp/base.h"
 #include "store-int.h"
 
+/* The peer record's columns, read by peer_from_row() in store-peers.c by
+ * position (enum peer_col there); keep both in the same order. */
+#define PEER_COLUMNS \
+        "p.id, p.account_id, p.key, host(p.ip), p.dns_label, p.name, COALESCE(p.user_id, ''), p.ssh_key," \
+        " p.ssh_enabled, p.login_expiration_enabled, p.inactivity_expiration_enabled, p.ephemeral," \
+        " p.allow_extra_dns_labels, array_to_json(p.extra_dns_labels)::text," \
+        " COALESCE((EXTRACT(EPOCH FROM p.last_login) * 1000000)::bigint, 0)," \
+        " (EXTRACT(EPOCH FROM p.created_at) * 1000000)::bigint," \
+        " COALESCE(host(p.location_connection_ip), '')," \
+        " p.peer_status_connected, p.peer_status_login_expired, p.peer_status_requires_approval," \
+        " p.peer_status_session_started_at," \
+        " COALESCE((EXTRACT(EPOCH FROM p.peer_status_last_seen) * 1000000)::bigint, 0)," \
+        " p.meta_hostname, p.meta_go_os, p.meta_kernel, p.meta_core, p.meta_platform, p.meta_os," \
+        " p.meta_os_version, p.meta_wt_version, p.meta_ui_version, p.meta_kernel_version," \
+        " p.meta_system_serial_number, p.meta_system_product_name, p.meta_system_manufacturer," \
+        " COALESCE(p.meta_environment->>'Cloud', ''), COALESCE(p.meta_environment->>'Platform', '')," \
+        " p.meta_network_addresses::text, p.meta_files::text, p.meta_flags::text," \
+        " array_to_json(p.meta_capabilities)::text, p.meta_sync_message_version," \
+        " COALESCE((SELECT json_agg(gp.group_id ORDER BY gp.group_id) FROM group_peers gp" \
+        " WHERE gp.account_id = p.account_id AND gp.peer_id = p.id), '[]')::text"
+
+/* The 19 stored meta columns, in the order of meta_params() in
+ * store-peers.c, and their parameters starting at $n. */
+#define PEER_META_COLUMNS \
+        "meta_hostname, meta_go_os, meta_kernel, meta_core, meta_platform, meta_os, meta_os_version," \
+        " meta_wt_version, meta_ui_version, meta_kernel_version, meta_network_addresses," \
+        " meta_system_serial_number, meta_system_product_name, meta_system_manufacturer," \
+        " meta_environment, meta_flags, meta_files, meta_capabilities, meta_sync_message_version"
+#define P_(n) "$" #n
+#define PEER_META_PARAMS_(a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, r, s) \
+        P_(a) ", " P_(b) ", " P_(c) ", " P_(d) ", " P_(e) ", " P_(f) ", " P_(g) ", " P_(h) ", " \
+        P_(i) ", " P_(j) ", " P_(k) "::jsonb, " P_(l) ", " P_(m) ", " P_(n) ", " P_(o) "::jsonb, " \
+        P_(p) "::jsonb, " P_(q) "::jsonb, " P_(r) "::integer[], " P_(s) "::integer"
+#define PEER_META_PARAMS(start) PEER_META_PARAMS_##start
+#define PEER_META_PARAMS_3 PEER_META_PARAMS_(3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21)
+#define PEER_META_PARAMS_7 PEER_META_PARAMS_(7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25)
+
+/* NetBird's peer event meta (Peer.EventMeta): name, fqdn under the
+ * account's DNS domain override or the server's ($dom), ip, created_at and
+ * the location fields. Needs accounts joined as a. */
+#define PEER_EVENT_META(t, dom) \
+        "jsonb_build_object('name', " t ".name, 'fqdn', CASE WHEN COALESCE(NULLIF(a.settings_dns_domain, ''), " \
+        dom ", '') = '' THEN '' ELSE " t ".dns_label || '.' || COALESCE(NULLIF(a.settings_dns_domain, ''), " \
+        dom ") END, 'ip', host(" t ".ip), 'created_at', " t ".created_at," \
+        " 'location_city_name', " t ".location_city_name, 'location_country_code', " t ".location_country_code," \
+        " 'location_geo_name_id', " t ".location_geo_name_id," \
+        " 'location_connection_ip', COALESCE(host(" t ".location_connection_ip), ''))"
+
 /* Every statement the store prepares, by cp_store_stmt. Parameters are
  * passed as text; PostgreSQL infers their types from the statement. */
 static const struct {
@@ -70,6 +118,97 @@ static const struct {
         [ST_SERVER_KEY_INSERT] = { "server_key_insert",
                 "INSERT INTO server_keys (purpose, public_key, private_key_enc) VALUES ($1, $2, $3)"
                 " ON CONFLICT (purpose) DO NOTHING", 3 },
+
+        /* Peers for login and registration (store-peers.c). PEER_COLUMNS
+         * is the record layout peer_from_row() reads, in that order. */
+        [ST_PEER_GET_BY_KEY] = { "peer_get_by_key",
+                "SELECT " PEER_COLUMNS " FROM peers p WHERE p.key = $1", 1 },
+        [ST_PEER_GET] = { "peer_get",
+                "SELECT " PEER_COLUMNS " FROM peers p WHERE p.account_id = $1 AND p.id = $2", 2 },
+        [ST_ACCOUNT_SETTINGS] = { "account_settings",
+                "SELECT network_net::text, masklen(network_net), settings_dns_domain,"
+                " settings_peer_login_expiration_enabled, settings_peer_login_expiration,"
+                " settings_peer_inactivity_expiration_enabled, settings_peer_inactivity_expiration,"
+                " settings_lazy_connection_enabled, settings_routing_peer_dns_resolution_enabled,"
+                " settings_extra_peer_approval_enabled, network_serial"
+                " FROM accounts WHERE id = $1", 1 },
+        [ST_ACCOUNT_NETWORK] = { "account_network",
+                "SELECT host(network_net), masklen(network_net), family(network_net)"
+                " FROM accounts WHERE id = $1", 1 },
+        [ST_ACCOUNT_SERIAL_BUMP] = { "account_serial_bump",
+                "UPDATE accounts SET network_serial = network_serial + 1 WHERE id = $1"
+                " RETURNING network_serial", 1 },
+        [ST_ACCOUNT_SERIAL_GET] = { "account_serial_get",
+                "SELECT network_serial FROM accounts WHERE id = $1", 1 },
+        /* One conditional UPDATE claims a use: the row lock makes the check
+         * and the increment one decision, so concurrent registrations can
+         * never exceed usage_limit or use a one-off key twice. */
+        [ST_SETUP_KEY_CLAIM] = { "setup_key_claim",
+                "UPDATE setup_keys SET used_times = used_times + 1, last_used = CURRENT_TIMESTAMP"
+                " WHERE key = $1 AND NOT revoked"
+                " AND (expires_at IS NULL OR expires_at > CURRENT_TIMESTAMP)"
+                " AND (usage_limit = 0 OR used_times < usage_limit)"
+                " AND (type = 'reusable' OR used_times = 0)"
+                " RETURNING id, account_id, name, ephemeral, allow_extra_dns_labels", 1 },
+        [ST_PEER_LABEL_TAKEN] = { "peer_label_taken",
+                "SELECT EXISTS (SELECT 1 FROM peers WHERE account_id = $1 AND dns_label = $2)", 2 },
+        /* First free host offset in [$3, $4] of the network whose address
+         * is $2; the series is produced lazily (target list), so a sparse
+         * network costs a probe or two. */
+        [ST_PEER_FREE_IP] = { "peer_free_ip",
+                "SELECT host($2::inet + s.o) FROM (SELECT generate_series($3::bigint, $4::bigint) AS o) s"
+                " WHERE NOT EXISTS (SELECT 1 FROM peers p WHERE p.account_id = $1"
+                " AND p.ip = $2::inet + s.o) LIMIT 1", 4 },
+        [ST_PEER_INSERT] = { "peer_insert",
+                "INSERT INTO peers (id, account_id, key, ip, name, dns_label, " PEER_META_COLUMNS ","
+                " ssh_key, ephemeral, allow_extra_dns_labels, extra_dns_labels, location_connection_ip,"
+                " user_id, login_expiration_enabled, inactivity_expiration_enabled, last_login,"
+                " created_at, peer_status_last_seen, peer_status_connected,"
+                " peer_status_session_started_at, peer_status_login_expired)"
+                " VALUES ($1, $2, $3, $4::inet, $5, $6, " PEER_META_PARAMS(7) ","
+                " $26, $27::boolean, $28::boolean, $29::text[], $30::inet,"
+                " NULL, FALSE, FALSE, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, FALSE, 0, FALSE)"
+                " ON CONFLICT (key) DO NOTHING RETURNING id", 30 },
+        [ST_PEER_GROUP_ALL] = { "peer_group_all",
+                "INSERT INTO group_peers (account_id, group_id, peer_id)"
+                " SELECT account_id, id, $2 FROM groups WHERE account_id = $1 AND name = 'All'"
+                " ON CONFLICT DO NOTHING", 2 },
+        /* Auto-groups of the key that exist in the key's (= the peer's)
+         * account; ids of other accounts or deleted groups match nothing. */
+        [ST_PEER_GROUP_AUTO] = { "peer_group_auto",
+                "INSERT INTO group_peers (account_id, group_id, peer_id)"
+                " SELECT g.account_id, g.id, $2 FROM setup_keys k"
+                " JOIN groups g ON g.account_id = k.account_id AND g.id = ANY (k.auto_groups)"
+                " WHERE k.account_id = $1 AND k.id = $3"
+                " ON CONFLICT DO NOTHING", 3 },
+        /* A peer activity event with NetBird's peer meta ($6 merged in). */
+        [ST_PEER_EVENT] = { "peer_event",
+                "INSERT INTO events (activity, initiator_id, target_id, account_id, meta)"
+                " SELECT $1::int, $2, p.id, p.account_id, " PEER_EVENT_META("p", "$5") " || $6::jsonb"
+                " FROM peers p JOIN accounts a ON a.id = p.account_id"
+                " WHERE p.account_id = $3 AND p.id = $4", 6 },
+        [ST_PEER_LOGIN_LOCK] = { "peer_login_lock",
+                "SELECT meta_wt_version, ssh_key, allow_extra_dns_labels"
+                " FROM peers WHERE account_id = $1 AND id = $2 FOR UPDATE", 2 },
+        /* Writes only when some meta column differs (jsonb compares by
+         * value), so an unchanged login costs no row version. */
+        [ST_PEER_META_UPDATE] = { "peer_meta_update",
+                "UPDATE peers SET (" PEER_META_COLUMNS ") = (" PEER_META_PARAMS(3) ")"
+                " WHERE account_id = $1 AND id = $2"
+                " AND (" PEER_META_COLUMNS ") IS DISTINCT FROM (" PEER_META_PARAMS(3) ")", 21 },
+        [ST_PEER_SSH_UPDATE] = { "peer_ssh_update",
+                "UPDATE peers SET ssh_key = $3 WHERE account_id = $1 AND id = $2 AND ssh_key <> $3", 3 },
+        [ST_PEER_CONN_IP_UPDATE] = { "peer_conn_ip_update",
+                "UPDATE peers SET location_connection_ip = $3::inet WHERE account_id = $1 AND id = $2"
+                " AND location_connection_ip IS DISTINCT FROM $3::inet", 3 },
+        /* Delete and log in one statement, so the event carries the
+         * deleted row's values; group_peers rows go by cascade. */
+        [ST_PEER_DELETE] = { "peer_delete",
+                "WITH d AS (DELETE FROM peers WHERE account_id = $1 AND id = $2 RETURNING *)"
+                " INSERT INTO events (activity, initiator_id, target_id, account_id, meta)"
+                " SELECT $5::int, COALESCE($3, NULLIF(d.user_id, ''), 'sys'), d.id, d.account_id, "
+                PEER_EVENT_META("d", "$4")
+                " FROM d JOIN accounts a ON a.id = d.account_id RETURNING id", 5 },
 };
 
 int cp_store__error(PGconn *pg, const PGresult *res, cp_error *reterr) {

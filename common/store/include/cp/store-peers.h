@@ -1,0 +1,335 @@
+/*
+ * cp/store-peers.h: peers as the agent protocol needs them: lookup by
+ * WireGuard key, registration with a setup key, the existing-peer login
+ * update, logout (delete), and the account settings a LoginResponse is
+ * built from (netbird-protocol.md sections 1.4, 3.2, 3.3, 3.5).
+ *
+ * Threads: like every cp_store function, all of these may be called from
+ * any thread at once; each borrows one pooled connection for its duration.
+ * Nothing here logs.
+ *
+ * Scope: everything except cp_store_peer_get_by_key() takes an account id
+ * and filters by it; a right peer id under a wrong account id is -ENOENT
+ * and touches nothing. get_by_key is the one unscoped lookup: peer keys
+ * are globally unique and the key is how the account is found.
+ *
+ * Errors (all functions): >= 0 on success, a negative errno-style value on
+ * failure, with reterr (optional) filled. Besides the codes each function
+ * lists, any call can fail with -ECONNRESET (connection lost), -EIO
+ * (anything unexpected; reterr->sqlstate says what) and -EINVAL (bad
+ * arguments, e.g. a NULL id). A function never writes its ret_ outputs on
+ * failure. reterr->message is written for logs; the texts agents must see
+ * are listed below per code so the RPC edge can send them verbatim.
+ *
+ * Status mapping for the Login/Logout edge (section 3.4):
+ *   -ENOKEY        NotFound            "couldn't add peer: setup key is invalid"
+ *   -EEXIST        FailedPrecondition  "peer has been already registered"
+ *   -EPERM         FailedPrecondition  "couldn't add peer: setup key doesn't allow extra DNS labels"
+ *                                      (on login: "couldn't login peer: setup key doesn't allow
+ *                                      extra DNS labels")
+ *   -ENOENT        NotFound (Logout, an unknown key) / go to registration (Login)
+ *   anything else  Internal            "failed handling request"
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cp/error.h"
+#include "cp/store.h"
+
+/* ---- system meta -----------------------------------------------------------
+ * PeerSystemMeta as the server keeps it. One type serves as input (the
+ * RPC edge fills it from the decoded LoginRequest, pointing into its own
+ * memory; the store copies what it needs and keeps no pointer after the
+ * call) and as output (inside a cp_store_peer, where every pointer is
+ * owned by that record).
+ *
+ * Input rules, applied by the store so every writer stores the same form:
+ *   - NULL strings mean "".
+ *   - os_version falls back to core when empty (section 1.4).
+ *   - wt_version is LoginRequest.meta.netbirdVersion.
+ *   - network_addresses whose net_ip does not parse as a CIDR prefix
+ *     ("100.64.0.5/16", "fe80::1/64"; a bare address without "/len" is
+ *     not a prefix) are dropped, as NetBird drops them; the output holds
+ *     only the ones kept.
+ *   - flags: only the fields the server persists (Flags 1-10 and 16);
+ *     the agent's SSH sub-flags 11-15 are not stored.
+ *   - capabilities are stored as given (unknown values kept).
+ *   - Counts above the limits below are -EINVAL: the edge should refuse
+ *     such a request before it gets here.
+ *
+ * Storage: the list-shaped parts are jsonb with NetBird's Go field names
+ * (network_addresses [{"NetIP","Mac"}], environment {"Cloud","Platform"},
+ * files [{"Path","Exist","ProcessIsRunning"}], flags {"RosenpassEnabled",
+ * ...}), so a REST layer can pass them through. Callers never see JSON. */
+#define CP_STORE_META_MAX_ADDRESSES     1024
+#define CP_STORE_META_MAX_FILES         1024
+#define CP_STORE_META_MAX_CAPABILITIES  64
+#define CP_STORE_MAX_EXTRA_DNS_LABELS   32
+
+typedef struct cp_store_peer_netaddr {
+        const char *net_ip;             /* CIDR, e.g. "192.168.1.10/24" */
+        const char *mac;
+} cp_store_peer_netaddr;
+
+typedef struct cp_store_peer_file {
+        const char *path;
+        bool exist;
+        bool process_is_running;
+} cp_store_peer_file;
+
+typedef struct cp_store_peer_flags {
+        bool rosenpass_enabled;         /* Flags 1 */
+        bool rosenpass_permissive;      /* 2 */
+        bool server_ssh_allowed;        /* 3 */
+        bool disable_client_routes;     /* 4 */
+        bool disable_server_routes;     /* 5 */
+        bool disable_dns;               /* 6 */
+        bool disable_firewall;          /* 7 */
+        bool block_lan_access;          /* 8 */
+        bool block_inbound;             /* 9 */
+        bool lazy_connection_enabled;   /* 10 */
+        bool disable_ipv6;              /* 16 */
+} cp_store_peer_flags;
+
+typedef struct cp_store_peer_meta {
+        const char *hostname;
+        const char *go_os;
+        const char *kernel;
+        const char *core;
+        const char *platform;
+        const char *os;
+        const char *os_version;
+        const char *wt_version;         /* netbirdVersion */
+        const char *ui_version;
+        const char *kernel_version;
+        const char *system_serial_number;
+        const char *system_product_name;
+        const char *system_manufacturer;
+        const char *environment_cloud;
+        const char *environment_platform;
+        const cp_store_peer_netaddr *network_addresses;
+        size_t n_network_addresses;
+        const cp_store_peer_file *files;
+        size_t n_files;
+        cp_store_peer_flags flags;
+        const int32_t *capabilities;    /* PeerCapability values */
+        size_t n_capabilities;
+        int32_t sync_message_version;
+} cp_store_peer_meta;
+
+/* ---- the peer record -------------------------------------------------------
+ * Returned by the getters and by register. Heap object: the caller owns it
+ * and frees it with cp_store_peer_free(); every string and array inside
+ * lives exactly as long as the record. Strings are never NULL ("" when the
+ * column is empty or NULL). Not shared between threads while being freed,
+ * otherwise read-only and safe to read from several threads. */
+typedef struct cp_store_peer {
+        const char *id;
+        const char *account_id;
+        const char *key;                /* base64 WireGuard public key */
+        const char *ip;                 /* overlay IPv4 address, no prefix: "100.77.3.9" */
+        const char *dns_label;          /* FQDN = dns_label + "." + DNS domain */
+        const char *name;
+        const char *user_id;            /* "" for peers added with a setup key */
+        const char *ssh_key;            /* "" when the agent sent none */
+        bool ssh_enabled;
+        bool login_expiration_enabled;
+        bool inactivity_expiration_enabled;
+        bool ephemeral;
+        bool allow_extra_dns_labels;
+        const char *const *extra_dns_labels;
+        size_t n_extra_dns_labels;
+        int64_t last_login_unix_ns;     /* 0 = never (NULL) */
+        int64_t created_at_unix_ns;
+        const char *connection_ip;      /* location_connection_ip, "" if unknown */
+        cp_store_peer_status status;    /* connected, login_expired, session token, ... */
+        cp_store_peer_meta meta;
+        /* Ids of the groups the peer belongs to (group_peers), sorted,
+         * including the All group. */
+        const char *const *group_ids;
+        size_t n_group_ids;
+
+        void *_mem;                     /* private: the record's allocations */
+} cp_store_peer;
+
+/* Frees the record and everything in it. Accepts NULL; returns NULL. */
+cp_store_peer *cp_store_peer_free(cp_store_peer *p);
+static inline void cp_store_peer_freep(cp_store_peer **p) {
+        if (*p)
+                (void) cp_store_peer_free(*p);
+}
+#define _cleanup_store_peer_ _cleanup_(cp_store_peer_freep)
+
+/* Looks a peer up by its base64 WireGuard public key, in any account; the
+ * returned record's account_id is the account to serve it from. *ret_peer
+ * is owned by the caller (cp_store_peer_free); ret_peer may be NULL to ask
+ * only whether the peer exists. -ENOENT when no peer has that key (Login:
+ * go to registration; Sync: "peer is not registered"). */
+int cp_store_peer_get_by_key(cp_store *s, const char *wg_pub_key, cp_store_peer **ret_peer,
+                             cp_error *reterr);
+
+/* The same record by id inside one account (ret_peer as above); -ENOENT
+ * when the peer is not in that account. */
+int cp_store_peer_get(cp_store *s, const char *account_id, const char *peer_id,
+                      cp_store_peer **ret_peer, cp_error *reterr);
+
+/* ---- account settings for a LoginResponse --------------------------------
+ * Plain values, no ownership. network_cidr is the account's overlay
+ * network (accounts.network_net, e.g. "100.77.0.0/16"); the peer's
+ * address in PeerConfig is "<peer ip>/<network_prefix_len>". dns_domain
+ * is the account's override of the FQDN suffix ("" = the server's
+ * --dns-domain applies). serial is accounts.network_serial as read. */
+typedef struct cp_store_account_settings {
+        char network_cidr[48];
+        unsigned network_prefix_len;
+        char dns_domain[256];
+        bool login_expiration_enabled;
+        int64_t login_expiration_ns;
+        bool inactivity_expiration_enabled;
+        int64_t inactivity_expiration_ns;
+        bool lazy_connection_enabled;
+        bool routing_peer_dns_resolution_enabled;
+        bool peer_approval_enabled;
+        int64_t network_serial;
+} cp_store_account_settings;
+
+/* -ENOENT when the account does not exist. */
+int cp_store_account_get_settings(cp_store *s, const char *account_id,
+                                  cp_store_account_settings *ret, cp_error *reterr);
+
+/* ---- registration with a setup key (section 3.3) -------------------------
+ * All inputs are borrowed for the duration of the call. */
+typedef struct cp_store_peer_register_req {
+        const char *setup_key;          /* plain key as the agent sent it; any case */
+        const char *wg_pub_key;         /* base64 WireGuard key from EncryptedMessage */
+        const cp_store_peer_meta *meta; /* required; meta->hostname gives name and DNS label */
+        const char *ssh_key;            /* PeerKeys.sshPubKey as text; NULL = none */
+        /* Extra DNS labels (LoginRequest.dnsLabels), at most
+         * CP_STORE_MAX_EXTRA_DNS_LABELS, each a punycode domain name:
+         * dot-separated labels of [a-z0-9-]{1,63}, not starting or ending
+         * with '-', 253 characters at most (upper case accepted and stored
+         * lower-cased); anything else is -EINVAL. */
+        const char *const *extra_dns_labels;
+        size_t n_extra_dns_labels;
+        const char *connection_ip;      /* agent's real IPv4/IPv6 address (no port);
+                                         * NULL = unknown; anything else is -EINVAL */
+        const char *dns_domain;         /* server's --dns-domain, for the event's fqdn;
+                                         * the account override wins when set */
+} cp_store_peer_register_req;
+
+/* Registers a new peer with a setup key, in ONE transaction (the caller
+ * has found no peer with this key first; see get_by_key):
+ *   1. claims one use of the key with a single conditional UPDATE on
+ *      base64(SHA-256(UPPERCASE(key))): not revoked, not expired, usage
+ *      limit not reached, a one-off key never used. Concurrent
+ *      registrations therefore never exceed the key's limits; a failed
+ *      registration rolls the claim back with everything else.
+ *   2. inserts the peer: id new, name = hostname, DNS label from the
+ *      hostname (cp_store_dns_label_from_hostname), or
+ *      "<label>-<ip octet 3>-<ip octet 4>" when the plain label is taken
+ *      in the account (the label part shortened so the whole stays within
+ *      63 characters); a random free host address of the account
+ *      network (never the network or broadcast address; collisions are
+ *      retried under a SAVEPOINT); ephemeral and allow_extra_dns_labels
+ *      from the key; user_id NULL; login and inactivity expiration off
+ *      (NetBird enables them only for SSO peers); last_login, created_at
+ *      and last_seen = now; not connected, session token 0;
+ *      requires_approval false (NetBird's open-source validator never
+ *      asks for approval).
+ *      Strings must be valid UTF-8 (PostgreSQL refuses others: -EINVAL).
+ *   3. group membership: the All group plus every auto-group of the key
+ *      that exists in the same account (ids from other accounts or that
+ *      no longer exist are skipped silently, as NetBird skips them).
+ *   4. event 1 (peer.setupkey.add), initiator = setup key id, target =
+ *      peer id, meta {name, fqdn, ip, created_at, setup_key_name}.
+ *   5. accounts.network_serial + 1.
+ * On success *ret_peer (optional, owned by the caller) is the new peer and
+ * *ret_serial (optional) the account's new serial. Errors:
+ *   -ENOKEY        the key is unknown, revoked, expired or used up (or
+ *                  empty/too long); nothing is written. It is the first
+ *                  database check, so it wins over -EEXIST, -EPERM and
+ *                  -EADDRNOTAVAIL; malformed arguments (-EINVAL) are
+ *                  refused before the database is asked.
+ *                  NetBird answers FailedPrecondition when the key turns
+ *                  invalid between its check and its transaction; with
+ *                  one conditional UPDATE there is no such window, so the
+ *                  edge always answers NotFound.
+ *   -EEXIST        a peer with wg_pub_key already exists (any account);
+ *                  nothing is written, the key use is not counted
+ *   -EPERM         extra DNS labels requested but the key does not allow
+ *                  them; nothing is written
+ *   -EINVAL        missing meta or key, a bad extra label, a hostname that
+ *                  yields no DNS label, meta counts over the limits
+ *   -EADDRNOTAVAIL no free address found in the account network
+ *   -EIO           the account has no All group (broken account), or any
+ *                  other unexpected database error */
+int cp_store_peer_register(cp_store *s, const cp_store_peer_register_req *req,
+                           cp_store_peer **ret_peer, int64_t *ret_serial, cp_error *reterr);
+
+/* ---- login of an existing peer (section 3.2) ------------------------------
+ * What a Login (or SyncMeta) of a known peer writes. NULL fields are left
+ * alone. */
+typedef struct cp_store_peer_login_req {
+        const cp_store_peer_meta *meta; /* replaces the stored meta; NULL = keep */
+        const char *ssh_key;            /* NULL or "" = keep (the agent sent none) */
+        const char *connection_ip;      /* IPv4/IPv6 address; NULL = keep */
+        /* Extra DNS labels the agent asks for: when n > 0 the peer must
+         * allow them (else -EPERM, nothing written). Like NetBird, a login
+         * never changes the stored labels; they are set at registration. */
+        size_t n_extra_dns_labels;
+} cp_store_peer_login_req;
+
+/* What cp_store_peer_login_update changed (bits of *ret_changed). */
+enum {
+        CP_STORE_PEER_CHANGED_META       = 1 << 0,  /* any meta field */
+        CP_STORE_PEER_CHANGED_WT_VERSION = 1 << 1,  /* meta.wt_version (agentVersion of remote peers) */
+        CP_STORE_PEER_CHANGED_SSH_KEY    = 1 << 2,  /* ssh_key (sshConfig.sshPubKey of remote peers) */
+        CP_STORE_PEER_CHANGED_CONN_IP    = 1 << 3,  /* location_connection_ip */
+        CP_STORE_PEER_CHANGED_SERIAL     = 1 << 4,  /* network_serial was bumped */
+};
+
+/* Updates a known peer at login, in one transaction that locks the row.
+ * Writes only when something differs. The account's network_serial is
+ * bumped (and CHANGED_SERIAL set) when a change is visible to other peers:
+ * the ssh key or wt_version. Other meta changes are stored
+ * and reported with CHANGED_META only; the caller decides whether that
+ * is worth a fan-out (posture checks, once they exist, depend on it).
+ * last_login is NOT touched (NetBird refreshes it only when an expired SSO
+ * login is renewed). *ret_changed (optional) gets the CHANGED_* bits,
+ * *ret_serial (optional) the account's serial after the call (bumped or
+ * not). Errors: -ENOENT peer not in that account; -EPERM extra labels
+ * requested but not allowed for this peer; -EINVAL meta over the limits.
+ * The ssh key rule differs from NetBird's Login, which also clears a
+ * stored key when the agent sends none; the stock agent always sends one. */
+int cp_store_peer_login_update(cp_store *s, const char *account_id, const char *peer_id,
+                               const cp_store_peer_login_req *req, unsigned *ret_changed,
+                               int64_t *ret_serial, cp_error *reterr);
+
+/* ---- logout (section 3.5) --------------------------------------------------
+ * Deletes the peer (its group memberships go with it by cascade, and so do
+ * routes whose routing peer it is: routes.peer is ON DELETE CASCADE), writes
+ * event 5 (user.peer.delete) with target = peer id and meta {name, fqdn,
+ * ip, created_at}, and bumps network_serial, in one transaction.
+ * initiator_id NULL means the peer's user_id, or "sys" for a setup-key
+ * peer (what NetBird's Logout passes). dns_domain is the server's
+ * --dns-domain for the event's fqdn (account override wins). *ret_serial
+ * (optional) is the new serial. -ENOENT when the peer is not in that
+ * account; nothing is written then. */
+int cp_store_peer_delete(cp_store *s, const char *account_id, const char *peer_id,
+                         const char *initiator_id, const char *dns_domain, int64_t *ret_serial,
+                         cp_error *reterr);
+
+/* ---- helpers ---------------------------------------------------------------
+ * The DNS label NetBird derives from a hostname: the first dot-separated
+ * label, every run of characters outside [a-zA-Z0-9-] replaced by one '-',
+ * lower-cased, cut to 59 characters. Non-ASCII labels are converted to
+ * punycode ("xn--...") first (only the first 255 code points are read;
+ * invalid UTF-8 bytes count as U+FFFD, as in Go). Like NetBird, leading or
+ * trailing '-' are kept ("_x_" gives "-x-"). Returns the length (> 0) or
+ * -EINVAL when the hostname yields no label (NULL, "", or starting with
+ * '.'). out holds CP_STORE_DNS_LABEL_MAX + 1 bytes. Pure function. */
+#define CP_STORE_DNS_LABEL_MAX 63
+int cp_store_dns_label_from_hostname(const char *hostname, char out[CP_STORE_DNS_LABEL_MAX + 1]);
