@@ -54,7 +54,7 @@ int cp_store_migrate(cp_store *s, cp_store_migrate_result *ret, cp_error *reterr
  * or a negative error (-EBADMSG on a checksum mismatch). */
 int cp_store_migrations_current(cp_store *s, cp_error *reterr);
 
-/* ---- fenced peer status (store-peer.c) -----------------------------------
+/* ---- fenced peer status (store-status.c) -----------------------------------
  * Both are one UPDATE, no transaction wrapper and no read before the write
  * (netbird-protocol.md section 5.2). last_seen comes from the database
  * clock (CURRENT_TIMESTAMP).
