@@ -103,7 +103,7 @@ static const cp_cfg_option options[] = {
           "how long in-flight calls may finish after SIGTERM" },
         { "data-store-encryption-key", CP_CFG_STRING, F(data_store_encryption_key), NULL, { NULL },
           "DataStoreEncryptionKey", CP_CFG_SECRET, 0, 0, check_encryption_key, "KEY",
-          "base64 of 32 bytes; must be the same on every replica" },
+          "base64 of 32 bytes (openssl rand -base64 32); required by management, the same on every replica" },
 
         /* NetBird flags we accept so existing command lines keep working. */
         { "disable-anonymous-metrics", CP_CFG_BOOL, 0, NULL, { NULL }, NULL, CP_CFG_IGNORED, 0, 0, NULL,
@@ -127,9 +127,10 @@ static const cp_cfg_option options[] = {
 #undef F
 #undef PORT_RANGE
 
-/* Top-level keys of NetBird's management.json that we know but do not
- * read (yet); the agent-protocol work reads Stuns/TURNConfig/Relay/Signal
- * from cp_config.source.file. */
+/* Top-level keys of NetBird's management.json that no row of the table
+ * reads. Some are read elsewhere from cp_config.source.file: Stuns,
+ * TURNConfig, Relay, Signal, DeviceAuthorizationFlow, PKCEAuthorizationFlow
+ * and parts of HttpConfig by services/management/mgmt-netconf.c. */
 static const char *const known_keys[] = {
         "Stuns", "TURNConfig", "Relay", "Signal", "Datadir", "DataStoreEncryptionKey", "HttpConfig",
         "IdpManagerConfig", "DeviceAuthorizationFlow", "PKCEAuthorizationFlow", "StoreConfig",

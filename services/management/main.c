@@ -4,6 +4,7 @@
  */
 #include "cp/base.h"
 #include "cp/config.h"
+#include "cp/crypto.h"
 #include "cp/log.h"
 #include "cp/strbuf.h"
 #include "mgmt-cmd.h"
@@ -112,6 +113,11 @@ static int run_command(const command *cmd, int argc, char **argv) {
                 goto out;
         }
         mgmt_log_route_libraries(cfg.log_level);
+        if (cp_crypto_init() < 0) {
+                cp_log(&log_main, CP_LOG_ERROR, "cannot initialise libsodium");
+                r = MGMT_EXIT_FAILURE;
+                goto out;
+        }
 
         cp_log_kv(&log_main, CP_LOG_INFO, "starting", "version", MGMT_VERSION, "command", cmd->name,
                   "config_file", cfg.source.file_path ? cfg.source.file_path : "none", NULL);

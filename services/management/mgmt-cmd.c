@@ -3,6 +3,7 @@
 #include "cp/store.h"
 #include "mgmt-cmd.h"
 #include "mgmt-manager.h"
+#include "mgmt-netconf.h"
 #include "mgmt-tls.h"
 
 #include <event2/event.h>
@@ -39,11 +40,59 @@ void mgmt_log_route_libraries(cp_log_level level) {
 
 /* ---- management ----------------------------------------------------------- */
 
+/* A configuration problem found by the command itself: the same report as
+ * main.c's (stderr line, optional hint, JSON log line), exit 2. */
+static int config_error(int r, const cp_error *err) {
+        fprintf(stderr, "netbird-mgmt: error: %s\n", err->message);
+        if (err->hint[0])
+                fprintf(stderr, "hint: %s\n", err->hint);
+        (void) cp_log_error(&log_main, r, err, "invalid configuration");
+        return MGMT_EXIT_USAGE;
+}
+
+/* The DataStoreEncryptionKey is required: it seals the server key in the
+ * database, which every replica must open. NetBird generates a missing
+ * key and writes it back into management.json; with many replicas that
+ * would give each its own key, so we refuse to start instead. */
+static int require_data_key(const cp_config *cfg, uint8_t key[32], cp_error *err) {
+        int r = cp_config_encryption_key(cfg, key);
+
+        if (r == 1)
+                return 0;
+        if (r == 0)
+                cp_error_set(err, -EINVAL, "no DataStoreEncryptionKey configured: the server key is stored "
+                             "encrypted with it, and every replica must use the same key");
+        else
+                cp_error_set(err, -EINVAL, "invalid DataStoreEncryptionKey: expected standard base64 of 32 bytes");
+        cp_error_hint(err, "generate one with 'openssl rand -base64 32' and give the same value to every "
+                      "replica: --data-store-encryption-key, NB_MGMT_DATA_STORE_ENCRYPTION_KEY or "
+                      "DataStoreEncryptionKey in management.json");
+        return -EINVAL;
+}
+
+static void netconf_warning(const char *text, void *userdata) {
+        static const cp_log_ctx log_config = { .component = "config" };
+
+        cp_log(&log_config, CP_LOG_WARN, "%s", text);
+}
+
 int mgmt_cmd_management(const cp_config *cfg, void *extra) {
         mgmt_manager *m = NULL;
         mgmt_tls *tls = NULL;
+        mgmt_netconf *netconf = NULL;
+        uint8_t data_key[32];
         cp_error err = { 0 };
         int r;
+
+        r = require_data_key(cfg, data_key, &err);
+        if (r < 0)
+                return config_error(r, &err);
+        r = mgmt_netconf_load(cfg->source.file, cfg->source.file_path, &netconf, &err);
+        if (r < 0) {
+                cp_explicit_bzero(data_key, sizeof data_key);
+                return config_error(r, &err);
+        }
+        mgmt_netconf_check(netconf, netconf_warning, NULL);
 
         /* Unreadable or mismatched certificates are configuration errors. */
         if (cfg->cert_file) {
@@ -51,11 +100,16 @@ int mgmt_cmd_management(const cp_config *cfg, void *extra) {
                 if (r < 0) {
                         (void) cp_log_error(&log_main, r, &err, "invalid TLS configuration");
                         fprintf(stderr, "netbird-mgmt: error: %s\n", err.message);
+                        cp_explicit_bzero(data_key, sizeof data_key);
+                        mgmt_netconf_free(netconf);
                         return MGMT_EXIT_USAGE;
                 }
                 cp_log_kv(&log_main, CP_LOG_INFO, "TLS enabled for gRPC", "subject", tls->subject, NULL);
         }
-        r = mgmt_manager_new(cfg, tls, &m, &err);
+        r = mgmt_manager_new(cfg, tls, netconf, data_key, &m, &err);
+        cp_explicit_bzero(data_key, sizeof data_key);
+        if (r == -EKEYREJECTED)
+                return config_error(r, &err);   /* the wrong DataStoreEncryptionKey */
         if (r < 0) {
                 (void) cp_log_error(&log_main, r, &err, "cannot start the management server");
                 fprintf(stderr, "netbird-mgmt: error: %s\n", err.message);

@@ -17,7 +17,15 @@
  * whether the grace period is over. */
 #define POLL_IDLE_MS 250
 #define POLL_SHUTDOWN_MS 50
-#define MAX_RECV_MESSAGE (4 * 1024 * 1024)
+/* Largest request message gRPC accepts; bigger ones are refused by gRPC
+ * itself with RESOURCE_EXHAUSTED before any handler runs. Agents send a
+ * few KiB (a LoginRequest with a large meta stays far below); the agent
+ * edge bounds the sealed plaintext further (mgmt-agent.c). */
+#define MAX_RECV_MESSAGE (1024 * 1024)
+/* Keepalive: agents ping every 30 s even without calls (NetBird's client
+ * settings); NetBird's server enforces a minimum of 15 s and permits pings
+ * without streams. We accept pings down to 5 s apart. */
+#define MIN_PING_INTERVAL_MS 5000
 
 typedef enum tag_kind {
         TAG_NEW,                /* the request slot matched a call (or was dropped) */
@@ -27,16 +35,33 @@ typedef enum tag_kind {
 } tag_kind;
 
 typedef struct mgmt_tag {
-        mgmt_call *call;        /* NULL for the server shutdown tag */
+        mgmt_call *call;        /* NULL for the server's own tags (shutdown, wake) */
         tag_kind kind;
 } mgmt_tag;
+
+/* A function queued for the CQ thread (mgmt_grpc_post). */
+typedef struct mgmt_post {
+        struct mgmt_post *next;
+        mgmt_grpc_post_fn fn;
+        void *userdata;
+} mgmt_post;
+
+/* An offloaded job on its way to a worker and back. */
+typedef struct offload {
+        mgmt_call *call;
+        mgmt_work_fn work;
+        mgmt_call_done_fn done;
+        void *userdata;
+} offload;
 
 #define GENERIC_SLOT SIZE_MAX
 
 struct mgmt_call {
         mgmt_grpc *g;
         size_t method;                  /* index into g->methods, or GENERIC_SLOT */
-        unsigned refs;                  /* slot + outstanding batches; CQ thread only */
+        unsigned refs;                  /* slot + outstanding batches + offloads; CQ thread only */
+        atomic_bool over;               /* RECV_CLOSE_ON_SERVER came back; read by workers */
+        int64_t started_ms;
         bool matched;                   /* counted in g->live_calls */
         bool initial_md_sent;
         bool status_sent;
@@ -47,10 +72,12 @@ struct mgmt_call {
         grpc_metadata_array request_md;
         gpr_timespec deadline;          /* registered slots */
         grpc_byte_buffer *payload;      /* unary / server-stream request */
+        grpc_byte_buffer *response;     /* kept until the STATUS batch is done */
         grpc_slice status_details;      /* kept until the STATUS batch is done */
         bool has_status_details;
         char *method_name;              /* for logs */
         char *peer;                     /* gpr-allocated */
+        char peer_ip[64];
         char request_id[65];
         cp_log_ctx log;
 };
@@ -63,6 +90,7 @@ struct mgmt_grpc {
         void **registered;
         size_t n_methods;
         void *userdata;
+        mgmt_workers *workers;          /* borrowed */
         void (*on_stopped)(mgmt_grpc *g, void *userdata);
         void *stopped_userdata;
         pthread_t thread;
@@ -73,11 +101,27 @@ struct mgmt_grpc {
         atomic_bool shutdown_requested;
         _Atomic int64_t cancel_at_ms;   /* monotonic; 0 = not shutting down */
 
+        /* Posts to the CQ thread: a locked list, plus a wake-up. gRPC's C
+         * API has no alarm, so the wake is a connectivity watch on a lame
+         * channel with a deadline in the past, which completes on the CQ
+         * at once (grpc-c-core.md section 6). At most one is outstanding:
+         * wake_pending coalesces them. The watch is started, and the
+         * channel destroyed, only under posts_lock, so a late post can
+         * never touch a destroyed channel. */
+        pthread_mutex_t posts_lock;
+        mgmt_post *posts_head, **posts_tail;    /* under posts_lock */
+        bool wake_pending;                      /* under posts_lock */
+        bool cq_closed;                         /* under posts_lock: no post can run any more */
+        grpc_channel *lame;
+        mgmt_tag wake_tag;
+
         /* CQ thread only. */
         mgmt_tag shutdown_tag;
         bool server_destroyed;
         bool calls_cancelled;
+        bool cq_shut;
         size_t live_calls;
+        size_t jobs;                    /* offloads not yet done */
 };
 
 static const cp_log_ctx log_ctx = { .component = "grpc" };
@@ -95,6 +139,8 @@ static void call_unref(mgmt_call *c) {
         grpc_metadata_array_destroy(&c->request_md);
         if (c->payload)
                 grpc_byte_buffer_destroy(c->payload);
+        if (c->response)
+                grpc_byte_buffer_destroy(c->response);
         if (c->has_status_details)
                 grpc_slice_unref(c->status_details);
         if (c->peer)
@@ -143,8 +189,151 @@ void mgmt_call_finish(mgmt_call *c, grpc_status_code status, const char *message
         }
 }
 
+void mgmt_call_reply(mgmt_call *c, grpc_status_code status, const char *message, const void *data,
+                     size_t len) {
+        grpc_op ops[3];
+        size_t n = 0;
+
+        if (status != GRPC_STATUS_OK || c->status_sent || c->response) {
+                mgmt_call_finish(c, status, message);
+                return;
+        }
+        grpc_slice s = grpc_slice_from_copied_buffer(data ? data : "", len);
+        c->response = grpc_raw_byte_buffer_create(&s, 1);
+        grpc_slice_unref(s);
+
+        memset(ops, 0, sizeof ops);
+        if (!c->initial_md_sent) {
+                ops[n].op = GRPC_OP_SEND_INITIAL_METADATA;
+                n++;
+        }
+        ops[n].op = GRPC_OP_SEND_MESSAGE;
+        ops[n].data.send_message.send_message = c->response;
+        n++;
+        ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+        ops[n].data.send_status_from_server.status = GRPC_STATUS_OK;
+        if (message) {
+                c->status_details = grpc_slice_from_copied_string(message);
+                c->has_status_details = true;
+                ops[n].data.send_status_from_server.status_details = &c->status_details;
+        }
+        n++;
+        if (call_batch(c, ops, n, TAG_STATUS)) {
+                c->initial_md_sent = true;
+                c->status_sent = true;
+        }
+}
+
+grpc_byte_buffer *mgmt_call_take_payload(mgmt_call *c) {
+        grpc_byte_buffer *b = c->payload;
+
+        c->payload = NULL;
+        return b;
+}
+
+const mgmt_rpc_method *mgmt_call_method(const mgmt_call *c) {
+        return c->method == GENERIC_SLOT ? NULL : &c->g->methods[c->method];
+}
+
 const cp_log_ctx *mgmt_call_log(const mgmt_call *c) {
         return &c->log;
+}
+
+const char *mgmt_call_peer_ip(const mgmt_call *c) {
+        return c->peer_ip;
+}
+
+bool mgmt_call_is_over(const mgmt_call *c) {
+        return atomic_load(&((mgmt_call *) c)->over);
+}
+
+int64_t mgmt_call_started_ms(const mgmt_call *c) {
+        return c->started_ms;
+}
+
+/* ---- posts to the CQ thread and offloaded jobs ----------------------------- */
+
+void mgmt_grpc_post(mgmt_grpc *g, mgmt_grpc_post_fn fn, void *userdata) {
+        mgmt_post *p = cp_xcalloc(1, sizeof *p);
+        bool closed;
+
+        p->fn = fn;
+        p->userdata = userdata;
+        pthread_mutex_lock(&g->posts_lock);
+        closed = g->cq_closed;
+        if (!closed) {
+                *g->posts_tail = p;
+                g->posts_tail = &p->next;
+                if (!g->wake_pending) {
+                        /* Non-blocking: it only arms a timer that is
+                         * already due. */
+                        g->wake_pending = true;
+                        grpc_channel_watch_connectivity_state(g->lame, GRPC_CHANNEL_TRANSIENT_FAILURE,
+                                                              gpr_inf_past(GPR_CLOCK_MONOTONIC), g->cq,
+                                                              &g->wake_tag);
+                }
+        }
+        pthread_mutex_unlock(&g->posts_lock);
+        if (closed) {
+                cp_log(&log_ctx, CP_LOG_ERROR, "post after the gRPC server stopped; dropped");
+                free(p);
+        }
+}
+
+/* CQ thread, on the wake tag: the flag is cleared and the list taken in
+ * one step, so a post that lands afterwards starts a new wake. */
+static void run_posts(mgmt_grpc *g) {
+        mgmt_post *list;
+
+        pthread_mutex_lock(&g->posts_lock);
+        g->wake_pending = false;
+        list = g->posts_head;
+        g->posts_head = NULL;
+        g->posts_tail = &g->posts_head;
+        pthread_mutex_unlock(&g->posts_lock);
+        while (list) {
+                mgmt_post *p = list;
+                list = p->next;
+                p->fn(g, p->userdata);
+                free(p);
+        }
+}
+
+static void offload_done(mgmt_grpc *g, void *userdata) {
+        offload *o = userdata;
+        mgmt_call *c = o->call;
+
+        o->done(c, o->userdata);
+        free(o);
+        g->jobs--;
+        call_unref(c);
+}
+
+static void offload_run(void *userdata) {
+        offload *o = userdata;
+
+        o->work(o->userdata);
+        mgmt_grpc_post(o->call->g, offload_done, o);
+}
+
+int mgmt_call_offload(mgmt_call *c, mgmt_work_fn work, mgmt_call_done_fn done, void *userdata) {
+        mgmt_grpc *g = c->g;
+        offload *o;
+        int r;
+
+        if (!g->workers)
+                return -ENOSYS;
+        o = cp_xcalloc(1, sizeof *o);
+        *o = (offload) { .call = c, .work = work, .done = done, .userdata = userdata };
+        c->refs++;
+        g->jobs++;
+        r = mgmt_workers_submit(g->workers, offload_run, o);
+        if (r < 0) {
+                g->jobs--;
+                c->refs--;
+                free(o);
+        }
+        return r;
 }
 
 /* ---- request slots ------------------------------------------------------- */
@@ -199,6 +388,28 @@ static void pick_request_id(mgmt_call *c) {
         memcpy(c->request_id, id, sizeof id);
 }
 
+/* "ipv4:127.0.0.1:5000" -> "127.0.0.1", "ipv6:[::1]:5000" -> "::1"
+ * (also %-escaped zone ids are kept as they are); anything else -> "". */
+static void peer_ip_from(const char *peer, char *out, size_t cap) {
+        const char *p, *end;
+
+        out[0] = '\0';
+        if (!peer)
+                return;
+        if (strncmp(peer, "ipv4:", 5) == 0) {
+                p = peer + 5;
+                end = strrchr(p, ':');
+        } else if (strncmp(peer, "ipv6:[", 6) == 0) {
+                p = peer + 6;
+                end = strchr(p, ']');
+        } else
+                return;
+        if (!end || (size_t) (end - p) >= cap)
+                return;
+        memcpy(out, p, (size_t) (end - p));
+        out[end - p] = '\0';
+}
+
 static void on_new_call(mgmt_call *c, bool ok) {
         mgmt_grpc *g = c->g;
         grpc_op op;
@@ -218,7 +429,9 @@ static void on_new_call(mgmt_call *c, bool ok) {
                 c->method_name = m;
         } else
                 c->method_name = cp_xstrdup(c->method == GENERIC_SLOT ? "?" : g->methods[c->method].path);
+        c->started_ms = cp_now_mono_ms();
         c->peer = grpc_call_get_peer(c->call);
+        peer_ip_from(c->peer, c->peer_ip, sizeof c->peer_ip);
         pick_request_id(c);
         c->log = (cp_log_ctx) { .component = "grpc", .method = c->method_name, .peer = c->peer,
                                 .request_id = c->request_id };
@@ -248,6 +461,7 @@ static void on_event(mgmt_tag *t, bool ok) {
                 on_new_call(c, ok);
                 break;
         case TAG_CLOSE:
+                atomic_store(&c->over, true);
                 cp_log_kv(&c->log, CP_LOG_DEBUG, "call finished", "cancelled", c->cancelled ? "true" : "false",
                           NULL);
                 if (c->method != GENERIC_SLOT && c->g->methods[c->method].on_close)
@@ -277,6 +491,26 @@ static void maybe_cancel(mgmt_grpc *g) {
         grpc_server_cancel_all_calls(g->server);
 }
 
+/* After the server is destroyed: once no offloaded job and no post can
+ * still arrive, close the queue (it then drains to GRPC_QUEUE_SHUTDOWN). */
+static void maybe_close_cq(mgmt_grpc *g) {
+        if (!g->server_destroyed || g->cq_shut || g->jobs > 0)
+                return;
+        pthread_mutex_lock(&g->posts_lock);
+        if (g->wake_pending || g->posts_head) {
+                pthread_mutex_unlock(&g->posts_lock);
+                return;         /* a wake is on its way: run those posts first */
+        }
+        g->cq_closed = true;
+        if (g->lame) {
+                grpc_channel_destroy(g->lame);
+                g->lame = NULL;
+        }
+        pthread_mutex_unlock(&g->posts_lock);
+        grpc_completion_queue_shutdown(g->cq);
+        g->cq_shut = true;
+}
+
 static void *cq_thread(void *userdata) {
         mgmt_grpc *g = userdata;
 
@@ -292,15 +526,23 @@ static void *cq_thread(void *userdata) {
                         mgmt_tag *t = ev.tag;
                         if (t == &g->shutdown_tag) {
                                 /* No call is matched any more; what is left are
-                                 * completions of calls already finishing and the
-                                 * slots given back, drained below. */
+                                 * completions of calls already finishing, jobs
+                                 * still on workers and the slots given back. */
                                 grpc_server_destroy(g->server);
                                 g->server_destroyed = true;
-                                grpc_completion_queue_shutdown(g->cq);
-                        } else
+                                if (g->jobs > 0) {
+                                        char n[32];
+                                        (void) snprintf(n, sizeof n, "%zu", g->jobs);
+                                        cp_log_kv(&log_ctx, CP_LOG_INFO, "waiting for jobs on workers",
+                                                  "jobs", n, NULL);
+                                }
+                        } else if (t == &g->wake_tag)
+                                run_posts(g);
+                        else
                                 on_event(t, ev.success != 0);
                 }
                 maybe_cancel(g);
+                maybe_close_cq(g);
         }
         if (g->live_calls > 0) {
                 char n[32];
@@ -328,7 +570,7 @@ int mgmt_grpc_new(const mgmt_grpc_options *o, mgmt_grpc **ret, cp_error *reterr)
         grpc_arg args[] = {
                 { .type = GRPC_ARG_INTEGER, .key = (char *) GRPC_ARG_ALLOW_REUSEPORT, .value.integer = 0 },
                 { .type = GRPC_ARG_INTEGER, .key = (char *) GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
-                  .value.integer = 5000 },
+                  .value.integer = MIN_PING_INTERVAL_MS },
                 { .type = GRPC_ARG_INTEGER, .key = (char *) GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS,
                   .value.integer = 1 },
                 { .type = GRPC_ARG_INTEGER, .key = (char *) GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
@@ -339,7 +581,11 @@ int mgmt_grpc_new(const mgmt_grpc_options *o, mgmt_grpc **ret, cp_error *reterr)
         int r, e;
 
         g->shutdown_tag = (mgmt_tag) { .call = NULL };
+        g->wake_tag = (mgmt_tag) { .call = NULL };
+        pthread_mutex_init(&g->posts_lock, NULL);
+        g->posts_tail = &g->posts_head;
         g->userdata = o->userdata;
+        g->workers = o->workers;
         g->on_stopped = o->on_stopped;
         g->stopped_userdata = o->stopped_userdata;
         g->n_methods = o->n_methods;
@@ -353,6 +599,7 @@ int mgmt_grpc_new(const mgmt_grpc_options *o, mgmt_grpc **ret, cp_error *reterr)
         g->server = grpc_server_create(&chargs, NULL);
         g->cq = grpc_completion_queue_create_for_next(NULL);
         grpc_server_register_completion_queue(g->server, g->cq, NULL);
+        g->lame = grpc_lame_client_channel_create("wake", GRPC_STATUS_UNAVAILABLE, "wake-up channel");
         for (size_t i = 0; i < g->n_methods; i++) {
                 grpc_server_register_method_payload_handling ph =
                         g->methods[i].kind == MGMT_RPC_BIDI ? GRPC_SRM_PAYLOAD_NONE
@@ -404,6 +651,9 @@ fail:
         /* Never started: destroy directly, then drain the empty queue. */
         grpc_server_destroy(g->server);
         g->server_destroyed = true;
+        g->cq_closed = true;
+        grpc_channel_destroy(g->lame);
+        g->lame = NULL;
         grpc_completion_queue_shutdown(g->cq);
         while (grpc_completion_queue_next(g->cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL).type !=
                GRPC_QUEUE_SHUTDOWN)
@@ -434,10 +684,18 @@ mgmt_grpc *mgmt_grpc_free(mgmt_grpc *g) {
                 return NULL;
         if (g->thread_started)
                 (void) pthread_join(g->thread, NULL);
+        if (g->lame)
+                grpc_channel_destroy(g->lame);
         if (g->cq)
                 grpc_completion_queue_destroy(g->cq);
         if (g->grpc_inited)
                 grpc_shutdown();
+        while (g->posts_head) {
+                mgmt_post *p = g->posts_head;
+                g->posts_head = p->next;
+                free(p);
+        }
+        pthread_mutex_destroy(&g->posts_lock);
         free(g->methods);
         free(g->registered);
         free(g);

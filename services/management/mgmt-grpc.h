@@ -2,11 +2,16 @@
  * mgmt-grpc.h: the gRPC server (C core API) for agents.
  *
  * Threads: one completion-queue thread owns every call. It is the only
- * thread that touches a mgmt_call; handlers run on it. Other threads may
- * only call mgmt_grpc_shutdown() and mgmt_grpc_cancel_now(). The CQ thread
- * never touches the manager's event_base: it reports back through the
- * on_stopped callback, which the manager turns into an eventfd wake-up
- * (grpc-c-core.md section 6).
+ * thread that changes a mgmt_call or starts a batch on it; handlers run on
+ * it. Work that may block (PostgreSQL, crypto) is handed to the worker
+ * pool with mgmt_call_offload(): the job runs on a worker, and its result
+ * comes back to the CQ thread through mgmt_grpc_post(), which queues a
+ * function and wakes the CQ with an immediately-expiring watch on a lame
+ * channel ("mode B" of grpc-c-core.md section 6). Other threads may call
+ * only mgmt_grpc_post(), mgmt_grpc_shutdown(), mgmt_grpc_cancel_now() and
+ * the read-only call accessors marked "any thread". The CQ thread never
+ * touches the manager's event_base: it reports back through the
+ * on_stopped callback, which the manager turns into an eventfd wake-up.
  *
  * Calls: each call is a mgmt_call whose tags (NEW, CLOSE, STATUS, ...) are
  * embedded in it; the call holds one reference per outstanding batch (and
@@ -21,8 +26,9 @@
  *
  * Shutdown: mgmt_grpc_shutdown() stops accepting and lets in-flight calls
  * run for the grace period; then the CQ thread cancels what is left,
- * destroys the server, drains the queue to GRPC_QUEUE_SHUTDOWN, calls
- * on_stopped and exits.
+ * destroys the server, waits until every offloaded job and every post has
+ * come back (a job still inside the database keeps the queue open),
+ * drains the queue to GRPC_QUEUE_SHUTDOWN, calls on_stopped and exits.
  */
 #pragma once
 
@@ -33,6 +39,7 @@
 #include "cp/error.h"
 #include "cp/log.h"
 #include "mgmt-tls.h"
+#include "mgmt-work.h"
 
 typedef struct mgmt_grpc mgmt_grpc;
 typedef struct mgmt_call mgmt_call;
@@ -55,6 +62,8 @@ typedef struct mgmt_rpc_method {
          * stays valid until this returns, and is freed once its last batch
          * completes. */
         void (*on_close)(mgmt_call *call, bool cancelled, void *userdata);
+        /* Anything the handlers want per method (mgmt_call_method(c)->data). */
+        const void *data;
 } mgmt_rpc_method;
 
 typedef struct mgmt_grpc_options {
@@ -64,6 +73,9 @@ typedef struct mgmt_grpc_options {
         const mgmt_rpc_method *methods; /* may be NULL */
         size_t n_methods;
         void *userdata;                 /* passed to on_call */
+        /* Runs offloaded jobs (mgmt_call_offload); borrowed, must outlive
+         * the server. NULL = offloading fails with -ENOSYS. */
+        mgmt_workers *workers;
         /* Called once on the CQ thread after the server is fully stopped;
          * the thread exits right after it returns. */
         void (*on_stopped)(mgmt_grpc *g, void *userdata);
@@ -84,10 +96,51 @@ void mgmt_grpc_cancel_now(mgmt_grpc *g);
  * Accepts NULL; returns NULL. */
 mgmt_grpc *mgmt_grpc_free(mgmt_grpc *g);
 
-/* ---- for handlers (CQ thread only) ---------------------------------------- */
+/* Any thread: runs fn(g, userdata) on the CQ thread soon, in posting
+ * order. Posts made before the server has stopped always run (shutdown
+ * waits for them); a post after on_stopped is a bug: it is logged and
+ * dropped. */
+typedef void (*mgmt_grpc_post_fn)(mgmt_grpc *g, void *userdata);
+void mgmt_grpc_post(mgmt_grpc *g, mgmt_grpc_post_fn fn, void *userdata);
+
+/* ---- for handlers (CQ thread only unless marked) --------------------------- */
 
 /* Sends the final status (with initial metadata if not sent yet). message
  * may be NULL. */
 void mgmt_call_finish(mgmt_call *c, grpc_status_code status, const char *message);
-/* The call's log context: component, method, peer, request id. */
+/* Unary answer: with status OK sends data[0..len) as the one response
+ * message (len may be 0: an empty message, e.g. Empty) and the status, in
+ * one batch together with the initial metadata; with any other status
+ * data is ignored and only the status goes out. message may be NULL. The
+ * bytes are copied. */
+void mgmt_call_reply(mgmt_call *c, grpc_status_code status, const char *message, const void *data,
+                     size_t len);
+/* The request message of a unary or server-streaming call (NULL for bidi,
+ * or when taken already). The caller owns it from now on and destroys it
+ * with grpc_byte_buffer_destroy(); it may be read on any thread. */
+grpc_byte_buffer *mgmt_call_take_payload(mgmt_call *c);
+
+/* Runs work(userdata) on a worker thread, then done(c, userdata) on the
+ * CQ thread. The call stays valid (one reference) until done returns;
+ * work must not touch the call except through the "any thread"
+ * accessors. Returns 0, or -EAGAIN (the worker queue is full), -ESHUTDOWN
+ * (workers stopping) or -ENOSYS (no workers); then neither function runs
+ * and userdata stays the caller's. */
+typedef void (*mgmt_call_done_fn)(mgmt_call *c, void *userdata);
+int mgmt_call_offload(mgmt_call *c, mgmt_work_fn work, mgmt_call_done_fn done, void *userdata);
+
+/* Any thread. The method row the call came in on (NULL for an unknown
+ * method). */
+const mgmt_rpc_method *mgmt_call_method(const mgmt_call *c);
+/* Any thread. The call's log context: component, method, peer address,
+ * request id. Fixed before on_call runs; valid while the call is. */
 const cp_log_ctx *mgmt_call_log(const mgmt_call *c);
+/* Any thread. The peer's IP address without port ("127.0.0.1", "::1"),
+ * or "" when gRPC did not report an IP peer. */
+const char *mgmt_call_peer_ip(const mgmt_call *c);
+/* Any thread. True once the call is over: finished, cancelled by the
+ * client, past its deadline or cancelled at shutdown. Workers check it to
+ * skip work nobody waits for any more. */
+bool mgmt_call_is_over(const mgmt_call *c);
+/* The time the call arrived, monotonic ms (for "took" in logs). */
+int64_t mgmt_call_started_ms(const mgmt_call *c);

@@ -2,10 +2,12 @@
 #include "cp/log.h"
 #include "cp/store.h"
 #include "cp/util.h"
+#include "mgmt-agent.h"
 #include "mgmt-grpc.h"
 #include "mgmt-http.h"
 #include "mgmt-manager.h"
 #include "mgmt-ready.h"
+#include "mgmt-work.h"
 
 #include <event2/event.h>
 #include <pthread.h>
@@ -17,6 +19,9 @@
 #define SHUTDOWN_SLACK_MS 5000
 /* How long to wait for a readiness check stuck inside the store. */
 #define READY_STOP_MS 2000
+/* Jobs that may wait for a worker, per worker, before RPCs are refused
+ * with RESOURCE_EXHAUSTED. */
+#define QUEUE_PER_WORKER 256
 
 typedef struct mgmt_post {
         struct mgmt_post *next;
@@ -29,6 +34,10 @@ struct mgmt_manager {
         mgmt_tls *tls;
         struct event_base *base;
         cp_store *store;
+        mgmt_netconf *netconf;
+        mgmt_server_key key;            /* private half wiped in mgmt_manager_free */
+        mgmt_workers *workers;
+        mgmt_agent agent;               /* borrows store, config, netconf, key */
         mgmt_ready *ready;
         mgmt_grpc *grpc;
         mgmt_http *http;
@@ -162,6 +171,20 @@ static int open_store(mgmt_manager *m, cp_error *reterr) {
         return 0;
 }
 
+/* The deployment's server key pair (shared by every replica through the
+ * database, sealed with the DataStoreEncryptionKey). */
+static int load_server_key(mgmt_manager *m, const uint8_t data_key[32], cp_error *reterr) {
+        int r = cp_store_server_key_get_or_create(m->store, data_key, m->key.priv, m->key.pub, reterr);
+
+        if (r < 0) {
+                cp_error_prefix(reterr, "cannot load the server key");
+                return r;
+        }
+        cp_crypto_wg_key_format(m->key.pub, m->key.pub_b64);
+        cp_log_kv(&log_ctx, CP_LOG_INFO, "server key ready", "public_key", m->key.pub_b64, NULL);
+        return 0;
+}
+
 static void log_listening(const char *protocol, const char *address, int port, const char *tls) {
         char p[16], addr[300];
 
@@ -174,12 +197,15 @@ static void log_listening(const char *protocol, const char *address, int port, c
                   "tls", tls, NULL);
 }
 
-int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_manager **ret, cp_error *reterr) {
+int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf, const uint8_t data_key[32],
+                     mgmt_manager **ret, cp_error *reterr) {
         mgmt_manager *m = cp_xcalloc(1, sizeof *m);
+        mgmt_rpc_method methods[MGMT_AGENT_N_METHODS];
         int r;
 
         m->config = cfg;
         m->tls = tls;
+        m->netconf = netconf;
         m->wake_fd = -1;
         m->posts_tail = &m->posts_head;
         pthread_mutex_init(&m->posts_lock, NULL);
@@ -206,6 +232,17 @@ int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_manager **ret, cp
         r = open_store(m, reterr);
         if (r < 0)
                 goto fail;
+        r = load_server_key(m, data_key, reterr);
+        if (r < 0)
+                goto fail;
+        /* As many workers as database connections: a worker then rarely
+         * waits for a connection, and the CQ thread never does. */
+        r = mgmt_workers_new((unsigned) cfg->db_pool_size, (size_t) cfg->db_pool_size * QUEUE_PER_WORKER,
+                             &m->workers, reterr);
+        if (r < 0)
+                goto fail;
+        m->agent = (mgmt_agent) { .store = m->store, .config = cfg, .netconf = m->netconf, .key = &m->key };
+        mgmt_agent_methods(methods);
         r = mgmt_ready_new(m->store, &m->ready);
         if (r < 0) {
                 r = cp_error_set(reterr, r, "cannot start the readiness checker: %s", strerror(-r));
@@ -216,9 +253,10 @@ int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_manager **ret, cp
                 .address = cfg->listen_address,
                 .port = (int) cfg->port,
                 .tls = m->tls,
-                .methods = NULL,        /* the agent protocol registers its table here */
-                .n_methods = 0,
-                .userdata = m,
+                .methods = methods,
+                .n_methods = MGMT_AGENT_N_METHODS,
+                .userdata = &m->agent,
+                .workers = m->workers,
                 .on_stopped = on_grpc_stopped,
                 .stopped_userdata = m,
         };
@@ -258,9 +296,12 @@ mgmt_manager *mgmt_manager_free(mgmt_manager *m) {
                 /* gRPC's thread is stuck: leave it, the store and the rest
                  * in place; the process exits right after. */
                 cp_log(&log_ctx, CP_LOG_WARN, "skipping cleanup: a thread did not stop");
+                cp_explicit_bzero(m->key.priv, sizeof m->key.priv);
                 return NULL;
         }
         m->grpc = mgmt_grpc_free(m->grpc);
+        /* gRPC waited for every offloaded job, so the queue is empty. */
+        m->workers = mgmt_workers_free(m->workers);
         m->http = mgmt_http_free(m->http);
         bool store_free = mgmt_ready_stop(m->ready, READY_STOP_MS);
         if (store_free)
@@ -286,6 +327,8 @@ mgmt_manager *mgmt_manager_free(mgmt_manager *m) {
         }
         pthread_mutex_destroy(&m->posts_lock);
         mgmt_tls_free(m->tls);
+        m->netconf = mgmt_netconf_free(m->netconf);
+        cp_explicit_bzero(&m->key, sizeof m->key);
         free(m);
         return NULL;
 }

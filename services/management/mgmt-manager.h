@@ -2,8 +2,9 @@
  * mgmt-manager.h: the Manager of the management server (style.md habit 11).
  *
  * One mgmt_manager owns everything the server process has: the event loop,
- * the store pool, the readiness checker, the gRPC server and the HTTP
- * listener. It is built by mgmt_manager_new(), driven by
+ * the store pool, the server's WireGuard key pair, the worker pool, the
+ * readiness checker, the gRPC server (with the agent protocol) and the
+ * HTTP listener. It is built by mgmt_manager_new(), driven by
  * mgmt_manager_run() on the thread that built it (the loop thread) and
  * torn down by mgmt_manager_free(). Nothing else is global apart from the
  * logger's settings.
@@ -20,18 +21,26 @@
  */
 #pragma once
 
+#include <stdint.h>
+
 #include "cp/config.h"
 #include "cp/error.h"
+#include "mgmt-netconf.h"
 #include "mgmt-tls.h"
 
 typedef struct mgmt_manager mgmt_manager;
 
 typedef void (*mgmt_post_fn)(mgmt_manager *m, void *userdata);
 
-/* Opens the store, applies migrations, binds both listeners and starts the
- * gRPC thread; logs the "listening" lines. cfg is borrowed and must outlive
- * the manager; tls (may be NULL) is taken over, even on failure. */
-int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_manager **ret, cp_error *reterr);
+/* Opens the store, applies migrations, loads (or creates) the server key
+ * pair with data_key (the raw DataStoreEncryptionKey, only read during
+ * the call), starts the workers, binds both listeners and starts the gRPC
+ * thread; logs the "listening" lines. cfg is borrowed and must outlive the
+ * manager; tls (may be NULL) and netconf are taken over, even on failure.
+ * -EKEYREJECTED: data_key is not the key the stored server key was
+ * encrypted with (a configuration error). */
+int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf, const uint8_t data_key[32],
+                     mgmt_manager **ret, cp_error *reterr);
 
 /* Runs the event loop until shutdown completes. Returns 0, or a negative
  * errno when shutdown did not complete in time. */

@@ -21,6 +21,10 @@ import urllib.request
 
 BINARY = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("NETBIRD_MGMT", "")
 PG_DSN = os.environ.get("CP_TEST_PG_DSN", "")
+# The DataStoreEncryptionKey every test server gets (management refuses to
+# start without one). One fixed key, so replicas on one database share it.
+DATA_KEY = "r0R6+3lrV9x0m1cQp8kzq5d0eZ0oW8h3bJ2yQe4aZ1c="
+KEY_ARGS = ["--data-store-encryption-key", DATA_KEY]
 # Start-up under ASan/valgrind is slow; keep generous limits.
 START_TIMEOUT = float(os.environ.get("CP_TEST_START_TIMEOUT", "30"))
 
@@ -122,6 +126,19 @@ def query(dsn, sql):
         with conn.cursor() as cur:
             cur.execute(sql)
             return cur.fetchall()
+    finally:
+        conn.close()
+
+
+def execute(dsn, sql):
+    """Runs one statement and commits it; returns its rows, if any."""
+    import psycopg2
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+            return cur.fetchall() if cur.description else []
     finally:
         conn.close()
 
@@ -309,8 +326,10 @@ def dsn_env(dsn):
 
 
 def base_args(**over):
-    """--listen-address 127.0.0.1 and fresh ports unless given."""
+    """--listen-address 127.0.0.1, fresh ports and the test
+    DataStoreEncryptionKey unless given."""
     args = ["--listen-address", "127.0.0.1",
+            "--data-store-encryption-key", over.pop("data_store_encryption_key", DATA_KEY),
             "--port", str(over.pop("port", free_port())),
             "--http-port", str(over.pop("http_port", free_port())),
             "--config", over.pop("config", "")]

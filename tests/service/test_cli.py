@@ -158,18 +158,55 @@ def bad_certificate_files():
         f.write("not a certificate\n")
     with open(key, "w") as f:
         f.write("not a key\n")
-    r = run(["management", "--cert-file", crt, "--cert-key", key, "--postgres-dsn", "host=/nonexistent"])
+    r = run(["management", "--cert-file", crt, "--cert-key", key, "--postgres-dsn", "host=/nonexistent"] +
+            svc.KEY_ARGS)
     check_usage_error(r, crt, "no PEM certificate")
     r = run(["management", "--cert-file", os.path.join(d, "missing.crt"), "--cert-key", key,
-             "--postgres-dsn", "host=/nonexistent"])
+             "--postgres-dsn", "host=/nonexistent"] + svc.KEY_ARGS)
     check_usage_error(r, "missing.crt")
+
+
+@test
+def data_store_encryption_key_is_required():
+    # Checked before anything else is started: exit 2 with how to make one.
+    r = run(["management", "--config=", "--postgres-dsn", "host=/nonexistent"])
+    check_usage_error(r, "no DataStoreEncryptionKey configured", "every replica", "openssl rand -base64 32",
+                      "NB_MGMT_DATA_STORE_ENCRYPTION_KEY", "--data-store-encryption-key")
+    assert any(l["level"] == "error" and "DataStoreEncryptionKey" in l.get("error", "")
+               for l in svc.json_lines(r.out)), r
+    r = run(["management", "--config=", "--postgres-dsn", "host=/nonexistent",
+             "--data-store-encryption-key", "c2hvcnQta2V5"])
+    check_usage_error(r, "--data-store-encryption-key", "32 bytes")
+    assert "c2hvcnQta2V5" not in r.err + r.out, r       # secrets are never echoed
+    path = svc.write_json({"DataStoreEncryptionKey": "not base64!"})
+    check_usage_error(run(["management", "--config", path, "--postgres-dsn", "host=/nonexistent"]),
+                      "DataStoreEncryptionKey in " + path)
+
+
+@test
+def netbird_config_errors_name_the_key():
+    def check(conf, *needles):
+        path = svc.write_json(conf)
+        r = run(["management", "--config", path, "--postgres-dsn", "host=/nonexistent"] + svc.KEY_ARGS)
+        check_usage_error(r, path, *needles)
+    check({"TURNConfig": {"Turns": [{"Proto": "quic", "URI": "turn:x:3478"}]}},
+          "TURNConfig.Turns[0].Proto", '"quic"', "udp, tcp, http, https, dtls")
+    check({"TURNConfig": {"Turns": [{"Proto": "udp", "URI": ""}]}}, "TURNConfig.Turns[0].URI", "empty")
+    check({"TURNConfig": {"CredentialsTTL": "soon"}}, "TURNConfig.CredentialsTTL", "duration")
+    check({"Relay": {"Addresses": "rels://relay.example:443"}}, "Relay.Addresses", "an array")
+    check({"Stuns": {"URI": "stun:x:3478"}}, "Stuns", "expected an array, got an object")
+    check({"Signal": {"Proto": "https"}}, "Signal.URI")
+    check({"PKCEAuthorizationFlow": {"ProviderConfig": {"RedirectURLs": [1]}}},
+          "PKCEAuthorizationFlow.ProviderConfig.RedirectURLs[0]", "a string")
+    check({"DeviceAuthorizationFlow": {"ProviderConfig": {"UseIDToken": "yes"}}},
+          "DeviceAuthorizationFlow.ProviderConfig.UseIDToken")
 
 
 @test
 def unreachable_database_is_a_runtime_failure():
     port = svc.free_port()      # nothing listens there
     r = run(["management", "--config=", "--listen-address", "127.0.0.1",
-             "--postgres-dsn", "host=127.0.0.1 port=%d user=x dbname=x connect_timeout=5" % port])
+             "--postgres-dsn", "host=127.0.0.1 port=%d user=x dbname=x connect_timeout=5" % port] + svc.KEY_ARGS)
     assert r.rc == 1, r
     assert "PostgreSQL" in r.err, r
     svc.check_sanitizer_clean(r.err)

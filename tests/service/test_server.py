@@ -54,32 +54,37 @@ def probes_and_routes():
 
 
 @test
-def grpc_calls_are_unimplemented():
+def unknown_and_unimplemented_methods():
     dsn, _ = svc.new_db()
     srv = start(dsn)
     with grpc.insecure_channel("127.0.0.1:%d" % srv.grpc_port) as ch:
-        for path in ("GetServerKey", "Login", "IsHealthy"):
+        # Paths are case-sensitive: the health RPC is "isHealthy".
+        for path in ("IsHealthy", "NoSuchMethod"):
             try:
                 ch.unary_unary(MGMT + path)(b"", timeout=10)
                 raise AssertionError("call succeeded")
             except grpc.RpcError as e:
                 assert e.code() == grpc.StatusCode.UNIMPLEMENTED, (path, e.code(), e.details())
                 assert path in e.details(), e.details()
+        # Registered, not implemented yet: grpc-go's wording.
         try:
             for _ in ch.unary_stream(MGMT + "Sync")(b"\x0a\x00", timeout=10):
                 pass
             raise AssertionError("stream succeeded")
         except grpc.RpcError as e:
             assert e.code() == grpc.StatusCode.UNIMPLEMENTED, e
+            assert e.details() == "method Sync not implemented", e.details()
         try:
             for _ in ch.stream_stream("/management.ProxyService/GetMappingUpdate")(iter([b"", b""]), timeout=10):
                 pass
             raise AssertionError("bidi succeeded")
         except grpc.RpcError as e:
             assert e.code() == grpc.StatusCode.UNIMPLEMENTED, e
-    # The call is logged with its context.
-    line = srv.wait_log(lambda o: o.get("msg") == "unimplemented method" and "GetServerKey" in o.get("method", ""))
+    # Both kinds are logged with their context.
+    line = srv.wait_log(lambda o: o.get("msg") == "unimplemented method" and "IsHealthy" in o.get("method", ""))
     assert line["component"] == "grpc" and line["peer"].startswith("ipv4:127.0.0.1:") and line["request_id"], line
+    line = srv.wait_log(lambda o: o.get("msg") == "rpc" and o.get("method") == "Sync")
+    assert line["component"] == "agent" and line["code"] == "UNIMPLEMENTED" and line["peer"] == "127.0.0.1", line
     stop_ok(srv, 10)
 
 
@@ -92,7 +97,7 @@ def log_lines_are_json():
     srv = start(dsn, "--disable-anonymous-metrics", "--metrics-port=9090", config=cfg)
     with grpc.insecure_channel("127.0.0.1:%d" % srv.grpc_port) as ch:
         try:
-            ch.unary_unary(MGMT + "GetServerKey")(b"", timeout=10)
+            ch.unary_unary(MGMT + "NoSuchMethod")(b"", timeout=10)
         except grpc.RpcError:
             pass
     srv.wait_log(lambda o: o.get("msg") == "unimplemented method")
@@ -109,9 +114,12 @@ def log_lines_are_json():
     assert listening["http"]["address"] == "127.0.0.1:%d" % srv.http_port, listening
     warnings = [l["msg"] for l in logs if l["level"] == "warn" and l["component"] == "config"]
     assert any("TotallyUnknown" in w for w in warnings), warnings
-    assert not any("Stuns" in w or "Relay" in w or "HttpConfig" in w for w in warnings), warnings
+    assert not any(w.startswith("unknown key") and ("Stuns" in w or "Relay" in w or "HttpConfig" in w)
+                   for w in warnings), warnings
     assert any("--disable-anonymous-metrics" in w and "ignored" in w for w in warnings), warnings
     assert any("--metrics-port" in w for w in warnings), warnings
+    # Relay addresses without a secret load (as in NetBird) but are flagged.
+    assert any("Relay.Secret is empty" in w for w in warnings), warnings
     started = [l for l in logs if l["msg"] == "starting"]
     assert started and started[0]["config_file"] == cfg, started
 
@@ -150,7 +158,7 @@ def file_env_flag_precedence():
     def run_and_probe(args, extra_env, want_http, want_grpc=None):
         e = dict(env)
         e.update(extra_env)
-        srv = Server(["--config", cfg] + args, env=e)
+        srv = Server(["--config", cfg] + svc.KEY_ARGS + args, env=e)
         assert srv.http_port == want_http, (srv.http_port, want_http)
         if want_grpc:
             assert srv.grpc_port == want_grpc, (srv.grpc_port, want_grpc)
@@ -163,7 +171,7 @@ def file_env_flag_precedence():
     run_and_probe(["--http-port", str(p_flag)], {"NB_MGMT_HTTP_PORT": str(p_env)}, p_flag, g_file)  # flag over env
     # the DSN from the NetBird fallback name works too
     e = {"NETBIRD_STORE_ENGINE_POSTGRES_DSN": dsn, "NB_STORE_ENGINE_POSTGRES_DSN": ""}
-    srv = Server(["--config", cfg, "--http-port=0", "--port=0"], env=dict(e))
+    srv = Server(["--config", cfg, "--http-port=0", "--port=0"] + svc.KEY_ARGS, env=dict(e))
     assert srv.http_port not in (p_file, 0)
     stop_ok(srv, 10)
 
@@ -187,11 +195,9 @@ def tls_with_self_signed_certificate():
     with open(crt, "rb") as f:
         creds = grpc.ssl_channel_credentials(root_certificates=f.read())
     with grpc.secure_channel("127.0.0.1:%d" % srv.grpc_port, creds) as ch:
-        try:
-            ch.unary_unary(MGMT + "GetServerKey")(b"", timeout=10)
-            raise AssertionError("call succeeded")
-        except grpc.RpcError as e:
-            assert e.code() == grpc.StatusCode.UNIMPLEMENTED, (e.code(), e.details())
+        # GetServerKey answers over TLS: field 1 is the 44-character key.
+        resp = ch.unary_unary(MGMT + "GetServerKey")(b"", timeout=10)
+        assert resp[:2] == b"\x0a\x2c" and len(resp) > 46, resp
     # plaintext clients cannot talk to the TLS port
     with grpc.insecure_channel("127.0.0.1:%d" % srv.grpc_port) as ch:
         try:

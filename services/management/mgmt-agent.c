@@ -1,0 +1,381 @@
+#include "cp/base.h"
+#include "cp/crypto.h"
+#include "cp/util.h"
+#include "mgmt-agent-int.h"
+
+#include <grpc/byte_buffer.h>
+#include <grpc/byte_buffer_reader.h>
+#include <grpc/slice.h>
+#include <stdarg.h>
+
+#include "management.pb-c.h"
+
+/* Largest plaintext inside an EncryptedMessage we open. Agents send a few
+ * KiB; protobuf-c allocates a struct per repeated element, so an
+ * unbounded body could make a small request cost a lot of memory. */
+#define MAX_SEALED_PLAIN (256 * 1024)
+/* GetServerKey's expiresAt: a sane time in the future (NetBird sends a
+ * value around 1970 by mistake; agents ignore it). */
+#define SERVER_KEY_EXPIRY_S (24 * 3600)
+/* The longest wgPubKey quoted back in an error message. */
+#define MAX_KEY_ECHO 64
+
+typedef void (*agent_handler)(mgmt_agent_op *op);
+
+/* One row of data per rpc (mgmt_rpc_method.data). */
+typedef struct agent_rpc {
+        cp_proto_mgmt_method_id id;
+        agent_handler handler;          /* NULL: answered on the CQ thread */
+        void (*inline_call)(mgmt_call *c, const mgmt_agent *a);
+} agent_rpc;
+
+/* ---- outcome and logging --------------------------------------------------- */
+
+void mgmt_agent_fail(mgmt_agent_op *op, grpc_status_code status, const char *fmt, ...) {
+        va_list ap;
+        char buf[512];
+
+        va_start(ap, fmt);
+        (void) vsnprintf(buf, sizeof buf, fmt, ap);
+        va_end(ap);
+        op->status = status;
+        op->message = mgmt_arena_strdup(&op->arena, buf);
+}
+
+static const char *status_name(grpc_status_code s) {
+        static const char *const names[] = {
+                "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+                "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+                "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+                "UNAUTHENTICATED",
+        };
+        return (unsigned) s < ELEMENTSOF(names) ? names[s] : "?";
+}
+
+/* One line per RPC. Successful key fetches and health probes are debug:
+ * agents call GetServerKey before every other call. */
+static void log_outcome(mgmt_call *c, const cp_proto_method *m, const char *peer_key, const char *account,
+                        grpc_status_code status, const char *message, const char *detail) {
+        const cp_log_ctx *cl = mgmt_call_log(c);
+        cp_log_ctx ctx = { .component = "agent", .request_id = cl->request_id, .method = m->name,
+                           .peer = mgmt_call_peer_ip(c), .account = account && *account ? account : NULL };
+        cp_log_level level = CP_LOG_INFO;
+        char took[32];
+
+        if (status == GRPC_STATUS_OK && m->request_body == NULL)
+                level = CP_LOG_DEBUG;
+        else if (status == GRPC_STATUS_INTERNAL || status == GRPC_STATUS_UNKNOWN ||
+                 status == GRPC_STATUS_DATA_LOSS)
+                level = CP_LOG_ERROR;
+        else if (status == GRPC_STATUS_RESOURCE_EXHAUSTED || status == GRPC_STATUS_UNAVAILABLE)
+                level = CP_LOG_WARN;
+        if (!cp_log_enabled(level))
+                return;
+        (void) snprintf(took, sizeof took, "%" PRId64, cp_now_mono_ms() - mgmt_call_started_ms(c));
+        cp_log_kv(&ctx, level, "rpc", "code", status_name(status), "peer_key",
+                  peer_key && *peer_key ? peer_key : NULL, "error", status == GRPC_STATUS_OK ? NULL : message,
+                  "detail", detail && *detail ? detail : NULL, "took_ms", took, NULL);
+}
+
+/* ---- the envelope ------------------------------------------------------------ */
+
+/* The whole request message as one slice (the caller unrefs it). */
+static grpc_slice read_payload(grpc_byte_buffer *bb) {
+        grpc_byte_buffer_reader reader;
+        grpc_slice s;
+
+        if (!bb || !grpc_byte_buffer_reader_init(&reader, bb))
+                return grpc_empty_slice();
+        s = grpc_byte_buffer_reader_readall(&reader);
+        grpc_byte_buffer_reader_destroy(&reader);
+        return s;
+}
+
+/* Opens the request: the outer EncryptedMessage, the sender's key, the
+ * box, the inner message. Returns 0, or sets the failure NetBird reports
+ * (parseRequest) and returns -1. */
+static int open_request(mgmt_agent_op *op, cp_crypto_box_shared *shared) {
+        grpc_slice s = read_payload(op->payload);
+        Management__EncryptedMessage *em;
+        cp_error err = { 0 };
+        int r;
+
+        em = management__encrypted_message__unpack(mgmt_arena_pb(&op->arena), GRPC_SLICE_LENGTH(s),
+                                                    GRPC_SLICE_START_PTR(s));
+        grpc_slice_unref(s);
+        if (!em) {
+                mgmt_agent_fail(op, GRPC_STATUS_INVALID_ARGUMENT, "invalid request message");
+                (void) snprintf(op->detail, sizeof op->detail, "cannot decode EncryptedMessage");
+                return -1;
+        }
+        if (cp_crypto_wg_key_parse(em->wgpubkey, op->peer_pub, &err) < 0) {
+                mgmt_agent_fail(op, GRPC_STATUS_INVALID_ARGUMENT, "provided wgPubKey %.*s is invalid",
+                                MAX_KEY_ECHO, em->wgpubkey);
+                return -1;
+        }
+        cp_crypto_wg_key_format(op->peer_pub, op->peer_key);
+        if (em->body.len > cp_crypto_box_sealed_len(MAX_SEALED_PLAIN)) {
+                mgmt_agent_fail(op, GRPC_STATUS_RESOURCE_EXHAUSTED, "request message too large");
+                return -1;
+        }
+        r = cp_crypto_box_shared_init(shared, op->peer_pub, op->agent->key->priv, &err);
+        if (r < 0) {
+                mgmt_agent_fail(op, GRPC_STATUS_INVALID_ARGUMENT, "invalid request message");
+                (void) snprintf(op->detail, sizeof op->detail, "%s", err.message);
+                return -1;
+        }
+        size_t cap = em->body.len > CP_BOX_OVERHEAD ? em->body.len - CP_BOX_OVERHEAD : 1;
+        uint8_t *plain = mgmt_arena_alloc(&op->arena, cap);
+        r = cp_crypto_box_open_shared(shared, em->body.data, em->body.len, plain, cap, &err);
+        if (r < 0) {
+                mgmt_agent_fail(op, GRPC_STATUS_INVALID_ARGUMENT, "invalid request message");
+                (void) snprintf(op->detail, sizeof op->detail, "%s", err.message);
+                return -1;
+        }
+        op->request = protobuf_c_message_unpack(op->method->request_body, mgmt_arena_pb(&op->arena),
+                                                (size_t) r, plain);
+        cp_explicit_bzero(plain, (size_t) r);
+        if (!op->request) {
+                mgmt_agent_fail(op, GRPC_STATUS_INVALID_ARGUMENT, "invalid request message");
+                (void) snprintf(op->detail, sizeof op->detail, "cannot decode %s", op->method->request_body->name);
+                return -1;
+        }
+        return 0;
+}
+
+static uint8_t *pack(mgmt_arena *a, const ProtobufCMessage *m, size_t *ret_len) {
+        size_t n = protobuf_c_message_get_packed_size(m);
+        uint8_t *out = mgmt_arena_alloc(a, n ? n : 1);
+
+        *ret_len = protobuf_c_message_pack(m, out);
+        return out;
+}
+
+/* Turns op->response into op->reply: sealed to the peer inside an
+ * EncryptedMessage carrying the server key, or plain for methods whose
+ * answer is plaintext (SyncMeta, Logout: Empty). */
+static void seal_response(mgmt_agent_op *op, const cp_crypto_box_shared *shared) {
+        Management__Empty empty = MANAGEMENT__EMPTY__INIT;
+        const ProtobufCMessage *resp = op->response ? op->response : &empty.base;
+        size_t plain_len, sealed_cap;
+        uint8_t *plain = pack(&op->arena, resp, &plain_len);
+        cp_error err = { 0 };
+
+        if (!op->method->response_body) {
+                op->reply = plain;
+                op->reply_len = plain_len;
+                return;
+        }
+        sealed_cap = cp_crypto_box_sealed_len(plain_len);
+        uint8_t *sealed = mgmt_arena_alloc(&op->arena, sealed_cap);
+        int r = cp_crypto_box_seal_shared(shared, plain, plain_len, sealed, sealed_cap, &err);
+        cp_explicit_bzero(plain, plain_len);
+        if (r < 0) {
+                mgmt_agent_fail(op, GRPC_STATUS_INTERNAL, "failed handling request");
+                (void) snprintf(op->detail, sizeof op->detail, "cannot seal the response: %s", err.message);
+                return;
+        }
+        Management__EncryptedMessage em = MANAGEMENT__ENCRYPTED_MESSAGE__INIT;
+        em.wgpubkey = (char *) op->agent->key->pub_b64;
+        em.body.data = sealed;
+        em.body.len = (size_t) r;
+        op->reply = pack(&op->arena, &em.base, &op->reply_len);
+}
+
+/* ---- encrypted RPCs: worker side --------------------------------------------- */
+
+static void op_work(void *userdata) {
+        mgmt_agent_op *op = userdata;
+        const agent_rpc *rpc = mgmt_call_method(op->call)->data;
+        cp_crypto_box_shared shared = { { 0 } };
+
+        op->status = GRPC_STATUS_OK;
+        if (mgmt_call_is_over(op->call)) {
+                /* The client left, or shutdown cancelled the call, while
+                 * the job was queued: nobody waits for the answer. */
+                mgmt_agent_fail(op, GRPC_STATUS_CANCELLED, "call cancelled");
+                goto log;
+        }
+        if (open_request(op, &shared) == 0) {
+                rpc->handler(op);
+                if (op->status == GRPC_STATUS_OK)
+                        seal_response(op, &shared);
+        }
+        cp_crypto_box_shared_release(&shared);
+log:
+        log_outcome(op->call, op->method, op->peer_key, op->account, op->status, op->message, op->detail);
+}
+
+static void op_done(mgmt_call *c, void *userdata) {
+        mgmt_agent_op *op = userdata;
+
+        mgmt_call_reply(c, op->status, op->message, op->reply, op->reply_len);
+        if (op->payload)
+                grpc_byte_buffer_destroy(op->payload);
+        mgmt_arena_release(&op->arena);
+        free(op);
+}
+
+/* ---- handlers ------------------------------------------------------------------ */
+
+static void rpc_unimplemented(mgmt_call *c, const mgmt_agent *a) {
+        const cp_proto_method *m = &cp_proto_mgmt_methods[((const agent_rpc *) mgmt_call_method(c)->data)->id];
+        char msg[128];
+
+        /* grpc-go's text for a method the server does not implement. */
+        (void) snprintf(msg, sizeof msg, "method %s not implemented", m->name);
+        log_outcome(c, m, NULL, NULL, GRPC_STATUS_UNIMPLEMENTED, msg, NULL);
+        mgmt_call_finish(c, GRPC_STATUS_UNIMPLEMENTED, msg);
+}
+
+static void rpc_get_server_key(mgmt_call *c, const mgmt_agent *a) {
+        const cp_proto_method *m = &cp_proto_mgmt_methods[CP_PROTO_MGMT_GET_SERVER_KEY];
+        Management__ServerKeyResponse resp = MANAGEMENT__SERVER_KEY_RESPONSE__INIT;
+        Google__Protobuf__Timestamp exp = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
+        uint8_t buf[128];
+
+        exp.seconds = cp_now_unix_ns() / 1000000000 + SERVER_KEY_EXPIRY_S;
+        resp.key = (char *) a->key->pub_b64;
+        resp.expiresat = &exp;
+        size_t n = management__server_key_response__get_packed_size(&resp);
+        if (n > sizeof buf)
+                abort();        /* 44-character key plus a timestamp: cannot happen */
+        n = management__server_key_response__pack(&resp, buf);
+        log_outcome(c, m, NULL, NULL, GRPC_STATUS_OK, NULL, NULL);
+        mgmt_call_reply(c, GRPC_STATUS_OK, NULL, buf, n);
+}
+
+static void rpc_is_healthy(mgmt_call *c, const mgmt_agent *a) {
+        /* Like NetBird: the process answers, so it is healthy. Readiness
+         * (database, migrations) is /readyz on the HTTP port. */
+        log_outcome(c, &cp_proto_mgmt_methods[CP_PROTO_MGMT_IS_HEALTHY], NULL, NULL, GRPC_STATUS_OK, NULL, NULL);
+        mgmt_call_reply(c, GRPC_STATUS_OK, NULL, NULL, 0);
+}
+
+static Management__ProviderConfig *provider_config(const mgmt_provider *p, mgmt_arena *a) {
+        Management__ProviderConfig *pc = mgmt_arena_alloc(a, sizeof *pc);
+
+        management__provider_config__init(pc);
+        pc->clientid = p->client_id;
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+        pc->clientsecret = p->client_secret;    /* deprecated, still sent by NetBird */
+#pragma GCC diagnostic pop
+        pc->audience = p->audience;
+        pc->tokenendpoint = p->token_endpoint;
+        pc->scope = p->scope;
+        pc->useidtoken = p->use_id_token;
+        return pc;
+}
+
+static void rpc_device_flow(mgmt_agent_op *op) {
+        const mgmt_netconf *n = op->agent->netconf;
+
+        if (!n->device_flow) {
+                mgmt_agent_fail(op, GRPC_STATUS_NOT_FOUND, "no device authorization flow information available");
+                return;
+        }
+        if (!n->device_provider_ok) {
+                mgmt_agent_fail(op, GRPC_STATUS_INVALID_ARGUMENT, "no provider found in the protocol for %s",
+                                n->device_provider_name);
+                return;
+        }
+        Management__DeviceAuthorizationFlow *f = mgmt_arena_alloc(&op->arena, sizeof *f);
+        management__device_authorization_flow__init(f);
+        f->provider = MANAGEMENT__DEVICE_AUTHORIZATION_FLOW__PROVIDER__HOSTED;
+        f->providerconfig = provider_config(&n->device, &op->arena);
+        f->providerconfig->domain = n->device.domain;
+        f->providerconfig->deviceauthendpoint = n->device.device_auth_endpoint;
+        op->response = &f->base;
+}
+
+static void rpc_pkce_flow(mgmt_agent_op *op) {
+        const mgmt_netconf *n = op->agent->netconf;
+
+        if (!n->pkce_flow) {
+                mgmt_agent_fail(op, GRPC_STATUS_NOT_FOUND, "no pkce authorization flow information available");
+                return;
+        }
+        Management__PKCEAuthorizationFlow *f = mgmt_arena_alloc(&op->arena, sizeof *f);
+        management__pkceauthorization_flow__init(f);
+        f->providerconfig = provider_config(&n->pkce, &op->arena);
+        f->providerconfig->authorizationendpoint = n->pkce.authorization_endpoint;
+        f->providerconfig->redirecturls = n->pkce.redirect_urls;
+        f->providerconfig->n_redirecturls = n->pkce.n_redirect_urls;
+        f->providerconfig->disablepromptlogin = n->pkce.disable_prompt_login;
+        f->providerconfig->loginflag = n->pkce.login_flag;
+        op->response = &f->base;
+}
+
+/* ---- dispatch ------------------------------------------------------------------ */
+
+static void on_call(mgmt_call *c, void *userdata) {
+        const mgmt_agent *a = userdata;
+        const agent_rpc *rpc = mgmt_call_method(c)->data;
+        mgmt_agent_op *op;
+        int r;
+
+        if (!rpc->handler) {
+                rpc->inline_call(c, a);
+                return;
+        }
+        op = cp_xcalloc(1, sizeof *op);
+        op->agent = a;
+        op->call = c;
+        op->method = &cp_proto_mgmt_methods[rpc->id];
+        op->payload = mgmt_call_take_payload(c);
+        mgmt_arena_init(&op->arena);
+        r = mgmt_call_offload(c, op_work, op_done, op);
+        if (r < 0) {
+                const char *msg = "server is busy, please try again later";
+                grpc_status_code st = r == -EAGAIN ? GRPC_STATUS_RESOURCE_EXHAUSTED : GRPC_STATUS_UNAVAILABLE;
+                log_outcome(c, op->method, NULL, NULL, st, msg, r == -EAGAIN ? "worker queue full" : NULL);
+                mgmt_call_finish(c, st, msg);
+                if (op->payload)
+                        grpc_byte_buffer_destroy(op->payload);
+                free(op);
+        }
+}
+
+static const agent_rpc rpcs[_CP_PROTO_MGMT_MAX] = {
+        [CP_PROTO_MGMT_LOGIN] = { CP_PROTO_MGMT_LOGIN, mgmt_login, NULL },
+        [CP_PROTO_MGMT_SYNC] = { CP_PROTO_MGMT_SYNC, NULL, rpc_unimplemented },
+        [CP_PROTO_MGMT_GET_SERVER_KEY] = { CP_PROTO_MGMT_GET_SERVER_KEY, NULL, rpc_get_server_key },
+        [CP_PROTO_MGMT_IS_HEALTHY] = { CP_PROTO_MGMT_IS_HEALTHY, NULL, rpc_is_healthy },
+        [CP_PROTO_MGMT_GET_DEVICE_AUTHORIZATION_FLOW] = { CP_PROTO_MGMT_GET_DEVICE_AUTHORIZATION_FLOW,
+                                                          rpc_device_flow, NULL },
+        [CP_PROTO_MGMT_GET_PKCE_AUTHORIZATION_FLOW] = { CP_PROTO_MGMT_GET_PKCE_AUTHORIZATION_FLOW,
+                                                        rpc_pkce_flow, NULL },
+        [CP_PROTO_MGMT_SYNC_META] = { CP_PROTO_MGMT_SYNC_META, mgmt_sync_meta, NULL },
+        [CP_PROTO_MGMT_LOGOUT] = { CP_PROTO_MGMT_LOGOUT, mgmt_logout, NULL },
+        [CP_PROTO_MGMT_JOB] = { CP_PROTO_MGMT_JOB, NULL, rpc_unimplemented },
+        [CP_PROTO_MGMT_EXTEND_AUTH_SESSION] = { CP_PROTO_MGMT_EXTEND_AUTH_SESSION, NULL, rpc_unimplemented },
+        [CP_PROTO_MGMT_CREATE_EXPOSE] = { CP_PROTO_MGMT_CREATE_EXPOSE, NULL, rpc_unimplemented },
+        [CP_PROTO_MGMT_RENEW_EXPOSE] = { CP_PROTO_MGMT_RENEW_EXPOSE, NULL, rpc_unimplemented },
+        [CP_PROTO_MGMT_STOP_EXPOSE] = { CP_PROTO_MGMT_STOP_EXPOSE, NULL, rpc_unimplemented },
+};
+
+static mgmt_rpc_kind kind_of(cp_proto_streaming s) {
+        switch (s) {
+        case CP_PROTO_UNARY:
+                return MGMT_RPC_UNARY;
+        case CP_PROTO_SERVER_STREAMING:
+                return MGMT_RPC_SERVER_STREAM;
+        case CP_PROTO_CLIENT_STREAMING:
+        case CP_PROTO_BIDI_STREAMING:
+                break;
+        }
+        return MGMT_RPC_BIDI;           /* messages are read with RECV_MESSAGE */
+}
+
+void mgmt_agent_methods(mgmt_rpc_method out[MGMT_AGENT_N_METHODS]) {
+        for (size_t i = 0; i < MGMT_AGENT_N_METHODS; i++) {
+                const cp_proto_method *m = &cp_proto_mgmt_methods[i];
+                out[i] = (mgmt_rpc_method) {
+                        .path = m->path,
+                        .kind = kind_of(m->streaming),
+                        .on_call = on_call,
+                        .data = &rpcs[i],
+                };
+        }
+}

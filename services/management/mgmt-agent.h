@@ -1,0 +1,56 @@
+/*
+ * mgmt-agent.h: the agent protocol edge, management.ManagementService.
+ *
+ * Every rpc of the service is registered, from the generated table
+ * cp_proto_mgmt_methods[] (proto/cp-methods.h): the ones served, and the
+ * rest answered UNIMPLEMENTED the way grpc-go answers an unimplemented
+ * method. This is the one place where
+ *   - the EncryptedMessage envelope is opened and sealed (NaCl box between
+ *     the peer's WireGuard key and the server's key, netbird-protocol.md
+ *     section 2), with NetBird's status codes for its failures;
+ *   - store errors become gRPC status codes and NetBird's messages
+ *     (section 3.4); see docs/protocol.md for the table;
+ *   - each RPC's outcome is logged once (method, peer address, peer key,
+ *     account, code, time taken).
+ *
+ * Threads: plaintext RPCs that touch nothing shared (GetServerKey,
+ * isHealthy) and the UNIMPLEMENTED answers run on the gRPC CQ thread.
+ * Every encrypted RPC runs on the worker pool (mgmt_call_offload): the
+ * envelope costs two X25519 operations and the handlers block on
+ * PostgreSQL. Everything a handler reads from the agent context is
+ * read-only after start-up.
+ */
+#pragma once
+
+#include <stdint.h>
+
+#include "cp/config.h"
+#include "cp/crypto-box.h"
+#include "cp/store.h"
+#include "cp-methods.h"
+#include "mgmt-grpc.h"
+#include "mgmt-netconf.h"
+
+/* The server's WireGuard key pair, shared by every replica
+ * (cp_store_server_key_get_or_create). Owned by the manager, which wipes
+ * it at exit. */
+typedef struct mgmt_server_key {
+        uint8_t priv[CP_WG_KEY_LEN];
+        uint8_t pub[CP_WG_KEY_LEN];
+        char pub_b64[CP_WG_KEY_B64_LEN];
+} mgmt_server_key;
+
+/* What the handlers need; every pointer is borrowed and outlives the
+ * gRPC server. */
+typedef struct mgmt_agent {
+        cp_store *store;
+        const cp_config *config;
+        const mgmt_netconf *netconf;
+        const mgmt_server_key *key;
+} mgmt_agent;
+
+/* Fills out with the rows to register, one per rpc of the service, in
+ * cp_proto_mgmt_method_id order. The rows expect the mgmt_agent as the
+ * gRPC server's userdata; they point to static data only. */
+#define MGMT_AGENT_N_METHODS ((size_t) _CP_PROTO_MGMT_MAX)
+void mgmt_agent_methods(mgmt_rpc_method out[MGMT_AGENT_N_METHODS]);

@@ -1,0 +1,367 @@
+/*
+ * Login (registration or login of a known peer), SyncMeta and Logout:
+ * the handlers of the encrypted RPCs that work on the peer record. They
+ * run on a worker (mgmt-agent.c opened the envelope already) and turn
+ * store errors into NetBird's status codes and messages
+ * (netbird-protocol.md section 3.4; the table is in docs/protocol.md).
+ */
+#include "cp/base.h"
+#include "cp/store-peers.h"
+#include "cp/util.h"
+#include "mgmt-agent-int.h"
+
+#include "management.pb-c.h"
+
+/* NetBird's texts, sent verbatim: agents match on some of them. */
+#define MSG_NO_AUTH "no peer auth method provided, please use a setup key or interactive SSO login"
+#define MSG_BAD_SETUP_KEY "couldn't add peer: setup key is invalid"
+#define MSG_ALREADY_REGISTERED "peer has been already registered"
+#define MSG_ADD_LABELS "couldn't add peer: setup key doesn't allow extra DNS labels"
+#define MSG_LOGIN_LABELS "couldn't login peer: setup key doesn't allow extra DNS labels"
+#define MSG_EXPIRED "peer login has expired, please log in once more"
+#define MSG_INTERNAL "failed handling request"
+#define MSG_JWT "JWT authentication is not supported by this server: no identity provider is configured; " \
+        "use a setup key"
+
+/* The peer's address as NetBird prints it in messages. */
+static const char *remote_addr(const mgmt_agent_op *op) {
+        const char *ip = mgmt_call_peer_ip(op->call);
+
+        return *ip ? ip : "invalid IP";
+}
+
+/* An unexpected store failure: Internal, NetBird's generic text; the
+ * store's own message goes to the log only. */
+static void fail_internal(mgmt_agent_op *op, const char *what, int r, const cp_error *err) {
+        mgmt_agent_fail(op, GRPC_STATUS_INTERNAL, MSG_INTERNAL);
+        (void) snprintf(op->detail, sizeof op->detail, "%s: %s", what,
+                        err && err->message[0] ? err->message : strerror(-r));
+}
+
+/* ---- PeerSystemMeta -> cp_store_peer_meta -------------------------------------- */
+
+static int meta_from_proto(mgmt_agent_op *op, const Management__PeerSystemMeta *pm, cp_store_peer_meta *m) {
+        mgmt_arena *a = &op->arena;
+
+        /* Far beyond any real agent; the store refuses more anyway. */
+        if (pm->n_networkaddresses > CP_STORE_META_MAX_ADDRESSES || pm->n_files > CP_STORE_META_MAX_FILES ||
+            pm->n_capabilities > CP_STORE_META_MAX_CAPABILITIES) {
+                mgmt_agent_fail(op, GRPC_STATUS_INVALID_ARGUMENT, "peer system meta has too many entries");
+                return -1;
+        }
+        *m = (cp_store_peer_meta) {
+                .hostname = pm->hostname,
+                .go_os = pm->goos,
+                .kernel = pm->kernel,
+                .core = pm->core,
+                .platform = pm->platform,
+                .os = pm->os,
+                .os_version = pm->osversion,
+                .wt_version = pm->netbirdversion,
+                .ui_version = pm->uiversion,
+                .kernel_version = pm->kernelversion,
+                .system_serial_number = pm->sysserialnumber,
+                .system_product_name = pm->sysproductname,
+                .system_manufacturer = pm->sysmanufacturer,
+                .environment_cloud = pm->environment ? pm->environment->cloud : NULL,
+                .environment_platform = pm->environment ? pm->environment->platform : NULL,
+                .sync_message_version = pm->syncmessageversion,
+        };
+        if (pm->n_networkaddresses) {
+                cp_store_peer_netaddr *na = mgmt_arena_array(a, pm->n_networkaddresses, sizeof *na);
+                for (size_t i = 0; i < pm->n_networkaddresses; i++)
+                        na[i] = (cp_store_peer_netaddr) { pm->networkaddresses[i]->netip,
+                                                          pm->networkaddresses[i]->mac };
+                m->network_addresses = na;
+                m->n_network_addresses = pm->n_networkaddresses;
+        }
+        if (pm->n_files) {
+                cp_store_peer_file *f = mgmt_arena_array(a, pm->n_files, sizeof *f);
+                for (size_t i = 0; i < pm->n_files; i++)
+                        f[i] = (cp_store_peer_file) { pm->files[i]->path, pm->files[i]->exist,
+                                                      pm->files[i]->processisrunning };
+                m->files = f;
+                m->n_files = pm->n_files;
+        }
+        if (pm->flags) {
+                const Management__Flags *fl = pm->flags;
+                m->flags = (cp_store_peer_flags) {
+                        .rosenpass_enabled = fl->rosenpassenabled,
+                        .rosenpass_permissive = fl->rosenpasspermissive,
+                        .server_ssh_allowed = fl->serversshallowed,
+                        .disable_client_routes = fl->disableclientroutes,
+                        .disable_server_routes = fl->disableserverroutes,
+                        .disable_dns = fl->disabledns,
+                        .disable_firewall = fl->disablefirewall,
+                        .block_lan_access = fl->blocklanaccess,
+                        .block_inbound = fl->blockinbound,
+                        .lazy_connection_enabled = fl->lazyconnectionenabled,
+                        .disable_ipv6 = fl->disableipv6,
+                };
+        }
+        if (pm->n_capabilities) {
+                int32_t *caps = mgmt_arena_array(a, pm->n_capabilities, sizeof *caps);
+                for (size_t i = 0; i < pm->n_capabilities; i++)
+                        caps[i] = (int32_t) pm->capabilities[i];
+                m->capabilities = caps;
+                m->n_capabilities = pm->n_capabilities;
+        }
+        return 0;
+}
+
+/* ---- LoginResponse ------------------------------------------------------------- */
+
+/* An SSO peer whose login has run out must log in again with a JWT
+ * (section 3.2); setup-key peers never expire. */
+static bool login_expired(const cp_store_peer *p, const cp_store_account_settings *st, int64_t now_ns) {
+        if (!p->user_id[0])
+                return false;
+        if (p->status.login_expired)
+                return true;
+        return st->login_expiration_enabled && p->login_expiration_enabled && p->last_login_unix_ns > 0 &&
+               p->last_login_unix_ns + st->login_expiration_ns <= now_ns;
+}
+
+/* sessionExpiresAt (section 6): the deadline of an SSO peer with
+ * expiration on, else present but empty ("no expiry"). Never absent on a
+ * LoginResponse. */
+static Google__Protobuf__Timestamp *session_expires_at(const cp_store_peer *p, const cp_store_account_settings *st,
+                                                       mgmt_arena *a) {
+        Google__Protobuf__Timestamp *ts = mgmt_arena_alloc(a, sizeof *ts);
+
+        google__protobuf__timestamp__init(ts);
+        if (st->login_expiration_enabled && p->user_id[0] && p->login_expiration_enabled &&
+            p->last_login_unix_ns > 0) {
+                int64_t deadline = p->last_login_unix_ns + st->login_expiration_ns;
+                ts->seconds = deadline / 1000000000;
+                ts->nanos = (int32_t) (deadline % 1000000000);
+        }
+        return ts;
+}
+
+static void build_login_response(mgmt_agent_op *op, const cp_store_peer *p, const cp_store_account_settings *st) {
+        mgmt_arena *a = &op->arena;
+        const char *domain = st->dns_domain[0] ? st->dns_domain : op->agent->config->dns_domain;
+        Management__LoginResponse *resp = mgmt_arena_alloc(a, sizeof *resp);
+        Management__PeerConfig *pc = mgmt_arena_alloc(a, sizeof *pc);
+        Management__SSHConfig *ssh = mgmt_arena_alloc(a, sizeof *ssh);
+
+        management__login_response__init(resp);
+        management__peer_config__init(pc);
+        management__sshconfig__init(ssh);
+
+        pc->address = mgmt_arena_printf(a, "%s/%u", p->ip, st->network_prefix_len);
+        pc->fqdn = mgmt_arena_printf(a, "%s.%s", p->dns_label, domain);
+        /* A peer waiting for approval gets no SSH (section 3.2 step 9). */
+        ssh->sshenabled = p->ssh_enabled && !p->status.requires_approval;
+        if (ssh->sshenabled)
+                ssh->jwtconfig = mgmt_netconf_jwt_config(op->agent->netconf, a);
+        pc->sshconfig = ssh;
+        pc->routingpeerdnsresolutionenabled = st->routing_peer_dns_resolution_enabled;
+        pc->lazyconnectionenabled = st->lazy_connection_enabled;
+
+        resp->netbirdconfig = mgmt_netconf_build(op->agent->netconf, cp_now_unix_ns() / 1000000000, a);
+        resp->peerconfig = pc;
+        resp->sessionexpiresat = session_expires_at(p, st, a);
+        op->response = &resp->base;
+}
+
+/* ---- Login ------------------------------------------------------------------------ */
+
+typedef struct login_input {
+        cp_store_peer_meta meta;
+        const char *ssh_key;            /* NULL when the agent sent none */
+        const char *const *labels;
+        size_t n_labels;
+} login_input;
+
+/* Registration with a setup key (section 3.3). Returns the new peer, or
+ * NULL with op's outcome set. */
+static cp_store_peer *register_peer(mgmt_agent_op *op, const Management__LoginRequest *req, const login_input *in) {
+        cp_store_peer_register_req rr = {
+                .setup_key = req->setupkey,
+                .wg_pub_key = op->peer_key,
+                .meta = &in->meta,
+                .ssh_key = in->ssh_key,
+                .extra_dns_labels = in->labels,
+                .n_extra_dns_labels = in->n_labels,
+                .connection_ip = *mgmt_call_peer_ip(op->call) ? mgmt_call_peer_ip(op->call) : NULL,
+                .dns_domain = op->agent->config->dns_domain,
+        };
+        cp_store_peer *p = NULL;
+        cp_error err = { 0 };
+        int r;
+
+        if (!req->setupkey[0]) {
+                /* The agent's cue that it has to register (bare Login first). */
+                mgmt_agent_fail(op, GRPC_STATUS_PERMISSION_DENIED, MSG_NO_AUTH);
+                return NULL;
+        }
+        r = cp_store_peer_register(op->agent->store, &rr, &p, NULL, &err);
+        switch (r) {
+        case 0:
+                return p;
+        case -ENOKEY:
+                mgmt_agent_fail(op, GRPC_STATUS_NOT_FOUND, MSG_BAD_SETUP_KEY);
+                break;
+        case -EEXIST:
+                mgmt_agent_fail(op, GRPC_STATUS_FAILED_PRECONDITION, MSG_ALREADY_REGISTERED);
+                break;
+        case -EPERM:
+                mgmt_agent_fail(op, GRPC_STATUS_FAILED_PRECONDITION, MSG_ADD_LABELS);
+                break;
+        default:
+                /* -EINVAL (a bad extra label, a hostname without a label)
+                 * included: NetBird maps invalid arguments to Internal too. */
+                fail_internal(op, "cannot register peer", r, &err);
+                return NULL;
+        }
+        (void) snprintf(op->detail, sizeof op->detail, "%s", err.message);
+        return NULL;
+}
+
+void mgmt_login(mgmt_agent_op *op) {
+        const Management__LoginRequest *req = (const Management__LoginRequest *) op->request;
+        _cleanup_store_peer_ cp_store_peer *p = NULL;
+        cp_store_account_settings st;
+        login_input in = { 0 };
+        cp_error err = { 0 };
+        int r;
+
+        if (!req->meta) {
+                mgmt_agent_fail(op, GRPC_STATUS_FAILED_PRECONDITION,
+                                "peer system meta has to be provided to log in. Peer %s, remote addr %s",
+                                op->peer_key, remote_addr(op));
+                return;
+        }
+        if (req->jwttoken[0]) {
+                /* No identity provider: a JWT cannot be validated. NetBird
+                 * validates the JWT before anything else, so this comes
+                 * first for known peers too. */
+                mgmt_agent_fail(op, GRPC_STATUS_PERMISSION_DENIED, MSG_JWT);
+                return;
+        }
+        if (meta_from_proto(op, req->meta, &in.meta) < 0)
+                return;
+        if (req->peerkeys && req->peerkeys->sshpubkey.len > 0) {
+                char *k = mgmt_arena_alloc(&op->arena, req->peerkeys->sshpubkey.len + 1);
+                memcpy(k, req->peerkeys->sshpubkey.data, req->peerkeys->sshpubkey.len);
+                in.ssh_key = k;
+        }
+        in.labels = (const char *const *) req->dnslabels;
+        in.n_labels = req->n_dnslabels;
+
+        r = cp_store_peer_get_by_key(op->agent->store, op->peer_key, &p, &err);
+        if (r < 0 && r != -ENOENT) {
+                fail_internal(op, "cannot look the peer up", r, &err);
+                return;
+        }
+        if (r == 0) {
+                /* A known peer (section 3.2). */
+                snprintf(op->account, sizeof op->account, "%s", p->account_id);
+                r = cp_store_account_get_settings(op->agent->store, p->account_id, &st, &err);
+                if (r < 0) {
+                        fail_internal(op, "cannot read the account settings", r, &err);
+                        return;
+                }
+                if (login_expired(p, &st, cp_now_unix_ns())) {
+                        mgmt_agent_fail(op, GRPC_STATUS_PERMISSION_DENIED, MSG_EXPIRED);
+                        return;
+                }
+                cp_store_peer_login_req lr = {
+                        .meta = &in.meta,
+                        .ssh_key = in.ssh_key,
+                        .connection_ip = *mgmt_call_peer_ip(op->call) ? mgmt_call_peer_ip(op->call) : NULL,
+                        .n_extra_dns_labels = in.n_labels,
+                };
+                r = cp_store_peer_login_update(op->agent->store, p->account_id, p->id, &lr, NULL, NULL, &err);
+                if (r == -EPERM) {
+                        mgmt_agent_fail(op, GRPC_STATUS_FAILED_PRECONDITION, MSG_LOGIN_LABELS);
+                        return;
+                }
+                if (r == -ENOENT) {
+                        /* Deleted since the lookup (a Logout racing this
+                         * Login): carry on as for an unknown key. */
+                        p = cp_store_peer_free(p);
+                        op->account[0] = '\0';
+                } else if (r < 0) {
+                        fail_internal(op, "cannot update the peer", r, &err);
+                        return;
+                }
+        }
+        if (!p) {
+                p = register_peer(op, req, &in);
+                if (!p)
+                        return;
+                snprintf(op->account, sizeof op->account, "%s", p->account_id);
+                r = cp_store_account_get_settings(op->agent->store, p->account_id, &st, &err);
+                if (r < 0) {
+                        fail_internal(op, "cannot read the account settings", r, &err);
+                        return;
+                }
+        }
+        build_login_response(op, p, &st);
+}
+
+/* ---- SyncMeta and Logout ---------------------------------------------------------- */
+
+/* The peer of the request's key, or NULL with NotFound / Internal set. */
+static cp_store_peer *lookup(mgmt_agent_op *op) {
+        cp_store_peer *p = NULL;
+        cp_error err = { 0 };
+        int r = cp_store_peer_get_by_key(op->agent->store, op->peer_key, &p, &err);
+
+        if (r == -ENOENT) {
+                mgmt_agent_fail(op, GRPC_STATUS_NOT_FOUND, "peer not found: %s", op->peer_key);
+                return NULL;
+        }
+        if (r < 0) {
+                fail_internal(op, "cannot look the peer up", r, &err);
+                return NULL;
+        }
+        snprintf(op->account, sizeof op->account, "%s", p->account_id);
+        return p;
+}
+
+void mgmt_sync_meta(mgmt_agent_op *op) {
+        const Management__SyncMetaRequest *req = (const Management__SyncMetaRequest *) op->request;
+        _cleanup_store_peer_ cp_store_peer *p = NULL;
+        cp_store_peer_meta meta;
+        cp_error err = { 0 };
+        int r;
+
+        if (!req->meta) {
+                mgmt_agent_fail(op, GRPC_STATUS_FAILED_PRECONDITION,
+                                "peer system meta has to be provided on sync. Peer %s, remote addr %s",
+                                op->peer_key, remote_addr(op));
+                return;
+        }
+        if (meta_from_proto(op, req->meta, &meta) < 0)
+                return;
+        p = lookup(op);
+        if (!p)
+                return;
+        cp_store_peer_login_req lr = { .meta = &meta };
+        r = cp_store_peer_login_update(op->agent->store, p->account_id, p->id, &lr, NULL, NULL, &err);
+        if (r == -ENOENT)
+                mgmt_agent_fail(op, GRPC_STATUS_NOT_FOUND, "peer not found: %s", op->peer_key);
+        else if (r < 0)
+                fail_internal(op, "cannot update the peer meta", r, &err);
+        /* TODO(issue 4): fan the change out to the account's peers. */
+}
+
+void mgmt_logout(mgmt_agent_op *op) {
+        _cleanup_store_peer_ cp_store_peer *p = lookup(op);
+        cp_error err = { 0 };
+        int r;
+
+        if (!p)
+                return;
+        r = cp_store_peer_delete(op->agent->store, p->account_id, p->id, NULL, op->agent->config->dns_domain, NULL,
+                                 &err);
+        if (r == -ENOENT)
+                mgmt_agent_fail(op, GRPC_STATUS_NOT_FOUND, "peer not found: %s", op->peer_key);
+        else if (r < 0)
+                fail_internal(op, "cannot delete the peer", r, &err);
+        /* TODO(issue 4): end the peer's Sync stream and fan out. */
+}

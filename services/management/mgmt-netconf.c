@@ -1,0 +1,512 @@
+#include "cp/base.h"
+#include "cp/crypto.h"
+#include "cp/util.h"
+#include "mgmt-netconf.h"
+
+#include <jansson.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+
+/* NetBird's default for TURN and relay credentials without a usable TTL. */
+#define DEFAULT_TTL_S (12 * 3600)
+/* Upper bounds for lists read from the file: generous, but bounded. */
+#define MAX_HOSTS 256
+#define MAX_STRINGS 256
+
+/* ---- reading the file ------------------------------------------------------ */
+
+typedef struct reader {
+        const char *path;
+        cp_error *err;
+} reader;
+
+/* The member called key, matched case-insensitively like Go's
+ * encoding/json; NULL when absent or JSON null. */
+static json_t *jget(const json_t *obj, const char *key) {
+        const char *k;
+        json_t *v, *exact = NULL, *fold = NULL;
+
+        if (!obj || !json_is_object(obj))
+                return NULL;
+        json_object_foreach((json_t *) obj, k, v) {
+                if (strcmp(k, key) == 0)
+                        exact = v;
+                else if (!fold && strcasecmp(k, key) == 0)
+                        fold = v;
+        }
+        v = exact ? exact : fold;
+        return v && !json_is_null(v) ? v : NULL;
+}
+
+static const char *jkind(const json_t *v) {
+        switch (json_typeof(v)) {
+        case JSON_OBJECT: return "an object";
+        case JSON_ARRAY: return "an array";
+        case JSON_STRING: return "a string";
+        case JSON_INTEGER: return "an integer";
+        case JSON_REAL: return "a number";
+        case JSON_TRUE:
+        case JSON_FALSE: return "a bool";
+        case JSON_NULL: return "null";
+        }
+        return "?";
+}
+
+static int bad(reader *r, const char *where, const char *fmt, ...) _printf_(3, 4);
+static int bad(reader *r, const char *where, const char *fmt, ...) {
+        char what[300];
+        va_list ap;
+
+        va_start(ap, fmt);
+        (void) vsnprintf(what, sizeof what, fmt, ap);
+        va_end(ap);
+        return cp_error_set(r->err, -EINVAL, "invalid value for %s in %s: %s", where, r->path, what);
+}
+
+static int want(reader *r, const char *where, const json_t *v, bool ok, const char *expected) {
+        if (ok)
+                return 0;
+        return bad(r, where, "expected %s, got %s", expected, jkind(v));
+}
+
+/* A string member; absent or null gives "". *ret is heap. */
+static int read_str(reader *r, const json_t *obj, const char *key, const char *where, char **ret) {
+        json_t *v = jget(obj, key);
+        char w[200];
+
+        (void) snprintf(w, sizeof w, "%s.%s", where, key);
+        if (v && want(r, w, v, json_is_string(v), "a string") < 0)
+                return -EINVAL;
+        *ret = cp_xstrdup(v ? json_string_value(v) : "");
+        return 0;
+}
+
+static int read_bool(reader *r, const json_t *obj, const char *key, const char *where, bool *ret) {
+        json_t *v = jget(obj, key);
+        char w[200];
+
+        (void) snprintf(w, sizeof w, "%s.%s", where, key);
+        if (v && want(r, w, v, json_is_boolean(v), "true or false") < 0)
+                return -EINVAL;
+        *ret = v && json_is_true(v);
+        return 0;
+}
+
+/* A Go duration: a string such as "12h" or "1h30m0s", or a number of
+ * nanoseconds. Absent, zero or negative gives the default. */
+static int read_ttl(reader *r, const json_t *obj, const char *key, const char *where, int64_t *ret_s) {
+        json_t *v = jget(obj, key);
+        char w[200];
+        int64_t ms = 0;
+
+        (void) snprintf(w, sizeof w, "%s.%s", where, key);
+        if (!v)
+                ms = 0;
+        else if (json_is_string(v)) {
+                const char *s = json_string_value(v);
+                if (*s && cp_parse_duration_ms(s, &ms) < 0)
+                        return bad(r, w, "\"%.40s\" is not a duration (e.g. \"12h\", \"30m\")", s);
+        } else if (json_is_integer(v))
+                ms = (int64_t) (json_integer_value(v) / 1000000);
+        else if (json_is_real(v))
+                ms = (int64_t) (json_real_value(v) / 1e6);
+        else
+                return want(r, w, v, false, "a duration string");
+        *ret_s = ms >= 1000 ? ms / 1000 : DEFAULT_TTL_S;
+        return 0;
+}
+
+static int read_strings(reader *r, const json_t *obj, const char *key, const char *where, char ***ret,
+                        size_t *ret_n) {
+        json_t *v = jget(obj, key);
+        char w[200];
+
+        (void) snprintf(w, sizeof w, "%s.%s", where, key);
+        *ret = NULL;
+        *ret_n = 0;
+        if (!v)
+                return 0;
+        if (want(r, w, v, json_is_array(v), "an array of strings") < 0)
+                return -EINVAL;
+        if (json_array_size(v) > MAX_STRINGS)
+                return bad(r, w, "more than %d entries", MAX_STRINGS);
+        *ret = cp_xcalloc(json_array_size(v) + 1, sizeof **ret);
+        for (size_t i = 0; i < json_array_size(v); i++) {
+                json_t *e = json_array_get(v, i);
+                if (!json_is_string(e)) {
+                        char wi[220];
+                        (void) snprintf(wi, sizeof wi, "%s[%zu]", w, i);
+                        return want(r, wi, e, false, "a string");
+                }
+                (*ret)[(*ret_n)++] = cp_xstrdup(json_string_value(e));
+        }
+        return 0;
+}
+
+static int parse_protocol(const char *s, Management__HostConfig__Protocol *ret) {
+        static const struct { const char *name; Management__HostConfig__Protocol p; } protos[] = {
+                { "udp", MANAGEMENT__HOST_CONFIG__PROTOCOL__UDP },
+                { "tcp", MANAGEMENT__HOST_CONFIG__PROTOCOL__TCP },
+                { "http", MANAGEMENT__HOST_CONFIG__PROTOCOL__HTTP },
+                { "https", MANAGEMENT__HOST_CONFIG__PROTOCOL__HTTPS },
+                { "dtls", MANAGEMENT__HOST_CONFIG__PROTOCOL__DTLS },
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(protos); i++)
+                if (strcasecmp(s, protos[i].name) == 0) {
+                        *ret = protos[i].p;
+                        return 0;
+                }
+        return -EINVAL;
+}
+
+/* A Host: {Proto, URI, Username, Password}. URI is required and Proto must
+ * be one NetBird knows (NetBird itself panics on an unknown one when it
+ * builds the first response). */
+static int read_host(reader *r, const json_t *v, const char *where, mgmt_host *h) {
+        _cleanup_free_ char *proto = NULL;
+        char w[200];
+
+        if (want(r, where, v, json_is_object(v), "an object") < 0)
+                return -EINVAL;
+        if (read_str(r, v, "Proto", where, &proto) < 0 || read_str(r, v, "URI", where, &h->uri) < 0 ||
+            read_str(r, v, "Username", where, &h->username) < 0 ||
+            read_str(r, v, "Password", where, &h->password) < 0)
+                return -EINVAL;
+        (void) snprintf(w, sizeof w, "%s.URI", where);
+        if (!*h->uri)
+                return bad(r, w, "must not be empty");
+        (void) snprintf(w, sizeof w, "%s.Proto", where);
+        if (parse_protocol(proto, &h->protocol) < 0)
+                return bad(r, w, "\"%.20s\" is not one of udp, tcp, http, https, dtls", proto);
+        return 0;
+}
+
+static int read_hosts(reader *r, const json_t *v, const char *where, mgmt_host **ret, size_t *ret_n) {
+        if (!v)
+                return 0;
+        if (want(r, where, v, json_is_array(v), "an array") < 0)
+                return -EINVAL;
+        if (json_array_size(v) > MAX_HOSTS)
+                return bad(r, where, "more than %d entries", MAX_HOSTS);
+        *ret = cp_xcalloc(json_array_size(v) + 1, sizeof **ret);
+        for (size_t i = 0; i < json_array_size(v); i++) {
+                char w[200];
+                (void) snprintf(w, sizeof w, "%s[%zu]", where, i);
+                (*ret_n)++;
+                if (read_host(r, json_array_get(v, i), w, &(*ret)[i]) < 0)
+                        return -EINVAL;
+        }
+        return 0;
+}
+
+static int read_provider(reader *r, const json_t *v, const char *where, mgmt_provider *p) {
+        json_t *lf;
+        char w[200];
+
+        if (v && want(r, where, v, json_is_object(v), "an object") < 0)
+                return -EINVAL;
+        if (read_str(r, v, "ClientID", where, &p->client_id) < 0 ||
+            read_str(r, v, "ClientSecret", where, &p->client_secret) < 0 ||
+            read_str(r, v, "Domain", where, &p->domain) < 0 ||
+            read_str(r, v, "Audience", where, &p->audience) < 0 ||
+            read_str(r, v, "DeviceAuthEndpoint", where, &p->device_auth_endpoint) < 0 ||
+            read_str(r, v, "TokenEndpoint", where, &p->token_endpoint) < 0 ||
+            read_str(r, v, "AuthorizationEndpoint", where, &p->authorization_endpoint) < 0 ||
+            read_str(r, v, "Scope", where, &p->scope) < 0 ||
+            read_bool(r, v, "UseIDToken", where, &p->use_id_token) < 0 ||
+            read_strings(r, v, "RedirectURLs", where, &p->redirect_urls, &p->n_redirect_urls) < 0 ||
+            read_bool(r, v, "DisablePromptLogin", where, &p->disable_prompt_login) < 0)
+                return -EINVAL;
+        lf = jget(v, "LoginFlag");
+        (void) snprintf(w, sizeof w, "%s.LoginFlag", where);
+        if (lf) {
+                if (want(r, w, lf, json_is_integer(lf), "an integer") < 0)
+                        return -EINVAL;
+                if (json_integer_value(lf) < 0 || json_integer_value(lf) > 255)
+                        return bad(r, w, "expected 0 to 255");
+                p->login_flag = (uint32_t) json_integer_value(lf);
+        }
+        return 0;
+}
+
+static int read_turn(reader *r, const json_t *v, mgmt_netconf *n) {
+        if (!v)
+                return 0;
+        if (want(r, "TURNConfig", v, json_is_object(v), "an object") < 0)
+                return -EINVAL;
+        n->has_turn = true;
+        if (read_bool(r, v, "TimeBasedCredentials", "TURNConfig", &n->turn_time_based) < 0 ||
+            read_ttl(r, v, "CredentialsTTL", "TURNConfig", &n->turn_ttl_s) < 0 ||
+            read_str(r, v, "Secret", "TURNConfig", &n->turn_secret) < 0 ||
+            read_hosts(r, jget(v, "Turns"), "TURNConfig.Turns", &n->turns, &n->n_turns) < 0)
+                return -EINVAL;
+        return 0;
+}
+
+static int read_relay(reader *r, const json_t *v, mgmt_netconf *n) {
+        _cleanup_free_ char *secret = NULL;
+
+        n->relay_ttl_s = DEFAULT_TTL_S;
+        if (!v)
+                return 0;
+        if (want(r, "Relay", v, json_is_object(v), "an object") < 0)
+                return -EINVAL;
+        if (read_strings(r, v, "Addresses", "Relay", &n->relay_urls, &n->n_relay_urls) < 0 ||
+            read_ttl(r, v, "CredentialsTTL", "Relay", &n->relay_ttl_s) < 0 ||
+            read_str(r, v, "Secret", "Relay", &secret) < 0)
+                return -EINVAL;
+        n->relay_secret_empty = !*secret;
+        cp_crypto_sha256(secret, strlen(secret), n->relay_key);
+        cp_explicit_bzero(secret, strlen(secret));
+        return 0;
+}
+
+static int read_flows(reader *r, const json_t *file, mgmt_netconf *n) {
+        json_t *d = jget(file, "DeviceAuthorizationFlow"), *p = jget(file, "PKCEAuthorizationFlow");
+
+        if (d) {
+                if (want(r, "DeviceAuthorizationFlow", d, json_is_object(d), "an object") < 0 ||
+                    read_str(r, d, "Provider", "DeviceAuthorizationFlow", &n->device_provider_name) < 0 ||
+                    read_provider(r, jget(d, "ProviderConfig"), "DeviceAuthorizationFlow.ProviderConfig",
+                                  &n->device) < 0)
+                        return -EINVAL;
+                /* NetBird: absent or "none" means not configured; the name,
+                 * upper-cased, must be a value of the protocol's enum
+                 * (HOSTED is the only one). */
+                n->device_flow = strcmp(n->device_provider_name, "none") != 0;
+                n->device_provider_ok = strcasecmp(n->device_provider_name, "hosted") == 0;
+        }
+        if (p) {
+                if (want(r, "PKCEAuthorizationFlow", p, json_is_object(p), "an object") < 0 ||
+                    read_provider(r, jget(p, "ProviderConfig"), "PKCEAuthorizationFlow.ProviderConfig",
+                                  &n->pkce) < 0)
+                        return -EINVAL;
+                n->pkce_flow = true;
+        }
+        return 0;
+}
+
+static int read_http(reader *r, const json_t *file, mgmt_netconf *n) {
+        json_t *h = jget(file, "HttpConfig");
+
+        if (h && want(r, "HttpConfig", h, json_is_object(h), "an object") < 0)
+                return -EINVAL;
+        if (read_str(r, h, "AuthIssuer", "HttpConfig", &n->auth_issuer) < 0 ||
+            read_str(r, h, "AuthAudience", "HttpConfig", &n->auth_audience) < 0 ||
+            read_str(r, h, "AuthKeysLocation", "HttpConfig", &n->auth_keys_location) < 0)
+                return -EINVAL;
+        return 0;
+}
+
+int mgmt_netconf_load(const json_t *file, const char *path, mgmt_netconf **ret, cp_error *reterr) {
+        mgmt_netconf *n = cp_xcalloc(1, sizeof *n);
+        reader r = { .path = path ? path : "the config file", .err = reterr };
+        json_t *sig;
+
+        n->turn_ttl_s = DEFAULT_TTL_S;
+        n->relay_ttl_s = DEFAULT_TTL_S;
+        if (read_hosts(&r, jget(file, "Stuns"), "Stuns", &n->stuns, &n->n_stuns) < 0 ||
+            read_turn(&r, jget(file, "TURNConfig"), n) < 0 || read_relay(&r, jget(file, "Relay"), n) < 0 ||
+            read_flows(&r, file, n) < 0 || read_http(&r, file, n) < 0)
+                goto fail;
+        sig = jget(file, "Signal");
+        if (sig) {
+                if (read_host(&r, sig, "Signal", &n->signal) < 0)
+                        goto fail;
+                n->has_signal = true;
+        }
+        if (!n->turn_secret)
+                n->turn_secret = cp_xstrdup("");
+        *ret = n;
+        return 0;
+fail:
+        mgmt_netconf_free(n);
+        return -EINVAL;
+}
+
+void mgmt_netconf_check(const mgmt_netconf *n, void (*warn)(const char *text, void *userdata), void *userdata) {
+        if (n->has_turn && n->turn_time_based && n->n_turns > 0 && !n->turn_secret[0])
+                warn("TURNConfig.TimeBasedCredentials is true but TURNConfig.Secret is empty: TURN servers "
+                     "will reject the credentials", userdata);
+        if (n->n_relay_urls > 0 && n->relay_secret_empty)
+                warn("Relay.Addresses is set but Relay.Secret is empty: relay servers will reject the tokens",
+                     userdata);
+        if (n->has_turn && !n->turn_time_based)
+                for (size_t i = 0; i < n->n_turns; i++)
+                        if (!n->turns[i].username[0]) {
+                                warn("TURNConfig.Turns has an entry without Username while "
+                                     "TimeBasedCredentials is false", userdata);
+                                break;
+                        }
+}
+
+static void wipe_free(char *s) {
+        if (s) {
+                cp_explicit_bzero(s, strlen(s));
+                free(s);
+        }
+}
+
+static void host_release(mgmt_host *h) {
+        free(h->uri);
+        wipe_free(h->username);
+        wipe_free(h->password);
+}
+
+static void hosts_free(mgmt_host *h, size_t n) {
+        for (size_t i = 0; i < n; i++)
+                host_release(&h[i]);
+        free(h);
+}
+
+static void strings_free(char **s, size_t n) {
+        for (size_t i = 0; i < n; i++)
+                free(s[i]);
+        free(s);
+}
+
+static void provider_release(mgmt_provider *p) {
+        free(p->client_id);
+        wipe_free(p->client_secret);
+        free(p->domain);
+        free(p->audience);
+        free(p->device_auth_endpoint);
+        free(p->token_endpoint);
+        free(p->authorization_endpoint);
+        free(p->scope);
+        strings_free(p->redirect_urls, p->n_redirect_urls);
+}
+
+mgmt_netconf *mgmt_netconf_free(mgmt_netconf *n) {
+        if (!n)
+                return NULL;
+        hosts_free(n->stuns, n->n_stuns);
+        hosts_free(n->turns, n->n_turns);
+        wipe_free(n->turn_secret);
+        strings_free(n->relay_urls, n->n_relay_urls);
+        host_release(&n->signal);
+        free(n->device_provider_name);
+        provider_release(&n->device);
+        provider_release(&n->pkce);
+        free(n->auth_issuer);
+        free(n->auth_audience);
+        free(n->auth_keys_location);
+        cp_explicit_bzero(n, sizeof *n);
+        free(n);
+        return NULL;
+}
+
+/* ---- credentials ------------------------------------------------------------ */
+
+static void make_token(const EVP_MD *md, const void *key, size_t key_len, int64_t expires_s, mgmt_token *ret) {
+        unsigned char mac[EVP_MAX_MD_SIZE];
+        unsigned int mac_len = 0;
+
+        (void) snprintf(ret->payload, sizeof ret->payload, "%" PRId64, expires_s);
+        if (!HMAC(md, key, (int) key_len, (const unsigned char *) ret->payload, strlen(ret->payload), mac,
+                  &mac_len))
+                abort();        /* only on out-of-memory inside OpenSSL */
+        cp_crypto_b64_encode(mac, mac_len, ret->signature, sizeof ret->signature);
+        cp_explicit_bzero(mac, sizeof mac);
+}
+
+void mgmt_netconf_turn_token(const mgmt_netconf *n, int64_t now_s, mgmt_token *ret) {
+        make_token(EVP_sha1(), n->turn_secret, strlen(n->turn_secret), now_s + n->turn_ttl_s, ret);
+}
+
+void mgmt_netconf_relay_token(const mgmt_netconf *n, int64_t now_s, mgmt_token *ret) {
+        make_token(EVP_sha256(), n->relay_key, sizeof n->relay_key, now_s + n->relay_ttl_s, ret);
+}
+
+/* ---- the NetbirdConfig message ------------------------------------------------ */
+
+static Management__HostConfig *host_config(const mgmt_host *h, mgmt_arena *a) {
+        Management__HostConfig *hc = mgmt_arena_alloc(a, sizeof *hc);
+
+        management__host_config__init(hc);
+        hc->uri = h->uri;
+        hc->protocol = h->protocol;
+        return hc;
+}
+
+Management__NetbirdConfig *mgmt_netconf_build(const mgmt_netconf *n, int64_t now_s, mgmt_arena *a) {
+        Management__NetbirdConfig *nc = mgmt_arena_alloc(a, sizeof *nc);
+
+        management__netbird_config__init(nc);
+        if (n->n_stuns) {
+                nc->stuns = mgmt_arena_array(a, n->n_stuns, sizeof *nc->stuns);
+                for (size_t i = 0; i < n->n_stuns; i++)
+                        nc->stuns[i] = host_config(&n->stuns[i], a);
+                nc->n_stuns = n->n_stuns;
+        }
+        if (n->n_turns) {
+                mgmt_token *tok = NULL;
+                if (n->turn_time_based) {
+                        tok = mgmt_arena_alloc(a, sizeof *tok);
+                        mgmt_netconf_turn_token(n, now_s, tok);
+                }
+                nc->turns = mgmt_arena_array(a, n->n_turns, sizeof *nc->turns);
+                for (size_t i = 0; i < n->n_turns; i++) {
+                        Management__ProtectedHostConfig *t = mgmt_arena_alloc(a, sizeof *t);
+                        management__protected_host_config__init(t);
+                        t->hostconfig = host_config(&n->turns[i], a);
+                        t->user = tok ? tok->payload : n->turns[i].username;
+                        t->password = tok ? tok->signature : n->turns[i].password;
+                        nc->turns[i] = t;
+                }
+                nc->n_turns = n->n_turns;
+        }
+        if (n->has_signal)
+                nc->signal = host_config(&n->signal, a);
+        if (n->n_relay_urls) {
+                Management__RelayConfig *rc = mgmt_arena_alloc(a, sizeof *rc);
+                mgmt_token *tok = mgmt_arena_alloc(a, sizeof *tok);
+                management__relay_config__init(rc);
+                mgmt_netconf_relay_token(n, now_s, tok);
+                rc->urls = n->relay_urls;
+                rc->n_urls = n->n_relay_urls;
+                rc->tokenpayload = tok->payload;
+                rc->tokensignature = tok->signature;
+                nc->relay = rc;
+        }
+        return nc;
+}
+
+/* "https://idp.example.com/oauth/token" -> "https://idp.example.com/" */
+static char *issuer_from_endpoint(const char *endpoint, mgmt_arena *a) {
+        const char *p = strstr(endpoint, "://");
+
+        if (!p || p == endpoint)
+                return NULL;
+        p += 3;
+        size_t host = strcspn(p, "/?#");
+        if (host == 0)
+                return NULL;
+        return mgmt_arena_printf(a, "%.*s%.*s/", (int) (p - endpoint), endpoint, (int) host, p);
+}
+
+Management__JWTConfig *mgmt_netconf_jwt_config(const mgmt_netconf *n, mgmt_arena *a) {
+        Management__JWTConfig *j;
+        char *issuer;
+
+        if (!n->auth_audience || !*n->auth_audience)
+                return NULL;
+        issuer = n->auth_issuer ? mgmt_arena_strdup(a, n->auth_issuer) : NULL;
+        if ((!issuer || !*issuer) && n->device_flow && n->device.token_endpoint && *n->device.token_endpoint)
+                issuer = issuer_from_endpoint(n->device.token_endpoint, a);
+        if (!issuer || !*issuer)
+                return NULL;
+        j = mgmt_arena_alloc(a, sizeof *j);
+        management__jwtconfig__init(j);
+        j->issuer = issuer;
+        j->audience = n->auth_audience;
+        if (n->auth_keys_location && *n->auth_keys_location)
+                j->keyslocation = n->auth_keys_location;
+        else {
+                size_t l = strlen(issuer);
+                j->keyslocation = mgmt_arena_printf(a, "%.*s/.well-known/jwks.json",
+                                                    (int) (l && issuer[l - 1] == '/' ? l - 1 : l), issuer);
+        }
+        return j;
+}

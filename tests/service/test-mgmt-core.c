@@ -1,0 +1,259 @@
+/*
+ * Unit tests of mgmt-core pieces that need no server: the worker pool,
+ * the per-RPC arena, and mgmt_netconf (management.json's agent keys and
+ * the TURN / relay credentials, checked against HMAC values computed
+ * independently with Python's hmac module).
+ */
+#include "cp/base.h"
+#include "cp/crypto.h"
+#include "cptest.h"
+#include "mgmt-arena.h"
+#include "mgmt-netconf.h"
+#include "mgmt-work.h"
+
+#include <jansson.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+/* ---- worker pool ---------------------------------------------------------- */
+
+typedef struct gate {
+        pthread_mutex_t lock;
+        pthread_cond_t cond;
+        bool open;
+        atomic_int ran;
+        int order[64];
+        atomic_int n_order;
+} gate;
+
+static void wait_gate(void *userdata) {
+        gate *g = userdata;
+
+        pthread_mutex_lock(&g->lock);
+        while (!g->open)
+                pthread_cond_wait(&g->cond, &g->lock);
+        pthread_mutex_unlock(&g->lock);
+        atomic_fetch_add(&g->ran, 1);
+}
+
+static void count(void *userdata) {
+        atomic_fetch_add(&((gate *) userdata)->ran, 1);
+}
+
+TEST(workers_queue_limit_and_drain) {
+        gate g = { .lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER };
+        mgmt_workers *w = NULL;
+
+        ASSERT_EQ(0, mgmt_workers_new(1, 2, &w, NULL));
+        /* The one thread blocks in the first job; two more fit the queue. */
+        ASSERT_EQ(0, mgmt_workers_submit(w, wait_gate, &g));
+        while (mgmt_workers_queued(w) != 0)
+                ;
+        ASSERT_EQ(0, mgmt_workers_submit(w, count, &g));
+        ASSERT_EQ(0, mgmt_workers_submit(w, count, &g));
+        ASSERT_EQ(-EAGAIN, mgmt_workers_submit(w, count, &g));
+        ASSERT_EQ(2, mgmt_workers_queued(w));
+        pthread_mutex_lock(&g.lock);
+        g.open = true;
+        pthread_cond_broadcast(&g.cond);
+        pthread_mutex_unlock(&g.lock);
+        /* Freeing runs what was accepted, then joins. */
+        mgmt_workers_free(w);
+        ASSERT_EQ(3, atomic_load(&g.ran));
+        ASSERT_TRUE(mgmt_workers_free(NULL) == NULL);
+}
+
+TEST(workers_bad_size) {
+        mgmt_workers *w = NULL;
+        cp_error err = { 0 };
+
+        ASSERT_EQ(-EINVAL, mgmt_workers_new(0, 10, &w, &err));
+        ASSERT_EQ(-EINVAL, mgmt_workers_new(257, 10, &w, &err));
+        ASSERT_TRUE(w == NULL);
+}
+
+typedef struct many {
+        atomic_int sum;
+} many;
+
+static void add_one(void *userdata) {
+        atomic_fetch_add(&((many *) userdata)->sum, 1);
+}
+
+TEST(workers_many_threads) {
+        many m = { 0 };
+        mgmt_workers *w = NULL;
+
+        ASSERT_EQ(0, mgmt_workers_new(8, 100000, &w, NULL));
+        for (int i = 0; i < 20000; i++)
+                ASSERT_EQ(0, mgmt_workers_submit(w, add_one, &m));
+        mgmt_workers_free(w);
+        ASSERT_EQ(20000, atomic_load(&m.sum));
+}
+
+/* ---- arena ---------------------------------------------------------------- */
+
+TEST(arena_alignment_big_blocks_and_strings) {
+        mgmt_arena a;
+
+        mgmt_arena_init(&a);
+        for (int i = 1; i < 200; i++) {
+                uint8_t *p = mgmt_arena_alloc(&a, (size_t) i * 7);
+                ASSERT_EQ(0, (uintptr_t) p % _Alignof(max_align_t));
+                for (int k = 0; k < i * 7; k++)
+                        ASSERT_EQ(0, p[k]);
+                memset(p, 0xab, (size_t) i * 7);
+        }
+        uint8_t *big = mgmt_arena_alloc(&a, 100000);
+        memset(big, 1, 100000);
+        char *small = mgmt_arena_strdup(&a, "after the big block");
+        ASSERT_TRUE(strcmp(small, "after the big block") == 0);
+        ASSERT_TRUE(strcmp(mgmt_arena_printf(&a, "%s/%u", "100.64.0.1", 16u), "100.64.0.1/16") == 0);
+        uint32_t *arr = mgmt_arena_array(&a, 1000, sizeof *arr);
+        arr[999] = 7;
+        ASSERT_TRUE(mgmt_arena_alloc(&a, 0) != NULL);
+        /* As a protobuf-c allocator. */
+        ProtobufCAllocator *pb = mgmt_arena_pb(&a);
+        void *q = pb->alloc(pb->allocator_data, 40);
+        pb->free(pb->allocator_data, q);
+        mgmt_arena_release(&a);
+        mgmt_arena_release(&a);         /* empty again: fine */
+}
+
+/* ---- netconf --------------------------------------------------------------- */
+
+static int load(const char *text, mgmt_netconf **ret, cp_error *err) {
+        json_error_t je;
+        json_t *j = json_loads(text, 0, &je);
+
+        if (!j)
+                cptest_fail(__FILE__, __LINE__, "bad JSON in test: %s", je.text);
+        int r = mgmt_netconf_load(j, "/test/management.json", ret, err);
+        json_decref(j);
+        return r;
+}
+
+TEST(netconf_empty_file) {
+        mgmt_netconf *n = NULL;
+        mgmt_arena a;
+
+        ASSERT_EQ(0, mgmt_netconf_load(NULL, NULL, &n, NULL));
+        ASSERT_FALSE(n->device_flow || n->pkce_flow || n->has_signal || n->has_turn);
+        mgmt_arena_init(&a);
+        Management__NetbirdConfig *nc = mgmt_netconf_build(n, 1700000000, &a);
+        ASSERT_TRUE(nc && nc->n_stuns == 0 && nc->n_turns == 0 && !nc->relay && !nc->signal);
+        ASSERT_TRUE(mgmt_netconf_jwt_config(n, &a) == NULL);
+        mgmt_arena_release(&a);
+        mgmt_netconf_free(n);
+}
+
+TEST(netconf_credentials) {
+        mgmt_netconf *n = NULL;
+        mgmt_token t;
+        mgmt_arena a;
+
+        ASSERT_EQ(0, load("{\"turnconfig\": {\"TimeBasedCredentials\": true, \"CredentialsTTL\": \"2h0m0s\","
+                          " \"Secret\": \"edge-turn-secret\", \"Turns\": [{\"Proto\": \"UDP\", \"URI\": \"turn:t:3478\"}]},"
+                          " \"Relay\": {\"Addresses\": [\"rels://r:443\"], \"CredentialsTTL\": 1800000000000,"
+                          " \"Secret\": \"edge-relay-secret\"},"
+                          " \"Signal\": {\"Proto\": \"https\", \"URI\": \"s:443\"}}", &n, NULL));
+        ASSERT_EQ(7200, n->turn_ttl_s);
+        ASSERT_EQ(1800, n->relay_ttl_s);
+        mgmt_netconf_turn_token(n, 1700000000, &t);
+        ASSERT_TRUE(strcmp(t.payload, "1700007200") == 0);
+        ASSERT_TRUE(strcmp(t.signature, "V/EgqVf6IwOasmGzJmXGCYXJI9k=") == 0);
+        mgmt_netconf_relay_token(n, 1700000000, &t);
+        ASSERT_TRUE(strcmp(t.payload, "1700001800") == 0);
+        ASSERT_TRUE(strcmp(t.signature, "UM1PrN5coInsMAH06oI2x+5dgRE1+J0LT5rdG5SB25I=") == 0);
+
+        mgmt_arena_init(&a);
+        Management__NetbirdConfig *nc = mgmt_netconf_build(n, 1700000000, &a);
+        ASSERT_EQ(1, nc->n_turns);
+        ASSERT_TRUE(strcmp(nc->turns[0]->user, "1700007200") == 0);
+        ASSERT_EQ(MANAGEMENT__HOST_CONFIG__PROTOCOL__UDP, nc->turns[0]->hostconfig->protocol);
+        ASSERT_TRUE(nc->relay && nc->relay->n_urls == 1 && strcmp(nc->relay->tokenpayload, "1700001800") == 0);
+        ASSERT_TRUE(nc->signal && nc->signal->protocol == MANAGEMENT__HOST_CONFIG__PROTOCOL__HTTPS);
+        /* It packs. */
+        size_t len = management__netbird_config__get_packed_size(nc);
+        uint8_t *buf = mgmt_arena_alloc(&a, len);
+        ASSERT_EQ(len, management__netbird_config__pack(nc, buf));
+        mgmt_arena_release(&a);
+        mgmt_netconf_free(n);
+}
+
+TEST(netconf_defaults_static_turn_and_flows) {
+        mgmt_netconf *n = NULL;
+        mgmt_arena a;
+
+        ASSERT_EQ(0, load("{\"TURNConfig\": {\"CredentialsTTL\": \"0s\", \"Turns\": [{\"Proto\": \"tcp\", "
+                          "\"URI\": \"turn:t:3478\", \"Username\": \"u\", \"Password\": \"p\"}]},"
+                          " \"DeviceAuthorizationFlow\": {\"Provider\": \"none\"},"
+                          " \"PKCEAuthorizationFlow\": {\"ProviderConfig\": {\"LoginFlag\": 2}},"
+                          " \"HttpConfig\": {\"AuthAudience\": \"aud\"}}", &n, NULL));
+        ASSERT_EQ(12 * 3600, n->turn_ttl_s);            /* NetBird's default */
+        ASSERT_FALSE(n->device_flow);
+        ASSERT_TRUE(n->pkce_flow && n->pkce.login_flag == 2);
+        mgmt_arena_init(&a);
+        Management__NetbirdConfig *nc = mgmt_netconf_build(n, 1, &a);
+        ASSERT_TRUE(strcmp(nc->turns[0]->user, "u") == 0 && strcmp(nc->turns[0]->password, "p") == 0);
+        /* An audience but no issuer: no JWT config. */
+        ASSERT_TRUE(mgmt_netconf_jwt_config(n, &a) == NULL);
+        mgmt_arena_release(&a);
+        mgmt_netconf_free(n);
+
+        /* The issuer can come from the device flow's token endpoint. */
+        ASSERT_EQ(0, load("{\"DeviceAuthorizationFlow\": {\"Provider\": \"hosted\", \"ProviderConfig\": "
+                          "{\"TokenEndpoint\": \"https://idp.test/oauth/token\"}},"
+                          " \"HttpConfig\": {\"AuthAudience\": \"aud\"}}", &n, NULL));
+        ASSERT_TRUE(n->device_flow && n->device_provider_ok);
+        mgmt_arena_init(&a);
+        Management__JWTConfig *j = mgmt_netconf_jwt_config(n, &a);
+        ASSERT_TRUE(j && strcmp(j->issuer, "https://idp.test/") == 0);
+        ASSERT_TRUE(strcmp(j->keyslocation, "https://idp.test/.well-known/jwks.json") == 0);
+        mgmt_arena_release(&a);
+        mgmt_netconf_free(n);
+}
+
+static int n_warnings;
+
+static void on_warning(const char *text, void *userdata) {
+        n_warnings++;
+}
+
+TEST(netconf_errors_and_warnings) {
+        static const struct { const char *json, *needle; } bad[] = {
+                { "{\"Stuns\": [{\"Proto\": \"quic\", \"URI\": \"x\"}]}", "Stuns[0].Proto" },
+                { "{\"Stuns\": [{\"Proto\": \"udp\"}]}", "Stuns[0].URI" },
+                { "{\"Stuns\": 5}", "expected an array, got an integer" },
+                { "{\"TURNConfig\": []}", "TURNConfig in /test/management.json: expected an object" },
+                { "{\"TURNConfig\": {\"CredentialsTTL\": \"soon\"}}", "TURNConfig.CredentialsTTL" },
+                { "{\"TURNConfig\": {\"TimeBasedCredentials\": \"yes\"}}", "TURNConfig.TimeBasedCredentials" },
+                { "{\"Relay\": {\"Addresses\": [\"a\", 3]}}", "Relay.Addresses[1]" },
+                { "{\"Signal\": {\"Proto\": 1, \"URI\": \"s\"}}", "Signal.Proto" },
+                { "{\"PKCEAuthorizationFlow\": {\"ProviderConfig\": {\"LoginFlag\": 300}}}", "LoginFlag" },
+                { "{\"HttpConfig\": {\"AuthIssuer\": false}}", "HttpConfig.AuthIssuer" },
+        };
+        mgmt_netconf *n = NULL;
+
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
+                cp_error err = { 0 };
+                ASSERT_EQ(-EINVAL, load(bad[i].json, &n, &err));
+                if (!strstr(err.message, bad[i].needle))
+                        cptest_fail(__FILE__, __LINE__, "%s: %s", bad[i].json, err.message);
+                ASSERT_TRUE(n == NULL);
+        }
+        ASSERT_EQ(0, load("{\"Relay\": {\"Addresses\": [\"rels://r:443\"]}, \"TURNConfig\": "
+                          "{\"TimeBasedCredentials\": true, \"Turns\": [{\"Proto\": \"udp\", \"URI\": \"t\"}]}}",
+                          &n, NULL));
+        n_warnings = 0;
+        mgmt_netconf_check(n, on_warning, NULL);
+        ASSERT_EQ(2, n_warnings);
+        mgmt_netconf_free(n);
+}
+
+int main(int argc, char **argv) {
+        if (cp_crypto_init() < 0)
+                return 1;
+        return cptest_main(argc, argv);
+}
