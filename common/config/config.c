@@ -69,17 +69,41 @@ static const char *type_expectation(const cp_cfg_option *o, char *buf, size_t n)
         }
 }
 
+/* One setting's value while it is parsed, before it is stored. */
+typedef union cfg_value {
+        int64_t i;
+        bool b;
+        cp_log_level level;
+        char *s;
+} cfg_value;
+
+/* Stores v into field as o's type; a string field takes ownership of v.s
+ * and frees what it held. The one place that knows each type's storage. */
+static void store_value(const cp_cfg_option *o, void *field, cfg_value v) {
+        switch (o->type) {
+        case CP_CFG_STRING:
+                free(*(char **) field);
+                *(char **) field = v.s;
+                break;
+        case CP_CFG_INT:
+        case CP_CFG_DURATION:
+                *(int64_t *) field = v.i;
+                break;
+        case CP_CFG_BOOL:
+                *(bool *) field = v.b;
+                break;
+        case CP_CFG_LOG_LEVEL:
+                *(cp_log_level *) field = v.level;
+                break;
+        }
+}
+
 /* Parses text as o's type into a local value, runs o->check, and only then
  * stores it into field (which may be a scratch union for ignored rows).
  * On failure reterr says what was expected, without naming the source. */
 static int parse_text(const cp_cfg_option *o, const char *text, void *field, cp_error *reterr) {
         char buf[160];
-        union {
-                int64_t i;
-                bool b;
-                cp_log_level level;
-                char *s;
-        } v = { 0 };
+        cfg_value v = { 0 };
         int r;
 
         switch (o->type) {
@@ -114,22 +138,7 @@ static int parse_text(const cp_cfg_option *o, const char *text, void *field, cp_
                         return r;
                 }
         }
-        switch (o->type) {
-        case CP_CFG_STRING:
-                free(*(char **) field);
-                *(char **) field = v.s;
-                break;
-        case CP_CFG_INT:
-        case CP_CFG_DURATION:
-                *(int64_t *) field = v.i;
-                break;
-        case CP_CFG_BOOL:
-                *(bool *) field = v.b;
-                break;
-        case CP_CFG_LOG_LEVEL:
-                *(cp_log_level *) field = v.level;
-                break;
-        }
+        store_value(o, field, v);
         return 0;
 }
 
@@ -564,22 +573,7 @@ void cp_cfg_release_fields(const cp_cfg_table *tables, size_t n_tables) {
                         void *f = (char *) tables[t].base + o->offset;
                         if (o->flags & CP_CFG_IGNORED)
                                 continue;
-                        switch (o->type) {
-                        case CP_CFG_STRING:
-                                free(*(char **) f);
-                                *(char **) f = NULL;
-                                break;
-                        case CP_CFG_INT:
-                        case CP_CFG_DURATION:
-                                *(int64_t *) f = 0;
-                                break;
-                        case CP_CFG_BOOL:
-                                *(bool *) f = false;
-                                break;
-                        case CP_CFG_LOG_LEVEL:
-                                *(cp_log_level *) f = (cp_log_level) 0;
-                                break;
-                        }
+                        store_value(o, f, (cfg_value) { 0 });
                 }
 }
 
