@@ -14,7 +14,9 @@
 #include <protobuf-c/protobuf-c.h>
 
 #include "cp/crypto-box.h"
+#include "cp/store-peers.h"
 #include "cp-methods.h"
+#include "management.pb-c.h"
 #include "mgmt-agent.h"
 #include "mgmt-arena.h"
 
@@ -44,6 +46,22 @@ typedef struct mgmt_agent_op {
         size_t reply_len;
 } mgmt_agent_op;
 
+/* Opens op->payload: the EncryptedMessage, the sender's key (op->peer_key,
+ * op->peer_pub), the box (shared is initialised: the caller releases it,
+ * also on failure) and the inner message (op->request). Returns 0, or -1
+ * with op's outcome set to NetBird's failure (§2.2). */
+int mgmt_agent_open_request(mgmt_agent_op *op, cp_crypto_box_shared *shared);
+
+/* Seals plain[0..len) with shared and wraps it in an EncryptedMessage
+ * carrying the server key; the packed bytes live in a. NULL when sealing
+ * failed (reterr says why). */
+uint8_t *mgmt_agent_seal(const mgmt_agent *agent, const cp_crypto_box_shared *shared, const void *plain,
+                         size_t len, mgmt_arena *a, size_t *ret_len, cp_error *reterr);
+
+/* The one "rpc" log line of a call (mgmt-agent.c). */
+void mgmt_agent_log_outcome(mgmt_call *c, const cp_proto_method *m, const char *peer_key, const char *account,
+                            grpc_status_code status, const char *message, const char *detail);
+
 /* Sets the op's outcome: a status and a formatted message (for clients). */
 void mgmt_agent_fail(mgmt_agent_op *op, grpc_status_code status, const char *fmt, ...) _printf_(3, 4);
 
@@ -52,3 +70,10 @@ void mgmt_login(mgmt_agent_op *op);
 /* SyncMeta and Logout (mgmt-login.c): they share its peer lookup. */
 void mgmt_sync_meta(mgmt_agent_op *op);
 void mgmt_logout(mgmt_agent_op *op);
+
+/* Shared with the Sync open (mgmt-sync.c). PeerSystemMeta -> the store's
+ * form, in op's arena; -1 with op's outcome set when it has too many
+ * entries. */
+int mgmt_login_meta(mgmt_agent_op *op, const Management__PeerSystemMeta *pm, cp_store_peer_meta *ret);
+/* An SSO peer whose login has run out (§3.2); setup-key peers never. */
+bool mgmt_login_expired(const cp_store_peer *p, const cp_store_account_settings *st, int64_t now_ns);

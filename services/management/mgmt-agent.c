@@ -2,6 +2,7 @@
 #include "cp/crypto.h"
 #include "cp/util.h"
 #include "mgmt-agent-int.h"
+#include "mgmt-sync.h"
 
 #include <grpc/byte_buffer.h>
 #include <grpc/byte_buffer_reader.h>
@@ -54,8 +55,8 @@ static const char *status_name(grpc_status_code s) {
 
 /* One line per RPC. Successful key fetches and health probes are debug:
  * agents call GetServerKey before every other call. */
-static void log_outcome(mgmt_call *c, const cp_proto_method *m, const char *peer_key, const char *account,
-                        grpc_status_code status, const char *message, const char *detail) {
+void mgmt_agent_log_outcome(mgmt_call *c, const cp_proto_method *m, const char *peer_key, const char *account,
+                            grpc_status_code status, const char *message, const char *detail) {
         const cp_log_ctx *cl = mgmt_call_log(c);
         cp_log_ctx ctx = { .component = "agent", .request_id = cl->request_id, .method = m->name,
                            .peer = mgmt_call_peer_ip(c), .account = account && *account ? account : NULL };
@@ -94,7 +95,7 @@ static grpc_slice read_payload(grpc_byte_buffer *bb) {
 /* Opens the request: the outer EncryptedMessage, the sender's key, the
  * box, the inner message. Returns 0, or sets the failure NetBird reports
  * (parseRequest) and returns -1. */
-static int open_request(mgmt_agent_op *op, cp_crypto_box_shared *shared) {
+int mgmt_agent_open_request(mgmt_agent_op *op, cp_crypto_box_shared *shared) {
         grpc_slice s = read_payload(op->payload);
         Management__EncryptedMessage *em;
         cp_error err = { 0 };
@@ -151,6 +152,21 @@ static uint8_t *pack(mgmt_arena *a, const ProtobufCMessage *m, size_t *ret_len) 
         return out;
 }
 
+uint8_t *mgmt_agent_seal(const mgmt_agent *agent, const cp_crypto_box_shared *shared, const void *plain,
+                         size_t len, mgmt_arena *a, size_t *ret_len, cp_error *reterr) {
+        size_t cap = cp_crypto_box_sealed_len(len);
+        uint8_t *sealed = mgmt_arena_alloc(a, cap);
+        int r = cp_crypto_box_seal_shared(shared, plain, len, sealed, cap, reterr);
+
+        if (r < 0)
+                return NULL;
+        Management__EncryptedMessage em = MANAGEMENT__ENCRYPTED_MESSAGE__INIT;
+        em.wgpubkey = (char *) agent->key->pub_b64;
+        em.body.data = sealed;
+        em.body.len = (size_t) r;
+        return pack(a, &em.base, ret_len);
+}
+
 /* Turns op->response into op->reply: sealed to the peer inside an
  * EncryptedMessage carrying the server key, or plain for methods whose
  * answer is plaintext (SyncMeta, Logout: Empty). */
@@ -196,14 +212,14 @@ static void op_work(void *userdata) {
                 mgmt_agent_fail(op, GRPC_STATUS_CANCELLED, "call cancelled");
                 goto log;
         }
-        if (open_request(op, &shared) == 0) {
+        if (mgmt_agent_open_request(op, &shared) == 0) {
                 rpc->handler(op);
                 if (op->status == GRPC_STATUS_OK)
                         seal_response(op, &shared);
         }
         cp_crypto_box_shared_release(&shared);
 log:
-        log_outcome(op->call, op->method, op->peer_key, op->account, op->status, op->message, op->detail);
+        mgmt_agent_log_outcome(op->call, op->method, op->peer_key, op->account, op->status, op->message, op->detail);
 }
 
 static void op_done(mgmt_call *c, void *userdata) {
@@ -224,7 +240,7 @@ static void rpc_unimplemented(mgmt_call *c, const mgmt_agent *a) {
 
         /* grpc-go's text for a method the server does not implement. */
         (void) snprintf(msg, sizeof msg, "method %s not implemented", m->name);
-        log_outcome(c, m, NULL, NULL, GRPC_STATUS_UNIMPLEMENTED, msg, NULL);
+        mgmt_agent_log_outcome(c, m, NULL, NULL, GRPC_STATUS_UNIMPLEMENTED, msg, NULL);
         mgmt_call_finish(c, GRPC_STATUS_UNIMPLEMENTED, msg);
 }
 
@@ -241,14 +257,14 @@ static void rpc_get_server_key(mgmt_call *c, const mgmt_agent *a) {
         if (n > sizeof buf)
                 abort();        /* 44-character key plus a timestamp: cannot happen */
         n = management__server_key_response__pack(&resp, buf);
-        log_outcome(c, m, NULL, NULL, GRPC_STATUS_OK, NULL, NULL);
+        mgmt_agent_log_outcome(c, m, NULL, NULL, GRPC_STATUS_OK, NULL, NULL);
         mgmt_call_reply(c, GRPC_STATUS_OK, NULL, buf, n);
 }
 
 static void rpc_is_healthy(mgmt_call *c, const mgmt_agent *a) {
         /* Like NetBird: the process answers, so it is healthy. Readiness
          * (database, migrations) is /readyz on the HTTP port. */
-        log_outcome(c, &cp_proto_mgmt_methods[CP_PROTO_MGMT_IS_HEALTHY], NULL, NULL, GRPC_STATUS_OK, NULL, NULL);
+        mgmt_agent_log_outcome(c, &cp_proto_mgmt_methods[CP_PROTO_MGMT_IS_HEALTHY], NULL, NULL, GRPC_STATUS_OK, NULL, NULL);
         mgmt_call_reply(c, GRPC_STATUS_OK, NULL, NULL, 0);
 }
 
@@ -307,6 +323,17 @@ static void rpc_pkce_flow(mgmt_agent_op *op) {
         op->response = &f->base;
 }
 
+/* Sync is a stream: mgmt-sync.c runs it (its open goes to a worker). */
+static void rpc_sync(mgmt_call *c, const mgmt_agent *a) {
+        mgmt_sync_on_call(a->sync, c);
+}
+
+static void sync_on_close(mgmt_call *c, bool cancelled, void *userdata) {
+        const mgmt_agent *a = userdata;
+
+        mgmt_sync_on_close(a->sync, c, cancelled);
+}
+
 /* ---- dispatch ------------------------------------------------------------------ */
 
 static void on_call(mgmt_call *c, void *userdata) {
@@ -329,7 +356,7 @@ static void on_call(mgmt_call *c, void *userdata) {
         if (r < 0) {
                 const char *msg = "server is busy, please try again later";
                 grpc_status_code st = r == -EAGAIN ? GRPC_STATUS_RESOURCE_EXHAUSTED : GRPC_STATUS_UNAVAILABLE;
-                log_outcome(c, op->method, NULL, NULL, st, msg, r == -EAGAIN ? "worker queue full" : NULL);
+                mgmt_agent_log_outcome(c, op->method, NULL, NULL, st, msg, r == -EAGAIN ? "worker queue full" : NULL);
                 mgmt_call_finish(c, st, msg);
                 if (op->payload)
                         grpc_byte_buffer_destroy(op->payload);
@@ -339,7 +366,7 @@ static void on_call(mgmt_call *c, void *userdata) {
 
 static const agent_rpc rpcs[_CP_PROTO_MGMT_MAX] = {
         [CP_PROTO_MGMT_LOGIN] = { CP_PROTO_MGMT_LOGIN, mgmt_login, NULL },
-        [CP_PROTO_MGMT_SYNC] = { CP_PROTO_MGMT_SYNC, NULL, rpc_unimplemented },
+        [CP_PROTO_MGMT_SYNC] = { CP_PROTO_MGMT_SYNC, NULL, rpc_sync },
         [CP_PROTO_MGMT_GET_SERVER_KEY] = { CP_PROTO_MGMT_GET_SERVER_KEY, NULL, rpc_get_server_key },
         [CP_PROTO_MGMT_IS_HEALTHY] = { CP_PROTO_MGMT_IS_HEALTHY, NULL, rpc_is_healthy },
         [CP_PROTO_MGMT_GET_DEVICE_AUTHORIZATION_FLOW] = { CP_PROTO_MGMT_GET_DEVICE_AUTHORIZATION_FLOW,
@@ -375,6 +402,7 @@ void mgmt_agent_methods(mgmt_rpc_method out[MGMT_AGENT_N_METHODS]) {
                         .path = m->path,
                         .kind = kind_of(m->streaming),
                         .on_call = on_call,
+                        .on_close = i == CP_PROTO_MGMT_SYNC ? sync_on_close : NULL,
                         .data = &rpcs[i],
                 };
         }

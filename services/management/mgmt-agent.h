@@ -42,11 +42,18 @@ typedef struct mgmt_server_key {
 
 /* What the handlers need; every pointer is borrowed and outlives the
  * gRPC server. */
+struct mgmt_sync;
+
 typedef struct mgmt_agent {
         cp_store *store;
         const cp_config *config;
         const mgmt_netconf *netconf;
         const mgmt_server_key *key;
+        /* The Sync streams (registry, fan-out); set before the server
+         * starts. Login, SyncMeta and Logout tell it what changed. */
+        struct mgmt_sync *sync;
+        /* Network maps (mgmt-map.h), for Logout's last map. */
+        struct mgmt_maps *maps;
 } mgmt_agent;
 
 /* Fills out with the rows to register, one per rpc of the service, in

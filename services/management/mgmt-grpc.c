@@ -31,6 +31,7 @@ typedef enum tag_kind {
         TAG_NEW,                /* the request slot matched a call (or was dropped) */
         TAG_CLOSE,              /* RECV_CLOSE_ON_SERVER: the call is over */
         TAG_STATUS,             /* the final status went out */
+        TAG_SEND,               /* a stream message went out (or the call died) */
         _TAG_MAX,
 } tag_kind;
 
@@ -46,11 +47,14 @@ typedef struct mgmt_post {
         void *userdata;
 } mgmt_post;
 
-/* An offloaded job on its way to a worker and back. */
+/* An offloaded job on its way to a worker and back: either for a call
+ * (call set, done) or for the server (call NULL, gdone). */
 typedef struct offload {
+        mgmt_grpc *g;
         mgmt_call *call;
         mgmt_work_fn work;
         mgmt_call_done_fn done;
+        mgmt_grpc_post_fn gdone;
         void *userdata;
 } offload;
 
@@ -73,6 +77,10 @@ struct mgmt_call {
         gpr_timespec deadline;          /* registered slots */
         grpc_byte_buffer *payload;      /* unary / server-stream request */
         grpc_byte_buffer *response;     /* kept until the STATUS batch is done */
+        grpc_byte_buffer *send_bb;      /* the stream message in flight (TAG_SEND) */
+        mgmt_call_sent_fn sent_fn;
+        void *sent_userdata;
+        void *userdata;                 /* the handler's (mgmt_call_set_userdata) */
         grpc_slice status_details;      /* kept until the STATUS batch is done */
         bool has_status_details;
         char *method_name;              /* for logs */
@@ -93,6 +101,8 @@ struct mgmt_grpc {
         mgmt_workers *workers;          /* borrowed */
         void (*on_stopped)(mgmt_grpc *g, void *userdata);
         void *stopped_userdata;
+        void (*on_start)(mgmt_grpc *g, void *userdata);
+        void *start_userdata;
         pthread_t thread;
         bool thread_started;
         bool grpc_inited;
@@ -141,6 +151,8 @@ static void call_unref(mgmt_call *c) {
                 grpc_byte_buffer_destroy(c->payload);
         if (c->response)
                 grpc_byte_buffer_destroy(c->response);
+        if (c->send_bb)
+                grpc_byte_buffer_destroy(c->send_bb);
         if (c->has_status_details)
                 grpc_slice_unref(c->status_details);
         if (c->peer)
@@ -224,6 +236,64 @@ void mgmt_call_reply(mgmt_call *c, grpc_status_code status, const char *message,
         }
 }
 
+int mgmt_call_send(mgmt_call *c, const void *data, size_t len, mgmt_call_sent_fn sent, void *userdata) {
+        grpc_op ops[2];
+        size_t n = 0;
+
+        if (c->send_bb)
+                return -EBUSY;
+        if (c->status_sent || atomic_load(&c->over))
+                return -EPIPE;
+        grpc_slice s = grpc_slice_from_copied_buffer(data ? data : "", len);
+        c->send_bb = grpc_raw_byte_buffer_create(&s, 1);
+        grpc_slice_unref(s);
+
+        memset(ops, 0, sizeof ops);
+        if (!c->initial_md_sent) {
+                ops[n].op = GRPC_OP_SEND_INITIAL_METADATA;
+                n++;
+        }
+        ops[n].op = GRPC_OP_SEND_MESSAGE;
+        ops[n].data.send_message.send_message = c->send_bb;
+        n++;
+        c->sent_fn = sent;
+        c->sent_userdata = userdata;
+        if (!call_batch(c, ops, n, TAG_SEND)) {
+                grpc_byte_buffer_destroy(c->send_bb);
+                c->send_bb = NULL;
+                c->sent_fn = NULL;
+                c->sent_userdata = NULL;
+                return -EIO;
+        }
+        c->initial_md_sent = true;
+        return 0;
+}
+
+bool mgmt_call_sending(const mgmt_call *c) {
+        return c->send_bb != NULL;
+}
+
+void mgmt_call_ref(mgmt_call *c) {
+        c->refs++;
+}
+
+void mgmt_call_unref(mgmt_call *c) {
+        if (c)
+                call_unref(c);
+}
+
+void mgmt_call_set_userdata(mgmt_call *c, void *userdata) {
+        c->userdata = userdata;
+}
+
+void *mgmt_call_userdata(const mgmt_call *c) {
+        return c->userdata;
+}
+
+mgmt_grpc *mgmt_call_grpc(const mgmt_call *c) {
+        return c->g;
+}
+
 grpc_byte_buffer *mgmt_call_take_payload(mgmt_call *c) {
         grpc_byte_buffer *b = c->payload;
 
@@ -303,37 +373,60 @@ static void offload_done(mgmt_grpc *g, void *userdata) {
         offload *o = userdata;
         mgmt_call *c = o->call;
 
-        o->done(c, o->userdata);
+        if (c)
+                o->done(c, o->userdata);
+        else if (o->gdone)
+                o->gdone(g, o->userdata);
         free(o);
         g->jobs--;
-        call_unref(c);
+        if (c)
+                call_unref(c);
 }
 
 static void offload_run(void *userdata) {
         offload *o = userdata;
 
-        o->work(o->userdata);
-        mgmt_grpc_post(o->call->g, offload_done, o);
+        if (o->work)
+                o->work(o->userdata);
+        mgmt_grpc_post(o->g, offload_done, o);
 }
 
-int mgmt_call_offload(mgmt_call *c, mgmt_work_fn work, mgmt_call_done_fn done, void *userdata) {
-        mgmt_grpc *g = c->g;
-        offload *o;
+static int submit(mgmt_grpc *g, offload *o, bool force) {
         int r;
 
-        if (!g->workers)
+        if (!g->workers) {
+                free(o);
                 return -ENOSYS;
-        o = cp_xcalloc(1, sizeof *o);
-        *o = (offload) { .call = c, .work = work, .done = done, .userdata = userdata };
-        c->refs++;
+        }
+        if (o->call)
+                o->call->refs++;
         g->jobs++;
-        r = mgmt_workers_submit(g->workers, offload_run, o);
+        r = mgmt_workers_submit(g->workers, offload_run, o, force);
         if (r < 0) {
                 g->jobs--;
-                c->refs--;
+                if (o->call)
+                        o->call->refs--;
                 free(o);
         }
         return r;
+}
+
+int mgmt_call_offload(mgmt_call *c, mgmt_work_fn work, mgmt_call_done_fn done, void *userdata) {
+        offload *o = cp_xcalloc(1, sizeof *o);
+
+        *o = (offload) { .g = c->g, .call = c, .work = work, .done = done, .userdata = userdata };
+        return submit(c->g, o, false);
+}
+
+int mgmt_grpc_offload(mgmt_grpc *g, mgmt_work_fn work, mgmt_grpc_post_fn done, void *userdata, bool force) {
+        offload *o = cp_xcalloc(1, sizeof *o);
+
+        *o = (offload) { .g = g, .work = work, .gdone = done, .userdata = userdata };
+        return submit(g, o, force);
+}
+
+bool mgmt_grpc_stopping(const mgmt_grpc *g) {
+        return atomic_load(&((mgmt_grpc *) g)->shutdown_requested);
 }
 
 /* ---- request slots ------------------------------------------------------- */
@@ -467,6 +560,17 @@ static void on_event(mgmt_tag *t, bool ok) {
                 if (c->method != GENERIC_SLOT && c->g->methods[c->method].on_close)
                         c->g->methods[c->method].on_close(c, c->cancelled != 0, c->g->userdata);
                 break;
+        case TAG_SEND: {
+                mgmt_call_sent_fn fn = c->sent_fn;
+                void *ud = c->sent_userdata;
+                grpc_byte_buffer_destroy(c->send_bb);
+                c->send_bb = NULL;
+                c->sent_fn = NULL;
+                c->sent_userdata = NULL;
+                if (fn)
+                        fn(c, ok, ud);
+                break;
+        }
         case TAG_STATUS:
         case _TAG_MAX:
                 break;
@@ -514,6 +618,8 @@ static void maybe_close_cq(mgmt_grpc *g) {
 static void *cq_thread(void *userdata) {
         mgmt_grpc *g = userdata;
 
+        if (g->on_start)
+                g->on_start(g, g->start_userdata);
         for (;;) {
                 int64_t poll = atomic_load(&g->shutdown_requested) ? POLL_SHUTDOWN_MS : POLL_IDLE_MS;
                 gpr_timespec deadline = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
@@ -588,6 +694,8 @@ int mgmt_grpc_new(const mgmt_grpc_options *o, mgmt_grpc **ret, cp_error *reterr)
         g->workers = o->workers;
         g->on_stopped = o->on_stopped;
         g->stopped_userdata = o->stopped_userdata;
+        g->on_start = o->on_start;
+        g->start_userdata = o->start_userdata;
         g->n_methods = o->n_methods;
         g->methods = cp_xcalloc(o->n_methods + 1, sizeof *g->methods);
         g->registered = cp_xcalloc(o->n_methods + 1, sizeof *g->registered);
@@ -637,6 +745,7 @@ int mgmt_grpc_new(const mgmt_grpc_options *o, mgmt_grpc **ret, cp_error *reterr)
                 atomic_store(&g->shutdown_requested, true);
                 atomic_store(&g->cancel_at_ms, 1);
                 g->on_stopped = NULL;
+                g->on_start = NULL;
                 grpc_server_shutdown_and_notify(g->server, g->cq, &g->shutdown_tag);
                 (void) cq_thread(g);
                 mgmt_grpc_free(g);

@@ -80,6 +80,11 @@ typedef struct mgmt_grpc_options {
          * the thread exits right after it returns. */
         void (*on_stopped)(mgmt_grpc *g, void *userdata);
         void *stopped_userdata;
+        /* Optional; called once on the CQ thread before it handles any
+         * event, so that modules posting to the server (mgmt_grpc_post)
+         * can learn the mgmt_grpc pointer before any call runs. */
+        void (*on_start)(mgmt_grpc *g, void *userdata);
+        void *start_userdata;
 } mgmt_grpc_options;
 
 /* Initialises gRPC, binds, starts the server and its CQ thread. On failure
@@ -103,6 +108,15 @@ mgmt_grpc *mgmt_grpc_free(mgmt_grpc *g);
 typedef void (*mgmt_grpc_post_fn)(mgmt_grpc *g, void *userdata);
 void mgmt_grpc_post(mgmt_grpc *g, mgmt_grpc_post_fn fn, void *userdata);
 
+/* CQ thread: runs work(userdata) on a worker (work may be NULL), then
+ * done(g, userdata) on the CQ thread. Like mgmt_call_offload() but for
+ * work that belongs to no call (fan-out of network maps); shutdown waits
+ * for it the same way. force: queue even when the worker queue is full.
+ * Returns 0, or -EAGAIN / -ESHUTDOWN / -ENOSYS, and then neither runs. */
+int mgmt_grpc_offload(mgmt_grpc *g, mgmt_work_fn work, mgmt_grpc_post_fn done, void *userdata, bool force);
+/* Any thread: true once mgmt_grpc_shutdown() was called. */
+bool mgmt_grpc_stopping(const mgmt_grpc *g);
+
 /* ---- for handlers (CQ thread only unless marked) --------------------------- */
 
 /* Sends the final status (with initial metadata if not sent yet). message
@@ -115,6 +129,28 @@ void mgmt_call_finish(mgmt_call *c, grpc_status_code status, const char *message
  * bytes are copied. */
 void mgmt_call_reply(mgmt_call *c, grpc_status_code status, const char *message, const void *data,
                      size_t len);
+/* Server streams: sends data[0..len) (copied) as the next message, with
+ * the initial metadata if not sent yet. One message may be in flight at a
+ * time (grpc-c-core.md §4): chain the next one from sent(c, ok, userdata),
+ * which runs on the CQ thread when the message went out (ok) or the call
+ * died (!ok: stop sending; on_close reports why). The call holds a
+ * reference until then. Returns 0, -EBUSY (a message is in flight),
+ * -EPIPE (status sent or call over) or -EIO (gRPC refused the batch). */
+typedef void (*mgmt_call_sent_fn)(mgmt_call *c, bool ok, void *userdata);
+int mgmt_call_send(mgmt_call *c, const void *data, size_t len, mgmt_call_sent_fn sent, void *userdata);
+/* True while a message sent with mgmt_call_send() is in flight. */
+bool mgmt_call_sending(const mgmt_call *c);
+/* CQ thread: extra references for handlers that keep a call beyond
+ * on_call (a Sync stream in the registry). The call is freed when the
+ * last reference goes; unref accepts NULL. */
+void mgmt_call_ref(mgmt_call *c);
+void mgmt_call_unref(mgmt_call *c);
+/* CQ thread: one pointer for the handler, e.g. for on_close. */
+void mgmt_call_set_userdata(mgmt_call *c, void *userdata);
+void *mgmt_call_userdata(const mgmt_call *c);
+/* Any thread: the server the call belongs to. */
+mgmt_grpc *mgmt_call_grpc(const mgmt_call *c);
+
 /* The request message of a unary or server-streaming call (NULL for bidi,
  * or when taken already). The caller owns it from now on and destroys it
  * with grpc_byte_buffer_destroy(); it may be read on any thread. */

@@ -9,6 +9,8 @@
 #include "cp/store-peers.h"
 #include "cp/util.h"
 #include "mgmt-agent-int.h"
+#include "mgmt-map.h"
+#include "mgmt-sync.h"
 
 #include "management.pb-c.h"
 
@@ -40,7 +42,7 @@ static void fail_internal(mgmt_agent_op *op, const char *what, int r, const cp_e
 
 /* ---- PeerSystemMeta -> cp_store_peer_meta -------------------------------------- */
 
-static int meta_from_proto(mgmt_agent_op *op, const Management__PeerSystemMeta *pm, cp_store_peer_meta *m) {
+int mgmt_login_meta(mgmt_agent_op *op, const Management__PeerSystemMeta *pm, cp_store_peer_meta *m) {
         mgmt_arena *a = &op->arena;
 
         /* Far beyond any real agent; the store refuses more anyway. */
@@ -113,7 +115,7 @@ static int meta_from_proto(mgmt_agent_op *op, const Management__PeerSystemMeta *
 
 /* An SSO peer whose login has run out must log in again with a JWT
  * (section 3.2); setup-key peers never expire. */
-static bool login_expired(const cp_store_peer *p, const cp_store_account_settings *st, int64_t now_ns) {
+bool mgmt_login_expired(const cp_store_peer *p, const cp_store_account_settings *st, int64_t now_ns) {
         if (!p->user_id[0])
                 return false;
         if (p->status.login_expired)
@@ -177,7 +179,8 @@ typedef struct login_input {
 
 /* Registration with a setup key (section 3.3). Returns the new peer, or
  * NULL with op's outcome set. */
-static cp_store_peer *register_peer(mgmt_agent_op *op, const Management__LoginRequest *req, const login_input *in) {
+static cp_store_peer *register_peer(mgmt_agent_op *op, const Management__LoginRequest *req, const login_input *in,
+                                    int64_t *ret_serial) {
         cp_store_peer_register_req rr = {
                 .setup_key = req->setupkey,
                 .wg_pub_key = op->peer_key,
@@ -197,7 +200,7 @@ static cp_store_peer *register_peer(mgmt_agent_op *op, const Management__LoginRe
                 mgmt_agent_fail(op, GRPC_STATUS_PERMISSION_DENIED, MSG_NO_AUTH);
                 return NULL;
         }
-        r = cp_store_peer_register(op->agent->store, &rr, &p, NULL, &err);
+        r = cp_store_peer_register(op->agent->store, &rr, &p, ret_serial, &err);
         switch (r) {
         case 0:
                 return p;
@@ -226,6 +229,8 @@ void mgmt_login(mgmt_agent_op *op) {
         cp_store_account_settings st;
         login_input in = { 0 };
         cp_error err = { 0 };
+        unsigned changed = 0;
+        int64_t serial = 0;
         int r;
 
         if (!req->meta) {
@@ -241,7 +246,7 @@ void mgmt_login(mgmt_agent_op *op) {
                 mgmt_agent_fail(op, GRPC_STATUS_PERMISSION_DENIED, MSG_JWT);
                 return;
         }
-        if (meta_from_proto(op, req->meta, &in.meta) < 0)
+        if (mgmt_login_meta(op, req->meta, &in.meta) < 0)
                 return;
         if (req->peerkeys && req->peerkeys->sshpubkey.len > 0) {
                 char *k = mgmt_arena_alloc(&op->arena, req->peerkeys->sshpubkey.len + 1);
@@ -264,7 +269,7 @@ void mgmt_login(mgmt_agent_op *op) {
                         fail_internal(op, "cannot read the account settings", r, &err);
                         return;
                 }
-                if (login_expired(p, &st, cp_now_unix_ns())) {
+                if (mgmt_login_expired(p, &st, cp_now_unix_ns())) {
                         mgmt_agent_fail(op, GRPC_STATUS_PERMISSION_DENIED, MSG_EXPIRED);
                         return;
                 }
@@ -274,7 +279,8 @@ void mgmt_login(mgmt_agent_op *op) {
                         .connection_ip = *mgmt_call_peer_ip(op->call) ? mgmt_call_peer_ip(op->call) : NULL,
                         .n_extra_dns_labels = in.n_labels,
                 };
-                r = cp_store_peer_login_update(op->agent->store, p->account_id, p->id, &lr, NULL, NULL, &err);
+                r = cp_store_peer_login_update(op->agent->store, p->account_id, p->id, &lr, &changed, &serial,
+                                               &err);
                 if (r == -EPERM) {
                         mgmt_agent_fail(op, GRPC_STATUS_FAILED_PRECONDITION, MSG_LOGIN_LABELS);
                         return;
@@ -287,12 +293,17 @@ void mgmt_login(mgmt_agent_op *op) {
                 } else if (r < 0) {
                         fail_internal(op, "cannot update the peer", r, &err);
                         return;
+                } else if (changed & CP_STORE_PEER_CHANGED_SERIAL) {
+                        /* Committed, and other peers see it (version, SSH key). */
+                        mgmt_sync_account_changed(op->agent->sync, p->account_id, serial);
                 }
         }
         if (!p) {
-                p = register_peer(op, req, &in);
+                p = register_peer(op, req, &in, &serial);
                 if (!p)
                         return;
+                /* Committed: the account's other peers see the new one. */
+                mgmt_sync_account_changed(op->agent->sync, p->account_id, serial);
                 snprintf(op->account, sizeof op->account, "%s", p->account_id);
                 r = cp_store_account_get_settings(op->agent->store, p->account_id, &st, &err);
                 if (r < 0) {
@@ -336,32 +347,70 @@ void mgmt_sync_meta(mgmt_agent_op *op) {
                                 op->peer_key, remote_addr(op));
                 return;
         }
-        if (meta_from_proto(op, req->meta, &meta) < 0)
+        if (mgmt_login_meta(op, req->meta, &meta) < 0)
                 return;
         p = lookup(op);
         if (!p)
                 return;
         cp_store_peer_login_req lr = { .meta = &meta };
-        r = cp_store_peer_login_update(op->agent->store, p->account_id, p->id, &lr, NULL, NULL, &err);
+        unsigned changed = 0;
+        int64_t serial = 0;
+        r = cp_store_peer_login_update(op->agent->store, p->account_id, p->id, &lr, &changed, &serial, &err);
         if (r == -ENOENT)
                 mgmt_agent_fail(op, GRPC_STATUS_NOT_FOUND, "peer not found: %s", op->peer_key);
         else if (r < 0)
                 fail_internal(op, "cannot update the peer meta", r, &err);
-        /* TODO(issue 4): fan the change out to the account's peers. */
+        else if (changed)
+                /* NetBird fans out on every SyncMeta; what our maps show of
+                 * a peer changes only with its stored meta, so an
+                 * unchanged meta pushes nothing. */
+                mgmt_sync_account_changed(op->agent->sync, p->account_id, serial);
+}
+
+/* The deleted peer's last SyncResponse (§3.5), sealed to it; NULL when
+ * the map cannot be read (the stream then just ends). */
+static uint8_t *deleted_message(mgmt_agent_op *op, const char *account_id, size_t *ret_len) {
+        const mgmt_agent *ag = op->agent;
+        cp_crypto_box_shared shared = { { 0 } };
+        mgmt_map *map = NULL;
+        cp_error err = { 0 };
+        uint8_t *plain, *sealed = NULL;
+        size_t plain_len;
+
+        if (mgmt_maps_get(ag->maps, account_id, &map, &err) < 0) {
+                (void) snprintf(op->detail, sizeof op->detail, "no last map for the stream: %s", err.message);
+                return NULL;
+        }
+        if (mgmt_map_pack_deleted(map, &op->arena, &plain, &plain_len) == 0 &&
+            cp_crypto_box_shared_init(&shared, op->peer_pub, ag->key->priv, &err) == 0)
+                sealed = mgmt_agent_seal(ag, &shared, plain, plain_len, &op->arena, ret_len, &err);
+        cp_crypto_box_shared_release(&shared);
+        mgmt_map_unref(map);
+        return sealed;
 }
 
 void mgmt_logout(mgmt_agent_op *op) {
         _cleanup_store_peer_ cp_store_peer *p = lookup(op);
         cp_error err = { 0 };
+        int64_t serial = 0;
+        uint8_t *last;
+        size_t last_len = 0;
         int r;
 
         if (!p)
                 return;
-        r = cp_store_peer_delete(op->agent->store, p->account_id, p->id, NULL, op->agent->config->dns_domain, NULL,
-                                 &err);
-        if (r == -ENOENT)
+        r = cp_store_peer_delete(op->agent->store, p->account_id, p->id, NULL, op->agent->config->dns_domain,
+                                 &serial, &err);
+        if (r == -ENOENT) {
                 mgmt_agent_fail(op, GRPC_STATUS_NOT_FOUND, "peer not found: %s", op->peer_key);
-        else if (r < 0)
+                return;
+        }
+        if (r < 0) {
                 fail_internal(op, "cannot delete the peer", r, &err);
-        /* TODO(issue 4): end the peer's Sync stream and fan out. */
+                return;
+        }
+        /* Committed: the peer's stream gets its last map and ends; the
+         * others lose the peer. */
+        last = deleted_message(op, p->account_id, &last_len);
+        mgmt_sync_peer_deleted(op->agent->sync, p->account_id, p->id, last, last ? last_len : 0, serial);
 }

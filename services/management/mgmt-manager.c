@@ -3,10 +3,13 @@
 #include "cp/store.h"
 #include "cp/util.h"
 #include "mgmt-agent.h"
+#include "mgmt-dbclock.h"
 #include "mgmt-grpc.h"
 #include "mgmt-http.h"
 #include "mgmt-manager.h"
+#include "mgmt-map.h"
 #include "mgmt-ready.h"
+#include "mgmt-sync.h"
 #include "mgmt-work.h"
 
 #include <event2/event.h>
@@ -22,6 +25,9 @@
 /* Jobs that may wait for a worker, per worker, before RPCs are refused
  * with RESOURCE_EXHAUSTED. */
 #define QUEUE_PER_WORKER 256
+/* NB_MAX_CONCURRENT_SYNCS (NetBird's variable and default): Sync opens in
+ * progress at once; a negative value lifts the cap. */
+#define DEFAULT_MAX_SYNCS 1000
 
 typedef struct mgmt_post {
         struct mgmt_post *next;
@@ -37,7 +43,10 @@ struct mgmt_manager {
         mgmt_netconf *netconf;
         mgmt_server_key key;            /* private half wiped in mgmt_manager_free */
         mgmt_workers *workers;
-        mgmt_agent agent;               /* borrows store, config, netconf, key */
+        mgmt_agent agent;               /* borrows store, config, netconf, key, sync, maps */
+        mgmt_maps *maps;
+        mgmt_dbclock *clock;
+        mgmt_sync *sync;
         mgmt_ready *ready;
         mgmt_grpc *grpc;
         mgmt_http *http;
@@ -124,6 +133,9 @@ static void begin_shutdown(mgmt_manager *m, const char *why) {
         cp_log_kv(&log_ctx, CP_LOG_INFO, "shutting down", "signal", why, "grace", buf, NULL);
         mgmt_http_stop_accepting(m->http);
         mgmt_grpc_shutdown(m->grpc, grace);
+        /* Streams never end by themselves: end them now, so agents move on
+         * at once and the fenced disconnects run before we exit. */
+        mgmt_sync_drain(m->sync);
 
         int64_t limit = grace + SHUTDOWN_SLACK_MS;
         struct timeval tv = { .tv_sec = limit / 1000, .tv_usec = (limit % 1000) * 1000 };
@@ -185,6 +197,20 @@ static int load_server_key(mgmt_manager *m, const uint8_t data_key[32], cp_error
         return 0;
 }
 
+static int max_syncs(void) {
+        const char *v = getenv("NB_MAX_CONCURRENT_SYNCS");
+        int64_t n;
+
+        if (!v || !*v)
+                return DEFAULT_MAX_SYNCS;
+        if (cp_parse_int64(v, INT32_MIN, INT32_MAX, &n) < 0) {
+                cp_log_kv(&log_ctx, CP_LOG_ERROR, "invalid NB_MAX_CONCURRENT_SYNCS; using the default", "value", v,
+                          NULL);
+                return DEFAULT_MAX_SYNCS;
+        }
+        return n < 0 ? -1 : (int) n;
+}
+
 static void log_listening(const char *protocol, const char *address, int port, const char *tls) {
         char p[16], addr[300];
 
@@ -241,7 +267,12 @@ int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf,
                              &m->workers, reterr);
         if (r < 0)
                 goto fail;
-        m->agent = (mgmt_agent) { .store = m->store, .config = cfg, .netconf = m->netconf, .key = &m->key };
+        m->maps = mgmt_maps_new(m->store, cfg, m->netconf);
+        m->clock = mgmt_dbclock_new(cfg->postgres_dsn);
+        m->agent = (mgmt_agent) { .store = m->store, .config = cfg, .netconf = m->netconf, .key = &m->key,
+                                  .maps = m->maps };
+        m->sync = mgmt_sync_new(&m->agent, m->maps, m->clock, max_syncs());
+        m->agent.sync = m->sync;
         mgmt_agent_methods(methods);
         r = mgmt_ready_new(m->store, &m->ready);
         if (r < 0) {
@@ -259,6 +290,8 @@ int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf,
                 .workers = m->workers,
                 .on_stopped = on_grpc_stopped,
                 .stopped_userdata = m,
+                .on_start = mgmt_sync_on_grpc_start,
+                .start_userdata = m->sync,
         };
         r = mgmt_grpc_new(&go, &m->grpc, reterr);
         if (r < 0)
@@ -302,6 +335,10 @@ mgmt_manager *mgmt_manager_free(mgmt_manager *m) {
         m->grpc = mgmt_grpc_free(m->grpc);
         /* gRPC waited for every offloaded job, so the queue is empty. */
         m->workers = mgmt_workers_free(m->workers);
+        /* No stream and no job is left. */
+        m->sync = mgmt_sync_free(m->sync);
+        m->maps = mgmt_maps_free(m->maps);
+        m->clock = mgmt_dbclock_free(m->clock);
         m->http = mgmt_http_free(m->http);
         bool store_free = mgmt_ready_stop(m->ready, READY_STOP_MS);
         if (store_free)

@@ -69,7 +69,7 @@ int mgmt_workers_new(unsigned n_threads, size_t max_queued, mgmt_workers **ret, 
         return 0;
 }
 
-int mgmt_workers_submit(mgmt_workers *w, mgmt_work_fn fn, void *userdata) {
+int mgmt_workers_submit(mgmt_workers *w, mgmt_work_fn fn, void *userdata, bool force) {
         job *j = cp_xcalloc(1, sizeof *j);
         int r = 0;
 
@@ -78,7 +78,7 @@ int mgmt_workers_submit(mgmt_workers *w, mgmt_work_fn fn, void *userdata) {
         pthread_mutex_lock(&w->lock);
         if (w->stopping)
                 r = -ESHUTDOWN;
-        else if (w->queued >= w->max_queued)
+        else if (w->queued >= w->max_queued && !force)
                 r = -EAGAIN;
         else {
                 *w->tail = j;

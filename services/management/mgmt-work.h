@@ -21,6 +21,7 @@
  */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "cp/error.h"
@@ -34,9 +35,11 @@ typedef void (*mgmt_work_fn)(void *userdata);
 int mgmt_workers_new(unsigned n_threads, size_t max_queued, mgmt_workers **ret, cp_error *reterr);
 
 /* Any thread: queues fn(userdata). Returns 0, -EAGAIN when max_queued jobs
- * are already waiting, or -ESHUTDOWN once mgmt_workers_free() has begun;
- * on failure fn will not run and userdata stays the caller's. */
-int mgmt_workers_submit(mgmt_workers *w, mgmt_work_fn fn, void *userdata);
+ * are already waiting (never with force: for jobs that must run, such as
+ * the fenced disconnect of a stream that ended, whose number is bounded by
+ * the streams open), or -ESHUTDOWN once mgmt_workers_free() has begun; on
+ * failure fn will not run and userdata stays the caller's. */
+int mgmt_workers_submit(mgmt_workers *w, mgmt_work_fn fn, void *userdata, bool force);
 
 /* Jobs waiting right now (for logs and tests). */
 size_t mgmt_workers_queued(mgmt_workers *w);

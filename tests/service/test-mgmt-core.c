@@ -9,6 +9,7 @@
 #include "cptest.h"
 #include "mgmt-arena.h"
 #include "mgmt-netconf.h"
+#include "mgmt-strmap.h"
 #include "mgmt-work.h"
 
 #include <jansson.h>
@@ -47,20 +48,23 @@ TEST(workers_queue_limit_and_drain) {
 
         ASSERT_EQ(0, mgmt_workers_new(1, 2, &w, NULL));
         /* The one thread blocks in the first job; two more fit the queue. */
-        ASSERT_EQ(0, mgmt_workers_submit(w, wait_gate, &g));
+        ASSERT_EQ(0, mgmt_workers_submit(w, wait_gate, &g, false));
         while (mgmt_workers_queued(w) != 0)
                 ;
-        ASSERT_EQ(0, mgmt_workers_submit(w, count, &g));
-        ASSERT_EQ(0, mgmt_workers_submit(w, count, &g));
-        ASSERT_EQ(-EAGAIN, mgmt_workers_submit(w, count, &g));
+        ASSERT_EQ(0, mgmt_workers_submit(w, count, &g, false));
+        ASSERT_EQ(0, mgmt_workers_submit(w, count, &g, false));
+        ASSERT_EQ(-EAGAIN, mgmt_workers_submit(w, count, &g, false));
         ASSERT_EQ(2, mgmt_workers_queued(w));
+        /* A job that must run (a fenced disconnect) goes past the bound. */
+        ASSERT_EQ(0, mgmt_workers_submit(w, count, &g, true));
+        ASSERT_EQ(3, mgmt_workers_queued(w));
         pthread_mutex_lock(&g.lock);
         g.open = true;
         pthread_cond_broadcast(&g.cond);
         pthread_mutex_unlock(&g.lock);
         /* Freeing runs what was accepted, then joins. */
         mgmt_workers_free(w);
-        ASSERT_EQ(3, atomic_load(&g.ran));
+        ASSERT_EQ(4, atomic_load(&g.ran));
         ASSERT_TRUE(mgmt_workers_free(NULL) == NULL);
 }
 
@@ -87,7 +91,7 @@ TEST(workers_many_threads) {
 
         ASSERT_EQ(0, mgmt_workers_new(8, 100000, &w, NULL));
         for (int i = 0; i < 20000; i++)
-                ASSERT_EQ(0, mgmt_workers_submit(w, add_one, &m));
+                ASSERT_EQ(0, mgmt_workers_submit(w, add_one, &m, false));
         mgmt_workers_free(w);
         ASSERT_EQ(20000, atomic_load(&m.sum));
 }
@@ -250,6 +254,38 @@ TEST(netconf_errors_and_warnings) {
         mgmt_netconf_check(n, on_warning, NULL);
         ASSERT_EQ(2, n_warnings);
         mgmt_netconf_free(n);
+}
+
+static void count_entries(const char *key, void *value, void *userdata) {
+        (*(size_t *) userdata)++;
+}
+
+TEST(strmap_put_get_remove_grow) {
+        mgmt_strmap *m = mgmt_strmap_new();
+        static int values[1000];
+        char key[32];
+        size_t n = 0;
+
+        for (int i = 0; i < 1000; i++) {
+                (void) snprintf(key, sizeof key, "peer-%d", i);
+                ASSERT_TRUE(mgmt_strmap_put(m, key, &values[i]) == NULL);
+        }
+        ASSERT_EQ(1000, mgmt_strmap_size(m));
+        for (int i = 0; i < 1000; i++) {
+                (void) snprintf(key, sizeof key, "peer-%d", i);
+                ASSERT_TRUE(mgmt_strmap_get(m, key) == &values[i]);
+        }
+        /* Replacing returns the old value; the size stays. */
+        ASSERT_TRUE(mgmt_strmap_put(m, "peer-7", &values[8]) == &values[7]);
+        ASSERT_EQ(1000, mgmt_strmap_size(m));
+        ASSERT_TRUE(mgmt_strmap_remove(m, "peer-7") == &values[8]);
+        ASSERT_TRUE(mgmt_strmap_remove(m, "peer-7") == NULL);
+        ASSERT_TRUE(mgmt_strmap_get(m, "peer-7") == NULL);
+        ASSERT_TRUE(mgmt_strmap_get(m, "") == NULL);
+        mgmt_strmap_foreach(m, count_entries, &n);
+        ASSERT_EQ(999, n);
+        ASSERT_TRUE(mgmt_strmap_free(m) == NULL);
+        ASSERT_TRUE(mgmt_strmap_free(NULL) == NULL);
 }
 
 int main(int argc, char **argv) {

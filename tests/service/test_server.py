@@ -68,12 +68,19 @@ def unknown_and_unimplemented_methods():
                 assert path in e.details(), e.details()
         # Registered, not implemented yet: grpc-go's wording.
         try:
-            for _ in ch.unary_stream(MGMT + "Sync")(b"\x0a\x00", timeout=10):
+            for _ in ch.stream_stream(MGMT + "Job")(iter([b"\x0a\x00"]), timeout=10):
                 pass
             raise AssertionError("stream succeeded")
         except grpc.RpcError as e:
             assert e.code() == grpc.StatusCode.UNIMPLEMENTED, e
-            assert e.details() == "method Sync not implemented", e.details()
+            assert e.details() == "method Job not implemented", e.details()
+        # Sync is served: an envelope without a key is the usual error.
+        try:
+            for _ in ch.unary_stream(MGMT + "Sync")(b"\x0a\x00", timeout=10):
+                pass
+            raise AssertionError("stream succeeded")
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, e
         try:
             for _ in ch.stream_stream("/management.ProxyService/GetMappingUpdate")(iter([b"", b""]), timeout=10):
                 pass
@@ -83,7 +90,7 @@ def unknown_and_unimplemented_methods():
     # Both kinds are logged with their context.
     line = srv.wait_log(lambda o: o.get("msg") == "unimplemented method" and "IsHealthy" in o.get("method", ""))
     assert line["component"] == "grpc" and line["peer"].startswith("ipv4:127.0.0.1:") and line["request_id"], line
-    line = srv.wait_log(lambda o: o.get("msg") == "rpc" and o.get("method") == "Sync")
+    line = srv.wait_log(lambda o: o.get("msg") == "rpc" and o.get("method") == "Job")
     assert line["component"] == "agent" and line["code"] == "UNIMPLEMENTED" and line["peer"] == "127.0.0.1", line
     stop_ok(srv, 10)
 

@@ -1,0 +1,149 @@
+/*
+ * cp/store-snapshot.h: everything one account's network maps are computed
+ * from, read in one consistent transaction.
+ *
+ * cp_store_snapshot_load() runs, on one pooled connection,
+ *
+ *   BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY
+ *   one SELECT each from accounts, peers, groups, group_peers, policies,
+ *   policy_rules, routes and name_server_groups, all scoped to the
+ *   account
+ *   COMMIT
+ *
+ * so the serial and every row belong to the same database snapshot. Rows
+ * are handed to a sink, one callback per row, in table order (account
+ * first, then peers, groups, group_peers, policies, rules, routes,
+ * nameserver groups); within a table rows come ordered by id (rules by
+ * policy id, then id). The store does not know what is built from them
+ * (common/netmap feeds its builder; layering: store below netmap).
+ *
+ * Every pointer in a row is borrowed: valid only during the callback. A
+ * callback returning a negative value stops the load, which returns that
+ * value. Statements are run with PQexecParams, not from the statement
+ * table, so this file adds nothing to it.
+ *
+ * Threads: like every cp_store call, safe from any thread; the callbacks
+ * run on the calling thread.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cp/error.h"
+#include "cp/store.h"
+
+typedef struct cp_store_snap_account {
+        const char *id;
+        int64_t network_serial;
+        const char *network_cidr;               /* accounts.network_net, "100.77.0.0/16" */
+        const char *dns_domain;                 /* settings_dns_domain; "" = server default */
+        bool lazy_connection_enabled;
+        bool routing_peer_dns_resolution_enabled;
+        bool login_expiration_enabled;
+        int64_t login_expiration_ns;
+        const char *const *dns_disabled_groups; /* dns_settings_disabled_management_groups */
+        size_t n_dns_disabled_groups;
+        int64_t now_unix_ns;                    /* the database clock at the snapshot */
+} cp_store_snap_account;
+
+typedef struct cp_store_snap_peer {
+        const char *id;
+        const char *key;
+        const char *ip;                         /* host(ip), no prefix */
+        const char *dns_label;
+        const char *const *extra_dns_labels;
+        size_t n_extra_dns_labels;
+        const char *ssh_key;
+        const char *wt_version;                 /* meta_wt_version */
+        const char *user_id;                    /* "" for setup-key peers */
+        bool ssh_enabled;
+        bool server_ssh_allowed;                /* meta_flags.ServerSSHAllowed */
+        bool cap_source_prefixes;               /* PeerCapability 1 in meta_capabilities */
+        bool login_expiration_enabled;
+        int64_t last_login_unix_ns;             /* 0 = never */
+        bool status_login_expired;              /* peer_status_login_expired */
+        bool requires_approval;                 /* peer_status_requires_approval */
+} cp_store_snap_peer;
+
+typedef struct cp_store_snap_rule {
+        const char *id;
+        const char *policy_id;
+        bool enabled;
+        const char *action;                     /* "accept" | "drop" */
+        const char *protocol;                   /* "all" | "tcp" | "udp" | "icmp" | "netbird-ssh" */
+        bool bidirectional;
+        const char *const *sources;
+        size_t n_sources;
+        const char *const *destinations;
+        size_t n_destinations;
+        const char *source_resource_id;         /* NULL when unset */
+        const char *source_resource_type;
+        const char *destination_resource_id;
+        const char *destination_resource_type;
+        const int32_t *ports;
+        size_t n_ports;
+        const int32_t *port_ranges;             /* inclusive start/end pairs */
+        size_t n_port_ranges;                   /* pairs */
+} cp_store_snap_rule;
+
+typedef struct cp_store_snap_route {
+        const char *id;
+        const char *network;                    /* CIDR, or NULL for a domain route */
+        int network_type;
+        const char *net_id;
+        const char *peer;                       /* NULL when routed by peer_groups */
+        const char *const *peer_groups;
+        size_t n_peer_groups;
+        const char *const *groups;
+        size_t n_groups;
+        const char *const *access_control_groups;
+        size_t n_access_control_groups;
+        const char *const *domains;
+        size_t n_domains;
+        int metric;
+        bool masquerade;
+        bool enabled;
+        bool keep_route;
+        bool skip_auto_apply;
+} cp_store_snap_route;
+
+typedef struct cp_store_snap_nameserver {
+        const char *ip;
+        const char *ns_type;                    /* "udp" */
+        int port;
+} cp_store_snap_nameserver;
+
+typedef struct cp_store_snap_nsgroup {
+        const char *id;
+        bool enabled;
+        bool primary;
+        bool search_domains_enabled;
+        const cp_store_snap_nameserver *nameservers;
+        size_t n_nameservers;
+        const char *const *groups;
+        size_t n_groups;
+        const char *const *domains;
+        size_t n_domains;
+} cp_store_snap_nsgroup;
+
+/* The callbacks; any may be NULL (those rows are skipped). reterr is the
+ * load's own, for the callback to explain a failure. */
+typedef struct cp_store_snapshot_sink {
+        int (*account)(void *userdata, const cp_store_snap_account *a, cp_error *reterr);
+        int (*peer)(void *userdata, const cp_store_snap_peer *p, cp_error *reterr);
+        int (*group)(void *userdata, const char *id, const char *name, cp_error *reterr);
+        int (*group_peer)(void *userdata, const char *group_id, const char *peer_id, cp_error *reterr);
+        int (*policy)(void *userdata, const char *id, bool enabled, cp_error *reterr);
+        int (*rule)(void *userdata, const cp_store_snap_rule *r, cp_error *reterr);
+        int (*route)(void *userdata, const cp_store_snap_route *r, cp_error *reterr);
+        int (*nsgroup)(void *userdata, const cp_store_snap_nsgroup *g, cp_error *reterr);
+} cp_store_snapshot_sink;
+
+/* Loads account_id into sink. Returns 0, -ENOENT when the account does
+ * not exist (no callback ran), -EBADMSG when a stored array or JSON value
+ * cannot be read, a callback's negative value, or a store error
+ * (cp/store.h). On any failure the transaction is rolled back. */
+int cp_store_snapshot_load(cp_store *s, const char *account_id, const cp_store_snapshot_sink *sink,
+                           void *userdata, cp_error *reterr);

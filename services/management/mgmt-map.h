@@ -1,0 +1,71 @@
+/*
+ * mgmt-map.h: network maps as the Sync streams need them, and nothing
+ * more. This is the one seam between the streams (mgmt-sync.c) and the
+ * network-map code (common/netmap): "the packed SyncResponse of peer P of
+ * account A at the newest serial, optionally with this NetbirdConfig".
+ *
+ * A mgmt_map is one account at one serial: an immutable snapshot read
+ * from PostgreSQL in one consistent read. mgmt_maps keeps the newest one
+ * per account, so a burst of Sync opens and a fan-out to every connected
+ * peer of the account share one read and one precomputation; a new serial
+ * makes the next mgmt_maps_get() read again.
+ *
+ * Threads: everything here may be called from any thread (workers); a
+ * mgmt_map is immutable and reference-counted atomically. Encoding uses a
+ * buffer per thread, freed when the thread exits.
+ *
+ * Staleness: a cached map is reused while the account's serial has not
+ * moved. Login expiry is evaluated when the map is read, so a peer whose
+ * SSO login runs out moves to others' offlinePeers with the next serial
+ * (NetBird's expiry job bumps the serial when it flags peers).
+ */
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cp/config.h"
+#include "cp/error.h"
+#include "cp/store.h"
+#include "management.pb-c.h"
+#include "mgmt-arena.h"
+#include "mgmt-netconf.h"
+
+typedef struct mgmt_maps mgmt_maps;
+typedef struct mgmt_map mgmt_map;
+
+/* store, cfg and netconf are borrowed and outlive the cache
+ * (cfg->dns_domain is the FQDN suffix unless the account overrides it;
+ * netconf gives PeerConfig.sshConfig.jwtConfig). */
+mgmt_maps *mgmt_maps_new(cp_store *store, const cp_config *cfg, const mgmt_netconf *netconf);
+/* Drops the cache's references; maps still held elsewhere live on.
+ * Accepts NULL; returns NULL. */
+mgmt_maps *mgmt_maps_free(mgmt_maps *m);
+
+/* The account's map at its newest serial: reads the serial, returns the
+ * cached map when it matches, else reads and precomputes the account.
+ * *ret is a new reference (mgmt_map_unref). -ENOENT: no such account;
+ * store errors otherwise. */
+int mgmt_maps_get(mgmt_maps *m, const char *account_id, mgmt_map **ret, cp_error *reterr);
+
+mgmt_map *mgmt_map_ref(mgmt_map *map);
+/* Accepts NULL; returns NULL. */
+mgmt_map *mgmt_map_unref(mgmt_map *map);
+/* accounts.network_serial the map was read at. */
+int64_t mgmt_map_serial(const mgmt_map *map);
+
+/* The SyncResponse (plaintext protobuf, not sealed) for peer_id: the full
+ * NetworkMap with its serial and *IsEmpty flags, peerConfig,
+ * sessionExpiresAt (present), empty Checks; netbird_config (may be NULL:
+ * fan-out pushes leave it unset, netbird-protocol.md §9.7) is copied in
+ * as given. The bytes live in a. -ENOENT: the peer is not in this map
+ * (deleted meanwhile). */
+int mgmt_map_pack(mgmt_maps *m, const mgmt_map *map, const char *peer_id,
+                  const Management__NetbirdConfig *netbird_config, mgmt_arena *a, uint8_t **ret, size_t *ret_len,
+                  cp_error *reterr);
+
+/* The last SyncResponse of a deleted peer (§3.5): NetworkMap with the
+ * serial, empty remotePeers with remotePeersIsEmpty, firewallRulesIsEmpty
+ * and routesFirewallRulesIsEmpty set, DNSConfig.ForwarderPort; no
+ * peerConfig, no sessionExpiresAt. The bytes live in a. */
+int mgmt_map_pack_deleted(const mgmt_map *map, mgmt_arena *a, uint8_t **ret, size_t *ret_len);

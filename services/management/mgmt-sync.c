@@ -1,0 +1,959 @@
+/*
+ * The Sync RPC and the registry of open streams (mgmt-sync.h).
+ *
+ * Life of a stream (all on the CQ thread unless marked "worker"):
+ *
+ *   on_call      cap check, a sync_stream, offload the open
+ *   open (worker) envelope, peer by key, expiry, meta, session token from
+ *                the database clock, fenced connect, first map sealed
+ *   open_done    error -> status; stale connect -> end OK, no side
+ *                effects; otherwise register (a stream with a smaller
+ *                token for the same peer ends OK), send the first map,
+ *                side effects (fan-out) after the connect committed
+ *   live         maps queued by fan-out, one in flight, one pending slot
+ *   end          replaced / deleted / drain: status after the last send
+ *   on_close     unregister (only if the registry still points at this
+ *                stream) and the fenced disconnect with the stream's own
+ *                token, offloaded; skipped when a newer stream's connect
+ *                has landed (it cannot match any more)
+ *
+ * Ownership: a sync_stream is reference-counted on the CQ thread: one
+ * reference while the call is open (dropped in on_close) and one per job
+ * that reads it on a worker (open, fan-out targets, disconnect). It holds
+ * a reference on its mgmt_call until it is freed. Workers read only the
+ * fields fixed by the open job (ids, key, shared secret, token) and write
+ * only the open job's results, which the CQ thread reads after the job's
+ * post.
+ */
+#include "cp/base.h"
+#include "cp/store-peers.h"
+#include "cp/util.h"
+#include "mgmt-agent-int.h"
+#include "mgmt-dbclock.h"
+#include "mgmt-map.h"
+#include "mgmt-strmap.h"
+#include "mgmt-sync.h"
+
+#include <stdatomic.h>
+
+#include "management.pb-c.h"
+
+/* Fan-out: targets per worker job once the account's map is loaded. */
+#define FANOUT_CHUNK 64
+
+#define MSG_NOT_REGISTERED "peer is not registered"
+#define MSG_EXPIRED "peer login has expired, please log in once more"
+#define MSG_TOO_MANY "too many concurrent sync requests, please try again later"
+#define MSG_INTERNAL "failed handling request"
+#define MSG_SHUTDOWN "server is shutting down"
+
+typedef struct sync_acct sync_acct;
+
+typedef struct sync_stream {
+        unsigned refs;                  /* CQ thread */
+        mgmt_sync *hub;
+        mgmt_call *call;                /* one reference, dropped when freed */
+
+        /* Fixed by the open job, read-only afterwards. */
+        char peer_id[64];
+        char account_id[64];
+        char peer_key[CP_WG_KEY_B64_LEN];
+        cp_crypto_box_shared shared;    /* wiped when freed */
+        bool have_shared;
+        int64_t token;                  /* session token; 0 until the open job took one */
+
+        /* Results of the open job (CQ thread reads them in open_done). */
+        mgmt_agent_op *op;              /* NULL once the open is done */
+        int connect;                    /* 1 landed, 0 stale, -1 not tried / failed */
+        bool was_expired;               /* login_expired before the connect */
+        int64_t changed_serial;         /* meta change visible to others: > 0 */
+        uint8_t *first;                 /* EncryptedMessage bytes (malloc) */
+        size_t first_len;
+        int64_t first_serial;
+
+        /* CQ thread state. */
+        bool connected;                 /* our connect landed and no disconnect is issued yet */
+        bool registered;                /* hub->peers[peer_id] == this */
+        bool opened;                    /* the first map was queued */
+        bool closed;                    /* on_close ran */
+        bool ending;                    /* the status is decided; no more maps */
+        grpc_status_code end_status;
+        const char *end_message;        /* static text or NULL */
+        const char *end_reason;         /* for the log line */
+        int64_t last_serial;            /* newest map accepted (in flight or pending) */
+        uint8_t *pending;               /* the one unsent map (malloc) */
+        size_t pending_len;
+        int64_t started_ms;
+
+        sync_acct *acct;                /* while registered */
+        struct sync_stream *acct_prev, *acct_next;
+} sync_stream;
+
+/* The streams of one account in this process, and its fan-out state. */
+struct sync_acct {
+        char id[64];
+        sync_stream *streams;           /* registered streams */
+        size_t n_streams;
+        bool building;                  /* a fan-out is running */
+        bool dirty;                     /* something changed since it started */
+        int64_t latest_serial;          /* newest serial heard of */
+        bool kept;                      /* on hub->kept: created for opens in progress */
+        struct sync_acct *kept_next;
+};
+
+struct mgmt_sync {
+        const mgmt_agent *agent;
+        mgmt_maps *maps;
+        mgmt_dbclock *clock;
+        int max_setups;
+        _Atomic(mgmt_grpc *) grpc;
+
+        /* CQ thread only. */
+        mgmt_strmap *peers;             /* peer id -> sync_stream */
+        mgmt_strmap *accts;             /* account id -> sync_acct */
+        int setups;                     /* opens in progress */
+        sync_acct *kept;                /* entries kept only for opens in progress */
+        bool draining;
+};
+
+static const cp_log_ctx log_ctx = { .component = "sync" };
+
+static void stream_end(sync_stream *s, grpc_status_code status, const char *message, const char *reason);
+static void fanout_start(mgmt_sync *h, sync_acct *a);
+
+/* ---- streams: lifetime ------------------------------------------------------ */
+
+static sync_stream *stream_ref(sync_stream *s) {
+        s->refs++;
+        return s;
+}
+
+static void stream_unref(sync_stream *s) {
+        if (!s || --s->refs > 0)
+                return;
+        if (s->have_shared)
+                cp_crypto_box_shared_release(&s->shared);
+        free(s->first);
+        free(s->pending);
+        mgmt_call_unref(s->call);
+        free(s);
+}
+
+/* ---- accounts --------------------------------------------------------------- */
+
+static sync_acct *acct_get(mgmt_sync *h, const char *id, bool create) {
+        sync_acct *a = mgmt_strmap_get(h->accts, id);
+
+        if (a || !create)
+                return a;
+        a = cp_xcalloc(1, sizeof *a);
+        (void) snprintf(a->id, sizeof a->id, "%s", id);
+        (void) mgmt_strmap_put(h->accts, id, a);
+        return a;
+}
+
+/* Frees an account entry nobody needs: no streams, no fan-out running.
+ * While opens are in progress it is kept instead (one of them may
+ * register into this account and must see the serial a change announced
+ * meanwhile) and freed by accts_sweep() after the last one. */
+static void acct_maybe_free(mgmt_sync *h, sync_acct *a) {
+        if (!a || a->n_streams > 0 || a->building || a->kept)
+                return;
+        if (h->setups > 0) {
+                a->kept = true;
+                a->kept_next = h->kept;
+                h->kept = a;
+                return;
+        }
+        (void) mgmt_strmap_remove(h->accts, a->id);
+        free(a);
+}
+
+/* After the last open in progress: drop the entries kept for it (only
+ * those: this runs after every open). */
+static void accts_sweep(mgmt_sync *h) {
+        if (h->setups > 0)
+                return;
+        while (h->kept) {
+                sync_acct *a = h->kept;
+                h->kept = a->kept_next;
+                a->kept = false;
+                a->kept_next = NULL;
+                acct_maybe_free(h, a);
+        }
+}
+
+/* ---- the registry ------------------------------------------------------------ */
+
+static void registry_add(mgmt_sync *h, sync_stream *s) {
+        sync_acct *a = acct_get(h, s->account_id, true);
+
+        (void) mgmt_strmap_put(h->peers, s->peer_id, s);
+        s->registered = true;
+        s->acct = a;
+        s->acct_prev = NULL;
+        s->acct_next = a->streams;
+        if (a->streams)
+                a->streams->acct_prev = s;
+        a->streams = s;
+        a->n_streams++;
+}
+
+/* Removes s only if the registry still points at it: an older stream's
+ * end never removes a newer one. */
+static void registry_remove(mgmt_sync *h, sync_stream *s) {
+        sync_acct *a = s->acct;
+
+        if (!s->registered)
+                return;
+        if (mgmt_strmap_get(h->peers, s->peer_id) == s)
+                (void) mgmt_strmap_remove(h->peers, s->peer_id);
+        if (s->acct_prev)
+                s->acct_prev->acct_next = s->acct_next;
+        else
+                a->streams = s->acct_next;
+        if (s->acct_next)
+                s->acct_next->acct_prev = s->acct_prev;
+        a->n_streams--;
+        s->registered = false;
+        s->acct = NULL;
+        s->acct_prev = s->acct_next = NULL;
+        acct_maybe_free(h, a);
+}
+
+/* ---- sending ----------------------------------------------------------------- */
+
+static void on_sent(mgmt_call *c, bool ok, void *userdata);
+
+/* Starts sending data (copied), or finishes the call when there is
+ * nothing left to send and the stream is ending. */
+static void pump(sync_stream *s) {
+        if (s->closed || mgmt_call_sending(s->call))
+                return;
+        if (s->pending) {
+                uint8_t *m = s->pending;
+                size_t n = s->pending_len;
+                s->pending = NULL;
+                s->pending_len = 0;
+                stream_ref(s);
+                int r = mgmt_call_send(s->call, m, n, on_sent, s);
+                free(m);
+                if (r == 0)
+                        return;
+                stream_unref(s);
+                /* -EPIPE: the client is gone and on_close is on its way. */
+                cp_log_kv(mgmt_call_log(s->call), r == -EPIPE ? CP_LOG_DEBUG : CP_LOG_WARN,
+                          "cannot send a sync message", "error", strerror(-r), NULL);
+                if (!s->ending)
+                        stream_end(s, GRPC_STATUS_INTERNAL, MSG_INTERNAL, "send failed");
+        }
+        if (s->ending)
+                mgmt_call_finish(s->call, s->end_status, s->end_message);
+}
+
+static void on_sent(mgmt_call *c, bool ok, void *userdata) {
+        sync_stream *s = userdata;
+
+        if (ok)
+                pump(s);
+        /* !ok: the call is dead; on_close says why. */
+        stream_unref(s);
+}
+
+/* Queues one map (takes msg, malloc'd). Maps never go backwards on a
+ * stream; a newer map replaces one still waiting (the agent only needs
+ * the newest full map). final: the stream ends after this map. */
+static void stream_queue(sync_stream *s, uint8_t *msg, size_t len, int64_t serial, bool final) {
+        if (s->closed || s->ending || serial < s->last_serial) {
+                free(msg);
+                return;
+        }
+        s->last_serial = serial;
+        free(s->pending);
+        s->pending = msg;
+        s->pending_len = len;
+        if (final) {
+                s->ending = true;
+                s->end_status = GRPC_STATUS_OK;
+                s->end_message = NULL;
+                s->end_reason = "peer deleted";
+        }
+        pump(s);
+}
+
+/* Ends the stream with status once the message in flight (if any) went
+ * out; an unsent map is dropped. */
+static void stream_end(sync_stream *s, grpc_status_code status, const char *message, const char *reason) {
+        if (s->closed || s->ending)
+                return;
+        s->ending = true;
+        s->end_status = status;
+        s->end_message = message;
+        s->end_reason = reason;
+        free(s->pending);
+        s->pending = NULL;
+        pump(s);
+}
+
+/* ---- fenced disconnect ---------------------------------------------------------- */
+
+typedef struct disconnect_job {
+        mgmt_sync *hub;
+        sync_stream *s;
+        int r;
+        cp_error err;
+} disconnect_job;
+
+static void disconnect_work(void *userdata) {
+        disconnect_job *j = userdata;
+
+        j->r = cp_store_peer_mark_disconnected(j->hub->agent->store, j->s->account_id, j->s->peer_id, j->s->token,
+                                               &j->err);
+}
+
+static void disconnect_done(mgmt_grpc *g, void *userdata) {
+        disconnect_job *j = userdata;
+        char tok[24];
+
+        (void) snprintf(tok, sizeof tok, "%" PRId64, j->s->token);
+        cp_log_ctx ctx = { .component = "sync", .account = j->s->account_id };
+        if (j->r < 0)
+                cp_log_kv(&ctx, CP_LOG_ERROR, "cannot mark the peer disconnected", "peer_key", j->s->peer_key,
+                          "token", tok, "error", j->err.message, NULL);
+        else
+                cp_log_kv(&ctx, CP_LOG_DEBUG, j->r ? "peer disconnected" : "disconnect fenced off (newer session)",
+                          "peer_key", j->s->peer_key, "token", tok, NULL);
+        stream_unref(j->s);
+        free(j);
+}
+
+/* The fenced disconnect with the stream's own token, on a worker. It
+ * must run even when the worker queue is full (force) and before the
+ * server reports it stopped (mgmt_grpc_offload jobs are waited for). */
+static void stream_disconnect(sync_stream *s) {
+        mgmt_grpc *g = atomic_load(&s->hub->grpc);
+
+        if (!s->connected)
+                return;
+        s->connected = false;
+        disconnect_job *j = cp_xcalloc(1, sizeof *j);
+        j->hub = s->hub;
+        j->s = stream_ref(s);
+        if (mgmt_grpc_offload(g, disconnect_work, disconnect_done, j, true) < 0) {
+                cp_log_ctx ctx = { .component = "sync", .account = s->account_id };
+                cp_log_kv(&ctx, CP_LOG_ERROR, "cannot queue the disconnect; the peer stays marked connected",
+                          "peer_key", s->peer_key, NULL);
+                stream_unref(s);
+                free(j);
+        }
+}
+
+/* ---- opening a stream (worker) ------------------------------------------------------ */
+
+static void open_fail_internal(mgmt_agent_op *op, const char *what, int r, const cp_error *err) {
+        mgmt_agent_fail(op, GRPC_STATUS_INTERNAL, MSG_INTERNAL);
+        (void) snprintf(op->detail, sizeof op->detail, "%s: %s", what,
+                        err && err->message[0] ? err->message : strerror(-r));
+}
+
+/* Builds, seals and keeps the first message: the full map with the
+ * NetbirdConfig (fresh TURN/relay credentials). */
+static int open_first_message(sync_stream *s, mgmt_agent_op *op) {
+        const mgmt_agent *ag = s->hub->agent;
+        mgmt_map *map = NULL;
+        cp_error err = { 0 };
+        uint8_t *plain, *sealed;
+        size_t plain_len, sealed_len;
+        int r;
+
+        r = mgmt_maps_get(s->hub->maps, s->account_id, &map, &err);
+        if (r < 0) {
+                open_fail_internal(op, "cannot load the network map", r, &err);
+                return r;
+        }
+        Management__NetbirdConfig *cfg = mgmt_netconf_build(ag->netconf, cp_now_unix_ns() / 1000000000, &op->arena);
+        r = mgmt_map_pack(s->hub->maps, map, s->peer_id, cfg, &op->arena, &plain, &plain_len, &err);
+        s->first_serial = mgmt_map_serial(map);
+        map = mgmt_map_unref(map);
+        if (r < 0) {
+                open_fail_internal(op, "cannot build the network map", r, &err);
+                return r;
+        }
+        sealed = mgmt_agent_seal(ag, &s->shared, plain, plain_len, &op->arena, &sealed_len, &err);
+        cp_explicit_bzero(plain, plain_len);
+        if (!sealed) {
+                open_fail_internal(op, "cannot seal the first message", -EIO, &err);
+                return -EIO;
+        }
+        s->first = cp_xmalloc(sealed_len ? sealed_len : 1);
+        memcpy(s->first, sealed, sealed_len);
+        s->first_len = sealed_len;
+        return 0;
+}
+
+static void open_work(void *userdata) {
+        sync_stream *s = userdata;
+        mgmt_agent_op *op = s->op;
+        const mgmt_agent *ag = s->hub->agent;
+        _cleanup_store_peer_ cp_store_peer *p = NULL;
+        cp_store_account_settings st;
+        cp_error err = { 0 };
+        int64_t now_db = 0;
+        int r;
+
+        op->status = GRPC_STATUS_OK;
+        s->connect = -1;
+        if (mgmt_call_is_over(op->call)) {
+                mgmt_agent_fail(op, GRPC_STATUS_CANCELLED, "call cancelled");
+                return;
+        }
+        s->have_shared = true;
+        if (mgmt_agent_open_request(op, &s->shared) < 0)
+                return;
+        memcpy(s->peer_key, op->peer_key, sizeof s->peer_key);
+        const Management__SyncRequest *req = (const Management__SyncRequest *) op->request;
+
+        r = cp_store_peer_get_by_key(ag->store, op->peer_key, &p, &err);
+        if (r == -ENOENT) {
+                mgmt_agent_fail(op, GRPC_STATUS_PERMISSION_DENIED, MSG_NOT_REGISTERED);
+                return;
+        }
+        if (r < 0) {
+                open_fail_internal(op, "cannot look the peer up", r, &err);
+                return;
+        }
+        (void) snprintf(s->peer_id, sizeof s->peer_id, "%s", p->id);
+        (void) snprintf(s->account_id, sizeof s->account_id, "%s", p->account_id);
+        (void) snprintf(op->account, sizeof op->account, "%s", p->account_id);
+        r = cp_store_account_get_settings(ag->store, p->account_id, &st, &err);
+        if (r < 0) {
+                open_fail_internal(op, "cannot read the account settings", r, &err);
+                return;
+        }
+        if (mgmt_login_expired(p, &st, cp_now_unix_ns())) {
+                mgmt_agent_fail(op, GRPC_STATUS_PERMISSION_DENIED, MSG_EXPIRED);
+                return;
+        }
+
+        /* The meta is stored (NetBird's SyncPeer); a change other peers
+         * see (version, SSH key) bumps the serial and is fanned out. */
+        if (req->meta) {
+                cp_store_peer_meta meta;
+                unsigned changed = 0;
+                int64_t serial = 0;
+                if (mgmt_login_meta(op, req->meta, &meta) < 0)
+                        return;
+                cp_store_peer_login_req lr = {
+                        .meta = &meta,
+                        .connection_ip = *mgmt_call_peer_ip(op->call) ? mgmt_call_peer_ip(op->call) : NULL,
+                };
+                r = cp_store_peer_login_update(ag->store, p->account_id, p->id, &lr, &changed, &serial, &err);
+                if (r == -ENOENT) {
+                        mgmt_agent_fail(op, GRPC_STATUS_PERMISSION_DENIED, MSG_NOT_REGISTERED);
+                        return;
+                }
+                if (r < 0) {
+                        open_fail_internal(op, "cannot update the peer meta", r, &err);
+                        return;
+                }
+                if (changed & CP_STORE_PEER_CHANGED_SERIAL)
+                        s->changed_serial = serial;
+        }
+
+        /* The session token: the database clock, so every replica orders
+         * streams by one clock; above the stored token, so a reconnect in
+         * the same microsecond is still newer. */
+        r = mgmt_dbclock_now_ns(s->hub->clock, &now_db, &err);
+        if (r < 0) {
+                open_fail_internal(op, "cannot read the database clock", r, &err);
+                return;
+        }
+        s->token = now_db > p->status.session_started_at ? now_db : p->status.session_started_at + 1;
+        s->was_expired = p->status.login_expired;
+        r = cp_store_peer_mark_connected(ag->store, p->account_id, p->id, s->token, &err);
+        if (r < 0) {
+                open_fail_internal(op, "cannot mark the peer connected", r, &err);
+                return;
+        }
+        s->connect = r;
+        if (r == 0)
+                return;         /* stale: a newer session owns the peer */
+
+        if (open_first_message(s, op) < 0) {
+                /* Undo our connect (fenced: only if still ours). */
+                (void) cp_store_peer_mark_disconnected(ag->store, p->account_id, p->id, s->token, NULL);
+                s->connect = -1;
+        }
+}
+
+/* ---- opening a stream (CQ thread) ------------------------------------------------------ */
+
+static void log_open(sync_stream *s, mgmt_agent_op *op) {
+        mgmt_agent_log_outcome(s->call, op->method, op->peer_key, op->account, op->status, op->message,
+                               op->detail);
+}
+
+static void open_done(mgmt_call *c, void *userdata) {
+        sync_stream *s = userdata;
+        mgmt_sync *h = s->hub;
+        mgmt_agent_op *op = s->op;
+        sync_stream *old;
+
+        s->op = NULL;
+        h->setups--;
+        if (op->status == GRPC_STATUS_OK && s->connect == 0)
+                (void) snprintf(op->detail, sizeof op->detail, "stale session: a newer stream owns the peer");
+        log_open(s, op);
+        s->connected = s->connect == 1;
+
+        if (op->status != GRPC_STATUS_OK) {
+                mgmt_call_finish(c, op->status, op->message);
+                goto out;
+        }
+        if (s->connect == 0) {
+                /* Fenced off: end quietly, no side effects. */
+                mgmt_call_finish(c, GRPC_STATUS_OK, NULL);
+                goto out;
+        }
+
+        /* The registry follows the tokens, as the database does: the
+         * stream with the larger token owns the peer. */
+        old = mgmt_strmap_get(h->peers, s->peer_id);
+        if (old && old->token > s->token) {
+                /* A newer stream registered first; its connect landed
+                 * after ours, so our disconnect could not match. */
+                s->connected = false;
+                mgmt_call_finish(c, GRPC_STATUS_OK, NULL);
+                goto out;
+        }
+        if (old) {
+                /* Replaced: our connect landed with a larger token, so
+                 * its disconnect could not match; skip it. NetBird ends
+                 * the old stream cleanly as well (EOF; the agent then
+                 * stays on the new one). */
+                registry_remove(h, old);
+                old->connected = false;
+                stream_end(old, GRPC_STATUS_OK, NULL, "replaced by a newer stream");
+        }
+        if (s->closed || h->draining) {
+                /* The client left while we opened, or shutdown began. */
+                stream_disconnect(s);
+                if (!s->closed)
+                        mgmt_call_finish(c, GRPC_STATUS_UNAVAILABLE, MSG_SHUTDOWN);
+                goto out;
+        }
+
+        registry_add(h, s);
+        s->opened = true;
+        sync_acct *a = s->acct;
+        stream_queue(s, s->first, s->first_len, s->first_serial, false);
+        s->first = NULL;
+
+        /* A change announced while we opened may be newer than our map. */
+        if (a->latest_serial < s->first_serial)
+                a->latest_serial = s->first_serial;
+        if (a->building)
+                a->dirty = true;
+        else if (a->latest_serial > s->first_serial)
+                fanout_start(h, a);
+
+        /* Side effects, after the connect committed: our meta change, or
+         * a re-login that cleared login_expired, changes others' maps. */
+        if (s->changed_serial > 0 || s->was_expired)
+                mgmt_sync_account_changed(h, s->account_id, s->changed_serial);
+
+out:
+        if (op->payload)
+                grpc_byte_buffer_destroy(op->payload);
+        mgmt_arena_release(&op->arena);
+        free(op);
+        accts_sweep(h);
+        stream_unref(s);        /* the open job's reference */
+}
+
+void mgmt_sync_on_call(mgmt_sync *h, mgmt_call *c) {
+        const cp_proto_method *m = &cp_proto_mgmt_methods[CP_PROTO_MGMT_SYNC];
+        sync_stream *s;
+        mgmt_agent_op *op;
+        int r;
+
+        if (h->max_setups >= 0 && h->setups >= h->max_setups) {
+                mgmt_agent_log_outcome(c, m, NULL, NULL, GRPC_STATUS_RESOURCE_EXHAUSTED, MSG_TOO_MANY, NULL);
+                mgmt_call_finish(c, GRPC_STATUS_RESOURCE_EXHAUSTED, MSG_TOO_MANY);
+                return;
+        }
+        s = cp_xcalloc(1, sizeof *s);
+        s->refs = 2;            /* the open call, the open job */
+        s->hub = h;
+        s->call = c;
+        s->started_ms = mgmt_call_started_ms(c);
+        mgmt_call_ref(c);
+        op = cp_xcalloc(1, sizeof *op);
+        op->agent = h->agent;
+        op->call = c;
+        op->method = m;
+        op->payload = mgmt_call_take_payload(c);
+        mgmt_arena_init(&op->arena);
+        s->op = op;
+        mgmt_call_set_userdata(c, s);
+        h->setups++;
+        r = mgmt_call_offload(c, open_work, open_done, s);
+        if (r < 0) {
+                const char *msg = "server is busy, please try again later";
+                grpc_status_code st = r == -EAGAIN ? GRPC_STATUS_RESOURCE_EXHAUSTED : GRPC_STATUS_UNAVAILABLE;
+                h->setups--;
+                mgmt_agent_log_outcome(c, m, NULL, NULL, st, msg, r == -EAGAIN ? "worker queue full" : NULL);
+                mgmt_call_finish(c, st, msg);
+                s->op = NULL;
+                if (op->payload)
+                        grpc_byte_buffer_destroy(op->payload);
+                mgmt_arena_release(&op->arena);
+                free(op);
+                stream_unref(s);        /* the job's; on_close drops the other */
+        }
+}
+
+void mgmt_sync_on_close(mgmt_sync *h, mgmt_call *c, bool cancelled) {
+        sync_stream *s = mgmt_call_userdata(c);
+
+        if (!s)
+                return;
+        mgmt_call_set_userdata(c, NULL);
+        s->closed = true;
+        free(s->pending);
+        s->pending = NULL;
+        if (!s->op) {
+                /* Opened (or failed to): leave the registry, if it is still
+                 * ours, and hand the peer back with our own token. */
+                registry_remove(h, s);
+                stream_disconnect(s);
+                if (s->opened) {
+                        char took[32];
+                        cp_log_ctx ctx = { .component = "sync", .request_id = mgmt_call_log(c)->request_id,
+                                           .peer = mgmt_call_peer_ip(c), .account = s->account_id };
+                        (void) snprintf(took, sizeof took, "%" PRId64, cp_now_mono_ms() - s->started_ms);
+                        cp_log_kv(&ctx, CP_LOG_INFO, "sync stream ended", "peer_key", s->peer_key, "reason",
+                                  s->ending ? s->end_reason : cancelled ? "client gone" : "closed",
+                                  "open_ms", took, NULL);
+                }
+        }
+        /* else: the open job is still running; open_done sees closed. */
+        stream_unref(s);        /* the open call's reference */
+}
+
+/* ---- fan-out ------------------------------------------------------------------------------ */
+
+typedef struct fanout_target {
+        sync_stream *s;
+        uint8_t *msg;                   /* sealed EncryptedMessage (malloc); NULL = nothing */
+        size_t len;
+} fanout_target;
+
+typedef struct fanout {
+        mgmt_sync *hub;
+        sync_acct *acct;
+        char account_id[64];
+        fanout_target *targets;
+        size_t n;
+        mgmt_map *map;                  /* loaded by the first job */
+        int64_t serial;
+        size_t chunks_left;
+        int r;
+        cp_error err;
+} fanout;
+
+typedef struct fanout_chunk {
+        fanout *f;
+        size_t from, to;
+} fanout_chunk;
+
+static void fanout_finish(mgmt_sync *h, fanout *f) {
+        sync_acct *a = f->acct;
+
+        for (size_t i = 0; i < f->n; i++) {
+                free(f->targets[i].msg);
+                stream_unref(f->targets[i].s);
+        }
+        free(f->targets);
+        f->map = mgmt_map_unref(f->map);
+        free(f);
+        a->building = false;
+        if (a->dirty && a->n_streams > 0) {
+                a->dirty = false;
+                fanout_start(h, a);
+                return;
+        }
+        a->dirty = false;
+        acct_maybe_free(h, a);
+}
+
+/* Worker: build, pack and seal the maps of one slice of the targets. */
+static void chunk_work(void *userdata) {
+        fanout_chunk *ch = userdata;
+        fanout *f = ch->f;
+        const mgmt_agent *ag = f->hub->agent;
+        mgmt_arena arena;
+
+        mgmt_arena_init(&arena);
+        for (size_t i = ch->from; i < ch->to; i++) {
+                fanout_target *t = &f->targets[i];
+                uint8_t *plain, *sealed;
+                size_t plain_len, sealed_len;
+                cp_error err = { 0 };
+
+                if (mgmt_map_pack(f->hub->maps, f->map, t->s->peer_id, NULL, &arena, &plain, &plain_len, &err) < 0)
+                        continue;       /* deleted meanwhile: Logout ends that stream */
+                sealed = mgmt_agent_seal(ag, &t->s->shared, plain, plain_len, &arena, &sealed_len, &err);
+                cp_explicit_bzero(plain, plain_len);
+                if (sealed) {
+                        t->msg = cp_xmalloc(sealed_len ? sealed_len : 1);
+                        memcpy(t->msg, sealed, sealed_len);
+                        t->len = sealed_len;
+                }
+                mgmt_arena_release(&arena);
+        }
+        mgmt_arena_release(&arena);
+}
+
+static void chunk_done(mgmt_grpc *g, void *userdata) {
+        fanout_chunk *ch = userdata;
+        fanout *f = ch->f;
+
+        for (size_t i = ch->from; i < ch->to; i++) {
+                fanout_target *t = &f->targets[i];
+                if (t->msg && t->s->registered)
+                        stream_queue(t->s, t->msg, t->len, f->serial, false);
+                else
+                        free(t->msg);
+                t->msg = NULL;
+        }
+        free(ch);
+        if (--f->chunks_left == 0)
+                fanout_finish(f->hub, f);
+}
+
+/* Worker: the account's map at its newest serial. */
+static void load_work(void *userdata) {
+        fanout *f = userdata;
+
+        f->r = mgmt_maps_get(f->hub->maps, f->account_id, &f->map, &f->err);
+}
+
+static void load_done(mgmt_grpc *g, void *userdata) {
+        fanout *f = userdata;
+        sync_acct *a = f->acct;
+
+        if (f->r < 0) {
+                cp_log_ctx ctx = { .component = "sync", .account = f->account_id };
+                cp_log_kv(&ctx, f->r == -ENOENT ? CP_LOG_DEBUG : CP_LOG_ERROR, "cannot load the network map",
+                          "error", f->err.message, NULL);
+                fanout_finish(f->hub, f);
+                return;
+        }
+        f->serial = mgmt_map_serial(f->map);
+        if (a->latest_serial < f->serial)
+                a->latest_serial = f->serial;
+        f->chunks_left = (f->n + FANOUT_CHUNK - 1) / FANOUT_CHUNK;
+        if (f->chunks_left == 0) {
+                fanout_finish(f->hub, f);
+                return;
+        }
+        size_t n_chunks = f->chunks_left;
+        for (size_t k = 0; k < n_chunks; k++) {
+                fanout_chunk *ch = cp_xcalloc(1, sizeof *ch);
+                ch->f = f;
+                ch->from = k * FANOUT_CHUNK;
+                ch->to = ch->from + FANOUT_CHUNK < f->n ? ch->from + FANOUT_CHUNK : f->n;
+                if (mgmt_grpc_offload(g, chunk_work, chunk_done, ch, true) < 0) {
+                        /* Workers stopping: nothing more will be sent. */
+                        free(ch);
+                        if (--f->chunks_left == 0)
+                                fanout_finish(f->hub, f);
+                }
+        }
+}
+
+/* CQ thread: one rebuild of the account for every stream registered now. */
+static void fanout_start(mgmt_sync *h, sync_acct *a) {
+        mgmt_grpc *g = atomic_load(&h->grpc);
+        fanout *f;
+        size_t n = 0;
+
+        if (a->building || a->n_streams == 0 || h->draining)
+                return;
+        f = cp_xcalloc(1, sizeof *f);
+        f->hub = h;
+        f->acct = a;
+        (void) snprintf(f->account_id, sizeof f->account_id, "%s", a->id);
+        f->targets = cp_xcalloc(a->n_streams, sizeof *f->targets);
+        for (sync_stream *s = a->streams; s; s = s->acct_next)
+                if (!s->ending)
+                        f->targets[n++].s = stream_ref(s);
+        f->n = n;
+        a->building = true;
+        a->dirty = false;
+        /* force: at most one rebuild per account runs at a time, so these
+         * are bounded, and dropping one would lose the newest map. */
+        if (mgmt_grpc_offload(g, load_work, load_done, f, true) < 0) {
+                /* Workers stopping: nothing more will be sent. */
+                a->dirty = false;
+                for (size_t i = 0; i < f->n; i++)
+                        stream_unref(f->targets[i].s);
+                free(f->targets);
+                free(f);
+                a->building = false;
+        }
+}
+
+typedef struct change_post {
+        mgmt_sync *hub;
+        char account_id[64];
+        char peer_id[64];
+        int64_t serial;
+        uint8_t *msg;
+        size_t len;
+} change_post;
+
+static void on_account_changed(mgmt_grpc *g, void *userdata) {
+        change_post *p = userdata;
+        mgmt_sync *h = p->hub;
+        /* Keep an entry while opens are in progress: one of them may
+         * register into this account with an older map. */
+        sync_acct *a = acct_get(h, p->account_id, h->setups > 0);
+
+        if (a) {
+                if (a->latest_serial < p->serial)
+                        a->latest_serial = p->serial;
+                if (a->building)
+                        a->dirty = true;
+                else if (a->n_streams > 0)
+                        fanout_start(h, a);
+                else
+                        acct_maybe_free(h, a);
+        }
+        free(p);
+}
+
+void mgmt_sync_account_changed(mgmt_sync *h, const char *account_id, int64_t serial) {
+        mgmt_grpc *g = atomic_load(&h->grpc);
+        change_post *p;
+
+        if (!g || !account_id || !*account_id)
+                return;         /* no server yet, so no stream either */
+        p = cp_xcalloc(1, sizeof *p);
+        p->hub = h;
+        (void) snprintf(p->account_id, sizeof p->account_id, "%s", account_id);
+        p->serial = serial;
+        mgmt_grpc_post(g, on_account_changed, p);
+}
+
+static void on_peer_deleted(mgmt_grpc *g, void *userdata) {
+        change_post *p = userdata;
+        mgmt_sync *h = p->hub;
+        sync_stream *s = mgmt_strmap_get(h->peers, p->peer_id);
+
+        if (s) {
+                /* The row is gone: no disconnect can match. */
+                registry_remove(h, s);
+                s->connected = false;
+                stream_queue(s, p->msg, p->len, s->last_serial > p->serial ? s->last_serial : p->serial, true);
+                p->msg = NULL;
+                if (!s->ending)         /* the map was refused (stream closing) */
+                        stream_end(s, GRPC_STATUS_OK, NULL, "peer deleted");
+        }
+        free(p->msg);
+        p->msg = NULL;
+        on_account_changed(g, p);
+}
+
+void mgmt_sync_peer_deleted(mgmt_sync *h, const char *account_id, const char *peer_id, const void *msg,
+                            size_t len, int64_t serial) {
+        mgmt_grpc *g = atomic_load(&h->grpc);
+        change_post *p;
+
+        if (!g)
+                return;
+        p = cp_xcalloc(1, sizeof *p);
+        p->hub = h;
+        (void) snprintf(p->account_id, sizeof p->account_id, "%s", account_id);
+        (void) snprintf(p->peer_id, sizeof p->peer_id, "%s", peer_id);
+        p->serial = serial;
+        if (msg && len) {
+                p->msg = cp_xmalloc(len);
+                memcpy(p->msg, msg, len);
+                p->len = len;
+        }
+        mgmt_grpc_post(g, on_peer_deleted, p);
+}
+
+/* ---- drain ----------------------------------------------------------------------------------- */
+
+static void collect_stream(const char *key, void *value, void *userdata) {
+        sync_stream ***out = userdata;
+
+        *(*out)++ = value;
+}
+
+static void on_drain(mgmt_grpc *g, void *userdata) {
+        mgmt_sync *h = userdata;
+        size_t n = mgmt_strmap_size(h->peers);
+        sync_stream **all, **end;
+        char count[32];
+
+        if (h->draining)
+                return;
+        h->draining = true;
+        (void) snprintf(count, sizeof count, "%zu", n);
+        cp_log_kv(&log_ctx, CP_LOG_INFO, "ending sync streams", "streams", count, NULL);
+        all = cp_xcalloc(n ? n : 1, sizeof *all);
+        end = all;
+        mgmt_strmap_foreach(h->peers, collect_stream, &end);
+        /* Still registered, so on_close disconnects them with their own
+         * tokens once the status went out. */
+        for (sync_stream **p = all; p < end; p++)
+                stream_end(*p, GRPC_STATUS_UNAVAILABLE, MSG_SHUTDOWN, "server shutting down");
+        free(all);
+}
+
+void mgmt_sync_drain(mgmt_sync *h) {
+        mgmt_grpc *g = atomic_load(&h->grpc);
+
+        if (g)
+                mgmt_grpc_post(g, on_drain, h);
+}
+
+/* ---- setup ------------------------------------------------------------------------------------ */
+
+mgmt_sync *mgmt_sync_new(const mgmt_agent *agent, mgmt_maps *maps, mgmt_dbclock *clock, int max_setups) {
+        mgmt_sync *h = cp_xcalloc(1, sizeof *h);
+
+        h->agent = agent;
+        h->maps = maps;
+        h->clock = clock;
+        h->max_setups = max_setups;
+        h->peers = mgmt_strmap_new();
+        h->accts = mgmt_strmap_new();
+        return h;
+}
+
+static void free_acct(const char *key, void *value, void *userdata) {
+        free(value);
+}
+
+mgmt_sync *mgmt_sync_free(mgmt_sync *h) {
+        if (!h)
+                return NULL;
+        /* Every call ended before the server stopped, so no stream is
+         * left; account entries may be. */
+        mgmt_strmap_foreach(h->accts, free_acct, NULL);
+        h->accts = mgmt_strmap_free(h->accts);
+        h->peers = mgmt_strmap_free(h->peers);
+        free(h);
+        return NULL;
+}
+
+void mgmt_sync_on_grpc_start(mgmt_grpc *g, void *userdata) {
+        mgmt_sync *h = userdata;
+
+        atomic_store(&h->grpc, g);
+}

@@ -1,0 +1,69 @@
+/*
+ * mgmt-sync.h: the Sync RPC (server streaming) and the registry of open
+ * streams with the fan-out of network maps to them.
+ *
+ * One mgmt_sync per process, owned by the manager. Its registry (peer id
+ * -> the peer's current stream, account id -> the account's streams)
+ * belongs to the gRPC CQ thread: only that thread reads or changes it,
+ * and every stream's send queue with it. Work that may block (opening
+ * the envelope, PostgreSQL, building and sealing maps) runs on workers
+ * and comes back to the CQ thread as a post. See services/management/
+ * README.md ("Sync streams") and docs/protocol.md ("Sync").
+ *
+ * Entry points from other threads (all non-blocking; they post to the CQ
+ * thread):
+ *   mgmt_sync_account_changed()  after any committed change of an account
+ *                                (registration, logout, a login or meta
+ *                                update that bumped the serial; later a
+ *                                bus message "account A is at serial S")
+ *   mgmt_sync_peer_deleted()     Logout: the peer's stream gets its last
+ *                                map and ends
+ *   mgmt_sync_drain()            shutdown: end every stream
+ */
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mgmt-grpc.h"
+
+typedef struct mgmt_sync mgmt_sync;
+struct mgmt_agent;
+struct mgmt_maps;
+struct mgmt_dbclock;
+
+/* agent, maps and clock are borrowed and outlive the mgmt_sync.
+ * max_setups caps Sync opens in progress (NB_MAX_CONCURRENT_SYNCS; < 0 =
+ * no cap). */
+mgmt_sync *mgmt_sync_new(const struct mgmt_agent *agent, struct mgmt_maps *maps, struct mgmt_dbclock *clock,
+                         int max_setups);
+/* After the gRPC server has stopped (no stream is left). Accepts NULL;
+ * returns NULL. */
+mgmt_sync *mgmt_sync_free(mgmt_sync *s);
+
+/* For mgmt_grpc_options.on_start: records the server to post to. */
+void mgmt_sync_on_grpc_start(mgmt_grpc *g, void *userdata);
+
+/* CQ thread: the Sync method's on_call / on_close (mgmt-agent.c). */
+void mgmt_sync_on_call(mgmt_sync *s, mgmt_call *c);
+void mgmt_sync_on_close(mgmt_sync *s, mgmt_call *c, bool cancelled);
+
+/* Any thread: account_id changed and is now at serial (0 = unknown).
+ * Rebuilds the account's map once and pushes every stream of the account
+ * in this process its new map; bursts coalesce to one rebuild at a time
+ * per account, and a stream whose previous map is still unsent gets only
+ * the newest. */
+void mgmt_sync_account_changed(mgmt_sync *s, const char *account_id, int64_t serial);
+
+/* Any thread: peer_id was deleted (Logout). msg[0..len) is its last
+ * SyncResponse, sealed and wrapped in an EncryptedMessage (copied); the
+ * peer's stream, if it has one here, sends it and ends with OK. Also does
+ * mgmt_sync_account_changed(account_id, serial). */
+void mgmt_sync_peer_deleted(mgmt_sync *s, const char *account_id, const char *peer_id, const void *msg,
+                            size_t len, int64_t serial);
+
+/* Any thread: shutdown began. Every stream ends with UNAVAILABLE (agents
+ * reconnect, to another replica when there is one) and its fenced
+ * disconnect runs before the server reports it has stopped; opens still
+ * in progress end the same way when they complete. */
+void mgmt_sync_drain(mgmt_sync *s);

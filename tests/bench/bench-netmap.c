@@ -1,0 +1,342 @@
+/*
+ * bench-netmap: a full fan-out of common/netmap on NetBird's benchmark
+ * shapes (docs/targets.md), timed next to the bare libsodium box of the
+ * same bytes in the same run.
+ *
+ * Shapes (setupTestAccountManager(peers, groups)): `peers` peers split
+ * into `groups` groups of consecutive peers, each group plus one extra
+ * routing peer; one bidirectional ALL policy per group on itself; the
+ * default All policy removed (the All group stays, holding everyone);
+ * one route per group served by its routing peer and distributed to the
+ * group (NetBird uses a network resource there). Every agent is 0.60.0
+ * with the source-prefix capability, as stock agents are.
+ *
+ * Printed per shape (best of N runs):
+ *   fill         builder calls (stands in for the load)
+ *   precompute   cp_netmap_builder_finish: the shared work
+ *   encode 1t/2t every peer's SyncResponse on 1 and on 2 threads
+ *   box          crypto_box_easy of the same messages (X25519 each time)
+ *   box afternm  the same with a per-stream precomputed key
+ *   fan-out      precompute + encode + box_afternm on 2 threads, the
+ *                number to hold against the target
+ *
+ * Usage: bench-netmap [runs]   (registered with meson benchmark(), not a test)
+ */
+#include "cp/base.h"
+#include "cp/netmap.h"
+
+#include <pthread.h>
+#include <sodium.h>
+
+typedef struct shape {
+        const char *name;
+        int peers;
+        int groups;
+        double target_ms;
+        double ratio_target;    /* fan-out / bare box, 0 = none stated */
+} shape;
+
+static double now_ms(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (double) ts.tv_sec * 1e3 + (double) ts.tv_nsec / 1e6;
+}
+
+static void die(const char *what, int r, const cp_error *e) {
+        fprintf(stderr, "bench-netmap: %s: %d %s\n", what, r, e ? e->message : "");
+        exit(1);
+}
+
+static cp_netmap_builder *fill(const shape *s, int *ret_total) {
+        cp_netmap_account_spec spec = {
+                .id = "bench-account", .serial = 42, .network_cidr = "100.64.0.0/10",
+                .dns_domain = "netbird.selfhosted", .routing_peer_dns_resolution_enabled = true,
+        };
+        cp_netmap_builder *b;
+        cp_error err = { 0 };
+        int r, total = s->peers + s->groups;
+        char id[32], key[64], label[32], ip[32], gid[32], pid[32], rid[32];
+        uint8_t raw[32];
+
+        if ((r = cp_netmap_builder_new(&spec, &b, &err)) < 0)
+                die("builder", r, &err);
+        for (int i = 0; i < total; i++) {
+                (void) snprintf(id, sizeof id, "peer%06d", i);
+                randombytes_buf(raw, sizeof raw);
+                sodium_bin2base64(key, sizeof key, raw, sizeof raw, sodium_base64_VARIANT_ORIGINAL);
+                (void) snprintf(label, sizeof label, "host-%d", i);
+                (void) snprintf(ip, sizeof ip, "100.%d.%d.%d", 64 + (i >> 16), (i >> 8) & 255, i & 255);
+                cp_netmap_peer_spec p = {
+                        .id = id, .key = key, .ip = ip, .dns_label = label,
+                        .ssh_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx0ZXN0a2V5dGVzdGtleXRlc3RrZXl0ZXN0a2V5",
+                        .wt_version = "0.60.0", .cap_source_prefixes = true,
+                };
+                if ((r = cp_netmap_builder_add_peer(b, &p, &err)) < 0)
+                        die("peer", r, &err);
+        }
+        if ((r = cp_netmap_builder_add_group(b, "all", "All", &err)) < 0)
+                die("group", r, &err);
+        for (int i = 0; i < total; i++) {
+                (void) snprintf(id, sizeof id, "peer%06d", i);
+                (void) cp_netmap_builder_add_group_peer(b, "all", id, &err);
+        }
+        for (int g = 0; g < s->groups; g++) {
+                int lo = (int) ((long) g * s->peers / s->groups), hi = (int) ((long) (g + 1) * s->peers / s->groups);
+                int router = s->peers + g;
+                (void) snprintf(gid, sizeof gid, "group%04d", g);
+                (void) cp_netmap_builder_add_group(b, gid, gid, &err);
+                for (int i = lo; i <= hi; i++) {
+                        (void) snprintf(id, sizeof id, "peer%06d", i == hi ? router : i);
+                        (void) cp_netmap_builder_add_group_peer(b, gid, id, &err);
+                }
+                (void) snprintf(pid, sizeof pid, "policy%04d", g);
+                (void) snprintf(rid, sizeof rid, "rule%04d", g);
+                const char *grp[1] = { gid };
+                cp_netmap_rule_spec rule = {
+                        .id = rid, .policy_id = pid, .enabled = true, .protocol = CP_NETMAP_PROTO_ALL,
+                        .bidirectional = true, .sources = grp, .n_sources = 1, .destinations = grp,
+                        .n_destinations = 1,
+                };
+                (void) cp_netmap_builder_add_policy(b, pid, true, &err);
+                if ((r = cp_netmap_builder_add_rule(b, &rule, &err)) < 0)
+                        die("rule", r, &err);
+                (void) snprintf(rid, sizeof rid, "route%04d", g);
+                (void) snprintf(id, sizeof id, "peer%06d", router);
+                char net[32];
+                (void) snprintf(net, sizeof net, "10.%d.%d.0/24", g >> 8, g & 255);
+                cp_netmap_route_spec route = {
+                        .id = rid, .network = net, .network_type = 1, .net_id = rid, .peer = id,
+                        .groups = grp, .n_groups = 1, .metric = 9999, .masquerade = true, .enabled = true,
+                };
+                if ((r = cp_netmap_builder_add_route(b, &route, &err)) < 0)
+                        die("route", r, &err);
+        }
+        *ret_total = total;
+        return b;
+}
+
+/* ---- encode (and optionally seal) every peer on n threads ------------------------- */
+
+typedef struct job {
+        const cp_netmap_account *a;
+        int first, step, total;
+        bool seal;
+        const uint8_t (*shared)[crypto_box_BEFORENMBYTES];
+        size_t bytes;
+        size_t max_len;
+        size_t *lens;           /* per peer, filled when not NULL */
+} job;
+
+static void *run_job(void *arg) {
+        job *j = arg;
+        cp_netmap_worker *w = cp_netmap_worker_new();
+        uint8_t *box = NULL, nonce[crypto_box_NONCEBYTES] = { 0 };
+        size_t box_cap = 0;
+
+        for (int i = j->first; i < j->total; i += j->step) {
+                const uint8_t *data;
+                size_t len;
+                int r = cp_netmap_encode_sync(w, j->a, (size_t) i, NULL, &data, &len, NULL);
+                if (r < 0)
+                        die("encode", r, NULL);
+                j->bytes += len;
+                if (len > j->max_len)
+                        j->max_len = len;
+                if (j->lens)
+                        j->lens[i] = len;
+                if (j->seal) {
+                        if (box_cap < len + crypto_box_MACBYTES) {
+                                box_cap = (len + crypto_box_MACBYTES) * 2;
+                                box = cp_xrealloc(box, box_cap);
+                        }
+                        nonce[0]++;
+                        if (crypto_box_easy_afternm(box, data, len, nonce, j->shared[i]) != 0)
+                                die("crypto_box_easy_afternm", -1, NULL);
+                }
+        }
+        free(box);
+        cp_netmap_worker_free(w);
+        return NULL;
+}
+
+static double encode_all(const cp_netmap_account *a, int total, int threads, bool seal,
+                         const uint8_t (*shared)[crypto_box_BEFORENMBYTES], size_t *lens, size_t *ret_bytes,
+                         size_t *ret_max) {
+        pthread_t th[8];
+        job jobs[8];
+        double t0 = now_ms();
+
+        for (int k = 0; k < threads; k++) {
+                jobs[k] = (job) { .a = a, .first = k, .step = threads, .total = total, .seal = seal,
+                                  .shared = shared, .lens = lens };
+                if (threads == 1)
+                        run_job(&jobs[k]);
+                else if (pthread_create(&th[k], NULL, run_job, &jobs[k]) != 0)
+                        die("pthread_create", -errno, NULL);
+        }
+        size_t bytes = 0, mx = 0;
+        for (int k = 0; k < threads; k++) {
+                if (threads > 1)
+                        (void) pthread_join(th[k], NULL);
+                bytes += jobs[k].bytes;
+                if (jobs[k].max_len > mx)
+                        mx = jobs[k].max_len;
+        }
+        if (ret_bytes)
+                *ret_bytes = bytes;
+        if (ret_max)
+                *ret_max = mx;
+        return now_ms() - t0;
+}
+
+/* ---- the crypto baseline ------------------------------------------------------------- */
+
+typedef struct box_job {
+        int first, step, total;
+        const size_t *lens;
+        size_t max_len;
+        bool afternm;
+        const uint8_t (*shared)[crypto_box_BEFORENMBYTES];
+        const uint8_t *pk, *sk;
+} box_job;
+
+static void *run_box(void *arg) {
+        box_job *j = arg;
+        uint8_t *msg = cp_xcalloc(1, j->max_len + 1), *out = cp_xmalloc(j->max_len + crypto_box_MACBYTES + 1);
+        uint8_t nonce[crypto_box_NONCEBYTES] = { 0 };
+
+        for (int i = j->first; i < j->total; i += j->step) {
+                nonce[0]++;
+                int r = j->afternm ? crypto_box_easy_afternm(out, msg, j->lens[i], nonce, j->shared[i])
+                                   : crypto_box_easy(out, msg, j->lens[i], nonce, j->pk + (size_t) i * 32, j->sk);
+                if (r != 0)
+                        die("crypto_box", r, NULL);
+        }
+        free(msg);
+        free(out);
+        return NULL;
+}
+
+static double box_all(int total, int threads, const size_t *lens, size_t max_len, bool afternm,
+                      const uint8_t (*shared)[crypto_box_BEFORENMBYTES], const uint8_t *pk, const uint8_t *sk) {
+        pthread_t th[8];
+        box_job jobs[8];
+        double t0 = now_ms();
+
+        for (int k = 0; k < threads; k++) {
+                jobs[k] = (box_job) { k, threads, total, lens, max_len, afternm, shared, pk, sk };
+                if (threads == 1)
+                        run_box(&jobs[k]);
+                else if (pthread_create(&th[k], NULL, run_box, &jobs[k]) != 0)
+                        die("pthread_create", -errno, NULL);
+        }
+        for (int k = 0; threads > 1 && k < threads; k++)
+                (void) pthread_join(th[k], NULL);
+        return now_ms() - t0;
+}
+
+static double min_d(double a, double b) {
+        return a < b ? a : b;
+}
+
+static void bench(const shape *s, int runs) {
+        double t_fill = 1e30, t_pre = 1e30, t_enc1 = 1e30, t_enc2 = 1e30, t_box = 1e30, t_boxnm = 1e30,
+               t_boxnm2 = 1e30, t_fan = 1e30;
+        size_t bytes = 0, max_len = 0;
+        int total = 0;
+        cp_netmap_stats st = { 0 };
+
+        /* keys for the crypto runs: one server key, one peer key each */
+        int n_keys = s->peers + s->groups;
+        uint8_t *pk = cp_xmalloc((size_t) n_keys * 32), sk[32], server_pk[32];
+        uint8_t (*shared)[crypto_box_BEFORENMBYTES] = cp_xmalloc((size_t) n_keys * sizeof *shared);
+        size_t *lens = cp_xcalloc((size_t) n_keys, sizeof *lens);
+        crypto_box_keypair(server_pk, sk);
+        for (int i = 0; i < n_keys; i++) {
+                uint8_t psk[32];
+                crypto_box_keypair(pk + (size_t) i * 32, psk);
+                if (crypto_box_beforenm(shared[i], pk + (size_t) i * 32, sk) != 0)
+                        die("beforenm", -1, NULL);
+        }
+
+        for (int run = 0; run < runs; run++) {
+                double t0 = now_ms();
+                cp_netmap_builder *b = fill(s, &total);
+                double t1 = now_ms();
+                cp_netmap_account *a;
+                cp_error err = { 0 };
+                int r = cp_netmap_builder_finish(b, &a, &err);
+                if (r < 0)
+                        die("finish", r, &err);
+                double t2 = now_ms();
+                t_fill = min_d(t_fill, t1 - t0);
+                t_pre = min_d(t_pre, t2 - t1);
+                t_enc1 = min_d(t_enc1, encode_all(a, total, 1, false, NULL, lens, &bytes, &max_len));
+                t_enc2 = min_d(t_enc2, encode_all(a, total, 2, false, NULL, NULL, NULL, NULL));
+                if (run == 0) {
+                        cp_netmap_worker *w = cp_netmap_worker_new();
+                        const uint8_t *d;
+                        size_t n;
+                        (void) cp_netmap_encode_sync(w, a, 0, NULL, &d, &n, &st);
+                        cp_netmap_worker_free(w);
+                }
+                cp_netmap_account_unref(a);
+
+                /* the whole fan-out on 2 threads: precompute, then encode+seal */
+                b = fill(s, &total);
+                double f0 = now_ms();
+                if ((r = cp_netmap_builder_finish(b, &a, &err)) < 0)
+                        die("finish", r, &err);
+                double f_pre = now_ms() - f0;
+                t_fan = min_d(t_fan, f_pre + encode_all(a, total, 2, true, shared, NULL, NULL, NULL));
+                cp_netmap_account_unref(a);
+
+                t_box = min_d(t_box, box_all(total, 1, lens, max_len, false, shared, pk, sk));
+                t_boxnm = min_d(t_boxnm, box_all(total, 1, lens, max_len, true, shared, pk, sk));
+                t_boxnm2 = min_d(t_boxnm2, box_all(total, 2, lens, max_len, true, shared, pk, sk));
+        }
+
+        printf("\n== %s: %d peers, %d groups (best of %d runs)\n", s->name, total, s->groups, runs);
+        printf("  map of peer 0: %zu remote peers, %zu firewall rules, %zu routes, %zu DNS records\n",
+               st.remote_peers, st.firewall_rules, st.routes, st.dns_records);
+        printf("  bytes: %.1f MB total, %.1f KB per peer, largest %.1f KB\n", (double) bytes / 1e6,
+               (double) bytes / 1e3 / total, (double) max_len / 1e3);
+        printf("  fill (builder calls)          %8.2f ms\n", t_fill);
+        printf("  precompute (finish)           %8.2f ms\n", t_pre);
+        printf("  encode, 1 thread              %8.2f ms  %6.2f us/peer  %6.0f MB/s\n", t_enc1,
+               t_enc1 * 1e3 / total, (double) bytes / 1e3 / t_enc1);
+        printf("  encode, 2 threads             %8.2f ms  %6.2f us/peer\n", t_enc2, t_enc2 * 1e3 / total);
+        printf("  precompute + encode (2t)      %8.2f ms  (target %.0f ms for the whole fan-out)\n",
+               t_pre + t_enc2, s->target_ms);
+        printf("  crypto_box_easy, 1 thread     %8.2f ms  (X25519 per message)\n", t_box);
+        printf("  crypto_box_easy_afternm, 1t   %8.2f ms  (shared key per stream)\n", t_boxnm);
+        printf("  crypto_box_easy_afternm, 2t   %8.2f ms\n", t_boxnm2);
+        printf("  fan-out: precompute + encode + seal (afternm), 2 threads  %8.2f ms  (target %.0f ms)\n",
+               t_fan, s->target_ms);
+        printf("  ratios: encode(1t)/box_easy(1t) = %.2f, encode(1t)/box_afternm(1t) = %.2f,"
+               " fan-out(2t)/box_afternm(2t) = %.2f",
+               t_enc1 / t_box, t_enc1 / t_boxnm, t_fan / t_boxnm2);
+        if (s->ratio_target > 0)
+                printf(" (target <= %.1f)", s->ratio_target);
+        printf("\n");
+        free(pk);
+        free(shared);
+        free(lens);
+}
+
+int main(int argc, char **argv) {
+        int runs = argc > 1 ? atoi(argv[1]) : 5;
+        static const shape shapes[] = {
+                { "5000/200", 5000, 200, 50, 0 },
+                { "5000/15", 5000, 15, 250, 1.5 },
+        };
+
+        if (runs < 1)
+                runs = 1;
+        if (sodium_init() < 0)
+                die("sodium_init", -1, NULL);
+        printf("bench-netmap: %ld CPUs online\n", sysconf(_SC_NPROCESSORS_ONLN));
+        for (size_t i = 0; i < ELEMENTSOF(shapes); i++)
+                bench(&shapes[i], runs);
+        return 0;
+}

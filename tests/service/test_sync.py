@@ -1,0 +1,313 @@
+"""Sync streams of netbird-mgmt (services/management/mgmt-sync.c): the
+session token from the database clock and the fenced connect/disconnect,
+the stream registry (a newer stream replaces an older one, an older
+stream's end never touches the newer one), fan-out pushes, Logout's last
+map, the concurrency cap and SIGTERM with streams open.
+
+Agents are tests/agent/nbagent.py; deployments are tests/agent/fixture.py
+(a database per test, bootstrap, servers on loopback).
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "agent"))
+
+import grpc  # noqa: E402
+
+import fixture  # noqa: E402
+import svc  # noqa: E402
+from fixture import Deployment, wait_until, json_dump  # noqa: E402
+from nbagent import RpcFailed, StreamEnded, build_meta, pb  # noqa: E402
+from svc import test  # noqa: E402
+
+SC = grpc.StatusCode
+FAKETIME_LIBS = ("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+                 "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+
+
+# ---- helpers -------------------------------------------------------------------
+
+def db_now_ns(dep):
+    return dep.sql("SELECT (extract(epoch FROM clock_timestamp()) * 1000000000)::bigint")[0][0]
+
+
+def status(dep, agent):
+    """(connected, session token) of the agent's peer row, or None when gone."""
+    rows = dep.sql("SELECT peer_status_connected, peer_status_session_started_at FROM peers WHERE key = %s",
+                   (agent.pub_b64,))
+    return tuple(rows[0]) if rows else None
+
+
+def open_sync(agent, meta=None):
+    s = agent.sync(meta=meta)
+    first = s.next(timeout=15)
+    return s, first
+
+
+def remote_keys(msg):
+    return {p.wgPubKey for p in msg.NetworkMap.remotePeers}
+
+
+def registered(dep, name, srv=None):
+    a = dep.agent(srv)
+    a.register(dep.setup_key, meta=build_meta(name))
+    return a
+
+
+def binary_uses_asan():
+    try:
+        out = subprocess.run(["ldd", svc.BINARY], capture_output=True, text=True, timeout=10).stdout
+    except Exception:
+        return False
+    return "libasan" in out
+
+
+# ---- tests ---------------------------------------------------------------------------
+
+@test
+def first_message_and_db_token():
+    dep = Deployment(config=fixture.NETBIRD_CONFIG)
+    dep.start()
+    a = dep.agent()
+    login = a.register(dep.setup_key, meta=build_meta("first"))
+    before = db_now_ns(dep)
+    s, first = open_sync(a, meta=build_meta("first"))
+    after = db_now_ns(dep)
+    ctx = json_dump(first)
+    assert first.HasField("netbirdConfig") and len(first.netbirdConfig.stuns) == 2, ctx
+    assert first.netbirdConfig.HasField("relay") and first.netbirdConfig.relay.tokenSignature, ctx
+    assert first.NetworkMap.Serial == dep.network_serial(), (first.NetworkMap.Serial, dep.network_serial())
+    assert first.peerConfig.address == login.peerConfig.address, ctx
+    assert first.NetworkMap.peerConfig.address == login.peerConfig.address, ctx
+    assert first.HasField("sessionExpiresAt"), ctx
+    connected, token = status(dep, a)
+    assert connected, "peer must be connected while its stream is open"
+    # The token is the database clock at open, not this process's clock.
+    assert before <= token <= after, (before, token, after)
+    s.cancel()
+    wait_until(lambda: status(dep, a) == (False, 0), what="disconnected with token 0")
+
+
+@test
+def push_on_new_peer_without_config():
+    dep = Deployment(config=fixture.NETBIRD_CONFIG)
+    dep.start()
+    a = registered(dep, "pa")
+    s, first = open_sync(a)
+    b = registered(dep, "pb")
+    push = s.wait_for(lambda m: b.pub_b64 in remote_keys(m), timeout=10)
+    assert push.NetworkMap.Serial > first.NetworkMap.Serial, (first.NetworkMap.Serial, push.NetworkMap.Serial)
+    assert not push.HasField("netbirdConfig"), "fan-out pushes leave netbirdConfig unset: " + json_dump(push)
+    assert not push.NetworkMap.remotePeersIsEmpty, json_dump(push)
+    serials = [m.NetworkMap.Serial for m in s.received]
+    assert serials == sorted(serials), "serials went backwards: %r" % serials
+
+
+@test
+def burst_of_changes_coalesces_to_newest():
+    """Many registrations at once: the open stream ends up at the newest
+    serial with every peer, and its serials never go backwards."""
+    import threading
+    dep = Deployment()
+    dep.start()
+    a = registered(dep, "watcher")
+    s, first = open_sync(a)
+    others = [dep.agent() for _ in range(8)]
+    errors = []
+
+    def reg(x, i):
+        try:
+            x.register(dep.setup_key, meta=build_meta("burst-%d" % i))
+        except Exception as e:          # reported below
+            errors.append(e)
+    threads = [threading.Thread(target=reg, args=(x, i)) for i, x in enumerate(others)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors
+    want = {x.pub_b64 for x in others}
+    final = dep.network_serial()
+    last = s.wait_for(lambda m: m.NetworkMap.Serial == final and want <= remote_keys(m), timeout=15)
+    assert not last.HasField("netbirdConfig"), json_dump(last)
+    serials = [m.NetworkMap.Serial for m in s.received]
+    assert serials == sorted(serials), "serials went backwards: %r" % serials
+    # Coalesced: fewer pushes than changes is allowed, never more than one
+    # per change plus the first map.
+    assert len(serials) <= 1 + len(others), serials
+
+
+@test
+def newer_stream_replaces_older():
+    dep = Deployment()
+    dep.start()
+    a = registered(dep, "twice")
+    s1, _ = open_sync(a)
+    t1 = status(dep, a)[1]
+    s2, _ = open_sync(a)
+    t2 = status(dep, a)[1]
+    assert t2 > t1, (t1, t2)
+    end, _ = s1.wait_end(timeout=10)
+    assert isinstance(end, StreamEnded), "the replaced stream ends with OK, got %r" % end
+    # The old stream is gone and its client cancels late: nothing changes.
+    s1.cancel()
+    time.sleep(0.5)
+    assert status(dep, a) == (True, t2), status(dep, a)
+    # The new stream keeps getting pushes.
+    c = registered(dep, "third")
+    s2.wait_for(lambda m: c.pub_b64 in remote_keys(m), timeout=10)
+    assert s2.ended is None
+    assert status(dep, a) == (True, t2), status(dep, a)
+    s2.cancel()
+    wait_until(lambda: status(dep, a) == (False, 0), what="disconnected with token 0")
+
+
+@test
+def older_stream_on_other_replica_never_disconnects_newer():
+    """Two replicas, one database: stream A on replica 1, then stream B of
+    the same peer on replica 2. A's end (its client cancels) must leave the
+    row to B; B's end disconnects."""
+    dep = Deployment()
+    r1 = dep.start()
+    r2 = dep.start()
+    a1 = registered(dep, "roamer", r1)
+    a2 = dep.agent(r2, private_key=a1.key)
+    s1, _ = open_sync(a1)
+    t1 = status(dep, a1)[1]
+    s2, _ = open_sync(a2)
+    t2 = status(dep, a1)[1]
+    assert t2 > t1, (t1, t2)
+    s1.cancel()
+    time.sleep(1.0)
+    assert status(dep, a1) == (True, t2), "the old stream's end disconnected the new session: %r" % (
+        status(dep, a1),)
+    s2.cancel()
+    wait_until(lambda: status(dep, a1) == (False, 0), what="disconnected by the owning stream")
+
+
+@test
+def token_above_stored_token():
+    """A stored token ahead of the database clock (a reconnect in the same
+    microsecond looks like this) still gives a strictly larger token."""
+    dep = Deployment()
+    dep.start()
+    a = registered(dep, "ahead")
+    far = db_now_ns(dep) + 3600 * 10**9
+    dep.sql("UPDATE peers SET peer_status_session_started_at = %s WHERE key = %s", (far, a.pub_b64))
+    s, _ = open_sync(a)
+    assert status(dep, a) == (True, far + 1), status(dep, a)
+    s.cancel()
+    wait_until(lambda: status(dep, a) == (False, 0), what="disconnected")
+
+
+@test
+def logout_sends_last_map_and_ends():
+    dep = Deployment()
+    dep.start()
+    a = registered(dep, "leaver")
+    b = registered(dep, "stayer")
+    sa, fa = open_sync(a)
+    sb, fb = open_sync(b)
+    assert a.pub_b64 in remote_keys(fb), json_dump(fb)
+    a.logout()
+    end, msgs = sa.wait_end(timeout=10)
+    assert isinstance(end, StreamEnded), end
+    assert msgs, "a last map before the end"
+    last = msgs[-1].NetworkMap
+    assert last.remotePeersIsEmpty and last.firewallRulesIsEmpty and not last.remotePeers, json_dump(msgs[-1])
+    assert last.Serial >= fa.NetworkMap.Serial
+    assert status(dep, a) is None, "the peer row is deleted"
+    sb.wait_for(lambda m: a.pub_b64 not in remote_keys(m), timeout=10)
+
+
+@test
+def unknown_peer_is_permission_denied():
+    dep = Deployment()
+    dep.start()
+    a = dep.agent()
+    s = a.sync(meta=build_meta("stranger"))
+    try:
+        s.next(timeout=15)
+        raise AssertionError("a message for an unknown peer")
+    except RpcFailed as e:
+        assert e.code == SC.PERMISSION_DENIED and e.details == "peer is not registered", e
+
+
+@test
+def concurrency_cap():
+    dep = Deployment()
+    dep.start(env={"NB_MAX_CONCURRENT_SYNCS": "0"})
+    a = registered(dep, "capped")
+    s = a.sync()
+    try:
+        s.next(timeout=15)
+        raise AssertionError("Sync opened above the cap")
+    except RpcFailed as e:
+        assert e.code == SC.RESOURCE_EXHAUSTED, e
+        assert e.details == "too many concurrent sync requests, please try again later", e
+    assert status(dep, a) == (False, 0)
+
+
+@test
+def sigterm_ends_streams_and_disconnects():
+    dep = Deployment()
+    srv = dep.start()
+    agents = [registered(dep, "term-%d" % i) for i in range(3)]
+    streams = [open_sync(x)[0] for x in agents]
+    for x in agents:
+        assert status(dep, x)[0]
+    t0 = time.monotonic()
+    srv.signal(signal.SIGTERM)
+    for s in streams:
+        end, _ = s.wait_end(timeout=10)
+        assert isinstance(end, RpcFailed) and end.code == SC.UNAVAILABLE, end
+    rc = srv.wait(15)
+    assert rc == 0, rc
+    assert time.monotonic() - t0 < 5, "streams should not wait for the grace period"
+    for x in agents:
+        assert status(dep, x) == (False, 0), status(dep, x)
+    svc.check_sanitizer_clean(srv.stderr())
+
+
+@test
+def replica_clock_ahead_does_not_matter():
+    """A replica whose clock is 5 s ahead (faketime) still takes its tokens
+    from the database: a stream opened on it first loses to a stream opened
+    later on a replica with the right clock."""
+    lib = next((p for p in FAKETIME_LIBS if os.path.exists(p)), None)
+    if lib is None:
+        raise svc.Skip("libfaketime not installed (Debian package faketime)")
+    if binary_uses_asan():
+        raise svc.Skip("libfaketime's LD_PRELOAD does not mix with ASan")
+    dep = Deployment()
+    env = dep.env()
+    # The library itself (not the faketime wrapper, which does not pass
+    # SIGTERM on), so the server is our child and exits 0.
+    env.update({"LD_PRELOAD": lib, "FAKETIME": "+5s", "FAKETIME_DONT_RESET": "1"})
+    fast = svc.Server(["--listen-address", "127.0.0.1", "--port", "0", "--http-port", "0",
+                       "--config=" + dep.config_path, "--shutdown-timeout", "2s"], env=env)
+    fast.grpc_target = "127.0.0.1:%d" % fast.grpc_port
+    svc.defer(fixture.stop_server, fast)
+    normal = dep.start()
+    a_fast = registered(dep, "skewed", fast)
+    a_norm = dep.agent(normal, private_key=a_fast.key)
+    s1, _ = open_sync(a_fast)
+    t1 = status(dep, a_fast)[1]
+    assert t1 <= db_now_ns(dep), "token from the replica's clock (5 s ahead), not the database's"
+    s2, _ = open_sync(a_norm)
+    t2 = status(dep, a_fast)[1]
+    assert t2 > t1, (t1, t2)
+    s1.cancel()
+    time.sleep(1.0)
+    assert status(dep, a_fast) == (True, t2), status(dep, a_fast)
+    s2.cancel()
+    wait_until(lambda: status(dep, a_fast) == (False, 0), what="disconnected")
+
+
+if __name__ == "__main__":
+    raise SystemExit(svc.run_all())
