@@ -55,6 +55,7 @@ typedef enum cp_store_stmt {
         ST_PEER_SSH_UPDATE,
         ST_PEER_CONN_IP_UPDATE,
         ST_PEER_DELETE,
+        ST_DB_NOW,
         _ST_MAX,
 } cp_store_stmt;
 

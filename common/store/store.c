@@ -57,6 +57,10 @@ static const struct {
         int nparams;
 } statements[_ST_MAX] = {
         [ST_PING] = { "ping", "SELECT 1", 0 },
+        /* clock_timestamp(), not now(): the time of this statement, not of
+         * a surrounding transaction. Microsecond resolution. */
+        [ST_DB_NOW] = { "db_now",
+                "SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::bigint * 1000", 0 },
 
         /* Fenced status: one UPDATE each, netbird-protocol.md section 5.2. */
         [ST_PEER_CONNECT] = { "peer_connect",
@@ -415,6 +419,22 @@ int cp_store__command(cp_store_conn *c, const char *sql, cp_error *reterr) {
                 r = cp_store__error(c->pg, res, reterr);
         PQclear(res);
         return r;
+}
+
+int cp_store_db_now_ns(cp_store *s, int64_t *ret, cp_error *reterr) {
+        PGresult *res = NULL;
+        cp_store_conn *c;
+        int r = cp_store__acquire(s, &c, reterr);
+
+        if (r < 0)
+                return r;
+        r = cp_store__exec(c, ST_DB_NOW, NULL, &res, reterr);
+        cp_store__release(s, c);
+        if (r < 0)
+                return r;
+        *ret = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+        PQclear(res);
+        return 0;
 }
 
 int cp_store_ping(cp_store *s, cp_error *reterr) {

@@ -3,7 +3,6 @@
 #include "cp/store.h"
 #include "cp/util.h"
 #include "mgmt-agent.h"
-#include "mgmt-dbclock.h"
 #include "mgmt-grpc.h"
 #include "mgmt-http.h"
 #include "mgmt-manager.h"
@@ -45,7 +44,6 @@ struct mgmt_manager {
         mgmt_workers *workers;
         mgmt_agent agent;               /* borrows store, config, netconf, key, sync, maps */
         mgmt_maps *maps;
-        mgmt_dbclock *clock;
         mgmt_sync *sync;
         mgmt_ready *ready;
         mgmt_grpc *grpc;
@@ -268,10 +266,9 @@ int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf,
         if (r < 0)
                 goto fail;
         m->maps = mgmt_maps_new(m->store, cfg, m->netconf);
-        m->clock = mgmt_dbclock_new(cfg->postgres_dsn);
         m->agent = (mgmt_agent) { .store = m->store, .config = cfg, .netconf = m->netconf, .key = &m->key,
                                   .maps = m->maps };
-        m->sync = mgmt_sync_new(&m->agent, m->maps, m->clock, max_syncs());
+        m->sync = mgmt_sync_new(&m->agent, m->maps, max_syncs());
         m->agent.sync = m->sync;
         mgmt_agent_methods(methods);
         r = mgmt_ready_new(m->store, &m->ready);
@@ -338,7 +335,6 @@ mgmt_manager *mgmt_manager_free(mgmt_manager *m) {
         /* No stream and no job is left. */
         m->sync = mgmt_sync_free(m->sync);
         m->maps = mgmt_maps_free(m->maps);
-        m->clock = mgmt_dbclock_free(m->clock);
         m->http = mgmt_http_free(m->http);
         bool store_free = mgmt_ready_stop(m->ready, READY_STOP_MS);
         if (store_free)

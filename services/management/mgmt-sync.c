@@ -29,7 +29,6 @@
 #include "cp/store-peers.h"
 #include "cp/util.h"
 #include "mgmt-agent-int.h"
-#include "mgmt-dbclock.h"
 #include "mgmt-map.h"
 #include "mgmt-strmap.h"
 #include "mgmt-sync.h"
@@ -104,7 +103,6 @@ struct sync_acct {
 struct mgmt_sync {
         const mgmt_agent *agent;
         mgmt_maps *maps;
-        mgmt_dbclock *clock;
         int max_setups;
         _Atomic(mgmt_grpc *) grpc;
 
@@ -463,7 +461,7 @@ static void open_work(void *userdata) {
         /* The session token: the database clock, so every replica orders
          * streams by one clock; above the stored token, so a reconnect in
          * the same microsecond is still newer. */
-        r = mgmt_dbclock_now_ns(s->hub->clock, &now_db, &err);
+        r = cp_store_db_now_ns(ag->store, &now_db, &err);
         if (r < 0) {
                 open_fail_internal(op, "cannot read the database clock", r, &err);
                 return;
@@ -924,12 +922,11 @@ void mgmt_sync_drain(mgmt_sync *h) {
 
 /* ---- setup ------------------------------------------------------------------------------------ */
 
-mgmt_sync *mgmt_sync_new(const mgmt_agent *agent, mgmt_maps *maps, mgmt_dbclock *clock, int max_setups) {
+mgmt_sync *mgmt_sync_new(const mgmt_agent *agent, mgmt_maps *maps, int max_setups) {
         mgmt_sync *h = cp_xcalloc(1, sizeof *h);
 
         h->agent = agent;
         h->maps = maps;
-        h->clock = clock;
         h->max_setups = max_setups;
         h->peers = mgmt_strmap_new();
         h->accts = mgmt_strmap_new();

@@ -30,12 +30,11 @@
 typedef struct mgmt_sync mgmt_sync;
 struct mgmt_agent;
 struct mgmt_maps;
-struct mgmt_dbclock;
 
-/* agent, maps and clock are borrowed and outlive the mgmt_sync.
+/* agent and maps are borrowed and outlive the mgmt_sync.
  * max_setups caps Sync opens in progress (NB_MAX_CONCURRENT_SYNCS; < 0 =
  * no cap). */
-mgmt_sync *mgmt_sync_new(const struct mgmt_agent *agent, struct mgmt_maps *maps, struct mgmt_dbclock *clock,
+mgmt_sync *mgmt_sync_new(const struct mgmt_agent *agent, struct mgmt_maps *maps,
                          int max_setups);
 /* After the gRPC server has stopped (no stream is left). Accepts NULL;
  * returns NULL. */

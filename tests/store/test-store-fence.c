@@ -157,6 +157,26 @@ TEST(connect_clears_login_expired_and_uses_db_clock) {
         fixture_release(&f);
 }
 
+TEST(db_clock_is_the_servers_and_moves_forward) {
+        fixture f;
+        cp_error err = { 0 };
+        int64_t a = 0, b = 0;
+
+        fixture_init(&f, 2);
+        char *before = cptest_db_query(f.db, "SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::bigint", 0, NULL);
+        ASSERT_OK(cp_store_db_now_ns(f.store, &a, &err), &err);
+        usleep(2000);
+        ASSERT_OK(cp_store_db_now_ns(f.store, &b, &err), &err);
+        char *after = cptest_db_query(f.db, "SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::bigint", 0, NULL);
+        ASSERT_TRUE(a / 1000 >= strtoll(before, NULL, 10));
+        ASSERT_TRUE(b / 1000 <= strtoll(after, NULL, 10));
+        ASSERT_TRUE(b > a);
+        ASSERT_EQ(0, a % 1000);         /* microsecond resolution, in ns */
+        free(before);
+        free(after);
+        fixture_release(&f);
+}
+
 TEST(updates_are_scoped_to_the_account) {
         fixture f;
         cp_store_account_spec spec = { .name = "other" };

@@ -33,6 +33,12 @@ cp_store *cp_store_free(cp_store *s);
 /* Runs SELECT 1 on a pooled connection. */
 int cp_store_ping(cp_store *s, cp_error *reterr);
 
+/* The database's clock_timestamp() as Unix nanoseconds (microsecond
+ * resolution). It is the one clock every replica shares, so Sync session
+ * tokens taken from it order streams correctly even when replica clocks
+ * disagree. */
+int cp_store_db_now_ns(cp_store *s, int64_t *ret, cp_error *reterr);
+
 /* ---- migrations (store-migrate.c) ---------------------------------------
  * The migrations in sql/migrations/ are compiled into the binary. Applying
  * them takes a session advisory lock, so replicas that start together
