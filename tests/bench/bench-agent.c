@@ -1,0 +1,840 @@
+/*
+ * bench-agent: Login of an existing peer and Sync open against the real
+ * netbird-mgmt on NetBird's 5000/200 shape, next to NetBird's bands
+ * (docs/targets.md) and to two floors measured in the same run: a bare
+ * unary gRPC round trip (GetServerKey, isHealthy) and a single-row fenced
+ * UPDATE through libpq.
+ *
+ * The client is C (gRPC C core + protobuf-c + libsodium), not Python: a
+ * Python grpcio call costs ~0.3-0.5 ms of client time on this machine,
+ * about the size of what is being measured, and PyNaCl adds more. The
+ * client here precomputes each peer's box key once (crypto_box_beforenm),
+ * so its own cost per call is a few microseconds of packing and sealing.
+ *
+ * What it does, bounded in time (alarm) and count, loopback only:
+ *   1. CREATE DATABASE bench_<random> on CP_TEST_PG_DSN (key=value conninfo;
+ *      " dbname=X" is appended). Unset: prints how to run it and exits 0.
+ *   2. netbird-mgmt migrate, bootstrap, then the shape in SQL: 5,200 peers
+ *      with valid WireGuard public keys (the first DRIVEN have private keys
+ *      this process holds), 200 groups of 25 + a routing peer, one
+ *      bidirectional ALL policy and one route per group, every peer in All,
+ *      the Default policy removed, all peers but the driven ones connected.
+ *   3. netbird-mgmt management on 127.0.0.1, free ports (--port 0), a
+ *      throwaway data-store key; its log goes to a temporary file.
+ *   4. Measures (sequential, one HTTP/2 connection):
+ *        GetServerKey, isHealthy               unary gRPC floor
+ *        fenced UPDATE of one row (prepared)   DB floor (its own connection)
+ *        Login (existing peer), alone          server key cached
+ *        GetServerKey + Login                  what a NetBird agent does
+ *        Sync open                             call start -> first message
+ *                                              opened; then cancelled
+ *   5. Stops the server (SIGTERM, then SIGKILL) by pid, drops the database.
+ *
+ * Usage: bench-agent NETBIRD-MGMT [logins [syncs]]
+ * (registered with meson benchmark(); tests/bench/run starts a throwaway
+ * PostgreSQL for it.)
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <grpc/byte_buffer_reader.h>
+#include <grpc/grpc.h>
+#include <grpc/grpc_security.h>
+#include <grpc/slice.h>
+#include <grpc/support/alloc.h>
+#include <libpq-fe.h>
+#include <sodium.h>
+
+#include "management.pb-c.h"
+
+#define PEERS 5000
+#define GROUPS 200
+#define PER_GROUP (PEERS / GROUPS)
+#define TOTAL (PEERS + GROUPS)
+#define DRIVEN 16
+#define FLOOR_CALLS 2000
+#define TIME_LIMIT_S 540
+
+extern char **environ;
+
+static const char *mgmt_bin;
+static char admin_dsn[1024], db_dsn[1200], db_name[64], log_path[256];
+static pid_t server_pid = -1;
+static bool db_created;
+
+static double now_ms(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (double) ts.tv_sec * 1e3 + (double) ts.tv_nsec / 1e6;
+}
+
+/* ---- cleanup: everything we started, by pid / by name ------------------------------ */
+
+static void stop_server(void) {
+        if (server_pid <= 0)
+                return;
+        (void) kill(server_pid, SIGTERM);
+        for (int i = 0; i < 200; i++) {
+                if (waitpid(server_pid, NULL, WNOHANG) == server_pid) {
+                        server_pid = -1;
+                        return;
+                }
+                usleep(50 * 1000);
+        }
+        (void) kill(server_pid, SIGKILL);
+        (void) waitpid(server_pid, NULL, 0);
+        server_pid = -1;
+}
+
+static void drop_db(void) {
+        if (!db_created)
+                return;
+        db_created = false;
+        PGconn *c = PQconnectdb(admin_dsn);
+        if (PQstatus(c) == CONNECTION_OK) {
+                char sql[128];
+                (void) snprintf(sql, sizeof sql, "DROP DATABASE IF EXISTS %s WITH (FORCE)", db_name);
+                PQclear(PQexec(c, sql));
+        }
+        PQfinish(c);
+}
+
+static void cleanup(void) {
+        stop_server();
+        drop_db();
+        if (log_path[0])
+                (void) unlink(log_path);
+}
+
+__attribute__((format(printf, 1, 2), noreturn)) static void die(const char *fmt, ...) {
+        va_list ap;
+        va_start(ap, fmt);
+        fprintf(stderr, "bench-agent: ");
+        vfprintf(stderr, fmt, ap);
+        fprintf(stderr, "\n");
+        va_end(ap);
+        if (log_path[0] && server_pid > 0) {
+                char cmd[300];
+                (void) snprintf(cmd, sizeof cmd, "tail -n 20 %s >&2", log_path);
+                (void) system(cmd);
+        }
+        cleanup();
+        exit(1);
+}
+
+static void on_alarm(int sig) {
+        (void) sig;
+        /* Not async-signal-safe in general, but we are leaving anyway and the
+           main thread is blocked in a bounded wait. */
+        if (server_pid > 0)
+                (void) kill(server_pid, SIGKILL);
+        static const char msg[] = "bench-agent: time limit reached\n";
+        (void) !write(2, msg, sizeof msg - 1);
+        drop_db();
+        _exit(1);
+}
+
+/* ---- running netbird-mgmt ---------------------------------------------------------- */
+
+static char **child_env(const char *key) {
+        size_t n = 0;
+        for (char **e = environ; *e; e++)
+                n++;
+        char **env = calloc(n + 3, sizeof *env);
+        size_t k = 0;
+        for (char **e = environ; *e; e++)
+                if (strncmp(*e, "NB_", 3) != 0 && strncmp(*e, "NETBIRD_", 8) != 0)
+                        env[k++] = *e;
+        static char dsn_var[1300], key_var[128];
+        (void) snprintf(dsn_var, sizeof dsn_var, "NB_STORE_ENGINE_POSTGRES_DSN=%s", db_dsn);
+        (void) snprintf(key_var, sizeof key_var, "NB_MGMT_DATA_STORE_ENCRYPTION_KEY=%s", key);
+        env[k++] = dsn_var;
+        env[k++] = key_var;
+        return env;
+}
+
+/* Runs netbird-mgmt with args; stdout goes to out_path (if not NULL). */
+static pid_t spawn(char *const argv[], const char *key, const char *out_path) {
+        char **env = child_env(key);
+        pid_t pid = fork();
+        if (pid < 0)
+                die("fork failed");
+        if (pid == 0) {
+                if (out_path) {
+                        int fd = open(out_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+                        if (fd < 0 || dup2(fd, 1) < 0 || dup2(fd, 2) < 0)
+                                _exit(127);
+                }
+                execve(mgmt_bin, argv, env);
+                _exit(127);
+        }
+        free(env);
+        return pid;
+}
+
+static char *slurp(const char *path) {
+        FILE *f = fopen(path, "r");
+        if (!f)
+                return NULL;
+        char *buf = calloc(1, 1 << 20);
+        size_t n = fread(buf, 1, (1 << 20) - 1, f);
+        buf[n] = 0;
+        fclose(f);
+        return buf;
+}
+
+static void run_cmd(const char *sub, const char *key, const char *out_path) {
+        char *argv[] = { (char *) mgmt_bin, (char *) sub, (char *) "--config=", NULL };
+        pid_t pid = spawn(argv, key, out_path);
+        int st;
+        if (waitpid(pid, &st, 0) != pid || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+                char *out = slurp(out_path);
+                fprintf(stderr, "%s\n", out ? out : "");
+                free(out);
+                die("netbird-mgmt %s failed", sub);
+        }
+}
+
+/* VAR=value or VAR='value' from bootstrap's output. */
+static void env_var(const char *text, const char *name, char *out, size_t cap) {
+        char pat[64];
+        (void) snprintf(pat, sizeof pat, "\n%s=", name);
+        char *buf = malloc(strlen(text) + 2);
+        buf[0] = '\n';
+        strcpy(buf + 1, text);
+        const char *p = strstr(buf, pat);
+        if (!p)
+                die("bootstrap printed no %s", name);
+        p += strlen(pat);
+        if (*p == '\'')
+                p++;
+        size_t n = strcspn(p, "'\n");
+        if (n >= cap)
+                die("%s too long", name);
+        memcpy(out, p, n);
+        out[n] = 0;
+        free(buf);
+}
+
+/* Starts management; returns the gRPC port from its "listening" log line. */
+static int start_server(const char *key) {
+        char *argv[] = { (char *) mgmt_bin, (char *) "management", (char *) "--listen-address",
+                         (char *) "127.0.0.1", (char *) "--port", (char *) "0", (char *) "--http-port",
+                         (char *) "0", (char *) "--config=", (char *) "--shutdown-timeout", (char *) "2s",
+                         NULL };
+        server_pid = spawn(argv, key, log_path);
+        double deadline = now_ms() + 30000;
+        while (now_ms() < deadline) {
+                if (waitpid(server_pid, NULL, WNOHANG) == server_pid) {
+                        server_pid = -1;
+                        char *out = slurp(log_path);
+                        fprintf(stderr, "%s\n", out ? out : "");
+                        free(out);
+                        die("management exited at start");
+                }
+                char *out = slurp(log_path);
+                for (char *line = out ? strtok(out, "\n") : NULL; line; line = strtok(NULL, "\n")) {
+                        if (!strstr(line, "\"msg\":\"listening\"") || !strstr(line, "\"protocol\":\"grpc\""))
+                                continue;
+                        const char *p = strstr(line, "\"port\":");
+                        if (p) {
+                                p += 7;
+                                if (*p == '"')
+                                        p++;
+                                int port = atoi(p);
+                                free(out);
+                                return port;
+                        }
+                }
+                free(out);
+                usleep(50 * 1000);
+        }
+        die("management did not report its gRPC port");
+        return -1;
+}
+
+/* ---- the database and the shape ----------------------------------------------------- */
+
+static PGconn *connect_db(const char *dsn) {
+        PGconn *c = PQconnectdb(dsn);
+        if (PQstatus(c) != CONNECTION_OK)
+                die("cannot connect: %s", PQerrorMessage(c));
+        return c;
+}
+
+static void exec_ok(PGconn *c, const char *sql) {
+        PGresult *r = PQexec(c, sql);
+        if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK) {
+                fprintf(stderr, "%s\n", sql);
+                die("SQL failed: %s", PQerrorMessage(c));
+        }
+        PQclear(r);
+}
+
+static void copy_rows(PGconn *c, const char *copy_sql, const char *data, size_t len) {
+        PGresult *r = PQexec(c, copy_sql);
+        if (PQresultStatus(r) != PGRES_COPY_IN)
+                die("COPY failed: %s", PQerrorMessage(c));
+        PQclear(r);
+        if (PQputCopyData(c, data, (int) len) != 1 || PQputCopyEnd(c, NULL) != 1)
+                die("COPY data failed: %s", PQerrorMessage(c));
+        r = PQgetResult(c);
+        if (PQresultStatus(r) != PGRES_COMMAND_OK)
+                die("COPY failed: %s", PQerrorMessage(c));
+        PQclear(r);
+        while ((r = PQgetResult(c)))
+                PQclear(r);
+}
+
+typedef struct driven {
+        uint8_t pk[32], sk[32];
+        char pub_b64[64];
+        uint8_t shared[crypto_box_BEFORENMBYTES];
+} driven;
+
+static driven peers[DRIVEN];
+
+static double build_shape(const char *account, const char *network) {
+        double t0 = now_ms();
+        unsigned a, b;
+        if (sscanf(network, "100.%u.%u.", &a, &b) != 2)
+                die("unexpected NETWORK %s", network);
+        PGconn *c = connect_db(db_dsn);
+        exec_ok(c, "BEGIN");
+        char *esc = PQescapeLiteral(c, account, strlen(account));
+        char sql[2048];
+        (void) snprintf(sql, sizeof sql, "DELETE FROM policies WHERE account_id = %s", esc);
+        exec_ok(c, sql);
+
+        size_t cap = (size_t) TOTAL * 256, len = 0;
+        char *buf = malloc(cap);
+        for (int i = 0; i < TOTAL; i++) {
+                uint8_t pk[32], sk[32];
+                char b64[64];
+                if (i < DRIVEN) {
+                        crypto_box_keypair(peers[i].pk, peers[i].sk);
+                        memcpy(pk, peers[i].pk, 32);
+                        sodium_bin2base64(peers[i].pub_b64, sizeof peers[i].pub_b64, pk, 32,
+                                          sodium_base64_VARIANT_ORIGINAL);
+                } else {
+                        crypto_box_keypair(pk, sk);
+                }
+                sodium_bin2base64(b64, sizeof b64, pk, 32, sodium_base64_VARIANT_ORIGINAL);
+                int host = i + 1;       /* skip the network address */
+                len += (size_t) snprintf(buf + len, cap - len,
+                        "bp%05d\t%s\t%s\t100.%u.%d.%d\tbench-%d\tbench-%d\tbench-%d\tlinux\t0.60.0\t{1,2}\t%s\n",
+                        i, account, b64, a, host >> 8, host & 255, i, i, i, i < DRIVEN ? "f" : "t");
+        }
+        copy_rows(c, "COPY peers (id, account_id, key, ip, name, dns_label, meta_hostname, meta_go_os, "
+                     "meta_wt_version, meta_capabilities, peer_status_connected) FROM STDIN", buf, len);
+        len = 0;
+        for (int g = 0; g < GROUPS; g++)
+                len += (size_t) snprintf(buf + len, cap - len, "bg%03d\t%s\tgroup-%03d\n", g, account, g);
+        copy_rows(c, "COPY groups (id, account_id, name) FROM STDIN", buf, len);
+        len = 0;
+        for (int g = 0; g < GROUPS; g++) {
+                for (int i = g * PER_GROUP; i < (g + 1) * PER_GROUP; i++)
+                        len += (size_t) snprintf(buf + len, cap - len, "%s\tbg%03d\tbp%05d\n", account, g, i);
+                len += (size_t) snprintf(buf + len, cap - len, "%s\tbg%03d\tbp%05d\n", account, g, PEERS + g);
+        }
+        copy_rows(c, "COPY group_peers (account_id, group_id, peer_id) FROM STDIN", buf, len);
+        free(buf);
+        (void) snprintf(sql, sizeof sql,
+                "INSERT INTO group_peers (account_id, group_id, peer_id) "
+                "SELECT %s, g.id, p.id FROM groups g, peers p "
+                "WHERE g.account_id = %s AND g.name = 'All' AND p.account_id = %s "
+                "ON CONFLICT DO NOTHING", esc, esc, esc);
+        exec_ok(c, sql);
+        (void) snprintf(sql, sizeof sql,
+                "INSERT INTO policies (id, account_id, name) "
+                "SELECT 'bpol' || lpad(g::text, 3, '0'), %s, 'policy-' || g FROM generate_series(0, %d) g;"
+                "INSERT INTO policy_rules (id, policy_id, account_id, name, bidirectional, protocol, "
+                "sources, destinations) "
+                "SELECT 'brule' || lpad(g::text, 3, '0'), 'bpol' || lpad(g::text, 3, '0'), %s, 'rule-' || g, "
+                "true, 'all', ARRAY['bg' || lpad(g::text, 3, '0')], ARRAY['bg' || lpad(g::text, 3, '0')] "
+                "FROM generate_series(0, %d) g;"
+                "INSERT INTO routes (id, account_id, network, net_id, peer, groups, masquerade, metric) "
+                "SELECT 'broute' || lpad(g::text, 3, '0'), %s, "
+                "('10.' || (g >> 8) || '.' || (g & 255) || '.0/24')::cidr, 'route-' || g, "
+                "'bp' || lpad((%d + g)::text, 5, '0'), ARRAY['bg' || lpad(g::text, 3, '0')], true, 9999 "
+                "FROM generate_series(0, %d) g;"
+                "UPDATE peers SET peer_status_last_seen = now(), peer_status_session_started_at = 1 "
+                "WHERE account_id = %s AND peer_status_connected;"
+                "UPDATE accounts SET network_serial = network_serial + 1 WHERE id = %s",
+                esc, GROUPS - 1, esc, GROUPS - 1, esc, PEERS, GROUPS - 1, esc, esc);
+        exec_ok(c, sql);
+        exec_ok(c, "COMMIT");
+        exec_ok(c, "ANALYZE");
+        PQfreemem(esc);
+        PQfinish(c);
+        return now_ms() - t0;
+}
+
+/* ---- gRPC client -------------------------------------------------------------------- */
+
+static grpc_channel *chan;
+static grpc_completion_queue *cq;
+
+static gpr_timespec deadline_s(int s) {
+        return gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_seconds(s, GPR_TIMESPAN));
+}
+
+static void wait_tag(void *tag) {
+        grpc_event ev = grpc_completion_queue_pluck(cq, tag, deadline_s(30), NULL);
+        if (ev.type != GRPC_OP_COMPLETE || !ev.success)
+                die("gRPC batch did not complete");
+}
+
+static size_t read_bb(grpc_byte_buffer *bb, uint8_t **out) {
+        grpc_byte_buffer_reader rd;
+        if (!bb || !grpc_byte_buffer_reader_init(&rd, bb))
+                die("no response message");
+        grpc_slice s = grpc_byte_buffer_reader_readall(&rd);
+        grpc_byte_buffer_reader_destroy(&rd);
+        size_t n = GRPC_SLICE_LENGTH(s);
+        *out = malloc(n ? n : 1);
+        memcpy(*out, GRPC_SLICE_START_PTR(s), n);
+        grpc_slice_unref(s);
+        return n;
+}
+
+/* One unary call; returns the response bytes (malloc'd) or dies on a non-OK status. */
+static size_t unary(const char *method, const uint8_t *req, size_t req_len, uint8_t **resp) {
+        grpc_slice m = grpc_slice_from_static_string(method);
+        grpc_call *call = grpc_channel_create_call(chan, NULL, GRPC_PROPAGATE_DEFAULTS, cq, m, NULL,
+                                                   deadline_s(10), NULL);
+        grpc_slice body = grpc_slice_from_copied_buffer((const char *) req, req_len);
+        grpc_byte_buffer *send = grpc_raw_byte_buffer_create(&body, 1), *recv = NULL;
+        grpc_metadata_array md_in, md_trail;
+        grpc_metadata_array_init(&md_in);
+        grpc_metadata_array_init(&md_trail);
+        grpc_status_code status;
+        grpc_slice details;
+        grpc_op ops[6];
+        memset(ops, 0, sizeof ops);
+        ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+        ops[1].op = GRPC_OP_SEND_MESSAGE;
+        ops[1].data.send_message.send_message = send;
+        ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+        ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
+        ops[3].data.recv_initial_metadata.recv_initial_metadata = &md_in;
+        ops[4].op = GRPC_OP_RECV_MESSAGE;
+        ops[4].data.recv_message.recv_message = &recv;
+        ops[5].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+        ops[5].data.recv_status_on_client.trailing_metadata = &md_trail;
+        ops[5].data.recv_status_on_client.status = &status;
+        ops[5].data.recv_status_on_client.status_details = &details;
+        int tag;
+        if (grpc_call_start_batch(call, ops, 6, &tag, NULL) != GRPC_CALL_OK)
+                die("start_batch failed");
+        wait_tag(&tag);
+        if (status != GRPC_STATUS_OK) {
+                char *d = grpc_slice_to_c_string(details);
+                fprintf(stderr, "bench-agent: %s: status %d %s\n", method, (int) status, d);
+                gpr_free(d);
+                die("call failed");
+        }
+        size_t n = read_bb(recv, resp);
+        grpc_byte_buffer_destroy(send);
+        grpc_byte_buffer_destroy(recv);
+        grpc_slice_unref(body);
+        grpc_slice_unref(details);
+        grpc_metadata_array_destroy(&md_in);
+        grpc_metadata_array_destroy(&md_trail);
+        grpc_call_unref(call);
+        return n;
+}
+
+static uint8_t server_pk[32];
+
+static void get_server_key(void) {
+        uint8_t *resp;
+        size_t n = unary("/management.ManagementService/GetServerKey", NULL, 0, &resp);
+        Management__ServerKeyResponse *k = management__server_key_response__unpack(NULL, n, resp);
+        size_t bin_len;
+        if (!k || sodium_base642bin(server_pk, 32, k->key, strlen(k->key), NULL, &bin_len, NULL,
+                                    sodium_base64_VARIANT_ORIGINAL) != 0 || bin_len != 32)
+                die("bad ServerKeyResponse");
+        management__server_key_response__free_unpacked(k, NULL);
+        free(resp);
+}
+
+/* EncryptedMessage{our key, nonce || box(inner)} */
+static size_t envelope(const driven *p, const ProtobufCMessage *inner, uint8_t **out) {
+        size_t n = protobuf_c_message_get_packed_size(inner);
+        uint8_t *plain = malloc(n + 1);
+        protobuf_c_message_pack(inner, plain);
+        uint8_t *body = malloc(crypto_box_NONCEBYTES + crypto_box_MACBYTES + n);
+        randombytes_buf(body, crypto_box_NONCEBYTES);
+        crypto_box_easy_afternm(body + crypto_box_NONCEBYTES, plain, n, body, p->shared);
+        Management__EncryptedMessage em = MANAGEMENT__ENCRYPTED_MESSAGE__INIT;
+        em.wgpubkey = (char *) p->pub_b64;
+        em.body.data = body;
+        em.body.len = crypto_box_NONCEBYTES + crypto_box_MACBYTES + n;
+        size_t m = management__encrypted_message__get_packed_size(&em);
+        *out = malloc(m);
+        management__encrypted_message__pack(&em, *out);
+        free(plain);
+        free(body);
+        return m;
+}
+
+/* Opens a response envelope; returns the plaintext length (checks it opens).
+   With keep, *keep gets the plaintext (malloc'd). */
+static size_t open_envelope(const driven *p, const uint8_t *data, size_t len, uint8_t **keep) {
+        Management__EncryptedMessage *em = management__encrypted_message__unpack(NULL, len, data);
+        if (!em || em->body.len < crypto_box_NONCEBYTES + crypto_box_MACBYTES)
+                die("bad response envelope");
+        size_t n = em->body.len - crypto_box_NONCEBYTES - crypto_box_MACBYTES;
+        uint8_t *plain = malloc(n + 1);
+        if (crypto_box_open_easy_afternm(plain, em->body.data + crypto_box_NONCEBYTES,
+                                         em->body.len - crypto_box_NONCEBYTES, em->body.data, p->shared) != 0)
+                die("response does not open");
+        if (keep)
+                *keep = plain;
+        else
+                free(plain);
+        management__encrypted_message__free_unpacked(em, NULL);
+        return n;
+}
+
+static Management__PeerSystemMeta meta_for(int i, char *host) {
+        static Management__PeerCapability caps[2] = {
+                MANAGEMENT__PEER_CAPABILITY__PeerCapabilitySourcePrefixes,
+                MANAGEMENT__PEER_CAPABILITY__PeerCapabilityIPv6Overlay,
+        };
+        Management__PeerSystemMeta m = MANAGEMENT__PEER_SYSTEM_META__INIT;
+        (void) snprintf(host, 32, "bench-%d", i);
+        m.hostname = host;
+        m.goos = "linux";
+        m.kernel = "Linux";
+        m.core = "12";
+        m.platform = "x86_64";
+        m.os = "Debian GNU/Linux";
+        m.netbirdversion = "0.60.0";
+        m.kernelversion = "6.1.0-18-amd64";
+        m.osversion = "12";
+        m.n_capabilities = 2;
+        m.capabilities = caps;
+        m.syncmessageversion = 1;
+        return m;
+}
+
+static size_t login(int i) {
+        char host[32];
+        Management__PeerSystemMeta meta = meta_for(i, host);
+        Management__LoginRequest req = MANAGEMENT__LOGIN_REQUEST__INIT;
+        req.meta = &meta;
+        uint8_t *env, *resp;
+        size_t n = envelope(&peers[i], &req.base, &env);
+        size_t m = unary("/management.ManagementService/Login", env, n, &resp);
+        size_t plain = open_envelope(&peers[i], resp, m, NULL);
+        free(env);
+        free(resp);
+        return plain;
+}
+
+static int sync_remote, sync_rules, sync_routes;
+
+/* Opens a Sync stream, waits for the first message, opens it, cancels.
+   Returns the time to the first opened message; *bytes its plaintext size. */
+static double sync_open(int i, size_t *bytes) {
+        double t0 = now_ms();
+        char host[32];
+        Management__PeerSystemMeta meta = meta_for(i, host);
+        Management__SyncRequest req = MANAGEMENT__SYNC_REQUEST__INIT;
+        req.meta = &meta;
+        uint8_t *env, *resp;
+        size_t n = envelope(&peers[i], &req.base, &env);
+        grpc_slice m = grpc_slice_from_static_string("/management.ManagementService/Sync");
+        grpc_call *call = grpc_channel_create_call(chan, NULL, GRPC_PROPAGATE_DEFAULTS, cq, m, NULL,
+                                                   deadline_s(30), NULL);
+        grpc_slice body = grpc_slice_from_copied_buffer((const char *) env, n);
+        grpc_byte_buffer *send = grpc_raw_byte_buffer_create(&body, 1), *recv = NULL;
+        grpc_metadata_array md_in, md_trail;
+        grpc_metadata_array_init(&md_in);
+        grpc_metadata_array_init(&md_trail);
+        grpc_status_code status;
+        grpc_slice details;
+        grpc_op ops[5];
+        memset(ops, 0, sizeof ops);
+        ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+        ops[1].op = GRPC_OP_SEND_MESSAGE;
+        ops[1].data.send_message.send_message = send;
+        ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+        ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
+        ops[3].data.recv_initial_metadata.recv_initial_metadata = &md_in;
+        ops[4].op = GRPC_OP_RECV_MESSAGE;
+        ops[4].data.recv_message.recv_message = &recv;
+        int tag1, tag2;
+        if (grpc_call_start_batch(call, ops, 5, &tag1, NULL) != GRPC_CALL_OK)
+                die("start_batch failed");
+        grpc_op st = { 0 };
+        st.op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+        st.data.recv_status_on_client.trailing_metadata = &md_trail;
+        st.data.recv_status_on_client.status = &status;
+        st.data.recv_status_on_client.status_details = &details;
+        if (grpc_call_start_batch(call, &st, 1, &tag2, NULL) != GRPC_CALL_OK)
+                die("start_batch failed");
+        wait_tag(&tag1);
+        if (!recv) {
+                wait_tag(&tag2);
+                char *d = grpc_slice_to_c_string(details);
+                fprintf(stderr, "bench-agent: Sync: status %d %s\n", (int) status, d);
+                die("Sync sent no message");
+        }
+        size_t len = read_bb(recv, &resp);
+        uint8_t *plain;
+        *bytes = open_envelope(&peers[i], resp, len, &plain);
+        double took = now_ms() - t0;
+        Management__SyncResponse *sr = management__sync_response__unpack(NULL, *bytes, plain);
+        if (!sr || !sr->networkmap)
+                die("first Sync message has no NetworkMap");
+        sync_remote = (int) sr->networkmap->n_remotepeers;
+        sync_rules = (int) sr->networkmap->n_firewallrules;
+        sync_routes = (int) sr->networkmap->n_routes;
+        management__sync_response__free_unpacked(sr, NULL);
+        free(plain);
+        grpc_call_cancel(call, NULL);
+        wait_tag(&tag2);
+        free(env);
+        free(resp);
+        grpc_byte_buffer_destroy(send);
+        grpc_byte_buffer_destroy(recv);
+        grpc_slice_unref(body);
+        grpc_slice_unref(details);
+        grpc_metadata_array_destroy(&md_in);
+        grpc_metadata_array_destroy(&md_trail);
+        grpc_call_unref(call);
+        return took;
+}
+
+/* ---- statistics --------------------------------------------------------------------- */
+
+typedef struct series {
+        double p50, p99, mean;
+        int n;
+} series;
+
+static int cmp_d(const void *a, const void *b) {
+        double x = *(const double *) a, y = *(const double *) b;
+        return x < y ? -1 : x > y;
+}
+
+static series summarize(double *v, int n) {
+        series s = { .n = n };
+        double sum = 0;
+        for (int i = 0; i < n; i++)
+                sum += v[i];
+        qsort(v, (size_t) n, sizeof *v, cmp_d);
+        s.p50 = v[n / 2];
+        s.p99 = v[(int) ((double) n * 0.99) < n ? (int) ((double) n * 0.99) : n - 1];
+        s.mean = sum / n;
+        return s;
+}
+
+static void print_row(const char *name, series s, const char *band, const char *target) {
+        printf("  %-34s %6d  p50 %8.3f ms  p99 %8.3f ms  mean %8.3f ms  %s%s%s\n", name, s.n, s.p50, s.p99,
+               s.mean, band, *target ? "  target " : "", target);
+}
+
+/* ---- main --------------------------------------------------------------------------- */
+
+int main(int argc, char **argv) {
+        mgmt_bin = argc > 1 ? argv[1] : getenv("NETBIRD_MGMT");
+        int n_login = argc > 2 ? atoi(argv[2]) : 500;
+        int n_sync = argc > 3 ? atoi(argv[3]) : 200;
+        const char *pg = getenv("CP_TEST_PG_DSN");
+        setvbuf(stdout, NULL, _IOLBF, 0);
+
+        if (!mgmt_bin || access(mgmt_bin, X_OK) != 0) {
+                fprintf(stderr, "usage: bench-agent NETBIRD-MGMT [logins [syncs]]\n");
+                return 2;
+        }
+        if (!pg || !*pg) {
+                printf("bench-agent: CP_TEST_PG_DSN is not set; nothing started.\n"
+                       "  Run it with a throwaway PostgreSQL:  tests/bench/run <builddir>\n"
+                       "  or against one you have:  CP_TEST_PG_DSN='host=127.0.0.1 port=5432 user=postgres "
+                       "dbname=postgres' %s %s\n", argv[0], mgmt_bin);
+                return 0;
+        }
+        if (n_login < 10 || n_sync < 10 || sodium_init() < 0)
+                return 2;
+        signal(SIGALRM, on_alarm);
+        alarm(TIME_LIMIT_S);
+
+        /* 1. a fresh database */
+        uint8_t rnd[6];
+        randombytes_buf(rnd, sizeof rnd);
+        (void) snprintf(db_name, sizeof db_name, "bench_%02x%02x%02x%02x%02x%02x", rnd[0], rnd[1], rnd[2], rnd[3],
+                        rnd[4], rnd[5]);
+        (void) snprintf(admin_dsn, sizeof admin_dsn, "%s", pg);
+        (void) snprintf(db_dsn, sizeof db_dsn, "%s dbname=%s", pg, db_name);
+        PGconn *admin = connect_db(admin_dsn);
+        char sql[256];
+        (void) snprintf(sql, sizeof sql, "CREATE DATABASE %s", db_name);
+        exec_ok(admin, sql);
+        db_created = true;
+        PGresult *ver = PQexec(admin, "SHOW server_version");
+        char pg_version[64] = "?";
+        if (PQresultStatus(ver) == PGRES_TUPLES_OK)
+                (void) snprintf(pg_version, sizeof pg_version, "%s", PQgetvalue(ver, 0, 0));
+        PQclear(ver);
+        PQfinish(admin);
+
+        /* 2. migrate, bootstrap, the shape */
+        uint8_t kraw[32];
+        char data_key[64];
+        randombytes_buf(kraw, sizeof kraw);
+        sodium_bin2base64(data_key, sizeof data_key, kraw, 32, sodium_base64_VARIANT_ORIGINAL);
+        (void) snprintf(log_path, sizeof log_path, "/tmp/bench-agent-%d.log", (int) getpid());
+        run_cmd("migrate", data_key, log_path);
+        run_cmd("bootstrap", data_key, log_path);
+        char *boot = slurp(log_path), account[128], network[64];
+        env_var(boot, "ACCOUNT_ID", account, sizeof account);
+        env_var(boot, "NETWORK", network, sizeof network);
+        free(boot);
+        double shape_ms = build_shape(account, network);
+
+        /* 3. the server */
+        int port = start_server(data_key);
+        char target[64];
+        (void) snprintf(target, sizeof target, "127.0.0.1:%d", port);
+        grpc_init();
+        grpc_channel_credentials *creds = grpc_insecure_credentials_create();
+        grpc_arg arg = { .type = GRPC_ARG_INTEGER, .key = (char *) GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
+                         .value.integer = 16 << 20 };
+        grpc_channel_args args = { .num_args = 1, .args = &arg };
+        chan = grpc_channel_create(target, creds, &args);
+        grpc_channel_credentials_release(creds);
+        cq = grpc_completion_queue_create_for_pluck(NULL);
+
+        printf("bench-agent: netbird-mgmt on %s, PostgreSQL %s, database %s\n", target, pg_version, db_name);
+        printf("  shape 5000/200: %d peers (%d groups of %d + a routing peer, one bidirectional ALL policy and\n"
+               "  one route each, Default policy removed), built in SQL in %.0f ms\n", TOTAL, GROUPS, PER_GROUP,
+               shape_ms);
+        printf("  client: C (gRPC C core, protobuf-c, libsodium; box keys precomputed per peer), sequential\n"
+               "  calls on one HTTP/2 connection; %d driven peers\n", DRIVEN);
+
+        get_server_key();
+        for (int i = 0; i < DRIVEN; i++)
+                if (crypto_box_beforenm(peers[i].shared, server_pk, peers[i].sk) != 0)
+                        die("beforenm failed");
+
+        int nmax = FLOOR_CALLS > n_login * 2 ? FLOOR_CALLS : n_login * 2;
+        double *v = malloc(sizeof(double) * (size_t) (nmax > n_sync ? nmax : n_sync));
+
+        /* warm-up: first logins store the agent's meta; first opens fill the map cache */
+        size_t login_bytes = 0, sync_bytes = 0;
+        for (int k = 0; k < 3 * DRIVEN; k++)
+                login_bytes = login(k % DRIVEN);
+        for (int k = 0; k < DRIVEN; k++)
+                (void) sync_open(k, &sync_bytes);
+        for (int k = 0; k < 200; k++) {
+                uint8_t *r;
+                (void) unary("/management.ManagementService/isHealthy", NULL, 0, &r);
+                free(r);
+        }
+
+        /* 4a. unary gRPC floor */
+        for (int k = 0; k < FLOOR_CALLS; k++) {
+                double t0 = now_ms();
+                get_server_key();
+                v[k] = now_ms() - t0;
+        }
+        series gsk = summarize(v, FLOOR_CALLS);
+        for (int k = 0; k < FLOOR_CALLS; k++) {
+                uint8_t *r;
+                double t0 = now_ms();
+                (void) unary("/management.ManagementService/isHealthy", NULL, 0, &r);
+                v[k] = now_ms() - t0;
+                free(r);
+        }
+        series health = summarize(v, FLOOR_CALLS);
+
+        /* 4b. DB floor: a single-row fenced UPDATE, prepared, on a peer no one drives */
+        PGconn *c = connect_db(db_dsn);
+        PGresult *pr = PQprepare(c, "fence",
+                "UPDATE peers SET peer_status_session_started_at = $2::bigint, peer_status_connected = true, "
+                "peer_status_last_seen = now() WHERE id = $1 AND peer_status_session_started_at < $2::bigint",
+                2, NULL);
+        if (PQresultStatus(pr) != PGRES_COMMAND_OK)
+                die("prepare: %s", PQerrorMessage(c));
+        PQclear(pr);
+        for (int k = 0; k < FLOOR_CALLS + 200; k++) {
+                char tok[32];
+                (void) snprintf(tok, sizeof tok, "%d", 10 + k);
+                const char *params[2] = { "bp04999", tok };
+                double t0 = now_ms();
+                PGresult *r = PQexecPrepared(c, "fence", 2, params, NULL, NULL, 0);
+                double took = now_ms() - t0;
+                if (PQresultStatus(r) != PGRES_COMMAND_OK || strcmp(PQcmdTuples(r), "1") != 0)
+                        die("fenced update: %s", PQerrorMessage(c));
+                PQclear(r);
+                if (k >= 200)
+                        v[k - 200] = took;
+        }
+        series dbf = summarize(v, FLOOR_CALLS);
+        PQfinish(c);
+
+        /* 4c. Login of an existing peer, alone (server key already known) */
+        for (int k = 0; k < n_login; k++) {
+                double t0 = now_ms();
+                (void) login(k % DRIVEN);
+                v[k] = now_ms() - t0;
+        }
+        series lg = summarize(v, n_login);
+        /* 4d. GetServerKey + Login, as a NetBird agent does it */
+        for (int k = 0; k < n_login; k++) {
+                double t0 = now_ms();
+                get_server_key();
+                (void) login(k % DRIVEN);
+                v[k] = now_ms() - t0;
+        }
+        series lgk = summarize(v, n_login);
+
+        /* 4e. Sync open */
+        for (int k = 0; k < n_sync; k++)
+                v[k] = sync_open(k % DRIVEN, &sync_bytes);
+        series sy = summarize(v, n_sync);
+
+        printf("\n  measure                             calls\n");
+        print_row("floor: GetServerKey (unary gRPC)", gsk, "", "");
+        print_row("floor: isHealthy (unary gRPC)", health, "", "");
+        print_row("floor: fenced 1-row UPDATE (libpq)", dbf, "", "");
+        print_row("Login, existing peer (alone)", lg, "NetBird 60-100 ms local", "p50 <= 1 ms");
+        print_row("GetServerKey + Login (agent-like)", lgk, "NetBird 60-100 ms local", "");
+        print_row("Sync open (to first map opened)", sy, "NetBird 65-110 ms local", "p50 <= 2 ms");
+        printf("\n  LoginResponse %zu bytes, first SyncResponse %zu bytes (plaintext)\n", login_bytes, sync_bytes);
+        printf("  first map of a driven peer: %d remote peers, %d firewall rules, %d routes\n", sync_remote,
+               sync_rules, sync_routes);
+        printf("  ratios (p50):  Login / GetServerKey %.1f   Login / UPDATE %.1f\n", lg.p50 / gsk.p50,
+               lg.p50 / dbf.p50);
+        printf("                 Sync open / GetServerKey %.1f   Sync open / UPDATE %.1f\n", sy.p50 / gsk.p50,
+               sy.p50 / dbf.p50);
+        printf("  vs NetBird's local band (p50): Login %.0fx-%.0fx faster, Sync open %.0fx-%.0fx faster\n",
+               60 / lg.p50, 100 / lg.p50, 65 / sy.p50, 110 / sy.p50);
+        printf("  targets: Login p50 %.3f ms %s 1 ms; Sync open p50 %.3f ms %s 2 ms\n", lg.p50,
+               lg.p50 <= 1 ? "<=" : ">", sy.p50, sy.p50 <= 2 ? "<=" : ">");
+
+        free(v);
+        grpc_completion_queue_shutdown(cq);
+        (void) grpc_completion_queue_pluck(cq, NULL, deadline_s(5), NULL);
+        grpc_completion_queue_destroy(cq);
+        grpc_channel_destroy(chan);
+        grpc_shutdown();
+        alarm(0);
+        cleanup();
+        return 0;
+}
