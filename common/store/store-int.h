@@ -56,6 +56,7 @@ typedef enum cp_store_stmt {
         ST_PEER_CONN_IP_UPDATE,
         ST_PEER_DELETE,
         ST_DB_NOW,
+        ST_ACCOUNT_SERIALS,
         _ST_MAX,
 } cp_store_stmt;
 

@@ -991,6 +991,55 @@ out:
         return r;
 }
 
+/* ---- serials of many accounts ---------------------------------------------------- */
+
+int cp_store_account_serials(cp_store *s, const char *const *ids, size_t n, int64_t *ret_serials,
+                             cp_error *reterr) {
+        _cleanup_pgresult_ PGresult *res = NULL;
+        cp_strbuf arr;
+        cp_store_conn *c;
+        int r;
+
+        if (n == 0)
+                return 0;
+        if (!ids || !ret_serials)
+                return cp_error_set(reterr, -EINVAL, "account ids and a result array are required");
+        /* A text[] literal: every element quoted, '"' and '\\' escaped. */
+        cp_strbuf_init(&arr);
+        cp_strbuf_addch(&arr, '{');
+        for (size_t i = 0; i < n; i++) {
+                if (!ids[i]) {
+                        cp_strbuf_release(&arr);
+                        return cp_error_set(reterr, -EINVAL, "account id %zu is NULL", i);
+                }
+                if (i > 0)
+                        cp_strbuf_addch(&arr, ',');
+                cp_strbuf_addch(&arr, '"');
+                for (const char *p = ids[i]; *p; p++) {
+                        if (*p == '"' || *p == '\\')
+                                cp_strbuf_addch(&arr, '\\');
+                        cp_strbuf_addch(&arr, *p);
+                }
+                cp_strbuf_addch(&arr, '"');
+        }
+        cp_strbuf_addch(&arr, '}');
+
+        r = cp_store__acquire(s, &c, reterr);
+        if (r >= 0) {
+                const char *params[1] = { arr.buf };
+                r = cp_store__exec(c, ST_ACCOUNT_SERIALS, params, &res, reterr);
+                cp_store__release(s, c);
+        }
+        cp_strbuf_release(&arr);
+        if (r < 0)
+                return r;
+        if ((size_t) PQntuples(res) != n)
+                return cp_error_set(reterr, -EIO, "account serials: %d rows for %zu ids", PQntuples(res), n);
+        for (size_t i = 0; i < n; i++)
+                ret_serials[i] = PQgetisnull(res, (int) i, 0) ? -1 : col_int64(res, (int) i);
+        return 0;
+}
+
 /* ---- login update -------------------------------------------------------------- */
 
 static int login_tx(cp_store_conn *c, const char *account_id, const char *peer_id,
@@ -1008,6 +1057,12 @@ static int login_tx(cp_store_conn *c, const char *account_id, const char *peer_i
                 return cp_error_set(reterr, -ENOENT, "peer %s not found in account %s", peer_id, account_id);
         if (req->n_extra_dns_labels > 0 && !col_bool(lock, 2))
                 return cp_error_set(reterr, -EPERM, "setup key doesn't allow extra DNS labels");
+        if (req->session_token != 0 && col_int64(lock, 3) != req->session_token) {
+                /* Fenced off: another session owns the peer now. */
+                *ret_changed = CP_STORE_PEER_STALE;
+                *ret_serial = 0;
+                return 0;
+        }
 
         if (mp) {
                 _cleanup_pgresult_ PGresult *res = NULL;

@@ -192,7 +192,7 @@ static const struct {
                 " FROM peers p JOIN accounts a ON a.id = p.account_id"
                 " WHERE p.account_id = $3 AND p.id = $4", 6 },
         [ST_PEER_LOGIN_LOCK] = { "peer_login_lock",
-                "SELECT meta_wt_version, ssh_key, allow_extra_dns_labels"
+                "SELECT meta_wt_version, ssh_key, allow_extra_dns_labels, peer_status_session_started_at"
                 " FROM peers WHERE account_id = $1 AND id = $2 FOR UPDATE", 2 },
         /* Writes only when some meta column differs (jsonb compares by
          * value), so an unchanged login costs no row version. */
@@ -213,6 +213,11 @@ static const struct {
                 " SELECT $5::int, COALESCE($3, NULLIF(d.user_id, ''), 'sys'), d.id, d.account_id, "
                 PEER_EVENT_META("d", "$4")
                 " FROM d JOIN accounts a ON a.id = d.account_id RETURNING id", 5 },
+        /* The serials of many accounts in one read, in the order asked
+         * (NULL for an account that does not exist). */
+        [ST_ACCOUNT_SERIALS] = { "account_serials",
+                "SELECT a.network_serial FROM unnest($1::text[]) WITH ORDINALITY AS u(id, i)"
+                " LEFT JOIN accounts a ON a.id = u.id ORDER BY u.i", 1 },
 };
 
 int cp_store__error(PGconn *pg, const PGresult *res, cp_error *reterr) {

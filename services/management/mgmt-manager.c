@@ -49,7 +49,7 @@ struct mgmt_manager {
         mgmt_grpc *grpc;
         mgmt_http *http;
 
-        struct event *sig_term, *sig_int, *wake, *deadline;
+        struct event *sig_term, *sig_int, *wake, *deadline, *serial_tick;
         int wake_fd;
 
         pthread_mutex_t posts_lock;
@@ -127,6 +127,8 @@ static void begin_shutdown(mgmt_manager *m, const char *why) {
         char buf[32];
 
         m->shutting_down = true;
+        if (m->serial_tick)
+                event_del(m->serial_tick);
         (void) snprintf(buf, sizeof buf, "%" PRId64 "ms", grace);
         cp_log_kv(&log_ctx, CP_LOG_INFO, "shutting down", "signal", why, "grace", buf, NULL);
         mgmt_http_stop_accepting(m->http);
@@ -152,6 +154,17 @@ static void on_signal(evutil_socket_t sig, short what, void *userdata) {
         }
         cp_log_kv(&log_ctx, CP_LOG_WARN, "second signal: cancelling in-flight calls now", "signal", name, NULL);
         mgmt_grpc_cancel_now(m->grpc);
+}
+
+/* ---- periodic serial check -------------------------------------------------- */
+
+/* Every --serial-check-interval: the sync hub re-reads its accounts'
+ * serials on a worker (never on this thread or the CQ thread). */
+static void on_serial_tick(evutil_socket_t fd, short what, void *userdata) {
+        mgmt_manager *m = userdata;
+
+        if (!m->shutting_down)
+                mgmt_sync_check_serials(m->sync);
 }
 
 /* ---- setup ---------------------------------------------------------------- */
@@ -297,6 +310,16 @@ int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf,
         if (r < 0)
                 goto fail;
 
+        if (cfg->serial_check_interval_ms > 0) {
+                int64_t ms = cfg->serial_check_interval_ms;
+                struct timeval tv = { .tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000 };
+                m->serial_tick = event_new(m->base, -1, EV_PERSIST, on_serial_tick, m);
+                if (!m->serial_tick || event_add(m->serial_tick, &tv) < 0) {
+                        r = cp_error_set(reterr, -ENOMEM, "cannot register the serial check timer");
+                        goto fail;
+                }
+        }
+
         log_listening("grpc", cfg->listen_address, mgmt_grpc_port(m->grpc), m->tls ? "true" : "false");
         log_listening("http", cfg->listen_address, mgmt_http_port(m->http), "false");
         *ret = m;
@@ -341,6 +364,8 @@ mgmt_manager *mgmt_manager_free(mgmt_manager *m) {
                 m->store = cp_store_free(m->store);
         else
                 cp_log(&log_ctx, CP_LOG_WARN, "readiness check stuck in the store; not closing the store");
+        if (m->serial_tick)
+                event_free(m->serial_tick);
         if (m->deadline)
                 event_free(m->deadline);
         if (m->wake)

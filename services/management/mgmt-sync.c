@@ -4,8 +4,10 @@
  * Life of a stream (all on the CQ thread unless marked "worker"):
  *
  *   on_call      cap check, a sync_stream, offload the open
- *   open (worker) envelope, peer by key, expiry, meta, session token from
- *                the database clock, fenced connect, first map sealed
+ *   open (worker) envelope, peer by key, expiry, meta checked, session
+ *                token from the database clock, fenced connect, then (only
+ *                if it landed) meta and connection IP stored (fenced with
+ *                the token), first map sealed
  *   open_done    error -> status; stale connect -> end OK, no side
  *                effects; otherwise register (a stream with a smaller
  *                token for the same peer ends OK), send the first map,
@@ -112,6 +114,7 @@ struct mgmt_sync {
         int setups;                     /* opens in progress */
         sync_acct *kept;                /* entries kept only for opens in progress */
         bool draining;
+        bool checking;                  /* a serial check is running */
 };
 
 static const cp_log_ctx log_ctx = { .component = "sync" };
@@ -433,40 +436,25 @@ static void open_work(void *userdata) {
                 return;
         }
 
-        /* The meta is stored (NetBird's SyncPeer); a change other peers
-         * see (version, SSH key) bumps the serial and is fanned out. */
-        if (req->meta) {
-                cp_store_peer_meta meta;
-                unsigned changed = 0;
-                int64_t serial = 0;
-                if (mgmt_login_meta(op, req->meta, &meta) < 0)
-                        return;
-                cp_store_peer_login_req lr = {
-                        .meta = &meta,
-                        .connection_ip = *mgmt_call_peer_ip(op->call) ? mgmt_call_peer_ip(op->call) : NULL,
-                };
-                r = cp_store_peer_login_update(ag->store, p->account_id, p->id, &lr, &changed, &serial, &err);
-                if (r == -ENOENT) {
-                        mgmt_agent_fail(op, GRPC_STATUS_PERMISSION_DENIED, MSG_NOT_REGISTERED);
-                        return;
-                }
-                if (r < 0) {
-                        open_fail_internal(op, "cannot update the peer meta", r, &err);
-                        return;
-                }
-                if (changed & CP_STORE_PEER_CHANGED_SERIAL)
-                        s->changed_serial = serial;
-        }
+        /* The meta is checked now (a bad one fails the open before any
+         * write) and stored only after our connect landed. */
+        cp_store_peer_meta meta;
+        if (req->meta && mgmt_login_meta(op, req->meta, &meta) < 0)
+                return;
 
         /* The session token: the database clock, so every replica orders
          * streams by one clock; above the stored token, so a reconnect in
-         * the same microsecond is still newer. */
+         * the same microsecond is still newer. A stored token at the top
+         * of the range cannot be beaten: the connect below is stale. */
         r = cp_store_db_now_ns(ag->store, &now_db, &err);
         if (r < 0) {
                 open_fail_internal(op, "cannot read the database clock", r, &err);
                 return;
         }
-        s->token = now_db > p->status.session_started_at ? now_db : p->status.session_started_at + 1;
+        if (p->status.session_started_at == INT64_MAX)
+                s->token = INT64_MAX;
+        else
+                s->token = now_db > p->status.session_started_at ? now_db : p->status.session_started_at + 1;
         s->was_expired = p->status.login_expired;
         r = cp_store_peer_mark_connected(ag->store, p->account_id, p->id, s->token, &err);
         if (r < 0) {
@@ -475,7 +463,45 @@ static void open_work(void *userdata) {
         }
         s->connect = r;
         if (r == 0)
-                return;         /* stale: a newer session owns the peer */
+                return;         /* stale: a newer session owns the peer; nothing written */
+
+        /* Side effects of the connection, only now that it landed
+         * (docs/protocol.md, "Sync"): the meta (NetBird's SyncPeer; a
+         * change others see, version or SSH key, bumps the serial and is
+         * fanned out) and the connection address when it moved. Fenced
+         * with our token under the row lock, so a newer stream that
+         * landed meanwhile keeps its own values. */
+        const char *ip = mgmt_call_peer_ip(op->call);
+        if (ip && (!*ip || strcmp(ip, p->connection_ip) == 0))
+                ip = NULL;
+        if (req->meta || ip) {
+                cp_store_peer_login_req lr = {
+                        .meta = req->meta ? &meta : NULL,
+                        .connection_ip = ip,
+                        .session_token = s->token,
+                };
+                unsigned changed = 0;
+                int64_t serial = 0;
+                r = cp_store_peer_login_update(ag->store, p->account_id, p->id, &lr, &changed, &serial, &err);
+                if (r == -ENOENT) {
+                        /* Deleted meanwhile: no row, so nothing to undo. */
+                        s->connect = -1;
+                        mgmt_agent_fail(op, GRPC_STATUS_PERMISSION_DENIED, MSG_NOT_REGISTERED);
+                        return;
+                }
+                if (r < 0) {
+                        (void) cp_store_peer_mark_disconnected(ag->store, p->account_id, p->id, s->token, NULL);
+                        s->connect = -1;
+                        open_fail_internal(op, "cannot update the peer meta", r, &err);
+                        return;
+                }
+                if (changed & CP_STORE_PEER_STALE) {
+                        s->connect = 0;         /* a newer stream landed after ours */
+                        return;
+                }
+                if (changed & CP_STORE_PEER_CHANGED_SERIAL)
+                        s->changed_serial = serial;
+        }
 
         if (open_first_message(s, op) < 0) {
                 /* Undo our connect (fenced: only if still ours). */
@@ -882,6 +908,112 @@ void mgmt_sync_peer_deleted(mgmt_sync *h, const char *account_id, const char *pe
                 p->len = len;
         }
         mgmt_grpc_post(g, on_peer_deleted, p);
+}
+
+/* ---- periodic serial check ------------------------------------------------------------------- */
+
+typedef struct serial_check {
+        mgmt_sync *hub;
+        size_t n;
+        char (*ids)[64];
+        int64_t *serials;
+        int r;
+        cp_error err;
+} serial_check;
+
+static void serial_check_free(serial_check *c) {
+        free(c->ids);
+        free(c->serials);
+        free(c);
+}
+
+typedef struct collect_ctx {
+        serial_check *c;
+        size_t cap;
+} collect_ctx;
+
+static void collect_acct(const char *key, void *value, void *userdata) {
+        collect_ctx *x = userdata;
+        sync_acct *a = value;
+
+        if (a->n_streams == 0 || x->c->n >= x->cap)
+                return;
+        (void) snprintf(x->c->ids[x->c->n++], sizeof x->c->ids[0], "%s", a->id);
+}
+
+/* Worker: one query for every account. */
+static void serial_check_work(void *userdata) {
+        serial_check *c = userdata;
+        const char **ids = cp_xcalloc(c->n, sizeof *ids);
+
+        for (size_t i = 0; i < c->n; i++)
+                ids[i] = c->ids[i];
+        c->r = cp_store_account_serials(c->hub->agent->store, ids, c->n, c->serials, &c->err);
+        free(ids);
+}
+
+static void serial_check_done(mgmt_grpc *g, void *userdata) {
+        serial_check *c = userdata;
+        mgmt_sync *h = c->hub;
+
+        h->checking = false;
+        if (c->r < 0) {
+                cp_log_kv(&log_ctx, CP_LOG_WARN, "cannot read the account serials", "error", c->err.message, NULL);
+                serial_check_free(c);
+                return;
+        }
+        for (size_t i = 0; i < c->n; i++) {
+                sync_acct *a = mgmt_strmap_get(h->accts, c->ids[i]);
+                char from[24], to[24];
+
+                /* Streams that registered meanwhile got a map at least
+                 * this new (they read after the query): latest_serial
+                 * already says so. */
+                if (!a || a->n_streams == 0 || c->serials[i] <= a->latest_serial)
+                        continue;
+                (void) snprintf(from, sizeof from, "%" PRId64, a->latest_serial);
+                (void) snprintf(to, sizeof to, "%" PRId64, c->serials[i]);
+                cp_log_ctx ctx = { .component = "sync", .account = a->id };
+                cp_log_kv(&ctx, CP_LOG_DEBUG, "serial moved elsewhere; pushing", "from", from, "to", to, NULL);
+                a->latest_serial = c->serials[i];
+                if (a->building)
+                        a->dirty = true;
+                else
+                        fanout_start(h, a);
+        }
+        serial_check_free(c);
+}
+
+static void on_check_serials(mgmt_grpc *g, void *userdata) {
+        mgmt_sync *h = userdata;
+        size_t n = mgmt_strmap_size(h->accts);
+        serial_check *c;
+
+        if (h->checking || h->draining || n == 0)
+                return;
+        c = cp_xcalloc(1, sizeof *c);
+        c->hub = h;
+        c->ids = cp_xcalloc(n, sizeof *c->ids);
+        collect_ctx x = { .c = c, .cap = n };
+        mgmt_strmap_foreach(h->accts, collect_acct, &x);
+        if (c->n == 0) {
+                serial_check_free(c);
+                return;
+        }
+        c->serials = cp_xcalloc(c->n, sizeof *c->serials);
+        h->checking = true;
+        /* Not forced: with the workers busy, the next tick tries again. */
+        if (mgmt_grpc_offload(g, serial_check_work, serial_check_done, c, false) < 0) {
+                h->checking = false;
+                serial_check_free(c);
+        }
+}
+
+void mgmt_sync_check_serials(mgmt_sync *h) {
+        mgmt_grpc *g = atomic_load(&h->grpc);
+
+        if (g)
+                mgmt_grpc_post(g, on_check_serials, h);
 }
 
 /* ---- drain ----------------------------------------------------------------------------------- */

@@ -18,6 +18,7 @@
  *                                bus message "account A is at serial S")
  *   mgmt_sync_peer_deleted()     Logout: the peer's stream gets its last
  *                                map and ends
+ *   mgmt_sync_check_serials()    periodic: notice serials moved elsewhere
  *   mgmt_sync_drain()            shutdown: end every stream
  */
 #pragma once
@@ -60,6 +61,15 @@ void mgmt_sync_account_changed(mgmt_sync *s, const char *account_id, int64_t ser
  * mgmt_sync_account_changed(account_id, serial). */
 void mgmt_sync_peer_deleted(mgmt_sync *s, const char *account_id, const char *peer_id, const void *msg,
                             size_t len, int64_t serial);
+
+/* Any thread: re-reads, in one query on a worker, the serials of the
+ * accounts that have streams in this process, and pushes new maps to the
+ * streams of every account whose serial moved past the newest this
+ * process knew of: a change committed elsewhere (another replica, an API,
+ * an operator in psql who bumps network_serial) reaches connected peers.
+ * The manager calls it every --serial-check-interval. A check still
+ * running (or a full worker queue) makes the call a no-op. */
+void mgmt_sync_check_serials(mgmt_sync *s);
 
 /* Any thread: shutdown began. Every stream ends with UNAVAILABLE (agents
  * reconnect, to another replica when there is one) and its fenced

@@ -1,8 +1,9 @@
 """Sync streams of netbird-mgmt (services/management/mgmt-sync.c): the
 session token from the database clock and the fenced connect/disconnect,
 the stream registry (a newer stream replaces an older one, an older
-stream's end never touches the newer one), fan-out pushes, Logout's last
-map, the concurrency cap and SIGTERM with streams open.
+stream's end never touches the newer one), a stale open writes nothing,
+fan-out pushes, the periodic serial check (changes committed elsewhere),
+Logout's last map, the concurrency cap and SIGTERM with streams open.
 
 Agents are tests/agent/nbagent.py; deployments are tests/agent/fixture.py
 (a database per test, bootstrap, servers on loopback).
@@ -203,6 +204,78 @@ def token_above_stored_token():
     assert status(dep, a) == (True, far + 1), status(dep, a)
     s.cancel()
     wait_until(lambda: status(dep, a) == (False, 0), what="disconnected")
+
+
+INT64_MAX = 2**63 - 1
+
+
+def conn_ip_and_host(dep, agent):
+    rows = dep.sql("SELECT host(location_connection_ip), meta_hostname FROM peers WHERE key = %s",
+                   (agent.pub_b64,))
+    return tuple(rows[0])
+
+
+@test
+def stale_connect_has_no_side_effects():
+    """A Sync whose fenced connect cannot land (the stored token is the
+    largest there is) ends cleanly without a map and writes nothing: not
+    the connection address, not the meta. Once the peer is free, a landed
+    connect from another address stores both."""
+    dep = Deployment()
+    dep.start()
+    a = registered(dep, "before")
+    dep.sql("UPDATE peers SET location_connection_ip = '10.9.9.9', peer_status_session_started_at = %s"
+            " WHERE key = %s", (INT64_MAX, a.pub_b64))
+    s = a.sync(meta=build_meta("after"))
+    end, msgs = s.wait_end(timeout=15)
+    assert isinstance(end, StreamEnded), "a stale open must end with OK: %r" % (end,)
+    assert msgs == [], "a stale open sent %d map(s)" % len(msgs)
+    assert conn_ip_and_host(dep, a) == ("10.9.9.9", "before"), conn_ip_and_host(dep, a)
+    assert status(dep, a) == (False, INT64_MAX), status(dep, a)
+
+    dep.sql("UPDATE peers SET peer_status_session_started_at = 0 WHERE key = %s", (a.pub_b64,))
+    s, _ = open_sync(a, meta=build_meta("after"))
+    assert conn_ip_and_host(dep, a) == ("127.0.0.1", "after"), conn_ip_and_host(dep, a)
+    assert status(dep, a)[0], "the landed open must connect the peer"
+    s.cancel()
+    wait_until(lambda: status(dep, a) == (False, 0), what="disconnected")
+
+
+@test
+def serial_check_pushes_changes_made_elsewhere():
+    """A change committed outside this process (here: an operator disables
+    the Default policy in psql and bumps network_serial) reaches the open
+    stream through the periodic serial check."""
+    dep = Deployment()
+    dep.start("--serial-check-interval", "1s")
+    a = registered(dep, "watcher")
+    b = registered(dep, "other")
+    s, first = open_sync(a)
+    assert b.pub_b64 in remote_keys(first), json_dump(first)
+    serial = dep.sql("WITH d AS (UPDATE policies SET enabled = false WHERE account_id = %s AND name = 'Default')"
+                     " UPDATE accounts SET network_serial = network_serial + 1 WHERE id = %s"
+                     " RETURNING network_serial", (dep.account_id, dep.account_id))[0][0]
+    push = s.wait_for(lambda m: m.NetworkMap.Serial >= serial, timeout=10)
+    assert push.NetworkMap.Serial == serial, (push.NetworkMap.Serial, serial)
+    assert push.NetworkMap.remotePeersIsEmpty and not push.NetworkMap.remotePeers, json_dump(push)
+    assert not push.HasField("netbirdConfig"), json_dump(push)
+    # Nothing moved since: no further push.
+    time.sleep(2.5)
+    assert s.q.empty(), "pushed again without a change"
+    s.cancel()
+
+
+@test
+def serial_check_off():
+    """--serial-check-interval 0s: a serial bumped elsewhere is not noticed."""
+    dep = Deployment()
+    dep.start(env={"NB_MGMT_SERIAL_CHECK_INTERVAL": "0s"})
+    a = registered(dep, "quiet")
+    s, first = open_sync(a)
+    dep.sql("UPDATE accounts SET network_serial = network_serial + 1 WHERE id = %s", (dep.account_id,))
+    time.sleep(2.5)
+    assert s.q.empty(), "pushed although the serial check is off"
+    s.cancel()
 
 
 @test

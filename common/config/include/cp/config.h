@@ -181,6 +181,7 @@ typedef struct cp_config {
         char *dns_domain;
         int64_t db_pool_size;
         int64_t shutdown_timeout_ms;
+        int64_t serial_check_interval_ms;       /* 0 = no periodic serial check */
         char *data_store_encryption_key;        /* base64 of 32 bytes, or NULL */
 
         /* management.json itself (source.file), warnings, origins. */

@@ -200,6 +200,14 @@ typedef struct cp_store_account_settings {
 int cp_store_account_get_settings(cp_store *s, const char *account_id,
                                   cp_store_account_settings *ret, cp_error *reterr);
 
+/* The network_serial of n accounts in ONE query (a replica re-reading the
+ * accounts it holds Sync streams for, to notice changes committed
+ * elsewhere). ids[0..n) are borrowed; ret_serials[i] gets the serial of
+ * ids[i], or -1 when that account does not exist. n == 0 asks nothing and
+ * returns 0. ret_serials is left alone on failure. */
+int cp_store_account_serials(cp_store *s, const char *const *ids, size_t n, int64_t *ret_serials,
+                             cp_error *reterr);
+
 /* ---- registration with a setup key (section 3.3) -------------------------
  * All inputs are borrowed for the duration of the call. */
 typedef struct cp_store_peer_register_req {
@@ -280,6 +288,12 @@ typedef struct cp_store_peer_login_req {
          * allow them (else -EPERM, nothing written). Like NetBird, a login
          * never changes the stored labels; they are set at registration. */
         size_t n_extra_dns_labels;
+        /* Fence (a Sync open after its connect landed): when not 0, the
+         * update is done only while the peer's stored session token
+         * (peer_status_session_started_at) still equals it, checked under
+         * the row lock; otherwise nothing is written and *ret_changed is
+         * CP_STORE_PEER_STALE. 0 = no fence (Login, SyncMeta). */
+        int64_t session_token;
 } cp_store_peer_login_req;
 
 /* What cp_store_peer_login_update changed (bits of *ret_changed). */
@@ -289,6 +303,7 @@ enum {
         CP_STORE_PEER_CHANGED_SSH_KEY    = 1 << 2,  /* ssh_key (sshConfig.sshPubKey of remote peers) */
         CP_STORE_PEER_CHANGED_CONN_IP    = 1 << 3,  /* location_connection_ip */
         CP_STORE_PEER_CHANGED_SERIAL     = 1 << 4,  /* network_serial was bumped */
+        CP_STORE_PEER_STALE              = 1 << 5,  /* session_token did not match: nothing written */
 };
 
 /* Updates a known peer at login, in one transaction that locks the row.
