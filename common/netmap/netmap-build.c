@@ -54,7 +54,7 @@ int cp_netmap_builder_new(const cp_netmap_account_spec *spec, cp_netmap_builder 
         a->dns_disabled_groups = dup_strv(&a->arena, spec->dns_disabled_groups, spec->n_dns_disabled_groups);
         a->n_dns_disabled_groups = (uint32_t) spec->n_dns_disabled_groups;
         a->auto_update_version = cp_netmap__arena_strdup(
-                &a->arena, spec->auto_update_version ? spec->auto_update_version : "disabled");
+                &a->arena, spec->auto_update_version ? spec->auto_update_version : CP_NETMAP_AUTO_UPDATE_DEFAULT);
         a->auto_update_always = spec->auto_update_always;
 
         cp_netmap_builder *b = cp_xmalloc(sizeof *b);

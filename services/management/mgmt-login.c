@@ -6,6 +6,7 @@
  * (netbird-protocol.md section 3.4; the table is in docs/protocol.md).
  */
 #include "cp/base.h"
+#include "cp/netmap.h"
 #include "cp/store-peers.h"
 #include "cp/util.h"
 #include "mgmt-agent-int.h"
@@ -147,10 +148,12 @@ static void build_login_response(mgmt_agent_op *op, const cp_store_peer *p, cons
         Management__LoginResponse *resp = mgmt_arena_alloc(a, sizeof *resp);
         Management__PeerConfig *pc = mgmt_arena_alloc(a, sizeof *pc);
         Management__SSHConfig *ssh = mgmt_arena_alloc(a, sizeof *ssh);
+        Management__AutoUpdateSettings *au = mgmt_arena_alloc(a, sizeof *au);
 
         management__login_response__init(resp);
         management__peer_config__init(pc);
         management__sshconfig__init(ssh);
+        management__auto_update_settings__init(au);
 
         pc->address = mgmt_arena_printf(a, "%s/%u", p->ip, st->network_prefix_len);
         pc->fqdn = mgmt_arena_printf(a, "%s.%s", p->dns_label, domain);
@@ -161,6 +164,10 @@ static void build_login_response(mgmt_agent_op *op, const cp_store_peer *p, cons
         pc->sshconfig = ssh;
         pc->routingpeerdnsresolutionenabled = st->routing_peer_dns_resolution_enabled;
         pc->lazyconnectionenabled = st->lazy_connection_enabled;
+        /* The same value the Sync map carries (the account keeps no
+         * auto-update setting yet), so Login and Sync agree. */
+        au->version = (char *) CP_NETMAP_AUTO_UPDATE_DEFAULT;
+        pc->autoupdate = au;
 
         resp->netbirdconfig = mgmt_netconf_build(op->agent->netconf, cp_now_unix_ns() / 1000000000, a);
         resp->peerconfig = pc;

@@ -763,6 +763,21 @@ def sync_first_message():
 
 
 @test
+def login_and_sync_agree_on_peer_config():
+    """NetBird builds both from one toPeerConfig(): the PeerConfig a Login
+    returns equals the one in the first Sync message (autoUpdate included,
+    account default version "disabled")."""
+    dep = Deployment(config=fixture.NETBIRD_CONFIG)
+    dep.start()
+    a = dep.agent()
+    login = a.register(dep.setup_key, meta=build_meta("same-config"))
+    stream, first = open_sync(a, meta=build_meta("same-config"))
+    assert first.peerConfig.HasField("autoUpdate"), json_dump(first)
+    assert login.peerConfig == first.peerConfig, "Login: %s\nSync: %s" % (
+        json_dump(login.peerConfig), json_dump(first.peerConfig))
+
+
+@test
 def sync_push_when_peer_registers():
     dep = Deployment(config=fixture.NETBIRD_CONFIG)
     dep.start()
@@ -785,8 +800,18 @@ def sync_push_when_peer_registers():
     assert not push.NetworkMap.remotePeersIsEmpty and not push.NetworkMap.firewallRulesIsEmpty, ctx
     dirs = {(r.PeerIP, r.Direction) for r in push.NetworkMap.FirewallRules}
     assert {(b_ip, pb.IN), (b_ip, pb.OUT)} <= dirs, "default policy is bidirectional: " + ctx
+    rule_ids = {r[0] for r in dep.sql("SELECT id FROM policy_rules WHERE account_id = %s", (dep.account_id,))}
     for r in push.NetworkMap.FirewallRules:
         assert r.Protocol == pb.ALL and r.Action == pb.ACCEPT, ctx
+        assert r.PolicyID.decode() in rule_ids, "PolicyID carries the policy *rule* id: " + ctx
+        # capability 1 (source prefixes): 5 bytes each, IPv4 + prefix length
+        assert all(len(p) == 5 for p in r.sourcePrefixes), ctx
+    # the peer zone: one A record per peer in the map, including ourselves
+    zones = {z.Domain: z for z in push.NetworkMap.DNSConfig.CustomZones}
+    assert DNS_DOMAIN + "." in zones, "peer zone missing: " + ctx
+    recs = {(r.Name, r.Type, r.RData) for r in zones[DNS_DOMAIN + "."].Records}
+    a_ip = str(split_address(ra)[0])
+    assert {("peer-a." + DNS_DOMAIN, 1, a_ip), ("peer-b." + DNS_DOMAIN, 1, b_ip)} <= recs, ctx
     check_session_no_expiry(push)
     # b's own first map sees a
     sb, fb = open_sync(b, meta=build_meta("peer-b"))
@@ -853,6 +878,8 @@ def logout_deletes_peer_and_ends_stream():
     last = msgs[-1]
     assert last.NetworkMap.remotePeersIsEmpty and len(last.NetworkMap.remotePeers) == 0, json_dump(last)
     assert last.NetworkMap.firewallRulesIsEmpty, json_dump(last)
+    assert last.NetworkMap.DNSConfig.ForwarderPort in (22054, 5353), json_dump(last)
+    assert not last.HasField("sessionExpiresAt"), "the deleted-peer map carries no session info: " + json_dump(last)
     assert a.pub_b64 not in dep.peers(), "Logout deletes the peer"
     sb.wait_for(lambda m: m.HasField("NetworkMap") and a.pub_b64 not in remote_keys(m), timeout=10)
     expect_rpc(lambda: a.login(meta=build_meta("leaver")), SC.PERMISSION_DENIED, MSG_NO_AUTH)

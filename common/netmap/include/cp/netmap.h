@@ -62,6 +62,10 @@ typedef struct cp_netmap_worker cp_netmap_worker;
 
 /* ---- the account ------------------------------------------------------------ */
 
+/* NetBird's default auto-update version for accounts that set none; Login
+ * and Sync must both send it so the two PeerConfigs agree. */
+#define CP_NETMAP_AUTO_UPDATE_DEFAULT "disabled"
+
 typedef struct cp_netmap_account_spec {
         const char *id;
         uint64_t serial;                /* accounts.network_serial; NetworkMap.Serial */
@@ -76,7 +80,7 @@ typedef struct cp_netmap_account_spec {
          * get DNSConfig.ServiceEnable = false and no zones/nameservers. */
         const char *const *dns_disabled_groups;
         size_t n_dns_disabled_groups;
-        /* PeerConfig.autoUpdate; NULL = "disabled" (NetBird's default). */
+        /* PeerConfig.autoUpdate; NULL = CP_NETMAP_AUTO_UPDATE_DEFAULT. */
         const char *auto_update_version;
         bool auto_update_always;
 } cp_netmap_account_spec;
