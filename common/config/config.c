@@ -289,13 +289,13 @@ static int apply_flags(loader *l, const size_t *only, cp_error *reterr) {
 
 /* ---- the config file ---------------------------------------------------- */
 
-/* Key lookup the way Go's encoding/json matches struct fields: an exact
- * match first, else a case-insensitive one. */
-static json_t *obj_get(json_t *obj, const char *key, size_t len) {
+json_t *cp_cfg_json_get(const json_t *obj, const char *key, size_t len) {
         const char *k;
         json_t *v, *fold = NULL;
 
-        json_object_foreach(obj, k, v) {
+        if (!obj || !json_is_object(obj))
+                return NULL;
+        json_object_foreach((json_t *) obj, k, v) {
                 if (strlen(k) != len)
                         continue;
                 if (strncmp(k, key, len) == 0)
@@ -306,7 +306,7 @@ static json_t *obj_get(json_t *obj, const char *key, size_t len) {
         return fold;
 }
 
-static const char *json_kind(const json_t *v) {
+const char *cp_cfg_json_kind(const json_t *v) {
         switch (json_typeof(v)) {
         case JSON_OBJECT: return "an object";
         case JSON_ARRAY: return "an array";
@@ -331,7 +331,7 @@ static int apply_file_one(loader *l, size_t i, cp_error *reterr) {
         for (;;) {
                 const char *dot = strchr(seg, '.');
                 size_t len = dot ? (size_t) (dot - seg) : strlen(seg);
-                v = obj_get(v, seg, len);
+                v = cp_cfg_json_get(v, seg, len);
                 if (!v || json_is_null(v))
                         return 0;
                 if (!dot)
@@ -339,7 +339,7 @@ static int apply_file_one(loader *l, size_t i, cp_error *reterr) {
                 if (!json_is_object(v))
                         return cp_error_set(reterr, -EINVAL, "invalid value for %.*s in %s: "
                                             "expected an object, got %s", (int) (dot - path), path,
-                                            l->res->file_path, json_kind(v));
+                                            l->res->file_path, cp_cfg_json_kind(v));
                 seg = dot + 1;
         }
         switch (o->type) {
@@ -373,7 +373,7 @@ bad_type:
                             l->res->file_path,
                             o->type == CP_CFG_INT ? "expected an integer" :
                             o->type == CP_CFG_BOOL ? "expected true or false" : "expected a string",
-                            json_kind(v));
+                            cp_cfg_json_kind(v));
 }
 
 static bool in_list(const char *const *list, const char *key) {
@@ -409,7 +409,7 @@ static void warn_unknown_keys(loader *l) {
                                                          l->res->file_path));
         }
         for (const char *const *own = l->spec->file_owned_objects; own && *own; own++) {
-                json_t *obj = obj_get(root, *own, strlen(*own)), *x;
+                json_t *obj = cp_cfg_json_get(root, *own, strlen(*own)), *x;
                 if (!json_is_object(obj))
                         continue;
                 json_object_foreach(obj, key, x)

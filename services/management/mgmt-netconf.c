@@ -1,4 +1,5 @@
 #include "cp/base.h"
+#include "cp/config.h"
 #include "cp/crypto.h"
 #include "cp/util.h"
 #include "mgmt-netconf.h"
@@ -23,33 +24,9 @@ typedef struct reader {
 /* The member called key, matched case-insensitively like Go's
  * encoding/json; NULL when absent or JSON null. */
 static json_t *jget(const json_t *obj, const char *key) {
-        const char *k;
-        json_t *v, *exact = NULL, *fold = NULL;
+        json_t *v = cp_cfg_json_get(obj, key, strlen(key));
 
-        if (!obj || !json_is_object(obj))
-                return NULL;
-        json_object_foreach((json_t *) obj, k, v) {
-                if (strcmp(k, key) == 0)
-                        exact = v;
-                else if (!fold && strcasecmp(k, key) == 0)
-                        fold = v;
-        }
-        v = exact ? exact : fold;
         return v && !json_is_null(v) ? v : NULL;
-}
-
-static const char *jkind(const json_t *v) {
-        switch (json_typeof(v)) {
-        case JSON_OBJECT: return "an object";
-        case JSON_ARRAY: return "an array";
-        case JSON_STRING: return "a string";
-        case JSON_INTEGER: return "an integer";
-        case JSON_REAL: return "a number";
-        case JSON_TRUE:
-        case JSON_FALSE: return "a bool";
-        case JSON_NULL: return "null";
-        }
-        return "?";
 }
 
 static int bad(reader *r, const char *where, const char *fmt, ...) _printf_(3, 4);
@@ -66,7 +43,7 @@ static int bad(reader *r, const char *where, const char *fmt, ...) {
 static int want(reader *r, const char *where, const json_t *v, bool ok, const char *expected) {
         if (ok)
                 return 0;
-        return bad(r, where, "expected %s, got %s", expected, jkind(v));
+        return bad(r, where, "expected %s, got %s", expected, cp_cfg_json_kind(v));
 }
 
 /* A string member; absent or null gives "". *ret is heap. */

@@ -147,6 +147,14 @@ int cp_cfg_load(const cp_cfg_spec *spec, const cp_cfg_table *tables, size_t n_ta
                 int argc, char *const *argv, char *const *envp,
                 cp_cfg_result *ret, cp_error *reterr);
 
+/* Member key (len bytes) of obj, matched the way Go's encoding/json matches
+ * struct fields: an exact match first, else a case-insensitive one. NULL
+ * when obj is not an object or has no such member; a JSON null member is
+ * returned as it is. The result is borrowed from obj. */
+struct json_t *cp_cfg_json_get(const struct json_t *obj, const char *key, size_t len);
+/* What a JSON value is, for error messages: "an object", "a string", … */
+const char *cp_cfg_json_kind(const struct json_t *v);
+
 /* Frees the string fields of the tables' base structs and zeroes them all. */
 void cp_cfg_release_fields(const cp_cfg_table *tables, size_t n_tables);
 
