@@ -57,6 +57,7 @@ typedef enum cp_store_stmt {
         ST_PEER_DELETE,
         ST_DB_NOW,
         ST_ACCOUNT_SERIALS,
+        ST_PEER_EXPIRE_LOGINS,
         _ST_MAX,
 } cp_store_stmt;
 

@@ -20,6 +20,7 @@
 enum {
         ACTIVITY_PEER_ADDED_WITH_SETUP_KEY = 1,
         ACTIVITY_PEER_REMOVED_BY_USER = 5,
+        ACTIVITY_PEER_LOGIN_EXPIRED = 50,
 };
 
 /* Random addresses tried before scanning for a free one. */
@@ -1036,7 +1037,7 @@ int cp_store_account_serials(cp_store *s, const char *const *ids, size_t n, int6
         if ((size_t) PQntuples(res) != n)
                 return cp_error_set(reterr, -EIO, "account serials: %d rows for %zu ids", PQntuples(res), n);
         for (size_t i = 0; i < n; i++)
-                ret_serials[i] = PQgetisnull(res, (int) i, 0) ? -1 : col_int64(res, (int) i);
+                ret_serials[i] = PQgetisnull(res, (int) i, 0) ? -1 : strtoll(PQgetvalue(res, (int) i, 0), NULL, 10);
         return 0;
 }
 
@@ -1183,4 +1184,60 @@ int cp_store_peer_delete(cp_store *s, const char *account_id, const char *peer_i
         if (r >= 0 && ret_serial)
                 *ret_serial = serial;
         return r;
+}
+
+/* ---- login expiration ------------------------------------------------------------ */
+
+static int cmp_expired(const void *a, const void *b) {
+        return strcmp(((const cp_store_expired_account *) a)->account_id,
+                      ((const cp_store_expired_account *) b)->account_id);
+}
+
+int cp_store_expire_logins(cp_store *s, const char *dns_domain, cp_store_expired_account **ret_accounts,
+                           size_t *ret_n, cp_error *reterr) {
+        char code[12];
+        const char *params[2] = { code, nz(dns_domain) };
+        cp_store_expired_account *out = NULL;
+        size_t n = 0;
+        int r;
+
+        if (!ret_accounts || !ret_n)
+                return cp_error_set(reterr, -EINVAL, "result pointers are required");
+        (void) snprintf(code, sizeof code, "%d", ACTIVITY_PEER_LOGIN_EXPIRED);
+
+        for (int attempt = 0;; attempt++) {
+                _cleanup_pgresult_ PGresult *res = NULL;
+                cp_store_conn *c;
+                cp_error err = { 0 };
+
+                r = cp_store__acquire(s, &c, reterr);
+                if (r < 0)
+                        return r;
+                /* One statement: its own transaction. */
+                r = cp_store__exec(c, ST_PEER_EXPIRE_LOGINS, params, &res, &err);
+                cp_store__release(s, c);
+                if (r < 0) {
+                        /* A deadlock with a concurrent caller rolled everything back. */
+                        if (attempt < 3 && (strcmp(err.sqlstate, "40P01") == 0 ||
+                                            strcmp(err.sqlstate, "40001") == 0))
+                                continue;
+                        if (reterr)
+                                *reterr = err;
+                        return r;
+                }
+                n = (size_t) PQntuples(res);
+                if (n > 0) {
+                        out = cp_xcalloc(n, sizeof *out);
+                        for (size_t i = 0; i < n; i++) {
+                                (void) snprintf(out[i].account_id, sizeof out[i].account_id, "%s",
+                                                PQgetvalue(res, (int) i, 0));
+                                out[i].serial = strtoll(PQgetvalue(res, (int) i, 1), NULL, 10);
+                        }
+                        qsort(out, n, sizeof *out, cmp_expired);
+                }
+                break;
+        }
+        *ret_accounts = out;
+        *ret_n = n;
+        return 0;
 }

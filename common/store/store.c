@@ -218,6 +218,29 @@ static const struct {
         [ST_ACCOUNT_SERIALS] = { "account_serials",
                 "SELECT a.network_serial FROM unnest($1::text[]) WITH ORDINALITY AS u(id, i)"
                 " LEFT JOIN accounts a ON a.id = u.id ORDER BY u.i", 1 },
+        /* Login expiration (cp_store_expire_logins): one statement. The
+         * UPDATE's WHERE NOT peer_status_login_expired, re-checked under
+         * the row lock, hands every expired peer to exactly one caller;
+         * the events and the one serial bump per account follow from the
+         * rows this caller's UPDATE returned, and from nothing else.
+         * Durations are nanoseconds; the interval has microseconds. */
+        [ST_PEER_EXPIRE_LOGINS] = { "peer_expire_logins",
+                "WITH e AS (UPDATE peers p SET peer_status_login_expired = TRUE"
+                " FROM accounts a WHERE a.id = p.account_id"
+                " AND a.settings_peer_login_expiration_enabled"
+                " AND p.user_id IS NOT NULL AND p.user_id <> ''"
+                " AND p.login_expiration_enabled AND p.last_login IS NOT NULL"
+                " AND p.last_login + (a.settings_peer_login_expiration / 1000) * interval '1 microsecond'"
+                " <= now()"
+                " AND NOT p.peer_status_login_expired"
+                " RETURNING p.*),"
+                " ev AS (INSERT INTO events (activity, initiator_id, target_id, account_id, meta)"
+                " SELECT $1::int, 'sys', e.id, e.account_id, " PEER_EVENT_META("e", "$2")
+                " || jsonb_build_object('reason', 'session expiration')"
+                " FROM e JOIN accounts a ON a.id = e.account_id)"
+                " UPDATE accounts SET network_serial = network_serial + 1"
+                " WHERE id IN (SELECT DISTINCT account_id FROM e)"
+                " RETURNING id, network_serial", 2 },
 };
 
 int cp_store__error(PGconn *pg, const PGresult *res, cp_error *reterr) {

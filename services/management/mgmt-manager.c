@@ -49,7 +49,7 @@ struct mgmt_manager {
         mgmt_grpc *grpc;
         mgmt_http *http;
 
-        struct event *sig_term, *sig_int, *wake, *deadline, *serial_tick;
+        struct event *sig_term, *sig_int, *wake, *deadline, *serial_tick, *expiry_tick;
         int wake_fd;
 
         pthread_mutex_t posts_lock;
@@ -129,6 +129,8 @@ static void begin_shutdown(mgmt_manager *m, const char *why) {
         m->shutting_down = true;
         if (m->serial_tick)
                 event_del(m->serial_tick);
+        if (m->expiry_tick)
+                event_del(m->expiry_tick);
         (void) snprintf(buf, sizeof buf, "%" PRId64 "ms", grace);
         cp_log_kv(&log_ctx, CP_LOG_INFO, "shutting down", "signal", why, "grace", buf, NULL);
         mgmt_http_stop_accepting(m->http);
@@ -165,6 +167,15 @@ static void on_serial_tick(evutil_socket_t fd, short what, void *userdata) {
 
         if (!m->shutting_down)
                 mgmt_sync_check_serials(m->sync);
+}
+
+/* Every --login-expiry-check-interval: expired SSO logins are marked in
+ * the database (on a worker); every replica does it, each peer once. */
+static void on_expiry_tick(evutil_socket_t fd, short what, void *userdata) {
+        mgmt_manager *m = userdata;
+
+        if (!m->shutting_down)
+                mgmt_sync_expire_logins(m->sync);
 }
 
 /* ---- setup ---------------------------------------------------------------- */
@@ -319,6 +330,15 @@ int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf,
                         goto fail;
                 }
         }
+        if (cfg->login_expiry_check_interval_ms > 0) {
+                int64_t ms = cfg->login_expiry_check_interval_ms;
+                struct timeval tv = { .tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000 };
+                m->expiry_tick = event_new(m->base, -1, EV_PERSIST, on_expiry_tick, m);
+                if (!m->expiry_tick || event_add(m->expiry_tick, &tv) < 0) {
+                        r = cp_error_set(reterr, -ENOMEM, "cannot register the login expiry timer");
+                        goto fail;
+                }
+        }
 
         log_listening("grpc", cfg->listen_address, mgmt_grpc_port(m->grpc), m->tls ? "true" : "false");
         log_listening("http", cfg->listen_address, mgmt_http_port(m->http), "false");
@@ -366,6 +386,8 @@ mgmt_manager *mgmt_manager_free(mgmt_manager *m) {
                 cp_log(&log_ctx, CP_LOG_WARN, "readiness check stuck in the store; not closing the store");
         if (m->serial_tick)
                 event_free(m->serial_tick);
+        if (m->expiry_tick)
+                event_free(m->expiry_tick);
         if (m->deadline)
                 event_free(m->deadline);
         if (m->wake)

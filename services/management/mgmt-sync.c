@@ -115,6 +115,7 @@ struct mgmt_sync {
         sync_acct *kept;                /* entries kept only for opens in progress */
         bool draining;
         bool checking;                  /* a serial check is running */
+        bool expiring;                  /* a login expiry check is running */
 };
 
 static const cp_log_ctx log_ctx = { .component = "sync" };
@@ -1014,6 +1015,68 @@ void mgmt_sync_check_serials(mgmt_sync *h) {
 
         if (g)
                 mgmt_grpc_post(g, on_check_serials, h);
+}
+
+/* ---- periodic login expiry check ------------------------------------------------------------ */
+
+typedef struct expiry_check {
+        mgmt_sync *hub;
+        cp_store_expired_account *accts;
+        size_t n;
+        int r;
+        cp_error err;
+} expiry_check;
+
+/* Worker: one statement marks what expired since the last check (by any
+ * replica: each peer goes to exactly one caller). */
+static void expiry_check_work(void *userdata) {
+        expiry_check *c = userdata;
+
+        c->r = cp_store_expire_logins(c->hub->agent->store, c->hub->agent->config->dns_domain, &c->accts, &c->n,
+                                      &c->err);
+}
+
+static void expiry_check_done(mgmt_grpc *g, void *userdata) {
+        expiry_check *c = userdata;
+        mgmt_sync *h = c->hub;
+
+        h->expiring = false;
+        if (c->r < 0)
+                cp_log_kv(&log_ctx, CP_LOG_WARN, "cannot expire peer logins", "error", c->err.message, NULL);
+        for (size_t i = 0; c->r >= 0 && i < c->n; i++) {
+                char serial[24];
+                cp_log_ctx ctx = { .component = "sync", .account = c->accts[i].account_id };
+
+                (void) snprintf(serial, sizeof serial, "%" PRId64, c->accts[i].serial);
+                cp_log_kv(&ctx, CP_LOG_INFO, "peer logins expired", "serial", serial, NULL);
+                /* The expired peers go to offlinePeers in everyone's map. */
+                mgmt_sync_account_changed(h, c->accts[i].account_id, c->accts[i].serial);
+        }
+        free(c->accts);
+        free(c);
+}
+
+static void on_expire_logins(mgmt_grpc *g, void *userdata) {
+        mgmt_sync *h = userdata;
+        expiry_check *c;
+
+        if (h->expiring || h->draining)
+                return;
+        c = cp_xcalloc(1, sizeof *c);
+        c->hub = h;
+        h->expiring = true;
+        /* Not forced: with the workers busy, the next tick tries again. */
+        if (mgmt_grpc_offload(g, expiry_check_work, expiry_check_done, c, false) < 0) {
+                h->expiring = false;
+                free(c);
+        }
+}
+
+void mgmt_sync_expire_logins(mgmt_sync *h) {
+        mgmt_grpc *g = atomic_load(&h->grpc);
+
+        if (g)
+                mgmt_grpc_post(g, on_expire_logins, h);
 }
 
 /* ---- drain ----------------------------------------------------------------------------------- */

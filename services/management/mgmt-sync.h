@@ -19,6 +19,7 @@
  *   mgmt_sync_peer_deleted()     Logout: the peer's stream gets its last
  *                                map and ends
  *   mgmt_sync_check_serials()    periodic: notice serials moved elsewhere
+ *   mgmt_sync_expire_logins()    periodic: mark expired SSO logins
  *   mgmt_sync_drain()            shutdown: end every stream
  */
 #pragma once
@@ -70,6 +71,15 @@ void mgmt_sync_peer_deleted(mgmt_sync *s, const char *account_id, const char *pe
  * The manager calls it every --serial-check-interval. A check still
  * running (or a full worker queue) makes the call a no-op. */
 void mgmt_sync_check_serials(mgmt_sync *s);
+
+/* Any thread: on a worker, marks every peer whose SSO login expired
+ * (cp_store_expire_logins: one statement, safe with every replica doing
+ * the same at once; no timer state lives in any process) and pushes new
+ * maps, with the expired peers in offlinePeers, to the streams of each
+ * account it changed. The manager calls it every
+ * --login-expiry-check-interval. A check still running (or a full worker
+ * queue) makes the call a no-op. */
+void mgmt_sync_expire_logins(mgmt_sync *s);
 
 /* Any thread: shutdown began. Every stream ends with UNAVAILABLE (agents
  * reconnect, to another replica when there is one) and its fenced

@@ -279,6 +279,46 @@ def serial_check_off():
 
 
 @test
+def expired_sso_login_goes_offline_for_others():
+    """--login-expiry-check-interval: a peer whose SSO login expired (made
+    so in SQL) is marked once, event 50 is written, and the other peers'
+    streams get a map with it in offlinePeers; its own next open is
+    refused."""
+    dep = Deployment()
+    dep.start("--login-expiry-check-interval", "1s", "--serial-check-interval", "0s")
+    a = registered(dep, "keeper")
+    b = registered(dep, "expiring")
+    sa, fa = open_sync(a)
+    sb, fb = open_sync(b)
+    assert b.pub_b64 in remote_keys(fa) or b.pub_b64 in remote_keys(sa.wait_for(
+        lambda m: b.pub_b64 in remote_keys(m), timeout=10))
+    before = dep.network_serial()
+    owner = dep.sql("SELECT id FROM users WHERE account_id = %s AND role = 'owner'", (dep.account_id,))[0][0]
+    dep.sql("UPDATE peers SET user_id = %s, login_expiration_enabled = true,"
+            " last_login = now() - interval '25 hours' WHERE key = %s", (owner, b.pub_b64))
+    push = sa.wait_for(lambda m: b.pub_b64 in {p.wgPubKey for p in m.NetworkMap.offlinePeers}, timeout=10)
+    assert b.pub_b64 not in remote_keys(push), json_dump(push)
+    assert push.NetworkMap.Serial == before + 1, (push.NetworkMap.Serial, before)
+    assert dep.network_serial() == before + 1
+    rows = dep.sql("SELECT initiator_id, meta->>'reason' FROM events WHERE activity = 50")
+    assert rows == [("sys", "session expiration")], rows
+    # Later ticks find nothing more to do.
+    time.sleep(2.5)
+    assert dep.network_serial() == before + 1
+    assert len(dep.sql("SELECT 1 FROM events WHERE activity = 50")) == 1
+    sb.cancel()
+    wait_until(lambda: status(dep, b) == (False, 0), what="b disconnected")
+    s = b.sync(meta=build_meta("expiring"))
+    try:
+        s.next(timeout=15)
+        raise AssertionError("a message for an expired peer")
+    except RpcFailed as e:
+        assert e.code == SC.PERMISSION_DENIED, e
+        assert e.details == "peer login has expired, please log in once more", e
+    sa.cancel()
+
+
+@test
 def logout_sends_last_map_and_ends():
     dep = Deployment()
     dep.start()

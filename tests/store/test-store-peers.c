@@ -716,6 +716,198 @@ TEST(another_accounts_id_never_touches_the_peer) {
         fixture_done(&f);
 }
 
+/* ---- login expiration ---------------------------------------------------- */
+
+/* Registers a peer and turns it into an SSO-like peer of the account's
+ * owner whose login is age_h hours old (login expiration on). */
+static void sso_peer(fixture *f, const char *account, const char *user, const char *setup_key,
+                     const char *name, int age_h, char id[64]) {
+        cp_store_peer *p = NULL;
+        cp_error err = { 0 };
+        char wg[45], age[12];
+        cp_store_peer_meta meta = test_meta(name);
+        cp_store_peer_register_req req = { .setup_key = setup_key, .wg_pub_key = wg, .meta = &meta };
+
+        wg_key(wg);
+        ASSERT_OK(cp_store_peer_register(f->s, &req, &p, NULL, &err), &err);
+        (void) snprintf(id, 64, "%s", p->id);
+        (void) snprintf(age, sizeof age, "%d", age_h);
+        const char *params[4] = { id, user, age, account };
+        free(cptest_db_query(f->db,
+                             "UPDATE peers SET user_id = $2, login_expiration_enabled = true,"
+                             " last_login = now() - make_interval(hours => $3::int)"
+                             " WHERE id = $1 AND account_id = $4", 4, params));
+        cp_store_peer_free(p);
+}
+
+static int64_t serial_of(fixture *f, const char *account) {
+        char *v = q(f->db, "SELECT network_serial FROM accounts WHERE id = $1", account, NULL);
+        int64_t n = strtoll(v, NULL, 10);
+        free(v);
+        return n;
+}
+
+TEST(account_serials_reads_many_accounts_in_order) {
+        fixture f;
+        cp_store_account_spec spec = { .name = "b" };
+        cp_store_account_created b;
+        cp_error err = { 0 };
+        int64_t serials[3] = { 0 };
+
+        fixture_init(&f, 1);
+        ASSERT_OK(cp_store_account_create(f.s, &spec, &b, &err), &err);
+        free(q(f.db, "UPDATE accounts SET network_serial = 7 WHERE id = $1", b.account_id, NULL));
+        const char *ids[3] = { b.account_id, "no-such-account", f.a.account_id };
+        ASSERT_OK(cp_store_account_serials(f.s, ids, 3, serials, &err), &err);
+        ASSERT_EQ(7, serials[0]);
+        ASSERT_EQ(-1, serials[1]);
+        ASSERT_EQ(serial_of(&f, f.a.account_id), serials[2]);
+        fixture_done(&f);
+}
+
+TEST(expire_logins_marks_each_expired_sso_peer_once) {
+        fixture f;
+        cp_store_account_spec spec = { .name = "off" };
+        cp_store_account_created b;
+        cp_store_expired_account *acc = NULL;
+        size_t n = 99;
+        cp_error err = { 0 };
+        char x1[64], x2[64], fresh[64], disabled[64], setupkey[64], other[64];
+        char wg[45];
+        cp_store_peer *p = NULL;
+
+        fixture_init(&f, 2);
+        ASSERT_OK(cp_store_account_create(f.s, &spec, &b, &err), &err);
+        sso_peer(&f, f.a.account_id, f.a.user_id, f.a.setup_key, "exp1", 25, x1);
+        sso_peer(&f, f.a.account_id, f.a.user_id, f.a.setup_key, "exp2", 30, x2);
+        sso_peer(&f, f.a.account_id, f.a.user_id, f.a.setup_key, "fresh", 23, fresh);
+        sso_peer(&f, f.a.account_id, f.a.user_id, f.a.setup_key, "disabled", 25, disabled);
+        free(q(f.db, "UPDATE peers SET login_expiration_enabled = false WHERE id = $1", disabled, NULL));
+        /* A setup-key peer: user_id NULL, expiration on, old login. */
+        ASSERT_OK(reg(&f, f.a.setup_key, "setupkey", wg, &p, NULL, &err), &err);
+        (void) snprintf(setupkey, sizeof setupkey, "%s", p->id);
+        cp_store_peer_free(p);
+        free(q(f.db, "UPDATE peers SET login_expiration_enabled = true, last_login = now() - interval '48 hours'"
+                     " WHERE id = $1", setupkey, NULL));
+        /* An account with the setting off. */
+        sso_peer(&f, b.account_id, b.user_id, b.setup_key, "other", 25, other);
+        free(q(f.db, "UPDATE accounts SET settings_peer_login_expiration_enabled = false WHERE id = $1",
+               b.account_id, NULL));
+
+        int64_t sa = serial_of(&f, f.a.account_id), sb = serial_of(&f, b.account_id);
+        ASSERT_OK(cp_store_expire_logins(f.s, "netbird.cloud", &acc, &n, &err), &err);
+        ASSERT_EQ(1, (int) n);
+        ASSERT_STREQ(f.a.account_id, acc[0].account_id);
+        ASSERT_EQ(sa + 1, acc[0].serial);
+        ASSERT_EQ(sa + 1, serial_of(&f, f.a.account_id));
+        ASSERT_EQ(sb, serial_of(&f, b.account_id));
+        free(acc);
+
+        ASSERT_QUERY("t", f.db, "SELECT peer_status_login_expired FROM peers WHERE id = $1", x1, NULL);
+        ASSERT_QUERY("t", f.db, "SELECT peer_status_login_expired FROM peers WHERE id = $1", x2, NULL);
+        ASSERT_QUERY("2", f.db, "SELECT count(*) FROM peers WHERE peer_status_login_expired", NULL, NULL);
+        ASSERT_QUERY("2", f.db, "SELECT count(*) FROM events WHERE activity = 50", NULL, NULL);
+        ASSERT_QUERY("sys|session expiration|exp1.netbird.cloud", f.db,
+                     "SELECT initiator_id || '|' || (meta->>'reason') || '|' || (meta->>'fqdn') FROM events"
+                     " WHERE activity = 50 AND target_id = $1 AND account_id = $2", x1, f.a.account_id);
+
+        /* Nothing left to do: no rows, no event, no bump. */
+        acc = NULL;
+        n = 99;
+        ASSERT_OK(cp_store_expire_logins(f.s, "netbird.cloud", &acc, &n, &err), &err);
+        ASSERT_EQ(0, (int) n);
+        ASSERT_TRUE(acc == NULL);
+        ASSERT_EQ(sa + 1, serial_of(&f, f.a.account_id));
+        ASSERT_QUERY("2", f.db, "SELECT count(*) FROM events WHERE activity = 50", NULL, NULL);
+
+        /* A re-login clears the flag (the connect UPDATE); once the login
+         * is old again it expires again. */
+        free(q(f.db, "UPDATE peers SET peer_status_login_expired = false WHERE id = $1", x1, NULL));
+        ASSERT_OK(cp_store_expire_logins(f.s, NULL, &acc, &n, &err), &err);
+        ASSERT_EQ(1, (int) n);
+        ASSERT_EQ(sa + 2, acc[0].serial);
+        free(acc);
+        ASSERT_QUERY("2", f.db, "SELECT count(*) FROM events WHERE activity = 50 AND target_id = $1", x1, NULL);
+        fixture_done(&f);
+}
+
+#define EXPIRERS 4
+
+typedef struct expirer {
+        fixture *f;
+        pthread_barrier_t *start;
+        cp_store_expired_account *acc;
+        size_t n;
+        int r;
+} expirer;
+
+static void *expirer_main(void *arg) {
+        expirer *e = arg;
+
+        pthread_barrier_wait(e->start);
+        e->r = cp_store_expire_logins(e->f->s, "netbird.cloud", &e->acc, &e->n, NULL);
+        return NULL;
+}
+
+TEST(concurrent_expire_logins_process_each_peer_once) {
+        fixture f;
+        cp_store_account_spec spec = { .name = "second" };
+        cp_store_account_created b;
+        cp_error err = { 0 };
+        char id[64];
+
+        fixture_init(&f, EXPIRERS);
+        ASSERT_OK(cp_store_account_create(f.s, &spec, &b, &err), &err);
+        for (int round = 0; round < 5; round++) {
+                pthread_t th[EXPIRERS];
+                expirer ex[EXPIRERS];
+                pthread_barrier_t start;
+                int64_t sa = serial_of(&f, f.a.account_id), sb = serial_of(&f, b.account_id);
+                int seen_a = 0, seen_b = 0;
+
+                for (int i = 0; i < 3; i++) {
+                        sso_peer(&f, f.a.account_id, f.a.user_id, f.a.setup_key, "ra", 25, id);
+                        sso_peer(&f, b.account_id, b.user_id, b.setup_key, "rb", 26, id);
+                }
+                sa = serial_of(&f, f.a.account_id);
+                sb = serial_of(&f, b.account_id);
+                pthread_barrier_init(&start, NULL, EXPIRERS);
+                for (int i = 0; i < EXPIRERS; i++) {
+                        ex[i] = (expirer) { .f = &f, .start = &start };
+                        ASSERT_EQ(0, pthread_create(&th[i], NULL, expirer_main, &ex[i]));
+                }
+                for (int i = 0; i < EXPIRERS; i++)
+                        pthread_join(th[i], NULL);
+                pthread_barrier_destroy(&start);
+                for (int i = 0; i < EXPIRERS; i++) {
+                        ASSERT_EQ(0, ex[i].r);
+                        for (size_t j = 0; j < ex[i].n; j++) {
+                                if (strcmp(ex[i].acc[j].account_id, f.a.account_id) == 0)
+                                        seen_a++;
+                                else if (strcmp(ex[i].acc[j].account_id, b.account_id) == 0)
+                                        seen_b++;
+                                else
+                                        ASSERT_TRUE(false);
+                        }
+                        free(ex[i].acc);
+                }
+                /* Each account reported by exactly one caller, bumped once. */
+                ASSERT_EQ(1, seen_a);
+                ASSERT_EQ(1, seen_b);
+                ASSERT_EQ(sa + 1, serial_of(&f, f.a.account_id));
+                ASSERT_EQ(sb + 1, serial_of(&f, b.account_id));
+                ASSERT_QUERY("0", f.db, "SELECT count(*) FROM peers WHERE NOT peer_status_login_expired", NULL,
+                             NULL);
+                /* One event per peer, never two. */
+                ASSERT_QUERY("0", f.db, "SELECT count(*) FROM (SELECT target_id FROM events WHERE activity = 50"
+                                        " GROUP BY target_id HAVING count(*) <> 1) d", NULL, NULL);
+                char want[12];
+                (void) snprintf(want, sizeof want, "%d", 6 * (round + 1));
+                ASSERT_QUERY(want, f.db, "SELECT count(*) FROM events WHERE activity = 50", NULL, NULL);
+        }
+        fixture_done(&f);
+}
+
 int main(int argc, char **argv) {
         if (cp_crypto_init() < 0)
                 return 1;

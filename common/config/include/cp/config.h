@@ -190,6 +190,7 @@ typedef struct cp_config {
         int64_t db_pool_size;
         int64_t shutdown_timeout_ms;
         int64_t serial_check_interval_ms;       /* 0 = no periodic serial check */
+        int64_t login_expiry_check_interval_ms; /* 0 = no periodic login expiry check */
         char *data_store_encryption_key;        /* base64 of 32 bytes, or NULL */
 
         /* management.json itself (source.file), warnings, origins. */

@@ -348,3 +348,31 @@ int cp_store_peer_delete(cp_store *s, const char *account_id, const char *peer_i
  * '.'). out holds CP_STORE_DNS_LABEL_MAX + 1 bytes. Pure function. */
 #define CP_STORE_DNS_LABEL_MAX 63
 int cp_store_dns_label_from_hostname(const char *hostname, char out[CP_STORE_DNS_LABEL_MAX + 1]);
+
+/* ---- login expiration (netbird-protocol.md sections 6.3 and 7) -------------
+ * NetBird arms a timer per account in the process that saw the connect;
+ * here no replica holds that state: every replica calls this periodically
+ * and the database decides. In ONE statement (one transaction):
+ *   - marks peer_status_login_expired = true on every peer whose login has
+ *     expired and is not yet marked: account setting
+ *     settings_peer_login_expiration_enabled, peer user_id set (an SSO
+ *     peer), peer login_expiration_enabled, last_login set, and
+ *     last_login + settings_peer_login_expiration <= now();
+ *   - writes event 50 (peer.login.expire) per peer marked, initiator
+ *     "sys", meta = the peer meta of event 5 plus reason "session
+ *     expiration" (dns_domain as in cp_store_peer_delete);
+ *   - bumps network_serial once per account with a marked peer.
+ * The UPDATE's "not yet marked" condition is re-checked under the row lock,
+ * so callers running at the same time (other replicas) never mark a peer
+ * twice, and the events and bumps follow from the rows each caller marked:
+ * a caller that marked nothing writes nothing.
+ * On success *ret_accounts (malloc'ed array, caller frees; NULL when
+ * *ret_n == 0) holds each affected account with its new serial, sorted by
+ * account id. A deadlock with a concurrent caller is retried. */
+typedef struct cp_store_expired_account {
+        char account_id[64];
+        int64_t serial;
+} cp_store_expired_account;
+
+int cp_store_expire_logins(cp_store *s, const char *dns_domain, cp_store_expired_account **ret_accounts,
+                           size_t *ret_n, cp_error *reterr);
