@@ -1193,15 +1193,24 @@ static int cmp_expired(const void *a, const void *b) {
                       ((const cp_store_expired_account *) b)->account_id);
 }
 
+static int cmp_expired_peer(const void *a, const void *b) {
+        const cp_store_expired_peer *x = a, *y = b;
+        int c = strcmp(x->account_id, y->account_id);
+
+        return c ? c : strcmp(x->peer_id, y->peer_id);
+}
+
 int cp_store_expire_logins(cp_store *s, const char *dns_domain, cp_store_expired_account **ret_accounts,
-                           size_t *ret_n, cp_error *reterr) {
+                           size_t *ret_n, cp_store_expired_peer **ret_peers, size_t *ret_n_peers,
+                           cp_error *reterr) {
         char code[12];
         const char *params[2] = { code, nz(dns_domain) };
         cp_store_expired_account *out = NULL;
-        size_t n = 0;
+        cp_store_expired_peer *peers = NULL;
+        size_t n = 0, n_peers = 0;
         int r;
 
-        if (!ret_accounts || !ret_n)
+        if (!ret_accounts || !ret_n || (ret_peers && !ret_n_peers))
                 return cp_error_set(reterr, -EINVAL, "result pointers are required");
         (void) snprintf(code, sizeof code, "%d", ACTIVITY_PEER_LOGIN_EXPIRED);
 
@@ -1225,19 +1234,36 @@ int cp_store_expire_logins(cp_store *s, const char *dns_domain, cp_store_expired
                                 *reterr = err;
                         return r;
                 }
-                n = (size_t) PQntuples(res);
-                if (n > 0) {
-                        out = cp_xcalloc(n, sizeof *out);
-                        for (size_t i = 0; i < n; i++) {
-                                (void) snprintf(out[i].account_id, sizeof out[i].account_id, "%s",
-                                                PQgetvalue(res, (int) i, 0));
-                                out[i].serial = strtoll(PQgetvalue(res, (int) i, 1), NULL, 10);
+                /* One row per marked peer, sorted by account id then peer
+                 * id: the accounts are the runs of equal account ids. */
+                n_peers = (size_t) PQntuples(res);
+                if (n_peers > 0) {
+                        out = cp_xcalloc(n_peers, sizeof *out);
+                        peers = cp_xcalloc(n_peers, sizeof *peers);
+                        for (size_t i = 0; i < n_peers; i++) {
+                                const char *acc = PQgetvalue(res, (int) i, 0);
+                                (void) snprintf(peers[i].account_id, sizeof peers[i].account_id, "%s", acc);
+                                (void) snprintf(peers[i].peer_id, sizeof peers[i].peer_id, "%s",
+                                                PQgetvalue(res, (int) i, 2));
+                                if (n > 0 && strcmp(out[n - 1].account_id, acc) == 0)
+                                        continue;
+                                (void) snprintf(out[n].account_id, sizeof out[n].account_id, "%s", acc);
+                                out[n].serial = strtoll(PQgetvalue(res, (int) i, 1), NULL, 10);
+                                n++;
                         }
+                        /* The ORDER BY sorts in the database's collation;
+                         * callers get strcmp order. */
                         qsort(out, n, sizeof *out, cmp_expired);
+                        qsort(peers, n_peers, sizeof *peers, cmp_expired_peer);
                 }
                 break;
         }
         *ret_accounts = out;
         *ret_n = n;
+        if (ret_peers) {
+                *ret_peers = peers;
+                *ret_n_peers = n_peers;
+        } else
+                free(peers);
         return 0;
 }

@@ -238,9 +238,11 @@ static const struct {
                 " SELECT $1::int, 'sys', e.id, e.account_id, " PEER_EVENT_META("e", "$2")
                 " || jsonb_build_object('reason', 'session expiration')"
                 " FROM e JOIN accounts a ON a.id = e.account_id)"
-                " UPDATE accounts SET network_serial = network_serial + 1"
+                " , u AS (UPDATE accounts SET network_serial = network_serial + 1"
                 " WHERE id IN (SELECT DISTINCT account_id FROM e)"
-                " RETURNING id, network_serial", 2 },
+                " RETURNING id, network_serial)"
+                " SELECT u.id, u.network_serial, e.id FROM u JOIN e ON e.account_id = u.id"
+                " ORDER BY u.id, e.id", 2 },
 };
 
 int cp_store__error(PGconn *pg, const PGresult *res, cp_error *reterr) {

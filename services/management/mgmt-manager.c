@@ -49,7 +49,8 @@ struct mgmt_manager {
         mgmt_grpc *grpc;
         mgmt_http *http;
 
-        struct event *sig_term, *sig_int, *wake, *deadline, *serial_tick, *expiry_tick;
+        struct event *sig_term, *sig_int, *wake, *deadline, *serial_tick, *expiry_tick,
+                *refresh_tick;
         int wake_fd;
 
         pthread_mutex_t posts_lock;
@@ -131,6 +132,8 @@ static void begin_shutdown(mgmt_manager *m, const char *why) {
                 event_del(m->serial_tick);
         if (m->expiry_tick)
                 event_del(m->expiry_tick);
+        if (m->refresh_tick)
+                event_del(m->refresh_tick);
         (void) snprintf(buf, sizeof buf, "%" PRId64 "ms", grace);
         cp_log_kv(&log_ctx, CP_LOG_INFO, "shutting down", "signal", why, "grace", buf, NULL);
         mgmt_http_stop_accepting(m->http);
@@ -176,6 +179,16 @@ static void on_expiry_tick(evutil_socket_t fd, short what, void *userdata) {
 
         if (!m->shutting_down)
                 mgmt_sync_expire_logins(m->sync);
+}
+
+/* While time-based TURN credentials or relay tokens are configured: the
+ * sync hub sends fresh ones to the streams that are due (one scan on the
+ * CQ thread; building and sealing on workers). */
+static void on_refresh_tick(evutil_socket_t fd, short what, void *userdata) {
+        mgmt_manager *m = userdata;
+
+        if (!m->shutting_down)
+                mgmt_sync_refresh_credentials(m->sync);
 }
 
 /* ---- setup ---------------------------------------------------------------- */
@@ -339,6 +352,15 @@ int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf,
                         goto fail;
                 }
         }
+        if (mgmt_sync_refresh_tick_ms(m->sync) > 0) {
+                int64_t ms = mgmt_sync_refresh_tick_ms(m->sync);
+                struct timeval tv = { .tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000 };
+                m->refresh_tick = event_new(m->base, -1, EV_PERSIST, on_refresh_tick, m);
+                if (!m->refresh_tick || event_add(m->refresh_tick, &tv) < 0) {
+                        r = cp_error_set(reterr, -ENOMEM, "cannot register the credential refresh timer");
+                        goto fail;
+                }
+        }
 
         log_listening("grpc", cfg->listen_address, mgmt_grpc_port(m->grpc), m->tls ? "true" : "false");
         log_listening("http", cfg->listen_address, mgmt_http_port(m->http), "false");
@@ -388,6 +410,8 @@ mgmt_manager *mgmt_manager_free(mgmt_manager *m) {
                 event_free(m->serial_tick);
         if (m->expiry_tick)
                 event_free(m->expiry_tick);
+        if (m->refresh_tick)
+                event_free(m->refresh_tick);
         if (m->deadline)
                 event_free(m->deadline);
         if (m->wake)

@@ -407,16 +407,12 @@ static Management__HostConfig *host_config(const mgmt_host *h, mgmt_arena *a) {
         return hc;
 }
 
-Management__NetbirdConfig *mgmt_netconf_build(const mgmt_netconf *n, int64_t now_s, mgmt_arena *a) {
-        Management__NetbirdConfig *nc = mgmt_arena_alloc(a, sizeof *nc);
+static bool turn_expires(const mgmt_netconf *n) {
+        return n->n_turns > 0 && n->turn_time_based;
+}
 
-        management__netbird_config__init(nc);
-        if (n->n_stuns) {
-                nc->stuns = mgmt_arena_array(a, n->n_stuns, sizeof *nc->stuns);
-                for (size_t i = 0; i < n->n_stuns; i++)
-                        nc->stuns[i] = host_config(&n->stuns[i], a);
-                nc->n_stuns = n->n_stuns;
-        }
+/* turns and relay of a NetbirdConfig (see mgmt_netconf_build). */
+static void build_turns(const mgmt_netconf *n, int64_t now_s, mgmt_arena *a, Management__NetbirdConfig *nc) {
         if (n->n_turns) {
                 mgmt_token *tok = NULL;
                 if (n->turn_time_based) {
@@ -434,8 +430,9 @@ Management__NetbirdConfig *mgmt_netconf_build(const mgmt_netconf *n, int64_t now
                 }
                 nc->n_turns = n->n_turns;
         }
-        if (n->has_signal)
-                nc->signal = host_config(&n->signal, a);
+}
+
+static void build_relay(const mgmt_netconf *n, int64_t now_s, mgmt_arena *a, Management__NetbirdConfig *nc) {
         if (n->n_relay_urls) {
                 Management__RelayConfig *rc = mgmt_arena_alloc(a, sizeof *rc);
                 mgmt_token *tok = mgmt_arena_alloc(a, sizeof *tok);
@@ -447,6 +444,49 @@ Management__NetbirdConfig *mgmt_netconf_build(const mgmt_netconf *n, int64_t now
                 rc->tokensignature = tok->signature;
                 nc->relay = rc;
         }
+}
+
+Management__NetbirdConfig *mgmt_netconf_build(const mgmt_netconf *n, int64_t now_s, mgmt_arena *a) {
+        Management__NetbirdConfig *nc = mgmt_arena_alloc(a, sizeof *nc);
+
+        management__netbird_config__init(nc);
+        if (n->n_stuns) {
+                nc->stuns = mgmt_arena_array(a, n->n_stuns, sizeof *nc->stuns);
+                for (size_t i = 0; i < n->n_stuns; i++)
+                        nc->stuns[i] = host_config(&n->stuns[i], a);
+                nc->n_stuns = n->n_stuns;
+        }
+        build_turns(n, now_s, a, nc);
+        if (n->has_signal)
+                nc->signal = host_config(&n->signal, a);
+        build_relay(n, now_s, a, nc);
+        return nc;
+}
+
+int64_t mgmt_netconf_refresh_ms(const mgmt_netconf *n) {
+        int64_t ttl_s = 0;
+
+        if (!n)
+                return 0;
+        if (turn_expires(n))
+                ttl_s = n->turn_ttl_s;
+        if (n->n_relay_urls && (ttl_s == 0 || n->relay_ttl_s < ttl_s))
+                ttl_s = n->relay_ttl_s;
+        if (ttl_s <= 0)
+                return 0;
+        return ttl_s * 1000 / 4 * 3;
+}
+
+Management__NetbirdConfig *mgmt_netconf_build_refresh(const mgmt_netconf *n, int64_t now_s, mgmt_arena *a) {
+        Management__NetbirdConfig *nc;
+
+        if (mgmt_netconf_refresh_ms(n) == 0)
+                return NULL;
+        nc = mgmt_arena_alloc(a, sizeof *nc);
+        management__netbird_config__init(nc);
+        if (turn_expires(n))
+                build_turns(n, now_s, a, nc);
+        build_relay(n, now_s, a, nc);
         return nc;
 }
 

@@ -122,6 +122,20 @@ void mgmt_netconf_relay_token(const mgmt_netconf *n, int64_t now_s, mgmt_token *
  * Built in a (strings point into n or a); NULL never. */
 Management__NetbirdConfig *mgmt_netconf_build(const mgmt_netconf *n, int64_t now_s, mgmt_arena *a);
 
+/* Credential refresh on open Sync streams (netbird-protocol.md section
+ * 1.5): the interval in milliseconds, 3/4 of the shortest TTL among the
+ * credentials that expire (time-based TURN credentials, the relay token
+ * when relay addresses are configured); 0 when nothing expires (no relay,
+ * TURN absent or static): no refresh. */
+int64_t mgmt_netconf_refresh_ms(const mgmt_netconf *n);
+
+/* The NetbirdConfig of a refresh push: only turns with fresh time-based
+ * credentials (when TURNConfig.TimeBasedCredentials) and relay with a
+ * fresh token (when relay addresses are configured; always together, as
+ * a config without relay wipes the agent's relay addresses). Built in a;
+ * NULL when mgmt_netconf_refresh_ms() is 0. */
+Management__NetbirdConfig *mgmt_netconf_build_refresh(const mgmt_netconf *n, int64_t now_s, mgmt_arena *a);
+
 /* PeerConfig.sshConfig.jwtConfig for an SSH-enabled peer: issuer
  * (HttpConfig.AuthIssuer), audience (AuthAudience), keys location
  * (AuthKeysLocation or <issuer>/.well-known/jwks.json). NULL when no

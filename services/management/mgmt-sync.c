@@ -86,6 +86,15 @@ typedef struct sync_stream {
         size_t pending_len;
         int64_t started_ms;
 
+        /* Credential refresh (CQ thread; creds_ms is set by the open job). */
+        int64_t creds_ms;               /* monotonic ms the first message's credentials were made */
+        int64_t refresh_due_ms;         /* next refresh, while on the hub's refresh list */
+        bool on_refresh_list;
+        bool refreshing;                /* a refresh job for it is running */
+        uint8_t *refresh;               /* the unsent refresh message (malloc); sent before a map */
+        size_t refresh_len;
+        struct sync_stream *refresh_prev, *refresh_next;
+
         sync_acct *acct;                /* while registered */
         struct sync_stream *acct_prev, *acct_next;
 } sync_stream;
@@ -116,6 +125,11 @@ struct mgmt_sync {
         bool draining;
         bool checking;                  /* a serial check is running */
         bool expiring;                  /* a login expiry check is running */
+
+        /* Credential refresh: registered streams ordered by due time
+         * (CQ thread only). refresh_ms 0: nothing expires, no list. */
+        int64_t refresh_ms;
+        sync_stream *refresh_head, *refresh_tail;
 };
 
 static const cp_log_ctx log_ctx = { .component = "sync" };
@@ -137,6 +151,7 @@ static void stream_unref(sync_stream *s) {
                 cp_crypto_box_shared_release(&s->shared);
         free(s->first);
         free(s->pending);
+        free(s->refresh);
         mgmt_call_unref(s->call);
         free(s);
 }
@@ -185,10 +200,52 @@ static void accts_sweep(mgmt_sync *h) {
         }
 }
 
+/* ---- the credential refresh list ------------------------------------------------ */
+
+/* The list is sorted by refresh_due_ms. Due times are nearly always
+ * appended in order (now + the one interval), so the walk from the tail
+ * is short. */
+static void refresh_insert(mgmt_sync *h, sync_stream *s, int64_t due_ms) {
+        sync_stream *after = h->refresh_tail;
+
+        s->refresh_due_ms = due_ms;
+        while (after && after->refresh_due_ms > due_ms)
+                after = after->refresh_prev;
+        s->refresh_prev = after;
+        s->refresh_next = after ? after->refresh_next : h->refresh_head;
+        if (s->refresh_next)
+                s->refresh_next->refresh_prev = s;
+        else
+                h->refresh_tail = s;
+        if (after)
+                after->refresh_next = s;
+        else
+                h->refresh_head = s;
+        s->on_refresh_list = true;
+}
+
+static void refresh_remove(mgmt_sync *h, sync_stream *s) {
+        if (!s->on_refresh_list)
+                return;
+        if (s->refresh_prev)
+                s->refresh_prev->refresh_next = s->refresh_next;
+        else
+                h->refresh_head = s->refresh_next;
+        if (s->refresh_next)
+                s->refresh_next->refresh_prev = s->refresh_prev;
+        else
+                h->refresh_tail = s->refresh_prev;
+        s->refresh_prev = s->refresh_next = NULL;
+        s->on_refresh_list = false;
+}
+
 /* ---- the registry ------------------------------------------------------------ */
 
 static void registry_add(mgmt_sync *h, sync_stream *s) {
         sync_acct *a = acct_get(h, s->account_id, true);
+
+        if (h->refresh_ms > 0)
+                refresh_insert(h, s, s->creds_ms + h->refresh_ms);
 
         (void) mgmt_strmap_put(h->peers, s->peer_id, s);
         s->registered = true;
@@ -208,6 +265,7 @@ static void registry_remove(mgmt_sync *h, sync_stream *s) {
 
         if (!s->registered)
                 return;
+        refresh_remove(h, s);
         if (mgmt_strmap_get(h->peers, s->peer_id) == s)
                 (void) mgmt_strmap_remove(h->peers, s->peer_id);
         if (s->acct_prev)
@@ -232,11 +290,19 @@ static void on_sent(mgmt_call *c, bool ok, void *userdata);
 static void pump(sync_stream *s) {
         if (s->closed || mgmt_call_sending(s->call))
                 return;
-        if (s->pending) {
-                uint8_t *m = s->pending;
-                size_t n = s->pending_len;
-                s->pending = NULL;
-                s->pending_len = 0;
+        if (s->refresh || s->pending) {
+                /* A pending credential refresh goes first: it is small and
+                 * its own slot, so a map replacing the pending map never
+                 * drops it (nor it the map). */
+                uint8_t *m = s->refresh ? s->refresh : s->pending;
+                size_t n = s->refresh ? s->refresh_len : s->pending_len;
+                if (s->refresh) {
+                        s->refresh = NULL;
+                        s->refresh_len = 0;
+                } else {
+                        s->pending = NULL;
+                        s->pending_len = 0;
+                }
                 stream_ref(s);
                 int r = mgmt_call_send(s->call, m, n, on_sent, s);
                 free(m);
@@ -294,6 +360,8 @@ static void stream_end(sync_stream *s, grpc_status_code status, const char *mess
         s->end_reason = reason;
         free(s->pending);
         s->pending = NULL;
+        free(s->refresh);
+        s->refresh = NULL;
         pump(s);
 }
 
@@ -373,6 +441,7 @@ static int open_first_message(sync_stream *s, mgmt_agent_op *op) {
                 open_fail_internal(op, "cannot load the network map", r, &err);
                 return r;
         }
+        s->creds_ms = cp_now_mono_ms();
         Management__NetbirdConfig *cfg = mgmt_netconf_build(ag->netconf, cp_now_unix_ns() / 1000000000, &op->arena);
         r = mgmt_map_pack(s->hub->maps, map, s->peer_id, cfg, &op->arena, &plain, &plain_len, &err);
         s->first_serial = mgmt_map_serial(map);
@@ -647,6 +716,8 @@ void mgmt_sync_on_close(mgmt_sync *h, mgmt_call *c, bool cancelled) {
         s->closed = true;
         free(s->pending);
         s->pending = NULL;
+        free(s->refresh);
+        s->refresh = NULL;
         if (!s->op) {
                 /* Opened (or failed to): leave the registry, if it is still
                  * ours, and hand the peer back with our own token. */
@@ -1023,6 +1094,9 @@ typedef struct expiry_check {
         mgmt_sync *hub;
         cp_store_expired_account *accts;
         size_t n;
+        cp_store_expired_peer *peers;   /* the peers this check marked */
+        size_t n_peers;
+        int64_t queued_ms;              /* monotonic, when the check was queued */
         int r;
         cp_error err;
 } expiry_check;
@@ -1033,7 +1107,7 @@ static void expiry_check_work(void *userdata) {
         expiry_check *c = userdata;
 
         c->r = cp_store_expire_logins(c->hub->agent->store, c->hub->agent->config->dns_domain, &c->accts, &c->n,
-                                      &c->err);
+                                      &c->peers, &c->n_peers, &c->err);
 }
 
 static void expiry_check_done(mgmt_grpc *g, void *userdata) {
@@ -1043,6 +1117,19 @@ static void expiry_check_done(mgmt_grpc *g, void *userdata) {
         h->expiring = false;
         if (c->r < 0)
                 cp_log_kv(&log_ctx, CP_LOG_WARN, "cannot expire peer logins", "error", c->err.message, NULL);
+        /* The expired peers' own streams here end (OK, as NetBird closes
+         * their update channels); the agent's next open is refused with
+         * "login expired". Still registered, so on_close disconnects them
+         * with their own tokens. A stream that started after the check
+         * was queued passed its own expiry check (a re-login since):
+         * left alone. Streams on other replicas stay until they end. */
+        for (size_t i = 0; c->r >= 0 && i < c->n_peers; i++) {
+                sync_stream *s = mgmt_strmap_get(h->peers, c->peers[i].peer_id);
+                if (!s || s->ending || s->started_ms >= c->queued_ms ||
+                    strcmp(s->account_id, c->peers[i].account_id) != 0)
+                        continue;
+                stream_end(s, GRPC_STATUS_OK, NULL, "login expired");
+        }
         for (size_t i = 0; c->r >= 0 && i < c->n; i++) {
                 char serial[24];
                 cp_log_ctx ctx = { .component = "sync", .account = c->accts[i].account_id };
@@ -1053,6 +1140,7 @@ static void expiry_check_done(mgmt_grpc *g, void *userdata) {
                 mgmt_sync_account_changed(h, c->accts[i].account_id, c->accts[i].serial);
         }
         free(c->accts);
+        free(c->peers);
         free(c);
 }
 
@@ -1064,6 +1152,7 @@ static void on_expire_logins(mgmt_grpc *g, void *userdata) {
                 return;
         c = cp_xcalloc(1, sizeof *c);
         c->hub = h;
+        c->queued_ms = cp_now_mono_ms();
         h->expiring = true;
         /* Not forced: with the workers busy, the next tick tries again. */
         if (mgmt_grpc_offload(g, expiry_check_work, expiry_check_done, c, false) < 0) {
@@ -1077,6 +1166,148 @@ void mgmt_sync_expire_logins(mgmt_sync *h) {
 
         if (g)
                 mgmt_grpc_post(g, on_expire_logins, h);
+}
+
+/* ---- credential refresh ------------------------------------------------------------------- */
+
+typedef struct refresh_target {
+        sync_stream *s;
+        uint8_t *msg;                   /* sealed EncryptedMessage (malloc); NULL = nothing */
+        size_t len;
+} refresh_target;
+
+typedef struct refresh_job {
+        mgmt_sync *hub;
+        size_t n;
+        refresh_target t[FANOUT_CHUNK];
+} refresh_job;
+
+/* Worker: a SyncResponse with only netbirdConfig (fresh credentials; no
+ * NetworkMap, no sessionExpiresAt: the agent keeps its map, checks and
+ * deadline), sealed for each stream. */
+static void refresh_work(void *userdata) {
+        refresh_job *j = userdata;
+        const mgmt_agent *ag = j->hub->agent;
+        int64_t now_s = cp_now_unix_ns() / 1000000000;
+        mgmt_arena arena;
+
+        mgmt_arena_init(&arena);
+        for (size_t i = 0; i < j->n; i++) {
+                refresh_target *t = &j->t[i];
+                Management__SyncResponse resp;
+                cp_error err = { 0 };
+                size_t plain_len, sealed_len;
+                uint8_t *plain, *sealed;
+
+                management__sync_response__init(&resp);
+                resp.netbirdconfig = mgmt_netconf_build_refresh(ag->netconf, now_s, &arena);
+                if (!resp.netbirdconfig)
+                        break;
+                plain_len = management__sync_response__get_packed_size(&resp);
+                plain = mgmt_arena_alloc(&arena, plain_len ? plain_len : 1);
+                plain_len = management__sync_response__pack(&resp, plain);
+                sealed = mgmt_agent_seal(ag, &t->s->shared, plain, plain_len, &arena, &sealed_len, &err);
+                cp_explicit_bzero(plain, plain_len);
+                if (sealed) {
+                        t->msg = cp_xmalloc(sealed_len ? sealed_len : 1);
+                        memcpy(t->msg, sealed, sealed_len);
+                        t->len = sealed_len;
+                } else {
+                        cp_log_ctx ctx = { .component = "sync", .account = t->s->account_id };
+                        cp_log_kv(&ctx, CP_LOG_WARN, "cannot seal a credential refresh", "peer_key",
+                                  t->s->peer_key, "error", err.message, NULL);
+                }
+                mgmt_arena_release(&arena);
+        }
+        mgmt_arena_release(&arena);
+}
+
+static void refresh_done(mgmt_grpc *g, void *userdata) {
+        refresh_job *j = userdata;
+
+        for (size_t i = 0; i < j->n; i++) {
+                refresh_target *t = &j->t[i];
+                sync_stream *s = t->s;
+                s->refreshing = false;
+                if (t->msg && s->registered && !s->closed && !s->ending) {
+                        /* A newer refresh replaces one still unsent. */
+                        free(s->refresh);
+                        s->refresh = t->msg;
+                        s->refresh_len = t->len;
+                        pump(s);
+                } else
+                        free(t->msg);
+                stream_unref(s);
+        }
+        free(j);
+}
+
+static void refresh_submit(mgmt_sync *h, refresh_job *j, int64_t now_ms) {
+        mgmt_grpc *g = atomic_load(&h->grpc);
+
+        /* Not forced: with the workers busy, the streams are due again
+         * and the next tick retries (not this one: due after now_ms). */
+        if (mgmt_grpc_offload(g, refresh_work, refresh_done, j, false) == 0)
+                return;
+        for (size_t i = 0; i < j->n; i++) {
+                sync_stream *s = j->t[i].s;
+                s->refreshing = false;
+                if (s->on_refresh_list) {
+                        refresh_remove(h, s);
+                        refresh_insert(h, s, now_ms + 1);
+                }
+                stream_unref(s);
+        }
+        free(j);
+}
+
+/* CQ thread: every stream whose refresh is due gets one, built and sealed
+ * on a worker; its next one is due an interval from now. */
+static void on_refresh_tick(mgmt_grpc *g, void *userdata) {
+        mgmt_sync *h = userdata;
+        int64_t now_ms = cp_now_mono_ms();
+        refresh_job *j = NULL;
+
+        if (h->draining || h->refresh_ms <= 0)
+                return;
+        /* Streams put back are due after now_ms, so the loop ends. */
+        while (h->refresh_head && h->refresh_head->refresh_due_ms <= now_ms) {
+                sync_stream *s = h->refresh_head;
+
+                refresh_remove(h, s);
+                if (s->ending)
+                        continue;       /* its status goes out next; on_close unregisters it */
+                refresh_insert(h, s, now_ms + h->refresh_ms);
+                if (!s->refreshing) {
+                        if (!j) {
+                                j = cp_xcalloc(1, sizeof *j);
+                                j->hub = h;
+                        }
+                        s->refreshing = true;
+                        j->t[j->n++].s = stream_ref(s);
+                        if (j->n == FANOUT_CHUNK) {
+                                refresh_submit(h, j, now_ms);
+                                j = NULL;
+                        }
+                }
+        }
+        if (j)
+                refresh_submit(h, j, now_ms);
+}
+
+int64_t mgmt_sync_refresh_tick_ms(const mgmt_sync *h) {
+        int64_t tick = h->refresh_ms / 4;
+
+        if (h->refresh_ms <= 0)
+                return 0;
+        return tick < 100 ? 100 : tick > 1000 ? 1000 : tick;
+}
+
+void mgmt_sync_refresh_credentials(mgmt_sync *h) {
+        mgmt_grpc *g = atomic_load(&h->grpc);
+
+        if (g && h->refresh_ms > 0)
+                mgmt_grpc_post(g, on_refresh_tick, h);
 }
 
 /* ---- drain ----------------------------------------------------------------------------------- */
@@ -1123,6 +1354,7 @@ mgmt_sync *mgmt_sync_new(const mgmt_agent *agent, mgmt_maps *maps, int max_setup
         h->agent = agent;
         h->maps = maps;
         h->max_setups = max_setups;
+        h->refresh_ms = mgmt_netconf_refresh_ms(agent ? agent->netconf : NULL);
         h->peers = mgmt_strmap_new();
         h->accts = mgmt_strmap_new();
         return h;

@@ -20,6 +20,7 @@
  *                                map and ends
  *   mgmt_sync_check_serials()    periodic: notice serials moved elsewhere
  *   mgmt_sync_expire_logins()    periodic: mark expired SSO logins
+ *   mgmt_sync_refresh_credentials()  periodic: TURN/relay credential refresh
  *   mgmt_sync_drain()            shutdown: end every stream
  */
 #pragma once
@@ -80,6 +81,23 @@ void mgmt_sync_check_serials(mgmt_sync *s);
  * --login-expiry-check-interval. A check still running (or a full worker
  * queue) makes the call a no-op. */
 void mgmt_sync_expire_logins(mgmt_sync *s);
+
+/* Credential refresh (netbird-protocol.md section 1.5). When time-based
+ * TURN credentials or relay tokens are configured, every open stream gets,
+ * mgmt_netconf_refresh_ms() (3/4 of the shortest such TTL) after its
+ * previous credentials were made (the first message, then each refresh),
+ * a SyncResponse with only netbirdConfig: turns (time-based) and relay
+ * (when configured), sealed on a worker. It has its own per-stream slot,
+ * sent before a pending map, so map coalescing never drops it. The
+ * streams wait on one list sorted by due time; no per-stream timer.
+ *
+ * mgmt_sync_refresh_tick_ms(): how often the manager should call
+ * mgmt_sync_refresh_credentials() (a quarter of the interval, 100 ms to
+ * 1 s); 0 = nothing expires, no timer needed.
+ * mgmt_sync_refresh_credentials(): any thread; posts one scan of the
+ * streams that are due to the CQ thread. */
+int64_t mgmt_sync_refresh_tick_ms(const mgmt_sync *s);
+void mgmt_sync_refresh_credentials(mgmt_sync *s);
 
 /* Any thread: shutdown began. Every stream ends with UNAVAILABLE (agents
  * reconnect, to another replica when there is one) and its fenced

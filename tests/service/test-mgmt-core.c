@@ -182,8 +182,48 @@ TEST(netconf_credentials) {
         size_t len = management__netbird_config__get_packed_size(nc);
         uint8_t *buf = mgmt_arena_alloc(&a, len);
         ASSERT_EQ(len, management__netbird_config__pack(nc, buf));
+
+        /* Refresh: 3/4 of the shorter TTL (relay's 1800 s); only turns and
+         * relay, both fresh. */
+        ASSERT_EQ(1350 * 1000, mgmt_netconf_refresh_ms(n));
+        nc = mgmt_netconf_build_refresh(n, 1700000100, &a);
+        ASSERT_TRUE(nc && nc->n_stuns == 0 && !nc->signal);
+        ASSERT_TRUE(nc->n_turns == 1 && strcmp(nc->turns[0]->user, "1700007300") == 0);
+        ASSERT_TRUE(nc->relay && strcmp(nc->relay->tokenpayload, "1700001900") == 0);
         mgmt_arena_release(&a);
         mgmt_netconf_free(n);
+}
+
+TEST(netconf_refresh) {
+        mgmt_netconf *n = NULL;
+        mgmt_arena a;
+
+        mgmt_arena_init(&a);
+        ASSERT_EQ(0, mgmt_netconf_refresh_ms(NULL));
+        /* Static TURN, no relay: nothing expires. */
+        ASSERT_EQ(0, load("{\"TURNConfig\": {\"CredentialsTTL\": \"4s\", \"Turns\": [{\"Proto\": \"udp\", "
+                          "\"URI\": \"turn:t:3478\", \"Username\": \"u\", \"Password\": \"p\"}]}}", &n, NULL));
+        ASSERT_EQ(0, mgmt_netconf_refresh_ms(n));
+        ASSERT_TRUE(mgmt_netconf_build_refresh(n, 1, &a) == NULL);
+        n = mgmt_netconf_free(n);
+        /* Static TURN with relay: relay only, at 3/4 of its TTL. */
+        ASSERT_EQ(0, load("{\"TURNConfig\": {\"Turns\": [{\"Proto\": \"udp\", \"URI\": \"turn:t:3478\","
+                          " \"Username\": \"u\", \"Password\": \"p\"}]},"
+                          " \"Relay\": {\"Addresses\": [\"rels://r:443\"], \"CredentialsTTL\": \"4s\","
+                          " \"Secret\": \"s\"}}", &n, NULL));
+        ASSERT_EQ(3000, mgmt_netconf_refresh_ms(n));
+        Management__NetbirdConfig *nc = mgmt_netconf_build_refresh(n, 10, &a);
+        ASSERT_TRUE(nc && nc->n_turns == 0 && nc->relay && strcmp(nc->relay->tokenpayload, "14") == 0);
+        n = mgmt_netconf_free(n);
+        /* Time-based TURN without relay: turns only. */
+        ASSERT_EQ(0, load("{\"TURNConfig\": {\"TimeBasedCredentials\": true, \"CredentialsTTL\": \"8s\","
+                          " \"Secret\": \"x\", \"Turns\": [{\"Proto\": \"udp\", \"URI\": \"turn:t:3478\"}]}}",
+                          &n, NULL));
+        ASSERT_EQ(6000, mgmt_netconf_refresh_ms(n));
+        nc = mgmt_netconf_build_refresh(n, 10, &a);
+        ASSERT_TRUE(nc && nc->n_turns == 1 && !nc->relay && strcmp(nc->turns[0]->user, "18") == 0);
+        n = mgmt_netconf_free(n);
+        mgmt_arena_release(&a);
 }
 
 TEST(netconf_defaults_static_turn_and_flows) {

@@ -9,6 +9,9 @@ Agents are tests/agent/nbagent.py; deployments are tests/agent/fixture.py
 (a database per test, bootstrap, servers on loopback).
 """
 
+import base64
+import hashlib
+import hmac
 import os
 import signal
 import subprocess
@@ -306,7 +309,10 @@ def expired_sso_login_goes_offline_for_others():
     time.sleep(2.5)
     assert dep.network_serial() == before + 1
     assert len(dep.sql("SELECT 1 FROM events WHERE activity = 50")) == 1
-    sb.cancel()
+    # Its own stream was ended by the server (status OK), not by us, and
+    # its end disconnected it with its own token.
+    end, _ = sb.wait_end(timeout=10)
+    assert isinstance(end, StreamEnded), end
     wait_until(lambda: status(dep, b) == (False, 0), what="b disconnected")
     s = b.sync(meta=build_meta("expiring"))
     try:
@@ -316,6 +322,85 @@ def expired_sso_login_goes_offline_for_others():
         assert e.code == SC.PERMISSION_DENIED, e
         assert e.details == "peer login has expired, please log in once more", e
     sa.cancel()
+
+
+def short_ttl_config(time_based=True, relay=True):
+    """NETBIRD_CONFIG with 4 s credential TTLs: refreshes are due at 3 s."""
+    import copy
+    cfg = copy.deepcopy(fixture.NETBIRD_CONFIG)
+    cfg["TURNConfig"]["TimeBasedCredentials"] = time_based
+    cfg["TURNConfig"]["CredentialsTTL"] = "4s"
+    if relay:
+        cfg["Relay"]["CredentialsTTL"] = "4s"
+    else:
+        del cfg["Relay"]
+    return cfg
+
+
+def check_fresh_credentials(cfg, now):
+    """turns carry time-based credentials expiring ~4 s after now, relay a
+    token as fresh; both HMACs recomputed (netbird-protocol.md 1.5)."""
+    assert len(cfg.turns) == 1, json_dump(cfg)
+    for t in cfg.turns:
+        assert t.hostConfig.uri == "turn:turn.example.test:3478", t
+        assert now + 4 - 2 <= int(t.user) <= now + 4 + 2, (t.user, now)
+        mac = hmac.new(fixture.TURN_SECRET.encode(), t.user.encode(), hashlib.sha1).digest()
+        assert t.password == base64.b64encode(mac).decode(), t
+    r = cfg.relay
+    assert list(r.urls) == ["rels://relay.example.test:443", "rel://relay2.example.test:80"], r
+    assert now + 4 - 2 <= int(r.tokenPayload) <= now + 4 + 2, (r.tokenPayload, now)
+    key = hashlib.sha256(fixture.RELAY_SECRET.encode()).digest()
+    mac = hmac.new(key, r.tokenPayload.encode(), hashlib.sha256).digest()
+    assert r.tokenSignature == base64.b64encode(mac).decode(), r
+
+
+@test
+def credentials_refreshed_at_three_quarters_of_ttl():
+    """Time-based TURN credentials and relay tokens with a 4 s TTL: the open
+    stream gets, 3 s after its first message, a message with only
+    netbirdConfig (fresh turns and relay, no NetworkMap), and again 3 s
+    later; a map pushed meanwhile still arrives."""
+    dep = Deployment(config=short_ttl_config())
+    dep.start()
+    a = registered(dep, "refreshed")
+    s, first = open_sync(a)
+    t0 = time.monotonic()
+    check_fresh_credentials(first.netbirdConfig, int(time.time()))
+    ref = s.next(timeout=6)
+    took = time.monotonic() - t0
+    ctx = json_dump(ref)
+    assert 2.0 <= took <= 5.5, (took, ctx)
+    assert ref.HasField("netbirdConfig"), ctx
+    assert not ref.HasField("NetworkMap") and not ref.HasField("peerConfig"), ctx
+    assert not ref.HasField("sessionExpiresAt"), ctx
+    assert not ref.netbirdConfig.stuns and not ref.netbirdConfig.HasField("signal"), ctx
+    check_fresh_credentials(ref.netbirdConfig, int(time.time()))
+    assert int(ref.netbirdConfig.turns[0].user) > int(first.netbirdConfig.turns[0].user), ctx
+    assert int(ref.netbirdConfig.relay.tokenPayload) > int(first.netbirdConfig.relay.tokenPayload), ctx
+    # A map pushed now is not lost behind the refreshes, nor they behind it.
+    b = registered(dep, "newcomer")
+    push = s.wait_for(lambda m: m.HasField("NetworkMap") and b.pub_b64 in remote_keys(m), timeout=10)
+    assert not push.HasField("netbirdConfig"), json_dump(push)
+    ref2 = s.wait_for(lambda m: m.HasField("netbirdConfig"), timeout=6)
+    assert not ref2.HasField("NetworkMap"), json_dump(ref2)
+    check_fresh_credentials(ref2.netbirdConfig, int(time.time()))
+    assert int(ref2.netbirdConfig.relay.tokenPayload) > int(ref.netbirdConfig.relay.tokenPayload)
+    s.cancel()
+
+
+@test
+def static_turn_without_relay_is_not_refreshed():
+    """Static TURN credentials and no relay: nothing expires, no refresh."""
+    dep = Deployment(config=short_ttl_config(time_based=False, relay=False))
+    dep.start()
+    a = registered(dep, "static")
+    s, first = open_sync(a)
+    ctx = json_dump(first)
+    assert first.netbirdConfig.turns[0].user == "static-user", ctx
+    assert not first.netbirdConfig.HasField("relay"), ctx
+    time.sleep(5)
+    assert s.q.empty(), "a refresh although no credential expires"
+    s.cancel()
 
 
 @test

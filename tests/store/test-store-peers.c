@@ -770,7 +770,8 @@ TEST(expire_logins_marks_each_expired_sso_peer_once) {
         cp_store_account_spec spec = { .name = "off" };
         cp_store_account_created b;
         cp_store_expired_account *acc = NULL;
-        size_t n = 99;
+        cp_store_expired_peer *peers = NULL;
+        size_t n = 99, n_peers = 99;
         cp_error err = { 0 };
         char x1[64], x2[64], fresh[64], disabled[64], setupkey[64], other[64];
         char wg[45];
@@ -795,13 +796,20 @@ TEST(expire_logins_marks_each_expired_sso_peer_once) {
                b.account_id, NULL));
 
         int64_t sa = serial_of(&f, f.a.account_id), sb = serial_of(&f, b.account_id);
-        ASSERT_OK(cp_store_expire_logins(f.s, "netbird.cloud", &acc, &n, &err), &err);
+        ASSERT_OK(cp_store_expire_logins(f.s, "netbird.cloud", &acc, &n, &peers, &n_peers, &err), &err);
         ASSERT_EQ(1, (int) n);
         ASSERT_STREQ(f.a.account_id, acc[0].account_id);
         ASSERT_EQ(sa + 1, acc[0].serial);
         ASSERT_EQ(sa + 1, serial_of(&f, f.a.account_id));
         ASSERT_EQ(sb, serial_of(&f, b.account_id));
         free(acc);
+        /* The marked peers, sorted by account then peer id. */
+        ASSERT_EQ(2, (int) n_peers);
+        ASSERT_STREQ(f.a.account_id, peers[0].account_id);
+        ASSERT_STREQ(f.a.account_id, peers[1].account_id);
+        ASSERT_STREQ(strcmp(x1, x2) < 0 ? x1 : x2, peers[0].peer_id);
+        ASSERT_STREQ(strcmp(x1, x2) < 0 ? x2 : x1, peers[1].peer_id);
+        free(peers);
 
         ASSERT_QUERY("t", f.db, "SELECT peer_status_login_expired FROM peers WHERE id = $1", x1, NULL);
         ASSERT_QUERY("t", f.db, "SELECT peer_status_login_expired FROM peers WHERE id = $1", x2, NULL);
@@ -814,16 +822,20 @@ TEST(expire_logins_marks_each_expired_sso_peer_once) {
         /* Nothing left to do: no rows, no event, no bump. */
         acc = NULL;
         n = 99;
-        ASSERT_OK(cp_store_expire_logins(f.s, "netbird.cloud", &acc, &n, &err), &err);
+        peers = (cp_store_expired_peer *) &n;   /* must be overwritten */
+        n_peers = 99;
+        ASSERT_OK(cp_store_expire_logins(f.s, "netbird.cloud", &acc, &n, &peers, &n_peers, &err), &err);
         ASSERT_EQ(0, (int) n);
         ASSERT_TRUE(acc == NULL);
+        ASSERT_EQ(0, (int) n_peers);
+        ASSERT_TRUE(peers == NULL);
         ASSERT_EQ(sa + 1, serial_of(&f, f.a.account_id));
         ASSERT_QUERY("2", f.db, "SELECT count(*) FROM events WHERE activity = 50", NULL, NULL);
 
         /* A re-login clears the flag (the connect UPDATE); once the login
          * is old again it expires again. */
         free(q(f.db, "UPDATE peers SET peer_status_login_expired = false WHERE id = $1", x1, NULL));
-        ASSERT_OK(cp_store_expire_logins(f.s, NULL, &acc, &n, &err), &err);
+        ASSERT_OK(cp_store_expire_logins(f.s, NULL, &acc, &n, NULL, NULL, &err), &err);
         ASSERT_EQ(1, (int) n);
         ASSERT_EQ(sa + 2, acc[0].serial);
         free(acc);
@@ -838,6 +850,8 @@ typedef struct expirer {
         pthread_barrier_t *start;
         cp_store_expired_account *acc;
         size_t n;
+        cp_store_expired_peer *peers;
+        size_t n_peers;
         int r;
 } expirer;
 
@@ -845,7 +859,7 @@ static void *expirer_main(void *arg) {
         expirer *e = arg;
 
         pthread_barrier_wait(e->start);
-        e->r = cp_store_expire_logins(e->f->s, "netbird.cloud", &e->acc, &e->n, NULL);
+        e->r = cp_store_expire_logins(e->f->s, "netbird.cloud", &e->acc, &e->n, &e->peers, &e->n_peers, NULL);
         return NULL;
 }
 
@@ -863,7 +877,7 @@ TEST(concurrent_expire_logins_process_each_peer_once) {
                 expirer ex[EXPIRERS];
                 pthread_barrier_t start;
                 int64_t sa = serial_of(&f, f.a.account_id), sb = serial_of(&f, b.account_id);
-                int seen_a = 0, seen_b = 0;
+                int seen_a = 0, seen_b = 0, seen_peers = 0;
 
                 for (int i = 0; i < 3; i++) {
                         sso_peer(&f, f.a.account_id, f.a.user_id, f.a.setup_key, "ra", 25, id);
@@ -889,9 +903,20 @@ TEST(concurrent_expire_logins_process_each_peer_once) {
                                 else
                                         ASSERT_TRUE(false);
                         }
+                        /* A caller's peers belong to the accounts it reported. */
+                        for (size_t j = 0; j < ex[i].n_peers; j++) {
+                                bool found = false;
+                                for (size_t k = 0; k < ex[i].n; k++)
+                                        found |= strcmp(ex[i].peers[j].account_id, ex[i].acc[k].account_id) == 0;
+                                ASSERT_TRUE(found);
+                        }
+                        seen_peers += (int) ex[i].n_peers;
                         free(ex[i].acc);
+                        free(ex[i].peers);
                 }
-                /* Each account reported by exactly one caller, bumped once. */
+                /* Each account reported by exactly one caller, bumped once;
+                 * each of the 6 peers by exactly one caller. */
+                ASSERT_EQ(6, seen_peers);
                 ASSERT_EQ(1, seen_a);
                 ASSERT_EQ(1, seen_b);
                 ASSERT_EQ(sa + 1, serial_of(&f, f.a.account_id));

@@ -368,11 +368,19 @@ int cp_store_dns_label_from_hostname(const char *hostname, char out[CP_STORE_DNS
  * a caller that marked nothing writes nothing.
  * On success *ret_accounts (malloc'ed array, caller frees; NULL when
  * *ret_n == 0) holds each affected account with its new serial, sorted by
- * account id. A deadlock with a concurrent caller is retried. */
+ * account id; and, when ret_peers is not NULL, *ret_peers (likewise) the
+ * peers this call marked, sorted by account id then peer id. A deadlock
+ * with a concurrent caller is retried. */
 typedef struct cp_store_expired_account {
         char account_id[64];
         int64_t serial;
 } cp_store_expired_account;
 
+typedef struct cp_store_expired_peer {
+        char account_id[64];
+        char peer_id[64];
+} cp_store_expired_peer;
+
 int cp_store_expire_logins(cp_store *s, const char *dns_domain, cp_store_expired_account **ret_accounts,
-                           size_t *ret_n, cp_error *reterr);
+                           size_t *ret_n, cp_store_expired_peer **ret_peers, size_t *ret_n_peers,
+                           cp_error *reterr);
