@@ -1,0 +1,453 @@
+/*
+ * bus.c: Redis pub/sub "account serial" bus (see cp/bus.h and README.md).
+ *
+ * hiredis 0.14.1 rules this file is built around:
+ *   - a failed connect calls our connect callback and then frees the
+ *     context itself: conn->ac is cleared in that callback and never freed;
+ *   - a connection that drops (or that we free once connected) runs every
+ *     pending reply callback with a NULL reply, then the disconnect
+ *     callback, then frees the context: conn->ac is cleared there;
+ *   - a context we free before it connected runs no callback at all, so
+ *     whoever frees it clears conn->ac first;
+ *   - there is no connect timeout (no redisAsyncSetTimeout): we keep our own
+ *     timer per attempt and free the context when it fires.
+ */
+#include <assert.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+#include <hiredis/adapters/libevent.h>
+
+#include "cp/alloc.h"
+#include "cp/base.h"
+#include "cp/bus.h"
+#include "cp/util.h"
+
+#define BUS_BACKOFF_MIN_MS      100
+#define BUS_BACKOFF_MAX_MS      5000
+/* From connect() until connected (publish) or subscribed (subscribe). */
+#define BUS_ATTEMPT_TIMEOUT_MS  3000
+/* Publishes handed to hiredis and not yet answered; beyond this Redis is
+ * too slow and we drop rather than grow the output buffer without bound. */
+#define BUS_MAX_PENDING         4096
+#define BUS_PREFIX_MAX          64
+#define BUS_CHANNEL_SUFFIX      ":account-serial"
+
+enum { CONN_SUB, CONN_PUB };
+
+typedef struct bus_conn {
+        cp_bus *bus;
+        int kind;
+        redisAsyncContext *ac;  /* NULL: none (waiting to retry, or freed) */
+        bool up;                /* publish: connected; subscribe: subscribed */
+        bool started;           /* first attempt made (later ones count as reconnects) */
+        int backoff_ms;
+        struct event *retry;    /* next attempt */
+        struct event *timeout;  /* current attempt took too long */
+} bus_conn;
+
+struct cp_bus {
+        struct event_base *base;
+        char *host;
+        int port;
+        char *channel;
+        cp_bus_callbacks cb;
+        bus_conn sub, pub;
+        unsigned pending;       /* publishes awaiting a reply */
+        bool freeing;
+        int in_callback;        /* inside a caller's callback */
+
+        _Atomic uint64_t published, publish_dropped, received, malformed, reconnects;
+};
+
+#define COUNT(bus, field) atomic_fetch_add_explicit(&(bus)->field, 1, memory_order_relaxed)
+
+static void conn_start(bus_conn *conn);
+
+/* ---- parsing ------------------------------------------------------------ */
+
+static bool account_id_valid(const char *s, size_t n) {
+        if (n == 0 || n > CP_BUS_ACCOUNT_ID_MAX)
+                return false;
+        for (size_t i = 0; i < n; i++)
+                if ((unsigned char) s[i] < 0x21 || (unsigned char) s[i] > 0x7e)
+                        return false;
+        return true;
+}
+
+int cp_bus_parse_payload(const char *payload, size_t len, char account_id[CP_BUS_ACCOUNT_ID_MAX + 1],
+                         int64_t *ret_serial) {
+        const char *sp;
+        size_t idlen, n;
+        int64_t v = 0;
+
+        if (!payload)
+                return -EBADMSG;
+        sp = memchr(payload, ' ', len);
+        if (!sp)
+                return -EBADMSG;
+        idlen = (size_t) (sp - payload);
+        if (!account_id_valid(payload, idlen))
+                return -EBADMSG;
+        n = len - idlen - 1;
+        if (n == 0 || n > 19 || (n > 1 && sp[1] == '0'))
+                return -EBADMSG;
+        for (size_t i = 1; i <= n; i++) {
+                int d = sp[i] - '0';
+                if (d < 0 || d > 9)
+                        return -EBADMSG;
+                if (v > (INT64_MAX - d) / 10)
+                        return -EBADMSG;
+                v = v * 10 + d;
+        }
+        memcpy(account_id, payload, idlen);
+        account_id[idlen] = '\0';
+        *ret_serial = v;
+        return 0;
+}
+
+/* "redis://host[:port][/db]"; host may be "[v6]". */
+static int parse_url(const char *url, char **ret_host, int *ret_port, cp_error *reterr) {
+        static const char scheme[] = "redis://";
+        const char *p, *h, *hend;
+        int64_t port = 6379, db;
+
+        if (!url || strncmp(url, scheme, sizeof(scheme) - 1) != 0)
+                return cp_error_set(reterr, -EINVAL, "redis url must start with redis://");
+        p = url + sizeof(scheme) - 1;
+        if (*p == '[') {
+                h = p + 1;
+                hend = strchr(h, ']');
+                if (!hend)
+                        return cp_error_set(reterr, -EINVAL, "redis url: unterminated [ in host");
+                p = hend + 1;
+        } else {
+                h = p;
+                hend = p + strcspn(p, ":/");
+                p = hend;
+        }
+        if (hend == h || hend - h > 255)
+                return cp_error_set(reterr, -EINVAL, "redis url: bad host length");
+        for (const char *c = h; c < hend; c++)
+                if (*c == '@' || *c == '?' || *c == '#' || (unsigned char) *c <= 0x20)
+                        return cp_error_set(reterr, -EINVAL,
+                                            "redis url: bad character in host (credentials and options are not supported)");
+        if (*p == ':') {
+                const char *ps = p + 1;
+                size_t n = strcspn(ps, "/");
+                char buf[8];
+                if (n == 0 || n >= sizeof(buf))
+                        return cp_error_set(reterr, -EINVAL, "redis url: bad port");
+                memcpy(buf, ps, n);
+                buf[n] = '\0';
+                if (cp_parse_int64(buf, 1, 65535, &port) < 0)
+                        return cp_error_set(reterr, -EINVAL, "redis url: bad port \"%s\"", buf);
+                p = ps + n;
+        }
+        if (*p == '/') {
+                p++;
+                if (*p && cp_parse_int64(p, 0, 1000000, &db) < 0)
+                        return cp_error_set(reterr, -EINVAL, "redis url: bad database \"%s\"", p);
+                p += strlen(p);
+        }
+        if (*p)
+                return cp_error_set(reterr, -EINVAL, "redis url: trailing \"%s\"", p);
+        *ret_host = cp_xstrndup(h, (size_t) (hend - h));
+        *ret_port = (int) port;
+        return 0;
+}
+
+/* ---- caller callbacks ------------------------------------------------- */
+
+static void notify_state(cp_bus *bus, bool up) {
+        if (bus->freeing || !bus->cb.on_state)
+                return;
+        bus->in_callback++;
+        bus->cb.on_state(up, bus->cb.userdata);
+        bus->in_callback--;
+}
+
+/* ---- connection state machine ----------------------------------------- */
+
+static void schedule_retry(bus_conn *conn) {
+        cp_bus *bus = conn->bus;
+        struct timeval tv;
+        int ms;
+
+        if (bus->freeing || conn->ac || evtimer_pending(conn->retry, NULL))
+                return;
+        evtimer_del(conn->timeout);
+        /* +-20 % so replicas that lost Redis together do not return in step. */
+        ms = conn->backoff_ms * 8 / 10 + (int) cp_random_uniform((uint64_t) conn->backoff_ms * 4 / 10 + 1);
+        conn->backoff_ms = conn->backoff_ms * 2 > BUS_BACKOFF_MAX_MS ? BUS_BACKOFF_MAX_MS : conn->backoff_ms * 2;
+        tv.tv_sec = ms / 1000;
+        tv.tv_usec = (ms % 1000) * 1000;
+        evtimer_add(conn->retry, &tv);
+}
+
+static void on_retry(evutil_socket_t fd, short what, void *arg) {
+        conn_start(arg);
+}
+
+/* The attempt took too long (SYN into the void, Redis hung before
+ * answering SUBSCRIBE): drop it and retry. */
+static void on_attempt_timeout(evutil_socket_t fd, short what, void *arg) {
+        bus_conn *conn = arg;
+        redisAsyncContext *ac = conn->ac;
+
+        if (!ac)
+                return;
+        /* Cleared first: an unconnected context gets no disconnect callback. */
+        conn->ac = NULL;
+        redisAsyncFree(ac);
+        schedule_retry(conn);
+}
+
+static void on_pub_reply(redisAsyncContext *ac, void *r, void *privdata) {
+        cp_bus *bus = privdata;
+        redisReply *reply = r;
+
+        assert(bus->pending > 0);
+        bus->pending--;
+        if (reply && reply->type == REDIS_REPLY_INTEGER)
+                COUNT(bus, published);
+        else
+                COUNT(bus, publish_dropped);
+}
+
+static void handle_message(cp_bus *bus, const redisReply *payload) {
+        char id[CP_BUS_ACCOUNT_ID_MAX + 1];
+        int64_t serial;
+
+        if (payload->type != REDIS_REPLY_STRING ||
+            cp_bus_parse_payload(payload->str, (size_t) payload->len, id, &serial) < 0) {
+                COUNT(bus, malformed);
+                return;
+        }
+        COUNT(bus, received);
+        if (bus->cb.on_message) {
+                bus->in_callback++;
+                bus->cb.on_message(id, serial, bus->cb.userdata);
+                bus->in_callback--;
+        }
+}
+
+static void on_sub_reply(redisAsyncContext *ac, void *r, void *privdata) {
+        bus_conn *conn = privdata;
+        cp_bus *bus = conn->bus;
+        redisReply *reply = r;
+        const redisReply *kind;
+
+        /* NULL: the connection is going away; on_disconnect handles it. */
+        if (!reply || bus->freeing)
+                return;
+        if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 3)
+                return;
+        kind = reply->element[0];
+        if (kind->type != REDIS_REPLY_STRING)
+                return;
+        if (strcmp(kind->str, "message") == 0) {
+                handle_message(bus, reply->element[2]);
+        } else if (strcmp(kind->str, "subscribe") == 0 && !conn->up) {
+                evtimer_del(conn->timeout);
+                conn->up = true;
+                conn->backoff_ms = BUS_BACKOFF_MIN_MS;
+                notify_state(bus, true);
+        }
+}
+
+static void on_connect(const redisAsyncContext *c, int status) {
+        bus_conn *conn = c->data;
+        cp_bus *bus = conn->bus;
+
+        if (status != REDIS_OK) {
+                /* hiredis frees the context after we return. */
+                conn->ac = NULL;
+                schedule_retry(conn);
+                return;
+        }
+        (void) redisEnableKeepAlive(&conn->ac->c);
+        if (conn->kind == CONN_PUB) {
+                evtimer_del(conn->timeout);
+                conn->up = true;
+                conn->backoff_ms = BUS_BACKOFF_MIN_MS;
+                return;
+        }
+        /* Not disconnected from here (hiredis 0.14 would free the context
+         * under its own feet): if SUBSCRIBE cannot be queued, the attempt
+         * timer, still armed until "subscribe" is confirmed, cleans up. */
+        (void) redisAsyncCommand(conn->ac, on_sub_reply, conn, "SUBSCRIBE %s", bus->channel);
+}
+
+static void on_disconnect(const redisAsyncContext *c, int status) {
+        bus_conn *conn = c->data;
+        bool was_up = conn->up;
+
+        /* hiredis frees the context after we return. */
+        conn->ac = NULL;
+        conn->up = false;
+        if (conn->bus->freeing)
+                return;
+        if (conn->kind == CONN_SUB && was_up)
+                notify_state(conn->bus, false);
+        schedule_retry(conn);
+}
+
+static void conn_start(bus_conn *conn) {
+        cp_bus *bus = conn->bus;
+        redisAsyncContext *ac;
+        struct timeval tv = { BUS_ATTEMPT_TIMEOUT_MS / 1000, (BUS_ATTEMPT_TIMEOUT_MS % 1000) * 1000 };
+
+        if (bus->freeing || conn->ac)
+                return;
+        if (conn->started)
+                COUNT(bus, reconnects);
+        conn->started = true;
+
+        ac = redisAsyncConnect(bus->host, conn->bus->port);
+        if (!ac) {
+                schedule_retry(conn);
+                return;
+        }
+        if (ac->err || redisLibeventAttach(ac, bus->base) != REDIS_OK) {
+                /* Not attached, no callbacks set: ours to free. */
+                redisAsyncFree(ac);
+                schedule_retry(conn);
+                return;
+        }
+        ac->data = conn;
+        redisAsyncSetConnectCallback(ac, on_connect);
+        redisAsyncSetDisconnectCallback(ac, on_disconnect);
+        conn->ac = ac;
+        evtimer_add(conn->timeout, &tv);
+}
+
+static int conn_init(cp_bus *bus, bus_conn *conn, int kind) {
+        conn->bus = bus;
+        conn->kind = kind;
+        conn->backoff_ms = BUS_BACKOFF_MIN_MS;
+        conn->retry = evtimer_new(bus->base, on_retry, conn);
+        conn->timeout = evtimer_new(bus->base, on_attempt_timeout, conn);
+        return conn->retry && conn->timeout ? 0 : -ENOMEM;
+}
+
+static void conn_release(bus_conn *conn) {
+        if (conn->ac) {
+                redisAsyncContext *ac = conn->ac;
+                /* Cleared first: an unconnected context gets no callback;
+                 * a connected one runs on_disconnect, which sees freeing. */
+                conn->ac = NULL;
+                redisAsyncFree(ac);
+        }
+        conn->up = false;
+        if (conn->retry)
+                event_free(conn->retry);
+        if (conn->timeout)
+                event_free(conn->timeout);
+        conn->retry = conn->timeout = NULL;
+}
+
+/* ---- public API --------------------------------------------------------- */
+
+int cp_bus_new(struct event_base *base, const char *redis_url, const char *prefix,
+               const cp_bus_callbacks *cb, cp_bus **ret_bus, cp_error *reterr) {
+        cp_bus *bus;
+        size_t plen;
+        int r;
+
+        if (!base || !ret_bus)
+                return cp_error_set(reterr, -EINVAL, "bus: missing event base or result pointer");
+        plen = prefix ? strlen(prefix) : 0;
+        if (plen == 0 || plen > BUS_PREFIX_MAX)
+                return cp_error_set(reterr, -EINVAL, "bus: channel prefix must be 1..%d bytes", BUS_PREFIX_MAX);
+        for (size_t i = 0; i < plen; i++)
+                if ((unsigned char) prefix[i] <= 0x20 || (unsigned char) prefix[i] > 0x7e)
+                        return cp_error_set(reterr, -EINVAL, "bus: bad character in channel prefix");
+
+        bus = cp_xcalloc(1, sizeof(*bus));
+        bus->base = base;
+        if (cb)
+                bus->cb = *cb;
+        r = parse_url(redis_url, &bus->host, &bus->port, reterr);
+        if (r < 0)
+                goto error;
+        bus->channel = cp_xasprintf("%s%s", prefix, BUS_CHANNEL_SUFFIX);
+        if (conn_init(bus, &bus->sub, CONN_SUB) < 0 || conn_init(bus, &bus->pub, CONN_PUB) < 0) {
+                r = cp_error_set(reterr, -ENOMEM, "bus: cannot create timers");
+                goto error;
+        }
+        /* Connecting is asynchronous; an unreachable Redis only means retries. */
+        conn_start(&bus->sub);
+        conn_start(&bus->pub);
+        *ret_bus = bus;
+        return 0;
+
+error:
+        cp_bus_free(bus);
+        return r;
+}
+
+cp_bus *cp_bus_free(cp_bus *bus) {
+        if (!bus)
+                return NULL;
+        /* From inside a bus callback hiredis would defer the free and then
+         * call back into freed memory: refuse loudly. */
+        assert(bus->in_callback == 0);
+        if (bus->in_callback)
+                abort();
+        bus->freeing = true;
+        conn_release(&bus->sub);
+        conn_release(&bus->pub);
+        free(bus->host);
+        free(bus->channel);
+        free(bus);
+        return NULL;
+}
+
+int cp_bus_publish(cp_bus *bus, const char *account_id, int64_t serial) {
+        char payload[CP_BUS_ACCOUNT_ID_MAX + 32];
+        int n;
+
+        if (!bus || !account_id || !account_id_valid(account_id, strlen(account_id)) || serial < 0)
+                return -EINVAL;
+        if (!bus->pub.up || !bus->pub.ac) {
+                COUNT(bus, publish_dropped);
+                return -ENOTCONN;
+        }
+        if (bus->pending >= BUS_MAX_PENDING) {
+                COUNT(bus, publish_dropped);
+                return -ENOBUFS;
+        }
+        n = snprintf(payload, sizeof(payload), "%s %" PRId64, account_id, serial);
+        if (redisAsyncCommand(bus->pub.ac, on_pub_reply, bus, "PUBLISH %s %b", bus->channel, payload,
+                              (size_t) n) != REDIS_OK) {
+                COUNT(bus, publish_dropped);
+                return -ENOTCONN;
+        }
+        bus->pending++;
+        return 0;
+}
+
+bool cp_bus_is_subscribed(const cp_bus *bus) {
+        return bus && bus->sub.up;
+}
+
+bool cp_bus_can_publish(const cp_bus *bus) {
+        return bus && bus->pub.up && bus->pub.ac;
+}
+
+void cp_bus_get_stats(const cp_bus *bus, cp_bus_stats *ret) {
+        cp_bus *b = (cp_bus *) bus; /* atomic loads of a const object */
+
+        ret->published = atomic_load_explicit(&b->published, memory_order_relaxed);
+        ret->publish_dropped = atomic_load_explicit(&b->publish_dropped, memory_order_relaxed);
+        ret->received = atomic_load_explicit(&b->received, memory_order_relaxed);
+        ret->malformed = atomic_load_explicit(&b->malformed, memory_order_relaxed);
+        ret->reconnects = atomic_load_explicit(&b->reconnects, memory_order_relaxed);
+}

@@ -1,0 +1,118 @@
+/*
+ * cp/bus.h: the "account A is now at serial S" bus between replicas, on
+ * Redis pub/sub (hiredis async on a caller-given libevent event_base).
+ *
+ * The bus is a hint, never the source of truth: a replica that misses a
+ * message repairs itself by its periodic serial check against PostgreSQL.
+ * So nothing here blocks, retries a publish, or fails because Redis is slow
+ * or down:
+ *
+ *   - Two connections: one SUBSCRIBEd to "<prefix>:account-serial", one for
+ *     PUBLISH. Both reconnect by themselves with capped exponential backoff
+ *     (100 ms doubling to 5 s, +-20 % jitter), reset after a success.
+ *   - on_state(true) after every successful (re)subscribe, on_state(false)
+ *     when the subscription is lost. After on_state(true) the caller runs its
+ *     serial check for every account it serves ("resynced"): whatever was
+ *     published while it was away is gone.
+ *   - cp_bus_publish() is fire-and-forget. When the publish connection is
+ *     not up, or too many publishes wait for Redis, the publish is dropped
+ *     and counted; the receivers' periodic serial check is the safety net.
+ *   - A replica also receives its own publishes; the serial check makes
+ *     that a no-op (serial <= what it already has).
+ *
+ * Payload: "<account_id> <serial>", exactly one space, account_id 1..64
+ * bytes of printable ASCII without space, serial a decimal 0..INT64_MAX
+ * without sign or leading zeros. Anything else is dropped and counted as
+ * malformed.
+ *
+ * Threads: the bus belongs to the thread running its event_base. Every
+ * function except cp_bus_get_stats() must be called on that thread (or
+ * before the loop runs). Callbacks run on that thread, from inside hiredis
+ * callbacks: they must not call cp_bus_free() (it aborts; defer it with a
+ * timer or event_base_loopexit). They may call cp_bus_publish().
+ * cp_bus_get_stats() reads relaxed atomics and may be called from any
+ * thread while the bus is alive.
+ *
+ * Name resolution happens inside hiredis's connect and blocks the loop;
+ * use an address or a name that resolves locally (/etc/hosts).
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "cp/error.h"
+
+struct event_base;
+
+typedef struct cp_bus cp_bus;
+
+#define CP_BUS_ACCOUNT_ID_MAX 64
+
+typedef struct cp_bus_callbacks {
+        /* A well-formed message. account_id is valid only during the call. */
+        void (*on_message)(const char *account_id, int64_t serial, void *userdata);
+        /* true: subscribed (first time or again; resync now). false: the
+         * subscription was lost; messages may be missed until true. */
+        void (*on_state)(bool connected, void *userdata);
+        void *userdata;
+} cp_bus_callbacks;
+
+typedef struct cp_bus_stats {
+        uint64_t published;        /* PUBLISH answered by Redis */
+        uint64_t publish_dropped;  /* not sent (down, backlog) or lost with the connection */
+        uint64_t received;         /* well-formed messages delivered to on_message */
+        uint64_t malformed;        /* messages dropped by the payload parser */
+        uint64_t reconnects;       /* connect attempts after the first, both connections */
+} cp_bus_stats;
+
+/*
+ * Creates the bus and starts connecting both connections on base (nothing
+ * happens until the loop runs). Redis being unreachable is not an error:
+ * the bus keeps retrying and calls on_state(true) once subscribed.
+ *
+ * redis_url: "redis://host[:port][/db]" (port 6379 by default; host may be
+ * "[v6addr]"; db is checked and ignored, pub/sub spans databases).
+ * prefix: channel prefix, 1..64 bytes, no whitespace.
+ * base, cb->userdata: borrowed; must outlive the bus. Strings are copied.
+ *
+ * Returns 0 and *ret_bus (free with cp_bus_free()), or -EINVAL with reterr
+ * filled for a bad URL or prefix.
+ */
+int cp_bus_new(struct event_base *base, const char *redis_url, const char *prefix,
+               const cp_bus_callbacks *cb, cp_bus **ret_bus, cp_error *reterr);
+
+/*
+ * Closes both connections in whatever state they are (connected, connect
+ * in flight, waiting to retry) and frees the bus. Pending publishes are
+ * lost (counted as dropped just before). No callback of the caller runs
+ * during or after it. Not from inside a bus callback. Accepts NULL;
+ * returns NULL.
+ */
+cp_bus *cp_bus_free(cp_bus *bus);
+
+/*
+ * Announces account_id at serial. Fire-and-forget: returns 0 when the
+ * publish was handed to hiredis, -ENOTCONN when dropped because the publish
+ * connection is down, -ENOBUFS when dropped because too many publishes are
+ * waiting for Redis (both counted in publish_dropped), -EINVAL for an
+ * account_id or serial the payload format cannot carry (not counted).
+ * Callers normally ignore the result.
+ */
+int cp_bus_publish(cp_bus *bus, const char *account_id, int64_t serial);
+
+/* True while subscribed (between on_state(true) and on_state(false)). */
+bool cp_bus_is_subscribed(const cp_bus *bus);
+
+/* True while the publish connection is up (a publish now would be sent). */
+bool cp_bus_can_publish(const cp_bus *bus);
+
+/* Copies the counters; any thread. */
+void cp_bus_get_stats(const cp_bus *bus, cp_bus_stats *ret);
+
+/*
+ * The payload parser (exposed for tests and tools). Returns 0 and fills
+ * account_id (NUL-terminated) and *ret_serial, or -EBADMSG.
+ */
+int cp_bus_parse_payload(const char *payload, size_t len, char account_id[CP_BUS_ACCOUNT_ID_MAX + 1],
+                         int64_t *ret_serial);
