@@ -17,6 +17,16 @@ int64_t cp_now_mono_ms(void) {
         return (int64_t) ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
 }
 
+void cp_mono_deadline(struct timespec *ts, int64_t ms) {
+        clock_gettime(CLOCK_MONOTONIC, ts);
+        ts->tv_sec += ms / 1000;
+        ts->tv_nsec += (ms % 1000) * 1000000L;
+        if (ts->tv_nsec >= 1000000000L) {
+                ts->tv_sec++;
+                ts->tv_nsec -= 1000000000L;
+        }
+}
+
 void cp_random_bytes(void *buf, size_t n) {
         uint8_t *p = buf;
 

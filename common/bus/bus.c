@@ -81,11 +81,29 @@ static bool account_id_valid(const char *s, size_t n) {
         return true;
 }
 
-int cp_bus_parse_payload(const char *payload, size_t len, char account_id[CP_BUS_ACCOUNT_ID_MAX + 1],
-                         int64_t *ret_serial) {
-        const char *sp;
-        size_t idlen, n;
+/* A decimal 0..INT64_MAX without sign or leading zeros, p[0..n). */
+static int parse_decimal(const char *p, size_t n, int64_t *ret) {
         int64_t v = 0;
+
+        if (n == 0 || n > 19 || (n > 1 && p[0] == '0'))
+                return -EBADMSG;
+        for (size_t i = 0; i < n; i++) {
+                int d = p[i] - '0';
+                if (d < 0 || d > 9)
+                        return -EBADMSG;
+                if (v > (INT64_MAX - d) / 10)
+                        return -EBADMSG;
+                v = v * 10 + d;
+        }
+        *ret = v;
+        return 0;
+}
+
+int cp_bus_parse_payload(const char *payload, size_t len, char account_id[CP_BUS_ACCOUNT_ID_MAX + 1],
+                         int64_t *ret_serial, int64_t *ret_sent_ms) {
+        const char *sp, *num, *sp2;
+        size_t idlen, n;
+        int64_t serial, sent = 0;
 
         if (!payload)
                 return -EBADMSG;
@@ -95,20 +113,23 @@ int cp_bus_parse_payload(const char *payload, size_t len, char account_id[CP_BUS
         idlen = (size_t) (sp - payload);
         if (!account_id_valid(payload, idlen))
                 return -EBADMSG;
+        num = sp + 1;
         n = len - idlen - 1;
-        if (n == 0 || n > 19 || (n > 1 && sp[1] == '0'))
-                return -EBADMSG;
-        for (size_t i = 1; i <= n; i++) {
-                int d = sp[i] - '0';
-                if (d < 0 || d > 9)
+        sp2 = memchr(num, ' ', n);
+        if (sp2) {
+                /* The optional third field: the publisher's clock. */
+                size_t rest = n - (size_t) (sp2 - num) - 1;
+                if (parse_decimal(sp2 + 1, rest, &sent) < 0)
                         return -EBADMSG;
-                if (v > (INT64_MAX - d) / 10)
-                        return -EBADMSG;
-                v = v * 10 + d;
+                n = (size_t) (sp2 - num);
         }
+        if (parse_decimal(num, n, &serial) < 0)
+                return -EBADMSG;
         memcpy(account_id, payload, idlen);
         account_id[idlen] = '\0';
-        *ret_serial = v;
+        *ret_serial = serial;
+        if (ret_sent_ms)
+                *ret_sent_ms = sent;
         return 0;
 }
 
@@ -223,17 +244,17 @@ static void on_pub_reply(redisAsyncContext *ac, void *r, void *privdata) {
 
 static void handle_message(cp_bus *bus, const redisReply *payload) {
         char id[CP_BUS_ACCOUNT_ID_MAX + 1];
-        int64_t serial;
+        int64_t serial, sent_ms;
 
         if (payload->type != REDIS_REPLY_STRING ||
-            cp_bus_parse_payload(payload->str, (size_t) payload->len, id, &serial) < 0) {
+            cp_bus_parse_payload(payload->str, (size_t) payload->len, id, &serial, &sent_ms) < 0) {
                 COUNT(bus, malformed);
                 return;
         }
         COUNT(bus, received);
         if (bus->cb.on_message) {
                 bus->in_callback++;
-                bus->cb.on_message(id, serial, bus->cb.userdata);
+                bus->cb.on_message(id, serial, sent_ms, bus->cb.userdata);
                 bus->in_callback--;
         }
 }
@@ -411,7 +432,7 @@ cp_bus *cp_bus_free(cp_bus *bus) {
 }
 
 int cp_bus_publish(cp_bus *bus, const char *account_id, int64_t serial) {
-        char payload[CP_BUS_ACCOUNT_ID_MAX + 32];
+        char payload[CP_BUS_ACCOUNT_ID_MAX + 48];
         int n;
 
         if (!bus || !account_id || !account_id_valid(account_id, strlen(account_id)) || serial < 0)
@@ -424,7 +445,8 @@ int cp_bus_publish(cp_bus *bus, const char *account_id, int64_t serial) {
                 COUNT(bus, publish_dropped);
                 return -ENOBUFS;
         }
-        n = snprintf(payload, sizeof(payload), "%s %" PRId64, account_id, serial);
+        n = snprintf(payload, sizeof(payload), "%s %" PRId64 " %" PRId64, account_id, serial,
+                     cp_now_unix_ns() / 1000000);
         if (redisAsyncCommand(bus->pub.ac, on_pub_reply, bus, "PUBLISH %s %b", bus->channel, payload,
                               (size_t) n) != REDIS_OK) {
                 COUNT(bus, publish_dropped);

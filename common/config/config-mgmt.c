@@ -44,6 +44,17 @@ static int check_dns_domain(const void *field, cp_error *reterr) {
         return 0;
 }
 
+static int check_bus_prefix(const void *field, cp_error *reterr) {
+        const char *s = *(char *const *) field;
+
+        if (!s || !*s || strlen(s) > 64)
+                return cp_error_set(reterr, -EINVAL, "expected 1 to 64 characters");
+        for (const char *p = s; *p; p++)
+                if (*p <= ' ' || *p == 0x7f)
+                        return cp_error_set(reterr, -EINVAL, "must not contain spaces or control characters");
+        return 0;
+}
+
 static int check_encryption_key(const void *field, cp_error *reterr) {
         const char *s = *(char *const *) field;
         uint8_t key[33];
@@ -93,7 +104,22 @@ static const cp_cfg_option options[] = {
         { "store-engine", CP_CFG_STRING, F(store_engine), "postgres", { "NETBIRD_STORE_ENGINE" },
           "StoreConfig.Engine", 0, 0, 0, check_store_engine, "ENGINE", "only postgres is supported" },
         { "redis-url", CP_CFG_STRING, F(redis_url), NULL, { "NB_CACHE_REDIS_ADDRESS" },
-          "ControlPlane.RedisURL", CP_CFG_SECRET, 0, 0, NULL, "URL", "Redis URL (optional for now)" },
+          "ControlPlane.RedisURL", CP_CFG_SECRET, 0, 0, NULL, "URL",
+          "Redis for the bus between replicas (redis://host:port); without it, changes reach other replicas"
+          " only by the serial check" },
+        { "bus-channel-prefix", CP_CFG_STRING, F(bus_channel_prefix), "netbird-cp", { NULL },
+          "ControlPlane.BusChannelPrefix", 0, 0, 0, check_bus_prefix, "PREFIX",
+          "Redis channel prefix; deployments sharing a Redis need different ones" },
+        { "replica-name", CP_CFG_STRING, F(replica_name), NULL, { "POD_NAME" },
+          "ControlPlane.ReplicaName", 0, 0, 0, NULL, "NAME",
+          "name shown for this process in the replicas table (default: the host name)" },
+        { "heartbeat-interval", CP_CFG_DURATION, F(heartbeat_interval_ms), "2s", { NULL },
+          "ControlPlane.HeartbeatInterval", 0, 50, 600 * 1000, NULL, "DURATION",
+          "how often this replica's heartbeat is written to the database" },
+        { "replica-expiry", CP_CFG_DURATION, F(replica_expiry_ms), "10s", { NULL },
+          "ControlPlane.ReplicaExpiry", 0, 100, 3600 * 1000, NULL, "DURATION",
+          "a replica silent this long is dead: its sessions are marked disconnected"
+          " (at least twice --heartbeat-interval)" },
         { "dns-domain", CP_CFG_STRING, F(dns_domain), "netbird.selfhosted", { NULL },
           "ControlPlane.DNSDomain", 0, 0, 0, check_dns_domain, "DOMAIN", "peer FQDN suffix" },
         { "db-pool-size", CP_CFG_INT, F(db_pool_size), "8", { "NB_SQL_MAX_OPEN_CONNS" },
@@ -179,6 +205,10 @@ static void empty_to_null(const cp_cfg_table *tables, size_t n_tables) {
 }
 
 static int check_cross(const cp_config *c, cp_error *reterr) {
+        if (c->replica_expiry_ms < 2 * c->heartbeat_interval_ms)
+                return cp_error_set(reterr, -EINVAL,
+                                    "replica-expiry (%" PRId64 "ms) must be at least twice heartbeat-interval"
+                                    " (%" PRId64 "ms)", c->replica_expiry_ms, c->heartbeat_interval_ms);
         if (!!c->cert_file != !!c->cert_key) {
                 const char *set = c->cert_file ? "cert-file" : "cert-key";
                 const char *unset = c->cert_file ? "cert-key" : "cert-file";

@@ -18,14 +18,8 @@ enum {
 
 int cp_store_account_count(cp_store *s, int64_t *ret, cp_error *reterr) {
         _cleanup_pgresult_ PGresult *res = NULL;
-        cp_store_conn *c;
-        int r;
+        int r = cp_store__run(s, ST_ACCOUNT_COUNT, NULL, &res, reterr);
 
-        r = cp_store__acquire(s, &c, reterr);
-        if (r < 0)
-                return r;
-        r = cp_store__exec(c, ST_ACCOUNT_COUNT, NULL, &res, reterr);
-        cp_store__release(s, c);
         if (r < 0)
                 return r;
         *ret = strtoll(PQgetvalue(res, 0, 0), NULL, 10);

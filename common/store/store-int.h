@@ -58,6 +58,11 @@ typedef enum cp_store_stmt {
         ST_DB_NOW,
         ST_ACCOUNT_SERIALS,
         ST_PEER_EXPIRE_LOGINS,
+        ST_REPLICA_REGISTER,
+        ST_REPLICA_HEARTBEAT,
+        ST_REPLICA_STATE,
+        ST_REPLICA_DEREGISTER,
+        ST_REPLICA_REAP,
         _ST_MAX,
 } cp_store_stmt;
 
@@ -69,6 +74,7 @@ typedef struct cp_store_conn {
 
 struct cp_store {
         char *dsn;
+        char *replica_id;               /* owner written by fenced connects; NULL = none */
         unsigned size;
         pthread_mutex_t lock;
         pthread_cond_t cond;
@@ -78,6 +84,10 @@ struct cp_store {
 /* Borrows a connection (connecting it if needed); blocks while all are in
  * use. Returns 0 and *ret, or a negative error when connecting failed. */
 int cp_store__acquire(cp_store *s, cp_store_conn **ret, cp_error *reterr);
+/* Borrows a connection, runs one prepared statement (cp_store__exec),
+ * gives the connection back. */
+int cp_store__run(cp_store *s, cp_store_stmt st, const char *const *params, PGresult **ret,
+                  cp_error *reterr);
 /* Gives the connection back. A connection that went bad is closed here and
  * reconnected by the next acquire. */
 void cp_store__release(cp_store *s, cp_store_conn *c);
@@ -92,6 +102,17 @@ int cp_store__exec(cp_store_conn *c, cp_store_stmt st, const char *const *params
 
 /* Runs a simple command without parameters (BEGIN, COMMIT, migration SQL). */
 int cp_store__command(cp_store_conn *c, const char *sql, cp_error *reterr);
+
+/* Metrics (store-metrics.c). The statement's name ("peer_connect"), its
+ * label in netbird_cp_store_query_*. */
+const char *cp_store__stmt_name(cp_store_stmt st);
+/* Monotonic nanoseconds, for cp_store__observe. */
+int64_t cp_store__clock_ns(void);
+/* Records one statement (a cp_store_stmt, or _ST_MAX for COMMIT) that
+ * started at started_ns; failed counts an error too. Lock-free. */
+void cp_store__observe(int st, int64_t started_ns, bool failed);
+/* Counts one fenced status write that reached the database. */
+void cp_store__fenced(bool connect, bool landed);
 
 /* Fills reterr from a failed result or connection; returns the errno code. */
 int cp_store__error(PGconn *pg, const PGresult *res, cp_error *reterr);

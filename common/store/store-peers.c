@@ -282,16 +282,11 @@ int cp_store_account_get_settings(cp_store *s, const char *account_id,
         _cleanup_pgresult_ PGresult *res = NULL;
         const char *params[1] = { account_id };
         cp_store_account_settings out = { 0 };
-        cp_store_conn *c;
         int r;
 
         if (!account_id)
                 return cp_error_set(reterr, -EINVAL, "account id is required");
-        r = cp_store__acquire(s, &c, reterr);
-        if (r < 0)
-                return r;
-        r = cp_store__exec(c, ST_ACCOUNT_SETTINGS, params, &res, reterr);
-        cp_store__release(s, c);
+        r = cp_store__run(s, ST_ACCOUNT_SETTINGS, params, &res, reterr);
         if (r < 0)
                 return r;
         if (PQntuples(res) != 1)

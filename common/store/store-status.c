@@ -6,22 +6,20 @@ static int fenced_update(cp_store *s, cp_store_stmt st, const char *account_id,
                          const char *peer_id, int64_t token, cp_error *reterr) {
         _cleanup_pgresult_ PGresult *res = NULL;
         char tok[24];
-        const char *params[3] = { account_id, peer_id, tok };
-        cp_store_conn *c;
+        /* The connect's fourth parameter: the owning replica (NULL = none). */
+        const char *params[4] = { account_id, peer_id, tok, s->replica_id };
         int r;
 
         if (!account_id || !peer_id)
                 return cp_error_set(reterr, -EINVAL, "account and peer id are required");
         (void) snprintf(tok, sizeof tok, "%" PRId64, token);
 
-        r = cp_store__acquire(s, &c, reterr);
+        r = cp_store__run(s, st, params, &res, reterr);
         if (r < 0)
                 return r;
-        r = cp_store__exec(c, st, params, &res, reterr);
-        cp_store__release(s, c);
-        if (r < 0)
-                return r;
-        return cp_store__affected(res) > 0 ? 1 : 0;
+        r = cp_store__affected(res) > 0 ? 1 : 0;
+        cp_store__fenced(st == ST_PEER_CONNECT, r == 1);
+        return r;
 }
 
 int cp_store_peer_mark_connected(cp_store *s, const char *account_id, const char *peer_id,
@@ -44,14 +42,8 @@ int cp_store_peer_get_status(cp_store *s, const char *account_id, const char *pe
                              cp_store_peer_status *ret, cp_error *reterr) {
         _cleanup_pgresult_ PGresult *res = NULL;
         const char *params[2] = { account_id, peer_id };
-        cp_store_conn *c;
-        int r;
+        int r = cp_store__run(s, ST_PEER_STATUS, params, &res, reterr);
 
-        r = cp_store__acquire(s, &c, reterr);
-        if (r < 0)
-                return r;
-        r = cp_store__exec(c, ST_PEER_STATUS, params, &res, reterr);
-        cp_store__release(s, c);
         if (r < 0)
                 return r;
         if (PQntuples(res) != 1)
@@ -62,5 +54,11 @@ int cp_store_peer_get_status(cp_store *s, const char *account_id, const char *pe
         ret->requires_approval = PQgetvalue(res, 0, 2)[0] == 't';
         ret->session_started_at = strtoll(PQgetvalue(res, 0, 3), NULL, 10);
         ret->last_seen_unix_ns = strtoll(PQgetvalue(res, 0, 4), NULL, 10) * 1000;
+        (void) snprintf(ret->replica_id, sizeof ret->replica_id, "%s", PQgetvalue(res, 0, 5));
         return 0;
+}
+
+void cp_store_set_replica_id(cp_store *s, const char *replica_id) {
+        free(s->replica_id);
+        s->replica_id = replica_id && *replica_id ? cp_xstrdup(replica_id) : NULL;
 }

@@ -67,19 +67,22 @@ static const struct {
                 "UPDATE peers SET peer_status_connected = TRUE,"
                 " peer_status_last_seen = CURRENT_TIMESTAMP,"
                 " peer_status_session_started_at = $3::bigint,"
-                " peer_status_login_expired = FALSE"
+                " peer_status_login_expired = FALSE,"
+                " peer_status_replica_id = $4"
                 " WHERE account_id = $1 AND id = $2"
-                " AND peer_status_session_started_at < $3::bigint", 3 },
+                " AND peer_status_session_started_at < $3::bigint", 4 },
         [ST_PEER_DISCONNECT] = { "peer_disconnect",
                 "UPDATE peers SET peer_status_connected = FALSE,"
                 " peer_status_last_seen = CURRENT_TIMESTAMP,"
-                " peer_status_session_started_at = 0"
+                " peer_status_session_started_at = 0,"
+                " peer_status_replica_id = NULL"
                 " WHERE account_id = $1 AND id = $2"
                 " AND peer_status_session_started_at = $3::bigint", 3 },
         [ST_PEER_STATUS] = { "peer_status",
                 "SELECT peer_status_connected, peer_status_login_expired,"
                 " peer_status_requires_approval, peer_status_session_started_at,"
-                " COALESCE((EXTRACT(EPOCH FROM peer_status_last_seen) * 1000000)::bigint, 0)"
+                " COALESCE((EXTRACT(EPOCH FROM peer_status_last_seen) * 1000000)::bigint, 0),"
+                " COALESCE(peer_status_replica_id, '')"
                 " FROM peers WHERE account_id = $1 AND id = $2", 2 },
 
         [ST_ACCOUNT_COUNT] = { "account_count", "SELECT count(*) FROM accounts", 0 },
@@ -243,6 +246,39 @@ static const struct {
                 " RETURNING id, network_serial)"
                 " SELECT u.id, u.network_serial, e.id FROM u JOIN e ON e.account_id = u.id"
                 " ORDER BY u.id, e.id", 2 },
+
+        /* Replicas (store-replica.c). The peers UPDATEs below are the
+         * fenced disconnect for a whole replica: they touch only rows the
+         * replica still owns, re-checked under each row's lock, so a peer
+         * that reconnected elsewhere meanwhile keeps its new session. */
+        [ST_REPLICA_REGISTER] = { "replica_register",
+                "INSERT INTO replicas (id, name, pid, grpc_address, http_address, version)"
+                " VALUES ($1, $2, $3::integer, $4, $5, $6)"
+                " ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, pid = EXCLUDED.pid,"
+                " grpc_address = EXCLUDED.grpc_address, http_address = EXCLUDED.http_address,"
+                " version = EXCLUDED.version, state = 'serving', heartbeat_at = CURRENT_TIMESTAMP", 6 },
+        [ST_REPLICA_HEARTBEAT] = { "replica_heartbeat",
+                "UPDATE replicas SET heartbeat_at = CURRENT_TIMESTAMP WHERE id = $1", 1 },
+        [ST_REPLICA_STATE] = { "replica_state",
+                "UPDATE replicas SET state = $2, heartbeat_at = CURRENT_TIMESTAMP WHERE id = $1", 2 },
+        [ST_REPLICA_DEREGISTER] = { "replica_deregister",
+                "WITH gone AS (DELETE FROM replicas WHERE id = $1)"
+                " UPDATE peers SET peer_status_connected = FALSE,"
+                " peer_status_last_seen = CURRENT_TIMESTAMP,"
+                " peer_status_session_started_at = 0,"
+                " peer_status_replica_id = NULL"
+                " WHERE peer_status_replica_id = $1", 1 },
+        [ST_REPLICA_REAP] = { "replica_reap",
+                "WITH dead AS (DELETE FROM replicas"
+                " WHERE heartbeat_at < CURRENT_TIMESTAMP - $1::bigint * interval '1 millisecond'"
+                " AND id <> $2 RETURNING id, name),"
+                " swept AS (UPDATE peers p SET peer_status_connected = FALSE,"
+                " peer_status_last_seen = CURRENT_TIMESTAMP,"
+                " peer_status_session_started_at = 0,"
+                " peer_status_replica_id = NULL"
+                " FROM dead d WHERE p.peer_status_replica_id = d.id RETURNING d.id)"
+                " SELECT d.id, d.name, (SELECT count(*) FROM swept s WHERE s.id = d.id)"
+                " FROM dead d ORDER BY d.id", 2 },
 };
 
 int cp_store__error(PGconn *pg, const PGresult *res, cp_error *reterr) {
@@ -351,6 +387,7 @@ cp_store *cp_store_free(cp_store *s) {
         pthread_mutex_destroy(&s->lock);
         cp_explicit_bzero(s->dsn, strlen(s->dsn));
         free(s->dsn);
+        free(s->replica_id);
         free(s->conns);
         free(s);
         return NULL;
@@ -416,23 +453,32 @@ static int prepare(cp_store_conn *c, cp_store_stmt st, cp_error *reterr) {
         return r;
 }
 
+const char *cp_store__stmt_name(cp_store_stmt st) {
+        return statements[st].name;
+}
+
 int cp_store__exec(cp_store_conn *c, cp_store_stmt st, const char *const *params,
                    PGresult **ret, cp_error *reterr) {
+        int64_t started = cp_store__clock_ns();
         PGresult *res;
         int r;
 
         r = prepare(c, st, reterr);
-        if (r < 0)
+        if (r < 0) {
+                cp_store__observe(st, started, true);
                 return r;
+        }
         res = PQexecPrepared(c->pg, statements[st].name, statements[st].nparams, params,
                              NULL, NULL, 0);
         ExecStatusType status = PQresultStatus(res);
         if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK) {
+                cp_store__observe(st, started, true);
                 r = cp_store__error(c->pg, res, reterr);
                 cp_error_prefix(reterr, "%s", statements[st].name);
                 PQclear(res);
                 return r;
         }
+        cp_store__observe(st, started, false);
         if (ret)
                 *ret = res;
         else
@@ -441,6 +487,7 @@ int cp_store__exec(cp_store_conn *c, cp_store_stmt st, const char *const *params
 }
 
 int cp_store__command(cp_store_conn *c, const char *sql, cp_error *reterr) {
+        int64_t started = cp_store__clock_ns();
         PGresult *res = PQexec(c->pg, sql);
         ExecStatusType status = PQresultStatus(res);
         int r = 0;
@@ -448,18 +495,29 @@ int cp_store__command(cp_store_conn *c, const char *sql, cp_error *reterr) {
         if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK)
                 r = cp_store__error(c->pg, res, reterr);
         PQclear(res);
+        /* Of the commands, only COMMIT is timed (label "commit"): it is
+         * where every write transaction waits for durability. */
+        if (strcmp(sql, "COMMIT") == 0)
+                cp_store__observe(_ST_MAX, started, r < 0);
         return r;
 }
 
-int cp_store_db_now_ns(cp_store *s, int64_t *ret, cp_error *reterr) {
-        PGresult *res = NULL;
+int cp_store__run(cp_store *s, cp_store_stmt st, const char *const *params, PGresult **ret,
+                  cp_error *reterr) {
         cp_store_conn *c;
         int r = cp_store__acquire(s, &c, reterr);
 
         if (r < 0)
                 return r;
-        r = cp_store__exec(c, ST_DB_NOW, NULL, &res, reterr);
+        r = cp_store__exec(c, st, params, ret, reterr);
         cp_store__release(s, c);
+        return r;
+}
+
+int cp_store_db_now_ns(cp_store *s, int64_t *ret, cp_error *reterr) {
+        PGresult *res = NULL;
+        int r = cp_store__run(s, ST_DB_NOW, NULL, &res, reterr);
+
         if (r < 0)
                 return r;
         *ret = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
@@ -468,12 +526,5 @@ int cp_store_db_now_ns(cp_store *s, int64_t *ret, cp_error *reterr) {
 }
 
 int cp_store_ping(cp_store *s, cp_error *reterr) {
-        cp_store_conn *c;
-        int r = cp_store__acquire(s, &c, reterr);
-
-        if (r < 0)
-                return r;
-        r = cp_store__exec(c, ST_PING, NULL, NULL, reterr);
-        cp_store__release(s, c);
-        return r;
+        return cp_store__run(s, ST_PING, NULL, NULL, reterr);
 }

@@ -39,6 +39,7 @@ typedef struct mgmt_agent_op {
                                                  * method's response is plaintext);
                                                  * NULL = an empty message */
         char account[40];               /* for the log line, "" if unknown */
+        bool registration;              /* Login took the setup-key path (metrics) */
         char detail[200];               /* extra log text (a store error), "" if none */
 
         /* Filled by the edge after the handler: the bytes to send. */

@@ -2,6 +2,7 @@
 #include "cp/crypto.h"
 #include "cp/util.h"
 #include "mgmt-agent-int.h"
+#include "mgmt-metrics.h"
 #include "mgmt-sync.h"
 
 #include <grpc/byte_buffer.h>
@@ -220,6 +221,8 @@ static void op_work(void *userdata) {
         cp_crypto_box_shared_release(&shared);
 log:
         mgmt_agent_log_outcome(op->call, op->method, op->peer_key, op->account, op->status, op->message, op->detail);
+        if (rpc->id == CP_PROTO_MGMT_LOGIN)
+                mgmt_metrics_login(op->registration, op->status);
 }
 
 static void op_done(mgmt_call *c, void *userdata) {
@@ -357,6 +360,8 @@ static void on_call(mgmt_call *c, void *userdata) {
                 const char *msg = "server is busy, please try again later";
                 grpc_status_code st = r == -EAGAIN ? GRPC_STATUS_RESOURCE_EXHAUSTED : GRPC_STATUS_UNAVAILABLE;
                 mgmt_agent_log_outcome(c, op->method, NULL, NULL, st, msg, r == -EAGAIN ? "worker queue full" : NULL);
+                if (rpc->id == CP_PROTO_MGMT_LOGIN)
+                        mgmt_metrics_login(false, st);
                 mgmt_call_finish(c, st, msg);
                 if (op->payload)
                         grpc_byte_buffer_destroy(op->payload);

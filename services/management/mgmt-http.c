@@ -1,8 +1,10 @@
 #include "cp/base.h"
 #include "cp/log.h"
+#include "cp/metrics.h"
 #include "cp/strbuf.h"
 #include "cp/util.h"
 #include "mgmt-http.h"
+#include "mgmt-metrics.h"
 
 #include <arpa/inet.h>
 #include <event2/buffer.h>
@@ -17,6 +19,8 @@ struct mgmt_http {
         struct evhttp_bound_socket *sock;
         int port;
         mgmt_ready *ready;
+        mgmt_http_degraded_fn degraded;
+        void *degraded_userdata;
 };
 
 /* Per request, on the stack of the dispatcher: the request's log context
@@ -36,6 +40,7 @@ typedef void (*route_fn)(http_op *op);
 
 static void handle_healthz(http_op *op);
 static void handle_readyz(http_op *op);
+static void handle_metrics(http_op *op);
 
 /* The route table: exact paths. */
 static const struct route {
@@ -45,6 +50,7 @@ static const struct route {
 } routes[] = {
         { "/healthz", EVHTTP_REQ_GET | EVHTTP_REQ_HEAD, handle_healthz },
         { "/readyz", EVHTTP_REQ_GET | EVHTTP_REQ_HEAD, handle_readyz },
+        { "/metrics", EVHTTP_REQ_GET | EVHTTP_REQ_HEAD, handle_metrics },
 };
 
 static const struct {
@@ -63,19 +69,24 @@ static const char *method_name(enum evhttp_cmd_type cmd) {
         return "UNKNOWN";
 }
 
-static void reply_json(http_op *op, int code, const char *reason, const char *body) {
+static void reply(http_op *op, int code, const char *reason, const char *content_type, const char *body,
+                  size_t len) {
         struct evkeyvalq *out = evhttp_request_get_output_headers(op->req);
         struct evbuffer *buf = evbuffer_new();
 
-        (void) evhttp_add_header(out, "Content-Type", "application/json; charset=UTF-8");
+        (void) evhttp_add_header(out, "Content-Type", content_type);
         (void) evhttp_add_header(out, "Cache-Control", "no-store");
         (void) evhttp_add_header(out, "X-Request-Id", op->request_id);
         if (buf)
-                (void) evbuffer_add(buf, body, strlen(body));
+                (void) evbuffer_add(buf, body, len);
         evhttp_send_reply(op->req, code, reason, buf);
         if (buf)
                 evbuffer_free(buf);
         op->status = code;
+}
+
+static void reply_json(http_op *op, int code, const char *reason, const char *body) {
+        reply(op, code, reason, "application/json; charset=UTF-8", body, strlen(body));
 }
 
 /* NetBird's REST error body. */
@@ -94,13 +105,41 @@ static void handle_healthz(http_op *op) {
         reply_json(op, HTTP_OK, "OK", "{\"status\":\"ok\"}");
 }
 
+/* Prometheus text format 0.0.4 (docs/metrics.md). Rendering runs the
+ * collectors here, on the loop thread; each reads its source's counters
+ * or takes a short lock (the store pool), never waits for I/O. */
+static void handle_metrics(http_op *op) {
+        cp_strbuf sb;
+
+        cp_strbuf_init(&sb);
+        mgmt_metrics_render(&sb);
+        reply(op, HTTP_OK, "OK", CP_METRICS_CONTENT_TYPE, sb.buf, sb.len);
+        cp_strbuf_release(&sb);
+}
+
 static void handle_readyz(http_op *op) {
         mgmt_ready_state st;
         cp_strbuf sb;
 
         mgmt_ready_get(op->h->ready, &st);
         if (st.ready) {
-                reply_json(op, HTTP_OK, "OK", "{\"status\":\"ready\"}");
+                /* Serving, but a part that is not needed to serve is down
+                 * (the bus): still 200, so no load balancer pulls us out. */
+                char why[256];
+                const char *part = op->h->degraded ? op->h->degraded(why, sizeof why, op->h->degraded_userdata)
+                                                   : NULL;
+                if (!part) {
+                        reply_json(op, HTTP_OK, "OK", "{\"status\":\"ready\"}");
+                        return;
+                }
+                cp_strbuf_init(&sb);
+                cp_strbuf_adds(&sb, "{\"status\":\"degraded\",\"degraded\":\"");
+                cp_strbuf_add_json_escaped(&sb, part);
+                cp_strbuf_adds(&sb, "\",\"error\":\"");
+                cp_strbuf_add_json_escaped(&sb, why);
+                cp_strbuf_adds(&sb, "\"}");
+                reply_json(op, HTTP_OK, "OK", sb.buf);
+                cp_strbuf_release(&sb);
                 return;
         }
         cp_strbuf_init(&sb);
@@ -232,4 +271,9 @@ mgmt_http *mgmt_http_free(mgmt_http *h) {
                 evhttp_free(h->http);
         free(h);
         return NULL;
+}
+
+void mgmt_http_set_degraded(mgmt_http *h, mgmt_http_degraded_fn fn, void *userdata) {
+        h->degraded = fn;
+        h->degraded_userdata = userdata;
 }

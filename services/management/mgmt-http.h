@@ -10,6 +10,8 @@
  */
 #pragma once
 
+#include <stddef.h>
+
 #include "cp/error.h"
 #include "mgmt-ready.h"
 
@@ -20,6 +22,13 @@ typedef struct mgmt_http mgmt_http;
  * and must outlive the listener. */
 int mgmt_http_new(struct event_base *base, const char *address, int port, mgmt_ready *ready,
                   mgmt_http **ret, cp_error *reterr);
+/* /readyz asks this (on the loop thread) when the store is ready: NULL
+ * when every optional part works, else the name of the part that does not
+ * (e.g. "bus") with why[0..n) filled; /readyz then answers 200
+ * {"status":"degraded",...}. */
+typedef const char *(*mgmt_http_degraded_fn)(char *why, size_t n, void *userdata);
+void mgmt_http_set_degraded(mgmt_http *h, mgmt_http_degraded_fn fn, void *userdata);
+
 /* The port actually bound. */
 int mgmt_http_port(const mgmt_http *h);
 /* Closes the listening socket; open connections stay until mgmt_http_free. */

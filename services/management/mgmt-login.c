@@ -207,6 +207,9 @@ static cp_store_peer *register_peer(mgmt_agent_op *op, const Management__LoginRe
                 mgmt_agent_fail(op, GRPC_STATUS_PERMISSION_DENIED, MSG_NO_AUTH);
                 return NULL;
         }
+        /* For metrics: a bare Login of an unknown peer (the agent's first
+         * step) stays kind "login"; only the setup-key attempt counts. */
+        op->registration = true;
         r = cp_store_peer_register(op->agent->store, &rr, &p, ret_serial, &err);
         switch (r) {
         case 0:
@@ -302,7 +305,7 @@ void mgmt_login(mgmt_agent_op *op) {
                         return;
                 } else if (changed & CP_STORE_PEER_CHANGED_SERIAL) {
                         /* Committed, and other peers see it (version, SSH key). */
-                        mgmt_sync_account_changed(op->agent->sync, p->account_id, serial);
+                        mgmt_sync_local_change(op->agent->sync, p->account_id, serial);
                 }
         }
         if (!p) {
@@ -310,7 +313,7 @@ void mgmt_login(mgmt_agent_op *op) {
                 if (!p)
                         return;
                 /* Committed: the account's other peers see the new one. */
-                mgmt_sync_account_changed(op->agent->sync, p->account_id, serial);
+                mgmt_sync_local_change(op->agent->sync, p->account_id, serial);
                 snprintf(op->account, sizeof op->account, "%s", p->account_id);
                 r = cp_store_account_get_settings(op->agent->store, p->account_id, &st, &err);
                 if (r < 0) {
@@ -371,7 +374,7 @@ void mgmt_sync_meta(mgmt_agent_op *op) {
                 /* NetBird fans out on every SyncMeta; what our maps show of
                  * a peer changes only with its stored meta, so an
                  * unchanged meta pushes nothing. */
-                mgmt_sync_account_changed(op->agent->sync, p->account_id, serial);
+                mgmt_sync_local_change(op->agent->sync, p->account_id, serial);
 }
 
 /* The deleted peer's last SyncResponse (§3.5), sealed to it; NULL when

@@ -1,4 +1,5 @@
 #include "cp/base.h"
+#include "cp/bus.h"
 #include "cp/log.h"
 #include "cp/store.h"
 #include "cp/util.h"
@@ -7,7 +8,9 @@
 #include "mgmt-http.h"
 #include "mgmt-manager.h"
 #include "mgmt-map.h"
+#include "mgmt-metrics.h"
 #include "mgmt-ready.h"
+#include "mgmt-replica.h"
 #include "mgmt-sync.h"
 #include "mgmt-work.h"
 
@@ -27,6 +30,8 @@
 /* NB_MAX_CONCURRENT_SYNCS (NetBird's variable and default): Sync opens in
  * progress at once; a negative value lifts the cap. */
 #define DEFAULT_MAX_SYNCS 1000
+/* How long shutdown waits for the replica thread to deregister. */
+#define REPLICA_STOP_MS 3000
 
 typedef struct mgmt_post {
         struct mgmt_post *next;
@@ -48,6 +53,9 @@ struct mgmt_manager {
         mgmt_ready *ready;
         mgmt_grpc *grpc;
         mgmt_http *http;
+        mgmt_replica *replica;
+        cp_bus *bus;                    /* NULL without --redis-url; loop thread */
+        char replica_id[CP_ID_LEN + 1];
 
         struct event *sig_term, *sig_int, *wake, *deadline, *serial_tick, *expiry_tick,
                 *refresh_tick;
@@ -128,6 +136,7 @@ static void begin_shutdown(mgmt_manager *m, const char *why) {
         char buf[32];
 
         m->shutting_down = true;
+        mgmt_replica_draining(m->replica);
         if (m->serial_tick)
                 event_del(m->serial_tick);
         if (m->expiry_tick)
@@ -191,6 +200,82 @@ static void on_refresh_tick(evutil_socket_t fd, short what, void *userdata) {
                 mgmt_sync_refresh_credentials(m->sync);
 }
 
+/* ---- the bus between replicas -------------------------------------------------- */
+
+typedef struct announce_post {
+        int64_t serial;
+        char account_id[CP_BUS_ACCOUNT_ID_MAX + 1];
+} announce_post;
+
+/* Loop thread: publish (fire-and-forget; the others' serial checks are
+ * the safety net when it is dropped). */
+static void on_announce_loop(mgmt_manager *m, void *userdata) {
+        announce_post *a = userdata;
+
+        if (m->bus)
+                (void) cp_bus_publish(m->bus, a->account_id, a->serial);
+        free(a);
+}
+
+/* Any thread: the sync hub's announce hook for changes committed here. */
+static void announce(const char *account_id, int64_t serial, void *userdata) {
+        mgmt_manager *m = userdata;
+        announce_post *a;
+
+        if (strlen(account_id) > CP_BUS_ACCOUNT_ID_MAX)
+                return;
+        a = cp_xcalloc(1, sizeof *a);
+        a->serial = serial;
+        memcpy(a->account_id, account_id, strlen(account_id) + 1);
+        mgmt_manager_post(m, on_announce_loop, a);
+}
+
+/* Loop thread: another replica (or this one) committed a change. */
+static void on_bus_message(const char *account_id, int64_t serial, int64_t sent_ms, void *userdata) {
+        mgmt_manager *m = userdata;
+
+        mgmt_metrics_bus_message(sent_ms);
+        mgmt_sync_account_at(m->sync, account_id, serial);
+}
+
+static void on_bus_state(bool up, void *userdata) {
+        mgmt_manager *m = userdata;
+
+        mgmt_metrics_bus_state(up);
+        if (up) {
+                cp_log(&log_ctx, CP_LOG_INFO, "bus subscribed");
+                /* Whatever was published while we were away is gone:
+                 * catch up from the database. */
+                mgmt_sync_check_serials(m->sync);
+        } else
+                cp_log(&log_ctx, CP_LOG_WARN, "bus lost; changes from other replicas arrive by the serial check "
+                       "until it is back");
+}
+
+/* /readyz: the bus is optional for serving, so down means degraded. */
+static const char *degraded(char *why, size_t n, void *userdata) {
+        mgmt_manager *m = userdata;
+
+        if (!m->bus || cp_bus_is_subscribed(m->bus))
+                return NULL;
+        (void) snprintf(why, n, "not subscribed to Redis; changes from other replicas arrive by the serial check");
+        return "bus";
+}
+
+/* Replica thread: we were reaped while cut off from the database. */
+static void on_replica_lost(void *userdata) {
+        mgmt_manager *m = userdata;
+
+        mgmt_sync_reconnect_all(m->sync);
+}
+
+static void format_address(char *out, size_t n, const char *address, int port) {
+        if (strchr(address, ':') && address[0] != '[')
+                (void) snprintf(out, n, "[%s]:%d", address, port);
+        else
+                (void) snprintf(out, n, "%s:%d", address, port);
+}
+
 /* ---- setup ---------------------------------------------------------------- */
 
 static int open_store(mgmt_manager *m, cp_error *reterr) {
@@ -250,10 +335,7 @@ static void log_listening(const char *protocol, const char *address, int port, c
         char p[16], addr[300];
 
         (void) snprintf(p, sizeof p, "%d", port);
-        if (strchr(address, ':') && address[0] != '[')
-                (void) snprintf(addr, sizeof addr, "[%s]:%d", address, port);
-        else
-                (void) snprintf(addr, sizeof addr, "%s:%d", address, port);
+        format_address(addr, sizeof addr, address, port);
         cp_log_kv(&log_ctx, CP_LOG_INFO, "listening", "protocol", protocol, "address", addr, "port", p,
                   "tls", tls, NULL);
 }
@@ -293,9 +375,23 @@ int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf,
         r = open_store(m, reterr);
         if (r < 0)
                 goto fail;
+        mgmt_metrics_watch_store(m->store);
         r = load_server_key(m, data_key, reterr);
         if (r < 0)
                 goto fail;
+        /* A new id for every process start; fenced connects record it as
+         * the owner of their session, so register before serving. */
+        cp_id_new(m->replica_id);
+        cp_store_set_replica_id(m->store, m->replica_id);
+        mgmt_replica_options ro = {
+                .id = m->replica_id, .dsn = cfg->postgres_dsn, .name = cfg->replica_name,
+                .version = MGMT_VERSION, .heartbeat_ms = cfg->heartbeat_interval_ms,
+                .expiry_ms = cfg->replica_expiry_ms, .on_lost = on_replica_lost, .userdata = m,
+        };
+        r = mgmt_replica_new(&ro, &m->replica, reterr);
+        if (r < 0)
+                goto fail;
+        mgmt_metrics_watch_replica(m->replica);
         /* As many workers as database connections: a worker then rarely
          * waits for a connection, and the CQ thread never does. */
         r = mgmt_workers_new((unsigned) cfg->db_pool_size, (size_t) cfg->db_pool_size * QUEUE_PER_WORKER,
@@ -307,6 +403,17 @@ int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf,
                                   .maps = m->maps };
         m->sync = mgmt_sync_new(&m->agent, m->maps, max_syncs());
         m->agent.sync = m->sync;
+        mgmt_sync_set_announce(m->sync, announce, m);
+        if (cfg->redis_url && *cfg->redis_url) {
+                /* Redis being down is not fatal: the bus keeps trying. */
+                cp_bus_callbacks cb = { .on_message = on_bus_message, .on_state = on_bus_state, .userdata = m };
+                r = cp_bus_new(m->base, cfg->redis_url, cfg->bus_channel_prefix, &cb, &m->bus, reterr);
+                if (r < 0) {
+                        cp_error_prefix(reterr, "--redis-url");
+                        goto fail;
+                }
+                mgmt_metrics_watch_bus(m->bus);
+        }
         mgmt_agent_methods(methods);
         r = mgmt_ready_new(m->store, &m->ready);
         if (r < 0) {
@@ -333,6 +440,15 @@ int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf,
         r = mgmt_http_new(m->base, cfg->listen_address, (int) cfg->http_port, m->ready, &m->http, reterr);
         if (r < 0)
                 goto fail;
+        mgmt_http_set_degraded(m->http, degraded, m);
+        {
+                char ga[300], ha[300];
+                format_address(ga, sizeof ga, cfg->listen_address, mgmt_grpc_port(m->grpc));
+                format_address(ha, sizeof ha, cfg->listen_address, mgmt_http_port(m->http));
+                r = mgmt_replica_set_addresses(m->replica, ga, ha, reterr);
+                if (r < 0)
+                        goto fail;
+        }
 
         if (cfg->serial_check_interval_ms > 0) {
                 int64_t ms = cfg->serial_check_interval_ms;
@@ -364,6 +480,8 @@ int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf,
 
         log_listening("grpc", cfg->listen_address, mgmt_grpc_port(m->grpc), m->tls ? "true" : "false");
         log_listening("http", cfg->listen_address, mgmt_http_port(m->http), "false");
+        cp_log_kv(&log_ctx, CP_LOG_INFO, "replica started", "replica_id", m->replica_id, "bus",
+                  m->bus ? "redis" : "none", NULL);
         *ret = m;
         return 0;
 
@@ -395,12 +513,22 @@ mgmt_manager *mgmt_manager_free(mgmt_manager *m) {
                 return NULL;
         }
         m->grpc = mgmt_grpc_free(m->grpc);
+        /* Every stream's fenced disconnect has run: say goodbye (and mark
+         * anything still owned disconnected). After a failed start the
+         * row is removed the same way. */
+        mgmt_metrics_unwatch_replica(m->replica);
+        if (m->replica && !mgmt_replica_stop(m->replica, true, REPLICA_STOP_MS))
+                m->leak_on_free = true;
+        m->replica = NULL;
+        mgmt_metrics_unwatch_bus(m->bus);
+        m->bus = cp_bus_free(m->bus);
         /* gRPC waited for every offloaded job, so the queue is empty. */
         m->workers = mgmt_workers_free(m->workers);
         /* No stream and no job is left. */
         m->sync = mgmt_sync_free(m->sync);
         m->maps = mgmt_maps_free(m->maps);
         m->http = mgmt_http_free(m->http);
+        mgmt_metrics_unwatch_store(m->store);
         bool store_free = mgmt_ready_stop(m->ready, READY_STOP_MS);
         if (store_free)
                 m->store = cp_store_free(m->store);

@@ -67,13 +67,7 @@ static void *ready_thread(void *userdata) {
         pthread_mutex_lock(&r->lock);
         while (!r->stop) {
                 struct timespec ts;
-                clock_gettime(CLOCK_MONOTONIC, &ts);
-                ts.tv_sec += MGMT_READY_INTERVAL_MS / 1000;
-                ts.tv_nsec += (MGMT_READY_INTERVAL_MS % 1000) * 1000000L;
-                if (ts.tv_nsec >= 1000000000L) {
-                        ts.tv_sec++;
-                        ts.tv_nsec -= 1000000000L;
-                }
+                cp_mono_deadline(&ts, MGMT_READY_INTERVAL_MS);
                 while (!r->stop && pthread_cond_timedwait(&r->cond, &r->lock, &ts) != ETIMEDOUT)
                         ;
                 if (r->stop)
@@ -139,13 +133,7 @@ bool mgmt_ready_stop(mgmt_ready *r, int64_t timeout_ms) {
 
         if (!r)
                 return true;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        ts.tv_sec += timeout_ms / 1000;
-        ts.tv_nsec += (timeout_ms % 1000) * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000L;
-        }
+        cp_mono_deadline(&ts, timeout_ms);
         pthread_mutex_lock(&r->lock);
         r->stop = true;
         pthread_cond_broadcast(&r->cond);

@@ -32,6 +32,7 @@
 #include "cp/util.h"
 #include "mgmt-agent-int.h"
 #include "mgmt-map.h"
+#include "mgmt-metrics.h"
 #include "mgmt-strmap.h"
 #include "mgmt-sync.h"
 
@@ -47,6 +48,7 @@
 #define MSG_TOO_MANY "too many concurrent sync requests, please try again later"
 #define MSG_INTERNAL "failed handling request"
 #define MSG_SHUTDOWN "server is shutting down"
+#define MSG_SESSION_LOST "session lost on this server, please reconnect"
 
 typedef struct sync_acct sync_acct;
 
@@ -124,7 +126,12 @@ struct mgmt_sync {
         sync_acct *kept;                /* entries kept only for opens in progress */
         bool draining;
         bool checking;                  /* a serial check is running */
+        bool check_again;               /* asked for while one was running */
         bool expiring;                  /* a login expiry check is running */
+
+        /* Local changes are announced through this (set before start). */
+        mgmt_sync_announce_fn announce;
+        void *announce_userdata;
 
         /* Credential refresh: registered streams ordered by due time
          * (CQ thread only). refresh_ms 0: nothing expires, no list. */
@@ -256,6 +263,7 @@ static void registry_add(mgmt_sync *h, sync_stream *s) {
                 a->streams->acct_prev = s;
         a->streams = s;
         a->n_streams++;
+        mgmt_metrics_sync_streams(1);
 }
 
 /* Removes s only if the registry still points at it: an older stream's
@@ -275,6 +283,7 @@ static void registry_remove(mgmt_sync *h, sync_stream *s) {
         if (s->acct_next)
                 s->acct_next->acct_prev = s->acct_prev;
         a->n_streams--;
+        mgmt_metrics_sync_streams(-1);
         s->registered = false;
         s->acct = NULL;
         s->acct_prev = s->acct_next = NULL;
@@ -601,11 +610,13 @@ static void open_done(mgmt_call *c, void *userdata) {
         s->connected = s->connect == 1;
 
         if (op->status != GRPC_STATUS_OK) {
+                mgmt_metrics_sync_open(MGMT_SYNC_OPEN_FAILED, op->status);
                 mgmt_call_finish(c, op->status, op->message);
                 goto out;
         }
         if (s->connect == 0) {
                 /* Fenced off: end quietly, no side effects. */
+                mgmt_metrics_sync_open(MGMT_SYNC_OPEN_STALE, GRPC_STATUS_OK);
                 mgmt_call_finish(c, GRPC_STATUS_OK, NULL);
                 goto out;
         }
@@ -617,6 +628,7 @@ static void open_done(mgmt_call *c, void *userdata) {
                 /* A newer stream registered first; its connect landed
                  * after ours, so our disconnect could not match. */
                 s->connected = false;
+                mgmt_metrics_sync_open(MGMT_SYNC_OPEN_STALE, GRPC_STATUS_OK);
                 mgmt_call_finish(c, GRPC_STATUS_OK, NULL);
                 goto out;
         }
@@ -631,6 +643,7 @@ static void open_done(mgmt_call *c, void *userdata) {
         }
         if (s->closed || h->draining) {
                 /* The client left while we opened, or shutdown began. */
+                mgmt_metrics_sync_open(MGMT_SYNC_OPEN_CLOSED, GRPC_STATUS_OK);
                 stream_disconnect(s);
                 if (!s->closed)
                         mgmt_call_finish(c, GRPC_STATUS_UNAVAILABLE, MSG_SHUTDOWN);
@@ -638,6 +651,7 @@ static void open_done(mgmt_call *c, void *userdata) {
         }
 
         registry_add(h, s);
+        mgmt_metrics_sync_open(MGMT_SYNC_OPEN_OK, GRPC_STATUS_OK);
         s->opened = true;
         sync_acct *a = s->acct;
         stream_queue(s, s->first, s->first_len, s->first_serial, false);
@@ -654,7 +668,7 @@ static void open_done(mgmt_call *c, void *userdata) {
         /* Side effects, after the connect committed: our meta change, or
          * a re-login that cleared login_expired, changes others' maps. */
         if (s->changed_serial > 0 || s->was_expired)
-                mgmt_sync_account_changed(h, s->account_id, s->changed_serial);
+                mgmt_sync_local_change(h, s->account_id, s->changed_serial);
 
 out:
         if (op->payload)
@@ -673,6 +687,7 @@ void mgmt_sync_on_call(mgmt_sync *h, mgmt_call *c) {
 
         if (h->max_setups >= 0 && h->setups >= h->max_setups) {
                 mgmt_agent_log_outcome(c, m, NULL, NULL, GRPC_STATUS_RESOURCE_EXHAUSTED, MSG_TOO_MANY, NULL);
+                mgmt_metrics_sync_open(MGMT_SYNC_OPEN_FAILED, GRPC_STATUS_RESOURCE_EXHAUSTED);
                 mgmt_call_finish(c, GRPC_STATUS_RESOURCE_EXHAUSTED, MSG_TOO_MANY);
                 return;
         }
@@ -697,6 +712,7 @@ void mgmt_sync_on_call(mgmt_sync *h, mgmt_call *c) {
                 grpc_status_code st = r == -EAGAIN ? GRPC_STATUS_RESOURCE_EXHAUSTED : GRPC_STATUS_UNAVAILABLE;
                 h->setups--;
                 mgmt_agent_log_outcome(c, m, NULL, NULL, st, msg, r == -EAGAIN ? "worker queue full" : NULL);
+                mgmt_metrics_sync_open(MGMT_SYNC_OPEN_FAILED, st);
                 mgmt_call_finish(c, st, msg);
                 s->op = NULL;
                 if (op->payload)
@@ -753,6 +769,8 @@ typedef struct fanout {
         size_t n;
         mgmt_map *map;                  /* loaded by the first job */
         int64_t serial;
+        int64_t started_ns;             /* for netbird_cp_fanout_duration_seconds */
+        uint64_t pushed;                /* maps queued */
         size_t chunks_left;
         int r;
         cp_error err;
@@ -771,6 +789,8 @@ static void fanout_finish(mgmt_sync *h, fanout *f) {
                 stream_unref(f->targets[i].s);
         }
         free(f->targets);
+        if (f->map)             /* loaded: a fan-out that ran */
+                mgmt_metrics_fanout(f->started_ns, f->pushed);
         f->map = mgmt_map_unref(f->map);
         free(f);
         a->building = false;
@@ -817,9 +837,10 @@ static void chunk_done(mgmt_grpc *g, void *userdata) {
 
         for (size_t i = ch->from; i < ch->to; i++) {
                 fanout_target *t = &f->targets[i];
-                if (t->msg && t->s->registered)
+                if (t->msg && t->s->registered) {
                         stream_queue(t->s, t->msg, t->len, f->serial, false);
-                else
+                        f->pushed++;
+                } else
                         free(t->msg);
                 t->msg = NULL;
         }
@@ -880,6 +901,7 @@ static void fanout_start(mgmt_sync *h, sync_acct *a) {
         f = cp_xcalloc(1, sizeof *f);
         f->hub = h;
         f->acct = a;
+        f->started_ns = mgmt_metrics_now_ns();
         (void) snprintf(f->account_id, sizeof f->account_id, "%s", a->id);
         f->targets = cp_xcalloc(a->n_streams, sizeof *f->targets);
         for (sync_stream *s = a->streams; s; s = s->acct_next)
@@ -906,6 +928,7 @@ typedef struct change_post {
         char account_id[64];
         char peer_id[64];
         int64_t serial;
+        bool only_if_newer;             /* a bus message: skip serials we have */
         uint8_t *msg;
         size_t len;
 } change_post;
@@ -917,7 +940,11 @@ static void on_account_changed(mgmt_grpc *g, void *userdata) {
          * register into this account with an older map. */
         sync_acct *a = acct_get(h, p->account_id, h->setups > 0);
 
-        if (a) {
+        if (a && p->only_if_newer && p->serial > 0 && p->serial <= a->latest_serial) {
+                /* Our own announcement coming back, or one we already
+                 * caught up with. */
+                acct_maybe_free(h, a);
+        } else if (a) {
                 if (a->latest_serial < p->serial)
                         a->latest_serial = p->serial;
                 if (a->building)
@@ -930,7 +957,7 @@ static void on_account_changed(mgmt_grpc *g, void *userdata) {
         free(p);
 }
 
-void mgmt_sync_account_changed(mgmt_sync *h, const char *account_id, int64_t serial) {
+static void post_change(mgmt_sync *h, const char *account_id, int64_t serial, bool only_if_newer) {
         mgmt_grpc *g = atomic_load(&h->grpc);
         change_post *p;
 
@@ -940,7 +967,27 @@ void mgmt_sync_account_changed(mgmt_sync *h, const char *account_id, int64_t ser
         p->hub = h;
         (void) snprintf(p->account_id, sizeof p->account_id, "%s", account_id);
         p->serial = serial;
+        p->only_if_newer = only_if_newer;
         mgmt_grpc_post(g, on_account_changed, p);
+}
+
+void mgmt_sync_account_changed(mgmt_sync *h, const char *account_id, int64_t serial) {
+        post_change(h, account_id, serial, false);
+}
+
+void mgmt_sync_account_at(mgmt_sync *h, const char *account_id, int64_t serial) {
+        post_change(h, account_id, serial, true);
+}
+
+void mgmt_sync_set_announce(mgmt_sync *h, mgmt_sync_announce_fn fn, void *userdata) {
+        h->announce = fn;
+        h->announce_userdata = userdata;
+}
+
+void mgmt_sync_local_change(mgmt_sync *h, const char *account_id, int64_t serial) {
+        if (h->announce && account_id && *account_id)
+                h->announce(account_id, serial, h->announce_userdata);
+        mgmt_sync_account_changed(h, account_id, serial);
 }
 
 static void on_peer_deleted(mgmt_grpc *g, void *userdata) {
@@ -967,6 +1014,8 @@ void mgmt_sync_peer_deleted(mgmt_sync *h, const char *account_id, const char *pe
         mgmt_grpc *g = atomic_load(&h->grpc);
         change_post *p;
 
+        if (h->announce && account_id && *account_id)
+                h->announce(account_id, serial, h->announce_userdata);
         if (!g)
                 return;
         p = cp_xcalloc(1, sizeof *p);
@@ -1029,6 +1078,12 @@ static void serial_check_done(mgmt_grpc *g, void *userdata) {
         mgmt_sync *h = c->hub;
 
         h->checking = false;
+        if (h->check_again) {
+                /* Asked for while this one ran (the bus came back): the
+                 * answer must come from a query that started after. */
+                h->check_again = false;
+                mgmt_sync_check_serials(h);
+        }
         if (c->r < 0) {
                 cp_log_kv(&log_ctx, CP_LOG_WARN, "cannot read the account serials", "error", c->err.message, NULL);
                 serial_check_free(c);
@@ -1061,7 +1116,11 @@ static void on_check_serials(mgmt_grpc *g, void *userdata) {
         size_t n = mgmt_strmap_size(h->accts);
         serial_check *c;
 
-        if (h->checking || h->draining || n == 0)
+        if (h->checking) {
+                h->check_again = true;
+                return;
+        }
+        if (h->draining || n == 0)
                 return;
         c = cp_xcalloc(1, sizeof *c);
         c->hub = h;
@@ -1137,7 +1196,7 @@ static void expiry_check_done(mgmt_grpc *g, void *userdata) {
                 (void) snprintf(serial, sizeof serial, "%" PRId64, c->accts[i].serial);
                 cp_log_kv(&ctx, CP_LOG_INFO, "peer logins expired", "serial", serial, NULL);
                 /* The expired peers go to offlinePeers in everyone's map. */
-                mgmt_sync_account_changed(h, c->accts[i].account_id, c->accts[i].serial);
+                mgmt_sync_local_change(h, c->accts[i].account_id, c->accts[i].serial);
         }
         free(c->accts);
         free(c->peers);
@@ -1318,25 +1377,45 @@ static void collect_stream(const char *key, void *value, void *userdata) {
         *(*out)++ = value;
 }
 
-static void on_drain(mgmt_grpc *g, void *userdata) {
-        mgmt_sync *h = userdata;
+/* CQ thread: ends every registered stream with UNAVAILABLE. */
+static void end_all(mgmt_sync *h, const char *message, const char *reason) {
         size_t n = mgmt_strmap_size(h->peers);
         sync_stream **all, **end;
         char count[32];
 
-        if (h->draining)
-                return;
-        h->draining = true;
         (void) snprintf(count, sizeof count, "%zu", n);
-        cp_log_kv(&log_ctx, CP_LOG_INFO, "ending sync streams", "streams", count, NULL);
+        cp_log_kv(&log_ctx, CP_LOG_INFO, "ending sync streams", "streams", count, "reason", reason, NULL);
         all = cp_xcalloc(n ? n : 1, sizeof *all);
         end = all;
         mgmt_strmap_foreach(h->peers, collect_stream, &end);
         /* Still registered, so on_close disconnects them with their own
          * tokens once the status went out. */
         for (sync_stream **p = all; p < end; p++)
-                stream_end(*p, GRPC_STATUS_UNAVAILABLE, MSG_SHUTDOWN, "server shutting down");
+                stream_end(*p, GRPC_STATUS_UNAVAILABLE, message, reason);
         free(all);
+}
+
+static void on_drain(mgmt_grpc *g, void *userdata) {
+        mgmt_sync *h = userdata;
+
+        if (h->draining)
+                return;
+        h->draining = true;
+        end_all(h, MSG_SHUTDOWN, "server shutting down");
+}
+
+static void on_reconnect_all(mgmt_grpc *g, void *userdata) {
+        mgmt_sync *h = userdata;
+
+        if (!h->draining)
+                end_all(h, MSG_SESSION_LOST, "replica sessions lost");
+}
+
+void mgmt_sync_reconnect_all(mgmt_sync *h) {
+        mgmt_grpc *g = atomic_load(&h->grpc);
+
+        if (g)
+                mgmt_grpc_post(g, on_reconnect_all, h);
 }
 
 void mgmt_sync_drain(mgmt_sync *h) {

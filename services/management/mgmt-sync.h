@@ -12,15 +12,22 @@
  *
  * Entry points from other threads (all non-blocking; they post to the CQ
  * thread):
- *   mgmt_sync_account_changed()  after any committed change of an account
- *                                (registration, logout, a login or meta
- *                                update that bumped the serial; later a
- *                                bus message "account A is at serial S")
+ *   mgmt_sync_local_change()     after any change this process committed
+ *                                (registration, a login or meta update that
+ *                                bumped the serial, login expiry): announced
+ *                                to the other replicas, then pushed here
+ *   mgmt_sync_account_changed()  push here only (no announcement)
+ *   mgmt_sync_account_at()       a bus message "account A is at serial S"
+ *                                from any replica: pushed here unless we
+ *                                already have S
  *   mgmt_sync_peer_deleted()     Logout: the peer's stream gets its last
  *                                map and ends
  *   mgmt_sync_check_serials()    periodic: notice serials moved elsewhere
  *   mgmt_sync_expire_logins()    periodic: mark expired SSO logins
  *   mgmt_sync_refresh_credentials()  periodic: TURN/relay credential refresh
+ *   mgmt_sync_reconnect_all()    this replica's sessions were taken away
+ *                                (it was reaped): streams end, agents
+ *                                reconnect
  *   mgmt_sync_drain()            shutdown: end every stream
  */
 #pragma once
@@ -57,10 +64,27 @@ void mgmt_sync_on_close(mgmt_sync *s, mgmt_call *c, bool cancelled);
  * the newest. */
 void mgmt_sync_account_changed(mgmt_sync *s, const char *account_id, int64_t serial);
 
+/* Any thread: like mgmt_sync_account_changed(), but only when serial is
+ * newer than what this process knows for the account (0 = unknown: always).
+ * For bus messages, which include this process's own announcements. */
+void mgmt_sync_account_at(mgmt_sync *s, const char *account_id, int64_t serial);
+
+/* Called, on the thread that committed the change, for every local change
+ * (mgmt_sync_local_change, mgmt_sync_peer_deleted); must not block. The
+ * manager publishes it on the bus. */
+typedef void (*mgmt_sync_announce_fn)(const char *account_id, int64_t serial, void *userdata);
+
+/* Before the gRPC server starts. */
+void mgmt_sync_set_announce(mgmt_sync *s, mgmt_sync_announce_fn fn, void *userdata);
+
+/* Any thread: a change this process committed: the announce hook, then
+ * mgmt_sync_account_changed(). */
+void mgmt_sync_local_change(mgmt_sync *s, const char *account_id, int64_t serial);
+
 /* Any thread: peer_id was deleted (Logout). msg[0..len) is its last
  * SyncResponse, sealed and wrapped in an EncryptedMessage (copied); the
  * peer's stream, if it has one here, sends it and ends with OK. Also does
- * mgmt_sync_account_changed(account_id, serial). */
+ * mgmt_sync_local_change(account_id, serial). */
 void mgmt_sync_peer_deleted(mgmt_sync *s, const char *account_id, const char *peer_id, const void *msg,
                             size_t len, int64_t serial);
 
@@ -69,8 +93,9 @@ void mgmt_sync_peer_deleted(mgmt_sync *s, const char *account_id, const char *pe
  * streams of every account whose serial moved past the newest this
  * process knew of: a change committed elsewhere (another replica, an API,
  * an operator in psql who bumps network_serial) reaches connected peers.
- * The manager calls it every --serial-check-interval. A check still
- * running (or a full worker queue) makes the call a no-op. */
+ * The manager calls it every --serial-check-interval and when the bus
+ * (re)subscribes. A call while a check runs makes one more check run after
+ * it; a full worker queue makes the call a no-op (the next tick retries). */
 void mgmt_sync_check_serials(mgmt_sync *s);
 
 /* Any thread: on a worker, marks every peer whose SSO login expired
@@ -98,6 +123,13 @@ void mgmt_sync_expire_logins(mgmt_sync *s);
  * streams that are due to the CQ thread. */
 int64_t mgmt_sync_refresh_tick_ms(const mgmt_sync *s);
 void mgmt_sync_refresh_credentials(mgmt_sync *s);
+
+/* Any thread: ends every stream with UNAVAILABLE "session lost on this
+ * server, please reconnect" and keeps serving: agents reconnect (here or
+ * elsewhere) and their fenced connects take the rows back. For a replica
+ * that learns it was reaped (its sessions were marked disconnected while
+ * it was cut off from the database). */
+void mgmt_sync_reconnect_all(mgmt_sync *s);
 
 /* Any thread: shutdown began. Every stream ends with UNAVAILABLE (agents
  * reconnect, to another replica when there is one) and its fenced

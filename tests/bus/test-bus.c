@@ -31,13 +31,15 @@ typedef struct probe {
         int ups, downs, messages;
         char last_id[CP_BUS_ACCOUNT_ID_MAX + 1];
         int64_t last_serial;
+        int64_t last_sent_ms;
 } probe;
 
-static void on_message(const char *account_id, int64_t serial, void *userdata) {
+static void on_message(const char *account_id, int64_t serial, int64_t sent_ms, void *userdata) {
         probe *p = userdata;
         p->messages++;
         snprintf(p->last_id, sizeof(p->last_id), "%s", account_id);
         p->last_serial = serial;
+        p->last_sent_ms = sent_ms;
 }
 
 static void on_state(bool up, void *userdata) {
@@ -243,24 +245,31 @@ TEST(parse_payload) {
         int64_t s = -1;
         static const char *const bad[] = {
                 "", " ", "acct", "acct ", " 5", "acct 01", "acct -1", "acct +1", "acct 1 ",
-                "acct 1 2", "acct  1", "acct 1x", "acct 9223372036854775808",
+                "acct 1 2 3", "acct 1 02", "acct 1 -2", "acct  1", "acct 1x", "acct 9223372036854775808",
                 "acct 99999999999999999999", "a\tb 1",
                 "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa 1", /* 65 */
         };
 
-        ASSERT_EQ(0, cp_bus_parse_payload("acct 0", 6, id, &s));
+        ASSERT_EQ(0, cp_bus_parse_payload("acct 0", 6, id, &s, NULL));
         ASSERT_STREQ("acct", id);
         ASSERT_EQ(0, s);
-        ASSERT_EQ(0, cp_bus_parse_payload("d2k3v1ojrpvllc0emrcg 9223372036854775807", 40, id, &s));
+        ASSERT_EQ(0, cp_bus_parse_payload("d2k3v1ojrpvllc0emrcg 9223372036854775807", 40, id, &s, NULL));
         ASSERT_STREQ("d2k3v1ojrpvllc0emrcg", id);
         ASSERT_TRUE(s == INT64_MAX);
         /* length is honoured: no NUL needed, embedded NUL refused */
-        ASSERT_EQ(0, cp_bus_parse_payload("x 12trailing", 4, id, &s));
+        ASSERT_EQ(0, cp_bus_parse_payload("x 12trailing", 4, id, &s, NULL));
         ASSERT_EQ(12, s);
-        ASSERT_EQ(-EBADMSG, cp_bus_parse_payload("x 1\0", 4, id, &s));
-        ASSERT_EQ(-EBADMSG, cp_bus_parse_payload("x\0y 1", 5, id, &s));
+        ASSERT_EQ(-EBADMSG, cp_bus_parse_payload("x 1\0", 4, id, &s, NULL));
+        ASSERT_EQ(-EBADMSG, cp_bus_parse_payload("x\0y 1", 5, id, &s, NULL));
+        /* the optional publisher clock */
+        int64_t sent = -1;
+        ASSERT_EQ(0, cp_bus_parse_payload("acct 7 1700000000123", 20, id, &s, &sent));
+        ASSERT_EQ(7, s);
+        ASSERT_TRUE(sent == 1700000000123);
+        ASSERT_EQ(0, cp_bus_parse_payload("acct 7", 6, id, &s, &sent));
+        ASSERT_EQ(0, sent);
         for (size_t i = 0; i < ELEMENTSOF(bad); i++)
-                if (cp_bus_parse_payload(bad[i], strlen(bad[i]), id, &s) != -EBADMSG)
+                if (cp_bus_parse_payload(bad[i], strlen(bad[i]), id, &s, NULL) != -EBADMSG)
                         cptest_fail(__FILE__, __LINE__, "accepted \"%s\"", bad[i]);
 }
 
@@ -310,6 +319,9 @@ TEST(publish_receive) {
         ASSERT_TRUE(run_until(base, cond_messages, &(count_arg) { &pa, 1 }, 5000));
         ASSERT_STREQ("acct-1", pb.last_id);
         ASSERT_EQ(42, pb.last_serial);
+        /* the publisher's clock rides along (same host: within a minute) */
+        int64_t now_ms = cp_now_unix_ns() / 1000000;
+        ASSERT_TRUE(pb.last_sent_ms > now_ms - 60000 && pb.last_sent_ms <= now_ms);
         ASSERT_STREQ("acct-1", pa.last_id); /* a replica hears itself too */
 
         ASSERT_EQ(-EINVAL, cp_bus_publish(a, "has space", 1));
@@ -347,7 +359,7 @@ TEST(malformed_payload_counted) {
         const char *url = shared_url();
         struct event_base *base = event_base_new();
         char prefix[64], channel[96];
-        static const char *const bad[] = { "", "x", "acct 01", "acct -1", "acct 1 2", "a b c",
+        static const char *const bad[] = { "", "x", "acct 01", "acct -1", "acct 1 2 3", "acct 1 x", "a b c",
                                            "acct 99999999999999999999", "acct\t1" };
         probe p = { 0 };
         cp_bus *bus;

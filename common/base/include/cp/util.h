@@ -11,6 +11,10 @@
 /* Wall-clock time in Unix nanoseconds / monotonic milliseconds. */
 int64_t cp_now_unix_ns(void);
 int64_t cp_now_mono_ms(void);
+/* *ts = CLOCK_MONOTONIC now + ms, for pthread_cond_timedwait on a
+ * condition variable set to CLOCK_MONOTONIC. */
+struct timespec;
+void cp_mono_deadline(struct timespec *ts, int64_t ms);
 
 /* Fills buf with n bytes from the kernel CSPRNG; aborts if that fails,
  * because nothing sensible can continue without randomness. */

@@ -20,10 +20,12 @@
  *   - A replica also receives its own publishes; the serial check makes
  *     that a no-op (serial <= what it already has).
  *
- * Payload: "<account_id> <serial>", exactly one space, account_id 1..64
- * bytes of printable ASCII without space, serial a decimal 0..INT64_MAX
- * without sign or leading zeros. Anything else is dropped and counted as
- * malformed.
+ * Payload: "<account_id> <serial> <sent_ms>", single spaces, account_id
+ * 1..64 bytes of printable ASCII without space, serial and sent_ms
+ * decimals 0..INT64_MAX without sign or leading zeros; sent_ms is the
+ * publisher's wall clock in Unix milliseconds (for the lag metric only;
+ * replica clocks may disagree) and may be left out ("<account_id>
+ * <serial>"). Anything else is dropped and counted as malformed.
  *
  * Threads: the bus belongs to the thread running its event_base. Every
  * function except cp_bus_get_stats() must be called on that thread (or
@@ -50,8 +52,9 @@ typedef struct cp_bus cp_bus;
 #define CP_BUS_ACCOUNT_ID_MAX 64
 
 typedef struct cp_bus_callbacks {
-        /* A well-formed message. account_id is valid only during the call. */
-        void (*on_message)(const char *account_id, int64_t serial, void *userdata);
+        /* A well-formed message. account_id is valid only during the call;
+         * sent_ms is the publisher's clock (Unix ms), 0 when absent. */
+        void (*on_message)(const char *account_id, int64_t serial, int64_t sent_ms, void *userdata);
         /* true: subscribed (first time or again; resync now). false: the
          * subscription was lost; messages may be missed until true. */
         void (*on_state)(bool connected, void *userdata);
@@ -112,7 +115,8 @@ void cp_bus_get_stats(const cp_bus *bus, cp_bus_stats *ret);
 
 /*
  * The payload parser (exposed for tests and tools). Returns 0 and fills
- * account_id (NUL-terminated) and *ret_serial, or -EBADMSG.
+ * account_id (NUL-terminated), *ret_serial and *ret_sent_ms (may be NULL;
+ * 0 when the field is absent), or -EBADMSG.
  */
 int cp_bus_parse_payload(const char *payload, size_t len, char account_id[CP_BUS_ACCOUNT_ID_MAX + 1],
-                         int64_t *ret_serial);
+                         int64_t *ret_serial, int64_t *ret_sent_ms);

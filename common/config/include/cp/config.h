@@ -185,12 +185,16 @@ typedef struct cp_config {
         char *letsencrypt_domain;       /* always NULL after a successful load */
         char *postgres_dsn;
         char *store_engine;             /* "postgres" (or empty) after a successful load */
-        char *redis_url;
+        char *redis_url;                /* NULL: no bus */
+        char *bus_channel_prefix;
+        char *replica_name;             /* NULL: the host name */
         char *dns_domain;
         int64_t db_pool_size;
         int64_t shutdown_timeout_ms;
         int64_t serial_check_interval_ms;       /* 0 = no periodic serial check */
         int64_t login_expiry_check_interval_ms; /* 0 = no periodic login expiry check */
+        int64_t heartbeat_interval_ms;
+        int64_t replica_expiry_ms;              /* >= 2 * heartbeat_interval_ms */
         char *data_store_encryption_key;        /* base64 of 32 bytes, or NULL */
 
         /* management.json itself (source.file), warnings, origins. */

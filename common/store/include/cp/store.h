@@ -22,6 +22,9 @@
 
 typedef struct cp_store cp_store;
 
+/* Longest replica id the store keeps (they are generated, "r" + 24 hex). */
+#define CP_STORE_REPLICA_ID_MAX 64
+
 /* Opens a pool of pool_size (1..256) connections to dsn (libpq conninfo
  * or URI). Connections are made on demand; this call makes the first one
  * so a bad DSN fails here. *ret is owned by the caller, freed with
@@ -32,6 +35,18 @@ cp_store *cp_store_free(cp_store *s);
 
 /* Runs SELECT 1 on a pooled connection. */
 int cp_store_ping(cp_store *s, cp_error *reterr);
+
+/* The pool right now (store-metrics.c), for a metrics collector: size is
+ * pool_size, busy the connections lent out (or being made), idle those
+ * open and free. Any thread; takes the pool's lock briefly. The store
+ * also records per-statement latency and errors in the process-wide
+ * registry (cp/metrics.h; docs/metrics.md). */
+typedef struct cp_store_pool_usage {
+        unsigned size;
+        unsigned busy;
+        unsigned idle;
+} cp_store_pool_usage;
+void cp_store_pool_stats(cp_store *s, cp_store_pool_usage *ret);
 
 /* The database's clock_timestamp() as Unix nanoseconds (microsecond
  * resolution). It is the one clock every replica shares, so Sync session
@@ -70,12 +85,21 @@ int cp_store_migrations_current(cp_store *s, cp_error *reterr);
  * mark_disconnected lands only when the stored token equals token; it sets
  * disconnected, last_seen and token 0. A token of 0 never touches the row.
  *
+ * The connect also records the owning replica (peer_status_replica_id,
+ * set with cp_store_set_replica_id()), the disconnect clears it: that is
+ * how a dead replica's sessions are found (store-replica.h).
+ *
  * Return 1 when the UPDATE landed, 0 when it was fenced off (stale, or no
  * such peer in that account), negative on error. */
 int cp_store_peer_mark_connected(cp_store *s, const char *account_id, const char *peer_id,
                                  int64_t token, cp_error *reterr);
 int cp_store_peer_mark_disconnected(cp_store *s, const char *account_id, const char *peer_id,
                                     int64_t token, cp_error *reterr);
+
+/* The replica id fenced connects record as the session owner (copied;
+ * NULL or "" = none). Set once, before the store is shared between
+ * threads. */
+void cp_store_set_replica_id(cp_store *s, const char *replica_id);
 
 /* The current status columns of one peer, for callers and tests. */
 typedef struct cp_store_peer_status {
@@ -84,6 +108,7 @@ typedef struct cp_store_peer_status {
         bool requires_approval;
         int64_t session_started_at;     /* the session token, 0 = none */
         int64_t last_seen_unix_ns;      /* 0 when NULL */
+        char replica_id[CP_STORE_REPLICA_ID_MAX + 1];   /* the owner; "" = none */
 } cp_store_peer_status;
 
 /* Returns 0 and fills *ret, -ENOENT when the peer is not in the account. */

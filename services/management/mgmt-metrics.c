@@ -1,0 +1,294 @@
+/*
+ * The management server's metrics (mgmt-metrics.h, docs/metrics.md).
+ *
+ * Every handle lives in one static struct filled once (pthread_once) from
+ * the process-wide registry, so the recording functions are an index and
+ * an atomic. The only state that changes afterwards is what the watch
+ * functions keep: the watched store and bus, touched by the thread that
+ * owns them and by collectors, which the registry runs only between
+ * cp_metrics_add_collector() and cp_metrics_remove_collector().
+ */
+#include "cp/base.h"
+#include "cp/bus.h"
+#include "cp/metrics.h"
+#include "cp/store.h"
+#include "cp/util.h"
+#include "mgmt-metrics.h"
+#include "mgmt-replica.h"
+
+#include <pthread.h>
+
+#ifndef MGMT_VERSION
+#define MGMT_VERSION "dev"
+#endif
+
+/* gRPC codes 0..16: OK and the 16 failures. */
+#define N_STATUS 17
+
+static const char *const status_labels[N_STATUS] = {
+        "ok", "cancelled", "unknown", "invalid_argument", "deadline_exceeded", "not_found", "already_exists",
+        "permission_denied", "resource_exhausted", "failed_precondition", "aborted", "out_of_range",
+        "unimplemented", "internal", "unavailable", "data_loss", "unauthenticated",
+};
+
+/* Fan-out of one account (~1 ms for a few peers, seconds for thousands)
+ * and the bus lag (ms on one host, more with clock skew): 1 ms to 10 s. */
+static const double seconds_bounds[] = { 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10 };
+
+static struct {
+        cp_gauge *sync_streams;
+        cp_counter *sync_opens[MGMT_SYNC_OPEN_FAILED + N_STATUS];    /* ok, stale, closed, then by status */
+        cp_counter *logins[2][N_STATUS];                              /* [registration][status] */
+        cp_histogram *fanout_seconds;
+        cp_counter *fanout_maps;
+        cp_gauge *pool_size, *pool_busy, *pool_idle;
+        cp_counter *hb_ok, *hb_failed, *replica_lost, *reaped, *reaped_sessions;
+        cp_gauge *hb_age;
+
+        /* Made by mgmt_metrics_watch_bus(), on the bus's loop thread. */
+        bool bus_families;
+        cp_counter *bus_published, *bus_dropped, *bus_received, *bus_malformed, *bus_reconnects;
+        cp_gauge *bus_connected;
+        cp_histogram *bus_lag;
+        cp_bus_stats bus_base;          /* the counters of buses no longer watched */
+} mm;
+
+static pthread_once_t init_once = PTHREAD_ONCE_INIT;
+
+static void init(void) {
+        cp_metrics *reg = cp_metrics_global();
+        cp_metric *f;
+
+        cp_gauge_set(cp_metric_gauge(cp_metrics_gauge(reg, "netbird_cp_build_info",
+                                                      "Always 1; the version of netbird-mgmt in the label.",
+                                                      CP_LABELS("version")),
+                                     CP_LABELS(MGMT_VERSION)),
+                     1);
+        cp_metrics_add_process_collector(reg);
+
+        mm.sync_streams = cp_metrics_plain_gauge(reg, "netbird_cp_sync_streams",
+                                                 "Sync streams open on this replica (registered, first map "
+                                                 "sent).");
+        f = cp_metrics_counter(reg, "netbird_cp_sync_opens_total",
+                               "Sync opens by outcome: ok, stale (a newer stream owns the peer), closed (client "
+                               "left or shutdown during the open), or the gRPC status it failed with.",
+                               CP_LABELS("outcome"));
+        mm.sync_opens[MGMT_SYNC_OPEN_OK] = cp_metric_counter(f, CP_LABELS("ok"));
+        mm.sync_opens[MGMT_SYNC_OPEN_STALE] = cp_metric_counter(f, CP_LABELS("stale"));
+        mm.sync_opens[MGMT_SYNC_OPEN_CLOSED] = cp_metric_counter(f, CP_LABELS("closed"));
+        for (int s = 1; s < N_STATUS; s++)
+                mm.sync_opens[MGMT_SYNC_OPEN_FAILED + s] = cp_metric_counter(f, CP_LABELS(status_labels[s]));
+
+        f = cp_metrics_counter(reg, "netbird_cp_logins_total",
+                               "Login calls by kind (registration: with a setup key for an unknown peer) and "
+                               "outcome (ok or the gRPC status, lower case).",
+                               CP_LABELS("kind", "outcome"));
+        for (int k = 0; k < 2; k++)
+                for (int s = 0; s < N_STATUS; s++)
+                        mm.logins[k][s] = cp_metric_counter(f, CP_LABELS(k ? "registration" : "login",
+                                                                          status_labels[s]));
+
+        mm.fanout_seconds = cp_metrics_plain_histogram(reg, "netbird_cp_fanout_duration_seconds",
+                                                       "One account change on this replica: map rebuild, "
+                                                       "encoding, sealing and queueing for every stream of the "
+                                                       "account here.",
+                                                       seconds_bounds, ELEMENTSOF(seconds_bounds));
+        mm.fanout_maps = cp_metrics_plain_counter(reg, "netbird_cp_fanout_maps_pushed_total",
+                                                  "Network maps queued to Sync streams by fan-out.");
+        mm.pool_size = cp_metrics_plain_gauge(reg, "netbird_cp_store_pool_size",
+                                              "PostgreSQL connections the pool may open (--db-pool-size).");
+        f = cp_metrics_gauge(reg, "netbird_cp_store_pool_connections",
+                             "PostgreSQL connections of the pool: busy (lent out) or idle (open, free).",
+                             CP_LABELS("state"));
+        mm.pool_busy = cp_metric_gauge(f, CP_LABELS("busy"));
+        mm.pool_idle = cp_metric_gauge(f, CP_LABELS("idle"));
+
+        f = cp_metrics_counter(reg, "netbird_cp_replica_heartbeats_total",
+                               "Heartbeats of this replica into the replicas table: ok (landed) or failed "
+                               "(database error).",
+                               CP_LABELS("result"));
+        mm.hb_ok = cp_metric_counter(f, CP_LABELS("ok"));
+        mm.hb_failed = cp_metric_counter(f, CP_LABELS("failed"));
+        mm.hb_age = cp_metrics_plain_gauge(reg, "netbird_cp_replica_heartbeat_age_seconds",
+                                           "Seconds since this replica's last landed heartbeat.");
+        mm.replica_lost = cp_metrics_plain_counter(reg, "netbird_cp_replica_lost_total",
+                                                   "Times this replica found itself reaped by another (it was "
+                                                   "cut off longer than --replica-expiry) and re-registered.");
+        mm.reaped = cp_metrics_plain_counter(reg, "netbird_cp_replica_reaped_total",
+                                             "Dead replicas (heartbeat older than --replica-expiry) this replica "
+                                             "removed.");
+        mm.reaped_sessions = cp_metrics_plain_counter(reg, "netbird_cp_replica_reaped_sessions_total",
+                                                      "Sessions of dead replicas this replica marked "
+                                                      "disconnected.");
+}
+
+void mgmt_metrics_init(void) {
+        (void) pthread_once(&init_once, init);
+}
+
+void mgmt_metrics_render(cp_strbuf *out) {
+        mgmt_metrics_init();
+        cp_metrics_render(cp_metrics_global(), out);
+}
+
+/* ---- Sync and Login -------------------------------------------------------------- */
+
+void mgmt_metrics_sync_streams(int delta) {
+        mgmt_metrics_init();
+        cp_gauge_add(mm.sync_streams, delta);
+}
+
+void mgmt_metrics_sync_open(mgmt_sync_open_outcome outcome, grpc_status_code status) {
+        mgmt_metrics_init();
+        if (outcome != MGMT_SYNC_OPEN_FAILED)
+                cp_counter_inc(mm.sync_opens[outcome]);
+        else if (status > 0 && status < N_STATUS)
+                cp_counter_inc(mm.sync_opens[MGMT_SYNC_OPEN_FAILED + status]);
+}
+
+int64_t mgmt_metrics_now_ns(void) {
+        struct timespec ts;
+
+        (void) clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (int64_t) ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+void mgmt_metrics_fanout(int64_t started_ns, uint64_t maps) {
+        mgmt_metrics_init();
+        cp_histogram_observe(mm.fanout_seconds, (double) (mgmt_metrics_now_ns() - started_ns) / 1e9);
+        cp_counter_add(mm.fanout_maps, maps);
+}
+
+void mgmt_metrics_login(bool registration, grpc_status_code status) {
+        mgmt_metrics_init();
+        if (status >= 0 && status < N_STATUS)
+                cp_counter_inc(mm.logins[registration][status]);
+}
+
+/* ---- the store pool ------------------------------------------------------------------ */
+
+static void collect_store(cp_metrics *m, void *userdata) {
+        cp_store_pool_usage u;
+
+        cp_store_pool_stats(userdata, &u);
+        cp_gauge_set(mm.pool_size, u.size);
+        cp_gauge_set(mm.pool_busy, u.busy);
+        cp_gauge_set(mm.pool_idle, u.idle);
+}
+
+void mgmt_metrics_watch_store(cp_store *s) {
+        mgmt_metrics_init();
+        cp_metrics_add_collector(cp_metrics_global(), collect_store, s);
+}
+
+void mgmt_metrics_unwatch_store(cp_store *s) {
+        if (!s)
+                return;
+        cp_metrics_remove_collector(cp_metrics_global(), collect_store, s);
+        cp_gauge_set(mm.pool_size, 0);
+        cp_gauge_set(mm.pool_busy, 0);
+        cp_gauge_set(mm.pool_idle, 0);
+}
+
+/* ---- the replica ---------------------------------------------------------------------------- */
+
+static void collect_replica(cp_metrics *m, void *userdata) {
+        mgmt_replica_stats st;
+
+        mgmt_replica_get_stats(userdata, &st);
+        cp_counter_set(mm.hb_ok, st.heartbeats);
+        cp_counter_set(mm.hb_failed, st.heartbeat_failures);
+        cp_counter_set(mm.replica_lost, st.lost);
+        cp_counter_set(mm.reaped, st.reaped_replicas);
+        cp_counter_set(mm.reaped_sessions, st.reaped_sessions);
+        cp_gauge_set(mm.hb_age, st.last_heartbeat_ms ? (double) (cp_now_mono_ms() - st.last_heartbeat_ms) / 1e3 : 0);
+}
+
+void mgmt_metrics_watch_replica(mgmt_replica *r) {
+        mgmt_metrics_init();
+        cp_metrics_add_collector(cp_metrics_global(), collect_replica, r);
+}
+
+void mgmt_metrics_unwatch_replica(mgmt_replica *r) {
+        if (r)
+                cp_metrics_remove_collector(cp_metrics_global(), collect_replica, r);
+}
+
+/* ---- the bus ---------------------------------------------------------------------------- */
+
+static void bus_counters_set(const cp_bus_stats *st) {
+        cp_counter_set(mm.bus_published, mm.bus_base.published + st->published);
+        cp_counter_set(mm.bus_dropped, mm.bus_base.publish_dropped + st->publish_dropped);
+        cp_counter_set(mm.bus_received, mm.bus_base.received + st->received);
+        cp_counter_set(mm.bus_malformed, mm.bus_base.malformed + st->malformed);
+        cp_counter_set(mm.bus_reconnects, mm.bus_base.reconnects + st->reconnects);
+}
+
+static void collect_bus(cp_metrics *m, void *userdata) {
+        cp_bus_stats st;
+
+        cp_bus_get_stats(userdata, &st);
+        bus_counters_set(&st);
+}
+
+static void bus_families(void) {
+        cp_metrics *reg = cp_metrics_global();
+        cp_metric *f;
+
+        if (mm.bus_families)
+                return;
+        mm.bus_families = true;
+        f = cp_metrics_counter(reg, "netbird_cp_bus_messages_total",
+                               "Bus (Redis pub/sub) messages: published (answered by Redis), publish_dropped "
+                               "(not sent: Redis down or backlog), received (delivered), malformed (dropped).",
+                               CP_LABELS("result"));
+        mm.bus_published = cp_metric_counter(f, CP_LABELS("published"));
+        mm.bus_dropped = cp_metric_counter(f, CP_LABELS("publish_dropped"));
+        mm.bus_received = cp_metric_counter(f, CP_LABELS("received"));
+        mm.bus_malformed = cp_metric_counter(f, CP_LABELS("malformed"));
+        mm.bus_reconnects = cp_metrics_plain_counter(reg, "netbird_cp_bus_reconnects_total",
+                                                     "Bus connection attempts after the first (both "
+                                                     "connections).");
+        mm.bus_connected = cp_metrics_plain_gauge(reg, "netbird_cp_bus_connected",
+                                                  "1 while subscribed to the bus, else 0.");
+        mm.bus_lag = cp_metrics_plain_histogram(reg, "netbird_cp_bus_lag_seconds",
+                                                "Bus message delay: our wall clock at delivery minus the "
+                                                "publisher's at publish (replica clock skew included).",
+                                                seconds_bounds, ELEMENTSOF(seconds_bounds));
+}
+
+void mgmt_metrics_watch_bus(const cp_bus *bus) {
+        mgmt_metrics_init();
+        bus_families();
+        cp_metrics_add_collector(cp_metrics_global(), collect_bus, (void *) bus);
+}
+
+void mgmt_metrics_unwatch_bus(const cp_bus *bus) {
+        cp_bus_stats st;
+
+        if (!bus || !mm.bus_families)
+                return;
+        cp_metrics_remove_collector(cp_metrics_global(), collect_bus, (void *) bus);
+        /* Not collected any more: fold its final counts into the base. */
+        cp_bus_get_stats(bus, &st);
+        bus_counters_set(&st);
+        mm.bus_base.published += st.published;
+        mm.bus_base.publish_dropped += st.publish_dropped;
+        mm.bus_base.received += st.received;
+        mm.bus_base.malformed += st.malformed;
+        mm.bus_base.reconnects += st.reconnects;
+        cp_gauge_set(mm.bus_connected, 0);
+}
+
+void mgmt_metrics_bus_state(bool connected) {
+        cp_gauge_set(mm.bus_connected, connected ? 1 : 0);
+}
+
+void mgmt_metrics_bus_message(int64_t sent_ms) {
+        int64_t lag_ms;
+
+        if (sent_ms <= 0)
+                return;
+        lag_ms = cp_now_unix_ns() / 1000000 - sent_ms;
+        cp_histogram_observe(mm.bus_lag, lag_ms > 0 ? (double) lag_ms / 1000 : 0);
+}

@@ -1,0 +1,83 @@
+/*
+ * mgmt-metrics.h: the management server's metrics (docs/metrics.md), in
+ * the process-wide registry of common/metrics, served at GET /metrics.
+ *
+ * The recording functions are what the hot paths call: each is a few
+ * relaxed atomics on handles made once (the first call of any function
+ * here makes every family and child), any thread, no allocation, no lock.
+ *
+ * The watch functions add collectors that read a component's own numbers
+ * at each scrape (the store pool, the bus); unwatch before freeing it.
+ */
+#pragma once
+
+#include <grpc/status.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "cp/strbuf.h"
+
+typedef struct cp_store cp_store;
+typedef struct cp_bus cp_bus;
+typedef struct mgmt_replica mgmt_replica;
+
+/* Makes every family (idempotent; the other functions call it too). */
+void mgmt_metrics_init(void);
+
+/* Appends the text exposition of the process's registry. Any thread
+ * (mgmt-http.c calls it on the loop thread); the collectors it runs read
+ * relaxed counters or take the store pool's lock briefly. */
+void mgmt_metrics_render(cp_strbuf *out);
+
+/* ---- Sync (mgmt-sync.c, CQ thread) ---------------------------------------------- */
+
+/* A stream entered (+1) or left (-1) the registry. */
+void mgmt_metrics_sync_streams(int delta);
+
+typedef enum mgmt_sync_open_outcome {
+        MGMT_SYNC_OPEN_OK,              /* registered, first map queued */
+        MGMT_SYNC_OPEN_STALE,           /* fenced off: a newer stream owns the peer */
+        MGMT_SYNC_OPEN_CLOSED,          /* the client left or shutdown began during the open */
+        MGMT_SYNC_OPEN_FAILED,          /* ended with a non-OK status */
+} mgmt_sync_open_outcome;
+
+/* One Sync open ended its setup; status is used for MGMT_SYNC_OPEN_FAILED. */
+void mgmt_metrics_sync_open(mgmt_sync_open_outcome outcome, grpc_status_code status);
+
+/* Monotonic nanoseconds, to time a fan-out. */
+int64_t mgmt_metrics_now_ns(void);
+/* One account's fan-out finished: rebuild, encode, seal and queue for
+ * every stream of the account here; maps = the maps queued. */
+void mgmt_metrics_fanout(int64_t started_ns, uint64_t maps);
+
+/* ---- Login (mgmt-agent.c, any thread) --------------------------------------------- */
+
+/* One Login call's outcome; registration: it took the setup-key path. */
+void mgmt_metrics_login(bool registration, grpc_status_code status);
+
+/* ---- the store pool (mgmt-manager.c) --------------------------------------------- */
+
+/* Exports the pool of s (size, busy, idle) at each scrape; s is borrowed
+ * until mgmt_metrics_unwatch_store(s) returns. One store at a time. */
+void mgmt_metrics_watch_store(cp_store *s);
+void mgmt_metrics_unwatch_store(cp_store *s);
+
+/* ---- the bus (mgmt-manager.c, on the loop thread that owns the bus) ---------------- */
+
+/* Exports the bus's counters at each scrape (and registers the bus
+ * families: a replica without a bus shows none). bus is borrowed until
+ * mgmt_metrics_unwatch_bus(bus) returns; call that before cp_bus_free().
+ * Counters carry on across a new bus (unwatch folds the old one's in). */
+/* The replica's heartbeat and reaping counters (mgmt_replica_get_stats),
+ * read at each scrape; unwatch before mgmt_replica_stop(). */
+void mgmt_metrics_watch_replica(mgmt_replica *r);
+void mgmt_metrics_unwatch_replica(mgmt_replica *r);
+
+void mgmt_metrics_watch_bus(const cp_bus *bus);
+void mgmt_metrics_unwatch_bus(const cp_bus *bus);
+/* From the bus's on_state callback. */
+void mgmt_metrics_bus_state(bool connected);
+/* From on_message: sent_ms is the publisher's Unix ms (0 = absent: not
+ * observed). The lag is our wall clock minus sent_ms, so replica clock
+ * skew adds to it; negative values count as 0. */
+void mgmt_metrics_bus_message(int64_t sent_ms);
