@@ -5,11 +5,12 @@
  * unary gRPC round trip (GetServerKey, isHealthy) and a single-row fenced
  * UPDATE through libpq.
  *
- * The client is C (gRPC C core + protobuf-c + libsodium), not Python: a
- * Python grpcio call costs ~0.3-0.5 ms of client time on this machine,
- * about the size of what is being measured, and PyNaCl adds more. The
- * client here precomputes each peer's box key once (crypto_box_beforenm),
- * so its own cost per call is a few microseconds of packing and sealing.
+ * The client is C (gRPC C core + protobuf-c + libsodium, through
+ * common/nbclient, which netbird-load shares), not Python: a Python
+ * grpcio call costs ~0.3-0.5 ms of client time on this machine, about the
+ * size of what is being measured, and PyNaCl adds more. The client
+ * precomputes each peer's box key once (cp_nbc_peer_set_server_key), so
+ * its own cost per call is a few microseconds of packing and sealing.
  *
  * What it does, bounded in time (alarm) and count, loopback only:
  *   1. CREATE DATABASE bench_<random> on CP_TEST_PG_DSN (key=value conninfo;
@@ -48,15 +49,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc.h>
-#include <grpc/grpc_security.h>
-#include <grpc/slice.h>
-#include <grpc/support/alloc.h>
 #include <libpq-fe.h>
 #include <sodium.h>
 
-#include "management.pb-c.h"
+#include "cp/crypto.h"
+#include "cp/nbclient.h"
 
 #define PEERS 5000
 #define GROUPS 200
@@ -297,13 +295,7 @@ static void copy_rows(PGconn *c, const char *copy_sql, const char *data, size_t 
                 PQclear(r);
 }
 
-typedef struct driven {
-        uint8_t pk[32], sk[32];
-        char pub_b64[64];
-        uint8_t shared[crypto_box_BEFORENMBYTES];
-} driven;
-
-static driven peers[DRIVEN];
+static cp_nbc_peer peers[DRIVEN];
 
 static double build_shape(const char *account, const char *network) {
         double t0 = now_ms();
@@ -320,17 +312,15 @@ static double build_shape(const char *account, const char *network) {
         size_t cap = (size_t) TOTAL * 256, len = 0;
         char *buf = malloc(cap);
         for (int i = 0; i < TOTAL; i++) {
-                uint8_t pk[32], sk[32];
-                char b64[64];
+                uint8_t pk[CP_WG_KEY_LEN], sk[CP_WG_KEY_LEN];
+                char b64[CP_WG_KEY_B64_LEN];
                 if (i < DRIVEN) {
-                        crypto_box_keypair(peers[i].pk, peers[i].sk);
-                        memcpy(pk, peers[i].pk, 32);
-                        sodium_bin2base64(peers[i].pub_b64, sizeof peers[i].pub_b64, pk, 32,
-                                          sodium_base64_VARIANT_ORIGINAL);
+                        cp_nbc_peer_generate(&peers[i]);
+                        memcpy(pk, peers[i].pub, sizeof pk);
                 } else {
-                        crypto_box_keypair(pk, sk);
+                        cp_crypto_wg_keypair_new(sk, pk);
                 }
-                sodium_bin2base64(b64, sizeof b64, pk, 32, sodium_base64_VARIANT_ORIGINAL);
+                cp_crypto_wg_key_format(pk, b64);
                 int host = i + 1;       /* skip the network address */
                 len += (size_t) snprintf(buf + len, cap - len,
                         "bp%05d\t%s\t%s\t100.%u.%d.%d\tbench-%d\tbench-%d\tbench-%d\tlinux\t0.60.0\t{1,2}\t%s\n",
@@ -381,168 +371,56 @@ static double build_shape(const char *account, const char *network) {
         return now_ms() - t0;
 }
 
-/* ---- gRPC client -------------------------------------------------------------------- */
+/* ---- gRPC client (common/nbclient) ---------------------------------------------------- */
 
 static grpc_channel *chan;
 static grpc_completion_queue *cq;
+static uint8_t server_pk[CP_WG_KEY_LEN];
 
-static gpr_timespec deadline_s(int s) {
-        return gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_seconds(s, GPR_TIMESPAN));
-}
-
-static void wait_tag(void *tag) {
-        grpc_event ev = grpc_completion_queue_pluck(cq, tag, deadline_s(30), NULL);
-        if (ev.type != GRPC_OP_COMPLETE || !ev.success)
-                die("gRPC batch did not complete");
-}
-
-static size_t read_bb(grpc_byte_buffer *bb, uint8_t **out) {
-        grpc_byte_buffer_reader rd;
-        if (!bb || !grpc_byte_buffer_reader_init(&rd, bb))
-                die("no response message");
-        grpc_slice s = grpc_byte_buffer_reader_readall(&rd);
-        grpc_byte_buffer_reader_destroy(&rd);
-        size_t n = GRPC_SLICE_LENGTH(s);
-        *out = malloc(n ? n : 1);
-        memcpy(*out, GRPC_SLICE_START_PTR(s), n);
-        grpc_slice_unref(s);
-        return n;
-}
-
-/* One unary call; returns the response bytes (malloc'd) or dies on a non-OK status. */
-static size_t unary(const char *method, const uint8_t *req, size_t req_len, uint8_t **resp) {
-        grpc_slice m = grpc_slice_from_static_string(method);
-        grpc_call *call = grpc_channel_create_call(chan, NULL, GRPC_PROPAGATE_DEFAULTS, cq, m, NULL,
-                                                   deadline_s(10), NULL);
-        grpc_slice body = grpc_slice_from_copied_buffer((const char *) req, req_len);
-        grpc_byte_buffer *send = grpc_raw_byte_buffer_create(&body, 1), *recv = NULL;
-        grpc_metadata_array md_in, md_trail;
-        grpc_metadata_array_init(&md_in);
-        grpc_metadata_array_init(&md_trail);
+/* One unary call; returns the response (the caller destroys it) or dies
+ * on a non-OK status. req is taken. */
+static grpc_byte_buffer *unary(const char *method, grpc_byte_buffer *req) {
         grpc_status_code status;
-        grpc_slice details;
-        grpc_op ops[6];
-        memset(ops, 0, sizeof ops);
-        ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-        ops[1].op = GRPC_OP_SEND_MESSAGE;
-        ops[1].data.send_message.send_message = send;
-        ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
-        ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
-        ops[3].data.recv_initial_metadata.recv_initial_metadata = &md_in;
-        ops[4].op = GRPC_OP_RECV_MESSAGE;
-        ops[4].data.recv_message.recv_message = &recv;
-        ops[5].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
-        ops[5].data.recv_status_on_client.trailing_metadata = &md_trail;
-        ops[5].data.recv_status_on_client.status = &status;
-        ops[5].data.recv_status_on_client.status_details = &details;
-        int tag;
-        if (grpc_call_start_batch(call, ops, 6, &tag, NULL) != GRPC_CALL_OK)
-                die("start_batch failed");
-        wait_tag(&tag);
-        if (status != GRPC_STATUS_OK) {
-                char *d = grpc_slice_to_c_string(details);
-                fprintf(stderr, "bench-agent: %s: status %d %s\n", method, (int) status, d);
-                gpr_free(d);
-                die("call failed");
-        }
-        size_t n = read_bb(recv, resp);
-        grpc_byte_buffer_destroy(send);
-        grpc_byte_buffer_destroy(recv);
-        grpc_slice_unref(body);
-        grpc_slice_unref(details);
-        grpc_metadata_array_destroy(&md_in);
-        grpc_metadata_array_destroy(&md_trail);
-        grpc_call_unref(call);
-        return n;
-}
+        grpc_byte_buffer *resp;
 
-static uint8_t server_pk[32];
+        if (cp_nbc_unary(chan, cq, method, req, 10000, &status, &resp) < 0)
+                die("%s: the call did not complete", method);
+        if (status != GRPC_STATUS_OK)
+                die("%s: status %s", method, cp_nbc_status_name(status));
+        if (!resp)
+                die("%s: no response message", method);
+        return resp;
+}
 
 static void get_server_key(void) {
-        uint8_t *resp;
-        size_t n = unary("/management.ManagementService/GetServerKey", NULL, 0, &resp);
-        Management__ServerKeyResponse *k = management__server_key_response__unpack(NULL, n, resp);
-        size_t bin_len;
-        if (!k || sodium_base642bin(server_pk, 32, k->key, strlen(k->key), NULL, &bin_len, NULL,
-                                    sodium_base64_VARIANT_ORIGINAL) != 0 || bin_len != 32)
-                die("bad ServerKeyResponse");
-        management__server_key_response__free_unpacked(k, NULL);
-        free(resp);
+        if (cp_nbc_get_server_key(chan, cq, 10000, server_pk) < 0)
+                die("GetServerKey failed");
 }
 
-/* EncryptedMessage{our key, nonce || box(inner)} */
-static size_t envelope(const driven *p, const ProtobufCMessage *inner, uint8_t **out) {
-        size_t n = protobuf_c_message_get_packed_size(inner);
-        uint8_t *plain = malloc(n + 1);
-        protobuf_c_message_pack(inner, plain);
-        uint8_t *body = malloc(crypto_box_NONCEBYTES + crypto_box_MACBYTES + n);
-        randombytes_buf(body, crypto_box_NONCEBYTES);
-        crypto_box_easy_afternm(body + crypto_box_NONCEBYTES, plain, n, body, p->shared);
-        Management__EncryptedMessage em = MANAGEMENT__ENCRYPTED_MESSAGE__INIT;
-        em.wgpubkey = (char *) p->pub_b64;
-        em.body.data = body;
-        em.body.len = crypto_box_NONCEBYTES + crypto_box_MACBYTES + n;
-        size_t m = management__encrypted_message__get_packed_size(&em);
-        *out = malloc(m);
-        management__encrypted_message__pack(&em, *out);
-        free(plain);
-        free(body);
-        return m;
+static void is_healthy(void) {
+        grpc_byte_buffer_destroy(unary(CP_NBC_IS_HEALTHY, NULL));
 }
 
-/* Opens a response envelope; returns the plaintext length (checks it opens).
-   With keep, *keep gets the plaintext (malloc'd). */
-static size_t open_envelope(const driven *p, const uint8_t *data, size_t len, uint8_t **keep) {
-        Management__EncryptedMessage *em = management__encrypted_message__unpack(NULL, len, data);
-        if (!em || em->body.len < crypto_box_NONCEBYTES + crypto_box_MACBYTES)
-                die("bad response envelope");
-        size_t n = em->body.len - crypto_box_NONCEBYTES - crypto_box_MACBYTES;
-        uint8_t *plain = malloc(n + 1);
-        if (crypto_box_open_easy_afternm(plain, em->body.data + crypto_box_NONCEBYTES,
-                                         em->body.len - crypto_box_NONCEBYTES, em->body.data, p->shared) != 0)
+/* Opens a response sealed to peer i; returns its plaintext (malloc'd). */
+static uint8_t *open_or_die(int i, grpc_byte_buffer *bb, size_t *len) {
+        uint8_t *plain;
+
+        if (cp_nbc_open(&peers[i], bb, &plain, len) < 0)
                 die("response does not open");
-        if (keep)
-                *keep = plain;
-        else
-                free(plain);
-        management__encrypted_message__free_unpacked(em, NULL);
-        return n;
-}
-
-static Management__PeerSystemMeta meta_for(int i, char *host) {
-        static Management__PeerCapability caps[2] = {
-                MANAGEMENT__PEER_CAPABILITY__PeerCapabilitySourcePrefixes,
-                MANAGEMENT__PEER_CAPABILITY__PeerCapabilityIPv6Overlay,
-        };
-        Management__PeerSystemMeta m = MANAGEMENT__PEER_SYSTEM_META__INIT;
-        (void) snprintf(host, 32, "bench-%d", i);
-        m.hostname = host;
-        m.goos = "linux";
-        m.kernel = "Linux";
-        m.core = "12";
-        m.platform = "x86_64";
-        m.os = "Debian GNU/Linux";
-        m.netbirdversion = "0.60.0";
-        m.kernelversion = "6.1.0-18-amd64";
-        m.osversion = "12";
-        m.n_capabilities = 2;
-        m.capabilities = caps;
-        m.syncmessageversion = 1;
-        return m;
+        return plain;
 }
 
 static size_t login(int i) {
         char host[32];
-        Management__PeerSystemMeta meta = meta_for(i, host);
-        Management__LoginRequest req = MANAGEMENT__LOGIN_REQUEST__INIT;
-        req.meta = &meta;
-        uint8_t *env, *resp;
-        size_t n = envelope(&peers[i], &req.base, &env);
-        size_t m = unary("/management.ManagementService/Login", env, n, &resp);
-        size_t plain = open_envelope(&peers[i], resp, m, NULL);
-        free(env);
-        free(resp);
-        return plain;
+        cp_nbc_meta meta;
+        size_t n;
+
+        (void) snprintf(host, sizeof host, "bench-%d", i);
+        cp_nbc_meta_init(&meta, host);
+        grpc_byte_buffer *resp = unary(CP_NBC_LOGIN, cp_nbc_login_request(&peers[i], &meta, NULL));
+        free(open_or_die(i, resp, &n));
+        grpc_byte_buffer_destroy(resp);
+        return n;
 }
 
 static int sync_remote, sync_rules, sync_routes;
@@ -552,51 +430,25 @@ static int sync_remote, sync_rules, sync_routes;
 static double sync_open(int i, size_t *bytes) {
         double t0 = now_ms();
         char host[32];
-        Management__PeerSystemMeta meta = meta_for(i, host);
-        Management__SyncRequest req = MANAGEMENT__SYNC_REQUEST__INIT;
-        req.meta = &meta;
-        uint8_t *env, *resp;
-        size_t n = envelope(&peers[i], &req.base, &env);
-        grpc_slice m = grpc_slice_from_static_string("/management.ManagementService/Sync");
-        grpc_call *call = grpc_channel_create_call(chan, NULL, GRPC_PROPAGATE_DEFAULTS, cq, m, NULL,
-                                                   deadline_s(30), NULL);
-        grpc_slice body = grpc_slice_from_copied_buffer((const char *) env, n);
-        grpc_byte_buffer *send = grpc_raw_byte_buffer_create(&body, 1), *recv = NULL;
-        grpc_metadata_array md_in, md_trail;
-        grpc_metadata_array_init(&md_in);
-        grpc_metadata_array_init(&md_trail);
-        grpc_status_code status;
-        grpc_slice details;
-        grpc_op ops[5];
-        memset(ops, 0, sizeof ops);
-        ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-        ops[1].op = GRPC_OP_SEND_MESSAGE;
-        ops[1].data.send_message.send_message = send;
-        ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
-        ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
-        ops[3].data.recv_initial_metadata.recv_initial_metadata = &md_in;
-        ops[4].op = GRPC_OP_RECV_MESSAGE;
-        ops[4].data.recv_message.recv_message = &recv;
+        cp_nbc_meta meta;
+        cp_nbc_call c;
         int tag1, tag2;
-        if (grpc_call_start_batch(call, ops, 5, &tag1, NULL) != GRPC_CALL_OK)
+
+        (void) snprintf(host, sizeof host, "bench-%d", i);
+        cp_nbc_meta_init(&meta, host);
+        if (cp_nbc_call_start(&c, chan, cq, CP_NBC_SYNC, cp_nbc_sync_request(&peers[i], &meta), 30000, true, &tag1,
+                              &tag2) < 0)
                 die("start_batch failed");
-        grpc_op st = { 0 };
-        st.op = GRPC_OP_RECV_STATUS_ON_CLIENT;
-        st.data.recv_status_on_client.trailing_metadata = &md_trail;
-        st.data.recv_status_on_client.status = &status;
-        st.data.recv_status_on_client.status_details = &details;
-        if (grpc_call_start_batch(call, &st, 1, &tag2, NULL) != GRPC_CALL_OK)
-                die("start_batch failed");
-        wait_tag(&tag1);
-        if (!recv) {
-                wait_tag(&tag2);
-                char *d = grpc_slice_to_c_string(details);
-                fprintf(stderr, "bench-agent: Sync: status %d %s\n", (int) status, d);
+        if (cp_nbc_wait(cq, &tag1, 30000) < 0)
+                die("gRPC batch did not complete");
+        if (!c.recv) {
+                (void) cp_nbc_wait(cq, &tag2, 30000);
+                char *d = cp_nbc_call_details(&c);
+                fprintf(stderr, "bench-agent: Sync: status %s %s\n", cp_nbc_status_name(c.status), d);
+                free(d);
                 die("Sync sent no message");
         }
-        size_t len = read_bb(recv, &resp);
-        uint8_t *plain;
-        *bytes = open_envelope(&peers[i], resp, len, &plain);
+        uint8_t *plain = open_or_die(i, c.recv, bytes);
         double took = now_ms() - t0;
         Management__SyncResponse *sr = management__sync_response__unpack(NULL, *bytes, plain);
         if (!sr || !sr->networkmap)
@@ -606,17 +458,10 @@ static double sync_open(int i, size_t *bytes) {
         sync_routes = (int) sr->networkmap->n_routes;
         management__sync_response__free_unpacked(sr, NULL);
         free(plain);
-        grpc_call_cancel(call, NULL);
-        wait_tag(&tag2);
-        free(env);
-        free(resp);
-        grpc_byte_buffer_destroy(send);
-        grpc_byte_buffer_destroy(recv);
-        grpc_slice_unref(body);
-        grpc_slice_unref(details);
-        grpc_metadata_array_destroy(&md_in);
-        grpc_metadata_array_destroy(&md_trail);
-        grpc_call_unref(call);
+        cp_nbc_call_cancel(&c);
+        if (cp_nbc_wait(cq, &tag2, 30000) < 0)
+                die("gRPC batch did not complete");
+        cp_nbc_call_release(&c);
         return took;
 }
 
@@ -669,7 +514,7 @@ int main(int argc, char **argv) {
                        "dbname=postgres' %s %s\n", argv[0], mgmt_bin);
                 return 0;
         }
-        if (n_login < 10 || n_sync < 10 || sodium_init() < 0)
+        if (n_login < 10 || n_sync < 10 || cp_crypto_init() < 0)
                 return 2;
         signal(SIGALRM, on_alarm);
         alarm(TIME_LIMIT_S);
@@ -712,25 +557,20 @@ int main(int argc, char **argv) {
         char target[64];
         (void) snprintf(target, sizeof target, "127.0.0.1:%d", port);
         grpc_init();
-        grpc_channel_credentials *creds = grpc_insecure_credentials_create();
-        grpc_arg arg = { .type = GRPC_ARG_INTEGER, .key = (char *) GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
-                         .value.integer = 16 << 20 };
-        grpc_channel_args args = { .num_args = 1, .args = &arg };
-        chan = grpc_channel_create(target, creds, &args);
-        grpc_channel_credentials_release(creds);
+        chan = cp_nbc_channel_new(target, false);
         cq = grpc_completion_queue_create_for_pluck(NULL);
 
         printf("bench-agent: netbird-mgmt on %s, PostgreSQL %s, database %s\n", target, pg_version, db_name);
         printf("  shape 5000/200: %d peers (%d groups of %d + a routing peer, one bidirectional ALL policy and\n"
                "  one route each, Default policy removed), built in SQL in %.0f ms\n", TOTAL, GROUPS, PER_GROUP,
                shape_ms);
-        printf("  client: C (gRPC C core, protobuf-c, libsodium; box keys precomputed per peer), sequential\n"
+        printf("  client: C (common/nbclient: gRPC C core, protobuf-c, libsodium; box keys precomputed per peer), sequential\n"
                "  calls on one HTTP/2 connection; %d driven peers\n", DRIVEN);
 
         get_server_key();
         for (int i = 0; i < DRIVEN; i++)
-                if (crypto_box_beforenm(peers[i].shared, server_pk, peers[i].sk) != 0)
-                        die("beforenm failed");
+                if (cp_nbc_peer_set_server_key(&peers[i], server_pk) < 0)
+                        die("bad server key");
 
         int nmax = FLOOR_CALLS > n_login * 2 ? FLOOR_CALLS : n_login * 2;
         double *v = malloc(sizeof(double) * (size_t) (nmax > n_sync ? nmax : n_sync));
@@ -741,11 +581,8 @@ int main(int argc, char **argv) {
                 login_bytes = login(k % DRIVEN);
         for (int k = 0; k < DRIVEN; k++)
                 (void) sync_open(k, &sync_bytes);
-        for (int k = 0; k < 200; k++) {
-                uint8_t *r;
-                (void) unary("/management.ManagementService/isHealthy", NULL, 0, &r);
-                free(r);
-        }
+        for (int k = 0; k < 200; k++)
+                is_healthy();
 
         /* 4a. unary gRPC floor */
         for (int k = 0; k < FLOOR_CALLS; k++) {
@@ -755,11 +592,9 @@ int main(int argc, char **argv) {
         }
         series gsk = summarize(v, FLOOR_CALLS);
         for (int k = 0; k < FLOOR_CALLS; k++) {
-                uint8_t *r;
                 double t0 = now_ms();
-                (void) unary("/management.ManagementService/isHealthy", NULL, 0, &r);
+                is_healthy();
                 v[k] = now_ms() - t0;
-                free(r);
         }
         series health = summarize(v, FLOOR_CALLS);
 
@@ -830,7 +665,7 @@ int main(int argc, char **argv) {
 
         free(v);
         grpc_completion_queue_shutdown(cq);
-        (void) grpc_completion_queue_pluck(cq, NULL, deadline_s(5), NULL);
+        (void) grpc_completion_queue_pluck(cq, NULL, gpr_time_from_seconds(5, GPR_TIMESPAN), NULL);
         grpc_completion_queue_destroy(cq);
         grpc_channel_destroy(chan);
         grpc_shutdown();
