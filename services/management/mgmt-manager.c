@@ -58,7 +58,7 @@ struct mgmt_manager {
         char replica_id[CP_ID_LEN + 1];
 
         struct event *sig_term, *sig_int, *wake, *deadline, *serial_tick, *expiry_tick,
-                *refresh_tick;
+                *refresh_tick, *retry_tick;
         int wake_fd;
 
         pthread_mutex_t posts_lock;
@@ -143,6 +143,8 @@ static void begin_shutdown(mgmt_manager *m, const char *why) {
                 event_del(m->expiry_tick);
         if (m->refresh_tick)
                 event_del(m->refresh_tick);
+        if (m->retry_tick)
+                event_del(m->retry_tick);
         (void) snprintf(buf, sizeof buf, "%" PRId64 "ms", grace);
         cp_log_kv(&log_ctx, CP_LOG_INFO, "shutting down", "signal", why, "grace", buf, NULL);
         mgmt_http_stop_accepting(m->http);
@@ -256,9 +258,16 @@ static void on_bus_state(bool up, void *userdata) {
 static const char *degraded(char *why, size_t n, void *userdata) {
         mgmt_manager *m = userdata;
 
-        if (!m->bus || cp_bus_is_subscribed(m->bus))
+        if (!m->bus)
                 return NULL;
-        (void) snprintf(why, n, "not subscribed to Redis; changes from other replicas arrive by the serial check");
+        if (!cp_bus_is_subscribed(m->bus))
+                (void) snprintf(why, n, "not subscribed to Redis; changes from other replicas arrive by the "
+                                "serial check");
+        else if (!cp_bus_can_publish(m->bus))
+                (void) snprintf(why, n, "cannot publish to Redis; other replicas see changes made here by "
+                                "their serial check");
+        else
+                return NULL;
         return "bus";
 }
 
@@ -274,6 +283,14 @@ static void format_address(char *out, size_t n, const char *address, int port) {
                 (void) snprintf(out, n, "[%s]:%d", address, port);
         else
                 (void) snprintf(out, n, "%s:%d", address, port);
+}
+
+/* Every second: fenced disconnects that failed are retried when due. */
+static void on_retry_tick(evutil_socket_t fd, short what, void *userdata) {
+        mgmt_manager *m = userdata;
+
+        if (!m->shutting_down)
+                mgmt_sync_retry_disconnects(m->sync);
 }
 
 /* ---- setup ---------------------------------------------------------------- */
@@ -478,6 +495,15 @@ int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf,
                 }
         }
 
+        {
+                struct timeval tv = { .tv_sec = 1, .tv_usec = 0 };
+                m->retry_tick = event_new(m->base, -1, EV_PERSIST, on_retry_tick, m);
+                if (!m->retry_tick || event_add(m->retry_tick, &tv) < 0) {
+                        r = cp_error_set(reterr, -ENOMEM, "cannot register the disconnect retry timer");
+                        goto fail;
+                }
+        }
+
         log_listening("grpc", cfg->listen_address, mgmt_grpc_port(m->grpc), m->tls ? "true" : "false");
         log_listening("http", cfg->listen_address, mgmt_http_port(m->http), "false");
         cp_log_kv(&log_ctx, CP_LOG_INFO, "replica started", "replica_id", m->replica_id, "bus",
@@ -540,6 +566,8 @@ mgmt_manager *mgmt_manager_free(mgmt_manager *m) {
                 event_free(m->expiry_tick);
         if (m->refresh_tick)
                 event_free(m->refresh_tick);
+        if (m->retry_tick)
+                event_free(m->retry_tick);
         if (m->deadline)
                 event_free(m->deadline);
         if (m->wake)

@@ -129,6 +129,10 @@ struct mgmt_sync {
         bool check_again;               /* asked for while one was running */
         bool expiring;                  /* a login expiry check is running */
 
+        /* Disconnects that failed, waiting for a retry (CQ thread). */
+        struct disconnect_job *retry_disconnects;
+        size_t n_retry_disconnects;
+
         /* Local changes are announced through this (set before start). */
         mgmt_sync_announce_fn announce;
         void *announce_userdata;
@@ -376,34 +380,95 @@ static void stream_end(sync_stream *s, grpc_status_code status, const char *mess
 
 /* ---- fenced disconnect ---------------------------------------------------------- */
 
+/* A copy of what the disconnect needs, so a job waiting for a retry holds
+ * no stream (and no gRPC call) alive. */
 typedef struct disconnect_job {
         mgmt_sync *hub;
-        sync_stream *s;
+        char account_id[64];
+        char peer_id[64];
+        char peer_key[CP_WG_KEY_B64_LEN];
+        int64_t token;
         int r;
         cp_error err;
+        /* While waiting for a retry (CQ thread): the hub's list. */
+        struct disconnect_job *next;
+        int attempts;
+        int64_t due_ms;
 } disconnect_job;
+
+/* A failed disconnect (PostgreSQL unreachable) is retried with backoff:
+ * 1 s doubling to 30 s. Dropping it would leave the peer marked connected
+ * for as long as this replica lives (it keeps heartbeating, so nobody
+ * reaps its sessions). */
+#define DISCONNECT_RETRY_MIN_MS 1000
+#define DISCONNECT_RETRY_MAX_MS 30000
 
 static void disconnect_work(void *userdata) {
         disconnect_job *j = userdata;
 
-        j->r = cp_store_peer_mark_disconnected(j->hub->agent->store, j->s->account_id, j->s->peer_id, j->s->token,
-                                               &j->err);
+        j->r = cp_store_peer_mark_disconnected(j->hub->agent->store, j->account_id, j->peer_id, j->token, &j->err);
 }
 
 static void disconnect_done(mgmt_grpc *g, void *userdata) {
         disconnect_job *j = userdata;
         char tok[24];
 
-        (void) snprintf(tok, sizeof tok, "%" PRId64, j->s->token);
-        cp_log_ctx ctx = { .component = "sync", .account = j->s->account_id };
-        if (j->r < 0)
-                cp_log_kv(&ctx, CP_LOG_ERROR, "cannot mark the peer disconnected", "peer_key", j->s->peer_key,
-                          "token", tok, "error", j->err.message, NULL);
-        else
-                cp_log_kv(&ctx, CP_LOG_DEBUG, j->r ? "peer disconnected" : "disconnect fenced off (newer session)",
-                          "peer_key", j->s->peer_key, "token", tok, NULL);
-        stream_unref(j->s);
+        (void) snprintf(tok, sizeof tok, "%" PRId64, j->token);
+        cp_log_ctx ctx = { .component = "sync", .account = j->account_id };
+        if (j->r < 0) {
+                mgmt_sync *h = j->hub;
+                int64_t wait = DISCONNECT_RETRY_MIN_MS << (j->attempts < 5 ? j->attempts : 5);
+
+                if (j->attempts == 0)
+                        cp_log_kv(&ctx, CP_LOG_ERROR, "cannot mark the peer disconnected; retrying", "peer_key",
+                                  j->peer_key, "token", tok, "error", j->err.message, NULL);
+                j->attempts++;
+                j->due_ms = cp_now_mono_ms() + (wait < DISCONNECT_RETRY_MAX_MS ? wait : DISCONNECT_RETRY_MAX_MS);
+                j->next = h->retry_disconnects;
+                h->retry_disconnects = j;
+                h->n_retry_disconnects++;
+                return;
+        }
+        cp_log_kv(&ctx, CP_LOG_DEBUG, j->r ? "peer disconnected" : "disconnect fenced off (newer session)",
+                  "peer_key", j->peer_key, "token", tok, "attempts", j->attempts ? "retried" : "first", NULL);
         free(j);
+}
+
+/* CQ thread: queues the failed disconnects that are due again. */
+static void on_retry_disconnects(mgmt_grpc *g, void *userdata) {
+        mgmt_sync *h = userdata;
+        int64_t now = cp_now_mono_ms();
+        disconnect_job **pp = &h->retry_disconnects;
+
+        while (*pp) {
+                disconnect_job *j = *pp;
+                if (j->due_ms > now) {
+                        pp = &j->next;
+                        continue;
+                }
+                *pp = j->next;
+                j->next = NULL;
+                h->n_retry_disconnects--;
+                j->r = 0;
+                j->err = (cp_error) { 0 };
+                /* Not forced: with the queue full it waits for the next
+                 * round. */
+                if (mgmt_grpc_offload(g, disconnect_work, disconnect_done, j, false) < 0) {
+                        j->next = h->retry_disconnects;
+                        h->retry_disconnects = j;
+                        h->n_retry_disconnects++;
+                        if (pp == &h->retry_disconnects)
+                                pp = &j->next;
+                        j->due_ms = now + DISCONNECT_RETRY_MIN_MS;
+                }
+        }
+}
+
+void mgmt_sync_retry_disconnects(mgmt_sync *h) {
+        mgmt_grpc *g = atomic_load(&h->grpc);
+
+        if (g)
+                mgmt_grpc_post(g, on_retry_disconnects, h);
 }
 
 /* The fenced disconnect with the stream's own token, on a worker. It
@@ -417,12 +482,14 @@ static void stream_disconnect(sync_stream *s) {
         s->connected = false;
         disconnect_job *j = cp_xcalloc(1, sizeof *j);
         j->hub = s->hub;
-        j->s = stream_ref(s);
+        memcpy(j->account_id, s->account_id, sizeof j->account_id);
+        memcpy(j->peer_id, s->peer_id, sizeof j->peer_id);
+        memcpy(j->peer_key, s->peer_key, sizeof j->peer_key);
+        j->token = s->token;
         if (mgmt_grpc_offload(g, disconnect_work, disconnect_done, j, true) < 0) {
                 cp_log_ctx ctx = { .component = "sync", .account = s->account_id };
                 cp_log_kv(&ctx, CP_LOG_ERROR, "cannot queue the disconnect; the peer stays marked connected",
                           "peer_key", s->peer_key, NULL);
-                stream_unref(s);
                 free(j);
         }
 }
@@ -1460,7 +1527,15 @@ mgmt_sync *mgmt_sync_free(mgmt_sync *h) {
         if (!h)
                 return NULL;
         /* Every call ended before the server stopped, so no stream is
-         * left; account entries may be. */
+         * left; account entries may be, and disconnects still failing:
+         * the replica's deregistration marks those sessions
+         * disconnected (or, with the database still away, the other
+         * replicas reap them). */
+        while (h->retry_disconnects) {
+                struct disconnect_job *j = h->retry_disconnects;
+                h->retry_disconnects = j->next;
+                free(j);
+        }
         mgmt_strmap_foreach(h->accts, free_acct, NULL);
         h->accts = mgmt_strmap_free(h->accts);
         h->peers = mgmt_strmap_free(h->peers);

@@ -25,6 +25,7 @@
  *   mgmt_sync_check_serials()    periodic: notice serials moved elsewhere
  *   mgmt_sync_expire_logins()    periodic: mark expired SSO logins
  *   mgmt_sync_refresh_credentials()  periodic: TURN/relay credential refresh
+ *   mgmt_sync_retry_disconnects()    periodic: fenced disconnects that failed
  *   mgmt_sync_reconnect_all()    this replica's sessions were taken away
  *                                (it was reaped): streams end, agents
  *                                reconnect
@@ -123,6 +124,14 @@ void mgmt_sync_expire_logins(mgmt_sync *s);
  * streams that are due to the CQ thread. */
 int64_t mgmt_sync_refresh_tick_ms(const mgmt_sync *s);
 void mgmt_sync_refresh_credentials(mgmt_sync *s);
+
+/* Any thread: retries the fenced disconnects that failed (PostgreSQL
+ * unreachable when the stream ended) and are due: 1 s after the failure,
+ * doubling to 30 s, until each lands or is fenced off. The manager calls
+ * it every second. Left over at shutdown, they are covered by the
+ * replica's deregistration (which marks every session it still owns
+ * disconnected) or, failing that, by the others reaping it. */
+void mgmt_sync_retry_disconnects(mgmt_sync *s);
 
 /* Any thread: ends every stream with UNAVAILABLE "session lost on this
  * server, please reconnect" and keeps serving: agents reconnect (here or
