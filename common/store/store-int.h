@@ -111,6 +111,8 @@ int64_t cp_store__clock_ns(void);
 /* Records one statement (a cp_store_stmt, or _ST_MAX for COMMIT) that
  * started at started_ns; failed counts an error too. Lock-free. */
 void cp_store__observe(int st, int64_t started_ns, bool failed);
+/* The cp_store__observe index of statements run through cp/store-tx.h. */
+#define CP_STORE__TIMED_API (_ST_MAX + 1)
 /* Counts one fenced status write that reached the database. */
 void cp_store__fenced(bool connect, bool landed);
 

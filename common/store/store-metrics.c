@@ -16,8 +16,9 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
-/* Index _ST_MAX is COMMIT: the wait for every write transaction's durability. */
-#define N_TIMED (_ST_MAX + 1)
+/* Index _ST_MAX is COMMIT (the wait for every write transaction's
+ * durability), _ST_MAX + 1 every statement of cp/store-tx.h ("api"). */
+#define N_TIMED (_ST_MAX + 2)
 
 static const double query_bounds[] = { 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5 };
 
@@ -58,7 +59,7 @@ static stmt_metrics *stmt_metrics_get(unsigned i) {
          * replica's first statements on, before its first Sync. */
         (void) pthread_once(&fenced_once, fenced_init);
         reg = cp_metrics_global();
-        name = i < _ST_MAX ? cp_store__stmt_name((cp_store_stmt) i) : "commit";
+        name = i < _ST_MAX ? cp_store__stmt_name((cp_store_stmt) i) : i == _ST_MAX ? "commit" : "api";
         sm = cp_xcalloc(1, sizeof *sm);
         sm->seconds = cp_metric_histogram(
                 cp_metrics_histogram(reg, "netbird_cp_store_query_duration_seconds",

@@ -6,6 +6,8 @@
 #include "mgmt-http.h"
 #include "mgmt-metrics.h"
 
+#include <time.h>
+
 #include <arpa/inet.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -21,6 +23,16 @@ struct mgmt_http {
         mgmt_ready *ready;
         mgmt_http_degraded_fn degraded;
         void *degraded_userdata;
+
+        /* The REST API (mgmt_http_set_api); NULL = /api answers 404. */
+        cp_api *api;
+        mgmt_workers *workers;
+        mgmt_http_post_fn post;
+        void *post_userdata;
+        unsigned pending;               /* API jobs not yet answered */
+        bool closing;                   /* shutting down: no new API jobs */
+        void (*on_idle)(void *userdata);
+        void *idle_userdata;
 };
 
 /* Per request, on the stack of the dispatcher: the request's log context
@@ -38,6 +50,9 @@ typedef struct http_op {
 
 typedef void (*route_fn)(http_op *op);
 
+static void api_done(void *arg);
+
+static void handle_api(http_op *op);
 static void handle_healthz(http_op *op);
 static void handle_readyz(http_op *op);
 static void handle_metrics(http_op *op);
@@ -152,6 +167,168 @@ static void handle_readyz(http_op *op) {
         cp_strbuf_release(&sb);
 }
 
+/* ---- the REST API ----------------------------------------------------------------------
+ *
+ * The loop thread copies what the API needs out of the request and hands
+ * it to a worker (cp_api_handle blocks on PostgreSQL); the worker posts
+ * the result back and the loop thread answers. If the client went away
+ * meanwhile, libevent has detached the request from its connection and
+ * evhttp_send_reply() only frees it. */
+
+typedef struct api_job {
+        mgmt_http *h;
+        struct evhttp_request *req;
+        char request_id[65];
+        char peer[64];
+        char *method, *path, *query, *authorization, *body, *origin;
+        size_t body_len;
+        int64_t started_ns;
+        cp_api_response resp;
+} api_job;
+
+static void api_job_free(api_job *j) {
+        free(j->method);
+        free(j->path);
+        free(j->query);
+        if (j->authorization) {
+                cp_explicit_bzero(j->authorization, strlen(j->authorization));
+                free(j->authorization);
+        }
+        if (j->body) {
+                cp_explicit_bzero(j->body, j->body_len);
+                free(j->body);
+        }
+        free(j->origin);
+        cp_api_response_release(&j->resp);
+        free(j);
+}
+
+static int64_t mono_ns(void) {
+        struct timespec ts;
+
+        (void) clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (int64_t) ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* CORS as NetBird's API has it: any origin, the methods and headers the
+ * dashboard sends; credentials are headers, never cookies. */
+static void add_cors(struct evkeyvalq *out) {
+        (void) evhttp_add_header(out, "Access-Control-Allow-Origin", "*");
+        (void) evhttp_add_header(out, "Access-Control-Allow-Methods", "GET, POST, PUT, DELETE, OPTIONS");
+        (void) evhttp_add_header(out, "Access-Control-Allow-Headers",
+                                 "Authorization, Content-Type, Accept, X-Request-Id");
+        (void) evhttp_add_header(out, "Access-Control-Max-Age", "600");
+}
+
+static void api_work(void *arg) {
+        api_job *j = arg;
+        cp_api_request areq = {
+                .method = j->method, .path = j->path, .query = j->query, .authorization = j->authorization,
+                .body = j->body, .body_len = j->body_len,
+        };
+
+        cp_api_handle(j->h->api, &areq, &j->resp);
+        j->h->post(api_done, j, j->h->post_userdata);
+}
+
+static void api_finish(mgmt_http *h) {
+        if (--h->pending == 0 && h->on_idle)
+                h->on_idle(h->idle_userdata);
+}
+
+static void api_done(void *arg) {
+        api_job *j = arg;
+        mgmt_http *h = j->h;
+        http_op op = { .h = h, .req = j->req, .method = j->method, .path = j->path };
+        double took = (double) (mono_ns() - j->started_ns) / 1e9;
+        char status[8], ms[24];
+
+        memcpy(op.request_id, j->request_id, sizeof op.request_id);
+        add_cors(evhttp_request_get_output_headers(j->req));
+        reply(&op, j->resp.status, NULL, "application/json; charset=UTF-8", j->resp.body.buf, j->resp.body.len);
+        mgmt_metrics_http(j->resp.route[0] ? j->resp.route : "other", j->method, j->resp.status, took);
+
+        cp_log_ctx log = { .component = "api", .request_id = j->request_id, .method = j->method,
+                           .peer = j->peer, .account = j->resp.account_id[0] ? j->resp.account_id : NULL };
+        (void) snprintf(status, sizeof status, "%d", j->resp.status);
+        (void) snprintf(ms, sizeof ms, "%.3f", took * 1000);
+        cp_log_level level = j->resp.status >= 500 ? CP_LOG_ERROR :
+                             strcmp(j->method, "GET") != 0 || j->resp.status >= 400 ? CP_LOG_INFO : CP_LOG_DEBUG;
+        cp_log_kv(&log, level, "api request", "path", j->path, "route", j->resp.route, "status", status, "user",
+                  j->resp.user_id, "took_ms", ms, "detail", j->resp.detail[0] ? j->resp.detail : NULL, NULL);
+        api_job_free(j);
+        api_finish(h);
+}
+
+static void handle_api(http_op *op) {
+        mgmt_http *h = op->h;
+        enum evhttp_cmd_type cmd = evhttp_request_get_command(op->req);
+        const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(op->req);
+        struct evkeyvalq *in = evhttp_request_get_input_headers(op->req);
+        struct evbuffer *body = evhttp_request_get_input_buffer(op->req);
+
+        add_cors(evhttp_request_get_output_headers(op->req));
+        if (cmd == EVHTTP_REQ_OPTIONS) {          /* a CORS preflight */
+                reply(op, HTTP_OK, "OK", "application/json; charset=UTF-8", "", 0);
+                mgmt_metrics_http("preflight", "OPTIONS", HTTP_OK, 0);
+                return;
+        }
+
+        if (h->closing) {
+                reply_error(op, HTTP_SERVUNAVAIL, "Service Unavailable", "server is shutting down");
+                mgmt_metrics_http("other", op->method, HTTP_SERVUNAVAIL, 0);
+                return;
+        }
+        api_job *j = cp_xcalloc(1, sizeof *j);
+        j->h = h;
+        j->req = op->req;
+        memcpy(j->request_id, op->request_id, sizeof j->request_id);
+        memcpy(j->peer, op->peer, sizeof j->peer);
+        j->method = cp_xstrdup(op->method);
+        j->path = cp_xstrdup(op->path);
+        const char *q = uri ? evhttp_uri_get_query(uri) : NULL;
+        j->query = q ? cp_xstrdup(q) : NULL;
+        const char *a = evhttp_find_header(in, "Authorization");
+        j->authorization = a ? cp_xstrdup(a) : NULL;
+        j->body_len = body ? evbuffer_get_length(body) : 0;
+        if (j->body_len > 0) {
+                j->body = cp_xmalloc(j->body_len + 1);
+                (void) evbuffer_copyout(body, j->body, j->body_len);
+                j->body[j->body_len] = '\0';
+        }
+        j->started_ns = mono_ns();
+        cp_api_response_init(&j->resp);
+
+        int r = mgmt_workers_submit(h->workers, api_work, j, false);
+        if (r < 0) {
+                /* The database is too slow for the load: shed it. */
+                reply_error(op, HTTP_SERVUNAVAIL, "Service Unavailable", "server is busy, try again later");
+                mgmt_metrics_http("other", op->method, HTTP_SERVUNAVAIL, 0);
+                cp_log_kv(&op->log, CP_LOG_WARN, "api request refused: worker queue full", "path", op->path,
+                          NULL);
+                api_job_free(j);
+                return;
+        }
+        h->pending++;
+}
+
+void mgmt_http_set_api(mgmt_http *h, cp_api *api, mgmt_workers *workers, mgmt_http_post_fn post,
+                       void *post_userdata) {
+        h->api = api;
+        h->workers = workers;
+        h->post = post;
+        h->post_userdata = post_userdata;
+}
+
+unsigned mgmt_http_pending(const mgmt_http *h) {
+        return h ? h->pending : 0;
+}
+
+void mgmt_http_on_idle(mgmt_http *h, void (*fn)(void *userdata), void *userdata) {
+        h->on_idle = fn;
+        h->idle_userdata = userdata;
+}
+
 /* Use the caller's X-Request-Id when it is short and plain, else a new id. */
 static void pick_request_id(http_op *op) {
         const char *in = evhttp_find_header(evhttp_request_get_input_headers(op->req), "X-Request-Id");
@@ -188,6 +365,10 @@ static void dispatch(struct evhttp_request *req, void *userdata) {
         op.log = (cp_log_ctx) { .component = "http", .request_id = op.request_id, .method = op.method,
                                 .peer = op.peer };
 
+        if (op.h->api && cp_api_owns_path(op.path)) {
+                handle_api(&op);
+                return;         /* answered later, from a worker's result */
+        }
         for (size_t i = 0; i < ELEMENTSOF(routes); i++)
                 if (strcmp(routes[i].path, op.path) == 0) {
                         route = &routes[i];
@@ -258,6 +439,8 @@ int mgmt_http_port(const mgmt_http *h) {
 }
 
 void mgmt_http_stop_accepting(mgmt_http *h) {
+        if (h)
+                h->closing = true;
         if (h && h->sock) {
                 evhttp_del_accept_socket(h->http, h->sock);
                 h->sock = NULL;

@@ -1,6 +1,6 @@
 /*
- * mgmt-http.h: the plain-HTTP listener (libevent evhttp) for probes, and
- * later /metrics and the REST API.
+ * mgmt-http.h: the plain-HTTP listener (libevent evhttp): probes,
+ * /metrics and the REST API (cp/api.h) under /api.
  *
  * Runs entirely on the manager's event loop thread: every function here
  * must be called from that thread. Requests are dispatched through a route
@@ -12,8 +12,10 @@
 
 #include <stddef.h>
 
+#include "cp/api.h"
 #include "cp/error.h"
 #include "mgmt-ready.h"
+#include "mgmt-work.h"
 
 struct event_base;
 typedef struct mgmt_http mgmt_http;
@@ -28,6 +30,19 @@ int mgmt_http_new(struct event_base *base, const char *address, int port, mgmt_r
  * {"status":"degraded",...}. */
 typedef const char *(*mgmt_http_degraded_fn)(char *why, size_t n, void *userdata);
 void mgmt_http_set_degraded(mgmt_http *h, mgmt_http_degraded_fn fn, void *userdata);
+
+/* The REST API under /api: requests are handled by api on the workers
+ * (it blocks on PostgreSQL) and answered back on the loop thread, to
+ * which post(fn, arg, post_userdata) must hand fn(arg) (any thread).
+ * Without this call /api answers 404. api and workers are borrowed. */
+typedef void (*mgmt_http_post_fn)(void (*fn)(void *arg), void *arg, void *userdata);
+void mgmt_http_set_api(mgmt_http *h, cp_api *api, mgmt_workers *workers, mgmt_http_post_fn post,
+                       void *post_userdata);
+/* REST requests handed to workers and not yet answered. */
+unsigned mgmt_http_pending(const mgmt_http *h);
+/* Called on the loop thread when the pending count drops to 0 (shutdown
+ * waits for it before it frees the workers and the listener). */
+void mgmt_http_on_idle(mgmt_http *h, void (*fn)(void *userdata), void *userdata);
 
 /* The port actually bound. */
 int mgmt_http_port(const mgmt_http *h);

@@ -53,6 +53,7 @@ struct mgmt_manager {
         mgmt_ready *ready;
         mgmt_grpc *grpc;
         mgmt_http *http;
+        cp_api *api;                    /* the REST API, served by http on the workers */
         mgmt_replica *replica;
         cp_bus *bus;                    /* NULL without --redis-url; loop thread */
         char replica_id[CP_ID_LEN + 1];
@@ -110,11 +111,26 @@ static void on_wake(evutil_socket_t fd, short what, void *userdata) {
 
 /* ---- shutdown ------------------------------------------------------------- */
 
-static void on_grpc_stopped_loop(mgmt_manager *m, void *userdata) {
-        m->grpc_stopped = true;
+/* The loop ends once gRPC has stopped and every REST request handed to
+ * the workers has been answered (none may be left to a freed loop). */
+static void maybe_exit(mgmt_manager *m) {
+        if (!m->grpc_stopped || mgmt_http_pending(m->http) > 0)
+                return;
         if (m->deadline)
                 event_del(m->deadline);
         (void) event_base_loopexit(m->base, NULL);
+}
+
+static void on_grpc_stopped_loop(mgmt_manager *m, void *userdata) {
+        m->grpc_stopped = true;
+        maybe_exit(m);
+}
+
+static void on_http_idle(void *userdata) {
+        mgmt_manager *m = userdata;
+
+        if (m->shutting_down)
+                maybe_exit(m);
 }
 
 /* Runs on the CQ thread: hand over to the loop. */
@@ -217,6 +233,35 @@ static void on_announce_loop(mgmt_manager *m, void *userdata) {
         if (m->bus)
                 (void) cp_bus_publish(m->bus, a->account_id, a->serial);
         free(a);
+}
+
+/* Any thread (a worker): a REST change committed; same path as a
+ * change committed by the agent protocol. */
+static void api_announce(const char *account_id, int64_t serial, void *userdata) {
+        mgmt_manager *m = userdata;
+
+        mgmt_sync_local_change(m->sync, account_id, serial);
+}
+
+typedef struct http_post {
+        void (*fn)(void *arg);
+        void *arg;
+} http_post;
+
+static void on_http_post(mgmt_manager *m, void *userdata) {
+        http_post *p = userdata;
+
+        p->fn(p->arg);
+        free(p);
+}
+
+/* The HTTP listener's hand-off to the loop thread. */
+static void http_post_fn(void (*fn)(void *arg), void *arg, void *userdata) {
+        http_post *p = cp_xcalloc(1, sizeof *p);
+
+        p->fn = fn;
+        p->arg = arg;
+        mgmt_manager_post(userdata, on_http_post, p);
 }
 
 /* Any thread: the sync hub's announce hook for changes committed here. */
@@ -459,6 +504,15 @@ int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf,
                 goto fail;
         mgmt_http_set_degraded(m->http, degraded, m);
         {
+                cp_api_options ao = { .store = m->store, .dns_domain = cfg->dns_domain, .version = MGMT_VERSION,
+                                      .announce = api_announce, .announce_userdata = m };
+                r = cp_api_new(&ao, &m->api, reterr);
+                if (r < 0)
+                        goto fail;
+                mgmt_http_set_api(m->http, m->api, m->workers, http_post_fn, m);
+                mgmt_http_on_idle(m->http, on_http_idle, m);
+        }
+        {
                 char ga[300], ha[300];
                 format_address(ga, sizeof ga, cfg->listen_address, mgmt_grpc_port(m->grpc));
                 format_address(ha, sizeof ha, cfg->listen_address, mgmt_http_port(m->http));
@@ -554,6 +608,7 @@ mgmt_manager *mgmt_manager_free(mgmt_manager *m) {
         m->sync = mgmt_sync_free(m->sync);
         m->maps = mgmt_maps_free(m->maps);
         m->http = mgmt_http_free(m->http);
+        m->api = cp_api_free(m->api);
         mgmt_metrics_unwatch_store(m->store);
         bool store_free = mgmt_ready_stop(m->ready, READY_STOP_MS);
         if (store_free)

@@ -41,6 +41,7 @@ static struct {
         cp_counter *logins[2][N_STATUS];                              /* [registration][status] */
         cp_histogram *fanout_seconds;
         cp_counter *fanout_maps;
+        cp_metric *http_requests, *http_seconds;
         cp_gauge *pool_size, *pool_busy, *pool_idle;
         cp_counter *hb_ok, *hb_failed, *replica_lost, *reaped, *reaped_sessions;
         cp_gauge *hb_age;
@@ -95,6 +96,16 @@ static void init(void) {
                                                        seconds_bounds, ELEMENTSOF(seconds_bounds));
         mm.fanout_maps = cp_metrics_plain_counter(reg, "netbird_cp_fanout_maps_pushed_total",
                                                   "Network maps queued to Sync streams by fan-out.");
+        mm.http_requests = cp_metrics_counter(reg, "netbird_cp_http_requests_total",
+                                              "REST API requests answered by this replica, by route pattern "
+                                              "(e.g. /api/peers/{peerId}; \"other\" when none matched), "
+                                              "method and HTTP status code.",
+                                              CP_LABELS("route", "method", "code"));
+        mm.http_seconds = cp_metrics_histogram(reg, "netbird_cp_http_request_duration_seconds",
+                                               "REST API request latency on this replica (queueing, the "
+                                               "transaction, encoding), by route pattern and method.",
+                                               CP_LABELS("route", "method"), seconds_bounds,
+                                               ELEMENTSOF(seconds_bounds));
         mm.pool_size = cp_metrics_plain_gauge(reg, "netbird_cp_store_pool_size",
                                               "PostgreSQL connections the pool may open (--db-pool-size).");
         f = cp_metrics_gauge(reg, "netbird_cp_store_pool_connections",
@@ -163,6 +174,17 @@ void mgmt_metrics_login(bool registration, grpc_status_code status) {
         mgmt_metrics_init();
         if (status >= 0 && status < N_STATUS)
                 cp_counter_inc(mm.logins[registration][status]);
+}
+
+/* ---- REST API (mgmt-http.c, loop thread) ---------------------------------------------- */
+
+void mgmt_metrics_http(const char *route, const char *method, int code, double seconds) {
+        char status[8];
+
+        mgmt_metrics_init();
+        (void) snprintf(status, sizeof status, "%d", code);
+        cp_counter_inc(cp_metric_counter(mm.http_requests, CP_LABELS(route, method, status)));
+        cp_histogram_observe(cp_metric_histogram(mm.http_seconds, CP_LABELS(route, method)), seconds);
 }
 
 /* ---- the store pool ------------------------------------------------------------------ */

@@ -55,6 +55,12 @@ void mgmt_metrics_fanout(int64_t started_ns, uint64_t maps);
 /* One Login call's outcome; registration: it took the setup-key path. */
 void mgmt_metrics_login(bool registration, grpc_status_code status);
 
+/* ---- REST API (mgmt-http.c) -------------------------------------------------------- */
+
+/* One REST request answered: route is the matched pattern ("other" when
+ * none), so the label values stay bounded by the route table. */
+void mgmt_metrics_http(const char *route, const char *method, int code, double seconds);
+
 /* ---- the store pool (mgmt-manager.c) --------------------------------------------- */
 
 /* Exports the pool of s (size, busy, idle) at each scrape; s is borrowed

@@ -92,9 +92,10 @@ class Deployment:
         r = svc.run(args, env=self.env())
         assert r.rc == 0, "bootstrap failed: %r" % r
         v = parse_env_output(r.out)
-        for k in ("ACCOUNT_ID", "SETUP_KEY", "NETWORK", "USER_ID"):
+        for k in ("ACCOUNT_ID", "SETUP_KEY", "NETWORK", "USER_ID", "ADMIN_TOKEN"):
             assert v.get(k), "bootstrap printed no %s: %r" % (k, r)
         self.account_id = v["ACCOUNT_ID"]
+        self.admin_token = v["ADMIN_TOKEN"]
         self.setup_key = v["SETUP_KEY"]
         self.user_id = v["USER_ID"]
         self.network = ipaddress.ip_network(v["NETWORK"])

@@ -1,0 +1,8 @@
+/*
+ * events: not written yet (a route table with no routes).
+ */
+#include "api-int.h"
+
+const api_route api_events_routes[] = {
+        { NULL },
+};

@@ -1,0 +1,276 @@
+/*
+ * /api/groups: list, get, create, update, delete (openapi Group,
+ * GroupRequest). Groups hold peers (group_peers); network resources do
+ * not exist here, so "resources" is always empty.
+ */
+#include "api-activity.h"
+#include "api-int.h"
+
+/* One group as NetBird's Group schema; t is the groups row alias. */
+#define GROUP_JSON(t)                                                                                       \
+        "json_build_object('id', " t ".id, 'name', " t ".name, 'issued', " t ".issued,"                    \
+        " 'peers_count', (SELECT count(*) FROM group_peers gp WHERE gp.account_id = " t ".account_id"      \
+        " AND gp.group_id = " t ".id),"                                                                     \
+        " 'resources_count', 0,"                                                                            \
+        " 'peers', COALESCE((SELECT json_agg(json_build_object('id', p.id, 'name', p.name)"                \
+        " ORDER BY p.name, p.id) FROM group_peers gp JOIN peers p ON p.account_id = gp.account_id"          \
+        " AND p.id = gp.peer_id WHERE gp.account_id = " t ".account_id AND gp.group_id = " t ".id), '[]'),"  \
+        " 'resources', '[]'::json)"
+
+static const char SQL_LIST[] =
+        "SELECT COALESCE(json_agg(" GROUP_JSON("g") " ORDER BY g.name, g.id), '[]')"
+        " FROM groups g WHERE g.account_id = $1";
+static const char SQL_GET[] = "SELECT " GROUP_JSON("g") " FROM groups g WHERE g.account_id = $1 AND g.id = $2";
+static const char SQL_FIND[] = "SELECT name, issued FROM groups WHERE account_id = $1 AND id = $2";
+static const char SQL_NAME_TAKEN[] = "SELECT 1 FROM groups WHERE account_id = $1 AND name = $2 AND id <> $3";
+/* The first id of $2 that is not a peer of the account. */
+static const char SQL_MISSING_PEER[] =
+        "SELECT u FROM unnest($2::text[]) u WHERE NOT EXISTS"
+        " (SELECT 1 FROM peers p WHERE p.account_id = $1 AND p.id = u) LIMIT 1";
+static const char SQL_INSERT[] =
+        "INSERT INTO groups (id, account_id, name, issued) VALUES ($1, $2, $3, 'api')";
+static const char SQL_RENAME[] = "UPDATE groups SET name = $3 WHERE account_id = $1 AND id = $2";
+/* Membership set to exactly $3, with one GroupAddedToPeer /
+ * GroupRemovedFromPeer event per peer that joined or left (NetBird's
+ * meta: group, group_id, peer_ip, peer_fqdn). $4 initiator, $5 the
+ * server's DNS domain, $6/$7 the activity codes. */
+static const char SQL_SET_PEERS[] =
+        "WITH want AS (SELECT DISTINCT u AS peer_id FROM unnest($3::text[]) u),"
+        " del AS (DELETE FROM group_peers gp WHERE gp.account_id = $1 AND gp.group_id = $2"
+        "  AND gp.peer_id NOT IN (SELECT peer_id FROM want) RETURNING gp.peer_id),"
+        " ins AS (INSERT INTO group_peers (account_id, group_id, peer_id)"
+        "  SELECT $1, $2, w.peer_id FROM want w ON CONFLICT DO NOTHING RETURNING peer_id),"
+        " changed AS (SELECT peer_id, $6::int AS act FROM ins UNION ALL SELECT peer_id, $7::int FROM del)"
+        " INSERT INTO events (activity, initiator_id, target_id, account_id, meta)"
+        " SELECT ch.act, $4, p.id, $1, jsonb_build_object('group', g.name, 'group_id', g.id,"
+        "  'peer_ip', host(p.ip), 'peer_fqdn', CASE WHEN COALESCE(NULLIF(a.settings_dns_domain, ''), $5) = ''"
+        "  THEN p.dns_label ELSE p.dns_label || '.' || COALESCE(NULLIF(a.settings_dns_domain, ''), $5) END)"
+        " FROM changed ch JOIN peers p ON p.account_id = $1 AND p.id = ch.peer_id"
+        " JOIN groups g ON g.account_id = $1 AND g.id = $2 JOIN accounts a ON a.id = $1";
+static const char SQL_DELETE[] = "DELETE FROM groups WHERE account_id = $1 AND id = $2";
+
+/* What still refers to a group, in NetBird's order of checks: the kind
+ * and the name it reports ("group has been linked to policy: Default"). */
+static const char SQL_LINKS[] =
+        "SELECT kind, name FROM ("
+        " SELECT 1 AS o, 'route' AS kind, r.net_id AS name FROM routes r WHERE r.account_id = $1"
+        "  AND ($2 = ANY (r.groups) OR $2 = ANY (r.peer_groups) OR $2 = ANY (r.access_control_groups))"
+        " UNION ALL SELECT 2, 'name server groups', n.name FROM name_server_groups n"
+        "  WHERE n.account_id = $1 AND $2 = ANY (n.groups)"
+        " UNION ALL SELECT 3, 'policy', p.name FROM policies p JOIN policy_rules r"
+        "  ON r.account_id = p.account_id AND r.policy_id = p.id WHERE p.account_id = $1"
+        "  AND ($2 = ANY (r.sources) OR $2 = ANY (r.destinations))"
+        " UNION ALL SELECT 4, 'setup key', k.name FROM setup_keys k WHERE k.account_id = $1"
+        "  AND $2 = ANY (k.auto_groups)"
+        " UNION ALL SELECT 5, 'user', u.id FROM users u WHERE u.account_id = $1 AND $2 = ANY (u.auto_groups)"
+        " UNION ALL SELECT 6, 'disabled DNS management groups', g.name FROM accounts a"
+        "  JOIN groups g ON g.account_id = a.id AND g.id = $2"
+        "  WHERE a.id = $1 AND $2 = ANY (a.dns_settings_disabled_management_groups)"
+        ") l ORDER BY o, name LIMIT 1";
+
+static int list_groups(api_ctx *c) {
+        const char *p[1] = { c->account_id };
+        bool found;
+
+        return api_sql_reply(c, 200, SQL_LIST, 1, p, &found);
+}
+
+static int reply_group(api_ctx *c, const char *id) {
+        const char *p[2] = { c->account_id, id };
+        bool found;
+        int r = api_sql_reply(c, 200, SQL_GET, 2, p, &found);
+
+        if (r < 0)
+                return r;
+        if (!found)
+                return api_error(c, 404, "group: %s not found", id);
+        return 0;
+}
+
+static int get_group(api_ctx *c) {
+        return reply_group(c, c->param[0]);
+}
+
+/* The request body: name (required, not empty) and peers (ids of this
+ * account's peers). resources must be absent or empty: there are no
+ * network resources here. */
+typedef struct group_req {
+        const char *name;
+        cp_strbuf peers;
+        bool has_peers;
+} group_req;
+
+static int parse_group(api_ctx *c, group_req *g) {
+        json_t *body = api_body(c), *res = NULL;
+        _cleanup_rows_ cp_store_rows *rows = NULL;
+        int r;
+
+        if (!body)
+                return API_FAIL;
+        if (api_field_str(c, body, "name", &g->name) < 0)
+                return API_FAIL;
+        r = api_field_strarr(c, body, "peers", &g->peers, NULL);
+        if (r < 0)
+                return API_FAIL;
+        g->has_peers = r == 1;
+        if (!g->has_peers)
+                cp_strbuf_adds(&g->peers, "{}");
+        if (api_field_array(c, body, "resources", &res) < 0)
+                return API_FAIL;
+        if (!g->name || !*g->name)
+                return api_error(c, 422, "group name shouldn't be empty");
+        if (res && json_array_size(res) > 0)
+                return api_error(c, 422, "network resources are not supported by this server");
+        const char *p[2] = { c->account_id, g->peers.buf };
+        r = api_sql(c, SQL_MISSING_PEER, 2, p, &rows);
+        if (r < 0)
+                return r;
+        if (cp_store_rows_count(rows) > 0)
+                return api_error(c, 422, "peer with ID %s not found", cp_store_rows_get(rows, 0, 0));
+        return 0;
+}
+
+static int set_peers(api_ctx *c, const char *group_id, const char *peers) {
+        char added[16], removed[16];
+
+        (void) snprintf(added, sizeof added, "%d", API_ACT_GROUP_ADDED_TO_PEER);
+        (void) snprintf(removed, sizeof removed, "%d", API_ACT_GROUP_REMOVED_FROM_PEER);
+        const char *p[7] = { c->account_id, group_id, peers, c->user_id, c->api->dns_domain, added, removed };
+        return api_sql(c, SQL_SET_PEERS, 7, p, NULL);
+}
+
+static int name_meta(api_ctx *c, const char *name, cp_strbuf *meta) {
+        cp_strbuf_adds(meta, "{\"name\":\"");
+        cp_strbuf_add_json_escaped(meta, name);
+        cp_strbuf_adds(meta, "\"}");
+        return 0;
+}
+
+static int create_group(api_ctx *c) {
+        group_req g = { 0 };
+        char id[CP_ID_LEN + 1];
+        cp_strbuf meta;
+        int r;
+
+        cp_strbuf_init(&g.peers);
+        cp_strbuf_init(&meta);
+        r = parse_group(c, &g);
+        if (r == 0) {
+                _cleanup_rows_ cp_store_rows *rows = NULL;
+                const char *p[3] = { c->account_id, g.name, "" };
+                r = api_sql(c, SQL_NAME_TAKEN, 3, p, &rows);
+                if (r == 0 && cp_store_rows_count(rows) > 0)
+                        r = api_error(c, 409, "group with name %s already exists", g.name);
+        }
+        if (r == 0) {
+                cp_id_new(id);
+                const char *p[3] = { id, c->account_id, g.name };
+                r = api_sql(c, SQL_INSERT, 3, p, NULL);
+        }
+        if (r == 0)
+                r = set_peers(c, id, g.peers.buf);
+        if (r == 0) {
+                name_meta(c, g.name, &meta);
+                r = api_event(c, API_ACT_GROUP_CREATED, id, meta.buf);
+        }
+        if (r == 0) {
+                api_changed(c);
+                r = reply_group(c, id);
+        }
+        cp_strbuf_release(&g.peers);
+        cp_strbuf_release(&meta);
+        return r;
+}
+
+/* Loads the group; 404 when missing. *is_all: it is the "All" group. */
+static int find_group(api_ctx *c, const char *id, bool *is_all) {
+        _cleanup_rows_ cp_store_rows *rows = NULL;
+        const char *p[2] = { c->account_id, id };
+        int r = api_sql(c, SQL_FIND, 2, p, &rows);
+
+        if (r < 0)
+                return r;
+        if (cp_store_rows_count(rows) != 1)
+                return api_error(c, 404, "group: %s not found", id);
+        *is_all = strcmp(cp_store_rows_get(rows, 0, 0), "All") == 0;
+        return 0;
+}
+
+static int update_group(api_ctx *c) {
+        const char *id = c->param[0];
+        group_req g = { 0 };
+        bool is_all = false;
+        cp_strbuf meta;
+        int r;
+
+        r = find_group(c, id, &is_all);
+        if (r < 0)
+                return r;
+        if (is_all)
+                return api_error(c, 422, "updating group ALL is not allowed");
+        cp_strbuf_init(&g.peers);
+        cp_strbuf_init(&meta);
+        r = parse_group(c, &g);
+        if (r == 0) {
+                const char *p[3] = { c->account_id, id, g.name };
+                r = api_sql(c, SQL_RENAME, 3, p, NULL);
+        }
+        /* NetBird replaces the member list with what was sent (none = empty). */
+        if (r == 0)
+                r = set_peers(c, id, g.peers.buf);
+        if (r == 0) {
+                name_meta(c, g.name, &meta);
+                r = api_event(c, API_ACT_GROUP_UPDATED, id, meta.buf);
+        }
+        if (r == 0) {
+                api_changed(c);
+                r = reply_group(c, id);
+        }
+        cp_strbuf_release(&g.peers);
+        cp_strbuf_release(&meta);
+        return r;
+}
+
+static int delete_group(api_ctx *c) {
+        const char *id = c->param[0];
+        _cleanup_rows_ cp_store_rows *links = NULL;
+        _cleanup_rows_ cp_store_rows *cur = NULL;
+        bool is_all = false;
+        cp_strbuf meta;
+        int r;
+
+        r = find_group(c, id, &is_all);
+        if (r < 0)
+                return r;
+        if (is_all)
+                return api_error(c, 422, "deleting group ALL is not allowed");
+        const char *p[2] = { c->account_id, id };
+        r = api_sql(c, SQL_LINKS, 2, p, &links);
+        if (r < 0)
+                return r;
+        if (cp_store_rows_count(links) > 0)
+                return api_error(c, 400, "group has been linked to %s: %s", cp_store_rows_get(links, 0, 0),
+                                 cp_store_rows_get(links, 0, 1));
+        r = api_sql(c, SQL_FIND, 2, p, &cur);
+        if (r < 0)
+                return r;
+        cp_strbuf_init(&meta);
+        name_meta(c, cp_store_rows_get(cur, 0, 0), &meta);
+        r = api_sql(c, SQL_DELETE, 2, p, NULL);
+        if (r == 0)
+                r = api_event(c, API_ACT_GROUP_DELETED, id, meta.buf);
+        cp_strbuf_release(&meta);
+        if (r < 0)
+                return r;
+        api_changed(c);
+        return api_reply_empty_object(c);
+}
+
+const api_route api_groups_routes[] = {
+        { "GET", "/api/groups", API_MOD_GROUPS, API_READ, list_groups },
+        { "POST", "/api/groups", API_MOD_GROUPS, API_CREATE, create_group },
+        { "GET", "/api/groups/{groupId}", API_MOD_GROUPS, API_READ, get_group },
+        { "PUT", "/api/groups/{groupId}", API_MOD_GROUPS, API_UPDATE, update_group },
+        { "DELETE", "/api/groups/{groupId}", API_MOD_GROUPS, API_DELETE, delete_group },
+        { NULL },
+};

@@ -1,0 +1,217 @@
+/*
+ * api-int.h: what the API's resource files share; not exported.
+ *
+ * A resource file (api-groups.c, api-peers.c, ...) defines a route table
+ * (method, path pattern, permission module and operation, handler) and
+ * its handlers. The dispatcher (api.c) matches the route, authenticates,
+ * opens the transaction, checks the permission, locks the account row for
+ * writes, runs the handler, bumps the serial if the handler said the
+ * change alters maps, commits and announces.
+ *
+ * A handler returns 0 after putting its response in c (api_reply_*), or
+ * API_FAIL after api_error() (any status) — then everything it wrote is
+ * rolled back. Handlers never commit.
+ *
+ * SQL: every statement is parameterised ($1..$n) and scoped by
+ * c->account_id. Most reads let PostgreSQL build the JSON
+ * (json_build_object / json_agg), so the JSON shape sits next to the
+ * columns it reads.
+ */
+#pragma once
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "cp/api.h"
+#include "cp/base.h"
+#include "cp/store-tx.h"
+#include "cp/strbuf.h"
+#include "cp/util.h"
+
+#include <inttypes.h>
+
+#define API_FAIL (-1)
+#define API_MAX_PARAMS 4
+#define API_MAX_QVALS 8
+
+/* NetBird's permission modules (management/server/permissions/modules). */
+typedef enum api_module {
+        API_MOD_PUBLIC,         /* no authentication at all */
+        API_MOD_SELF,           /* any authenticated user; the handler checks the rest */
+        API_MOD_ACCOUNTS,
+        API_MOD_SETTINGS,
+        API_MOD_USERS,
+        API_MOD_PATS,
+        API_MOD_PEERS,
+        API_MOD_SETUP_KEYS,
+        API_MOD_GROUPS,
+        API_MOD_POLICIES,
+        API_MOD_ROUTES,
+        API_MOD_DNS,
+        API_MOD_NAMESERVERS,
+        API_MOD_EVENTS,
+        API_MOD_NETWORKS,
+} api_module;
+
+typedef enum api_op {
+        API_READ,
+        API_CREATE,
+        API_UPDATE,
+        API_DELETE,
+} api_op;
+
+typedef struct api_ctx api_ctx;
+typedef int (*api_handler)(api_ctx *c);
+
+typedef struct api_route {
+        const char *method;     /* "GET", "POST", "PUT", "DELETE" */
+        const char *pattern;    /* "/api/groups/{groupId}": {x} matches one segment */
+        api_module module;
+        api_op op;
+        api_handler fn;
+} api_route;
+
+struct cp_api {
+        cp_store *store;
+        char *dns_domain;
+        char *version;
+        cp_api_announce_fn announce;
+        void *announce_userdata;
+};
+
+struct api_ctx {
+        cp_api *api;
+        const cp_api_request *req;
+        const api_route *route;
+        cp_store_tx *tx;
+
+        /* Path parameters in pattern order, percent-decoded. */
+        char *param[API_MAX_PARAMS];
+        int nparam;
+        /* Decoded query values handed out by api_query(), freed with c. */
+        char *qval[API_MAX_QVALS];
+        int nqval;
+
+        /* Who is calling (filled by authentication). */
+        char account_id[64];
+        char user_id[64];
+        char role[16];                  /* owner, admin, user, auditor, network_admin, billing_admin */
+        bool service_user;
+        char token_id[64];              /* the PAT used, "" for a trusted caller */
+
+        /* The JSON body, parsed on first use by api_body(). */
+        json_t *body;
+        bool body_parsed;
+
+        /* The response. */
+        int status;
+        cp_strbuf out;
+        bool replied;
+
+        /* The error, when a handler or the dispatcher fails. */
+        int err_status;
+        char err_message[512];
+        char err_detail[512];           /* internal reason for logs (5xx) */
+
+        /* Set by api_changed(): bump the serial before commit. */
+        bool changed;
+        int64_t serial;
+};
+
+/* ---- errors and replies (api-util.c) ------------------------------------------ */
+
+/* Sets the error response {"message": message, "code": status}; returns
+ * API_FAIL. NetBird sends messages in lower case; write them so. */
+int api_error(api_ctx *c, int status, const char *fmt, ...) _printf_(3, 4);
+/* 500 "internal server error" with an internal detail for the log line. */
+int api_internal(api_ctx *c, const char *what, const cp_error *err);
+/* 400 "couldn't parse JSON request" (NetBird's text for any bad body). */
+int api_bad_json(api_ctx *c);
+
+/* Replies with a JSON text (copied); status is usually 200. */
+int api_reply_text(api_ctx *c, int status, const char *json, size_t len);
+/* Replies with a jansson value (not stolen). */
+int api_reply_json(api_ctx *c, int status, const json_t *v);
+/* Replies 200 "{}": what NetBird's DELETE handlers answer. */
+int api_reply_empty_object(api_ctx *c);
+
+/* ---- SQL (api-util.c) ------------------------------------------------------------ */
+
+/* Runs one statement in the request's transaction. On failure it sets a
+ * 500 response (with the store's message as detail) and returns API_FAIL;
+ * use api_sql_try() to handle specific errors yourself. */
+int api_sql(api_ctx *c, const char *sql, int n, const char *const *params, cp_store_rows **ret);
+/* Like api_sql() but returns the store's negative errno (-EEXIST, -ENOENT,
+ * -EINVAL, ...) with err filled and no response set. After a failure the
+ * transaction is aborted: the handler must fail (api_error) next. */
+int api_sql_try(api_ctx *c, const char *sql, int n, const char *const *params, cp_store_rows **ret,
+                cp_error *err);
+/* Runs sql, which must return at most one row with one JSON text column,
+ * and replies with it (status), setting *found. No row or a NULL value:
+ * returns 0 with *found = false and no reply, so the handler answers
+ * 404 with its own message. */
+int api_sql_reply(api_ctx *c, int status, const char *sql, int n, const char *const *params, bool *found);
+
+/* The request's account needs new maps: the dispatcher increments
+ * accounts.network_serial before commit and announces it after. */
+void api_changed(api_ctx *c);
+
+/* Writes an activity event (events table) in the transaction: NetBird's
+ * numeric activity code, the target id and a JSON object of meta (NULL
+ * = {}); the initiator is the calling user. */
+int api_event(api_ctx *c, int activity, const char *target_id, const char *meta_json);
+
+/* ---- request input (api-util.c) --------------------------------------------------- */
+
+/* The decoded query parameter, or NULL (first occurrence). The returned
+ * string lives as long as c. */
+const char *api_query(api_ctx *c, const char *name);
+/* The JSON body as an object, parsed once. NULL after setting 400
+ * "couldn't parse JSON request" when missing, invalid or not an object. */
+json_t *api_body(api_ctx *c);
+
+/* Typed fields of a JSON object. Each returns 1 when present (and sets
+ * *ret), 0 when absent or null (ret untouched), or API_FAIL after setting
+ * 400 "couldn't parse JSON request" for a value of the wrong type (what
+ * NetBird's JSON decoder does). */
+int api_field_str(api_ctx *c, json_t *obj, const char *key, const char **ret);
+int api_field_bool(api_ctx *c, json_t *obj, const char *key, bool *ret);
+/* An integer (a JSON number without fraction) in [min, max]; out of range
+ * is 422 "<key> must be between min and max". */
+int api_field_int(api_ctx *c, json_t *obj, const char *key, int64_t min, int64_t max, int64_t *ret);
+/* An array of strings, appended to *pgarray as a PostgreSQL array literal
+ * ({"a","b"}); *count gets its length. */
+int api_field_strarr(api_ctx *c, json_t *obj, const char *key, cp_strbuf *pgarray, size_t *count);
+/* An array (any element type) or object, borrowed from obj. */
+int api_field_array(api_ctx *c, json_t *obj, const char *key, json_t **ret);
+int api_field_object(api_ctx *c, json_t *obj, const char *key, json_t **ret);
+
+/* PostgreSQL array literals: start with "{", add quoted elements, end "}". */
+void api_pgarray_begin(cp_strbuf *sb);
+void api_pgarray_add(cp_strbuf *sb, const char *elem);
+void api_pgarray_end(cp_strbuf *sb);
+
+/* ---- permissions (api.c) ----------------------------------------------------------- */
+
+/* Whether the caller's role allows op on module (NetBird's role tables;
+ * service users may read everything). */
+bool api_allowed(const api_ctx *c, api_module module, api_op op);
+/* Owner or admin (NetBird's "admin role required" checks). */
+bool api_is_admin(const api_ctx *c);
+/* A regular user ("user" role, not a service user): sees only their own
+ * peers, and nothing when the account blocks regular users' view. */
+bool api_is_regular_user(const api_ctx *c);
+
+/* ---- resources: route tables, each ended by { NULL } --------------------------------- */
+
+extern const api_route api_accounts_routes[];
+extern const api_route api_users_routes[];
+extern const api_route api_peers_routes[];
+extern const api_route api_setup_keys_routes[];
+extern const api_route api_groups_routes[];
+extern const api_route api_policies_routes[];
+extern const api_route api_routes_routes[];
+extern const api_route api_dns_routes[];
+extern const api_route api_events_routes[];
+extern const api_route api_instance_routes[];

@@ -1,0 +1,8 @@
+/*
+ * setup_keys: not written yet (a route table with no routes).
+ */
+#include "api-int.h"
+
+const api_route api_setup_keys_routes[] = {
+        { NULL },
+};

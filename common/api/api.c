@@ -1,0 +1,394 @@
+/*
+ * The REST API dispatcher: route matching, authentication, permissions,
+ * one transaction per request, the serial bump and the announcement.
+ */
+#include "api-int.h"
+#include "cp/crypto.h"
+
+#include <ctype.h>
+
+/* Every resource's table, searched in this order. */
+static const api_route *const tables[] = {
+        api_accounts_routes, api_users_routes,  api_peers_routes, api_setup_keys_routes,
+        api_groups_routes,   api_policies_routes, api_routes_routes, api_dns_routes,
+        api_events_routes,   api_instance_routes,
+};
+
+/* ---- permissions ---------------------------------------------------------------- */
+
+/* NetBird's role tables (management/server/permissions/roles): owner may
+ * do everything; admin everything but change accounts; auditor reads
+ * everything; network_admin what its table lists; user and billing_admin
+ * nothing (regular users get their own peers through the handlers). */
+static bool network_admin_allows(api_module m, api_op op) {
+        switch (m) {
+        case API_MOD_NETWORKS:
+        case API_MOD_GROUPS:
+        case API_MOD_DNS:
+        case API_MOD_NAMESERVERS:
+        case API_MOD_POLICIES:
+        case API_MOD_ROUTES:
+        case API_MOD_PATS:
+                return true;
+        case API_MOD_SETTINGS:
+        case API_MOD_ACCOUNTS:
+        case API_MOD_EVENTS:
+        case API_MOD_USERS:
+        case API_MOD_SETUP_KEYS:
+        case API_MOD_PEERS:
+                return op == API_READ;
+        default:
+                return false;
+        }
+}
+
+bool api_allowed(const api_ctx *c, api_module m, api_op op) {
+        if (m == API_MOD_PUBLIC || m == API_MOD_SELF)
+                return true;
+        if (op == API_READ && c->service_user)
+                return true;
+        if (strcmp(c->role, "owner") == 0)
+                return true;
+        if (strcmp(c->role, "admin") == 0)
+                return m != API_MOD_ACCOUNTS || op == API_READ;
+        if (strcmp(c->role, "auditor") == 0)
+                return op == API_READ;
+        if (strcmp(c->role, "network_admin") == 0)
+                return network_admin_allows(m, op);
+        return false;
+}
+
+bool api_is_admin(const api_ctx *c) {
+        return strcmp(c->role, "owner") == 0 || strcmp(c->role, "admin") == 0;
+}
+
+bool api_is_regular_user(const api_ctx *c) {
+        return strcmp(c->role, "user") == 0 && !c->service_user;
+}
+
+/* ---- routing ----------------------------------------------------------------------- */
+
+static int hexval(int ch) {
+        if (ch >= '0' && ch <= '9')
+                return ch - '0';
+        ch = tolower(ch);
+        if (ch >= 'a' && ch <= 'f')
+                return ch - 'a' + 10;
+        return -1;
+}
+
+/* Percent-decodes [s, s+n) into a new string; NULL when it holds a bad
+ * escape or a NUL byte. */
+static char *pct_decode(const char *s, size_t n) {
+        char *out = cp_xmalloc(n + 1), *o = out;
+
+        for (size_t i = 0; i < n; i++) {
+                if (s[i] != '%') {
+                        *o++ = s[i];
+                        continue;
+                }
+                int a = i + 1 < n ? hexval((unsigned char) s[i + 1]) : -1;
+                int b = i + 2 < n ? hexval((unsigned char) s[i + 2]) : -1;
+                if (a < 0 || b < 0 || (a == 0 && b == 0)) {
+                        free(out);
+                        return NULL;
+                }
+                *o++ = (char) (a * 16 + b);
+                i += 2;
+        }
+        *o = '\0';
+        return out;
+}
+
+static void free_params(api_ctx *c) {
+        for (int i = 0; i < c->nparam; i++)
+                free(c->param[i]);
+        c->nparam = 0;
+}
+
+/* Matches path against pattern; on success the {x} segments are in
+ * c->param. Returns 1 on a match, 0 on none, -1 for a bad escape. */
+static int match(api_ctx *c, const char *pattern, const char *path) {
+        const char *p = pattern, *s = path;
+
+        free_params(c);
+        while (*p && *s) {
+                if (*p == '{') {
+                        const char *pe = strchr(p, '}');
+                        size_t n = strcspn(s, "/");
+                        if (!pe || n == 0 || c->nparam == API_MAX_PARAMS)
+                                return 0;
+                        char *v = pct_decode(s, n);
+                        if (!v)
+                                return -1;
+                        c->param[c->nparam++] = v;
+                        p = pe + 1;
+                        s += n;
+                        continue;
+                }
+                if (*p != *s)
+                        return 0;
+                p++;
+                s++;
+        }
+        /* A trailing slash on the request is tolerated ("/api/peers/"). */
+        if (*p == '\0' && (*s == '\0' || (s[0] == '/' && s[1] == '\0')))
+                return 1;
+        return 0;
+}
+
+typedef struct found {
+        const api_route *route;
+        bool path_known;        /* some route has this path with another method */
+        bool bad_escape;
+} found;
+
+static found find_route(api_ctx *c, const char *method, const char *path) {
+        found f = { 0 };
+
+        for (size_t t = 0; t < ELEMENTSOF(tables); t++)
+                for (const api_route *r = tables[t]; r->method; r++) {
+                        int m = match(c, r->pattern, path);
+                        if (m < 0) {
+                                f.bad_escape = true;
+                                continue;
+                        }
+                        if (m == 0)
+                                continue;
+                        if (strcmp(r->method, method) == 0) {
+                                f.route = r;
+                                return f;
+                        }
+                        f.path_known = true;
+                }
+        free_params(c);
+        return f;
+}
+
+bool cp_api_owns_path(const char *path) {
+        return path && strncmp(path, "/api", 4) == 0 && (path[4] == '\0' || path[4] == '/');
+}
+
+/* ---- authentication ---------------------------------------------------------------- */
+
+/* Looks up the caller. A personal access token: "Token nbp_..." (or
+ * "Bearer nbp_...", which NetBird accepts too). Other bearer values would
+ * be IdP JWTs, which this server does not accept ("token invalid").
+ * NetBird's messages: 401 "no valid authentication provided" without a
+ * usable scheme, 401 "token invalid" for a bad, unknown or expired token,
+ * 403 "user is blocked" / "user is pending approval". */
+static const char SQL_AUTH_TOKEN[] =
+        "SELECT t.id, u.id, u.account_id, u.role, u.is_service_user, u.blocked, u.pending_approval,"
+        " t.expiration_date <= CURRENT_TIMESTAMP"
+        " FROM personal_access_tokens t JOIN users u ON u.id = t.user_id AND u.account_id = t.account_id"
+        " WHERE t.hashed_token = $1";
+/* last_used at most once a minute per token: a busy script must not turn
+ * every read into a row write. */
+static const char SQL_TOKEN_USED[] =
+        "UPDATE personal_access_tokens SET last_used = CURRENT_TIMESTAMP"
+        " WHERE account_id = $1 AND id = $2"
+        " AND (last_used IS NULL OR last_used < CURRENT_TIMESTAMP - interval '1 minute')";
+static const char SQL_AUTH_USER[] =
+        "SELECT '', u.id, u.account_id, u.role, u.is_service_user, u.blocked, u.pending_approval, false"
+        " FROM users u WHERE u.id = $1";
+
+static int fill_identity(api_ctx *c, cp_store_rows *rows) {
+        const char *expired = cp_store_rows_get(rows, 0, 7);
+
+        if (expired && strcmp(expired, "t") == 0)
+                return api_error(c, 401, "token invalid");
+        (void) snprintf(c->token_id, sizeof c->token_id, "%s", cp_store_rows_get(rows, 0, 0));
+        (void) snprintf(c->user_id, sizeof c->user_id, "%s", cp_store_rows_get(rows, 0, 1));
+        (void) snprintf(c->account_id, sizeof c->account_id, "%s", cp_store_rows_get(rows, 0, 2));
+        (void) snprintf(c->role, sizeof c->role, "%s", cp_store_rows_get(rows, 0, 3));
+        c->service_user = strcmp(cp_store_rows_get(rows, 0, 4), "t") == 0;
+        bool blocked = strcmp(cp_store_rows_get(rows, 0, 5), "t") == 0;
+        bool pending = strcmp(cp_store_rows_get(rows, 0, 6), "t") == 0;
+        if (pending)
+                return api_error(c, 403, "user is pending approval");
+        if (blocked)
+                return api_error(c, 403, "user is blocked");
+        return 0;
+}
+
+static int authenticate(api_ctx *c) {
+        const char *h = c->req->authorization;
+        _cleanup_rows_ cp_store_rows *rows = NULL;
+        char scheme[16], token[128], hash[CP_SHA256_B64_LEN];
+        int r;
+
+        if (c->req->as_user_id) {
+                const char *p[1] = { c->req->as_user_id };
+                r = api_sql(c, SQL_AUTH_USER, 1, p, &rows);
+                if (r < 0)
+                        return r;
+                if (cp_store_rows_count(rows) != 1)
+                        return api_error(c, 401, "no valid authentication provided");
+                return fill_identity(c, rows);
+        }
+
+        /* "<scheme> <value>", exactly two parts. */
+        const char *sp = h ? strchr(h, ' ') : NULL;
+        if (!sp || sp == h || (size_t) (sp - h) >= sizeof scheme || strchr(sp + 1, ' ') ||
+            strlen(sp + 1) >= sizeof token || !sp[1])
+                return api_error(c, 401, "no valid authentication provided");
+        memcpy(scheme, h, (size_t) (sp - h));
+        scheme[sp - h] = '\0';
+        memcpy(token, sp + 1, strlen(sp + 1) + 1);
+        bool is_token = strcasecmp(scheme, "token") == 0;
+        bool is_bearer = strcasecmp(scheme, "bearer") == 0;
+        if (!is_token && !is_bearer)
+                return api_error(c, 401, "no valid authentication provided");
+        if (is_bearer && strncmp(token, "nbp_", 4) != 0)
+                return api_error(c, 401, "token invalid");      /* a JWT: no IdP here */
+        if (cp_crypto_pat_check(token) < 0)
+                return api_error(c, 401, "token invalid");
+        cp_crypto_pat_hash(token, hash);
+        cp_explicit_bzero(token, sizeof token);
+        const char *p[1] = { hash };
+        r = api_sql(c, SQL_AUTH_TOKEN, 1, p, &rows);
+        if (r < 0)
+                return r;
+        if (cp_store_rows_count(rows) != 1)
+                return api_error(c, 401, "token invalid");
+        r = fill_identity(c, rows);
+        if (r < 0)
+                return r;
+        const char *u[2] = { c->account_id, c->token_id };
+        return api_sql(c, SQL_TOKEN_USED, 2, u, NULL);
+}
+
+/* ---- the request ------------------------------------------------------------------- */
+
+static const char SQL_LOCK_ACCOUNT[] = "SELECT network_serial FROM accounts WHERE id = $1 FOR UPDATE";
+static const char SQL_BUMP_SERIAL[] =
+        "UPDATE accounts SET network_serial = network_serial + 1 WHERE id = $1 RETURNING network_serial";
+
+static void respond_error(api_ctx *c, cp_api_response *resp) {
+        int status = c->err_status ? c->err_status : 500;
+        const char *msg = c->err_status ? c->err_message : "internal server error";
+
+        resp->status = status;
+        cp_strbuf_reset(&resp->body);
+        cp_strbuf_adds(&resp->body, "{\"message\":\"");
+        cp_strbuf_add_json_escaped(&resp->body, msg);
+        cp_strbuf_addf(&resp->body, "\",\"code\":%d}", status);
+        (void) snprintf(resp->detail, sizeof resp->detail, "%s", c->err_detail);
+}
+
+/* Runs the matched route inside one transaction. */
+static int run(api_ctx *c) {
+        cp_error err = { 0 };
+        int r;
+
+        r = cp_store_tx_begin(c->api->store, &c->tx, &err);
+        if (r < 0)
+                return api_internal(c, "begin", &err);
+        if (c->route->module != API_MOD_PUBLIC) {
+                r = authenticate(c);
+                if (r < 0)
+                        return r;
+                if (!api_allowed(c, c->route->module, c->route->op))
+                        return api_error(c, 403, "permission denied");
+                if (c->route->op != API_READ) {
+                        /* Writes of one account take turns, on every replica. */
+                        const char *p[1] = { c->account_id };
+                        r = api_sql(c, SQL_LOCK_ACCOUNT, 1, p, NULL);
+                        if (r < 0)
+                                return r;
+                }
+        }
+        r = c->route->fn(c);
+        if (r < 0)
+                return r;
+        if (!c->replied)
+                return api_internal(c, "handler gave no reply", NULL);
+        if (c->changed) {
+                _cleanup_rows_ cp_store_rows *rows = NULL;
+                const char *p[1] = { c->account_id };
+                r = api_sql(c, SQL_BUMP_SERIAL, 1, p, &rows);
+                if (r < 0)
+                        return r;
+                if (cp_store_rows_count(rows) == 1)
+                        c->serial = strtoll(cp_store_rows_get(rows, 0, 0), NULL, 10);
+        }
+        r = cp_store_tx_commit(c->tx, &err);
+        c->tx = NULL;
+        if (r < 0)
+                return api_internal(c, "commit", &err);
+        return 0;
+}
+
+void cp_api_handle(cp_api *api, const cp_api_request *req, cp_api_response *resp) {
+        api_ctx c = { .api = api, .req = req };
+        const char *method = req->method ? req->method : "GET";
+        const char *path = req->path ? req->path : "/";
+
+        cp_strbuf_init(&c.out);
+        cp_strbuf_reset(&resp->body);
+        resp->detail[0] = resp->route[0] = resp->account_id[0] = resp->user_id[0] = '\0';
+
+        found f = find_route(&c, method, path);
+        if (f.route) {
+                c.route = f.route;
+                (void) snprintf(resp->route, sizeof resp->route, "%s", f.route->pattern);
+                if (run(&c) == 0) {
+                        resp->status = c.status;
+                        cp_strbuf_add(&resp->body, c.out.buf, c.out.len);
+                        if (c.changed && c.serial > 0 && api->announce)
+                                api->announce(c.account_id, c.serial, api->announce_userdata);
+                } else
+                        respond_error(&c, resp);
+                c.tx = cp_store_tx_end(c.tx);
+        } else if (f.bad_escape) {
+                api_error(&c, 400, "invalid path");
+                respond_error(&c, resp);
+        } else if (f.path_known) {
+                api_error(&c, 405, "method not allowed");
+                respond_error(&c, resp);
+        } else {
+                api_error(&c, 404, "not found");
+                respond_error(&c, resp);
+        }
+        (void) snprintf(resp->account_id, sizeof resp->account_id, "%s", c.account_id);
+        (void) snprintf(resp->user_id, sizeof resp->user_id, "%s", c.user_id);
+        free_params(&c);
+        for (int i = 0; i < c.nqval; i++)
+                free(c.qval[i]);
+        if (c.body)
+                json_decref(c.body);
+        cp_strbuf_release(&c.out);
+}
+
+/* ---- lifetime ------------------------------------------------------------------------- */
+
+int cp_api_new(const cp_api_options *o, cp_api **ret, cp_error *reterr) {
+        if (!o || !o->store)
+                return cp_error_set(reterr, -EINVAL, "the API needs a store");
+        cp_api *api = cp_xcalloc(1, sizeof *api);
+        api->store = o->store;
+        api->dns_domain = cp_xstrdup(o->dns_domain ? o->dns_domain : "");
+        api->version = cp_xstrdup(o->version ? o->version : "");
+        api->announce = o->announce;
+        api->announce_userdata = o->announce_userdata;
+        *ret = api;
+        return 0;
+}
+
+cp_api *cp_api_free(cp_api *api) {
+        if (!api)
+                return NULL;
+        free(api->dns_domain);
+        free(api->version);
+        free(api);
+        return NULL;
+}
+
+void cp_api_response_init(cp_api_response *resp) {
+        memset(resp, 0, sizeof *resp);
+        cp_strbuf_init(&resp->body);
+}
+
+void cp_api_response_release(cp_api_response *resp) {
+        cp_strbuf_release(&resp->body);
+}

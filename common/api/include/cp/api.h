@@ -1,0 +1,80 @@
+/*
+ * cp/api.h: NetBird's management REST API (the core of
+ * shared/management/http/api/openapi.yml), independent of any HTTP server.
+ *
+ * A request goes in as plain strings (method, path, query, Authorization,
+ * body) and a response comes out (status and JSON body). The caller owns
+ * the transport: netbird-mgmt serves it on its HTTP listener from worker
+ * threads; the admin CLI calls it in-process as a trusted user.
+ *
+ * Every request runs in one PostgreSQL transaction: authentication, the
+ * permission check, the handler's reads and writes, the activity events
+ * and, when the change alters network maps, the account serial increment.
+ * A request that fails leaves nothing behind. Writes lock the account row
+ * first, so changes to one account are serialised across every replica.
+ * After a change that bumped the serial has committed, the announce hook
+ * is called with the account and its new serial (netbird-mgmt pushes the
+ * new maps to its streams and publishes on the bus).
+ *
+ * Threads: cp_api_handle() may be called from any number of threads at
+ * once; it blocks on PostgreSQL. A cp_api is read-only after cp_api_new().
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cp/error.h"
+#include "cp/store.h"
+#include "cp/strbuf.h"
+
+typedef struct cp_api cp_api;
+
+/* Called after commit, on the thread that handled the request; must not
+ * block. */
+typedef void (*cp_api_announce_fn)(const char *account_id, int64_t serial, void *userdata);
+
+typedef struct cp_api_options {
+        cp_store *store;                /* borrowed; outlives the cp_api */
+        const char *dns_domain;         /* the server's --dns-domain (peer FQDNs) */
+        const char *version;            /* reported by /api/instance/version */
+        cp_api_announce_fn announce;    /* may be NULL */
+        void *announce_userdata;
+} cp_api_options;
+
+int cp_api_new(const cp_api_options *o, cp_api **ret, cp_error *reterr);
+/* Accepts NULL; returns NULL. */
+cp_api *cp_api_free(cp_api *api);
+
+typedef struct cp_api_request {
+        const char *method;             /* "GET", "POST", "PUT", "DELETE", ... */
+        const char *path;               /* as received, percent-encoded, e.g. "/api/peers/x" */
+        const char *query;              /* without '?', percent-encoded; NULL = none */
+        const char *authorization;      /* the Authorization header; NULL = none */
+        const char *body;               /* NULL = none */
+        size_t body_len;
+        /* A trusted in-process caller (the admin CLI) acts as this user
+         * without a token; HTTP callers must leave it NULL. */
+        const char *as_user_id;
+} cp_api_request;
+
+typedef struct cp_api_response {
+        int status;                     /* HTTP status */
+        cp_strbuf body;                 /* JSON (may be empty for 200 with no body) */
+        /* For the caller's log line; never sent. */
+        char account_id[64];
+        char user_id[64];
+        char route[64];                 /* the matched pattern, e.g. "/api/peers/{peerId}" */
+        char detail[512];               /* the internal reason of a 5xx, "" otherwise */
+} cp_api_response;
+
+void cp_api_response_init(cp_api_response *resp);
+void cp_api_response_release(cp_api_response *resp);
+
+/* Handles one request; always fills resp (errors are responses with
+ * NetBird's body {"message": ..., "code": N}). */
+void cp_api_handle(cp_api *api, const cp_api_request *req, cp_api_response *resp);
+
+/* True when path is served by the API (starts with "/api/" or is "/api"). */
+bool cp_api_owns_path(const char *path);

@@ -1,0 +1,111 @@
+/*
+ * Transactions with caller-written, parameterised SQL (cp/store-tx.h).
+ *
+ * Statements run through PQexecParams, i.e. libpq's unnamed statement:
+ * parsed and planned on every call. The callers (REST requests) run a few
+ * statements each, so a plan cache would buy little and would need the
+ * SQL text to be stable per pointer. Every statement is timed under the
+ * label "api" (netbird_cp_store_query_duration_seconds).
+ */
+#include "cp/base.h"
+#include "cp/store-tx.h"
+#include "store-int.h"
+
+struct cp_store_tx {
+        cp_store *store;
+        cp_store_conn *conn;
+        bool failed;            /* a statement failed: only rollback is left */
+};
+
+int cp_store_tx_begin(cp_store *s, cp_store_tx **ret, cp_error *reterr) {
+        cp_store_conn *c;
+        int r = cp_store__acquire(s, &c, reterr);
+
+        if (r < 0)
+                return r;
+        r = cp_store__command(c, "BEGIN", reterr);
+        if (r < 0) {
+                cp_store__release(s, c);
+                return r;
+        }
+        cp_store_tx *tx = cp_xcalloc(1, sizeof *tx);
+        tx->store = s;
+        tx->conn = c;
+        *ret = tx;
+        return 0;
+}
+
+int cp_store_tx_exec(cp_store_tx *tx, const char *sql, int n, const char *const *params,
+                     cp_store_rows **ret, cp_error *reterr) {
+        int64_t started = cp_store__clock_ns();
+        PGresult *res;
+        int r;
+
+        if (tx->failed)
+                return cp_error_set(reterr, -ECANCELED, "the transaction was aborted by an earlier error");
+        res = PQexecParams(tx->conn->pg, sql, n, NULL, params, NULL, NULL, 0);
+        ExecStatusType status = PQresultStatus(res);
+        if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK) {
+                cp_store__observe(CP_STORE__TIMED_API, started, true);
+                r = cp_store__error(tx->conn->pg, res, reterr);
+                PQclear(res);
+                tx->failed = true;
+                return r;
+        }
+        cp_store__observe(CP_STORE__TIMED_API, started, false);
+        if (ret)
+                *ret = res;
+        else
+                PQclear(res);
+        return 0;
+}
+
+int cp_store_tx_commit(cp_store_tx *tx, cp_error *reterr) {
+        int r;
+
+        if (tx->failed) {
+                cp_store_tx_end(tx);
+                return cp_error_set(reterr, -ECANCELED, "the transaction was aborted by an earlier error");
+        }
+        r = cp_store__command(tx->conn, "COMMIT", reterr);
+        /* A failed COMMIT leaves the transaction rolled back; release
+         * closes the connection if it is in a bad state. */
+        cp_store__release(tx->store, tx->conn);
+        free(tx);
+        return r;
+}
+
+cp_store_tx *cp_store_tx_end(cp_store_tx *tx) {
+        if (!tx)
+                return NULL;
+        if (tx->conn->pg && PQtransactionStatus(tx->conn->pg) != PQTRANS_IDLE)
+                (void) cp_store__command(tx->conn, "ROLLBACK", NULL);
+        cp_store__release(tx->store, tx->conn);
+        free(tx);
+        return NULL;
+}
+
+int cp_store_rows_count(const cp_store_rows *r) {
+        return r ? PQntuples(r) : 0;
+}
+
+const char *cp_store_rows_get(const cp_store_rows *r, int row, int col) {
+        if (!r || row < 0 || col < 0 || row >= PQntuples(r) || col >= PQnfields(r) ||
+            PQgetisnull(r, row, col))
+                return NULL;
+        return PQgetvalue(r, row, col);
+}
+
+int cp_store_rows_len(const cp_store_rows *r, int row, int col) {
+        return cp_store_rows_get(r, row, col) ? PQgetlength(r, row, col) : 0;
+}
+
+int64_t cp_store_rows_affected(const cp_store_rows *r) {
+        return r ? cp_store__affected(r) : 0;
+}
+
+cp_store_rows *cp_store_rows_free(cp_store_rows *r) {
+        if (r)
+                PQclear(r);
+        return NULL;
+}
