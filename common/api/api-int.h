@@ -194,10 +194,10 @@ void api_pgarray_end(cp_strbuf *sb);
 
 /* ---- helpers shared by routes and DNS (api-routes.c) ------------------------------------ */
 
-/* NetBird's group list check (validateGroups): 422 "the list of group IDs
- * should not be empty", "group ID should not be empty string" or "group id
- * <id> not found" for the first bad element of pgarray (a PostgreSQL array
- * literal of n ids), in order. */
+/* NetBird's group list check (validateGroups), its messages lower-cased
+ * as NetBird sends them: 422 "the list of group ids should not be empty",
+ * "group id should not be empty string" or "group id <id> not found" for
+ * the first bad element of pgarray (a PostgreSQL array literal of n ids). */
 int api_check_groups(api_ctx *c, const char *pgarray, size_t n);
 /* IDNA ToASCII as NetBird's domain package does it (punycode for labels
  * that are not ASCII, "xn--" labels decoded and re-encoded, then lower
