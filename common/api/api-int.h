@@ -192,6 +192,26 @@ void api_pgarray_begin(cp_strbuf *sb);
 void api_pgarray_add(cp_strbuf *sb, const char *elem);
 void api_pgarray_end(cp_strbuf *sb);
 
+/* ---- helpers shared by routes and DNS (api-routes.c) ------------------------------------ */
+
+/* NetBird's group list check (validateGroups), its messages lower-cased
+ * as NetBird sends them: 422 "the list of group ids should not be empty",
+ * "group id should not be empty string" or "group id <id> not found" for
+ * the first bad element of pgarray (a PostgreSQL array literal of n ids). */
+int api_check_groups(api_ctx *c, const char *pgarray, size_t n);
+/* IDNA ToASCII as NetBird's domain package does it (punycode for labels
+ * that are not ASCII, "xn--" labels decoded and re-encoded, then lower
+ * case) into out. Returns 0, or -1 with a reason in err (e.g. "idna:
+ * invalid label ..."). */
+int api_domain_to_ascii(const char *in, cp_strbuf *out, cp_strbuf *err);
+/* Whether an ASCII domain matches NetBird's domain syntax (labels of
+ * letters, digits, '-', '_', an optional "*." in front). */
+bool api_domain_valid(const char *ascii);
+/* An IP address as Go's netip prints it (RFC 5952 for IPv6,
+ * "::ffff:a.b.c.d" for mapped IPv4) into out (64 bytes); -1 when in is
+ * not a plain IPv4 or IPv6 address (zones and leading zeros refused). */
+int api_ip_canonical(const char *in, char out[64]);
+
 /* ---- permissions (api.c) ----------------------------------------------------------- */
 
 /* Whether the caller's role allows op on module (NetBird's role tables;
