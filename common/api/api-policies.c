@@ -82,8 +82,8 @@ static const char SQL_UPDATE[] =
 static const char SQL_DELETE[] = "DELETE FROM policies WHERE account_id = $1 AND id = $2";
 static const char SQL_DELETE_RULES[] = "DELETE FROM policy_rules WHERE account_id = $1 AND policy_id = $2";
 
-/* Group ids of $a that are groups of account $3, in order: NetBird keeps
- * only the groups that exist and drops the rest without an error. */
+/* Group ids of $a that are groups of account $3, in order (check_rule
+ * has refused unknown ids already; this keeps the insert safe anyway). */
 #define EXISTING_GROUPS(a)                                                                                  \
         "ARRAY(SELECT u.id FROM unnest(" a "::text[]) WITH ORDINALITY u(id, o) WHERE EXISTS"                \
         " (SELECT 1 FROM groups g WHERE g.account_id = $3 AND g.id = u.id) ORDER BY u.o)"
@@ -363,6 +363,24 @@ static bool is_one_of(const char *s, const char *const *set) {
         return false;
 }
 
+static const char SQL_MISSING_GROUP[] =
+        "SELECT u FROM unnest($2::text[]) u WHERE NOT EXISTS"
+        " (SELECT 1 FROM groups g WHERE g.account_id = $1 AND g.id = u) LIMIT 1";
+
+/* 422 "group <id> not found" for the first id of pgarray that is not a
+ * group of the caller's account. */
+static int check_groups_exist(api_ctx *c, const char *pgarray) {
+        _cleanup_rows_ cp_store_rows *rows = NULL;
+        const char *p[2] = { c->account_id, pgarray };
+        int r = api_sql(c, SQL_MISSING_GROUP, 2, p, &rows);
+
+        if (r < 0)
+                return r;
+        if (cp_store_rows_count(rows) > 0)
+                return api_error(c, 422, "group %s not found", cp_store_rows_get(rows, 0, 0));
+        return 0;
+}
+
 static int check_rule(api_ctx *c, rule_req *r) {
         static const char *const actions[] = { "accept", "drop", NULL };
         static const char *const protocols[] = { "all", "tcp", "udp", "icmp", "netbird-ssh", NULL };
@@ -390,6 +408,12 @@ static int check_rule(api_ctx *c, rule_req *r) {
         if ((r->src_res && strcmp(r->src_res_type, "peer") != 0) ||
             (r->dst_res && strcmp(r->dst_res_type, "peer") != 0))
                 return fail(c, 422, "network resources are not supported by this server");
+        /* Ours: NetBird drops group ids that do not exist without a word,
+         * so a typo silently opens nothing (or less than meant); here a
+         * rule naming a group that is not the account's is refused. */
+        if ((ret = check_groups_exist(c, r->sources.buf)) < 0 ||
+            (ret = check_groups_exist(c, r->destinations.buf)) < 0)
+                return ret;
         return 0;
 }
 

@@ -207,7 +207,8 @@ int api_field_int(api_ctx *c, json_t *obj, const char *key, int64_t min, int64_t
                 return 0;
         if (json_is_integer(v))
                 x = (int64_t) json_integer_value(v);
-        else if (json_is_real(v) && json_real_value(v) == (double) (int64_t) json_real_value(v))
+        else if (json_is_real(v) && json_real_value(v) >= -9.2e18 && json_real_value(v) <= 9.2e18 &&
+                 json_real_value(v) == (double) (int64_t) json_real_value(v))
                 x = (int64_t) json_real_value(v);
         else
                 return api_bad_json(c);

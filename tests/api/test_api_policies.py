@@ -182,8 +182,13 @@ def groups_resources_and_ssh():
     pid = dep.peers()[a.pub_b64]["id"]
     ga = api.ok("POST", "/api/groups", {"name": "ga", "peers": [pid]})
     gb = api.ok("POST", "/api/groups", {"name": "gb"})
-    # Unknown group ids are dropped, as NetBird does; repeats stay.
-    p = api.ok("POST", "/api/policies", policy(rule(["nope", ga["id"]], [gb["id"], "gone", gb["id"]])))
+    # Unknown group ids are refused (NetBird would drop them silently),
+    # and nothing is written; repeats stay.
+    n_before = len(api.ok("GET", "/api/policies"))
+    api.error("POST", "/api/policies", 422, policy(rule(["nope", ga["id"]], [gb["id"]])), message="group nope not found")
+    api.error("POST", "/api/policies", 422, policy(rule([ga["id"]], [gb["id"], "gone"])), message="group gone not found")
+    assert len(api.ok("GET", "/api/policies")) == n_before
+    p = api.ok("POST", "/api/policies", policy(rule([ga["id"]], [gb["id"], gb["id"]])))
     r = p["rules"][0]
     assert r["sources"] == [gmin(ga, 1)] and r["destinations"] == [gmin(gb), gmin(gb)], r
     assert stored_rules(dep, p["id"])[p["id"]][1] == '["%s"]' % ga["id"]

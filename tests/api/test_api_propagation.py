@@ -44,7 +44,15 @@ def remote_keys(msg):
 
 
 def tcp_ports(msg):
-    return sorted(r.PortInfo.port for r in msg.NetworkMap.FirewallRules if r.PortInfo.port)
+    """Ports of the map's TCP firewall rules (the Port string agents read,
+    or PortInfo)."""
+    out = []
+    for r in msg.NetworkMap.FirewallRules:
+        if r.Port:
+            out.append(int(r.Port))
+        elif r.PortInfo.port:
+            out.append(r.PortInfo.port)
+    return sorted(set(out))
 
 
 @test
