@@ -139,9 +139,12 @@ static const struct {
                 " settings_lazy_connection_enabled, settings_routing_peer_dns_resolution_enabled,"
                 " settings_extra_peer_approval_enabled, network_serial"
                 " FROM accounts WHERE id = $1", 1 },
+        /* KEY SHARE: a range change (REST API, which holds the row FOR
+         * UPDATE while it re-addresses every peer) finishes before the
+         * range is read; registrations do not wait for each other. */
         [ST_ACCOUNT_NETWORK] = { "account_network",
                 "SELECT host(network_net), masklen(network_net), family(network_net)"
-                " FROM accounts WHERE id = $1", 1 },
+                " FROM accounts WHERE id = $1 FOR KEY SHARE", 1 },
         [ST_ACCOUNT_SERIAL_BUMP] = { "account_serial_bump",
                 "UPDATE accounts SET network_serial = network_serial + 1 WHERE id = $1"
                 " RETURNING network_serial", 1 },
