@@ -113,6 +113,8 @@ struct api_ctx {
         int err_status;
         char err_message[512];
         char err_detail[512];           /* internal reason for logs (5xx) */
+        bool retryable;                 /* failed on a deadlock or serialization
+                                         * failure: the whole request may run again */
 
         /* Set by api_changed(): bump the serial before commit. */
         bool changed;

@@ -24,6 +24,10 @@ int api_internal(api_ctx *c, const char *what, const cp_error *err) {
         (void) snprintf(c->err_message, sizeof c->err_message, "internal server error");
         (void) snprintf(c->err_detail, sizeof c->err_detail, "%s%s%s", what, err ? ": " : "",
                         err ? err->message : "");
+        /* PostgreSQL gave up on this transaction to let another one
+         * through; running it again is safe (nothing was committed). */
+        if (err && (strcmp(err->sqlstate, "40P01") == 0 || strcmp(err->sqlstate, "40001") == 0))
+                c->retryable = true;
         return API_FAIL;
 }
 

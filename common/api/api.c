@@ -276,6 +276,22 @@ static void respond_error(api_ctx *c, cp_api_response *resp) {
         (void) snprintf(resp->detail, sizeof resp->detail, "%s", c->err_detail);
 }
 
+/* How often a request that lost a deadlock runs at most. */
+#define API_ATTEMPTS 3
+
+/* Forgets what the failed attempt produced; the route, the parameters,
+ * the parsed body and the request stay. */
+static void reset_for_retry(api_ctx *c) {
+        cp_strbuf_reset(&c->out);
+        c->status = 0;
+        c->replied = false;
+        c->changed = false;
+        c->serial = 0;
+        c->retryable = false;
+        c->err_status = 0;
+        c->err_message[0] = c->err_detail[0] = '\0';
+}
+
 /* Runs the matched route inside one transaction. */
 static int run(api_ctx *c) {
         cp_error err = { 0 };
@@ -332,7 +348,16 @@ void cp_api_handle(cp_api *api, const cp_api_request *req, cp_api_response *resp
         if (f.route) {
                 c.route = f.route;
                 (void) snprintf(resp->route, sizeof resp->route, "%s", f.route->pattern);
-                if (run(&c) == 0) {
+                int r = run(&c);
+                /* A deadlock with another writer (e.g. a registration that
+                 * holds a setup key row and waits for the account row this
+                 * request holds): PostgreSQL aborted us; try again. */
+                for (int attempt = 1; r < 0 && c.retryable && attempt < API_ATTEMPTS; attempt++) {
+                        c.tx = cp_store_tx_end(c.tx);
+                        reset_for_retry(&c);
+                        r = run(&c);
+                }
+                if (r == 0) {
                         resp->status = c.status;
                         cp_strbuf_add(&resp->body, c.out.buf, c.out.len);
                         if (c.changed && c.serial > 0 && api->announce)

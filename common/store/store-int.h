@@ -44,6 +44,7 @@ typedef enum cp_store_stmt {
         ST_ACCOUNT_SERIAL_BUMP,
         ST_ACCOUNT_SERIAL_GET,
         ST_SETUP_KEY_CLAIM,
+        ST_SETUP_KEY_ACCOUNT_LOCK,
         ST_PEER_LABEL_TAKEN,
         ST_PEER_FREE_IP,
         ST_PEER_INSERT,

@@ -919,8 +919,13 @@ static int register_tx(cp_store_conn *c, const cp_store_peer_register_req *req, 
                        const meta_params *mp, const char *labels_literal, const char *base_label,
                        cp_store_peer **ret_peer, int64_t *ret_serial, cp_error *reterr) {
         claimed_key k = { 0 };
+        const char *key[1] = { hash };
         int r;
 
+        /* Account first, then the key: the order REST writers use. */
+        r = cp_store__exec(c, ST_SETUP_KEY_ACCOUNT_LOCK, key, NULL, reterr);
+        if (r < 0)
+                return r;
         r = claim_key(c, hash, &k, reterr);
         if (r < 0)
                 return r;

@@ -160,6 +160,14 @@ static const struct {
                 " AND (usage_limit = 0 OR used_times < usage_limit)"
                 " AND (type = 'reusable' OR used_times = 0)"
                 " RETURNING id, account_id, name, ephemeral, allow_extra_dns_labels", 1 },
+        /* Registration locks the key's account before it claims the key:
+         * REST writes lock the account row first and may then touch the
+         * key (a setup-key update), so both take the two locks in the same
+         * order and cannot deadlock. KEY SHARE lets registrations run side
+         * by side and waits only for a REST writer of the account. */
+        [ST_SETUP_KEY_ACCOUNT_LOCK] = { "setup_key_account_lock",
+                "SELECT a.id FROM accounts a WHERE a.id = (SELECT k.account_id FROM setup_keys k"
+                " WHERE k.key = $1) FOR KEY SHARE", 1 },
         [ST_PEER_LABEL_TAKEN] = { "peer_label_taken",
                 "SELECT EXISTS (SELECT 1 FROM peers WHERE account_id = $1 AND dns_label = $2)", 2 },
         /* First free host offset in [$3, $4] of the network whose address
