@@ -17,19 +17,6 @@
 #define MAX_NAME_CHARS 40       /* dns.MaxGroupNameChar */
 #define MAX_NAMESERVERS 3
 
-/* NetBird lower-cases the whole text of its status errors. */
-static int failf(api_ctx *c, int status, const char *fmt, ...) _printf_(3, 4);
-static int failf(api_ctx *c, int status, const char *fmt, ...) {
-        char msg[512];
-        va_list ap;
-
-        va_start(ap, fmt);
-        (void) vsnprintf(msg, sizeof msg, fmt, ap);
-        va_end(ap);
-        for (char *p = msg; *p; p++)
-                *p = (char) tolower((unsigned char) *p);
-        return api_error(c, status, "%s", msg);
-}
 
 /* Go's %q of a string, enough for error texts. */
 static void go_quote(cp_strbuf *sb, const char *s) {
@@ -186,7 +173,7 @@ static int normalise_servers(api_ctx *c, nsg_req *q) {
         json_array_foreach(q->servers, i, e) {
                 if (normalise_server(e, out) < 0) {
                         json_decref(out);
-                        return failf(c, 422, "invalid NS servers format");
+                        return api_error(c, 422, "invalid NS servers format");
                 }
         }
         q->servers_json = json_dumps(out, JSON_COMPACT);
@@ -225,13 +212,13 @@ static int check_domains(api_ctx *c, const nsg_req *q) {
         int r = 0;
 
         if (!q->primary && n == 0)
-                return failf(c, 422, "nameserver group primary status is false and domains are empty,"
+                return api_error(c, 422, "nameserver group primary status is false and domains are empty,"
                                      " it should be primary or have at least one domain");
         if (q->primary && n != 0)
-                return failf(c, 422, "nameserver group primary status is true and domains are not empty,"
+                return api_error(c, 422, "nameserver group primary status is true and domains are not empty,"
                                      " you should set either primary or domain");
         if (q->primary && q->search_domains_enabled)
-                return failf(c, 422, "nameserver group primary status is true and search domains is enabled,"
+                return api_error(c, 422, "nameserver group primary status is true and search domains is enabled,"
                                      " you should not set search domains for primary nameservers");
         json_array_foreach(q->domains, i, e) {
                 cp_strbuf why, quoted;
@@ -240,7 +227,7 @@ static int check_domains(api_ctx *c, const nsg_req *q) {
                 domain_problem(json_string_value(e), &why);
                 if (why.len > 0) {
                         go_quote(&quoted, why.buf);
-                        r = failf(c, 422, "nameserver group got an invalid domain: %s %s", json_string_value(e),
+                        r = api_error(c, 422, "nameserver group got an invalid domain: %s %s", json_string_value(e),
                                   quoted.buf);
                 }
                 cp_strbuf_release(&why);
@@ -261,15 +248,15 @@ static int check_nsg(api_ctx *c, const char *id, const nsg_req *q) {
         if (r < 0)
                 return r;
         if (n_servers == 0 || n_servers > MAX_NAMESERVERS)
-                return failf(c, 422, "the list of nameservers should be 1 or 3, got %zu", n_servers);
+                return api_error(c, 422, "the list of nameservers should be 1 or 3, got %zu", n_servers);
         if (name_len == 0 || name_len > MAX_NAME_CHARS)
-                return failf(c, 422, "nameserver group name should be between 1 and %d", MAX_NAME_CHARS);
+                return api_error(c, 422, "nameserver group name should be between 1 and %d", MAX_NAME_CHARS);
         const char *p[3] = { c->account_id, q->name, id };
         r = api_sql(c, SQL_NAME_TAKEN, 3, p, &rows);
         if (r < 0)
                 return r;
         if (cp_store_rows_count(rows) > 0)
-                return failf(c, 422, "nameserver group with name %s already exist", q->name);
+                return api_error(c, 422, "nameserver group with name %s already exist", q->name);
         return api_check_groups(c, q->groups.buf, q->n_groups);
 }
 
@@ -292,15 +279,7 @@ static char *name_meta(const char *name) {
 }
 
 static int reply_nsg(api_ctx *c, const char *id) {
-        const char *p[2] = { c->account_id, id };
-        bool found;
-        int r = api_sql_reply(c, 200, SQL_GET, 2, p, &found);
-
-        if (r < 0)
-                return r;
-        if (!found)
-                return failf(c, 404, "nameserver group: %s not found", id);
-        return 0;
+        return api_reply_one(c, SQL_GET, id, "nameserver group");
 }
 
 /* Whether group id exists; 404 with NetBird's message when it does not. */
@@ -311,15 +290,12 @@ static int find_nsg(api_ctx *c, const char *id, cp_store_rows **ret) {
         if (r < 0)
                 return r;
         if (cp_store_rows_count(*ret) == 0)
-                return failf(c, 404, "nameserver group: %s not found", id);
+                return api_error(c, 404, "nameserver group: %s not found", id);
         return 0;
 }
 
 static int list_nsgs(api_ctx *c) {
-        const char *p[1] = { c->account_id };
-        bool found;
-
-        return api_sql_reply(c, 200, SQL_LIST, 1, p, &found);
+        return api_reply_list(c, SQL_LIST);
 }
 
 static int get_nsg(api_ctx *c) {

@@ -69,22 +69,11 @@ static const char SQL_LINKS[] =
         ") l ORDER BY o, name LIMIT 1";
 
 static int list_groups(api_ctx *c) {
-        const char *p[1] = { c->account_id };
-        bool found;
-
-        return api_sql_reply(c, 200, SQL_LIST, 1, p, &found);
+        return api_reply_list(c, SQL_LIST);
 }
 
 static int reply_group(api_ctx *c, const char *id) {
-        const char *p[2] = { c->account_id, id };
-        bool found;
-        int r = api_sql_reply(c, 200, SQL_GET, 2, p, &found);
-
-        if (r < 0)
-                return r;
-        if (!found)
-                return api_error(c, 404, "group: %s not found", id);
-        return 0;
+        return api_reply_one(c, SQL_GET, id, "group");
 }
 
 static int get_group(api_ctx *c) {
@@ -126,7 +115,7 @@ static int parse_group(api_ctx *c, group_req *g) {
         if (r < 0)
                 return r;
         if (cp_store_rows_count(rows) > 0)
-                return api_error(c, 422, "peer with ID %s not found", cp_store_rows_get(rows, 0, 0));
+                return api_error(c, 422, "peer with id %s not found", cp_store_rows_get(rows, 0, 0));
         return 0;
 }
 
@@ -249,7 +238,7 @@ static int delete_group(api_ctx *c) {
         if (r < 0)
                 return r;
         if (cp_store_rows_count(links) > 0)
-                return api_error(c, 400, "group has been linked to %s: %s", cp_store_rows_get(links, 0, 0),
+                return api_error_verbatim(c, 400, "group has been linked to %s: %s", cp_store_rows_get(links, 0, 0),
                                  cp_store_rows_get(links, 0, 1));
         r = api_sql(c, SQL_FIND, 2, p, &cur);
         if (r < 0)

@@ -124,8 +124,12 @@ struct api_ctx {
 /* ---- errors and replies (api-util.c) ------------------------------------------ */
 
 /* Sets the error response {"message": message, "code": status}; returns
- * API_FAIL. NetBird sends messages in lower case; write them so. */
+ * API_FAIL. The message is lower-cased, ids and names included, as
+ * NetBird's error writer (util.WriteError) does. */
 int api_error(api_ctx *c, int status, const char *fmt, ...) _printf_(3, 4);
+/* The same with the text as given: NetBird's handlers that write their
+ * own message (util.WriteErrorResponse), e.g. a group still in use. */
+int api_error_verbatim(api_ctx *c, int status, const char *fmt, ...) _printf_(3, 4);
 /* 500 "internal server error" with an internal detail for the log line. */
 int api_internal(api_ctx *c, const char *what, const cp_error *err);
 /* 400 "couldn't parse JSON request" (NetBird's text for any bad body). */
@@ -154,6 +158,13 @@ int api_sql_try(api_ctx *c, const char *sql, int n, const char *const *params, c
  * returns 0 with *found = false and no reply, so the handler answers
  * 404 with its own message. */
 int api_sql_reply(api_ctx *c, int status, const char *sql, int n, const char *const *params, bool *found);
+
+/* Replies 200 with the JSON text sql returns for $1 = the caller's
+ * account ("[]" when it returns no row). */
+int api_reply_list(api_ctx *c, const char *sql);
+/* Replies 200 with the JSON sql returns for ($1 account, $2 id), or 404
+ * "<noun>: <id> not found" (NetBird's not-found text) when it is none. */
+int api_reply_one(api_ctx *c, const char *sql, const char *id, const char *noun);
 
 /* The request's account needs new maps: the dispatcher increments
  * accounts.network_serial before commit and announces it after. */

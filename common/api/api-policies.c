@@ -95,20 +95,6 @@ static const char SQL_INSERT_RULE[] =
         " VALUES ($1, $2, $3, $4, $5, $6::boolean, $7, $8::boolean, $9, " EXISTING_GROUPS("$10") ","
         " " EXISTING_GROUPS("$11") ", $12, $13, $14, $15, $16::integer[], $17::int4range[], $18::jsonb)";
 
-/* Like api_error(), with the whole message lower-cased as NetBird's
- * error writer does (ids and values included). */
-static int fail(api_ctx *c, int status, const char *fmt, ...) _printf_(3, 4);
-static int fail(api_ctx *c, int status, const char *fmt, ...) {
-        char msg[512];
-        va_list ap;
-
-        va_start(ap, fmt);
-        (void) vsnprintf(msg, sizeof msg, fmt, ap);
-        va_end(ap);
-        for (char *p = msg; *p; p++)
-                *p = (char) tolower((unsigned char) *p);
-        return api_error(c, status, "%s", msg);
-}
 
 /* ---- the request ------------------------------------------------------------------------- */
 
@@ -311,11 +297,11 @@ static int check_ports(api_ctx *c, rule_req *r) {
         int port;
 
         if (json_array_size(r->ports) > 0 && json_array_size(r->ranges) > 0)
-                return fail(c, 422, "specify either individual ports or port ranges, not both");
+                return api_error(c, 422, "specify either individual ports or port ranges, not both");
         cp_strbuf_addch(&r->pg_ports, '{');
         json_array_foreach(r->ports, i, e) {
                 if (!port_value(json_string_value(e), &port))
-                        return fail(c, 422, MSG_PORT);
+                        return api_error(c, 422, MSG_PORT);
                 cp_strbuf_addf(&r->pg_ports, "%s%d", i ? "," : "", port);
         }
         cp_strbuf_addch(&r->pg_ports, '}');
@@ -325,11 +311,11 @@ static int check_ports(api_ctx *c, rule_req *r) {
                 (void) api_field_int(c, e, "start", INT64_MIN, INT64_MAX, &start);
                 (void) api_field_int(c, e, "end", INT64_MIN, INT64_MAX, &end);
                 if (start < 1 || end > 65535)
-                        return fail(c, 422, MSG_PORT);
+                        return api_error(c, 422, MSG_PORT);
                 /* NetBird stores a reversed range as it is; an int4range
                  * cannot hold one, and it would match nothing anyway. */
                 if (start > end)
-                        return fail(c, 422, "port range start %" PRId64 " is greater than its end %" PRId64, start,
+                        return api_error(c, 422, "port range start %" PRId64 " is greater than its end %" PRId64, start,
                                     end);
                 cp_strbuf_addf(&r->pg_ranges, "%s\"[%" PRId64 ",%" PRId64 "]\"", i ? "," : "", start, end);
         }
@@ -347,7 +333,7 @@ static int check_ssh(api_ctx *c, rule_req *r) {
                 return 0;
         json_array_foreach(r->sources_json, i, e) {
                 if (!json_object_get(r->auth, json_string_value(e)))
-                        return fail(c, 422,
+                        return api_error(c, 422,
                                     "authorized group for netbird-ssh protocol should be specified for each source group");
         }
         r->auth_json = json_dumps(r->auth, JSON_COMPACT);
@@ -387,27 +373,27 @@ static int check_rule(api_ctx *c, rule_req *r) {
         int ret;
 
         if (r->has_sources && r->src_res)
-                return fail(c, 422, "specify either sources or  source resources, not both");
+                return api_error(c, 422, "specify either sources or  source resources, not both");
         if (r->has_destinations && r->dst_res)
-                return fail(c, 422, "specify either destinations or  destination resources, not both");
+                return api_error(c, 422, "specify either destinations or  destination resources, not both");
         if (!(r->has_sources || r->src_res) || !(r->has_destinations || r->dst_res))
-                return fail(c, 422,
+                return api_error(c, 422,
                             "specify either sources or source resources and destinations or destination resources");
         if (!is_one_of(r->action, actions))
-                return fail(c, 422, "unknown action type");
+                return api_error(c, 422, "unknown action type");
         if (!is_one_of(r->protocol, protocols))
-                return fail(c, 422, "unknown protocol type: %s", r->protocol);
+                return api_error(c, 422, "unknown protocol type: %s", r->protocol);
         if ((ret = check_ports(c, r)) < 0 || (ret = check_ssh(c, r)) < 0)
                 return ret;
         if ((strcmp(r->protocol, "all") == 0 || strcmp(r->protocol, "icmp") == 0) &&
             (json_array_size(r->ports) > 0 || json_array_size(r->ranges) > 0))
-                return fail(c, 422, "for ALL or ICMP protocol ports is not allowed");
+                return api_error(c, 422, "for ALL or ICMP protocol ports is not allowed");
         /* Ours: a rule may name a peer directly (NetBird's resource type
          * "peer", which network maps honour); network resources do not
          * exist here. */
         if ((r->src_res && strcmp(r->src_res_type, "peer") != 0) ||
             (r->dst_res && strcmp(r->dst_res_type, "peer") != 0))
-                return fail(c, 422, "network resources are not supported by this server");
+                return api_error(c, 422, "network resources are not supported by this server");
         /* Ours: NetBird drops group ids that do not exist without a word,
          * so a typo silently opens nothing (or less than meant); here a
          * rule naming a group that is not the account's is refused. */
@@ -421,14 +407,14 @@ static int validate_policy(api_ctx *c, policy_req *p) {
         int r;
 
         if (!*p->name)
-                return fail(c, 422, "policy name shouldn't be empty");
+                return api_error(c, 422, "policy name shouldn't be empty");
         if (p->n_rules == 0)
-                return fail(c, 422, "policy rules shouldn't be empty");
+                return api_error(c, 422, "policy rules shouldn't be empty");
         for (size_t i = 0; i < p->n_rules; i++)
                 if ((r = check_rule(c, &p->rules[i])) < 0)
                         return r;
         if (p->n_posture > 0)
-                return fail(c, 422, "posture checks are not supported by this server");
+                return api_error(c, 422, "posture checks are not supported by this server");
         return 0;
 }
 
@@ -466,7 +452,7 @@ static int assign_rule_ids(api_ctx *c, policy_req *p, const char *policy_id, boo
                         for (size_t k = 0; k < i; k++)
                                 repeated |= given_id(&p->rules[k]) && strcmp(p->rules[k].id, r->id) == 0;
                         if (repeated || !rows_have(rows, r->id))
-                                return fail(c, 422, "invalid rule ID: %s", r->id);
+                                return api_error(c, 422, "invalid rule ID: %s", r->id);
                         r->rid = r->id;
                         policy_id_taken |= strcmp(r->id, policy_id) == 0;
                 }
@@ -542,22 +528,11 @@ static int policy_event(api_ctx *c, int activity, const char *id, const char *na
 /* ---- handlers --------------------------------------------------------------------------------- */
 
 static int list_policies(api_ctx *c) {
-        const char *q[1] = { c->account_id };
-        bool found;
-
-        return api_sql_reply(c, 200, SQL_LIST, 1, q, &found);
+        return api_reply_list(c, SQL_LIST);
 }
 
 static int reply_policy(api_ctx *c, const char *id) {
-        const char *q[2] = { c->account_id, id };
-        bool found;
-        int r = api_sql_reply(c, 200, SQL_GET, 2, q, &found);
-
-        if (r < 0)
-                return r;
-        if (!found)
-                return fail(c, 404, "policy: %s not found", id);
-        return 0;
+        return api_reply_one(c, SQL_GET, id, "policy");
 }
 
 static int get_policy(api_ctx *c) {
@@ -601,7 +576,7 @@ static int find_policy(api_ctx *c, const char *id, char **name) {
         if (r < 0)
                 return r;
         if (cp_store_rows_count(rows) != 1)
-                return fail(c, 404, "policy: %s not found", id);
+                return api_error(c, 404, "policy: %s not found", id);
         if (name)
                 *name = cp_xstrdup(cp_store_rows_get(rows, 0, 0));
         return 0;

@@ -27,20 +27,6 @@
 
 enum { NET_INVALID, NET_IPV4, NET_IPV6, NET_DOMAIN };  /* route.NetworkType */
 
-/* NetBird lower-cases the whole text of its status errors, ids and names
- * included. */
-static int failf(api_ctx *c, int status, const char *fmt, ...) _printf_(3, 4);
-static int failf(api_ctx *c, int status, const char *fmt, ...) {
-        char msg[512];
-        va_list ap;
-
-        va_start(ap, fmt);
-        (void) vsnprintf(msg, sizeof msg, fmt, ap);
-        va_end(ap);
-        for (char *p = msg; *p; p++)
-                *p = (char) tolower((unsigned char) *p);
-        return api_error(c, status, "%s", msg);
-}
 
 /* ---- UTF-8 ------------------------------------------------------------------------------- */
 
@@ -512,7 +498,7 @@ int api_check_groups(api_ctx *c, const char *pgarray, size_t n) {
         int r;
 
         if (n == 0)
-                return failf(c, 422, "the list of group IDs should not be empty");
+                return api_error(c, 422, "the list of group IDs should not be empty");
         r = api_sql(c, SQL_BAD_GROUP, 2, p, &rows);
         if (r < 0)
                 return r;
@@ -520,8 +506,8 @@ int api_check_groups(api_ctx *c, const char *pgarray, size_t n) {
                 return 0;
         const char *id = cp_store_rows_get(rows, 0, 0);
         if (!*id)
-                return failf(c, 422, "group ID should not be empty string");
-        return failf(c, 422, "group id %s not found", id);
+                return api_error(c, 422, "group ID should not be empty string");
+        return api_error(c, 422, "group id %s not found", id);
 }
 
 /* ---- the Route object -------------------------------------------------------------------------- */
@@ -762,20 +748,20 @@ static int check_domains(api_ctx *c, route_req *q) {
         int r = 0;
 
         if (n == 0)
-                return failf(c, 422, "invalid domains: domains list is empty");
+                return api_error(c, 422, "invalid domains: domains list is empty");
         if (n > MAX_DOMAINS)
-                return failf(c, 422, "invalid domains: domains list exceeds maximum allowed domains: %d", MAX_DOMAINS);
+                return api_error(c, 422, "invalid domains: domains list exceeds maximum allowed domains: %d", MAX_DOMAINS);
         cp_strbuf_init(&ascii);
         cp_strbuf_init(&why);
         api_pgarray_begin(&q->domains_pg);
         json_array_foreach(q->domains, i, e) {
                 const char *d = json_string_value(e);
                 if (api_domain_to_ascii(d, &ascii, &why) < 0) {
-                        r = failf(c, 422, "invalid domains: convert domain to punycode: %s: %s", d, why.buf);
+                        r = api_error(c, 422, "invalid domains: convert domain to punycode: %s: %s", d, why.buf);
                         break;
                 }
                 if (!api_domain_valid(ascii.buf)) {
-                        r = failf(c, 422, "invalid domains: invalid domain format: %s", d);
+                        r = api_error(c, 422, "invalid domains: invalid domain format: %s", d);
                         break;
                 }
                 api_pgarray_add(&q->domains_pg, ascii.buf);
@@ -801,7 +787,7 @@ static int check_destination(api_ctx *c, route_req *q) {
         if (q->domains)
                 return check_domains(c, q);
         if (prefix_parse(q->network, &p) < 0)
-                return failf(c, 422, "invalid network %s", q->network);
+                return api_error(c, 422, "invalid network %s", q->network);
         q->type = p.v6 ? NET_IPV6 : NET_IPV4;
         prefix_format(&p, q->prefix);
         return 0;
@@ -814,20 +800,20 @@ static int check_route(api_ctx *c, route_req *q) {
         int r;
 
         if (q->network && q->domains)
-                return failf(c, 422, "only one of 'network' or 'domains' should be provided");
+                return api_error(c, 422, "only one of 'network' or 'domains' should be provided");
         if (!q->network && !q->domains)
-                return failf(c, 422, "either 'network' or 'domains' should be provided");
+                return api_error(c, 422, "either 'network' or 'domains' should be provided");
         if (!q->has_peer && !q->has_peer_groups)
-                return failf(c, 422, "either 'peer' or 'peer_groups' should be provided");
+                return api_error(c, 422, "either 'peer' or 'peer_groups' should be provided");
         if (q->has_peer && q->has_peer_groups)
-                return failf(c, 422, "only one of 'peer' or 'peer_groups' should be provided");
+                return api_error(c, 422, "only one of 'peer' or 'peer_groups' should be provided");
         if (id_len == 0 || id_len > MAX_NET_ID_CHARS)
-                return failf(c, 422, "identifier should be between 1 and %d characters", MAX_NET_ID_CHARS);
+                return api_error(c, 422, "identifier should be between 1 and %d characters", MAX_NET_ID_CHARS);
         r = check_destination(c, q);
         if (r < 0)
                 return r;
         if (q->metric < MIN_METRIC || q->metric > MAX_METRIC)
-                return failf(c, 422, "metric should be between %d and %d", MIN_METRIC, MAX_METRIC);
+                return api_error(c, 422, "metric should be between %d and %d", MIN_METRIC, MAX_METRIC);
         if (q->n_peer_groups > 0 && (r = api_check_groups(c, q->peer_groups.buf, q->n_peer_groups)) < 0)
                 return r;
         if (q->n_acg > 0 && (r = api_check_groups(c, q->acg.buf, q->n_acg)) < 0)
@@ -850,7 +836,7 @@ static int check_peers(api_ctx *c, const char *id, route_req *q) {
                 if (r < 0)
                         return r;
                 if (cp_store_rows_count(rows) == 0)
-                        return failf(c, 422, "peer with ID %s not found", q->peer);
+                        return api_error(c, 422, "peer with ID %s not found", q->peer);
                 rows = cp_store_rows_free(rows);
         }
         const char *p[6] = { c->account_id, id, q->domains_key.buf, q->prefix, q->peer, q->peer_groups.buf };
@@ -863,10 +849,10 @@ static int check_peers(api_ctx *c, const char *id, route_req *q) {
                 (void) snprintf(what, sizeof what, "prefix %s", q->prefix);
         const char *kind = cp_store_rows_get(rows, 0, 0), *a = cp_store_rows_get(rows, 0, 1);
         if (strcmp(kind, "peer") == 0)
-                return failf(c, 409, "failed to add route with %s - peer %s already has this route", what, a);
+                return api_error(c, 409, "failed to add route with %s - peer %s already has this route", what, a);
         if (strcmp(kind, "group") == 0)
-                return failf(c, 409, "failed to add route with %s - peer group %s already has this route", what, a);
-        return failf(c, 409, "failed to add route with %s - peer %s from the group %s already has this route", what,
+                return api_error(c, 409, "failed to add route with %s - peer group %s already has this route", what, a);
+        return api_error(c, 409, "failed to add route with %s - peer %s from the group %s already has this route", what,
                      a, cp_store_rows_get(rows, 0, 2));
 }
 
@@ -933,7 +919,7 @@ static int get_route(api_ctx *c) {
         if (r < 0)
                 return r;
         if (!route)
-                return failf(c, 404, "route: %s not found", c->param[0]);
+                return api_error(c, 404, "route: %s not found", c->param[0]);
         r = api_reply_json(c, 200, route);
         json_decref(route);
         return r;
@@ -971,7 +957,7 @@ static int update_route(api_ctx *c) {
         if (r < 0)
                 return r;
         if (!old)
-                return failf(c, 404, "route: %s not found", id);
+                return api_error(c, 404, "route: %s not found", id);
         json_decref(old);
         route_req_init(&q);
         r = parse_route(c, &q);
@@ -997,7 +983,7 @@ static int delete_route(api_ctx *c) {
         if (r < 0)
                 return r;
         if (!route)
-                return failf(c, 404, "failed to delete route %s: route: %s not found", id, id);
+                return api_error(c, 404, "failed to delete route %s: route: %s not found", id, id);
         char *meta = route_meta(route);
         json_decref(route);
         r = api_sql(c, SQL_DELETE, 2, p, NULL);

@@ -100,38 +100,13 @@ static const char SQL_GROUP_EVENTS[] =
         "        WHERE NOT id = ANY ($4::text[])) ch"
         " JOIN groups g ON g.account_id = $1 AND g.id = ch.id ORDER BY ch.s, ch.o";
 
-/* Like api_error(), with the whole message lower-cased as NetBird's
- * error writer does (ids and values included). */
-static int fail(api_ctx *c, int status, const char *fmt, ...) _printf_(3, 4);
-static int fail(api_ctx *c, int status, const char *fmt, ...) {
-        char msg[512];
-        va_list ap;
-
-        va_start(ap, fmt);
-        (void) vsnprintf(msg, sizeof msg, fmt, ap);
-        va_end(ap);
-        for (char *p = msg; *p; p++)
-                *p = (char) tolower((unsigned char) *p);
-        return api_error(c, status, "%s", msg);
-}
 
 static int list_keys(api_ctx *c) {
-        const char *p[1] = { c->account_id };
-        bool found;
-
-        return api_sql_reply(c, 200, SQL_LIST, 1, p, &found);
+        return api_reply_list(c, SQL_LIST);
 }
 
 static int reply_key(api_ctx *c, const char *id) {
-        const char *p[2] = { c->account_id, id };
-        bool found;
-        int r = api_sql_reply(c, 200, SQL_GET, 2, p, &found);
-
-        if (r < 0)
-                return r;
-        if (!found)
-                return fail(c, 404, "setup key: %s not found", id);
-        return 0;
+        return api_reply_one(c, SQL_GET, id, "setup key");
 }
 
 static int get_key(api_ctx *c) {
@@ -150,8 +125,8 @@ static int check_auto_groups(api_ctx *c, const char *groups) {
         if (cp_store_rows_count(rows) == 0)
                 return 0;
         if (strcmp(cp_store_rows_get(rows, 0, 1), "t") == 0)
-                return fail(c, 422, "invalid auto groups: group not found: %s", cp_store_rows_get(rows, 0, 0));
-        return fail(c, 422, "invalid auto groups: can't add 'All' group to the setup key");
+                return api_error(c, 422, "invalid auto groups: group not found: %s", cp_store_rows_get(rows, 0, 0));
+        return api_error(c, 422, "invalid auto groups: can't add 'All' group to the setup key");
 }
 
 static int key_event(api_ctx *c, int activity, const char *id) {
@@ -213,20 +188,20 @@ static int parse_create(api_ctx *c, key_req *k) {
  * column and cannot be negative, an expiry must fit a Go Duration. */
 static int validate_create(api_ctx *c, key_req *k) {
         if (!k->name || !*k->name)
-                return fail(c, 422, "setup key name shouldn't be empty");
+                return api_error(c, 422, "setup key name shouldn't be empty");
         if (!k->type || (strcmp(k->type, "reusable") != 0 && strcmp(k->type, "one-off") != 0))
-                return fail(c, 422, "unknown setup key type %s", k->type ? k->type : "");
+                return api_error(c, 422, "unknown setup key type %s", k->type ? k->type : "");
         bool one_off = strcmp(k->type, "one-off") == 0;
         if (one_off && k->usage_limit > 1)
-                return fail(c, 422, "usage_limit %" PRId64 " is not valid for a one-off setup key, which can be"
+                return api_error(c, 422, "usage_limit %" PRId64 " is not valid for a one-off setup key, which can be"
                             " used once; use type reusable for a key that can be used more than once",
                             k->usage_limit);
         if (k->expires_in < 0)
-                return fail(c, 422, "expiresIn can not be in the past");
+                return api_error(c, 422, "expiresIn can not be in the past");
         if (k->expires_in > MAX_EXPIRES_IN_S)
-                return fail(c, 422, "expires_in must be between 0 and %" PRId64, (int64_t) MAX_EXPIRES_IN_S);
+                return api_error(c, 422, "expires_in must be between 0 and %" PRId64, (int64_t) MAX_EXPIRES_IN_S);
         if (k->usage_limit < 0 || k->usage_limit > INT32_MAX)
-                return fail(c, 422, "usage_limit must be between 0 and %d", INT32_MAX);
+                return api_error(c, 422, "usage_limit must be between 0 and %d", INT32_MAX);
         /* A one-off key is limited to a single use whatever was asked. */
         if (one_off)
                 k->usage_limit = 1;
@@ -301,7 +276,7 @@ static int update_key(api_ctx *c) {
             (r = api_field_strarr(c, body, "auto_groups", &groups, NULL)) < 0)
                 goto out_fail;
         if (r == 0) {
-                (void) fail(c, 422, "setup key AutoGroups field is invalid");
+                (void) api_error(c, 422, "setup key AutoGroups field is invalid");
                 goto out_fail;
         }
         if (check_auto_groups(c, groups.buf) < 0)
@@ -310,12 +285,12 @@ static int update_key(api_ctx *c) {
         if (api_sql(c, SQL_FIND, 2, p, &cur) < 0)
                 goto out_fail;
         if (cp_store_rows_count(cur) != 1) {
-                (void) fail(c, 404, "setup key: %s not found", id);
+                (void) api_error(c, 404, "setup key: %s not found", id);
                 goto out_fail;
         }
         bool was_revoked = strcmp(cp_store_rows_get(cur, 0, 3), "t") == 0;
         if (was_revoked && !revoked) {
-                (void) fail(c, 422, "can't un-revoke a revoked setup key");
+                (void) api_error(c, 422, "can't un-revoke a revoked setup key");
                 goto out_fail;
         }
         const char *u[4] = { c->account_id, id, groups.buf, revoked ? "true" : "false" };
@@ -344,7 +319,7 @@ static int delete_key(api_ctx *c) {
         if (r < 0)
                 return r;
         if (cp_store_rows_count(cur) != 1)
-                return fail(c, 404, "setup key: %s not found", id);
+                return api_error(c, 404, "setup key: %s not found", id);
         /* The event reads the row, so it goes in first. */
         r = key_event(c, API_ACT_SETUP_KEY_DELETED, id);
         if (r == 0)

@@ -9,6 +9,16 @@
 
 /* ---- errors and replies --------------------------------------------------------------- */
 
+int api_error_verbatim(api_ctx *c, int status, const char *fmt, ...) {
+        va_list ap;
+
+        c->err_status = status;
+        va_start(ap, fmt);
+        (void) vsnprintf(c->err_message, sizeof c->err_message, fmt, ap);
+        va_end(ap);
+        return API_FAIL;
+}
+
 int api_error(api_ctx *c, int status, const char *fmt, ...) {
         va_list ap;
 
@@ -16,6 +26,10 @@ int api_error(api_ctx *c, int status, const char *fmt, ...) {
         va_start(ap, fmt);
         (void) vsnprintf(c->err_message, sizeof c->err_message, fmt, ap);
         va_end(ap);
+        /* NetBird's error writer lower-cases the whole text, ids and
+         * names included. */
+        for (char *p = c->err_message; *p; p++)
+                *p = (char) tolower((unsigned char) *p);
         return API_FAIL;
 }
 
@@ -32,7 +46,7 @@ int api_internal(api_ctx *c, const char *what, const cp_error *err) {
 }
 
 int api_bad_json(api_ctx *c) {
-        return api_error(c, 400, "couldn't parse JSON request");
+        return api_error_verbatim(c, 400, "couldn't parse JSON request");
 }
 
 int api_reply_text(api_ctx *c, int status, const char *json, size_t len) {
@@ -74,6 +88,28 @@ int api_sql(api_ctx *c, const char *sql, int n, const char *const *params, cp_st
 
         if (r < 0)
                 return api_internal(c, "database", &err);
+        return 0;
+}
+
+int api_reply_list(api_ctx *c, const char *sql) {
+        const char *p[1] = { c->account_id };
+        bool found;
+        int r = api_sql_reply(c, 200, sql, 1, p, &found);
+
+        if (r == 0 && !found)
+                return api_reply_text(c, 200, "[]", 2);
+        return r;
+}
+
+int api_reply_one(api_ctx *c, const char *sql, const char *id, const char *noun) {
+        const char *p[2] = { c->account_id, id };
+        bool found;
+        int r = api_sql_reply(c, 200, sql, 2, p, &found);
+
+        if (r < 0)
+                return r;
+        if (!found)
+                return api_error(c, 404, "%s: %s not found", noun, id);
         return 0;
 }
 

@@ -205,9 +205,9 @@ def update_validation():
                 "x" * 64 + ".com", "a.-b", "a.b-"):
         api.error("PUT", path, 422, settings(dns_domain=bad),
                   message='invalid domain "%s" provided for dns domain' % bad)
-    for bad, msg in (("10.0.0.0", "invalid CIDR format"), ("10.0.0/16", "invalid CIDR format"),
-                     ("10.0.0.0/33", "invalid CIDR format"), ("10.0.0.0/x", "invalid CIDR format"),
-                     ("fd00::/64", "network range must be an IPv4 address"),
+    for bad, msg in (("10.0.0.0", "invalid cidr format"), ("10.0.0/16", "invalid cidr format"),
+                     ("10.0.0.0/33", "invalid cidr format"), ("10.0.0.0/x", "invalid cidr format"),
+                     ("fd00::/64", "network range must be an ipv4 address"),
                      ("127.0.0.0/16", "loopback address range not allowed"),
                      ("224.1.0.0/16", "multicast address range not allowed"),
                      ("169.254.0.0/16", "link-local address range not allowed"),

@@ -50,7 +50,7 @@ def group_members_are_peers_of_the_account():
     assert g["peers_count"] == 0, g
     assert "one" not in dep.peer_groups(pid)
     api.error("POST", "/api/groups", 422, {"name": "x", "peers": ["no-such-peer"]},
-              message="peer with ID no-such-peer not found")
+              message="peer with id no-such-peer not found")
 
 
 @test
@@ -76,8 +76,8 @@ def group_validation():
 def the_all_group_is_fixed():
     dep, srv, api = apifix.start()
     all_id = api.ok("GET", "/api/groups")[0]["id"]
-    api.error("PUT", "/api/groups/" + all_id, 422, {"name": "Everyone"}, message="updating group ALL is not allowed")
-    api.error("DELETE", "/api/groups/" + all_id, 422, message="deleting group ALL is not allowed")
+    api.error("PUT", "/api/groups/" + all_id, 422, {"name": "Everyone"}, message="updating group all is not allowed")
+    api.error("DELETE", "/api/groups/" + all_id, 422, message="deleting group all is not allowed")
 
 
 @test

@@ -251,7 +251,7 @@ def create_user_validation():
     api.error("POST", "/api/users", 422, {"role": "user", "is_service_user": True, "auto_groups": ["nope"]},
               message="group: nope not found")
     api.error("POST", "/api/users", 422, {"role": "user", "is_service_user": True, "auto_groups": [all_id]},
-              message="can't add All group to the user")
+              message="can't add all group to the user")
     assert dep.sql("SELECT count(*) FROM users WHERE account_id = %s", (dep.account_id,)) == [(1,)]
     assert events(dep, 43) == []
 
@@ -312,9 +312,9 @@ def update_user_validation():
     api.error("PUT", path, 422, {"auto_groups": []}, message="invalid user role")
     pre = "failed to process update for user %s: " % uid
     api.error("PUT", path, 422, {"role": "user", "auto_groups": ["nope"]},
-              message=pre + "provided group ID nope in the user %s update doesn't exist" % uid)
+              message=pre + "provided group id nope in the user %s update doesn't exist" % uid)
     api.error("PUT", path, 422, {"role": "user", "auto_groups": [all_id]},
-              message=pre + "can't add All group to the user")
+              message=pre + "can't add all group to the user")
     # The owner about themselves.
     me = "/api/users/" + dep.user_id
     pre_me = "failed to process update for user %s: " % dep.user_id
