@@ -211,7 +211,7 @@ def update_validation():
                      ("127.0.0.0/16", "loopback address range not allowed"),
                      ("224.1.0.0/16", "multicast address range not allowed"),
                      ("169.254.0.0/16", "link-local address range not allowed"),
-                     ("10.0.0.0/29", "network range too small: minimum size is /28 for IPv4"),
+                     ("10.0.0.0/29", "network range too small: minimum size is /28 for ipv4"),
                      ("10.0.0.0/7", "network range too large")):
         api.error("PUT", path, 422, settings(network_range=bad), message=msg)
     # Not our account: NetBird's permission error.
