@@ -8,9 +8,13 @@ plus a small JSON client for the HTTP side of netbird-mgmt.
 Everything is cleaned up when the test ends (svc.defer).
 """
 
+import base64
+import hashlib
 import json
 import os
+import secrets
 import sys
+import zlib
 import urllib.error
 import urllib.request
 
@@ -115,6 +119,55 @@ def second_account(dep):
     r = svc.run(["account-create", "--config=" + dep.config_path], env=dep.env())
     assert r.rc == 0, "account-create failed: %r" % r
     return fixture.parse_env_output(r.out)
+
+
+# ---- users and tokens made with SQL ---------------------------------------------
+# Regular users need an IdP invite the API does not offer, and many tests
+# want a user of a given role quickly: these write the rows directly, in
+# exactly the format the server checks (common/crypto).
+
+BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def new_pat():
+    """A token in NetBird's format: nbp_ + 30 base62 + base62 CRC32 (6)."""
+    secret = "".join(secrets.choice(BASE62) for _ in range(30))
+    crc, tail = zlib.crc32(secret.encode()), ""
+    for _ in range(6):
+        tail, crc = BASE62[crc % 62] + tail, crc // 62
+    return "nbp_" + secret + tail
+
+
+def pat_hash(token):
+    """What personal_access_tokens.hashed_token holds."""
+    return base64.b64encode(hashlib.sha256(token.encode()).digest()).decode()
+
+
+def sql_user(dep, role, service=False, account=None, name="", email="", issued="api", non_deletable=False):
+    """A user row; returns its id. A service user's name goes to
+    service_user_name, as the API stores it."""
+    uid = "usr" + secrets.token_hex(8)
+    dep.sql("INSERT INTO users (id, account_id, role, is_service_user, service_user_name, name, email, issued,"
+            " non_deletable) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (uid, account or dep.account_id, role, service, name if service else "", "" if service else name,
+             email, issued, non_deletable))
+    return uid
+
+
+def sql_token(dep, uid, account=None, days=1):
+    """A token of user uid valid for `days`; returns the plain text."""
+    plain = new_pat()
+    dep.sql("INSERT INTO personal_access_tokens (id, account_id, user_id, name, hashed_token,"
+            " expiration_date, created_by) VALUES (%s, %s, %s, 'sql', %s,"
+            " now() + make_interval(days => %s), %s)",
+            ("pat" + secrets.token_hex(8), account or dep.account_id, uid, pat_hash(plain), days, uid))
+    return plain
+
+
+def user_token(dep, role, service=False, account=None, name="", email=""):
+    """A user of `role` with a token; returns (user id, token)."""
+    uid = sql_user(dep, role, service=service, account=account, name=name, email=email)
+    return uid, sql_token(dep, uid, account=account)
 
 
 def run_tests():

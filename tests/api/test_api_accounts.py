@@ -6,14 +6,12 @@ account deletion."""
 import base64
 import ipaddress
 import secrets
-import zlib
 
 import apifix
 from apifix import svc
 
 test = svc.test
 
-B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 NS = 1000000000
 
 
@@ -35,29 +33,13 @@ def settings(**over):
     return {"settings": s}
 
 
-def new_pat():
-    secret = "".join(secrets.choice(B62) for _ in range(30))
-    crc = zlib.crc32(secret.encode())
-    tail = ""
-    for _ in range(6):
-        tail = B62[crc % 62] + tail
-        crc //= 62
-    return "nbp_" + secret + tail
+
+
 
 
 def sql_user_token(dep, role, service=False, account=None):
     """A user with a token, straight into the database; returns (id, token)."""
-    import hashlib
-    uid = "usr" + secrets.token_hex(8)
-    acc = account or dep.account_id
-    dep.sql("INSERT INTO users (id, account_id, role, is_service_user) VALUES (%s, %s, %s, %s)",
-            (uid, acc, role, service))
-    plain = new_pat()
-    h = base64.b64encode(hashlib.sha256(plain.encode()).digest()).decode()
-    dep.sql("INSERT INTO personal_access_tokens (id, account_id, user_id, name, hashed_token, expiration_date,"
-            " created_by) VALUES (%s, %s, %s, 'sql', %s, now() + interval '1 day', %s)",
-            ("pat" + secrets.token_hex(8), acc, uid, h, uid))
-    return uid, plain
+    return apifix.user_token(dep, role, service=service, account=account)
 
 
 def sql_peer(dep, host, user_id=None, account=None):

@@ -2,10 +2,6 @@
 CRUD, NetBird's validation and messages, events, permissions, and a
 nameserver group reaching an agent's DNS config."""
 
-import base64
-import hashlib
-import secrets
-import zlib
 
 import apifix
 from apifix import svc
@@ -13,23 +9,11 @@ import nbagent
 
 test = svc.test
 
-BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
 def user_api(dep, api, role):
     """A user of the account with `role` and a personal access token."""
-    uid = "u" + secrets.token_hex(8)
-    dep.sql("INSERT INTO users (id, account_id, role, name, email) VALUES (%s, %s, %s, %s, %s)",
-            (uid, dep.account_id, role, "U " + role, role + "@x.test"))
-    secret = "".join(secrets.choice(BASE62) for _ in range(30))
-    crc, tail = zlib.crc32(secret.encode()), ""
-    for _ in range(6):
-        tail, crc = BASE62[crc % 62] + tail, crc // 62
-    token = "nbp_" + secret + tail
-    hashed = base64.b64encode(hashlib.sha256(token.encode()).digest()).decode()
-    dep.sql("INSERT INTO personal_access_tokens (id, account_id, user_id, name, hashed_token, expiration_date,"
-            " created_by) VALUES (%s, %s, %s, 't', %s, now() + interval '1 day', %s)",
-            ("t" + secrets.token_hex(8), dep.account_id, uid, hashed, uid))
+    _, token = apifix.user_token(dep, role, name="U " + role, email=role + "@x.test")
     return api.as_token(token)
 
 

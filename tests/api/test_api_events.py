@@ -3,11 +3,7 @@ the real server: the events the API writes, their order and fields, meta
 printed as NetBird prints it, user names, permissions; the instance
 endpoints with and without a token."""
 
-import base64
-import hashlib
 import re
-import secrets
-import zlib
 
 import apifix
 from apifix import svc
@@ -15,24 +11,14 @@ import nbagent
 
 test = svc.test
 
-BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{0,5}[1-9])?Z$")
+
+
 
 
 def user_api(dep, api, role, name="", email=""):
     """A user of the account with `role` and a token; returns (user id, Api)."""
-    uid = "u" + secrets.token_hex(8)
-    dep.sql("INSERT INTO users (id, account_id, role, name, email) VALUES (%s, %s, %s, %s, %s)",
-            (uid, dep.account_id, role, name, email))
-    secret = "".join(secrets.choice(BASE62) for _ in range(30))
-    crc, tail = zlib.crc32(secret.encode()), ""
-    for _ in range(6):
-        tail, crc = BASE62[crc % 62] + tail, crc // 62
-    token = "nbp_" + secret + tail
-    hashed = base64.b64encode(hashlib.sha256(token.encode()).digest()).decode()
-    dep.sql("INSERT INTO personal_access_tokens (id, account_id, user_id, name, hashed_token, expiration_date,"
-            " created_by) VALUES (%s, %s, %s, 't', %s, now() + interval '1 day', %s)",
-            ("t" + secrets.token_hex(8), dep.account_id, uid, hashed, uid))
+    uid, token = apifix.user_token(dep, role, name=name, email=email)
     return uid, api.as_token(token)
 
 

@@ -4,10 +4,6 @@ ranges), every validation error with nothing half-written, events, serial
 bumps only for real changes, permissions, and a policy made over the API
 reaching an agent's network map."""
 
-import base64
-import hashlib
-import secrets
-import zlib
 
 import apifix
 from apifix import svc
@@ -15,27 +11,13 @@ from nbagent import build_meta, pb
 
 test = svc.test
 
-BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 POLICY_FIELDS = {"id", "name", "description", "enabled", "source_posture_checks", "rules"}
 
 
+
+
 def user_token(dep, role):
-    """A user of `role` with a personal access token (format and hash as
-    the server checks them); returns the token."""
-    secret = "".join(secrets.choice(BASE62) for _ in range(30))
-    crc = zlib.crc32(secret.encode())
-    tail = ""
-    for _ in range(6):
-        tail = BASE62[crc % 62] + tail
-        crc //= 62
-    token = "nbp_" + secret + tail
-    uid = "u" + secrets.token_hex(8)
-    dep.sql("INSERT INTO users (id, account_id, role) VALUES (%s, %s, %s)", (uid, dep.account_id, role))
-    dep.sql("INSERT INTO personal_access_tokens (id, account_id, user_id, name, hashed_token, expiration_date,"
-            " created_by) VALUES (%s, %s, %s, 'test', %s, now() + interval '1 day', %s)",
-            ("t" + secrets.token_hex(8), dep.account_id, uid,
-             base64.b64encode(hashlib.sha256(token.encode()).digest()).decode(), uid))
-    return token
+    return apifix.user_token(dep, role)[1]
 
 
 def rule(src, dst, **kw):

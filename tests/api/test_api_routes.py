@@ -2,8 +2,6 @@
 messages, duplicate routes, domain routes (punycode), events with their
 meta, permissions, and the route reaching an agent's network map."""
 
-import secrets
-import zlib
 
 import apifix
 from apifix import svc
@@ -11,30 +9,15 @@ import nbagent
 
 test = svc.test
 
-BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
-def make_pat():
-    secret = "".join(secrets.choice(BASE62) for _ in range(30))
-    crc, tail = zlib.crc32(secret.encode()), ""
-    for _ in range(6):
-        tail = BASE62[crc % 62] + tail
-        crc //= 62
-    return "nbp_" + secret + tail
+
+
 
 
 def user_api(dep, api, role, service=False):
     """A user of the account with `role` and a token; returns (user id, Api)."""
-    uid = "u" + secrets.token_hex(8)
-    dep.sql("INSERT INTO users (id, account_id, role, is_service_user, name, email)"
-            " VALUES (%s, %s, %s, %s, %s, %s)", (uid, dep.account_id, role, service, "U " + role, role + "@x.test"))
-    token = make_pat()
-    import base64
-    import hashlib
-    hashed = base64.b64encode(hashlib.sha256(token.encode()).digest()).decode()
-    dep.sql("INSERT INTO personal_access_tokens (id, account_id, user_id, name, hashed_token, expiration_date,"
-            " created_by) VALUES (%s, %s, %s, 't', %s, now() + interval '1 day', %s)",
-            ("t" + secrets.token_hex(8), dep.account_id, uid, hashed, uid))
+    uid, token = apifix.user_token(dep, role, service=service, name="U " + role, email=role + "@x.test")
     return uid, api.as_token(token)
 
 

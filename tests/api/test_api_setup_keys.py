@@ -3,12 +3,9 @@ stored hashed), list/get (masked, state), update (revoke, auto-groups),
 delete, every validation error, events, permissions, no serial bumps, and
 a key made over the API registering agents."""
 
-import base64
 import datetime
-import hashlib
 import re
 import secrets
-import zlib
 
 import apifix
 from apifix import svc
@@ -19,30 +16,14 @@ from nbagent import RpcFailed, build_meta
 test = svc.test
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
-BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 KEY_FIELDS = {"id", "key", "name", "expires", "type", "valid", "revoked", "used_times", "last_used", "state",
               "auto_groups", "updated_at", "usage_limit", "ephemeral", "allow_extra_dns_labels"}
 
 
+
+
 def user_token(dep, role, service=False, account_id=None):
-    """A user of `role` in the account (or account_id) with a personal access
-    token; returns the token (the same format and hash the server checks)."""
-    account_id = account_id or dep.account_id
-    secret = "".join(secrets.choice(BASE62) for _ in range(30))
-    crc = zlib.crc32(secret.encode())
-    tail = ""
-    for _ in range(6):
-        tail = BASE62[crc % 62] + tail
-        crc //= 62
-    token = "nbp_" + secret + tail
-    uid = "u" + secrets.token_hex(8)
-    dep.sql("INSERT INTO users (id, account_id, role, is_service_user) VALUES (%s, %s, %s, %s)",
-            (uid, account_id, role, service))
-    dep.sql("INSERT INTO personal_access_tokens (id, account_id, user_id, name, hashed_token, expiration_date,"
-            " created_by) VALUES (%s, %s, %s, 'test', %s, now() + interval '1 day', %s)",
-            ("t" + secrets.token_hex(8), account_id, uid,
-             base64.b64encode(hashlib.sha256(token.encode()).digest()).decode(), uid))
-    return token
+    return apifix.user_token(dep, role, service=service, account=account_id)[1]
 
 
 def other_account(dep):

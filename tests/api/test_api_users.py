@@ -4,56 +4,25 @@ NetBird's rules, deletion, personal access tokens, roles, blocked users
 and expired tokens, events and serial bumps."""
 
 import base64
-import hashlib
 import secrets
-import zlib
 
 import apifix
-from apifix import svc
+from apifix import svc, new_pat, pat_hash, sql_user, sql_token  # noqa: F401
 
 test = svc.test
 
-B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 ZERO_TIME = "0001-01-01T00:00:00Z"
 ALL_OPS = ("read", "create", "update", "delete")
 
 
 # ---- helpers: users, tokens and peers made with SQL -------------------------
 
-def new_pat():
-    """A token in NetBird's format: nbp_ + 30 base62 + base62 CRC32 (6)."""
-    secret = "".join(secrets.choice(B62) for _ in range(30))
-    crc = zlib.crc32(secret.encode())
-    tail = ""
-    for _ in range(6):
-        tail = B62[crc % 62] + tail
-        crc //= 62
-    return "nbp_" + secret + tail
 
 
-def pat_hash(token):
-    return base64.b64encode(hashlib.sha256(token.encode()).digest()).decode()
 
 
-def sql_user(dep, role, service=False, account=None, name="", issued="api", non_deletable=False):
-    """A user straight into the database (regular users need an IdP the
-    API does not have); returns its id."""
-    uid = "usr" + secrets.token_hex(8)
-    dep.sql("INSERT INTO users (id, account_id, role, is_service_user, service_user_name, name, issued,"
-            " non_deletable) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-            (uid, account or dep.account_id, role, service, name if service else "", "" if service else name,
-             issued, non_deletable))
-    return uid
 
 
-def sql_token(dep, uid, account=None, days=30):
-    """A token for uid straight into the database; returns the plain text."""
-    plain = new_pat()
-    dep.sql("INSERT INTO personal_access_tokens (id, account_id, user_id, name, hashed_token,"
-            " expiration_date, created_by) VALUES (%s, %s, %s, 'sql', %s,"
-            " now() + make_interval(days => %s), %s)",
-            ("pat" + secrets.token_hex(8), account or dep.account_id, uid, pat_hash(plain), days, uid))
-    return plain
 
 
 def sql_peer(dep, user_id=None, account=None, host=None):
