@@ -51,7 +51,8 @@ typedef struct admin_opts {
         int64_t usage_limit;
         bool ephemeral;
         bool allow_extra_dns_labels;
-        char *auto_group_unused;        /* the --auto-group row's field: main.c collects them */
+        char *auto_group_env;           /* NB_ADMIN_AUTO_GROUP (comma-separated); the
+                                         * flags themselves are collected by main.c */
         bool json;                      /* list commands */
         int64_t grace_ms;               /* server-key rotate */
         bool force;

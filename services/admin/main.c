@@ -65,8 +65,8 @@ static const cp_cfg_option setup_key_create_rows[] = {
           (int64_t) 10 * 365 * 86400 * 1000, NULL, "DURATION", "lifetime, 0 = never expires" },
         { "usage-limit", CP_CFG_INT, O(usage_limit), "0", { NULL }, NULL, 0, 0, INT32_MAX, NULL, "N",
           "how many peers may register with it, 0 = unlimited" },
-        { "auto-group", CP_CFG_STRING, O(auto_group_unused), NULL, { NULL }, NULL, 0, 0, 0, NULL, "ID",
-          "group id peers registered with the key join; repeat for several" },
+        { "auto-group", CP_CFG_STRING, O(auto_group_env), NULL, { NULL }, NULL, 0, 0, 0, NULL, "ID",
+          "group id peers registered with the key join; repeat for several (the variable: comma-separated)" },
         { "ephemeral", CP_CFG_BOOL, O(ephemeral), "false", { NULL }, NULL, 0, 0, 0, NULL, NULL,
           "peers registered with it are ephemeral" },
         { "allow-extra-dns-labels", CP_CFG_BOOL, O(allow_extra_dns_labels), "false", { NULL }, NULL, 0, 0, 0,
@@ -274,6 +274,15 @@ static int run_command(const command *cmd, int argc, char **argv) {
                 r = ADMIN_EXIT_OK;
                 goto out;
         }
+        /* --auto-group flags were taken out before loading; what is left
+         * in the field came from the environment. */
+        if (opts.n_auto_groups == 0 && opts.auto_group_env)
+                for (char *save = NULL, *g = strtok_r(opts.auto_group_env, ",", &save); g;
+                     g = strtok_r(NULL, ",", &save)) {
+                        opts.auto_groups = cp_xrealloc(opts.auto_groups,
+                                                       (opts.n_auto_groups + 1) * sizeof *opts.auto_groups);
+                        opts.auto_groups[opts.n_auto_groups++] = cp_xstrdup(g);
+                }
         empty_to_null(&cfg.postgres_dsn);
         empty_to_null(&cfg.data_store_encryption_key);
         empty_to_null(&opts.account);

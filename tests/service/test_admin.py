@@ -219,6 +219,13 @@ def account_list_table_and_json():
     out = ok(["account", "list"], env).out.splitlines()
     assert out[0].split() == ["ID", "DOMAIN", "OWNER", "PEERS", "CONNECTED", "SERIAL", "CREATED"], out
     assert len(out) == 3 and out[1].split()[:3] == [a["ACCOUNT_ID"], "a.test", a["USER_ID"]], out
+    # A command's own flags come from NB_ADMIN_*; a replica's NB_MGMT_DNS_DOMAIN
+    # is the server's setting, never the new account's override.
+    c = parse_env_output(ok(["account", "create"], dict(env, NB_ADMIN_DOMAIN="env.test",
+                                                          NB_MGMT_DNS_DOMAIN="server.example")).out)
+    rows = svc.query(env["NB_STORE_ENGINE_POSTGRES_DSN"],
+                     "SELECT domain, settings_dns_domain FROM accounts WHERE id = '%s'" % c["ACCOUNT_ID"])
+    assert rows == [("env.test", "")], rows
 
 
 # ---- sessions and replicas with running servers ---------------------------------------------
