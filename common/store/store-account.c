@@ -1,5 +1,6 @@
 #include "cp/base.h"
 #include "cp/crypto.h"
+#include "cp/strbuf.h"
 #include "cp/util.h"
 #include "store-int.h"
 
@@ -165,4 +166,30 @@ int cp_store_account_create(cp_store *s, const cp_store_account_spec *spec,
                 *ret = out;
         cp_explicit_bzero(&out, sizeof out);
         return r;
+}
+
+/* Values are ids, UUIDs, base64/base62 and CIDRs; anything else is
+ * single-quoted so the output stays safe to source. */
+void cp_store_env_line(cp_strbuf *out, const char *name, const char *value) {
+        static const char plain[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-./:+=@";
+
+        if (strspn(value, plain) == strlen(value)) {
+                cp_strbuf_addf(out, "%s=%s\n", name, value);
+                return;
+        }
+        cp_strbuf_addf(out, "%s='", name);
+        for (const char *p = value; *p; p++)
+                if (*p == '\'')
+                        cp_strbuf_adds(out, "'\\''");
+                else
+                        cp_strbuf_addch(out, *p);
+        cp_strbuf_adds(out, "'\n");
+}
+
+void cp_store_account_env(const cp_store_account_created *a, cp_strbuf *out) {
+        cp_store_env_line(out, "ACCOUNT_ID", a->account_id);
+        cp_store_env_line(out, "USER_ID", a->user_id);
+        cp_store_env_line(out, "SETUP_KEY", a->setup_key);
+        cp_store_env_line(out, "ADMIN_TOKEN", a->admin_token);
+        cp_store_env_line(out, "NETWORK", a->network_cidr);
 }

@@ -36,6 +36,9 @@ typedef enum cp_store_stmt {
         ST_EVENT_INSERT,
         ST_SERVER_KEY_GET,
         ST_SERVER_KEY_INSERT,
+        ST_SERVER_KEY_INFO,
+        ST_SERVER_KEY_LOCK,
+        ST_SERVER_KEY_ROTATE,
         /* store-peers.c: login and registration */
         ST_PEER_GET_BY_KEY,
         ST_PEER_GET,

@@ -1,4 +1,5 @@
 #include "cp/base.h"
+#include "cp/strbuf.h"
 #include "cp/crypto.h"
 #include "store-int.h"
 
@@ -22,15 +23,20 @@ static void checksum_hex(const char *sql, char out[2 * CP_SHA256_LEN + 1]) {
 
 /* Compares the recorded rows with the compiled list. Sets *pending to the
  * number of compiled migrations not yet recorded and *unknown to recorded
- * versions newer than the binary; fails with -EBADMSG on a changed one. */
+ * versions this binary does not have (newer, or merged from elsewhere); fails with -EBADMSG on a changed one. */
 static int compare(const PGresult *rows, unsigned *pending, unsigned *unknown, cp_error *reterr) {
         int n = PQntuples(rows);
 
         *pending = 0;
         *unknown = 0;
-        for (int i = 0; i < n; i++)
-                if (strtol(PQgetvalue(rows, i, 0), NULL, 10) > (long) cp_store__n_migrations)
+        for (int i = 0; i < n; i++) {
+                long v = strtol(PQgetvalue(rows, i, 0), NULL, 10);
+                bool known = false;
+                for (size_t m = 0; m < cp_store__n_migrations && !known; m++)
+                        known = cp_store__migrations[m].version == v;
+                if (!known)
                         (*unknown)++;
+        }
         for (size_t m = 0; m < cp_store__n_migrations; m++) {
                 const cp_store_migration *mig = &cp_store__migrations[m];
                 char sum[2 * CP_SHA256_LEN + 1];
@@ -177,4 +183,12 @@ int cp_store_migrations_current(cp_store *s, cp_error *reterr) {
         if (r < 0)
                 return r;
         return pending == 0 ? 1 : 0;
+}
+
+void cp_store_migrate_report(const cp_store_migrate_result *mr, cp_strbuf *out) {
+        cp_strbuf_addf(out, "applied %u migration%s (%u already applied)\n", mr->applied,
+                       mr->applied == 1 ? "" : "s", mr->current);
+        if (mr->unknown)
+                cp_strbuf_addf(out, "the database also records %u newer migration%s this binary does not know\n",
+                               mr->unknown, mr->unknown == 1 ? "" : "s");
 }

@@ -120,11 +120,34 @@ static const struct {
                 " VALUES ($1::int, $2, $3, $4, $5::jsonb)", 5 },
 
         /* Server key pair (store-serverkey.c): first writer wins, all read. */
+        /* The previous key comes back only inside its grace period, by the
+         * database clock, so every replica drops it at the same moment. */
         [ST_SERVER_KEY_GET] = { "server_key_get",
-                "SELECT public_key, private_key_enc FROM server_keys WHERE purpose = $1", 1 },
+                "SELECT public_key, private_key_enc, generation,"
+                " CASE WHEN previous_expires_at > CURRENT_TIMESTAMP THEN previous_public_key END,"
+                " CASE WHEN previous_expires_at > CURRENT_TIMESTAMP THEN previous_private_key_enc END"
+                " FROM server_keys WHERE purpose = $1", 1 },
         [ST_SERVER_KEY_INSERT] = { "server_key_insert",
                 "INSERT INTO server_keys (purpose, public_key, private_key_enc) VALUES ($1, $2, $3)"
                 " ON CONFLICT (purpose) DO NOTHING", 3 },
+        [ST_SERVER_KEY_INFO] = { "server_key_info",
+                "SELECT public_key, generation,"
+                " (extract(epoch FROM created_at) * 1000000)::bigint,"
+                " (extract(epoch FROM rotated_at) * 1000000)::bigint,"
+                " previous_public_key, (extract(epoch FROM previous_expires_at) * 1000000)::bigint,"
+                " coalesce(previous_expires_at > CURRENT_TIMESTAMP, false)"
+                " FROM server_keys WHERE purpose = $1", 1 },
+        [ST_SERVER_KEY_LOCK] = { "server_key_lock",
+                "SELECT public_key, private_key_enc,"
+                " coalesce(previous_expires_at > CURRENT_TIMESTAMP, false)"
+                " FROM server_keys WHERE purpose = $1 FOR UPDATE", 1 },
+        [ST_SERVER_KEY_ROTATE] = { "server_key_rotate",
+                "UPDATE server_keys SET previous_public_key = public_key,"
+                " previous_private_key_enc = private_key_enc,"
+                " previous_expires_at = CURRENT_TIMESTAMP + $4::bigint * interval '1 second',"
+                " public_key = $2, private_key_enc = $3, rotated_at = CURRENT_TIMESTAMP,"
+                " generation = generation + 1"
+                " WHERE purpose = $1", 4 },
 
         /* Peers for login and registration (store-peers.c). PEER_COLUMNS
          * is the record layout peer_from_row() reads, in that order. */

@@ -30,6 +30,10 @@ typedef struct mgmt_agent_op {
         /* Filled by the edge before the handler runs. */
         char peer_key[CP_WG_KEY_B64_LEN];       /* the sender's key, canonical base64 */
         uint8_t peer_pub[CP_WG_KEY_LEN];
+        /* The server public key the request opened with (current or
+         * previous): the answer is sealed with the same pair and carries
+         * this key, which is the one the agent holds. */
+        char server_key[CP_WG_KEY_B64_LEN];
         const ProtobufCMessage *request;        /* the opened body, in the arena */
 
         /* Filled by the handler. */
@@ -49,14 +53,17 @@ typedef struct mgmt_agent_op {
 
 /* Opens op->payload: the EncryptedMessage, the sender's key (op->peer_key,
  * op->peer_pub), the box (shared is initialised: the caller releases it,
- * also on failure) and the inner message (op->request). Returns 0, or -1
- * with op's outcome set to NetBird's failure (§2.2). */
+ * also on failure) and the inner message (op->request). The box is tried
+ * with the current server key, then the previous one, then, when neither
+ * opens it, once more after mgmt_keys_reload_after_miss() found newer
+ * keys; op->server_key says which one opened it. Returns 0, or -1 with
+ * op's outcome set to NetBird's failure (§2.2). */
 int mgmt_agent_open_request(mgmt_agent_op *op, cp_crypto_box_shared *shared);
 
 /* Seals plain[0..len) with shared and wraps it in an EncryptedMessage
- * carrying the server key; the packed bytes live in a. NULL when sealing
- * failed (reterr says why). */
-uint8_t *mgmt_agent_seal(const mgmt_agent *agent, const cp_crypto_box_shared *shared, const void *plain,
+ * carrying server_key (the public key shared was made with); the packed
+ * bytes live in a. NULL when sealing failed (reterr says why). */
+uint8_t *mgmt_agent_seal(const char *server_key, const cp_crypto_box_shared *shared, const void *plain,
                          size_t len, mgmt_arena *a, size_t *ret_len, cp_error *reterr);
 
 /* The one "rpc" log line of a call (mgmt-agent.c). */

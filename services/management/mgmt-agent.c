@@ -93,6 +93,50 @@ static grpc_slice read_payload(grpc_byte_buffer *bb) {
         return s;
 }
 
+/* Opens the box with one server key pair; on success shared holds the
+ * pair's shared key and op->server_key its public half. */
+static int open_with(mgmt_agent_op *op, const mgmt_server_key *key, const ProtobufCBinaryData *body,
+                     cp_crypto_box_shared *shared, uint8_t *plain, size_t cap, cp_error *err) {
+        int r = cp_crypto_box_shared_init(shared, op->peer_pub, key->priv, err);
+
+        if (r < 0)
+                return r;
+        r = cp_crypto_box_open_shared(shared, body->data, body->len, plain, cap, err);
+        if (r < 0) {
+                cp_crypto_box_shared_release(shared);
+                return r;
+        }
+        memcpy(op->server_key, key->pub_b64, sizeof op->server_key);
+        return r;
+}
+
+/* Tries the keys held, newest first; when none opens the body, asks for
+ * newer keys once (an agent may have fetched a key from a replica that
+ * saw a rotation before this one). A low-order peer key fails at once:
+ * no server key would help. */
+static int open_body(mgmt_agent_op *op, const ProtobufCBinaryData *body, cp_crypto_box_shared *shared,
+                     uint8_t *plain, size_t cap, cp_error *err) {
+        mgmt_keys *keys = op->agent->keys;
+        mgmt_key_set ks;
+        int r = -EBADMSG;
+
+        mgmt_keys_get(keys, &ks);
+        for (int attempt = 0; attempt < 2; attempt++) {
+                for (unsigned i = 0; i < ks.n; i++) {
+                        r = open_with(op, &ks.key[i], body, shared, plain, cap, err);
+                        if (r >= 0 || r == -EINVAL)
+                                goto out;
+                }
+                if (attempt > 0 || !mgmt_keys_reload_after_miss(keys, ks.version))
+                        break;
+                mgmt_key_set_wipe(&ks);
+                mgmt_keys_get(keys, &ks);
+        }
+out:
+        mgmt_key_set_wipe(&ks);
+        return r;
+}
+
 /* Opens the request: the outer EncryptedMessage, the sender's key, the
  * box, the inner message. Returns 0, or sets the failure NetBird reports
  * (parseRequest) and returns -1. */
@@ -120,15 +164,9 @@ int mgmt_agent_open_request(mgmt_agent_op *op, cp_crypto_box_shared *shared) {
                 mgmt_agent_fail(op, GRPC_STATUS_RESOURCE_EXHAUSTED, "request message too large");
                 return -1;
         }
-        r = cp_crypto_box_shared_init(shared, op->peer_pub, op->agent->key->priv, &err);
-        if (r < 0) {
-                mgmt_agent_fail(op, GRPC_STATUS_INVALID_ARGUMENT, "invalid request message");
-                (void) snprintf(op->detail, sizeof op->detail, "%s", err.message);
-                return -1;
-        }
         size_t cap = em->body.len > CP_BOX_OVERHEAD ? em->body.len - CP_BOX_OVERHEAD : 1;
         uint8_t *plain = mgmt_arena_alloc(&op->arena, cap);
-        r = cp_crypto_box_open_shared(shared, em->body.data, em->body.len, plain, cap, &err);
+        r = open_body(op, &em->body, shared, plain, cap, &err);
         if (r < 0) {
                 mgmt_agent_fail(op, GRPC_STATUS_INVALID_ARGUMENT, "invalid request message");
                 (void) snprintf(op->detail, sizeof op->detail, "%s", err.message);
@@ -153,7 +191,7 @@ static uint8_t *pack(mgmt_arena *a, const ProtobufCMessage *m, size_t *ret_len) 
         return out;
 }
 
-uint8_t *mgmt_agent_seal(const mgmt_agent *agent, const cp_crypto_box_shared *shared, const void *plain,
+uint8_t *mgmt_agent_seal(const char *server_key, const cp_crypto_box_shared *shared, const void *plain,
                          size_t len, mgmt_arena *a, size_t *ret_len, cp_error *reterr) {
         size_t cap = cp_crypto_box_sealed_len(len);
         uint8_t *sealed = mgmt_arena_alloc(a, cap);
@@ -162,7 +200,7 @@ uint8_t *mgmt_agent_seal(const mgmt_agent *agent, const cp_crypto_box_shared *sh
         if (r < 0)
                 return NULL;
         Management__EncryptedMessage em = MANAGEMENT__ENCRYPTED_MESSAGE__INIT;
-        em.wgpubkey = (char *) agent->key->pub_b64;
+        em.wgpubkey = (char *) server_key;
         em.body.data = sealed;
         em.body.len = (size_t) r;
         return pack(a, &em.base, ret_len);
@@ -193,7 +231,7 @@ static void seal_response(mgmt_agent_op *op, const cp_crypto_box_shared *shared)
                 return;
         }
         Management__EncryptedMessage em = MANAGEMENT__ENCRYPTED_MESSAGE__INIT;
-        em.wgpubkey = (char *) op->agent->key->pub_b64;
+        em.wgpubkey = op->server_key;
         em.body.data = sealed;
         em.body.len = (size_t) r;
         op->reply = pack(&op->arena, &em.base, &op->reply_len);
@@ -251,10 +289,12 @@ static void rpc_get_server_key(mgmt_call *c, const mgmt_agent *a) {
         const cp_proto_method *m = &cp_proto_mgmt_methods[CP_PROTO_MGMT_GET_SERVER_KEY];
         Management__ServerKeyResponse resp = MANAGEMENT__SERVER_KEY_RESPONSE__INIT;
         Google__Protobuf__Timestamp exp = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
+        char key[CP_WG_KEY_B64_LEN];
         uint8_t buf[128];
 
+        mgmt_keys_current_public(a->keys, key);
         exp.seconds = cp_now_unix_ns() / 1000000000 + SERVER_KEY_EXPIRY_S;
-        resp.key = (char *) a->key->pub_b64;
+        resp.key = key;
         resp.expiresat = &exp;
         size_t n = management__server_key_response__get_packed_size(&resp);
         if (n > sizeof buf)

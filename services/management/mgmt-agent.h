@@ -29,16 +29,8 @@
 #include "cp/store.h"
 #include "cp-methods.h"
 #include "mgmt-grpc.h"
+#include "mgmt-keys.h"
 #include "mgmt-netconf.h"
-
-/* The server's WireGuard key pair, shared by every replica
- * (cp_store_server_key_get_or_create). Owned by the manager, which wipes
- * it at exit. */
-typedef struct mgmt_server_key {
-        uint8_t priv[CP_WG_KEY_LEN];
-        uint8_t pub[CP_WG_KEY_LEN];
-        char pub_b64[CP_WG_KEY_B64_LEN];
-} mgmt_server_key;
 
 /* What the handlers need; every pointer is borrowed and outlives the
  * gRPC server. */
@@ -48,7 +40,10 @@ typedef struct mgmt_agent {
         cp_store *store;
         const cp_config *config;
         const mgmt_netconf *netconf;
-        const mgmt_server_key *key;
+        /* The server key pairs shared by every replica (current, and the
+         * previous one during a rotation's grace period); owned by the
+         * manager. */
+        mgmt_keys *keys;
         /* The Sync streams (registry, fan-out); set before the server
          * starts. Login, SyncMeta and Logout tell it what changed. */
         struct mgmt_sync *sync;

@@ -1,6 +1,7 @@
 #include "cp/base.h"
 #include "cp/log.h"
 #include "cp/store.h"
+#include "cp/strbuf.h"
 #include "mgmt-cmd.h"
 #include "mgmt-manager.h"
 #include "mgmt-netconf.h"
@@ -167,15 +168,15 @@ static int finish_stdout(void) {
 int mgmt_cmd_migrate(const cp_config *cfg, void *extra) {
         cp_store_migrate_result mr = { 0 };
         cp_store *s = NULL;
+        cp_strbuf out;
 
         if (open_and_migrate(cfg, &s, &mr) < 0)
                 return MGMT_EXIT_FAILURE;
         cp_store_free(s);
-        printf("applied %u migration%s (%u already applied)\n", mr.applied, mr.applied == 1 ? "" : "s",
-               mr.current);
-        if (mr.unknown)
-                printf("the database also records %u newer migration%s this binary does not know\n",
-                       mr.unknown, mr.unknown == 1 ? "" : "s");
+        cp_strbuf_init(&out);
+        cp_store_migrate_report(&mr, &out);
+        fputs(out.buf, stdout);
+        cp_strbuf_release(&out);
         return finish_stdout();
 }
 
@@ -187,23 +188,6 @@ const cp_cfg_option mgmt_bootstrap_options[] = {
           "bootstrap: setup key lifetime, 0 = never expires" },
 };
 const size_t mgmt_bootstrap_n_options = ELEMENTSOF(mgmt_bootstrap_options);
-
-/* Values are ids, UUIDs, base64/base62 and CIDRs; anything else is
- * single-quoted so the output stays safe to source. */
-static void print_var(const char *name, const char *value) {
-        if (strspn(value, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-./:+=@") ==
-            strlen(value)) {
-                printf("%s=%s\n", name, value);
-                return;
-        }
-        printf("%s='", name);
-        for (const char *p = value; *p; p++)
-                if (*p == '\'')
-                        fputs("'\\''", stdout);
-                else
-                        putchar(*p);
-        fputs("'\n", stdout);
-}
 
 int mgmt_cmd_bootstrap(const cp_config *cfg, void *extra) {
         const mgmt_bootstrap_cfg *b = extra;
@@ -240,11 +224,12 @@ int mgmt_cmd_bootstrap(const cp_config *cfg, void *extra) {
         }
         cp_log_kv(&log_main, CP_LOG_INFO, "account created", "account", out.account_id, "user", out.user_id,
                   "network", out.network_cidr, NULL);
-        print_var("ACCOUNT_ID", out.account_id);
-        print_var("USER_ID", out.user_id);
-        print_var("SETUP_KEY", out.setup_key);
-        print_var("ADMIN_TOKEN", out.admin_token);
-        print_var("NETWORK", out.network_cidr);
+        cp_strbuf env;
+        cp_strbuf_init(&env);
+        cp_store_account_env(&out, &env);
         cp_explicit_bzero(&out, sizeof out);
+        fputs(env.buf, stdout);
+        cp_explicit_bzero(env.buf, env.len);
+        cp_strbuf_release(&env);
         return finish_stdout();
 }

@@ -377,26 +377,24 @@ void mgmt_sync_meta(mgmt_agent_op *op) {
                 mgmt_sync_local_change(op->agent->sync, p->account_id, serial);
 }
 
-/* The deleted peer's last SyncResponse (§3.5), sealed to it; NULL when
- * the map cannot be read (the stream then just ends). */
+/* The deleted peer's last SyncResponse (§3.5), packed in op's arena; the
+ * peer's stream seals it with the key pair it opened with (the agent may
+ * hold an older server key than the one this Logout was sealed to). NULL
+ * when the map cannot be read (the stream then just ends). */
 static uint8_t *deleted_message(mgmt_agent_op *op, const char *account_id, size_t *ret_len) {
         const mgmt_agent *ag = op->agent;
-        cp_crypto_box_shared shared = { { 0 } };
         mgmt_map *map = NULL;
         cp_error err = { 0 };
-        uint8_t *plain, *sealed = NULL;
-        size_t plain_len;
+        uint8_t *plain = NULL;
 
         if (mgmt_maps_get(ag->maps, account_id, &map, &err) < 0) {
                 (void) snprintf(op->detail, sizeof op->detail, "no last map for the stream: %s", err.message);
                 return NULL;
         }
-        if (mgmt_map_pack_deleted(map, &op->arena, &plain, &plain_len) == 0 &&
-            cp_crypto_box_shared_init(&shared, op->peer_pub, ag->key->priv, &err) == 0)
-                sealed = mgmt_agent_seal(ag, &shared, plain, plain_len, &op->arena, ret_len, &err);
-        cp_crypto_box_shared_release(&shared);
+        if (mgmt_map_pack_deleted(map, &op->arena, &plain, ret_len) < 0)
+                plain = NULL;
         mgmt_map_unref(map);
-        return sealed;
+        return plain;
 }
 
 void mgmt_logout(mgmt_agent_op *op) {

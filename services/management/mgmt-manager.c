@@ -17,6 +17,7 @@
 #include <event2/event.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <sys/eventfd.h>
 
 /* After the grace period, gRPC gets this much longer to finish cancelling
@@ -32,6 +33,8 @@
 #define DEFAULT_MAX_SYNCS 1000
 /* How long shutdown waits for the replica thread to deregister. */
 #define REPLICA_STOP_MS 3000
+/* How often the server key is re-read when the serial check is off. */
+#define KEY_POLL_DEFAULT_MS 5000
 
 typedef struct mgmt_post {
         struct mgmt_post *next;
@@ -45,7 +48,8 @@ struct mgmt_manager {
         struct event_base *base;
         cp_store *store;
         mgmt_netconf *netconf;
-        mgmt_server_key key;            /* private half wiped in mgmt_manager_free */
+        mgmt_keys *keys;                /* the server key pairs; wiped in mgmt_manager_free */
+        atomic_bool key_reload_queued;  /* a poll job is waiting or running */
         mgmt_workers *workers;
         mgmt_agent agent;               /* borrows store, config, netconf, key, sync, maps */
         mgmt_maps *maps;
@@ -59,7 +63,7 @@ struct mgmt_manager {
         char replica_id[CP_ID_LEN + 1];
 
         struct event *sig_term, *sig_int, *wake, *deadline, *serial_tick, *expiry_tick,
-                *refresh_tick, *retry_tick;
+                *refresh_tick, *retry_tick, *key_tick;
         int wake_fd;
 
         pthread_mutex_t posts_lock;
@@ -161,6 +165,8 @@ static void begin_shutdown(mgmt_manager *m, const char *why) {
                 event_del(m->refresh_tick);
         if (m->retry_tick)
                 event_del(m->retry_tick);
+        if (m->key_tick)
+                event_del(m->key_tick);
         (void) snprintf(buf, sizeof buf, "%" PRId64 "ms", grace);
         cp_log_kv(&log_ctx, CP_LOG_INFO, "shutting down", "signal", why, "grace", buf, NULL);
         mgmt_http_stop_accepting(m->http);
@@ -216,6 +222,29 @@ static void on_refresh_tick(evutil_socket_t fd, short what, void *userdata) {
 
         if (!m->shutting_down)
                 mgmt_sync_refresh_credentials(m->sync);
+}
+
+/* ---- the server key --------------------------------------------------------------- */
+
+/* Worker: re-read the server key (a rotation made by the admin CLI). */
+static void key_reload_work(void *userdata) {
+        mgmt_manager *m = userdata;
+
+        (void) mgmt_keys_reload(m->keys);
+        atomic_store(&m->key_reload_queued, false);
+}
+
+/* Every serial-check interval (5 s when that is off): a rotation reaches
+ * this replica within one interval even when no agent has the new key
+ * yet; agents that do have it are served at once (mgmt_agent_open_request
+ * reloads on a miss). One poll at a time; never on this thread. */
+static void on_key_tick(evutil_socket_t fd, short what, void *userdata) {
+        mgmt_manager *m = userdata;
+
+        if (m->shutting_down || atomic_exchange(&m->key_reload_queued, true))
+                return;
+        if (mgmt_workers_submit(m->workers, key_reload_work, m, false) < 0)
+                atomic_store(&m->key_reload_queued, false);
 }
 
 /* ---- the bus between replicas -------------------------------------------------- */
@@ -365,18 +394,14 @@ static int open_store(mgmt_manager *m, cp_error *reterr) {
         return 0;
 }
 
-/* The deployment's server key pair (shared by every replica through the
+/* The deployment's server key pairs (shared by every replica through the
  * database, sealed with the DataStoreEncryptionKey). */
 static int load_server_key(mgmt_manager *m, const uint8_t data_key[32], cp_error *reterr) {
-        int r = cp_store_server_key_get_or_create(m->store, data_key, m->key.priv, m->key.pub, reterr);
+        int r = mgmt_keys_new(m->store, data_key, &m->keys, reterr);
 
-        if (r < 0) {
+        if (r < 0)
                 cp_error_prefix(reterr, "cannot load the server key");
-                return r;
-        }
-        cp_crypto_wg_key_format(m->key.pub, m->key.pub_b64);
-        cp_log_kv(&log_ctx, CP_LOG_INFO, "server key ready", "public_key", m->key.pub_b64, NULL);
-        return 0;
+        return r;
 }
 
 static int max_syncs(void) {
@@ -461,7 +486,7 @@ int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf,
         if (r < 0)
                 goto fail;
         m->maps = mgmt_maps_new(m->store, cfg, m->netconf);
-        m->agent = (mgmt_agent) { .store = m->store, .config = cfg, .netconf = m->netconf, .key = &m->key,
+        m->agent = (mgmt_agent) { .store = m->store, .config = cfg, .netconf = m->netconf, .keys = m->keys,
                                   .maps = m->maps };
         m->sync = mgmt_sync_new(&m->agent, m->maps, max_syncs());
         m->agent.sync = m->sync;
@@ -550,6 +575,15 @@ int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf,
         }
 
         {
+                int64_t ms = cfg->serial_check_interval_ms > 0 ? cfg->serial_check_interval_ms : KEY_POLL_DEFAULT_MS;
+                struct timeval tv = { .tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000 };
+                m->key_tick = event_new(m->base, -1, EV_PERSIST, on_key_tick, m);
+                if (!m->key_tick || event_add(m->key_tick, &tv) < 0) {
+                        r = cp_error_set(reterr, -ENOMEM, "cannot register the server key timer");
+                        goto fail;
+                }
+        }
+        {
                 struct timeval tv = { .tv_sec = 1, .tv_usec = 0 };
                 m->retry_tick = event_new(m->base, -1, EV_PERSIST, on_retry_tick, m);
                 if (!m->retry_tick || event_add(m->retry_tick, &tv) < 0) {
@@ -589,7 +623,7 @@ mgmt_manager *mgmt_manager_free(mgmt_manager *m) {
                 /* gRPC's thread is stuck: leave it, the store and the rest
                  * in place; the process exits right after. */
                 cp_log(&log_ctx, CP_LOG_WARN, "skipping cleanup: a thread did not stop");
-                cp_explicit_bzero(m->key.priv, sizeof m->key.priv);
+                mgmt_keys_forget(m->keys);
                 return NULL;
         }
         m->grpc = mgmt_grpc_free(m->grpc);
@@ -604,6 +638,9 @@ mgmt_manager *mgmt_manager_free(mgmt_manager *m) {
         m->bus = cp_bus_free(m->bus);
         /* gRPC waited for every offloaded job, so the queue is empty. */
         m->workers = mgmt_workers_free(m->workers);
+        /* No worker is left to open a request or poll the key. */
+        m->agent.keys = NULL;
+        m->keys = mgmt_keys_free(m->keys);
         /* No stream and no job is left. */
         m->sync = mgmt_sync_free(m->sync);
         m->maps = mgmt_maps_free(m->maps);
@@ -623,6 +660,8 @@ mgmt_manager *mgmt_manager_free(mgmt_manager *m) {
                 event_free(m->refresh_tick);
         if (m->retry_tick)
                 event_free(m->retry_tick);
+        if (m->key_tick)
+                event_free(m->key_tick);
         if (m->deadline)
                 event_free(m->deadline);
         if (m->wake)
@@ -643,7 +682,6 @@ mgmt_manager *mgmt_manager_free(mgmt_manager *m) {
         pthread_mutex_destroy(&m->posts_lock);
         mgmt_tls_free(m->tls);
         m->netconf = mgmt_netconf_free(m->netconf);
-        cp_explicit_bzero(&m->key, sizeof m->key);
         free(m);
         return NULL;
 }

@@ -62,6 +62,11 @@ typedef struct sync_stream {
         char account_id[64];
         char peer_key[CP_WG_KEY_B64_LEN];
         cp_crypto_box_shared shared;    /* wiped when freed */
+        /* The server public key the stream opened with: every message is
+         * sealed with that pair, for as long as the stream lives, even
+         * after the server key was rotated (the agent keeps the key it
+         * fetched before opening). */
+        char server_key[CP_WG_KEY_B64_LEN];
         bool have_shared;
         int64_t token;                  /* session token; 0 until the open job took one */
 
@@ -526,7 +531,7 @@ static int open_first_message(sync_stream *s, mgmt_agent_op *op) {
                 open_fail_internal(op, "cannot build the network map", r, &err);
                 return r;
         }
-        sealed = mgmt_agent_seal(ag, &s->shared, plain, plain_len, &op->arena, &sealed_len, &err);
+        sealed = mgmt_agent_seal(s->server_key, &s->shared, plain, plain_len, &op->arena, &sealed_len, &err);
         cp_explicit_bzero(plain, plain_len);
         if (!sealed) {
                 open_fail_internal(op, "cannot seal the first message", -EIO, &err);
@@ -558,6 +563,7 @@ static void open_work(void *userdata) {
         if (mgmt_agent_open_request(op, &s->shared) < 0)
                 return;
         memcpy(s->peer_key, op->peer_key, sizeof s->peer_key);
+        memcpy(s->server_key, op->server_key, sizeof s->server_key);
         const Management__SyncRequest *req = (const Management__SyncRequest *) op->request;
 
         r = cp_store_peer_get_by_key(ag->store, op->peer_key, &p, &err);
@@ -887,7 +893,6 @@ static void fanout_finish(mgmt_sync *h, fanout *f) {
 static void chunk_work(void *userdata) {
         fanout_chunk *ch = userdata;
         fanout *f = ch->f;
-        const mgmt_agent *ag = f->hub->agent;
         mgmt_arena arena;
 
         mgmt_arena_init(&arena);
@@ -899,7 +904,7 @@ static void chunk_work(void *userdata) {
 
                 if (mgmt_map_pack(f->hub->maps, f->map, t->s->peer_id, NULL, &arena, &plain, &plain_len, &err) < 0)
                         continue;       /* deleted meanwhile: Logout ends that stream */
-                sealed = mgmt_agent_seal(ag, &t->s->shared, plain, plain_len, &arena, &sealed_len, &err);
+                sealed = mgmt_agent_seal(t->s->server_key, &t->s->shared, plain, plain_len, &arena, &sealed_len, &err);
                 cp_explicit_bzero(plain, plain_len);
                 if (sealed) {
                         t->msg = cp_xmalloc(sealed_len ? sealed_len : 1);
@@ -1070,6 +1075,29 @@ void mgmt_sync_local_change(mgmt_sync *h, const char *account_id, int64_t serial
         mgmt_sync_account_changed(h, account_id, serial);
 }
 
+/* The deleted peer's last SyncResponse (plain, small), sealed with the
+ * stream's own pair here on the CQ thread: only the stream knows which
+ * server key its agent holds. Returns a malloc'd EncryptedMessage, or
+ * NULL (the stream then just ends). */
+static uint8_t *seal_last(sync_stream *s, const uint8_t *plain, size_t len, size_t *ret_len) {
+        cp_error err = { 0 };
+        mgmt_arena arena;
+        uint8_t *sealed, *out = NULL;
+        size_t n;
+
+        if (!plain || !len || !s->have_shared || !s->server_key[0])
+                return NULL;
+        mgmt_arena_init(&arena);
+        sealed = mgmt_agent_seal(s->server_key, &s->shared, plain, len, &arena, &n, &err);
+        if (sealed) {
+                out = cp_xmalloc(n ? n : 1);
+                memcpy(out, sealed, n);
+                *ret_len = n;
+        }
+        mgmt_arena_release(&arena);
+        return out;
+}
+
 static void on_peer_deleted(mgmt_grpc *g, void *userdata) {
         change_post *p = userdata;
         mgmt_sync *h = p->hub;
@@ -1079,8 +1107,9 @@ static void on_peer_deleted(mgmt_grpc *g, void *userdata) {
                 /* The row is gone: no disconnect can match. */
                 registry_remove(h, s);
                 s->connected = false;
-                stream_queue(s, p->msg, p->len, s->last_serial > p->serial ? s->last_serial : p->serial, true);
-                p->msg = NULL;
+                size_t len = 0;
+                uint8_t *last = seal_last(s, p->msg, p->len, &len);
+                stream_queue(s, last, len, s->last_serial > p->serial ? s->last_serial : p->serial, true);
                 if (!s->ending)         /* the map was refused (stream closing) */
                         stream_end(s, GRPC_STATUS_OK, NULL, "peer deleted");
         }
@@ -1345,7 +1374,7 @@ static void refresh_work(void *userdata) {
                 plain_len = management__sync_response__get_packed_size(&resp);
                 plain = mgmt_arena_alloc(&arena, plain_len ? plain_len : 1);
                 plain_len = management__sync_response__pack(&resp, plain);
-                sealed = mgmt_agent_seal(ag, &t->s->shared, plain, plain_len, &arena, &sealed_len, &err);
+                sealed = mgmt_agent_seal(t->s->server_key, &t->s->shared, plain, plain_len, &arena, &sealed_len, &err);
                 cp_explicit_bzero(plain, plain_len);
                 if (sealed) {
                         t->msg = cp_xmalloc(sealed_len ? sealed_len : 1);

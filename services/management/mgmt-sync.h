@@ -83,8 +83,9 @@ void mgmt_sync_set_announce(mgmt_sync *s, mgmt_sync_announce_fn fn, void *userda
 void mgmt_sync_local_change(mgmt_sync *s, const char *account_id, int64_t serial);
 
 /* Any thread: peer_id was deleted (Logout). msg[0..len) is its last
- * SyncResponse, sealed and wrapped in an EncryptedMessage (copied); the
- * peer's stream, if it has one here, sends it and ends with OK. Also does
+ * SyncResponse, packed but not sealed (copied); the peer's stream, if it
+ * has one here, seals it with the stream's own key pair, sends it and
+ * ends with OK. Also does
  * mgmt_sync_local_change(account_id, serial). */
 void mgmt_sync_peer_deleted(mgmt_sync *s, const char *account_id, const char *peer_id, const void *msg,
                             size_t len, int64_t serial);

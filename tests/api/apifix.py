@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import secrets
+import subprocess
 import sys
 import zlib
 import urllib.error
@@ -113,12 +114,17 @@ def api_for(srv, token):
 
 
 def second_account(dep):
-    """Creates another account in the same database with
-    `netbird-mgmt bootstrap`-like output from the admin CLI; returns its
-    dict (ACCOUNT_ID, USER_ID, SETUP_KEY, ADMIN_TOKEN, ...)."""
-    r = svc.run(["account-create", "--config=" + dep.config_path], env=dep.env())
-    assert r.rc == 0, "account-create failed: %r" % r
-    return fixture.parse_env_output(r.out)
+    """Creates another account in the same database with the admin CLI
+    (`netbird-cp-admin account create`, whose path meson passes in
+    NETBIRD_ADMIN); returns its dict (ACCOUNT_ID, USER_ID, SETUP_KEY,
+    ADMIN_TOKEN, NETWORK), the same lines `netbird-mgmt bootstrap` prints."""
+    admin = os.environ.get("NETBIRD_ADMIN", "")
+    assert admin and os.access(admin, os.X_OK), "NETBIRD_ADMIN does not name the admin binary: %r" % admin
+    p = subprocess.run([admin, "account", "create", "--config=" + dep.config_path], capture_output=True,
+                       text=True, env=svc.clean_env(dep.env()), timeout=60)
+    svc.check_sanitizer_clean(p.stderr)
+    assert p.returncode == 0, "account create failed: rc=%r\n%s\n%s" % (p.returncode, p.stdout, p.stderr)
+    return fixture.parse_env_output(p.stdout)
 
 
 # ---- users and tokens made with SQL ---------------------------------------------

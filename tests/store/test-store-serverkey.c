@@ -206,6 +206,83 @@ TEST(damaged_rows_are_refused) {
         cptest_db_free(db);
 }
 
+
+/* ---- rotation (migration 0008) ------------------------------------------------- */
+
+TEST(rotation_keeps_the_previous_key_for_its_grace_period) {
+        cp_store *s = NULL;
+        cptest_db *db = cptest_db_new_migrated(1, &s);
+        uint8_t key[32], wrong[32], priv[32], pub[32];
+        cp_store_server_keys ks;
+        cp_store_server_key_info info;
+        cp_error err = { 0 };
+        char first_b64[CP_WG_KEY_B64_LEN];
+
+        data_key(key, 0x55);
+        data_key(wrong, 0x56);
+        /* Nothing to rotate or show before a replica made the key. */
+        ASSERT_EQ(-ENOENT, cp_store_server_key_info_get(s, &info, &err));
+        ASSERT_EQ(-ENOENT, cp_store_server_key_rotate(s, key, 60, false, &info, &err));
+        ASSERT_OK(cp_store_server_key_get_or_create(s, key, priv, pub, &err), &err);
+        cp_crypto_wg_key_format(pub, first_b64);
+        ASSERT_OK(cp_store_server_keys_load(s, key, &ks, &err), &err);
+        ASSERT_FALSE(ks.has_previous);
+        ASSERT_EQ(1, ks.generation);
+        ASSERT_OK(cp_store_server_key_info_get(s, &info, &err), &err);
+        ASSERT_STREQ(first_b64, info.public_key);
+        ASSERT_EQ(0, info.rotated_unix_ns);
+        ASSERT_STREQ("", info.previous_public_key);
+
+        /* A wrong DataStoreEncryptionKey changes nothing. */
+        ASSERT_EQ(-EKEYREJECTED, cp_store_server_key_rotate(s, wrong, 60, false, &info, &err));
+        ASSERT_OK(cp_store_server_key_info_get(s, &info, &err), &err);
+        ASSERT_EQ(1, info.generation);
+
+        ASSERT_OK(cp_store_server_key_rotate(s, key, 3600, false, &info, &err), &err);
+        ASSERT_EQ(2, info.generation);
+        ASSERT_STREQ(first_b64, info.previous_public_key);
+        ASSERT_TRUE(info.previous_valid);
+        ASSERT_TRUE(strcmp(info.public_key, first_b64) != 0);
+        ASSERT_TRUE(info.rotated_unix_ns > 0 && info.previous_expires_unix_ns > info.rotated_unix_ns);
+
+        /* Replicas load both pairs; the previous one is the old pair. */
+        ASSERT_OK(cp_store_server_keys_load(s, key, &ks, &err), &err);
+        ASSERT_TRUE(ks.has_previous);
+        ASSERT_EQ(2, ks.generation);
+        ASSERT_TRUE(memcmp(ks.prev_priv, priv, 32) == 0 && memcmp(ks.prev_pub, pub, 32) == 0);
+        ASSERT_TRUE(memcmp(ks.pub, pub, 32) != 0);
+        uint8_t derived[32];
+        ASSERT_OK(cp_crypto_wg_public_from_private(ks.priv, derived, NULL), NULL);
+        ASSERT_TRUE(memcmp(derived, ks.pub, 32) == 0);
+        char *enc = cptest_db_query(db, "SELECT previous_private_key_enc FROM server_keys", 0, NULL);
+        ASSERT_TRUE(strlen(enc) > 44);  /* encrypted, not the key itself */
+        free(enc);
+
+        /* Again inside the grace period: refused unless forced. */
+        ASSERT_EQ(-EBUSY, cp_store_server_key_rotate(s, key, 3600, false, &info, &err));
+        ASSERT_TRUE(strstr(err.hint, "--force") != NULL);
+        ASSERT_OK(cp_store_server_key_rotate(s, key, 0, true, &info, &err), &err);
+        ASSERT_EQ(3, info.generation);
+        ASSERT_FALSE(info.previous_valid);
+        /* A grace period of 0: the previous pair is not handed out. */
+        ASSERT_OK(cp_store_server_keys_load(s, key, &ks, &err), &err);
+        ASSERT_FALSE(ks.has_previous);
+        ASSERT_EQ(3, ks.generation);
+        /* ... and an expired one does not block the next rotation. */
+        ASSERT_OK(cp_store_server_key_rotate(s, key, 60, false, &info, &err), &err);
+        ASSERT_EQ(4, info.generation);
+
+        /* The schema keeps the previous key whole. */
+        char *state = cptest_db_try(db, "UPDATE server_keys SET previous_expires_at = NULL", 0, NULL);
+        ASSERT_STREQ("23514", state);
+        free(state);
+
+        cp_explicit_bzero(&ks, sizeof ks);
+        cp_explicit_bzero(priv, sizeof priv);
+        s = cp_store_free(s);
+        cptest_db_free(db);
+}
+
 int main(int argc, char **argv) {
         if (cp_crypto_init() < 0)
                 return 2;

@@ -21,6 +21,7 @@
 #include "cp/error.h"
 
 typedef struct cp_store cp_store;
+struct cp_strbuf;
 
 /* Longest replica id the store keeps (they are generated, "r" + 24 hex). */
 #define CP_STORE_REPLICA_ID_MAX 64
@@ -70,6 +71,8 @@ typedef struct cp_store_migrate_result {
 } cp_store_migrate_result;
 
 int cp_store_migrate(cp_store *s, cp_store_migrate_result *ret, cp_error *reterr);
+/* Appends the one- or two-line report `migrate` prints for a result. */
+void cp_store_migrate_report(const cp_store_migrate_result *mr, struct cp_strbuf *out);
 /* Checks without changing anything; returns 1 when every compiled
  * migration is applied with a matching checksum, 0 when some are pending,
  * or a negative error (-EBADMSG on a checksum mismatch). */
@@ -148,6 +151,14 @@ typedef struct cp_store_account_created {
 int cp_store_account_create(cp_store *s, const cp_store_account_spec *spec,
                             cp_store_account_created *ret, cp_error *reterr);
 
+/* Appends the created account as shell-sourceable lines, in this order:
+ * ACCOUNT_ID=, USER_ID=, SETUP_KEY=, ADMIN_TOKEN=, NETWORK=. Values that
+ * are not plain ids, keys or CIDRs are single-quoted. What
+ * `netbird-mgmt bootstrap` and `netbird-cp-admin account create` print. */
+void cp_store_account_env(const cp_store_account_created *a, struct cp_strbuf *out);
+/* One KEY=value line quoted the same way. */
+void cp_store_env_line(struct cp_strbuf *out, const char *name, const char *value);
+
 /* Number of accounts; used by bootstrap to stay idempotent. */
 int cp_store_account_count(cp_store *s, int64_t *ret, cp_error *reterr);
 
@@ -175,3 +186,52 @@ int cp_store_account_count(cp_store *s, int64_t *ret, cp_error *reterr);
  *   others         as for every store call (-ECONNRESET, -EIO, ...) */
 int cp_store_server_key_get_or_create(cp_store *s, const uint8_t data_key[32],
                                       uint8_t ret_priv[32], uint8_t ret_pub[32], cp_error *reterr);
+
+/* ---- server key rotation (store-serverkey.c, migration 0008) --------------
+ * A rotation replaces the pair and keeps the one it replaced as the
+ * previous key until a grace period ends (by the database clock), so
+ * requests sealed to it still open on every replica meanwhile. generation
+ * counts rotations (1 for a key never rotated). */
+
+/* What a replica holds: the current pair and, inside its grace period,
+ * the previous one. Secrets: the caller wipes the struct
+ * (cp_explicit_bzero) when done. */
+typedef struct cp_store_server_keys {
+        uint8_t priv[32];
+        uint8_t pub[32];
+        bool has_previous;
+        uint8_t prev_priv[32];
+        uint8_t prev_pub[32];
+        int64_t generation;
+} cp_store_server_keys;
+
+/* Like cp_store_server_key_get_or_create (same errors, creates the row
+ * when there is none) but returns the previous pair too. Both pairs are
+ * decrypted and checked. Nothing is written to *ret on failure. */
+int cp_store_server_keys_load(cp_store *s, const uint8_t data_key[32], cp_store_server_keys *ret,
+                              cp_error *reterr);
+
+/* The public state of the row, for operators (no secret, no data key). */
+typedef struct cp_store_server_key_info {
+        char public_key[48];
+        int64_t generation;
+        int64_t created_unix_ns;
+        int64_t rotated_unix_ns;                /* 0: never rotated */
+        char previous_public_key[48];           /* "" when there is none */
+        int64_t previous_expires_unix_ns;       /* 0 when there is none */
+        bool previous_valid;                    /* still inside its grace period */
+} cp_store_server_key_info;
+
+/* -ENOENT when no replica has created the key yet. */
+int cp_store_server_key_info_get(cp_store *s, cp_store_server_key_info *ret, cp_error *reterr);
+
+/* Rotates in one transaction: locks the row, checks that data_key opens
+ * the current private key (-EKEYREJECTED otherwise: a key sealed with
+ * the wrong DataStoreEncryptionKey would stop every replica), refuses
+ * with -EBUSY while an earlier previous key is still inside its grace
+ * period unless force (rotating again would drop it at once), then makes
+ * a new pair, moves the current one to previous with grace_s seconds to
+ * live (0: dropped at once) and bumps generation. -ENOENT when there is
+ * no key yet. On success *ret (may be NULL) describes the new state. */
+int cp_store_server_key_rotate(cp_store *s, const uint8_t data_key[32], int64_t grace_s, bool force,
+                               cp_store_server_key_info *ret, cp_error *reterr);

@@ -1,0 +1,76 @@
+/*
+ * mgmt-keys.h: the server's WireGuard key pairs as this replica holds
+ * them, and how they follow a rotation without a restart.
+ *
+ * The deployment has one current pair and, for a grace period after a
+ * rotation (`netbird-cp-admin server-key rotate`), the previous one
+ * (cp_store_server_keys_load). Agents seal requests to whichever public
+ * key GetServerKey gave them; a request opens with the current key or
+ * the previous one, and the answer is sealed with the same one.
+ *
+ * Keeping up with the database:
+ *   - mgmt_keys_reload() re-reads the row (the manager runs it on a
+ *     worker every serial-check interval);
+ *   - when a request opens with neither key, mgmt_keys_reload_after_miss()
+ *     re-reads at most once a second and says whether a newer set is
+ *     there, so an agent that got the new key from a faster replica is
+ *     served here too instead of failing until the next poll.
+ *
+ * Threads: every function may be called from any thread. The set is
+ * swapped under a mutex that is never held across a database call;
+ * readers take a copy (mgmt_keys_get), so a swap never pulls a key out
+ * from under an operation. Reloads take turns on a second mutex.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "cp/crypto-box.h"
+#include "cp/error.h"
+#include "cp/store.h"
+
+typedef struct mgmt_server_key {
+        uint8_t priv[CP_WG_KEY_LEN];
+        uint8_t pub[CP_WG_KEY_LEN];
+        char pub_b64[CP_WG_KEY_B64_LEN];
+} mgmt_server_key;
+
+/* A copy of the keys: key[0] current, key[1] previous when n == 2.
+ * version changes whenever the set changed. Wipe with
+ * mgmt_key_set_wipe(). */
+typedef struct mgmt_key_set {
+        mgmt_server_key key[2];
+        unsigned n;
+        uint64_t version;
+} mgmt_key_set;
+
+typedef struct mgmt_keys mgmt_keys;
+
+/* Loads the keys (creating the pair on an empty database). data_key (the
+ * raw DataStoreEncryptionKey) is copied and kept for reloads, wiped by
+ * mgmt_keys_free(). The store is borrowed and must outlive the keys.
+ * Errors as cp_store_server_keys_load (-EKEYREJECTED: wrong data key). */
+int mgmt_keys_new(cp_store *store, const uint8_t data_key[32], mgmt_keys **ret, cp_error *reterr);
+/* Accepts NULL; returns NULL. */
+mgmt_keys *mgmt_keys_free(mgmt_keys *k);
+/* Wipes the secrets held without freeing anything (an exit that leaves a
+ * stuck thread in place); requests opened afterwards fail. */
+void mgmt_keys_forget(mgmt_keys *k);
+
+/* A copy of the set right now. Never blocks on the database. */
+void mgmt_keys_get(mgmt_keys *k, mgmt_key_set *out);
+void mgmt_key_set_wipe(mgmt_key_set *ks);
+/* The current public key (GetServerKey). Never blocks on the database. */
+void mgmt_keys_current_public(mgmt_keys *k, char out[CP_WG_KEY_B64_LEN]);
+
+/* Re-reads the keys from the database (blocks: run it on a worker).
+ * Returns 1 when the set changed, 0 when not, negative on error (the
+ * keys held stay as they were). Logs a change and a failure. */
+int mgmt_keys_reload(mgmt_keys *k);
+
+/* After a request opened with none of the keys of a set whose version
+ * was seen_version: true when a newer set is available (already, or
+ * after a reload, which runs at most once a second), so the caller
+ * should try again with mgmt_keys_get(). Blocks on the database. */
+bool mgmt_keys_reload_after_miss(mgmt_keys *k, uint64_t seen_version);
