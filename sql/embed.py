@@ -5,7 +5,7 @@ Usage: embed.py OUTPUT.c FILE...
 Each file becomes {version, name, sql}. Versions must be unique and
 increasing; the build fails otherwise, so a duplicate number never reaches
 a database. Gaps are allowed: numbers are handed out to branches developed
-side by side, and one branch may carry 0008 before 0004..0007 are merged.
+side by side, and one branch may carry 0006 before 0004..0005 are merged.
 """
 import os
 import re

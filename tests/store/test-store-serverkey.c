@@ -207,7 +207,7 @@ TEST(damaged_rows_are_refused) {
 }
 
 
-/* ---- rotation (migration 0008) ------------------------------------------------- */
+/* ---- rotation (migration 0004) ------------------------------------------------- */
 
 TEST(rotation_keeps_the_previous_key_for_its_grace_period) {
         cp_store *s = NULL;

@@ -1,4 +1,4 @@
--- 0008_server_key_rotation: rotating the server key without breaking a
+-- 0004_server_key_rotation: rotating the server key without breaking a
 -- running fleet.
 --
 -- `netbird-cp-admin server-key rotate` replaces the key pair in one
