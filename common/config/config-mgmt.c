@@ -78,7 +78,7 @@ static const cp_cfg_option options[] = {
         { "port", CP_CFG_INT, F(port), "33073", { NULL }, "ControlPlane.Port", 0, PORT_RANGE,
           NULL, "PORT", "gRPC port for agents (0 = any free port)" },
         { "http-port", CP_CFG_INT, F(http_port), "33080", { NULL }, "ControlPlane.HttpPort", 0, PORT_RANGE,
-          NULL, "PORT", "HTTP port for /healthz and /readyz (0 = any free port)" },
+          NULL, "PORT", "HTTP port for /healthz, /readyz, /metrics and the REST API (0 = any free port)" },
         { "listen-address", CP_CFG_STRING, F(listen_address), "0.0.0.0", { NULL },
           "ControlPlane.ListenAddress", 0, 0, 0, check_nonempty, "ADDR",
           "address both listeners bind to" },

@@ -12,9 +12,28 @@
 #   processes    cl_pid_alive, cl_pidfile_pid, cl_stop_pid, cl_stop_pidfile,
 #                cl_wait_pid_exit
 #   ports, HTTP  cl_free_ports, cl_port_free, cl_http_wait
+#   dev cluster  cl_dev_dir
 
 cl_log() { printf '%s\n' "$*" >&2; }
 cl_die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- dev cluster
+
+# cl_dev_dir ROOT: prints the state directory of deploy/dev/up and down:
+# $CP_DEV_DIR made absolute (relative to the current directory), or
+# ROOT/.dev when it is unset or empty. Refuses / (down --purge deletes it).
+cl_dev_dir() {
+        local root=$1 d=${CP_DEV_DIR:-}
+        [ -n "$d" ] || d=$root/.dev
+        case $d in /*) ;; *) d=$PWD/$d ;; esac
+        d=${d%/}
+        while [[ $d == */. ]]; do d=${d%/.}; done
+        if [ -z "$d" ] || [[ $d == */.. ]] || [[ $d == */../* ]]; then
+                cl_log "CP_DEV_DIR=${CP_DEV_DIR:-} is not a usable directory (no /, no ..)"
+                return 1
+        fi
+        printf '%s\n' "$d"
+}
 
 # ---------------------------------------------------------------- processes
 

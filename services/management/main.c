@@ -8,6 +8,7 @@
 #include "cp/log.h"
 #include "cp/strbuf.h"
 #include "mgmt-cmd.h"
+#include "mgmt-netconf.h"
 
 #include <signal.h>
 
@@ -53,6 +54,8 @@ static void command_usage(const command *cmd, const cp_cfg_table *tables, size_t
                             "Flags (--flag value or --flag=value; precedence: flag > environment > "
                             "config file > default):\n", cmd->name, cmd->summary);
         cp_cfg_usage(&sb, &cp_config_spec, tables, n_tables);
+        if (cmd->run == mgmt_cmd_management)
+                mgmt_netconf_usage(&sb);
         fputs(sb.buf, stdout);
         cp_strbuf_release(&sb);
 }

@@ -88,7 +88,7 @@ int mgmt_cmd_management(const cp_config *cfg, void *extra) {
         r = require_data_key(cfg, data_key, &err);
         if (r < 0)
                 return config_error(r, &err);
-        r = mgmt_netconf_load(cfg->source.file, cfg->source.file_path, &netconf, &err);
+        r = mgmt_netconf_load(cfg->source.file, cfg->source.file_path, NULL, &netconf, &err);
         if (r < 0) {
                 cp_explicit_bzero(data_key, sizeof data_key);
                 return config_error(r, &err);

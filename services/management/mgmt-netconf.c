@@ -17,7 +17,7 @@
 /* ---- reading the file ------------------------------------------------------ */
 
 typedef struct reader {
-        const char *path;
+        const char *path;       /* where the value being read came from */
         cp_error *err;
 } reader;
 
@@ -239,28 +239,28 @@ static int read_relay(reader *r, const json_t *v, mgmt_netconf *n) {
         return 0;
 }
 
-static int read_flows(reader *r, const json_t *file, mgmt_netconf *n) {
-        json_t *d = jget(file, "DeviceAuthorizationFlow"), *p = jget(file, "PKCEAuthorizationFlow");
+static int read_device_flow(reader *r, const json_t *d, mgmt_netconf *n) {
+        if (!d)
+                return 0;
+        if (want(r, "DeviceAuthorizationFlow", d, json_is_object(d), "an object") < 0 ||
+            read_str(r, d, "Provider", "DeviceAuthorizationFlow", &n->device_provider_name) < 0 ||
+            read_provider(r, jget(d, "ProviderConfig"), "DeviceAuthorizationFlow.ProviderConfig", &n->device) < 0)
+                return -EINVAL;
+        /* NetBird: absent or "none" means not configured; the name,
+         * upper-cased, must be a value of the protocol's enum (HOSTED is
+         * the only one). */
+        n->device_flow = strcmp(n->device_provider_name, "none") != 0;
+        n->device_provider_ok = strcasecmp(n->device_provider_name, "hosted") == 0;
+        return 0;
+}
 
-        if (d) {
-                if (want(r, "DeviceAuthorizationFlow", d, json_is_object(d), "an object") < 0 ||
-                    read_str(r, d, "Provider", "DeviceAuthorizationFlow", &n->device_provider_name) < 0 ||
-                    read_provider(r, jget(d, "ProviderConfig"), "DeviceAuthorizationFlow.ProviderConfig",
-                                  &n->device) < 0)
-                        return -EINVAL;
-                /* NetBird: absent or "none" means not configured; the name,
-                 * upper-cased, must be a value of the protocol's enum
-                 * (HOSTED is the only one). */
-                n->device_flow = strcmp(n->device_provider_name, "none") != 0;
-                n->device_provider_ok = strcasecmp(n->device_provider_name, "hosted") == 0;
-        }
-        if (p) {
-                if (want(r, "PKCEAuthorizationFlow", p, json_is_object(p), "an object") < 0 ||
-                    read_provider(r, jget(p, "ProviderConfig"), "PKCEAuthorizationFlow.ProviderConfig",
-                                  &n->pkce) < 0)
-                        return -EINVAL;
-                n->pkce_flow = true;
-        }
+static int read_pkce_flow(reader *r, const json_t *p, mgmt_netconf *n) {
+        if (!p)
+                return 0;
+        if (want(r, "PKCEAuthorizationFlow", p, json_is_object(p), "an object") < 0 ||
+            read_provider(r, jget(p, "ProviderConfig"), "PKCEAuthorizationFlow.ProviderConfig", &n->pkce) < 0)
+                return -EINVAL;
+        n->pkce_flow = true;
         return 0;
 }
 
@@ -276,18 +276,134 @@ static int read_http(reader *r, const json_t *file, mgmt_netconf *n) {
         return 0;
 }
 
-int mgmt_netconf_load(const json_t *file, const char *path, mgmt_netconf **ret, cp_error *reterr) {
-        mgmt_netconf *n = cp_xcalloc(1, sizeof *n);
-        reader r = { .path = path ? path : "the config file", .err = reterr };
-        json_t *sig;
+/* ---- the environment --------------------------------------------------------- */
 
+/* Each agent-facing key can also come from one environment variable that
+ * holds its JSON value (a Kubernetes deployment may have no file). A set
+ * variable replaces the file's key as a whole; empty or null counts as
+ * unset, as for every other setting. */
+static const struct {
+        const char *key;
+        const char *env;
+} env_json[] = {
+        { "Stuns", CP_CONFIG_ENV_PREFIX "STUNS" },
+        { "TURNConfig", CP_CONFIG_ENV_PREFIX "TURN_CONFIG" },
+        { "Relay", CP_CONFIG_ENV_PREFIX "RELAY" },
+        { "Signal", CP_CONFIG_ENV_PREFIX "SIGNAL" },
+        { "DeviceAuthorizationFlow", CP_CONFIG_ENV_PREFIX "DEVICE_AUTHORIZATION_FLOW" },
+        { "PKCEAuthorizationFlow", CP_CONFIG_ENV_PREFIX "PKCE_AUTHORIZATION_FLOW" },
+};
+
+/* The string members of HttpConfig we read, each also a plain-text
+ * variable (like HttpConfig.CertFile and NB_MGMT_CERT_FILE). */
+static const struct {
+        const char *key;
+        const char *env;
+        size_t offset;
+} env_http[] = {
+        { "AuthIssuer", CP_CONFIG_ENV_PREFIX "AUTH_ISSUER", offsetof(mgmt_netconf, auth_issuer) },
+        { "AuthAudience", CP_CONFIG_ENV_PREFIX "AUTH_AUDIENCE", offsetof(mgmt_netconf, auth_audience) },
+        { "AuthKeysLocation", CP_CONFIG_ENV_PREFIX "AUTH_KEYS_LOCATION",
+          offsetof(mgmt_netconf, auth_keys_location) },
+};
+
+extern char **environ;
+
+static const char *env_get(char *const *envp, const char *name) {
+        size_t n = strlen(name);
+
+        for (char *const *e = envp ? envp : environ; e && *e; e++)
+                if (strncmp(*e, name, n) == 0 && (*e)[n] == '=')
+                        return (*e)[n + 1] ? *e + n + 1 : NULL;
+        return NULL;
+}
+
+/* The values of the keys in env_json: from their variables where set,
+ * else from the file; origin[i] names where each came from. The values
+ * parsed from variables are added to owned (one reference each). */
+typedef struct sources {
+        const json_t *value[ELEMENTSOF(env_json)];
+        char *origin[ELEMENTSOF(env_json)];
+        json_t *owned[ELEMENTSOF(env_json)];
+} sources;
+
+static void sources_release(sources *src) {
+        for (size_t i = 0; i < ELEMENTSOF(env_json); i++) {
+                free(src->origin[i]);
+                json_decref(src->owned[i]);
+        }
+        memset(src, 0, sizeof *src);
+}
+
+static int sources_load(const json_t *file, const char *path, char *const *envp, sources *src,
+                        cp_error *reterr) {
+        for (size_t i = 0; i < ELEMENTSOF(env_json); i++) {
+                const char *text = env_get(envp, env_json[i].env);
+                json_error_t je;
+
+                if (!text) {
+                        src->value[i] = jget(file, env_json[i].key);
+                        src->origin[i] = cp_xstrdup(path);
+                        continue;
+                }
+                /* JSON_DECODE_ANY: Stuns is an array, the others objects;
+                 * the readers say which was expected. */
+                src->owned[i] = json_loads(text, JSON_DECODE_ANY, &je);
+                if (!src->owned[i])
+                        return cp_error_set(reterr, -EINVAL, "invalid value for environment variable %s "
+                                            "(%s): not JSON: %s at column %d", env_json[i].env,
+                                            env_json[i].key, je.text, je.column);
+                src->value[i] = json_is_null(src->owned[i]) ? jget(file, env_json[i].key) : src->owned[i];
+                src->origin[i] = json_is_null(src->owned[i]) ? cp_xstrdup(path) :
+                                 cp_xasprintf("environment variable %s", env_json[i].env);
+        }
+        return 0;
+}
+
+/* The value of key (one of env_json) and, in r->path, where it came from. */
+static const json_t *pick(reader *r, const sources *src, const char *key) {
+        for (size_t i = 0; i < ELEMENTSOF(env_json); i++)
+                if (strcmp(env_json[i].key, key) == 0) {
+                        r->path = src->origin[i];
+                        return src->value[i];
+                }
+        abort();        /* a key missing from env_json: a bug here */
+}
+
+static void http_from_env(char *const *envp, mgmt_netconf *n) {
+        for (size_t i = 0; i < ELEMENTSOF(env_http); i++) {
+                const char *v = env_get(envp, env_http[i].env);
+                char **field = (char **) ((char *) n + env_http[i].offset);
+
+                if (v) {
+                        free(*field);
+                        *field = cp_xstrdup(v);
+                }
+        }
+}
+
+int mgmt_netconf_load(const json_t *file, const char *path, char *const *envp, mgmt_netconf **ret,
+                      cp_error *reterr) {
+        mgmt_netconf *n = cp_xcalloc(1, sizeof *n);
+        reader r = { .err = reterr };
+        sources src = { 0 };
+        const json_t *sig;
+
+        path = path ? path : "the config file";
         n->turn_ttl_s = DEFAULT_TTL_S;
         n->relay_ttl_s = DEFAULT_TTL_S;
-        if (read_hosts(&r, jget(file, "Stuns"), "Stuns", &n->stuns, &n->n_stuns) < 0 ||
-            read_turn(&r, jget(file, "TURNConfig"), n) < 0 || read_relay(&r, jget(file, "Relay"), n) < 0 ||
-            read_flows(&r, file, n) < 0 || read_http(&r, file, n) < 0)
+        if (sources_load(file, path, envp, &src, reterr) < 0)
                 goto fail;
-        sig = jget(file, "Signal");
+        if (read_hosts(&r, pick(&r, &src, "Stuns"), "Stuns", &n->stuns, &n->n_stuns) < 0 ||
+            read_turn(&r, pick(&r, &src, "TURNConfig"), n) < 0 || read_relay(&r, pick(&r, &src, "Relay"), n) < 0 ||
+            read_device_flow(&r, pick(&r, &src, "DeviceAuthorizationFlow"), n) < 0 ||
+            read_pkce_flow(&r, pick(&r, &src, "PKCEAuthorizationFlow"), n) < 0)
+                goto fail;
+        r.path = path;
+        if (read_http(&r, file, n) < 0)
+                goto fail;
+        http_from_env(envp, n);
+        sig = pick(&r, &src, "Signal");
         if (sig) {
                 if (read_host(&r, sig, "Signal", &n->signal) < 0)
                         goto fail;
@@ -295,11 +411,25 @@ int mgmt_netconf_load(const json_t *file, const char *path, mgmt_netconf **ret, 
         }
         if (!n->turn_secret)
                 n->turn_secret = cp_xstrdup("");
+        sources_release(&src);
         *ret = n;
         return 0;
 fail:
+        sources_release(&src);
         mgmt_netconf_free(n);
         return -EINVAL;
+}
+
+void mgmt_netconf_usage(cp_strbuf *out) {
+        cp_strbuf_addf(out, "\nWhat agents are given (management.json keys; each also from the environment, "
+                            "which wins over the file):\n");
+        for (size_t i = 0; i < ELEMENTSOF(env_json); i++)
+                cp_strbuf_addf(out, "  %-34s env %s (the key's JSON value)\n", env_json[i].key, env_json[i].env);
+        for (size_t i = 0; i < ELEMENTSOF(env_http); i++) {
+                char key[64];
+                (void) snprintf(key, sizeof key, "HttpConfig.%s", env_http[i].key);
+                cp_strbuf_addf(out, "  %-34s env %s (a string)\n", key, env_http[i].env);
+        }
 }
 
 void mgmt_netconf_check(const mgmt_netconf *n, void (*warn)(const char *text, void *userdata), void *userdata) {

@@ -12,6 +12,15 @@
  * configuration error that names the key, the same as for our own
  * settings. Keys match case-insensitively, as Go's encoding/json does.
  *
+ * Every one of those keys can also come from the environment, which wins
+ * over the file as for every other setting: NB_MGMT_STUNS,
+ * NB_MGMT_TURN_CONFIG, NB_MGMT_RELAY, NB_MGMT_SIGNAL,
+ * NB_MGMT_DEVICE_AUTHORIZATION_FLOW and NB_MGMT_PKCE_AUTHORIZATION_FLOW
+ * hold the key's whole JSON value (replacing the file's key, not merged
+ * into it); NB_MGMT_AUTH_ISSUER, NB_MGMT_AUTH_AUDIENCE and
+ * NB_MGMT_AUTH_KEYS_LOCATION hold the HttpConfig strings as plain text.
+ * Errors in a variable name the variable.
+ *
  * Credentials (netbird-protocol.md section 1.5):
  *   TURN, time-based   user = decimal Unix expiry, password =
  *                      base64(HMAC-SHA1(TURNConfig.Secret, user))
@@ -31,6 +40,7 @@
 #include <stdint.h>
 
 #include "cp/error.h"
+#include "cp/strbuf.h"
 #include "management.pb-c.h"
 #include "mgmt-arena.h"
 
@@ -91,10 +101,17 @@ typedef struct mgmt_netconf {
         char *auth_keys_location;
 } mgmt_netconf;
 
-/* Reads the keys above from file (may be NULL: nothing configured); path
- * names the file in messages. On failure nothing is returned and reterr
- * names the key ("TURNConfig.Turns[0].Proto in /etc/...: ..."). */
-int mgmt_netconf_load(const struct json_t *file, const char *path, mgmt_netconf **ret, cp_error *reterr);
+/* Reads the keys above from file (may be NULL: nothing configured) and
+ * the environment envp (NULL: the process environment; reading it is not
+ * thread-safe, so load in main before other threads start); path names
+ * the file in messages. On failure nothing is returned and reterr names
+ * the key and where it came from ("TURNConfig.Turns[0].Proto in
+ * /etc/...: ...", "Stuns[0].URI in environment variable NB_MGMT_STUNS:
+ * ..."). */
+int mgmt_netconf_load(const struct json_t *file, const char *path, char *const *envp, mgmt_netconf **ret,
+                      cp_error *reterr);
+/* Appends the --help lines for the keys above and their variables. */
+void mgmt_netconf_usage(cp_strbuf *out);
 /* Wipes the secrets and frees. Accepts NULL; returns NULL. */
 mgmt_netconf *mgmt_netconf_free(mgmt_netconf *n);
 

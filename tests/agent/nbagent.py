@@ -164,13 +164,14 @@ class Agent:
     """One agent identity (a WireGuard key pair) and one HTTP/2 connection."""
 
     def __init__(self, target, private_key=None, tls=False, root_certs=None, server_name=None,
-                 timeout=DEFAULT_TIMEOUT):
+                 timeout=DEFAULT_TIMEOUT, options=()):
+        """options: extra gRPC channel arguments, e.g. keepalive settings."""
         self.target = target
         self.key = private_key or new_private_key()
         self.pub = self.key.public_key
         self.pub_b64 = b64(bytes(self.pub))
         self.timeout = timeout
-        options = [("grpc.max_receive_message_length", 16 * 1024 * 1024)]
+        options = [("grpc.max_receive_message_length", 16 * 1024 * 1024)] + list(options)
         if tls:
             creds = grpc.ssl_channel_credentials(root_certificates=root_certs)
             if server_name:

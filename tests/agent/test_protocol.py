@@ -4,9 +4,7 @@ codes agents act on (netbird-protocol.md section 3.4), the NaCl envelope,
 the LoginResponse contents, and the Sync stream.
 
 Usage (meson does this): /usr/bin/python3 test_protocol.py NETBIRD_MGMT [TEST]
-with CP_PROTO_DIR=<build>/proto and CP_TEST_PG_DSN set. The Sync cases
-print "# SKIP sync not implemented" while the server answers Sync with
-UNIMPLEMENTED.
+with CP_PROTO_DIR=<build>/proto and CP_TEST_PG_DSN set.
 """
 
 import base64
@@ -142,22 +140,11 @@ def run_parallel(fns):
 
 
 def open_sync(agent, meta=None):
-    """Opens Sync and reads the first message; SKIP while Sync is unimplemented."""
+    """Opens Sync and reads the first message (an error status fails)."""
     stream = agent.sync(meta=meta)
-    try:
-        first = stream.next(timeout=15)
-    except RpcFailed as e:
-        if e.code == SC.UNIMPLEMENTED:
-            raise svc.Skip("sync not implemented")
-        raise
+    first = stream.next(timeout=15)
     check_map_invariants(first)
     return stream, first
-
-
-def sync_probe(agent):
-    """Skips the test unless the server implements Sync (the agent must be registered)."""
-    stream, first = open_sync(agent)
-    stream.cancel()
 
 
 def check_map_invariants(msg):
@@ -504,8 +491,6 @@ def logout_unknown_peer_is_not_found():
         a.logout()
         raise AssertionError("Logout of an unknown key succeeded")
     except RpcFailed as e:
-        if e.code == SC.UNIMPLEMENTED:
-            raise svc.Skip("logout not implemented")
         assert e.code == SC.NOT_FOUND, e
 
 
@@ -519,12 +504,7 @@ def logout_deletes_the_peer():
     a = dep.agent()
     a.register(dep.setup_key, meta=build_meta("bye"))
     pid = dep.peers()[a.pub_b64]["id"]
-    try:
-        assert a.logout() == pb.Empty()
-    except RpcFailed as e:
-        if e.code == SC.UNIMPLEMENTED:
-            raise svc.Skip("logout not implemented")
-        raise
+    assert a.logout() == pb.Empty()
     assert a.pub_b64 not in dep.peers(), "Logout deletes the peer"
     assert dep.sql("SELECT count(*) FROM group_peers WHERE peer_id = %s", (pid,))[0][0] == 0
     ev = dep.sql("SELECT initiator_id FROM events WHERE activity = 5 AND target_id = %s", (pid,))
@@ -725,8 +705,6 @@ def sync_unknown_peer_is_permission_denied():
         s.next(timeout=15)
         raise AssertionError("Sync of an unregistered key sent a message")
     except RpcFailed as e:
-        if e.code == SC.UNIMPLEMENTED:
-            raise svc.Skip("sync not implemented")
         assert e.code == SC.PERMISSION_DENIED, e
         assert "peer is not registered" in e.details, e
 

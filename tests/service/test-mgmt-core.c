@@ -127,13 +127,16 @@ TEST(arena_alignment_big_blocks_and_strings) {
 
 /* ---- netconf --------------------------------------------------------------- */
 
+/* An empty environment, so the runner's variables never leak in. */
+static char *const no_env[] = { NULL };
+
 static int load(const char *text, mgmt_netconf **ret, cp_error *err) {
         json_error_t je;
         json_t *j = json_loads(text, 0, &je);
 
         if (!j)
                 cptest_fail(__FILE__, __LINE__, "bad JSON in test: %s", je.text);
-        int r = mgmt_netconf_load(j, "/test/management.json", ret, err);
+        int r = mgmt_netconf_load(j, "/test/management.json", no_env, ret, err);
         json_decref(j);
         return r;
 }
@@ -142,7 +145,7 @@ TEST(netconf_empty_file) {
         mgmt_netconf *n = NULL;
         mgmt_arena a;
 
-        ASSERT_EQ(0, mgmt_netconf_load(NULL, NULL, &n, NULL));
+        ASSERT_EQ(0, mgmt_netconf_load(NULL, NULL, no_env, &n, NULL));
         ASSERT_FALSE(n->device_flow || n->pkce_flow || n->has_signal || n->has_turn);
         mgmt_arena_init(&a);
         Management__NetbirdConfig *nc = mgmt_netconf_build(n, 1700000000, &a);
@@ -294,6 +297,104 @@ TEST(netconf_errors_and_warnings) {
         mgmt_netconf_check(n, on_warning, NULL);
         ASSERT_EQ(2, n_warnings);
         mgmt_netconf_free(n);
+}
+
+/* Loads text (a management.json, or NULL for none) with the environment
+ * envp. */
+static int load_env(const char *text, char *const *envp, mgmt_netconf **ret, cp_error *err) {
+        json_error_t je;
+        json_t *j = text ? json_loads(text, 0, &je) : NULL;
+
+        if (text && !j)
+                cptest_fail(__FILE__, __LINE__, "bad JSON in test: %s", je.text);
+        int r = mgmt_netconf_load(j, "/test/management.json", envp, ret, err);
+        json_decref(j);
+        return r;
+}
+
+TEST(netconf_from_the_environment) {
+        static const char file[] =
+                "{\"Stuns\": [{\"Proto\": \"udp\", \"URI\": \"stun:file:3478\"}],"
+                " \"Signal\": {\"Proto\": \"http\", \"URI\": \"file-signal:80\"},"
+                " \"Relay\": {\"Addresses\": [\"rels://file-relay:443\"], \"Secret\": \"f\"},"
+                " \"HttpConfig\": {\"AuthIssuer\": \"https://file-idp/\", \"AuthAudience\": \"file-aud\"}}";
+        char *const env[] = {
+                "NB_MGMT_STUNS=[{\"Proto\": \"tcp\", \"URI\": \"stun:env:3478\"},"
+                " {\"Proto\": \"udp\", \"URI\": \"stun:env2:3478\"}]",
+                "NB_MGMT_TURN_CONFIG={\"TimeBasedCredentials\": true, \"CredentialsTTL\": \"1h\","
+                " \"Secret\": \"t\", \"Turns\": [{\"Proto\": \"udp\", \"URI\": \"turn:env:3478\"}]}",
+                "NB_MGMT_RELAY=null",           /* null: the file's value stays */
+                "NB_MGMT_SIGNAL=",              /* empty: unset, the file's value stays */
+                "NB_MGMT_DEVICE_AUTHORIZATION_FLOW={\"Provider\": \"hosted\", \"ProviderConfig\":"
+                " {\"ClientID\": \"env-cli\", \"LoginFlag\": 3}}",
+                "NB_MGMT_PKCE_AUTHORIZATION_FLOW={\"ProviderConfig\": {\"RedirectURLs\": [\"http://l:1/\"]}}",
+                "NB_MGMT_AUTH_AUDIENCE=env-aud",
+                "NB_MGMT_AUTH_KEYS_LOCATION=https://keys.env/jwks",
+                "NB_MGMT_STUNSX=[1]",           /* a longer name is another variable */
+                NULL,
+        };
+        mgmt_netconf *n = NULL;
+        cp_error err = { 0 };
+
+        ASSERT_OK(load_env(file, env, &n, &err), &err);
+        ASSERT_EQ(2, n->n_stuns);
+        ASSERT_STREQ("stun:env:3478", n->stuns[0].uri);
+        ASSERT_EQ(MANAGEMENT__HOST_CONFIG__PROTOCOL__TCP, n->stuns[0].protocol);
+        ASSERT_TRUE(n->has_turn && n->turn_time_based && n->turn_ttl_s == 3600 && n->n_turns == 1);
+        ASSERT_TRUE(n->n_relay_urls == 1 && strcmp(n->relay_urls[0], "rels://file-relay:443") == 0);
+        ASSERT_TRUE(n->has_signal && strcmp(n->signal.uri, "file-signal:80") == 0);
+        ASSERT_TRUE(n->device_flow && n->device_provider_ok && n->device.login_flag == 3);
+        ASSERT_STREQ("env-cli", n->device.client_id);
+        ASSERT_TRUE(n->pkce_flow && n->pkce.n_redirect_urls == 1);
+        /* HttpConfig: each string on its own; the file's issuer stays. */
+        ASSERT_STREQ("https://file-idp/", n->auth_issuer);
+        ASSERT_STREQ("env-aud", n->auth_audience);
+        ASSERT_STREQ("https://keys.env/jwks", n->auth_keys_location);
+        n = mgmt_netconf_free(n);
+
+        /* No file at all: the environment alone. */
+        char *const only[] = { "NB_MGMT_SIGNAL={\"Proto\": \"https\", \"URI\": \"s:443\"}", NULL };
+        ASSERT_OK(load_env(NULL, only, &n, &err), &err);
+        ASSERT_TRUE(n->has_signal && n->signal.protocol == MANAGEMENT__HOST_CONFIG__PROTOCOL__HTTPS);
+        ASSERT_TRUE(n->n_stuns == 0 && !n->has_turn && !n->device_flow);
+        mgmt_netconf_free(n);
+}
+
+TEST(netconf_environment_errors_name_the_variable) {
+        static const struct { const char *var, *needle1, *needle2; } bad[] = {
+                { "NB_MGMT_STUNS=[{\"Proto\": \"udp\"", "environment variable NB_MGMT_STUNS", "not JSON" },
+                { "NB_MGMT_STUNS=stun:x:3478", "environment variable NB_MGMT_STUNS", "not JSON" },
+                { "NB_MGMT_STUNS=[{\"Proto\": \"quic\", \"URI\": \"x\"}]",
+                  "Stuns[0].Proto in environment variable NB_MGMT_STUNS", "\"quic\"" },
+                { "NB_MGMT_TURN_CONFIG=[]", "TURNConfig in environment variable NB_MGMT_TURN_CONFIG",
+                  "expected an object, got an array" },
+                { "NB_MGMT_RELAY={\"CredentialsTTL\": \"soon\"}",
+                  "Relay.CredentialsTTL in environment variable NB_MGMT_RELAY", "duration" },
+                { "NB_MGMT_SIGNAL={\"Proto\": \"https\"}", "Signal.URI in environment variable NB_MGMT_SIGNAL",
+                  "empty" },
+                { "NB_MGMT_DEVICE_AUTHORIZATION_FLOW={\"ProviderConfig\": {\"UseIDToken\": 1}}",
+                  "DeviceAuthorizationFlow.ProviderConfig.UseIDToken in environment variable "
+                  "NB_MGMT_DEVICE_AUTHORIZATION_FLOW", "true or false" },
+                { "NB_MGMT_PKCE_AUTHORIZATION_FLOW=7",
+                  "PKCEAuthorizationFlow in environment variable NB_MGMT_PKCE_AUTHORIZATION_FLOW",
+                  "expected an object" },
+        };
+        mgmt_netconf *n = NULL;
+
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
+                char *const env[] = { (char *) bad[i].var, NULL };
+                cp_error err = { 0 };
+                ASSERT_EQ(-EINVAL, load_env("{}", env, &n, &err));
+                if (!strstr(err.message, bad[i].needle1) || !strstr(err.message, bad[i].needle2))
+                        cptest_fail(__FILE__, __LINE__, "%s: %s", bad[i].var, err.message);
+                ASSERT_TRUE(n == NULL);
+        }
+        /* A bad file key is still named with the file while another key
+         * comes from the environment. */
+        char *const env[] = { "NB_MGMT_STUNS=[]", NULL };
+        cp_error err = { 0 };
+        ASSERT_EQ(-EINVAL, load_env("{\"Signal\": 1}", env, &n, &err));
+        ASSERT_TRUE(strstr(err.message, "Signal in /test/management.json") != NULL);
 }
 
 static void count_entries(const char *key, void *value, void *userdata) {

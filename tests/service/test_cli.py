@@ -203,6 +203,37 @@ def netbird_config_errors_name_the_key():
 
 
 @test
+def netbird_config_env_errors_name_the_variable():
+    # The agent-facing keys may come from the environment as JSON; a bad
+    # value is a configuration error naming the variable, not the file.
+    path = svc.write_json({"Stuns": [{"Proto": "udp", "URI": "stun:file:3478"}]})
+
+    def check(env, *needles):
+        r = run(["management", "--config", path, "--postgres-dsn", "host=/nonexistent"] + svc.KEY_ARGS, env=env)
+        check_usage_error(r, *needles)
+        assert path not in r.err, r
+    check({"NB_MGMT_STUNS": '[{"Proto": "udp", "URI": '}, "environment variable NB_MGMT_STUNS", "not JSON")
+    check({"NB_MGMT_STUNS": '[{"Proto": "quic", "URI": "stun:x:3478"}]'},
+          "Stuns[0].Proto in environment variable NB_MGMT_STUNS", '"quic"')
+    check({"NB_MGMT_TURN_CONFIG": '{"Turns": [{"Proto": "udp", "URI": ""}]}'},
+          "TURNConfig.Turns[0].URI in environment variable NB_MGMT_TURN_CONFIG", "empty")
+    check({"NB_MGMT_RELAY": '["rels://relay.example:443"]'}, "Relay in environment variable NB_MGMT_RELAY",
+          "expected an object, got an array")
+    check({"NB_MGMT_SIGNAL": "signal.example:443"}, "environment variable NB_MGMT_SIGNAL", "not JSON")
+    check({"NB_MGMT_DEVICE_AUTHORIZATION_FLOW": '{"ProviderConfig": {"LoginFlag": 999}}'},
+          "DeviceAuthorizationFlow.ProviderConfig.LoginFlag in environment variable "
+          "NB_MGMT_DEVICE_AUTHORIZATION_FLOW", "0 to 255")
+    check({"NB_MGMT_PKCE_AUTHORIZATION_FLOW": '{"ProviderConfig": {"RedirectURLs": "http://x/"}}'},
+          "PKCEAuthorizationFlow.ProviderConfig.RedirectURLs in environment variable "
+          "NB_MGMT_PKCE_AUTHORIZATION_FLOW", "an array")
+    r = run(["management", "--help"])
+    for var in ("NB_MGMT_STUNS", "NB_MGMT_TURN_CONFIG", "NB_MGMT_RELAY", "NB_MGMT_SIGNAL",
+                "NB_MGMT_DEVICE_AUTHORIZATION_FLOW", "NB_MGMT_PKCE_AUTHORIZATION_FLOW", "NB_MGMT_AUTH_ISSUER",
+                "NB_MGMT_AUTH_AUDIENCE", "NB_MGMT_AUTH_KEYS_LOCATION"):
+        assert var in r.out, (var, r)
+
+
+@test
 def unreachable_database_is_a_runtime_failure():
     port = svc.free_port()      # nothing listens there
     r = run(["management", "--config=", "--listen-address", "127.0.0.1",

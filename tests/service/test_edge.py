@@ -298,6 +298,52 @@ def auth_flows_and_unimplemented_methods():
         assert srv.stop()[0] == 0
 
 
+@test
+def netbird_config_from_the_environment():
+    """Every agent-facing key of management.json also comes from its
+    environment variable (a JSON value; HttpConfig's strings as plain
+    text), and the variable wins over the file."""
+    need_pb()
+    dsn, _ = svc.new_db()
+    acct = bootstrap(dsn)
+    file_conf = {"Stuns": [{"Proto": "udp", "URI": "stun:file.test:3478"}],
+                 "Signal": {"Proto": "http", "URI": "signal.file.test:80"},
+                 "DeviceAuthorizationFlow": {"Provider": "none"},
+                 "HttpConfig": {"AuthAudience": "file-aud", "AuthIssuer": "https://idp.file.test/"}}
+    env = {k: json.dumps(NETBIRD_JSON[v]) for k, v in (
+        ("NB_MGMT_STUNS", "Stuns"), ("NB_MGMT_TURN_CONFIG", "TURNConfig"), ("NB_MGMT_RELAY", "Relay"),
+        ("NB_MGMT_SIGNAL", "Signal"))}
+    env.update({
+        "NB_MGMT_DEVICE_AUTHORIZATION_FLOW": json.dumps({"Provider": "hosted", "ProviderConfig": {
+            "ClientID": "env-cli", "TokenEndpoint": "https://idp.env.test/token", "UseIDToken": True}}),
+        "NB_MGMT_PKCE_AUTHORIZATION_FLOW": json.dumps({"ProviderConfig": {
+            "ClientID": "env-pkce", "RedirectURLs": ["http://localhost:53000/"], "LoginFlag": 2}}),
+        "NB_MGMT_AUTH_AUDIENCE": "env-aud",
+        "NB_MGMT_AUTH_ISSUER": "https://idp.env.test/",
+        "NB_MGMT_AUTH_KEYS_LOCATION": "https://idp.env.test/keys",
+    })
+    srv = start(dsn, config=svc.write_json(file_conf), env=env)
+    ag = Agent(srv)
+    now = time.time()
+    resp, _ = ag.login(setup_key=acct["SETUP_KEY"])
+    nc = resp.netbirdConfig
+    assert [(s.uri, s.protocol) for s in nc.stuns] == [("stun:stun.edge.test:3478", pb.HostConfig.UDP)], nc
+    check_turn(nc.turns, now)
+    check_relay(nc.relay, now)
+    assert (nc.signal.uri, nc.signal.protocol) == ("signal.edge.test:443", pb.HostConfig.HTTPS), nc.signal
+    d, _ = ag.call("GetDeviceAuthorizationFlow", pb.DeviceAuthorizationFlowRequest(), pb.DeviceAuthorizationFlow)
+    assert d.Provider == pb.DeviceAuthorizationFlow.HOSTED and d.ProviderConfig.ClientID == "env-cli", d
+    p, _ = ag.call("GetPKCEAuthorizationFlow", pb.PKCEAuthorizationFlowRequest(), pb.PKCEAuthorizationFlow)
+    assert (p.ProviderConfig.ClientID, list(p.ProviderConfig.RedirectURLs), p.ProviderConfig.LoginFlag) == \
+        ("env-pkce", ["http://localhost:53000/"], 2), p
+    svc.execute(dsn, "UPDATE peers SET ssh_enabled = true RETURNING id")
+    r, _ = ag.login()
+    jwt = r.peerConfig.sshConfig.jwtConfig
+    assert (jwt.issuer, jwt.audience, jwt.keysLocation) == \
+        ("https://idp.env.test/", "env-aud", "https://idp.env.test/keys"), jwt
+    assert srv.stop()[0] == 0
+
+
 # ---- Login -------------------------------------------------------------------------
 
 @test

@@ -535,9 +535,21 @@ def stream_ended_while_postgres_is_down_is_disconnected_later():
     assert is_open(s_stay) and row(dep, stay)[0] and row(dep, stay)[2] == rid, row(dep, stay)
 
 
+def fence_rounds(default):
+    """CP_FENCE_ROUNDS (1 to 1,000,000) or default; the store's race test
+    (tests/store/test-store-fence.c) reads the same variable."""
+    v = os.environ.get("CP_FENCE_ROUNDS", "")
+    if not v:
+        return default
+    n = int(v)
+    assert 1 <= n <= 1000000, "CP_FENCE_ROUNDS=%r: expected 1 to 1000000" % v
+    return n
+
+
 @test
 def fence_race_across_three_replicas_one_clock_ahead():
-    """One peer, 30 rounds; in each, six Sync streams open at once, two on
+    """One peer, 30 rounds (CP_FENCE_ROUNDS sets another number, for a
+    soak by hand: docs/architecture.md); in each, six Sync streams open at once, two on
     each of three replicas, one replica running with its clock 5 s ahead
     (libfaketime). What the server guarantees, and is checked per round:
 
@@ -578,7 +590,7 @@ def fence_race_across_three_replicas_one_clock_ahead():
     done = [0, 0, 0]
     last_token = 0
     stale_opens = cross_open_rounds = 0
-    for rnd in range(30):
+    for rnd in range(fence_rounds(30)):
         barrier = threading.Barrier(6)
 
         def open_one(i):

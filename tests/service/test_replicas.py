@@ -1,7 +1,7 @@
 """Several replicas on one PostgreSQL with the Redis bus between them
 (CP_TEST_REDIS_URL): changes committed on one replica reach streams held
-by the others, the replicas table and session owners, heartbeats, reaping
-of a dead replica, drain. The periodic serial check is switched off
+by the others, the replicas table and session owners, the psql runbook
+views, heartbeats, reaping of a dead replica, drain. The periodic serial check is switched off
 (--serial-check-interval 0s) wherever a test proves the bus, so nothing
 else could deliver the push."""
 
@@ -74,6 +74,58 @@ def replica_id(srv):
     return srv.wait_log(lambda o: o.get("msg") == "replica started")["replica_id"]
 
 
+def check_runbook_views(dep, streams, peers, stale_peers):
+    """The psql runbook views (sql/migrations/0003_replicas.sql, docs/ops.md)
+    agree with what is running: streams maps each replica to the agents
+    whose streams it holds; peers is the account's peer count; the two
+    agents of stale_peers (without streams) are made stale in a
+    transaction that is rolled back."""
+    ids = {replica_id(srv): srv for srv in streams}
+    rows = dep.sql("SELECT id, pid, state, grpc_address, sessions, heartbeat_age < interval '10 seconds'"
+                   " FROM cp_replicas")
+    assert {r[0]: (r[1], r[2], r[3], r[4], r[5]) for r in rows} == {
+        rid: (srv.proc.pid, "serving", "127.0.0.1:%d" % srv.grpc_port, len(streams[srv]), True)
+        for rid, srv in ids.items()}, rows
+    rows = dep.sql("SELECT replica_id, sessions, accounts FROM cp_sessions_by_replica")
+    assert sorted(rows) == sorted((rid, len(streams[srv]), 1) for rid, srv in ids.items() if streams[srv]), rows
+    rows = dep.sql("SELECT account_id, network_serial, peers, connected, login_expired"
+                   " FROM cp_peers_connected_by_account")
+    connected = sum(len(v) for v in streams.values())
+    assert rows == [(dep.account_id, dep.network_serial(), peers, connected, 0)], rows
+    assert dep.sql("SELECT * FROM cp_stale_sessions") == [], "live sessions listed as stale"
+    # One stale session of each kind the view knows, seen inside one
+    # transaction that is rolled back (so no reaper ever sees them).
+    import psycopg2
+    conn = psycopg2.connect(dep.dsn)
+    try:
+        with conn.cursor() as cur:
+            no_owner, gone = stale_peers
+            cur.execute("UPDATE peers SET peer_status_connected = true, peer_status_replica_id = NULL"
+                        " WHERE key = %s", (no_owner.pub_b64,))
+            cur.execute("UPDATE peers SET peer_status_connected = true, peer_status_replica_id = 'no-such-replica'"
+                        " WHERE key = %s", (gone.pub_b64,))
+            cur.execute("INSERT INTO replicas (id, name, heartbeat_at)"
+                        " VALUES ('silent', 'silent-host', CURRENT_TIMESTAMP - interval '1 minute')")
+            cur.execute("INSERT INTO peers (id, account_id, key, ip, dns_label, name, peer_status_connected,"
+                        " peer_status_replica_id) SELECT 'silentpeer', %s, 'c2lsZW50', %s::inet + 60000,"
+                        " 'silent', 'silent', true, 'silent'", (dep.account_id, str(dep.network.network_address)))
+            cur.execute("SELECT coalesce(replica_id, ''), reason FROM cp_stale_sessions")
+            got = sorted(cur.fetchall())
+            cur.execute("SELECT connected FROM cp_peers_connected_by_account")
+            now_connected = cur.fetchall()
+            cur.execute("SELECT replica_id, replica_name, sessions FROM cp_sessions_by_replica"
+                        " WHERE replica_id IN ('(none)', 'silent', 'no-such-replica')")
+            by_replica = sorted(cur.fetchall(), key=lambda r: r[0])
+    finally:
+        conn.rollback()
+        conn.close()
+    assert got == [("", "no owner"), ("no-such-replica", "owner gone"), ("silent", "owner silent")], got
+    assert now_connected == [(connected + 3,)], now_connected
+    assert by_replica == [("(none)", None, 1), ("no-such-replica", None, 1), ("silent", "silent-host", 1)], \
+        by_replica
+    assert dep.sql("SELECT count(*) FROM cp_stale_sessions") == [(0,)]
+
+
 # ---- tests ---------------------------------------------------------------------------
 
 
@@ -106,6 +158,7 @@ def change_on_one_replica_reaches_streams_on_the_others():
     # Session owners are the replicas holding the streams.
     assert owner(dep, a) == (True, owner(dep, a)[1], replica_id(r1)), owner(dep, a)
     assert owner(dep, b)[2] == replica_id(r2), owner(dep, b)
+    check_runbook_views(dep, {r1: [a], r2: [b], r3: []}, peers=4, stale_peers=(c, d))
     sa.cancel()
     sb.cancel()
     wait_until(lambda: owner(dep, a) == (False, 0, "") and owner(dep, b) == (False, 0, ""),

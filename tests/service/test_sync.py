@@ -2,8 +2,10 @@
 session token from the database clock and the fenced connect/disconnect,
 the stream registry (a newer stream replaces an older one, an older
 stream's end never touches the newer one), a stale open writes nothing,
-fan-out pushes, the periodic serial check (changes committed elsewhere),
-Logout's last map, the concurrency cap and SIGTERM with streams open.
+fan-out pushes, a slow consumer (coalesced to the newest map), a stream
+held across client keepalive pings, the periodic serial check (changes
+committed elsewhere), Logout's last map, the concurrency cap and SIGTERM
+with streams open.
 
 Agents are tests/agent/nbagent.py; deployments are tests/agent/fixture.py
 (a database per test, bootstrap, servers on loopback).
@@ -12,7 +14,9 @@ Agents are tests/agent/nbagent.py; deployments are tests/agent/fixture.py
 import base64
 import hashlib
 import hmac
+import ipaddress
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -26,6 +30,7 @@ import grpc  # noqa: E402
 import fixture  # noqa: E402
 import svc  # noqa: E402
 from fixture import Deployment, wait_until, json_dump  # noqa: E402
+import nbagent  # noqa: E402
 from nbagent import RpcFailed, StreamEnded, build_meta, pb  # noqa: E402
 from svc import test  # noqa: E402
 
@@ -57,8 +62,8 @@ def remote_keys(msg):
     return {p.wgPubKey for p in msg.NetworkMap.remotePeers}
 
 
-def registered(dep, name, srv=None):
-    a = dep.agent(srv)
+def registered(dep, name, srv=None, **kw):
+    a = dep.agent(srv, **kw)
     a.register(dep.setup_key, meta=build_meta(name))
     return a
 
@@ -144,6 +149,111 @@ def burst_of_changes_coalesces_to_newest():
     # Coalesced: fewer pushes than changes is allowed, never more than one
     # per change plus the first map.
     assert len(serials) <= 1 + len(others), serials
+
+
+def keepalive_options(interval_ms):
+    """Client keepalive as a NetBird agent has it (pings with or without
+    calls, no limit on pings without data), at interval_ms."""
+    return [("grpc.keepalive_time_ms", interval_ms), ("grpc.keepalive_timeout_ms", 5000),
+            ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0)]
+
+
+@test
+def stream_held_across_keepalive_pings():
+    """Agents ping every 30 s while a Sync stream is open; the server
+    permits pings down to 5 s apart (docs/protocol.md, "Transport"). A
+    stream pinged every 6 s stays open across several pings and still gets
+    a push. The control: pings every second are too many, and the server
+    ends that connection, which shows the pings really reach it."""
+    dep = Deployment()
+    dep.start()
+    a = registered(dep, "pinger", options=keepalive_options(6000))
+    s, first = open_sync(a)
+    token = status(dep, a)[1]
+    try:
+        msg = s.next(timeout=20)            # ~3 pings; nothing may arrive
+    except queue.Empty:
+        msg = None
+    except (StreamEnded, RpcFailed) as e:
+        raise AssertionError("the pinged stream ended: %r" % (e,))
+    assert msg is None, "a message without a change: %s" % json_dump(msg)
+    assert status(dep, a) == (True, token), status(dep, a)
+    b = registered(dep, "after-pings")
+    push = s.wait_for(lambda m: b.pub_b64 in remote_keys(m), timeout=10)
+    assert push.NetworkMap.Serial > first.NetworkMap.Serial
+    s.cancel()
+
+    c = registered(dep, "too-eager", options=keepalive_options(1000))
+    s2, _ = open_sync(c)
+    end, _ = s2.wait_end(timeout=20)
+    assert isinstance(end, RpcFailed) and end.code == SC.UNAVAILABLE and "ping" in end.details.lower(), end
+
+
+def add_bulk_peers(dep, n):
+    """n peers straight into the database, in the All group (so in every
+    map through the Default policy), then a serial bump: maps of about
+    100 bytes per peer."""
+    net = dep.network
+    first = int(net.network_address) + 40000
+    dep.sql("INSERT INTO peers (id, account_id, key, ip, dns_label, name)"
+            " SELECT 'bulk' || i, %s, encode(sha256(('bulk-' || i)::bytea), 'base64'),"
+            " %s::inet + i, 'bulk-' || i, 'bulk-' || i FROM generate_series(1, %s) i",
+            (dep.account_id, str(ipaddress.ip_address(first)), n))
+    dep.sql("INSERT INTO group_peers (account_id, group_id, peer_id)"
+            " SELECT %s, g.id, 'bulk' || i FROM groups g, generate_series(1, %s) i"
+            " WHERE g.account_id = %s AND g.name = 'All'", (dep.account_id, n, dep.account_id))
+    dep.sql("UPDATE accounts SET network_serial = network_serial + 1 WHERE id = %s", (dep.account_id,))
+
+
+@test
+def slow_consumer_gets_the_newest_map():
+    """A client that stops reading while several changes are pushed gets,
+    once it reads again, the newest map last, with serials never going
+    backwards, and far fewer maps than changes: the server keeps one map in
+    flight and one pending, replacing the pending one (mgmt-sync.c), not a
+    queue that grows with every change. The client's HTTP/2 window is kept
+    small (no BDP growth) so maps of ~100 kB cannot all sit in its buffers."""
+    dep = Deployment()
+    srv = dep.start("--log-level", "debug", "--serial-check-interval", "0s")
+    add_bulk_peers(dep, 800)
+    opts = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 16384)]
+    slow = registered(dep, "slow", options=opts)
+    server_key = slow.get_server_key()
+    env = slow.envelope(pb.SyncRequest(meta=build_meta("slow")), server_key)
+    call = slow.channel.unary_stream(nbagent.SERVICE + "Sync")(env.SerializeToString(), timeout=120)
+    raw = next(call)                        # the first map, then we stop reading
+    first = nbagent.parse(pb.SyncResponse, nbagent.open_box(
+        nbagent.parse(pb.EncryptedMessage, raw).body, slow.key, server_key))
+    assert len(first.NetworkMap.remotePeers) >= 800, len(first.NetworkMap.remotePeers)
+    size = len(raw)
+    assert size > 64 * 1024, "maps too small to fill the client's window: %d bytes" % size
+
+    changes = 8
+    newcomers = [registered(dep, "change-%d" % i) for i in range(changes)]
+    final = dep.network_serial()
+    assert final >= first.NetworkMap.Serial + changes, (first.NetworkMap.Serial, final)
+    # Every change was fanned out to the stream while it was not read.
+    srv.wait_log(lambda o: o.get("msg") == "fan-out done" and int(o.get("serial", 0)) == final, timeout=30)
+    fanouts = [o for o in srv.logs() if o.get("msg") == "fan-out done" and
+               int(o["serial"]) > first.NetworkMap.Serial and int(o["maps"]) > 0]
+    assert len(fanouts) >= 3, "too few fan-outs to test coalescing: %r" % fanouts
+
+    s = nbagent.SyncStream(slow, call, server_key)     # read again
+    last = s.wait_for(lambda m: m.NetworkMap.Serial == final, timeout=20)
+    want = {x.pub_b64 for x in newcomers}
+    assert want <= remote_keys(last), "the newest map lacks a newcomer"
+    serials = [m.NetworkMap.Serial for m in s.received]
+    print("# slow consumer: %d fan-outs while not reading, then %d map(s) of ~%d bytes: serials %r"
+          % (len(fanouts), len(serials), size, serials), flush=True)
+    assert serials == sorted(serials), "serials went backwards: %r" % serials
+    assert len(serials) <= 3, "a queue, not coalescing: %d maps for %d fan-outs: %r" % (
+        len(serials), len(fanouts), serials)
+    try:
+        extra = s.next(timeout=2)
+    except queue.Empty:
+        extra = None
+    assert extra is None, "a map after the newest: %s" % json_dump(extra)
+    s.cancel()
 
 
 @test

@@ -174,7 +174,7 @@ void cp_cfg_usage(cp_strbuf *out, const cp_cfg_spec *spec, const cp_cfg_table *t
 
 typedef struct cp_config {
         int64_t port;                   /* gRPC (agents), 0 = any free port */
-        int64_t http_port;              /* HTTP: /healthz, /readyz (later /metrics, REST) */
+        int64_t http_port;              /* HTTP: /healthz, /readyz, /metrics, REST (/api) */
         char *listen_address;
         char *config_file;
         char *datadir;

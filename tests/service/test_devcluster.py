@@ -1,0 +1,368 @@
+"""deploy/dev/up and deploy/dev/down, run for real into a private state
+directory (CP_DEV_DIR) with the binaries of this build (CP_DEV_BUILD_DIR):
+cluster.env is complete, psql on PG_DSN shows the schema, an agent
+registers and syncs through MGMT_GRPC, a second `up` changes nothing, and
+`down` stops exactly the processes `up` started. With --replicas 3, nginx
+balances gRPC and HTTP over the replicas and an agent registers and syncs
+through it.
+
+Needs nothing from the network: everything listens on 127.0.0.1, and
+deploy/install-deps finds its packages installed (tests/run installs nginx
+with WITH_NGINX=1; without /usr/sbin/nginx the three-replica case skips).
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(HERE, "..", "agent"))
+
+import fixture  # noqa: E402
+import svc  # noqa: E402
+from fixture import wait_until  # noqa: E402
+from nbagent import Agent, build_meta  # noqa: E402
+from svc import test  # noqa: E402
+
+UP = os.path.join(ROOT, "deploy", "dev", "up")
+DOWN = os.path.join(ROOT, "deploy", "dev", "down")
+NGINX = "/usr/sbin/nginx"
+# Generous: under ASan every replica starts slowly.
+SCRIPT_TIMEOUT = 300
+
+
+# ---- helpers -------------------------------------------------------------------
+
+def build_dir():
+    """The meson build directory of the binary under test
+    (<build>/services/management/netbird-mgmt)."""
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(svc.BINARY))))
+
+
+class DevCluster:
+    """One private state directory for deploy/dev/up and down."""
+
+    def __init__(self):
+        svc.needs_db()          # tests/run's servers stand for "everything else"
+        # Under /tmp with mode 711: the PostgreSQL user must reach it when
+        # we run as root (deploy/lib/cluster.sh, cl_pg_dir_usable).
+        self.base = tempfile.mkdtemp(prefix="cp-devtest-", dir="/tmp")
+        os.chmod(self.base, 0o711)
+        self.dir = os.path.join(self.base, "dev")
+        self.runs = 0
+        svc.defer(self.cleanup)
+
+    def env(self, extra=None):
+        e = {"CP_DEV_DIR": self.dir, "CP_DEV_BUILD_DIR": build_dir()}
+        e.update(extra or {})
+        return svc.clean_env(e)
+
+    def script(self, path, *args, env=None):
+        """Runs a script with its output in a file (daemons it starts must
+        not hold a pipe of ours); returns (exit status, output)."""
+        self.runs += 1
+        out = os.path.join(self.base, "run-%d.out" % self.runs)
+        with open(out, "w") as f:
+            p = subprocess.run([path] + list(args), stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
+                               env=self.env(env), timeout=SCRIPT_TIMEOUT)
+        with open(out) as f:
+            return p.returncode, f.read()
+
+    def up(self, *args):
+        rc, out = self.script(UP, *args)
+        assert rc == 0, "deploy/dev/up %s failed (%d):\n%s%s" % (" ".join(args), rc, out[-6000:], self.logs())
+        return self.cluster_env()
+
+    def down(self, *args):
+        rc, out = self.script(DOWN, *args)
+        assert rc == 0, "deploy/dev/down failed (%d):\n%s" % (rc, out[-4000:])
+        return out
+
+    def cluster_env(self):
+        with open(os.path.join(self.dir, "cluster.env")) as f:
+            return fixture.parse_env_output(f.read())
+
+    def logs(self):
+        text = ""
+        for name in sorted(os.listdir(self.dir)) if os.path.isdir(self.dir) else []:
+            if name.startswith("replica-") and name.endswith((".log", ".out")):
+                with open(os.path.join(self.dir, name), errors="replace") as f:
+                    text += "\n--- %s\n%s" % (name, f.read()[-2000:])
+        return text
+
+    def sanitizer_clean(self):
+        for name in os.listdir(self.dir):
+            if name.startswith("replica-") and name.endswith(".out"):
+                with open(os.path.join(self.dir, name), errors="replace") as f:
+                    svc.check_sanitizer_clean(f.read())
+
+    def cleanup(self):
+        if os.path.isdir(self.dir):
+            self.script(DOWN, "--purge")
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+def alive(pid):
+    """A live process (not a zombie)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def cmdline(pid):
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def descendants(pid):
+    """pid and every process below it, from /proc."""
+    parent = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open("/proc/%s/stat" % name) as f:
+                    parent[int(name)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    out, todo = {pid}, [pid]
+    while todo:
+        p = todo.pop()
+        for c, pp in parent.items():
+            if pp == p and c not in out:
+                out.add(c)
+                todo.append(c)
+    return out
+
+
+def started_pids(env, replicas):
+    """The pids cluster.env records: {name: pid}."""
+    names = ["PG_PID", "REDIS_PID"] + ["REPLICA_%d_PID" % i for i in range(1, replicas + 1)]
+    if "LB_PID" in env:
+        names.append("LB_PID")
+    return {n: int(env[n]) for n in names}
+
+
+def check_env(env, replicas):
+    for k in ("MGMT_GRPC", "MGMT_HTTP", "PG_DSN", "REDIS_URL", "SETUP_KEY", "ADMIN_TOKEN", "ACCOUNT_ID"):
+        assert env.get(k), "cluster.env has no %s: %r" % (k, env)
+    assert env["PG_DSN"].startswith("postgresql://postgres@127.0.0.1:"), env["PG_DSN"]
+    assert env["REDIS_URL"].startswith("redis://127.0.0.1:"), env["REDIS_URL"]
+    assert env["MGMT_GRPC"].startswith("127.0.0.1:") and env["MGMT_HTTP"].startswith("http://127.0.0.1:"), env
+    assert env.get("REPLICAS") == str(replicas), env
+    for i in range(1, replicas + 1):
+        for k in ("GRPC", "HTTP", "PID"):
+            assert env.get("REPLICA_%d_%s" % (i, k)), "cluster.env has no REPLICA_%d_%s: %r" % (i, k, env)
+        pid = int(env["REPLICA_%d_PID" % i])
+        assert alive(pid) and "netbird-mgmt" in cmdline(pid), (i, pid, cmdline(pid))
+        status, _, body = svc.http("GET", env["REPLICA_%d_HTTP" % i] + "/healthz")
+        assert status == 200, (i, status, body)
+    assert "REPLICA_%d_PID" % (replicas + 1) not in env, env
+    for name, pid in started_pids(env, replicas).items():
+        assert alive(pid), "%s %d is not running" % (name, pid)
+    status, _, _ = svc.http("GET", env["MGMT_HTTP"] + "/readyz")
+    assert status == 200, status
+
+
+def check_schema(env):
+    """psql on PG_DSN, as an operator would run it, lists the tables."""
+    psql = os.path.join(env["PG_BINDIR"], "psql") if env.get("PG_BINDIR") else "psql"
+    r = subprocess.run([psql, "-X", "-At", env["PG_DSN"], "-c", r"\dt"], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 0, r.stderr
+    tables = {line.split("|")[1] for line in r.stdout.splitlines() if line.count("|") >= 2}
+    for t in ("accounts", "peers", "groups", "policies", "setup_keys", "personal_access_tokens", "replicas"):
+        assert t in tables, (t, sorted(tables))
+    r = subprocess.run([psql, "-X", "-At", env["PG_DSN"], "-c", "SELECT count(*) FROM accounts"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and r.stdout.strip() == "1", (r.stdout, r.stderr)
+
+
+def register_and_sync(env, name):
+    """Two agents register through MGMT_GRPC; the first one's Sync stream
+    gets its map and then the second one in a push."""
+    a = Agent(env["MGMT_GRPC"])
+    svc.defer(a.close)
+    login = a.register(env["SETUP_KEY"], meta=build_meta(name + "-a"))
+    assert login.peerConfig.address, login
+    s = a.sync(meta=build_meta(name + "-a"))
+    first = s.next(timeout=20)
+    assert first.HasField("netbirdConfig") and first.NetworkMap.Serial > 0, first
+    assert first.peerConfig.address == login.peerConfig.address, (first.peerConfig, login.peerConfig)
+    b = Agent(env["MGMT_GRPC"])
+    svc.defer(b.close)
+    b.register(env["SETUP_KEY"], meta=build_meta(name + "-b"))
+    push = s.wait_for(lambda m: b.pub_b64 in {p.wgPubKey for p in m.NetworkMap.remotePeers}, timeout=20)
+    assert push.NetworkMap.Serial > first.NetworkMap.Serial, (first.NetworkMap.Serial, push.NetworkMap.Serial)
+    return a, s
+
+
+def decoys():
+    """Processes named like the ones down stops, which down must leave
+    alone (it stops recorded pids, never by name)."""
+    procs = []
+    for name in ("netbird-mgmt management", "nginx: master process", "redis-server 127.0.0.1:1", "postgres"):
+        p = subprocess.Popen(["bash", "-c", 'exec -a "$0" sleep 600', name], stdin=subprocess.DEVNULL)
+        procs.append(p)
+        svc.defer(lambda p=p: (p.kill(), p.wait(5)))
+    return procs
+
+
+def check_down_stopped_exactly(dc, env, replicas):
+    pids = started_pids(env, replicas)
+    tree = set()
+    for pid in pids.values():
+        tree |= descendants(pid)            # nginx workers, PostgreSQL backends
+    dummies = decoys()
+    out = dc.down()
+    for name, pid in pids.items():
+        assert not alive(pid), "%s %d still runs after down:\n%s" % (name, pid, out)
+    left = [p for p in tree if alive(p)]
+    assert not left, "children of what up started still run: %r" % [(p, cmdline(p)) for p in left]
+    for p in dummies:
+        assert p.poll() is None, "down stopped a process it did not start: %r" % p.args
+    # tests/run's own PostgreSQL is still there.
+    assert svc.query(svc.PG_DSN, "SELECT 1") == [(1,)]
+    assert not os.path.exists(os.path.join(dc.dir, "cluster.env")), "down leaves no cluster.env"
+    dc.sanitizer_clean()
+
+
+def log_lines(path, pred):
+    with open(path, errors="replace") as f:
+        out = []
+        for line in f:
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                continue
+            if pred(obj):
+                out.append(obj)
+        return out
+
+
+def api_requests(base):
+    """GET requests to the REST API this replica served, from its /metrics."""
+    status, _, body = svc.http("GET", base + "/metrics")
+    assert status == 200, status
+    n = 0
+    for line in body.decode().splitlines():
+        if line.startswith("netbird_cp_http_requests_total{") and 'method="GET"' in line and "/api/" in line:
+            n += int(float(line.rsplit(" ", 1)[1]))
+    return n
+
+
+# ---- tests ---------------------------------------------------------------------------
+
+@test
+def one_replica_up_twice_then_down():
+    dc = DevCluster()
+    env = dc.up()
+    check_env(env, 1)
+    assert env["MGMT_GRPC"] == env["REPLICA_1_GRPC"] and env["MGMT_HTTP"] == env["REPLICA_1_HTTP"], env
+    assert "LB_PID" not in env, env
+    check_schema(env)
+    r = subprocess.run(["redis-cli", "-u", env["REDIS_URL"], "ping"], capture_output=True, text=True, timeout=10)
+    assert r.stdout.strip() == "PONG", (r.stdout, r.stderr)
+    agent, stream = register_and_sync(env, "dev1")
+
+    # Again: nothing new, nothing restarted; the open stream is untouched.
+    again = dc.up()
+    for k in ("MGMT_GRPC", "MGMT_HTTP", "PG_DSN", "REDIS_URL", "ACCOUNT_ID", "SETUP_KEY", "ADMIN_TOKEN",
+              "REPLICA_1_GRPC", "REPLICA_1_HTTP", "REPLICA_1_PID", "PG_PID", "REDIS_PID"):
+        assert again[k] == env[k], (k, env[k], again[k])
+    check_schema(again)                     # still exactly one account
+    assert stream.ended is None and stream.q.empty(), "the second up disturbed an open stream"
+    agent.close()
+
+    check_down_stopped_exactly(dc, env, 1)
+    # Down twice is fine, and up after down brings back the same account.
+    dc.down()
+    back = dc.up()
+    assert back["ACCOUNT_ID"] == env["ACCOUNT_ID"] and back["SETUP_KEY"] == env["SETUP_KEY"], back
+    assert back["REPLICA_1_PID"] != env["REPLICA_1_PID"], back
+    check_schema(back)
+    check_down_stopped_exactly(dc, back, 1)
+
+
+@test
+def three_replicas_behind_nginx():
+    if not os.access(NGINX, os.X_OK):
+        raise svc.Skip("nginx not installed (tests/run installs it: WITH_NGINX=1 deploy/install-deps)")
+    dc = DevCluster()
+    env = dc.up("--replicas", "3")
+    check_env(env, 3)
+    lb_pid = int(env["LB_PID"])
+    assert alive(lb_pid) and "nginx" in cmdline(lb_pid), cmdline(lb_pid)
+    assert env["MGMT_GRPC"] == env["LB_GRPC"] and env["MGMT_HTTP"] == env["LB_HTTP"], env
+    replica_grpc = {env["REPLICA_%d_GRPC" % i] for i in (1, 2, 3)}
+    assert len(replica_grpc) == 3 and env["MGMT_GRPC"] not in replica_grpc, env
+    check_schema(env)
+
+    # Through the load balancer: register, sync, see the other agent (its
+    # registration may land on another replica: the bus carries it).
+    agent, stream = register_and_sync(env, "dev3")
+    # Each call is one HTTP/2 request that nginx balances round robin, so
+    # a few logins reach every replica.
+    for _ in range(9):
+        agent.login(meta=build_meta("dev3-a"))
+    logs = {i: env["REPLICA_%d_LOG" % i] for i in (1, 2, 3)}
+
+    def logins_everywhere():
+        return all(log_lines(p, lambda o: o.get("msg") == "rpc" and o.get("method") == "Login")
+                   for p in logs.values())
+    wait_until(logins_everywhere, timeout=10, what="Login calls on every replica")
+    # HTTP as well: each replica counts the REST requests it served in its
+    # own /metrics (asked directly, not through nginx).
+    hdr = {"Authorization": "Token " + env["ADMIN_TOKEN"]}
+    for _ in range(9):
+        status, _, body = svc.http("GET", env["MGMT_HTTP"] + "/api/groups", headers=hdr)
+        assert status == 200, (status, body)
+    served = {i: api_requests(env["REPLICA_%d_HTTP" % i]) for i in (1, 2, 3)}
+    assert all(n > 0 for n in served.values()) and sum(served.values()) == 9, served
+    # The stream through nginx still follows changes.
+    c = Agent(env["MGMT_GRPC"])
+    svc.defer(c.close)
+    c.register(env["SETUP_KEY"], meta=build_meta("dev3-c"))
+    stream.wait_for(lambda m: c.pub_b64 in {p.wgPubKey for p in m.NetworkMap.remotePeers}, timeout=20)
+
+    again = dc.up("--replicas", "3")
+    for k in ("MGMT_GRPC", "MGMT_HTTP", "ACCOUNT_ID", "LB_PID", "PG_PID", "REDIS_PID") + tuple(
+            "REPLICA_%d_%s" % (i, k) for i in (1, 2, 3) for k in ("GRPC", "HTTP", "PID")):
+        assert again[k] == env[k], (k, env[k], again[k])
+    check_schema(again)
+    assert stream.ended is None, "the second up ended a stream through nginx: %r" % (stream.ended,)
+    agent.close()
+    c.close()
+    check_down_stopped_exactly(dc, env, 3)
+
+
+@test
+def replicas_without_nginx_is_an_error():
+    """--replicas N > 1 without nginx stops with a clear error, before
+    anything is started, instead of handing out replica 1 as MGMT_GRPC."""
+    st = subprocess.run(["dpkg-query", "-W", "-f=${Status}", "nginx-light"], capture_output=True, text=True)
+    if st.stdout != "install ok installed":
+        # deploy/install-deps would try to install it first.
+        raise svc.Skip("nginx-light not installed")
+    dc = DevCluster()
+    missing = os.path.join(dc.base, "no-nginx")
+    rc, out = dc.script(UP, "--replicas", "2", env={"CP_DEV_NGINX": missing})
+    assert rc != 0, out
+    assert "--replicas 2 needs nginx" in out and missing in out, out
+    assert not os.path.exists(os.path.join(dc.dir, "cluster.env")), out
+    assert not any(n.endswith(".pid") for n in os.listdir(dc.dir)), os.listdir(dc.dir)
+    assert not os.path.exists(os.path.join(dc.dir, "pg-base")), "PostgreSQL was set up anyway"
+
+
+if __name__ == "__main__":
+    raise SystemExit(svc.run_all())
