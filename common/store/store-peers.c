@@ -68,15 +68,17 @@ cp_store_peer *cp_store_peer_free(cp_store_peer *p) {
 
 /* ---- reading a record --------------------------------------------------- */
 
-/* Column positions of PEER_COLUMNS (store.c). */
+/* Column positions of PEER_COLUMNS (store.c): the base part, then the
+ * detail part. */
 enum peer_col {
         COL_ID, COL_ACCOUNT_ID, COL_KEY, COL_IP, COL_DNS_LABEL, COL_NAME, COL_USER_ID, COL_SSH_KEY,
-        COL_SSH_ENABLED, COL_LOGIN_EXP, COL_INACTIVITY_EXP, COL_EPHEMERAL,
-        COL_ALLOW_EXTRA, COL_EXTRA_LABELS, COL_LAST_LOGIN, COL_CREATED_AT, COL_CONN_IP,
+        COL_SSH_ENABLED, COL_LOGIN_EXP, COL_INACTIVITY_EXP, COL_EPHEMERAL, COL_ALLOW_EXTRA,
+        COL_LAST_LOGIN, COL_CREATED_AT, COL_CONN_IP,
         COL_CONNECTED, COL_LOGIN_EXPIRED, COL_REQUIRES_APPROVAL, COL_SESSION, COL_LAST_SEEN,
         COL_META_HOSTNAME, /* ... 13 plain meta strings in cp_store_peer_meta order */
-        COL_ENV_CLOUD = COL_META_HOSTNAME + 13, COL_ENV_PLATFORM,
-        COL_NET_ADDRS, COL_FILES, COL_FLAGS, COL_CAPS, COL_SYNC_VERSION, COL_GROUP_IDS,
+        COL_ENV_CLOUD = COL_META_HOSTNAME + 13, COL_ENV_PLATFORM, COL_SYNC_VERSION,
+        _COL_BASE_MAX,
+        COL_EXTRA_LABELS = _COL_BASE_MAX, COL_NET_ADDRS, COL_FILES, COL_FLAGS, COL_CAPS, COL_GROUP_IDS,
         _COL_MAX,
 };
 
@@ -164,14 +166,18 @@ static int parse_meta_json(cp_store_peer *p, const PGresult *res) {
         return 0;
 }
 
-/* Builds a record from row 0 of a PEER_COLUMNS result. */
-static int peer_from_row(const PGresult *res, cp_store_peer **ret, cp_error *reterr) {
+/* Builds a record from row 0 of a result whose first ncols columns are
+ * PEER_COLUMNS (_COL_MAX) or only its base part (_COL_BASE_MAX: extra
+ * labels, the JSON parts of the meta and the group ids stay empty),
+ * followed by extra columns of the caller's. */
+static int peer_from_row(const PGresult *res, int ncols, int extra, cp_store_peer **ret, cp_error *reterr) {
+        static const char *const none[1] = { NULL };
         cp_store_peer *p;
-        int r;
+        int r = 0;
 
-        if (PQnfields(res) != _COL_MAX)
+        if (PQnfields(res) != ncols + extra)
                 return cp_error_set(reterr, -EIO, "peer row has %d columns, expected %d",
-                                    PQnfields(res), (int) _COL_MAX);
+                                    PQnfields(res), ncols + extra);
         p = cp_xcalloc(1, sizeof *p);
 #define S(col) rec_strdup(p, PQgetvalue(res, 0, col))
         p->id = S(COL_ID);
@@ -209,11 +215,15 @@ static int peer_from_row(const PGresult *res, cp_store_peer **ret, cp_error *ret
         p->status.last_seen_unix_ns = col_int64(res, COL_LAST_SEEN) * 1000;
         p->meta.sync_message_version = (int32_t) col_int64(res, COL_SYNC_VERSION);
 
-        r = parse_strv(p, PQgetvalue(res, 0, COL_EXTRA_LABELS), &p->extra_dns_labels, &p->n_extra_dns_labels);
-        if (r >= 0)
-                r = parse_strv(p, PQgetvalue(res, 0, COL_GROUP_IDS), &p->group_ids, &p->n_group_ids);
-        if (r >= 0)
-                r = parse_meta_json(p, res);
+        p->extra_dns_labels = p->group_ids = none;
+        if (ncols == _COL_MAX) {
+                r = parse_strv(p, PQgetvalue(res, 0, COL_EXTRA_LABELS), &p->extra_dns_labels,
+                               &p->n_extra_dns_labels);
+                if (r >= 0)
+                        r = parse_strv(p, PQgetvalue(res, 0, COL_GROUP_IDS), &p->group_ids, &p->n_group_ids);
+                if (r >= 0)
+                        r = parse_meta_json(p, res);
+        }
         if (r < 0) {
                 cp_store_peer_free(p);
                 return cp_error_set(reterr, r, "stored peer row is malformed");
@@ -233,7 +243,7 @@ static int peer_query(cp_store_conn *c, cp_store_stmt st, const char *const *par
                 return r;
         if (PQntuples(res) != 1)
                 return cp_error_set(reterr, -ENOENT, "peer not found");
-        return peer_from_row(res, ret, reterr);
+        return peer_from_row(res, _COL_MAX, 0, ret, reterr);
 }
 
 static int peer_get(cp_store *s, cp_store_stmt st, const char *const *params,
@@ -277,11 +287,29 @@ int cp_store_peer_get(cp_store *s, const char *account_id, const char *peer_id,
 
 /* ---- account settings ----------------------------------------------------- */
 
+/* Columns ACCOUNT_SETTINGS_COLUMNS (store.c) of row 0, from column col. */
+static void settings_from_row(const PGresult *res, int col, cp_store_account_settings *ret) {
+        cp_store_account_settings out = { 0 };
+
+        (void) snprintf(out.network_cidr, sizeof out.network_cidr, "%s", PQgetvalue(res, 0, col));
+        out.network_prefix_len = (unsigned) col_int64(res, col + 1);
+        (void) snprintf(out.dns_domain, sizeof out.dns_domain, "%s", PQgetvalue(res, 0, col + 2));
+        out.login_expiration_enabled = col_bool(res, col + 3);
+        out.login_expiration_ns = col_int64(res, col + 4);
+        out.inactivity_expiration_enabled = col_bool(res, col + 5);
+        out.inactivity_expiration_ns = col_int64(res, col + 6);
+        out.lazy_connection_enabled = col_bool(res, col + 7);
+        out.routing_peer_dns_resolution_enabled = col_bool(res, col + 8);
+        out.peer_approval_enabled = col_bool(res, col + 9);
+        out.network_serial = col_int64(res, col + 10);
+        *ret = out;
+}
+#define SETTINGS_COLUMNS 11
+
 int cp_store_account_get_settings(cp_store *s, const char *account_id,
                                   cp_store_account_settings *ret, cp_error *reterr) {
         _cleanup_pgresult_ PGresult *res = NULL;
         const char *params[1] = { account_id };
-        cp_store_account_settings out = { 0 };
         int r;
 
         if (!account_id)
@@ -291,19 +319,35 @@ int cp_store_account_get_settings(cp_store *s, const char *account_id,
                 return r;
         if (PQntuples(res) != 1)
                 return cp_error_set(reterr, -ENOENT, "account %s not found", account_id);
+        settings_from_row(res, 0, ret);
+        return 0;
+}
 
-        (void) snprintf(out.network_cidr, sizeof out.network_cidr, "%s", PQgetvalue(res, 0, 0));
-        out.network_prefix_len = (unsigned) col_int64(res, 1);
-        (void) snprintf(out.dns_domain, sizeof out.dns_domain, "%s", PQgetvalue(res, 0, 2));
-        out.login_expiration_enabled = col_bool(res, 3);
-        out.login_expiration_ns = col_int64(res, 4);
-        out.inactivity_expiration_enabled = col_bool(res, 5);
-        out.inactivity_expiration_ns = col_int64(res, 6);
-        out.lazy_connection_enabled = col_bool(res, 7);
-        out.routing_peer_dns_resolution_enabled = col_bool(res, 8);
-        out.peer_approval_enabled = col_bool(res, 9);
-        out.network_serial = col_int64(res, 10);
-        *ret = out;
+/* ---- lookup for Login and Sync ---------------------------------------------------- */
+
+int cp_store_peer_lookup(cp_store *s, const char *wg_pub_key, cp_store_peer **ret_peer,
+                         cp_store_account_settings *ret_settings, int64_t *ret_db_now_ns, cp_error *reterr) {
+        _cleanup_pgresult_ PGresult *res = NULL;
+        const char *params[1] = { wg_pub_key };
+        cp_store_peer *p = NULL;
+        int r;
+
+        if (!wg_pub_key || !*wg_pub_key)
+                return cp_error_set(reterr, -EINVAL, "peer key is required");
+        if (!ret_peer || !ret_settings)
+                return cp_error_set(reterr, -EINVAL, "result pointers are required");
+        r = cp_store__run(s, ST_PEER_LOOKUP, params, &res, reterr);
+        if (r < 0)
+                return r;
+        if (PQntuples(res) != 1)
+                return cp_error_set(reterr, -ENOENT, "peer not found");
+        r = peer_from_row(res, _COL_BASE_MAX, SETTINGS_COLUMNS + 1, &p, reterr);
+        if (r < 0)
+                return r;
+        settings_from_row(res, _COL_BASE_MAX, ret_settings);
+        if (ret_db_now_ns)
+                *ret_db_now_ns = col_int64(res, _COL_BASE_MAX + SETTINGS_COLUMNS);
+        *ret_peer = p;
         return 0;
 }
 
@@ -1041,84 +1085,85 @@ int cp_store_account_serials(cp_store *s, const char *const *ids, size_t n, int6
         return 0;
 }
 
-/* ---- login update -------------------------------------------------------------- */
+/* ---- login update and fenced connect ------------------------------------------------- */
 
-static int login_tx(cp_store_conn *c, const char *account_id, const char *peer_id,
-                    const cp_store_peer_login_req *req, const meta_params *mp,
-                    unsigned *ret_changed, int64_t *ret_serial, cp_error *reterr) {
-        _cleanup_pgresult_ PGresult *lock = NULL;
-        const char *id2[2] = { account_id, peer_id };
-        unsigned changed = 0;
+/* Both statements take the meta as $6..$24, NULL = keep what is stored.
+ * mp is built from meta (when there is one) and released by the caller
+ * in every case. */
+static int meta_params_or_keep(const cp_store_peer_meta *meta, meta_params *mp, const char **params,
+                               cp_error *reterr) {
         int r;
 
-        r = cp_store__exec(c, ST_PEER_LOGIN_LOCK, id2, &lock, reterr);
-        if (r < 0)
-                return r;
-        if (PQntuples(lock) != 1)
-                return cp_error_set(reterr, -ENOENT, "peer %s not found in account %s", peer_id, account_id);
-        if (req->n_extra_dns_labels > 0 && !col_bool(lock, 2))
-                return cp_error_set(reterr, -EPERM, "setup key doesn't allow extra DNS labels");
-        if (req->session_token != 0 && col_int64(lock, 3) != req->session_token) {
-                /* Fenced off: another session owns the peer now. */
-                *ret_changed = CP_STORE_PEER_STALE;
-                *ret_serial = 0;
+        memset(mp, 0, sizeof *mp);
+        cp_strbuf_init(&mp->caps);
+        if (!meta) {
+                for (size_t i = 0; i < ELEMENTSOF(mp->v); i++)
+                        params[i] = NULL;
                 return 0;
         }
-
-        if (mp) {
-                _cleanup_pgresult_ PGresult *res = NULL;
-                const char *params[21] = { account_id, peer_id };
-                memcpy(params + 2, mp->v, sizeof mp->v);
-                r = cp_store__exec(c, ST_PEER_META_UPDATE, params, &res, reterr);
-                if (r < 0)
-                        return r;
-                if (cp_store__affected(res) > 0)
-                        changed |= CP_STORE_PEER_CHANGED_META;
-                if (strcmp(PQgetvalue(lock, 0, 0), mp->v[7]) != 0)
-                        changed |= CP_STORE_PEER_CHANGED_WT_VERSION;
-        }
-        if (req->ssh_key && *req->ssh_key) {
-                _cleanup_pgresult_ PGresult *res = NULL;
-                const char *params[3] = { account_id, peer_id, req->ssh_key };
-                r = cp_store__exec(c, ST_PEER_SSH_UPDATE, params, &res, reterr);
-                if (r < 0)
-                        return r;
-                if (cp_store__affected(res) > 0)
-                        changed |= CP_STORE_PEER_CHANGED_SSH_KEY;
-        }
-        if (req->connection_ip) {
-                _cleanup_pgresult_ PGresult *res = NULL;
-                const char *params[3] = { account_id, peer_id, req->connection_ip };
-                r = cp_store__exec(c, ST_PEER_CONN_IP_UPDATE, params, &res, reterr);
-                if (r < 0)
-                        return r;
-                if (cp_store__affected(res) > 0)
-                        changed |= CP_STORE_PEER_CHANGED_CONN_IP;
-        }
-
-        /* Remote peers see the ssh key (sshConfig) and the agent version
-         * (agentVersion); those changes need a new serial. */
-        if (changed & (CP_STORE_PEER_CHANGED_SSH_KEY | CP_STORE_PEER_CHANGED_WT_VERSION)) {
-                r = serial_bump(c, account_id, ret_serial, reterr);
-                if (r < 0)
-                        return r;
-                changed |= CP_STORE_PEER_CHANGED_SERIAL;
-        } else {
-                _cleanup_pgresult_ PGresult *res = NULL;
-                r = cp_store__exec(c, ST_ACCOUNT_SERIAL_GET, id2, &res, reterr);
-                if (r < 0)
-                        return r;
-                if (PQntuples(res) != 1)
-                        return cp_error_set(reterr, -ENOENT, "account %s not found", account_id);
-                *ret_serial = col_int64(res, 0);
-        }
-        *ret_changed = changed;
+        r = meta_params_build(meta, mp, reterr);
+        if (r < 0)
+                return r;
+        memcpy(params, mp->v, sizeof mp->v);
         return 0;
+}
+
+/* A boolean result column; NULL (no UPDATE row) reads as false. */
+static bool flag(const PGresult *res, int col) {
+        return !PQgetisnull(res, 0, col) && col_bool(res, col);
 }
 
 int cp_store_peer_login_update(cp_store *s, const char *account_id, const char *peer_id,
                                const cp_store_peer_login_req *req, unsigned *ret_changed,
                                int64_t *ret_serial, cp_error *reterr) {
+        _cleanup_pgresult_ PGresult *res = NULL;
+        const char *params[24];
+        meta_params mp;
+        unsigned changed = 0;
+        int r;
+
+        if (!account_id || !peer_id || !req)
+                return cp_error_set(reterr, -EINVAL, "account id, peer id and request are required");
+        if (req->connection_ip && !valid_ip(req->connection_ip))
+                return cp_error_set(reterr, -EINVAL, "invalid connection address \"%s\"", req->connection_ip);
+        params[0] = account_id;
+        params[1] = peer_id;
+        params[2] = req->ssh_key && *req->ssh_key ? req->ssh_key : NULL;
+        params[3] = req->connection_ip;
+        params[4] = req->n_extra_dns_labels > 0 ? "true" : "false";
+        r = meta_params_or_keep(req->meta, &mp, params + 5, reterr);
+        if (r >= 0)
+                r = cp_store__run(s, ST_PEER_LOGIN_UPDATE, params, &res, reterr);
+        meta_params_release(&mp);
+        if (r < 0)
+                return r;
+        if (PQntuples(res) != 1)
+                return cp_error_set(reterr, -ENOENT, "peer %s not found in account %s", peer_id, account_id);
+        if (req->n_extra_dns_labels > 0 && !col_bool(res, 0))
+                return cp_error_set(reterr, -EPERM, "setup key doesn't allow extra DNS labels");
+        if (flag(res, 1))
+                changed |= CP_STORE_PEER_CHANGED_META;
+        if (flag(res, 2))
+                changed |= CP_STORE_PEER_CHANGED_WT_VERSION;
+        if (flag(res, 3))
+                changed |= CP_STORE_PEER_CHANGED_SSH_KEY;
+        if (flag(res, 4))
+                changed |= CP_STORE_PEER_CHANGED_CONN_IP;
+        if (changed & (CP_STORE_PEER_CHANGED_SSH_KEY | CP_STORE_PEER_CHANGED_WT_VERSION))
+                changed |= CP_STORE_PEER_CHANGED_SERIAL;
+        if (ret_changed)
+                *ret_changed = changed;
+        if (ret_serial)
+                *ret_serial = col_int64(res, 5);
+        return 0;
+}
+
+int cp_store_peer_connect(cp_store *s, const char *account_id, const char *peer_id,
+                          const cp_store_peer_connect_req *req, unsigned *ret_changed, int64_t *ret_serial,
+                          cp_error *reterr) {
+        _cleanup_pgresult_ PGresult *res = NULL;
+        const char *params[25];
+        char tok[24];
         meta_params mp;
         unsigned changed = 0;
         int64_t serial = 0;
@@ -1127,27 +1172,56 @@ int cp_store_peer_login_update(cp_store *s, const char *account_id, const char *
 
         if (!account_id || !peer_id || !req)
                 return cp_error_set(reterr, -EINVAL, "account id, peer id and request are required");
+        /* Tokens are positive: 0 means "no session" and is the oldest. */
+        if (req->token <= 0)
+                return cp_error_set(reterr, -EINVAL, "session token must be positive, got %" PRId64, req->token);
         if (req->connection_ip && !valid_ip(req->connection_ip))
                 return cp_error_set(reterr, -EINVAL, "invalid connection address \"%s\"", req->connection_ip);
-        /* Built (and released) even without meta: it only allocates then. */
-        r = meta_params_build(req->meta ? req->meta : &(cp_store_peer_meta) { 0 }, &mp, reterr);
+        (void) snprintf(tok, sizeof tok, "%" PRId64, req->token);
+        params[0] = account_id;
+        params[1] = peer_id;
+        params[2] = tok;
+        params[3] = s->replica_id;
+        params[4] = req->connection_ip;
+        r = meta_params_or_keep(req->meta, &mp, params + 5, reterr);
         if (r < 0)
                 goto out;
-
         r = cp_store__acquire(s, &c, reterr);
         if (r < 0)
                 goto out;
-        r = begin(c, reterr);
-        if (r >= 0)
-                r = login_tx(c, account_id, peer_id, req, req->meta ? &mp : NULL, &changed, &serial, reterr);
-        r = finish(c, r, reterr);
-        cp_store__release(s, c);
-        if (r >= 0) {
-                if (ret_changed)
-                        *ret_changed = changed;
-                if (ret_serial)
-                        *ret_serial = serial;
+        /* Without meta, or with the version the caller expects stored, the
+         * plain fenced UPDATE is enough: the version cannot change, so
+         * neither can the serial. It is guarded by that version, so when
+         * the row changed meanwhile, or the connect is stale, it lands
+         * nowhere and the statement that compares under the lock decides
+         * (a second fenced attempt: it lands only if the token is still
+         * the newest then, as a connect that came that much later). */
+        bool plain = !req->meta || (req->expect_wt_version && strcmp(req->expect_wt_version, mp.v[7]) == 0);
+        if (plain) {
+                params[24] = req->meta ? mp.v[7] : NULL;
+                r = cp_store__exec(c, ST_PEER_CONNECT, params, &res, reterr);
+                if (r >= 0)
+                        r = cp_store__affected(res) > 0 ? 1 : 0;
         }
+        if (req->meta && (!plain || r == 0)) {
+                PQclear(TAKE_PTR(res));
+                r = cp_store__exec(c, ST_PEER_CONNECT_VERSION, params, &res, reterr);
+                if (r >= 0 && PQntuples(res) == 1) {
+                        if (col_bool(res, 0))
+                                changed = CP_STORE_PEER_CHANGED_WT_VERSION | CP_STORE_PEER_CHANGED_SERIAL;
+                        serial = col_int64(res, 1);
+                        r = 1;
+                } else if (r >= 0)
+                        r = 0;
+        }
+        cp_store__release(s, c);
+        if (r < 0)
+                goto out;
+        cp_store__fenced(true, r == 1);
+        if (ret_changed)
+                *ret_changed = changed;
+        if (ret_serial)
+                *ret_serial = changed ? serial : 0;
 out:
         meta_params_release(&mp);
         return r;

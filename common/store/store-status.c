@@ -1,33 +1,34 @@
 #include "cp/base.h"
+#include "cp/store-peers.h"
 #include "store-int.h"
 
-/* Runs one fenced UPDATE and reports whether it landed. */
-static int fenced_update(cp_store *s, cp_store_stmt st, const char *account_id,
-                         const char *peer_id, int64_t token, cp_error *reterr) {
+/* Runs the fenced disconnect and reports whether it landed. The connect
+ * is cp_store_peer_connect() (store-peers.c): one statement that can
+ * carry the agent's meta as well. */
+static int fenced_disconnect(cp_store *s, const char *account_id, const char *peer_id, int64_t token,
+                             cp_error *reterr) {
         _cleanup_pgresult_ PGresult *res = NULL;
         char tok[24];
-        /* The connect's fourth parameter: the owning replica (NULL = none). */
-        const char *params[4] = { account_id, peer_id, tok, s->replica_id };
+        const char *params[3] = { account_id, peer_id, tok };
         int r;
 
         if (!account_id || !peer_id)
                 return cp_error_set(reterr, -EINVAL, "account and peer id are required");
         (void) snprintf(tok, sizeof tok, "%" PRId64, token);
 
-        r = cp_store__run(s, st, params, &res, reterr);
+        r = cp_store__run(s, ST_PEER_DISCONNECT, params, &res, reterr);
         if (r < 0)
                 return r;
         r = cp_store__affected(res) > 0 ? 1 : 0;
-        cp_store__fenced(st == ST_PEER_CONNECT, r == 1);
+        cp_store__fenced(false, r == 1);
         return r;
 }
 
 int cp_store_peer_mark_connected(cp_store *s, const char *account_id, const char *peer_id,
                                  int64_t token, cp_error *reterr) {
-        /* Tokens are positive: 0 means "no session" and is the oldest. */
-        if (token <= 0)
-                return cp_error_set(reterr, -EINVAL, "session token must be positive, got %" PRId64, token);
-        return fenced_update(s, ST_PEER_CONNECT, account_id, peer_id, token, reterr);
+        cp_store_peer_connect_req req = { .token = token };
+
+        return cp_store_peer_connect(s, account_id, peer_id, &req, NULL, NULL, reterr);
 }
 
 int cp_store_peer_mark_disconnected(cp_store *s, const char *account_id, const char *peer_id,
@@ -35,7 +36,7 @@ int cp_store_peer_mark_disconnected(cp_store *s, const char *account_id, const c
         /* "= 0" would match every peer that never connected. */
         if (token == 0)
                 return 0;
-        return fenced_update(s, ST_PEER_DISCONNECT, account_id, peer_id, token, reterr);
+        return fenced_disconnect(s, account_id, peer_id, token, reterr);
 }
 
 int cp_store_peer_get_status(cp_store *s, const char *account_id, const char *peer_id,

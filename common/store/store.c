@@ -2,11 +2,13 @@
 #include "store-int.h"
 
 /* The peer record's columns, read by peer_from_row() in store-peers.c by
- * position (enum peer_col there); keep both in the same order. */
-#define PEER_COLUMNS \
+ * position (enum peer_col there); keep both in the same order. The base
+ * part is what Login and Sync need (cp_store_peer_lookup); the detail
+ * part, the values that travel as JSON, completes the record. */
+#define PEER_BASE_COLUMNS \
         "p.id, p.account_id, p.key, host(p.ip), p.dns_label, p.name, COALESCE(p.user_id, ''), p.ssh_key," \
         " p.ssh_enabled, p.login_expiration_enabled, p.inactivity_expiration_enabled, p.ephemeral," \
-        " p.allow_extra_dns_labels, array_to_json(p.extra_dns_labels)::text," \
+        " p.allow_extra_dns_labels," \
         " COALESCE((EXTRACT(EPOCH FROM p.last_login) * 1000000)::bigint, 0)," \
         " (EXTRACT(EPOCH FROM p.created_at) * 1000000)::bigint," \
         " COALESCE(host(p.location_connection_ip), '')," \
@@ -17,10 +19,14 @@
         " p.meta_os_version, p.meta_wt_version, p.meta_ui_version, p.meta_kernel_version," \
         " p.meta_system_serial_number, p.meta_system_product_name, p.meta_system_manufacturer," \
         " COALESCE(p.meta_environment->>'Cloud', ''), COALESCE(p.meta_environment->>'Platform', '')," \
+        " p.meta_sync_message_version"
+#define PEER_DETAIL_COLUMNS \
+        "array_to_json(p.extra_dns_labels)::text," \
         " p.meta_network_addresses::text, p.meta_files::text, p.meta_flags::text," \
-        " array_to_json(p.meta_capabilities)::text, p.meta_sync_message_version," \
+        " array_to_json(p.meta_capabilities)::text," \
         " COALESCE((SELECT json_agg(gp.group_id ORDER BY gp.group_id) FROM group_peers gp" \
         " WHERE gp.account_id = p.account_id AND gp.peer_id = p.id), '[]')::text"
+#define PEER_COLUMNS PEER_BASE_COLUMNS ", " PEER_DETAIL_COLUMNS
 
 /* The 19 stored meta columns, in the order of meta_params() in
  * store-peers.c, and their parameters starting at $n. */
@@ -35,8 +41,46 @@
         P_(i) ", " P_(j) ", " P_(k) "::jsonb, " P_(l) ", " P_(m) ", " P_(n) ", " P_(o) "::jsonb, " \
         P_(p) "::jsonb, " P_(q) "::jsonb, " P_(r) "::integer[], " P_(s) "::integer"
 #define PEER_META_PARAMS(start) PEER_META_PARAMS_##start
-#define PEER_META_PARAMS_3 PEER_META_PARAMS_(3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21)
 #define PEER_META_PARAMS_7 PEER_META_PARAMS_(7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25)
+
+/* The same columns of the row alias t ("p."), to compare with. */
+#define PEER_META_COLUMNS_OF(t) \
+        t "meta_hostname, " t "meta_go_os, " t "meta_kernel, " t "meta_core, " t "meta_platform, " \
+        t "meta_os, " t "meta_os_version, " t "meta_wt_version, " t "meta_ui_version, " \
+        t "meta_kernel_version, " t "meta_network_addresses, " t "meta_system_serial_number, " \
+        t "meta_system_product_name, " t "meta_system_manufacturer, " t "meta_environment, " \
+        t "meta_flags, " t "meta_files, " t "meta_capabilities, " t "meta_sync_message_version"
+/* The values a login or connect writes into PEER_META_COLUMNS: each
+ * parameter from $6 on, or the stored value (row alias p) where it is
+ * NULL, so a request without meta passes NULLs and keeps the row's. */
+#define PEER_META_OR_KEPT_(a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p_, q, r, s) \
+        "COALESCE(" P_(a) ", p.meta_hostname), COALESCE(" P_(b) ", p.meta_go_os)," \
+        " COALESCE(" P_(c) ", p.meta_kernel), COALESCE(" P_(d) ", p.meta_core)," \
+        " COALESCE(" P_(e) ", p.meta_platform), COALESCE(" P_(f) ", p.meta_os)," \
+        " COALESCE(" P_(g) ", p.meta_os_version), COALESCE(" P_(h) ", p.meta_wt_version)," \
+        " COALESCE(" P_(i) ", p.meta_ui_version), COALESCE(" P_(j) ", p.meta_kernel_version)," \
+        " COALESCE(" P_(k) "::jsonb, p.meta_network_addresses)," \
+        " COALESCE(" P_(l) ", p.meta_system_serial_number), COALESCE(" P_(m) ", p.meta_system_product_name)," \
+        " COALESCE(" P_(n) ", p.meta_system_manufacturer), COALESCE(" P_(o) "::jsonb, p.meta_environment)," \
+        " COALESCE(" P_(p_) "::jsonb, p.meta_flags), COALESCE(" P_(q) "::jsonb, p.meta_files)," \
+        " COALESCE(" P_(r) "::integer[], p.meta_capabilities)," \
+        " COALESCE(" P_(s) "::integer, p.meta_sync_message_version)"
+#define PEER_META_OR_KEPT_6 \
+        PEER_META_OR_KEPT_(6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24)
+
+/* The account settings a LoginResponse and the expiry check need (row
+ * alias a), read by settings_from_row() in store-peers.c in this order. */
+#define ACCOUNT_SETTINGS_COLUMNS \
+        "a.network_net::text, masklen(a.network_net), a.settings_dns_domain," \
+        " a.settings_peer_login_expiration_enabled, a.settings_peer_login_expiration," \
+        " a.settings_peer_inactivity_expiration_enabled, a.settings_peer_inactivity_expiration," \
+        " a.settings_lazy_connection_enabled, a.settings_routing_peer_dns_resolution_enabled," \
+        " a.settings_extra_peer_approval_enabled, a.network_serial"
+
+/* The database clock in Unix nanoseconds (microsecond resolution).
+ * clock_timestamp(), not now(): the time of this statement, not of a
+ * surrounding transaction. */
+#define DB_NOW_NS "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::bigint * 1000"
 
 /* NetBird's peer event meta (Peer.EventMeta): name, fqdn under the
  * account's DNS domain override or the server's ($dom), ip, created_at and
@@ -57,20 +101,55 @@ static const struct {
         int nparams;
 } statements[_ST_MAX] = {
         [ST_PING] = { "ping", "SELECT 1", 0 },
-        /* clock_timestamp(), not now(): the time of this statement, not of
-         * a surrounding transaction. Microsecond resolution. */
-        [ST_DB_NOW] = { "db_now",
-                "SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::bigint * 1000", 0 },
+        [ST_DB_NOW] = { "db_now", "SELECT " DB_NOW_NS, 0 },
 
-        /* Fenced status: one UPDATE each, netbird-protocol.md section 5.2. */
+        /* Fenced status: one UPDATE each, netbird-protocol.md section 5.2.
+         * The connect lands only for a strictly newer token ($3). In the
+         * same statement, so only when it lands and under its row lock,
+         * it writes the connection address ($5) and the meta ($6..$24),
+         * NULL = keep (cp_store_peer_connect). $25, when not NULL, is the
+         * agent version the caller expects stored and sends again: the
+         * connect then also needs that, so a version that changed
+         * meanwhile (the serial would have to move) fails it; the caller
+         * then runs peer_connect_version. */
         [ST_PEER_CONNECT] = { "peer_connect",
-                "UPDATE peers SET peer_status_connected = TRUE,"
+                "UPDATE peers p SET peer_status_connected = TRUE,"
                 " peer_status_last_seen = CURRENT_TIMESTAMP,"
                 " peer_status_session_started_at = $3::bigint,"
                 " peer_status_login_expired = FALSE,"
-                " peer_status_replica_id = $4"
-                " WHERE account_id = $1 AND id = $2"
-                " AND peer_status_session_started_at < $3::bigint", 4 },
+                " peer_status_replica_id = $4,"
+                " location_connection_ip = COALESCE($5::inet, p.location_connection_ip),"
+                " (" PEER_META_COLUMNS ") = (" PEER_META_OR_KEPT_6 ")"
+                " WHERE p.account_id = $1 AND p.id = $2"
+                " AND p.peer_status_session_started_at < $3::bigint"
+                " AND ($25::text IS NULL OR p.meta_wt_version = $25)", 25 },
+        /* The same connect when the agent version may change: o locks the
+         * row with the same fence and compares the stored version with
+         * the one written (a row changed meanwhile is re-read under the
+         * lock, so the answer is exact); b bumps the serial when it
+         * differs (remote peers show it). Peers row before accounts row,
+         * as everywhere in store-peers.c. One row: landed, with whether
+         * the version changed and the serial after the statement; none:
+         * fenced off, nothing written. */
+        [ST_PEER_CONNECT_VERSION] = { "peer_connect_version",
+                "WITH o AS (SELECT p.id,"
+                " p.meta_wt_version IS DISTINCT FROM COALESCE($13, p.meta_wt_version) AS version"
+                " FROM peers p WHERE p.account_id = $1 AND p.id = $2"
+                " AND p.peer_status_session_started_at < $3::bigint FOR NO KEY UPDATE),"
+                " u AS (UPDATE peers p SET peer_status_connected = TRUE,"
+                " peer_status_last_seen = CURRENT_TIMESTAMP,"
+                " peer_status_session_started_at = $3::bigint,"
+                " peer_status_login_expired = FALSE,"
+                " peer_status_replica_id = $4,"
+                " location_connection_ip = COALESCE($5::inet, p.location_connection_ip),"
+                " (" PEER_META_COLUMNS ") = (" PEER_META_OR_KEPT_6 ")"
+                " FROM o WHERE p.account_id = $1 AND p.id = $2 AND p.id = o.id"
+                " AND p.peer_status_session_started_at < $3::bigint"
+                " RETURNING o.version),"
+                " b AS (UPDATE accounts SET network_serial = network_serial + 1"
+                " WHERE id = $1 AND (SELECT version FROM u) RETURNING network_serial)"
+                " SELECT u.version, COALESCE((SELECT network_serial FROM b),"
+                " (SELECT network_serial FROM accounts WHERE id = $1)) FROM u", 24 },
         [ST_PEER_DISCONNECT] = { "peer_disconnect",
                 "UPDATE peers SET peer_status_connected = FALSE,"
                 " peer_status_last_seen = CURRENT_TIMESTAMP,"
@@ -156,12 +235,12 @@ static const struct {
         [ST_PEER_GET] = { "peer_get",
                 "SELECT " PEER_COLUMNS " FROM peers p WHERE p.account_id = $1 AND p.id = $2", 2 },
         [ST_ACCOUNT_SETTINGS] = { "account_settings",
-                "SELECT network_net::text, masklen(network_net), settings_dns_domain,"
-                " settings_peer_login_expiration_enabled, settings_peer_login_expiration,"
-                " settings_peer_inactivity_expiration_enabled, settings_peer_inactivity_expiration,"
-                " settings_lazy_connection_enabled, settings_routing_peer_dns_resolution_enabled,"
-                " settings_extra_peer_approval_enabled, network_serial"
-                " FROM accounts WHERE id = $1", 1 },
+                "SELECT " ACCOUNT_SETTINGS_COLUMNS " FROM accounts a WHERE a.id = $1", 1 },
+        /* Login and Sync open: the peer, its account's settings and the
+         * database clock in one round trip (cp_store_peer_lookup). */
+        [ST_PEER_LOOKUP] = { "peer_lookup",
+                "SELECT " PEER_BASE_COLUMNS ", " ACCOUNT_SETTINGS_COLUMNS ", " DB_NOW_NS
+                " FROM peers p JOIN accounts a ON a.id = p.account_id WHERE p.key = $1", 1 },
         /* KEY SHARE: a range change (REST API, which holds the row FOR
          * UPDATE while it re-addresses every peer) finishes before the
          * range is read; registrations do not wait for each other. */
@@ -228,20 +307,34 @@ static const struct {
                 " SELECT $1::int, $2, p.id, p.account_id, " PEER_EVENT_META("p", "$5") " || $6::jsonb"
                 " FROM peers p JOIN accounts a ON a.id = p.account_id"
                 " WHERE p.account_id = $3 AND p.id = $4", 6 },
-        [ST_PEER_LOGIN_LOCK] = { "peer_login_lock",
-                "SELECT meta_wt_version, ssh_key, allow_extra_dns_labels, peer_status_session_started_at"
-                " FROM peers WHERE account_id = $1 AND id = $2 FOR UPDATE", 2 },
-        /* Writes only when some meta column differs (jsonb compares by
-         * value), so an unchanged login costs no row version. */
-        [ST_PEER_META_UPDATE] = { "peer_meta_update",
-                "UPDATE peers SET (" PEER_META_COLUMNS ") = (" PEER_META_PARAMS(3) ")"
-                " WHERE account_id = $1 AND id = $2"
-                " AND (" PEER_META_COLUMNS ") IS DISTINCT FROM (" PEER_META_PARAMS(3) ")", 21 },
-        [ST_PEER_SSH_UPDATE] = { "peer_ssh_update",
-                "UPDATE peers SET ssh_key = $3 WHERE account_id = $1 AND id = $2 AND ssh_key <> $3", 3 },
-        [ST_PEER_CONN_IP_UPDATE] = { "peer_conn_ip_update",
-                "UPDATE peers SET location_connection_ip = $3::inet WHERE account_id = $1 AND id = $2"
-                " AND location_connection_ip IS DISTINCT FROM $3::inet", 3 },
+        /* Login of a known peer (cp_store_peer_login_update) in one
+         * statement: o locks the row and compares it with what the login
+         * writes: the ssh key ($3), the connection address ($4) and the
+         * meta ($6..$24), NULL = keep; u writes only when something
+         * differs (an unchanged login writes no row version), and nothing
+         * when extra DNS labels are asked for ($5) but not allowed; b
+         * bumps the serial when u wrote a change remote peers see (ssh
+         * key, agent version). Peers row before accounts row, as
+         * everywhere in store-peers.c. No row: no such peer in that
+         * account. */
+        [ST_PEER_LOGIN_UPDATE] = { "peer_login_update",
+                "WITH o AS (SELECT p.id, p.allow_extra_dns_labels AS allowed,"
+                " (" PEER_META_COLUMNS_OF("p.") ") IS DISTINCT FROM (" PEER_META_OR_KEPT_6 ") AS meta,"
+                " p.meta_wt_version IS DISTINCT FROM COALESCE($13, p.meta_wt_version) AS version,"
+                " p.ssh_key IS DISTINCT FROM COALESCE($3, p.ssh_key) AS ssh,"
+                " p.location_connection_ip IS DISTINCT FROM COALESCE($4::inet, p.location_connection_ip) AS ip"
+                " FROM peers p WHERE p.account_id = $1 AND p.id = $2 FOR NO KEY UPDATE),"
+                " u AS (UPDATE peers p SET ssh_key = COALESCE($3, p.ssh_key),"
+                " location_connection_ip = COALESCE($4::inet, p.location_connection_ip),"
+                " (" PEER_META_COLUMNS ") = (" PEER_META_OR_KEPT_6 ")"
+                " FROM o WHERE p.account_id = $1 AND p.id = $2 AND p.id = o.id"
+                " AND (NOT $5::boolean OR o.allowed) AND (o.meta OR o.ssh OR o.ip)"
+                " RETURNING o.version OR o.ssh AS seen),"
+                " b AS (UPDATE accounts SET network_serial = network_serial + 1"
+                " WHERE id = $1 AND (SELECT seen FROM u) RETURNING network_serial)"
+                " SELECT o.allowed, o.meta, o.version, o.ssh, o.ip,"
+                " COALESCE((SELECT network_serial FROM b), (SELECT network_serial FROM accounts WHERE id = $1))"
+                " FROM o", 24 },
         /* Delete and log in one statement, so the event carries the
          * deleted row's values; group_peers rows go by cascade. */
         [ST_PEER_DELETE] = { "peer_delete",

@@ -266,7 +266,8 @@ void mgmt_login(mgmt_agent_op *op) {
         in.labels = (const char *const *) req->dnslabels;
         in.n_labels = req->n_dnslabels;
 
-        r = cp_store_peer_get_by_key(op->agent->store, op->peer_key, &p, &err);
+        /* The peer and its account's settings in one round trip. */
+        r = cp_store_peer_lookup(op->agent->store, op->peer_key, &p, &st, NULL, &err);
         if (r < 0 && r != -ENOENT) {
                 fail_internal(op, "cannot look the peer up", r, &err);
                 return;
@@ -274,11 +275,6 @@ void mgmt_login(mgmt_agent_op *op) {
         if (r == 0) {
                 /* A known peer (section 3.2). */
                 snprintf(op->account, sizeof op->account, "%s", p->account_id);
-                r = cp_store_account_get_settings(op->agent->store, p->account_id, &st, &err);
-                if (r < 0) {
-                        fail_internal(op, "cannot read the account settings", r, &err);
-                        return;
-                }
                 if (mgmt_login_expired(p, &st, cp_now_unix_ns())) {
                         mgmt_agent_fail(op, GRPC_STATUS_PERMISSION_DENIED, MSG_EXPIRED);
                         return;

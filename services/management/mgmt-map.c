@@ -72,17 +72,13 @@ static cp_netmap_account *as_account(const mgmt_map *map) {
         return (cp_netmap_account *) map;
 }
 
-int mgmt_maps_get(mgmt_maps *m, const char *account_id, mgmt_map **ret, cp_error *reterr) {
-        cp_store_account_settings st;
+int mgmt_maps_get_at(mgmt_maps *m, const char *account_id, int64_t serial, mgmt_map **ret, cp_error *reterr) {
         cp_netmap_account *a, *old;
         int r;
 
-        r = cp_store_account_get_settings(m->store, account_id, &st, reterr);
-        if (r < 0)
-                return r;
         pthread_mutex_lock(&m->lock);
         a = mgmt_strmap_get(m->cache, account_id);
-        if (a && cp_netmap_account_serial(a) >= (uint64_t) st.network_serial) {
+        if (a && cp_netmap_account_serial(a) >= (uint64_t) serial) {
                 *ret = as_map(cp_netmap_account_ref(a));
                 pthread_mutex_unlock(&m->lock);
                 return 0;
@@ -103,6 +99,16 @@ int mgmt_maps_get(mgmt_maps *m, const char *account_id, mgmt_map **ret, cp_error
         pthread_mutex_unlock(&m->lock);
         *ret = as_map(a);
         return 0;
+}
+
+int mgmt_maps_get(mgmt_maps *m, const char *account_id, mgmt_map **ret, cp_error *reterr) {
+        cp_store_account_settings st;
+        int r;
+
+        r = cp_store_account_get_settings(m->store, account_id, &st, reterr);
+        if (r < 0)
+                return r;
+        return mgmt_maps_get_at(m, account_id, st.network_serial, ret, reterr);
 }
 
 mgmt_map *mgmt_map_ref(mgmt_map *map) {

@@ -47,6 +47,10 @@ mgmt_maps *mgmt_maps_free(mgmt_maps *m);
  * *ret is a new reference (mgmt_map_unref). -ENOENT: no such account;
  * store errors otherwise. */
 int mgmt_maps_get(mgmt_maps *m, const char *account_id, mgmt_map **ret, cp_error *reterr);
+/* The same for a caller that has just read the account's serial (a Sync
+ * open): the cached map when it is at serial or newer, without asking
+ * the database again; else a read as above. */
+int mgmt_maps_get_at(mgmt_maps *m, const char *account_id, int64_t serial, mgmt_map **ret, cp_error *reterr);
 
 mgmt_map *mgmt_map_ref(mgmt_map *map);
 /* Accepts NULL; returns NULL. */

@@ -509,7 +509,7 @@ static void open_fail_internal(mgmt_agent_op *op, const char *what, int r, const
 
 /* Builds, seals and keeps the first message: the full map with the
  * NetbirdConfig (fresh TURN/relay credentials). */
-static int open_first_message(sync_stream *s, mgmt_agent_op *op) {
+static int open_first_message(sync_stream *s, mgmt_agent_op *op, int64_t serial) {
         const mgmt_agent *ag = s->hub->agent;
         mgmt_map *map = NULL;
         cp_error err = { 0 };
@@ -517,7 +517,8 @@ static int open_first_message(sync_stream *s, mgmt_agent_op *op) {
         size_t plain_len, sealed_len;
         int r;
 
-        r = mgmt_maps_get(s->hub->maps, s->account_id, &map, &err);
+        /* The cached map when it is at serial or newer: no database read. */
+        r = mgmt_maps_get_at(s->hub->maps, s->account_id, serial, &map, &err);
         if (r < 0) {
                 open_fail_internal(op, "cannot load the network map", r, &err);
                 return r;
@@ -566,7 +567,8 @@ static void open_work(void *userdata) {
         memcpy(s->server_key, op->server_key, sizeof s->server_key);
         const Management__SyncRequest *req = (const Management__SyncRequest *) op->request;
 
-        r = cp_store_peer_get_by_key(ag->store, op->peer_key, &p, &err);
+        /* Round trip 1: the peer, its account's settings, the clock. */
+        r = cp_store_peer_lookup(ag->store, op->peer_key, &p, &st, &now_db, &err);
         if (r == -ENOENT) {
                 mgmt_agent_fail(op, GRPC_STATUS_PERMISSION_DENIED, MSG_NOT_REGISTERED);
                 return;
@@ -578,18 +580,13 @@ static void open_work(void *userdata) {
         (void) snprintf(s->peer_id, sizeof s->peer_id, "%s", p->id);
         (void) snprintf(s->account_id, sizeof s->account_id, "%s", p->account_id);
         (void) snprintf(op->account, sizeof op->account, "%s", p->account_id);
-        r = cp_store_account_get_settings(ag->store, p->account_id, &st, &err);
-        if (r < 0) {
-                open_fail_internal(op, "cannot read the account settings", r, &err);
-                return;
-        }
         if (mgmt_login_expired(p, &st, cp_now_unix_ns())) {
                 mgmt_agent_fail(op, GRPC_STATUS_PERMISSION_DENIED, MSG_EXPIRED);
                 return;
         }
 
         /* The meta is checked now (a bad one fails the open before any
-         * write) and stored only after our connect landed. */
+         * write) and stored only if our connect lands. */
         cp_store_peer_meta meta;
         if (req->meta && mgmt_login_meta(op, req->meta, &meta) < 0)
                 return;
@@ -598,17 +595,27 @@ static void open_work(void *userdata) {
          * streams by one clock; above the stored token, so a reconnect in
          * the same microsecond is still newer. A stored token at the top
          * of the range cannot be beaten: the connect below is stale. */
-        r = cp_store_db_now_ns(ag->store, &now_db, &err);
-        if (r < 0) {
-                open_fail_internal(op, "cannot read the database clock", r, &err);
-                return;
-        }
         if (p->status.session_started_at == INT64_MAX)
                 s->token = INT64_MAX;
         else
                 s->token = now_db > p->status.session_started_at ? now_db : p->status.session_started_at + 1;
         s->was_expired = p->status.login_expired;
-        r = cp_store_peer_mark_connected(ag->store, p->account_id, p->id, s->token, &err);
+
+        /* Round trip 2: the fenced connect, and with it (only if it lands,
+         * fenced by our token under the row lock, docs/protocol.md "Sync")
+         * the meta (NetBird's SyncPeer; a change others see, the version,
+         * bumps the serial and is fanned out) and the connection address.
+         * A stale connect writes nothing at all. */
+        const char *ip = mgmt_call_peer_ip(op->call);
+        cp_store_peer_connect_req cr = {
+                .token = s->token,
+                .meta = req->meta ? &meta : NULL,
+                .connection_ip = ip && *ip ? ip : NULL,
+                .expect_wt_version = p->meta.wt_version,
+        };
+        unsigned changed = 0;
+        int64_t serial = 0;
+        r = cp_store_peer_connect(ag->store, p->account_id, p->id, &cr, &changed, &serial, &err);
         if (r < 0) {
                 open_fail_internal(op, "cannot mark the peer connected", r, &err);
                 return;
@@ -616,46 +623,13 @@ static void open_work(void *userdata) {
         s->connect = r;
         if (r == 0)
                 return;         /* stale: a newer session owns the peer; nothing written */
+        if (changed & CP_STORE_PEER_CHANGED_SERIAL)
+                s->changed_serial = serial;
 
-        /* Side effects of the connection, only now that it landed
-         * (docs/protocol.md, "Sync"): the meta (NetBird's SyncPeer; a
-         * change others see, version or SSH key, bumps the serial and is
-         * fanned out) and the connection address when it moved. Fenced
-         * with our token under the row lock, so a newer stream that
-         * landed meanwhile keeps its own values. */
-        const char *ip = mgmt_call_peer_ip(op->call);
-        if (ip && (!*ip || strcmp(ip, p->connection_ip) == 0))
-                ip = NULL;
-        if (req->meta || ip) {
-                cp_store_peer_login_req lr = {
-                        .meta = req->meta ? &meta : NULL,
-                        .connection_ip = ip,
-                        .session_token = s->token,
-                };
-                unsigned changed = 0;
-                int64_t serial = 0;
-                r = cp_store_peer_login_update(ag->store, p->account_id, p->id, &lr, &changed, &serial, &err);
-                if (r == -ENOENT) {
-                        /* Deleted meanwhile: no row, so nothing to undo. */
-                        s->connect = -1;
-                        mgmt_agent_fail(op, GRPC_STATUS_PERMISSION_DENIED, MSG_NOT_REGISTERED);
-                        return;
-                }
-                if (r < 0) {
-                        (void) cp_store_peer_mark_disconnected(ag->store, p->account_id, p->id, s->token, NULL);
-                        s->connect = -1;
-                        open_fail_internal(op, "cannot update the peer meta", r, &err);
-                        return;
-                }
-                if (changed & CP_STORE_PEER_STALE) {
-                        s->connect = 0;         /* a newer stream landed after ours */
-                        return;
-                }
-                if (changed & CP_STORE_PEER_CHANGED_SERIAL)
-                        s->changed_serial = serial;
-        }
-
-        if (open_first_message(s, op) < 0) {
+        /* The first map: at least as new as the serial read with the peer
+         * (or bumped by our connect). A change committed since is fanned
+         * out to this stream once it is registered (open_done). */
+        if (open_first_message(s, op, serial > st.network_serial ? serial : st.network_serial) < 0) {
                 /* Undo our connect (fenced: only if still ours). */
                 (void) cp_store_peer_mark_disconnected(ag->store, p->account_id, p->id, s->token, NULL);
                 s->connect = -1;

@@ -111,7 +111,7 @@ def counters_move_with_agents():
     assert delta(now, "netbird_cp_fanout_maps_pushed_total") >= 1
     # The store: the connect ran once, lookups ran, COMMITs were timed.
     assert delta(now, "netbird_cp_store_query_duration_seconds_count", statement="peer_connect") == 1
-    assert value(now, "netbird_cp_store_query_duration_seconds_count", statement="peer_get_by_key") >= 3
+    assert value(now, "netbird_cp_store_query_duration_seconds_count", statement="peer_lookup") >= 3
     assert value(now, "netbird_cp_store_query_duration_seconds_count", statement="commit") >= 2
     assert value(now, "netbird_cp_store_query_errors_total", statement="peer_connect") == 0
     pool = value(now, "netbird_cp_store_pool_size")

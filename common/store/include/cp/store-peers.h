@@ -8,10 +8,10 @@
  * any thread at once; each borrows one pooled connection for its duration.
  * Nothing here logs.
  *
- * Scope: everything except cp_store_peer_get_by_key() takes an account id
+ * Scope: everything except the lookups by key takes an account id
  * and filters by it; a right peer id under a wrong account id is -ENOENT
- * and touches nothing. get_by_key is the one unscoped lookup: peer keys
- * are globally unique and the key is how the account is found.
+ * and touches nothing. get_by_key and lookup are the unscoped lookups:
+ * peer keys are globally unique and the key is how the account is found.
  *
  * Errors (all functions): >= 0 on success, a negative errno-style value on
  * failure, with reterr (optional) filled. Besides the codes each function
@@ -200,6 +200,16 @@ typedef struct cp_store_account_settings {
 int cp_store_account_get_settings(cp_store *s, const char *account_id,
                                   cp_store_account_settings *ret, cp_error *reterr);
 
+/* Login and Sync open: the peer with this key (as cp_store_peer_get_by_key),
+ * its account's settings and the database clock (cp_store_db_now_ns), in
+ * ONE statement. The record holds everything but what is stored as JSON,
+ * which Login and Sync do not need: extra_dns_labels and group_ids are
+ * empty, and so are the meta's network addresses, files, flags and
+ * capabilities (its strings are there). *ret_peer is owned by the caller;
+ * ret_db_now_ns may be NULL. -ENOENT when no peer has that key. */
+int cp_store_peer_lookup(cp_store *s, const char *wg_pub_key, cp_store_peer **ret_peer,
+                         cp_store_account_settings *ret_settings, int64_t *ret_db_now_ns, cp_error *reterr);
+
 /* The network_serial of n accounts in ONE query (a replica re-reading the
  * accounts it holds Sync streams for, to notice changes committed
  * elsewhere). ids[0..n) are borrowed; ret_serials[i] gets the serial of
@@ -288,12 +298,6 @@ typedef struct cp_store_peer_login_req {
          * allow them (else -EPERM, nothing written). Like NetBird, a login
          * never changes the stored labels; they are set at registration. */
         size_t n_extra_dns_labels;
-        /* Fence (a Sync open after its connect landed): when not 0, the
-         * update is done only while the peer's stored session token
-         * (peer_status_session_started_at) still equals it, checked under
-         * the row lock; otherwise nothing is written and *ret_changed is
-         * CP_STORE_PEER_STALE. 0 = no fence (Login, SyncMeta). */
-        int64_t session_token;
 } cp_store_peer_login_req;
 
 /* What cp_store_peer_login_update changed (bits of *ret_changed). */
@@ -303,10 +307,9 @@ enum {
         CP_STORE_PEER_CHANGED_SSH_KEY    = 1 << 2,  /* ssh_key (sshConfig.sshPubKey of remote peers) */
         CP_STORE_PEER_CHANGED_CONN_IP    = 1 << 3,  /* location_connection_ip */
         CP_STORE_PEER_CHANGED_SERIAL     = 1 << 4,  /* network_serial was bumped */
-        CP_STORE_PEER_STALE              = 1 << 5,  /* session_token did not match: nothing written */
 };
 
-/* Updates a known peer at login, in one transaction that locks the row.
+/* Updates a known peer at login, in ONE statement that locks the row.
  * Writes only when something differs. The account's network_serial is
  * bumped (and CHANGED_SERIAL set) when a change is visible to other peers:
  * the ssh key or wt_version. Other meta changes are stored
@@ -322,6 +325,41 @@ enum {
 int cp_store_peer_login_update(cp_store *s, const char *account_id, const char *peer_id,
                                const cp_store_peer_login_req *req, unsigned *ret_changed,
                                int64_t *ret_serial, cp_error *reterr);
+
+/* ---- the fenced connect of a Sync stream ----------------------------------
+ * The connect of cp_store_peer_mark_connected() (cp/store.h: lands only
+ * when the stored session token is smaller than token; connected,
+ * last_seen = CURRENT_TIMESTAMP, the token, login_expired cleared, this
+ * replica as owner), and in the SAME statement, so only when it lands and
+ * under its row lock: the meta and the connection address replace the
+ * stored ones (NULL = keep; the input rules of cp_store_peer_meta apply),
+ * and network_serial is bumped when the agent version changed (remote
+ * peers show it). A stale connect writes nothing at all, meta and address
+ * included. All inputs are borrowed for the call.
+ *
+ * expect_wt_version is the agent version the caller read (e.g. with
+ * cp_store_peer_lookup): when the meta carries that same version, the
+ * connect is one plain fenced UPDATE guarded by it. Otherwise, or when
+ * that UPDATE did not land (stale, or the version changed meanwhile), a
+ * second fenced statement locks the row, compares the version and bumps
+ * the serial with the connect; it lands only if the token is still the
+ * newest then. NULL: always that statement when there is meta. */
+typedef struct cp_store_peer_connect_req {
+        int64_t token;                  /* the session token; must be > 0 */
+        const cp_store_peer_meta *meta; /* NULL = keep */
+        const char *connection_ip;      /* IPv4/IPv6 address; NULL = keep */
+        const char *expect_wt_version;  /* see above; NULL = unknown */
+} cp_store_peer_connect_req;
+
+/* Returns 1 when the connect landed, 0 when it was fenced off (or the peer
+ * is not in that account), negative on error (-EINVAL: token <= 0, a bad
+ * address, meta over the limits or not UTF-8; nothing written). When the
+ * agent version changed, *ret_changed (optional) gets CHANGED_WT_VERSION |
+ * CHANGED_SERIAL and *ret_serial (optional) the bumped serial; otherwise
+ * both are 0 (the other CHANGED_* bits are not reported here). */
+int cp_store_peer_connect(cp_store *s, const char *account_id, const char *peer_id,
+                          const cp_store_peer_connect_req *req, unsigned *ret_changed, int64_t *ret_serial,
+                          cp_error *reterr);
 
 /* ---- logout (section 3.5) --------------------------------------------------
  * Deletes the peer (its group memberships go with it by cascade, and so do

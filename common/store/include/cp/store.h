@@ -91,6 +91,8 @@ int cp_store_migrations_current(cp_store *s, cp_error *reterr);
  * The connect also records the owning replica (peer_status_replica_id,
  * set with cp_store_set_replica_id()), the disconnect clears it: that is
  * how a dead replica's sessions are found (store-replica.h).
+ * mark_connected is cp_store_peer_connect() (cp/store-peers.h) without
+ * meta or address: the same statement, so there is one fenced connect.
  *
  * Return 1 when the UPDATE landed, 0 when it was fenced off (stale, or no
  * such peer in that account), negative on error. */
