@@ -2,9 +2,12 @@
  * Fenced peer status against a real PostgreSQL (netbird-protocol.md 5.2):
  * a connect lands only with a strictly newer session token, a disconnect
  * only with the token that owns the row, and a token of 0 never touches it.
+ * A Sync open's connect carries the agent's meta and address: they are
+ * written only by a connect that lands, and a stale one writes nothing.
  */
 #include "cp/base.h"
 #include "cp/store.h"
+#include "cp/store-peers.h"
 #include "cp/util.h"
 #include "cptest.h"
 #include "testdb.h"
@@ -197,11 +200,170 @@ TEST(updates_are_scoped_to_the_account) {
         fixture_release(&f);
 }
 
+/* ---- the connect with meta (cp_store_peer_connect) ------------------------ */
+
+static char *peer_value(fixture *f, const char *column) {
+        char sql[160];
+        const char *p[1] = { f->peer_id };
+
+        (void) snprintf(sql, sizeof sql, "SELECT %s::text FROM peers WHERE id = $1", column);
+        return cptest_db_query(f->db, sql, 1, p);
+}
+
+static int64_t serial_of(fixture *f) {
+        const char *p[1] = { f->acct.account_id };
+        char *v = cptest_db_query(f->db, "SELECT network_serial FROM accounts WHERE id = $1", 1, p);
+        int64_t n = strtoll(v, NULL, 10);
+
+        free(v);
+        return n;
+}
+
+/* Connects with a meta of this hostname and agent version; expect as
+ * cp_store_peer_connect_req.expect_wt_version. */
+static int connect_meta(fixture *f, int64_t t, const char *host, const char *version, const char *ip,
+                        const char *expect, unsigned *ret_changed, int64_t *ret_serial) {
+        cp_store_peer_meta m = { .hostname = host, .wt_version = version, .go_os = "linux" };
+        cp_store_peer_connect_req req = { .token = t, .meta = &m, .connection_ip = ip, .expect_wt_version = expect };
+        cp_error err = { 0 };
+        int r = cp_store_peer_connect(f->store, f->acct.account_id, f->peer_id, &req, ret_changed, ret_serial, &err);
+
+        ASSERT_OK(r, &err);
+        return r;
+}
+
+TEST(connect_with_meta_writes_meta_and_address_when_it_lands) {
+        fixture f;
+        unsigned changed = 99;
+        int64_t serial = -1, t = cp_now_unix_ns();
+
+        fixture_init(&f, 2);
+        int64_t s0 = serial_of(&f);
+        /* A new version (the row has none): the serial moves with it. */
+        ASSERT_EQ(1, connect_meta(&f, t, "h1", "0.60.0", "198.51.100.1", NULL, &changed, &serial));
+        ASSERT_EQ(CP_STORE_PEER_CHANGED_WT_VERSION | CP_STORE_PEER_CHANGED_SERIAL, changed);
+        ASSERT_EQ(s0 + 1, serial);
+        ASSERT_EQ(s0 + 1, serial_of(&f));
+        char *v = peer_value(&f, "meta_hostname");
+        ASSERT_STREQ("h1", v);
+        free(v);
+        v = peer_value(&f, "host(location_connection_ip)");
+        ASSERT_STREQ("198.51.100.1", v);
+        free(v);
+        ASSERT_TRUE(status(&f).connected);
+
+        /* The same version again, as expected: the plain connect, no bump;
+         * the other meta and the address are still written. */
+        ASSERT_EQ(1, connect_meta(&f, t + 1, "h2", "0.60.0", "198.51.100.2", "0.60.0", &changed, &serial));
+        ASSERT_EQ(0, changed);
+        ASSERT_EQ(0, serial);
+        ASSERT_EQ(s0 + 1, serial_of(&f));
+        v = peer_value(&f, "meta_hostname");
+        ASSERT_STREQ("h2", v);
+        free(v);
+        v = peer_value(&f, "host(location_connection_ip)");
+        ASSERT_STREQ("198.51.100.2", v);
+        free(v);
+        ASSERT_EQ(t + 1, status(&f).session_started_at);
+
+        /* Without meta and address: the stored ones stay. */
+        cp_store_peer_connect_req bare = { .token = t + 2 };
+        cp_error err = { 0 };
+        ASSERT_EQ(1, cp_store_peer_connect(f.store, f.acct.account_id, f.peer_id, &bare, &changed, &serial, &err));
+        ASSERT_EQ(0, changed);
+        v = peer_value(&f, "meta_wt_version");
+        ASSERT_STREQ("0.60.0", v);
+        free(v);
+        v = peer_value(&f, "host(location_connection_ip)");
+        ASSERT_STREQ("198.51.100.2", v);
+        free(v);
+        ASSERT_EQ(-EINVAL, cp_store_peer_connect(f.store, f.acct.account_id, f.peer_id,
+                                                 &(cp_store_peer_connect_req) { .token = t + 3,
+                                                                                .connection_ip = "nope" },
+                                                 NULL, NULL, &err));
+        ASSERT_EQ(t + 2, status(&f).session_started_at);
+        fixture_release(&f);
+}
+
+TEST(stale_connect_with_meta_writes_nothing) {
+        fixture f;
+        unsigned changed = 99;
+        int64_t serial = -1, t = cp_now_unix_ns();
+
+        fixture_init(&f, 2);
+        ASSERT_EQ(1, connect_meta(&f, t, "owner", "0.60.0", "198.51.100.1", NULL, NULL, NULL));
+        int64_t s0 = serial_of(&f);
+        char *xmin = peer_value(&f, "xmin"), *xmax = peer_value(&f, "xmax");
+        /* An older stream's connect arrives late, by each path: another
+         * version (the locking statement), the stored version expected
+         * (the plain connect, then the locking one), no expectation. */
+        const char *versions[3] = { "0.61.0", "0.60.0", "0.61.0" };
+        const char *expect[3] = { NULL, "0.60.0", "0.61.0" };
+        for (int i = 0; i < 3; i++) {
+                ASSERT_EQ(0, connect_meta(&f, t - 1, "zombie", versions[i], "203.0.113.9", expect[i], &changed,
+                                          &serial));
+                ASSERT_EQ(0, changed);
+                ASSERT_EQ(0, serial);
+                /* Equal is not newer either. */
+                ASSERT_EQ(0, connect_meta(&f, t, "zombie", versions[i], "203.0.113.9", expect[i], NULL, NULL));
+        }
+        /* Nothing written: no new row version, not even a lock, the
+         * owner's meta and address, the same serial. */
+        char *xmin2 = peer_value(&f, "xmin"), *xmax2 = peer_value(&f, "xmax");
+        ASSERT_STREQ(xmin, xmin2);
+        ASSERT_STREQ(xmax, xmax2);
+        free(xmin);
+        free(xmin2);
+        free(xmax);
+        free(xmax2);
+        char *v = peer_value(&f, "meta_hostname");
+        ASSERT_STREQ("owner", v);
+        free(v);
+        v = peer_value(&f, "meta_wt_version");
+        ASSERT_STREQ("0.60.0", v);
+        free(v);
+        v = peer_value(&f, "host(location_connection_ip)");
+        ASSERT_STREQ("198.51.100.1", v);
+        free(v);
+        ASSERT_EQ(s0, serial_of(&f));
+        ASSERT_EQ(t, status(&f).session_started_at);
+        fixture_release(&f);
+}
+
+TEST(connect_sees_a_version_changed_since_the_caller_read_it) {
+        fixture f;
+        unsigned changed = 99;
+        int64_t serial = -1, t = cp_now_unix_ns();
+
+        fixture_init(&f, 2);
+        ASSERT_EQ(1, connect_meta(&f, t, "h", "0.60.0", NULL, NULL, NULL, NULL));
+        ASSERT_EQ(1, disconnect_(&f, t));
+        /* A login stores another version after our read of "0.60.0". */
+        const char *p[1] = { f.peer_id };
+        free(cptest_db_query(f.db, "UPDATE peers SET meta_wt_version = '0.59.0' WHERE id = $1", 1, p));
+        int64_t s0 = serial_of(&f);
+        /* We send "0.60.0", expecting it stored: the guarded connect does
+         * not land, the locking one does and sees the change. */
+        ASSERT_EQ(1, connect_meta(&f, t + 1, "h", "0.60.0", NULL, "0.60.0", &changed, &serial));
+        ASSERT_EQ(CP_STORE_PEER_CHANGED_WT_VERSION | CP_STORE_PEER_CHANGED_SERIAL, changed);
+        ASSERT_EQ(s0 + 1, serial);
+        ASSERT_EQ(s0 + 1, serial_of(&f));
+        char *v = peer_value(&f, "meta_wt_version");
+        ASSERT_STREQ("0.60.0", v);
+        free(v);
+        ASSERT_EQ(t + 1, status(&f).session_started_at);
+        fixture_release(&f);
+}
+
 /* ---- races ---------------------------------------------------------------
  * nproc processes x THREADS threads share a barrier in shared memory. Each
  * round: every thread connects with a distinct token (slot order), then
  * the checker asserts the row holds the largest; then every thread tries
- * to disconnect with its own token, and exactly the owner's must land. */
+ * to disconnect with its own token, and exactly the owner's must land.
+ * With meta, each connect also carries its own hostname ("s<slot>") and
+ * the round's agent version, which changes every other round, by both
+ * paths of cp_store_peer_connect: the owner's hostname must be stored,
+ * and the serial must move exactly once in a round whose version is new. */
 #define THREADS 16
 #define MAX_PROCS 3
 
@@ -212,6 +374,7 @@ typedef struct race_shared {
         atomic_int disconnects_landed;
         atomic_int owner_disconnected;
         atomic_int first_bad_round;
+        _Atomic int64_t serial_before;  /* the account's serial as a round begins (meta) */
 } race_shared;
 
 typedef struct race_ctx {
@@ -220,6 +383,7 @@ typedef struct race_ctx {
         cp_store *store;        /* this process's own pool */
         int proc, nproc, rounds;
         int64_t base;
+        bool meta;              /* connect with meta (cp_store_peer_connect) */
 } race_ctx;
 
 typedef struct race_thread {
@@ -231,6 +395,55 @@ static void violation(race_shared *sh, int round) {
         int zero = 0;
         atomic_fetch_add(&sh->violations, 1);
         atomic_compare_exchange_strong(&sh->first_bad_round, &zero, round);
+}
+
+/* The round's agent version: a new one in round 1 and every even round. */
+static int race_version(int round) {
+        return round / 2;
+}
+
+static int64_t race_serial(race_ctx *c) {
+        cp_store_account_settings st;
+        cp_error err;
+
+        return cp_store_account_get_settings(c->store, c->f->acct.account_id, &st, &err) < 0 ? -1
+                                                                                            : st.network_serial;
+}
+
+/* Half the threads expect the stored version to be the one they send (the
+ * plain connect first), the others know nothing (the locking one). */
+static int race_connect_meta(race_ctx *c, int round, int slot, int64_t token) {
+        char host[16], version[16];
+        cp_error err;
+
+        (void) snprintf(host, sizeof host, "s%d", slot);
+        (void) snprintf(version, sizeof version, "v%d", race_version(round));
+        cp_store_peer_meta m = { .hostname = host, .wt_version = version };
+        cp_store_peer_connect_req req = { .token = token, .meta = &m, .expect_wt_version = slot % 2 ? version : NULL };
+        return cp_store_peer_connect(c->store, c->f->acct.account_id, c->f->peer_id, &req, NULL, NULL, &err);
+}
+
+/* After the connects of a round: the owner's hostname and the round's
+ * version are stored, and the serial moved once if the version is new. */
+static bool race_meta_ok(race_ctx *c, int round, int owner_slot) {
+        cp_store_peer *p = NULL;
+        cp_error err;
+        char host[16], version[16];
+        bool changed = round == 1 || race_version(round) != race_version(round - 1);
+        int64_t before = atomic_load(&c->sh->serial_before), now = race_serial(c);
+
+        if (cp_store_peer_get(c->store, c->f->acct.account_id, c->f->peer_id, &p, &err) < 0)
+                return false;
+        (void) snprintf(host, sizeof host, "s%d", owner_slot);
+        (void) snprintf(version, sizeof version, "v%d", race_version(round));
+        bool ok = strcmp(p->meta.hostname, host) == 0 && strcmp(p->meta.wt_version, version) == 0 &&
+                  before >= 0 && now == before + (changed ? 1 : 0);
+        if (!ok)
+                printf("# round %d: hostname %s (want %s), version %s (want %s), serial %" PRId64
+                       " -> %" PRId64 " (%s)\n", round, p->meta.hostname, host, p->meta.wt_version, version,
+                       before, now, changed ? "want +1" : "want +0");
+        cp_store_peer_free(p);
+        return ok;
 }
 
 static void *race_thread_main(void *arg) {
@@ -246,8 +459,13 @@ static void *race_thread_main(void *arg) {
                 int64_t max = c->base + (int64_t) round * 1000 + slots - 1;
                 int r;
 
+                if (checker && c->meta)
+                        atomic_store(&sh->serial_before, race_serial(c));
                 pthread_barrier_wait(&sh->barrier);
-                r = cp_store_peer_mark_connected(c->store, c->f->acct.account_id, c->f->peer_id, my, &err);
+                if (c->meta)
+                        r = race_connect_meta(c, round, t->slot, my);
+                else
+                        r = cp_store_peer_mark_connected(c->store, c->f->acct.account_id, c->f->peer_id, my, &err);
                 if (r < 0)
                         atomic_fetch_add(&sh->errors, 1);
                 pthread_barrier_wait(&sh->barrier);
@@ -256,6 +474,8 @@ static void *race_thread_main(void *arg) {
                         if (cp_store_peer_get_status(c->store, c->f->acct.account_id, c->f->peer_id, &st, &err) < 0)
                                 atomic_fetch_add(&sh->errors, 1);
                         else if (!st.connected || st.session_started_at != max)
+                                violation(sh, round);
+                        if (c->meta && !race_meta_ok(c, round, slots - 1))
                                 violation(sh, round);
                         atomic_store(&sh->disconnects_landed, 0);
                         atomic_store(&sh->owner_disconnected, 0);
@@ -306,7 +526,7 @@ static int race_process(race_ctx *c) {
         return 0;
 }
 
-static void run_race(int nproc, int rounds) {
+static void run_race(int nproc, int rounds, bool meta) {
         fixture f;
         pid_t pids[MAX_PROCS];
         pthread_barrierattr_t attr;
@@ -320,7 +540,8 @@ static void run_race(int nproc, int rounds) {
         ASSERT_EQ(0, pthread_barrier_init(&sh->barrier, &attr, (unsigned) (nproc * THREADS)));
         pthread_barrierattr_destroy(&attr);
 
-        race_ctx ctx = { .sh = sh, .f = &f, .nproc = nproc, .rounds = rounds, .base = cp_now_unix_ns() };
+        race_ctx ctx = { .sh = sh, .f = &f, .nproc = nproc, .rounds = rounds, .base = cp_now_unix_ns(),
+                         .meta = meta };
         /* The parent's pool is idle during the race; children build their own. */
         for (int p = 0; p < nproc; p++) {
                 pid_t pid = fork();
@@ -357,8 +578,8 @@ static void run_race(int nproc, int rounds) {
         int first = atomic_load(&sh->first_bad_round);
         pthread_barrier_destroy(&sh->barrier);
         munmap(sh, sizeof *sh);
-        printf("# %d process(es) x %d threads, %d rounds: %d violations, %d errors\n",
-               nproc, THREADS, rounds, violations, errors);
+        printf("# %d process(es) x %d threads, %d rounds%s: %d violations, %d errors\n",
+               nproc, THREADS, rounds, meta ? " with meta" : "", violations, errors);
         if (violations)
                 printf("# first violation in round %d\n", first);
         ASSERT_EQ(0, bad_exit);
@@ -374,11 +595,15 @@ static int rounds_from_env(int dflt) {
 }
 
 TEST(sixteen_threads_racing_connects_leave_the_highest_token) {
-        run_race(1, 50);
+        run_race(1, 50, false);
 }
 
 TEST(three_processes_by_sixteen_threads_for_many_rounds) {
-        run_race(MAX_PROCS, rounds_from_env(1000));
+        run_race(MAX_PROCS, rounds_from_env(1000), false);
+}
+
+TEST(three_processes_racing_connects_with_meta_leave_the_owners_meta) {
+        run_race(MAX_PROCS, rounds_from_env(300), true);
 }
 
 int main(int argc, char **argv) {
