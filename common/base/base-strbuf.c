@@ -85,19 +85,25 @@ void cp_strbuf_add_json_escaped(cp_strbuf *sb, const char *s) {
         static const char hex[] = "0123456789abcdef";
 
         for (const unsigned char *p = (const unsigned char *) s; *p; p++) {
+                /* Runs that need no escaping (most of every log line) go in
+                 * one copy. */
+                const unsigned char *run = p;
+                while (*p >= 0x20 && *p != '"' && *p != '\\')
+                        p++;
+                if (p > run)
+                        cp_strbuf_add(sb, run, (size_t) (p - run));
+                if (!*p)
+                        break;
                 switch (*p) {
                 case '"':  cp_strbuf_add(sb, "\\\"", 2); break;
                 case '\\': cp_strbuf_add(sb, "\\\\", 2); break;
                 case '\n': cp_strbuf_add(sb, "\\n", 2); break;
                 case '\r': cp_strbuf_add(sb, "\\r", 2); break;
                 case '\t': cp_strbuf_add(sb, "\\t", 2); break;
-                default:
-                        if (*p < 0x20) {
-                                char u[6] = { '\\', 'u', '0', '0', hex[*p >> 4], hex[*p & 15] };
-                                cp_strbuf_add(sb, u, sizeof u);
-                        } else {
-                                cp_strbuf_addch(sb, (char) *p);
-                        }
+                default: {       /* the other control characters */
+                        char u[6] = { '\\', 'u', '0', '0', hex[*p >> 4], hex[*p & 15] };
+                        cp_strbuf_add(sb, u, sizeof u);
+                }
                 }
         }
 }

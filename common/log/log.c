@@ -77,6 +77,8 @@ static void add_field(cp_strbuf *sb, const char *key, const char *value) {
 static void begin_line(cp_strbuf *sb, const cp_log_ctx *ctx, cp_log_level level, const char *msg) {
         char ts[32];
 
+        /* Most lines fit: one allocation instead of a chain of reallocs. */
+        cp_strbuf_grow(sb, 512);
         cp_format_rfc3339(cp_now_unix_ns(), ts);
         cp_strbuf_addf(sb, "{\"time\":\"%s\",\"level\":\"%s\"", ts, cp_log_level_name(level));
         if (ctx)

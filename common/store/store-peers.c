@@ -549,16 +549,15 @@ static int extra_labels_literal(const char *const *labels, size_t n, cp_strbuf *
  * meta with the mapping rules applied. */
 typedef struct meta_params {
         const char *v[19];
-        char *addrs, *env, *flags, *files;
-        cp_strbuf caps;
+        cp_strbuf addrs, env, flags, files, caps;
         char sync[12];
 } meta_params;
 
 static void meta_params_release(meta_params *mp) {
-        free(mp->addrs);
-        free(mp->env);
-        free(mp->flags);
-        free(mp->files);
+        cp_strbuf_release(&mp->addrs);
+        cp_strbuf_release(&mp->env);
+        cp_strbuf_release(&mp->flags);
+        cp_strbuf_release(&mp->files);
         cp_strbuf_release(&mp->caps);
 }
 
@@ -609,26 +608,38 @@ static int file_cmp(const void *a, const void *b) {
         return strcmp(nz(x->path), nz(y->path));
 }
 
-/* A JSON string, or NULL when s is not valid UTF-8 (jansson checks). */
-static json_t *jstr(const char *s) {
-        return json_string(nz(s));
+/* ,"key":"value" (first: without the comma), the value escaped. The
+ * database checks the text is UTF-8 (else -EINVAL) and keeps jsonb in
+ * its own normal form, so only the JSON has to be right here. */
+static void json_key(cp_strbuf *sb, bool first, const char *key) {
+        cp_strbuf_adds(sb, first ? "\"" : ",\"");
+        cp_strbuf_adds(sb, key);
+        cp_strbuf_adds(sb, "\":");
 }
 
-static int dump(json_t *j, char **ret, cp_error *reterr) {
-        char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
+static void json_str_member(cp_strbuf *sb, bool first, const char *key, const char *value) {
+        json_key(sb, first, key);
+        cp_strbuf_addch(sb, '"');
+        cp_strbuf_add_json_escaped(sb, nz(value));
+        cp_strbuf_addch(sb, '"');
+}
 
-        json_decref(j);
-        if (!s)
-                return cp_error_set(reterr, -EINVAL, "peer meta is not valid UTF-8");
-        *ret = s;
-        return 0;
+static void json_bool_member(cp_strbuf *sb, bool first, const char *key, bool value) {
+        json_key(sb, first, key);
+        cp_strbuf_adds(sb, value ? "true" : "false");
+}
+
+static void meta_params_init(meta_params *mp) {
+        memset(mp, 0, sizeof *mp);
+        cp_strbuf_init(&mp->addrs);
+        cp_strbuf_init(&mp->env);
+        cp_strbuf_init(&mp->flags);
+        cp_strbuf_init(&mp->files);
+        cp_strbuf_init(&mp->caps);
 }
 
 static int meta_params_build(const cp_store_peer_meta *m, meta_params *mp, cp_error *reterr) {
-        int r;
-
-        memset(mp, 0, sizeof *mp);
-        cp_strbuf_init(&mp->caps);
+        meta_params_init(mp);
         if (m->n_network_addresses > CP_STORE_META_MAX_ADDRESSES || m->n_files > CP_STORE_META_MAX_FILES ||
             m->n_capabilities > CP_STORE_META_MAX_CAPABILITIES)
                 return cp_error_set(reterr, -EINVAL, "peer meta has too many entries");
@@ -643,63 +654,48 @@ static int meta_params_build(const cp_store_peer_meta *m, meta_params *mp, cp_er
                 items[n_items++].mac = nz(m->network_addresses[i].mac);
         }
         qsort(items, n_items, sizeof *items, addr_cmp);
-        json_t *a = json_array();
+        cp_strbuf_addch(&mp->addrs, '[');
         for (size_t i = 0; i < n_items; i++) {
-                json_t *mac = jstr(items[i].mac);
-                if (!mac) {
-                        json_decref(a);
-                        return cp_error_set(reterr, -EINVAL, "peer meta is not valid UTF-8");
-                }
-                json_array_append_new(a, json_pack("{s:s,s:o}", "NetIP", items[i].net_ip, "Mac", mac));
+                cp_strbuf_adds(&mp->addrs, i ? ",{" : "{");
+                json_str_member(&mp->addrs, true, "NetIP", items[i].net_ip);
+                json_str_member(&mp->addrs, false, "Mac", items[i].mac);
+                cp_strbuf_addch(&mp->addrs, '}');
         }
-        r = dump(a, &mp->addrs, reterr);
-        if (r < 0)
-                return r;
+        cp_strbuf_addch(&mp->addrs, ']');
 
-        json_t *cloud = jstr(m->environment_cloud), *plat = jstr(m->environment_platform);
-        r = dump(cloud && plat ? json_pack("{s:o,s:o}", "Cloud", cloud, "Platform", plat) : NULL,
-                 &mp->env, reterr);
-        if (!(cloud && plat)) {
-                json_decref(cloud);
-                json_decref(plat);
-        }
-        if (r < 0)
-                return r;
+        cp_strbuf_addch(&mp->env, '{');
+        json_str_member(&mp->env, true, "Cloud", m->environment_cloud);
+        json_str_member(&mp->env, false, "Platform", m->environment_platform);
+        cp_strbuf_addch(&mp->env, '}');
 
         const cp_store_peer_flags *f = &m->flags;
-        r = dump(json_pack("{s:b,s:b,s:b,s:b,s:b,s:b,s:b,s:b,s:b,s:b,s:b}",
-                           "RosenpassEnabled", f->rosenpass_enabled,
-                           "RosenpassPermissive", f->rosenpass_permissive,
-                           "ServerSSHAllowed", f->server_ssh_allowed,
-                           "DisableClientRoutes", f->disable_client_routes,
-                           "DisableServerRoutes", f->disable_server_routes,
-                           "DisableDNS", f->disable_dns,
-                           "DisableFirewall", f->disable_firewall,
-                           "BlockLANAccess", f->block_lan_access,
-                           "BlockInbound", f->block_inbound,
-                           "LazyConnectionEnabled", f->lazy_connection_enabled,
-                           "DisableIPv6", f->disable_ipv6),
-                 &mp->flags, reterr);
-        if (r < 0)
-                return r;
+        cp_strbuf_addch(&mp->flags, '{');
+        json_bool_member(&mp->flags, true, "RosenpassEnabled", f->rosenpass_enabled);
+        json_bool_member(&mp->flags, false, "RosenpassPermissive", f->rosenpass_permissive);
+        json_bool_member(&mp->flags, false, "ServerSSHAllowed", f->server_ssh_allowed);
+        json_bool_member(&mp->flags, false, "DisableClientRoutes", f->disable_client_routes);
+        json_bool_member(&mp->flags, false, "DisableServerRoutes", f->disable_server_routes);
+        json_bool_member(&mp->flags, false, "DisableDNS", f->disable_dns);
+        json_bool_member(&mp->flags, false, "DisableFirewall", f->disable_firewall);
+        json_bool_member(&mp->flags, false, "BlockLANAccess", f->block_lan_access);
+        json_bool_member(&mp->flags, false, "BlockInbound", f->block_inbound);
+        json_bool_member(&mp->flags, false, "LazyConnectionEnabled", f->lazy_connection_enabled);
+        json_bool_member(&mp->flags, false, "DisableIPv6", f->disable_ipv6);
+        cp_strbuf_addch(&mp->flags, '}');
 
         _cleanup_free_ cp_store_peer_file *fv = cp_xcalloc(m->n_files + 1, sizeof *fv);
         if (m->n_files)
                 memcpy(fv, m->files, m->n_files * sizeof *fv);
         qsort(fv, m->n_files, sizeof *fv, file_cmp);
-        a = json_array();
+        cp_strbuf_addch(&mp->files, '[');
         for (size_t i = 0; i < m->n_files; i++) {
-                json_t *path = jstr(fv[i].path);
-                if (!path) {
-                        json_decref(a);
-                        return cp_error_set(reterr, -EINVAL, "peer meta is not valid UTF-8");
-                }
-                json_array_append_new(a, json_pack("{s:o,s:b,s:b}", "Path", path, "Exist", fv[i].exist,
-                                                   "ProcessIsRunning", fv[i].process_is_running));
+                cp_strbuf_adds(&mp->files, i ? ",{" : "{");
+                json_str_member(&mp->files, true, "Path", fv[i].path);
+                json_bool_member(&mp->files, false, "Exist", fv[i].exist);
+                json_bool_member(&mp->files, false, "ProcessIsRunning", fv[i].process_is_running);
+                cp_strbuf_addch(&mp->files, '}');
         }
-        r = dump(a, &mp->files, reterr);
-        if (r < 0)
-                return r;
+        cp_strbuf_addch(&mp->files, ']');
 
         cp_strbuf_addch(&mp->caps, '{');
         for (size_t i = 0; i < m->n_capabilities; i++)
@@ -712,8 +708,8 @@ static int meta_params_build(const cp_store_peer_meta *m, meta_params *mp, cp_er
         const char *v[19] = {
                 nz(m->hostname), nz(m->go_os), nz(m->kernel), nz(m->core), nz(m->platform),
                 nz(m->os), os_version, nz(m->wt_version), nz(m->ui_version), nz(m->kernel_version),
-                mp->addrs, nz(m->system_serial_number), nz(m->system_product_name),
-                nz(m->system_manufacturer), mp->env, mp->flags, mp->files, mp->caps.buf, mp->sync,
+                mp->addrs.buf, nz(m->system_serial_number), nz(m->system_product_name),
+                nz(m->system_manufacturer), mp->env.buf, mp->flags.buf, mp->files.buf, mp->caps.buf, mp->sync,
         };
         memcpy(mp->v, v, sizeof v);
         return 0;
@@ -1094,9 +1090,8 @@ static int meta_params_or_keep(const cp_store_peer_meta *meta, meta_params *mp, 
                                cp_error *reterr) {
         int r;
 
-        memset(mp, 0, sizeof *mp);
-        cp_strbuf_init(&mp->caps);
         if (!meta) {
+                meta_params_init(mp);
                 for (size_t i = 0; i < ELEMENTSOF(mp->v); i++)
                         params[i] = NULL;
                 return 0;

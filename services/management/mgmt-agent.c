@@ -97,7 +97,7 @@ static grpc_slice read_payload(grpc_byte_buffer *bb) {
  * pair's shared key and op->server_key its public half. */
 static int open_with(mgmt_agent_op *op, const mgmt_server_key *key, const ProtobufCBinaryData *body,
                      cp_crypto_box_shared *shared, uint8_t *plain, size_t cap, cp_error *err) {
-        int r = cp_crypto_box_shared_init(shared, op->peer_pub, key->priv, err);
+        int r = mgmt_keys_shared(op->agent->keys, key, op->peer_pub, shared, err);
 
         if (r < 0)
                 return r;

@@ -9,6 +9,19 @@
  * no key: garbage sent in a loop must not turn into a query per request. */
 #define MISS_RELOAD_MS 1000
 
+/* Shared keys kept: 2^16 slots of 104 bytes (6.8 MB of address space,
+ * resident only as slots are used), direct-mapped by the key pair. */
+#define SHARED_CACHE_BITS 16
+
+/* One shared key, of the server pair with public key server_pub and the
+ * agent key peer_pub. */
+typedef struct shared_slot {
+        uint8_t server_pub[CP_WG_KEY_LEN];
+        uint8_t peer_pub[CP_WG_KEY_LEN];
+        cp_crypto_box_shared shared;    /* a secret: wiped when replaced or dropped */
+        bool used;
+} shared_slot;
+
 struct mgmt_keys {
         cp_store *store;                /* borrowed */
         uint8_t data_key[32];           /* wiped in mgmt_keys_free */
@@ -18,6 +31,9 @@ struct mgmt_keys {
 
         pthread_mutex_t reload_lock;    /* one reload at a time */
         int64_t last_miss_reload_ms;    /* under reload_lock */
+
+        pthread_mutex_t cache_lock;     /* guards cache; held only to copy a slot */
+        shared_slot *cache;             /* 1 << SHARED_CACHE_BITS slots */
 };
 
 static const cp_log_ctx log_ctx = { .component = "server-key" };
@@ -63,6 +79,8 @@ int mgmt_keys_new(cp_store *store, const uint8_t data_key[32], mgmt_keys **ret, 
         memcpy(k->data_key, data_key, sizeof k->data_key);
         pthread_mutex_init(&k->lock, NULL);
         pthread_mutex_init(&k->reload_lock, NULL);
+        pthread_mutex_init(&k->cache_lock, NULL);
+        k->cache = cp_xcalloc((size_t) 1 << SHARED_CACHE_BITS, sizeof *k->cache);
         r = load(k, &k->set, reterr);
         if (r < 0) {
                 mgmt_keys_free(k);
@@ -75,9 +93,21 @@ int mgmt_keys_new(cp_store *store, const uint8_t data_key[32], mgmt_keys **ret, 
         return 0;
 }
 
+/* Wipes every shared key held (a changed key set, exit). */
+static void cache_wipe(mgmt_keys *k) {
+        pthread_mutex_lock(&k->cache_lock);
+        for (size_t i = 0; k->cache && i < (size_t) 1 << SHARED_CACHE_BITS; i++)
+                if (k->cache[i].used)
+                        cp_explicit_bzero(&k->cache[i], sizeof k->cache[i]);
+        pthread_mutex_unlock(&k->cache_lock);
+}
+
 mgmt_keys *mgmt_keys_free(mgmt_keys *k) {
         if (!k)
                 return NULL;
+        cache_wipe(k);
+        free(k->cache);
+        pthread_mutex_destroy(&k->cache_lock);
         pthread_mutex_destroy(&k->lock);
         pthread_mutex_destroy(&k->reload_lock);
         cp_explicit_bzero(k, sizeof *k);
@@ -92,6 +122,7 @@ void mgmt_keys_forget(mgmt_keys *k) {
         cp_explicit_bzero(&k->set, sizeof k->set);
         cp_explicit_bzero(k->data_key, sizeof k->data_key);
         pthread_mutex_unlock(&k->lock);
+        cache_wipe(k);
 }
 
 void mgmt_keys_get(mgmt_keys *k, mgmt_key_set *out) {
@@ -139,6 +170,8 @@ static int reload_locked(mgmt_keys *k) {
         }
         pthread_mutex_unlock(&k->lock);
         if (changed)
+                cache_wipe(k);          /* keys of a dropped pair go with it */
+        if (changed)
                 cp_log_kv(&log_ctx, CP_LOG_INFO, "server key changed", "public_key", fresh.key[0].pub_b64,
                           "previous_key", fresh.n == 2 ? fresh.key[1].pub_b64 : NULL, NULL);
         mgmt_key_set_wipe(&fresh);
@@ -170,4 +203,47 @@ bool mgmt_keys_reload_after_miss(mgmt_keys *k, uint64_t seen_version) {
         }
         pthread_mutex_unlock(&k->reload_lock);
         return newer;
+}
+
+static shared_slot *cache_slot(mgmt_keys *k, const uint8_t server_pub[CP_WG_KEY_LEN],
+                               const uint8_t peer_pub[CP_WG_KEY_LEN]) {
+        uint64_t a, b;
+
+        /* Public keys are uniformly random: a few of their bytes, mixed,
+         * make a good index. Keys chosen to collide only evict each other. */
+        memcpy(&a, peer_pub, sizeof a);
+        memcpy(&b, server_pub, sizeof b);
+        return &k->cache[((a ^ b) * 0x9e3779b97f4a7c15ULL) >> (64 - SHARED_CACHE_BITS)];
+}
+
+int mgmt_keys_shared(mgmt_keys *k, const mgmt_server_key *key, const uint8_t peer_pub[CP_WG_KEY_LEN],
+                     cp_crypto_box_shared *out, cp_error *reterr) {
+        shared_slot *slot = cache_slot(k, key->pub, peer_pub);
+        cp_crypto_box_shared fresh;
+        bool hit;
+        int r;
+
+        pthread_mutex_lock(&k->cache_lock);
+        hit = slot->used && memcmp(slot->peer_pub, peer_pub, CP_WG_KEY_LEN) == 0 &&
+              memcmp(slot->server_pub, key->pub, CP_WG_KEY_LEN) == 0;
+        if (hit)
+                *out = slot->shared;
+        pthread_mutex_unlock(&k->cache_lock);
+        if (hit)
+                return 0;
+
+        /* The X25519 runs outside the lock; a low-order key is not kept. */
+        r = cp_crypto_box_shared_init(&fresh, peer_pub, key->priv, reterr);
+        if (r < 0)
+                return r;
+        pthread_mutex_lock(&k->cache_lock);
+        cp_explicit_bzero(&slot->shared, sizeof slot->shared);
+        memcpy(slot->server_pub, key->pub, CP_WG_KEY_LEN);
+        memcpy(slot->peer_pub, peer_pub, CP_WG_KEY_LEN);
+        slot->shared = fresh;
+        slot->used = true;
+        pthread_mutex_unlock(&k->cache_lock);
+        *out = fresh;
+        cp_crypto_box_shared_release(&fresh);
+        return 0;
 }

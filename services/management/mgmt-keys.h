@@ -16,10 +16,18 @@
  *     there, so an agent that got the new key from a faster replica is
  *     served here too instead of failing until the next poll.
  *
+ * Shared keys: an agent's requests are sealed with one box key derived
+ * from its key and a server pair (one X25519, about half of a Sync open's
+ * CPU). GetServerKey, Login, Sync and every reconnect of an agent use the
+ * same pair, so mgmt_keys_shared() keeps the derived keys in a bounded
+ * direct-mapped cache (2^16 slots), wiped when the key set changes and
+ * when the keys are freed or forgotten.
+ *
  * Threads: every function may be called from any thread. The set is
  * swapped under a mutex that is never held across a database call;
  * readers take a copy (mgmt_keys_get), so a swap never pulls a key out
- * from under an operation. Reloads take turns on a second mutex.
+ * from under an operation. Reloads take turns on a second mutex; the
+ * shared-key cache has a third, held only to copy one slot.
  */
 #pragma once
 
@@ -68,6 +76,13 @@ void mgmt_keys_current_public(mgmt_keys *k, char out[CP_WG_KEY_B64_LEN]);
  * Returns 1 when the set changed, 0 when not, negative on error (the
  * keys held stay as they were). Logs a change and a failure. */
 int mgmt_keys_reload(mgmt_keys *k);
+
+/* The box key of peer_pub with the server pair key (a pair of a set from
+ * mgmt_keys_get), as cp_crypto_box_shared_init() derives it: from the
+ * cache when this pair was seen lately. Errors as that function
+ * (-EINVAL: a low-order peer key). *out is the caller's to release. */
+int mgmt_keys_shared(mgmt_keys *k, const mgmt_server_key *key, const uint8_t peer_pub[CP_WG_KEY_LEN],
+                     cp_crypto_box_shared *out, cp_error *reterr);
 
 /* After a request opened with none of the keys of a set whose version
  * was seen_version: true when a newer set is available (already, or

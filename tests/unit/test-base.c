@@ -27,6 +27,11 @@ TEST(strbuf_json_escape) {
         cp_strbuf_init(&sb);
         cp_strbuf_add_json_escaped(&sb, "a\"b\\c\nd\x01");
         ASSERT_STREQ("a\\\"b\\\\c\\nd\\u0001", sb.buf);
+        /* Appends; runs without escapes at either end, UTF-8 as it is. */
+        cp_strbuf_add_json_escaped(&sb, "\t\xc3\xa9t\xc3\xa9 \x1f\"");
+        cp_strbuf_add_json_escaped(&sb, "");
+        cp_strbuf_add_json_escaped(&sb, "plain");
+        ASSERT_STREQ("a\\\"b\\\\c\\nd\\u0001\\t\xc3\xa9t\xc3\xa9 \\u001f\\\"plain", sb.buf);
         cp_strbuf_release(&sb);
 }
 
