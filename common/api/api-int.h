@@ -72,12 +72,19 @@ typedef struct api_route {
         api_handler fn;
 } api_route;
 
+/* Recently used network-map snapshots (api-peers.c), thread-safe. */
+typedef struct api_snapshots api_snapshots;
+api_snapshots *api_snapshots_new(void);
+/* Accepts NULL; returns NULL. */
+api_snapshots *api_snapshots_free(api_snapshots *s);
+
 struct cp_api {
         cp_store *store;
         char *dns_domain;
         char *version;
         cp_api_announce_fn announce;
         void *announce_userdata;
+        api_snapshots *snapshots;
 };
 
 struct api_ctx {
