@@ -72,11 +72,12 @@ typedef struct api_route {
         api_handler fn;
 } api_route;
 
-/* Recently used network-map snapshots (api-peers.c), thread-safe. */
-typedef struct api_snapshots api_snapshots;
-api_snapshots *api_snapshots_new(void);
+/* What the peers routes keep between requests (api-peers.c): recent
+ * network-map snapshots and rendered peer lists. Thread-safe. */
+typedef struct api_peer_caches api_peer_caches;
+api_peer_caches *api_peer_caches_new(void);
 /* Accepts NULL; returns NULL. */
-api_snapshots *api_snapshots_free(api_snapshots *s);
+api_peer_caches *api_peer_caches_free(api_peer_caches *pc);
 
 struct cp_api {
         cp_store *store;
@@ -84,7 +85,7 @@ struct cp_api {
         char *version;
         cp_api_announce_fn announce;
         void *announce_userdata;
-        api_snapshots *snapshots;
+        api_peer_caches *peer_caches;
 };
 
 struct api_ctx {

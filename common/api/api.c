@@ -375,7 +375,7 @@ int cp_api_new(const cp_api_options *o, cp_api **ret, cp_error *reterr) {
         api->version = cp_xstrdup(o->version ? o->version : "");
         api->announce = o->announce;
         api->announce_userdata = o->announce_userdata;
-        api->snapshots = api_snapshots_new();
+        api->peer_caches = api_peer_caches_new();
         *ret = api;
         return 0;
 }
@@ -383,7 +383,7 @@ int cp_api_new(const cp_api_options *o, cp_api **ret, cp_error *reterr) {
 cp_api *cp_api_free(cp_api *api) {
         if (!api)
                 return NULL;
-        api->snapshots = api_snapshots_free(api->snapshots);
+        api->peer_caches = api_peer_caches_free(api->peer_caches);
         free(api->dns_domain);
         free(api->version);
         free(api);

@@ -184,6 +184,39 @@ def agent_meta_and_status_show():
     assert api.ok("GET", "/api/peers/" + pa)["dns_label"] == "flagged.corp.example"
 
 
+@test
+def list_stays_current_between_calls():
+    """The list keeps rendered peers between calls; every kind of change
+    must still show at once."""
+    dep, srv, api = apifix.start()
+    a, pa = register(dep, "one")
+    _, pb_ = register(dep, "two")
+    m = by_id(api.ok("GET", "/api/peers"))
+    assert not m[pa]["connected"] and m[pa]["accessible_peers_count"] == 1, m
+    s = a.sync()                                   # status columns change, the serial does not
+    s.next(timeout=15)
+    assert by_id(api.ok("GET", "/api/peers"))[pa]["connected"] is True
+    dep.sql("UPDATE peers SET location_city_name = 'Oslo' WHERE id = %s", (pb_,))
+    assert by_id(api.ok("GET", "/api/peers"))[pb_]["city_name"] == "Oslo"
+    g = api.ok("POST", "/api/groups", {"name": "pair", "peers": [pa]})
+    m = by_id(api.ok("GET", "/api/peers"))
+    assert [x["name"] for x in m[pa]["groups"]] == ["All", "pair"], m[pa]["groups"]
+    assert [x["peers_count"] for x in m[pb_]["groups"]] == [2], m[pb_]["groups"]
+    put(api, pb_, name="deux")
+    m = by_id(api.ok("GET", "/api/peers"))
+    assert m[pb_]["name"] == "deux" and m[pb_]["dns_label"] == "deux." + DOMAIN, m[pb_]
+    dep.sql("UPDATE accounts SET settings_dns_domain = 'corp.example' WHERE id = %s", (dep.account_id,))
+    m = by_id(api.ok("GET", "/api/peers"))
+    assert m[pa]["dns_label"] == "one.corp.example" and m[pb_]["dns_label"] == "deux.corp.example", m
+    api.ok("DELETE", "/api/groups/" + g["id"])
+    api.ok("DELETE", "/api/peers/" + pb_)
+    got = api.ok("GET", "/api/peers")
+    assert [p["id"] for p in got] == [pa] and got[0]["accessible_peers_count"] == 0, got
+    assert [x["name"] for x in got[0]["groups"]] == ["All"] and got[0]["groups"][0]["peers_count"] == 1, got
+    # A filtered list (not kept) agrees with the full one.
+    assert api.ok("GET", "/api/peers?name=one") == got
+
+
 # ---- update -------------------------------------------------------------------------
 
 def put(api, pid, status=200, message=None, **fields):
