@@ -757,12 +757,18 @@ typedef struct rendered {
         size_t pos;                     /* its position in that listing */
 } rendered;
 
+/* xmin is a 32-bit transaction id that wraps after 2^32 transactions:
+ * an entry older than this is never trusted, so a wrapped id cannot
+ * match (no PostgreSQL runs 2^32 transactions in ten minutes). */
+#define LIST_MAX_AGE_MS (10 * 60 * 1000)
+
 struct list_cache {
         char account_id[64];
         char domain[256];
         rendered **tab;                 /* by id, open addressing; cap a power of two */
         size_t cap;
         uint64_t gen;                   /* listings made */
+        int64_t filled_ms;              /* monotonic time of the last start over */
 };
 
 static void rendered_free(rendered *e) {
@@ -793,6 +799,7 @@ static void lc_clear(list_cache *lc, const char *domain) {
         lc->tab = NULL;
         lc->cap = 0;
         (void) snprintf(lc->domain, sizeof lc->domain, "%s", domain);
+        lc->filled_ms = cp_now_mono_ms();
 }
 
 static rendered *lc_find(const list_cache *lc, const char *id) {
@@ -1017,7 +1024,9 @@ static int list_rendered(api_ctx *c, const account_info *acc, list_cache *lc) {
         cp_strbuf stale;
         int r;
 
-        if (strcmp(lc->domain, acc->domain) != 0)
+        /* Every label shows the domain: a new one starts over. */
+        if (strcmp(lc->domain, acc->domain) != 0 || !lc->tab ||
+            cp_now_mono_ms() - lc->filled_ms > LIST_MAX_AGE_MS)
                 lc_clear(lc, acc->domain);
         cp_strbuf_init(&stale);
         r = list_entries(c, lc, &cur, &n, &stale, &n_stale);
