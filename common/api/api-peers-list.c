@@ -754,7 +754,6 @@ typedef struct rendered {
         uint32_t count;
         int64_t derived;                /* serial of groups and count; -1 = none */
         uint64_t seen;                  /* the listing that last saw it */
-        size_t pos;                     /* its position in that listing */
 } rendered;
 
 /* xmin is a 32-bit transaction id that wraps after 2^32 transactions:
@@ -902,7 +901,6 @@ static int list_entries(api_ctx *c, list_cache *lc, rendered ***ret, size_t *ret
                         n_stale++;
                 }
                 e->seen = gen;
-                e->pos = i;
                 cur[i] = e;
         }
         api_pgarray_end(stale);

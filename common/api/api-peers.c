@@ -86,7 +86,7 @@ static int list_peers(api_ctx *c) {
 
 typedef struct peer_row {
         char id[64];
-        char name[256];
+        char *name;                     /* malloc'd; peer_row_release() */
         char label[CP_STORE_DNS_LABEL_MAX + 1];
         char ip[INET6_ADDRSTRLEN];
         char user_id[128];
@@ -105,7 +105,17 @@ static const char SQL_FIND_FOR_UPDATE[] =
         " inactivity_expiration_enabled, peer_status_requires_approval"
         " FROM peers WHERE account_id = $1 AND id = $2 FOR UPDATE";
 
-/* Reads the peer; *found false when it is not in the account. */
+static void peer_row_release(peer_row *p) {
+        free(p->name);
+        p->name = NULL;
+}
+
+static void peer_row_freep(peer_row *p) {
+        peer_row_release(p);
+}
+
+/* Reads the peer; *found false when it is not in the account (nothing to
+ * release then). */
 static int find_peer(api_ctx *c, const char *id, bool lock, peer_row *ret, bool *found) {
         _cleanup_rows_ cp_store_rows *rows = NULL;
         const char *p[2] = { c->account_id, id };
@@ -117,7 +127,7 @@ static int find_peer(api_ctx *c, const char *id, bool lock, peer_row *ret, bool 
         if (!*found)
                 return 0;
         (void) snprintf(ret->id, sizeof ret->id, "%s", cp_store_rows_get(rows, 0, 0));
-        (void) snprintf(ret->name, sizeof ret->name, "%s", cp_store_rows_get(rows, 0, 1));
+        ret->name = cp_xstrdup(cp_store_rows_get(rows, 0, 1));
         (void) snprintf(ret->label, sizeof ret->label, "%s", cp_store_rows_get(rows, 0, 2));
         (void) snprintf(ret->ip, sizeof ret->ip, "%s", cp_store_rows_get(rows, 0, 3));
         (void) snprintf(ret->user_id, sizeof ret->user_id, "%s", cp_store_rows_get(rows, 0, 4));
@@ -131,7 +141,7 @@ static int find_peer(api_ctx *c, const char *id, bool lock, peer_row *ret, bool 
 static int get_peer(api_ctx *c) {
         const char *id = c->param[0];
         account_info acc;
-        peer_row p;
+        _cleanup_(peer_row_freep) peer_row p = { 0 };
         bool found;
         int r;
 
@@ -276,8 +286,6 @@ static int rename_peer(api_ctx *c, peer_row *p, const char *name, bool *renamed)
                 return 0;
         if (!*name)
                 return api_error(c, 422, "peer name shouldn't be empty");
-        if (strlen(name) >= sizeof p->name)
-                return api_error(c, 422, "peer name is too long");
         if (cp_store_dns_label_from_hostname(name, label) <= 0)
                 return api_error(c, 422, "invalid peer name %s: it gives no dns label", name);
         r = label_taken(c, p->id, label, &taken);
@@ -297,7 +305,8 @@ static int rename_peer(api_ctx *c, peer_row *p, const char *name, bool *renamed)
         r = api_sql(c, SQL_RENAME, 4, q, NULL);
         if (r < 0)
                 return r;
-        (void) snprintf(p->name, sizeof p->name, "%s", name);
+        free(p->name);
+        p->name = cp_xstrdup(name);
         (void) snprintf(p->label, sizeof p->label, "%s", label);
         *renamed = true;
         return 0;
@@ -327,7 +336,7 @@ static int update_peer(api_ctx *c) {
         const char *id = c->param[0];
         peer_req q = { 0 };
         account_info acc;
-        peer_row p, was;
+        _cleanup_(peer_row_freep) peer_row p = { 0 };
         bool found, renamed = false;
         int r;
 
@@ -337,7 +346,9 @@ static int update_peer(api_ctx *c) {
                 return r;
         if (!found)
                 return api_error(c, 404, "peer not found: %s", id);
-        was = p;
+        /* What changes decides the events. */
+        const bool was_ssh = p.ssh_enabled, was_login = p.login_expiration_enabled,
+                   was_inactivity = p.inactivity_expiration_enabled, was_approval = p.requires_approval;
         if (!q.name || !*q.name)
                 return api_error(c, 422, "peer name shouldn't be empty");
 
@@ -367,22 +378,22 @@ static int update_peer(api_ctx *c) {
 
         /* NetBird's events, in its order; the SSH and expiration ones are
          * targeted at the peer's address, as NetBird does. */
-        if (p.ssh_enabled != was.ssh_enabled &&
+        if (p.ssh_enabled != was_ssh &&
             (r = peer_event(c, p.ssh_enabled ? API_ACT_PEER_SSH_ENABLED : API_ACT_PEER_SSH_DISABLED, &p, p.ip)) < 0)
                 return r;
         if (renamed && (r = peer_event(c, API_ACT_PEER_RENAMED, &p, NULL)) < 0)
                 return r;
-        if (p.login_expiration_enabled != was.login_expiration_enabled &&
+        if (p.login_expiration_enabled != was_login &&
             (r = peer_event(c, p.login_expiration_enabled ? API_ACT_PEER_LOGIN_EXPIRATION_ENABLED
                                                           : API_ACT_PEER_LOGIN_EXPIRATION_DISABLED,
                             &p, p.ip)) < 0)
                 return r;
-        if (p.inactivity_expiration_enabled != was.inactivity_expiration_enabled &&
+        if (p.inactivity_expiration_enabled != was_inactivity &&
             (r = peer_event(c, p.inactivity_expiration_enabled ? API_ACT_PEER_INACTIVITY_EXPIRATION_ENABLED
                                                                : API_ACT_PEER_INACTIVITY_EXPIRATION_DISABLED,
                             &p, p.ip)) < 0)
                 return r;
-        if (p.requires_approval != was.requires_approval &&
+        if (p.requires_approval != was_approval &&
             (r = peer_event(c, p.requires_approval ? API_ACT_PEER_APPROVAL_REVOKED : API_ACT_PEER_APPROVED, &p,
                             NULL)) < 0)
                 return r;
@@ -407,7 +418,7 @@ static int delete_peer(api_ctx *c) {
         const char *id = c->param[0];
         char code[16];
         cp_error err = { 0 };
-        peer_row p;
+        _cleanup_(peer_row_freep) peer_row p = { 0 };
         bool found;
         int r;
 
@@ -490,7 +501,7 @@ static int accessible_peers(api_ctx *c) {
          * nothing for someone else's; with it, whatever the map says
          * (nothing for an unknown peer). */
         if (!may_read_all(c)) {
-                peer_row p;
+                _cleanup_(peer_row_freep) peer_row p = { 0 };
                 bool found;
                 if (acc.view_blocked)
                         return api_reply_text(c, 200, "[]", 2);
