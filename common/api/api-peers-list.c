@@ -869,10 +869,11 @@ static char *dup_range(const char *from, const char *to, size_t *ret_len) {
         return p;
 }
 
-/* (id, xmin) of every peer of the account. */
-static const char SQL_PEER_VERSIONS[] = "SELECT id, xmin::text FROM peers WHERE account_id = $1";
+/* (id, xmin) of every peer of the account, by id: ids begin with their
+ * creation time, so the list is in creation order and stable. */
+static const char SQL_PEER_VERSIONS[] = "SELECT id, xmin::text FROM peers WHERE account_id = $1 ORDER BY id";
 
-/* Step 1: the listing's peers, in storage order, as cache entries; the
+/* Step 1: the listing's peers, by id, as cache entries; the
  * new table holds exactly them (entries of peers gone are freed).
  * *ret_stale gets the ids whose rows must be read (a text[] literal). */
 static int list_entries(api_ctx *c, list_cache *lc, rendered ***ret, size_t *ret_n, cp_strbuf *stale,

@@ -467,11 +467,18 @@ static int reply_accessible(api_ctx *c, const account_info *acc, const char *id)
         r = api_peers__snapshot(c, acc, &a);
         if (r < 0)
                 return r;
+        int64_t idx = cp_netmap_account_find_peer(a, id);
+        if (idx < 0) {
+                /* Not a peer of this account (NetBird answers an empty
+                 * list; an id of another tenant or a typo is a 404 here,
+                 * like the peer's own GET). */
+                cp_netmap_account_unref(a);
+                return api_error(c, 404, "peer not found");
+        }
         cp_strbuf_init(&ids);
         api_pgarray_begin(&ids);
-        int64_t idx = cp_netmap_account_find_peer(a, id);
         cp_netmap_worker *w = cp_netmap_worker_new();
-        if (idx >= 0 && cp_netmap_visible_peers(w, a, (size_t) idx, &v) == 0) {
+        if (cp_netmap_visible_peers(w, a, (size_t) idx, &v) == 0) {
                 for (size_t k = 0; k < v.n_remote; k++)
                         api_pgarray_add(&ids, cp_netmap_account_peer_id(a, v.remote[k]));
                 for (size_t k = 0; k < v.n_offline; k++)
@@ -499,7 +506,7 @@ static int accessible_peers(api_ctx *c) {
         /* NetBird's GetAccessiblePeers: without the Peers read permission,
          * nothing when the view is blocked, 404 for an unknown peer and
          * nothing for someone else's; with it, whatever the map says
-         * (nothing for an unknown peer). */
+         * (404 for an unknown peer: NetBird answers an empty list). */
         if (!may_read_all(c)) {
                 _cleanup_(peer_row_freep) peer_row p = { 0 };
                 bool found;

@@ -427,7 +427,7 @@ def accessible_peers_follow_the_policies():
     assert {name_of[x["id"]] for x in got} == {"c"}, got
     listed = {name_of[p["id"]]: p["accessible_peers_count"] for p in api.ok("GET", "/api/peers")}
     assert listed == {"a": 1, "b": 0, "c": 1, "d": 0}, listed
-    assert api.ok("GET", "/api/peers/nope/accessible-peers") == []
+    api.error("GET", "/api/peers/nope/accessible-peers", 404, message="peer not found")
 
 
 @test
