@@ -72,12 +72,20 @@ typedef struct api_route {
         api_handler fn;
 } api_route;
 
+/* What the peers routes keep between requests (api-peers.c): recent
+ * network-map snapshots and rendered peer lists. Thread-safe. */
+typedef struct api_peer_caches api_peer_caches;
+api_peer_caches *api_peer_caches_new(void);
+/* Accepts NULL; returns NULL. */
+api_peer_caches *api_peer_caches_free(api_peer_caches *pc);
+
 struct cp_api {
         cp_store *store;
         char *dns_domain;
         char *version;
         cp_api_announce_fn announce;
         void *announce_userdata;
+        api_peer_caches *peer_caches;
 };
 
 struct api_ctx {

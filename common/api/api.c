@@ -359,7 +359,11 @@ void cp_api_handle(cp_api *api, const cp_api_request *req, cp_api_response *resp
                 }
                 if (r == 0) {
                         resp->status = c.status;
-                        cp_strbuf_add(&resp->body, c.out.buf, c.out.len);
+                        /* Hand the body over rather than copy it: a peer
+                         * list is tens of megabytes. */
+                        cp_strbuf tmp = resp->body;
+                        resp->body = c.out;
+                        c.out = tmp;
                         if (c.changed && c.serial > 0 && api->announce)
                                 api->announce(c.account_id, c.serial, api->announce_userdata);
                 } else
@@ -396,6 +400,7 @@ int cp_api_new(const cp_api_options *o, cp_api **ret, cp_error *reterr) {
         api->version = cp_xstrdup(o->version ? o->version : "");
         api->announce = o->announce;
         api->announce_userdata = o->announce_userdata;
+        api->peer_caches = api_peer_caches_new();
         *ret = api;
         return 0;
 }
@@ -403,6 +408,7 @@ int cp_api_new(const cp_api_options *o, cp_api **ret, cp_error *reterr) {
 cp_api *cp_api_free(cp_api *api) {
         if (!api)
                 return NULL;
+        api->peer_caches = api_peer_caches_free(api->peer_caches);
         free(api->dns_domain);
         free(api->version);
         free(api);

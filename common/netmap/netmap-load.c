@@ -184,16 +184,29 @@ static const cp_store_snapshot_sink sink = {
         .nsgroup = on_nsgroup,
 };
 
+/* Finishes what a load (r) left in x. */
+static int finish_load(load_ctx *x, int r, const char *account_id, cp_netmap_account **ret, cp_error *reterr) {
+        if (r < 0) {
+                cp_netmap_builder_free(x->b);
+                return r;
+        }
+        if (!x->b)      /* cannot happen: the account row comes first */
+                return cp_error_set(reterr, -ENOENT, "netmap: no account %s", account_id);
+        return cp_netmap_builder_finish(x->b, ret, reterr);
+}
+
 int cp_netmap_load(cp_store *s, const char *account_id, const char *default_dns_domain, cp_netmap_account **ret,
                    cp_error *reterr) {
         load_ctx x = { .default_dns_domain = default_dns_domain };
         int r = cp_store_snapshot_load(s, account_id, &sink, &x, reterr);
 
-        if (r < 0) {
-                cp_netmap_builder_free(x.b);
-                return r;
-        }
-        if (!x.b)       /* cannot happen: the account row comes first */
-                return cp_error_set(reterr, -ENOENT, "netmap: no account %s", account_id);
-        return cp_netmap_builder_finish(x.b, ret, reterr);
+        return finish_load(&x, r, account_id, ret, reterr);
+}
+
+int cp_netmap_load_tx(cp_store_tx *tx, const char *account_id, const char *default_dns_domain,
+                      cp_netmap_account **ret, cp_error *reterr) {
+        load_ctx x = { .default_dns_domain = default_dns_domain };
+        int r = cp_store_snapshot_load_tx(tx, account_id, &sink, &x, reterr);
+
+        return finish_load(&x, r, account_id, ret, reterr);
 }

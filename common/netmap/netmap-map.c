@@ -145,20 +145,38 @@ static void emit_dir(cp_netmap_worker *w, uint32_t self, nm_tmpl_list tl, const 
 }
 
 /* One rule's share (section 4.3 step 4): P in sources -> destinations OUT
- * (+ IN when bidirectional); P in destinations -> sources IN (+ OUT). */
+ * (+ IN when bidirectional); P in destinations -> sources IN (+ OUT).
+ * fw false: visibility only, no firewall rules collected. */
 static void apply_rule(cp_netmap_worker *w, const cp_netmap_account *a, uint32_t self, uint32_t ri, bool in_src,
-                       bool in_dst) {
+                       bool in_dst, bool fw) {
         const nm_rule *r = &a->rules[ri];
         const uint32_t *s = r->src, *d = r->dst;
         uint32_t ns = r->n_src, nd = r->n_dst;
         bool bi = r->bidirectional;
+        nm_tmpl_list none = { 0, 0 };
 
-        emit_dir(w, self, r->tmpl[NM_IN][w->variant], in_dst ? s : NULL, in_dst ? ns : 0,
+        emit_dir(w, self, fw ? r->tmpl[NM_IN][w->variant] : none, in_dst ? s : NULL, in_dst ? ns : 0,
                  bi && in_src ? d : NULL, bi && in_src ? nd : 0);
-        emit_dir(w, self, r->tmpl[NM_OUT][w->variant], in_src ? d : NULL, in_src ? nd : 0,
+        emit_dir(w, self, fw ? r->tmpl[NM_OUT][w->variant] : none, in_src ? d : NULL, in_src ? nd : 0,
                  bi && in_dst ? s : NULL, bi && in_dst ? ns : 0);
         if (in_dst && r->protocol == CP_NETMAP_PROTO_NETBIRD_SSH)
                 w->ssh = true;
+}
+
+/* The policy step for peer p: walks its two sorted rule lists together
+ * and marks every remote peer in w->vis (self excluded; UINT32_MAX
+ * excludes nobody). */
+static void walk_rules(cp_netmap_worker *w, const cp_netmap_account *a, const nm_peer *p, uint32_t self, bool fw) {
+        const uint32_t *sr = a->peer_rules + p->src_rules.off, *dr = a->peer_rules + p->dst_rules.off;
+        uint32_t ns = p->src_rules.n, nd = p->dst_rules.n, i = 0, j = 0;
+
+        while (i < ns || j < nd) {
+                uint32_t ri = i < ns && (j >= nd || sr[i] <= dr[j]) ? sr[i] : dr[j];
+                bool in_src = i < ns && sr[i] == ri, in_dst = j < nd && dr[j] == ri;
+                i += in_src;
+                j += in_dst;
+                apply_rule(w, a, self, ri, in_src, in_dst, fw);
+        }
 }
 
 static bool in_groups(const cp_netmap_worker *w, const uint32_t *groups, uint32_t n) {
@@ -354,16 +372,7 @@ void cp_netmap__compute(cp_netmap_worker *w, const cp_netmap_account *a, uint32_
                 return;
         }
 
-        /* Policies: walk the two sorted rule lists together. */
-        const uint32_t *sr = a->peer_rules + p->src_rules.off, *dr = a->peer_rules + p->dst_rules.off;
-        uint32_t ns = p->src_rules.n, nd = p->dst_rules.n, i = 0, j = 0;
-        while (i < ns || j < nd) {
-                uint32_t ri = i < ns && (j >= nd || sr[i] <= dr[j]) ? sr[i] : dr[j];
-                bool in_src = i < ns && sr[i] == ri, in_dst = j < nd && dr[j] == ri;
-                i += in_src;
-                j += in_dst;
-                apply_rule(w, a, self, ri, in_src, in_dst);
-        }
+        walk_rules(w, a, p, self, true);
         peer_config(w, a, p, jwt, jwt_len);
 
         /* Visible peers: login-expired ones go to offlinePeers (pitfall 11). */
@@ -439,4 +448,99 @@ void cp_netmap__compute(cp_netmap_worker *w, const cp_netmap_account *a, uint32_
                 uint32_t g = a->peer_groups[p->groups.off + k];
                 w->grp[g >> 6] &= ~((uint64_t) 1 << (g & 63));
         }
+}
+
+/* ---- what the REST API shows of a map -------------------------------------------------- */
+
+int cp_netmap_visible_peers(cp_netmap_worker *w, const cp_netmap_account *a, size_t peer_idx,
+                            cp_netmap_visible *ret) {
+        if (!w || !a || !ret || peer_idx >= a->n_peers)
+                return -EINVAL;
+        cp_netmap__compute(w, a, (uint32_t) peer_idx, NULL, 0);
+        ret->remote = w->remotes.v;
+        ret->n_remote = w->remotes.n;
+        ret->offline = w->offline.v;
+        ret->n_offline = w->offline.n;
+        return 0;
+}
+
+/* Peers whose rule lists are equal see the same set of peers (less
+ * themselves), so the set is built once per distinct pair of lists: a
+ * mesh of 25,000 peers under one policy is one union, not 25,000. */
+typedef struct sig_entry {
+        uint64_t hash;
+        uint32_t peer;
+} sig_entry;
+
+static uint64_t sig_hash(const cp_netmap_account *a, const nm_peer *p) {
+        uint64_t h = UINT64_C(14695981039346656037);
+        const uint32_t *v = a->peer_rules + p->src_rules.off;
+
+        for (uint32_t k = 0; k < p->src_rules.n; k++)
+                h = (h ^ v[k]) * UINT64_C(1099511628211);
+        h = (h ^ UINT32_MAX) * UINT64_C(1099511628211);         /* between the two lists */
+        v = a->peer_rules + p->dst_rules.off;
+        for (uint32_t k = 0; k < p->dst_rules.n; k++)
+                h = (h ^ v[k]) * UINT64_C(1099511628211);
+        return h;
+}
+
+static bool same_range(const cp_netmap_account *a, nm_range x, nm_range y) {
+        return x.n == y.n && memcmp(a->peer_rules + x.off, a->peer_rules + y.off, x.n * sizeof(uint32_t)) == 0;
+}
+
+static bool same_sig(const cp_netmap_account *a, const nm_peer *p, const nm_peer *q) {
+        return same_range(a, p->src_rules, q->src_rules) && same_range(a, p->dst_rules, q->dst_rules);
+}
+
+static int cmp_sig(const void *x, const void *y) {
+        const sig_entry *l = x, *r = y;
+
+        if (l->hash != r->hash)
+                return l->hash < r->hash ? -1 : 1;
+        return l->peer < r->peer ? -1 : l->peer > r->peer;
+}
+
+/* Clears the bits the last union set. */
+static void clear_vis(cp_netmap_worker *w) {
+        for (size_t k = 0; k < w->touched.n; k++) {
+                uint32_t q = w->touched.v[k];
+                w->vis[q >> 6] &= ~((uint64_t) 1 << (q & 63));
+        }
+        w->touched.n = 0;
+}
+
+int cp_netmap_visible_counts(cp_netmap_worker *w, const cp_netmap_account *a, uint32_t *counts) {
+        size_t n = a ? a->n_peers : 0;
+        const nm_peer *rep = NULL;
+
+        if (!w || !a || (!counts && n))
+                return -EINVAL;
+        if (n == 0)
+                return 0;
+        ensure(w, a);
+        w->touched.n = 0;
+        sig_entry *order = cp_xmalloc(n * sizeof *order);
+        for (size_t i = 0; i < n; i++)
+                order[i] = (sig_entry) { sig_hash(a, &a->peers[i]), (uint32_t) i };
+        qsort(order, n, sizeof *order, cmp_sig);
+
+        for (size_t k = 0; k < n; k++) {
+                uint32_t i = order[k].peer;
+                const nm_peer *p = &a->peers[i];
+                if (p->flags & NM_PEER_UNVALIDATED) {
+                        counts[i] = 0;  /* its own map is empty (4.2) */
+                        continue;
+                }
+                if (!rep || order[k].hash != order[k - 1].hash || !same_sig(a, rep, p)) {
+                        clear_vis(w);
+                        walk_rules(w, a, p, UINT32_MAX, false);
+                        rep = p;
+                }
+                /* touched holds each set bit once: the union's size. */
+                counts[i] = (uint32_t) w->touched.n - (bit_test(w->vis, i) ? 1u : 0u);
+        }
+        clear_vis(w);
+        free(order);
+        return 0;
 }

@@ -103,6 +103,14 @@ void cp_store__release(cp_store *s, cp_store_conn *c);
 int cp_store__exec(cp_store_conn *c, cp_store_stmt st, const char *const *params,
                    PGresult **ret, cp_error *reterr);
 
+/* The connection of a caller's transaction (cp/store-tx.h), for store
+ * functions that run inside it (cp_store_tx_*): NULL when an earlier
+ * statement failed and only the rollback is left. A function that fails
+ * on it calls cp_store__tx_failed(), as cp_store_tx_exec() does. */
+struct cp_store_tx;
+cp_store_conn *cp_store__tx_conn(struct cp_store_tx *tx);
+void cp_store__tx_failed(struct cp_store_tx *tx);
+
 /* Runs a simple command without parameters (BEGIN, COMMIT, migration SQL). */
 int cp_store__command(cp_store_conn *c, const char *sql, cp_error *reterr);
 

@@ -11,6 +11,7 @@
 #include "cp/strbuf.h"
 #include "cp/util.h"
 #include "cp/store-peers.h"
+#include "cp/store-tx.h"
 #include "store-int.h"
 
 #include <arpa/inet.h>
@@ -508,6 +509,15 @@ static void fallback_label(const char *label, uint32_t ip, char out[CP_STORE_DNS
         (void) snprintf(out, CP_STORE_DNS_LABEL_MAX + 1, "%.*s%s", keep, label, suffix);
 }
 
+int cp_store_dns_label_with_ip(const char *label, const char *ipv4, char out[CP_STORE_DNS_LABEL_MAX + 1]) {
+        struct in_addr in;
+
+        if (!label || !*label || !ipv4 || inet_pton(AF_INET, ipv4, &in) != 1)
+                return -EINVAL;
+        fallback_label(label, ntohl(in.s_addr), out);
+        return (int) strlen(out);
+}
+
 /* Validates and lower-cases extra DNS labels into a text[] literal. Each
  * is a domain name of [a-z0-9-] labels; none needs quoting in the
  * literal. */
@@ -941,8 +951,8 @@ static int register_claimed(cp_store_conn *c, const cp_store_peer_register_req *
         json_auto_t *extra = json_pack("{s:s}", "setup_key_name", k->name);
         _cleanup_free_ char *extra_s = extra ? json_dumps(extra, JSON_COMPACT) : NULL;
         (void) snprintf(code, sizeof code, "%d", ACTIVITY_PEER_ADDED_WITH_SETUP_KEY);
-        const char *ev[6] = { code, k->id, k->account_id, peer_id, nz(req->dns_domain),
-                              extra_s ? extra_s : "{}" };
+        const char *ev[7] = { code, k->id, k->account_id, peer_id, nz(req->dns_domain),
+                              extra_s ? extra_s : "{}", NULL };
         r = cp_store__exec(c, ST_PEER_EVENT, ev, NULL, reterr);
         if (r < 0)
                 return r;
@@ -1253,6 +1263,56 @@ int cp_store_peer_delete(cp_store *s, const char *account_id, const char *peer_i
         if (r >= 0 && ret_serial)
                 *ret_serial = serial;
         return r;
+}
+
+/* ---- inside a caller's transaction ------------------------------------------------ */
+
+int cp_store_tx_peer_delete(cp_store_tx *tx, const char *account_id, const char *peer_id,
+                            const char *initiator_id, const char *dns_domain, cp_error *reterr) {
+        _cleanup_pgresult_ PGresult *res = NULL;
+        cp_store_conn *c = cp_store__tx_conn(tx);
+        char code[12];
+        int r;
+
+        if (!account_id || !peer_id || !initiator_id)
+                return cp_error_set(reterr, -EINVAL, "account, peer and initiator ids are required");
+        if (!c)
+                return cp_error_set(reterr, -ECANCELED, "the transaction was aborted by an earlier error");
+        (void) snprintf(code, sizeof code, "%d", ACTIVITY_PEER_REMOVED_BY_USER);
+        const char *params[5] = { account_id, peer_id, initiator_id, nz(dns_domain), code };
+        r = cp_store__exec(c, ST_PEER_DELETE, params, &res, reterr);
+        if (r < 0) {
+                cp_store__tx_failed(tx);
+                return r;
+        }
+        if (PQntuples(res) != 1)
+                return cp_error_set(reterr, -ENOENT, "peer %s not found in account %s", peer_id, account_id);
+        return 0;
+}
+
+int cp_store_tx_peer_event(cp_store_tx *tx, int activity, const char *account_id, const char *peer_id,
+                           const char *initiator_id, const char *target_id, const char *dns_domain,
+                           const char *extra_meta, cp_error *reterr) {
+        _cleanup_pgresult_ PGresult *res = NULL;
+        cp_store_conn *c = cp_store__tx_conn(tx);
+        char code[12];
+        int r;
+
+        if (!account_id || !peer_id || !initiator_id)
+                return cp_error_set(reterr, -EINVAL, "account, peer and initiator ids are required");
+        if (!c)
+                return cp_error_set(reterr, -ECANCELED, "the transaction was aborted by an earlier error");
+        (void) snprintf(code, sizeof code, "%d", activity);
+        const char *params[7] = { code, initiator_id, account_id, peer_id, nz(dns_domain),
+                                  extra_meta ? extra_meta : "{}", target_id };
+        r = cp_store__exec(c, ST_PEER_EVENT, params, &res, reterr);
+        if (r < 0) {
+                cp_store__tx_failed(tx);
+                return r;
+        }
+        if (cp_store__affected(res) != 1)
+                return cp_error_set(reterr, -ENOENT, "peer %s not found in account %s", peer_id, account_id);
+        return 0;
 }
 
 /* ---- login expiration ------------------------------------------------------------ */

@@ -12,6 +12,7 @@
 #include <jansson.h>
 
 #include "cp/store-snapshot.h"
+#include "cp/store-tx.h"
 #include "store-int.h"
 
 #define Q_ACCOUNT \
@@ -414,6 +415,22 @@ static int load_nsgroups(cp_store_conn *c, const char *account_id, const cp_stor
         return r;
 }
 
+/* Every table, in order, on c. */
+static int load_all(cp_store_conn *c, const char *account_id, const cp_store_snapshot_sink *sink, void *ud,
+                    cp_error *reterr) {
+        int r;
+
+        if ((r = load_account(c, account_id, sink, ud, reterr)) >= 0 &&
+            (r = load_peers(c, account_id, sink, ud, reterr)) >= 0 &&
+            (r = load_pairs(c, Q_GROUPS, account_id, sink->group, ud, reterr)) >= 0 &&
+            (r = load_pairs(c, Q_GROUP_PEERS, account_id, sink->group_peer, ud, reterr)) >= 0 &&
+            (r = load_policies(c, account_id, sink, ud, reterr)) >= 0 &&
+            (r = load_rules(c, account_id, sink, ud, reterr)) >= 0 &&
+            (r = load_routes(c, account_id, sink, ud, reterr)) >= 0)
+                r = load_nsgroups(c, account_id, sink, ud, reterr);
+        return r;
+}
+
 int cp_store_snapshot_load(cp_store *s, const char *account_id, const cp_store_snapshot_sink *sink,
                            void *userdata, cp_error *reterr) {
         cp_store_conn *c;
@@ -427,18 +444,28 @@ int cp_store_snapshot_load(cp_store *s, const char *account_id, const cp_store_s
         r = cp_store__command(c, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", reterr);
         if (r < 0)
                 goto out;
-        if ((r = load_account(c, account_id, sink, userdata, reterr)) >= 0 &&
-            (r = load_peers(c, account_id, sink, userdata, reterr)) >= 0 &&
-            (r = load_pairs(c, Q_GROUPS, account_id, sink->group, userdata, reterr)) >= 0 &&
-            (r = load_pairs(c, Q_GROUP_PEERS, account_id, sink->group_peer, userdata, reterr)) >= 0 &&
-            (r = load_policies(c, account_id, sink, userdata, reterr)) >= 0 &&
-            (r = load_rules(c, account_id, sink, userdata, reterr)) >= 0 &&
-            (r = load_routes(c, account_id, sink, userdata, reterr)) >= 0 &&
-            (r = load_nsgroups(c, account_id, sink, userdata, reterr)) >= 0)
+        r = load_all(c, account_id, sink, userdata, reterr);
+        if (r >= 0)
                 r = cp_store__command(c, "COMMIT", reterr);
         if (r < 0)
                 (void) cp_store__command(c, "ROLLBACK", NULL);
 out:
         cp_store__release(s, c);
+        return r < 0 ? r : 0;
+}
+
+int cp_store_snapshot_load_tx(cp_store_tx *tx, const char *account_id, const cp_store_snapshot_sink *sink,
+                              void *userdata, cp_error *reterr) {
+        cp_store_conn *c;
+        int r;
+
+        if (!tx || !account_id || !*account_id || !sink)
+                return cp_error_set(reterr, -EINVAL, "snapshot: bad arguments");
+        c = cp_store__tx_conn(tx);
+        if (!c)
+                return cp_error_set(reterr, -ECANCELED, "the transaction was aborted by an earlier error");
+        r = load_all(c, account_id, sink, userdata, reterr);
+        if (r < 0)
+                cp_store__tx_failed(tx);
         return r < 0 ? r : 0;
 }

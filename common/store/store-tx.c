@@ -60,6 +60,14 @@ int cp_store_tx_exec(cp_store_tx *tx, const char *sql, int n, const char *const 
         return 0;
 }
 
+cp_store_conn *cp_store__tx_conn(cp_store_tx *tx) {
+        return tx->failed ? NULL : tx->conn;
+}
+
+void cp_store__tx_failed(cp_store_tx *tx) {
+        tx->failed = true;
+}
+
 int cp_store_tx_commit(cp_store_tx *tx, cp_error *reterr) {
         int r;
 

@@ -302,11 +302,14 @@ static const struct {
                 " WHERE k.account_id = $1 AND k.id = $3"
                 " ON CONFLICT DO NOTHING", 3 },
         /* A peer activity event with NetBird's peer meta ($6 merged in). */
+        /* $7: the event's target when it is not the peer id (NetBird
+         * targets some peer events at the peer's IP); NULL = the peer id. */
         [ST_PEER_EVENT] = { "peer_event",
                 "INSERT INTO events (activity, initiator_id, target_id, account_id, meta)"
-                " SELECT $1::int, $2, p.id, p.account_id, " PEER_EVENT_META("p", "$5") " || $6::jsonb"
+                " SELECT $1::int, $2, COALESCE($7, p.id), p.account_id, " PEER_EVENT_META("p", "$5")
+                " || $6::jsonb"
                 " FROM peers p JOIN accounts a ON a.id = p.account_id"
-                " WHERE p.account_id = $3 AND p.id = $4", 6 },
+                " WHERE p.account_id = $3 AND p.id = $4", 7 },
         /* Login of a known peer (cp_store_peer_login_update) in one
          * statement: o locks the row and compares it with what the login
          * writes: the ssh key ($3), the connection address ($4) and the

@@ -100,6 +100,28 @@ static void reply(http_op *op, int code, const char *reason, const char *content
         op->status = code;
 }
 
+static void free_body(const void *data, size_t len, void *extra) {
+        free((void *) data);
+}
+
+/* reply() with a malloc'd body that libevent frees once sent: a REST
+ * response can be tens of megabytes, not worth copying on the loop
+ * thread. */
+static void reply_owned(http_op *op, int code, const char *content_type, char *body, size_t len) {
+        struct evkeyvalq *out = evhttp_request_get_output_headers(op->req);
+        struct evbuffer *buf = evbuffer_new();
+
+        (void) evhttp_add_header(out, "Content-Type", content_type);
+        (void) evhttp_add_header(out, "Cache-Control", "no-store");
+        (void) evhttp_add_header(out, "X-Request-Id", op->request_id);
+        if (!buf || evbuffer_add_reference(buf, body, len, free_body, NULL) < 0)
+                free(body);
+        evhttp_send_reply(op->req, code, NULL, buf);
+        if (buf)
+                evbuffer_free(buf);
+        op->status = code;
+}
+
 static void reply_json(http_op *op, int code, const char *reason, const char *body) {
         reply(op, code, reason, "application/json; charset=UTF-8", body, strlen(body));
 }
@@ -245,7 +267,8 @@ static void api_done(void *arg) {
 
         memcpy(op.request_id, j->request_id, sizeof op.request_id);
         add_cors(evhttp_request_get_output_headers(j->req));
-        reply(&op, j->resp.status, NULL, "application/json; charset=UTF-8", j->resp.body.buf, j->resp.body.len);
+        size_t len = j->resp.body.len;
+        reply_owned(&op, j->resp.status, "application/json; charset=UTF-8", cp_strbuf_detach(&j->resp.body), len);
         mgmt_metrics_http(j->resp.route[0] ? j->resp.route : "other", j->method, j->resp.status, took);
 
         cp_log_ctx log = { .component = "api", .request_id = j->request_id, .method = j->method,

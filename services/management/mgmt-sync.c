@@ -806,6 +806,7 @@ typedef struct fanout_target {
         sync_stream *s;
         uint8_t *msg;                   /* sealed EncryptedMessage (malloc); NULL = nothing */
         size_t len;
+        bool gone;                      /* the peer is not in the map: msg is its last one */
 } fanout_target;
 
 typedef struct fanout {
@@ -876,8 +877,17 @@ static void chunk_work(void *userdata) {
                 size_t plain_len, sealed_len;
                 cp_error err = { 0 };
 
-                if (mgmt_map_pack(f->hub->maps, f->map, t->s->peer_id, NULL, &arena, &plain, &plain_len, &err) < 0)
-                        continue;       /* deleted meanwhile: Logout ends that stream */
+                int r = mgmt_map_pack(f->hub->maps, f->map, t->s->peer_id, NULL, &arena, &plain, &plain_len, &err);
+                if (r == -ENOENT) {
+                        /* The peer was deleted (REST API, another replica's
+                         * Logout): its stream gets the deleted-peer map
+                         * Logout sends and ends, as NetBird's deletion
+                         * does, instead of lingering without maps. */
+                        t->gone = true;
+                        r = mgmt_map_pack_deleted(f->map, &arena, &plain, &plain_len);
+                }
+                if (r < 0)
+                        continue;
                 sealed = mgmt_agent_seal(t->s->server_key, &t->s->shared, plain, plain_len, &arena, &sealed_len, &err);
                 cp_explicit_bzero(plain, plain_len);
                 if (sealed) {
@@ -896,7 +906,18 @@ static void chunk_done(mgmt_grpc *g, void *userdata) {
 
         for (size_t i = ch->from; i < ch->to; i++) {
                 fanout_target *t = &f->targets[i];
-                if (t->msg && t->s->registered) {
+                if (t->gone && t->s->registered) {
+                        /* As on_peer_deleted: the row is gone, so no
+                         * disconnect can match; the stream ends after
+                         * this map (or at once when it is refused). */
+                        sync_stream *s = t->s;
+                        registry_remove(f->hub, s);
+                        s->connected = false;
+                        stream_queue(s, t->msg, t->len, s->last_serial > f->serial ? s->last_serial : f->serial,
+                                     true);
+                        if (!s->ending)
+                                stream_end(s, GRPC_STATUS_OK, NULL, "peer deleted");
+                } else if (t->msg && t->s->registered) {
                         stream_queue(t->s, t->msg, t->len, f->serial, false);
                         f->pushed++;
                 } else

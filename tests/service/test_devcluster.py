@@ -22,12 +22,14 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(HERE, "..", "agent"))
+sys.path.insert(0, os.path.join(HERE, "..", "api"))
 
 import fixture  # noqa: E402
 import svc  # noqa: E402
 from fixture import wait_until  # noqa: E402
 from nbagent import Agent, build_meta  # noqa: E402
 from svc import test  # noqa: E402
+from apifix import Api  # noqa: E402
 
 UP = os.path.join(ROOT, "deploy", "dev", "up")
 DOWN = os.path.join(ROOT, "deploy", "dev", "down")
@@ -294,6 +296,39 @@ def one_replica_up_twice_then_down():
     check_down_stopped_exactly(dc, back, 1)
 
 
+def operator_through_the_load_balancer(env, a, stream, c):
+    """Issue 5's acceptance: an operator creates groups, a policy, a route
+    and a setup key over REST through the load balancer (each request may
+    land on any replica) and the stream held through nginx gets the maps."""
+    api = Api(env["MGMT_HTTP"], env["ADMIN_TOKEN"])
+    peers = {p["name"]: p["id"] for p in api.ok("GET", "/api/peers")}
+    assert {"dev3-a", "dev3-c"} <= set(peers), peers
+    a_id, c_id = peers["dev3-a"], peers["dev3-c"]
+    ga = api.ok("POST", "/api/groups", {"name": "ops", "peers": [a_id]})
+    gc = api.ok("POST", "/api/groups", {"name": "db", "peers": [c_id]})
+    for pol in api.ok("GET", "/api/policies"):
+        api.ok("DELETE", "/api/policies/" + pol["id"])
+    api.ok("POST", "/api/policies", {"name": "ssh-to-db", "enabled": True, "rules": [
+        {"name": "ssh", "enabled": True, "action": "accept", "bidirectional": False, "protocol": "tcp",
+         "ports": ["22"], "sources": [ga["id"]], "destinations": [gc["id"]]}]})
+    stream.wait_for(lambda m: {p.wgPubKey for p in m.NetworkMap.remotePeers} == {c.pub_b64}
+                    and any(r.Port == "22" for r in m.NetworkMap.FirewallRules), timeout=20)
+    route = api.ok("POST", "/api/routes", {"description": "lan", "network_id": "lan", "enabled": True,
+                                          "peer": c_id, "network": "10.77.0.0/16", "metric": 100,
+                                          "masquerade": True, "groups": [ga["id"]], "keep_route": False})
+    stream.wait_for(lambda m: any(r.Network == "10.77.0.0/16" for r in m.NetworkMap.Routes), timeout=20)
+    key = api.ok("POST", "/api/setup-keys", {"name": "ops", "type": "one-off", "expires_in": 3600,
+                                            "auto_groups": [ga["id"]], "usage_limit": 1})
+    d = Agent(env["MGMT_GRPC"])
+    svc.defer(d.close)
+    d.register(key["key"], meta=build_meta("dev3-d"))
+    d_peer = [p for p in api.ok("GET", "/api/peers") if p["name"] == "dev3-d"][0]
+    assert ga["id"] in {g["id"] for g in d_peer["groups"]}, d_peer
+    api.ok("DELETE", "/api/routes/" + route["id"])
+    stream.wait_for(lambda m: not any(r.Network == "10.77.0.0/16" for r in m.NetworkMap.Routes), timeout=20)
+    d.close()
+
+
 @test
 def three_replicas_behind_nginx():
     if not os.access(NGINX, os.X_OK):
@@ -334,6 +369,8 @@ def three_replicas_behind_nginx():
     svc.defer(c.close)
     c.register(env["SETUP_KEY"], meta=build_meta("dev3-c"))
     stream.wait_for(lambda m: c.pub_b64 in {p.wgPubKey for p in m.NetworkMap.remotePeers}, timeout=20)
+
+    operator_through_the_load_balancer(env, agent, stream, c)
 
     again = dc.up("--replicas", "3")
     for k in ("MGMT_GRPC", "MGMT_HTTP", "ACCOUNT_ID", "LB_PID", "PG_PID", "REDIS_PID") + tuple(

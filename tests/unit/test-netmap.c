@@ -961,6 +961,77 @@ TEST(builder_refuses_bad_input) {
         ASSERT_EQ(CP_NETMAP_DROP, ac);
 }
 
+/* The REST API's views of the maps (accessible peers and their counts)
+ * must be what each peer's own encoded map lists, on a shuffled account
+ * with one-way, disabled and peer-resource rules, expired peers and a
+ * peer waiting for approval. */
+TEST(visible_peers_and_counts_match_the_encoded_maps) {
+        enum { NP = 60, NG = 8, NPOL = 12 };
+        uint32_t seed = 12345;
+#define RND() (seed = seed * 1103515245u + 12345u, (seed >> 16) & 0x7fff)
+        cp_netmap_builder *b = account(3);
+        cp_error err = { 0 };
+        char id[NP][8], gid[NG][8];
+
+        for (int i = 0; i < NP; i++) {
+                char ip[20];
+                (void) snprintf(id[i], sizeof id[i], "p%02d", i);
+                (void) snprintf(ip, sizeof ip, "100.64.1.%d", i + 1);
+                if (i == 7) {
+                        cp_netmap_peer_spec p = { .id = id[i], .key = "key-p07", .ip = ip, .dns_label = id[i],
+                                                  .wt_version = NEW_AGENT, .requires_approval = true };
+                        ASSERT_OK(cp_netmap_builder_add_peer(b, &p, &err), &err);
+                } else
+                        peer_ex(b, id[i], ip, NEW_AGENT, i % 9 == 4, false, false);
+        }
+        for (int g = 0; g < NG; g++) {
+                (void) snprintf(gid[g], sizeof gid[g], "g%d", g);
+                ASSERT_OK(cp_netmap_builder_add_group(b, gid[g], gid[g], &err), &err);
+                for (int i = 0; i < NP; i++)
+                        if (RND() % 5 == 0)
+                                ASSERT_OK(cp_netmap_builder_add_group_peer(b, gid[g], id[i], &err), &err);
+        }
+        for (int k = 0; k < NPOL; k++) {
+                char pid[8], rid[8];
+                const char *src[1] = { gid[RND() % NG] }, *dst[1] = { gid[RND() % NG] };
+                (void) snprintf(pid, sizeof pid, "pol%d", k);
+                (void) snprintf(rid, sizeof rid, "rule%d", k);
+                cp_netmap_rule_spec r = {
+                        .id = rid, .enabled = k != 3, .protocol = CP_NETMAP_PROTO_ALL,
+                        .bidirectional = RND() % 2, .sources = src, .n_sources = 1,
+                        .destinations = dst, .n_destinations = 1,
+                        .source_peer = k == 5 ? id[11] : NULL,
+                };
+                policy_ex(b, pid, k != 8, &r);
+        }
+#undef RND
+        cp_netmap_account *a = finish(b);
+        cp_netmap_worker *w = cp_netmap_worker_new();
+        uint32_t counts[NP];
+        ASSERT_OK(cp_netmap_visible_counts(w, a, counts), NULL);
+
+        size_t nonzero = 0;
+        for (int i = 0; i < NP; i++) {
+                Management__SyncResponse *sr = sync_of(a, id[i]);
+                size_t want = sr->networkmap->n_remotepeers + sr->networkmap->n_offlinepeers;
+                cp_netmap_visible v;
+                ASSERT_OK(cp_netmap_visible_peers(w, a, (size_t) cp_netmap_account_find_peer(a, id[i]), &v), NULL);
+                ASSERT_EQ(want, v.n_remote + v.n_offline);
+                ASSERT_EQ(sr->networkmap->n_offlinepeers, v.n_offline);
+                for (size_t k = 0; k < v.n_remote; k++)
+                        ASSERT_TRUE(find_remote(sr->networkmap->remotepeers, sr->networkmap->n_remotepeers,
+                                                cp_netmap_account_peer_id(a, v.remote[k])) != NULL);
+                ASSERT_EQ(want, (size_t) counts[cp_netmap_account_find_peer(a, id[i])]);
+                nonzero += want > 0;
+                done(sr);
+        }
+        ASSERT_EQ(0, counts[7]);        /* waiting for approval */
+        ASSERT_TRUE(nonzero > NP / 2);  /* the shape is not trivially empty */
+        ASSERT_EQ(-EINVAL, cp_netmap_visible_peers(w, a, NP, &(cp_netmap_visible) { 0 }));
+        cp_netmap_worker_free(w);
+        cp_netmap_account_unref(a);
+}
+
 int main(int argc, char **argv) {
         return cptest_main(argc, argv);
 }

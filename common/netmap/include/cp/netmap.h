@@ -328,6 +328,31 @@ int cp_netmap_encode_sync(cp_netmap_worker *w, const cp_netmap_account *a, size_
                           const cp_netmap_encode_opts *opts, const uint8_t **ret_data, size_t *ret_len,
                           cp_netmap_stats *stats);
 
+/* ---- what a map shows, for the REST API ---------------------------------------- */
+
+/* The peers a peer's map lists: NetworkMap.remotePeers and offlinePeers
+ * (login expired), each ascending by snapshot index. */
+typedef struct cp_netmap_visible {
+        const uint32_t *remote;
+        size_t n_remote;
+        const uint32_t *offline;
+        size_t n_offline;
+} cp_netmap_visible;
+
+/* Computes the map of peer_idx exactly as cp_netmap_encode_sync() does
+ * (without encoding it) and points *ret at its visible peers. The arrays
+ * live in the worker until its next call. -EINVAL for a bad index. */
+int cp_netmap_visible_peers(cp_netmap_worker *w, const cp_netmap_account *a, size_t peer_idx,
+                            cp_netmap_visible *ret);
+
+/* For every peer i of the snapshot, counts[i] (n_peers entries, written
+ * by the call) = n_remote + n_offline of its map: the number of peers it
+ * can reach. Uses the same policy walk as the maps, once per distinct
+ * (source rules, destination rules) pair of lists, so a large mesh costs
+ * about one map. A peer waiting for approval counts 0. -EINVAL on NULL
+ * arguments. */
+int cp_netmap_visible_counts(cp_netmap_worker *w, const cp_netmap_account *a, uint32_t *counts);
+
 /* ---- loading from PostgreSQL (netmap-load.c) ------------------------------------ */
 
 typedef struct cp_store cp_store;
@@ -340,3 +365,11 @@ typedef struct cp_store cp_store;
  * account does not exist; store errors as in cp/store.h. */
 int cp_netmap_load(cp_store *s, const char *account_id, const char *default_dns_domain,
                    cp_netmap_account **ret, cp_error *reterr);
+
+/* The same, read inside the caller's transaction (cp_store_snapshot_load_tx
+ * in cp/store-snapshot.h: READ COMMITTED, so rows committed while it
+ * reads may show in part). For a caller that already holds a pooled
+ * connection. A failure aborts the caller's transaction. */
+typedef struct cp_store_tx cp_store_tx;
+int cp_netmap_load_tx(cp_store_tx *tx, const char *account_id, const char *default_dns_domain,
+                      cp_netmap_account **ret, cp_error *reterr);

@@ -387,6 +387,36 @@ int cp_store_peer_delete(cp_store *s, const char *account_id, const char *peer_i
 #define CP_STORE_DNS_LABEL_MAX 63
 int cp_store_dns_label_from_hostname(const char *hostname, char out[CP_STORE_DNS_LABEL_MAX + 1]);
 
+/* The label registration falls back to when label is taken in the
+ * account: "<label>-<octet 3>-<octet 4>" of the IPv4 address ipv4, the
+ * label part shortened so the whole stays within 63 characters. Returns
+ * the length, or -EINVAL for an empty label or an ipv4 that is not an
+ * IPv4 address. Pure function. */
+int cp_store_dns_label_with_ip(const char *label, const char *ipv4, char out[CP_STORE_DNS_LABEL_MAX + 1]);
+
+/* ---- inside a caller's transaction (cp/store-tx.h) -------------------------
+ * The same statements as above, run in a transaction the caller owns (the
+ * REST API's request transaction); nothing is committed here and the
+ * serial is not bumped (the caller does both). A failed statement aborts
+ * the caller's transaction, as cp_store_tx_exec() does. */
+typedef struct cp_store_tx cp_store_tx;
+
+/* What cp_store_peer_delete() does, minus the serial bump: the peer row
+ * (group memberships and routes it serves go by cascade) and event 5 with
+ * the peer meta, initiator_id (required) as its initiator. -ENOENT when
+ * the peer is not in the account (the transaction stays usable). */
+int cp_store_tx_peer_delete(cp_store_tx *tx, const char *account_id, const char *peer_id,
+                            const char *initiator_id, const char *dns_domain, cp_error *reterr);
+
+/* Writes one activity event about a peer with NetBird's peer meta (name,
+ * fqdn, ip, created_at, location_*) read from the peer's current row,
+ * merged with extra_meta (a JSON object text; NULL = none; its keys win).
+ * target_id NULL means the peer id. dns_domain as in cp_store_peer_delete.
+ * -ENOENT when the peer is not in the account. */
+int cp_store_tx_peer_event(cp_store_tx *tx, int activity, const char *account_id, const char *peer_id,
+                           const char *initiator_id, const char *target_id, const char *dns_domain,
+                           const char *extra_meta, cp_error *reterr);
+
 /* ---- login expiration (netbird-protocol.md sections 6.3 and 7) -------------
  * NetBird arms a timer per account in the process that saw the connect;
  * here no replica holds that state: every replica calls this periodically

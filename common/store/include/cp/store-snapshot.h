@@ -147,3 +147,14 @@ typedef struct cp_store_snapshot_sink {
  * (cp/store.h). On any failure the transaction is rolled back. */
 int cp_store_snapshot_load(cp_store *s, const char *account_id, const cp_store_snapshot_sink *sink,
                            void *userdata, cp_error *reterr);
+
+/* The same reads inside a transaction the caller owns (cp/store-tx.h),
+ * for a caller that already holds a pooled connection and must not wait
+ * for a second one (a REST request). The rows then come from the
+ * caller's transaction: with READ COMMITTED each SELECT sees the commits
+ * made before it, so a change landing between two of them can show half;
+ * the caller decides whether that matters. A failure (also a callback's)
+ * aborts the caller's transaction. */
+typedef struct cp_store_tx cp_store_tx;
+int cp_store_snapshot_load_tx(cp_store_tx *tx, const char *account_id, const cp_store_snapshot_sink *sink,
+                              void *userdata, cp_error *reterr);
