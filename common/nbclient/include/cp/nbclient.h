@@ -90,7 +90,9 @@ int cp_nbc_open(const cp_nbc_peer *p, grpc_byte_buffer *bb, uint8_t **ret_plain,
 /* The server key from a ServerKeyResponse; -EBADMSG if there is none. */
 int cp_nbc_server_key_parse(grpc_byte_buffer *bb, uint8_t ret[CP_WG_KEY_LEN]);
 /* The network map serial of a SyncResponse plaintext, or -1 when it has
- * no map; *ret_remote (may be NULL) gets its number of remote peers. */
+ * no map (or is not a protobuf message); *ret_remote (may be NULL) gets
+ * its number of remote peers. Without ret_remote only the serial is read
+ * from the wire format (no unpacking, no allocation). */
 int64_t cp_nbc_sync_serial(const uint8_t *plain, size_t len, size_t *ret_remote);
 
 /* ---- channels and calls ----------------------------------------------------------- */
