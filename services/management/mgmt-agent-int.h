@@ -61,10 +61,11 @@ typedef struct mgmt_agent_op {
 int mgmt_agent_open_request(mgmt_agent_op *op, cp_crypto_box_shared *shared);
 
 /* Seals plain[0..len) with shared and wraps it in an EncryptedMessage
- * carrying server_key (the public key shared was made with); the packed
- * bytes live in a. NULL when sealing failed (reterr says why). */
-uint8_t *mgmt_agent_seal(const char *server_key, const cp_crypto_box_shared *shared, const void *plain,
-                         size_t len, mgmt_arena *a, size_t *ret_len, cp_error *reterr);
+ * carrying server_key (the public key shared was made with): the packed
+ * bytes in one malloc'd buffer (free(); mgmt_call_send_take() takes it).
+ * NULL when sealing failed (reterr says why). */
+uint8_t *mgmt_agent_seal_msg(const char *server_key, const cp_crypto_box_shared *shared, const void *plain,
+                             size_t len, size_t *ret_len, cp_error *reterr);
 
 /* The one "rpc" log line of a call (mgmt-agent.c). */
 void mgmt_agent_log_outcome(mgmt_call *c, const cp_proto_method *m, const char *peer_key, const char *account,

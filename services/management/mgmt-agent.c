@@ -191,19 +191,50 @@ static uint8_t *pack(mgmt_arena *a, const ProtobufCMessage *m, size_t *ret_len) 
         return out;
 }
 
-uint8_t *mgmt_agent_seal(const char *server_key, const cp_crypto_box_shared *shared, const void *plain,
-                         size_t len, mgmt_arena *a, size_t *ret_len, cp_error *reterr) {
-        size_t cap = cp_crypto_box_sealed_len(len);
-        uint8_t *sealed = mgmt_arena_alloc(a, cap);
-        int r = cp_crypto_box_seal_shared(shared, plain, len, sealed, cap, reterr);
+static size_t varint_len(size_t v) {
+        size_t n = 1;
 
-        if (r < 0)
+        while (v >= 0x80) {
+                v >>= 7;
+                n++;
+        }
+        return n;
+}
+
+static uint8_t *put_varint(uint8_t *p, size_t v) {
+        while (v >= 0x80) {
+                *p++ = (uint8_t) (v | 0x80);
+                v >>= 7;
+        }
+        *p++ = (uint8_t) v;
+        return p;
+}
+
+uint8_t *mgmt_agent_seal_msg(const char *server_key, const cp_crypto_box_shared *shared, const void *plain,
+                             size_t len, size_t *ret_len, cp_error *reterr) {
+        /* EncryptedMessage as protoc-c packs it: wgPubKey (field 1, string),
+         * body (field 2, bytes); version stays 0 and is left out. Written
+         * by hand so the body is sealed in place, in the one buffer the
+         * stream queues and gRPC sends. */
+        size_t key_len = strlen(server_key), body_len = cp_crypto_box_sealed_len(len);
+        size_t total = 1 + varint_len(key_len) + key_len + 1 + varint_len(body_len) + body_len;
+        uint8_t *out = cp_xmalloc(total), *p = out;
+
+        *p++ = 0x0a;
+        p = put_varint(p, key_len);
+        memcpy(p, server_key, key_len);
+        p += key_len;
+        *p++ = 0x12;
+        p = put_varint(p, body_len);
+        int r = cp_crypto_box_seal_shared(shared, plain, len, p, body_len, reterr);
+        if (r < 0 || (size_t) r != body_len) {
+                free(out);
+                if (r >= 0)
+                        (void) cp_error_set(reterr, -EIO, "sealed %d bytes, expected %zu", r, body_len);
                 return NULL;
-        Management__EncryptedMessage em = MANAGEMENT__ENCRYPTED_MESSAGE__INIT;
-        em.wgpubkey = (char *) server_key;
-        em.body.data = sealed;
-        em.body.len = (size_t) r;
-        return pack(a, &em.base, ret_len);
+        }
+        *ret_len = total;
+        return out;
 }
 
 /* Turns op->response into op->reply: sealed to the peer inside an

@@ -236,15 +236,15 @@ void mgmt_call_reply(mgmt_call *c, grpc_status_code status, const char *message,
         }
 }
 
-int mgmt_call_send(mgmt_call *c, const void *data, size_t len, mgmt_call_sent_fn sent, void *userdata) {
+/* Sends the slice s (one reference, always consumed). */
+static int send_slice(mgmt_call *c, grpc_slice s, mgmt_call_sent_fn sent, void *userdata) {
         grpc_op ops[2];
         size_t n = 0;
 
-        if (c->send_bb)
-                return -EBUSY;
-        if (c->status_sent || atomic_load(&c->over))
-                return -EPIPE;
-        grpc_slice s = grpc_slice_from_copied_buffer(data ? data : "", len);
+        if (c->send_bb || c->status_sent || atomic_load(&c->over)) {
+                grpc_slice_unref(s);
+                return c->send_bb ? -EBUSY : -EPIPE;
+        }
         c->send_bb = grpc_raw_byte_buffer_create(&s, 1);
         grpc_slice_unref(s);
 
@@ -267,6 +267,24 @@ int mgmt_call_send(mgmt_call *c, const void *data, size_t len, mgmt_call_sent_fn
         }
         c->initial_md_sent = true;
         return 0;
+}
+
+int mgmt_call_send(mgmt_call *c, const void *data, size_t len, mgmt_call_sent_fn sent, void *userdata) {
+        if (c->send_bb)
+                return -EBUSY;
+        if (c->status_sent || atomic_load(&c->over))
+                return -EPIPE;
+        return send_slice(c, grpc_slice_from_copied_buffer(data ? data : "", len), sent, userdata);
+}
+
+int mgmt_call_send_take(mgmt_call *c, void *data, size_t len, mgmt_call_sent_fn sent, void *userdata) {
+        /* gRPC frees the buffer once the message is written: no copy on
+         * the CQ thread, which sends every message of a fan-out. */
+        if (!data || len == 0) {
+                free(data);
+                return mgmt_call_send(c, NULL, 0, sent, userdata);
+        }
+        return send_slice(c, grpc_slice_new(data, len, free), sent, userdata);
 }
 
 bool mgmt_call_sending(const mgmt_call *c) {

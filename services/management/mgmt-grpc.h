@@ -138,6 +138,9 @@ void mgmt_call_reply(mgmt_call *c, grpc_status_code status, const char *message,
  * -EPIPE (status sent or call over) or -EIO (gRPC refused the batch). */
 typedef void (*mgmt_call_sent_fn)(mgmt_call *c, bool ok, void *userdata);
 int mgmt_call_send(mgmt_call *c, const void *data, size_t len, mgmt_call_sent_fn sent, void *userdata);
+/* The same with a malloc'd data that the call takes in every case (freed
+ * once written, or at once on failure): no copy. */
+int mgmt_call_send_take(mgmt_call *c, void *data, size_t len, mgmt_call_sent_fn sent, void *userdata);
 /* True while a message sent with mgmt_call_send() is in flight. */
 bool mgmt_call_sending(const mgmt_call *c);
 /* CQ thread: extra references for handlers that keep a call beyond

@@ -322,8 +322,7 @@ static void pump(sync_stream *s) {
                         s->pending_len = 0;
                 }
                 stream_ref(s);
-                int r = mgmt_call_send(s->call, m, n, on_sent, s);
-                free(m);
+                int r = mgmt_call_send_take(s->call, m, n, on_sent, s);
                 if (r == 0)
                         return;
                 stream_unref(s);
@@ -532,14 +531,13 @@ static int open_first_message(sync_stream *s, mgmt_agent_op *op, int64_t serial)
                 open_fail_internal(op, "cannot build the network map", r, &err);
                 return r;
         }
-        sealed = mgmt_agent_seal(s->server_key, &s->shared, plain, plain_len, &op->arena, &sealed_len, &err);
+        sealed = mgmt_agent_seal_msg(s->server_key, &s->shared, plain, plain_len, &sealed_len, &err);
         cp_explicit_bzero(plain, plain_len);
         if (!sealed) {
                 open_fail_internal(op, "cannot seal the first message", -EIO, &err);
                 return -EIO;
         }
-        s->first = cp_xmalloc(sealed_len ? sealed_len : 1);
-        memcpy(s->first, sealed, sealed_len);
+        s->first = sealed;
         s->first_len = sealed_len;
         return 0;
 }
@@ -888,11 +886,10 @@ static void chunk_work(void *userdata) {
                 }
                 if (r < 0)
                         continue;
-                sealed = mgmt_agent_seal(t->s->server_key, &t->s->shared, plain, plain_len, &arena, &sealed_len, &err);
+                sealed = mgmt_agent_seal_msg(t->s->server_key, &t->s->shared, plain, plain_len, &sealed_len, &err);
                 cp_explicit_bzero(plain, plain_len);
                 if (sealed) {
-                        t->msg = cp_xmalloc(sealed_len ? sealed_len : 1);
-                        memcpy(t->msg, sealed, sealed_len);
+                        t->msg = sealed;
                         t->len = sealed_len;
                 }
                 mgmt_arena_release(&arena);
@@ -1076,20 +1073,14 @@ void mgmt_sync_local_change(mgmt_sync *h, const char *account_id, int64_t serial
  * NULL (the stream then just ends). */
 static uint8_t *seal_last(sync_stream *s, const uint8_t *plain, size_t len, size_t *ret_len) {
         cp_error err = { 0 };
-        mgmt_arena arena;
-        uint8_t *sealed, *out = NULL;
+        uint8_t *out;
         size_t n;
 
         if (!plain || !len || !s->have_shared || !s->server_key[0])
                 return NULL;
-        mgmt_arena_init(&arena);
-        sealed = mgmt_agent_seal(s->server_key, &s->shared, plain, len, &arena, &n, &err);
-        if (sealed) {
-                out = cp_xmalloc(n ? n : 1);
-                memcpy(out, sealed, n);
+        out = mgmt_agent_seal_msg(s->server_key, &s->shared, plain, len, &n, &err);
+        if (out)
                 *ret_len = n;
-        }
-        mgmt_arena_release(&arena);
         return out;
 }
 
@@ -1369,11 +1360,10 @@ static void refresh_work(void *userdata) {
                 plain_len = management__sync_response__get_packed_size(&resp);
                 plain = mgmt_arena_alloc(&arena, plain_len ? plain_len : 1);
                 plain_len = management__sync_response__pack(&resp, plain);
-                sealed = mgmt_agent_seal(t->s->server_key, &t->s->shared, plain, plain_len, &arena, &sealed_len, &err);
+                sealed = mgmt_agent_seal_msg(t->s->server_key, &t->s->shared, plain, plain_len, &sealed_len, &err);
                 cp_explicit_bzero(plain, plain_len);
                 if (sealed) {
-                        t->msg = cp_xmalloc(sealed_len ? sealed_len : 1);
-                        memcpy(t->msg, sealed, sealed_len);
+                        t->msg = sealed;
                         t->len = sealed_len;
                 } else {
                         cp_log_ctx ctx = { .component = "sync", .account = t->s->account_id };

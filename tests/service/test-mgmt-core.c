@@ -1,12 +1,13 @@
 /*
  * Unit tests of mgmt-core pieces that need no server: the worker pool,
- * the per-RPC arena, and mgmt_netconf (management.json's agent keys and
+ * the per-RPC arena, the EncryptedMessage streams send, and mgmt_netconf (management.json's agent keys and
  * the TURN / relay credentials, checked against HMAC values computed
  * independently with Python's hmac module).
  */
 #include "cp/base.h"
 #include "cp/crypto.h"
 #include "cptest.h"
+#include "mgmt-agent-int.h"
 #include "mgmt-arena.h"
 #include "mgmt-netconf.h"
 #include "mgmt-strmap.h"
@@ -427,6 +428,52 @@ TEST(strmap_put_get_remove_grow) {
         ASSERT_EQ(999, n);
         ASSERT_TRUE(mgmt_strmap_free(m) == NULL);
         ASSERT_TRUE(mgmt_strmap_free(NULL) == NULL);
+}
+
+/* ---- the EncryptedMessage of a stream ------------------------------------- */
+
+TEST(sealed_message_is_an_encrypted_message_that_opens) {
+        uint8_t server_priv[CP_WG_KEY_LEN], server_pub[CP_WG_KEY_LEN], peer_priv[CP_WG_KEY_LEN],
+                peer_pub[CP_WG_KEY_LEN];
+        char server_b64[CP_WG_KEY_B64_LEN];
+        cp_crypto_box_shared ours, theirs;
+        cp_error err = { 0 };
+        /* Bodies whose length needs one, two and three varint bytes. */
+        const size_t lens[] = { 0, 1, 87, 88, 200, 16343, 16344, 70000 };
+
+        cp_crypto_wg_keypair_new(server_priv, server_pub);
+        cp_crypto_wg_keypair_new(peer_priv, peer_pub);
+        cp_crypto_wg_key_format(server_pub, server_b64);
+        ASSERT_OK(cp_crypto_box_shared_init(&ours, peer_pub, server_priv, &err), &err);
+        ASSERT_OK(cp_crypto_box_shared_init(&theirs, server_pub, peer_priv, &err), &err);
+        for (size_t i = 0; i < ELEMENTSOF(lens); i++) {
+                uint8_t *plain = cp_xmalloc(lens[i] + 1), *opened = cp_xmalloc(lens[i] + 1);
+                size_t len = 0;
+
+                for (size_t j = 0; j < lens[i]; j++)
+                        plain[j] = (uint8_t) (j * 7 + i);
+                uint8_t *msg = mgmt_agent_seal_msg(server_b64, &ours, plain, lens[i], &len, &err);
+                ASSERT_TRUE(msg != NULL);
+                Management__EncryptedMessage *em = management__encrypted_message__unpack(NULL, len, msg);
+                ASSERT_TRUE(em != NULL);
+                ASSERT_STREQ(server_b64, em->wgpubkey);
+                ASSERT_EQ(0, em->version);
+                ASSERT_EQ(lens[i] + CP_BOX_OVERHEAD, em->body.len);
+                ASSERT_EQ((int) lens[i], cp_crypto_box_open_shared(&theirs, em->body.data, em->body.len, opened,
+                                                                   lens[i] + 1, &err));
+                ASSERT_TRUE(memcmp(plain, opened, lens[i]) == 0);
+                /* protoc-c packs the same message to the same bytes. */
+                uint8_t *again = cp_xmalloc(len);
+                ASSERT_EQ(len, management__encrypted_message__pack(em, again));
+                ASSERT_TRUE(memcmp(again, msg, len) == 0);
+                management__encrypted_message__free_unpacked(em, NULL);
+                free(again);
+                free(msg);
+                free(plain);
+                free(opened);
+        }
+        cp_crypto_box_shared_release(&ours);
+        cp_crypto_box_shared_release(&theirs);
 }
 
 int main(int argc, char **argv) {
