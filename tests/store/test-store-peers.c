@@ -254,6 +254,66 @@ TEST(account_settings_for_login) {
         fixture_done(&f);
 }
 
+TEST(lookup_reads_peer_settings_and_clock_at_once) {
+        fixture f;
+        char wg[45];
+        cp_store_peer *p = NULL, *full = NULL;
+        cp_store_account_settings st;
+        cp_error err = { 0 };
+        int64_t now = 0;
+
+        fixture_init(&f, 1);
+        ASSERT_OK(reg(&f, f.a.setup_key, "look", wg, &full, NULL, &err), &err);
+        char *before = cptest_db_query(f.db, "SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::bigint", 0,
+                                       NULL);
+        ASSERT_OK(cp_store_peer_lookup(f.s, wg, &p, &st, &now, &err), &err);
+        char *after = cptest_db_query(f.db, "SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::bigint", 0,
+                                      NULL);
+        /* The record Login and Sync use: the same as get's, but for the
+         * JSON parts, which it leaves empty. */
+        ASSERT_STREQ(full->id, p->id);
+        ASSERT_STREQ(full->account_id, p->account_id);
+        ASSERT_STREQ(full->ip, p->ip);
+        ASSERT_STREQ(full->dns_label, p->dns_label);
+        ASSERT_STREQ(full->ssh_key, p->ssh_key);
+        ASSERT_STREQ(full->connection_ip, p->connection_ip);
+        ASSERT_STREQ(full->meta.hostname, p->meta.hostname);
+        ASSERT_STREQ(full->meta.wt_version, p->meta.wt_version);
+        ASSERT_EQ(full->last_login_unix_ns, p->last_login_unix_ns);
+        ASSERT_EQ(full->status.session_started_at, p->status.session_started_at);
+        ASSERT_TRUE(full->n_group_ids > 0);
+        ASSERT_EQ(0, p->n_group_ids);
+        ASSERT_TRUE(p->group_ids != NULL && p->group_ids[0] == NULL);
+        ASSERT_TRUE(full->meta.n_network_addresses > 0);
+        ASSERT_EQ(0, p->meta.n_network_addresses);
+        ASSERT_EQ(0, p->n_extra_dns_labels);
+        /* The account's settings, as cp_store_account_get_settings reads them. */
+        cp_store_account_settings want;
+        ASSERT_OK(cp_store_account_get_settings(f.s, f.a.account_id, &want, &err), &err);
+        ASSERT_STREQ(want.network_cidr, st.network_cidr);
+        ASSERT_EQ(want.network_prefix_len, st.network_prefix_len);
+        ASSERT_STREQ(want.dns_domain, st.dns_domain);
+        ASSERT_EQ(want.login_expiration_enabled, st.login_expiration_enabled);
+        ASSERT_EQ(want.login_expiration_ns, st.login_expiration_ns);
+        ASSERT_EQ(want.inactivity_expiration_enabled, st.inactivity_expiration_enabled);
+        ASSERT_EQ(want.routing_peer_dns_resolution_enabled, st.routing_peer_dns_resolution_enabled);
+        ASSERT_EQ(want.lazy_connection_enabled, st.lazy_connection_enabled);
+        ASSERT_EQ(want.peer_approval_enabled, st.peer_approval_enabled);
+        ASSERT_EQ(1, st.network_serial);
+        /* The database clock of that statement, in ns. */
+        ASSERT_TRUE(now / 1000 >= strtoll(before, NULL, 10));
+        ASSERT_TRUE(now / 1000 <= strtoll(after, NULL, 10));
+        ASSERT_EQ(0, now % 1000);
+        free(before);
+        free(after);
+        cp_store_peer_free(p);
+        cp_store_peer_free(full);
+        p = NULL;
+        ASSERT_EQ(-ENOENT, cp_store_peer_lookup(f.s, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", &p, &st, &now, &err));
+        ASSERT_TRUE(p == NULL);
+        fixture_done(&f);
+}
+
 TEST(label_collision_falls_back_to_ip_octets) {
         fixture f;
         char wg[45], want[80];
