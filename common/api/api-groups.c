@@ -135,14 +135,31 @@ static int name_meta(api_ctx *c, const char *name, cp_strbuf *meta) {
         return 0;
 }
 
-static int create_group(api_ctx *c) {
-        group_req g = { 0 };
-        char id[CP_ID_LEN + 1];
+/* The member list (NetBird replaces it with what was sent; none = empty),
+ * the event, the serial bump and the reply: the end of POST and PUT. */
+static int finish_group(api_ctx *c, const char *id, const group_req *g, int activity) {
         cp_strbuf meta;
         int r;
 
-        cp_strbuf_init(&g.peers);
+        r = set_peers(c, id, g->peers.buf);
+        if (r < 0)
+                return r;
         cp_strbuf_init(&meta);
+        name_meta(c, g->name, &meta);
+        r = api_event(c, activity, id, meta.buf);
+        cp_strbuf_release(&meta);
+        if (r < 0)
+                return r;
+        api_changed(c);
+        return reply_group(c, id);
+}
+
+static int create_group(api_ctx *c) {
+        group_req g = { 0 };
+        char id[CP_ID_LEN + 1];
+        int r;
+
+        cp_strbuf_init(&g.peers);
         r = parse_group(c, &g);
         if (r == 0) {
                 _cleanup_rows_ cp_store_rows *rows = NULL;
@@ -157,17 +174,8 @@ static int create_group(api_ctx *c) {
                 r = api_sql(c, SQL_INSERT, 3, p, NULL);
         }
         if (r == 0)
-                r = set_peers(c, id, g.peers.buf);
-        if (r == 0) {
-                name_meta(c, g.name, &meta);
-                r = api_event(c, API_ACT_GROUP_CREATED, id, meta.buf);
-        }
-        if (r == 0) {
-                api_changed(c);
-                r = reply_group(c, id);
-        }
+                r = finish_group(c, id, &g, API_ACT_GROUP_CREATED);
         cp_strbuf_release(&g.peers);
-        cp_strbuf_release(&meta);
         return r;
 }
 
@@ -189,7 +197,6 @@ static int update_group(api_ctx *c) {
         const char *id = c->param[0];
         group_req g = { 0 };
         bool is_all = false;
-        cp_strbuf meta;
         int r;
 
         r = find_group(c, id, &is_all);
@@ -198,25 +205,14 @@ static int update_group(api_ctx *c) {
         if (is_all)
                 return api_error(c, 422, "updating group ALL is not allowed");
         cp_strbuf_init(&g.peers);
-        cp_strbuf_init(&meta);
         r = parse_group(c, &g);
         if (r == 0) {
                 const char *p[3] = { c->account_id, id, g.name };
                 r = api_sql(c, SQL_RENAME, 3, p, NULL);
         }
-        /* NetBird replaces the member list with what was sent (none = empty). */
         if (r == 0)
-                r = set_peers(c, id, g.peers.buf);
-        if (r == 0) {
-                name_meta(c, g.name, &meta);
-                r = api_event(c, API_ACT_GROUP_UPDATED, id, meta.buf);
-        }
-        if (r == 0) {
-                api_changed(c);
-                r = reply_group(c, id);
-        }
+                r = finish_group(c, id, &g, API_ACT_GROUP_UPDATED);
         cp_strbuf_release(&g.peers);
-        cp_strbuf_release(&meta);
         return r;
 }
 

@@ -925,12 +925,11 @@ static int get_route(api_ctx *c) {
         return r;
 }
 
-static int create_route(api_ctx *c) {
-        char id[CP_ID_LEN + 1];
+/* Parse, check, write, event, reply: the same for POST and PUT. */
+static int save_route(api_ctx *c, const char *sql, const char *id, int activity) {
         route_req q;
         int r;
 
-        cp_id_new(id);
         route_req_init(&q);
         r = parse_route(c, &q);
         if (r == 0)
@@ -938,11 +937,18 @@ static int create_route(api_ctx *c) {
         if (r == 0)
                 r = check_peers(c, id, &q);
         if (r == 0)
-                r = write_route(c, SQL_INSERT, id, &q);
+                r = write_route(c, sql, id, &q);
         if (r == 0)
-                r = finish_write(c, id, API_ACT_ROUTE_CREATED);
+                r = finish_write(c, id, activity);
         route_req_release(&q);
         return r;
+}
+
+static int create_route(api_ctx *c) {
+        char id[CP_ID_LEN + 1];
+
+        cp_id_new(id);
+        return save_route(c, SQL_INSERT, id, API_ACT_ROUTE_CREATED);
 }
 
 /* PUT replaces the whole route: what the request leaves out takes Go's
@@ -950,7 +956,6 @@ static int create_route(api_ctx *c) {
 static int update_route(api_ctx *c) {
         const char *id = c->param[0];
         json_t *old;
-        route_req q;
         int r;
 
         r = load_route(c, id, &old);
@@ -959,18 +964,7 @@ static int update_route(api_ctx *c) {
         if (!old)
                 return api_error(c, 404, "route: %s not found", id);
         json_decref(old);
-        route_req_init(&q);
-        r = parse_route(c, &q);
-        if (r == 0)
-                r = check_route(c, &q);
-        if (r == 0)
-                r = check_peers(c, id, &q);
-        if (r == 0)
-                r = write_route(c, SQL_UPDATE, id, &q);
-        if (r == 0)
-                r = finish_write(c, id, API_ACT_ROUTE_UPDATED);
-        route_req_release(&q);
-        return r;
+        return save_route(c, SQL_UPDATE, id, API_ACT_ROUTE_UPDATED);
 }
 
 static int delete_route(api_ctx *c) {

@@ -1267,24 +1267,33 @@ int cp_store_peer_delete(cp_store *s, const char *account_id, const char *peer_i
 
 /* ---- inside a caller's transaction ------------------------------------------------ */
 
+/* Runs st on tx's connection; a failure aborts tx (cp/store-tx.h). */
+static int tx_exec(cp_store_tx *tx, cp_store_stmt st, const char *const *params, PGresult **res,
+                   cp_error *reterr) {
+        cp_store_conn *c = cp_store__tx_conn(tx);
+        int r;
+
+        if (!c)
+                return cp_error_set(reterr, -ECANCELED, "the transaction was aborted by an earlier error");
+        r = cp_store__exec(c, st, params, res, reterr);
+        if (r < 0)
+                cp_store__tx_failed(tx);
+        return r;
+}
+
 int cp_store_tx_peer_delete(cp_store_tx *tx, const char *account_id, const char *peer_id,
                             const char *initiator_id, const char *dns_domain, cp_error *reterr) {
         _cleanup_pgresult_ PGresult *res = NULL;
-        cp_store_conn *c = cp_store__tx_conn(tx);
         char code[12];
         int r;
 
         if (!account_id || !peer_id || !initiator_id)
                 return cp_error_set(reterr, -EINVAL, "account, peer and initiator ids are required");
-        if (!c)
-                return cp_error_set(reterr, -ECANCELED, "the transaction was aborted by an earlier error");
         (void) snprintf(code, sizeof code, "%d", ACTIVITY_PEER_REMOVED_BY_USER);
         const char *params[5] = { account_id, peer_id, initiator_id, nz(dns_domain), code };
-        r = cp_store__exec(c, ST_PEER_DELETE, params, &res, reterr);
-        if (r < 0) {
-                cp_store__tx_failed(tx);
+        r = tx_exec(tx, ST_PEER_DELETE, params, &res, reterr);
+        if (r < 0)
                 return r;
-        }
         if (PQntuples(res) != 1)
                 return cp_error_set(reterr, -ENOENT, "peer %s not found in account %s", peer_id, account_id);
         return 0;
@@ -1294,22 +1303,17 @@ int cp_store_tx_peer_event(cp_store_tx *tx, int activity, const char *account_id
                            const char *initiator_id, const char *target_id, const char *dns_domain,
                            const char *extra_meta, cp_error *reterr) {
         _cleanup_pgresult_ PGresult *res = NULL;
-        cp_store_conn *c = cp_store__tx_conn(tx);
         char code[12];
         int r;
 
         if (!account_id || !peer_id || !initiator_id)
                 return cp_error_set(reterr, -EINVAL, "account, peer and initiator ids are required");
-        if (!c)
-                return cp_error_set(reterr, -ECANCELED, "the transaction was aborted by an earlier error");
         (void) snprintf(code, sizeof code, "%d", activity);
         const char *params[7] = { code, initiator_id, account_id, peer_id, nz(dns_domain),
                                   extra_meta ? extra_meta : "{}", target_id };
-        r = cp_store__exec(c, ST_PEER_EVENT, params, &res, reterr);
-        if (r < 0) {
-                cp_store__tx_failed(tx);
+        r = tx_exec(tx, ST_PEER_EVENT, params, &res, reterr);
+        if (r < 0)
                 return r;
-        }
         if (cp_store__affected(res) != 1)
                 return cp_error_set(reterr, -ENOENT, "peer %s not found in account %s", peer_id, account_id);
         return 0;
