@@ -85,6 +85,8 @@ struct cp_api {
         char *version;
         cp_api_announce_fn announce;
         void *announce_userdata;
+        struct cp_netmap_account *(*snapshot_peek)(const char *account_id, int64_t serial, void *userdata);
+        void *snapshot_userdata;
         api_peer_caches *peer_caches;
 };
 

@@ -123,6 +123,11 @@ int api_peers__snapshot(api_ctx *c, const account_info *acc, cp_netmap_account *
         cp_error err = { 0 };
         cp_netmap_account *a = snapshots_get(c->api->peer_caches, c->account_id, acc->serial);
 
+        if (!a && c->api->snapshot_peek) {
+                a = c->api->snapshot_peek(c->account_id, acc->serial, c->api->snapshot_userdata);
+                if (a)
+                        snapshots_put(c->api->peer_caches, a);
+        }
         if (!a) {
                 int r = cp_netmap_load_tx(c->tx, c->account_id, c->api->dns_domain, &a, &err);
                 if (r < 0)

@@ -400,6 +400,8 @@ int cp_api_new(const cp_api_options *o, cp_api **ret, cp_error *reterr) {
         api->version = cp_xstrdup(o->version ? o->version : "");
         api->announce = o->announce;
         api->announce_userdata = o->announce_userdata;
+        api->snapshot_peek = o->snapshot_peek;
+        api->snapshot_userdata = o->snapshot_userdata;
         api->peer_caches = api_peer_caches_new();
         *ret = api;
         return 0;

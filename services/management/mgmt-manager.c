@@ -272,6 +272,13 @@ static void api_announce(const char *account_id, int64_t serial, void *userdata)
         mgmt_sync_local_change(m->sync, account_id, serial);
 }
 
+/* Any thread: the REST API's look into the Sync path's snapshots. */
+static struct cp_netmap_account *api_snapshot_peek(const char *account_id, int64_t serial, void *userdata) {
+        mgmt_manager *m = userdata;
+
+        return mgmt_maps_peek(m->maps, account_id, serial);
+}
+
 typedef struct http_post {
         void (*fn)(void *arg);
         void *arg;
@@ -530,7 +537,8 @@ int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf,
         mgmt_http_set_degraded(m->http, degraded, m);
         {
                 cp_api_options ao = { .store = m->store, .dns_domain = cfg->dns_domain, .version = MGMT_VERSION,
-                                      .announce = api_announce, .announce_userdata = m };
+                                      .announce = api_announce, .announce_userdata = m,
+                                      .snapshot_peek = api_snapshot_peek, .snapshot_userdata = m };
                 r = cp_api_new(&ao, &m->api, reterr);
                 if (r < 0)
                         goto fail;

@@ -101,6 +101,16 @@ int mgmt_maps_get_at(mgmt_maps *m, const char *account_id, int64_t serial, mgmt_
         return 0;
 }
 
+cp_netmap_account *mgmt_maps_peek(mgmt_maps *m, const char *account_id, int64_t serial) {
+        cp_netmap_account *a;
+
+        pthread_mutex_lock(&m->lock);
+        a = mgmt_strmap_get(m->cache, account_id);
+        a = a && cp_netmap_account_serial(a) >= (uint64_t) serial ? cp_netmap_account_ref(a) : NULL;
+        pthread_mutex_unlock(&m->lock);
+        return a;
+}
+
 int mgmt_maps_get(mgmt_maps *m, const char *account_id, mgmt_map **ret, cp_error *reterr) {
         cp_store_account_settings st;
         int r;

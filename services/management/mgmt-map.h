@@ -52,6 +52,11 @@ int mgmt_maps_get(mgmt_maps *m, const char *account_id, mgmt_map **ret, cp_error
  * the database again; else a read as above. */
 int mgmt_maps_get_at(mgmt_maps *m, const char *account_id, int64_t serial, mgmt_map **ret, cp_error *reterr);
 
+/* The cached snapshot of account_id at serial or newer, as a new
+ * reference, or NULL; never reads the database (for the REST API's
+ * peers routes, cp_api_options.snapshot_peek). */
+struct cp_netmap_account *mgmt_maps_peek(mgmt_maps *m, const char *account_id, int64_t serial);
+
 mgmt_map *mgmt_map_ref(mgmt_map *map);
 /* Accepts NULL; returns NULL. */
 mgmt_map *mgmt_map_unref(mgmt_map *map);

@@ -13,6 +13,8 @@ What it measures, for NetBird's "Peers - L" (5,000 peers, 5 groups) and
                             groups, counts and the map snapshot are redone)
   PUT /api/peers/{peerId}   a rename (what NetBird's BenchmarkUpdatePeer does)
   GET /api/peers/{peerId}   one peer
+  and the list 0.5 s after a PUT while an agent holds a Sync stream of
+  the account on the replica (the list borrows the fan-out's snapshot)
 
 The account is filled in SQL (one INSERT ... SELECT per table): every peer
 in All and in one of the groups, one bidirectional ALL policy per group
@@ -186,12 +188,28 @@ def run_shape(name, peers, groups, b_list, b_put, b_get):
         return list_once(i)
     lst_cold = median_ms(list_after_put, max(3, RUNS // 3))
     get = median_ms(get_once, RUNS)
+    # The same with an agent's Sync stream of the account on this replica,
+    # as on a live deployment, and the list asked for a moment after the
+    # change: the fan-out has loaded the new snapshot and the list borrows
+    # it (cp_api_options.snapshot_peek) instead of reading it again.
+    agent = dep.agent(srv)
+    agent.register(dep.setup_key)
+    stream = agent.sync()
+    stream.next(timeout=60)
+
+    def list_after_put_streamed(i):
+        put_once(2000 + i)
+        time.sleep(0.5)
+        return list_once(i)
+    lst_shared = median_ms(list_after_put_streamed, max(3, RUNS // 3))
+    stream.cancel()
     print("%-10s %6d peers (filled in %.1f s), list body %.1f MB" % (name, peers, fill_s, size[0] / 1e6))
     print("  %-30s %11s %11s   %-21s %s" % ("", "first byte", "last byte", "NetBird (in-process)", "target"))
     rows = [
         ("GET /api/peers, first (cold)", cold, b_list),
         ("GET /api/peers", lst, b_list),
         ("GET /api/peers after a PUT", lst_cold, b_list),
+        ("  0.5 s after, stream held", lst_shared, b_list),
         ("PUT /api/peers/{id}", put, b_put),
         ("GET /api/peers/{id}", get, b_get),
     ]

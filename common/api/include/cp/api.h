@@ -30,6 +30,7 @@
 #include "cp/strbuf.h"
 
 typedef struct cp_api cp_api;
+struct cp_netmap_account;
 
 /* Called after commit, on the thread that handled the request; must not
  * block. */
@@ -41,6 +42,14 @@ typedef struct cp_api_options {
         const char *version;            /* reported by /api/instance/version */
         cp_api_announce_fn announce;    /* may be NULL */
         void *announce_userdata;
+        /* Optional: a look into the process's own cache of account
+         * snapshots (netbird-mgmt's Sync path keeps the newest one of
+         * every account it holds streams of). Returns a new reference to
+         * the snapshot of account_id at serial or newer, or NULL; any
+         * thread, must not block. Saves the peers routes a reload right
+         * after a change, which the fan-out has just loaded. */
+        struct cp_netmap_account *(*snapshot_peek)(const char *account_id, int64_t serial, void *userdata);
+        void *snapshot_userdata;
 } cp_api_options;
 
 int cp_api_new(const cp_api_options *o, cp_api **ret, cp_error *reterr);
