@@ -47,7 +47,6 @@ typedef enum cp_store_stmt {
         ST_PEER_LOOKUP,
         ST_ACCOUNT_NETWORK,
         ST_ACCOUNT_SERIAL_BUMP,
-        ST_ACCOUNT_SERIAL_GET,
         ST_SETUP_KEY_CLAIM,
         ST_SETUP_KEY_ACCOUNT_LOCK,
         ST_PEER_LABEL_TAKEN,

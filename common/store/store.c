@@ -93,6 +93,15 @@
         " 'location_geo_name_id', " t ".location_geo_name_id," \
         " 'location_connection_ip', COALESCE(host(" t ".location_connection_ip), ''))"
 
+/* What a landing fenced connect writes (both connect statements): the
+ * session ($3 token, $4 owning replica), the connection address ($5) and
+ * the meta ($6..$24), NULL meaning "keep what is stored". */
+#define PEER_CONNECT_SET \
+        "peer_status_connected = TRUE, peer_status_last_seen = CURRENT_TIMESTAMP," \
+        " peer_status_session_started_at = $3::bigint, peer_status_login_expired = FALSE," \
+        " peer_status_replica_id = $4, location_connection_ip = COALESCE($5::inet, p.location_connection_ip)," \
+        " (" PEER_META_COLUMNS ") = (" PEER_META_OR_KEPT_6 ")"
+
 /* Every statement the store prepares, by cp_store_stmt. Parameters are
  * passed as text; PostgreSQL infers their types from the statement. */
 static const struct {
@@ -113,13 +122,7 @@ static const struct {
          * meanwhile (the serial would have to move) fails it; the caller
          * then runs peer_connect_version. */
         [ST_PEER_CONNECT] = { "peer_connect",
-                "UPDATE peers p SET peer_status_connected = TRUE,"
-                " peer_status_last_seen = CURRENT_TIMESTAMP,"
-                " peer_status_session_started_at = $3::bigint,"
-                " peer_status_login_expired = FALSE,"
-                " peer_status_replica_id = $4,"
-                " location_connection_ip = COALESCE($5::inet, p.location_connection_ip),"
-                " (" PEER_META_COLUMNS ") = (" PEER_META_OR_KEPT_6 ")"
+                "UPDATE peers p SET " PEER_CONNECT_SET
                 " WHERE p.account_id = $1 AND p.id = $2"
                 " AND p.peer_status_session_started_at < $3::bigint"
                 " AND ($25::text IS NULL OR p.meta_wt_version = $25)", 25 },
@@ -136,13 +139,7 @@ static const struct {
                 " p.meta_wt_version IS DISTINCT FROM COALESCE($13, p.meta_wt_version) AS version"
                 " FROM peers p WHERE p.account_id = $1 AND p.id = $2"
                 " AND p.peer_status_session_started_at < $3::bigint FOR NO KEY UPDATE),"
-                " u AS (UPDATE peers p SET peer_status_connected = TRUE,"
-                " peer_status_last_seen = CURRENT_TIMESTAMP,"
-                " peer_status_session_started_at = $3::bigint,"
-                " peer_status_login_expired = FALSE,"
-                " peer_status_replica_id = $4,"
-                " location_connection_ip = COALESCE($5::inet, p.location_connection_ip),"
-                " (" PEER_META_COLUMNS ") = (" PEER_META_OR_KEPT_6 ")"
+                " u AS (UPDATE peers p SET " PEER_CONNECT_SET
                 " FROM o WHERE p.account_id = $1 AND p.id = $2 AND p.id = o.id"
                 " AND p.peer_status_session_started_at < $3::bigint"
                 " RETURNING o.version),"
@@ -250,8 +247,6 @@ static const struct {
         [ST_ACCOUNT_SERIAL_BUMP] = { "account_serial_bump",
                 "UPDATE accounts SET network_serial = network_serial + 1 WHERE id = $1"
                 " RETURNING network_serial", 1 },
-        [ST_ACCOUNT_SERIAL_GET] = { "account_serial_get",
-                "SELECT network_serial FROM accounts WHERE id = $1", 1 },
         /* One conditional UPDATE claims a use: the row lock makes the check
          * and the increment one decision, so concurrent registrations can
          * never exceed usage_limit or use a one-off key twice. */

@@ -6,8 +6,6 @@
 #include "mgmt-http.h"
 #include "mgmt-metrics.h"
 
-#include <time.h>
-
 #include <arpa/inet.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -84,42 +82,35 @@ static const char *method_name(enum evhttp_cmd_type cmd) {
         return "UNKNOWN";
 }
 
-static void reply(http_op *op, int code, const char *reason, const char *content_type, const char *body,
-                  size_t len) {
+static void free_body(const void *data, size_t len, void *extra) {
+        free((void *) data);
+}
+
+/* Sends code with body (len bytes): copied, or with owned set a malloc'd
+ * buffer that libevent frees once sent (a REST response can be tens of
+ * megabytes, not worth copying on the loop thread). */
+static void send_body(http_op *op, int code, const char *reason, const char *content_type, const char *body,
+                      size_t len, bool owned) {
         struct evkeyvalq *out = evhttp_request_get_output_headers(op->req);
         struct evbuffer *buf = evbuffer_new();
+        int r = -1;
 
         (void) evhttp_add_header(out, "Content-Type", content_type);
         (void) evhttp_add_header(out, "Cache-Control", "no-store");
         (void) evhttp_add_header(out, "X-Request-Id", op->request_id);
         if (buf)
-                (void) evbuffer_add(buf, body, len);
+                r = owned ? evbuffer_add_reference(buf, body, len, free_body, NULL) : evbuffer_add(buf, body, len);
+        if (owned && r < 0)
+                free((void *) body);
         evhttp_send_reply(op->req, code, reason, buf);
         if (buf)
                 evbuffer_free(buf);
         op->status = code;
 }
 
-static void free_body(const void *data, size_t len, void *extra) {
-        free((void *) data);
-}
-
-/* reply() with a malloc'd body that libevent frees once sent: a REST
- * response can be tens of megabytes, not worth copying on the loop
- * thread. */
-static void reply_owned(http_op *op, int code, const char *content_type, char *body, size_t len) {
-        struct evkeyvalq *out = evhttp_request_get_output_headers(op->req);
-        struct evbuffer *buf = evbuffer_new();
-
-        (void) evhttp_add_header(out, "Content-Type", content_type);
-        (void) evhttp_add_header(out, "Cache-Control", "no-store");
-        (void) evhttp_add_header(out, "X-Request-Id", op->request_id);
-        if (!buf || evbuffer_add_reference(buf, body, len, free_body, NULL) < 0)
-                free(body);
-        evhttp_send_reply(op->req, code, NULL, buf);
-        if (buf)
-                evbuffer_free(buf);
-        op->status = code;
+static void reply(http_op *op, int code, const char *reason, const char *content_type, const char *body,
+                  size_t len) {
+        send_body(op, code, reason, content_type, body, len, false);
 }
 
 static void reply_json(http_op *op, int code, const char *reason, const char *body) {
@@ -202,7 +193,7 @@ typedef struct api_job {
         struct evhttp_request *req;
         char request_id[65];
         char peer[64];
-        char *method, *path, *query, *authorization, *body, *origin;
+        char *method, *path, *query, *authorization, *body;
         size_t body_len;
         int64_t started_ns;
         cp_api_response resp;
@@ -220,16 +211,8 @@ static void api_job_free(api_job *j) {
                 cp_explicit_bzero(j->body, j->body_len);
                 free(j->body);
         }
-        free(j->origin);
         cp_api_response_release(&j->resp);
         free(j);
-}
-
-static int64_t mono_ns(void) {
-        struct timespec ts;
-
-        (void) clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (int64_t) ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
 /* CORS as NetBird's API has it: any origin, the methods and headers the
@@ -262,13 +245,14 @@ static void api_done(void *arg) {
         api_job *j = arg;
         mgmt_http *h = j->h;
         http_op op = { .h = h, .req = j->req, .method = j->method, .path = j->path };
-        double took = (double) (mono_ns() - j->started_ns) / 1e9;
+        double took = (double) (mgmt_metrics_now_ns() - j->started_ns) / 1e9;
         char status[8], ms[24];
 
         memcpy(op.request_id, j->request_id, sizeof op.request_id);
         add_cors(evhttp_request_get_output_headers(j->req));
         size_t len = j->resp.body.len;
-        reply_owned(&op, j->resp.status, "application/json; charset=UTF-8", cp_strbuf_detach(&j->resp.body), len);
+        send_body(&op, j->resp.status, NULL, "application/json; charset=UTF-8", cp_strbuf_detach(&j->resp.body), len,
+                  true);
         mgmt_metrics_http(j->resp.route[0] ? j->resp.route : "other", j->method, j->resp.status, took);
 
         cp_log_ctx log = { .component = "api", .request_id = j->request_id, .method = j->method,
@@ -319,7 +303,7 @@ static void handle_api(http_op *op) {
                 (void) evbuffer_copyout(body, j->body, j->body_len);
                 j->body[j->body_len] = '\0';
         }
-        j->started_ns = mono_ns();
+        j->started_ns = mgmt_metrics_now_ns();
         cp_api_response_init(&j->resp);
 
         int r = mgmt_workers_submit(h->workers, api_work, j, false);

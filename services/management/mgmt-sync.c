@@ -382,6 +382,18 @@ static void stream_end(sync_stream *s, grpc_status_code status, const char *mess
         pump(s);
 }
 
+/* The stream's peer was deleted (Logout, the REST API, another replica):
+ * the row is gone, so no disconnect can match. The stream leaves the
+ * registry, sends last (its deleted-peer map, sealed for it; taken, may be
+ * NULL) and ends, or ends at once when the map is refused. */
+static void stream_end_deleted(sync_stream *s, uint8_t *last, size_t len, int64_t serial) {
+        registry_remove(s->hub, s);
+        s->connected = false;
+        stream_queue(s, last, len, s->last_serial > serial ? s->last_serial : serial, true);
+        if (!s->ending)
+                stream_end(s, GRPC_STATUS_OK, NULL, "peer deleted");
+}
+
 /* ---- fenced disconnect ---------------------------------------------------------- */
 
 /* A copy of what the disconnect needs, so a job waiting for a retry holds
@@ -903,18 +915,9 @@ static void chunk_done(mgmt_grpc *g, void *userdata) {
 
         for (size_t i = ch->from; i < ch->to; i++) {
                 fanout_target *t = &f->targets[i];
-                if (t->gone && t->s->registered) {
-                        /* As on_peer_deleted: the row is gone, so no
-                         * disconnect can match; the stream ends after
-                         * this map (or at once when it is refused). */
-                        sync_stream *s = t->s;
-                        registry_remove(f->hub, s);
-                        s->connected = false;
-                        stream_queue(s, t->msg, t->len, s->last_serial > f->serial ? s->last_serial : f->serial,
-                                     true);
-                        if (!s->ending)
-                                stream_end(s, GRPC_STATUS_OK, NULL, "peer deleted");
-                } else if (t->msg && t->s->registered) {
+                if (t->gone && t->s->registered)
+                        stream_end_deleted(t->s, t->msg, t->len, f->serial);
+                else if (t->msg && t->s->registered) {
                         stream_queue(t->s, t->msg, t->len, f->serial, false);
                         f->pushed++;
                 } else
@@ -1090,14 +1093,9 @@ static void on_peer_deleted(mgmt_grpc *g, void *userdata) {
         sync_stream *s = mgmt_strmap_get(h->peers, p->peer_id);
 
         if (s) {
-                /* The row is gone: no disconnect can match. */
-                registry_remove(h, s);
-                s->connected = false;
                 size_t len = 0;
                 uint8_t *last = seal_last(s, p->msg, p->len, &len);
-                stream_queue(s, last, len, s->last_serial > p->serial ? s->last_serial : p->serial, true);
-                if (!s->ending)         /* the map was refused (stream closing) */
-                        stream_end(s, GRPC_STATUS_OK, NULL, "peer deleted");
+                stream_end_deleted(s, last, len, p->serial);
         }
         free(p->msg);
         p->msg = NULL;
