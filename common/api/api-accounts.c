@@ -15,9 +15,6 @@
 #include <arpa/inet.h>
 #include <ctype.h>
 
-/* Go's time.Time in JSON (RFC 3339, UTC) from a timestamptz column. */
-#define TS_JSON(col) "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
-
 #define NS_PER_S INT64_C(1000000000)
 /* Largest number of seconds whose nanoseconds fit a bigint. */
 #define MAX_DURATION_S (INT64_MAX / NS_PER_S)
@@ -58,7 +55,7 @@
         "  'agent_network_only', false, 'embedded_idp_enabled', false, 'local_auth_disabled', false,"     \
         "  'local_mfa_enabled', false, 'ipv6_enabled_groups', '[]'::json),"                               \
         " 'domain', " a ".domain, 'domain_category', " a ".domain_category,"                              \
-        " 'created_at', " TS_JSON(a ".created_at") ", 'created_by', " a ".created_by,"                     \
+        " 'created_at', " API_TS_JSON(a ".created_at") ", 'created_by', " a ".created_by,"                     \
         " 'onboarding', json_build_object('signup_form_pending', false, 'onboarding_flow_pending', false))"
 
 static const char SQL_LIST[] = "SELECT json_build_array(" ACCOUNT_JSON("a") ") FROM accounts a WHERE a.id = $1";
@@ -463,21 +460,6 @@ static int toggle_event(api_ctx *c, bool old, bool new, int on, int off) {
         return api_event(c, new ? on : off, c->account_id, NULL);
 }
 
-static int meta_pair(api_ctx *c, int activity, const char *k1, const char *v1, const char *k2, const char *v2) {
-        cp_strbuf meta;
-        int r;
-
-        cp_strbuf_init(&meta);
-        cp_strbuf_addf(&meta, "{\"%s\":\"", k1);
-        cp_strbuf_add_json_escaped(&meta, v1);
-        cp_strbuf_addf(&meta, "\",\"%s\":\"", k2);
-        cp_strbuf_add_json_escaped(&meta, v2);
-        cp_strbuf_adds(&meta, "\"}");
-        r = api_event(c, activity, c->account_id, meta.buf);
-        cp_strbuf_release(&meta);
-        return r;
-}
-
 /* Moves the account and every peer into the new range. */
 static int renumber(api_ctx *c, const range4 *range) {
         const char *p1[1] = { c->account_id };
@@ -555,11 +537,11 @@ static int settings_events(api_ctx *c, const settings_req *s, cp_store_rows *old
         if (r == 0 && s->inact_s > 0 && old_inact_ns != s->inact_s * NS_PER_S)
                 r = api_event(c, API_ACT_ACCOUNT_PEER_INACTIVITY_EXPIRATION_DURATION_UPDATED, c->account_id, NULL);
         if (r == 0 && strcmp(old_domain, new_domain) != 0)
-                r = meta_pair(c, API_ACT_ACCOUNT_DNS_DOMAIN_UPDATED, "old_dns_domain", old_domain, "new_dns_domain",
-                              new_domain);
+                r = api_event_kv(c, API_ACT_ACCOUNT_DNS_DOMAIN_UPDATED, c->account_id, "old_dns_domain", old_domain,
+                                 "new_dns_domain", new_domain, NULL);
         if (r == 0 && range_changed)
-                r = meta_pair(c, API_ACT_ACCOUNT_NETWORK_RANGE_UPDATED, "old_network_range",
-                              cp_store_rows_get(old, 0, OLD_NETWORK), "new_network_range", range->text);
+                r = api_event_kv(c, API_ACT_ACCOUNT_NETWORK_RANGE_UPDATED, c->account_id, "old_network_range",
+                                 cp_store_rows_get(old, 0, OLD_NETWORK), "new_network_range", range->text, NULL);
         if (r == 0 && s->has_extra)
                 r = toggle_event(c, col_true(old, OLD_PEER_APPROVAL), s->peer_approval,
                                  API_ACT_ACCOUNT_PEER_APPROVAL_ENABLED, API_ACT_ACCOUNT_PEER_APPROVAL_DISABLED);

@@ -269,15 +269,6 @@ static int write_nsg(api_ctx *c, const char *sql, const char *id, const nsg_req 
         return api_sql(c, sql, 10, p, NULL);
 }
 
-/* {"name": name}: NetBird's meta for nameserver group events. */
-static char *name_meta(const char *name) {
-        json_t *m = json_pack("{s:s}", "name", name);
-        char *s = json_dumps(m, JSON_COMPACT);
-
-        json_decref(m);
-        return s;
-}
-
 static int reply_nsg(api_ctx *c, const char *id) {
         return api_reply_one(c, SQL_GET, id, "nameserver group");
 }
@@ -306,11 +297,8 @@ static int get_nsg(api_ctx *c) {
 static int save_nsg(api_ctx *c, const char *sql, const char *id, const nsg_req *q, int activity) {
         int r = write_nsg(c, sql, id, q);
 
-        if (r == 0) {
-                char *meta = name_meta(q->name);
-                r = api_event(c, activity, id, meta);
-                free(meta);
-        }
+        if (r == 0)
+                r = api_event_kv(c, activity, id, "name", q->name, NULL);
         if (r < 0)
                 return r;
         api_changed(c);
@@ -366,11 +354,9 @@ static int delete_nsg(api_ctx *c) {
         r = find_nsg(c, id, &cur);
         if (r < 0)
                 return r;
-        char *meta = name_meta(cp_store_rows_get(cur, 0, 0));
-        r = api_sql(c, SQL_DELETE, 2, p, NULL);
+        r = api_event_kv(c, API_ACT_NAMESERVER_GROUP_DELETED, id, "name", cp_store_rows_get(cur, 0, 0), NULL);
         if (r == 0)
-                r = api_event(c, API_ACT_NAMESERVER_GROUP_DELETED, id, meta);
-        free(meta);
+                r = api_sql(c, SQL_DELETE, 2, p, NULL);
         if (r < 0)
                 return r;
         api_changed(c);

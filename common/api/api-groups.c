@@ -25,8 +25,8 @@ static const char SQL_FIND[] = "SELECT name, issued FROM groups WHERE account_id
 static const char SQL_NAME_TAKEN[] = "SELECT 1 FROM groups WHERE account_id = $1 AND name = $2 AND id <> $3";
 /* The first id of $2 that is not a peer of the account. */
 static const char SQL_MISSING_PEER[] =
-        "SELECT u FROM unnest($2::text[]) u WHERE NOT EXISTS"
-        " (SELECT 1 FROM peers p WHERE p.account_id = $1 AND p.id = u) LIMIT 1";
+        "SELECT u.id FROM unnest($2::text[]) WITH ORDINALITY AS u(id, ord) WHERE NOT EXISTS"
+        " (SELECT 1 FROM peers p WHERE p.account_id = $1 AND p.id = u.id) ORDER BY u.ord LIMIT 1";
 static const char SQL_INSERT[] =
         "INSERT INTO groups (id, account_id, name, issued) VALUES ($1, $2, $3, 'api')";
 static const char SQL_RENAME[] = "UPDATE groups SET name = $3 WHERE account_id = $1 AND id = $2";
@@ -128,30 +128,31 @@ static int set_peers(api_ctx *c, const char *group_id, const char *peers) {
         return api_sql(c, SQL_SET_PEERS, 7, p, NULL);
 }
 
-static int name_meta(api_ctx *c, const char *name, cp_strbuf *meta) {
-        cp_strbuf_adds(meta, "{\"name\":\"");
-        cp_strbuf_add_json_escaped(meta, name);
-        cp_strbuf_adds(meta, "\"}");
-        return 0;
-}
 
 /* The member list (NetBird replaces it with what was sent; none = empty),
  * the event, the serial bump and the reply: the end of POST and PUT. */
 static int finish_group(api_ctx *c, const char *id, const group_req *g, int activity) {
-        cp_strbuf meta;
-        int r;
+        int r = set_peers(c, id, g->peers.buf);
 
-        r = set_peers(c, id, g->peers.buf);
-        if (r < 0)
-                return r;
-        cp_strbuf_init(&meta);
-        name_meta(c, g->name, &meta);
-        r = api_event(c, activity, id, meta.buf);
-        cp_strbuf_release(&meta);
+        if (r == 0)
+                r = api_event_kv(c, activity, id, "name", g->name, NULL);
         if (r < 0)
                 return r;
         api_changed(c);
         return reply_group(c, id);
+}
+
+/* 409 when another group of the account has the name. NetBird checks it
+ * on create only; here a rename is checked too (it could only end in a
+ * duplicate, or a second "All" the schema refuses). */
+static int check_name_free(api_ctx *c, const char *name, const char *id) {
+        _cleanup_rows_ cp_store_rows *rows = NULL;
+        const char *p[3] = { c->account_id, name, id };
+        int r = api_sql(c, SQL_NAME_TAKEN, 3, p, &rows);
+
+        if (r == 0 && cp_store_rows_count(rows) > 0)
+                r = api_error(c, 409, "group with name %s already exists", name);
+        return r;
 }
 
 static int create_group(api_ctx *c) {
@@ -160,16 +161,11 @@ static int create_group(api_ctx *c) {
         int r;
 
         cp_strbuf_init(&g.peers);
+        cp_id_new(id);
         r = parse_group(c, &g);
+        if (r == 0)
+                r = check_name_free(c, g.name, id);
         if (r == 0) {
-                _cleanup_rows_ cp_store_rows *rows = NULL;
-                const char *p[3] = { c->account_id, g.name, "" };
-                r = api_sql(c, SQL_NAME_TAKEN, 3, p, &rows);
-                if (r == 0 && cp_store_rows_count(rows) > 0)
-                        r = api_error(c, 409, "group with name %s already exists", g.name);
-        }
-        if (r == 0) {
-                cp_id_new(id);
                 const char *p[3] = { id, c->account_id, g.name };
                 r = api_sql(c, SQL_INSERT, 3, p, NULL);
         }
@@ -179,8 +175,8 @@ static int create_group(api_ctx *c) {
         return r;
 }
 
-/* Loads the group; 404 when missing. *is_all: it is the "All" group. */
-static int find_group(api_ctx *c, const char *id, bool *is_all) {
+/* Loads the group's name into name; 404 when missing. */
+static int find_group(api_ctx *c, const char *id, cp_strbuf *name) {
         _cleanup_rows_ cp_store_rows *rows = NULL;
         const char *p[2] = { c->account_id, id };
         int r = api_sql(c, SQL_FIND, 2, p, &rows);
@@ -189,23 +185,27 @@ static int find_group(api_ctx *c, const char *id, bool *is_all) {
                 return r;
         if (cp_store_rows_count(rows) != 1)
                 return api_error(c, 404, "group: %s not found", id);
-        *is_all = strcmp(cp_store_rows_get(rows, 0, 0), "All") == 0;
+        cp_strbuf_adds(name, cp_store_rows_get(rows, 0, 0));
         return 0;
 }
 
 static int update_group(api_ctx *c) {
         const char *id = c->param[0];
         group_req g = { 0 };
-        bool is_all = false;
+        cp_strbuf name;
         int r;
 
-        r = find_group(c, id, &is_all);
+        cp_strbuf_init(&name);
+        r = find_group(c, id, &name);
+        if (r == 0 && strcmp(name.buf, "All") == 0)
+                r = api_error(c, 422, "updating group ALL is not allowed");
+        cp_strbuf_release(&name);
         if (r < 0)
                 return r;
-        if (is_all)
-                return api_error(c, 422, "updating group ALL is not allowed");
         cp_strbuf_init(&g.peers);
         r = parse_group(c, &g);
+        if (r == 0)
+                r = check_name_free(c, g.name, id);
         if (r == 0) {
                 const char *p[3] = { c->account_id, id, g.name };
                 r = api_sql(c, SQL_RENAME, 3, p, NULL);
@@ -218,33 +218,25 @@ static int update_group(api_ctx *c) {
 
 static int delete_group(api_ctx *c) {
         const char *id = c->param[0];
+        const char *p[2] = { c->account_id, id };
         _cleanup_rows_ cp_store_rows *links = NULL;
-        _cleanup_rows_ cp_store_rows *cur = NULL;
-        bool is_all = false;
-        cp_strbuf meta;
+        cp_strbuf name;
         int r;
 
-        r = find_group(c, id, &is_all);
-        if (r < 0)
-                return r;
-        if (is_all)
-                return api_error(c, 422, "deleting group ALL is not allowed");
-        const char *p[2] = { c->account_id, id };
-        r = api_sql(c, SQL_LINKS, 2, p, &links);
-        if (r < 0)
-                return r;
-        if (cp_store_rows_count(links) > 0)
-                return api_error_verbatim(c, 400, "group has been linked to %s: %s", cp_store_rows_get(links, 0, 0),
-                                 cp_store_rows_get(links, 0, 1));
-        r = api_sql(c, SQL_FIND, 2, p, &cur);
-        if (r < 0)
-                return r;
-        cp_strbuf_init(&meta);
-        name_meta(c, cp_store_rows_get(cur, 0, 0), &meta);
-        r = api_sql(c, SQL_DELETE, 2, p, NULL);
+        cp_strbuf_init(&name);
+        r = find_group(c, id, &name);
+        if (r == 0 && strcmp(name.buf, "All") == 0)
+                r = api_error(c, 422, "deleting group ALL is not allowed");
         if (r == 0)
-                r = api_event(c, API_ACT_GROUP_DELETED, id, meta.buf);
-        cp_strbuf_release(&meta);
+                r = api_sql(c, SQL_LINKS, 2, p, &links);
+        if (r == 0 && cp_store_rows_count(links) > 0)
+                r = api_error_verbatim(c, 400, "group has been linked to %s: %s", cp_store_rows_get(links, 0, 0),
+                                       cp_store_rows_get(links, 0, 1));
+        if (r == 0)
+                r = api_sql(c, SQL_DELETE, 2, p, NULL);
+        if (r == 0)
+                r = api_event_kv(c, API_ACT_GROUP_DELETED, id, "name", name.buf, NULL);
+        cp_strbuf_release(&name);
         if (r < 0)
                 return r;
         api_changed(c);

@@ -131,6 +131,16 @@ struct api_ctx {
         int64_t serial;
 };
 
+/* ---- timestamps in SQL-built JSON ---------------------------------------------------- */
+
+/* A timestamptz expression as Go's time.Time encodes it: RFC 3339 in UTC,
+ * trailing zeros of the fraction dropped; NULL stays NULL. */
+#define API_TS_JSON(e)                                                                                      \
+        "regexp_replace(to_char((" e ") AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),"          \
+        " '\\.?0+Z$', 'Z')"
+/* The same with NULL as Go's zero time. */
+#define API_TS_OR_ZERO_JSON(e) "COALESCE(" API_TS_JSON(e) ", '0001-01-01T00:00:00Z')"
+
 /* ---- errors and replies (api-util.c) ------------------------------------------ */
 
 /* Sets the error response {"message": message, "code": status}; returns
@@ -184,6 +194,16 @@ void api_changed(api_ctx *c);
  * numeric activity code, the target id and a JSON object of meta (NULL
  * = {}); the initiator is the calling user. */
 int api_event(api_ctx *c, int activity, const char *target_id, const char *meta_json);
+/* The same with a meta object of string members: key, value pairs ended
+ * by NULL (a NULL value is ""), e.g. api_event_kv(c, act, id, "name", n, NULL). */
+int api_event_kv(api_ctx *c, int activity, const char *target_id, ...) __attribute__((sentinel));
+
+/* The first id of pgarray (a PostgreSQL array literal), in its order,
+ * that is not a group of the caller's account, or with all_is_bad the
+ * account's "All" group: returns 1 with the id in bad and *is_all (may be
+ * NULL) telling which; 0 when every id is fine; API_FAIL on a database
+ * error. The callers word NetBird's messages, which differ per resource. */
+int api_find_bad_group(api_ctx *c, const char *pgarray, bool all_is_bad, char *bad, size_t badsz, bool *is_all);
 
 /* ---- request input (api-util.c) --------------------------------------------------- */
 

@@ -451,8 +451,7 @@ static const char SQL_ACCESSIBLE[] =
         " 'connected', p.peer_status_connected, 'country_code', p.location_country_code,"
         " 'dns_label', CASE WHEN $3 = '' THEN p.dns_label ELSE p.dns_label || '.' || $3 END,"
         " 'geoname_id', p.location_geo_name_id, 'id', p.id, 'ip', host(p.ip),"
-        " 'last_seen', COALESCE(to_char(p.peer_status_last_seen AT TIME ZONE 'UTC',"
-        " 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), '0001-01-01T00:00:00Z'),"
+        " 'last_seen', " API_TS_OR_ZERO_JSON("p.peer_status_last_seen") ","
         " 'name', p.name, 'os', p.meta_os, 'user_id', COALESCE(p.user_id, '')) ORDER BY u.n), '[]')"
         " FROM unnest($2::text[]) WITH ORDINALITY AS u(id, n)"
         " JOIN peers p ON p.account_id = $1 AND p.id = u.id";

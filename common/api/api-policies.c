@@ -349,22 +349,18 @@ static bool is_one_of(const char *s, const char *const *set) {
         return false;
 }
 
-static const char SQL_MISSING_GROUP[] =
-        "SELECT u FROM unnest($2::text[]) u WHERE NOT EXISTS"
-        " (SELECT 1 FROM groups g WHERE g.account_id = $1 AND g.id = u) LIMIT 1";
-
 /* 422 "group <id> not found" for the first id of pgarray that is not a
  * group of the caller's account. */
 static int check_groups_exist(api_ctx *c, const char *pgarray) {
-        _cleanup_rows_ cp_store_rows *rows = NULL;
-        const char *p[2] = { c->account_id, pgarray };
-        int r = api_sql(c, SQL_MISSING_GROUP, 2, p, &rows);
+        char bad[256];
+        int r;
 
-        if (r < 0)
+        if (strcmp(pgarray, "{}") == 0)
+                return 0;
+        r = api_find_bad_group(c, pgarray, false, bad, sizeof bad, NULL);
+        if (r <= 0)
                 return r;
-        if (cp_store_rows_count(rows) > 0)
-                return api_error(c, 422, "group %s not found", cp_store_rows_get(rows, 0, 0));
-        return 0;
+        return api_error(c, 422, "group %s not found", bad);
 }
 
 static int check_rule(api_ctx *c, rule_req *r) {
@@ -513,18 +509,6 @@ static char *canonical(api_ctx *c, const char *id) {
         return cp_xstrdup(cp_store_rows_get(rows, 0, 0));
 }
 
-static int policy_event(api_ctx *c, int activity, const char *id, const char *name) {
-        cp_strbuf meta;
-
-        cp_strbuf_init(&meta);
-        cp_strbuf_adds(&meta, "{\"name\":\"");
-        cp_strbuf_add_json_escaped(&meta, name);
-        cp_strbuf_adds(&meta, "\"}");
-        int r = api_event(c, activity, id, meta.buf);
-        cp_strbuf_release(&meta);
-        return r;
-}
-
 /* ---- handlers --------------------------------------------------------------------------------- */
 
 static int list_policies(api_ctx *c) {
@@ -557,7 +541,7 @@ static int create_policy(api_ctx *c) {
         if (r == 0)
                 r = insert_rules(c, &p, id);
         if (r == 0)
-                r = policy_event(c, API_ACT_POLICY_ADDED, id, p.name);
+                r = api_event_kv(c, API_ACT_POLICY_ADDED, id, "name", p.name, NULL);
         if (r == 0) {
                 api_changed(c);
                 r = reply_policy(c, id);
@@ -615,7 +599,7 @@ static int update_policy(api_ctx *c) {
                 r = API_FAIL;
         /* An update to what is already there: no event, no new maps. */
         if (r == 0 && strcmp(before, after) != 0) {
-                r = policy_event(c, API_ACT_POLICY_UPDATED, id, p.name);
+                r = api_event_kv(c, API_ACT_POLICY_UPDATED, id, "name", p.name, NULL);
                 api_changed(c);
         }
         if (r == 0)
@@ -636,7 +620,7 @@ static int delete_policy(api_ctx *c) {
         const char *q[2] = { c->account_id, id };
         r = api_sql(c, SQL_DELETE, 2, q, NULL);
         if (r == 0)
-                r = policy_event(c, API_ACT_POLICY_REMOVED, id, name);
+                r = api_event_kv(c, API_ACT_POLICY_REMOVED, id, "name", name, NULL);
         free(name);
         if (r < 0)
                 return r;

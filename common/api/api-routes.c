@@ -487,27 +487,18 @@ static void prefix_format(const prefix *p, char out[64]) {
 /* ---- groups ----------------------------------------------------------------------------------- */
 
 /* The first element of $2 that is empty or not a group of the account. */
-static const char SQL_BAD_GROUP[] =
-        "SELECT u.id FROM unnest($2::text[]) WITH ORDINALITY AS u(id, ord)"
-        " WHERE u.id = '' OR NOT EXISTS (SELECT 1 FROM groups g WHERE g.account_id = $1 AND g.id = u.id)"
-        " ORDER BY u.ord LIMIT 1";
-
 int api_check_groups(api_ctx *c, const char *pgarray, size_t n) {
-        _cleanup_rows_ cp_store_rows *rows = NULL;
-        const char *p[2] = { c->account_id, pgarray };
+        char bad[256];
         int r;
 
         if (n == 0)
                 return api_error(c, 422, "the list of group IDs should not be empty");
-        r = api_sql(c, SQL_BAD_GROUP, 2, p, &rows);
-        if (r < 0)
+        r = api_find_bad_group(c, pgarray, false, bad, sizeof bad, NULL);
+        if (r <= 0)
                 return r;
-        if (cp_store_rows_count(rows) == 0)
-                return 0;
-        const char *id = cp_store_rows_get(rows, 0, 0);
-        if (!*id)
+        if (!*bad)              /* "" is no group id */
                 return api_error(c, 422, "group ID should not be empty string");
-        return api_error(c, 422, "group id %s not found", id);
+        return api_error(c, 422, "group id %s not found", bad);
 }
 
 /* ---- the Route object -------------------------------------------------------------------------- */

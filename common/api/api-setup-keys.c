@@ -17,12 +17,6 @@
 #include <ctype.h>
 #include <stdarg.h>
 
-/* A timestamp as Go's time.Time encodes it: RFC 3339 in UTC, trailing
- * zeros of the fraction dropped; NULL is Go's zero time. */
-#define TS_JSON(e)                                                                                          \
-        "COALESCE(regexp_replace(to_char((" e ") AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),"  \
-        " '\\.?0+Z$', 'Z'), '0001-01-01T00:00:00Z')"
-
 /* NetBird's rules (types.SetupKey): expired wins over revoked, which wins
  * over overused; a one-off key is limited to one use whatever its limit. */
 #define KEY_EXPIRED(k) "(" k ".expires_at IS NOT NULL AND " k ".expires_at < CURRENT_TIMESTAMP)"
@@ -35,11 +29,11 @@
 #define KEY_JSON(k, key)                                                                                    \
         "json_build_object('allow_extra_dns_labels', " k ".allow_extra_dns_labels,"                         \
         " 'auto_groups', to_json(" k ".auto_groups), 'ephemeral', " k ".ephemeral,"                         \
-        " 'expires', " TS_JSON(k ".expires_at") ", 'id', " k ".id, 'key', " key ","                         \
-        " 'last_used', " TS_JSON(k ".last_used") ", 'name', " k ".name, 'revoked', " k ".revoked,"         \
+        " 'expires', " API_TS_OR_ZERO_JSON(k ".expires_at") ", 'id', " k ".id, 'key', " key ","                         \
+        " 'last_used', " API_TS_OR_ZERO_JSON(k ".last_used") ", 'name', " k ".name, 'revoked', " k ".revoked,"         \
         " 'state', CASE WHEN " KEY_EXPIRED(k) " THEN 'expired' WHEN " k ".revoked THEN 'revoked'"           \
         " WHEN " KEY_OVERUSED(k) " THEN 'overused' ELSE 'valid' END,"                                       \
-        " 'type', " k ".type, 'updated_at', " TS_JSON(k ".updated_at") ","                                  \
+        " 'type', " k ".type, 'updated_at', " API_TS_OR_ZERO_JSON(k ".updated_at") ","                                  \
         " 'usage_limit', " k ".usage_limit, 'used_times', " k ".used_times,"                                \
         " 'valid', NOT (" KEY_EXPIRED(k) " OR " k ".revoked OR " KEY_OVERUSED(k) "))"
 
@@ -57,11 +51,6 @@ static const char SQL_FIND[] =
 
 /* The first of the requested auto-groups that NetBird refuses, in request
  * order: one that is not a group of the account, or the "All" group. */
-static const char SQL_BAD_GROUP[] =
-        "SELECT u.id, g.id IS NULL FROM unnest($2::text[]) WITH ORDINALITY u(id, o)"
-        " LEFT JOIN groups g ON g.account_id = $1 AND g.id = u.id"
-        " WHERE g.id IS NULL OR g.name = 'All' ORDER BY u.o LIMIT 1";
-
 /* $1 as an array without repeats, in first-seen order. */
 #define DISTINCT_IDS(p)                                                                                     \
         "(SELECT COALESCE(array_agg(id ORDER BY o), '{}') FROM (SELECT id, min(o) AS o"                     \
@@ -116,16 +105,14 @@ static int get_key(api_ctx *c) {
 /* NetBird's auto-group check: every id a group of the account, none of
  * them "All"; 422 for the first that is not. */
 static int check_auto_groups(api_ctx *c, const char *groups) {
-        _cleanup_rows_ cp_store_rows *rows = NULL;
-        const char *p[2] = { c->account_id, groups };
-        int r = api_sql(c, SQL_BAD_GROUP, 2, p, &rows);
+        char bad[256];
+        bool is_all = false;
+        int r = api_find_bad_group(c, groups, true, bad, sizeof bad, &is_all);
 
-        if (r < 0)
+        if (r <= 0)
                 return r;
-        if (cp_store_rows_count(rows) == 0)
-                return 0;
-        if (strcmp(cp_store_rows_get(rows, 0, 1), "t") == 0)
-                return api_error(c, 422, "invalid auto groups: group not found: %s", cp_store_rows_get(rows, 0, 0));
+        if (!is_all)
+                return api_error(c, 422, "invalid auto groups: group not found: %s", bad);
         return api_error(c, 422, "invalid auto groups: can't add 'All' group to the setup key");
 }
 

@@ -19,11 +19,6 @@
 
 #include <ctype.h>
 
-/* Go's time.Time in JSON (RFC 3339, UTC) from a timestamptz column;
- * NetBird reports a never-set time as the zero time. */
-#define TS_JSON(col) "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
-#define TS_OR_ZERO_JSON(col) "COALESCE(" TS_JSON(col) ", '0001-01-01T00:00:00Z')"
-
 /* One User object; cur is the caller's id (is_current). A service user
  * is shown under its service user name. */
 #define USER_JSON(u, cur)                                                                                  \
@@ -31,15 +26,15 @@
         " 'name', CASE WHEN " u ".is_service_user THEN " u ".service_user_name ELSE " u ".name END,"        \
         " 'role', " u ".role, 'auto_groups', " u ".auto_groups,"                                           \
         " 'status', CASE WHEN " u ".blocked THEN 'blocked' ELSE 'active' END,"                            \
-        " 'last_login', " TS_OR_ZERO_JSON(u ".last_login") ","                                             \
+        " 'last_login', " API_TS_OR_ZERO_JSON(u ".last_login") ","                                             \
         " 'is_current', " u ".id = " cur ", 'is_service_user', " u ".is_service_user,"                     \
         " 'is_blocked', " u ".blocked, 'pending_approval', " u ".pending_approval, 'issued', " u ".issued)"
 
 /* One PersonalAccessToken; last_used is left out until the first use. */
 #define PAT_JSON(t)                                                                                        \
         "json_strip_nulls(json_build_object('id', " t ".id, 'name', " t ".name,"                            \
-        " 'expiration_date', " TS_JSON(t ".expiration_date") ", 'created_by', " t ".created_by,"           \
-        " 'created_at', " TS_JSON(t ".created_at") ", 'last_used', " TS_JSON(t ".last_used") "))"
+        " 'expiration_date', " API_TS_JSON(t ".expiration_date") ", 'created_by', " t ".created_by,"           \
+        " 'created_at', " API_TS_JSON(t ".created_at") ", 'last_used', " API_TS_JSON(t ".last_used") "))"
 
 /* NetBird's peer event meta (Peer.EventMeta); $3 is the server's DNS
  * domain, used when the account has none of its own. */
@@ -69,14 +64,10 @@ static const char SQL_CURRENT[] =
         " FROM users u JOIN accounts a ON a.id = u.account_id WHERE u.account_id = $1 AND u.id = $2";
 static const char SQL_FIND[] =
         "SELECT role, is_service_user, blocked, auto_groups::text, service_user_name, non_deletable, issued,"
-        " name, email, " TS_JSON("created_at") " FROM users WHERE account_id = $1 AND id = $2";
+        " name, email, " API_TS_JSON("created_at") " FROM users WHERE account_id = $1 AND id = $2";
 enum { U_ROLE, U_SERVICE, U_BLOCKED, U_AUTO_GROUPS, U_SERVICE_NAME, U_NON_DELETABLE, U_ISSUED, U_NAME, U_EMAIL,
        U_CREATED_AT };
 /* The first of $2 that is not a group of the account, or is "All". */
-static const char SQL_BAD_GROUP[] =
-        "SELECT t.u, g.id IS NOT NULL FROM unnest($2::text[]) WITH ORDINALITY AS t(u, i)"
-        " LEFT JOIN groups g ON g.account_id = $1 AND g.id = t.u"
-        " WHERE g.id IS NULL OR g.name = 'All' ORDER BY t.i LIMIT 1";
 static const char SQL_INSERT_SERVICE[] =
         "INSERT INTO users (id, account_id, role, is_service_user, service_user_name, auto_groups, issued)"
         " VALUES ($1, $2, $3, TRUE, $4, $5::text[], 'api')";
@@ -200,23 +191,6 @@ static int reply_user(api_ctx *c, const char *id) {
         if (r == 0 && !found)
                 return api_error(c, 404, "user: %s not found", id);
         return r;
-}
-
-/* Checks a list of auto-groups: every one a group of the account, none
- * the "All" group. *bad gets the offending id and *is_all what is wrong
- * with it; returns 1 when one is bad, 0 when all are good. */
-static int find_bad_group(api_ctx *c, const char *groups, char *bad, size_t badsz, bool *is_all) {
-        _cleanup_rows_ cp_store_rows *rows = NULL;
-        const char *p[2] = { c->account_id, groups };
-        int r = api_sql(c, SQL_BAD_GROUP, 2, p, &rows);
-
-        if (r < 0)
-                return r;
-        if (cp_store_rows_count(rows) == 0)
-                return 0;
-        (void) snprintf(bad, badsz, "%s", cp_store_rows_get(rows, 0, 0));
-        *is_all = is_true(cp_store_rows_get(rows, 0, 1));
-        return 1;
 }
 
 static void json_str_field(cp_strbuf *sb, const char *key, const char *value, bool first) {
@@ -344,18 +318,9 @@ static int current_user(api_ctx *c) {
 /* ---- POST /api/users ---------------------------------------------------------------------------- */
 
 static int service_user_event(api_ctx *c, int activity, const char *id, const char *name, const char *created_at) {
-        cp_strbuf meta;
-        int r;
-
-        cp_strbuf_init(&meta);
-        cp_strbuf_addch(&meta, '{');
-        json_str_field(&meta, "name", name, true);
         if (created_at)
-                json_str_field(&meta, "created_at", created_at, false);
-        cp_strbuf_addch(&meta, '}');
-        r = api_event(c, activity, id, meta.buf);
-        cp_strbuf_release(&meta);
-        return r;
+                return api_event_kv(c, activity, id, "name", name, "created_at", created_at, NULL);
+        return api_event_kv(c, activity, id, "name", name, NULL);
 }
 
 /* Only service users: a regular user needs an IdP invite, and this
@@ -368,7 +333,7 @@ static int create_service_user(api_ctx *c, const char *role, const char *name, c
 
         if (strcmp(role, "owner") == 0)
                 return api_error(c, 422, "can't create a service user with owner role");
-        r = find_bad_group(c, groups, bad, sizeof bad, &is_all);
+        r = api_find_bad_group(c, groups, true, bad, sizeof bad, &is_all);
         if (r < 0)
                 return r;
         if (r > 0)
@@ -462,7 +427,7 @@ static int validate_update(api_ctx *c, const user_update *u) {
         /* NetBird wraps these in the update's own error. */
         if (status)
                 return api_error(c, status, "failed to process update for user %s: %s", u->id, msg);
-        r = find_bad_group(c, u->groups, bad, sizeof bad, &is_all);
+        r = api_find_bad_group(c, u->groups, true, bad, sizeof bad, &is_all);
         if (r < 0)
                 return r;
         if (r > 0 && is_all)
@@ -509,20 +474,11 @@ static int group_events(api_ctx *c, const user_update *u) {
 }
 
 static int role_event(api_ctx *c, const user_update *u, bool transferred) {
-        cp_strbuf meta;
-        int r;
-
         if (transferred)
                 return api_event(c, API_ACT_TRANSFERRED_OWNER_ROLE, u->id, NULL);
         if (strcmp(u->role, u->old_role) == 0)
                 return 0;
-        cp_strbuf_init(&meta);
-        cp_strbuf_addch(&meta, '{');
-        json_str_field(&meta, "role", u->role, true);
-        cp_strbuf_addch(&meta, '}');
-        r = api_event(c, API_ACT_USER_ROLE_UPDATED, u->id, meta.buf);
-        cp_strbuf_release(&meta);
-        return r;
+        return api_event_kv(c, API_ACT_USER_ROLE_UPDATED, u->id, "role", u->role, NULL);
 }
 
 /* The events in NetBird's order: blocked / unblocked, role, groups,
@@ -622,19 +578,9 @@ static int delete_service_user(api_ctx *c, const char *id, cp_store_rows *row) {
 }
 
 static int user_deleted_event(api_ctx *c, const char *id, cp_store_rows *row) {
-        cp_strbuf meta;
-        int r;
-
-        cp_strbuf_init(&meta);
-        cp_strbuf_addch(&meta, '{');
-        json_str_field(&meta, "name", cp_store_rows_get(row, 0, U_NAME), true);
-        json_str_field(&meta, "email", cp_store_rows_get(row, 0, U_EMAIL), false);
-        json_str_field(&meta, "created_at", cp_store_rows_get(row, 0, U_CREATED_AT), false);
-        json_str_field(&meta, "issued", cp_store_rows_get(row, 0, U_ISSUED), false);
-        cp_strbuf_addch(&meta, '}');
-        r = api_event(c, API_ACT_USER_DELETED, id, meta.buf);
-        cp_strbuf_release(&meta);
-        return r;
+        return api_event_kv(c, API_ACT_USER_DELETED, id, "name", cp_store_rows_get(row, 0, U_NAME), "email",
+                            cp_store_rows_get(row, 0, U_EMAIL), "created_at", cp_store_rows_get(row, 0, U_CREATED_AT),
+                            "issued", cp_store_rows_get(row, 0, U_ISSUED), NULL);
 }
 
 /* A regular user goes with their peers. */

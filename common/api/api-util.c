@@ -142,6 +142,54 @@ int api_event(api_ctx *c, int activity, const char *target_id, const char *meta_
         return api_sql(c, SQL_EVENT, 5, p, NULL);
 }
 
+/* ---- group references ---------------------------------------------------------------- */
+
+/* The first element of $2, in array order, that is not a group of the
+ * account, or (with $3) is its "All" group. */
+static const char SQL_BAD_GROUP[] =
+        "SELECT u.id, g.id IS NOT NULL FROM unnest($2::text[]) WITH ORDINALITY AS u(id, ord)"
+        " LEFT JOIN groups g ON g.account_id = $1 AND g.id = u.id"
+        " WHERE g.id IS NULL OR ($3::boolean AND g.name = 'All') ORDER BY u.ord LIMIT 1";
+
+int api_find_bad_group(api_ctx *c, const char *pgarray, bool all_is_bad, char *bad, size_t badsz, bool *is_all) {
+        _cleanup_rows_ cp_store_rows *rows = NULL;
+        const char *p[3] = { c->account_id, pgarray, all_is_bad ? "true" : "false" };
+        int r = api_sql(c, SQL_BAD_GROUP, 3, p, &rows);
+
+        if (r < 0)
+                return r;
+        if (cp_store_rows_count(rows) == 0)
+                return 0;
+        (void) snprintf(bad, badsz, "%s", cp_store_rows_get(rows, 0, 0));
+        if (is_all)
+                *is_all = strcmp(cp_store_rows_get(rows, 0, 1), "t") == 0;
+        return 1;
+}
+
+int api_event_kv(api_ctx *c, int activity, const char *target_id, ...) {
+        cp_strbuf meta;
+        va_list ap;
+        const char *k;
+        int r;
+
+        cp_strbuf_init(&meta);
+        cp_strbuf_addch(&meta, '{');
+        va_start(ap, target_id);
+        while ((k = va_arg(ap, const char *))) {
+                const char *v = va_arg(ap, const char *);
+                cp_strbuf_adds(&meta, meta.len > 1 ? ",\"" : "\"");
+                cp_strbuf_add_json_escaped(&meta, k);
+                cp_strbuf_adds(&meta, "\":\"");
+                cp_strbuf_add_json_escaped(&meta, v ? v : "");
+                cp_strbuf_addch(&meta, '"');
+        }
+        va_end(ap);
+        cp_strbuf_addch(&meta, '}');
+        r = api_event(c, activity, target_id, meta.buf);
+        cp_strbuf_release(&meta);
+        return r;
+}
+
 /* ---- query parameters ------------------------------------------------------------------ */
 
 static int hexval(int ch) {
