@@ -187,6 +187,9 @@ void cp_store_env_line(cp_strbuf *out, const char *name, const char *value) {
 }
 
 void cp_store_account_env(const cp_store_account_created *a, cp_strbuf *out) {
+        /* Room for every line up front: a buffer the strbuf outgrew would
+         * be freed with the secrets in it, unwiped. */
+        cp_strbuf_grow(out, 1024);
         cp_store_env_line(out, "ACCOUNT_ID", a->account_id);
         cp_store_env_line(out, "USER_ID", a->user_id);
         cp_store_env_line(out, "SETUP_KEY", a->setup_key);

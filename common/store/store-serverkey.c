@@ -247,12 +247,14 @@ int cp_store_server_key_rotate(cp_store *s, const uint8_t data_key[32], int64_t 
         r = cp_store__command(c, "BEGIN", reterr);
         if (r >= 0)
                 r = rotate_locked(c, data_key, grace_s, force, reterr);
+        /* Read inside the transaction: once COMMIT succeeded the rotation
+         * happened, so nothing after it may report a failure. */
+        if (r >= 0 && ret)
+                r = read_info(c, &info, reterr);
         if (r >= 0)
                 r = cp_store__command(c, "COMMIT", reterr);
         if (r < 0)
                 (void) cp_store__command(c, "ROLLBACK", NULL);
-        if (r >= 0 && ret)
-                r = read_info(c, &info, reterr);
         cp_store__release(s, c);
         if (r >= 0 && ret)
                 *ret = info;

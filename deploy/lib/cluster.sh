@@ -26,8 +26,7 @@ cl_dev_dir() {
         local root=$1 d=${CP_DEV_DIR:-}
         [ -n "$d" ] || d=$root/.dev
         case $d in /*) ;; *) d=$PWD/$d ;; esac
-        d=${d%/}
-        while [[ $d == */. ]]; do d=${d%/.}; done
+        while [[ $d == */ || $d == */. ]]; do d=${d%/}; d=${d%/.}; done
         if [ -z "$d" ] || [[ $d == */.. ]] || [[ $d == */../* ]]; then
                 cl_log "CP_DEV_DIR=${CP_DEV_DIR:-} is not a usable directory (no /, no ..)"
                 return 1

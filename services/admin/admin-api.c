@@ -150,10 +150,13 @@ int admin_cmd_setup_key_create(const admin_ctx *a) {
         if (o->json) {
                 char *d = json_dumps(resp, JSON_INDENT(2));
                 printf("%s\n", d ? d : "{}");
+                if (d)
+                        cp_explicit_bzero(d, strlen(d));        /* holds the plain key */
                 free(d);
         } else {
                 cp_strbuf out;
                 cp_strbuf_init(&out);
+                cp_strbuf_grow(&out, 256);      /* never outgrown: no unwiped copy */
                 cp_store_env_line(&out, "SETUP_KEY_ID", id);
                 cp_store_env_line(&out, "SETUP_KEY", key);
                 fputs(out.buf, stdout);

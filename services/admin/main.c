@@ -184,13 +184,14 @@ static int split(const command *cmd, const cp_cfg_option *common, size_t n_commo
         out->own = cp_xcalloc((size_t) argc + 1, sizeof *out->own);
         for (int i = 0; i < argc; i++) {
                 const char *arg = argv[i];
-                const char *name = arg + 2, *eq = strchr(arg, '=');
+                bool is_flag = strncmp(arg, "--", 2) == 0;
+                /* Only a flag has a name after its "--" ("-" or "" has none). */
+                const char *name = is_flag ? arg + 2 : "", *eq = is_flag ? strchr(arg, '=') : NULL;
                 size_t len = eq ? (size_t) (eq - name) : strlen(name);
-                const cp_cfg_option *row = strncmp(arg, "--", 2) == 0 && len > 0 ?
-                                           find_row(cmd->rows, cmd->n_rows, name, len) : NULL;
+                const cp_cfg_option *row = is_flag && len > 0 ? find_row(cmd->rows, cmd->n_rows, name, len) : NULL;
                 bool is_own = row != NULL;
 
-                if (!row && strncmp(arg, "--", 2) == 0 && len > 0)
+                if (!row && is_flag && len > 0)
                         row = find_row(common, n_common, name, len);
                 bool takes_next = row && !eq && row->type != CP_CFG_BOOL && i + 1 < argc;
                 if (is_own && strcmp(row->name, "auto-group") == 0) {

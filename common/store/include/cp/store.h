@@ -189,7 +189,7 @@ int cp_store_account_count(cp_store *s, int64_t *ret, cp_error *reterr);
 int cp_store_server_key_get_or_create(cp_store *s, const uint8_t data_key[32],
                                       uint8_t ret_priv[32], uint8_t ret_pub[32], cp_error *reterr);
 
-/* ---- server key rotation (store-serverkey.c, migration 0008) --------------
+/* ---- server key rotation (store-serverkey.c, migration 0004) --------------
  * A rotation replaces the pair and keeps the one it replaced as the
  * previous key until a grace period ends (by the database clock), so
  * requests sealed to it still open on every replica meanwhile. generation
