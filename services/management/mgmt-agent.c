@@ -93,10 +93,12 @@ static grpc_slice read_payload(grpc_byte_buffer *bb) {
         return s;
 }
 
-/* Opens the box with one server key pair; on success shared holds the
- * pair's shared key and op->server_key its public half. */
-static int open_with(mgmt_agent_op *op, const mgmt_server_key *key, const ProtobufCBinaryData *body,
-                     cp_crypto_box_shared *shared, uint8_t *plain, size_t cap, cp_error *err) {
+/* Opens the box with one server key pair of set version; on success
+ * shared holds the pair's shared key (kept in the cache from now on) and
+ * op->server_key its public half. */
+static int open_with(mgmt_agent_op *op, uint64_t version, const mgmt_server_key *key,
+                     const ProtobufCBinaryData *body, cp_crypto_box_shared *shared, uint8_t *plain, size_t cap,
+                     cp_error *err) {
         int r = mgmt_keys_shared(op->agent->keys, key, op->peer_pub, shared, err);
 
         if (r < 0)
@@ -106,6 +108,7 @@ static int open_with(mgmt_agent_op *op, const mgmt_server_key *key, const Protob
                 cp_crypto_box_shared_release(shared);
                 return r;
         }
+        mgmt_keys_keep(op->agent->keys, version, key, op->peer_pub, shared);
         memcpy(op->server_key, key->pub_b64, sizeof op->server_key);
         return r;
 }
@@ -123,7 +126,7 @@ static int open_body(mgmt_agent_op *op, const ProtobufCBinaryData *body, cp_cryp
         mgmt_keys_get(keys, &ks);
         for (int attempt = 0; attempt < 2; attempt++) {
                 for (unsigned i = 0; i < ks.n; i++) {
-                        r = open_with(op, &ks.key[i], body, shared, plain, cap, err);
+                        r = open_with(op, ks.version, &ks.key[i], body, shared, plain, cap, err);
                         if (r >= 0 || r == -EINVAL)
                                 goto out;
                 }

@@ -4,6 +4,7 @@
 #include "mgmt-keys.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 
 /* The least time between two reloads caused by requests that opened with
  * no key: garbage sent in a loop must not turn into a query per request. */
@@ -30,7 +31,10 @@ struct mgmt_keys {
         mgmt_key_set set;
 
         pthread_mutex_t reload_lock;    /* one reload at a time */
-        int64_t last_miss_reload_ms;    /* under reload_lock */
+        _Atomic int64_t last_miss_reload_ms;    /* read without the lock, set under it */
+
+        mgmt_keys_dropped_fn on_dropped;        /* set before the keys are shared */
+        void *dropped_userdata;
 
         pthread_mutex_t cache_lock;     /* guards cache; held only to copy a slot */
         shared_slot *cache;             /* 1 << SHARED_CACHE_BITS slots */
@@ -93,11 +97,20 @@ int mgmt_keys_new(cp_store *store, const uint8_t data_key[32], mgmt_keys **ret, 
         return 0;
 }
 
-/* Wipes every shared key held (a changed key set, exit). */
-static void cache_wipe(mgmt_keys *k) {
+static bool in_set(const mgmt_key_set *ks, const uint8_t pub[CP_WG_KEY_LEN]) {
+        for (unsigned i = 0; i < ks->n; i++)
+                if (memcmp(ks->key[i].pub, pub, CP_WG_KEY_LEN) == 0)
+                        return true;
+        return false;
+}
+
+/* Wipes the shared keys of the server pairs that are not in keep (NULL:
+ * every shared key; exit). Shared keys of pairs still held stay, so a
+ * rotation does not make every agent redo its X25519. */
+static void cache_wipe(mgmt_keys *k, const mgmt_key_set *keep) {
         pthread_mutex_lock(&k->cache_lock);
         for (size_t i = 0; k->cache && i < (size_t) 1 << SHARED_CACHE_BITS; i++)
-                if (k->cache[i].used)
+                if (k->cache[i].used && !(keep && in_set(keep, k->cache[i].server_pub)))
                         cp_explicit_bzero(&k->cache[i], sizeof k->cache[i]);
         pthread_mutex_unlock(&k->cache_lock);
 }
@@ -105,7 +118,7 @@ static void cache_wipe(mgmt_keys *k) {
 mgmt_keys *mgmt_keys_free(mgmt_keys *k) {
         if (!k)
                 return NULL;
-        cache_wipe(k);
+        cache_wipe(k, NULL);
         free(k->cache);
         pthread_mutex_destroy(&k->cache_lock);
         pthread_mutex_destroy(&k->lock);
@@ -122,7 +135,7 @@ void mgmt_keys_forget(mgmt_keys *k) {
         cp_explicit_bzero(&k->set, sizeof k->set);
         cp_explicit_bzero(k->data_key, sizeof k->data_key);
         pthread_mutex_unlock(&k->lock);
-        cache_wipe(k);
+        cache_wipe(k, NULL);
 }
 
 void mgmt_keys_get(mgmt_keys *k, mgmt_key_set *out) {
@@ -150,9 +163,11 @@ static uint64_t current_version(mgmt_keys *k) {
         return v;
 }
 
-/* With reload_lock held: read, and swap when something changed. */
+/* With reload_lock held: read, and swap when something changed. The
+ * shared keys of a pair no longer held are wiped, and the hook hears of
+ * every dropped pair (its streams must not go on with it). */
 static int reload_locked(mgmt_keys *k) {
-        mgmt_key_set fresh;
+        mgmt_key_set fresh, old;
         cp_error err = { 0 };
         bool changed;
         int r;
@@ -164,16 +179,21 @@ static int reload_locked(mgmt_keys *k) {
         }
         pthread_mutex_lock(&k->lock);
         changed = !same_keys(&k->set, &fresh);
+        old = k->set;
         if (changed) {
                 fresh.version = k->set.version + 1;
                 k->set = fresh;
         }
         pthread_mutex_unlock(&k->lock);
-        if (changed)
-                cache_wipe(k);          /* keys of a dropped pair go with it */
-        if (changed)
+        if (changed) {
+                cache_wipe(k, &fresh);
                 cp_log_kv(&log_ctx, CP_LOG_INFO, "server key changed", "public_key", fresh.key[0].pub_b64,
                           "previous_key", fresh.n == 2 ? fresh.key[1].pub_b64 : NULL, NULL);
+                for (unsigned i = 0; i < old.n; i++)
+                        if (!in_set(&fresh, old.key[i].pub) && k->on_dropped)
+                                k->on_dropped(old.key[i].pub_b64, k->dropped_userdata);
+        }
+        mgmt_key_set_wipe(&old);
         mgmt_key_set_wipe(&fresh);
         return changed ? 1 : 0;
 }
@@ -188,21 +208,29 @@ int mgmt_keys_reload(mgmt_keys *k) {
 }
 
 bool mgmt_keys_reload_after_miss(mgmt_keys *k, uint64_t seen_version) {
+        int64_t now = cp_now_mono_ms(), last = atomic_load(&k->last_miss_reload_ms);
         bool newer;
 
+        /* Within the limit nobody waits for the lock (which a poll may
+         * hold across its query): only what is held already counts. */
+        if (last != 0 && now - last < MISS_RELOAD_MS)
+                return current_version(k) != seen_version;
         pthread_mutex_lock(&k->reload_lock);
         /* Someone reloaded while we waited for the lock (or before): no
          * need to ask the database again. */
         newer = current_version(k) != seen_version;
-        if (!newer) {
-                int64_t now = cp_now_mono_ms();
-                if (k->last_miss_reload_ms == 0 || now - k->last_miss_reload_ms >= MISS_RELOAD_MS) {
-                        k->last_miss_reload_ms = now;
-                        newer = reload_locked(k) > 0;
-                }
+        last = atomic_load(&k->last_miss_reload_ms);
+        if (!newer && (last == 0 || now - last >= MISS_RELOAD_MS)) {
+                atomic_store(&k->last_miss_reload_ms, now);
+                newer = reload_locked(k) > 0;
         }
         pthread_mutex_unlock(&k->reload_lock);
         return newer;
+}
+
+void mgmt_keys_set_on_dropped(mgmt_keys *k, mgmt_keys_dropped_fn fn, void *userdata) {
+        k->on_dropped = fn;
+        k->dropped_userdata = userdata;
 }
 
 static shared_slot *cache_slot(mgmt_keys *k, const uint8_t server_pub[CP_WG_KEY_LEN],
@@ -219,9 +247,7 @@ static shared_slot *cache_slot(mgmt_keys *k, const uint8_t server_pub[CP_WG_KEY_
 int mgmt_keys_shared(mgmt_keys *k, const mgmt_server_key *key, const uint8_t peer_pub[CP_WG_KEY_LEN],
                      cp_crypto_box_shared *out, cp_error *reterr) {
         shared_slot *slot = cache_slot(k, key->pub, peer_pub);
-        cp_crypto_box_shared fresh;
         bool hit;
-        int r;
 
         pthread_mutex_lock(&k->cache_lock);
         hit = slot->used && memcmp(slot->peer_pub, peer_pub, CP_WG_KEY_LEN) == 0 &&
@@ -231,19 +257,24 @@ int mgmt_keys_shared(mgmt_keys *k, const mgmt_server_key *key, const uint8_t pee
         pthread_mutex_unlock(&k->cache_lock);
         if (hit)
                 return 0;
+        /* The X25519 runs outside the lock. */
+        return cp_crypto_box_shared_init(out, peer_pub, key->priv, reterr);
+}
 
-        /* The X25519 runs outside the lock; a low-order key is not kept. */
-        r = cp_crypto_box_shared_init(&fresh, peer_pub, key->priv, reterr);
-        if (r < 0)
-                return r;
+void mgmt_keys_keep(mgmt_keys *k, uint64_t version, const mgmt_server_key *key,
+                    const uint8_t peer_pub[CP_WG_KEY_LEN], const cp_crypto_box_shared *shared) {
+        shared_slot *slot = cache_slot(k, key->pub, peer_pub);
+
+        /* A set swapped meanwhile may have dropped this pair (and wiped its
+         * shared keys): checked under the cache lock, which the wipe takes
+         * after the swap, so a dropped pair's key never comes back. */
         pthread_mutex_lock(&k->cache_lock);
-        cp_explicit_bzero(&slot->shared, sizeof slot->shared);
-        memcpy(slot->server_pub, key->pub, CP_WG_KEY_LEN);
-        memcpy(slot->peer_pub, peer_pub, CP_WG_KEY_LEN);
-        slot->shared = fresh;
-        slot->used = true;
+        if (current_version(k) == version) {
+                cp_explicit_bzero(&slot->shared, sizeof slot->shared);
+                memcpy(slot->server_pub, key->pub, CP_WG_KEY_LEN);
+                memcpy(slot->peer_pub, peer_pub, CP_WG_KEY_LEN);
+                slot->shared = *shared;
+                slot->used = true;
+        }
         pthread_mutex_unlock(&k->cache_lock);
-        *out = fresh;
-        cp_crypto_box_shared_release(&fresh);
-        return 0;
 }

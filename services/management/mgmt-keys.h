@@ -83,6 +83,18 @@ int mgmt_keys_reload(mgmt_keys *k);
  * (-EINVAL: a low-order peer key). *out is the caller's to release. */
 int mgmt_keys_shared(mgmt_keys *k, const mgmt_server_key *key, const uint8_t peer_pub[CP_WG_KEY_LEN],
                      cp_crypto_box_shared *out, cp_error *reterr);
+/* Keeps a shared key in the cache once a request opened with it (so keys
+ * that opened nothing, e.g. garbage sent with random agent keys, never
+ * evict good ones); version is that of the set key came from, and the
+ * key is not kept when the set changed since. */
+void mgmt_keys_keep(mgmt_keys *k, uint64_t version, const mgmt_server_key *key,
+                    const uint8_t peer_pub[CP_WG_KEY_LEN], const cp_crypto_box_shared *shared);
+
+/* Called (on the reloading thread; must not block) for every server pair
+ * a reload dropped: the grace period of a rotation ran out, or a forced
+ * rotation retired it. Set once, before the keys are shared. */
+typedef void (*mgmt_keys_dropped_fn)(const char *pub_b64, void *userdata);
+void mgmt_keys_set_on_dropped(mgmt_keys *k, mgmt_keys_dropped_fn fn, void *userdata);
 
 /* After a request opened with none of the keys of a set whose version
  * was seen_version: true when a newer set is available (already, or

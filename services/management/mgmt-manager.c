@@ -226,6 +226,13 @@ static void on_refresh_tick(evutil_socket_t fd, short what, void *userdata) {
 
 /* ---- the server key --------------------------------------------------------------- */
 
+/* Any thread: a reload retired a server key. */
+static void on_key_dropped(const char *pub_b64, void *userdata) {
+        mgmt_manager *m = userdata;
+
+        mgmt_sync_end_key(m->sync, pub_b64);
+}
+
 /* Worker: re-read the server key (a rotation made by the admin CLI). */
 static void key_reload_work(void *userdata) {
         mgmt_manager *m = userdata;
@@ -498,6 +505,7 @@ int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf,
         m->sync = mgmt_sync_new(&m->agent, m->maps, max_syncs());
         m->agent.sync = m->sync;
         mgmt_sync_set_announce(m->sync, announce, m);
+        mgmt_keys_set_on_dropped(m->keys, on_key_dropped, m);
         if (cfg->redis_url && *cfg->redis_url) {
                 /* Redis being down is not fatal: the bus keeps trying. */
                 cp_bus_callbacks cb = { .on_message = on_bus_message, .on_state = on_bus_state, .userdata = m };

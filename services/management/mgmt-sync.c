@@ -49,6 +49,7 @@
 #define MSG_INTERNAL "failed handling request"
 #define MSG_SHUTDOWN "server is shutting down"
 #define MSG_SESSION_LOST "session lost on this server, please reconnect"
+#define MSG_KEY_RETIRED "server key rotated, please reconnect"
 
 typedef struct sync_acct sync_acct;
 
@@ -1469,22 +1470,26 @@ static void collect_stream(const char *key, void *value, void *userdata) {
         *(*out)++ = value;
 }
 
-/* CQ thread: ends every registered stream with UNAVAILABLE. */
-static void end_all(mgmt_sync *h, const char *message, const char *reason) {
-        size_t n = mgmt_strmap_size(h->peers);
+/* CQ thread: ends with UNAVAILABLE every registered stream, or with key
+ * set only those sealed with that server key. */
+static void end_streams(mgmt_sync *h, const char *key, const char *message, const char *reason) {
+        size_t n = mgmt_strmap_size(h->peers), ended = 0;
         sync_stream **all, **end;
         char count[32];
 
-        (void) snprintf(count, sizeof count, "%zu", n);
-        cp_log_kv(&log_ctx, CP_LOG_INFO, "ending sync streams", "streams", count, "reason", reason, NULL);
         all = cp_xcalloc(n ? n : 1, sizeof *all);
         end = all;
         mgmt_strmap_foreach(h->peers, collect_stream, &end);
         /* Still registered, so on_close disconnects them with their own
          * tokens once the status went out. */
         for (sync_stream **p = all; p < end; p++)
-                stream_end(*p, GRPC_STATUS_UNAVAILABLE, message, reason);
+                if (!key || strcmp((*p)->server_key, key) == 0) {
+                        stream_end(*p, GRPC_STATUS_UNAVAILABLE, message, reason);
+                        ended++;
+                }
         free(all);
+        (void) snprintf(count, sizeof count, "%zu", ended);
+        cp_log_kv(&log_ctx, CP_LOG_INFO, "ending sync streams", "streams", count, "reason", reason, NULL);
 }
 
 static void on_drain(mgmt_grpc *g, void *userdata) {
@@ -1493,14 +1498,14 @@ static void on_drain(mgmt_grpc *g, void *userdata) {
         if (h->draining)
                 return;
         h->draining = true;
-        end_all(h, MSG_SHUTDOWN, "server shutting down");
+        end_streams(h, NULL, MSG_SHUTDOWN, "server shutting down");
 }
 
 static void on_reconnect_all(mgmt_grpc *g, void *userdata) {
         mgmt_sync *h = userdata;
 
         if (!h->draining)
-                end_all(h, MSG_SESSION_LOST, "replica sessions lost");
+                end_streams(h, NULL, MSG_SESSION_LOST, "replica sessions lost");
 }
 
 void mgmt_sync_reconnect_all(mgmt_sync *h) {
@@ -1508,6 +1513,31 @@ void mgmt_sync_reconnect_all(mgmt_sync *h) {
 
         if (g)
                 mgmt_grpc_post(g, on_reconnect_all, h);
+}
+
+typedef struct key_post {
+        mgmt_sync *hub;
+        char key[CP_WG_KEY_B64_LEN];
+} key_post;
+
+static void on_key_dropped(mgmt_grpc *g, void *userdata) {
+        key_post *p = userdata;
+
+        if (!p->hub->draining)
+                end_streams(p->hub, p->key, MSG_KEY_RETIRED, "server key retired");
+        free(p);
+}
+
+void mgmt_sync_end_key(mgmt_sync *h, const char *pub_b64) {
+        mgmt_grpc *g = atomic_load(&h->grpc);
+        key_post *p;
+
+        if (!g)
+                return;
+        p = cp_xcalloc(1, sizeof *p);
+        p->hub = h;
+        (void) snprintf(p->key, sizeof p->key, "%s", pub_b64);
+        mgmt_grpc_post(g, on_key_dropped, p);
 }
 
 void mgmt_sync_drain(mgmt_sync *h) {

@@ -26,6 +26,7 @@
  *   mgmt_sync_expire_logins()    periodic: mark expired SSO logins
  *   mgmt_sync_refresh_credentials()  periodic: TURN/relay credential refresh
  *   mgmt_sync_retry_disconnects()    periodic: fenced disconnects that failed
+ *   mgmt_sync_end_key()          a server key was retired: its streams end
  *   mgmt_sync_reconnect_all()    this replica's sessions were taken away
  *                                (it was reaped): streams end, agents
  *                                reconnect
@@ -140,6 +141,12 @@ void mgmt_sync_retry_disconnects(mgmt_sync *s);
  * that learns it was reaped (its sessions were marked disconnected while
  * it was cut off from the database). */
 void mgmt_sync_reconnect_all(mgmt_sync *s);
+
+/* Any thread: the server key pub_b64 was retired (a rotation's grace
+ * period ended, or a forced rotation). The streams sealed with it end
+ * with UNAVAILABLE, so their agents fetch the current key and reconnect
+ * instead of going on with a retired (perhaps leaked) key. */
+void mgmt_sync_end_key(mgmt_sync *s, const char *pub_b64);
 
 /* Any thread: shutdown began. Every stream ends with UNAVAILABLE (agents
  * reconnect, to another replica when there is one) and its fenced
