@@ -574,11 +574,6 @@ static void w_flags(char **w, unsigned long bits) {
         w_ch(w, '}');
 }
 
-static bool col_bool(const cp_store_rows *r, int row, int col) {
-        const char *v = cp_store_rows_get(r, row, col);
-        return v && v[0] == 't';
-}
-
 static const char *col_str(const cp_store_rows *r, int row, int col) {
         const char *v = cp_store_rows_get(r, row, col);
         return v ? v : "";
@@ -599,14 +594,14 @@ static size_t row_bound(const cp_store_rows *r, int i, const char *domain) {
 /* The Peer fields before "groups", without the braces: "approval_required"
  * .. "geoname_id" (Go writes fields in alphabetical order). */
 static void w_peer_head(char **w, const cp_store_rows *r, int i, const char *domain) {
-        bool approval = col_bool(r, i, PC_APPROVAL);
+        bool approval = cp_store_rows_bool(r, i, PC_APPROVAL);
 
         W_LIT(w, "\"approval_required\":");
         w_bool(w, approval);
         W_LIT(w, ",\"city_name\":");
         w_str(w, col_str(r, i, PC_CITY));
         W_LIT(w, ",\"connected\":");
-        w_bool(w, col_bool(r, i, PC_CONNECTED));
+        w_bool(w, cp_store_rows_bool(r, i, PC_CONNECTED));
         W_LIT(w, ",\"connection_ip\":");
         w_str(w, col_str(r, i, PC_CONN_IP));
         W_LIT(w, ",\"country_code\":");
@@ -618,7 +613,7 @@ static void w_peer_head(char **w, const cp_store_rows *r, int i, const char *dom
         W_LIT(w, ",\"dns_label\":");
         w_fqdn(w, col_str(r, i, PC_LABEL), domain);
         W_LIT(w, ",\"ephemeral\":");
-        w_bool(w, col_bool(r, i, PC_EPHEMERAL));
+        w_bool(w, cp_store_rows_bool(r, i, PC_EPHEMERAL));
         W_LIT(w, ",\"extra_dns_labels\":");
         w_extra_labels(w, cp_store_rows_get(r, i, PC_EXTRA_LABELS), domain);
         W_LIT(w, ",\"geoname_id\":");
@@ -635,7 +630,7 @@ static void w_peer_tail(char **w, const cp_store_rows *r, int i) {
         W_LIT(w, ",\"id\":");
         w_str(w, col_str(r, i, PC_ID));
         W_LIT(w, ",\"inactivity_expiration_enabled\":");
-        w_bool(w, col_bool(r, i, PC_INACTIVITY));
+        w_bool(w, cp_store_rows_bool(r, i, PC_INACTIVITY));
         W_LIT(w, ",\"ip\":");
         w_str(w, col_str(r, i, PC_IP));
         if (cp_store_rows_get(r, i, PC_IPV6)) {
@@ -651,9 +646,9 @@ static void w_peer_tail(char **w, const cp_store_rows *r, int i) {
         W_LIT(w, ",\"local_flags\":");
         w_flags(w, strtoul(col_str(r, i, PC_FLAGS), NULL, 10));
         W_LIT(w, ",\"login_expiration_enabled\":");
-        w_bool(w, col_bool(r, i, PC_LOGIN_EXP));
+        w_bool(w, cp_store_rows_bool(r, i, PC_LOGIN_EXP));
         W_LIT(w, ",\"login_expired\":");
-        w_bool(w, col_bool(r, i, PC_LOGIN_EXPIRED));
+        w_bool(w, cp_store_rows_bool(r, i, PC_LOGIN_EXPIRED));
         W_LIT(w, ",\"name\":");
         w_str(w, col_str(r, i, PC_NAME));
         /* "<os> <version>", the kernel core when no version (NetBird's
@@ -666,7 +661,7 @@ static void w_peer_tail(char **w, const cp_store_rows *r, int i) {
         W_LIT(w, ",\"serial_number\":");
         w_str(w, col_str(r, i, PC_SERIAL));
         W_LIT(w, ",\"ssh_enabled\":");
-        w_bool(w, col_bool(r, i, PC_SSH));
+        w_bool(w, cp_store_rows_bool(r, i, PC_SSH));
         W_LIT(w, ",\"ui_version\":");
         w_str(w, col_str(r, i, PC_UI_VERSION));
         W_LIT(w, ",\"user_id\":");

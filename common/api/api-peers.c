@@ -38,15 +38,10 @@ static int load_account(api_ctx *c, account_info *ret) {
         const char *dom = cp_store_rows_get(rows, 0, 1);
         ret->serial = strtoll(cp_store_rows_get(rows, 0, 0), NULL, 10);
         (void) snprintf(ret->domain, sizeof ret->domain, "%s", dom && *dom ? dom : c->api->dns_domain);
-        ret->view_blocked = strcmp(cp_store_rows_get(rows, 0, 2), "t") == 0;
+        ret->view_blocked = cp_store_rows_bool(rows, 0, 2);
         (void) snprintf(ret->network, sizeof ret->network, "%s", cp_store_rows_get(rows, 0, 3));
-        ret->has_v6 = strcmp(cp_store_rows_get(rows, 0, 4), "t") == 0;
+        ret->has_v6 = cp_store_rows_bool(rows, 0, 4);
         return 0;
-}
-
-static bool row_true(const cp_store_rows *r, int row, int col) {
-        const char *v = cp_store_rows_get(r, row, col);
-        return v && v[0] == 't';
 }
 
 /* ---- who may see which peer ------------------------------------------------------------- */
@@ -96,14 +91,12 @@ typedef struct peer_row {
         bool requires_approval;
 } peer_row;
 
-static const char SQL_FIND[] =
-        "SELECT id, name, dns_label, host(ip), COALESCE(user_id, ''), ssh_enabled, login_expiration_enabled,"
-        " inactivity_expiration_enabled, peer_status_requires_approval"
-        " FROM peers WHERE account_id = $1 AND id = $2";
-static const char SQL_FIND_FOR_UPDATE[] =
-        "SELECT id, name, dns_label, host(ip), COALESCE(user_id, ''), ssh_enabled, login_expiration_enabled,"
-        " inactivity_expiration_enabled, peer_status_requires_approval"
-        " FROM peers WHERE account_id = $1 AND id = $2 FOR UPDATE";
+#define SQL_FIND_PEER                                                                                       \
+        "SELECT id, name, dns_label, host(ip), COALESCE(user_id, ''), ssh_enabled, login_expiration_enabled,"   \
+        " inactivity_expiration_enabled, peer_status_requires_approval"                                         \
+        " FROM peers WHERE account_id = $1 AND id = $2"
+static const char SQL_FIND[] = SQL_FIND_PEER;
+static const char SQL_FIND_FOR_UPDATE[] = SQL_FIND_PEER " FOR UPDATE";
 
 static void peer_row_release(peer_row *p) {
         free(p->name);
@@ -131,10 +124,10 @@ static int find_peer(api_ctx *c, const char *id, bool lock, peer_row *ret, bool 
         (void) snprintf(ret->label, sizeof ret->label, "%s", cp_store_rows_get(rows, 0, 2));
         (void) snprintf(ret->ip, sizeof ret->ip, "%s", cp_store_rows_get(rows, 0, 3));
         (void) snprintf(ret->user_id, sizeof ret->user_id, "%s", cp_store_rows_get(rows, 0, 4));
-        ret->ssh_enabled = row_true(rows, 0, 5);
-        ret->login_expiration_enabled = row_true(rows, 0, 6);
-        ret->inactivity_expiration_enabled = row_true(rows, 0, 7);
-        ret->requires_approval = row_true(rows, 0, 8);
+        ret->ssh_enabled = cp_store_rows_bool(rows, 0, 5);
+        ret->login_expiration_enabled = cp_store_rows_bool(rows, 0, 6);
+        ret->inactivity_expiration_enabled = cp_store_rows_bool(rows, 0, 7);
+        ret->requires_approval = cp_store_rows_bool(rows, 0, 8);
         return 0;
 }
 
@@ -219,7 +212,7 @@ static int update_ip(api_ctx *c, const account_info *acc, peer_row *p, const cha
         r = api_sql(c, SQL_IP_CHECK, 3, q, &rows);
         if (r < 0)
                 return r;
-        if (af != AF_INET || !row_true(rows, 0, 0))
+        if (af != AF_INET || !cp_store_rows_bool(rows, 0, 0))
                 return api_error(c, 422, "ip %s is not within the account network range %s", canon, acc->network);
         if (cp_store_rows_get(rows, 0, 1))
                 return api_error(c, 422, "ip %s is already assigned to peer %s", canon, cp_store_rows_get(rows, 0, 1));
@@ -269,7 +262,7 @@ static int label_taken(api_ctx *c, const char *peer_id, const char *label, bool 
 
         if (r < 0)
                 return r;
-        *ret = row_true(rows, 0, 0);
+        *ret = cp_store_rows_bool(rows, 0, 0);
         return 0;
 }
 

@@ -275,7 +275,7 @@ static int update_key(api_ctx *c) {
                 (void) api_error(c, 404, "setup key: %s not found", id);
                 goto out_fail;
         }
-        bool was_revoked = strcmp(cp_store_rows_get(cur, 0, 3), "t") == 0;
+        bool was_revoked = cp_store_rows_bool(cur, 0, 3);
         if (was_revoked && !revoked) {
                 (void) api_error(c, 422, "can't un-revoke a revoked setup key");
                 goto out_fail;

@@ -155,10 +155,6 @@ static const char SQL_PAT_DELETE[] =
 
 /* ---- helpers ------------------------------------------------------------------------------------ */
 
-static bool is_true(const char *v) {
-        return v && strcmp(v, "t") == 0;
-}
-
 /* NetBird's roles (types.StrRoleToUserRole: any letter case). */
 static const char *const roles[] = { "owner", "admin", "user", "billing_admin", "auditor", "network_admin" };
 
@@ -460,7 +456,7 @@ static int propagate_groups(api_ctx *c, const user_update *u, bool *logged) {
 
         *logged = false;
         r = api_sql(c, SQL_PROPAGATION_ON, 1, p1, &on);
-        if (r < 0 || !is_true(cp_store_rows_get(on, 0, 0)))
+        if (r < 0 || !cp_store_rows_bool(on, 0, 0))
                 return r;
         *logged = true;
         const char *p[4] = { c->account_id, u->id, u->groups, u->old_groups };
@@ -544,8 +540,8 @@ static int update_user(api_ctx *c) {
         if (r < 0)
                 return r;
         u.old_role = cp_store_rows_get(row, 0, U_ROLE);
-        u.old_blocked = is_true(cp_store_rows_get(row, 0, U_BLOCKED));
-        u.service = is_true(cp_store_rows_get(row, 0, U_SERVICE));
+        u.old_blocked = cp_store_rows_bool(row, 0, U_BLOCKED);
+        u.service = cp_store_rows_bool(row, 0, U_SERVICE);
         u.old_groups = cp_store_rows_get(row, 0, U_AUTO_GROUPS);
         cp_strbuf_init(&groups);
         r = parse_update(c, &u, &groups);
@@ -568,7 +564,7 @@ static int delete_service_user(api_ctx *c, const char *id, cp_store_rows *row) {
         const char *p[2] = { c->account_id, id };
         int r;
 
-        if (is_true(cp_store_rows_get(row, 0, U_NON_DELETABLE)))
+        if (cp_store_rows_bool(row, 0, U_NON_DELETABLE))
                 return api_error(c, 403, "service user is marked as non-deletable");
         r = api_sql(c, SQL_DELETE_USER, 2, p, NULL);
         if (r < 0)
@@ -622,7 +618,7 @@ static int delete_user(api_ctx *c) {
                 return api_error(c, 403, "can't delete a user with the owner role");
         if (strcmp(cp_store_rows_get(row, 0, U_ISSUED), "integration") == 0 && !c->service_user)
                 return api_error(c, 403, "only integration service user can delete this user");
-        if (is_true(cp_store_rows_get(row, 0, U_SERVICE)))
+        if (cp_store_rows_bool(row, 0, U_SERVICE))
                 r = delete_service_user(c, id, row);
         else
                 r = delete_regular_user(c, id, row);
@@ -649,7 +645,7 @@ static int pat_target_check(api_ctx *c, pat_target *t) {
         r = find_user(c, t->id, &row);
         if (r < 0)
                 return r;
-        t->service = is_true(cp_store_rows_get(row, 0, U_SERVICE));
+        t->service = cp_store_rows_bool(row, 0, U_SERVICE);
         (void) snprintf(t->service_name, sizeof t->service_name, "%s", cp_store_rows_get(row, 0, U_SERVICE_NAME));
         if (strcmp(c->user_id, t->id) != 0 && !(api_is_admin(c) && t->service))
                 return api_error(c, 403, "admin role required to perform this action");

@@ -162,7 +162,7 @@ int api_find_bad_group(api_ctx *c, const char *pgarray, bool all_is_bad, char *b
                 return 0;
         (void) snprintf(bad, badsz, "%s", cp_store_rows_get(rows, 0, 0));
         if (is_all)
-                *is_all = strcmp(cp_store_rows_get(rows, 0, 1), "t") == 0;
+                *is_all = cp_store_rows_bool(rows, 0, 1);
         return 1;
 }
 

@@ -201,9 +201,9 @@ static int fill_identity(api_ctx *c, cp_store_rows *rows) {
         (void) snprintf(c->user_id, sizeof c->user_id, "%s", cp_store_rows_get(rows, 0, 1));
         (void) snprintf(c->account_id, sizeof c->account_id, "%s", cp_store_rows_get(rows, 0, 2));
         (void) snprintf(c->role, sizeof c->role, "%s", cp_store_rows_get(rows, 0, 3));
-        c->service_user = strcmp(cp_store_rows_get(rows, 0, 4), "t") == 0;
-        bool blocked = strcmp(cp_store_rows_get(rows, 0, 5), "t") == 0;
-        bool pending = strcmp(cp_store_rows_get(rows, 0, 6), "t") == 0;
+        c->service_user = cp_store_rows_bool(rows, 0, 4);
+        bool blocked = cp_store_rows_bool(rows, 0, 5);
+        bool pending = cp_store_rows_bool(rows, 0, 6);
         if (pending)
                 return api_error(c, 403, "user is pending approval");
         if (blocked)

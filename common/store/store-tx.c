@@ -104,6 +104,12 @@ const char *cp_store_rows_get(const cp_store_rows *r, int row, int col) {
         return PQgetvalue(r, row, col);
 }
 
+bool cp_store_rows_bool(const cp_store_rows *r, int row, int col) {
+        const char *v = cp_store_rows_get(r, row, col);
+
+        return v && v[0] == 't';
+}
+
 int cp_store_rows_len(const cp_store_rows *r, int row, int col) {
         return cp_store_rows_get(r, row, col) ? PQgetlength(r, row, col) : 0;
 }

@@ -246,7 +246,7 @@ uint8_t *mgmt_agent_seal_msg(const char *server_key, const cp_crypto_box_shared 
 static void seal_response(mgmt_agent_op *op, const cp_crypto_box_shared *shared) {
         Management__Empty empty = MANAGEMENT__EMPTY__INIT;
         const ProtobufCMessage *resp = op->response ? op->response : &empty.base;
-        size_t plain_len, sealed_cap;
+        size_t plain_len, sealed_len;
         uint8_t *plain = pack(&op->arena, resp, &plain_len);
         cp_error err = { 0 };
 
@@ -255,20 +255,19 @@ static void seal_response(mgmt_agent_op *op, const cp_crypto_box_shared *shared)
                 op->reply_len = plain_len;
                 return;
         }
-        sealed_cap = cp_crypto_box_sealed_len(plain_len);
-        uint8_t *sealed = mgmt_arena_alloc(&op->arena, sealed_cap);
-        int r = cp_crypto_box_seal_shared(shared, plain, plain_len, sealed, sealed_cap, &err);
+        /* The one EncryptedMessage writer (also for streams); unary
+         * answers are small, so it is copied into the RPC's arena. */
+        uint8_t *sealed = mgmt_agent_seal_msg(op->server_key, shared, plain, plain_len, &sealed_len, &err);
         cp_explicit_bzero(plain, plain_len);
-        if (r < 0) {
+        if (!sealed) {
                 mgmt_agent_fail(op, GRPC_STATUS_INTERNAL, "failed handling request");
                 (void) snprintf(op->detail, sizeof op->detail, "cannot seal the response: %s", err.message);
                 return;
         }
-        Management__EncryptedMessage em = MANAGEMENT__ENCRYPTED_MESSAGE__INIT;
-        em.wgpubkey = op->server_key;
-        em.body.data = sealed;
-        em.body.len = (size_t) r;
-        op->reply = pack(&op->arena, &em.base, &op->reply_len);
+        op->reply = mgmt_arena_alloc(&op->arena, sealed_len);
+        memcpy(op->reply, sealed, sealed_len);
+        op->reply_len = sealed_len;
+        free(sealed);
 }
 
 /* ---- encrypted RPCs: worker side --------------------------------------------- */

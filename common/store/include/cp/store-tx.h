@@ -53,6 +53,8 @@ cp_store_tx *cp_store_tx_end(cp_store_tx *tx);
 int cp_store_rows_count(const cp_store_rows *r);
 /* The value at (row, col) as text, NULL for SQL NULL or out of range. */
 const char *cp_store_rows_get(const cp_store_rows *r, int row, int col);
+/* A boolean value: true for PostgreSQL's "t"; false for "f" and NULL. */
+bool cp_store_rows_bool(const cp_store_rows *r, int row, int col);
 /* Its length in bytes (0 for NULL). */
 int cp_store_rows_len(const cp_store_rows *r, int row, int col);
 /* Rows changed by an INSERT/UPDATE/DELETE without RETURNING. */
