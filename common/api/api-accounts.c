@@ -307,42 +307,10 @@ static int parse_request(api_ctx *c, settings_req *s) {
 
 /* ---- validation ------------------------------------------------------------------------ */
 
-/* One label of NetBird's domain pattern (shared/management/domain): a
- * letter, digit or '_' ('_' not in the last label), then up to 61 of
- * letters, digits, '-', '_', ending in a letter or digit; an "xn--"
- * prefix may come in front. */
-static bool label_body_ok(const char *s, size_t n, bool last) {
-        if (n == 0 || n > 63)
-                return false;
-        if (!isalnum((unsigned char) s[0]) && (last || s[0] != '_'))
-                return false;
-        if (n == 1)
-                return true;
-        for (size_t i = 1; i + 1 < n; i++)
-                if (!isalnum((unsigned char) s[i]) && s[i] != '-' && s[i] != '_')
-                        return false;
-        return isalnum((unsigned char) s[n - 1]);
-}
-
-static bool label_ok(const char *s, size_t n, bool last) {
-        if (label_body_ok(s, n, last))
-                return true;
-        return n > 4 && strncasecmp(s, "xn--", 4) == 0 && label_body_ok(s + 4, n - 4, last);
-}
-
-/* NetBird's IsValidDomainNoWildcard. */
+/* NetBird's domain syntax (routes' and nameservers' too), without the
+ * "*." wildcard prefix a DNS domain may not have. */
 static bool domain_ok(const char *d) {
-        if (!*d)
-                return false;
-        for (;;) {
-                size_t n = strcspn(d, ".");
-                bool last = d[n] == '\0';
-                if (!label_ok(d, n, last))
-                        return false;
-                if (last)
-                        return true;
-                d += n + 1;
-        }
+        return strncmp(d, "*.", 2) != 0 && api_domain_valid(d);
 }
 
 /* An IPv4 prefix in Go's netip.ParsePrefix syntax, masked. */

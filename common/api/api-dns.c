@@ -18,31 +18,6 @@
 #define MAX_NAMESERVERS 3
 
 
-/* Go's %q of a string, enough for error texts. */
-static void go_quote(cp_strbuf *sb, const char *s) {
-        cp_strbuf_addch(sb, '"');
-        for (; *s; s++) {
-                unsigned char ch = (unsigned char) *s;
-                if (ch == '"' || ch == '\\') {
-                        cp_strbuf_addch(sb, '\\');
-                        cp_strbuf_addch(sb, (char) ch);
-                } else if (ch < 0x20 || ch == 0x7f)
-                        cp_strbuf_addf(sb, "\\x%02x", ch);
-                else
-                        cp_strbuf_addch(sb, (char) ch);
-        }
-        cp_strbuf_addch(sb, '"');
-}
-
-static size_t utf8_count(const char *s) {
-        size_t n = 0;
-
-        for (; *s; s++)
-                if (((unsigned char) *s & 0xc0) != 0x80)
-                        n++;
-        return n;
-}
-
 /* ---- nameserver groups ------------------------------------------------------------------------- */
 
 #define NSG_JSON(t)                                                                                          \
@@ -226,7 +201,7 @@ static int check_domains(api_ctx *c, const nsg_req *q) {
                 cp_strbuf_init(&quoted);
                 domain_problem(json_string_value(e), &why);
                 if (why.len > 0) {
-                        go_quote(&quoted, why.buf);
+                        api_go_quote(&quoted, why.buf, why.len);
                         r = api_error(c, 422, "nameserver group got an invalid domain: %s %s", json_string_value(e),
                                   quoted.buf);
                 }
@@ -241,7 +216,7 @@ static int check_domains(api_ctx *c, const nsg_req *q) {
 /* NetBird's validateNameServerGroup, in its order. */
 static int check_nsg(api_ctx *c, const char *id, const nsg_req *q) {
         _cleanup_rows_ cp_store_rows *rows = NULL;
-        size_t n_servers = json_array_size(q->servers), name_len = utf8_count(q->name);
+        size_t n_servers = json_array_size(q->servers), name_len = api_utf8_count(q->name);
         int r;
 
         r = check_domains(c, q);
@@ -305,28 +280,10 @@ static int save_nsg(api_ctx *c, const char *sql, const char *id, const nsg_req *
         return reply_nsg(c, id);
 }
 
-static int create_nsg(api_ctx *c) {
-        char id[CP_ID_LEN + 1];
-        nsg_req q;
-        int r;
-
-        cp_id_new(id);
-        nsg_req_init(&q);
-        r = parse_nsg(c, &q);
-        if (r == 0)
-                r = normalise_servers(c, &q);
-        if (r == 0)
-                r = check_nsg(c, id, &q);
-        if (r == 0)
-                r = save_nsg(c, SQL_INSERT, id, &q, API_ACT_NAMESERVER_GROUP_CREATED);
-        nsg_req_release(&q);
-        return r;
-}
-
-/* As in NetBird, the body is read (and the nameservers parsed) before the
- * group is looked up; the update replaces every field. */
-static int update_nsg(api_ctx *c) {
-        const char *id = c->param[0];
+/* POST and PUT: parse, normalise, (for PUT) find, check, write. NetBird
+ * reads the body before it looks the group up, so a bad body on an
+ * unknown id is still 400/422. */
+static int put_nsg(api_ctx *c, const char *id, bool existing) {
         _cleanup_rows_ cp_store_rows *cur = NULL;
         nsg_req q;
         int r;
@@ -335,14 +292,26 @@ static int update_nsg(api_ctx *c) {
         r = parse_nsg(c, &q);
         if (r == 0)
                 r = normalise_servers(c, &q);
-        if (r == 0)
+        if (r == 0 && existing)
                 r = find_nsg(c, id, &cur);
         if (r == 0)
                 r = check_nsg(c, id, &q);
         if (r == 0)
-                r = save_nsg(c, SQL_UPDATE, id, &q, API_ACT_NAMESERVER_GROUP_UPDATED);
+                r = save_nsg(c, existing ? SQL_UPDATE : SQL_INSERT, id, &q,
+                             existing ? API_ACT_NAMESERVER_GROUP_UPDATED : API_ACT_NAMESERVER_GROUP_CREATED);
         nsg_req_release(&q);
         return r;
+}
+
+static int create_nsg(api_ctx *c) {
+        char id[CP_ID_LEN + 1];
+
+        cp_id_new(id);
+        return put_nsg(c, id, false);
+}
+
+static int update_nsg(api_ctx *c) {
+        return put_nsg(c, c->param[0], true);
 }
 
 static int delete_nsg(api_ctx *c) {

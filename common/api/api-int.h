@@ -254,6 +254,10 @@ bool api_domain_valid(const char *ascii);
  * "::ffff:a.b.c.d" for mapped IPv4) into out (64 bytes); -1 when in is
  * not a plain IPv4 or IPv6 address (zones and leading zeros refused). */
 int api_ip_canonical(const char *in, char out[64]);
+/* Characters (code points) of a UTF-8 string, as Go's utf8.RuneCountInString. */
+size_t api_utf8_count(const char *s);
+/* s[0..len) quoted as Go's %q quotes it for ASCII (\" \\ \xNN), into sb. */
+void api_go_quote(cp_strbuf *sb, const char *s, size_t len);
 
 /* ---- permissions (api.c) ----------------------------------------------------------- */
 

@@ -69,7 +69,7 @@ static void utf8_add(cp_strbuf *sb, uint32_t cp) {
         }
 }
 
-static size_t utf8_count(const char *s) {
+size_t api_utf8_count(const char *s) {
         size_t n = 0;
 
         for (; *s; s++)
@@ -86,7 +86,7 @@ static bool is_ascii(const char *s, size_t len) {
 }
 
 /* Go's %q of an ASCII-or-UTF-8 string, enough for error texts. */
-static void go_quote(cp_strbuf *sb, const char *s, size_t len) {
+void api_go_quote(cp_strbuf *sb, const char *s, size_t len) {
         cp_strbuf_addch(sb, '"');
         for (size_t i = 0; i < len; i++) {
                 unsigned char ch = (unsigned char) s[i];
@@ -289,7 +289,7 @@ static int ascii_label(const char *label, size_t len, void *ud) {
         if (len >= 4 && memcmp(label, "xn--", 4) == 0) {
                 if (pc_decode(label + 4, len - 4, &u) < 0) {
                         cp_strbuf_adds(st->err, "idna: invalid label ");
-                        go_quote(st->err, label + 4, len - 4);
+                        api_go_quote(st->err, label + 4, len - 4);
                         r = -1;
                 }
         } else
@@ -299,7 +299,7 @@ static int ascii_label(const char *label, size_t len, void *ud) {
                 uint32_t *cp = utf8_decode(u.buf, u.len, &n);
                 if (pc_encode(cp, n, st->out) < 0) {
                         cp_strbuf_adds(st->err, "idna: invalid label ");
-                        go_quote(st->err, u.buf, u.len);
+                        api_go_quote(st->err, u.buf, u.len);
                         r = -1;
                 }
                 free(cp);
@@ -787,7 +787,7 @@ static int check_destination(api_ctx *c, route_req *q) {
 /* NetBird's checks, in its order (the handler's, then the account
  * manager's), up to the groups. */
 static int check_route(api_ctx *c, route_req *q) {
-        size_t id_len = utf8_count(q->network_id);
+        size_t id_len = api_utf8_count(q->network_id);
         int r;
 
         if (q->network && q->domains)
