@@ -158,28 +158,7 @@ static inline void w_ch(char **w, char ch) {
 /* The escaped bytes of s (no quotes), at most 6 per byte. Runs of plain
  * bytes are copied at once. */
 static void w_escaped(char **w, const char *s) {
-        static const char hex[] = "0123456789abcdef";
-        const char *run = s;
-
-        for (const char *p = s; *p; p++) {
-                unsigned char ch = (unsigned char) *p;
-                if (ch >= 0x20 && ch != '"' && ch != '\\')
-                        continue;
-                w_add(w, run, (size_t) (p - run));
-                run = p + 1;
-                switch (ch) {
-                case '"': W_LIT(w, "\\\""); break;
-                case '\\': W_LIT(w, "\\\\"); break;
-                case '\n': W_LIT(w, "\\n"); break;
-                case '\r': W_LIT(w, "\\r"); break;
-                case '\t': W_LIT(w, "\\t"); break;
-                default: {
-                        char u[6] = { '\\', 'u', '0', '0', hex[ch >> 4], hex[ch & 15] };
-                        w_add(w, u, sizeof u);
-                }
-                }
-        }
-        w_add(w, run, strlen(run));
+        *w = cp_json_escape_to(*w, s);
 }
 
 /* A JSON string. */

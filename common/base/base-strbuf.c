@@ -81,7 +81,7 @@ void cp_strbuf_addf(cp_strbuf *sb, const char *fmt, ...) {
         va_end(ap);
 }
 
-void cp_strbuf_add_json_escaped(cp_strbuf *sb, const char *s) {
+char *cp_json_escape_to(char *dst, const char *s) {
         static const char hex[] = "0123456789abcdef";
 
         for (const unsigned char *p = (const unsigned char *) s; *p; p++) {
@@ -90,20 +90,30 @@ void cp_strbuf_add_json_escaped(cp_strbuf *sb, const char *s) {
                 const unsigned char *run = p;
                 while (*p >= 0x20 && *p != '"' && *p != '\\')
                         p++;
-                if (p > run)
-                        cp_strbuf_add(sb, run, (size_t) (p - run));
+                memcpy(dst, run, (size_t) (p - run));
+                dst += p - run;
                 if (!*p)
                         break;
+                *dst++ = '\\';
                 switch (*p) {
-                case '"':  cp_strbuf_add(sb, "\\\"", 2); break;
-                case '\\': cp_strbuf_add(sb, "\\\\", 2); break;
-                case '\n': cp_strbuf_add(sb, "\\n", 2); break;
-                case '\r': cp_strbuf_add(sb, "\\r", 2); break;
-                case '\t': cp_strbuf_add(sb, "\\t", 2); break;
-                default: {       /* the other control characters */
-                        char u[6] = { '\\', 'u', '0', '0', hex[*p >> 4], hex[*p & 15] };
-                        cp_strbuf_add(sb, u, sizeof u);
-                }
+                case '"':  *dst++ = '"'; break;
+                case '\\': *dst++ = '\\'; break;
+                case '\n': *dst++ = 'n'; break;
+                case '\r': *dst++ = 'r'; break;
+                case '\t': *dst++ = 't'; break;
+                default:        /* the other control characters */
+                        memcpy(dst, "u00", 3);
+                        dst[3] = hex[*p >> 4];
+                        dst[4] = hex[*p & 15];
+                        dst += 5;
                 }
         }
+        return dst;
+}
+
+void cp_strbuf_add_json_escaped(cp_strbuf *sb, const char *s) {
+        /* At most six bytes per byte (\u00XX); only capacity is reserved. */
+        cp_strbuf_grow(sb, 6 * strlen(s));
+        sb->len = (size_t) (cp_json_escape_to(sb->buf + sb->len, s) - sb->buf);
+        sb->buf[sb->len] = '\0';
 }

@@ -34,3 +34,6 @@ void cp_strbuf_addf(cp_strbuf *sb, const char *fmt, ...) _printf_(2, 3);
 void cp_strbuf_vaddf(cp_strbuf *sb, const char *fmt, va_list ap) _printf_(2, 0);
 /* Appends s as the inside of a JSON string (no surrounding quotes). */
 void cp_strbuf_add_json_escaped(cp_strbuf *sb, const char *s);
+/* The same into dst, which has room for 6 * strlen(s) bytes; returns the
+ * end of what was written (no NUL). */
+char *cp_json_escape_to(char *dst, const char *s);
