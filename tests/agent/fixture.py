@@ -192,6 +192,11 @@ def stop_server(srv):
     assert rc == 0, "server exited %r after SIGTERM\n%s" % (rc, srv.stderr()[-4000:])
 
 
+def replica_id(srv):
+    """The id a running server logged for itself ("replica started")."""
+    return srv.wait_log(lambda o: o.get("msg") == "replica started")["replica_id"]
+
+
 def make_cert(d):
     """A self-signed P-256 certificate for localhost / 127.0.0.1."""
     import subprocess

@@ -464,6 +464,11 @@ class SyncStream:
             self.agent._streams.remove(self)
 
 
+def remote_keys(msg):
+    """The WireGuard keys of a SyncResponse's remote peers, as a set."""
+    return {p.wgPubKey for p in msg.NetworkMap.remotePeers}
+
+
 # ---- command line: poke a running server by hand -----------------------------------
 
 def _main(argv=None):

@@ -10,14 +10,15 @@ Everything is cleaned up when the test ends (svc.defer).
 
 import base64
 import hashlib
+import itertools
 import json
 import os
 import secrets
 import subprocess
 import sys
-import zlib
 import urllib.error
 import urllib.request
+import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "service"))
@@ -113,6 +114,28 @@ def api_for(srv, token):
     return Api(srv.url(""), token)
 
 
+def all_group(api):
+    """The id of the account's "All" group."""
+    return [g for g in api.ok("GET", "/api/groups") if g["name"] == "All"][0]["id"]
+
+
+def settings(**over):
+    """A full AccountRequest body for PUT /api/accounts/{id} (NetBird's PUT
+    replaces the settings) with a fresh account's values, changed by
+    `over`; "extra" is only sent when given."""
+    s = {"peer_login_expiration_enabled": True, "peer_login_expiration": 86400,
+         "peer_inactivity_expiration_enabled": False, "peer_inactivity_expiration": 600,
+         "regular_users_view_blocked": True, "groups_propagation_enabled": True,
+         "routing_peer_dns_resolution_enabled": True, "dns_domain": "", "lazy_connection_enabled": False,
+         "jwt_groups_enabled": False, "jwt_groups_claim_name": "", "jwt_allow_groups": [],
+         "peer_expose_enabled": False, "peer_expose_groups": []}
+    extra = over.pop("extra", None)
+    s.update(over)
+    if extra is not None:
+        s["extra"] = extra
+    return {"settings": s}
+
+
 def second_account(dep):
     """Creates another account in the same database with the admin CLI
     (`netbird-cp-admin account create`, whose path meson passes in
@@ -127,10 +150,11 @@ def second_account(dep):
     return fixture.parse_env_output(p.stdout)
 
 
-# ---- users and tokens made with SQL ---------------------------------------------
+# ---- users, tokens and peers made with SQL -------------------------------------
 # Regular users need an IdP invite the API does not offer, and many tests
-# want a user of a given role quickly: these write the rows directly, in
-# exactly the format the server checks (common/crypto).
+# want a user of a given role (or a peer without an agent) quickly: these
+# write the rows directly, in exactly the format the server checks
+# (common/crypto).
 
 BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
@@ -174,6 +198,33 @@ def user_token(dep, role, service=False, account=None, name="", email=""):
     """A user of `role` with a token; returns (user id, token)."""
     uid = sql_user(dep, role, service=service, account=account, name=name, email=email)
     return uid, sql_token(dep, uid, account=account)
+
+
+def role_api(dep, api, role, **kw):
+    """A user of `role` with a token (user_token's keywords: service,
+    account, name, email); returns (user id, Api as that user)."""
+    uid, token = user_token(dep, role, **kw)
+    return uid, api.as_token(token)
+
+
+# Host numbers sql_peer hands out when not given one: distinct within the
+# process, so two peers of one account never share an address (the
+# (account_id, ip) index is unique). Above the small numbers tests pick.
+_hosts = itertools.count(1000)
+
+
+def sql_peer(dep, host=None, user_id=None, account=None):
+    """A peer row with no agent behind it, at host number `host` of the
+    deployment's network (the next free one of _hosts if None); its name
+    and DNS label are its id. Returns the id."""
+    if host is None:
+        host = next(_hosts)
+    pid = "peer" + secrets.token_hex(8)
+    ip = str(dep.network.network_address + host)
+    key = base64.b64encode(secrets.token_bytes(32)).decode()
+    dep.sql("INSERT INTO peers (id, account_id, key, ip, name, dns_label, user_id)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s)", (pid, account or dep.account_id, key, ip, pid, pid, user_id))
+    return pid
 
 
 def run_tests():

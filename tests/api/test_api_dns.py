@@ -2,23 +2,11 @@
 CRUD, NetBird's validation and messages, events, permissions, and a
 nameserver group reaching an agent's DNS config."""
 
-
 import apifix
-from apifix import svc
+from apifix import all_group, svc
 import nbagent
 
 test = svc.test
-
-
-
-def user_api(dep, api, role):
-    """A user of the account with `role` and a personal access token."""
-    _, token = apifix.user_token(dep, role, name="U " + role, email=role + "@x.test")
-    return api.as_token(token)
-
-
-def all_group(api):
-    return [g for g in api.ok("GET", "/api/groups") if g["name"] == "All"][0]["id"]
 
 
 def ns_body(groups, **over):
@@ -184,7 +172,7 @@ def dns_permissions():
     dep, srv, api = apifix.start()
     gall = all_group(api)
     g = api.ok("POST", "/api/dns/nameservers", ns_body([gall]))
-    auditor, netadmin, user = (user_api(dep, api, r) for r in ("auditor", "network_admin", "user"))
+    auditor, netadmin, user = (apifix.role_api(dep, api, r)[1] for r in ("auditor", "network_admin", "user"))
     assert auditor.ok("GET", "/api/dns/nameservers") == [g]
     assert auditor.ok("GET", "/api/dns/settings") == {"disabled_management_groups": []}
     auditor.error("POST", "/api/dns/nameservers", 403, ns_body([gall], name="x"), message="permission denied")

@@ -14,14 +14,6 @@ test = svc.test
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{0,5}[1-9])?Z$")
 
 
-
-
-def user_api(dep, api, role, name="", email=""):
-    """A user of the account with `role` and a token; returns (user id, Api)."""
-    uid, token = apifix.user_token(dep, role, name=name, email=email)
-    return uid, api.as_token(token)
-
-
 def add_event(dep, activity, initiator="sys", target="", meta="{}", ts=None, account=None):
     """Inserts an event straight into the database; returns its id (a string, as the API shows it)."""
     row = dep.sql("INSERT INTO events (activity, initiator_id, target_id, account_id, meta, \"timestamp\")"
@@ -33,11 +25,11 @@ def add_event(dep, activity, initiator="sys", target="", meta="{}", ts=None, acc
 @test
 def events_after_a_few_changes():
     dep, srv, api = apifix.start()
-    uid, admin = user_api(dep, api, "admin", name="Ada Admin", email="ada@x.test")
+    uid, admin = apifix.role_api(dep, api, "admin", name="Ada Admin", email="ada@x.test")
     a = dep.agent()
     a.register(dep.setup_key, meta=nbagent.build_meta("router-1"))
     pid = dep.peers()[a.pub_b64]["id"]
-    gall = [g for g in api.ok("GET", "/api/groups") if g["name"] == "All"][0]["id"]
+    gall = apifix.all_group(api)
 
     g = admin.ok("POST", "/api/groups", {"name": "ops"})
     r = admin.ok("POST", "/api/routes", {"network_id": "lan", "network": "10.1.0.0/16", "peer": pid, "metric": 10,
@@ -102,7 +94,7 @@ def events_order_time_and_meta():
 @test
 def events_user_names():
     dep, srv, api = apifix.start()
-    uid, _ = user_api(dep, api, "user", name="Uma User", email="uma@x.test")
+    uid, _ = apifix.user_token(dep, "user", name="Uma User", email="uma@x.test")
     add_event(dep, 22, initiator=dep.user_id, target=uid, meta='{"role": "user"}')
     # A deleted user: NetBird keeps name and e-mail from the event that had both.
     gone = "gone-user"
@@ -135,9 +127,9 @@ def events_user_names():
 def events_permissions():
     dep, srv, api = apifix.start()
     add_event(dep, 16, meta='{"name": "x"}')
-    _, auditor = user_api(dep, api, "auditor")
-    _, netadmin = user_api(dep, api, "network_admin")
-    _, user = user_api(dep, api, "user")
+    _, auditor = apifix.role_api(dep, api, "auditor")
+    _, netadmin = apifix.role_api(dep, api, "network_admin")
+    _, user = apifix.role_api(dep, api, "user")
     n = len(api.ok("GET", "/api/events/audit"))
     assert n >= 1
     assert len(auditor.ok("GET", "/api/events/audit")) == n
@@ -161,7 +153,7 @@ def instance_endpoints():
     assert set(v) == {"management_current_version", "management_update_available"}, v
     assert isinstance(v["management_current_version"], str) and v["management_current_version"], v
     assert v["management_update_available"] is False, v
-    _, user = user_api(dep, api, "user")
+    _, user = apifix.role_api(dep, api, "user")
     assert user.ok("GET", "/api/instance/version") == v
 
 

@@ -38,9 +38,10 @@ def group_members_are_peers_of_the_account():
     dep, srv, api = apifix.start()
     a = dep.agent()
     a.register(dep.setup_key)
-    pid = dep.peers()[a.pub_b64]["id"]
+    peer = dep.peers()[a.pub_b64]
+    pid = peer["id"]
     g = api.ok("POST", "/api/groups", {"name": "one", "peers": [pid]})
-    assert g["peers_count"] == 1 and g["peers"] == [{"id": pid, "name": g["peers"][0]["name"]}], g
+    assert peer["name"] and g["peers_count"] == 1 and g["peers"] == [{"id": pid, "name": peer["name"]}], g
     assert "one" in dep.peer_groups(pid)
     # One GroupAddedToPeer event for the peer.
     rows = dep.sql("SELECT meta->>'group' FROM events WHERE activity = 18 AND target_id = %s", (pid,))

@@ -3,11 +3,8 @@ and DNS label, SSH, expirations, approval, address), delete (and the
 deleted peer's Sync stream), accessible-peers from the network maps,
 validation errors, and what regular users may see."""
 
-import base64
-import hashlib
 import re
 import secrets
-import zlib
 
 import apifix
 from apifix import svc
@@ -36,36 +33,8 @@ SSO_LOGIN = ("this peer hasn't been added with the sso login, therefore the logi
 SSO_INACTIVITY = ("this peer hasn't been added with the sso login, therefore the inactivity expiration can't "
                   "be updated")
 
-BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-
 
 # ---- helpers ----------------------------------------------------------------------
-
-def new_pat():
-    """A personal access token as NetBird makes them: "nbp_", 30 base62
-    characters and the base62 CRC32 of those 30 (6 characters)."""
-    secret = "".join(secrets.choice(BASE62) for _ in range(30))
-    crc = zlib.crc32(secret.encode()) & 0xFFFFFFFF
-    tail = ""
-    for _ in range(6):
-        tail = BASE62[crc % 62] + tail
-        crc //= 62
-    return "nbp_" + secret + tail
-
-
-def add_user(dep, role, service=False):
-    """A user of the account with a token (SQL: the users API is not
-    needed for this); returns (user id, Api as that user)."""
-    uid = "u" + secrets.token_hex(8)
-    token = new_pat()
-    hashed = base64.b64encode(hashlib.sha256(token.encode()).digest()).decode()
-    dep.sql("INSERT INTO users (id, account_id, role, is_service_user) VALUES (%s, %s, %s, %s)",
-            (uid, dep.account_id, role, service))
-    dep.sql("INSERT INTO personal_access_tokens (id, account_id, user_id, name, hashed_token, expiration_date,"
-            " created_by) VALUES (%s, %s, %s, 'test', %s, now() + interval '1 day', %s)",
-            ("t" + secrets.token_hex(8), dep.account_id, uid, hashed, uid))
-    return uid, apifix.api_for(dep.servers[0], token)
-
 
 def register(dep, hostname, **meta):
     """A real agent registered with the setup key; returns (agent, peer id)."""
@@ -460,7 +429,7 @@ def counts_agree_with_the_agents_maps():
 @test
 def regular_users_see_their_own_peers():
     dep, srv, api = apifix.start()
-    uid, user = add_user(dep, "user")
+    uid, user = apifix.role_api(dep, api, "user")
     _, mine = register(dep, "mine")
     _, theirs = register(dep, "theirs")
     dep.sql("UPDATE peers SET user_id = %s WHERE id = %s", (uid, mine))
@@ -488,10 +457,10 @@ def regular_users_see_their_own_peers():
 def read_only_roles_and_service_users():
     dep, srv, api = apifix.start()
     _, pid = register(dep, "box")
-    _, auditor = add_user(dep, "auditor")
-    _, svc_user = add_user(dep, "user", service=True)
-    _, netadmin = add_user(dep, "network_admin")
-    _, billing = add_user(dep, "billing_admin")
+    _, auditor = apifix.role_api(dep, api, "auditor")
+    _, svc_user = apifix.role_api(dep, api, "user", service=True)
+    _, netadmin = apifix.role_api(dep, api, "network_admin")
+    _, billing = apifix.role_api(dep, api, "billing_admin")
     for who in (auditor, svc_user, netadmin):
         assert [p["id"] for p in who.ok("GET", "/api/peers")] == [pid]
         assert who.ok("GET", "/api/peers/" + pid)["id"] == pid
@@ -500,7 +469,7 @@ def read_only_roles_and_service_users():
         who.error("DELETE", "/api/peers/" + pid, 403)
     # billing_admin is restrictable like a regular user.
     assert billing.ok("GET", "/api/peers") == []
-    _, admin = add_user(dep, "admin")
+    _, admin = apifix.role_api(dep, api, "admin")
     assert admin.ok("PUT", "/api/peers/" + pid, {"name": "renamed"})["name"] == "renamed"
     api.error("GET", "/api/peers", 401, headers={"Authorization": "Token nbp_invalid"})
 

@@ -4,7 +4,6 @@ ranges), every validation error with nothing half-written, events, serial
 bumps only for real changes, permissions, and a policy made over the API
 reaching an agent's network map."""
 
-
 import apifix
 from apifix import svc
 from nbagent import build_meta, pb
@@ -12,12 +11,6 @@ from nbagent import build_meta, pb
 test = svc.test
 
 POLICY_FIELDS = {"id", "name", "description", "enabled", "source_posture_checks", "rules"}
-
-
-
-
-def user_token(dep, role):
-    return apifix.user_token(dep, role)[1]
 
 
 def rule(src, dst, **kw):
@@ -332,7 +325,7 @@ def permissions():
     for role, can_read, can_write in (("admin", True, True), ("network_admin", True, True),
                                       ("auditor", True, False), ("user", False, False),
                                       ("billing_admin", False, False)):
-        a = api.as_token(user_token(dep, role))
+        _, a = apifix.role_api(dep, api, role)
         for method, pth, body, allowed in (("GET", "/api/policies", None, can_read), ("GET", path, None, can_read),
                                            ("POST", "/api/policies", policy(rule([g], [g])), can_write),
                                            ("PUT", path, policy(rule([g], [g]), name=role), can_write)):
@@ -341,8 +334,10 @@ def permissions():
                 assert st == 200, (role, method, pth, st, resp)
             else:
                 assert st == 403 and resp == {"message": "permission denied", "code": 403}, (role, method, st, resp)
-    api.as_token(user_token(dep, "auditor")).error("DELETE", path, 403, message="permission denied")
-    api.as_token(user_token(dep, "network_admin")).ok("DELETE", path)
+    _, auditor = apifix.role_api(dep, api, "auditor")
+    auditor.error("DELETE", path, 403, message="permission denied")
+    _, netadmin = apifix.role_api(dep, api, "network_admin")
+    netadmin.ok("DELETE", path)
     api.as_token(None).error("GET", "/api/policies", 401, message="no valid authentication provided")
 
 

@@ -3,21 +3,15 @@ that handled the request and, through the Redis bus, on every other
 replica. The periodic serial check is off (--serial-check-interval 0s), so
 nothing but the request's own push and the bus can deliver a map."""
 
-import os
+import queue
 import secrets
 
 import apifix
 from apifix import svc
 from fixture import Deployment, json_dump
-from nbagent import build_meta
+from nbagent import build_meta, remote_keys
 
 test = svc.test
-REDIS_URL = os.environ.get("CP_TEST_REDIS_URL", "")
-
-
-def needs_redis():
-    if not REDIS_URL:
-        raise svc.Skip("CP_TEST_REDIS_URL not set (tests/run starts a Redis)")
 
 
 def replicas(n):
@@ -25,7 +19,7 @@ def replicas(n):
     prefix = "api-" + secrets.token_hex(6)
     out = []
     for _ in range(n):
-        srv = dep.start("--serial-check-interval", "0s", "--redis-url", REDIS_URL,
+        srv = dep.start("--serial-check-interval", "0s", "--redis-url", svc.REDIS_URL,
                         "--bus-channel-prefix", prefix)
         srv.wait_log(lambda o: o.get("msg") == "bus subscribed")
         out.append(srv)
@@ -37,10 +31,6 @@ def agent_on(dep, srv, name):
     a.register(dep.setup_key, meta=build_meta(name))
     a.peer_id = dep.peers()[a.pub_b64]["id"]
     return a
-
-
-def remote_keys(msg):
-    return {p.wgPubKey for p in msg.NetworkMap.remotePeers}
 
 
 def tcp_ports(msg):
@@ -60,7 +50,7 @@ def policy_change_over_the_api_reaches_streams_on_every_replica():
     """Agents a and b hold streams on replicas 1 and 2; an operator works
     through replica 3: replacing the Default policy with a tcp/22 policy
     between two groups changes both maps, pushed at once."""
-    needs_redis()
+    svc.needs_redis()
     dep, (r1, r2, r3) = replicas(3)
     api = apifix.api_for(r3, dep.admin_token)
     a = agent_on(dep, r1, "alpha")
@@ -127,7 +117,9 @@ def api_change_on_the_streams_own_replica_and_group_edits():
 
 @test
 def failed_request_pushes_nothing():
-    """A request that fails changes no serial, so no map is pushed."""
+    """A request that fails changes no serial, so no map is pushed: the
+    stream stays silent, and the next successful change's push carries
+    the very next serial."""
     dep = Deployment()
     srv = dep.start("--serial-check-interval", "0s")
     api = apifix.api_for(srv, dep.admin_token)
@@ -135,16 +127,20 @@ def failed_request_pushes_nothing():
     sa = a.sync()
     first = sa.next(timeout=10)
     serial = dep.network_serial()
+    assert first.NetworkMap.Serial == serial
     api.error("POST", "/api/groups", 422, {"name": "x", "peers": ["missing"]})
     api.error("POST", "/api/policies", 400, raw="{")
     assert dep.network_serial() == serial
-    import queue
     try:
         extra = sa.next(timeout=1.5)
         raise AssertionError("unexpected push after failed requests: %s" % json_dump(extra))
     except queue.Empty:
         pass
-    assert first.NetworkMap.Serial == serial
+    # One change that works: one bump, and it is the next thing pushed.
+    api.ok("POST", "/api/groups", {"name": "x", "peers": [a.peer_id]})
+    assert dep.network_serial() == serial + 1
+    m = sa.next(timeout=10)
+    assert m.NetworkMap.Serial == serial + 1, json_dump(m)
 
 
 if __name__ == "__main__":

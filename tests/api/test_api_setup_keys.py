@@ -5,7 +5,6 @@ a key made over the API registering agents."""
 
 import datetime
 import re
-import secrets
 
 import apifix
 from apifix import svc
@@ -18,21 +17,6 @@ test = svc.test
 ZERO_TIME = "0001-01-01T00:00:00Z"
 KEY_FIELDS = {"id", "key", "name", "expires", "type", "valid", "revoked", "used_times", "last_used", "state",
               "auto_groups", "updated_at", "usage_limit", "ephemeral", "allow_extra_dns_labels"}
-
-
-
-
-def user_token(dep, role, service=False, account_id=None):
-    return apifix.user_token(dep, role, service=service, account=account_id)[1]
-
-
-def other_account(dep):
-    """A second account in the same database (with its "All" group) and an
-    owner token for it."""
-    acc = "acc" + secrets.token_hex(8)
-    dep.sql("INSERT INTO accounts (id, network_net) VALUES (%s, '100.90.0.0/16')", (acc,))
-    dep.sql("INSERT INTO groups (id, account_id, name) VALUES (%s, %s, 'All')", ("grp" + secrets.token_hex(8), acc))
-    return acc, user_token(dep, "owner", account_id=acc)
 
 
 def parse_ts(s):
@@ -137,14 +121,15 @@ def state_follows_netbirds_rules():
         "overused": dict(usage_limit=2, used_times=2),
         "valid": dict(usage_limit=2, used_times=1, expires_in_s=3600),
     }
-    def kid(plain):
+
+    def key_id(plain):
         return dep.sql("SELECT id FROM setup_keys WHERE key = %s", (fixture.setup_key_hash(plain),))[0][0]
 
-    want = {kid(dep.add_setup_key(**kw)): state for state, kw in cases.items()}
+    want = {key_id(dep.add_setup_key(**kw)): state for state, kw in cases.items()}
     # Expired wins over revoked, which wins over overused; one-off means one use.
-    want[kid(dep.add_setup_key(expires_in_s=-60, revoked=True, usage_limit=1, used_times=1))] = "expired"
-    want[kid(dep.add_setup_key(revoked=True, usage_limit=1, used_times=1))] = "revoked"
-    want[kid(dep.add_setup_key(type_="one-off", used_times=1))] = "overused"
+    want[key_id(dep.add_setup_key(expires_in_s=-60, revoked=True, usage_limit=1, used_times=1))] = "expired"
+    want[key_id(dep.add_setup_key(revoked=True, usage_limit=1, used_times=1))] = "revoked"
+    want[key_id(dep.add_setup_key(type_="one-off", used_times=1))] = "overused"
     for kid, state in want.items():
         k = api.ok("GET", "/api/setup-keys/" + kid)
         assert k["state"] == state and k["valid"] is (state == "valid"), (state, k)
@@ -299,8 +284,7 @@ def delete_key():
 @test
 def keys_of_other_accounts_are_invisible():
     dep, srv, api = apifix.start()
-    _, token2 = other_account(dep)
-    api2 = api.as_token(token2)
+    api2 = api.as_token(apifix.second_account(dep)["ADMIN_TOKEN"])
     k2 = api2.ok("POST", "/api/setup-keys", {"name": "theirs", "type": "reusable"})
     assert "theirs" not in [x["name"] for x in api.ok("GET", "/api/setup-keys")]
     api.error("GET", "/api/setup-keys/" + k2["id"], 404)
@@ -323,7 +307,7 @@ def permissions():
     for role, can_read, can_write in (("admin", True, True), ("network_admin", True, False),
                                       ("auditor", True, False), ("user", False, False),
                                       ("billing_admin", False, False)):
-        a = api.as_token(user_token(dep, role))
+        _, a = apifix.role_api(dep, api, role)
         for method, p, b, allowed in (("GET", "/api/setup-keys", None, can_read), ("GET", path, None, can_read),
                                       ("POST", "/api/setup-keys", body, can_write), ("PUT", path, upd, can_write)):
             st, resp, _ = a.call(method, p, body=b)
@@ -334,7 +318,7 @@ def permissions():
         if not can_write:
             a.error("DELETE", path, 403, message="permission denied")
     # A service user reads whatever its role.
-    svc_api = api.as_token(user_token(dep, "user", service=True))
+    _, svc_api = apifix.role_api(dep, api, "user", service=True)
     svc_api.ok("GET", "/api/setup-keys")
     svc_api.error("POST", "/api/setup-keys", 403, body)
     # No token at all.

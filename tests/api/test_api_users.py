@@ -3,11 +3,10 @@ the current user with its permissions, service users, updates with
 NetBird's rules, deletion, personal access tokens, roles, blocked users
 and expired tokens, events and serial bumps."""
 
-import base64
 import secrets
 
 import apifix
-from apifix import svc, new_pat, pat_hash, sql_user, sql_token  # noqa: F401
+from apifix import pat_hash, settings, sql_peer, sql_token, sql_user, svc
 
 test = svc.test
 
@@ -15,37 +14,7 @@ ZERO_TIME = "0001-01-01T00:00:00Z"
 ALL_OPS = ("read", "create", "update", "delete")
 
 
-# ---- helpers: users, tokens and peers made with SQL -------------------------
-
-
-
-
-
-
-
-
-
-def sql_peer(dep, user_id=None, account=None, host=None):
-    """A peer row (no agent behind it); returns its id."""
-    pid = "peer" + secrets.token_hex(8)
-    net = dep.network
-    if host is None:
-        host = 1000 + secrets.randbelow(20000)
-    ip = str(net.network_address + host)
-    key = base64.b64encode(secrets.token_bytes(32)).decode()
-    dep.sql("INSERT INTO peers (id, account_id, key, ip, name, dns_label, user_id)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s)",
-            (pid, account or dep.account_id, key, ip, pid, pid, user_id))
-    return pid
-
-
-def second_account(dep):
-    """Another account with an owner and a token, made with SQL."""
-    aid = "acc" + secrets.token_hex(8)
-    dep.sql("INSERT INTO accounts (id, network_net) VALUES (%s, '100.99.0.0/16')", (aid,))
-    owner = sql_user(dep, "owner", account=aid)
-    return aid, owner, sql_token(dep, owner, account=aid)
-
+# ---- helpers ----------------------------------------------------------------
 
 def events(dep, activity, target=None):
     q = "SELECT initiator_id, target_id, meta FROM events WHERE account_id = %s AND activity = %s"
@@ -147,18 +116,6 @@ def current_user_permissions_follow_the_role():
     # Service users have no "current user" in NetBird.
     su = service_user(api, "admin", "bot")
     api.as_token(mint(api, su["id"])).error("GET", "/api/users/current", 403, message="permission denied")
-
-
-def settings(**over):
-    """A full AccountRequest body (NetBird's PUT replaces the settings)."""
-    s = {"peer_login_expiration_enabled": True, "peer_login_expiration": 86400,
-         "peer_inactivity_expiration_enabled": False, "peer_inactivity_expiration": 600,
-         "regular_users_view_blocked": True, "groups_propagation_enabled": True,
-         "routing_peer_dns_resolution_enabled": True, "dns_domain": "", "lazy_connection_enabled": False,
-         "jwt_groups_enabled": False, "jwt_groups_claim_name": "", "jwt_allow_groups": [],
-         "peer_expose_enabled": False, "peer_expose_groups": []}
-    s.update(over)
-    return {"settings": s}
 
 
 @test
@@ -556,7 +513,8 @@ def token_rules_by_role():
 @test
 def other_accounts_are_invisible():
     dep, srv, api = apifix.start()
-    aid, owner2, token2 = second_account(dep)
+    b = apifix.second_account(dep)
+    aid, owner2, token2 = b["ACCOUNT_ID"], b["USER_ID"], b["ADMIN_TOKEN"]
     su2 = sql_user(dep, "user", service=True, account=aid, name="theirs")
     api2 = api.as_token(token2)
     pat2 = api2.ok("GET", "/api/users/%s/tokens" % owner2)[0]["id"]

@@ -21,6 +21,7 @@ import urllib.request
 
 BINARY = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("NETBIRD_MGMT", "")
 PG_DSN = os.environ.get("CP_TEST_PG_DSN", "")
+REDIS_URL = os.environ.get("CP_TEST_REDIS_URL", "")
 # The DataStoreEncryptionKey every test server gets (management refuses to
 # start without one). One fixed key, so replicas on one database share it.
 DATA_KEY = "r0R6+3lrV9x0m1cQp8kzq5d0eZ0oW8h3bJ2yQe4aZ1c="
@@ -33,9 +34,25 @@ class Skip(Exception):
     pass
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived (meson's timeout, tests/run interrupted). Not an
+    Exception, so run_all does not take it for one failed test and go on
+    with the next: it runs the current test's cleanups and stops."""
+
+
+def _on_sigterm(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)       # the cleanups run undisturbed
+    raise Terminated("SIGTERM")
+
+
 def needs_db():
     if not PG_DSN:
         raise Skip("CP_TEST_PG_DSN not set (run through tests/run)")
+
+
+def needs_redis():
+    if not REDIS_URL:
+        raise Skip("CP_TEST_REDIS_URL not set (tests/run starts a Redis)")
 
 
 # ---- TAP -------------------------------------------------------------------
@@ -55,13 +72,19 @@ def defer(fn, *args):
 
 
 def run_all():
+    """Runs the tests (only the one named by the second argument, if any)
+    and prints TAP; returns the exit status. On SIGTERM or Ctrl-C the
+    running test's cleanups still run (meson sends SIGKILL half a second
+    after SIGTERM: a cleanup that must finish anyway runs detached), then
+    it stops with "Bail out!"."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
     only = sys.argv[2] if len(sys.argv) > 2 else None
     chosen = [t for t in _tests if only is None or t.__name__ == only]
     print("1..%d" % len(chosen), flush=True)
     failed = 0
     for i, t in enumerate(chosen, 1):
         name = t.__name__
-        ok, skip = True, None
+        ok, skip, stop = True, None, None
         try:
             if not BINARY or not os.access(BINARY, os.X_OK):
                 raise Skip("netbird-mgmt binary not given")
@@ -72,6 +95,9 @@ def run_all():
             ok = False
             for l in traceback.format_exc().splitlines():
                 print("# " + l)
+        except BaseException as e:          # Terminated, KeyboardInterrupt
+            ok, stop = False, e
+            print("# interrupted: %r" % (e,), flush=True)
         # Cleanups run whatever happened; a failing one (say, a sanitizer
         # report from a server killed at the end) fails the test too.
         while _cleanups:
@@ -82,6 +108,9 @@ def run_all():
                 ok = False
                 for l in traceback.format_exc().splitlines():
                     print("# cleanup: " + l)
+            except BaseException as e:      # SIGTERM during a cleanup: the others still run
+                ok, stop = False, stop or e
+                print("# cleanup interrupted: %r" % (e,), flush=True)
         if not ok:
             failed += 1
             line = "not ok %d - %s" % (i, name)
@@ -90,6 +119,9 @@ def run_all():
         else:
             line = "ok %d - %s" % (i, name)
         print(line, flush=True)
+        if stop is not None:
+            print("Bail out! %s" % type(stop).__name__, flush=True)
+            return 1
     return 1 if failed else 0
 
 

@@ -2,31 +2,32 @@
 a case needs one, running netbird-mgmt replicas with agents (nbagent.py).
 
 The admin binary's path is in NETBIRD_ADMIN (meson sets it); netbird-mgmt's
-is the first argument, as for every service test.
-
-Cases marked "needs the REST routes" drive `setup-key create/list` and
-`peers list`, which go through /api/setup-keys and /api/peers in-process;
-where this build's REST API has no such route they print "# SKIP".
+is the first argument, as for every service test. `setup-key create/list`
+and `peers list` go through the REST layer (/api/setup-keys, /api/peers)
+in-process.
 """
 
+import glob
 import json
 import os
 import subprocess
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(HERE, "..", "agent"))
 
 import svc  # noqa: E402
 import fixture  # noqa: E402
 import nbagent  # noqa: E402
-from fixture import Deployment, parse_env_output, wait_until  # noqa: E402
-from nbagent import RpcFailed, build_meta  # noqa: E402
+from fixture import Deployment, parse_env_output, replica_id, wait_until  # noqa: E402
+from nbagent import RpcFailed, build_meta, remote_keys  # noqa: E402
 from svc import test  # noqa: E402
 
 ADMIN = os.environ.get("NETBIRD_ADMIN", "")
 ENV_KEYS = ["ACCOUNT_ID", "USER_ID", "SETUP_KEY", "ADMIN_TOKEN", "NETWORK"]
+# The migrations compiled into both binaries (sql/meson.build lists them).
+MIGRATIONS = sorted(glob.glob(os.path.join(ROOT, "sql", "migrations", "*.sql")))
 
 
 def admin(args, env=None, timeout=60):
@@ -51,15 +52,6 @@ def admin_json(args, env):
 def fresh_db_env():
     dsn, _ = svc.new_db()
     return {"NB_STORE_ENGINE_POSTGRES_DSN": dsn}
-
-
-def needs_route(env, account_id, path):
-    """Skips the case when this build's REST API does not serve path."""
-    cmd = {"/api/setup-keys": ["setup-key", "list"], "/api/peers": ["peers", "list"]}[path]
-    r = admin(cmd + ["--account", account_id], env)
-    if r.rc != 0 and "no such route" in r.err:
-        raise svc.Skip("needs the REST route %s (not in this build)" % path)
-    assert r.rc == 0, r
 
 
 # ---- usage -----------------------------------------------------------------------------
@@ -130,9 +122,10 @@ def migrate_applies_once():
     env = fresh_db_env()
     r = admin(["sessions", "list"], env)
     assert r.rc == 1 and "migrate" in r.err, r
+    n = len(MIGRATIONS)
+    assert n >= 4, MIGRATIONS
     r = ok(["migrate"], env)
-    n = int(r.out.split()[1])
-    assert n >= 4 and r.out == "applied %d migrations (0 already applied)\n" % n, r
+    assert r.out == "applied %d migrations (0 already applied)\n" % n, r
     r = ok(["migrate"], env)
     assert r.out == "applied 0 migrations (%d already applied)\n" % n, r
     # netbird-mgmt agrees (the same compiled list and report).
@@ -200,8 +193,12 @@ def if_none_is_idempotent_like_bootstrap():
 def if_none_races_create_one_account():
     env = fresh_db_env()
     ok(["migrate"], env)
-    procs = [subprocess.Popen([ADMIN, "account", "create", "--if-none"], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=svc.clean_env(env)) for _ in range(4)]
+    procs = []
+    for _ in range(4):
+        p = subprocess.Popen([ADMIN, "account", "create", "--if-none"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=svc.clean_env(env))
+        svc.defer(lambda p=p: (p.kill(), p.wait(10)))      # a no-op once it has exited
+        procs.append(p)
     outs = [p.communicate(timeout=60) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     assert sum(1 for o, _ in outs if o) == 1, outs
@@ -229,10 +226,6 @@ def account_list_table_and_json():
 
 
 # ---- sessions and replicas with running servers ---------------------------------------------
-
-
-def replica_id(srv):
-    return srv.wait_log(lambda o: o.get("msg") == "replica started")["replica_id"]
 
 
 @test
@@ -280,14 +273,13 @@ def sessions_and_replicas_with_a_connected_agent():
     wait_until(lambda: admin_json(["sessions", "list"], env) == [], timeout=15, what="session cleared")
 
 
-# ---- setup keys and peers through the REST layer (needs the REST routes) ----------------------
+# ---- setup keys and peers through the REST layer ----------------------------------------------
 
 
 @test
 def setup_key_create_through_the_api_registers_a_peer():
     dep = Deployment()
     env = dep.env()
-    needs_route(env, dep.account_id, "/api/setup-keys")
     grp = dep.add_group("admins-made")
     r = ok(["setup-key", "create", "--account", dep.account_id, "--name", "cli key", "--type", "reusable",
             "--expires-in", "48h", "--usage-limit", "2", "--auto-group", grp, "--ephemeral=false"], env)
@@ -322,7 +314,6 @@ def setup_key_create_through_the_api_registers_a_peer():
 def peers_list_through_the_api():
     dep = Deployment()
     env = dep.env()
-    needs_route(env, dep.account_id, "/api/peers")
     srv = dep.start()
     a = dep.agent(srv)
     a.register(dep.setup_key, meta=build_meta("listed-peer"))
@@ -362,10 +353,6 @@ def server_key_of(srv):
         return a.get_server_key_response().key
     finally:
         a.close()
-
-
-def remote_keys(msg):
-    return {p.wgPubKey for p in msg.NetworkMap.remotePeers}
 
 
 @test
@@ -453,7 +440,13 @@ def server_key_rotation_keeps_the_fleet_working():
                 raise AssertionError("dropped key %s still opens on %d" % (gone, srv.grpc_port))
             except RpcFailed as e:
                 assert e.code.name == "INVALID_ARGUMENT", e
-    # The stream opened before both rotations still gets pushes.
+    # The stream opened with the first key ends now that the key is gone
+    # (docs/ops.md: within a poll interval); its agent reconnects with the
+    # current key and follows changes again.
+    ended, _ = stream.wait_end(timeout=30)
+    assert isinstance(ended, RpcFailed) and ended.code.name == "UNAVAILABLE", ended
+    assert ended.details == "server key rotated, please reconnect", ended
+    stream = a.sync()
     e = dep.agent(r1)
     e.register(dep.setup_key, meta=build_meta("after-second-rotation"))
     stream.wait_for(lambda m: e.pub_b64 in remote_keys(m), timeout=30)

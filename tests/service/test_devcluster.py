@@ -17,7 +17,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -34,8 +33,18 @@ from apifix import Api  # noqa: E402
 UP = os.path.join(ROOT, "deploy", "dev", "up")
 DOWN = os.path.join(ROOT, "deploy", "dev", "down")
 NGINX = "/usr/sbin/nginx"
-# Generous: under ASan every replica starts slowly.
-SCRIPT_TIMEOUT = 300
+# One up or down (and the clean-up's down --purge), generous for ASan where
+# every replica starts slowly. The meson timeout of service-devcluster
+# (tests/service/meson.build) is sized from it.
+SCRIPT_TIMEOUT = 120
+# DevCluster's reaper (sh -c; $0 is deploy/dev/down, $1 the base directory):
+# waits for EOF on stdin, then stops and deletes what up made. The output
+# stays, with the directory, only when down fails.
+REAPER = """cat >/dev/null
+rc=0
+if [ -d "$1/dev" ]; then "$0" --purge >"$1/down-purge.out" 2>&1 || rc=$?; fi
+[ $rc != 0 ] || rm -rf "$1"
+exit $rc"""
 
 
 # ---- helpers -------------------------------------------------------------------
@@ -57,6 +66,15 @@ class DevCluster:
         os.chmod(self.base, 0o711)
         self.dir = os.path.join(self.base, "dev")
         self.runs = 0
+        # The daemons up starts are in sessions of their own: nothing but
+        # down stops them. The reaper runs down --purge (and removes base)
+        # once our end of its stdin closes: in cleanup, or when this process
+        # dies however it dies. Meson's timeout is SIGTERM to our process
+        # group and SIGKILL half a second later; the reaper, in a session of
+        # its own, sees neither.
+        self.reaper = subprocess.Popen(["sh", "-c", REAPER, DOWN, self.base], stdin=subprocess.PIPE,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=self.env(),
+                                       start_new_session=True)
         svc.defer(self.cleanup)
 
     def env(self, extra=None):
@@ -104,9 +122,14 @@ class DevCluster:
                     svc.check_sanitizer_clean(f.read())
 
     def cleanup(self):
-        if os.path.isdir(self.dir):
-            self.script(DOWN, "--purge")
-        shutil.rmtree(self.base, ignore_errors=True)
+        """Lets the reaper run down --purge and remove the directory."""
+        self.reaper.stdin.close()
+        rc = self.reaper.wait(SCRIPT_TIMEOUT)
+        if rc != 0:
+            with open(os.path.join(self.base, "down-purge.out"), errors="replace") as f:
+                text = f.read()
+            shutil.rmtree(self.base, ignore_errors=True)
+            raise AssertionError("deploy/dev/down --purge failed (%d):\n%s" % (rc, text[-4000:]))
 
 
 def alive(pid):

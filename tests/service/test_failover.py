@@ -41,7 +41,7 @@ import grpc  # noqa: E402
 
 import svc  # noqa: E402
 import fixture  # noqa: E402
-from fixture import Deployment, wait_until, json_dump  # noqa: E402
+from fixture import Deployment, replica_id, wait_until, json_dump  # noqa: E402
 from nbagent import RpcFailed, StreamEnded, build_meta  # noqa: E402
 from svc import test  # noqa: E402
 
@@ -68,19 +68,11 @@ def open_sync(agent):
     return s, s.next(timeout=15)
 
 
-def remote_keys(msg):
-    return {p.wgPubKey for p in msg.NetworkMap.remotePeers}
-
-
 def row(dep, agent):
     """(connected, session token, owning replica id or '') of the agent's peer."""
     rows = dep.sql("SELECT peer_status_connected, peer_status_session_started_at,"
                    " coalesce(peer_status_replica_id, '') FROM peers WHERE key = %s", (agent.pub_b64,))
     return tuple(rows[0]) if rows else None
-
-
-def replica_id(srv):
-    return srv.wait_log(lambda o: o.get("msg") == "replica started")["replica_id"]
 
 
 def db_now_ns(dep):

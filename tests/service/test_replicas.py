@@ -16,18 +16,12 @@ sys.path.insert(0, os.path.join(HERE, "..", "agent"))
 
 import svc  # noqa: E402
 import fixture  # noqa: E402
-from fixture import Deployment, wait_until, json_dump  # noqa: E402
-from nbagent import RpcFailed, StreamEnded, build_meta  # noqa: E402
+from fixture import Deployment, replica_id, wait_until, json_dump  # noqa: E402
+from nbagent import RpcFailed, StreamEnded, build_meta, remote_keys  # noqa: E402
 from svc import test  # noqa: E402
 
-REDIS_URL = os.environ.get("CP_TEST_REDIS_URL", "")
 # Short heartbeats so a dead replica is reaped within a few seconds.
 FAST_HEARTBEAT = ("--heartbeat-interval", "200ms", "--replica-expiry", "1s")
-
-
-def needs_redis():
-    if not REDIS_URL:
-        raise svc.Skip("CP_TEST_REDIS_URL not set (tests/run starts a Redis)")
 
 
 def replica(dep, *extra, redis=True, prefix=None):
@@ -35,7 +29,7 @@ def replica(dep, *extra, redis=True, prefix=None):
     running side by side on one Redis never hear each other)."""
     args = list(FAST_HEARTBEAT) + ["--serial-check-interval", "0s"]
     if redis:
-        args += ["--redis-url", REDIS_URL, "--bus-channel-prefix", prefix or dep.bus_prefix]
+        args += ["--redis-url", svc.REDIS_URL, "--bus-channel-prefix", prefix or dep.bus_prefix]
     srv = dep.start(*(args + list(extra)))
     if redis:
         srv.wait_log(lambda o: o.get("msg") == "bus subscribed")
@@ -59,19 +53,11 @@ def open_sync(agent):
     return s, s.next(timeout=15)
 
 
-def remote_keys(msg):
-    return {p.wgPubKey for p in msg.NetworkMap.remotePeers}
-
-
 def owner(dep, agent):
     """(connected, token, owning replica id) of the agent's peer row."""
     rows = dep.sql("SELECT peer_status_connected, peer_status_session_started_at,"
                    " coalesce(peer_status_replica_id, '') FROM peers WHERE key = %s", (agent.pub_b64,))
     return tuple(rows[0]) if rows else None
-
-
-def replica_id(srv):
-    return srv.wait_log(lambda o: o.get("msg") == "replica started")["replica_id"]
 
 
 def check_runbook_views(dep, streams, peers, stale_peers):
@@ -134,7 +120,7 @@ def change_on_one_replica_reaches_streams_on_the_others():
     """Peers a and b hold streams on replicas 1 and 2. A peer registering
     through replica 3 reaches both at once (the bus; no serial check), and
     a peer registering through replica 1 reaches b on replica 2."""
-    needs_redis()
+    svc.needs_redis()
     dep = deployment()
     r1, r2, r3 = replica(dep), replica(dep), replica(dep)
     a = registered(dep, "alpha", r1)
@@ -168,7 +154,7 @@ def change_on_one_replica_reaches_streams_on_the_others():
 @test
 def replicas_table_heartbeat_and_drain():
     """Each replica has a row that heartbeats; SIGTERM deregisters it."""
-    needs_redis()
+    svc.needs_redis()
     dep = deployment()
     r1, r2 = replica(dep), replica(dep)
     ids = {replica_id(r1), replica_id(r2)}

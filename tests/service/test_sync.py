@@ -31,7 +31,7 @@ import fixture  # noqa: E402
 import svc  # noqa: E402
 from fixture import Deployment, wait_until, json_dump  # noqa: E402
 import nbagent  # noqa: E402
-from nbagent import RpcFailed, StreamEnded, build_meta, pb  # noqa: E402
+from nbagent import RpcFailed, StreamEnded, build_meta, pb, remote_keys  # noqa: E402
 from svc import test  # noqa: E402
 
 SC = grpc.StatusCode
@@ -56,10 +56,6 @@ def open_sync(agent, meta=None):
     s = agent.sync(meta=meta)
     first = s.next(timeout=15)
     return s, first
-
-
-def remote_keys(msg):
-    return {p.wgPubKey for p in msg.NetworkMap.remotePeers}
 
 
 def registered(dep, name, srv=None, **kw):

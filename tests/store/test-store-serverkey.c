@@ -254,8 +254,23 @@ TEST(rotation_keeps_the_previous_key_for_its_grace_period) {
         uint8_t derived[32];
         ASSERT_OK(cp_crypto_wg_public_from_private(ks.priv, derived, NULL), NULL);
         ASSERT_TRUE(memcmp(derived, ks.pub, 32) == 0);
+        /* The previous private key is stored encrypted, as the current
+         * one is: not its base64 nor containing it, the AES-GCM form
+         * (12 + 32 + 16 bytes, none of them the key) that opens to it. */
         char *enc = cptest_db_query(db, "SELECT previous_private_key_enc FROM server_keys", 0, NULL);
-        ASSERT_TRUE(strlen(enc) > 44);  /* encrypted, not the key itself */
+        char priv_b64[CP_WG_KEY_B64_LEN];
+        uint8_t raw[128], back[32];
+        cp_crypto_wg_key_format(priv, priv_b64);
+        ASSERT_TRUE(strlen(enc) > 44);
+        ASSERT_TRUE(strcmp(enc, priv_b64) != 0);
+        ASSERT_TRUE(strstr(enc, priv_b64) == NULL);
+        int n_raw = cp_crypto_b64_decode(enc, raw, sizeof raw);
+        ASSERT_EQ(60, n_raw);
+        ASSERT_TRUE(memmem(raw, (size_t) n_raw, priv, 32) == NULL);
+        ASSERT_EQ(32, cp_crypto_aead_decrypt(key, enc, back, sizeof back, &err));
+        ASSERT_TRUE(memcmp(back, priv, 32) == 0);
+        cp_explicit_bzero(back, sizeof back);
+        cp_explicit_bzero(priv_b64, sizeof priv_b64);
         free(enc);
 
         /* Again inside the grace period: refused unless forced. */
