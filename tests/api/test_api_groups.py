@@ -64,13 +64,22 @@ def group_validation():
     api.error("POST", "/api/groups", 400, {"name": "x", "peers": "p1"})
     api.error("POST", "/api/groups", 422, {"name": ""}, message="group name shouldn't be empty")
     api.error("POST", "/api/groups", 422, {"peers": []}, message="group name shouldn't be empty")
-    api.ok("POST", "/api/groups", {"name": "dup"})
+    dup = api.ok("POST", "/api/groups", {"name": "dup"})
     api.error("POST", "/api/groups", 409, {"name": "dup"}, message="group with name dup already exists")
+    # A rename onto a taken name, "All" included, is refused too.
+    other = api.ok("POST", "/api/groups", {"name": "other"})
+    api.error("PUT", "/api/groups/" + other["id"], 409, {"name": "dup"}, message="group with name dup already exists")
+    api.error("PUT", "/api/groups/" + other["id"], 409, {"name": "All"}, message="group with name all already exists")
+    # Keeping its own name is no conflict.
+    api.ok("PUT", "/api/groups/" + dup["id"], {"name": "dup"})
     api.error("PUT", "/api/groups/nope", 404, {"name": "x"})
     api.error("DELETE", "/api/groups/nope", 404)
-    # Nothing half-written: one group was created, one serial bump.
-    assert [g["name"] for g in api.ok("GET", "/api/groups")] == ["All", "dup"]
-    assert dep.network_serial() == serial0 + 1
+    # The first unknown peer named is the first in the request.
+    api.error("POST", "/api/groups", 422, {"name": "x", "peers": ["zz-missing", "aa-missing"]},
+              message="peer with id zz-missing not found")
+    # Nothing half-written: two groups created, one renamed onto itself.
+    assert sorted(g["name"] for g in api.ok("GET", "/api/groups")) == ["All", "dup", "other"]
+    assert dep.network_serial() == serial0 + 3
 
 
 @test
