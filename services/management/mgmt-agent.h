@@ -26,6 +26,8 @@
 
 #include "cp/config.h"
 #include "cp/crypto-box.h"
+#include "cp/identity.h"
+#include "cp/jwt.h"
 #include "cp/store.h"
 #include "cp-methods.h"
 #include "mgmt-grpc.h"
@@ -49,6 +51,11 @@ typedef struct mgmt_agent {
         struct mgmt_sync *sync;
         /* Network maps (mgmt-map.h), for Logout's last map. */
         struct mgmt_maps *maps;
+        /* The IdP token validator (owned by the manager); NULL when no IdP
+         * is configured: Login with a jwtToken and ExtendAuthSession are
+         * then refused. */
+        cp_jwt *jwt;
+        cp_identity_options identity;
 } mgmt_agent;
 
 /* Fills out with the rows to register, one per rpc of the service, in

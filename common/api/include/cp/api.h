@@ -26,6 +26,8 @@
 #include <stdint.h>
 
 #include "cp/error.h"
+#include "cp/identity.h"
+#include "cp/jwt.h"
 #include "cp/store.h"
 #include "cp/strbuf.h"
 
@@ -50,6 +52,11 @@ typedef struct cp_api_options {
          * after a change, which the fan-out has just loaded. */
         struct cp_netmap_account *(*snapshot_peek)(const char *account_id, int64_t serial, void *userdata);
         void *snapshot_userdata;
+        /* IdP sign-in: the validator (borrowed, may be NULL = no IdP: any
+         * non-PAT bearer is "token invalid") and how JWT users map to
+         * accounts. */
+        cp_jwt *jwt;
+        cp_identity_options identity;
 } cp_api_options;
 
 int cp_api_new(const cp_api_options *o, cp_api **ret, cp_error *reterr);
