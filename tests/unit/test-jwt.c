@@ -685,6 +685,10 @@ TEST(discovery_wins) {
         char buf[128];
         cp_jwt_issuer(j, buf, sizeof buf);
         ASSERT_STREQ("https://disc.test", buf);
+        char want[128];
+        (void) snprintf(want, sizeof want, "http://127.0.0.1:%d/jwks2", idp.port);
+        cp_jwt_keys_location(j, buf, sizeof buf);
+        ASSERT_STREQ(want, buf);
         ASSERT_TRUE(atomic_load(&idp.discovery_fetches) >= 1);
         cp_jwt_free(j);
 

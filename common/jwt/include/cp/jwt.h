@@ -136,6 +136,9 @@ bool cp_jwt_status(cp_jwt *j, char *buf, size_t len);
 /* The issuer in force (the discovery document's when one was read), for
  * messages and SSH JWTConfig; "" before it is known. Copies into buf. */
 void cp_jwt_issuer(cp_jwt *j, char *buf, size_t len);
+/* The JWKS URL in force (the discovery document's jwks_uri when one was
+ * read), for SSH JWTConfig; "" before it is known. Copies into buf. */
+void cp_jwt_keys_location(cp_jwt *j, char *buf, size_t len);
 
 /* Counters for /metrics (any thread). */
 typedef struct cp_jwt_stats {
