@@ -392,11 +392,14 @@ static int open_jwt(mgmt_manager *m, cp_error *reterr) {
                        "OIDCConfigEndpoint: IdP tokens are refused");
                 return 0;
         }
-        /* NetBird's GetAuthAudiences(): AuthAudience, ExtraAuthAudience and
-         * the device flow's audience (the PKCE flow's is not accepted). */
+        /* NetBird's GetAuthAudiences() (AuthAudience, ExtraAuthAudience,
+         * the device flow's audience) plus the PKCE flow's audience: the
+         * tokens `netbird up` gets through PKCE carry it, and an operator
+         * whose PKCE client differs from the dashboard's expects them to
+         * log peers in (docs/auth.md). */
         cp_jwt_config jc = {
                 .issuer = n->auth_issuer,
-                .audiences = { n->auth_audience, n->extra_auth_audience, n->device.audience },
+                .audiences = { n->auth_audience, n->extra_auth_audience, n->device.audience, n->pkce.audience },
                 .keys_location = n->auth_keys_location,
                 .oidc_config_endpoint = oidc ? n->oidc_config_endpoint : NULL,
                 .user_id_claim = n->auth_user_id_claim,

@@ -55,7 +55,8 @@ typedef struct cp_jwt_config {
         const char *issuer;             /* HttpConfig.AuthIssuer; may be NULL with an OIDC endpoint */
         /* Every audience accepted, as NetBird's GetAuthAudiences():
          * AuthAudience, ExtraAuthAudience and DeviceAuthorizationFlow's
-         * ProviderConfig.Audience (NetBird does not accept the PKCE flow's).
+         * ProviderConfig.Audience; netbird-mgmt adds the PKCE flow's too
+         * (NetBird does not; docs/auth.md).
          * Empty strings and duplicates are skipped. The first non-empty one
          * (AuthAudience) prefixes the wt_* claims: "<aud>/wt_account_id". */
         const char *audiences[CP_JWT_MAX_AUDIENCES];
