@@ -11,8 +11,7 @@ import { Provider, errors } from 'oidc-provider';
 
 const HELP = `usage: node server.js --port PORT --data-dir DIR [options]
 
-  --port PORT                 listen on 127.0.0.1:PORT (env OIDC_PORT)
-  --host ADDR                 listen address (default 127.0.0.1)
+  --port PORT                 listen on 127.0.0.1:PORT (loopback only; env OIDC_PORT)
   --data-dir DIR              signing keys, cookie keys, default users (env OIDC_DATA_DIR)
   --users FILE                users (JSON array); default DIR/users.json, made at first start
   --audience AUD              aud of access tokens (default: the dashboard client id)
@@ -36,7 +35,6 @@ function parseArgs(argv) {
         const env = process.env;
         const o = {
                 port: env.OIDC_PORT || '',
-                host: '127.0.0.1',
                 dataDir: env.OIDC_DATA_DIR || '',
                 users: '',
                 audience: env.OIDC_AUDIENCE || '',
@@ -50,7 +48,7 @@ function parseArgs(argv) {
         };
         const lists = { '--dashboard-origin': 'dashboardOrigins', '--dashboard-redirect-uri': 'dashboardRedirects',
                 '--agent-redirect-uri': 'agentRedirects' };
-        const single = { '--port': 'port', '--host': 'host', '--data-dir': 'dataDir', '--users': 'users',
+        const single = { '--port': 'port', '--data-dir': 'dataDir', '--users': 'users',
                 '--audience': 'audience', '--dashboard-client-id': 'dashboardClientId',
                 '--agent-client-id': 'agentClientId', '--pid-file': 'pidFile', '--log-file': 'logFile' };
         for (let i = 0; i < argv.length; i++) {
@@ -89,7 +87,9 @@ function usageError(msg) {
 }
 
 const opts = parseArgs(process.argv.slice(2));
-const issuer = `http://${opts.host.includes(':') ? `[${opts.host}]` : opts.host}:${opts.port}`;
+// Loopback only: plain HTTP, passwords in a file, state in memory.
+const HOST = '127.0.0.1';
+const issuer = `http://${HOST}:${opts.port}`;
 // Access tokens are bound to this resource indicator (it must be an absolute
 // URI); their aud is opts.audience.
 const RESOURCE = 'urn:netbird:management';
@@ -242,7 +242,29 @@ function configuration() {
                 },
                 features: {
                         devInteractions: { enabled: false },
-                        deviceFlow: { enabled: true },
+                        deviceFlow: {
+                                enabled: true,
+                                userCodeInputSource: async (ctx, form, out, err) => {
+                                        const msg = err ? '<p role="alert" style="color: #b00">That code did not work; try again.</p>'
+                                                : '<p>Enter the code your NetBird client shows.</p>';
+                                        html(ctx, 'Connect a device', `${msg}${form}
+<p><button type="submit" form="op.deviceInputForm">Continue</button></p>`);
+                                },
+                                userCodeConfirmSource: async (ctx, form, client, deviceInfo, userCode) => {
+                                        html(ctx, 'Confirm the device', `<p>${esc(client.clientId)} shows the code
+<code>${esc(userCode)}</code>? Continue only if it does.</p>${form}
+<p><button type="submit" form="op.deviceConfirmForm">Continue</button>
+<button type="submit" form="op.deviceConfirmForm" name="abort" value="yes">Abort</button></p>`);
+                                },
+                                successSource: async (ctx) => html(ctx, 'Device connected', '<p>You can close this window.</p>'),
+                        },
+                        rpInitiatedLogout: {
+                                enabled: true,
+                                logoutSource: async (ctx, form) => html(ctx, 'Sign out', `${form}
+<p><button type="submit" form="op.logoutForm" name="logout" value="yes">Sign out</button>
+<button type="submit" form="op.logoutForm">Stay signed in</button></p>`),
+                                postLogoutSuccessSource: async (ctx) => html(ctx, 'Signed out', '<p>You are signed out.</p>'),
+                        },
                         revocation: { enabled: true },
                         resourceIndicators: {
                                 enabled: true,
@@ -279,8 +301,7 @@ function configuration() {
                         Session: 14 * 86400,
                 },
                 renderError: async (ctx, out) => {
-                        ctx.type = 'html';
-                        ctx.body = page('Error', `<p>${esc(out.error)}: ${esc(out.error_description || '')}</p>`);
+                        html(ctx, 'Error', `<p>${esc(out.error)}: ${esc(out.error_description || '')}</p>`);
                 },
         };
 }
@@ -312,6 +333,12 @@ function page(title, body) {
         return `<!DOCTYPE html><html><head><meta charset="utf-8"><title>${esc(title)}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"></head>
 <body style="font-family: sans-serif; max-width: 22em; margin: 4em auto"><h1>${esc(title)}</h1>${body}</body></html>`;
+}
+
+// The provider's own pages (device flow, sign-out, errors) in our frame.
+function html(ctx, title, body) {
+        ctx.type = 'html';
+        ctx.body = page(title, body);
 }
 
 function loginForm(uid, clientId, login, error) {
@@ -410,10 +437,10 @@ process.on('SIGUSR1', () => {
 });
 
 server.on('error', (err) => {
-        log(`cannot listen on ${opts.host}:${opts.port}: ${err.message}`);
+        log(`cannot listen on ${HOST}:${opts.port}: ${err.message}`);
         process.exit(1);
 });
-server.listen(+opts.port, opts.host, () => {
+server.listen(+opts.port, HOST, () => {
         if (opts.pidFile) fs.writeFileSync(opts.pidFile, `${process.pid}\n`);
         log(`listening: issuer ${issuer}, signing kid ${jwks.keys[0].kid}, ${users.size} users, `
                 + `dashboard client ${opts.dashboardClientId}, agent client ${opts.agentClientId}, audience ${opts.audience}`);

@@ -299,3 +299,60 @@ def refresh(issuer, client_id, refresh_token):
     disc = get_json(issuer.rstrip("/") + "/.well-known/openid-configuration")
     return token_request(disc["token_endpoint"], {"grant_type": "refresh_token", "client_id": client_id,
                                                   "refresh_token": refresh_token})
+
+
+DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+
+
+def device_start(issuer, client_id, scope=DEFAULT_SCOPE, audience=None):
+    """The device authorization request a NetBird agent makes; returns
+    device_code, user_code, verification_uri, ..."""
+    disc = get_json(issuer.rstrip("/") + "/.well-known/openid-configuration")
+    form = {"client_id": client_id, "scope": scope}
+    if audience:
+        form["audience"] = audience
+    return token_request(disc["device_authorization_endpoint"], form)
+
+
+def device_approve(start, user, passwords, user_code=None):
+    """The user's side in a browser: the code entry page, the confirmation,
+    the sign-in, trying each of passwords (a string or a list) in turn on
+    the login form, as a user who mistyped would. Returns (status, body,
+    refusals) of the last page; raises LoginRefused when the last password
+    is refused too."""
+    if isinstance(passwords, str):
+        passwords = [passwords]
+    passwords = list(passwords)
+    refusals = 0
+    b = Browser()
+    got = b.follow("GET", start["verification_uri"], "\0")
+    code_sent = False
+    for _ in range(5 + len(passwords)):
+        if got[0] != "page" or got[1] not in (200, 400, 401):
+            raise FlowError("unexpected answer in the device flow: %r" % (got[:3],))
+        form = _Form()
+        form.feed(got[3])
+        if form.action is None:
+            return got[1], got[3], refusals
+        fields = dict(form.fields)
+        if "user_code" in fields and "confirm" not in fields:
+            if code_sent:                   # the code was not taken: the form again
+                return got[1], got[3], refusals
+            fields["user_code"] = user_code or start["user_code"]
+            code_sent = True
+        elif "password" in fields:
+            if got[1] == 401:
+                refusals += 1
+                if not passwords:
+                    raise LoginRefused(got[1], got[3])
+            fields.update(login=user, password=passwords.pop(0))
+        elif got[1] != 200:
+            return got[1], got[3], refusals
+        got = b.follow(form.method.upper(), urllib.parse.urljoin(got[2], form.action), "\0", form=fields)
+    raise FlowError("the device flow did not end")
+
+
+def device_token(issuer, client_id, device_code):
+    disc = get_json(issuer.rstrip("/") + "/.well-known/openid-configuration")
+    return token_request(disc["token_endpoint"], {"grant_type": DEVICE_GRANT, "device_code": device_code,
+                                                  "client_id": client_id})

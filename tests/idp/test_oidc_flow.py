@@ -2,8 +2,8 @@
 loopback port, signed in to with a real authorization code + PKCE flow
 (tests/idp/oidcflow.py). Checks the tokens' signatures against the JWKS the
 discovery document names and their claims, refused logins and redirect
-URIs, refresh tokens, CORS for the dashboard's origin, key rotation
-(SIGUSR1) and that a restart keeps the keys and users.
+URIs, refresh tokens, CORS for the dashboard's origin, the device flow,
+key rotation (SIGUSR1) and that a restart keeps the keys and users.
 
 Needs node and deploy/oidc/node_modules (deploy/oidc/install; tests/run
 runs it through deploy/install-deps); without them every case skips.
@@ -212,6 +212,39 @@ def key_rotation_publishes_a_new_kid_and_restart_keeps_keys():
     assert q.user("alice") == alice
     tok = oidcflow.login(q.issuer, "alice", alice["password"], q.dashboard_client_id, DASH_REDIRECT)
     assert jwt.get_unverified_header(tok["access_token"])["kid"] == new_kid
+
+
+@test
+def device_flow_for_the_agent():
+    """NetBird's device authorization flow: the agent asks for a code, the
+    user enters it, confirms and signs in; the agent's poll then gets the
+    tokens."""
+    p = provider()
+    bob = p.user("bob")
+    start = oidcflow.device_start(p.issuer, p.agent_client_id, audience=AUDIENCE)
+    assert start["verification_uri"] == p.issuer + "/device" and start["user_code"], start
+    try:
+        oidcflow.device_token(p.issuer, p.agent_client_id, start["device_code"])
+    except oidcflow.FlowError as e:
+        assert "authorization_pending" in str(e), e
+    else:
+        raise AssertionError("tokens before the user approved")
+    # A wrong code is not taken; a wrong password is refused, and the
+    # right one on the same page then approves the device.
+    status, body, _ = oidcflow.device_approve(start, "bob", bob["password"], user_code="BCDF-GHJK")
+    assert "did not work" in body, (status, body[:500])
+    status, body, refusals = oidcflow.device_approve(start, "bob", ["wrong", bob["password"]])
+    assert status == 200 and "Device connected" in body and refusals == 1, (status, refusals, body[:500])
+    tok = oidcflow.device_token(p.issuer, p.agent_client_id, start["device_code"])
+    check_user_claims(verify(p, tok["access_token"], AUDIENCE), bob)
+    check_user_claims(verify(p, tok["id_token"], p.agent_client_id), bob)
+    # The dashboard's client has no device grant.
+    try:
+        oidcflow.device_start(p.issuer, p.dashboard_client_id)
+    except oidcflow.FlowError as e:
+        assert "device_code is not allowed for this client" in str(e), e
+    else:
+        raise AssertionError("the dashboard client started a device flow")
 
 
 @test
