@@ -86,6 +86,16 @@ function usageError(msg) {
         process.exit(2);
 }
 
+// A bad data directory or users file: one line, exit status 2.
+function orDie(fn) {
+        try {
+                return fn();
+        } catch (e) {
+                console.error(`oidc: error: ${e.message}`);
+                process.exit(2);
+        }
+}
+
 const opts = parseArgs(process.argv.slice(2));
 // Loopback only: plain HTTP, passwords in a file, state in memory.
 const HOST = '127.0.0.1';
@@ -102,7 +112,7 @@ function log(msg) {
 
 // ---------------------------------------------------------------- files in the data directory
 
-fs.mkdirSync(opts.dataDir, { recursive: true, mode: 0o700 });
+orDie(() => fs.mkdirSync(opts.dataDir, { recursive: true, mode: 0o700 }));
 
 function readJson(file) {
         try {
@@ -127,7 +137,7 @@ function newSigningKey() {
 }
 
 const jwksFile = path.join(opts.dataDir, 'jwks.json');
-let jwks = readJson(jwksFile);
+let jwks = orDie(() => readJson(jwksFile));
 if (!jwks) {
         jwks = { keys: [newSigningKey()] };
         writeSecretJson(jwksFile, jwks);
@@ -135,7 +145,7 @@ if (!jwks) {
 }
 
 const cookieKeysFile = path.join(opts.dataDir, 'cookie-keys.json');
-let cookieKeys = readJson(cookieKeysFile);
+let cookieKeys = orDie(() => readJson(cookieKeysFile));
 if (!cookieKeys) {
         cookieKeys = [randomText(32)];
         writeSecretJson(cookieKeysFile, cookieKeys);
@@ -147,7 +157,11 @@ if (!cookieKeys) {
 function loadUsers() {
         let list;
         if (process.env.OIDC_USERS) {
-                list = JSON.parse(process.env.OIDC_USERS);
+                try {
+                        list = JSON.parse(process.env.OIDC_USERS);
+                } catch (e) {
+                        throw new Error(`OIDC_USERS: ${e.message}`);
+                }
         } else {
                 const file = opts.users || path.join(opts.dataDir, 'users.json');
                 list = readJson(file);
@@ -171,7 +185,7 @@ function loadUsers() {
         return byLogin;
 }
 
-const users = loadUsers();
+const users = orDie(loadUsers);
 const usersBySub = new Map([...users.values()].map((u) => [u.sub, u]));
 
 const digest = (s) => crypto.createHash('sha256').update(s, 'utf8').digest();

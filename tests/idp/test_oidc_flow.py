@@ -10,6 +10,8 @@ runs it through deploy/install-deps); without them every case skips.
 """
 
 import os
+import shutil
+import subprocess
 import sys
 import urllib.parse
 
@@ -261,6 +263,28 @@ def users_from_the_environment():
         pass
     else:
         raise AssertionError("alice exists though OIDC_USERS has only carol")
+
+
+@test
+def bad_options_are_refused():
+    if not shutil.which("node") or not os.path.isdir(os.path.join(oidcflow.OIDC_DIR, "node_modules")):
+        raise svc.Skip("node or deploy/oidc/node_modules missing")
+    server = os.path.join(oidcflow.OIDC_DIR, "server.js")
+    d = svc.tmpdir()
+    for args, needle in ((["--port", "x", "--data-dir", d], "--port wants a port number"),
+                         (["--port", "1"], "--data-dir is required"),
+                         (["--port", "1", "--data-dir", d, "--dashboard-origin", "http://x/path"], "is not an origin"),
+                         (["--port", "1", "--data-dir", d, "--bogus"], "unknown argument --bogus")):
+        r = subprocess.run(["node", server] + args, capture_output=True, text=True, timeout=30,
+                           env=svc.clean_env())
+        assert r.returncode == 2 and needle in r.stderr, (args, r.returncode, r.stderr[-500:])
+    # A users file that is not there is an error, not alice and bob.
+    r = subprocess.run(["node", server, "--port", str(svc.free_port()), "--data-dir", d, "--users",
+                        os.path.join(d, "missing.json")], capture_output=True, text=True, timeout=30,
+                       env=svc.clean_env())
+    assert r.returncode == 2 and "oidc: error: --users" in r.stderr and "does not exist" in r.stderr, (
+        r.returncode, r.stderr[-500:])
+    assert not os.path.exists(os.path.join(d, "users.json"))
 
 
 if __name__ == "__main__":
