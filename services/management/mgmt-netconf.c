@@ -271,7 +271,10 @@ static int read_http(reader *r, const json_t *file, mgmt_netconf *n) {
                 return -EINVAL;
         if (read_str(r, h, "AuthIssuer", "HttpConfig", &n->auth_issuer) < 0 ||
             read_str(r, h, "AuthAudience", "HttpConfig", &n->auth_audience) < 0 ||
-            read_str(r, h, "AuthKeysLocation", "HttpConfig", &n->auth_keys_location) < 0)
+            read_str(r, h, "AuthKeysLocation", "HttpConfig", &n->auth_keys_location) < 0 ||
+            read_str(r, h, "ExtraAuthAudience", "HttpConfig", &n->extra_auth_audience) < 0 ||
+            read_str(r, h, "AuthUserIDClaim", "HttpConfig", &n->auth_user_id_claim) < 0 ||
+            read_str(r, h, "OIDCConfigEndpoint", "HttpConfig", &n->oidc_config_endpoint) < 0)
                 return -EINVAL;
         return 0;
 }
@@ -305,6 +308,12 @@ static const struct {
         { "AuthAudience", CP_CONFIG_ENV_PREFIX "AUTH_AUDIENCE", offsetof(mgmt_netconf, auth_audience) },
         { "AuthKeysLocation", CP_CONFIG_ENV_PREFIX "AUTH_KEYS_LOCATION",
           offsetof(mgmt_netconf, auth_keys_location) },
+        { "ExtraAuthAudience", CP_CONFIG_ENV_PREFIX "EXTRA_AUTH_AUDIENCE",
+          offsetof(mgmt_netconf, extra_auth_audience) },
+        { "AuthUserIDClaim", CP_CONFIG_ENV_PREFIX "AUTH_USER_ID_CLAIM",
+          offsetof(mgmt_netconf, auth_user_id_claim) },
+        { "OIDCConfigEndpoint", CP_CONFIG_ENV_PREFIX "OIDC_CONFIG_ENDPOINT",
+          offsetof(mgmt_netconf, oidc_config_endpoint) },
 };
 
 extern char **environ;
@@ -499,6 +508,9 @@ mgmt_netconf *mgmt_netconf_free(mgmt_netconf *n) {
         free(n->auth_issuer);
         free(n->auth_audience);
         free(n->auth_keys_location);
+        free(n->extra_auth_audience);
+        free(n->auth_user_id_claim);
+        free(n->oidc_config_endpoint);
         cp_explicit_bzero(n, sizeof *n);
         free(n);
         return NULL;

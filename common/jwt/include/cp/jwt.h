@@ -8,9 +8,9 @@
  * the OIDC discovery document when an OIDC config endpoint is set; the
  * document's issuer then wins over the configured one), caches them for
  * the response's Cache-Control max-age (a default when absent), and
- * refetches early when a token names a kid it does not know, at most once
- * per cooldown, so a flood of tokens with made-up kids cannot hammer the
- * IdP. Signatures are checked with cjose (JWS, JWK) and OpenSSL; no
+ * refetches early when a token names a kid it does not know (only with
+ * key_refresh_enabled), at most once per cooldown and one fetch at a time,
+ * so a flood of tokens with made-up kids cannot hammer the IdP. Signatures are checked with cjose (JWS, JWK) and OpenSSL; no
  * base64url, RSA or ECDSA is written here.
  *
  * Accepted: RS256/384/512, PS256/384/512 with RSA keys, ES256/384/512 with
@@ -53,9 +53,11 @@ typedef struct cp_jwt cp_jwt;
 
 typedef struct cp_jwt_config {
         const char *issuer;             /* HttpConfig.AuthIssuer; may be NULL with an OIDC endpoint */
-        /* Every audience accepted: AuthAudience, ExtraAuthAudience and the
-         * client ids (Audience) of DeviceAuthorizationFlow and
-         * PKCEAuthorizationFlow. Empty strings and duplicates are skipped. */
+        /* Every audience accepted, as NetBird's GetAuthAudiences():
+         * AuthAudience, ExtraAuthAudience and DeviceAuthorizationFlow's
+         * ProviderConfig.Audience (NetBird does not accept the PKCE flow's).
+         * Empty strings and duplicates are skipped. The first non-empty one
+         * (AuthAudience) prefixes the wt_* claims: "<aud>/wt_account_id". */
         const char *audiences[CP_JWT_MAX_AUDIENCES];
         const char *keys_location;      /* HttpConfig.AuthKeysLocation (JWKS URL); NULL with an OIDC endpoint */
         const char *oidc_config_endpoint; /* HttpConfig.OIDCConfigEndpoint; NULL = none */
@@ -64,12 +66,17 @@ typedef struct cp_jwt_config {
          * token names an unknown kid. Without it, keys are refetched only
          * when their max-age runs out (NetBird's behaviour). */
         bool key_refresh_enabled;
-        int64_t leeway_s;               /* exp/nbf/iat tolerance; 0 = 60 s */
-        int64_t refetch_cooldown_ms;    /* unknown-kid refetch at most this often; 0 = 10 s */
+        int64_t leeway_s;               /* exp/nbf/iat tolerance; 0 = 60 s, < 0 = none */
+        int64_t refetch_cooldown_ms;    /* unknown-kid refetch at most this often; 0 = 30 s
+                                         * (NetBird's forcedRefreshCooldown) */
         int64_t default_max_age_s;      /* when the JWKS response has no max-age; 0 = 1 h */
         int64_t http_timeout_ms;        /* per fetch; 0 = 5 s */
         size_t cache_entries;           /* verified-token cache size; 0 = 4096 */
         const char *ca_file;            /* extra CA bundle for https (tests); NULL = system */
+        /* Tests only: the wall clock in Unix seconds for exp/nbf/iat and the
+         * token cache; NULL = time(). Key max-age and backoff use the
+         * monotonic clock either way. */
+        int64_t (*now_s)(void);
 } cp_jwt_config;
 
 /* What a valid token says. Owned by the caller, freed with
