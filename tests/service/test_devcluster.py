@@ -458,6 +458,19 @@ def check_oidc(env):
     assert h["OIDCConfigEndpoint"] == env["OIDC_DISCOVERY"] and h["IdpSignKeyRefreshEnabled"] is True, h
     rid = int(env["REPLICA_1_PID"])
     assert "--config " + env["MGMT_CONFIG"] in cmdline(rid), cmdline(rid)
+    # alice is the bootstrap account's owner.
+    assert env["OIDC_USER_1"] == "alice" and env["OIDC_SUB_1"] == env["USER_ID"], env
+    # Every replica fetched the provider's keys (OIDCConfigEndpoint, then
+    # its jwks_uri) and is ready, not degraded "idp".
+    nkeys = len(oidcflow.get_json(disc["jwks_uri"])["keys"])
+    for i in range(1, int(env["REPLICAS"]) + 1):
+        base = env["REPLICA_%d_HTTP" % i]
+
+        def keys_loaded():
+            return "netbird_cp_jwt_signing_keys %d" % nkeys in svc.http("GET", base + "/metrics")[2].decode()
+        wait_until(keys_loaded, timeout=20, what="replica %d loading the provider's signing keys" % i)
+        status, _, body = svc.http("GET", base + "/readyz")
+        assert status == 200 and json.loads(body)["status"] == "ready", (i, status, body)
     # What the replica tells agents comes from that file.
     a = Agent(env["MGMT_GRPC"])
     svc.defer(a.close)
