@@ -189,13 +189,14 @@ const users = orDie(loadUsers);
 const usersBySub = new Map([...users.values()].map((u) => [u.sub, u]));
 
 const digest = (s) => crypto.createHash('sha256').update(s, 'utf8').digest();
-const decoyPassword = digest(randomText(16));
+const decoyPassword = randomText(16);
 
-// The same work for a known and an unknown login, and timingSafeEqual over
-// fixed-length digests, so the answer time says nothing about the password.
+// The same work for a known and an unknown login (two digests and one
+// timingSafeEqual over fixed-length values), so the answer time says
+// nothing about the password or whether the login exists.
 function checkPassword(login, password) {
         const user = users.get(login);
-        const ok = crypto.timingSafeEqual(digest(password), user ? digest(user.password) : decoyPassword);
+        const ok = crypto.timingSafeEqual(digest(password), digest(user ? user.password : decoyPassword));
         return ok && user ? user : undefined;
 }
 
@@ -259,7 +260,7 @@ function configuration() {
                         deviceFlow: {
                                 enabled: true,
                                 userCodeInputSource: async (ctx, form, out, err) => {
-                                        const msg = err ? '<p role="alert" style="color: #b00">That code did not work; try again.</p>'
+                                        const msg = err ? alert('That code did not work; try again.')
                                                 : '<p>Enter the code your NetBird client shows.</p>';
                                         html(ctx, 'Connect a device', `${msg}${form}
 <p><button type="submit" form="op.deviceInputForm">Continue</button></p>`);
@@ -329,7 +330,7 @@ function makeProvider() {
         provider.on('server_error', (ctx, err) => log(`server error: ${err.stack || err}`));
         handler = provider.callback();
 }
-makeProvider();
+orDie(makeProvider); // a jwks.json it cannot use, say
 
 function rotateKeys() {
         const key = newSigningKey();
@@ -349,6 +350,8 @@ function page(title, body) {
 <body style="font-family: sans-serif; max-width: 22em; margin: 4em auto"><h1>${esc(title)}</h1>${body}</body></html>`;
 }
 
+const alert = (text) => `<p role="alert" style="color: #b00">${esc(text)}</p>`;
+
 // The provider's own pages (device flow, sign-out, errors) in our frame.
 function html(ctx, title, body) {
         ctx.type = 'html';
@@ -357,7 +360,7 @@ function html(ctx, title, body) {
 
 function loginForm(uid, clientId, login, error) {
         return page('Sign in', `<p>to ${esc(clientId)} (NetBird control plane, dev identity provider)</p>
-${error ? `<p role="alert" style="color: #b00">${esc(error)}</p>` : ''}
+${error ? alert(error) : ''}
 <form method="post" action="/interaction/${esc(uid)}/login" autocomplete="off">
 <p><label>Login<br><input name="login" value="${esc(login || '')}" autofocus required></label></p>
 <p><label>Password<br><input name="password" type="password" required></label></p>

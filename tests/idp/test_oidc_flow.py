@@ -204,6 +204,10 @@ def key_rotation_publishes_a_new_kid_and_restart_keeps_keys():
     assert jwt.get_unverified_header(new["access_token"])["kid"] == new_kid
     check_user_claims(verify(p, new["access_token"], AUDIENCE), alice)
     check_user_claims(verify(p, old["access_token"], AUDIENCE), alice)
+    # Sign-ins from before the rotation carry on: the refresh token still works.
+    refreshed = oidcflow.refresh(p.issuer, p.dashboard_client_id, old["refresh_token"])
+    assert jwt.get_unverified_header(refreshed["access_token"])["kid"] == new_kid
+    check_user_claims(verify(p, refreshed["access_token"], AUDIENCE), alice)
     # A restart on the same data directory keeps the kids and the users.
     data_dir = p.data_dir
     p.own_dir = False
