@@ -538,5 +538,19 @@ def oidc_provider_and_operator_config():
     check_down_stopped_exactly(dc, back, 1)
 
 
+@test
+def oidc_and_config_argument_errors():
+    """Bad --dashboard-origin, --config or their combination: exit 2 with
+    the reason, before anything is created."""
+    dc = DevCluster()
+    for args, needle in ((["--dashboard-origin", "http://127.0.0.1:9"], "--dashboard-origin needs --oidc"),
+                         (["--oidc", "--dashboard-origin", "http://127.0.0.1:9/path"], "scheme://host[:port]"),
+                         (["--oidc", "--dashboard-origin", "ftp://x"], "scheme://host[:port]"),
+                         (["--config", os.path.join(dc.base, "missing.json")], "is not a readable file")):
+        rc, out = dc.script(UP, *args)
+        assert rc == 2 and needle in out, (args, rc, out[-2000:])
+        assert not os.path.exists(dc.dir), (args, os.listdir(dc.dir))
+
+
 if __name__ == "__main__":
     raise SystemExit(svc.run_all())
