@@ -412,6 +412,7 @@ static int open_jwt(mgmt_manager *m, cp_error *reterr) {
                 return r;
         }
         mgmt_metrics_watch_jwt(m->jwt);
+        m->netconf->jwt = m->jwt;
         cp_log_kv(&log_ctx, CP_LOG_INFO, "IdP token validation on", "issuer",
                   oidc ? n->oidc_config_endpoint : n->auth_issuer, "key_refresh",
                   cfg->idp_sign_key_refresh_enabled ? "true" : "false", NULL);
@@ -727,6 +728,8 @@ mgmt_manager *mgmt_manager_free(mgmt_manager *m) {
         m->api = cp_api_free(m->api);
         /* No worker, stream or REST request is left to validate a token. */
         mgmt_metrics_unwatch_jwt(m->jwt);
+        if (m->netconf)
+                m->netconf->jwt = NULL;
         m->jwt = cp_jwt_free(m->jwt);
         mgmt_metrics_unwatch_store(m->store);
         bool store_free = mgmt_ready_stop(m->ready, READY_STOP_MS);

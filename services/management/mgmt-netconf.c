@@ -1,6 +1,7 @@
 #include "cp/base.h"
 #include "cp/config.h"
 #include "cp/crypto.h"
+#include "cp/jwt.h"
 #include "cp/util.h"
 #include "mgmt-netconf.h"
 
@@ -649,9 +650,21 @@ Management__JWTConfig *mgmt_netconf_jwt_config(const mgmt_netconf *n, mgmt_arena
         Management__JWTConfig *j;
         char *issuer;
 
+        const char *keys = n->auth_keys_location;
+        char found_issuer[512], found_keys[1024];
+
         if (!n->auth_audience || !*n->auth_audience)
                 return NULL;
         issuer = n->auth_issuer ? mgmt_arena_strdup(a, n->auth_issuer) : NULL;
+        if (n->jwt && n->oidc_config_endpoint && *n->oidc_config_endpoint) {
+                /* Discovered values, once the document has been read. */
+                cp_jwt_issuer(n->jwt, found_issuer, sizeof found_issuer);
+                cp_jwt_keys_location(n->jwt, found_keys, sizeof found_keys);
+                if (found_issuer[0])
+                        issuer = mgmt_arena_strdup(a, found_issuer);
+                if (found_keys[0])
+                        keys = mgmt_arena_strdup(a, found_keys);
+        }
         if ((!issuer || !*issuer) && n->device_flow && n->device.token_endpoint && *n->device.token_endpoint)
                 issuer = issuer_from_endpoint(n->device.token_endpoint, a);
         if (!issuer || !*issuer)
@@ -660,8 +673,8 @@ Management__JWTConfig *mgmt_netconf_jwt_config(const mgmt_netconf *n, mgmt_arena
         management__jwtconfig__init(j);
         j->issuer = issuer;
         j->audience = n->auth_audience;
-        if (n->auth_keys_location && *n->auth_keys_location)
-                j->keyslocation = n->auth_keys_location;
+        if (keys && *keys)
+                j->keyslocation = (char *) keys;
         else {
                 size_t l = strlen(issuer);
                 j->keyslocation = mgmt_arena_printf(a, "%.*s/.well-known/jwks.json",

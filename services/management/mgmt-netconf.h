@@ -106,6 +106,13 @@ typedef struct mgmt_netconf {
         char *extra_auth_audience;
         char *auth_user_id_claim;
         char *oidc_config_endpoint;
+
+        /* The IdP token validator (borrowed; NULL without an IdP), set by
+         * the manager before any thread reads the netconf: with an OIDC
+         * config endpoint, the discovered issuer and jwks_uri replace
+         * AuthIssuer and AuthKeysLocation in the SSH JWTConfig (NetBird's
+         * ApplyOIDCConfig). */
+        struct cp_jwt *jwt;
 } mgmt_netconf;
 
 /* Reads the keys above from file (may be NULL: nothing configured) and

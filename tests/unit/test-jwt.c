@@ -122,13 +122,14 @@ typedef struct key {
 } key;
 
 static key rsa1 = { "rsa1", "RS256", NULL }, ec1 = { "ec1", "ES256", NULL }, rsa2 = { "rsa2", "RS256", NULL },
-           ec384 = { "ec384", "ES384", NULL };
+           ec384 = { "ec384", "ES384", NULL }, rsa512 = { "rsa512", "RS256", NULL };
 
 static void key_make(key *k, bool ec, int crv) {
         static const uint8_t e[] = { 0x01, 0x00, 0x01 };
         cjose_err err;
 
-        k->jwk = ec ? cjose_jwk_create_EC_random(crv, &err) : cjose_jwk_create_RSA_random(2048, e, sizeof e, &err);
+        k->jwk = ec ? cjose_jwk_create_EC_random(crv, &err) :
+                      cjose_jwk_create_RSA_random(crv ? (size_t) crv : 2048, e, sizeof e, &err);
         ASSERT_TRUE(k->jwk);
         ASSERT_TRUE(cjose_jwk_set_kid(k->jwk, k->kid, strlen(k->kid), &err));
 }
@@ -277,6 +278,7 @@ static void setup(void) {
         key_make(&ec1, true, CJOSE_JWK_EC_P_256);
         key_make(&rsa2, false, 0);
         key_make(&ec384, true, CJOSE_JWK_EC_P_384);
+        key_make(&rsa512, false, 512);
         idp_start();
         publish((key *[]) { &rsa1, &ec1, &ec384, NULL });
 }
@@ -685,6 +687,10 @@ TEST(discovery_wins) {
         char buf[128];
         cp_jwt_issuer(j, buf, sizeof buf);
         ASSERT_STREQ("https://disc.test", buf);
+        char want[128];
+        (void) snprintf(want, sizeof want, "http://127.0.0.1:%d/jwks2", idp.port);
+        cp_jwt_keys_location(j, buf, sizeof buf);
+        ASSERT_STREQ(want, buf);
         ASSERT_TRUE(atomic_load(&idp.discovery_fetches) >= 1);
         cp_jwt_free(j);
 
@@ -695,6 +701,61 @@ TEST(discovery_wins) {
         ASSERT_TRUE(wait_keys(j));
         ASSERT_OK(check(j, disc, &err), &err);
         cp_jwt_free(j);
+}
+
+/* What a JWKS may hold besides good keys: they are skipped, the rest works;
+ * a JWKS with nothing usable is a failed fetch. */
+TEST(jwks_skips_unusable_keys) {
+        setup();
+        cjose_err cerr;
+        char *small = cjose_jwk_to_json(rsa512.jwk, false, &cerr);
+        char *good = cjose_jwk_to_json(ec1.jwk, false, &cerr);
+        char *saved;
+        pthread_mutex_lock(&idp.lock);
+        saved = idp.jwks;
+        idp.jwks = cp_xasprintf("{\"keys\":[%s,"
+                                "{\"kty\":\"oct\",\"kid\":\"hmac\",\"k\":\"c2VjcmV0\"},"
+                                "{\"kty\":\"RSA\",\"kid\":\"broken\",\"n\":5,\"e\":\"AQAB\"},"
+                                "{\"kty\":\"EC\",\"kid\":\"k1\",\"crv\":\"secp256k1\",\"x\":\"AA\",\"y\":\"AA\"},"
+                                "7, %s]}", small, good);
+        pthread_mutex_unlock(&idp.lock);
+
+        cp_jwt *j = ready_jwt();
+        cp_error err = {};
+        cp_jwt_stats st;
+        cp_jwt_get_stats(j, &st);
+        ASSERT_EQ(1, st.keys);                          /* only ec1 */
+        _cleanup_free_ char *t_small = token(&rsa512, NULL);
+        _cleanup_free_ char *t_good = token(&ec1, NULL);
+        ASSERT_EQ(-EACCES, check(j, t_small, &err));
+        ASSERT_OK(check(j, t_good, &err), &err);
+        /* the one key also serves a token without kid */
+        _cleanup_free_ char *payload = claims_json(NULL);
+        _cleanup_free_ char *nokid = sign_with(&ec1, NULL, NULL, payload);
+        ASSERT_OK(check(j, nokid, &err), &err);
+        cp_jwt_free(j);
+
+        pthread_mutex_lock(&idp.lock);
+        free(idp.jwks);
+        idp.jwks = cp_xasprintf("{\"keys\":[%s]}", small);
+        pthread_mutex_unlock(&idp.lock);
+        cp_jwt_config cfg = base_config();
+        j = new_jwt(&cfg);
+        char why[256] = "";
+        for (int i = 0; i < 100 && !strstr(why, "usable"); i++) {
+                (void) cp_jwt_status(j, why, sizeof why);
+                usleep(20 * 1000);
+        }
+        ASSERT_FALSE(cp_jwt_status(j, why, sizeof why));
+        ASSERT_TRUE(strstr(why, "no usable signing key"));
+        cp_jwt_free(j);
+
+        pthread_mutex_lock(&idp.lock);
+        free(idp.jwks);
+        idp.jwks = saved;
+        pthread_mutex_unlock(&idp.lock);
+        free(small);
+        free(good);
 }
 
 /* Tokens from another implementation: PyJWT through tests/idp/testidp.py
@@ -826,5 +887,6 @@ int main(int argc, char **argv) {
         cjose_jwk_release(rsa2.jwk);
         cjose_jwk_release(ec1.jwk);
         cjose_jwk_release(ec384.jwk);
+        cjose_jwk_release(rsa512.jwk);
         return r;
 }
