@@ -500,8 +500,12 @@ int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf,
         if (r < 0)
                 goto fail;
         m->maps = mgmt_maps_new(m->store, cfg, m->netconf);
+        /* NetBird's single-account mode unless disabled (an empty
+         * domain disables it too). */
+        cp_identity_options idopts = { .single_account_domain =
+                                               cfg->disable_single_account_mode ? NULL : cfg->single_account_mode_domain };
         m->agent = (mgmt_agent) { .store = m->store, .config = cfg, .netconf = m->netconf, .keys = m->keys,
-                                  .maps = m->maps };
+                                  .maps = m->maps, .identity = idopts };
         m->sync = mgmt_sync_new(&m->agent, m->maps, max_syncs());
         m->agent.sync = m->sync;
         mgmt_sync_set_announce(m->sync, announce, m);
@@ -546,7 +550,8 @@ int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf,
         {
                 cp_api_options ao = { .store = m->store, .dns_domain = cfg->dns_domain, .version = MGMT_VERSION,
                                       .announce = api_announce, .announce_userdata = m,
-                                      .snapshot_peek = api_snapshot_peek, .snapshot_userdata = m };
+                                      .snapshot_peek = api_snapshot_peek, .snapshot_userdata = m,
+                                      .identity = m->agent.identity };
                 r = cp_api_new(&ao, &m->api, reterr);
                 if (r < 0)
                         goto fail;

@@ -320,10 +320,18 @@ TEST(ignored_netbird_flags_warn) {
                             "--disable-geolite-update=false", "--disable-single-account-mode",
                             "--idp-sign-key-refresh-enabled", "--user-delete-from-idp", "--disable-legacy-port",
                             "--metrics-port=9091")), &err);
-        ASSERT_EQ(9, c.source.n_warnings);
+        /* --single-account-mode-domain and --disable-single-account-mode
+         * are read (IdP sign-ins), not ignored. */
+        ASSERT_EQ(7, c.source.n_warnings);
         assert_contains(c.source.warnings[0], "environment variable NB_MGMT_METRICS_PORT");
         assert_contains(c.source.warnings[1], "flag --disable-anonymous-metrics");
         assert_contains(c.source.warnings[1], "ignored");
+        ASSERT_STREQ("x.io", c.single_account_mode_domain);
+        ASSERT_TRUE(c.disable_single_account_mode);
+        cp_config_release(&c);
+        ASSERT_OK(load(&c, &err, NOENV, ARGV(NOFILE)), &err);
+        ASSERT_STREQ("netbird.selfhosted", c.single_account_mode_domain);
+        ASSERT_TRUE(!c.disable_single_account_mode);
         cp_config_release(&c);
         /* ignored flags still check their values */
         expect_error(NOENV, ARGV(NOFILE, "--metrics-port", "x"), "flag --metrics-port", NULL);
