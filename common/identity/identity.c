@@ -47,11 +47,11 @@ static const char SQL_USER[] =
         " COALESCE(floor(extract(epoch FROM u.last_login))::bigint, 0), u.service_user_name,"
         " a.settings_jwt_groups_enabled, a.settings_jwt_groups_claim_name,"
         " array_to_json(a.settings_jwt_allow_groups)::text, a.settings_groups_propagation_enabled,"
-        " array_to_json(u.auto_groups)::text"
+        " array_to_json(u.auto_groups)::text, a.domain, a.domain_category"
         " FROM users u JOIN accounts a ON a.id = u.account_id WHERE u.id = $1";
 enum {
         U_ID, U_ACCOUNT, U_ROLE, U_SERVICE, U_BLOCKED, U_PENDING, U_EMAIL, U_NAME, U_LAST_LOGIN, U_SERVICE_NAME,
-        U_JWT_ON, U_JWT_CLAIM, U_JWT_ALLOW, U_PROPAGATE, U_AUTO_GROUPS,
+        U_JWT_ON, U_JWT_CLAIM, U_JWT_ALLOW, U_PROPAGATE, U_AUTO_GROUPS, U_ACC_DOMAIN, U_ACC_CATEGORY,
 };
 
 /* NetBird's GetAnyAccountID: the newest account. */
@@ -59,7 +59,7 @@ static const char SQL_ANY_ACCOUNT[] = "SELECT id FROM accounts ORDER BY created_
 static const char SQL_PRIVATE_DOMAIN_ACCOUNT[] =
         "SELECT id FROM accounts WHERE domain = lower($1) AND is_domain_primary_account"
         " AND domain_category = 'private' LIMIT 1";
-static const char SQL_ACCOUNT_DOMAIN[] = "SELECT domain, domain_category FROM accounts WHERE id = $1";
+static const char SQL_ACCOUNT_DOMAIN[] = "SELECT domain FROM accounts WHERE id = $1";
 static const char SQL_SET_DOMAIN_ATTRS[] =
         "UPDATE accounts SET domain = $2, domain_category = $3, is_domain_primary_account = $4::boolean"
         " WHERE id = $1";
@@ -88,6 +88,7 @@ typedef struct user_row {
         bool jwt_groups, propagate;
         char *jwt_claim;
         json_t *allow, *auto_groups;
+        char *acc_domain, *acc_category;        /* the account's */
 } user_row;
 
 static void user_row_clear(user_row *u) {
@@ -95,6 +96,8 @@ static void user_row_clear(user_row *u) {
         free(u->name);
         free(u->service_name);
         free(u->jwt_claim);
+        free(u->acc_domain);
+        free(u->acc_category);
         if (u->allow)
                 json_decref(u->allow);
         if (u->auto_groups)
@@ -138,6 +141,8 @@ static int load_user(cp_store_tx *tx, const char *user_id, user_row *u, cp_error
         u->allow = json_array_text(cp_store_rows_get(rows, 0, U_JWT_ALLOW));
         u->propagate = cp_store_rows_bool(rows, 0, U_PROPAGATE);
         u->auto_groups = json_array_text(cp_store_rows_get(rows, 0, U_AUTO_GROUPS));
+        u->acc_domain = cp_xstrdup(cp_store_rows_get(rows, 0, U_ACC_DOMAIN));
+        u->acc_category = cp_xstrdup(cp_store_rows_get(rows, 0, U_ACC_CATEGORY));
         return 0;
 }
 
@@ -197,23 +202,31 @@ typedef struct auth_view {
         const char *account_id;         /* wt_account_id, "" = none */
 } auth_view;
 
-/* NetBird's updateAccountDomainAttributesIfNotUpToDate. */
-static int update_domain_attrs(cp_store_tx *tx, const user_row *u, const auth_view *a, bool primary,
+/* NetBird's updateAccountDomainAttributesIfNotUpToDate, for the user's
+ * account (its domain and category came with the user's row, so the
+ * usual case, nothing to do, costs no query). lookup_primary: the
+ * account stays primary only when the domain has no other primary
+ * account (handleExistingUserAccount); else it is primary. */
+static int update_domain_attrs(cp_store_tx *tx, const user_row *u, const auth_view *a, bool lookup_primary,
                                cp_error *reterr) {
-        _cleanup_rows_ cp_store_rows *rows = NULL;
-        const char *p[1] = { u->account_id };
+        const char *acc_domain = u->acc_domain, *acc_cat = u->acc_category;
+        bool primary = true;
         int r;
 
         if (!a->domain[0])
                 return 0;
-        r = cp_store_tx_exec(tx, SQL_ACCOUNT_DOMAIN, 1, p, &rows, reterr);
-        if (r < 0 || cp_store_rows_count(rows) != 1)
-                return r;
-        const char *acc_domain = cp_store_rows_get(rows, 0, 0), *acc_cat = cp_store_rows_get(rows, 0, 1);
         /* domainIsUpToDate */
         if (strcmp(acc_cat, PRIVATE_CATEGORY) == 0 || strcmp(a->category, PRIVATE_CATEGORY) != 0 ||
             strcmp(acc_domain, a->domain) != 0)
                 return 0;
+        if (lookup_primary) {
+                char domain_account[64];
+                const char *p[1] = { a->domain };
+                r = query_one(tx, SQL_PRIVATE_DOMAIN_ACCOUNT, 1, p, domain_account, sizeof domain_account, reterr);
+                if (r < 0)
+                        return r;
+                primary = !domain_account[0] || strcmp(domain_account, u->account_id) == 0;
+        }
         _cleanup_free_ char *lower = lower_dup(a->domain);
         const char *new_domain = acc_domain, *new_cat = acc_cat;
         bool admin = strcmp(u->role, "owner") == 0 || strcmp(u->role, "admin") == 0;
@@ -301,6 +314,12 @@ static int find_account(cp_store_tx *tx, const cp_identity_options *o, auth_view
                 /* updateUserAuthWithSingleMode */
                 char any[64];
                 a->category = PRIVATE_CATEGORY;
+                if (u->found && strcmp(u->acc_category, PRIVATE_CATEGORY) == 0) {
+                        /* Up to date whatever the domain (domainIsUpToDate):
+                         * the every-request path, no more queries. */
+                        (void) snprintf(ret->account_id, sizeof ret->account_id, "%s", u->account_id);
+                        return 0;
+                }
                 r = query_one(tx, SQL_ANY_ACCOUNT, 0, NULL, any, sizeof any, reterr);
                 if (r < 0)
                         return r;
@@ -327,7 +346,7 @@ static int find_account(cp_store_tx *tx, const cp_identity_options *o, auth_view
                         a->domain = cp_xstrdup(o->single_account_domain);
                 }
                 if (u->found) {
-                        r = update_domain_attrs(tx, u, a, true, reterr);
+                        r = update_domain_attrs(tx, u, a, false, reterr);
                         if (r < 0)
                                 return r;
                         (void) snprintf(ret->account_id, sizeof ret->account_id, "%s", u->account_id);
@@ -358,28 +377,21 @@ static int find_account(cp_store_tx *tx, const cp_identity_options *o, auth_view
                 if (strcmp(u->account_id, a->account_id) != 0)
                         return cp_error_set(reterr, -ENOENT, "user %s is not part of the account id %s",
                                             a->user_id, a->account_id);
-                const char *p[1] = { a->domain };
-                r = query_one(tx, SQL_PRIVATE_DOMAIN_ACCOUNT, 1, p, domain_account, sizeof domain_account, reterr);
-                if (r < 0)
-                        return r;
-                r = update_domain_attrs(tx, u, a, !domain_account[0] || strcmp(domain_account, u->account_id) == 0,
-                                        reterr);
+                r = update_domain_attrs(tx, u, a, true, reterr);
                 if (r < 0)
                         return r;
                 (void) snprintf(ret->account_id, sizeof ret->account_id, "%s", u->account_id);
                 return 0;
         }
 
-        /* getPrivateDomainWithGlobalLock */
-        const char *p[1] = { a->domain };
-        r = query_one(tx, SQL_PRIVATE_DOMAIN_ACCOUNT, 1, p, domain_account, sizeof domain_account, reterr);
-        if (r < 0)
-                return r;
+        /* getPrivateDomainWithGlobalLock: only a user to create needs the
+         * domain's account; the lock comes first so the look is final. */
         if (!u->found) {
                 r = lock_and_recheck(tx, a->user_id, u, reterr);
                 if (r < 0)
                         return r;
-                if (r == 0 && !domain_account[0]) {
+                if (r == 0) {
+                        const char *p[1] = { a->domain };
                         r = query_one(tx, SQL_PRIVATE_DOMAIN_ACCOUNT, 1, p, domain_account, sizeof domain_account,
                                       reterr);
                         if (r < 0)
@@ -388,8 +400,7 @@ static int find_account(cp_store_tx *tx, const cp_identity_options *o, auth_view
         }
         if (u->found) {
                 /* handleExistingUserAccount */
-                r = update_domain_attrs(tx, u, a, !domain_account[0] || strcmp(domain_account, u->account_id) == 0,
-                                        reterr);
+                r = update_domain_attrs(tx, u, a, true, reterr);
                 if (r < 0)
                         return r;
                 (void) snprintf(ret->account_id, sizeof ret->account_id, "%s", u->account_id);
