@@ -12,6 +12,9 @@
 
 #include "cp/jwt.h"
 
+/* Smallest RSA modulus of a usable key. */
+#define CP_JWT_MIN_RSA_BITS 1024
+
 /* Largest JWKS or discovery document read. */
 #define CP_JWT_MAX_DOC (1024 * 1024)
 

@@ -258,7 +258,9 @@ static bool import_key(json_t *o, cp_jwt_key *k) {
         if (!k->jwk)
                 return false;
         cjose_jwk_kty_t got = cjose_jwk_get_kty(k->jwk, &cerr);
-        if ((k->kty == CP_JWT_KTY_RSA && got != CJOSE_JWK_KTY_RSA) ||
+        /* RSA under 1024 bits is refused (as Go's crypto/rsa does). */
+        if ((k->kty == CP_JWT_KTY_RSA && (got != CJOSE_JWK_KTY_RSA ||
+                                          cjose_jwk_get_keysize(k->jwk, &cerr) < CP_JWT_MIN_RSA_BITS)) ||
             (k->kty == CP_JWT_KTY_EC && (got != CJOSE_JWK_KTY_EC ||
                                          (int) cjose_jwk_EC_get_curve(k->jwk, &cerr) != crv))) {
                 (void) cjose_jwk_release(k->jwk);
@@ -516,6 +518,13 @@ bool cp_jwt_status(cp_jwt *j, char *buf, size_t len) {
                 (void) snprintf(buf, len, "%s", j->reason);
         pthread_mutex_unlock(&j->lock);
         return ok;
+}
+
+void cp_jwt_keys_location(cp_jwt *j, char *buf, size_t len) {
+        pthread_mutex_lock(&j->lock);
+        if (len)
+                (void) snprintf(buf, len, "%s", j->jwks_url ? j->jwks_url : "");
+        pthread_mutex_unlock(&j->lock);
 }
 
 void cp_jwt_issuer(cp_jwt *j, char *buf, size_t len) {
