@@ -6,6 +6,7 @@ served exactly as for a personal access token of the same user. Also the
 approve/reject endpoints, raw CORS headers and long Authorization values."""
 
 import http.client
+import threading
 import time
 import urllib.parse
 
@@ -130,7 +131,10 @@ def jwt_groups_are_created_joined_and_the_allow_list_refuses():
                  jwt_allow_groups=["ops"])
     existing = owner.ok("POST", "/api/groups", {"name": "ops"})
     erin = apifix.jwt_api(srv, idp.token("erin-sub", email="erin@x.example", groups=["ops", "devs"]))
+    serial0 = dep.sql("SELECT network_serial FROM accounts WHERE id = %s", (dep.account_id,))[0][0]
     me = wait_ok(erin)
+    # The memberships changed: new maps for the account's streams.
+    assert dep.sql("SELECT network_serial FROM accounts WHERE id = %s", (dep.account_id,))[0][0] > serial0
     groups = {g["name"]: g for g in owner.ok("GET", "/api/groups")}
     assert groups["devs"]["issued"] == "jwt", groups["devs"]
     assert groups["ops"]["id"] == existing["id"] and groups["ops"]["issued"] == "api", groups["ops"]
@@ -223,6 +227,52 @@ def replicas_agree_and_refuse_bad_tokens_alike():
         b = apifix.jwt_api(s, expired).error("GET", "/api/users/current", 401)
         assert b["message"] == "token expired", b
     assert dep.sql("SELECT count(*) FROM users WHERE id LIKE 'hank-sub%%'")[0][0] == 1
+
+
+def wait_keys(srv, timeout=60):
+    """Until the replica has the IdP's signing keys (/readyz no longer
+    degraded by "idp"), without signing anyone in."""
+    deadline = time.time() + timeout
+    while True:
+        st, _, body = svc.http_json("GET", srv.url("/readyz"))
+        if st == 200 and body.get("degraded") != "idp":
+            return
+        assert time.time() < deadline, body
+        time.sleep(0.2)
+
+
+@test
+def concurrent_first_sign_ins_on_two_replicas_make_one_account():
+    """An empty deployment, two replicas: eight new users (one of them
+    twice, once per replica) sign in at the same moment. One account, one
+    owner, every user once."""
+    idp = new_idp()
+    dep, servers = apifix.start_idp(idp, bootstrap=False, replicas=2)
+    for s in servers:
+        wait_keys(s)
+    subs = ["racer-%d" % i for i in range(7)] + ["racer-0"]
+    results = [None] * len(subs)
+    go = threading.Barrier(len(subs))
+
+    def one(i):
+        api = apifix.jwt_api(servers[i % 2], idp.token(subs[i]))
+        go.wait()
+        results[i] = api.get("/api/users/current")
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(subs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    statuses = sorted(r[0] for r in results)
+    assert all(st in (200, 403) for st in statuses), results
+    assert dep.sql("SELECT count(*) FROM accounts")[0][0] == 1
+    assert dep.sql("SELECT count(*) FROM users WHERE role = 'owner'")[0][0] == 1
+    assert dep.sql("SELECT count(*) FROM users")[0][0] == 7
+    # Everyone but the owner waits for approval (a signed-up account asks for it).
+    assert dep.sql("SELECT count(*) FROM users WHERE pending_approval")[0][0] == 6
+    owner = dep.sql("SELECT id FROM users WHERE role = 'owner'")[0][0]
+    assert [r for r, sub in zip(results, subs) if sub == owner][0][0] == 200, results
 
 
 @test
