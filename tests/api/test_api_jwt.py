@@ -6,6 +6,7 @@ served exactly as for a personal access token of the same user. Also the
 approve/reject endpoints, raw CORS headers and long Authorization values."""
 
 import http.client
+import os
 import threading
 import time
 import urllib.parse
@@ -16,6 +17,31 @@ from apifix import svc
 import testidp
 
 test = svc.test
+
+# NetBird's OpenAPI description (shared/ beside the repository, as on the
+# developers' machines and in CI).
+OPENAPI = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "reference",
+                       "netbird", "openapi.yml")
+_spec = None
+
+
+def check_schema(obj, name):
+    """obj must validate against components.schemas[name] of NetBird's
+    openapi.yml (OpenAPI 3.1 schemas are JSON Schema 2020-12)."""
+    global _spec
+    if _spec is None:
+        if not os.path.exists(OPENAPI):
+            print("# %s not found: responses not checked against it" % OPENAPI)
+            _spec = {}
+        else:
+            import yaml
+            with open(OPENAPI) as f:
+                _spec = yaml.safe_load(f)
+    if not _spec:
+        return
+    import jsonschema
+    schema = {"$ref": "#/components/schemas/" + name, "components": _spec["components"]}
+    jsonschema.Draft202012Validator(schema).validate(obj)
 
 
 def new_idp():
@@ -62,6 +88,7 @@ def first_user_owns_a_new_account_later_users_wait_for_approval():
     alice = apifix.jwt_api(srv, idp.token("alice-sub", email="alice@corp.example", name="Alice"))
     # The very first request is a GET: provisioning writes all the same.
     me = wait_ok(alice)
+    check_schema(me, "User")
     assert me["role"] == "owner" and me["email"] == "alice@corp.example" and me["name"] == "Alice", me
     assert me["id"] == "alice-sub" and me["is_current"] is True and me["status"] == "active", me
     accounts = alice.ok("GET", "/api/accounts")
@@ -75,10 +102,13 @@ def first_user_owns_a_new_account_later_users_wait_for_approval():
     bob = apifix.jwt_api(srv, bob_tok)
     bob.error("GET", "/api/users/current", 403, message="user is pending approval")
     b = user_by_id(alice, "bob-sub")
+    for u in alice.ok("GET", "/api/users"):
+        check_schema(u, "User")
     assert b["pending_approval"] is True and b["is_blocked"] is True and b["role"] == "user", b
     assert b["email"] == "bob@corp.example" and b["name"] == "Bob", b
 
     approved = alice.ok("POST", "/api/users/bob-sub/approve")
+    check_schema(approved, "User")
     assert approved["id"] == "bob-sub" and approved["pending_approval"] is False, approved
     assert approved["is_blocked"] is False and approved["is_current"] is False, approved
     alice.error("POST", "/api/users/bob-sub/approve", 422, message="user bob-sub is not pending approval")
