@@ -74,9 +74,12 @@ static const char SQL_JOIN[] =
         " SELECT $2, a.id, 'user', $3, $4, 'api', a.settings_extra_user_approval_required,"
         " a.settings_extra_user_approval_required FROM accounts a WHERE a.id = $1"
         " RETURNING pending_approval";
+/* Only forward: of two requests with the same new token, one writes
+ * (and records the event). */
 static const char SQL_LOGIN[] =
         "UPDATE users SET last_login = to_timestamp($3::bigint), email = $4, name = $5"
-        " WHERE account_id = $1 AND id = $2";
+        " WHERE account_id = $1 AND id = $2 AND (last_login IS NULL OR last_login < to_timestamp($3::bigint))";
+static const char SQL_DETAILS[] = "UPDATE users SET email = $3, name = $4 WHERE account_id = $1 AND id = $2";
 
 typedef struct user_row {
         bool found;
@@ -610,21 +613,25 @@ static int64_t login_time(const cp_jwt_claims *claims) {
 
 /* NetBird's GetUserFromUserAuth, plus the token's email and name. */
 static int sign_in(cp_store_tx *tx, const cp_jwt_claims *claims, const user_row *u, cp_error *reterr) {
+        _cleanup_rows_ cp_store_rows *rows = NULL;
         int64_t t = login_time(claims);
         const char *email = claims->email && claims->email[0] ? claims->email : u->email;
         const char *name = claims->name && claims->name[0] ? claims->name : u->name;
-        bool newer = t > u->last_login;
         int r;
 
-        if (!newer && strcmp(email, u->email) == 0 && strcmp(name, u->name) == 0)
-                return 0;
+        if (t <= u->last_login) {
+                if (strcmp(email, u->email) == 0 && strcmp(name, u->name) == 0)
+                        return 0;       /* the every-request path: nothing to write */
+                const char *p[4] = { u->account_id, claims->user_id, email, name };
+                return cp_store_tx_exec(tx, SQL_DETAILS, 4, p, NULL, reterr);
+        }
         char ts[24];
-        (void) snprintf(ts, sizeof ts, "%" PRId64, newer ? t : u->last_login);
+        (void) snprintf(ts, sizeof ts, "%" PRId64, t);
         const char *p[5] = { u->account_id, claims->user_id, ts, email, name };
-        r = cp_store_tx_exec(tx, SQL_LOGIN, 5, p, NULL, reterr);
-        if (r < 0 || !newer || u->last_login == 0)
+        r = cp_store_tx_exec(tx, SQL_LOGIN, 5, p, &rows, reterr);
+        if (r < 0 || cp_store_rows_affected(rows) != 1 || u->last_login == 0)
                 return r;
-        /* LastDashboardLoginChanged: newer than a login already seen. */
+        /* LastDashboardLoginChanged: newer than a sign-in already seen. */
         char meta[64];
         struct tm tm;
         time_t tt = (time_t) t;
