@@ -350,9 +350,9 @@ done:
                 j->discovered = true;
         }
         if (r >= 0) {
-                int64_t max_age = d.have_max_age ? d.max_age : j->default_max_age_s;
-                if (max_age < 1)
-                        max_age = 1;
+                /* No max-age, or max-age=0 (which would mean a fetch per
+                 * token): the default. */
+                int64_t max_age = d.have_max_age && d.max_age > 0 ? d.max_age : j->default_max_age_s;
                 if (max_age > 7 * 24 * 3600)
                         max_age = 7 * 24 * 3600;
                 old = j->keys;

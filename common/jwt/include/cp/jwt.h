@@ -69,7 +69,7 @@ typedef struct cp_jwt_config {
         int64_t leeway_s;               /* exp/nbf/iat tolerance; 0 = 60 s, < 0 = none */
         int64_t refetch_cooldown_ms;    /* unknown-kid refetch at most this often; 0 = 30 s
                                          * (NetBird's forcedRefreshCooldown) */
-        int64_t default_max_age_s;      /* when the JWKS response has no max-age; 0 = 1 h */
+        int64_t default_max_age_s;      /* when the JWKS response has no max-age (or 0); 0 = 1 h */
         int64_t http_timeout_ms;        /* per fetch; 0 = 5 s */
         size_t cache_entries;           /* verified-token cache size; 0 = 4096 */
         const char *ca_file;            /* extra CA bundle for https (tests); NULL = system */
