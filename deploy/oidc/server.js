@@ -104,6 +104,7 @@ const issuer = `http://${HOST}:${opts.port}`;
 // URI); their aud is opts.audience.
 const RESOURCE = 'urn:netbird:management';
 const API_SCOPE = 'api';
+const USERINFO_PATH = '/me';
 
 const logStream = opts.logFile ? fs.createWriteStream(opts.logFile, { flags: 'a' }) : process.stderr;
 function log(msg) {
@@ -304,6 +305,8 @@ function configuration() {
                 issueRefreshToken: async (ctx, client) => client.grantTypeAllowed('refresh_token'),
                 expiresWithSession: async () => false,
                 clientBasedCORS: (ctx, origin) => corsOrigins.has(origin),
+                // Answered by userinfo() below, not by the package.
+                routes: { userinfo: USERINFO_PATH },
                 interactions: { url: async (ctx, interaction) => `/interaction/${interaction.uid}` },
                 ttl: {
                         AccessToken: 3600,
@@ -417,11 +420,148 @@ async function interaction(req, res, uid, action) {
                 { mergeWithLastSubmission: false });
 }
 
+// ---------------------------------------------------------------- userinfo
+
+// oidc-provider's userinfo endpoint takes only the opaque, audience-less
+// access tokens it keeps in its store; ours are JWTs for the API (aud = the
+// audience, never stored), and NetBird's dashboard sends that same token to
+// userinfo. So /me is ours: the token is checked as a resource server checks
+// it (a published key, RS256, typ at+jwt, iss, aud, exp, one of our clients,
+// a known user) and the user's claims come back.
+const clientIds = new Set([opts.dashboardClientId, opts.agentClientId]);
+
+class TokenError extends Error {}
+
+function b64json(part) {
+        try {
+                const value = JSON.parse(Buffer.from(part, 'base64url').toString('utf8'));
+                if (value && typeof value === 'object' && !Array.isArray(value)) return value;
+        } catch {
+                // below
+        }
+        throw new TokenError('malformed access token');
+}
+
+function checkAccessToken(token) {
+        const parts = token.split('.');
+        if (parts.length !== 3 || !parts.every((x) => /^[A-Za-z0-9_-]+$/.test(x)))
+                throw new TokenError('access token is not a JWT');
+        const header = b64json(parts[0]);
+        if (header.alg !== 'RS256' || header.typ !== 'at+jwt' || header.crit !== undefined)
+                throw new TokenError('not one of our access tokens (alg, typ)');
+        const jwk = jwks.keys.find((k) => k.kid === header.kid);
+        if (!jwk) throw new TokenError('signing key unknown');
+        const key = crypto.createPublicKey({ key: { kty: jwk.kty, n: jwk.n, e: jwk.e }, format: 'jwk' });
+        const signed = Buffer.from(`${parts[0]}.${parts[1]}`, 'ascii');
+        if (!crypto.verify('sha256', signed, key, Buffer.from(parts[2], 'base64url')))
+                throw new TokenError('bad signature');
+        const claims = b64json(parts[1]);
+        if (claims.iss !== issuer) throw new TokenError('wrong issuer');
+        const aud = Array.isArray(claims.aud) ? claims.aud : [claims.aud];
+        if (!aud.includes(opts.audience)) throw new TokenError('wrong audience');
+        if (typeof claims.exp !== 'number' || claims.exp <= Date.now() / 1000)
+                throw new TokenError('access token expired');
+        if (!clientIds.has(claims.client_id)) throw new TokenError('unknown client');
+        const user = typeof claims.sub === 'string' && usersBySub.get(claims.sub);
+        if (!user) throw new TokenError('unknown user');
+        return user;
+}
+
+function sendJson(res, status, value, headers = {}) {
+        res.writeHead(status, { 'Content-Type': 'application/json; charset=utf-8', 'Cache-Control': 'no-store',
+                ...headers });
+        res.end(JSON.stringify(value));
+}
+
+// CORS as oidc-provider does it for userinfo, but only for our origins:
+// GET and POST, any request headers (Authorization), WWW-Authenticate
+// readable by the page.
+function userinfoCors(req, res) {
+        const origin = req.headers.origin;
+        res.setHeader('Vary', 'Origin');
+        if (!origin || !corsOrigins.has(origin)) return !origin;
+        res.setHeader('Access-Control-Allow-Origin', origin);
+        if (req.method === 'OPTIONS') {
+                res.setHeader('Access-Control-Allow-Methods', 'GET,POST');
+                if (req.headers['access-control-request-headers'])
+                        res.setHeader('Access-Control-Allow-Headers', req.headers['access-control-request-headers']);
+                res.setHeader('Access-Control-Max-Age', '3600');
+        } else {
+                res.setHeader('Access-Control-Expose-Headers', 'WWW-Authenticate');
+        }
+        return true;
+}
+
+async function userinfo(req, res) {
+        const allowed = userinfoCors(req, res);
+        if (req.method === 'OPTIONS') {
+                res.writeHead(204);
+                return res.end();
+        }
+        if (req.method !== 'GET' && req.method !== 'POST')
+                return sendJson(res, 405, { error: 'invalid_request', error_description: 'GET or POST' },
+                        { Allow: 'GET, POST, OPTIONS' });
+        if (!allowed) {
+                log(`userinfo refused: origin ${JSON.stringify(req.headers.origin)} not allowed`);
+                return sendJson(res, 400, { error: 'invalid_request',
+                        error_description: `origin ${req.headers.origin} not allowed` });
+        }
+        // RFC 6750: the Authorization header, the form body (POST) or the
+        // query (GET); exactly one of them.
+        const found = [];
+        const auth = req.headers.authorization;
+        if (auth !== undefined) {
+                const m = /^Bearer +([^ ]+) *$/i.exec(auth);
+                found.push(m ? m[1] : '');
+        }
+        const query = new URLSearchParams((req.url || '').split('?')[1] || '');
+        if (query.has('access_token')) found.push(query.get('access_token'));
+        if (req.method === 'POST' && /^application\/x-www-form-urlencoded\b/i.test(req.headers['content-type'] || '')) {
+                let form;
+                try {
+                        form = await readForm(req);
+                } catch (e) {
+                        return sendJson(res, 400, { error: 'invalid_request', error_description: e.message });
+                }
+                if (form.has('access_token')) found.push(form.get('access_token'));
+        }
+        const challenge = (error, description) => ({ 'WWW-Authenticate': `Bearer realm="${issuer}"`
+                + (error ? `, error="${error}", error_description="${description}"` : '') });
+        if (found.length > 1) {
+                const d = 'access token provided in more than one way';
+                return sendJson(res, 400, { error: 'invalid_request', error_description: d },
+                        challenge('invalid_request', d));
+        }
+        if (found.length === 0 || !found[0]) {
+                return sendJson(res, 401, { error: 'invalid_token', error_description: 'no access token provided' },
+                        challenge());
+        }
+        let user;
+        try {
+                user = checkAccessToken(found[0]);
+        } catch (e) {
+                if (!(e instanceof TokenError)) throw e;
+                log(`userinfo refused: ${e.message}`);
+                return sendJson(res, 401, { error: 'invalid_token', error_description: e.message },
+                        challenge('invalid_token', e.message));
+        }
+        return sendJson(res, 200, { sub: user.sub, ...userClaims(user) });
+}
+
 // ---------------------------------------------------------------- HTTP
 
 const server = http.createServer(async (req, res) => {
         const pathname = (req.url || '/').split('?')[0];
         res.on('finish', () => log(`${req.method} ${pathname} ${res.statusCode}`));
+        if (pathname === USERINFO_PATH) {
+                try {
+                        return await userinfo(req, res);
+                } catch (err) {
+                        log(`userinfo error: ${err.stack || err}`);
+                        if (!res.headersSent) sendJson(res, 500, { error: 'server_error' });
+                        return undefined;
+                }
+        }
         const m = /^\/interaction\/([A-Za-z0-9_-]+)(?:\/(login))?$/.exec(pathname);
         if (!m) return handler(req, res);
         try {

@@ -2,17 +2,21 @@
 loopback port, signed in to with a real authorization code + PKCE flow
 (tests/idp/oidcflow.py). Checks the tokens' signatures against the JWKS the
 discovery document names and their claims, refused logins and redirect
-URIs, refresh tokens, CORS for the dashboard's origin, the device flow,
-key rotation (SIGUSR1) and that a restart keeps the keys and users.
+URIs, refresh tokens, the userinfo endpoint with the dashboard's access
+token (a JWT for the API, as the dashboard's OIDC library sends it), CORS
+for the dashboard's origin, the device flow, key rotation (SIGUSR1) and
+that a restart keeps the keys and users.
 
 Needs node and deploy/oidc/node_modules (deploy/oidc/install; tests/run
 runs it through deploy/install-deps); without them every case skips.
 """
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 import urllib.parse
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -57,6 +61,37 @@ def check_user_claims(claims, user):
     assert claims["sub"] == user["sub"], (claims, user)
     assert claims["email"] == user["email"] and claims["name"] == user["name"], claims
     assert claims["groups"] == user["groups"], claims
+
+
+def userinfo(p, token=None, method="GET", headers=None, form=None, query=None):
+    """The discovery document's userinfo endpoint as a browser calls it:
+    (status, headers, JSON body)."""
+    url = p.discovery["userinfo_endpoint"] + ("?" + urllib.parse.urlencode(query) if query else "")
+    h = dict(headers or {})
+    if token is not None:
+        h["Authorization"] = "Bearer " + token
+    data = None
+    if form is not None:
+        data = urllib.parse.urlencode(form).encode()
+        h["Content-Type"] = "application/x-www-form-urlencoded"
+    req = oidcflow.urllib.request.Request(url, data=data, method=method, headers=h)
+    try:
+        with oidcflow.urllib.request.urlopen(req, timeout=10) as r:
+            status, hdrs, body = r.status, r.headers, r.read()
+    except oidcflow.urllib.error.HTTPError as e:
+        status, hdrs, body = e.code, e.headers, e.read()
+    return status, hdrs, json.loads(body) if body else None
+
+
+def mint(p, claims, **headers):
+    """An access token signed with the provider's current key (its
+    jwks.json), with claims (and header fields) a real sign-in never
+    produces."""
+    with open(os.path.join(p.data_dir, "jwks.json")) as f:
+        keys = json.load(f)["keys"]
+    k = keys[0]
+    key = jwt.algorithms.RSAAlgorithm.from_jwk(json.dumps(k))
+    return jwt.encode(claims, key, algorithm="RS256", headers=dict({"kid": k["kid"], "typ": "at+jwt"}, **headers))
 
 
 @test
@@ -159,6 +194,68 @@ def refresh_token_gives_new_tokens():
 
 
 @test
+def userinfo_takes_the_dashboard_access_token():
+    """NetBird's dashboard (@axa-fr/react-oidc) sends its access token, the
+    JWT for the API, to the userinfo endpoint after every sign-in and on
+    every page: it gets the user's claims, and the token is still a JWT
+    whose aud is the API's audience (what netbird-mgmt checks)."""
+    p = provider()
+    disc = p.discovery
+    assert disc["userinfo_endpoint"] == p.issuer + "/me", disc
+    for login in ("alice", "bob"):
+        user = p.user(login)
+        tok = oidcflow.login(p.issuer, login, user["password"], p.dashboard_client_id, DASH_REDIRECT,
+                             audience=AUDIENCE)
+        assert jwt.get_unverified_header(tok["access_token"])["typ"] == "at+jwt"
+        at = verify(p, tok["access_token"], AUDIENCE)
+        assert at["aud"] == AUDIENCE, at
+        status, headers, info = userinfo(p, tok["access_token"])
+        assert status == 200 and headers["Content-Type"].startswith("application/json"), (status, info)
+        assert "no-store" in headers.get("Cache-Control", ""), dict(headers)
+        check_user_claims(info, user)
+        assert info["sub"] == verify(p, tok["id_token"], p.dashboard_client_id)["sub"], info
+        # POST with the token in the form works too (RFC 6750).
+        status, _, info = userinfo(p, method="POST", form={"access_token": tok["access_token"]})
+        assert status == 200 and info["sub"] == user["sub"], (status, info)
+    # The access token from a refresh is accepted as well.
+    again = oidcflow.refresh(p.issuer, p.dashboard_client_id, tok["refresh_token"])
+    assert verify(p, again["access_token"], AUDIENCE)["aud"] == AUDIENCE
+    status, _, info = userinfo(p, again["access_token"])
+    assert status == 200 and info["sub"] == user["sub"] and info["email"] == user["email"], (status, info)
+    # So is the agent client's.
+    agent = oidcflow.login(p.issuer, "bob", user["password"], p.agent_client_id, AGENT_REDIRECT)
+    assert userinfo(p, agent["access_token"])[0] == 200
+
+    # Refused: 401 with a Bearer challenge naming the error.
+    status, headers, body = userinfo(p)
+    assert status == 401 and body["error"] == "invalid_token", (status, body)
+    assert headers["WWW-Authenticate"].startswith('Bearer realm="%s"' % p.issuer), dict(headers)
+    now = int(time.time())
+    good = {"iss": p.issuer, "aud": AUDIENCE, "sub": user["sub"], "client_id": p.dashboard_client_id,
+            "iat": now, "exp": now + 600, "jti": "j1", "scope": "api"}
+    assert userinfo(p, mint(p, good))[0] == 200     # the minting itself is right
+    head, payload, sig = again["access_token"].split(".")
+    tampered = head + "." + payload + "." + ("A" if sig[0] != "A" else "B") + sig[1:]
+    bad = [("bad signature", tampered),
+           ("the ID token", again["id_token"]),
+           ("not a JWT", "opaque-value"),
+           ("wrong audience", mint(p, dict(good, aud="someone-else"))),
+           ("expired", mint(p, dict(good, iat=now - 7200, exp=now - 3600))),
+           ("wrong issuer", mint(p, dict(good, iss="http://127.0.0.1:1"))),
+           ("unknown user", mint(p, dict(good, sub="nobody"))),
+           ("unknown client", mint(p, dict(good, client_id="other"))),
+           ("typ JWT", mint(p, good, typ="JWT")),
+           ("unknown kid", mint(p, good, kid="nope"))]
+    for what, token in bad:
+        status, headers, body = userinfo(p, token)
+        assert status == 401 and body["error"] == "invalid_token", (what, status, body)
+        assert 'error="invalid_token"' in headers["WWW-Authenticate"], (what, dict(headers))
+    # A token in both the header and the query is a bad request.
+    status, _, body = userinfo(p, again["access_token"], query={"access_token": again["access_token"]})
+    assert status == 400 and body["error"] == "invalid_request", (status, body)
+
+
+@test
 def cors_for_the_dashboard_origin_only():
     p = provider()
     alice = p.user("alice")
@@ -181,6 +278,29 @@ def cors_for_the_dashboard_origin_only():
                                            "refresh_token": "x"}).encode()
         else:
             assert acao != origin and acao != "*", (origin, status, acao)
+    # Userinfo, which the dashboard calls from the browser with the access
+    # token: a preflight for GET with Authorization, then the GET.
+    for origin, allowed in ((ORIGIN, True), ("http://evil.example", False)):
+        status, headers, _ = svc.http("OPTIONS", p.discovery["userinfo_endpoint"], headers={
+            "Origin": origin, "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "authorization"})
+        acao = headers.get("Access-Control-Allow-Origin")
+        if allowed:
+            assert status == 204 and acao == origin, (status, headers)
+            assert "GET" in headers["Access-Control-Allow-Methods"].split(","), headers
+            assert "authorization" in headers["Access-Control-Allow-Headers"].lower(), headers
+        else:
+            assert acao is None, (origin, status, headers)
+        status, headers, body = userinfo(p, tok["access_token"], headers={"Origin": origin})
+        acao = headers.get("Access-Control-Allow-Origin")
+        if allowed:
+            assert status == 200 and acao == origin and body["sub"] == alice["sub"], (status, dict(headers), body)
+            assert "WWW-Authenticate" in headers["Access-Control-Expose-Headers"], dict(headers)
+        else:
+            assert acao is None and status == 400, (origin, status, dict(headers), body)
+    # A refusal is readable by the dashboard's page too (the 401 and its challenge).
+    status, headers, _ = userinfo(p, "x.y.z", headers={"Origin": ORIGIN})
+    assert status == 401 and headers.get("Access-Control-Allow-Origin") == ORIGIN, (status, dict(headers))
     # Discovery and the JWKS are readable from anywhere.
     status, headers, _ = svc.http("GET", p.discovery_url, headers={"Origin": "http://evil.example"})
     assert status == 200 and headers.get("Access-Control-Allow-Origin") in ("*", "http://evil.example"), headers
@@ -204,6 +324,10 @@ def key_rotation_publishes_a_new_kid_and_restart_keeps_keys():
     assert jwt.get_unverified_header(new["access_token"])["kid"] == new_kid
     check_user_claims(verify(p, new["access_token"], AUDIENCE), alice)
     check_user_claims(verify(p, old["access_token"], AUDIENCE), alice)
+    # Userinfo takes both too.
+    for t in (old, new):
+        status, _, info = userinfo(p, t["access_token"])
+        assert status == 200 and info["sub"] == alice["sub"], (status, info)
     # Sign-ins from before the rotation carry on: the refresh token still works.
     refreshed = oidcflow.refresh(p.issuer, p.dashboard_client_id, old["refresh_token"])
     assert jwt.get_unverified_header(refreshed["access_token"])["kid"] == new_kid

@@ -7,7 +7,9 @@ balances gRPC and HTTP over the replicas and an agent registers and syncs
 through it. With --oidc and --config, the dev OIDC provider (deploy/oidc)
 answers, cluster.env names its issuer, clients and users, and the replicas
 run with the operator's management.json plus the provider's HttpConfig and
-agent flows; a user signs in with a real PKCE flow.
+agent flows; alice and bob sign in with a real PKCE flow and their access
+tokens (and refreshed ones) work on /api/users/current through nginx and on
+every replica, and at the provider's userinfo.
 
 Needs nothing from the network: everything listens on 127.0.0.1, and
 deploy/install-deps finds its packages installed (tests/run installs nginx
@@ -435,8 +437,54 @@ def replicas_without_nginx_is_an_error():
 # The dashboard's origin in the OIDC case; nothing listens there.
 DASH_ORIGIN = "http://127.0.0.1:9"
 OIDC_KEYS = ("OIDC_ISSUER", "OIDC_DISCOVERY", "OIDC_AUDIENCE", "OIDC_CLIENT_ID", "OIDC_AGENT_CLIENT_ID",
-             "OIDC_PID", "OIDC_LOG", "OIDC_USER_1", "OIDC_PASSWORD_1", "OIDC_SUB_1", "OIDC_USER_2",
-             "OIDC_PASSWORD_2", "OIDC_SUB_2")
+             "OIDC_PID", "OIDC_LOG", "OIDC_USER_1", "OIDC_PASSWORD_1", "OIDC_SUB_1", "OIDC_EMAIL_1",
+             "OIDC_USER_2", "OIDC_PASSWORD_2", "OIDC_SUB_2", "OIDC_EMAIL_2")
+
+
+def users_current(base, token):
+    status, _, body = svc.http_json("GET", base + "/api/users/current",
+                                    headers={"Authorization": "Bearer " + token})
+    return status, body
+
+
+def check_signed_in_users(env, disc):
+    """The dashboard's sign-in, for real, against the cluster: each user's
+    access token from the code + PKCE flow on GET /api/users/current,
+    first through MGMT_HTTP (nginx with several replicas), then on every
+    replica directly; the same token at the provider's userinfo, from the
+    dashboard's origin, as the dashboard's OIDC library sends it; then a
+    refresh_token grant and the new access token everywhere too. alice is
+    the bootstrap account's owner (her sub is its USER_ID); bob, unknown
+    until now, joins that account as a regular user (single-account mode,
+    approval off in an account the CLI made)."""
+    iss = env["OIDC_ISSUER"]
+    bases = [env["MGMT_HTTP"]] + [env["REPLICA_%d_HTTP" % i] for i in range(1, int(env["REPLICAS"]) + 1)]
+    for n, role in ((1, "owner"), (2, "user")):
+        sub, email = env["OIDC_SUB_%d" % n], env["OIDC_EMAIL_%d" % n]
+        tok = oidcflow.login(iss, env["OIDC_USER_%d" % n], env["OIDC_PASSWORD_%d" % n], env["OIDC_CLIENT_ID"],
+                             DASH_ORIGIN + "/nb-auth", audience=env["OIDC_AUDIENCE"])
+        key = jwt.PyJWKClient(disc["jwks_uri"]).get_signing_key_from_jwt(tok["access_token"])
+        claims = jwt.decode(tok["access_token"], key.key, algorithms=["RS256"], audience=env["OIDC_AUDIENCE"],
+                            issuer=iss)
+        assert claims["sub"] == sub and claims["email"] == email, claims
+        refreshed = oidcflow.refresh(iss, env["OIDC_CLIENT_ID"], tok["refresh_token"])
+        assert refreshed["access_token"] != tok["access_token"], "the refresh gave the same access token"
+        for what, token in (("sign-in", tok["access_token"]), ("refresh", refreshed["access_token"])):
+            for base in bases:
+                status, me = users_current(base, token)
+                assert status == 200, (what, env["OIDC_USER_%d" % n], base, status, me)
+                assert me["id"] == sub and me["role"] == role and me["email"] == email, (what, base, me)
+                assert me["is_current"] is True and me["status"] == "active", (what, base, me)
+            status, headers, info = svc.http_json("GET", disc["userinfo_endpoint"], headers={
+                "Authorization": "Bearer " + token, "Origin": DASH_ORIGIN})
+            assert status == 200 and info["sub"] == sub and info["email"] == email, (what, status, info)
+            assert headers.get("Access-Control-Allow-Origin") == DASH_ORIGIN, headers
+    # Both in the bootstrap account: its owner's PAT lists them.
+    owner = Api(env["MGMT_HTTP"], env["ADMIN_TOKEN"])
+    users = {u["id"]: u for u in owner.ok("GET", "/api/users")}
+    assert users[env["OIDC_SUB_1"]]["role"] == "owner", users
+    bob = users[env["OIDC_SUB_2"]]
+    assert bob["role"] == "user" and bob["email"] == env["OIDC_EMAIL_2"] and not bob["pending_approval"], bob
 
 
 def check_oidc(env):
@@ -456,8 +504,9 @@ def check_oidc(env):
     assert h["AuthIssuer"] == iss and h["AuthAudience"] == env["OIDC_AUDIENCE"], h
     assert h["AuthKeysLocation"] == disc["jwks_uri"] and h["AuthUserIDClaim"] == "sub", h
     assert h["OIDCConfigEndpoint"] == env["OIDC_DISCOVERY"] and h["IdpSignKeyRefreshEnabled"] is True, h
-    rid = int(env["REPLICA_1_PID"])
-    assert "--config " + env["MGMT_CONFIG"] in cmdline(rid), cmdline(rid)
+    for i in range(1, int(env["REPLICAS"]) + 1):
+        rid = int(env["REPLICA_%d_PID" % i])
+        assert "--config " + env["MGMT_CONFIG"] in cmdline(rid), (i, cmdline(rid))
     # alice is the bootstrap account's owner.
     assert env["OIDC_USER_1"] == "alice" and env["OIDC_SUB_1"] == env["USER_ID"], env
     # Every replica fetched the provider's keys (OIDCConfigEndpoint, then
@@ -483,14 +532,8 @@ def check_oidc(env):
     dev = a.device_flow().ProviderConfig
     assert dev.DeviceAuthEndpoint == disc["device_authorization_endpoint"], dev
     a.close()
-    # Both users sign in through the dashboard's client.
-    for n in (1, 2):
-        tok = oidcflow.login(iss, env["OIDC_USER_%d" % n], env["OIDC_PASSWORD_%d" % n], env["OIDC_CLIENT_ID"],
-                             DASH_ORIGIN + "/nb-auth", audience=env["OIDC_AUDIENCE"])
-        key = jwt.PyJWKClient(disc["jwks_uri"]).get_signing_key_from_jwt(tok["access_token"])
-        claims = jwt.decode(tok["access_token"], key.key, algorithms=["RS256"], audience=env["OIDC_AUDIENCE"],
-                            issuer=iss)
-        assert claims["sub"] == env["OIDC_SUB_%d" % n] and claims.get("email"), claims
+    # Both users sign in through the dashboard's client and use the API.
+    check_signed_in_users(env, disc)
     return login
 
 
@@ -505,9 +548,12 @@ def oidc_provider_and_operator_config():
         # their case.
         json.dump({"Stuns": [{"Proto": "udp", "URI": "stun:stun.example.net:3478"}],
                    "HttpConfig": {"authaudience": "theirs", "AuthIssuer": "https://idp.example"}}, f)
-    args = ("--oidc", "--dashboard-origin", DASH_ORIGIN, "--config", op)
+    # Three replicas behind nginx, as the dashboard is tried against
+    # (one without nginx).
+    n = 3 if os.access(NGINX, os.X_OK) else 1
+    args = ("--replicas", str(n), "--oidc", "--dashboard-origin", DASH_ORIGIN, "--config", op)
     env = dc.up(*args)
-    check_env(env, 1)
+    check_env(env, n)
     login = check_oidc(env)
     assert [s.uri for s in login.netbirdConfig.stuns] == ["stun:stun.example.net:3478"], login.netbirdConfig
     with open(env["MGMT_CONFIG"]) as f:
@@ -517,7 +563,7 @@ def oidc_provider_and_operator_config():
 
     # Again: the provider and the replica are reused, the users the same.
     again = dc.up(*args)
-    for k in OIDC_KEYS + ("REPLICA_1_PID", "MGMT_CONFIG"):
+    for k in OIDC_KEYS + ("MGMT_CONFIG",) + tuple("REPLICA_%d_PID" % i for i in range(1, n + 1)):
         assert again[k] == env[k], (k, env[k], again[k])
 
     # Without --oidc and --config: the provider stops, the replica restarts
@@ -528,6 +574,8 @@ def oidc_provider_and_operator_config():
     assert plain["REPLICA_1_PID"] != env["REPLICA_1_PID"], "the replica kept its old configuration"
     assert "--config" not in cmdline(int(plain["REPLICA_1_PID"])), cmdline(int(plain["REPLICA_1_PID"]))
     check_env(plain, 1)
+    gone = ["REPLICA_%d_PID" % i for i in range(2, n + 1)] + (["LB_PID"] if n > 1 else [])
+    assert not any(alive(int(env[k])) for k in gone), [(k, env[k]) for k in gone if alive(int(env[k]))]
 
     # --oidc alone: the provider comes back with the same users and keys.
     back = dc.up("--oidc")
