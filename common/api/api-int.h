@@ -88,6 +88,8 @@ struct cp_api {
         struct cp_netmap_account *(*snapshot_peek)(const char *account_id, int64_t serial, void *userdata);
         void *snapshot_userdata;
         api_peer_caches *peer_caches;
+        cp_jwt *jwt;                    /* borrowed; NULL = no IdP */
+        cp_identity_options identity;   /* single_account_domain owned (a copy) */
 };
 
 struct api_ctx {
@@ -105,7 +107,7 @@ struct api_ctx {
 
         /* Who is calling (filled by authentication). */
         char account_id[64];
-        char user_id[64];
+        char user_id[256];              /* IdP user ids can be long */
         char role[16];                  /* owner, admin, user, auditor, network_admin, billing_admin */
         bool service_user;
         char token_id[64];              /* the PAT used, "" for a trusted caller */
@@ -129,6 +131,8 @@ struct api_ctx {
         /* Set by api_changed(): bump the serial before commit. */
         bool changed;
         int64_t serial;
+        /* The serial a JWT sign-in committed (groups synced), 0 = none. */
+        int64_t identity_serial;
 };
 
 /* ---- timestamps in SQL-built JSON ---------------------------------------------------- */

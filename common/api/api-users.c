@@ -243,7 +243,7 @@ static const struct {
         bool served;
         api_module module;
 } perm_modules[] = {
-        { "networks", true, API_MOD_NETWORKS },
+        { "networks", false, API_MOD_NETWORKS },
         { "peers", true, API_MOD_PEERS },
         { "remote_jobs", false, API_MOD_PUBLIC },
         { "groups", true, API_MOD_GROUPS },
@@ -280,11 +280,19 @@ static const struct {
 };
 
 static void permission_modules(const api_ctx *c, cp_strbuf *out) {
+        bool first = true;
+
         cp_strbuf_addch(out, '{');
         for (size_t m = 0; m < ELEMENTSOF(perm_modules); m++) {
-                cp_strbuf_addf(out, "%s\"%s\":{", m ? "," : "", perm_modules[m].name);
+                /* Only what is served: the dashboard fills absent modules
+                 * in as denied (PermissionsProvider), and a module it sees
+                 * allowed is a page it opens. */
+                if (!perm_modules[m].served)
+                        continue;
+                cp_strbuf_addf(out, "%s\"%s\":{", first ? "" : ",", perm_modules[m].name);
+                first = false;
                 for (size_t o = 0; o < ELEMENTSOF(perm_ops); o++) {
-                        bool ok = perm_modules[m].served && api_allowed(c, perm_modules[m].module, perm_ops[o].op);
+                        bool ok = api_allowed(c, perm_modules[m].module, perm_ops[o].op);
                         cp_strbuf_addf(out, "%s\"%s\":%s", o ? "," : "", perm_ops[o].name, ok ? "true" : "false");
                 }
                 cp_strbuf_addch(out, '}');
@@ -627,6 +635,71 @@ static int delete_user(api_ctx *c) {
         return api_reply_empty_object(c);
 }
 
+/* ---- user approval ---------------------------------------------------------------------------- */
+
+static const char SQL_PENDING[] = "SELECT pending_approval FROM users WHERE account_id = $1 AND id = $2";
+static const char SQL_APPROVE[] =
+        "UPDATE users SET blocked = false, pending_approval = false WHERE account_id = $1 AND id = $2";
+
+/* The target of approve/reject: in the caller's account and pending
+ * (NetBird's texts: 404 "user: <id> not found", 422 "user <id> is not
+ * pending approval"). */
+static int find_pending(api_ctx *c, const char *id) {
+        _cleanup_rows_ cp_store_rows *rows = NULL;
+        const char *p[2] = { c->account_id, id };
+        int r = api_sql(c, SQL_PENDING, 2, p, &rows);
+
+        if (r < 0)
+                return r;
+        if (cp_store_rows_count(rows) != 1)
+                return api_error(c, 404, "user: %s not found", id);
+        if (!cp_store_rows_bool(rows, 0, 0))
+                return api_error(c, 422, "user %s is not pending approval", id);
+        return 0;
+}
+
+/* POST /api/users/{userId}/approve: NetBird's ApproveUser. */
+static int approve_user(api_ctx *c) {
+        const char *id = c->param[0];
+        const char *p[2] = { c->account_id, id };
+        int r = find_pending(c, id);
+
+        if (r < 0)
+                return r;
+        r = api_sql(c, SQL_APPROVE, 2, p, NULL);
+        if (r < 0)
+                return r;
+        r = api_event(c, API_ACT_USER_APPROVED, id, NULL);
+        if (r < 0)
+                return r;
+        return reply_user(c, id);
+}
+
+/* DELETE /api/users/{userId}/reject: NetBird's RejectUser (DeleteUser
+ * with its events, then user.reject). */
+static int reject_user(api_ctx *c) {
+        _cleanup_rows_ cp_store_rows *row = NULL;
+        const char *id = c->param[0];
+        int r = find_pending(c, id);
+
+        if (r < 0)
+                return r;
+        if (strcmp(id, c->user_id) == 0)
+                return api_error(c, 422, "self deletion is not allowed");
+        r = find_user(c, id, &row);
+        if (r < 0)
+                return r;
+        if (strcmp(cp_store_rows_get(row, 0, U_ROLE), "owner") == 0)
+                return api_error(c, 403, "can't delete a user with the owner role");
+        r = delete_regular_user(c, id, row);
+        if (r < 0)
+                return r;
+        r = api_event(c, API_ACT_USER_REJECTED, id, NULL);
+        if (r < 0)
+                return r;
+        return api_reply_empty_object(c);
+}
+
 /* ---- tokens ------------------------------------------------------------------------------------- */
 
 typedef struct pat_target {
@@ -782,6 +855,8 @@ const api_route api_users_routes[] = {
         { "GET", "/api/users/current", API_MOD_SELF, API_READ, current_user },
         { "PUT", "/api/users/{userId}", API_MOD_USERS, API_UPDATE, update_user },
         { "DELETE", "/api/users/{userId}", API_MOD_USERS, API_DELETE, delete_user },
+        { "POST", "/api/users/{userId}/approve", API_MOD_USERS, API_UPDATE, approve_user },
+        { "DELETE", "/api/users/{userId}/reject", API_MOD_USERS, API_DELETE, reject_user },
         { "GET", "/api/users/{userId}/tokens", API_MOD_PATS, API_READ, list_tokens },
         { "POST", "/api/users/{userId}/tokens", API_MOD_PATS, API_CREATE, create_token },
         { "GET", "/api/users/{userId}/tokens/{tokenId}", API_MOD_PATS, API_READ, get_token },

@@ -130,16 +130,15 @@ void api_changed(api_ctx *c) {
         c->changed = true;
 }
 
-static const char SQL_EVENT[] =
-        "INSERT INTO events (activity, initiator_id, target_id, account_id, meta)"
-        " VALUES ($1::int, $2, $3, $4, COALESCE($5::jsonb, '{}'::jsonb))";
-
+/* The writer itself is the store's (cp_store_tx_event), shared with
+ * identity provisioning. */
 int api_event(api_ctx *c, int activity, const char *target_id, const char *meta_json) {
-        char code[16];
+        cp_error err = { 0 };
+        int r = cp_store_tx_event(c->tx, activity, c->user_id, target_id, c->account_id, meta_json, &err);
 
-        (void) snprintf(code, sizeof code, "%d", activity);
-        const char *p[5] = { code, c->user_id, target_id ? target_id : "", c->account_id, meta_json };
-        return api_sql(c, SQL_EVENT, 5, p, NULL);
+        if (r < 0)
+                return api_internal(c, "database", &err);
+        return 0;
 }
 
 /* ---- group references ---------------------------------------------------------------- */

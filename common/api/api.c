@@ -171,12 +171,17 @@ bool cp_api_owns_path(const char *path) {
 
 /* ---- authentication ---------------------------------------------------------------- */
 
-/* Looks up the caller. A personal access token: "Token nbp_..." (or
- * "Bearer nbp_...", which NetBird accepts too). Other bearer values would
- * be IdP JWTs, which this server does not accept ("token invalid").
- * NetBird's messages: 401 "no valid authentication provided" without a
- * usable scheme, 401 "token invalid" for a bad, unknown or expired token,
- * 403 "user is blocked" / "user is pending approval". */
+/* Looks up the caller, as NetBird's auth middleware does. A personal
+ * access token: "Token nbp_..." or "Bearer nbp_...". Any other bearer
+ * value is an IdP JWT: validated with the server's cp_jwt (none = "token
+ * invalid"), then provisioned (cp_identity_resolve) in this request's
+ * transaction, after which the request runs as that user exactly as for
+ * a PAT. NetBird's messages: 401 "no valid authentication provided"
+ * without a usable scheme, 401 "token invalid" for a bad or unknown
+ * token and for a JWT refused by the account's JWT allow list, 403 "user
+ * is blocked" / "user is pending approval". An expired JWT is 401 "token
+ * expired", the text the dashboard answers with a new sign-in (NetBird
+ * says "token invalid"; docs/api.md). */
 static const char SQL_AUTH_TOKEN[] =
         "SELECT t.id, u.id, u.account_id, u.role, u.is_service_user, u.blocked, u.pending_approval,"
         " t.expiration_date <= CURRENT_TIMESTAMP"
@@ -192,6 +197,18 @@ static const char SQL_AUTH_USER[] =
         "SELECT '', u.id, u.account_id, u.role, u.is_service_user, u.blocked, u.pending_approval, false"
         " FROM users u WHERE u.id = $1";
 
+/* The longest Authorization value taken (a JWT with many group claims
+ * runs to several KiB). */
+#define API_MAX_AUTHORIZATION (16 * 1024)
+
+static int check_status(api_ctx *c, bool blocked, bool pending) {
+        if (pending)
+                return api_error(c, 403, "user is pending approval");
+        if (blocked)
+                return api_error(c, 403, "user is blocked");
+        return 0;
+}
+
 static int fill_identity(api_ctx *c, cp_store_rows *rows) {
         const char *expired = cp_store_rows_get(rows, 0, 7);
 
@@ -202,19 +219,92 @@ static int fill_identity(api_ctx *c, cp_store_rows *rows) {
         (void) snprintf(c->account_id, sizeof c->account_id, "%s", cp_store_rows_get(rows, 0, 2));
         (void) snprintf(c->role, sizeof c->role, "%s", cp_store_rows_get(rows, 0, 3));
         c->service_user = cp_store_rows_bool(rows, 0, 4);
-        bool blocked = cp_store_rows_bool(rows, 0, 5);
-        bool pending = cp_store_rows_bool(rows, 0, 6);
-        if (pending)
-                return api_error(c, 403, "user is pending approval");
-        if (blocked)
-                return api_error(c, 403, "user is blocked");
+        return check_status(c, cp_store_rows_bool(rows, 0, 5), cp_store_rows_bool(rows, 0, 6));
+}
+
+static void claims_freep(cp_jwt_claims **p) {
+        if (*p)
+                (void) cp_jwt_claims_free(*p);
+}
+
+static const char SQL_BUMP_SERIAL_IDENTITY[] =
+        "UPDATE accounts SET network_serial = network_serial + 1 WHERE id = $1 RETURNING network_serial";
+
+/* Commits the sign-in's writes (bumping the serial when JWT groups
+ * changed memberships) and begins the request's own transaction. */
+static int commit_provisioning(api_ctx *c, bool changed) {
+        cp_error err = { 0 };
+        int r;
+
+        if (changed) {
+                _cleanup_rows_ cp_store_rows *rows = NULL;
+                const char *p[1] = { c->account_id };
+                r = api_sql(c, SQL_BUMP_SERIAL_IDENTITY, 1, p, &rows);
+                if (r < 0)
+                        return r;
+                if (cp_store_rows_count(rows) == 1)
+                        c->identity_serial = strtoll(cp_store_rows_get(rows, 0, 0), NULL, 10);
+        }
+        r = cp_store_tx_commit(c->tx, &err);
+        c->tx = NULL;
+        if (r < 0) {
+                c->identity_serial = 0;
+                return api_internal(c, "commit", &err);
+        }
+        if (c->identity_serial > 0 && c->api->announce)
+                c->api->announce(c->account_id, c->identity_serial, c->api->announce_userdata);
+        r = cp_store_tx_begin(c->api->store, &c->tx, &err);
+        if (r < 0)
+                return api_internal(c, "begin", &err);
         return 0;
+}
+
+/* A bearer value that is not a PAT: an IdP token. */
+static int authenticate_jwt(api_ctx *c, const char *token) {
+        __attribute__((cleanup(claims_freep))) cp_jwt_claims *claims = NULL;
+        cp_identity_user u;
+        cp_error err = { 0 };
+        int r;
+
+        if (!c->api->jwt)
+                return api_error(c, 401, "token invalid");      /* no IdP configured */
+        r = cp_jwt_validate(c->api->jwt, token, &claims, &err);
+        if (r == -EKEYEXPIRED)
+                return api_error(c, 401, "token expired");
+        if (r < 0) {
+                (void) snprintf(c->err_detail, sizeof c->err_detail, "jwt: %s", err.message);
+                return api_error(c, 401, "token invalid");
+        }
+        r = cp_identity_resolve(c->tx, &c->api->identity, claims, CP_IDENTITY_LOGIN, &u, &err);
+        if (r == -EPERM || r == -ENOENT || r == -EINVAL) {
+                /* NetBird's middleware answers every refusal of the
+                 * sign-in (allow list, wt_account_id mismatch) so. */
+                (void) snprintf(c->err_detail, sizeof c->err_detail, "identity: %s", err.message);
+                return api_error(c, 401, "token invalid");
+        }
+        if (r < 0)
+                return api_internal(c, "identity", &err);
+        (void) snprintf(c->user_id, sizeof c->user_id, "%s", u.user_id);
+        (void) snprintf(c->account_id, sizeof c->account_id, "%s", u.account_id);
+        (void) snprintf(c->role, sizeof c->role, "%s", u.role);
+        c->service_user = u.service_user;
+        c->token_id[0] = '\0';
+        if (u.new_user || u.changed || u.blocked || u.pending_approval) {
+                /* What provisioning wrote stays even when the request is
+                 * then refused (a pending user must be there to approve)
+                 * or its handler fails: commit it on its own, as NetBird's
+                 * middleware does before the handler runs. */
+                r = commit_provisioning(c, u.changed);
+                if (r < 0)
+                        return r;
+        }
+        return check_status(c, u.blocked, u.pending_approval);
 }
 
 static int authenticate(api_ctx *c) {
         const char *h = c->req->authorization;
         _cleanup_rows_ cp_store_rows *rows = NULL;
-        char scheme[16], token[128], hash[CP_SHA256_B64_LEN];
+        char scheme[16], hash[CP_SHA256_B64_LEN];
         int r;
 
         if (c->req->as_user_id) {
@@ -229,22 +319,22 @@ static int authenticate(api_ctx *c) {
 
         /* "<scheme> <value>", exactly two parts. */
         const char *sp = h ? strchr(h, ' ') : NULL;
-        if (!sp || sp == h || (size_t) (sp - h) >= sizeof scheme || strchr(sp + 1, ' ') ||
-            strlen(sp + 1) >= sizeof token || !sp[1])
+        if (!sp || sp == h || (size_t) (sp - h) >= sizeof scheme || strchr(sp + 1, ' ') || !sp[1])
                 return api_error(c, 401, "no valid authentication provided");
         memcpy(scheme, h, (size_t) (sp - h));
         scheme[sp - h] = '\0';
-        memcpy(token, sp + 1, strlen(sp + 1) + 1);
+        const char *value = sp + 1;
         bool is_token = strcasecmp(scheme, "token") == 0;
         bool is_bearer = strcasecmp(scheme, "bearer") == 0;
         if (!is_token && !is_bearer)
                 return api_error(c, 401, "no valid authentication provided");
-        if (is_bearer && strncmp(token, "nbp_", 4) != 0)
-                return api_error(c, 401, "token invalid");      /* a JWT: no IdP here */
-        if (cp_crypto_pat_check(token) < 0)
+        if (strlen(h) > API_MAX_AUTHORIZATION)
                 return api_error(c, 401, "token invalid");
-        cp_crypto_pat_hash(token, hash);
-        cp_explicit_bzero(token, sizeof token);
+        if (is_bearer && strncmp(value, "nbp_", 4) != 0)
+                return authenticate_jwt(c, value);
+        if (cp_crypto_pat_check(value) < 0)
+                return api_error(c, 401, "token invalid");
+        cp_crypto_pat_hash(value, hash);
         const char *p[1] = { hash };
         r = api_sql(c, SQL_AUTH_TOKEN, 1, p, &rows);
         if (r < 0)
@@ -403,6 +493,9 @@ int cp_api_new(const cp_api_options *o, cp_api **ret, cp_error *reterr) {
         api->snapshot_peek = o->snapshot_peek;
         api->snapshot_userdata = o->snapshot_userdata;
         api->peer_caches = api_peer_caches_new();
+        api->jwt = o->jwt;
+        api->identity.single_account_domain =
+                o->identity.single_account_domain ? cp_xstrdup(o->identity.single_account_domain) : NULL;
         *ret = api;
         return 0;
 }
@@ -413,6 +506,7 @@ cp_api *cp_api_free(cp_api *api) {
         api->peer_caches = api_peer_caches_free(api->peer_caches);
         free(api->dns_domain);
         free(api->version);
+        free((char *) api->identity.single_account_domain);
         free(api);
         return NULL;
 }

@@ -1,5 +1,6 @@
 #include "cp/base.h"
 #include "cp/crypto.h"
+#include "cp/store-tx.h"
 #include "cp/strbuf.h"
 #include "cp/util.h"
 #include "store-int.h"
@@ -41,13 +42,17 @@ static int insert_all(cp_store_conn *c, const cp_store_account_spec *spec,
                       cp_store_account_created *out, cp_error *reterr) {
         char all_id[CP_ID_LEN + 1], policy_id[CP_ID_LEN + 1], rule_id[CP_ID_LEN + 1];
         char hash[CP_SHA256_B64_LEN], masked[10], ttl[24], groups[CP_ID_LEN + 3];
-        const char *name = spec->name && *spec->name ? spec->name : "admin";
+        const bool idp = spec->owner_user_id != NULL;
+        const char *name = spec->name && *spec->name ? spec->name : idp ? "" : "admin";
         int r;
 
         cp_id_new(out->account_id);
-        cp_id_new(out->user_id);
-        cp_id_new(out->setup_key_id);
-        cp_id_new(out->pat_id);
+        if (!idp) {
+                cp_id_new(out->user_id);
+                cp_id_new(out->setup_key_id);
+                cp_id_new(out->pat_id);
+        }
+        const char *owner = idp ? spec->owner_user_id : out->user_id;
         cp_id_new(all_id);
         cp_id_new(policy_id);
         cp_id_new(rule_id);
@@ -55,7 +60,7 @@ static int insert_all(cp_store_conn *c, const cp_store_account_spec *spec,
         (void) snprintf(out->network_cidr, sizeof out->network_cidr, "100.%u.0.0/16",
                         64u + (unsigned) cp_random_uniform(64));
 
-        const char *acct[6] = { out->account_id, out->user_id, spec->domain ? spec->domain : "",
+        const char *acct[6] = { out->account_id, owner, spec->domain ? spec->domain : "",
                                 out->account_id, out->network_cidr,
                                 spec->dns_domain ? spec->dns_domain : "" };
         r = cp_store__exec(c, ST_ACCOUNT_INSERT, acct, NULL, reterr);
@@ -81,10 +86,14 @@ static int insert_all(cp_store_conn *c, const cp_store_account_spec *spec,
         if (r < 0)
                 return r;
 
-        const char *user[7] = { out->user_id, out->account_id, "owner", "false", "true", "", name };
+        const char *user[7] = { owner, out->account_id, "owner", "false", idp ? "false" : "true", "", name };
         r = cp_store__exec(c, ST_USER_INSERT, user, NULL, reterr);
         if (r < 0)
                 return r;
+        if (idp)
+                /* NetBird's newAccount: the owner signs in through the
+                 * IdP, so no token and no setup key; one event. */
+                return event(c, ACTIVITY_ACCOUNT_CREATED, owner, out->account_id, out->account_id, "{}", reterr);
 
         cp_crypto_pat_new(out->admin_token);
         cp_crypto_pat_hash(out->admin_token, hash);
@@ -166,6 +175,41 @@ int cp_store_account_create(cp_store *s, const cp_store_account_spec *spec,
                 *ret = out;
         cp_explicit_bzero(&out, sizeof out);
         return r;
+}
+
+int cp_store_tx_account_create(cp_store_tx *tx, const cp_store_account_spec *spec,
+                               cp_store_account_created *ret, cp_error *reterr) {
+        cp_store_account_created out = { 0 };
+        cp_store_conn *c = cp_store__tx_conn(tx);
+        int r;
+
+        if (!c)
+                return cp_error_set(reterr, -ECANCELED, "the transaction was aborted by an earlier error");
+        r = insert_all(c, spec, &out, reterr);
+        if (r < 0) {
+                cp_store__tx_failed(tx);
+                cp_error_prefix(reterr, "creating account");
+        } else
+                *ret = out;
+        cp_explicit_bzero(&out, sizeof out);
+        return r;
+}
+
+int cp_store_tx_lock_accounts(cp_store_tx *tx, cp_error *reterr) {
+        return cp_store_tx_exec(tx, "SELECT pg_advisory_xact_lock(" FIRST_ACCOUNT_LOCK_KEY ")", 0, NULL, NULL,
+                                reterr);
+}
+
+int cp_store_tx_event(cp_store_tx *tx, int activity, const char *initiator_id, const char *target_id,
+                      const char *account_id, const char *meta_json, cp_error *reterr) {
+        static const char sql[] = "INSERT INTO events (activity, initiator_id, target_id, account_id, meta)"
+                                  " VALUES ($1::int, $2, $3, $4, COALESCE($5::jsonb, '{}'::jsonb))";
+        char code[16];
+
+        (void) snprintf(code, sizeof code, "%d", activity);
+        const char *p[5] = { code, initiator_id ? initiator_id : "", target_id ? target_id : "", account_id,
+                             meta_json };
+        return cp_store_tx_exec(tx, sql, 5, p, NULL, reterr);
 }
 
 /* Values are ids, UUIDs, base64/base62 and CIDRs; anything else is

@@ -216,7 +216,9 @@ static void api_job_free(api_job *j) {
 }
 
 /* CORS as NetBird's API has it: any origin, the methods and headers the
- * dashboard sends; credentials are headers, never cookies. */
+ * dashboard sends; credentials are headers, never cookies. Added once,
+ * when handle_api() takes the request: every answer to it (preflight,
+ * refusal, the API's response) carries exactly this one set. */
 static void add_cors(struct evkeyvalq *out) {
         (void) evhttp_add_header(out, "Access-Control-Allow-Origin", "*");
         (void) evhttp_add_header(out, "Access-Control-Allow-Methods", "GET, POST, PUT, DELETE, OPTIONS");
@@ -249,7 +251,6 @@ static void api_done(void *arg) {
         char status[8], ms[24];
 
         memcpy(op.request_id, j->request_id, sizeof op.request_id);
-        add_cors(evhttp_request_get_output_headers(j->req));
         size_t len = j->resp.body.len;
         send_body(&op, j->resp.status, NULL, "application/json; charset=UTF-8", cp_strbuf_detach(&j->resp.body), len,
                   true);
@@ -412,7 +413,10 @@ int mgmt_http_new(struct event_base *base, const char *address, int port, mgmt_r
                                    EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS |
                                    EVHTTP_REQ_PATCH);
         evhttp_set_timeout(h->http, 30);
-        evhttp_set_max_headers_size(h->http, 16 * 1024);
+        /* An Authorization value of up to 16 KiB (an IdP token with many
+         * group claims) plus the other headers; the API refuses longer
+         * values with 401, a larger header block gets libevent's error. */
+        evhttp_set_max_headers_size(h->http, 32 * 1024);
         evhttp_set_max_body_size(h->http, 1024 * 1024);
         evhttp_set_gencb(h->http, dispatch, h);
 

@@ -229,3 +229,41 @@ def sql_peer(dep, host=None, user_id=None, account=None):
 
 def run_tests():
     sys.exit(svc.run_all())
+
+
+# ---- IdP sign-in (tests/idp/testidp.py) -------------------------------------
+
+sys.path.insert(0, os.path.join(HERE, "..", "idp"))
+
+
+def idp_config(idp, **http_extra):
+    """A management.json body whose HttpConfig points at the test IdP."""
+    return {"HttpConfig": idp.http_config(**http_extra)}
+
+
+class EmptyDeployment(fixture.Deployment):
+    """A migrated database with no account at all (the first IdP user
+    creates it); servers are started as with Deployment."""
+
+    def __init__(self, config=None):  # noqa: super().__init__ bootstraps an account: not wanted here
+        self.dsn, self.db = svc.new_db()
+        self.enc_key = base64.b64encode(secrets.token_bytes(32)).decode()
+        self.config_path = svc.write_json(config) if config is not None else ""
+        self.servers = []
+        r = svc.run(["migrate", "--config=" + self.config_path], env=self.env())
+        assert r.rc == 0, "migrate failed: %r" % r
+        self.account_id = self.admin_token = self.setup_key = self.user_id = None
+
+
+def start_idp(idp, bootstrap=True, replicas=1, extra=(), **http_extra):
+    """Servers whose HttpConfig trusts idp. bootstrap=False leaves the
+    database without any account. Returns (deployment, servers)."""
+    cfg = idp_config(idp, **http_extra)
+    dep = fixture.Deployment(config=cfg) if bootstrap else EmptyDeployment(config=cfg)
+    servers = [dep.start(*extra) for _ in range(replicas)]
+    return dep, servers
+
+
+def jwt_api(srv, token):
+    """An Api that sends `Authorization: Bearer <token>`."""
+    return Api(srv.url(""), token, scheme="Bearer")

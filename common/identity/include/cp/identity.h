@@ -34,9 +34,12 @@ typedef struct cp_identity_options {
 } cp_identity_options;
 
 /* What cp_identity_resolve() asks for besides the lookup. */
-#define CP_IDENTITY_LOGIN       (1u << 0)       /* a sign-in: set last_login, record NetBird's
-                                                 * dashboard-login event (REST only when it is
-                                                 * the session's first request, see the .c) */
+#define CP_IDENTITY_LOGIN       (1u << 0)       /* a dashboard sign-in (NetBird's
+                                                 * GetUserFromUserAuth; the REST API passes it,
+                                                 * the agent service does not): last_login = the
+                                                 * token's nb_last_login or iat when newer, with
+                                                 * event 51 when a sign-in was seen before; the
+                                                 * token's email and name stored on the user */
 
 typedef struct cp_identity_user {
         char user_id[256];

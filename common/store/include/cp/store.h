@@ -138,6 +138,11 @@ typedef struct cp_store_account_spec {
         bool only_if_none;              /* create only when no account exists yet;
                                          * concurrent callers serialise on an advisory
                                          * lock and all but one get -EEXIST */
+        /* An account made by an IdP sign-in (cp_store_tx_account_create):
+         * the owner is this existing IdP user id rather than a new id; no
+         * token, no setup key, non_deletable off, and only the
+         * account.create event (NetBird's newAccount). NULL = bootstrap. */
+        const char *owner_user_id;
 } cp_store_account_spec;
 
 typedef struct cp_store_account_created {
@@ -152,6 +157,23 @@ typedef struct cp_store_account_created {
 
 int cp_store_account_create(cp_store *s, const cp_store_account_spec *spec,
                             cp_store_account_created *ret, cp_error *reterr);
+
+/* The same inside the caller's transaction (cp/store-tx.h); spec's
+ * only_if_none is ignored (take cp_store_tx_lock_accounts() and look
+ * first). With owner_user_id set, ret's user_id, setup_key*, pat_id and
+ * admin_token stay empty. */
+struct cp_store_tx;
+int cp_store_tx_account_create(struct cp_store_tx *tx, const cp_store_account_spec *spec,
+                               cp_store_account_created *ret, cp_error *reterr);
+/* Takes the transaction-scoped advisory lock that serialises account
+ * creation on every replica (the one only_if_none takes): after it, a
+ * read sees every account committed before. */
+int cp_store_tx_lock_accounts(struct cp_store_tx *tx, cp_error *reterr);
+/* Writes one activity event (NetBird's numeric code; meta a JSON object
+ * text, NULL = {}) in the caller's transaction: the one writer the REST
+ * API and identity provisioning share. */
+int cp_store_tx_event(struct cp_store_tx *tx, int activity, const char *initiator_id, const char *target_id,
+                      const char *account_id, const char *meta_json, cp_error *reterr);
 
 /* Appends the created account as shell-sourceable lines, in this order:
  * ACCOUNT_ID=, USER_ID=, SETUP_KEY=, ADMIN_TOKEN=, NETWORK=. Values that
