@@ -4,7 +4,10 @@ cluster.env is complete, psql on PG_DSN shows the schema, an agent
 registers and syncs through MGMT_GRPC, a second `up` changes nothing, and
 `down` stops exactly the processes `up` started. With --replicas 3, nginx
 balances gRPC and HTTP over the replicas and an agent registers and syncs
-through it.
+through it. With --oidc and --config, the dev OIDC provider (deploy/oidc)
+answers, cluster.env names its issuer, clients and users, and the replicas
+run with the operator's management.json plus the provider's HttpConfig and
+agent flows; a user signs in with a real PKCE flow.
 
 Needs nothing from the network: everything listens on 127.0.0.1, and
 deploy/install-deps finds its packages installed (tests/run installs nginx
@@ -18,10 +21,13 @@ import subprocess
 import sys
 import tempfile
 
+import jwt
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(HERE, "..", "agent"))
 sys.path.insert(0, os.path.join(HERE, "..", "api"))
+sys.path.insert(0, os.path.join(HERE, "..", "idp"))
 
 import fixture  # noqa: E402
 import svc  # noqa: E402
@@ -29,6 +35,7 @@ from fixture import wait_until  # noqa: E402
 from nbagent import Agent, build_meta  # noqa: E402
 from svc import test  # noqa: E402
 from apifix import Api  # noqa: E402
+import oidcflow  # noqa: E402
 
 UP = os.path.join(ROOT, "deploy", "dev", "up")
 DOWN = os.path.join(ROOT, "deploy", "dev", "down")
@@ -173,8 +180,9 @@ def descendants(pid):
 def started_pids(env, replicas):
     """The pids cluster.env records: {name: pid}."""
     names = ["PG_PID", "REDIS_PID"] + ["REPLICA_%d_PID" % i for i in range(1, replicas + 1)]
-    if "LB_PID" in env:
-        names.append("LB_PID")
+    for n in ("LB_PID", "OIDC_PID"):
+        if n in env:
+            names.append(n)
     return {n: int(env[n]) for n in names}
 
 
@@ -422,6 +430,126 @@ def replicas_without_nginx_is_an_error():
     assert not os.path.exists(os.path.join(dc.dir, "cluster.env")), out
     assert not any(n.endswith(".pid") for n in os.listdir(dc.dir)), os.listdir(dc.dir)
     assert not os.path.exists(os.path.join(dc.dir, "pg-base")), "PostgreSQL was set up anyway"
+
+
+# The dashboard's origin in the OIDC case; nothing listens there.
+DASH_ORIGIN = "http://127.0.0.1:9"
+OIDC_KEYS = ("OIDC_ISSUER", "OIDC_DISCOVERY", "OIDC_AUDIENCE", "OIDC_CLIENT_ID", "OIDC_AGENT_CLIENT_ID",
+             "OIDC_PID", "OIDC_LOG", "OIDC_USER_1", "OIDC_PASSWORD_1", "OIDC_SUB_1", "OIDC_USER_2",
+             "OIDC_PASSWORD_2", "OIDC_SUB_2")
+
+
+def check_oidc(env):
+    """cluster.env's OIDC keys, the provider behind them, the replicas'
+    management.json, the flows agents are given, and a real sign-in."""
+    for k in OIDC_KEYS + ("MGMT_CONFIG",):
+        assert env.get(k), "cluster.env has no %s: %r" % (k, sorted(env))
+    iss = env["OIDC_ISSUER"]
+    assert iss.startswith("http://127.0.0.1:"), iss
+    disc = oidcflow.get_json(env["OIDC_DISCOVERY"])
+    assert disc["issuer"] == iss and disc["jwks_uri"] == iss + "/jwks", disc
+    pid = int(env["OIDC_PID"])
+    assert alive(pid) and "oidc/server.js" in cmdline(pid), cmdline(pid)
+    with open(env["MGMT_CONFIG"]) as f:
+        cfg = json.load(f)
+    h = cfg["HttpConfig"]
+    assert h["AuthIssuer"] == iss and h["AuthAudience"] == env["OIDC_AUDIENCE"], h
+    assert h["AuthKeysLocation"] == disc["jwks_uri"] and h["AuthUserIDClaim"] == "sub", h
+    assert h["OIDCConfigEndpoint"] == env["OIDC_DISCOVERY"] and h["IdpSignKeyRefreshEnabled"] is True, h
+    rid = int(env["REPLICA_1_PID"])
+    assert "--config " + env["MGMT_CONFIG"] in cmdline(rid), cmdline(rid)
+    # alice is the bootstrap account's owner.
+    assert env["OIDC_USER_1"] == "alice" and env["OIDC_SUB_1"] == env["USER_ID"], env
+    # Every replica fetched the provider's keys (OIDCConfigEndpoint, then
+    # its jwks_uri) and is ready, not degraded "idp".
+    nkeys = len(oidcflow.get_json(disc["jwks_uri"])["keys"])
+    for i in range(1, int(env["REPLICAS"]) + 1):
+        base = env["REPLICA_%d_HTTP" % i]
+
+        def keys_loaded():
+            return "netbird_cp_jwt_signing_keys %d" % nkeys in svc.http("GET", base + "/metrics")[2].decode()
+        wait_until(keys_loaded, timeout=20, what="replica %d loading the provider's signing keys" % i)
+        status, _, body = svc.http("GET", base + "/readyz")
+        assert status == 200 and json.loads(body)["status"] == "ready", (i, status, body)
+    # What the replica tells agents comes from that file.
+    a = Agent(env["MGMT_GRPC"])
+    svc.defer(a.close)
+    login = a.register(env["SETUP_KEY"], meta=build_meta("oidc-a"))
+    pkce = a.pkce_flow().ProviderConfig
+    assert pkce.ClientID == env["OIDC_AGENT_CLIENT_ID"] and pkce.Audience == env["OIDC_AUDIENCE"], pkce
+    assert pkce.AuthorizationEndpoint == disc["authorization_endpoint"], pkce
+    assert pkce.TokenEndpoint == disc["token_endpoint"], pkce
+    assert "http://localhost:53000/" in pkce.RedirectURLs and not pkce.UseIDToken, pkce
+    dev = a.device_flow().ProviderConfig
+    assert dev.DeviceAuthEndpoint == disc["device_authorization_endpoint"], dev
+    a.close()
+    # Both users sign in through the dashboard's client.
+    for n in (1, 2):
+        tok = oidcflow.login(iss, env["OIDC_USER_%d" % n], env["OIDC_PASSWORD_%d" % n], env["OIDC_CLIENT_ID"],
+                             DASH_ORIGIN + "/nb-auth", audience=env["OIDC_AUDIENCE"])
+        key = jwt.PyJWKClient(disc["jwks_uri"]).get_signing_key_from_jwt(tok["access_token"])
+        claims = jwt.decode(tok["access_token"], key.key, algorithms=["RS256"], audience=env["OIDC_AUDIENCE"],
+                            issuer=iss)
+        assert claims["sub"] == env["OIDC_SUB_%d" % n] and claims.get("email"), claims
+    return login
+
+
+@test
+def oidc_provider_and_operator_config():
+    if not os.path.isdir(os.path.join(ROOT, "deploy", "oidc", "node_modules", "oidc-provider")):
+        raise svc.Skip("deploy/oidc/node_modules missing (deploy/oidc/install; tests/run runs it)")
+    dc = DevCluster()
+    op = os.path.join(dc.base, "operator.json")
+    with open(op, "w") as f:
+        # The operator's keys stay; up's auth keys replace theirs whatever
+        # their case.
+        json.dump({"Stuns": [{"Proto": "udp", "URI": "stun:stun.example.net:3478"}],
+                   "HttpConfig": {"authaudience": "theirs", "AuthIssuer": "https://idp.example"}}, f)
+    args = ("--oidc", "--dashboard-origin", DASH_ORIGIN, "--config", op)
+    env = dc.up(*args)
+    check_env(env, 1)
+    login = check_oidc(env)
+    assert [s.uri for s in login.netbirdConfig.stuns] == ["stun:stun.example.net:3478"], login.netbirdConfig
+    with open(env["MGMT_CONFIG"]) as f:
+        h = json.load(f)["HttpConfig"]
+    assert "authaudience" not in h and h["AuthIssuer"] == env["OIDC_ISSUER"], h
+    assert env["OIDC_DASHBOARD_ORIGINS"] == DASH_ORIGIN, env
+
+    # Again: the provider and the replica are reused, the users the same.
+    again = dc.up(*args)
+    for k in OIDC_KEYS + ("REPLICA_1_PID", "MGMT_CONFIG"):
+        assert again[k] == env[k], (k, env[k], again[k])
+
+    # Without --oidc and --config: the provider stops, the replica restarts
+    # without a management.json.
+    plain = dc.up()
+    assert not alive(int(env["OIDC_PID"])), "the OIDC provider still runs"
+    assert not any(k.startswith("OIDC_") for k in plain) and "MGMT_CONFIG" not in plain, sorted(plain)
+    assert plain["REPLICA_1_PID"] != env["REPLICA_1_PID"], "the replica kept its old configuration"
+    assert "--config" not in cmdline(int(plain["REPLICA_1_PID"])), cmdline(int(plain["REPLICA_1_PID"]))
+    check_env(plain, 1)
+
+    # --oidc alone: the provider comes back with the same users and keys.
+    back = dc.up("--oidc")
+    for k in ("OIDC_USER_1", "OIDC_PASSWORD_1", "OIDC_SUB_1", "OIDC_PASSWORD_2"):
+        assert back[k] == env[k], (k, env[k], back[k])
+    assert back["OIDC_DASHBOARD_ORIGINS"] == "http://localhost:3000", back
+    check_env(back, 1)
+    check_down_stopped_exactly(dc, back, 1)
+
+
+@test
+def oidc_and_config_argument_errors():
+    """Bad --dashboard-origin, --config or their combination: exit 2 with
+    the reason, before anything is created."""
+    dc = DevCluster()
+    for args, needle in ((["--dashboard-origin", "http://127.0.0.1:9"], "--dashboard-origin needs --oidc"),
+                         (["--oidc", "--dashboard-origin", "http://127.0.0.1:9/path"], "scheme://host[:port]"),
+                         (["--oidc", "--dashboard-origin", "ftp://x"], "scheme://host[:port]"),
+                         (["--config", os.path.join(dc.base, "missing.json")], "is not a readable file")):
+        rc, out = dc.script(UP, *args)
+        assert rc == 2 and needle in out, (args, rc, out[-2000:])
+        assert not os.path.exists(dc.dir), (args, os.listdir(dc.dir))
 
 
 if __name__ == "__main__":
