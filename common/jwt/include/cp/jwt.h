@@ -64,12 +64,17 @@ typedef struct cp_jwt_config {
          * token names an unknown kid. Without it, keys are refetched only
          * when their max-age runs out (NetBird's behaviour). */
         bool key_refresh_enabled;
-        int64_t leeway_s;               /* exp/nbf/iat tolerance; 0 = 60 s */
-        int64_t refetch_cooldown_ms;    /* unknown-kid refetch at most this often; 0 = 10 s */
+        int64_t leeway_s;               /* exp/nbf/iat tolerance; 0 = 60 s, < 0 = none */
+        int64_t refetch_cooldown_ms;    /* unknown-kid refetch at most this often; 0 = 30 s
+                                         * (NetBird's forcedRefreshCooldown) */
         int64_t default_max_age_s;      /* when the JWKS response has no max-age; 0 = 1 h */
         int64_t http_timeout_ms;        /* per fetch; 0 = 5 s */
         size_t cache_entries;           /* verified-token cache size; 0 = 4096 */
         const char *ca_file;            /* extra CA bundle for https (tests); NULL = system */
+        /* Tests only: the wall clock in Unix seconds for exp/nbf/iat and the
+         * token cache; NULL = time(). Key max-age and backoff use the
+         * monotonic clock either way. */
+        int64_t (*now_s)(void);
 } cp_jwt_config;
 
 /* What a valid token says. Owned by the caller, freed with
