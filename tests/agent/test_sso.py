@@ -234,12 +234,15 @@ def inactivity_expiry():
 
 @test
 def settings_change_reaches_the_stream():
-    idp, dep, (r1, r2) = sso_deployment(replicas=2)
+    # Runs without the validator too: the SSO peer is made with SQL.
+    idp, dep, (r1, r2) = sso_deployment(replicas=2, extra_args=("--serial-check-interval", "500ms"))
     a = dep.agent(r1)
-    jwt_login(a, idp.token(dep.user_id))
+    a.register(dep.setup_key, meta=build_meta("sso-made"))
+    dep.sql("UPDATE peers SET user_id = %s, login_expiration_enabled = true, last_login = now()"
+            " WHERE key = %s", (dep.user_id, a.pub_b64))
     s = a.sync()
     first = s.next(timeout=15)
-    assert first.sessionExpiresAt.seconds == deadline_s(dep, a.pub_b64)
+    assert first.sessionExpiresAt.seconds == deadline_s(dep, a.pub_b64), json_dump(first)
     acct = api(r2, dep, "GET", "/api/accounts")[0]
     settings = dict(acct["settings"])
     settings["peer_login_expiration"] = 7200
