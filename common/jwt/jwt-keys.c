@@ -518,6 +518,13 @@ bool cp_jwt_status(cp_jwt *j, char *buf, size_t len) {
         return ok;
 }
 
+void cp_jwt_keys_location(cp_jwt *j, char *buf, size_t len) {
+        pthread_mutex_lock(&j->lock);
+        if (len)
+                (void) snprintf(buf, len, "%s", j->jwks_url ? j->jwks_url : "");
+        pthread_mutex_unlock(&j->lock);
+}
+
 void cp_jwt_issuer(cp_jwt *j, char *buf, size_t len) {
         pthread_mutex_lock(&j->lock);
         if (len)

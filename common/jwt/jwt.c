@@ -306,7 +306,7 @@ static json_t *decode_header(const char *token, size_t len) {
 
         if (!dot || !cjose_base64url_decode(token, (size_t) (dot - token), &raw, &rawlen, &cerr))
                 return NULL;
-        h = json_loadb((const char *) raw, rawlen, 0, &jerr);
+        h = json_loadb((const char *) raw, rawlen, JSON_REJECT_DUPLICATES, &jerr);
         free(raw);
         if (!json_is_object(h)) {
                 json_decref(h);
@@ -422,7 +422,7 @@ static int validate(cp_jwt *j, const char *token, cp_jwt_claims **ret, cp_error 
         if (!cjose_jws_get_plaintext(jws, &pt, &ptlen, &cerr))
                 return cp_error_set(reterr, -EACCES, "malformed token (payload)");
         json_error_t jerr;
-        payload = json_loadb((const char *) pt, ptlen, 0, &jerr);
+        payload = json_loadb((const char *) pt, ptlen, JSON_REJECT_DUPLICATES, &jerr);
         if (!json_is_object(payload))
                 return cp_error_set(reterr, -EACCES, "token payload is not a JSON object");
 

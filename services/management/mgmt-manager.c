@@ -58,6 +58,8 @@ struct mgmt_manager {
         mgmt_grpc *grpc;
         mgmt_http *http;
         cp_api *api;                    /* the REST API, served by http on the workers */
+        cp_jwt *jwt;                    /* IdP token validator; NULL without an IdP configured */
+        cp_identity_options identity;   /* borrows config */
         mgmt_replica *replica;
         cp_bus *bus;                    /* NULL without --redis-url; loop thread */
         char replica_id[CP_ID_LEN + 1];
@@ -342,21 +344,79 @@ static void on_bus_state(bool up, void *userdata) {
                        "until it is back");
 }
 
-/* /readyz: the bus is optional for serving, so down means degraded. */
+/* /readyz: the bus is optional for serving, so down means degraded. So
+ * does an IdP we have no signing keys from: agents with setup keys and
+ * existing peers are still served (docs/auth.md, "Key fetching and
+ * readiness"), only IdP tokens are refused. Both down: "bus,idp". */
 static const char *degraded(char *why, size_t n, void *userdata) {
         mgmt_manager *m = userdata;
+        const char *part = NULL;
+        char idp[400];
 
-        if (!m->bus)
-                return NULL;
-        if (!cp_bus_is_subscribed(m->bus))
+        if (m->bus && !cp_bus_is_subscribed(m->bus)) {
                 (void) snprintf(why, n, "not subscribed to Redis; changes from other replicas arrive by the "
                                 "serial check");
-        else if (!cp_bus_can_publish(m->bus))
+                part = "bus";
+        } else if (m->bus && !cp_bus_can_publish(m->bus)) {
                 (void) snprintf(why, n, "cannot publish to Redis; other replicas see changes made here by "
                                 "their serial check");
-        else
-                return NULL;
-        return "bus";
+                part = "bus";
+        }
+        if (m->jwt && !cp_jwt_status(m->jwt, idp, sizeof idp)) {
+                if (part) {
+                        size_t len = strnlen(why, n);
+                        (void) snprintf(why + len, n - len, "; idp: no signing keys yet: %s", idp);
+                        return "bus,idp";
+                }
+                (void) snprintf(why, n, "idp: no signing keys yet: %s", idp);
+                return "idp";
+        }
+        return part;
+}
+
+/* The IdP token validator, when HttpConfig names an IdP: an issuer (or an
+ * OIDC config endpoint), an audience and where the keys are. Without one
+ * of them, IdP tokens are refused and agents use setup keys only. */
+static int open_jwt(mgmt_manager *m, cp_error *reterr) {
+        const mgmt_netconf *n = m->netconf;
+        const cp_config *cfg = m->config;
+        bool oidc = n->oidc_config_endpoint && *n->oidc_config_endpoint;
+        int r;
+
+        m->identity.single_account_domain = cfg->disable_single_account_mode ? NULL :
+                                            cfg->single_account_mode_domain;
+        if (!oidc && !(n->auth_issuer && *n->auth_issuer))
+                return 0;
+        if (!oidc && !(n->auth_keys_location && *n->auth_keys_location)) {
+                cp_log(&log_ctx, CP_LOG_WARN, "HttpConfig.AuthIssuer is set but neither AuthKeysLocation nor "
+                       "OIDCConfigEndpoint: IdP tokens are refused");
+                return 0;
+        }
+        /* NetBird's GetAuthAudiences(): AuthAudience, ExtraAuthAudience and
+         * the device flow's audience (the PKCE flow's is not accepted). */
+        cp_jwt_config jc = {
+                .issuer = n->auth_issuer,
+                .audiences = { n->auth_audience, n->extra_auth_audience, n->device.audience },
+                .keys_location = n->auth_keys_location,
+                .oidc_config_endpoint = oidc ? n->oidc_config_endpoint : NULL,
+                .user_id_claim = n->auth_user_id_claim,
+                .key_refresh_enabled = cfg->idp_sign_key_refresh_enabled,
+        };
+        if (!jc.audiences[0] || !*jc.audiences[0]) {
+                cp_log(&log_ctx, CP_LOG_WARN, "HttpConfig.AuthAudience is empty: IdP tokens are refused");
+                return 0;
+        }
+        r = cp_jwt_new(&jc, &m->jwt, reterr);
+        if (r < 0) {
+                cp_error_prefix(reterr, "HttpConfig");
+                return r;
+        }
+        mgmt_metrics_watch_jwt(m->jwt);
+        m->netconf->jwt = m->jwt;
+        cp_log_kv(&log_ctx, CP_LOG_INFO, "IdP token validation on", "issuer",
+                  oidc ? n->oidc_config_endpoint : n->auth_issuer, "key_refresh",
+                  cfg->idp_sign_key_refresh_enabled ? "true" : "false", NULL);
+        return 0;
 }
 
 /* Replica thread: we were reaped while cut off from the database. */
@@ -499,9 +559,12 @@ int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf,
                              &m->workers, reterr);
         if (r < 0)
                 goto fail;
+        r = open_jwt(m, reterr);
+        if (r < 0)
+                goto fail;
         m->maps = mgmt_maps_new(m->store, cfg, m->netconf);
         m->agent = (mgmt_agent) { .store = m->store, .config = cfg, .netconf = m->netconf, .keys = m->keys,
-                                  .maps = m->maps };
+                                  .maps = m->maps, .jwt = m->jwt, .identity = m->identity };
         m->sync = mgmt_sync_new(&m->agent, m->maps, max_syncs());
         m->agent.sync = m->sync;
         mgmt_sync_set_announce(m->sync, announce, m);
@@ -546,7 +609,8 @@ int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf,
         {
                 cp_api_options ao = { .store = m->store, .dns_domain = cfg->dns_domain, .version = MGMT_VERSION,
                                       .announce = api_announce, .announce_userdata = m,
-                                      .snapshot_peek = api_snapshot_peek, .snapshot_userdata = m };
+                                      .snapshot_peek = api_snapshot_peek, .snapshot_userdata = m,
+                                      .jwt = m->jwt, .identity = m->identity };
                 r = cp_api_new(&ao, &m->api, reterr);
                 if (r < 0)
                         goto fail;
@@ -662,6 +726,11 @@ mgmt_manager *mgmt_manager_free(mgmt_manager *m) {
         m->maps = mgmt_maps_free(m->maps);
         m->http = mgmt_http_free(m->http);
         m->api = cp_api_free(m->api);
+        /* No worker, stream or REST request is left to validate a token. */
+        mgmt_metrics_unwatch_jwt(m->jwt);
+        if (m->netconf)
+                m->netconf->jwt = NULL;
+        m->jwt = cp_jwt_free(m->jwt);
         mgmt_metrics_unwatch_store(m->store);
         bool store_free = mgmt_ready_stop(m->ready, READY_STOP_MS);
         if (store_free)

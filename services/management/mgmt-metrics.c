@@ -10,6 +10,7 @@
  */
 #include "cp/base.h"
 #include "cp/bus.h"
+#include "cp/jwt.h"
 #include "cp/metrics.h"
 #include "cp/store.h"
 #include "cp/util.h"
@@ -52,6 +53,11 @@ static struct {
         cp_gauge *bus_connected;
         cp_histogram *bus_lag;
         cp_bus_stats bus_base;          /* the counters of buses no longer watched */
+
+        /* Made by mgmt_metrics_watch_jwt(). */
+        bool jwt_families;
+        cp_counter *jwt_accepted, *jwt_refused, *jwt_cache_hits, *jwt_fetch_ok, *jwt_fetch_failed;
+        cp_gauge *jwt_keys;
 } mm;
 
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
@@ -313,4 +319,54 @@ void mgmt_metrics_bus_message(int64_t sent_ms) {
                 return;
         lag_ms = cp_now_unix_ns() / 1000000 - sent_ms;
         cp_histogram_observe(mm.bus_lag, lag_ms > 0 ? (double) lag_ms / 1000 : 0);
+}
+
+/* ---- the IdP token validator ------------------------------------------------------------ */
+
+static void collect_jwt(cp_metrics *m, void *userdata) {
+        cp_jwt_stats st;
+
+        cp_jwt_get_stats(userdata, &st);
+        cp_counter_set(mm.jwt_accepted, st.validated);
+        cp_counter_set(mm.jwt_refused, st.refused);
+        cp_counter_set(mm.jwt_cache_hits, st.cache_hits);
+        cp_counter_set(mm.jwt_fetch_ok, st.fetches - st.fetch_failures);
+        cp_counter_set(mm.jwt_fetch_failed, st.fetch_failures);
+        cp_gauge_set(mm.jwt_keys, (double) st.keys);
+}
+
+void mgmt_metrics_watch_jwt(cp_jwt *j) {
+        cp_metrics *reg = cp_metrics_global();
+        cp_metric *f;
+
+        if (!j)
+                return;
+        mgmt_metrics_init();
+        if (!mm.jwt_families) {
+                mm.jwt_families = true;
+                f = cp_metrics_counter(reg, "netbird_cp_jwt_tokens_total",
+                                       "IdP tokens (JWTs) validated: accepted (cache hits included) or refused "
+                                       "(any reason, also while no signing keys are loaded).",
+                                       CP_LABELS("result"));
+                mm.jwt_accepted = cp_metric_counter(f, CP_LABELS("accepted"));
+                mm.jwt_refused = cp_metric_counter(f, CP_LABELS("refused"));
+                mm.jwt_cache_hits = cp_metrics_plain_counter(reg, "netbird_cp_jwt_cache_hits_total",
+                                                             "IdP tokens accepted from the verified-token cache "
+                                                             "without a signature check.");
+                f = cp_metrics_counter(reg, "netbird_cp_jwt_key_fetches_total",
+                                       "Fetches of the IdP's signing keys (OIDC discovery and JWKS): ok or "
+                                       "failed.", CP_LABELS("result"));
+                mm.jwt_fetch_ok = cp_metric_counter(f, CP_LABELS("ok"));
+                mm.jwt_fetch_failed = cp_metric_counter(f, CP_LABELS("failed"));
+                mm.jwt_keys = cp_metrics_plain_gauge(reg, "netbird_cp_jwt_signing_keys",
+                                                     "IdP signing keys loaded now (0: IdP tokens are refused).");
+        }
+        cp_metrics_add_collector(reg, collect_jwt, j);
+}
+
+void mgmt_metrics_unwatch_jwt(cp_jwt *j) {
+        if (!j || !mm.jwt_families)
+                return;
+        cp_metrics_remove_collector(cp_metrics_global(), collect_jwt, j);
+        cp_gauge_set(mm.jwt_keys, 0);
 }

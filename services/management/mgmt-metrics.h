@@ -20,6 +20,7 @@
 typedef struct cp_store cp_store;
 typedef struct cp_bus cp_bus;
 typedef struct mgmt_replica mgmt_replica;
+typedef struct cp_jwt cp_jwt;
 
 /* Makes every family (idempotent; the other functions call it too). */
 void mgmt_metrics_init(void);
@@ -87,3 +88,12 @@ void mgmt_metrics_bus_state(bool connected);
  * observed). The lag is our wall clock minus sent_ms, so replica clock
  * skew adds to it; negative values count as 0. */
 void mgmt_metrics_bus_message(int64_t sent_ms);
+
+/* ---- the IdP token validator (mgmt-manager.c) --------------------------------------- */
+
+/* Exports cp_jwt_get_stats(j) at each scrape (and registers the jwt
+ * families: a replica without an IdP shows none). j is borrowed until
+ * mgmt_metrics_unwatch_jwt(j) returns; call that before cp_jwt_free().
+ * Both accept NULL. */
+void mgmt_metrics_watch_jwt(cp_jwt *j);
+void mgmt_metrics_unwatch_jwt(cp_jwt *j);

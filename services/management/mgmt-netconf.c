@@ -1,6 +1,7 @@
 #include "cp/base.h"
 #include "cp/config.h"
 #include "cp/crypto.h"
+#include "cp/jwt.h"
 #include "cp/util.h"
 #include "mgmt-netconf.h"
 
@@ -271,7 +272,10 @@ static int read_http(reader *r, const json_t *file, mgmt_netconf *n) {
                 return -EINVAL;
         if (read_str(r, h, "AuthIssuer", "HttpConfig", &n->auth_issuer) < 0 ||
             read_str(r, h, "AuthAudience", "HttpConfig", &n->auth_audience) < 0 ||
-            read_str(r, h, "AuthKeysLocation", "HttpConfig", &n->auth_keys_location) < 0)
+            read_str(r, h, "AuthKeysLocation", "HttpConfig", &n->auth_keys_location) < 0 ||
+            read_str(r, h, "ExtraAuthAudience", "HttpConfig", &n->extra_auth_audience) < 0 ||
+            read_str(r, h, "AuthUserIDClaim", "HttpConfig", &n->auth_user_id_claim) < 0 ||
+            read_str(r, h, "OIDCConfigEndpoint", "HttpConfig", &n->oidc_config_endpoint) < 0)
                 return -EINVAL;
         return 0;
 }
@@ -305,6 +309,12 @@ static const struct {
         { "AuthAudience", CP_CONFIG_ENV_PREFIX "AUTH_AUDIENCE", offsetof(mgmt_netconf, auth_audience) },
         { "AuthKeysLocation", CP_CONFIG_ENV_PREFIX "AUTH_KEYS_LOCATION",
           offsetof(mgmt_netconf, auth_keys_location) },
+        { "ExtraAuthAudience", CP_CONFIG_ENV_PREFIX "EXTRA_AUTH_AUDIENCE",
+          offsetof(mgmt_netconf, extra_auth_audience) },
+        { "AuthUserIDClaim", CP_CONFIG_ENV_PREFIX "AUTH_USER_ID_CLAIM",
+          offsetof(mgmt_netconf, auth_user_id_claim) },
+        { "OIDCConfigEndpoint", CP_CONFIG_ENV_PREFIX "OIDC_CONFIG_ENDPOINT",
+          offsetof(mgmt_netconf, oidc_config_endpoint) },
 };
 
 extern char **environ;
@@ -499,6 +509,9 @@ mgmt_netconf *mgmt_netconf_free(mgmt_netconf *n) {
         free(n->auth_issuer);
         free(n->auth_audience);
         free(n->auth_keys_location);
+        free(n->extra_auth_audience);
+        free(n->auth_user_id_claim);
+        free(n->oidc_config_endpoint);
         cp_explicit_bzero(n, sizeof *n);
         free(n);
         return NULL;
@@ -637,9 +650,21 @@ Management__JWTConfig *mgmt_netconf_jwt_config(const mgmt_netconf *n, mgmt_arena
         Management__JWTConfig *j;
         char *issuer;
 
+        const char *keys = n->auth_keys_location;
+        char found_issuer[512], found_keys[1024];
+
         if (!n->auth_audience || !*n->auth_audience)
                 return NULL;
         issuer = n->auth_issuer ? mgmt_arena_strdup(a, n->auth_issuer) : NULL;
+        if (n->jwt && n->oidc_config_endpoint && *n->oidc_config_endpoint) {
+                /* Discovered values, once the document has been read. */
+                cp_jwt_issuer(n->jwt, found_issuer, sizeof found_issuer);
+                cp_jwt_keys_location(n->jwt, found_keys, sizeof found_keys);
+                if (found_issuer[0])
+                        issuer = mgmt_arena_strdup(a, found_issuer);
+                if (found_keys[0])
+                        keys = mgmt_arena_strdup(a, found_keys);
+        }
         if ((!issuer || !*issuer) && n->device_flow && n->device.token_endpoint && *n->device.token_endpoint)
                 issuer = issuer_from_endpoint(n->device.token_endpoint, a);
         if (!issuer || !*issuer)
@@ -648,8 +673,8 @@ Management__JWTConfig *mgmt_netconf_jwt_config(const mgmt_netconf *n, mgmt_arena
         management__jwtconfig__init(j);
         j->issuer = issuer;
         j->audience = n->auth_audience;
-        if (n->auth_keys_location && *n->auth_keys_location)
-                j->keyslocation = n->auth_keys_location;
+        if (keys && *keys)
+                j->keyslocation = (char *) keys;
         else {
                 size_t l = strlen(issuer);
                 j->keyslocation = mgmt_arena_printf(a, "%.*s/.well-known/jwks.json",

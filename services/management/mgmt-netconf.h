@@ -17,8 +17,11 @@
  * NB_MGMT_TURN_CONFIG, NB_MGMT_RELAY, NB_MGMT_SIGNAL,
  * NB_MGMT_DEVICE_AUTHORIZATION_FLOW and NB_MGMT_PKCE_AUTHORIZATION_FLOW
  * hold the key's whole JSON value (replacing the file's key, not merged
- * into it); NB_MGMT_AUTH_ISSUER, NB_MGMT_AUTH_AUDIENCE and
- * NB_MGMT_AUTH_KEYS_LOCATION hold the HttpConfig strings as plain text.
+ * into it); NB_MGMT_AUTH_ISSUER, NB_MGMT_AUTH_AUDIENCE,
+ * NB_MGMT_AUTH_KEYS_LOCATION, NB_MGMT_EXTRA_AUTH_AUDIENCE,
+ * NB_MGMT_AUTH_USER_ID_CLAIM and NB_MGMT_OIDC_CONFIG_ENDPOINT hold the
+ * HttpConfig strings as plain text. (HttpConfig.IdpSignKeyRefreshEnabled
+ * is a row of the settings table: --idp-sign-key-refresh-enabled.)
  * Errors in a variable name the variable.
  *
  * Credentials (netbird-protocol.md section 1.5):
@@ -95,10 +98,21 @@ typedef struct mgmt_netconf {
         bool pkce_flow;
         mgmt_provider pkce;
 
-        /* HttpConfig, for PeerConfig.sshConfig.jwtConfig. */
+        /* HttpConfig, for PeerConfig.sshConfig.jwtConfig and the IdP
+         * token validator (cp_jwt); "" when absent. */
         char *auth_issuer;
         char *auth_audience;
         char *auth_keys_location;
+        char *extra_auth_audience;
+        char *auth_user_id_claim;
+        char *oidc_config_endpoint;
+
+        /* The IdP token validator (borrowed; NULL without an IdP), set by
+         * the manager before any thread reads the netconf: with an OIDC
+         * config endpoint, the discovered issuer and jwks_uri replace
+         * AuthIssuer and AuthKeysLocation in the SSH JWTConfig (NetBird's
+         * ApplyOIDCConfig). */
+        struct cp_jwt *jwt;
 } mgmt_netconf;
 
 /* Reads the keys above from file (may be NULL: nothing configured) and

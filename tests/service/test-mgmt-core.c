@@ -318,7 +318,8 @@ TEST(netconf_from_the_environment) {
                 "{\"Stuns\": [{\"Proto\": \"udp\", \"URI\": \"stun:file:3478\"}],"
                 " \"Signal\": {\"Proto\": \"http\", \"URI\": \"file-signal:80\"},"
                 " \"Relay\": {\"Addresses\": [\"rels://file-relay:443\"], \"Secret\": \"f\"},"
-                " \"HttpConfig\": {\"AuthIssuer\": \"https://file-idp/\", \"AuthAudience\": \"file-aud\"}}";
+                " \"HttpConfig\": {\"AuthIssuer\": \"https://file-idp/\", \"AuthAudience\": \"file-aud\","
+                " \"ExtraAuthAudience\": \"file-extra\", \"AuthUserIDClaim\": \"oid\"}}";
         char *const env[] = {
                 "NB_MGMT_STUNS=[{\"Proto\": \"tcp\", \"URI\": \"stun:env:3478\"},"
                 " {\"Proto\": \"udp\", \"URI\": \"stun:env2:3478\"}]",
@@ -331,6 +332,8 @@ TEST(netconf_from_the_environment) {
                 "NB_MGMT_PKCE_AUTHORIZATION_FLOW={\"ProviderConfig\": {\"RedirectURLs\": [\"http://l:1/\"]}}",
                 "NB_MGMT_AUTH_AUDIENCE=env-aud",
                 "NB_MGMT_AUTH_KEYS_LOCATION=https://keys.env/jwks",
+                "NB_MGMT_OIDC_CONFIG_ENDPOINT=https://idp.env/.well-known/openid-configuration",
+                "NB_MGMT_EXTRA_AUTH_AUDIENCE=env-extra",
                 "NB_MGMT_STUNSX=[1]",           /* a longer name is another variable */
                 NULL,
         };
@@ -351,6 +354,9 @@ TEST(netconf_from_the_environment) {
         ASSERT_STREQ("https://file-idp/", n->auth_issuer);
         ASSERT_STREQ("env-aud", n->auth_audience);
         ASSERT_STREQ("https://keys.env/jwks", n->auth_keys_location);
+        ASSERT_STREQ("env-extra", n->extra_auth_audience);
+        ASSERT_STREQ("oid", n->auth_user_id_claim);
+        ASSERT_STREQ("https://idp.env/.well-known/openid-configuration", n->oidc_config_endpoint);
         n = mgmt_netconf_free(n);
 
         /* No file at all: the environment alone. */

@@ -229,7 +229,8 @@ def netbird_config_env_errors_name_the_variable():
     r = run(["management", "--help"])
     for var in ("NB_MGMT_STUNS", "NB_MGMT_TURN_CONFIG", "NB_MGMT_RELAY", "NB_MGMT_SIGNAL",
                 "NB_MGMT_DEVICE_AUTHORIZATION_FLOW", "NB_MGMT_PKCE_AUTHORIZATION_FLOW", "NB_MGMT_AUTH_ISSUER",
-                "NB_MGMT_AUTH_AUDIENCE", "NB_MGMT_AUTH_KEYS_LOCATION"):
+                "NB_MGMT_AUTH_AUDIENCE", "NB_MGMT_AUTH_KEYS_LOCATION", "NB_MGMT_EXTRA_AUTH_AUDIENCE",
+                "NB_MGMT_AUTH_USER_ID_CLAIM", "NB_MGMT_OIDC_CONFIG_ENDPOINT"):
         assert var in r.out, (var, r)
 
 

@@ -316,17 +316,36 @@ TEST(ignored_netbird_flags_warn) {
         cp_error err = { 0 };
 
         ASSERT_OK(load(&c, &err, ENV("NB_MGMT_METRICS_PORT=9090"),
-                       ARGV(NOFILE, "--disable-anonymous-metrics", "--single-account-mode-domain", "x.io",
-                            "--disable-geolite-update=false", "--disable-single-account-mode",
-                            "--idp-sign-key-refresh-enabled", "--user-delete-from-idp", "--disable-legacy-port",
-                            "--metrics-port=9091")), &err);
-        ASSERT_EQ(9, c.source.n_warnings);
+                       ARGV(NOFILE, "--disable-anonymous-metrics", "--disable-geolite-update=false",
+                            "--user-delete-from-idp", "--disable-legacy-port", "--metrics-port=9091")), &err);
+        ASSERT_EQ(6, c.source.n_warnings);
         assert_contains(c.source.warnings[0], "environment variable NB_MGMT_METRICS_PORT");
         assert_contains(c.source.warnings[1], "flag --disable-anonymous-metrics");
         assert_contains(c.source.warnings[1], "ignored");
         cp_config_release(&c);
         /* ignored flags still check their values */
         expect_error(NOENV, ARGV(NOFILE, "--metrics-port", "x"), "flag --metrics-port", NULL);
+}
+
+TEST(identity_flags) {
+        cp_config c = { 0 };
+        cp_error err = { 0 };
+
+        ASSERT_OK(load(&c, &err, NOENV, ARGV(NOFILE)), &err);
+        ASSERT_STREQ("netbird.selfhosted", c.single_account_mode_domain);
+        ASSERT_FALSE(c.disable_single_account_mode);
+        ASSERT_FALSE(c.idp_sign_key_refresh_enabled);
+        ASSERT_EQ(0, c.source.n_warnings);
+        cp_config_release(&c);
+
+        ASSERT_OK(load(&c, &err, ENV("NB_MGMT_IDP_SIGN_KEY_REFRESH_ENABLED=true"),
+                       ARGV(NOFILE, "--single-account-mode-domain", "x.io", "--disable-single-account-mode")),
+                  &err);
+        ASSERT_STREQ("x.io", c.single_account_mode_domain);
+        ASSERT_TRUE(c.disable_single_account_mode);
+        ASSERT_TRUE(c.idp_sign_key_refresh_enabled);
+        ASSERT_EQ(0, c.source.n_warnings);
+        cp_config_release(&c);
 }
 
 typedef struct extra_cfg {

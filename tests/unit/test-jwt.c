@@ -404,6 +404,13 @@ TEST(tampered) {
         *s = *s == 'A' ? 'B' : 'A';
         ASSERT_EQ(-EACCES, check(j, badsig, &err));
 
+        /* a payload with "sub" twice, validly signed: refused, not "last one wins" */
+        static const char dup[] = "{\"iss\":\"" ISSUER "\",\"aud\":\"" AUDIENCE "\",\"sub\":\"user-1\","
+                                  "\"sub\":\"admin\"}";
+        _cleanup_free_ char *duptok = sign_with(&rsa1, NULL, "rsa1", dup);
+        ASSERT_EQ(-EACCES, check(j, duptok, &err));
+        ASSERT_TRUE(strstr(err.message, "payload"));
+
         ASSERT_EQ(-EACCES, check(j, "not-a-token", &err));
         ASSERT_EQ(-EACCES, check(j, "a.b.c", &err));
         ASSERT_EQ(-EACCES, check(j, "", &err));
@@ -678,6 +685,10 @@ TEST(discovery_wins) {
         char buf[128];
         cp_jwt_issuer(j, buf, sizeof buf);
         ASSERT_STREQ("https://disc.test", buf);
+        char want[128];
+        (void) snprintf(want, sizeof want, "http://127.0.0.1:%d/jwks2", idp.port);
+        cp_jwt_keys_location(j, buf, sizeof buf);
+        ASSERT_STREQ(want, buf);
         ASSERT_TRUE(atomic_load(&idp.discovery_fetches) >= 1);
         cp_jwt_free(j);
 
@@ -687,6 +698,120 @@ TEST(discovery_wins) {
         j = new_jwt(&cfg);
         ASSERT_TRUE(wait_keys(j));
         ASSERT_OK(check(j, disc, &err), &err);
+        cp_jwt_free(j);
+}
+
+/* Tokens from another implementation: PyJWT through tests/idp/testidp.py
+ * (its own RSA and EC keys, its JWKS), so a bug shared by cjose's signing
+ * and verifying would still show. */
+TEST(pyjwt_tokens) {
+        const char *dir = getenv("CP_TEST_IDP_DIR");
+        if (!dir || access("/usr/bin/python3", X_OK) != 0)
+                CPTEST_SKIP("CP_TEST_IDP_DIR not set or no python3");
+        setup();
+        _cleanup_free_ char *cmd = cp_xasprintf(
+                "/usr/bin/python3 -c '"
+                "import json, sys; sys.path.insert(0, sys.argv[1]); import testidp\n"
+                "idp = testidp.TestIdP(audience=\"" AUDIENCE "\"); idp.issuer = \"" ISSUER "\"\n"
+                "rs = idp.token(\"py-user\", kid=\"rsa1\", email=\"py@example.com\", groups=[\"a\"])\n"
+                "out = {\"jwks\": idp.jwks(), \"rs\": rs, \"es\": idp.token(\"py-user\", kid=\"ec1\"),\n"
+                "       \"none\": idp.token_alg_none(\"py-user\"), \"hs\": idp.token_hs256_confusion(\"py-user\"),\n"
+                "       \"tampered\": idp.tamper(rs), \"expired\": idp.token(\"py-user\", exp_in=-3600),\n"
+                "       \"other_aud\": idp.token(\"py-user\", aud=[\"x\", \"y\"])}\n"
+                "idp.stop(); print(json.dumps(out))' %s", dir);
+        FILE *f = popen(cmd, "r");
+        ASSERT_TRUE(f);
+        json_error_t jerr;
+        json_t *out = json_loadf(f, 0, &jerr);
+        int st = pclose(f);
+        if (!out)
+                CPTEST_SKIP("tests/idp/testidp.py did not run (python3-jwt missing?)");
+        ASSERT_EQ(0, st);
+
+        char *saved;
+        pthread_mutex_lock(&idp.lock);
+        saved = idp.jwks;
+        idp.jwks = json_dumps(json_object_get(out, "jwks"), JSON_COMPACT);
+        pthread_mutex_unlock(&idp.lock);
+
+        /* the token clock: PyJWT stamps the real time */
+        long long keep = atomic_exchange(&clock_now, (long long) time(NULL));
+        cp_jwt *j = ready_jwt();
+        cp_error err = {};
+        cp_jwt_claims *c = NULL;
+#define TOK(name) json_string_value(json_object_get(out, name))
+        ASSERT_OK(cp_jwt_validate(j, TOK("rs"), &c, &err), &err);
+        ASSERT_STREQ("py-user", c->user_id);
+        ASSERT_STREQ("py@example.com", c->email);
+        const char **groups = NULL;
+        ASSERT_EQ(1, cp_jwt_claims_strings(c, "groups", &groups));
+        ASSERT_STREQ("a", groups[0]);
+        free(groups);
+        cp_jwt_claims_free(c);
+        ASSERT_OK(check(j, TOK("es"), &err), &err);
+        ASSERT_EQ(-EACCES, check(j, TOK("none"), &err));
+        ASSERT_EQ(-EACCES, check(j, TOK("hs"), &err));
+        ASSERT_EQ(-EACCES, check(j, TOK("tampered"), &err));
+        ASSERT_TRUE(strstr(err.message, "signature"));
+        ASSERT_EQ(-EKEYEXPIRED, check(j, TOK("expired"), &err));
+        ASSERT_EQ(-EACCES, check(j, TOK("other_aud"), &err));
+#undef TOK
+        cp_jwt_free(j);
+        atomic_store(&clock_now, keep);
+        pthread_mutex_lock(&idp.lock);
+        free(idp.jwks);
+        idp.jwks = saved;
+        pthread_mutex_unlock(&idp.lock);
+        json_decref(out);
+}
+
+/* Many threads validating at once: distinct tokens (signature checks) and
+ * one shared token (cache hits), against one validator. */
+typedef struct parallel_arg {
+        cp_jwt *j;
+        const char *shared;
+        int ok;
+} parallel_arg;
+
+static void *parallel_thread(void *arg) {
+        parallel_arg *a = arg;
+
+        for (int i = 0; i < 20; i++) {
+                char sub[32];
+                (void) snprintf(sub, sizeof sub, "user-%d", i);
+                char *t = token(i % 2 ? &rsa1 : &ec1, json_pack("{s:s}", "sub", sub));
+                if (check(a->j, t, NULL) == 0)
+                        a->ok++;
+                if (check(a->j, a->shared, NULL) == 0)
+                        a->ok++;
+                free(t);
+        }
+        return NULL;
+}
+
+TEST(parallel_validation) {
+        setup();
+        cp_jwt_config cfg = base_config();
+        cfg.cache_entries = 16;         /* small: evictions under load */
+        cp_jwt *j = new_jwt(&cfg);
+        ASSERT_TRUE(wait_keys(j));
+        _cleanup_free_ char *shared = token(&rsa1, NULL);
+        parallel_arg args[4];
+        pthread_t th[4];
+
+        for (int i = 0; i < 4; i++) {
+                args[i] = (parallel_arg) { .j = j, .shared = shared };
+                ASSERT_EQ(0, pthread_create(&th[i], NULL, parallel_thread, &args[i]));
+        }
+        for (int i = 0; i < 4; i++) {
+                pthread_join(th[i], NULL);
+                ASSERT_EQ(40, args[i].ok);
+        }
+        cp_jwt_stats st;
+        cp_jwt_get_stats(j, &st);
+        ASSERT_EQ(160, st.validated);
+        ASSERT_EQ(0, st.refused);
+        ASSERT_TRUE(st.cache_hits > 0);
         cp_jwt_free(j);
 }
 

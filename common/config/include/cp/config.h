@@ -196,6 +196,9 @@ typedef struct cp_config {
         int64_t heartbeat_interval_ms;
         int64_t replica_expiry_ms;              /* >= 2 * heartbeat_interval_ms */
         char *data_store_encryption_key;        /* base64 of 32 bytes, or NULL */
+        char *single_account_mode_domain;       /* --single-account-mode-domain */
+        bool disable_single_account_mode;       /* then the domain above is not used */
+        bool idp_sign_key_refresh_enabled;      /* HttpConfig.IdpSignKeyRefreshEnabled */
 
         /* management.json itself (source.file), warnings, origins. */
         cp_cfg_result source;

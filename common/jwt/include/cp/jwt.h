@@ -8,9 +8,9 @@
  * the OIDC discovery document when an OIDC config endpoint is set; the
  * document's issuer then wins over the configured one), caches them for
  * the response's Cache-Control max-age (a default when absent), and
- * refetches early when a token names a kid it does not know, at most once
- * per cooldown, so a flood of tokens with made-up kids cannot hammer the
- * IdP. Signatures are checked with cjose (JWS, JWK) and OpenSSL; no
+ * refetches early when a token names a kid it does not know (only with
+ * key_refresh_enabled), at most once per cooldown and one fetch at a time,
+ * so a flood of tokens with made-up kids cannot hammer the IdP. Signatures are checked with cjose (JWS, JWK) and OpenSSL; no
  * base64url, RSA or ECDSA is written here.
  *
  * Accepted: RS256/384/512, PS256/384/512 with RSA keys, ES256/384/512 with
@@ -53,9 +53,11 @@ typedef struct cp_jwt cp_jwt;
 
 typedef struct cp_jwt_config {
         const char *issuer;             /* HttpConfig.AuthIssuer; may be NULL with an OIDC endpoint */
-        /* Every audience accepted: AuthAudience, ExtraAuthAudience and the
-         * client ids (Audience) of DeviceAuthorizationFlow and
-         * PKCEAuthorizationFlow. Empty strings and duplicates are skipped. */
+        /* Every audience accepted, as NetBird's GetAuthAudiences():
+         * AuthAudience, ExtraAuthAudience and DeviceAuthorizationFlow's
+         * ProviderConfig.Audience (NetBird does not accept the PKCE flow's).
+         * Empty strings and duplicates are skipped. The first non-empty one
+         * (AuthAudience) prefixes the wt_* claims: "<aud>/wt_account_id". */
         const char *audiences[CP_JWT_MAX_AUDIENCES];
         const char *keys_location;      /* HttpConfig.AuthKeysLocation (JWKS URL); NULL with an OIDC endpoint */
         const char *oidc_config_endpoint; /* HttpConfig.OIDCConfigEndpoint; NULL = none */
@@ -134,6 +136,9 @@ bool cp_jwt_status(cp_jwt *j, char *buf, size_t len);
 /* The issuer in force (the discovery document's when one was read), for
  * messages and SSH JWTConfig; "" before it is known. Copies into buf. */
 void cp_jwt_issuer(cp_jwt *j, char *buf, size_t len);
+/* The JWKS URL in force (the discovery document's jwks_uri when one was
+ * read), for SSH JWTConfig; "" before it is known. Copies into buf. */
+void cp_jwt_keys_location(cp_jwt *j, char *buf, size_t len);
 
 /* Counters for /metrics (any thread). */
 typedef struct cp_jwt_stats {
