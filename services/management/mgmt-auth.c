@@ -82,8 +82,9 @@ static int resolve(mgmt_agent_op *op, const cp_jwt_claims *claims, mgmt_auth_use
                         serial = strtoll(cp_store_rows_get(rows, 0, 0), NULL, 10);
         }
         if (r >= 0)
-                r = cp_store_tx_commit(tx, &err);
-        (void) cp_store_tx_end(tx);
+                r = cp_store_tx_commit(tx, &err);       /* frees tx */
+        else
+                (void) cp_store_tx_end(tx);
         if (r == -EPERM)
                 return fail_with(f, GRPC_STATUS_PERMISSION_DENIED, NULL, "%s", err.message);
         if (r < 0)

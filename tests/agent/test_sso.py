@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.request
 import json
+import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "idp"))
@@ -46,6 +47,14 @@ def sso_deployment(replicas=1, extra_args=()):
     return idp, dep, servers
 
 
+def fresh(idp, sub, **kw):
+    """A token no other call has used: identical claims signed with RS256
+    give identical tokens (same second), and every JWT is single-use."""
+    extra = dict(kw.pop("extra", None) or {})
+    extra["jti"] = uuid.uuid4().hex
+    return idp.token(sub, extra=extra, **kw)
+
+
 def jwt_login(agent, token, meta=None, **kw):
     """Login with a JWT; a server without the validator wired in skips."""
     try:
@@ -73,8 +82,8 @@ def add_user(dep, uid, **cols):
 
 
 def deadline_s(dep, key):
-    return dep.sql("SELECT extract(epoch FROM p.last_login + a.settings_peer_login_expiration / 1000"
-                   " * interval '1 microsecond')::bigint FROM peers p JOIN accounts a ON a.id = p.account_id"
+    return dep.sql("SELECT floor(extract(epoch FROM p.last_login + a.settings_peer_login_expiration / 1000"
+                   " * interval '1 microsecond'))::bigint FROM peers p JOIN accounts a ON a.id = p.account_id"
                    " WHERE p.key = %s", (key,))[0][0]
 
 
@@ -93,7 +102,7 @@ def api(srv, dep, method, path, body=None):
 def sso_register_on_one_replica_extend_on_the_other():
     idp, dep, (r1, r2) = sso_deployment(replicas=2)
     a = dep.agent(r1)
-    tok = idp.token(dep.user_id, email="owner@example.com")
+    tok = fresh(idp, dep.user_id, email="owner@example.com")
     resp = jwt_login(a, tok, meta=build_meta("sso-laptop"))
     row = dep.sql("SELECT user_id, login_expiration_enabled, inactivity_expiration_enabled FROM peers"
                   " WHERE key = %s", (a.pub_b64,))
@@ -107,7 +116,7 @@ def sso_register_on_one_replica_extend_on_the_other():
     # A fresh JWT extends the session on replica 2.
     before = deadline_s(dep, a.pub_b64)
     time.sleep(1.1)
-    ext = b.extend_auth_session(idp.token(dep.user_id))
+    ext = b.extend_auth_session(fresh(idp, dep.user_id))
     after = deadline_s(dep, a.pub_b64)
     assert after > before, (before, after)
     assert ext.sessionExpiresAt.seconds == after, (json_dump(ext), after)
@@ -118,22 +127,22 @@ def sso_register_on_one_replica_extend_on_the_other():
 def extend_auth_session_refusals():
     idp, dep, (srv,) = sso_deployment()
     a = dep.agent(srv)
-    jwt_login(a, idp.token(dep.user_id))
+    jwt_login(a, fresh(idp, dep.user_id))
     expect_fail(lambda: a.extend_auth_session(""), SC.INVALID_ARGUMENT, "jwt token is required")
     # A bad token: three attempts, then the validator's text.
-    expect_fail(lambda: a.extend_auth_session(testidp.TestIdP.tamper(idp.token(dep.user_id))),
+    expect_fail(lambda: a.extend_auth_session(testidp.TestIdP.tamper(fresh(idp, dep.user_id))),
                 SC.INVALID_ARGUMENT, "invalid jwt token, err:")
     # Another user's JWT.
     add_user(dep, "other-user")
-    expect_fail(lambda: a.extend_auth_session(idp.token("other-user")), SC.PERMISSION_DENIED, NOT_OWNER)
+    expect_fail(lambda: a.extend_auth_session(fresh(idp, "other-user")), SC.PERMISSION_DENIED, NOT_OWNER)
     # A setup-key peer is not eligible.
     k = dep.agent(srv)
     k.register(dep.setup_key, meta=build_meta("keyed"))
-    expect_fail(lambda: k.extend_auth_session(idp.token(dep.user_id)), SC.FAILED_PRECONDITION,
+    expect_fail(lambda: k.extend_auth_session(fresh(idp, dep.user_id)), SC.FAILED_PRECONDITION,
                 "peer is not eligible for session extension")
     # Expiration off for the account.
     dep.sql("UPDATE accounts SET settings_peer_login_expiration_enabled = false WHERE id = %s", (dep.account_id,))
-    expect_fail(lambda: a.extend_auth_session(idp.token(dep.user_id)), SC.FAILED_PRECONDITION,
+    expect_fail(lambda: a.extend_auth_session(fresh(idp, dep.user_id)), SC.FAILED_PRECONDITION,
                 "peer login expiration is disabled for the account")
     assert dep.sql("SELECT count(*) FROM events WHERE activity = 125")[0][0] == 0
 
@@ -142,11 +151,11 @@ def extend_auth_session_refusals():
 def extend_auth_session_pushes_no_map():
     idp, dep, (srv,) = sso_deployment()
     a = dep.agent(srv)
-    jwt_login(a, idp.token(dep.user_id))
+    jwt_login(a, fresh(idp, dep.user_id))
     s = a.sync()
     first = s.next(timeout=15)
     serial = dep.network_serial()
-    a.extend_auth_session(idp.token(dep.user_id))
+    a.extend_auth_session(fresh(idp, dep.user_id))
     assert dep.network_serial() == serial
     try:
         m = s.next(timeout=2.0)
@@ -162,8 +171,8 @@ def extend_auth_session_pushes_no_map():
 def cancelled_retry_wait_ends_the_call():
     idp, dep, (srv,) = sso_deployment()
     a = dep.agent(srv)
-    jwt_login(a, idp.token(dep.user_id))
-    bad = testidp.TestIdP.tamper(idp.token(dep.user_id))
+    jwt_login(a, fresh(idp, dep.user_id))
+    bad = testidp.TestIdP.tamper(fresh(idp, dep.user_id))
     # The client gives up after 100 ms, inside the first 200 ms wait.
     req_meta = build_meta()
     try:
@@ -181,18 +190,18 @@ def cancelled_retry_wait_ends_the_call():
 def login_refusals_not_owner_blocked_pending():
     idp, dep, (srv,) = sso_deployment()
     a = dep.agent(srv)
-    jwt_login(a, idp.token(dep.user_id))
+    jwt_login(a, fresh(idp, dep.user_id))
     add_user(dep, "intruder")
-    expect_fail(lambda: a.login(jwt_token=idp.token("intruder")), SC.PERMISSION_DENIED, NOT_OWNER)
+    expect_fail(lambda: a.login(jwt_token=fresh(idp, "intruder")), SC.PERMISSION_DENIED, NOT_OWNER)
     k = dep.agent(srv)
     k.register(dep.setup_key, meta=build_meta("keyed"))
-    expect_fail(lambda: k.login(jwt_token=idp.token(dep.user_id)), SC.PERMISSION_DENIED, NOT_OWNER)
+    expect_fail(lambda: k.login(jwt_token=fresh(idp, dep.user_id)), SC.PERMISSION_DENIED, NOT_OWNER)
     dep.sql("UPDATE peers SET peer_status_login_expired = true WHERE key = %s", (a.pub_b64,))
     dep.sql("UPDATE users SET blocked = true WHERE id = %s", (dep.user_id,))
-    expect_fail(lambda: a.login(jwt_token=idp.token(dep.user_id)), SC.PERMISSION_DENIED, "user is blocked")
+    expect_fail(lambda: a.login(jwt_token=fresh(idp, dep.user_id)), SC.PERMISSION_DENIED, "user is blocked")
     add_user(dep, "waiting", pending=True)
     n = dep.agent(srv)
-    expect_fail(lambda: n.login(jwt_token=idp.token("waiting")), SC.PERMISSION_DENIED,
+    expect_fail(lambda: n.login(jwt_token=fresh(idp, "waiting")), SC.PERMISSION_DENIED,
                 "user pending approval cannot add peers")
 
 
@@ -200,7 +209,7 @@ def login_refusals_not_owner_blocked_pending():
 def login_expiry_and_jwt_login_brings_it_back():
     idp, dep, (srv,) = sso_deployment(extra_args=("--login-expiry-check-interval", "500ms"))
     a = dep.agent(srv)
-    jwt_login(a, idp.token(dep.user_id))
+    jwt_login(a, fresh(idp, dep.user_id))
     other = dep.agent(srv)
     other.register(dep.setup_key, meta=build_meta("watcher"))
     so = other.sync()
@@ -210,7 +219,7 @@ def login_expiry_and_jwt_login_brings_it_back():
     expect_fail(lambda: a.login(), SC.PERMISSION_DENIED, "peer login has expired, please log in once more")
     expect_fail(lambda: a.sync().next(timeout=10), SC.PERMISSION_DENIED, "peer login has expired")
     dep.sql("UPDATE accounts SET settings_peer_login_expiration = 3600000000000 WHERE id = %s", (dep.account_id,))
-    jwt_login(a, idp.token(dep.user_id))
+    jwt_login(a, fresh(idp, dep.user_id))
     so.wait_for(lambda m: a.pub_b64 in remote_keys(m), timeout=20)
     assert dep.sql("SELECT count(*) FROM events WHERE activity = 49")[0][0] == 1
     s = a.sync()
@@ -223,7 +232,7 @@ def login_expiry_and_jwt_login_brings_it_back():
 def inactivity_expiry():
     idp, dep, (srv,) = sso_deployment(extra_args=("--login-expiry-check-interval", "500ms"))
     a = dep.agent(srv)
-    jwt_login(a, idp.token(dep.user_id))
+    jwt_login(a, fresh(idp, dep.user_id))
     dep.sql("UPDATE accounts SET settings_peer_inactivity_expiration_enabled = true,"
             " settings_peer_inactivity_expiration = 1000000000 WHERE id = %s", (dep.account_id,))
     wait_until(lambda: dep.sql("SELECT peer_status_login_expired FROM peers WHERE key = %s",

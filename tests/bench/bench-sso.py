@@ -51,12 +51,12 @@ def main():
         srv = dep.start()
         a = dep.agent(srv)
         try:
-            a.login(jwt_token=idp.token(dep.user_id), meta=build_meta("bench-sso"))
+            a.login(jwt_token=idp.token(dep.user_id, extra={"jti": "bench-first"}), meta=build_meta("bench-sso"))
         except RpcFailed as e:
             print("bench-sso: skipped: %s" % e.details)
             return 0
         a.get_server_key()
-        tokens = [idp.token(dep.user_id) for _ in range(RUNS + 10)]
+        tokens = [idp.token(dep.user_id, extra={"jti": "bench-%d" % i}) for i in range(RUNS + 10)]
         meta = build_meta("bench-sso")
         login, extend = [], []
         for i in range(10):                    # warm-up: connections, statements prepared
