@@ -29,6 +29,7 @@
  */
 #include "cp/base.h"
 #include "cp/store-peers.h"
+#include "cp/store-sso.h"
 #include "cp/util.h"
 #include "mgmt-agent-int.h"
 #include "mgmt-map.h"
@@ -1261,6 +1262,10 @@ static void expiry_check_work(void *userdata) {
 
         c->r = cp_store_expire_logins(c->hub->agent->store, c->hub->agent->config->dns_domain, &c->accts, &c->n,
                                       &c->peers, &c->n_peers, &c->err);
+        /* The one-time JWT claims whose token has expired are of no use
+         * any more (the validator refuses such a token): dropped on the
+         * same beat. A failure only leaves rows for the next check. */
+        (void) cp_store_jwt_claims_gc(c->hub->agent->store, NULL, NULL);
 }
 
 static void expiry_check_done(mgmt_grpc *g, void *userdata) {
