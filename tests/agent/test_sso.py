@@ -199,6 +199,8 @@ def login_refusals_not_owner_blocked_pending():
     dep.sql("UPDATE peers SET peer_status_login_expired = true WHERE key = %s", (a.pub_b64,))
     dep.sql("UPDATE users SET blocked = true WHERE id = %s", (dep.user_id,))
     expect_fail(lambda: a.login(jwt_token=fresh(idp, dep.user_id)), SC.PERMISSION_DENIED, "user is blocked")
+    # Sync of a blocked user's peer (NetBird's SyncPeer checks it first).
+    expect_fail(lambda: a.sync().next(timeout=10), SC.PERMISSION_DENIED, "user is blocked")
     add_user(dep, "waiting", pending=True)
     n = dep.agent(srv)
     expect_fail(lambda: n.login(jwt_token=fresh(idp, "waiting")), SC.PERMISSION_DENIED,
