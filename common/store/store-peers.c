@@ -343,12 +343,13 @@ int cp_store_peer_lookup(cp_store *s, const char *wg_pub_key, cp_store_peer **re
                 return r;
         if (PQntuples(res) != 1)
                 return cp_error_set(reterr, -ENOENT, "peer not found");
-        r = peer_from_row(res, _COL_BASE_MAX, SETTINGS_COLUMNS + 1, &p, reterr);
+        r = peer_from_row(res, _COL_BASE_MAX, SETTINGS_COLUMNS + 2, &p, reterr);
         if (r < 0)
                 return r;
         settings_from_row(res, _COL_BASE_MAX, ret_settings);
         if (ret_db_now_ns)
                 *ret_db_now_ns = col_int64(res, _COL_BASE_MAX + SETTINGS_COLUMNS);
+        p->owner_blocked = col_bool(res, _COL_BASE_MAX + SETTINGS_COLUMNS + 1);
         *ret_peer = p;
         return 0;
 }

@@ -252,7 +252,9 @@ static const struct {
         /* Login and Sync open: the peer, its account's settings and the
          * database clock in one round trip (cp_store_peer_lookup). */
         [ST_PEER_LOOKUP] = { "peer_lookup",
-                "SELECT " PEER_BASE_COLUMNS ", " ACCOUNT_SETTINGS_COLUMNS ", " DB_NOW_NS
+                "SELECT " PEER_BASE_COLUMNS ", " ACCOUNT_SETTINGS_COLUMNS ", " DB_NOW_NS ","
+                " COALESCE((SELECT u.blocked FROM users u WHERE u.account_id = p.account_id"
+                " AND u.id = p.user_id), FALSE)"
                 " FROM peers p JOIN accounts a ON a.id = p.account_id WHERE p.key = $1", 1 },
         /* KEY SHARE: a range change (REST API, which holds the row FOR
          * UPDATE while it re-addresses every peer) finishes before the

@@ -592,6 +592,11 @@ static void open_work(void *userdata) {
         (void) snprintf(s->peer_id, sizeof s->peer_id, "%s", p->id);
         (void) snprintf(s->account_id, sizeof s->account_id, "%s", p->account_id);
         (void) snprintf(op->account, sizeof op->account, "%s", p->account_id);
+        /* NetBird's SyncPeer: an SSO peer of a blocked user first. */
+        if (p->user_id[0] && p->owner_blocked) {
+                mgmt_agent_fail(op, GRPC_STATUS_PERMISSION_DENIED, "user is blocked");
+                return;
+        }
         if (mgmt_login_expired(p, &st, cp_now_unix_ns())) {
                 mgmt_agent_fail(op, GRPC_STATUS_PERMISSION_DENIED, MSG_EXPIRED);
                 return;

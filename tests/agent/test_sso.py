@@ -87,6 +87,15 @@ def deadline_s(dep, key):
                    " WHERE p.key = %s", (key,))[0][0]
 
 
+def jwt_refused(srv):
+    """netbird_cp_jwt_tokens_total{result="refused"} from /metrics."""
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % srv.http_port, timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith('netbird_cp_jwt_tokens_total{result="refused"}'):
+                return float(line.split()[-1])
+    return 0.0
+
+
 def api(srv, dep, method, path, body=None):
     req = urllib.request.Request("http://127.0.0.1:%d%s" % (srv.http_port, path), method=method,
                                  data=json.dumps(body).encode() if body is not None else None,
@@ -129,9 +138,12 @@ def extend_auth_session_refusals():
     a = dep.agent(srv)
     jwt_login(a, fresh(idp, dep.user_id))
     expect_fail(lambda: a.extend_auth_session(""), SC.INVALID_ARGUMENT, "jwt token is required")
-    # A bad token: three attempts, then the validator's text.
+    # A bad token: three attempts (three refusals counted), then the
+    # validator's text.
+    refused = jwt_refused(srv)
     expect_fail(lambda: a.extend_auth_session(testidp.TestIdP.tamper(fresh(idp, dep.user_id))),
                 SC.INVALID_ARGUMENT, "invalid jwt token, err:")
+    assert jwt_refused(srv) == refused + 3, (refused, jwt_refused(srv))
     # Another user's JWT.
     add_user(dep, "other-user")
     expect_fail(lambda: a.extend_auth_session(fresh(idp, "other-user")), SC.PERMISSION_DENIED, NOT_OWNER)
@@ -199,6 +211,8 @@ def login_refusals_not_owner_blocked_pending():
     dep.sql("UPDATE peers SET peer_status_login_expired = true WHERE key = %s", (a.pub_b64,))
     dep.sql("UPDATE users SET blocked = true WHERE id = %s", (dep.user_id,))
     expect_fail(lambda: a.login(jwt_token=fresh(idp, dep.user_id)), SC.PERMISSION_DENIED, "user is blocked")
+    # Sync of a blocked user's peer (NetBird's SyncPeer checks it first).
+    expect_fail(lambda: a.sync().next(timeout=10), SC.PERMISSION_DENIED, "user is blocked")
     add_user(dep, "waiting", pending=True)
     n = dep.agent(srv)
     expect_fail(lambda: n.login(jwt_token=fresh(idp, "waiting")), SC.PERMISSION_DENIED,

@@ -175,6 +175,11 @@ TEST(sso_login_renews_only_an_expired_login_of_the_owner) {
         free(q(f.db, "UPDATE peers SET peer_status_login_expired = true WHERE id = $1", id, NULL));
         ASSERT_EQ(-EPERM, cp_store_peer_sso_login(f.s, f.a.account_id, id, f.a.user_id, NULL, &sl, &err));
         ASSERT_STREQ("user is blocked", err.message);
+        /* The Login/Sync lookup says so too. */
+        cp_store_account_settings st;
+        ASSERT_OK(cp_store_peer_lookup(f.s, wg, &p, &st, NULL, &err), &err);
+        ASSERT_TRUE(p->owner_blocked);
+        p = cp_store_peer_free(p);
         ASSERT_QUERY("t", f.db, "SELECT peer_status_login_expired FROM peers WHERE id = $1", id, NULL);
         free(q(f.db, "UPDATE users SET blocked = false WHERE id = $1", f.a.user_id, NULL));
 

@@ -146,6 +146,9 @@ typedef struct cp_store_peer {
         int64_t created_at_unix_ns;
         const char *connection_ip;      /* location_connection_ip, "" if unknown */
         cp_store_peer_status status;    /* connected, login_expired, session token, ... */
+        /* The owner (user_id) is blocked; read by cp_store_peer_lookup
+         * only (false from the other getters). */
+        bool owner_blocked;
         cp_store_peer_meta meta;
         /* Ids of the groups the peer belongs to (group_peers), sorted,
          * including the All group. */
@@ -201,8 +204,8 @@ int cp_store_account_get_settings(cp_store *s, const char *account_id,
                                   cp_store_account_settings *ret, cp_error *reterr);
 
 /* Login and Sync open: the peer with this key (as cp_store_peer_get_by_key),
- * its account's settings and the database clock (cp_store_db_now_ns), in
- * ONE statement. The record holds everything but what is stored as JSON,
+ * its account's settings, the database clock (cp_store_db_now_ns) and
+ * whether its owner is blocked (owner_blocked), in ONE statement. The record holds everything but what is stored as JSON,
  * which Login and Sync do not need: extra_dns_labels and group_ids are
  * empty, and so are the meta's network addresses, files, flags and
  * capabilities (its strings are there). *ret_peer is owned by the caller;
