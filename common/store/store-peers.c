@@ -19,6 +19,7 @@
 
 /* NetBird activity codes (netbird-protocol.md section 7). */
 enum {
+        ACTIVITY_PEER_ADDED_BY_USER = 0,
         ACTIVITY_PEER_ADDED_WITH_SETUP_KEY = 1,
         ACTIVITY_PEER_REMOVED_BY_USER = 5,
         ACTIVITY_PEER_LOGIN_EXPIRED = 50,
@@ -342,12 +343,13 @@ int cp_store_peer_lookup(cp_store *s, const char *wg_pub_key, cp_store_peer **re
                 return r;
         if (PQntuples(res) != 1)
                 return cp_error_set(reterr, -ENOENT, "peer not found");
-        r = peer_from_row(res, _COL_BASE_MAX, SETTINGS_COLUMNS + 1, &p, reterr);
+        r = peer_from_row(res, _COL_BASE_MAX, SETTINGS_COLUMNS + 2, &p, reterr);
         if (r < 0)
                 return r;
         settings_from_row(res, _COL_BASE_MAX, ret_settings);
         if (ret_db_now_ns)
                 *ret_db_now_ns = col_int64(res, _COL_BASE_MAX + SETTINGS_COLUMNS);
+        p->owner_blocked = col_bool(res, _COL_BASE_MAX + SETTINGS_COLUMNS + 1);
         *ret_peer = p;
         return 0;
 }
@@ -760,12 +762,15 @@ static int serial_bump(cp_store_conn *c, const char *account_id, int64_t *ret, c
 
 /* ---- registration ------------------------------------------------------------- */
 
+/* Where a new peer comes from: a claimed setup key, or (user_id set) an
+ * SSO user, whose peers expire and take the user's auto-groups. */
 typedef struct claimed_key {
         char id[64];
         char account_id[64];
         char *name;
         bool ephemeral;
         bool allow_extra_dns_labels;
+        const char *user_id;            /* SSO registration; NULL = setup key */
 } claimed_key;
 
 static int claim_key(cp_store_conn *c, const char *hash, claimed_key *k, cp_error *reterr) {
@@ -891,14 +896,14 @@ static int insert_peer(cp_store_conn *c, const cp_store_peer_register_req *req, 
                 else
                         (void) snprintf(label, sizeof label, "%s", base_label);
 
-                const char *params[30] = {
+                const char *params[32] = {
                         peer_id, k->account_id, req->wg_pub_key, ip, nz(req->meta->hostname), label,
                         mp->v[0], mp->v[1], mp->v[2], mp->v[3], mp->v[4], mp->v[5], mp->v[6],
                         mp->v[7], mp->v[8], mp->v[9], mp->v[10], mp->v[11], mp->v[12], mp->v[13],
                         mp->v[14], mp->v[15], mp->v[16], mp->v[17], mp->v[18],
                         nz(req->ssh_key), k->ephemeral ? "true" : "false",
                         k->allow_extra_dns_labels ? "true" : "false", labels_literal,
-                        req->connection_ip,
+                        req->connection_ip, k->user_id ? k->user_id : "", k->user_id ? "true" : "false",
                 };
                 r = cp_store__command(c, "SAVEPOINT peer_insert", reterr);
                 if (r < 0)
@@ -938,20 +943,21 @@ static int register_claimed(cp_store_conn *c, const cp_store_peer_register_req *
         if (r < 0)
                 return r;
 
-        const char *grp[3] = { k->account_id, peer_id, k->id };
+        const char *grp[3] = { k->account_id, peer_id, k->user_id ? k->user_id : k->id };
         r = cp_store__exec(c, ST_PEER_GROUP_ALL, grp, &res, reterr);
         if (r < 0)
                 return r;
         if (cp_store__affected(res) != 1)
                 return cp_error_set(reterr, -EIO, "account %s has no All group", k->account_id);
-        r = cp_store__exec(c, ST_PEER_GROUP_AUTO, grp, NULL, reterr);
+        r = cp_store__exec(c, k->user_id ? ST_PEER_GROUP_USER_AUTO : ST_PEER_GROUP_AUTO, grp, NULL, reterr);
         if (r < 0)
                 return r;
 
-        json_auto_t *extra = json_pack("{s:s}", "setup_key_name", k->name);
+        json_auto_t *extra = k->user_id ? NULL : json_pack("{s:s}", "setup_key_name", k->name);
         _cleanup_free_ char *extra_s = extra ? json_dumps(extra, JSON_COMPACT) : NULL;
-        (void) snprintf(code, sizeof code, "%d", ACTIVITY_PEER_ADDED_WITH_SETUP_KEY);
-        const char *ev[7] = { code, k->id, k->account_id, peer_id, nz(req->dns_domain),
+        (void) snprintf(code, sizeof code, "%d",
+                        k->user_id ? ACTIVITY_PEER_ADDED_BY_USER : ACTIVITY_PEER_ADDED_WITH_SETUP_KEY);
+        const char *ev[7] = { code, grp[2], k->account_id, peer_id, nz(req->dns_domain),
                               extra_s ? extra_s : "{}", NULL };
         r = cp_store__exec(c, ST_PEER_EVENT, ev, NULL, reterr);
         if (r < 0)
@@ -965,12 +971,46 @@ static int register_claimed(cp_store_conn *c, const cp_store_peer_register_req *
         return peer_query(c, ST_PEER_GET, get, ret_peer, reterr);
 }
 
+/* The SSO user as the source of a new peer (NetBird's
+ * handleUserAddedPeer): the user's account locked first, then the user,
+ * whose last_login becomes the registration time. */
+static int claim_user(cp_store_conn *c, const char *user_id, claimed_key *k, cp_error *reterr) {
+        _cleanup_pgresult_ PGresult *res = NULL, *pend = NULL;
+        const char *params[1] = { user_id };
+        int r;
+
+        r = cp_store__exec(c, ST_SSO_USER_ACCOUNT_LOCK, params, NULL, reterr);
+        if (r >= 0)
+                r = cp_store__exec(c, ST_SSO_USER, params, &res, reterr);
+        if (r < 0)
+                return r;
+        if (PQntuples(res) != 1) {
+                r = cp_store__exec(c, ST_SSO_USER_PENDING, params, &pend, reterr);
+                if (r < 0)
+                        return r;
+                if (PQntuples(pend) == 1)
+                        return cp_error_set(reterr, -EACCES, "user pending approval cannot add peers");
+                return cp_error_set(reterr, -ENOENT, "failed adding new peer: user not found");
+        }
+        (void) snprintf(k->account_id, sizeof k->account_id, "%s", PQgetvalue(res, 0, 0));
+        k->user_id = user_id;
+        return 0;
+}
+
 static int register_tx(cp_store_conn *c, const cp_store_peer_register_req *req, const char *hash,
                        const meta_params *mp, const char *labels_literal, const char *base_label,
                        cp_store_peer **ret_peer, int64_t *ret_serial, cp_error *reterr) {
         claimed_key k = { 0 };
         const char *key[1] = { hash };
         int r;
+
+        if (req->user_id) {
+                r = claim_user(c, req->user_id, &k, reterr);
+                if (r < 0)
+                        return r;
+                return register_claimed(c, req, &k, mp, labels_literal, base_label, ret_peer, ret_serial,
+                                        reterr);
+        }
 
         /* Account first, then the key: the order REST writers use. */
         r = cp_store__exec(c, ST_SETUP_KEY_ACCOUNT_LOCK, key, NULL, reterr);
@@ -986,7 +1026,7 @@ static int register_tx(cp_store_conn *c, const cp_store_peer_register_req *req, 
 
 int cp_store_peer_register(cp_store *s, const cp_store_peer_register_req *req,
                            cp_store_peer **ret_peer, int64_t *ret_serial, cp_error *reterr) {
-        char hash[CP_SHA256_B64_LEN], base_label[CP_STORE_DNS_LABEL_MAX + 1];
+        char hash[CP_SHA256_B64_LEN] = "", base_label[CP_STORE_DNS_LABEL_MAX + 1];
         cp_store_peer *peer = NULL;
         meta_params mp;
         cp_strbuf labels;
@@ -1004,8 +1044,10 @@ int cp_store_peer_register(cp_store *s, const cp_store_peer_register_req *req,
                 return cp_error_set(reterr, -EINVAL, "hostname \"%s\" gives no DNS label",
                                     nz(req->meta->hostname));
         /* A key that cannot even be hashed is as invalid as an unknown one. */
-        if (!req->setup_key || cp_crypto_setup_key_hash(req->setup_key, hash) < 0)
-                return cp_error_set(reterr, -ENOKEY, "setup key is invalid");
+        if (req->user_id ? !*req->user_id
+                         : !req->setup_key || cp_crypto_setup_key_hash(req->setup_key, hash) < 0)
+                return cp_error_set(reterr, req->user_id ? -EINVAL : -ENOKEY,
+                                    req->user_id ? "user id is empty" : "setup key is invalid");
 
         cp_strbuf_init(&labels);
         r = extra_labels_literal(req->extra_dns_labels, req->n_extra_dns_labels, &labels, reterr);

@@ -93,6 +93,22 @@
         " 'location_geo_name_id', " t ".location_geo_name_id," \
         " 'location_connection_ip', COALESCE(host(" t ".location_connection_ip), ''))"
 
+/* An SSO peer's login deadline has passed (peer alias t, account alias
+ * a): expiration on for the account and the peer, last_login +
+ * settings_peer_login_expiration (ns) at or before now. */
+#define LOGIN_RAN_OUT(t, a) \
+        a ".settings_peer_login_expiration_enabled AND " t ".login_expiration_enabled" \
+        " AND " t ".last_login IS NOT NULL AND " t ".last_login + (" a ".settings_peer_login_expiration / 1000)" \
+        " * interval '1 microsecond' <= now()"
+/* NetBird's inactivity expiration (Peer.SessionExpired): inactivity
+ * expiration on for the account and the peer, the peer disconnected, and
+ * last_seen + settings_peer_inactivity_expiration at or before now. */
+#define INACTIVE_TOO_LONG(t, a) \
+        a ".settings_peer_inactivity_expiration_enabled AND " t ".inactivity_expiration_enabled" \
+        " AND NOT " t ".peer_status_connected AND " t ".peer_status_last_seen IS NOT NULL" \
+        " AND " t ".peer_status_last_seen + (" a ".settings_peer_inactivity_expiration / 1000)" \
+        " * interval '1 microsecond' <= now()"
+
 /* What a landing fenced connect writes (both connect statements): the
  * session ($3 token, $4 owning replica), the connection address ($5) and
  * the meta ($6..$24), NULL meaning "keep what is stored". */
@@ -236,7 +252,9 @@ static const struct {
         /* Login and Sync open: the peer, its account's settings and the
          * database clock in one round trip (cp_store_peer_lookup). */
         [ST_PEER_LOOKUP] = { "peer_lookup",
-                "SELECT " PEER_BASE_COLUMNS ", " ACCOUNT_SETTINGS_COLUMNS ", " DB_NOW_NS
+                "SELECT " PEER_BASE_COLUMNS ", " ACCOUNT_SETTINGS_COLUMNS ", " DB_NOW_NS ","
+                " COALESCE((SELECT u.blocked FROM users u WHERE u.account_id = p.account_id"
+                " AND u.id = p.user_id), FALSE)"
                 " FROM peers p JOIN accounts a ON a.id = p.account_id WHERE p.key = $1", 1 },
         /* KEY SHARE: a range change (REST API, which holds the row FOR
          * UPDATE while it re-addresses every peer) finishes before the
@@ -282,8 +300,9 @@ static const struct {
                 " peer_status_session_started_at, peer_status_login_expired)"
                 " VALUES ($1, $2, $3, $4::inet, $5, $6, " PEER_META_PARAMS(7) ","
                 " $26, $27::boolean, $28::boolean, $29::text[], $30::inet,"
-                " NULL, FALSE, FALSE, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, FALSE, 0, FALSE)"
-                " ON CONFLICT (key) DO NOTHING RETURNING id", 30 },
+                " NULLIF($31, ''), $32::boolean, $32::boolean,"
+                " CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, FALSE, 0, FALSE)"
+                " ON CONFLICT (key) DO NOTHING RETURNING id", 32 },
         [ST_PEER_GROUP_ALL] = { "peer_group_all",
                 "INSERT INTO group_peers (account_id, group_id, peer_id)"
                 " SELECT account_id, id, $2 FROM groups WHERE account_id = $1 AND name = 'All'"
@@ -355,22 +374,95 @@ static const struct {
         [ST_PEER_EXPIRE_LOGINS] = { "peer_expire_logins",
                 "WITH e AS (UPDATE peers p SET peer_status_login_expired = TRUE"
                 " FROM accounts a WHERE a.id = p.account_id"
-                " AND a.settings_peer_login_expiration_enabled"
                 " AND p.user_id IS NOT NULL AND p.user_id <> ''"
-                " AND p.login_expiration_enabled AND p.last_login IS NOT NULL"
-                " AND p.last_login + (a.settings_peer_login_expiration / 1000) * interval '1 microsecond'"
-                " <= now()"
                 " AND NOT p.peer_status_login_expired"
-                " RETURNING p.*),"
+                " AND ((" LOGIN_RAN_OUT("p", "a") ")"
+                " OR (" INACTIVE_TOO_LONG("p", "a") "))"
+                " RETURNING p.*, " LOGIN_RAN_OUT("p", "a") " AS by_login),"
                 " ev AS (INSERT INTO events (activity, initiator_id, target_id, account_id, meta)"
-                " SELECT $1::int, 'sys', e.id, e.account_id, " PEER_EVENT_META("e", "$2")
-                " || jsonb_build_object('reason', 'session expiration')"
+                " SELECT $1::int, e.user_id, e.id, e.account_id, " PEER_EVENT_META("e", "$2")
+                " || jsonb_build_object('reason', CASE WHEN e.by_login THEN 'session expiration'"
+                " ELSE 'inactivity timeout' END)"
                 " FROM e JOIN accounts a ON a.id = e.account_id)"
                 " , u AS (UPDATE accounts SET network_serial = network_serial + 1"
                 " WHERE id IN (SELECT DISTINCT account_id FROM e)"
                 " RETURNING id, network_serial)"
                 " SELECT u.id, u.network_serial, e.id FROM u JOIN e ON e.account_id = u.id"
                 " ORDER BY u.id, e.id", 2 },
+
+        /* SSO peers (store-sso.c). The one-time claim of a JWT: the row
+         * that is inserted wins; a token past its exp claims nothing. */
+        [ST_JWT_CLAIM] = { "jwt_claim",
+                "WITH t AS (SELECT to_timestamp($2::bigint) AS exp),"
+                " i AS (INSERT INTO jwt_claims (token_hash, expires_at)"
+                " SELECT $1, t.exp FROM t WHERE t.exp > CURRENT_TIMESTAMP"
+                " ON CONFLICT (token_hash) DO NOTHING RETURNING 1)"
+                " SELECT EXISTS (SELECT 1 FROM i), (SELECT exp <= CURRENT_TIMESTAMP FROM t)", 2 },
+        [ST_JWT_CLAIMS_GC] = { "jwt_claims_gc",
+                "DELETE FROM jwt_claims WHERE expires_at < CURRENT_TIMESTAMP", 0 },
+        /* A known SSO peer logging in with a JWT (NetBird's LoginPeer with
+         * a user id, handleUserPeer, handleExpiredPeer), one statement:
+         * p locks the peer row; the refresh (u) happens only when the JWT
+         * user owns the peer, is not blocked and the login has expired
+         * (marked, or its deadline passed); then the user's last_login,
+         * event $4 (user.peer.login) and one serial bump. */
+        [ST_PEER_SSO_LOGIN] = { "peer_sso_login",
+                "WITH p AS (SELECT p.id, COALESCE(p.user_id, '') AS uid,"
+                " p.peer_status_login_expired OR (" LOGIN_RAN_OUT("p", "a") ") AS expired"
+                " FROM peers p JOIN accounts a ON a.id = p.account_id"
+                " WHERE p.account_id = $1 AND p.id = $2 FOR NO KEY UPDATE OF p),"
+                " usr AS (SELECT blocked FROM users WHERE account_id = $1 AND id = $3),"
+                " r AS (UPDATE peers x SET last_login = CURRENT_TIMESTAMP, peer_status_login_expired = FALSE"
+                " FROM p WHERE x.account_id = $1 AND x.id = p.id AND p.uid = $3 AND p.expired"
+                " AND NOT COALESCE((SELECT blocked FROM usr), FALSE) RETURNING x.*),"
+                " uu AS (UPDATE users SET last_login = CURRENT_TIMESTAMP"
+                " WHERE account_id = $1 AND id = $3 AND EXISTS (SELECT 1 FROM r)),"
+                " ev AS (INSERT INTO events (activity, initiator_id, target_id, account_id, meta)"
+                " SELECT $4::int, $3, r.id, r.account_id, " PEER_EVENT_META("r", "$5")
+                " FROM r JOIN accounts a ON a.id = r.account_id),"
+                " b AS (UPDATE accounts SET network_serial = network_serial + 1"
+                " WHERE id = $1 AND EXISTS (SELECT 1 FROM r) RETURNING network_serial)"
+                " SELECT p.uid, COALESCE((SELECT blocked FROM usr), FALSE), EXISTS (SELECT 1 FROM r),"
+                " COALESCE((SELECT network_serial FROM b), 0),"
+                " COALESCE((SELECT (EXTRACT(EPOCH FROM r.last_login) * 1000000)::bigint FROM r), 0)"
+                " FROM p", 5 },
+        /* ExtendAuthSession (NetBird's ExtendPeerSession), one statement:
+         * p locks the peer of key $1 and reads what decides; only an
+         * eligible peer of user $2 in an account with expiration on gets
+         * the new last_login (and login_expired cleared); the user's
+         * last_login and event $4 (user.peer.session.extend) follow. */
+        [ST_PEER_EXTEND_SESSION] = { "peer_extend_session",
+                "WITH p AS (SELECT p.id, p.account_id, COALESCE(p.user_id, '') AS uid,"
+                " p.login_expiration_enabled AS peer_on, a.settings_peer_login_expiration_enabled AS acc_on,"
+                " a.settings_peer_login_expiration AS exp_ns"
+                " FROM peers p JOIN accounts a ON a.id = p.account_id WHERE p.key = $1 FOR NO KEY UPDATE OF p),"
+                " r AS (UPDATE peers x SET last_login = CURRENT_TIMESTAMP, peer_status_login_expired = FALSE"
+                " FROM p WHERE x.account_id = p.account_id AND x.id = p.id AND p.acc_on AND p.peer_on"
+                " AND p.uid <> '' AND p.uid = $2 RETURNING x.*),"
+                " uu AS (UPDATE users u SET last_login = CURRENT_TIMESTAMP FROM r"
+                " WHERE u.account_id = r.account_id AND u.id = $2),"
+                " ev AS (INSERT INTO events (activity, initiator_id, target_id, account_id, meta)"
+                " SELECT $4::int, $2, r.id, r.account_id, " PEER_EVENT_META("r", "$3")
+                " FROM r JOIN accounts a ON a.id = r.account_id)"
+                " SELECT p.account_id, p.id, p.uid, p.peer_on, p.acc_on, p.exp_ns, EXISTS (SELECT 1 FROM r),"
+                " COALESCE((SELECT (EXTRACT(EPOCH FROM r.last_login) * 1000000)::bigint FROM r), 0)"
+                " FROM p", 4 },
+        /* SSO registration: the user's account locked first (the order
+         * REST writers use), then the user. */
+        [ST_SSO_USER_ACCOUNT_LOCK] = { "sso_user_account_lock",
+                "SELECT a.id FROM accounts a WHERE a.id = (SELECT u.account_id FROM users u"
+                " WHERE u.id = $1) FOR KEY SHARE", 1 },
+        [ST_SSO_USER] = { "sso_user",
+                "UPDATE users SET last_login = CURRENT_TIMESTAMP WHERE id = $1 AND NOT pending_approval"
+                " RETURNING account_id", 1 },
+        [ST_SSO_USER_PENDING] = { "sso_user_pending",
+                "SELECT pending_approval FROM users WHERE id = $1", 1 },
+        [ST_PEER_GROUP_USER_AUTO] = { "peer_group_user_auto",
+                "INSERT INTO group_peers (account_id, group_id, peer_id)"
+                " SELECT g.account_id, g.id, $2 FROM users u"
+                " JOIN groups g ON g.account_id = u.account_id AND g.id = ANY (u.auto_groups)"
+                " WHERE u.account_id = $1 AND u.id = $3"
+                " ON CONFLICT DO NOTHING", 3 },
 
         /* Replicas (store-replica.c). The peers UPDATEs below are the
          * fenced disconnect for a whole replica: they touch only rows the

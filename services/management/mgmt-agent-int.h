@@ -74,6 +74,24 @@ void mgmt_agent_log_outcome(mgmt_call *c, const cp_proto_method *m, const char *
 /* Sets the op's outcome: a status and a formatted message (for clients). */
 void mgmt_agent_fail(mgmt_agent_op *op, grpc_status_code status, const char *fmt, ...) _printf_(3, 4);
 
+/* Who a JWT on Login or ExtendAuthSession resolved to (mgmt-auth.c). */
+typedef struct mgmt_auth_user {
+        char user_id[256];
+        char account_id[64];
+        char email[256];                /* the token's email claim, "" if none */
+        bool blocked;
+        bool pending_approval;
+} mgmt_auth_user;
+
+/* The JWT pipeline shared by Login and ExtendAuthSession (mgmt-auth.c):
+ * validation, the one-time claim and the identity resolution, up to
+ * three attempts 200 ms apart (the wait ends when the call is cancelled).
+ * 0 with *ret filled, or -1 with op's outcome set to NetBird's failure.
+ * No IdP configured (agent->jwt NULL): PermissionDenied, a clear text. */
+int mgmt_auth_jwt(mgmt_agent_op *op, const char *token, mgmt_auth_user *ret);
+/* ExtendAuthSession (mgmt-auth.c). */
+void mgmt_extend_session(mgmt_agent_op *op);
+
 /* The Login handler (mgmt-login.c). */
 void mgmt_login(mgmt_agent_op *op);
 /* SyncMeta and Logout (mgmt-login.c): they share its peer lookup. */

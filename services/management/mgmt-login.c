@@ -8,6 +8,7 @@
 #include "cp/base.h"
 #include "cp/netmap.h"
 #include "cp/store-peers.h"
+#include "cp/store-sso.h"
 #include "cp/util.h"
 #include "mgmt-agent-int.h"
 #include "mgmt-map.h"
@@ -23,8 +24,10 @@
 #define MSG_LOGIN_LABELS "couldn't login peer: setup key doesn't allow extra DNS labels"
 #define MSG_EXPIRED "peer login has expired, please log in once more"
 #define MSG_INTERNAL "failed handling request"
-#define MSG_JWT "JWT authentication is not supported by this server: no identity provider is configured; " \
-        "use a setup key"
+#define MSG_NOT_OWNER "peer is already registered by a different User or a Setup Key"
+#define MSG_BLOCKED "user is blocked"
+#define MSG_USER_NOT_FOUND "failed adding new peer: user not found"
+#define MSG_USER_PENDING "user pending approval cannot add peers"
 
 /* The peer's address as NetBird prints it in messages. */
 static const char *remote_addr(const mgmt_agent_op *op) {
@@ -184,10 +187,20 @@ typedef struct login_input {
         size_t n_labels;
 } login_input;
 
-/* Registration with a setup key (section 3.3). Returns the new peer, or
- * NULL with op's outcome set. */
+/* NetBird's hostname tweak for SSO registrations: "iphone" and "ipad"
+ * get "-<local part of the user's email>" appended. */
+static void tweak_hostname(mgmt_agent_op *op, login_input *in, const mgmt_auth_user *u) {
+        const char *h = in->meta.hostname;
+
+        if (!h || !u->email[0] || (strcasecmp(h, "iphone") != 0 && strcasecmp(h, "ipad") != 0))
+                return;
+        in->meta.hostname = mgmt_arena_printf(&op->arena, "%s-%.*s", h, (int) strcspn(u->email, "@"), u->email);
+}
+
+/* Registration with a setup key, or with the JWT's user (section 3.3).
+ * Returns the new peer, or NULL with op's outcome set. */
 static cp_store_peer *register_peer(mgmt_agent_op *op, const Management__LoginRequest *req, const login_input *in,
-                                    int64_t *ret_serial) {
+                                    const mgmt_auth_user *user, int64_t *ret_serial) {
         cp_store_peer_register_req rr = {
                 .setup_key = req->setupkey,
                 .wg_pub_key = op->peer_key,
@@ -197,12 +210,13 @@ static cp_store_peer *register_peer(mgmt_agent_op *op, const Management__LoginRe
                 .n_extra_dns_labels = in->n_labels,
                 .connection_ip = *mgmt_call_peer_ip(op->call) ? mgmt_call_peer_ip(op->call) : NULL,
                 .dns_domain = op->agent->config->dns_domain,
+                .user_id = user ? user->user_id : NULL,
         };
         cp_store_peer *p = NULL;
         cp_error err = { 0 };
         int r;
 
-        if (!req->setupkey[0]) {
+        if (!user && !req->setupkey[0]) {
                 /* The agent's cue that it has to register (bare Login first). */
                 mgmt_agent_fail(op, GRPC_STATUS_PERMISSION_DENIED, MSG_NO_AUTH);
                 return NULL;
@@ -223,6 +237,12 @@ static cp_store_peer *register_peer(mgmt_agent_op *op, const Management__LoginRe
         case -EPERM:
                 mgmt_agent_fail(op, GRPC_STATUS_FAILED_PRECONDITION, MSG_ADD_LABELS);
                 break;
+        case -ENOENT:
+                mgmt_agent_fail(op, GRPC_STATUS_NOT_FOUND, MSG_USER_NOT_FOUND);
+                break;
+        case -EACCES:
+                mgmt_agent_fail(op, GRPC_STATUS_PERMISSION_DENIED, MSG_USER_PENDING);
+                break;
         default:
                 /* -EINVAL (a bad extra label, a hostname without a label)
                  * included: NetBird maps invalid arguments to Internal too. */
@@ -233,11 +253,48 @@ static cp_store_peer *register_peer(mgmt_agent_op *op, const Management__LoginRe
         return NULL;
 }
 
+/* A known peer logging in with a JWT (section 3.2 step 4): the owner
+ * must be the JWT's user and not blocked; an expired login is renewed
+ * (last_login, login_expired, event 49) and the account's peers are told.
+ * Returns 0, 1 when the peer was deleted meanwhile (register instead),
+ * or -1 with op's outcome set. */
+static int sso_login(mgmt_agent_op *op, cp_store_peer *p, const mgmt_auth_user *u) {
+        cp_store_sso_login sl = { 0 };
+        cp_error err = { 0 };
+        int r = cp_store_peer_sso_login(op->agent->store, p->account_id, p->id, u->user_id,
+                                        op->agent->config->dns_domain, &sl, &err);
+
+        switch (r) {
+        case 0:
+                break;
+        case -ENOENT:
+                return 1;
+        case -EACCES:
+                mgmt_agent_fail(op, GRPC_STATUS_PERMISSION_DENIED, MSG_NOT_OWNER);
+                return -1;
+        case -EPERM:
+                mgmt_agent_fail(op, GRPC_STATUS_PERMISSION_DENIED, MSG_BLOCKED);
+                return -1;
+        default:
+                fail_internal(op, "cannot log the SSO peer in", r, &err);
+                return -1;
+        }
+        if (sl.refreshed) {
+                p->last_login_unix_ns = sl.last_login_unix_ns;
+                p->status.login_expired = false;
+                /* Committed: the peer leaves the others' offlinePeers. */
+                mgmt_sync_local_change(op->agent->sync, p->account_id, sl.serial);
+        }
+        return 0;
+}
+
 void mgmt_login(mgmt_agent_op *op) {
         const Management__LoginRequest *req = (const Management__LoginRequest *) op->request;
         _cleanup_store_peer_ cp_store_peer *p = NULL;
         cp_store_account_settings st;
         login_input in = { 0 };
+        mgmt_auth_user user;
+        bool sso = false;
         cp_error err = { 0 };
         unsigned changed = 0;
         int64_t serial = 0;
@@ -249,15 +306,16 @@ void mgmt_login(mgmt_agent_op *op) {
                                 op->peer_key, remote_addr(op));
                 return;
         }
-        if (req->jwttoken[0]) {
-                /* No identity provider: a JWT cannot be validated. NetBird
-                 * validates the JWT before anything else, so this comes
-                 * first for known peers too. */
-                mgmt_agent_fail(op, GRPC_STATUS_PERMISSION_DENIED, MSG_JWT);
-                return;
-        }
         if (mgmt_login_meta(op, req->meta, &in.meta) < 0)
                 return;
+        if (req->jwttoken[0]) {
+                /* NetBird validates the JWT before anything else, so this
+                 * comes first for known peers too (mgmt-auth.c; without an
+                 * identity provider it is refused). */
+                if (mgmt_auth_jwt(op, req->jwttoken, &user) < 0)
+                        return;
+                sso = true;
+        }
         if (req->peerkeys && req->peerkeys->sshpubkey.len > 0) {
                 char *k = mgmt_arena_alloc(&op->arena, req->peerkeys->sshpubkey.len + 1);
                 memcpy(k, req->peerkeys->sshpubkey.data, req->peerkeys->sshpubkey.len);
@@ -275,10 +333,19 @@ void mgmt_login(mgmt_agent_op *op) {
         if (r == 0) {
                 /* A known peer (section 3.2). */
                 snprintf(op->account, sizeof op->account, "%s", p->account_id);
-                if (mgmt_login_expired(p, &st, cp_now_unix_ns())) {
+                if (sso) {
+                        r = sso_login(op, p, &user);
+                        if (r < 0)
+                                return;
+                } else if (mgmt_login_expired(p, &st, cp_now_unix_ns())) {
                         mgmt_agent_fail(op, GRPC_STATUS_PERMISSION_DENIED, MSG_EXPIRED);
                         return;
                 }
+        }
+        if (p && r == 1)
+                /* Deleted since the lookup: carry on as for an unknown key. */
+                p = cp_store_peer_free(p);
+        if (p) {
                 cp_store_peer_login_req lr = {
                         .meta = &in.meta,
                         .ssh_key = in.ssh_key,
@@ -305,7 +372,9 @@ void mgmt_login(mgmt_agent_op *op) {
                 }
         }
         if (!p) {
-                p = register_peer(op, req, &in, &serial);
+                if (sso)
+                        tweak_hostname(op, &in, &user);
+                p = register_peer(op, req, &in, sso ? &user : NULL, &serial);
                 if (!p)
                         return;
                 /* Committed: the account's other peers see the new one. */

@@ -29,6 +29,7 @@
  */
 #include "cp/base.h"
 #include "cp/store-peers.h"
+#include "cp/store-sso.h"
 #include "cp/util.h"
 #include "mgmt-agent-int.h"
 #include "mgmt-map.h"
@@ -591,6 +592,11 @@ static void open_work(void *userdata) {
         (void) snprintf(s->peer_id, sizeof s->peer_id, "%s", p->id);
         (void) snprintf(s->account_id, sizeof s->account_id, "%s", p->account_id);
         (void) snprintf(op->account, sizeof op->account, "%s", p->account_id);
+        /* NetBird's SyncPeer: an SSO peer of a blocked user first. */
+        if (p->user_id[0] && p->owner_blocked) {
+                mgmt_agent_fail(op, GRPC_STATUS_PERMISSION_DENIED, "user is blocked");
+                return;
+        }
         if (mgmt_login_expired(p, &st, cp_now_unix_ns())) {
                 mgmt_agent_fail(op, GRPC_STATUS_PERMISSION_DENIED, MSG_EXPIRED);
                 return;
@@ -1261,6 +1267,10 @@ static void expiry_check_work(void *userdata) {
 
         c->r = cp_store_expire_logins(c->hub->agent->store, c->hub->agent->config->dns_domain, &c->accts, &c->n,
                                       &c->peers, &c->n_peers, &c->err);
+        /* The one-time JWT claims whose token has expired are of no use
+         * any more (the validator refuses such a token): dropped on the
+         * same beat. A failure only leaves rows for the next check. */
+        (void) cp_store_jwt_claims_gc(c->hub->agent->store, NULL, NULL);
 }
 
 static void expiry_check_done(mgmt_grpc *g, void *userdata) {

@@ -252,7 +252,11 @@ def auth_flows_and_unimplemented_methods():
     expect_error(lambda: ag.call("GetPKCEAuthorizationFlow", pb.PKCEAuthorizationFlowRequest(),
                                  pb.PKCEAuthorizationFlow),
                  grpc.StatusCode.NOT_FOUND, "no pkce authorization flow information available")
-    for name in ("ExtendAuthSession", "CreateExpose", "RenewExpose", "StopExpose"):
+    # ExtendAuthSession is served (tests/agent/test_sso.py): an empty box
+    # does not open.
+    out, e = ag.raw("ExtendAuthSession", pb.EncryptedMessage(wgPubKey=ag.pub).SerializeToString())
+    assert e and e.code() == grpc.StatusCode.INVALID_ARGUMENT, e
+    for name in ("CreateExpose", "RenewExpose", "StopExpose"):
         out, e = ag.raw(name, pb.EncryptedMessage(wgPubKey=ag.pub).SerializeToString())
         assert e and e.code() == grpc.StatusCode.UNIMPLEMENTED, (name, e)
         assert e.details() == "method %s not implemented" % name, e.details()

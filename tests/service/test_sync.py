@@ -410,7 +410,7 @@ def expired_sso_login_goes_offline_for_others():
     assert push.NetworkMap.Serial == before + 1, (push.NetworkMap.Serial, before)
     assert dep.network_serial() == before + 1
     rows = dep.sql("SELECT initiator_id, meta->>'reason' FROM events WHERE activity = 50")
-    assert rows == [("sys", "session expiration")], rows
+    assert rows == [(owner, "session expiration")], rows  # initiator: the peer's user, as NetBird
     # Later ticks find nothing more to do.
     time.sleep(2.5)
     assert dep.network_serial() == before + 1

@@ -875,7 +875,10 @@ TEST(expire_logins_marks_each_expired_sso_peer_once) {
         ASSERT_QUERY("t", f.db, "SELECT peer_status_login_expired FROM peers WHERE id = $1", x2, NULL);
         ASSERT_QUERY("2", f.db, "SELECT count(*) FROM peers WHERE peer_status_login_expired", NULL, NULL);
         ASSERT_QUERY("2", f.db, "SELECT count(*) FROM events WHERE activity = 50", NULL, NULL);
-        ASSERT_QUERY("sys|session expiration|exp1.netbird.cloud", f.db,
+        /* Initiator: the peer's user, as NetBird's expireAndUpdatePeers. */
+        char want[200];
+        (void) snprintf(want, sizeof want, "%s|session expiration|exp1.netbird.cloud", f.a.user_id);
+        ASSERT_QUERY(want, f.db,
                      "SELECT initiator_id || '|' || (meta->>'reason') || '|' || (meta->>'fqdn') FROM events"
                      " WHERE activity = 50 AND target_id = $1 AND account_id = $2", x1, f.a.account_id);
 

@@ -146,6 +146,9 @@ typedef struct cp_store_peer {
         int64_t created_at_unix_ns;
         const char *connection_ip;      /* location_connection_ip, "" if unknown */
         cp_store_peer_status status;    /* connected, login_expired, session token, ... */
+        /* The owner (user_id) is blocked; read by cp_store_peer_lookup
+         * only (false from the other getters). */
+        bool owner_blocked;
         cp_store_peer_meta meta;
         /* Ids of the groups the peer belongs to (group_peers), sorted,
          * including the All group. */
@@ -201,8 +204,8 @@ int cp_store_account_get_settings(cp_store *s, const char *account_id,
                                   cp_store_account_settings *ret, cp_error *reterr);
 
 /* Login and Sync open: the peer with this key (as cp_store_peer_get_by_key),
- * its account's settings and the database clock (cp_store_db_now_ns), in
- * ONE statement. The record holds everything but what is stored as JSON,
+ * its account's settings, the database clock (cp_store_db_now_ns) and
+ * whether its owner is blocked (owner_blocked), in ONE statement. The record holds everything but what is stored as JSON,
  * which Login and Sync do not need: extra_dns_labels and group_ids are
  * empty, and so are the meta's network addresses, files, flags and
  * capabilities (its strings are there). *ret_peer is owned by the caller;
@@ -236,6 +239,10 @@ typedef struct cp_store_peer_register_req {
                                          * NULL = unknown; anything else is -EINVAL */
         const char *dns_domain;         /* server's --dns-domain, for the event's fqdn;
                                          * the account override wins when set */
+        /* SSO registration (a Login with a JWT; section 3.3 step 5): the
+         * user the JWT resolved to; setup_key is then ignored. NULL = the
+         * setup-key registration. */
+        const char *user_id;
 } cp_store_peer_register_req;
 
 /* Registers a new peer with a setup key, in ONE transaction (the caller
@@ -284,6 +291,16 @@ typedef struct cp_store_peer_register_req {
  *   -EADDRNOTAVAIL no free address found in the account network
  *   -EIO           the account has no All group (broken account), or any
  *                  other unexpected database error */
+/* With user_id set (NetBird's handleUserAddedPeer), steps 1, 3 and 4
+ * differ: 1. the user's account is locked (KEY SHARE) and the user's
+ * last_login set to now; 3. the user's auto-groups instead of the key's;
+ * 4. event 0 (peer.user.add), initiator = the user, meta without
+ * setup_key_name. The peer has user_id set, login and inactivity
+ * expiration on, is not ephemeral and allows no extra DNS labels (asking
+ * for some is -EPERM, as with a key that does not allow them). Errors
+ * besides the ones above: -ENOENT the user does not exist ("failed adding
+ * new peer: user not found"), -EACCES the user is pending approval ("user
+ * pending approval cannot add peers"); nothing is written then. */
 int cp_store_peer_register(cp_store *s, const cp_store_peer_register_req *req,
                            cp_store_peer **ret_peer, int64_t *ret_serial, cp_error *reterr);
 
@@ -417,18 +434,23 @@ int cp_store_tx_peer_event(cp_store_tx *tx, int activity, const char *account_id
                            const char *initiator_id, const char *target_id, const char *dns_domain,
                            const char *extra_meta, cp_error *reterr);
 
-/* ---- login expiration (netbird-protocol.md sections 6.3 and 7) -------------
+/* ---- login and inactivity expiration (netbird-protocol.md 6.3 and 7) -------
  * NetBird arms a timer per account in the process that saw the connect;
  * here no replica holds that state: every replica calls this periodically
  * and the database decides. In ONE statement (one transaction):
- *   - marks peer_status_login_expired = true on every peer whose login has
- *     expired and is not yet marked: account setting
- *     settings_peer_login_expiration_enabled, peer user_id set (an SSO
- *     peer), peer login_expiration_enabled, last_login set, and
- *     last_login + settings_peer_login_expiration <= now();
- *   - writes event 50 (peer.login.expire) per peer marked, initiator
- *     "sys", meta = the peer meta of event 5 plus reason "session
- *     expiration" (dns_domain as in cp_store_peer_delete);
+ *   - marks peer_status_login_expired = true on every SSO peer (user_id
+ *     set) not yet marked whose login has expired: account setting
+ *     settings_peer_login_expiration_enabled, peer login_expiration_enabled,
+ *     last_login set, and last_login + settings_peer_login_expiration <=
+ *     now(); or which has been inactive too long (NetBird's inactivity
+ *     job, Peer.SessionExpired): account setting
+ *     settings_peer_inactivity_expiration_enabled, peer
+ *     inactivity_expiration_enabled, not connected, and last_seen +
+ *     settings_peer_inactivity_expiration <= now();
+ *   - writes event 50 (peer.login.expire) per peer marked, initiator the
+ *     peer's user (as NetBird's expireAndUpdatePeers), meta = the peer
+ *     meta of event 5 plus reason "session expiration" (login) or
+ *     "inactivity timeout" (dns_domain as in cp_store_peer_delete);
  *   - bumps network_serial once per account with a marked peer.
  * The UPDATE's "not yet marked" condition is re-checked under the row lock,
  * so callers running at the same time (other replicas) never mark a peer
