@@ -359,7 +359,9 @@ def provider_down_validated_tokens_keep_working_readyz_stays_200():
     # Tokens already validated are served from the cache (until their exp,
     # an hour for this provider), on both replicas; /readyz stays 200.
     for s in w.servers:
+        hits = metric(s, "netbird_cp_jwt_cache_hits_total")
         assert w.api(s, token=bob).ok("GET", "/api/users/current")["id"] == sub("bob")
+        assert metric(s, "netbird_cp_jwt_cache_hits_total") == hits + 1
         assert w.api(s, token=a1.token).ok("GET", "/api/groups")
         st, _, body = svc.http_json("GET", s.url("/readyz"))
         assert st == 200 and body.get("status") == "ready", (st, body)
