@@ -408,7 +408,8 @@ def sso_peer_registers_replay_refused_extends_expires_and_comes_back():
     # `netbird up` without a setup key: a bare Login is refused, then the
     # PKCE sign-in with the settings the server gives, then Login with the JWT.
     a = w.dep.agent(r1)
-    expect_rpc(lambda: a.login(meta=build_meta("sso-laptop")), SC.PERMISSION_DENIED, "")
+    expect_rpc(lambda: a.login(meta=build_meta("sso-laptop")), SC.PERMISSION_DENIED,
+               "no peer auth method provided, please use a setup key or interactive SSO login")
     tok = w.agent_token(a, "alice")
     resp = a.login(jwt_token=tok, meta=build_meta("sso-laptop"))
     row = w.sql("SELECT id, user_id, name, login_expiration_enabled FROM peers WHERE key = %s", (a.pub_b64,))
