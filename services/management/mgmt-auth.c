@@ -14,8 +14,9 @@
  *      with the validator's text, anything else -> Internal "unable to fetch
  *      account with claims, err: ...".
  * Up to three attempts, 200 ms apart, no wait after the last; the last
- * failure is answered. A claim that succeeded makes every later attempt
- * fail with "JWT already used", as in NetBird.
+ * failure is answered. An attempt whose claim succeeded is the last one:
+ * NetBird retries it too, and its retries can only fail with "JWT already
+ * used", which hides the real reason (the allow list, say) from the agent.
  *
  * Cancellation: the handlers run on a worker and cannot select on a Go
  * context; gRPC core tells the CQ thread (RECV_CLOSE_ON_SERVER) and
@@ -46,6 +47,7 @@ typedef struct attempt_fail {
         grpc_status_code status;
         char message[400];
         char detail[200];
+        bool final;                     /* the token was claimed: no retry can succeed */
 } attempt_fail;
 
 static int fail_with(attempt_fail *f, grpc_status_code status, const char *detail, const char *fmt, ...)
@@ -120,6 +122,8 @@ static int attempt(mgmt_agent_op *op, const char *token, mgmt_auth_user *ret, at
                 else if (r < 0)
                         r = fail_with(f, GRPC_STATUS_UNAVAILABLE, err.message, "failed to claim jwt token");
         }
+        if (r >= 0)
+                f->final = true;
         if (r >= 0 && !claims->user_id[0])
                 r = fail_with(f, GRPC_STATUS_UNAUTHENTICATED, NULL, "jwt token did not yield a user id");
         if (r >= 0)
@@ -156,6 +160,8 @@ int mgmt_auth_jwt(mgmt_agent_op *op, const char *token, mgmt_auth_user *ret) {
                                 snprintf(op->account, sizeof op->account, "%s", ret->account_id);
                         return 0;
                 }
+                if (f.final)
+                        break;
                 if (i + 1 < JWT_ATTEMPTS && !wait_unless_cancelled(op, JWT_RETRY_MS)) {
                         mgmt_agent_fail(op, GRPC_STATUS_CANCELLED, "context canceled");
                         (void) snprintf(op->detail, sizeof op->detail, "cancelled during the JWT retry wait "
