@@ -472,6 +472,10 @@ const char *cp_netmap_account_peer_key(const cp_netmap_account *a, size_t idx) {
         return idx < a->n_peers ? a->peers[idx].key : NULL;
 }
 
+bool cp_netmap_account_peer_login_expired(const cp_netmap_account *a, size_t idx) {
+        return idx < a->n_peers && (a->peers[idx].flags & NM_PEER_EXPIRED);
+}
+
 int cp_netmap_account_forwarder_port(const cp_netmap_account *a) {
         return a->forwarder_port;
 }

@@ -178,6 +178,13 @@ int mgmt_map_pack(mgmt_maps *m, const mgmt_map *map, const char *peer_id,
         return 0;
 }
 
+bool mgmt_map_peer_login_expired(const mgmt_map *map, const char *peer_id) {
+        const cp_netmap_account *acc = as_account(map);
+        int64_t idx = cp_netmap_account_find_peer(acc, peer_id);
+
+        return idx >= 0 && cp_netmap_account_peer_login_expired(acc, (size_t) idx);
+}
+
 int mgmt_map_pack_deleted(const mgmt_map *map, mgmt_arena *a, uint8_t **ret, size_t *ret_len) {
         const cp_netmap_account *acc = as_account(map);
         Management__SyncResponse *resp = mgmt_arena_alloc(a, sizeof *resp);

@@ -73,6 +73,10 @@ int mgmt_map_pack(mgmt_maps *m, const mgmt_map *map, const char *peer_id,
                   const Management__NetbirdConfig *netbird_config, mgmt_arena *a, uint8_t **ret, size_t *ret_len,
                   cp_error *reterr);
 
+/* Whether peer_id's SSO login had expired when the map was read (false
+ * for a peer not in the map). */
+bool mgmt_map_peer_login_expired(const mgmt_map *map, const char *peer_id);
+
 /* The last SyncResponse of a deleted peer (§3.5): NetworkMap with the
  * serial, empty remotePeers with remotePeersIsEmpty, firewallRulesIsEmpty
  * and routesFirewallRulesIsEmpty set, DNSConfig.ForwarderPort; no

@@ -824,6 +824,7 @@ typedef struct fanout_target {
         uint8_t *msg;                   /* sealed EncryptedMessage (malloc); NULL = nothing */
         size_t len;
         bool gone;                      /* the peer is not in the map: msg is its last one */
+        bool expired;                   /* its own SSO login has expired in the map */
 } fanout_target;
 
 typedef struct fanout {
@@ -902,7 +903,8 @@ static void chunk_work(void *userdata) {
                          * does, instead of lingering without maps. */
                         t->gone = true;
                         r = mgmt_map_pack_deleted(f->map, &arena, &plain, &plain_len);
-                }
+                } else if (r == 0)
+                        t->expired = mgmt_map_peer_login_expired(f->map, t->s->peer_id);
                 if (r < 0)
                         continue;
                 sealed = mgmt_agent_seal_msg(t->s->server_key, &t->s->shared, plain, plain_len, &sealed_len, &err);
@@ -924,7 +926,17 @@ static void chunk_done(mgmt_grpc *g, void *userdata) {
                 fanout_target *t = &f->targets[i];
                 if (t->gone && t->s->registered)
                         stream_end_deleted(t->s, t->msg, t->len, f->serial);
-                else if (t->msg && t->s->registered) {
+                else if (t->expired && t->s->registered && f->serial >= t->s->last_serial) {
+                        /* Its own login has expired (marked by whichever
+                         * replica's sweep, or its deadline passed): the
+                         * stream ends here too, as NetBird closes expired
+                         * peers' channels, and the agent's next open is
+                         * refused until it logs in with a JWT. A map older
+                         * than the stream's newest (a re-login since) is
+                         * no reason. */
+                        free(t->msg);
+                        stream_end(t->s, GRPC_STATUS_OK, NULL, "login expired");
+                } else if (t->msg && t->s->registered) {
                         stream_queue(t->s, t->msg, t->len, f->serial, false);
                         f->pushed++;
                 } else
@@ -1285,7 +1297,8 @@ static void expiry_check_done(mgmt_grpc *g, void *userdata) {
          * "login expired". Still registered, so on_close disconnects them
          * with their own tokens. A stream that started after the check
          * was queued passed its own expiry check (a re-login since):
-         * left alone. Streams on other replicas stay until they end. */
+         * left alone. Streams on other replicas end with the fan-out the
+         * serial bump below starts there (chunk_done). */
         for (size_t i = 0; c->r >= 0 && i < c->n_peers; i++) {
                 sync_stream *s = mgmt_strmap_get(h->peers, c->peers[i].peer_id);
                 if (!s || s->ending || s->started_ms >= c->queued_ms ||

@@ -6,9 +6,8 @@ inactivity expiry seen by other peers, and an admin's settings change
 reaching the stream's sessionExpiresAt.
 
 Tokens come from tests/idp/testidp.py's TestIdP; the server reads its
-HttpConfig from management.json. Until netbird-mgmt wires the validator
-in (branch wt-jwt, "jwt: wired into netbird-mgmt"), the server refuses
-every JWT with its no-IdP text and each case here is skipped.
+HttpConfig from management.json. (tests/idp/test_e2e_identity.py does
+the same with tokens from the real OIDC provider.)
 """
 
 import os
@@ -26,12 +25,11 @@ import grpc  # noqa: E402
 import fixture  # noqa: E402
 import svc  # noqa: E402
 from fixture import Deployment, wait_until, json_dump  # noqa: E402
-from nbagent import RpcFailed, build_meta, remote_keys  # noqa: E402
+from nbagent import RpcFailed, StreamEnded, build_meta, remote_keys  # noqa: E402
 from svc import test  # noqa: E402
 import testidp  # noqa: E402
 
 SC = grpc.StatusCode
-NO_IDP = "no identity provider is configured"
 NOT_OWNER = "peer is already registered by a different User or a Setup Key"
 
 
@@ -56,13 +54,8 @@ def fresh(idp, sub, **kw):
 
 
 def jwt_login(agent, token, meta=None, **kw):
-    """Login with a JWT; a server without the validator wired in skips."""
-    try:
-        return agent.login(jwt_token=token, meta=meta, **kw)
-    except RpcFailed as e:
-        if NO_IDP in e.details:
-            raise svc.Skip("netbird-mgmt has no JWT validator wired in yet (branch wt-jwt)")
-        raise
+    """Login with a JWT (the server has HttpConfig: a no-IdP refusal is a failure)."""
+    return agent.login(jwt_token=token, meta=meta, **kw)
 
 
 def expect_fail(fn, code, text=None):
@@ -240,6 +233,26 @@ def login_expiry_and_jwt_login_brings_it_back():
     s.next(timeout=15)
     s.cancel()
     so.cancel()
+
+
+@test
+def expiry_ends_the_stream_on_a_replica_that_did_not_sweep():
+    # r1 sweeps; r2 never does (interval 0s) and holds the SSO peer's
+    # stream: the expiry reaches r2 as a serial change (the serial check
+    # here; the bus in a cluster) and r2's fan-out ends the stream.
+    idp, dep, (r1,) = sso_deployment(extra_args=("--login-expiry-check-interval", "500ms",
+                                                 "--serial-check-interval", "500ms"))
+    r2 = dep.start("--login-expiry-check-interval", "0s", "--serial-check-interval", "500ms")
+    a = dep.agent(r2)
+    jwt_login(a, fresh(idp, dep.user_id))
+    s = a.sync()
+    s.next(timeout=15)
+    dep.sql("UPDATE accounts SET settings_peer_login_expiration = 2000000000 WHERE id = %s", (dep.account_id,))
+    wait_until(lambda: dep.sql("SELECT peer_status_login_expired FROM peers WHERE key = %s",
+                               (a.pub_b64,))[0][0], timeout=20, what="r1's sweep")
+    ended, _ = s.wait_end(timeout=20)
+    assert isinstance(ended, StreamEnded), ended       # a clean end (OK), as NetBird closes the channel
+    expect_fail(lambda: a.sync().next(timeout=10), SC.PERMISSION_DENIED, "peer login has expired")
 
 
 @test

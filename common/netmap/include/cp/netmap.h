@@ -265,6 +265,9 @@ int64_t cp_netmap_account_find_peer_by_key(const cp_netmap_account *a, const cha
 /* The id / key of peer idx (< n_peers); valid while the snapshot lives. */
 const char *cp_netmap_account_peer_id(const cp_netmap_account *a, size_t idx);
 const char *cp_netmap_account_peer_key(const cp_netmap_account *a, size_t idx);
+/* Whether peer idx's SSO login had expired when the snapshot was read
+ * (login_expired of its spec); false for idx out of range. */
+bool cp_netmap_account_peer_login_expired(const cp_netmap_account *a, size_t idx);
 /* DNSConfig.ForwarderPort of this snapshot: 22054 when every peer runs
  * >= 0.59.0 (development builds count as new), else 5353. */
 int cp_netmap_account_forwarder_port(const cp_netmap_account *a);
