@@ -612,18 +612,29 @@ static int delete_regular_user(api_ctx *c, const char *id, cp_store_rows *row) {
         return user_deleted_event(c, id, row);
 }
 
+/* The user id of a DELETE (or a reject): not the caller, in the account,
+ * not the owner (NetBird's texts); *row is its users row. */
+static int find_deletable(api_ctx *c, const char *id, cp_store_rows **row) {
+        int r;
+
+        if (strcmp(id, c->user_id) == 0)
+                return api_error(c, 422, "self deletion is not allowed");
+        r = find_user(c, id, row);
+        if (r < 0)
+                return r;
+        if (strcmp(cp_store_rows_get(*row, 0, U_ROLE), "owner") == 0)
+                return api_error(c, 403, "can't delete a user with the owner role");
+        return 0;
+}
+
 static int delete_user(api_ctx *c) {
         _cleanup_rows_ cp_store_rows *row = NULL;
         const char *id = c->param[0];
         int r;
 
-        if (strcmp(id, c->user_id) == 0)
-                return api_error(c, 422, "self deletion is not allowed");
-        r = find_user(c, id, &row);
+        r = find_deletable(c, id, &row);
         if (r < 0)
                 return r;
-        if (strcmp(cp_store_rows_get(row, 0, U_ROLE), "owner") == 0)
-                return api_error(c, 403, "can't delete a user with the owner role");
         if (strcmp(cp_store_rows_get(row, 0, U_ISSUED), "integration") == 0 && !c->service_user)
                 return api_error(c, 403, "only integration service user can delete this user");
         if (cp_store_rows_bool(row, 0, U_SERVICE))
@@ -684,13 +695,9 @@ static int reject_user(api_ctx *c) {
 
         if (r < 0)
                 return r;
-        if (strcmp(id, c->user_id) == 0)
-                return api_error(c, 422, "self deletion is not allowed");
-        r = find_user(c, id, &row);
+        r = find_deletable(c, id, &row);
         if (r < 0)
                 return r;
-        if (strcmp(cp_store_rows_get(row, 0, U_ROLE), "owner") == 0)
-                return api_error(c, 403, "can't delete a user with the owner role");
         r = delete_regular_user(c, id, row);
         if (r < 0)
                 return r;

@@ -99,6 +99,12 @@ char *cptest_db_query(cptest_db *db, const char *sql, int nparams, const char *c
         return run(db, sql, nparams, params, false);
 }
 
+char *cptest_db_query1(cptest_db *db, const char *sql, const char *a) {
+        const char *p[1] = { a };
+
+        return cptest_db_query(db, sql, a ? 1 : 0, a ? p : NULL);
+}
+
 char *cptest_db_try(cptest_db *db, const char *sql, int nparams, const char *const *params) {
         return run(db, sql, nparams, params, true);
 }

@@ -7,18 +7,6 @@
 
 #include <pthread.h>
 
-static char *q1(cptest_db *db, const char *sql, const char *a) {
-        const char *p[1] = { a };
-        return cptest_db_query(db, sql, a ? 1 : 0, a ? p : NULL);
-}
-
-#define ASSERT_QUERY(expect, db, sql, arg)              \
-        do {                                            \
-                char *_v = q1(db, sql, arg);            \
-                ASSERT_STREQ(expect, _v);               \
-                free(_v);                               \
-        } while (0)
-
 TEST(account_create_builds_the_netbird_defaults) {
         cp_store *s = NULL;
         cptest_db *db = cptest_db_new_migrated(1, &s);
@@ -33,24 +21,24 @@ TEST(account_create_builds_the_netbird_defaults) {
         ASSERT_OK(cp_store_account_count(s, &n, &err), &err);
         ASSERT_EQ(1, n);
 
-        ASSERT_QUERY("t", db, "SELECT network_net <<= '100.64.0.0/10' AND masklen(network_net) = 16"
+        ASSERT_DB_QUERY("t", db, "SELECT network_net <<= '100.64.0.0/10' AND masklen(network_net) = 16"
                               " FROM accounts WHERE id = $1", a.account_id);
-        ASSERT_QUERY(a.network_cidr, db, "SELECT network_net::text FROM accounts WHERE id = $1", a.account_id);
-        ASSERT_QUERY("0", db, "SELECT network_serial FROM accounts WHERE id = $1", a.account_id);
-        ASSERT_QUERY("t", db, "SELECT settings_peer_login_expiration_enabled AND"
+        ASSERT_DB_QUERY(a.network_cidr, db, "SELECT network_net::text FROM accounts WHERE id = $1", a.account_id);
+        ASSERT_DB_QUERY("0", db, "SELECT network_serial FROM accounts WHERE id = $1", a.account_id);
+        ASSERT_DB_QUERY("t", db, "SELECT settings_peer_login_expiration_enabled AND"
                               " settings_peer_login_expiration = 86400000000000"
                               " FROM accounts WHERE id = $1", a.account_id);
-        ASSERT_QUERY("All", db, "SELECT string_agg(name, ',') FROM groups WHERE account_id = $1", a.account_id);
+        ASSERT_DB_QUERY("All", db, "SELECT string_agg(name, ',') FROM groups WHERE account_id = $1", a.account_id);
         /* The Default rule goes All -> All, both ways, any protocol, accept. */
-        ASSERT_QUERY("t", db,
+        ASSERT_DB_QUERY("t", db,
                      "SELECT r.sources = ARRAY[g.id] AND r.destinations = ARRAY[g.id] AND r.bidirectional"
                      " AND r.protocol = 'all' AND r.action = 'accept' AND p.enabled"
                      " FROM policy_rules r JOIN policies p ON p.id = r.policy_id"
                      " JOIN groups g ON g.account_id = p.account_id AND g.name = 'All'"
                      " WHERE p.account_id = $1", a.account_id);
-        ASSERT_QUERY("owner", db, "SELECT role FROM users WHERE account_id = $1", a.account_id);
-        ASSERT_QUERY("5", db, "SELECT count(*) FROM events WHERE account_id = $1", a.account_id);
-        ASSERT_QUERY("4", db, "SELECT min(activity) FROM events WHERE account_id = $1", a.account_id);
+        ASSERT_DB_QUERY("owner", db, "SELECT role FROM users WHERE account_id = $1", a.account_id);
+        ASSERT_DB_QUERY("5", db, "SELECT count(*) FROM events WHERE account_id = $1", a.account_id);
+        ASSERT_DB_QUERY("4", db, "SELECT min(activity) FROM events WHERE account_id = $1", a.account_id);
         cp_store_free(s);
         cptest_db_free(db);
 }
@@ -67,19 +55,19 @@ TEST(secrets_are_stored_only_hashed) {
         ASSERT_EQ(0, cp_crypto_pat_check(a.admin_token));
 
         cp_crypto_setup_key_hash(a.setup_key, hash);
-        ASSERT_QUERY(hash, db, "SELECT key FROM setup_keys WHERE account_id = $1", a.account_id);
+        ASSERT_DB_QUERY(hash, db, "SELECT key FROM setup_keys WHERE account_id = $1", a.account_id);
         cp_crypto_setup_key_mask(a.setup_key, masked);
-        ASSERT_QUERY(masked, db, "SELECT key_secret FROM setup_keys WHERE account_id = $1", a.account_id);
-        ASSERT_QUERY("reusable", db, "SELECT type FROM setup_keys WHERE account_id = $1", a.account_id);
+        ASSERT_DB_QUERY(masked, db, "SELECT key_secret FROM setup_keys WHERE account_id = $1", a.account_id);
+        ASSERT_DB_QUERY("reusable", db, "SELECT type FROM setup_keys WHERE account_id = $1", a.account_id);
 
         cp_crypto_pat_hash(a.admin_token, hash);
-        ASSERT_QUERY(hash, db, "SELECT hashed_token FROM personal_access_tokens WHERE user_id = $1", a.user_id);
+        ASSERT_DB_QUERY(hash, db, "SELECT hashed_token FROM personal_access_tokens WHERE user_id = $1", a.user_id);
 
         /* The plain secrets appear nowhere in the database. */
-        ASSERT_QUERY("0", db, "SELECT count(*) FROM setup_keys s WHERE s::text LIKE '%' || $1 || '%'", a.setup_key);
-        ASSERT_QUERY("0", db, "SELECT count(*) FROM personal_access_tokens t"
+        ASSERT_DB_QUERY("0", db, "SELECT count(*) FROM setup_keys s WHERE s::text LIKE '%' || $1 || '%'", a.setup_key);
+        ASSERT_DB_QUERY("0", db, "SELECT count(*) FROM personal_access_tokens t"
                               " WHERE t::text LIKE '%' || $1 || '%'", a.admin_token);
-        ASSERT_QUERY("0", db, "SELECT count(*) FROM events e WHERE e::text LIKE '%' || $1 || '%'", a.admin_token);
+        ASSERT_DB_QUERY("0", db, "SELECT count(*) FROM events e WHERE e::text LIKE '%' || $1 || '%'", a.admin_token);
         cp_store_free(s);
         cptest_db_free(db);
 }
@@ -222,8 +210,8 @@ TEST(concurrent_first_account_creation_makes_exactly_one) {
         }
         ASSERT_EQ(1, created);
         ASSERT_EQ(N - 1, exists);
-        ASSERT_QUERY("1", db, "SELECT count(*) FROM accounts", NULL);
-        ASSERT_QUERY("1", db, "SELECT count(*) FROM setup_keys", NULL);
+        ASSERT_DB_QUERY("1", db, "SELECT count(*) FROM accounts", NULL);
+        ASSERT_DB_QUERY("1", db, "SELECT count(*) FROM setup_keys", NULL);
         cptest_db_free(db);
 }
 

@@ -13,18 +13,6 @@
 #include <pthread.h>
 #include <time.h>
 
-static char *q1(cptest_db *db, const char *sql, const char *a) {
-        const char *p[1] = { a };
-        return cptest_db_query(db, sql, a ? 1 : 0, a ? p : NULL);
-}
-
-#define ASSERT_QUERY(expect, db, sql, arg)              \
-        do {                                            \
-                char *_v = q1(db, sql, arg);            \
-                ASSERT_STREQ(expect, _v);               \
-                free(_v);                               \
-        } while (0)
-
 static const cp_identity_options SINGLE = { .single_account_domain = "netbird.selfhosted" };
 static const cp_identity_options MULTI = { .single_account_domain = NULL };
 
@@ -72,18 +60,18 @@ TEST(single_account_first_user_owns_the_new_account) {
         ASSERT_TRUE(u1.new_account && u1.new_user);
         ASSERT_STREQ("owner", u1.role);
         ASSERT_TRUE(!u1.blocked && !u1.pending_approval);
-        ASSERT_QUERY("netbird.selfhosted|private|true|true", db,
+        ASSERT_DB_QUERY("netbird.selfhosted|private|true|true", db,
                      "SELECT domain || '|' || domain_category || '|' || is_domain_primary_account || '|'"
                      " || settings_extra_user_approval_required FROM accounts WHERE id = $1", u1.account_id);
-        ASSERT_QUERY("alice@corp.example|false|api", db,
+        ASSERT_DB_QUERY("alice@corp.example|false|api", db,
                      "SELECT email || '|' || non_deletable || '|' || issued FROM users WHERE id = $1", "idp|alice");
         /* NetBird's newAccount: no setup key, no token; account.create, user.join. */
-        ASSERT_QUERY("0", db, "SELECT count(*) FROM setup_keys WHERE account_id = $1", u1.account_id);
-        ASSERT_QUERY("0", db, "SELECT count(*) FROM personal_access_tokens WHERE account_id = $1", u1.account_id);
-        ASSERT_QUERY("All", db, "SELECT string_agg(name, ',') FROM groups WHERE account_id = $1", u1.account_id);
-        ASSERT_QUERY("4,2", db, "SELECT string_agg(activity::text, ',' ORDER BY id) FROM events WHERE account_id = $1",
+        ASSERT_DB_QUERY("0", db, "SELECT count(*) FROM setup_keys WHERE account_id = $1", u1.account_id);
+        ASSERT_DB_QUERY("0", db, "SELECT count(*) FROM personal_access_tokens WHERE account_id = $1", u1.account_id);
+        ASSERT_DB_QUERY("All", db, "SELECT string_agg(name, ',') FROM groups WHERE account_id = $1", u1.account_id);
+        ASSERT_DB_QUERY("4,2", db, "SELECT string_agg(activity::text, ',' ORDER BY id) FROM events WHERE account_id = $1",
                      u1.account_id);
-        ASSERT_QUERY("t", db, "SELECT last_login IS NOT NULL FROM users WHERE id = $1", "idp|alice");
+        ASSERT_DB_QUERY("t", db, "SELECT last_login IS NOT NULL FROM users WHERE id = $1", "idp|alice");
 
         /* The second user joins the same account whatever its domain
          * claims say, pending approval (new accounts require it). */
@@ -92,14 +80,14 @@ TEST(single_account_first_user_owns_the_new_account) {
         ASSERT_TRUE(u2.new_user && !u2.new_account);
         ASSERT_STREQ("user", u2.role);
         ASSERT_TRUE(u2.blocked && u2.pending_approval);
-        ASSERT_QUERY("{\"pending_approval\": true}", db,
+        ASSERT_DB_QUERY("{\"pending_approval\": true}", db,
                      "SELECT meta::text FROM events WHERE activity = 2 AND target_id = $1", "idp|bob");
-        ASSERT_QUERY("1", db, "SELECT count(*) FROM accounts", NULL);
+        ASSERT_DB_QUERY("1", db, "SELECT count(*) FROM accounts", NULL);
 
         /* Signing in again changes nothing. */
         ASSERT_OK(resolve(s, &SINGLE, a, &u1, &err), &err);
         ASSERT_TRUE(!u1.new_user && !u1.new_account && !u1.changed);
-        ASSERT_QUERY("2", db, "SELECT count(*) FROM users", NULL);
+        ASSERT_DB_QUERY("2", db, "SELECT count(*) FROM users", NULL);
         cp_jwt_claims_free(a);
         cp_jwt_claims_free(b);
         cp_store_free(s);
@@ -120,7 +108,7 @@ TEST(single_account_joins_the_account_the_cli_made) {
         ASSERT_STREQ(acc.account_id, u.account_id);
         ASSERT_STREQ("user", u.role);
         ASSERT_TRUE(u.new_user && !u.new_account && !u.pending_approval && !u.blocked);
-        ASSERT_QUERY("1", db, "SELECT count(*) FROM accounts", NULL);
+        ASSERT_DB_QUERY("1", db, "SELECT count(*) FROM accounts", NULL);
         cp_jwt_claims_free(a);
         cp_store_free(s);
         cptest_db_free(db);
@@ -151,10 +139,10 @@ TEST(multi_account_domains_and_claims) {
         ASSERT_OK(resolve(s, &MULTI, cp2, &p2, &err), &err);
         ASSERT_TRUE(strcmp(p1.account_id, p2.account_id) != 0);
         ASSERT_STREQ("owner", p2.role);
-        ASSERT_QUERY("gmail.com||false", db,
+        ASSERT_DB_QUERY("gmail.com||false", db,
                      "SELECT domain || '|' || domain_category || '|' || is_domain_primary_account FROM accounts"
                      " WHERE id = $1", p1.account_id);
-        ASSERT_QUERY("4", db, "SELECT count(*) FROM accounts", NULL);
+        ASSERT_DB_QUERY("4", db, "SELECT count(*) FROM accounts", NULL);
 
         /* wt_account_id: the user's own account passes, another is refused. */
         cp_jwt_claims *own = claims("u-a1", "a1@one.example", "one.example", "private", a1.account_id);
@@ -164,7 +152,7 @@ TEST(multi_account_domains_and_claims) {
         ASSERT_STREQ(a1.account_id, x.account_id);
         ASSERT_EQ(-ENOENT, resolve(s, &MULTI, other, &x, &err));
         ASSERT_EQ(-ENOENT, resolve(s, &MULTI, stranger, &x, &err));
-        ASSERT_QUERY("0", db, "SELECT count(*) FROM users WHERE id = $1", "u-new");
+        ASSERT_DB_QUERY("0", db, "SELECT count(*) FROM users WHERE id = $1", "u-new");
 
         cp_jwt_claims_free(ca1);
         cp_jwt_claims_free(ca2);
@@ -213,9 +201,9 @@ TEST(concurrent_first_sign_ins_make_one_account) {
                 ASSERT_EQ(0, pthread_join(th[i], NULL));
                 ASSERT_EQ(0, ra[i].r);
         }
-        ASSERT_QUERY("1", db, "SELECT count(*) FROM accounts", NULL);
-        ASSERT_QUERY("1", db, "SELECT count(*) FROM users WHERE role = 'owner'", NULL);
-        ASSERT_QUERY("4", db, "SELECT count(*) FROM users", NULL);
+        ASSERT_DB_QUERY("1", db, "SELECT count(*) FROM accounts", NULL);
+        ASSERT_DB_QUERY("1", db, "SELECT count(*) FROM users WHERE role = 'owner'", NULL);
+        ASSERT_DB_QUERY("4", db, "SELECT count(*) FROM users", NULL);
         for (int i = 1; i < RACERS; i++)
                 ASSERT_STREQ(ra[0].u.account_id, ra[i].u.account_id);
         cp_store_free(s);
@@ -231,19 +219,19 @@ TEST(dashboard_login_event_on_a_newer_sign_in) {
 
         c->iat -= 100;
         ASSERT_OK(resolve(s, &SINGLE, c, &u, &err), &err);
-        ASSERT_QUERY("0", db, "SELECT count(*) FROM events WHERE activity = 51", NULL);
+        ASSERT_DB_QUERY("0", db, "SELECT count(*) FROM events WHERE activity = 51", NULL);
         /* The same token again: not a new sign-in. */
         ASSERT_OK(resolve(s, &SINGLE, c, &u, &err), &err);
-        ASSERT_QUERY("0", db, "SELECT count(*) FROM events WHERE activity = 51", NULL);
+        ASSERT_DB_QUERY("0", db, "SELECT count(*) FROM events WHERE activity = 51", NULL);
         c->iat += 50;
         free(c->name);
         c->name = cp_xstrdup("Dana D");
         ASSERT_OK(resolve(s, &SINGLE, c, &u, &err), &err);
-        ASSERT_QUERY("1", db, "SELECT count(*) FROM events WHERE activity = 51", NULL);
-        ASSERT_QUERY("Dana D", db, "SELECT name FROM users WHERE id = $1", "idp|dana");
+        ASSERT_DB_QUERY("1", db, "SELECT count(*) FROM events WHERE activity = 51", NULL);
+        ASSERT_DB_QUERY("Dana D", db, "SELECT name FROM users WHERE id = $1", "idp|dana");
         char iat[24];
         (void) snprintf(iat, sizeof iat, "%lld", (long long) c->iat);
-        ASSERT_QUERY("t", db, "SELECT last_login = to_timestamp($1::bigint) FROM users", iat);
+        ASSERT_DB_QUERY("t", db, "SELECT last_login = to_timestamp($1::bigint) FROM users", iat);
         cp_jwt_claims_free(c);
         cp_store_free(s);
         cptest_db_free(db);
@@ -264,7 +252,7 @@ TEST(jwt_groups_created_joined_left_and_allow_list) {
                 CPTEST_SKIP("cp_jwt_claims_strings is the placeholder (branch wt-jwt)");
 
         ASSERT_OK(resolve(s, &SINGLE, c, &u, &err), &err);
-        char *acc = q1(db, "SELECT account_id FROM users WHERE id = $1", "idp|erin");
+        char *acc = cptest_db_query1(db, "SELECT account_id FROM users WHERE id = $1", "idp|erin");
         const char *p2[2] = { acc, "ops" };
         char *v = cptest_db_query(db,
                                   "UPDATE accounts SET settings_jwt_groups_enabled = true,"
@@ -279,10 +267,10 @@ TEST(jwt_groups_created_joined_left_and_allow_list) {
 
         ASSERT_OK(resolve(s, &SINGLE, c, &u, &err), &err);
         ASSERT_TRUE(u.changed);
-        ASSERT_QUERY("devs:jwt", db,
+        ASSERT_DB_QUERY("devs:jwt", db,
                      "SELECT string_agg(g.name || ':' || g.issued, ',') FROM users u, groups g"
                      " WHERE u.id = $1 AND g.id = ANY(u.auto_groups)", "idp|erin");
-        ASSERT_QUERY("1", db, "SELECT count(*) FROM events WHERE activity = 20", NULL);
+        ASSERT_DB_QUERY("1", db, "SELECT count(*) FROM events WHERE activity = 20", NULL);
         /* The same groups again: no change. */
         ASSERT_OK(resolve(s, &SINGLE, c, &u, &err), &err);
         ASSERT_TRUE(!u.changed);
@@ -290,13 +278,13 @@ TEST(jwt_groups_created_joined_left_and_allow_list) {
         json_object_set_new(c->payload, "roles", json_pack("[s]", "ops"));
         ASSERT_OK(resolve(s, &SINGLE, c, &u, &err), &err);
         ASSERT_TRUE(u.changed);
-        ASSERT_QUERY("{}", db, "SELECT auto_groups::text FROM users WHERE id = $1", "idp|erin");
-        ASSERT_QUERY("1", db, "SELECT count(*) FROM events WHERE activity = 21", NULL);
+        ASSERT_DB_QUERY("{}", db, "SELECT auto_groups::text FROM users WHERE id = $1", "idp|erin");
+        ASSERT_DB_QUERY("1", db, "SELECT count(*) FROM events WHERE activity = 21", NULL);
         /* Outside the allow list: refused, nothing written. */
         json_object_set_new(c->payload, "roles", json_pack("[s]", "devs"));
         ASSERT_EQ(-EPERM, resolve(s, &SINGLE, c, &u, &err));
         ASSERT_TRUE(strstr(err.message, "user does not belong to any of the allowed JWT groups") != NULL);
-        ASSERT_QUERY("{}", db, "SELECT auto_groups::text FROM users WHERE id = $1", "idp|erin");
+        ASSERT_DB_QUERY("{}", db, "SELECT auto_groups::text FROM users WHERE id = $1", "idp|erin");
         free(acc);
         cp_jwt_claims_free(c);
         cp_store_free(s);
