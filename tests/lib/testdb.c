@@ -99,10 +99,10 @@ char *cptest_db_query(cptest_db *db, const char *sql, int nparams, const char *c
         return run(db, sql, nparams, params, false);
 }
 
-char *cptest_db_query1(cptest_db *db, const char *sql, const char *a) {
-        const char *p[1] = { a };
+char *cptest_db_query2(cptest_db *db, const char *sql, const char *a, const char *b) {
+        const char *p[2] = { a, b };
 
-        return cptest_db_query(db, sql, a ? 1 : 0, a ? p : NULL);
+        return cptest_db_query(db, sql, !a ? 0 : b ? 2 : 1, a ? p : NULL);
 }
 
 char *cptest_db_try(cptest_db *db, const char *sql, int nparams, const char *const *params) {

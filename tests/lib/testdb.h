@@ -27,16 +27,19 @@ cptest_db *cptest_db_free(cptest_db *db);
  * fails the current test if it errors. Returns the PGresult's first value
  * of the first row as a new string ("" when no rows); the caller frees. */
 char *cptest_db_query(cptest_db *db, const char *sql, int nparams, const char *const *params);
-/* cptest_db_query with at most one parameter (a NULL = none). */
-char *cptest_db_query1(cptest_db *db, const char *sql, const char *a);
-/* Fails the current test unless sql (one optional parameter) returns
- * expect as its first value (cptest.h's ASSERT_STREQ). */
-#define ASSERT_DB_QUERY(expect, db, sql, arg)                   \
+/* cptest_db_query with up to two parameters: a, then b; a NULL ends the
+ * list (b without a is ignored). */
+char *cptest_db_query2(cptest_db *db, const char *sql, const char *a, const char *b);
+#define cptest_db_query1(db, sql, a) cptest_db_query2(db, sql, a, NULL)
+/* Fail the current test unless sql returns expect as its first value
+ * (cptest.h's ASSERT_STREQ); one or two optional parameters. */
+#define ASSERT_DB_QUERY2(expect, db, sql, a, b)                 \
         do {                                                    \
-                char *_v = cptest_db_query1(db, sql, arg);      \
+                char *_v = cptest_db_query2(db, sql, a, b);     \
                 ASSERT_STREQ(expect, _v);                       \
                 free(_v);                                       \
         } while (0)
+#define ASSERT_DB_QUERY(expect, db, sql, a) ASSERT_DB_QUERY2(expect, db, sql, a, NULL)
 /* Same, but returns the SQLSTATE of the error ("" on success, caller frees)
  * instead of failing; for tests that expect a statement to be refused. */
 char *cptest_db_try(cptest_db *db, const char *sql, int nparams, const char *const *params);

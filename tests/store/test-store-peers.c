@@ -10,18 +10,6 @@
 
 #include <pthread.h>
 
-static char *q(cptest_db *db, const char *sql, const char *a, const char *b) {
-        const char *p[2] = { a, b };
-        return cptest_db_query(db, sql, b ? 2 : a ? 1 : 0, a ? p : NULL);
-}
-
-#define ASSERT_QUERY(expect, db, sql, a, b)             \
-        do {                                            \
-                char *_v = q(db, sql, a, b);            \
-                ASSERT_STREQ(expect, _v);               \
-                free(_v);                               \
-        } while (0)
-
 /* A fresh WireGuard-like key: 44 base64 characters, unique. */
 static void wg_key(char out[45]) {
         uint8_t raw[32];
@@ -199,19 +187,19 @@ TEST(register_happy_path) {
         ASSERT_EQ(1, p->meta.sync_message_version);
 
         /* Inside the /16, never the network or broadcast address. */
-        ASSERT_QUERY("t", f.db, "SELECT $1::inet << network_net AND $1::inet <> host(network_net)::inet"
+        ASSERT_DB_QUERY2("t", f.db, "SELECT $1::inet << network_net AND $1::inet <> host(network_net)::inet"
                                 " AND $1::inet <> host(broadcast(network_net))::inet FROM accounts WHERE id = $2",
                      p->ip, f.a.account_id);
-        ASSERT_QUERY("t", f.db, "SELECT user_id IS NULL FROM peers WHERE id = $1", p->id, NULL);
+        ASSERT_DB_QUERY2("t", f.db, "SELECT user_id IS NULL FROM peers WHERE id = $1", p->id, NULL);
         /* All + both auto-groups, in group_peers and in the record. */
         ASSERT_EQ(3, p->n_group_ids);
-        ASSERT_QUERY("All,dev,ops", f.db, "SELECT string_agg(g.name, ',' ORDER BY g.name) FROM group_peers gp"
+        ASSERT_DB_QUERY2("All,dev,ops", f.db, "SELECT string_agg(g.name, ',' ORDER BY g.name) FROM group_peers gp"
                                           " JOIN groups g ON g.id = gp.group_id WHERE gp.peer_id = $1"
                                           " AND gp.account_id = $2", p->id, f.a.account_id);
-        ASSERT_QUERY("1", f.db, "SELECT used_times FROM setup_keys WHERE id = $1", key_id, NULL);
-        ASSERT_QUERY("t", f.db, "SELECT last_used IS NOT NULL FROM setup_keys WHERE id = $1", key_id, NULL);
-        ASSERT_QUERY("1", f.db, "SELECT network_serial FROM accounts WHERE id = $1", f.a.account_id, NULL);
-        ASSERT_QUERY(key_id, f.db, "SELECT initiator_id FROM events WHERE activity = 1 AND target_id = $1",
+        ASSERT_DB_QUERY2("1", f.db, "SELECT used_times FROM setup_keys WHERE id = $1", key_id, NULL);
+        ASSERT_DB_QUERY2("t", f.db, "SELECT last_used IS NOT NULL FROM setup_keys WHERE id = $1", key_id, NULL);
+        ASSERT_DB_QUERY2("1", f.db, "SELECT network_serial FROM accounts WHERE id = $1", f.a.account_id, NULL);
+        ASSERT_DB_QUERY2(key_id, f.db, "SELECT initiator_id FROM events WHERE activity = 1 AND target_id = $1",
                      p->id, NULL);
         const char *ev[3] = { p->id, p->ip, f.a.account_id };
         char *ok = cptest_db_query(f.db,
@@ -365,15 +353,15 @@ TEST(hundred_registrations_get_distinct_addresses_and_labels) {
                 ASSERT_EQ(i + 1, serial);
                 cp_store_peer_free(p);
         }
-        ASSERT_QUERY("100", f.db, "SELECT count(DISTINCT ip) FROM peers WHERE account_id = $1", f.a.account_id, NULL);
-        ASSERT_QUERY("100", f.db, "SELECT count(DISTINCT dns_label) FROM peers WHERE account_id = $1",
+        ASSERT_DB_QUERY2("100", f.db, "SELECT count(DISTINCT ip) FROM peers WHERE account_id = $1", f.a.account_id, NULL);
+        ASSERT_DB_QUERY2("100", f.db, "SELECT count(DISTINCT dns_label) FROM peers WHERE account_id = $1",
                      f.a.account_id, NULL);
-        ASSERT_QUERY("0", f.db, "SELECT count(*) FROM peers p JOIN accounts a ON a.id = p.account_id"
+        ASSERT_DB_QUERY2("0", f.db, "SELECT count(*) FROM peers p JOIN accounts a ON a.id = p.account_id"
                                 " WHERE NOT (p.ip << a.network_net) OR p.ip = host(a.network_net)::inet"
                                 " OR p.ip = host(broadcast(a.network_net))::inet", NULL, NULL);
-        ASSERT_QUERY("100", f.db, "SELECT used_times FROM setup_keys WHERE account_id = $1", f.a.account_id, NULL);
-        ASSERT_QUERY("100", f.db, "SELECT count(*) FROM group_peers WHERE account_id = $1", f.a.account_id, NULL);
-        ASSERT_QUERY("100", f.db, "SELECT count(*) FROM events WHERE activity = 1 AND account_id = $1",
+        ASSERT_DB_QUERY2("100", f.db, "SELECT used_times FROM setup_keys WHERE account_id = $1", f.a.account_id, NULL);
+        ASSERT_DB_QUERY2("100", f.db, "SELECT count(*) FROM group_peers WHERE account_id = $1", f.a.account_id, NULL);
+        ASSERT_DB_QUERY2("100", f.db, "SELECT count(*) FROM events WHERE activity = 1 AND account_id = $1",
                      f.a.account_id, NULL);
         fixture_done(&f);
 }
@@ -384,16 +372,16 @@ static void assert_refused(fixture *f, const char *key, const char *key_id) {
         cp_error err = { 0 };
         char wg[45];
         int64_t serial = -1;
-        char *before = q(f->db, "SELECT used_times FROM setup_keys WHERE id = $1", key_id, NULL);
+        char *before = cptest_db_query2(f->db, "SELECT used_times FROM setup_keys WHERE id = $1", key_id, NULL);
 
         ASSERT_EQ(-ENOKEY, reg(f, key, "refused", wg, &p, &serial, &err));
         ASSERT_STREQ("setup key is invalid", err.message);
         ASSERT_TRUE(p == NULL);
         ASSERT_EQ(-1, serial);
-        ASSERT_QUERY(before, f->db, "SELECT used_times FROM setup_keys WHERE id = $1", key_id, NULL);
-        ASSERT_QUERY("0", f->db, "SELECT count(*) FROM peers", NULL, NULL);
-        ASSERT_QUERY("0", f->db, "SELECT network_serial FROM accounts WHERE id = $1", f->a.account_id, NULL);
-        ASSERT_QUERY("0", f->db, "SELECT count(*) FROM events WHERE activity = 1", NULL, NULL);
+        ASSERT_DB_QUERY2(before, f->db, "SELECT used_times FROM setup_keys WHERE id = $1", key_id, NULL);
+        ASSERT_DB_QUERY2("0", f->db, "SELECT count(*) FROM peers", NULL, NULL);
+        ASSERT_DB_QUERY2("0", f->db, "SELECT network_serial FROM accounts WHERE id = $1", f->a.account_id, NULL);
+        ASSERT_DB_QUERY2("0", f->db, "SELECT count(*) FROM events WHERE activity = 1", NULL, NULL);
         free(before);
 }
 
@@ -431,7 +419,7 @@ TEST(lower_case_setup_key_is_accepted) {
                                    f.a.setup_key[i] - 'A' + 'a' : f.a.setup_key[i]);
         ASSERT_TRUE(strcmp(lower, f.a.setup_key) != 0);
         ASSERT_OK(reg(&f, lower, "lower", wg, NULL, NULL, &err), &err);
-        ASSERT_QUERY("1", f.db, "SELECT count(*) FROM peers", NULL, NULL);
+        ASSERT_DB_QUERY2("1", f.db, "SELECT count(*) FROM peers", NULL, NULL);
         fixture_done(&f);
 }
 
@@ -450,10 +438,10 @@ TEST(duplicate_peer_key_rolls_the_claim_back) {
         ASSERT_EQ(1, serial);
         ASSERT_EQ(-EEXIST, cp_store_peer_register(f.s, &req, NULL, &serial, &err));
         ASSERT_EQ(1, serial);
-        ASSERT_QUERY("1", f.db, "SELECT used_times FROM setup_keys WHERE account_id = $1", f.a.account_id, NULL);
-        ASSERT_QUERY("1", f.db, "SELECT count(*) FROM peers", NULL, NULL);
-        ASSERT_QUERY("1", f.db, "SELECT network_serial FROM accounts", NULL, NULL);
-        ASSERT_QUERY("1", f.db, "SELECT count(*) FROM events WHERE activity = 1", NULL, NULL);
+        ASSERT_DB_QUERY2("1", f.db, "SELECT used_times FROM setup_keys WHERE account_id = $1", f.a.account_id, NULL);
+        ASSERT_DB_QUERY2("1", f.db, "SELECT count(*) FROM peers", NULL, NULL);
+        ASSERT_DB_QUERY2("1", f.db, "SELECT network_serial FROM accounts", NULL, NULL);
+        ASSERT_DB_QUERY2("1", f.db, "SELECT count(*) FROM events WHERE activity = 1", NULL, NULL);
 
         /* The same key in another account is a duplicate too. */
         cp_store_account_spec spec = { .name = "other" };
@@ -461,7 +449,7 @@ TEST(duplicate_peer_key_rolls_the_claim_back) {
         ASSERT_OK(cp_store_account_create(f.s, &spec, &b, &err), &err);
         req.setup_key = b.setup_key;
         ASSERT_EQ(-EEXIST, cp_store_peer_register(f.s, &req, NULL, NULL, &err));
-        ASSERT_QUERY("0", f.db, "SELECT used_times FROM setup_keys WHERE account_id = $1", b.account_id, NULL);
+        ASSERT_DB_QUERY2("0", f.db, "SELECT used_times FROM setup_keys WHERE account_id = $1", b.account_id, NULL);
         fixture_done(&f);
 }
 
@@ -480,8 +468,8 @@ TEST(extra_dns_labels_need_a_key_that_allows_them) {
         wg_key(wg);
         req.setup_key = f.a.setup_key;          /* the default key does not allow them */
         ASSERT_EQ(-EPERM, cp_store_peer_register(f.s, &req, NULL, NULL, &err));
-        ASSERT_QUERY("0", f.db, "SELECT used_times FROM setup_keys WHERE id = $1", f.a.setup_key_id, NULL);
-        ASSERT_QUERY("0", f.db, "SELECT count(*) FROM peers", NULL, NULL);
+        ASSERT_DB_QUERY2("0", f.db, "SELECT used_times FROM setup_keys WHERE id = $1", f.a.setup_key_id, NULL);
+        ASSERT_DB_QUERY2("0", f.db, "SELECT count(*) FROM peers", NULL, NULL);
 
         make_key(f.db, f.a.account_id, &(key_spec) { .allow_extra_dns_labels = true, .ephemeral = true }, key, id);
         req.setup_key = key;
@@ -523,8 +511,8 @@ TEST(auto_groups_of_other_accounts_are_ignored) {
         make_key(f.db, f.a.account_id, &(key_spec) { .auto_groups = groups }, key, id);
         ASSERT_OK(reg(&f, key, "mine", wg, &p, NULL, &err), &err);
         ASSERT_EQ(1, p->n_group_ids);
-        ASSERT_QUERY("0", f.db, "SELECT count(*) FROM group_peers WHERE group_id = $1", foreign, NULL);
-        ASSERT_QUERY("0", f.db, "SELECT network_serial FROM accounts WHERE id = $1", b.account_id, NULL);
+        ASSERT_DB_QUERY2("0", f.db, "SELECT count(*) FROM group_peers WHERE group_id = $1", foreign, NULL);
+        ASSERT_DB_QUERY2("0", f.db, "SELECT network_serial FROM accounts WHERE id = $1", b.account_id, NULL);
         cp_store_peer_free(p);
         fixture_done(&f);
 }
@@ -588,10 +576,10 @@ TEST(one_off_key_raced_by_8_registers_exactly_one) {
         for (int round = 0; round < 5; round++) {
                 make_key(f.db, f.a.account_id, &(key_spec) { .type = "one-off" }, key, id);
                 ASSERT_EQ(1, race(&f, key));
-                ASSERT_QUERY("1", f.db, "SELECT used_times FROM setup_keys WHERE id = $1", id, NULL);
+                ASSERT_DB_QUERY2("1", f.db, "SELECT used_times FROM setup_keys WHERE id = $1", id, NULL);
         }
-        ASSERT_QUERY("5", f.db, "SELECT count(*) FROM peers", NULL, NULL);
-        ASSERT_QUERY("5", f.db, "SELECT network_serial FROM accounts WHERE id = $1", f.a.account_id, NULL);
+        ASSERT_DB_QUERY2("5", f.db, "SELECT count(*) FROM peers", NULL, NULL);
+        ASSERT_DB_QUERY2("5", f.db, "SELECT network_serial FROM accounts WHERE id = $1", f.a.account_id, NULL);
         fixture_done(&f);
 }
 
@@ -603,10 +591,10 @@ TEST(usage_limit_3_raced_by_8_registers_exactly_three) {
         for (int round = 0; round < 5; round++) {
                 make_key(f.db, f.a.account_id, &(key_spec) { .usage_limit = 3 }, key, id);
                 ASSERT_EQ(3, race(&f, key));
-                ASSERT_QUERY("3", f.db, "SELECT used_times FROM setup_keys WHERE id = $1", id, NULL);
+                ASSERT_DB_QUERY2("3", f.db, "SELECT used_times FROM setup_keys WHERE id = $1", id, NULL);
         }
-        ASSERT_QUERY("15", f.db, "SELECT count(*) FROM peers", NULL, NULL);
-        ASSERT_QUERY("15", f.db, "SELECT count(DISTINCT dns_label) FROM peers", NULL, NULL);
+        ASSERT_DB_QUERY2("15", f.db, "SELECT count(*) FROM peers", NULL, NULL);
+        ASSERT_DB_QUERY2("15", f.db, "SELECT count(DISTINCT dns_label) FROM peers", NULL, NULL);
         fixture_done(&f);
 }
 
@@ -616,8 +604,8 @@ TEST(concurrent_registrations_with_an_unlimited_key_all_land) {
         fixture_init(&f, RACERS);
         for (int round = 0; round < 5; round++)
                 ASSERT_EQ(RACERS, race(&f, f.a.setup_key));
-        ASSERT_QUERY("40", f.db, "SELECT count(DISTINCT dns_label) FROM peers", NULL, NULL);
-        ASSERT_QUERY("40", f.db, "SELECT network_serial FROM accounts", NULL, NULL);
+        ASSERT_DB_QUERY2("40", f.db, "SELECT count(DISTINCT dns_label) FROM peers", NULL, NULL);
+        ASSERT_DB_QUERY2("40", f.db, "SELECT network_serial FROM accounts", NULL, NULL);
         fixture_done(&f);
 }
 
@@ -633,10 +621,10 @@ TEST(concurrent_registrations_with_distinct_keys_get_distinct_labels) {
                         make_key(f.db, f.a.account_id, &(key_spec) { .type = "one-off" }, keys[i], id);
                 ASSERT_EQ(RACERS, race_keys(&f, NULL, keys));
         }
-        ASSERT_QUERY("40", f.db, "SELECT count(DISTINCT dns_label) FROM peers", NULL, NULL);
-        ASSERT_QUERY("40", f.db, "SELECT count(DISTINCT ip) FROM peers", NULL, NULL);
-        ASSERT_QUERY("1", f.db, "SELECT count(*) FROM peers WHERE dns_label = 'racer'", NULL, NULL);
-        ASSERT_QUERY("40", f.db, "SELECT network_serial FROM accounts WHERE id = $1", f.a.account_id, NULL);
+        ASSERT_DB_QUERY2("40", f.db, "SELECT count(DISTINCT dns_label) FROM peers", NULL, NULL);
+        ASSERT_DB_QUERY2("40", f.db, "SELECT count(DISTINCT ip) FROM peers", NULL, NULL);
+        ASSERT_DB_QUERY2("1", f.db, "SELECT count(*) FROM peers WHERE dns_label = 'racer'", NULL, NULL);
+        ASSERT_DB_QUERY2("40", f.db, "SELECT network_serial FROM accounts WHERE id = $1", f.a.account_id, NULL);
         fixture_done(&f);
 }
 
@@ -673,7 +661,7 @@ TEST(login_update_reports_and_bumps_only_what_others_see) {
         ASSERT_OK(cp_store_peer_login_update(f.s, f.a.account_id, p->id, &lr, &changed, &serial, &err), &err);
         ASSERT_EQ(CP_STORE_PEER_CHANGED_META, changed);
         ASSERT_EQ(1, serial);
-        ASSERT_QUERY("6.9.0", f.db, "SELECT meta_kernel_version FROM peers WHERE id = $1", p->id, NULL);
+        ASSERT_DB_QUERY2("6.9.0", f.db, "SELECT meta_kernel_version FROM peers WHERE id = $1", p->id, NULL);
 
         /* A new agent version: remote peers see agentVersion; bump. */
         meta.wt_version = "0.61.0";
@@ -690,7 +678,7 @@ TEST(login_update_reports_and_bumps_only_what_others_see) {
         ssh.ssh_key = "";
         ASSERT_OK(cp_store_peer_login_update(f.s, f.a.account_id, p->id, &ssh, &changed, &serial, &err), &err);
         ASSERT_EQ(0, changed);
-        ASSERT_QUERY("ssh-ed25519 BBBB new", f.db, "SELECT ssh_key FROM peers WHERE id = $1", p->id, NULL);
+        ASSERT_DB_QUERY2("ssh-ed25519 BBBB new", f.db, "SELECT ssh_key FROM peers WHERE id = $1", p->id, NULL);
 
         /* The connection address alone. */
         cp_store_peer_login_req ip = { .connection_ip = "2001:db8::7" };
@@ -721,28 +709,28 @@ TEST(delete_cascades_membership_logs_and_bumps) {
 
         fixture_init(&f, 1);
         ASSERT_OK(reg(&f, f.a.setup_key, "gone", wg, &p, NULL, &err), &err);
-        ASSERT_QUERY("1", f.db, "SELECT count(*) FROM group_peers WHERE peer_id = $1", p->id, NULL);
+        ASSERT_DB_QUERY2("1", f.db, "SELECT count(*) FROM group_peers WHERE peer_id = $1", p->id, NULL);
         ASSERT_OK(cp_store_peer_delete(f.s, f.a.account_id, p->id, NULL, "netbird.cloud", &serial, &err), &err);
         ASSERT_EQ(2, serial);
-        ASSERT_QUERY("0", f.db, "SELECT count(*) FROM peers WHERE id = $1", p->id, NULL);
-        ASSERT_QUERY("0", f.db, "SELECT count(*) FROM group_peers WHERE peer_id = $1", p->id, NULL);
-        ASSERT_QUERY("sys", f.db, "SELECT initiator_id FROM events WHERE activity = 5 AND target_id = $1", p->id, NULL);
-        ASSERT_QUERY("gone.netbird.cloud", f.db,
+        ASSERT_DB_QUERY2("0", f.db, "SELECT count(*) FROM peers WHERE id = $1", p->id, NULL);
+        ASSERT_DB_QUERY2("0", f.db, "SELECT count(*) FROM group_peers WHERE peer_id = $1", p->id, NULL);
+        ASSERT_DB_QUERY2("sys", f.db, "SELECT initiator_id FROM events WHERE activity = 5 AND target_id = $1", p->id, NULL);
+        ASSERT_DB_QUERY2("gone.netbird.cloud", f.db,
                      "SELECT meta->>'fqdn' FROM events WHERE activity = 5 AND target_id = $1", p->id, NULL);
         ASSERT_EQ(-ENOENT, cp_store_peer_get_by_key(f.s, wg, NULL, &err));
         serial = -1;
         ASSERT_EQ(-ENOENT, cp_store_peer_delete(f.s, f.a.account_id, p->id, NULL, NULL, &serial, &err));
         ASSERT_EQ(-1, serial);
-        ASSERT_QUERY("2", f.db, "SELECT network_serial FROM accounts", NULL, NULL);
+        ASSERT_DB_QUERY2("2", f.db, "SELECT network_serial FROM accounts", NULL, NULL);
         cp_store_peer_free(p);
 
         /* An explicit initiator wins; the account's DNS domain overrides. */
         ASSERT_OK(reg(&f, f.a.setup_key, "gone2", wg, &p, NULL, &err), &err);
-        free(q(f.db, "UPDATE accounts SET settings_dns_domain = 'corp.example' WHERE id = $1", f.a.account_id, NULL));
+        free(cptest_db_query2(f.db, "UPDATE accounts SET settings_dns_domain = 'corp.example' WHERE id = $1", f.a.account_id, NULL));
         ASSERT_OK(cp_store_peer_delete(f.s, f.a.account_id, p->id, f.a.user_id, "netbird.cloud", NULL, &err), &err);
-        ASSERT_QUERY(f.a.user_id, f.db, "SELECT initiator_id FROM events WHERE activity = 5 AND target_id = $1",
+        ASSERT_DB_QUERY2(f.a.user_id, f.db, "SELECT initiator_id FROM events WHERE activity = 5 AND target_id = $1",
                      p->id, NULL);
-        ASSERT_QUERY("gone2.corp.example", f.db,
+        ASSERT_DB_QUERY2("gone2.corp.example", f.db,
                      "SELECT meta->>'fqdn' FROM events WHERE activity = 5 AND target_id = $1", p->id, NULL);
         cp_store_peer_free(p);
         fixture_done(&f);
@@ -767,11 +755,11 @@ TEST(another_accounts_id_never_touches_the_peer) {
         ASSERT_EQ(-ENOENT, cp_store_peer_delete(f.s, b.account_id, p->id, NULL, NULL, NULL, &err));
         ASSERT_TRUE(none == NULL);
 
-        ASSERT_QUERY("victim", f.db, "SELECT meta_hostname FROM peers WHERE id = $1", p->id, NULL);
-        ASSERT_QUERY("ssh-ed25519 AAAA test", f.db, "SELECT ssh_key FROM peers WHERE id = $1", p->id, NULL);
-        ASSERT_QUERY("0", f.db, "SELECT network_serial FROM accounts WHERE id = $1", b.account_id, NULL);
-        ASSERT_QUERY("1", f.db, "SELECT network_serial FROM accounts WHERE id = $1", f.a.account_id, NULL);
-        ASSERT_QUERY("0", f.db, "SELECT count(*) FROM events WHERE activity = 5", NULL, NULL);
+        ASSERT_DB_QUERY2("victim", f.db, "SELECT meta_hostname FROM peers WHERE id = $1", p->id, NULL);
+        ASSERT_DB_QUERY2("ssh-ed25519 AAAA test", f.db, "SELECT ssh_key FROM peers WHERE id = $1", p->id, NULL);
+        ASSERT_DB_QUERY2("0", f.db, "SELECT network_serial FROM accounts WHERE id = $1", b.account_id, NULL);
+        ASSERT_DB_QUERY2("1", f.db, "SELECT network_serial FROM accounts WHERE id = $1", f.a.account_id, NULL);
+        ASSERT_DB_QUERY2("0", f.db, "SELECT count(*) FROM events WHERE activity = 5", NULL, NULL);
         cp_store_peer_free(p);
         fixture_done(&f);
 }
@@ -801,7 +789,7 @@ static void sso_peer(fixture *f, const char *account, const char *user, const ch
 }
 
 static int64_t serial_of(fixture *f, const char *account) {
-        char *v = q(f->db, "SELECT network_serial FROM accounts WHERE id = $1", account, NULL);
+        char *v = cptest_db_query2(f->db, "SELECT network_serial FROM accounts WHERE id = $1", account, NULL);
         int64_t n = strtoll(v, NULL, 10);
         free(v);
         return n;
@@ -816,7 +804,7 @@ TEST(account_serials_reads_many_accounts_in_order) {
 
         fixture_init(&f, 1);
         ASSERT_OK(cp_store_account_create(f.s, &spec, &b, &err), &err);
-        free(q(f.db, "UPDATE accounts SET network_serial = 7 WHERE id = $1", b.account_id, NULL));
+        free(cptest_db_query2(f.db, "UPDATE accounts SET network_serial = 7 WHERE id = $1", b.account_id, NULL));
         const char *ids[3] = { b.account_id, "no-such-account", f.a.account_id };
         ASSERT_OK(cp_store_account_serials(f.s, ids, 3, serials, &err), &err);
         ASSERT_EQ(7, serials[0]);
@@ -843,16 +831,16 @@ TEST(expire_logins_marks_each_expired_sso_peer_once) {
         sso_peer(&f, f.a.account_id, f.a.user_id, f.a.setup_key, "exp2", 30, x2);
         sso_peer(&f, f.a.account_id, f.a.user_id, f.a.setup_key, "fresh", 23, fresh);
         sso_peer(&f, f.a.account_id, f.a.user_id, f.a.setup_key, "disabled", 25, disabled);
-        free(q(f.db, "UPDATE peers SET login_expiration_enabled = false WHERE id = $1", disabled, NULL));
+        free(cptest_db_query2(f.db, "UPDATE peers SET login_expiration_enabled = false WHERE id = $1", disabled, NULL));
         /* A setup-key peer: user_id NULL, expiration on, old login. */
         ASSERT_OK(reg(&f, f.a.setup_key, "setupkey", wg, &p, NULL, &err), &err);
         (void) snprintf(setupkey, sizeof setupkey, "%s", p->id);
         cp_store_peer_free(p);
-        free(q(f.db, "UPDATE peers SET login_expiration_enabled = true, last_login = now() - interval '48 hours'"
+        free(cptest_db_query2(f.db, "UPDATE peers SET login_expiration_enabled = true, last_login = now() - interval '48 hours'"
                      " WHERE id = $1", setupkey, NULL));
         /* An account with the setting off. */
         sso_peer(&f, b.account_id, b.user_id, b.setup_key, "other", 25, other);
-        free(q(f.db, "UPDATE accounts SET settings_peer_login_expiration_enabled = false WHERE id = $1",
+        free(cptest_db_query2(f.db, "UPDATE accounts SET settings_peer_login_expiration_enabled = false WHERE id = $1",
                b.account_id, NULL));
 
         int64_t sa = serial_of(&f, f.a.account_id), sb = serial_of(&f, b.account_id);
@@ -871,14 +859,14 @@ TEST(expire_logins_marks_each_expired_sso_peer_once) {
         ASSERT_STREQ(strcmp(x1, x2) < 0 ? x2 : x1, peers[1].peer_id);
         free(peers);
 
-        ASSERT_QUERY("t", f.db, "SELECT peer_status_login_expired FROM peers WHERE id = $1", x1, NULL);
-        ASSERT_QUERY("t", f.db, "SELECT peer_status_login_expired FROM peers WHERE id = $1", x2, NULL);
-        ASSERT_QUERY("2", f.db, "SELECT count(*) FROM peers WHERE peer_status_login_expired", NULL, NULL);
-        ASSERT_QUERY("2", f.db, "SELECT count(*) FROM events WHERE activity = 50", NULL, NULL);
+        ASSERT_DB_QUERY2("t", f.db, "SELECT peer_status_login_expired FROM peers WHERE id = $1", x1, NULL);
+        ASSERT_DB_QUERY2("t", f.db, "SELECT peer_status_login_expired FROM peers WHERE id = $1", x2, NULL);
+        ASSERT_DB_QUERY2("2", f.db, "SELECT count(*) FROM peers WHERE peer_status_login_expired", NULL, NULL);
+        ASSERT_DB_QUERY2("2", f.db, "SELECT count(*) FROM events WHERE activity = 50", NULL, NULL);
         /* Initiator: the peer's user, as NetBird's expireAndUpdatePeers. */
         char want[200];
         (void) snprintf(want, sizeof want, "%s|session expiration|exp1.netbird.cloud", f.a.user_id);
-        ASSERT_QUERY(want, f.db,
+        ASSERT_DB_QUERY2(want, f.db,
                      "SELECT initiator_id || '|' || (meta->>'reason') || '|' || (meta->>'fqdn') FROM events"
                      " WHERE activity = 50 AND target_id = $1 AND account_id = $2", x1, f.a.account_id);
 
@@ -893,16 +881,16 @@ TEST(expire_logins_marks_each_expired_sso_peer_once) {
         ASSERT_EQ(0, (int) n_peers);
         ASSERT_TRUE(peers == NULL);
         ASSERT_EQ(sa + 1, serial_of(&f, f.a.account_id));
-        ASSERT_QUERY("2", f.db, "SELECT count(*) FROM events WHERE activity = 50", NULL, NULL);
+        ASSERT_DB_QUERY2("2", f.db, "SELECT count(*) FROM events WHERE activity = 50", NULL, NULL);
 
         /* A re-login clears the flag (the connect UPDATE); once the login
          * is old again it expires again. */
-        free(q(f.db, "UPDATE peers SET peer_status_login_expired = false WHERE id = $1", x1, NULL));
+        free(cptest_db_query2(f.db, "UPDATE peers SET peer_status_login_expired = false WHERE id = $1", x1, NULL));
         ASSERT_OK(cp_store_expire_logins(f.s, NULL, &acc, &n, NULL, NULL, &err), &err);
         ASSERT_EQ(1, (int) n);
         ASSERT_EQ(sa + 2, acc[0].serial);
         free(acc);
-        ASSERT_QUERY("2", f.db, "SELECT count(*) FROM events WHERE activity = 50 AND target_id = $1", x1, NULL);
+        ASSERT_DB_QUERY2("2", f.db, "SELECT count(*) FROM events WHERE activity = 50 AND target_id = $1", x1, NULL);
         fixture_done(&f);
 }
 
@@ -984,14 +972,14 @@ TEST(concurrent_expire_logins_process_each_peer_once) {
                 ASSERT_EQ(1, seen_b);
                 ASSERT_EQ(sa + 1, serial_of(&f, f.a.account_id));
                 ASSERT_EQ(sb + 1, serial_of(&f, b.account_id));
-                ASSERT_QUERY("0", f.db, "SELECT count(*) FROM peers WHERE NOT peer_status_login_expired", NULL,
+                ASSERT_DB_QUERY2("0", f.db, "SELECT count(*) FROM peers WHERE NOT peer_status_login_expired", NULL,
                              NULL);
                 /* One event per peer, never two. */
-                ASSERT_QUERY("0", f.db, "SELECT count(*) FROM (SELECT target_id FROM events WHERE activity = 50"
+                ASSERT_DB_QUERY2("0", f.db, "SELECT count(*) FROM (SELECT target_id FROM events WHERE activity = 50"
                                         " GROUP BY target_id HAVING count(*) <> 1) d", NULL, NULL);
                 char want[12];
                 (void) snprintf(want, sizeof want, "%d", 6 * (round + 1));
-                ASSERT_QUERY(want, f.db, "SELECT count(*) FROM events WHERE activity = 50", NULL, NULL);
+                ASSERT_DB_QUERY2(want, f.db, "SELECT count(*) FROM events WHERE activity = 50", NULL, NULL);
         }
         fixture_done(&f);
 }

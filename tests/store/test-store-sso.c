@@ -10,18 +10,6 @@
 #include "cptest.h"
 #include "testdb.h"
 
-static char *q(cptest_db *db, const char *sql, const char *a, const char *b) {
-        const char *p[2] = { a, b };
-        return cptest_db_query(db, sql, b ? 2 : a ? 1 : 0, a ? p : NULL);
-}
-
-#define ASSERT_QUERY(expect, db, sql, a, b)             \
-        do {                                            \
-                char *_v = q(db, sql, a, b);            \
-                ASSERT_STREQ(expect, _v);               \
-                free(_v);                               \
-        } while (0)
-
 static void wg_key(char out[45]) {
         uint8_t raw[32];
         cp_random_bytes(raw, sizeof raw);
@@ -61,7 +49,7 @@ static int sso_reg(fixture *f, const char *user, const char *hostname, char wg[4
 }
 
 static int64_t serial_of(fixture *f) {
-        char *v = q(f->db, "SELECT network_serial FROM accounts WHERE id = $1", f->a.account_id, NULL);
+        char *v = cptest_db_query2(f->db, "SELECT network_serial FROM accounts WHERE id = $1", f->a.account_id, NULL);
         int64_t n = strtoll(v, NULL, 10);
         free(v);
         return n;
@@ -82,15 +70,15 @@ TEST(jwt_claim_is_one_time_and_bounded_by_exp) {
         /* exp in the past: nothing is claimed, the answer says why. */
         ASSERT_EQ(-EKEYEXPIRED, cp_store_jwt_claim(f.s, HASH_B, now - 5, &err));
         ASSERT_STREQ("JWT expired", err.message);
-        ASSERT_QUERY("1", f.db, "SELECT count(*) FROM jwt_claims", NULL, NULL);
+        ASSERT_DB_QUERY2("1", f.db, "SELECT count(*) FROM jwt_claims", NULL, NULL);
         ASSERT_EQ(-EINVAL, cp_store_jwt_claim(f.s, "XYZ", now + 600, &err));
         ASSERT_EQ(-EINVAL, cp_store_jwt_claim(f.s, HASH_B, 0, &err));
         /* The sweep's clean-up drops claims of expired tokens only. */
-        free(q(f.db, "INSERT INTO jwt_claims (token_hash, expires_at) VALUES ($1, now() - interval '1 minute')",
+        free(cptest_db_query2(f.db, "INSERT INTO jwt_claims (token_hash, expires_at) VALUES ($1, now() - interval '1 minute')",
                HASH_B, NULL));
         ASSERT_OK(cp_store_jwt_claims_gc(f.s, &deleted, &err), &err);
         ASSERT_EQ(1, deleted);
-        ASSERT_QUERY("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", f.db,
+        ASSERT_DB_QUERY2("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", f.db,
                      "SELECT string_agg(token_hash, ',') FROM jwt_claims", NULL, NULL);
         fixture_done(&f);
 }
@@ -104,8 +92,8 @@ TEST(sso_registration_takes_the_users_groups_and_expires) {
 
         fixture_init(&f);
         cp_id_new(gid);
-        free(q(f.db, "INSERT INTO groups (id, account_id, name) VALUES ($1, $2, 'devs')", gid, f.a.account_id));
-        free(q(f.db, "UPDATE users SET auto_groups = ARRAY[$1, 'gone'] WHERE id = $2", gid, f.a.user_id));
+        free(cptest_db_query2(f.db, "INSERT INTO groups (id, account_id, name) VALUES ($1, $2, 'devs')", gid, f.a.account_id));
+        free(cptest_db_query2(f.db, "UPDATE users SET auto_groups = ARRAY[$1, 'gone'] WHERE id = $2", gid, f.a.user_id));
         before = serial_of(&f);
         ASSERT_OK(sso_reg(&f, f.a.user_id, "laptop", wg, &p, &serial, 0, &err), &err);
         ASSERT_STREQ(f.a.user_id, p->user_id);
@@ -115,16 +103,16 @@ TEST(sso_registration_takes_the_users_groups_and_expires) {
         ASSERT_EQ(2, (int) p->n_group_ids);     /* All and devs */
         ASSERT_EQ(before + 1, serial);
         ASSERT_TRUE(p->last_login_unix_ns > 0);
-        ASSERT_QUERY("1", f.db, "SELECT count(*) FROM group_peers WHERE group_id = $1 AND peer_id = $2", gid, p->id);
-        char *initiator = q(f.db, "SELECT initiator_id || '|' || (meta ? 'setup_key_name')::text FROM events"
+        ASSERT_DB_QUERY2("1", f.db, "SELECT count(*) FROM group_peers WHERE group_id = $1 AND peer_id = $2", gid, p->id);
+        char *initiator = cptest_db_query2(f.db, "SELECT initiator_id || '|' || (meta ? 'setup_key_name')::text FROM events"
                                   " WHERE activity = 0 AND target_id = $1", p->id, NULL);
         char want[100];
         (void) snprintf(want, sizeof want, "%s|false", f.a.user_id);
         ASSERT_STREQ(want, initiator);
         free(initiator);
-        ASSERT_QUERY("t", f.db, "SELECT last_login IS NOT NULL FROM users WHERE id = $1", f.a.user_id, NULL);
+        ASSERT_DB_QUERY2("t", f.db, "SELECT last_login IS NOT NULL FROM users WHERE id = $1", f.a.user_id, NULL);
         /* The setup key was not used. */
-        ASSERT_QUERY("0", f.db, "SELECT used_times FROM setup_keys WHERE account_id = $1", f.a.account_id, NULL);
+        ASSERT_DB_QUERY2("0", f.db, "SELECT used_times FROM setup_keys WHERE account_id = $1", f.a.account_id, NULL);
         cp_store_peer_free(p);
         p = NULL;
 
@@ -132,14 +120,14 @@ TEST(sso_registration_takes_the_users_groups_and_expires) {
         before = serial_of(&f);
         ASSERT_EQ(-ENOENT, sso_reg(&f, "no-such-user", "x1", wg, &p, NULL, 0, &err));
         ASSERT_STREQ("failed adding new peer: user not found", err.message);
-        free(q(f.db, "UPDATE users SET pending_approval = true WHERE id = $1", f.a.user_id, NULL));
+        free(cptest_db_query2(f.db, "UPDATE users SET pending_approval = true WHERE id = $1", f.a.user_id, NULL));
         ASSERT_EQ(-EACCES, sso_reg(&f, f.a.user_id, "x2", wg, &p, NULL, 0, &err));
         ASSERT_STREQ("user pending approval cannot add peers", err.message);
-        free(q(f.db, "UPDATE users SET pending_approval = false WHERE id = $1", f.a.user_id, NULL));
+        free(cptest_db_query2(f.db, "UPDATE users SET pending_approval = false WHERE id = $1", f.a.user_id, NULL));
         ASSERT_EQ(-EPERM, sso_reg(&f, f.a.user_id, "x3", wg, &p, NULL, 1, &err));
         ASSERT_TRUE(p == NULL);
         ASSERT_EQ(before, serial_of(&f));
-        ASSERT_QUERY("1", f.db, "SELECT count(*) FROM peers", NULL, NULL);
+        ASSERT_DB_QUERY2("1", f.db, "SELECT count(*) FROM peers", NULL, NULL);
         fixture_done(&f);
 }
 
@@ -157,22 +145,22 @@ TEST(sso_login_renews_only_an_expired_login_of_the_owner) {
         cp_store_peer_free(p);
 
         /* Not expired: nothing changes (NetBird keeps last_login). */
-        free(q(f.db, "UPDATE peers SET last_login = now() - interval '1 hour' WHERE id = $1", id, NULL));
-        char *old = q(f.db, "SELECT last_login FROM peers WHERE id = $1", id, NULL);
+        free(cptest_db_query2(f.db, "UPDATE peers SET last_login = now() - interval '1 hour' WHERE id = $1", id, NULL));
+        char *old = cptest_db_query2(f.db, "SELECT last_login FROM peers WHERE id = $1", id, NULL);
         before = serial_of(&f);
         ASSERT_OK(cp_store_peer_sso_login(f.s, f.a.account_id, id, f.a.user_id, "netbird.cloud", &sl, &err), &err);
         ASSERT_FALSE(sl.refreshed);
-        ASSERT_QUERY(old, f.db, "SELECT last_login FROM peers WHERE id = $1", id, NULL);
+        ASSERT_DB_QUERY2(old, f.db, "SELECT last_login FROM peers WHERE id = $1", id, NULL);
         free(old);
         ASSERT_EQ(before, serial_of(&f));
 
         /* Another user, a blocked owner: refused, nothing written. */
         cp_id_new(other);
-        free(q(f.db, "INSERT INTO users (id, account_id, role) VALUES ($1, $2, 'user')", other, f.a.account_id));
+        free(cptest_db_query2(f.db, "INSERT INTO users (id, account_id, role) VALUES ($1, $2, 'user')", other, f.a.account_id));
         ASSERT_EQ(-EACCES, cp_store_peer_sso_login(f.s, f.a.account_id, id, other, NULL, &sl, &err));
         ASSERT_STREQ("peer is already registered by a different User or a Setup Key", err.message);
-        free(q(f.db, "UPDATE users SET blocked = true WHERE id = $1", f.a.user_id, NULL));
-        free(q(f.db, "UPDATE peers SET peer_status_login_expired = true WHERE id = $1", id, NULL));
+        free(cptest_db_query2(f.db, "UPDATE users SET blocked = true WHERE id = $1", f.a.user_id, NULL));
+        free(cptest_db_query2(f.db, "UPDATE peers SET peer_status_login_expired = true WHERE id = $1", id, NULL));
         ASSERT_EQ(-EPERM, cp_store_peer_sso_login(f.s, f.a.account_id, id, f.a.user_id, NULL, &sl, &err));
         ASSERT_STREQ("user is blocked", err.message);
         /* The Login/Sync lookup says so too. */
@@ -180,18 +168,18 @@ TEST(sso_login_renews_only_an_expired_login_of_the_owner) {
         ASSERT_OK(cp_store_peer_lookup(f.s, wg, &p, &st, NULL, &err), &err);
         ASSERT_TRUE(p->owner_blocked);
         p = cp_store_peer_free(p);
-        ASSERT_QUERY("t", f.db, "SELECT peer_status_login_expired FROM peers WHERE id = $1", id, NULL);
-        free(q(f.db, "UPDATE users SET blocked = false WHERE id = $1", f.a.user_id, NULL));
+        ASSERT_DB_QUERY2("t", f.db, "SELECT peer_status_login_expired FROM peers WHERE id = $1", id, NULL);
+        free(cptest_db_query2(f.db, "UPDATE users SET blocked = false WHERE id = $1", f.a.user_id, NULL));
 
         /* Expired (marked): renewed, event 49, one bump. */
         ASSERT_OK(cp_store_peer_sso_login(f.s, f.a.account_id, id, f.a.user_id, "netbird.cloud", &sl, &err), &err);
         ASSERT_TRUE(sl.refreshed);
         ASSERT_EQ(before + 1, sl.serial);
         ASSERT_TRUE(sl.last_login_unix_ns > cp_now_unix_ns() - 60 * INT64_C(1000000000));
-        ASSERT_QUERY("f", f.db, "SELECT peer_status_login_expired FROM peers WHERE id = $1", id, NULL);
-        ASSERT_QUERY("1", f.db, "SELECT count(*) FROM events WHERE activity = 49 AND target_id = $1", id, NULL);
+        ASSERT_DB_QUERY2("f", f.db, "SELECT peer_status_login_expired FROM peers WHERE id = $1", id, NULL);
+        ASSERT_DB_QUERY2("1", f.db, "SELECT count(*) FROM events WHERE activity = 49 AND target_id = $1", id, NULL);
         /* Expired by its deadline (25 h with the default 24 h). */
-        free(q(f.db, "UPDATE peers SET last_login = now() - interval '25 hours' WHERE id = $1", id, NULL));
+        free(cptest_db_query2(f.db, "UPDATE peers SET last_login = now() - interval '25 hours' WHERE id = $1", id, NULL));
         ASSERT_OK(cp_store_peer_sso_login(f.s, f.a.account_id, id, f.a.user_id, NULL, &sl, &err), &err);
         ASSERT_TRUE(sl.refreshed);
 
@@ -215,7 +203,7 @@ TEST(extend_session_moves_the_deadline_in_one_statement) {
 
         fixture_init(&f);
         ASSERT_OK(sso_reg(&f, f.a.user_id, "box", wg, &p, NULL, 0, &err), &err);
-        free(q(f.db, "UPDATE peers SET last_login = now() - interval '5 hours', peer_status_login_expired = true"
+        free(cptest_db_query2(f.db, "UPDATE peers SET last_login = now() - interval '5 hours', peer_status_login_expired = true"
                      " WHERE id = $1", p->id, NULL));
         int64_t before = serial_of(&f);
         ASSERT_OK(cp_store_peer_extend_session(f.s, wg, f.a.user_id, "netbird.cloud", &ex, &err), &err);
@@ -224,10 +212,10 @@ TEST(extend_session_moves_the_deadline_in_one_statement) {
         ASSERT_STREQ(f.a.account_id, ex.account_id);
         ASSERT_EQ(ex.last_login_unix_ns + 24 * 3600 * INT64_C(1000000000), ex.deadline_unix_ns);
         ASSERT_TRUE(ex.last_login_unix_ns > cp_now_unix_ns() - 60 * INT64_C(1000000000));
-        ASSERT_QUERY("f", f.db, "SELECT peer_status_login_expired FROM peers WHERE id = $1", p->id, NULL);
-        ASSERT_QUERY("t", f.db, "SELECT p.last_login = u.last_login FROM peers p JOIN users u ON u.id = p.user_id"
+        ASSERT_DB_QUERY2("f", f.db, "SELECT peer_status_login_expired FROM peers WHERE id = $1", p->id, NULL);
+        ASSERT_DB_QUERY2("t", f.db, "SELECT p.last_login = u.last_login FROM peers p JOIN users u ON u.id = p.user_id"
                                 " WHERE p.id = $1", p->id, NULL);
-        char *ev = q(f.db, "SELECT initiator_id || '|' || (meta->>'fqdn') FROM events WHERE activity = 125"
+        char *ev = cptest_db_query2(f.db, "SELECT initiator_id || '|' || (meta->>'fqdn') FROM events WHERE activity = 125"
                            " AND target_id = $1", p->id, NULL);
         char want[100];
         (void) snprintf(want, sizeof want, "%s|box.netbird.cloud", f.a.user_id);
@@ -237,11 +225,11 @@ TEST(extend_session_moves_the_deadline_in_one_statement) {
 
         /* Another user's JWT. */
         cp_id_new(other);
-        free(q(f.db, "INSERT INTO users (id, account_id, role) VALUES ($1, $2, 'user')", other, f.a.account_id));
+        free(cptest_db_query2(f.db, "INSERT INTO users (id, account_id, role) VALUES ($1, $2, 'user')", other, f.a.account_id));
         ASSERT_OK(cp_store_peer_extend_session(f.s, wg, other, NULL, &ex, &err), &err);
         ASSERT_EQ(CP_STORE_EXTEND_NOT_OWNER, ex.outcome);
         /* The peer's own expiration off; then a setup-key peer. */
-        free(q(f.db, "UPDATE peers SET login_expiration_enabled = false WHERE id = $1", p->id, NULL));
+        free(cptest_db_query2(f.db, "UPDATE peers SET login_expiration_enabled = false WHERE id = $1", p->id, NULL));
         ASSERT_OK(cp_store_peer_extend_session(f.s, wg, f.a.user_id, NULL, &ex, &err), &err);
         ASSERT_EQ(CP_STORE_EXTEND_NOT_ELIGIBLE, ex.outcome);
         cp_store_peer_meta meta = { .hostname = "keyed" };
@@ -251,11 +239,11 @@ TEST(extend_session_moves_the_deadline_in_one_statement) {
         ASSERT_OK(cp_store_peer_extend_session(f.s, kwg, f.a.user_id, NULL, &ex, &err), &err);
         ASSERT_EQ(CP_STORE_EXTEND_NOT_ELIGIBLE, ex.outcome);
         /* The account's expiration off wins over everything. */
-        free(q(f.db, "UPDATE accounts SET settings_peer_login_expiration_enabled = false WHERE id = $1",
+        free(cptest_db_query2(f.db, "UPDATE accounts SET settings_peer_login_expiration_enabled = false WHERE id = $1",
                f.a.account_id, NULL));
         ASSERT_OK(cp_store_peer_extend_session(f.s, wg, other, NULL, &ex, &err), &err);
         ASSERT_EQ(CP_STORE_EXTEND_DISABLED, ex.outcome);
-        ASSERT_QUERY("1", f.db, "SELECT count(*) FROM events WHERE activity = 125", NULL, NULL);
+        ASSERT_DB_QUERY2("1", f.db, "SELECT count(*) FROM events WHERE activity = 125", NULL, NULL);
         char nokey[45];
         wg_key(nokey);
         ASSERT_EQ(-ENOENT, cp_store_peer_extend_session(f.s, nokey, f.a.user_id, NULL, &ex, &err));
@@ -276,13 +264,13 @@ TEST(sweep_expires_inactive_disconnected_sso_peers) {
         fixture_init(&f);
         ASSERT_OK(sso_reg(&f, f.a.user_id, "idle", wg, &p, NULL, 0, &err), &err);
         ASSERT_OK(sso_reg(&f, f.a.user_id, "online", wg2, &c, NULL, 0, &err), &err);
-        free(q(f.db, "UPDATE peers SET peer_status_last_seen = now() - interval '20 minutes' WHERE account_id = $1",
+        free(cptest_db_query2(f.db, "UPDATE peers SET peer_status_last_seen = now() - interval '20 minutes' WHERE account_id = $1",
                f.a.account_id, NULL));
-        free(q(f.db, "UPDATE peers SET peer_status_connected = true WHERE id = $1", c->id, NULL));
+        free(cptest_db_query2(f.db, "UPDATE peers SET peer_status_connected = true WHERE id = $1", c->id, NULL));
         /* Inactivity expiration off for the account: nothing. */
         ASSERT_OK(cp_store_expire_logins(f.s, NULL, &acc, &n, &peers, &n_peers, &err), &err);
         ASSERT_EQ(0, (int) n_peers);
-        free(q(f.db, "UPDATE accounts SET settings_peer_inactivity_expiration_enabled = true,"
+        free(cptest_db_query2(f.db, "UPDATE accounts SET settings_peer_inactivity_expiration_enabled = true,"
                      " settings_peer_inactivity_expiration = 600000000000 WHERE id = $1", f.a.account_id, NULL));
         ASSERT_OK(cp_store_expire_logins(f.s, NULL, &acc, &n, &peers, &n_peers, &err), &err);
         ASSERT_EQ(1, (int) n_peers);
@@ -291,9 +279,9 @@ TEST(sweep_expires_inactive_disconnected_sso_peers) {
         free(peers);
         char want[100];
         (void) snprintf(want, sizeof want, "%s|inactivity timeout", f.a.user_id);
-        ASSERT_QUERY(want, f.db, "SELECT initiator_id || '|' || (meta->>'reason') FROM events WHERE activity = 50"
+        ASSERT_DB_QUERY2(want, f.db, "SELECT initiator_id || '|' || (meta->>'reason') FROM events WHERE activity = 50"
                                  " AND target_id = $1", p->id, NULL);
-        ASSERT_QUERY("f", f.db, "SELECT peer_status_login_expired FROM peers WHERE id = $1", c->id, NULL);
+        ASSERT_DB_QUERY2("f", f.db, "SELECT peer_status_login_expired FROM peers WHERE id = $1", c->id, NULL);
         cp_store_peer_free(p);
         cp_store_peer_free(c);
         fixture_done(&f);
