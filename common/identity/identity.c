@@ -317,9 +317,12 @@ static int find_account(cp_store_tx *tx, const cp_identity_options *o, auth_view
                 /* updateUserAuthWithSingleMode */
                 char any[64];
                 a->category = PRIVATE_CATEGORY;
-                if (u->found && strcmp(u->acc_category, PRIVATE_CATEGORY) == 0) {
-                        /* Up to date whatever the domain (domainIsUpToDate):
-                         * the every-request path, no more queries. */
+                if (u->found && (strcmp(u->acc_category, PRIVATE_CATEGORY) == 0 || !u->acc_domain[0])) {
+                        /* Up to date whatever the domain (domainIsUpToDate),
+                         * or an account without a domain (made by the CLI or
+                         * bootstrap), which update_domain_attrs below would
+                         * leave as it is whatever the newest account's
+                         * domain: the every-request path, no more queries. */
                         (void) snprintf(ret->account_id, sizeof ret->account_id, "%s", u->account_id);
                         return 0;
                 }
