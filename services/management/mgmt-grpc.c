@@ -363,7 +363,11 @@ void mgmt_grpc_post(mgmt_grpc *g, mgmt_grpc_post_fn fn, void *userdata) {
         }
         pthread_mutex_unlock(&g->posts_lock);
         if (closed) {
-                cp_log(&log_ctx, CP_LOG_ERROR, "post after the gRPC server stopped; dropped");
+                /* Only during shutdown: the manager's timers, the bus and
+                 * REST announcements may still post after the queue
+                 * closed (every stream has ended by then, so there is
+                 * nothing left for the post to do). Not an error. */
+                cp_log(&log_ctx, CP_LOG_DEBUG, "post after the gRPC server stopped; dropped");
                 free(p);
         }
 }
