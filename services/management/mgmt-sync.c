@@ -27,19 +27,7 @@
  * only the open job's results, which the CQ thread reads after the job's
  * post.
  */
-#include "cp/base.h"
-#include "cp/store-peers.h"
-#include "cp/store-sso.h"
-#include "cp/util.h"
-#include "mgmt-agent-int.h"
-#include "mgmt-map.h"
-#include "mgmt-metrics.h"
-#include "mgmt-strmap.h"
-#include "mgmt-sync.h"
-
-#include <stdatomic.h>
-
-#include "management.pb-c.h"
+#include "mgmt-sync-int.h"
 
 /* Fan-out: targets per worker job once the account's map is loaded. */
 #define FANOUT_CHUNK 64
@@ -52,108 +40,8 @@
 #define MSG_SESSION_LOST "session lost on this server, please reconnect"
 #define MSG_KEY_RETIRED "server key rotated, please reconnect"
 
-typedef struct sync_acct sync_acct;
-
-typedef struct sync_stream {
-        unsigned refs;                  /* CQ thread */
-        mgmt_sync *hub;
-        mgmt_call *call;                /* one reference, dropped when freed */
-
-        /* Fixed by the open job, read-only afterwards. */
-        char peer_id[64];
-        char account_id[64];
-        char peer_key[CP_WG_KEY_B64_LEN];
-        cp_crypto_box_shared shared;    /* wiped when freed */
-        /* The server public key the stream opened with: every message is
-         * sealed with that pair, for as long as the stream lives, even
-         * after the server key was rotated (the agent keeps the key it
-         * fetched before opening). */
-        char server_key[CP_WG_KEY_B64_LEN];
-        bool have_shared;
-        int64_t token;                  /* session token; 0 until the open job took one */
-
-        /* Results of the open job (CQ thread reads them in open_done). */
-        mgmt_agent_op *op;              /* NULL once the open is done */
-        int connect;                    /* 1 landed, 0 stale, -1 not tried / failed */
-        bool was_expired;               /* login_expired before the connect */
-        int64_t changed_serial;         /* meta change visible to others: > 0 */
-        uint8_t *first;                 /* EncryptedMessage bytes (malloc) */
-        size_t first_len;
-        int64_t first_serial;
-
-        /* CQ thread state. */
-        bool connected;                 /* our connect landed and no disconnect is issued yet */
-        bool registered;                /* hub->peers[peer_id] == this */
-        bool opened;                    /* the first map was queued */
-        bool closed;                    /* on_close ran */
-        bool ending;                    /* the status is decided; no more maps */
-        grpc_status_code end_status;
-        const char *end_message;        /* static text or NULL */
-        const char *end_reason;         /* for the log line */
-        int64_t last_serial;            /* newest map accepted (in flight or pending) */
-        uint8_t *pending;               /* the one unsent map (malloc) */
-        size_t pending_len;
-        int64_t started_ms;
-
-        /* Credential refresh (CQ thread; creds_ms is set by the open job). */
-        int64_t creds_ms;               /* monotonic ms the first message's credentials were made */
-        int64_t refresh_due_ms;         /* next refresh, while on the hub's refresh list */
-        bool on_refresh_list;
-        bool refreshing;                /* a refresh job for it is running */
-        uint8_t *refresh;               /* the unsent refresh message (malloc); sent before a map */
-        size_t refresh_len;
-        struct sync_stream *refresh_prev, *refresh_next;
-
-        sync_acct *acct;                /* while registered */
-        struct sync_stream *acct_prev, *acct_next;
-} sync_stream;
-
-/* The streams of one account in this process, and its fan-out state. */
-struct sync_acct {
-        char id[64];
-        sync_stream *streams;           /* registered streams */
-        size_t n_streams;
-        bool building;                  /* a fan-out is running */
-        bool dirty;                     /* something changed since it started */
-        int64_t latest_serial;          /* newest serial heard of */
-        bool kept;                      /* on hub->kept: created for opens in progress */
-        struct sync_acct *kept_next;
-};
-
-struct mgmt_sync {
-        const mgmt_agent *agent;
-        mgmt_maps *maps;
-        int max_setups;
-        _Atomic(mgmt_grpc *) grpc;
-
-        /* CQ thread only. */
-        mgmt_strmap *peers;             /* peer id -> sync_stream */
-        mgmt_strmap *accts;             /* account id -> sync_acct */
-        int setups;                     /* opens in progress */
-        sync_acct *kept;                /* entries kept only for opens in progress */
-        bool draining;
-        bool checking;                  /* a serial check is running */
-        bool check_again;               /* asked for while one was running */
-        bool expiring;                  /* a login expiry check is running */
-
-        /* Disconnects that failed, waiting for a retry (CQ thread). */
-        struct disconnect_job *retry_disconnects;
-        size_t n_retry_disconnects;
-
-        /* Local changes are announced through this (set before start). */
-        mgmt_sync_announce_fn announce;
-        void *announce_userdata;
-
-        /* Credential refresh: registered streams ordered by due time
-         * (CQ thread only). refresh_ms 0: nothing expires, no list. */
-        int64_t refresh_ms;
-        sync_stream *refresh_head, *refresh_tail;
-};
-
 static const cp_log_ctx log_ctx = { .component = "sync" };
 
-static void stream_end(sync_stream *s, grpc_status_code status, const char *message, const char *reason);
-static void fanout_start(mgmt_sync *h, sync_acct *a);
 
 /* ---- streams: lifetime ------------------------------------------------------ */
 
@@ -332,7 +220,7 @@ static void pump(sync_stream *s) {
                 cp_log_kv(mgmt_call_log(s->call), r == -EPIPE ? CP_LOG_DEBUG : CP_LOG_WARN,
                           "cannot send a sync message", "error", strerror(-r), NULL);
                 if (!s->ending)
-                        stream_end(s, GRPC_STATUS_INTERNAL, MSG_INTERNAL, "send failed");
+                        mgmt_sync__stream_end(s, GRPC_STATUS_INTERNAL, MSG_INTERNAL, "send failed");
         }
         if (s->ending)
                 mgmt_call_finish(s->call, s->end_status, s->end_message);
@@ -370,7 +258,7 @@ static void stream_queue(sync_stream *s, uint8_t *msg, size_t len, int64_t seria
 
 /* Ends the stream with status once the message in flight (if any) went
  * out; an unsent map is dropped. */
-static void stream_end(sync_stream *s, grpc_status_code status, const char *message, const char *reason) {
+void mgmt_sync__stream_end(sync_stream *s, grpc_status_code status, const char *message, const char *reason) {
         if (s->closed || s->ending)
                 return;
         s->ending = true;
@@ -393,7 +281,7 @@ static void stream_end_deleted(sync_stream *s, uint8_t *last, size_t len, int64_
         s->connected = false;
         stream_queue(s, last, len, s->last_serial > serial ? s->last_serial : serial, true);
         if (!s->ending)
-                stream_end(s, GRPC_STATUS_OK, NULL, "peer deleted");
+                mgmt_sync__stream_end(s, GRPC_STATUS_OK, NULL, "peer deleted");
 }
 
 /* ---- fenced disconnect ---------------------------------------------------------- */
@@ -703,7 +591,7 @@ static void open_done(mgmt_call *c, void *userdata) {
                  * stays on the new one). */
                 registry_remove(h, old);
                 old->connected = false;
-                stream_end(old, GRPC_STATUS_OK, NULL, "replaced by a newer stream");
+                mgmt_sync__stream_end(old, GRPC_STATUS_OK, NULL, "replaced by a newer stream");
         }
         if (s->closed || h->draining) {
                 /* The client left while we opened, or shutdown began. */
@@ -727,7 +615,7 @@ static void open_done(mgmt_call *c, void *userdata) {
         if (a->building)
                 a->dirty = true;
         else if (a->latest_serial > s->first_serial)
-                fanout_start(h, a);
+                mgmt_sync__fanout_start(h, a);
 
         /* Side effects, after the connect committed: our meta change, or
          * a re-login that cleared login_expired, changes others' maps. */
@@ -875,7 +763,7 @@ static void fanout_finish(mgmt_sync *h, fanout *f) {
         a->building = false;
         if (a->dirty && a->n_streams > 0) {
                 a->dirty = false;
-                fanout_start(h, a);
+                mgmt_sync__fanout_start(h, a);
                 return;
         }
         a->dirty = false;
@@ -935,7 +823,7 @@ static void chunk_done(mgmt_grpc *g, void *userdata) {
                          * than the stream's newest (a re-login since) is
                          * no reason. */
                         free(t->msg);
-                        stream_end(t->s, GRPC_STATUS_OK, NULL, "login expired");
+                        mgmt_sync__stream_end(t->s, GRPC_STATUS_OK, NULL, "login expired");
                 } else if (t->msg && t->s->registered) {
                         stream_queue(t->s, t->msg, t->len, f->serial, false);
                         f->pushed++;
@@ -990,7 +878,7 @@ static void load_done(mgmt_grpc *g, void *userdata) {
 }
 
 /* CQ thread: one rebuild of the account for every stream registered now. */
-static void fanout_start(mgmt_sync *h, sync_acct *a) {
+void mgmt_sync__fanout_start(mgmt_sync *h, sync_acct *a) {
         mgmt_grpc *g = atomic_load(&h->grpc);
         fanout *f;
         size_t n = 0;
@@ -1049,7 +937,7 @@ static void on_account_changed(mgmt_grpc *g, void *userdata) {
                 if (a->building)
                         a->dirty = true;
                 else if (a->n_streams > 0)
-                        fanout_start(h, a);
+                        mgmt_sync__fanout_start(h, a);
                 else
                         acct_maybe_free(h, a);
         }
@@ -1141,207 +1029,6 @@ void mgmt_sync_peer_deleted(mgmt_sync *h, const char *account_id, const char *pe
                 p->len = len;
         }
         mgmt_grpc_post(g, on_peer_deleted, p);
-}
-
-/* ---- periodic serial check ------------------------------------------------------------------- */
-
-typedef struct serial_check {
-        mgmt_sync *hub;
-        size_t n;
-        char (*ids)[64];
-        int64_t *serials;
-        int r;
-        cp_error err;
-} serial_check;
-
-static void serial_check_free(serial_check *c) {
-        free(c->ids);
-        free(c->serials);
-        free(c);
-}
-
-typedef struct collect_ctx {
-        serial_check *c;
-        size_t cap;
-} collect_ctx;
-
-static void collect_acct(const char *key, void *value, void *userdata) {
-        collect_ctx *x = userdata;
-        sync_acct *a = value;
-
-        if (a->n_streams == 0 || x->c->n >= x->cap)
-                return;
-        (void) snprintf(x->c->ids[x->c->n++], sizeof x->c->ids[0], "%s", a->id);
-}
-
-/* Worker: one query for every account. */
-static void serial_check_work(void *userdata) {
-        serial_check *c = userdata;
-        const char **ids = cp_xcalloc(c->n, sizeof *ids);
-
-        for (size_t i = 0; i < c->n; i++)
-                ids[i] = c->ids[i];
-        c->r = cp_store_account_serials(c->hub->agent->store, ids, c->n, c->serials, &c->err);
-        free(ids);
-}
-
-static void serial_check_done(mgmt_grpc *g, void *userdata) {
-        serial_check *c = userdata;
-        mgmt_sync *h = c->hub;
-
-        h->checking = false;
-        if (h->check_again) {
-                /* Asked for while this one ran (the bus came back): the
-                 * answer must come from a query that started after. */
-                h->check_again = false;
-                mgmt_sync_check_serials(h);
-        }
-        if (c->r < 0) {
-                cp_log_kv(&log_ctx, CP_LOG_WARN, "cannot read the account serials", "error", c->err.message, NULL);
-                serial_check_free(c);
-                return;
-        }
-        for (size_t i = 0; i < c->n; i++) {
-                sync_acct *a = mgmt_strmap_get(h->accts, c->ids[i]);
-                char from[24], to[24];
-
-                /* Streams that registered meanwhile got a map at least
-                 * this new (they read after the query): latest_serial
-                 * already says so. */
-                if (!a || a->n_streams == 0 || c->serials[i] <= a->latest_serial)
-                        continue;
-                (void) snprintf(from, sizeof from, "%" PRId64, a->latest_serial);
-                (void) snprintf(to, sizeof to, "%" PRId64, c->serials[i]);
-                cp_log_ctx ctx = { .component = "sync", .account = a->id };
-                cp_log_kv(&ctx, CP_LOG_DEBUG, "serial moved elsewhere; pushing", "from", from, "to", to, NULL);
-                a->latest_serial = c->serials[i];
-                if (a->building)
-                        a->dirty = true;
-                else
-                        fanout_start(h, a);
-        }
-        serial_check_free(c);
-}
-
-static void on_check_serials(mgmt_grpc *g, void *userdata) {
-        mgmt_sync *h = userdata;
-        size_t n = mgmt_strmap_size(h->accts);
-        serial_check *c;
-
-        if (h->checking) {
-                h->check_again = true;
-                return;
-        }
-        if (h->draining || n == 0)
-                return;
-        c = cp_xcalloc(1, sizeof *c);
-        c->hub = h;
-        c->ids = cp_xcalloc(n, sizeof *c->ids);
-        collect_ctx x = { .c = c, .cap = n };
-        mgmt_strmap_foreach(h->accts, collect_acct, &x);
-        if (c->n == 0) {
-                serial_check_free(c);
-                return;
-        }
-        c->serials = cp_xcalloc(c->n, sizeof *c->serials);
-        h->checking = true;
-        /* Not forced: with the workers busy, the next tick tries again. */
-        if (mgmt_grpc_offload(g, serial_check_work, serial_check_done, c, false) < 0) {
-                h->checking = false;
-                serial_check_free(c);
-        }
-}
-
-void mgmt_sync_check_serials(mgmt_sync *h) {
-        mgmt_grpc *g = atomic_load(&h->grpc);
-
-        if (g)
-                mgmt_grpc_post(g, on_check_serials, h);
-}
-
-/* ---- periodic login expiry check ------------------------------------------------------------ */
-
-typedef struct expiry_check {
-        mgmt_sync *hub;
-        cp_store_expired_account *accts;
-        size_t n;
-        cp_store_expired_peer *peers;   /* the peers this check marked */
-        size_t n_peers;
-        int64_t queued_ms;              /* monotonic, when the check was queued */
-        int r;
-        cp_error err;
-} expiry_check;
-
-/* Worker: one statement marks what expired since the last check (by any
- * replica: each peer goes to exactly one caller). */
-static void expiry_check_work(void *userdata) {
-        expiry_check *c = userdata;
-
-        c->r = cp_store_expire_logins(c->hub->agent->store, c->hub->agent->config->dns_domain, &c->accts, &c->n,
-                                      &c->peers, &c->n_peers, &c->err);
-        /* The one-time JWT claims whose token has expired are of no use
-         * any more (the validator refuses such a token): dropped on the
-         * same beat. A failure only leaves rows for the next check. */
-        (void) cp_store_jwt_claims_gc(c->hub->agent->store, NULL, NULL);
-}
-
-static void expiry_check_done(mgmt_grpc *g, void *userdata) {
-        expiry_check *c = userdata;
-        mgmt_sync *h = c->hub;
-
-        h->expiring = false;
-        if (c->r < 0)
-                cp_log_kv(&log_ctx, CP_LOG_WARN, "cannot expire peer logins", "error", c->err.message, NULL);
-        /* The expired peers' own streams here end (OK, as NetBird closes
-         * their update channels); the agent's next open is refused with
-         * "login expired". Still registered, so on_close disconnects them
-         * with their own tokens. A stream that started after the check
-         * was queued passed its own expiry check (a re-login since):
-         * left alone. Streams on other replicas end with the fan-out the
-         * serial bump below starts there (chunk_done). */
-        for (size_t i = 0; c->r >= 0 && i < c->n_peers; i++) {
-                sync_stream *s = mgmt_strmap_get(h->peers, c->peers[i].peer_id);
-                if (!s || s->ending || s->started_ms >= c->queued_ms ||
-                    strcmp(s->account_id, c->peers[i].account_id) != 0)
-                        continue;
-                stream_end(s, GRPC_STATUS_OK, NULL, "login expired");
-        }
-        for (size_t i = 0; c->r >= 0 && i < c->n; i++) {
-                char serial[24];
-                cp_log_ctx ctx = { .component = "sync", .account = c->accts[i].account_id };
-
-                (void) snprintf(serial, sizeof serial, "%" PRId64, c->accts[i].serial);
-                cp_log_kv(&ctx, CP_LOG_INFO, "peer logins expired", "serial", serial, NULL);
-                /* The expired peers go to offlinePeers in everyone's map. */
-                mgmt_sync_local_change(h, c->accts[i].account_id, c->accts[i].serial);
-        }
-        free(c->accts);
-        free(c->peers);
-        free(c);
-}
-
-static void on_expire_logins(mgmt_grpc *g, void *userdata) {
-        mgmt_sync *h = userdata;
-        expiry_check *c;
-
-        if (h->expiring || h->draining)
-                return;
-        c = cp_xcalloc(1, sizeof *c);
-        c->hub = h;
-        c->queued_ms = cp_now_mono_ms();
-        h->expiring = true;
-        /* Not forced: with the workers busy, the next tick tries again. */
-        if (mgmt_grpc_offload(g, expiry_check_work, expiry_check_done, c, false) < 0) {
-                h->expiring = false;
-                free(c);
-        }
-}
-
-void mgmt_sync_expire_logins(mgmt_sync *h) {
-        mgmt_grpc *g = atomic_load(&h->grpc);
-
-        if (g)
-                mgmt_grpc_post(g, on_expire_logins, h);
 }
 
 /* ---- credential refresh ------------------------------------------------------------------- */
@@ -1507,7 +1194,7 @@ static void end_streams(mgmt_sync *h, const char *key, const char *message, cons
          * tokens once the status went out. */
         for (sync_stream **p = all; p < end; p++)
                 if (!key || strcmp((*p)->server_key, key) == 0) {
-                        stream_end(*p, GRPC_STATUS_UNAVAILABLE, message, reason);
+                        mgmt_sync__stream_end(*p, GRPC_STATUS_UNAVAILABLE, message, reason);
                         ended++;
                 }
         free(all);
