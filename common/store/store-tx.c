@@ -6,6 +6,12 @@
  * statements each, so a plan cache would buy little and would need the
  * SQL text to be stable per pointer. Every statement is timed under the
  * label "api" (netbird_cp_store_query_duration_seconds).
+ *
+ * BEGIN is not a round trip of its own: it goes out with the transaction's
+ * first statement in one libpq pipeline (BEGIN, the statement, Sync), and
+ * a transaction that runs nothing never begins. Store functions that run
+ * on the transaction's connection themselves (cp_store__tx_conn) get it
+ * begun first.
  */
 #include "cp/base.h"
 #include "cp/store-tx.h"
@@ -14,6 +20,7 @@
 struct cp_store_tx {
         cp_store *store;
         cp_store_conn *conn;
+        bool begun;             /* BEGIN has been sent */
         bool failed;            /* a statement failed: only rollback is left */
 };
 
@@ -23,16 +30,54 @@ int cp_store_tx_begin(cp_store *s, cp_store_tx **ret, cp_error *reterr) {
 
         if (r < 0)
                 return r;
-        r = cp_store__command(c, "BEGIN", reterr);
-        if (r < 0) {
-                cp_store__release(s, c);
-                return r;
-        }
         cp_store_tx *tx = cp_xcalloc(1, sizeof *tx);
         tx->store = s;
         tx->conn = c;
         *ret = tx;
         return 0;
+}
+
+/* BEGIN and the first statement in one pipeline. Returns the statement's
+ * result (NULL when the connection broke); *begin_failed when BEGIN
+ * itself failed (the statement then did not run). Every result up to the
+ * Sync is consumed, so the connection leaves pipeline mode idle or in a
+ * (failed) transaction block. */
+static PGresult *exec_first(PGconn *pg, const char *sql, int n, const char *const *params, PGresult **begin_res) {
+        PGresult *res = NULL, *r;
+        int seen = 0;
+
+        *begin_res = NULL;
+        if (!PQenterPipelineMode(pg))
+                return NULL;
+        if (!PQsendQueryParams(pg, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) ||
+            !PQsendQueryParams(pg, sql, n, NULL, params, NULL, NULL, 0) || !PQpipelineSync(pg)) {
+                (void) PQexitPipelineMode(pg);
+                return NULL;
+        }
+        /* Results: BEGIN's, NULL, the statement's (or PIPELINE_ABORTED),
+         * NULL, then PIPELINE_SYNC. A NULL twice in a row is a broken
+         * connection. */
+        for (int nulls = 0; nulls < 2;) {
+                r = PQgetResult(pg);
+                if (!r) {
+                        nulls++;
+                        continue;
+                }
+                nulls = 0;
+                if (PQresultStatus(r) == PGRES_PIPELINE_SYNC) {
+                        PQclear(r);
+                        break;
+                }
+                if (seen == 0)
+                        *begin_res = r;
+                else if (seen == 1)
+                        res = r;
+                else
+                        PQclear(r);
+                seen++;
+        }
+        (void) PQexitPipelineMode(pg);
+        return res;
 }
 
 int cp_store_tx_exec(cp_store_tx *tx, const char *sql, int n, const char *const *params,
@@ -43,7 +88,18 @@ int cp_store_tx_exec(cp_store_tx *tx, const char *sql, int n, const char *const 
 
         if (tx->failed)
                 return cp_error_set(reterr, -ECANCELED, "the transaction was aborted by an earlier error");
-        res = PQexecParams(tx->conn->pg, sql, n, NULL, params, NULL, NULL, 0);
+        if (!tx->begun) {
+                PGresult *begin_res = NULL;
+                tx->begun = true;
+                res = exec_first(tx->conn->pg, sql, n, params, &begin_res);
+                if (PQresultStatus(begin_res) != PGRES_COMMAND_OK) {
+                        /* BEGIN failed or never answered: report that. */
+                        PQclear(res);
+                        res = begin_res;
+                } else
+                        PQclear(begin_res);
+        } else
+                res = PQexecParams(tx->conn->pg, sql, n, NULL, params, NULL, NULL, 0);
         ExecStatusType status = PQresultStatus(res);
         if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK) {
                 cp_store__observe(CP_STORE__TIMED_API, started, true);
@@ -61,7 +117,16 @@ int cp_store_tx_exec(cp_store_tx *tx, const char *sql, int n, const char *const 
 }
 
 cp_store_conn *cp_store__tx_conn(cp_store_tx *tx) {
-        return tx->failed ? NULL : tx->conn;
+        if (tx->failed)
+                return NULL;
+        if (!tx->begun) {
+                tx->begun = true;
+                if (cp_store__command(tx->conn, "BEGIN", NULL) < 0) {
+                        tx->failed = true;
+                        return NULL;
+                }
+        }
+        return tx->conn;
 }
 
 void cp_store__tx_failed(cp_store_tx *tx) {
@@ -75,7 +140,8 @@ int cp_store_tx_commit(cp_store_tx *tx, cp_error *reterr) {
                 cp_store_tx_end(tx);
                 return cp_error_set(reterr, -ECANCELED, "the transaction was aborted by an earlier error");
         }
-        r = cp_store__command(tx->conn, "COMMIT", reterr);
+        /* Nothing ran: nothing to commit. */
+        r = tx->begun ? cp_store__command(tx->conn, "COMMIT", reterr) : 0;
         /* A failed COMMIT leaves the transaction rolled back; release
          * closes the connection if it is in a bad state. */
         cp_store__release(tx->store, tx->conn);
