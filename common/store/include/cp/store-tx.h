@@ -9,7 +9,9 @@
  * spliced into the text. The SQL text must be a constant or be built only
  * from constants.
  *
- * Lifetime: cp_store_tx_begin() borrows a connection and sends BEGIN;
+ * Lifetime: cp_store_tx_begin() borrows a connection (BEGIN goes out
+ * pipelined with the first statement, so it costs no round trip of its
+ * own, and a transaction that runs nothing never begins);
  * cp_store_tx_commit() or cp_store_tx_end() (rollback when not committed)
  * gives the connection back and frees the handle. Exactly one of them must
  * be called for every handle begun.
@@ -31,7 +33,8 @@
 typedef struct cp_store_tx cp_store_tx;
 typedef struct pg_result cp_store_rows;
 
-/* Borrows a connection and begins a transaction (READ COMMITTED). */
+/* Borrows a connection for a transaction (READ COMMITTED), begun with its
+ * first statement. */
 int cp_store_tx_begin(cp_store *s, cp_store_tx **ret, cp_error *reterr);
 
 /* Runs sql with n text parameters (NULL = SQL NULL). On success returns
