@@ -60,7 +60,11 @@ def idp_down_at_start_then_up():
     srv = Server(base_args(config=cfg), env=svc.dsn_env(dsn))
 
     # Down: still ready (200), degraded with the reason.
+    # The IdP counting a request is not the server having its answer: wait
+    # for the server's own count of failed fetches.
     wait_until(lambda: idp.fetches >= 1, "a JWKS fetch")
+    wait_until(lambda: value(metrics(srv), "netbird_cp_jwt_key_fetches_total", result="failed") >= 1,
+               "a failed fetch counted")
     status, _, body = http_json("GET", srv.url("/readyz"))
     assert status == 200, (status, body)
     assert body["status"] == "degraded", body
