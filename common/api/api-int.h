@@ -131,8 +131,6 @@ struct api_ctx {
         /* Set by api_changed(): bump the serial before commit. */
         bool changed;
         int64_t serial;
-        /* The serial a JWT sign-in committed (groups synced), 0 = none. */
-        int64_t identity_serial;
 };
 
 /* ---- timestamps in SQL-built JSON ---------------------------------------------------- */

@@ -222,37 +222,19 @@ static int fill_identity(api_ctx *c, cp_store_rows *rows) {
         return check_status(c, cp_store_rows_bool(rows, 0, 5), cp_store_rows_bool(rows, 0, 6));
 }
 
-static void claims_freep(cp_jwt_claims **p) {
-        if (*p)
-                (void) cp_jwt_claims_free(*p);
-}
-
-static const char SQL_BUMP_SERIAL_IDENTITY[] =
-        "UPDATE accounts SET network_serial = network_serial + 1 WHERE id = $1 RETURNING network_serial";
-
-/* Commits the sign-in's writes (bumping the serial when JWT groups
- * changed memberships) and begins the request's own transaction. */
-static int commit_provisioning(api_ctx *c, bool changed) {
+/* Commits the sign-in's writes (serial: the account's new serial when JWT
+ * groups changed memberships, else 0) and begins the request's own
+ * transaction. */
+static int commit_provisioning(api_ctx *c, int64_t serial) {
         cp_error err = { 0 };
         int r;
 
-        if (changed) {
-                _cleanup_rows_ cp_store_rows *rows = NULL;
-                const char *p[1] = { c->account_id };
-                r = api_sql(c, SQL_BUMP_SERIAL_IDENTITY, 1, p, &rows);
-                if (r < 0)
-                        return r;
-                if (cp_store_rows_count(rows) == 1)
-                        c->identity_serial = strtoll(cp_store_rows_get(rows, 0, 0), NULL, 10);
-        }
         r = cp_store_tx_commit(c->tx, &err);
         c->tx = NULL;
-        if (r < 0) {
-                c->identity_serial = 0;
+        if (r < 0)
                 return api_internal(c, "commit", &err);
-        }
-        if (c->identity_serial > 0 && c->api->announce)
-                c->api->announce(c->account_id, c->identity_serial, c->api->announce_userdata);
+        if (serial > 0 && c->api->announce)
+                c->api->announce(c->account_id, serial, c->api->announce_userdata);
         r = cp_store_tx_begin(c->api->store, &c->tx, &err);
         if (r < 0)
                 return api_internal(c, "begin", &err);
@@ -261,7 +243,7 @@ static int commit_provisioning(api_ctx *c, bool changed) {
 
 /* A bearer value that is not a PAT: an IdP token. */
 static int authenticate_jwt(api_ctx *c, const char *token) {
-        __attribute__((cleanup(claims_freep))) cp_jwt_claims *claims = NULL;
+        _cleanup_jwt_claims_ cp_jwt_claims *claims = NULL;
         cp_identity_user u;
         cp_error err = { 0 };
         int r;
@@ -289,12 +271,12 @@ static int authenticate_jwt(api_ctx *c, const char *token) {
         (void) snprintf(c->role, sizeof c->role, "%s", u.role);
         c->service_user = u.service_user;
         c->token_id[0] = '\0';
-        if (u.new_user || u.changed || u.blocked || u.pending_approval) {
+        if (u.new_user || u.serial > 0 || u.blocked || u.pending_approval) {
                 /* What provisioning wrote stays even when the request is
                  * then refused (a pending user must be there to approve)
                  * or its handler fails: commit it on its own, as NetBird's
                  * middleware does before the handler runs. */
-                r = commit_provisioning(c, u.changed);
+                r = commit_provisioning(c, u.serial);
                 if (r < 0)
                         return r;
         }

@@ -185,6 +185,9 @@ static char *lower_dup(const char *s) {
 }
 
 /* One text value of a one-row, one-column query; "" when no row. */
+static const char SQL_BUMP_SERIAL[] =
+        "UPDATE accounts SET network_serial = network_serial + 1 WHERE id = $1 RETURNING network_serial";
+
 static int query_one(cp_store_tx *tx, const char *sql, int n, const char *const *p, char *out, size_t outsz,
                      cp_error *reterr) {
         _cleanup_rows_ cp_store_rows *rows = NULL;
@@ -581,7 +584,7 @@ static int sync_jwt_groups(cp_store_tx *tx, const char *user_id, const user_row 
         }
         /* The user's groups are in authorized-user maps (SSH) and, with
          * propagation, in the peers' groups: new maps either way. */
-        ret->changed = true;
+        ret->serial = -1;       /* bumped once, at the end of cp_identity_resolve */
 out:
         json_decref(jwt_ids);
         json_decref(keep);
@@ -702,6 +705,16 @@ int cp_identity_resolve(cp_store_tx *tx, const cp_identity_options *o, const cp_
                 r = sign_in(tx, claims, &u, reterr);
                 if (r < 0)
                         goto out;
+        }
+
+        if (out.serial < 0) {
+                /* Memberships changed: other peers' maps change with them. */
+                char serial[24];
+                const char *p[1] = { u.account_id };
+                r = query_one(tx, SQL_BUMP_SERIAL, 1, p, serial, sizeof serial, reterr);
+                if (r < 0)
+                        goto out;
+                out.serial = strtoll(serial, NULL, 10);
         }
 
         (void) snprintf(out.user_id, sizeof out.user_id, "%s", claims->user_id);

@@ -63,26 +63,17 @@ static int fail_with(attempt_fail *f, grpc_status_code status, const char *detai
         return -1;
 }
 
-/* identity resolution in its own transaction; bumps the serial when JWT
- * groups changed memberships, and announces it after the commit. */
+/* identity resolution in its own transaction; a serial bumped by a JWT
+ * groups change is announced after the commit. */
 static int resolve(mgmt_agent_op *op, const cp_jwt_claims *claims, mgmt_auth_user *ret, attempt_fail *f) {
         cp_store_tx *tx = NULL;
         cp_identity_user u = { 0 };
         cp_error err = { 0 };
-        int64_t serial = 0;
         int r;
 
         r = cp_store_tx_begin(op->agent->store, &tx, &err);
         if (r >= 0)
                 r = cp_identity_resolve(tx, &op->agent->identity, claims, 0, &u, &err);
-        if (r >= 0 && u.changed) {
-                _cleanup_rows_ cp_store_rows *rows = NULL;
-                const char *p[1] = { u.account_id };
-                r = cp_store_tx_exec(tx, "UPDATE accounts SET network_serial = network_serial + 1"
-                                     " WHERE id = $1 RETURNING network_serial", 1, p, &rows, &err);
-                if (r >= 0 && cp_store_rows_count(rows) == 1)
-                        serial = strtoll(cp_store_rows_get(rows, 0, 0), NULL, 10);
-        }
         if (r >= 0)
                 r = cp_store_tx_commit(tx, &err);       /* frees tx */
         else
@@ -92,8 +83,8 @@ static int resolve(mgmt_agent_op *op, const cp_jwt_claims *claims, mgmt_auth_use
         if (r < 0)
                 return fail_with(f, GRPC_STATUS_INTERNAL, NULL, "unable to fetch account with claims, err: %s",
                                  err.message[0] ? err.message : strerror(-r));
-        if (serial > 0)
-                mgmt_sync_local_change(op->agent->sync, u.account_id, serial);
+        if (u.serial > 0)
+                mgmt_sync_local_change(op->agent->sync, u.account_id, u.serial);
         *ret = (mgmt_auth_user) { .blocked = u.blocked, .pending_approval = u.pending_approval };
         (void) snprintf(ret->user_id, sizeof ret->user_id, "%s", u.user_id);
         (void) snprintf(ret->account_id, sizeof ret->account_id, "%s", u.account_id);

@@ -9,6 +9,7 @@
 #include "cptest.h"
 #include "testdb.h"
 
+#include <inttypes.h>
 #include <jansson.h>
 #include <pthread.h>
 #include <time.h>
@@ -86,7 +87,7 @@ TEST(single_account_first_user_owns_the_new_account) {
 
         /* Signing in again changes nothing. */
         ASSERT_OK(resolve(s, &SINGLE, a, &u1, &err), &err);
-        ASSERT_TRUE(!u1.new_user && !u1.new_account && !u1.changed);
+        ASSERT_TRUE(!u1.new_user && !u1.new_account && u1.serial == 0);
         ASSERT_DB_QUERY("2", db, "SELECT count(*) FROM users", NULL);
         cp_jwt_claims_free(a);
         cp_jwt_claims_free(b);
@@ -266,18 +267,21 @@ TEST(jwt_groups_created_joined_left_and_allow_list) {
         free(v);
 
         ASSERT_OK(resolve(s, &SINGLE, c, &u, &err), &err);
-        ASSERT_TRUE(u.changed);
+        ASSERT_TRUE(u.serial > 0);
+        char serial[24];
+        (void) snprintf(serial, sizeof serial, "%" PRId64, u.serial);
+        ASSERT_DB_QUERY(serial, db, "SELECT network_serial FROM accounts WHERE id = $1", acc);
         ASSERT_DB_QUERY("devs:jwt", db,
                      "SELECT string_agg(g.name || ':' || g.issued, ',') FROM users u, groups g"
                      " WHERE u.id = $1 AND g.id = ANY(u.auto_groups)", "idp|erin");
         ASSERT_DB_QUERY("1", db, "SELECT count(*) FROM events WHERE activity = 20", NULL);
         /* The same groups again: no change. */
         ASSERT_OK(resolve(s, &SINGLE, c, &u, &err), &err);
-        ASSERT_TRUE(!u.changed);
+        ASSERT_TRUE(u.serial == 0);
         /* devs dropped from the claim: left. */
         json_object_set_new(c->payload, "roles", json_pack("[s]", "ops"));
         ASSERT_OK(resolve(s, &SINGLE, c, &u, &err), &err);
-        ASSERT_TRUE(u.changed);
+        ASSERT_TRUE(u.serial > 0);
         ASSERT_DB_QUERY("{}", db, "SELECT auto_groups::text FROM users WHERE id = $1", "idp|erin");
         ASSERT_DB_QUERY("1", db, "SELECT count(*) FROM events WHERE activity = 21", NULL);
         /* Outside the allow list: refused, nothing written. */

@@ -22,6 +22,7 @@
 #pragma once
 
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "cp/error.h"
 #include "cp/jwt.h"
@@ -50,9 +51,10 @@ typedef struct cp_identity_user {
         bool pending_approval;
         bool new_user;                  /* created by this call */
         bool new_account;               /* created by this call */
-        /* Group memberships changed (JWT groups): the caller bumps the
-         * account's network serial before commit and announces it after. */
-        bool changed;
+        /* Group memberships changed (JWT groups): the account's network
+         * serial was bumped in the transaction and is this (0 = no
+         * change); the caller announces it after commit. */
+        int64_t serial;
 } cp_identity_user;
 
 /*

@@ -129,6 +129,12 @@ int cp_jwt_claims_strings(const cp_jwt_claims *claims, const char *name, const c
 
 cp_jwt_claims *cp_jwt_claims_free(cp_jwt_claims *c);
 
+static inline void cp_jwt_claims_freep(cp_jwt_claims **c) {
+        if (*c)
+                (void) cp_jwt_claims_free(*c);
+}
+#define _cleanup_jwt_claims_ __attribute__((cleanup(cp_jwt_claims_freep)))
+
 /* Readiness: true when signing keys are loaded; otherwise buf holds why
  * not (e.g. "JWKS fetch from https://idp/keys failed: connection
  * refused"), fit for /readyz. */
