@@ -20,6 +20,16 @@
 #include "mgmt-agent.h"
 #include "mgmt-arena.h"
 
+/* NetBird's texts that more than one handler sends, verbatim (agents
+ * match on some of them; netbird-protocol.md section 3.4). */
+#define MGMT_MSG_EXPIRED "peer login has expired, please log in once more"
+#define MGMT_MSG_NOT_OWNER "peer is already registered by a different User or a Setup Key"
+#define MGMT_MSG_BLOCKED "user is blocked"
+
+/* sessionExpiresAt in a's memory: the deadline, or present but empty for
+ * 0 ("no expiry"; netbird-protocol.md section 6.4). mgmt-auth.c. */
+Google__Protobuf__Timestamp *mgmt_session_expires(mgmt_arena *a, int64_t unix_ns);
+
 typedef struct mgmt_agent_op {
         const mgmt_agent *agent;
         mgmt_call *call;                /* only the "any thread" accessors */

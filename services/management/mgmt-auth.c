@@ -40,7 +40,6 @@
 
 #define MSG_NO_IDP "JWT authentication is not supported by this server: no identity provider is configured; " \
         "use a setup key"
-#define MSG_NOT_OWNER "peer is already registered by a different User or a Setup Key"
 
 /* One attempt's failure, kept until the last attempt decides. */
 typedef struct attempt_fail {
@@ -168,7 +167,7 @@ int mgmt_auth_jwt(mgmt_agent_op *op, const char *token, mgmt_auth_user *ret) {
 
 /* ---- ExtendAuthSession ------------------------------------------------------------ */
 
-static Google__Protobuf__Timestamp *timestamp(mgmt_arena *a, int64_t unix_ns) {
+Google__Protobuf__Timestamp *mgmt_session_expires(mgmt_arena *a, int64_t unix_ns) {
         Google__Protobuf__Timestamp *ts = mgmt_arena_alloc(a, sizeof *ts);
 
         /* Zero stays present but empty: "no expiry" (section 6.4). */
@@ -216,7 +215,7 @@ void mgmt_extend_session(mgmt_agent_op *op) {
                 mgmt_agent_fail(op, GRPC_STATUS_FAILED_PRECONDITION, "peer is not eligible for session extension");
                 return;
         case CP_STORE_EXTEND_NOT_OWNER:
-                mgmt_agent_fail(op, GRPC_STATUS_PERMISSION_DENIED, MSG_NOT_OWNER);
+                mgmt_agent_fail(op, GRPC_STATUS_PERMISSION_DENIED, MGMT_MSG_NOT_OWNER);
                 return;
         }
         /* Committed. No map is pushed: the stream and the tunnel are
@@ -224,6 +223,6 @@ void mgmt_extend_session(mgmt_agent_op *op) {
          * so it sees the new deadline at its next run. */
         resp = mgmt_arena_alloc(&op->arena, sizeof *resp);
         management__extend_auth_session_response__init(resp);
-        resp->sessionexpiresat = timestamp(&op->arena, ex.deadline_unix_ns);
+        resp->sessionexpiresat = mgmt_session_expires(&op->arena, ex.deadline_unix_ns);
         op->response = &resp->base;
 }

@@ -22,10 +22,7 @@
 #define MSG_ALREADY_REGISTERED "peer has been already registered"
 #define MSG_ADD_LABELS "couldn't add peer: setup key doesn't allow extra DNS labels"
 #define MSG_LOGIN_LABELS "couldn't login peer: setup key doesn't allow extra DNS labels"
-#define MSG_EXPIRED "peer login has expired, please log in once more"
 #define MSG_INTERNAL "failed handling request"
-#define MSG_NOT_OWNER "peer is already registered by a different User or a Setup Key"
-#define MSG_BLOCKED "user is blocked"
 #define MSG_USER_NOT_FOUND "failed adding new peer: user not found"
 #define MSG_USER_PENDING "user pending approval cannot add peers"
 
@@ -133,16 +130,10 @@ bool mgmt_login_expired(const cp_store_peer *p, const cp_store_account_settings 
  * LoginResponse. */
 static Google__Protobuf__Timestamp *session_expires_at(const cp_store_peer *p, const cp_store_account_settings *st,
                                                        mgmt_arena *a) {
-        Google__Protobuf__Timestamp *ts = mgmt_arena_alloc(a, sizeof *ts);
+        bool tracked = st->login_expiration_enabled && p->user_id[0] && p->login_expiration_enabled &&
+                       p->last_login_unix_ns > 0;
 
-        google__protobuf__timestamp__init(ts);
-        if (st->login_expiration_enabled && p->user_id[0] && p->login_expiration_enabled &&
-            p->last_login_unix_ns > 0) {
-                int64_t deadline = p->last_login_unix_ns + st->login_expiration_ns;
-                ts->seconds = deadline / 1000000000;
-                ts->nanos = (int32_t) (deadline % 1000000000);
-        }
-        return ts;
+        return mgmt_session_expires(a, tracked ? p->last_login_unix_ns + st->login_expiration_ns : 0);
 }
 
 static void build_login_response(mgmt_agent_op *op, const cp_store_peer *p, const cp_store_account_settings *st) {
@@ -270,10 +261,10 @@ static int sso_login(mgmt_agent_op *op, cp_store_peer *p, const mgmt_auth_user *
         case -ENOENT:
                 return 1;
         case -EACCES:
-                mgmt_agent_fail(op, GRPC_STATUS_PERMISSION_DENIED, MSG_NOT_OWNER);
+                mgmt_agent_fail(op, GRPC_STATUS_PERMISSION_DENIED, MGMT_MSG_NOT_OWNER);
                 return -1;
         case -EPERM:
-                mgmt_agent_fail(op, GRPC_STATUS_PERMISSION_DENIED, MSG_BLOCKED);
+                mgmt_agent_fail(op, GRPC_STATUS_PERMISSION_DENIED, MGMT_MSG_BLOCKED);
                 return -1;
         default:
                 fail_internal(op, "cannot log the SSO peer in", r, &err);
@@ -338,7 +329,7 @@ void mgmt_login(mgmt_agent_op *op) {
                         if (r < 0)
                                 return;
                 } else if (mgmt_login_expired(p, &st, cp_now_unix_ns())) {
-                        mgmt_agent_fail(op, GRPC_STATUS_PERMISSION_DENIED, MSG_EXPIRED);
+                        mgmt_agent_fail(op, GRPC_STATUS_PERMISSION_DENIED, MGMT_MSG_EXPIRED);
                         return;
                 }
         }

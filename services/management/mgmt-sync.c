@@ -33,7 +33,6 @@
 #define FANOUT_CHUNK 64
 
 #define MSG_NOT_REGISTERED "peer is not registered"
-#define MSG_EXPIRED "peer login has expired, please log in once more"
 #define MSG_TOO_MANY "too many concurrent sync requests, please try again later"
 #define MSG_INTERNAL "failed handling request"
 #define MSG_SHUTDOWN "server is shutting down"
@@ -482,11 +481,11 @@ static void open_work(void *userdata) {
         (void) snprintf(op->account, sizeof op->account, "%s", p->account_id);
         /* NetBird's SyncPeer: an SSO peer of a blocked user first. */
         if (p->user_id[0] && p->owner_blocked) {
-                mgmt_agent_fail(op, GRPC_STATUS_PERMISSION_DENIED, "user is blocked");
+                mgmt_agent_fail(op, GRPC_STATUS_PERMISSION_DENIED, MGMT_MSG_BLOCKED);
                 return;
         }
         if (mgmt_login_expired(p, &st, cp_now_unix_ns())) {
-                mgmt_agent_fail(op, GRPC_STATUS_PERMISSION_DENIED, MSG_EXPIRED);
+                mgmt_agent_fail(op, GRPC_STATUS_PERMISSION_DENIED, MGMT_MSG_EXPIRED);
                 return;
         }
 
