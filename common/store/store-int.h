@@ -141,6 +141,20 @@ int cp_store__error(PGconn *pg, const PGresult *res, cp_error *reterr);
 /* Number of rows changed by a command result. */
 int64_t cp_store__affected(const PGresult *res);
 
+/* Row 0's column col of res as a bool ("t") or an int64. */
+static inline bool cp_store__col_bool(const PGresult *res, int col) {
+        return PQgetvalue(res, 0, col)[0] == 't';
+}
+
+static inline int64_t cp_store__col_int64(const PGresult *res, int col) {
+        return strtoll(PQgetvalue(res, 0, col), NULL, 10);
+}
+
+/* A text parameter that may be NULL, as "". */
+static inline const char *cp_store__nz(const char *s) {
+        return s ? s : "";
+}
+
 static inline void cp_store__pqclearp(PGresult **r) {
         if (*r)
                 PQclear(*r);

@@ -84,14 +84,6 @@ enum peer_col {
         _COL_MAX,
 };
 
-static bool col_bool(const PGresult *res, int col) {
-        return PQgetvalue(res, 0, col)[0] == 't';
-}
-
-static int64_t col_int64(const PGresult *res, int col) {
-        return strtoll(PQgetvalue(res, 0, col), NULL, 10);
-}
-
 static const char *json_str(const json_t *o, const char *k) {
         const char *v = json_string_value(json_object_get(o, k));
         return v ? v : "";
@@ -203,19 +195,19 @@ static int peer_from_row(const PGresult *res, int ncols, int extra, cp_store_pee
         p->meta.environment_cloud = S(COL_ENV_CLOUD);
         p->meta.environment_platform = S(COL_ENV_PLATFORM);
 #undef S
-        p->ssh_enabled = col_bool(res, COL_SSH_ENABLED);
-        p->login_expiration_enabled = col_bool(res, COL_LOGIN_EXP);
-        p->inactivity_expiration_enabled = col_bool(res, COL_INACTIVITY_EXP);
-        p->ephemeral = col_bool(res, COL_EPHEMERAL);
-        p->allow_extra_dns_labels = col_bool(res, COL_ALLOW_EXTRA);
-        p->last_login_unix_ns = col_int64(res, COL_LAST_LOGIN) * 1000;
-        p->created_at_unix_ns = col_int64(res, COL_CREATED_AT) * 1000;
-        p->status.connected = col_bool(res, COL_CONNECTED);
-        p->status.login_expired = col_bool(res, COL_LOGIN_EXPIRED);
-        p->status.requires_approval = col_bool(res, COL_REQUIRES_APPROVAL);
-        p->status.session_started_at = col_int64(res, COL_SESSION);
-        p->status.last_seen_unix_ns = col_int64(res, COL_LAST_SEEN) * 1000;
-        p->meta.sync_message_version = (int32_t) col_int64(res, COL_SYNC_VERSION);
+        p->ssh_enabled = cp_store__col_bool(res, COL_SSH_ENABLED);
+        p->login_expiration_enabled = cp_store__col_bool(res, COL_LOGIN_EXP);
+        p->inactivity_expiration_enabled = cp_store__col_bool(res, COL_INACTIVITY_EXP);
+        p->ephemeral = cp_store__col_bool(res, COL_EPHEMERAL);
+        p->allow_extra_dns_labels = cp_store__col_bool(res, COL_ALLOW_EXTRA);
+        p->last_login_unix_ns = cp_store__col_int64(res, COL_LAST_LOGIN) * 1000;
+        p->created_at_unix_ns = cp_store__col_int64(res, COL_CREATED_AT) * 1000;
+        p->status.connected = cp_store__col_bool(res, COL_CONNECTED);
+        p->status.login_expired = cp_store__col_bool(res, COL_LOGIN_EXPIRED);
+        p->status.requires_approval = cp_store__col_bool(res, COL_REQUIRES_APPROVAL);
+        p->status.session_started_at = cp_store__col_int64(res, COL_SESSION);
+        p->status.last_seen_unix_ns = cp_store__col_int64(res, COL_LAST_SEEN) * 1000;
+        p->meta.sync_message_version = (int32_t) cp_store__col_int64(res, COL_SYNC_VERSION);
 
         p->extra_dns_labels = p->group_ids = none;
         if (ncols == _COL_MAX) {
@@ -294,16 +286,16 @@ static void settings_from_row(const PGresult *res, int col, cp_store_account_set
         cp_store_account_settings out = { 0 };
 
         (void) snprintf(out.network_cidr, sizeof out.network_cidr, "%s", PQgetvalue(res, 0, col));
-        out.network_prefix_len = (unsigned) col_int64(res, col + 1);
+        out.network_prefix_len = (unsigned) cp_store__col_int64(res, col + 1);
         (void) snprintf(out.dns_domain, sizeof out.dns_domain, "%s", PQgetvalue(res, 0, col + 2));
-        out.login_expiration_enabled = col_bool(res, col + 3);
-        out.login_expiration_ns = col_int64(res, col + 4);
-        out.inactivity_expiration_enabled = col_bool(res, col + 5);
-        out.inactivity_expiration_ns = col_int64(res, col + 6);
-        out.lazy_connection_enabled = col_bool(res, col + 7);
-        out.routing_peer_dns_resolution_enabled = col_bool(res, col + 8);
-        out.peer_approval_enabled = col_bool(res, col + 9);
-        out.network_serial = col_int64(res, col + 10);
+        out.login_expiration_enabled = cp_store__col_bool(res, col + 3);
+        out.login_expiration_ns = cp_store__col_int64(res, col + 4);
+        out.inactivity_expiration_enabled = cp_store__col_bool(res, col + 5);
+        out.inactivity_expiration_ns = cp_store__col_int64(res, col + 6);
+        out.lazy_connection_enabled = cp_store__col_bool(res, col + 7);
+        out.routing_peer_dns_resolution_enabled = cp_store__col_bool(res, col + 8);
+        out.peer_approval_enabled = cp_store__col_bool(res, col + 9);
+        out.network_serial = cp_store__col_int64(res, col + 10);
         *ret = out;
 }
 #define SETTINGS_COLUMNS 11
@@ -348,8 +340,8 @@ int cp_store_peer_lookup(cp_store *s, const char *wg_pub_key, cp_store_peer **re
                 return r;
         settings_from_row(res, _COL_BASE_MAX, ret_settings);
         if (ret_db_now_ns)
-                *ret_db_now_ns = col_int64(res, _COL_BASE_MAX + SETTINGS_COLUMNS);
-        p->owner_blocked = col_bool(res, _COL_BASE_MAX + SETTINGS_COLUMNS + 1);
+                *ret_db_now_ns = cp_store__col_int64(res, _COL_BASE_MAX + SETTINGS_COLUMNS);
+        p->owner_blocked = cp_store__col_bool(res, _COL_BASE_MAX + SETTINGS_COLUMNS + 1);
         *ret_peer = p;
         return 0;
 }
@@ -573,10 +565,6 @@ static void meta_params_release(meta_params *mp) {
         cp_strbuf_release(&mp->caps);
 }
 
-static const char *nz(const char *s) {
-        return s ? s : "";
-}
-
 /* Canonical "addr/bits" when s is a CIDR prefix as Go's
  * netip.ParsePrefix takes it, else false. */
 static bool canonical_prefix(const char *s, char out[INET6_ADDRSTRLEN + 4]) {
@@ -617,7 +605,7 @@ static int addr_cmp(const void *a, const void *b) {
 
 static int file_cmp(const void *a, const void *b) {
         const cp_store_peer_file *x = a, *y = b;
-        return strcmp(nz(x->path), nz(y->path));
+        return strcmp(cp_store__nz(x->path), cp_store__nz(y->path));
 }
 
 /* ,"key":"value" (first: without the comma), the value escaped. The
@@ -632,7 +620,7 @@ static void json_key(cp_strbuf *sb, bool first, const char *key) {
 static void json_str_member(cp_strbuf *sb, bool first, const char *key, const char *value) {
         json_key(sb, first, key);
         cp_strbuf_addch(sb, '"');
-        cp_strbuf_add_json_escaped(sb, nz(value));
+        cp_strbuf_add_json_escaped(sb, cp_store__nz(value));
         cp_strbuf_addch(sb, '"');
 }
 
@@ -663,7 +651,7 @@ static int meta_params_build(const cp_store_peer_meta *m, meta_params *mp, cp_er
         for (size_t i = 0; i < m->n_network_addresses; i++) {
                 if (!canonical_prefix(m->network_addresses[i].net_ip, items[n_items].net_ip))
                         continue;
-                items[n_items++].mac = nz(m->network_addresses[i].mac);
+                items[n_items++].mac = cp_store__nz(m->network_addresses[i].mac);
         }
         qsort(items, n_items, sizeof *items, addr_cmp);
         cp_strbuf_addch(&mp->addrs, '[');
@@ -716,12 +704,12 @@ static int meta_params_build(const cp_store_peer_meta *m, meta_params *mp, cp_er
         (void) snprintf(mp->sync, sizeof mp->sync, "%" PRId32, m->sync_message_version);
 
         /* The order of PEER_META_COLUMNS. */
-        const char *os_version = m->os_version && *m->os_version ? m->os_version : nz(m->core);
+        const char *os_version = m->os_version && *m->os_version ? m->os_version : cp_store__nz(m->core);
         const char *v[19] = {
-                nz(m->hostname), nz(m->go_os), nz(m->kernel), nz(m->core), nz(m->platform),
-                nz(m->os), os_version, nz(m->wt_version), nz(m->ui_version), nz(m->kernel_version),
-                mp->addrs.buf, nz(m->system_serial_number), nz(m->system_product_name),
-                nz(m->system_manufacturer), mp->env.buf, mp->flags.buf, mp->files.buf, mp->caps.buf, mp->sync,
+                cp_store__nz(m->hostname), cp_store__nz(m->go_os), cp_store__nz(m->kernel), cp_store__nz(m->core), cp_store__nz(m->platform),
+                cp_store__nz(m->os), os_version, cp_store__nz(m->wt_version), cp_store__nz(m->ui_version), cp_store__nz(m->kernel_version),
+                mp->addrs.buf, cp_store__nz(m->system_serial_number), cp_store__nz(m->system_product_name),
+                cp_store__nz(m->system_manufacturer), mp->env.buf, mp->flags.buf, mp->files.buf, mp->caps.buf, mp->sync,
         };
         memcpy(mp->v, v, sizeof v);
         return 0;
@@ -756,7 +744,7 @@ static int serial_bump(cp_store_conn *c, const char *account_id, int64_t *ret, c
                 return r;
         if (PQntuples(res) != 1)
                 return cp_error_set(reterr, -ENOENT, "account %s not found", account_id);
-        *ret = col_int64(res, 0);
+        *ret = cp_store__col_int64(res, 0);
         return 0;
 }
 
@@ -785,8 +773,8 @@ static int claim_key(cp_store_conn *c, const char *hash, claimed_key *k, cp_erro
         (void) snprintf(k->id, sizeof k->id, "%s", PQgetvalue(res, 0, 0));
         (void) snprintf(k->account_id, sizeof k->account_id, "%s", PQgetvalue(res, 0, 1));
         k->name = cp_xstrdup(PQgetvalue(res, 0, 2));
-        k->ephemeral = col_bool(res, 3);
-        k->allow_extra_dns_labels = col_bool(res, 4);
+        k->ephemeral = cp_store__col_bool(res, 3);
+        k->allow_extra_dns_labels = cp_store__col_bool(res, 4);
         return 0;
 }
 
@@ -805,8 +793,8 @@ static int account_network(cp_store_conn *c, const char *account_id, account_net
                 return r;
         if (PQntuples(res) != 1)
                 return cp_error_set(reterr, -EIO, "account %s of the setup key not found", account_id);
-        int64_t plen = col_int64(res, 1);
-        if (col_int64(res, 2) != 4 || inet_pton(AF_INET, PQgetvalue(res, 0, 0), &in) != 1 ||
+        int64_t plen = cp_store__col_int64(res, 1);
+        if (cp_store__col_int64(res, 2) != 4 || inet_pton(AF_INET, PQgetvalue(res, 0, 0), &in) != 1 ||
             plen < 8 || plen > 30)
                 return cp_error_set(reterr, -EADDRNOTAVAIL, "account network %s/%" PRId64 " has no room"
                                     " for peers", PQgetvalue(res, 0, 0), plen);
@@ -861,7 +849,7 @@ static int label_taken(cp_store_conn *c, const char *account_id, const char *lab
 
         if (r < 0)
                 return r;
-        return col_bool(res, 0) ? 1 : 0;
+        return cp_store__col_bool(res, 0) ? 1 : 0;
 }
 
 /* Inserts the peer, retrying address and label collisions under a
@@ -897,11 +885,11 @@ static int insert_peer(cp_store_conn *c, const cp_store_peer_register_req *req, 
                         (void) snprintf(label, sizeof label, "%s", base_label);
 
                 const char *params[32] = {
-                        peer_id, k->account_id, req->wg_pub_key, ip, nz(req->meta->hostname), label,
+                        peer_id, k->account_id, req->wg_pub_key, ip, cp_store__nz(req->meta->hostname), label,
                         mp->v[0], mp->v[1], mp->v[2], mp->v[3], mp->v[4], mp->v[5], mp->v[6],
                         mp->v[7], mp->v[8], mp->v[9], mp->v[10], mp->v[11], mp->v[12], mp->v[13],
                         mp->v[14], mp->v[15], mp->v[16], mp->v[17], mp->v[18],
-                        nz(req->ssh_key), k->ephemeral ? "true" : "false",
+                        cp_store__nz(req->ssh_key), k->ephemeral ? "true" : "false",
                         k->allow_extra_dns_labels ? "true" : "false", labels_literal,
                         req->connection_ip, k->user_id ? k->user_id : "", k->user_id ? "true" : "false",
                 };
@@ -957,7 +945,7 @@ static int register_claimed(cp_store_conn *c, const cp_store_peer_register_req *
         _cleanup_free_ char *extra_s = extra ? json_dumps(extra, JSON_COMPACT) : NULL;
         (void) snprintf(code, sizeof code, "%d",
                         k->user_id ? ACTIVITY_PEER_ADDED_BY_USER : ACTIVITY_PEER_ADDED_WITH_SETUP_KEY);
-        const char *ev[7] = { code, grp[2], k->account_id, peer_id, nz(req->dns_domain),
+        const char *ev[7] = { code, grp[2], k->account_id, peer_id, cp_store__nz(req->dns_domain),
                               extra_s ? extra_s : "{}", NULL };
         r = cp_store__exec(c, ST_PEER_EVENT, ev, NULL, reterr);
         if (r < 0)
@@ -1042,7 +1030,7 @@ int cp_store_peer_register(cp_store *s, const cp_store_peer_register_req *req,
                 return cp_error_set(reterr, -EINVAL, "invalid connection address \"%s\"", req->connection_ip);
         if (cp_store_dns_label_from_hostname(req->meta->hostname, base_label) <= 0)
                 return cp_error_set(reterr, -EINVAL, "hostname \"%s\" gives no DNS label",
-                                    nz(req->meta->hostname));
+                                    cp_store__nz(req->meta->hostname));
         /* A key that cannot even be hashed is as invalid as an unknown one. */
         if (req->user_id ? !*req->user_id
                          : !req->setup_key || cp_crypto_setup_key_hash(req->setup_key, hash) < 0)
@@ -1157,7 +1145,7 @@ static int meta_params_or_keep(const cp_store_peer_meta *meta, meta_params *mp, 
 
 /* A boolean result column; NULL (no UPDATE row) reads as false. */
 static bool flag(const PGresult *res, int col) {
-        return !PQgetisnull(res, 0, col) && col_bool(res, col);
+        return !PQgetisnull(res, 0, col) && cp_store__col_bool(res, col);
 }
 
 int cp_store_peer_login_update(cp_store *s, const char *account_id, const char *peer_id,
@@ -1186,7 +1174,7 @@ int cp_store_peer_login_update(cp_store *s, const char *account_id, const char *
                 return r;
         if (PQntuples(res) != 1)
                 return cp_error_set(reterr, -ENOENT, "peer %s not found in account %s", peer_id, account_id);
-        if (req->n_extra_dns_labels > 0 && !col_bool(res, 0))
+        if (req->n_extra_dns_labels > 0 && !cp_store__col_bool(res, 0))
                 return cp_error_set(reterr, -EPERM, "setup key doesn't allow extra DNS labels");
         if (flag(res, 1))
                 changed |= CP_STORE_PEER_CHANGED_META;
@@ -1201,7 +1189,7 @@ int cp_store_peer_login_update(cp_store *s, const char *account_id, const char *
         if (ret_changed)
                 *ret_changed = changed;
         if (ret_serial)
-                *ret_serial = col_int64(res, 5);
+                *ret_serial = cp_store__col_int64(res, 5);
         return 0;
 }
 
@@ -1254,9 +1242,9 @@ int cp_store_peer_connect(cp_store *s, const char *account_id, const char *peer_
                 PQclear(TAKE_PTR(res));
                 r = cp_store__exec(c, ST_PEER_CONNECT_VERSION, params, &res, reterr);
                 if (r >= 0 && PQntuples(res) == 1) {
-                        if (col_bool(res, 0))
+                        if (cp_store__col_bool(res, 0))
                                 changed = CP_STORE_PEER_CHANGED_WT_VERSION | CP_STORE_PEER_CHANGED_SERIAL;
-                        serial = col_int64(res, 1);
+                        serial = cp_store__col_int64(res, 1);
                         r = 1;
                 } else if (r >= 0)
                         r = 0;
@@ -1281,7 +1269,7 @@ int cp_store_peer_delete(cp_store *s, const char *account_id, const char *peer_i
                          cp_error *reterr) {
         _cleanup_pgresult_ PGresult *res = NULL;
         char code[12];
-        const char *params[5] = { account_id, peer_id, initiator_id, nz(dns_domain), code };
+        const char *params[5] = { account_id, peer_id, initiator_id, cp_store__nz(dns_domain), code };
         int64_t serial = 0;
         cp_store_conn *c;
         int r;
@@ -1332,7 +1320,7 @@ int cp_store_tx_peer_delete(cp_store_tx *tx, const char *account_id, const char 
         if (!account_id || !peer_id || !initiator_id)
                 return cp_error_set(reterr, -EINVAL, "account, peer and initiator ids are required");
         (void) snprintf(code, sizeof code, "%d", ACTIVITY_PEER_REMOVED_BY_USER);
-        const char *params[5] = { account_id, peer_id, initiator_id, nz(dns_domain), code };
+        const char *params[5] = { account_id, peer_id, initiator_id, cp_store__nz(dns_domain), code };
         r = tx_exec(tx, ST_PEER_DELETE, params, &res, reterr);
         if (r < 0)
                 return r;
@@ -1351,7 +1339,7 @@ int cp_store_tx_peer_event(cp_store_tx *tx, int activity, const char *account_id
         if (!account_id || !peer_id || !initiator_id)
                 return cp_error_set(reterr, -EINVAL, "account, peer and initiator ids are required");
         (void) snprintf(code, sizeof code, "%d", activity);
-        const char *params[7] = { code, initiator_id, account_id, peer_id, nz(dns_domain),
+        const char *params[7] = { code, initiator_id, account_id, peer_id, cp_store__nz(dns_domain),
                                   extra_meta ? extra_meta : "{}", target_id };
         r = tx_exec(tx, ST_PEER_EVENT, params, &res, reterr);
         if (r < 0)
@@ -1379,7 +1367,7 @@ int cp_store_expire_logins(cp_store *s, const char *dns_domain, cp_store_expired
                            size_t *ret_n, cp_store_expired_peer **ret_peers, size_t *ret_n_peers,
                            cp_error *reterr) {
         char code[12];
-        const char *params[2] = { code, nz(dns_domain) };
+        const char *params[2] = { code, cp_store__nz(dns_domain) };
         cp_store_expired_account *out = NULL;
         cp_store_expired_peer *peers = NULL;
         size_t n = 0, n_peers = 0;

@@ -7,18 +7,6 @@
 #include "cp/store-sso.h"
 #include "store-int.h"
 
-static const char *nz(const char *s) {
-        return s ? s : "";
-}
-
-static bool col_bool(const PGresult *res, int col) {
-        return PQgetvalue(res, 0, col)[0] == 't';
-}
-
-static int64_t col_int64(const PGresult *res, int col) {
-        return strtoll(PQgetvalue(res, 0, col), NULL, 10);
-}
-
 static bool hex_hash(const char *h) {
         if (!h || strlen(h) != 64)
                 return false;
@@ -44,9 +32,9 @@ int cp_store_jwt_claim(cp_store *s, const char *token_hash, int64_t exp_unix_s, 
                 return r;
         if (PQntuples(res) != 1)
                 return cp_error_set(reterr, -EIO, "jwt claim returned %d rows", PQntuples(res));
-        if (col_bool(res, 0))
+        if (cp_store__col_bool(res, 0))
                 return 0;
-        if (col_bool(res, 1))
+        if (cp_store__col_bool(res, 1))
                 return cp_error_set(reterr, -EKEYEXPIRED, "JWT expired");
         return cp_error_set(reterr, -EALREADY, "JWT already used");
 }
@@ -71,7 +59,7 @@ int cp_store_peer_sso_login(cp_store *s, const char *account_id, const char *pee
         if (!account_id || !peer_id || !user_id || !*user_id || !ret)
                 return cp_error_set(reterr, -EINVAL, "account, peer and user ids are required");
         (void) snprintf(code, sizeof code, "%d", CP_STORE_ACTIVITY_USER_LOGGED_IN_PEER);
-        const char *params[5] = { account_id, peer_id, user_id, code, nz(dns_domain) };
+        const char *params[5] = { account_id, peer_id, user_id, code, cp_store__nz(dns_domain) };
         r = cp_store__run(s, ST_PEER_SSO_LOGIN, params, &res, reterr);
         if (r < 0)
                 return r;
@@ -80,12 +68,12 @@ int cp_store_peer_sso_login(cp_store *s, const char *account_id, const char *pee
         if (strcmp(PQgetvalue(res, 0, 0), user_id) != 0)
                 return cp_error_set(reterr, -EACCES,
                                     "peer is already registered by a different User or a Setup Key");
-        if (col_bool(res, 1))
+        if (cp_store__col_bool(res, 1))
                 return cp_error_set(reterr, -EPERM, "user is blocked");
         *ret = (cp_store_sso_login) {
-                .refreshed = col_bool(res, 2),
-                .serial = col_int64(res, 3),
-                .last_login_unix_ns = col_int64(res, 4) * 1000,
+                .refreshed = cp_store__col_bool(res, 2),
+                .serial = cp_store__col_int64(res, 3),
+                .last_login_unix_ns = cp_store__col_int64(res, 4) * 1000,
         };
         return 0;
 }
@@ -100,7 +88,7 @@ int cp_store_peer_extend_session(cp_store *s, const char *wg_pub_key, const char
         if (!wg_pub_key || !user_id || !*user_id || !ret)
                 return cp_error_set(reterr, -EINVAL, "peer key and user id are required");
         (void) snprintf(code, sizeof code, "%d", CP_STORE_ACTIVITY_USER_EXTENDED_PEER_SESSION);
-        const char *params[4] = { wg_pub_key, user_id, nz(dns_domain), code };
+        const char *params[4] = { wg_pub_key, user_id, cp_store__nz(dns_domain), code };
         r = cp_store__run(s, ST_PEER_EXTEND_SESSION, params, &res, reterr);
         if (r < 0)
                 return r;
@@ -110,18 +98,18 @@ int cp_store_peer_extend_session(cp_store *s, const char *wg_pub_key, const char
         (void) snprintf(out.account_id, sizeof out.account_id, "%s", PQgetvalue(res, 0, 0));
         (void) snprintf(out.peer_id, sizeof out.peer_id, "%s", PQgetvalue(res, 0, 1));
         const char *uid = PQgetvalue(res, 0, 2);
-        if (!col_bool(res, 4))
+        if (!cp_store__col_bool(res, 4))
                 out.outcome = CP_STORE_EXTEND_DISABLED;
-        else if (!*uid || !col_bool(res, 3))
+        else if (!*uid || !cp_store__col_bool(res, 3))
                 out.outcome = CP_STORE_EXTEND_NOT_ELIGIBLE;
         else if (strcmp(uid, user_id) != 0)
                 out.outcome = CP_STORE_EXTEND_NOT_OWNER;
-        else if (!col_bool(res, 6))
+        else if (!cp_store__col_bool(res, 6))
                 return cp_error_set(reterr, -EIO, "session extension wrote nothing");
         else {
                 out.outcome = CP_STORE_EXTEND_OK;
-                out.last_login_unix_ns = col_int64(res, 7) * 1000;
-                out.deadline_unix_ns = out.last_login_unix_ns + col_int64(res, 5);
+                out.last_login_unix_ns = cp_store__col_int64(res, 7) * 1000;
+                out.deadline_unix_ns = out.last_login_unix_ns + cp_store__col_int64(res, 5);
         }
         *ret = out;
         return 0;
