@@ -180,6 +180,21 @@ static int check_domain(api_ctx *c, const char *domain) {
         return 0;
 }
 
+int api_zones_check_dns_domain(api_ctx *c, const char *old_domain, const char *new_domain) {
+        _cleanup_rows_ cp_store_rows *rows = NULL;
+        const char *p[2] = { c->account_id, new_domain };
+        int r;
+
+        if (!new_domain || !*new_domain || (old_domain && strcmp(old_domain, new_domain) == 0))
+                return 0;
+        r = api_sql(c, SQL_DOMAIN_TAKEN, 2, p, &rows);
+        if (r < 0)
+                return r;
+        if (cp_store_rows_count(rows))
+                return api_error(c, 422, "peer DNS domain %s conflicts with existing custom DNS zone", new_domain);
+        return 0;
+}
+
 static int zone_event(api_ctx *c, int activity, const char *id, const char *name, const char *domain) {
         return api_event_kv(c, activity, id, "name", name, "domain", domain, NULL);
 }

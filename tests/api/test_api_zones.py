@@ -132,6 +132,10 @@ def zone_validation():
     api.ok("PUT", "/api/accounts/" + dep.account_id, apifix.settings(dns_domain="corp.example"))
     api.error("POST", "/api/dns/zones", 422, zone_body([gall], domain="corp.example"),
               message="zone domain corp.example conflicts with peer dns domain")
+    # and the other way round: the peers' domain may not become a zone's
+    api.error("PUT", "/api/accounts/" + dep.account_id, 422, apifix.settings(dns_domain="Upper_Case.Example"),
+              message="peer dns domain upper_case.example conflicts with existing custom dns zone")
+    api.ok("PUT", "/api/accounts/" + dep.account_id, apifix.settings(dns_domain="corp.example"))
     # PUT validates the body the same way
     api.error("PUT", "/api/dns/zones/" + ok["id"], 422, zone_body([], domain="Upper_Case.Example"),
               message="at least one distribution group is required")
