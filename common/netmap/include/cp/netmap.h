@@ -7,7 +7,7 @@
  *
  *   1. Build. A cp_netmap_builder collects the account (settings, peers,
  *      groups and memberships, policies and rules, routes, nameserver
- *      groups), referring to objects by their string ids. The loader
+ *      groups, custom DNS zones), referring to objects by their string ids. The loader
  *      cp_netmap_load() fills one from PostgreSQL; tests and benchmarks
  *      fill it by hand.
  *   2. Finish (the shared work, once per account change).
@@ -40,8 +40,8 @@
  *
  * Not modelled (see common/netmap/README.md): IPv6 overlay addresses and
  * routes, posture checks, SSH authorized users (SSHAuth), network
- * resources/routers ("Networks"), account custom DNS zones, forwarding
- * rules, the component envelope.
+ * resources/routers ("Networks"), forwarding rules, the component
+ * envelope.
  */
 #pragma once
 
