@@ -7,9 +7,9 @@
  *
  *   1. Build. A cp_netmap_builder collects the account (settings, peers,
  *      groups and memberships, policies and rules, routes, nameserver
- *      groups, custom DNS zones), referring to objects by their string ids. The loader
- *      cp_netmap_load() fills one from PostgreSQL; tests and benchmarks
- *      fill it by hand.
+ *      groups, custom DNS zones), referring to objects by their string
+ *      ids. The loader cp_netmap_load() fills one from PostgreSQL; tests
+ *      and benchmarks fill it by hand.
  *   2. Finish (the shared work, once per account change).
  *      cp_netmap_builder_finish() resolves every id to an integer index,
  *      computes group member sets, each rule's source and destination
