@@ -81,11 +81,13 @@ def zone_crud():
     assert (u["name"], u["enabled"], u["enable_search_domain"], u["distribution_groups"]) == \
         ("Renamed", False, True, [devs, gall]), u
     assert dep.network_serial() == serial0 + 1
+    # the dashboard PUTs the whole object back, id and records included
+    assert api.ok("PUT", "/api/dns/zones/" + z["id"], u) == u
     api.error("PUT", "/api/dns/zones/" + z["id"], 422, zone_body([gall], domain="other.example"),
               message="zone domain cannot be updated")
 
     assert api.ok("DELETE", "/api/dns/zones/" + z["id"]) == {}
-    assert dep.network_serial() == serial0 + 2
+    assert dep.network_serial() == serial0 + 3
     zid = z["id"]
     api.error("GET", "/api/dns/zones/" + zid, 404, message="zone: %s not found" % zid)
     api.error("PUT", "/api/dns/zones/" + zid, 404, zone_body([gall]),
@@ -94,10 +96,10 @@ def zone_crud():
     assert api.ok("GET", "/api/dns/zones") == [api.ok("GET", "/api/dns/zones/" + z2["id"])]
 
     ev = events(dep, zid)
-    assert [e[0] for e in ev] == [96, 97, 98], ev
+    assert [e[0] for e in ev] == [96, 97, 97, 98], ev
     assert ev[0][1] == {"name": "Internal", "domain": "internal.example"}, ev
     assert ev[1][1] == {"name": "Renamed", "domain": "internal.example"}, ev
-    assert ev[2][1] == ev[1][1], ev
+    assert ev[2][1] == ev[1][1] and ev[3][1] == ev[1][1], ev
 
 
 @test
@@ -173,8 +175,9 @@ def record_crud_and_events():
 
     u = api.ok("PUT", zp + "/" + a["id"], rec_body(content="10.0.0.11", ttl=60))
     assert (u["id"], u["content"], u["ttl"]) == (a["id"], "10.0.0.11", 60), u
-    # a TTL-only change is not checked against the other records
-    assert api.ok("PUT", zp + "/" + u["id"], rec_body(content="10.0.0.11", ttl=61))["ttl"] == 61
+    # a TTL-only change is not checked against the other records; the
+    # dashboard sends the whole record, id included
+    assert api.ok("PUT", zp + "/" + u["id"], dict(u, ttl=61))["ttl"] == 61
     assert api.ok("DELETE", zp + "/" + six["id"]) == {}
     api.error("GET", zp + "/" + six["id"], 404, message="dns record: %s not found" % six["id"])
     api.error("PUT", zp + "/" + six["id"], 404, rec_body(), message="failed to get record: dns record: %s not found"
