@@ -13,7 +13,7 @@
  * so the serial and every row belong to the same database snapshot. Rows
  * are handed to a sink, one callback per row, in table order (account
  * first, then peers, groups, group_peers, policies, rules, routes,
- * nameserver groups); within a table rows come ordered by id (rules by
+ * nameserver groups, DNS zones, their records); within a table rows come ordered by id (rules by
  * policy id, then id). The store does not know what is built from them
  * (common/netmap feeds its builder; layering: store below netmap).
  *
