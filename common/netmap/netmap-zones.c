@@ -112,7 +112,8 @@ int cp_netmap_builder_add_zone_record(cp_netmap_builder *b, const cp_netmap_zone
 void cp_netmap__zones_finish(cp_netmap_account *a) {
         for (uint32_t i = 0; i < a->n_zones; i++) {
                 nm_zone *z = &a->zones[i];
-                z->group_idx = cp_netmap__arena_alloc(&a->arena, (z->n_groups ? z->n_groups : 1) * sizeof *z->group_idx);
+                size_t n = z->n_groups ? z->n_groups : 1;
+                z->group_idx = cp_netmap__arena_alloc(&a->arena, n * sizeof *z->group_idx);
                 z->n_group_idx = 0;
                 for (uint32_t k = 0; k < z->n_groups; k++) {
                         int64_t g = cp_netmap__map_get(&a->group_by_id, z->groups[k]);
