@@ -567,6 +567,9 @@ static int update_settings(api_ctx *c, settings_req *s) {
         if (cp_store_rows_count(old) != 1)
                 return api_error(c, 404, "account not found: %s", c->account_id);
         keep_extra(s, old);
+        r = api_zones_check_dns_domain(c, cp_store_rows_get(old, 0, OLD_DNS_DOMAIN), s->dns_domain);
+        if (r < 0)
+                return r;
         bool range_changed = has_range && strcmp(cp_store_rows_get(old, 0, OLD_NETWORK), range.text) != 0;
         r = apply_side_effects(c, s, old, &range, range_changed);
         if (r == 0)

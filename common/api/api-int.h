@@ -261,6 +261,13 @@ size_t api_utf8_count(const char *s);
 /* s[0..len) quoted as Go's %q quotes it for ASCII (\" \\ \xNN), into sb. */
 void api_go_quote(cp_strbuf *sb, const char *s, size_t len);
 
+/* ---- custom DNS zones (api-zones.c) ---------------------------------------------------- */
+
+/* NetBird's settings check: a new, non-empty peer DNS domain (new_domain
+ * differs from old_domain) may not be the domain of one of the account's
+ * zones: 422 "peer DNS domain <d> conflicts with existing custom DNS zone". */
+int api_zones_check_dns_domain(api_ctx *c, const char *old_domain, const char *new_domain);
+
 /* ---- permissions (api.c) ----------------------------------------------------------- */
 
 /* Whether the caller's role allows op on module (NetBird's role tables;
@@ -284,5 +291,6 @@ extern const api_route api_routes_routes[];
 extern const api_route api_dns_routes[];
 extern const api_route api_events_routes[];
 extern const api_route api_instance_routes[];
+extern const api_route api_zones_routes[];
 /* Lists of what this server does not hold yet, answered empty (api-unserved.c). */
 extern const api_route api_unserved_routes[];

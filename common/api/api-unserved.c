@@ -1,7 +1,6 @@
 /*
  * Resources this server does not hold yet: posture checks, networks (with
- * their resources and routers), custom DNS zones (with their records),
- * the geolocation lists and user invites.
+ * their resources and routers), the geolocation lists and user invites.
  *
  * The stock dashboard reads their lists on most pages and shows an error
  * toast for anything but a 200. So the list routes answer what is true
@@ -13,7 +12,7 @@
  * answers without its embedded IdP (412).
  *
  * Each route carries the permission module NetBird's own module checks
- * (posture checks: policies; networks: networks; zones: dns; locations:
+ * (posture checks: policies; networks: networks; locations:
  * any signed-in user), so a caller who may not read or write the
  * resource still gets 403 first, as from NetBird.
  */
@@ -38,8 +37,6 @@ UNSERVED(posture, "posture checks")
 UNSERVED(network, "networks")
 UNSERVED(resource, "network resources")
 UNSERVED(router, "network routers")
-UNSERVED(zone, "dns zones")
-UNSERVED(record, "dns records")
 
 /* NetBird checks the code's form before it looks for its database. */
 static int cities(api_ctx *c) {
@@ -82,17 +79,6 @@ const api_route api_unserved_routes[] = {
         { "GET", "/api/networks/{networkId}/routers/{routerId}", API_MOD_NETWORKS, API_READ, router_one },
         { "PUT", "/api/networks/{networkId}/routers/{routerId}", API_MOD_NETWORKS, API_UPDATE, router_one },
         { "DELETE", "/api/networks/{networkId}/routers/{routerId}", API_MOD_NETWORKS, API_DELETE, router_one },
-
-        { "GET", "/api/dns/zones", API_MOD_DNS, API_READ, empty_list },
-        { "POST", "/api/dns/zones", API_MOD_DNS, API_CREATE, zone_create },
-        { "GET", "/api/dns/zones/{zoneId}", API_MOD_DNS, API_READ, zone_one },
-        { "PUT", "/api/dns/zones/{zoneId}", API_MOD_DNS, API_UPDATE, zone_one },
-        { "DELETE", "/api/dns/zones/{zoneId}", API_MOD_DNS, API_DELETE, zone_one },
-        { "GET", "/api/dns/zones/{zoneId}/records", API_MOD_DNS, API_READ, empty_list },
-        { "POST", "/api/dns/zones/{zoneId}/records", API_MOD_DNS, API_CREATE, record_create },
-        { "GET", "/api/dns/zones/{zoneId}/records/{recordId}", API_MOD_DNS, API_READ, record_one },
-        { "PUT", "/api/dns/zones/{zoneId}/records/{recordId}", API_MOD_DNS, API_UPDATE, record_one },
-        { "DELETE", "/api/dns/zones/{zoneId}/records/{recordId}", API_MOD_DNS, API_DELETE, record_one },
 
         { "GET", "/api/locations/countries", API_MOD_SELF, API_READ, empty_list },
         { "GET", "/api/locations/countries/{country}/cities", API_MOD_SELF, API_READ, cities },

@@ -413,6 +413,7 @@ void cp_netmap__account_free(cp_netmap_account *a) {
         free(a->group_dst_pol);
         free(a->policy_rules);
         free(a->policy_rule_ranges);
+        cp_netmap__zones_free(a);
         cp_netmap__buf_release(&a->blob);
         cp_netmap__arena_release(&a->arena);
         free(a);

@@ -101,6 +101,7 @@ static void compute_sizes(const cp_netmap_worker *w, const cp_netmap_account *a,
                                 z->zone += a->peers[w->relevant.v[i]].dns_recs.len;
                         z->dns += nm_fsize(z->zone);
                 }
+                z->dns += cp_netmap__zones_size(w, a);
         }
         z->dns += 1 + nm_vsize((uint64_t) a->forwarder_port);
         nm += nm_fsize(z->dns);
@@ -197,6 +198,7 @@ static uint8_t *write_network_map(uint8_t *o, const cp_netmap_worker *w, const c
                                 o += s.len;
                         }
                 }
+                o = cp_netmap__zones_write(o, w, a);
         }
         *o++ = T_DNS_FWD_PORT;
         o = nm_vput(o, (uint64_t) a->forwarder_port);

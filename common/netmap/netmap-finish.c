@@ -682,6 +682,7 @@ int cp_netmap__finish(cp_netmap_account *a, cp_error *reterr) {
                 free(d);
                 a->zone_domain = blob_span(a, s);
         }
+        cp_netmap__zones_finish(a);
         if (a->blob.len > INT32_MAX)
                 return cp_error_set(reterr, -E2BIG, "netmap: account too large to encode");
         a->built = true;

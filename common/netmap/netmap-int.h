@@ -310,6 +310,21 @@ typedef struct nm_nsgroup {
         uint32_t n_group_idx;
 } nm_nsgroup;
 
+/* A custom DNS zone (netmap-zones.c). */
+typedef struct nm_zone {
+        const char *id;
+        const char *domain;
+        bool enabled;
+        bool search;
+        const char **groups;
+        uint32_t n_groups;
+        uint32_t *group_idx;    /* resolved distribution groups */
+        uint32_t n_group_idx;
+        nm_buf recs;            /* CustomZone field 2 entries as added; released at finish */
+        uint32_t n_recs;
+        nm_span msg;            /* CustomZone body; len 0 = sent to nobody */
+} nm_zone;
+
 struct cp_netmap_account {
         int refs;               /* atomic */
         nm_arena arena;
@@ -362,6 +377,9 @@ struct cp_netmap_account {
         uint32_t n_tmpls;
 
         nm_span zone_domain;    /* CustomZone field 1, tag included; len 0 = no zone */
+        nm_zone *zones;         /* custom DNS zones */
+        uint32_t n_zones, cap_zones;
+        nm_map zone_by_id;
         bool built;
 };
 
@@ -395,6 +413,7 @@ struct cp_netmap_worker {
         nm_vec routes;          /* route entry indexes */
         nm_vec own_ha;          /* HA ids the target serves itself */
         nm_vec nsgroups;
+        nm_vec zones;           /* custom zones (indexes) the target gets */
         nm_fw *fw;
         size_t n_fw, cap_fw;
         size_t n_fw_msgs;
@@ -416,6 +435,14 @@ struct cp_netmap_worker {
 /* netmap-map.c: computes the map of peer idx into w. */
 void cp_netmap__compute(cp_netmap_worker *w, const cp_netmap_account *a, uint32_t idx, const void *jwt,
                  size_t jwt_len);
+
+/* netmap-zones.c: precompute at finish; per peer, pick (needs w->grp
+ * and w->dns set), then the DNSConfig.CustomZones fields' size and bytes. */
+void cp_netmap__zones_finish(cp_netmap_account *a);
+void cp_netmap__zones_free(cp_netmap_account *a);
+void cp_netmap__zones_pick(cp_netmap_worker *w, const cp_netmap_account *a);
+size_t cp_netmap__zones_size(const cp_netmap_worker *w, const cp_netmap_account *a);
+uint8_t *cp_netmap__zones_write(uint8_t *o, const cp_netmap_worker *w, const cp_netmap_account *a);
 
 /* netmap-build.c */
 int cp_netmap__finish(cp_netmap_account *a, cp_error *reterr);

@@ -173,6 +173,29 @@ static int on_nsgroup(void *ud, const cp_store_snap_nsgroup *g, cp_error *reterr
         return r;
 }
 
+static int on_zone(void *ud, const cp_store_snap_zone *z, cp_error *reterr) {
+        cp_netmap_zone_spec spec = {
+                .id = z->id,
+                .domain = z->domain,
+                .enabled = z->enabled,
+                .enable_search_domain = z->enable_search_domain,
+                .groups = z->groups,
+                .n_groups = z->n_groups,
+        };
+        return cp_netmap_builder_add_zone(((load_ctx *) ud)->b, &spec, reterr);
+}
+
+static int on_zone_record(void *ud, const cp_store_snap_zone_record *r, cp_error *reterr) {
+        cp_netmap_zone_record_spec spec = {
+                .zone_id = r->zone_id,
+                .name = r->name,
+                .type = r->type,
+                .content = r->content,
+                .ttl = r->ttl,
+        };
+        return cp_netmap_builder_add_zone_record(((load_ctx *) ud)->b, &spec, reterr);
+}
+
 static const cp_store_snapshot_sink sink = {
         .account = on_account,
         .peer = on_peer,
@@ -182,6 +205,8 @@ static const cp_store_snapshot_sink sink = {
         .rule = on_rule,
         .route = on_route,
         .nsgroup = on_nsgroup,
+        .zone = on_zone,
+        .zone_record = on_zone_record,
 };
 
 /* Finishes what a load (r) left in x. */

@@ -26,6 +26,7 @@ cp_netmap_worker *cp_netmap_worker_free(cp_netmap_worker *w) {
         free(w->routes.v);
         free(w->own_ha.v);
         free(w->nsgroups.v);
+        free(w->zones.v);
         free(w->fw);
         free(w->rfw.v);
         cp_netmap__buf_release(&w->side);
@@ -356,6 +357,7 @@ void cp_netmap__compute(cp_netmap_worker *w, const cp_netmap_account *a, uint32_
         w->side.len = 0;
         w->rfw.n = 0;
         w->n_dns_recs = 0;
+        w->zones.n = 0;
         w->ssh = p->flags & NM_PEER_SSH_ENABLED;
         w->dns = !(p->flags & NM_PEER_DNS_DISABLED);
         w->unvalidated = p->flags & NM_PEER_UNVALIDATED;
@@ -439,6 +441,7 @@ void cp_netmap__compute(cp_netmap_worker *w, const cp_netmap_account *a, uint32_
                                 nm_vec_push(&w->nsgroups, k);
                 }
         }
+        cp_netmap__zones_pick(w, a);
         extract(w->rel, words, &w->touched, &w->relevant);
         if (w->dns && a->zone_domain.len)
                 for (size_t k = 0; k < w->relevant.n; k++)

@@ -61,6 +61,13 @@
         " array_to_json(groups)::text, array_to_json(domains)::text" \
         " FROM name_server_groups WHERE account_id = $1 ORDER BY id"
 
+#define Q_ZONES \
+        "SELECT id, domain, enabled, enable_search_domain, array_to_json(distribution_groups)::text" \
+        " FROM dns_zones WHERE account_id = $1 ORDER BY id"
+
+#define Q_ZONE_RECORDS \
+        "SELECT id, zone_id, name, type, content, ttl FROM dns_records WHERE account_id = $1 ORDER BY zone_id, id"
+
 static int query(cp_store_conn *c, const char *sql, const char *account_id, PGresult **ret, cp_error *reterr) {
         const char *params[1] = { account_id };
         PGresult *res = PQexecParams(c->pg, sql, 1, NULL, params, NULL, NULL, 0);
@@ -415,6 +422,42 @@ static int load_nsgroups(cp_store_conn *c, const char *account_id, const cp_stor
         return r;
 }
 
+static int load_zones(cp_store_conn *c, const char *account_id, const cp_store_snapshot_sink *sink, void *ud,
+                      cp_error *reterr) {
+        _cleanup_pgresult_ PGresult *res = NULL, *recs = NULL;
+        int r = query(c, Q_ZONES, account_id, &res, reterr);
+
+        for (int i = 0; r >= 0 && i < PQntuples(res); i++) {
+                strv g = { 0 };
+                if ((r = strv_parse(val(res, i, 4), &g, "zone distribution groups", reterr)) < 0)
+                        break;
+                cp_store_snap_zone z = {
+                        .id = str(res, i, 0),
+                        .domain = str(res, i, 1),
+                        .enabled = boolean(res, i, 2),
+                        .enable_search_domain = boolean(res, i, 3),
+                        .groups = g.v,
+                        .n_groups = g.n,
+                };
+                r = sink->zone ? sink->zone(ud, &z, reterr) : 0;
+                strv_release(&g);
+        }
+        if (r >= 0)
+                r = query(c, Q_ZONE_RECORDS, account_id, &recs, reterr);
+        for (int i = 0; r >= 0 && i < PQntuples(recs); i++) {
+                cp_store_snap_zone_record rec = {
+                        .id = str(recs, i, 0),
+                        .zone_id = str(recs, i, 1),
+                        .name = str(recs, i, 2),
+                        .type = str(recs, i, 3),
+                        .content = str(recs, i, 4),
+                        .ttl = i64(recs, i, 5),
+                };
+                r = sink->zone_record ? sink->zone_record(ud, &rec, reterr) : 0;
+        }
+        return r;
+}
+
 /* Every table, in order, on c. */
 static int load_all(cp_store_conn *c, const char *account_id, const cp_store_snapshot_sink *sink, void *ud,
                     cp_error *reterr) {
@@ -426,8 +469,9 @@ static int load_all(cp_store_conn *c, const char *account_id, const cp_store_sna
             (r = load_pairs(c, Q_GROUP_PEERS, account_id, sink->group_peer, ud, reterr)) >= 0 &&
             (r = load_policies(c, account_id, sink, ud, reterr)) >= 0 &&
             (r = load_rules(c, account_id, sink, ud, reterr)) >= 0 &&
-            (r = load_routes(c, account_id, sink, ud, reterr)) >= 0)
-                r = load_nsgroups(c, account_id, sink, ud, reterr);
+            (r = load_routes(c, account_id, sink, ud, reterr)) >= 0 &&
+            (r = load_nsgroups(c, account_id, sink, ud, reterr)) >= 0)
+                r = load_zones(c, account_id, sink, ud, reterr);
         return r;
 }
 

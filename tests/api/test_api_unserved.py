@@ -1,5 +1,5 @@
 """What this server does not hold yet (api-unserved.c): posture checks,
-networks, DNS zones, geolocation and user invites. Their lists answer an
+networks, geolocation and user invites. Their lists answer an
 empty array (the stock dashboard reads them on most pages), everything
 that names or makes one says it is not served, and NetBird's permission
 modules still decide who gets which answer first."""
@@ -16,8 +16,6 @@ LISTS = [
     "/api/networks/resources",
     "/api/networks/n1/resources",
     "/api/networks/n1/routers",
-    "/api/dns/zones",
-    "/api/dns/zones/z1/records",
     "/api/locations/countries",
     "/api/locations/countries/DE/cities",
 ]
@@ -28,8 +26,6 @@ FEATURES = [
     ("/api/networks", "/api/networks/n1", "networks"),
     ("/api/networks/n1/resources", "/api/networks/n1/resources/r1", "network resources"),
     ("/api/networks/n1/routers", "/api/networks/n1/routers/r1", "network routers"),
-    ("/api/dns/zones", "/api/dns/zones/z1", "dns zones"),
-    ("/api/dns/zones/z1/records", "/api/dns/zones/z1/records/r1", "dns records"),
 ]
 
 
@@ -86,9 +82,9 @@ def invites_without_embedded_idp():
 def permissions_follow_netbird_modules():
     dep, srv, api = apifix.start()
     roles = {r: apifix.role_api(dep, api, r)[1] for r in ("admin", "auditor", "network_admin", "user")}
-    # Reads: posture checks are the policies module, networks and zones
-    # theirs; a regular user reads none of them; locations need only a
-    # signed-in user.
+    # Reads: posture checks are the policies module, networks theirs; a
+    # regular user reads none of them; locations need only a signed-in
+    # user.
     for role in ("admin", "auditor", "network_admin"):
         for path in LISTS:
             assert roles[role].ok("GET", path) == [], (role, path)
@@ -98,7 +94,7 @@ def permissions_follow_netbird_modules():
         else:
             roles["user"].error("GET", path, 403, message="permission denied")
     # Writes: an auditor and a regular user are refused before the
-    # feature answers; a network admin may write networks, zones and
+    # feature answers; a network admin may write networks and
     # policies, so gets the feature's answer.
     for create, one, what in FEATURES:
         for role in ("auditor", "user"):

@@ -2,7 +2,8 @@
  * cp/store-snapshot.h through cp_netmap_load() against a real PostgreSQL:
  * an account written with SQL (peers with SSO expiry, approval, meta
  * flags and capabilities, groups, enabled and disabled policies with
- * ports and int4range port ranges, routes, nameserver groups) is loaded,
+ * ports and int4range port ranges, routes, nameserver groups, DNS zones
+ * and records) is loaded,
  * encoded and decoded with protoc-c; a second account must not leak in.
  * A 5,200-peer account (NetBird's 5000/200 shape) times the load.
  */
@@ -277,6 +278,77 @@ TEST(snapshot_load_5000_200_shape) {
         ASSERT_EQ(25, sr->networkmap->n_remotepeers);
         ASSERT_EQ(50, sr->networkmap->n_firewallrules);
         ASSERT_EQ(1, sr->networkmap->n_routes);
+        management__sync_response__free_unpacked(sr, NULL);
+        cp_netmap_account_unref(a);
+        cp_store_free(s);
+        cptest_db_free(db);
+}
+
+/* Custom DNS zones (dns_zones, dns_records): loaded by id, records by
+ * id, scoped to the account; the map carries the enabled zones of the
+ * peer's groups after the peer zone. */
+TEST(snapshot_load_dns_zones) {
+        cp_store *s = NULL;
+        cptest_db *db = cptest_db_new_migrated(1, &s);
+        cp_netmap_account *a = NULL;
+        cp_error err = { 0 };
+
+        fill_account(db);
+        exec(db, "INSERT INTO dns_zones (id, account_id, name, domain, enabled, enable_search_domain,"
+                 " distribution_groups) VALUES"
+                 " ('z1', 'acc-a', 'corp', 'corp.internal', true, true, '{g-cli}'),"
+                 " ('z2', 'acc-a', 'off', 'off.internal', false, false, '{g-all}'),"
+                 " ('z3', 'acc-a', 'all', 'all.internal', true, false, '{gone,g-all}'),"
+                 " ('zb', 'acc-b', 'b', 'b.internal', true, false, '{g-all}')");
+        exec(db, "INSERT INTO dns_records (id, zone_id, account_id, name, type, content, ttl) VALUES"
+                 " ('r2', 'z1', 'acc-a', 'alias.corp.internal', 'CNAME', 'www.corp.internal', 60),"
+                 " ('r1', 'z1', 'acc-a', 'www.corp.internal', 'A', '10.0.0.10', 300),"
+                 " ('r3', 'z2', 'acc-a', 'h.off.internal', 'A', '10.0.0.11', 300),"
+                 " ('r4', 'z3', 'acc-a', 'h.all.internal', 'AAAA', '2001:db8::1', 0),"
+                 " ('rb', 'zb', 'acc-b', 'h.b.internal', 'A', '10.0.0.12', 300)");
+        ASSERT_OK(cp_netmap_load(s, "acc-a", "netbird.selfhosted", &a, &err), &err);
+
+        /* pa3 (g-cli, g-all): the peer zone, z1, z3 */
+        Management__SyncResponse *sr = map_of(a, "pa3");
+        const Management__DNSConfig *d = sr->networkmap->dnsconfig;
+        ASSERT_EQ(3, d->n_customzones);
+        ASSERT_STREQ("netbird.selfhosted.", d->customzones[0]->domain);
+        const Management__CustomZone *z = d->customzones[1];
+        ASSERT_STREQ("corp.internal.", z->domain);
+        ASSERT_FALSE(z->searchdomaindisabled);
+        ASSERT_TRUE(z->nonauthoritative);
+        ASSERT_EQ(2, z->n_records);
+        ASSERT_STREQ("www.corp.internal.", z->records[0]->name);        /* r1 before r2 */
+        ASSERT_STREQ("10.0.0.10", z->records[0]->rdata);
+        ASSERT_EQ(300, z->records[0]->ttl);
+        ASSERT_STREQ("alias.corp.internal.", z->records[1]->name);
+        ASSERT_EQ(5, z->records[1]->type);
+        ASSERT_STREQ("www.corp.internal.", z->records[1]->rdata);
+        z = d->customzones[2];
+        ASSERT_STREQ("all.internal.", z->domain);
+        ASSERT_TRUE(z->searchdomaindisabled);
+        ASSERT_EQ(1, z->n_records);
+        ASSERT_EQ(28, z->records[0]->type);
+        ASSERT_EQ(0, z->records[0]->ttl);
+        management__sync_response__free_unpacked(sr, NULL);
+
+        /* pa1 (g-web, g-all): z3 only; pa5 (g-nodns): DNS off, no zones */
+        sr = map_of(a, "pa1");
+        d = sr->networkmap->dnsconfig;
+        ASSERT_EQ(2, d->n_customzones);
+        ASSERT_STREQ("all.internal.", d->customzones[1]->domain);
+        management__sync_response__free_unpacked(sr, NULL);
+        sr = map_of(a, "pa5");
+        ASSERT_FALSE(sr->networkmap->dnsconfig->serviceenable);
+        ASSERT_EQ(0, sr->networkmap->dnsconfig->n_customzones);
+        management__sync_response__free_unpacked(sr, NULL);
+        cp_netmap_account_unref(a);
+
+        /* acc-b's zone names a group of acc-a: nobody there is in it */
+        ASSERT_OK(cp_netmap_load(s, "acc-b", "netbird.selfhosted", &a, &err), &err);
+        sr = map_of(a, "pb1");
+        ASSERT_EQ(1, sr->networkmap->dnsconfig->n_customzones);
+        ASSERT_STREQ("b.example.", sr->networkmap->dnsconfig->customzones[0]->domain);
         management__sync_response__free_unpacked(sr, NULL);
         cp_netmap_account_unref(a);
         cp_store_free(s);

@@ -7,9 +7,9 @@
  *
  *   1. Build. A cp_netmap_builder collects the account (settings, peers,
  *      groups and memberships, policies and rules, routes, nameserver
- *      groups), referring to objects by their string ids. The loader
- *      cp_netmap_load() fills one from PostgreSQL; tests and benchmarks
- *      fill it by hand.
+ *      groups, custom DNS zones), referring to objects by their string
+ *      ids. The loader cp_netmap_load() fills one from PostgreSQL; tests
+ *      and benchmarks fill it by hand.
  *   2. Finish (the shared work, once per account change).
  *      cp_netmap_builder_finish() resolves every id to an integer index,
  *      computes group member sets, each rule's source and destination
@@ -40,8 +40,8 @@
  *
  * Not modelled (see common/netmap/README.md): IPv6 overlay addresses and
  * routes, posture checks, SSH authorized users (SSHAuth), network
- * resources/routers ("Networks"), account custom DNS zones, forwarding
- * rules, the component envelope.
+ * resources/routers ("Networks"), forwarding rules, the component
+ * envelope.
  */
 #pragma once
 
@@ -239,6 +239,33 @@ typedef struct cp_netmap_nsgroup_spec {
 } cp_netmap_nsgroup_spec;
 
 int cp_netmap_builder_add_nsgroup(cp_netmap_builder *b, const cp_netmap_nsgroup_spec *g, cp_error *reterr);
+
+/* ---- custom DNS zones (netmap-zones.c) ---------------------------------------- */
+
+typedef struct cp_netmap_zone_spec {
+        const char *id;
+        const char *domain;             /* as stored; sent with a trailing dot */
+        bool enabled;
+        bool enable_search_domain;      /* CustomZone.SearchDomainDisabled = !this */
+        const char *const *groups;      /* distribution groups */
+        size_t n_groups;
+} cp_netmap_zone_spec;
+
+/* -EEXIST on a repeated id, -EINVAL without id or domain. */
+int cp_netmap_builder_add_zone(cp_netmap_builder *b, const cp_netmap_zone_spec *z, cp_error *reterr);
+
+typedef struct cp_netmap_zone_record_spec {
+        const char *zone_id;
+        const char *name;
+        const char *type;               /* "A", "AAAA", "CNAME"; others are skipped */
+        const char *content;
+        int64_t ttl;
+} cp_netmap_zone_record_spec;
+
+/* Adds a record to a zone added before; a record of an unknown zone is
+ * ignored. Records keep the order they were added in. */
+int cp_netmap_builder_add_zone_record(cp_netmap_builder *b, const cp_netmap_zone_record_spec *r,
+                                      cp_error *reterr);
 
 /* ---- finish ------------------------------------------------------------------ */
 

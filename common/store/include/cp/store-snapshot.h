@@ -6,14 +6,14 @@
  *
  *   BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY
  *   one SELECT each from accounts, peers, groups, group_peers, policies,
- *   policy_rules, routes and name_server_groups, all scoped to the
- *   account
+ *   policy_rules, routes, name_server_groups, dns_zones and dns_records,
+ *   all scoped to the account
  *   COMMIT
  *
  * so the serial and every row belong to the same database snapshot. Rows
  * are handed to a sink, one callback per row, in table order (account
  * first, then peers, groups, group_peers, policies, rules, routes,
- * nameserver groups); within a table rows come ordered by id (rules by
+ * nameserver groups, DNS zones, their records); within a table rows come ordered by id (rules by
  * policy id, then id). The store does not know what is built from them
  * (common/netmap feeds its builder; layering: store below netmap).
  *
@@ -128,6 +128,26 @@ typedef struct cp_store_snap_nsgroup {
         size_t n_domains;
 } cp_store_snap_nsgroup;
 
+/* Custom DNS zones (dns_zones) and their records (dns_records); zones
+ * come by id, records by zone id then id, after the nameserver groups. */
+typedef struct cp_store_snap_zone {
+        const char *id;
+        const char *domain;
+        bool enabled;
+        bool enable_search_domain;
+        const char *const *groups;              /* distribution_groups */
+        size_t n_groups;
+} cp_store_snap_zone;
+
+typedef struct cp_store_snap_zone_record {
+        const char *id;
+        const char *zone_id;
+        const char *name;
+        const char *type;                       /* "A" | "AAAA" | "CNAME" */
+        const char *content;
+        int64_t ttl;
+} cp_store_snap_zone_record;
+
 /* The callbacks; any may be NULL (those rows are skipped). reterr is the
  * load's own, for the callback to explain a failure. */
 typedef struct cp_store_snapshot_sink {
@@ -139,6 +159,8 @@ typedef struct cp_store_snapshot_sink {
         int (*rule)(void *userdata, const cp_store_snap_rule *r, cp_error *reterr);
         int (*route)(void *userdata, const cp_store_snap_route *r, cp_error *reterr);
         int (*nsgroup)(void *userdata, const cp_store_snap_nsgroup *g, cp_error *reterr);
+        int (*zone)(void *userdata, const cp_store_snap_zone *z, cp_error *reterr);
+        int (*zone_record)(void *userdata, const cp_store_snap_zone_record *r, cp_error *reterr);
 } cp_store_snapshot_sink;
 
 /* Loads account_id into sink. Returns 0, -ENOENT when the account does
