@@ -6,14 +6,16 @@
  *
  *   BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY
  *   one SELECT each from accounts, peers, groups, group_peers, policies,
- *   policy_rules, routes and name_server_groups, all scoped to the
- *   account
+ *   policy_rules, routes, name_server_groups, networks,
+ *   network_resources, network_routers and group_resources, all scoped
+ *   to the account
  *   COMMIT
  *
  * so the serial and every row belong to the same database snapshot. Rows
  * are handed to a sink, one callback per row, in table order (account
  * first, then peers, groups, group_peers, policies, rules, routes,
- * nameserver groups); within a table rows come ordered by id (rules by
+ * nameserver groups, networks, network resources, network routers,
+ * group resources); within a table rows come ordered by id (rules by
  * policy id, then id). The store does not know what is built from them
  * (common/netmap feeds its builder; layering: store below netmap).
  *
@@ -128,6 +130,27 @@ typedef struct cp_store_snap_nsgroup {
         size_t n_domains;
 } cp_store_snap_nsgroup;
 
+typedef struct cp_store_snap_network_resource {
+        const char *id;
+        const char *network_id;
+        const char *name;
+        const char *type;                       /* "host" | "subnet" | "domain" */
+        const char *prefix;                     /* CIDR text, NULL for a domain resource */
+        const char *domain;                     /* "" unless type domain */
+        bool enabled;
+} cp_store_snap_network_resource;
+
+typedef struct cp_store_snap_network_router {
+        const char *id;
+        const char *network_id;
+        const char *peer;                       /* NULL when routed by peer_groups */
+        const char *const *peer_groups;
+        size_t n_peer_groups;
+        int metric;
+        bool masquerade;
+        bool enabled;
+} cp_store_snap_network_router;
+
 /* The callbacks; any may be NULL (those rows are skipped). reterr is the
  * load's own, for the callback to explain a failure. */
 typedef struct cp_store_snapshot_sink {
@@ -139,6 +162,11 @@ typedef struct cp_store_snapshot_sink {
         int (*rule)(void *userdata, const cp_store_snap_rule *r, cp_error *reterr);
         int (*route)(void *userdata, const cp_store_snap_route *r, cp_error *reterr);
         int (*nsgroup)(void *userdata, const cp_store_snap_nsgroup *g, cp_error *reterr);
+        int (*network)(void *userdata, const char *id, const char *name, cp_error *reterr);
+        int (*network_resource)(void *userdata, const cp_store_snap_network_resource *r, cp_error *reterr);
+        int (*network_router)(void *userdata, const cp_store_snap_network_router *r, cp_error *reterr);
+        /* group_resources rows, by group id then resource id */
+        int (*group_resource)(void *userdata, const char *group_id, const char *resource_id, cp_error *reterr);
 } cp_store_snapshot_sink;
 
 /* Loads account_id into sink. Returns 0, -ENOENT when the account does
