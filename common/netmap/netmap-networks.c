@@ -456,6 +456,7 @@ void cp_netmap__networks_finish(cp_netmap_account *a) {
         nw->n_pol_src = cp_xcalloc((size_t) a->n_policies + 1, sizeof *nw->n_pol_src);
 
         nm_vec rp = { 0 }, items = { 0 };       /* (peer, resource << 1 | router) */
+        size_t cap = (size_t) a->n_entries + 1;
         net_index ni;
         net_index_build(nw, &ni);
         for (uint32_t i = 0; i < nw->n_res; i++) {
@@ -466,7 +467,10 @@ void cp_netmap__networks_finish(cp_netmap_account *a) {
                 if (!rp.n)
                         continue;       /* no routes: nobody reaches it, nothing to route */
                 x->entries = (nm_range) { a->n_entries, 0 };
-                a->entries = cp_xrealloc(a->entries, ((size_t) a->n_entries + rp.n / 2 + 1) * sizeof *a->entries);
+                if (a->n_entries + rp.n / 2 + 1 > cap) {
+                        cap = 2 * (a->n_entries + rp.n / 2 + 1);
+                        a->entries = cp_xrealloc(a->entries, cap * sizeof *a->entries);
+                }
                 for (size_t k = 0; k < rp.n; k += 2) {
                         const nm_peer *p = &a->peers[rp.v[k]];
                         const nw_router *rt = &nw->routers[rp.v[k + 1]];
