@@ -561,13 +561,13 @@ static void to_front(nm_vec *v, size_t from) {
 
 void cp_netmap__networks_compute(cp_netmap_worker *w, const cp_netmap_account *a, uint32_t self) {
         const struct nm_networks *nw = a->nw;
-        const nm_range *x = &nw->peer_items[self];
         nm_vec *extra = &w->nw_scratch;
         size_t routes0 = w->routes.n, rfw0 = w->rfw.n;
         nm_buf sources = { 0 };
 
-        if (!nw->peer_items || !x->n)
+        if (!nw->peer_items || !nw->peer_items[self].n)
                 return;
+        const nm_range *x = &nw->peer_items[self];
         extra->n = 0;
         for (uint32_t k = 0; k < x->n; k++) {
                 uint32_t it = nw->items[x->off + k];

@@ -580,7 +580,8 @@ static void run_shape(const struct shape *sh, const char *pg, int n_login, int n
 
         printf("\nbench-agent: netbird-mgmt on %s, PostgreSQL %s, database %s\n", target, pg_version, db_name);
         printf("  shape %s: %d peers (%d groups of %d + a routing peer, one bidirectional ALL policy and\n"
-               "  one route each, Default policy removed), built in SQL in %.0f ms\n", sh->name, TOTAL, n_groups,
+               "  one network with that peer as router, a host resource and a resource policy each (NetBird's\n"
+               "  setupTestAccountManager), Default policy removed), built in SQL in %.0f ms\n", sh->name, TOTAL, n_groups,
                PER_GROUP, shape_ms);
         printf("  client: C (common/nbclient: gRPC C core, protobuf-c, libsodium; box keys precomputed per peer), sequential\n"
                "  calls on one HTTP/2 connection; %d driven peers\n", DRIVEN);
