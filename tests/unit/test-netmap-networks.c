@@ -566,6 +566,83 @@ TEST(routes_of_resources_come_before_account_routes) {
         cp_netmap_account_unref(a);
 }
 
+/* A policy's sources for its resources are NetBird's SourceGroups(): the
+ * source groups of every rule (also of a disabled one and of one aimed
+ * elsewhere); the router's rules come from each active rule with its own
+ * protocol and ports. A resource matched by a group and by a destination
+ * resource gets the policy once. */
+TEST(multi_rule_policy_sources) {
+        cp_netmap_builder *b = account();
+        cp_error err = { 0 };
+        peer(b, "a1", "100.64.1.1");
+        peer(b, "b1", "100.64.1.2");
+        peer(b, "c1", "100.64.1.3");
+        peer(b, "rt", "100.64.2.1");
+        group(b, "ga", "a1", NULL);
+        group(b, "gb", "b1", NULL);
+        group(b, "gc", "c1", NULL);
+        group(b, "rg", NULL);
+        resource(b, "r1", "n1", "one", CP_NETMAP_RESOURCE_SUBNET, "10.5.0.0/16", true);
+        group_resource(b, "rg", "r1");
+        router(b, "x", "n1", "rt", 7, false, true, NULL);
+        const char *ga[] = { "ga" }, *gb[] = { "gb" }, *gc[] = { "gc" }, *rg[] = { "rg" };
+        uint16_t p5432[] = { 5432 };
+        ASSERT_OK(cp_netmap_builder_add_policy(b, "pol", true, &err), &err);
+        cp_netmap_rule_spec r1 = { .id = "pol-r1", .policy_id = "pol", .enabled = true,
+                                   .protocol = CP_NETMAP_PROTO_ALL, .sources = ga, .n_sources = 1,
+                                   .destinations = rg, .n_destinations = 1, .destination_resource = "r1" };
+        cp_netmap_rule_spec r2 = { .id = "pol-r2", .policy_id = "pol", .enabled = true,
+                                   .protocol = CP_NETMAP_PROTO_TCP, .sources = gb, .n_sources = 1,
+                                   .destinations = gc, .n_destinations = 1, .ports = p5432, .n_ports = 1 };
+        cp_netmap_rule_spec r3 = { .id = "pol-r3", .policy_id = "pol", .enabled = false,
+                                   .protocol = CP_NETMAP_PROTO_ALL, .sources = gc, .n_sources = 1,
+                                   .destinations = rg, .n_destinations = 1 };
+        ASSERT_OK(cp_netmap_builder_add_rule(b, &r1, &err), &err);
+        ASSERT_OK(cp_netmap_builder_add_rule(b, &r2, &err), &err);
+        ASSERT_OK(cp_netmap_builder_add_rule(b, &r3, &err), &err);
+        cp_netmap_account *a = finish(b);
+
+        static const char *const srcs[] = { "a1", "b1", "c1" };
+        for (size_t i = 0; i < 3; i++) {
+                Management__SyncResponse *sr = sync_of(a, srcs[i]);
+                expect_routes(sr->networkmap, "r1:rt");
+                expect_route(sr->networkmap, "r1:rt", "10.5.0.0/16", 1, "key-rt", 7, false, "one", NULL);
+                done(sr);
+        }
+        Management__SyncResponse *sr = sync_of(a, "rt");
+        Management__NetworkMap *nm = sr->networkmap;
+        expect_routes(nm, "r1:rt");
+        expect_remotes(nm, "a1,b1,c1");
+        /* one set per active rule: r1 (all, from a1), r2 (tcp/5432, from b1) */
+        ASSERT_EQ(2, nm->n_routesfirewallrules);
+        expect_rfw(nm, 0, "100.64.1.1/32", "10.5.0.0/16", MANAGEMENT__RULE_PROTOCOL__ALL, "pol", "r1:rt");
+        const Management__RouteFirewallRule *rf =
+                expect_rfw(nm, 1, "100.64.1.2/32", "10.5.0.0/16", MANAGEMENT__RULE_PROTOCOL__TCP, "pol", "r1:rt");
+        ASSERT_EQ(5432, rf->portinfo->port);
+        done(sr);
+        cp_netmap_account_unref(a);
+}
+
+/* One worker reused across every peer (as the fan-out does) gives the
+ * same bytes as a fresh worker per peer. */
+TEST(worker_reuse_gives_the_same_bytes) {
+        cp_netmap_account *a = fixture1();
+        cp_netmap_worker *shared = cp_netmap_worker_new();
+        for (int round = 0; round < 2; round++)
+                for (size_t i = 0; i < cp_netmap_account_n_peers(a); i++) {
+                        cp_netmap_worker *fresh = cp_netmap_worker_new();
+                        const uint8_t *d1, *d2;
+                        size_t n1, n2;
+                        ASSERT_OK(cp_netmap_encode_sync(shared, a, i, NULL, &d1, &n1, NULL), NULL);
+                        ASSERT_OK(cp_netmap_encode_sync(fresh, a, i, NULL, &d2, &n2, NULL), NULL);
+                        ASSERT_EQ(n2, n1);
+                        ASSERT_TRUE(memcmp(d1, d2, n1) == 0);
+                        cp_netmap_worker_free(fresh);
+                }
+        cp_netmap_worker_free(shared);
+        cp_netmap_account_unref(a);
+}
+
 TEST(builder_refuses_bad_resources) {
         cp_netmap_builder *b = account();
         cp_error err = { 0 };
