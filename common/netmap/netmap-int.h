@@ -292,7 +292,7 @@ typedef struct nm_route {
 
 /* One route as served by one routing peer. */
 typedef struct nm_route_entry {
-        uint32_t route;
+        uint32_t route;         /* into routes; a network resource entry: the resource (netmap-networks.c) */
         uint32_t peer;
         const char *id;         /* route id, or "<route id>:<peer id>" via peer groups */
         nm_span msg;            /* Route body */

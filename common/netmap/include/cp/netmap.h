@@ -59,7 +59,7 @@ typedef struct cp_netmap_worker cp_netmap_worker;
 /* Limits on what one account may hold; the builder refuses more with
  * -E2BIG (indexes are 32-bit, and a single map must stay encodable). */
 #define CP_NETMAP_MAX_PEERS     1000000u
-#define CP_NETMAP_MAX_OBJECTS   1000000u        /* groups, rules, routes, ns groups each */
+#define CP_NETMAP_MAX_OBJECTS   1000000u        /* groups, rules, routes, ns groups, network resources, routers each */
 
 /* ---- the account ------------------------------------------------------------ */
 
