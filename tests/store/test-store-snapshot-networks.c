@@ -3,11 +3,14 @@
  * network_resources (host, subnet, domain, disabled), network_routers (a
  * peer, peer groups, disabled), group_resources and a rule with a
  * destination resource, written with SQL, loaded, encoded and decoded.
- * Another account's network rows must not leak in.
+ * Another account's network rows must not leak in. NetBird's full
+ * 5000/200 shape (a network, router, host resource and resource policy
+ * per group) times the load.
  */
 #include "cp/base.h"
 #include "cp/netmap.h"
 #include "cp/store-snapshot.h"
+#include "cp/util.h"
 #include "cptest.h"
 #include "management.pb-c.h"
 #include "testdb.h"
@@ -196,6 +199,78 @@ TEST(snapshot_load_builds_network_routes) {
         exec(db, "UPDATE network_resources SET type = 'weird' WHERE id = 'r-host'");
         ASSERT_EQ(-EBADMSG, cp_netmap_load(s, "acc-a", "netbird.selfhosted", &a, &err));
         cp_error_clear(&err);
+        cp_store_free(s);
+        cptest_db_free(db);
+}
+
+/* NetBird's setupTestAccountManager(5000, 200) in SQL: groups of 25 plus
+ * a routing peer, a self-mesh policy per group, and per group a network
+ * routed by that peer, one host resource and a resource policy from the
+ * group; everyone in All. Prints the load + precompute time. */
+TEST(snapshot_load_5000_200_full_shape) {
+        cp_store *s = NULL;
+        cptest_db *db = cptest_db_new_migrated(1, &s);
+        cp_netmap_account *a = NULL;
+        cp_error err = { 0 };
+
+        exec(db, "INSERT INTO accounts (id, network_net, network_serial) VALUES ('big', '100.80.0.0/16', 3)");
+        exec(db, "INSERT INTO peers (id, account_id, key, ip, dns_label, meta_wt_version, meta_capabilities)"
+                 " SELECT 'bp' || lpad(i::text, 5, '0'), 'big', 'bkey' || i, '100.80.0.0'::inet + i + 1,"
+                 " 'host-' || i, '0.60.0', '{1}' FROM generate_series(0, 5199) i");
+        exec(db, "INSERT INTO groups (id, account_id, name) SELECT 'bg' || lpad(g::text, 3, '0'), 'big', 'g' || g"
+                 " FROM generate_series(0, 199) g");
+        exec(db, "INSERT INTO groups (id, account_id, name) VALUES ('ball', 'big', 'All')");
+        exec(db, "INSERT INTO group_peers (account_id, group_id, peer_id)"
+                 " SELECT 'big', 'bg' || lpad((i / 25)::text, 3, '0'), 'bp' || lpad(i::text, 5, '0')"
+                 " FROM generate_series(0, 4999) i"
+                 " UNION ALL SELECT 'big', 'bg' || lpad(g::text, 3, '0'), 'bp' || lpad((5000 + g)::text, 5, '0')"
+                 " FROM generate_series(0, 199) g"
+                 " UNION ALL SELECT 'big', 'ball', 'bp' || lpad(i::text, 5, '0') FROM generate_series(0, 5199) i");
+        exec(db, "INSERT INTO policies (id, account_id, name) SELECT 'pol' || lpad(g::text, 3, '0'), 'big', 'p'"
+                 " FROM generate_series(0, 199) g"
+                 " UNION ALL SELECT 'polnr' || lpad(g::text, 3, '0'), 'big', 'nr' FROM generate_series(0, 199) g");
+        exec(db, "INSERT INTO policy_rules (id, policy_id, account_id, bidirectional, sources, destinations,"
+                 " destination_resource_id, destination_resource_type)"
+                 " SELECT 'rule' || lpad(g::text, 3, '0'), 'pol' || lpad(g::text, 3, '0'), 'big', true,"
+                 " ARRAY['bg' || lpad(g::text, 3, '0')], ARRAY['bg' || lpad(g::text, 3, '0')], NULL, NULL"
+                 " FROM generate_series(0, 199) g"
+                 " UNION ALL SELECT 'rulenr' || lpad(g::text, 3, '0'), 'polnr' || lpad(g::text, 3, '0'), 'big', true,"
+                 " ARRAY['bg' || lpad(g::text, 3, '0')], '{}', 'res' || lpad(g::text, 3, '0'), 'host'"
+                 " FROM generate_series(0, 199) g");
+        exec(db, "INSERT INTO networks (id, account_id, name) SELECT 'net' || lpad(g::text, 3, '0'), 'big',"
+                 " 'Network for Group ' || g FROM generate_series(0, 199) g");
+        exec(db, "INSERT INTO network_routers (id, network_id, account_id, peer, metric)"
+                 " SELECT 'rtr' || lpad(g::text, 3, '0'), 'net' || lpad(g::text, 3, '0'), 'big',"
+                 " 'bp' || lpad((5000 + g)::text, 5, '0'), 9999 FROM generate_series(0, 199) g");
+        exec(db, "INSERT INTO network_resources (id, network_id, account_id, name, type, prefix)"
+                 " SELECT 'res' || lpad(g::text, 3, '0'), 'net' || lpad(g::text, 3, '0'), 'big',"
+                 " 'Network resource for Group ' || g, 'host', ('10.' || (g / 256) || '.' || (g % 256) || '.1/32')::cidr"
+                 " FROM generate_series(0, 199) g");
+        exec(db, "ANALYZE");
+
+        double best = 1e30;
+        for (int run = 0; run < 3; run++) {
+                double t0 = (double) cp_now_mono_ms();
+                ASSERT_OK(cp_netmap_load(s, "big", "netbird.selfhosted", &a, &err), &err);
+                double t = (double) cp_now_mono_ms() - t0;
+                best = t < best ? t : best;
+                if (run < 2)
+                        a = cp_netmap_account_unref(a);
+        }
+        printf("# load + precompute of 5200 peers / 200 groups, full shape: best %.0f ms (of 3)\n", best);
+        ASSERT_EQ(5200, cp_netmap_account_n_peers(a));
+        Management__SyncResponse *sr = map_of(a, "bp00000");
+        ASSERT_EQ(25, sr->networkmap->n_remotepeers);
+        ASSERT_EQ(50, sr->networkmap->n_firewallrules);
+        ASSERT_EQ(1, sr->networkmap->n_routes);
+        ASSERT_STREQ("res000:bp05000", sr->networkmap->routes[0]->id);
+        management__sync_response__free_unpacked(sr, NULL);
+        sr = map_of(a, "bp05000");
+        ASSERT_EQ(1, sr->networkmap->n_routes);
+        ASSERT_EQ(1, sr->networkmap->n_routesfirewallrules);
+        ASSERT_EQ(25, sr->networkmap->routesfirewallrules[0]->n_sourceranges);
+        management__sync_response__free_unpacked(sr, NULL);
+        cp_netmap_account_unref(a);
         cp_store_free(s);
         cptest_db_free(db);
 }
