@@ -246,6 +246,8 @@ int cp_netmap_builder_add_rule(cp_netmap_builder *b, const cp_netmap_rule_spec *
                 .n_dst_groups = (uint32_t) r->n_destinations,
                 .src_peer = empty(r->source_peer) ? NULL : cp_netmap__arena_strdup(&a->arena, r->source_peer),
                 .dst_peer = empty(r->destination_peer) ? NULL : cp_netmap__arena_strdup(&a->arena, r->destination_peer),
+                .dst_resource = empty(r->destination_resource) ? NULL
+                                                                : cp_netmap__arena_strdup(&a->arena, r->destination_resource),
                 .n_ports = (uint32_t) r->n_ports,
                 .n_ranges = (uint32_t) r->n_port_ranges,
         };
@@ -389,6 +391,7 @@ int cp_netmap_builder_add_nsgroup(cp_netmap_builder *b, const cp_netmap_nsgroup_
 void cp_netmap__account_free(cp_netmap_account *a) {
         if (!a)
                 return;
+        cp_netmap__networks_free(a);
         cp_netmap__map_release(&a->peer_by_id);
         cp_netmap__map_release(&a->peer_by_key);
         cp_netmap__map_release(&a->group_by_id);

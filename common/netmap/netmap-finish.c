@@ -364,7 +364,7 @@ static void resolve_rules(cp_netmap_account *a, marker *mk) {
 /* ---- routes ------------------------------------------------------------------------------------ */
 
 /* Route message body (section 1.6) for route r served by peer p. */
-static nm_span encode_route(cp_netmap_account *a, const nm_route *r, const nm_peer *p, const char *id) {
+nm_span cp_netmap__encode_route(cp_netmap_account *a, const nm_route *r, const nm_peer *p, const char *id) {
         size_t s = a->blob.len;
         nm_put_str(&a->blob, 1, id);
         nm_put_str(&a->blob, 2, r->network);
@@ -480,7 +480,7 @@ static void resolve_routes(cp_netmap_account *a, marker *mk) {
                 } else {
                         x->id = r->id;
                 }
-                x->msg = encode_route(a, r, p, x->id);
+                x->msg = cp_netmap__encode_route(a, r, p, x->id);
                 x->default_permit = r->n_acgs ? (nm_span) { 0, 0 } : encode_default_permit(a, r, x->id);
                 if (!r->entries.n)
                         r->entries.off = e;
@@ -666,6 +666,7 @@ int cp_netmap__finish(cp_netmap_account *a, cp_error *reterr) {
 
         resolve_rules(a, &mk);
         resolve_routes(a, &mk);
+        cp_netmap__networks_finish(a);
         for (uint32_t i = 0; i < a->n_nsgroups; i++) {
                 nm_nsgroup *g = &a->nsgroups[i];
                 g->group_idx = resolve_ids(a, g->groups, g->n_groups, &g->n_group_idx);

@@ -243,6 +243,7 @@ typedef struct nm_rule {
         uint32_t n_dst_groups;
         const char *src_peer;   /* resource of type peer, or NULL */
         const char *dst_peer;
+        const char *dst_resource;       /* network resource, or NULL (netmap-networks.c) */
         uint16_t *ports;
         uint32_t n_ports;
         cp_netmap_port_range *ranges;
@@ -291,7 +292,7 @@ typedef struct nm_route {
 
 /* One route as served by one routing peer. */
 typedef struct nm_route_entry {
-        uint32_t route;
+        uint32_t route;         /* into routes; a network resource entry: the resource (netmap-networks.c) */
         uint32_t peer;
         const char *id;         /* route id, or "<route id>:<peer id>" via peer groups */
         nm_span msg;            /* Route body */
@@ -380,6 +381,7 @@ struct cp_netmap_account {
         nm_zone *zones;         /* custom DNS zones */
         uint32_t n_zones, cap_zones;
         nm_map zone_by_id;
+        struct nm_networks *nw; /* network resources and routers (netmap-networks.c); NULL = none */
         bool built;
 };
 
@@ -426,6 +428,7 @@ struct cp_netmap_worker {
         bool dns;
         bool unvalidated;
         unsigned variant;
+        nm_vec nw_scratch;      /* netmap-networks.c */
 
         nm_buf out;
 };
@@ -443,7 +446,24 @@ void cp_netmap__zones_free(cp_netmap_account *a);
 void cp_netmap__zones_pick(cp_netmap_worker *w, const cp_netmap_account *a);
 size_t cp_netmap__zones_size(const cp_netmap_worker *w, const cp_netmap_account *a);
 uint8_t *cp_netmap__zones_write(uint8_t *o, const cp_netmap_worker *w, const cp_netmap_account *a);
+/* netmap-map.c: the RouteFirewallRules of one policy rule for route entry
+ * e, from already encoded sources (RouteFirewallRule field 1 entries);
+ * one per port or range; nothing when sources is empty. */
+void cp_netmap__rfw_ports(cp_netmap_worker *w, const cp_netmap_account *a, const nm_route *r,
+                          const nm_route_entry *e, const nm_rule *rule, const nm_buf *sources);
 
 /* netmap-build.c */
 int cp_netmap__finish(cp_netmap_account *a, cp_error *reterr);
 void cp_netmap__account_free(cp_netmap_account *a);
+
+/* netmap-finish.c: a Route body (section 1.6) for route r served by p. */
+nm_span cp_netmap__encode_route(cp_netmap_account *a, const nm_route *r, const nm_peer *p, const char *id);
+
+/* netmap-networks.c: network resources and routers. finish runs after
+ * routes are resolved and appends the resources' route entries to
+ * account->entries; compute runs in cp_netmap__compute after the regular
+ * routes and route firewall rules and puts the resources' ones first,
+ * as NetBird does; free releases what finish and the builder made. */
+void cp_netmap__networks_finish(cp_netmap_account *a);
+void cp_netmap__networks_compute(cp_netmap_worker *w, const cp_netmap_account *a, uint32_t self);
+void cp_netmap__networks_free(cp_netmap_account *a);

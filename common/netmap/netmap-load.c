@@ -77,6 +77,11 @@ static const char *peer_resource(const char *id, const char *type) {
         return id && *id && type && strcmp(type, "peer") == 0 ? id : NULL;
 }
 
+/* A network resource (host, subnet, domain) as a rule's destination. */
+static const char *network_resource(const char *id, const char *type) {
+        return id && *id && type && *type && strcmp(type, "peer") != 0 ? id : NULL;
+}
+
 static int on_rule(void *ud, const cp_store_snap_rule *r, cp_error *reterr) {
         load_ctx *x = ud;
         cp_netmap_rule_spec spec = {
@@ -90,6 +95,7 @@ static int on_rule(void *ud, const cp_store_snap_rule *r, cp_error *reterr) {
                 .n_destinations = r->n_destinations,
                 .source_peer = peer_resource(r->source_resource_id, r->source_resource_type),
                 .destination_peer = peer_resource(r->destination_resource_id, r->destination_resource_type),
+                .destination_resource = network_resource(r->destination_resource_id, r->destination_resource_type),
         };
         if (cp_netmap_protocol_parse(r->protocol, &spec.protocol) < 0 ||
             cp_netmap_action_parse(r->action, &spec.action) < 0)
@@ -196,6 +202,38 @@ static int on_zone_record(void *ud, const cp_store_snap_zone_record *r, cp_error
         return cp_netmap_builder_add_zone_record(((load_ctx *) ud)->b, &spec, reterr);
 }
 
+static int on_network_resource(void *ud, const cp_store_snap_network_resource *r, cp_error *reterr) {
+        cp_netmap_network_resource_spec spec = {
+                .id = r->id,
+                .network_id = r->network_id,
+                .name = r->name,
+                .prefix = r->prefix,
+                .domain = r->domain,
+                .enabled = r->enabled,
+        };
+        if (cp_netmap_resource_type_parse(r->type, &spec.type) < 0)
+                return cp_error_set(reterr, -EBADMSG, "netmap: network resource %s: unknown type", r->id);
+        return cp_netmap_builder_add_network_resource(((load_ctx *) ud)->b, &spec, reterr);
+}
+
+static int on_network_router(void *ud, const cp_store_snap_network_router *r, cp_error *reterr) {
+        cp_netmap_network_router_spec spec = {
+                .id = r->id,
+                .network_id = r->network_id,
+                .peer = r->peer,
+                .peer_groups = r->peer_groups,
+                .n_peer_groups = r->n_peer_groups,
+                .metric = r->metric,
+                .masquerade = r->masquerade,
+                .enabled = r->enabled,
+        };
+        return cp_netmap_builder_add_network_router(((load_ctx *) ud)->b, &spec, reterr);
+}
+
+static int on_group_resource(void *ud, const char *group_id, const char *resource_id, cp_error *reterr) {
+        return cp_netmap_builder_add_group_resource(((load_ctx *) ud)->b, group_id, resource_id, reterr);
+}
+
 static const cp_store_snapshot_sink sink = {
         .account = on_account,
         .peer = on_peer,
@@ -207,6 +245,9 @@ static const cp_store_snapshot_sink sink = {
         .nsgroup = on_nsgroup,
         .zone = on_zone,
         .zone_record = on_zone_record,
+        .network_resource = on_network_resource,
+        .network_router = on_network_router,
+        .group_resource = on_group_resource,
 };
 
 /* Finishes what a load (r) left in x. */

@@ -29,6 +29,7 @@ cp_netmap_worker *cp_netmap_worker_free(cp_netmap_worker *w) {
         free(w->zones.v);
         free(w->fw);
         free(w->rfw.v);
+        free(w->nw_scratch.v);
         cp_netmap__buf_release(&w->side);
         cp_netmap__buf_release(&w->out);
         free(w);
@@ -246,10 +247,15 @@ static void rfw_rule(cp_netmap_worker *w, const cp_netmap_account *a, uint32_t s
                         nm_buf_add(sources, a->blob.data + sp.off, sp.len);
                 }
         }
+        cp_netmap__rfw_ports(w, a, r, e, rule, sources);
+}
+
+void cp_netmap__rfw_ports(cp_netmap_worker *w, const cp_netmap_account *a, const nm_route *r,
+                          const nm_route_entry *e, const nm_rule *rule, const nm_buf *sources) {
         if (!sources->len)
                 return;
 
-        uint8_t pi[24];
+        uint8_t pi[24] = { 0 };
         if (rule->n_ports) {
                 for (uint32_t k = 0; k < rule->n_ports; k++) {
                         bool dup = false;
@@ -426,6 +432,8 @@ void cp_netmap__compute(cp_netmap_worker *w, const cp_netmap_account *a, uint32_
 
         if (p->routes.n)
                 route_firewall(w, a, self);
+        if (a->nw)
+                cp_netmap__networks_compute(w, a, self);
 
         /* DNS (4.3): the peer zone holds the relevant peers' records;
          * nameserver groups apply by group, except to their own servers. */

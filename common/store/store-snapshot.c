@@ -67,6 +67,18 @@
 
 #define Q_ZONE_RECORDS \
         "SELECT id, zone_id, name, type, content, ttl FROM dns_records WHERE account_id = $1 ORDER BY zone_id, id"
+#define Q_NETWORKS "SELECT id, name FROM networks WHERE account_id = $1 ORDER BY id"
+
+#define Q_NETWORK_RESOURCES \
+        "SELECT id, network_id, name, type, prefix::text, domain, enabled" \
+        " FROM network_resources WHERE account_id = $1 ORDER BY id"
+
+#define Q_NETWORK_ROUTERS \
+        "SELECT id, network_id, peer, array_to_json(peer_groups)::text, metric, masquerade, enabled" \
+        " FROM network_routers WHERE account_id = $1 ORDER BY id"
+
+#define Q_GROUP_RESOURCES \
+        "SELECT group_id, resource_id FROM group_resources WHERE account_id = $1 ORDER BY group_id, resource_id"
 
 static int query(cp_store_conn *c, const char *sql, const char *account_id, PGresult **ret, cp_error *reterr) {
         const char *params[1] = { account_id };
@@ -458,6 +470,51 @@ static int load_zones(cp_store_conn *c, const char *account_id, const cp_store_s
         return r;
 }
 
+static int load_network_resources(cp_store_conn *c, const char *account_id, const cp_store_snapshot_sink *sink,
+                                  void *ud, cp_error *reterr) {
+        _cleanup_pgresult_ PGresult *res = NULL;
+        int r = query(c, Q_NETWORK_RESOURCES, account_id, &res, reterr);
+
+        for (int i = 0; r >= 0 && sink->network_resource && i < PQntuples(res); i++) {
+                cp_store_snap_network_resource x = {
+                        .id = str(res, i, 0),
+                        .network_id = str(res, i, 1),
+                        .name = str(res, i, 2),
+                        .type = str(res, i, 3),
+                        .prefix = val(res, i, 4),
+                        .domain = str(res, i, 5),
+                        .enabled = boolean(res, i, 6),
+                };
+                r = sink->network_resource(ud, &x, reterr);
+        }
+        return r;
+}
+
+static int load_network_routers(cp_store_conn *c, const char *account_id, const cp_store_snapshot_sink *sink,
+                                void *ud, cp_error *reterr) {
+        _cleanup_pgresult_ PGresult *res = NULL;
+        int r = query(c, Q_NETWORK_ROUTERS, account_id, &res, reterr);
+
+        for (int i = 0; r >= 0 && sink->network_router && i < PQntuples(res); i++) {
+                strv pg;
+                if ((r = strv_parse(val(res, i, 3), &pg, "network router peer groups", reterr)) < 0)
+                        break;
+                cp_store_snap_network_router x = {
+                        .id = str(res, i, 0),
+                        .network_id = str(res, i, 1),
+                        .peer = val(res, i, 2),
+                        .peer_groups = pg.v,
+                        .n_peer_groups = pg.n,
+                        .metric = (int) i64(res, i, 4),
+                        .masquerade = boolean(res, i, 5),
+                        .enabled = boolean(res, i, 6),
+                };
+                r = sink->network_router(ud, &x, reterr);
+                strv_release(&pg);
+        }
+        return r;
+}
+
 /* Every table, in order, on c. */
 static int load_all(cp_store_conn *c, const char *account_id, const cp_store_snapshot_sink *sink, void *ud,
                     cp_error *reterr) {
@@ -470,8 +527,12 @@ static int load_all(cp_store_conn *c, const char *account_id, const cp_store_sna
             (r = load_policies(c, account_id, sink, ud, reterr)) >= 0 &&
             (r = load_rules(c, account_id, sink, ud, reterr)) >= 0 &&
             (r = load_routes(c, account_id, sink, ud, reterr)) >= 0 &&
-            (r = load_nsgroups(c, account_id, sink, ud, reterr)) >= 0)
-                r = load_zones(c, account_id, sink, ud, reterr);
+            (r = load_nsgroups(c, account_id, sink, ud, reterr)) >= 0 &&
+            (r = load_zones(c, account_id, sink, ud, reterr)) >= 0 &&
+            (r = load_pairs(c, Q_NETWORKS, account_id, sink->network, ud, reterr)) >= 0 &&
+            (r = load_network_resources(c, account_id, sink, ud, reterr)) >= 0 &&
+            (r = load_network_routers(c, account_id, sink, ud, reterr)) >= 0)
+                r = load_pairs(c, Q_GROUP_RESOURCES, account_id, sink->group_resource, ud, reterr);
         return r;
 }
 

@@ -18,8 +18,11 @@
  *   2. netbird-mgmt migrate, bootstrap, then the shape in SQL: 5,200 peers
  *      with valid WireGuard public keys (the first DRIVEN have private keys
  *      this process holds), 200 groups of 25 + a routing peer, one
- *      bidirectional ALL policy and one route per group, every peer in All,
- *      the Default policy removed, all peers but the driven ones connected.
+ *      bidirectional ALL policy per group, and per group (NetBird's
+ *      setupTestAccountManager) a network routed by the group's routing
+ *      peer with a host resource and a bidirectional ALL resource policy
+ *      from the group; every peer in All, the Default policy removed, all
+ *      peers but the driven ones connected.
  *   3. netbird-mgmt management on 127.0.0.1, free ports (--port 0), a
  *      throwaway data-store key; its log goes to a temporary file.
  *   4. Measures (sequential, one HTTP/2 connection):
@@ -323,7 +326,7 @@ static double build_shape(const char *account, const char *network) {
         PGconn *c = connect_db(db_dsn);
         exec_ok(c, "BEGIN");
         char *esc = PQescapeLiteral(c, account, strlen(account));
-        char sql[2048];
+        char sql[4096];
         (void) snprintf(sql, sizeof sql, "DELETE FROM policies WHERE account_id = %s", esc);
         exec_ok(c, sql);
 
@@ -372,15 +375,30 @@ static double build_shape(const char *account, const char *network) {
                 "SELECT 'brule' || lpad(g::text, 3, '0'), 'bpol' || lpad(g::text, 3, '0'), %s, 'rule-' || g, "
                 "true, 'all', ARRAY['bg' || lpad(g::text, 3, '0')], ARRAY['bg' || lpad(g::text, 3, '0')] "
                 "FROM generate_series(0, %d) g;"
-                "INSERT INTO routes (id, account_id, network, net_id, peer, groups, masquerade, metric) "
-                "SELECT 'broute' || lpad(g::text, 3, '0'), %s, "
-                "('10.' || (g >> 8) || '.' || (g & 255) || '.0/24')::cidr, 'route-' || g, "
-                "'bp' || lpad((%d + g)::text, 5, '0'), ARRAY['bg' || lpad(g::text, 3, '0')], true, 9999 "
-                "FROM generate_series(0, %d) g;"
+                /* NetBird's setupTestAccountManager: per group a network, its
+                 * routing peer as router, a host resource and a resource
+                 * policy from the group (this used to be a route per group).
+                 * TODO(posture): and one posture check per account. */
+                "INSERT INTO networks (id, account_id, name) "
+                "SELECT 'bnet' || lpad(g::text, 3, '0'), %s, 'network-' || g FROM generate_series(0, %d) g;"
+                "INSERT INTO network_routers (id, network_id, account_id, peer, metric) "
+                "SELECT 'brt' || lpad(g::text, 3, '0'), 'bnet' || lpad(g::text, 3, '0'), %s, "
+                "'bp' || lpad((%d + g)::text, 5, '0'), 9999 FROM generate_series(0, %d) g;"
+                "INSERT INTO network_resources (id, network_id, account_id, name, type, prefix) "
+                "SELECT 'bres' || lpad(g::text, 3, '0'), 'bnet' || lpad(g::text, 3, '0'), %s, 'resource-' || g, "
+                "'host', ('10.' || (g >> 8) || '.' || (g & 255) || '.1/32')::cidr FROM generate_series(0, %d) g;"
+                "INSERT INTO policies (id, account_id, name) "
+                "SELECT 'bpolnr' || lpad(g::text, 3, '0'), %s, 'policy-nr-' || g FROM generate_series(0, %d) g;"
+                "INSERT INTO policy_rules (id, policy_id, account_id, name, bidirectional, protocol, "
+                "sources, destination_resource_id, destination_resource_type) "
+                "SELECT 'brulenr' || lpad(g::text, 3, '0'), 'bpolnr' || lpad(g::text, 3, '0'), %s, "
+                "'rule-nr-' || g, true, 'all', ARRAY['bg' || lpad(g::text, 3, '0')], "
+                "'bres' || lpad(g::text, 3, '0'), 'host' FROM generate_series(0, %d) g;"
                 "UPDATE peers SET peer_status_last_seen = now(), peer_status_session_started_at = 1 "
                 "WHERE account_id = %s AND peer_status_connected;"
                 "UPDATE accounts SET network_serial = network_serial + 1 WHERE id = %s",
-                esc, n_groups - 1, esc, n_groups - 1, esc, n_peers, n_groups - 1, esc, esc);
+                esc, n_groups - 1, esc, n_groups - 1, esc, n_groups - 1, esc, n_peers, n_groups - 1, esc,
+                n_groups - 1, esc, n_groups - 1, esc, n_groups - 1, esc, esc);
         exec_ok(c, sql);
         exec_ok(c, "COMMIT");
         exec_ok(c, "ANALYZE");
@@ -562,7 +580,8 @@ static void run_shape(const struct shape *sh, const char *pg, int n_login, int n
 
         printf("\nbench-agent: netbird-mgmt on %s, PostgreSQL %s, database %s\n", target, pg_version, db_name);
         printf("  shape %s: %d peers (%d groups of %d + a routing peer, one bidirectional ALL policy and\n"
-               "  one route each, Default policy removed), built in SQL in %.0f ms\n", sh->name, TOTAL, n_groups,
+               "  one network with that peer as router, a host resource and a resource policy each (NetBird's\n"
+               "  setupTestAccountManager), Default policy removed), built in SQL in %.0f ms\n", sh->name, TOTAL, n_groups,
                PER_GROUP, shape_ms);
         printf("  client: C (common/nbclient: gRPC C core, protobuf-c, libsodium; box keys precomputed per peer), sequential\n"
                "  calls on one HTTP/2 connection; %d driven peers\n", DRIVEN);

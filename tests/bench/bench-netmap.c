@@ -7,12 +7,14 @@
  * into `groups` groups of consecutive peers, each group plus one extra
  * routing peer; one bidirectional ALL policy per group on itself; the
  * default All policy removed (the All group stays, holding everyone);
- * one route per group served by its routing peer and distributed to the
- * group (NetBird uses a network resource there). Every agent is 0.60.0
+ * then either (previous shape) one route per group served by its
+ * routing peer and distributed to the group, or (NetBird's full shape)
+ * per group a network with that routing peer as its router, a host
+ * resource and a resource policy from the group; both are printed. Every agent is 0.60.0
  * with the source-prefix capability, as stock agents are. 2000/2000 is
  * 4,000 peers in 2,000 pairs (one peer and its routing peer), with 2,000
- * group policies and 2,000 routes (NetBird counts 4,000 policies: its
- * resource policies are our routes).
+ * group policies and 2,000 routes, or, in the full shape, 4,000 policies
+ * as NetBird counts them (2,000 of them resource policies).
  *
  * Printed per shape (best of N runs):
  *   fill         builder calls (stands in for the load)
@@ -68,7 +70,13 @@ static void die(const char *what, int r, const cp_error *e) {
         exit(1);
 }
 
-static cp_netmap_builder *fill(const shape *s, int *ret_total) {
+/* networks false: the previous shape, a route per group standing in for
+ * NetBird's network resource. networks true: NetBird's full
+ * setupTestAccountManager shape, per group a network, its routing peer as
+ * the network's router (metric 9999, no masquerade), one host resource
+ * and a bidirectional ALL policy from the group to the resource (its
+ * destination resource), next to the group's own policy; no routes. */
+static cp_netmap_builder *fill(const shape *s, bool networks, int *ret_total) {
         cp_netmap_account_spec spec = {
                 .id = "bench-account", .serial = 42, .network_cidr = "100.64.0.0/10",
                 .dns_domain = "netbird.selfhosted", .routing_peer_dns_resolution_enabled = true,
@@ -121,8 +129,41 @@ static cp_netmap_builder *fill(const shape *s, int *ret_total) {
                 (void) cp_netmap_builder_add_policy(b, pid, true, &err);
                 if ((r = cp_netmap_builder_add_rule(b, &rule, &err)) < 0)
                         die("rule", r, &err);
-                (void) snprintf(rid, sizeof rid, "route%04d", g);
                 (void) snprintf(id, sizeof id, "peer%06d", router);
+                if (networks) {
+                        char nid[32], resid[32], rtid[32], addr[32], name[48];
+                        (void) snprintf(nid, sizeof nid, "network%04d", g);
+                        (void) snprintf(resid, sizeof resid, "resource%04d", g);
+                        (void) snprintf(rtid, sizeof rtid, "router%04d", g);
+                        (void) snprintf(name, sizeof name, "Network resource for Group %d", g);
+                        (void) snprintf(addr, sizeof addr, "10.%d.%d.1/32", g >> 8, g & 255);
+                        cp_netmap_network_resource_spec res = {
+                                .id = resid, .network_id = nid, .name = name, .type = CP_NETMAP_RESOURCE_HOST,
+                                .prefix = addr, .enabled = true,
+                        };
+                        cp_netmap_network_router_spec rt = {
+                                .id = rtid, .network_id = nid, .peer = id, .metric = 9999, .enabled = true,
+                        };
+                        if ((r = cp_netmap_builder_add_network_resource(b, &res, &err)) < 0 ||
+                            (r = cp_netmap_builder_add_network_router(b, &rt, &err)) < 0)
+                                die("network", r, &err);
+                        (void) snprintf(pid, sizeof pid, "policy-nr%04d", g);
+                        (void) snprintf(rid, sizeof rid, "rule-nr%04d", g);
+                        cp_netmap_rule_spec nr = {
+                                .id = rid, .policy_id = pid, .enabled = true, .protocol = CP_NETMAP_PROTO_ALL,
+                                .bidirectional = true, .sources = grp, .n_sources = 1,
+                                .destination_resource = resid,
+                        };
+                        /* TODO(posture): NetBird's shape also has one posture
+                         * check ("PostureChecksAll", NBVersionCheck >= 0.0.1)
+                         * in the account; add it here once posture checks
+                         * are modelled. */
+                        (void) cp_netmap_builder_add_policy(b, pid, true, &err);
+                        if ((r = cp_netmap_builder_add_rule(b, &nr, &err)) < 0)
+                                die("resource rule", r, &err);
+                        continue;
+                }
+                (void) snprintf(rid, sizeof rid, "route%04d", g);
                 char net[32];
                 (void) snprintf(net, sizeof net, "10.%d.%d.0/24", g >> 8, g & 255);
                 cp_netmap_route_spec route = {
@@ -260,12 +301,12 @@ static double min_d(double a, double b) {
         return a < b ? a : b;
 }
 
-static void bench(const shape *s, int runs) {
+static void bench(const shape *s, bool networks, int runs) {
         double t_fill = 1e30, t_pre = 1e30, t_enc1 = 1e30, t_enc2 = 1e30, t_box = 1e30, t_boxnm = 1e30,
                t_boxnm2 = 1e30, t_fan = 1e30;
         size_t bytes = 0, max_len = 0;
         int total = 0;
-        cp_netmap_stats st = { 0 };
+        cp_netmap_stats st = { 0 }, st_router = { 0 };
 
         /* keys for the crypto runs: one server key, one peer key each */
         int n_keys = s->peers + s->groups;
@@ -282,7 +323,7 @@ static void bench(const shape *s, int runs) {
 
         for (int run = 0; run < runs; run++) {
                 double t0 = now_ms();
-                cp_netmap_builder *b = fill(s, &total);
+                cp_netmap_builder *b = fill(s, networks, &total);
                 double t1 = now_ms();
                 cp_netmap_account *a;
                 cp_error err = { 0 };
@@ -299,12 +340,13 @@ static void bench(const shape *s, int runs) {
                         const uint8_t *d;
                         size_t n;
                         (void) cp_netmap_encode_sync(w, a, 0, NULL, &d, &n, &st);
+                        (void) cp_netmap_encode_sync(w, a, (size_t) s->peers, NULL, &d, &n, &st_router);
                         cp_netmap_worker_free(w);
                 }
                 cp_netmap_account_unref(a);
 
                 /* the whole fan-out on 2 threads: precompute, then encode+seal */
-                b = fill(s, &total);
+                b = fill(s, networks, &total);
                 double f0 = now_ms();
                 if ((r = cp_netmap_builder_finish(b, &a, &err)) < 0)
                         die("finish", r, &err);
@@ -319,11 +361,15 @@ static void bench(const shape *s, int runs) {
 
         char cmp[200];
 
-        printf("\n== %s: %d peers, %d groups (best of %d runs); NetBird UpdateAccountPeers band:"
-               " %.0f-%.0f ms local, %.0f-%.0f ms CI (4 vCPU)\n", s->name, total, s->groups, runs,
+        printf("\n== %s %s: %d peers, %d groups (best of %d runs); NetBird UpdateAccountPeers band:"
+               " %.0f-%.0f ms local, %.0f-%.0f ms CI (4 vCPU)\n", s->name,
+               networks ? "networks (NetBird's full shape)" : "routes (previous shape)", total, s->groups, runs,
                s->nb_local_lo, s->nb_local_hi, s->nb_ci_lo, s->nb_ci_hi);
         printf("  map of peer 0: %zu remote peers, %zu firewall rules, %zu routes, %zu DNS records\n",
                st.remote_peers, st.firewall_rules, st.routes, st.dns_records);
+        printf("  map of routing peer 0: %zu remote peers, %zu firewall rules, %zu routes,"
+               " %zu route firewall rules\n",
+               st_router.remote_peers, st_router.firewall_rules, st_router.routes, st_router.route_firewall_rules);
         printf("  bytes: %.1f MB total, %.1f KB per peer, largest %.1f KB\n", (double) bytes / 1e6,
                (double) bytes / 1e3 / total, (double) max_len / 1e3);
         printf("  fill (builder calls)          %8.2f ms\n", t_fill);
@@ -362,7 +408,9 @@ int main(int argc, char **argv) {
         if (sodium_init() < 0)
                 die("sodium_init", -1, NULL);
         printf("bench-netmap: %ld CPUs online\n", sysconf(_SC_NPROCESSORS_ONLN));
-        for (size_t i = 0; i < ELEMENTSOF(shapes); i++)
-                bench(&shapes[i], runs);
+        for (size_t i = 0; i < ELEMENTSOF(shapes); i++) {
+                bench(&shapes[i], false, runs);
+                bench(&shapes[i], true, runs);
+        }
         return 0;
 }

@@ -7,9 +7,10 @@
  *
  *   1. Build. A cp_netmap_builder collects the account (settings, peers,
  *      groups and memberships, policies and rules, routes, nameserver
- *      groups, custom DNS zones), referring to objects by their string
- *      ids. The loader cp_netmap_load() fills one from PostgreSQL; tests
- *      and benchmarks fill it by hand.
+ *      groups, custom DNS zones, network resources and routers),
+ *      referring to objects by their string ids. The loader
+ *      cp_netmap_load() fills one from PostgreSQL; tests and benchmarks
+ *      fill it by hand.
  *   2. Finish (the shared work, once per account change).
  *      cp_netmap_builder_finish() resolves every id to an integer index,
  *      computes group member sets, each rule's source and destination
@@ -39,9 +40,10 @@
  * belongs to one thread at a time (one per fan-out thread).
  *
  * Not modelled (see common/netmap/README.md): IPv6 overlay addresses and
- * routes, posture checks, SSH authorized users (SSHAuth), network
- * resources/routers ("Networks"), forwarding rules, the component
- * envelope.
+ * routes (also IPv6 network resources), posture checks, SSH authorized
+ * users (SSHAuth), forwarding rules, the component envelope,
+ * reverse-proxy services (and the routing-peer DNS resolution they force
+ * on the routers of their domain resources).
  */
 #pragma once
 
@@ -58,7 +60,7 @@ typedef struct cp_netmap_worker cp_netmap_worker;
 /* Limits on what one account may hold; the builder refuses more with
  * -E2BIG (indexes are 32-bit, and a single map must stay encodable). */
 #define CP_NETMAP_MAX_PEERS     1000000u
-#define CP_NETMAP_MAX_OBJECTS   1000000u        /* groups, rules, routes, ns groups each */
+#define CP_NETMAP_MAX_OBJECTS   1000000u        /* groups, rules, routes, ns groups, network resources, routers each */
 
 /* ---- the account ------------------------------------------------------------ */
 
@@ -181,6 +183,12 @@ typedef struct cp_netmap_rule_spec {
         size_t n_ports;
         const cp_netmap_port_range *port_ranges;        /* used when n_ports == 0 */
         size_t n_port_ranges;
+        /* A network resource (host, subnet or domain) named as the rule's
+         * destination resource: the rule's policy then applies to that
+         * resource (NetBird's GetPoliciesForNetworkResource), like a
+         * destination group holding it. NULL = none. Peer resources go
+         * in destination_peer instead. */
+        const char *destination_resource;
 } cp_netmap_rule_spec;
 
 /* Adds a rule; rules keep the order they were added in (the loader adds
@@ -216,6 +224,59 @@ typedef struct cp_netmap_route_spec {
 
 /* -EEXIST on a repeated id, -EINVAL on a malformed network. */
 int cp_netmap_builder_add_route(cp_netmap_builder *b, const cp_netmap_route_spec *r, cp_error *reterr);
+
+/* ---- networks: resources and routers (netmap-networks.c) ---------------------- */
+
+typedef enum cp_netmap_resource_type {
+        CP_NETMAP_RESOURCE_HOST,
+        CP_NETMAP_RESOURCE_SUBNET,
+        CP_NETMAP_RESOURCE_DOMAIN,
+} cp_netmap_resource_type;
+
+/* "host", "subnet", "domain"; -EINVAL for anything else. */
+int cp_netmap_resource_type_parse(const char *s, cp_netmap_resource_type *ret);
+
+typedef struct cp_netmap_network_resource_spec {
+        const char *id;                 /* Route.ID is "<id>:<routing peer id>" */
+        const char *network_id;
+        const char *name;               /* Route.NetID (the HA group of its routers) */
+        cp_netmap_resource_type type;
+        /* host and subnet: the CIDR ("10.0.0.5/32", "10.0.0.0/24"); IPv6
+         * ones are accepted and never sent (no IPv6 support). NULL for a
+         * domain resource. */
+        const char *prefix;
+        const char *domain;             /* domain: "example.com" or "*.example.com" */
+        bool enabled;
+} cp_netmap_network_resource_spec;
+
+/* -EEXIST on a repeated id, -EINVAL on a missing id/network/name, a bad
+ * prefix or a domain resource without a domain. */
+int cp_netmap_builder_add_network_resource(cp_netmap_builder *b, const cp_netmap_network_resource_spec *r,
+                                           cp_error *reterr);
+
+typedef struct cp_netmap_network_router_spec {
+        const char *id;
+        const char *network_id;
+        const char *peer;               /* the routing peer, or NULL with peer_groups */
+        const char *const *peer_groups; /* every member routes the network */
+        size_t n_peer_groups;
+        int metric;                     /* Route.Metric */
+        bool masquerade;                /* Route.Masquerade */
+        bool enabled;
+} cp_netmap_network_router_spec;
+
+/* -EEXIST on a repeated id, -EINVAL on a missing id or network. Routers
+ * are applied in the order added: a peer routing one network through
+ * two routers takes the later one's metric and masquerade (NetBird's
+ * GetResourceRoutersMap). */
+int cp_netmap_builder_add_network_router(cp_netmap_builder *b, const cp_netmap_network_router_spec *r,
+                                         cp_error *reterr);
+
+/* Puts resource_id into group_id (a group_resources row): policies whose
+ * rule destinations hold the group apply to the resource. Dangling ids
+ * are ignored at finish. */
+int cp_netmap_builder_add_group_resource(cp_netmap_builder *b, const char *group_id, const char *resource_id,
+                                         cp_error *reterr);
 
 /* ---- nameserver groups -------------------------------------------------- */
 

@@ -6,14 +6,17 @@
  *
  *   BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY
  *   one SELECT each from accounts, peers, groups, group_peers, policies,
- *   policy_rules, routes, name_server_groups, dns_zones and dns_records,
+ *   policy_rules, routes, name_server_groups, dns_zones, dns_records,
+ *   networks, network_resources, network_routers and group_resources,
  *   all scoped to the account
  *   COMMIT
  *
  * so the serial and every row belong to the same database snapshot. Rows
  * are handed to a sink, one callback per row, in table order (account
  * first, then peers, groups, group_peers, policies, rules, routes,
- * nameserver groups, DNS zones, their records); within a table rows come ordered by id (rules by
+ * nameserver groups, DNS zones, their records, networks, network
+ * resources, network routers, group resources); within a table rows come
+ * ordered by id (rules by
  * policy id, then id). The store does not know what is built from them
  * (common/netmap feeds its builder; layering: store below netmap).
  *
@@ -147,6 +150,26 @@ typedef struct cp_store_snap_zone_record {
         const char *content;
         int64_t ttl;
 } cp_store_snap_zone_record;
+typedef struct cp_store_snap_network_resource {
+        const char *id;
+        const char *network_id;
+        const char *name;
+        const char *type;                       /* "host" | "subnet" | "domain" */
+        const char *prefix;                     /* CIDR text, NULL for a domain resource */
+        const char *domain;                     /* "" unless type domain */
+        bool enabled;
+} cp_store_snap_network_resource;
+
+typedef struct cp_store_snap_network_router {
+        const char *id;
+        const char *network_id;
+        const char *peer;                       /* NULL when routed by peer_groups */
+        const char *const *peer_groups;
+        size_t n_peer_groups;
+        int metric;
+        bool masquerade;
+        bool enabled;
+} cp_store_snap_network_router;
 
 /* The callbacks; any may be NULL (those rows are skipped). reterr is the
  * load's own, for the callback to explain a failure. */
@@ -161,6 +184,11 @@ typedef struct cp_store_snapshot_sink {
         int (*nsgroup)(void *userdata, const cp_store_snap_nsgroup *g, cp_error *reterr);
         int (*zone)(void *userdata, const cp_store_snap_zone *z, cp_error *reterr);
         int (*zone_record)(void *userdata, const cp_store_snap_zone_record *r, cp_error *reterr);
+        int (*network)(void *userdata, const char *id, const char *name, cp_error *reterr);
+        int (*network_resource)(void *userdata, const cp_store_snap_network_resource *r, cp_error *reterr);
+        int (*network_router)(void *userdata, const cp_store_snap_network_router *r, cp_error *reterr);
+        /* group_resources rows, by group id then resource id */
+        int (*group_resource)(void *userdata, const char *group_id, const char *resource_id, cp_error *reterr);
 } cp_store_snapshot_sink;
 
 /* Loads account_id into sink. Returns 0, -ENOENT when the account does
