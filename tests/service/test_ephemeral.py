@@ -24,8 +24,7 @@ from fixture import Deployment, wait_until, json_dump  # noqa: E402
 from nbagent import build_meta, remote_keys  # noqa: E402
 from svc import test  # noqa: E402
 
-COMMON = ("--ephemeral-peer-lifetime", "2s", "--serial-check-interval", "0s",
-          "--heartbeat-interval", "200ms", "--replica-expiry", "1s")
+COMMON = ("--serial-check-interval", "0s", "--heartbeat-interval", "200ms", "--replica-expiry", "1s")
 
 
 def deployment():
@@ -34,11 +33,11 @@ def deployment():
     return dep
 
 
-def replica(dep, sweep=True):
+def replica(dep, sweep=True, lifetime="2s"):
     """A replica on the bus; sweep=False: one that never sweeps (its
     streams learn of a deletion only through the bus)."""
     beat = "200ms" if sweep else "0s"
-    srv = dep.start(*(list(COMMON) + ["--login-expiry-check-interval", beat,
+    srv = dep.start(*(list(COMMON) + ["--login-expiry-check-interval", beat, "--ephemeral-peer-lifetime", lifetime,
                                       "--redis-url", svc.REDIS_URL, "--bus-channel-prefix", dep.bus_prefix]))
     srv.wait_log(lambda o: o.get("msg") == "bus subscribed")
     return srv
@@ -76,13 +75,15 @@ def disconnected_ephemeral_peer_is_deleted_and_pushed_everywhere():
     r1, r2 = replica(dep), replica(dep, sweep=False)
     eph_key = dep.add_setup_key(ephemeral=True)
     b = registered(dep, "keeper", r2)
+    # Registered, e is due one lifetime after its registration unless it
+    # connects: its stream opens at once.
     e = registered(dep, "ephemeral", r1, key=eph_key)
+    se, fe = open_sync(e)
     eid = peer_row(dep, e)[0]
+    sb, fb = open_sync(b)
     dep.sql("INSERT INTO policies (id, account_id, name) VALUES ('pe1', %s, 'to the ephemeral')", (dep.account_id,))
     dep.sql("INSERT INTO policy_rules (id, policy_id, account_id, destination_resource_id, destination_resource_type)"
             " VALUES ('pe1r', 'pe1', %s, %s, 'peer')", (dep.account_id, eid))
-    sb, fb = open_sync(b)
-    se, fe = open_sync(e)
     assert b.pub_b64 in all_keys(fe), json_dump(fe)
     if e.pub_b64 not in all_keys(fb):
         sb.wait_for(lambda m: e.pub_b64 in all_keys(m), timeout=10)
@@ -116,8 +117,8 @@ def ephemeral_peer_that_reconnects_in_time_stays():
     dep = deployment()
     r1 = replica(dep)
     e = registered(dep, "comeback", r1, key=dep.add_setup_key(ephemeral=True))
-    eid = peer_row(dep, e)[0]
     s1, _ = open_sync(e)
+    eid = peer_row(dep, e)[0]
     s1.cancel()
     wait_until(lambda: peer_row(dep, e) == (eid, False), what="e disconnected")
     s2, _ = open_sync(e)
@@ -135,7 +136,8 @@ def replicas_sweeping_together_delete_each_peer_once():
     event, and the serial moved once per replica that deleted some."""
     svc.needs_redis()
     dep = deployment()
-    rs = [replica(dep) for _ in range(3)]
+    # A long lifetime: nothing is due until the UPDATE below makes it so.
+    rs = [replica(dep, lifetime="30m") for _ in range(3)]
     key = dep.add_setup_key(ephemeral=True)
     agents = [registered(dep, "swept%d" % i, rs[i % 3], key=key) for i in range(12)]
     ids = {peer_row(dep, a)[0] for a in agents}
