@@ -573,7 +573,10 @@ static size_t row_bound(const cp_store_rows *r, int i, const char *domain) {
 /* The Peer fields before "groups", without the braces: "approval_required"
  * .. "geoname_id" (Go writes fields in alphabetical order). */
 static void w_peer_head(char **w, const cp_store_rows *r, int i, const char *domain) {
-        bool approval = cp_store_rows_bool(r, i, PC_APPROVAL);
+        /* NetBird's open-source validator validates every peer: never
+         * waiting for approval, whatever the stored column says
+         * (docs/protocol.md "Peer approval"). */
+        bool approval = false;
 
         W_LIT(w, "\"approval_required\":");
         w_bool(w, approval);

@@ -341,7 +341,7 @@ static int update_peer(api_ctx *c) {
                 return api_error(c, 404, "peer not found: %s", id);
         /* What changes decides the events. */
         const bool was_ssh = p.ssh_enabled, was_login = p.login_expiration_enabled,
-                   was_inactivity = p.inactivity_expiration_enabled, was_approval = p.requires_approval;
+                   was_inactivity = p.inactivity_expiration_enabled;
         if (!q.name || !*q.name)
                 return api_error(c, 422, "peer name shouldn't be empty");
 
@@ -361,8 +361,9 @@ static int update_peer(api_ctx *c) {
         p.ssh_enabled = q.ssh_enabled;
         p.login_expiration_enabled = q.login_expiration_enabled;
         p.inactivity_expiration_enabled = q.inactivity_expiration_enabled;
-        if (q.has_approval)
-                p.requires_approval = q.approval_required;
+        /* "approval_required" is read (a non-boolean is a 400) and
+         * ignored, as NetBird's open-source UpdatePeer does: its validator
+         * hands the update back and the status is never saved. */
         const char *u[6] = { c->account_id, p.id, tf(p.ssh_enabled), tf(p.login_expiration_enabled),
                              tf(p.inactivity_expiration_enabled), tf(p.requires_approval) };
         r = api_sql(c, SQL_SET_FLAGS, 6, u, NULL);
@@ -385,10 +386,6 @@ static int update_peer(api_ctx *c) {
             (r = peer_event(c, p.inactivity_expiration_enabled ? API_ACT_PEER_INACTIVITY_EXPIRATION_ENABLED
                                                                : API_ACT_PEER_INACTIVITY_EXPIRATION_DISABLED,
                             &p, p.ip)) < 0)
-                return r;
-        if (p.requires_approval != was_approval &&
-            (r = peer_event(c, p.requires_approval ? API_ACT_PEER_APPROVAL_REVOKED : API_ACT_PEER_APPROVED, &p,
-                            NULL)) < 0)
                 return r;
         /* NetBird bumps the serial on every update, changed or not. */
         api_changed(c);

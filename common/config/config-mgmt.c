@@ -133,6 +133,10 @@ static const cp_cfg_option options[] = {
         { "login-expiry-check-interval", CP_CFG_DURATION, F(login_expiry_check_interval_ms), "30s", { NULL },
           "ControlPlane.LoginExpiryCheckInterval", 0, 0, 3600 * 1000, NULL, "DURATION",
           "how often expired SSO peer logins are looked for in the database (0s = never)" },
+        { "ephemeral-peer-lifetime", CP_CFG_DURATION, F(ephemeral_peer_lifetime_ms), "10m", { NULL },
+          "ControlPlane.EphemeralPeerLifetime", 0, 100, 7 * 24 * 3600 * 1000LL, NULL, "DURATION",
+          "an ephemeral peer disconnected this long is deleted (NetBird's 10m); looked for on every"
+          " --login-expiry-check-interval" },
         { "data-store-encryption-key", CP_CFG_STRING, F(data_store_encryption_key), NULL, { NULL },
           "DataStoreEncryptionKey", CP_CFG_SECRET, 0, 0, check_encryption_key, "KEY",
           "base64 of 32 bytes (openssl rand -base64 32); required by management, the same on every replica" },

@@ -55,7 +55,10 @@ static int on_peer(void *ud, const cp_store_snap_peer *p, cp_error *reterr) {
                 .server_ssh_allowed = p->server_ssh_allowed,
                 .cap_source_prefixes = p->cap_source_prefixes,
                 .login_expired = sso && (p->status_login_expired || (tracked && deadline <= x->now_ns)),
-                .requires_approval = p->requires_approval,
+                /* NetBird's open-source validator validates every peer
+                 * (GetValidatedPeers): the stored flag is not consulted
+                 * (docs/protocol.md "Peer approval"). */
+                .requires_approval = false,
                 .session_expires_unix_ns = deadline,
         };
         return cp_netmap_builder_add_peer(x->b, &spec, reterr);

@@ -74,6 +74,9 @@ typedef enum cp_store_stmt {
         ST_REPLICA_STATE,
         ST_REPLICA_DEREGISTER,
         ST_REPLICA_REAP,
+        /* store-ephemeral.c */
+        ST_EPHEMERAL_ACCOUNTS,
+        ST_EPHEMERAL_SWEEP,
         _ST_MAX,
 } cp_store_stmt;
 

@@ -496,6 +496,44 @@ static const struct {
                 " FROM dead d WHERE p.peer_status_replica_id = d.id RETURNING d.id)"
                 " SELECT d.id, d.name, (SELECT count(*) FROM swept s WHERE s.id = d.id)"
                 " FROM dead d ORDER BY d.id", 2 },
+
+        /* Ephemeral peers (store-ephemeral.c, cp/store-ephemeral.h). The
+         * accounts with a peer due: the WHERE is the partial index
+         * idx_peers_ephemeral_last_seen's predicate. $1 = lifetime in us. */
+        [ST_EPHEMERAL_ACCOUNTS] = { "ephemeral_accounts",
+                "SELECT DISTINCT account_id FROM peers WHERE ephemeral AND NOT peer_status_connected"
+                " AND peer_status_last_seen <= CURRENT_TIMESTAMP - $1::bigint * interval '1 microsecond'"
+                " ORDER BY account_id", 1 },
+        /* One account's sweep, one statement: the DELETE re-checks its
+         * WHERE under each row lock (a peer that reconnected, or that a
+         * concurrent sweep already deleted, is skipped), so every peer is
+         * deleted, logged and announced by exactly one caller. What
+         * NetBird's DeletePeers does besides: policies with a rule naming
+         * the peer as a resource go (event $5, target the peer, meta
+         * {name}), event $3 per peer from "sys" with the peer meta (none
+         * for wasm peers), one serial bump. Memberships and served routes
+         * go by cascade. Peers before the account row, as elsewhere.
+         * $1 account, $2 lifetime (us), $3 peer-removed code, $4 DNS
+         * domain, $5 policy-removed code. One row per deleted peer: the
+         * account's new serial and the peer id. */
+        [ST_EPHEMERAL_SWEEP] = { "ephemeral_sweep",
+                "WITH d AS (DELETE FROM peers p WHERE p.account_id = $1 AND p.ephemeral"
+                " AND NOT p.peer_status_connected"
+                " AND p.peer_status_last_seen <= CURRENT_TIMESTAMP - $2::bigint * interval '1 microsecond'"
+                " RETURNING p.*),"
+                " pr AS (SELECT r.policy_id, min(d.id) AS peer_id FROM policy_rules r JOIN d"
+                " ON r.source_resource_id = d.id OR r.destination_resource_id = d.id"
+                " WHERE r.account_id = $1 GROUP BY r.policy_id),"
+                " pol AS (DELETE FROM policies x USING pr WHERE x.account_id = $1 AND x.id = pr.policy_id"
+                " RETURNING x.name, pr.peer_id),"
+                " pev AS (INSERT INTO events (activity, initiator_id, target_id, account_id, meta)"
+                " SELECT $5::int, 'sys', pol.peer_id, $1, jsonb_build_object('name', pol.name) FROM pol),"
+                " ev AS (INSERT INTO events (activity, initiator_id, target_id, account_id, meta)"
+                " SELECT $3::int, 'sys', d.id, d.account_id, " PEER_EVENT_META("d", "$4")
+                " FROM d JOIN accounts a ON a.id = d.account_id WHERE d.meta_kernel_version <> 'wasm'),"
+                " u AS (UPDATE accounts SET network_serial = network_serial + 1"
+                " WHERE id = $1 AND EXISTS (SELECT 1 FROM d) RETURNING network_serial)"
+                " SELECT (SELECT network_serial FROM u), d.id FROM d ORDER BY d.id", 5 },
 };
 
 int cp_store__error(PGconn *pg, const PGresult *res, cp_error *reterr) {

@@ -151,8 +151,11 @@ static void build_login_response(mgmt_agent_op *op, const cp_store_peer *p, cons
 
         pc->address = mgmt_arena_printf(a, "%s/%u", p->ip, st->network_prefix_len);
         pc->fqdn = mgmt_arena_printf(a, "%s.%s", p->dns_label, domain);
-        /* A peer waiting for approval gets no SSH (section 3.2 step 9). */
-        ssh->sshenabled = p->ssh_enabled && !p->status.requires_approval;
+        /* NetBird gives a peer waiting for approval no SSH (section 3.2
+         * step 9), but its open-source validator never finds one waiting
+         * (IsNotValidPeer is always false): peer_status_requires_approval
+         * is not consulted (docs/protocol.md "Peer approval"). */
+        ssh->sshenabled = p->ssh_enabled;
         if (ssh->sshenabled)
                 ssh->jwtconfig = mgmt_netconf_jwt_config(op->agent->netconf, a);
         pc->sshconfig = ssh;

@@ -1,10 +1,13 @@
 /*
  * The periodic checks of the Sync hub (mgmt-sync.h): the serial check,
  * which notices changes made where no bus message reached this replica,
- * and the login expiry check, which marks expired SSO logins. Both run
- * their statement on a worker and act on the CQ thread (mgmt-sync-int.h).
+ * and the login expiry check, which marks expired SSO logins and deletes
+ * the ephemeral peers disconnected for their lifetime. Both run their
+ * statements on a worker and act on the CQ thread (mgmt-sync-int.h).
  */
 #include "mgmt-sync-int.h"
+
+#include "cp/store-ephemeral.h"
 
 static const cp_log_ctx log_ctx = { .component = "sync" };
 
@@ -135,6 +138,13 @@ typedef struct expiry_check {
         int64_t queued_ms;              /* monotonic, when the check was queued */
         int r;
         cp_error err;
+        /* The ephemeral sweep on the same beat: the accounts it changed. */
+        cp_store_expired_account *eph_accts;
+        size_t n_eph;
+        cp_store_expired_peer *eph_peers;
+        size_t n_eph_peers;
+        int eph_r;
+        cp_error eph_err;
 } expiry_check;
 
 /* Worker: one statement marks what expired since the last check (by any
@@ -148,6 +158,30 @@ static void expiry_check_work(void *userdata) {
          * any more (the validator refuses such a token): dropped on the
          * same beat. A failure only leaves rows for the next check. */
         (void) cp_store_jwt_claims_gc(c->hub->agent->store, NULL, NULL);
+        /* Ephemeral peers disconnected for their lifetime are deleted
+         * (NetBird's ephemeral manager; any replica, each peer once). */
+        int64_t lifetime = c->hub->agent->config->ephemeral_peer_lifetime_ms;
+        if (lifetime > 0)
+                c->eph_r = cp_store_ephemeral_sweep(c->hub->agent->store, lifetime,
+                                                    c->hub->agent->config->dns_domain, &c->eph_accts,
+                                                    &c->n_eph, &c->eph_peers, &c->n_eph_peers, &c->eph_err);
+}
+
+/* After the sweep's commit: each changed account's new serial is
+ * announced (the other replicas push it) and pushed to the streams here;
+ * the deleted peers leave every map. */
+static void ephemeral_done(mgmt_sync *h, expiry_check *c) {
+        if (c->eph_r < 0)
+                cp_log_kv(&log_ctx, CP_LOG_WARN, "cannot delete ephemeral peers", "error", c->eph_err.message, NULL);
+        for (size_t i = 0; i < c->n_eph_peers; i++) {
+                cp_log_ctx ctx = { .component = "sync", .account = c->eph_peers[i].account_id };
+                cp_log_kv(&ctx, CP_LOG_INFO, "ephemeral peer deleted after its idle time", "peer",
+                          c->eph_peers[i].peer_id, NULL);
+        }
+        for (size_t i = 0; i < c->n_eph; i++)
+                mgmt_sync_local_change(h, c->eph_accts[i].account_id, c->eph_accts[i].serial);
+        free(c->eph_accts);
+        free(c->eph_peers);
 }
 
 static void expiry_check_done(mgmt_grpc *g, void *userdata) {
@@ -180,6 +214,7 @@ static void expiry_check_done(mgmt_grpc *g, void *userdata) {
                 /* The expired peers go to offlinePeers in everyone's map. */
                 mgmt_sync_local_change(h, c->accts[i].account_id, c->accts[i].serial);
         }
+        ephemeral_done(h, c);
         free(c->accts);
         free(c->peers);
         free(c);

@@ -105,7 +105,9 @@ void mgmt_sync_check_serials(mgmt_sync *s);
  * (cp_store_expire_logins: one statement, safe with every replica doing
  * the same at once; no timer state lives in any process) and pushes new
  * maps, with the expired peers in offlinePeers, to the streams of each
- * account it changed. The manager calls it every
+ * account it changed. On the same beat it deletes the ephemeral peers
+ * disconnected for --ephemeral-peer-lifetime (cp_store_ephemeral_sweep,
+ * each peer by one replica) and announces each account it changed. The manager calls it every
  * --login-expiry-check-interval. A check still running (or a full worker
  * queue) makes the call a no-op. */
 void mgmt_sync_expire_logins(mgmt_sync *s);

@@ -251,20 +251,46 @@ def ssh_and_expirations():
 
 @test
 def approval_and_address():
+    """Peer approval as NetBird's open-source server has it: its integrated
+    validator validates every peer, so with the account's
+    peer_approval_enabled on, a peer registers approved, and even a peer
+    whose stored peer_status_requires_approval is true (a database from
+    elsewhere) is listed as approved, reaches and is reached by the others,
+    gets SSH on Login and its peers on Sync; PUT "approval_required" is
+    read and ignored (no write, no event 57/58)."""
     dep, srv, api = apifix.start()
-    _, pid = register(dep, "box")
-    _, other = register(dep, "other")
-    dep.sql("UPDATE peers SET peer_status_requires_approval = true WHERE id = %s", (pid,))
+    dep.sql("UPDATE accounts SET settings_extra_peer_approval_enabled = true WHERE id = %s", (dep.account_id,))
+    agent, pid = register(dep, "box")
+    other_agent, other = register(dep, "other")
+    assert peer_row(dep, pid, "peer_status_requires_approval") == (False,)
+    ev = events(dep, 1, pid)
+    assert len(ev) == 1 and "pending_approval" not in ev[0][2], ev
+    dep.sql("UPDATE peers SET peer_status_requires_approval = true, ssh_enabled = true WHERE id = %s", (pid,))
+    bump(dep)
     p = api.ok("GET", "/api/peers/" + pid)
-    assert p["approval_required"] is True and p["disapproval_reason"] == "", p
-    # Waiting for approval: invisible to others, reaches nobody.
-    counts = {x["id"]: x["accessible_peers_count"] for x in api.ok("GET", "/api/peers")}
-    assert counts == {pid: 0, other: 0}, counts
-    p = put(api, pid, name="box", approval_required=False)
     assert p["approval_required"] is False and "disapproval_reason" not in p, p
-    assert len(events(dep, 57, pid)) == 1
-    counts = {x["id"]: x["accessible_peers_count"] for x in api.ok("GET", "/api/peers")}
+    listed = {x["id"]: x for x in api.ok("GET", "/api/peers")}
+    assert listed[pid]["approval_required"] is False and "disapproval_reason" not in listed[pid], listed[pid]
+    counts = {i: x["accessible_peers_count"] for i, x in listed.items()}
     assert counts == {pid: 1, other: 1}, counts
+    login = agent.login(meta=build_meta("box"))
+    assert login.peerConfig.sshConfig.sshEnabled, login
+    s = agent.sync(meta=build_meta("box"))
+    m = s.next(timeout=15)
+    assert other_agent.pub_b64 in nbagent.remote_keys(m), m
+    s.cancel()
+    s = other_agent.sync(meta=build_meta("other"))
+    m = s.next(timeout=15)
+    assert agent.pub_b64 in nbagent.remote_keys(m), m
+    s.cancel()
+    serial = dep.network_serial()
+    p = put(api, pid, name="box", ssh_enabled=True, approval_required=False)
+    assert p["approval_required"] is False and "disapproval_reason" not in p, p
+    put(api, pid, name="box", ssh_enabled=True, approval_required=True)
+    assert peer_row(dep, pid, "peer_status_requires_approval") == (True,)     # never written
+    assert events(dep, 57, pid) == [] and events(dep, 58, pid) == []
+    assert dep.network_serial() == serial + 2       # NetBird bumps on every update
+    put(api, pid, 400, name="box", approval_required="yes")
 
     old = p["ip"]
     new = str(dep.network.network_address + 200)

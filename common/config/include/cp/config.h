@@ -193,6 +193,7 @@ typedef struct cp_config {
         int64_t shutdown_timeout_ms;
         int64_t serial_check_interval_ms;       /* 0 = no periodic serial check */
         int64_t login_expiry_check_interval_ms; /* 0 = no periodic login expiry check */
+        int64_t ephemeral_peer_lifetime_ms;     /* disconnected ephemeral peers are deleted after it */
         int64_t heartbeat_interval_ms;
         int64_t replica_expiry_ms;              /* >= 2 * heartbeat_interval_ms */
         char *data_store_encryption_key;        /* base64 of 32 bytes, or NULL */
