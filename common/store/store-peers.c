@@ -1197,8 +1197,8 @@ int cp_store_peer_connect(cp_store *s, const char *account_id, const char *peer_
                           const cp_store_peer_connect_req *req, unsigned *ret_changed, int64_t *ret_serial,
                           cp_error *reterr) {
         _cleanup_pgresult_ PGresult *res = NULL;
-        const char *params[25];
-        char tok[24];
+        const char *params[28], *vparams[27];
+        char tok[24], gid[24];
         meta_params mp;
         unsigned changed = 0;
         int64_t serial = 0;
@@ -1221,14 +1221,27 @@ int cp_store_peer_connect(cp_store *s, const char *account_id, const char *peer_
         r = meta_params_or_keep(req->meta, &mp, params + 5, reterr);
         if (r < 0)
                 goto out;
+        /* The location: $26..$28 of the plain connect, $25..$27 of the
+         * other. */
+        params[25] = params[26] = params[27] = NULL;
+        if (req->location) {
+                (void) snprintf(gid, sizeof gid, "%" PRId64, req->location->geoname_id);
+                params[25] = cp_store__nz(req->location->country_code);
+                params[26] = cp_store__nz(req->location->city_name);
+                params[27] = gid;
+        }
+        memcpy(vparams, params, 24 * sizeof *params);
+        memcpy(vparams + 24, params + 25, 3 * sizeof *params);
         r = cp_store__acquire(s, &c, reterr);
         if (r < 0)
                 goto out;
         /* Without meta, or with the version the caller expects stored, the
          * plain fenced UPDATE is enough: the version cannot change, so
-         * neither can the serial. It is guarded by that version, so when
-         * the row changed meanwhile, or the connect is stale, it lands
-         * nowhere and the statement that compares under the lock decides
+         * neither can the serial. It is guarded by that version (and by
+         * "no posture input changes while the account has posture
+         * checks"), so when the row changed meanwhile, a posture input
+         * changes, or the connect is stale, it lands nowhere and the
+         * statement that compares under the lock decides
          * (a second fenced attempt: it lands only if the token is still
          * the newest then, as a connect that came that much later). */
         bool plain = !req->meta || (req->expect_wt_version && strcmp(req->expect_wt_version, mp.v[7]) == 0);
@@ -1238,12 +1251,14 @@ int cp_store_peer_connect(cp_store *s, const char *account_id, const char *peer_
                 if (r >= 0)
                         r = cp_store__affected(res) > 0 ? 1 : 0;
         }
-        if (req->meta && (!plain || r == 0)) {
+        if (!plain || r == 0) {
                 PQclear(TAKE_PTR(res));
-                r = cp_store__exec(c, ST_PEER_CONNECT_VERSION, params, &res, reterr);
+                r = cp_store__exec(c, ST_PEER_CONNECT_VERSION, vparams, &res, reterr);
                 if (r >= 0 && PQntuples(res) == 1) {
                         if (cp_store__col_bool(res, 0))
                                 changed = CP_STORE_PEER_CHANGED_WT_VERSION | CP_STORE_PEER_CHANGED_SERIAL;
+                        if (cp_store__col_bool(res, 2))
+                                changed |= CP_STORE_PEER_CHANGED_POSTURE | CP_STORE_PEER_CHANGED_SERIAL;
                         serial = cp_store__col_int64(res, 1);
                         r = 1;
                 } else if (r >= 0)

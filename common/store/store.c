@@ -112,11 +112,28 @@
 /* What a landing fenced connect writes (both connect statements): the
  * session ($3 token, $4 owning replica), the connection address ($5) and
  * the meta ($6..$24), NULL meaning "keep what is stored". */
-#define PEER_CONNECT_SET \
+#define PEER_CONNECT_SET(cc, city, gid) \
         "peer_status_connected = TRUE, peer_status_last_seen = CURRENT_TIMESTAMP," \
         " peer_status_session_started_at = $3::bigint, peer_status_login_expired = FALSE," \
         " peer_status_replica_id = $4, location_connection_ip = COALESCE($5::inet, p.location_connection_ip)," \
-        " (" PEER_META_COLUMNS ") = (" PEER_META_OR_KEPT_6 ")"
+        " (" PEER_META_COLUMNS ") = (" PEER_META_OR_KEPT_6 ")," \
+        " location_country_code = COALESCE(" cc "::text, p.location_country_code)," \
+        " location_city_name = COALESCE(" city "::text, p.location_city_name)," \
+        " location_geo_name_id = COALESCE(" gid "::bigint, p.location_geo_name_id)"
+
+/* Posture re-evaluation (docs/protocol.md "Location and posture"): the
+ * account has posture checks, and a connect changes what they read: the
+ * meta fields os, os_version, kernel_version, go_os, network addresses,
+ * files ($7 $11 $12 $15 $16 $22, NULL = keep) or the location's country
+ * or city (cc, city; NULL = keep). Row alias p, before the write. */
+#define HAS_POSTURE_CHECKS "EXISTS (SELECT 1 FROM posture_checks pc WHERE pc.account_id = $1)"
+#define POSTURE_INPUTS_CHANGED(cc, city) \
+        "(p.meta_go_os, p.meta_os, p.meta_os_version, p.meta_kernel_version, p.meta_network_addresses," \
+        " p.meta_files, p.location_country_code, p.location_city_name) IS DISTINCT FROM" \
+        " (COALESCE($7, p.meta_go_os), COALESCE($11, p.meta_os), COALESCE($12, p.meta_os_version)," \
+        " COALESCE($15, p.meta_kernel_version), COALESCE($16::jsonb, p.meta_network_addresses)," \
+        " COALESCE($22::jsonb, p.meta_files), COALESCE(" cc "::text, p.location_country_code)," \
+        " COALESCE(" city "::text, p.location_city_name))"
 
 /* Every statement the store prepares, by cp_store_stmt. Parameters are
  * passed as text; PostgreSQL infers their types from the statement. */
@@ -136,33 +153,41 @@ static const struct {
          * agent version the caller expects stored and sends again: the
          * connect then also needs that, so a version that changed
          * meanwhile (the serial would have to move) fails it; the caller
-         * then runs peer_connect_version. */
+         * then runs peer_connect_version. $26..$28: the location (country
+         * code, city, geoname id; NULL = keep). It also needs that the
+         * connect changes no posture input while the account has posture
+         * checks (else peer_connect_version, which bumps the serial). */
         [ST_PEER_CONNECT] = { "peer_connect",
-                "UPDATE peers p SET " PEER_CONNECT_SET
+                "UPDATE peers p SET " PEER_CONNECT_SET("$26", "$27", "$28")
                 " WHERE p.account_id = $1 AND p.id = $2"
                 " AND p.peer_status_session_started_at < $3::bigint"
-                " AND ($25::text IS NULL OR p.meta_wt_version = $25)", 25 },
-        /* The same connect when the agent version may change: o locks the
-         * row with the same fence and compares the stored version with
-         * the one written (a row changed meanwhile is re-read under the
-         * lock, so the answer is exact); b bumps the serial when it
-         * differs (remote peers show it). Peers row before accounts row,
+                " AND ($25::text IS NULL OR p.meta_wt_version = $25)"
+                " AND NOT (" HAS_POSTURE_CHECKS " AND " POSTURE_INPUTS_CHANGED("$26", "$27") ")", 28 },
+        /* The same connect when the agent version may change, or the
+         * inputs of posture checks (plain connect refused above): o locks
+         * the row with the same fence and compares the stored version
+         * and posture inputs with the ones written (a row changed
+         * meanwhile is re-read under the lock, so the answer is exact); b
+         * bumps the serial when the version differs (remote peers show
+         * it) or the posture inputs do while the account has checks.
+         * Location: $25..$27. Peers row before accounts row,
          * as everywhere in store-peers.c. One row: landed, with whether
          * the version changed and the serial after the statement; none:
          * fenced off, nothing written. */
         [ST_PEER_CONNECT_VERSION] = { "peer_connect_version",
                 "WITH o AS (SELECT p.id,"
-                " p.meta_wt_version IS DISTINCT FROM COALESCE($13, p.meta_wt_version) AS version"
+                " p.meta_wt_version IS DISTINCT FROM COALESCE($13, p.meta_wt_version) AS version,"
+                " " HAS_POSTURE_CHECKS " AND " POSTURE_INPUTS_CHANGED("$25", "$26") " AS posture"
                 " FROM peers p WHERE p.account_id = $1 AND p.id = $2"
                 " AND p.peer_status_session_started_at < $3::bigint FOR NO KEY UPDATE),"
-                " u AS (UPDATE peers p SET " PEER_CONNECT_SET
+                " u AS (UPDATE peers p SET " PEER_CONNECT_SET("$25", "$26", "$27")
                 " FROM o WHERE p.account_id = $1 AND p.id = $2 AND p.id = o.id"
                 " AND p.peer_status_session_started_at < $3::bigint"
-                " RETURNING o.version),"
+                " RETURNING o.version, o.posture),"
                 " b AS (UPDATE accounts SET network_serial = network_serial + 1"
-                " WHERE id = $1 AND (SELECT version FROM u) RETURNING network_serial)"
+                " WHERE id = $1 AND (SELECT version OR posture FROM u) RETURNING network_serial)"
                 " SELECT u.version, COALESCE((SELECT network_serial FROM b),"
-                " (SELECT network_serial FROM accounts WHERE id = $1)) FROM u", 24 },
+                " (SELECT network_serial FROM accounts WHERE id = $1)), u.posture FROM u", 27 },
         [ST_PEER_DISCONNECT] = { "peer_disconnect",
                 "UPDATE peers SET peer_status_connected = FALSE,"
                 " peer_status_last_seen = CURRENT_TIMESTAMP,"

@@ -10,6 +10,7 @@ from apifix import svc
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 import geofix  # noqa: E402
+from nbagent import build_meta  # noqa: E402
 
 test = svc.test
 
@@ -105,6 +106,110 @@ def corrupt_database_is_left_out():
     srv.wait_log(lambda o: o.get("msg", "").startswith("geolocation disabled"))
     api.ok("GET", "/api/locations/countries")
     assert api.ok("GET", "/api/locations/countries/DE/cities") == []
+
+
+def location_row(dep, pid):
+    return dep.sql("SELECT COALESCE(host(location_connection_ip), ''), location_country_code,"
+                   " location_city_name, location_geo_name_id FROM peers WHERE id = %s", (pid,))[0]
+
+
+def reconnect(a, meta):
+    """A new Sync stream (newer session) with meta; returns it after its
+    first map."""
+    s = a.sync(meta=meta)
+    s.next(timeout=10)
+    return s
+
+
+@test
+def agent_location_stored_and_shown():
+    """An agent connecting from 127.0.0.1 gets the fixture's Berlin,
+    written by the fenced connect and shown by the peers API."""
+    dep, srv, api = apifix.start(extra=("--datadir", geo_dir()))
+    a = dep.agent(srv)
+    a.register(dep.setup_key, meta=build_meta("geo-1"))
+    pid = dep.peers()[a.pub_b64]["id"]
+    reconnect(a, build_meta("geo-1"))
+    assert location_row(dep, pid) == ("127.0.0.1", "DE", "Berlin", 2950159)
+    p = api.ok("GET", "/api/peers/" + pid)
+    assert (p["connection_ip"], p["country_code"], p["city_name"], p["geoname_id"]) == \
+        ("127.0.0.1", "DE", "Berlin", 2950159), p
+    listed = [x for x in api.ok("GET", "/api/peers") if x["id"] == pid][0]
+    assert (listed["country_code"], listed["city_name"]) == ("DE", "Berlin"), listed
+
+
+@test
+def agent_without_databases_keeps_location():
+    """No .mmdb: the location is not looked up; what is stored stays."""
+    empty = os.path.join(svc.tmpdir(), "empty")
+    os.makedirs(empty)
+    dep, srv, api = apifix.start(extra=("--datadir", empty))
+    a = dep.agent(srv)
+    a.register(dep.setup_key, meta=build_meta("geo-2"))
+    pid = dep.peers()[a.pub_b64]["id"]
+    dep.sql("UPDATE peers SET location_country_code = 'FR', location_city_name = 'Paris',"
+            " location_geo_name_id = 2988507 WHERE id = %s", (pid,))
+    reconnect(a, build_meta("geo-2"))
+    assert location_row(dep, pid) == ("127.0.0.1", "FR", "Paris", 2988507)
+
+
+@test
+def posture_inputs_bump_the_serial_only_with_posture_checks():
+    """A connect that changes posture-relevant meta or the location bumps
+    the account's serial (the maps are recomputed and pushed) only when
+    the account has posture checks; an unchanged reconnect never does."""
+    dep, srv, api = apifix.start(extra=("--datadir", geo_dir()))
+    a = dep.agent(srv)
+    a.register(dep.setup_key, meta=build_meta("geo-3"))
+    pid = dep.peers()[a.pub_b64]["id"]
+    reconnect(a, build_meta("geo-3"))
+    # No posture checks: a new OS version and a moved location cost nothing.
+    serial = dep.network_serial()
+    reconnect(a, build_meta("geo-3", OSVersion="13"))
+    assert dep.network_serial() == serial
+    dep.sql("UPDATE peers SET location_country_code = 'FR', location_city_name = 'Paris' WHERE id = %s", (pid,))
+    reconnect(a, build_meta("geo-3", OSVersion="13"))
+    assert location_row(dep, pid)[1:3] == ("DE", "Berlin")
+    assert dep.network_serial() == serial
+
+    dep.sql("INSERT INTO posture_checks (id, account_id, name, checks) VALUES ('pc-geo', %s, 'geo',"
+            " '{\"geo_location_check\": {\"action\": \"allow\", \"locations\": [{\"country_code\": \"DE\"}]}}')",
+            (dep.account_id,))
+    # Unchanged: no bump.
+    reconnect(a, build_meta("geo-3", OSVersion="13"))
+    assert dep.network_serial() == serial
+    # Each posture input, one at a time: one bump each, and the stream
+    # that connected gets a map at least that new.
+    for over in ({"OSVersion": "14"}, {"kernelVersion": "6.2.0"}, {"OS": "Ubuntu"}, {"goOS": "freebsd"}):
+        meta = build_meta("geo-3", **over)
+        s = reconnect(a, meta)
+        now = dep.network_serial()
+        assert now == serial + 1, (over, serial, now)
+        serial = now
+        s.wait_for(lambda m: m.NetworkMap.Serial >= serial, timeout=10)
+    # Network addresses and files.
+    meta = build_meta("geo-3", goOS="freebsd", OS="Ubuntu", kernelVersion="6.2.0", OSVersion="14")
+    meta.networkAddresses.add(netIP="10.9.9.9/24", mac="52:54:00:12:34:57")
+    reconnect(a, meta)
+    assert dep.network_serial() == serial + 1
+    serial += 1
+    meta.files.add(path="/usr/bin/other", exist=False, processIsRunning=False)
+    reconnect(a, meta)
+    assert dep.network_serial() == serial + 1
+    serial += 1
+    # The location: a peer that moved (stored elsewhere) is back in Berlin.
+    dep.sql("UPDATE peers SET location_country_code = 'FR', location_city_name = 'Paris' WHERE id = %s", (pid,))
+    reconnect(a, meta)
+    assert location_row(dep, pid)[1:3] == ("DE", "Berlin")
+    assert dep.network_serial() == serial + 1
+    serial += 1
+    # Fields no posture check reads (hostname, serial number): no bump.
+    other = build_meta("geo-3-renamed", goOS="freebsd", OS="Ubuntu", kernelVersion="6.2.0", OSVersion="14",
+                       sysSerialNumber="SN-x")
+    other.networkAddresses.add(netIP="10.9.9.9/24", mac="52:54:00:12:34:57")
+    other.files.add(path="/usr/bin/other", exist=False, processIsRunning=False)
+    reconnect(a, other)
+    assert dep.network_serial() == serial
 
 
 if __name__ == "__main__":
