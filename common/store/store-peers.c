@@ -884,7 +884,10 @@ static int insert_peer(cp_store_conn *c, const cp_store_peer_register_req *req, 
                 else
                         (void) snprintf(label, sizeof label, "%s", base_label);
 
-                const char *params[32] = {
+                char gid[24];
+                const cp_store_peer_location *loc = req->location;
+                (void) snprintf(gid, sizeof gid, "%" PRId64, loc ? loc->geoname_id : 0);
+                const char *params[35] = {
                         peer_id, k->account_id, req->wg_pub_key, ip, cp_store__nz(req->meta->hostname), label,
                         mp->v[0], mp->v[1], mp->v[2], mp->v[3], mp->v[4], mp->v[5], mp->v[6],
                         mp->v[7], mp->v[8], mp->v[9], mp->v[10], mp->v[11], mp->v[12], mp->v[13],
@@ -892,6 +895,7 @@ static int insert_peer(cp_store_conn *c, const cp_store_peer_register_req *req, 
                         cp_store__nz(req->ssh_key), k->ephemeral ? "true" : "false",
                         k->allow_extra_dns_labels ? "true" : "false", labels_literal,
                         req->connection_ip, k->user_id ? k->user_id : "", k->user_id ? "true" : "false",
+                        loc ? cp_store__nz(loc->country_code) : "", loc ? cp_store__nz(loc->city_name) : "", gid,
                 };
                 r = cp_store__command(c, "SAVEPOINT peer_insert", reterr);
                 if (r < 0)

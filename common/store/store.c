@@ -124,16 +124,18 @@
 /* Posture re-evaluation (docs/protocol.md "Location and posture"): the
  * account has posture checks, and a connect changes what they read: the
  * meta fields os, os_version, kernel_version, go_os, network addresses,
- * files ($7 $11 $12 $15 $16 $22, NULL = keep) or the location's country
- * or city (cc, city; NULL = keep). Row alias p, before the write. */
+ * files ($7 $11 $12 $15 $16 $22, NULL = keep), the connection address
+ * ($5; NetBird's peer network range check reads it too) or the location's
+ * country or city (cc, city; NULL = keep). Row alias p, before the write. */
 #define HAS_POSTURE_CHECKS "EXISTS (SELECT 1 FROM posture_checks pc WHERE pc.account_id = $1)"
 #define POSTURE_INPUTS_CHANGED(cc, city) \
         "(p.meta_go_os, p.meta_os, p.meta_os_version, p.meta_kernel_version, p.meta_network_addresses," \
-        " p.meta_files, p.location_country_code, p.location_city_name) IS DISTINCT FROM" \
+        " p.meta_files, p.location_connection_ip, p.location_country_code, p.location_city_name)" \
+        " IS DISTINCT FROM" \
         " (COALESCE($7, p.meta_go_os), COALESCE($11, p.meta_os), COALESCE($12, p.meta_os_version)," \
         " COALESCE($15, p.meta_kernel_version), COALESCE($16::jsonb, p.meta_network_addresses)," \
-        " COALESCE($22::jsonb, p.meta_files), COALESCE(" cc "::text, p.location_country_code)," \
-        " COALESCE(" city "::text, p.location_city_name))"
+        " COALESCE($22::jsonb, p.meta_files), COALESCE($5::inet, p.location_connection_ip)," \
+        " COALESCE(" cc "::text, p.location_country_code), COALESCE(" city "::text, p.location_city_name))"
 
 /* Every statement the store prepares, by cp_store_stmt. Parameters are
  * passed as text; PostgreSQL infers their types from the statement. */
@@ -322,12 +324,14 @@ static const struct {
                 " ssh_key, ephemeral, allow_extra_dns_labels, extra_dns_labels, location_connection_ip,"
                 " user_id, login_expiration_enabled, inactivity_expiration_enabled, last_login,"
                 " created_at, peer_status_last_seen, peer_status_connected,"
-                " peer_status_session_started_at, peer_status_login_expired)"
+                " peer_status_session_started_at, peer_status_login_expired,"
+                " location_country_code, location_city_name, location_geo_name_id)"
                 " VALUES ($1, $2, $3, $4::inet, $5, $6, " PEER_META_PARAMS(7) ","
                 " $26, $27::boolean, $28::boolean, $29::text[], $30::inet,"
                 " NULLIF($31, ''), $32::boolean, $32::boolean,"
-                " CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, FALSE, 0, FALSE)"
-                " ON CONFLICT (key) DO NOTHING RETURNING id", 32 },
+                " CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, FALSE, 0, FALSE,"
+                " $33, $34, $35::bigint)"
+                " ON CONFLICT (key) DO NOTHING RETURNING id", 35 },
         [ST_PEER_GROUP_ALL] = { "peer_group_all",
                 "INSERT INTO group_peers (account_id, group_id, peer_id)"
                 " SELECT account_id, id, $2 FROM groups WHERE account_id = $1 AND name = 'All'"

@@ -129,6 +129,11 @@ def agent_location_stored_and_shown():
     a = dep.agent(srv)
     a.register(dep.setup_key, meta=build_meta("geo-1"))
     pid = dep.peers()[a.pub_b64]["id"]
+    # Registration looks the address up (NetBird's AddPeer).
+    assert location_row(dep, pid) == ("127.0.0.1", "DE", "Berlin", 2950159)
+    dep.sql("UPDATE peers SET location_country_code = '', location_city_name = '',"
+            " location_geo_name_id = 0 WHERE id = %s", (pid,))
+    # And every Sync connect.
     reconnect(a, build_meta("geo-1"))
     assert location_row(dep, pid) == ("127.0.0.1", "DE", "Berlin", 2950159)
     p = api.ok("GET", "/api/peers/" + pid)
@@ -201,6 +206,12 @@ def posture_inputs_bump_the_serial_only_with_posture_checks():
     dep.sql("UPDATE peers SET location_country_code = 'FR', location_city_name = 'Paris' WHERE id = %s", (pid,))
     reconnect(a, meta)
     assert location_row(dep, pid)[1:3] == ("DE", "Berlin")
+    assert dep.network_serial() == serial + 1
+    serial += 1
+    # The connection address (NetBird's peer network range check reads it).
+    dep.sql("UPDATE peers SET location_connection_ip = '192.0.2.1' WHERE id = %s", (pid,))
+    reconnect(a, meta)
+    assert location_row(dep, pid)[0] == "127.0.0.1"
     assert dep.network_serial() == serial + 1
     serial += 1
     # Fields no posture check reads (hostname, serial number): no bump.

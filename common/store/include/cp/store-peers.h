@@ -237,6 +237,7 @@ typedef struct cp_store_peer_register_req {
         size_t n_extra_dns_labels;
         const char *connection_ip;      /* agent's real IPv4/IPv6 address (no port);
                                          * NULL = unknown; anything else is -EINVAL */
+        const struct cp_store_peer_location *location; /* of connection_ip; NULL = unknown */
         const char *dns_domain;         /* server's --dns-domain, for the event's fqdn;
                                          * the account override wins when set */
         /* SSO registration (a Login with a JWT; section 3.3 step 5): the
@@ -374,8 +375,8 @@ int cp_store_peer_login_update(cp_store *s, const char *account_id, const char *
  *
  * Posture re-evaluation: when the account has posture checks and the
  * connect changes an input they read (meta os, os_version,
- * kernel_version, go_os, network addresses, files; the location's country
- * or city), the plain UPDATE does not land and the second statement bumps
+ * kernel_version, go_os, network addresses, files; the connection
+ * address; the location's country or city), the plain UPDATE does not land and the second statement bumps
  * network_serial with the connect (CHANGED_POSTURE | CHANGED_SERIAL), so
  * every map of the account is recomputed and pushed. Without posture
  * checks nothing more is done. */
