@@ -10,6 +10,7 @@
 #include "mgmt-manager.h"
 #include "mgmt-map.h"
 #include "mgmt-metrics.h"
+#include "mgmt-realip.h"
 #include "mgmt-ready.h"
 #include "mgmt-replica.h"
 #include "mgmt-sync.h"
@@ -61,6 +62,7 @@ struct mgmt_manager {
         cp_api *api;                    /* the REST API, served by http on the workers */
         cp_jwt *jwt;                    /* IdP token validator; NULL without an IdP configured */
         cp_geo *geo;                    /* geolocation databases of the datadir (maybe none) */
+        mgmt_realip *realip;            /* trusted reverse proxies; NULL = none */
         cp_identity_options identity;   /* borrows config */
         mgmt_replica *replica;
         cp_bus *bus;                    /* NULL without --redis-url; loop thread */
@@ -596,6 +598,9 @@ int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf,
         r = open_geo(m, reterr);
         if (r < 0)
                 goto fail;
+        r = mgmt_realip_new(cfg->trusted_proxies, &m->realip, reterr);
+        if (r < 0)
+                goto fail;
         m->maps = mgmt_maps_new(m->store, cfg, m->netconf);
         m->agent = (mgmt_agent) { .store = m->store, .config = cfg, .netconf = m->netconf, .keys = m->keys,
                                   .maps = m->maps, .jwt = m->jwt, .identity = m->identity,
@@ -633,6 +638,7 @@ int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf,
                 .stopped_userdata = m,
                 .on_start = mgmt_sync_on_grpc_start,
                 .start_userdata = m->sync,
+                .realip = m->realip,
         };
         r = mgmt_grpc_new(&go, &m->grpc, reterr);
         if (r < 0)
@@ -768,6 +774,7 @@ mgmt_manager *mgmt_manager_free(mgmt_manager *m) {
         m->jwt = cp_jwt_free(m->jwt);
         m->agent.geo = NULL;
         m->geo = cp_geo_free(m->geo);
+        m->realip = mgmt_realip_free(m->realip);
         mgmt_metrics_unwatch_store(m->store);
         bool store_free = mgmt_ready_stop(m->ready, READY_STOP_MS);
         if (store_free)

@@ -113,10 +113,10 @@ def location_row(dep, pid):
                    " location_city_name, location_geo_name_id FROM peers WHERE id = %s", (pid,))[0]
 
 
-def reconnect(a, meta):
+def reconnect(a, meta, metadata=None):
     """A new Sync stream (newer session) with meta; returns it after its
     first map."""
-    s = a.sync(meta=meta)
+    s = a.sync(meta=meta, metadata=metadata)
     s.next(timeout=10)
     return s
 
@@ -221,6 +221,36 @@ def posture_inputs_bump_the_serial_only_with_posture_checks():
     other.files.add(path="/usr/bin/other", exist=False, processIsRunning=False)
     reconnect(a, other)
     assert dep.network_serial() == serial
+
+
+@test
+def forwarded_address_only_from_trusted_proxies():
+    """X-Forwarded-For / X-Real-IP are read only when the TCP peer is a
+    trusted proxy (--trusted-proxies); the forwarded address is stored and
+    looked up."""
+    d = geo_dir()
+    dep, srv, api = apifix.start(extra=("--datadir", d))
+    a = dep.agent(srv)
+    a.register(dep.setup_key, meta=build_meta("geo-4"))
+    pid = dep.peers()[a.pub_b64]["id"]
+    # Not trusted (the default): the headers are ignored.
+    reconnect(a, build_meta("geo-4"), metadata=[("x-forwarded-for", "192.0.2.7"), ("x-real-ip", "192.0.2.8")])
+    assert location_row(dep, pid) == ("127.0.0.1", "DE", "Berlin", 2950159)
+
+    srv2 = dep.start("--datadir", d, "--trusted-proxies", "10.0.0.0/8, 127.0.0.0/8")
+    a2 = dep.agent(srv2, private_key=a.key)
+    # The rightmost entry that is not a trusted proxy is the client.
+    reconnect(a2, build_meta("geo-4"), metadata=[("x-forwarded-for", "203.0.113.1, 192.0.2.7, 10.1.1.1")])
+    assert location_row(dep, pid) == ("192.0.2.7", "FR", "Paris", 2988507)
+    # X-Real-IP when there is no X-Forwarded-For.
+    reconnect(a2, build_meta("geo-4"), metadata=[("x-real-ip", "2001:db8::5")])
+    assert location_row(dep, pid) == ("2001:db8::5", "JP", "Tokyo", 1850147)
+    # Garbage: the peer address stays.
+    reconnect(a2, build_meta("geo-4"), metadata=[("x-forwarded-for", "not-an-ip"), ("x-real-ip", "x")])
+    assert location_row(dep, pid) == ("127.0.0.1", "DE", "Berlin", 2950159)
+    # An address in no network of the database: known, and empty.
+    reconnect(a2, build_meta("geo-4"), metadata=[("x-real-ip", "10.200.0.1")])
+    assert location_row(dep, pid) == ("10.200.0.1", "", "", 0)
 
 
 if __name__ == "__main__":
