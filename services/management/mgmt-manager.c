@@ -399,6 +399,7 @@ static int open_geo(mgmt_manager *m, cp_error *reterr) {
                         return r;
         }
         const char *mmdb = cp_geo_mmdb_path(m->geo), *names = cp_geo_names_path(m->geo);
+        mgmt_metrics_geo(*mmdb != '\0', *names != '\0');
         cp_log_kv(&log_ctx, *mmdb ? CP_LOG_INFO : CP_LOG_WARN,
                   *mmdb ? "geolocation enabled" : "geolocation disabled: no GeoLite2-City_*.mmdb in the datadir;"
                   " peer locations stay unknown",

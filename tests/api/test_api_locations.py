@@ -30,6 +30,19 @@ def check_schema(obj, name):
     jsonschema.Draft202012Validator(schema).validate(obj)
 
 
+def geo_metrics(srv):
+    """netbird_cp_geolocation_databases by database, from /metrics."""
+    import urllib.request
+    with urllib.request.urlopen(srv.url("/metrics"), timeout=10) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith('netbird_cp_geolocation_databases{database="'):
+            name = line.split('"')[1]
+            out[name] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
 def geo_dir():
     return geofix.write_datadir(os.path.join(svc.tmpdir(), "datadir"))
 
@@ -41,6 +54,7 @@ def countries_and_cities():
     assert line["msg"] == "geolocation enabled", line
     assert line["mmdb"].endswith("GeoLite2-City_20240101.mmdb"), line
     assert line["countries"] == "geonames", line
+    assert geo_metrics(srv) == {"mmdb": 1.0, "geonames": 1.0}
     countries = api.ok("GET", "/api/locations/countries")
     assert countries == [
         {"country_code": "FR", "country_name": "France"},
@@ -81,6 +95,7 @@ def without_databases():
     dep, srv, api = apifix.start(extra=("--datadir", empty))
     line = srv.wait_log(lambda o: o.get("msg", "").startswith("geolocation"))
     assert line["msg"].startswith("geolocation disabled"), line
+    assert geo_metrics(srv) == {"mmdb": 0.0, "geonames": 0.0}
     assert line["level"] in ("warn", "warning"), line
     # Countries from Debian's iso-codes when installed, else none; never
     # NetBird's 412 and never a 500.
