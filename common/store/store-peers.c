@@ -1188,7 +1188,10 @@ int cp_store_peer_login_update(cp_store *s, const char *account_id, const char *
                 changed |= CP_STORE_PEER_CHANGED_SSH_KEY;
         if (flag(res, 4))
                 changed |= CP_STORE_PEER_CHANGED_CONN_IP;
-        if (changed & (CP_STORE_PEER_CHANGED_SSH_KEY | CP_STORE_PEER_CHANGED_WT_VERSION))
+        if (flag(res, 6))
+                changed |= CP_STORE_PEER_CHANGED_POSTURE;
+        if (changed & (CP_STORE_PEER_CHANGED_SSH_KEY | CP_STORE_PEER_CHANGED_WT_VERSION |
+                       CP_STORE_PEER_CHANGED_POSTURE))
                 changed |= CP_STORE_PEER_CHANGED_SERIAL;
         if (ret_changed)
                 *ret_changed = changed;

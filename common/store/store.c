@@ -128,13 +128,14 @@
  * ($5; NetBird's peer network range check reads it too) or the location's
  * country or city (cc, city; NULL = keep). Row alias p, before the write. */
 #define HAS_POSTURE_CHECKS "EXISTS (SELECT 1 FROM posture_checks pc WHERE pc.account_id = $1)"
-#define POSTURE_INPUTS_CHANGED(cc, city) \
+#define POSTURE_INPUTS_CHANGED(cc, city) POSTURE_INPUTS_CHANGED_IP("$5", cc, city)
+#define POSTURE_INPUTS_CHANGED_IP(ip, cc, city) \
         "(p.meta_go_os, p.meta_os, p.meta_os_version, p.meta_kernel_version, p.meta_network_addresses," \
         " p.meta_files, p.location_connection_ip, p.location_country_code, p.location_city_name)" \
         " IS DISTINCT FROM" \
         " (COALESCE($7, p.meta_go_os), COALESCE($11, p.meta_os), COALESCE($12, p.meta_os_version)," \
         " COALESCE($15, p.meta_kernel_version), COALESCE($16::jsonb, p.meta_network_addresses)," \
-        " COALESCE($22::jsonb, p.meta_files), COALESCE($5::inet, p.location_connection_ip)," \
+        " COALESCE($22::jsonb, p.meta_files), COALESCE(" ip "::inet, p.location_connection_ip)," \
         " COALESCE(" cc "::text, p.location_country_code), COALESCE(" city "::text, p.location_city_name))"
 
 /* Every statement the store prepares, by cp_store_stmt. Parameters are
@@ -360,7 +361,9 @@ static const struct {
          * differs (an unchanged login writes no row version), and nothing
          * when extra DNS labels are asked for ($5) but not allowed; b
          * bumps the serial when u wrote a change remote peers see (ssh
-         * key, agent version). Peers row before accounts row, as
+         * key, agent version) or a posture input while the account has
+         * posture checks (POSTURE_INPUTS_CHANGED; a Login does not look
+         * the location up). Peers row before accounts row, as
          * everywhere in store-peers.c. No row: no such peer in that
          * account. */
         [ST_PEER_LOGIN_UPDATE] = { "peer_login_update",
@@ -368,18 +371,20 @@ static const struct {
                 " (" PEER_META_COLUMNS_OF("p.") ") IS DISTINCT FROM (" PEER_META_OR_KEPT_6 ") AS meta,"
                 " p.meta_wt_version IS DISTINCT FROM COALESCE($13, p.meta_wt_version) AS version,"
                 " p.ssh_key IS DISTINCT FROM COALESCE($3, p.ssh_key) AS ssh,"
-                " p.location_connection_ip IS DISTINCT FROM COALESCE($4::inet, p.location_connection_ip) AS ip"
+                " p.location_connection_ip IS DISTINCT FROM COALESCE($4::inet, p.location_connection_ip) AS ip,"
+                " " HAS_POSTURE_CHECKS " AND " POSTURE_INPUTS_CHANGED_IP("$4", "NULL", "NULL") " AS posture"
                 " FROM peers p WHERE p.account_id = $1 AND p.id = $2 FOR NO KEY UPDATE),"
                 " u AS (UPDATE peers p SET ssh_key = COALESCE($3, p.ssh_key),"
                 " location_connection_ip = COALESCE($4::inet, p.location_connection_ip),"
                 " (" PEER_META_COLUMNS ") = (" PEER_META_OR_KEPT_6 ")"
                 " FROM o WHERE p.account_id = $1 AND p.id = $2 AND p.id = o.id"
                 " AND (NOT $5::boolean OR o.allowed) AND (o.meta OR o.ssh OR o.ip)"
-                " RETURNING o.version OR o.ssh AS seen),"
+                " RETURNING o.version OR o.ssh AS seen, o.posture),"
                 " b AS (UPDATE accounts SET network_serial = network_serial + 1"
-                " WHERE id = $1 AND (SELECT seen FROM u) RETURNING network_serial)"
+                " WHERE id = $1 AND (SELECT seen OR posture FROM u) RETURNING network_serial)"
                 " SELECT o.allowed, o.meta, o.version, o.ssh, o.ip,"
-                " COALESCE((SELECT network_serial FROM b), (SELECT network_serial FROM accounts WHERE id = $1))"
+                " COALESCE((SELECT network_serial FROM b), (SELECT network_serial FROM accounts WHERE id = $1)),"
+                " COALESCE((SELECT posture FROM u), FALSE)"
                 " FROM o", 24 },
         /* Delete and log in one statement, so the event carries the
          * deleted row's values; group_peers rows go by cascade. */

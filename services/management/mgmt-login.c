@@ -363,7 +363,8 @@ void mgmt_login(mgmt_agent_op *op) {
                         fail_internal(op, "cannot update the peer", r, &err);
                         return;
                 } else if (changed & CP_STORE_PEER_CHANGED_SERIAL) {
-                        /* Committed, and other peers see it (version, SSH key). */
+                        /* Committed, and other peers see it (version, SSH key), or
+                         * posture checks read what changed. */
                         mgmt_sync_local_change(op->agent->sync, p->account_id, serial);
                 }
         }

@@ -236,6 +236,22 @@ def posture_inputs_bump_the_serial_only_with_posture_checks():
     other.files.add(path="/usr/bin/other", exist=False, processIsRunning=False)
     reconnect(a, other)
     assert dep.network_serial() == serial
+    # A Login (the agent's restart) that brings a new OS version bumps too
+    # (NetBird's LoginPeer updates when meta changed and checks exist);
+    # the Sync after it then has nothing new.
+    after_login = build_meta("geo-3-renamed", goOS="freebsd", OS="Ubuntu", kernelVersion="6.2.0",
+                             OSVersion="15", sysSerialNumber="SN-x")
+    after_login.networkAddresses.add(netIP="10.9.9.9/24", mac="52:54:00:12:34:57")
+    after_login.files.add(path="/usr/bin/other", exist=False, processIsRunning=False)
+    a.login(meta=after_login)
+    assert dep.network_serial() == serial + 1
+    serial += 1
+    reconnect(a, after_login)
+    assert dep.network_serial() == serial
+    # SyncMeta likewise.
+    after_login.kernelVersion = "6.3.0"
+    a.sync_meta(after_login)
+    assert dep.network_serial() == serial + 1
 
 
 @test

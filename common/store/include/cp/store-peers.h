@@ -340,9 +340,11 @@ typedef struct cp_store_peer_location {
 /* Updates a known peer at login, in ONE statement that locks the row.
  * Writes only when something differs. The account's network_serial is
  * bumped (and CHANGED_SERIAL set) when a change is visible to other peers:
- * the ssh key or wt_version. Other meta changes are stored
- * and reported with CHANGED_META only; the caller decides whether that
- * is worth a fan-out (posture checks, once they exist, depend on it).
+ * the ssh key or wt_version; or when the account has posture checks and
+ * an input they read changed (CHANGED_POSTURE: meta os, os_version,
+ * kernel_version, go_os, network addresses, files, the connection
+ * address; see cp_store_peer_connect). Other meta changes are stored and
+ * reported with CHANGED_META only.
  * last_login is NOT touched (NetBird refreshes it only when an expired SSO
  * login is renewed). *ret_changed (optional) gets the CHANGED_* bits,
  * *ret_serial (optional) the account's serial after the call (bumped or
