@@ -523,6 +523,10 @@ static void peer_ip_from(const char *peer, char *out, size_t cap) {
                 return;
         if (!end || (size_t) (end - p) >= cap)
                 return;
+        /* An IPv4 client on a dual-stack listener: "::ffff:a.b.c.d" is
+         * a.b.c.d, as Go's net.IP prints it for NetBird. */
+        if (end - p > 7 && strncasecmp(p, "::ffff:", 7) == 0 && memchr(p + 7, '.', (size_t) (end - p - 7)))
+                p += 7;
         memcpy(out, p, (size_t) (end - p));
         out[end - p] = '\0';
 }
