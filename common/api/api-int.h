@@ -90,6 +90,7 @@ struct cp_api {
         api_peer_caches *peer_caches;
         cp_jwt *jwt;                    /* borrowed; NULL = no IdP */
         cp_identity_options identity;   /* single_account_domain owned (a copy) */
+        struct cp_geo *geo;             /* borrowed; NULL = no geo databases */
 };
 
 struct api_ctx {
@@ -293,4 +294,5 @@ extern const api_route api_events_routes[];
 extern const api_route api_instance_routes[];
 extern const api_route api_zones_routes[];
 /* Lists of what this server does not hold yet, answered empty (api-unserved.c). */
+extern const api_route api_locations_routes[];
 extern const api_route api_unserved_routes[];

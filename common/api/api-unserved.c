@@ -1,6 +1,6 @@
 /*
  * Resources this server does not hold yet: posture checks, networks (with
- * their resources and routers), the geolocation lists and user invites.
+ * their resources and routers) and user invites.
  *
  * The stock dashboard reads their lists on most pages and shows an error
  * toast for anything but a 200. So the list routes answer what is true
@@ -12,13 +12,10 @@
  * answers without its embedded IdP (412).
  *
  * Each route carries the permission module NetBird's own module checks
- * (posture checks: policies; networks: networks; locations:
- * any signed-in user), so a caller who may not read or write the
+ * (posture checks: policies; networks: networks), so a caller who may not read or write the
  * resource still gets 403 first, as from NetBird.
  */
 #include "api-int.h"
-
-#include <ctype.h>
 
 static int empty_list(api_ctx *c) {
         return api_reply_text(c, 200, "[]", 2);
@@ -37,15 +34,6 @@ UNSERVED(posture, "posture checks")
 UNSERVED(network, "networks")
 UNSERVED(resource, "network resources")
 UNSERVED(router, "network routers")
-
-/* NetBird checks the code's form before it looks for its database. */
-static int cities(api_ctx *c) {
-        const char *cc = c->param[0];
-
-        if (strlen(cc) != 2 || !isalpha((unsigned char) cc[0]) || !isalpha((unsigned char) cc[1]))
-                return api_error(c, 422, "invalid country code");
-        return empty_list(c);
-}
 
 /* NetBird's answer to every invite route when it runs without its
  * embedded IdP, which is what this server reports
@@ -80,8 +68,6 @@ const api_route api_unserved_routes[] = {
         { "PUT", "/api/networks/{networkId}/routers/{routerId}", API_MOD_NETWORKS, API_UPDATE, router_one },
         { "DELETE", "/api/networks/{networkId}/routers/{routerId}", API_MOD_NETWORKS, API_DELETE, router_one },
 
-        { "GET", "/api/locations/countries", API_MOD_SELF, API_READ, empty_list },
-        { "GET", "/api/locations/countries/{country}/cities", API_MOD_SELF, API_READ, cities },
 
         /* NetBird answers the list 412 too. The dashboard asks for it
          * on the users page before it has read the account's

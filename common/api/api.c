@@ -11,7 +11,7 @@
 static const api_route *const tables[] = {
         api_accounts_routes, api_users_routes,  api_peers_routes, api_setup_keys_routes,
         api_groups_routes,   api_policies_routes, api_routes_routes, api_dns_routes,
-        api_events_routes,   api_instance_routes, api_unserved_routes,
+        api_events_routes,   api_instance_routes, api_locations_routes, api_unserved_routes,
         api_zones_routes,
 };
 
@@ -477,6 +477,7 @@ int cp_api_new(const cp_api_options *o, cp_api **ret, cp_error *reterr) {
         api->snapshot_userdata = o->snapshot_userdata;
         api->peer_caches = api_peer_caches_new();
         api->jwt = o->jwt;
+        api->geo = o->geo;
         api->identity.single_account_domain =
                 o->identity.single_account_domain ? cp_xstrdup(o->identity.single_account_domain) : NULL;
         *ret = api;

@@ -5,6 +5,8 @@
 #include "cp/base.h"
 #include "cp/config.h"
 
+#include <arpa/inet.h>
+
 /* ---- checks (run on every value, whatever its source) ------------------- */
 
 static int check_nonempty(const void *field, cp_error *reterr) {
@@ -22,6 +24,42 @@ static int check_letsencrypt(const void *field, cp_error *reterr) {
                 return 0;
         return cp_error_set(reterr, -EINVAL, "ACME/Let's Encrypt is not supported; obtain a certificate "
                             "(e.g. cert-manager) and pass --cert-file and --cert-key");
+}
+
+/* A comma-separated list of IPv4/IPv6 addresses or prefixes (the syntax
+ * services/management/mgmt-realip.c reads). */
+static int check_prefixes(const void *field, cp_error *reterr) {
+        const char *s = *(char *const *) field;
+
+        while (s && *s) {
+                char buf[64], addr[16];
+                size_t len;
+                while (*s == ' ' || *s == ',')
+                        s++;
+                if (!*s)
+                        break;
+                len = strcspn(s, ", ");
+                bool ok = len < sizeof buf;
+                if (ok) {
+                        memcpy(buf, s, len);
+                        buf[len] = '\0';
+                        char *slash = strchr(buf, '/');
+                        if (slash)
+                                *slash++ = '\0';
+                        int v4 = inet_pton(AF_INET, buf, addr) == 1;
+                        ok = v4 || inet_pton(AF_INET6, buf, addr) == 1;
+                        if (ok && slash) {
+                                char *end;
+                                unsigned long n = strtoul(slash, &end, 10);
+                                ok = *slash >= '0' && *slash <= '9' && !*end && n <= (v4 ? 32u : 128u);
+                        }
+                }
+                if (!ok)
+                        return cp_error_set(reterr, -EINVAL, "\"%.*s\" is not an IP address or prefix",
+                                            (int) len, s);
+                s += len;
+        }
+        return 0;
 }
 
 static int check_store_engine(const void *field, cp_error *reterr) {
@@ -110,6 +148,9 @@ static const cp_cfg_option options[] = {
         { "bus-channel-prefix", CP_CFG_STRING, F(bus_channel_prefix), "netbird-cp", { NULL },
           "ControlPlane.BusChannelPrefix", 0, 0, 0, check_bus_prefix, "PREFIX",
           "Redis channel prefix; deployments sharing a Redis need different ones" },
+        { "trusted-proxies", CP_CFG_STRING, F(trusted_proxies), NULL, { NULL },
+          "ControlPlane.TrustedProxies", 0, 0, 0, check_prefixes, "PREFIXES",
+          "reverse proxies whose X-Forwarded-For/X-Real-IP give the agent's address (comma-separated)" },
         { "replica-name", CP_CFG_STRING, F(replica_name), NULL, { "POD_NAME" },
           "ControlPlane.ReplicaName", 0, 0, 0, NULL, "NAME",
           "name shown for this process in the replicas table (default: the host name)" },

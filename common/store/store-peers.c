@@ -884,7 +884,10 @@ static int insert_peer(cp_store_conn *c, const cp_store_peer_register_req *req, 
                 else
                         (void) snprintf(label, sizeof label, "%s", base_label);
 
-                const char *params[32] = {
+                char gid[24];
+                const cp_store_peer_location *loc = req->location;
+                (void) snprintf(gid, sizeof gid, "%" PRId64, loc ? loc->geoname_id : 0);
+                const char *params[35] = {
                         peer_id, k->account_id, req->wg_pub_key, ip, cp_store__nz(req->meta->hostname), label,
                         mp->v[0], mp->v[1], mp->v[2], mp->v[3], mp->v[4], mp->v[5], mp->v[6],
                         mp->v[7], mp->v[8], mp->v[9], mp->v[10], mp->v[11], mp->v[12], mp->v[13],
@@ -892,6 +895,7 @@ static int insert_peer(cp_store_conn *c, const cp_store_peer_register_req *req, 
                         cp_store__nz(req->ssh_key), k->ephemeral ? "true" : "false",
                         k->allow_extra_dns_labels ? "true" : "false", labels_literal,
                         req->connection_ip, k->user_id ? k->user_id : "", k->user_id ? "true" : "false",
+                        loc ? cp_store__nz(loc->country_code) : "", loc ? cp_store__nz(loc->city_name) : "", gid,
                 };
                 r = cp_store__command(c, "SAVEPOINT peer_insert", reterr);
                 if (r < 0)
@@ -1184,7 +1188,10 @@ int cp_store_peer_login_update(cp_store *s, const char *account_id, const char *
                 changed |= CP_STORE_PEER_CHANGED_SSH_KEY;
         if (flag(res, 4))
                 changed |= CP_STORE_PEER_CHANGED_CONN_IP;
-        if (changed & (CP_STORE_PEER_CHANGED_SSH_KEY | CP_STORE_PEER_CHANGED_WT_VERSION))
+        if (flag(res, 6))
+                changed |= CP_STORE_PEER_CHANGED_POSTURE;
+        if (changed & (CP_STORE_PEER_CHANGED_SSH_KEY | CP_STORE_PEER_CHANGED_WT_VERSION |
+                       CP_STORE_PEER_CHANGED_POSTURE))
                 changed |= CP_STORE_PEER_CHANGED_SERIAL;
         if (ret_changed)
                 *ret_changed = changed;
@@ -1197,8 +1204,8 @@ int cp_store_peer_connect(cp_store *s, const char *account_id, const char *peer_
                           const cp_store_peer_connect_req *req, unsigned *ret_changed, int64_t *ret_serial,
                           cp_error *reterr) {
         _cleanup_pgresult_ PGresult *res = NULL;
-        const char *params[25];
-        char tok[24];
+        const char *params[28], *vparams[27];
+        char tok[24], gid[24];
         meta_params mp;
         unsigned changed = 0;
         int64_t serial = 0;
@@ -1221,14 +1228,27 @@ int cp_store_peer_connect(cp_store *s, const char *account_id, const char *peer_
         r = meta_params_or_keep(req->meta, &mp, params + 5, reterr);
         if (r < 0)
                 goto out;
+        /* The location: $26..$28 of the plain connect, $25..$27 of the
+         * other. */
+        params[25] = params[26] = params[27] = NULL;
+        if (req->location) {
+                (void) snprintf(gid, sizeof gid, "%" PRId64, req->location->geoname_id);
+                params[25] = cp_store__nz(req->location->country_code);
+                params[26] = cp_store__nz(req->location->city_name);
+                params[27] = gid;
+        }
+        memcpy(vparams, params, 24 * sizeof *params);
+        memcpy(vparams + 24, params + 25, 3 * sizeof *params);
         r = cp_store__acquire(s, &c, reterr);
         if (r < 0)
                 goto out;
         /* Without meta, or with the version the caller expects stored, the
          * plain fenced UPDATE is enough: the version cannot change, so
-         * neither can the serial. It is guarded by that version, so when
-         * the row changed meanwhile, or the connect is stale, it lands
-         * nowhere and the statement that compares under the lock decides
+         * neither can the serial. It is guarded by that version (and by
+         * "no posture input changes while the account has posture
+         * checks"), so when the row changed meanwhile, a posture input
+         * changes, or the connect is stale, it lands nowhere and the
+         * statement that compares under the lock decides
          * (a second fenced attempt: it lands only if the token is still
          * the newest then, as a connect that came that much later). */
         bool plain = !req->meta || (req->expect_wt_version && strcmp(req->expect_wt_version, mp.v[7]) == 0);
@@ -1238,12 +1258,14 @@ int cp_store_peer_connect(cp_store *s, const char *account_id, const char *peer_
                 if (r >= 0)
                         r = cp_store__affected(res) > 0 ? 1 : 0;
         }
-        if (req->meta && (!plain || r == 0)) {
+        if (!plain || r == 0) {
                 PQclear(TAKE_PTR(res));
-                r = cp_store__exec(c, ST_PEER_CONNECT_VERSION, params, &res, reterr);
+                r = cp_store__exec(c, ST_PEER_CONNECT_VERSION, vparams, &res, reterr);
                 if (r >= 0 && PQntuples(res) == 1) {
                         if (cp_store__col_bool(res, 0))
                                 changed = CP_STORE_PEER_CHANGED_WT_VERSION | CP_STORE_PEER_CHANGED_SERIAL;
+                        if (cp_store__col_bool(res, 2))
+                                changed |= CP_STORE_PEER_CHANGED_POSTURE | CP_STORE_PEER_CHANGED_SERIAL;
                         serial = cp_store__col_int64(res, 1);
                         r = 1;
                 } else if (r >= 0)

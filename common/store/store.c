@@ -112,11 +112,31 @@
 /* What a landing fenced connect writes (both connect statements): the
  * session ($3 token, $4 owning replica), the connection address ($5) and
  * the meta ($6..$24), NULL meaning "keep what is stored". */
-#define PEER_CONNECT_SET \
+#define PEER_CONNECT_SET(cc, city, gid) \
         "peer_status_connected = TRUE, peer_status_last_seen = CURRENT_TIMESTAMP," \
         " peer_status_session_started_at = $3::bigint, peer_status_login_expired = FALSE," \
         " peer_status_replica_id = $4, location_connection_ip = COALESCE($5::inet, p.location_connection_ip)," \
-        " (" PEER_META_COLUMNS ") = (" PEER_META_OR_KEPT_6 ")"
+        " (" PEER_META_COLUMNS ") = (" PEER_META_OR_KEPT_6 ")," \
+        " location_country_code = COALESCE(" cc "::text, p.location_country_code)," \
+        " location_city_name = COALESCE(" city "::text, p.location_city_name)," \
+        " location_geo_name_id = COALESCE(" gid "::bigint, p.location_geo_name_id)"
+
+/* Posture re-evaluation (docs/protocol.md "Location and posture"): the
+ * account has posture checks, and a connect changes what they read: the
+ * meta fields os, os_version, kernel_version, go_os, network addresses,
+ * files ($7 $11 $12 $15 $16 $22, NULL = keep), the connection address
+ * ($5; NetBird's peer network range check reads it too) or the location's
+ * country or city (cc, city; NULL = keep). Row alias p, before the write. */
+#define HAS_POSTURE_CHECKS "EXISTS (SELECT 1 FROM posture_checks pc WHERE pc.account_id = $1)"
+#define POSTURE_INPUTS_CHANGED(cc, city) POSTURE_INPUTS_CHANGED_IP("$5", cc, city)
+#define POSTURE_INPUTS_CHANGED_IP(ip, cc, city) \
+        "(p.meta_go_os, p.meta_os, p.meta_os_version, p.meta_kernel_version, p.meta_network_addresses," \
+        " p.meta_files, p.location_connection_ip, p.location_country_code, p.location_city_name)" \
+        " IS DISTINCT FROM" \
+        " (COALESCE($7, p.meta_go_os), COALESCE($11, p.meta_os), COALESCE($12, p.meta_os_version)," \
+        " COALESCE($15, p.meta_kernel_version), COALESCE($16::jsonb, p.meta_network_addresses)," \
+        " COALESCE($22::jsonb, p.meta_files), COALESCE(" ip "::inet, p.location_connection_ip)," \
+        " COALESCE(" cc "::text, p.location_country_code), COALESCE(" city "::text, p.location_city_name))"
 
 /* Every statement the store prepares, by cp_store_stmt. Parameters are
  * passed as text; PostgreSQL infers their types from the statement. */
@@ -136,33 +156,41 @@ static const struct {
          * agent version the caller expects stored and sends again: the
          * connect then also needs that, so a version that changed
          * meanwhile (the serial would have to move) fails it; the caller
-         * then runs peer_connect_version. */
+         * then runs peer_connect_version. $26..$28: the location (country
+         * code, city, geoname id; NULL = keep). It also needs that the
+         * connect changes no posture input while the account has posture
+         * checks (else peer_connect_version, which bumps the serial). */
         [ST_PEER_CONNECT] = { "peer_connect",
-                "UPDATE peers p SET " PEER_CONNECT_SET
+                "UPDATE peers p SET " PEER_CONNECT_SET("$26", "$27", "$28")
                 " WHERE p.account_id = $1 AND p.id = $2"
                 " AND p.peer_status_session_started_at < $3::bigint"
-                " AND ($25::text IS NULL OR p.meta_wt_version = $25)", 25 },
-        /* The same connect when the agent version may change: o locks the
-         * row with the same fence and compares the stored version with
-         * the one written (a row changed meanwhile is re-read under the
-         * lock, so the answer is exact); b bumps the serial when it
-         * differs (remote peers show it). Peers row before accounts row,
+                " AND ($25::text IS NULL OR p.meta_wt_version = $25)"
+                " AND NOT (" HAS_POSTURE_CHECKS " AND " POSTURE_INPUTS_CHANGED("$26", "$27") ")", 28 },
+        /* The same connect when the agent version may change, or the
+         * inputs of posture checks (plain connect refused above): o locks
+         * the row with the same fence and compares the stored version
+         * and posture inputs with the ones written (a row changed
+         * meanwhile is re-read under the lock, so the answer is exact); b
+         * bumps the serial when the version differs (remote peers show
+         * it) or the posture inputs do while the account has checks.
+         * Location: $25..$27. Peers row before accounts row,
          * as everywhere in store-peers.c. One row: landed, with whether
          * the version changed and the serial after the statement; none:
          * fenced off, nothing written. */
         [ST_PEER_CONNECT_VERSION] = { "peer_connect_version",
                 "WITH o AS (SELECT p.id,"
-                " p.meta_wt_version IS DISTINCT FROM COALESCE($13, p.meta_wt_version) AS version"
+                " p.meta_wt_version IS DISTINCT FROM COALESCE($13, p.meta_wt_version) AS version,"
+                " " HAS_POSTURE_CHECKS " AND " POSTURE_INPUTS_CHANGED("$25", "$26") " AS posture"
                 " FROM peers p WHERE p.account_id = $1 AND p.id = $2"
                 " AND p.peer_status_session_started_at < $3::bigint FOR NO KEY UPDATE),"
-                " u AS (UPDATE peers p SET " PEER_CONNECT_SET
+                " u AS (UPDATE peers p SET " PEER_CONNECT_SET("$25", "$26", "$27")
                 " FROM o WHERE p.account_id = $1 AND p.id = $2 AND p.id = o.id"
                 " AND p.peer_status_session_started_at < $3::bigint"
-                " RETURNING o.version),"
+                " RETURNING o.version, o.posture),"
                 " b AS (UPDATE accounts SET network_serial = network_serial + 1"
-                " WHERE id = $1 AND (SELECT version FROM u) RETURNING network_serial)"
+                " WHERE id = $1 AND (SELECT version OR posture FROM u) RETURNING network_serial)"
                 " SELECT u.version, COALESCE((SELECT network_serial FROM b),"
-                " (SELECT network_serial FROM accounts WHERE id = $1)) FROM u", 24 },
+                " (SELECT network_serial FROM accounts WHERE id = $1)), u.posture FROM u", 27 },
         [ST_PEER_DISCONNECT] = { "peer_disconnect",
                 "UPDATE peers SET peer_status_connected = FALSE,"
                 " peer_status_last_seen = CURRENT_TIMESTAMP,"
@@ -297,12 +325,14 @@ static const struct {
                 " ssh_key, ephemeral, allow_extra_dns_labels, extra_dns_labels, location_connection_ip,"
                 " user_id, login_expiration_enabled, inactivity_expiration_enabled, last_login,"
                 " created_at, peer_status_last_seen, peer_status_connected,"
-                " peer_status_session_started_at, peer_status_login_expired)"
+                " peer_status_session_started_at, peer_status_login_expired,"
+                " location_country_code, location_city_name, location_geo_name_id)"
                 " VALUES ($1, $2, $3, $4::inet, $5, $6, " PEER_META_PARAMS(7) ","
                 " $26, $27::boolean, $28::boolean, $29::text[], $30::inet,"
                 " NULLIF($31, ''), $32::boolean, $32::boolean,"
-                " CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, FALSE, 0, FALSE)"
-                " ON CONFLICT (key) DO NOTHING RETURNING id", 32 },
+                " CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, FALSE, 0, FALSE,"
+                " $33, $34, $35::bigint)"
+                " ON CONFLICT (key) DO NOTHING RETURNING id", 35 },
         [ST_PEER_GROUP_ALL] = { "peer_group_all",
                 "INSERT INTO group_peers (account_id, group_id, peer_id)"
                 " SELECT account_id, id, $2 FROM groups WHERE account_id = $1 AND name = 'All'"
@@ -331,7 +361,9 @@ static const struct {
          * differs (an unchanged login writes no row version), and nothing
          * when extra DNS labels are asked for ($5) but not allowed; b
          * bumps the serial when u wrote a change remote peers see (ssh
-         * key, agent version). Peers row before accounts row, as
+         * key, agent version) or a posture input while the account has
+         * posture checks (POSTURE_INPUTS_CHANGED; a Login does not look
+         * the location up). Peers row before accounts row, as
          * everywhere in store-peers.c. No row: no such peer in that
          * account. */
         [ST_PEER_LOGIN_UPDATE] = { "peer_login_update",
@@ -339,18 +371,20 @@ static const struct {
                 " (" PEER_META_COLUMNS_OF("p.") ") IS DISTINCT FROM (" PEER_META_OR_KEPT_6 ") AS meta,"
                 " p.meta_wt_version IS DISTINCT FROM COALESCE($13, p.meta_wt_version) AS version,"
                 " p.ssh_key IS DISTINCT FROM COALESCE($3, p.ssh_key) AS ssh,"
-                " p.location_connection_ip IS DISTINCT FROM COALESCE($4::inet, p.location_connection_ip) AS ip"
+                " p.location_connection_ip IS DISTINCT FROM COALESCE($4::inet, p.location_connection_ip) AS ip,"
+                " " HAS_POSTURE_CHECKS " AND " POSTURE_INPUTS_CHANGED_IP("$4", "NULL", "NULL") " AS posture"
                 " FROM peers p WHERE p.account_id = $1 AND p.id = $2 FOR NO KEY UPDATE),"
                 " u AS (UPDATE peers p SET ssh_key = COALESCE($3, p.ssh_key),"
                 " location_connection_ip = COALESCE($4::inet, p.location_connection_ip),"
                 " (" PEER_META_COLUMNS ") = (" PEER_META_OR_KEPT_6 ")"
                 " FROM o WHERE p.account_id = $1 AND p.id = $2 AND p.id = o.id"
                 " AND (NOT $5::boolean OR o.allowed) AND (o.meta OR o.ssh OR o.ip)"
-                " RETURNING o.version OR o.ssh AS seen),"
+                " RETURNING o.version OR o.ssh AS seen, o.posture),"
                 " b AS (UPDATE accounts SET network_serial = network_serial + 1"
-                " WHERE id = $1 AND (SELECT seen FROM u) RETURNING network_serial)"
+                " WHERE id = $1 AND (SELECT seen OR posture FROM u) RETURNING network_serial)"
                 " SELECT o.allowed, o.meta, o.version, o.ssh, o.ip,"
-                " COALESCE((SELECT network_serial FROM b), (SELECT network_serial FROM accounts WHERE id = $1))"
+                " COALESCE((SELECT network_serial FROM b), (SELECT network_serial FROM accounts WHERE id = $1)),"
+                " COALESCE((SELECT posture FROM u), FALSE)"
                 " FROM o", 24 },
         /* Delete and log in one statement, so the event carries the
          * deleted row's values; group_peers rows go by cascade. */

@@ -14,6 +14,7 @@
 #include <protobuf-c/protobuf-c.h>
 
 #include "cp/crypto-box.h"
+#include "cp/geo.h"
 #include "cp/store-peers.h"
 #include "cp-methods.h"
 #include "management.pb-c.h"
@@ -112,5 +113,12 @@ void mgmt_logout(mgmt_agent_op *op);
  * form, in op's arena; -1 with op's outcome set when it has too many
  * entries. */
 int mgmt_login_meta(mgmt_agent_op *op, const Management__PeerSystemMeta *pm, cp_store_peer_meta *ret);
+/* The location of the connection address ip (mgmt-agent.c), as NetBird's
+ * resolvePeerLocation: *where filled from *loc (both the caller's) and
+ * returned; NULL = keep what is stored: no address, no geolocation
+ * database, or a failed lookup (logged). An address the database does
+ * not know gives the empty location, as NetBird's empty record does. */
+const cp_store_peer_location *mgmt_peer_location(const mgmt_agent *ag, const char *ip, cp_geo_location *loc,
+                                                 cp_store_peer_location *where);
 /* An SSO peer whose login has run out (§3.2); setup-key peers never. */
 bool mgmt_login_expired(const cp_store_peer *p, const cp_store_account_settings *st, int64_t now_ns);

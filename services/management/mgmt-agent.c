@@ -485,3 +485,26 @@ void mgmt_agent_methods(mgmt_rpc_method out[MGMT_AGENT_N_METHODS]) {
                 };
         }
 }
+
+/* ---- the location of a connection ---------------------------------------------------- */
+
+const cp_store_peer_location *mgmt_peer_location(const mgmt_agent *ag, const char *ip, cp_geo_location *loc,
+                                                 cp_store_peer_location *where) {
+        cp_error err = { 0 };
+        int r;
+
+        if (!ip || !*ip || !cp_geo_can_lookup(ag->geo))
+                return NULL;
+        r = cp_geo_lookup(ag->geo, ip, loc, &err);
+        if (r != 1) {
+                if (r < 0) {
+                        static const cp_log_ctx geo_log = { .component = "geo" };
+                        cp_log_kv(&geo_log, CP_LOG_WARN, "cannot look up the connection address",
+                                  "ip", ip, "error", err.message, NULL);
+                }
+                return NULL;
+        }
+        *where = (cp_store_peer_location) { .country_code = loc->country_code, .city_name = loc->city_name,
+                                            .geoname_id = loc->geoname_id };
+        return where;
+}

@@ -56,6 +56,10 @@ typedef struct mgmt_agent {
          * then refused. */
         cp_jwt *jwt;
         cp_identity_options identity;
+        /* Geolocation (owned by the manager, never NULL once started):
+         * the connection address of a Login or Sync is looked up and
+         * stored with the peer (docs/protocol.md "Location"). */
+        struct cp_geo *geo;
 } mgmt_agent;
 
 /* Fills out with the rows to register, one per rpc of the service, in

@@ -1,6 +1,7 @@
 #include "cp/base.h"
 #include "cp/util.h"
 #include "mgmt-grpc.h"
+#include "mgmt-realip.h"
 
 #include <ctype.h>
 #include <grpc/grpc_security.h>
@@ -103,6 +104,7 @@ struct mgmt_grpc {
         void *stopped_userdata;
         void (*on_start)(mgmt_grpc *g, void *userdata);
         void *start_userdata;
+        const struct mgmt_realip *realip;       /* borrowed; NULL = none */
         pthread_t thread;
         bool thread_started;
         bool grpc_inited;
@@ -521,6 +523,10 @@ static void peer_ip_from(const char *peer, char *out, size_t cap) {
                 return;
         if (!end || (size_t) (end - p) >= cap)
                 return;
+        /* An IPv4 client on a dual-stack listener: "::ffff:a.b.c.d" is
+         * a.b.c.d, as Go's net.IP prints it for NetBird. */
+        if (end - p > 7 && strncasecmp(p, "::ffff:", 7) == 0 && memchr(p + 7, '.', (size_t) (end - p - 7)))
+                p += 7;
         memcpy(out, p, (size_t) (end - p));
         out[end - p] = '\0';
 }
@@ -547,6 +553,7 @@ static void on_new_call(mgmt_call *c, bool ok) {
         c->started_ms = cp_now_mono_ms();
         c->peer = grpc_call_get_peer(c->call);
         peer_ip_from(c->peer, c->peer_ip, sizeof c->peer_ip);
+        mgmt_realip_apply(g->realip, &c->request_md, c->peer_ip, sizeof c->peer_ip);
         pick_request_id(c);
         c->log = (cp_log_ctx) { .component = "grpc", .method = c->method_name, .peer = c->peer,
                                 .request_id = c->request_id };
@@ -718,6 +725,7 @@ int mgmt_grpc_new(const mgmt_grpc_options *o, mgmt_grpc **ret, cp_error *reterr)
         g->stopped_userdata = o->stopped_userdata;
         g->on_start = o->on_start;
         g->start_userdata = o->start_userdata;
+        g->realip = o->realip;
         g->n_methods = o->n_methods;
         g->methods = cp_xcalloc(o->n_methods + 1, sizeof *g->methods);
         g->registered = cp_xcalloc(o->n_methods + 1, sizeof *g->registered);

@@ -85,6 +85,9 @@ typedef struct mgmt_grpc_options {
          * can learn the mgmt_grpc pointer before any call runs. */
         void (*on_start)(mgmt_grpc *g, void *userdata);
         void *start_userdata;
+        /* Reverse proxies trusted for the agent's address (mgmt-realip.h);
+         * borrowed, must outlive the server; NULL = none. */
+        const struct mgmt_realip *realip;
 } mgmt_grpc_options;
 
 /* Initialises gRPC, binds, starts the server and its CQ thread. On failure

@@ -195,6 +195,9 @@ static void tweak_hostname(mgmt_agent_op *op, login_input *in, const mgmt_auth_u
  * Returns the new peer, or NULL with op's outcome set. */
 static cp_store_peer *register_peer(mgmt_agent_op *op, const Management__LoginRequest *req, const login_input *in,
                                     const mgmt_auth_user *user, int64_t *ret_serial) {
+        const char *ip = mgmt_call_peer_ip(op->call);
+        cp_store_peer_location where;
+        cp_geo_location loc;
         cp_store_peer_register_req rr = {
                 .setup_key = req->setupkey,
                 .wg_pub_key = op->peer_key,
@@ -202,7 +205,9 @@ static cp_store_peer *register_peer(mgmt_agent_op *op, const Management__LoginRe
                 .ssh_key = in->ssh_key,
                 .extra_dns_labels = in->labels,
                 .n_extra_dns_labels = in->n_labels,
-                .connection_ip = *mgmt_call_peer_ip(op->call) ? mgmt_call_peer_ip(op->call) : NULL,
+                .connection_ip = *ip ? ip : NULL,
+                /* NetBird's AddPeer looks the new peer up too. */
+                .location = mgmt_peer_location(op->agent, ip, &loc, &where),
                 .dns_domain = op->agent->config->dns_domain,
                 .user_id = user ? user->user_id : NULL,
         };
@@ -361,7 +366,8 @@ void mgmt_login(mgmt_agent_op *op) {
                         fail_internal(op, "cannot update the peer", r, &err);
                         return;
                 } else if (changed & CP_STORE_PEER_CHANGED_SERIAL) {
-                        /* Committed, and other peers see it (version, SSH key). */
+                        /* Committed, and other peers see it (version, SSH key), or
+                         * posture checks read what changed. */
                         mgmt_sync_local_change(op->agent->sync, p->account_id, serial);
                 }
         }

@@ -1,5 +1,6 @@
 #include "cp/base.h"
 #include "cp/bus.h"
+#include "cp/geo.h"
 #include "cp/log.h"
 #include "cp/store.h"
 #include "cp/util.h"
@@ -9,6 +10,7 @@
 #include "mgmt-manager.h"
 #include "mgmt-map.h"
 #include "mgmt-metrics.h"
+#include "mgmt-realip.h"
 #include "mgmt-ready.h"
 #include "mgmt-replica.h"
 #include "mgmt-sync.h"
@@ -59,6 +61,8 @@ struct mgmt_manager {
         mgmt_http *http;
         cp_api *api;                    /* the REST API, served by http on the workers */
         cp_jwt *jwt;                    /* IdP token validator; NULL without an IdP configured */
+        cp_geo *geo;                    /* geolocation databases of the datadir (maybe none) */
+        mgmt_realip *realip;            /* trusted reverse proxies; NULL = none */
         cp_identity_options identity;   /* borrows config */
         mgmt_replica *replica;
         cp_bus *bus;                    /* NULL without --redis-url; loop thread */
@@ -377,6 +381,33 @@ static const char *degraded(char *why, size_t n, void *userdata) {
 /* The IdP token validator, when HttpConfig names an IdP: an issuer (or an
  * OIDC config endpoint), an audience and where the keys are. Without one
  * of them, IdP tokens are refused and agents use setup keys only. */
+/* The geolocation databases of the datadir (NetBird's file names; never
+ * downloaded). Missing files are a state, logged once; a database that
+ * cannot be read is logged and left out, as NetBird proceeds without
+ * geolocation then. */
+static int open_geo(mgmt_manager *m, cp_error *reterr) {
+        const char *dir = m->config->datadir ? m->config->datadir : "";
+        cp_error err = { 0 };
+        int r;
+
+        r = cp_geo_open(&(cp_geo_options) { .dir = dir }, &m->geo, &err);
+        if (r < 0) {
+                cp_log_kv(&log_ctx, CP_LOG_WARN, "geolocation database unusable; proceeding without it",
+                          "error", err.message, NULL);
+                r = cp_geo_open(&(cp_geo_options) { .dir = NULL }, &m->geo, reterr);
+                if (r < 0)
+                        return r;
+        }
+        const char *mmdb = cp_geo_mmdb_path(m->geo), *names = cp_geo_names_path(m->geo);
+        mgmt_metrics_geo(*mmdb != '\0', *names != '\0');
+        cp_log_kv(&log_ctx, *mmdb ? CP_LOG_INFO : CP_LOG_WARN,
+                  *mmdb ? "geolocation enabled" : "geolocation disabled: no GeoLite2-City_*.mmdb in the datadir;"
+                  " peer locations stay unknown",
+                  "datadir", dir, "mmdb", *mmdb ? mmdb : "none", "geonames", *names ? names : "none",
+                  "countries", cp_geo_countries_source(m->geo), NULL);
+        return 0;
+}
+
 static int open_jwt(mgmt_manager *m, cp_error *reterr) {
         const mgmt_netconf *n = m->netconf;
         const cp_config *cfg = m->config;
@@ -565,9 +596,16 @@ int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf,
         r = open_jwt(m, reterr);
         if (r < 0)
                 goto fail;
+        r = open_geo(m, reterr);
+        if (r < 0)
+                goto fail;
+        r = mgmt_realip_new(cfg->trusted_proxies, &m->realip, reterr);
+        if (r < 0)
+                goto fail;
         m->maps = mgmt_maps_new(m->store, cfg, m->netconf);
         m->agent = (mgmt_agent) { .store = m->store, .config = cfg, .netconf = m->netconf, .keys = m->keys,
-                                  .maps = m->maps, .jwt = m->jwt, .identity = m->identity };
+                                  .maps = m->maps, .jwt = m->jwt, .identity = m->identity,
+                                  .geo = m->geo };
         m->sync = mgmt_sync_new(&m->agent, m->maps, max_syncs());
         m->agent.sync = m->sync;
         mgmt_sync_set_announce(m->sync, announce, m);
@@ -601,6 +639,7 @@ int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf,
                 .stopped_userdata = m,
                 .on_start = mgmt_sync_on_grpc_start,
                 .start_userdata = m->sync,
+                .realip = m->realip,
         };
         r = mgmt_grpc_new(&go, &m->grpc, reterr);
         if (r < 0)
@@ -613,7 +652,7 @@ int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf,
                 cp_api_options ao = { .store = m->store, .dns_domain = cfg->dns_domain, .version = MGMT_VERSION,
                                       .announce = api_announce, .announce_userdata = m,
                                       .snapshot_peek = api_snapshot_peek, .snapshot_userdata = m,
-                                      .jwt = m->jwt, .identity = m->identity };
+                                      .jwt = m->jwt, .identity = m->identity, .geo = m->geo };
                 r = cp_api_new(&ao, &m->api, reterr);
                 if (r < 0)
                         goto fail;
@@ -734,6 +773,9 @@ mgmt_manager *mgmt_manager_free(mgmt_manager *m) {
         if (m->netconf)
                 m->netconf->jwt = NULL;
         m->jwt = cp_jwt_free(m->jwt);
+        m->agent.geo = NULL;
+        m->geo = cp_geo_free(m->geo);
+        m->realip = mgmt_realip_free(m->realip);
         mgmt_metrics_unwatch_store(m->store);
         bool store_free = mgmt_ready_stop(m->ready, READY_STOP_MS);
         if (store_free)

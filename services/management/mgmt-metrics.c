@@ -370,3 +370,15 @@ void mgmt_metrics_unwatch_jwt(cp_jwt *j) {
         cp_metrics_remove_collector(cp_metrics_global(), collect_jwt, j);
         cp_gauge_set(mm.jwt_keys, 0);
 }
+
+void mgmt_metrics_geo(bool mmdb, bool geonames) {
+        cp_metric *f;
+
+        pthread_once(&init_once, init);
+        f = cp_metrics_gauge(cp_metrics_global(), "netbird_cp_geolocation_databases",
+                             "1 when the geolocation database is open (mmdb: GeoLite2-City_*.mmdb, geonames: "
+                             "geonames_*.db of the datadir), 0 when absent.",
+                             CP_LABELS("database"));
+        cp_gauge_set(cp_metric_gauge(f, CP_LABELS("mmdb")), mmdb ? 1 : 0);
+        cp_gauge_set(cp_metric_gauge(f, CP_LABELS("geonames")), geonames ? 1 : 0);
+}

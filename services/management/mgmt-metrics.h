@@ -89,6 +89,12 @@ void mgmt_metrics_bus_state(bool connected);
  * skew adds to it; negative values count as 0. */
 void mgmt_metrics_bus_message(int64_t sent_ms);
 
+/* ---- geolocation (mgmt-manager.c) ------------------------------------------------------ */
+
+/* netbird_cp_geolocation_databases{database="mmdb"|"geonames"}: 1 when that
+ * database of the datadir is open, 0 when absent. Set once at start. */
+void mgmt_metrics_geo(bool mmdb, bool geonames);
+
 /* ---- the IdP token validator (mgmt-manager.c) --------------------------------------- */
 
 /* Exports cp_jwt_get_stats(j) at each scrape (and registers the jwt

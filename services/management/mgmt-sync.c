@@ -511,11 +511,14 @@ static void open_work(void *userdata) {
          * bumps the serial and is fanned out) and the connection address.
          * A stale connect writes nothing at all. */
         const char *ip = mgmt_call_peer_ip(op->call);
+        cp_store_peer_location where;
+        cp_geo_location loc;
         cp_store_peer_connect_req cr = {
                 .token = s->token,
                 .meta = req->meta ? &meta : NULL,
                 .connection_ip = ip && *ip ? ip : NULL,
                 .expect_wt_version = p->meta.wt_version,
+                .location = mgmt_peer_location(ag, ip, &loc, &where),
         };
         unsigned changed = 0;
         int64_t serial = 0;

@@ -323,14 +323,15 @@ class Agent:
 
     # -- streams ----------------------------------------------------------------
 
-    def sync(self, meta=None, timeout=120.0):
+    def sync(self, meta=None, timeout=120.0, metadata=None):
         """Opens Sync and returns a SyncStream. Items are decrypted with the
-        server key fetched right before opening, as the agent does."""
+        server key fetched right before opening, as the agent does.
+        metadata: extra request headers, e.g. [("x-forwarded-for", ip)]."""
         server_key = self.get_server_key()
         req = pb.SyncRequest(meta=meta if meta is not None else build_meta())
         env = self.envelope(req, server_key)
         fn = self.channel.unary_stream(SERVICE + "Sync")
-        call = fn(env.SerializeToString(), timeout=timeout)
+        call = fn(env.SerializeToString(), timeout=timeout, metadata=metadata)
         s = SyncStream(self, call, server_key)
         self._streams.append(s)
         return s

@@ -1,5 +1,5 @@
 """What this server does not hold yet (api-unserved.c): posture checks,
-networks, geolocation and user invites. Their lists answer an
+networks and user invites. Their lists answer an
 empty array (the stock dashboard reads them on most pages), everything
 that names or makes one says it is not served, and NetBird's permission
 modules still decide who gets which answer first."""
@@ -16,8 +16,6 @@ LISTS = [
     "/api/networks/resources",
     "/api/networks/n1/resources",
     "/api/networks/n1/routers",
-    "/api/locations/countries",
-    "/api/locations/countries/DE/cities",
 ]
 
 # (create path, one-id path, words of the message)
@@ -36,8 +34,6 @@ def lists_are_empty_arrays():
         assert api.ok("GET", path) == [], path
         # A trailing slash is tolerated as on every route.
         assert api.ok("GET", path + "/") == [], path
-    api.error("GET", "/api/locations/countries/D1/cities", 422, message="invalid country code")
-    api.error("GET", "/api/locations/countries/DEU/cities", 422, message="invalid country code")
     # Without a token: NetBird's 401, not an empty list.
     api.as_token(None).error("GET", "/api/posture-checks", 401, message="no valid authentication provided")
 
@@ -58,7 +54,6 @@ def writes_say_not_served():
     assert dep.sql("SELECT count(*) FROM events")[0][0] == events0
     # Methods NetBird has no route for stay 405.
     api.error("DELETE", "/api/posture-checks", 405)
-    api.error("POST", "/api/locations/countries", 405)
 
 
 @test
@@ -83,16 +78,12 @@ def permissions_follow_netbird_modules():
     dep, srv, api = apifix.start()
     roles = {r: apifix.role_api(dep, api, r)[1] for r in ("admin", "auditor", "network_admin", "user")}
     # Reads: posture checks are the policies module, networks theirs; a
-    # regular user reads none of them; locations need only a signed-in
-    # user.
+    # regular user reads none of them.
     for role in ("admin", "auditor", "network_admin"):
         for path in LISTS:
             assert roles[role].ok("GET", path) == [], (role, path)
     for path in LISTS:
-        if path.startswith("/api/locations/"):
-            assert roles["user"].ok("GET", path) == [], path
-        else:
-            roles["user"].error("GET", path, 403, message="permission denied")
+        roles["user"].error("GET", path, 403, message="permission denied")
     # Writes: an auditor and a regular user are refused before the
     # feature answers; a network admin may write networks and
     # policies, so gets the feature's answer.

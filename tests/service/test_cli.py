@@ -104,6 +104,14 @@ def sqlite_engine_is_explained():
 
 
 @test
+def bad_trusted_proxies_are_refused():
+    r = run(["management", "--trusted-proxies", "10.0.0.0/8, 10.0.0.0/99"])
+    check_usage_error(r, "--trusted-proxies", '"10.0.0.0/99" is not an IP address or prefix')
+    r = run(["management", "--trusted-proxies", "proxy.example.com"])
+    check_usage_error(r, '"proxy.example.com" is not an IP address or prefix')
+
+
+@test
 def letsencrypt_is_refused():
     r = run(["management", "--letsencrypt-domain", "mgmt.example.com"])
     check_usage_error(r, "--letsencrypt-domain", "ACME/Let's Encrypt is not supported",

@@ -285,6 +285,85 @@ TEST(connect_with_meta_writes_meta_and_address_when_it_lands) {
         fixture_release(&f);
 }
 
+/* ---- location and posture (docs/protocol.md "Location and posture") ----- */
+
+static int connect_loc(fixture *f, int64_t t, const char *os_version, const char *cc, const char *city,
+                       int64_t gid, unsigned *ret_changed, int64_t *ret_serial) {
+        cp_store_peer_meta m = { .hostname = "h", .wt_version = "0.60.0", .go_os = "linux",
+                                 .os_version = os_version };
+        cp_store_peer_location loc = { .country_code = cc, .city_name = city, .geoname_id = gid };
+        cp_store_peer_connect_req req = { .token = t, .meta = &m, .connection_ip = "198.51.100.1",
+                                          .expect_wt_version = "0.60.0", .location = cc ? &loc : NULL };
+        cp_error err = { 0 };
+        int r = cp_store_peer_connect(f->store, f->acct.account_id, f->peer_id, &req, ret_changed, ret_serial, &err);
+
+        ASSERT_OK(r, &err);
+        return r;
+}
+
+static char *location_of(fixture *f) {
+        return peer_value(f, "location_country_code || '/' || location_city_name || '/' || location_geo_name_id");
+}
+
+TEST(connect_writes_the_location_and_bumps_only_with_posture_checks) {
+        fixture f;
+        unsigned changed = 99;
+        int64_t serial = -1, t = cp_now_unix_ns();
+        char *v;
+
+        fixture_init(&f, 2);
+        ASSERT_EQ(1, connect_loc(&f, t, "12", "DE", "Berlin", 2950159, NULL, NULL));
+        int64_t s0 = serial_of(&f);
+        v = location_of(&f);
+        ASSERT_STREQ("DE/Berlin/2950159", v);
+        free(v);
+
+        /* No posture checks: a new location and OS version, no bump. */
+        ASSERT_EQ(1, connect_loc(&f, ++t, "13", "FR", "Paris", 2988507, &changed, &serial));
+        ASSERT_EQ(0, changed);
+        ASSERT_EQ(s0, serial_of(&f));
+        v = location_of(&f);
+        ASSERT_STREQ("FR/Paris/2988507", v);
+        free(v);
+        /* No location given (no database): the stored one stays. */
+        ASSERT_EQ(1, connect_loc(&f, ++t, "13", NULL, NULL, 0, &changed, &serial));
+        v = location_of(&f);
+        ASSERT_STREQ("FR/Paris/2988507", v);
+        free(v);
+
+        const char *p[1] = { f.acct.account_id };
+        free(cptest_db_query(f.db, "INSERT INTO posture_checks (id, account_id, name) VALUES ('pc1', $1, 'pc')",
+                             1, p));
+        /* Unchanged: the plain connect, no bump. */
+        ASSERT_EQ(1, connect_loc(&f, ++t, "13", "FR", "Paris", 2988507, &changed, &serial));
+        ASSERT_EQ(0, changed);
+        ASSERT_EQ(s0, serial_of(&f));
+        /* The location changes: the serial moves with the connect. */
+        ASSERT_EQ(1, connect_loc(&f, ++t, "13", "DE", "Berlin", 2950159, &changed, &serial));
+        ASSERT_EQ(CP_STORE_PEER_CHANGED_POSTURE | CP_STORE_PEER_CHANGED_SERIAL, changed);
+        ASSERT_EQ(s0 + 1, serial);
+        ASSERT_EQ(s0 + 1, serial_of(&f));
+        v = location_of(&f);
+        ASSERT_STREQ("DE/Berlin/2950159", v);
+        free(v);
+        /* The OS version changes: again. */
+        ASSERT_EQ(1, connect_loc(&f, ++t, "14", "DE", "Berlin", 2950159, &changed, &serial));
+        ASSERT_EQ(CP_STORE_PEER_CHANGED_POSTURE | CP_STORE_PEER_CHANGED_SERIAL, changed);
+        ASSERT_EQ(s0 + 2, serial_of(&f));
+        /* A stale connect with another location writes nothing, bumps
+         * nothing. */
+        ASSERT_EQ(0, connect_loc(&f, t - 10, "15", "JP", "Tokyo", 1850147, &changed, &serial));
+        ASSERT_EQ(0, changed);
+        ASSERT_EQ(s0 + 2, serial_of(&f));
+        v = location_of(&f);
+        ASSERT_STREQ("DE/Berlin/2950159", v);
+        free(v);
+        v = peer_value(&f, "meta_os_version");
+        ASSERT_STREQ("14", v);
+        free(v);
+        fixture_release(&f);
+}
+
 TEST(stale_connect_with_meta_writes_nothing) {
         fixture f;
         unsigned changed = 99;

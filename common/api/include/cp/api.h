@@ -33,6 +33,7 @@
 
 typedef struct cp_api cp_api;
 struct cp_netmap_account;
+struct cp_geo;
 
 /* Called after commit, on the thread that handled the request; must not
  * block. */
@@ -57,6 +58,9 @@ typedef struct cp_api_options {
          * accounts. */
         cp_jwt *jwt;
         cp_identity_options identity;
+        /* Geolocation databases for /api/locations (borrowed, may be
+         * NULL = none: the lists are empty). */
+        struct cp_geo *geo;
 } cp_api_options;
 
 int cp_api_new(const cp_api_options *o, cp_api **ret, cp_error *reterr);

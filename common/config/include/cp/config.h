@@ -188,6 +188,7 @@ typedef struct cp_config {
         char *redis_url;                /* NULL: no bus */
         char *bus_channel_prefix;
         char *replica_name;             /* NULL: the host name */
+        char *trusted_proxies;          /* comma-separated prefixes; NULL: headers never trusted */
         char *dns_domain;
         int64_t db_pool_size;
         int64_t shutdown_timeout_ms;

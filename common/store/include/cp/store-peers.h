@@ -237,6 +237,7 @@ typedef struct cp_store_peer_register_req {
         size_t n_extra_dns_labels;
         const char *connection_ip;      /* agent's real IPv4/IPv6 address (no port);
                                          * NULL = unknown; anything else is -EINVAL */
+        const struct cp_store_peer_location *location; /* of connection_ip; NULL = unknown */
         const char *dns_domain;         /* server's --dns-domain, for the event's fqdn;
                                          * the account override wins when set */
         /* SSO registration (a Login with a JWT; section 3.3 step 5): the
@@ -324,14 +325,26 @@ enum {
         CP_STORE_PEER_CHANGED_SSH_KEY    = 1 << 2,  /* ssh_key (sshConfig.sshPubKey of remote peers) */
         CP_STORE_PEER_CHANGED_CONN_IP    = 1 << 3,  /* location_connection_ip */
         CP_STORE_PEER_CHANGED_SERIAL     = 1 << 4,  /* network_serial was bumped */
+        CP_STORE_PEER_CHANGED_POSTURE    = 1 << 5,  /* an input of posture checks, with checks present */
 };
+
+/* A peer's location as the geolocation database gives it (cp/geo.h):
+ * location_country_code, location_city_name, location_geo_name_id.
+ * Strings borrowed, UTF-8; "" and 0 for unknown. */
+typedef struct cp_store_peer_location {
+        const char *country_code;
+        const char *city_name;
+        int64_t geoname_id;
+} cp_store_peer_location;
 
 /* Updates a known peer at login, in ONE statement that locks the row.
  * Writes only when something differs. The account's network_serial is
  * bumped (and CHANGED_SERIAL set) when a change is visible to other peers:
- * the ssh key or wt_version. Other meta changes are stored
- * and reported with CHANGED_META only; the caller decides whether that
- * is worth a fan-out (posture checks, once they exist, depend on it).
+ * the ssh key or wt_version; or when the account has posture checks and
+ * an input they read changed (CHANGED_POSTURE: meta os, os_version,
+ * kernel_version, go_os, network addresses, files, the connection
+ * address; see cp_store_peer_connect). Other meta changes are stored and
+ * reported with CHANGED_META only.
  * last_login is NOT touched (NetBird refreshes it only when an expired SSO
  * login is renewed). *ret_changed (optional) gets the CHANGED_* bits,
  * *ret_serial (optional) the account's serial after the call (bumped or
@@ -360,19 +373,31 @@ int cp_store_peer_login_update(cp_store *s, const char *account_id, const char *
  * that UPDATE did not land (stale, or the version changed meanwhile), a
  * second fenced statement locks the row, compares the version and bumps
  * the serial with the connect; it lands only if the token is still the
- * newest then. NULL: always that statement when there is meta. */
+ * newest then. NULL: always that statement when there is meta.
+ *
+ * Posture re-evaluation: when the account has posture checks and the
+ * connect changes an input they read (meta os, os_version,
+ * kernel_version, go_os, network addresses, files; the connection
+ * address; the location's country or city), the plain UPDATE does not land and the second statement bumps
+ * network_serial with the connect (CHANGED_POSTURE | CHANGED_SERIAL), so
+ * every map of the account is recomputed and pushed. Without posture
+ * checks nothing more is done. */
 typedef struct cp_store_peer_connect_req {
         int64_t token;                  /* the session token; must be > 0 */
         const cp_store_peer_meta *meta; /* NULL = keep */
         const char *connection_ip;      /* IPv4/IPv6 address; NULL = keep */
         const char *expect_wt_version;  /* see above; NULL = unknown */
+        /* The location of connection_ip; NULL = keep (no geolocation
+         * database). Written with the connect, in the same statement. */
+        const cp_store_peer_location *location;
 } cp_store_peer_connect_req;
 
 /* Returns 1 when the connect landed, 0 when it was fenced off (or the peer
  * is not in that account), negative on error (-EINVAL: token <= 0, a bad
  * address, meta over the limits or not UTF-8; nothing written). When the
  * agent version changed, *ret_changed (optional) gets CHANGED_WT_VERSION |
- * CHANGED_SERIAL and *ret_serial (optional) the bumped serial; otherwise
+ * CHANGED_SERIAL, when posture inputs changed CHANGED_POSTURE |
+ * CHANGED_SERIAL, and *ret_serial (optional) the bumped serial; otherwise
  * both are 0 (the other CHANGED_* bits are not reported here). */
 int cp_store_peer_connect(cp_store *s, const char *account_id, const char *peer_id,
                           const cp_store_peer_connect_req *req, unsigned *ret_changed, int64_t *ret_serial,

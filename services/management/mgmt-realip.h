@@ -1,0 +1,31 @@
+/*
+ * The agent's real address behind a reverse proxy (NetBird's gRPC realip
+ * interceptor, management/internals/server/boot.go), trusted only from
+ * the proxies the operator names (--trusted-proxies, docs/config.md).
+ *
+ * When the TCP peer of a call is inside one of the trusted prefixes, the
+ * address comes from the headers NetBird reads, in its order:
+ * X-Forwarded-For (the rightmost entry that is not itself a trusted
+ * proxy), then X-Real-IP. Anything unparsable is ignored: the peer address
+ * stays. Without trusted prefixes (the default) the headers are never
+ * read. Immutable after creation; any thread.
+ */
+#pragma once
+
+#include <grpc/grpc.h>
+#include <stddef.h>
+
+#include "cp/error.h"
+
+typedef struct mgmt_realip mgmt_realip;
+
+/* list: comma-separated IPv4/IPv6 prefixes ("10.0.0.0/8, ::1/128"; a bare
+ * address is a /32 or /128). NULL or "" gives *ret = NULL (trust none).
+ * -EINVAL names the bad entry. */
+int mgmt_realip_new(const char *list, mgmt_realip **ret, cp_error *reterr);
+/* Accepts NULL; returns NULL. */
+mgmt_realip *mgmt_realip_free(mgmt_realip *r);
+
+/* Replaces ip (the call's peer address, text, in a buffer of cap bytes)
+ * with the forwarded address when ip is trusted. r may be NULL. */
+void mgmt_realip_apply(const mgmt_realip *r, const grpc_metadata_array *md, char *ip, size_t cap);
