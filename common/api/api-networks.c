@@ -573,11 +573,9 @@ typedef struct router_req {
 } router_req;
 
 /* The body and NetBird's NetworkRouter.Validate (400, its text); then
- * ours: the metric within the schema's 1..9999, the peer and the peer
- * groups the account's own. */
+ * ours: the metric within the schema's 1..9999. */
 static int parse_router(api_ctx *c, router_req *q) {
         json_t *body = api_body(c);
-        int r;
 
         if (!body)
                 return API_FAIL;
@@ -594,6 +592,14 @@ static int parse_router(api_ctx *c, router_req *q) {
         if (q->metric < 1 || q->metric > 9999)
                 return api_error(c, 422, "metric must be between 1 and 9999");
         (void) snprintf(q->metric_s, sizeof q->metric_s, "%" PRId64, q->metric);
+        return 0;
+}
+
+/* Ours (after the network and router are found): the peer or the peer
+ * groups must be the account's. */
+static int check_router_refs(api_ctx *c, router_req *q) {
+        int r;
+
         if (*q->peer) {
                 _cleanup_rows_ cp_store_rows *rows = NULL;
                 const char *p[2] = { c->account_id, q->peer };
@@ -676,6 +682,8 @@ static int save_router(api_ctx *c, bool existing) {
                 r = find_network(c, net, "failed to get network: ", &net_name);
         if (r == 0 && existing)
                 r = find_router(c, net, id, "failed to get network router: ", &cur);
+        if (r == 0)
+                r = check_router_refs(c, &q);
         if (r == 0 && existing) {
                 const char *p[7] = { c->account_id, id, q.peer, q.groups.buf, tf(q.masquerade), q.metric_s,
                                      tf(q.enabled) };
