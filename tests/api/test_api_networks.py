@@ -319,6 +319,13 @@ def group_and_peer_deletion_refused():
     assert c["resources"] == [{"id": r["id"], "type": "host"}] and c["resources_count"] == 1, c
     assert [x["id"] for x in api.ok("GET", "/api/networks/%s/resources/%s" % (n["id"], r["id"]))["groups"]] == \
         [c["id"]]
+    # The peers' GroupMinimum counts the resources too.
+    api.ok("PUT", "/api/groups/" + c["id"], {"name": "new", "peers": [p1], "resources": c["resources"]})
+    pg = [g for g in api.ok("GET", "/api/peers/" + p1)["groups"] if g["id"] == c["id"]]
+    assert pg and pg[0]["resources_count"] == 1 and pg[0]["peers_count"] == 1, pg
+    lp = [x for x in api.ok("GET", "/api/peers") if x["id"] == p1][0]
+    pg = [g for g in lp["groups"] if g["id"] == c["id"]]
+    assert pg and pg[0]["resources_count"] == 1, pg
 
 
 @test
