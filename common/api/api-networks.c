@@ -65,7 +65,7 @@ static const char SQL_NETWORKS[] =
         "SELECT COALESCE(json_agg(" NETWORK_JSON("n") " ORDER BY n.id), '[]') FROM networks n WHERE n.account_id = $1";
 static const char SQL_NETWORK_JSON[] =
         "SELECT " NETWORK_JSON("n") " FROM networks n WHERE n.account_id = $1 AND n.id = $2";
-static const char SQL_NETWORK[] = "SELECT name FROM networks WHERE account_id = $1 AND id = $2 FOR UPDATE";
+static const char SQL_NETWORK[] = "SELECT name FROM networks WHERE account_id = $1 AND id = $2";
 static const char SQL_NETWORK_INSERT[] =
         "INSERT INTO networks (id, account_id, name, description) VALUES ($1, $2, $3, $4)";
 static const char SQL_NETWORK_UPDATE[] =
@@ -81,7 +81,7 @@ static const char SQL_NET_RESOURCES[] =
 static const char SQL_RESOURCE_JSON[] =
         "SELECT " RESOURCE_JSON("r") " FROM network_resources r WHERE r.account_id = $1 AND r.id = $2";
 static const char SQL_RESOURCE[] =
-        "SELECT network_id, name, type FROM network_resources WHERE account_id = $1 AND id = $2 FOR UPDATE";
+        "SELECT network_id, name, type FROM network_resources WHERE account_id = $1 AND id = $2";
 static const char SQL_NET_RESOURCE_IDS[] =
         "SELECT id FROM network_resources WHERE account_id = $1 AND network_id = $2 ORDER BY id";
 static const char SQL_RESOURCE_NAME[] =
@@ -115,8 +115,7 @@ static const char SQL_NET_ROUTERS[] =
 static const char SQL_ROUTER_JSON[] =
         "SELECT " ROUTER_JSON("x") " FROM network_routers x WHERE x.account_id = $1 AND x.id = $2";
 static const char SQL_ROUTER[] =
-        "SELECT network_id, COALESCE(peer, ''), peer_groups FROM network_routers WHERE account_id = $1 AND id = $2"
-        " FOR UPDATE";
+        "SELECT network_id, COALESCE(peer, ''), peer_groups FROM network_routers WHERE account_id = $1 AND id = $2";
 static const char SQL_NET_ROUTER_IDS[] =
         "SELECT id FROM network_routers WHERE account_id = $1 AND network_id = $2 ORDER BY id";
 static const char SQL_ROUTER_INSERT[] =
@@ -132,7 +131,7 @@ static const char *tf(bool v) {
         return v ? "t" : "f";
 }
 
-/* The network's name into name (locked for the request), or 404 with
+/* The network's name into name, or 404 with
  * NetBird's text after prefix. */
 static int find_network(api_ctx *c, const char *id, const char *prefix, cp_strbuf *name) {
         _cleanup_rows_ cp_store_rows *rows = NULL;
