@@ -154,6 +154,9 @@ def resource_crud_groups_and_events():
     assert dep.network_serial() == serial1 + 1
     assert api.ok("GET", "/api/groups/" + web)["resources"] == []
     assert api.ok("GET", "/api/groups/" + devs)["resources"] == [{"id": r["id"], "type": "subnet"}]
+    # The dashboard's toggle: the object back, groups as ids.
+    back = api.ok("PUT", rp + "/" + r["id"], dict(u, groups=[x["id"] for x in u["groups"]], enabled=True))
+    assert back == dict(u, enabled=True), back
     api.error("PUT", rp + "/" + r["id"], 422, res_body([], name="r-docs.example.com"),
               message="new resource name already exists")
     api.error("PUT", rp + "/nores", 404, res_body([], name="zz"), message="network resource: nores not found")
@@ -165,15 +168,15 @@ def resource_crud_groups_and_events():
 
     rid = r["id"]
     assert api.ok("DELETE", rp + "/" + rid) == {}
-    assert dep.network_serial() == serial1 + 2
+    assert dep.network_serial() == serial1 + 3
     api.error("GET", rp + "/" + rid, 404, message="network resource: %s not found" % rid)
     assert dep.sql("SELECT count(*) FROM group_resources WHERE resource_id = %s", (rid,))[0][0] == 0
 
     ev = events(dep, rid)
     meta = {"name": "web", "type": "host", "network_name": "office", "network_id": n["id"]}
-    assert [e[0] for e in ev] == [76, 77, 78], ev
+    assert [e[0] for e in ev] == [76, 77, 77, 78], ev
     assert ev[0][1] == meta, ev
-    assert ev[1][1] == dict(meta, name="web2", type="subnet") and ev[2][1] == ev[1][1], ev
+    assert ev[1][1] == dict(meta, name="web2", type="subnet") and ev[2][1] == ev[3][1] == ev[1][1], ev
     gev = events(dep, web)
     assert [e[0] for e in gev if e[0] in (82, 83)] == [82, 83], gev
     assert [e[1] for e in gev if e[0] == 82][0] == {"name": "web", "id": web, "resource_name": "web",
@@ -225,15 +228,18 @@ def router_crud_and_validation():
     check_schema(u, "NetworkRouter")
     assert (u["peer"], u["peer_groups"], u["metric"], u["enabled"]) == ("", [rgroup], 5, False), u
     assert dep.network_serial() == serial1 + 1
+    # The dashboard's toggle PUTs the object back with enabled flipped.
+    back = api.ok("PUT", tp + "/" + g["id"], dict(g, enabled=False))
+    assert back == dict(g, enabled=False), back
     api.error("PUT", tp + "/nort", 404, router_body(peer=p1), message="network router: nort not found")
     n2 = api.ok("POST", "/api/networks", {"name": "lab"})
     api.error("PUT", "/api/networks/%s/routers/%s" % (n2["id"], r["id"]), 400, router_body(peer=p1),
               message="router %s is not part of the network %s" % (r["id"], n2["id"]))
     assert api.ok("DELETE", tp + "/" + r["id"]) == {}
-    assert dep.network_serial() == serial1 + 2
+    assert dep.network_serial() == serial1 + 3
     api.error("DELETE", tp + "/" + r["id"], 404, message="network router: %s not found" % r["id"])
     ev = events(dep, r["id"])
-    assert [e[0] for e in ev] == [79, 80, 81], ev
+    assert [e[0] for e in ev] == [79, 80, 81], ev  # (the toggle was on the other router)
     assert ev[0][1] == {"network_name": "office", "network_id": n["id"], "peer": p1, "peer_groups": []}, ev
     assert ev[1][1] == {"network_name": "office", "network_id": n["id"], "peer": "", "peer_groups": [rgroup]}, ev
 
