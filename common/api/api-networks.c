@@ -13,9 +13,12 @@
  * event first, as NetBird does; a resource's group memberships go with it
  * (events 83 first).
  *
- * Maps: every write but a network's own create or rename changes what
- * agents get (common/netmap/netmap-networks.c), so it bumps the serial;
- * NetBird bumps it for those too, except network create/update.
+ * Maps: every write but a network's own create or update changes what
+ * agents get (common/netmap/netmap-networks.c) and bumps the serial, as
+ * NetBird's managers do; creating or renaming a network bumps nothing.
+ *
+ * Lookups take no row locks: the dispatcher locks the account row for
+ * every write, which serialises the account's writers.
  */
 #include "api-activity.h"
 #include "api-int.h"
