@@ -1,7 +1,8 @@
 /*
  * /api/groups: list, get, create, update, delete (openapi Group,
- * GroupRequest). Groups hold peers (group_peers); network resources do
- * not exist here, so "resources" is always empty.
+ * GroupRequest). Groups hold peers (group_peers) and network resources
+ * (group_resources); a POST or PUT sets both to what it sends, as
+ * NetBird's handler does (absent = none).
  */
 #include "api-activity.h"
 #include "api-int.h"
@@ -11,11 +12,14 @@
         "json_build_object('id', " t ".id, 'name', " t ".name, 'issued', " t ".issued,"                    \
         " 'peers_count', (SELECT count(*) FROM group_peers gp WHERE gp.account_id = " t ".account_id"      \
         " AND gp.group_id = " t ".id),"                                                                     \
-        " 'resources_count', 0,"                                                                            \
+        " 'resources_count', (SELECT count(*) FROM group_resources gr WHERE gr.account_id = " t ".account_id" \
+        " AND gr.group_id = " t ".id),"                                                                     \
         " 'peers', COALESCE((SELECT json_agg(json_build_object('id', p.id, 'name', p.name)"                \
         " ORDER BY p.name, p.id) FROM group_peers gp JOIN peers p ON p.account_id = gp.account_id"          \
         " AND p.id = gp.peer_id WHERE gp.account_id = " t ".account_id AND gp.group_id = " t ".id), '[]'),"  \
-        " 'resources', '[]'::json)"
+        " 'resources', COALESCE((SELECT json_agg(json_build_object('id', gr.resource_id, 'type',"          \
+        " gr.resource_type) ORDER BY gr.resource_id) FROM group_resources gr"                                \
+        " WHERE gr.account_id = " t ".account_id AND gr.group_id = " t ".id), '[]'))"
 
 static const char SQL_LIST[] =
         "SELECT COALESCE(json_agg(" GROUP_JSON("g") " ORDER BY g.name, g.id), '[]')"
@@ -53,7 +57,9 @@ static const char SQL_DELETE[] = "DELETE FROM groups WHERE account_id = $1 AND i
  * and the name it reports ("group has been linked to policy: Default"). */
 static const char SQL_LINKS[] =
         "SELECT kind, name FROM ("
-        " SELECT 1 AS o, 'route' AS kind, r.net_id AS name FROM routes r WHERE r.account_id = $1"
+        " SELECT 0 AS o, 'network resource' AS kind, gr.resource_id AS name FROM group_resources gr"
+        "  WHERE gr.account_id = $1 AND gr.group_id = $2"
+        " UNION ALL SELECT 1, 'route' AS kind, r.net_id AS name FROM routes r WHERE r.account_id = $1"
         "  AND ($2 = ANY (r.groups) OR $2 = ANY (r.peer_groups) OR $2 = ANY (r.access_control_groups))"
         " UNION ALL SELECT 2, 'name server groups', n.name FROM name_server_groups n"
         "  WHERE n.account_id = $1 AND $2 = ANY (n.groups)"
@@ -63,6 +69,8 @@ static const char SQL_LINKS[] =
         " UNION ALL SELECT 4, 'setup key', k.name FROM setup_keys k WHERE k.account_id = $1"
         "  AND $2 = ANY (k.auto_groups)"
         " UNION ALL SELECT 5, 'user', u.id FROM users u WHERE u.account_id = $1 AND $2 = ANY (u.auto_groups)"
+        " UNION ALL SELECT 5.5, 'network router', nr.id FROM network_routers nr WHERE nr.account_id = $1"
+        "  AND $2 = ANY (nr.peer_groups)"
         " UNION ALL SELECT 6, 'disabled DNS management groups', g.name FROM accounts a"
         "  JOIN groups g ON g.account_id = a.id AND g.id = $2"
         "  WHERE a.id = $1 AND $2 = ANY (a.dns_settings_disabled_management_groups)"
@@ -87,7 +95,45 @@ typedef struct group_req {
         const char *name;
         cp_strbuf peers;
         bool has_peers;
+        cp_strbuf resources;    /* resource ids, a PostgreSQL array literal */
 } group_req;
+
+/* The first id of $2 that is not a network resource of the account. */
+static const char SQL_MISSING_RESOURCE[] =
+        "SELECT u.id FROM unnest($2::text[]) WITH ORDINALITY AS u(id, ord) WHERE NOT EXISTS"
+        " (SELECT 1 FROM network_resources r WHERE r.account_id = $1 AND r.id = u.id) ORDER BY u.ord LIMIT 1";
+/* Resource membership set to exactly $3 (each with the resource's type). */
+static const char SQL_SET_RESOURCES[] =
+        "WITH del AS (DELETE FROM group_resources gr WHERE gr.account_id = $1 AND gr.group_id = $2"
+        "  AND gr.resource_id <> ALL ($3::text[]))"
+        " INSERT INTO group_resources (account_id, group_id, resource_id, resource_type)"
+        " SELECT $1, $2, r.id, r.type FROM network_resources r WHERE r.account_id = $1 AND r.id = ANY ($3::text[])"
+        " ON CONFLICT (group_id, resource_id) DO NOTHING";
+
+/* resources: [{id, type}] (NetBird's Resource). Ours: each id must be a
+ * network resource of the account (NetBird stores any id); the type
+ * stored is the resource's own. */
+static int parse_group_resources(api_ctx *c, json_t *res, group_req *g) {
+        _cleanup_rows_ cp_store_rows *rows = NULL;
+        json_t *e;
+        size_t i;
+
+        api_pgarray_begin(&g->resources);
+        json_array_foreach(res, i, e) {
+                const char *id = "", *type = "";
+                if (!json_is_object(e) || api_field_str(c, e, "id", &id) < 0 || api_field_str(c, e, "type", &type) < 0)
+                        return api_bad_json(c);
+                api_pgarray_add(&g->resources, id);
+        }
+        api_pgarray_end(&g->resources);
+        const char *p[2] = { c->account_id, g->resources.buf };
+        int r = api_sql(c, SQL_MISSING_RESOURCE, 2, p, &rows);
+        if (r < 0)
+                return r;
+        if (cp_store_rows_count(rows) > 0)
+                return api_error(c, 422, "network resource: %s not found", cp_store_rows_get(rows, 0, 0));
+        return 0;
+}
 
 static int parse_group(api_ctx *c, group_req *g) {
         json_t *body = api_body(c), *res = NULL;
@@ -108,8 +154,8 @@ static int parse_group(api_ctx *c, group_req *g) {
                 return API_FAIL;
         if (!g->name || !*g->name)
                 return api_error(c, 422, "group name shouldn't be empty");
-        if (res && json_array_size(res) > 0)
-                return api_error(c, 422, "network resources are not supported by this server");
+        if (parse_group_resources(c, res, g) < 0)
+                return API_FAIL;
         const char *p[2] = { c->account_id, g->peers.buf };
         r = api_sql(c, SQL_MISSING_PEER, 2, p, &rows);
         if (r < 0)
@@ -132,7 +178,11 @@ static int set_peers(api_ctx *c, const char *group_id, const char *peers) {
 /* The member list (NetBird replaces it with what was sent; none = empty),
  * the event, the serial bump and the reply: the end of POST and PUT. */
 static int finish_group(api_ctx *c, const char *id, const group_req *g, int activity) {
+        const char *p[3] = { c->account_id, id, g->resources.buf };
         int r = set_peers(c, id, g->peers.buf);
+
+        if (r == 0)
+                r = api_sql(c, SQL_SET_RESOURCES, 3, p, NULL);
 
         if (r == 0)
                 r = api_event_kv(c, activity, id, "name", g->name, NULL);
@@ -161,6 +211,7 @@ static int create_group(api_ctx *c) {
         int r;
 
         cp_strbuf_init(&g.peers);
+        cp_strbuf_init(&g.resources);
         cp_id_new(id);
         r = parse_group(c, &g);
         if (r == 0)
@@ -172,6 +223,7 @@ static int create_group(api_ctx *c) {
         if (r == 0)
                 r = finish_group(c, id, &g, API_ACT_GROUP_CREATED);
         cp_strbuf_release(&g.peers);
+        cp_strbuf_release(&g.resources);
         return r;
 }
 
@@ -203,6 +255,7 @@ static int update_group(api_ctx *c) {
         if (r < 0)
                 return r;
         cp_strbuf_init(&g.peers);
+        cp_strbuf_init(&g.resources);
         r = parse_group(c, &g);
         if (r == 0)
                 r = check_name_free(c, g.name, id);
@@ -213,6 +266,7 @@ static int update_group(api_ctx *c) {
         if (r == 0)
                 r = finish_group(c, id, &g, API_ACT_GROUP_UPDATED);
         cp_strbuf_release(&g.peers);
+        cp_strbuf_release(&g.resources);
         return r;
 }
 

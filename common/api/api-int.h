@@ -293,6 +293,7 @@ extern const api_route api_dns_routes[];
 extern const api_route api_events_routes[];
 extern const api_route api_instance_routes[];
 extern const api_route api_zones_routes[];
+extern const api_route api_networks_routes[];
 /* Lists of what this server does not hold yet, answered empty (api-unserved.c). */
 extern const api_route api_locations_routes[];
 extern const api_route api_unserved_routes[];

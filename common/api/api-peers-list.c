@@ -319,7 +319,8 @@ static const char SQL_PEER_GROUPS[] =
  * that peer (NULL = all). */
 static const char SQL_GROUPS[] =
         "SELECT g.id, g.name, g.issued, (SELECT count(*) FROM group_peers gp WHERE gp.account_id = g.account_id"
-        " AND gp.group_id = g.id) FROM groups g WHERE g.account_id = $1"
+        " AND gp.group_id = g.id), (SELECT count(*) FROM group_resources gr WHERE gr.account_id = g.account_id"
+        " AND gr.group_id = g.id) FROM groups g WHERE g.account_id = $1"
         " AND ($2::text IS NULL OR g.id IN (SELECT gp.group_id FROM group_peers gp WHERE gp.account_id = $1"
         " AND gp.peer_id = $2)) ORDER BY g.name, g.id";
 
@@ -419,7 +420,9 @@ static char *group_json(const cp_store_rows *rows, int g) {
         sb_str(&sb, cp_store_rows_get(rows, g, 1));
         cp_strbuf_adds(&sb, ",\"peers_count\":");
         cp_strbuf_adds(&sb, cp_store_rows_get(rows, g, 3));
-        cp_strbuf_adds(&sb, ",\"resources_count\":0}");
+        cp_strbuf_adds(&sb, ",\"resources_count\":");
+        cp_strbuf_adds(&sb, cp_store_rows_get(rows, g, 4));
+        cp_strbuf_adds(&sb, "}");
         return cp_strbuf_detach(&sb);
 }
 

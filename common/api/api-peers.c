@@ -404,6 +404,10 @@ static const char SQL_DELETE_PEER_POLICIES[] =
         " INSERT INTO events (activity, initiator_id, target_id, account_id, meta)"
         " SELECT $4::int, $3, $2, $1, jsonb_build_object('name', d.name) FROM d";
 
+/* NetBird's validatePeerDelete: a peer that is a network router stays. */
+static const char SQL_PEER_ROUTER[] =
+        "SELECT id FROM network_routers WHERE account_id = $1 AND peer = $2 ORDER BY id LIMIT 1";
+
 static int delete_peer(api_ctx *c) {
         const char *id = c->param[0];
         char code[16];
@@ -417,8 +421,14 @@ static int delete_peer(api_ctx *c) {
                 return r;
         if (!found)
                 return api_error(c, 404, "peer %s account not found", id);
-        (void) snprintf(code, sizeof code, "%d", API_ACT_POLICY_REMOVED);
         const char *q[4] = { c->account_id, id, c->user_id, code };
+        _cleanup_rows_ cp_store_rows *router = NULL;
+        r = api_sql(c, SQL_PEER_ROUTER, 2, q, &router);
+        if (r < 0)
+                return r;
+        if (cp_store_rows_count(router) > 0)
+                return api_error(c, 412, "peer is linked to a network router: %s", cp_store_rows_get(router, 0, 0));
+        (void) snprintf(code, sizeof code, "%d", API_ACT_POLICY_REMOVED);
         r = api_sql(c, SQL_DELETE_PEER_POLICIES, 4, q, NULL);
         if (r < 0)
                 return r;

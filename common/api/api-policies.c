@@ -10,7 +10,8 @@
  * leaves the policy as it was writes nothing (NetBird skips it too).
  *
  * What this server does not have is refused with 422 rather than stored
- * and ignored: network resources (host, subnet, domain) and posture checks.
+ * and ignored: posture checks. Rules may name a peer or a network
+ * resource (host, subnet, domain) of the account as source or destination.
  */
 #include "api-activity.h"
 #include "api-int.h"
@@ -23,7 +24,8 @@
 #define GROUPS_MIN(arr)                                                                                     \
         "COALESCE((SELECT json_agg(json_build_object('id', g.id, 'name', g.name, 'peers_count',"            \
         " (SELECT count(*) FROM group_peers gp WHERE gp.account_id = g.account_id AND gp.group_id = g.id),"  \
-        " 'resources_count', 0) ORDER BY u.o) FROM unnest(" arr ") WITH ORDINALITY u(gid, o)"               \
+        " 'resources_count', (SELECT count(*) FROM group_resources gr WHERE gr.account_id = g.account_id"   \
+        " AND gr.group_id = g.id)) ORDER BY u.o) FROM unnest(" arr ") WITH ORDINALITY u(gid, o)"               \
         " JOIN groups g ON g.account_id = r.account_id AND g.id = u.gid), '[]')"
 
 /* A rule as NetBird's PolicyRule: ports, port_ranges, authorized_groups
@@ -363,6 +365,29 @@ static int check_groups_exist(api_ctx *c, const char *pgarray) {
         return api_error(c, 422, "group %s not found", bad);
 }
 
+/* A rule's sourceResource / destinationResource (res NULL = none). */
+static int check_rule_resource(api_ctx *c, const json_t *res, const char *id, const char *type) {
+        static const char SQL_PEER[] = "SELECT 1 FROM peers WHERE account_id = $1 AND id = $2";
+        static const char SQL_RES[] = "SELECT 1 FROM network_resources WHERE account_id = $1 AND id = $2 AND type = $3";
+        _cleanup_rows_ cp_store_rows *rows = NULL;
+        bool peer;
+        int r;
+
+        if (!res)
+                return 0;
+        peer = strcmp(type, "peer") == 0;
+        if (!peer && strcmp(type, "host") != 0 && strcmp(type, "subnet") != 0 && strcmp(type, "domain") != 0)
+                return api_error(c, 422, "invalid resource type: %s", type);
+        const char *p[3] = { c->account_id, id, type };
+        r = api_sql(c, peer ? SQL_PEER : SQL_RES, peer ? 2 : 3, p, &rows);
+        if (r < 0)
+                return r;
+        if (cp_store_rows_count(rows) == 0)
+                return peer ? api_error(c, 422, "peer %s not found", id)
+                            : api_error(c, 422, "network resource: %s not found", id);
+        return 0;
+}
+
 static int check_rule(api_ctx *c, rule_req *r) {
         static const char *const actions[] = { "accept", "drop", NULL };
         static const char *const protocols[] = { "all", "tcp", "udp", "icmp", "netbird-ssh", NULL };
@@ -384,12 +409,12 @@ static int check_rule(api_ctx *c, rule_req *r) {
         if ((strcmp(r->protocol, "all") == 0 || strcmp(r->protocol, "icmp") == 0) &&
             (json_array_size(r->ports) > 0 || json_array_size(r->ranges) > 0))
                 return api_error(c, 422, "for ALL or ICMP protocol ports is not allowed");
-        /* Ours: a rule may name a peer directly (NetBird's resource type
-         * "peer", which network maps honour); network resources do not
-         * exist here. */
-        if ((r->src_res && strcmp(r->src_res_type, "peer") != 0) ||
-            (r->dst_res && strcmp(r->dst_res_type, "peer") != 0))
-                return api_error(c, 422, "network resources are not supported by this server");
+        /* A rule may name a peer or a network resource directly. Ours:
+         * NetBird stores any id and type; here the type must be one it
+         * knows and the id the account's peer or resource of that type. */
+        if ((ret = check_rule_resource(c, r->src_res, r->src_res_id, r->src_res_type)) < 0 ||
+            (ret = check_rule_resource(c, r->dst_res, r->dst_res_id, r->dst_res_type)) < 0)
+                return ret;
         /* Ours: NetBird drops group ids that do not exist without a word,
          * so a typo silently opens nothing (or less than meant); here a
          * rule naming a group that is not the account's is refused. */

@@ -1,6 +1,5 @@
 /*
- * Resources this server does not hold yet: posture checks, networks (with
- * their resources and routers) and user invites.
+ * Resources this server does not hold yet: posture checks and user invites.
  *
  * The stock dashboard reads their lists on most pages and shows an error
  * toast for anything but a 200. So the list routes answer what is true
@@ -12,7 +11,7 @@
  * answers without its embedded IdP (412).
  *
  * Each route carries the permission module NetBird's own module checks
- * (posture checks: policies; networks: networks), so a caller who may not read or write the
+ * (posture checks: policies), so a caller who may not read or write the
  * resource still gets 403 first, as from NetBird.
  */
 #include "api-int.h"
@@ -31,9 +30,6 @@ static int empty_list(api_ctx *c) {
         }
 
 UNSERVED(posture, "posture checks")
-UNSERVED(network, "networks")
-UNSERVED(resource, "network resources")
-UNSERVED(router, "network routers")
 
 /* NetBird's answer to every invite route when it runs without its
  * embedded IdP, which is what this server reports
@@ -48,25 +44,6 @@ const api_route api_unserved_routes[] = {
         { "GET", "/api/posture-checks/{postureCheckId}", API_MOD_POLICIES, API_READ, posture_one },
         { "PUT", "/api/posture-checks/{postureCheckId}", API_MOD_POLICIES, API_UPDATE, posture_one },
         { "DELETE", "/api/posture-checks/{postureCheckId}", API_MOD_POLICIES, API_DELETE, posture_one },
-
-        { "GET", "/api/networks", API_MOD_NETWORKS, API_READ, empty_list },
-        { "POST", "/api/networks", API_MOD_NETWORKS, API_CREATE, network_create },
-        { "GET", "/api/networks/routers", API_MOD_NETWORKS, API_READ, empty_list },
-        { "GET", "/api/networks/resources", API_MOD_NETWORKS, API_READ, empty_list },
-        { "GET", "/api/networks/{networkId}", API_MOD_NETWORKS, API_READ, network_one },
-        { "PUT", "/api/networks/{networkId}", API_MOD_NETWORKS, API_UPDATE, network_one },
-        { "DELETE", "/api/networks/{networkId}", API_MOD_NETWORKS, API_DELETE, network_one },
-        { "GET", "/api/networks/{networkId}/resources", API_MOD_NETWORKS, API_READ, empty_list },
-        { "POST", "/api/networks/{networkId}/resources", API_MOD_NETWORKS, API_CREATE, resource_create },
-        { "GET", "/api/networks/{networkId}/resources/{resourceId}", API_MOD_NETWORKS, API_READ, resource_one },
-        { "PUT", "/api/networks/{networkId}/resources/{resourceId}", API_MOD_NETWORKS, API_UPDATE, resource_one },
-        { "DELETE", "/api/networks/{networkId}/resources/{resourceId}", API_MOD_NETWORKS, API_DELETE,
-          resource_one },
-        { "GET", "/api/networks/{networkId}/routers", API_MOD_NETWORKS, API_READ, empty_list },
-        { "POST", "/api/networks/{networkId}/routers", API_MOD_NETWORKS, API_CREATE, router_create },
-        { "GET", "/api/networks/{networkId}/routers/{routerId}", API_MOD_NETWORKS, API_READ, router_one },
-        { "PUT", "/api/networks/{networkId}/routers/{routerId}", API_MOD_NETWORKS, API_UPDATE, router_one },
-        { "DELETE", "/api/networks/{networkId}/routers/{routerId}", API_MOD_NETWORKS, API_DELETE, router_one },
 
 
         /* NetBird answers the list 412 too. The dashboard asks for it

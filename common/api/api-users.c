@@ -243,7 +243,7 @@ static const struct {
         bool served;
         api_module module;
 } perm_modules[] = {
-        { "networks", false, API_MOD_NETWORKS },
+        { "networks", true, API_MOD_NETWORKS },
         { "peers", true, API_MOD_PEERS },
         { "remote_jobs", false, API_MOD_PUBLIC },
         { "groups", true, API_MOD_GROUPS },

@@ -251,11 +251,13 @@ def policy_validation():
         bad(422, policy(rule([g], [g], protocol=proto, ports=["22"])), "for all or icmp protocol ports is not allowed")
         bad(422, policy(rule([g], [g], protocol=proto, port_ranges=[{"start": 1, "end": 2}])),
             "for all or icmp protocol ports is not allowed")
-    for t in ("host", "subnet", "domain", "bogus"):
-        bad(422, policy(rule(None, [g], sourceResource={"id": "r1", "type": t})),
-            "network resources are not supported by this server")
+    # Ours: a resource the account does not have (tests/api/test_api_networks.py has real ones).
+    for t in ("host", "subnet", "domain"):
+        bad(422, policy(rule(None, [g], sourceResource={"id": "r1", "type": t})), "network resource: r1 not found")
         bad(422, policy(rule([g], None, destinationResource={"id": "r1", "type": t})),
-            "network resources are not supported by this server")
+            "network resource: r1 not found")
+    bad(422, policy(rule(None, [g], sourceResource={"id": "r1", "type": "bogus"})), "invalid resource type: bogus")
+    bad(422, policy(rule(None, [g], sourceResource={"id": "nope", "type": "peer"})), "peer nope not found")
     bad(422, policy(good, source_posture_checks=["pc1"]), "posture checks are not supported by this server")
     # One bad rule after a good one: nothing of the policy is written.
     bad(422, policy(good, rule([g], [g], ports=["0"])), "valid port value is in 1..65535 range")

@@ -1,5 +1,5 @@
 """What this server does not hold yet (api-unserved.c): posture checks,
-networks and user invites. Their lists answer an
+user invites. Their lists answer an
 empty array (the stock dashboard reads them on most pages), everything
 that names or makes one says it is not served, and NetBird's permission
 modules still decide who gets which answer first."""
@@ -11,19 +11,11 @@ test = svc.test
 
 LISTS = [
     "/api/posture-checks",
-    "/api/networks",
-    "/api/networks/routers",
-    "/api/networks/resources",
-    "/api/networks/n1/resources",
-    "/api/networks/n1/routers",
 ]
 
 # (create path, one-id path, words of the message)
 FEATURES = [
     ("/api/posture-checks", "/api/posture-checks/p1", "posture checks"),
-    ("/api/networks", "/api/networks/n1", "networks"),
-    ("/api/networks/n1/resources", "/api/networks/n1/resources/r1", "network resources"),
-    ("/api/networks/n1/routers", "/api/networks/n1/routers/r1", "network routers"),
 ]
 
 
@@ -77,16 +69,16 @@ def invites_without_embedded_idp():
 def permissions_follow_netbird_modules():
     dep, srv, api = apifix.start()
     roles = {r: apifix.role_api(dep, api, r)[1] for r in ("admin", "auditor", "network_admin", "user")}
-    # Reads: posture checks are the policies module, networks theirs; a
-    # regular user reads none of them.
+    # Reads: posture checks are the policies module; a regular user
+    # reads none of them.
     for role in ("admin", "auditor", "network_admin"):
         for path in LISTS:
             assert roles[role].ok("GET", path) == [], (role, path)
     for path in LISTS:
         roles["user"].error("GET", path, 403, message="permission denied")
     # Writes: an auditor and a regular user are refused before the
-    # feature answers; a network admin may write networks and
-    # policies, so gets the feature's answer.
+    # feature answers; a network admin may write policies, so gets the
+    # feature's answer.
     for create, one, what in FEATURES:
         for role in ("auditor", "user"):
             roles[role].error("POST", create, 403, {"name": "x"}, message="permission denied")
