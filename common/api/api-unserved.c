@@ -1,5 +1,5 @@
 /*
- * Resources this server does not hold yet: posture checks, networks (with
+ * Resources this server does not hold yet: networks (with
  * their resources and routers), custom DNS zones (with their records),
  * the geolocation lists and user invites.
  *
@@ -13,7 +13,7 @@
  * answers without its embedded IdP (412).
  *
  * Each route carries the permission module NetBird's own module checks
- * (posture checks: policies; networks: networks; zones: dns; locations:
+ * (networks: networks; zones: dns; locations:
  * any signed-in user), so a caller who may not read or write the
  * resource still gets 403 first, as from NetBird.
  */
@@ -34,7 +34,6 @@ static int empty_list(api_ctx *c) {
                 return api_error(c, 404, what " are not served by this server yet");    \
         }
 
-UNSERVED(posture, "posture checks")
 UNSERVED(network, "networks")
 UNSERVED(resource, "network resources")
 UNSERVED(router, "network routers")
@@ -58,12 +57,6 @@ static int invites(api_ctx *c) {
 }
 
 const api_route api_unserved_routes[] = {
-        { "GET", "/api/posture-checks", API_MOD_POLICIES, API_READ, empty_list },
-        { "POST", "/api/posture-checks", API_MOD_POLICIES, API_CREATE, posture_create },
-        { "GET", "/api/posture-checks/{postureCheckId}", API_MOD_POLICIES, API_READ, posture_one },
-        { "PUT", "/api/posture-checks/{postureCheckId}", API_MOD_POLICIES, API_UPDATE, posture_one },
-        { "DELETE", "/api/posture-checks/{postureCheckId}", API_MOD_POLICIES, API_DELETE, posture_one },
-
         { "GET", "/api/networks", API_MOD_NETWORKS, API_READ, empty_list },
         { "POST", "/api/networks", API_MOD_NETWORKS, API_CREATE, network_create },
         { "GET", "/api/networks/routers", API_MOD_NETWORKS, API_READ, empty_list },

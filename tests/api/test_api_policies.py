@@ -256,7 +256,7 @@ def policy_validation():
             "network resources are not supported by this server")
         bad(422, policy(rule([g], None, destinationResource={"id": "r1", "type": t})),
             "network resources are not supported by this server")
-    bad(422, policy(good, source_posture_checks=["pc1"]), "posture checks are not supported by this server")
+    bad(422, policy(good, source_posture_checks=["pc1"]), "posture checks: pc1 not found")
     # One bad rule after a good one: nothing of the policy is written.
     bad(422, policy(good, rule([g], [g], ports=["0"])), "valid port value is in 1..65535 range")
     api.error("PUT", "/api/policies/nope", 404, policy(good), message="policy: nope not found")

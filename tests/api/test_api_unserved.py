@@ -1,5 +1,4 @@
-"""What this server does not hold yet (api-unserved.c): posture checks,
-networks, DNS zones, geolocation and user invites. Their lists answer an
+"""What this server does not hold yet (api-unserved.c): networks, DNS zones, geolocation and user invites. Their lists answer an
 empty array (the stock dashboard reads them on most pages), everything
 that names or makes one says it is not served, and NetBird's permission
 modules still decide who gets which answer first."""
@@ -10,7 +9,6 @@ from apifix import svc
 test = svc.test
 
 LISTS = [
-    "/api/posture-checks",
     "/api/networks",
     "/api/networks/routers",
     "/api/networks/resources",
@@ -24,7 +22,6 @@ LISTS = [
 
 # (create path, one-id path, words of the message)
 FEATURES = [
-    ("/api/posture-checks", "/api/posture-checks/p1", "posture checks"),
     ("/api/networks", "/api/networks/n1", "networks"),
     ("/api/networks/n1/resources", "/api/networks/n1/resources/r1", "network resources"),
     ("/api/networks/n1/routers", "/api/networks/n1/routers/r1", "network routers"),
@@ -43,7 +40,7 @@ def lists_are_empty_arrays():
     api.error("GET", "/api/locations/countries/D1/cities", 422, message="invalid country code")
     api.error("GET", "/api/locations/countries/DEU/cities", 422, message="invalid country code")
     # Without a token: NetBird's 401, not an empty list.
-    api.as_token(None).error("GET", "/api/posture-checks", 401, message="no valid authentication provided")
+    api.as_token(None).error("GET", "/api/networks", 401, message="no valid authentication provided")
 
 
 @test
@@ -61,7 +58,7 @@ def writes_say_not_served():
     assert dep.network_serial() == serial0
     assert dep.sql("SELECT count(*) FROM events")[0][0] == events0
     # Methods NetBird has no route for stay 405.
-    api.error("DELETE", "/api/posture-checks", 405)
+    api.error("DELETE", "/api/networks", 405)
     api.error("POST", "/api/locations/countries", 405)
 
 
@@ -86,8 +83,7 @@ def invites_without_embedded_idp():
 def permissions_follow_netbird_modules():
     dep, srv, api = apifix.start()
     roles = {r: apifix.role_api(dep, api, r)[1] for r in ("admin", "auditor", "network_admin", "user")}
-    # Reads: posture checks are the policies module, networks and zones
-    # theirs; a regular user reads none of them; locations need only a
+    # Reads: networks and zones are their modules; a regular user reads none of them; locations need only a
     # signed-in user.
     for role in ("admin", "auditor", "network_admin"):
         for path in LISTS:
@@ -98,8 +94,7 @@ def permissions_follow_netbird_modules():
         else:
             roles["user"].error("GET", path, 403, message="permission denied")
     # Writes: an auditor and a regular user are refused before the
-    # feature answers; a network admin may write networks, zones and
-    # policies, so gets the feature's answer.
+    # feature answers; a network admin may write networks and zones, so gets the feature's answer.
     for create, one, what in FEATURES:
         for role in ("auditor", "user"):
             roles[role].error("POST", create, 403, {"name": "x"}, message="permission denied")
