@@ -362,6 +362,7 @@ struct cp_netmap_account {
         uint32_t n_tmpls;
 
         nm_span zone_domain;    /* CustomZone field 1, tag included; len 0 = no zone */
+        struct nm_posture *posture;     /* netmap-posture.c; NULL = no posture checks */
         bool built;
 };
 
@@ -416,6 +417,15 @@ struct cp_netmap_worker {
 /* netmap-map.c: computes the map of peer idx into w. */
 void cp_netmap__compute(cp_netmap_worker *w, const cp_netmap_account *a, uint32_t idx, const void *jwt,
                  size_t jwt_len);
+
+/* netmap-posture.c: evaluates the posture checks (finish, before the
+ * rules are resolved); filters a rule's source peers by its policy's
+ * checks (returns src itself or an arena copy, *n updated); a peer's
+ * pre-encoded SyncResponse.Checks fields; frees the posture state. */
+void cp_netmap__posture_finish(cp_netmap_account *a);
+const uint32_t *cp_netmap__posture_filter(cp_netmap_account *a, const nm_rule *r, const uint32_t *src, uint32_t *n);
+nm_span cp_netmap__posture_checks(const cp_netmap_account *a, uint32_t peer);
+void cp_netmap__posture_free(cp_netmap_account *a);
 
 /* netmap-build.c */
 int cp_netmap__finish(cp_netmap_account *a, cp_error *reterr);

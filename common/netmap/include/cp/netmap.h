@@ -240,6 +240,25 @@ typedef struct cp_netmap_nsgroup_spec {
 
 int cp_netmap_builder_add_nsgroup(cp_netmap_builder *b, const cp_netmap_nsgroup_spec *g, cp_error *reterr);
 
+/* ---- posture checks (netmap-posture.c) ------------------------------------------- */
+
+/* A posture check: its id and the API's "checks" JSON object (the
+ * posture_checks.checks column; see cp/posture.h). -EEXIST on a repeated
+ * id, -EINVAL when checks_json is not a JSON object. */
+int cp_netmap_builder_add_posture_check(cp_netmap_builder *b, const char *id, const char *checks_json,
+                                        cp_error *reterr);
+/* A policy's source_posture_checks. Ids of unknown checks are skipped at
+ * finish, as NetBird skips them. The rules of the policy keep only the
+ * source peers that pass every check; peers in its enabled rules' source
+ * groups get the checks' process paths in SyncResponse.Checks. */
+int cp_netmap_builder_set_policy_posture_checks(cp_netmap_builder *b, const char *policy_id,
+                                                const char *const *ids, size_t n, cp_error *reterr);
+/* What the checks read of a peer (copied). A peer with none set is
+ * checked with its wt_version and empty everything else. */
+typedef struct cp_posture_peer cp_posture_peer;
+int cp_netmap_builder_set_peer_posture(cp_netmap_builder *b, const char *peer_id, const cp_posture_peer *m,
+                                       cp_error *reterr);
+
 /* ---- finish ------------------------------------------------------------------ */
 
 /* Resolves and precomputes (see the top of this file). Consumes the
