@@ -7,6 +7,7 @@ import os
 
 import apifix
 from apifix import svc
+from nbagent import build_meta
 
 test = svc.test
 
@@ -238,6 +239,62 @@ def posture_checks_permissions_and_accounts():
     # The same name is free in another account.
     assert other.ok("POST", "/api/posture-checks", body())["name"] == "strict"
     assert api.ok("GET", "/api/posture-checks/" + pc["id"]) == pc
+
+
+@test
+def agents_get_guarded_maps_and_checks():
+    """A policy from {good, bad} to {dst} guarded by a version and process
+    check: bad (an old agent) is no source, so dst gets rules from good
+    only and bad gets none; both source peers are told which files to
+    report (SyncResponse.Checks), dst is not."""
+    dep, srv, api = apifix.start()
+    good, bad, dst = dep.agent(), dep.agent(), dep.agent()
+    metas = {good: build_meta("good", "0.60.0"), bad: build_meta("bad", "0.20.0"), dst: build_meta("dst", "0.60.0")}
+    ips = {}
+    for ag, m in metas.items():
+        ips[ag] = ag.register(dep.setup_key, meta=m).peerConfig.address.split("/")[0]
+    peers = dep.peers()
+    pid = {ag: peers[ag.pub_b64]["id"] for ag in metas}
+    default = api.ok("GET", "/api/policies")[0]
+    api.ok("DELETE", "/api/policies/" + default["id"])
+    gs = api.ok("POST", "/api/groups", {"name": "src", "peers": [pid[good], pid[bad]]})["id"]
+    gd = api.ok("POST", "/api/groups", {"name": "dst", "peers": [pid[dst]]})["id"]
+    pc = api.ok("POST", "/api/posture-checks", body(checks={
+        "nb_version_check": {"min_version": "0.30.0"},
+        "process_check": {"processes": [{"linux_path": "/usr/bin/netbird",
+                                         "mac_path": "/Applications/NetBird.app/Contents/MacOS/netbird"}]}}))
+    r = dict(rule(gs), destinations=[gd], bidirectional=False)
+    p = api.ok("POST", "/api/policies", {"name": "guarded", "enabled": True, "rules": [r],
+                                         "source_posture_checks": [pc["id"]]})
+    rid = p["rules"][0]["id"]
+    streams = {ag: ag.sync(meta=m) for ag, m in metas.items()}
+
+    def keys(m):
+        return {x.wgPubKey for x in m.NetworkMap.remotePeers}
+
+    def ready(m):
+        return m.HasField("NetworkMap") and m.NetworkMap.Serial >= dep.network_serial()
+
+    md = streams[dst].wait_for(ready, timeout=15)
+    assert keys(md) == {good.pub_b64}, keys(md)
+    fw = [(x.PeerIP, x.Direction, x.PolicyID.decode()) for x in md.NetworkMap.FirewallRules]
+    assert fw == [(ips[good], 0, rid)], fw
+    assert list(md.Checks) == [], md.Checks
+    files = ["/usr/bin/netbird", "/Applications/NetBird.app/Contents/MacOS/netbird"]
+    mg = streams[good].wait_for(ready, timeout=15)
+    assert keys(mg) == {dst.pub_b64} and [x.PeerIP for x in mg.NetworkMap.FirewallRules] == [ips[dst]], mg.NetworkMap
+    assert [list(c.Files) for c in mg.Checks] == [files], mg.Checks
+    mb = streams[bad].wait_for(ready, timeout=15)
+    assert keys(mb) == set() and len(mb.NetworkMap.FirewallRules) == 0, mb.NetworkMap
+    assert [list(c.Files) for c in mb.Checks] == [files], mb.Checks
+
+    # Without the check the policy opens for bad too.
+    api.ok("PUT", "/api/policies/" + p["id"], {"name": "guarded", "enabled": True, "rules": [dict(r, id=rid)],
+                                               "source_posture_checks": []})
+    md = streams[dst].wait_for(lambda m: ready(m) and bad.pub_b64 in keys(m), timeout=15)
+    assert keys(md) == {good.pub_b64, bad.pub_b64}
+    mb = streams[bad].wait_for(lambda m: ready(m) and dst.pub_b64 in keys(m), timeout=15)
+    assert list(mb.Checks) == []
 
 
 if __name__ == "__main__":
