@@ -39,7 +39,7 @@
  * belongs to one thread at a time (one per fan-out thread).
  *
  * Not modelled (see common/netmap/README.md): IPv6 overlay addresses and
- * routes, posture checks, SSH authorized users (SSHAuth), network
+ * routes, SSH authorized users (SSHAuth), network
  * resources/routers ("Networks"), account custom DNS zones, forwarding
  * rules, the component envelope.
  */

@@ -6,8 +6,9 @@
  *
  *   BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY
  *   one SELECT each from accounts, peers, groups, group_peers, policies,
- *   policy_rules, routes and name_server_groups, all scoped to the
- *   account
+ *   policy_rules, routes, name_server_groups, posture_checks, the
+ *   policies' source_posture_checks and the peers' posture meta, all
+ *   scoped to the account
  *   COMMIT
  *
  * so the serial and every row belong to the same database snapshot. Rows
