@@ -75,7 +75,8 @@
         "  WHERE jsonb_typeof(e) = 'object' AND e->'ProcessIsRunning' = 'true' AND e ? 'Path'), '[]')::text," \
         " COALESCE(host(location_connection_ip), ''), location_country_code, location_city_name" \
         " FROM peers WHERE account_id = $1" \
-        " AND EXISTS (SELECT 1 FROM posture_checks c WHERE c.account_id = $1) ORDER BY id"
+        " AND EXISTS (SELECT 1 FROM policies x WHERE x.account_id = $1 AND x.source_posture_checks <> '{}')" \
+        " ORDER BY id"
 
 static int query(cp_store_conn *c, const char *sql, const char *account_id, PGresult **ret, cp_error *reterr) {
         const char *params[1] = { account_id };

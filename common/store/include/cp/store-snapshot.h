@@ -159,8 +159,8 @@ typedef struct cp_store_snapshot_sink {
         int (*nsgroup)(void *userdata, const cp_store_snap_nsgroup *g, cp_error *reterr);
         /* After the nameserver groups: posture checks (id, the checks
          * JSON text), then policies with source_posture_checks, then
-         * every peer's posture meta (only when the account has posture
-         * checks). */
+         * every peer's posture meta (only when a policy of the account
+         * names posture checks). */
         int (*posture_check)(void *userdata, const char *id, const char *checks_json, cp_error *reterr);
         int (*policy_posture)(void *userdata, const char *policy_id, const char *const *ids, size_t n,
                               cp_error *reterr);
