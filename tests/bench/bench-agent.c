@@ -382,6 +382,11 @@ static double build_shape(const char *account, const char *network) {
                 "UPDATE accounts SET network_serial = network_serial + 1 WHERE id = %s",
                 esc, n_groups - 1, esc, n_groups - 1, esc, n_peers, n_groups - 1, esc, esc);
         exec_ok(c, sql);
+        /* NetBird's shape also holds one posture check, which no policy names. */
+        (void) snprintf(sql, sizeof sql,
+                "INSERT INTO posture_checks (id, account_id, name, checks) VALUES ('bpc-' || %s, %s, 'All',"
+                " '{\"nb_version_check\": {\"min_version\": \"0.0.1\"}}')", esc, esc);
+        exec_ok(c, sql);
         exec_ok(c, "COMMIT");
         exec_ok(c, "ANALYZE");
         PQfreemem(esc);

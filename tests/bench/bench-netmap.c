@@ -8,7 +8,8 @@
  * routing peer; one bidirectional ALL policy per group on itself; the
  * default All policy removed (the All group stays, holding everyone);
  * one route per group served by its routing peer and distributed to the
- * group (NetBird uses a network resource there). Every agent is 0.60.0
+ * group (NetBird uses a network resource there); one posture check
+ * ("All", NetBird version >= 0.0.1) that no policy names, as NetBird's. Every agent is 0.60.0
  * with the source-prefix capability, as stock agents are. 2000/2000 is
  * 4,000 peers in 2,000 pairs (one peer and its routing peer), with 2,000
  * group policies and 2,000 routes (NetBird counts 4,000 policies: its
@@ -132,6 +133,11 @@ static cp_netmap_builder *fill(const shape *s, int *ret_total) {
                 if ((r = cp_netmap_builder_add_route(b, &route, &err)) < 0)
                         die("route", r, &err);
         }
+        /* NetBird's shape also holds one posture check, which no policy
+         * names. */
+        if ((r = cp_netmap_builder_add_posture_check(b, "PostureChecksAll",
+                                                     "{\"nb_version_check\": {\"min_version\": \"0.0.1\"}}", &err)) < 0)
+                die("posture check", r, &err);
         *ret_total = total;
         return b;
 }
