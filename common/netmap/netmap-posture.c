@@ -298,6 +298,13 @@ nm_span cp_netmap__posture_checks(const cp_netmap_account *a, uint32_t peer) {
         return ps->peer_checks[peer];
 }
 
+void cp_netmap_account_peer_checks(const cp_netmap_account *a, size_t idx, const uint8_t **data, size_t *len) {
+        nm_span s = idx < a->n_peers ? cp_netmap__posture_checks(a, (uint32_t) idx) : (nm_span) { 0, 0 };
+
+        *data = s.len ? a->blob.data + s.off : NULL;
+        *len = s.len;
+}
+
 void cp_netmap__posture_free(cp_netmap_account *a) {
         struct nm_posture *ps = a->posture;
 

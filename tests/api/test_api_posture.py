@@ -287,6 +287,10 @@ def agents_get_guarded_maps_and_checks():
     mb = streams[bad].wait_for(ready, timeout=15)
     assert keys(mb) == set() and len(mb.NetworkMap.FirewallRules) == 0, mb.NetworkMap
     assert [list(c.Files) for c in mb.Checks] == [files], mb.Checks
+    # Login carries the same Checks (from the snapshot the streams use).
+    lr = bad.login(meta=metas[bad])
+    assert [list(c.Files) for c in lr.Checks] == [files], lr.Checks
+    assert list(dst.login(meta=metas[dst]).Checks) == []
 
     # Without the check the policy opens for bad too.
     api.ok("PUT", "/api/policies/" + p["id"], {"name": "guarded", "enabled": True, "rules": [dict(r, id=rid)],

@@ -259,6 +259,12 @@ typedef struct cp_posture_peer cp_posture_peer;
 int cp_netmap_builder_set_peer_posture(cp_netmap_builder *b, const char *peer_id, const cp_posture_peer *m,
                                        cp_error *reterr);
 
+/* Peer idx's SyncResponse.Checks entries as pre-encoded at finish: a run
+ * of field-6 entries (tag, length, a packed Checks message each); *len 0
+ * when the peer has none (or idx is out of range). The bytes live as long
+ * as the snapshot. For a LoginResponse, which carries the same Checks. */
+void cp_netmap_account_peer_checks(const cp_netmap_account *a, size_t idx, const uint8_t **data, size_t *len);
+
 /* ---- finish ------------------------------------------------------------------ */
 
 /* Resolves and precomputes (see the top of this file). Consumes the
