@@ -238,6 +238,15 @@ void api_pgarray_begin(cp_strbuf *sb);
 void api_pgarray_add(cp_strbuf *sb, const char *elem);
 void api_pgarray_end(cp_strbuf *sb);
 
+/* ---- policies' source posture checks (api-posture.c) ----------------------------------- */
+
+/* 422 "posture checks: <id> not found" for the first id of ids (a JSON
+ * array of strings, NULL = none) that is not a posture check of the
+ * caller's account. */
+int api_posture_ids_check(api_ctx *c, const json_t *ids);
+/* Sets policies.source_posture_checks of policy_id to ids (NULL = none). */
+int api_posture_ids_store(api_ctx *c, const char *policy_id, const json_t *ids);
+
 /* ---- helpers shared by routes and DNS (api-routes.c) ------------------------------------ */
 
 /* NetBird's group list check (validateGroups), its messages lower-cased
@@ -297,3 +306,4 @@ extern const api_route api_networks_routes[];
 /* Lists of what this server does not hold yet, answered empty (api-unserved.c). */
 extern const api_route api_locations_routes[];
 extern const api_route api_unserved_routes[];
+extern const api_route api_posture_routes[];

@@ -9,9 +9,10 @@
  * destination_resource_*. Every change calls api_changed(); an update that
  * leaves the policy as it was writes nothing (NetBird skips it too).
  *
- * What this server does not have is refused with 422 rather than stored
- * and ignored: posture checks. Rules may name a peer or a network
- * resource (host, subnet, domain) of the account as source or destination.
+ * Rules may name a peer or a network resource (host, subnet, domain) of
+ * the account as source or destination; source_posture_checks name the
+ * account's posture checks. Unknown references are refused with 422
+ * rather than stored and ignored.
  */
 #include "api-activity.h"
 #include "api-int.h"
@@ -124,6 +125,7 @@ typedef struct policy_req {
         size_t n_rules;
         rule_req *rules;
         size_t n_posture;
+        json_t *posture;                /* borrowed source_posture_checks, NULL when absent */
 } policy_req;
 
 static void policy_req_release(policy_req *p) {
@@ -252,6 +254,7 @@ static int parse_policy(api_ctx *c, policy_req *p) {
             parse_str_array(c, body, "source_posture_checks", &posture) < 0)
                 return API_FAIL;
         p->n_posture = json_array_size(posture);
+        p->posture = posture;
         p->n_rules = json_array_size(rules);
         p->rules = cp_xcalloc(p->n_rules ? p->n_rules : 1, sizeof *p->rules);
         for (i = 0; i < p->n_rules; i++) {
@@ -434,9 +437,7 @@ static int validate_policy(api_ctx *c, policy_req *p) {
         for (size_t i = 0; i < p->n_rules; i++)
                 if ((r = check_rule(c, &p->rules[i])) < 0)
                         return r;
-        if (p->n_posture > 0)
-                return api_error(c, 422, "posture checks are not supported by this server");
-        return 0;
+        return api_posture_ids_check(c, p->posture);
 }
 
 /* ---- rule ids ------------------------------------------------------------------------------ */
@@ -564,6 +565,8 @@ static int create_policy(api_ctx *c) {
                 r = api_sql(c, SQL_INSERT, 5, q, NULL);
         }
         if (r == 0)
+                r = api_posture_ids_store(c, id, p.posture);
+        if (r == 0)
                 r = insert_rules(c, &p, id);
         if (r == 0)
                 r = api_event_kv(c, API_ACT_POLICY_ADDED, id, "name", p.name, NULL);
@@ -614,6 +617,8 @@ static int update_policy(api_ctx *c) {
                 const char *q[5] = { c->account_id, id, p.name, p.description, p.enabled ? "true" : "false" };
                 r = api_sql(c, SQL_UPDATE, 5, q, NULL);
         }
+        if (r == 0)
+                r = api_posture_ids_store(c, id, p.posture);
         if (r == 0) {
                 const char *q[2] = { c->account_id, id };
                 r = api_sql(c, SQL_DELETE_RULES, 2, q, NULL);

@@ -1,35 +1,17 @@
 /*
- * Resources this server does not hold yet: posture checks and user invites.
+ * What this server does not hold yet: user invites (NetBird's embedded-IdP
+ * invite links).
  *
- * The stock dashboard reads their lists on most pages and shows an error
- * toast for anything but a 200. So the list routes answer what is true
- * here: an empty JSON array (no such object can exist on this server).
- * Everything that would name or make one (GET of one id, POST, PUT,
- * DELETE) says plainly that the feature is not served: 404 for an id (it
- * cannot exist), 422 for a create, both in NetBird's error body.
- * Invites are listed empty too; their writes answer what NetBird
- * answers without its embedded IdP (412).
- *
- * Each route carries the permission module NetBird's own module checks
- * (posture checks: policies), so a caller who may not read or write the
- * resource still gets 403 first, as from NetBird.
+ * The stock dashboard reads the invite list on the users page and shows an
+ * error toast for anything but a 200, so the list answers what is true
+ * here: an empty JSON array. The writes answer what NetBird answers
+ * without its embedded IdP (412).
  */
 #include "api-int.h"
 
 static int empty_list(api_ctx *c) {
         return api_reply_text(c, 200, "[]", 2);
 }
-
-/* A create (422) and an id route (404) per feature, worded alike. */
-#define UNSERVED(prefix, what)                                                          \
-        static int prefix##_create(api_ctx *c) {                                        \
-                return api_error(c, 422, what " are not served by this server yet");    \
-        }                                                                               \
-        static int prefix##_one(api_ctx *c) {                                           \
-                return api_error(c, 404, what " are not served by this server yet");    \
-        }
-
-UNSERVED(posture, "posture checks")
 
 /* NetBird's answer to every invite route when it runs without its
  * embedded IdP, which is what this server reports
@@ -39,13 +21,6 @@ static int invites(api_ctx *c) {
 }
 
 const api_route api_unserved_routes[] = {
-        { "GET", "/api/posture-checks", API_MOD_POLICIES, API_READ, empty_list },
-        { "POST", "/api/posture-checks", API_MOD_POLICIES, API_CREATE, posture_create },
-        { "GET", "/api/posture-checks/{postureCheckId}", API_MOD_POLICIES, API_READ, posture_one },
-        { "PUT", "/api/posture-checks/{postureCheckId}", API_MOD_POLICIES, API_UPDATE, posture_one },
-        { "DELETE", "/api/posture-checks/{postureCheckId}", API_MOD_POLICIES, API_DELETE, posture_one },
-
-
         /* NetBird answers the list 412 too. The dashboard asks for it
          * on the users page before it has read the account's
          * embedded_idp_enabled (an undefined flag turns its fetch on),

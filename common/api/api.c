@@ -12,7 +12,7 @@ static const api_route *const tables[] = {
         api_accounts_routes, api_users_routes,  api_peers_routes, api_setup_keys_routes,
         api_groups_routes,   api_policies_routes, api_routes_routes, api_dns_routes,
         api_events_routes,   api_instance_routes, api_locations_routes, api_unserved_routes,
-        api_zones_routes,    api_networks_routes,
+        api_zones_routes,    api_networks_routes, api_posture_routes,
 };
 
 /* ---- permissions ---------------------------------------------------------------- */

@@ -392,6 +392,7 @@ void cp_netmap__account_free(cp_netmap_account *a) {
         if (!a)
                 return;
         cp_netmap__networks_free(a);
+        cp_netmap__posture_free(a);
         cp_netmap__map_release(&a->peer_by_id);
         cp_netmap__map_release(&a->peer_by_key);
         cp_netmap__map_release(&a->group_by_id);

@@ -140,6 +140,7 @@ static void compute_sizes(const cp_netmap_worker *w, const cp_netmap_account *a,
                         z->ts += 1 + nm_vsize(z->ts_nanos);
                 t += nm_fsize(z->ts);
         }
+        t += cp_netmap__posture_checks(a, (uint32_t) (p - a->peers)).len;
         t += o->extra_len;
         z->total = t;
 }
@@ -272,6 +273,11 @@ int cp_netmap_encode_sync(cp_netmap_worker *w, const cp_netmap_account *a, size_
                         *out++ = T_TS_NANOS;
                         out = nm_vput(out, z.ts_nanos);
                 }
+        }
+        nm_span checks = cp_netmap__posture_checks(a, (uint32_t) peer_idx);
+        if (checks.len) {
+                memcpy(out, a->blob.data + checks.off, checks.len);
+                out += checks.len;
         }
         if (o->extra_len) {
                 memcpy(out, o->extra, o->extra_len);

@@ -275,6 +275,7 @@ static void resolve_rules(cp_netmap_account *a, marker *mk) {
                         continue;
                 r->src = r->src_peer ? resource_peer(a, r->src_peer, &r->n_src)
                                      : peer_set(a, r->src_group_idx, r->n_src_group_idx, mk, &r->n_src);
+                r->src = cp_netmap__posture_filter(a, r, r->src, &r->n_src);
                 r->dst = r->dst_peer ? resource_peer(a, r->dst_peer, &r->n_dst)
                                      : peer_set(a, r->dst_group_idx, r->n_dst_group_idx, mk, &r->n_dst);
                 build_rule_tmpls(a, r);
@@ -664,6 +665,7 @@ int cp_netmap__finish(cp_netmap_account *a, cp_error *reterr) {
         free(all_members);
         free(all_n);
 
+        cp_netmap__posture_finish(a);
         resolve_rules(a, &mk);
         resolve_routes(a, &mk);
         cp_netmap__networks_finish(a);

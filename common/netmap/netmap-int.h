@@ -382,6 +382,7 @@ struct cp_netmap_account {
         uint32_t n_zones, cap_zones;
         nm_map zone_by_id;
         struct nm_networks *nw; /* network resources and routers (netmap-networks.c); NULL = none */
+        struct nm_posture *posture;     /* netmap-posture.c; NULL = no posture checks */
         bool built;
 };
 
@@ -451,6 +452,14 @@ uint8_t *cp_netmap__zones_write(uint8_t *o, const cp_netmap_worker *w, const cp_
  * one per port or range; nothing when sources is empty. */
 void cp_netmap__rfw_ports(cp_netmap_worker *w, const cp_netmap_account *a, const nm_route *r,
                           const nm_route_entry *e, const nm_rule *rule, const nm_buf *sources);
+/* netmap-posture.c: evaluates the posture checks (finish, before the
+ * rules are resolved); filters a rule's source peers by its policy's
+ * checks (returns src itself or an arena copy, *n updated); a peer's
+ * pre-encoded SyncResponse.Checks fields; frees the posture state. */
+void cp_netmap__posture_finish(cp_netmap_account *a);
+const uint32_t *cp_netmap__posture_filter(cp_netmap_account *a, const nm_rule *r, const uint32_t *src, uint32_t *n);
+nm_span cp_netmap__posture_checks(const cp_netmap_account *a, uint32_t peer);
+void cp_netmap__posture_free(cp_netmap_account *a);
 
 /* netmap-build.c */
 int cp_netmap__finish(cp_netmap_account *a, cp_error *reterr);

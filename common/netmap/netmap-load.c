@@ -8,6 +8,7 @@
 #include "cp/base.h"
 
 #include "cp/netmap.h"
+#include "cp/posture.h"
 #include "cp/store-snapshot.h"
 
 typedef struct load_ctx {
@@ -237,6 +238,31 @@ static int on_group_resource(void *ud, const char *group_id, const char *resourc
         return cp_netmap_builder_add_group_resource(((load_ctx *) ud)->b, group_id, resource_id, reterr);
 }
 
+static int on_posture_check(void *ud, const char *id, const char *checks_json, cp_error *reterr) {
+        return cp_netmap_builder_add_posture_check(((load_ctx *) ud)->b, id, checks_json, reterr);
+}
+
+static int on_policy_posture(void *ud, const char *policy_id, const char *const *ids, size_t n, cp_error *reterr) {
+        return cp_netmap_builder_set_policy_posture_checks(((load_ctx *) ud)->b, policy_id, ids, n, reterr);
+}
+
+static int on_posture_peer(void *ud, const cp_store_snap_posture_peer *p, cp_error *reterr) {
+        cp_posture_peer m = {
+                .wt_version = p->wt_version,
+                .go_os = p->go_os,
+                .os_version = p->os_version,
+                .kernel_version = p->kernel_version,
+                .net_addrs = p->net_addrs,
+                .n_net_addrs = p->n_net_addrs,
+                .connection_ip = p->connection_ip,
+                .running = p->running,
+                .n_running = p->n_running,
+                .country_code = p->country_code,
+                .city_name = p->city_name,
+        };
+        return cp_netmap_builder_set_peer_posture(((load_ctx *) ud)->b, p->id, &m, reterr);
+}
+
 static const cp_store_snapshot_sink sink = {
         .account = on_account,
         .peer = on_peer,
@@ -251,6 +277,9 @@ static const cp_store_snapshot_sink sink = {
         .network_resource = on_network_resource,
         .network_router = on_network_router,
         .group_resource = on_group_resource,
+        .posture_check = on_posture_check,
+        .policy_posture = on_policy_posture,
+        .posture_peer = on_posture_peer,
 };
 
 /* Finishes what a load (r) left in x. */

@@ -326,9 +326,8 @@ static void push_members(const cp_netmap_account *a, const char *group_id, nm_ve
 }
 
 /* getResourcePolicyPeers: the first rule's peer resource, else the
- * members of every rule's source groups. Validated peers, sorted.
- * TODO(posture): a policy's source posture checks filter this set per
- * peer (getPostureValidPeers); the posture-check work hooks in here. */
+ * members of every rule's source groups. Validated peers that pass the
+ * policy's source posture checks (getPostureValidPeers), sorted. */
 static void policy_sources(cp_netmap_account *a, struct nm_networks *nw, uint32_t p) {
         const nm_range *rl = &a->policy_rule_ranges[p];
         nm_vec v = { 0 };
@@ -352,7 +351,9 @@ static void policy_sources(cp_netmap_account *a, struct nm_networks *nw, uint32_
         if (n)
                 memcpy(s, v.v, n * sizeof *s);
         free(v.v);
-        nw->pol_src[p] = s;
+        /* Only the sources that pass the policy's posture checks (the
+         * rules of one policy share them; first->policy is p). */
+        nw->pol_src[p] = cp_netmap__posture_filter(a, first, s, &n);
         nw->n_pol_src[p] = n;
 }
 

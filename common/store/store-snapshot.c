@@ -80,6 +80,23 @@
 #define Q_GROUP_RESOURCES \
         "SELECT group_id, resource_id FROM group_resources WHERE account_id = $1 ORDER BY group_id, resource_id"
 
+#define Q_POSTURE_CHECKS "SELECT id, checks::text FROM posture_checks WHERE account_id = $1 ORDER BY id"
+
+#define Q_POLICY_POSTURE \
+        "SELECT id, array_to_json(source_posture_checks)::text FROM policies" \
+        " WHERE account_id = $1 AND source_posture_checks <> '{}' ORDER BY id"
+
+#define Q_POSTURE_PEERS \
+        "SELECT id, meta_wt_version, meta_go_os, meta_os_version, meta_kernel_version," \
+        " COALESCE((SELECT json_agg(e->>'NetIP') FROM jsonb_array_elements(meta_network_addresses) e" \
+        "  WHERE jsonb_typeof(e) = 'object' AND e ? 'NetIP'), '[]')::text," \
+        " COALESCE((SELECT json_agg(e->>'Path') FROM jsonb_array_elements(meta_files) e" \
+        "  WHERE jsonb_typeof(e) = 'object' AND e->'ProcessIsRunning' = 'true' AND e ? 'Path'), '[]')::text," \
+        " COALESCE(host(location_connection_ip), ''), location_country_code, location_city_name" \
+        " FROM peers WHERE account_id = $1" \
+        " AND EXISTS (SELECT 1 FROM policies x WHERE x.account_id = $1 AND x.source_posture_checks <> '{}')" \
+        " ORDER BY id"
+
 static int query(cp_store_conn *c, const char *sql, const char *account_id, PGresult **ret, cp_error *reterr) {
         const char *params[1] = { account_id };
         PGresult *res = PQexecParams(c->pg, sql, 1, NULL, params, NULL, NULL, 0);
@@ -515,6 +532,52 @@ static int load_network_routers(cp_store_conn *c, const char *account_id, const 
         return r;
 }
 
+static int load_posture(cp_store_conn *c, const char *account_id, const cp_store_snapshot_sink *sink, void *ud,
+                        cp_error *reterr) {
+        _cleanup_pgresult_ PGresult *checks = NULL, *pols = NULL, *peers = NULL;
+        int r = query(c, Q_POSTURE_CHECKS, account_id, &checks, reterr);
+
+        for (int i = 0; r >= 0 && sink->posture_check && i < PQntuples(checks); i++)
+                r = sink->posture_check(ud, str(checks, i, 0), str(checks, i, 1), reterr);
+        if (r >= 0)
+                r = query(c, Q_POLICY_POSTURE, account_id, &pols, reterr);
+        for (int i = 0; r >= 0 && sink->policy_posture && i < PQntuples(pols); i++) {
+                strv ids;
+                if ((r = strv_parse(val(pols, i, 1), &ids, "source posture checks", reterr)) < 0)
+                        break;
+                r = sink->policy_posture(ud, str(pols, i, 0), ids.v, ids.n, reterr);
+                strv_release(&ids);
+        }
+        if (r >= 0)
+                r = query(c, Q_POSTURE_PEERS, account_id, &peers, reterr);
+        for (int i = 0; r >= 0 && sink->posture_peer && i < PQntuples(peers); i++) {
+                strv addrs, files = { 0 };
+                if ((r = strv_parse(val(peers, i, 5), &addrs, "network addresses", reterr)) < 0 ||
+                    (r = strv_parse(val(peers, i, 6), &files, "meta files", reterr)) < 0) {
+                        strv_release(&addrs);
+                        break;
+                }
+                cp_store_snap_posture_peer p = {
+                        .id = str(peers, i, 0),
+                        .wt_version = str(peers, i, 1),
+                        .go_os = str(peers, i, 2),
+                        .os_version = str(peers, i, 3),
+                        .kernel_version = str(peers, i, 4),
+                        .net_addrs = addrs.v,
+                        .n_net_addrs = addrs.n,
+                        .running = files.v,
+                        .n_running = files.n,
+                        .connection_ip = str(peers, i, 7),
+                        .country_code = str(peers, i, 8),
+                        .city_name = str(peers, i, 9),
+                };
+                r = sink->posture_peer(ud, &p, reterr);
+                strv_release(&addrs);
+                strv_release(&files);
+        }
+        return r;
+}
+
 /* Every table, in order, on c. */
 static int load_all(cp_store_conn *c, const char *account_id, const cp_store_snapshot_sink *sink, void *ud,
                     cp_error *reterr) {
@@ -531,8 +594,9 @@ static int load_all(cp_store_conn *c, const char *account_id, const cp_store_sna
             (r = load_zones(c, account_id, sink, ud, reterr)) >= 0 &&
             (r = load_pairs(c, Q_NETWORKS, account_id, sink->network, ud, reterr)) >= 0 &&
             (r = load_network_resources(c, account_id, sink, ud, reterr)) >= 0 &&
-            (r = load_network_routers(c, account_id, sink, ud, reterr)) >= 0)
-                r = load_pairs(c, Q_GROUP_RESOURCES, account_id, sink->group_resource, ud, reterr);
+            (r = load_network_routers(c, account_id, sink, ud, reterr)) >= 0 &&
+            (r = load_pairs(c, Q_GROUP_RESOURCES, account_id, sink->group_resource, ud, reterr)) >= 0)
+                r = load_posture(c, account_id, sink, ud, reterr);
         return r;
 }
 

@@ -136,6 +136,81 @@ static Google__Protobuf__Timestamp *session_expires_at(const cp_store_peer *p, c
         return mgmt_session_expires(a, tracked ? p->last_login_unix_ns + st->login_expiration_ns : 0);
 }
 
+/* A protobuf varint at *p (below end); 0 with *p past end when cut. */
+static uint64_t read_varint(const uint8_t **p, const uint8_t *end) {
+        uint64_t v = 0;
+        for (unsigned shift = 0; *p < end && shift < 64; shift += 7) {
+                uint8_t b = *(*p)++;
+                v |= (uint64_t) (b & 0x7f) << shift;
+                if (!(b & 0x80))
+                        return v;
+        }
+        *p = end + 1;
+        return 0;
+}
+
+/* LoginResponse.Checks, as NetBird's Login sends them: the same as the
+ * peer's Sync map carries, taken from the account's cached snapshot at
+ * the serial just read (no database read; without one the agent gets
+ * them with its first Sync message). The snapshot's bytes are SyncResponse
+ * field-6 entries of Checks messages holding field-1 strings. */
+static void login_checks(mgmt_agent_op *op, const cp_store_peer *p, int64_t serial,
+                         Management__LoginResponse *resp) {
+        cp_netmap_account *a = op->agent->maps ? mgmt_maps_peek(op->agent->maps, p->account_id, serial) : NULL;
+        const uint8_t *data, *q, *end;
+        size_t len, n = 0;
+        int64_t idx;
+
+        if (!a)
+                return;
+        idx = cp_netmap_account_find_peer(a, p->id);
+        cp_netmap_account_peer_checks(a, idx < 0 ? SIZE_MAX : (size_t) idx, &data, &len);
+        if (!len) {
+                cp_netmap_account_unref(a);
+                return;
+        }
+        for (q = data, end = data + len; q < end;) {
+                q++;                                    /* field 6 tag */
+                q += read_varint(&q, end);
+                n++;
+        }
+        if (n) {
+                resp->checks = mgmt_arena_alloc(&op->arena, n * sizeof *resp->checks);
+                resp->n_checks = 0;
+                for (q = data; q < end && resp->n_checks < n;) {
+                        q++;                            /* field 6 tag */
+                        uint64_t m_len = read_varint(&q, end);
+                        if (q > end || m_len > (uint64_t) (end - q))
+                                break;
+                        const uint8_t *m_end = q + m_len;
+                        if (m_end > end)
+                                break;
+                        Management__Checks *c = mgmt_arena_alloc(&op->arena, sizeof *c);
+                        management__checks__init(c);
+                        size_t nf = 0;
+                        for (const uint8_t *f = q; f < m_end; nf++) {
+                                f++;
+                                f += read_varint(&f, m_end);
+                        }
+                        c->files = mgmt_arena_alloc(&op->arena, (nf ? nf : 1) * sizeof *c->files);
+                        while (q < m_end && c->n_files < nf) {
+                                q++;            /* field 1 tag */
+                                uint64_t sl = read_varint(&q, m_end);
+                                if (q > m_end || sl > (uint64_t) (m_end - q))
+                                        break;
+                                char *s = mgmt_arena_alloc(&op->arena, sl + 1);
+                                memcpy(s, q, sl);
+                                s[sl] = '\0';
+                                c->files[c->n_files++] = s;
+                                q += sl;
+                        }
+                        q = m_end;
+                        resp->checks[resp->n_checks++] = c;
+                }
+        }
+        cp_netmap_account_unref(a);
+}
+
 static void build_login_response(mgmt_agent_op *op, const cp_store_peer *p, const cp_store_account_settings *st) {
         mgmt_arena *a = &op->arena;
         const char *domain = st->dns_domain[0] ? st->dns_domain : op->agent->config->dns_domain;
@@ -387,6 +462,7 @@ void mgmt_login(mgmt_agent_op *op) {
                 }
         }
         build_login_response(op, p, &st);
+        login_checks(op, p, serial, (Management__LoginResponse *) op->response);
 }
 
 /* ---- SyncMeta and Logout ---------------------------------------------------------- */

@@ -65,7 +65,7 @@ int64_t mgmt_map_serial(const mgmt_map *map);
 
 /* The SyncResponse (plaintext protobuf, not sealed) for peer_id: the full
  * NetworkMap with its serial and *IsEmpty flags, peerConfig,
- * sessionExpiresAt (present), empty Checks; netbird_config (may be NULL:
+ * sessionExpiresAt (present), the posture Checks; netbird_config (may be NULL:
  * fan-out pushes leave it unset, netbird-protocol.md §9.7) is copied in
  * as given. The bytes live in a. -ENOENT: the peer is not in this map
  * (deleted meanwhile). */

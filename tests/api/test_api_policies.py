@@ -258,7 +258,7 @@ def policy_validation():
             "network resource: r1 not found")
     bad(422, policy(rule(None, [g], sourceResource={"id": "r1", "type": "bogus"})), "invalid resource type: bogus")
     bad(422, policy(rule(None, [g], sourceResource={"id": "nope", "type": "peer"})), "peer nope not found")
-    bad(422, policy(good, source_posture_checks=["pc1"]), "posture checks are not supported by this server")
+    bad(422, policy(good, source_posture_checks=["pc1"]), "posture checks: pc1 not found")
     # One bad rule after a good one: nothing of the policy is written.
     bad(422, policy(good, rule([g], [g], ports=["0"])), "valid port value is in 1..65535 range")
     api.error("PUT", "/api/policies/nope", 404, policy(good), message="policy: nope not found")

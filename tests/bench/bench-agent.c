@@ -377,8 +377,8 @@ static double build_shape(const char *account, const char *network) {
                 "FROM generate_series(0, %d) g;"
                 /* NetBird's setupTestAccountManager: per group a network, its
                  * routing peer as router, a host resource and a resource
-                 * policy from the group (this used to be a route per group).
-                 * TODO(posture): and one posture check per account. */
+                 * policy from the group (this used to be a route per group);
+                 * the account's one posture check is added below. */
                 "INSERT INTO networks (id, account_id, name) "
                 "SELECT 'bnet' || lpad(g::text, 3, '0'), %s, 'network-' || g FROM generate_series(0, %d) g;"
                 "INSERT INTO network_routers (id, network_id, account_id, peer, metric) "
@@ -399,6 +399,11 @@ static double build_shape(const char *account, const char *network) {
                 "UPDATE accounts SET network_serial = network_serial + 1 WHERE id = %s",
                 esc, n_groups - 1, esc, n_groups - 1, esc, n_groups - 1, esc, n_peers, n_groups - 1, esc,
                 n_groups - 1, esc, n_groups - 1, esc, n_groups - 1, esc, esc);
+        exec_ok(c, sql);
+        /* NetBird's shape also holds one posture check, which no policy names. */
+        (void) snprintf(sql, sizeof sql,
+                "INSERT INTO posture_checks (id, account_id, name, checks) VALUES ('bpc-' || %s, %s, 'All',"
+                " '{\"nb_version_check\": {\"min_version\": \"0.0.1\"}}')", esc, esc);
         exec_ok(c, sql);
         exec_ok(c, "COMMIT");
         exec_ok(c, "ANALYZE");

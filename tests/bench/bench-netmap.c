@@ -10,7 +10,9 @@
  * then either (previous shape) one route per group served by its
  * routing peer and distributed to the group, or (NetBird's full shape)
  * per group a network with that routing peer as its router, a host
- * resource and a resource policy from the group; both are printed. Every agent is 0.60.0
+ * resource and a resource policy from the group; both are printed. One
+ * posture check ("All", NetBird version >= 0.0.1) that no policy names,
+ * as NetBird's. Every agent is 0.60.0
  * with the source-prefix capability, as stock agents are. 2000/2000 is
  * 4,000 peers in 2,000 pairs (one peer and its routing peer), with 2,000
  * group policies and 2,000 routes, or, in the full shape, 4,000 policies
@@ -154,10 +156,6 @@ static cp_netmap_builder *fill(const shape *s, bool networks, int *ret_total) {
                                 .bidirectional = true, .sources = grp, .n_sources = 1,
                                 .destination_resource = resid,
                         };
-                        /* TODO(posture): NetBird's shape also has one posture
-                         * check ("PostureChecksAll", NBVersionCheck >= 0.0.1)
-                         * in the account; add it here once posture checks
-                         * are modelled. */
                         (void) cp_netmap_builder_add_policy(b, pid, true, &err);
                         if ((r = cp_netmap_builder_add_rule(b, &nr, &err)) < 0)
                                 die("resource rule", r, &err);
@@ -173,6 +171,11 @@ static cp_netmap_builder *fill(const shape *s, bool networks, int *ret_total) {
                 if ((r = cp_netmap_builder_add_route(b, &route, &err)) < 0)
                         die("route", r, &err);
         }
+        /* NetBird's shape also holds one posture check, which no policy
+         * names. */
+        if ((r = cp_netmap_builder_add_posture_check(b, "PostureChecksAll",
+                                                     "{\"nb_version_check\": {\"min_version\": \"0.0.1\"}}", &err)) < 0)
+                die("posture check", r, &err);
         *ret_total = total;
         return b;
 }

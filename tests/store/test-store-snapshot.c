@@ -228,6 +228,61 @@ TEST(snapshot_load_rules_ranges_and_approval) {
         cptest_db_free(db);
 }
 
+/* Posture checks from the database: pol-1 (g-cli -> g-web) guarded by
+ * a check pa2 passes (its interface, location and running agent as the
+ * agent reported them) and pa3 does not (no meta): pa1 gets the rules
+ * from pa2 only, both clients are asked about the process. */
+TEST(snapshot_load_posture_checks) {
+        cp_store *s = NULL;
+        cptest_db *db = cptest_db_new_migrated(1, &s);
+        cp_netmap_account *a = NULL;
+        cp_error err = { 0 };
+
+        fill_account(db);
+        exec(db, "INSERT INTO posture_checks (id, account_id, name, checks) VALUES ('pc1', 'acc-a', 'strict',"
+                 " '{\"peer_network_range_check\": {\"action\": \"allow\", \"ranges\": [\"192.168.0.0/16\"]},"
+                 " \"geo_location_check\": {\"action\": \"allow\", \"locations\": [{\"country_code\": \"DE\"}]},"
+                 " \"process_check\": {\"processes\": [{\"linux_path\": \"/usr/bin/netbird\", \"mac_path\": \"\","
+                 " \"windows_path\": \"\"}]}}'),"
+                 " ('pc-b', 'acc-b', 'other', '{\"nb_version_check\": {\"min_version\": \"99.0\"}}')");
+        exec(db, "UPDATE policies SET source_posture_checks = '{pc1}' WHERE id = 'pol-1'");
+        exec(db, "UPDATE peers SET meta_go_os = 'linux',"
+                 " meta_network_addresses = '[{\"NetIP\": \"192.168.1.5/24\", \"Mac\": \"\"}]',"
+                 " meta_files = '[{\"Path\": \"/usr/bin/netbird\", \"Exist\": true, \"ProcessIsRunning\": true}]',"
+                 " location_country_code = 'DE', location_city_name = 'Berlin' WHERE id = 'pa2'");
+        exec(db, "UPDATE peers SET meta_go_os = 'linux',"
+                 " meta_files = '[{\"Path\": \"/usr/bin/netbird\", \"Exist\": true, \"ProcessIsRunning\": false}]'"
+                 " WHERE id = 'pa3'");
+        ASSERT_OK(cp_netmap_load(s, "acc-a", "netbird.selfhosted", &a, &err), &err);
+
+        Management__SyncResponse *sr = map_of(a, "pa1");
+        Management__NetworkMap *nm = sr->networkmap;
+        size_t from2 = 0, from3 = 0;
+        for (size_t i = 0; i < nm->n_firewallrules; i++) {
+                from2 += strcmp(nm->firewallrules[i]->peerip, "100.70.0.2") == 0;
+                from3 += strcmp(nm->firewallrules[i]->peerip, "100.70.0.3") == 0;
+        }
+        ASSERT_EQ(2, from2);            /* tcp/443 and the udp range */
+        ASSERT_EQ(0, from3);
+        ASSERT_TRUE(!has_remote(nm->remotepeers, nm->n_remotepeers, "kA3"));
+        ASSERT_EQ(0, sr->n_checks);
+        management__sync_response__free_unpacked(sr, NULL);
+        const char *clients[] = { "pa2", "pa3" };
+        for (size_t k = 0; k < 2; k++) {
+                sr = map_of(a, clients[k]);
+                ASSERT_EQ(1, sr->n_checks);
+                ASSERT_EQ(1, sr->checks[0]->n_files);
+                ASSERT_STREQ("/usr/bin/netbird", sr->checks[0]->files[0]);
+                management__sync_response__free_unpacked(sr, NULL);
+        }
+        sr = map_of(a, "pa3");
+        ASSERT_TRUE(!has_remote(sr->networkmap->remotepeers, sr->networkmap->n_remotepeers, "kA1"));
+        management__sync_response__free_unpacked(sr, NULL);
+        cp_netmap_account_unref(a);
+        cp_store_free(s);
+        cptest_db_free(db);
+}
+
 static double now_ms(void) {
         return (double) cp_now_mono_ms();
 }

@@ -40,10 +40,10 @@
  * belongs to one thread at a time (one per fan-out thread).
  *
  * Not modelled (see common/netmap/README.md): IPv6 overlay addresses and
- * routes (also IPv6 network resources), posture checks, SSH authorized
- * users (SSHAuth), forwarding rules, the component envelope,
- * reverse-proxy services (and the routing-peer DNS resolution they force
- * on the routers of their domain resources).
+ * routes (also IPv6 network resources), SSH authorized users (SSHAuth),
+ * forwarding rules, the component envelope, reverse-proxy services (and
+ * the routing-peer DNS resolution they force on the routers of their
+ * domain resources).
  */
 #pragma once
 
@@ -327,6 +327,31 @@ typedef struct cp_netmap_zone_record_spec {
  * ignored. Records keep the order they were added in. */
 int cp_netmap_builder_add_zone_record(cp_netmap_builder *b, const cp_netmap_zone_record_spec *r,
                                       cp_error *reterr);
+
+/* ---- posture checks (netmap-posture.c) ------------------------------------------- */
+
+/* A posture check: its id and the API's "checks" JSON object (the
+ * posture_checks.checks column; see cp/posture.h). -EEXIST on a repeated
+ * id, -EINVAL when checks_json is not a JSON object. */
+int cp_netmap_builder_add_posture_check(cp_netmap_builder *b, const char *id, const char *checks_json,
+                                        cp_error *reterr);
+/* A policy's source_posture_checks. Ids of unknown checks are skipped at
+ * finish, as NetBird skips them. The rules of the policy keep only the
+ * source peers that pass every check; peers in its enabled rules' source
+ * groups get the checks' process paths in SyncResponse.Checks. */
+int cp_netmap_builder_set_policy_posture_checks(cp_netmap_builder *b, const char *policy_id,
+                                                const char *const *ids, size_t n, cp_error *reterr);
+/* What the checks read of a peer (copied). A peer with none set is
+ * checked with its wt_version and empty everything else. */
+typedef struct cp_posture_peer cp_posture_peer;
+int cp_netmap_builder_set_peer_posture(cp_netmap_builder *b, const char *peer_id, const cp_posture_peer *m,
+                                       cp_error *reterr);
+
+/* Peer idx's SyncResponse.Checks entries as pre-encoded at finish: a run
+ * of field-6 entries (tag, length, a packed Checks message each); *len 0
+ * when the peer has none (or idx is out of range). The bytes live as long
+ * as the snapshot. For a LoginResponse, which carries the same Checks. */
+void cp_netmap_account_peer_checks(const cp_netmap_account *a, size_t idx, const uint8_t **data, size_t *len);
 
 /* ---- finish ------------------------------------------------------------------ */
 

@@ -7,8 +7,9 @@
  *   BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY
  *   one SELECT each from accounts, peers, groups, group_peers, policies,
  *   policy_rules, routes, name_server_groups, dns_zones, dns_records,
- *   networks, network_resources, network_routers and group_resources,
- *   all scoped to the account
+ *   networks, network_resources, network_routers, group_resources,
+ *   posture_checks, the policies' source_posture_checks and the peers'
+ *   posture meta, all scoped to the account
  *   COMMIT
  *
  * so the serial and every row belong to the same database snapshot. Rows
@@ -171,6 +172,23 @@ typedef struct cp_store_snap_network_router {
         bool enabled;
 } cp_store_snap_network_router;
 
+/* What posture checks read of a peer (loaded only when the account has
+ * posture checks). */
+typedef struct cp_store_snap_posture_peer {
+        const char *id;
+        const char *wt_version;
+        const char *go_os;                      /* meta_go_os */
+        const char *os_version;
+        const char *kernel_version;
+        const char *const *net_addrs;           /* meta_network_addresses' NetIP prefixes */
+        size_t n_net_addrs;
+        const char *const *running;             /* meta_files with ProcessIsRunning: their paths */
+        size_t n_running;
+        const char *connection_ip;              /* host(location_connection_ip), "" when NULL */
+        const char *country_code;               /* location_country_code */
+        const char *city_name;                  /* location_city_name */
+} cp_store_snap_posture_peer;
+
 /* The callbacks; any may be NULL (those rows are skipped). reterr is the
  * load's own, for the callback to explain a failure. */
 typedef struct cp_store_snapshot_sink {
@@ -189,6 +207,14 @@ typedef struct cp_store_snapshot_sink {
         int (*network_router)(void *userdata, const cp_store_snap_network_router *r, cp_error *reterr);
         /* group_resources rows, by group id then resource id */
         int (*group_resource)(void *userdata, const char *group_id, const char *resource_id, cp_error *reterr);
+        /* After the nameserver groups: posture checks (id, the checks
+         * JSON text), then policies with source_posture_checks, then
+         * every peer's posture meta (only when a policy of the account
+         * names posture checks). */
+        int (*posture_check)(void *userdata, const char *id, const char *checks_json, cp_error *reterr);
+        int (*policy_posture)(void *userdata, const char *policy_id, const char *const *ids, size_t n,
+                              cp_error *reterr);
+        int (*posture_peer)(void *userdata, const cp_store_snap_posture_peer *p, cp_error *reterr);
 } cp_store_snapshot_sink;
 
 /* Loads account_id into sink. Returns 0, -ENOENT when the account does
