@@ -372,6 +372,59 @@ TEST(map_self_mesh_guarded) {
         cp_netmap_account_unref(a);
 }
 
+/* A resource policy guarded by a check (NetBird's getPostureValidPeers in
+ * the resource routes): the passing source gets the route through the
+ * router, the failing one none; the router's route firewall rule lets in
+ * only the passing source. */
+TEST(map_resource_policy_guarded) {
+        cp_netmap_account_spec spec = { .id = "acc1", .serial = 1, .network_cidr = "100.64.0.0/16" };
+        cp_netmap_builder *b = NULL;
+        cp_netmap_account *a = NULL;
+        cp_error err = { 0 };
+        ASSERT_OK(cp_netmap_builder_new(&spec, &b, &err), &err);
+        add_peer(b, "new", "100.64.0.1", "0.60.0", "linux", NULL, 0);
+        add_peer(b, "old", "100.64.0.2", "0.20.0", "linux", NULL, 0);
+        add_peer(b, "rtr", "100.64.0.3", "0.60.0", "linux", NULL, 0);
+        add_group(b, "src", "new", "old");
+        cp_netmap_network_resource_spec res = { .id = "res1", .network_id = "net1", .name = "db",
+                                                .type = CP_NETMAP_RESOURCE_HOST, .prefix = "10.0.0.5/32",
+                                                .enabled = true };
+        ASSERT_OK(cp_netmap_builder_add_network_resource(b, &res, &err), &err);
+        cp_netmap_network_router_spec rt = { .id = "rt1", .network_id = "net1", .peer = "rtr", .metric = 9999,
+                                             .enabled = true };
+        ASSERT_OK(cp_netmap_builder_add_network_router(b, &rt, &err), &err);
+        ASSERT_OK(cp_netmap_builder_add_posture_check(b, "v", "{\"nb_version_check\": {\"min_version\": \"0.30.0\"}}",
+                  &err), &err);
+        const char *s[] = { "src" }, *checks[] = { "v" };
+        cp_netmap_rule_spec r = { .id = "r-res", .policy_id = "pres", .enabled = true,
+                                  .protocol = CP_NETMAP_PROTO_ALL, .sources = s, .n_sources = 1,
+                                  .destination_resource = "res1" };
+        ASSERT_OK(cp_netmap_builder_add_policy(b, "pres", true, &err), &err);
+        ASSERT_OK(cp_netmap_builder_add_rule(b, &r, &err), &err);
+        ASSERT_OK(cp_netmap_builder_set_policy_posture_checks(b, "pres", checks, 1, &err), &err);
+        ASSERT_OK(cp_netmap_builder_finish(b, &a, &err), &err);
+
+        Management__SyncResponse *sr = sync_of(a, "new");
+        ASSERT_EQ(1, sr->networkmap->n_routes);
+        ASSERT_STREQ("10.0.0.5/32", sr->networkmap->routes[0]->network);
+        ASSERT_STREQ("res1:rtr", sr->networkmap->routes[0]->id);
+        ASSERT_TRUE(sees(sr, "rtr"));
+        management__sync_response__free_unpacked(sr, NULL);
+
+        sr = sync_of(a, "old");
+        ASSERT_EQ(0, sr->networkmap->n_routes);
+        ASSERT_TRUE(!sees(sr, "rtr"));
+        management__sync_response__free_unpacked(sr, NULL);
+
+        sr = sync_of(a, "rtr");
+        ASSERT_TRUE(sees(sr, "new") && !sees(sr, "old"));
+        ASSERT_EQ(1, sr->networkmap->n_routesfirewallrules);
+        ASSERT_EQ(1, sr->networkmap->routesfirewallrules[0]->n_sourceranges);
+        ASSERT_STREQ("100.64.0.1/32", sr->networkmap->routesfirewallrules[0]->sourceranges[0]);
+        management__sync_response__free_unpacked(sr, NULL);
+        cp_netmap_account_unref(a);
+}
+
 int main(int argc, char **argv) {
         return cptest_main(argc, argv);
 }
