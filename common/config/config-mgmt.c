@@ -4,8 +4,8 @@
  */
 #include "cp/base.h"
 #include "cp/config.h"
+#include "cp/prefix.h"
 
-#include <arpa/inet.h>
 
 /* ---- checks (run on every value, whatever its source) ------------------- */
 
@@ -26,40 +26,14 @@ static int check_letsencrypt(const void *field, cp_error *reterr) {
                             "(e.g. cert-manager) and pass --cert-file and --cert-key");
 }
 
-/* A comma-separated list of IPv4/IPv6 addresses or prefixes (the syntax
- * services/management/mgmt-realip.c reads). */
+/* A comma-separated list of IPv4/IPv6 addresses or prefixes (cp/prefix.h,
+ * the same parser services/management/mgmt-realip.c uses). */
 static int check_prefixes(const void *field, cp_error *reterr) {
-        const char *s = *(char *const *) field;
+        cp_prefix_list l;
+        int r = cp_prefix_list_parse(*(char *const *) field, &l, reterr);
 
-        while (s && *s) {
-                char buf[64], addr[16];
-                size_t len;
-                while (*s == ' ' || *s == ',')
-                        s++;
-                if (!*s)
-                        break;
-                len = strcspn(s, ", ");
-                bool ok = len < sizeof buf;
-                if (ok) {
-                        memcpy(buf, s, len);
-                        buf[len] = '\0';
-                        char *slash = strchr(buf, '/');
-                        if (slash)
-                                *slash++ = '\0';
-                        int v4 = inet_pton(AF_INET, buf, addr) == 1;
-                        ok = v4 || inet_pton(AF_INET6, buf, addr) == 1;
-                        if (ok && slash) {
-                                char *end;
-                                unsigned long n = strtoul(slash, &end, 10);
-                                ok = *slash >= '0' && *slash <= '9' && !*end && n <= (v4 ? 32u : 128u);
-                        }
-                }
-                if (!ok)
-                        return cp_error_set(reterr, -EINVAL, "\"%.*s\" is not an IP address or prefix",
-                                            (int) len, s);
-                s += len;
-        }
-        return 0;
+        cp_prefix_list_release(&l);
+        return r;
 }
 
 static int check_store_engine(const void *field, cp_error *reterr) {

@@ -2,113 +2,37 @@
  * The agent's real address behind a trusted reverse proxy (mgmt-realip.h).
  */
 #include "cp/base.h"
+#include "cp/prefix.h"
 #include "mgmt-realip.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
 #include <string.h>
 
-typedef struct prefix {
-        int family;                     /* AF_INET or AF_INET6 */
-        unsigned char addr[16];
-        unsigned bits;
-} prefix;
-
 struct mgmt_realip {
-        prefix *p;
-        size_t n;
+        cp_prefix_list trusted;
 };
 
-/* "a.b.c.d", "a.b.c.d/n", "v6", "v6/n" -> *out; false when it is not. */
-static bool parse_prefix(const char *s, size_t len, prefix *out) {
-        char buf[64];
-        const char *slash;
-        unsigned max;
-
-        if (len == 0 || len >= sizeof buf)
-                return false;
-        memcpy(buf, s, len);
-        buf[len] = '\0';
-        slash = strchr(buf, '/');
-        if (slash)
-                buf[slash - buf] = '\0';
-        memset(out, 0, sizeof *out);
-        if (inet_pton(AF_INET, buf, out->addr) == 1) {
-                out->family = AF_INET;
-                max = 32;
-        } else if (inet_pton(AF_INET6, buf, out->addr) == 1) {
-                out->family = AF_INET6;
-                max = 128;
-        } else
-                return false;
-        out->bits = max;
-        if (slash) {
-                char *end;
-                const char *n = slash + 1;
-                if (*n < '0' || *n > '9')
-                        return false;
-                unsigned long v = strtoul(n, &end, 10);
-                if (*end || v > max)
-                        return false;
-                out->bits = (unsigned) v;
-        }
-        return true;
-}
-
-/* The address text a (no port) inside one of r's prefixes. */
-static bool trusted(const mgmt_realip *r, const char *a) {
-        prefix ip;
-
-        if (!parse_prefix(a, strlen(a), &ip) || ip.bits != (ip.family == AF_INET ? 32u : 128u))
-                return false;
-        for (size_t i = 0; i < r->n; i++) {
-                const prefix *p = &r->p[i];
-                if (p->family != ip.family)
-                        continue;
-                unsigned full = p->bits / 8, rest = p->bits % 8;
-                if (memcmp(p->addr, ip.addr, full) != 0)
-                        continue;
-                if (rest && ((p->addr[full] ^ ip.addr[full]) & (0xff << (8 - rest)) & 0xff))
-                        continue;
-                return true;
-        }
-        return false;
-}
-
 int mgmt_realip_new(const char *list, mgmt_realip **ret, cp_error *reterr) {
-        mgmt_realip *r;
-        const char *s = list;
+        cp_prefix_list l;
+        int r;
 
         *ret = NULL;
-        if (!list || !*list)
-                return 0;
-        r = cp_xcalloc(1, sizeof *r);
-        while (*s) {
-                size_t len;
-                while (*s == ' ' || *s == ',')
-                        s++;
-                if (!*s)
-                        break;
-                len = strcspn(s, ", ");
-                r->p = cp_xrealloc(r->p, (r->n + 1) * sizeof *r->p);
-                if (!parse_prefix(s, len, &r->p[r->n])) {
-                        cp_error_set(reterr, -EINVAL, "trusted-proxies: \"%.*s\" is not an IP address or prefix",
-                                     (int) len, s);
-                        mgmt_realip_free(r);
-                        return -EINVAL;
-                }
-                /* Host bits of the address are ignored by the match. */
-                r->n++;
-                s += len;
+        if ((r = cp_prefix_list_parse(list, &l, reterr)) < 0) {
+                cp_error_prefix(reterr, "trusted-proxies");
+                return r;
         }
-        *ret = r;
+        if (l.n == 0)
+                return 0;
+        *ret = cp_xcalloc(1, sizeof **ret);
+        (*ret)->trusted = l;
         return 0;
 }
 
 mgmt_realip *mgmt_realip_free(mgmt_realip *r) {
         if (!r)
                 return NULL;
-        free(r->p);
+        cp_prefix_list_release(&r->trusted);
         free(r);
         return NULL;
 }
@@ -127,7 +51,7 @@ static const char *header(const grpc_metadata_array *md, const char *key, size_t
 /* Copies the trimmed [s, s+len) into out when it is one address. */
 static bool take_address(const char *s, size_t len, char *out, size_t cap) {
         char buf[64];
-        prefix p;
+        cp_prefix p;
 
         while (len && (*s == ' ' || *s == '\t'))
                 s++, len--;
@@ -137,7 +61,7 @@ static bool take_address(const char *s, size_t len, char *out, size_t cap) {
                 return false;
         memcpy(buf, s, len);
         buf[len] = '\0';
-        if (!parse_prefix(buf, len, &p))
+        if (!cp_prefix_parse(buf, len, &p))
                 return false;
         memcpy(out, buf, len + 1);
         return true;
@@ -147,7 +71,7 @@ void mgmt_realip_apply(const mgmt_realip *r, const grpc_metadata_array *md, char
         const char *v;
         size_t len;
 
-        if (!r || !md || !*ip || !trusted(r, ip))
+        if (!r || !md || !*ip || !cp_prefix_list_contains(&r->trusted, ip))
                 return;
         v = header(md, "x-forwarded-for", &len);
         if (v) {
@@ -161,7 +85,7 @@ void mgmt_realip_apply(const mgmt_realip *r, const grpc_metadata_array *md, char
                                 start--;
                         if (!take_address(v + start, end - start, cand, sizeof cand))
                                 break;
-                        if (!trusted(r, cand) || start == 0) {
+                        if (!cp_prefix_list_contains(&r->trusted, cand) || start == 0) {
                                 (void) snprintf(ip, cap, "%s", cand);
                                 return;
                         }

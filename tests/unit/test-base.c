@@ -1,4 +1,5 @@
 #include "cp/base.h"
+#include "cp/prefix.h"
 #include "cp/error.h"
 #include "cp/strbuf.h"
 #include "cp/util.h"
@@ -110,6 +111,40 @@ TEST(rfc3339_format) {
 
         cp_format_rfc3339(1700000000123456789LL, buf);
         ASSERT_STREQ("2023-11-14T22:13:20.123456Z", buf);
+}
+
+/* cp/prefix.h: the list syntax --trusted-proxies uses, and the match. */
+TEST(prefix_lists) {
+        cp_prefix_list l;
+        cp_error err = { 0 };
+
+        ASSERT_OK(cp_prefix_list_parse("10.0.0.0/8, 192.0.2.7 ,2001:db8::/32,,", &l, &err), &err);
+        ASSERT_EQ(3, l.n);
+        ASSERT_TRUE(cp_prefix_list_contains(&l, "10.200.3.4"));
+        ASSERT_TRUE(cp_prefix_list_contains(&l, "192.0.2.7"));
+        ASSERT_TRUE(!cp_prefix_list_contains(&l, "192.0.2.8"));
+        ASSERT_TRUE(cp_prefix_list_contains(&l, "2001:db8::1"));
+        ASSERT_TRUE(!cp_prefix_list_contains(&l, "2001:db9::1"));
+        ASSERT_TRUE(!cp_prefix_list_contains(&l, "::ffff:10.0.0.1"));    /* families never mix */
+        ASSERT_TRUE(!cp_prefix_list_contains(&l, "10.0.0.0/8"));         /* an address, not a prefix */
+        ASSERT_TRUE(!cp_prefix_list_contains(&l, "nonsense"));
+        cp_prefix_list_release(&l);
+        /* host bits past the length are ignored; /0 holds everything of its family */
+        ASSERT_OK(cp_prefix_list_parse("172.16.5.9/12 ::/0", &l, &err), &err);
+        ASSERT_TRUE(cp_prefix_list_contains(&l, "172.31.255.255"));
+        ASSERT_TRUE(!cp_prefix_list_contains(&l, "172.32.0.0"));
+        ASSERT_TRUE(cp_prefix_list_contains(&l, "fe80::1"));
+        cp_prefix_list_release(&l);
+        ASSERT_OK(cp_prefix_list_parse(NULL, &l, &err), &err);
+        ASSERT_EQ(0, l.n);
+        ASSERT_TRUE(!cp_prefix_list_contains(&l, "10.0.0.1"));
+        const char *bad[] = { "10.0.0.0/33", "::/129", "10.0.0.0/", "10.0.0.0/x", "10.0.0", "example.com",
+                              "10.0.0.0/8 1.2.3.4/-1" };
+        for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+                ASSERT_EQ(-EINVAL, cp_prefix_list_parse(bad[i], &l, &err));
+                ASSERT_TRUE(strstr(err.message, "is not an IP address or prefix") != NULL);
+                ASSERT_EQ(0, l.n);
+        }
 }
 
 int main(int argc, char **argv) {
