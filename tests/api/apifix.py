@@ -267,3 +267,36 @@ def start_idp(idp, bootstrap=True, replicas=1, extra=(), **http_extra):
 def jwt_api(srv, token):
     """An Api that sends `Authorization: Bearer <token>`."""
     return Api(srv.url(""), token, scheme="Bearer")
+
+
+# ---- NetBird's openapi.yml ----------------------------------------------------------------
+
+OPENAPI = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "reference",
+                       "netbird", "openapi.yml")
+_openapi = None
+
+
+def check_schema(obj, name):
+    """obj must validate against components.schemas[name] of NetBird's
+    openapi.yml (OpenAPI 3.1 schemas are JSON Schema 2020-12). Without the
+    file (outside this workplace) responses are not checked, and the run
+    says so."""
+    global _openapi
+    if _openapi is None:
+        _openapi = {}
+        if os.path.exists(OPENAPI):
+            import yaml
+            with open(OPENAPI) as f:
+                _openapi = yaml.safe_load(f)
+            # NetBird's ResourceType is allOf(NetworkResourceType, enum
+            # ["peer"]): no value satisfies both, yet NetBird itself sends
+            # "host", "subnet", "domain" and "peer". Checked as the union.
+            _openapi["components"]["schemas"]["ResourceType"] = {
+                "type": "string", "enum": ["host", "subnet", "domain", "peer"]}
+        else:
+            print("# %s not found: responses not checked against it" % OPENAPI)
+    if not _openapi:
+        return
+    import jsonschema
+    schema = {"$ref": "#/components/schemas/" + name, "components": _openapi["components"]}
+    jsonschema.Draft202012Validator(schema).validate(obj)

@@ -6,7 +6,6 @@ served exactly as for a personal access token of the same user. Also the
 approve/reject endpoints, raw CORS headers and long Authorization values."""
 
 import http.client
-import os
 import threading
 import time
 import urllib.parse
@@ -20,28 +19,7 @@ test = svc.test
 
 # NetBird's OpenAPI description (shared/ beside the repository, as on the
 # developers' machines and in CI).
-OPENAPI = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "reference",
-                       "netbird", "openapi.yml")
-_spec = None
-
-
-def check_schema(obj, name):
-    """obj must validate against components.schemas[name] of NetBird's
-    openapi.yml (OpenAPI 3.1 schemas are JSON Schema 2020-12)."""
-    global _spec
-    if _spec is None:
-        if not os.path.exists(OPENAPI):
-            print("# %s not found: responses not checked against it" % OPENAPI)
-            _spec = {}
-        else:
-            import yaml
-            with open(OPENAPI) as f:
-                _spec = yaml.safe_load(f)
-    if not _spec:
-        return
-    import jsonschema
-    schema = {"$ref": "#/components/schemas/" + name, "components": _spec["components"]}
-    jsonschema.Draft202012Validator(schema).validate(obj)
+check_schema = apifix.check_schema
 
 
 def new_idp():

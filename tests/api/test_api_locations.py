@@ -14,20 +14,7 @@ from nbagent import build_meta  # noqa: E402
 
 test = svc.test
 
-OPENAPI = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "reference",
-                       "netbird", "openapi.yml")
-
-
-def check_schema(obj, name):
-    """obj validates against NetBird's components.schemas[name]."""
-    if not os.path.exists(OPENAPI):
-        return
-    import jsonschema
-    import yaml
-    with open(OPENAPI) as f:
-        spec = yaml.safe_load(f)
-    schema = {"$ref": "#/components/schemas/" + name, "components": spec["components"]}
-    jsonschema.Draft202012Validator(schema).validate(obj)
+check_schema = apifix.check_schema
 
 
 def geo_metrics(srv):

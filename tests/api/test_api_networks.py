@@ -6,7 +6,6 @@ peer deletions networks refuse, events with their meta, permissions
 (module networks), other accounts' objects, the serial, and a network
 built through REST on one replica reaching an agent on another."""
 
-import os
 import secrets
 
 import apifix
@@ -16,34 +15,7 @@ from nbagent import build_meta
 
 test = svc.test
 
-OPENAPI = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "reference",
-                       "netbird", "openapi.yml")
-_spec = None
-
-
-def check_schema(obj, name):
-    """obj must validate against components.schemas[name] of NetBird's
-    openapi.yml."""
-    global _spec
-    if _spec is None:
-        _spec = {}
-        if os.path.exists(OPENAPI):
-            import yaml
-            with open(OPENAPI) as f:
-                _spec = yaml.safe_load(f)
-        else:
-            print("# %s not found: responses not checked against it" % OPENAPI)
-        if _spec:
-            # NetBird's ResourceType is allOf(NetworkResourceType, enum
-            # ["peer"]): no value satisfies both, yet NetBird itself sends
-            # "host", "subnet", "domain" and "peer". Checked as the union.
-            _spec["components"]["schemas"]["ResourceType"] = {
-                "type": "string", "enum": ["host", "subnet", "domain", "peer"]}
-    if not _spec:
-        return
-    import jsonschema
-    schema = {"$ref": "#/components/schemas/" + name, "components": _spec["components"]}
-    jsonschema.Draft202012Validator(schema).validate(obj)
+check_schema = apifix.check_schema
 
 
 def res_body(groups, **over):

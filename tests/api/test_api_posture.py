@@ -3,7 +3,6 @@
 NetBird's posture package, events, serial bumps, permissions, other
 accounts, and the refusal to delete a check a policy still names."""
 
-import os
 
 import apifix
 from apifix import svc
@@ -11,28 +10,7 @@ from nbagent import build_meta
 
 test = svc.test
 
-OPENAPI = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "reference",
-                       "netbird", "openapi.yml")
-_spec = None
-
-
-def check_schema(obj, name):
-    """obj must validate against components.schemas[name] of NetBird's
-    openapi.yml (OpenAPI 3.1 schemas are JSON Schema 2020-12)."""
-    global _spec
-    if _spec is None:
-        if not os.path.exists(OPENAPI):
-            print("# %s not found: responses not checked against it" % OPENAPI)
-            _spec = {}
-        else:
-            import yaml
-            with open(OPENAPI) as f:
-                _spec = yaml.safe_load(f)
-    if not _spec:
-        return
-    import jsonschema
-    schema = {"$ref": "#/components/schemas/" + name, "components": _spec["components"]}
-    jsonschema.Draft202012Validator(schema).validate(obj)
+check_schema = apifix.check_schema
 
 
 ALL_CHECKS = {

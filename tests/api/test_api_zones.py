@@ -3,7 +3,6 @@ NetBird's validation, texts and status codes (its zones module), events
 with their meta, permissions (module dns), other accounts' zones, the
 serial, and a zone reaching an agent's map through another replica."""
 
-import os
 import secrets
 
 import apifix
@@ -13,28 +12,7 @@ from nbagent import build_meta
 
 test = svc.test
 
-OPENAPI = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "reference",
-                       "netbird", "openapi.yml")
-_spec = None
-
-
-def check_schema(obj, name):
-    """obj must validate against components.schemas[name] of NetBird's
-    openapi.yml (as test_api_jwt.py checks users)."""
-    global _spec
-    if _spec is None:
-        _spec = {}
-        if os.path.exists(OPENAPI):
-            import yaml
-            with open(OPENAPI) as f:
-                _spec = yaml.safe_load(f)
-        else:
-            print("# %s not found: responses not checked against it" % OPENAPI)
-    if not _spec:
-        return
-    import jsonschema
-    schema = {"$ref": "#/components/schemas/" + name, "components": _spec["components"]}
-    jsonschema.Draft202012Validator(schema).validate(obj)
+check_schema = apifix.check_schema
 
 
 def zone_body(groups, **over):
