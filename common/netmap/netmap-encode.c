@@ -263,6 +263,13 @@ int cp_netmap_encode_sync(cp_netmap_worker *w, const cp_netmap_account *a, size_
                 *out++ = T_SR_REMOTE_EMPTY, *out++ = 1;
         out = put_head(out, T_SR_NETWORK_MAP, z.nm);
         out = write_network_map(out, w, a, p, &z);
+        /* Checks (field 6) between the NetworkMap (5) and sessionExpiresAt
+         * (7): field order, as protoc-c packs it. */
+        nm_span checks = cp_netmap__posture_checks(a, (uint32_t) peer_idx);
+        if (checks.len) {
+                memcpy(out, a->blob.data + checks.off, checks.len);
+                out += checks.len;
+        }
         if (!o->omit_session_expires) {
                 out = put_head(out, T_SR_SESSION_EXPIRES, z.ts);
                 if (z.ts_seconds) {
@@ -273,11 +280,6 @@ int cp_netmap_encode_sync(cp_netmap_worker *w, const cp_netmap_account *a, size_
                         *out++ = T_TS_NANOS;
                         out = nm_vput(out, z.ts_nanos);
                 }
-        }
-        nm_span checks = cp_netmap__posture_checks(a, (uint32_t) peer_idx);
-        if (checks.len) {
-                memcpy(out, a->blob.data + checks.off, checks.len);
-                out += checks.len;
         }
         if (o->extra_len) {
                 memcpy(out, o->extra, o->extra_len);
