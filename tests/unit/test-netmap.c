@@ -8,6 +8,7 @@
 #include "cp/base.h"
 #include "cp/netmap.h"
 #include "cptest.h"
+#include "nmtest.h"
 #include "management.pb-c.h"
 
 /* PeerIP and ForwarderPort are deprecated in the schema but still sent,
@@ -98,24 +99,7 @@ static cp_netmap_account *finish(cp_netmap_builder *b) {
 
 static Management__SyncResponse *sync_opts(cp_netmap_account *a, const char *peer_id,
                                            const cp_netmap_encode_opts *o, cp_netmap_stats *st) {
-        cp_netmap_worker *w = cp_netmap_worker_new();
-        const uint8_t *data;
-        size_t len;
-        int64_t idx = cp_netmap_account_find_peer(a, peer_id);
-
-        ASSERT_TRUE(idx >= 0);
-        ASSERT_OK(cp_netmap_encode_sync(w, a, (size_t) idx, o, &data, &len, st), NULL);
-        Management__SyncResponse *sr = management__sync_response__unpack(NULL, len, data);
-        ASSERT_TRUE(sr != NULL);
-        /* canonical: protoc-c packs the decoded message to the same bytes */
-        size_t n = management__sync_response__get_packed_size(sr);
-        ASSERT_EQ(len, n);
-        uint8_t *re = cp_xmalloc(n + 1);
-        ASSERT_EQ(n, management__sync_response__pack(sr, re));
-        ASSERT_TRUE(memcmp(re, data, n) == 0);
-        free(re);
-        cp_netmap_worker_free(w);
-        return sr;
+        return nmtest_sync(a, peer_id, o, st);
 }
 
 static Management__SyncResponse *sync_of(cp_netmap_account *a, const char *peer_id) {

@@ -9,6 +9,7 @@
 #include "cp/netmap.h"
 #include "cp/posture.h"
 #include "cptest.h"
+#include "nmtest.h"
 #include "management.pb-c.h"
 
 #include <jansson.h>
@@ -240,18 +241,7 @@ static void add_policy(cp_netmap_builder *b, const char *id, const char *src, co
 }
 
 static Management__SyncResponse *sync_of(cp_netmap_account *a, const char *peer_id) {
-        cp_netmap_worker *w = cp_netmap_worker_new();
-        const uint8_t *data;
-        size_t len;
-        int64_t idx = cp_netmap_account_find_peer(a, peer_id);
-        ASSERT_TRUE(idx >= 0);
-        ASSERT_OK(cp_netmap_encode_sync(w, a, (size_t) idx, NULL, &data, &len, NULL), NULL);
-        Management__SyncResponse *sr = management__sync_response__unpack(NULL, len, data);
-        ASSERT_TRUE(sr != NULL);
-        size_t n = management__sync_response__get_packed_size(sr);
-        ASSERT_EQ(len, n);
-        cp_netmap_worker_free(w);
-        return sr;
+        return nmtest_sync(a, peer_id, NULL, NULL);
 }
 
 static bool sees(const Management__SyncResponse *sr, const char *id) {
