@@ -438,7 +438,7 @@ static int delete_peer(api_ctx *c) {
         if (r < 0)
                 return api_internal(c, "deleting the peer", &err);
         /* The fan-out this triggers ends the peer's own Sync stream with
-         * its last, empty map (services/management/mgmt-sync.c). */
+         * its last, empty map (services/management/agent/mgmt-sync.c). */
         api_changed(c);
         return api_reply_empty_object(c);
 }

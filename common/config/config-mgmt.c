@@ -27,7 +27,7 @@ static int check_letsencrypt(const void *field, cp_error *reterr) {
 }
 
 /* A comma-separated list of IPv4/IPv6 addresses or prefixes (cp/prefix.h,
- * the same parser services/management/mgmt-realip.c uses). */
+ * the same parser services/management/runtime/mgmt-realip.c uses). */
 static int check_prefixes(const void *field, cp_error *reterr) {
         cp_prefix_list l;
         int r = cp_prefix_list_parse(*(char *const *) field, &l, reterr);
@@ -183,7 +183,7 @@ static const cp_cfg_option options[] = {
 /* Top-level keys of NetBird's management.json that no row of the table
  * reads. Some are read elsewhere from cp_config.source.file: Stuns,
  * TURNConfig, Relay, Signal, DeviceAuthorizationFlow, PKCEAuthorizationFlow
- * and parts of HttpConfig by services/management/mgmt-netconf.c. */
+ * and parts of HttpConfig by services/management/agent/mgmt-netconf.c. */
 static const char *const known_keys[] = {
         "Stuns", "TURNConfig", "Relay", "Signal", "Datadir", "DataStoreEncryptionKey", "HttpConfig",
         "IdpManagerConfig", "DeviceAuthorizationFlow", "PKCEAuthorizationFlow", "StoreConfig",

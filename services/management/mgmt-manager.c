@@ -13,6 +13,7 @@
 #include "mgmt-realip.h"
 #include "mgmt-ready.h"
 #include "mgmt-replica.h"
+#include "mgmt-service.h"
 #include "mgmt-sync.h"
 #include "mgmt-work.h"
 
@@ -538,7 +539,7 @@ static void log_listening(const char *protocol, const char *address, int port, c
 int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf, const uint8_t data_key[32],
                      mgmt_manager **ret, cp_error *reterr) {
         mgmt_manager *m = cp_xcalloc(1, sizeof *m);
-        mgmt_rpc_method methods[MGMT_AGENT_N_METHODS];
+        mgmt_rpc_method methods[MGMT_SERVICE_N_METHODS];
         int r;
 
         m->config = cfg;
@@ -620,7 +621,7 @@ int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf,
                 }
                 mgmt_metrics_watch_bus(m->bus);
         }
-        mgmt_agent_methods(methods);
+        mgmt_service_methods(methods);
         r = mgmt_ready_new(m->store, &m->ready);
         if (r < 0) {
                 r = cp_error_set(reterr, r, "cannot start the readiness checker: %s", strerror(-r));
@@ -632,7 +633,7 @@ int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf,
                 .port = (int) cfg->port,
                 .tls = m->tls,
                 .methods = methods,
-                .n_methods = MGMT_AGENT_N_METHODS,
+                .n_methods = MGMT_SERVICE_N_METHODS,
                 .userdata = &m->agent,
                 .workers = m->workers,
                 .on_stopped = on_grpc_stopped,

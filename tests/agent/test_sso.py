@@ -1,4 +1,4 @@
-"""SSO peers on the agent protocol (services/management/mgmt-auth.c,
+"""SSO peers on the agent protocol (services/management/agent/mgmt-auth.c,
 mgmt-login.c; common/store/store-sso.c): Login with a JWT (registration,
 owner, blocked and pending users), ExtendAuthSession in every case, the
 one-time JWT claim across two replicas on one database, login and

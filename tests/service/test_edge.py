@@ -1,4 +1,4 @@
-"""The agent-protocol edge of netbird-mgmt (services/management/mgmt-agent.c,
+"""The agent-protocol edge of netbird-mgmt (services/management/agent/mgmt-agent.c,
 mgmt-login.c): the shared server key, the EncryptedMessage envelope and its
 error codes, the simple RPCs, and Login (errors, registration with a setup
 key, re-login, the LoginResponse contents). The fuller agent scenarios live

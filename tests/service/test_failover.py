@@ -1,6 +1,6 @@
 """Failures of whole processes around a multi-replica deployment, with the
 real binary, a real PostgreSQL and a real Redis (docs/architecture.md,
-docs/protocol.md "Sync"; services/management/mgmt-replica.h):
+docs/protocol.md "Sync"; services/management/runtime/mgmt-replica.h):
 
   - kill -9 of one of three replicas with streams open: its agents fail
     over, the dead replica is reaped (its row and exactly the sessions it

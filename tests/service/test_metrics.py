@@ -1,4 +1,4 @@
-"""GET /metrics of netbird-mgmt (services/management/mgmt-metrics.c,
+"""GET /metrics of netbird-mgmt (services/management/runtime/mgmt-metrics.c,
 common/metrics): the Prometheus text format that `promtool check metrics`
 accepts without a warning, and counters that move with what agents do
 (registration, a Sync open, a failing login, a fan-out, a disconnect).

@@ -1,4 +1,4 @@
-"""Sync streams of netbird-mgmt (services/management/mgmt-sync.c): the
+"""Sync streams of netbird-mgmt (services/management/agent/mgmt-sync.c): the
 session token from the database clock and the fenced connect/disconnect,
 the stream registry (a newer stream replaces an older one, an older
 stream's end never touches the newer one), a stale open writes nothing,

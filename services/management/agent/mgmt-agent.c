@@ -3,7 +3,6 @@
 #include "cp/util.h"
 #include "mgmt-agent-int.h"
 #include "mgmt-metrics.h"
-#include "mgmt-sync.h"
 
 #include <grpc/byte_buffer.h>
 #include <grpc/byte_buffer_reader.h>
@@ -16,20 +15,8 @@
  * KiB; protobuf-c allocates a struct per repeated element, so an
  * unbounded body could make a small request cost a lot of memory. */
 #define MAX_SEALED_PLAIN (256 * 1024)
-/* GetServerKey's expiresAt: a sane time in the future (NetBird sends a
- * value around 1970 by mistake; agents ignore it). */
-#define SERVER_KEY_EXPIRY_S (24 * 3600)
 /* The longest wgPubKey quoted back in an error message. */
 #define MAX_KEY_ECHO 64
-
-typedef void (*agent_handler)(mgmt_agent_op *op);
-
-/* One row of data per rpc (mgmt_rpc_method.data). */
-typedef struct agent_rpc {
-        cp_proto_mgmt_method_id id;
-        agent_handler handler;          /* NULL: answered on the CQ thread */
-        void (*inline_call)(mgmt_call *c, const mgmt_agent *a);
-} agent_rpc;
 
 /* ---- outcome and logging --------------------------------------------------- */
 
@@ -274,7 +261,6 @@ static void seal_response(mgmt_agent_op *op, const cp_crypto_box_shared *shared)
 
 static void op_work(void *userdata) {
         mgmt_agent_op *op = userdata;
-        const agent_rpc *rpc = mgmt_call_method(op->call)->data;
         cp_crypto_box_shared shared = { { 0 } };
 
         op->status = GRPC_STATUS_OK;
@@ -285,14 +271,14 @@ static void op_work(void *userdata) {
                 goto log;
         }
         if (mgmt_agent_open_request(op, &shared) == 0) {
-                rpc->handler(op);
+                op->handler(op);
                 if (op->status == GRPC_STATUS_OK)
                         seal_response(op, &shared);
         }
         cp_crypto_box_shared_release(&shared);
 log:
         mgmt_agent_log_outcome(op->call, op->method, op->peer_key, op->account, op->status, op->message, op->detail);
-        if (rpc->id == CP_PROTO_MGMT_LOGIN)
+        if (op->method == &cp_proto_mgmt_methods[CP_PROTO_MGMT_LOGIN])
                 mgmt_metrics_login(op->registration, op->status);
 }
 
@@ -306,126 +292,15 @@ static void op_done(mgmt_call *c, void *userdata) {
         free(op);
 }
 
-/* ---- handlers ------------------------------------------------------------------ */
-
-static void rpc_unimplemented(mgmt_call *c, const mgmt_agent *a) {
-        const cp_proto_method *m = &cp_proto_mgmt_methods[((const agent_rpc *) mgmt_call_method(c)->data)->id];
-        char msg[128];
-
-        /* grpc-go's text for a method the server does not implement. */
-        (void) snprintf(msg, sizeof msg, "method %s not implemented", m->name);
-        mgmt_agent_log_outcome(c, m, NULL, NULL, GRPC_STATUS_UNIMPLEMENTED, msg, NULL);
-        mgmt_call_finish(c, GRPC_STATUS_UNIMPLEMENTED, msg);
-}
-
-static void rpc_get_server_key(mgmt_call *c, const mgmt_agent *a) {
-        const cp_proto_method *m = &cp_proto_mgmt_methods[CP_PROTO_MGMT_GET_SERVER_KEY];
-        Management__ServerKeyResponse resp = MANAGEMENT__SERVER_KEY_RESPONSE__INIT;
-        Google__Protobuf__Timestamp exp = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
-        char key[CP_WG_KEY_B64_LEN];
-        uint8_t buf[128];
-
-        mgmt_keys_current_public(a->keys, key);
-        exp.seconds = cp_now_unix_ns() / 1000000000 + SERVER_KEY_EXPIRY_S;
-        resp.key = key;
-        resp.expiresat = &exp;
-        size_t n = management__server_key_response__get_packed_size(&resp);
-        if (n > sizeof buf)
-                abort();        /* 44-character key plus a timestamp: cannot happen */
-        n = management__server_key_response__pack(&resp, buf);
-        mgmt_agent_log_outcome(c, m, NULL, NULL, GRPC_STATUS_OK, NULL, NULL);
-        mgmt_call_reply(c, GRPC_STATUS_OK, NULL, buf, n);
-}
-
-static void rpc_is_healthy(mgmt_call *c, const mgmt_agent *a) {
-        /* Like NetBird: the process answers, so it is healthy. Readiness
-         * (database, migrations) is /readyz on the HTTP port. */
-        mgmt_agent_log_outcome(c, &cp_proto_mgmt_methods[CP_PROTO_MGMT_IS_HEALTHY], NULL, NULL, GRPC_STATUS_OK, NULL, NULL);
-        mgmt_call_reply(c, GRPC_STATUS_OK, NULL, NULL, 0);
-}
-
-static Management__ProviderConfig *provider_config(const mgmt_provider *p, mgmt_arena *a) {
-        Management__ProviderConfig *pc = mgmt_arena_alloc(a, sizeof *pc);
-
-        management__provider_config__init(pc);
-        pc->clientid = p->client_id;
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
-        pc->clientsecret = p->client_secret;    /* deprecated, still sent by NetBird */
-#pragma GCC diagnostic pop
-        pc->audience = p->audience;
-        pc->tokenendpoint = p->token_endpoint;
-        pc->scope = p->scope;
-        pc->useidtoken = p->use_id_token;
-        return pc;
-}
-
-static void rpc_device_flow(mgmt_agent_op *op) {
-        const mgmt_netconf *n = op->agent->netconf;
-
-        if (!n->device_flow) {
-                mgmt_agent_fail(op, GRPC_STATUS_NOT_FOUND, "no device authorization flow information available");
-                return;
-        }
-        if (!n->device_provider_ok) {
-                mgmt_agent_fail(op, GRPC_STATUS_INVALID_ARGUMENT, "no provider found in the protocol for %s",
-                                n->device_provider_name);
-                return;
-        }
-        Management__DeviceAuthorizationFlow *f = mgmt_arena_alloc(&op->arena, sizeof *f);
-        management__device_authorization_flow__init(f);
-        f->provider = MANAGEMENT__DEVICE_AUTHORIZATION_FLOW__PROVIDER__HOSTED;
-        f->providerconfig = provider_config(&n->device, &op->arena);
-        f->providerconfig->domain = n->device.domain;
-        f->providerconfig->deviceauthendpoint = n->device.device_auth_endpoint;
-        op->response = &f->base;
-}
-
-static void rpc_pkce_flow(mgmt_agent_op *op) {
-        const mgmt_netconf *n = op->agent->netconf;
-
-        if (!n->pkce_flow) {
-                mgmt_agent_fail(op, GRPC_STATUS_NOT_FOUND, "no pkce authorization flow information available");
-                return;
-        }
-        Management__PKCEAuthorizationFlow *f = mgmt_arena_alloc(&op->arena, sizeof *f);
-        management__pkceauthorization_flow__init(f);
-        f->providerconfig = provider_config(&n->pkce, &op->arena);
-        f->providerconfig->authorizationendpoint = n->pkce.authorization_endpoint;
-        f->providerconfig->redirecturls = n->pkce.redirect_urls;
-        f->providerconfig->n_redirecturls = n->pkce.n_redirect_urls;
-        f->providerconfig->disablepromptlogin = n->pkce.disable_prompt_login;
-        f->providerconfig->loginflag = n->pkce.login_flag;
-        op->response = &f->base;
-}
-
-/* Sync is a stream: mgmt-sync.c runs it (its open goes to a worker). */
-static void rpc_sync(mgmt_call *c, const mgmt_agent *a) {
-        mgmt_sync_on_call(a->sync, c);
-}
-
-static void sync_on_close(mgmt_call *c, bool cancelled, void *userdata) {
-        const mgmt_agent *a = userdata;
-
-        mgmt_sync_on_close(a->sync, c, cancelled);
-}
-
-/* ---- dispatch ------------------------------------------------------------------ */
-
-static void on_call(mgmt_call *c, void *userdata) {
-        const mgmt_agent *a = userdata;
-        const agent_rpc *rpc = mgmt_call_method(c)->data;
+int mgmt_agent_offload(mgmt_call *c, const mgmt_agent *a, cp_proto_mgmt_method_id id, mgmt_agent_handler handler) {
         mgmt_agent_op *op;
         int r;
 
-        if (!rpc->handler) {
-                rpc->inline_call(c, a);
-                return;
-        }
         op = cp_xcalloc(1, sizeof *op);
         op->agent = a;
         op->call = c;
-        op->method = &cp_proto_mgmt_methods[rpc->id];
+        op->handler = handler;
+        op->method = &cp_proto_mgmt_methods[id];
         op->payload = mgmt_call_take_payload(c);
         mgmt_arena_init(&op->arena);
         r = mgmt_call_offload(c, op_work, op_done, op);
@@ -433,58 +308,16 @@ static void on_call(mgmt_call *c, void *userdata) {
                 const char *msg = "server is busy, please try again later";
                 grpc_status_code st = r == -EAGAIN ? GRPC_STATUS_RESOURCE_EXHAUSTED : GRPC_STATUS_UNAVAILABLE;
                 mgmt_agent_log_outcome(c, op->method, NULL, NULL, st, msg, r == -EAGAIN ? "worker queue full" : NULL);
-                if (rpc->id == CP_PROTO_MGMT_LOGIN)
+                if (id == CP_PROTO_MGMT_LOGIN)
                         mgmt_metrics_login(false, st);
                 mgmt_call_finish(c, st, msg);
                 if (op->payload)
                         grpc_byte_buffer_destroy(op->payload);
                 free(op);
         }
+        return r;
 }
 
-static const agent_rpc rpcs[_CP_PROTO_MGMT_MAX] = {
-        [CP_PROTO_MGMT_LOGIN] = { CP_PROTO_MGMT_LOGIN, mgmt_login, NULL },
-        [CP_PROTO_MGMT_SYNC] = { CP_PROTO_MGMT_SYNC, NULL, rpc_sync },
-        [CP_PROTO_MGMT_GET_SERVER_KEY] = { CP_PROTO_MGMT_GET_SERVER_KEY, NULL, rpc_get_server_key },
-        [CP_PROTO_MGMT_IS_HEALTHY] = { CP_PROTO_MGMT_IS_HEALTHY, NULL, rpc_is_healthy },
-        [CP_PROTO_MGMT_GET_DEVICE_AUTHORIZATION_FLOW] = { CP_PROTO_MGMT_GET_DEVICE_AUTHORIZATION_FLOW,
-                                                          rpc_device_flow, NULL },
-        [CP_PROTO_MGMT_GET_PKCE_AUTHORIZATION_FLOW] = { CP_PROTO_MGMT_GET_PKCE_AUTHORIZATION_FLOW,
-                                                        rpc_pkce_flow, NULL },
-        [CP_PROTO_MGMT_SYNC_META] = { CP_PROTO_MGMT_SYNC_META, mgmt_sync_meta, NULL },
-        [CP_PROTO_MGMT_LOGOUT] = { CP_PROTO_MGMT_LOGOUT, mgmt_logout, NULL },
-        [CP_PROTO_MGMT_JOB] = { CP_PROTO_MGMT_JOB, NULL, rpc_unimplemented },
-        [CP_PROTO_MGMT_EXTEND_AUTH_SESSION] = { CP_PROTO_MGMT_EXTEND_AUTH_SESSION, mgmt_extend_session, NULL },
-        [CP_PROTO_MGMT_CREATE_EXPOSE] = { CP_PROTO_MGMT_CREATE_EXPOSE, NULL, rpc_unimplemented },
-        [CP_PROTO_MGMT_RENEW_EXPOSE] = { CP_PROTO_MGMT_RENEW_EXPOSE, NULL, rpc_unimplemented },
-        [CP_PROTO_MGMT_STOP_EXPOSE] = { CP_PROTO_MGMT_STOP_EXPOSE, NULL, rpc_unimplemented },
-};
-
-static mgmt_rpc_kind kind_of(cp_proto_streaming s) {
-        switch (s) {
-        case CP_PROTO_UNARY:
-                return MGMT_RPC_UNARY;
-        case CP_PROTO_SERVER_STREAMING:
-                return MGMT_RPC_SERVER_STREAM;
-        case CP_PROTO_CLIENT_STREAMING:
-        case CP_PROTO_BIDI_STREAMING:
-                break;
-        }
-        return MGMT_RPC_BIDI;           /* messages are read with RECV_MESSAGE */
-}
-
-void mgmt_agent_methods(mgmt_rpc_method out[MGMT_AGENT_N_METHODS]) {
-        for (size_t i = 0; i < MGMT_AGENT_N_METHODS; i++) {
-                const cp_proto_method *m = &cp_proto_mgmt_methods[i];
-                out[i] = (mgmt_rpc_method) {
-                        .path = m->path,
-                        .kind = kind_of(m->streaming),
-                        .on_call = on_call,
-                        .on_close = i == CP_PROTO_MGMT_SYNC ? sync_on_close : NULL,
-                        .data = &rpcs[i],
-                };
-        }
-}
 
 /* ---- the location of a connection ---------------------------------------------------- */
 

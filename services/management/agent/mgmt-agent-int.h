@@ -35,6 +35,7 @@ typedef struct mgmt_agent_op {
         const mgmt_agent *agent;
         mgmt_call *call;                /* only the "any thread" accessors */
         const cp_proto_method *method;
+        mgmt_agent_handler handler;
         grpc_byte_buffer *payload;
         mgmt_arena arena;
 

@@ -1,10 +1,8 @@
 /*
- * mgmt-agent.h: the agent protocol edge, management.ManagementService.
+ * mgmt-agent.h: the agent protocol edge of management.ManagementService
+ * (the method table that routes each rpc is mgmt-service.h).
  *
- * Every rpc of the service is registered, from the generated table
- * cp_proto_mgmt_methods[] (proto/cp-methods.h): the ones served, and the
- * rest answered UNIMPLEMENTED the way grpc-go answers an unimplemented
- * method. This is the one place where
+ * This is the one place where
  *   - the EncryptedMessage envelope is opened and sealed (NaCl box between
  *     the peer's WireGuard key and the server's key, netbird-protocol.md
  *     section 2), with NetBird's status codes for its failures;
@@ -62,8 +60,13 @@ typedef struct mgmt_agent {
         struct cp_geo *geo;
 } mgmt_agent;
 
-/* Fills out with the rows to register, one per rpc of the service, in
- * cp_proto_mgmt_method_id order. The rows expect the mgmt_agent as the
- * gRPC server's userdata; they point to static data only. */
-#define MGMT_AGENT_N_METHODS ((size_t) _CP_PROTO_MGMT_MAX)
-void mgmt_agent_methods(mgmt_rpc_method out[MGMT_AGENT_N_METHODS]);
+/* The handler of an encrypted RPC: runs on a worker with the opened
+ * request in op->request and sets op's outcome (mgmt-agent-int.h). */
+struct mgmt_agent_op;
+typedef void (*mgmt_agent_handler)(struct mgmt_agent_op *op);
+
+/* CQ thread: runs handler for call c through the envelope on a worker
+ * (open, handle, seal) and answers the call from the CQ thread. When the
+ * worker queue refuses the job the call is answered RESOURCE_EXHAUSTED or
+ * UNAVAILABLE here and a negative errno is returned; 0 otherwise. */
+int mgmt_agent_offload(mgmt_call *c, const mgmt_agent *a, cp_proto_mgmt_method_id id, mgmt_agent_handler handler);
