@@ -46,6 +46,22 @@ typedef enum cp_proto_mgmt_method_id {
         _CP_PROTO_MGMT_MAX,
 } cp_proto_mgmt_method_id;
 
+/* management.ProxyService (proxy_service.proto): every body is plain. */
+typedef enum cp_proto_proxy_method_id {
+        CP_PROTO_PROXY_GET_MAPPING_UPDATE,
+        CP_PROTO_PROXY_SYNC_MAPPINGS,
+        CP_PROTO_PROXY_SEND_ACCESS_LOG,
+        CP_PROTO_PROXY_AUTHENTICATE,
+        CP_PROTO_PROXY_SEND_STATUS_UPDATE,
+        CP_PROTO_PROXY_CREATE_PROXY_PEER,
+        CP_PROTO_PROXY_GET_OIDCURL,
+        CP_PROTO_PROXY_VALIDATE_SESSION,
+        CP_PROTO_PROXY_VALIDATE_TUNNEL_PEER,
+        CP_PROTO_PROXY_CHECK_LLM_POLICY_LIMITS,
+        CP_PROTO_PROXY_RECORD_LLM_USAGE,
+        _CP_PROTO_PROXY_MAX,
+} cp_proto_proxy_method_id;
+
 typedef struct cp_proto_method {
         const char *name;               /* "Login", "isHealthy", ... */
         const char *path;               /* "/management.ManagementService/Login" */
@@ -64,6 +80,8 @@ typedef struct cp_proto_method {
 
 /* All methods, indexed by cp_proto_mgmt_method_id. */
 extern const cp_proto_method cp_proto_mgmt_methods[];
+/* ProxyService's methods, indexed by cp_proto_proxy_method_id. */
+extern const cp_proto_method cp_proto_proxy_methods[];
 
 /* The method whose path is exactly path (case-sensitive, as gRPC paths
  * are), or NULL. path may be NULL. */
