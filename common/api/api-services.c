@@ -698,15 +698,11 @@ static int parse_request(api_ctx *c, svc_in *s) {
             (r = api_field_bool(c, body, "rewrite_redirects", &s->rewrite_redirects)) < 0 ||
             (r = api_field_bool(c, body, "private", &s->private_)) < 0)
                 return r;
-        api_pgarray_begin(&s->access_groups);
         r = api_field_strarr(c, body, "access_groups", &s->access_groups, &s->n_access_groups);
         if (r < 0)
                 return r;
-        if (s->n_access_groups == 0) {
-                cp_strbuf_reset(&s->access_groups);
-                api_pgarray_begin(&s->access_groups);
-        }
-        api_pgarray_end(&s->access_groups);
+        if (r == 0)
+                cp_strbuf_adds(&s->access_groups, "{}");
         if ((r = norm_targets(c, body, s)) < 0 || (r = norm_auth(c, body, s)) < 0 ||
             (r = norm_restrictions(c, body, s)) < 0)
                 return r;
@@ -949,9 +945,11 @@ static json_t *service_json(const cp_store_rows *rows, int i) {
         json_t *stored = parse_col(rows, i, 14, json_object()), *auth = json_object(), *x;
         if ((x = json_object_get(stored, "password_auth")))
                 json_object_set_new(auth, "password_auth",
-                                    json_pack("{s:b}", "enabled", json_is_true(json_object_get(x, "enabled"))));
+                                    json_pack("{s:b,s:s}", "enabled", json_is_true(json_object_get(x, "enabled")),
+                                              "password", ""));
         if ((x = json_object_get(stored, "pin_auth")))
-                json_object_set_new(auth, "pin_auth", json_pack("{s:b}", "enabled", json_is_true(json_object_get(x, "enabled"))));
+                json_object_set_new(auth, "pin_auth", json_pack("{s:b,s:s}", "enabled",
+                                                                json_is_true(json_object_get(x, "enabled")), "pin", ""));
         if ((x = json_object_get(stored, "bearer_auth"))) {
                 json_t *dg = json_object_get(x, "distribution_groups");
                 json_object_set_new(auth, "bearer_auth",
@@ -962,9 +960,9 @@ static json_t *service_json(const cp_store_rows *rows, int i) {
         }
         if (json_array_size(x = json_object_get(stored, "header_auths")) > 0) {
                 json_t *arr = json_array();
-                json_array_foreach(x, k, h) json_array_append_new(arr, json_pack("{s:b,s:s}", "enabled",
+                json_array_foreach(x, k, h) json_array_append_new(arr, json_pack("{s:b,s:s,s:s}", "enabled",
                                                                                  json_is_true(json_object_get(h, "enabled")),
-                                                                                 "header", jstr(h, "header")));
+                                                                                 "header", jstr(h, "header"), "value", ""));
                 json_object_set_new(auth, "header_auths", arr);
         }
         json_decref(stored);
@@ -1211,6 +1209,10 @@ static int update_service(api_ctx *c) {
         if ((r = check_targets(c, &s)) < 0 || (r = check_groups(c, &s)) < 0 ||
             (r = api_rproxy_check_subdomain(c, s.domain, cluster)) < 0)
                 goto out;
+        /* hashed first, as NetBird's UpdateService does: a preserved
+         * value is a hash already */
+        if ((r = hash_secrets(c, s.auth)) < 0)
+                goto out;
         json_t *old_auth = parse_col(old, 0, 7, json_object());
         preserve_secrets(s.auth, old_auth);
         json_decref(old_auth);
@@ -1234,7 +1236,7 @@ static int update_service(api_ctx *c) {
                         goto out;
                 }
         }
-        if ((r = l4_port(c, &s, id, cluster, true, &auto_port)) < 0 || (r = hash_secrets(c, s.auth)) < 0)
+        if ((r = l4_port(c, &s, id, cluster, true, &auto_port)) < 0)
                 goto out;
         targets = json_dumps(s.targets, JSON_COMPACT);
         auth = json_dumps(s.auth, JSON_COMPACT);
