@@ -92,7 +92,9 @@ def create_get_list_update_delete():
     assert (s["name"], s["domain"], s["proxy_cluster"], s["mode"]) == ("app", "app." + CLUSTER, CLUSTER, "http"), s
     assert s["enabled"] is True and s["pass_host_header"] is True and s["terminated"] is False, s
     assert s["meta"]["status"] == "pending" and s["listen_port"] == 0, s
-    assert s["targets"] == [dict(peer_target(pid), host="", options={})], s["targets"]
+    # host: the peer's address (NetBird's replaceHostByLookup)
+    ip = dep.sql("SELECT host(ip) FROM peers WHERE id = %s", (pid,))[0][0]
+    assert s["targets"] == [dict(peer_target(pid), host=ip, options={})], s["targets"]
     assert s["auth"] == {}, s
     assert dep.network_serial() > serial0
     assert [c[1:] for c in changes(dep, seq0)] == [(s["id"], 0, CLUSTER, "app." + CLUSTER)]
@@ -149,6 +151,10 @@ def disabled_service_writes_no_change_rows():
     api.ok("PUT", "/api/reverse-proxies/services/" + s["id"], http_service(pid, enabled=False, name="x"))
     api.ok("DELETE", "/api/reverse-proxies/services/" + s["id"])
     assert changes(dep, seq0) == []
+    # a target whose peer is gone reads "unknown"
+    s = api.ok("POST", "/api/reverse-proxies/services", http_service(pid))
+    dep.sql("DELETE FROM peers WHERE id = %s", (pid,))
+    assert api.ok("GET", "/api/reverse-proxies/services/" + s["id"])["targets"][0]["host"] == "unknown"
 
 
 @test
