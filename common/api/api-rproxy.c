@@ -9,6 +9,9 @@
 #include "cp/crypto.h"
 #include "cp/store-services.h"
 
+#include <netdb.h>
+#include <strings.h>
+
 /* A proxy counts while connected with a heartbeat in the last two
  * minutes (NetBird's proxyActiveThreshold). */
 #define ACTIVE(p) "(" p ".status = 'connected' AND " p ".last_seen > CURRENT_TIMESTAMP - interval '2 minutes')"
@@ -194,6 +197,31 @@ static int domain_event(api_ctx *c, int act, const char *id, const char *domain,
         return r;
 }
 
+/* NetBird's domain Validator: the canonical name of "validation.<domain>"
+ * (after following CNAMEs; the system resolver, so /etc/hosts counts)
+ * must be the cluster's address. Blocking: it runs inside the request,
+ * bounded by the resolver's own timeouts (resolv.conf). */
+static bool cname_matches(const char *domain, const char *cluster) {
+        struct addrinfo hints = { .ai_flags = AI_CANONNAME, .ai_socktype = SOCK_STREAM }, *res = NULL;
+        char name[300];
+        bool ok = false;
+
+        if (!*cluster || snprintf(name, sizeof name, "validation.%s", domain) >= (int) sizeof name)
+                return false;
+        if (getaddrinfo(name, NULL, &hints, &res) != 0)
+                return false;
+        if (res && res->ai_canonname) {
+                size_t n = strlen(res->ai_canonname), m = strlen(cluster);
+                if (n > 0 && res->ai_canonname[n - 1] == '.')
+                        n--;
+                if (m > 0 && cluster[m - 1] == '.')
+                        m--;
+                ok = n == m && strncasecmp(res->ai_canonname, cluster, n) == 0;
+        }
+        freeaddrinfo(res);
+        return ok;
+}
+
 static int create_domain(api_ctx *c) {
         _cleanup_rows_ cp_store_rows *clusters = NULL;
         const char *domain = "", *cluster = "";
@@ -224,9 +252,13 @@ static int create_domain(api_ctx *c) {
                 goto out;
         }
         cp_id_new(id);
-        const char *p[] = { id, c->account_id, ascii.buf, cluster };
-        r = api_sql_try(c, "INSERT INTO proxy_domains (id, account_id, domain, target_cluster) VALUES ($1, $2, $3, $4)", 4,
-                        p, NULL, &err);
+        /* an initial validation against the target cluster, as NetBird */
+        bool validated = cname_matches(ascii.buf, cluster);
+        const char *p[] = { id, c->account_id, ascii.buf, cluster, validated ? "t" : "f" };
+        r = api_sql_try(c,
+                        "INSERT INTO proxy_domains (id, account_id, domain, target_cluster, validated)"
+                        " VALUES ($1, $2, $3, $4, $5::boolean)",
+                        5, p, NULL, &err);
         if (r == -EEXIST) {
                 r = api_error(c, 409, "domain %s already exists", ascii.buf);
                 goto out;
@@ -235,9 +267,9 @@ static int create_domain(api_ctx *c) {
                 r = api_internal(c, "create domain", &err);
                 goto out;
         }
-        if ((r = domain_event(c, API_ACT_DOMAIN_ADDED, id, ascii.buf, cluster, false)) < 0)
+        if ((r = domain_event(c, API_ACT_DOMAIN_ADDED, id, ascii.buf, cluster, validated)) < 0)
                 goto out;
-        json_t *o = custom_domain_json(id, ascii.buf, cluster, false);
+        json_t *o = custom_domain_json(id, ascii.buf, cluster, validated);
         r = api_reply_json(c, 200, o);
         json_decref(o);
 out:
@@ -266,17 +298,27 @@ static int delete_domain(api_ctx *c) {
 }
 
 /* NetBird starts the CNAME check in the background and answers 202
- * whatever happens. Here the domain must exist in the account (404
- * otherwise); the DNS check itself is not done (docs/api.md): the
- * domain stays unvalidated. */
+ * whatever happens. Here the check runs before the answer (still 202),
+ * for a domain of the account (404 otherwise): on a match the domain
+ * becomes validated, with NetBird's event 120. */
 static int validate_domain(api_ctx *c) {
         _cleanup_rows_ cp_store_rows *rows = NULL;
         const char *p[] = { c->account_id, c->param[0] };
-        int r = api_sql(c, "SELECT 1 FROM proxy_domains WHERE account_id = $1 AND id = $2", 2, p, &rows);
+        int r = api_sql(c,
+                        "SELECT domain, target_cluster, validated FROM proxy_domains WHERE account_id = $1 AND id = $2"
+                        " FOR UPDATE",
+                        2, p, &rows);
         if (r < 0)
                 return r;
         if (cp_store_rows_count(rows) == 0)
                 return api_error(c, 404, "custom domain %s not found", c->param[0]);
+        const char *domain = cp_store_rows_get(rows, 0, 0), *cluster = cp_store_rows_get(rows, 0, 1);
+        if (cname_matches(domain, cluster)) {
+                if ((r = api_sql(c, "UPDATE proxy_domains SET validated = true WHERE account_id = $1 AND id = $2", 2, p,
+                                 NULL)) < 0 ||
+                    (r = domain_event(c, API_ACT_DOMAIN_VALIDATED, c->param[0], domain, cluster, true)) < 0)
+                        return r;
+        }
         return api_reply_text(c, 202, "", 0);
 }
 
