@@ -158,6 +158,23 @@ def disabled_service_writes_no_change_rows():
 
 
 @test
+def deleting_the_account_removes_its_services_from_proxies():
+    dep, srv, api, pid = setup()
+    other = apifix.second_account(dep)
+    oapi = api.as_token(other["ADMIN_TOKEN"])
+    opid = sql_peer(dep, account=other["ACCOUNT_ID"])
+    on = oapi.ok("POST", "/api/reverse-proxies/services", http_service(opid, domain="o." + CLUSTER))
+    oapi.ok("POST", "/api/reverse-proxies/services", http_service(opid, domain="off." + CLUSTER, enabled=False))
+    mine = api.ok("POST", "/api/reverse-proxies/services", http_service(pid))
+    seq0 = last_seq(dep)
+    oapi.ok("DELETE", "/api/accounts/" + other["ACCOUNT_ID"])
+    rows = dep.sql("SELECT account_id, service_id, op, cluster, domain FROM proxy_mapping_changes WHERE seq > %s",
+                   (seq0,))
+    assert rows == [(other["ACCOUNT_ID"], on["id"], 2, CLUSTER, "o." + CLUSTER)], rows
+    assert [s["id"] for s in api.ok("GET", "/api/reverse-proxies/services")] == [mine["id"]]
+
+
+@test
 def secrets_hashed_never_returned_and_kept_on_update():
     dep, srv, api, pid = setup()
     auth = {"password_auth": {"enabled": True, "password": "s3cret-pw"},
