@@ -788,8 +788,14 @@ static int hash_secrets(api_ctx *c, json_t *auth) {
         for (int k = 0; k < 2; k++) {
                 o = json_object_get(auth, secrets[k].obj);
                 const char *plain = jstr(o, secrets[k].secret);
-                if (!json_is_true(json_object_get(o, "enabled")) || !*plain)
+                if (!*plain)
                         continue;
+                if (!json_is_true(json_object_get(o, "enabled"))) {
+                        /* NetBird keeps a disabled secret as sent; never stored in clear here */
+                        explicit_bzero((char *) plain, strlen(plain));
+                        json_object_set_new(o, secrets[k].secret, json_string(""));
+                        continue;
+                }
                 cp_strbuf_reset(&h);
                 if (api_rproxy_hash_secret(plain, &h) < 0)
                         goto fail;
@@ -798,8 +804,12 @@ static int hash_secrets(api_ctx *c, json_t *auth) {
         }
         json_array_foreach(json_object_get(auth, "header_auths"), i, x) {
                 const char *plain = jstr(x, "value");
-                if (!json_is_true(json_object_get(x, "enabled")) || !*plain)
+                if (!*plain)
                         continue;
+                if (!json_is_true(json_object_get(x, "enabled"))) {
+                        json_object_set_new(x, "value", json_string(""));
+                        continue;
+                }
                 cp_strbuf_reset(&h);
                 if (api_rproxy_hash_secret(plain, &h) < 0)
                         goto fail;

@@ -209,6 +209,12 @@ def secrets_hashed_never_returned_and_kept_on_update():
     api.error("POST", "/api/reverse-proxies/services", 422, message="header_auths[0]: value is required",
               body=http_service(pid, domain="h." + CLUSTER,
                                 auth={"header_auths": [{"enabled": True, "header": "X-K", "value": ""}]}))
+    # A disabled secret is not kept (NetBird would store it as sent).
+    s2 = api.ok("POST", "/api/reverse-proxies/services", http_service(
+        pid, domain="d." + CLUSTER, auth={"password_auth": {"enabled": False, "password": "plain-off"},
+                                          "header_auths": [{"enabled": False, "header": "X-K", "value": "v-off"}]}))
+    raw2 = dep.sql("SELECT auth::text FROM services WHERE id = %s", (s2["id"],))[0][0]
+    assert "plain-off" not in raw2 and "v-off" not in raw2, raw2
     # No response anywhere carries a hash.
     for path in ("/api/reverse-proxies/services", "/api/reverse-proxies/services/" + s["id"]):
         st, b = api.get(path)
