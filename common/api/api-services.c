@@ -275,6 +275,34 @@ static int copy_strarr(api_ctx *c, json_t *from, const char *key, json_t *to) {
         return 0;
 }
 
+/* validateCustomHeaders for one header: fills msg and returns true when
+ * it is refused. seen maps canonical names to the keys already accepted. */
+static bool custom_header_error(const char *key, const char *val, const char *canon, json_t *seen, char *msg,
+                                size_t cap) {
+        const char *prev = json_string_value(json_object_get(seen, canon));
+
+        if (!header_token(key))
+                (void) snprintf(msg, cap, "custom header key \"%s\" is not a valid HTTP header name", key);
+        else if (strlen(key) > 128)
+                (void) snprintf(msg, cap, "custom header key \"%s\" exceeds maximum length of 128", key);
+        else if (strlen(val) > 4096)
+                (void) snprintf(msg, cap, "custom header \"%s\" value exceeds maximum length of 4096", key);
+        else if (strpbrk(val, "\r\n"))
+                (void) snprintf(msg, cap, "custom header \"%s\" contains invalid characters", key);
+        else if (prev)
+                (void) snprintf(msg, cap, "custom header keys \"%s\" and \"%s\" collide (both canonicalize to \"%s\")",
+                                prev, key, canon);
+        else if (in_list(canon, hop_by_hop))
+                (void) snprintf(msg, cap, "custom header \"%s\" is a hop-by-hop header and cannot be set", key);
+        else if (in_list(canon, reserved_headers))
+                (void) snprintf(msg, cap, "custom header \"%s\" is managed by the proxy and cannot be overridden", key);
+        else if (strcmp(canon, "Host") == 0)
+                (void) snprintf(msg, cap, "use pass_host_header instead of setting Host as a custom header");
+        else
+                return false;
+        return true;
+}
+
 static int norm_options(api_ctx *c, int idx, json_t *in, json_t *out, bool *proxy_protocol) {
         json_t *v = NULL;
         int r;
@@ -325,38 +353,15 @@ static int norm_options(api_ctx *c, int idx, json_t *in, json_t *out, bool *prox
                                    json_object_size(v));
                 }
                 json_object_foreach(v, key, val) {
-                        const char *err = NULL;
                         char msg[400];
                         if (!json_is_string(val)) {
                                 json_decref(seen);
                                 return api_bad_json(c);
                         }
-                        const char *sv = json_string_value(val);
                         header_canonical(key, canon, sizeof canon);
-                        if (!header_token(key))
-                                (void) snprintf(msg, sizeof msg, "custom header key \"%s\" is not a valid HTTP header name", key), err = msg;
-                        else if (strlen(key) > 128)
-                                (void) snprintf(msg, sizeof msg, "custom header key \"%s\" exceeds maximum length of 128", key), err = msg;
-                        else if (strlen(sv) > 4096)
-                                (void) snprintf(msg, sizeof msg, "custom header \"%s\" value exceeds maximum length of 4096", key), err = msg;
-                        else if (strpbrk(sv, "\r\n"))
-                                (void) snprintf(msg, sizeof msg, "custom header \"%s\" contains invalid characters", key), err = msg;
-                        else if (json_object_get(seen, canon))
-                                (void) snprintf(msg, sizeof msg,
-                                                "custom header keys \"%s\" and \"%s\" collide (both canonicalize to \"%s\")",
-                                                json_string_value(json_object_get(seen, canon)), key, canon),
-                                        err = msg;
-                        else if (in_list(canon, hop_by_hop))
-                                (void) snprintf(msg, sizeof msg, "custom header \"%s\" is a hop-by-hop header and cannot be set", key), err = msg;
-                        else if (in_list(canon, reserved_headers))
-                                (void) snprintf(msg, sizeof msg,
-                                                "custom header \"%s\" is managed by the proxy and cannot be overridden", key),
-                                        err = msg;
-                        else if (strcmp(canon, "Host") == 0)
-                                err = "use pass_host_header instead of setting Host as a custom header";
-                        if (err) {
+                        if (custom_header_error(key, json_string_value(val), canon, seen, msg, sizeof msg)) {
                                 json_decref(seen);
-                                return bad(c, "target %d: %s", idx, err);
+                                return bad(c, "target %d: %s", idx, msg);
                         }
                         json_object_set_new(seen, canon, json_string(key));
                 }
@@ -540,7 +545,10 @@ static bool auth_enabled(json_t *auth) {
             json_is_true(json_object_get(json_object_get(auth, "pin_auth"), "enabled")) ||
             json_is_true(json_object_get(json_object_get(auth, "bearer_auth"), "enabled")))
                 return true;
-        json_array_foreach(json_object_get(auth, "header_auths"), i, h) if (json_is_true(json_object_get(h, "enabled"))) return true;
+        json_array_foreach(json_object_get(auth, "header_auths"), i, h) {
+                if (json_is_true(json_object_get(h, "enabled")))
+                        return true;
+        }
         return false;
 }
 
@@ -825,8 +833,10 @@ fail:
 static int header_values_present(api_ctx *c, json_t *auth) {
         json_t *x;
         size_t i;
-        json_array_foreach(json_object_get(auth, "header_auths"), i, x) if (json_is_true(json_object_get(x, "enabled")) &&
-                                                                             !*jstr(x, "value")) return bad(c, "header_auths[%zu]: value is required", i);
+        json_array_foreach(json_object_get(auth, "header_auths"), i, x) {
+                if (json_is_true(json_object_get(x, "enabled")) && !*jstr(x, "value"))
+                        return bad(c, "header_auths[%zu]: value is required", i);
+        }
         return 0;
 }
 
@@ -886,8 +896,8 @@ static int l4_port(api_ctx *c, svc_in *s, const char *id, const char *cluster, b
         if (r < 0)
                 return r;
         if (cp_store_rows_count(rows) > 0)
-                return api_error_verbatim(c, 409, "%s port %" PRId64 " is already in use by service \"%s\" on cluster %s",
-                                          s->mode, s->listen_port, cp_store_rows_get(rows, 0, 0), cluster);
+                return api_error(c, 409, "%s port %" PRId64 " is already in use by service \"%s\" on cluster %s",
+                                 s->mode, s->listen_port, cp_store_rows_get(rows, 0, 0), cluster);
         return 0;
 }
 
@@ -922,6 +932,10 @@ static json_t *parse_col(const cp_store_rows *rows, int i, int col, json_t *dflt
                 return dflt;
         json_decref(dflt);
         return j;
+}
+
+static bool enabled_of(json_t *o) {
+        return json_is_true(json_object_get(o, "enabled"));
 }
 
 /* Service.ToAPIResponse for row i. */
@@ -966,28 +980,25 @@ static json_t *service_json(const cp_store_rows *rows, int i) {
         }
         json_object_set_new(o, "targets", targets);
 
-        /* auth without secrets */
+        /* auth without secrets (ClearSecrets: the fields stay, empty) */
         json_t *stored = parse_col(rows, i, 14, json_object()), *auth = json_object(), *x;
         if ((x = json_object_get(stored, "password_auth")))
                 json_object_set_new(auth, "password_auth",
-                                    json_pack("{s:b,s:s}", "enabled", json_is_true(json_object_get(x, "enabled")),
-                                              "password", ""));
+                                    json_pack("{s:b,s:s}", "enabled", enabled_of(x), "password", ""));
         if ((x = json_object_get(stored, "pin_auth")))
-                json_object_set_new(auth, "pin_auth", json_pack("{s:b,s:s}", "enabled",
-                                                                json_is_true(json_object_get(x, "enabled")), "pin", ""));
+                json_object_set_new(auth, "pin_auth", json_pack("{s:b,s:s}", "enabled", enabled_of(x), "pin", ""));
         if ((x = json_object_get(stored, "bearer_auth"))) {
                 json_t *dg = json_object_get(x, "distribution_groups");
                 json_object_set_new(auth, "bearer_auth",
-                                    json_pack("{s:b,s:O}", "enabled", json_is_true(json_object_get(x, "enabled")),
-                                              "distribution_groups", json_is_array(dg) ? dg : json_array()));
-                if (!json_is_array(dg))
-                        json_decref(json_object_get(json_object_get(auth, "bearer_auth"), "distribution_groups"));
+                                    json_pack("{s:b,s:o}", "enabled", enabled_of(x), "distribution_groups",
+                                              json_is_array(dg) ? json_incref(dg) : json_array()));
         }
         if (json_array_size(x = json_object_get(stored, "header_auths")) > 0) {
                 json_t *arr = json_array();
-                json_array_foreach(x, k, h) json_array_append_new(arr, json_pack("{s:b,s:s,s:s}", "enabled",
-                                                                                 json_is_true(json_object_get(h, "enabled")),
-                                                                                 "header", jstr(h, "header"), "value", ""));
+                json_array_foreach(x, k, h) {
+                        json_array_append_new(arr, json_pack("{s:b,s:s,s:s}", "enabled", enabled_of(h), "header",
+                                                             jstr(h, "header"), "value", ""));
+                }
                 json_object_set_new(auth, "header_auths", arr);
         }
         json_decref(stored);
