@@ -50,6 +50,23 @@ TEST(pat_format_and_checksum) {
         ASSERT_EQ(-EINVAL, cp_crypto_pat_check("xxx_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"));
 }
 
+/* The same generator with NetBird's proxy token prefix; a token of one
+ * kind never passes as the other. */
+TEST(proxy_token_format_and_checksum) {
+        char t[CP_TOKEN_LEN + 1];
+
+        cp_crypto_token_new(CP_PROXY_TOKEN_PREFIX, t);
+        ASSERT_EQ(CP_TOKEN_LEN, strlen(t));
+        ASSERT_TRUE(strncmp(t, "nbx_", 4) == 0);
+        ASSERT_EQ(0, cp_crypto_token_check(CP_PROXY_TOKEN_PREFIX, t));
+        ASSERT_EQ(-EINVAL, cp_crypto_pat_check(t));
+        memcpy(t, "nbp_", 4);           /* same secret and checksum, other prefix */
+        ASSERT_EQ(0, cp_crypto_pat_check(t));
+        ASSERT_EQ(-EINVAL, cp_crypto_token_check(CP_PROXY_TOKEN_PREFIX, t));
+        /* a token computed independently (CRC32 of the 30, base62, zero-padded) */
+        ASSERT_EQ(0, cp_crypto_token_check(CP_PROXY_TOKEN_PREFIX, "nbx_0123456789abcdefghijABCDEFGHIJ3mpbCX"));
+}
+
 TEST(b64_round_trip_and_rejects_garbage) {
         const uint8_t in[5] = { 0, 1, 2, 250, 255 };
         char enc[16];
