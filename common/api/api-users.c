@@ -16,6 +16,7 @@
 #include "api-activity.h"
 #include "api-int.h"
 #include "cp/crypto.h"
+#include "cp/store-expose.h"
 
 #include <ctype.h>
 
@@ -127,6 +128,7 @@ static const char SQL_DELETE_PEER_POLICIES[] =
         " SELECT $4::int, $3, d.peer_id, $1, jsonb_build_object('name', d.name) FROM d";
 static const char SQL_DELETE_PEERS[] =
         "WITH d AS (DELETE FROM peers WHERE account_id = $1 AND user_id = $2 RETURNING *),"
+        CP_STORE_SQL_EXPOSE_GONE("d") ","
         " ev AS (INSERT INTO events (activity, initiator_id, target_id, account_id, meta)"
         "  SELECT $5::int, $4, d.id, d.account_id, " PEER_META_JSON("d")
         "  FROM d JOIN accounts a ON a.id = d.account_id WHERE d.meta_kernel_version <> 'wasm')"
