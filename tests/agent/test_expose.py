@@ -268,5 +268,59 @@ def deleted_peer_exposes_removed():
     assert changes(dep, sid) == [(0, CLUSTER, resp.domain), (2, CLUSTER, resp.domain)]
 
 
+@test
+def concurrent_sweeps_remove_each_once():
+    dep = Deployment()
+    connect_proxy(dep)
+    enable_expose(dep)
+    servers = [dep.start("--login-expiry-check-interval", "100ms") for _ in range(3)]
+    peers = [peer(dep, servers[i % 3], "p%d" % i) for i in range(4)]
+    ids = []
+    for i, a in enumerate(peers):
+        for j in range(5):
+            ids.append(service(dep, a.create_expose(7000 + j).domain)["id"])
+    dep.sql("UPDATE services SET expires_at = now() - interval '1 second'")
+    wait_until(lambda: dep.sql("SELECT count(*) FROM services")[0][0] == 0, timeout=30,
+               what="every expired expose swept")
+    for sid in ids:
+        assert [c[0] for c in changes(dep, sid)] == [0, 2], (sid, changes(dep, sid))
+        assert events(dep, sid) == [111, 113], (sid, events(dep, sid))
+
+
+@test
+def ephemeral_peer_sweep_removes_its_exposes():
+    dep = Deployment()
+    connect_proxy(dep)
+    enable_expose(dep)
+    srv = dep.start("--login-expiry-check-interval", "200ms", "--ephemeral-peer-lifetime", "1s")
+    a = dep.agent(srv)
+    a.register(dep.add_setup_key(ephemeral=True), meta=build_meta("eph"))
+    resp = a.create_expose(8080)
+    sid = service(dep, resp.domain)["id"]
+    dep.sql("UPDATE peers SET peer_status_last_seen = now() - interval '1 hour' WHERE ephemeral")
+    wait_until(lambda: service(dep, resp.domain) is None, timeout=20, what="the ephemeral peer swept")
+    assert changes(dep, sid) == [(0, CLUSTER, resp.domain), (2, CLUSTER, resp.domain)]
+
+
+@test
+def rest_peer_and_user_delete_remove_exposes():
+    dep, srv = setup()
+    a, b = peer(dep, srv, "rest-a"), peer(dep, srv, "rest-b")
+    ra, rb = a.create_expose(8080), b.create_expose(8080)
+    sa, sb = service(dep, ra.domain)["id"], service(dep, rb.domain)["id"]
+    auth = {"Authorization": "Token " + dep.admin_token}
+    st, _, body = svc.http("DELETE", srv.url("/api/peers/" + a.peer_id), headers=auth)
+    assert st == 200, (st, body)
+    assert service(dep, ra.domain) is None
+    assert changes(dep, sa) == [(0, CLUSTER, ra.domain), (2, CLUSTER, ra.domain)]
+    # A user's peers go with the user (here: b, moved to a fresh user).
+    dep.sql("INSERT INTO users (id, account_id, role) VALUES ('u-gone', %s, 'user')", (dep.account_id,))
+    dep.sql("UPDATE peers SET user_id = 'u-gone' WHERE id = %s", (b.peer_id,))
+    st, _, body = svc.http("DELETE", srv.url("/api/users/u-gone"), headers=auth)
+    assert st == 200, (st, body)
+    assert service(dep, rb.domain) is None
+    assert changes(dep, sb) == [(0, CLUSTER, rb.domain), (2, CLUSTER, rb.domain)]
+
+
 if __name__ == "__main__":
     raise SystemExit(svc.run_all())
