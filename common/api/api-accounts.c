@@ -11,6 +11,7 @@
  */
 #include "api-activity.h"
 #include "api-int.h"
+#include "cp/store-services.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -640,6 +641,15 @@ static int delete_account(api_ctx *c) {
         if (cp_store_rows_count(meta) != 1)
                 return api_error(c, 404, "account not found: %s", c->account_id);
         r = api_sql(c, SQL_DELETE_EVENTS, 1, p, NULL);
+        if (r == 0) {
+                /* its services go with it: proxies must drop them */
+                cp_error err = { 0 };
+                int64_t seq = 0;
+                if (cp_store_tx_proxy_services_removed(c->tx, c->account_id, NULL, &seq, &err) < 0)
+                        return api_internal(c, "proxy change log", &err);
+                if (seq > c->proxy_seq)
+                        c->proxy_seq = seq;
+        }
         if (r == 0)
                 r = api_sql(c, SQL_DELETE_ACCOUNT, 1, p, NULL);
         if (r == 0)

@@ -42,6 +42,33 @@ int cp_store_tx_proxy_change(struct cp_store_tx *tx, const char *account_id, con
         return 0;
 }
 
+int cp_store_tx_proxy_services_removed(struct cp_store_tx *tx, const char *account_id, const char *source_peer,
+                                       int64_t *ret_seq, cp_error *reterr) {
+        _cleanup_rows_ cp_store_rows *rows = NULL;
+        char lock[24];
+        int r;
+
+        if (ret_seq)
+                *ret_seq = 0;
+        (void) snprintf(lock, sizeof lock, "%" PRId64, CP_STORE_PROXY_CHANGES_LOCK);
+        const char *lp[] = { lock };
+        r = cp_store_tx_exec(tx, "SELECT pg_advisory_xact_lock($1::bigint)", 1, lp, NULL, reterr);
+        if (r < 0)
+                return r;
+        const char *p[] = { account_id, source_peer };
+        r = cp_store_tx_exec(tx,
+                             "WITH ins AS (INSERT INTO proxy_mapping_changes (account_id, service_id, op, cluster, domain)"
+                             " SELECT account_id, id, 2, proxy_cluster, domain FROM services"
+                             " WHERE account_id = $1 AND enabled AND ($2::text IS NULL OR source_peer = $2)"
+                             " ORDER BY id RETURNING seq) SELECT COALESCE(max(seq), 0) FROM ins",
+                             2, p, &rows, reterr);
+        if (r < 0)
+                return r;
+        if (ret_seq)
+                (void) cp_parse_int64(cp_store_rows_get(rows, 0, 0), 0, INT64_MAX, ret_seq);
+        return 0;
+}
+
 int cp_store_service_session_key_new(const uint8_t data_key[CP_DATA_KEY_LEN], char **ret_sealed,
                                      char ret_pub[CP_SESSION_PUB_B64_LEN], cp_error *reterr) {
         uint8_t seed[crypto_sign_SEEDBYTES], pk[crypto_sign_PUBLICKEYBYTES], sk[crypto_sign_SECRETKEYBYTES];

@@ -51,6 +51,14 @@ enum {
 int cp_store_tx_proxy_change(struct cp_store_tx *tx, const char *account_id, const char *service_id, int op,
                              const char *cluster, const char *domain, int64_t *ret_seq, cp_error *reterr);
 
+/* Appends a REMOVED row for every enabled service of account_id (with
+ * source_peer: only that peer's ephemeral services), for a caller about
+ * to delete them some other way (the account itself, the peer: the
+ * foreign keys cascade without telling proxies). *ret_seq (may be NULL)
+ * gets the highest seq written, 0 when none. */
+int cp_store_tx_proxy_services_removed(struct cp_store_tx *tx, const char *account_id, const char *source_peer,
+                                       int64_t *ret_seq, cp_error *reterr);
+
 /* ---- session signing keys ------------------------------------------------------
  * Each service has an Ed25519 key pair that signs its proxy session
  * tokens. Stored: the 32-byte seed sealed with the DataStoreEncryptionKey
