@@ -333,13 +333,14 @@ static int create_in(cp_store_tx *tx, const uint8_t data_key[CP_DATA_KEY_LEN], c
         bool found;
         int r;
 
+        /* NetBird's order: permission, domain, group names, cluster. */
         r = check_permission(tx, req, reterr);
         if (r == 0)
                 r = pick_domain(tx, req, ret->domain, reterr);
         if (r == 0)
-                r = derive_cluster(tx, req->account_id, ret->domain, ret->cluster, reterr);
-        if (r == 0)
                 r = build_auth(tx, req, &auth, reterr);
+        if (r == 0)
+                r = derive_cluster(tx, req->account_id, ret->domain, ret->cluster, reterr);
         if (r < 0)
                 return r;
         targets = build_targets(req);

@@ -15,16 +15,11 @@
 #include "management.pb-c.h"
 
 void mgmt_expose_changed(const mgmt_agent *a, int64_t seq) {
-        if (seq <= 0)
-                return;
-        /*
-         * INTEGRATOR: the proxies' streams learn of change-log rows from
-         * here. Wire this one call site to wt-pstream's hint once both are
-         * merged:
-         *         mgmt_proxy_changed(<the proxy hub>, seq);
-         * Until then proxies see the rows when they next read the log.
-         */
-        (void) a;
+        /* INTEGRATOR: the manager sets a->proxy_changed to its
+         * mgmt_manager_proxy_changed (wt-pstream: this replica's proxy
+         * streams plus the bus hint); until then it is NULL. */
+        if (seq > 0 && a->proxy_changed)
+                a->proxy_changed(a->proxy_changed_userdata, seq);
 }
 
 /* The account and peer of the sealed request's key (NetBird's

@@ -20,5 +20,5 @@ void mgmt_renew_expose(struct mgmt_agent_op *op);
 void mgmt_stop_expose(struct mgmt_agent_op *op);
 
 /* Tells the proxies' streams that the mapping change log reached seq (a
- * commit of this replica wrote it). Any thread. */
+ * commit of this replica wrote it) through a->proxy_changed. Any thread. */
 void mgmt_expose_changed(const mgmt_agent *a, int64_t seq);
