@@ -46,7 +46,8 @@
         "  'routing_peer_dns_resolution_enabled', " a ".settings_routing_peer_dns_resolution_enabled,"    \
         "  'dns_domain', " a ".settings_dns_domain,"                                                      \
         "  'network_range', COALESCE(" a ".settings_network_range, " a ".network_net)::text,"             \
-        "  'peer_expose_enabled', false, 'peer_expose_groups', '[]'::json,"                               \
+        "  'peer_expose_enabled', " a ".settings_peer_expose_enabled,"                                    \
+        "  'peer_expose_groups', to_json(" a ".settings_peer_expose_groups),"                             \
         "  'extra', json_build_object('peer_approval_enabled', " a ".settings_extra_peer_approval_enabled," \
         "   'user_approval_required', " a ".settings_extra_user_approval_required,"                       \
         "   'network_traffic_logs_enabled', false, 'network_traffic_logs_groups', '[]'::json,"            \
@@ -69,10 +70,10 @@ static const char SQL_OLD[] =
         " settings_peer_inactivity_expiration_enabled, settings_peer_inactivity_expiration,"
         " settings_groups_propagation_enabled, settings_routing_peer_dns_resolution_enabled,"
         " settings_dns_domain, settings_lazy_connection_enabled, settings_extra_peer_approval_enabled,"
-        " settings_extra_user_approval_required, network_net::text"
+        " settings_extra_user_approval_required, network_net::text, settings_peer_expose_enabled"
         " FROM accounts WHERE id = $1";
 enum { OLD_LOGIN_ON, OLD_LOGIN_NS, OLD_INACT_ON, OLD_INACT_NS, OLD_PROPAGATION, OLD_ROUTING_DNS,
-       OLD_DNS_DOMAIN, OLD_LAZY, OLD_PEER_APPROVAL, OLD_USER_APPROVAL, OLD_NETWORK };
+       OLD_DNS_DOMAIN, OLD_LAZY, OLD_PEER_APPROVAL, OLD_USER_APPROVAL, OLD_NETWORK, OLD_PEER_EXPOSE };
 
 /* An inactivity expiration of 0 (absent) keeps the stored one: NetBird
  * stores 0, which our schema refuses (and which means nothing while the
@@ -94,6 +95,11 @@ static const char SQL_SAVE[] =
         " settings_extra_peer_approval_enabled = $14::boolean,"
         " settings_extra_user_approval_required = $15::boolean,"
         " settings_network_range = COALESCE($16::cidr, settings_network_range)"
+        " WHERE id = $1";
+
+/* Which peers may expose their own services (CreateExpose). */
+static const char SQL_SAVE_EXPOSE[] =
+        "UPDATE accounts SET settings_peer_expose_enabled = $2::boolean, settings_peer_expose_groups = $3::text[]"
         " WHERE id = $1";
 
 static const char SQL_PEER_COUNT[] = "SELECT count(*) FROM peers WHERE account_id = $1";
@@ -176,6 +182,8 @@ typedef struct settings_req {
         const char *dns_domain;
         const char *network_range;
         bool lazy;
+        bool peer_expose;
+        cp_strbuf expose_groups;
         /* extra */
         bool has_extra;
         bool peer_approval;
@@ -208,8 +216,8 @@ static const field_spec settings_fields[] = {
         { "network_range", F_STR, SLOT(network_range) },
         { "lazy_connection_enabled", F_BOOL, SLOT(lazy) },
         { "network_range_v6", F_STR, NO_SLOT },
-        { "peer_expose_enabled", F_BOOL, NO_SLOT },
-        { "peer_expose_groups", F_STRARR, NO_SLOT },
+        { "peer_expose_enabled", F_BOOL, SLOT(peer_expose) },
+        { "peer_expose_groups", F_STRARR, SLOT(expose_groups) },
         { "auto_update_version", F_STR, NO_SLOT },
         { "auto_update_always", F_BOOL, NO_SLOT },
         { "metrics_push_enabled", F_BOOL, NO_SLOT },
@@ -303,6 +311,8 @@ static int parse_request(api_ctx *c, settings_req *s) {
                 return API_FAIL;
         if (s->jwt_allow.len == 0)
                 cp_strbuf_adds(&s->jwt_allow, "{}");
+        if (s->expose_groups.len == 0)
+                cp_strbuf_adds(&s->expose_groups, "{}");
         return 0;
 }
 
@@ -408,6 +418,8 @@ static int validate(api_ctx *c, const settings_req *s, range4 *range) {
                 return api_error(c, 422, "peer inactivity expiration can't be negative");
         if (s->dns_domain && *s->dns_domain && !domain_ok(s->dns_domain))
                 return api_error(c, 422, "invalid domain \"%s\" provided for dns domain", s->dns_domain);
+        if (s->peer_expose && strcmp(s->expose_groups.buf, "{}") == 0)
+                return api_error(c, 422, "peer expose requires at least one group");
         return 0;
 }
 
@@ -511,6 +523,9 @@ static int settings_events(api_ctx *c, const settings_req *s, cp_store_rows *old
         if (r == 0 && range_changed)
                 r = api_event_kv(c, API_ACT_ACCOUNT_NETWORK_RANGE_UPDATED, c->account_id, "old_network_range",
                                  cp_store_rows_get(old, 0, OLD_NETWORK), "new_network_range", range->text, NULL);
+        if (r == 0)
+                r = toggle_event(c, col_true(old, OLD_PEER_EXPOSE), s->peer_expose,
+                                 API_ACT_ACCOUNT_PEER_EXPOSE_ENABLED, API_ACT_ACCOUNT_PEER_EXPOSE_DISABLED);
         if (r == 0 && s->has_extra)
                 r = toggle_event(c, col_true(old, OLD_PEER_APPROVAL), s->peer_approval,
                                  API_ACT_ACCOUNT_PEER_APPROVAL_ENABLED, API_ACT_ACCOUNT_PEER_APPROVAL_DISABLED);
@@ -541,7 +556,11 @@ static int save_settings(api_ctx *c, const settings_req *s, const range4 *range,
                 tf(s->lazy),    tf(s->peer_approval), tf(s->user_approval),
                 has_range ? range->text : NULL,
         };
-        return api_sql(c, SQL_SAVE, 16, p, NULL);
+        int r = api_sql(c, SQL_SAVE, 16, p, NULL);
+        if (r < 0)
+                return r;
+        const char *e[3] = { c->account_id, tf(s->peer_expose), s->expose_groups.buf };
+        return api_sql(c, SQL_SAVE_EXPOSE, 3, e, NULL);
 }
 
 /* The stored extra settings stand when the request has no "extra". */
@@ -590,12 +609,14 @@ static int update_account(api_ctx *c) {
         int r;
 
         cp_strbuf_init(&s.jwt_allow);
+        cp_strbuf_init(&s.expose_groups);
         r = parse_request(c, &s);
         if (r == 0 && strcmp(c->param[0], c->account_id) != 0)
                 r = api_error(c, 403, "failed to validate user permissions: user is not part of this account");
         if (r == 0)
                 r = update_settings(c, &s);
         cp_strbuf_release(&s.jwt_allow);
+        cp_strbuf_release(&s.expose_groups);
         return r;
 }
 

@@ -53,6 +53,7 @@ typedef enum api_module {
         API_MOD_EVENTS,
         API_MOD_NETWORKS,
         API_MOD_SERVICES,       /* the reverse proxy */
+        API_MOD_REMOTE_JOBS,    /* /api/peers/{id}/jobs (api-unserved.c) */
 } api_module;
 
 typedef enum api_op {

@@ -404,6 +404,11 @@ static const char SQL_DELETE_PEER_POLICIES[] =
         " INSERT INTO events (activity, initiator_id, target_id, account_id, meta)"
         " SELECT $4::int, $3, $2, $1, jsonb_build_object('name', d.name) FROM d";
 
+/* Whether the peer exposed a service proxies serve (its deletion then
+ * writes REMOVED change rows: cp/store-expose.h). */
+static const char SQL_PEER_EXPOSES[] =
+        "SELECT EXISTS (SELECT 1 FROM services WHERE account_id = $1 AND source_peer = $2 AND enabled)";
+static const char SQL_LAST_PROXY_SEQ[] = "SELECT COALESCE(max(seq), 0) FROM proxy_mapping_changes";
 /* NetBird's validatePeerDelete: a peer that is a network router stays. */
 static const char SQL_PEER_ROUTER[] =
         "SELECT id FROM network_routers WHERE account_id = $1 AND peer = $2 ORDER BY id LIMIT 1";
@@ -432,11 +437,25 @@ static int delete_peer(api_ctx *c) {
         r = api_sql(c, SQL_DELETE_PEER_POLICIES, 4, q, NULL);
         if (r < 0)
                 return r;
+        _cleanup_rows_ cp_store_rows *exposed = NULL;
+        r = api_sql(c, SQL_PEER_EXPOSES, 2, q, &exposed);
+        if (r < 0)
+                return r;
         r = cp_store_tx_peer_delete(c->tx, c->account_id, id, c->user_id, c->api->dns_domain, &err);
         if (r == -ENOENT)
                 return api_error(c, 404, "peer %s account not found", id);
         if (r < 0)
                 return api_internal(c, "deleting the peer", &err);
+        if (cp_store_rows_bool(exposed, 0, 0)) {
+                /* The delete wrote REMOVED change rows for the services
+                 * the peer exposed and holds the change-log lock, so the
+                 * highest seq this transaction sees is its own. */
+                _cleanup_rows_ cp_store_rows *seq = NULL;
+                r = api_sql(c, SQL_LAST_PROXY_SEQ, 0, NULL, &seq);
+                if (r < 0)
+                        return r;
+                c->proxy_seq = strtoll(cp_store_rows_get(seq, 0, 0), NULL, 10);
+        }
         /* The fan-out this triggers ends the peer's own Sync stream with
          * its last, empty map (services/management/agent/mgmt-sync.c). */
         api_changed(c);

@@ -16,6 +16,7 @@
 #include "api-activity.h"
 #include "api-int.h"
 #include "cp/crypto.h"
+#include "cp/store-expose.h"
 
 #include <ctype.h>
 
@@ -127,10 +128,11 @@ static const char SQL_DELETE_PEER_POLICIES[] =
         " SELECT $4::int, $3, d.peer_id, $1, jsonb_build_object('name', d.name) FROM d";
 static const char SQL_DELETE_PEERS[] =
         "WITH d AS (DELETE FROM peers WHERE account_id = $1 AND user_id = $2 RETURNING *),"
+        CP_STORE_SQL_EXPOSE_GONE("d") ","
         " ev AS (INSERT INTO events (activity, initiator_id, target_id, account_id, meta)"
         "  SELECT $5::int, $4, d.id, d.account_id, " PEER_META_JSON("d")
         "  FROM d JOIN accounts a ON a.id = d.account_id WHERE d.meta_kernel_version <> 'wasm')"
-        " SELECT count(*) FROM d";
+        " SELECT count(*), COALESCE((SELECT max(seq) FROM xc), 0) FROM d";
 /* Tokens go with the user (foreign key cascade). */
 static const char SQL_DELETE_USER[] = "DELETE FROM users WHERE account_id = $1 AND id = $2";
 
@@ -606,6 +608,10 @@ static int delete_regular_user(api_ctx *c, const char *id, cp_store_rows *row) {
                 return r;
         if (strcmp(cp_store_rows_get(gone, 0, 0), "0") != 0)
                 api_changed(c);
+        /* The REMOVED change rows of the services its peers exposed. */
+        int64_t seq = strtoll(cp_store_rows_get(gone, 0, 1), NULL, 10);
+        if (seq > c->proxy_seq)
+                c->proxy_seq = seq;
         r = api_sql(c, SQL_DELETE_USER, 2, pu, NULL);
         if (r < 0)
                 return r;

@@ -1,4 +1,5 @@
 #include "cp/base.h"
+#include "cp/store-expose.h"
 #include "store-int.h"
 
 /* The peer record's columns, read by peer_from_row() in store-peers.c by
@@ -387,9 +388,12 @@ static const struct {
                 " COALESCE((SELECT posture FROM u), FALSE)"
                 " FROM o", 24 },
         /* Delete and log in one statement, so the event carries the
-         * deleted row's values; group_peers rows go by cascade. */
+         * deleted row's values; group_peers rows go by cascade, and so
+         * do the services the peer exposed, whose REMOVED change rows
+         * the proxies read are written here. */
         [ST_PEER_DELETE] = { "peer_delete",
-                "WITH d AS (DELETE FROM peers WHERE account_id = $1 AND id = $2 RETURNING *)"
+                "WITH d AS (DELETE FROM peers WHERE account_id = $1 AND id = $2 RETURNING *),"
+                CP_STORE_SQL_EXPOSE_GONE("d")
                 " INSERT INTO events (activity, initiator_id, target_id, account_id, meta)"
                 " SELECT $5::int, COALESCE($3, NULLIF(d.user_id, ''), 'sys'), d.id, d.account_id, "
                 PEER_EVENT_META("d", "$4")
@@ -555,6 +559,7 @@ static const struct {
                 " AND NOT p.peer_status_connected"
                 " AND p.peer_status_last_seen <= CURRENT_TIMESTAMP - $2::bigint * interval '1 microsecond'"
                 " RETURNING p.*),"
+                CP_STORE_SQL_EXPOSE_GONE("d") ","
                 " pr AS (SELECT r.policy_id, min(d.id) AS peer_id FROM policy_rules r JOIN d"
                 " ON r.source_resource_id = d.id OR r.destination_resource_id = d.id"
                 " WHERE r.account_id = $1 GROUP BY r.policy_id),"

@@ -321,6 +321,20 @@ class Agent:
         req = pb.ExtendAuthSessionRequest(jwtToken=jwt_token, meta=meta if meta is not None else build_meta())
         return self._encrypted_unary("ExtendAuthSession", req, pb.ExtendAuthSessionResponse)
 
+    def create_expose(self, port, protocol=0, pin="", password="", user_groups=(), domain="", name_prefix="",
+                      listen_port=0):
+        """CreateExpose (NetBird's `netbird expose`); protocol an ExposeProtocol value."""
+        req = pb.ExposeServiceRequest(port=port, protocol=protocol, pin=pin, password=password,
+                                      user_groups=list(user_groups), domain=domain, name_prefix=name_prefix,
+                                      listen_port=listen_port)
+        return self._encrypted_unary("CreateExpose", req, pb.ExposeServiceResponse)
+
+    def renew_expose(self, domain):
+        return self._encrypted_unary("RenewExpose", pb.RenewExposeRequest(domain=domain), pb.RenewExposeResponse)
+
+    def stop_expose(self, domain):
+        return self._encrypted_unary("StopExpose", pb.StopExposeRequest(domain=domain), pb.StopExposeResponse)
+
     # -- streams ----------------------------------------------------------------
 
     def sync(self, meta=None, timeout=120.0, metadata=None):

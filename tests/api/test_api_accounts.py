@@ -378,5 +378,23 @@ def delete_account_removes_everything():
     assert api.as_token(b["ADMIN_TOKEN"]).ok("GET", "/api/accounts")[0]["id"] == other
 
 
+@test
+def peer_expose_settings_are_kept():
+    dep, srv, api = apifix.start()
+    gid = apifix.all_group(api)
+    path = "/api/accounts/" + dep.account_id
+    ev0 = last_event_id(dep)
+    api.error("PUT", path, 422, settings(peer_expose_enabled=True), message="peer expose requires at least one group")
+    a = api.ok("PUT", path, settings(peer_expose_enabled=True, peer_expose_groups=[gid]))
+    assert a["settings"]["peer_expose_enabled"] is True and a["settings"]["peer_expose_groups"] == [gid], a
+    assert api.ok("GET", "/api/accounts")[0]["settings"]["peer_expose_groups"] == [gid]
+    assert dep.sql("SELECT settings_peer_expose_enabled, settings_peer_expose_groups FROM accounts"
+                   " WHERE id = %s", (dep.account_id,))[0] == (True, [gid])
+    a = api.ok("PUT", path, settings())
+    assert a["settings"]["peer_expose_enabled"] is False and a["settings"]["peer_expose_groups"] == [], a
+    codes = [r[0] for r in dep.sql("SELECT activity FROM events WHERE id > %s ORDER BY id", (ev0,))]
+    assert codes == [114, 115], codes       # AccountPeerExposeEnabled, AccountPeerExposeDisabled
+
+
 if __name__ == "__main__":
     apifix.run_tests()

@@ -58,6 +58,13 @@ typedef struct mgmt_agent {
          * the connection address of a Login or Sync is looked up and
          * stored with the peer (docs/protocol.md "Location"). */
         struct cp_geo *geo;
+        /* Called (any thread) after a commit of this replica wrote proxy
+         * mapping change-log rows up to seq: CreateExpose, StopExpose and
+         * the expose sweep (mgmt-expose.h). Set by the manager to tell
+         * the ProxyService streams here and on the other replicas; NULL:
+         * the proxies find the rows when they next read the log. */
+        void (*proxy_changed)(void *userdata, int64_t seq);
+        void *proxy_changed_userdata;
 } mgmt_agent;
 
 /* The handler of an encrypted RPC: runs on a worker with the opened

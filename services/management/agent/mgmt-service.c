@@ -5,6 +5,7 @@
 #include "cp/base.h"
 #include "cp/util.h"
 #include "mgmt-agent-int.h"
+#include "mgmt-expose.h"
 #include "mgmt-service.h"
 #include "mgmt-sync.h"
 
@@ -149,9 +150,9 @@ static const service_rpc rpcs[_CP_PROTO_MGMT_MAX] = {
         [CP_PROTO_MGMT_LOGOUT] = { CP_PROTO_MGMT_LOGOUT, mgmt_logout, NULL },
         [CP_PROTO_MGMT_JOB] = { CP_PROTO_MGMT_JOB, NULL, rpc_unimplemented },
         [CP_PROTO_MGMT_EXTEND_AUTH_SESSION] = { CP_PROTO_MGMT_EXTEND_AUTH_SESSION, mgmt_extend_session, NULL },
-        [CP_PROTO_MGMT_CREATE_EXPOSE] = { CP_PROTO_MGMT_CREATE_EXPOSE, NULL, rpc_unimplemented },
-        [CP_PROTO_MGMT_RENEW_EXPOSE] = { CP_PROTO_MGMT_RENEW_EXPOSE, NULL, rpc_unimplemented },
-        [CP_PROTO_MGMT_STOP_EXPOSE] = { CP_PROTO_MGMT_STOP_EXPOSE, NULL, rpc_unimplemented },
+        [CP_PROTO_MGMT_CREATE_EXPOSE] = { CP_PROTO_MGMT_CREATE_EXPOSE, mgmt_create_expose, NULL },
+        [CP_PROTO_MGMT_RENEW_EXPOSE] = { CP_PROTO_MGMT_RENEW_EXPOSE, mgmt_renew_expose, NULL },
+        [CP_PROTO_MGMT_STOP_EXPOSE] = { CP_PROTO_MGMT_STOP_EXPOSE, mgmt_stop_expose, NULL },
 };
 
 static mgmt_rpc_kind kind_of(cp_proto_streaming s) {

@@ -8,6 +8,8 @@
 #include "mgmt-sync-int.h"
 
 #include "cp/store-ephemeral.h"
+#include "cp/store-expose.h"
+#include "mgmt-expose.h"
 
 static const cp_log_ctx log_ctx = { .component = "sync" };
 
@@ -145,6 +147,12 @@ typedef struct expiry_check {
         size_t n_eph_peers;
         int eph_r;
         cp_error eph_err;
+        /* The expired peer-exposed services on the same beat. */
+        cp_store_expired_expose *exposes;
+        size_t n_exposes;
+        int64_t expose_seq;
+        int expose_r;
+        cp_error expose_err;
 } expiry_check;
 
 /* Worker: one statement marks what expired since the last check (by any
@@ -165,6 +173,24 @@ static void expiry_check_work(void *userdata) {
                 c->eph_r = cp_store_ephemeral_sweep(c->hub->agent->store, lifetime,
                                                     c->hub->agent->config->dns_domain, &c->eph_accts,
                                                     &c->n_eph, &c->eph_peers, &c->n_eph_peers, &c->eph_err);
+        /* Peer-exposed services past their TTL (NetBird's expose reaper;
+         * any replica, each row once, with its REMOVED change row). */
+        c->expose_r = cp_store_expose_sweep(c->hub->agent->store, &c->exposes, &c->n_exposes, &c->expose_seq,
+                                            &c->expose_err);
+}
+
+/* After the expose sweep's commit: the proxies learn of the removals. */
+static void expose_done(mgmt_sync *h, expiry_check *c) {
+        if (c->expose_r < 0)
+                cp_log_kv(&log_ctx, CP_LOG_WARN, "cannot delete expired exposed services", "error",
+                          c->expose_err.message, NULL);
+        for (size_t i = 0; i < c->n_exposes; i++) {
+                cp_log_ctx ctx = { .component = "sync", .account = c->exposes[i].account_id };
+                cp_log_kv(&ctx, CP_LOG_INFO, "expired expose session removed", "peer", c->exposes[i].peer_id,
+                          "domain", c->exposes[i].domain, NULL);
+        }
+        mgmt_expose_changed(h->agent, c->expose_seq);
+        free(c->exposes);
 }
 
 /* After the sweep's commit: each changed account's new serial is
@@ -215,6 +241,7 @@ static void expiry_check_done(mgmt_grpc *g, void *userdata) {
                 mgmt_sync_local_change(h, c->accts[i].account_id, c->accts[i].serial);
         }
         ephemeral_done(h, c);
+        expose_done(h, c);
         free(c->accts);
         free(c->peers);
         free(c);
