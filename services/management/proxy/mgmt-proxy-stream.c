@@ -915,7 +915,7 @@ void mgmt_proxy_tick(mgmt_proxy *p) {
                 return;
         tick_post *t = cp_xcalloc(1, sizeof *t);
         t->hub = p;
-        if (now - p->last_poll_ms >= p->poll_ms) {
+        if (p->poll_ms > 0 && now - p->last_poll_ms >= p->poll_ms) {
                 p->last_poll_ms = now;
                 t->poll = true;
         }
