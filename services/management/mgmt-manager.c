@@ -747,7 +747,8 @@ int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf,
                 cp_api_options ao = { .store = m->store, .dns_domain = cfg->dns_domain, .version = MGMT_VERSION,
                                       .announce = api_announce, .announce_userdata = m,
                                       .snapshot_peek = api_snapshot_peek, .snapshot_userdata = m,
-                                      .jwt = m->jwt, .identity = m->identity, .geo = m->geo };
+                                      .jwt = m->jwt, .identity = m->identity, .geo = m->geo,
+                                      .data_key = data_key };
                 r = cp_api_new(&ao, &m->api, reterr);
                 if (r < 0)
                         goto fail;
