@@ -365,5 +365,96 @@ def periodic_token_check():
     assert s.wait_end(10) == (UNAUTH, "token expired or revoked")
 
 
+@test
+def rest_changes_and_revocation_across_replicas():
+    """The REST API on replica 1 (its proxy hooks and the bus) reaches a
+    proxy connected to replica 3: a service created, modified, deleted;
+    then its account-scoped token revoked."""
+    dep, (r1, _r2, r3) = cluster(3)
+    cl = "byop.proxy.test"
+    st, t = pc.rest(r1, dep.admin_token, "POST", "/api/reverse-proxies/proxy-tokens", {"name": "edge"})
+    assert st == 200, (st, t)
+    s = stream(proxy(r3, t["plain_token"]))
+    s.send_init("rest-proxy", cl)
+    assert pc.snapshot(s)[0] == []
+    pid = "peer" + secrets.token_hex(8)
+    dep.sql("INSERT INTO peers (id, account_id, key, ip, name, dns_label) VALUES (%s, %s, %s, %s, %s, %s)",
+            (pid, dep.account_id, secrets.token_hex(16) + "=", str(dep.network.network_address + 7), pid, pid))
+    body = {"name": "app", "domain": "app." + cl, "enabled": True,
+            "targets": [{"target_id": pid, "target_type": "peer", "protocol": "http", "port": 8080,
+                         "enabled": True}]}
+    st, svc_ = pc.rest(r1, dep.admin_token, "POST", "/api/reverse-proxies/services", body)
+    assert st == 200, (st, svc_)
+    _, r = s.next(timeout=10)
+    assert [(m.id, m.type, m.domain) for m in r.mapping] == [(svc_["id"], pb.UPDATE_TYPE_CREATED, "app." + cl)]
+    assert r.mapping[0].path[0].target.startswith("http://")
+    s.send_ack()
+    body["name"] = "app2"
+    st, _ = pc.rest(r1, dep.admin_token, "PUT", "/api/reverse-proxies/services/" + svc_["id"], body)
+    assert st == 200
+    _, r = s.next(timeout=10)
+    assert [(m.id, m.type) for m in r.mapping] == [(svc_["id"], pb.UPDATE_TYPE_MODIFIED)]
+    s.send_ack()
+    st, _ = pc.rest(r1, dep.admin_token, "DELETE", "/api/reverse-proxies/services/" + svc_["id"])
+    assert st == 200
+    _, r = s.next(timeout=10)
+    assert [(m.id, m.type) for m in r.mapping] == [(svc_["id"], pb.UPDATE_TYPE_REMOVED)]
+    s.send_ack()
+    st, _ = pc.rest(r1, dep.admin_token, "DELETE", "/api/reverse-proxies/proxy-tokens/" + t["id"])
+    assert st == 200, st
+    assert s.wait_end(10) == (UNAUTH, "token expired or revoked")
+
+
+@test
+def get_mapping_update_changes_and_superseding():
+    dep = Deployment()
+    srv = server(dep)
+    _, tok = pc.add_token(dep)
+    p = proxy(srv, tok)
+    call = p.get_mapping_update("gmu-1", CLUSTER)
+    first = next(call)
+    assert first.initial_sync_complete and not first.mapping
+    new, seq = pc.add_services(dep, dep.account_id, CLUSTER, n=2, change=True)
+    # No hint and no poll here: a second connection of the same proxy
+    # (it supersedes the first) gets them in its snapshot.
+    s = stream(p)
+    s.send_init("gmu-1", CLUSTER)
+    maps, _ = pc.snapshot(s)
+    assert sorted(m.id for m in maps) == sorted(new)
+    try:
+        next(call)
+        raise AssertionError("the superseded stream went on")
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.CANCELLED, e
+    row = proxies_row(dep, "gmu-1")
+    assert row[0] == "connected"
+    # Changes on the legacy RPC, one mapping per message, read on the
+    # poll (--serial-check-interval 1s) without any hint.
+    srv2 = server(dep, "--serial-check-interval", "1s")
+    p2 = proxy(srv2, tok)
+    call = p2.get_mapping_update("gmu-2", CLUSTER)
+    assert len(next(call).mapping) == 2
+    more, _ = pc.add_services(dep, dep.account_id, CLUSTER, n=2, change=True)
+    got = [next(call), next(call)]
+    assert [len(r.mapping) for r in got] == [1, 1] and sorted(r.mapping[0].id for r in got) == sorted(more)
+    call.cancel()
+
+
+@test
+def drain_at_shutdown():
+    dep = Deployment()
+    srv = server(dep)
+    _, tok = pc.add_token(dep)
+    s = stream(proxy(srv, tok))
+    s.send_init("drain-1", CLUSTER)
+    pc.snapshot(s)
+    body = svc.http("GET", "http://127.0.0.1:%d/metrics" % srv.http_port)[2].decode()
+    assert "netbird_cp_proxy_streams 1" in body, [l for l in body.splitlines() if "proxy" in l]
+    srv.signal()
+    assert s.wait_end(10) == (grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+    assert srv.wait(20) == 0
+    assert proxies_row(dep, "drain-1")[0] == "disconnected"
+
+
 if __name__ == "__main__":
     svc.run_all()

@@ -278,5 +278,5 @@ mgmt_proxy *mgmt_proxy_free(mgmt_proxy *p) {
 }
 
 size_t mgmt_proxy_connected(const mgmt_proxy *p) {
-        return p ? atomic_load(&((mgmt_proxy *) p)->n_streams) : 0;
+        return p ? atomic_load(&((mgmt_proxy *) p)->n_connected) : 0;
 }

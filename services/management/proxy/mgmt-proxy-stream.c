@@ -37,6 +37,7 @@
 #include "cp/store-proxyconn.h"
 #include "cp/util.h"
 #include "mgmt-proxy-int.h"
+#include "mgmt-metrics.h"
 #include "mgmt-proxy-onetime.h"
 
 #include <arpa/inet.h>
@@ -87,6 +88,7 @@ struct mgmt_proxy_stream {
         int64_t live_seq;               /* last change-log row handled */
         int64_t checked_seq;            /* hints up to this were read and had nothing */
         bool want_changes;              /* read the change log when idle */
+        bool retry_changes;             /* a read failed: again at the next tick */
         uint64_t sent;                  /* messages sent */
 
         /* The pipeline. */
@@ -172,6 +174,8 @@ static void maybe_free(mgmt_proxy_stream *s) {
         if (!s->over || s->jobs > 0)
                 return;
         if (s->registered) {
+                atomic_fetch_sub(&p->n_connected, 1);
+                mgmt_metrics_proxy_streams(-1);
                 disconnect *d = cp_xcalloc(1, sizeof *d);
                 d->hub = p;
                 memcpy(d->proxy_id, s->proxy_id, sizeof d->proxy_id);
@@ -535,6 +539,13 @@ static void job_done(mgmt_call *c, void *userdata) {
                 goto out;
         }
         s->data_job = false;
+        if (j->kind == JOB_OPEN && j->status == GRPC_STATUS_OK) {
+                /* The row is written: ours to mark disconnected at the
+                 * end, even when the stream ended meanwhile. */
+                s->registered = true;
+                atomic_fetch_add(&s->hub->n_connected, 1);
+                mgmt_metrics_proxy_streams(1);
+        }
         if (s->ending || s->over || j->status == GRPC_STATUS_CANCELLED)
                 goto out;
         switch (j->kind) {
@@ -557,7 +568,6 @@ static void job_done(mgmt_call *c, void *userdata) {
                         end(s, j->status, j->msg);
                         break;
                 }
-                s->registered = true;
                 s->live_seq = j->seq;
                 s->checked_seq = j->seq;
                 s->phase = PS_SNAPSHOT;
@@ -581,8 +591,14 @@ static void job_done(mgmt_call *c, void *userdata) {
                 break;
         case JOB_CHANGES:
                 s->live_seq = j->seq;
-                if (j->status != GRPC_STATUS_OK)
+                if (j->status != GRPC_STATUS_OK) {
+                        /* The database is away: not in a loop; the next
+                         * tick (a second) tries again. */
+                        if (j->target_seq > s->checked_seq)
+                                s->checked_seq = j->target_seq;
+                        s->retry_changes = true;
                         break;
+                }
                 if (j->buf) {
                         s->ready = j->buf;
                         s->ready_len = j->len;
@@ -780,7 +796,7 @@ void mgmt_proxy_stream_on_close(mgmt_proxy *p, mgmt_call *c, bool cancelled) {
 /* ---- hints and periodic work ----------------------------------------------------- */
 
 void mgmt_proxy_on_grpc_start(mgmt_grpc *g, mgmt_proxy *p) {
-        p->grpc = g;
+        atomic_store(&p->grpc, g);
 }
 
 static void kick_all(mgmt_grpc *g, void *userdata) {
@@ -800,15 +816,17 @@ static void want_all(mgmt_grpc *g, void *userdata) {
 }
 
 void mgmt_proxy_changed(mgmt_proxy *p, int64_t seq) {
-        if (!p || !p->grpc)
+        mgmt_grpc *g = p ? atomic_load(&p->grpc) : NULL;
+
+        if (!g)
                 return;
         if (seq > 0) {
                 int64_t cur = atomic_load(&p->hint_seq);
                 while (seq > cur && !atomic_compare_exchange_weak(&p->hint_seq, &cur, seq))
                         ;
-                mgmt_grpc_post(p->grpc, kick_all, p);
+                mgmt_grpc_post(g, kick_all, p);
         } else
-                mgmt_grpc_post(p->grpc, want_all, p);
+                mgmt_grpc_post(g, want_all, p);
 }
 
 typedef struct revoke_post {
@@ -836,12 +854,14 @@ static void on_revoked(mgmt_grpc *g, void *userdata) {
 }
 
 void mgmt_proxy_token_revoked(mgmt_proxy *p, const char *token_id) {
-        if (!p || !p->grpc)
+        mgmt_grpc *g = p ? atomic_load(&p->grpc) : NULL;
+
+        if (!g)
                 return;
         revoke_post *r = cp_xcalloc(1, sizeof *r);
         r->hub = p;
         (void) snprintf(r->token_id, sizeof r->token_id, "%s", token_id ? token_id : "");
-        mgmt_grpc_post(p->grpc, on_revoked, r);
+        mgmt_grpc_post(g, on_revoked, r);
 }
 
 typedef struct tick_post {
@@ -874,8 +894,10 @@ static void on_tick(mgmt_grpc *g, void *userdata) {
                         if (start_job(s, j) < 0)
                                 s->heartbeat_job = false;
                 }
-                if (t->poll)
+                if (t->poll || s->retry_changes) {
                         s->want_changes = true;
+                        s->retry_changes = false;
+                }
                 pump(s);
         }
         free(t);
@@ -910,8 +932,9 @@ static void start_reap(mgmt_grpc *g, void *userdata) {
 
 void mgmt_proxy_tick(mgmt_proxy *p) {
         int64_t now = now_ms();
+        mgmt_grpc *g = p ? atomic_load(&p->grpc) : NULL;
 
-        if (!p || !p->grpc)
+        if (!g)
                 return;
         tick_post *t = cp_xcalloc(1, sizeof *t);
         t->hub = p;
@@ -919,11 +942,11 @@ void mgmt_proxy_tick(mgmt_proxy *p) {
                 p->last_poll_ms = now;
                 t->poll = true;
         }
-        mgmt_grpc_post(p->grpc, on_tick, t);
+        mgmt_grpc_post(g, on_tick, t);
         /* Every 5 minutes, as NetBird's sweep. */
         if (now - p->last_reap_ms >= 5 * 60 * 1000 && !atomic_exchange(&p->reap_queued, true)) {
                 p->last_reap_ms = now;
-                mgmt_grpc_post(p->grpc, start_reap, p);
+                mgmt_grpc_post(g, start_reap, p);
         }
 }
 
@@ -936,6 +959,8 @@ static void on_drain(mgmt_grpc *g, void *userdata) {
 }
 
 void mgmt_proxy_drain(mgmt_proxy *p) {
-        if (p && p->grpc)
-                mgmt_grpc_post(p->grpc, on_drain, p);
+        mgmt_grpc *g = p ? atomic_load(&p->grpc) : NULL;
+
+        if (g)
+                mgmt_grpc_post(g, on_drain, p);
 }
