@@ -124,7 +124,8 @@ typedef struct job {
         uint8_t *buf;                   /* the packed message, or NULL */
         size_t len;
         bool valid;                     /* TOKEN */
-        /* AUTH of GetMappingUpdate: the decoded request. */
+        /* AUTH: the token; for GetMappingUpdate the decoded request. */
+        mgmt_proxy_token token;
         Management__GetMappingUpdateRequest *req;
 } job;
 
@@ -239,7 +240,7 @@ static grpc_slice read_payload(grpc_byte_buffer *bb) {
 static void work_auth(job *j) {
         mgmt_proxy_stream *s = j->s;
 
-        if (mgmt_proxy_authenticate(s->hub, s->call, &s->token, &j->status, j->msg, sizeof j->msg) < 0)
+        if (mgmt_proxy_authenticate(s->hub, s->call, &j->token, &j->status, j->msg, sizeof j->msg) < 0)
                 return;
         if (!s->bidi) {
                 grpc_slice sl = read_payload(j->payload);
@@ -554,6 +555,7 @@ static void job_done(mgmt_call *c, void *userdata) {
                         end(s, j->status, j->msg);
                         break;
                 }
+                s->token = j->token;
                 (void) snprintf(s->ip, sizeof s->ip, "%s", mgmt_call_peer_ip(c));
                 if (s->bidi) {
                         s->phase = PS_INIT;
@@ -633,12 +635,16 @@ static int start_job(mgmt_proxy_stream *s, job *j) {
         s->jobs++;
         r = mgmt_call_offload(s->call, job_work, job_done, j);
         if (r < 0) {
+                bool data = j->kind != JOB_TOKEN && j->kind != JOB_HEARTBEAT;
                 s->jobs--;
-                if (j->kind != JOB_TOKEN && j->kind != JOB_HEARTBEAT)
+                if (data)
                         s->data_job = false;
                 if (j->payload)
                         grpc_byte_buffer_destroy(j->payload);
                 free(j);
+                /* A token check or heartbeat waits for the next tick. */
+                if (!data)
+                        return r;
                 if (r == -EAGAIN)
                         end(s, GRPC_STATUS_RESOURCE_EXHAUSTED, "server is busy, please try again later");
                 else
@@ -848,7 +854,7 @@ static void on_revoked(mgmt_grpc *g, void *userdata) {
         revoke_post *r = userdata;
 
         for (mgmt_proxy_stream *s = r->hub->streams; s; s = s->next)
-                if (!r->token_id[0] || strcmp(s->token.id, r->token_id) == 0)
+                if (s->phase >= PS_INIT && (!r->token_id[0] || strcmp(s->token.id, r->token_id) == 0))
                         check_token(s);
         free(r);
 }
