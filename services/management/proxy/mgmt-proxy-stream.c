@@ -824,7 +824,9 @@ static void want_all(mgmt_grpc *g, void *userdata) {
 void mgmt_proxy_changed(mgmt_proxy *p, int64_t seq) {
         mgmt_grpc *g = p ? atomic_load(&p->grpc) : NULL;
 
-        if (!g)
+        /* Once stopping, the streams are being drained: nothing to do
+         * (and nothing allocated for a post that might be dropped). */
+        if (!g || mgmt_grpc_stopping(g))
                 return;
         if (seq > 0) {
                 int64_t cur = atomic_load(&p->hint_seq);
@@ -862,7 +864,9 @@ static void on_revoked(mgmt_grpc *g, void *userdata) {
 void mgmt_proxy_token_revoked(mgmt_proxy *p, const char *token_id) {
         mgmt_grpc *g = p ? atomic_load(&p->grpc) : NULL;
 
-        if (!g)
+        /* Once stopping, the streams are being drained: nothing to do
+         * (and nothing allocated for a post that might be dropped). */
+        if (!g || mgmt_grpc_stopping(g))
                 return;
         revoke_post *r = cp_xcalloc(1, sizeof *r);
         r->hub = p;
@@ -940,7 +944,7 @@ void mgmt_proxy_tick(mgmt_proxy *p) {
         int64_t now = now_ms();
         mgmt_grpc *g = p ? atomic_load(&p->grpc) : NULL;
 
-        if (!g)
+        if (!g || mgmt_grpc_stopping(g))
                 return;
         tick_post *t = cp_xcalloc(1, sizeof *t);
         t->hub = p;
