@@ -441,6 +441,23 @@ def get_mapping_update_changes_and_superseding():
 
 
 @test
+def heartbeat_and_stale_rows():
+    dep = Deployment()
+    srv = server(dep, env={"NB_PROXY_HEARTBEAT_INTERVAL": "1s", "NB_PROXY_STALE_AFTER": "4s"})
+    _, tok = pc.add_token(dep)
+    dep.sql("INSERT INTO proxies (id, session_id, cluster_address, status, last_seen)"
+            " VALUES ('gone', 's', %s, 'disconnected', now() - interval '2 hours')", (CLUSTER,))
+    s = stream(proxy(srv, tok))
+    s.send_init("alive", CLUSTER)
+    pc.snapshot(s)
+    seen0 = dep.sql("SELECT last_seen FROM proxies WHERE id = 'alive'")[0][0]
+    wait_until(lambda: dep.sql("SELECT last_seen > %s FROM proxies WHERE id = 'alive'", (seen0,)) == [(True,)],
+               what="heartbeat")
+    wait_until(lambda: dep.sql("SELECT id FROM proxies ORDER BY id") == [("alive",)], timeout=20,
+               what="stale row deleted, live one kept")
+
+
+@test
 def drain_at_shutdown():
     dep = Deployment()
     srv = server(dep)

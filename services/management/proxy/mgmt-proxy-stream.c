@@ -953,8 +953,10 @@ void mgmt_proxy_tick(mgmt_proxy *p) {
                 t->poll = true;
         }
         mgmt_grpc_post(g, on_tick, t);
-        /* Every 5 minutes, as NetBird's sweep. */
-        if (now - p->last_reap_ms >= 5 * 60 * 1000 && !atomic_exchange(&p->reap_queued, true)) {
+        /* Every 5 minutes, as NetBird's sweep (more often when the
+         * stale age is shorter). */
+        int64_t every = p->stale_ms < 5 * 60 * 1000 ? p->stale_ms : 5 * 60 * 1000;
+        if (now - p->last_reap_ms >= every && !atomic_exchange(&p->reap_queued, true)) {
                 p->last_reap_ms = now;
                 mgmt_grpc_post(g, start_reap, p);
         }
