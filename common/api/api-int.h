@@ -91,6 +91,9 @@ struct cp_api {
         cp_jwt *jwt;                    /* borrowed; NULL = no IdP */
         cp_identity_options identity;   /* single_account_domain owned (a copy) */
         struct cp_geo *geo;             /* borrowed; NULL = no geo databases */
+        void (*proxy_callback)(const char *query, int *ret_status, char **ret_location, char **ret_body,
+                               void *userdata);
+        void *proxy_callback_userdata;
 };
 
 struct api_ctx {

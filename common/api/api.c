@@ -417,6 +417,20 @@ void cp_api_handle(cp_api *api, const cp_api_request *req, cp_api_response *resp
         cp_strbuf_reset(&resp->body);
         resp->detail[0] = resp->route[0] = resp->account_id[0] = resp->user_id[0] = '\0';
 
+        if (api->proxy_callback && strcmp(path, "/api/reverse-proxy/callback") == 0 &&
+            (strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0)) {
+                char *body = NULL;
+                free(resp->location);
+                resp->location = NULL;
+                api->proxy_callback(req->query, &resp->status, &resp->location, &body,
+                                    api->proxy_callback_userdata);
+                if (body)
+                        cp_strbuf_adds(&resp->body, body);
+                free(body);
+                (void) snprintf(resp->route, sizeof resp->route, "/api/reverse-proxy/callback");
+                cp_strbuf_release(&c.out);
+                return;
+        }
         found f = find_route(&c, method, path);
         if (f.route) {
                 c.route = f.route;
@@ -478,6 +492,8 @@ int cp_api_new(const cp_api_options *o, cp_api **ret, cp_error *reterr) {
         api->peer_caches = api_peer_caches_new();
         api->jwt = o->jwt;
         api->geo = o->geo;
+        api->proxy_callback = o->proxy_callback;
+        api->proxy_callback_userdata = o->proxy_callback_userdata;
         api->identity.single_account_domain =
                 o->identity.single_account_domain ? cp_xstrdup(o->identity.single_account_domain) : NULL;
         *ret = api;
@@ -502,4 +518,6 @@ void cp_api_response_init(cp_api_response *resp) {
 
 void cp_api_response_release(cp_api_response *resp) {
         cp_strbuf_release(&resp->body);
+        free(resp->location);
+        resp->location = NULL;
 }
