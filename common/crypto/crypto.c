@@ -80,27 +80,35 @@ static void crc_base62(const char *s, size_t n, char out[6]) {
         }
 }
 
-void cp_crypto_pat_new(char out[CP_PAT_LEN + 1]) {
+void cp_crypto_token_new(const char prefix[static 5], char out[CP_TOKEN_LEN + 1]) {
         char *p = out;
 
-        memcpy(p, "nbp_", 4);
+        memcpy(p, prefix, 4);
         p += 4;
         for (int i = 0; i < 30; i++)
                 p[i] = base62[cp_random_uniform(62)];
         crc_base62(p, 30, p + 30);
-        out[CP_PAT_LEN] = '\0';
+        out[CP_TOKEN_LEN] = '\0';
 }
 
-int cp_crypto_pat_check(const char *token) {
+int cp_crypto_token_check(const char prefix[static 5], const char *token) {
         char sum[6];
 
-        if (strlen(token) != CP_PAT_LEN || strncmp(token, "nbp_", 4) != 0)
+        if (strlen(token) != CP_TOKEN_LEN || strncmp(token, prefix, 4) != 0)
                 return -EINVAL;
         for (const char *p = token + 4; *p; p++)
                 if (!strchr(base62, *p))
                         return -EINVAL;
         crc_base62(token + 4, 30, sum);
         return memcmp(sum, token + 34, 6) == 0 ? 0 : -EINVAL;
+}
+
+void cp_crypto_pat_new(char out[CP_PAT_LEN + 1]) {
+        cp_crypto_token_new(CP_PAT_PREFIX, out);
+}
+
+int cp_crypto_pat_check(const char *token) {
+        return cp_crypto_token_check(CP_PAT_PREFIX, token);
 }
 
 void cp_crypto_pat_hash(const char *token, char out[CP_SHA256_B64_LEN]) {

@@ -11,6 +11,7 @@
 #include "mgmt-map.h"
 #include "mgmt-metrics.h"
 #include "mgmt-proxy-rpc.h"
+#include "mgmt-proxy.h"
 #include "mgmt-realip.h"
 #include "mgmt-ready.h"
 #include "mgmt-replica.h"
@@ -58,6 +59,7 @@ struct mgmt_manager {
         mgmt_agent agent;               /* borrows store, config, netconf, key, sync, maps */
         mgmt_maps *maps;
         mgmt_sync *sync;
+        mgmt_proxy *proxy;              /* management.ProxyService */
         mgmt_ready *ready;
         mgmt_grpc *grpc;
         mgmt_http *http;
@@ -72,7 +74,7 @@ struct mgmt_manager {
         char replica_id[CP_ID_LEN + 1];
 
         struct event *sig_term, *sig_int, *wake, *deadline, *serial_tick, *expiry_tick,
-                *refresh_tick, *retry_tick, *key_tick;
+                *refresh_tick, *retry_tick, *key_tick, *proxy_tick;
         int wake_fd;
 
         pthread_mutex_t posts_lock;
@@ -176,6 +178,8 @@ static void begin_shutdown(mgmt_manager *m, const char *why) {
                 event_del(m->retry_tick);
         if (m->key_tick)
                 event_del(m->key_tick);
+        if (m->proxy_tick)
+                event_del(m->proxy_tick);
         (void) snprintf(buf, sizeof buf, "%" PRId64 "ms", grace);
         cp_log_kv(&log_ctx, CP_LOG_INFO, "shutting down", "signal", why, "grace", buf, NULL);
         mgmt_http_stop_accepting(m->http);
@@ -183,6 +187,7 @@ static void begin_shutdown(mgmt_manager *m, const char *why) {
         /* Streams never end by themselves: end them now, so agents move on
          * at once and the fenced disconnects run before we exit. */
         mgmt_sync_drain(m->sync);
+        mgmt_proxy_drain(m->proxy);
 
         int64_t limit = grace + SHUTDOWN_SLACK_MS;
         struct timeval tv = { .tv_sec = limit / 1000, .tv_usec = (limit % 1000) * 1000 };
@@ -337,12 +342,36 @@ static void announce(const char *account_id, int64_t serial, void *userdata) {
         mgmt_manager_post(m, on_announce_loop, a);
 }
 
-/* Loop thread: another replica (or this one) committed a change. */
+/* Loop thread: another replica (or this one) committed a change. Real
+ * account ids never start with '~' (cp_id_new's alphabet; the REST API
+ * makes no others): those are the ProxyService's pseudo-accounts. */
 static void on_bus_message(const char *account_id, int64_t serial, int64_t sent_ms, void *userdata) {
         mgmt_manager *m = userdata;
 
         mgmt_metrics_bus_message(sent_ms);
+        if (account_id[0] == '~') {
+                if (strcmp(account_id, MGMT_PROXY_BUS_CHANGES) == 0)
+                        mgmt_proxy_changed(m->proxy, serial);
+                else if (strcmp(account_id, MGMT_PROXY_BUS_TOKENS) == 0)
+                        mgmt_proxy_token_revoked(m->proxy, NULL);
+                return;
+        }
         mgmt_sync_account_at(m->sync, account_id, serial);
+}
+
+/* Any thread: this replica committed proxy mapping changes up to seq:
+ * its own streams now, the other replicas through the bus. */
+void mgmt_manager_proxy_changed(mgmt_manager *m, int64_t seq) {
+        mgmt_proxy_changed(m->proxy, seq);
+        announce(MGMT_PROXY_BUS_CHANGES, seq, m);
+}
+
+/* Any thread: a proxy access token was revoked (or deleted) here. The
+ * bus hint carries no id (not a number): every replica re-checks the
+ * tokens of its streams. */
+void mgmt_manager_proxy_token_revoked(mgmt_manager *m, const char *token_id) {
+        mgmt_proxy_token_revoked(m->proxy, token_id);
+        announce(MGMT_PROXY_BUS_TOKENS, cp_now_unix_ns() / 1000000, m);
 }
 
 static void on_bus_state(bool up, void *userdata) {
@@ -354,6 +383,8 @@ static void on_bus_state(bool up, void *userdata) {
                 /* Whatever was published while we were away is gone:
                  * catch up from the database. */
                 mgmt_sync_check_serials(m->sync);
+                mgmt_proxy_changed(m->proxy, 0);
+                mgmt_proxy_token_revoked(m->proxy, NULL);
         } else
                 cp_log(&log_ctx, CP_LOG_WARN, "bus lost; changes from other replicas arrive by the serial check "
                        "until it is back");
@@ -523,6 +554,63 @@ static int load_server_key(mgmt_manager *m, const uint8_t data_key[32], cp_error
         return r;
 }
 
+/* CQ thread, before any call: both services learn the server. */
+static void on_grpc_start(mgmt_grpc *g, void *userdata) {
+        mgmt_manager *m = userdata;
+
+        mgmt_sync_on_grpc_start(g, m->sync);
+        mgmt_proxy_on_grpc_start(g, m->proxy);
+}
+
+/* Every second: the ProxyService's periodic work (each task keeps its own
+ * interval). */
+static void on_proxy_tick(evutil_socket_t fd, short what, void *userdata) {
+        mgmt_manager *m = userdata;
+
+        if (!m->shutting_down)
+                mgmt_proxy_tick(m->proxy);
+}
+
+/* A positive integer or duration from the environment ("NAME=30s");
+ * 0 (the hub's default) when unset or invalid (logged). */
+static int64_t env_ms(const char *name) {
+        const char *v = getenv(name);
+        int64_t ms;
+
+        if (!v || !*v)
+                return 0;
+        if (cp_parse_duration_ms(v, &ms) < 0 || ms <= 0) {
+                cp_log_kv(&log_ctx, CP_LOG_ERROR, "invalid duration; using the default", "name", name, "value", v,
+                          NULL);
+                return 0;
+        }
+        return ms;
+}
+
+/* The ProxyService hub; its knobs come from the environment like
+ * NetBird's NB_PROXY_SNAPSHOT_BATCH_SIZE (docs/proxy.md). */
+static int open_proxy(mgmt_manager *m, const uint8_t data_key[32], cp_error *reterr) {
+        const char *v = getenv("NB_PROXY_SNAPSHOT_BATCH_SIZE");
+        int64_t batch = 0;
+
+        if (v && *v && cp_parse_int64(v, 1, 100000, &batch) < 0) {
+                cp_log_kv(&log_ctx, CP_LOG_ERROR, "invalid NB_PROXY_SNAPSHOT_BATCH_SIZE; using the default",
+                          "value", v, NULL);
+                batch = 0;
+        }
+        mgmt_proxy_options po = {
+                .store = m->store, .data_key = data_key, .replica_id = m->replica_id, .batch_size = (int) batch,
+                .ack_timeout_ms = env_ms("NB_PROXY_ACK_TIMEOUT"),
+                .token_check_ms = env_ms("NB_PROXY_TOKEN_CHECK_INTERVAL"),
+                .heartbeat_ms = env_ms("NB_PROXY_HEARTBEAT_INTERVAL"),
+                .stale_ms = env_ms("NB_PROXY_STALE_AFTER"),
+                .poll_ms = m->config->serial_check_interval_ms,
+        };
+        m->proxy = mgmt_proxy_new(&po);
+        (void) reterr;
+        return 0;
+}
+
 static int max_syncs(void) {
         const char *v = getenv("NB_MAX_CONCURRENT_SYNCS");
         int64_t n;
@@ -549,7 +637,9 @@ static void log_listening(const char *protocol, const char *address, int port, c
 int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf, const uint8_t data_key[32],
                      mgmt_manager **ret, cp_error *reterr) {
         mgmt_manager *m = cp_xcalloc(1, sizeof *m);
-        mgmt_rpc_method methods[MGMT_SERVICE_N_METHODS];
+        /* Both services on one server, as NetBird's: the agents' first,
+         * then ProxyService's. */
+        mgmt_rpc_method methods[MGMT_SERVICE_N_METHODS + MGMT_PROXY_N_METHODS];
         int r;
 
         m->config = cfg;
@@ -640,6 +730,11 @@ int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf,
                 mgmt_metrics_watch_bus(m->bus);
         }
         mgmt_service_methods(methods);
+        r = open_proxy(m, data_key, reterr);
+        if (r < 0)
+                goto fail;
+        mgmt_proxy_methods(m->proxy, methods + MGMT_SERVICE_N_METHODS);
+        mgmt_proxy_set_unary(m->proxy, m->prpc);
         r = mgmt_ready_new(m->store, &m->ready);
         if (r < 0) {
                 r = cp_error_set(reterr, r, "cannot start the readiness checker: %s", strerror(-r));
@@ -651,13 +746,13 @@ int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf,
                 .port = (int) cfg->port,
                 .tls = m->tls,
                 .methods = methods,
-                .n_methods = MGMT_SERVICE_N_METHODS,
+                .n_methods = ELEMENTSOF(methods),
                 .userdata = &m->agent,
                 .workers = m->workers,
                 .on_stopped = on_grpc_stopped,
                 .stopped_userdata = m,
-                .on_start = mgmt_sync_on_grpc_start,
-                .start_userdata = m->sync,
+                .on_start = on_grpc_start,
+                .start_userdata = m,
                 .realip = m->realip,
         };
         r = mgmt_grpc_new(&go, &m->grpc, reterr);
@@ -727,6 +822,14 @@ int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf,
         }
         {
                 struct timeval tv = { .tv_sec = 1, .tv_usec = 0 };
+                m->proxy_tick = event_new(m->base, -1, EV_PERSIST, on_proxy_tick, m);
+                if (!m->proxy_tick || event_add(m->proxy_tick, &tv) < 0) {
+                        r = cp_error_set(reterr, -ENOMEM, "cannot register the proxy timer");
+                        goto fail;
+                }
+        }
+        {
+                struct timeval tv = { .tv_sec = 1, .tv_usec = 0 };
                 m->retry_tick = event_new(m->base, -1, EV_PERSIST, on_retry_tick, m);
                 if (!m->retry_tick || event_add(m->retry_tick, &tv) < 0) {
                         r = cp_error_set(reterr, -ENOMEM, "cannot register the disconnect retry timer");
@@ -787,6 +890,7 @@ mgmt_manager *mgmt_manager_free(mgmt_manager *m) {
         m->keys = mgmt_keys_free(m->keys);
         /* No stream and no job is left. */
         m->sync = mgmt_sync_free(m->sync);
+        m->proxy = mgmt_proxy_free(m->proxy);
         m->maps = mgmt_maps_free(m->maps);
         m->http = mgmt_http_free(m->http);
         m->api = cp_api_free(m->api);
@@ -814,6 +918,8 @@ mgmt_manager *mgmt_manager_free(mgmt_manager *m) {
                 event_free(m->retry_tick);
         if (m->key_tick)
                 event_free(m->key_tick);
+        if (m->proxy_tick)
+                event_free(m->proxy_tick);
         if (m->deadline)
                 event_free(m->deadline);
         if (m->wake)

@@ -52,3 +52,12 @@ void mgmt_manager_post(mgmt_manager *m, mgmt_post_fn fn, void *userdata);
 
 /* Accepts NULL; returns NULL. */
 mgmt_manager *mgmt_manager_free(mgmt_manager *m);
+
+/* Any thread: this replica committed proxy mapping changes up to seq
+ * (proxy_mapping_changes): its ProxyService streams read them, and the
+ * other replicas hear of it on the bus ("~proxy", serial = seq). For the
+ * REST API's proxy hook. */
+void mgmt_manager_proxy_changed(mgmt_manager *m, int64_t seq);
+/* Any thread: a proxy access token was revoked or deleted here: the
+ * streams of every replica re-check their tokens ("~proxytok"). */
+void mgmt_manager_proxy_token_revoked(mgmt_manager *m, const char *token_id);

@@ -186,18 +186,26 @@ bool mgmt_prpc_handles(cp_proto_proxy_method_id id) {
 
 void mgmt_prpc_handle(mgmt_prpc *p, cp_proto_proxy_method_id id, const mgmt_prpc_caller *who,
                       const uint8_t *req, size_t len, mgmt_prpc_reply *ret) {
-        const cp_proto_method *m;
         ProtobufCMessage *msg;
 
         memset(ret, 0, sizeof *ret);
         if (!mgmt_prpc_handles(id))
                 return prpc_fail(ret, GRPC_STATUS_UNIMPLEMENTED, "unknown method");
+        msg = protobuf_c_message_unpack(cp_proto_proxy_methods[id].request, NULL, len, req);
+        if (!msg)
+                return prpc_fail(ret, GRPC_STATUS_INVALID_ARGUMENT, "cannot decode %s",
+                                 cp_proto_proxy_methods[id].request->name);
+        mgmt_prpc_handle_msg(p, id, who, msg, ret);
+        protobuf_c_message_free_unpacked(msg, NULL);
+}
+
+void mgmt_prpc_handle_msg(mgmt_prpc *p, cp_proto_proxy_method_id id, const mgmt_prpc_caller *who,
+                          const ProtobufCMessage *msg, mgmt_prpc_reply *ret) {
+        memset(ret, 0, sizeof *ret);
+        if (!mgmt_prpc_handles(id) || msg->descriptor != cp_proto_proxy_methods[id].request)
+                return prpc_fail(ret, GRPC_STATUS_UNIMPLEMENTED, "unknown method");
         if (id == CP_PROTO_PROXY_CHECK_LLM_POLICY_LIMITS || id == CP_PROTO_PROXY_RECORD_LLM_USAGE)
                 return prpc_fail(ret, GRPC_STATUS_UNIMPLEMENTED, "agent network is not available");
-        m = &cp_proto_proxy_methods[id];
-        msg = protobuf_c_message_unpack(m->request, NULL, len, req);
-        if (!msg)
-                return prpc_fail(ret, GRPC_STATUS_INVALID_ARGUMENT, "cannot decode %s", m->request->name);
         switch (id) {
         case CP_PROTO_PROXY_AUTHENTICATE:
                 prpc_authenticate(p, who, (const Management__AuthenticateRequest *) msg, ret);
@@ -224,7 +232,14 @@ void mgmt_prpc_handle(mgmt_prpc *p, cp_proto_proxy_method_id id, const mgmt_prpc
                 prpc_fail(ret, GRPC_STATUS_UNIMPLEMENTED, "not implemented");
                 break;
         }
-        protobuf_c_message_free_unpacked(msg, NULL);
+}
+
+void mgmt_prpc_set_onetime(mgmt_prpc *p,
+                           int (*verify)(const char *token, const char *account_id, const char *service_id,
+                                         char ret_hash_hex[65], int64_t *ret_expires_unix, void *userdata),
+                           void *userdata) {
+        p->onetime_verify = verify;
+        p->onetime_userdata = userdata;
 }
 
 /* ---- configuration ------------------------------------------------------------ */

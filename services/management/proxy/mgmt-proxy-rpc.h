@@ -31,6 +31,8 @@
 #include "cp/store.h"
 #include "cp-methods.h"
 
+#include <protobuf-c/protobuf-c.h>
+
 struct json_t;
 struct cp_jwt;
 
@@ -96,6 +98,18 @@ bool mgmt_prpc_handles(cp_proto_proxy_method_id id);
  * the store. */
 void mgmt_prpc_handle(mgmt_prpc *p, cp_proto_proxy_method_id id, const mgmt_prpc_caller *who,
                       const uint8_t *req, size_t len, mgmt_prpc_reply *ret);
+
+/* The same with the request decoded already (msg of the method's request
+ * type, owned by the caller). */
+void mgmt_prpc_handle_msg(mgmt_prpc *p, cp_proto_proxy_method_id id, const mgmt_prpc_caller *who,
+                          const ProtobufCMessage *msg, mgmt_prpc_reply *ret);
+
+/* The one-time token verifier (see mgmt_prpc_options.onetime_verify), set
+ * once the edge exists, before any call. */
+void mgmt_prpc_set_onetime(mgmt_prpc *p,
+                           int (*verify)(const char *token, const char *account_id, const char *service_id,
+                                         char ret_hash_hex[65], int64_t *ret_expires_unix, void *userdata),
+                           void *userdata);
 
 /* ---- the OIDC callback (GET /api/reverse-proxy/callback) ---------------- */
 

@@ -33,6 +33,7 @@ typedef enum tag_kind {
         TAG_CLOSE,              /* RECV_CLOSE_ON_SERVER: the call is over */
         TAG_STATUS,             /* the final status went out */
         TAG_SEND,               /* a stream message went out (or the call died) */
+        TAG_RECV,               /* a client message arrived (or the client stream ended) */
         _TAG_MAX,
 } tag_kind;
 
@@ -81,6 +82,10 @@ struct mgmt_call {
         grpc_byte_buffer *send_bb;      /* the stream message in flight (TAG_SEND) */
         mgmt_call_sent_fn sent_fn;
         void *sent_userdata;
+        grpc_byte_buffer *recv_bb;      /* filled by the RECV_MESSAGE in flight (TAG_RECV) */
+        bool receiving;
+        mgmt_call_recv_fn recv_fn;
+        void *recv_userdata;
         void *userdata;                 /* the handler's (mgmt_call_set_userdata) */
         grpc_slice status_details;      /* kept until the STATUS batch is done */
         bool has_status_details;
@@ -155,6 +160,8 @@ static void call_unref(mgmt_call *c) {
                 grpc_byte_buffer_destroy(c->response);
         if (c->send_bb)
                 grpc_byte_buffer_destroy(c->send_bb);
+        if (c->recv_bb)
+                grpc_byte_buffer_destroy(c->recv_bb);
         if (c->has_status_details)
                 grpc_slice_unref(c->status_details);
         if (c->peer)
@@ -291,6 +298,52 @@ int mgmt_call_send_take(mgmt_call *c, void *data, size_t len, mgmt_call_sent_fn 
 
 bool mgmt_call_sending(const mgmt_call *c) {
         return c->send_bb != NULL;
+}
+
+int mgmt_call_recv(mgmt_call *c, mgmt_call_recv_fn fn, void *userdata) {
+        grpc_op op;
+
+        if (c->receiving)
+                return -EBUSY;
+        if (c->status_sent || atomic_load(&c->over))
+                return -EPIPE;
+        memset(&op, 0, sizeof op);
+        op.op = GRPC_OP_RECV_MESSAGE;
+        op.data.recv_message.recv_message = &c->recv_bb;
+        c->recv_fn = fn;
+        c->recv_userdata = userdata;
+        if (!call_batch(c, &op, 1, TAG_RECV)) {
+                c->recv_fn = NULL;
+                c->recv_userdata = NULL;
+                return -EIO;
+        }
+        c->receiving = true;
+        return 0;
+}
+
+bool mgmt_call_receiving(const mgmt_call *c) {
+        return c->receiving;
+}
+
+int mgmt_call_metadata(const mgmt_call *c, const char *key, char *out, size_t cap) {
+        if (cap > 0)
+                out[0] = '\0';
+        for (size_t i = 0; i < c->request_md.count; i++) {
+                const grpc_metadata *md = &c->request_md.metadata[i];
+                size_t n = GRPC_SLICE_LENGTH(md->value);
+                if (grpc_slice_str_cmp(md->key, key) != 0)
+                        continue;
+                if (n >= cap)
+                        return -ENOSPC;
+                memcpy(out, GRPC_SLICE_START_PTR(md->value), n);
+                out[n] = '\0';
+                return (int) n;
+        }
+        return -ENOENT;
+}
+
+bool mgmt_call_has_metadata(const mgmt_call *c) {
+        return c->request_md.count > 0;
 }
 
 void mgmt_call_ref(mgmt_call *c) {
@@ -598,6 +651,22 @@ static void on_event(mgmt_tag *t, bool ok) {
                 c->sent_userdata = NULL;
                 if (fn)
                         fn(c, ok, ud);
+                break;
+        }
+        case TAG_RECV: {
+                mgmt_call_recv_fn fn = c->recv_fn;
+                void *ud = c->recv_userdata;
+                grpc_byte_buffer *msg = ok ? c->recv_bb : NULL;
+                if (!ok && c->recv_bb)
+                        grpc_byte_buffer_destroy(c->recv_bb);
+                c->recv_bb = NULL;
+                c->receiving = false;
+                c->recv_fn = NULL;
+                c->recv_userdata = NULL;
+                if (fn)
+                        fn(c, msg, ud);
+                else if (msg)
+                        grpc_byte_buffer_destroy(msg);
                 break;
         }
         case TAG_STATUS:

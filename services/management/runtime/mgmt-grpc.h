@@ -146,6 +146,26 @@ int mgmt_call_send(mgmt_call *c, const void *data, size_t len, mgmt_call_sent_fn
 int mgmt_call_send_take(mgmt_call *c, void *data, size_t len, mgmt_call_sent_fn sent, void *userdata);
 /* True while a message sent with mgmt_call_send() is in flight. */
 bool mgmt_call_sending(const mgmt_call *c);
+/* Bidi streams: reads the next client message. recv(c, msg, userdata)
+ * runs on the CQ thread with the message (the handler owns it and
+ * destroys it with grpc_byte_buffer_destroy()), or with msg NULL when
+ * the client closed its side or the call died (on_close says which).
+ * One receive may be in flight at a time; the call holds a reference
+ * until recv ran. Returns 0, -EBUSY (a receive is in flight), -EPIPE
+ * (status sent or call over) or -EIO. Messages above the server's
+ * receive limit (1 MiB) end the call with RESOURCE_EXHAUSTED in gRPC
+ * itself. */
+typedef void (*mgmt_call_recv_fn)(mgmt_call *c, grpc_byte_buffer *msg, void *userdata);
+int mgmt_call_recv(mgmt_call *c, mgmt_call_recv_fn recv, void *userdata);
+/* True while a receive started with mgmt_call_recv() is in flight. */
+bool mgmt_call_receiving(const mgmt_call *c);
+/* Any thread. The first value of the request metadata key (lower case,
+ * e.g. "authorization") copied into out[0..cap) with a NUL: returns its
+ * length, -ENOENT when the call has no such key, -ENOSPC when it does not
+ * fit (out is then ""). The metadata never changes once on_call runs. */
+int mgmt_call_metadata(const mgmt_call *c, const char *key, char *out, size_t cap);
+/* Any thread. False when the call came with no metadata at all. */
+bool mgmt_call_has_metadata(const mgmt_call *c);
 /* CQ thread: extra references for handlers that keep a call beyond
  * on_call (a Sync stream in the registry). The call is freed when the
  * last reference goes; unref accepts NULL. */

@@ -45,14 +45,26 @@ int cp_crypto_setup_key_hash(const char *key, char out[CP_SHA256_B64_LEN]);
 /* The masked display form: first five characters then "****". */
 void cp_crypto_setup_key_mask(const char *key, char out[10]);
 
-/* ---- personal access tokens -----------------------------------------------
- * Format: "nbp_" + 30 random base62 characters + 6 base62 characters of
- * the CRC32 of those 30 (zero-padded), 40 characters in all. The checksum
- * lets us reject mistyped tokens before touching the database. */
-#define CP_PAT_LEN 40
+/* ---- generated tokens -----------------------------------------------------
+ * NetBird's token format, shared by personal access tokens ("nbp_") and
+ * proxy access tokens ("nbx_"): a 4-character prefix + 30 random base62
+ * characters + 6 base62 characters of the CRC32 of those 30 (zero-padded),
+ * 40 characters in all. The checksum lets us reject mistyped tokens
+ * before touching the database. Stored as base64(SHA-256(token)). */
+#define CP_TOKEN_LEN 40
+#define CP_PAT_PREFIX "nbp_"
+#define CP_PROXY_TOKEN_PREFIX "nbx_"
+/* prefix: exactly 4 characters. */
+void cp_crypto_token_new(const char prefix[static 5], char out[CP_TOKEN_LEN + 1]);
+/* Returns 0 when token has the prefix, length, alphabet and checksum,
+ * -EINVAL otherwise. */
+int cp_crypto_token_check(const char prefix[static 5], const char *token);
+
+/* ---- personal access tokens ("nbp_") --------------------------------------- */
+#define CP_PAT_LEN CP_TOKEN_LEN
 void cp_crypto_pat_new(char out[CP_PAT_LEN + 1]);
 /* Returns 0 when token has the right prefix, length, alphabet and
  * checksum, -EINVAL otherwise. */
 int cp_crypto_pat_check(const char *token);
-/* base64(SHA-256(token)), the stored form. */
+/* base64(SHA-256(token)), the stored form (of proxy tokens too). */
 void cp_crypto_pat_hash(const char *token, char out[CP_SHA256_B64_LEN]);

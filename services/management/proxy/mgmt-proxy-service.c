@@ -1,0 +1,283 @@
+/*
+ * mgmt-proxy-service.c: management.ProxyService's method table, the
+ * unary edge (authenticate, decode, run the handler on a worker, answer)
+ * and the hub's life (mgmt-proxy.h, mgmt-proxy-int.h).
+ */
+#include "cp/base.h"
+#include "cp/crypto.h"
+#include "cp/log.h"
+#include "cp/util.h"
+#include "mgmt-proxy-int.h"
+
+#include <grpc/byte_buffer.h>
+#include <grpc/byte_buffer_reader.h>
+#include <grpc/slice.h>
+#include <inttypes.h>
+#include <stdarg.h>
+
+#include <sodium.h>
+
+#define DEFAULT_BATCH 500
+#define DEFAULT_ACK_TIMEOUT_MS 60000
+#define DEFAULT_TOKEN_CHECK_MS 60000
+#define DEFAULT_HEARTBEAT_MS 60000
+#define DEFAULT_STALE_MS (3600 * 1000)
+#define DEFAULT_POLL_MS 5000
+
+/* The handlers of the unary RPCs (mgmt-proxy-int.h). NULL: UNIMPLEMENTED
+ * (after the token check, as NetBird's interceptor runs first).
+ * CheckLLMPolicyLimits and RecordLLMUsage stay UNIMPLEMENTED, as NetBird
+ * answers them without its agent-network module. */
+static const mgmt_proxy_handler handlers[_CP_PROTO_PROXY_MAX] = {
+        [CP_PROTO_PROXY_SEND_ACCESS_LOG] = mgmt_proxy_unary,
+        [CP_PROTO_PROXY_AUTHENTICATE] = mgmt_proxy_unary,
+        [CP_PROTO_PROXY_SEND_STATUS_UPDATE] = mgmt_proxy_unary,
+        [CP_PROTO_PROXY_CREATE_PROXY_PEER] = mgmt_proxy_unary,
+        [CP_PROTO_PROXY_GET_OIDCURL] = mgmt_proxy_unary,
+        [CP_PROTO_PROXY_VALIDATE_SESSION] = mgmt_proxy_unary,
+        [CP_PROTO_PROXY_VALIDATE_TUNNEL_PEER] = mgmt_proxy_unary,
+        [CP_PROTO_PROXY_CHECK_LLM_POLICY_LIMITS] = NULL,
+        [CP_PROTO_PROXY_RECORD_LLM_USAGE] = NULL,
+};
+
+static const char *status_name(grpc_status_code s) {
+        static const char *const names[] = {
+                "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+                "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+                "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+                "UNAUTHENTICATED",
+        };
+        return (unsigned) s < ELEMENTSOF(names) ? names[s] : "?";
+}
+
+void mgmt_proxy_log_outcome(mgmt_call *c, const cp_proto_method *m, const char *account, grpc_status_code status,
+                            const char *message, const char *detail) {
+        const cp_log_ctx *cl = mgmt_call_log(c);
+        cp_log_ctx ctx = { .component = "proxy", .request_id = cl->request_id, .method = m->name,
+                           .peer = mgmt_call_peer_ip(c), .account = account && *account ? account : NULL };
+        cp_log_level level = CP_LOG_INFO;
+        char took[32];
+
+        if (status == GRPC_STATUS_OK && m->streaming == CP_PROTO_UNARY)
+                level = CP_LOG_DEBUG;   /* access logs and status updates: many a second */
+        else if (status == GRPC_STATUS_INTERNAL || status == GRPC_STATUS_UNKNOWN ||
+                 status == GRPC_STATUS_DATA_LOSS)
+                level = CP_LOG_ERROR;
+        else if (status == GRPC_STATUS_RESOURCE_EXHAUSTED || status == GRPC_STATUS_UNAVAILABLE)
+                level = CP_LOG_WARN;
+        if (!cp_log_enabled(level))
+                return;
+        (void) snprintf(took, sizeof took, "%" PRId64, cp_now_mono_ms() - mgmt_call_started_ms(c));
+        cp_log_kv(&ctx, level, "rpc", "code", status_name(status), "error",
+                  status == GRPC_STATUS_OK ? NULL : message, "detail", detail && *detail ? detail : NULL,
+                  "took_ms", took, NULL);
+}
+
+void mgmt_proxy_fail(mgmt_proxy_op *op, grpc_status_code status, const char *fmt, ...) {
+        char buf[512];
+        va_list ap;
+
+        va_start(ap, fmt);
+        (void) vsnprintf(buf, sizeof buf, fmt, ap);
+        va_end(ap);
+        op->status = status;
+        op->message = mgmt_arena_strdup(&op->arena, buf);
+        op->response = NULL;
+}
+
+bool mgmt_proxy_token_allows(const mgmt_proxy_token *t, const char *account_id) {
+        return !t->account_id[0] || (account_id && strcmp(t->account_id, account_id) == 0);
+}
+
+int mgmt_proxy_check_account(mgmt_proxy_op *op, const char *account_id) {
+        if (mgmt_proxy_token_allows(&op->token, account_id))
+                return 0;
+        mgmt_proxy_fail(op, GRPC_STATUS_PERMISSION_DENIED, "account-scoped token cannot access account %s",
+                        account_id ? account_id : "");
+        return -1;
+}
+
+/* ---- unary calls ------------------------------------------------------------------ */
+
+static grpc_slice read_payload(grpc_byte_buffer *bb) {
+        grpc_byte_buffer_reader reader;
+        grpc_slice s;
+
+        if (!bb || !grpc_byte_buffer_reader_init(&reader, bb))
+                return grpc_empty_slice();
+        s = grpc_byte_buffer_reader_readall(&reader);
+        grpc_byte_buffer_reader_destroy(&reader);
+        return s;
+}
+
+/* Worker. */
+static void op_work(void *userdata) {
+        mgmt_proxy_op *op = userdata;
+        grpc_status_code st;
+        char msg[160];
+
+        if (mgmt_call_is_over(op->call)) {
+                op->status = GRPC_STATUS_CANCELLED;
+                return;
+        }
+        if (mgmt_proxy_authenticate(op->proxy, op->call, &op->token, &st, msg, sizeof msg) < 0) {
+                mgmt_proxy_fail(op, st, "%s", msg);
+                return;
+        }
+        (void) snprintf(op->account, sizeof op->account, "%s", op->token.account_id);
+        if (!op->handler) {
+                mgmt_proxy_fail(op, GRPC_STATUS_UNIMPLEMENTED, "method %s not implemented", op->method->name);
+                return;
+        }
+        grpc_slice s = read_payload(op->payload);
+        op->request = protobuf_c_message_unpack(op->method->request, mgmt_arena_pb(&op->arena),
+                                                GRPC_SLICE_LENGTH(s), GRPC_SLICE_START_PTR(s));
+        grpc_slice_unref(s);
+        if (!op->request) {
+                mgmt_proxy_fail(op, GRPC_STATUS_INVALID_ARGUMENT, "cannot decode the %s request",
+                                op->method->name);
+                return;
+        }
+        op->status = GRPC_STATUS_OK;
+        op->handler(op);
+        if (op->status != GRPC_STATUS_OK || !op->response)
+                return;
+        size_t n = protobuf_c_message_get_packed_size(op->response);
+        op->reply = cp_xmalloc(n ? n : 1);
+        op->reply_len = protobuf_c_message_pack(op->response, op->reply);
+}
+
+/* CQ thread. */
+static void op_done(mgmt_call *c, void *userdata) {
+        mgmt_proxy_op *op = userdata;
+
+        if (op->status != GRPC_STATUS_CANCELLED || !mgmt_call_is_over(c)) {
+                mgmt_proxy_log_outcome(c, op->method, op->account, op->status, op->message, op->detail);
+                mgmt_call_reply(c, op->status, op->status == GRPC_STATUS_OK ? NULL : op->message, op->reply,
+                                op->reply_len);
+        }
+        if (op->payload)
+                grpc_byte_buffer_destroy(op->payload);
+        free(op->reply);
+        mgmt_arena_release(&op->arena);
+        free(op);
+}
+
+static void unary_call(mgmt_call *c, const mgmt_proxy_rpc *rpc) {
+        mgmt_proxy_op *op = cp_xcalloc(1, sizeof *op);
+        int r;
+
+        op->proxy = rpc->proxy;
+        op->call = c;
+        op->method = &cp_proto_proxy_methods[rpc->id];
+        op->handler = rpc->handler;
+        op->payload = mgmt_call_take_payload(c);
+        mgmt_arena_init(&op->arena);
+        r = mgmt_call_offload(c, op_work, op_done, op);
+        if (r < 0) {
+                const char *msg = "server is busy, please try again later";
+                grpc_status_code st = r == -EAGAIN ? GRPC_STATUS_RESOURCE_EXHAUSTED : GRPC_STATUS_UNAVAILABLE;
+                mgmt_proxy_log_outcome(c, op->method, NULL, st, msg, r == -EAGAIN ? "worker queue full" : NULL);
+                mgmt_call_finish(c, st, msg);
+                if (op->payload)
+                        grpc_byte_buffer_destroy(op->payload);
+                mgmt_arena_release(&op->arena);
+                free(op);
+        }
+}
+
+/* ---- dispatch -------------------------------------------------------------------- */
+
+static void on_call(mgmt_call *c, void *userdata) {
+        const mgmt_proxy_rpc *rpc = mgmt_call_method(c)->data;
+
+        switch (rpc->id) {
+        case CP_PROTO_PROXY_GET_MAPPING_UPDATE:
+                mgmt_proxy_stream_on_call(rpc->proxy, c, false);
+                return;
+        case CP_PROTO_PROXY_SYNC_MAPPINGS:
+                mgmt_proxy_stream_on_call(rpc->proxy, c, true);
+                return;
+        default:
+                unary_call(c, rpc);
+                return;
+        }
+}
+
+static void stream_on_close(mgmt_call *c, bool cancelled, void *userdata) {
+        const mgmt_proxy_rpc *rpc = mgmt_call_method(c)->data;
+
+        mgmt_proxy_stream_on_close(rpc->proxy, c, cancelled);
+}
+
+static mgmt_rpc_kind kind_of(cp_proto_streaming s) {
+        switch (s) {
+        case CP_PROTO_UNARY:
+                return MGMT_RPC_UNARY;
+        case CP_PROTO_SERVER_STREAMING:
+                return MGMT_RPC_SERVER_STREAM;
+        case CP_PROTO_CLIENT_STREAMING:
+        case CP_PROTO_BIDI_STREAMING:
+                break;
+        }
+        return MGMT_RPC_BIDI;
+}
+
+void mgmt_proxy_methods(mgmt_proxy *p, mgmt_rpc_method out[MGMT_PROXY_N_METHODS]) {
+        for (size_t i = 0; i < MGMT_PROXY_N_METHODS; i++) {
+                const cp_proto_method *m = &cp_proto_proxy_methods[i];
+                bool stream = i == CP_PROTO_PROXY_GET_MAPPING_UPDATE || i == CP_PROTO_PROXY_SYNC_MAPPINGS;
+                out[i] = (mgmt_rpc_method) {
+                        .path = m->path,
+                        .kind = kind_of(m->streaming),
+                        .on_call = on_call,
+                        .on_close = stream ? stream_on_close : NULL,
+                        .data = &p->rpcs[i],
+                };
+        }
+}
+
+/* ---- the hub --------------------------------------------------------------------- */
+
+static int64_t or_default(int64_t v, int64_t def) {
+        return v > 0 ? v : def;
+}
+
+mgmt_proxy *mgmt_proxy_new(const mgmt_proxy_options *o) {
+        mgmt_proxy *p = cp_xcalloc(1, sizeof *p);
+        static const char label[] = "netbird-cp proxy one-time token v1";
+
+        p->store = o->store;
+        memcpy(p->data_key, o->data_key, sizeof p->data_key);
+        /* A key of its own for the one-time tokens: a MAC made with it can
+         * never be mistaken for anything else sealed with the data key. */
+        crypto_auth_hmacsha256(p->onetime_key, (const uint8_t *) label, sizeof label - 1, p->data_key);
+        (void) snprintf(p->replica_id, sizeof p->replica_id, "%s", o->replica_id ? o->replica_id : "");
+        p->batch_size = o->batch_size > 0 ? o->batch_size : DEFAULT_BATCH;
+        p->ack_timeout_ms = or_default(o->ack_timeout_ms, DEFAULT_ACK_TIMEOUT_MS);
+        p->token_check_ms = or_default(o->token_check_ms, DEFAULT_TOKEN_CHECK_MS);
+        p->heartbeat_ms = or_default(o->heartbeat_ms, DEFAULT_HEARTBEAT_MS);
+        p->stale_ms = or_default(o->stale_ms, DEFAULT_STALE_MS);
+        p->poll_ms = or_default(o->poll_ms, DEFAULT_POLL_MS);
+        for (size_t i = 0; i < MGMT_PROXY_N_METHODS; i++)
+                p->rpcs[i] = (mgmt_proxy_rpc) { .proxy = p, .id = (cp_proto_proxy_method_id) i,
+                                                .handler = handlers[i] };
+        mgmt_proxy_limiter_init(p);
+        int64_t now = cp_now_mono_ms();
+        p->last_poll_ms = p->last_token_check_ms = p->last_heartbeat_ms = p->last_reap_ms = now;
+        return p;
+}
+
+mgmt_proxy *mgmt_proxy_free(mgmt_proxy *p) {
+        if (!p)
+                return NULL;
+        mgmt_proxy_limiter_free(p);
+        sodium_memzero(p->data_key, sizeof p->data_key);
+        sodium_memzero(p->onetime_key, sizeof p->onetime_key);
+        free(p);
+        return NULL;
+}
+
+size_t mgmt_proxy_connected(const mgmt_proxy *p) {
+        return p ? atomic_load(&((mgmt_proxy *) p)->n_streams) : 0;
+}
