@@ -159,6 +159,22 @@ int cp_store_proxy_reap(cp_store *s, int64_t max_age_s, cp_error *reterr) {
         return (int) cp_store_rows_affected(rows);
 }
 
+int cp_store_proxy_cluster_taken(cp_store *s, const char *cluster, const char *account_id, bool *ret,
+                                 cp_error *reterr) {
+        _cleanup_rows_ cp_store_rows *rows = NULL;
+        const char *p[] = { cluster, account_id };
+        int r;
+
+        r = run1(s,
+                 "SELECT EXISTS (SELECT 1 FROM proxies WHERE cluster_address = $1 AND status = 'connected' "
+                 "AND (account_id IS NULL OR account_id <> $2))",
+                 2, p, &rows, reterr);
+        if (r < 0)
+                return r;
+        *ret = cp_store_rows_bool(rows, 0, 0);
+        return 0;
+}
+
 int cp_store_proxy_changes_max(cp_store *s, int64_t *ret, cp_error *reterr) {
         _cleanup_rows_ cp_store_rows *rows = NULL;
         int r;

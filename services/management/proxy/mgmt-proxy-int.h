@@ -143,3 +143,14 @@ void mgmt_proxy_stream_on_close(mgmt_proxy *p, mgmt_call *c, bool cancelled);
 /* The one "rpc" log line of a call. */
 void mgmt_proxy_log_outcome(mgmt_call *c, const cp_proto_method *m, const char *account, grpc_status_code status,
                             const char *message, const char *detail);
+
+/* ---- mappings (mgmt-proxy-mapping.c) ----------------------------------------------- */
+
+struct pg_result;
+/* The ProxyMapping of row (CP_SVC_* columns of cp/store-proxyconn.h) in
+ * a, of type (ProxyMappingUpdateType), with auth_token (NULL = ""). */
+Management__ProxyMapping *mgmt_proxy_mapping_build(mgmt_arena *a, const struct pg_result *rows, int row, int type,
+                                                   const char *auth_token);
+/* A REMOVED mapping: only id, account and domain. */
+Management__ProxyMapping *mgmt_proxy_mapping_removed(mgmt_arena *a, const char *id, const char *account_id,
+                                                     const char *domain);

@@ -6,10 +6,22 @@
  */
 #include "cp/base.h"
 #include "mgmt-proxy-int.h"
+#include "mgmt-proxy-onetime.h"
 #include "mgmt-proxy-rpc.h"
+
+#include <time.h>
+
+/* CreateProxyPeer's verifier: the stateless tokens of mgmt-proxy-onetime.h. */
+static int onetime_verify(const char *token, const char *account_id, const char *service_id, char ret_hash_hex[65],
+                          int64_t *ret_expires_unix, void *userdata) {
+        return mgmt_proxy_onetime_verify(userdata, token, service_id, account_id, (int64_t) time(NULL), ret_hash_hex,
+                                         ret_expires_unix);
+}
 
 void mgmt_proxy_set_unary(mgmt_proxy *p, struct mgmt_prpc *rpc) {
         p->unary = rpc;
+        if (rpc)
+                mgmt_prpc_set_onetime(rpc, onetime_verify, p);
 }
 
 void mgmt_proxy_unary(mgmt_proxy_op *op) {
@@ -31,3 +43,4 @@ void mgmt_proxy_unary(mgmt_proxy_op *op) {
         if (!op->response)
                 mgmt_proxy_fail(op, GRPC_STATUS_INTERNAL, "cannot encode the %s response", op->method->name);
 }
+

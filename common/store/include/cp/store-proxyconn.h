@@ -77,6 +77,11 @@ int cp_store_proxy_heartbeat(cp_store *s, const char *proxy_id, const char *sess
 /* Deletes rows whose last_seen is older than max_age_s; returns how many. */
 int cp_store_proxy_reap(cp_store *s, int64_t max_age_s, cp_error *reterr);
 
+/* For an account-scoped proxy: true when cluster is served by a
+ * connected proxy of a management-wide token or of another account. */
+int cp_store_proxy_cluster_taken(cp_store *s, const char *cluster, const char *account_id, bool *ret,
+                                 cp_error *reterr);
+
 /* The highest seq of the change log (0 when empty). */
 int cp_store_proxy_changes_max(cp_store *s, int64_t *ret, cp_error *reterr);
 
