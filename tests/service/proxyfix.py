@@ -132,7 +132,7 @@ class Account:
                         % (q(self.id), q(g), q(pid)))
         return pid
 
-    def service(self, domain=None, auth=None, private=False, access_groups=(), key=True, pub=None):
+    def service(self, domain=None, auth=None, private=False, access_groups=(), key=True, pub=None, cluster=""):
         """Returns (service id, domain, signing key or None)."""
         sid = rid("svc")
         domain = domain or sid + ".proxy.test"
@@ -140,9 +140,10 @@ class Account:
         priv = seal(bytes(sk)) if sk else ""
         pub = pub if pub is not None else (base64.b64encode(bytes(sk.verify_key)).decode() if sk else "")
         svc.execute(self.dsn, "INSERT INTO services (id, account_id, name, domain, private, access_groups, auth,"
-                    " session_private_key, session_public_key) VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s)"
+                    " session_private_key, session_public_key, proxy_cluster)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s)"
                     % (q(sid), q(self.id), q(sid), q(domain), q(private), q(list(access_groups)),
-                       q(json.dumps(auth or {})), q(priv), q(pub)))
+                       q(json.dumps(auth or {})), q(priv), q(pub), q(cluster)))
         return sid, domain, sk
 
     def proxy_token(self, scoped=False):
@@ -225,6 +226,24 @@ class Proxy:
     def validate_session(self, domain, token):
         return self.call("ValidateSession", ppb.ValidateSessionRequest(domain=domain, session_token=token),
                          ppb.ValidateSessionResponse)
+
+    def mapping_tokens(self, cluster):
+        """The one-time tokens of the snapshot a GetMappingUpdate stream of
+        cluster starts with: {service id: auth_token}."""
+        f = self.ch.unary_stream(SVC + "GetMappingUpdate", request_serializer=lambda m: m.SerializeToString(),
+                                 response_deserializer=ppb.GetMappingUpdateResponse.FromString)
+        req = ppb.GetMappingUpdateRequest(proxy_id=rid("proxy-"), version="test", address=cluster)
+        stream = f(req, metadata=self.md, timeout=20)
+        out = {}
+        try:
+            for msg in stream:
+                for m in msg.mapping:
+                    out[m.id] = m.auth_token
+                if msg.initial_sync_complete:
+                    break
+        finally:
+            stream.cancel()
+        return out
 
     def validate_tunnel_peer(self, domain, ip):
         return self.call("ValidateTunnelPeer", ppb.ValidateTunnelPeerRequest(domain=domain, tunnel_ip=ip),

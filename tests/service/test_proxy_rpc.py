@@ -523,6 +523,57 @@ def create_proxy_peer_refusals():
     assert svc.query(w.dsn, "SELECT count(*) FROM peers")[0][0] == 0
 
 
+@test
+def create_proxy_peer_once_and_only_once():
+    w = World(replicas=2)
+    cluster = "eu.proxy.test"
+    sid, domain, _ = w.a.service(cluster=cluster)
+    sid2, _, _ = w.a.service(cluster=cluster)
+    p1, p2 = w.proxy_on(0), w.proxy_on(1)
+    R = pf.ppb.CreateProxyPeerResponse
+    tokens = p1.mapping_tokens(cluster)
+    assert set(tokens) == {sid, sid2} and all(tokens.values()), tokens
+    key = pf.base64.b64encode(pf.os.urandom(32)).decode()
+    serial0 = svc.query(w.dsn, "SELECT network_serial FROM accounts WHERE id = %s" % q(w.a.id))[0][0]
+
+    def create(p, token, service=sid, k=key):
+        return p.call("CreateProxyPeer", pf.ppb.CreateProxyPeerRequest(
+            service_id=service, account_id=w.a.id, token=token, wireguard_public_key=k, cluster=cluster), R)
+
+    def refused(p, token, service=sid, k=key):
+        code, msg = p.code("CreateProxyPeer", pf.ppb.CreateProxyPeerRequest(
+            service_id=service, account_id=w.a.id, token=token, wireguard_public_key=k, cluster=cluster), R)
+        return code == grpc.StatusCode.UNAUTHENTICATED and "invalid or expired token" in msg
+
+    # a token for another service does not open this one (and is not spent by trying)
+    assert refused(p2, tokens[sid2])
+    r = create(p2, tokens[sid])         # minted on replica 1, used on replica 2
+    assert r.success and not r.HasField("error_message"), r
+    rows = svc.query(w.dsn, "SELECT p.name, p.meta_os, p.meta_go_os, p.ephemeral, p.proxy_cluster, p.proxy_embedded,"
+                     " p.user_id, p.login_expiration_enabled, array(SELECT g.name FROM group_peers gp JOIN groups g"
+                     " ON g.id = gp.group_id WHERE gp.peer_id = p.id)"
+                     " FROM peers p WHERE p.account_id = %s AND p.key = %s" % (q(w.a.id), q(key)))
+    assert len(rows) == 1, rows
+    name, os_, goos, eph, pc, emb, uid, lexp, groups = rows[0]
+    assert name.startswith("proxy-") and os_ == "proxy" and goos == "proxy", rows
+    assert eph and pc == cluster and emb and uid is None and not lexp and groups == ["All"], rows
+    serial1 = svc.query(w.dsn, "SELECT network_serial FROM accounts WHERE id = %s" % q(w.a.id))[0][0]
+    assert serial1 == serial0 + 1, (serial0, serial1)
+    # the same token again, on either replica: refused, nothing new
+    assert refused(p1, tokens[sid]) and refused(p2, tokens[sid])
+    assert refused(p1, tokens[sid], k=pf.base64.b64encode(pf.os.urandom(32)).decode())
+    # a fresh token with the same key: idempotent, still one peer
+    fresh = p2.mapping_tokens(cluster)
+    assert create(p1, fresh[sid]).success
+    assert svc.query(w.dsn, "SELECT count(*) FROM peers WHERE key = %s" % q(key))[0][0] == 1
+    assert svc.query(w.dsn, "SELECT count(*) FROM proxy_used_tokens")[0][0] == 2
+    # the token of sid2 still works once, for a second proxy peer
+    k2 = pf.base64.b64encode(pf.os.urandom(32)).decode()
+    assert create(p1, tokens[sid2], service=sid2, k=k2).success
+    assert refused(p2, tokens[sid2], service=sid2, k=k2)
+    assert svc.query(w.dsn, "SELECT count(*) FROM peers WHERE account_id = %s" % q(w.a.id))[0][0] == 2
+
+
 # ---- the LLM RPCs ---------------------------------------------------------------------------
 
 @test
