@@ -52,6 +52,7 @@ typedef enum api_module {
         API_MOD_NAMESERVERS,
         API_MOD_EVENTS,
         API_MOD_NETWORKS,
+        API_MOD_SERVICES,       /* the reverse proxy */
 } api_module;
 
 typedef enum api_op {
@@ -91,9 +92,18 @@ struct cp_api {
         cp_jwt *jwt;                    /* borrowed; NULL = no IdP */
         cp_identity_options identity;   /* single_account_domain owned (a copy) */
         struct cp_geo *geo;             /* borrowed; NULL = no geo databases */
+<<<<<<< HEAD
         void (*proxy_callback)(const char *query, int *ret_status, char **ret_location, char **ret_body,
                                void *userdata);
         void *proxy_callback_userdata;
+=======
+        /* The reverse proxy (cp_api_options). */
+        void (*proxy_announce)(int64_t seq, void *userdata);
+        void (*proxy_token_revoked)(const char *token_id, void *userdata);
+        void *proxy_announce_userdata;
+        uint8_t data_key[32];           /* DataStoreEncryptionKey, when has_data_key */
+        bool has_data_key;
+>>>>>>> wt-pstream
 };
 
 struct api_ctx {
@@ -135,6 +145,12 @@ struct api_ctx {
         /* Set by api_changed(): bump the serial before commit. */
         bool changed;
         int64_t serial;
+
+        /* The reverse proxy: the highest proxy_mapping_changes seq this
+         * request wrote (0 none) and a proxy token it revoked (""), for
+         * the hooks called after commit. */
+        int64_t proxy_seq;
+        char revoked_token[64];
 };
 
 /* ---- timestamps in SQL-built JSON ---------------------------------------------------- */
@@ -310,3 +326,6 @@ extern const api_route api_networks_routes[];
 extern const api_route api_locations_routes[];
 extern const api_route api_unserved_routes[];
 extern const api_route api_posture_routes[];
+/* The reverse proxy (api-services.c, api-rproxy.c). */
+extern const api_route api_services_routes[];
+extern const api_route api_rproxy_routes[];

@@ -258,7 +258,7 @@ static const struct {
         { "setup_keys", true, API_MOD_SETUP_KEYS },
         { "pats", true, API_MOD_PATS },
         { "identity_providers", false, API_MOD_PUBLIC },
-        { "services", false, API_MOD_PUBLIC },
+        { "services", true, API_MOD_SERVICES },
         { "agent_network", false, API_MOD_PUBLIC },
         { "agent_network.providers", false, API_MOD_PUBLIC },
         { "agent_network.policies", false, API_MOD_PUBLIC },

@@ -13,6 +13,7 @@ static const api_route *const tables[] = {
         api_groups_routes,   api_policies_routes, api_routes_routes, api_dns_routes,
         api_events_routes,   api_instance_routes, api_locations_routes, api_unserved_routes,
         api_zones_routes,    api_networks_routes, api_posture_routes,
+        api_services_routes, api_rproxy_routes,
 };
 
 /* ---- permissions ---------------------------------------------------------------- */
@@ -360,6 +361,8 @@ static void reset_for_retry(api_ctx *c) {
         c->replied = false;
         c->changed = false;
         c->serial = 0;
+        c->proxy_seq = 0;
+        c->revoked_token[0] = '\0';
         c->retryable = false;
         c->err_status = 0;
         c->err_message[0] = c->err_detail[0] = '\0';
@@ -453,6 +456,10 @@ void cp_api_handle(cp_api *api, const cp_api_request *req, cp_api_response *resp
                         c.out = tmp;
                         if (c.changed && c.serial > 0 && api->announce)
                                 api->announce(c.account_id, c.serial, api->announce_userdata);
+                        if (c.proxy_seq > 0 && api->proxy_announce)
+                                api->proxy_announce(c.proxy_seq, api->proxy_announce_userdata);
+                        if (c.revoked_token[0] && api->proxy_token_revoked)
+                                api->proxy_token_revoked(c.revoked_token, api->proxy_announce_userdata);
                 } else
                         respond_error(&c, resp);
                 c.tx = cp_store_tx_end(c.tx);
@@ -492,8 +499,18 @@ int cp_api_new(const cp_api_options *o, cp_api **ret, cp_error *reterr) {
         api->peer_caches = api_peer_caches_new();
         api->jwt = o->jwt;
         api->geo = o->geo;
+<<<<<<< HEAD
         api->proxy_callback = o->proxy_callback;
         api->proxy_callback_userdata = o->proxy_callback_userdata;
+=======
+        api->proxy_announce = o->proxy_announce;
+        api->proxy_token_revoked = o->proxy_token_revoked;
+        api->proxy_announce_userdata = o->proxy_announce_userdata;
+        if (o->data_key) {
+                memcpy(api->data_key, o->data_key, sizeof api->data_key);
+                api->has_data_key = true;
+        }
+>>>>>>> wt-pstream
         api->identity.single_account_domain =
                 o->identity.single_account_domain ? cp_xstrdup(o->identity.single_account_domain) : NULL;
         *ret = api;
@@ -507,6 +524,7 @@ cp_api *cp_api_free(cp_api *api) {
         free(api->dns_domain);
         free(api->version);
         free((char *) api->identity.single_account_domain);
+        cp_explicit_bzero(api->data_key, sizeof api->data_key);
         free(api);
         return NULL;
 }

@@ -56,6 +56,7 @@ typedef struct admin_opts {
         bool json;                      /* list commands */
         int64_t grace_ms;               /* server-key rotate */
         bool force;
+        const char *arg;                /* the one positional argument (proxy-token revoke) */
 
         /* --auto-group, every occurrence (main.c gathers them, since the
          * settings loader keeps only the last value of a flag). */
@@ -82,6 +83,9 @@ int admin_cmd_setup_key_list(const admin_ctx *a);
 int admin_cmd_peers_list(const admin_ctx *a);
 int admin_cmd_server_key_rotate(const admin_ctx *a);
 int admin_cmd_server_key_show(const admin_ctx *a);
+int admin_cmd_proxy_token_create(const admin_ctx *a);
+int admin_cmd_proxy_token_list(const admin_ctx *a);
+int admin_cmd_proxy_token_revoke(const admin_ctx *a);
 
 /* ---- shared helpers (admin-util.c) ------------------------------------------ */
 

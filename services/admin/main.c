@@ -26,6 +26,7 @@
  * log level. */
 #define NEEDS_DATA_KEY (1u << 0)        /* --data-store-encryption-key */
 #define NEEDS_DNS      (1u << 1)        /* the server's --dns-domain (peer FQDNs in API answers) */
+#define TAKES_ARG      (1u << 2)        /* one positional argument (admin_opts.arg) */
 
 #define O(field) offsetof(admin_opts, field)
 
@@ -75,6 +76,21 @@ static const cp_cfg_option setup_key_create_rows[] = {
           "print the API's whole answer as JSON instead of KEY=VALUE lines" },
 };
 
+static const cp_cfg_option proxy_token_create_rows[] = {
+        { "name", CP_CFG_STRING, O(name), NULL, { NULL }, NULL, 0, 0, 0, NULL, "NAME", "the token's name (required)" },
+        { "expires-in", CP_CFG_DURATION, O(expires_in_ms), "0", { NULL }, NULL, 0, 0,
+          (int64_t) 3650 * 86400 * 1000, NULL, "DURATION", "lifetime, e.g. 30d or 720h (0 = never expires)" },
+        { "account", CP_CFG_STRING, O(account), NULL, { NULL }, NULL, 0, 0, 0, NULL, "ID",
+          "scope the token to this account (default: management-wide)" },
+        { "json", CP_CFG_BOOL, O(json), "false", { NULL }, NULL, 0, 0, 0, NULL, NULL, "print JSON" },
+};
+
+static const cp_cfg_option proxy_token_list_rows[] = {
+        { "account", CP_CFG_STRING, O(account), NULL, { NULL }, NULL, 0, 0, 0, NULL, "ID",
+          "only this account's tokens (default: every token)" },
+        { "json", CP_CFG_BOOL, O(json), "false", { NULL }, NULL, 0, 0, 0, NULL, NULL, "print JSON" },
+};
+
 static const cp_cfg_option rotate_rows[] = {
         { "grace", CP_CFG_DURATION, O(grace_ms), "24h", { NULL }, NULL, 0, 0, (int64_t) 30 * 86400 * 1000, NULL,
           "DURATION", "how long requests sealed to the old key still open (0s = not at all)" },
@@ -115,6 +131,12 @@ static const command commands[] = {
           admin_cmd_server_key_rotate, ROWS(rotate_rows), NEEDS_DATA_KEY },
         { "server-key", "show", "show the server key's public half and rotation state", admin_cmd_server_key_show,
           ROWS(json_rows), 0 },
+        { "proxy-token", "create", "create a reverse-proxy access token; prints PROXY_TOKEN_ID and PROXY_TOKEN once",
+          admin_cmd_proxy_token_create, ROWS(proxy_token_create_rows), 0 },
+        { "proxy-token", "list", "list the reverse-proxy access tokens", admin_cmd_proxy_token_list,
+          ROWS(proxy_token_list_rows), 0 },
+        { "proxy-token", "revoke", "revoke a reverse-proxy access token: proxy-token revoke <id>",
+          admin_cmd_proxy_token_revoke, NULL, 0, TAKES_ARG },
 };
 
 /* The command's own flags: environment NB_ADMIN_<NAME>, no file. */
@@ -185,6 +207,10 @@ static int split(const command *cmd, const cp_cfg_option *common, size_t n_commo
         for (int i = 0; i < argc; i++) {
                 const char *arg = argv[i];
                 bool is_flag = strncmp(arg, "--", 2) == 0;
+                if (!is_flag && (cmd->needs & TAKES_ARG) && !opts->arg) {
+                        opts->arg = arg;
+                        continue;
+                }
                 /* Only a flag has a name after its "--" ("-" or "" has none). */
                 const char *name = is_flag ? arg + 2 : "", *eq = is_flag ? strchr(arg, '=') : NULL;
                 size_t len = eq ? (size_t) (eq - name) : strlen(name);

@@ -293,6 +293,16 @@ static void api_announce(const char *account_id, int64_t serial, void *userdata)
         mgmt_sync_local_change(m->sync, account_id, serial);
 }
 
+/* Any thread (a worker): the REST API committed proxy mapping changes or
+ * revoked a proxy token. */
+static void api_proxy_announce(int64_t seq, void *userdata) {
+        mgmt_manager_proxy_changed(userdata, seq);
+}
+
+static void api_proxy_token_revoked(const char *token_id, void *userdata) {
+        mgmt_manager_proxy_token_revoked(userdata, token_id);
+}
+
 /* Any thread: the REST API's look into the Sync path's snapshots. */
 static struct cp_netmap_account *api_snapshot_peek(const char *account_id, int64_t serial, void *userdata) {
         mgmt_manager *m = userdata;
@@ -767,7 +777,13 @@ int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf,
                                       .announce = api_announce, .announce_userdata = m,
                                       .snapshot_peek = api_snapshot_peek, .snapshot_userdata = m,
                                       .jwt = m->jwt, .identity = m->identity, .geo = m->geo,
+<<<<<<< HEAD
                                       .proxy_callback = proxy_callback, .proxy_callback_userdata = m };
+=======
+                                      .data_key = data_key,
+                                      .proxy_announce = api_proxy_announce, .proxy_announce_userdata = m,
+                                      .proxy_token_revoked = api_proxy_token_revoked };
+>>>>>>> wt-pstream
                 r = cp_api_new(&ao, &m->api, reterr);
                 if (r < 0)
                         goto fail;

@@ -60,11 +60,11 @@ def list_users_and_current():
     assert perms["is_restricted"] is False, perms
     mods = perms["modules"]
     for m in ("peers", "groups", "settings", "accounts", "users", "pats", "setup_keys", "policies", "routes",
-              "dns", "nameservers", "events", "networks"):
+              "dns", "nameservers", "events", "networks", "services"):
         assert mods[m] == {op: True for op in ALL_OPS}, (m, mods[m])
     # Modules this server does not serve are left out (the dashboard
     # treats an absent module as denied and hides its pages).
-    for m in ("remote_jobs", "services", "identity_providers", "agent_network"):
+    for m in ("remote_jobs", "identity_providers", "agent_network"):
         assert m not in mods, (m, mods.get(m))
 
     # Another user shows up with is_current false; filters by kind.

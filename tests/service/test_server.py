@@ -82,11 +82,19 @@ def unknown_and_unimplemented_methods():
         except grpc.RpcError as e:
             assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, e
         try:
-            for _ in ch.stream_stream("/management.ProxyService/GetMappingUpdate")(iter([b"", b""]), timeout=10):
+            for _ in ch.stream_stream("/management.NoSuchService/Stream")(iter([b"", b""]), timeout=10):
                 pass
             raise AssertionError("bidi succeeded")
         except grpc.RpcError as e:
             assert e.code() == grpc.StatusCode.UNIMPLEMENTED, e
+        # ProxyService is registered on the same server: its token check
+        # answers first (tests/service/test_proxy_stream.py).
+        try:
+            for _ in ch.stream_stream("/management.ProxyService/SyncMappings")(iter([b""]), timeout=10):
+                pass
+            raise AssertionError("SyncMappings without a token succeeded")
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.UNAUTHENTICATED, e
     # Both kinds are logged with their context.
     line = srv.wait_log(lambda o: o.get("msg") == "unimplemented method" and "IsHealthy" in o.get("method", ""))
     assert line["component"] == "grpc" and line["peer"].startswith("ipv4:127.0.0.1:") and line["request_id"], line

@@ -68,8 +68,8 @@ struct mgmt_proxy {
         mgmt_strmap *limiter;
         int64_t limiter_swept_ms;
 
-        /* Set by on_start; CQ thread from then on. */
-        mgmt_grpc *grpc;
+        /* Set by on_start (any thread reads it to post). */
+        _Atomic(mgmt_grpc *) grpc;
         /* CQ thread only: the open streams. */
         mgmt_proxy_stream *streams;
         bool draining;
@@ -79,7 +79,8 @@ struct mgmt_proxy {
 
         /* Any thread. */
         _Atomic int64_t hint_seq;       /* highest seq hinted so far */
-        atomic_size_t n_streams;
+        atomic_size_t n_streams;        /* streams, open or not */
+        atomic_size_t n_connected;      /* streams with their proxies row */
 };
 
 /* ---- unary operations --------------------------------------------------------- */

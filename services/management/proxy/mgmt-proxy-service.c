@@ -22,7 +22,6 @@
 #define DEFAULT_TOKEN_CHECK_MS 60000
 #define DEFAULT_HEARTBEAT_MS 60000
 #define DEFAULT_STALE_MS (3600 * 1000)
-#define DEFAULT_POLL_MS 5000
 
 /* The handlers of the unary RPCs (mgmt-proxy-int.h). NULL: UNIMPLEMENTED
  * (after the token check, as NetBird's interceptor runs first).
@@ -258,7 +257,7 @@ mgmt_proxy *mgmt_proxy_new(const mgmt_proxy_options *o) {
         p->token_check_ms = or_default(o->token_check_ms, DEFAULT_TOKEN_CHECK_MS);
         p->heartbeat_ms = or_default(o->heartbeat_ms, DEFAULT_HEARTBEAT_MS);
         p->stale_ms = or_default(o->stale_ms, DEFAULT_STALE_MS);
-        p->poll_ms = or_default(o->poll_ms, DEFAULT_POLL_MS);
+        p->poll_ms = o->poll_ms > 0 ? o->poll_ms : 0;
         for (size_t i = 0; i < MGMT_PROXY_N_METHODS; i++)
                 p->rpcs[i] = (mgmt_proxy_rpc) { .proxy = p, .id = (cp_proto_proxy_method_id) i,
                                                 .handler = handlers[i] };
@@ -279,5 +278,5 @@ mgmt_proxy *mgmt_proxy_free(mgmt_proxy *p) {
 }
 
 size_t mgmt_proxy_connected(const mgmt_proxy *p) {
-        return p ? atomic_load(&((mgmt_proxy *) p)->n_streams) : 0;
+        return p ? atomic_load(&((mgmt_proxy *) p)->n_connected) : 0;
 }

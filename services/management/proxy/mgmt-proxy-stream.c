@@ -37,6 +37,7 @@
 #include "cp/store-proxyconn.h"
 #include "cp/util.h"
 #include "mgmt-proxy-int.h"
+#include "mgmt-metrics.h"
 #include "mgmt-proxy-onetime.h"
 
 #include <arpa/inet.h>
@@ -87,6 +88,7 @@ struct mgmt_proxy_stream {
         int64_t live_seq;               /* last change-log row handled */
         int64_t checked_seq;            /* hints up to this were read and had nothing */
         bool want_changes;              /* read the change log when idle */
+        bool retry_changes;             /* a read failed: again at the next tick */
         uint64_t sent;                  /* messages sent */
 
         /* The pipeline. */
@@ -122,7 +124,8 @@ typedef struct job {
         uint8_t *buf;                   /* the packed message, or NULL */
         size_t len;
         bool valid;                     /* TOKEN */
-        /* AUTH of GetMappingUpdate: the decoded request. */
+        /* AUTH: the token; for GetMappingUpdate the decoded request. */
+        mgmt_proxy_token token;
         Management__GetMappingUpdateRequest *req;
 } job;
 
@@ -172,6 +175,8 @@ static void maybe_free(mgmt_proxy_stream *s) {
         if (!s->over || s->jobs > 0)
                 return;
         if (s->registered) {
+                atomic_fetch_sub(&p->n_connected, 1);
+                mgmt_metrics_proxy_streams(-1);
                 disconnect *d = cp_xcalloc(1, sizeof *d);
                 d->hub = p;
                 memcpy(d->proxy_id, s->proxy_id, sizeof d->proxy_id);
@@ -235,7 +240,7 @@ static grpc_slice read_payload(grpc_byte_buffer *bb) {
 static void work_auth(job *j) {
         mgmt_proxy_stream *s = j->s;
 
-        if (mgmt_proxy_authenticate(s->hub, s->call, &s->token, &j->status, j->msg, sizeof j->msg) < 0)
+        if (mgmt_proxy_authenticate(s->hub, s->call, &j->token, &j->status, j->msg, sizeof j->msg) < 0)
                 return;
         if (!s->bidi) {
                 grpc_slice sl = read_payload(j->payload);
@@ -535,6 +540,13 @@ static void job_done(mgmt_call *c, void *userdata) {
                 goto out;
         }
         s->data_job = false;
+        if (j->kind == JOB_OPEN && j->status == GRPC_STATUS_OK) {
+                /* The row is written: ours to mark disconnected at the
+                 * end, even when the stream ended meanwhile. */
+                s->registered = true;
+                atomic_fetch_add(&s->hub->n_connected, 1);
+                mgmt_metrics_proxy_streams(1);
+        }
         if (s->ending || s->over || j->status == GRPC_STATUS_CANCELLED)
                 goto out;
         switch (j->kind) {
@@ -543,6 +555,7 @@ static void job_done(mgmt_call *c, void *userdata) {
                         end(s, j->status, j->msg);
                         break;
                 }
+                s->token = j->token;
                 (void) snprintf(s->ip, sizeof s->ip, "%s", mgmt_call_peer_ip(c));
                 if (s->bidi) {
                         s->phase = PS_INIT;
@@ -557,7 +570,6 @@ static void job_done(mgmt_call *c, void *userdata) {
                         end(s, j->status, j->msg);
                         break;
                 }
-                s->registered = true;
                 s->live_seq = j->seq;
                 s->checked_seq = j->seq;
                 s->phase = PS_SNAPSHOT;
@@ -581,8 +593,14 @@ static void job_done(mgmt_call *c, void *userdata) {
                 break;
         case JOB_CHANGES:
                 s->live_seq = j->seq;
-                if (j->status != GRPC_STATUS_OK)
+                if (j->status != GRPC_STATUS_OK) {
+                        /* The database is away: not in a loop; the next
+                         * tick (a second) tries again. */
+                        if (j->target_seq > s->checked_seq)
+                                s->checked_seq = j->target_seq;
+                        s->retry_changes = true;
                         break;
+                }
                 if (j->buf) {
                         s->ready = j->buf;
                         s->ready_len = j->len;
@@ -617,12 +635,16 @@ static int start_job(mgmt_proxy_stream *s, job *j) {
         s->jobs++;
         r = mgmt_call_offload(s->call, job_work, job_done, j);
         if (r < 0) {
+                bool data = j->kind != JOB_TOKEN && j->kind != JOB_HEARTBEAT;
                 s->jobs--;
-                if (j->kind != JOB_TOKEN && j->kind != JOB_HEARTBEAT)
+                if (data)
                         s->data_job = false;
                 if (j->payload)
                         grpc_byte_buffer_destroy(j->payload);
                 free(j);
+                /* A token check or heartbeat waits for the next tick. */
+                if (!data)
+                        return r;
                 if (r == -EAGAIN)
                         end(s, GRPC_STATUS_RESOURCE_EXHAUSTED, "server is busy, please try again later");
                 else
@@ -780,7 +802,7 @@ void mgmt_proxy_stream_on_close(mgmt_proxy *p, mgmt_call *c, bool cancelled) {
 /* ---- hints and periodic work ----------------------------------------------------- */
 
 void mgmt_proxy_on_grpc_start(mgmt_grpc *g, mgmt_proxy *p) {
-        p->grpc = g;
+        atomic_store(&p->grpc, g);
 }
 
 static void kick_all(mgmt_grpc *g, void *userdata) {
@@ -800,15 +822,19 @@ static void want_all(mgmt_grpc *g, void *userdata) {
 }
 
 void mgmt_proxy_changed(mgmt_proxy *p, int64_t seq) {
-        if (!p || !p->grpc)
+        mgmt_grpc *g = p ? atomic_load(&p->grpc) : NULL;
+
+        /* Once stopping, the streams are being drained: nothing to do
+         * (and nothing allocated for a post that might be dropped). */
+        if (!g || mgmt_grpc_stopping(g))
                 return;
         if (seq > 0) {
                 int64_t cur = atomic_load(&p->hint_seq);
                 while (seq > cur && !atomic_compare_exchange_weak(&p->hint_seq, &cur, seq))
                         ;
-                mgmt_grpc_post(p->grpc, kick_all, p);
+                mgmt_grpc_post(g, kick_all, p);
         } else
-                mgmt_grpc_post(p->grpc, want_all, p);
+                mgmt_grpc_post(g, want_all, p);
 }
 
 typedef struct revoke_post {
@@ -830,18 +856,22 @@ static void on_revoked(mgmt_grpc *g, void *userdata) {
         revoke_post *r = userdata;
 
         for (mgmt_proxy_stream *s = r->hub->streams; s; s = s->next)
-                if (!r->token_id[0] || strcmp(s->token.id, r->token_id) == 0)
+                if (s->phase >= PS_INIT && (!r->token_id[0] || strcmp(s->token.id, r->token_id) == 0))
                         check_token(s);
         free(r);
 }
 
 void mgmt_proxy_token_revoked(mgmt_proxy *p, const char *token_id) {
-        if (!p || !p->grpc)
+        mgmt_grpc *g = p ? atomic_load(&p->grpc) : NULL;
+
+        /* Once stopping, the streams are being drained: nothing to do
+         * (and nothing allocated for a post that might be dropped). */
+        if (!g || mgmt_grpc_stopping(g))
                 return;
         revoke_post *r = cp_xcalloc(1, sizeof *r);
         r->hub = p;
         (void) snprintf(r->token_id, sizeof r->token_id, "%s", token_id ? token_id : "");
-        mgmt_grpc_post(p->grpc, on_revoked, r);
+        mgmt_grpc_post(g, on_revoked, r);
 }
 
 typedef struct tick_post {
@@ -874,8 +904,10 @@ static void on_tick(mgmt_grpc *g, void *userdata) {
                         if (start_job(s, j) < 0)
                                 s->heartbeat_job = false;
                 }
-                if (t->poll)
+                if (t->poll || s->retry_changes) {
                         s->want_changes = true;
+                        s->retry_changes = false;
+                }
                 pump(s);
         }
         free(t);
@@ -910,20 +942,23 @@ static void start_reap(mgmt_grpc *g, void *userdata) {
 
 void mgmt_proxy_tick(mgmt_proxy *p) {
         int64_t now = now_ms();
+        mgmt_grpc *g = p ? atomic_load(&p->grpc) : NULL;
 
-        if (!p || !p->grpc)
+        if (!g || mgmt_grpc_stopping(g))
                 return;
         tick_post *t = cp_xcalloc(1, sizeof *t);
         t->hub = p;
-        if (now - p->last_poll_ms >= p->poll_ms) {
+        if (p->poll_ms > 0 && now - p->last_poll_ms >= p->poll_ms) {
                 p->last_poll_ms = now;
                 t->poll = true;
         }
-        mgmt_grpc_post(p->grpc, on_tick, t);
-        /* Every 5 minutes, as NetBird's sweep. */
-        if (now - p->last_reap_ms >= 5 * 60 * 1000 && !atomic_exchange(&p->reap_queued, true)) {
+        mgmt_grpc_post(g, on_tick, t);
+        /* Every 5 minutes, as NetBird's sweep (more often when the
+         * stale age is shorter). */
+        int64_t every = p->stale_ms < 5 * 60 * 1000 ? p->stale_ms : 5 * 60 * 1000;
+        if (now - p->last_reap_ms >= every && !atomic_exchange(&p->reap_queued, true)) {
                 p->last_reap_ms = now;
-                mgmt_grpc_post(p->grpc, start_reap, p);
+                mgmt_grpc_post(g, start_reap, p);
         }
 }
 
@@ -936,6 +971,8 @@ static void on_drain(mgmt_grpc *g, void *userdata) {
 }
 
 void mgmt_proxy_drain(mgmt_proxy *p) {
-        if (p && p->grpc)
-                mgmt_grpc_post(p->grpc, on_drain, p);
+        mgmt_grpc *g = p ? atomic_load(&p->grpc) : NULL;
+
+        if (g)
+                mgmt_grpc_post(g, on_drain, p);
 }

@@ -56,7 +56,7 @@ typedef struct mgmt_proxy_options {
         /* proxies rows not seen for this long are deleted (1 h when 0). */
         int64_t stale_ms;
         /* The safety-net poll of the change log (--serial-check-interval;
-         * 5 s when 0). */
+         * 0 = off, as that flag's 0s turns off the serial check). */
         int64_t poll_ms;
 } mgmt_proxy_options;
 

@@ -38,6 +38,7 @@ static const double seconds_bounds[] = { 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05
 
 static struct {
         cp_gauge *sync_streams;
+        cp_gauge *proxy_streams;
         cp_counter *sync_opens[MGMT_SYNC_OPEN_FAILED + N_STATUS];    /* ok, stale, closed, then by status */
         cp_counter *logins[2][N_STATUS];                              /* [registration][status] */
         cp_histogram *fanout_seconds;
@@ -76,6 +77,9 @@ static void init(void) {
         mm.sync_streams = cp_metrics_plain_gauge(reg, "netbird_cp_sync_streams",
                                                  "Sync streams open on this replica (registered, first map "
                                                  "sent).");
+        mm.proxy_streams = cp_metrics_plain_gauge(reg, "netbird_cp_proxy_streams",
+                                                  "ProxyService mapping streams open on this replica "
+                                                  "(GetMappingUpdate and SyncMappings, registered).");
         f = cp_metrics_counter(reg, "netbird_cp_sync_opens_total",
                                "Sync opens by outcome: ok, stale (a newer stream owns the peer), closed (client "
                                "left or shutdown during the open), or the gRPC status it failed with.",
@@ -153,6 +157,11 @@ void mgmt_metrics_render(cp_strbuf *out) {
 void mgmt_metrics_sync_streams(int delta) {
         mgmt_metrics_init();
         cp_gauge_add(mm.sync_streams, delta);
+}
+
+void mgmt_metrics_proxy_streams(int delta) {
+        mgmt_metrics_init();
+        cp_gauge_add(mm.proxy_streams, delta);
 }
 
 void mgmt_metrics_sync_open(mgmt_sync_open_outcome outcome, grpc_status_code status) {

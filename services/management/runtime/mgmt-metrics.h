@@ -34,6 +34,8 @@ void mgmt_metrics_render(cp_strbuf *out);
 
 /* A stream entered (+1) or left (-1) the registry. */
 void mgmt_metrics_sync_streams(int delta);
+/* A ProxyService mapping stream registered its proxy (+1) or ended (-1). */
+void mgmt_metrics_proxy_streams(int delta);
 
 typedef enum mgmt_sync_open_outcome {
         MGMT_SYNC_OPEN_OK,              /* registered, first map queued */
