@@ -92,18 +92,15 @@ struct cp_api {
         cp_jwt *jwt;                    /* borrowed; NULL = no IdP */
         cp_identity_options identity;   /* single_account_domain owned (a copy) */
         struct cp_geo *geo;             /* borrowed; NULL = no geo databases */
-<<<<<<< HEAD
-        void (*proxy_callback)(const char *query, int *ret_status, char **ret_location, char **ret_body,
-                               void *userdata);
-        void *proxy_callback_userdata;
-=======
         /* The reverse proxy (cp_api_options). */
         void (*proxy_announce)(int64_t seq, void *userdata);
         void (*proxy_token_revoked)(const char *token_id, void *userdata);
         void *proxy_announce_userdata;
         uint8_t data_key[32];           /* DataStoreEncryptionKey, when has_data_key */
         bool has_data_key;
->>>>>>> wt-pstream
+        void (*proxy_callback)(const char *query, int *ret_status, char **ret_location, char **ret_body,
+                               void *userdata);
+        void *proxy_callback_userdata;
 };
 
 struct api_ctx {

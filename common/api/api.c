@@ -499,10 +499,6 @@ int cp_api_new(const cp_api_options *o, cp_api **ret, cp_error *reterr) {
         api->peer_caches = api_peer_caches_new();
         api->jwt = o->jwt;
         api->geo = o->geo;
-<<<<<<< HEAD
-        api->proxy_callback = o->proxy_callback;
-        api->proxy_callback_userdata = o->proxy_callback_userdata;
-=======
         api->proxy_announce = o->proxy_announce;
         api->proxy_token_revoked = o->proxy_token_revoked;
         api->proxy_announce_userdata = o->proxy_announce_userdata;
@@ -510,7 +506,8 @@ int cp_api_new(const cp_api_options *o, cp_api **ret, cp_error *reterr) {
                 memcpy(api->data_key, o->data_key, sizeof api->data_key);
                 api->has_data_key = true;
         }
->>>>>>> wt-pstream
+        api->proxy_callback = o->proxy_callback;
+        api->proxy_callback_userdata = o->proxy_callback_userdata;
         api->identity.single_account_domain =
                 o->identity.single_account_domain ? cp_xstrdup(o->identity.single_account_domain) : NULL;
         *ret = api;

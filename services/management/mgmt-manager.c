@@ -777,13 +777,10 @@ int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf,
                                       .announce = api_announce, .announce_userdata = m,
                                       .snapshot_peek = api_snapshot_peek, .snapshot_userdata = m,
                                       .jwt = m->jwt, .identity = m->identity, .geo = m->geo,
-<<<<<<< HEAD
-                                      .proxy_callback = proxy_callback, .proxy_callback_userdata = m };
-=======
                                       .data_key = data_key,
                                       .proxy_announce = api_proxy_announce, .proxy_announce_userdata = m,
-                                      .proxy_token_revoked = api_proxy_token_revoked };
->>>>>>> wt-pstream
+                                      .proxy_token_revoked = api_proxy_token_revoked,
+                                      .proxy_callback = proxy_callback, .proxy_callback_userdata = m };
                 r = cp_api_new(&ao, &m->api, reterr);
                 if (r < 0)
                         goto fail;

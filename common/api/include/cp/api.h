@@ -61,16 +61,6 @@ typedef struct cp_api_options {
         /* Geolocation databases for /api/locations (borrowed, may be
          * NULL = none: the lists are empty). */
         struct cp_geo *geo;
-<<<<<<< HEAD
-        /* GET /api/reverse-proxy/callback, the end of a reverse proxy's
-         * OIDC sign-in: unauthenticated, answered by this function (on
-         * the worker that handles the request): a status, and for a
-         * redirect *ret_location, else *ret_body (JSON), both malloc'd.
-         * NULL = the path is unknown (404). */
-        void (*proxy_callback)(const char *query, int *ret_status, char **ret_location, char **ret_body,
-                               void *userdata);
-        void *proxy_callback_userdata;
-=======
         /* The reverse proxy. After a commit that appended rows to the
          * proxy mapping change log, proxy_announce gets the highest seq
          * the request wrote; after a commit that revoked a proxy access
@@ -82,7 +72,14 @@ typedef struct cp_api_options {
          * services' session signing keys. NULL: creating a service
          * answers 500. */
         const uint8_t *data_key;
->>>>>>> wt-pstream
+        /* GET /api/reverse-proxy/callback, the end of a reverse proxy's
+         * OIDC sign-in: unauthenticated, answered by this function (on
+         * the worker that handles the request): a status, and for a
+         * redirect *ret_location, else *ret_body (JSON), both malloc'd.
+         * NULL = the path is unknown (404). */
+        void (*proxy_callback)(const char *query, int *ret_status, char **ret_location, char **ret_body,
+                               void *userdata);
+        void *proxy_callback_userdata;
 } cp_api_options;
 
 int cp_api_new(const cp_api_options *o, cp_api **ret, cp_error *reterr);
