@@ -574,6 +574,65 @@ def create_proxy_peer_once_and_only_once():
     assert svc.query(w.dsn, "SELECT count(*) FROM peers WHERE account_id = %s" % q(w.a.id))[0][0] == 2
 
 
+# ---- service-key rotate ---------------------------------------------------------------------
+
+@test
+def service_key_rotate_keeps_old_sessions_for_the_grace_period():
+    import subprocess
+    admin_bin = os.environ.get("NETBIRD_ADMIN", "")
+    if not admin_bin:
+        raise svc.Skip("NETBIRD_ADMIN not set")
+    w = World()
+    sid, domain, sk = w.a.service(auth={"pin_auth": {"enabled": True, "pin": pf.argon2id("42")}},
+                                  cluster="eu.proxy.test")
+    sid2, domain2, sk2 = w.a.service()
+    alice = w.a.user()
+    old_token = pf.mint_session(sk, alice, domain)
+    old2 = pf.mint_session(sk2, alice, domain2)
+    env = svc.clean_env(dict(svc.dsn_env(w.dsn), NB_MGMT_DATA_STORE_ENCRYPTION_KEY=svc.DATA_KEY))
+
+    def admin(*args):
+        p = subprocess.run([admin_bin, "service-key", "rotate"] + list(args), capture_output=True, text=True,
+                           env=env, timeout=60)
+        return p.returncode, p.stdout, p.stderr
+
+    seq0 = svc.query(w.dsn, "SELECT COALESCE(max(seq), 0) FROM proxy_mapping_changes")[0][0]
+    rc, out, err = admin("--service", sid, "--grace", "1h", "--json")
+    assert rc == 0, (rc, out, err)
+    res = json.loads(out)
+    assert res[0]["id"] == sid and res[0]["result"] == "rotated", res
+    new_pub = res[0]["public_key"]
+    assert svc.query(w.dsn, "SELECT session_public_key FROM services WHERE id = %s" % q(sid))[0][0] == new_pub
+    # proxies learn the new public key: a MODIFIED change for the service
+    rows = svc.query(w.dsn, "SELECT service_id, op FROM proxy_mapping_changes WHERE seq > %d" % seq0)
+    assert rows == [(sid, 1)], rows
+    p = w.proxy
+    # sessions signed with the old key still validate; new ones use the new key
+    assert p.validate_session(domain, old_token).valid
+    r = p.authenticate(id=sid, account_id=w.a.id, pin=pf.ppb.PinRequest(pin="42"))
+    assert r.success and pf.verify_session(r.session_token, new_pub, domain), r
+    # again inside the grace period: refused without --force
+    rc, out, err = admin("--service", sid)
+    assert rc == 1 and "skipped" in out, (rc, out, err)
+    rc, out, err = admin("--service", "nope")
+    assert rc == 1, (rc, out, err)
+    rc, out, err = admin("--all")
+    assert rc == 0 and sid + " skipped" in out and sid2 + " rotated" in out, (rc, out, err)
+    assert p.validate_session(domain2, old2).valid
+    # --force with no grace: the old key stops at once
+    rc, out, err = admin("--service", sid2, "--force", "--grace", "0s")
+    assert rc == 0, (rc, out, err)
+    assert p.validate_session(domain2, old2).denied_reason == "invalid_token"
+    # a wrong DataStoreEncryptionKey is a usage error and changes nothing
+    before = svc.query(w.dsn, "SELECT session_public_key FROM services WHERE id = %s" % q(sid))
+    env["NB_MGMT_DATA_STORE_ENCRYPTION_KEY"] = pf.base64.b64encode(b"x" * 32).decode()
+    rc, out, err = admin("--service", sid, "--force")
+    assert rc == 2, (rc, out, err)
+    assert svc.query(w.dsn, "SELECT session_public_key FROM services WHERE id = %s" % q(sid)) == before
+    rc, out, err = admin()
+    assert rc == 2, (rc, out, err)
+
+
 # ---- the LLM RPCs ---------------------------------------------------------------------------
 
 @test
