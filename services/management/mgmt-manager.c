@@ -722,7 +722,7 @@ int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf,
         mgmt_sync_set_announce(m->sync, announce, m);
         {
                 mgmt_prpc_options po = { .store = m->store, .data_key = data_key, .file = cfg->source.file,
-                                         .dns_domain = cfg->dns_domain, .jwt = m->jwt,
+                                         .dns_domain = cfg->dns_domain, .jwt = m->jwt, .geo = m->geo,
                                          .account_changed = api_announce, .userdata = m };
                 r = mgmt_prpc_new(&po, &m->prpc, reterr);
                 if (r < 0)

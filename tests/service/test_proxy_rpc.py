@@ -413,6 +413,30 @@ def access_logs_are_flushed_at_shutdown_and_retention_deletes_old_rows():
     assert svc.query(dsn, "SELECT count(*) FROM proxy_access_logs WHERE id = %s" % q(recent.log.log_id))[0][0] == 1
 
 
+@test
+def access_logs_get_the_source_location():
+    pf.need()
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+    import geofix
+    dsn, _ = svc.new_db()
+    datadir = svc.tmpdir()
+    geofix.write_datadir(datadir)
+    srv = start(dsn, "--datadir", datadir)
+    svc.defer(srv.stop)
+    a = pf.Account(dsn)
+    sid, _, _ = a.service()
+    p = pf.Proxy(srv, pf.global_proxy_token(dsn))
+    reqs = [access_log(a.id, sid, source_ip=ip) for ip in ("192.0.2.5", "::ffff:127.0.0.1", "10.1.2.3", "bad")]
+    for req in reqs:
+        p.call("SendAccessLog", req, pf.ppb.SendAccessLogResponse)
+    rows = wait_rows(dsn, "SELECT id FROM proxy_access_logs", 4)
+    assert len(rows) == 4, rows
+    got = [svc.query(dsn, "SELECT source_ip, country_code, city_name FROM proxy_access_logs WHERE id = %s"
+                     % q(r.log.log_id))[0] for r in reqs]
+    assert got == [("192.0.2.5", "FR", "Paris"), ("127.0.0.1", "DE", "Berlin"), ("10.1.2.3", "", ""),
+                   ("", "", "")], got
+
+
 # ---- GetOIDCURL and the callback ------------------------------------------------------------
 
 @test

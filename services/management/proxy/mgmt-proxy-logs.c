@@ -27,6 +27,7 @@
  */
 #include "cp/base.h"
 #include "cp/config.h"
+#include "cp/geo.h"
 #include "cp/log.h"
 #include "cp/strbuf.h"
 #include "cp/util.h"
@@ -132,8 +133,9 @@ static int target_exists(prpc_logs *l, const char *account_id, const char *servi
 
 /* ---- one entry ----------------------------------------------------------------------- */
 
-/* The row as JSON text, or NULL when a string is not valid UTF-8. */
-static char *entry_json(const Management__AccessLog *a) {
+/* The row as JSON text, or NULL when a string is not valid UTF-8. geo
+ * (may be NULL) locates the source address, as NetBird's enrichment. */
+static char *entry_json(const Management__AccessLog *a, cp_geo *geo) {
         char ts[40] = "", ip[INET6_ADDRSTRLEN] = "";
         const char *reason = "";
         int64_t secs;
@@ -163,6 +165,9 @@ static char *entry_json(const Management__AccessLog *a) {
                 else
                         (void) inet_ntop(AF_INET6, bin, ip, sizeof ip);
         }
+        cp_geo_location loc = { 0 };
+        if (*ip && cp_geo_lookup(geo, ip, &loc, NULL) <= 0)
+                memset(&loc, 0, sizeof loc);
         /* Only HTTP entries get a reason; L4 ones have no auth or status. */
         if (!*a->protocol || strcmp(a->protocol, "http") == 0) {
                 if (!a->auth_success)
@@ -182,6 +187,7 @@ static char *entry_json(const Management__AccessLog *a) {
                 { "timestamp", ts }, { "method", a->method }, { "host", a->host }, { "path", a->path },
                 { "source_ip", ip }, { "reason", reason }, { "user_id", a->user_id },
                 { "auth_method_used", a->auth_mechanism }, { "protocol", a->protocol },
+                { "country_code", loc.country_code }, { "city_name", loc.city_name },
         };
         for (size_t i = 0; i < ELEMENTSOF(strs); i++) {
                 json_t *v = json_string(strs[i].v);
@@ -226,7 +232,7 @@ void prpc_send_access_log(mgmt_prpc *p, const mgmt_prpc_caller *who, const Manag
                 return prpc_fail(ret, GRPC_STATUS_INVALID_ARGUMENT, "log_id, account_id or service_id is too long");
         if (a->n_metadata > METADATA_MAX || str_total(a) > ENTRY_MAX_BYTES)
                 return prpc_fail(ret, GRPC_STATUS_INVALID_ARGUMENT, "access log entry is too large");
-        row = entry_json(a);
+        row = entry_json(a, p->geo);
         if (!row)
                 return prpc_fail(ret, GRPC_STATUS_INVALID_ARGUMENT,
                                  "access log entry has a string that is not valid UTF-8 or a bad timestamp");
@@ -262,14 +268,15 @@ void prpc_send_access_log(mgmt_prpc *p, const mgmt_prpc_caller *who, const Manag
 #define INSERT_SQL \
         "INSERT INTO proxy_access_logs (id, account_id, service_id, timestamp, method, host, path, duration_ms," \
         " status_code, source_ip, reason, user_id, auth_method_used, bytes_upload, bytes_download, protocol," \
-        " metadata, agent_network)" \
+        " metadata, agent_network, country_code, city_name)" \
         " SELECT x.id, x.account_id, x.service_id, x.\"timestamp\", x.method, x.host, x.path, x.duration_ms," \
         " x.status_code, x.source_ip, x.reason, x.user_id, x.auth_method_used, x.bytes_upload," \
-        " x.bytes_download, x.protocol, x.metadata, x.agent_network" \
+        " x.bytes_download, x.protocol, x.metadata, x.agent_network, x.country_code, x.city_name" \
         " FROM jsonb_to_recordset($1::jsonb) AS x(id text, account_id text, service_id text," \
         " \"timestamp\" timestamptz, method text, host text, path text, duration_ms bigint, status_code integer," \
         " source_ip text, reason text, user_id text, auth_method_used text, bytes_upload bigint," \
-        " bytes_download bigint, protocol text, metadata jsonb, agent_network boolean)" \
+        " bytes_download bigint, protocol text, metadata jsonb, agent_network boolean, country_code text," \
+        " city_name text)" \
         " JOIN accounts a ON a.id = x.account_id" \
         " ON CONFLICT (id) DO NOTHING"
 

@@ -23,6 +23,7 @@ struct mgmt_prpc {
         uint8_t data_key[32];
         char *dns_domain;
         struct cp_jwt *jwt;
+        struct cp_geo *geo;
         void (*account_changed)(const char *account_id, int64_t serial, void *userdata);
         void *userdata;
         int (*onetime_verify)(const char *token, const char *account_id, const char *service_id,

@@ -262,6 +262,7 @@ int mgmt_prpc_new(const mgmt_prpc_options *o, mgmt_prpc **ret, cp_error *reterr)
         memcpy(p->data_key, o->data_key, sizeof p->data_key);
         p->dns_domain = cp_xstrdup(o->dns_domain ? o->dns_domain : "");
         p->jwt = o->jwt;
+        p->geo = o->geo;
         p->account_changed = o->account_changed;
         p->userdata = o->userdata;
         p->onetime_verify = o->onetime_verify;

@@ -35,6 +35,7 @@
 
 struct json_t;
 struct cp_jwt;
+struct cp_geo;
 
 typedef struct mgmt_prpc mgmt_prpc;
 
@@ -44,6 +45,7 @@ typedef struct mgmt_prpc_options {
         const struct json_t *file;              /* management.json (HttpConfig, ReverseProxy); may be NULL */
         const char *dns_domain;                 /* --dns-domain, for the proxy peer's event */
         struct cp_jwt *jwt;                     /* ID token validator of the OIDC callback; NULL = none */
+        struct cp_geo *geo;                     /* access logs' source locations; NULL = none */
         /* A change this process committed that agents must see (the
          * proxy peer): the manager announces it (mgmt_sync_local_change).
          * Any thread. NULL = nobody is told. */
