@@ -388,9 +388,10 @@ void mgmt_prpc_oidc_callback(mgmt_prpc *p, const char *query, int *ret_status, c
         json_t *id_token = json_object_get(tok, "id_token");
         if (!json_is_string(id_token) || !p->jwt ||
             cp_jwt_validate(p->jwt, json_string_value(id_token), &claims, &err) < 0) {
+                bool present = json_is_string(id_token);
                 json_decref(tok);
                 *ret_status = 401;
-                *ret_body = error_body(json_is_string(id_token) ? "invalid id_token" : "missing id_token", 401);
+                *ret_body = error_body(present ? "invalid id_token" : "missing id_token", 401);
                 return;
         }
         json_decref(tok);
