@@ -404,6 +404,13 @@ def access_logs_are_flushed_at_shutdown_and_retention_deletes_old_rows():
     n = svc.query(dsn, "SELECT count(*) FROM proxy_access_logs")[0][0]
     assert n >= 21, n
     # the clean-up runs a few seconds after start: the 5-day-old row goes
+    # expired one-time token and OIDC flow rows go with the same clean-up
+    svc.execute(dsn, "INSERT INTO proxy_used_tokens (token_hash, account_id, expires_at) VALUES"
+                " (repeat('a', 64), %s, CURRENT_TIMESTAMP - interval '1 minute'),"
+                " (repeat('b', 64), %s, CURRENT_TIMESTAMP + interval '5 minutes')" % (q(a.id), q(a.id)))
+    svc.execute(dsn, "INSERT INTO proxy_oidc_states (state_hash, account_id, service_id, verifier, redirect_url,"
+                " expires_at) VALUES (repeat('c', 64), %s, %s, 'v', 'https://x/', CURRENT_TIMESTAMP - interval '1 s')"
+                % (q(a.id), q(sid)))
     srv = start(dsn, config=cfg)
     svc.defer(srv.stop)
     deadline = time.time() + 20
@@ -411,6 +418,11 @@ def access_logs_are_flushed_at_shutdown_and_retention_deletes_old_rows():
         assert time.time() < deadline, "the old row is still there"
         time.sleep(0.2)
     assert svc.query(dsn, "SELECT count(*) FROM proxy_access_logs WHERE id = %s" % q(recent.log.log_id))[0][0] == 1
+    deadline = time.time() + 20
+    while svc.query(dsn, "SELECT count(*) FROM proxy_oidc_states")[0][0] != 0:
+        assert time.time() < deadline, "the expired OIDC state is still there"
+        time.sleep(0.2)
+    assert svc.query(dsn, "SELECT token_hash FROM proxy_used_tokens") == [("b" * 64,)]
 
 
 @test

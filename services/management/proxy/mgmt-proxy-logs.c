@@ -23,7 +23,9 @@
  * forever): every AccessLogCleanupIntervalHours (0 = 24 h), first a few
  * seconds after start, rows older than that are deleted in chunks of
  * 10,000, each its own statement, so no long lock is held. Every replica
- * runs it; concurrent runs delete each row once.
+ * runs it; concurrent runs delete each row once. The same thread deletes
+ * expired rows of proxy_used_tokens and proxy_oidc_states every 10
+ * minutes.
  */
 #include "cp/base.h"
 #include "cp/config.h"
@@ -47,6 +49,7 @@
 #define SEEN_TTL_MS             60000
 #define RETENTION_CHUNK         "10000"
 #define FIRST_CLEANUP_MS        5000
+#define GC_INTERVAL_MS          (10 * 60 * 1000)
 
 static const cp_log_ctx log_ctx = { .component = "proxy-logs" };
 
@@ -351,6 +354,19 @@ static void cleanup(prpc_logs *l) {
         }
 }
 
+/* Spent one-time tokens and OIDC flows past their expiry: a token past
+ * its expiry no longer verifies, so its row is not needed to refuse it. */
+static void gc_expired(prpc_logs *l) {
+        cp_error err = { 0 };
+
+        if (prpc_exec(l->p, "DELETE FROM proxy_used_tokens WHERE expires_at < CURRENT_TIMESTAMP", 0, NULL, NULL,
+                      &err) < 0 ||
+            prpc_exec(l->p, "DELETE FROM proxy_oidc_states WHERE expires_at < CURRENT_TIMESTAMP", 0, NULL, NULL,
+                      &err) < 0)
+                cp_log_kv(&log_ctx, CP_LOG_WARN, "cannot delete expired proxy tokens and OIDC states", "error",
+                          err.message, NULL);
+}
+
 static void deadline_in(struct timespec *ts, int64_t ms) {
         clock_gettime(CLOCK_MONOTONIC, ts);
         ts->tv_sec += ms / 1000;
@@ -365,6 +381,7 @@ static void *writer(void *userdata) {
         prpc_logs *l = userdata;
         char **rows = cp_xcalloc(l->batch, sizeof *rows);
         int64_t next_cleanup = cp_now_mono_ms() + FIRST_CLEANUP_MS;
+        int64_t next_gc = next_cleanup;
 
 
         for (;;) {
@@ -394,6 +411,10 @@ static void *writer(void *userdata) {
                         free(rows[i]);
                 if (stop && !more)
                         break;
+                if (!stop && cp_now_mono_ms() >= next_gc) {
+                        gc_expired(l);
+                        next_gc = cp_now_mono_ms() + GC_INTERVAL_MS;
+                }
                 if (!stop && cp_now_mono_ms() >= next_cleanup) {
                         cleanup(l);
                         next_cleanup = cp_now_mono_ms() + l->cleanup_ms;
