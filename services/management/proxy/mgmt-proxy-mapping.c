@@ -75,6 +75,10 @@ static Google__Protobuf__Duration *duration(mgmt_arena *a, const json_t *o, cons
         return d;
 }
 
+static const char *or_empty(const char *s) {
+        return s ? s : "";
+}
+
 static bool is_l4(const char *mode) {
         return strcmp(mode, "tcp") == 0 || strcmp(mode, "udp") == 0 || strcmp(mode, "tls") == 0;
 }
@@ -234,8 +238,8 @@ Management__ProxyMapping *mgmt_proxy_mapping_build(mgmt_arena *a, const cp_store
         management__proxy_mapping__init(m);
         m->type = (Management__ProxyMappingUpdateType) type;
         m->id = mgmt_arena_strdup(a, id ? id : "");
-        m->account_id = mgmt_arena_strdup(a, cp_store_rows_get(rows, row, CP_SVC_ACCOUNT_ID) ?: "");
-        m->domain = mgmt_arena_strdup(a, cp_store_rows_get(rows, row, CP_SVC_DOMAIN) ?: "");
+        m->account_id = mgmt_arena_strdup(a, or_empty(cp_store_rows_get(rows, row, CP_SVC_ACCOUNT_ID)));
+        m->domain = mgmt_arena_strdup(a, or_empty(cp_store_rows_get(rows, row, CP_SVC_DOMAIN)));
         m->auth_token = mgmt_arena_strdup(a, auth_token ? auth_token : "");
         m->pass_host_header = cp_store_rows_bool(rows, row, CP_SVC_PASS_HOST_HEADER);
         m->rewrite_redirects = cp_store_rows_bool(rows, row, CP_SVC_REWRITE_REDIRECTS);

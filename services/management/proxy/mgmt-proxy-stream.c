@@ -653,10 +653,14 @@ static int start_job(mgmt_proxy_stream *s, job *j) {
         return r;
 }
 
+/* The send and receive batches hold references to the call, not to the
+ * stream, which may be gone by the time they complete (the call ended
+ * and its last job came back): the stream is looked up through the call,
+ * whose userdata maybe_free() clears. */
 static void on_sent(mgmt_call *c, bool ok, void *userdata) {
-        mgmt_proxy_stream *s = userdata;
+        mgmt_proxy_stream *s = mgmt_call_userdata(c);
 
-        if (ok && !s->ending && !s->over)
+        if (s && ok && !s->ending && !s->over)
                 pump(s);
 }
 
@@ -707,10 +711,10 @@ static void pump(mgmt_proxy_stream *s) {
 }
 
 static void on_recv(mgmt_call *c, grpc_byte_buffer *msg, void *userdata) {
-        mgmt_proxy_stream *s = userdata;
+        mgmt_proxy_stream *s = mgmt_call_userdata(c);
         Management__SyncMappingsRequest *req = NULL;
 
-        if (s->ending || s->over) {
+        if (!s || s->ending || s->over) {
                 if (msg)
                         grpc_byte_buffer_destroy(msg);
                 return;
