@@ -537,6 +537,64 @@ def get_oidc_url_checks_and_callback_state():
     assert status == 401, status
 
 
+@test
+def oidc_sign_in_end_to_end_with_the_dev_provider():
+    """deploy/oidc (a real OIDC provider, node) signs alice in: GetOIDCURL's
+    URL is followed as a browser would, the provider redirects to our
+    callback, which exchanges the code and sends the browser back to the
+    service with a session token."""
+    pf.need()
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "idp"))
+    import oidcflow
+    http_port = svc.free_port()
+    callback = "http://127.0.0.1:%d/api/reverse-proxy/callback" % http_port
+    alice = {"login": "alice", "password": "alice-pw-" + pf.rid(), "sub": "sub-alice-" + pf.rid(),
+             "email": "alice@corp.example", "name": "Alice", "groups": []}
+    prov = oidcflow.Provider(dashboard_redirect_uris=[callback], users=[alice])
+    try:
+        prov.start()
+    except oidcflow.Unavailable as e:
+        raise svc.Skip(str(e))
+    svc.defer(prov.stop)
+    cfg = {"HttpConfig": {"AuthIssuer": prov.issuer, "AuthAudience": prov.dashboard_client_id,
+                          "AuthKeysLocation": prov.discovery["jwks_uri"], "AuthUserIDClaim": "sub",
+                          "AuthClientID": prov.dashboard_client_id, "AuthCallbackURL": callback}}
+    dsn, _ = svc.new_db()
+    srv = start(dsn, config=cfg, http_port=http_port)
+    svc.defer(srv.stop)
+    deadline = time.time() + 60
+    while True:                         # the replica holds the provider's signing keys
+        st, _, body = svc.http_json("GET", srv.url("/readyz"))
+        if st == 200 and body.get("degraded") != "idp":
+            break
+        assert time.time() < deadline, (st, body)
+        time.sleep(0.2)
+    a = pf.Account(dsn)
+    a.user(alice["sub"], email=alice["email"])
+    sid, domain, _ = a.service()
+    p = pf.Proxy(srv, pf.global_proxy_token(dsn))
+    r = p.call("GetOIDCURL", pf.ppb.GetOIDCURLRequest(id=sid, account_id=a.id,
+                                                        redirect_url="https://%s/private?q=1" % domain),
+               pf.ppb.GetOIDCURLResponse)
+    b = oidcflow.Browser()
+    got = b.follow("GET", r.url, callback)
+    assert got[0] == "page" and got[1] == 200, got[:3]
+    form = oidcflow._Form()
+    form.feed(got[3])
+    fields = dict(form.fields, login="alice", password=alice["password"])
+    got = b.follow(form.method.upper(), urllib.parse.urljoin(got[2], form.action), callback, form=fields)
+    assert got[0] == "redirect", got[:3]
+    status, headers, body = get_no_redirect(got[1])
+    assert status == 302, (status, body)
+    loc = urllib.parse.urlsplit(headers["Location"])
+    assert (loc.netloc, loc.path) == (domain, "/private"), loc
+    lq = urllib.parse.parse_qs(loc.query)
+    pub = svc.query(dsn, "SELECT session_public_key FROM services WHERE id = %s" % q(sid))[0][0]
+    c = pf.verify_session(lq["session_token"][0], pub, domain)
+    assert c["sub"] == alice["sub"] and c["email"] == alice["email"] and c["method"] == "oidc", c
+    assert p.validate_session(domain, lq["session_token"][0]).valid
+
+
 # ---- CreateProxyPeer ---------------------------------------------------------------------
 
 @test
