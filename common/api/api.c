@@ -425,7 +425,7 @@ void cp_api_handle(cp_api *api, const cp_api_request *req, cp_api_response *resp
                 char *body = NULL;
                 free(resp->location);
                 resp->location = NULL;
-                api->proxy_callback(req->query, &resp->status, &resp->location, &body,
+                api->proxy_callback(req->query, req->remote, &resp->status, &resp->location, &body,
                                     api->proxy_callback_userdata);
                 if (body)
                         cp_strbuf_adds(&resp->body, body);

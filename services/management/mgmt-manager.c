@@ -311,11 +311,11 @@ static struct cp_netmap_account *api_snapshot_peek(const char *account_id, int64
 }
 
 /* A worker: GET /api/reverse-proxy/callback (the proxy OIDC flow). */
-static void proxy_callback(const char *query, int *ret_status, char **ret_location, char **ret_body,
-                           void *userdata) {
+static void proxy_callback(const char *query, const char *remote, int *ret_status, char **ret_location,
+                           char **ret_body, void *userdata) {
         mgmt_manager *m = userdata;
 
-        mgmt_prpc_oidc_callback(m->prpc, query, ret_status, ret_location, ret_body);
+        mgmt_prpc_oidc_callback(m->prpc, query, remote, ret_status, ret_location, ret_body);
 }
 
 typedef struct http_post {

@@ -536,6 +536,10 @@ def get_oidc_url_checks_and_callback_state():
     status, _, _ = flow(testidp.TestIdP.tamper(idp.token(alice)))
     assert status == 401, status
 
+    # NetBird's limit on the callback: bursts of 15 per client, then 429
+    statuses = [get_no_redirect(cb + "?state=x")[0] for _ in range(16)]
+    assert statuses[-1] == 429 and set(statuses) <= {400, 429}, statuses
+
 
 @test
 def oidc_sign_in_end_to_end_with_the_dev_provider():

@@ -329,8 +329,40 @@ static int mint_for_user(mgmt_prpc *p, const char *account_id, const char *servi
         return r;
 }
 
-void mgmt_prpc_oidc_callback(mgmt_prpc *p, const char *query, int *ret_status, char **ret_location,
-                             char **ret_body) {
+/* NetBird's limit on the callback: 10 a minute per client address,
+ * bursts of 15. true when the call may go on. */
+static bool callback_allowed(mgmt_prpc *p, const char *remote) {
+        char addr[80];
+        uint64_t h = 1469598103934665603ULL;
+        int64_t now = cp_now_mono_ms();
+        bool ok;
+
+        if (!remote || !*remote)
+                return true;
+        (void) snprintf(addr, sizeof addr, "%s", remote);
+        char *colon = strrchr(addr, ':');       /* "address:port"; IPv6 has more colons before */
+        if (colon)
+                *colon = 0;
+        for (const char *c = addr; *c; c++)
+                h = (h ^ (uint8_t) *c) * 1099511628211ULL;
+        h |= 1;
+        pthread_mutex_lock(&p->cb_lock);
+        prpc_bucket *b = &p->cb_buckets[h % PRPC_CB_BUCKETS];
+        if (b->key != h)
+                *b = (prpc_bucket) { .key = h, .tokens = 15, .at_ms = now };
+        b->tokens += (double) (now - b->at_ms) / 6000.0;
+        if (b->tokens > 15)
+                b->tokens = 15;
+        b->at_ms = now;
+        ok = b->tokens >= 1;
+        if (ok)
+                b->tokens -= 1;
+        pthread_mutex_unlock(&p->cb_lock);
+        return ok;
+}
+
+void mgmt_prpc_oidc_callback(mgmt_prpc *p, const char *query, const char *remote, int *ret_status,
+                             char **ret_location, char **ret_body) {
         _cleanup_free_ char *state = query_get(query, "state"), *code = query_get(query, "code");
         _cleanup_free_ char *redirect = NULL, *authorize = NULL, *token_ep = NULL, *token = NULL;
         _cleanup_rows_ cp_store_rows *rows = NULL;
@@ -342,6 +374,11 @@ void mgmt_prpc_oidc_callback(mgmt_prpc *p, const char *query, int *ret_status, c
         int r;
 
         *ret_location = *ret_body = NULL;
+        if (!callback_allowed(p, remote)) {
+                *ret_status = 429;
+                *ret_body = error_body("too many requests", 429);
+                return;
+        }
         if (!state || cp_proxyauth_state_check(p->data_key, state, &redirect, &err) < 0) {
                 *ret_status = 400;
                 *ret_body = error_body("invalid state", 400);

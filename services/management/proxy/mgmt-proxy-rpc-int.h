@@ -37,7 +37,20 @@ struct mgmt_prpc {
         char *auth_callback_url;
         char *auth_audience;
         prpc_logs *logs;
+        /* The OIDC callback's per-client limiter (mgmt-proxy-oidc.c). */
+        pthread_mutex_t cb_lock;
+        struct prpc_bucket *cb_buckets;
 };
+
+/* The callback limiter's table: slots by hash of the client address; a
+ * collision restarts the slot (a full bucket), which only loosens the
+ * limit for the two clients involved. */
+#define PRPC_CB_BUCKETS 4096
+typedef struct prpc_bucket {
+        uint64_t key;                   /* hash of the address; 0 = free */
+        double tokens;
+        int64_t at_ms;
+} prpc_bucket;
 
 /* A reply with a status other than OK. */
 void prpc_fail(mgmt_prpc_reply *ret, grpc_status_code code, const char *fmt, ...) _printf_(3, 4);

@@ -263,6 +263,8 @@ int mgmt_prpc_new(const mgmt_prpc_options *o, mgmt_prpc **ret, cp_error *reterr)
         p->dns_domain = cp_xstrdup(o->dns_domain ? o->dns_domain : "");
         p->jwt = o->jwt;
         p->geo = o->geo;
+        pthread_mutex_init(&p->cb_lock, NULL);
+        p->cb_buckets = cp_xcalloc(PRPC_CB_BUCKETS, sizeof *p->cb_buckets);
         p->account_changed = o->account_changed;
         p->userdata = o->userdata;
         p->onetime_verify = o->onetime_verify;
@@ -299,6 +301,8 @@ mgmt_prpc *mgmt_prpc_free(mgmt_prpc *p) {
         free(p->auth_client_secret);
         free(p->auth_callback_url);
         free(p->auth_audience);
+        free(p->cb_buckets);
+        pthread_mutex_destroy(&p->cb_lock);
         free(p);
         return NULL;
 }

@@ -115,11 +115,13 @@ void mgmt_prpc_set_onetime(mgmt_prpc *p,
 
 /* ---- the OIDC callback (GET /api/reverse-proxy/callback) ---------------- */
 
-/* Worker thread: query is the raw query string (code, state, error...).
- * Fills status (302, 400, 401, 500) and, for 302, *ret_location
- * (malloc'd), else *ret_body a JSON error body (malloc'd). */
-void mgmt_prpc_oidc_callback(mgmt_prpc *p, const char *query, int *ret_status, char **ret_location,
-                             char **ret_body);
+/* Worker thread: query is the raw query string (code, state, error...),
+ * remote the client's "address:port" (NULL = unknown) for the per-client
+ * limit (NetBird's: 10 a minute, bursts of 15). Fills status (302, 400,
+ * 401, 429, 500) and, for 302, *ret_location (malloc'd), else *ret_body a
+ * JSON error body (malloc'd). */
+void mgmt_prpc_oidc_callback(mgmt_prpc *p, const char *query, const char *remote, int *ret_status,
+                             char **ret_location, char **ret_body);
 
 /* ---- for tests and the benchmark --------------------------------------- */
 

@@ -231,7 +231,7 @@ static void api_work(void *arg) {
         api_job *j = arg;
         cp_api_request areq = {
                 .method = j->method, .path = j->path, .query = j->query, .authorization = j->authorization,
-                .body = j->body, .body_len = j->body_len,
+                .body = j->body, .body_len = j->body_len, .remote = j->peer,
         };
 
         cp_api_handle(j->h->api, &areq, &j->resp);

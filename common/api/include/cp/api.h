@@ -77,8 +77,8 @@ typedef struct cp_api_options {
          * the worker that handles the request): a status, and for a
          * redirect *ret_location, else *ret_body (JSON), both malloc'd.
          * NULL = the path is unknown (404). */
-        void (*proxy_callback)(const char *query, int *ret_status, char **ret_location, char **ret_body,
-                               void *userdata);
+        void (*proxy_callback)(const char *query, const char *remote, int *ret_status, char **ret_location,
+                               char **ret_body, void *userdata);
         void *proxy_callback_userdata;
 } cp_api_options;
 
@@ -96,6 +96,9 @@ typedef struct cp_api_request {
         /* A trusted in-process caller (the admin CLI) acts as this user
          * without a token; HTTP callers must leave it NULL. */
         const char *as_user_id;
+        /* The client's "address:port" as the HTTP listener saw it, for
+         * per-client limits; NULL = unknown. */
+        const char *remote;
 } cp_api_request;
 
 typedef struct cp_api_response {
