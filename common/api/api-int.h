@@ -99,6 +99,9 @@ struct cp_api {
         void *proxy_announce_userdata;
         uint8_t data_key[32];           /* DataStoreEncryptionKey, when has_data_key */
         bool has_data_key;
+        void (*proxy_callback)(const char *query, const char *remote, int *ret_status, char **ret_location,
+                               char **ret_body, void *userdata);
+        void *proxy_callback_userdata;
 };
 
 struct api_ctx {

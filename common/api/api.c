@@ -420,6 +420,20 @@ void cp_api_handle(cp_api *api, const cp_api_request *req, cp_api_response *resp
         cp_strbuf_reset(&resp->body);
         resp->detail[0] = resp->route[0] = resp->account_id[0] = resp->user_id[0] = '\0';
 
+        if (api->proxy_callback && strcmp(path, "/api/reverse-proxy/callback") == 0 &&
+            (strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0)) {
+                char *body = NULL;
+                free(resp->location);
+                resp->location = NULL;
+                api->proxy_callback(req->query, req->remote, &resp->status, &resp->location, &body,
+                                    api->proxy_callback_userdata);
+                if (body)
+                        cp_strbuf_adds(&resp->body, body);
+                free(body);
+                (void) snprintf(resp->route, sizeof resp->route, "/api/reverse-proxy/callback");
+                cp_strbuf_release(&c.out);
+                return;
+        }
         found f = find_route(&c, method, path);
         if (f.route) {
                 c.route = f.route;
@@ -492,6 +506,8 @@ int cp_api_new(const cp_api_options *o, cp_api **ret, cp_error *reterr) {
                 memcpy(api->data_key, o->data_key, sizeof api->data_key);
                 api->has_data_key = true;
         }
+        api->proxy_callback = o->proxy_callback;
+        api->proxy_callback_userdata = o->proxy_callback_userdata;
         api->identity.single_account_domain =
                 o->identity.single_account_domain ? cp_xstrdup(o->identity.single_account_domain) : NULL;
         *ret = api;
@@ -517,4 +533,6 @@ void cp_api_response_init(cp_api_response *resp) {
 
 void cp_api_response_release(cp_api_response *resp) {
         cp_strbuf_release(&resp->body);
+        free(resp->location);
+        resp->location = NULL;
 }

@@ -77,6 +77,9 @@ typedef enum cp_store_stmt {
         /* store-ephemeral.c */
         ST_EPHEMERAL_ACCOUNTS,
         ST_EPHEMERAL_SWEEP,
+        /* CreateProxyPeer's registration */
+        ST_PROXY_PEER_ACCOUNT_LOCK,
+        ST_PROXY_PEER_META,
         _ST_MAX,
 } cp_store_stmt;
 

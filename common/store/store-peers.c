@@ -759,6 +759,7 @@ typedef struct claimed_key {
         bool ephemeral;
         bool allow_extra_dns_labels;
         const char *user_id;            /* SSO registration; NULL = setup key */
+        bool proxy;                     /* a proxy's embedded peer: no key, no user */
 } claimed_key;
 
 static int claim_key(cp_store_conn *c, const char *hash, claimed_key *k, cp_error *reterr) {
@@ -936,12 +937,19 @@ static int register_claimed(cp_store_conn *c, const cp_store_peer_register_req *
                 return r;
 
         const char *grp[3] = { k->account_id, peer_id, k->user_id ? k->user_id : k->id };
+        /* NetBird's AddPeer without setup key or user: event 1, no initiator. */
         r = cp_store__exec(c, ST_PEER_GROUP_ALL, grp, &res, reterr);
         if (r < 0)
                 return r;
         if (cp_store__affected(res) != 1)
                 return cp_error_set(reterr, -EIO, "account %s has no All group", k->account_id);
-        r = cp_store__exec(c, k->user_id ? ST_PEER_GROUP_USER_AUTO : ST_PEER_GROUP_AUTO, grp, NULL, reterr);
+        if (!k->proxy)
+                r = cp_store__exec(c, k->user_id ? ST_PEER_GROUP_USER_AUTO : ST_PEER_GROUP_AUTO, grp, NULL,
+                                   reterr);
+        else {
+                const char *pm[3] = { k->account_id, peer_id, cp_store__nz(req->proxy_cluster) };
+                r = cp_store__exec(c, ST_PROXY_PEER_META, pm, NULL, reterr);
+        }
         if (r < 0)
                 return r;
 
@@ -996,6 +1004,22 @@ static int register_tx(cp_store_conn *c, const cp_store_peer_register_req *req, 
         const char *key[1] = { hash };
         int r;
 
+        if (req->proxy_account_id) {
+                _cleanup_pgresult_ PGresult *res = NULL;
+                const char *acc[1] = { req->proxy_account_id };
+                r = cp_store__exec(c, ST_PROXY_PEER_ACCOUNT_LOCK, acc, &res, reterr);
+                if (r < 0)
+                        return r;
+                if (PQntuples(res) != 1)
+                        return cp_error_set(reterr, -ENOENT, "account %s not found", req->proxy_account_id);
+                (void) snprintf(k.account_id, sizeof k.account_id, "%s", req->proxy_account_id);
+                k.ephemeral = true;
+                k.proxy = true;
+                k.name = cp_xstrdup("");
+                r = register_claimed(c, req, &k, mp, labels_literal, base_label, ret_peer, ret_serial, reterr);
+                free(k.name);
+                return r;
+        }
         if (req->user_id) {
                 r = claim_user(c, req->user_id, &k, reterr);
                 if (r < 0)
@@ -1036,10 +1060,12 @@ int cp_store_peer_register(cp_store *s, const cp_store_peer_register_req *req,
                 return cp_error_set(reterr, -EINVAL, "hostname \"%s\" gives no DNS label",
                                     cp_store__nz(req->meta->hostname));
         /* A key that cannot even be hashed is as invalid as an unknown one. */
-        if (req->user_id ? !*req->user_id
-                         : !req->setup_key || cp_crypto_setup_key_hash(req->setup_key, hash) < 0)
-                return cp_error_set(reterr, req->user_id ? -EINVAL : -ENOKEY,
-                                    req->user_id ? "user id is empty" : "setup key is invalid");
+        if (req->proxy_account_id ? !*req->proxy_account_id
+            : req->user_id ? !*req->user_id
+                           : !req->setup_key || cp_crypto_setup_key_hash(req->setup_key, hash) < 0)
+                return cp_error_set(reterr, req->user_id || req->proxy_account_id ? -EINVAL : -ENOKEY,
+                                    req->proxy_account_id ? "account id is empty"
+                                    : req->user_id ? "user id is empty" : "setup key is invalid");
 
         cp_strbuf_init(&labels);
         r = extra_labels_literal(req->extra_dns_labels, req->n_extra_dns_labels, &labels, reterr);

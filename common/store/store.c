@@ -573,6 +573,13 @@ static const struct {
                 " u AS (UPDATE accounts SET network_serial = network_serial + 1"
                 " WHERE id = $1 AND EXISTS (SELECT 1 FROM d) RETURNING network_serial)"
                 " SELECT (SELECT network_serial FROM u), d.id FROM d ORDER BY d.id", 5 },
+        /* CreateProxyPeer: the account the proxy peer joins, locked as a
+         * setup-key registration locks the key's account. */
+        [ST_PROXY_PEER_ACCOUNT_LOCK] = { "proxy_peer_account_lock",
+                "SELECT a.id FROM accounts a WHERE a.id = $1 FOR KEY SHARE", 1 },
+        [ST_PROXY_PEER_META] = { "proxy_peer_meta",
+                "UPDATE peers SET proxy_cluster = $3, proxy_embedded = TRUE"
+                " WHERE account_id = $1 AND id = $2", 3 },
 };
 
 int cp_store__error(PGconn *pg, const PGresult *res, cp_error *reterr) {

@@ -56,6 +56,8 @@ typedef struct admin_opts {
         bool json;                      /* list commands */
         int64_t grace_ms;               /* server-key rotate */
         bool force;
+        char *service;                  /* service-key rotate --service ID */
+        bool all;                       /* service-key rotate --all */
         const char *arg;                /* the one positional argument (proxy-token revoke) */
 
         /* --auto-group, every occurrence (main.c gathers them, since the
@@ -83,6 +85,7 @@ int admin_cmd_setup_key_list(const admin_ctx *a);
 int admin_cmd_peers_list(const admin_ctx *a);
 int admin_cmd_server_key_rotate(const admin_ctx *a);
 int admin_cmd_server_key_show(const admin_ctx *a);
+int admin_cmd_service_key_rotate(const admin_ctx *a);
 int admin_cmd_proxy_token_create(const admin_ctx *a);
 int admin_cmd_proxy_token_list(const admin_ctx *a);
 int admin_cmd_proxy_token_revoke(const admin_ctx *a);

@@ -99,6 +99,16 @@ static const cp_cfg_option rotate_rows[] = {
         { "json", CP_CFG_BOOL, O(json), "false", { NULL }, NULL, 0, 0, 0, NULL, NULL, "print JSON" },
 };
 
+static const cp_cfg_option service_key_rotate_rows[] = {
+        { "service", CP_CFG_STRING, O(service), NULL, { NULL }, NULL, 0, 0, 0, NULL, "ID", "the service to rotate" },
+        { "all", CP_CFG_BOOL, O(all), "false", { NULL }, NULL, 0, 0, 0, NULL, NULL, "rotate every service" },
+        { "grace", CP_CFG_DURATION, O(grace_ms), "24h", { NULL }, NULL, 0, 0, (int64_t) 30 * 86400 * 1000, NULL,
+          "DURATION", "how long session tokens signed with the old key still validate (0s = not at all)" },
+        { "force", CP_CFG_BOOL, O(force), "false", { NULL }, NULL, 0, 0, 0, NULL, NULL,
+          "rotate even while the key replaced last time is inside its grace period (drops it)" },
+        { "json", CP_CFG_BOOL, O(json), "false", { NULL }, NULL, 0, 0, 0, NULL, NULL, "print JSON" },
+};
+
 #undef O
 
 typedef struct command {
@@ -131,6 +141,8 @@ static const command commands[] = {
           admin_cmd_server_key_rotate, ROWS(rotate_rows), NEEDS_DATA_KEY },
         { "server-key", "show", "show the server key's public half and rotation state", admin_cmd_server_key_show,
           ROWS(json_rows), 0 },
+        { "service-key", "rotate", "new session signing keys for reverse-proxy services (--service ID or --all)",
+          admin_cmd_service_key_rotate, ROWS(service_key_rotate_rows), NEEDS_DATA_KEY },
         { "proxy-token", "create", "create a reverse-proxy access token; prints PROXY_TOKEN_ID and PROXY_TOKEN once",
           admin_cmd_proxy_token_create, ROWS(proxy_token_create_rows), 0 },
         { "proxy-token", "list", "list the reverse-proxy access tokens", admin_cmd_proxy_token_list,

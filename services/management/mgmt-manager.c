@@ -10,6 +10,7 @@
 #include "mgmt-manager.h"
 #include "mgmt-map.h"
 #include "mgmt-metrics.h"
+#include "mgmt-proxy-rpc.h"
 #include "mgmt-proxy.h"
 #include "mgmt-realip.h"
 #include "mgmt-ready.h"
@@ -63,6 +64,7 @@ struct mgmt_manager {
         mgmt_grpc *grpc;
         mgmt_http *http;
         cp_api *api;                    /* the REST API, served by http on the workers */
+        mgmt_prpc *prpc;                /* ProxyService's unary RPCs, the proxy OIDC callback, access logs */
         cp_jwt *jwt;                    /* IdP token validator; NULL without an IdP configured */
         cp_geo *geo;                    /* geolocation databases of the datadir (maybe none) */
         mgmt_realip *realip;            /* trusted reverse proxies; NULL = none */
@@ -312,6 +314,14 @@ static struct cp_netmap_account *api_snapshot_peek(const char *account_id, int64
         mgmt_manager *m = userdata;
 
         return mgmt_maps_peek(m->maps, account_id, serial);
+}
+
+/* A worker: GET /api/reverse-proxy/callback (the proxy OIDC flow). */
+static void proxy_callback(const char *query, const char *remote, int *ret_status, char **ret_location,
+                           char **ret_body, void *userdata) {
+        mgmt_manager *m = userdata;
+
+        mgmt_prpc_oidc_callback(m->prpc, query, remote, ret_status, ret_location, ret_body);
 }
 
 typedef struct http_post {
@@ -717,6 +727,14 @@ int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf,
         m->sync = mgmt_sync_new(&m->agent, m->maps, max_syncs());
         m->agent.sync = m->sync;
         mgmt_sync_set_announce(m->sync, announce, m);
+        {
+                mgmt_prpc_options po = { .store = m->store, .data_key = data_key, .file = cfg->source.file,
+                                         .dns_domain = cfg->dns_domain, .jwt = m->jwt, .geo = m->geo,
+                                         .account_changed = api_announce, .userdata = m };
+                r = mgmt_prpc_new(&po, &m->prpc, reterr);
+                if (r < 0)
+                        goto fail;
+        }
         mgmt_keys_set_on_dropped(m->keys, on_key_dropped, m);
         if (cfg->redis_url && *cfg->redis_url) {
                 /* Redis being down is not fatal: the bus keeps trying. */
@@ -733,6 +751,7 @@ int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf,
         if (r < 0)
                 goto fail;
         mgmt_proxy_methods(m->proxy, methods + MGMT_SERVICE_N_METHODS);
+        mgmt_proxy_set_unary(m->proxy, m->prpc);
         r = mgmt_ready_new(m->store, &m->ready);
         if (r < 0) {
                 r = cp_error_set(reterr, r, "cannot start the readiness checker: %s", strerror(-r));
@@ -767,7 +786,8 @@ int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf,
                                       .jwt = m->jwt, .identity = m->identity, .geo = m->geo,
                                       .data_key = data_key,
                                       .proxy_announce = api_proxy_announce, .proxy_announce_userdata = m,
-                                      .proxy_token_revoked = api_proxy_token_revoked };
+                                      .proxy_token_revoked = api_proxy_token_revoked,
+                                      .proxy_callback = proxy_callback, .proxy_callback_userdata = m };
                 r = cp_api_new(&ao, &m->api, reterr);
                 if (r < 0)
                         goto fail;
@@ -883,6 +903,8 @@ mgmt_manager *mgmt_manager_free(mgmt_manager *m) {
         m->bus = cp_bus_free(m->bus);
         /* gRPC waited for every offloaded job, so the queue is empty. */
         m->workers = mgmt_workers_free(m->workers);
+        /* No worker is left to queue an access log: write what is queued. */
+        m->prpc = mgmt_prpc_free(m->prpc);
         /* No worker is left to open a request or poll the key. */
         m->agent.keys = NULL;
         m->keys = mgmt_keys_free(m->keys);

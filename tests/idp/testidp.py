@@ -73,6 +73,11 @@ class TestIdP:
         self.published = ["rsa1", "ec1"]
         self._lock = threading.Lock()
         self._next = 2
+        # The token endpoint (authorization-code grant): code -> the ID
+        # token it answers with; each code works once. token_requests
+        # keeps every form posted, for PKCE checks.
+        self.codes = {}
+        self.token_requests = []
         idp = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -106,6 +111,26 @@ class TestIdP:
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Cache-Control", cc)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self):
+                import urllib.parse
+                n = int(self.headers.get("Content-Length") or 0)
+                form = {k: v[0] for k, v in urllib.parse.parse_qs(self.rfile.read(n).decode()).items()}
+                with idp._lock:
+                    idp.token_requests.append(form)
+                    id_token = idp.codes.pop(form.get("code", ""), None) \
+                        if form.get("grant_type") == "authorization_code" else None
+                if self.path.split("?")[0].endswith("/token") and id_token:
+                    body = json.dumps({"access_token": "at", "token_type": "Bearer", "expires_in": 300,
+                                       "id_token": id_token}).encode()
+                    self.send_response(200)
+                else:
+                    body = json.dumps({"error": "invalid_grant"}).encode()
+                    self.send_response(400)
+                self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)

@@ -55,6 +55,7 @@ typedef struct mgmt_proxy_stream mgmt_proxy_stream;
 
 struct mgmt_proxy {
         cp_store *store;
+        struct mgmt_prpc *unary;        /* the unary RPCs (mgmt-proxy-rpc.h); set by the manager */
         uint8_t data_key[32];
         uint8_t onetime_key[32];        /* HMAC key of the one-time tokens, from data_key */
         char replica_id[64];
@@ -114,6 +115,9 @@ void mgmt_proxy_fail(mgmt_proxy_op *op, grpc_status_code status, const char *fmt
 int mgmt_proxy_check_account(mgmt_proxy_op *op, const char *account_id);
 /* The same check on a bare token (streams); true when allowed. */
 bool mgmt_proxy_token_allows(const mgmt_proxy_token *t, const char *account_id);
+
+/* Every unary RPC but the LLM ones (mgmt-proxy-unary.c, mgmt-proxy-rpc.h). */
+void mgmt_proxy_unary(mgmt_proxy_op *op);
 
 /* ---- authentication (mgmt-proxy-auth.c) ------------------------------------------ */
 

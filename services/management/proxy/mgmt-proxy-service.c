@@ -28,13 +28,13 @@
  * CheckLLMPolicyLimits and RecordLLMUsage stay UNIMPLEMENTED, as NetBird
  * answers them without its agent-network module. */
 static const mgmt_proxy_handler handlers[_CP_PROTO_PROXY_MAX] = {
-        [CP_PROTO_PROXY_SEND_ACCESS_LOG] = NULL,
-        [CP_PROTO_PROXY_AUTHENTICATE] = NULL,
-        [CP_PROTO_PROXY_SEND_STATUS_UPDATE] = NULL,
-        [CP_PROTO_PROXY_CREATE_PROXY_PEER] = NULL,
-        [CP_PROTO_PROXY_GET_OIDCURL] = NULL,
-        [CP_PROTO_PROXY_VALIDATE_SESSION] = NULL,
-        [CP_PROTO_PROXY_VALIDATE_TUNNEL_PEER] = NULL,
+        [CP_PROTO_PROXY_SEND_ACCESS_LOG] = mgmt_proxy_unary,
+        [CP_PROTO_PROXY_AUTHENTICATE] = mgmt_proxy_unary,
+        [CP_PROTO_PROXY_SEND_STATUS_UPDATE] = mgmt_proxy_unary,
+        [CP_PROTO_PROXY_CREATE_PROXY_PEER] = mgmt_proxy_unary,
+        [CP_PROTO_PROXY_GET_OIDCURL] = mgmt_proxy_unary,
+        [CP_PROTO_PROXY_VALIDATE_SESSION] = mgmt_proxy_unary,
+        [CP_PROTO_PROXY_VALIDATE_TUNNEL_PEER] = mgmt_proxy_unary,
         [CP_PROTO_PROXY_CHECK_LLM_POLICY_LIMITS] = NULL,
         [CP_PROTO_PROXY_RECORD_LLM_USAGE] = NULL,
 };

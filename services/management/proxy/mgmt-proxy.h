@@ -70,6 +70,11 @@ mgmt_proxy *mgmt_proxy_free(mgmt_proxy *p);
 #define MGMT_PROXY_N_METHODS ((size_t) _CP_PROTO_PROXY_MAX)
 void mgmt_proxy_methods(mgmt_proxy *p, mgmt_rpc_method out[MGMT_PROXY_N_METHODS]);
 
+/* Loop thread, before the server starts: who answers the unary RPCs
+ * (mgmt-proxy-rpc.h; borrowed, outlives the server). */
+struct mgmt_prpc;
+void mgmt_proxy_set_unary(mgmt_proxy *p, struct mgmt_prpc *rpc);
+
 /* CQ thread, once, before any call (the gRPC server's on_start). */
 void mgmt_proxy_on_grpc_start(mgmt_grpc *g, mgmt_proxy *p);
 

@@ -231,7 +231,7 @@ static void api_work(void *arg) {
         api_job *j = arg;
         cp_api_request areq = {
                 .method = j->method, .path = j->path, .query = j->query, .authorization = j->authorization,
-                .body = j->body, .body_len = j->body_len,
+                .body = j->body, .body_len = j->body_len, .remote = j->peer,
         };
 
         cp_api_handle(j->h->api, &areq, &j->resp);
@@ -252,6 +252,8 @@ static void api_done(void *arg) {
 
         memcpy(op.request_id, j->request_id, sizeof op.request_id);
         size_t len = j->resp.body.len;
+        if (j->resp.location)
+                (void) evhttp_add_header(evhttp_request_get_output_headers(j->req), "Location", j->resp.location);
         send_body(&op, j->resp.status, NULL, "application/json; charset=UTF-8", cp_strbuf_detach(&j->resp.body), len,
                   true);
         mgmt_metrics_http(j->resp.route[0] ? j->resp.route : "other", j->method, j->resp.status, took);

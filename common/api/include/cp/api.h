@@ -72,6 +72,14 @@ typedef struct cp_api_options {
          * services' session signing keys. NULL: creating a service
          * answers 500. */
         const uint8_t *data_key;
+        /* GET /api/reverse-proxy/callback, the end of a reverse proxy's
+         * OIDC sign-in: unauthenticated, answered by this function (on
+         * the worker that handles the request): a status, and for a
+         * redirect *ret_location, else *ret_body (JSON), both malloc'd.
+         * NULL = the path is unknown (404). */
+        void (*proxy_callback)(const char *query, const char *remote, int *ret_status, char **ret_location,
+                               char **ret_body, void *userdata);
+        void *proxy_callback_userdata;
 } cp_api_options;
 
 int cp_api_new(const cp_api_options *o, cp_api **ret, cp_error *reterr);
@@ -88,6 +96,9 @@ typedef struct cp_api_request {
         /* A trusted in-process caller (the admin CLI) acts as this user
          * without a token; HTTP callers must leave it NULL. */
         const char *as_user_id;
+        /* The client's "address:port" as the HTTP listener saw it, for
+         * per-client limits; NULL = unknown. */
+        const char *remote;
 } cp_api_request;
 
 typedef struct cp_api_response {
@@ -98,6 +109,7 @@ typedef struct cp_api_response {
         char user_id[64];
         char route[64];                 /* the matched pattern, e.g. "/api/peers/{peerId}" */
         char detail[512];               /* the internal reason of a 5xx, "" otherwise */
+        char *location;                 /* a Location header to send (malloc'd), NULL = none */
 } cp_api_response;
 
 void cp_api_response_init(cp_api_response *resp);

@@ -244,6 +244,12 @@ typedef struct cp_store_peer_register_req {
          * user the JWT resolved to; setup_key is then ignored. NULL = the
          * setup-key registration. */
         const char *user_id;
+        /* A reverse proxy's embedded peer (CreateProxyPeer, NetBird's
+         * CreateProxyPeer): the account it joins, and the cluster it
+         * serves (peers.proxy_cluster, proxy_embedded true). setup_key and
+         * user_id are then ignored. NULL = not a proxy peer. */
+        const char *proxy_account_id;
+        const char *proxy_cluster;
 } cp_store_peer_register_req;
 
 /* Registers a new peer with a setup key, in ONE transaction (the caller
@@ -302,6 +308,12 @@ typedef struct cp_store_peer_register_req {
  * besides the ones above: -ENOENT the user does not exist ("failed adding
  * new peer: user not found"), -EACCES the user is pending approval ("user
  * pending approval cannot add peers"); nothing is written then. */
+/* With proxy_account_id set, step 1 locks that account (KEY SHARE) and
+ * claims nothing; the peer is ephemeral, without user, login and
+ * inactivity expiration off, in the All group only; event 1 with an empty
+ * initiator (as NetBird's AddPeer without a setup key); proxy_cluster and
+ * proxy_embedded set in the same transaction. -ENOENT when the account
+ * does not exist. */
 int cp_store_peer_register(cp_store *s, const cp_store_peer_register_req *req,
                            cp_store_peer **ret_peer, int64_t *ret_serial, cp_error *reterr);
 
