@@ -16,6 +16,16 @@
  * burst), forgotten 15 minutes after its last failure. A client spread
  * over N replicas gets N buckets; the limit is about guessing tokens,
  * and 2^178 of them make N irrelevant.
+ *
+ * Token cache: a token that passed is remembered by its hash for
+ * NB_PROXY_TOKEN_CACHE_TTL (2 s by default, 0 = off), so a proxy sending
+ * thousands of access logs a second costs one token lookup per interval
+ * instead of one per call. A revocation through the REST API reaches every
+ * replica's hub (mgmt_proxy_token_revoked, the bus), which forgets every
+ * cached token at once; without that hint (a revocation made with
+ * netbird-cp-admin, or the bus down) a revoked or expired token still
+ * passes for at most the TTL. At most 4,096 tokens are kept; past that the
+ * cache starts over.
  */
 #include "cp/base.h"
 #include "cp/crypto.h"
@@ -32,6 +42,8 @@
 #define LIMITER_TTL_MS (15 * 60 * 1000)
 #define LIMITER_SWEEP_MS (5 * 60 * 1000)
 #define DEFAULT_BURST 5
+#define DEFAULT_TOKEN_TTL_MS 2000
+#define TOKENS_MAX 4096
 
 static const cp_log_ctx log_ctx = { .component = "proxy" };
 
@@ -61,10 +73,33 @@ static double refill(const bucket *b, int64_t now) {
         return t > burst() ? burst() : t;
 }
 
+/* A token that passed, until until_ms (monotonic). */
+typedef struct cached_token {
+        mgmt_proxy_token tok;
+        int64_t until_ms;
+} cached_token;
+
+static int64_t token_ttl(void) {
+        const char *v = getenv("NB_PROXY_TOKEN_CACHE_TTL");
+        int64_t ms;
+
+        if (!v || !*v)
+                return DEFAULT_TOKEN_TTL_MS;
+        if (cp_parse_duration_ms(v, &ms) < 0 || ms < 0 || ms > 60000) {
+                cp_log_kv(&log_ctx, CP_LOG_WARN, "NB_PROXY_TOKEN_CACHE_TTL is not a duration of 0 to 60s; using 2s",
+                          "value", v, NULL);
+                return DEFAULT_TOKEN_TTL_MS;
+        }
+        return ms;
+}
+
 void mgmt_proxy_limiter_init(mgmt_proxy *p) {
         pthread_mutex_init(&p->limiter_lock, NULL);
         p->limiter = mgmt_strmap_new();
         p->limiter_swept_ms = cp_now_mono_ms();
+        pthread_mutex_init(&p->tokens_lock, NULL);
+        p->tokens = mgmt_strmap_new();
+        p->tokens_ttl_ms = token_ttl();
 }
 
 static void free_value(const char *key, void *value, void *userdata) {
@@ -75,6 +110,54 @@ void mgmt_proxy_limiter_free(mgmt_proxy *p) {
         mgmt_strmap_foreach(p->limiter, free_value, NULL);
         p->limiter = mgmt_strmap_free(p->limiter);
         pthread_mutex_destroy(&p->limiter_lock);
+        mgmt_strmap_foreach(p->tokens, free_value, NULL);
+        p->tokens = mgmt_strmap_free(p->tokens);
+        pthread_mutex_destroy(&p->tokens_lock);
+}
+
+void mgmt_proxy_tokens_forget(mgmt_proxy *p) {
+        pthread_mutex_lock(&p->tokens_lock);
+        mgmt_strmap_foreach(p->tokens, free_value, NULL);
+        p->tokens = mgmt_strmap_free(p->tokens);
+        p->tokens = mgmt_strmap_new();
+        pthread_mutex_unlock(&p->tokens_lock);
+}
+
+static bool token_cached(mgmt_proxy *p, const char *hashed, mgmt_proxy_token *ret) {
+        cached_token *ct;
+        bool hit = false;
+
+        if (p->tokens_ttl_ms <= 0)
+                return false;
+        pthread_mutex_lock(&p->tokens_lock);
+        ct = mgmt_strmap_get(p->tokens, hashed);
+        if (ct && ct->until_ms > cp_now_mono_ms()) {
+                *ret = ct->tok;
+                hit = true;
+        }
+        pthread_mutex_unlock(&p->tokens_lock);
+        return hit;
+}
+
+static void token_remember(mgmt_proxy *p, const char *hashed, const mgmt_proxy_token *tok) {
+        cached_token *ct;
+
+        if (p->tokens_ttl_ms <= 0)
+                return;
+        pthread_mutex_lock(&p->tokens_lock);
+        if (mgmt_strmap_size(p->tokens) >= TOKENS_MAX) {
+                mgmt_strmap_foreach(p->tokens, free_value, NULL);
+                p->tokens = mgmt_strmap_free(p->tokens);
+                p->tokens = mgmt_strmap_new();
+        }
+        ct = mgmt_strmap_get(p->tokens, hashed);
+        if (!ct) {
+                ct = cp_xcalloc(1, sizeof *ct);
+                (void) mgmt_strmap_put(p->tokens, hashed, ct);
+        }
+        ct->tok = *tok;
+        ct->until_ms = cp_now_mono_ms() + p->tokens_ttl_ms;
+        pthread_mutex_unlock(&p->tokens_lock);
 }
 
 typedef struct sweep {
@@ -176,6 +259,8 @@ int mgmt_proxy_authenticate(mgmt_proxy *p, mgmt_call *c, mgmt_proxy_token *ret, 
         }
         cp_crypto_pat_hash(token, hashed);
         sodium_memzero(value, sizeof value);
+        if (token_cached(p, hashed, ret))
+                return 0;
         r = cp_store_proxy_token_by_hash(p->store, hashed, &t, &err);
         if (r == -ENOENT)
                 return fail(p, ip, status, msg, cap, "invalid token");
@@ -197,6 +282,7 @@ int mgmt_proxy_authenticate(mgmt_proxy *p, mgmt_call *c, mgmt_proxy_token *ret, 
         *ret = (mgmt_proxy_token) { 0 };
         memcpy(ret->id, t.id, sizeof ret->id);
         memcpy(ret->account_id, t.account_id, sizeof ret->account_id);
+        token_remember(p, hashed, ret);
         return 0;
 }
 

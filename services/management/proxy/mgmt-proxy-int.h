@@ -67,6 +67,11 @@ struct mgmt_proxy {
         pthread_mutex_t limiter_lock;
         mgmt_strmap *limiter;
         int64_t limiter_swept_ms;
+        /* Tokens that passed, by their hash, for a short while
+         * (mgmt-proxy-auth.c): most calls then skip the database. */
+        pthread_mutex_t tokens_lock;
+        mgmt_strmap *tokens;
+        int64_t tokens_ttl_ms;
 
         /* Set by on_start (any thread reads it to post). */
         _Atomic(mgmt_grpc *) grpc;
@@ -129,8 +134,13 @@ int mgmt_proxy_authenticate(mgmt_proxy *p, mgmt_call *c, mgmt_proxy_token *ret, 
 /* Worker: true while token t is still valid (not revoked, expired or
  * deleted). A database error counts as valid (the next check decides). */
 bool mgmt_proxy_token_valid(mgmt_proxy *p, const mgmt_proxy_token *t);
+/* The failure limiter and the token cache: made with the hub, freed with
+ * it. */
 void mgmt_proxy_limiter_init(mgmt_proxy *p);
 void mgmt_proxy_limiter_free(mgmt_proxy *p);
+/* Any thread: forget every cached token (a token was revoked somewhere;
+ * the next call of each proxy reads its token from the database). */
+void mgmt_proxy_tokens_forget(mgmt_proxy *p);
 
 /* The status text of a token that stopped being valid. */
 #define MGMT_PROXY_MSG_TOKEN_GONE "token expired or revoked"

@@ -868,6 +868,9 @@ static void on_revoked(mgmt_grpc *g, void *userdata) {
 void mgmt_proxy_token_revoked(mgmt_proxy *p, const char *token_id) {
         mgmt_grpc *g = p ? atomic_load(&p->grpc) : NULL;
 
+        if (p)
+                mgmt_proxy_tokens_forget(p);
+
         /* Once stopping, the streams are being drained: nothing to do
          * (and nothing allocated for a post that might be dropped). */
         if (!g || mgmt_grpc_stopping(g))
