@@ -286,6 +286,23 @@ int mgmt_proxy_authenticate(mgmt_proxy *p, mgmt_call *c, mgmt_proxy_token *ret, 
         return 0;
 }
 
+bool mgmt_proxy_token_cached(mgmt_proxy *p, mgmt_call *c, mgmt_proxy_token *ret) {
+        char value[256], hashed[CP_SHA256_B64_LEN];
+        bool hit = false;
+
+        if (p->tokens_ttl_ms <= 0 || !mgmt_call_has_metadata(c))
+                return false;
+        if (mgmt_call_metadata(c, "authorization", value, sizeof value) < 0 || strncmp(value, "Bearer ", 7) != 0)
+                goto out;
+        if (cp_crypto_token_check(CP_PROXY_TOKEN_PREFIX, value + 7) < 0)
+                goto out;
+        cp_crypto_pat_hash(value + 7, hashed);
+        hit = token_cached(p, hashed, ret);
+out:
+        sodium_memzero(value, sizeof value);
+        return hit;
+}
+
 bool mgmt_proxy_token_valid(mgmt_proxy *p, const mgmt_proxy_token *tok) {
         cp_store_proxy_token t;
         cp_error err = { 0 };

@@ -131,6 +131,11 @@ void mgmt_proxy_unary(mgmt_proxy_op *op);
  * (UNAUTHENTICATED, or RESOURCE_EXHAUSTED from the per-IP limiter). */
 int mgmt_proxy_authenticate(mgmt_proxy *p, mgmt_call *c, mgmt_proxy_token *ret, grpc_status_code *status,
                             char *msg, size_t cap);
+/* Any thread, never blocks: fills *ret and returns true when call c
+ * carries a well-formed token that is in the cache (it passed within
+ * NB_PROXY_TOKEN_CACHE_TTL); false otherwise, with nothing counted: the
+ * caller then runs mgmt_proxy_authenticate() on a worker. */
+bool mgmt_proxy_token_cached(mgmt_proxy *p, mgmt_call *c, mgmt_proxy_token *ret);
 /* Worker: true while token t is still valid (not revoked, expired or
  * deleted). A database error counts as valid (the next check decides). */
 bool mgmt_proxy_token_valid(mgmt_proxy *p, const mgmt_proxy_token *t);

@@ -134,6 +134,12 @@ static int target_exists(prpc_logs *l, const char *account_id, const char *servi
         return 1;
 }
 
+bool mgmt_prpc_access_log_ready(mgmt_prpc *p, const Management__SendAccessLogRequest *req) {
+        const Management__AccessLog *a = req->log;
+
+        return p->logs && a && *a->account_id && seen_has(p->logs, fnv(a->account_id, a->service_id));
+}
+
 /* ---- one entry ----------------------------------------------------------------------- */
 
 /* The row as JSON text, or NULL when a string is not valid UTF-8. geo

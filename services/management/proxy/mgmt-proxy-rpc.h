@@ -30,6 +30,7 @@
 #include "cp/error.h"
 #include "cp/store.h"
 #include "cp-methods.h"
+#include "proxy_service.pb-c.h"
 
 #include <protobuf-c/protobuf-c.h>
 
@@ -127,4 +128,9 @@ void mgmt_prpc_oidc_callback(mgmt_prpc *p, const char *query, const char *remote
 
 /* Access-log entries written so far by this process, and those dropped
  * (their account or service vanished meanwhile, or a write failed). */
+/* Any thread, never blocks: true when SendAccessLog with req can be
+ * handled without the database (its account and service were seen
+ * lately), so the edge may run it on the CQ thread instead of queueing it
+ * behind other RPCs' jobs. */
+bool mgmt_prpc_access_log_ready(mgmt_prpc *p, const Management__SendAccessLogRequest *req);
 void mgmt_prpc_log_stats(mgmt_prpc *p, uint64_t *ret_written, uint64_t *ret_dropped);
