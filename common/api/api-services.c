@@ -903,25 +903,10 @@ static int l4_port(api_ctx *c, svc_in *s, const char *id, const char *cluster, b
 
 /* ---- responses ---------------------------------------------------------------------------------------- */
 
-/* replaceHostByLookup: in responses, a peer target's host is the peer's
- * address, a host or domain resource's its address or domain, "unknown"
- * when the target is gone; subnet and cluster targets keep theirs. */
-#define TARGET_HOST(type, expr)                                                                             \
-        " WHEN '" type "' THEN jsonb_set(t, '{host}', to_jsonb(COALESCE((" expr "), 'unknown')))"
-#define TARGETS_LOOKUP                                                                                      \
-        "(SELECT COALESCE(jsonb_agg(CASE t->>'target_type'"                                                 \
-        TARGET_HOST("peer", "SELECT host(p.ip) FROM peers p WHERE p.account_id = s.account_id"              \
-                            " AND p.id = t->>'target_id'")                                                  \
-        TARGET_HOST("host", "SELECT host(r.prefix) FROM network_resources r WHERE r.account_id = s.account_id" \
-                            " AND r.id = t->>'target_id'")                                                  \
-        TARGET_HOST("domain", "SELECT NULLIF(r.domain, '') FROM network_resources r"                          \
-                              " WHERE r.account_id = s.account_id AND r.id = t->>'target_id'")              \
-        " ELSE t END ORDER BY o), '[]') FROM jsonb_array_elements(s.targets) WITH ORDINALITY a(t, o))::text"
-
 static const char SQL_COLS[] =
         "SELECT s.id, s.name, s.domain, s.proxy_cluster, s.mode, s.listen_port, s.port_auto_assigned, s.enabled,"
         " s.terminated, s.pass_host_header, s.rewrite_redirects, s.private, to_json(s.access_groups)::text,"
-        " " TARGETS_LOOKUP ", s.auth::text, s.restrictions::text, " API_TS_JSON("s.meta_created_at") ","
+        " " CP_STORE_SQL_SERVICE_TARGETS ", s.auth::text, s.restrictions::text, " API_TS_JSON("s.meta_created_at") ","
         " " API_TS_JSON("s.meta_certificate_issued_at") ", s.meta_status, s.source"
         " FROM services s WHERE s.account_id = $1";
 

@@ -5,6 +5,7 @@
  */
 #include "cp/base.h"
 #include "cp/store-proxyconn.h"
+#include "cp/store-services.h"
 #include "cp/util.h"
 
 #include <inttypes.h>
@@ -186,10 +187,11 @@ int cp_store_proxy_changes_max(cp_store *s, int64_t *ret, cp_error *reterr) {
         return 0;
 }
 
-#define SVC_COLUMNS(t) \
-        t "id, " t "account_id, " t "domain, " t "mode, " t "listen_port, " t "pass_host_header, " \
-        t "rewrite_redirects, " t "private, " t "targets::text, " t "auth::text, " t "restrictions::text, " \
-        t "session_public_key"
+/* Targets with their hosts looked up (peer and resource addresses), as
+ * the REST API shows them: what the proxy dials. */
+#define SVC_COLUMNS \
+        "s.id, s.account_id, s.domain, s.mode, s.listen_port, s.pass_host_header, s.rewrite_redirects, " \
+        "s.private, " CP_STORE_SQL_SERVICE_TARGETS ", s.auth::text, s.restrictions::text, s.session_public_key"
 
 int cp_store_proxy_snapshot_page(cp_store *s, const cp_store_proxy_scope *scope, const char *after, int limit,
                                  cp_store_rows **ret, cp_error *reterr) {
@@ -204,12 +206,12 @@ int cp_store_proxy_snapshot_page(cp_store *s, const cp_store_proxy_scope *scope,
         /* idx_services_proxy_cluster (proxy_cluster, id) serves the
          * keyset: each page is an index range scan from the last id. */
         return run1(s,
-                    "SELECT " SVC_COLUMNS("") " FROM services "
-                    "WHERE proxy_cluster = $1 AND id > $3 AND enabled "
-                    "AND ($2::text IS NULL OR account_id = $2) "
-                    "AND (NOT private OR $4::boolean) "
-                    "AND (listen_port = 0 OR mode = 'tls' OR $5::boolean) "
-                    "ORDER BY id LIMIT $6::int",
+                    "SELECT " SVC_COLUMNS " FROM services s "
+                    "WHERE s.proxy_cluster = $1 AND s.id > $3 AND s.enabled "
+                    "AND ($2::text IS NULL OR s.account_id = $2) "
+                    "AND (NOT s.private OR $4::boolean) "
+                    "AND (s.listen_port = 0 OR s.mode = 'tls' OR $5::boolean) "
+                    "ORDER BY s.id LIMIT $6::int",
                     (int) ELEMENTSOF(p), p, ret, reterr);
 }
 
@@ -223,7 +225,7 @@ int cp_store_proxy_changes_after(cp_store *s, const cp_store_proxy_scope *scope,
         (void) snprintf(lim, sizeof lim, "%d", limit);
         (void) snprintf(seq, sizeof seq, "%" PRId64, after);
         return run1(s,
-                    "SELECT " SVC_COLUMNS("s.") ", c.seq, c.account_id, c.service_id, c.op, c.domain "
+                    "SELECT " SVC_COLUMNS ", c.seq, c.account_id, c.service_id, c.op, c.domain "
                     "FROM proxy_mapping_changes c "
                     "LEFT JOIN services s ON s.id = c.service_id AND s.enabled AND s.proxy_cluster = c.cluster "
                     "WHERE c.seq > $3::bigint AND c.cluster = $1 AND ($2::text IS NULL OR c.account_id = $2) "

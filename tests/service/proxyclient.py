@@ -59,7 +59,9 @@ SERVICE_COLS = ("id, account_id, name, domain, proxy_cluster, mode, listen_port,
 def service_values(account_id, cluster, i=None, sid=None, mode="http", port=0, enabled=True, private=False):
     sid = sid or "svc" + secrets.token_hex(6)
     dom = "%s.%s" % (sid, cluster)
-    targets = '[{"target_id": "p1", "target_type": "peer", "protocol": "http", "host": "10.0.0.1",' \
+    # A subnet target keeps its own host (peer and resource targets are
+    # looked up: test_proxy_stream.mapping_targets_looked_up).
+    targets = '[{"target_id": "n1", "target_type": "subnet", "protocol": "http", "host": "10.0.0.1",' \
               ' "port": 8080, "path": "/", "enabled": true}]'
     return (sid, account_id, "svc " + sid, dom, cluster, mode, port, enabled, private, targets,
             '{"password_auth": {"enabled": true, "password": "$argon2id$x"}}', "sealed", "pubkey=")

@@ -144,6 +144,40 @@ def snapshot_both_rpcs_and_rows():
 
 
 @test
+def mapping_targets_looked_up():
+    """As NetBird's replaceHostByLookup before a mapping goes out: a peer
+    target dials the peer's address, a host resource its address, a
+    domain resource its domain, a vanished one "unknown"; subnet targets
+    keep their host."""
+    dep = Deployment()
+    srv = server(dep)
+    _, tok = pc.add_token(dep)
+    net = "net" + secrets.token_hex(4)
+    dep.sql("INSERT INTO networks (id, account_id, name) VALUES (%s, %s, 'lab')", (net, dep.account_id))
+    dep.sql("INSERT INTO network_resources (id, network_id, account_id, name, type, prefix) VALUES"
+            " ('res-host', %s, %s, 'web', 'host', '10.99.99.10/32')", (net, dep.account_id))
+    dep.sql("INSERT INTO network_resources (id, network_id, account_id, name, type, domain) VALUES"
+            " ('res-dom', %s, %s, 'dom', 'domain', 'db.internal')", (net, dep.account_id))
+    dep.sql("INSERT INTO peers (id, account_id, key, ip, name, dns_label) VALUES (%s, %s, %s, %s, %s, %s)",
+            ("peer-t", dep.account_id, "k" + secrets.token_hex(20), "100.64.0.9", "t", "peer-t"))
+    targets = [("peer", "peer-t", "", "http://100.64.0.9:8080/"),
+               ("host", "res-host", "", "http://10.99.99.10:8080/"),
+               ("domain", "res-dom", "", "http://db.internal:8080/"),
+               ("host", "res-gone", "", "http://unknown:8080/"),
+               ("subnet", "res-net", "10.1.2.3", "http://10.1.2.3:8080/")]
+    ids, _ = pc.add_services(dep, dep.account_id, CLUSTER, n=len(targets))
+    for sid, (typ, tid, host, _) in zip(ids, targets):
+        dep.sql("UPDATE services SET targets = jsonb_build_array(jsonb_build_object('target_type', %s::text,"
+                " 'target_id', %s::text, 'host', %s::text, 'protocol', 'http', 'port', 8080, 'enabled', true))"
+                " WHERE id = %s", (typ, tid, host, sid))
+    s = stream(proxy(srv, tok))
+    s.send_init("p-targets", CLUSTER)
+    maps, _ = pc.snapshot(s)
+    got = {m.id: [x.target for x in m.path] for m in maps}
+    assert got == {sid: [want] for sid, (_, _, _, want) in zip(ids, targets)}, got
+
+
+@test
 def capability_filtering():
     dep = Deployment()
     srv = server(dep)

@@ -140,3 +140,21 @@ int cp_store_tx_proxy_token_create(struct cp_store_tx *tx, const char *account_i
  * (in that scope). */
 int cp_store_tx_proxy_token_revoke(struct cp_store_tx *tx, const char *account_id, const char *token_id,
                                    cp_error *reterr);
+
+/* A services row's targets as JSON text with each target's host looked
+ * up as NetBird's replaceHostByLookup does, for REST responses and for
+ * the ProxyMappings alike: a peer target's host is the peer's address, a
+ * host or domain resource's its address or domain, "unknown" when the
+ * target is gone; subnet and cluster targets keep theirs. An SQL
+ * expression over a services row aliased s. */
+#define CP_STORE_SQL_TARGET_HOST(type, expr)                                                                \
+        " WHEN '" type "' THEN jsonb_set(t, '{host}', to_jsonb(COALESCE((" expr "), 'unknown')))"
+#define CP_STORE_SQL_SERVICE_TARGETS                                                                        \
+        "(SELECT COALESCE(jsonb_agg(CASE t->>'target_type'"                                                 \
+        CP_STORE_SQL_TARGET_HOST("peer", "SELECT host(p.ip) FROM peers p WHERE p.account_id = s.account_id" \
+                                 " AND p.id = t->>'target_id'")                                             \
+        CP_STORE_SQL_TARGET_HOST("host", "SELECT host(r.prefix) FROM network_resources r"                   \
+                                 " WHERE r.account_id = s.account_id AND r.id = t->>'target_id'")           \
+        CP_STORE_SQL_TARGET_HOST("domain", "SELECT NULLIF(r.domain, '') FROM network_resources r"           \
+                                 " WHERE r.account_id = s.account_id AND r.id = t->>'target_id'")           \
+        " ELSE t END ORDER BY o), '[]') FROM jsonb_array_elements(s.targets) WITH ORDINALITY a(t, o))::text"
