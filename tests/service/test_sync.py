@@ -225,7 +225,15 @@ def slow_consumer_gets_the_newest_map():
     assert size > 64 * 1024, "maps too small to fill the client's window: %d bytes" % size
 
     changes = 8
-    newcomers = [registered(dep, "change-%d" % i) for i in range(changes)]
+    newcomers = []
+    for i in range(changes):
+        # One fan-out per change: waiting for each keeps a slow machine
+        # from folding them all into one fan-out, which would leave the
+        # stream's own coalescing untested.
+        newcomers.append(registered(dep, "change-%d" % i))
+        serial = dep.network_serial()
+        srv.wait_log(lambda o, serial=serial: o.get("msg") == "fan-out done"
+                     and int(o.get("serial", 0)) >= serial, timeout=30)
     final = dep.network_serial()
     assert final >= first.NetworkMap.Serial + changes, (first.NetworkMap.Serial, final)
     # Every change was fanned out to the stream while it was not read.
