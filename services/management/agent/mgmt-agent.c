@@ -31,54 +31,14 @@ void mgmt_agent_fail(mgmt_agent_op *op, grpc_status_code status, const char *fmt
         op->message = mgmt_arena_strdup(&op->arena, buf);
 }
 
-static const char *status_name(grpc_status_code s) {
-        static const char *const names[] = {
-                "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-                "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-                "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
-                "UNAUTHENTICATED",
-        };
-        return (unsigned) s < ELEMENTSOF(names) ? names[s] : "?";
-}
-
 /* One line per RPC. Successful key fetches and health probes are debug:
  * agents call GetServerKey before every other call. */
 void mgmt_agent_log_outcome(mgmt_call *c, const cp_proto_method *m, const char *peer_key, const char *account,
                             grpc_status_code status, const char *message, const char *detail) {
-        const cp_log_ctx *cl = mgmt_call_log(c);
-        cp_log_ctx ctx = { .component = "agent", .request_id = cl->request_id, .method = m->name,
-                           .peer = mgmt_call_peer_ip(c), .account = account && *account ? account : NULL };
-        cp_log_level level = CP_LOG_INFO;
-        char took[32];
-
-        if (status == GRPC_STATUS_OK && m->request_body == NULL)
-                level = CP_LOG_DEBUG;
-        else if (status == GRPC_STATUS_INTERNAL || status == GRPC_STATUS_UNKNOWN ||
-                 status == GRPC_STATUS_DATA_LOSS)
-                level = CP_LOG_ERROR;
-        else if (status == GRPC_STATUS_RESOURCE_EXHAUSTED || status == GRPC_STATUS_UNAVAILABLE)
-                level = CP_LOG_WARN;
-        if (!cp_log_enabled(level))
-                return;
-        (void) snprintf(took, sizeof took, "%" PRId64, cp_now_mono_ms() - mgmt_call_started_ms(c));
-        cp_log_kv(&ctx, level, "rpc", "code", status_name(status), "peer_key",
-                  peer_key && *peer_key ? peer_key : NULL, "error", status == GRPC_STATUS_OK ? NULL : message,
-                  "detail", detail && *detail ? detail : NULL, "took_ms", took, NULL);
+        mgmt_call_log_rpc(c, "agent", m->name, account, peer_key, status, m->request_body == NULL, message, detail);
 }
 
 /* ---- the envelope ------------------------------------------------------------ */
-
-/* The whole request message as one slice (the caller unrefs it). */
-static grpc_slice read_payload(grpc_byte_buffer *bb) {
-        grpc_byte_buffer_reader reader;
-        grpc_slice s;
-
-        if (!bb || !grpc_byte_buffer_reader_init(&reader, bb))
-                return grpc_empty_slice();
-        s = grpc_byte_buffer_reader_readall(&reader);
-        grpc_byte_buffer_reader_destroy(&reader);
-        return s;
-}
 
 /* Opens the box with one server key pair of set version; on success
  * shared holds the pair's shared key (kept in the cache from now on) and
@@ -131,7 +91,7 @@ out:
  * box, the inner message. Returns 0, or sets the failure NetBird reports
  * (parseRequest) and returns -1. */
 int mgmt_agent_open_request(mgmt_agent_op *op, cp_crypto_box_shared *shared) {
-        grpc_slice s = read_payload(op->payload);
+        grpc_slice s = mgmt_payload_slice(op->payload);
         Management__EncryptedMessage *em;
         cp_error err = { 0 };
         int r;

@@ -155,25 +155,12 @@ static const service_rpc rpcs[_CP_PROTO_MGMT_MAX] = {
         [CP_PROTO_MGMT_STOP_EXPOSE] = { CP_PROTO_MGMT_STOP_EXPOSE, mgmt_stop_expose, NULL },
 };
 
-static mgmt_rpc_kind kind_of(cp_proto_streaming s) {
-        switch (s) {
-        case CP_PROTO_UNARY:
-                return MGMT_RPC_UNARY;
-        case CP_PROTO_SERVER_STREAMING:
-                return MGMT_RPC_SERVER_STREAM;
-        case CP_PROTO_CLIENT_STREAMING:
-        case CP_PROTO_BIDI_STREAMING:
-                break;
-        }
-        return MGMT_RPC_BIDI;           /* messages are read with RECV_MESSAGE */
-}
-
 void mgmt_service_methods(mgmt_rpc_method out[MGMT_SERVICE_N_METHODS]) {
         for (size_t i = 0; i < MGMT_SERVICE_N_METHODS; i++) {
                 const cp_proto_method *m = &cp_proto_mgmt_methods[i];
                 out[i] = (mgmt_rpc_method) {
                         .path = m->path,
-                        .kind = kind_of(m->streaming),
+                        .kind = mgmt_rpc_kind_of(m->streaming),
                         .on_call = on_call,
                         .on_close = i == CP_PROTO_MGMT_SYNC ? sync_on_close : NULL,
                         .data = &rpcs[i],

@@ -40,37 +40,12 @@ static const mgmt_proxy_handler handlers[_CP_PROTO_PROXY_MAX] = {
         [CP_PROTO_PROXY_RECORD_LLM_USAGE] = NULL,
 };
 
-static const char *status_name(grpc_status_code s) {
-        static const char *const names[] = {
-                "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-                "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-                "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
-                "UNAUTHENTICATED",
-        };
-        return (unsigned) s < ELEMENTSOF(names) ? names[s] : "?";
-}
-
 void mgmt_proxy_log_outcome(mgmt_call *c, const cp_proto_method *m, const char *account, grpc_status_code status,
                             const char *message, const char *detail) {
-        const cp_log_ctx *cl = mgmt_call_log(c);
-        cp_log_ctx ctx = { .component = "proxy", .request_id = cl->request_id, .method = m->name,
-                           .peer = mgmt_call_peer_ip(c), .account = account && *account ? account : NULL };
-        cp_log_level level = CP_LOG_INFO;
-        char took[32];
-
-        if (status == GRPC_STATUS_OK && m->streaming == CP_PROTO_UNARY)
-                level = CP_LOG_DEBUG;   /* access logs and status updates: many a second */
-        else if (status == GRPC_STATUS_INTERNAL || status == GRPC_STATUS_UNKNOWN ||
-                 status == GRPC_STATUS_DATA_LOSS)
-                level = CP_LOG_ERROR;
-        else if (status == GRPC_STATUS_RESOURCE_EXHAUSTED || status == GRPC_STATUS_UNAVAILABLE)
-                level = CP_LOG_WARN;
-        if (!cp_log_enabled(level))
-                return;
-        (void) snprintf(took, sizeof took, "%" PRId64, cp_now_mono_ms() - mgmt_call_started_ms(c));
-        cp_log_kv(&ctx, level, "rpc", "code", status_name(status), "error",
-                  status == GRPC_STATUS_OK ? NULL : message, "detail", detail && *detail ? detail : NULL,
-                  "took_ms", took, NULL);
+        /* Successful unary calls are debug: access logs and status
+         * updates come many a second. */
+        mgmt_call_log_rpc(c, "proxy", m->name, account, NULL, status, m->streaming == CP_PROTO_UNARY, message,
+                          detail);
 }
 
 void mgmt_proxy_fail(mgmt_proxy_op *op, grpc_status_code status, const char *fmt, ...) {
@@ -99,17 +74,6 @@ int mgmt_proxy_check_account(mgmt_proxy_op *op, const char *account_id) {
 
 /* ---- unary calls ------------------------------------------------------------------ */
 
-static grpc_slice read_payload(grpc_byte_buffer *bb) {
-        grpc_byte_buffer_reader reader;
-        grpc_slice s;
-
-        if (!bb || !grpc_byte_buffer_reader_init(&reader, bb))
-                return grpc_empty_slice();
-        s = grpc_byte_buffer_reader_readall(&reader);
-        grpc_byte_buffer_reader_destroy(&reader);
-        return s;
-}
-
 /* Worker. */
 static void op_work(void *userdata) {
         mgmt_proxy_op *op = userdata;
@@ -129,7 +93,7 @@ static void op_work(void *userdata) {
                 mgmt_proxy_fail(op, GRPC_STATUS_UNIMPLEMENTED, "method %s not implemented", op->method->name);
                 return;
         }
-        grpc_slice s = read_payload(op->payload);
+        grpc_slice s = mgmt_payload_slice(op->payload);
         op->request = protobuf_c_message_unpack(op->method->request, mgmt_arena_pb(&op->arena),
                                                 GRPC_SLICE_LENGTH(s), GRPC_SLICE_START_PTR(s));
         grpc_slice_unref(s);
@@ -172,7 +136,7 @@ static bool access_log_inline(mgmt_proxy_op *op) {
 
         if (!p->unary || !op->handler || !mgmt_proxy_token_cached(p, op->call, &op->token))
                 return false;
-        grpc_slice s = read_payload(op->payload);
+        grpc_slice s = mgmt_payload_slice(op->payload);
         op->request = protobuf_c_message_unpack(op->method->request, mgmt_arena_pb(&op->arena),
                                                 GRPC_SLICE_LENGTH(s), GRPC_SLICE_START_PTR(s));
         grpc_slice_unref(s);
@@ -246,26 +210,13 @@ static void stream_on_close(mgmt_call *c, bool cancelled, void *userdata) {
         mgmt_proxy_stream_on_close(rpc->proxy, c, cancelled);
 }
 
-static mgmt_rpc_kind kind_of(cp_proto_streaming s) {
-        switch (s) {
-        case CP_PROTO_UNARY:
-                return MGMT_RPC_UNARY;
-        case CP_PROTO_SERVER_STREAMING:
-                return MGMT_RPC_SERVER_STREAM;
-        case CP_PROTO_CLIENT_STREAMING:
-        case CP_PROTO_BIDI_STREAMING:
-                break;
-        }
-        return MGMT_RPC_BIDI;
-}
-
 void mgmt_proxy_methods(mgmt_proxy *p, mgmt_rpc_method out[MGMT_PROXY_N_METHODS]) {
         for (size_t i = 0; i < MGMT_PROXY_N_METHODS; i++) {
                 const cp_proto_method *m = &cp_proto_proxy_methods[i];
                 bool stream = i == CP_PROTO_PROXY_GET_MAPPING_UPDATE || i == CP_PROTO_PROXY_SYNC_MAPPINGS;
                 out[i] = (mgmt_rpc_method) {
                         .path = m->path,
-                        .kind = kind_of(m->streaming),
+                        .kind = mgmt_rpc_kind_of(m->streaming),
                         .on_call = on_call,
                         .on_close = stream ? stream_on_close : NULL,
                         .data = &p->rpcs[i],

@@ -226,24 +226,13 @@ static cp_store_proxy_scope scope_of(const mgmt_proxy_stream *s) {
 
 /* ---- jobs (workers) --------------------------------------------------------------- */
 
-static grpc_slice read_payload(grpc_byte_buffer *bb) {
-        grpc_byte_buffer_reader reader;
-        grpc_slice s;
-
-        if (!bb || !grpc_byte_buffer_reader_init(&reader, bb))
-                return grpc_empty_slice();
-        s = grpc_byte_buffer_reader_readall(&reader);
-        grpc_byte_buffer_reader_destroy(&reader);
-        return s;
-}
-
 static void work_auth(job *j) {
         mgmt_proxy_stream *s = j->s;
 
         if (mgmt_proxy_authenticate(s->hub, s->call, &j->token, &j->status, j->msg, sizeof j->msg) < 0)
                 return;
         if (!s->bidi) {
-                grpc_slice sl = read_payload(j->payload);
+                grpc_slice sl = mgmt_payload_slice(j->payload);
                 j->req = management__get_mapping_update_request__unpack(NULL, GRPC_SLICE_LENGTH(sl),
                                                                         GRPC_SLICE_START_PTR(sl));
                 grpc_slice_unref(sl);
@@ -725,7 +714,7 @@ static void on_recv(mgmt_call *c, grpc_byte_buffer *msg, void *userdata) {
                     s->phase == PS_LIVE ? NULL : "stream closed by the proxy");
                 return;
         }
-        grpc_slice sl = read_payload(msg);
+        grpc_slice sl = mgmt_payload_slice(msg);
         grpc_byte_buffer_destroy(msg);
         req = management__sync_mappings_request__unpack(NULL, GRPC_SLICE_LENGTH(sl), GRPC_SLICE_START_PTR(sl));
         grpc_slice_unref(sl);

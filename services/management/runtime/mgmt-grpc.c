@@ -4,6 +4,7 @@
 #include "mgmt-realip.h"
 
 #include <ctype.h>
+#include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc_security.h>
 #include <grpc/slice.h>
 #include <grpc/support/alloc.h>
@@ -908,4 +909,64 @@ mgmt_grpc *mgmt_grpc_free(mgmt_grpc *g) {
         free(g->registered);
         free(g);
         return NULL;
+}
+
+/* ---- shared by the protocols ------------------------------------------------------ */
+
+mgmt_rpc_kind mgmt_rpc_kind_of(cp_proto_streaming s) {
+        switch (s) {
+        case CP_PROTO_UNARY:
+                return MGMT_RPC_UNARY;
+        case CP_PROTO_SERVER_STREAMING:
+                return MGMT_RPC_SERVER_STREAM;
+        case CP_PROTO_CLIENT_STREAMING:
+        case CP_PROTO_BIDI_STREAMING:
+                break;
+        }
+        return MGMT_RPC_BIDI;           /* messages are read with RECV_MESSAGE */
+}
+
+grpc_slice mgmt_payload_slice(grpc_byte_buffer *bb) {
+        grpc_byte_buffer_reader reader;
+        grpc_slice s;
+
+        if (!bb || !grpc_byte_buffer_reader_init(&reader, bb))
+                return grpc_empty_slice();
+        s = grpc_byte_buffer_reader_readall(&reader);
+        grpc_byte_buffer_reader_destroy(&reader);
+        return s;
+}
+
+const char *mgmt_grpc_status_name(grpc_status_code s) {
+        static const char *const names[] = {
+                "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+                "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+                "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+                "UNAUTHENTICATED",
+        };
+        return (unsigned) s < ELEMENTSOF(names) ? names[s] : "?";
+}
+
+void mgmt_call_log_rpc(mgmt_call *c, const char *component, const char *method, const char *account,
+                       const char *peer_key, grpc_status_code status, bool ok_is_debug, const char *message,
+                       const char *detail) {
+        const cp_log_ctx *cl = mgmt_call_log(c);
+        cp_log_ctx ctx = { .component = component, .request_id = cl->request_id, .method = method,
+                           .peer = mgmt_call_peer_ip(c), .account = account && *account ? account : NULL };
+        cp_log_level level = CP_LOG_INFO;
+        char took[32];
+
+        if (status == GRPC_STATUS_OK && ok_is_debug)
+                level = CP_LOG_DEBUG;
+        else if (status == GRPC_STATUS_INTERNAL || status == GRPC_STATUS_UNKNOWN ||
+                 status == GRPC_STATUS_DATA_LOSS)
+                level = CP_LOG_ERROR;
+        else if (status == GRPC_STATUS_RESOURCE_EXHAUSTED || status == GRPC_STATUS_UNAVAILABLE)
+                level = CP_LOG_WARN;
+        if (!cp_log_enabled(level))
+                return;
+        (void) snprintf(took, sizeof took, "%" PRId64, cp_now_mono_ms() - mgmt_call_started_ms(c));
+        cp_log_kv(&ctx, level, "rpc", "code", mgmt_grpc_status_name(status), "peer_key",
+                  peer_key && *peer_key ? peer_key : NULL, "error", status == GRPC_STATUS_OK ? NULL : message,
+                  "detail", detail && *detail ? detail : NULL, "took_ms", took, NULL);
 }

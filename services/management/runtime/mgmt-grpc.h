@@ -40,6 +40,7 @@
 #include "cp/log.h"
 #include "mgmt-tls.h"
 #include "mgmt-work.h"
+#include "cp-methods.h"
 
 typedef struct mgmt_grpc mgmt_grpc;
 typedef struct mgmt_call mgmt_call;
@@ -206,3 +207,20 @@ const char *mgmt_call_peer_ip(const mgmt_call *c);
 bool mgmt_call_is_over(const mgmt_call *c);
 /* The time the call arrived, monotonic ms (for "took" in logs). */
 int64_t mgmt_call_started_ms(const mgmt_call *c);
+
+/* ---- shared by the protocols (any thread) -------------------------------------- */
+
+/* How a method of a generated table streams, as the server registers it. */
+mgmt_rpc_kind mgmt_rpc_kind_of(cp_proto_streaming s);
+/* A whole message as one slice (the caller unrefs it); empty for NULL. */
+grpc_slice mgmt_payload_slice(grpc_byte_buffer *bb);
+/* "OK", "INVALID_ARGUMENT", ...; "?" for a code gRPC does not define. */
+const char *mgmt_grpc_status_name(grpc_status_code s);
+/* The one "rpc" log line of a call: component and method, the call's
+ * peer and request id, account, code, message and detail (NULL or "" are
+ * left out), the time taken. OK is logged at debug when ok_is_debug, the
+ * rest at info, UNAVAILABLE and RESOURCE_EXHAUSTED at warn, INTERNAL,
+ * UNKNOWN and DATA_LOSS at error. peer_key may be NULL. */
+void mgmt_call_log_rpc(mgmt_call *c, const char *component, const char *method, const char *account,
+                       const char *peer_key, grpc_status_code status, bool ok_is_debug, const char *message,
+                       const char *detail);
