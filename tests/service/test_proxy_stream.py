@@ -319,7 +319,10 @@ def cluster(n):
     svc.needs_redis()
     srvs = []
     for _ in range(n):
-        srv = server(dep, "--redis-url", svc.REDIS_URL, "--bus-channel-prefix", dep.bus_prefix)
+        # A token cache far longer than any wait below: a revoked token
+        # is refused at once only because the hint empties the caches.
+        srv = server(dep, "--redis-url", svc.REDIS_URL, "--bus-channel-prefix", dep.bus_prefix,
+                     env={"NB_PROXY_TOKEN_CACHE_TTL": "60s"})
         srv.wait_log(lambda o: o.get("msg") == "bus subscribed")
         srvs.append(srv)
     return dep, srvs
@@ -421,7 +424,7 @@ def rest_changes_and_revocation_across_replicas():
     assert st == 200, (st, svc_)
     _, r = s.next(timeout=10)
     assert [(m.id, m.type, m.domain) for m in r.mapping] == [(svc_["id"], pb.UPDATE_TYPE_CREATED, "app." + cl)]
-    assert r.mapping[0].path[0].target.startswith("http://")
+    assert r.mapping[0].path[0].target == "http://%s:8080/" % (dep.network.network_address + 7), r.mapping[0]
     s.send_ack()
     body["name"] = "app2"
     st, _ = pc.rest(r1, dep.admin_token, "PUT", "/api/reverse-proxies/services/" + svc_["id"], body)
@@ -434,9 +437,16 @@ def rest_changes_and_revocation_across_replicas():
     _, r = s.next(timeout=10)
     assert [(m.id, m.type) for m in r.mapping] == [(svc_["id"], pb.UPDATE_TYPE_REMOVED)]
     s.send_ack()
+    # Unary calls on replica 3 pass the token check (now cached there)...
+    p3 = proxy(r3, t["plain_token"])
+    # (an empty SendStatusUpdate names no account: this account-scoped
+    # token gets PERMISSION_DENIED, after the token check)
+    assert unary_status(p3)[0] == grpc.StatusCode.PERMISSION_DENIED, unary_status(p3)
     st, _ = pc.rest(r1, dep.admin_token, "DELETE", "/api/reverse-proxies/proxy-tokens/" + t["id"])
     assert st == 200, st
     assert s.wait_end(10) == (UNAUTH, "token expired or revoked")
+    # ...and are refused right after the revocation on replica 1.
+    wait_until(lambda: unary_status(p3)[0] == UNAUTH, timeout=10, what="revoked token refused on replica 3")
 
 
 @test
