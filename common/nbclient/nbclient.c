@@ -337,6 +337,12 @@ static gpr_timespec deadline_ms(int ms) {
 
 int cp_nbc_call_start(cp_nbc_call *c, grpc_channel *ch, grpc_completion_queue *cq, const char *method,
                       grpc_byte_buffer *req, int timeout_ms, bool stream, void *tag, void *status_tag) {
+        return cp_nbc_call_start_md(c, ch, cq, method, req, timeout_ms, stream, tag, status_tag, NULL, 0);
+}
+
+int cp_nbc_call_start_md(cp_nbc_call *c, grpc_channel *ch, grpc_completion_queue *cq, const char *method,
+                         grpc_byte_buffer *req, int timeout_ms, bool stream, void *tag, void *status_tag,
+                         grpc_metadata *md, size_t n_md) {
         grpc_slice m = grpc_slice_from_static_string(method);
         grpc_op ops[6];
         size_t n = 0;
@@ -355,7 +361,9 @@ int cp_nbc_call_start(cp_nbc_call *c, grpc_channel *ch, grpc_completion_queue *c
         c->call = grpc_channel_create_call(ch, NULL, GRPC_PROPAGATE_DEFAULTS, cq, m, NULL, deadline_ms(timeout_ms),
                                            NULL);
         memset(ops, 0, sizeof ops);
-        ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
+        ops[n].op = GRPC_OP_SEND_INITIAL_METADATA;
+        ops[n].data.send_initial_metadata.count = n_md;
+        ops[n++].data.send_initial_metadata.metadata = md;
         ops[n].op = GRPC_OP_SEND_MESSAGE;
         ops[n++].data.send_message.send_message = c->send;
         ops[n++].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;

@@ -1,8 +1,10 @@
 """bench-proxy-logs: SendAccessLog ingest from concurrent proxies into one
 netbird-mgmt, and what that load does to another RPC on the same replica.
 
-Several proxy processes (grpcio, each with its own channel and a window of
-calls in flight) send access-log entries for LOAD_S seconds; the rate is
+bench-proxy-logs-load (C, next to netbird-mgmt's build; BENCH_LOG_RATE
+calls a second, 10,000) or, with BENCH_LOG_CLIENT=python, several Python
+proxy processes (grpcio, each with its own channel and a window of calls
+in flight) send access-log entries for LOAD_S seconds; the rate is
 what the server accepted and what landed in proxy_access_logs (it writes
 them in batches: one INSERT ... jsonb_to_recordset per flush). Meanwhile,
 and before, one client calls ValidateSession (a service lookup, an Ed25519
@@ -40,6 +42,14 @@ PROCS = int(os.environ.get("BENCH_LOG_PROCS", "4"))
 WINDOW = int(os.environ.get("BENCH_LOG_WINDOW", "128"))
 LOAD_S = float(os.environ.get("BENCH_LOAD_S", "10"))
 PROBES = int(os.environ.get("BENCH_PROBES", "400"))
+RATE = float(os.environ.get("BENCH_LOG_RATE", "10000"))
+# The C load generator next to netbird-mgmt's build (BUILDDIR/tests/bench);
+# BENCH_LOG_CLIENT=python uses Python senders instead (unpaced).
+LOADER = None
+if len(sys.argv) > 1 and os.environ.get("BENCH_LOG_CLIENT", "c") == "c":
+    _l = os.path.join(os.path.dirname(os.path.abspath(sys.argv[1])), "..", "..", "tests", "bench",
+                      "bench-proxy-logs-load")
+    LOADER = _l if os.access(_l, os.X_OK) else None
 
 
 def pct(xs, p):
@@ -113,6 +123,8 @@ def load_phase(target, p, domain, session, token, account, sid, dsn):
     CPU seconds)."""
     rows0 = svc.query(dsn, "SELECT count(*) FROM proxy_access_logs")[0][0]
     cpu0 = cpu_s(target.proc.pid)
+    if LOADER:
+        return load_phase_c(target, p, domain, session, token, account, sid, dsn, rows0, cpu0)
     # spawn, not fork: a forked child would share the parent's gRPC
     # core state (grpcio does not survive fork with a live channel).
     ctx = multiprocessing.get_context("spawn")
@@ -136,6 +148,33 @@ def load_phase(target, p, domain, session, token, account, sid, dsn):
         if rows >= accepted or time.time() > deadline:
             break
         time.sleep(0.2)
+    return accepted, refused, sent_s, rows, time.time() - t0, lat, cpu_s(target.proc.pid) - cpu0
+
+
+def wait_landed(dsn, rows0, accepted):
+    deadline = time.time() + 30
+    while True:
+        rows = svc.query(dsn, "SELECT count(*) FROM proxy_access_logs")[0][0] - rows0
+        if rows >= accepted or time.time() > deadline:
+            return rows
+        time.sleep(0.2)
+
+
+def load_phase_c(target, p, domain, session, token, account, sid, dsn, rows0, cpu0):
+    """load_phase with bench-proxy-logs-load (C) as the proxies, paced at
+    RATE calls a second."""
+    import subprocess
+    nice = int(os.environ.get("BENCH_LOG_NICE", "10"))
+    cmd = ["nice", "-n", str(nice), LOADER, "127.0.0.1:%d" % target.grpc_port, token, account, sid,
+           str(LOAD_S), str(PROCS), str(WINDOW), str(RATE)]
+    t0 = time.time()
+    pr = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    time.sleep(min(1.0, LOAD_S / 5))
+    lat = probe(p, domain, session, PROBES * 100, stop_at=t0 + LOAD_S - 0.5)
+    out, _ = pr.communicate(timeout=LOAD_S + 60)
+    f = out.split()
+    accepted, refused, sent_s = int(f[1]), int(f[3]), float(f[5])
+    rows = wait_landed(dsn, rows0, accepted)
     return accepted, refused, sent_s, rows, time.time() - t0, lat, cpu_s(target.proc.pid) - cpu0
 
 
@@ -164,8 +203,12 @@ def main():
         phases = [("another replica", load_phase(other, p, domain, session, token, a.id, sid, dsn)),
                   ("this replica", load_phase(srv, p, domain, session, token, a.id, sid, dsn))]
 
-        print("bench-proxy-logs: %d proxy processes x %d calls in flight, %.0f s of load per phase"
-              % (PROCS, WINDOW, LOAD_S))
+        if LOADER:
+            print("bench-proxy-logs: bench-proxy-logs-load (C), %d connections x %d calls in flight, paced at"
+                  " %.0f/s, %.0f s of load per phase" % (PROCS, WINDOW, RATE, LOAD_S))
+        else:
+            print("bench-proxy-logs: %d Python proxy processes x %d calls in flight, %.0f s of load per phase"
+                  % (PROCS, WINDOW, LOAD_S))
         print("  ValidateSession on replica A, idle:       p50 %.2f ms  p99 %.2f ms  (%d calls)" %
               (statistics.median(base), pct(base, 0.99), len(base)))
         for name, (accepted, refused, sent_s, rows, landed_s, lat, cpu) in phases:

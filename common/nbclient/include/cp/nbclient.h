@@ -127,6 +127,12 @@ typedef struct cp_nbc_call {
  * cancelled, -EIO returned, and only `tag` completes: release after it. */
 int cp_nbc_call_start(cp_nbc_call *c, grpc_channel *ch, grpc_completion_queue *cq, const char *method,
                       grpc_byte_buffer *req, int timeout_ms, bool stream, void *tag, void *status_tag);
+/* The same with request metadata md[0..n_md) sent with the call (e.g.
+ * "authorization"); md and its slices are borrowed until the first batch
+ * completes. */
+int cp_nbc_call_start_md(cp_nbc_call *c, grpc_channel *ch, grpc_completion_queue *cq, const char *method,
+                         grpc_byte_buffer *req, int timeout_ms, bool stream, void *tag, void *status_tag,
+                         grpc_metadata *md, size_t n_md);
 /* Streams: receives the next message into c->recv (the previous one must
  * have been taken). Returns 0 or -EIO. */
 int cp_nbc_call_recv(cp_nbc_call *c, void *tag);
