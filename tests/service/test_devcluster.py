@@ -37,6 +37,7 @@ from fixture import wait_until  # noqa: E402
 from nbagent import Agent, build_meta  # noqa: E402
 from svc import test  # noqa: E402
 from apifix import Api  # noqa: E402
+import proxyclient as pc  # noqa: E402
 import oidcflow  # noqa: E402
 
 UP = os.path.join(ROOT, "deploy", "dev", "up")
@@ -362,6 +363,57 @@ def operator_through_the_load_balancer(env, a, stream, c):
     d.close()
 
 
+def proxy_through_the_load_balancer(env, a, c):
+    """Issue 12's acceptance: a reverse proxy that knows only NetBird's
+    proto, every call through nginx (any replica): it syncs its mappings,
+    gets a service made over REST, authenticates a user with the service's
+    password and validates tunnel peers by their NetBird IPs."""
+    api = Api(env["MGMT_HTTP"], env["ADMIN_TOKEN"])
+    tok = api.ok("POST", "/api/reverse-proxies/proxy-tokens", {"name": "edge"})
+    p = pc.Proxy(env["MGMT_GRPC"], tok["plain_token"])
+    svc.defer(p.close)
+    s = p.sync()
+    svc.defer(s.close)
+    cluster = "edge.dev.test"
+    s.send_init("edge-1", cluster, pc.caps(supports_custom_ports=True))
+    assert pc.snapshot(s)[0] == []
+    peers = {x["name"]: x for x in api.ok("GET", "/api/peers")}
+    ops = [g for g in api.ok("GET", "/api/groups") if g["name"] == "ops"][0]
+    svc_ = api.ok("POST", "/api/reverse-proxies/services", {
+        "name": "app", "domain": "app." + cluster, "enabled": True,
+        "targets": [{"target_id": peers["dev3-a"]["id"], "target_type": "peer", "protocol": "http",
+                     "port": 8080, "enabled": True}],
+        "auth": {"password_auth": {"enabled": True, "password": "s3cret-pass"},
+                 "bearer_auth": {"enabled": True, "distribution_groups": [ops["id"]]}}})
+    _, r = s.next(timeout=20)
+    m = r.mapping[0]
+    assert (m.id, m.type, m.domain) == (svc_["id"], pc.pb.UPDATE_TYPE_CREATED, "app." + cluster), r
+    assert [x.target for x in m.path] == ["http://%s:8080/" % peers["dev3-a"]["ip"]], m.path
+    assert m.auth.password and m.auth.oidc and m.auth.session_key and m.auth_token
+    s.send_ack()
+    acc = env["ACCOUNT_ID"]
+    bad = p.unary("Authenticate", pc.pb.AuthenticateRequest(
+        id=svc_["id"], account_id=acc, password=pc.pb.PasswordRequest(password="wrong")), pc.pb.AuthenticateResponse)
+    assert not bad.success and not bad.session_token
+    good = p.unary("Authenticate", pc.pb.AuthenticateRequest(
+        id=svc_["id"], account_id=acc, password=pc.pb.PasswordRequest(password="s3cret-pass")),
+        pc.pb.AuthenticateResponse)
+    assert good.success and good.session_token.count(".") == 2, good
+    # dev3-a is in the service's group "ops", dev3-c is not.
+    ok = p.unary("ValidateTunnelPeer", pc.pb.ValidateTunnelPeerRequest(
+        tunnel_ip=peers["dev3-a"]["ip"], domain="app." + cluster), pc.pb.ValidateTunnelPeerResponse)
+    assert ok.valid and ok.session_token and ops["id"] in ok.peer_group_ids, ok
+    no = p.unary("ValidateTunnelPeer", pc.pb.ValidateTunnelPeerRequest(
+        tunnel_ip=peers["dev3-c"]["ip"], domain="app." + cluster), pc.pb.ValidateTunnelPeerResponse)
+    assert not no.valid and no.denied_reason == "not_in_group", no
+    none = p.unary("ValidateTunnelPeer", pc.pb.ValidateTunnelPeerRequest(
+        tunnel_ip="100.127.255.254", domain="app." + cluster), pc.pb.ValidateTunnelPeerResponse)
+    assert not none.valid and none.denied_reason == "peer_not_found", none
+    print("# proxy through nginx: mapping %s, password session, tunnel peers valid/%s/%s"
+          % (m.domain, no.denied_reason, none.denied_reason), flush=True)
+    s.close()
+
+
 @test
 def three_replicas_behind_nginx():
     if not os.access(NGINX, os.X_OK):
@@ -404,6 +456,7 @@ def three_replicas_behind_nginx():
     stream.wait_for(lambda m: c.pub_b64 in {p.wgPubKey for p in m.NetworkMap.remotePeers}, timeout=20)
 
     operator_through_the_load_balancer(env, agent, stream, c)
+    proxy_through_the_load_balancer(env, agent, c)
 
     again = dc.up("--replicas", "3")
     for k in ("MGMT_GRPC", "MGMT_HTTP", "ACCOUNT_ID", "LB_PID", "PG_PID", "REDIS_PID") + tuple(
