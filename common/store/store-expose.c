@@ -525,16 +525,9 @@ int cp_store_expose_sweep(cp_store *s, cp_store_expired_expose **ret, size_t *re
         const char *p[] = { limit, code };
         for (int attempt = 0;; attempt++) {
                 _cleanup_rows_ cp_store_rows *rows = NULL;
-                cp_store_tx *tx = NULL;
                 cp_error err = { 0 };
 
-                r = cp_store_tx_begin(s, &tx, &err);
-                if (r == 0)
-                        r = cp_store_tx_exec(tx, SQL_SWEEP, 2, p, &rows, &err);
-                if (r == 0)
-                        r = cp_store_tx_commit(tx, &err);
-                else
-                        cp_store_tx_end(tx);
+                r = cp_store_exec1(s, SQL_SWEEP, 2, p, &rows, &err);
                 if (r < 0) {
                         /* A deadlock with a writer that took the change-log
                          * lock before a service row: run again. */

@@ -12,34 +12,6 @@
 
 #define NZ(s) ((s) ? (s) : "")
 
-/* Runs one statement in its own transaction; the rows go to *ret when
- * ret is not NULL. */
-static int run1(cp_store *s, const char *sql, int n, const char *const *params, cp_store_rows **ret,
-                cp_error *reterr) {
-        cp_store_tx *tx = NULL;
-        cp_store_rows *rows = NULL;
-        int r;
-
-        r = cp_store_tx_begin(s, &tx, reterr);
-        if (r < 0)
-                return r;
-        r = cp_store_tx_exec(tx, sql, n, params, &rows, reterr);
-        if (r < 0) {
-                (void) cp_store_tx_end(tx);
-                return r;
-        }
-        r = cp_store_tx_commit(tx, reterr);
-        if (r < 0) {
-                (void) cp_store_rows_free(rows);
-                return r;
-        }
-        if (ret)
-                *ret = rows;
-        else
-                (void) cp_store_rows_free(rows);
-        return 0;
-}
-
 static void copy_text(char *out, size_t cap, const char *v) {
         (void) snprintf(out, cap, "%s", v ? v : "");
 }
@@ -65,7 +37,7 @@ int cp_store_proxy_token_by_hash(cp_store *s, const char *hashed, cp_store_proxy
         const char *p[] = { hashed };
         int r;
 
-        r = run1(s, "SELECT " TOKEN_COLUMNS " FROM proxy_access_tokens WHERE hashed_token = $1", 1, p, &rows,
+        r = cp_store_exec1(s, "SELECT " TOKEN_COLUMNS " FROM proxy_access_tokens WHERE hashed_token = $1", 1, p, &rows,
                  reterr);
         if (r < 0)
                 return r;
@@ -77,7 +49,7 @@ int cp_store_proxy_token_by_id(cp_store *s, const char *id, cp_store_proxy_token
         const char *p[] = { id };
         int r;
 
-        r = run1(s, "SELECT " TOKEN_COLUMNS " FROM proxy_access_tokens WHERE id = $1", 1, p, &rows, reterr);
+        r = cp_store_exec1(s, "SELECT " TOKEN_COLUMNS " FROM proxy_access_tokens WHERE id = $1", 1, p, &rows, reterr);
         if (r < 0)
                 return r;
         return token_row(rows, ret);
@@ -86,7 +58,7 @@ int cp_store_proxy_token_by_id(cp_store *s, const char *id, cp_store_proxy_token
 int cp_store_proxy_token_touch(cp_store *s, const char *id, cp_error *reterr) {
         const char *p[] = { id };
 
-        return run1(s,
+        return cp_store_exec1(s,
                     "UPDATE proxy_access_tokens SET last_used = now() WHERE id = $1 AND "
                     "(last_used IS NULL OR last_used < now() - interval '1 minute')",
                     1, p, NULL, reterr);
@@ -104,7 +76,7 @@ int cp_store_proxy_connect(cp_store *s, const cp_store_proxy_conn *c, cp_error *
                 tri(c->caps.supports_private_service),
         };
 
-        return run1(s,
+        return cp_store_exec1(s,
                     "INSERT INTO proxies (id, session_id, cluster_address, ip_address, account_id, token_id, "
                     "replica_id, version, status, connected_at, disconnected_at, last_seen, "
                     "supports_custom_ports, require_subdomain, supports_crowdsec, private, "
@@ -128,7 +100,7 @@ static int fenced(cp_store *s, const char *sql, const char *proxy_id, const char
         const char *p[] = { proxy_id, session_id };
         int r;
 
-        r = run1(s, sql, 2, p, &rows, reterr);
+        r = cp_store_exec1(s, sql, 2, p, &rows, reterr);
         if (r < 0)
                 return r;
         return cp_store_rows_affected(rows) > 0 ? 1 : 0;
@@ -153,7 +125,7 @@ int cp_store_proxy_reap(cp_store *s, int64_t max_age_s, cp_error *reterr) {
         int r;
 
         (void) snprintf(age, sizeof age, "%" PRId64, max_age_s);
-        r = run1(s, "DELETE FROM proxies WHERE last_seen < now() - make_interval(secs => $1::bigint)", 1, p,
+        r = cp_store_exec1(s, "DELETE FROM proxies WHERE last_seen < now() - make_interval(secs => $1::bigint)", 1, p,
                  &rows, reterr);
         if (r < 0)
                 return r;
@@ -166,7 +138,7 @@ int cp_store_proxy_cluster_taken(cp_store *s, const char *cluster, const char *a
         const char *p[] = { cluster, account_id };
         int r;
 
-        r = run1(s,
+        r = cp_store_exec1(s,
                  "SELECT EXISTS (SELECT 1 FROM proxies WHERE cluster_address = $1 AND status = 'connected' "
                  "AND (account_id IS NULL OR account_id <> $2))",
                  2, p, &rows, reterr);
@@ -180,7 +152,7 @@ int cp_store_proxy_changes_max(cp_store *s, int64_t *ret, cp_error *reterr) {
         _cleanup_rows_ cp_store_rows *rows = NULL;
         int r;
 
-        r = run1(s, "SELECT COALESCE(max(seq), 0) FROM proxy_mapping_changes", 0, NULL, &rows, reterr);
+        r = cp_store_exec1(s, "SELECT COALESCE(max(seq), 0) FROM proxy_mapping_changes", 0, NULL, &rows, reterr);
         if (r < 0)
                 return r;
         *ret = strtoll(cp_store_rows_get(rows, 0, 0) ? cp_store_rows_get(rows, 0, 0) : "0", NULL, 10);
@@ -205,7 +177,7 @@ int cp_store_proxy_snapshot_page(cp_store *s, const cp_store_proxy_scope *scope,
         (void) snprintf(lim, sizeof lim, "%d", limit);
         /* idx_services_proxy_cluster (proxy_cluster, id) serves the
          * keyset: each page is an index range scan from the last id. */
-        return run1(s,
+        return cp_store_exec1(s,
                     "SELECT " SVC_COLUMNS " FROM services s "
                     "WHERE s.proxy_cluster = $1 AND s.id > $3 AND s.enabled "
                     "AND ($2::text IS NULL OR s.account_id = $2) "
@@ -224,7 +196,7 @@ int cp_store_proxy_changes_after(cp_store *s, const cp_store_proxy_scope *scope,
 
         (void) snprintf(lim, sizeof lim, "%d", limit);
         (void) snprintf(seq, sizeof seq, "%" PRId64, after);
-        return run1(s,
+        return cp_store_exec1(s,
                     "SELECT " SVC_COLUMNS ", c.seq, c.account_id, c.service_id, c.op, c.domain "
                     "FROM proxy_mapping_changes c "
                     "LEFT JOIN services s ON s.id = c.service_id AND s.enabled AND s.proxy_cluster = c.cluster "

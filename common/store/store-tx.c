@@ -149,6 +149,28 @@ int cp_store_tx_commit(cp_store_tx *tx, cp_error *reterr) {
         return r;
 }
 
+int cp_store_exec1(cp_store *s, const char *sql, int n, const char *const *params, cp_store_rows **ret,
+                   cp_error *reterr) {
+        cp_store_tx *tx = NULL;
+        cp_store_rows *rows = NULL;
+        int r;
+
+        r = cp_store_tx_begin(s, &tx, reterr);
+        if (r < 0)
+                return r;
+        r = cp_store_tx_exec(tx, sql, n, params, &rows, reterr);
+        if (r < 0) {
+                (void) cp_store_tx_end(tx);
+                return r;
+        }
+        r = cp_store_tx_commit(tx, reterr);
+        if (r < 0 || !ret)
+                (void) cp_store_rows_free(rows);
+        else
+                *ret = rows;
+        return r;
+}
+
 cp_store_tx *cp_store_tx_end(cp_store_tx *tx) {
         if (!tx)
                 return NULL;

@@ -221,6 +221,31 @@ def run(args, env=None, timeout=60):
     return Result(p, p.stdout, p.stderr)
 
 
+# netbird-cp-admin (meson passes its path in NETBIRD_ADMIN).
+ADMIN = os.environ.get("NETBIRD_ADMIN", "")
+
+
+def admin(args, env=None, timeout=60):
+    """One netbird-cp-admin run; skips the test when the binary is not
+    there."""
+    if not ADMIN or not os.access(ADMIN, os.X_OK):
+        raise Skip("NETBIRD_ADMIN does not name the netbird-cp-admin binary")
+    p = subprocess.run([ADMIN] + list(args), capture_output=True, text=True, env=clean_env(env),
+                       timeout=timeout)
+    check_sanitizer_clean(p.stderr)
+    return Result(p, p.stdout, p.stderr)
+
+
+def admin_ok(args, env):
+    r = admin(args, env)
+    assert r.rc == 0, r
+    return r
+
+
+def admin_json(args, env):
+    return json.loads(admin_ok(list(args) + ["--json"], env).out)
+
+
 def check_usage_error(r, *needles):
     """Exit 2, and stderr mentions every needle."""
     assert r.rc == 2, r

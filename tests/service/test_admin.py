@@ -24,29 +24,13 @@ from fixture import Deployment, parse_env_output, replica_id, wait_until  # noqa
 from nbagent import RpcFailed, build_meta, remote_keys  # noqa: E402
 from svc import test  # noqa: E402
 
-ADMIN = os.environ.get("NETBIRD_ADMIN", "")
+ADMIN = svc.ADMIN
 ENV_KEYS = ["ACCOUNT_ID", "USER_ID", "SETUP_KEY", "ADMIN_TOKEN", "NETWORK"]
 # The migrations compiled into both binaries (sql/meson.build lists them).
 MIGRATIONS = sorted(glob.glob(os.path.join(ROOT, "sql", "migrations", "*.sql")))
 
 
-def admin(args, env=None, timeout=60):
-    if not ADMIN or not os.access(ADMIN, os.X_OK):
-        raise svc.Skip("NETBIRD_ADMIN does not name the netbird-cp-admin binary")
-    p = subprocess.run([ADMIN] + list(args), capture_output=True, text=True, env=svc.clean_env(env),
-                       timeout=timeout)
-    svc.check_sanitizer_clean(p.stderr)
-    return svc.Result(p, p.stdout, p.stderr)
-
-
-def ok(args, env):
-    r = admin(args, env)
-    assert r.rc == 0, r
-    return r
-
-
-def admin_json(args, env):
-    return json.loads(ok(list(args) + ["--json"], env).out)
+admin, ok, admin_json = svc.admin, svc.admin_ok, svc.admin_json
 
 
 def fresh_db_env():

@@ -3,12 +3,8 @@ binary and a bootstrapped database: management-wide and account-scoped
 tokens, the plain token printed once and stored as base64(SHA-256), list
 filters, revocation, and usage errors."""
 
-import base64
-import hashlib
-import json
 import os
 import re
-import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -16,32 +12,10 @@ sys.path.insert(0, os.path.join(HERE, "..", "agent"))
 
 import svc  # noqa: E402
 from fixture import Deployment, parse_env_output  # noqa: E402
+from proxyclient import token_hash  # noqa: E402
 from svc import test  # noqa: E402
 
-ADMIN = os.environ.get("NETBIRD_ADMIN", "")
-
-
-def admin(args, env=None, timeout=60):
-    if not ADMIN or not os.access(ADMIN, os.X_OK):
-        raise svc.Skip("NETBIRD_ADMIN does not name the netbird-cp-admin binary")
-    p = subprocess.run([ADMIN] + list(args), capture_output=True, text=True, env=svc.clean_env(env),
-                       timeout=timeout)
-    svc.check_sanitizer_clean(p.stderr)
-    return svc.Result(p, p.stdout, p.stderr)
-
-
-def ok(args, env):
-    r = admin(args, env)
-    assert r.rc == 0, r
-    return r
-
-
-def admin_json(args, env):
-    return json.loads(ok(list(args) + ["--json"], env).out)
-
-
-def token_hash(plain):
-    return base64.b64encode(hashlib.sha256(plain.encode()).digest()).decode()
+admin, ok, admin_json = svc.admin, svc.admin_ok, svc.admin_json
 
 
 @test

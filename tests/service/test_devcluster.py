@@ -363,7 +363,7 @@ def operator_through_the_load_balancer(env, a, stream, c):
     d.close()
 
 
-def proxy_through_the_load_balancer(env, a, c):
+def proxy_through_the_load_balancer(env):
     """Issue 12's acceptance: a reverse proxy that knows only NetBird's
     proto, every call through nginx (any replica): it syncs its mappings,
     gets a service made over REST, authenticates a user with the service's
@@ -456,7 +456,7 @@ def three_replicas_behind_nginx():
     stream.wait_for(lambda m: c.pub_b64 in {p.wgPubKey for p in m.NetworkMap.remotePeers}, timeout=20)
 
     operator_through_the_load_balancer(env, agent, stream, c)
-    proxy_through_the_load_balancer(env, agent, c)
+    proxy_through_the_load_balancer(env)
 
     again = dc.up("--replicas", "3")
     for k in ("MGMT_GRPC", "MGMT_HTTP", "ACCOUNT_ID", "LB_PID", "PG_PID", "REDIS_PID") + tuple(

@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "agent"))
 
 import grpc  # noqa: E402
 import svc  # noqa: E402
-from fixture import Deployment, wait_until  # noqa: E402
+from fixture import Deployment, parse_env_output, wait_until  # noqa: E402
 from svc import test  # noqa: E402
 import proxyclient as pc  # noqa: E402
 from proxyclient import pb  # noqa: E402
@@ -87,8 +87,10 @@ def token_authentication():
             raise AssertionError("GetMappingUpdate accepted %r" % md)
         except grpc.RpcError as e:
             assert (e.code(), e.details()) == (UNAUTH, text), (e.code(), e.details())
-    # A valid token passes the interceptor (the unary handler is not ours).
-    assert unary_status(p)[0] != UNAUTH
+    # A valid token passes the token check; the empty request is then the
+    # handler's to refuse.
+    assert unary_status(p) == (grpc.StatusCode.INVALID_ARGUMENT, "service_id and account_id are required"), \
+        unary_status(p)
     assert dep.sql("SELECT last_used IS NOT NULL FROM proxy_access_tokens WHERE hashed_token = %s",
                    (pc.token_hash(good),)) == [(True,)]
     assert dep.sql("SELECT count(*) FROM proxies") == [(0,)]
@@ -206,11 +208,20 @@ def account_scoped_token():
     srv = server(dep)
     _, tok = pc.add_token(dep, account_id=dep.account_id)
     mine, _ = pc.add_services(dep, dep.account_id, CLUSTER, n=2)
+    # Another account's services on the same cluster: not this token's.
+    other = parse_env_output(svc.admin_ok(["account", "create"], dep.env()).out)["ACCOUNT_ID"]
+    theirs, _ = pc.add_services(dep, other, CLUSTER, n=2)
     p = proxy(srv, tok)
     s = stream(p)
     s.send_init("byop-1", CLUSTER)
     maps, _ = pc.snapshot(s)
-    assert sorted(m.id for m in maps) == sorted(mine)
+    assert sorted(m.id for m in maps) == sorted(mine), (maps, theirs)
+    # A management-wide token serves both accounts.
+    _, wide = pc.add_token(dep)
+    s = stream(proxy(srv, wide))
+    s.send_init("shared-1", CLUSTER)
+    maps, _ = pc.snapshot(s)
+    assert sorted(m.id for m in maps) == sorted(mine + theirs)
 
 
 @test
@@ -386,7 +397,7 @@ def revocation_ends_streams_on_two_replicas():
     pc.publish(svc.REDIS_URL, dep.bus_prefix, "~proxytok", int(time.time() * 1000))
     for s in streams[:2]:
         assert s.wait_end(10) == (UNAUTH, "token expired or revoked")
-    assert not streams[2].done.is_set()
+    assert not streams[2].done.wait(1), "the other token's stream ended too"
     wait_until(lambda: proxies_row(dep, "rv-1")[0] == "disconnected", what="rv-1 disconnected")
 
 

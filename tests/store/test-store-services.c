@@ -80,17 +80,21 @@ TEST(change_log_writers_take_turns) {
         ASSERT_TRUE(seq > 0);
         writer w = { .s = f.s, .account = f.a.account_id };
         ASSERT_EQ(0, pthread_create(&th, NULL, second_writer, &w));
-        /* wait until the second writer blocks on the advisory lock */
-        for (int i = 0; i < 2000; i++) {
+        /* wait until the second writer blocks on the advisory lock (in
+         * this test's database: other suites use the same lock) */
+        bool waiting = false;
+        for (int i = 0; i < 2000 && !waiting; i++) {
                 char *n = cptest_db_query(f.db,
-                                          "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+                                          "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                                          " AND database = (SELECT oid FROM pg_database"
+                                          "  WHERE datname = current_database())",
                                           0, NULL);
-                bool waiting = strcmp(n, "1") == 0;
+                waiting = strcmp(n, "1") == 0;
                 free(n);
-                if (waiting)
-                        break;
-                usleep(5000);
+                if (!waiting)
+                        usleep(5000);
         }
+        ASSERT_TRUE(waiting);
         char *none = cptest_db_query(f.db, "SELECT count(*) FROM proxy_mapping_changes", 0, NULL);
         ASSERT_STREQ("0", none);        /* nothing visible yet */
         free(none);

@@ -41,20 +41,7 @@ bool prpc_scope_ok(const mgmt_prpc_caller *who, const char *account_id, mgmt_prp
 
 int prpc_exec(mgmt_prpc *p, const char *sql, int n, const char *const *params, cp_store_rows **ret,
               cp_error *reterr) {
-        cp_store_tx *tx = NULL;
-        int r;
-
-        r = cp_store_tx_begin(p->store, &tx, reterr);
-        if (r < 0)
-                return r;
-        r = cp_store_tx_exec(tx, sql, n, params, ret, reterr);
-        if (r >= 0)
-                r = cp_store_tx_commit(tx, reterr);
-        else
-                (void) cp_store_tx_end(tx);
-        if (r < 0 && ret)
-                *ret = cp_store_rows_free(*ret);
-        return r;
+        return cp_store_exec1(p->store, sql, n, params, ret, reterr);
 }
 
 /* ---- services ---------------------------------------------------------------- */

@@ -52,6 +52,12 @@ int cp_store_tx_commit(cp_store_tx *tx, cp_error *reterr);
  * Accepts NULL; returns NULL. */
 cp_store_tx *cp_store_tx_end(cp_store_tx *tx);
 
+/* One statement in a transaction of its own: begin, cp_store_tx_exec,
+ * commit. Same results and errors as cp_store_tx_exec (a failed COMMIT
+ * too); *ret is set only on success. */
+int cp_store_exec1(cp_store *s, const char *sql, int n, const char *const *params, cp_store_rows **ret,
+                   cp_error *reterr);
+
 /* Rows. */
 int cp_store_rows_count(const cp_store_rows *r);
 /* The value at (row, col) as text, NULL for SQL NULL or out of range. */
