@@ -407,15 +407,28 @@ static int create_token(api_ctx *c) {
         r = cp_store_tx_proxy_token_create(c->tx, c->account_id, name, expires_in, c->user_id, &tok, &err);
         if (r < 0)
                 return api_internal(c, "failed to save token", &err);
-        const char *p[] = { c->account_id, tok.id, tok.plain };
-        r = api_sql(c,
-                    "SELECT (" TOKEN_JSON("t") "::jsonb || jsonb_build_object('plain_token', $3::text))::text"
-                    " FROM proxy_access_tokens t WHERE t.account_id = $1 AND t.id = $2",
-                    3, p, &rows);
-        explicit_bzero(tok.plain, sizeof tok.plain);
-        if (r < 0)
-                return r;
-        r = api_reply_text(c, 200, cp_store_rows_get(rows, 0, 0), (size_t) cp_store_rows_len(rows, 0, 0));
+        /* The token's JSON from the database, plain_token added here: the
+         * plain token never goes to the database, not even as a
+         * parameter. */
+        const char *p[] = { c->account_id, tok.id };
+        r = api_sql(c, "SELECT " TOKEN_JSON("t") "::text FROM proxy_access_tokens t"
+                       " WHERE t.account_id = $1 AND t.id = $2", 2, p, &rows);
+        const char *obj = r < 0 ? NULL : cp_store_rows_get(rows, 0, 0);
+        size_t len = obj ? strlen(obj) : 0;
+        if (r >= 0 && (len < 2 || obj[len - 1] != '}'))
+                r = api_internal(c, "the new token is gone", NULL);
+        if (r >= 0) {
+                cp_strbuf out;
+                cp_strbuf_init(&out);
+                cp_strbuf_add(&out, obj, len - 1);
+                cp_strbuf_adds(&out, len > 2 ? ",\"plain_token\":\"" : "\"plain_token\":\"");
+                cp_strbuf_add_json_escaped(&out, tok.plain);
+                cp_strbuf_adds(&out, "\"}");
+                r = api_reply_text(c, 200, out.buf, out.len);
+                cp_explicit_bzero(out.buf, out.len);
+                cp_strbuf_release(&out);
+        }
+        cp_explicit_bzero(tok.plain, sizeof tok.plain);
         return r;
 }
 

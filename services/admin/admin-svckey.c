@@ -71,9 +71,10 @@ static int rotate_one(cp_store *s, const uint8_t data_key[32], const char *id, i
                 r = cp_store_tx_proxy_change(tx, cp_store_rows_get(rows, 0, 0), id, CP_PROXY_CHANGE_MODIFIED,
                                              cp_store_rows_get(rows, 0, 4), cp_store_rows_get(rows, 0, 5), NULL,
                                              reterr);
-        if (r >= 0)
-                r = cp_store_tx_commit(tx, reterr);
-        tx = NULL;
+        if (r >= 0) {
+                r = cp_store_tx_commit(tx, reterr);     /* frees tx in every case */
+                tx = NULL;
+        }
         if (r >= 0)
                 *ret = ROTATED;
 out:

@@ -117,19 +117,23 @@ void mgmt_proxy_limiter_free(mgmt_proxy *p) {
 
 void mgmt_proxy_tokens_forget(mgmt_proxy *p) {
         pthread_mutex_lock(&p->tokens_lock);
+        p->tokens_gen++;
         mgmt_strmap_foreach(p->tokens, free_value, NULL);
         p->tokens = mgmt_strmap_free(p->tokens);
         p->tokens = mgmt_strmap_new();
         pthread_mutex_unlock(&p->tokens_lock);
 }
 
-static bool token_cached(mgmt_proxy *p, const char *hashed, mgmt_proxy_token *ret) {
+/* A hit fills *ret; a miss leaves in *gen the cache's generation, for
+ * token_remember after the database lookup. */
+static bool token_cached(mgmt_proxy *p, const char *hashed, mgmt_proxy_token *ret, uint64_t *gen) {
         cached_token *ct;
         bool hit = false;
 
         if (p->tokens_ttl_ms <= 0)
                 return false;
         pthread_mutex_lock(&p->tokens_lock);
+        *gen = p->tokens_gen;
         ct = mgmt_strmap_get(p->tokens, hashed);
         if (ct && ct->until_ms > cp_now_mono_ms()) {
                 *ret = ct->tok;
@@ -139,12 +143,18 @@ static bool token_cached(mgmt_proxy *p, const char *hashed, mgmt_proxy_token *re
         return hit;
 }
 
-static void token_remember(mgmt_proxy *p, const char *hashed, const mgmt_proxy_token *tok) {
+/* Caches tok unless the cache was emptied since generation gen (a
+ * revocation may have committed after the lookup read the row). */
+static void token_remember(mgmt_proxy *p, const char *hashed, const mgmt_proxy_token *tok, uint64_t gen) {
         cached_token *ct;
 
         if (p->tokens_ttl_ms <= 0)
                 return;
         pthread_mutex_lock(&p->tokens_lock);
+        if (p->tokens_gen != gen) {
+                pthread_mutex_unlock(&p->tokens_lock);
+                return;
+        }
         if (mgmt_strmap_size(p->tokens) >= TOKENS_MAX) {
                 mgmt_strmap_foreach(p->tokens, free_value, NULL);
                 p->tokens = mgmt_strmap_free(p->tokens);
@@ -259,7 +269,8 @@ int mgmt_proxy_authenticate(mgmt_proxy *p, mgmt_call *c, mgmt_proxy_token *ret, 
         }
         cp_crypto_pat_hash(token, hashed);
         sodium_memzero(value, sizeof value);
-        if (token_cached(p, hashed, ret))
+        uint64_t gen = 0;
+        if (token_cached(p, hashed, ret, &gen))
                 return 0;
         r = cp_store_proxy_token_by_hash(p->store, hashed, &t, &err);
         if (r == -ENOENT)
@@ -282,7 +293,7 @@ int mgmt_proxy_authenticate(mgmt_proxy *p, mgmt_call *c, mgmt_proxy_token *ret, 
         *ret = (mgmt_proxy_token) { 0 };
         memcpy(ret->id, t.id, sizeof ret->id);
         memcpy(ret->account_id, t.account_id, sizeof ret->account_id);
-        token_remember(p, hashed, ret);
+        token_remember(p, hashed, ret, gen);
         return 0;
 }
 
@@ -297,7 +308,8 @@ bool mgmt_proxy_token_cached(mgmt_proxy *p, mgmt_call *c, mgmt_proxy_token *ret)
         if (cp_crypto_token_check(CP_PROXY_TOKEN_PREFIX, value + 7) < 0)
                 goto out;
         cp_crypto_pat_hash(value + 7, hashed);
-        hit = token_cached(p, hashed, ret);
+        uint64_t gen;
+        hit = token_cached(p, hashed, ret, &gen);
 out:
         sodium_memzero(value, sizeof value);
         return hit;

@@ -72,6 +72,9 @@ struct mgmt_proxy {
         pthread_mutex_t tokens_lock;
         mgmt_strmap *tokens;
         int64_t tokens_ttl_ms;
+        /* Bumped by every forget: a lookup that began before one does not
+         * put its (maybe revoked) token back. Under tokens_lock. */
+        uint64_t tokens_gen;
 
         /* Set by on_start (any thread reads it to post). */
         _Atomic(mgmt_grpc *) grpc;
@@ -106,6 +109,9 @@ struct mgmt_proxy_op {
         const ProtobufCMessage *response;       /* NULL = the empty message */
         char account[65];               /* for the log line, "" if unknown */
         char detail[200];               /* extra log text (a store error), "" if none */
+        /* Set by the edge when the handler runs on the CQ thread; the
+         * handler sets would_block when it needs the database there. */
+        bool on_cq, would_block;
         /* Filled by the edge after the handler. */
         uint8_t *reply;
         size_t reply_len;

@@ -112,8 +112,10 @@ static void seen_add(prpc_logs *l, uint64_t h) {
         pthread_mutex_unlock(&l->seen_lock);
 }
 
-/* 1 when the service (or, service_id "", the account) exists. */
-static int target_exists(prpc_logs *l, const char *account_id, const char *service_id, cp_error *reterr) {
+/* 1 when the service (or, service_id "", the account) exists; -EAGAIN
+ * when it is not in the cache and no_db forbids the query. */
+static int target_exists(prpc_logs *l, const char *account_id, const char *service_id, bool no_db,
+                         cp_error *reterr) {
         _cleanup_rows_ cp_store_rows *rows = NULL;
         uint64_t h = fnv(account_id, service_id);
         const char *params[2] = { account_id, service_id };
@@ -121,6 +123,8 @@ static int target_exists(prpc_logs *l, const char *account_id, const char *servi
 
         if (seen_has(l, h))
                 return 1;
+        if (no_db)
+                return -EAGAIN;
         if (*service_id)
                 r = prpc_exec(l->p, "SELECT 1 FROM services WHERE account_id = $1 AND id = $2", 2, params, &rows,
                               reterr);
@@ -132,12 +136,6 @@ static int target_exists(prpc_logs *l, const char *account_id, const char *servi
                 return 0;
         seen_add(l, h);
         return 1;
-}
-
-bool mgmt_prpc_access_log_ready(mgmt_prpc *p, const Management__SendAccessLogRequest *req) {
-        const Management__AccessLog *a = req->log;
-
-        return p->logs && a && *a->account_id && seen_has(p->logs, fnv(a->account_id, a->service_id));
 }
 
 /* ---- one entry ----------------------------------------------------------------------- */
@@ -245,7 +243,12 @@ void prpc_send_access_log(mgmt_prpc *p, const mgmt_prpc_caller *who, const Manag
         if (!row)
                 return prpc_fail(ret, GRPC_STATUS_INVALID_ARGUMENT,
                                  "access log entry has a string that is not valid UTF-8 or a bad timestamp");
-        r = target_exists(l, a->account_id, a->service_id, &err);
+        r = target_exists(l, a->account_id, a->service_id, who && who->no_db, &err);
+        if (r == -EAGAIN) {
+                free(row);
+                ret->would_block = true;
+                return;
+        }
         if (r <= 0) {
                 free(row);
                 if (r < 0)

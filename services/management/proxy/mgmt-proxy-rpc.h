@@ -82,11 +82,17 @@ mgmt_prpc *mgmt_prpc_free(mgmt_prpc *p);
 typedef struct mgmt_prpc_caller {
         const char *token_account_id;           /* account-scoped token; NULL or "" = management-wide */
         const char *peer_ip;                    /* for logs */
+        /* The call runs on the gRPC CQ thread: it must not wait on the
+         * database. An RPC that would (only SendAccessLog whose account or
+         * service was not seen lately) sets reply.would_block instead and
+         * does nothing; the edge then runs it again on a worker. */
+        bool no_db;
 } mgmt_prpc_caller;
 
 /* The answer: status (and message) and, with OK, the packed response
  * (malloc'd, the caller frees data). */
 typedef struct mgmt_prpc_reply {
+        bool would_block;               /* see mgmt_prpc_caller.no_db */
         grpc_status_code status;
         char message[256];
         uint8_t *data;
@@ -128,9 +134,4 @@ void mgmt_prpc_oidc_callback(mgmt_prpc *p, const char *query, const char *remote
 
 /* Access-log entries written so far by this process, and those dropped
  * (their account or service vanished meanwhile, or a write failed). */
-/* Any thread, never blocks: true when SendAccessLog with req can be
- * handled without the database (its account and service were seen
- * lately), so the edge may run it on the CQ thread instead of queueing it
- * behind other RPCs' jobs. */
-bool mgmt_prpc_access_log_ready(mgmt_prpc *p, const Management__SendAccessLogRequest *req);
 void mgmt_prpc_log_stats(mgmt_prpc *p, uint64_t *ret_written, uint64_t *ret_dropped);

@@ -26,12 +26,18 @@ void mgmt_proxy_set_unary(mgmt_proxy *p, struct mgmt_prpc *rpc) {
 
 void mgmt_proxy_unary(mgmt_proxy_op *op) {
         cp_proto_proxy_method_id id = (cp_proto_proxy_method_id) (op->method - cp_proto_proxy_methods);
-        mgmt_prpc_caller who = { .token_account_id = op->token.account_id, .peer_ip = mgmt_call_peer_ip(op->call) };
+        mgmt_prpc_caller who = { .token_account_id = op->token.account_id, .peer_ip = mgmt_call_peer_ip(op->call),
+                                 .no_db = op->on_cq };
         mgmt_prpc_reply r;
 
         if (!op->proxy->unary)
                 return mgmt_proxy_fail(op, GRPC_STATUS_UNIMPLEMENTED, "method %s not implemented", op->method->name);
+        r = (mgmt_prpc_reply) { 0 };
         mgmt_prpc_handle_msg(op->proxy->unary, id, &who, op->request, &r);
+        if (r.would_block) {
+                op->would_block = true;
+                return;
+        }
         if (r.status != GRPC_STATUS_OK) {
                 mgmt_proxy_fail(op, r.status, "%s", r.message);
                 return;
