@@ -12,11 +12,6 @@
 
 #include "api-int.h"
 
-/* A secret as NetBird's argon2id.Hash stores it: PHC
- * "$argon2id$v=19$m=19456,t=2,p=1$<salt>$<hash>", 16-byte salt, 32-byte
- * key. Appends to out; -EIO on failure. */
-int api_rproxy_hash_secret(const char *plain, cp_strbuf *out);
-
 /* DeriveClusterFromDomain: the active cluster whose address is the
  * domain or a suffix of it, else the target cluster of the account's
  * custom domain that matches longest. No match: 412 "could not derive

@@ -23,33 +23,11 @@
 #include "api-activity.h"
 #include "api-int.h"
 #include "api-rproxy.h"
+#include "cp/proxyauth.h"
 #include "cp/store-services.h"
 
-#include <argon2.h>
 #include <arpa/inet.h>
 #include <ctype.h>
-
-/* ---- argon2id, NetBird's parameters (shared/hash/argon2id) --------------------------- */
-
-#define ARGON_T 2
-#define ARGON_M 19456
-#define ARGON_P 1
-#define ARGON_SALT 16
-#define ARGON_KEY 32
-
-int api_rproxy_hash_secret(const char *plain, cp_strbuf *out) {
-        uint8_t salt[ARGON_SALT];
-        char enc[256];
-
-        cp_random_bytes(salt, sizeof salt);
-        int r = argon2id_hash_encoded(ARGON_T, ARGON_M, ARGON_P, plain, strlen(plain), salt, sizeof salt, ARGON_KEY,
-                                      enc, sizeof enc);
-        if (r != ARGON2_OK)
-                return -EIO;
-        cp_strbuf_adds(out, enc);
-        explicit_bzero(enc, sizeof enc);
-        return 0;
-}
 
 /* ---- Go durations (time.ParseDuration / Duration.String) ------------------------------- */
 
@@ -783,51 +761,37 @@ static int check_groups(api_ctx *c, svc_in *s) {
         return 0;
 }
 
+/* obj.key, a secret in plain text: replaced by its argon2id hash when
+ * obj is enabled, by "" when it is not (NetBird keeps a disabled secret as
+ * sent; never stored in clear here). The plain text is wiped. -1 when
+ * hashing failed. */
+static int hash_one(json_t *obj, const char *key) {
+        const char *plain = jstr(obj, key);
+        char *hashed = NULL;
+
+        if (!*plain)
+                return 0;
+        if (json_is_true(json_object_get(obj, "enabled")) &&
+            cp_proxyauth_argon2id_hash(plain, strlen(plain), &hashed, NULL) < 0)
+                return -1;
+        explicit_bzero((char *) plain, strlen(plain));
+        json_object_set_new(obj, key, json_string(hashed ? hashed : ""));
+        free(hashed);
+        return 0;
+}
+
 /* Hashes every secret that came in plain text (HashSecrets). */
 static int hash_secrets(api_ctx *c, json_t *auth) {
-        static const struct {
-                const char *obj, *secret;
-        } secrets[] = { { "password_auth", "password" }, { "pin_auth", "pin" } };
-        cp_strbuf h;
-        json_t *o, *x;
+        json_t *x;
         size_t i;
 
-        cp_strbuf_init(&h);
-        for (int k = 0; k < 2; k++) {
-                o = json_object_get(auth, secrets[k].obj);
-                const char *plain = jstr(o, secrets[k].secret);
-                if (!*plain)
-                        continue;
-                if (!json_is_true(json_object_get(o, "enabled"))) {
-                        /* NetBird keeps a disabled secret as sent; never stored in clear here */
-                        explicit_bzero((char *) plain, strlen(plain));
-                        json_object_set_new(o, secrets[k].secret, json_string(""));
-                        continue;
-                }
-                cp_strbuf_reset(&h);
-                if (api_rproxy_hash_secret(plain, &h) < 0)
-                        goto fail;
-                explicit_bzero((char *) plain, strlen(plain));
-                json_object_set_new(o, secrets[k].secret, json_string(h.buf));
-        }
-        json_array_foreach(json_object_get(auth, "header_auths"), i, x) {
-                const char *plain = jstr(x, "value");
-                if (!*plain)
-                        continue;
-                if (!json_is_true(json_object_get(x, "enabled"))) {
-                        json_object_set_new(x, "value", json_string(""));
-                        continue;
-                }
-                cp_strbuf_reset(&h);
-                if (api_rproxy_hash_secret(plain, &h) < 0)
-                        goto fail;
-                json_object_set_new(x, "value", json_string(h.buf));
-        }
-        cp_strbuf_release(&h);
+        if (hash_one(json_object_get(auth, "password_auth"), "password") < 0 ||
+            hash_one(json_object_get(auth, "pin_auth"), "pin") < 0)
+                return api_internal(c, "argon2id hashing failed", NULL);
+        json_array_foreach(json_object_get(auth, "header_auths"), i, x)
+                if (hash_one(x, "value") < 0)
+                        return api_internal(c, "argon2id hashing failed", NULL);
         return 0;
-fail:
-        cp_strbuf_release(&h);
-        return api_internal(c, "argon2id hashing failed", NULL);
 }
 
 static int header_values_present(api_ctx *c, json_t *auth) {

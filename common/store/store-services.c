@@ -8,6 +8,7 @@
 #include <sodium.h>
 
 #include "cp/base.h"
+#include "cp/proxyauth.h"
 #include "cp/store-services.h"
 
 int cp_store_tx_proxy_change(struct cp_store_tx *tx, const char *account_id, const char *service_id, int op,
@@ -69,44 +70,6 @@ int cp_store_tx_proxy_services_removed(struct cp_store_tx *tx, const char *accou
         return 0;
 }
 
-int cp_store_service_session_key_new(const uint8_t data_key[CP_DATA_KEY_LEN], char **ret_sealed,
-                                     char ret_pub[CP_SESSION_PUB_B64_LEN], cp_error *reterr) {
-        uint8_t seed[crypto_sign_SEEDBYTES], pk[crypto_sign_PUBLICKEYBYTES], sk[crypto_sign_SECRETKEYBYTES];
-        int r;
-
-        cp_random_bytes(seed, sizeof seed);
-        if (crypto_sign_seed_keypair(pk, sk, seed) != 0) {
-                sodium_memzero(seed, sizeof seed);
-                sodium_memzero(sk, sizeof sk);
-                return cp_error_set(reterr, -EIO, "ed25519 key generation failed");
-        }
-        sodium_memzero(sk, sizeof sk);
-        r = cp_crypto_aead_encrypt(data_key, seed, sizeof seed, ret_sealed, reterr);
-        sodium_memzero(seed, sizeof seed);
-        if (r < 0)
-                return r;
-        cp_crypto_b64_encode(pk, sizeof pk, ret_pub, CP_SESSION_PUB_B64_LEN);
-        return 0;
-}
-
-int cp_store_service_session_key_open(const uint8_t data_key[CP_DATA_KEY_LEN], const char *sealed,
-                                      uint8_t ret[64], cp_error *reterr) {
-        uint8_t seed[64], pk[crypto_sign_PUBLICKEYBYTES];
-        int r;
-
-        r = cp_crypto_aead_decrypt(data_key, sealed, seed, sizeof seed, reterr);
-        if (r == -EBADMSG)
-                return cp_error_set(reterr, -EKEYREJECTED,
-                                    "the service session key does not decrypt with this DataStoreEncryptionKey");
-        if (r < 0 || r != crypto_sign_SEEDBYTES) {
-                sodium_memzero(seed, sizeof seed);
-                return cp_error_set(reterr, -EBADMSG, "the stored service session key is malformed");
-        }
-        r = crypto_sign_seed_keypair(pk, ret, seed);
-        sodium_memzero(seed, sizeof seed);
-        return r == 0 ? 0 : cp_error_set(reterr, -EIO, "ed25519 key derivation failed");
-}
-
 int cp_store_tx_service_create(struct cp_store_tx *tx, const uint8_t data_key[CP_DATA_KEY_LEN],
                                const cp_store_service_new *svc, char ret_id[CP_ID_LEN + 1], int64_t *ret_seq,
                                cp_error *reterr) {
@@ -124,7 +87,7 @@ int cp_store_tx_service_create(struct cp_store_tx *tx, const uint8_t data_key[CP
                 (void) snprintf(id, sizeof id, "%s", svc->id);
         else
                 cp_id_new(id);
-        r = cp_store_service_session_key_new(data_key, &sealed, pub, reterr);
+        r = cp_proxyauth_keypair_new(data_key, &sealed, pub, reterr);
         if (r < 0)
                 return r;
         (void) snprintf(port, sizeof port, "%d", svc->listen_port);

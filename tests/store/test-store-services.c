@@ -9,6 +9,7 @@
 #include "cp/api.h"
 #include "cp/base.h"
 #include "cp/crypto.h"
+#include "cp/proxyauth.h"
 #include "cp/store-services.h"
 #include "cptest.h"
 #include "testdb.h"
@@ -140,16 +141,18 @@ TEST(service_create_delete_and_session_key) {
 
         char *sealed = cptest_db_query1(f.db, "SELECT session_private_key FROM services WHERE id = $1", id);
         char *pub = cptest_db_query1(f.db, "SELECT session_public_key FROM services WHERE id = $1", id);
-        ASSERT_OK(cp_store_service_session_key_open(f.key, sealed, sk, &err), &err);
-        uint8_t pk[32];
-        ASSERT_EQ(32, cp_crypto_b64_decode(pub, pk, sizeof pk));
-        ASSERT_TRUE(memcmp(sk + 32, pk, 32) == 0);
+        uint8_t seed[32], pk[32];
+        ASSERT_OK(cp_proxyauth_seed_open(f.key, sealed, seed, &err), &err);
+        ASSERT_EQ(0, crypto_sign_seed_keypair(pk, sk, seed));
+        uint8_t stored_pk[32];
+        ASSERT_EQ(32, cp_crypto_b64_decode(pub, stored_pk, sizeof stored_pk));
+        ASSERT_TRUE(memcmp(stored_pk, pk, 32) == 0);
         /* it signs, and the stored public key verifies */
         uint8_t sig[64];
         ASSERT_EQ(0, crypto_sign_detached(sig, NULL, (const uint8_t *) "m", 1, sk));
         ASSERT_EQ(0, crypto_sign_verify_detached(sig, (const uint8_t *) "m", 1, pk));
         memset(wrong, 8, sizeof wrong);
-        ASSERT_EQ(-EKEYREJECTED, cp_store_service_session_key_open(wrong, sealed, sk, &err));
+        ASSERT_EQ(-EBADMSG, cp_proxyauth_seed_open(wrong, sealed, seed, &err));
         free(sealed);
         free(pub);
 

@@ -66,16 +66,6 @@ int cp_store_tx_proxy_services_removed(struct cp_store_tx *tx, const char *accou
  * base64 (what the proxy gets as Authentication.session_key). */
 #define CP_SESSION_PUB_B64_LEN 45       /* 44 characters + NUL */
 
-/* A fresh pair: *ret_sealed (free() it) the sealed seed, ret_pub the
- * public key. */
-int cp_store_service_session_key_new(const uint8_t data_key[CP_DATA_KEY_LEN], char **ret_sealed,
-                                     char ret_pub[CP_SESSION_PUB_B64_LEN], cp_error *reterr);
-/* Opens a sealed seed into the 64-byte libsodium secret key (seed ||
- * public key). -EKEYREJECTED when it does not decrypt with data_key,
- * -EBADMSG when it is not a 32-byte seed. The caller wipes ret. */
-int cp_store_service_session_key_open(const uint8_t data_key[CP_DATA_KEY_LEN], const char *sealed,
-                                      uint8_t ret[64], cp_error *reterr);
-
 /* ---- services ---------------------------------------------------------------- */
 
 /* A new row of services. Strings are borrowed; the JSON columns are
