@@ -82,13 +82,11 @@ struct mgmt_proxy {
         mgmt_proxy_stream *streams;
         bool draining;
         /* Loop thread: when each periodic task ran last (monotonic ms). */
-        int64_t last_poll_ms, last_token_check_ms, last_heartbeat_ms, last_reap_ms;
+        int64_t last_poll_ms, last_reap_ms;
         atomic_bool reap_queued;
 
         /* Any thread. */
         _Atomic int64_t hint_seq;       /* highest seq hinted so far */
-        atomic_size_t n_streams;        /* streams, open or not */
-        atomic_size_t n_connected;      /* streams with their proxies row */
 };
 
 /* ---- unary operations --------------------------------------------------------- */
@@ -119,13 +117,6 @@ struct mgmt_proxy_op {
 
 /* Sets the op's outcome: a status and a formatted message (for clients). */
 void mgmt_proxy_fail(mgmt_proxy_op *op, grpc_status_code status, const char *fmt, ...) _printf_(3, 4);
-/* NetBird's account scope: a call with an account-scoped token may only
- * name its own account. 0 when account_id is allowed; else -1 with the
- * op failed PERMISSION_DENIED "account-scoped token cannot access account
- * <id>". */
-int mgmt_proxy_check_account(mgmt_proxy_op *op, const char *account_id);
-/* The same check on a bare token (streams); true when allowed. */
-bool mgmt_proxy_token_allows(const mgmt_proxy_token *t, const char *account_id);
 
 /* Every unary RPC but the LLM ones (mgmt-proxy-unary.c, mgmt-proxy-rpc.h). */
 void mgmt_proxy_unary(mgmt_proxy_op *op);

@@ -376,16 +376,6 @@ static void gc_expired(prpc_logs *l) {
                           err.message, NULL);
 }
 
-static void deadline_in(struct timespec *ts, int64_t ms) {
-        clock_gettime(CLOCK_MONOTONIC, ts);
-        ts->tv_sec += ms / 1000;
-        ts->tv_nsec += (ms % 1000) * 1000000;
-        if (ts->tv_nsec >= 1000000000) {
-                ts->tv_sec++;
-                ts->tv_nsec -= 1000000000;
-        }
-}
-
 static void *writer(void *userdata) {
         prpc_logs *l = userdata;
         char **rows = cp_xcalloc(l->batch, sizeof *rows);
@@ -398,7 +388,7 @@ static void *writer(void *userdata) {
                 size_t n = 0;
 
                 pthread_mutex_lock(&l->lock);
-                deadline_in(&ts, l->flush_ms);
+                cp_mono_deadline(&ts, l->flush_ms);
                 while (!l->stopping && l->count < l->batch) {
                         if (pthread_cond_timedwait(&l->cond, &l->lock, &ts) == ETIMEDOUT)
                                 break;

@@ -171,21 +171,6 @@ bool mgmt_prpc_handles(cp_proto_proxy_method_id id) {
                id < _CP_PROTO_PROXY_MAX;
 }
 
-void mgmt_prpc_handle(mgmt_prpc *p, cp_proto_proxy_method_id id, const mgmt_prpc_caller *who,
-                      const uint8_t *req, size_t len, mgmt_prpc_reply *ret) {
-        ProtobufCMessage *msg;
-
-        memset(ret, 0, sizeof *ret);
-        if (!mgmt_prpc_handles(id))
-                return prpc_fail(ret, GRPC_STATUS_UNIMPLEMENTED, "unknown method");
-        msg = protobuf_c_message_unpack(cp_proto_proxy_methods[id].request, NULL, len, req);
-        if (!msg)
-                return prpc_fail(ret, GRPC_STATUS_INVALID_ARGUMENT, "cannot decode %s",
-                                 cp_proto_proxy_methods[id].request->name);
-        mgmt_prpc_handle_msg(p, id, who, msg, ret);
-        protobuf_c_message_free_unpacked(msg, NULL);
-}
-
 void mgmt_prpc_handle_msg(mgmt_prpc *p, cp_proto_proxy_method_id id, const mgmt_prpc_caller *who,
                           const ProtobufCMessage *msg, mgmt_prpc_reply *ret) {
         memset(ret, 0, sizeof *ret);

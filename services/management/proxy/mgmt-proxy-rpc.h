@@ -7,16 +7,16 @@
  * the access-log writer and retention.
  *
  * The edge (mgmt-proxy edge of the ProxyService: method table, proxy
- * token auth) decodes nothing itself for these: it hands the request
- * bytes, the method id and who called (the proxy token's account) to
- * mgmt_prpc_handle() on a worker and sends back what it returns.
+ * token auth) decodes the request and hands it, the method id and who
+ * called (the proxy token's account) to mgmt_prpc_handle_msg() on a
+ * worker, and sends back what it returns.
  *
  * Replicas share nothing in memory here: the session signing keys, used
  * one-time tokens and OIDC flow states are rows of PostgreSQL, so a token
  * minted or a flow started on one replica is honoured by every other.
  *
  * Threads: mgmt_prpc_new/free on the loop thread (before the workers
- * start / after they stopped); mgmt_prpc_handle and the callback on any
+ * start / after they stopped); mgmt_prpc_handle_msg and the callback on any
  * worker, concurrently. The access-log writer runs its own thread; the
  * retention runs on that thread too, between flushes.
  */
@@ -102,14 +102,9 @@ typedef struct mgmt_prpc_reply {
 /* True for the methods this module answers (the unary ones). */
 bool mgmt_prpc_handles(cp_proto_proxy_method_id id);
 
-/* Worker thread: decodes req[0..len), runs the RPC, fills *ret. A request
- * that does not decode is INVALID_ARGUMENT. Never blocks on anything but
- * the store. */
-void mgmt_prpc_handle(mgmt_prpc *p, cp_proto_proxy_method_id id, const mgmt_prpc_caller *who,
-                      const uint8_t *req, size_t len, mgmt_prpc_reply *ret);
-
-/* The same with the request decoded already (msg of the method's request
- * type, owned by the caller). */
+/* Worker thread (or the CQ thread with who->no_db): runs the RPC on msg,
+ * the method's request decoded by the edge (owned by the caller), and
+ * fills *ret. Blocks on nothing but the store. */
 void mgmt_prpc_handle_msg(mgmt_prpc *p, cp_proto_proxy_method_id id, const mgmt_prpc_caller *who,
                           const ProtobufCMessage *msg, mgmt_prpc_reply *ret);
 

@@ -60,18 +60,6 @@ void mgmt_proxy_fail(mgmt_proxy_op *op, grpc_status_code status, const char *fmt
         op->response = NULL;
 }
 
-bool mgmt_proxy_token_allows(const mgmt_proxy_token *t, const char *account_id) {
-        return !t->account_id[0] || (account_id && strcmp(t->account_id, account_id) == 0);
-}
-
-int mgmt_proxy_check_account(mgmt_proxy_op *op, const char *account_id) {
-        if (mgmt_proxy_token_allows(&op->token, account_id))
-                return 0;
-        mgmt_proxy_fail(op, GRPC_STATUS_PERMISSION_DENIED, "account-scoped token cannot access account %s",
-                        account_id ? account_id : "");
-        return -1;
-}
-
 /* ---- unary calls ------------------------------------------------------------------ */
 
 /* Worker. */
@@ -260,7 +248,7 @@ mgmt_proxy *mgmt_proxy_new(const mgmt_proxy_options *o) {
                                                 .handler = handlers[i] };
         mgmt_proxy_limiter_init(p);
         int64_t now = cp_now_mono_ms();
-        p->last_poll_ms = p->last_token_check_ms = p->last_heartbeat_ms = p->last_reap_ms = now;
+        p->last_poll_ms = p->last_reap_ms = now;
         return p;
 }
 
@@ -274,6 +262,3 @@ mgmt_proxy *mgmt_proxy_free(mgmt_proxy *p) {
         return NULL;
 }
 
-size_t mgmt_proxy_connected(const mgmt_proxy *p) {
-        return p ? atomic_load(&((mgmt_proxy *) p)->n_connected) : 0;
-}

@@ -95,7 +95,6 @@ struct mgmt_proxy_stream {
         bool data_job;                  /* an OPEN/PAGE/CHANGES job is out */
         unsigned jobs;                  /* every job out (data, token check, heartbeat) */
         bool token_job;
-        bool token_check_due;
         bool heartbeat_job;
         int64_t last_token_check_ms, last_heartbeat_ms;
         uint8_t *ready;                 /* the next message, packed */
@@ -175,7 +174,6 @@ static void maybe_free(mgmt_proxy_stream *s) {
         if (!s->over || s->jobs > 0)
                 return;
         if (s->registered) {
-                atomic_fetch_sub(&p->n_connected, 1);
                 mgmt_metrics_proxy_streams(-1);
                 disconnect *d = cp_xcalloc(1, sizeof *d);
                 d->hub = p;
@@ -191,7 +189,6 @@ static void maybe_free(mgmt_proxy_stream *s) {
                 p->streams = s->next;
         if (s->next)
                 s->next->prev = s->prev;
-        atomic_fetch_sub(&p->n_streams, 1);
         free(s->ready);
         mgmt_call_set_userdata(s->call, NULL);
         mgmt_call_unref(s->call);
@@ -533,7 +530,6 @@ static void job_done(mgmt_call *c, void *userdata) {
                 /* The row is written: ours to mark disconnected at the
                  * end, even when the stream ended meanwhile. */
                 s->registered = true;
-                atomic_fetch_add(&s->hub->n_connected, 1);
                 mgmt_metrics_proxy_streams(1);
         }
         if (s->ending || s->over || j->status == GRPC_STATUS_CANCELLED)
@@ -764,7 +760,6 @@ void mgmt_proxy_stream_on_call(mgmt_proxy *p, mgmt_call *c, bool bidi) {
         if (p->streams)
                 p->streams->prev = s;
         p->streams = s;
-        atomic_fetch_add(&p->n_streams, 1);
         if (p->draining) {
                 end(s, GRPC_STATUS_UNAVAILABLE, "server is shutting down");
                 return;

@@ -95,5 +95,3 @@ void mgmt_proxy_tick(mgmt_proxy *p);
  * disconnects still run. */
 void mgmt_proxy_drain(mgmt_proxy *p);
 
-/* Any thread: streams open on this replica (metrics, tests). */
-size_t mgmt_proxy_connected(const mgmt_proxy *p);

@@ -322,10 +322,6 @@ int mgmt_call_recv(mgmt_call *c, mgmt_call_recv_fn fn, void *userdata) {
         return 0;
 }
 
-bool mgmt_call_receiving(const mgmt_call *c) {
-        return c->receiving;
-}
-
 int mgmt_call_metadata(const mgmt_call *c, const char *key, char *out, size_t cap) {
         if (cap > 0)
                 out[0] = '\0';

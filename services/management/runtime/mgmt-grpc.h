@@ -158,8 +158,6 @@ bool mgmt_call_sending(const mgmt_call *c);
  * itself. */
 typedef void (*mgmt_call_recv_fn)(mgmt_call *c, grpc_byte_buffer *msg, void *userdata);
 int mgmt_call_recv(mgmt_call *c, mgmt_call_recv_fn recv, void *userdata);
-/* True while a receive started with mgmt_call_recv() is in flight. */
-bool mgmt_call_receiving(const mgmt_call *c);
 /* Any thread. The first value of the request metadata key (lower case,
  * e.g. "authorization") copied into out[0..cap) with a NUL: returns its
  * length, -ENOENT when the call has no such key, -ENOSPC when it does not
