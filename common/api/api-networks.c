@@ -22,6 +22,7 @@
  */
 #include "api-activity.h"
 #include "api-int.h"
+#include "cp/store-services.h"
 
 #include <errno.h>
 
@@ -527,9 +528,14 @@ static int update_resource(api_ctx *c) {
 static int delete_resource_rows(api_ctx *c, const char *network_id, const char *network_name, const char *id) {
         _cleanup_rows_ cp_store_rows *cur = NULL, *groups = NULL;
         const char *p[2] = { c->account_id, id };
+        _cleanup_rows_ cp_store_rows *service = NULL;
         int r = find_resource(c, network_id, id, "failed to delete network resource: failed to get network resource: ",
                               &cur);
 
+        if (r == 0)
+                r = api_sql(c, CP_STORE_SQL_SERVICE_TARGETING, 2, p, &service);
+        if (r == 0 && cp_store_rows_count(service) > 0)
+                return api_error(c, 412, "resource %s is in use by proxy %s", id, cp_store_rows_get(service, 0, 0));
         if (r == 0)
                 r = api_sql(c, SQL_RESOURCE_GROUPS, 2, p, &groups);
         const char *name = r == 0 ? cp_store_rows_get(cur, 0, 1) : "", *type = r == 0 ? cp_store_rows_get(cur, 0, 2) : "";

@@ -16,6 +16,7 @@
  */
 #include "api-activity.h"
 #include "api-peers.h"
+#include "cp/store-services.h"
 #include "cp/store-peers.h"
 
 #include <arpa/inet.h>
@@ -427,7 +428,12 @@ static int delete_peer(api_ctx *c) {
         if (!found)
                 return api_error(c, 404, "peer %s account not found", id);
         const char *q[4] = { c->account_id, id, c->user_id, code };
-        _cleanup_rows_ cp_store_rows *router = NULL;
+        _cleanup_rows_ cp_store_rows *router = NULL, *service = NULL;
+        r = api_sql(c, CP_STORE_SQL_SERVICE_TARGETING, 2, q, &service);
+        if (r < 0)
+                return r;
+        if (cp_store_rows_count(service) > 0)
+                return api_error(c, 412, "peer %s is in use by proxy %s", id, cp_store_rows_get(service, 0, 0));
         r = api_sql(c, SQL_PEER_ROUTER, 2, q, &router);
         if (r < 0)
                 return r;

@@ -143,6 +143,37 @@ def create_get_list_update_delete():
 
 
 @test
+def what_a_service_uses_cannot_be_deleted():
+    """NetBird's checks: a peer or network resource a service targets
+    (412 "... is in use by proxy <id>"), a group a service's bearer auth
+    is distributed to (400 "group has been linked to reverse proxy
+    service: <domain>"); once the service is gone, all three go."""
+    dep, srv, api, pid = setup()
+    g = api.ok("POST", "/api/groups", {"name": "sso-users"})
+    net = api.ok("POST", "/api/networks", {"name": "lab"})
+    res = api.ok("POST", "/api/networks/%s/resources" % net["id"],
+                 {"name": "web", "address": "10.99.99.10", "enabled": True, "groups": [g["id"]]})
+    api.ok("PUT", "/api/groups/" + g["id"], {"name": "sso-users", "resources": []})
+    s1 = api.ok("POST", "/api/reverse-proxies/services", http_service(
+        pid, auth={"bearer_auth": {"enabled": True, "distribution_groups": [g["id"]]}}))
+    s2 = api.ok("POST", "/api/reverse-proxies/services", http_service(
+        pid, name="web", domain="web." + CLUSTER,
+        targets=[{"target_id": res["id"], "target_type": "host", "protocol": "http", "port": 80,
+                  "enabled": True}]))
+    api.error("DELETE", "/api/peers/" + pid, 412, message="peer %s is in use by proxy %s" % (pid, s1["id"]))
+    api.error("DELETE", "/api/networks/%s/resources/%s" % (net["id"], res["id"]), 412,
+              message="resource %s is in use by proxy %s" % (res["id"], s2["id"]))
+    api.error("DELETE", "/api/groups/" + g["id"], 400,
+              message="group has been linked to reverse proxy service: app." + CLUSTER)
+    assert dep.sql("SELECT count(*) FROM network_resources WHERE id = %s", (res["id"],)) == [(1,)]
+    api.ok("DELETE", "/api/reverse-proxies/services/" + s2["id"])
+    api.ok("DELETE", "/api/networks/%s/resources/%s" % (net["id"], res["id"]))
+    api.ok("DELETE", "/api/reverse-proxies/services/" + s1["id"])
+    api.ok("DELETE", "/api/groups/" + g["id"])
+    api.ok("DELETE", "/api/peers/" + pid)
+
+
+@test
 def disabled_service_writes_no_change_rows():
     dep, srv, api, pid = setup()
     seq0 = last_seq(dep)

@@ -148,3 +148,12 @@ int cp_store_tx_proxy_token_revoke(struct cp_store_tx *tx, const char *account_i
         CP_STORE_SQL_TARGET_HOST("domain", "SELECT NULLIF(r.domain, '') FROM network_resources r"           \
                                  " WHERE r.account_id = s.account_id AND r.id = t->>'target_id'")           \
         " ELSE t END ORDER BY o), '[]') FROM jsonb_array_elements(s.targets) WITH ORDINALITY a(t, o))::text"
+
+/* NetBird's GetServiceIDByTargetID: the first service of account $1 with
+ * a target whose target_id is $2 (a peer or a network resource, which
+ * then cannot be deleted: 412 "... is in use by proxy <service id>"). A
+ * peer's own exposed services do not count: they go with the peer. */
+#define CP_STORE_SQL_SERVICE_TARGETING                                                                      \
+        "SELECT id FROM services WHERE account_id = $1"                                                     \
+        " AND targets @> jsonb_build_array(jsonb_build_object('target_id', $2::text))"                      \
+        " AND source_peer IS DISTINCT FROM $2 ORDER BY id LIMIT 1"
