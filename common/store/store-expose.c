@@ -151,6 +151,18 @@ static int check_permission(cp_store_tx *tx, const cp_store_expose_req *req, cp_
         return 0;
 }
 
+int cp_store_expose_permitted(cp_store *s, const char *account_id, const char *peer_id, cp_error *reterr) {
+        cp_store_expose_req req = { .account_id = account_id, .peer_id = peer_id };
+        cp_store_tx *tx = NULL;
+        int r = cp_store_tx_begin(s, &tx, reterr);
+
+        if (r < 0)
+                return r;
+        r = check_permission(tx, &req, reterr);
+        (void) cp_store_tx_end(tx);     /* read only */
+        return r;
+}
+
 /* The service's domain: name.base, or name under a random public
  * cluster (NetBird's buildRandomDomain). */
 static int pick_domain(cp_store_tx *tx, const cp_store_expose_req *req, char out[256], cp_error *reterr) {

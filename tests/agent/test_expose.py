@@ -217,6 +217,9 @@ def bad_input_writes_nothing():
     expect_rpc(lambda: a.create_expose(80), SC.PERMISSION_DENIED, "no group is set for peer expose")
     enable_expose(dep, groups=[dep.add_group("exposers")])
     expect_rpc(lambda: a.create_expose(80), SC.PERMISSION_DENIED, "peer is not in an allowed expose group")
+    # The same refusal, before any secret is hashed.
+    expect_rpc(lambda: a.create_expose(80, password="s3cret-pass", pin="123456"), SC.PERMISSION_DENIED,
+               "peer is not in an allowed expose group")
     # No proxy cluster connected: NetBird's internal error.
     enable_expose(dep)
     dep.sql("UPDATE proxies SET status = 'disconnected'")

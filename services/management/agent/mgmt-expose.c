@@ -209,6 +209,12 @@ void mgmt_create_expose(mgmt_agent_op *op) {
                 .n_user_groups = req->n_user_groups,
                 .ttl_s = CP_EXPOSE_TTL_S,
         };
+        /* Refused peers must not get argon2id (19 MiB, tens of ms) for free. */
+        if ((*req->password || *req->pin) &&
+            (r = cp_store_expose_permitted(op->agent->store, p->account_id, p->id, &err)) < 0) {
+                store_fail(op, r, &err);
+                return;
+        }
         if (*req->password && !(sr.password_hash = hash_secret(op, req->password)))
                 return;
         if (*req->pin && !(sr.pin_hash = hash_secret(op, req->pin)))

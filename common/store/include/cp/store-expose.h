@@ -81,6 +81,10 @@ typedef struct cp_store_expose_created {
  * names, then in one transaction (the peer row locked, serialising one
  * peer's creates on every replica) the duplicate, domain, per-peer limit
  * and L4 port checks, the row, its change-log row and the event. */
+/* NetBird's validateExposePermission alone (its -EACCES texts), read
+ * only: CreateExpose asks before it spends argon2id on the secrets;
+ * cp_store_expose_create checks again under its locks. */
+int cp_store_expose_permitted(cp_store *s, const char *account_id, const char *peer_id, cp_error *reterr);
 int cp_store_expose_create(cp_store *s, const uint8_t data_key[CP_DATA_KEY_LEN], const cp_store_expose_req *req,
                            cp_store_expose_created *ret, cp_error *reterr);
 
