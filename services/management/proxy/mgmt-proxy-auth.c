@@ -13,9 +13,11 @@
  *
  * The limiter is per replica, in memory: a token bucket per client IP
  * (burst 5, one back every 12 s; NB_PROXY_AUTH_FAILURE_BURST changes the
- * burst), forgotten 15 minutes after its last failure. A client spread
- * over N replicas gets N buckets; the limit is about guessing tokens,
- * and 2^178 of them make N irrelevant.
+ * burst), forgotten 15 minutes after its last failure; at most 65,536
+ * addresses at once (past that, new ones go uncounted until idle ones
+ * are forgotten, so many failing addresses cannot grow it without
+ * bound). A client spread over N replicas gets N buckets; the limit is
+ * about guessing tokens, and 2^178 of them make N irrelevant.
  *
  * Token cache: a token that passed is remembered by its hash for
  * NB_PROXY_TOKEN_CACHE_TTL (2 s by default, 0 = off), so a proxy sending
@@ -42,6 +44,7 @@
 #define LIMITER_TTL_MS (15 * 60 * 1000)
 #define LIMITER_SWEEP_MS (5 * 60 * 1000)
 #define DEFAULT_BURST 5
+#define LIMITER_MAX 65536               /* failing addresses remembered at once */
 #define DEFAULT_TOKEN_TTL_MS 2000
 #define TOKENS_MAX 4096
 
@@ -190,10 +193,12 @@ static void collect_old(const char *key, void *value, void *userdata) {
 }
 
 /* Under limiter_lock. */
-static void maybe_sweep(mgmt_proxy *p, int64_t now) {
+/* Drops buckets idle past LIMITER_TTL_MS, at most every LIMITER_SWEEP_MS
+ * unless force. */
+static void maybe_sweep(mgmt_proxy *p, int64_t now, bool force) {
         sweep s = { .now = now };
 
-        if (now - p->limiter_swept_ms < LIMITER_SWEEP_MS)
+        if (!force && now - p->limiter_swept_ms < LIMITER_SWEEP_MS)
                 return;
         p->limiter_swept_ms = now;
         mgmt_strmap_foreach(p->limiter, collect_old, &s);
@@ -209,7 +214,7 @@ static bool limited(mgmt_proxy *p, const char *ip) {
         bool r = false;
 
         pthread_mutex_lock(&p->limiter_lock);
-        maybe_sweep(p, now);
+        maybe_sweep(p, now, false);
         bucket *b = mgmt_strmap_get(p->limiter, ip);
         if (b)
                 r = refill(b, now) < 1.0;
@@ -222,6 +227,16 @@ static void record_failure(mgmt_proxy *p, const char *ip) {
 
         pthread_mutex_lock(&p->limiter_lock);
         bucket *b = mgmt_strmap_get(p->limiter, ip);
+        if (!b && mgmt_strmap_size(p->limiter) >= LIMITER_MAX) {
+                /* Full (many failing addresses): forget the idle ones; if
+                 * it is still full, this address goes uncounted rather
+                 * than the map growing without bound. */
+                maybe_sweep(p, now, true);
+                if (mgmt_strmap_size(p->limiter) >= LIMITER_MAX) {
+                        pthread_mutex_unlock(&p->limiter_lock);
+                        return;
+                }
+        }
         if (!b) {
                 b = cp_xcalloc(1, sizeof *b);
                 b->tokens = burst();
