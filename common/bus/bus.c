@@ -473,3 +473,48 @@ void cp_bus_get_stats(const cp_bus *bus, cp_bus_stats *ret) {
         ret->malformed = atomic_load_explicit(&b->malformed, memory_order_relaxed);
         ret->reconnects = atomic_load_explicit(&b->reconnects, memory_order_relaxed);
 }
+
+/* ---- one blocking publish (tools) -------------------------------------- */
+
+int cp_bus_publish_once(const char *redis_url, const char *prefix, const char *account_id, int64_t serial,
+                        int64_t timeout_ms, cp_error *reterr) {
+        _cleanup_free_ char *host = NULL;
+        char payload[CP_BUS_ACCOUNT_ID_MAX + 48], channel[128];
+        struct timeval tv = { .tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000 };
+        redisContext *rc;
+        redisReply *reply;
+        int port, n, r;
+
+        if (!account_id || !account_id_valid(account_id, strlen(account_id)) || serial < 0)
+                return cp_error_set(reterr, -EINVAL, "bad account id or serial for the bus");
+        if (!prefix || !*prefix || strlen(prefix) > 64 || strpbrk(prefix, " \t\r\n"))
+                return cp_error_set(reterr, -EINVAL, "bad bus channel prefix");
+        r = parse_url(redis_url, &host, &port, reterr);
+        if (r < 0)
+                return r;
+        (void) snprintf(channel, sizeof channel, "%s:account-serial", prefix);
+        n = snprintf(payload, sizeof payload, "%s %" PRId64 " %" PRId64, account_id, serial,
+                     cp_now_unix_ns() / 1000000);
+        rc = redisConnectWithTimeout(host, port, tv);
+        if (!rc || rc->err) {
+                r = cp_error_set(reterr, -ECONNREFUSED, "cannot connect to redis %s:%d: %s", host, port,
+                                 rc ? rc->errstr : "out of memory");
+                if (rc)
+                        redisFree(rc);
+                return r;
+        }
+        (void) redisSetTimeout(rc, tv);
+        reply = redisCommand(rc, "PUBLISH %s %b", channel, payload, (size_t) n);
+        if (!reply)
+                r = cp_error_set(reterr, -EIO, "redis PUBLISH failed: %s", rc->errstr);
+        else if (reply->type == REDIS_REPLY_ERROR)
+                r = cp_error_set(reterr, -EIO, "redis PUBLISH failed: %s", reply->str);
+        else
+                r = reply->type == REDIS_REPLY_INTEGER ? (int) (reply->integer > INT32_MAX ? INT32_MAX
+                                                                                           : reply->integer)
+                                                       : 0;
+        if (reply)
+                freeReplyObject(reply);
+        redisFree(rc);
+        return r;
+}

@@ -11,6 +11,7 @@
 #include "cp/strbuf.h"
 #include "cp/util.h"
 #include "cp/store-peers.h"
+#include "cp/store-tenant.h"
 #include "cp/store-tx.h"
 #include "store-int.h"
 
@@ -296,9 +297,10 @@ static void settings_from_row(const PGresult *res, int col, cp_store_account_set
         out.routing_peer_dns_resolution_enabled = cp_store__col_bool(res, col + 8);
         out.peer_approval_enabled = cp_store__col_bool(res, col + 9);
         out.network_serial = cp_store__col_int64(res, col + 10);
+        out.suspended = cp_store__col_bool(res, col + 11);
         *ret = out;
 }
-#define SETTINGS_COLUMNS 11
+#define SETTINGS_COLUMNS 12
 
 int cp_store_account_get_settings(cp_store *s, const char *account_id,
                                   cp_store_account_settings *ret, cp_error *reterr) {
@@ -760,6 +762,7 @@ typedef struct claimed_key {
         bool allow_extra_dns_labels;
         const char *user_id;            /* SSO registration; NULL = setup key */
         bool proxy;                     /* a proxy's embedded peer: no key, no user */
+        int64_t device_limit;           /* set when admission refused it (-EDQUOT) */
 } claimed_key;
 
 static int claim_key(cp_store_conn *c, const char *hash, claimed_key *k, cp_error *reterr) {
@@ -920,8 +923,39 @@ static int insert_peer(cp_store_conn *c, const cp_store_peer_register_req *req, 
                             INSERT_TRIES);
 }
 
+/* Admission of an agent's peer (not a proxy peer) into its account,
+ * after the claim and before the insert: a suspended account takes no
+ * peer (-EHOSTDOWN), and one at its device limit no more (-EDQUOT). The
+ * lock makes the count and the insert one decision per account (see
+ * ST_ACCOUNT_ADMIT_LOCK). */
+static int admit(cp_store_conn *c, claimed_key *k, cp_error *reterr) {
+        _cleanup_pgresult_ PGresult *res = NULL, *cnt = NULL;
+        const char *params[1] = { k->account_id };
+        int r;
+
+        r = cp_store__exec(c, ST_ACCOUNT_ADMIT_LOCK, params, &res, reterr);
+        if (r < 0)
+                return r;
+        if (PQntuples(res) != 1)
+                return cp_error_set(reterr, -EIO, "account %s not found", k->account_id);
+        if (cp_store__col_bool(res, 0))
+                return cp_error_set(reterr, -EHOSTDOWN, "account %s is suspended", k->account_id);
+        if (PQgetisnull(res, 0, 1))
+                return 0;
+        int64_t limit = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
+        r = cp_store__exec(c, ST_ACCOUNT_PEER_COUNT, params, &cnt, reterr);
+        if (r < 0)
+                return r;
+        if (cp_store__col_int64(cnt, 0) >= limit) {
+                k->device_limit = limit;
+                return cp_error_set(reterr, -EDQUOT, "account %s reached its device limit of %" PRId64 " peers",
+                                    k->account_id, limit);
+        }
+        return 0;
+}
+
 /* Everything after the claim: peer, groups, event, serial, read-back. */
-static int register_claimed(cp_store_conn *c, const cp_store_peer_register_req *req, const claimed_key *k,
+static int register_claimed(cp_store_conn *c, const cp_store_peer_register_req *req, claimed_key *k,
                             const meta_params *mp, const char *labels_literal, const char *base_label,
                             cp_store_peer **ret_peer, int64_t *ret_serial, cp_error *reterr) {
         _cleanup_pgresult_ PGresult *res = NULL;
@@ -931,6 +965,11 @@ static int register_claimed(cp_store_conn *c, const cp_store_peer_register_req *
         if (req->n_extra_dns_labels > 0 && !k->allow_extra_dns_labels)
                 return cp_error_set(reterr, -EPERM, "setup key doesn't allow extra DNS labels");
 
+        if (!k->proxy) {
+                r = admit(c, k, reterr);
+                if (r < 0)
+                        return r;
+        }
         cp_id_new(peer_id);
         r = insert_peer(c, req, k, mp, labels_literal, peer_id, base_label, reterr);
         if (r < 0)
@@ -997,10 +1036,11 @@ static int claim_user(cp_store_conn *c, const char *user_id, claimed_key *k, cp_
         return 0;
 }
 
+/* k is the caller's (zeroed; it frees k->name): after a refused
+ * admission it still says which account and key or user were refused. */
 static int register_tx(cp_store_conn *c, const cp_store_peer_register_req *req, const char *hash,
                        const meta_params *mp, const char *labels_literal, const char *base_label,
-                       cp_store_peer **ret_peer, int64_t *ret_serial, cp_error *reterr) {
-        claimed_key k = { 0 };
+                       claimed_key *k, cp_store_peer **ret_peer, int64_t *ret_serial, cp_error *reterr) {
         const char *key[1] = { hash };
         int r;
 
@@ -1012,19 +1052,17 @@ static int register_tx(cp_store_conn *c, const cp_store_peer_register_req *req, 
                         return r;
                 if (PQntuples(res) != 1)
                         return cp_error_set(reterr, -ENOENT, "account %s not found", req->proxy_account_id);
-                (void) snprintf(k.account_id, sizeof k.account_id, "%s", req->proxy_account_id);
-                k.ephemeral = true;
-                k.proxy = true;
-                k.name = cp_xstrdup("");
-                r = register_claimed(c, req, &k, mp, labels_literal, base_label, ret_peer, ret_serial, reterr);
-                free(k.name);
-                return r;
+                (void) snprintf(k->account_id, sizeof k->account_id, "%s", req->proxy_account_id);
+                k->ephemeral = true;
+                k->proxy = true;
+                k->name = cp_xstrdup("");
+                return register_claimed(c, req, k, mp, labels_literal, base_label, ret_peer, ret_serial, reterr);
         }
         if (req->user_id) {
-                r = claim_user(c, req->user_id, &k, reterr);
+                r = claim_user(c, req->user_id, k, reterr);
                 if (r < 0)
                         return r;
-                return register_claimed(c, req, &k, mp, labels_literal, base_label, ret_peer, ret_serial,
+                return register_claimed(c, req, k, mp, labels_literal, base_label, ret_peer, ret_serial,
                                         reterr);
         }
 
@@ -1032,12 +1070,24 @@ static int register_tx(cp_store_conn *c, const cp_store_peer_register_req *req, 
         r = cp_store__exec(c, ST_SETUP_KEY_ACCOUNT_LOCK, key, NULL, reterr);
         if (r < 0)
                 return r;
-        r = claim_key(c, hash, &k, reterr);
+        r = claim_key(c, hash, k, reterr);
         if (r < 0)
                 return r;
-        r = register_claimed(c, req, &k, mp, labels_literal, base_label, ret_peer, ret_serial, reterr);
-        free(k.name);
-        return r;
+        return register_claimed(c, req, k, mp, labels_literal, base_label, ret_peer, ret_serial, reterr);
+}
+
+/* After a registration refused at the device limit was rolled back: the
+ * activity event that says so, in a statement of its own (best effort:
+ * the refusal stands whatever happens to it). */
+static void limit_event(cp_store_conn *c, const cp_store_peer_register_req *req, const claimed_key *k) {
+        char code[12];
+        json_auto_t *meta = json_pack("{s:s, s:I}", "name", cp_store__nz(req->meta->hostname), "device_limit",
+                                      (json_int_t) k->device_limit);
+        _cleanup_free_ char *meta_s = meta ? json_dumps(meta, JSON_COMPACT) : NULL;
+
+        (void) snprintf(code, sizeof code, "%d", CP_ACTIVITY_ACCOUNT_PEER_LIMIT_REACHED);
+        const char *ev[5] = { code, k->user_id ? k->user_id : k->id, "", k->account_id, meta_s ? meta_s : "{}" };
+        (void) cp_store__exec(c, ST_EVENT_INSERT, ev, NULL, NULL);
 }
 
 int cp_store_peer_register(cp_store *s, const cp_store_peer_register_req *req,
@@ -1080,10 +1130,14 @@ int cp_store_peer_register(cp_store *s, const cp_store_peer_register_req *req,
         r = cp_store__acquire(s, &c, reterr);
         if (r < 0)
                 goto out;
+        claimed_key k = { 0 };
         r = begin(c, reterr);
         if (r >= 0)
-                r = register_tx(c, req, hash, &mp, labels.buf, base_label, &peer, &serial, reterr);
+                r = register_tx(c, req, hash, &mp, labels.buf, base_label, &k, &peer, &serial, reterr);
         r = finish(c, r, reterr);
+        if (r == -EDQUOT)
+                limit_event(c, req, &k);
+        free(k.name);
         cp_store__release(s, c);
         if (r < 0) {
                 peer = cp_store_peer_free(peer);

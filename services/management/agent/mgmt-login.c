@@ -9,6 +9,7 @@
 #include "cp/netmap.h"
 #include "cp/store-peers.h"
 #include "cp/store-sso.h"
+#include "cp/store-tenant.h"
 #include "cp/util.h"
 #include "mgmt-agent-int.h"
 #include "mgmt-map.h"
@@ -317,6 +318,15 @@ static cp_store_peer *register_peer(mgmt_agent_op *op, const Management__LoginRe
         case -EACCES:
                 mgmt_agent_fail(op, GRPC_STATUS_PERMISSION_DENIED, MSG_USER_PENDING);
                 break;
+        case -EHOSTDOWN:
+                /* Not PermissionDenied: the agent would stop and ask for a
+                 * login; with FailedPrecondition it retries with backoff. */
+                mgmt_agent_fail(op, GRPC_STATUS_FAILED_PRECONDITION, CP_STORE_MSG_SUSPENDED);
+                break;
+        case -EDQUOT:
+                /* The agent retries with backoff: a raised limit lets it in. */
+                mgmt_agent_fail(op, GRPC_STATUS_RESOURCE_EXHAUSTED, CP_STORE_MSG_DEVICE_LIMIT);
+                break;
         default:
                 /* -EINVAL (a bad extra label, a hostname without a label)
                  * included: NetBird maps invalid arguments to Internal too. */
@@ -407,6 +417,10 @@ void mgmt_login(mgmt_agent_op *op) {
         if (r == 0) {
                 /* A known peer (section 3.2). */
                 snprintf(op->account, sizeof op->account, "%s", p->account_id);
+                if (st.suspended) {
+                        mgmt_agent_fail(op, GRPC_STATUS_FAILED_PRECONDITION, CP_STORE_MSG_SUSPENDED);
+                        return;
+                }
                 if (sso) {
                         r = sso_login(op, p, &user);
                         if (r < 0)

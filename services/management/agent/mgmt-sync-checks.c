@@ -78,13 +78,16 @@ static void serial_check_done(mgmt_grpc *g, void *userdata) {
                 /* Streams that registered meanwhile got a map at least
                  * this new (they read after the query): latest_serial
                  * already says so. */
-                if (!a || a->n_streams == 0 || c->serials[i] <= a->latest_serial)
+                /* -1: the account is gone (deleted elsewhere); the fan-out
+                 * finds it so and ends its streams. */
+                if (!a || a->n_streams == 0 || (c->serials[i] >= 0 && c->serials[i] <= a->latest_serial))
                         continue;
                 (void) snprintf(from, sizeof from, "%" PRId64, a->latest_serial);
                 (void) snprintf(to, sizeof to, "%" PRId64, c->serials[i]);
                 cp_log_ctx ctx = { .component = "sync", .account = a->id };
                 cp_log_kv(&ctx, CP_LOG_DEBUG, "serial moved elsewhere; pushing", "from", from, "to", to, NULL);
-                a->latest_serial = c->serials[i];
+                if (c->serials[i] > a->latest_serial)
+                        a->latest_serial = c->serials[i];
                 if (a->building)
                         a->dirty = true;
                 else

@@ -29,6 +29,8 @@
  */
 #include "mgmt-sync-int.h"
 
+#include "cp/store-tenant.h"
+
 /* Fan-out: targets per worker job once the account's map is loaded. */
 #define FANOUT_CHUNK 64
 
@@ -479,6 +481,12 @@ static void open_work(void *userdata) {
         (void) snprintf(s->peer_id, sizeof s->peer_id, "%s", p->id);
         (void) snprintf(s->account_id, sizeof s->account_id, "%s", p->account_id);
         (void) snprintf(op->account, sizeof op->account, "%s", p->account_id);
+        /* A suspended account (cp/store-tenant.h): FailedPrecondition,
+         * which the agent retries with backoff until a resume. */
+        if (st.suspended) {
+                mgmt_agent_fail(op, GRPC_STATUS_FAILED_PRECONDITION, CP_STORE_MSG_SUSPENDED);
+                return;
+        }
         /* NetBird's SyncPeer: an SSO peer of a blocked user first. */
         if (p->user_id[0] && p->owner_blocked) {
                 mgmt_agent_fail(op, GRPC_STATUS_PERMISSION_DENIED, MGMT_MSG_BLOCKED);
@@ -724,6 +732,7 @@ typedef struct fanout {
         fanout_target *targets;
         size_t n;
         mgmt_map *map;                  /* loaded by the first job */
+        bool suspended;                 /* the account is suspended: its streams end */
         int64_t serial;
         int64_t started_ns;             /* for netbird_cp_fanout_duration_seconds */
         uint64_t pushed;                /* maps queued */
@@ -838,17 +847,56 @@ static void chunk_done(mgmt_grpc *g, void *userdata) {
                 fanout_finish(f->hub, f);
 }
 
-/* Worker: the account's map at its newest serial. */
+/* Worker: the account's map at its newest serial; or that the account
+ * is suspended (f->suspended) or gone (-ENOENT from the settings). */
 static void load_work(void *userdata) {
         fanout *f = userdata;
+        cp_store_account_settings st;
 
-        f->r = mgmt_maps_get(f->hub->maps, f->account_id, &f->map, &f->err);
+        f->r = cp_store_account_get_settings(f->hub->agent->store, f->account_id, &st, &f->err);
+        if (f->r == 0 && st.suspended) {
+                f->suspended = true;
+                f->serial = st.network_serial;
+        } else if (f->r == 0)
+                f->r = mgmt_maps_get_at(f->hub->maps, f->account_id, st.network_serial, &f->map, &f->err);
+        else if (f->r == -ENOENT)
+                f->suspended = true;    /* deleted: same end, below */
+}
+
+/* CQ thread: the account was suspended or deleted (cp/store-tenant.h):
+ * every stream of it ends, on every replica, since each one's fan-out
+ * reads the row. Suspended: FailedPrecondition (the agent retries with
+ * backoff and is let in again after a resume). Deleted: the peers are
+ * gone, so the stream leaves the registry and ends OK, as for a deleted
+ * peer; its next open is refused as not registered. */
+static void end_account_streams(fanout *f, bool deleted) {
+        cp_log_ctx ctx = { .component = "sync", .account = f->account_id };
+        char n[24];
+
+        (void) snprintf(n, sizeof n, "%zu", f->n);
+        cp_log_kv(&ctx, CP_LOG_INFO, deleted ? "account deleted; ending its streams"
+                                             : "account suspended; ending its streams", "streams", n, NULL);
+        for (size_t i = 0; i < f->n; i++) {
+                sync_stream *s = f->targets[i].s;
+                if (!s->registered)
+                        continue;
+                if (deleted)
+                        stream_end_deleted(s, NULL, 0, f->serial);
+                else
+                        mgmt_sync__stream_end(s, GRPC_STATUS_FAILED_PRECONDITION, CP_STORE_MSG_SUSPENDED,
+                                              "account suspended");
+        }
 }
 
 static void load_done(mgmt_grpc *g, void *userdata) {
         fanout *f = userdata;
         sync_acct *a = f->acct;
 
+        if (f->suspended) {
+                end_account_streams(f, f->r == -ENOENT);
+                fanout_finish(f->hub, f);
+                return;
+        }
         if (f->r < 0) {
                 cp_log_ctx ctx = { .component = "sync", .account = f->account_id };
                 cp_log_kv(&ctx, f->r == -ENOENT ? CP_LOG_DEBUG : CP_LOG_ERROR, "cannot load the network map",

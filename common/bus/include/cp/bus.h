@@ -120,3 +120,15 @@ void cp_bus_get_stats(const cp_bus *bus, cp_bus_stats *ret);
  */
 int cp_bus_parse_payload(const char *payload, size_t len, char account_id[CP_BUS_ACCOUNT_ID_MAX + 1],
                          int64_t *ret_serial, int64_t *ret_sent_ms);
+
+/*
+ * For tools (netbird-cp-admin), outside any event loop: connects to
+ * redis_url, publishes "<account_id> <serial> <now_ms>" on
+ * "<prefix>:account-serial" once, and disconnects; blocks at most about
+ * timeout_ms for the connect and for the reply each. Returns the number
+ * of subscribers that got it (>= 0), -EINVAL for a bad URL, prefix, id or
+ * serial, -ECONNREFUSED when Redis cannot be reached, -EIO when the
+ * publish failed. Like every publish it is a hint only.
+ */
+int cp_bus_publish_once(const char *redis_url, const char *prefix, const char *account_id, int64_t serial,
+                        int64_t timeout_ms, cp_error *reterr);

@@ -28,6 +28,11 @@
  *                                      (on login: "couldn't login peer: setup key doesn't allow
  *                                      extra DNS labels")
  *   -ENOENT        NotFound (Logout, an unknown key) / go to registration (Login)
+ *   -EDQUOT        ResourceExhausted   CP_STORE_MSG_DEVICE_LIMIT (registration past the
+ *                                      account's device limit; the agent retries with backoff)
+ *   -EHOSTDOWN     FailedPrecondition  CP_STORE_MSG_SUSPENDED (the account is suspended; also
+ *                                      what Login and Sync answer a known peer of such an
+ *                                      account: the agent retries with backoff until resumed)
  *   anything else  Internal            "failed handling request"
  */
 #pragma once
@@ -197,6 +202,7 @@ typedef struct cp_store_account_settings {
         bool routing_peer_dns_resolution_enabled;
         bool peer_approval_enabled;
         int64_t network_serial;
+        bool suspended;                 /* accounts.suspended_at is set (cp/store-tenant.h) */
 } cp_store_account_settings;
 
 /* -ENOENT when the account does not exist. */
@@ -296,6 +302,18 @@ typedef struct cp_store_peer_register_req {
  *   -EINVAL        missing meta or key, a bad extra label, a hostname that
  *                  yields no DNS label, meta counts over the limits
  *   -EADDRNOTAVAIL no free address found in the account network
+ *   -EHOSTDOWN     the account is suspended (accounts.suspended_at);
+ *                  nothing is written
+ *   -EDQUOT        the account holds device_limit peers already (proxy
+ *                  peers not counted); nothing of the registration is
+ *                  written, but event 1300 (CP_ACTIVITY_ACCOUNT_PEER_LIMIT_
+ *                  REACHED, initiator the key or user, meta {name,
+ *                  device_limit}) is, after the rollback. The check runs
+ *                  under the account row locked FOR NO KEY UPDATE, so
+ *                  concurrent registrations on any number of replicas
+ *                  never overshoot the limit; the limit is read from the
+ *                  row in the same transaction (no cache). Proxy peers are
+ *                  neither checked nor counted.
  *   -EIO           the account has no All group (broken account), or any
  *                  other unexpected database error */
 /* With user_id set (NetBird's handleUserAddedPeer), steps 1, 3 and 4
