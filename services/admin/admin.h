@@ -59,6 +59,9 @@ typedef struct admin_opts {
         char *service;                  /* service-key rotate --service ID */
         bool all;                       /* service-key rotate --all */
         const char *arg;                /* the one positional argument (proxy-token revoke) */
+        char *msp;                      /* tenant create/list --msp ID */
+        char *max_devices;              /* tenant limit --max-devices N|none */
+        char *groups;                   /* tenant create --groups ID:ROLE,... */
 
         /* --auto-group, every occurrence (main.c gathers them, since the
          * settings loader keeps only the last value of a flag). */
@@ -89,6 +92,15 @@ int admin_cmd_service_key_rotate(const admin_ctx *a);
 int admin_cmd_proxy_token_create(const admin_ctx *a);
 int admin_cmd_proxy_token_list(const admin_ctx *a);
 int admin_cmd_proxy_token_revoke(const admin_ctx *a);
+/* admin-tenant.c */
+int admin_cmd_msp_enable(const admin_ctx *a);
+int admin_cmd_msp_disable(const admin_ctx *a);
+int admin_cmd_tenant_create(const admin_ctx *a);
+int admin_cmd_tenant_list(const admin_ctx *a);
+int admin_cmd_tenant_suspend(const admin_ctx *a);
+int admin_cmd_tenant_resume(const admin_ctx *a);
+int admin_cmd_tenant_delete(const admin_ctx *a);
+int admin_cmd_tenant_limit(const admin_ctx *a);
 
 /* ---- shared helpers (admin-util.c) ------------------------------------------ */
 

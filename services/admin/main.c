@@ -27,6 +27,7 @@
 #define NEEDS_DATA_KEY (1u << 0)        /* --data-store-encryption-key */
 #define NEEDS_DNS      (1u << 1)        /* the server's --dns-domain (peer FQDNs in API answers) */
 #define TAKES_ARG      (1u << 2)        /* one positional argument (admin_opts.arg) */
+#define NEEDS_BUS      (1u << 3)        /* --redis-url, --bus-channel-prefix (the bus hint) */
 
 #define O(field) offsetof(admin_opts, field)
 
@@ -109,6 +110,25 @@ static const cp_cfg_option service_key_rotate_rows[] = {
         { "json", CP_CFG_BOOL, O(json), "false", { NULL }, NULL, 0, 0, 0, NULL, NULL, "print JSON" },
 };
 
+static const cp_cfg_option tenant_create_rows[] = {
+        { "msp", CP_CFG_STRING, O(msp), NULL, { NULL }, NULL, 0, 0, 0, NULL, "ID", "the MSP account (required)" },
+        { "name", CP_CFG_STRING, O(name), NULL, { NULL }, NULL, 0, 0, 0, NULL, "NAME", "the tenant's name (required)" },
+        { "domain", CP_CFG_STRING, O(domain), NULL, { NULL }, NULL, 0, 0, 0, NULL, "DOMAIN",
+          "the tenant's domain (required; the same domain again returns the existing tenant)" },
+        { "groups", CP_CFG_STRING, O(groups), NULL, { NULL }, NULL, 0, 0, 0, NULL, "ID:ROLE,...",
+          "MSP groups and the role their users get in the tenant" },
+};
+
+static const cp_cfg_option tenant_list_rows[] = {
+        { "msp", CP_CFG_STRING, O(msp), NULL, { NULL }, NULL, 0, 0, 0, NULL, "ID", "the MSP account (required)" },
+        { "json", CP_CFG_BOOL, O(json), "false", { NULL }, NULL, 0, 0, 0, NULL, NULL, "print JSON" },
+};
+
+static const cp_cfg_option tenant_limit_rows[] = {
+        { "max-devices", CP_CFG_STRING, O(max_devices), NULL, { NULL }, NULL, 0, 0, 0, NULL, "N|none",
+          "how many peers the account may hold (required; none = no limit)" },
+};
+
 #undef O
 
 typedef struct command {
@@ -149,6 +169,22 @@ static const command commands[] = {
           ROWS(proxy_token_list_rows), 0 },
         { "proxy-token", "revoke", "revoke a reverse-proxy access token: proxy-token revoke <id>",
           admin_cmd_proxy_token_revoke, NULL, 0, TAKES_ARG },
+        { "msp", "enable", "make an account an MSP: msp enable <account-id>", admin_cmd_msp_enable, NULL, 0,
+          TAKES_ARG },
+        { "msp", "disable", "stop an account being an MSP (its tenants stay linked): msp disable <account-id>",
+          admin_cmd_msp_disable, NULL, 0, TAKES_ARG },
+        { "tenant", "create", "create a tenant of an MSP (idempotent per domain); prints TENANT_ID and its keys",
+          admin_cmd_tenant_create, ROWS(tenant_create_rows), 0 },
+        { "tenant", "list", "list an MSP's tenants with their status, peers and last activity",
+          admin_cmd_tenant_list, ROWS(tenant_list_rows), 0 },
+        { "tenant", "suspend", "suspend an account: tenant suspend <account-id>", admin_cmd_tenant_suspend, NULL,
+          0, TAKES_ARG | NEEDS_BUS },
+        { "tenant", "resume", "resume a suspended account: tenant resume <account-id>", admin_cmd_tenant_resume,
+          NULL, 0, TAKES_ARG | NEEDS_BUS },
+        { "tenant", "delete", "delete an account and every row of it: tenant delete <account-id>",
+          admin_cmd_tenant_delete, NULL, 0, TAKES_ARG | NEEDS_BUS },
+        { "tenant", "limit", "set an account's device limit: tenant limit <account-id> --max-devices N|none",
+          admin_cmd_tenant_limit, ROWS(tenant_limit_rows), TAKES_ARG },
 };
 
 /* The command's own flags: environment NB_ADMIN_<NAME>, no file. */
@@ -186,6 +222,8 @@ static size_t common_rows(const command *cmd, cp_cfg_option out[8]) {
                         want = cmd->needs & NEEDS_DATA_KEY;
                 if (strcmp(o->name, "dns-domain") == 0)
                         want = cmd->needs & NEEDS_DNS;
+                if (strcmp(o->name, "redis-url") == 0 || strcmp(o->name, "bus-channel-prefix") == 0)
+                        want = cmd->needs & NEEDS_BUS;
                 if (!want || n == 8)
                         continue;
                 out[n] = *o;
@@ -327,6 +365,7 @@ static int run_command(const command *cmd, int argc, char **argv) {
         empty_to_null(&opts.account);
         empty_to_null(&opts.domain);
         empty_to_null(&opts.account_dns_domain);
+        empty_to_null(&opts.msp);
         r = cp_config_check_store(&cfg, &err);
         if (r < 0) {
                 r = config_error(cmd, &err);
