@@ -76,7 +76,7 @@
         " a.settings_peer_login_expiration_enabled, a.settings_peer_login_expiration," \
         " a.settings_peer_inactivity_expiration_enabled, a.settings_peer_inactivity_expiration," \
         " a.settings_lazy_connection_enabled, a.settings_routing_peer_dns_resolution_enabled," \
-        " a.settings_extra_peer_approval_enabled, a.network_serial"
+        " a.settings_extra_peer_approval_enabled, a.network_serial, a.suspended_at IS NOT NULL"
 
 /* The database clock in Unix nanoseconds (microsecond resolution).
  * clock_timestamp(), not now(): the time of this statement, not of a
