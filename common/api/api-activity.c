@@ -146,6 +146,13 @@ const api_activity_info api_activities[] = {
         { 140, "Account metrics push enabled", "account.setting.metrics.push.enable" },
         { 141, "Account metrics push disabled", "account.setting.metrics.push.disable" },
         { 142, "Agent Network settings deleted", "agent_network.settings.delete" },
+        /* netbird-cp's own (cp/store-tenant.h, docs/msp.md "Tenant lifecycle") */
+        { 1300, "Peer refused: device limit reached", "account.peer.limit.reach" },
+        { 1301, "Account suspended", "account.suspend" },
+        { 1302, "Account resumed", "account.resume" },
+        { 1303, "Account device limit updated", "account.device_limit.update" },
+        { 1304, "Account MSP enabled", "account.msp.enable" },
+        { 1305, "Account MSP disabled", "account.msp.disable" },
         { 99999, "Account deleted", "account.delete" },
 };
 const unsigned api_n_activities = sizeof api_activities / sizeof api_activities[0];

@@ -334,7 +334,8 @@ static int authenticate(api_ctx *c) {
 
 /* ---- the request ------------------------------------------------------------------- */
 
-static const char SQL_LOCK_ACCOUNT[] = "SELECT network_serial FROM accounts WHERE id = $1 FOR UPDATE";
+static const char SQL_LOCK_ACCOUNT[] =
+        "SELECT network_serial, suspended_at IS NOT NULL FROM accounts WHERE id = $1 FOR UPDATE";
 static const char SQL_BUMP_SERIAL[] =
         "UPDATE accounts SET network_serial = network_serial + 1 WHERE id = $1 RETURNING network_serial";
 
@@ -368,6 +369,21 @@ static void reset_for_retry(api_ctx *c) {
         c->err_message[0] = c->err_detail[0] = '\0';
 }
 
+/* Before a write: writes of one account take turns, on every replica;
+ * a suspended account (cp/store-tenant.h) takes none (reads stay
+ * allowed, so its users and its MSP still see it; docs/msp.md). */
+static int lock_for_write(api_ctx *c) {
+        _cleanup_rows_ cp_store_rows *rows = NULL;
+        const char *p[1] = { c->account_id };
+        int r = api_sql(c, SQL_LOCK_ACCOUNT, 1, p, &rows);
+
+        if (r < 0)
+                return r;
+        if (cp_store_rows_count(rows) == 1 && cp_store_rows_bool(rows, 0, 1))
+                return api_error(c, 403, "account is suspended");
+        return 0;
+}
+
 /* Runs the matched route inside one transaction. */
 static int run(api_ctx *c) {
         cp_error err = { 0 };
@@ -383,9 +399,7 @@ static int run(api_ctx *c) {
                 if (!api_allowed(c, c->route->module, c->route->op))
                         return api_error(c, 403, "permission denied");
                 if (c->route->op != API_READ) {
-                        /* Writes of one account take turns, on every replica. */
-                        const char *p[1] = { c->account_id };
-                        r = api_sql(c, SQL_LOCK_ACCOUNT, 1, p, NULL);
+                        r = lock_for_write(c);
                         if (r < 0)
                                 return r;
                 }

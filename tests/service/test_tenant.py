@@ -84,6 +84,21 @@ def expect_rpc(fn, code, details):
     raise AssertionError("expected %s %r" % (code, details))
 
 
+def rest(srv, method, path, token, body=None):
+    """(status, parsed JSON body) of a REST call."""
+    import json
+    import urllib.error
+    import urllib.request
+    req = urllib.request.Request(srv.url(path), method=method,
+                                 data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"Authorization": "Token " + token, "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
 def peer_count(dep, account):
     return dep.sql("SELECT count(*) FROM peers WHERE account_id = %s", (account,))[0][0]
 
@@ -201,6 +216,13 @@ def suspend_ends_streams_on_both_replicas_and_resume_restores():
             and end.details == MSG_SUSPENDED, end
     check_suspended_refusals(dep, r2, a)
     assert peer_count(dep, dep.account_id) == peers_before
+    # REST: reads allowed, writes refused.
+    status, body = rest(r1, "GET", "/api/peers", dep.admin_token)
+    assert status == 200 and len(body) == peers_before, (status, body)
+    status, body = rest(r2, "POST", "/api/groups", dep.admin_token, {"name": "nope"})
+    assert status == 403 and body["message"] == "account is suspended", (status, body)
+    status, body = rest(r1, "GET", "/api/events", dep.admin_token)
+    assert status == 200 and any(e["activity_code"] == "account.suspend" for e in body), body
     assert len(events(dep, dep.account_id, EV_SUSPENDED)) == 1
     # The other account is untouched: its stream still gets maps.
     o.sync_meta(meta=build_meta("other", netbird_version="0.61.0"))
@@ -271,13 +293,8 @@ def delete_removes_every_row_of_the_tenant_and_nothing_else():
     register(dep, r1, other["SETUP_KEY"], "o-one")
     register(dep, r2, dep.setup_key, "msp-one")
     # More rows of the victim through its own REST API.
-    import json
-    import urllib.request
-    req = urllib.request.Request(r1.url("/api/groups"), method="POST", data=json.dumps({"name": "victim-devs"})
-                                 .encode(), headers={"Authorization": "Token " + victim["ADMIN_TOKEN"],
-                                                     "Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        assert resp.status == 200, resp.status
+    status, body = rest(r1, "POST", "/api/groups", victim["ADMIN_TOKEN"], {"name": "victim-devs"})
+    assert status == 200, (status, body)
     s1, s2 = v1.sync(), v2.sync()
     s1.next(timeout=15)
     s2.next(timeout=15)
@@ -299,6 +316,25 @@ def delete_removes_every_row_of_the_tenant_and_nothing_else():
     expect_rpc(lambda: v1.sync().next(timeout=15), grpc.StatusCode.PERMISSION_DENIED, "peer is not registered")
     r = cli(dep, "tenant", "delete", vid)
     assert r.rc == 1 and "account %s not found" % vid in r.err, r
+
+
+@test
+def delete_refuses_when_a_table_would_keep_rows():
+    """A table with an account_id column but no cascading foreign key (a
+    future migration's mistake) makes the delete fail as a whole, naming
+    the table: nothing is deleted."""
+    dep = deployment()
+    t = new_tenant(dep, "Kept", "kept.example")
+    dep.sql("CREATE TABLE zz_orphans (account_id text NOT NULL)")
+    try:
+        dep.sql("INSERT INTO zz_orphans VALUES (%s)", (t["TENANT_ID"],))
+        r = cli(dep, "tenant", "delete", t["TENANT_ID"])
+        assert r.rc == 1 and "zz_orphans" in r.err, r
+        assert dep.sql("SELECT count(*) FROM accounts WHERE id = %s", (t["TENANT_ID"],)) == [(1,)]
+        assert dep.sql("SELECT count(*) FROM users WHERE account_id = %s", (t["TENANT_ID"],))[0][0] >= 1
+    finally:
+        dep.sql("DROP TABLE zz_orphans")
+    cli_ok(dep, "tenant", "delete", t["TENANT_ID"])
 
 
 # ---- CLI ---------------------------------------------------------------------------------------------
