@@ -136,6 +136,7 @@ struct api_ctx {
          * when not acting. */
         char home_account_id[64];
         char home_role[16];
+        const char *acting_param;       /* the ?account= value (lives as long as c), NULL = none */
 
         /* The JSON body, parsed on first use by api_body(). */
         json_t *body;
@@ -330,6 +331,9 @@ int api_msp_enter(api_ctx *c, const char *tenant_id);
 /* Before commit of a request acting inside a tenant: the events it wrote
  * get initiator_account_id = the MSP account. No-op when not acting. */
 int api_msp_events_initiator(api_ctx *c);
+/* Whether /users/current reports the "tenants" module allowed: an owner
+ * or admin of an MSP account in its own account (not acting). */
+int api_msp_tenants_allowed(api_ctx *c, bool *ret);
 
 /* ---- resources: route tables, each ended by { NULL } --------------------------------- */
 

@@ -144,6 +144,13 @@ static int msp_guard(api_ctx *c) {
         return 0;
 }
 
+int api_msp_tenants_allowed(api_ctx *c, bool *ret) {
+        *ret = false;
+        if (c->home_account_id[0] || !api_is_admin(c))
+                return 0;
+        return is_msp(c, c->account_id, ret);
+}
+
 static int reply_tenant(api_ctx *c, const char *id) {
         const char *p[2] = { c->account_id, id };
         bool found;

@@ -290,7 +290,8 @@ static const struct {
         { "delete", API_DELETE },
 };
 
-static void permission_modules(const api_ctx *c, cp_strbuf *out) {
+/* tenants: add the MSP "tenants" module, all allowed. */
+static void permission_modules(const api_ctx *c, bool tenants, cp_strbuf *out) {
         bool first = true;
 
         cp_strbuf_addch(out, '{');
@@ -308,6 +309,8 @@ static void permission_modules(const api_ctx *c, cp_strbuf *out) {
                 }
                 cp_strbuf_addch(out, '}');
         }
+        if (tenants)
+                cp_strbuf_adds(out, ",\"tenants\":{\"read\":true,\"create\":true,\"update\":true,\"delete\":true}");
         cp_strbuf_addch(out, '}');
 }
 
@@ -320,8 +323,13 @@ static int current_user(api_ctx *c) {
 
         if (c->service_user)
                 return api_error(c, 403, "permission denied");
+        /* "tenants": what opens the dashboard's Tenants page (api-msp.c). */
+        bool tenants = false;
+        r = api_msp_tenants_allowed(c, &tenants);
+        if (r < 0)
+                return r;
         cp_strbuf_init(&modules);
-        permission_modules(c, &modules);
+        permission_modules(c, tenants, &modules);
         const char *p[5] = { c->account_id, c->user_id, modules.buf, c->home_account_id, c->role };
         if (c->home_account_id[0])
                 r = api_sql_reply(c, 200, SQL_CURRENT_ACTING, 5, p, &found);

@@ -383,7 +383,7 @@ static int run(api_ctx *c) {
                         return r;
                 /* An MSP user acting inside a tenant (the dashboard adds
                  * ?account= to every call once a tenant is picked). */
-                const char *acting = c->route->module != API_MOD_MSP ? api_query(c, "account") : NULL;
+                const char *acting = c->route->module != API_MOD_MSP ? c->acting_param : NULL;
                 if (acting && *acting && strcmp(acting, c->account_id) != 0) {
                         r = api_msp_enter(c, acting);
                         if (r < 0)
@@ -451,6 +451,8 @@ void cp_api_handle(cp_api *api, const cp_api_request *req, cp_api_response *resp
         found f = find_route(&c, method, path);
         if (f.route) {
                 c.route = f.route;
+                /* Read once: a retry must not find the query slots used up. */
+                c.acting_param = api_query(&c, "account");
                 (void) snprintf(resp->route, sizeof resp->route, "%s", f.route->pattern);
                 int r = run(&c);
                 /* A deadlock with another writer (e.g. a registration that

@@ -109,6 +109,7 @@ def non_msp_accounts_get_what_a_server_without_msps_answers():
                  ("POST", "/api/integrations/msp/tenants/x/subscription")]:
         b = api.error(m, p, 404, body={"name": "n", "domain": "d.example", "groups": []})
         assert b == {"message": "not found", "code": 404}, (p, b)
+    assert "tenants" not in api.ok("GET", "/api/users/current")["permissions"]["modules"]
     # Without a token: 401 as every route.
     api.as_token(None).error("GET", "/api/integrations/msp/tenants", 401)
 
@@ -192,6 +193,7 @@ def create_list_update_with_validation_and_schema():
         # Everyone may read the info and the switcher (empty for them).
         assert other.ok("GET", "/api/integrations/msp/switcher") == []
         other.ok("GET", "/api/integrations/msp")
+        assert "tenants" not in other.ok("GET", "/api/users/current")["permissions"]["modules"]
 
 
 @test
@@ -243,6 +245,8 @@ def acting_with_account_parameter_takes_the_mapped_role():
     assert me["id"] == dep.user_id and me["role"] == "admin", me
     assert me["permissions"]["modules"]["groups"]["create"] is True, me
     assert me["permissions"]["modules"]["accounts"]["update"] is False, me
+    assert "tenants" not in me["permissions"]["modules"], me
+    assert api.ok("GET", "/api/users/current")["permissions"]["modules"]["tenants"]["read"] is True
     apifix.check_schema(me, "User")
     acc = api.ok("GET", "/api/accounts" + q)
     assert [a["id"] for a in acc] == [t["id"]], acc
