@@ -9,11 +9,14 @@ tenant's agents only."""
 import socket
 import struct
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import apifix
 from apifix import svc
 from nbagent import build_meta
+
+import testidp
 
 test = svc.test
 
@@ -446,6 +449,40 @@ def a_change_made_with_account_reaches_that_tenants_agents_only():
     assert after[t1["id"]] > serials[t1["id"]], (serials, after)
     assert after[t2["id"]] == serials[t2["id"]] and after[dep.account_id] == serials[dep.account_id], (serials, after)
     assert not dep.sql("SELECT 1 FROM name_server_groups WHERE account_id <> %s", (t1["id"],))
+
+
+# ---- a JWT MSP user (the dashboard's path) ------------------------------------------------------
+
+@test
+def a_jwt_msp_user_lists_switches_and_works_inside_a_tenant():
+    idp = testidp.TestIdP()
+    svc.defer(idp.stop)
+    dep, (srv,) = apifix.start_idp(idp, bootstrap=False)
+    alice = apifix.jwt_api(srv, idp.token("alice-sub", email="alice@msp.example", name="Alice"))
+    deadline = time.time() + 90
+    while alice.get("/api/users/current")[0] != 200:
+        assert time.time() < deadline, "the server never accepted the IdP token"
+        time.sleep(0.2)
+    acct = alice.ok("GET", "/api/accounts")[0]["id"]
+    dep.sql("UPDATE accounts SET msp_enabled_at = now() WHERE id = %s", (acct,))
+    g = alice.ok("POST", "/api/groups", {"name": "msp-admins"})["id"]
+    dep.sql("UPDATE users SET auto_groups = array_append(auto_groups, %s) WHERE id = 'alice-sub'", (g,))
+    assert alice.ok("GET", "/api/users/current")["permissions"]["modules"]["tenants"]["read"] is True
+    t = check_tenant(alice.ok("POST", "/api/integrations/msp/tenants",
+                              tenant_body("Globex", "globex.example", [{"id": g, "role": "admin"}])))
+    assert [x["id"] for x in alice.ok("GET", "/api/integrations/msp/tenants")] == [t["id"]]
+    q = "?account=" + t["id"]
+    assert [x["id"] for x in alice.ok("GET", "/api/integrations/msp/switcher" + q)] == [t["id"]]
+    me = alice.ok("GET", "/api/users/current" + q)
+    assert me["id"] == "alice-sub" and me["role"] == "admin" and me["email"] == "alice@msp.example", me
+    info = alice.ok("GET", "/api/integrations/msp" + q)
+    assert info["parent"] == acct and info["parent_owner_email"] == "alice@msp.example", info
+    assert alice.ok("GET", "/api/peers" + q) == []
+    k = alice.ok("POST", "/api/setup-keys" + q, {"name": "k", "type": "one-off", "expires_in": 3600,
+                                                 "auto_groups": [], "usage_limit": 1})
+    assert dep.sql("SELECT account_id FROM setup_keys WHERE id = %s", (k["id"],)) == [(t["id"],)]
+    assert dep.sql("SELECT initiator_id, initiator_account_id FROM events WHERE target_id = %s",
+                   (k["id"],)) == [("alice-sub", acct)]
 
 
 if __name__ == "__main__":
