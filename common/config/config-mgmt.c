@@ -6,6 +6,7 @@
 #include "cp/config.h"
 #include "cp/prefix.h"
 
+#include <arpa/inet.h>
 
 /* ---- checks (run on every value, whatever its source) ------------------- */
 
@@ -34,6 +35,33 @@ static int check_prefixes(const void *field, cp_error *reterr) {
 
         cp_prefix_list_release(&l);
         return r;
+}
+
+/* "IPv4[:port]": the MSP DNS server (common/api/api-msp.c parses it the
+ * same way when the API starts). */
+static int check_dns_server(const void *field, cp_error *reterr) {
+        const char *s = *(char *const *) field;
+        char host[INET_ADDRSTRLEN];
+        struct in_addr a;
+
+        if (!s || !*s)
+                return 0;
+        const char *colon = strchr(s, ':');
+        size_t hl = colon ? (size_t) (colon - s) : strlen(s);
+        if (hl == 0 || hl >= sizeof host)
+                return cp_error_set(reterr, -EINVAL, "expected IPv4[:port], e.g. 127.0.0.1:5353");
+        memcpy(host, s, hl);
+        host[hl] = '\0';
+        if (inet_pton(AF_INET, host, &a) != 1)
+                return cp_error_set(reterr, -EINVAL, "expected IPv4[:port], e.g. 127.0.0.1:5353");
+        if (colon) {
+                char *end;
+                errno = 0;
+                long port = strtol(colon + 1, &end, 10);
+                if (errno || end == colon + 1 || *end || port < 1 || port > 65535)
+                        return cp_error_set(reterr, -EINVAL, "port must be 1-65535");
+        }
+        return 0;
 }
 
 static int check_store_engine(const void *field, cp_error *reterr) {
@@ -160,6 +188,9 @@ static const cp_cfg_option options[] = {
           "single account mode: every new IdP user joins the one account of this domain" },
         { "disable-single-account-mode", CP_CFG_BOOL, F(disable_single_account_mode), "false", { NULL },
           NULL, 0, 0, 0, NULL, NULL, "multi-account mode: a new IdP user gets an account of their own" },
+        { "msp-dns-server", CP_CFG_STRING, F(msp_dns_server), NULL, { NULL },
+          "ControlPlane.MSPDNSServer", 0, 0, 0, check_dns_server, "IPV4[:PORT]",
+          "DNS server asked for MSP tenant domain TXT records (default: the system resolver)" },
         { "idp-sign-key-refresh-enabled", CP_CFG_BOOL, F(idp_sign_key_refresh_enabled), "false", { NULL },
           "HttpConfig.IdpSignKeyRefreshEnabled", 0, 0, 0, NULL, NULL,
           "refetch the IdP's JWKS when a token names an unknown kid (at most every 30 s)" },
