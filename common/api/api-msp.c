@@ -77,12 +77,11 @@ static const char SQL_SWITCHER[] =
         " AND EXISTS (SELECT 1 FROM jsonb_to_recordset(t.groups) AS g(id text, role text)"
         "  WHERE g.id = ANY (u.auto_groups))";
 
-/* Events a request acting in tenant $1 wrote (this transaction's rows)
- * with MSP user $2 as initiator get the MSP account $3. */
+/* Events the request writes from now on record the MSP account
+ * (events.initiator_account_id's default, sql/migrations/0011_mspapi.sql);
+ * transaction-local. */
 static const char SQL_EVENTS_INITIATOR[] =
-        "UPDATE events SET initiator_account_id = $3 WHERE account_id = $1 AND initiator_id = $2"
-        " AND initiator_account_id IS NULL"
-        " AND xmin::text = (pg_current_xact_id()::text::numeric % 4294967296)::text";
+        "SELECT set_config('netbird_cp.initiator_account_id', $1, true)";
 
 /* One text refusal for an unknown tenant, a tenant of another MSP and a
  * tenant without a mapping for the caller: nothing tells them apart. */
@@ -102,18 +101,15 @@ int api_msp_enter(api_ctx *c, const char *tenant_id) {
                 return r;
         if (cp_store_rows_count(rows) != 1)
                 return api_error(c, 403, ENTER_DENIED);
+        const char *pe[1] = { c->account_id };
+        r = api_sql(c, SQL_EVENTS_INITIATOR, 1, pe, NULL);
+        if (r < 0)
+                return r;
         memcpy(c->home_account_id, c->account_id, sizeof c->home_account_id);
         memcpy(c->home_role, c->role, sizeof c->home_role);
         (void) snprintf(c->account_id, sizeof c->account_id, "%s", tenant_id);
         (void) snprintf(c->role, sizeof c->role, "%s", cp_store_rows_get(rows, 0, 0));
         return 0;
-}
-
-int api_msp_events_initiator(api_ctx *c) {
-        if (!c->home_account_id[0])
-                return 0;
-        const char *p[3] = { c->account_id, c->user_id, c->home_account_id };
-        return api_sql(c, SQL_EVENTS_INITIATOR, 3, p, NULL);
 }
 
 /* ---- guards ------------------------------------------------------------------------------ */

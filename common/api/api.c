@@ -413,11 +413,6 @@ static int run(api_ctx *c) {
                 if (cp_store_rows_count(rows) == 1)
                         c->serial = strtoll(cp_store_rows_get(rows, 0, 0), NULL, 10);
         }
-        if (c->home_account_id[0] && c->route->op != API_READ) {
-                r = api_msp_events_initiator(c);
-                if (r < 0)
-                        return r;
-        }
         r = cp_store_tx_commit(c->tx, &err);
         c->tx = NULL;
         if (r < 0)
