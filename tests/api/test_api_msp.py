@@ -449,6 +449,13 @@ def a_change_made_with_account_reaches_that_tenants_agents_only():
     assert after[t1["id"]] > serials[t1["id"]], (serials, after)
     assert after[t2["id"]] == serials[t2["id"]] and after[dep.account_id] == serials[dep.account_id], (serials, after)
     assert not dep.sql("SELECT 1 FROM name_server_groups WHERE account_id <> %s", (t1["id"],))
+    # Events written by other code paths (the store's peer events) record the MSP too.
+    api.ok("DELETE", "/api/peers/%s?account=%s" % (dep.peers()[a1.pub_b64]["id"], t1["id"]))
+    ev = dep.sql("SELECT activity, initiator_account_id FROM events WHERE account_id = %s AND initiator_id = %s",
+                 (t1["id"], dep.user_id))
+    assert len(ev) >= 3 and all(a == dep.account_id for _, a in ev), ev
+    assert not dep.sql("SELECT 1 FROM events WHERE initiator_account_id IS NOT NULL AND account_id NOT IN (%s, %s)",
+                       (t1["id"], t2["id"])), "only the tenants' events name the MSP"
 
 
 # ---- a JWT MSP user (the dashboard's path) ------------------------------------------------------
