@@ -553,7 +553,8 @@ static int answer_invite(api_ctx *c) {
 
 /* POST /tenants/{id}/unlink {"owner": <user id of the tenant>}: the user
  * becomes the tenant's owner (other owners step down to admin) and the
- * link goes; the account stays. */
+ * link goes; the account stays. An invitation not yet accepted is only
+ * withdrawn (no owner needed, nothing inside the account changes). */
 static int unlink_tenant(api_ctx *c) {
         static const char sql_user[] =
                 "SELECT 1 FROM users WHERE account_id = $1 AND id = $2 AND NOT is_service_user";
@@ -575,6 +576,15 @@ static int unlink_tenant(api_ctx *c) {
                 return r;
         if (cp_store_rows_count(rows) != 1)
                 return api_error(c, 404, "tenant: %s not found", id);
+        if (strcmp(cp_store_rows_get(rows, 0, 2), "invited") == 0) {
+                /* Never accepted: the MSP withdraws the invitation and
+                 * changes nothing inside the account. */
+                const char *pl[2] = { id, c->account_id };
+                r = api_sql(c, sql_unlink, 2, pl, NULL);
+                if (r < 0)
+                        return r;
+                return api_reply_empty_object(c);
+        }
         body = api_body(c);
         if (!body)
                 return API_FAIL;

@@ -407,6 +407,12 @@ def invite_accept_decline_and_unlink():
     api.error("GET", "/api/groups?account=" + oid, 403)
     api_o.error("GET", "/api/integrations/msp", 404)
 
+    # An invitation withdrawn before it is answered: no role changes.
+    api.ok("POST", "/api/integrations/msp/tenants/%s/invite" % oid)
+    api.ok("POST", "/api/integrations/msp/tenants/%s/unlink" % oid, {"owner": other["USER_ID"]})
+    assert dict(dep.sql("SELECT id, role FROM users WHERE account_id = %s", (oid,))) == roles
+    assert dep.sql("SELECT count(*) FROM msp_tenants WHERE account_id = %s", (oid,)) == [(0,)]
+
     # Decline.
     api.ok("POST", "/api/integrations/msp/tenants/%s/invite" % oid)
     new_owner = apifix.api_for(srv, apifix.sql_token(dep, uid, account=oid))
