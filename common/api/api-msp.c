@@ -615,7 +615,10 @@ const api_route api_msp_routes[] = {
         { "GET", "/api/integrations/msp", API_MOD_MSP, API_READ, msp_info },
         { "GET", "/api/integrations/msp/switcher", API_MOD_MSP, API_READ, msp_switcher },
         { "GET", "/api/integrations/msp/tenants", API_MOD_MSP, API_READ, list_tenants },
-        { "POST", "/api/integrations/msp/tenants", API_MOD_MSP, API_CREATE, create_tenant },
+        /* No account lock for a create either: the store orders
+         * identical creates itself (per domain and key), so tenants of
+         * one MSP are made side by side. */
+        { "POST", "/api/integrations/msp/tenants", API_MOD_MSP, API_READ, create_tenant },
         { "PUT", "/api/integrations/msp/tenants/{id}", API_MOD_MSP, API_UPDATE, update_tenant },
         /* A DNS query may take seconds: no account lock for it (the
          * update it may make is one row). */
