@@ -30,6 +30,7 @@ class TxtServer:
     def __init__(self):
         self.txt = {}
         self.queries = []
+        self.silent = False             # True: queries go unanswered
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
@@ -48,6 +49,8 @@ class TxtServer:
                 data, addr = self.sock.recvfrom(4096)
             except OSError:
                 return
+            if self.silent:
+                continue
             try:
                 self.sock.sendto(self.answer(data), addr)
             except (OSError, ValueError, IndexError, struct.error):
@@ -343,6 +346,11 @@ def dns_challenge_against_a_loopback_dns_server():
     t = api.ok("POST", "/api/integrations/msp/tenants", tenant_body("D", "dns.example", [{"id": gid, "role": "admin"}]))
     path = "/api/integrations/msp/tenants/%s/dns" % t["id"]
 
+    # The DNS server does not answer: 501 (not found), no 500.
+    dns.silent = True
+    st, body = api.post(path)
+    assert st == 501 and body == {"dns_challenge": t["dns_challenge"]}, (st, body)
+    dns.silent = False
     # No record (NXDOMAIN): 501 with the challenge.
     st, body = api.post(path)
     assert st == 501 and body == {"dns_challenge": t["dns_challenge"]}, (st, body)
