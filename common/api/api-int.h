@@ -326,11 +326,9 @@ bool api_is_regular_user(const api_ctx *c);
  * their MSP) enters the tenant with the most privileged role the tenant's
  * groups mapping gives their MSP groups. 403 "permission denied" for an
  * unknown tenant, another MSP's tenant, no mapping, an invited tenant or
- * a disabled MSP alike. */
+ * a disabled MSP alike. Every event the request writes afterwards
+ * records the MSP account (events.initiator_account_id). */
 int api_msp_enter(api_ctx *c, const char *tenant_id);
-/* Before commit of a request acting inside a tenant: the events it wrote
- * get initiator_account_id = the MSP account. No-op when not acting. */
-int api_msp_events_initiator(api_ctx *c);
 /* Whether /users/current reports the "tenants" module allowed: an owner
  * or admin of an MSP account in its own account (not acting). */
 int api_msp_tenants_allowed(api_ctx *c, bool *ret);

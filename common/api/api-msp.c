@@ -77,12 +77,11 @@ static const char SQL_SWITCHER[] =
         " AND EXISTS (SELECT 1 FROM jsonb_to_recordset(t.groups) AS g(id text, role text)"
         "  WHERE g.id = ANY (u.auto_groups))";
 
-/* Events a request acting in tenant $1 wrote (this transaction's rows)
- * with MSP user $2 as initiator get the MSP account $3. */
+/* Events the request writes from now on record the MSP account
+ * (events.initiator_account_id's default, sql/migrations/0011_mspapi.sql);
+ * transaction-local. */
 static const char SQL_EVENTS_INITIATOR[] =
-        "UPDATE events SET initiator_account_id = $3 WHERE account_id = $1 AND initiator_id = $2"
-        " AND initiator_account_id IS NULL"
-        " AND xmin::text = (pg_current_xact_id()::text::numeric % 4294967296)::text";
+        "SELECT set_config('netbird_cp.initiator_account_id', $1, true)";
 
 /* One text refusal for an unknown tenant, a tenant of another MSP and a
  * tenant without a mapping for the caller: nothing tells them apart. */
@@ -102,18 +101,15 @@ int api_msp_enter(api_ctx *c, const char *tenant_id) {
                 return r;
         if (cp_store_rows_count(rows) != 1)
                 return api_error(c, 403, ENTER_DENIED);
+        const char *pe[1] = { c->account_id };
+        r = api_sql(c, SQL_EVENTS_INITIATOR, 1, pe, NULL);
+        if (r < 0)
+                return r;
         memcpy(c->home_account_id, c->account_id, sizeof c->home_account_id);
         memcpy(c->home_role, c->role, sizeof c->home_role);
         (void) snprintf(c->account_id, sizeof c->account_id, "%s", tenant_id);
         (void) snprintf(c->role, sizeof c->role, "%s", cp_store_rows_get(rows, 0, 0));
         return 0;
-}
-
-int api_msp_events_initiator(api_ctx *c) {
-        if (!c->home_account_id[0])
-                return 0;
-        const char *p[3] = { c->account_id, c->user_id, c->home_account_id };
-        return api_sql(c, SQL_EVENTS_INITIATOR, 3, p, NULL);
 }
 
 /* ---- guards ------------------------------------------------------------------------------ */
@@ -557,7 +553,8 @@ static int answer_invite(api_ctx *c) {
 
 /* POST /tenants/{id}/unlink {"owner": <user id of the tenant>}: the user
  * becomes the tenant's owner (other owners step down to admin) and the
- * link goes; the account stays. */
+ * link goes; the account stays. An invitation not yet accepted is only
+ * withdrawn (no owner needed, nothing inside the account changes). */
 static int unlink_tenant(api_ctx *c) {
         static const char sql_user[] =
                 "SELECT 1 FROM users WHERE account_id = $1 AND id = $2 AND NOT is_service_user";
@@ -579,6 +576,15 @@ static int unlink_tenant(api_ctx *c) {
                 return r;
         if (cp_store_rows_count(rows) != 1)
                 return api_error(c, 404, "tenant: %s not found", id);
+        if (strcmp(cp_store_rows_get(rows, 0, 2), "invited") == 0) {
+                /* Never accepted: the MSP withdraws the invitation and
+                 * changes nothing inside the account. */
+                const char *pl[2] = { id, c->account_id };
+                r = api_sql(c, sql_unlink, 2, pl, NULL);
+                if (r < 0)
+                        return r;
+                return api_reply_empty_object(c);
+        }
         body = api_body(c);
         if (!body)
                 return API_FAIL;
@@ -609,7 +615,10 @@ const api_route api_msp_routes[] = {
         { "GET", "/api/integrations/msp", API_MOD_MSP, API_READ, msp_info },
         { "GET", "/api/integrations/msp/switcher", API_MOD_MSP, API_READ, msp_switcher },
         { "GET", "/api/integrations/msp/tenants", API_MOD_MSP, API_READ, list_tenants },
-        { "POST", "/api/integrations/msp/tenants", API_MOD_MSP, API_CREATE, create_tenant },
+        /* No account lock for a create either: the store orders
+         * identical creates itself (per domain and key), so tenants of
+         * one MSP are made side by side. */
+        { "POST", "/api/integrations/msp/tenants", API_MOD_MSP, API_READ, create_tenant },
         { "PUT", "/api/integrations/msp/tenants/{id}", API_MOD_MSP, API_UPDATE, update_tenant },
         /* A DNS query may take seconds: no account lock for it (the
          * update it may make is one row). */

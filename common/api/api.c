@@ -427,11 +427,6 @@ static int run(api_ctx *c) {
                 if (cp_store_rows_count(rows) == 1)
                         c->serial = strtoll(cp_store_rows_get(rows, 0, 0), NULL, 10);
         }
-        if (c->home_account_id[0] && c->route->op != API_READ) {
-                r = api_msp_events_initiator(c);
-                if (r < 0)
-                        return r;
-        }
         r = cp_store_tx_commit(c->tx, &err);
         c->tx = NULL;
         if (r < 0)
@@ -518,7 +513,16 @@ void cp_api_handle(cp_api *api, const cp_api_request *req, cp_api_response *resp
 int cp_api_new(const cp_api_options *o, cp_api **ret, cp_error *reterr) {
         if (!o || !o->store)
                 return cp_error_set(reterr, -EINVAL, "the API needs a store");
+        uint32_t dns_addr = 0;
+        uint16_t dns_port = 0;
+        if (o->msp_dns_server && *o->msp_dns_server) {
+                int r = cp_api_parse_dns_server(o->msp_dns_server, &dns_addr, &dns_port, reterr);
+                if (r < 0)
+                        return r;
+        }
         cp_api *api = cp_xcalloc(1, sizeof *api);
+        api->msp_dns_addr = dns_addr;
+        api->msp_dns_port = dns_port;
         api->store = o->store;
         api->dns_domain = cp_xstrdup(o->dns_domain ? o->dns_domain : "");
         api->version = cp_xstrdup(o->version ? o->version : "");
@@ -538,16 +542,6 @@ int cp_api_new(const cp_api_options *o, cp_api **ret, cp_error *reterr) {
         }
         api->proxy_callback = o->proxy_callback;
         api->proxy_callback_userdata = o->proxy_callback_userdata;
-        if (o->msp_dns_server && *o->msp_dns_server) {
-                int r = cp_api_parse_dns_server(o->msp_dns_server, &api->msp_dns_addr, &api->msp_dns_port, reterr);
-                if (r < 0) {
-                        free(api->dns_domain);
-                        free(api->version);
-                        api->peer_caches = api_peer_caches_free(api->peer_caches);
-                        free(api);
-                        return r;
-                }
-        }
         api->identity.single_account_domain =
                 o->identity.single_account_domain ? cp_xstrdup(o->identity.single_account_domain) : NULL;
         *ret = api;

@@ -11,7 +11,19 @@
 #include "cp/strbuf.h"
 #include "cp/util.h"
 
-static const char SQL_LOCK_MSP[] = "SELECT msp_enabled_at IS NOT NULL FROM accounts WHERE id = $1 FOR UPDATE";
+/* The MSP row in share mode: creates run side by side, a change of the
+ * MSP account (disable, delete) waits for them and they for it. */
+static const char SQL_LOCK_MSP[] = "SELECT msp_enabled_at IS NOT NULL FROM accounts WHERE id = $1 FOR SHARE";
+/* Creates of one MSP with the same idempotency key, then with the same
+ * domain, take turns (transaction-scoped advisory locks; two-key form,
+ * its own namespace per kind: "mspk" and "mspd"). Always key before
+ * domain, so two creates never wait for each other in a circle. */
+#define LOCK_KEY_CLASS "1836281963"     /* 'mspk' */
+#define LOCK_DOMAIN_CLASS "1836281956"  /* 'mspd' */
+static const char SQL_LOCK_KEY[] =
+        "SELECT pg_advisory_xact_lock(" LOCK_KEY_CLASS ", hashtext($1 || '/' || $2))";
+static const char SQL_LOCK_DOMAIN[] =
+        "SELECT pg_advisory_xact_lock(" LOCK_DOMAIN_CLASS ", hashtext($1 || '/' || $2))";
 static const char SQL_BY_KEY[] =
         "SELECT account_id, name = $3 AND domain = $4 AND groups = $5::jsonb FROM msp_tenants"
         " WHERE msp_account_id = $1 AND idempotency_key = $2";
@@ -149,7 +161,6 @@ int cp_store_tx_msp_tenant_create(cp_store_tx *tx, const cp_store_msp_tenant_spe
         if (r < 0)
                 return r;
 
-        /* Creates of one MSP take turns on every replica. */
         const char *pl[1] = { spec->msp_account_id };
         r = cp_store_tx_exec(tx, SQL_LOCK_MSP, 1, pl, &lock, reterr);
         if (r < 0)
@@ -160,6 +171,19 @@ int cp_store_tx_msp_tenant_create(cp_store_tx *tx, const cp_store_msp_tenant_spe
                 return cp_error_set(reterr, -EPERM, "account is not an msp");
 
         r = cp_store_tx_msp_groups_check(tx, spec->msp_account_id, spec->groups_json, &groups, reterr);
+        if (r < 0)
+                return r;
+
+        /* Identical creates on any replicas take turns here; the later
+         * ones then find the first one's tenant. */
+        if (*key) {
+                const char *pk[2] = { spec->msp_account_id, key };
+                r = cp_store_tx_exec(tx, SQL_LOCK_KEY, 2, pk, NULL, reterr);
+                if (r < 0)
+                        return r;
+        }
+        const char *pdl[2] = { spec->msp_account_id, domain };
+        r = cp_store_tx_exec(tx, SQL_LOCK_DOMAIN, 2, pdl, NULL, reterr);
         if (r < 0)
                 return r;
 

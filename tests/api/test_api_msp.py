@@ -30,6 +30,7 @@ class TxtServer:
     def __init__(self):
         self.txt = {}
         self.queries = []
+        self.silent = False             # True: queries go unanswered
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
@@ -48,6 +49,8 @@ class TxtServer:
                 data, addr = self.sock.recvfrom(4096)
             except OSError:
                 return
+            if self.silent:
+                continue
             try:
                 self.sock.sendto(self.answer(data), addr)
             except (OSError, ValueError, IndexError, struct.error):
@@ -343,6 +346,11 @@ def dns_challenge_against_a_loopback_dns_server():
     t = api.ok("POST", "/api/integrations/msp/tenants", tenant_body("D", "dns.example", [{"id": gid, "role": "admin"}]))
     path = "/api/integrations/msp/tenants/%s/dns" % t["id"]
 
+    # The DNS server does not answer: 501 (not found), no 500.
+    dns.silent = True
+    st, body = api.post(path)
+    assert st == 501 and body == {"dns_challenge": t["dns_challenge"]}, (st, body)
+    dns.silent = False
     # No record (NXDOMAIN): 501 with the challenge.
     st, body = api.post(path)
     assert st == 501 and body == {"dns_challenge": t["dns_challenge"]}, (st, body)
@@ -407,6 +415,12 @@ def invite_accept_decline_and_unlink():
     api.error("GET", "/api/groups?account=" + oid, 403)
     api_o.error("GET", "/api/integrations/msp", 404)
 
+    # An invitation withdrawn before it is answered: no role changes.
+    api.ok("POST", "/api/integrations/msp/tenants/%s/invite" % oid)
+    api.ok("POST", "/api/integrations/msp/tenants/%s/unlink" % oid, {"owner": other["USER_ID"]})
+    assert dict(dep.sql("SELECT id, role FROM users WHERE account_id = %s", (oid,))) == roles
+    assert dep.sql("SELECT count(*) FROM msp_tenants WHERE account_id = %s", (oid,)) == [(0,)]
+
     # Decline.
     api.ok("POST", "/api/integrations/msp/tenants/%s/invite" % oid)
     new_owner = apifix.api_for(srv, apifix.sql_token(dep, uid, account=oid))
@@ -449,6 +463,13 @@ def a_change_made_with_account_reaches_that_tenants_agents_only():
     assert after[t1["id"]] > serials[t1["id"]], (serials, after)
     assert after[t2["id"]] == serials[t2["id"]] and after[dep.account_id] == serials[dep.account_id], (serials, after)
     assert not dep.sql("SELECT 1 FROM name_server_groups WHERE account_id <> %s", (t1["id"],))
+    # Events written by other code paths (the store's peer events) record the MSP too.
+    api.ok("DELETE", "/api/peers/%s?account=%s" % (dep.peers()[a1.pub_b64]["id"], t1["id"]))
+    ev = dep.sql("SELECT activity, initiator_account_id FROM events WHERE account_id = %s AND initiator_id = %s",
+                 (t1["id"], dep.user_id))
+    assert len(ev) >= 3 and all(a == dep.account_id for _, a in ev), ev
+    assert not dep.sql("SELECT 1 FROM events WHERE initiator_account_id IS NOT NULL AND account_id NOT IN (%s, %s)",
+                       (t1["id"], t2["id"])), "only the tenants' events name the MSP"
 
 
 # ---- a JWT MSP user (the dashboard's path) ------------------------------------------------------

@@ -124,6 +124,8 @@ TEST(refusals) {
 typedef struct racer {
         cp_store *s;
         const char *msp;
+        const char *domain;             /* NULL = race.example */
+        const char *key;
         cp_store_msp_tenant_created out;
         int r;
 } racer;
@@ -131,7 +133,9 @@ typedef struct racer {
 static void *race(void *arg) {
         racer *x = arg;
         cp_error err = { 0 };
-        cp_store_msp_tenant_spec spec = { .msp_account_id = x->msp, .name = "Race", .domain = "race.example" };
+        cp_store_msp_tenant_spec spec = { .msp_account_id = x->msp, .name = "Race",
+                                          .domain = x->domain ? x->domain : "race.example",
+                                          .idempotency_key = x->key };
 
         x->r = cp_store_msp_tenant_create(x->s, &spec, &x->out, &err);
         return NULL;
@@ -160,6 +164,51 @@ TEST(concurrent_creates_make_one_tenant) {
         ASSERT_EQ(1, created);
         ASSERT_DB_QUERY("1", db, "SELECT count(*) FROM msp_tenants", NULL);
         ASSERT_DB_QUERY("2", db, "SELECT count(*) FROM accounts", NULL);
+        cp_store_free(s);
+        cptest_db_free(db);
+}
+
+/* The same key with different domains: one tenant, the rest -EEXIST;
+ * different domains without a key: all made, side by side. */
+TEST(concurrent_creates_by_key_and_by_domain) {
+        cp_store *s = NULL;
+        cptest_db *db = cptest_db_new_migrated(N, &s);
+        static const char *const domains[N] = { "d0.example", "d1.example", "d2.example", "d3.example",
+                                                "d4.example", "d5.example", "d6.example", "d7.example" };
+        char msp[32], group[32];
+        racer x[N];
+        pthread_t th[N];
+        int created = 0, conflicts = 0;
+
+        make_msp(s, db, msp, group);
+        for (int i = 0; i < N; i++) {
+                x[i] = (racer) { .s = s, .msp = msp, .domain = domains[i], .key = "same-key" };
+                ASSERT_EQ(0, pthread_create(&th[i], NULL, race, &x[i]));
+        }
+        for (int i = 0; i < N; i++)
+                pthread_join(th[i], NULL);
+        for (int i = 0; i < N; i++) {
+                if (x[i].r == 0 && x[i].out.created)
+                        created++;
+                else
+                        conflicts += x[i].r == -EEXIST;
+        }
+        ASSERT_EQ(1, created);
+        ASSERT_EQ(N - 1, conflicts);
+        ASSERT_DB_QUERY("1", db, "SELECT count(*) FROM msp_tenants", NULL);
+
+        free(cptest_db_query1(db, "DELETE FROM msp_tenants WHERE msp_account_id = $1", msp));
+        for (int i = 0; i < N; i++) {
+                x[i] = (racer) { .s = s, .msp = msp, .domain = domains[i] };
+                ASSERT_EQ(0, pthread_create(&th[i], NULL, race, &x[i]));
+        }
+        for (int i = 0; i < N; i++)
+                pthread_join(th[i], NULL);
+        for (int i = 0; i < N; i++) {
+                ASSERT_EQ(0, x[i].r);
+                ASSERT_TRUE(x[i].out.created);
+        }
+        ASSERT_DB_QUERY("8", db, "SELECT count(*) FROM msp_tenants", NULL);
         cp_store_free(s);
         cptest_db_free(db);
 }

@@ -9,12 +9,16 @@
  * sign-in joins it by e-mail domain) plus the link row, in the caller's
  * transaction.
  *
- * Idempotent: under the MSP account's row lock (taken here, FOR UPDATE,
- * so concurrent creates on every replica take turns) it looks for the
- * MSP's tenant with the same idempotency key, then with the same domain;
- * one found is returned as it is (created = false, no secrets, nothing
- * written: its dns_challenge and data stay). A key already used with a
- * different name, domain or groups is -EEXIST.
+ * Idempotent: creates of one MSP with the same idempotency key, and with
+ * the same domain, take turns on every replica (transaction-scoped
+ * advisory locks per MSP and key / domain, taken here; creates of other
+ * domains run side by side, the MSP row is only share-locked). Then it
+ * looks for the MSP's tenant with the same idempotency key, then with the
+ * same domain; one found is returned as it is (created = false, no
+ * secrets, nothing written: its dns_challenge and data stay). A key
+ * already used with a different name, domain or groups is -EEXIST. The
+ * unique indexes of msp_tenants back this up (a race the locks missed
+ * would be -EEXIST, never a duplicate).
  *
  * Errors (negative errno, reterr's message NetBird-style, lower case,
  * fit for a 4xx body):
