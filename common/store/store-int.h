@@ -136,6 +136,15 @@ int cp_store__command(cp_store_conn *c, const char *sql, cp_error *reterr);
 const char *cp_store__stmt_name(cp_store_stmt st);
 /* Monotonic nanoseconds, for cp_store__observe. */
 int64_t cp_store__clock_ns(void);
+/* Registration's admission (store-tenant.c), inside the registration's
+ * transaction after the key or user claim: the account row locked FOR NO
+ * KEY UPDATE; -EHOSTDOWN when suspended, -EDQUOT (with *ret_limit) when
+ * it holds device_limit peers already (proxy peers not counted). */
+int cp_store__peer_admit(cp_store_conn *c, const char *account_id, int64_t *ret_limit, cp_error *reterr);
+/* After a -EDQUOT registration was rolled back: event 1300, best effort. */
+void cp_store__peer_limit_event(cp_store_conn *c, const char *account_id, const char *initiator,
+                                const char *hostname, int64_t limit);
+
 /* Records one statement (a cp_store_stmt, or _ST_MAX for COMMIT) that
  * started at started_ns; failed counts an error too. Lock-free. */
 void cp_store__observe(int st, int64_t started_ns, bool failed);

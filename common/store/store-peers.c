@@ -11,7 +11,6 @@
 #include "cp/strbuf.h"
 #include "cp/util.h"
 #include "cp/store-peers.h"
-#include "cp/store-tenant.h"
 #include "cp/store-tx.h"
 #include "store-int.h"
 
@@ -923,37 +922,6 @@ static int insert_peer(cp_store_conn *c, const cp_store_peer_register_req *req, 
                             INSERT_TRIES);
 }
 
-/* Admission of an agent's peer (not a proxy peer) into its account,
- * after the claim and before the insert: a suspended account takes no
- * peer (-EHOSTDOWN), and one at its device limit no more (-EDQUOT). The
- * lock makes the count and the insert one decision per account (see
- * ST_ACCOUNT_ADMIT_LOCK). */
-static int admit(cp_store_conn *c, claimed_key *k, cp_error *reterr) {
-        _cleanup_pgresult_ PGresult *res = NULL, *cnt = NULL;
-        const char *params[1] = { k->account_id };
-        int r;
-
-        r = cp_store__exec(c, ST_ACCOUNT_ADMIT_LOCK, params, &res, reterr);
-        if (r < 0)
-                return r;
-        if (PQntuples(res) != 1)
-                return cp_error_set(reterr, -EIO, "account %s not found", k->account_id);
-        if (cp_store__col_bool(res, 0))
-                return cp_error_set(reterr, -EHOSTDOWN, "account %s is suspended", k->account_id);
-        if (PQgetisnull(res, 0, 1))
-                return 0;
-        int64_t limit = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
-        r = cp_store__exec(c, ST_ACCOUNT_PEER_COUNT, params, &cnt, reterr);
-        if (r < 0)
-                return r;
-        if (cp_store__col_int64(cnt, 0) >= limit) {
-                k->device_limit = limit;
-                return cp_error_set(reterr, -EDQUOT, "account %s reached its device limit of %" PRId64 " peers",
-                                    k->account_id, limit);
-        }
-        return 0;
-}
-
 /* Everything after the claim: peer, groups, event, serial, read-back. */
 static int register_claimed(cp_store_conn *c, const cp_store_peer_register_req *req, claimed_key *k,
                             const meta_params *mp, const char *labels_literal, const char *base_label,
@@ -966,7 +934,8 @@ static int register_claimed(cp_store_conn *c, const cp_store_peer_register_req *
                 return cp_error_set(reterr, -EPERM, "setup key doesn't allow extra DNS labels");
 
         if (!k->proxy) {
-                r = admit(c, k, reterr);
+                /* Suspension and the device limit (store-tenant.c). */
+                r = cp_store__peer_admit(c, k->account_id, &k->device_limit, reterr);
                 if (r < 0)
                         return r;
         }
@@ -1076,20 +1045,6 @@ static int register_tx(cp_store_conn *c, const cp_store_peer_register_req *req, 
         return register_claimed(c, req, k, mp, labels_literal, base_label, ret_peer, ret_serial, reterr);
 }
 
-/* After a registration refused at the device limit was rolled back: the
- * activity event that says so, in a statement of its own (best effort:
- * the refusal stands whatever happens to it). */
-static void limit_event(cp_store_conn *c, const cp_store_peer_register_req *req, const claimed_key *k) {
-        char code[12];
-        json_auto_t *meta = json_pack("{s:s, s:I}", "name", cp_store__nz(req->meta->hostname), "device_limit",
-                                      (json_int_t) k->device_limit);
-        _cleanup_free_ char *meta_s = meta ? json_dumps(meta, JSON_COMPACT) : NULL;
-
-        (void) snprintf(code, sizeof code, "%d", CP_ACTIVITY_ACCOUNT_PEER_LIMIT_REACHED);
-        const char *ev[5] = { code, k->user_id ? k->user_id : k->id, "", k->account_id, meta_s ? meta_s : "{}" };
-        (void) cp_store__exec(c, ST_EVENT_INSERT, ev, NULL, NULL);
-}
-
 int cp_store_peer_register(cp_store *s, const cp_store_peer_register_req *req,
                            cp_store_peer **ret_peer, int64_t *ret_serial, cp_error *reterr) {
         char hash[CP_SHA256_B64_LEN] = "", base_label[CP_STORE_DNS_LABEL_MAX + 1];
@@ -1136,7 +1091,8 @@ int cp_store_peer_register(cp_store *s, const cp_store_peer_register_req *req,
                 r = register_tx(c, req, hash, &mp, labels.buf, base_label, &k, &peer, &serial, reterr);
         r = finish(c, r, reterr);
         if (r == -EDQUOT)
-                limit_event(c, req, &k);
+                cp_store__peer_limit_event(c, k.account_id, k.user_id ? k.user_id : k.id,
+                                           req->meta->hostname, k.device_limit);
         free(k.name);
         cp_store__release(s, c);
         if (r < 0) {

@@ -9,6 +9,7 @@
 #include "cp/store-services.h"
 #include "cp/store-tenant.h"
 #include "cp/store-tx.h"
+#include "store-int.h"
 
 #include <jansson.h>
 
@@ -117,6 +118,48 @@ int cp_store_account_set_device_limit(cp_store *s, const char *account_id, int64
         const char *p[2] = { account_id, limit < 0 ? NULL : lim };
         return change(s, sql, 2, p, CP_ACTIVITY_ACCOUNT_DEVICE_LIMIT_UPDATED, 0, true, initiator_id, account_id,
                       meta, NULL, NULL, reterr);
+}
+
+/* ---- registration's admission (cp_store_peer_register) --------------------------------- */
+
+/* The lock makes the count and the insert one decision per account (see
+ * ST_ACCOUNT_ADMIT_LOCK in store.c). */
+int cp_store__peer_admit(cp_store_conn *c, const char *account_id, int64_t *ret_limit, cp_error *reterr) {
+        _cleanup_pgresult_ PGresult *res = NULL, *cnt = NULL;
+        const char *params[1] = { account_id };
+        int r;
+
+        r = cp_store__exec(c, ST_ACCOUNT_ADMIT_LOCK, params, &res, reterr);
+        if (r < 0)
+                return r;
+        if (PQntuples(res) != 1)
+                return cp_error_set(reterr, -EIO, "account %s not found", account_id);
+        if (cp_store__col_bool(res, 0))
+                return cp_error_set(reterr, -EHOSTDOWN, "account %s is suspended", account_id);
+        if (PQgetisnull(res, 0, 1))
+                return 0;
+        int64_t limit = cp_store__col_int64(res, 1);
+        r = cp_store__exec(c, ST_ACCOUNT_PEER_COUNT, params, &cnt, reterr);
+        if (r < 0)
+                return r;
+        if (cp_store__col_int64(cnt, 0) >= limit) {
+                *ret_limit = limit;
+                return cp_error_set(reterr, -EDQUOT, "account %s reached its device limit of %" PRId64 " peers",
+                                    account_id, limit);
+        }
+        return 0;
+}
+
+void cp_store__peer_limit_event(cp_store_conn *c, const char *account_id, const char *initiator,
+                                const char *hostname, int64_t limit) {
+        char code[12];
+        json_auto_t *meta = json_pack("{s:s, s:I}", "name", hostname ? hostname : "", "device_limit",
+                                      (json_int_t) limit);
+        _cleanup_free_ char *meta_s = meta ? json_dumps(meta, JSON_COMPACT) : NULL;
+
+        (void) snprintf(code, sizeof code, "%d", CP_ACTIVITY_ACCOUNT_PEER_LIMIT_REACHED);
+        const char *ev[5] = { code, initiator ? initiator : "", "", account_id, meta_s ? meta_s : "{}" };
+        (void) cp_store__exec(c, ST_EVENT_INSERT, ev, NULL, NULL);
 }
 
 /* ---- delete ---------------------------------------------------------------------------- */

@@ -226,7 +226,7 @@ int admin_cmd_tenant_list(const admin_ctx *a) {
 int admin_cmd_tenant_create(const admin_ctx *a) {
         const admin_opts *o = a->opts;
         cp_store_msp_tenant_created out = { 0 };
-        cp_strbuf groups, env;
+        cp_strbuf env;
         cp_store *s = NULL;
         cp_error err = { 0 };
         int r;
@@ -236,7 +236,6 @@ int admin_cmd_tenant_create(const admin_ctx *a) {
                 return ADMIN_EXIT_USAGE;
         }
         /* --groups ID:ROLE,... -> [{"id":ID,"role":ROLE},...] */
-        cp_strbuf_init(&groups);
         json_auto_t *arr = json_array();
         if (o->groups) {
                 _cleanup_free_ char *copy = cp_xstrdup(o->groups);
@@ -245,7 +244,6 @@ int admin_cmd_tenant_create(const admin_ctx *a) {
                         if (!colon || colon == g || !colon[1]) {
                                 fprintf(stderr, ADMIN_PROG ": error: --groups takes GROUP_ID:ROLE[,...], got "
                                                 "\"%s\"\n", g);
-                                cp_strbuf_release(&groups);
                                 return ADMIN_EXIT_USAGE;
                         }
                         *colon = '\0';
@@ -253,7 +251,6 @@ int admin_cmd_tenant_create(const admin_ctx *a) {
                 }
         }
         _cleanup_free_ char *groups_json = json_dumps(arr, JSON_COMPACT);
-        cp_strbuf_release(&groups);
 
         r = admin_open_store(a, false, NULL, &s);
         if (r)
@@ -272,6 +269,11 @@ int admin_cmd_tenant_create(const admin_ctx *a) {
                 fprintf(stderr, ADMIN_PROG ": error: account %s is not an MSP\nhint: run '" ADMIN_PROG
                                 " msp enable %s' first\n", o->msp, o->msp);
                 return ADMIN_EXIT_FAILURE;
+        }
+        if (r == -EINVAL || r == -EEXIST) {
+                /* Bad name, domain or groups: the store's own message. */
+                fprintf(stderr, ADMIN_PROG ": error: cannot create the tenant: %s\n", err.message);
+                return ADMIN_EXIT_USAGE;
         }
         if (r < 0)
                 return admin_fail(ADMIN_EXIT_FAILURE, &err, "cannot create the tenant");

@@ -392,6 +392,18 @@ def cli_msp_and_tenant_list_create_and_errors():
     svc.check_usage_error(cli(dep, "tenant", "limit", dep.account_id), "--max-devices")
     svc.check_usage_error(cli(dep, "tenant", "list"), "--msp")
     svc.check_usage_error(cli(dep, "tenant", "create", "--msp", dep.account_id), "--name")
+    # --groups: MSP group ids and roles, checked by the store.
+    gid = dep.add_group("support")
+    r = cli_ok(dep, "msp", "enable", dep.account_id)
+    r = cli_ok(dep, "tenant", "create", "--msp", dep.account_id, "--name", "Grp", "--domain", "grp.example",
+               "--groups", gid + ":admin")
+    tid = parse_env_output(r.out)["TENANT_ID"]
+    assert dep.sql("SELECT groups FROM msp_tenants WHERE account_id = %s", (tid,)) == [([{"id": gid,
+                                                                                          "role": "admin"}],)]
+    svc.check_usage_error(cli(dep, "tenant", "create", "--msp", dep.account_id, "--name", "X", "--domain",
+                              "x.example", "--groups", "nocolon"), "--groups")
+    svc.check_usage_error(cli(dep, "tenant", "create", "--msp", dep.account_id, "--name", "X", "--domain",
+                              "x.example", "--groups", "nosuchgroup:admin"), "cannot create the tenant")
 
 
 if __name__ == "__main__":

@@ -893,6 +893,8 @@ static void load_done(mgmt_grpc *g, void *userdata) {
         sync_acct *a = f->acct;
 
         if (f->suspended) {
+                if (f->r == 0 && a->latest_serial < f->serial)
+                        a->latest_serial = f->serial;
                 end_account_streams(f, f->r == -ENOENT);
                 fanout_finish(f->hub, f);
                 return;
