@@ -55,7 +55,11 @@ enum {
 };
 
 /* NetBird's GetAnyAccountID: the newest account. */
-static const char SQL_ANY_ACCOUNT[] = "SELECT id FROM accounts ORDER BY created_at DESC, id DESC LIMIT 1";
+/* Single account mode's account: never an MSP's tenant (a customer's
+ * network), whatever was created last. */
+static const char SQL_ANY_ACCOUNT[] =
+        "SELECT a.id FROM accounts a WHERE NOT EXISTS (SELECT 1 FROM msp_tenants t WHERE t.account_id = a.id)"
+        " ORDER BY a.created_at DESC, a.id DESC LIMIT 1";
 static const char SQL_PRIVATE_DOMAIN_ACCOUNT[] =
         "SELECT id FROM accounts WHERE domain = lower($1) AND is_domain_primary_account"
         " AND domain_category = 'private' LIMIT 1";

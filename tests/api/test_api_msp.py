@@ -504,6 +504,13 @@ def a_jwt_msp_user_lists_switches_and_works_inside_a_tenant():
     assert dep.sql("SELECT account_id FROM setup_keys WHERE id = %s", (k["id"],)) == [(t["id"],)]
     assert dep.sql("SELECT initiator_id, initiator_account_id FROM events WHERE target_id = %s",
                    (k["id"],)) == [("alice-sub", acct)]
+    # Single account mode (the default here) puts a new IdP user in the
+    # deployment's account: never in a customer's tenant, which is now
+    # the newest account.
+    bob = apifix.jwt_api(srv, idp.token("bob-sub", email="bob@example.com", name="Bob"))
+    bob.get("/api/users/current")       # signs bob in (he may wait for approval)
+    assert dep.sql("SELECT account_id FROM users WHERE id = 'bob-sub'") == [(acct,)]
+    assert bob.get("/api/peers" + q)[0] == 403
 
 
 if __name__ == "__main__":
