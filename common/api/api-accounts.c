@@ -11,6 +11,7 @@
  */
 #include "api-activity.h"
 #include "api-int.h"
+#include "cp/store-tenant.h"
 #include "cp/store-services.h"
 
 #include <arpa/inet.h>
@@ -136,8 +137,6 @@ static const char SQL_ACCOUNT_META[] =
         " FROM accounts WHERE id = $1";
 /* Everything of a tenant hangs off its accounts row (ON DELETE CASCADE);
  * the events table has no foreign key, so its rows go explicitly. */
-static const char SQL_DELETE_EVENTS[] = "DELETE FROM events WHERE account_id = $1";
-static const char SQL_DELETE_ACCOUNT[] = "DELETE FROM accounts WHERE id = $1";
 
 /* ---- GET ------------------------------------------------------------------------------- */
 
@@ -640,20 +639,18 @@ static int delete_account(api_ctx *c) {
                 return r;
         if (cp_store_rows_count(meta) != 1)
                 return api_error(c, 404, "account not found: %s", c->account_id);
-        r = api_sql(c, SQL_DELETE_EVENTS, 1, p, NULL);
-        if (r == 0) {
-                /* its services go with it: proxies must drop them */
-                cp_error err = { 0 };
-                int64_t seq = 0;
-                if (cp_store_tx_proxy_services_removed(c->tx, c->account_id, NULL, &seq, &err) < 0)
-                        return api_internal(c, "proxy change log", &err);
-                if (seq > c->proxy_seq)
-                        c->proxy_seq = seq;
-        }
-        if (r == 0)
-                r = api_sql(c, SQL_DELETE_ACCOUNT, 1, p, NULL);
-        if (r == 0)
-                r = api_event(c, API_ACT_ACCOUNT_DELETED, c->account_id, cp_store_rows_get(meta, 0, 0));
+        /* Every row of the account (cp/store-tenant.h); its services'
+         * REMOVED rows tell the proxies. */
+        cp_store_account_deleted del = { 0 };
+        cp_error err = { 0 };
+        r = cp_store_tx_account_delete_all(c->tx, c->account_id, &del, &err);
+        if (r < 0)
+                return api_internal(c, "deleting the account", &err);
+        if (del.proxy_seq > c->proxy_seq)
+                c->proxy_seq = del.proxy_seq;
+        (void) snprintf(c->gone_account, sizeof c->gone_account, "%s", c->account_id);
+        c->gone_serial = del.serial;
+        r = api_event(c, API_ACT_ACCOUNT_DELETED, c->account_id, cp_store_rows_get(meta, 0, 0));
         if (r < 0)
                 return r;
         return api_reply_empty_object(c);

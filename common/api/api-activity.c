@@ -153,6 +153,7 @@ const api_activity_info api_activities[] = {
         { 1303, "Account device limit updated", "account.device_limit.update" },
         { 1304, "Account MSP enabled", "account.msp.enable" },
         { 1305, "Account MSP disabled", "account.msp.disable" },
+        { 1306, "MSP tenant deleted", "msp.tenant.delete" },
         { 99999, "Account deleted", "account.delete" },
 };
 const unsigned api_n_activities = sizeof api_activities / sizeof api_activities[0];

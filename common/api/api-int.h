@@ -163,6 +163,11 @@ struct api_ctx {
          * the hooks called after commit. */
         int64_t proxy_seq;
         char revoked_token[64];
+        /* An account deleted by this request (the account's own delete, or
+         * an MSP's tenant): announced after the commit at this serial so
+         * every replica ends its streams at once. */
+        char gone_account[64];
+        int64_t gone_serial;
 };
 
 /* ---- timestamps in SQL-built JSON ---------------------------------------------------- */

@@ -12,6 +12,7 @@
  * docs/api.md, section "MSP", has every route and status.
  */
 #include "api-int.h"
+#include "cp/store-tenant.h"
 #include "cp/store-msp.h"
 
 #include <arpa/inet.h>
@@ -611,6 +612,78 @@ static int unlink_tenant(api_ctx *c) {
         return api_reply_empty_object(c);
 }
 
+/* DELETE /api/integrations/msp/tenants/{id}: the tenant account and
+ * every row of it (the dashboard's "Delete tenant"). Only a tenant the
+ * MSP created (pending or active): an account that joined by invitation
+ * was someone else's before and is unlinked instead (400). */
+static int delete_tenant(api_ctx *c) {
+        _cleanup_rows_ cp_store_rows *rows = NULL, *name = NULL;
+        const char *id = c->param[0];
+        int r = msp_guard(c);
+
+        if (r < 0)
+                return r;
+        const char *pf[2] = { c->account_id, id };
+        r = api_sql(c, SQL_FIND, 2, pf, &rows);
+        if (r < 0)
+                return r;
+        if (cp_store_rows_count(rows) != 1)
+                return api_error(c, 404, "tenant: %s not found", id);
+        const char *status = cp_store_rows_get(rows, 0, 2);
+        if (strcmp(status, "pending") != 0 && strcmp(status, "active") != 0)
+                return api_error(c, 400, "tenant %s joined by invitation: unlink it instead of deleting it", id);
+        r = api_sql(c, "SELECT name FROM msp_tenants WHERE account_id = $2 AND msp_account_id = $1", 2, pf, &name);
+        if (r < 0)
+                return r;
+        char tname[256];
+        (void) snprintf(tname, sizeof tname, "%s", cp_store_rows_count(name) == 1 ? cp_store_rows_get(name, 0, 0) : "");
+        cp_store_account_deleted del = { 0 };
+        cp_error err = { 0 };
+        r = cp_store_tx_account_delete_all(c->tx, id, &del, &err);
+        if (r < 0)
+                return api_internal(c, "deleting the tenant", &err);
+        if (del.proxy_seq > c->proxy_seq)
+                c->proxy_seq = del.proxy_seq;
+        (void) snprintf(c->gone_account, sizeof c->gone_account, "%s", id);
+        c->gone_serial = del.serial;
+        r = api_event_kv(c, CP_ACTIVITY_MSP_TENANT_DELETED, id, "name", tname, "domain",
+                         cp_store_rows_get(rows, 0, 0), NULL);
+        if (r < 0)
+                return r;
+        return api_reply_empty_object(c);
+}
+
+/* GET /api/integrations/billing/usage (UsageStats): NetBird Cloud's
+ * billing counters, served because the dashboard's tenant table reads
+ * its Users and Peers columns from it (?account=<tenant>). No billing
+ * here: active users = users (not service users) who logged in within
+ * 30 days, active peers = peers connected now. */
+static const char SQL_USAGE[] =
+        "SELECT json_build_object("
+        " 'active_users', (SELECT count(*) FROM users WHERE account_id = $1 AND NOT is_service_user"
+        "  AND last_login > CURRENT_TIMESTAMP - interval '30 days'),"
+        " 'total_users', (SELECT count(*) FROM users WHERE account_id = $1 AND NOT is_service_user),"
+        " 'active_peers', (SELECT count(*) FROM peers WHERE account_id = $1 AND NOT proxy_embedded"
+        "  AND peer_status_connected),"
+        " 'total_peers', (SELECT count(*) FROM peers WHERE account_id = $1 AND NOT proxy_embedded))";
+
+static int billing_usage(api_ctx *c) {
+        const char *p[1] = { c->account_id };
+        bool found, msp = false;
+        int r = 0;
+
+        /* Only where the dashboard's MSP pages ask: inside a tenant
+         * (?account=) or in an MSP; elsewhere 404 as NetBird's
+         * self-hosted server. */
+        if (!c->home_account_id[0])
+                r = is_msp(c, c->account_id, &msp);
+        if (r < 0)
+                return r;
+        if (!c->home_account_id[0] && !msp)
+                return api_error(c, 404, "not found");
+        return api_sql_reply(c, 200, SQL_USAGE, 1, p, &found);
+}
+
 const api_route api_msp_routes[] = {
         { "GET", "/api/integrations/msp", API_MOD_MSP, API_READ, msp_info },
         { "GET", "/api/integrations/msp/switcher", API_MOD_MSP, API_READ, msp_switcher },
@@ -626,6 +699,8 @@ const api_route api_msp_routes[] = {
         { "POST", "/api/integrations/msp/tenants/{id}/invite", API_MOD_MSP, API_UPDATE, invite_tenant },
         { "PUT", "/api/integrations/msp/tenants/{id}/invite", API_MOD_MSP, API_UPDATE, answer_invite },
         { "POST", "/api/integrations/msp/tenants/{id}/unlink", API_MOD_MSP, API_UPDATE, unlink_tenant },
+        { "DELETE", "/api/integrations/msp/tenants/{id}", API_MOD_MSP, API_DELETE, delete_tenant },
+        { "GET", "/api/integrations/billing/usage", API_MOD_ACCOUNTS, API_READ, billing_usage },
         { NULL },
 };
 

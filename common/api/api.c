@@ -364,6 +364,8 @@ static void reset_for_retry(api_ctx *c) {
         c->serial = 0;
         c->proxy_seq = 0;
         c->revoked_token[0] = '\0';
+        c->gone_account[0] = '\0';
+        c->gone_serial = 0;
         c->home_account_id[0] = c->home_role[0] = '\0';
         c->retryable = false;
         c->err_status = 0;
@@ -481,6 +483,8 @@ void cp_api_handle(cp_api *api, const cp_api_request *req, cp_api_response *resp
                         c.out = tmp;
                         if (c.changed && c.serial > 0 && api->announce)
                                 api->announce(c.account_id, c.serial, api->announce_userdata);
+                        if (c.gone_account[0] && api->announce)
+                                api->announce(c.gone_account, c.gone_serial, api->announce_userdata);
                         if (c.proxy_seq > 0 && api->proxy_announce)
                                 api->proxy_announce(c.proxy_seq, api->proxy_announce_userdata);
                         if (c.revoked_token[0] && api->proxy_token_revoked)

@@ -81,6 +81,7 @@ typedef enum cp_store_stmt {
         ST_PROXY_PEER_ACCOUNT_LOCK,
         ST_PROXY_PEER_META,
         /* Registration's admission (suspension, device limit; store-peers.c) */
+        ST_ACCOUNT_ADMIT_READ,
         ST_ACCOUNT_ADMIT_LOCK,
         ST_ACCOUNT_PEER_COUNT,
         _ST_MAX,

@@ -122,14 +122,18 @@ int cp_store_account_set_device_limit(cp_store *s, const char *account_id, int64
 
 /* ---- registration's admission (cp_store_peer_register) --------------------------------- */
 
-/* The lock makes the count and the insert one decision per account (see
- * ST_ACCOUNT_ADMIT_LOCK in store.c). */
+/* Suspension and limit are read without a lock first: an account
+ * without a limit (most) does not make its registrations take turns on
+ * its row. With a limit, the row lock makes the count and the insert one
+ * decision per account (see ST_ACCOUNT_ADMIT_LOCK in store.c), and the
+ * limit is read again under it. A limit set while a registration is
+ * past this point applies from the next one. */
 int cp_store__peer_admit(cp_store_conn *c, const char *account_id, int64_t *ret_limit, cp_error *reterr) {
-        _cleanup_pgresult_ PGresult *res = NULL, *cnt = NULL;
+        _cleanup_pgresult_ PGresult *res = NULL, *locked = NULL, *cnt = NULL;
         const char *params[1] = { account_id };
         int r;
 
-        r = cp_store__exec(c, ST_ACCOUNT_ADMIT_LOCK, params, &res, reterr);
+        r = cp_store__exec(c, ST_ACCOUNT_ADMIT_READ, params, &res, reterr);
         if (r < 0)
                 return r;
         if (PQntuples(res) != 1)
@@ -138,7 +142,16 @@ int cp_store__peer_admit(cp_store_conn *c, const char *account_id, int64_t *ret_
                 return cp_error_set(reterr, -EHOSTDOWN, "account %s is suspended", account_id);
         if (PQgetisnull(res, 0, 1))
                 return 0;
-        int64_t limit = cp_store__col_int64(res, 1);
+        r = cp_store__exec(c, ST_ACCOUNT_ADMIT_LOCK, params, &locked, reterr);
+        if (r < 0)
+                return r;
+        if (PQntuples(locked) != 1)
+                return cp_error_set(reterr, -EIO, "account %s not found", account_id);
+        if (cp_store__col_bool(locked, 0))
+                return cp_error_set(reterr, -EHOSTDOWN, "account %s is suspended", account_id);
+        if (PQgetisnull(locked, 0, 1))
+                return 0;
+        int64_t limit = cp_store__col_int64(locked, 1);
         r = cp_store__exec(c, ST_ACCOUNT_PEER_COUNT, params, &cnt, reterr);
         if (r < 0)
                 return r;
@@ -177,17 +190,13 @@ static const char SQL_LEFTOVERS[] =
         " c.table_name, $1::text), false, true, '')))[1]::text::bigint > 0"
         " ORDER BY 1";
 
-int cp_store_account_delete_all(cp_store *s, const char *account_id, cp_store_account_deleted *ret,
-                                cp_error *reterr) {
+int cp_store_tx_account_delete_all(cp_store_tx *tx, const char *account_id, cp_store_account_deleted *ret,
+                                   cp_error *reterr) {
         _cleanup_rows_ cp_store_rows *lock = NULL, *peers = NULL, *left = NULL;
         cp_store_account_deleted out = { 0 };
         const char *p[1] = { account_id };
-        cp_store_tx *tx = NULL;
         int r = check_id(account_id, reterr);
 
-        if (r < 0)
-                return r;
-        r = cp_store_tx_begin(s, &tx, reterr);
         if (r < 0)
                 return r;
         /* FOR UPDATE: registrations (KEY SHARE, then NO KEY UPDATE) and
@@ -214,6 +223,25 @@ int cp_store_account_delete_all(cp_store *s, const char *account_id, cp_store_ac
                 r = cp_error_set(reterr, -EIO, "table %s still holds rows of account %s after the delete (no "
                                  "cascading foreign key); nothing was deleted", cp_store_rows_get(left, 0, 0),
                                  account_id);
+        if (r < 0)
+                return r;
+        if (ret)
+                *ret = out;
+        return 0;
+}
+
+int cp_store_account_delete_all(cp_store *s, const char *account_id, cp_store_account_deleted *ret,
+                                cp_error *reterr) {
+        cp_store_account_deleted out = { 0 };
+        cp_store_tx *tx = NULL;
+        int r = check_id(account_id, reterr);
+
+        if (r < 0)
+                return r;
+        r = cp_store_tx_begin(s, &tx, reterr);
+        if (r < 0)
+                return r;
+        r = cp_store_tx_account_delete_all(tx, account_id, &out, reterr);
         if (r >= 0)
                 r = cp_store_tx_commit(TAKE_PTR(tx), reterr);
         tx = cp_store_tx_end(tx);

@@ -580,13 +580,16 @@ static const struct {
         [ST_PROXY_PEER_META] = { "proxy_peer_meta",
                 "UPDATE peers SET proxy_cluster = $3, proxy_embedded = TRUE"
                 " WHERE account_id = $1 AND id = $2", 3 },
-        /* A registration's admission (cp_store_peer_register): the
-         * account row locked FOR NO KEY UPDATE, so registrations into one
+        /* A registration's admission (cp_store_peer_register): read
+         * without a lock; for an account with a device limit, the
+         * account row then locked FOR NO KEY UPDATE, so registrations into one
          * account pass this point one at a time (the serial bump later
          * takes the same lock anyway), then the count in a statement of
          * its own: under READ COMMITTED its snapshot is taken after the
          * lock was granted, so it sees every peer a registration that held
          * the lock before committed. Proxy peers are not counted. */
+        [ST_ACCOUNT_ADMIT_READ] = { "account_admit_read",
+                "SELECT suspended_at IS NOT NULL, device_limit FROM accounts WHERE id = $1", 1 },
         [ST_ACCOUNT_ADMIT_LOCK] = { "account_admit_lock",
                 "SELECT suspended_at IS NOT NULL, device_limit FROM accounts WHERE id = $1"
                 " FOR NO KEY UPDATE", 1 },

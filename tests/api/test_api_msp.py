@@ -472,6 +472,55 @@ def a_change_made_with_account_reaches_that_tenants_agents_only():
                        (t1["id"], t2["id"])), "only the tenants' events name the MSP"
 
 
+@test
+def usage_and_delete_of_a_tenant():
+    """GET /api/integrations/billing/usage (the tenant table's Users and
+    Peers columns) and DELETE /api/integrations/msp/tenants/{id}: the
+    tenant's rows go, its stream ends, the other tenant keeps everything."""
+    dep, srv, api = apifix.start()
+    gid = make_msp(dep, api)
+    t1 = api.ok("POST", "/api/integrations/msp/tenants", tenant_body("T1", "one.example", [{"id": gid, "role": "admin"}]))
+    t2 = api.ok("POST", "/api/integrations/msp/tenants", tenant_body("T2", "two.example", [{"id": gid, "role": "admin"}]))
+    keys = {t["id"]: api.ok("POST", "/api/setup-keys?account=" + t["id"],
+                            {"name": "k", "type": "reusable", "expires_in": 86400, "auto_groups": [],
+                             "usage_limit": 0})["key"] for t in (t1, t2)}
+    a1, a2 = dep.agent(), dep.agent()
+    a1.register(keys[t1["id"]], meta=build_meta("one"))
+    a2.register(keys[t2["id"]], meta=build_meta("two"))
+    s1, s2 = a1.sync(), a2.sync()
+    s1.next(timeout=10)
+    s2.next(timeout=10)
+
+    u = api.ok("GET", "/api/integrations/billing/usage?account=" + t1["id"])
+    apifix.check_schema(u, "UsageStats")
+    assert u["total_peers"] == 1 and u["active_peers"] == 1 and u["total_users"] == 1, u
+    assert api.ok("GET", "/api/integrations/billing/usage")["total_peers"] == 0    # the MSP's own
+    _, user = apifix.role_api(dep, api, "user")
+    user.error("GET", "/api/integrations/billing/usage", 403)
+
+    def rows_of(account):
+        return {t: dep.sql("SELECT count(*) FROM %s WHERE account_id = %%s" % t, (account,))[0][0]
+                for t in ("peers", "groups", "policies", "setup_keys", "users", "events")}
+    before2 = rows_of(t2["id"])
+    _, auditor = apifix.role_api(dep, api, "auditor")
+    auditor.error("DELETE", "/api/integrations/msp/tenants/" + t1["id"], 403)
+    api.error("DELETE", "/api/integrations/msp/tenants/nosuch", 404)
+    api.ok("DELETE", "/api/integrations/msp/tenants/" + t1["id"])
+    end, _ = s1.wait_end(timeout=15)
+    assert end is not None
+    assert all(n == 0 for t, n in rows_of(t1["id"]).items() if t != "events"), rows_of(t1["id"])
+    assert not dep.sql("SELECT 1 FROM accounts WHERE id = %s", (t1["id"],))
+    assert rows_of(t2["id"]) == before2
+    assert [x["id"] for x in api.ok("GET", "/api/integrations/msp/tenants")] == [t2["id"]]
+    assert dep.sql("SELECT activity, target_id FROM events WHERE account_id = %s AND activity = 1306",
+                   (dep.account_id,)) == [(1306, t1["id"])]
+    api.error("DELETE", "/api/integrations/msp/tenants/" + t1["id"], 404)
+    # An account that joined by invitation is unlinked, never deleted.
+    dep.sql("UPDATE msp_tenants SET status = 'existing' WHERE account_id = %s", (t2["id"],))
+    api.error("DELETE", "/api/integrations/msp/tenants/" + t2["id"], 400, message="unlink it")
+    assert rows_of(t2["id"]) == before2
+
+
 # ---- a JWT MSP user (the dashboard's path) ------------------------------------------------------
 
 @test

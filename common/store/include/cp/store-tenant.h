@@ -39,6 +39,9 @@ enum {
         CP_ACTIVITY_ACCOUNT_DEVICE_LIMIT_UPDATED = 1303, /* meta {device_limit: n or null} */
         CP_ACTIVITY_ACCOUNT_MSP_ENABLED = 1304,         /* meta {} */
         CP_ACTIVITY_ACCOUNT_MSP_DISABLED = 1305,        /* meta {} */
+        /* An MSP deleted one of its tenants (REST). Account = the MSP,
+         * target = the tenant account, meta {name, domain}. */
+        CP_ACTIVITY_MSP_TENANT_DELETED = 1306,
 };
 
 /* The texts agents get (gRPC messages). */
@@ -93,6 +96,12 @@ typedef struct cp_store_account_deleted {
  * -ENOENT unknown account. */
 int cp_store_account_delete_all(cp_store *s, const char *account_id, cp_store_account_deleted *ret,
                                 cp_error *reterr);
+/* The same inside the caller's transaction (the REST account and
+ * tenant deletes): the caller commits, then announces ret->serial and
+ * ret->proxy_seq. */
+struct cp_store_tx;
+int cp_store_tx_account_delete_all(struct cp_store_tx *tx, const char *account_id, cp_store_account_deleted *ret,
+                                   cp_error *reterr);
 
 /* An account's lifecycle state and the numbers of the tenant list. */
 typedef struct cp_store_tenant_status {
