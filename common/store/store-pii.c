@@ -228,8 +228,9 @@ int cp_store_pii_reseal(cp_store *s, bool legacy_only, int batch, int max_batche
         return reseal(s, legacy_only, batch, max_batches, NULL, ret, reterr);
 }
 
-int cp_store_pii_seal_legacy(cp_store *s, int batch, cp_store_pii_counts *ret, cp_error *reterr) {
-        return reseal(s, true, batch, 0, LOCK_LEGACY, ret, reterr);
+int cp_store_pii_seal_legacy(cp_store *s, int batch, int max_batches, cp_store_pii_counts *ret,
+                             cp_error *reterr) {
+        return reseal(s, true, batch, max_batches, LOCK_LEGACY, ret, reterr);
 }
 
 /* ---- server and session keys ---------------------------------------------------------- */

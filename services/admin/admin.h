@@ -59,6 +59,8 @@ typedef struct admin_opts {
         char *service;                  /* service-key rotate --service ID */
         bool all;                       /* service-key rotate --all */
         const char *arg;                /* the one positional argument (proxy-token revoke) */
+        int64_t batch_size;             /* data-key reencrypt */
+        int64_t max_batches;
 
         /* --auto-group, every occurrence (main.c gathers them, since the
          * settings loader keeps only the last value of a flag). */
@@ -89,6 +91,9 @@ int admin_cmd_service_key_rotate(const admin_ctx *a);
 int admin_cmd_proxy_token_create(const admin_ctx *a);
 int admin_cmd_proxy_token_list(const admin_ctx *a);
 int admin_cmd_proxy_token_revoke(const admin_ctx *a);
+int admin_cmd_data_key_status(const admin_ctx *a);      /* admin-datakey.c */
+int admin_cmd_data_key_reencrypt(const admin_ctx *a);
+int admin_cmd_data_key_retire(const admin_ctx *a);
 
 /* ---- shared helpers (admin-util.c) ------------------------------------------ */
 

@@ -1,8 +1,10 @@
 #include "cp/base.h"
+#include "cp/crypto-pii.h"
 #include "cp/log.h"
 #include "cp/store.h"
 #include "cp/strbuf.h"
 #include "mgmt-cmd.h"
+#include "mgmt-datakey.h"
 #include "mgmt-manager.h"
 #include "mgmt-netconf.h"
 #include "mgmt-tls.h"
@@ -88,6 +90,20 @@ int mgmt_cmd_management(const cp_config *cfg, void *extra) {
         r = require_data_key(cfg, data_key, &err);
         if (r < 0)
                 return config_error(r, &err);
+        {
+                uint8_t previous[32];
+                int pr = cp_config_encryption_key_previous(cfg, previous);
+                if (pr < 0) {
+                        cp_explicit_bzero(data_key, sizeof data_key);
+                        cp_error_set(&err, -EINVAL, "invalid DataStoreEncryptionKeyPrevious: expected standard "
+                                     "base64 of 32 bytes");
+                        return config_error(-EINVAL, &err);
+                }
+                /* Personal data and sealed keys open with either key and
+                 * are written with the one the database marks current. */
+                cp_pii_install(data_key, pr == 1 ? previous : NULL);
+                cp_explicit_bzero(previous, sizeof previous);
+        }
         r = mgmt_netconf_load(cfg->source.file, cfg->source.file_path, NULL, &netconf, &err);
         if (r < 0) {
                 cp_explicit_bzero(data_key, sizeof data_key);
@@ -106,6 +122,22 @@ int mgmt_cmd_management(const cp_config *cfg, void *extra) {
                         return MGMT_EXIT_USAGE;
                 }
                 cp_log_kv(&log_main, CP_LOG_INFO, "TLS enabled for gRPC", "subject", tls->subject, NULL);
+        }
+        /* A key that does not match the data: wait, not ready, writing
+         * nothing (mgmt-datakey.h). */
+        r = mgmt_datakey_hold(cfg, &err);
+        if (r <= 0) {
+                cp_explicit_bzero(data_key, sizeof data_key);
+                mgmt_netconf_free(netconf);
+                mgmt_tls_free(tls);
+                cp_pii_uninstall();
+                if (r == 0) {
+                        cp_log(&log_main, CP_LOG_INFO, "stopped");
+                        return MGMT_EXIT_OK;
+                }
+                (void) cp_log_error(&log_main, r, &err, "cannot start the management server");
+                fprintf(stderr, "netbird-mgmt: error: %s\n", err.message);
+                return MGMT_EXIT_FAILURE;
         }
         r = mgmt_manager_new(cfg, tls, netconf, data_key, &m, &err);
         cp_explicit_bzero(data_key, sizeof data_key);

@@ -58,9 +58,12 @@ typedef struct cp_store_pii_counts {
 int cp_store_pii_reseal(cp_store *s, bool legacy_only, int batch, int max_batches, cp_store_pii_counts *ret,
                         cp_error *reterr);
 
-/* The same for the first replica that starts: legacy_only re-sealing
- * under a session advisory lock, skipped when another process holds it. */
-int cp_store_pii_seal_legacy(cp_store *s, int batch, cp_store_pii_counts *ret, cp_error *reterr);
+/* Sealing of plain-text rows (legacy_only) for replicas: each batch
+ * takes a transaction-level advisory lock and does nothing when another
+ * process holds it, so one replica at a time does the work. At most
+ * max_batches batches (0 = until done). */
+int cp_store_pii_seal_legacy(cp_store *s, int batch, int max_batches, cp_store_pii_counts *ret,
+                             cp_error *reterr);
 
 /* Re-seals server keys and session keys not sealed with the writer key
  * (one transaction). Adds to ret->secrets. Returns 0, -ENOKEY when one
