@@ -80,14 +80,14 @@ TEST(expand_json_is_byte_for_byte_postgres_escaping) {
         char *v = cp_pii_seal("q\" b\\ \b\f\n\r\t \x01 \x7f é", fp);
         cp_strbuf_init(&in);
         cp_strbuf_init(&out);
-        cp_strbuf_addf(&in, "[{\"email\" : \"pii1:%s:%s\", \"name\" : \"pii1:%s:AAAA\", \"x\" : \"pii1:zz\"}]",
-                       fp, v, fp);
+        cp_strbuf_addf(&in, "[{\"email\" : \"pii1:%s:%s\", \"name\" : \"pii1:%s:AAAA\", \"x\" : \"pii1:zz\","
+                       " \"e\" : \"pii1:%s:\"}]", fp, v, fp, fp);
         ASSERT_TRUE(cp_pii_json_has_marker(in.buf));
         cp_pii_expand_json(in.buf, &out);
         /* The forged marker (not sealed with our key) stays as it was. */
         char want[512];
         (void) snprintf(want, sizeof want, "[{\"email\" : \"q\\\" b\\\\ \\b\\f\\n\\r\\t \\u0001 \x7f é\", "
-                        "\"name\" : \"pii1:%s:AAAA\", \"x\" : \"pii1:zz\"}]", fp);
+                        "\"name\" : \"pii1:%s:AAAA\", \"x\" : \"pii1:zz\", \"e\" : \"\"}]", fp);
         ASSERT_STREQ(want, out.buf);
         ASSERT_FALSE(cp_pii_json_has_marker("{\"email\" : \"a@b\"}"));
         cp_strbuf_release(&in);

@@ -87,12 +87,14 @@ int cp_pii_open_strict(const char *fp, const char *stored, char **ret, cp_error 
 char *cp_pii_open(const char *fp, const char *stored);
 
 /* JSON built in SQL: CP_PII_SQL(fp, col) is an SQL expression giving col
- * as is when fp = '' and "pii1:<fp>:<sealed>" otherwise; after the query,
+ * as is when fp = '', NULL when fp is NULL (an outer join found no row)
+ * and "pii1:<fp>:<sealed>" otherwise; after the query,
  * cp_pii_expand_json() replaces each such JSON string by the opened value
  * (JSON-escaped). Strings that do not open are left alone, so a user
  * typing "pii1:..." into a name gains nothing. */
 #define CP_PII_SQL(fp, col) \
-        "(CASE WHEN (" fp ") = '' OR (" col ") = '' THEN (" col ") ELSE 'pii1:' || (" fp ") || ':' || (" col ") END)"
+        "(CASE WHEN (" fp ") = '' THEN (" col ") WHEN (" fp ") IS NOT NULL"                   \
+        " THEN concat('pii1:', " fp ", ':', " col ") END)"
 void cp_pii_expand_json(const char *json, cp_strbuf *out);
 /* One column selected with CP_PII_SQL: opened when it is a marker that
  * opens, else returned as is. Returns a new string (free()); NULL gives "". */
