@@ -129,7 +129,6 @@ int api_sql_reply(api_ctx *c, int status, const char *sql, int n, const char *co
 
 int api_sql_reply_pii(api_ctx *c, int status, const char *sql, int n, const char *const *params, bool *found) {
         _cleanup_rows_ cp_store_rows *rows = NULL;
-        cp_strbuf out;
         int r = api_sql(c, sql, n, params, &rows);
 
         if (r < 0)
@@ -140,13 +139,14 @@ int api_sql_reply_pii(api_ctx *c, int status, const char *sql, int n, const char
                 return 0;
         if (!cp_pii_json_has_marker(v))
                 return api_reply_text(c, status, v, (size_t) cp_store_rows_len(rows, 0, 0));
-        cp_strbuf_init(&out);
-        cp_strbuf_grow(&out, (size_t) cp_store_rows_len(rows, 0, 0));
-        cp_pii_expand_json(v, &out);
-        r = api_reply_text(c, status, out.buf, out.len);
-        cp_explicit_bzero(out.buf, out.len);
-        cp_strbuf_release(&out);
-        return r;
+        /* Straight into the reply buffer: it holds what the caller may
+         * see anyway. */
+        cp_strbuf_reset(&c->out);
+        cp_strbuf_grow(&c->out, (size_t) cp_store_rows_len(rows, 0, 0));
+        cp_pii_expand_json(v, &c->out);
+        c->status = status;
+        c->replied = true;
+        return 0;
 }
 
 void api_changed(api_ctx *c) {
