@@ -99,31 +99,41 @@ int cp_store_pii_key_check(cp_store *s, cp_store_pii_check *ret, cp_error *reter
 
 typedef struct table_spec {
         const char *what;
-        /* $1 the writer's fingerprint, $2 the batch size, $3 legacy only:
-         * id, pii_key, first value, second value. */
-        const char *select;
+        /* $1 the writer's fingerprint (unused by legacy), $2 the batch
+         * size: id, pii_key, first value, second value. legacy selects
+         * plain-text rows only, with a condition the pii_key index serves
+         * (the replicas run it every few seconds); all, rows not sealed
+         * with the writer key. */
+        const char *legacy, *all;
         /* $1 id, $2 first, $3 second, $4 new fingerprint, $5 old one. */
         const char *update;
         size_t counter;                 /* offset in cp_store_pii_counts */
 } table_spec;
 
-#define PENDING(extra) \
-        " WHERE " extra "(CASE WHEN $3::boolean THEN pii_key = '' ELSE pii_key <> $1 END)"
+/* Legacy rows with nothing to seal (both values empty, as service users
+ * have) stay '' and are never touched. */
+#define PII_SELECT(cols, from, where, nonempty, order)                                                      \
+        "SELECT " cols " FROM " from " WHERE " where "pii_key = '' AND (" nonempty ")"                     \
+        " AND $1::text IS NOT NULL ORDER BY " order " LIMIT $2::int FOR UPDATE SKIP LOCKED",                \
+        "SELECT " cols " FROM " from " WHERE " where "pii_key <> $1"                                       \
+        " ORDER BY " order " LIMIT $2::int FOR UPDATE SKIP LOCKED"
+#define USERS_NONEMPTY "email <> '' OR name <> ''"
+#define TENANTS_NONEMPTY "contact_email <> '' OR contact_name <> ''"
+#define EVENTS_NONEMPTY "meta->>'email' <> '' OR COALESCE(meta->>'name', '') <> ''"
 static const table_spec tables[] = {
         { "users",
-          "SELECT id, pii_key, email, name FROM users" PENDING("")
-          " ORDER BY id LIMIT $2::int FOR UPDATE SKIP LOCKED",
+          PII_SELECT("id, pii_key, email, name", "users", "", USERS_NONEMPTY, "id"),
           "UPDATE users SET email = $2, name = $3, pii_key = $4 WHERE id = $1 AND pii_key = $5",
           offsetof(cp_store_pii_counts, users) },
         { "msp_tenants",
-          "SELECT account_id, pii_key, contact_email, contact_name FROM msp_tenants" PENDING("")
-          " ORDER BY account_id LIMIT $2::int FOR UPDATE SKIP LOCKED",
+          PII_SELECT("account_id, pii_key, contact_email, contact_name", "msp_tenants", "", TENANTS_NONEMPTY,
+                     "account_id"),
           "UPDATE msp_tenants SET contact_email = $2, contact_name = $3, pii_key = $4"
           " WHERE account_id = $1 AND pii_key = $5",
           offsetof(cp_store_pii_counts, tenants) },
         { "events",
-          "SELECT id::text, pii_key, COALESCE(meta->>'email', ''), COALESCE(meta->>'name', '') FROM events"
-          PENDING("meta ? 'email' AND ") " ORDER BY id LIMIT $2::int FOR UPDATE SKIP LOCKED",
+          PII_SELECT("id::text, pii_key, COALESCE(meta->>'email', ''), COALESCE(meta->>'name', '')", "events",
+                     "meta ? 'email' AND ", EVENTS_NONEMPTY, "id"),
           "UPDATE events SET meta = meta || jsonb_build_object('email', $2::text)"
           " || CASE WHEN meta ? 'name' THEN jsonb_build_object('name', $3::text) ELSE '{}'::jsonb END,"
           " pii_key = $4 WHERE id = $1::bigint AND pii_key = $5",
@@ -160,8 +170,8 @@ static int batch_one(cp_store *s, const table_spec *t, bool legacy_only, int bat
                         goto out;
                 rows = cp_store_rows_free(rows);
         }
-        const char *sp[3] = { fp, n, legacy_only ? "true" : "false" };
-        r = cp_store_tx_exec(tx, t->select, 3, sp, &rows, reterr);
+        const char *sp[2] = { fp, n };
+        r = cp_store_tx_exec(tx, legacy_only ? t->legacy : t->all, 2, sp, &rows, reterr);
         if (r < 0)
                 goto out;
         for (int i = 0; i < cp_store_rows_count(rows); i++) {
@@ -356,10 +366,12 @@ int cp_store_pii_key_usage(cp_store *s, const char *fp, int64_t *ret_rows, int64
         const char *p[1] = { fp };
         int r;
 
-        r = cp_store_exec1(s, "SELECT (SELECT count(*) FROM users WHERE pii_key = $1)"
-                           " + (SELECT count(*) FROM msp_tenants WHERE pii_key = $1)"
-                           " + (SELECT count(*) FROM events WHERE meta ? 'email' AND pii_key = $1)", 1, p, &rows,
-                           reterr);
+        r = cp_store_exec1(s, "SELECT (SELECT count(*) FROM users WHERE pii_key = $1 AND ($1 <> '' OR "
+                           USERS_NONEMPTY "))"
+                           " + (SELECT count(*) FROM msp_tenants WHERE pii_key = $1 AND ($1 <> '' OR "
+                           TENANTS_NONEMPTY "))"
+                           " + (SELECT count(*) FROM events WHERE meta ? 'email' AND pii_key = $1 AND ($1 <> '' OR "
+                           EVENTS_NONEMPTY "))", 1, p, &rows, reterr);
         if (r < 0)
                 return r;
         *ret_rows = strtoll(cp_store_rows_get(rows, 0, 0), NULL, 10);
@@ -414,4 +426,18 @@ int cp_store_tx_event_sealed(cp_store_tx *tx, int activity, const char *initiato
         const char *p[6] = { code, initiator_id ? initiator_id : "", target_id ? target_id : "", account_id,
                              meta_json, pii_key ? pii_key : "" };
         return cp_store_tx_exec(tx, sql, 6, p, NULL, reterr);
+}
+
+int cp_store_pii_tool_keys(cp_store *s, const uint8_t *key, const uint8_t *previous, cp_error *reterr) {
+        cp_store_pii_check chk;
+        int r;
+
+        if (!key)
+                return 0;
+        cp_pii_install(key, previous);
+        r = cp_store_pii_key_check(s, &chk, reterr);
+        if (r >= 0)
+                return 1;
+        cp_pii_uninstall();
+        return r == -EKEYREJECTED ? 0 : r;
 }

@@ -134,7 +134,7 @@ typedef struct command {
 static const command commands[] = {
         { "migrate", NULL, "apply the database migrations", admin_cmd_migrate, NULL, 0, 0 },
         { "account", "create", "create an account; prints ACCOUNT_ID, USER_ID, SETUP_KEY, ADMIN_TOKEN, NETWORK",
-          admin_cmd_account_create, ROWS(account_create_rows), 0 },
+          admin_cmd_account_create, ROWS(account_create_rows), NEEDS_DATA_KEY },
         { "account", "list", "list the accounts", admin_cmd_account_list, ROWS(json_rows), 0 },
         { "setup-key", "create", "create a setup key through the REST API; prints SETUP_KEY_ID and SETUP_KEY",
           admin_cmd_setup_key_create, ROWS(setup_key_create_rows), NEEDS_DNS },

@@ -2,6 +2,7 @@
 #include "cp/crypto-pii.h"
 #include "cp/log.h"
 #include "cp/store.h"
+#include "cp/store-pii.h"
 #include "cp/strbuf.h"
 #include "mgmt-cmd.h"
 #include "mgmt-datakey.h"
@@ -236,6 +237,21 @@ int mgmt_cmd_bootstrap(const cp_config *cfg, void *extra) {
         }
         if (open_and_migrate(cfg, &s, &mr) < 0)
                 return MGMT_EXIT_FAILURE;
+        {
+                /* The owner's name is sealed when the key matches the
+                 * data; else the replicas seal it. */
+                uint8_t key[32], prev[32];
+                int k = cp_config_encryption_key(cfg, key), p = cp_config_encryption_key_previous(cfg, prev);
+                r = cp_store_pii_tool_keys(s, k == 1 ? key : NULL, p == 1 ? prev : NULL, &err);
+                cp_explicit_bzero(key, sizeof key);
+                cp_explicit_bzero(prev, sizeof prev);
+                if (r < 0) {
+                        cp_store_free(s);
+                        (void) cp_log_error(&log_main, r, &err, "cannot create the account");
+                        fprintf(stderr, "netbird-mgmt: error: cannot create the account: %s\n", err.message);
+                        return MGMT_EXIT_FAILURE;
+                }
+        }
         cp_store_account_spec spec = {
                 .name = b->account_name,
                 .setup_key_ttl_s = b->setup_key_ttl_ms / 1000,
@@ -243,6 +259,7 @@ int mgmt_cmd_bootstrap(const cp_config *cfg, void *extra) {
         };
         r = cp_store_account_create(s, &spec, &out, &err);
         cp_store_free(s);
+        cp_pii_uninstall();
         if (r == -EEXIST) {
                 /* Idempotent: the first account exists (maybe made by a
                  * bootstrap running at the same moment). */

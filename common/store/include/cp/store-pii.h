@@ -73,7 +73,8 @@ int cp_store_pii_reseal_secrets(cp_store *s, cp_store_pii_counts *ret, cp_error 
 /* Records fp (an installed key) and makes it the current key. */
 int cp_store_pii_key_set_current(cp_store *s, const char *fp, cp_error *reterr);
 
-/* Rows still sealed with fp (users, events, tenants), and the server and
+/* Rows still sealed with fp (users, events, tenants; fp "" counts the
+ * plain-text rows that have something to seal), and the server and
  * session keys that do not open with the writer key. */
 int cp_store_pii_key_usage(cp_store *s, const char *fp, int64_t *ret_rows, int64_t *ret_secrets,
                            cp_error *reterr);
@@ -89,6 +90,15 @@ struct cp_store_tx;
 int cp_store_tx_event_sealed(struct cp_store_tx *tx, int activity, const char *initiator_id,
                              const char *target_id, const char *account_id, const char *meta_json,
                              const char *pii_key, cp_error *reterr);
+
+/* For tools that create users without being a replica (bootstrap,
+ * netbird-cp-admin account create): installs key (and previous; either
+ * may be NULL) and checks them against the database. Returns 1 when
+ * personal data written next will be sealed, 0 when it stays plain text
+ * for the replicas to seal (no key given, or it does not match the data:
+ * then nothing is installed and nothing was written), or a database
+ * error. */
+int cp_store_pii_tool_keys(cp_store *s, const uint8_t *key, const uint8_t *previous, cp_error *reterr);
 
 /* Every recorded key: *ret_rows has fingerprint, current, created_at
  * (ISO 8601) per row; free with cp_store_rows_free. */
