@@ -92,7 +92,10 @@ int cp_store_pii_key_check(cp_store *s, cp_store_pii_check *ret, cp_error *reter
                         return r;
         }
         /* Read back whichever key won a race with another replica. */
-        return cp_store_pii_key_check(s, ret, reterr) < 0 ? -EKEYREJECTED : 0;
+        bool registered = ret->registered;
+        r = cp_store_pii_key_check(s, ret, reterr);
+        ret->registered = registered;
+        return r;
 }
 
 /* ---- re-sealing rows -------------------------------------------------------------- */
@@ -115,7 +118,7 @@ typedef struct table_spec {
 #define PII_SELECT(cols, from, where, nonempty, order)                                                      \
         "SELECT " cols " FROM " from " WHERE " where "pii_key = '' AND (" nonempty ")"                     \
         " AND $1::text IS NOT NULL ORDER BY " order " LIMIT $2::int FOR UPDATE SKIP LOCKED",                \
-        "SELECT " cols " FROM " from " WHERE " where "pii_key <> $1"                                       \
+        "SELECT " cols " FROM " from " WHERE " where "pii_key <> $1 AND (pii_key <> '' OR " nonempty ")"   \
         " ORDER BY " order " LIMIT $2::int FOR UPDATE SKIP LOCKED"
 #define USERS_NONEMPTY "email <> '' OR name <> ''"
 #define TENANTS_NONEMPTY "contact_email <> '' OR contact_name <> ''"
