@@ -10,26 +10,33 @@
  */
 #include "api-activity.h"
 #include "api-int.h"
+#include "cp/crypto-pii.h"
 
 #include <math.h>
 
 #define MAX_EVENTS "10000"      /* NetBird's limit for one read */
 
-/* NetBird keeps the name and e-mail of a deleted user (taken out of the
+/* Names and e-mails come out of the users and the events' meta sealed
+ * (cp/crypto-pii.h): each as a CP_PII_SQL marker, opened in C (pii()).
+ *
+ * NetBird keeps the name and e-mail of a deleted user (taken out of the
  * meta of an event that carried both) in a table of its own and shows
  * them for that user's id afterwards. Here the events themselves are that
  * table: "gone" is, per target, the newest event meta with both keys. The
  * initiator and the target are looked up among the account's users only. */
 static const char SQL_EVENTS[] =
-        "WITH gone AS (SELECT DISTINCT ON (d.target_id) d.target_id, d.meta->>'name' AS name,"
-        "  d.meta->>'email' AS email FROM events d WHERE d.account_id = $1 AND d.target_id <> ''"
-        "  AND d.meta ? 'email' AND d.meta ? 'name' ORDER BY d.target_id, d.id DESC)"
+        "WITH gone AS (SELECT DISTINCT ON (d.target_id) d.target_id,"
+        "  " CP_PII_SQL("d.pii_key", "d.meta->>'name'") " AS name,"
+        "  " CP_PII_SQL("d.pii_key", "d.meta->>'email'") " AS email FROM events d WHERE d.account_id = $1"
+        "  AND d.target_id <> '' AND d.meta ? 'email' AND d.meta ? 'name' ORDER BY d.target_id, d.id DESC)"
         " SELECT e.id, (extract(epoch FROM e.\"timestamp\") * 1000000)::bigint, e.activity, e.initiator_id,"
-        "  COALESCE(NULLIF(gi.name, ''), u.name, ''), COALESCE(NULLIF(gi.email, ''), u.email, ''),"
-        "  e.target_id, e.meta::text, t.id IS NOT NULL, COALESCE(t.name, ''), COALESCE(t.email, ''),"
+        "  COALESCE(NULLIF(gi.name, ''), " CP_PII_SQL("u.pii_key", "u.name") ", ''),"
+        "  COALESCE(NULLIF(gi.email, ''), " CP_PII_SQL("u.pii_key", "u.email") ", ''),"
+        "  e.target_id, e.meta::text, t.id IS NOT NULL, COALESCE(" CP_PII_SQL("t.pii_key", "t.name") ", ''),"
+        "  COALESCE(" CP_PII_SQL("t.pii_key", "t.email") ", ''),"
         "  COALESCE(gt.name, ''), COALESCE(gt.email, '')"
         " FROM events e"
-        /* PII: users.email/name. An MSP user acting in this tenant is
+        /* An MSP user acting in this tenant is
          * a user of the MSP account (initiator_account_id). */
         " LEFT JOIN users u ON u.account_id = COALESCE(e.initiator_account_id, $1) AND u.id = e.initiator_id"
         " LEFT JOIN gone gi ON gi.target_id = e.initiator_id"
@@ -180,6 +187,18 @@ static const char *col(cp_store_rows *rows, int i, int c) {
         return v ? v : "";
 }
 
+/* A name or e-mail column (a CP_PII_SQL marker) opened, as a JSON string. */
+static json_t *pii(cp_store_rows *rows, int i, int c) {
+        char *v = cp_pii_open_marked(col(rows, i, c));
+        json_t *j = json_string(v);
+
+        if (!j)         /* not UTF-8: jansson refuses it */
+                j = json_string("");
+        cp_explicit_bzero(v, strlen(v));
+        free(v);
+        return j;
+}
+
 /* The event's meta as NetBird shows it: the stored keys (name and email
  * together move to the deleted-user record, see SQL_EVENTS), then the
  * target user's username and email, every value through %v. */
@@ -198,13 +217,13 @@ static json_t *event_meta(cp_store_rows *rows, int i) {
                 json_object_del(stored, "name");
         }
         if (strcmp(col(rows, i, COL_TUSER), "t") == 0) {
-                json_object_set_new(stored, "username", json_string(col(rows, i, COL_TNAME)));
-                json_object_set_new(stored, "email", json_string(col(rows, i, COL_TMAIL)));
+                json_object_set_new(stored, "username", pii(rows, i, COL_TNAME));
+                json_object_set_new(stored, "email", pii(rows, i, COL_TMAIL));
         } else {
                 if (*col(rows, i, COL_GNAME))
-                        json_object_set_new(stored, "username", json_string(col(rows, i, COL_GNAME)));
+                        json_object_set_new(stored, "username", pii(rows, i, COL_GNAME));
                 if (*col(rows, i, COL_GMAIL))
-                        json_object_set_new(stored, "email", json_string(col(rows, i, COL_GMAIL)));
+                        json_object_set_new(stored, "email", pii(rows, i, COL_GMAIL));
         }
         cp_strbuf_init(&sb);
         json_object_foreach(stored, k, v) {
@@ -223,14 +242,14 @@ static json_t *event_json(cp_store_rows *rows, int i) {
         char ts[40];
 
         format_time(strtoll(col(rows, i, COL_US), NULL, 10), ts);
-        return json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:o}",
+        return json_pack("{s:s, s:s, s:s, s:s, s:s, s:o, s:o, s:s, s:o}",
                          "id", col(rows, i, COL_ID),
                          "timestamp", ts,
                          "activity", info ? info->message : "UNKNOWN_ACTIVITY",
                          "activity_code", info ? info->name : "UNKNOWN_ACTIVITY",
                          "initiator_id", col(rows, i, COL_INIT),
-                         "initiator_name", col(rows, i, COL_INAME),
-                         "initiator_email", col(rows, i, COL_IMAIL),
+                         "initiator_name", pii(rows, i, COL_INAME),
+                         "initiator_email", pii(rows, i, COL_IMAIL),
                          "target_id", col(rows, i, COL_TARGET),
                          "meta", event_meta(rows, i));
 }

@@ -217,6 +217,9 @@ int api_sql_try(api_ctx *c, const char *sql, int n, const char *const *params, c
  * returns 0 with *found = false and no reply, so the handler answers
  * 404 with its own message. */
 int api_sql_reply(api_ctx *c, int status, const char *sql, int n, const char *const *params, bool *found);
+/* The same for JSON holding personal data wrapped with CP_PII_SQL
+ * (cp/crypto-pii.h): the markers are opened before the reply. */
+int api_sql_reply_pii(api_ctx *c, int status, const char *sql, int n, const char *const *params, bool *found);
 
 /* Replies 200 with the JSON text sql returns for $1 = the caller's
  * account ("[]" when it returns no row). */

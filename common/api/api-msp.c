@@ -12,6 +12,7 @@
  * docs/api.md, section "MSP", has every route and status.
  */
 #include "api-int.h"
+#include "cp/crypto-pii.h"
 #include "cp/store-tenant.h"
 #include "cp/store-msp.h"
 
@@ -160,12 +161,12 @@ static int reply_tenant(api_ctx *c, const char *id) {
 
 /* ---- GET /api/integrations/msp ---------------------------------------------------------- */
 
-/* PII: users.email/name. The name and e-mail of an account's first owner
+/* The name and e-mail of an account's first owner
  * (the MSP's contact the dashboard shows its tenants). */
 static int owner_contact(api_ctx *c, const char *account_id, json_t *obj) {
         static const char sql[] =
-                "SELECT name, email FROM users WHERE account_id = $1 AND role = 'owner' AND NOT is_service_user"
-                " ORDER BY created_at, id LIMIT 1";
+                "SELECT name, email, pii_key FROM users WHERE account_id = $1 AND role = 'owner'"
+                " AND NOT is_service_user ORDER BY created_at, id LIMIT 1";
         _cleanup_rows_ cp_store_rows *rows = NULL;
         const char *p[1] = { account_id };
         int r = api_sql(c, sql, 1, p, &rows);
@@ -173,8 +174,12 @@ static int owner_contact(api_ctx *c, const char *account_id, json_t *obj) {
         if (r < 0)
                 return r;
         if (cp_store_rows_count(rows) == 1) {
-                json_object_set_new(obj, "parent_owner_name", json_string(cp_store_rows_get(rows, 0, 0)));
-                json_object_set_new(obj, "parent_owner_email", json_string(cp_store_rows_get(rows, 0, 1)));
+                /* sealed with the key pii_key names (cp/crypto-pii.h) */
+                const char *fp = cp_store_rows_get(rows, 0, 2);
+                _cleanup_free_ char *name = cp_pii_open(fp, cp_store_rows_get(rows, 0, 0));
+                _cleanup_free_ char *email = cp_pii_open(fp, cp_store_rows_get(rows, 0, 1));
+                json_object_set_new(obj, "parent_owner_name", json_string(name ? name : ""));
+                json_object_set_new(obj, "parent_owner_email", json_string(email ? email : ""));
         }
         return 0;
 }

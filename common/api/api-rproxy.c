@@ -6,6 +6,7 @@
  */
 #include "api-activity.h"
 #include "api-rproxy.h"
+#include "cp/crypto-pii.h"
 #include "cp/crypto.h"
 #include "cp/store-services.h"
 
@@ -463,6 +464,39 @@ static const char LOG_JSON[] =
         " 'bytes_upload', l.bytes_upload, 'bytes_download', l.bytes_download,"
         " 'protocol', NULLIF(l.protocol, ''), 'metadata', CASE WHEN l.metadata = '{}'::jsonb THEN NULL ELSE l.metadata END))";
 
+/* Users' e-mails and names are sealed (cp/crypto-pii.h), so the filters
+ * on them are resolved here: the ids (a JSON array, for
+ * jsonb_array_elements_text) of the account's users whose e-mail (what
+ * & 1) or name (what & 2) contains needle, as strpos did. */
+static int users_matching(api_ctx *c, const char *needle, unsigned what, cp_strbuf *ret) {
+        _cleanup_rows_ cp_store_rows *rows = NULL;
+        const char *p[1] = { c->account_id };
+        int r = api_sql(c, "SELECT id, pii_key, email, name FROM users WHERE account_id = $1", 1, p, &rows);
+
+        if (r < 0)
+                return r;
+        cp_strbuf_adds(ret, "[");
+        for (int i = 0, n = 0; i < cp_store_rows_count(rows); i++) {
+                const char *fp = cp_store_rows_get(rows, i, 1);
+                bool hit = false;
+                for (unsigned k = 0; k < 2 && !hit; k++) {
+                        if (!(what & (1u << k)))
+                                continue;
+                        char *v = cp_pii_open(fp, cp_store_rows_get(rows, i, 2 + (int) k));
+                        hit = strstr(v, needle) != NULL;
+                        cp_explicit_bzero(v, strlen(v));
+                        free(v);
+                }
+                if (hit) {
+                        cp_strbuf_adds(ret, n++ ? ",\"" : "\"");
+                        cp_strbuf_add_json_escaped(ret, cp_store_rows_get(rows, i, 0));
+                        cp_strbuf_addch(ret, '"');
+                }
+        }
+        cp_strbuf_addch(ret, ']');
+        return 0;
+}
+
 static int list_access_logs(api_ctx *c) {
         _cleanup_rows_ cp_store_rows *rows = NULL;
         static const struct {
@@ -471,7 +505,7 @@ static int list_access_logs(api_ctx *c) {
                       { "path", "l.path" },             { "method", "l.method" },         { "status_code", "l.status_code" },
                       { "duration", "l.duration_ms" },  { "source_ip", "l.source_ip" },   { "user_id", "l.user_id" },
                       { "auth_method", "l.auth_method_used" }, { "reason", "l.reason" } };
-        const char *params[16];
+        const char *params[20];
         char pagebuf[24], sizebuf[24], offbuf[24];
         int n = 0, r;
         cp_strbuf where, sql;
@@ -493,25 +527,36 @@ static int list_access_logs(api_ctx *c) {
         params[n++] = c->account_id;
         cp_strbuf_adds(&where, " FROM proxy_access_logs l WHERE l.account_id = $1");
         const char *v;
-        if ((v = api_query(c, "search")) && *v) {
+        cp_strbuf ids[3];               /* search, user_email, user_name: matching user ids */
+        for (int i = 0; i < 3; i++)
+                cp_strbuf_init(&ids[i]);
+        r = 0;
+        if ((v = api_query(c, "search")) && *v && (r = users_matching(c, v, 3, &ids[0])) >= 0) {
                 params[n++] = v;
+                params[n++] = ids[0].buf;
                 cp_strbuf_addf(&where,
                                " AND (strpos(l.id, $%d) > 0 OR strpos(l.source_ip, $%d) > 0 OR strpos(l.host, $%d) > 0"
                                " OR strpos(l.path, $%d) > 0 OR strpos(l.host || l.path, $%d) > 0 OR l.user_id IN"
-                               " (SELECT id FROM users WHERE account_id = $1 AND (strpos(email, $%d) > 0"
-                               " OR strpos(name, $%d) > 0)))",
-                               n, n, n, n, n, n, n);
+                               " (SELECT jsonb_array_elements_text($%d::jsonb)))",
+                               n - 1, n - 1, n - 1, n - 1, n - 1, n);
         }
         static const struct {
                 const char *q, *cond;
-        } eq[] = { { "source_ip", "l.source_ip = $?" }, { "host", "l.host = $?" },
-                   { "path", "strpos(l.path, $?) > 0" }, { "user_id", "l.user_id = $?" },
-                   { "method", "l.method = $?" },
-                   { "user_email", "l.user_id IN (SELECT id FROM users WHERE account_id = $1 AND strpos(email, $?) > 0)" },
-                   { "user_name", "l.user_id IN (SELECT id FROM users WHERE account_id = $1 AND strpos(name, $?) > 0)" } };
-        for (size_t i = 0; i < sizeof eq / sizeof eq[0]; i++)
+                unsigned users;         /* resolved with users_matching */
+        } eq[] = { { "source_ip", "l.source_ip = $?", 0 }, { "host", "l.host = $?", 0 },
+                   { "path", "strpos(l.path, $?) > 0", 0 }, { "user_id", "l.user_id = $?", 0 },
+                   { "method", "l.method = $?", 0 },
+                   { "user_email", "l.user_id IN (SELECT jsonb_array_elements_text($?::jsonb))", 1 },
+                   { "user_name", "l.user_id IN (SELECT jsonb_array_elements_text($?::jsonb))", 2 } };
+        for (size_t i = 0; r >= 0 && i < sizeof eq / sizeof eq[0]; i++)
                 if ((v = api_query(c, eq[i].q)) && *v) {
                         const char *q = strchr(eq[i].cond, '?');
+                        if (eq[i].users) {
+                                cp_strbuf *b = &ids[eq[i].users];
+                                if ((r = users_matching(c, v, eq[i].users, b)) < 0)
+                                        break;
+                                v = b->buf;
+                        }
                         params[n++] = v;
                         cp_strbuf_adds(&where, " AND ");
                         cp_strbuf_addf(&where, "%.*s%d%s", (int) (q - eq[i].cond), eq[i].cond, n, q + 1);
@@ -558,9 +603,12 @@ static int list_access_logs(api_ctx *c) {
                        " 'page', $%d::bigint, 'page_size', $%d::bigint, 'total_records', (SELECT n FROM total),"
                        " 'total_pages', ((SELECT n FROM total) + $%d::bigint - 1) / $%d::bigint)",
                        where.buf, LOG_JSON, where.buf, orderby, dir, dir, lim, off, pg, lim, lim, lim);
-        r = api_sql(c, sql.buf, n, params, &rows);
+        if (r >= 0)
+                r = api_sql(c, sql.buf, n, params, &rows);
         cp_strbuf_release(&where);
         cp_strbuf_release(&sql);
+        for (int i = 0; i < 3; i++)
+                cp_strbuf_release(&ids[i]);
         if (r < 0)
                 return r;
         return api_reply_text(c, 200, cp_store_rows_get(rows, 0, 0), (size_t) cp_store_rows_len(rows, 0, 0));

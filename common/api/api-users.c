@@ -15,7 +15,9 @@
  */
 #include "api-activity.h"
 #include "api-int.h"
+#include "cp/crypto-pii.h"
 #include "cp/crypto.h"
+#include "cp/store-pii.h"
 #include "cp/store-expose.h"
 
 #include <ctype.h>
@@ -23,8 +25,9 @@
 /* One User object; cur is the caller's id (is_current). A service user
  * is shown under its service user name. */
 #define USER_JSON(u, cur)                                                                                  \
-        "json_build_object('id', " u ".id, 'email', " u ".email,"                                          \
-        " 'name', CASE WHEN " u ".is_service_user THEN " u ".service_user_name ELSE " u ".name END,"        \
+        "json_build_object('id', " u ".id, 'email', " CP_PII_SQL(u ".pii_key", u ".email") ","             \
+        " 'name', CASE WHEN " u ".is_service_user THEN " u ".service_user_name"                             \
+        " ELSE " CP_PII_SQL(u ".pii_key", u ".name") " END,"                                               \
         " 'role', " u ".role, 'auto_groups', " u ".auto_groups,"                                           \
         " 'status', CASE WHEN " u ".blocked THEN 'blocked' ELSE 'active' END,"                            \
         " 'last_login', " API_TS_OR_ZERO_JSON(u ".last_login") ","                                             \
@@ -74,9 +77,10 @@ static const char SQL_CURRENT_ACTING[] =
         " FROM users u JOIN accounts a ON a.id = $1 WHERE u.account_id = $4 AND u.id = $2";
 static const char SQL_FIND[] =
         "SELECT role, is_service_user, blocked, auto_groups::text, service_user_name, non_deletable, issued,"
-        " name, email, " API_TS_JSON("created_at") " FROM users WHERE account_id = $1 AND id = $2";
+        " name, email, " API_TS_JSON("created_at") ", pii_key FROM users WHERE account_id = $1 AND id = $2";
+/* U_NAME and U_EMAIL are as stored: sealed with the key U_PII_KEY names. */
 enum { U_ROLE, U_SERVICE, U_BLOCKED, U_AUTO_GROUPS, U_SERVICE_NAME, U_NON_DELETABLE, U_ISSUED, U_NAME, U_EMAIL,
-       U_CREATED_AT };
+       U_CREATED_AT, U_PII_KEY };
 /* The first of $2 that is not a group of the account, or is "All". */
 static const char SQL_INSERT_SERVICE[] =
         "INSERT INTO users (id, account_id, role, is_service_user, service_user_name, auto_groups, issued)"
@@ -193,7 +197,7 @@ static int find_user(api_ctx *c, const char *id, cp_store_rows **ret) {
 static int reply_user(api_ctx *c, const char *id) {
         const char *p[3] = { c->account_id, id, c->user_id };
         bool found;
-        int r = api_sql_reply(c, 200, SQL_GET, 3, p, &found);
+        int r = api_sql_reply_pii(c, 200, SQL_GET, 3, p, &found);
 
         if (r == 0 && !found)
                 return api_error(c, 404, "user: %s not found", id);
@@ -240,7 +244,7 @@ static int list_users(api_ctx *c) {
         }
         const char *p[4] = { c->account_id, c->user_id, filter,
                              api_allowed(c, API_MOD_USERS, API_READ) ? "true" : "false" };
-        return api_sql_reply(c, 200, SQL_LIST, 4, p, &found);
+        return api_sql_reply_pii(c, 200, SQL_LIST, 4, p, &found);
 }
 
 /* ---- GET /api/users/current --------------------------------------------------------------------- */
@@ -332,9 +336,9 @@ static int current_user(api_ctx *c) {
         permission_modules(c, tenants, &modules);
         const char *p[5] = { c->account_id, c->user_id, modules.buf, c->home_account_id, c->role };
         if (c->home_account_id[0])
-                r = api_sql_reply(c, 200, SQL_CURRENT_ACTING, 5, p, &found);
+                r = api_sql_reply_pii(c, 200, SQL_CURRENT_ACTING, 5, p, &found);
         else
-                r = api_sql_reply(c, 200, SQL_CURRENT, 3, p, &found);
+                r = api_sql_reply_pii(c, 200, SQL_CURRENT, 3, p, &found);
         cp_strbuf_release(&modules);
         if (r == 0 && !found)
                 return api_error(c, 404, "user: %s not found", c->user_id);
@@ -603,10 +607,28 @@ static int delete_service_user(api_ctx *c, const char *id, cp_store_rows *row) {
                                   cp_store_rows_get(row, 0, U_CREATED_AT));
 }
 
+/* The event keeps the name and e-mail as the user's row had them, still
+ * sealed, with the row's key fingerprint. */
 static int user_deleted_event(api_ctx *c, const char *id, cp_store_rows *row) {
-        return api_event_kv(c, API_ACT_USER_DELETED, id, "name", cp_store_rows_get(row, 0, U_NAME), "email",
-                            cp_store_rows_get(row, 0, U_EMAIL), "created_at", cp_store_rows_get(row, 0, U_CREATED_AT),
-                            "issued", cp_store_rows_get(row, 0, U_ISSUED), NULL);
+        static const char *const keys[] = { "name", "email", "created_at", "issued" };
+        const int cols[] = { U_NAME, U_EMAIL, U_CREATED_AT, U_ISSUED };
+        cp_error err = { 0 };
+        cp_strbuf meta;
+        int r;
+
+        cp_strbuf_init(&meta);
+        for (size_t i = 0; i < ELEMENTSOF(keys); i++) {
+                cp_strbuf_addf(&meta, "%s\"%s\":\"", i ? "," : "{", keys[i]);
+                cp_strbuf_add_json_escaped(&meta, cp_store_rows_get(row, 0, cols[i]));
+                cp_strbuf_addch(&meta, '"');
+        }
+        cp_strbuf_addch(&meta, '}');
+        r = cp_store_tx_event_sealed(c->tx, API_ACT_USER_DELETED, c->user_id, id, c->account_id, meta.buf,
+                                     cp_store_rows_get(row, 0, U_PII_KEY), &err);
+        cp_strbuf_release(&meta);
+        if (r < 0)
+                return api_internal(c, "database", &err);
+        return 0;
 }
 
 /* A regular user goes with their peers. */

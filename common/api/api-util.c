@@ -3,6 +3,7 @@
  * transaction, activity events, query parameters and typed JSON fields.
  */
 #include "api-int.h"
+#include "cp/crypto-pii.h"
 
 #include <ctype.h>
 #include <stdarg.h>
@@ -124,6 +125,28 @@ int api_sql_reply(api_ctx *c, int status, const char *sql, int n, const char *co
         if (!v)
                 return 0;
         return api_reply_text(c, status, v, (size_t) cp_store_rows_len(rows, 0, 0));
+}
+
+int api_sql_reply_pii(api_ctx *c, int status, const char *sql, int n, const char *const *params, bool *found) {
+        _cleanup_rows_ cp_store_rows *rows = NULL;
+        int r = api_sql(c, sql, n, params, &rows);
+
+        if (r < 0)
+                return r;
+        const char *v = cp_store_rows_get(rows, 0, 0);
+        *found = v != NULL;
+        if (!v)
+                return 0;
+        if (!cp_pii_json_has_marker(v))
+                return api_reply_text(c, status, v, (size_t) cp_store_rows_len(rows, 0, 0));
+        /* Straight into the reply buffer: it holds what the caller may
+         * see anyway. */
+        cp_strbuf_reset(&c->out);
+        cp_strbuf_grow(&c->out, (size_t) cp_store_rows_len(rows, 0, 0));
+        cp_pii_expand_json(v, &c->out);
+        c->status = status;
+        c->replied = true;
+        return 0;
 }
 
 void api_changed(api_ctx *c) {

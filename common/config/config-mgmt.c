@@ -183,6 +183,10 @@ static const cp_cfg_option options[] = {
         { "data-store-encryption-key", CP_CFG_STRING, F(data_store_encryption_key), NULL, { NULL },
           "DataStoreEncryptionKey", CP_CFG_SECRET, 0, 0, check_encryption_key, "KEY",
           "base64 of 32 bytes (openssl rand -base64 32); required by management, the same on every replica" },
+        { "data-store-encryption-key-previous", CP_CFG_STRING, F(data_store_encryption_key_previous), NULL,
+          { NULL }, "DataStoreEncryptionKeyPrevious", CP_CFG_SECRET, 0, 0, check_encryption_key, "KEY",
+          "during a key rotation: the DataStoreEncryptionKey being replaced (read, and written while the"
+          " database still marks it current); see docs/ops.md" },
         { "single-account-mode-domain", CP_CFG_STRING, F(single_account_mode_domain), "netbird.selfhosted",
           { NULL }, NULL, 0, 0, 0, check_dns_domain, "DOMAIN",
           "single account mode: every new IdP user joins the one account of this domain" },
@@ -307,6 +311,9 @@ void cp_config_release(cp_config *c) {
         cp_cfg_table t = { options, ELEMENTSOF(options), c };
         if (c->data_store_encryption_key)
                 cp_explicit_bzero(c->data_store_encryption_key, strlen(c->data_store_encryption_key));
+        if (c->data_store_encryption_key_previous)
+                cp_explicit_bzero(c->data_store_encryption_key_previous,
+                                  strlen(c->data_store_encryption_key_previous));
         if (c->postgres_dsn)
                 cp_explicit_bzero(c->postgres_dsn, strlen(c->postgres_dsn));
         cp_cfg_release_fields(&t, 1);
@@ -322,6 +329,18 @@ int cp_config_check_store(const cp_config *c, cp_error *reterr) {
                       "NETBIRD_STORE_ENGINE_POSTGRES_DSN or ControlPlane.PostgresDSN in the config file; "
                       "e.g. \"host=db user=netbird dbname=netbird\"");
         return -EINVAL;
+}
+
+int cp_config_encryption_key_previous(const cp_config *c, uint8_t out[32]) {
+        uint8_t key[33];
+
+        if (!c->data_store_encryption_key_previous || !*c->data_store_encryption_key_previous)
+                return 0;
+        int n = cp_cfg_b64_decode(c->data_store_encryption_key_previous, key, sizeof key);
+        if (n == 32)
+                memcpy(out, key, 32);
+        cp_explicit_bzero(key, sizeof key);
+        return n == 32 ? 1 : -EINVAL;
 }
 
 int cp_config_encryption_key(const cp_config *c, uint8_t out[32]) {

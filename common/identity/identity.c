@@ -22,6 +22,7 @@
  *     differ (NetBird keeps them only from creation or its IdP cache).
  */
 #include "cp/base.h"
+#include "cp/crypto-pii.h"
 #include "cp/identity.h"
 #include "cp/store.h"
 #include "cp/util.h"
@@ -47,11 +48,11 @@ static const char SQL_USER[] =
         " COALESCE(floor(extract(epoch FROM u.last_login))::bigint, 0), u.service_user_name,"
         " a.settings_jwt_groups_enabled, a.settings_jwt_groups_claim_name,"
         " array_to_json(a.settings_jwt_allow_groups)::text, a.settings_groups_propagation_enabled,"
-        " array_to_json(u.auto_groups)::text, a.domain, a.domain_category"
+        " array_to_json(u.auto_groups)::text, a.domain, a.domain_category, u.pii_key"
         " FROM users u JOIN accounts a ON a.id = u.account_id WHERE u.id = $1";
 enum {
         U_ID, U_ACCOUNT, U_ROLE, U_SERVICE, U_BLOCKED, U_PENDING, U_EMAIL, U_NAME, U_LAST_LOGIN, U_SERVICE_NAME,
-        U_JWT_ON, U_JWT_CLAIM, U_JWT_ALLOW, U_PROPAGATE, U_AUTO_GROUPS, U_ACC_DOMAIN, U_ACC_CATEGORY,
+        U_JWT_ON, U_JWT_CLAIM, U_JWT_ALLOW, U_PROPAGATE, U_AUTO_GROUPS, U_ACC_DOMAIN, U_ACC_CATEGORY, U_PII_KEY,
 };
 
 /* NetBird's GetAnyAccountID: the newest account. */
@@ -71,19 +72,22 @@ static const char SQL_SET_DOMAIN_ATTRS[] =
 static const char SQL_NEW_ACCOUNT_ATTRS[] =
         "UPDATE accounts SET domain_category = $2, is_domain_primary_account = $3::boolean,"
         " settings_extra_user_approval_required = true WHERE id = $1";
-static const char SQL_OWNER_DETAILS[] = "UPDATE users SET email = $3, name = $4 WHERE account_id = $1 AND id = $2";
+/* email and name are sealed (cp/crypto-pii.h), $5 the key's fingerprint. */
+static const char SQL_OWNER_DETAILS[] =
+        "UPDATE users SET email = $3, name = $4, pii_key = $5 WHERE account_id = $1 AND id = $2";
 /* NetBird's NewRegularUser, blocked and pending when the account asks. */
 static const char SQL_JOIN[] =
-        "INSERT INTO users (id, account_id, role, email, name, issued, blocked, pending_approval)"
-        " SELECT $2, a.id, 'user', $3, $4, 'api', a.settings_extra_user_approval_required,"
+        "INSERT INTO users (id, account_id, role, email, name, pii_key, issued, blocked, pending_approval)"
+        " SELECT $2, a.id, 'user', $3, $4, $5, 'api', a.settings_extra_user_approval_required,"
         " a.settings_extra_user_approval_required FROM accounts a WHERE a.id = $1"
         " RETURNING pending_approval";
 /* Only forward: of two requests with the same new token, one writes
  * (and records the event). */
 static const char SQL_LOGIN[] =
-        "UPDATE users SET last_login = to_timestamp($3::bigint), email = $4, name = $5"
+        "UPDATE users SET last_login = to_timestamp($3::bigint), email = $4, name = $5, pii_key = $6"
         " WHERE account_id = $1 AND id = $2 AND (last_login IS NULL OR last_login < to_timestamp($3::bigint))";
-static const char SQL_DETAILS[] = "UPDATE users SET email = $3, name = $4 WHERE account_id = $1 AND id = $2";
+static const char SQL_DETAILS[] =
+        "UPDATE users SET email = $3, name = $4, pii_key = $5 WHERE account_id = $1 AND id = $2";
 
 typedef struct user_row {
         bool found;
@@ -139,8 +143,8 @@ static int load_user(cp_store_tx *tx, const char *user_id, user_row *u, cp_error
         u->service_user = cp_store_rows_bool(rows, 0, U_SERVICE);
         u->blocked = cp_store_rows_bool(rows, 0, U_BLOCKED);
         u->pending = cp_store_rows_bool(rows, 0, U_PENDING);
-        u->email = cp_xstrdup(cp_store_rows_get(rows, 0, U_EMAIL));
-        u->name = cp_xstrdup(cp_store_rows_get(rows, 0, U_NAME));
+        u->email = cp_pii_open(cp_store_rows_get(rows, 0, U_PII_KEY), cp_store_rows_get(rows, 0, U_EMAIL));
+        u->name = cp_pii_open(cp_store_rows_get(rows, 0, U_PII_KEY), cp_store_rows_get(rows, 0, U_NAME));
         u->last_login = strtoll(cp_store_rows_get(rows, 0, U_LAST_LOGIN), NULL, 10);
         u->service_name = cp_xstrdup(cp_store_rows_get(rows, 0, U_SERVICE_NAME));
         u->jwt_groups = cp_store_rows_bool(rows, 0, U_JWT_ON);
@@ -264,8 +268,10 @@ static int new_account(cp_store_tx *tx, const auth_view *a, bool private_domain,
         r = cp_store_tx_exec(tx, SQL_NEW_ACCOUNT_ATTRS, 3, p, NULL, reterr);
         if (r < 0)
                 return r;
-        const char *d[4] = { out.account_id, a->user_id, a->email, a->name };
-        r = cp_store_tx_exec(tx, SQL_OWNER_DETAILS, 4, d, NULL, reterr);
+        char fp[CP_PII_FP_LEN] = "";
+        _cleanup_free_ char *email = cp_pii_seal(a->email, fp), *name = cp_pii_seal(a->name, fp);
+        const char *d[5] = { out.account_id, a->user_id, email, name, fp };
+        r = cp_store_tx_exec(tx, SQL_OWNER_DETAILS, 5, d, NULL, reterr);
         if (r < 0)
                 return r;
         if (private_domain) {
@@ -282,8 +288,10 @@ static int new_account(cp_store_tx *tx, const auth_view *a, bool private_domain,
 static int join_account(cp_store_tx *tx, const char *account_id, const auth_view *a, cp_identity_user *ret,
                         cp_error *reterr) {
         _cleanup_rows_ cp_store_rows *rows = NULL;
-        const char *p[4] = { account_id, a->user_id, a->email, a->name };
-        int r = cp_store_tx_exec(tx, SQL_JOIN, 4, p, &rows, reterr);
+        char fp[CP_PII_FP_LEN] = "";
+        _cleanup_free_ char *email = cp_pii_seal(a->email, fp), *name = cp_pii_seal(a->name, fp);
+        const char *p[5] = { account_id, a->user_id, email, name, fp };
+        int r = cp_store_tx_exec(tx, SQL_JOIN, 5, p, &rows, reterr);
 
         if (r < 0)
                 return r;
@@ -632,13 +640,16 @@ static int sign_in(cp_store_tx *tx, const cp_jwt_claims *claims, const user_row 
         if (t <= u->last_login) {
                 if (strcmp(email, u->email) == 0 && strcmp(name, u->name) == 0)
                         return 0;       /* the every-request path: nothing to write */
-                const char *p[4] = { u->account_id, claims->user_id, email, name };
-                return cp_store_tx_exec(tx, SQL_DETAILS, 4, p, NULL, reterr);
+                char fp[CP_PII_FP_LEN] = "";
+                _cleanup_free_ char *se = cp_pii_seal(email, fp), *sn = cp_pii_seal(name, fp);
+                const char *p[5] = { u->account_id, claims->user_id, se, sn, fp };
+                return cp_store_tx_exec(tx, SQL_DETAILS, 5, p, NULL, reterr);
         }
-        char ts[24];
+        char ts[24], fp[CP_PII_FP_LEN] = "";
         (void) snprintf(ts, sizeof ts, "%" PRId64, t);
-        const char *p[5] = { u->account_id, claims->user_id, ts, email, name };
-        r = cp_store_tx_exec(tx, SQL_LOGIN, 5, p, &rows, reterr);
+        _cleanup_free_ char *se = cp_pii_seal(email, fp), *sn = cp_pii_seal(name, fp);
+        const char *p[6] = { u->account_id, claims->user_id, ts, se, sn, fp };
+        r = cp_store_tx_exec(tx, SQL_LOGIN, 6, p, &rows, reterr);
         if (r < 0 || cp_store_rows_affected(rows) != 1 || u->last_login == 0)
                 return r;
         /* LastDashboardLoginChanged: newer than a sign-in already seen. */

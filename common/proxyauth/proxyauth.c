@@ -1,5 +1,6 @@
 #include "cp/base.h"
 #include "cp/crypto-aead.h"
+#include "cp/crypto-pii.h"
 #include "cp/crypto.h"
 #include "cp/proxyauth.h"
 #include "cp/strbuf.h"
@@ -45,7 +46,7 @@ int cp_proxyauth_keypair_new(const uint8_t data_key[32], char **ret_priv_sealed,
 
         cp_random_bytes(seed, sizeof seed);
         crypto_sign_seed_keypair(pk, sk, seed);
-        r = cp_crypto_aead_encrypt(data_key, seed, sizeof seed, ret_priv_sealed, reterr);
+        r = cp_pii_encrypt(data_key, seed, sizeof seed, ret_priv_sealed, reterr);
         cp_explicit_bzero(seed, sizeof seed);
         cp_explicit_bzero(sk, sizeof sk);
         if (r < 0)
@@ -60,7 +61,7 @@ int cp_proxyauth_seed_open(const uint8_t data_key[32], const char *sealed, uint8
 
         if (!sealed || !*sealed)
                 return cp_error_set(reterr, -EBADMSG, "the service has no session key");
-        r = cp_crypto_aead_decrypt(data_key, sealed, buf, sizeof buf - 1, reterr);
+        r = cp_pii_decrypt(data_key, sealed, buf, sizeof buf - 1, reterr);
         if (r < 0) {
                 cp_error_prefix(reterr, "session key");
                 if (reterr)

@@ -1,4 +1,5 @@
 #include "cp/base.h"
+#include "cp/crypto-pii.h"
 #include "cp/crypto.h"
 #include "cp/store-tx.h"
 #include "cp/strbuf.h"
@@ -86,7 +87,13 @@ static int insert_all(cp_store_conn *c, const cp_store_account_spec *spec,
         if (r < 0)
                 return r;
 
-        const char *user[7] = { owner, out->account_id, "owner", "false", idp ? "false" : "true", "", name };
+        /* The owner's name is personal data: sealed when the process has
+         * its DataStoreEncryptionKey (cp/crypto-pii.h); else it stays plain
+         * text (pii_key '') until a replica seals it. */
+        char pii_key[CP_PII_FP_LEN] = "";
+        _cleanup_free_ char *sealed = cp_pii_installed() ? cp_pii_seal(name, pii_key) : NULL;
+        const char *user[8] = { owner, out->account_id, "owner", "false", idp ? "false" : "true", "",
+                                sealed ? sealed : name, pii_key };
         r = cp_store__exec(c, ST_USER_INSERT, user, NULL, reterr);
         if (r < 0)
                 return r;

@@ -1,5 +1,6 @@
 #include "cp/base.h"
 #include "cp/crypto-aead.h"
+#include "cp/crypto-pii.h"
 #include "cp/crypto-box.h"
 #include "store-int.h"
 
@@ -26,7 +27,9 @@ static int decode_pair(const char *pub_text, const char *priv_enc, const uint8_t
         if (r < 0)
                 return bad_row(reterr, "stored server public key is malformed");
 
-        r = cp_crypto_aead_decrypt(data_key, priv_enc, priv, CP_WG_KEY_LEN, reterr);
+        /* data_key first, then the other installed keys (during a
+         * DataStoreEncryptionKey rotation, cp/crypto-pii.h). */
+        r = cp_pii_decrypt(data_key, priv_enc, priv, CP_WG_KEY_LEN, reterr);
         if (r == -EBADMSG) {
                 r = cp_error_set(reterr, -EKEYREJECTED,
                                  "cannot decrypt the stored server key: the DataStoreEncryptionKey does not "
@@ -94,7 +97,8 @@ static int new_pair(const uint8_t data_key[32], char pub_b64[CP_WG_KEY_B64_LEN],
         int r;
 
         cp_crypto_wg_keypair_new(priv, pub);
-        r = cp_crypto_aead_encrypt(data_key, priv, sizeof priv, ret_priv_enc, reterr);
+        /* With the key the database marks current when keys are installed. */
+        r = cp_pii_encrypt(data_key, priv, sizeof priv, ret_priv_enc, reterr);
         cp_explicit_bzero(priv, sizeof priv);
         if (r < 0)
                 return r;

@@ -223,8 +223,8 @@ static const struct {
                 " $10::text[], $11::text[])", 11 },
         [ST_USER_INSERT] = { "user_insert",
                 "INSERT INTO users (id, account_id, role, is_service_user, non_deletable,"
-                " service_user_name, name, issued)"
-                " VALUES ($1, $2, $3, $4::boolean, $5::boolean, $6, $7, 'api')", 7 },
+                " service_user_name, name, pii_key, issued)"
+                " VALUES ($1, $2, $3, $4::boolean, $5::boolean, $6, $7, $8, 'api')", 8 },
         [ST_PAT_INSERT] = { "pat_insert",
                 "INSERT INTO personal_access_tokens (id, account_id, user_id, name, hashed_token,"
                 " expiration_date, created_by)"

@@ -4,7 +4,9 @@
  * runbook views of migration 0003 (docs/ops.md).
  */
 #include "cp/base.h"
+#include "cp/crypto-pii.h"
 #include "cp/log.h"
+#include "cp/store-pii.h"
 #include "cp/strbuf.h"
 #include "admin.h"
 
@@ -50,6 +52,19 @@ int admin_cmd_account_create(const admin_ctx *a) {
         r = admin_open_store(a, true, NULL, &s);
         if (r != 0)
                 return r;
+        {
+                /* The owner's name is sealed when the deployment's key is
+                 * given and matches the data; else the replicas seal it. */
+                uint8_t key[32], prev[32];
+                int k = cp_config_encryption_key(a->cfg, key), p = cp_config_encryption_key_previous(a->cfg, prev);
+                r = cp_store_pii_tool_keys(s, k == 1 ? key : NULL, p == 1 ? prev : NULL, &err);
+                cp_explicit_bzero(key, sizeof key);
+                cp_explicit_bzero(prev, sizeof prev);
+                if (r < 0) {
+                        cp_store_free(s);
+                        return admin_fail(ADMIN_EXIT_FAILURE, &err, "cannot create the account");
+                }
+        }
         cp_store_account_spec spec = {
                 .name = o->owner_name,
                 .domain = o->domain,
@@ -59,6 +74,7 @@ int admin_cmd_account_create(const admin_ctx *a) {
         };
         r = cp_store_account_create(s, &spec, &out, &err);
         cp_store_free(s);
+        cp_pii_uninstall();
         if (r == -EEXIST && o->if_none) {
                 cp_log(&log_ctx, CP_LOG_WARN, "an account already exists; created nothing (--if-none)");
                 return ADMIN_EXIT_OK;

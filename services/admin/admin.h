@@ -62,6 +62,8 @@ typedef struct admin_opts {
         char *msp;                      /* tenant create/list --msp ID */
         char *max_devices;              /* tenant limit --max-devices N|none */
         char *groups;                   /* tenant create --groups ID:ROLE,... */
+        int64_t batch_size;             /* data-key reencrypt */
+        int64_t max_batches;
 
         /* --auto-group, every occurrence (main.c gathers them, since the
          * settings loader keeps only the last value of a flag). */
@@ -101,6 +103,9 @@ int admin_cmd_tenant_suspend(const admin_ctx *a);
 int admin_cmd_tenant_resume(const admin_ctx *a);
 int admin_cmd_tenant_delete(const admin_ctx *a);
 int admin_cmd_tenant_limit(const admin_ctx *a);
+int admin_cmd_data_key_status(const admin_ctx *a);      /* admin-datakey.c */
+int admin_cmd_data_key_reencrypt(const admin_ctx *a);
+int admin_cmd_data_key_retire(const admin_ctx *a);
 
 /* ---- shared helpers (admin-util.c) ------------------------------------------ */
 

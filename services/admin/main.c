@@ -129,6 +129,14 @@ static const cp_cfg_option tenant_limit_rows[] = {
           "how many peers the account may hold (required; none = no limit)" },
 };
 
+static const cp_cfg_option reencrypt_rows[] = {
+        { "batch-size", CP_CFG_INT, O(batch_size), "500", { NULL }, NULL, 0, 1, 100000, NULL, "N",
+          "rows re-sealed per committed transaction" },
+        { "max-batches", CP_CFG_INT, O(max_batches), "0", { NULL }, NULL, 0, 0, INT32_MAX, NULL, "N",
+          "stop after this many batches (0 = until done); run again to continue" },
+        { "json", CP_CFG_BOOL, O(json), "false", { NULL }, NULL, 0, 0, 0, NULL, NULL, "print JSON" },
+};
+
 #undef O
 
 typedef struct command {
@@ -146,7 +154,7 @@ typedef struct command {
 static const command commands[] = {
         { "migrate", NULL, "apply the database migrations", admin_cmd_migrate, NULL, 0, 0 },
         { "account", "create", "create an account; prints ACCOUNT_ID, USER_ID, SETUP_KEY, ADMIN_TOKEN, NETWORK",
-          admin_cmd_account_create, ROWS(account_create_rows), 0 },
+          admin_cmd_account_create, ROWS(account_create_rows), NEEDS_DATA_KEY },
         { "account", "list", "list the accounts", admin_cmd_account_list, ROWS(json_rows), 0 },
         { "setup-key", "create", "create a setup key through the REST API; prints SETUP_KEY_ID and SETUP_KEY",
           admin_cmd_setup_key_create, ROWS(setup_key_create_rows), NEEDS_DNS },
@@ -185,6 +193,12 @@ static const command commands[] = {
           admin_cmd_tenant_delete, NULL, 0, TAKES_ARG | NEEDS_BUS },
         { "tenant", "limit", "set an account's device limit: tenant limit <account-id> --max-devices N|none",
           admin_cmd_tenant_limit, ROWS(tenant_limit_rows), TAKES_ARG },
+        { "data-key", "status", "the DataStoreEncryptionKeys by fingerprint, which is current, rows sealed with each",
+          admin_cmd_data_key_status, ROWS(json_rows), NEEDS_DATA_KEY },
+        { "data-key", "reencrypt", "re-seal everything under the new DataStoreEncryptionKey (old one as ...-previous)",
+          admin_cmd_data_key_reencrypt, ROWS(reencrypt_rows), NEEDS_DATA_KEY },
+        { "data-key", "retire", "forget an old key once nothing is sealed with it: data-key retire <fingerprint>",
+          admin_cmd_data_key_retire, NULL, 0, NEEDS_DATA_KEY | TAKES_ARG },
 };
 
 /* The command's own flags: environment NB_ADMIN_<NAME>, no file. */
@@ -218,7 +232,8 @@ static size_t common_rows(const command *cmd, cp_cfg_option out[8]) {
                 bool want = false;
                 for (size_t k = 0; k < ELEMENTSOF(always); k++)
                         want = want || strcmp(o->name, always[k]) == 0;
-                if (strcmp(o->name, "data-store-encryption-key") == 0)
+                if (strcmp(o->name, "data-store-encryption-key") == 0 ||
+                    strcmp(o->name, "data-store-encryption-key-previous") == 0)
                         want = cmd->needs & NEEDS_DATA_KEY;
                 if (strcmp(o->name, "dns-domain") == 0)
                         want = cmd->needs & NEEDS_DNS;
@@ -362,6 +377,7 @@ static int run_command(const command *cmd, int argc, char **argv) {
                 }
         empty_to_null(&cfg.postgres_dsn);
         empty_to_null(&cfg.data_store_encryption_key);
+        empty_to_null(&cfg.data_store_encryption_key_previous);
         empty_to_null(&opts.account);
         empty_to_null(&opts.domain);
         empty_to_null(&opts.account_dns_domain);

@@ -1,8 +1,11 @@
 #include "cp/base.h"
+#include "cp/crypto-pii.h"
 #include "cp/log.h"
 #include "cp/store.h"
+#include "cp/store-pii.h"
 #include "cp/strbuf.h"
 #include "mgmt-cmd.h"
+#include "mgmt-datakey.h"
 #include "mgmt-manager.h"
 #include "mgmt-netconf.h"
 #include "mgmt-tls.h"
@@ -88,6 +91,20 @@ int mgmt_cmd_management(const cp_config *cfg, void *extra) {
         r = require_data_key(cfg, data_key, &err);
         if (r < 0)
                 return config_error(r, &err);
+        {
+                uint8_t previous[32];
+                int pr = cp_config_encryption_key_previous(cfg, previous);
+                if (pr < 0) {
+                        cp_explicit_bzero(data_key, sizeof data_key);
+                        cp_error_set(&err, -EINVAL, "invalid DataStoreEncryptionKeyPrevious: expected standard "
+                                     "base64 of 32 bytes");
+                        return config_error(-EINVAL, &err);
+                }
+                /* Personal data and sealed keys open with either key and
+                 * are written with the one the database marks current. */
+                cp_pii_install(data_key, pr == 1 ? previous : NULL);
+                cp_explicit_bzero(previous, sizeof previous);
+        }
         r = mgmt_netconf_load(cfg->source.file, cfg->source.file_path, NULL, &netconf, &err);
         if (r < 0) {
                 cp_explicit_bzero(data_key, sizeof data_key);
@@ -106,6 +123,22 @@ int mgmt_cmd_management(const cp_config *cfg, void *extra) {
                         return MGMT_EXIT_USAGE;
                 }
                 cp_log_kv(&log_main, CP_LOG_INFO, "TLS enabled for gRPC", "subject", tls->subject, NULL);
+        }
+        /* A key that does not match the data: wait, not ready, writing
+         * nothing (mgmt-datakey.h). */
+        r = mgmt_datakey_hold(cfg, &err);
+        if (r <= 0) {
+                cp_explicit_bzero(data_key, sizeof data_key);
+                mgmt_netconf_free(netconf);
+                mgmt_tls_free(tls);
+                cp_pii_uninstall();
+                if (r == 0) {
+                        cp_log(&log_main, CP_LOG_INFO, "stopped");
+                        return MGMT_EXIT_OK;
+                }
+                (void) cp_log_error(&log_main, r, &err, "cannot start the management server");
+                fprintf(stderr, "netbird-mgmt: error: %s\n", err.message);
+                return MGMT_EXIT_FAILURE;
         }
         r = mgmt_manager_new(cfg, tls, netconf, data_key, &m, &err);
         cp_explicit_bzero(data_key, sizeof data_key);
@@ -204,6 +237,21 @@ int mgmt_cmd_bootstrap(const cp_config *cfg, void *extra) {
         }
         if (open_and_migrate(cfg, &s, &mr) < 0)
                 return MGMT_EXIT_FAILURE;
+        {
+                /* The owner's name is sealed when the key matches the
+                 * data; else the replicas seal it. */
+                uint8_t key[32], prev[32];
+                int k = cp_config_encryption_key(cfg, key), p = cp_config_encryption_key_previous(cfg, prev);
+                r = cp_store_pii_tool_keys(s, k == 1 ? key : NULL, p == 1 ? prev : NULL, &err);
+                cp_explicit_bzero(key, sizeof key);
+                cp_explicit_bzero(prev, sizeof prev);
+                if (r < 0) {
+                        cp_store_free(s);
+                        (void) cp_log_error(&log_main, r, &err, "cannot create the account");
+                        fprintf(stderr, "netbird-mgmt: error: cannot create the account: %s\n", err.message);
+                        return MGMT_EXIT_FAILURE;
+                }
+        }
         cp_store_account_spec spec = {
                 .name = b->account_name,
                 .setup_key_ttl_s = b->setup_key_ttl_ms / 1000,
@@ -211,6 +259,7 @@ int mgmt_cmd_bootstrap(const cp_config *cfg, void *extra) {
         };
         r = cp_store_account_create(s, &spec, &out, &err);
         cp_store_free(s);
+        cp_pii_uninstall();
         if (r == -EEXIST) {
                 /* Idempotent: the first account exists (maybe made by a
                  * bootstrap running at the same moment). */

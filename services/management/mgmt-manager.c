@@ -5,6 +5,7 @@
 #include "cp/store.h"
 #include "cp/util.h"
 #include "mgmt-agent.h"
+#include "mgmt-datakey.h"
 #include "mgmt-grpc.h"
 #include "mgmt-http.h"
 #include "mgmt-manager.h"
@@ -752,7 +753,7 @@ int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf,
                 goto fail;
         mgmt_proxy_methods(m->proxy, methods + MGMT_SERVICE_N_METHODS);
         mgmt_proxy_set_unary(m->proxy, m->prpc);
-        r = mgmt_ready_new(m->store, &m->ready);
+        r = mgmt_ready_new_gated(m->store, "data_key", mgmt_datakey_gate, m->store, &m->ready);
         if (r < 0) {
                 r = cp_error_set(reterr, r, "cannot start the readiness checker: %s", strerror(-r));
                 goto fail;

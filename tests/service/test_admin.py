@@ -132,11 +132,13 @@ def account_create_prints_bootstrap_lines_and_the_token_works():
     assert sh.stdout == "|".join(v[k] for k in ENV_KEYS) + "|", (sh.stdout, v)
     assert v["ACCOUNT_ID"] != dep.account_id and v["ADMIN_TOKEN"].startswith("nbp_"), v
     rows = dep.sql("SELECT a.domain, a.settings_dns_domain, u.name, u.role,"
-                   " (SELECT expires_at - created_at FROM setup_keys k WHERE k.account_id = a.id)"
+                   " (SELECT expires_at - created_at FROM setup_keys k WHERE k.account_id = a.id), u.pii_key"
                    " FROM accounts a JOIN users u ON u.account_id = a.id WHERE a.id = %s", (v["ACCOUNT_ID"],))
     assert len(rows) == 1, rows
-    domain, dns, owner, role, ttl = rows[0]
-    assert (domain, dns, owner, role) == ("example.test", "corp.internal", "Ops Team", "owner"), rows
+    domain, dns, owner, role, ttl, pii_key = rows[0]
+    # The owner's name is sealed with the DataStoreEncryptionKey (docs/msp.md).
+    assert (domain, dns, role) == ("example.test", "corp.internal", "owner"), rows
+    assert owner != "Ops Team" and pii_key != "", rows
     assert abs(ttl.total_seconds() - 48 * 3600) < 5, ttl
     assert dep.sql("SELECT id FROM users WHERE account_id = %s", (v["ACCOUNT_ID"],)) == [(v["USER_ID"],)]
 
@@ -146,6 +148,9 @@ def account_create_prints_bootstrap_lines_and_the_token_works():
     st, _, body = svc.http_json("GET", srv.url("/api/groups"),
                                 headers={"Authorization": "Token " + v["ADMIN_TOKEN"]})
     assert st == 200 and [g["name"] for g in body] == ["All"], (st, body)
+    st, _, users = svc.http_json("GET", srv.url("/api/users"),
+                                 headers={"Authorization": "Token " + v["ADMIN_TOKEN"]})
+    assert st == 200 and [u["name"] for u in users] == ["Ops Team"], (st, users)
     st, _, other = svc.http_json("GET", srv.url("/api/groups"),
                                  headers={"Authorization": "Token " + dep.admin_token})
     assert st == 200 and {g["id"] for g in other}.isdisjoint({g["id"] for g in body}), (body, other)

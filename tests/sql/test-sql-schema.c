@@ -110,12 +110,13 @@ TEST(every_table_is_scoped_by_account) {
         s = cp_store_free(s);
         /* Tenant tables must carry account_id; only the account table itself,
          * the migration record and the deployment-wide server key pair and
-         * replica registry, and the one-time JWT claims (keyed by the
+         * replica registry, the deployment's DataStoreEncryptionKey fingerprints
+         * (data_keys), and the one-time JWT claims (keyed by the
          * token's hash before any account is known), are exempt. */
         char *missing = cptest_db_query(db,
                 "SELECT COALESCE(string_agg(t.table_name, ','), '') FROM information_schema.tables t"
                 " WHERE t.table_schema = current_schema() AND t.table_type = 'BASE TABLE'"
-                " AND t.table_name NOT IN ('accounts', 'schema_migrations', 'server_keys', 'replicas',"
+                " AND t.table_name NOT IN ('accounts', 'schema_migrations', 'server_keys', 'replicas', 'data_keys',"
                 "  'jwt_claims')"
                 " AND NOT EXISTS (SELECT 1 FROM information_schema.columns c"
                 "  WHERE c.table_schema = t.table_schema AND c.table_name = t.table_name"

@@ -14,6 +14,7 @@
  * flow usable once across replicas.
  */
 #include "cp/base.h"
+#include "cp/crypto-pii.h"
 #include "cp/crypto.h"
 #include "cp/jwt.h"
 #include "cp/log.h"
@@ -292,11 +293,11 @@ static int mint_for_user(mgmt_prpc *p, const char *account_id, const char *servi
 
         /* last_login is written by the same statement that reads the user,
          * only when the user may sign in. */
-        r = prpc_exec(p, "WITH u AS (SELECT id, email, blocked, pending_approval, auto_groups FROM users"
+        r = prpc_exec(p, "WITH u AS (SELECT id, email, pii_key, blocked, pending_approval, auto_groups FROM users"
                       " WHERE account_id = $1 AND id = $2 FOR NO KEY UPDATE),"
                       " w AS (UPDATE users x SET last_login = CURRENT_TIMESTAMP FROM u"
                       " WHERE x.account_id = $1 AND x.id = u.id AND NOT u.blocked AND NOT u.pending_approval)"
-                      " SELECT u.email, u.blocked, u.pending_approval,"
+                      " SELECT " CP_PII_SQL("u.pii_key", "u.email") ", u.blocked, u.pending_approval,"
                       " COALESCE((SELECT json_agg(json_build_array(g.id, g.name) ORDER BY a.ord)"
                       " FROM unnest(u.auto_groups) WITH ORDINALITY a(gid, ord)"
                       " JOIN groups g ON g.account_id = $1 AND g.id = a.gid), '[]')::text FROM u",
@@ -323,8 +324,8 @@ static int mint_for_user(mgmt_prpc *p, const char *account_id, const char *servi
                 ids[i] = json_string_value(json_array_get(e, 0));
                 names[i] = json_string_value(json_array_get(e, 1));
         }
-        r = prpc_session_mint(p, &s, user_id, cp_store_rows_get(rows, 0, 0), "oidc", ids, names, n, ret_token,
-                              reterr);
+        _cleanup_free_ char *email = cp_pii_open_marked(cp_store_rows_get(rows, 0, 0));
+        r = prpc_session_mint(p, &s, user_id, email, "oidc", ids, names, n, ret_token, reterr);
         prpc_service_release(&s);
         return r;
 }

@@ -4,6 +4,7 @@
  * the users and peers behind them with NetBird's denied reasons.
  */
 #include "cp/base.h"
+#include "cp/crypto-pii.h"
 #include "cp/proxyauth.h"
 #include "mgmt-proxy-rpc-int.h"
 
@@ -179,7 +180,7 @@ static int user_get(mgmt_prpc *p, const char *id, prpc_user *ret, cp_error *rete
         const char *params[1] = { id };
         int r;
 
-        r = prpc_exec(p, "SELECT u.account_id, u.email, u.blocked, u.pending_approval, to_json(u.auto_groups)::text,"
+        r = prpc_exec(p, "SELECT u.account_id, " CP_PII_SQL("u.pii_key", "u.email") ", u.blocked, u.pending_approval, to_json(u.auto_groups)::text,"
                       " COALESCE((SELECT json_agg(json_build_array(g.id, g.name) ORDER BY a.ord)"
                       " FROM unnest(u.auto_groups) WITH ORDINALITY a(gid, ord)"
                       " JOIN groups g ON g.account_id = u.account_id AND g.id = a.gid), '[]')::text"
@@ -190,7 +191,7 @@ static int user_get(mgmt_prpc *p, const char *id, prpc_user *ret, cp_error *rete
                 return 0;
         ret->id = cp_xstrdup(id);
         ret->account_id = cp_xstrdup(cp_store_rows_get(rows, 0, 0));
-        ret->email = cp_xstrdup(cp_store_rows_get(rows, 0, 1));
+        ret->email = cp_pii_open_marked(cp_store_rows_get(rows, 0, 1));
         ret->blocked = cp_store_rows_bool(rows, 0, 2);
         ret->pending = cp_store_rows_bool(rows, 0, 3);
         ret->auto_groups = json_loads(cp_store_rows_get(rows, 0, 4), 0, NULL);
@@ -323,7 +324,8 @@ static int tunnel_peer_get(mgmt_prpc *p, const char *account_id, const char *ip,
                       " COALESCE((SELECT json_agg(json_build_array(g.id, g.name) ORDER BY g.name, g.id)"
                       " FROM group_peers gp JOIN groups g ON g.account_id = gp.account_id AND g.id = gp.group_id"
                       " WHERE gp.account_id = p.account_id AND gp.peer_id = p.id), '[]')::text,"
-                      " u.id IS NOT NULL, COALESCE(u.email, ''), COALESCE(u.blocked, false),"
+                      " u.id IS NOT NULL, COALESCE(" CP_PII_SQL("u.pii_key", "u.email") ", ''),"
+                      " COALESCE(u.blocked, false),"
                       " COALESCE(u.pending_approval, false)"
                       " FROM peers p LEFT JOIN users u ON u.id = p.user_id AND u.account_id = p.account_id"
                       " WHERE p.account_id = $1 AND p.ip = $2::inet", 2, params, &rows, reterr);
@@ -336,7 +338,7 @@ static int tunnel_peer_get(mgmt_prpc *p, const char *account_id, const char *ip,
         ret->user_id = cp_xstrdup(cp_store_rows_get(rows, 0, 2));
         groups_from_json(cp_store_rows_get(rows, 0, 3), &ret->group_ids, &ret->group_names, &ret->n_groups);
         ret->has_owner = cp_store_rows_bool(rows, 0, 4);
-        ret->owner_email = cp_xstrdup(cp_store_rows_get(rows, 0, 5));
+        ret->owner_email = cp_pii_open_marked(cp_store_rows_get(rows, 0, 5));
         ret->owner_blocked = cp_store_rows_bool(rows, 0, 6);
         ret->owner_pending = cp_store_rows_bool(rows, 0, 7);
         return 1;

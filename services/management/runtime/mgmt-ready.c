@@ -18,7 +18,12 @@ struct mgmt_ready {
         int64_t started_ms, finished_ms;
         bool store_ok;
         int migrations;                 /* cp_store_migrations_current() */
+        bool gate_ok;
         char error[256];
+        /* Set at creation, read-only after. */
+        const char *gate_name;
+        mgmt_ready_gate_fn gate;
+        void *gate_userdata;
 };
 
 static const cp_log_ctx log_ctx = { .component = "ready" };
@@ -32,24 +37,32 @@ static void check_once(mgmt_ready *r) {
         r->started_ms = cp_now_mono_ms();
         pthread_mutex_unlock(&r->lock);
 
+        char why[256] = "";
+        int gate = 0;
+
         ping = cp_store_ping(r->store, &err);
         if (ping >= 0)
                 mig = cp_store_migrations_current(r->store, &err);
+        if (ping >= 0 && mig == 1 && r->gate)
+                gate = r->gate(r->gate_userdata, why, sizeof why);
 
         pthread_mutex_lock(&r->lock);
-        bool was_ready = r->have_result && r->store_ok && r->migrations == 1;
+        bool was_ready = r->have_result && r->store_ok && r->migrations == 1 && r->gate_ok;
         r->running = false;
         r->have_result = true;
         r->finished_ms = cp_now_mono_ms();
         r->store_ok = ping >= 0;
         r->migrations = mig;
+        r->gate_ok = gate >= 0;
         if (ping < 0 || mig < 0)
                 (void) snprintf(r->error, sizeof r->error, "%s", err.message[0] ? err.message : strerror(-(ping < 0 ? ping : mig)));
         else if (mig == 0)
                 (void) snprintf(r->error, sizeof r->error, "database schema has pending migrations");
+        else if (gate < 0)
+                (void) snprintf(r->error, sizeof r->error, "%s", why);
         else
                 r->error[0] = '\0';
-        bool now_ready = r->store_ok && r->migrations == 1;
+        bool now_ready = r->store_ok && r->migrations == 1 && r->gate_ok;
         char error[sizeof r->error];
         memcpy(error, r->error, sizeof error);
         pthread_mutex_unlock(&r->lock);
@@ -83,11 +96,19 @@ static void *ready_thread(void *userdata) {
 }
 
 int mgmt_ready_new(cp_store *store, mgmt_ready **ret) {
+        return mgmt_ready_new_gated(store, NULL, NULL, NULL, ret);
+}
+
+int mgmt_ready_new_gated(cp_store *store, const char *name, mgmt_ready_gate_fn gate, void *userdata,
+                         mgmt_ready **ret) {
         mgmt_ready *r = cp_xcalloc(1, sizeof *r);
         pthread_condattr_t attr;
         int e;
 
         r->store = store;
+        r->gate_name = name ? name : "gate";
+        r->gate = gate;
+        r->gate_userdata = userdata;
         pthread_mutex_init(&r->lock, NULL);
         pthread_condattr_init(&attr);
         pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
@@ -121,6 +142,9 @@ void mgmt_ready_get(mgmt_ready *r, mgmt_ready_state *ret) {
                 (void) snprintf(ret->error, sizeof ret->error, "%s", r->have_result ? r->error : "not checked yet");
         } else if (r->migrations != 1) {
                 ret->failed = "migrations";
+                (void) snprintf(ret->error, sizeof ret->error, "%s", r->error);
+        } else if (!r->gate_ok) {
+                ret->failed = r->gate_name;
                 (void) snprintf(ret->error, sizeof ret->error, "%s", r->error);
         } else
                 ret->ready = true;

@@ -25,7 +25,7 @@ typedef struct mgmt_ready mgmt_ready;
 
 typedef struct mgmt_ready_state {
         bool ready;
-        const char *failed;     /* "store" or "migrations" when not ready (static string) */
+        const char *failed;     /* "store", "migrations" or the gate's name when not ready */
         char error[256];        /* why, when not ready */
         int64_t age_ms;         /* since the result was produced */
 } mgmt_ready_state;
@@ -34,6 +34,14 @@ typedef struct mgmt_ready_state {
  * then starts the thread. store is borrowed and must outlive the checker.
  * Returns 0 or a negative errno (thread creation failed). */
 int mgmt_ready_new(cp_store *store, mgmt_ready **ret);
+
+/* An extra check run after the store's, on the checker's thread (so it
+ * may query the store): 0 = fine, negative = not ready, with a short
+ * reason in why (failed = name). The DataStoreEncryptionKey check
+ * (mgmt-datakey.h) is one. */
+typedef int (*mgmt_ready_gate_fn)(void *userdata, char *why, size_t why_size);
+int mgmt_ready_new_gated(cp_store *store, const char *name, mgmt_ready_gate_fn gate, void *userdata,
+                         mgmt_ready **ret);
 
 void mgmt_ready_get(mgmt_ready *r, mgmt_ready_state *ret);
 

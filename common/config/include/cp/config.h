@@ -198,6 +198,7 @@ typedef struct cp_config {
         int64_t heartbeat_interval_ms;
         int64_t replica_expiry_ms;              /* >= 2 * heartbeat_interval_ms */
         char *data_store_encryption_key;        /* base64 of 32 bytes, or NULL */
+        char *data_store_encryption_key_previous;       /* during a key rotation; NULL = none */
         char *single_account_mode_domain;       /* --single-account-mode-domain */
         bool disable_single_account_mode;       /* then the domain above is not used */
         bool idp_sign_key_refresh_enabled;      /* HttpConfig.IdpSignKeyRefreshEnabled */
@@ -236,6 +237,8 @@ int cp_config_check_store(const cp_config *c, cp_error *reterr);
 /* Decodes data_store_encryption_key into out; returns 1 when a key is set,
  * 0 when none is, -EINVAL when it is not base64 of 32 bytes. */
 int cp_config_encryption_key(const cp_config *c, uint8_t out[32]);
+/* The same for data_store_encryption_key_previous (0 when unset). */
+int cp_config_encryption_key_previous(const cp_config *c, uint8_t out[32]);
 
 /* Decodes standard base64 (padding required) into out; returns the length
  * or -EINVAL (bad input or more than out_cap bytes). */
