@@ -35,6 +35,10 @@ static const opt_row rows[] = {
           "management server; repeatable, peers are spread round-robin over targets" },
         { "setup-key", K_SETUP_KEY, 0, 0, 0, "KEY",
           "setup key for registering new peers; repeatable, peer i uses key i mod n" },
+        { "setup-keys-file", K_STRING, F(setup_keys_file), 0, 0, "PATH",
+          "setup keys, one a line (e.g. one per tenant), used after the --setup-key ones" },
+        { "peers-per-key", K_INT, F(peers_per_key), 1, LOAD_MAX_PEERS, "N",
+          "peer i registers with key (i / N) mod keys: N consecutive peers share a key; default 1" },
         { "peers", K_INT, F(peers), 1, LOAD_MAX_PEERS, "N", "simulated peers (required)" },
         { "connections", K_INT, F(connections), 1, LOAD_MAX_CONNECTIONS, "M",
           "gRPC channels, each its own TCP connection (default: one per target); many streams share one" },
@@ -61,6 +65,8 @@ static const opt_row rows[] = {
         { "ready-file", K_STRING, F(ready_file), 0, 0, "PATH",
           "written (\"open N\") once the opening phase is over, for scripts that measure the server" },
         { "hostname-prefix", K_STRING, F(hostname_prefix), 0, 0, "TEXT", "new peers' hostnames: TEXT-<i>; default load" },
+        { "report-file", K_STRING, F(report_file), 0, 0, "PATH",
+          "per-peer report (updates, serial, times of the last updates), written on SIGUSR1 and at the end" },
         { "quiet", K_FLAG, F(quiet), 0, 0, NULL, "no progress lines on stderr" },
         { "help", K_HELP, 0, 0, 0, NULL, "this text" },
 };
@@ -158,7 +164,7 @@ static int check(const load_opts *o) {
                 return usage_error("--sync-only and --no-sync exclude each other");
         if (o->sync_only && !o->keys_file)
                 return usage_error("--sync-only needs --keys-file with registered peers");
-        if (o->changes && o->n_setup_keys == 0)
+        if (o->changes && o->n_setup_keys == 0 && !o->setup_keys_file)
                 return usage_error("--changes registers new peers: it needs --setup-key");
         if (o->changes && o->no_sync)
                 return usage_error("--changes measures Sync streams: it cannot go with --no-sync");
@@ -176,6 +182,7 @@ int load_opts_parse(load_opts *o, int argc, char **argv) {
         o->change_interval_ms = 500;
         o->change_timeout_s = 30;
         o->hostname_prefix = "load";
+        o->peers_per_key = 1;
         for (size_t i = 0; i < ELEMENTSOF(rows); i++) {
                 bool has_arg = rows[i].kind != K_FLAG && rows[i].kind != K_HELP;
                 lo[i] = (struct option) { rows[i].name, has_arg ? required_argument : no_argument, NULL, (int) i };

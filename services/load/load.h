@@ -28,6 +28,9 @@ typedef struct load_opts {
         size_t n_targets;
         const char *setup_keys[LOAD_MAX_SETUP_KEYS];
         size_t n_setup_keys;
+        const char *setup_keys_file;    /* one key a line, after the --setup-key ones */
+        int64_t peers_per_key;          /* peer i uses key (i / this) mod keys; default 1 */
+        const char *report_file;        /* per-peer report, written on SIGUSR1 and at the end */
         int64_t peers;
         int64_t connections;            /* 0 = one per target */
         int64_t concurrency;
@@ -64,6 +67,11 @@ typedef struct load_key {
 int load_keys_read(const char *path, load_key **ret, size_t *ret_n);
 /* Writes keys to path atomically (a temporary file, then rename). */
 int load_keys_write(const char *path, const load_key *keys, size_t n);
+
+/* Reads the setup keys file (one key a line; blank lines and '#' lines
+ * skipped) into *ret (malloc'd strings in a malloc'd array) and *ret_n.
+ * -EINVAL with a message on stderr when it cannot be read or holds none. */
+int load_setup_keys_read(const char *path, char ***ret, size_t *ret_n);
 
 /* ---- statistics -------------------------------------------------------------- */
 
