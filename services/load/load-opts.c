@@ -39,6 +39,8 @@ static const opt_row rows[] = {
           "setup keys, one a line (e.g. one per tenant), used after the --setup-key ones" },
         { "peers-per-key", K_INT, F(peers_per_key), 1, LOAD_MAX_PEERS, "N",
           "peer i registers with key (i / N) mod keys: N consecutive peers share a key; default 1" },
+        { "targets-by-key", K_FLAG, F(targets_by_key), 0, 0, NULL,
+          "peers sharing a setup key go to one target, (i / peers-per-key) mod targets; default round-robin" },
         { "peers", K_INT, F(peers), 1, LOAD_MAX_PEERS, "N", "simulated peers (required)" },
         { "connections", K_INT, F(connections), 1, LOAD_MAX_CONNECTIONS, "M",
           "gRPC channels, each its own TCP connection (default: one per target); many streams share one" },

@@ -692,7 +692,10 @@ static int prepare_peers(load_ctx *x) {
         x->heap = cp_xcalloc(x->n, sizeof *x->heap);
         for (size_t i = 0; i < x->n; i++) {
                 lpeer *p = &x->peers[i];
-                size_t t = i % T, per_target = (x->n_chans - t + T - 1) / T;
+                /* --targets-by-key: the peers sharing a setup key (a
+                 * tenant's) all go to one target; else round-robin. */
+                size_t t = (o->targets_by_key ? i / (size_t) o->peers_per_key : i) % T;
+                size_t per_target = (x->n_chans - t + T - 1) / T;
                 p->idx = (uint32_t) i;
                 p->chan = (uint16_t) (t + T * ((i / T) % per_target));
                 p->tmain = (ltag) { p, T_MAIN };

@@ -30,6 +30,7 @@ typedef struct load_opts {
         size_t n_setup_keys;
         const char *setup_keys_file;    /* one key a line, after the --setup-key ones */
         int64_t peers_per_key;          /* peer i uses key (i / this) mod keys; default 1 */
+        bool targets_by_key;            /* peer i goes to target (i / peers_per_key) mod T */
         const char *report_file;        /* per-peer report, written on SIGUSR1 and at the end */
         int64_t peers;
         int64_t connections;            /* 0 = one per target */

@@ -108,6 +108,11 @@ def free_ports(n):
     return ports
 
 
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
 def rss_kb(pid):
     with open("/proc/%d/status" % pid) as f:
         for line in f:
@@ -394,6 +399,7 @@ def fanout_metrics(replicas):
 
 
 def run_size(args, n, redis, tmp):
+    loadavg0 = loadavg()
     ctx = Ctx()
     ctx.tenant_tokens = {}
     ctx.run_tag = secrets.token_hex(3)
@@ -449,8 +455,9 @@ def run_size(args, n, redis, tmp):
                              "--setup-keys-file", keys_path, "--peers-per-key", str(PEERS_PER_TENANT),
                              "--peers", str(peers), "--connections", str(conns), "--concurrency", "128",
                              "--retry", "--timeout", str(OPEN_TIMEOUT_S), "--hold", "3600",
-                             "--ready-file", ready, "--report-file", report,
-                             "--keys-file", os.path.join(tmp, "peers-%d.keys" % n)],
+                             "--ready-file", ready, "--report-file", report]
+                            + (["--targets-by-key"] if args.placement == "tenant" else [])
+                            + ["--keys-file", os.path.join(tmp, "peers-%d.keys" % n)],
                             stdout=load_out, stderr=load_err, env=svc.clean_env())
     svc.defer(stop_pid, load, 120)
     while not os.path.exists(ready):
@@ -464,6 +471,7 @@ def run_size(args, n, redis, tmp):
         opened = int(f.read().split()[1])
     time.sleep(3)
     rss1 = [rss_kb(rep.pid) for rep in ctx.replicas]
+    cpu2 = [cpu_s(rep.pid) for rep in ctx.replicas]
     log("%d of %d streams open in %.1f s" % (opened, peers, open_s))
     if opened < peers:
         raise BenchError("only %d of %d agents connected: %s" % (opened, peers, open(load_err.name).read()[-2000:]))
@@ -547,12 +555,16 @@ def run_size(args, n, redis, tmp):
         "provision_s": round(prov_s, 3), "tenants_per_s": round(n / prov_s, 1) if prov_s else None,
         "client_cpu_s": round(client_cpu, 2),
         "replica_cpu_provision_s": [round(b - a, 2) for a, b in zip(cpu0, cpu1)],
+        "replica_cpu_agents_s": [round(b - a, 2) for a, b in zip(cpu1, cpu2)],
+        "loadavg_start": loadavg0, "loadavg_end": loadavg(),
         "rss_kb_before": rss0, "rss_kb_provisioned": rss_prov, "rss_kb_connected": rss1, "rss_kb_end": rss2,
         "kb_per_tenant": round((sum(rss1) - sum(rss0)) / n, 1),
         "kb_per_tenant_provisioned_only": round((sum(rss_prov) - sum(rss0)) / n, 1),
         "streams_open": opened, "open_s": round(open_s, 1), "load_cpu_s": round(load_cpu, 1),
         "load_errors": summary.get("errors"), "load_retries": summary.get("retries"),
         "streams_ended_by_server": summary.get("streams_ended_by_server"),
+        "placement": args.placement,
+        "login_ms": summary.get("login_ms"), "sync_open_ms": summary.get("sync_open_ms"),
         "changes": changes,
         "fanout_last_ms_p50": round(statistics.median(lasts), 1) if lasts else None,
         "fanout_last_ms_max": round(max(lasts), 1) if lasts else None,
@@ -573,7 +585,8 @@ def ratio(a, b):
 def show(res, base):
     n = res["tenants"]
     print("")
-    print("%d tenants x %d agents = %d Sync streams on 2 replicas (Redis bus):" % (n, PEERS_PER_TENANT, res["peers"]))
+    print("%d tenants x %d agents = %d Sync streams on 2 replicas (Redis bus); load average %s at the start, %s at the end:"
+          % (n, PEERS_PER_TENANT, res["peers"], res["loadavg_start"], res["loadavg_end"]))
     print("  provisioning (%s, %d HTTP clients over both replicas): %.1f s, %.0f tenants/s;"
           " client CPU %.1f s (%.0f %% of one core), replicas' CPU %s s"
           % (res["provision"], res["http_clients"], res["provision_s"], res["tenants_per_s"], res["client_cpu_s"],
@@ -582,8 +595,13 @@ def show(res, base):
         t10k = res["provision_s"] * 10000.0 / n
         print("    10,000 tenants at this rate: %.1f s   target <= %.0f s: ratio %s"
               % (t10k, TARGET_PROVISION_S, ratio(t10k, TARGET_PROVISION_S)))
-    print("  agents: %d streams open in %.1f s (register + Sync, client CPU %.1f s); errors %s, retries %s"
-          % (res["streams_open"], res["open_s"], res["load_cpu_s"], res["load_errors"], res["load_retries"]))
+    print("  agents (%s): %d streams open in %.1f s (register + Sync, client CPU %.1f s); errors %s, retries %s"
+          % ("a tenant's 5 over both replicas" if res["placement"] == "spread" else "a tenant's 5 on one replica",
+             res["streams_open"], res["open_s"], res["load_cpu_s"], res["load_errors"], res["load_retries"]))
+    lm, sm = res.get("login_ms") or {}, res.get("sync_open_ms") or {}
+    print("    replicas' CPU while the agents connected: %s s" % "+".join("%.1f" % c for c in res["replica_cpu_agents_s"]))
+    print("    registration Login p50 %s ms p99 %s ms; Sync open p50 %s ms p99 %s ms"
+          % (lm.get("p50"), lm.get("p99"), sm.get("p50"), sm.get("p99")))
     print("  replica RSS (MB): before %s, provisioned %s, all connected %s"
           % tuple("+".join("%.0f" % (k / 1024.0) for k in res[f]) for f in
                   ("rss_kb_before", "rss_kb_provisioned", "rss_kb_connected")))
@@ -617,6 +635,9 @@ def main():
     ap.add_argument("--changes", type=int, default=10)
     ap.add_argument("--http-clients", type=int, default=16)
     ap.add_argument("--provision", choices=sorted(PROVISIONERS), default="api")
+    ap.add_argument("--placement", choices=["spread", "tenant"], default="spread",
+                    help="spread: a tenant's agents round-robin over both replicas; tenant: all on one")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, load summaries)")
     ap.add_argument("--load", default=None, help="netbird-load (default: next to the build's services/)")
     ap.add_argument("--json", action="store_true", help="also one JSON line per size")
     args = ap.parse_args()
@@ -664,7 +685,10 @@ def main():
                 fn(*a)
             except Exception as e:
                 log("cleanup: %s" % e)
-        shutil.rmtree(tmp, ignore_errors=True)
+        if args.keep:
+            log("kept " + tmp)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
     return rc
 
 
