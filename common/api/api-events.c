@@ -29,7 +29,9 @@ static const char SQL_EVENTS[] =
         "  e.target_id, e.meta::text, t.id IS NOT NULL, COALESCE(t.name, ''), COALESCE(t.email, ''),"
         "  COALESCE(gt.name, ''), COALESCE(gt.email, '')"
         " FROM events e"
-        " LEFT JOIN users u ON u.account_id = $1 AND u.id = e.initiator_id"
+        /* PII: users.email/name. An MSP user acting in this tenant is
+         * a user of the MSP account (initiator_account_id). */
+        " LEFT JOIN users u ON u.account_id = COALESCE(e.initiator_account_id, $1) AND u.id = e.initiator_id"
         " LEFT JOIN gone gi ON gi.target_id = e.initiator_id"
         " LEFT JOIN users t ON t.account_id = $1 AND t.id = e.target_id"
         " LEFT JOIN gone gt ON gt.target_id = e.target_id"

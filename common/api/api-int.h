@@ -54,6 +54,8 @@ typedef enum api_module {
         API_MOD_NETWORKS,
         API_MOD_SERVICES,       /* the reverse proxy */
         API_MOD_REMOTE_JOBS,    /* /api/peers/{id}/jobs (api-unserved.c) */
+        API_MOD_MSP,            /* /api/integrations/msp (api-msp.c): any authenticated user, the
+                                 * handler checks the rest; ?account= does not switch accounts */
 } api_module;
 
 typedef enum api_op {
@@ -102,6 +104,11 @@ struct cp_api {
         void (*proxy_callback)(const char *query, const char *remote, int *ret_status, char **ret_location,
                                char **ret_body, void *userdata);
         void *proxy_callback_userdata;
+        /* The DNS server tenant domain checks ask (api-msp.c): IPv4
+         * address and port in network byte order; port 0 = the system
+         * resolver. */
+        uint32_t msp_dns_addr;
+        uint16_t msp_dns_port;
 };
 
 struct api_ctx {
@@ -123,6 +130,12 @@ struct api_ctx {
         char role[16];                  /* owner, admin, user, auditor, network_admin, billing_admin */
         bool service_user;
         char token_id[64];              /* the PAT used, "" for a trusted caller */
+        /* Acting inside an MSP tenant (?account=, api_msp_enter()): the
+         * caller's own account and role there; account_id and role are
+         * then the tenant's and the role the tenant mapping gives. ""
+         * when not acting. */
+        char home_account_id[64];
+        char home_role[16];
 
         /* The JSON body, parsed on first use by api_body(). */
         json_t *body;
@@ -306,6 +319,18 @@ bool api_is_admin(const api_ctx *c);
  * peers, and nothing when the account blocks regular users' view. */
 bool api_is_regular_user(const api_ctx *c);
 
+/* ---- MSP tenants (api-msp.c) ----------------------------------------------------------- */
+
+/* ?account=<tenant id> on a route: the authenticated caller (c->account_id
+ * their MSP) enters the tenant with the most privileged role the tenant's
+ * groups mapping gives their MSP groups. 403 "permission denied" for an
+ * unknown tenant, another MSP's tenant, no mapping, an invited tenant or
+ * a disabled MSP alike. */
+int api_msp_enter(api_ctx *c, const char *tenant_id);
+/* Before commit of a request acting inside a tenant: the events it wrote
+ * get initiator_account_id = the MSP account. No-op when not acting. */
+int api_msp_events_initiator(api_ctx *c);
+
 /* ---- resources: route tables, each ended by { NULL } --------------------------------- */
 
 extern const api_route api_accounts_routes[];
@@ -327,3 +352,5 @@ extern const api_route api_posture_routes[];
 /* The reverse proxy (api-services.c, api-rproxy.c). */
 extern const api_route api_services_routes[];
 extern const api_route api_rproxy_routes[];
+/* MSP tenants (api-msp.c). */
+extern const api_route api_msp_routes[];

@@ -63,6 +63,15 @@ static const char SQL_CURRENT[] =
         " 'is_restricted', u.role IN ('user', 'billing_admin') AND a.settings_regular_users_view_blocked,"
         " 'modules', $3::jsonb)))::text"
         " FROM users u JOIN accounts a ON a.id = u.account_id WHERE u.account_id = $1 AND u.id = $2";
+/* The same for an MSP user acting inside tenant $1 (api_msp_enter): the
+ * user's row of their MSP account $4 with the role they took ($5) and the
+ * tenant's restriction setting. */
+static const char SQL_CURRENT_ACTING[] =
+        "SELECT (" USER_JSON("u", "u.id") "::jsonb || jsonb_build_object('role', $5::text,"
+        " 'permissions', jsonb_build_object("
+        " 'is_restricted', $5 IN ('user', 'billing_admin') AND a.settings_regular_users_view_blocked,"
+        " 'modules', $3::jsonb)))::text"
+        " FROM users u JOIN accounts a ON a.id = $1 WHERE u.account_id = $4 AND u.id = $2";
 static const char SQL_FIND[] =
         "SELECT role, is_service_user, blocked, auto_groups::text, service_user_name, non_deletable, issued,"
         " name, email, " API_TS_JSON("created_at") " FROM users WHERE account_id = $1 AND id = $2";
@@ -313,8 +322,11 @@ static int current_user(api_ctx *c) {
                 return api_error(c, 403, "permission denied");
         cp_strbuf_init(&modules);
         permission_modules(c, &modules);
-        const char *p[3] = { c->account_id, c->user_id, modules.buf };
-        r = api_sql_reply(c, 200, SQL_CURRENT, 3, p, &found);
+        const char *p[5] = { c->account_id, c->user_id, modules.buf, c->home_account_id, c->role };
+        if (c->home_account_id[0])
+                r = api_sql_reply(c, 200, SQL_CURRENT_ACTING, 5, p, &found);
+        else
+                r = api_sql_reply(c, 200, SQL_CURRENT, 3, p, &found);
         cp_strbuf_release(&modules);
         if (r == 0 && !found)
                 return api_error(c, 404, "user: %s not found", c->user_id);

@@ -13,7 +13,7 @@ static const api_route *const tables[] = {
         api_groups_routes,   api_policies_routes, api_routes_routes, api_dns_routes,
         api_events_routes,   api_instance_routes, api_locations_routes, api_unserved_routes,
         api_zones_routes,    api_networks_routes, api_posture_routes,
-        api_services_routes, api_rproxy_routes,
+        api_services_routes, api_rproxy_routes, api_msp_routes,
 };
 
 /* ---- permissions ---------------------------------------------------------------- */
@@ -45,7 +45,7 @@ static bool network_admin_allows(api_module m, api_op op) {
 }
 
 bool api_allowed(const api_ctx *c, api_module m, api_op op) {
-        if (m == API_MOD_PUBLIC || m == API_MOD_SELF)
+        if (m == API_MOD_PUBLIC || m == API_MOD_SELF || m == API_MOD_MSP)
                 return true;
         if (op == API_READ && c->service_user)
                 return true;
@@ -363,6 +363,7 @@ static void reset_for_retry(api_ctx *c) {
         c->serial = 0;
         c->proxy_seq = 0;
         c->revoked_token[0] = '\0';
+        c->home_account_id[0] = c->home_role[0] = '\0';
         c->retryable = false;
         c->err_status = 0;
         c->err_message[0] = c->err_detail[0] = '\0';
@@ -380,6 +381,14 @@ static int run(api_ctx *c) {
                 r = authenticate(c);
                 if (r < 0)
                         return r;
+                /* An MSP user acting inside a tenant (the dashboard adds
+                 * ?account= to every call once a tenant is picked). */
+                const char *acting = c->route->module != API_MOD_MSP ? api_query(c, "account") : NULL;
+                if (acting && *acting && strcmp(acting, c->account_id) != 0) {
+                        r = api_msp_enter(c, acting);
+                        if (r < 0)
+                                return r;
+                }
                 if (!api_allowed(c, c->route->module, c->route->op))
                         return api_error(c, 403, "permission denied");
                 if (c->route->op != API_READ) {
@@ -403,6 +412,11 @@ static int run(api_ctx *c) {
                         return r;
                 if (cp_store_rows_count(rows) == 1)
                         c->serial = strtoll(cp_store_rows_get(rows, 0, 0), NULL, 10);
+        }
+        if (c->home_account_id[0] && c->route->op != API_READ) {
+                r = api_msp_events_initiator(c);
+                if (r < 0)
+                        return r;
         }
         r = cp_store_tx_commit(c->tx, &err);
         c->tx = NULL;
@@ -508,6 +522,16 @@ int cp_api_new(const cp_api_options *o, cp_api **ret, cp_error *reterr) {
         }
         api->proxy_callback = o->proxy_callback;
         api->proxy_callback_userdata = o->proxy_callback_userdata;
+        if (o->msp_dns_server && *o->msp_dns_server) {
+                int r = cp_api_parse_dns_server(o->msp_dns_server, &api->msp_dns_addr, &api->msp_dns_port, reterr);
+                if (r < 0) {
+                        free(api->dns_domain);
+                        free(api->version);
+                        api->peer_caches = api_peer_caches_free(api->peer_caches);
+                        free(api);
+                        return r;
+                }
+        }
         api->identity.single_account_domain =
                 o->identity.single_account_domain ? cp_xstrdup(o->identity.single_account_domain) : NULL;
         *ret = api;

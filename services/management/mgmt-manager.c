@@ -787,7 +787,8 @@ int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf,
                                       .data_key = data_key,
                                       .proxy_announce = api_proxy_announce, .proxy_announce_userdata = m,
                                       .proxy_token_revoked = api_proxy_token_revoked,
-                                      .proxy_callback = proxy_callback, .proxy_callback_userdata = m };
+                                      .proxy_callback = proxy_callback, .proxy_callback_userdata = m,
+                                      .msp_dns_server = cfg->msp_dns_server };
                 r = cp_api_new(&ao, &m->api, reterr);
                 if (r < 0)
                         goto fail;

@@ -194,6 +194,7 @@ typedef struct api_job {
         char request_id[65];
         char peer[64];
         char *method, *path, *query, *authorization, *body;
+        char *idempotency_key;          /* the Idempotency-Key header, NULL = none */
         size_t body_len;
         int64_t started_ns;
         cp_api_response resp;
@@ -203,6 +204,7 @@ static void api_job_free(api_job *j) {
         free(j->method);
         free(j->path);
         free(j->query);
+        free(j->idempotency_key);
         if (j->authorization) {
                 cp_explicit_bzero(j->authorization, strlen(j->authorization));
                 free(j->authorization);
@@ -223,7 +225,7 @@ static void add_cors(struct evkeyvalq *out) {
         (void) evhttp_add_header(out, "Access-Control-Allow-Origin", "*");
         (void) evhttp_add_header(out, "Access-Control-Allow-Methods", "GET, POST, PUT, DELETE, OPTIONS");
         (void) evhttp_add_header(out, "Access-Control-Allow-Headers",
-                                 "Authorization, Content-Type, Accept, X-Request-Id");
+                                 "Authorization, Content-Type, Accept, X-Request-Id, Idempotency-Key");
         (void) evhttp_add_header(out, "Access-Control-Max-Age", "600");
 }
 
@@ -232,6 +234,7 @@ static void api_work(void *arg) {
         cp_api_request areq = {
                 .method = j->method, .path = j->path, .query = j->query, .authorization = j->authorization,
                 .body = j->body, .body_len = j->body_len, .remote = j->peer,
+                .idempotency_key = j->idempotency_key,
         };
 
         cp_api_handle(j->h->api, &areq, &j->resp);
@@ -300,6 +303,8 @@ static void handle_api(http_op *op) {
         j->query = q ? cp_xstrdup(q) : NULL;
         const char *a = evhttp_find_header(in, "Authorization");
         j->authorization = a ? cp_xstrdup(a) : NULL;
+        const char *ik = evhttp_find_header(in, "Idempotency-Key");
+        j->idempotency_key = ik ? cp_xstrdup(ik) : NULL;
         j->body_len = body ? evbuffer_get_length(body) : 0;
         if (j->body_len > 0) {
                 j->body = cp_xmalloc(j->body_len + 1);

@@ -80,9 +80,17 @@ typedef struct cp_api_options {
         void (*proxy_callback)(const char *query, const char *remote, int *ret_status, char **ret_location,
                                char **ret_body, void *userdata);
         void *proxy_callback_userdata;
+        /* The DNS server that MSP tenant domain checks ask (POST
+         * /api/integrations/msp/tenants/{id}/dns): "IPv4[:port]" (port 53
+         * when absent); NULL or "" = the system resolver. */
+        const char *msp_dns_server;
 } cp_api_options;
 
 int cp_api_new(const cp_api_options *o, cp_api **ret, cp_error *reterr);
+/* Parses a DNS server "IPv4[:port]" (cp_api_options.msp_dns_server) into
+ * the address and port in network byte order; -EINVAL with a message
+ * otherwise. */
+int cp_api_parse_dns_server(const char *s, uint32_t *ret_addr, uint16_t *ret_port, cp_error *reterr);
 /* Accepts NULL; returns NULL. */
 cp_api *cp_api_free(cp_api *api);
 
@@ -99,6 +107,9 @@ typedef struct cp_api_request {
         /* The client's "address:port" as the HTTP listener saw it, for
          * per-client limits; NULL = unknown. */
         const char *remote;
+        /* The Idempotency-Key header (POST /api/integrations/msp/tenants);
+         * NULL = none. */
+        const char *idempotency_key;
 } cp_api_request;
 
 typedef struct cp_api_response {

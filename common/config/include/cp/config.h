@@ -201,6 +201,7 @@ typedef struct cp_config {
         char *single_account_mode_domain;       /* --single-account-mode-domain */
         bool disable_single_account_mode;       /* then the domain above is not used */
         bool idp_sign_key_refresh_enabled;      /* HttpConfig.IdpSignKeyRefreshEnabled */
+        char *msp_dns_server;                   /* --msp-dns-server IPv4[:port]; NULL = system resolver */
 
         /* management.json itself (source.file), warnings, origins. */
         cp_cfg_result source;
