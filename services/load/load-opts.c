@@ -39,8 +39,9 @@ static const opt_row rows[] = {
           "setup keys, one a line (e.g. one per tenant), used after the --setup-key ones" },
         { "peers-per-key", K_INT, F(peers_per_key), 1, LOAD_MAX_PEERS, "N",
           "peer i registers with key (i / N) mod keys: N consecutive peers share a key; default 1" },
-        { "targets-by-key", K_FLAG, F(targets_by_key), 0, 0, NULL,
-          "peers sharing a setup key go to one target, (i / peers-per-key) mod targets; default round-robin" },
+        { "target-mode", K_STRING, F(target_mode), 0, 0, "peer|key|spread",
+          "peer i's target: peer: i mod targets (default); key: its setup key's index mod targets (a key's "
+          "peers on one); spread: (key index + rank among the key's peers) mod targets" },
         { "peers", K_INT, F(peers), 1, LOAD_MAX_PEERS, "N", "simulated peers (required)" },
         { "connections", K_INT, F(connections), 1, LOAD_MAX_CONNECTIONS, "M",
           "gRPC channels, each its own TCP connection (default: one per target); many streams share one" },
@@ -162,6 +163,9 @@ static int check(const load_opts *o) {
         if (o->connections && (size_t) o->connections < o->n_targets)
                 return usage_error("--connections (%" PRId64 ") must be at least the number of targets (%zu)",
                                    o->connections, o->n_targets);
+        if (strcmp(o->target_mode, "peer") != 0 && strcmp(o->target_mode, "key") != 0 &&
+            strcmp(o->target_mode, "spread") != 0)
+                return usage_error("--target-mode: expected peer, key or spread, got \"%s\"", o->target_mode);
         if (o->sync_only && o->no_sync)
                 return usage_error("--sync-only and --no-sync exclude each other");
         if (o->sync_only && !o->keys_file)
@@ -171,6 +175,29 @@ static int check(const load_opts *o) {
         if (o->changes && o->no_sync)
                 return usage_error("--changes measures Sync streams: it cannot go with --no-sync");
         return 0;
+}
+
+size_t load_peer_key(const load_opts *o, size_t i, size_t n_keys, size_t *ret_rank) {
+        size_t per = (size_t) o->peers_per_key;
+
+        if (n_keys == 0)
+                n_keys = 1;
+        if (per > 1) {
+                *ret_rank = i % per + per * (i / (per * n_keys));
+                return (i / per) % n_keys;
+        }
+        *ret_rank = i / n_keys;
+        return i % n_keys;
+}
+
+size_t load_peer_target(const load_opts *o, size_t i, size_t n_keys) {
+        size_t rank, key = load_peer_key(o, i, n_keys, &rank);
+
+        if (strcmp(o->target_mode, "key") == 0)
+                return key % o->n_targets;
+        if (strcmp(o->target_mode, "spread") == 0)
+                return (key + rank) % o->n_targets;
+        return i % o->n_targets;
 }
 
 int load_opts_parse(load_opts *o, int argc, char **argv) {
@@ -185,6 +212,7 @@ int load_opts_parse(load_opts *o, int argc, char **argv) {
         o->change_timeout_s = 30;
         o->hostname_prefix = "load";
         o->peers_per_key = 1;
+        o->target_mode = "peer";
         for (size_t i = 0; i < ELEMENTSOF(rows); i++) {
                 bool has_arg = rows[i].kind != K_FLAG && rows[i].kind != K_HELP;
                 lo[i] = (struct option) { rows[i].name, has_arg ? required_argument : no_argument, NULL, (int) i };

@@ -182,8 +182,10 @@ static void start_phase(load_ctx *x, lpeer *p, pstate st) {
                 const char *sk = NULL;
                 if (p->idx == UINT32_MAX)
                         sk = x->skeys[0];
-                else if (!x->keys[p->idx].registered)
-                        sk = x->skeys[(p->idx / (size_t) x->o->peers_per_key) % x->n_skeys];
+                else if (!x->keys[p->idx].registered) {
+                        size_t rank;
+                        sk = x->skeys[load_peer_key(x->o, p->idx, x->n_skeys, &rank)];
+                }
                 cp_nbc_meta_init(&meta, peer_hostname(x, p));
                 req = st == P_LOGIN ? cp_nbc_login_request(&p->key, &meta, sk) : cp_nbc_sync_request(&p->key, &meta);
                 method = st == P_LOGIN ? CP_NBC_LOGIN : CP_NBC_SYNC;
@@ -692,9 +694,7 @@ static int prepare_peers(load_ctx *x) {
         x->heap = cp_xcalloc(x->n, sizeof *x->heap);
         for (size_t i = 0; i < x->n; i++) {
                 lpeer *p = &x->peers[i];
-                /* --targets-by-key: the peers sharing a setup key (a
-                 * tenant's) all go to one target; else round-robin. */
-                size_t t = (o->targets_by_key ? i / (size_t) o->peers_per_key : i) % T;
+                size_t t = load_peer_target(o, i, x->n_skeys);
                 size_t per_target = (x->n_chans - t + T - 1) / T;
                 p->idx = (uint32_t) i;
                 p->chan = (uint16_t) (t + T * ((i / T) % per_target));

@@ -23,9 +23,10 @@ For each size (the baseline M first, default 1,000, then N, default
      `netbird-cp-admin account create` per tenant (no MSP API: the stand-in
      used before the MSP API existed; not a figure for the target).
   3. netbird-load (services/load) registers 5 agents per tenant with the
-     tenant's setup key (--setup-keys-file, --peers-per-key 5), round-robin
-     over the two replicas (a tenant's 5 streams are on both), and holds
-     the Sync streams. Once all are open and 3 s passed, VmRSS again:
+     tenant's setup key (--setup-keys-file: agent i is tenant i mod N's, so
+     the agents registering at the same moment are of different tenants),
+     a tenant's 5 round-robin over the two replicas (--target-mode spread;
+     --placement tenant puts them on one), and holds the Sync streams. Once all are open and 3 s passed, VmRSS again:
      memory per tenant = (sum of both replicas' RSS after - before) / tenants.
   4. K times (--changes, default 10), one peer of one tenant (a different
      tenant each time) is renamed with PUT /api/peers/{id}?account=<tenant>
@@ -448,16 +449,31 @@ def run_size(args, n, redis, tmp):
     ready = os.path.join(tmp, "ready-%d" % n)
     peers = n * PEERS_PER_TENANT
     conns = max(2, min(100, peers // 500 * 2))
+    common = [args.load, "--quiet", "--target", ctx.replicas[0].grpc, "--target", ctx.replicas[1].grpc,
+              "--setup-keys-file", keys_path, "--target-mode", "spread" if args.placement == "spread" else "key",
+              "--peers", str(peers), "--connections", str(conns), "--concurrency", "128", "--retry",
+              "--timeout", str(OPEN_TIMEOUT_S), "--keys-file", os.path.join(tmp, "peers-%d.keys" % n)]
+    # Registration first (Login with the tenant's setup key, no stream) ...
+    t0 = time.monotonic()
+    reg = subprocess.run(common + ["--no-sync"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         timeout=OPEN_TIMEOUT_S + 120, env=svc.clean_env())
+    reg_s = time.monotonic() - t0
+    try:
+        reg_sum = json.loads(reg.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise BenchError("netbird-load (registration) printed no summary: %s" % reg.stderr[-2000:])
+    if reg_sum["logged_in"] < peers:
+        raise BenchError("only %d of %d agents registered: %s, %s" % (reg_sum["logged_in"], peers, reg_sum["errors"],
+                                                                       reg.stderr[-2000:]))
+    time.sleep(2)
+    rss_reg = [rss_kb(rep.pid) for rep in ctx.replicas]
+    cpu_reg = [cpu_s(rep.pid) for rep in ctx.replicas]
+    log("%d agents registered in %.1f s" % (peers, reg_s))
+    # ... then every agent's Sync stream, held.
     load_out = open(os.path.join(tmp, "load-%d.json" % n), "w")
     load_err = open(os.path.join(tmp, "load-%d.err" % n), "w")
     t0 = time.monotonic()
-    load = subprocess.Popen([args.load, "--quiet", "--target", ctx.replicas[0].grpc, "--target", ctx.replicas[1].grpc,
-                             "--setup-keys-file", keys_path, "--peers-per-key", str(PEERS_PER_TENANT),
-                             "--peers", str(peers), "--connections", str(conns), "--concurrency", "128",
-                             "--retry", "--timeout", str(OPEN_TIMEOUT_S), "--hold", "3600",
-                             "--ready-file", ready, "--report-file", report]
-                            + (["--targets-by-key"] if args.placement == "tenant" else [])
-                            + ["--keys-file", os.path.join(tmp, "peers-%d.keys" % n)],
+    load = subprocess.Popen(common + ["--sync-only", "--hold", "3600", "--ready-file", ready, "--report-file", report],
                             stdout=load_out, stderr=load_err, env=svc.clean_env())
     svc.defer(stop_pid, load, 120)
     while not os.path.exists(ready):
@@ -494,7 +510,7 @@ def run_size(args, n, redis, tmp):
         time.sleep(0.3)
         before = ask_report(load, report)
         m0 = fanout_metrics(ctx.replicas)
-        mine = range(k * PEERS_PER_TENANT, (k + 1) * PEERS_PER_TENANT)
+        mine = set(k + j * n for j in range(PEERS_PER_TENANT))
 
         async def put():
             conn = Conn(rep.http_port, token)
@@ -555,7 +571,12 @@ def run_size(args, n, redis, tmp):
         "provision_s": round(prov_s, 3), "tenants_per_s": round(n / prov_s, 1) if prov_s else None,
         "client_cpu_s": round(client_cpu, 2),
         "replica_cpu_provision_s": [round(b - a, 2) for a, b in zip(cpu0, cpu1)],
-        "replica_cpu_agents_s": [round(b - a, 2) for a, b in zip(cpu1, cpu2)],
+        "replica_cpu_register_s": [round(b - a, 2) for a, b in zip(cpu1, cpu_reg)],
+        "replica_cpu_streams_s": [round(b - a, 2) for a, b in zip(cpu_reg, cpu2)],
+        "register_s": round(reg_s, 1), "registrations_per_s": round(peers / reg_s, 1),
+        "register_errors": reg_sum.get("errors"), "register_retries": reg_sum.get("retries"),
+        "rss_kb_registered": rss_reg,
+        "kb_per_tenant_registered": round((sum(rss_reg) - sum(rss0)) / n, 1),
         "loadavg_start": loadavg0, "loadavg_end": loadavg(),
         "rss_kb_before": rss0, "rss_kb_provisioned": rss_prov, "rss_kb_connected": rss1, "rss_kb_end": rss2,
         "kb_per_tenant": round((sum(rss1) - sum(rss0)) / n, 1),
@@ -564,7 +585,7 @@ def run_size(args, n, redis, tmp):
         "load_errors": summary.get("errors"), "load_retries": summary.get("retries"),
         "streams_ended_by_server": summary.get("streams_ended_by_server"),
         "placement": args.placement,
-        "login_ms": summary.get("login_ms"), "sync_open_ms": summary.get("sync_open_ms"),
+        "login_ms": reg_sum.get("login_ms"), "sync_open_ms": summary.get("sync_open_ms"),
         "changes": changes,
         "fanout_last_ms_p50": round(statistics.median(lasts), 1) if lasts else None,
         "fanout_last_ms_max": round(max(lasts), 1) if lasts else None,
@@ -595,20 +616,25 @@ def show(res, base):
         t10k = res["provision_s"] * 10000.0 / n
         print("    10,000 tenants at this rate: %.1f s   target <= %.0f s: ratio %s"
               % (t10k, TARGET_PROVISION_S, ratio(t10k, TARGET_PROVISION_S)))
-    print("  agents (%s): %d streams open in %.1f s (register + Sync, client CPU %.1f s); errors %s, retries %s"
-          % ("a tenant's 5 over both replicas" if res["placement"] == "spread" else "a tenant's 5 on one replica",
-             res["streams_open"], res["open_s"], res["load_cpu_s"], res["load_errors"], res["load_retries"]))
     lm, sm = res.get("login_ms") or {}, res.get("sync_open_ms") or {}
-    print("    replicas' CPU while the agents connected: %s s" % "+".join("%.1f" % c for c in res["replica_cpu_agents_s"]))
-    print("    registration Login p50 %s ms p99 %s ms; Sync open p50 %s ms p99 %s ms"
-          % (lm.get("p50"), lm.get("p99"), sm.get("p50"), sm.get("p99")))
-    print("  replica RSS (MB): before %s, provisioned %s, all connected %s"
+    cpu = lambda f: "+".join("%.1f" % c for c in res[f])  # noqa: E731
+    print("  agents (%s, netbird-load concurrency 128):"
+          % ("a tenant's 5 over both replicas" if res["placement"] == "spread" else "a tenant's 5 on one replica"))
+    print("    registered (Login with the tenant's setup key): %d in %.1f s, %.0f/s, Login p50 %s ms p99 %s ms;"
+          " replicas' CPU %s s; errors %s, retries %s"
+          % (res["peers"], res["register_s"], res["registrations_per_s"], lm.get("p50"), lm.get("p99"),
+             cpu("replica_cpu_register_s"), res["register_errors"], res["register_retries"]))
+    print("    Sync streams: %d open in %.1f s, open p50 %s ms p99 %s ms; replicas' CPU %s s; client CPU %.1f s;"
+          " errors %s, retries %s" % (res["streams_open"], res["open_s"], sm.get("p50"), sm.get("p99"),
+                                      cpu("replica_cpu_streams_s"), res["load_cpu_s"], res["load_errors"],
+                                      res["load_retries"]))
+    print("  replica RSS (MB): before %s, provisioned %s, agents registered %s, all streams held %s"
           % tuple("+".join("%.0f" % (k / 1024.0) for k in res[f]) for f in
-                  ("rss_kb_before", "rss_kb_provisioned", "rss_kb_connected")))
+                  ("rss_kb_before", "rss_kb_provisioned", "rss_kb_registered", "rss_kb_connected")))
     print("  memory per tenant (both replicas' RSS growth / tenants): %.1f KB   target <= %.0f KB: ratio %s"
-          " (provisioned, before agents: %.1f KB)"
+          " (provisioned only: %.1f KB; agents registered, no streams: %.1f KB)"
           % (res["kb_per_tenant"], TARGET_KB_PER_TENANT, ratio(res["kb_per_tenant"], TARGET_KB_PER_TENANT),
-             res["kb_per_tenant_provisioned_only"]))
+             res["kb_per_tenant_provisioned_only"], res["kb_per_tenant_registered"]))
     print("    vs the appliance's ~100 MB per customer: %.0fx less" % (100 * 1024.0 / res["kb_per_tenant"])
           if res["kb_per_tenant"] > 0 else "    (no growth measured)")
     print("  one-tenant change (peer rename, PUT ?account=), %d changes in different tenants:" % len(res["changes"]))

@@ -42,7 +42,7 @@ def smoke_twenty_tenants():
     assert [r["tenants"] for r in res] == [4, 20], ctx
     for r in res:
         assert r["streams_open"] == r["peers"] == 5 * r["tenants"], ctx
-        assert r["load_errors"] == {} and r["streams_ended_by_server"] == 0, ctx
+        assert r["register_errors"] == {} and r["load_errors"] == {} and r["streams_ended_by_server"] == 0, ctx
         assert len(r["changes"]) == 2 and r["changes_incomplete"] == 0, ctx
         for c in r["changes"]:
             # The tenant's 5 streams got the change, in time; nobody else got anything.
