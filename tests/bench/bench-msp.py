@@ -15,7 +15,7 @@ For each size (the baseline M first, default 1,000, then N, default
      `netbird-mgmt management` replicas start on loopback with --redis-url
      (log level warn); their VmRSS is read after one warm-up request each.
   2. Provisioning (`provision_api`): a bounded number of keep-alive HTTP/1.1
-     connections (asyncio, --http-clients, spread over both replicas) each
+     connections (asyncio, --http-clients, default 8, over both replicas) each
      create tenants one after another: POST /api/integrations/msp/tenants,
      then POST /api/setup-keys?account=<tenant> (a reusable key). The figure
      is tenants/s and the time for all; the client's own CPU is printed (it
@@ -62,6 +62,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -359,6 +360,47 @@ def provision_admin(ctx, n, clients):
 PROVISIONERS = {"api": provision_api, "admin": provision_admin}
 
 
+class LockSampler:
+    """Samples pg_stat_activity of the bench's database every 0.25 s in a
+    thread while provisioning runs: how many of the replicas' backends are
+    in a transaction, how many of those wait on a lock, and on which
+    statement most often (where the provisioning time goes)."""
+
+    def __init__(self, dsn):
+        import psycopg2
+        self.conn = psycopg2.connect(dsn)
+        self.conn.autocommit = True
+        self.stop = threading.Event()
+        self.samples = self.busy = self.waiting = 0
+        self.by_query = {}
+        self.t = threading.Thread(target=self.run, daemon=True)
+        self.t.start()
+
+    def run(self):
+        q = ("SELECT wait_event_type, left(query, 70) FROM pg_stat_activity WHERE datname = current_database()"
+             " AND backend_type = 'client backend' AND pid <> pg_backend_pid() AND state <> 'idle'")
+        while not self.stop.wait(0.25):
+            with self.conn.cursor() as cur:
+                cur.execute(q)
+                rows = cur.fetchall()
+            self.samples += 1
+            self.busy += len(rows)
+            for wait, query in rows:
+                if wait == "Lock":
+                    self.waiting += 1
+                    self.by_query[query] = self.by_query.get(query, 0) + 1
+
+    def finish(self):
+        self.stop.set()
+        self.t.join(10)
+        self.conn.close()
+        top = max(self.by_query.items(), key=lambda kv: kv[1])[0] if self.by_query else None
+        return {"samples": self.samples,
+                "busy_backends_mean": round(self.busy / self.samples, 1) if self.samples else None,
+                "lock_waiting_mean": round(self.waiting / self.samples, 1) if self.samples else None,
+                "lock_top_query": top}
+
+
 # ---- one size ------------------------------------------------------------------
 
 class Ctx:
@@ -431,9 +473,13 @@ def run_size(args, n, redis, tmp):
     # -- provisioning
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
     ruc0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    sampler = LockSampler(dsn)
     t0 = time.monotonic()
-    tenants = PROVISIONERS[args.provision](ctx, n, args.http_clients)
-    prov_s = time.monotonic() - t0
+    try:
+        tenants = PROVISIONERS[args.provision](ctx, n, args.http_clients)
+    finally:
+        prov_s = time.monotonic() - t0
+        locks = sampler.finish()
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
     ruc1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     client_cpu = (ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime +
@@ -579,7 +625,7 @@ def run_size(args, n, redis, tmp):
     res = {
         "tenants": n, "peers": peers, "provision": args.provision, "http_clients": args.http_clients,
         "provision_s": round(prov_s, 3), "tenants_per_s": round(n / prov_s, 1) if prov_s else None,
-        "client_cpu_s": round(client_cpu, 2),
+        "client_cpu_s": round(client_cpu, 2), "provision_db": locks,
         "replica_cpu_provision_s": [round(b - a, 2) for a, b in zip(cpu0, cpu1)],
         "replica_cpu_register_s": [round(b - a, 2) for a, b in zip(cpu1, cpu_reg)],
         "replica_cpu_streams_s": [round(b - a, 2) for a, b in zip(cpu_reg, cpu2)],
@@ -623,6 +669,10 @@ def show(res, base):
           " client CPU %.1f s (%.0f %% of one core), replicas' CPU %s s"
           % (res["provision"], res["http_clients"], res["provision_s"], res["tenants_per_s"], res["client_cpu_s"],
              100.0 * res["client_cpu_s"] / res["provision_s"], "+".join("%.1f" % c for c in res["replica_cpu_provision_s"])))
+    db = res["provision_db"]
+    print("    PostgreSQL meanwhile (%d samples): %s of the replicas' backends busy on average, %s of them waiting"
+          " on a lock%s" % (db["samples"], db["busy_backends_mean"], db["lock_waiting_mean"],
+                            ", most often in: %s" % db["lock_top_query"] if db["lock_top_query"] else ""))
     if n >= 10000 or base is None:
         t10k = res["provision_s"] * 10000.0 / n
         print("    10,000 tenants at this rate: %.1f s   target <= %.0f s: ratio %s"
@@ -672,7 +722,8 @@ def main():
     ap.add_argument("--tenants", type=int, default=10000)
     ap.add_argument("--baseline", type=int, default=1000, help="comparison size in the same run; 0 = none")
     ap.add_argument("--changes", type=int, default=10)
-    ap.add_argument("--http-clients", type=int, default=16)
+    ap.add_argument("--http-clients", type=int, default=8,
+                    help="concurrent HTTP clients for provisioning (8: past that they queue on the MSP row lock)")
     ap.add_argument("--provision", choices=sorted(PROVISIONERS), default="api")
     ap.add_argument("--placement", choices=["spread", "tenant"], default="spread",
                     help="spread: a tenant's agents round-robin over both replicas; tenant: all on one")
