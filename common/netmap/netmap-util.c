@@ -20,20 +20,26 @@ struct nm_chunk {
         _Alignas(16) uint8_t data[];
 };
 
-#define NM_CHUNK_MIN (64u * 1024)
+/* Chunks grow from NM_CHUNK_FIRST, doubling up to NM_CHUNK_MAX: a small
+ * account's snapshot (an MSP's tenant: a handful of peers) stays a few KB,
+ * where one 64 KiB first chunk made every cached snapshot cost its size
+ * once the allocator's pages had been touched. */
+#define NM_CHUNK_FIRST (4u * 1024 - 64)
+#define NM_CHUNK_MAX (64u * 1024)
 
 void *cp_netmap__arena_alloc(nm_arena *ar, size_t n) {
         struct nm_chunk *c = ar->head;
 
         n = (n + 7) & ~(size_t) 7;
         if (!c || c->cap - c->used < n) {
-                size_t cap = n > NM_CHUNK_MIN ? n : NM_CHUNK_MIN;
+                size_t step = !c ? NM_CHUNK_FIRST : c->cap * 2 < NM_CHUNK_MAX ? c->cap * 2 : NM_CHUNK_MAX;
+                size_t cap = n > step ? n : step;
                 c = cp_xmalloc(sizeof *c + cap);
                 c->used = 0;
                 c->cap = cap;
                 /* A big block gets its own chunk behind the current one, so
                  * the current chunk's free space is not abandoned. */
-                if (ar->head && n > NM_CHUNK_MIN) {
+                if (ar->head && n > step) {
                         c->next = ar->head->next;
                         ar->head->next = c;
                 } else {

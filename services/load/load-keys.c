@@ -89,3 +89,51 @@ int load_keys_write(const char *path, const load_key *keys, size_t n) {
         }
         return 0;
 }
+
+int load_setup_keys_read(const char *path, char ***ret, size_t *ret_n) {
+        FILE *f = fopen(path, "r");
+        char **keys = NULL;
+        size_t n = 0, cap = 0, lineno = 0;
+        char line[512];
+
+        if (!f) {
+                fprintf(stderr, "netbird-load: error: cannot read %s: %s\n", path, strerror(errno));
+                return -EINVAL;
+        }
+        while (fgets(line, sizeof line, f)) {
+                size_t len = strcspn(line, "\r\n");
+                lineno++;
+                line[len] = '\0';
+                if (line[0] == '#' || len == 0)
+                        continue;
+                if (strcspn(line, " \t") != len) {
+                        fprintf(stderr, "netbird-load: error: %s line %zu: expected one setup key a line\n", path,
+                                lineno);
+                        goto bad;
+                }
+                if (n == cap) {
+                        cap = cap ? cap * 2 : 256;
+                        keys = cp_xrealloc(keys, cap * sizeof *keys);
+                }
+                keys[n++] = cp_xstrdup(line);
+        }
+        fclose(f);
+        cp_explicit_bzero(line, sizeof line);
+        if (n == 0) {
+                fprintf(stderr, "netbird-load: error: %s holds no setup key\n", path);
+                free(keys);
+                return -EINVAL;
+        }
+        *ret = keys;
+        *ret_n = n;
+        return 0;
+bad:
+        fclose(f);
+        cp_explicit_bzero(line, sizeof line);
+        for (size_t i = 0; i < n; i++) {
+                cp_explicit_bzero(keys[i], strlen(keys[i]));
+                free(keys[i]);
+        }
+        free(keys);
+        return -EINVAL;
+}

@@ -35,6 +35,13 @@ static const opt_row rows[] = {
           "management server; repeatable, peers are spread round-robin over targets" },
         { "setup-key", K_SETUP_KEY, 0, 0, 0, "KEY",
           "setup key for registering new peers; repeatable, peer i uses key i mod n" },
+        { "setup-keys-file", K_STRING, F(setup_keys_file), 0, 0, "PATH",
+          "setup keys, one a line (e.g. one per tenant), used after the --setup-key ones" },
+        { "peers-per-key", K_INT, F(peers_per_key), 1, LOAD_MAX_PEERS, "N",
+          "peer i registers with key (i / N) mod keys: N consecutive peers share a key; default 1" },
+        { "target-mode", K_STRING, F(target_mode), 0, 0, "peer|key|spread",
+          "peer i's target: peer: i mod targets (default); key: its setup key's index mod targets (a key's "
+          "peers on one); spread: (key index + rank among the key's peers) mod targets" },
         { "peers", K_INT, F(peers), 1, LOAD_MAX_PEERS, "N", "simulated peers (required)" },
         { "connections", K_INT, F(connections), 1, LOAD_MAX_CONNECTIONS, "M",
           "gRPC channels, each its own TCP connection (default: one per target); many streams share one" },
@@ -61,6 +68,8 @@ static const opt_row rows[] = {
         { "ready-file", K_STRING, F(ready_file), 0, 0, "PATH",
           "written (\"open N\") once the opening phase is over, for scripts that measure the server" },
         { "hostname-prefix", K_STRING, F(hostname_prefix), 0, 0, "TEXT", "new peers' hostnames: TEXT-<i>; default load" },
+        { "report-file", K_STRING, F(report_file), 0, 0, "PATH",
+          "per-peer report (updates, serial, times of the last updates), written on SIGUSR1 and at the end" },
         { "quiet", K_FLAG, F(quiet), 0, 0, NULL, "no progress lines on stderr" },
         { "help", K_HELP, 0, 0, 0, NULL, "this text" },
 };
@@ -154,15 +163,41 @@ static int check(const load_opts *o) {
         if (o->connections && (size_t) o->connections < o->n_targets)
                 return usage_error("--connections (%" PRId64 ") must be at least the number of targets (%zu)",
                                    o->connections, o->n_targets);
+        if (strcmp(o->target_mode, "peer") != 0 && strcmp(o->target_mode, "key") != 0 &&
+            strcmp(o->target_mode, "spread") != 0)
+                return usage_error("--target-mode: expected peer, key or spread, got \"%s\"", o->target_mode);
         if (o->sync_only && o->no_sync)
                 return usage_error("--sync-only and --no-sync exclude each other");
         if (o->sync_only && !o->keys_file)
                 return usage_error("--sync-only needs --keys-file with registered peers");
-        if (o->changes && o->n_setup_keys == 0)
+        if (o->changes && o->n_setup_keys == 0 && !o->setup_keys_file)
                 return usage_error("--changes registers new peers: it needs --setup-key");
         if (o->changes && o->no_sync)
                 return usage_error("--changes measures Sync streams: it cannot go with --no-sync");
         return 0;
+}
+
+size_t load_peer_key(const load_opts *o, size_t i, size_t n_keys, size_t *ret_rank) {
+        size_t per = (size_t) o->peers_per_key;
+
+        if (n_keys == 0)
+                n_keys = 1;
+        if (per > 1) {
+                *ret_rank = i % per + per * (i / (per * n_keys));
+                return (i / per) % n_keys;
+        }
+        *ret_rank = i / n_keys;
+        return i % n_keys;
+}
+
+size_t load_peer_target(const load_opts *o, size_t i, size_t n_keys) {
+        size_t rank, key = load_peer_key(o, i, n_keys, &rank);
+
+        if (strcmp(o->target_mode, "key") == 0)
+                return key % o->n_targets;
+        if (strcmp(o->target_mode, "spread") == 0)
+                return (key + rank) % o->n_targets;
+        return i % o->n_targets;
 }
 
 int load_opts_parse(load_opts *o, int argc, char **argv) {
@@ -176,6 +211,8 @@ int load_opts_parse(load_opts *o, int argc, char **argv) {
         o->change_interval_ms = 500;
         o->change_timeout_s = 30;
         o->hostname_prefix = "load";
+        o->peers_per_key = 1;
+        o->target_mode = "peer";
         for (size_t i = 0; i < ELEMENTSOF(rows); i++) {
                 bool has_arg = rows[i].kind != K_FLAG && rows[i].kind != K_HELP;
                 lo[i] = (struct option) { rows[i].name, has_arg ? required_argument : no_argument, NULL, (int) i };

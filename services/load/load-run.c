@@ -31,6 +31,7 @@
 #define BACKOFF_BASE_MS         100.0
 #define BACKOFF_MAX_MS          3000.0
 #define ERROR_DETAILS_SHOWN     5
+#define UPDATE_TIMES            4       /* receive times kept per peer for --report-file */
 
 typedef enum pstate {
         P_NEW, P_KEY, P_LOGIN, P_SYNC, P_HOLD, P_RETRY, P_OK, P_FAIL,
@@ -62,6 +63,7 @@ struct lpeer {
         uint32_t updates;               /* SyncResponses after the first */
         int64_t serial;                 /* of the last map */
         int64_t change_base;            /* serial when the current change began; -1 none */
+        double t_updates[UPDATE_TIMES]; /* CLOCK_MONOTONIC ms of the last updates, a ring */
 };
 
 typedef enum run_phase { R_OPENING, R_CHANGES, R_HOLD, R_CLOSING } run_phase;
@@ -75,6 +77,10 @@ typedef struct load_ctx {
 
         load_key *keys;
         size_t n_keys;                  /* >= peers */
+        const char **skeys;             /* --setup-key ones, then the file's */
+        size_t n_skeys;
+        char **file_keys;               /* owned: --setup-keys-file */
+        size_t n_file_keys;
         lpeer *peers;
         size_t n, next_new, inflight, held, live_calls;
 
@@ -102,11 +108,13 @@ typedef struct load_ctx {
         unsigned details_shown;
 } load_ctx;
 
-static volatile sig_atomic_t stop_requested;
+static volatile sig_atomic_t stop_requested, report_requested;
 
 static void on_signal(int sig) {
-        (void) sig;
-        stop_requested = 1;
+        if (sig == SIGUSR1)
+                report_requested = 1;
+        else
+                stop_requested = 1;
 }
 
 static double now_ms(void) {
@@ -173,9 +181,11 @@ static void start_phase(load_ctx *x, lpeer *p, pstate st) {
         if (st == P_LOGIN || st == P_SYNC) {
                 const char *sk = NULL;
                 if (p->idx == UINT32_MAX)
-                        sk = x->o->setup_keys[0];
-                else if (!x->keys[p->idx].registered)
-                        sk = x->o->setup_keys[p->idx % x->o->n_setup_keys];
+                        sk = x->skeys[0];
+                else if (!x->keys[p->idx].registered) {
+                        size_t rank;
+                        sk = x->skeys[load_peer_key(x->o, p->idx, x->n_skeys, &rank)];
+                }
                 cp_nbc_meta_init(&meta, peer_hostname(x, p));
                 req = st == P_LOGIN ? cp_nbc_login_request(&p->key, &meta, sk) : cp_nbc_sync_request(&p->key, &meta);
                 method = st == P_LOGIN ? CP_NBC_LOGIN : CP_NBC_SYNC;
@@ -330,6 +340,7 @@ static void on_stream_message(load_ctx *x, lpeer *p) {
                 p->state = P_HOLD;
                 slot_free(x);
         } else {
+                p->t_updates[p->updates % UPDATE_TIMES] = t;
                 p->updates++;
                 x->updates++;
         }
@@ -465,6 +476,46 @@ static void write_ready(load_ctx *x) {
                 fprintf(stderr, "netbird-load: cannot write %s: %s\n", x->o->ready_file, strerror(errno));
 }
 
+/* --report-file: one line per peer, "INDEX UPDATES SERIAL STATE T1 T2 T3 T4"
+ * with the CLOCK_MONOTONIC milliseconds of its last updates, newest first
+ * ('-' for none), so a script can time a change it made itself (the same
+ * clock as Python's time.monotonic()). Written atomically. */
+static void write_report(load_ctx *x) {
+        static const char states[] = "NKLSHROF";
+        _cleanup_free_ char *tmp = NULL;
+        FILE *f;
+        bool bad;
+
+        if (!x->o->report_file)
+                return;
+        tmp = cp_xasprintf("%s.tmp", x->o->report_file);
+        f = fopen(tmp, "w");
+        if (!f) {
+                fprintf(stderr, "netbird-load: cannot write %s: %s\n", tmp, strerror(errno));
+                return;
+        }
+        fprintf(f, "# netbird-load report v1: index updates serial state(N K L S H R O F) "
+                   "last update times (CLOCK_MONOTONIC ms, newest first)\n# now %.3f\n", now_ms());
+        for (size_t i = 0; i < x->n; i++) {
+                const lpeer *p = &x->peers[i];
+                fprintf(f, "%zu %u %" PRId64 " %c", i, p->updates, p->serial, states[p->state]);
+                for (uint32_t k = 0; k < UPDATE_TIMES; k++) {
+                        if (k < p->updates)
+                                fprintf(f, " %.3f", p->t_updates[(p->updates - 1 - k) % UPDATE_TIMES]);
+                        else
+                                fputs(" -", f);
+                }
+                fputc('\n', f);
+        }
+        bad = ferror(f) != 0;
+        if (fclose(f) != 0)
+                bad = true;
+        if (bad || rename(tmp, x->o->report_file) != 0) {
+                fprintf(stderr, "netbird-load: cannot write %s: %s\n", x->o->report_file, strerror(errno));
+                (void) unlink(tmp);
+        }
+}
+
 static void cancel_opening(load_ctx *x) {
         x->stop_opening = true;
         while (x->n_heap) {
@@ -563,6 +614,8 @@ static int prepare_keys(load_ctx *x) {
         size_t n_file = 0, need = (size_t) o->peers, unregistered = 0;
         load_key *keys = NULL;
 
+        if (o->setup_keys_file && load_setup_keys_read(o->setup_keys_file, &x->file_keys, &x->n_file_keys) < 0)
+                return -EINVAL;
         if (o->keys_file && load_keys_read(o->keys_file, &keys, &n_file) < 0)
                 return -EINVAL;
         if (o->sync_only && n_file < need) {
@@ -586,7 +639,13 @@ static int prepare_keys(load_ctx *x) {
         }
         for (size_t i = 0; i < need; i++)
                 unregistered += !x->keys[i].registered;
-        if (unregistered && !o->sync_only && o->n_setup_keys == 0) {
+        x->n_skeys = o->n_setup_keys + x->n_file_keys;
+        x->skeys = cp_xcalloc(x->n_skeys ? x->n_skeys : 1, sizeof *x->skeys);
+        for (size_t i = 0; i < o->n_setup_keys; i++)
+                x->skeys[i] = o->setup_keys[i];
+        for (size_t i = 0; i < x->n_file_keys; i++)
+                x->skeys[o->n_setup_keys + i] = x->file_keys[i];
+        if (unregistered && !o->sync_only && x->n_skeys == 0) {
                 fprintf(stderr, "netbird-load: error: %zu of the peers are new and need --setup-key\n"
                                 "hint: give --setup-key, or a --keys-file of registered peers\n", unregistered);
                 return -EINVAL;
@@ -635,7 +694,8 @@ static int prepare_peers(load_ctx *x) {
         x->heap = cp_xcalloc(x->n, sizeof *x->heap);
         for (size_t i = 0; i < x->n; i++) {
                 lpeer *p = &x->peers[i];
-                size_t t = i % T, per_target = (x->n_chans - t + T - 1) / T;
+                size_t t = load_peer_target(o, i, x->n_skeys);
+                size_t per_target = (x->n_chans - t + T - 1) / T;
                 p->idx = (uint32_t) i;
                 p->chan = (uint16_t) (t + T * ((i / T) % per_target));
                 p->tmain = (ltag) { p, T_MAIN };
@@ -719,6 +779,12 @@ static void ctx_release(load_ctx *x) {
         free(x->keys);
         free(x->peers);
         free(x->heap);
+        for (size_t i = 0; i < x->n_file_keys; i++) {
+                cp_explicit_bzero(x->file_keys[i], strlen(x->file_keys[i]));
+                free(x->file_keys[i]);
+        }
+        free(x->file_keys);
+        free(x->skeys);
         for (size_t j = 0; j < x->n_chans; j++)
                 if (x->chans[j])
                         grpc_channel_destroy(x->chans[j]);
@@ -745,8 +811,10 @@ int load_run(const load_opts *o) {
                 fprintf(stderr, "netbird-load: error: libsodium did not initialise\n");
                 return 1;
         }
+        sigemptyset(&sa.sa_mask);
+        (void) sigaction(SIGUSR1, &sa, NULL);
         if (prepare_keys(&x) < 0) {
-                free(x.keys);
+                ctx_release(&x);
                 return 2;
         }
         gpr_set_log_verbosity(GPR_LOG_SEVERITY_ERROR);
@@ -754,7 +822,6 @@ int load_run(const load_opts *o) {
         x.cq = grpc_completion_queue_create_for_next(NULL);
         if (connect_all(&x) < 0 || prepare_peers(&x) < 0)
                 goto out;
-        sigemptyset(&sa.sa_mask);
         (void) sigaction(SIGINT, &sa, NULL);
         (void) sigaction(SIGTERM, &sa, NULL);
         if (!o->quiet)
@@ -765,6 +832,10 @@ int load_run(const load_opts *o) {
         x.t_next_progress = x.t_start + PROGRESS_MS;
         for (;;) {
                 double t = now_ms();
+                if (report_requested) {
+                        report_requested = 0;
+                        write_report(&x);
+                }
                 if (!advance(&x, t))
                         break;
                 progress(&x, t);
@@ -776,6 +847,7 @@ int load_run(const load_opts *o) {
                         on_event(&x, ev.tag);
         }
         summary(&x, now_ms());
+        write_report(&x);
         rc = (o->no_sync ? x.logged_in : x.streams_open) == x.n && load_counts_total(&x.errors) == 0 ? 0 : 1;
         if (o->keys_file && load_keys_write(o->keys_file, x.keys, x.n_keys) < 0)
                 rc = 1;

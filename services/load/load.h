@@ -28,6 +28,10 @@ typedef struct load_opts {
         size_t n_targets;
         const char *setup_keys[LOAD_MAX_SETUP_KEYS];
         size_t n_setup_keys;
+        const char *setup_keys_file;    /* one key a line, after the --setup-key ones */
+        int64_t peers_per_key;          /* peer i uses key (i / this) mod keys; default 1 */
+        const char *target_mode;        /* "peer" (i mod T), "key", "spread": load_peer_target() */
+        const char *report_file;        /* per-peer report, written on SIGUSR1 and at the end */
         int64_t peers;
         int64_t connections;            /* 0 = one per target */
         int64_t concurrency;
@@ -45,6 +49,16 @@ typedef struct load_opts {
         double change_timeout_s;
         bool quiet;
 } load_opts;
+
+/* The setup key peer i registers with (index into the keys: --setup-key
+ * ones, then the file's; n_keys of them) and its rank among the peers of
+ * that key: N consecutive peers share a key with --peers-per-key N > 1,
+ * else peer i uses key i mod n_keys. */
+size_t load_peer_key(const load_opts *o, size_t i, size_t n_keys, size_t *ret_rank);
+/* The target of peer i: --target-mode peer: i mod T; key: its key's
+ * index mod T (all peers of a key on one target); spread: (key index +
+ * rank) mod T (each key's peers round-robin over the targets). */
+size_t load_peer_target(const load_opts *o, size_t i, size_t n_keys);
 
 /* Parses argv into *o. Returns 0, 1 when --help was printed, or -EINVAL
  * after printing the error and a hint to stderr. */
@@ -64,6 +78,11 @@ typedef struct load_key {
 int load_keys_read(const char *path, load_key **ret, size_t *ret_n);
 /* Writes keys to path atomically (a temporary file, then rename). */
 int load_keys_write(const char *path, const load_key *keys, size_t n);
+
+/* Reads the setup keys file (one key a line; blank lines and '#' lines
+ * skipped) into *ret (malloc'd strings in a malloc'd array) and *ret_n.
+ * -EINVAL with a message on stderr when it cannot be read or holds none. */
+int load_setup_keys_read(const char *path, char ***ret, size_t *ret_n);
 
 /* ---- statistics -------------------------------------------------------------- */
 

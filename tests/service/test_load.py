@@ -98,6 +98,36 @@ def errors_are_counted_by_status():
 
 
 @test
+def setup_keys_file_peers_per_key_and_report():
+    """--setup-keys-file with --peers-per-key 2: 4 peers, 2 keys, each key
+    registers 2 of them; --target-mode spread; the --report-file has one
+    line per peer with its updates after the change it followed."""
+    need_load()
+    dep = Deployment()
+    srv = dep.start()
+    k1, k2 = dep.add_setup_key(), dep.add_setup_key()
+    d = svc.tmpdir()
+    kf = os.path.join(d, "setup.keys")
+    with open(kf, "w") as f:
+        f.write("# tenants' keys\n%s\n\n%s\n" % (k1, k2))
+    report = os.path.join(d, "report")
+    p = load("--target", srv.grpc_target, "--target", srv.grpc_target, "--setup-keys-file", kf,
+             "--peers-per-key", "2", "--target-mode", "spread", "--peers", "4", "--changes", "1",
+             "--change-interval", "100", "--hold", "0.5", "--report-file", report, "--quiet")
+    s = summary(p)
+    ctx = "%s\nstderr: %s" % (json.dumps(s), p.stderr[-3000:])
+    assert p.returncode == 0 and s["registered"] == 4 and s["streams_open"] == 4, ctx
+    # The change's peer registers with the first key: 3 uses of k1, 2 of k2.
+    assert (dep.setup_key_used(k1), dep.setup_key_used(k2)) == (3, 2), ctx
+    lines = [l.split() for l in open(report) if not l.startswith("#")]
+    assert [int(l[0]) for l in lines] == [0, 1, 2, 3], lines
+    for l in lines:
+        assert len(l) == 8 and l[3] == "O" and int(l[1]) >= 1, lines
+        assert float(l[4]) > 0, lines
+    assert sum(int(l[1]) for l in lines) == s["updates_received"], (lines, ctx)
+
+
+@test
 def option_errors():
     need_load()
     cases = [
@@ -108,6 +138,9 @@ def option_errors():
         (["--target", "127.0.0.1:1", "--peers", "1", "--frobnicate"], "--frobnicate"),
         (["--target", "127.0.0.1:1", "--peers", "1", "--concurrency", "-3"], "--concurrency"),
         (["--target", "127.0.0.1:1", "--peers", "1", "--hold"], "--hold"),
+        (["--target", "127.0.0.1:1", "--peers", "1", "--target-mode", "random"], "--target-mode"),
+        (["--target", "127.0.0.1:1", "--peers", "1", "--peers-per-key", "0"], "--peers-per-key"),
+        (["--target", "127.0.0.1:1", "--peers", "1", "--setup-keys-file", "/nonexistent/keys"], "/nonexistent/keys"),
     ]
     for args, needle in cases:
         p = load(*args, timeout=30)
