@@ -125,6 +125,16 @@ int mgmt_datakey_hold(const cp_config *cfg, cp_error *reterr) {
                 cp_store_free(s);
                 return 1;
         }
+        if (mr.applied > 0) {
+                /* The manager's own migration finds nothing left to do:
+                 * say here what this replica applied (same line). */
+                char applied[16], current[16], unknown[16];
+                (void) snprintf(applied, sizeof applied, "%u", mr.applied);
+                (void) snprintf(current, sizeof current, "%u", mr.current);
+                (void) snprintf(unknown, sizeof unknown, "%u", mr.unknown);
+                cp_log_kv(&log_ctx, CP_LOG_INFO, "database schema ready", "applied", applied, "already_applied",
+                          current, "unknown", unknown, NULL);
+        }
         r = mgmt_datakey_gate(s, why, sizeof why);
         if (r != -EKEYREJECTED) {
                 cp_store_free(s);

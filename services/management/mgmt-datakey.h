@@ -1,6 +1,6 @@
 /*
  * mgmt-datakey.h: the replica's DataStoreEncryptionKey against the
- * database (cp/store-pii.h, migration 0011).
+ * database (cp/store-pii.h, migration 0012).
  *
  * A replica whose key does not match the data must neither crash in a
  * loop nor seal anything with the wrong key. Before the manager starts,

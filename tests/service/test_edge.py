@@ -159,11 +159,28 @@ def server_key_is_shared_by_replicas():
     assert a.stop()[0] == 0
     c = start(dsn)
     assert Agent(c).get_server_key().key == ka.key
-    # A replica with a different DataStoreEncryptionKey cannot open it: a
-    # configuration error, not a silent new key.
+    # A replica with a different DataStoreEncryptionKey cannot open it:
+    # never a silent new key, and no crash loop either: it stays up, not
+    # ready, with one error naming its key's fingerprint (docs/ops.md).
     other = base64.b64encode(b"\x01" * 32).decode()
-    r = svc.run(["management"] + base_args(data_store_encryption_key=other), env=svc.dsn_env(dsn))
-    svc.check_usage_error(r, "DataStoreEncryptionKey")
+    hport = svc.free_port()
+    bad = Server(base_args(data_store_encryption_key=other, http_port=hport), env=svc.dsn_env(dsn), wait=False)
+    bad.http_port = hport
+    err = bad.wait_log(lambda o: o.get("level") == "error")
+    assert "DataStoreEncryptionKey" in err["msg"] + err.get("error", ""), err
+    assert other not in bad.stdout() and other not in bad.stderr()
+    def readyz():
+        try:
+            return svc.http("GET", bad.url("/readyz"))[0]
+        except OSError:         # its HTTP port opens just after the error
+            return None
+    deadline = time.time() + 30
+    while readyz() != 503:
+        assert time.time() < deadline and bad.proc.poll() is None, bad.stdout()
+        time.sleep(0.2)
+    assert bad.proc.poll() is None, "the replica with the wrong key exited"
+    assert svc.query(dsn, "SELECT public_key FROM server_keys") == [(ka.key,)]
+    assert bad.stop()[0] == 0
     for s in (b, c):
         assert s.stop()[0] == 0
 
