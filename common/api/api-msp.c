@@ -41,7 +41,7 @@ static const char SQL_GET[] =
         "SELECT " TENANT_JSON("t", "a") "::text FROM msp_tenants t JOIN accounts a ON a.id = t.account_id"
         " WHERE t.msp_account_id = $1 AND t.account_id = $2";
 static const char SQL_FIND[] =
-        "SELECT domain, dns_challenge, status FROM msp_tenants WHERE msp_account_id = $1 AND account_id = $2"
+        "SELECT domain, dns_challenge, status, name FROM msp_tenants WHERE msp_account_id = $1 AND account_id = $2"
         " FOR UPDATE";
 static const char SQL_UPDATE[] =
         "UPDATE msp_tenants SET name = $3, groups = $4::jsonb, updated_at = CURRENT_TIMESTAMP"
@@ -354,6 +354,23 @@ static int create_tenant(api_ctx *c) {
         return reply_tenant(c, out.account_id);
 }
 
+/* The MSP's tenant {id} for a change: the caller checked (msp_guard),
+ * the link row locked (SQL_FIND's columns: domain, dns_challenge,
+ * status, name); 404 for an unknown tenant or another MSP's. */
+static int find_tenant(api_ctx *c, const char *id, cp_store_rows **ret) {
+        int r = msp_guard(c);
+
+        if (r < 0)
+                return r;
+        const char *p[2] = { c->account_id, id };
+        r = api_sql(c, SQL_FIND, 2, p, ret);
+        if (r < 0)
+                return r;
+        if (cp_store_rows_count(*ret) != 1)
+                return api_error(c, 404, "tenant: %s not found", id);
+        return 0;
+}
+
 static int update_tenant(api_ctx *c) {
         _cleanup_free_ char *groups = NULL, *norm = NULL;
         _cleanup_rows_ cp_store_rows *rows = NULL;
@@ -361,15 +378,9 @@ static int update_tenant(api_ctx *c) {
         cp_error err = { 0 };
         int r;
 
-        r = msp_guard(c);
+        r = find_tenant(c, id, &rows);
         if (r < 0)
                 return r;
-        const char *pf[2] = { c->account_id, id };
-        r = api_sql(c, SQL_FIND, 2, pf, &rows);
-        if (r < 0)
-                return r;
-        if (cp_store_rows_count(rows) != 1)
-                return api_error(c, 404, "tenant: %s not found", id);
         r = tenant_body(c, &name, &groups);
         if (r < 0)
                 return r;
@@ -451,15 +462,9 @@ static int verify_dns(api_ctx *c) {
         char why[128];
         int r;
 
-        r = msp_guard(c);
+        r = find_tenant(c, id, &rows);
         if (r < 0)
                 return r;
-        const char *p[2] = { c->account_id, id };
-        r = api_sql(c, SQL_FIND, 2, p, &rows);
-        if (r < 0)
-                return r;
-        if (cp_store_rows_count(rows) != 1)
-                return api_error(c, 404, "tenant: %s not found", id);
         const char *domain = cp_store_rows_get(rows, 0, 0), *challenge = cp_store_rows_get(rows, 0, 1);
         const char *status = cp_store_rows_get(rows, 0, 2);
         if (strcmp(status, "active") == 0)
@@ -475,7 +480,8 @@ static int verify_dns(api_ctx *c) {
                 _cleanup_(json_decrefp) json_t *o = json_pack("{s:s}", "dns_challenge", challenge);
                 return api_reply_json(c, 501, o);
         }
-        r = api_sql(c, SQL_ACTIVATE, 2, p, NULL);
+        const char *pa[2] = { c->account_id, id };
+        r = api_sql(c, SQL_ACTIVATE, 2, pa, NULL);
         if (r < 0)
                 return r;
         return reply_tenant(c, id);
@@ -573,15 +579,9 @@ static int unlink_tenant(api_ctx *c) {
         json_t *body;
         int r;
 
-        r = msp_guard(c);
+        r = find_tenant(c, id, &rows);
         if (r < 0)
                 return r;
-        const char *pf[2] = { c->account_id, id };
-        r = api_sql(c, SQL_FIND, 2, pf, &rows);
-        if (r < 0)
-                return r;
-        if (cp_store_rows_count(rows) != 1)
-                return api_error(c, 404, "tenant: %s not found", id);
         if (strcmp(cp_store_rows_get(rows, 0, 2), "invited") == 0) {
                 /* Never accepted: the MSP withdraws the invitation and
                  * changes nothing inside the account. */
@@ -622,26 +622,15 @@ static int unlink_tenant(api_ctx *c) {
  * MSP created (pending or active): an account that joined by invitation
  * was someone else's before and is unlinked instead (400). */
 static int delete_tenant(api_ctx *c) {
-        _cleanup_rows_ cp_store_rows *rows = NULL, *name = NULL;
+        _cleanup_rows_ cp_store_rows *rows = NULL;
         const char *id = c->param[0];
-        int r = msp_guard(c);
+        int r = find_tenant(c, id, &rows);
 
         if (r < 0)
                 return r;
-        const char *pf[2] = { c->account_id, id };
-        r = api_sql(c, SQL_FIND, 2, pf, &rows);
-        if (r < 0)
-                return r;
-        if (cp_store_rows_count(rows) != 1)
-                return api_error(c, 404, "tenant: %s not found", id);
         const char *status = cp_store_rows_get(rows, 0, 2);
         if (strcmp(status, "pending") != 0 && strcmp(status, "active") != 0)
                 return api_error(c, 400, "tenant %s joined by invitation: unlink it instead of deleting it", id);
-        r = api_sql(c, "SELECT name FROM msp_tenants WHERE account_id = $2 AND msp_account_id = $1", 2, pf, &name);
-        if (r < 0)
-                return r;
-        char tname[256];
-        (void) snprintf(tname, sizeof tname, "%s", cp_store_rows_count(name) == 1 ? cp_store_rows_get(name, 0, 0) : "");
         cp_store_account_deleted del = { 0 };
         cp_error err = { 0 };
         r = cp_store_tx_account_delete_all(c->tx, id, &del, &err);
@@ -651,7 +640,7 @@ static int delete_tenant(api_ctx *c) {
                 c->proxy_seq = del.proxy_seq;
         (void) snprintf(c->gone_account, sizeof c->gone_account, "%s", id);
         c->gone_serial = del.serial;
-        r = api_event_kv(c, CP_ACTIVITY_MSP_TENANT_DELETED, id, "name", tname, "domain",
+        r = api_event_kv(c, CP_ACTIVITY_MSP_TENANT_DELETED, id, "name", cp_store_rows_get(rows, 0, 3), "domain",
                          cp_store_rows_get(rows, 0, 0), NULL);
         if (r < 0)
                 return r;

@@ -114,7 +114,10 @@ int api_reply_one(api_ctx *c, const char *sql, const char *id, const char *noun)
         return 0;
 }
 
-int api_sql_reply(api_ctx *c, int status, const char *sql, int n, const char *const *params, bool *found) {
+/* One JSON value from SQL as the reply; pii: expand the CP_PII_SQL
+ * markers in it (cp/crypto-pii.h). */
+static int sql_reply(api_ctx *c, int status, const char *sql, int n, const char *const *params, bool *found,
+                     bool pii) {
         _cleanup_rows_ cp_store_rows *rows = NULL;
         int r = api_sql(c, sql, n, params, &rows);
 
@@ -124,20 +127,7 @@ int api_sql_reply(api_ctx *c, int status, const char *sql, int n, const char *co
         *found = v != NULL;
         if (!v)
                 return 0;
-        return api_reply_text(c, status, v, (size_t) cp_store_rows_len(rows, 0, 0));
-}
-
-int api_sql_reply_pii(api_ctx *c, int status, const char *sql, int n, const char *const *params, bool *found) {
-        _cleanup_rows_ cp_store_rows *rows = NULL;
-        int r = api_sql(c, sql, n, params, &rows);
-
-        if (r < 0)
-                return r;
-        const char *v = cp_store_rows_get(rows, 0, 0);
-        *found = v != NULL;
-        if (!v)
-                return 0;
-        if (!cp_pii_json_has_marker(v))
+        if (!pii || !cp_pii_json_has_marker(v))
                 return api_reply_text(c, status, v, (size_t) cp_store_rows_len(rows, 0, 0));
         /* Straight into the reply buffer: it holds what the caller may
          * see anyway. */
@@ -147,6 +137,14 @@ int api_sql_reply_pii(api_ctx *c, int status, const char *sql, int n, const char
         c->status = status;
         c->replied = true;
         return 0;
+}
+
+int api_sql_reply(api_ctx *c, int status, const char *sql, int n, const char *const *params, bool *found) {
+        return sql_reply(c, status, sql, n, params, found, false);
+}
+
+int api_sql_reply_pii(api_ctx *c, int status, const char *sql, int n, const char *const *params, bool *found) {
+        return sql_reply(c, status, sql, n, params, found, true);
 }
 
 void api_changed(api_ctx *c) {

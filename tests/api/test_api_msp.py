@@ -239,7 +239,9 @@ def acting_with_account_parameter_takes_the_mapped_role():
     dep, srv, api = apifix.start()
     gid = make_msp(dep, api, user=dep.user_id)
     aud = api.ok("POST", "/api/groups", {"name": "msp-auditors"})["id"]
-    dep.sql("UPDATE users SET name = 'Olga Owner', email = 'olga@msp.example' WHERE id = %s", (dep.user_id,))
+    # plain text, as a legacy row (pii_key ''): replicas seal such rows later
+    dep.sql("UPDATE users SET name = 'Olga Owner', email = 'olga@msp.example', pii_key = '' WHERE id = %s",
+            (dep.user_id,))
     t = api.ok("POST", "/api/integrations/msp/tenants",
                tenant_body("T1", "t1.example", [{"id": gid, "role": "admin"}, {"id": aud, "role": "auditor"}]))
     q = "?account=" + t["id"]
