@@ -631,6 +631,11 @@ static int delete_account(api_ctx *c) {
 
         if (strcmp(c->param[0], c->account_id) != 0)
                 return api_error(c, 403, "failed to validate user permissions: user is not part of this account");
+        /* An MSP user acting in a tenant deletes it through the MSP API,
+         * which checks what the tenant was (docs/api.md, "MSP"). */
+        if (c->home_account_id[0])
+                return api_error(c, 403, "user is not allowed to delete account. "
+                                 "only account owner can delete account");
         if (!api_allowed(c, API_MOD_ACCOUNTS, API_DELETE))
                 return api_error(c, 403, "user is not allowed to delete account. "
                                  "only account owner can delete account");

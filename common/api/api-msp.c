@@ -59,7 +59,7 @@ static const char SQL_ACTIVATE[] =
         " WHEN 'auditor' THEN 3 WHEN 'billing_admin' THEN 4 ELSE 5 END"
 static const char SQL_ENTER[] =
         "SELECT g.role FROM msp_tenants t"
-        " JOIN accounts m ON m.id = t.msp_account_id AND m.msp_enabled_at IS NOT NULL"
+        " JOIN accounts m ON m.id = t.msp_account_id AND m.msp_enabled_at IS NOT NULL AND m.suspended_at IS NULL"
         " JOIN users u ON u.account_id = t.msp_account_id AND u.id = $3"
         " CROSS JOIN LATERAL jsonb_to_recordset(t.groups) AS g(id text, role text)"
         " WHERE t.account_id = $1 AND t.msp_account_id = $2 AND t.status <> 'invited'"
@@ -130,6 +130,9 @@ static int is_msp(api_ctx *c, const char *account_id, bool *ret) {
 /* The MSP routes: 404 for an account that is no MSP (as a server without
  * them), 403 for an MSP user who is not an owner or admin. */
 static int msp_guard(api_ctx *c) {
+        static const char sql_suspended[] = "SELECT suspended_at IS NOT NULL FROM accounts WHERE id = $1";
+        _cleanup_rows_ cp_store_rows *rows = NULL;
+        const char *p[1] = { c->account_id };
         bool msp;
         int r = is_msp(c, c->account_id, &msp);
 
@@ -139,6 +142,16 @@ static int msp_guard(api_ctx *c) {
                 return api_error(c, 404, "not found");
         if (!api_is_admin(c))
                 return api_error(c, 403, "permission denied");
+        /* A suspended MSP reads but changes nothing (the dispatcher's
+         * check covers the routes that take the account lock; creates and
+         * DNS checks do not take it). */
+        if (strcmp(c->route->method, "GET") == 0)
+                return 0;
+        r = api_sql(c, sql_suspended, 1, p, &rows);
+        if (r < 0)
+                return r;
+        if (cp_store_rows_count(rows) == 1 && cp_store_rows_bool(rows, 0, 0))
+                return api_error(c, 403, "account is suspended");
         return 0;
 }
 
@@ -425,6 +438,11 @@ static int txt_has(const cp_api *api, const char *domain, const char *challenge,
         st.options &= ~(unsigned long) (RES_DNSRCH | RES_DEFNAMES);
         n = res_nquery(&st, domain, ns_c_in, ns_t_txt, answer, sizeof answer);
         res_nclose(&st);
+        /* res_nquery returns the answer's full length, which may be more
+         * than it could copy (a long answer over TCP): parse only what is
+         * in the buffer. */
+        if (n > (int) sizeof answer)
+                n = (int) sizeof answer;
         if (n < 0 || ns_initparse(answer, n, &msg) < 0)
                 return 0;
         (void) snprintf(want, sizeof want, "nb-verification=%s", challenge);
@@ -569,7 +587,8 @@ static int answer_invite(api_ctx *c) {
  * withdrawn (no owner needed, nothing inside the account changes). */
 static int unlink_tenant(api_ctx *c) {
         static const char sql_user[] =
-                "SELECT 1 FROM users WHERE account_id = $1 AND id = $2 AND NOT is_service_user";
+                "SELECT 1 FROM users WHERE account_id = $1 AND id = $2 AND NOT is_service_user AND NOT blocked"
+                " AND NOT pending_approval";
         static const char sql_demote[] =
                 "UPDATE users SET role = 'admin' WHERE account_id = $1 AND role = 'owner' AND id <> $2";
         static const char sql_owner[] = "UPDATE users SET role = 'owner' WHERE account_id = $1 AND id = $2";
@@ -582,9 +601,11 @@ static int unlink_tenant(api_ctx *c) {
         r = find_tenant(c, id, &rows);
         if (r < 0)
                 return r;
-        if (strcmp(cp_store_rows_get(rows, 0, 2), "invited") == 0) {
-                /* Never accepted: the MSP withdraws the invitation and
-                 * changes nothing inside the account. */
+        const char *status = cp_store_rows_get(rows, 0, 2);
+        if (strcmp(status, "invited") == 0 || strcmp(status, "existing") == 0) {
+                /* An account that was someone's before the invitation
+                 * (accepted or not): the link goes, nothing inside the
+                 * account changes (its owner is still its owner). */
                 const char *pl[2] = { id, c->account_id };
                 r = api_sql(c, sql_unlink, 2, pl, NULL);
                 if (r < 0)

@@ -521,7 +521,16 @@ static int save_user(api_ctx *c, const user_update *u) {
         bool propagated = false;
         int r;
 
-        if (transferred) {
+        if (transferred && c->home_account_id[0]) {
+                /* An MSP user acting as the tenant's owner is no user
+                 * there: the tenant's own owners step down instead, so
+                 * the tenant keeps one owner. */
+                const char *pt[2] = { c->account_id, u->id };
+                r = api_sql(c, "UPDATE users SET role = 'admin' WHERE account_id = $1 AND role = 'owner'"
+                            " AND id <> $2", 2, pt, NULL);
+                if (r < 0)
+                        return r;
+        } else if (transferred) {
                 const char *pt[3] = { c->account_id, c->user_id, "admin" };
                 r = api_sql(c, SQL_SET_ROLE, 3, pt, NULL);
                 if (r < 0)

@@ -405,17 +405,32 @@ def invite_accept_decline_and_unlink():
     # Accepted: the MSP acts inside.
     assert api.ok("GET", "/api/users/current?account=" + oid)["role"] == "admin"
 
-    # Unlink: a user of the tenant becomes its owner, the link goes.
+    # Unlink of an account that joined by invitation: the link goes, its
+    # own owner stays its owner (nothing inside it changes).
     uid = apifix.sql_user(dep, "user", account=oid, name="New Owner")
-    api.error("POST", "/api/integrations/msp/tenants/%s/unlink" % oid, 422, {"owner": dep.user_id})
-    api.error("POST", "/api/integrations/msp/tenants/%s/unlink" % oid, 422, {})
+    roles = dict(dep.sql("SELECT id, role FROM users WHERE account_id = %s", (oid,)))
     api.error("POST", "/api/integrations/msp/tenants/nosuch/unlink", 404, {"owner": uid})
     api.ok("POST", "/api/integrations/msp/tenants/%s/unlink" % oid, {"owner": uid})
-    roles = dict(dep.sql("SELECT id, role FROM users WHERE account_id = %s", (oid,)))
-    assert roles[uid] == "owner" and roles[other["USER_ID"]] == "admin", roles
+    assert dict(dep.sql("SELECT id, role FROM users WHERE account_id = %s", (oid,))) == roles
+    assert roles[other["USER_ID"]] == "owner", roles
     assert dep.sql("SELECT count(*) FROM msp_tenants WHERE account_id = %s", (oid,)) == [(0,)]
     api.error("GET", "/api/groups?account=" + oid, 403)
     api_o.error("GET", "/api/integrations/msp", 404)
+
+    # Unlink of a tenant the MSP made: a user of the tenant (not blocked)
+    # becomes its owner, the tenant's other owners admins, the link goes.
+    made = api.ok("POST", "/api/integrations/msp/tenants", tenant_body("Made", "made.example", []))
+    tu = apifix.sql_user(dep, "user", account=made["id"], name="Their Owner")
+    tb = apifix.sql_user(dep, "user", account=made["id"], name="Blocked")
+    dep.sql("UPDATE users SET blocked = true WHERE id = %s", (tb,))
+    un = "/api/integrations/msp/tenants/%s/unlink" % made["id"]
+    api.error("POST", un, 422, {"owner": dep.user_id})
+    api.error("POST", un, 422, {})
+    api.error("POST", un, 422, {"owner": tb})
+    api.ok("POST", un, {"owner": tu})
+    mroles = dict(dep.sql("SELECT id, role FROM users WHERE account_id = %s", (made["id"],)))
+    assert mroles[tu] == "owner" and list(mroles.values()).count("owner") == 1, mroles
+    assert dep.sql("SELECT count(*) FROM msp_tenants WHERE account_id = %s", (made["id"],)) == [(0,)]
 
     # An invitation withdrawn before it is answered: no role changes.
     api.ok("POST", "/api/integrations/msp/tenants/%s/invite" % oid)
@@ -425,8 +440,7 @@ def invite_accept_decline_and_unlink():
 
     # Decline.
     api.ok("POST", "/api/integrations/msp/tenants/%s/invite" % oid)
-    new_owner = apifix.api_for(srv, apifix.sql_token(dep, uid, account=oid))
-    new_owner.ok("PUT", "/api/integrations/msp/tenants/%s/invite" % oid, {"value": "decline"})
+    api_o.ok("PUT", "/api/integrations/msp/tenants/%s/invite" % oid, {"value": "decline"})
     assert dep.sql("SELECT count(*) FROM msp_tenants WHERE account_id = %s", (oid,)) == [(0,)]
 
 
