@@ -305,8 +305,11 @@ static int tenant_body(api_ctx *c, const char **name, char **groups) {
         r = api_field_array(c, body, "groups", &g);
         if (r < 0)
                 return r;
-        if (g)
-                *groups = json_dumps(g, JSON_COMPACT);
+        /* Required (NetBird's schema): an absent mapping must not clear
+         * every MSP user's access by accident. */
+        if (!g)
+                return api_error(c, 422, "groups is required");
+        *groups = json_dumps(g, JSON_COMPACT);
         return 0;
 }
 
@@ -513,7 +516,8 @@ static int verify_dns(api_ctx *c) {
 static int invite_tenant(api_ctx *c) {
         static const char sql_target[] =
                 "SELECT a.msp_enabled_at IS NOT NULL, EXISTS (SELECT 1 FROM msp_tenants t WHERE t.account_id = a.id),"
-                " COALESCE(NULLIF(a.domain, ''), a.id) FROM accounts a WHERE a.id = $1";
+                " EXISTS (SELECT 1 FROM msp_tenants t WHERE t.account_id = a.id AND t.msp_account_id = $2)"
+                " FROM accounts a WHERE a.id = $1";
         static const char sql_insert[] =
                 "INSERT INTO msp_tenants (account_id, msp_account_id, name, domain, groups, status, dns_challenge,"
                 " invited_at) VALUES ($1, $2, $3, lower($3), '[]', 'invited', $4, CURRENT_TIMESTAMP)";
@@ -528,18 +532,21 @@ static int invite_tenant(api_ctx *c) {
                 return r;
         if (strcmp(id, c->account_id) == 0)
                 return api_error(c, 422, "an msp cannot invite its own account");
-        const char *p[1] = { id };
-        r = api_sql(c, sql_target, 1, p, &rows);
+        const char *p[2] = { id, c->account_id };
+        r = api_sql(c, sql_target, 2, p, &rows);
         if (r < 0)
                 return r;
-        if (cp_store_rows_count(rows) != 1)
+        /* One answer for an unknown account, an MSP and an account of
+         * another MSP: the invitation tells nothing about accounts the
+         * MSP has no business with. */
+        if (cp_store_rows_count(rows) != 1 || cp_store_rows_bool(rows, 0, 0) ||
+            (cp_store_rows_bool(rows, 0, 1) && !cp_store_rows_bool(rows, 0, 2)))
                 return api_error(c, 404, "account: %s not found", id);
-        if (cp_store_rows_bool(rows, 0, 0))
-                return api_error(c, 422, "an msp account cannot be a tenant");
         if (cp_store_rows_bool(rows, 0, 1))
-                return api_error(c, 409, "account is already linked to an msp");
+                return api_error(c, 409, "account is already linked to this msp");
         cp_store_msp_challenge_new(challenge);
-        const char *pi[4] = { id, c->account_id, cp_store_rows_get(rows, 0, 2), challenge };
+        /* Name and domain stay the id until the account accepts. */
+        const char *pi[4] = { id, c->account_id, id, challenge };
         r = api_sql_try(c, sql_insert, 4, pi, NULL, &err);
         if (r == -EEXIST)
                 return api_error(c, 409, "a tenant with this domain already exists");
@@ -553,8 +560,9 @@ static int invite_tenant(api_ctx *c) {
  * removes it. Anyone else: 403; no pending invitation: 404. */
 static int answer_invite(api_ctx *c) {
         static const char sql_accept[] =
-                "UPDATE msp_tenants SET status = 'existing', updated_at = CURRENT_TIMESTAMP"
-                " WHERE account_id = $1 AND status = 'invited'";
+                "UPDATE msp_tenants t SET status = 'existing', updated_at = CURRENT_TIMESTAMP,"
+                " name = COALESCE(NULLIF(a.domain, ''), a.id), domain = lower(COALESCE(NULLIF(a.domain, ''), a.id))"
+                " FROM accounts a WHERE a.id = t.account_id AND t.account_id = $1 AND t.status = 'invited'";
         static const char sql_decline[] = "DELETE FROM msp_tenants WHERE account_id = $1 AND status = 'invited'";
         _cleanup_rows_ cp_store_rows *rows = NULL;
         const char *id = c->param[0], *value = NULL;
@@ -573,9 +581,12 @@ static int answer_invite(api_ctx *c) {
         if (!accept && !(value && strcmp(value, "decline") == 0))
                 return api_error(c, 422, "value should be accept or decline");
         const char *p[1] = { id };
-        r = api_sql(c, accept ? sql_accept : sql_decline, 1, p, &rows);
+        cp_error err = { 0 };
+        r = api_sql_try(c, accept ? sql_accept : sql_decline, 1, p, &rows, &err);
+        if (r == -EEXIST)
+                return api_error(c, 409, "the msp has a tenant with this account's domain already");
         if (r < 0)
-                return r;
+                return api_internal(c, "answering the invitation", &err);
         if (cp_store_rows_affected(rows) == 0)
                 return api_error(c, 404, "invitation not found");
         return api_reply_empty_object(c);

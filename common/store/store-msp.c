@@ -91,6 +91,16 @@ int cp_store_tx_msp_groups_check(cp_store_tx *tx, const char *msp_account_id, co
                         cp_strbuf_release(&ids);
                         return cp_error_set(reterr, -EINVAL, "group id should not be empty string");
                 }
+                if (i >= CP_MSP_GROUPS_MAX || strlen(id) > CP_MSP_GROUP_ID_MAX) {
+                        cp_strbuf_release(&ids);
+                        return cp_error_set(reterr, -EINVAL, "groups should hold at most %d entries of group ids of "
+                                            "at most %d characters", CP_MSP_GROUPS_MAX, CP_MSP_GROUP_ID_MAX);
+                }
+                for (size_t j = 0; j < i; j++)
+                        if (strcmp(json_string_value(json_object_get(json_array_get(in, j), "id")), id) == 0) {
+                                cp_strbuf_release(&ids);
+                                return cp_error_set(reterr, -EINVAL, "group id %s is given more than once", id);
+                        }
                 if (!role_valid(role)) {
                         cp_strbuf_release(&ids);
                         return cp_error_set(reterr, -EINVAL, "invalid role: %s", role);

@@ -188,6 +188,15 @@ def create_list_update_with_validation_and_schema():
     assert u["dns_challenge"] == t["dns_challenge"] and u["domain"] == t["domain"], u
     api.error("PUT", "/api/integrations/msp/tenants/" + t["id"], 422, {"name": "", "groups": []})
     api.error("PUT", "/api/integrations/msp/tenants/nosuch", 404, {"name": "x", "groups": []})
+    # groups: required, at most 100 entries, each id once.
+    api.error("PUT", "/api/integrations/msp/tenants/" + t["id"], 422, {"name": "x"}, message="groups is required")
+    api.error("PUT", "/api/integrations/msp/tenants/" + t["id"], 422,
+              {"name": "x", "groups": [{"id": gid, "role": "admin"}, {"id": gid, "role": "user"}]},
+              message="more than once")
+    api.error("PUT", "/api/integrations/msp/tenants/" + t["id"], 422,
+              {"name": "x", "groups": [{"id": "g%d" % i, "role": "user"} for i in range(101)]},
+              message="at most 100")
+    assert api.ok("GET", "/api/integrations/msp/tenants")[0]["groups"] == u["groups"]
 
     # Roles inside the MSP: owner and admin only.
     _, admin = apifix.role_api(dep, api, "admin")
@@ -330,8 +339,13 @@ def msp_b_cannot_see_act_in_or_learn_of_msp_a_tenants():
     # Creating A's domain in B is B's own tenant, not A's.
     tb = api_b.ok("POST", "/api/integrations/msp/tenants", tenant_body("B1", "a1.example", [{"id": gb, "role": "admin"}]))
     assert tb["id"] != ta["id"] and tb["dns_challenge"] != ta["dns_challenge"]
-    # Inviting A's tenant: already linked.
-    api_b.error("POST", "/api/integrations/msp/tenants/%s/invite" % ta["id"], 409)
+    # Inviting A's tenant: the same 404 as an unknown account (no oracle).
+    e1 = api_b.error("POST", "/api/integrations/msp/tenants/%s/invite" % ta["id"], 404)
+    e2 = api_b.error("POST", "/api/integrations/msp/tenants/nosuch/invite", 404)
+    assert e1["message"].replace(ta["id"], "ID") == e2["message"].replace("nosuch", "ID"), (e1, e2)
+    # ... and so is inviting an MSP.
+    e3 = api_b.error("POST", "/api/integrations/msp/tenants/%s/invite" % dep.account_id, 404)
+    assert e3["message"].replace(dep.account_id, "ID") == e2["message"].replace("nosuch", "ID"), (e3, e2)
     # Even the owner mapping of B does not open A's tenant.
     api_b.error("GET", "/api/users/current?account=" + ta["id"], 403)
     after = dep.sql("SELECT row_to_json(t)::text FROM msp_tenants t WHERE account_id <> %s ORDER BY 1", (tb["id"],))
@@ -385,6 +399,8 @@ def invite_accept_decline_and_unlink():
 
     t = check_tenant(api.ok("POST", "/api/integrations/msp/tenants/%s/invite" % oid))
     assert t["id"] == oid and t["status"] == "invited" and t["invited_at"], t
+    # Nothing of the account shows before it accepts.
+    assert t["name"] == oid and t["domain"] == oid, t
     api.error("POST", "/api/integrations/msp/tenants/%s/invite" % oid, 409)
     api.error("POST", "/api/integrations/msp/tenants/nosuch/invite", 404)
     api.error("POST", "/api/integrations/msp/tenants/%s/invite" % dep.account_id, 422)

@@ -44,6 +44,8 @@
 #define CP_MSP_NAME_MAX 255
 #define CP_MSP_DOMAIN_MAX 253
 #define CP_MSP_IDEMPOTENCY_KEY_MAX 255
+#define CP_MSP_GROUPS_MAX 100          /* entries of a tenant's groups mapping */
+#define CP_MSP_GROUP_ID_MAX 64
 
 /* Strings are borrowed. */
 typedef struct cp_store_msp_tenant_spec {
