@@ -17,6 +17,7 @@
 #include "cp/store-msp.h"
 
 #include <arpa/inet.h>
+#include <stdatomic.h>
 #include <arpa/nameser.h>
 #include <netinet/in.h>
 #include <resolv.h>
@@ -33,6 +34,9 @@
         " 'invited_at', " API_TS_JSON(t ".invited_at") ", 'status', " t ".status,"                         \
         " 'disabled_at', " API_TS_JSON(a ".suspended_at") "))"
 
+/* DNS checks (POST /tenants/{id}/dns) running at once on a replica. */
+#define MSP_DNS_CHECKS_MAX 4
+
 static const char SQL_IS_MSP[] = "SELECT msp_enabled_at IS NOT NULL FROM accounts WHERE id = $1";
 static const char SQL_LIST[] =
         "SELECT COALESCE(json_agg(" TENANT_JSON("t", "a") " ORDER BY t.created_at, t.account_id), '[]')"
@@ -43,12 +47,16 @@ static const char SQL_GET[] =
 static const char SQL_FIND[] =
         "SELECT domain, dns_challenge, status, name FROM msp_tenants WHERE msp_account_id = $1 AND account_id = $2"
         " FOR UPDATE";
+/* The same without the row lock: the DNS check holds nothing while it
+ * waits for the resolver (its update re-checks the status). */
+static const char SQL_FIND_NOLOCK[] =
+        "SELECT domain, dns_challenge, status, name FROM msp_tenants WHERE msp_account_id = $1 AND account_id = $2";
 static const char SQL_UPDATE[] =
         "UPDATE msp_tenants SET name = $3, groups = $4::jsonb, updated_at = CURRENT_TIMESTAMP"
         " WHERE msp_account_id = $1 AND account_id = $2";
 static const char SQL_ACTIVATE[] =
         "UPDATE msp_tenants SET status = 'active', activated_at = CURRENT_TIMESTAMP, updated_at = CURRENT_TIMESTAMP"
-        " WHERE msp_account_id = $1 AND account_id = $2";
+        " WHERE msp_account_id = $1 AND account_id = $2 AND status = 'pending'";
 
 /* The role an MSP user ($3, of MSP $2) takes in tenant $1: the most
  * privileged role of the tenant's groups mapping among the user's MSP
@@ -373,18 +381,22 @@ static int create_tenant(api_ctx *c) {
 /* The MSP's tenant {id} for a change: the caller checked (msp_guard),
  * the link row locked (SQL_FIND's columns: domain, dns_challenge,
  * status, name); 404 for an unknown tenant or another MSP's. */
-static int find_tenant(api_ctx *c, const char *id, cp_store_rows **ret) {
+static int find_tenant_as(api_ctx *c, const char *id, const char *sql, cp_store_rows **ret) {
         int r = msp_guard(c);
 
         if (r < 0)
                 return r;
         const char *p[2] = { c->account_id, id };
-        r = api_sql(c, SQL_FIND, 2, p, ret);
+        r = api_sql(c, sql, 2, p, ret);
         if (r < 0)
                 return r;
         if (cp_store_rows_count(*ret) != 1)
                 return api_error(c, 404, "tenant: %s not found", id);
         return 0;
+}
+
+static int find_tenant(api_ctx *c, const char *id, cp_store_rows **ret) {
+        return find_tenant_as(c, id, SQL_FIND, ret);
 }
 
 static int update_tenant(api_ctx *c) {
@@ -483,7 +495,7 @@ static int verify_dns(api_ctx *c) {
         char why[128];
         int r;
 
-        r = find_tenant(c, id, &rows);
+        r = find_tenant_as(c, id, SQL_FIND_NOLOCK, &rows);
         if (r < 0)
                 return r;
         const char *domain = cp_store_rows_get(rows, 0, 0), *challenge = cp_store_rows_get(rows, 0, 1);
@@ -492,7 +504,15 @@ static int verify_dns(api_ctx *c) {
                 return reply_tenant(c, id);
         if (strcmp(status, "pending") != 0)
                 return api_error(c, 422, "tenant is not pending domain verification");
+        /* A lookup may wait seconds on a silent server while it holds a
+         * worker and a database connection: a few at a time per replica. */
+        static atomic_int dns_checks;
+        if (atomic_fetch_add(&dns_checks, 1) >= MSP_DNS_CHECKS_MAX) {
+                atomic_fetch_sub(&dns_checks, 1);
+                return api_error(c, 429, "too many DNS checks in progress, try again later");
+        }
         r = txt_has(c->api, domain, challenge, why, sizeof why);
+        atomic_fetch_sub(&dns_checks, 1);
         if (r < 0) {
                 (void) snprintf(c->err_detail, sizeof c->err_detail, "dns: %s", why);
                 return api_internal(c, "dns", NULL);
