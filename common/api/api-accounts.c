@@ -649,6 +649,8 @@ static int delete_account(api_ctx *c) {
         cp_store_account_deleted del = { 0 };
         cp_error err = { 0 };
         r = cp_store_tx_account_delete_all(c->tx, c->account_id, &del, &err);
+        if (r == -EBUSY)
+                return api_error(c, 412, "%s", err.message);
         if (r < 0)
                 return api_internal(c, "deleting the account", &err);
         if (del.proxy_seq > c->proxy_seq)

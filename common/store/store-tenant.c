@@ -192,7 +192,7 @@ static const char SQL_LEFTOVERS[] =
 
 int cp_store_tx_account_delete_all(cp_store_tx *tx, const char *account_id, cp_store_account_deleted *ret,
                                    cp_error *reterr) {
-        _cleanup_rows_ cp_store_rows *lock = NULL, *peers = NULL, *left = NULL;
+        _cleanup_rows_ cp_store_rows *lock = NULL, *tenants = NULL, *peers = NULL, *left = NULL;
         cp_store_account_deleted out = { 0 };
         const char *p[1] = { account_id };
         int r = check_id(account_id, reterr);
@@ -205,6 +205,15 @@ int cp_store_tx_account_delete_all(cp_store_tx *tx, const char *account_id, cp_s
                              reterr);
         if (r >= 0 && cp_store_rows_count(lock) != 1)
                 r = cp_error_set(reterr, -ENOENT, "account %s not found", account_id);
+        if (r >= 0) {
+                /* An MSP's tenants are other accounts: deleting the MSP
+                 * would cut their links (rows keyed by the tenants). */
+                r = cp_store_tx_exec(tx, "SELECT count(*) FROM msp_tenants WHERE msp_account_id = $1", 1, p, &tenants,
+                                     reterr);
+                if (r >= 0 && strcmp(cp_store_rows_get(tenants, 0, 0), "0") != 0)
+                        r = cp_error_set(reterr, -EBUSY, "account %s manages %s tenants: delete or unlink them first",
+                                         account_id, cp_store_rows_get(tenants, 0, 0));
+        }
         if (r >= 0) {
                 out.serial = strtoll(cp_store_rows_get(lock, 0, 0), NULL, 10) + 1;
                 r = cp_store_tx_exec(tx, "SELECT count(*) FROM peers WHERE account_id = $1", 1, p, &peers, reterr);

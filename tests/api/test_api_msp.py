@@ -547,6 +547,10 @@ def usage_and_delete_of_a_tenant():
     assert dep.sql("SELECT activity, target_id FROM events WHERE account_id = %s AND activity = 1306",
                    (dep.account_id,)) == [(1306, t1["id"])]
     api.error("DELETE", "/api/integrations/msp/tenants/" + t1["id"], 404)
+    # The MSP itself cannot go while it has tenants (their links are rows
+    # of other accounts).
+    api.error("DELETE", "/api/accounts/" + dep.account_id, 412, message="manages 1 tenants")
+    assert rows_of(t2["id"]) == before2
     # An account that joined by invitation is unlinked, never deleted.
     dep.sql("UPDATE msp_tenants SET status = 'existing' WHERE account_id = %s", (t2["id"],))
     api.error("DELETE", "/api/integrations/msp/tenants/" + t2["id"], 400, message="unlink it")

@@ -85,15 +85,15 @@ typedef struct cp_store_account_deleted {
  * reverse-proxy services (cp_store_tx_proxy_services_removed: proxies
  * must drop them; those log rows stay, as for the REST account delete);
  * its events; then the accounts row, whose foreign keys cascade to every
- * other table (msp_tenants included: the tenant's link, and the links of
- * the tenants it manages when it is an MSP, whose accounts stay). Before
+ * other table (msp_tenants included: the tenant's own link). Before
  * committing it checks the catalog: any table with an account_id column
  * (proxy_mapping_changes excepted) that still holds a row of the account
  * fails the whole delete with -EIO naming the table, so a future table
  * without a cascading foreign key cannot be left behind silently. Rows
  * of other accounts are never touched, even those naming this one
  * (events.initiator_account_id of an MSP user's actions elsewhere).
- * -ENOENT unknown account. */
+ * -ENOENT unknown account; -EBUSY an MSP that still has tenants (their
+ * links are rows of other accounts: delete or unlink them first). */
 int cp_store_account_delete_all(cp_store *s, const char *account_id, cp_store_account_deleted *ret,
                                 cp_error *reterr);
 /* The same inside the caller's transaction (the REST account and
