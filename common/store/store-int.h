@@ -35,6 +35,7 @@ typedef enum cp_store_stmt {
         ST_PAT_INSERT,
         ST_SETUP_KEY_INSERT,
         ST_EVENT_INSERT,
+        ST_EVENT_INSERT_SPARSE,
         ST_SERVER_KEY_GET,
         ST_SERVER_KEY_INSERT,
         ST_SERVER_KEY_INFO,

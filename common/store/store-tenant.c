@@ -172,7 +172,9 @@ void cp_store__peer_limit_event(cp_store_conn *c, const char *account_id, const 
 
         (void) snprintf(code, sizeof code, "%d", CP_ACTIVITY_ACCOUNT_PEER_LIMIT_REACHED);
         const char *ev[5] = { code, initiator ? initiator : "", "", account_id, meta_s ? meta_s : "{}" };
-        (void) cp_store__exec(c, ST_EVENT_INSERT, ev, NULL, NULL);
+        /* Refused agents retry with backoff, forever: one event per
+         * account per 10 minutes tells the story without flooding. */
+        (void) cp_store__exec(c, ST_EVENT_INSERT_SPARSE, ev, NULL, NULL);
 }
 
 /* ---- delete ---------------------------------------------------------------------------- */

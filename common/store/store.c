@@ -239,6 +239,13 @@ static const struct {
         [ST_EVENT_INSERT] = { "event_insert",
                 "INSERT INTO events (activity, initiator_id, target_id, account_id, meta)"
                 " VALUES ($1::int, $2, $3, $4, $5::jsonb)", 5 },
+        /* The same at most once per account and activity in 10 minutes:
+         * for refusals that agents retry forever (the device limit). */
+        [ST_EVENT_INSERT_SPARSE] = { "event_insert_sparse",
+                "INSERT INTO events (activity, initiator_id, target_id, account_id, meta)"
+                " SELECT $1::int, $2, $3, $4, $5::jsonb WHERE NOT EXISTS (SELECT 1 FROM events"
+                " WHERE account_id = $4 AND activity = $1::int"
+                " AND \"timestamp\" > CURRENT_TIMESTAMP - interval '10 minutes')", 5 },
 
         /* Server key pair (store-serverkey.c): first writer wins, all read. */
         /* The previous key comes back only inside its grace period, by the
