@@ -200,6 +200,9 @@ def check_suspended_refusals(dep, srv, agent):
     newcomer = dep.agent(srv)
     expect_rpc(lambda: newcomer.register(dep.setup_key, meta=build_meta("newcomer")),
                grpc.StatusCode.FAILED_PRECONDITION, MSG_SUSPENDED)
+    # Nor does it write through the other RPCs: SyncMeta, CreateExpose.
+    expect_rpc(lambda: agent.sync_meta(build_meta("meta")), grpc.StatusCode.FAILED_PRECONDITION, MSG_SUSPENDED)
+    expect_rpc(lambda: agent.create_expose(8080), grpc.StatusCode.FAILED_PRECONDITION, MSG_SUSPENDED)
 
 
 @test

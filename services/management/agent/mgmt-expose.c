@@ -12,6 +12,7 @@
 #include "mgmt-agent-int.h"
 #include "mgmt-expose.h"
 
+#include "cp/store-tenant.h"
 #include "management.pb-c.h"
 
 void mgmt_expose_changed(const mgmt_agent *a, int64_t seq) {
@@ -25,9 +26,10 @@ void mgmt_expose_changed(const mgmt_agent *a, int64_t seq) {
 /* The account and peer of the sealed request's key (NetBird's
  * authenticateExposePeer). NULL with op's outcome set. */
 static cp_store_peer *expose_peer(mgmt_agent_op *op) {
+        cp_store_account_settings st;
         cp_store_peer *p = NULL;
         cp_error err = { 0 };
-        int r = cp_store_peer_get_by_key(op->agent->store, op->peer_key, &p, &err);
+        int r = cp_store_peer_lookup(op->agent->store, op->peer_key, &p, &st, NULL, &err);
 
         if (r == -ENOENT) {
                 mgmt_agent_fail(op, GRPC_STATUS_PERMISSION_DENIED, "peer is not registered");
@@ -39,6 +41,12 @@ static cp_store_peer *expose_peer(mgmt_agent_op *op) {
                 return NULL;
         }
         (void) snprintf(op->account, sizeof op->account, "%s", p->account_id);
+        /* A suspended account exposes nothing (docs/msp.md). */
+        if (st.suspended) {
+                mgmt_agent_fail(op, GRPC_STATUS_FAILED_PRECONDITION, CP_STORE_MSG_SUSPENDED);
+                cp_store_peer_free(p);
+                return NULL;
+        }
         return p;
 }
 

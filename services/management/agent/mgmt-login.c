@@ -481,11 +481,13 @@ void mgmt_login(mgmt_agent_op *op) {
 
 /* ---- SyncMeta and Logout ---------------------------------------------------------- */
 
-/* The peer of the request's key, or NULL with NotFound / Internal set. */
-static cp_store_peer *lookup(mgmt_agent_op *op) {
+/* The peer of the request's key, or NULL with NotFound / Internal set;
+ * writers (SyncMeta) also refuse a suspended account as Login does. */
+static cp_store_peer *lookup(mgmt_agent_op *op, bool write) {
+        cp_store_account_settings st;
         cp_store_peer *p = NULL;
         cp_error err = { 0 };
-        int r = cp_store_peer_get_by_key(op->agent->store, op->peer_key, &p, &err);
+        int r = cp_store_peer_lookup(op->agent->store, op->peer_key, &p, &st, NULL, &err);
 
         if (r == -ENOENT) {
                 mgmt_agent_fail(op, GRPC_STATUS_NOT_FOUND, "peer not found: %s", op->peer_key);
@@ -496,6 +498,11 @@ static cp_store_peer *lookup(mgmt_agent_op *op) {
                 return NULL;
         }
         snprintf(op->account, sizeof op->account, "%s", p->account_id);
+        if (write && st.suspended) {
+                mgmt_agent_fail(op, GRPC_STATUS_FAILED_PRECONDITION, CP_STORE_MSG_SUSPENDED);
+                cp_store_peer_free(p);
+                return NULL;
+        }
         return p;
 }
 
@@ -514,7 +521,7 @@ void mgmt_sync_meta(mgmt_agent_op *op) {
         }
         if (mgmt_login_meta(op, req->meta, &meta) < 0)
                 return;
-        p = lookup(op);
+        p = lookup(op, true);
         if (!p)
                 return;
         cp_store_peer_login_req lr = { .meta = &meta };
@@ -553,7 +560,7 @@ static uint8_t *deleted_message(mgmt_agent_op *op, const char *account_id, size_
 }
 
 void mgmt_logout(mgmt_agent_op *op) {
-        _cleanup_store_peer_ cp_store_peer *p = lookup(op);
+        _cleanup_store_peer_ cp_store_peer *p = lookup(op, false);
         cp_error err = { 0 };
         int64_t serial = 0;
         uint8_t *last;
