@@ -12,6 +12,8 @@
 
 #define FP_LABEL "netbird-cp data key fingerprint v1"
 #define MARKER "\"pii1:"
+#define PLAIN_MARK "pii0:"     /* CP_PII_PLAIN's escape, stripped once */
+#define PLAIN_MARK_LEN 5
 
 typedef struct pii_key {
         /* libsodium's precomputed AES-256-GCM key schedule, when the CPU
@@ -288,7 +290,7 @@ char *cp_pii_open(const char *fp, const char *stored) {
 }
 
 bool cp_pii_json_has_marker(const char *json) {
-        return json && strstr(json, MARKER) != NULL;
+        return json && (strstr(json, MARKER) || strstr(json, "\"" PLAIN_MARK));
 }
 
 /* At s (just past `"pii1:`): <32 hex>:<base64>" -- the key index, the
@@ -345,47 +347,83 @@ static void add_pg_json_string(cp_strbuf *out, const char *s) {
         cp_strbuf_addch(out, '"');
 }
 
+/* At m (an opening quote): the marker's value opened into out, JSON-
+ * escaped. Returns the end of the string token (past its closing quote),
+ * or NULL when it is not a marker of an installed key or does not open
+ * (nothing written). */
+static const char *expand_one(const char *m, cp_strbuf *out) {
+        const char *val;
+        size_t len;
+        int i = parse_marker(m + sizeof MARKER - 1, &val, &len);
+        char *plain = NULL;
+        cp_error err = { 0 };
+
+        if (i < 0)
+                return NULL;
+        if (len == 0) {                 /* "" sealed is "" */
+                cp_strbuf_adds(out, "\"\"");
+                return val + 1;
+        }
+        /* Short values (all real ones): no allocation. */
+        char buf[FAST_MAX + 1];
+        int n = fast_open(i, val, len, buf);
+        if (n >= 0) {
+                add_pg_json_string(out, buf);
+                cp_explicit_bzero(buf, (size_t) n);
+                return val + len + 1;
+        }
+        if (open_dup(i, val, len, &plain, &err) >= 0) {
+                add_pg_json_string(out, plain);
+                cp_explicit_bzero(plain, strlen(plain));
+                free(plain);
+                return val + len + 1;   /* past the closing quote */
+        }
+        cp_log_kv(&log_ctx, CP_LOG_WARN, "cannot open personal data; shown sealed", "key_fingerprint", keys[i].fp,
+                  "error", err.message, NULL);
+        return NULL;
+}
+
 void cp_pii_expand_json(const char *json, cp_strbuf *out) {
-        const char *p = json, *m;
+        const char *p = json, *done = json;     /* done: copied up to here */
+        bool in_string = false;
 
-        while ((m = strstr(p, MARKER))) {
-                const char *val;
-                size_t len;
-                int i = parse_marker(m + sizeof MARKER - 1, &val, &len);
-                char *plain = NULL;
-                cp_error err = { 0 };
-
-                cp_strbuf_add(out, p, (size_t) (m - p));
-                if (i >= 0 && len == 0) {       /* "" sealed is "" */
-                        cp_strbuf_adds(out, "\"\"");
-                        p = val + 1;
+        /* Only a whole string token is a marker: the scanner follows
+         * JSON's strings (an unescaped quote opens or closes one), so
+         * "pii1:" inside a string (x\"pii1:...) is text. */
+        for (;;) {
+                p += strcspn(p, "\"\\");
+                if (!*p)
+                        break;
+                if (*p == '\\') {             /* only inside strings */
+                        p += p[1] ? 2 : 1;
                         continue;
                 }
-                if (i >= 0) {
-                        /* Short values (all real ones): no allocation. */
-                        char buf[FAST_MAX + 1];
-                        int n = fast_open(i, val, len, buf);
-                        if (n >= 0) {
-                                add_pg_json_string(out, buf);
-                                cp_explicit_bzero(buf, (size_t) n);
-                                p = val + len + 1;
-                                continue;
-                        }
-                        if (open_dup(i, val, len, &plain, &err) >= 0) {
-                                add_pg_json_string(out, plain);
-                                cp_explicit_bzero(plain, strlen(plain));
-                                free(plain);
-                                p = val + len + 1;      /* past the closing quote */
-                                continue;
-                        }
-                        cp_log_kv(&log_ctx, CP_LOG_WARN, "cannot open personal data; shown sealed",
-                                  "key_fingerprint", keys[i].fp, "error", err.message, NULL);
+                if (in_string) {                /* the closing quote */
+                        in_string = false;
+                        p++;
+                        continue;
                 }
-                /* Not ours: copy the quote and go on after it. */
-                cp_strbuf_addch(out, '"');
-                p = m + 1;
+                if (strncmp(p + 1, PLAIN_MARK, PLAIN_MARK_LEN) == 0) {
+                        /* CP_PII_PLAIN's escape: drop it, the rest is text. */
+                        cp_strbuf_add(out, done, (size_t) (p + 1 - done));
+                        p += 1 + PLAIN_MARK_LEN;
+                        done = p;
+                        in_string = true;
+                        continue;
+                }
+                if (strncmp(p, MARKER, sizeof MARKER - 1) == 0) {
+                        cp_strbuf_add(out, done, (size_t) (p - done));
+                        const char *end = expand_one(p, out);
+                        if (end) {
+                                p = done = end;
+                                continue;
+                        }
+                        done = p;       /* not ours: copied as it is */
+                }
+                in_string = true;
+                p++;
         }
-        cp_strbuf_adds(out, p);
+        cp_strbuf_adds(out, done);
 }
 
 char *cp_pii_open_marked(const char *value) {
@@ -395,6 +433,8 @@ char *cp_pii_open_marked(const char *value) {
 
         if (!value)
                 return cp_xstrdup("");
+        if (strncmp(value, PLAIN_MARK, PLAIN_MARK_LEN) == 0)
+                return cp_xstrdup(value + PLAIN_MARK_LEN);      /* CP_PII_PLAIN's escape */
         if (strncmp(value, MARKER + 1, sizeof MARKER - 2) != 0)
                 return cp_xstrdup(value);
         const char *s = value + sizeof MARKER - 2;

@@ -115,6 +115,29 @@ def emails_and_names_are_sealed_in_postgres_and_shown_by_the_api():
     assert api.ok("GET", "/api/events/proxy?user_email=pii@example")["data"] == []
 
 
+@test
+def a_pasted_ciphertext_is_shown_as_typed_never_opened():
+    """Someone holding a database dump pastes a sealed value into a
+    service user's name: the API must not open it for them."""
+    dep, srv, api = apifix.start()
+    uid = add_user(dep)
+    wait_sealed(dep)
+    fp, ct = dep.sql("SELECT pii_key, email FROM users WHERE id = %s", (uid,))[0]
+    marker = "pii1:%s:%s" % (fp, ct)
+    for name in (marker, 'x"' + marker + '"', "pii0:" + marker):
+        sid = api.ok("POST", "/api/users", {"name": name, "role": "user", "auto_groups": [],
+                                            "is_service_user": True})["id"]
+        listed = [x for x in api.ok("GET", "/api/users?service_user=true") if x["id"] == sid]
+        assert listed and listed[0]["name"] == name, (name, listed)
+        assert api.ok("GET", "/api/users/" + sid)["name"] == name
+        assert EMAIL not in json.dumps(api.ok("GET", "/api/users?service_user=true"))
+    # A legacy row (written without the key) whose name is a ciphertext.
+    dep.sql("INSERT INTO users (id, account_id, role, name, email, pii_key) VALUES ('usrpaste', %s, 'user', %s,"
+            " '', '')", (dep.account_id, marker))
+    got = [x for x in api.ok("GET", "/api/users") if x["id"] == "usrpaste"]
+    assert got and got[0]["name"] == marker, got
+
+
 def start_with(dep, key, previous=None, **kw):
     env = {"NB_MGMT_DATA_STORE_ENCRYPTION_KEY": key}
     if previous:

@@ -96,6 +96,37 @@ TEST(expand_json_is_byte_for_byte_postgres_escaping) {
         free(v);
 }
 
+TEST(expand_json_opens_only_whole_strings_and_strips_the_plain_escape) {
+        char fp[CP_PII_FP_LEN] = "";
+        cp_strbuf in, out;
+
+        install_ab();
+        char *v = cp_pii_seal("secret@x.test", fp);
+        cp_strbuf_init(&in);
+        cp_strbuf_init(&out);
+        /* A marker inside a string (x"pii1:... escaped by the JSON) and
+         * one escaped by CP_PII_PLAIN are text; the whole-string one
+         * opens. */
+        cp_strbuf_addf(&in, "{\"a\" : \"x\\\"pii1:%s:%s\\\"\", \"b\" : \"pii0:pii1:%s:%s\", \"c\" : \"pii0:pii0:z\","
+                       " \"d\" : [\"pii1:%s:%s\"]}", fp, v, fp, v, fp, v);
+        cp_pii_expand_json(in.buf, &out);
+        char want[1024];
+        (void) snprintf(want, sizeof want, "{\"a\" : \"x\\\"pii1:%s:%s\\\"\", \"b\" : \"pii1:%s:%s\", \"c\" : \"pii0:z\","
+                        " \"d\" : [\"secret@x.test\"]}", fp, v, fp, v);
+        ASSERT_STREQ(want, out.buf);
+        /* A JSON with only escaped plain text is still expanded. */
+        ASSERT_TRUE(cp_pii_json_has_marker("{\"b\" : \"pii0:pii1:x\"}"));
+        cp_strbuf_release(&in);
+        cp_strbuf_release(&out);
+        /* cp_pii_open_marked strips the escape once and opens nothing. */
+        char m[512];
+        (void) snprintf(m, sizeof m, "pii0:pii1:%s:%s", fp, v);
+        char *o = cp_pii_open_marked(m);
+        ASSERT_STREQ(m + 5, o);
+        free(o);
+        free(v);
+}
+
 TEST(open_marked_single_values) {
         char fp[CP_PII_FP_LEN] = "", m[512];
 
