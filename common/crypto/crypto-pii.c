@@ -199,19 +199,22 @@ static EVP_CIPHER_CTX *thread_ctx_get(int i) {
 #define FAST_MAX 1024           /* longer values take cp_crypto_aead_decrypt_dup */
 
 /* Opens b64[0..n) with keys[i] into out (FAST_MAX + 1 bytes, NUL added).
- * Returns the length, -EBADMSG (does not open), or -E2BIG (too long for
- * this path: use the general one). out holds nothing on failure. */
+ * Returns the length, -EBADMSG (the tag does not match: wrong key or
+ * altered), or -E2BIG (anything else -- too long for this path, not
+ * base64, too short: the general path decides). out holds nothing on
+ * failure. */
 static int fast_open(int i, const char *b64, size_t n, char out[FAST_MAX + 1]) {
         uint8_t raw[FAST_MAX + CP_AEAD_NONCE_LEN + CP_AEAD_TAG_LEN];
         size_t raw_len = 0;
         int outl = 0, finl = 0;
         EVP_CIPHER_CTX *ctx;
 
-        if (n > cp_crypto_b64_len(sizeof raw) - 1)
+        /* n characters decode to at most n / 4 * 3 bytes. */
+        if (n / 4 * 3 + 3 > sizeof raw)
                 return -E2BIG;
         if (sodium_base642bin(raw, sizeof raw, b64, n, NULL, &raw_len, NULL, sodium_base64_VARIANT_ORIGINAL) != 0 ||
             raw_len < CP_AEAD_NONCE_LEN + CP_AEAD_TAG_LEN)
-                return -EBADMSG;
+                return -E2BIG;
         size_t len = raw_len - CP_AEAD_NONCE_LEN - CP_AEAD_TAG_LEN;
         if (aes_hw) {
                 if (crypto_aead_aes256gcm_decrypt_detached_afternm((uint8_t *) out, NULL, raw + CP_AEAD_NONCE_LEN,

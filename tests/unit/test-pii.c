@@ -127,6 +127,37 @@ TEST(expand_json_opens_only_whole_strings_and_strips_the_plain_escape) {
         free(v);
 }
 
+TEST(values_around_the_fast_path_bound_open) {
+        char buf[1200], fp[CP_PII_FP_LEN], m[2048];
+        cp_error err = { 0 };
+
+        install_ab();
+        for (size_t len = 1000; len <= 1100; len++) {
+                memset(buf, 'a' + (int) (len % 26), len);
+                buf[len] = '\0';
+                fp[0] = '\0';
+                char *v = cp_pii_seal(buf, fp), *out = NULL;
+                ASSERT_OK(cp_pii_open_strict(fp, v, &out, &err), &err);
+                ASSERT_STREQ(buf, out);
+                free(out);
+                (void) snprintf(m, sizeof m, "pii1:%s:%s", fp, v);
+                out = cp_pii_open_marked(m);
+                ASSERT_STREQ(buf, out);
+                free(out);
+                cp_strbuf in, o;
+                cp_strbuf_init(&in);
+                cp_strbuf_init(&o);
+                cp_strbuf_addf(&in, "[\"%s\"]", m);
+                cp_pii_expand_json(in.buf, &o);
+                ASSERT_EQ((int) len + 4, (int) o.len);
+                cp_strbuf_release(&in);
+                cp_strbuf_release(&o);
+                /* The wrong key still fails as an authentication failure. */
+                ASSERT_EQ(-EBADMSG, cp_pii_open_strict(cp_pii_previous_fp(), v, &out, &err));
+                free(v);
+        }
+}
+
 TEST(open_marked_single_values) {
         char fp[CP_PII_FP_LEN] = "", m[512];
 
