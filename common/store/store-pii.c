@@ -17,12 +17,13 @@ static int which_opens(const char *sealed, char fp[CP_PII_FP_LEN]) {
         for (int i = 0; i < 2; i++) {
                 uint8_t key[CP_DATA_KEY_LEN];
                 char *plain = NULL;
+                size_t len = 0;
                 if (!*fps[i] || cp_pii_key_get(fps[i], key) < 0)
                         continue;
-                int r = cp_crypto_aead_decrypt_dup(key, sealed, &plain, NULL, NULL);
+                int r = cp_crypto_aead_decrypt_dup(key, sealed, &plain, &len, NULL);
                 cp_explicit_bzero(key, sizeof key);
                 if (r >= 0) {
-                        cp_explicit_bzero(plain, (size_t) r);
+                        cp_explicit_bzero(plain, len);  /* a server key: binary */
                         free(plain);
                         memcpy(fp, fps[i], CP_PII_FP_LEN);
                         return i;
@@ -252,15 +253,17 @@ int cp_store_pii_seal_legacy(cp_store *s, int batch, int max_batches, cp_store_p
 static bool opens_with_writer(const char *sealed) {
         uint8_t key[CP_DATA_KEY_LEN];
         char *plain = NULL;
+        size_t len = 0;
         int r;
 
         if (cp_pii_key_get(cp_pii_writer_fp(), key) < 0)
                 return false;
-        r = cp_crypto_aead_decrypt_dup(key, sealed, &plain, NULL, NULL);
+        r = cp_crypto_aead_decrypt_dup(key, sealed, &plain, &len, NULL);
         cp_explicit_bzero(key, sizeof key);
         if (r < 0)
                 return false;
-        wipe_free(plain);
+        cp_explicit_bzero(plain, len);  /* binary: strlen would stop at a zero byte */
+        free(plain);
         return true;
 }
 
