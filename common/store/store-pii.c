@@ -37,11 +37,14 @@ static const char SQL_KEYS_CURRENT[] = "SELECT fingerprint FROM data_keys WHERE 
 static const char SQL_SEALED_SAMPLE[] =
         "SELECT private_key_enc FROM server_keys UNION ALL"
         " (SELECT session_private_key FROM services WHERE session_private_key <> '' LIMIT 1) LIMIT 1";
+/* An upsert: our key may be recorded already, no longer current (all
+ * current marks gone). */
 static const char SQL_KEY_REGISTER[] =
         "INSERT INTO data_keys (fingerprint, current) SELECT $1, true"
-        " WHERE NOT EXISTS (SELECT 1 FROM data_keys WHERE current) ON CONFLICT DO NOTHING";
+        " WHERE NOT EXISTS (SELECT 1 FROM data_keys WHERE current)"
+        " ON CONFLICT (fingerprint) DO UPDATE SET current = true";
 
-int cp_store_pii_key_check(cp_store *s, cp_store_pii_check *ret, cp_error *reterr) {
+static int key_check(cp_store *s, cp_store_pii_check *ret, bool again, cp_error *reterr) {
         _cleanup_rows_ cp_store_rows *rows = NULL;
         char fp[CP_PII_FP_LEN] = "";
         int r;
@@ -60,6 +63,8 @@ int cp_store_pii_key_check(cp_store *s, cp_store_pii_check *ret, cp_error *reter
                 return 0;
         }
         rows = cp_store_rows_free(rows);
+        if (again)      /* registered, yet still none current */
+                return cp_error_set(reterr, -EIO, "data_keys has no current key after recording one");
 
         /* No key recorded yet: prove ours against what is sealed. */
         r = cp_store_exec1(s, SQL_SEALED_SAMPLE, 0, NULL, &rows, reterr);
@@ -94,9 +99,13 @@ int cp_store_pii_key_check(cp_store *s, cp_store_pii_check *ret, cp_error *reter
         }
         /* Read back whichever key won a race with another replica. */
         bool registered = ret->registered;
-        r = cp_store_pii_key_check(s, ret, reterr);
+        r = key_check(s, ret, true, reterr);
         ret->registered = registered;
         return r;
+}
+
+int cp_store_pii_key_check(cp_store *s, cp_store_pii_check *ret, cp_error *reterr) {
+        return key_check(s, ret, false, reterr);
 }
 
 /* ---- re-sealing rows -------------------------------------------------------------- */

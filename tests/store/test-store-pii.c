@@ -33,6 +33,26 @@ static void add_users(cptest_db *db, int n) {
                               " FROM generate_series(1, $1::int) i", count));
 }
 
+TEST(a_recorded_key_that_is_no_longer_current_is_made_current_again) {
+        cp_store *s = NULL;
+        cptest_db *db = cptest_db_new_migrated(2, &s);
+        cp_store_pii_check chk;
+        cp_error err = { 0 };
+        char fp_a[CP_PII_FP_LEN];
+
+        keys_init();
+        cp_pii_fingerprint(key_a, fp_a);
+        cp_pii_install(key_a, NULL);
+        /* Ours is recorded but no row is current (someone cleared it). */
+        free(cptest_db_query1(db, "INSERT INTO data_keys (fingerprint, current) VALUES ($1, false)", fp_a));
+        ASSERT_OK(cp_store_pii_key_check(s, &chk, &err), &err);
+        ASSERT_STREQ(fp_a, chk.current);
+        ASSERT_DB_QUERY(fp_a, db, "SELECT fingerprint FROM data_keys WHERE current", NULL);
+        cp_pii_uninstall();
+        cp_store_free(s);
+        cptest_db_free(db);
+}
+
 TEST(first_key_is_recorded_and_a_wrong_one_refused_without_a_write) {
         cp_store *s = NULL;
         cptest_db *db = cptest_db_new_migrated(2, &s);
