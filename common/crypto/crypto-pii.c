@@ -28,7 +28,7 @@ typedef struct pii_key {
  * many). Written only by install/uninstall, before threads use them. */
 static pii_key keys[CP_PII_MAX_KEYS];
 static int n_keys;
-static atomic_int writer;       /* index into keys */
+static atomic_int writer;       /* index into keys; -1 none (cp_pii_drop_writer) */
 static bool aes_hw;             /* crypto_aead_aes256gcm_is_available() at install */
 /* Bumped by install/uninstall: threads' cached contexts of an older
  * generation are keyed again. */
@@ -125,8 +125,14 @@ int cp_pii_use(const char *fp) {
         return 0;
 }
 
+void cp_pii_drop_writer(void) {
+        atomic_store(&writer, -1);
+}
+
 const char *cp_pii_writer_fp(void) {
-        return n_keys ? keys[atomic_load(&writer)].fp : "";
+        int w = atomic_load(&writer);
+
+        return n_keys && w >= 0 ? keys[w].fp : "";
 }
 
 const char *cp_pii_key_fp(void) {
@@ -157,7 +163,13 @@ char *cp_pii_seal(const char *plain, char fp[CP_PII_FP_LEN]) {
         /* A second value of the same row uses the first one's key, even
          * if the writer changed in between. */
         int i = fp[0] ? find(fp) : -1;
-        const pii_key *k = &keys[i >= 0 ? i : atomic_load(&writer)];
+        if (i < 0)
+                i = atomic_load(&writer);
+        if (i < 0) {            /* dropped: the database has another key */
+                fp[0] = '\0';
+                return NULL;
+        }
+        const pii_key *k = &keys[i];
         memcpy(fp, k->fp, CP_PII_FP_LEN);
         if (!plain || !*plain)
                 return cp_xstrdup("");
@@ -485,7 +497,11 @@ int cp_pii_decrypt(const uint8_t *hint, const char *b64, void *out, size_t out_c
 
 int cp_pii_encrypt(const uint8_t fallback[CP_DATA_KEY_LEN], const void *plain, size_t len, char **ret,
                    cp_error *reterr) {
-        const uint8_t *k = n_keys ? keys[atomic_load(&writer)].key : fallback;
+        int w = atomic_load(&writer);
+        const uint8_t *k = n_keys ? (w >= 0 ? keys[w].key : NULL) : fallback;
 
+        if (!k)
+                return cp_error_set(reterr, -EKEYREJECTED, "the database is sealed with another "
+                                    "DataStoreEncryptionKey: nothing is sealed until it matches again");
         return cp_crypto_aead_encrypt(k, plain, len, ret, reterr);
 }

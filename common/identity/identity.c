@@ -295,6 +295,8 @@ static int new_account(cp_store_tx *tx, const auth_view *a, bool private_domain,
                 return r;
         char fp[CP_PII_FP_LEN] = "";
         _cleanup_free_ char *email = cp_pii_seal(a->email, fp), *name = cp_pii_seal(a->name, fp);
+        if (!email || !name)
+                return cp_error_set(reterr, -EKEYREJECTED, CP_PII_SEAL_ERROR);
         const char *d[5] = { out.account_id, a->user_id, email, name, fp };
         r = cp_store_tx_exec(tx, SQL_OWNER_DETAILS, 5, d, NULL, reterr);
         if (r < 0)
@@ -315,6 +317,8 @@ static int join_account(cp_store_tx *tx, const char *account_id, const auth_view
         _cleanup_rows_ cp_store_rows *rows = NULL;
         char fp[CP_PII_FP_LEN] = "";
         _cleanup_free_ char *email = cp_pii_seal(a->email, fp), *name = cp_pii_seal(a->name, fp);
+        if (!email || !name)
+                return cp_error_set(reterr, -EKEYREJECTED, CP_PII_SEAL_ERROR);
         const char *p[5] = { account_id, a->user_id, email, name, fp };
         int r = cp_store_tx_exec(tx, SQL_JOIN, 5, p, &rows, reterr);
 
@@ -671,6 +675,8 @@ static int sign_in(cp_store_tx *tx, const cp_jwt_claims *claims, const user_row 
                         return 0;       /* the every-request path: nothing to write */
                 char fp[CP_PII_FP_LEN] = "";
                 _cleanup_free_ char *se = cp_pii_seal(email, fp), *sn = cp_pii_seal(name, fp);
+                if (!se || !sn)
+                        return cp_error_set(reterr, -EKEYREJECTED, CP_PII_SEAL_ERROR);
                 const char *p[5] = { u->account_id, claims->user_id, se, sn, fp };
                 return cp_store_tx_exec(tx, SQL_DETAILS, 5, p, NULL, reterr);
         }
@@ -678,6 +684,8 @@ static int sign_in(cp_store_tx *tx, const cp_jwt_claims *claims, const user_row 
         (void) snprintf(ts, sizeof ts, "%" PRId64, t);
         if (details) {
                 _cleanup_free_ char *se = cp_pii_seal(email, fp), *sn = cp_pii_seal(name, fp);
+                if (!se || !sn)
+                        return cp_error_set(reterr, -EKEYREJECTED, CP_PII_SEAL_ERROR);
                 const char *p[6] = { u->account_id, claims->user_id, ts, se, sn, fp };
                 r = cp_store_tx_exec(tx, SQL_LOGIN, 6, p, &rows, reterr);
         } else {

@@ -205,6 +205,12 @@ static int batch_one(cp_store *s, const table_spec *t, bool legacy_only, int bat
                 s2 = cp_pii_seal(v2, nfp);
                 wipe_free(v1);
                 wipe_free(v2);
+                if (!s1 || !s2) {
+                        free(s1);
+                        free(s2);
+                        r = cp_error_set(reterr, -EKEYREJECTED, CP_PII_SEAL_ERROR);
+                        goto out;
+                }
                 const char *up[5] = { cp_store_rows_get(rows, i, 0), s1, s2, nfp, old };
                 r = cp_store_tx_exec(tx, t->update, 5, up, NULL, reterr);
                 free(s1);
@@ -224,6 +230,8 @@ static int reseal(cp_store *s, bool legacy_only, int batch, int max_batches, con
                   cp_store_pii_counts *ret, cp_error *reterr) {
         if (!cp_pii_installed())
                 return cp_error_set(reterr, -EINVAL, "no DataStoreEncryptionKey installed");
+        if (!*cp_pii_writer_fp())
+                return cp_error_set(reterr, -EKEYREJECTED, CP_PII_SEAL_ERROR);
         if (batch <= 0)
                 batch = 500;
         ret->done = false;

@@ -42,6 +42,10 @@ int mgmt_datakey_gate(void *userdata, char *why, size_t why_size) {
 
         r = cp_store_pii_key_check(s, &chk, &err);
         if (r == -EKEYREJECTED) {
+                /* Never seal with a key the database no longer uses:
+                 * writers of names and e-mails fail until the check
+                 * passes again (cp_pii_use() in it restores the writer). */
+                cp_pii_drop_writer();
                 if (atomic_exchange(&last_state, -1) != -1)
                         log_rejected(&chk, &err);
                 (void) snprintf(why, why_size, "DataStoreEncryptionKey %s does not match the data's key %s",

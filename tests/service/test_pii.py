@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "agent"))
 import svc  # noqa: E402
 import apifix  # noqa: E402
 import fixture  # noqa: E402
+import testidp  # noqa: E402  (on the path apifix sets)
 
 test = svc.test
 admin = svc.admin
@@ -286,6 +287,36 @@ def a_held_replica_starts_once_the_database_matches_its_key():
     held.wait_log(lambda o: o.get("msg") == "listening" and o.get("protocol") == "http", timeout=30)
     wait_until(lambda: ready(held)[0] == 200, what="ready after the database matched")
     held.stop(10)
+
+
+@test
+def a_running_replica_whose_key_is_replaced_seals_nothing_with_its_old_one():
+    """The database's current key changes under a running replica (another
+    deployment re-keyed it): the replica goes not ready and a sign-in that
+    would write a new user's e-mail and name fails instead of sealing them
+    with the old key; once the database matches again, it works."""
+    idp = testidp.TestIdP()
+    svc.defer(idp.stop)
+    dep, (srv,) = apifix.start_idp(idp, bootstrap=False)
+    alice = apifix.Api(srv.url(""), idp.token("alice-sub", email="alice@corp.example", name="Alice"),
+                       scheme="Bearer")
+    wait_until(lambda: alice.get("/api/users/current")[0] == 200, timeout=90, what="alice signed in")
+    mine = fingerprint(dep.enc_key)
+    other = fingerprint(new_key())
+    dep.sql("UPDATE data_keys SET current = false")
+    dep.sql("INSERT INTO data_keys (fingerprint, current) VALUES (%s, true)", (other,))
+    wait_until(lambda: ready(srv)[0] == 503, what="not ready")
+    bob = apifix.Api(srv.url(""), idp.token("bob-sub", email="bob@corp.example", name="Bob"), scheme="Bearer")
+    st, body = bob.get("/api/users/current")
+    assert st >= 500, (st, body)
+    assert dep.sql("SELECT count(*) FROM users WHERE id = 'bob-sub'")[0][0] == 0
+    assert dep.sql("SELECT count(*) FROM users WHERE pii_key NOT IN (%s, '')", (mine,))[0][0] == 0
+    # Back to this replica's key: ready again, and the sign-in works.
+    dep.sql("DELETE FROM data_keys WHERE fingerprint = %s", (other,))
+    dep.sql("UPDATE data_keys SET current = true WHERE fingerprint = %s", (mine,))
+    wait_until(lambda: ready(srv)[0] == 200, what="ready again")
+    wait_until(lambda: bob.get("/api/users/current")[0] in (200, 403), what="bob signed in")
+    assert dep.sql("SELECT pii_key FROM users WHERE id = 'bob-sub'") == [(mine,)]
 
 
 if __name__ == "__main__":

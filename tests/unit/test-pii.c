@@ -158,6 +158,29 @@ TEST(values_around_the_fast_path_bound_open) {
         }
 }
 
+TEST(a_dropped_writer_seals_nothing_until_one_is_chosen) {
+        char fp[CP_PII_FP_LEN] = "", *out = NULL;
+        cp_error err = { 0 };
+        uint8_t plain[4] = { 1, 2, 3, 4 };
+
+        install_ab();
+        cp_pii_drop_writer();
+        ASSERT_STREQ("", cp_pii_writer_fp());
+        ASSERT_TRUE(cp_pii_seal("ada@x.test", fp) == NULL);
+        ASSERT_STREQ("", fp);
+        ASSERT_EQ(-EKEYREJECTED, cp_pii_encrypt(key_a, plain, sizeof plain, &out, &err));
+        ASSERT_TRUE(out == NULL);
+        /* Opening still works; choosing a writer restores sealing. */
+        ASSERT_EQ(0, cp_pii_use(cp_pii_key_fp()));
+        char *v = cp_pii_seal("ada@x.test", fp);
+        ASSERT_TRUE(v != NULL);
+        cp_pii_drop_writer();
+        ASSERT_OK(cp_pii_open_strict(fp, v, &out, &err), &err);
+        ASSERT_STREQ("ada@x.test", out);
+        free(out);
+        free(v);
+}
+
 TEST(open_marked_single_values) {
         char fp[CP_PII_FP_LEN] = "", m[512];
 

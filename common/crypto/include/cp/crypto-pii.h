@@ -58,7 +58,11 @@ bool cp_pii_has(const char *fp);
 /* Makes the installed key of fingerprint fp the writer. Returns 0, or
  * -ENOKEY when no installed key has that fingerprint. */
 int cp_pii_use(const char *fp);
-/* The fingerprint of the writer key ("" when none installed), and of the
+/* No writer: the database's current key is one this process does not
+ * have. cp_pii_seal then returns NULL and cp_pii_encrypt -EKEYREJECTED,
+ * so nothing is sealed with a stale key; cp_pii_use() restores one. */
+void cp_pii_drop_writer(void);
+/* The fingerprint of the writer key ("" when none installed or dropped), and of the
  * configured key / previous key ("" when none). */
 const char *cp_pii_writer_fp(void);
 const char *cp_pii_key_fp(void);
@@ -69,7 +73,9 @@ int cp_pii_key_get(const char *fp, uint8_t out[CP_DATA_KEY_LEN]);
 /* ---- personal data (text) ------------------------------------------------- */
 
 /* Seals plain (NUL-terminated; NULL = "") with the writer key and writes
- * its fingerprint to fp. Returns a new string (free()); "" for "". With
+ * its fingerprint to fp. Returns a new string (free()); "" for ""; NULL
+ * (fp "") when the writer was dropped (cp_pii_drop_writer) -- callers
+ * fail with CP_PII_SEAL_ERROR. With
  * no key installed (tools and tests without a DataStoreEncryptionKey) it
  * returns plain as is and fp "": a legacy row, which replicas seal.
  * fp is read first: initialise it to "" for a row's first value; when it
@@ -77,6 +83,10 @@ int cp_pii_key_get(const char *fp, uint8_t out[CP_DATA_KEY_LEN]);
  * every value of a row is sealed with one key even if the writer changes
  * in between. */
 char *cp_pii_seal(const char *plain, char fp[CP_PII_FP_LEN]);
+/* CP_PII_SEAL_ERROR: the error text for a NULL from cp_pii_seal (keys
+ * installed, writer dropped, fp naming no installed key). */
+#define CP_PII_SEAL_ERROR "personal data cannot be sealed: the database's DataStoreEncryptionKey is not this " \
+        "replica's"
 /* Opens a stored value: fp "" (or NULL) means plain text, returned as is.
  * Returns 0 and *ret (free()), or -ENOKEY (fp is not an installed key),
  * -EBADMSG / -EINVAL (not a value sealed with that key). */
