@@ -290,6 +290,32 @@ def a_held_replica_starts_once_the_database_matches_its_key():
 
 
 @test
+def a_replica_whose_first_key_check_fails_waits_instead_of_starting_unchecked():
+    """Not a wrong key but a check that errs (here a trigger refuses to
+    record the key): the replica holds, not ready, until a check passes."""
+    dep = fixture.Deployment()
+    srv = dep.start()
+    fixture.stop_server(srv)
+    dep.sql("DELETE FROM data_keys")
+    dep.sql("CREATE FUNCTION piifix_refuse() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$BEGIN RAISE EXCEPTION 'piifix: refused'; END$$")
+    dep.sql("CREATE TRIGGER piifix_refuse BEFORE INSERT ON data_keys FOR EACH ROW EXECUTE FUNCTION piifix_refuse()")
+    held = held_server(dep, dep.enc_key)
+    held.wait_log(lambda o: o.get("level") == "warn" and "retrying" in o.get("msg", ""))
+    wait_until(lambda: svc.http("GET", held.url("/healthz"))[0] == 200, what="healthz")
+    st, _, body = ready(held)
+    assert st == 503 and body["failed"] == "data_key", (st, body)
+    time.sleep(3)
+    assert held.proc.poll() is None, "the replica exited"
+    assert not [l for l in held.logs() if l.get("msg") == "listening"], "it started unchecked"
+    dep.sql("DROP TRIGGER piifix_refuse ON data_keys")
+    held.wait_log(lambda o: o.get("msg") == "listening" and o.get("protocol") == "http", timeout=30)
+    wait_until(lambda: ready(held)[0] == 200, what="ready once the check passed")
+    assert dep.sql("SELECT fingerprint, current FROM data_keys") == [(fingerprint(dep.enc_key), True)]
+    held.stop(10)
+
+
+@test
 def a_running_replica_whose_key_is_replaced_seals_nothing_with_its_old_one():
     """The database's current key changes under a running replica (another
     deployment re-keyed it): the replica goes not ready and a sign-in that
