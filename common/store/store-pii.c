@@ -383,26 +383,26 @@ int cp_store_pii_key_set_current(cp_store *s, const char *fp, cp_error *reterr) 
         return r;
 }
 
-int cp_store_pii_key_usage(cp_store *s, const char *fp, int64_t *ret_rows, int64_t *ret_secrets,
-                           cp_error *reterr) {
+static int key_usage(cp_store_tx *tx, const char *fp, int64_t *ret_rows, int64_t *ret_secrets,
+                     cp_error *reterr) {
         _cleanup_rows_ cp_store_rows *rows = NULL;
         const char *p[1] = { fp };
         int r;
 
-        r = cp_store_exec1(s, "SELECT (SELECT count(*) FROM users WHERE pii_key = $1 AND ($1 <> '' OR "
-                           USERS_NONEMPTY "))"
-                           " + (SELECT count(*) FROM msp_tenants WHERE pii_key = $1 AND ($1 <> '' OR "
-                           TENANTS_NONEMPTY "))"
-                           " + (SELECT count(*) FROM events WHERE meta ? 'email' AND pii_key = $1 AND ($1 <> '' OR "
-                           EVENTS_NONEMPTY "))", 1, p, &rows, reterr);
+        r = cp_store_tx_exec(tx, "SELECT (SELECT count(*) FROM users WHERE pii_key = $1 AND ($1 <> '' OR "
+                             USERS_NONEMPTY "))"
+                             " + (SELECT count(*) FROM msp_tenants WHERE pii_key = $1 AND ($1 <> '' OR "
+                             TENANTS_NONEMPTY "))"
+                             " + (SELECT count(*) FROM events WHERE meta ? 'email' AND pii_key = $1 AND ($1 <> '' OR "
+                             EVENTS_NONEMPTY "))", 1, p, &rows, reterr);
         if (r < 0)
                 return r;
         *ret_rows = strtoll(cp_store_rows_get(rows, 0, 0), NULL, 10);
         rows = cp_store_rows_free(rows);
-        r = cp_store_exec1(s, "SELECT private_key_enc FROM server_keys UNION ALL SELECT previous_private_key_enc"
-                           " FROM server_keys WHERE previous_private_key_enc IS NOT NULL UNION ALL"
-                           " SELECT session_private_key FROM services WHERE session_private_key <> ''", 0, NULL,
-                           &rows, reterr);
+        r = cp_store_tx_exec(tx, "SELECT private_key_enc FROM server_keys UNION ALL SELECT previous_private_key_enc"
+                             " FROM server_keys WHERE previous_private_key_enc IS NOT NULL UNION ALL"
+                             " SELECT session_private_key FROM services WHERE session_private_key <> ''", 0, NULL,
+                             &rows, reterr);
         if (r < 0)
                 return r;
         *ret_secrets = 0;
@@ -412,24 +412,47 @@ int cp_store_pii_key_usage(cp_store *s, const char *fp, int64_t *ret_rows, int64
         return 0;
 }
 
+int cp_store_pii_key_usage(cp_store *s, const char *fp, int64_t *ret_rows, int64_t *ret_secrets,
+                           cp_error *reterr) {
+        cp_store_tx *tx = NULL;
+        int r = cp_store_tx_begin(s, &tx, reterr);
+
+        if (r < 0)
+                return r;
+        r = key_usage(tx, fp, ret_rows, ret_secrets, reterr);
+        cp_store_tx_end(tx);            /* read only: rolled back */
+        return r;
+}
+
+/* The count and the delete in one transaction under the keys' lock: a
+ * key made current, or a row sealed, in between cannot slip through. */
 int cp_store_pii_key_retire(cp_store *s, const char *fp, cp_error *reterr) {
         _cleanup_rows_ cp_store_rows *rows = NULL;
+        cp_store_tx *tx = NULL;
         const char *p[1] = { fp };
-        int64_t n, secrets;
+        int64_t n = 0, secrets = 0;
         int r;
 
-        r = cp_store_pii_key_usage(s, fp, &n, &secrets, reterr);
+        r = cp_store_tx_begin(s, &tx, reterr);
         if (r < 0)
                 return r;
-        if (n > 0 || secrets > 0)
-                return cp_error_set(reterr, -EBUSY, "%" PRId64 " rows and %" PRId64 " keys are still sealed with "
-                                    "key %s: run data-key reencrypt first", n, secrets, fp);
-        r = cp_store_exec1(s, "DELETE FROM data_keys WHERE fingerprint = $1 AND NOT current", 1, p, &rows, reterr);
-        if (r < 0)
-                return r;
-        if (cp_store_rows_affected(rows) != 1)
-                return cp_error_set(reterr, -EBUSY, "key %s is the current key or is not recorded", fp);
-        return 0;
+        r = cp_store_tx_exec(tx, "SELECT pg_advisory_xact_lock(" LOCK_KEYS ")", 0, NULL, NULL, reterr);
+        if (r >= 0)
+                r = key_usage(tx, fp, &n, &secrets, reterr);
+        if (r >= 0 && (n > 0 || secrets > 0))
+                r = cp_error_set(reterr, -EBUSY, "%" PRId64 " rows and %" PRId64 " keys are still sealed with "
+                                 "key %s: run data-key reencrypt first", n, secrets, fp);
+        if (r >= 0)
+                r = cp_store_tx_exec(tx, "DELETE FROM data_keys WHERE fingerprint = $1 AND NOT current", 1, p, &rows,
+                                     reterr);
+        if (r >= 0 && cp_store_rows_affected(rows) != 1)
+                r = cp_error_set(reterr, -EBUSY, "key %s is the current key or is not recorded", fp);
+        if (r >= 0) {
+                r = cp_store_tx_commit(tx, reterr);
+                tx = NULL;
+        }
+        cp_store_tx_end(tx);
+        return r;
 }
 
 int cp_store_pii_key_list(cp_store *s, struct pg_result **ret_rows, cp_error *reterr) {
