@@ -23,10 +23,12 @@
 #include <ctype.h>
 
 /* One User object; cur is the caller's id (is_current). A service user
- * is shown under its service user name. */
+ * is shown under its service user name. The reply is expanded
+ * (cp_pii_expand_json): plain text that may start with "pii1:" goes
+ * through CP_PII_PLAIN (the id may be an IdP's sub). */
 #define USER_JSON(u, cur)                                                                                  \
-        "json_build_object('id', " u ".id, 'email', " CP_PII_SQL(u ".pii_key", u ".email") ","             \
-        " 'name', CASE WHEN " u ".is_service_user THEN " u ".service_user_name"                             \
+        "json_build_object('id', " CP_PII_PLAIN(u ".id") ", 'email', " CP_PII_SQL(u ".pii_key", u ".email") ","             \
+        " 'name', CASE WHEN " u ".is_service_user THEN " CP_PII_PLAIN(u ".service_user_name")                             \
         " ELSE " CP_PII_SQL(u ".pii_key", u ".name") " END,"                                               \
         " 'role', " u ".role, 'auto_groups', " u ".auto_groups,"                                           \
         " 'status', CASE WHEN " u ".blocked THEN 'blocked' ELSE 'active' END,"                            \

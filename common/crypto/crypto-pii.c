@@ -12,6 +12,8 @@
 
 #define FP_LABEL "netbird-cp data key fingerprint v1"
 #define MARKER "\"pii1:"
+#define PLAIN_MARK "pii0:"     /* CP_PII_PLAIN's escape, stripped once */
+#define PLAIN_MARK_LEN 5
 
 typedef struct pii_key {
         /* libsodium's precomputed AES-256-GCM key schedule, when the CPU
@@ -26,7 +28,7 @@ typedef struct pii_key {
  * many). Written only by install/uninstall, before threads use them. */
 static pii_key keys[CP_PII_MAX_KEYS];
 static int n_keys;
-static atomic_int writer;       /* index into keys */
+static atomic_int writer;       /* index into keys; -1 none (cp_pii_drop_writer) */
 static bool aes_hw;             /* crypto_aead_aes256gcm_is_available() at install */
 /* Bumped by install/uninstall: threads' cached contexts of an older
  * generation are keyed again. */
@@ -123,8 +125,14 @@ int cp_pii_use(const char *fp) {
         return 0;
 }
 
+void cp_pii_drop_writer(void) {
+        atomic_store(&writer, -1);
+}
+
 const char *cp_pii_writer_fp(void) {
-        return n_keys ? keys[atomic_load(&writer)].fp : "";
+        int w = atomic_load(&writer);
+
+        return n_keys && w >= 0 ? keys[w].fp : "";
 }
 
 const char *cp_pii_key_fp(void) {
@@ -155,7 +163,13 @@ char *cp_pii_seal(const char *plain, char fp[CP_PII_FP_LEN]) {
         /* A second value of the same row uses the first one's key, even
          * if the writer changed in between. */
         int i = fp[0] ? find(fp) : -1;
-        const pii_key *k = &keys[i >= 0 ? i : atomic_load(&writer)];
+        if (i < 0)
+                i = atomic_load(&writer);
+        if (i < 0) {            /* dropped: the database has another key */
+                fp[0] = '\0';
+                return NULL;
+        }
+        const pii_key *k = &keys[i];
         memcpy(fp, k->fp, CP_PII_FP_LEN);
         if (!plain || !*plain)
                 return cp_xstrdup("");
@@ -197,19 +211,22 @@ static EVP_CIPHER_CTX *thread_ctx_get(int i) {
 #define FAST_MAX 1024           /* longer values take cp_crypto_aead_decrypt_dup */
 
 /* Opens b64[0..n) with keys[i] into out (FAST_MAX + 1 bytes, NUL added).
- * Returns the length, -EBADMSG (does not open), or -E2BIG (too long for
- * this path: use the general one). out holds nothing on failure. */
+ * Returns the length, -EBADMSG (the tag does not match: wrong key or
+ * altered), or -E2BIG (anything else -- too long for this path, not
+ * base64, too short: the general path decides). out holds nothing on
+ * failure. */
 static int fast_open(int i, const char *b64, size_t n, char out[FAST_MAX + 1]) {
         uint8_t raw[FAST_MAX + CP_AEAD_NONCE_LEN + CP_AEAD_TAG_LEN];
         size_t raw_len = 0;
         int outl = 0, finl = 0;
         EVP_CIPHER_CTX *ctx;
 
-        if (n > cp_crypto_b64_len(sizeof raw) - 1)
+        /* n characters decode to at most n / 4 * 3 bytes. */
+        if (n / 4 * 3 + 3 > sizeof raw)
                 return -E2BIG;
         if (sodium_base642bin(raw, sizeof raw, b64, n, NULL, &raw_len, NULL, sodium_base64_VARIANT_ORIGINAL) != 0 ||
             raw_len < CP_AEAD_NONCE_LEN + CP_AEAD_TAG_LEN)
-                return -EBADMSG;
+                return -E2BIG;
         size_t len = raw_len - CP_AEAD_NONCE_LEN - CP_AEAD_TAG_LEN;
         if (aes_hw) {
                 if (crypto_aead_aes256gcm_decrypt_detached_afternm((uint8_t *) out, NULL, raw + CP_AEAD_NONCE_LEN,
@@ -288,7 +305,7 @@ char *cp_pii_open(const char *fp, const char *stored) {
 }
 
 bool cp_pii_json_has_marker(const char *json) {
-        return json && strstr(json, MARKER) != NULL;
+        return json && (strstr(json, MARKER) || strstr(json, "\"" PLAIN_MARK));
 }
 
 /* At s (just past `"pii1:`): <32 hex>:<base64>" -- the key index, the
@@ -345,47 +362,83 @@ static void add_pg_json_string(cp_strbuf *out, const char *s) {
         cp_strbuf_addch(out, '"');
 }
 
+/* At m (an opening quote): the marker's value opened into out, JSON-
+ * escaped. Returns the end of the string token (past its closing quote),
+ * or NULL when it is not a marker of an installed key or does not open
+ * (nothing written). */
+static const char *expand_one(const char *m, cp_strbuf *out) {
+        const char *val;
+        size_t len;
+        int i = parse_marker(m + sizeof MARKER - 1, &val, &len);
+        char *plain = NULL;
+        cp_error err = { 0 };
+
+        if (i < 0)
+                return NULL;
+        if (len == 0) {                 /* "" sealed is "" */
+                cp_strbuf_adds(out, "\"\"");
+                return val + 1;
+        }
+        /* Short values (all real ones): no allocation. */
+        char buf[FAST_MAX + 1];
+        int n = fast_open(i, val, len, buf);
+        if (n >= 0) {
+                add_pg_json_string(out, buf);
+                cp_explicit_bzero(buf, (size_t) n);
+                return val + len + 1;
+        }
+        if (open_dup(i, val, len, &plain, &err) >= 0) {
+                add_pg_json_string(out, plain);
+                cp_explicit_bzero(plain, strlen(plain));
+                free(plain);
+                return val + len + 1;   /* past the closing quote */
+        }
+        cp_log_kv(&log_ctx, CP_LOG_WARN, "cannot open personal data; shown sealed", "key_fingerprint", keys[i].fp,
+                  "error", err.message, NULL);
+        return NULL;
+}
+
 void cp_pii_expand_json(const char *json, cp_strbuf *out) {
-        const char *p = json, *m;
+        const char *p = json, *done = json;     /* done: copied up to here */
+        bool in_string = false;
 
-        while ((m = strstr(p, MARKER))) {
-                const char *val;
-                size_t len;
-                int i = parse_marker(m + sizeof MARKER - 1, &val, &len);
-                char *plain = NULL;
-                cp_error err = { 0 };
-
-                cp_strbuf_add(out, p, (size_t) (m - p));
-                if (i >= 0 && len == 0) {       /* "" sealed is "" */
-                        cp_strbuf_adds(out, "\"\"");
-                        p = val + 1;
+        /* Only a whole string token is a marker: the scanner follows
+         * JSON's strings (an unescaped quote opens or closes one), so
+         * "pii1:" inside a string (x\"pii1:...) is text. */
+        for (;;) {
+                p += strcspn(p, "\"\\");
+                if (!*p)
+                        break;
+                if (*p == '\\') {             /* only inside strings */
+                        p += p[1] ? 2 : 1;
                         continue;
                 }
-                if (i >= 0) {
-                        /* Short values (all real ones): no allocation. */
-                        char buf[FAST_MAX + 1];
-                        int n = fast_open(i, val, len, buf);
-                        if (n >= 0) {
-                                add_pg_json_string(out, buf);
-                                cp_explicit_bzero(buf, (size_t) n);
-                                p = val + len + 1;
-                                continue;
-                        }
-                        if (open_dup(i, val, len, &plain, &err) >= 0) {
-                                add_pg_json_string(out, plain);
-                                cp_explicit_bzero(plain, strlen(plain));
-                                free(plain);
-                                p = val + len + 1;      /* past the closing quote */
-                                continue;
-                        }
-                        cp_log_kv(&log_ctx, CP_LOG_WARN, "cannot open personal data; shown sealed",
-                                  "key_fingerprint", keys[i].fp, "error", err.message, NULL);
+                if (in_string) {                /* the closing quote */
+                        in_string = false;
+                        p++;
+                        continue;
                 }
-                /* Not ours: copy the quote and go on after it. */
-                cp_strbuf_addch(out, '"');
-                p = m + 1;
+                if (strncmp(p + 1, PLAIN_MARK, PLAIN_MARK_LEN) == 0) {
+                        /* CP_PII_PLAIN's escape: drop it, the rest is text. */
+                        cp_strbuf_add(out, done, (size_t) (p + 1 - done));
+                        p += 1 + PLAIN_MARK_LEN;
+                        done = p;
+                        in_string = true;
+                        continue;
+                }
+                if (strncmp(p, MARKER, sizeof MARKER - 1) == 0) {
+                        cp_strbuf_add(out, done, (size_t) (p - done));
+                        const char *end = expand_one(p, out);
+                        if (end) {
+                                p = done = end;
+                                continue;
+                        }
+                        done = p;       /* not ours: copied as it is */
+                }
+                in_string = true;
+                p++;
         }
-        cp_strbuf_adds(out, p);
+        cp_strbuf_adds(out, done);
 }
 
 char *cp_pii_open_marked(const char *value) {
@@ -395,6 +448,8 @@ char *cp_pii_open_marked(const char *value) {
 
         if (!value)
                 return cp_xstrdup("");
+        if (strncmp(value, PLAIN_MARK, PLAIN_MARK_LEN) == 0)
+                return cp_xstrdup(value + PLAIN_MARK_LEN);      /* CP_PII_PLAIN's escape */
         if (strncmp(value, MARKER + 1, sizeof MARKER - 2) != 0)
                 return cp_xstrdup(value);
         const char *s = value + sizeof MARKER - 2;
@@ -442,7 +497,11 @@ int cp_pii_decrypt(const uint8_t *hint, const char *b64, void *out, size_t out_c
 
 int cp_pii_encrypt(const uint8_t fallback[CP_DATA_KEY_LEN], const void *plain, size_t len, char **ret,
                    cp_error *reterr) {
-        const uint8_t *k = n_keys ? keys[atomic_load(&writer)].key : fallback;
+        int w = atomic_load(&writer);
+        const uint8_t *k = n_keys ? (w >= 0 ? keys[w].key : NULL) : fallback;
 
+        if (!k)
+                return cp_error_set(reterr, -EKEYREJECTED, "the database is sealed with another "
+                                    "DataStoreEncryptionKey: nothing is sealed until it matches again");
         return cp_crypto_aead_encrypt(k, plain, len, ret, reterr);
 }

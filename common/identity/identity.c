@@ -24,6 +24,7 @@
 #include "cp/base.h"
 #include "cp/crypto-pii.h"
 #include "cp/identity.h"
+#include "cp/log.h"
 #include "cp/store.h"
 #include "cp/util.h"
 
@@ -43,6 +44,8 @@ enum {
 #define PRIVATE_CATEGORY "private"
 
 /* The user with what the rest of the sign-in needs of its account. */
+static const cp_log_ctx log_ctx = { .component = "identity" };
+
 static const char SQL_USER[] =
         "SELECT u.id, u.account_id, u.role, u.is_service_user, u.blocked, u.pending_approval, u.email, u.name,"
         " COALESCE(floor(extract(epoch FROM u.last_login))::bigint, 0), u.service_user_name,"
@@ -86,6 +89,10 @@ static const char SQL_JOIN[] =
 static const char SQL_LOGIN[] =
         "UPDATE users SET last_login = to_timestamp($3::bigint), email = $4, name = $5, pii_key = $6"
         " WHERE account_id = $1 AND id = $2 AND (last_login IS NULL OR last_login < to_timestamp($3::bigint))";
+/* The same when the stored email and name did not open: the time only. */
+static const char SQL_LOGIN_TIME[] =
+        "UPDATE users SET last_login = to_timestamp($3::bigint)"
+        " WHERE account_id = $1 AND id = $2 AND (last_login IS NULL OR last_login < to_timestamp($3::bigint))";
 static const char SQL_DETAILS[] =
         "UPDATE users SET email = $3, name = $4, pii_key = $5 WHERE account_id = $1 AND id = $2";
 
@@ -95,6 +102,9 @@ typedef struct user_row {
         char role[32];
         bool service_user, blocked, pending;
         char *email, *name, *service_name;
+        /* email and name did not open (a key not configured, altered
+         * data): they are "" here and must never be written back. */
+        bool pii_unopened;
         int64_t last_login;
         bool jwt_groups, propagate;
         char *jwt_claim;
@@ -143,8 +153,23 @@ static int load_user(cp_store_tx *tx, const char *user_id, user_row *u, cp_error
         u->service_user = cp_store_rows_bool(rows, 0, U_SERVICE);
         u->blocked = cp_store_rows_bool(rows, 0, U_BLOCKED);
         u->pending = cp_store_rows_bool(rows, 0, U_PENDING);
-        u->email = cp_pii_open(cp_store_rows_get(rows, 0, U_PII_KEY), cp_store_rows_get(rows, 0, U_EMAIL));
-        u->name = cp_pii_open(cp_store_rows_get(rows, 0, U_PII_KEY), cp_store_rows_get(rows, 0, U_NAME));
+        {
+                const char *fp = cp_store_rows_get(rows, 0, U_PII_KEY);
+                cp_error err = { 0 };
+                int k = cp_pii_open_strict(fp, cp_store_rows_get(rows, 0, U_EMAIL), &u->email, &err);
+                if (k >= 0)
+                        k = cp_pii_open_strict(fp, cp_store_rows_get(rows, 0, U_NAME), &u->name, &err);
+                if (k < 0) {
+                        cp_log_kv(&log_ctx, CP_LOG_WARN, "cannot open a user's e-mail or name; they are left as "
+                                  "stored", "user_id", user_id, "key_fingerprint", fp, "error", err.message, NULL);
+                        if (u->email)
+                                cp_explicit_bzero(u->email, strlen(u->email));
+                        free(u->email);
+                        u->email = cp_xstrdup("");
+                        u->name = cp_xstrdup("");
+                        u->pii_unopened = true;
+                }
+        }
         u->last_login = strtoll(cp_store_rows_get(rows, 0, U_LAST_LOGIN), NULL, 10);
         u->service_name = cp_xstrdup(cp_store_rows_get(rows, 0, U_SERVICE_NAME));
         u->jwt_groups = cp_store_rows_bool(rows, 0, U_JWT_ON);
@@ -270,6 +295,8 @@ static int new_account(cp_store_tx *tx, const auth_view *a, bool private_domain,
                 return r;
         char fp[CP_PII_FP_LEN] = "";
         _cleanup_free_ char *email = cp_pii_seal(a->email, fp), *name = cp_pii_seal(a->name, fp);
+        if (!email || !name)
+                return cp_error_set(reterr, -EKEYREJECTED, CP_PII_SEAL_ERROR);
         const char *d[5] = { out.account_id, a->user_id, email, name, fp };
         r = cp_store_tx_exec(tx, SQL_OWNER_DETAILS, 5, d, NULL, reterr);
         if (r < 0)
@@ -290,6 +317,8 @@ static int join_account(cp_store_tx *tx, const char *account_id, const auth_view
         _cleanup_rows_ cp_store_rows *rows = NULL;
         char fp[CP_PII_FP_LEN] = "";
         _cleanup_free_ char *email = cp_pii_seal(a->email, fp), *name = cp_pii_seal(a->name, fp);
+        if (!email || !name)
+                return cp_error_set(reterr, -EKEYREJECTED, CP_PII_SEAL_ERROR);
         const char *p[5] = { account_id, a->user_id, email, name, fp };
         int r = cp_store_tx_exec(tx, SQL_JOIN, 5, p, &rows, reterr);
 
@@ -635,21 +664,34 @@ static int sign_in(cp_store_tx *tx, const cp_jwt_claims *claims, const user_row 
         int64_t t = login_time(claims);
         const char *email = claims->email && claims->email[0] ? claims->email : u->email;
         const char *name = claims->name && claims->name[0] ? claims->name : u->name;
+        /* A stored value that did not open is never written back (it
+         * would become "" for good): the token's values replace the
+         * stored ones only when it has both. */
+        bool details = !u->pii_unopened || (claims->email && claims->email[0] && claims->name && claims->name[0]);
         int r;
 
         if (t <= u->last_login) {
-                if (strcmp(email, u->email) == 0 && strcmp(name, u->name) == 0)
+                if (!details || (strcmp(email, u->email) == 0 && strcmp(name, u->name) == 0))
                         return 0;       /* the every-request path: nothing to write */
                 char fp[CP_PII_FP_LEN] = "";
                 _cleanup_free_ char *se = cp_pii_seal(email, fp), *sn = cp_pii_seal(name, fp);
+                if (!se || !sn)
+                        return cp_error_set(reterr, -EKEYREJECTED, CP_PII_SEAL_ERROR);
                 const char *p[5] = { u->account_id, claims->user_id, se, sn, fp };
                 return cp_store_tx_exec(tx, SQL_DETAILS, 5, p, NULL, reterr);
         }
         char ts[24], fp[CP_PII_FP_LEN] = "";
         (void) snprintf(ts, sizeof ts, "%" PRId64, t);
-        _cleanup_free_ char *se = cp_pii_seal(email, fp), *sn = cp_pii_seal(name, fp);
-        const char *p[6] = { u->account_id, claims->user_id, ts, se, sn, fp };
-        r = cp_store_tx_exec(tx, SQL_LOGIN, 6, p, &rows, reterr);
+        if (details) {
+                _cleanup_free_ char *se = cp_pii_seal(email, fp), *sn = cp_pii_seal(name, fp);
+                if (!se || !sn)
+                        return cp_error_set(reterr, -EKEYREJECTED, CP_PII_SEAL_ERROR);
+                const char *p[6] = { u->account_id, claims->user_id, ts, se, sn, fp };
+                r = cp_store_tx_exec(tx, SQL_LOGIN, 6, p, &rows, reterr);
+        } else {
+                const char *p[3] = { u->account_id, claims->user_id, ts };
+                r = cp_store_tx_exec(tx, SQL_LOGIN_TIME, 3, p, &rows, reterr);
+        }
         if (r < 0 || cp_store_rows_affected(rows) != 1 || u->last_login == 0)
                 return r;
         /* LastDashboardLoginChanged: newer than a sign-in already seen. */

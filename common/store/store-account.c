@@ -92,6 +92,8 @@ static int insert_all(cp_store_conn *c, const cp_store_account_spec *spec,
          * text (pii_key '') until a replica seals it. */
         char pii_key[CP_PII_FP_LEN] = "";
         _cleanup_free_ char *sealed = cp_pii_installed() ? cp_pii_seal(name, pii_key) : NULL;
+        if (cp_pii_installed() && !sealed)
+                return cp_error_set(reterr, -EKEYREJECTED, CP_PII_SEAL_ERROR);
         const char *user[8] = { owner, out->account_id, "owner", "false", idp ? "false" : "true", "",
                                 sealed ? sealed : name, pii_key };
         r = cp_store__exec(c, ST_USER_INSERT, user, NULL, reterr);

@@ -17,12 +17,13 @@ static int which_opens(const char *sealed, char fp[CP_PII_FP_LEN]) {
         for (int i = 0; i < 2; i++) {
                 uint8_t key[CP_DATA_KEY_LEN];
                 char *plain = NULL;
+                size_t len = 0;
                 if (!*fps[i] || cp_pii_key_get(fps[i], key) < 0)
                         continue;
-                int r = cp_crypto_aead_decrypt_dup(key, sealed, &plain, NULL, NULL);
+                int r = cp_crypto_aead_decrypt_dup(key, sealed, &plain, &len, NULL);
                 cp_explicit_bzero(key, sizeof key);
                 if (r >= 0) {
-                        cp_explicit_bzero(plain, (size_t) r);
+                        cp_explicit_bzero(plain, len);  /* a server key: binary */
                         free(plain);
                         memcpy(fp, fps[i], CP_PII_FP_LEN);
                         return i;
@@ -36,11 +37,14 @@ static const char SQL_KEYS_CURRENT[] = "SELECT fingerprint FROM data_keys WHERE 
 static const char SQL_SEALED_SAMPLE[] =
         "SELECT private_key_enc FROM server_keys UNION ALL"
         " (SELECT session_private_key FROM services WHERE session_private_key <> '' LIMIT 1) LIMIT 1";
+/* An upsert: our key may be recorded already, no longer current (all
+ * current marks gone). */
 static const char SQL_KEY_REGISTER[] =
         "INSERT INTO data_keys (fingerprint, current) SELECT $1, true"
-        " WHERE NOT EXISTS (SELECT 1 FROM data_keys WHERE current) ON CONFLICT DO NOTHING";
+        " WHERE NOT EXISTS (SELECT 1 FROM data_keys WHERE current)"
+        " ON CONFLICT (fingerprint) DO UPDATE SET current = true";
 
-int cp_store_pii_key_check(cp_store *s, cp_store_pii_check *ret, cp_error *reterr) {
+static int key_check(cp_store *s, cp_store_pii_check *ret, bool again, cp_error *reterr) {
         _cleanup_rows_ cp_store_rows *rows = NULL;
         char fp[CP_PII_FP_LEN] = "";
         int r;
@@ -59,6 +63,8 @@ int cp_store_pii_key_check(cp_store *s, cp_store_pii_check *ret, cp_error *reter
                 return 0;
         }
         rows = cp_store_rows_free(rows);
+        if (again)      /* registered, yet still none current */
+                return cp_error_set(reterr, -EIO, "data_keys has no current key after recording one");
 
         /* No key recorded yet: prove ours against what is sealed. */
         r = cp_store_exec1(s, SQL_SEALED_SAMPLE, 0, NULL, &rows, reterr);
@@ -93,9 +99,13 @@ int cp_store_pii_key_check(cp_store *s, cp_store_pii_check *ret, cp_error *reter
         }
         /* Read back whichever key won a race with another replica. */
         bool registered = ret->registered;
-        r = cp_store_pii_key_check(s, ret, reterr);
+        r = key_check(s, ret, true, reterr);
         ret->registered = registered;
         return r;
+}
+
+int cp_store_pii_key_check(cp_store *s, cp_store_pii_check *ret, cp_error *reterr) {
+        return key_check(s, ret, false, reterr);
 }
 
 /* ---- re-sealing rows -------------------------------------------------------------- */
@@ -195,6 +205,12 @@ static int batch_one(cp_store *s, const table_spec *t, bool legacy_only, int bat
                 s2 = cp_pii_seal(v2, nfp);
                 wipe_free(v1);
                 wipe_free(v2);
+                if (!s1 || !s2) {
+                        free(s1);
+                        free(s2);
+                        r = cp_error_set(reterr, -EKEYREJECTED, CP_PII_SEAL_ERROR);
+                        goto out;
+                }
                 const char *up[5] = { cp_store_rows_get(rows, i, 0), s1, s2, nfp, old };
                 r = cp_store_tx_exec(tx, t->update, 5, up, NULL, reterr);
                 free(s1);
@@ -214,6 +230,8 @@ static int reseal(cp_store *s, bool legacy_only, int batch, int max_batches, con
                   cp_store_pii_counts *ret, cp_error *reterr) {
         if (!cp_pii_installed())
                 return cp_error_set(reterr, -EINVAL, "no DataStoreEncryptionKey installed");
+        if (!*cp_pii_writer_fp())
+                return cp_error_set(reterr, -EKEYREJECTED, CP_PII_SEAL_ERROR);
         if (batch <= 0)
                 batch = 500;
         ret->done = false;
@@ -252,15 +270,17 @@ int cp_store_pii_seal_legacy(cp_store *s, int batch, int max_batches, cp_store_p
 static bool opens_with_writer(const char *sealed) {
         uint8_t key[CP_DATA_KEY_LEN];
         char *plain = NULL;
+        size_t len = 0;
         int r;
 
         if (cp_pii_key_get(cp_pii_writer_fp(), key) < 0)
                 return false;
-        r = cp_crypto_aead_decrypt_dup(key, sealed, &plain, NULL, NULL);
+        r = cp_crypto_aead_decrypt_dup(key, sealed, &plain, &len, NULL);
         cp_explicit_bzero(key, sizeof key);
         if (r < 0)
                 return false;
-        wipe_free(plain);
+        cp_explicit_bzero(plain, len);  /* binary: strlen would stop at a zero byte */
+        free(plain);
         return true;
 }
 
@@ -363,26 +383,26 @@ int cp_store_pii_key_set_current(cp_store *s, const char *fp, cp_error *reterr) 
         return r;
 }
 
-int cp_store_pii_key_usage(cp_store *s, const char *fp, int64_t *ret_rows, int64_t *ret_secrets,
-                           cp_error *reterr) {
+static int key_usage(cp_store_tx *tx, const char *fp, int64_t *ret_rows, int64_t *ret_secrets,
+                     cp_error *reterr) {
         _cleanup_rows_ cp_store_rows *rows = NULL;
         const char *p[1] = { fp };
         int r;
 
-        r = cp_store_exec1(s, "SELECT (SELECT count(*) FROM users WHERE pii_key = $1 AND ($1 <> '' OR "
-                           USERS_NONEMPTY "))"
-                           " + (SELECT count(*) FROM msp_tenants WHERE pii_key = $1 AND ($1 <> '' OR "
-                           TENANTS_NONEMPTY "))"
-                           " + (SELECT count(*) FROM events WHERE meta ? 'email' AND pii_key = $1 AND ($1 <> '' OR "
-                           EVENTS_NONEMPTY "))", 1, p, &rows, reterr);
+        r = cp_store_tx_exec(tx, "SELECT (SELECT count(*) FROM users WHERE pii_key = $1 AND ($1 <> '' OR "
+                             USERS_NONEMPTY "))"
+                             " + (SELECT count(*) FROM msp_tenants WHERE pii_key = $1 AND ($1 <> '' OR "
+                             TENANTS_NONEMPTY "))"
+                             " + (SELECT count(*) FROM events WHERE meta ? 'email' AND pii_key = $1 AND ($1 <> '' OR "
+                             EVENTS_NONEMPTY "))", 1, p, &rows, reterr);
         if (r < 0)
                 return r;
         *ret_rows = strtoll(cp_store_rows_get(rows, 0, 0), NULL, 10);
         rows = cp_store_rows_free(rows);
-        r = cp_store_exec1(s, "SELECT private_key_enc FROM server_keys UNION ALL SELECT previous_private_key_enc"
-                           " FROM server_keys WHERE previous_private_key_enc IS NOT NULL UNION ALL"
-                           " SELECT session_private_key FROM services WHERE session_private_key <> ''", 0, NULL,
-                           &rows, reterr);
+        r = cp_store_tx_exec(tx, "SELECT private_key_enc FROM server_keys UNION ALL SELECT previous_private_key_enc"
+                             " FROM server_keys WHERE previous_private_key_enc IS NOT NULL UNION ALL"
+                             " SELECT session_private_key FROM services WHERE session_private_key <> ''", 0, NULL,
+                             &rows, reterr);
         if (r < 0)
                 return r;
         *ret_secrets = 0;
@@ -392,24 +412,47 @@ int cp_store_pii_key_usage(cp_store *s, const char *fp, int64_t *ret_rows, int64
         return 0;
 }
 
+int cp_store_pii_key_usage(cp_store *s, const char *fp, int64_t *ret_rows, int64_t *ret_secrets,
+                           cp_error *reterr) {
+        cp_store_tx *tx = NULL;
+        int r = cp_store_tx_begin(s, &tx, reterr);
+
+        if (r < 0)
+                return r;
+        r = key_usage(tx, fp, ret_rows, ret_secrets, reterr);
+        cp_store_tx_end(tx);            /* read only: rolled back */
+        return r;
+}
+
+/* The count and the delete in one transaction under the keys' lock: a
+ * key made current, or a row sealed, in between cannot slip through. */
 int cp_store_pii_key_retire(cp_store *s, const char *fp, cp_error *reterr) {
         _cleanup_rows_ cp_store_rows *rows = NULL;
+        cp_store_tx *tx = NULL;
         const char *p[1] = { fp };
-        int64_t n, secrets;
+        int64_t n = 0, secrets = 0;
         int r;
 
-        r = cp_store_pii_key_usage(s, fp, &n, &secrets, reterr);
+        r = cp_store_tx_begin(s, &tx, reterr);
         if (r < 0)
                 return r;
-        if (n > 0 || secrets > 0)
-                return cp_error_set(reterr, -EBUSY, "%" PRId64 " rows and %" PRId64 " keys are still sealed with "
-                                    "key %s: run data-key reencrypt first", n, secrets, fp);
-        r = cp_store_exec1(s, "DELETE FROM data_keys WHERE fingerprint = $1 AND NOT current", 1, p, &rows, reterr);
-        if (r < 0)
-                return r;
-        if (cp_store_rows_affected(rows) != 1)
-                return cp_error_set(reterr, -EBUSY, "key %s is the current key or is not recorded", fp);
-        return 0;
+        r = cp_store_tx_exec(tx, "SELECT pg_advisory_xact_lock(" LOCK_KEYS ")", 0, NULL, NULL, reterr);
+        if (r >= 0)
+                r = key_usage(tx, fp, &n, &secrets, reterr);
+        if (r >= 0 && (n > 0 || secrets > 0))
+                r = cp_error_set(reterr, -EBUSY, "%" PRId64 " rows and %" PRId64 " keys are still sealed with "
+                                 "key %s: run data-key reencrypt first", n, secrets, fp);
+        if (r >= 0)
+                r = cp_store_tx_exec(tx, "DELETE FROM data_keys WHERE fingerprint = $1 AND NOT current", 1, p, &rows,
+                                     reterr);
+        if (r >= 0 && cp_store_rows_affected(rows) != 1)
+                r = cp_error_set(reterr, -EBUSY, "key %s is the current key or is not recorded", fp);
+        if (r >= 0) {
+                r = cp_store_tx_commit(tx, reterr);
+                tx = NULL;
+        }
+        cp_store_tx_end(tx);
+        return r;
 }
 
 int cp_store_pii_key_list(cp_store *s, struct pg_result **ret_rows, cp_error *reterr) {

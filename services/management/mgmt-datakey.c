@@ -42,6 +42,10 @@ int mgmt_datakey_gate(void *userdata, char *why, size_t why_size) {
 
         r = cp_store_pii_key_check(s, &chk, &err);
         if (r == -EKEYREJECTED) {
+                /* Never seal with a key the database no longer uses:
+                 * writers of names and e-mails fail until the check
+                 * passes again (cp_pii_use() in it restores the writer). */
+                cp_pii_drop_writer();
                 if (atomic_exchange(&last_state, -1) != -1)
                         log_rejected(&chk, &err);
                 (void) snprintf(why, why_size, "DataStoreEncryptionKey %s does not match the data's key %s",
@@ -136,10 +140,15 @@ int mgmt_datakey_hold(const cp_config *cfg, cp_error *reterr) {
                           current, "unknown", unknown, NULL);
         }
         r = mgmt_datakey_gate(s, why, sizeof why);
-        if (r != -EKEYREJECTED) {
+        if (r >= 0) {
                 cp_store_free(s);
                 return 1;
         }
+        /* A wrong key, or a check that failed (a database hiccup): never
+         * start unchecked; the checker below retries every few seconds. */
+        if (r != -EKEYREJECTED)
+                cp_log_kv(&log_ctx, CP_LOG_WARN, "cannot check the DataStoreEncryptionKey against the database; "
+                          "retrying", "error", why, NULL);
 
         hold h = { .result = 0 };
         mgmt_http *http = NULL;
@@ -166,8 +175,8 @@ int mgmt_datakey_hold(const cp_config *cfg, cp_error *reterr) {
                 r = cp_error_set(reterr, -ENOMEM, "cannot register loop events");
                 goto out;
         }
-        cp_log_kv(&log_ctx, CP_LOG_INFO, "waiting for a DataStoreEncryptionKey that matches the data; only "
-                  "/healthz and /readyz are served", NULL);
+        cp_log_kv(&log_ctx, CP_LOG_INFO, "waiting for the data key check to pass (a DataStoreEncryptionKey that "
+                  "matches the data); only /healthz and /readyz are served", NULL);
         if (event_base_dispatch(h.base) < 0) {
                 r = cp_error_set(reterr, -EIO, "event loop failed");
                 goto out;

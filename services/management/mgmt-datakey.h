@@ -9,7 +9,12 @@
  * do), then serves only /healthz (ok) and /readyz (not ready, failed
  * "data_key") on the HTTP port, re-checking every
  * MGMT_READY_INTERVAL_MS, and writes nothing to the database. Once the
- * check passes (the database changed) the replica starts as usual.
+ * check passes (the database changed) the replica starts as usual. A
+ * check that fails for another reason (a database hiccup) holds the same
+ * way, with a warning instead of the error, until a check passes; a
+ * database that cannot be opened at all is left to the manager.
+ * When the running check rejects the key, the writer key is dropped
+ * (cp_pii_drop_writer): nothing is sealed with a stale key.
  *
  * While running, mgmt_datakey_gate() is the readiness checker's extra
  * check: it follows the key the database marks current (the writer), turns

@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "agent"))
 import svc  # noqa: E402
 import apifix  # noqa: E402
 import fixture  # noqa: E402
+import testidp  # noqa: E402  (on the path apifix sets)
 
 test = svc.test
 admin = svc.admin
@@ -113,6 +114,28 @@ def emails_and_names_are_sealed_in_postgres_and_shown_by_the_api():
     assert gone and gone[0]["meta"]["email"] == EMAIL and gone[0]["meta"]["username"] == NAME, gone
     # The access-log filters on users' e-mails and names still work.
     assert api.ok("GET", "/api/events/proxy?user_email=pii@example")["data"] == []
+
+
+@test
+def a_pasted_ciphertext_is_shown_as_typed_never_opened():
+    """Someone holding a database dump pastes a sealed value into a
+    service user's name: the API must not open it for them."""
+    dep, srv, api = apifix.start()
+    uid = add_user(dep)
+    wait_sealed(dep)
+    fp, ct = dep.sql("SELECT pii_key, email FROM users WHERE id = %s", (uid,))[0]
+    marker = "pii1:%s:%s" % (fp, ct)
+    for name in (marker, 'x"' + marker + '"', "pii0:" + marker):
+        sid = api.ok("POST", "/api/users", {"name": name, "role": "user", "auto_groups": [],
+                                            "is_service_user": True})["id"]
+        listed = [x for x in api.ok("GET", "/api/users?service_user=true") if x["id"] == sid]
+        assert listed and listed[0]["name"] == name, (name, listed)
+        assert EMAIL not in json.dumps(api.ok("GET", "/api/users?service_user=true"))
+    # A legacy row (written without the key) whose name is a ciphertext.
+    dep.sql("INSERT INTO users (id, account_id, role, name, email, pii_key) VALUES ('usrpaste', %s, 'user', %s,"
+            " '', '')", (dep.account_id, marker))
+    got = [x for x in api.ok("GET", "/api/users") if x["id"] == "usrpaste"]
+    assert got and got[0]["name"] == marker, got
 
 
 def start_with(dep, key, previous=None, **kw):
@@ -264,6 +287,62 @@ def a_held_replica_starts_once_the_database_matches_its_key():
     held.wait_log(lambda o: o.get("msg") == "listening" and o.get("protocol") == "http", timeout=30)
     wait_until(lambda: ready(held)[0] == 200, what="ready after the database matched")
     held.stop(10)
+
+
+@test
+def a_replica_whose_first_key_check_fails_waits_instead_of_starting_unchecked():
+    """Not a wrong key but a check that errs (here a trigger refuses to
+    record the key): the replica holds, not ready, until a check passes."""
+    dep = fixture.Deployment()
+    srv = dep.start()
+    fixture.stop_server(srv)
+    dep.sql("DELETE FROM data_keys")
+    dep.sql("CREATE FUNCTION piifix_refuse() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$BEGIN RAISE EXCEPTION 'piifix: refused'; END$$")
+    dep.sql("CREATE TRIGGER piifix_refuse BEFORE INSERT ON data_keys FOR EACH ROW EXECUTE FUNCTION piifix_refuse()")
+    held = held_server(dep, dep.enc_key)
+    held.wait_log(lambda o: o.get("level") == "warn" and "retrying" in o.get("msg", ""))
+    wait_until(lambda: svc.http("GET", held.url("/healthz"))[0] == 200, what="healthz")
+    st, _, body = ready(held)
+    assert st == 503 and body["failed"] == "data_key", (st, body)
+    time.sleep(3)
+    assert held.proc.poll() is None, "the replica exited"
+    assert not [l for l in held.logs() if l.get("msg") == "listening"], "it started unchecked"
+    dep.sql("DROP TRIGGER piifix_refuse ON data_keys")
+    held.wait_log(lambda o: o.get("msg") == "listening" and o.get("protocol") == "http", timeout=30)
+    wait_until(lambda: ready(held)[0] == 200, what="ready once the check passed")
+    assert dep.sql("SELECT fingerprint, current FROM data_keys") == [(fingerprint(dep.enc_key), True)]
+    held.stop(10)
+
+
+@test
+def a_running_replica_whose_key_is_replaced_seals_nothing_with_its_old_one():
+    """The database's current key changes under a running replica (another
+    deployment re-keyed it): the replica goes not ready and a sign-in that
+    would write a new user's e-mail and name fails instead of sealing them
+    with the old key; once the database matches again, it works."""
+    idp = testidp.TestIdP()
+    svc.defer(idp.stop)
+    dep, (srv,) = apifix.start_idp(idp, bootstrap=False)
+    alice = apifix.Api(srv.url(""), idp.token("alice-sub", email="alice@corp.example", name="Alice"),
+                       scheme="Bearer")
+    wait_until(lambda: alice.get("/api/users/current")[0] == 200, timeout=90, what="alice signed in")
+    mine = fingerprint(dep.enc_key)
+    other = fingerprint(new_key())
+    dep.sql("UPDATE data_keys SET current = false")
+    dep.sql("INSERT INTO data_keys (fingerprint, current) VALUES (%s, true)", (other,))
+    wait_until(lambda: ready(srv)[0] == 503, what="not ready")
+    bob = apifix.Api(srv.url(""), idp.token("bob-sub", email="bob@corp.example", name="Bob"), scheme="Bearer")
+    st, body = bob.get("/api/users/current")
+    assert st >= 500, (st, body)
+    assert dep.sql("SELECT count(*) FROM users WHERE id = 'bob-sub'")[0][0] == 0
+    assert dep.sql("SELECT count(*) FROM users WHERE pii_key NOT IN (%s, '')", (mine,))[0][0] == 0
+    # Back to this replica's key: ready again, and the sign-in works.
+    dep.sql("DELETE FROM data_keys WHERE fingerprint = %s", (other,))
+    dep.sql("UPDATE data_keys SET current = true WHERE fingerprint = %s", (mine,))
+    wait_until(lambda: ready(srv)[0] == 200, what="ready again")
+    wait_until(lambda: bob.get("/api/users/current")[0] in (200, 403), what="bob signed in")
+    assert dep.sql("SELECT pii_key FROM users WHERE id = 'bob-sub'") == [(mine,)]
 
 
 if __name__ == "__main__":

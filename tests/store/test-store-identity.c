@@ -3,6 +3,7 @@
  * the sign-in time and its events. Claims are built by hand: validation
  * itself is cp/jwt.h's business. */
 #include "cp/base.h"
+#include "cp/crypto-pii.h"
 #include "cp/identity.h"
 #include "cp/store-tx.h"
 #include "cp/store.h"
@@ -233,6 +234,48 @@ TEST(dashboard_login_event_on_a_newer_sign_in) {
         char iat[24];
         (void) snprintf(iat, sizeof iat, "%lld", (long long) c->iat);
         ASSERT_DB_QUERY("t", db, "SELECT last_login = to_timestamp($1::bigint) FROM users", iat);
+        cp_jwt_claims_free(c);
+        cp_store_free(s);
+        cptest_db_free(db);
+}
+
+TEST(a_name_that_does_not_open_is_never_written_back) {
+        cp_store *s = NULL;
+        cptest_db *db = cptest_db_new_migrated(1, &s);
+        cp_identity_user u;
+        cp_error err = { 0 };
+        cp_jwt_claims *c = claims("idp|erin", "erin@x.example", NULL, NULL, NULL);
+        uint8_t ka[32], kb[32];
+
+        memset(ka, 0x5a, sizeof ka);
+        memset(kb, 0x6b, sizeof kb);
+        cp_pii_install(ka, NULL);
+        c->iat -= 100;
+        ASSERT_OK(resolve(s, &SINGLE, c, &u, &err), &err);
+        char *before = cptest_db_query1(db, "SELECT name || '/' || email FROM users WHERE id = $1", "idp|erin");
+        /* Another key only: the row does not open. Tokens without a name,
+         * an older one and a newer one: the stored values stay. */
+        cp_pii_install(kb, NULL);
+        free(c->name);
+        c->name = cp_xstrdup("");
+        ASSERT_OK(resolve(s, &SINGLE, c, &u, &err), &err);
+        c->iat += 50;
+        ASSERT_OK(resolve(s, &SINGLE, c, &u, &err), &err);
+        ASSERT_DB_QUERY(before, db, "SELECT name || '/' || email FROM users WHERE id = $1", "idp|erin");
+        char iat[24];
+        (void) snprintf(iat, sizeof iat, "%lld", (long long) c->iat);
+        ASSERT_DB_QUERY("t", db, "SELECT last_login = to_timestamp($1::bigint) FROM users", iat);
+        /* Back with the right key, they open as they were. */
+        cp_pii_install(ka, NULL);
+        char *email = NULL, *fp = cptest_db_query1(db, "SELECT pii_key FROM users WHERE id = $1", "idp|erin");
+        char *stored = cptest_db_query1(db, "SELECT name FROM users WHERE id = $1", "idp|erin");
+        ASSERT_OK(cp_pii_open_strict(fp, stored, &email, &err), &err);
+        ASSERT_STREQ("erin@x.example", email);
+        free(email);
+        free(stored);
+        free(fp);
+        free(before);
+        cp_pii_uninstall();
         cp_jwt_claims_free(c);
         cp_store_free(s);
         cptest_db_free(db);

@@ -33,6 +33,57 @@ static void add_users(cptest_db *db, int n) {
                               " FROM generate_series(1, $1::int) i", count));
 }
 
+TEST(a_recorded_key_that_is_no_longer_current_is_made_current_again) {
+        cp_store *s = NULL;
+        cptest_db *db = cptest_db_new_migrated(2, &s);
+        cp_store_pii_check chk;
+        cp_error err = { 0 };
+        char fp_a[CP_PII_FP_LEN];
+
+        keys_init();
+        cp_pii_fingerprint(key_a, fp_a);
+        cp_pii_install(key_a, NULL);
+        /* Ours is recorded but no row is current (someone cleared it). */
+        free(cptest_db_query1(db, "INSERT INTO data_keys (fingerprint, current) VALUES ($1, false)", fp_a));
+        ASSERT_OK(cp_store_pii_key_check(s, &chk, &err), &err);
+        ASSERT_STREQ(fp_a, chk.current);
+        ASSERT_DB_QUERY(fp_a, db, "SELECT fingerprint FROM data_keys WHERE current", NULL);
+        cp_pii_uninstall();
+        cp_store_free(s);
+        cptest_db_free(db);
+}
+
+/* The plain-text pass (every few seconds on every replica) reads an
+ * index of the rows it seals, never the service users and empty events
+ * that stay plain for ever. The conditions are PII_SELECT's. */
+TEST(the_plain_text_pass_reads_only_rows_with_something_to_seal) {
+        cp_store *s = NULL;
+        cptest_db *db = cptest_db_new_migrated(1, &s);
+        static const struct { const char *query, *index; } plans[] = {
+                { "SELECT id FROM users WHERE pii_key = '' AND (email <> '' OR name <> '') ORDER BY id LIMIT 500",
+                  "idx_users_pii_legacy" },
+                { "SELECT account_id FROM msp_tenants WHERE pii_key = '' AND (contact_email <> '' OR"
+                  " contact_name <> '') ORDER BY account_id LIMIT 500", "idx_msp_tenants_pii_legacy" },
+                { "SELECT id FROM events WHERE meta ? 'email' AND pii_key = '' AND (meta->>'email' <> ''"
+                  " OR COALESCE(meta->>'name', '') <> '') ORDER BY id LIMIT 500", "idx_events_pii_legacy" },
+        };
+
+        /* The whole plan as one line (the tables are small: no seq scan). */
+        free(cptest_db_query(db, "CREATE FUNCTION test_plan(q text) RETURNS text LANGUAGE plpgsql AS $$"
+                             " DECLARE l text; o text := ''; BEGIN"
+                             " PERFORM set_config('enable_seqscan', 'off', true);"
+                             " FOR l IN EXECUTE 'EXPLAIN ' || q LOOP o := o || l || ' '; END LOOP;"
+                             " RETURN o; END $$", 0, NULL));
+        for (size_t i = 0; i < ELEMENTSOF(plans); i++) {
+                char *plan = cptest_db_query1(db, "SELECT test_plan($1)", plans[i].query);
+                if (!strstr(plan, plans[i].index))
+                        cptest_fail(__FILE__, __LINE__, "%s: %s", plans[i].index, plan);
+                free(plan);
+        }
+        cp_store_free(s);
+        cptest_db_free(db);
+}
+
 TEST(first_key_is_recorded_and_a_wrong_one_refused_without_a_write) {
         cp_store *s = NULL;
         cptest_db *db = cptest_db_new_migrated(2, &s);

@@ -96,6 +96,91 @@ TEST(expand_json_is_byte_for_byte_postgres_escaping) {
         free(v);
 }
 
+TEST(expand_json_opens_only_whole_strings_and_strips_the_plain_escape) {
+        char fp[CP_PII_FP_LEN] = "";
+        cp_strbuf in, out;
+
+        install_ab();
+        char *v = cp_pii_seal("secret@x.test", fp);
+        cp_strbuf_init(&in);
+        cp_strbuf_init(&out);
+        /* A marker inside a string (x"pii1:... escaped by the JSON) and
+         * one escaped by CP_PII_PLAIN are text; the whole-string one
+         * opens. */
+        cp_strbuf_addf(&in, "{\"a\" : \"x\\\"pii1:%s:%s\\\"\", \"b\" : \"pii0:pii1:%s:%s\", \"c\" : \"pii0:pii0:z\","
+                       " \"d\" : [\"pii1:%s:%s\"]}", fp, v, fp, v, fp, v);
+        cp_pii_expand_json(in.buf, &out);
+        char want[1024];
+        (void) snprintf(want, sizeof want, "{\"a\" : \"x\\\"pii1:%s:%s\\\"\", \"b\" : \"pii1:%s:%s\", \"c\" : \"pii0:z\","
+                        " \"d\" : [\"secret@x.test\"]}", fp, v, fp, v);
+        ASSERT_STREQ(want, out.buf);
+        /* A JSON with only escaped plain text is still expanded. */
+        ASSERT_TRUE(cp_pii_json_has_marker("{\"b\" : \"pii0:pii1:x\"}"));
+        cp_strbuf_release(&in);
+        cp_strbuf_release(&out);
+        /* cp_pii_open_marked strips the escape once and opens nothing. */
+        char m[512];
+        (void) snprintf(m, sizeof m, "pii0:pii1:%s:%s", fp, v);
+        char *o = cp_pii_open_marked(m);
+        ASSERT_STREQ(m + 5, o);
+        free(o);
+        free(v);
+}
+
+TEST(values_around_the_fast_path_bound_open) {
+        char buf[1200], fp[CP_PII_FP_LEN], m[2048];
+        cp_error err = { 0 };
+
+        install_ab();
+        for (size_t len = 1000; len <= 1100; len++) {
+                memset(buf, 'a' + (int) (len % 26), len);
+                buf[len] = '\0';
+                fp[0] = '\0';
+                char *v = cp_pii_seal(buf, fp), *out = NULL;
+                ASSERT_OK(cp_pii_open_strict(fp, v, &out, &err), &err);
+                ASSERT_STREQ(buf, out);
+                free(out);
+                (void) snprintf(m, sizeof m, "pii1:%s:%s", fp, v);
+                out = cp_pii_open_marked(m);
+                ASSERT_STREQ(buf, out);
+                free(out);
+                cp_strbuf in, o;
+                cp_strbuf_init(&in);
+                cp_strbuf_init(&o);
+                cp_strbuf_addf(&in, "[\"%s\"]", m);
+                cp_pii_expand_json(in.buf, &o);
+                ASSERT_EQ((int) len + 4, (int) o.len);
+                cp_strbuf_release(&in);
+                cp_strbuf_release(&o);
+                /* The wrong key still fails as an authentication failure. */
+                ASSERT_EQ(-EBADMSG, cp_pii_open_strict(cp_pii_previous_fp(), v, &out, &err));
+                free(v);
+        }
+}
+
+TEST(a_dropped_writer_seals_nothing_until_one_is_chosen) {
+        char fp[CP_PII_FP_LEN] = "", *out = NULL;
+        cp_error err = { 0 };
+        uint8_t plain[4] = { 1, 2, 3, 4 };
+
+        install_ab();
+        cp_pii_drop_writer();
+        ASSERT_STREQ("", cp_pii_writer_fp());
+        ASSERT_TRUE(cp_pii_seal("ada@x.test", fp) == NULL);
+        ASSERT_STREQ("", fp);
+        ASSERT_EQ(-EKEYREJECTED, cp_pii_encrypt(key_a, plain, sizeof plain, &out, &err));
+        ASSERT_TRUE(out == NULL);
+        /* Opening still works; choosing a writer restores sealing. */
+        ASSERT_EQ(0, cp_pii_use(cp_pii_key_fp()));
+        char *v = cp_pii_seal("ada@x.test", fp);
+        ASSERT_TRUE(v != NULL);
+        cp_pii_drop_writer();
+        ASSERT_OK(cp_pii_open_strict(fp, v, &out, &err), &err);
+        ASSERT_STREQ("ada@x.test", out);
+        free(out);
+        free(v);
+}
+
 TEST(open_marked_single_values) {
         char fp[CP_PII_FP_LEN] = "", m[512];
 

@@ -58,7 +58,11 @@ bool cp_pii_has(const char *fp);
 /* Makes the installed key of fingerprint fp the writer. Returns 0, or
  * -ENOKEY when no installed key has that fingerprint. */
 int cp_pii_use(const char *fp);
-/* The fingerprint of the writer key ("" when none installed), and of the
+/* No writer: the database's current key is one this process does not
+ * have. cp_pii_seal then returns NULL and cp_pii_encrypt -EKEYREJECTED,
+ * so nothing is sealed with a stale key; cp_pii_use() restores one. */
+void cp_pii_drop_writer(void);
+/* The fingerprint of the writer key ("" when none installed or dropped), and of the
  * configured key / previous key ("" when none). */
 const char *cp_pii_writer_fp(void);
 const char *cp_pii_key_fp(void);
@@ -69,7 +73,9 @@ int cp_pii_key_get(const char *fp, uint8_t out[CP_DATA_KEY_LEN]);
 /* ---- personal data (text) ------------------------------------------------- */
 
 /* Seals plain (NUL-terminated; NULL = "") with the writer key and writes
- * its fingerprint to fp. Returns a new string (free()); "" for "". With
+ * its fingerprint to fp. Returns a new string (free()); "" for ""; NULL
+ * (fp "") when the writer was dropped (cp_pii_drop_writer) -- callers
+ * fail with CP_PII_SEAL_ERROR. With
  * no key installed (tools and tests without a DataStoreEncryptionKey) it
  * returns plain as is and fp "": a legacy row, which replicas seal.
  * fp is read first: initialise it to "" for a row's first value; when it
@@ -77,6 +83,10 @@ int cp_pii_key_get(const char *fp, uint8_t out[CP_DATA_KEY_LEN]);
  * every value of a row is sealed with one key even if the writer changes
  * in between. */
 char *cp_pii_seal(const char *plain, char fp[CP_PII_FP_LEN]);
+/* CP_PII_SEAL_ERROR: the error text for a NULL from cp_pii_seal (keys
+ * installed, writer dropped, fp naming no installed key). */
+#define CP_PII_SEAL_ERROR "personal data cannot be sealed: the database's DataStoreEncryptionKey is not this " \
+        "replica's"
 /* Opens a stored value: fp "" (or NULL) means plain text, returned as is.
  * Returns 0 and *ret (free()), or -ENOKEY (fp is not an installed key),
  * -EBADMSG / -EINVAL (not a value sealed with that key). */
@@ -86,18 +96,29 @@ int cp_pii_open_strict(const char *fp, const char *stored, char **ret, cp_error 
  * (free()). This is what readers that build responses call. */
 char *cp_pii_open(const char *fp, const char *stored);
 
-/* JSON built in SQL: CP_PII_SQL(fp, col) is an SQL expression giving col
- * as is when fp = '', NULL when fp is NULL (an outer join found no row)
- * and "pii1:<fp>:<sealed>" otherwise; after the query,
- * cp_pii_expand_json() replaces each such JSON string by the opened value
- * (JSON-escaped). Strings that do not open are left alone, so a user
- * typing "pii1:..." into a name gains nothing. */
+/* JSON built in SQL: CP_PII_SQL(fp, col) is an SQL expression giving
+ * "pii1:<fp>:<sealed>" for a sealed value, NULL when fp is NULL (an outer
+ * join found no row) and, for fp = '' (plain text), CP_PII_PLAIN(col).
+ * After the query, cp_pii_expand_json() replaces each JSON string that is
+ * a marker of an installed key as a whole (never a marker inside a
+ * string) by the opened value, JSON-escaped.
+ *
+ * SECURITY: the expansion decrypts whatever marker it finds, so plain
+ * text must never look like one: someone holding a ciphertext (a
+ * database dump) would paste "pii1:<fp>:<sealed>" into a name and read it
+ * back opened. Every plain-text string in a JSON that is expanded (or a
+ * column given to cp_pii_open_marked) -- legacy rows, service user names,
+ * ids taken from an IdP -- goes through CP_PII_PLAIN(col): a value that
+ * starts with "pii1:" or "pii0:" gets a "pii0:" prefix, which the
+ * expansion and cp_pii_open_marked strip once. */
+#define CP_PII_PLAIN(col) \
+        "(CASE WHEN left((" col "), 5) IN ('pii0:', 'pii1:') THEN 'pii0:' || (" col ") ELSE (" col ") END)"
 #define CP_PII_SQL(fp, col) \
-        "(CASE WHEN (" fp ") = '' THEN (" col ") WHEN (" fp ") IS NOT NULL"                   \
+        "(CASE WHEN (" fp ") = '' THEN " CP_PII_PLAIN(col) " WHEN (" fp ") IS NOT NULL"                   \
         " THEN concat('pii1:', " fp ", ':', " col ") END)"
 void cp_pii_expand_json(const char *json, cp_strbuf *out);
-/* One column selected with CP_PII_SQL: opened when it is a marker that
- * opens, else returned as is. Returns a new string (free()); NULL gives "". */
+/* One column selected with CP_PII_SQL (or CP_PII_PLAIN): opened when it
+ * is a marker that opens, its "pii0:" escape stripped, else as is. Returns a new string (free()); NULL gives "". */
 char *cp_pii_open_marked(const char *value);
 /* Whether json holds a CP_PII_SQL marker (a fast check before expanding). */
 bool cp_pii_json_has_marker(const char *json);
