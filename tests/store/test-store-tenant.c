@@ -54,8 +54,9 @@ TEST(msp_suspend_and_limit_setters) {
         ASSERT_TRUE(changed);
         ASSERT_DB_QUERY("t", db, "SELECT msp_enabled_at IS NULL FROM accounts WHERE id = $1", a.account_id);
 
-        before = strtoll(cptest_db_query1(db, "SELECT network_serial FROM accounts WHERE id = $1", a.account_id),
-                         NULL, 10);
+        _cleanup_free_ char *serial_before = cptest_db_query1(db, "SELECT network_serial FROM accounts WHERE id = $1",
+                                                              a.account_id);
+        before = strtoll(serial_before, NULL, 10);
         ASSERT_OK(cp_store_account_set_suspended(s, a.account_id, true, NULL, &serial, &changed, &err), &err);
         ASSERT_TRUE(changed);
         ASSERT_EQ(before + 1, serial);
