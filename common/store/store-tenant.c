@@ -184,12 +184,15 @@ void cp_store__peer_limit_event(cp_store_conn *c, const char *account_id, const 
  * quoted by format's %I and the id by %L). The change log keeps the
  * REMOVED rows the delete wrote for proxies. */
 static const char SQL_LEFTOVERS[] =
-        "SELECT c.table_name::text FROM information_schema.columns c"
+        /* MATERIALIZED: the tables with the column first, so the count is
+         * never tried on a table without it (the planner may evaluate
+         * WHERE conditions in any order). */
+        "WITH t AS MATERIALIZED (SELECT c.table_name::text AS name FROM information_schema.columns c"
         " JOIN information_schema.tables t ON t.table_schema = c.table_schema AND t.table_name = c.table_name"
         " WHERE c.table_schema = current_schema() AND c.column_name = 'account_id'"
-        " AND t.table_type = 'BASE TABLE' AND c.table_name <> 'proxy_mapping_changes'"
-        " AND (xpath('/row/n/text()', query_to_xml(format('SELECT count(*) AS n FROM %I WHERE account_id = %L',"
-        " c.table_name, $1::text), false, true, '')))[1]::text::bigint > 0"
+        " AND t.table_type = 'BASE TABLE' AND c.table_name <> 'proxy_mapping_changes')"
+        " SELECT name FROM t WHERE (xpath('/row/n/text()', query_to_xml(format('SELECT count(*) AS n FROM %I"
+        " WHERE account_id = %L', name, $1::text), false, true, '')))[1]::text::bigint > 0"
         " ORDER BY 1";
 
 int cp_store_tx_account_delete_all(cp_store_tx *tx, const char *account_id, cp_store_account_deleted *ret,

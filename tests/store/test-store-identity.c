@@ -2,6 +2,7 @@
  * single- and multi-account rules, concurrent first sign-ins, JWT groups,
  * the sign-in time and its events. Claims are built by hand: validation
  * itself is cp/jwt.h's business. */
+#include "cp/log.h"
 #include "cp/base.h"
 #include "cp/crypto-pii.h"
 #include "cp/identity.h"
@@ -334,5 +335,8 @@ TEST(jwt_groups_created_joined_left_and_allow_list) {
 }
 
 int main(int argc, char **argv) {
+        /* Warnings of values that do not open go to stderr: stdout is TAP. */
+        if (cp_log_open("stderr", CP_LOG_INFO, NULL) < 0)
+                return 1;
         return cptest_main(argc, argv);
 }
