@@ -37,7 +37,8 @@
 /* DNS checks (POST /tenants/{id}/dns) running at once on a replica. */
 #define MSP_DNS_CHECKS_MAX 4
 
-static const char SQL_IS_MSP[] = "SELECT msp_enabled_at IS NOT NULL FROM accounts WHERE id = $1";
+static const char SQL_IS_MSP[] =
+        "SELECT msp_enabled_at IS NOT NULL, suspended_at IS NOT NULL FROM accounts WHERE id = $1";
 static const char SQL_LIST[] =
         "SELECT COALESCE(json_agg(" TENANT_JSON("t", "a") " ORDER BY t.created_at, t.account_id), '[]')"
         " FROM msp_tenants t JOIN accounts a ON a.id = t.account_id WHERE t.msp_account_id = $1";
@@ -124,25 +125,34 @@ int api_msp_enter(api_ctx *c, const char *tenant_id) {
 
 /* ---- guards ------------------------------------------------------------------------------ */
 
-static int is_msp(api_ctx *c, const char *account_id, bool *ret) {
+/* Whether the account is an MSP, and (ret_suspended, may be NULL)
+ * whether it is suspended: one read of its row. */
+static int msp_state(api_ctx *c, const char *account_id, bool *ret, bool *ret_suspended) {
         _cleanup_rows_ cp_store_rows *rows = NULL;
         const char *p[1] = { account_id };
         int r = api_sql(c, SQL_IS_MSP, 1, p, &rows);
 
         if (r < 0)
                 return r;
-        *ret = cp_store_rows_count(rows) == 1 && cp_store_rows_bool(rows, 0, 0);
+        bool found = cp_store_rows_count(rows) == 1;
+        *ret = found && cp_store_rows_bool(rows, 0, 0);
+        if (ret_suspended)
+                *ret_suspended = found && cp_store_rows_bool(rows, 0, 1);
         return 0;
 }
 
+static int is_msp(api_ctx *c, const char *account_id, bool *ret) {
+        return msp_state(c, account_id, ret, NULL);
+}
+
 /* The MSP routes: 404 for an account that is no MSP (as a server without
- * them), 403 for an MSP user who is not an owner or admin. */
+ * them), 403 for an MSP user who is not an owner or admin. A suspended
+ * MSP reads but changes nothing (the dispatcher's check covers the
+ * routes that take the account lock; creates and DNS checks do not take
+ * it). */
 static int msp_guard(api_ctx *c) {
-        static const char sql_suspended[] = "SELECT suspended_at IS NOT NULL FROM accounts WHERE id = $1";
-        _cleanup_rows_ cp_store_rows *rows = NULL;
-        const char *p[1] = { c->account_id };
-        bool msp;
-        int r = is_msp(c, c->account_id, &msp);
+        bool msp, suspended;
+        int r = msp_state(c, c->account_id, &msp, &suspended);
 
         if (r < 0)
                 return r;
@@ -150,15 +160,7 @@ static int msp_guard(api_ctx *c) {
                 return api_error(c, 404, "not found");
         if (!api_is_admin(c))
                 return api_error(c, 403, "permission denied");
-        /* A suspended MSP reads but changes nothing (the dispatcher's
-         * check covers the routes that take the account lock; creates and
-         * DNS checks do not take it). */
-        if (strcmp(c->route->method, "GET") == 0)
-                return 0;
-        r = api_sql(c, sql_suspended, 1, p, &rows);
-        if (r < 0)
-                return r;
-        if (cp_store_rows_count(rows) == 1 && cp_store_rows_bool(rows, 0, 0))
+        if (suspended && strcmp(c->route->method, "GET") != 0)
                 return api_error(c, 403, "account is suspended");
         return 0;
 }
@@ -224,7 +226,7 @@ static const char SQL_AS_TENANT[] =
 static int msp_info(api_ctx *c) {
         _cleanup_rows_ cp_store_rows *rows = NULL;
         _cleanup_(json_decrefp) json_t *o = NULL;
-        const char *acct = api_query(c, "account");
+        const char *acct = c->acting_param;   /* read once by the dispatcher */
         const char *tenant = c->account_id;
         int r;
 
@@ -353,19 +355,20 @@ static int create_tenant(api_ctx *c) {
         r = api_field_str(c, api_body(c), "domain", &domain);
         if (r < 0)
                 return r;
-        if (!domain || !*domain)
-                return api_error(c, 422, "tenant domain should not be empty");
+        /* IDNA and the label rules of every DNS name the API takes here;
+         * emptiness, wildcards, the dot and the length are the store's
+         * (the admin CLI's creates go there too). */
         cp_strbuf_init(&ascii);
         cp_strbuf_init(&why);
-        if (api_domain_to_ascii(domain, &ascii, &why) < 0 || !api_domain_valid(ascii.buf) || ascii.buf[0] == '*' ||
-            !strchr(ascii.buf, '.') || ascii.len > CP_MSP_DOMAIN_MAX) {
+        if (domain && *domain && (api_domain_to_ascii(domain, &ascii, &why) < 0 || !api_domain_valid(ascii.buf))) {
                 cp_strbuf_release(&ascii);
                 cp_strbuf_release(&why);
                 return api_error(c, 422, "invalid domain: %s", domain);
         }
         cp_strbuf_release(&why);
         cp_store_msp_tenant_spec spec = {
-                .msp_account_id = c->account_id, .name = name, .domain = ascii.buf, .groups_json = groups,
+                .msp_account_id = c->account_id, .name = name, .domain = ascii.len ? ascii.buf : "",
+                .groups_json = groups,
                 .idempotency_key = c->req->idempotency_key,
         };
         r = cp_store_tx_msp_tenant_create(c->tx, &spec, &out, &err);
@@ -705,13 +708,11 @@ static int delete_tenant(api_ctx *c) {
  * here: active users = users (not service users) who logged in within
  * 30 days, active peers = peers connected now. */
 static const char SQL_USAGE[] =
-        "SELECT json_build_object("
-        " 'active_users', (SELECT count(*) FROM users WHERE account_id = $1 AND NOT is_service_user"
-        "  AND last_login > CURRENT_TIMESTAMP - interval '30 days'),"
-        " 'total_users', (SELECT count(*) FROM users WHERE account_id = $1 AND NOT is_service_user),"
-        " 'active_peers', (SELECT count(*) FROM peers WHERE account_id = $1 AND NOT proxy_embedded"
-        "  AND peer_status_connected),"
-        " 'total_peers', (SELECT count(*) FROM peers WHERE account_id = $1 AND NOT proxy_embedded))";
+        "SELECT json_build_object('active_users', us.active, 'total_users', us.total,"
+        " 'active_peers', ps.connected, 'total_peers', ps.total)"
+        " FROM (SELECT count(*) FILTER (WHERE last_login > CURRENT_TIMESTAMP - interval '30 days') AS active,"
+        " count(*) AS total FROM users WHERE account_id = $1 AND NOT is_service_user) us,"
+        " " CP_STORE_SQL_ACCOUNT_PEERS("$1") " ps";
 
 static int billing_usage(api_ctx *c) {
         const char *p[1] = { c->account_id };

@@ -279,9 +279,7 @@ int cp_store_account_delete_all(cp_store *s, const char *account_id, cp_store_ac
         " WHERE e.account_id = a.id))) * 1000)::bigint, 0)," \
         " a.network_serial, (EXTRACT(EPOCH FROM a.created_at) * 1000)::bigint" \
         " FROM accounts a LEFT JOIN msp_tenants t ON t.account_id = a.id" \
-        " CROSS JOIN LATERAL (SELECT count(*) FILTER (WHERE NOT p.proxy_embedded) AS total," \
-        " count(*) FILTER (WHERE NOT p.proxy_embedded AND p.peer_status_connected) AS connected," \
-        " max(p.peer_status_last_seen) AS seen FROM peers p WHERE p.account_id = a.id) ps"
+        " CROSS JOIN LATERAL " CP_STORE_SQL_ACCOUNT_PEERS("a.id") " ps"
 
 static int64_t col_i64(const cp_store_rows *rows, int row, int col) {
         const char *v = cp_store_rows_get(rows, row, col);

@@ -103,6 +103,15 @@ struct cp_store_tx;
 int cp_store_tx_account_delete_all(struct cp_store_tx *tx, const char *account_id, cp_store_account_deleted *ret,
                                    cp_error *reterr);
 
+/* An account's peers as the tenant list and the REST usage counter count
+ * them (proxy peers left out), in one scan: columns total, connected and
+ * seen (the latest last_seen). acct: an SQL expression of the account id.
+ * Use as `FROM CP_STORE_SQL_ACCOUNT_PEERS("$1") ps`. */
+#define CP_STORE_SQL_ACCOUNT_PEERS(acct)                                                                    \
+        "(SELECT count(*) FILTER (WHERE NOT p.proxy_embedded) AS total,"                                     \
+        " count(*) FILTER (WHERE NOT p.proxy_embedded AND p.peer_status_connected) AS connected,"            \
+        " max(p.peer_status_last_seen) AS seen FROM peers p WHERE p.account_id = " acct ")"
+
 /* An account's lifecycle state and the numbers of the tenant list. */
 typedef struct cp_store_tenant_status {
         char account_id[64];
