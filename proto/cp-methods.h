@@ -86,3 +86,8 @@ extern const cp_proto_method cp_proto_proxy_methods[];
 /* The method whose path is exactly path (case-sensitive, as gRPC paths
  * are), or NULL. path may be NULL. */
 const cp_proto_method *cp_proto_mgmt_method_find(const char *path);
+
+/* gRPC's name of a status code ("OK", "CANCELLED", ...,
+ * "UNAUTHENTICATED"; "UNKNOWN_STATUS" beyond): the wire protocol's
+ * codes, for logs and tools on both sides. */
+const char *cp_proto_status_name(int code);

@@ -435,19 +435,6 @@ char *cp_nbc_call_details(const cp_nbc_call *c) {
         return cp_xstrndup((const char *) GRPC_SLICE_START_PTR(c->details), GRPC_SLICE_LENGTH(c->details));
 }
 
-const char *cp_nbc_status_name(grpc_status_code s) {
-        static const char *const names[] = {
-                "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-                "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-                "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
-                "UNAUTHENTICATED",
-        };
-
-        if ((unsigned) s < ELEMENTSOF(names))
-                return names[s];
-        return "UNKNOWN_STATUS";
-}
-
 /* ---- blocking helpers ------------------------------------------------------------ */
 
 int cp_nbc_wait(grpc_completion_queue *cq, void *tag, int timeout_ms) {

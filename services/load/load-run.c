@@ -18,6 +18,7 @@
  * and the first message, then one RECV_MESSAGE after another) and the
  * status batch; the call is released once both came back (`pending`).
  */
+#include "cp-methods.h"
 #include "cp/base.h"
 #include "cp/crypto.h"
 #include "cp/util.h"
@@ -221,7 +222,7 @@ static void show_details(load_ctx *x, lpeer *p, grpc_status_code st, const char 
                 return;
         x->details_shown++;
         fprintf(stderr, "netbird-load: %s: %s: %s%s\n",
-                p->state == P_KEY ? "GetServerKey" : p->state == P_LOGIN ? "Login" : "Sync", cp_nbc_status_name(st),
+                p->state == P_KEY ? "GetServerKey" : p->state == P_LOGIN ? "Login" : "Sync", cp_proto_status_name((int) st),
                 why, x->details_shown == ERROR_DETAILS_SHOWN ? " (further errors only counted)" : "");
 }
 

@@ -2,6 +2,7 @@
  * Latency samples and counters by gRPC status, rendered into the JSON
  * summary line.
  */
+#include "cp-methods.h"
 #include "cp/base.h"
 #include "load.h"
 
@@ -60,7 +61,7 @@ void load_counts_json(cp_strbuf *sb, const char *name, const load_counts *c) {
                 if (!c->by_status[i])
                         continue;
                 cp_strbuf_addf(sb, "%s\"%s\":%" PRIu64, first ? "" : ",",
-                               i == last ? "UNKNOWN_STATUS" : cp_nbc_status_name((grpc_status_code) i),
+                               i == last ? "UNKNOWN_STATUS" : cp_proto_status_name(i),
                                c->by_status[i]);
                 first = false;
         }

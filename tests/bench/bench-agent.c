@@ -59,6 +59,7 @@
 #include <sodium.h>
 
 #include "cp/crypto.h"
+#include "cp-methods.h"
 #include "cp/nbclient.h"
 
 #define DRIVEN 16
@@ -427,7 +428,7 @@ static grpc_byte_buffer *unary(const char *method, grpc_byte_buffer *req) {
         if (cp_nbc_unary(chan, cq, method, req, 10000, &status, &resp) < 0)
                 die("%s: the call did not complete", method);
         if (status != GRPC_STATUS_OK)
-                die("%s: status %s", method, cp_nbc_status_name(status));
+                die("%s: status %s", method, cp_proto_status_name((int) status));
         if (!resp)
                 die("%s: no response message", method);
         return resp;
@@ -485,7 +486,7 @@ static double sync_open(int i, size_t *bytes) {
         if (!c.recv) {
                 (void) cp_nbc_wait(cq, &tag2, 30000);
                 char *d = cp_nbc_call_details(&c);
-                fprintf(stderr, "bench-agent: Sync: status %s %s\n", cp_nbc_status_name(c.status), d);
+                fprintf(stderr, "bench-agent: Sync: status %s %s\n", cp_proto_status_name((int) c.status), d);
                 free(d);
                 die("Sync sent no message");
         }

@@ -933,16 +933,6 @@ grpc_slice mgmt_payload_slice(grpc_byte_buffer *bb) {
         return s;
 }
 
-const char *mgmt_grpc_status_name(grpc_status_code s) {
-        static const char *const names[] = {
-                "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-                "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-                "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
-                "UNAUTHENTICATED",
-        };
-        return (unsigned) s < ELEMENTSOF(names) ? names[s] : "?";
-}
-
 void mgmt_call_log_rpc(mgmt_call *c, const char *component, const char *method, const char *account,
                        const char *peer_key, grpc_status_code status, bool ok_is_debug, const char *message,
                        const char *detail) {
@@ -962,7 +952,7 @@ void mgmt_call_log_rpc(mgmt_call *c, const char *component, const char *method, 
         if (!cp_log_enabled(level))
                 return;
         (void) snprintf(took, sizeof took, "%" PRId64, cp_now_mono_ms() - mgmt_call_started_ms(c));
-        cp_log_kv(&ctx, level, "rpc", "code", mgmt_grpc_status_name(status), "peer_key",
+        cp_log_kv(&ctx, level, "rpc", "code", cp_proto_status_name((int) status), "peer_key",
                   peer_key && *peer_key ? peer_key : NULL, "error", status == GRPC_STATUS_OK ? NULL : message,
                   "detail", detail && *detail ? detail : NULL, "took_ms", took, NULL);
 }

@@ -212,8 +212,6 @@ int64_t mgmt_call_started_ms(const mgmt_call *c);
 mgmt_rpc_kind mgmt_rpc_kind_of(cp_proto_streaming s);
 /* A whole message as one slice (the caller unrefs it); empty for NULL. */
 grpc_slice mgmt_payload_slice(grpc_byte_buffer *bb);
-/* "OK", "INVALID_ARGUMENT", ...; "?" for a code gRPC does not define. */
-const char *mgmt_grpc_status_name(grpc_status_code s);
 /* The one "rpc" log line of a call: component and method, the call's
  * peer and request id, account, code, message and detail (NULL or "" are
  * left out), the time taken. OK is logged at debug when ok_is_debug, the

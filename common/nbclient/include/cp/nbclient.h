@@ -145,8 +145,6 @@ void cp_nbc_call_release(cp_nbc_call *c);
 /* The status details as a C string (malloc'd, free()). */
 char *cp_nbc_call_details(const cp_nbc_call *c);
 
-/* "OK", "CANCELLED", ..., "UNAUTHENTICATED"; "UNKNOWN_STATUS" beyond. */
-const char *cp_nbc_status_name(grpc_status_code s);
 
 /* ---- blocking helpers (pluck queue, one thread) -------------------------------------- */
 
