@@ -45,18 +45,33 @@ static int install_keys(const admin_ctx *a, bool required) {
         return 0;
 }
 
+/* The keys installed and the store open: 0, or an exit code after
+ * reporting (nothing left to undo). close_keyed() undoes both. */
+static int open_keyed(const admin_ctx *a, bool required, cp_store **ret) {
+        int r = install_keys(a, required);
+
+        if (r != 0)
+                return r;
+        r = admin_open_store(a, false, NULL, ret);
+        if (r != 0)
+                cp_pii_uninstall();
+        return r;
+}
+
+static void close_keyed(cp_store *s) {
+        cp_store_free(s);
+        cp_pii_uninstall();
+}
+
 int admin_cmd_data_key_status(const admin_ctx *a) {
         _cleanup_rows_ cp_store_rows *rows = NULL;
         cp_error err = { 0 };
         cp_store *s = NULL;
         int r, code = ADMIN_EXIT_OK;
 
-        r = install_keys(a, false);
+        r = open_keyed(a, false, &s);
         if (r != 0)
                 return r;
-        r = admin_open_store(a, false, NULL, &s);
-        if (r != 0)
-                goto out_keys;
         r = cp_store_pii_key_list(s, &rows, &err);
         if (r < 0) {
                 code = admin_fail(ADMIN_EXIT_FAILURE, &err, "cannot read the keys");
@@ -95,9 +110,7 @@ int admin_cmd_data_key_status(const admin_ctx *a) {
         if (admin_finish_stdout() != 0)
                 code = ADMIN_EXIT_FAILURE;
 out:
-        cp_store_free(s);
-out_keys:
-        cp_pii_uninstall();
+        close_keyed(s);
         return r != 0 ? r : code;
 }
 
@@ -111,12 +124,9 @@ int admin_cmd_data_key_reencrypt(const admin_ctx *a) {
         char new_fp[CP_PII_FP_LEN], old_fp[CP_PII_FP_LEN] = "";
         int r, code = ADMIN_EXIT_OK;
 
-        r = install_keys(a, true);
+        r = open_keyed(a, true, &s);
         if (r != 0)
                 return r;
-        r = admin_open_store(a, false, NULL, &s);
-        if (r != 0)
-                goto out_keys;
         (void) snprintf(new_fp, sizeof new_fp, "%s", cp_pii_key_fp());
         r = cp_store_pii_key_check(s, &chk, &err);
         if (r < 0) {
@@ -185,15 +195,13 @@ int admin_cmd_data_key_reencrypt(const admin_ctx *a) {
         if (!done)
                 fprintf(stderr, ADMIN_PROG ": not finished: run the command again to continue\n");
         else if (*old_fp)
-                fprintf(stderr, ADMIN_PROG ": done: nothing is sealed with %s any more; drop "
-                        "DataStoreEncryptionKeyPrevious from every replica, then run: " ADMIN_PROG
-                        " data-key retire %s\n", old_fp, old_fp);
+                fprintf(stderr, ADMIN_PROG ": done: nothing is sealed with %s any more; run: " ADMIN_PROG
+                        " data-key retire %s, then drop DataStoreEncryptionKeyPrevious from every replica\n",
+                        old_fp, old_fp);
         if (admin_finish_stdout() != 0)
                 code = ADMIN_EXIT_FAILURE;
 out:
-        cp_store_free(s);
-out_keys:
-        cp_pii_uninstall();
+        close_keyed(s);
         return r != 0 ? r : code;
 }
 
@@ -202,12 +210,9 @@ int admin_cmd_data_key_retire(const admin_ctx *a) {
         cp_store *s = NULL;
         int r, code = ADMIN_EXIT_OK;
 
-        r = install_keys(a, true);
+        r = open_keyed(a, true, &s);
         if (r != 0)
                 return r;
-        r = admin_open_store(a, false, NULL, &s);
-        if (r != 0)
-                goto out_keys;
         {
                 cp_store_pii_check chk;
                 r = cp_store_pii_key_check(s, &chk, &err);
@@ -227,8 +232,6 @@ int admin_cmd_data_key_retire(const admin_ctx *a) {
         if (admin_finish_stdout() != 0)
                 code = ADMIN_EXIT_FAILURE;
 out:
-        cp_store_free(s);
-out_keys:
-        cp_pii_uninstall();
+        close_keyed(s);
         return r != 0 ? r : code;
 }
