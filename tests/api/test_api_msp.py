@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import apifix
 from apifix import svc
-from nbagent import build_meta
+from nbagent import StreamEnded, build_meta
 
 import testidp
 
@@ -538,8 +538,10 @@ def usage_and_delete_of_a_tenant():
     auditor.error("DELETE", "/api/integrations/msp/tenants/" + t1["id"], 403)
     api.error("DELETE", "/api/integrations/msp/tenants/nosuch", 404)
     api.ok("DELETE", "/api/integrations/msp/tenants/" + t1["id"])
+    # The deleted tenant's stream ends as a deleted peer's does (OK, the
+    # peer is gone), not by a failure; t2's stream goes on.
     end, _ = s1.wait_end(timeout=15)
-    assert end is not None
+    assert isinstance(end, StreamEnded), end
     assert all(n == 0 for t, n in rows_of(t1["id"]).items() if t != "events"), rows_of(t1["id"])
     assert not dep.sql("SELECT 1 FROM accounts WHERE id = %s", (t1["id"],))
     assert rows_of(t2["id"]) == before2
@@ -555,6 +557,11 @@ def usage_and_delete_of_a_tenant():
     dep.sql("UPDATE msp_tenants SET status = 'existing' WHERE account_id = %s", (t2["id"],))
     api.error("DELETE", "/api/integrations/msp/tenants/" + t2["id"], 400, message="unlink it")
     assert rows_of(t2["id"]) == before2
+    # t2's stream went on through all of it.
+    peer2 = dep.peers()[a2.pub_b64]["id"]
+    api.ok("PUT", "/api/peers/%s?account=%s" % (peer2, t2["id"]),
+           {"name": "two-renamed", "ssh_enabled": False, "login_expiration_enabled": False})
+    assert s2.wait_for(lambda m: m.peerConfig.fqdn.startswith("two-renamed"), timeout=15) is not None
 
 
 # ---- a JWT MSP user (the dashboard's path) ------------------------------------------------------
