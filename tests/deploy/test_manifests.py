@@ -380,6 +380,22 @@ def grace_period_covers_prestop_and_shutdown():
         raise AssertionError("accepted %r" % bad)
 
 
+@test
+def the_prometheus_adapter_rule_serves_the_hpa_metric():
+    rule = k8s.load_yaml(os.path.join(k8s.K8S, "extras", "prometheus-adapter-rules.yaml"))
+    custom = rule["rules"]["custom"]
+    hpa = one(rendered("base"), "HorizontalPodAutoscaler")
+    names = [m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
+    assert names, hpa
+    for name in names:
+        r = [x for x in custom if x["name"]["as"] == name]
+        assert len(r) == 1, (name, custom)
+        assert r[0]["seriesQuery"].startswith(name + "{"), r[0]
+        assert set(r[0]["resources"]["overrides"]) == {"namespace", "pod"}, r[0]
+        # the binary exports it (docs/metrics.md is kept in step with the code)
+        assert "`%s`" % name in open(os.path.join(k8s.ROOT, "docs", "metrics.md")).read(), name
+
+
 def secret_values(objects, dsn):
     """What valueFrom would give, by variable name, for a test: the test's
     database and key instead of the manifests' examples."""
