@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 
 import yaml
 
@@ -120,6 +121,62 @@ def validate(objects):
     if p.returncode != 0:
         raise AssertionError("validate.mjs failed:\n%s" % p.stderr)
     return [json.loads(l) for l in p.stdout.splitlines() if l.strip()]
+
+
+# Unknown fields: Kubernetes' JSON schemas allow any extra property, so a
+# misspelt field ("readinesProbe") passes validate.mjs and is dropped by the
+# API server. The same packages ship TypeScript declarations of every type;
+# TypeScript rejects an object literal with a property its type does not
+# declare, so each object is compiled as a typed constant.
+TS_PACKAGES = {
+    "monitoring.coreos.com": "@kubernetes-models/prometheus-operator/monitoring.coreos.com",
+    "traefik.io": "@kubernetes-models/traefik/traefik.io",
+}
+
+
+def _ts_module(api_version, kind):
+    group, _, version = api_version.rpartition("/")
+    prefix = TS_PACKAGES.get(group) or ("kubernetes-models/" + group if group else "kubernetes-models")
+    mod = "%s/%s/%s" % (prefix, version, kind)
+    path = os.path.join(VALIDATOR, "node_modules", mod + ".d.ts")
+    return mod if os.path.isfile(path) else None
+
+
+def typecheck(objects):
+    """Compiles every object (of a kind the packages declare) as a typed
+    TypeScript constant; returns (index, message) for each error."""
+    lines = []
+    where = {}
+    for i, o in enumerate(objects):
+        mod = _ts_module(o.get("apiVersion", ""), o.get("kind", ""))
+        if not mod:
+            continue
+        lines.append('import type { I%s as T%d } from "%s";' % (o["kind"], i, mod))
+        where[len(lines) + 1] = i
+        lines.append("export const o%d: T%d = %s;" % (i, i, json.dumps(o)))
+    d = tempfile.mkdtemp(prefix="tscheck-", dir=VALIDATOR)
+    try:
+        with open(os.path.join(d, "check.ts"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+        with open(os.path.join(d, "tsconfig.json"), "w") as f:
+            json.dump({"compilerOptions": {"strict": True, "noEmit": True, "module": "nodenext",
+                                           "moduleResolution": "nodenext", "target": "es2022",
+                                           "skipLibCheck": True, "types": []},
+                       "files": ["check.ts"]}, f)
+        tsc = os.path.join(VALIDATOR, "node_modules", "typescript", "bin", "tsc")
+        p = subprocess.run(["node", tsc, "-p", d], capture_output=True, text=True, timeout=600)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    out = []
+    for line in p.stdout.splitlines():
+        m = re.search(r"check\.ts\((\d+),\d+\): error (TS\d+: .*)$", line)
+        if m:
+            out.append((where.get(int(m.group(1))), m.group(2)))
+        elif line.strip() and not line.startswith(" "):
+            out.append((None, line))
+    if p.returncode != 0 and not out:
+        out.append((None, "tsc failed: %s%s" % (p.stdout, p.stderr)))
+    return out
 
 
 # ---- the binaries' --help ------------------------------------------------------

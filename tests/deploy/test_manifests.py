@@ -175,6 +175,31 @@ def every_object_validates_against_kubernetes_schemas():
 
 
 @test
+def no_object_has_a_field_its_type_does_not_declare():
+    """Misspelt fields pass the JSON schemas (they allow extra properties)
+    and the API server drops them; the packages' TypeScript declarations
+    catch them (k8s.typecheck). One compile for every rendering."""
+    needs_node()
+    objs = []
+    labels = []
+    for n in every_rendering():
+        for o in rendered(n):
+            objs.append(o)
+            labels.append("%s: %s/%s" % (n, o["kind"], o["metadata"]["name"]))
+    objs.append(k8s.load_yaml(os.path.join(k8s.K8S, "overlays", "external-db", "secret.example.yaml")))
+    labels.append("secret.example.yaml")
+    # and one misspelt field, which must be the only error
+    bad = copy.deepcopy(mgmt_deployment(rendered("base")))
+    c = main_container(bad)
+    c["readinesProbe"] = c.pop("readinessProbe")
+    objs.append(bad)
+    labels.append("the misspelt one")
+    errors = k8s.typecheck(objs)
+    assert len(errors) == 1 and errors[0][0] == len(objs) - 1 and "readinesProbe" in errors[0][1], \
+        "\n".join("%s: %s" % (labels[i] if i is not None else "?", m) for i, m in errors)
+
+
+@test
 def the_validator_rejects_broken_objects():
     needs_node()
     dep = copy.deepcopy(mgmt_deployment(rendered("base")))
