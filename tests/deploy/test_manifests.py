@@ -315,6 +315,26 @@ def the_checker_catches_wrong_names():
 
 
 @test
+def the_guide_s_admin_commands_exist():
+    """Every netbird-cp-admin command line in docs/kubernetes.md's code
+    blocks names a command and flags the binary has."""
+    import shlex
+    b = binaries()
+    text = open(os.path.join(k8s.ROOT, "docs", "kubernetes.md")).read()
+    blocks = text.split("```")[1::2]
+    seen = 0
+    for block in blocks:
+        for line in block.replace("\\\n", " ").splitlines():
+            if "netbird-cp-admin " not in line:
+                continue
+            words = shlex.split(line.split("netbird-cp-admin ", 1)[1], comments=True)
+            errors = k8s.check_container({"command": [k8s.ADMIN], "args": words}, b)
+            assert not errors, (line, errors)
+            seen += 1
+    assert seen >= 3, seen
+
+
+@test
 def ports_probes_and_references_agree():
     h = binaries().help(k8s.ENTRYPOINT, "management")
     defaults = {"grpc": int(h.flags["--port"]["default"]), "http": int(h.flags["--http-port"]["default"])}
