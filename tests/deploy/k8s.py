@@ -89,6 +89,21 @@ def render(cmd, path):
     return [o for o in yaml.safe_load_all(p.stdout) if o]
 
 
+def render_component(cmd, name):
+    """The base with one component, from a throwaway kustomization (paths
+    to the base and the component are relative: kustomize refuses absolute
+    ones)."""
+    d = tempfile.mkdtemp(prefix="kz-")
+    try:
+        with open(os.path.join(d, "kustomization.yaml"), "w") as f:
+            yaml.safe_dump({"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+                            "resources": [os.path.relpath(os.path.join(K8S, "base"), d)],
+                            "components": [os.path.relpath(os.path.join(K8S, "components", name), d)]}, f)
+        return render(cmd, d)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def overlays():
     d = os.path.join(K8S, "overlays")
     return sorted(n for n in os.listdir(d) if os.path.isfile(os.path.join(d, n, "kustomization.yaml")))
