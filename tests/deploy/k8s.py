@@ -194,6 +194,81 @@ def typecheck(objects):
     return out
 
 
+# ---- what the API server checks beyond the schemas ------------------------------
+
+DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+IANA_SVC_NAME = re.compile(r"^(?=.*[a-z])[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+CONFIG_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
+def api_server_checks(o):
+    """A few of the API server's validation rules that JSON schemas cannot
+    express (k8s.io/apimachinery validation, apps and core validation):
+    names, port names, label values, env names, ConfigMap keys, selector
+    and template labels, probe and Service port references. Returns
+    problems as strings."""
+    errs = []
+    kind = o.get("kind")
+    meta = o.get("metadata") or {}
+    name = meta.get("name", "")
+    what = "%s/%s" % (kind, name)
+    if kind == "Service":
+        if len(name) > 63 or not DNS1035_LABEL.match(name):
+            errs.append("%s: a Service name must be a DNS-1035 label" % what)
+    elif len(name) > 253 or not DNS1123_SUBDOMAIN.match(name):
+        errs.append("%s: name must be a DNS-1123 subdomain" % what)
+    for k, v in (meta.get("labels") or {}).items():
+        if len(str(v)) > 63 or not LABEL_VALUE.match(str(v)):
+            errs.append("%s: label %s has an invalid value %r" % (what, k, v))
+    if kind == "ConfigMap":
+        for k in list(o.get("data") or {}) + list(o.get("binaryData") or {}):
+            if len(k) > 253 or not CONFIG_KEY.match(k):
+                errs.append("%s: key %r is not a valid ConfigMap key" % (what, k))
+    if kind == "Service":
+        for p in o["spec"].get("ports") or []:
+            if len(p.get("name", "")) > 15 or not IANA_SVC_NAME.match(p.get("name", "")):
+                errs.append("%s: port name %r" % (what, p.get("name")))
+    if kind == "PodDisruptionBudget":
+        if ("minAvailable" in o["spec"]) == ("maxUnavailable" in o["spec"]):
+            errs.append("%s: exactly one of minAvailable and maxUnavailable" % what)
+    if kind == "HorizontalPodAutoscaler":
+        if o["spec"].get("minReplicas", 1) > o["spec"]["maxReplicas"]:
+            errs.append("%s: minReplicas > maxReplicas" % what)
+    if kind in ("Deployment", "StatefulSet", "DaemonSet"):
+        sel = o["spec"]["selector"].get("matchLabels") or {}
+        tl = o["spec"]["template"]["metadata"].get("labels") or {}
+        if not sel or any(tl.get(k) != v for k, v in sel.items()):
+            errs.append("%s: selector does not match the template's labels" % what)
+    for _, spec in pod_specs([o]):
+        seen = set()
+        for field in ("initContainers", "containers"):
+            for c in spec.get(field) or []:
+                cn = c.get("name", "")
+                if cn in seen or len(cn) > 63 or not DNS1123_LABEL.match(cn):
+                    errs.append("%s: container name %r invalid or repeated" % (what, cn))
+                seen.add(cn)
+                ports = set()
+                for p in c.get("ports") or []:
+                    pn = p.get("name")
+                    if pn is not None and (len(pn) > 15 or not IANA_SVC_NAME.match(pn)):
+                        errs.append("%s: %s: port name %r" % (what, cn, pn))
+                    ports.add(pn)
+                for e in c.get("env") or []:
+                    if not ENV_NAME.match(e["name"]):
+                        errs.append("%s: %s: env name %r" % (what, cn, e["name"]))
+                for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                    for act in ("httpGet", "tcpSocket", "grpc"):
+                        port = ((c.get(probe) or {}).get(act) or {}).get("port")
+                        if isinstance(port, str) and port not in ports:
+                            errs.append("%s: %s: %s names no port of the container: %r"
+                                        % (what, cn, probe, port))
+    return errs
+
+
 # ---- the binaries' --help ------------------------------------------------------
 
 class Help:

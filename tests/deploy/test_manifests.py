@@ -217,6 +217,38 @@ def no_object_has_a_field_its_type_does_not_declare():
 
 
 @test
+def the_api_server_s_other_rules_hold():
+    """Rules the API server applies that schemas cannot express
+    (k8s.api_server_checks); then wrong objects show each rule fails."""
+    count = 0
+    for n in every_rendering():
+        for o in rendered(n):
+            errs = k8s.api_server_checks(o)
+            assert not errs, (n, errs)
+            count += 1
+    dep = mgmt_deployment(rendered("base"))
+
+    def errs(mutate, obj=dep):
+        x = copy.deepcopy(obj)
+        mutate(x)
+        return k8s.api_server_checks(x)
+
+    assert errs(lambda x: main_container(x)["ports"][0].__setitem__("name", "grpc-for-the-agents"))
+    assert errs(lambda x: main_container(x)["env"].append({"name": "NB MGMT", "value": "x"}))
+    assert errs(lambda x: main_container(x)["readinessProbe"]["httpGet"].__setitem__("port", "htp"))
+    assert errs(lambda x: x["spec"]["template"]["metadata"]["labels"].pop("app.kubernetes.io/component"))
+    assert errs(lambda x: x["metadata"].__setitem__("name", "Netbird_Mgmt"))
+    assert errs(lambda x: x["spec"]["template"]["spec"]["initContainers"][0].__setitem__("name", "netbird-mgmt"))
+    svc_obj = one(rendered("base"), "Service")
+    assert errs(lambda x: x["metadata"].__setitem__("name", "1netbird"), svc_obj)    # DNS-1035
+    pdb = one(rendered("base"), "PodDisruptionBudget")
+    assert errs(lambda x: x["spec"].__setitem__("minAvailable", 2), pdb)
+    cm = one(rendered("base"), "ConfigMap")
+    assert errs(lambda x: x["data"].__setitem__("management json", "{}"), cm)
+    print("# %d objects" % count)
+
+
+@test
 def the_validator_rejects_broken_objects():
     needs_node()
     dep = copy.deepcopy(mgmt_deployment(rendered("base")))
