@@ -13,13 +13,16 @@ checked against a live netbird-mgmt.
   every panel has queries, the data source is the ${datasource} variable;
 - deploy/k8s/components/monitoring/ is what gen-prometheusrule writes and
   renders with kubectl kustomize;
-- netbird_cp_ready and netbird_cp_ready_failing follow /readyz.
+- netbird_cp_ready and netbird_cp_ready_failing follow /readyz, also on a
+  replica held by a DataStoreEncryptionKey that does not match the data.
 """
 
+import base64
 import copy
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -609,6 +612,33 @@ def ready_gauge_follows_readyz():
     wait_until(lambda: value(state()[2], "netbird_cp_ready") == 1, timeout=15, what="netbird_cp_ready 1 again")
     st, body, v = state()
     assert st == 200, (st, body)
+    assert value(v, "netbird_cp_ready_failing", check="migrations") == 0, v
+
+
+@test
+def held_replica_reports_its_data_key_gate():
+    """A replica whose DataStoreEncryptionKey is not the data's holds (only
+    the HTTP probes and /metrics, mgmt-datakey.c): /metrics names the gate."""
+    svc.needs_db()
+    dep = Deployment()
+    srv = dep.start()           # records the deployment's key
+    wait_until(lambda: dep.sql("SELECT count(*) FROM data_keys WHERE current")[0][0] == 1, timeout=15,
+               what="the data key recorded")
+    fixture.stop_server(srv)
+    port = svc.free_port()
+    env = dict(dep.env(), NB_MGMT_DATA_STORE_ENCRYPTION_KEY=base64.b64encode(secrets.token_bytes(32)).decode())
+    held = svc.Server(["--listen-address", "127.0.0.1", "--port", "0", "--http-port", str(port), "--config=",
+                       "--shutdown-timeout", "2s"], env=env, wait=False)
+    held.http_port = port
+    svc.defer(fixture.stop_server, held)
+    # Bound once it says it waits (svc.http raises while nothing listens).
+    held.wait_log(lambda o: o.get("msg", "").startswith("waiting for the data key check"))
+    st, _, body = svc.http_json("GET", held.url("/readyz"))
+    assert st == 503 and body["failed"] == "data_key", (st, body)
+    _, _, v = parse_exposition(scrape(held))
+    assert value(v, "netbird_cp_ready") == 0, v
+    assert value(v, "netbird_cp_ready_failing", check="data_key") == 1, v
+    assert value(v, "netbird_cp_ready_failing", check="store") == 0, v
     assert value(v, "netbird_cp_ready_failing", check="migrations") == 0, v
 
 
