@@ -389,6 +389,15 @@ def promtool_check_and_test_rules():
         rc, out = run([exe, "test", "rules", "alerts.test.yml"], cwd=d)
         assert rc != 0 and "FAILED" in out, (new, out)
 
+    # Every alert has a case where it fires, and one where it must not.
+    with open(ALERTS_TEST) as f:
+        cases = [c for t in yaml.safe_load(f)["tests"] for c in t.get("alert_rule_test", [])]
+    for g in load_alerts()["groups"]:
+        for r in g["rules"]:
+            mine = [c for c in cases if c["alertname"] == r["alert"]]
+            assert any(c.get("exp_alerts") for c in mine), "alerts.test.yml: %s never fires" % r["alert"]
+            assert any(not c.get("exp_alerts") for c in mine), "alerts.test.yml: %s has no quiet case" % r["alert"]
+
     # Every rule: a severity and the three annotations, a runbook that
     # names a section of docs/monitoring.md which exists.
     with open(os.path.join(ROOT, "docs", "monitoring.md")) as f:
