@@ -13,6 +13,10 @@ checked against a live netbird-mgmt.
   every panel has queries, the data source is the ${datasource} variable;
 - deploy/k8s/components/monitoring/ is what gen-prometheusrule writes and
   renders with kubectl kustomize;
+- a real Prometheus (Debian's) scraping a live replica runs every panel
+  query and every rule without an error, panels draw data, nothing fires
+  on a healthy replica, and NetbirdCPReadinessLost goes pending with the
+  failing check when the replica loses readiness;
 - netbird_cp_ready and netbird_cp_ready_failing follow /readyz, also on a
   replica held by a DataStoreEncryptionKey that does not match the data.
 """
@@ -291,6 +295,19 @@ def dashboard_queries(d):
     return out
 
 
+# What Grafana puts in place of its variables before a query runs (all
+# replicas of the job the tests scrape).
+GRAFANA_VARS = {"$__rate_interval": "1m", "$__range": "1h", "$namespace": ".*", "$job": "netbird-mgmt",
+                "$instance": ".*"}
+
+
+def grafana_expr(expr):
+    for k, v in GRAFANA_VARS.items():
+        expr = expr.replace(k, v)
+    assert "$" not in expr, expr
+    return expr
+
+
 def promtool():
     exe = shutil.which("promtool")
     if not exe:
@@ -459,6 +476,24 @@ def dashboard_structure():
             if "up{" not in t["expr"]:
                 assert 'instance=~"$instance"' in t["expr"], (p["title"], t["expr"])
     assert graphs >= 20, graphs
+    # Every query parses: promtool checks them as recording rules.
+    exe = promtool()
+    rules = {"groups": [{"name": "dashboard", "rules": [
+        {"record": "dashboard:q%d" % i, "expr": grafana_expr(expr)}
+        for i, (_, expr) in enumerate(dashboard_queries(d))]}]}
+    tmp = tempfile.mkdtemp()
+    svc.defer(shutil.rmtree, tmp, True)
+    path = os.path.join(tmp, "dashboard-rules.yml")
+    with open(path, "w") as f:
+        yaml.safe_dump(rules, f)
+    rc, out = run([exe, "check", "rules", path])
+    assert rc == 0, "a dashboard query does not parse:\n" + out
+    # ... and a broken one would not.
+    rules["groups"][0]["rules"].append({"record": "dashboard:broken", "expr": "sum by (le (rate(x[5m]))"})
+    with open(path, "w") as f:
+        yaml.safe_dump(rules, f)
+    rc, out = run([exe, "check", "rules", path])
+    assert rc != 0, out
     # What the brief of the dashboard asks to see, each at least once.
     exprs = " ".join(t["expr"] for p in panels for t in p.get("targets", []))
     for m in ("up", "netbird_cp_ready", "netbird_cp_sync_streams", "netbird_cp_logins_total",
@@ -583,6 +618,119 @@ def every_queried_metric_is_exported():
     for where, expr in dashboard_queries(broken):
         bad += check_query(expr, families, samples, where)
     assert bad and all("netbird_cp_bus_connnected" in p for p in bad), bad
+
+
+class Prometheus:
+    """/usr/bin/prometheus on 127.0.0.1 scraping targets as job netbird-mgmt
+    every second, with alerts.yml loaded and evaluated every second."""
+
+    def __init__(self, targets):
+        exe = shutil.which("prometheus")
+        if not exe:
+            raise svc.Skip("prometheus not installed (deploy/install-deps installs the prometheus package)")
+        self.dir = tempfile.mkdtemp()
+        svc.defer(shutil.rmtree, self.dir, True)
+        shutil.copy(ALERTS, os.path.join(self.dir, "alerts.yml"))
+        cfg = {"global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+               "rule_files": ["alerts.yml"],
+               "scrape_configs": [{"job_name": "netbird-mgmt", "static_configs": [{"targets": targets}]}]}
+        with open(os.path.join(self.dir, "prometheus.yml"), "w") as f:
+            yaml.safe_dump(cfg, f)
+        self.port = svc.free_port()
+        self.log = open(os.path.join(self.dir, "prometheus.log"), "w")
+        self.proc = subprocess.Popen([exe, "--config.file", os.path.join(self.dir, "prometheus.yml"),
+                                      "--storage.tsdb.path", os.path.join(self.dir, "data"),
+                                      "--web.listen-address", "127.0.0.1:%d" % self.port,
+                                      "--log.level", "warn"], stdout=self.log, stderr=subprocess.STDOUT)
+        svc.defer(self.stop)
+        wait_until(self.healthy, timeout=30, what="prometheus ready")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.log.close()
+
+    def healthy(self):
+        assert self.proc.poll() is None, "prometheus exited:\n" + open(self.log.name).read()[-3000:]
+        try:
+            return svc.http("GET", "http://127.0.0.1:%d/-/ready" % self.port, timeout=2)[0] == 200
+        except OSError:
+            return False
+
+    def api(self, path, **params):
+        import urllib.parse
+        url = "http://127.0.0.1:%d/api/v1/%s?%s" % (self.port, path, urllib.parse.urlencode(params))
+        st, _, body = svc.http_json("GET", url)
+        assert body["status"] == "success", (path, params, st, body)
+        return body["data"]
+
+    def query(self, expr):
+        return self.api("query", query=expr)["result"]
+
+
+@test
+def prometheus_scrapes_and_evaluates():
+    """A real Prometheus scraping a live replica: every dashboard query runs
+    without an error and (filters aside) returns series; every rule
+    evaluates without an error; nothing fires on a healthy replica; a
+    replica that loses readiness makes NetbirdCPReadinessLost pending with
+    the failing check in its description."""
+    dep, srv, _ = live_server()
+    prom = Prometheus(["127.0.0.1:%d" % srv.http_port])
+    wait_until(lambda: prom.query('up{job="netbird-mgmt"} == 1'), timeout=30, what="the replica scraped")
+    # rate() and friends need two samples in their window; and one more
+    # request so the REST series move between them.
+    wait_until(lambda: prom.query('count_over_time(netbird_cp_sync_streams[1m]) >= 3'), timeout=30,
+               what="three scrapes")
+    svc.http("GET", srv.url("/api/peers"), headers={"Authorization": "Token " + dep.admin_token})
+
+    empty = []
+    for where, expr in dashboard_queries(load_dashboard()):
+        if where.startswith("variable "):
+            continue
+        res = prom.query(grafana_expr(expr))
+        # A filter (== 1) is empty while nothing fails; everything else
+        # draws at least one series on a replica that served all of it.
+        if not res and " == " not in expr:
+            empty.append("%s: %s" % (where, expr))
+    assert not empty, "dashboard queries without data:\n" + "\n".join(empty)
+
+    # Every rule evaluated at least once, none with an error.
+    wait_until(lambda: all(r.get("lastEvaluation", "").startswith("2") and
+                           not r["lastEvaluation"].startswith("0001")
+                           for g in prom.api("rules")["groups"] for r in g["rules"]),
+               timeout=30, what="every rule evaluated")
+    groups = prom.api("rules")["groups"]
+    n = 0
+    for g in groups:
+        for r in g["rules"]:
+            n += 1
+            assert r["health"] == "ok", (r["name"], r.get("lastError"))
+    assert n == sum(len(g["rules"]) for g in load_alerts()["groups"]), n
+    active = prom.api("alerts")["alerts"]
+    assert active == [], "alerts on a healthy replica: %r" % active
+
+    # Readiness lost: the alert goes pending (it fires after 2 minutes)
+    # naming the failing check.
+    row = dep.sql("DELETE FROM schema_migrations WHERE version = (SELECT max(version) FROM schema_migrations) "
+                  "RETURNING version, name, checksum")
+    svc.defer(lambda: dep.sql("INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s) "
+                              "ON CONFLICT DO NOTHING", row[0]))
+
+    def readiness_alert():
+        return [a for a in prom.api("alerts")["alerts"] if a["labels"]["alertname"] == "NetbirdCPReadinessLost"]
+    alerts = wait_until(readiness_alert, timeout=30, what="NetbirdCPReadinessLost pending")
+    a = alerts[0]
+    assert a["state"] == "pending", a
+    assert a["labels"]["instance"] == "127.0.0.1:%d" % srv.http_port and a["labels"]["severity"] == "warning", a
+    wait_until(lambda: "(failing check: migrations)" in readiness_alert()[0]["annotations"]["description"],
+               timeout=15, what="the failing check in the description")
+    assert prom.query('netbird_cp_ready_failing{check="migrations"} == 1'), "the gauge"
 
 
 @test
