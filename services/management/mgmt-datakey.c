@@ -4,6 +4,7 @@
 #include "cp/store-pii.h"
 #include "mgmt-datakey.h"
 #include "mgmt-http.h"
+#include "mgmt-metrics.h"
 #include "mgmt-ready.h"
 
 #include <event2/event.h>
@@ -163,6 +164,8 @@ int mgmt_datakey_hold(const cp_config *cfg, cp_error *reterr) {
                 r = cp_error_set(reterr, r, "cannot start the readiness checker: %s", strerror(-r));
                 goto out;
         }
+        /* /metrics says why: netbird_cp_ready_failing{check="data_key"}. */
+        mgmt_metrics_watch_ready(h.ready);
         r = mgmt_http_new(h.base, cfg->listen_address, (int) cfg->http_port, h.ready, &http, reterr);
         if (r < 0)
                 goto out;
@@ -191,6 +194,7 @@ out:
                 event_free(sig_int);
         if (http)
                 mgmt_http_free(http);
+        mgmt_metrics_unwatch_ready(h.ready);
         if (h.ready && !mgmt_ready_stop(h.ready, 5000))
                 s = NULL;       /* stuck in the store: leave both, the process exits */
         cp_store_free(s);

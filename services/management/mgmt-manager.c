@@ -758,6 +758,7 @@ int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf,
                 r = cp_error_set(reterr, r, "cannot start the readiness checker: %s", strerror(-r));
                 goto fail;
         }
+        mgmt_metrics_watch_ready(m->ready);
 
         mgmt_grpc_options go = {
                 .address = cfg->listen_address,
@@ -925,6 +926,7 @@ mgmt_manager *mgmt_manager_free(mgmt_manager *m) {
         m->geo = cp_geo_free(m->geo);
         m->realip = mgmt_realip_free(m->realip);
         mgmt_metrics_unwatch_store(m->store);
+        mgmt_metrics_unwatch_ready(m->ready);
         bool store_free = mgmt_ready_stop(m->ready, READY_STOP_MS);
         if (store_free)
                 m->store = cp_store_free(m->store);

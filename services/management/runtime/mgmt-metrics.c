@@ -15,6 +15,7 @@
 #include "cp/store.h"
 #include "cp/util.h"
 #include "mgmt-metrics.h"
+#include "mgmt-ready.h"
 #include "mgmt-replica.h"
 
 #include <pthread.h>
@@ -47,6 +48,15 @@ static struct {
         cp_gauge *pool_size, *pool_busy, *pool_idle;
         cp_counter *hb_ok, *hb_failed, *replica_lost, *reaped, *reaped_sessions;
         cp_gauge *hb_age;
+        cp_gauge *ready;
+        cp_metric *ready_failing;
+        /* The children of ready_failing made so far (a fixed set of check
+         * names), touched only by the collector, one render at a time. */
+        struct {
+                char check[32];
+                cp_gauge *g;
+        } failing[8];
+        size_t n_failing;
 
         /* Made by mgmt_metrics_watch_bus(), on the bus's loop thread. */
         bool bus_families;
@@ -138,6 +148,12 @@ static void init(void) {
         mm.reaped = cp_metrics_plain_counter(reg, "netbird_cp_replica_reaped_total",
                                              "Dead replicas (heartbeat older than --replica-expiry) this replica "
                                              "removed.");
+        mm.ready = cp_metrics_plain_gauge(reg, "netbird_cp_ready",
+                                          "1 when this replica's /readyz answers 200 (ready to serve), else 0.");
+        mm.ready_failing = cp_metrics_gauge(reg, "netbird_cp_ready_failing",
+                                            "1 for the readiness check that fails now (store, migrations or "
+                                            "a gate such as data_key), 0 for the others.",
+                                            CP_LABELS("check"));
         mm.reaped_sessions = cp_metrics_plain_counter(reg, "netbird_cp_replica_reaped_sessions_total",
                                                       "Sessions of dead replicas this replica marked "
                                                       "disconnected.");
@@ -249,6 +265,47 @@ void mgmt_metrics_watch_replica(mgmt_replica *r) {
 void mgmt_metrics_unwatch_replica(mgmt_replica *r) {
         if (r)
                 cp_metrics_remove_collector(cp_metrics_global(), collect_replica, r);
+}
+
+/* ---- readiness ---------------------------------------------------------------------------- */
+
+static cp_gauge *ready_failing_child(const char *check) {
+        for (size_t i = 0; i < mm.n_failing; i++)
+                if (strcmp(mm.failing[i].check, check) == 0)
+                        return mm.failing[i].g;
+        if (mm.n_failing == ELEMENTSOF(mm.failing) || strlen(check) >= sizeof mm.failing[0].check)
+                return NULL;
+        (void) snprintf(mm.failing[mm.n_failing].check, sizeof mm.failing[0].check, "%s", check);
+        mm.failing[mm.n_failing].g = cp_metric_gauge(mm.ready_failing, CP_LABELS(check));
+        return mm.failing[mm.n_failing++].g;
+}
+
+static void collect_ready(cp_metrics *m, void *userdata) {
+        mgmt_ready_state st;
+
+        mgmt_ready_get(userdata, &st);
+        for (size_t i = 0; i < mm.n_failing; i++)
+                cp_gauge_set(mm.failing[i].g, 0);
+        if (!st.ready && st.failed)
+                cp_gauge_set(ready_failing_child(st.failed), 1);
+        cp_gauge_set(mm.ready, st.ready ? 1 : 0);
+}
+
+void mgmt_metrics_watch_ready(mgmt_ready *r) {
+        if (!r)
+                return;
+        mgmt_metrics_init();
+        /* The checks every checker runs are there from the first scrape. */
+        (void) ready_failing_child("store");
+        (void) ready_failing_child("migrations");
+        cp_metrics_add_collector(cp_metrics_global(), collect_ready, r);
+}
+
+void mgmt_metrics_unwatch_ready(mgmt_ready *r) {
+        if (!r)
+                return;
+        cp_metrics_remove_collector(cp_metrics_global(), collect_ready, r);
+        cp_gauge_set(mm.ready, 0);
 }
 
 /* ---- the bus ---------------------------------------------------------------------------- */

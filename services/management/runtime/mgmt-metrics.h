@@ -21,6 +21,7 @@ typedef struct cp_store cp_store;
 typedef struct cp_bus cp_bus;
 typedef struct mgmt_replica mgmt_replica;
 typedef struct cp_jwt cp_jwt;
+typedef struct mgmt_ready mgmt_ready;
 
 /* Makes every family (idempotent; the other functions call it too). */
 void mgmt_metrics_init(void);
@@ -105,3 +106,14 @@ void mgmt_metrics_geo(bool mmdb, bool geonames);
  * Both accept NULL. */
 void mgmt_metrics_watch_jwt(cp_jwt *j);
 void mgmt_metrics_unwatch_jwt(cp_jwt *j);
+
+/* ---- readiness (mgmt-manager.c) ------------------------------------------------------ */
+
+/* netbird_cp_ready (1 when GET /readyz answers 200, else 0) and
+ * netbird_cp_ready_failing{check} (1 for the check that fails now: "store",
+ * "migrations" or a gate's name; 0 for the others), read from
+ * mgmt_ready_get() at each scrape. r is borrowed until
+ * mgmt_metrics_unwatch_ready(r) returns; call that before
+ * mgmt_ready_stop(). Both accept NULL. */
+void mgmt_metrics_watch_ready(mgmt_ready *r);
+void mgmt_metrics_unwatch_ready(mgmt_ready *r);
