@@ -78,8 +78,12 @@ def delta(a, b):
 
 
 def stat_snapshot(dsn):
-    """pg_stat_* are sent by backends when they go idle; give them time."""
-    time.sleep(1.5)
+    """pg_stat_* counters reach the shared stats when a backend goes idle,
+    but a backend that flushed less than a second ago waits until it has
+    been idle for 10 s (PostgreSQL 15's PGSTAT_IDLE_INTERVAL): the
+    replica's pooled connections stay open and idle, so wait that long.
+    The WAL position is exact at any time."""
+    time.sleep(11)
     conn = psycopg2.connect(dsn)
     conn.autocommit = True
     with conn.cursor() as c:
