@@ -512,7 +512,7 @@ def field_values(field, src):
     """Every value the file's initializers give struct field `field`:
     designated (.field = X) or positional in an array of a struct typedef
     of this file."""
-    vals = [v for v in assignments('.' + field, src)] if False else []
+    vals = []
     for m in re.finditer(r'\.\s*' + re.escape(field) + r'\s*=', src):
         rest = src[m.end():]
         vals.append(split_top(rest[:find_end(rest)])[0])
