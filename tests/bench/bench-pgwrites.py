@@ -13,7 +13,9 @@ connect UPDATE; the streams are cancelled at the end of each round, so
 each round also makes PEERS fenced disconnect UPDATEs). Per round it reads
 PostgreSQL's own counters before and after: WAL bytes (pg_current_wal_lsn),
 commits, rows updated and how many were HOT (pg_stat_user_tables for
-peers), and the server's CPU. Then pgbench: -M prepared single-row UPDATE
+peers), and the server's CPU. Then EXPLAIN (ANALYZE, BUFFERS, WAL) of the
+exact prepared lookup, connect and disconnect (their texts from
+tests/sql/sql-scope-dump) on one idle peer, next to pgbench's UPDATE. Then pgbench: -M prepared single-row UPDATE
 of pgbench_accounts at 8 clients (the replica's pool) and 1 client, with
 the same counters. Prints the ratio opens/s / pgbench tps, the write cost
 per open against pgbench's per transaction, and the rates a fleet implies.
@@ -99,6 +101,49 @@ def cpu_ticks(pid):
     return int(parts[11]) + int(parts[12])
 
 
+def explain_open(dsn, dump):
+    """EXPLAIN (ANALYZE, BUFFERS, WAL) of one open's statements, the exact
+    prepared texts (sql-scope-dump table), on a registered idle peer:
+    the lookup, the fenced connect and the fenced disconnect. Returns
+    {name: (ms, wal_records, wal_bytes, fpi, hit, dirtied)} or {}."""
+    try:
+        table = {s["name"]: s for s in json.loads(subprocess.run([dump, "table"], capture_output=True,
+                                                                 text=True, check=True).stdout)}
+    except (OSError, subprocess.CalledProcessError, ValueError):
+        return {}
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    out = {}
+    with conn.cursor() as c:
+        c.execute("SELECT account_id, id, key, peer_status_session_started_at FROM peers"
+                  " WHERE NOT peer_status_connected ORDER BY id LIMIT 1")
+        row = c.fetchone()
+        if not row:
+            return {}
+        acc, pid, key, tok = row
+        for name in ("peer_lookup", "peer_connect", "peer_disconnect"):
+            if name in table:
+                c.execute("PREPARE b_%s AS %s" % (name, table[name]["sql"]))
+        # three rounds; the last one counts (catalog caches and plans warm)
+        for i in range(3):
+            t = str(int(tok) + 1000 * (i + 1))
+            runs = [("peer_lookup", [key]),
+                    ("peer_connect", [acc, pid, t, "bench-replica", None] + [None] * 23),
+                    ("peer_disconnect", [acc, pid, t])]
+            for name, params in runs:
+                if name not in table:
+                    continue
+                args = ", ".join("%s" for _ in params)
+                c.execute("EXPLAIN (ANALYZE, BUFFERS, WAL, FORMAT JSON) EXECUTE b_%s (%s)" % (name, args), params)
+                plan = c.fetchone()[0][0]
+                top = plan["Plan"]
+                out[name] = (plan.get("Execution Time", 0.0), top.get("WAL Records", 0), top.get("WAL Bytes", 0),
+                             top.get("WAL FPI", 0), top.get("Shared Hit Blocks", 0) + top.get("Shared Read Blocks", 0),
+                             top.get("Shared Dirtied Blocks", 0))
+    conn.close()
+    return out
+
+
 def main():
     base = os.environ.get("CP_TEST_PG_DSN")
     if not base or len(sys.argv) < 2:
@@ -161,7 +206,7 @@ def main():
 
         reg = run_load("--setup-key", key, "--peers", str(PEERS), "--no-sync", "--connections", "4",
                        "--concurrency", "64")
-        run_load("--peers", "500", "--sync-only", "--concurrency", "64")            # warm-up
+        run_load("--peers", str(min(500, PEERS)), "--sync-only", "--concurrency", "64")   # warm-up
         rounds = []
         for _ in range(ROUNDS):
             a = stat_snapshot(dsn)
@@ -185,6 +230,7 @@ def main():
         srv.send_signal(signal.SIGTERM)
         srv.wait(30)
         srv = None
+        plans = explain_open(dsn, os.path.join(build, "tests/sql/sql-scope-dump"))
 
         # pgbench, same server, same run
         pdsn = dsn_with_db(base, db + "_pgb")
@@ -208,6 +254,18 @@ def main():
 
         tps8, d8 = pgb(POOL, 2)
         tps1, d1 = pgb(1, 1)
+        pconn = psycopg2.connect(pdsn)
+        pconn.autocommit = True
+        with pconn.cursor() as c:
+            for _ in range(3):
+                c.execute("EXPLAIN (ANALYZE, BUFFERS, WAL, FORMAT JSON)"
+                          " UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = 4242")
+                top = c.fetchone()[0][0]
+            pgb_plan = (top.get("Execution Time", 0.0), top["Plan"].get("WAL Records", 0),
+                        top["Plan"].get("WAL Bytes", 0), top["Plan"].get("WAL FPI", 0),
+                        top["Plan"].get("Shared Hit Blocks", 0) + top["Plan"].get("Shared Read Blocks", 0),
+                        top["Plan"].get("Shared Dirtied Blocks", 0))
+        pconn.close()
     finally:
         if srv:
             srv.kill()
@@ -240,6 +298,17 @@ def main():
     print("  pgbench single-row UPDATE (-M prepared): %.0f tps at %d clients, %.0f tps at 1 client;"
           " per transaction: WAL %.0f B, HOT %.0f%%"
           % (tps8, POOL, tps1, d8["wal"] / tx8, 100.0 * d8["hot"] / max(1, d8["upd"])))
+    if plans:
+        print("  EXPLAIN (ANALYZE, BUFFERS, WAL) of one open + close on an idle registered peer (the prepared"
+              " texts; third run of each):")
+        for name in ("peer_lookup", "peer_connect", "peer_disconnect"):
+            if name in plans:
+                p = plans[name]
+                print("    %-16s %.3f ms, WAL %d records %d B (%d full-page images), buffers %d touched %d dirtied"
+                      % (name, p[0], p[1], p[2], p[3], p[4], p[5]))
+        p = pgb_plan
+        print("    %-16s %.3f ms, WAL %d records %d B (%d full-page images), buffers %d touched %d dirtied"
+              % ("pgbench UPDATE", p[0], p[1], p[2], p[3], p[4], p[5]))
     ratio = rate / tps8 if tps8 else 0
     print("  ratio opens/s / pgbench(%d clients) = %.2f   (issue 16 target >= 0.6); each open+close is"
           " %.1f row updates and %.1fx pgbench's WAL per transaction"
