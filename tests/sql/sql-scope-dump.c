@@ -82,6 +82,7 @@ static int parse_stdin(void) {
         putchar('\n');
         json_decref(in);
         json_decref(out);
+        pg_query_exit();        /* the parser's memory context */
         return r;
 }
 
