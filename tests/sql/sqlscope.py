@@ -40,9 +40,11 @@ query level: CTEs, subqueries, sub-links, INSERT ... SELECT):
   - a statement is SCOPED when every relation of a tenant table at every
     level is anchored and it reads or writes no global table; NO-TABLE
     when it touches no table at all (SELECT 1, BEGIN); everything else
-    (a tenant table not anchored, any global table, pg_advisory_* locks
-    whose key is not per account, DDL) is UNSCOPED and must be listed in
-    sql/scope-exceptions.txt with its reason.
+    (a tenant table not anchored, any global table, any pg_advisory_*
+    lock, two different account parameters or an anchor through
+    msp_account_id, DDL) is UNSCOPED and must be listed in
+    sql/scope-exceptions.txt with its reason. A primary key alone does
+    not scope a row: Citus cannot route it without account_id.
 """
 import fnmatch
 import json
