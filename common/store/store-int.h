@@ -136,6 +136,9 @@ int cp_store__command(cp_store_conn *c, const char *sql, cp_error *reterr);
 /* Metrics (store-metrics.c). The statement's name ("peer_connect"), its
  * label in netbird_cp_store_query_*. */
 const char *cp_store__stmt_name(cp_store_stmt st);
+/* Its SQL text and parameter count, as prepared (static storage); for
+ * tests/sql's scope checker, which lists every statement. */
+const char *cp_store__stmt_sql(cp_store_stmt st, int *ret_nparams);
 /* Monotonic nanoseconds, for cp_store__observe. */
 int64_t cp_store__clock_ns(void);
 /* Registration's admission (store-tenant.c), inside the registration's

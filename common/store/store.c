@@ -780,6 +780,12 @@ const char *cp_store__stmt_name(cp_store_stmt st) {
         return statements[st].name;
 }
 
+const char *cp_store__stmt_sql(cp_store_stmt st, int *ret_nparams) {
+        if (ret_nparams)
+                *ret_nparams = statements[st].nparams;
+        return statements[st].sql;
+}
+
 int cp_store__exec(cp_store_conn *c, cp_store_stmt st, const char *const *params,
                    PGresult **ret, cp_error *reterr) {
         int64_t started = cp_store__clock_ns();
