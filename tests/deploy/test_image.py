@@ -298,6 +298,33 @@ def package_list_is_what_the_binaries_link():
 
 
 @test
+def a_drifted_package_list_stops_the_build():
+    """A library the binaries link but packages.txt lacks, or a listed
+    package nothing links, stops deploy/image/build with both named."""
+    build_image()
+    lines = open(PACKAGES).read().splitlines()
+    drifted = [l for l in lines if l.strip() != "libpq5"]
+    at = drifted.index("# [extra] packages the binaries use without linking them") \
+        if "# [extra] packages the binaries use without linking them" in drifted else None
+    assert at is not None, "packages.txt has no [extra] marker line"
+    drifted.insert(at, "libyaml-0-2")
+    path = os.path.join(svc.tmpdir(), "packages.txt")
+    open(path, "w").write("\n".join(drifted) + "\n")
+    env = dict(os.environ, IMAGE_PACKAGES_FILE=path)
+    p = subprocess.run([BUILD, "--out", OUT, "--check-packages"], capture_output=True, text=True, env=env,
+                       timeout=BUILD_TIMEOUT)
+    assert p.returncode == 1, (p.returncode, p.stderr[-2000:])
+    assert "linked but not listed: libpq5" in p.stderr, p.stderr[-2000:]
+    assert "listed but not linked: libyaml-0-2" in p.stderr, p.stderr[-2000:]
+    assert "--update-packages" in p.stderr, p.stderr[-2000:]
+    p = subprocess.run([BUILD, "--out", OUT, "--check-packages"], capture_output=True, text=True,
+                       timeout=BUILD_TIMEOUT)
+    assert p.returncode == 0, p.stderr[-2000:]
+    # The check left the built image as it was.
+    assert os.path.exists(os.path.join(OUT, ".inputs"))
+
+
+@test
 def image_config():
     img = build_image()
     cfg = img["config"]
@@ -326,6 +353,13 @@ def image_config():
     names = subprocess.run(["tar", "tf", img["env"]["ARCHIVE"]], capture_output=True, text=True,
                            check=True).stdout.split()
     assert "./index.json" in names and "./oci-layout" in names, names[:10]
+    # docker-archive (skopeo) for `docker load`: tagged netbird-cp:VERSION.
+    if img["env"].get("DOCKER_ARCHIVE"):
+        p = subprocess.run(["tar", "-xOf", img["env"]["DOCKER_ARCHIVE"], "manifest.json"], capture_output=True,
+                           check=True)
+        tags = json.loads(p.stdout)[0]["RepoTags"]
+        # skopeo writes the name fully qualified; docker load shows it short
+        assert tags in ([img["env"]["REF"]], ["docker.io/library/" + img["env"]["REF"]]), tags
     size = int(img["env"]["ROOTFS_BYTES"])
     print("# image %s: %.1f MiB unpacked, %.1f MiB oci-archive" % (
         img["env"]["REF"], size / 1048576.0, int(img["env"]["ARCHIVE_BYTES"]) / 1048576.0))
