@@ -325,6 +325,26 @@ def a_drifted_package_list_stops_the_build():
 
 
 @test
+def an_unreachable_mirror_exits_77():
+    """Without the Debian mirror (and no cached rootfs) the build says so
+    and exits 77, which this test turns into SKIP; the image already built
+    stays."""
+    img = build_image()
+    with svc.socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]         # bound, never listening: refused
+        env = dict(os.environ, DEBIAN_MIRROR="http://127.0.0.1:%d/debian" % closed,
+                   NETBIRD_CP_IMAGE_CACHE=svc.tmpdir())
+        p = subprocess.run([BUILD, "--out", OUT], capture_output=True, text=True, env=env,
+                           timeout=BUILD_TIMEOUT)
+    assert p.returncode == 77, (p.returncode, p.stderr[-2000:])
+    assert "unreachable" in p.stderr, p.stderr
+    assert os.path.exists(img["env"]["ARCHIVE"]) and os.path.exists(os.path.join(OUT, ".inputs"))
+    p = subprocess.run([BUILD, "--out", OUT], capture_output=True, text=True, timeout=BUILD_TIMEOUT)
+    assert p.returncode == 0 and "up to date" in p.stderr, p.stderr[-2000:]
+
+
+@test
 def image_config():
     img = build_image()
     cfg = img["config"]
