@@ -196,7 +196,7 @@ def status_ids(pid):
     with open("/proc/%d/status" % pid) as f:
         for line in f:
             k, _, v = line.partition(":")
-            if k in ("Uid", "Gid", "Groups"):
+            if k in ("Uid", "Gid", "Groups", "CapEff", "CapPrm"):
                 out[k] = v.split()
     return out
 
@@ -488,6 +488,8 @@ def serves_an_agent_from_a_read_only_root():
     ids = status_ids(pid)
     assert ids["Uid"] == [str(UID)] * 4 and ids["Gid"] == [str(UID)] * 4, ids
     assert ids.get("Groups", []) in ([], [str(UID)]), ids
+    # No capabilities: a pod's `capabilities: drop: [ALL]` takes nothing it uses.
+    assert int(ids["CapEff"][0], 16) == 0 and int(ids["CapPrm"][0], 16) == 0, ids
     opts = root_mount_options(pid)
     assert "ro" in opts, opts
     assert os.readlink("/proc/%d/root" % pid) == img["rootfs"], os.readlink("/proc/%d/root" % pid)
