@@ -366,6 +366,8 @@ def image_config():
     assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$", labels["org.opencontainers.image.created"]), labels
     assert re.match(r"^[0-9A-Za-z_.-]+$", version) and version.startswith(("0", "1", "2", "3", "4", "5", "6",
                                                                           "7", "8", "9")), version
+    pv = subprocess.run([BUILD, "--print-version"], capture_output=True, text=True, check=True).stdout.strip()
+    assert pv == version, (pv, version)
     # Two layers: Debian's, then ours.
     assert len(img["manifest"]["layers"]) == 2, img["manifest"]["layers"]
     # The archives exist; the oci-archive is the layout.
