@@ -264,6 +264,13 @@ def dockerfile_agrees_with_the_build_script():
                 denv[key] = v.strip('"')
     ienv = image_env(img)
     assert denv == ienv, "Dockerfile ENV %r != image Env %r" % (denv, ienv)
+    # Its builder installs every library header package deploy/install-deps
+    # installs for the build (a new dependency must reach both).
+    deps = open(os.path.join(ROOT, "deploy", "install-deps")).read()
+    dev = set(re.findall(r"\b(lib[\w.+-]+-dev)\b", deps)) | {"protobuf-c-compiler", "protobuf-compiler"}
+    build_runs = " ".join(r for k, r in every[:every.index(final[0])] if k == "RUN")
+    missing = sorted(d for d in dev if not re.search(r"(^|\s)%s(\s|$)" % re.escape(d), build_runs))
+    assert not missing, "Dockerfile's build stage lacks %s" % missing
     # And its user is created with the same uid, and the same files go in.
     body = open(DOCKERFILE).read()
     assert str(UID) in body and "/usr/share/netbird-cp/migrations" in body, "uid / migrations path"
