@@ -66,6 +66,7 @@ struct lpeer {
         bool reconnecting;              /* --reconnect: reopening Sync after the server ended it */
         uint16_t retries;
         uint16_t reconnect_tries;       /* attempts since the stream was last held */
+        uint32_t generation;            /* streams held so far (the first, then each reopened one) */
         double t_phase;                 /* start of the current call, ms */
         double retry_due;
         double t_ended;                 /* when the server ended its held stream (--reconnect) */
@@ -378,6 +379,7 @@ static void on_stream_message(load_ctx *x, lpeer *p) {
                 load_series_add(&x->reconnect_ms, t - p->t_ended);
                 x->reconnects++;
                 x->held++;
+                p->generation++;
                 p->reconnecting = false;
                 p->reconnect_tries = 0;
                 p->state = P_HOLD;
@@ -389,6 +391,7 @@ static void on_stream_message(load_ctx *x, lpeer *p) {
                 load_series_add(&x->sync_ms, t - p->t_phase);
                 x->streams_open++;
                 x->held++;
+                p->generation = 1;
                 p->state = P_HOLD;
                 slot_free(x);
         } else {
@@ -553,7 +556,8 @@ static void write_report(load_ctx *x) {
                 return;
         }
         fprintf(f, "# netbird-load report v1: index updates serial state(N K L S H R O F) "
-                   "last update times (CLOCK_MONOTONIC ms, newest first)\n# now %.3f\n", now_ms());
+                   "last update times (CLOCK_MONOTONIC ms, newest first)%s\n# now %.3f\n",
+                x->o->reconnect ? " generation" : "", now_ms());
         for (size_t i = 0; i < x->n; i++) {
                 const lpeer *p = &x->peers[i];
                 fprintf(f, "%zu %u %" PRId64 " %c", i, p->updates, p->serial, states[p->state]);
@@ -563,6 +567,10 @@ static void write_report(load_ctx *x) {
                         else
                                 fputs(" -", f);
                 }
+                /* --reconnect: the stream generation, 1 + reopened streams
+                 * (0 until the first map). */
+                if (x->o->reconnect)
+                        fprintf(f, " %u", p->generation);
                 fputc('\n', f);
         }
         bad = ferror(f) != 0;
