@@ -336,6 +336,12 @@ static void disconnect_done(mgmt_grpc *g, void *userdata) {
                 h->n_retry_disconnects++;
                 return;
         }
+        if (j->hub->draining) {
+                if (j->r)
+                        j->hub->n_disc_landed++;
+                else
+                        j->hub->n_disc_fenced++;
+        }
         cp_log_kv(&ctx, CP_LOG_DEBUG, j->r ? "peer disconnected" : "disconnect fenced off (newer session)",
                   "peer_key", j->peer_key, "token", tok, "attempts", j->attempts ? "retried" : "first", NULL);
         free(j);
@@ -1305,6 +1311,7 @@ static void drain_step(mgmt_sync *h) {
                 mgmt_sync__stream_end(all[i], GRPC_STATUS_UNAVAILABLE, MSG_SHUTDOWN, "server shutting down");
         }
         free(all);
+        h->n_drained += k;
         if (k)
                 mgmt_metrics_sync_drained((unsigned) k);
         if (k == live) {
@@ -1327,6 +1334,7 @@ static void on_drain(mgmt_grpc *g, void *userdata) {
 
                 end_streams(h, NULL, MSG_SHUTDOWN, "server shutting down");
                 atomic_store(&h->drain_done, true);
+                h->n_drained += n;
                 if (n)
                         mgmt_metrics_sync_drained((unsigned) n);
                 return;
@@ -1428,6 +1436,16 @@ static void free_acct(const char *key, void *value, void *userdata) {
 mgmt_sync *mgmt_sync_free(mgmt_sync *h) {
         if (!h)
                 return NULL;
+        if (h->draining) {
+                char d[24], l[24], f[24], r[24];
+
+                (void) snprintf(d, sizeof d, "%" PRIu64, h->n_drained);
+                (void) snprintf(l, sizeof l, "%" PRIu64, h->n_disc_landed);
+                (void) snprintf(f, sizeof f, "%" PRIu64, h->n_disc_fenced);
+                (void) snprintf(r, sizeof r, "%zu", h->n_retry_disconnects);
+                cp_log_kv(&log_ctx, CP_LOG_INFO, "sync streams at shutdown", "drained", d, "disconnects_landed", l,
+                          "disconnects_fenced_off", f, "disconnects_failed", r, NULL);
+        }
         /* Every call ended before the server stopped, so no stream is
          * left; account entries may be, and disconnects still failing:
          * the replica's deregistration marks those sessions
