@@ -1,7 +1,7 @@
 """A rolling update of the dev cluster under load (issue 14, "Rolling
 update"): deploy/dev/up --replicas 3 behind nginx, CP_TEST_ROLLING_AGENTS
-agents (default 1,000; the suite deploy-long runs 5,000) registered and
-holding their Sync streams through netbird-load --reconnect, then
+agents (default 5,000) registered, then holding their Sync streams
+through netbird-load --reconnect, then
 deploy/dev/roll replaces the replicas one at a time (SIGTERM, drain over
 --drain-window, new process, /readyz) while a thread changes policies over
 the REST API through nginx.
@@ -46,7 +46,7 @@ from apifix import Api  # noqa: E402
 from svc import test  # noqa: E402
 
 LOAD = os.environ.get("NETBIRD_LOAD", "")
-AGENTS = int(os.environ.get("CP_TEST_ROLLING_AGENTS", "1000"))
+AGENTS = int(os.environ.get("CP_TEST_ROLLING_AGENTS", "5000"))
 WINDOW = os.environ.get("CP_TEST_ROLLING_DRAIN_WINDOW", "3s")
 ROLL = os.path.join(ROOT, "deploy", "dev", "roll")
 UP = test_devcluster.UP
@@ -222,6 +222,7 @@ class Sampler(threading.Thread):
         self.peer_of = peer_of              # index -> peer id
         self.stop_flag = threading.Event()
         self.samples = 0
+        self.timeline = []                  # (monotonic time, agents not holding a stream)
         self.candidates = 0
         self.violations = []
         self.error = None
@@ -234,9 +235,11 @@ class Sampler(threading.Thread):
         try:
             while not self.stop_flag.is_set():
                 r1 = self.load.snapshot()
+                self.timeline.append((time.monotonic(), sum(1 for v in r1.values() if v[0] != "H")))
                 d = self.rows()
                 time.sleep(self.GRACE)
                 r2 = self.load.snapshot()
+                self.timeline.append((time.monotonic(), sum(1 for v in r2.values() if v[0] != "H")))
                 cand = [i for i, (st, _, gen) in r1.items()
                         if st == "H" and r2.get(i, ("", 0, -1))[0] == "H" and r2[i][2] == gen
                         and d.get(self.peer_of[i]) is False]
@@ -356,6 +359,8 @@ def rolling_update_under_load():
     print("# sampler: %d samples, %d candidates, %d violations" % (sampler.samples, sampler.candidates,
                                                                    len(sampler.violations)))
     assert sampler.samples >= 3, sampler.samples
+    print("# agents without a stream, by seconds since the roll began: %s" % " ".join(
+        "%.0f:%d" % (t - t_roll, n) for t, n in sampler.timeline if t >= t_roll))
     assert not sampler.violations, "peer rows disconnected while their agent was held: %r" % (
         sampler.violations[:10],)
 
