@@ -415,5 +415,20 @@ def rolling_update_under_load():
     assert s["reconnects"] >= AGENTS, s      # every replica was replaced: every agent reconnected
 
 
+@test
+def roll_argument_errors():
+    """deploy/dev/roll: bad arguments exit 2 with the reason; without a
+    cluster it says to start one (exit 1); nothing is created."""
+    d = svc.tmpdir()
+    env = svc.clean_env({"CP_DEV_DIR": os.path.join(d, "dev")})
+    for args, rc, needle in ((["--bogus"], 2, "unknown argument: --bogus"),
+                             (["--wait-ready", "soon"], 2, "--wait-ready wants a number of seconds"),
+                             (["--pause"], 2, "deploy/dev/roll [--wait-ready"),
+                             (["--no-build"], 1, "start the cluster with deploy/dev/up first")):
+        p = subprocess.run([ROLL] + args, capture_output=True, text=True, env=env, timeout=60)
+        assert p.returncode == rc and needle in p.stderr, (args, p.returncode, p.stderr[-2000:])
+    assert not os.path.exists(os.path.join(d, "dev")), os.listdir(d)
+
+
 if __name__ == "__main__":
     raise SystemExit(svc.run_all())
