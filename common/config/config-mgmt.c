@@ -170,6 +170,10 @@ static const cp_cfg_option options[] = {
         { "shutdown-timeout", CP_CFG_DURATION, F(shutdown_timeout_ms), "10s", { NULL },
           "ControlPlane.ShutdownTimeout", 0, 0, 3600 * 1000, NULL, "DURATION",
           "how long in-flight calls may finish after SIGTERM" },
+        { "drain-window", CP_CFG_DURATION, F(drain_window_ms), "3s", { NULL },
+          "ControlPlane.DrainWindow", 0, 0, 3600 * 1000, NULL, "DURATION",
+          "after SIGTERM, Sync streams are ended spread over this long (0s = all at once); less than"
+          " --shutdown-timeout" },
         { "serial-check-interval", CP_CFG_DURATION, F(serial_check_interval_ms), "5s", { NULL },
           "ControlPlane.SerialCheckInterval", 0, 0, 3600 * 1000, NULL, "DURATION",
           "how often serials of accounts with open Sync streams are re-read (0s = never)" },
@@ -260,7 +264,24 @@ static void empty_to_null(const cp_cfg_table *tables, size_t n_tables) {
                 }
 }
 
-static int check_cross(const cp_config *c, cp_error *reterr) {
+static int check_cross(cp_config *c, cp_error *reterr) {
+        if (c->drain_window_ms > 0 && c->drain_window_ms >= c->shutdown_timeout_ms) {
+                const cp_cfg_origin *o = cp_cfg_result_origin(&c->source, "drain-window");
+
+                /* The default yields to a short grace period set on its
+                 * own: half of it, so the last streams still end in time. */
+                if (!o || o->kind == CP_CFG_FROM_DEFAULT)
+                        c->drain_window_ms = c->shutdown_timeout_ms / 2;
+                else {
+                        cp_error_set(reterr, -EINVAL, "drain-window (%" PRId64 "ms, from %s) must be less than "
+                                     "shutdown-timeout (%" PRId64 "ms)", c->drain_window_ms, o->text,
+                                     c->shutdown_timeout_ms);
+                        cp_error_hint(reterr, "the streams still open when the grace period ends are cancelled; "
+                                      "use e.g. --drain-window 3s with --shutdown-timeout 10s, or 0s to end "
+                                      "them all at once");
+                        return -EINVAL;
+                }
+        }
         if (c->replica_expiry_ms < 2 * c->heartbeat_interval_ms)
                 return cp_error_set(reterr, -EINVAL,
                                     "replica-expiry (%" PRId64 "ms) must be at least twice heartbeat-interval"

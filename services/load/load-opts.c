@@ -56,6 +56,9 @@ static const opt_row rows[] = {
         { "retry", K_FLAG, F(retry), 0, 0, NULL,
           "retry RESOURCE_EXHAUSTED and UNAVAILABLE with exponential backoff (counted)" },
         { "max-retries", K_INT, F(max_retries), 0, 1000, "N", "retries per peer with --retry; default 50" },
+        { "reconnect", K_FLAG, F(reconnect), 0, 0, NULL,
+          "reopen Sync when the server ends a held stream, with NetBird's backoff (0.8 s x1.7 to 10 s, jitter),"
+          " counted" },
         { "sync-only", K_FLAG, F(sync_only), 0, 0, NULL,
           "skip GetServerKey and Login per peer: Sync only (peers must be registered: keys file)" },
         { "no-sync", K_FLAG, F(no_sync), 0, 0, NULL, "GetServerKey and Login only, no Sync stream" },

@@ -31,6 +31,11 @@
 #define PROGRESS_MS             5000
 #define BACKOFF_BASE_MS         100.0
 #define BACKOFF_MAX_MS          3000.0
+/* --reconnect: NetBird's agent reopens Sync with an exponential backoff
+ * of 800 ms, x1.7, at most 10 s, randomization factor 1 (0x .. 2x). */
+#define RECONNECT_BASE_MS       800.0
+#define RECONNECT_FACTOR        1.7
+#define RECONNECT_MAX_MS        10000.0
 #define ERROR_DETAILS_SHOWN     5
 #define UPDATE_TIMES            4       /* receive times kept per peer for --report-file */
 
@@ -58,9 +63,13 @@ struct lpeer {
         uint8_t pending;                /* batches outstanding */
         bool status_done;
         bool ended_early;               /* the server ended a held stream */
+        bool reconnecting;              /* --reconnect: reopening Sync after the server ended it */
         uint16_t retries;
+        uint16_t reconnect_tries;       /* attempts since the stream was last held */
+        uint32_t generation;            /* streams held so far (the first, then each reopened one) */
         double t_phase;                 /* start of the current call, ms */
         double retry_due;
+        double t_ended;                 /* when the server ended its held stream (--reconnect) */
         uint32_t updates;               /* SyncResponses after the first */
         int64_t serial;                 /* of the last map */
         int64_t change_base;            /* serial when the current change began; -1 none */
@@ -104,6 +113,8 @@ typedef struct load_ctx {
 
         /* results */
         uint64_t registered, logged_in, streams_open, sync_responses, updates, ended_early;
+        uint64_t reconnects, reconnect_attempts;        /* --reconnect: reopened streams, tries */
+        load_series reconnect_ms;       /* server's end -> first map of the reopened stream */
         load_counts errors, retries, ended;
         load_series login_ms, sync_ms;
         unsigned details_shown;
@@ -171,6 +182,8 @@ static const char *peer_hostname(load_ctx *x, lpeer *p) {
 }
 
 static void start_phase(load_ctx *x, lpeer *p, pstate st) {
+        if (p->reconnecting)
+                x->reconnect_attempts++;
         grpc_byte_buffer *req = NULL;
         const char *method = CP_NBC_GET_SERVER_KEY;
         cp_nbc_meta meta;
@@ -231,8 +244,36 @@ static bool retryable(grpc_status_code st) {
 }
 
 /* The call of p is over (released) and failed with st. */
+static void reconnect_later(load_ctx *x, lpeer *p) {
+        double backoff = RECONNECT_BASE_MS;
+
+        for (unsigned i = 0; i < p->reconnect_tries && backoff < RECONNECT_MAX_MS; i++)
+                backoff *= RECONNECT_FACTOR;
+        if (backoff > RECONNECT_MAX_MS)
+                backoff = RECONNECT_MAX_MS;
+        backoff *= (double) cp_random_uniform(2001) / 1000.0;   /* jitter: 0x .. 2x */
+        p->reconnect_tries++;
+        p->reconnecting = true;
+        p->retry_state = P_SYNC;
+        p->state = P_RETRY;
+        p->retry_due = now_ms() + backoff;
+        heap_push(x, p);
+}
+
 static void peer_failed(load_ctx *x, lpeer *p, grpc_status_code st, const char *why) {
         bool changer = p->idx == UINT32_MAX;
+
+        if (p->reconnecting) {
+                /* Reopening after the server ended the stream: an agent
+                 * keeps trying whatever the status, until the run ends. */
+                if (x->phase == R_CLOSING) {
+                        p->state = P_OK;
+                        return;
+                }
+                load_counts_add(&x->retries, st);
+                reconnect_later(x, p);
+                return;
+        }
 
         if (!changer && x->o->retry && retryable(st) && p->retries < x->o->max_retries && !x->stop_opening) {
                 double backoff = BACKOFF_BASE_MS * (double) (1u << (p->retries < 5 ? p->retries : 5));
@@ -334,10 +375,23 @@ static void on_stream_message(load_ctx *x, lpeer *p) {
         free(plain);
         grpc_byte_buffer_destroy(bb);
         x->sync_responses++;
-        if (p->state == P_SYNC) {
+        if (p->state == P_SYNC && p->reconnecting) {
+                load_series_add(&x->reconnect_ms, t - p->t_ended);
+                x->reconnects++;
+                x->held++;
+                p->generation++;
+                p->reconnecting = false;
+                p->reconnect_tries = 0;
+                p->state = P_HOLD;
+                /* The first map of the new stream is an update for the
+                 * report: it shows when this agent was synced again. */
+                p->t_updates[p->updates % UPDATE_TIMES] = t;
+                p->updates++;
+        } else if (p->state == P_SYNC) {
                 load_series_add(&x->sync_ms, t - p->t_phase);
                 x->streams_open++;
                 x->held++;
+                p->generation = 1;
                 p->state = P_HOLD;
                 slot_free(x);
         } else {
@@ -359,7 +413,8 @@ static void on_stream_over(load_ctx *x, lpeer *p) {
         grpc_status_code st = p->call.status;
 
         if (p->state == P_SYNC) {
-                /* Ended before the first map: an error (or a retry). */
+                /* Ended before the first map: an error (or a retry, or a
+                 * reconnect's next try). */
                 char *d = cp_nbc_call_details(&p->call);
                 if (st == GRPC_STATUS_OK)
                         st = GRPC_STATUS_UNKNOWN;
@@ -382,6 +437,11 @@ static void on_stream_over(load_ctx *x, lpeer *p) {
                 x->ch_missed++;
                 if (--x->ch_left == 0 && x->ch_login_done)
                         change_finish(x, now_ms());
+        }
+        if (x->o->reconnect) {
+                p->t_ended = now_ms();
+                p->reconnect_tries = 0;
+                reconnect_later(x, p);
         }
 }
 
@@ -496,7 +556,8 @@ static void write_report(load_ctx *x) {
                 return;
         }
         fprintf(f, "# netbird-load report v1: index updates serial state(N K L S H R O F) "
-                   "last update times (CLOCK_MONOTONIC ms, newest first)\n# now %.3f\n", now_ms());
+                   "last update times (CLOCK_MONOTONIC ms, newest first)%s\n# now %.3f\n",
+                x->o->reconnect ? " generation" : "", now_ms());
         for (size_t i = 0; i < x->n; i++) {
                 const lpeer *p = &x->peers[i];
                 fprintf(f, "%zu %u %" PRId64 " %c", i, p->updates, p->serial, states[p->state]);
@@ -506,6 +567,10 @@ static void write_report(load_ctx *x) {
                         else
                                 fputs(" -", f);
                 }
+                /* --reconnect: the stream generation, 1 + reopened streams
+                 * (0 until the first map). */
+                if (x->o->reconnect)
+                        fprintf(f, " %u", p->generation);
                 fputc('\n', f);
         }
         bad = ferror(f) != 0;
@@ -519,24 +584,41 @@ static void write_report(load_ctx *x) {
 
 static void cancel_opening(load_ctx *x) {
         x->stop_opening = true;
+        lpeer **keep = cp_xcalloc(x->n_heap ? x->n_heap : 1, sizeof *keep);
+        size_t n_keep = 0;
+
         while (x->n_heap) {
                 lpeer *p = heap_pop(x);
+                if (p->reconnecting) {
+                        keep[n_keep++] = p;     /* a held peer's reconnect: not part of the opening */
+                        continue;
+                }
                 load_counts_add(&x->errors, GRPC_STATUS_DEADLINE_EXCEEDED);
                 p->state = P_FAIL;
                 slot_free(x);
         }
+        for (size_t i = 0; i < n_keep; i++)
+                heap_push(x, keep[i]);
+        free(keep);
         for (size_t i = 0; i < x->n; i++) {
                 lpeer *p = &x->peers[i];
-                if (p->state == P_KEY || p->state == P_LOGIN || p->state == P_SYNC)
+                if ((p->state == P_KEY || p->state == P_LOGIN || p->state == P_SYNC) && !p->reconnecting)
                         cp_nbc_call_cancel(&p->call);
         }
 }
 
 static void begin_closing(load_ctx *x) {
         x->phase = R_CLOSING;
-        for (size_t i = 0; i < x->n; i++)
-                if (x->peers[i].state == P_HOLD)
-                        cp_nbc_call_cancel(&x->peers[i].call);
+        for (size_t i = 0; i < x->n; i++) {
+                lpeer *p = &x->peers[i];
+                if (p->state == P_HOLD || (p->state == P_SYNC && p->reconnecting))
+                        cp_nbc_call_cancel(&p->call);
+        }
+        /* Reconnects still waiting for their backoff are dropped. */
+        while (x->n_heap) {
+                lpeer *p = heap_pop(x);
+                p->state = P_OK;
+        }
         if (x->changer.pending)
                 cp_nbc_call_cancel(&x->changer.call);
 }
@@ -550,6 +632,14 @@ static void progress(load_ctx *x, double t) {
                 " retries %" PRIu64 " updates %" PRIu64 "\n",
                 (t - x->t_start) / 1e3, x->next_new, x->n, x->inflight, x->held, x->logged_in,
                 load_counts_total(&x->errors), load_counts_total(&x->retries), x->updates);
+}
+
+/* After the opening phase only reconnects wait in the heap. */
+static void reconnect_due(load_ctx *x, double t) {
+        while (x->n_heap && x->heap[0]->retry_due <= t) {
+                lpeer *p = heap_pop(x);
+                start_phase(x, p, (pstate) p->retry_state);
+        }
 }
 
 /* One step of the run's phase machine; returns false when the run is over. */
@@ -584,12 +674,14 @@ static bool advance(load_ctx *x, double t) {
                 break;
         case R_CHANGES:
                 change_tick(x, t);
+                reconnect_due(x, t);
                 if (x->changes_done >= x->o->changes) {
                         x->phase = R_HOLD;
                         x->t_hold_end = t + x->o->hold_s * 1e3;
                 }
                 break;
         case R_HOLD:
+                reconnect_due(x, t);
                 if (t >= x->t_hold_end)
                         begin_closing(x);
                 break;
@@ -744,6 +836,11 @@ static void summary(load_ctx *x, double t_end) {
         load_counts_json(&sb, "retries", &x->retries);
         cp_strbuf_addf(&sb, ",\"retries_total\":%" PRIu64 ",", load_counts_total(&x->retries));
         load_counts_json(&sb, "ended_by_server", &x->ended);
+        if (o->reconnect) {
+                cp_strbuf_addf(&sb, ",\"reconnects\":%" PRIu64 ",\"reconnect_attempts\":%" PRIu64 ",",
+                               x->reconnects, x->reconnect_attempts);
+                load_series_json(&sb, "reconnect_ms", &x->reconnect_ms);
+        }
         cp_strbuf_addch(&sb, ',');
         load_series_json(&sb, "login_ms", &x->login_ms);
         cp_strbuf_addch(&sb, ',');
@@ -798,7 +895,7 @@ static void ctx_release(load_ctx *x) {
                 grpc_completion_queue_destroy(x->cq);
         }
         load_series *series[] = { &x->login_ms, &x->sync_ms, &x->ch_last, &x->ch_last_commit, &x->ch_stream,
-                                  &x->ch_login };
+                                  &x->ch_login, &x->reconnect_ms };
         for (size_t i = 0; i < ELEMENTSOF(series); i++)
                 load_series_release(series[i]);
 }

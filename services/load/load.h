@@ -43,6 +43,7 @@ typedef struct load_opts {
         bool retry;
         int64_t max_retries;            /* per peer */
         bool sync_only;                 /* no GetServerKey/Login per peer */
+        bool reconnect;                 /* reopen Sync when the server ends a held stream */
         bool no_sync;                   /* GetServerKey + Login only */
         int64_t changes;                /* after opening: register N peers, one at a time */
         int64_t change_interval_ms;

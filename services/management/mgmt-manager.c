@@ -41,6 +41,8 @@
 #define REPLICA_STOP_MS 3000
 /* How often the server key is re-read when the serial check is off. */
 #define KEY_POLL_DEFAULT_MS 5000
+/* How often a spread drain ends its next slice of Sync streams. */
+#define DRAIN_STEP_MS 50
 
 typedef struct mgmt_post {
         struct mgmt_post *next;
@@ -75,7 +77,7 @@ struct mgmt_manager {
         char replica_id[CP_ID_LEN + 1];
 
         struct event *sig_term, *sig_int, *wake, *deadline, *serial_tick, *expiry_tick,
-                *refresh_tick, *retry_tick, *key_tick, *proxy_tick;
+                *refresh_tick, *retry_tick, *key_tick, *proxy_tick, *drain_tick;
         int wake_fd;
 
         pthread_mutex_t posts_lock;
@@ -139,6 +141,8 @@ static void maybe_exit(mgmt_manager *m) {
 
 static void on_grpc_stopped_loop(mgmt_manager *m, void *userdata) {
         m->grpc_stopped = true;
+        if (m->drain_tick)
+                event_del(m->drain_tick);
         maybe_exit(m);
 }
 
@@ -163,9 +167,18 @@ static void on_deadline(evutil_socket_t fd, short what, void *userdata) {
         (void) event_base_loopbreak(m->base);
 }
 
+/* Every DRAIN_STEP_MS while a drain is spread over --drain-window. */
+static void on_drain_tick(evutil_socket_t fd, short what, void *userdata) {
+        mgmt_manager *m = userdata;
+
+        if (m->grpc_stopped || !mgmt_sync_drain_step(m->sync))
+                event_del(m->drain_tick);
+}
+
 static void begin_shutdown(mgmt_manager *m, const char *why) {
         int64_t grace = m->config->shutdown_timeout_ms;
-        char buf[32];
+        int64_t window = m->config->drain_window_ms;
+        char buf[32], wbuf[32];
 
         m->shutting_down = true;
         mgmt_replica_draining(m->replica);
@@ -182,12 +195,26 @@ static void begin_shutdown(mgmt_manager *m, const char *why) {
         if (m->proxy_tick)
                 event_del(m->proxy_tick);
         (void) snprintf(buf, sizeof buf, "%" PRId64 "ms", grace);
-        cp_log_kv(&log_ctx, CP_LOG_INFO, "shutting down", "signal", why, "grace", buf, NULL);
-        mgmt_http_stop_accepting(m->http);
+        (void) snprintf(wbuf, sizeof wbuf, "%" PRId64 "ms", window);
+        cp_log_kv(&log_ctx, CP_LOG_INFO, "shutting down", "signal", why, "grace", buf, "drain_window", wbuf,
+                  NULL);
+        /* The listener stays until we exit: /readyz answers 503
+         * "draining" (a probe sees the replica leave, not a refused
+         * connection), REST requests 503 (docs/ops.md, "Shutdown and
+         * drain"). */
+        mgmt_http_draining(m->http);
+        /* No new calls (a new Sync gets UNAVAILABLE from gRPC). */
         mgmt_grpc_shutdown(m->grpc, grace);
-        /* Streams never end by themselves: end them now, so agents move on
-         * at once and the fenced disconnects run before we exit. */
-        mgmt_sync_drain(m->sync);
+        /* Streams never end by themselves: end them, spread over the
+         * drain window so their agents do not all reconnect at once; the
+         * fenced disconnects run before we exit. */
+        if (window > 0) {
+                struct timeval step = { .tv_sec = 0, .tv_usec = DRAIN_STEP_MS * 1000 };
+                m->drain_tick = event_new(m->base, -1, EV_PERSIST, on_drain_tick, m);
+                if (!m->drain_tick || event_add(m->drain_tick, &step) < 0)
+                        window = 0;     /* no timer: all at once */
+        }
+        mgmt_sync_drain(m->sync, window);
         mgmt_proxy_drain(m->proxy);
 
         int64_t limit = grace + SHUTDOWN_SLACK_MS;
@@ -944,6 +971,8 @@ mgmt_manager *mgmt_manager_free(mgmt_manager *m) {
                 event_free(m->key_tick);
         if (m->proxy_tick)
                 event_free(m->proxy_tick);
+        if (m->drain_tick)
+                event_free(m->drain_tick);
         if (m->deadline)
                 event_free(m->deadline);
         if (m->wake)

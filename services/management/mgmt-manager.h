@@ -14,10 +14,13 @@
  * work over with mgmt_manager_post(), which queues a function and wakes
  * the loop through an eventfd.
  *
- * Shutdown: SIGTERM or SIGINT closes the HTTP listener, asks gRPC to stop
- * accepting and gives in-flight calls config->shutdown_timeout_ms to end,
- * after which they are cancelled. When gRPC reports it has stopped the
- * loop exits. A second signal cancels in-flight calls at once.
+ * Shutdown: SIGTERM or SIGINT turns the HTTP side to draining (/readyz
+ * 503, REST 503; the listener closes when the manager is freed), asks gRPC
+ * to stop accepting, ends the Sync streams spread over
+ * config->drain_window_ms (a loop timer steps the drain) and gives
+ * in-flight calls config->shutdown_timeout_ms to end, after which they are
+ * cancelled. When gRPC reports it has stopped the loop exits. A second
+ * signal cancels in-flight calls at once.
  */
 #pragma once
 

@@ -401,6 +401,34 @@ TEST(help_flag) {
         cp_config_release(&c);
 }
 
+TEST(drain_window) {
+        cp_config c = { 0 };
+        cp_error err = { 0 };
+
+        ASSERT_OK(load(&c, &err, NOENV, ARGV(NOFILE)), &err);
+        ASSERT_EQ(3000, c.drain_window_ms);
+        cp_config_release(&c);
+        /* The default yields to a short grace period: half of it. */
+        ASSERT_OK(load(&c, &err, NOENV, ARGV(NOFILE, "--shutdown-timeout", "2s")), &err);
+        ASSERT_EQ(1000, c.drain_window_ms);
+        cp_config_release(&c);
+        ASSERT_OK(load(&c, &err, NOENV, ARGV(NOFILE, "--shutdown-timeout", "0s")), &err);
+        ASSERT_EQ(0, c.drain_window_ms);
+        cp_config_release(&c);
+        ASSERT_OK(load(&c, &err, ENV("NB_MGMT_DRAIN_WINDOW=0s"), ARGV(NOFILE)), &err);
+        ASSERT_EQ(0, c.drain_window_ms);
+        cp_config_release(&c);
+        ASSERT_OK(load(&c, &err, NOENV, ARGV(NOFILE, "--drain-window", "9s")), &err);
+        ASSERT_EQ(9000, c.drain_window_ms);
+        cp_config_release(&c);
+        /* Set on purpose, it must fit in the grace period. */
+        expect_error(NOENV, ARGV(NOFILE, "--drain-window", "10s"), "drain-window (10000ms, from flag --drain-window)",
+                     "less than shutdown-timeout (10000ms)");
+        expect_error(ENV("NB_MGMT_DRAIN_WINDOW=5s"), ARGV(NOFILE, "--shutdown-timeout", "2s"),
+                     "environment variable NB_MGMT_DRAIN_WINDOW", "must be less than shutdown-timeout");
+        expect_error(NOENV, ARGV(NOFILE, "--drain-window", "soon"), "flag --drain-window", "duration");
+}
+
 TEST(usage_lists_every_option) {
         size_t n;
         const cp_cfg_option *o = cp_config_options(&n);

@@ -102,6 +102,15 @@ struct mgmt_sync {
         int setups;                     /* opens in progress */
         sync_acct *kept;                /* entries kept only for opens in progress */
         bool draining;
+        /* The drain spread over a window (mgmt_sync_drain): monotonic ms
+         * of its end and of the previous step; 0 = not spreading. */
+        int64_t drain_end_ms, drain_last_ms;
+        atomic_bool drain_done;         /* any thread reads: no stream is left to end */
+        /* Since shutdown began: streams the drain ended, fenced
+         * disconnects that landed and that were fenced off (the peer had
+         * a newer session, e.g. it reconnected elsewhere first); logged
+         * when the hub is freed. */
+        uint64_t n_drained, n_disc_landed, n_disc_fenced;
         bool checking;                  /* a serial check is running */
         bool check_again;               /* asked for while one was running */
         bool expiring;                  /* a login expiry check is running */

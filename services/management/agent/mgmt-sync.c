@@ -336,6 +336,12 @@ static void disconnect_done(mgmt_grpc *g, void *userdata) {
                 h->n_retry_disconnects++;
                 return;
         }
+        if (j->hub->draining) {
+                if (j->r)
+                        j->hub->n_disc_landed++;
+                else
+                        j->hub->n_disc_fenced++;
+        }
         cp_log_kv(&ctx, CP_LOG_DEBUG, j->r ? "peer disconnected" : "disconnect fenced off (newer session)",
                   "peer_key", j->peer_key, "token", tok, "attempts", j->attempts ? "retried" : "first", NULL);
         free(j);
@@ -935,7 +941,9 @@ void mgmt_sync__fanout_start(mgmt_sync *h, sync_acct *a) {
         fanout *f;
         size_t n = 0;
 
-        if (a->building || a->n_streams == 0 || h->draining)
+        /* While a drain is spread, the streams not yet ended still get
+         * their maps (they may wait for up to --drain-window). */
+        if (a->building || a->n_streams == 0 || (h->draining && atomic_load(&h->drain_done)))
                 return;
         f = cp_xcalloc(1, sizeof *f);
         f->hub = h;
@@ -1254,13 +1262,95 @@ static void end_streams(mgmt_sync *h, const char *key, const char *message, cons
         cp_log_kv(&log_ctx, CP_LOG_INFO, "ending sync streams", "streams", count, "reason", reason, NULL);
 }
 
-static void on_drain(mgmt_grpc *g, void *userdata) {
-        mgmt_sync *h = userdata;
+typedef struct drain_post {
+        mgmt_sync *hub;
+        int64_t window_ms;
+} drain_post;
 
+static void collect_live(const char *key, void *value, void *userdata) {
+        sync_stream ***out = userdata;
+        sync_stream *s = value;
+
+        if (!s->ending && !s->closed)
+                *(*out)++ = s;
+}
+
+/* CQ thread: one step of a spread drain. The streams still to end get
+ * their share of the time left: with R of them left, dt since the
+ * previous step and T until the window's end, ceil(R * dt / T) of them,
+ * picked at random (a partial Fisher-Yates shuffle), so the endings, and
+ * the agents' reconnects, are spread evenly over the window whatever the
+ * order of the registry. Each ends as in end_streams(): UNAVAILABLE, and
+ * the fenced disconnect in on_close. */
+static void drain_step(mgmt_sync *h) {
+        int64_t now = cp_now_mono_ms();
+        size_t n = mgmt_strmap_size(h->peers), live, k;
+        sync_stream **all, **end;
+
+        if (!h->draining || atomic_load(&h->drain_done))
+                return;
+        all = cp_xcalloc(n ? n : 1, sizeof *all);
+        end = all;
+        mgmt_strmap_foreach(h->peers, collect_live, &end);
+        live = (size_t) (end - all);
+        if (now >= h->drain_end_ms || live == 0)
+                k = live;
+        else {
+                int64_t dt = now - h->drain_last_ms, left = h->drain_end_ms - h->drain_last_ms;
+                k = (size_t) (((int64_t) live * dt + left - 1) / left);
+                if (k > live)
+                        k = live;
+        }
+        h->drain_last_ms = now;
+        for (size_t i = 0; i < k; i++) {
+                size_t j = i + (size_t) cp_random_uniform(live - i);
+                sync_stream *t = all[i];
+
+                all[i] = all[j];
+                all[j] = t;
+                mgmt_sync__stream_end(all[i], GRPC_STATUS_UNAVAILABLE, MSG_SHUTDOWN, "server shutting down");
+        }
+        free(all);
+        h->n_drained += k;
+        if (k)
+                mgmt_metrics_sync_drained((unsigned) k);
+        if (k == live) {
+                atomic_store(&h->drain_done, true);
+                cp_log(&log_ctx, CP_LOG_INFO, "drain done: every sync stream was ended");
+        }
+}
+
+static void on_drain(mgmt_grpc *g, void *userdata) {
+        drain_post *p = userdata;
+        mgmt_sync *h = p->hub;
+        int64_t window = p->window_ms;
+
+        free(p);
         if (h->draining)
                 return;
         h->draining = true;
-        end_streams(h, NULL, MSG_SHUTDOWN, "server shutting down");
+        if (window <= 0) {
+                size_t n = mgmt_strmap_size(h->peers);
+
+                end_streams(h, NULL, MSG_SHUTDOWN, "server shutting down");
+                atomic_store(&h->drain_done, true);
+                h->n_drained += n;
+                if (n)
+                        mgmt_metrics_sync_drained((unsigned) n);
+                return;
+        }
+        char count[32], ms[32];
+
+        h->drain_last_ms = cp_now_mono_ms();
+        h->drain_end_ms = h->drain_last_ms + window;
+        (void) snprintf(count, sizeof count, "%zu", mgmt_strmap_size(h->peers));
+        (void) snprintf(ms, sizeof ms, "%" PRId64 "ms", window);
+        cp_log_kv(&log_ctx, CP_LOG_INFO, "ending sync streams over the drain window", "streams", count, "window",
+                  ms, NULL);
+}
+
+static void on_drain_step(mgmt_grpc *g, void *userdata) {
+        drain_step(userdata);
 }
 
 static void on_reconnect_all(mgmt_grpc *g, void *userdata) {
@@ -1302,11 +1392,27 @@ void mgmt_sync_end_key(mgmt_sync *h, const char *pub_b64) {
         mgmt_grpc_post(g, on_key_dropped, p);
 }
 
-void mgmt_sync_drain(mgmt_sync *h) {
+void mgmt_sync_drain(mgmt_sync *h, int64_t window_ms) {
+        mgmt_grpc *g = atomic_load(&h->grpc);
+        drain_post *p;
+
+        if (!g) {
+                atomic_store(&h->drain_done, true);
+                return;
+        }
+        p = cp_xcalloc(1, sizeof *p);
+        p->hub = h;
+        p->window_ms = window_ms;
+        mgmt_grpc_post(g, on_drain, p);
+}
+
+bool mgmt_sync_drain_step(mgmt_sync *h) {
         mgmt_grpc *g = atomic_load(&h->grpc);
 
-        if (g)
-                mgmt_grpc_post(g, on_drain, h);
+        if (!g || atomic_load(&h->drain_done))
+                return false;
+        mgmt_grpc_post(g, on_drain_step, h);
+        return true;
 }
 
 /* ---- setup ------------------------------------------------------------------------------------ */
@@ -1330,6 +1436,16 @@ static void free_acct(const char *key, void *value, void *userdata) {
 mgmt_sync *mgmt_sync_free(mgmt_sync *h) {
         if (!h)
                 return NULL;
+        if (h->draining) {
+                char d[24], l[24], f[24], r[24];
+
+                (void) snprintf(d, sizeof d, "%" PRIu64, h->n_drained);
+                (void) snprintf(l, sizeof l, "%" PRIu64, h->n_disc_landed);
+                (void) snprintf(f, sizeof f, "%" PRIu64, h->n_disc_fenced);
+                (void) snprintf(r, sizeof r, "%zu", h->n_retry_disconnects);
+                cp_log_kv(&log_ctx, CP_LOG_INFO, "sync streams at shutdown", "drained", d, "disconnects_landed", l,
+                          "disconnects_fenced_off", f, "disconnects_failed", r, NULL);
+        }
         /* Every call ended before the server stopped, so no stream is
          * left; account entries may be, and disconnects still failing:
          * the replica's deregistration marks those sessions

@@ -30,7 +30,8 @@
  *   mgmt_sync_reconnect_all()    this replica's sessions were taken away
  *                                (it was reaped): streams end, agents
  *                                reconnect
- *   mgmt_sync_drain()            shutdown: end every stream
+ *   mgmt_sync_drain()            shutdown: end every stream (spread over a
+ *                                window by mgmt_sync_drain_step())
  */
 #pragma once
 
@@ -153,5 +154,13 @@ void mgmt_sync_end_key(mgmt_sync *s, const char *pub_b64);
 /* Any thread: shutdown began. Every stream ends with UNAVAILABLE (agents
  * reconnect, to another replica when there is one) and its fenced
  * disconnect runs before the server reports it has stopped; opens still
- * in progress end the same way when they complete. */
-void mgmt_sync_drain(mgmt_sync *s);
+ * in progress end the same way when they complete. window_ms <= 0: all
+ * at once. Otherwise the endings are spread evenly (in random order) over
+ * window_ms, one slice per mgmt_sync_drain_step(), which the caller runs
+ * on a timer (every 50 ms or so) until it returns false; a step at or
+ * past the window's end ends every stream left. Until then the streams
+ * not yet ended keep getting new maps. */
+void mgmt_sync_drain(mgmt_sync *s, int64_t window_ms);
+/* Any thread: posts one drain step; false once no stream is left to end
+ * (then the timer can stop). */
+bool mgmt_sync_drain_step(mgmt_sync *s);

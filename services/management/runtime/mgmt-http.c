@@ -149,6 +149,14 @@ static void handle_readyz(http_op *op) {
         mgmt_ready_state st;
         cp_strbuf sb;
 
+        if (op->h->closing) {
+                /* Shutdown began: still answering, so probes see the
+                 * replica leave rather than a refused connection. */
+                reply_json(op, HTTP_SERVUNAVAIL, "Service Unavailable",
+                           "{\"status\":\"not ready\",\"failed\":\"draining\",\"error\":\"server is shutting "
+                           "down\"}");
+                return;
+        }
         mgmt_ready_get(op->h->ready, &st);
         if (st.ready) {
                 /* Serving, but a part that is not needed to serve is down
@@ -454,6 +462,11 @@ int mgmt_http_new(struct event_base *base, const char *address, int port, mgmt_r
 
 int mgmt_http_port(const mgmt_http *h) {
         return h->port;
+}
+
+void mgmt_http_draining(mgmt_http *h) {
+        if (h)
+                h->closing = true;
 }
 
 void mgmt_http_stop_accepting(mgmt_http *h) {

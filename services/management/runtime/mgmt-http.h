@@ -46,7 +46,13 @@ void mgmt_http_on_idle(mgmt_http *h, void (*fn)(void *userdata), void *userdata)
 
 /* The port actually bound. */
 int mgmt_http_port(const mgmt_http *h);
-/* Closes the listening socket; open connections stay until mgmt_http_free. */
+/* Shutdown began: the listener stays open, /healthz and /metrics are
+ * served as before, /readyz answers 503 (failed "draining") and new REST
+ * requests 503 "server is shutting down"; requests already on the workers
+ * finish. */
+void mgmt_http_draining(mgmt_http *h);
+/* Like mgmt_http_draining(), and closes the listening socket; open
+ * connections stay until mgmt_http_free. */
 void mgmt_http_stop_accepting(mgmt_http *h);
 /* Closes every connection and frees. Accepts NULL; returns NULL. */
 mgmt_http *mgmt_http_free(mgmt_http *h);

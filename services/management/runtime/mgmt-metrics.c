@@ -40,6 +40,7 @@ static const double seconds_bounds[] = { 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05
 static struct {
         cp_gauge *sync_streams;
         cp_gauge *proxy_streams;
+        cp_counter *sync_drained;
         cp_counter *sync_opens[MGMT_SYNC_OPEN_FAILED + N_STATUS];    /* ok, stale, closed, then by status */
         cp_counter *logins[2][N_STATUS];                              /* [registration][status] */
         cp_histogram *fanout_seconds;
@@ -90,6 +91,9 @@ static void init(void) {
         mm.proxy_streams = cp_metrics_plain_gauge(reg, "netbird_cp_proxy_streams",
                                                   "ProxyService mapping streams open on this replica "
                                                   "(GetMappingUpdate and SyncMappings, registered).");
+        mm.sync_drained = cp_metrics_plain_counter(reg, "netbird_cp_sync_drained_total",
+                                                   "Sync streams ended by this replica's shutdown drain "
+                                                   "(spread over --drain-window).");
         f = cp_metrics_counter(reg, "netbird_cp_sync_opens_total",
                                "Sync opens by outcome: ok, stale (a newer stream owns the peer), closed (client "
                                "left or shutdown during the open), or the gRPC status it failed with.",
@@ -173,6 +177,11 @@ void mgmt_metrics_render(cp_strbuf *out) {
 void mgmt_metrics_sync_streams(int delta) {
         mgmt_metrics_init();
         cp_gauge_add(mm.sync_streams, delta);
+}
+
+void mgmt_metrics_sync_drained(unsigned n) {
+        mgmt_metrics_init();
+        cp_counter_add(mm.sync_drained, n);
 }
 
 void mgmt_metrics_proxy_streams(int delta) {

@@ -35,6 +35,8 @@ void mgmt_metrics_render(cp_strbuf *out);
 
 /* A stream entered (+1) or left (-1) the registry. */
 void mgmt_metrics_sync_streams(int delta);
+/* Shutdown ended n Sync streams (the drain, spread over --drain-window). */
+void mgmt_metrics_sync_drained(unsigned n);
 /* A ProxyService mapping stream registered its proxy (+1) or ended (-1). */
 void mgmt_metrics_proxy_streams(int delta);
 

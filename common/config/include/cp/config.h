@@ -192,6 +192,7 @@ typedef struct cp_config {
         char *dns_domain;
         int64_t db_pool_size;
         int64_t shutdown_timeout_ms;
+        int64_t drain_window_ms;                /* < shutdown_timeout_ms, or 0: streams end all at once */
         int64_t serial_check_interval_ms;       /* 0 = no periodic serial check */
         int64_t login_expiry_check_interval_ms; /* 0 = no periodic login expiry check */
         int64_t ephemeral_peer_lifetime_ms;     /* disconnected ephemeral peers are deleted after it */
