@@ -50,7 +50,7 @@ static struct {
 
         /* Made by mgmt_metrics_watch_bus(), on the bus's loop thread. */
         bool bus_families;
-        cp_counter *bus_published, *bus_dropped, *bus_received, *bus_malformed, *bus_reconnects;
+        cp_counter *bus_published, *bus_dropped, *bus_received, *bus_malformed, *bus_reconnects, *bus_auth_failures;
         cp_gauge *bus_connected;
         cp_histogram *bus_lag;
         cp_bus_stats bus_base;          /* the counters of buses no longer watched */
@@ -259,6 +259,7 @@ static void bus_counters_set(const cp_bus_stats *st) {
         cp_counter_set(mm.bus_received, mm.bus_base.received + st->received);
         cp_counter_set(mm.bus_malformed, mm.bus_base.malformed + st->malformed);
         cp_counter_set(mm.bus_reconnects, mm.bus_base.reconnects + st->reconnects);
+        cp_counter_set(mm.bus_auth_failures, mm.bus_base.auth_failures + st->auth_failures);
 }
 
 static void collect_bus(cp_metrics *m, void *userdata) {
@@ -286,6 +287,9 @@ static void bus_families(void) {
         mm.bus_reconnects = cp_metrics_plain_counter(reg, "netbird_cp_bus_reconnects_total",
                                                      "Bus connection attempts after the first (both "
                                                      "connections).");
+        mm.bus_auth_failures = cp_metrics_plain_counter(reg, "netbird_cp_bus_auth_failures_total",
+                                                        "Bus connections Redis refused (NOAUTH, WRONGPASS, an "
+                                                        "error to AUTH, NOPERM): a wrong password or ACL.");
         mm.bus_connected = cp_metrics_plain_gauge(reg, "netbird_cp_bus_connected",
                                                   "1 while subscribed to the bus, else 0.");
         mm.bus_lag = cp_metrics_plain_histogram(reg, "netbird_cp_bus_lag_seconds",
@@ -314,6 +318,7 @@ void mgmt_metrics_unwatch_bus(const cp_bus *bus) {
         mm.bus_base.received += st.received;
         mm.bus_base.malformed += st.malformed;
         mm.bus_base.reconnects += st.reconnects;
+        mm.bus_base.auth_failures += st.auth_failures;
         cp_gauge_set(mm.bus_connected, 0);
 }
 
