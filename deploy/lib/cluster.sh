@@ -389,6 +389,8 @@ cl_pgbouncer_start() {
                 echo "default_pool_size = 40"
                 echo "max_db_connections = 0"
                 echo "server_reset_query = DISCARD ALL"
+                # A database that went away fails queries in 10 s, not 120 s.
+                echo "query_wait_timeout = 10"
                 echo "ignore_startup_parameters = extra_float_digits"
                 echo "logfile = $dir/pgbouncer.log"
                 echo "pidfile = $dir/pgbouncer.pid"
