@@ -44,7 +44,7 @@ static struct {
         cp_histogram *fanout_seconds;
         cp_counter *fanout_maps;
         cp_metric *http_requests, *http_seconds;
-        cp_gauge *pool_size, *pool_busy, *pool_idle;
+        cp_gauge *pool_size, *pool_busy, *pool_idle, *pool_prepared;
         cp_counter *hb_ok, *hb_failed, *replica_lost, *reaped, *reaped_sessions;
         cp_gauge *hb_age;
 
@@ -121,6 +121,10 @@ static void init(void) {
         f = cp_metrics_gauge(reg, "netbird_cp_store_pool_connections",
                              "PostgreSQL connections of the pool: busy (lent out) or idle (open, free).",
                              CP_LABELS("state"));
+        mm.pool_prepared = cp_metrics_plain_gauge(reg, "netbird_cp_store_prepared_statements",
+                                                  "1 while the pool uses named prepared statements; 0 with "
+                                                  "--db-prepared-statements=false or after it switched to "
+                                                  "unnamed ones (a transaction pooler lost a statement).");
         mm.pool_busy = cp_metric_gauge(f, CP_LABELS("busy"));
         mm.pool_idle = cp_metric_gauge(f, CP_LABELS("idle"));
 
@@ -211,6 +215,7 @@ static void collect_store(cp_metrics *m, void *userdata) {
         cp_gauge_set(mm.pool_size, u.size);
         cp_gauge_set(mm.pool_busy, u.busy);
         cp_gauge_set(mm.pool_idle, u.idle);
+        cp_gauge_set(mm.pool_prepared, cp_store_uses_prepared(userdata) ? 1 : 0);
 }
 
 void mgmt_metrics_watch_store(cp_store *s) {
