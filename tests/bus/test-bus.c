@@ -702,6 +702,18 @@ TEST(redis_acl_user) {
         ASSERT_TRUE(run_until(base, cond_refused, &px, 5000));
         ASSERT_TRUE(strstr(px.refused, "NOPERM") != NULL);
         ASSERT_FALSE(cp_bus_is_subscribed(x));
+        /* Its publish connection is up (nothing to check before the
+         * first PUBLISH); the refused PUBLISH drops it. */
+        ASSERT_TRUE(run_until(base, (cond_fn) cp_bus_can_publish, x, 5000));
+        cp_bus_stats before, after;
+        int seen = pa.messages;
+        cp_bus_get_stats(x, &before);
+        ASSERT_EQ(0, cp_bus_publish(x, "acct", 24));
+        run_until(base, NULL, NULL, 300);
+        cp_bus_get_stats(x, &after);
+        ASSERT_EQ(before.publish_dropped + 1, after.publish_dropped);
+        ASSERT_TRUE(after.auth_failures > before.auth_failures);
+        ASSERT_EQ(seen, pa.messages);       /* nothing reached the bus's channel */
         ASSERT_EQ(-EACCES, cp_bus_publish_once(other, "acl", "acct", 23, 2000, &err));
 
         a = cp_bus_free(a);
