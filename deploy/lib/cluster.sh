@@ -386,7 +386,14 @@ cl_pgbouncer_start() {
                 echo "auth_file = $dir/userlist.txt"
                 echo "pool_mode = $mode"
                 echo "max_client_conn = 2000"
-                echo "default_pool_size = 40"
+                # Session pooling holds a server connection per client
+                # connection: the pool must fit every client at once or
+                # the rest wait forever (tests open dozens per database).
+                if [ "$mode" = session ]; then
+                        echo "default_pool_size = 250"
+                else
+                        echo "default_pool_size = 40"
+                fi
                 echo "max_db_connections = 0"
                 echo "server_reset_query = DISCARD ALL"
                 # A database that went away fails queries in 10 s, not 120 s.
