@@ -28,6 +28,9 @@ from svc import test  # noqa: E402
 
 PGBOUNCER = "/usr/sbin/pgbouncer"
 DIRECT = os.environ.get("CP_TEST_PG_DIRECT_DSN", svc.PG_DSN)
+# The default, stated: tests/run --pgbouncer transaction sets false for
+# every server (svc.clean_env).
+NAMED = {"NB_MGMT_DB_PREPARED_STATEMENTS": "true"}
 
 
 def dsn_port(dsn):
@@ -164,19 +167,20 @@ def transaction_pooling():
     dep = deployment_through(bouncer)
     dep.dsn = bouncer.dsn(dep.db)
     r1 = dep.start("--db-prepared-statements=false", "--serial-check-interval", "1s")
-    # Left at the default: must notice and switch by itself.
-    r2 = dep.start("--serial-check-interval", "1s")
+    # Named statements (the default; also under tests/run --pgbouncer
+    # transaction, which sets the option for every server): must notice
+    # and switch by itself.
+    r2 = dep.start("--serial-check-interval", "1s", env=NAMED)
     serve_and_change(dep, r1, r2)
     assert metric(r1, "netbird_cp_store_prepared_statements") == 0
-    if os.environ.get("CP_TEST_PGBOUNCER") != "transaction":     # else told to, like r1
-        # Which statement meets a server connection without it depends
-        # on the pooler's choice: make sure some do.
-        for i in range(40):
-            rest(r2, "GET", "/api/groups", dep.admin_token)
-            rest(r2, "GET", "/api/peers", dep.admin_token)
-        wait_until(lambda: metric(r2, "netbird_cp_store_prepared_statements") == 0, timeout=20,
-                   what="r2 switched to unnamed statements")
-        assert svc.http("GET", r2.url("/readyz"))[0] == 200
+    # Which statement meets a server connection without it depends on the
+    # pooler's choice: make sure some do.
+    for i in range(40):
+        rest(r2, "GET", "/api/groups", dep.admin_token)
+        rest(r2, "GET", "/api/peers", dep.admin_token)
+    wait_until(lambda: metric(r2, "netbird_cp_store_prepared_statements") == 0, timeout=20,
+               what="r2 switched to unnamed statements")
+    assert svc.http("GET", r2.url("/readyz"))[0] == 200
     # A second start migrates again through the pooler (nothing pending).
     r = svc.run(["migrate"], env=dep.env())
     assert r.rc == 0, r
@@ -188,8 +192,8 @@ def session_pooling():
     bouncer = Bouncer("session")
     dep = deployment_through(bouncer)
     dep.dsn = bouncer.dsn(dep.db)
-    r1 = dep.start("--serial-check-interval", "1s")
-    r2 = dep.start("--serial-check-interval", "1s")
+    r1 = dep.start("--serial-check-interval", "1s", env=NAMED)
+    r2 = dep.start("--serial-check-interval", "1s", env=NAMED)
     serve_and_change(dep, r1, r2)
     # Session pooling keeps a server connection per client: nothing lost.
     assert metric(r1, "netbird_cp_store_prepared_statements") == 1
