@@ -47,6 +47,7 @@ typedef struct bus_conn {
         redisAsyncContext *ac;  /* NULL: none (waiting to retry, or freed) */
         bool up;                /* publish: connected; subscribe: subscribed */
         bool started;           /* first attempt made (later ones count as reconnects) */
+        bool refused;           /* Redis refused AUTH or a command on this connection */
         int backoff_ms;
         struct event *retry;    /* next attempt */
         struct event *timeout;  /* current attempt took too long */
@@ -56,6 +57,9 @@ struct cp_bus {
         struct event_base *base;
         char *host;
         int port;
+        char *user;             /* NULL: "AUTH password" (the default user) */
+        char *password;         /* NULL: no AUTH; zeroed before it is freed */
+        char refused[200];      /* last refusal reported to on_refused, "" = none */
         char *channel;
         cp_bus_callbacks cb;
         bus_conn sub, pub;
@@ -63,7 +67,7 @@ struct cp_bus {
         bool freeing;
         int in_callback;        /* inside a caller's callback */
 
-        _Atomic uint64_t published, publish_dropped, received, malformed, reconnects;
+        _Atomic uint64_t published, publish_dropped, received, malformed, reconnects, auth_failures;
 };
 
 #define COUNT(bus, field) atomic_fetch_add_explicit(&(bus)->field, 1, memory_order_relaxed)
@@ -133,55 +137,166 @@ int cp_bus_parse_payload(const char *payload, size_t len, char account_id[CP_BUS
         return 0;
 }
 
-/* "redis://host[:port][/db]"; host may be "[v6]". */
-static int parse_url(const char *url, char **ret_host, int *ret_port, cp_error *reterr) {
-        static const char scheme[] = "redis://";
-        const char *p, *h, *hend;
-        int64_t port = 6379, db;
+static int hexval(char c) {
+        if (c >= '0' && c <= '9')
+                return c - '0';
+        if (c >= 'a' && c <= 'f')
+                return c - 'a' + 10;
+        if (c >= 'A' && c <= 'F')
+                return c - 'A' + 10;
+        return -1;
+}
 
+/* Percent-decodes s[0..n) into a new string; NULL for a bad escape or a
+ * NUL byte (AUTH could not carry it). */
+static char *percent_decode(const char *s, size_t n) {
+        char *out = cp_xmalloc(n + 1), *o = out;
+
+        for (size_t i = 0; i < n; i++) {
+                if (s[i] != '%') {
+                        *o++ = s[i];
+                        continue;
+                }
+                int hi = i + 1 < n ? hexval(s[i + 1]) : -1;
+                int lo = i + 2 < n ? hexval(s[i + 2]) : -1;
+                if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
+                        cp_explicit_bzero(out, n + 1);
+                        free(out);
+                        return NULL;
+                }
+                *o++ = (char) (hi * 16 + lo);
+                i += 2;
+        }
+        *o = '\0';
+        return out;
+}
+
+typedef struct bus_url {
+        char *host;
+        int port;
+        char *user;             /* NULL = none */
+        char *password;         /* NULL = none */
+} bus_url;
+
+static void bus_url_release(bus_url *u) {
+        free(u->host);
+        free(u->user);
+        if (u->password) {
+                cp_explicit_bzero(u->password, strlen(u->password));
+                free(u->password);
+        }
+        *u = (bus_url) { 0 };
+}
+
+/* NetBird's (go-redis) form "redis://[[user]:password@]host[:port][/db]";
+ * host may be "[v6]"; user and password are percent-decoded. A user
+ * without a password ("redis://name@host") sends no AUTH, as go-redis.
+ * No error message ever quotes the userinfo. */
+static int parse_url(const char *url, bus_url *ret, cp_error *reterr) {
+        static const char scheme[] = "redis://", tls_scheme[] = "rediss://";
+        const char *p, *h, *hend, *auth_end, *at = NULL;
+        int64_t port = 6379, db;
+        bus_url u = { 0 };
+
+        if (url && strncmp(url, tls_scheme, sizeof(tls_scheme) - 1) == 0)
+                return cp_error_set(reterr, -EPROTONOSUPPORT,
+                                    "redis url: rediss:// (TLS) is not supported: this build's hiredis (0.14) has no "
+                                    "TLS; use redis:// on a private network or a local TLS tunnel (docs/database-ha.md)");
         if (!url || strncmp(url, scheme, sizeof(scheme) - 1) != 0)
                 return cp_error_set(reterr, -EINVAL, "redis url must start with redis://");
         p = url + sizeof(scheme) - 1;
+        /* The authority ends at the first '/', '?' or '#'; the userinfo
+         * at its last '@'. */
+        auth_end = p + strcspn(p, "/?#");
+        for (const char *c = p; c < auth_end; c++)
+                if (*c == '@')
+                        at = c;
+        if (at) {
+                const char *colon = memchr(p, ':', (size_t) (at - p));
+                if (colon) {
+                        if (colon > p) {
+                                u.user = percent_decode(p, (size_t) (colon - p));
+                                if (!u.user)
+                                        goto bad_userinfo;
+                        }
+                        if (at > colon + 1) {
+                                u.password = percent_decode(colon + 1, (size_t) (at - colon - 1));
+                                if (!u.password)
+                                        goto bad_userinfo;
+                        }
+                        if (!u.password && u.user) {
+                                free(u.user);
+                                u.user = NULL;
+                        }
+                }
+                /* "name@host": a user name alone; no AUTH (as go-redis). */
+                p = at + 1;
+        }
         if (*p == '[') {
                 h = p + 1;
                 hend = strchr(h, ']');
-                if (!hend)
+                if (!hend) {
+                        bus_url_release(&u);
                         return cp_error_set(reterr, -EINVAL, "redis url: unterminated [ in host");
+                }
                 p = hend + 1;
         } else {
                 h = p;
-                hend = p + strcspn(p, ":/");
+                hend = p + strcspn(p, ":/?#");
                 p = hend;
         }
-        if (hend == h || hend - h > 255)
+        if (hend == h || hend - h > 255) {
+                bus_url_release(&u);
                 return cp_error_set(reterr, -EINVAL, "redis url: bad host length");
+        }
         for (const char *c = h; c < hend; c++)
-                if (*c == '@' || *c == '?' || *c == '#' || (unsigned char) *c <= 0x20)
-                        return cp_error_set(reterr, -EINVAL,
-                                            "redis url: bad character in host (credentials and options are not supported)");
+                if (*c == '@' || *c == '?' || *c == '#' || (unsigned char) *c <= 0x20) {
+                        bus_url_release(&u);
+                        return cp_error_set(reterr, -EINVAL, "redis url: bad character in host");
+                }
         if (*p == ':') {
                 const char *ps = p + 1;
-                size_t n = strcspn(ps, "/");
+                size_t n = strcspn(ps, "/?#");
                 char buf[8];
-                if (n == 0 || n >= sizeof(buf))
+                if (n == 0 || n >= sizeof(buf)) {
+                        bus_url_release(&u);
                         return cp_error_set(reterr, -EINVAL, "redis url: bad port");
+                }
                 memcpy(buf, ps, n);
                 buf[n] = '\0';
-                if (cp_parse_int64(buf, 1, 65535, &port) < 0)
+                if (cp_parse_int64(buf, 1, 65535, &port) < 0) {
+                        bus_url_release(&u);
                         return cp_error_set(reterr, -EINVAL, "redis url: bad port \"%s\"", buf);
+                }
                 p = ps + n;
         }
         if (*p == '/') {
                 p++;
-                if (*p && cp_parse_int64(p, 0, 1000000, &db) < 0)
-                        return cp_error_set(reterr, -EINVAL, "redis url: bad database \"%s\"", p);
-                p += strlen(p);
+                size_t n = strcspn(p, "?#");
+                char buf[16];
+                if (n >= sizeof(buf) || (n > 0 && (memcpy(buf, p, n), buf[n] = '\0',
+                                                   cp_parse_int64(buf, 0, 1000000, &db) < 0))) {
+                        bus_url_release(&u);
+                        return cp_error_set(reterr, -EINVAL, "redis url: bad database number");
+                }
+                p += n;
         }
-        if (*p)
+        if (*p == '?' || *p == '#') {
+                bus_url_release(&u);
+                return cp_error_set(reterr, -EINVAL, "redis url: options (?...) are not supported");
+        }
+        if (*p) {
+                bus_url_release(&u);
                 return cp_error_set(reterr, -EINVAL, "redis url: trailing \"%s\"", p);
-        *ret_host = cp_xstrndup(h, (size_t) (hend - h));
-        *ret_port = (int) port;
+        }
+        u.host = cp_xstrndup(h, (size_t) (hend - h));
+        u.port = (int) port;
+        *ret = u;
         return 0;
+
+bad_userinfo:
+        bus_url_release(&u);
+        return cp_error_set(reterr, -EINVAL, "redis url: bad percent-encoding in the user or password");
 }
 
 /* ---- caller callbacks ------------------------------------------------- */
@@ -192,6 +307,58 @@ static void notify_state(cp_bus *bus, bool up) {
         bus->in_callback++;
         bus->cb.on_state(up, bus->cb.userdata);
         bus->in_callback--;
+}
+
+/* Tells the caller when the bus-wide refusal changes: the first refusing
+ * connection's reason, or NULL once both connections got through. */
+static void refusal_changed(cp_bus *bus, const char *why) {
+        if (bus->freeing)
+                return;
+        if (why) {
+                if (strcmp(bus->refused, why) == 0)
+                        return;
+                (void) snprintf(bus->refused, sizeof bus->refused, "%s", why);
+        } else {
+                if (!bus->refused[0] || bus->sub.refused || bus->pub.refused)
+                        return;
+                bus->refused[0] = '\0';
+        }
+        if (!bus->cb.on_refused)
+                return;
+        bus->in_callback++;
+        bus->cb.on_refused(why, bus->cb.userdata);
+        bus->in_callback--;
+}
+
+/* Redis answered an error that means our credentials or the ACL user's
+ * permissions are wrong (not a passing fault): NOAUTH, WRONGPASS, NOPERM,
+ * or any error to AUTH. The text never contains the password. */
+static bool is_refusal(const char *err) {
+        return strncmp(err, "NOAUTH", 6) == 0 || strncmp(err, "WRONGPASS", 9) == 0 ||
+               strncmp(err, "NOPERM", 6) == 0 || strncmp(err, "ERR invalid password", 20) == 0 ||
+               strncmp(err, "ERR AUTH", 8) == 0 || strncmp(err, "ERR Client sent AUTH", 20) == 0;
+}
+
+static void conn_refused(bus_conn *conn, const char *err) {
+        char why[200];
+
+        COUNT(conn->bus, auth_failures);
+        conn->refused = true;
+        (void) snprintf(why, sizeof why, "Redis refused %s: %s",
+                        strncmp(err, "NOPERM", 6) == 0 ? "a command (ACL permissions)" : "authentication", err);
+        /* Control characters from the server are not for logs. */
+        for (char *c = why; *c; c++)
+                if ((unsigned char) *c < 0x20 || *c == 0x7f)
+                        *c = ' ';
+        refusal_changed(conn->bus, why);
+        /* The attempt timer, still armed, drops this connection and retries. */
+}
+
+static void conn_accepted(bus_conn *conn) {
+        if (!conn->refused)
+                return;
+        conn->refused = false;
+        refusal_changed(conn->bus, NULL);
 }
 
 /* ---- connection state machine ----------------------------------------- */
@@ -236,10 +403,21 @@ static void on_pub_reply(redisAsyncContext *ac, void *r, void *privdata) {
 
         assert(bus->pending > 0);
         bus->pending--;
-        if (reply && reply->type == REDIS_REPLY_INTEGER)
+        if (reply && reply->type == REDIS_REPLY_INTEGER) {
                 COUNT(bus, published);
-        else
-                COUNT(bus, publish_dropped);
+                if (!bus->freeing)
+                        conn_accepted(&bus->pub);
+                return;
+        }
+        COUNT(bus, publish_dropped);
+        if (reply && reply->type == REDIS_REPLY_ERROR && !bus->freeing && is_refusal(reply->str)) {
+                bus_conn *conn = &bus->pub;
+                conn_refused(conn, reply->str);
+                /* Up no more: publishes are dropped (and counted) until a
+                 * new connection gets through; drop this one now. */
+                conn->up = false;
+                redisAsyncDisconnect(ac);
+        }
 }
 
 static void handle_message(cp_bus *bus, const redisReply *payload) {
@@ -268,6 +446,11 @@ static void on_sub_reply(redisAsyncContext *ac, void *r, void *privdata) {
         /* NULL: the connection is going away; on_disconnect handles it. */
         if (!reply || bus->freeing)
                 return;
+        if (reply->type == REDIS_REPLY_ERROR) {
+                if (is_refusal(reply->str))
+                        conn_refused(conn, reply->str);
+                return;
+        }
         if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 3)
                 return;
         kind = reply->element[0];
@@ -279,8 +462,42 @@ static void on_sub_reply(redisAsyncContext *ac, void *r, void *privdata) {
                 evtimer_del(conn->timeout);
                 conn->up = true;
                 conn->backoff_ms = BUS_BACKOFF_MIN_MS;
+                conn_accepted(conn);
                 notify_state(bus, true);
         }
+}
+
+/* Connected, and authenticated when the URL has a password. */
+static void conn_proceed(bus_conn *conn) {
+        cp_bus *bus = conn->bus;
+
+        if (conn->kind == CONN_PUB) {
+                evtimer_del(conn->timeout);
+                conn->up = true;
+                conn->backoff_ms = BUS_BACKOFF_MIN_MS;
+                /* Without a password a Redis that wants one answers the
+                 * first PUBLISH with NOAUTH (on_pub_reply); the subscriber
+                 * finds out at once. */
+                if (bus->password)
+                        conn_accepted(conn);
+                return;
+        }
+        /* Not checked: if SUBSCRIBE cannot be queued, the attempt timer,
+         * still armed until "subscribe" is confirmed, cleans up. */
+        (void) redisAsyncCommand(conn->ac, on_sub_reply, conn, "SUBSCRIBE %s", bus->channel);
+}
+
+static void on_auth_reply(redisAsyncContext *ac, void *r, void *privdata) {
+        bus_conn *conn = privdata;
+        redisReply *reply = r;
+
+        if (!reply || conn->bus->freeing)
+                return;
+        if (reply->type == REDIS_REPLY_ERROR) {
+                conn_refused(conn, reply->str);
+                return;
+        }
+        conn_proceed(conn);
 }
 
 static void on_connect(const redisAsyncContext *c, int status) {
@@ -294,16 +511,17 @@ static void on_connect(const redisAsyncContext *c, int status) {
                 return;
         }
         (void) redisEnableKeepAlive(&conn->ac->c);
-        if (conn->kind == CONN_PUB) {
-                evtimer_del(conn->timeout);
-                conn->up = true;
-                conn->backoff_ms = BUS_BACKOFF_MIN_MS;
-                return;
-        }
-        /* Not disconnected from here (hiredis 0.14 would free the context
-         * under its own feet): if SUBSCRIBE cannot be queued, the attempt
-         * timer, still armed until "subscribe" is confirmed, cleans up. */
-        (void) redisAsyncCommand(conn->ac, on_sub_reply, conn, "SUBSCRIBE %s", bus->channel);
+        /* Every (re)connect: AUTH first when the URL has a password, and
+         * only once Redis accepted it SUBSCRIBE or "up" for PUBLISH. Not
+         * disconnected from here (hiredis 0.14 would free the context
+         * under its own feet): if AUTH cannot be queued, or is refused,
+         * the attempt timer cleans up. */
+        if (bus->password && bus->user)
+                (void) redisAsyncCommand(conn->ac, on_auth_reply, conn, "AUTH %s %s", bus->user, bus->password);
+        else if (bus->password)
+                (void) redisAsyncCommand(conn->ac, on_auth_reply, conn, "AUTH %s", bus->password);
+        else
+                conn_proceed(conn);
 }
 
 static void on_disconnect(const redisAsyncContext *c, int status) {
@@ -315,6 +533,10 @@ static void on_disconnect(const redisAsyncContext *c, int status) {
         conn->up = false;
         if (conn->bus->freeing)
                 return;
+        /* An error reply without a callback waiting for it (SUBSCRIBE
+         * refused by an ACL): hiredis disconnects with it as errstr. */
+        if (status != REDIS_OK && c->err == REDIS_ERR_OTHER && is_refusal(c->errstr))
+                conn_refused(conn, c->errstr);
         if (conn->kind == CONN_SUB && was_up)
                 notify_state(conn->bus, false);
         schedule_retry(conn);
@@ -395,9 +617,16 @@ int cp_bus_new(struct event_base *base, const char *redis_url, const char *prefi
         bus->base = base;
         if (cb)
                 bus->cb = *cb;
-        r = parse_url(redis_url, &bus->host, &bus->port, reterr);
-        if (r < 0)
-                goto error;
+        {
+                bus_url u = { 0 };
+                r = parse_url(redis_url, &u, reterr);
+                if (r < 0)
+                        goto error;
+                bus->host = u.host;
+                bus->port = u.port;
+                bus->user = u.user;
+                bus->password = u.password;
+        }
         bus->channel = cp_xasprintf("%s%s", prefix, BUS_CHANNEL_SUFFIX);
         if (conn_init(bus, &bus->sub, CONN_SUB) < 0 || conn_init(bus, &bus->pub, CONN_PUB) < 0) {
                 r = cp_error_set(reterr, -ENOMEM, "bus: cannot create timers");
@@ -426,6 +655,11 @@ cp_bus *cp_bus_free(cp_bus *bus) {
         conn_release(&bus->sub);
         conn_release(&bus->pub);
         free(bus->host);
+        free(bus->user);
+        if (bus->password) {
+                cp_explicit_bzero(bus->password, strlen(bus->password));
+                free(bus->password);
+        }
         free(bus->channel);
         free(bus);
         return NULL;
@@ -472,49 +706,65 @@ void cp_bus_get_stats(const cp_bus *bus, cp_bus_stats *ret) {
         ret->received = atomic_load_explicit(&b->received, memory_order_relaxed);
         ret->malformed = atomic_load_explicit(&b->malformed, memory_order_relaxed);
         ret->reconnects = atomic_load_explicit(&b->reconnects, memory_order_relaxed);
+        ret->auth_failures = atomic_load_explicit(&b->auth_failures, memory_order_relaxed);
 }
 
 /* ---- one blocking publish (tools) -------------------------------------- */
 
 int cp_bus_publish_once(const char *redis_url, const char *prefix, const char *account_id, int64_t serial,
                         int64_t timeout_ms, cp_error *reterr) {
-        _cleanup_free_ char *host = NULL;
+        bus_url u = { 0 };
         char payload[CP_BUS_ACCOUNT_ID_MAX + 48], channel[128];
         struct timeval tv = { .tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000 };
         redisContext *rc;
         redisReply *reply;
-        int port, n, r;
+        int n, r;
 
         if (!account_id || !account_id_valid(account_id, strlen(account_id)) || serial < 0)
                 return cp_error_set(reterr, -EINVAL, "bad account id or serial for the bus");
         if (!prefix || !*prefix || strlen(prefix) > 64 || strpbrk(prefix, " \t\r\n"))
                 return cp_error_set(reterr, -EINVAL, "bad bus channel prefix");
-        r = parse_url(redis_url, &host, &port, reterr);
+        r = parse_url(redis_url, &u, reterr);
         if (r < 0)
                 return r;
         (void) snprintf(channel, sizeof channel, "%s:account-serial", prefix);
         n = snprintf(payload, sizeof payload, "%s %" PRId64 " %" PRId64, account_id, serial,
                      cp_now_unix_ns() / 1000000);
-        rc = redisConnectWithTimeout(host, port, tv);
+        rc = redisConnectWithTimeout(u.host, u.port, tv);
         if (!rc || rc->err) {
-                r = cp_error_set(reterr, -ECONNREFUSED, "cannot connect to redis %s:%d: %s", host, port,
+                r = cp_error_set(reterr, -ECONNREFUSED, "cannot connect to redis %s:%d: %s", u.host, u.port,
                                  rc ? rc->errstr : "out of memory");
                 if (rc)
                         redisFree(rc);
+                bus_url_release(&u);
                 return r;
         }
         (void) redisSetTimeout(rc, tv);
+        reply = NULL;
+        if (u.password) {
+                reply = u.user ? redisCommand(rc, "AUTH %s %s", u.user, u.password)
+                               : redisCommand(rc, "AUTH %s", u.password);
+                if (!reply || reply->type == REDIS_REPLY_ERROR) {
+                        r = cp_error_set(reterr, reply ? -EACCES : -EIO, "Redis refused authentication: %s",
+                                         reply ? reply->str : rc->errstr);
+                        goto out;
+                }
+                freeReplyObject(reply);
+        }
         reply = redisCommand(rc, "PUBLISH %s %b", channel, payload, (size_t) n);
         if (!reply)
                 r = cp_error_set(reterr, -EIO, "redis PUBLISH failed: %s", rc->errstr);
         else if (reply->type == REDIS_REPLY_ERROR)
-                r = cp_error_set(reterr, -EIO, "redis PUBLISH failed: %s", reply->str);
+                r = cp_error_set(reterr, is_refusal(reply->str) ? -EACCES : -EIO, "redis PUBLISH failed: %s",
+                                 reply->str);
         else
                 r = reply->type == REDIS_REPLY_INTEGER ? (int) (reply->integer > INT32_MAX ? INT32_MAX
                                                                                            : reply->integer)
                                                        : 0;
+out:
         if (reply)
                 freeReplyObject(reply);
         redisFree(rc);
+        bus_url_release(&u);
         return r;
 }

@@ -90,12 +90,17 @@ typedef enum cp_store_stmt {
 
 typedef struct cp_store_conn {
         PGconn *pg;
+        cp_store *store;
         bool in_use;
         bool prepared[_ST_MAX];
 } cp_store_conn;
 
 struct cp_store {
         char *dsn;
+        /* true: statements run unnamed (PQexecParams), as a pgbouncer in
+         * transaction mode needs; set at open (cp_store_use_prepared) or
+         * for good once the server lost or duplicated a named statement. */
+        _Atomic bool unprepared;
         char *replica_id;               /* owner written by fenced connects; NULL = none */
         unsigned size;
         pthread_mutex_t lock;

@@ -3,7 +3,10 @@
 #include "cp/crypto.h"
 #include "store-int.h"
 
-/* Key of the session advisory lock held while migrating: "nbcpmigr". */
+/* Key of the transaction advisory lock each migration step holds:
+ * "nbcpmigr". Transaction-scoped (not a session lock) so that migrating
+ * through a pgbouncer in transaction pooling mode is safe: a session lock
+ * would stay on whichever server connection took it. */
 #define MIGRATE_LOCK_KEY "7953758364736030066"
 
 static const char create_table_sql[] =
@@ -76,6 +79,7 @@ static int read_applied(cp_store_conn *c, PGresult **ret, cp_error *reterr) {
         return 0;
 }
 
+/* Inside the caller's transaction. */
 static int apply_one(cp_store_conn *c, const cp_store_migration *mig, cp_error *reterr) {
         char version[16], sum[2 * CP_SHA256_LEN + 1];
         const char *params[3] = { version, mig->name, sum };
@@ -84,9 +88,6 @@ static int apply_one(cp_store_conn *c, const cp_store_migration *mig, cp_error *
         (void) snprintf(version, sizeof version, "%d", mig->version);
         checksum_hex(mig->sql, sum);
 
-        r = cp_store__command(c, "BEGIN", reterr);
-        if (r < 0)
-                return r;
         r = cp_store__command(c, mig->sql, reterr);
         if (r >= 0) {
                 PGresult *res = PQexecParams(c->pg,
@@ -96,57 +97,73 @@ static int apply_one(cp_store_conn *c, const cp_store_migration *mig, cp_error *
                         r = cp_store__error(c->pg, res, reterr);
                 PQclear(res);
         }
+        if (r < 0)
+                cp_error_prefix(reterr, "applying migration %s", mig->name);
+        return r;
+}
+
+/* One transaction: lock, read what is recorded, apply the first pending
+ * migration (if any), commit. *ret_applied: 1 when one was applied, 0 when
+ * none was pending. *first: the counts as found by the first step. */
+static int migrate_step(cp_store_conn *c, bool first, cp_store_migrate_result *result, int *ret_applied,
+                        cp_error *reterr) {
+        _cleanup_pgresult_ PGresult *rows = NULL;
+        unsigned pending, unknown;
+        int r;
+
+        *ret_applied = 0;
+        r = cp_store__command(c, "BEGIN", reterr);
+        if (r < 0)
+                return r;
+        /* Replicas starting together queue here; the first applies, the
+         * rest find everything recorded. Released at COMMIT or ROLLBACK,
+         * and by the server if this process dies mid-way. */
+        r = cp_store__command(c, "SELECT pg_advisory_xact_lock(" MIGRATE_LOCK_KEY ")", reterr);
+        if (r >= 0)
+                r = cp_store__command(c, create_table_sql, reterr);
+        if (r >= 0)
+                r = read_applied(c, &rows, reterr);
+        if (r >= 0)
+                r = compare(rows, &pending, &unknown, reterr);
+        if (r >= 0 && first) {
+                result->current = (unsigned) cp_store__n_migrations - pending;
+                result->unknown = unknown;
+        }
+        for (size_t m = 0; r >= 0 && m < cp_store__n_migrations; m++) {
+                const cp_store_migration *mig = &cp_store__migrations[m];
+                bool done = false;
+                for (int i = 0; i < PQntuples(rows); i++)
+                        if (strtol(PQgetvalue(rows, i, 0), NULL, 10) == mig->version)
+                                done = true;
+                if (done)
+                        continue;
+                r = apply_one(c, mig, reterr);
+                if (r >= 0)
+                        *ret_applied = 1;
+                break;
+        }
         if (r >= 0)
                 r = cp_store__command(c, "COMMIT", reterr);
-        if (r < 0) {
+        if (r < 0)
                 (void) cp_store__command(c, "ROLLBACK", NULL);
-                cp_error_prefix(reterr, "applying migration %s", mig->name);
-        }
         return r;
 }
 
 int cp_store_migrate(cp_store *s, cp_store_migrate_result *ret, cp_error *reterr) {
         cp_store_migrate_result result = { 0 };
-        _cleanup_pgresult_ PGresult *rows = NULL;
         cp_store_conn *c;
-        unsigned pending, unknown;
-        int r;
+        int r, applied = 1;
 
         r = cp_store__acquire(s, &c, reterr);
         if (r < 0)
                 return r;
-
-        /* Replicas starting together queue here; the first applies, the
-         * rest find everything recorded. The lock is per session, so it is
-         * released even if this process dies mid-way. */
-        r = cp_store__command(c, "SELECT pg_advisory_lock(" MIGRATE_LOCK_KEY ")", reterr);
-        if (r < 0)
-                goto out;
-        r = cp_store__command(c, create_table_sql, reterr);
-        if (r >= 0)
-                r = read_applied(c, &rows, reterr);
-        if (r >= 0)
-                r = compare(rows, &pending, &unknown, reterr);
-        if (r >= 0) {
-                result.current = (unsigned) cp_store__n_migrations - pending;
-                result.unknown = unknown;
-                for (size_t m = 0; m < cp_store__n_migrations && r >= 0; m++) {
-                        const cp_store_migration *mig = &cp_store__migrations[m];
-                        bool done = false;
-                        for (int i = 0; i < PQntuples(rows); i++)
-                                if (strtol(PQgetvalue(rows, i, 0), NULL, 10) == mig->version)
-                                        done = true;
-                        if (done)
-                                continue;
-                        r = apply_one(c, mig, reterr);
-                        if (r >= 0)
-                                result.applied++;
-                }
+        /* One migration per transaction, as before: what was applied stays
+         * applied if a later one fails. */
+        for (bool first = true; r >= 0 && applied; first = false) {
+                r = migrate_step(c, first, &result, &applied, reterr);
+                if (r >= 0)
+                        result.applied += (unsigned) applied;
         }
-        /* Unlock on every path; a failed unlock only matters if the
-         * connection is gone, and then the server already released it. */
-        (void) cp_store__command(c, "SELECT pg_advisory_unlock(" MIGRATE_LOCK_KEY ")", NULL);
-out:
         cp_store__release(s, c);
         if (r < 0)
                 return r;

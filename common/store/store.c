@@ -651,6 +651,16 @@ int64_t cp_store__affected(const PGresult *res) {
 static void drop_notice(void *arg, const char *message) {
 }
 
+static _Atomic bool use_prepared = true;
+
+void cp_store_use_prepared(bool on) {
+        use_prepared = on;
+}
+
+bool cp_store_uses_prepared(cp_store *s) {
+        return !s->unprepared;
+}
+
 static int conn_open(cp_store *s, cp_store_conn *c, cp_error *reterr) {
         PGconn *pg = PQconnectdb(s->dsn);
 
@@ -662,6 +672,7 @@ static int conn_open(cp_store *s, cp_store_conn *c, cp_error *reterr) {
         }
         PQsetNoticeProcessor(pg, drop_notice, NULL);
         c->pg = pg;
+        c->store = s;
         memset(c->prepared, 0, sizeof c->prepared);
         return 0;
 }
@@ -685,6 +696,7 @@ int cp_store_open(const char *dsn, unsigned pool_size, cp_store **ret, cp_error 
 
         s = cp_xcalloc(1, sizeof *s);
         s->dsn = cp_xstrdup(dsn);
+        s->unprepared = !use_prepared;
         s->size = pool_size;
         s->conns = cp_xcalloc(pool_size, sizeof *s->conns);
         pthread_mutex_init(&s->lock, NULL);
@@ -786,26 +798,35 @@ const char *cp_store__stmt_sql(cp_store_stmt st, int *ret_nparams) {
         return statements[st].sql;
 }
 
+/* The server does not have (26000) or already has (42P05) a statement
+ * we prepared: a transaction pooler hands us other server connections. */
+static bool lost_prepared(const cp_error *err) {
+        return err && (strcmp(err->sqlstate, "26000") == 0 || strcmp(err->sqlstate, "42P05") == 0);
+}
+
 int cp_store__exec(cp_store_conn *c, cp_store_stmt st, const char *const *params,
                    PGresult **ret, cp_error *reterr) {
         int64_t started = cp_store__clock_ns();
+        cp_error own = { 0 };
         PGresult *res;
+        bool named = !c->store->unprepared;
         int r;
 
-        r = prepare(c, st, reterr);
-        if (r < 0) {
-                cp_store__observe(st, started, true);
-                return r;
-        }
-        res = PQexecPrepared(c->pg, statements[st].name, statements[st].nparams, params,
-                             NULL, NULL, 0);
+again:
+        if (named) {
+                r = prepare(c, st, &own);
+                if (r < 0)
+                        goto failed;
+                res = PQexecPrepared(c->pg, statements[st].name, statements[st].nparams, params,
+                                     NULL, NULL, 0);
+        } else
+                res = PQexecParams(c->pg, statements[st].sql, statements[st].nparams, NULL, params, NULL, NULL, 0);
         ExecStatusType status = PQresultStatus(res);
         if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK) {
-                cp_store__observe(st, started, true);
-                r = cp_store__error(c->pg, res, reterr);
-                cp_error_prefix(reterr, "%s", statements[st].name);
+                r = cp_store__error(c->pg, res, &own);
+                cp_error_prefix(&own, "%s", statements[st].name);
                 PQclear(res);
-                return r;
+                goto failed;
         }
         cp_store__observe(st, started, false);
         if (ret)
@@ -813,6 +834,21 @@ int cp_store__exec(cp_store_conn *c, cp_store_stmt st, const char *const *params
         else
                 PQclear(res);
         return 0;
+
+failed:
+        if (named && lost_prepared(&own)) {
+                /* For good, for every connection of this store. */
+                c->store->unprepared = true;
+                named = false;
+                if (PQtransactionStatus(c->pg) == PQTRANS_IDLE) {
+                        own = (cp_error) { 0 };
+                        goto again;
+                }
+        }
+        cp_store__observe(st, started, true);
+        if (reterr)
+                *reterr = own;
+        return r;
 }
 
 int cp_store__command(cp_store_conn *c, const char *sql, cp_error *reterr) {

@@ -361,3 +361,63 @@ cl_redis_wait() {
 cl_redis_stop() {
         cl_stop_pidfile "$1/redis.pid" redis-server 30
 }
+
+# ---------------------------------------------------------------- pgbouncer
+
+# cl_pgbouncer_start DIR PORT PG_PORT MODE: starts Debian's pgbouncer on
+# 127.0.0.1:PORT in front of the PostgreSQL on 127.0.0.1:PG_PORT, every
+# database name passed through ("*"), user postgres without a password
+# (auth_type trust, as the test cluster), pool_mode MODE (transaction or
+# session). pgbouncer refuses to run as root: DIR (config, pid, log) is the
+# PostgreSQL user's and pgbouncer runs as that user. Waits until it answers.
+cl_pgbouncer_start() {
+        local dir=$1 port=$2 pg_port=$3 mode=$4 bindir i
+        bindir=$(cl_pg_bindir) || return 1
+        [ -x /usr/sbin/pgbouncer ] || { cl_log "pgbouncer not installed (deploy/install-deps)"; return 1; }
+        cl_pg_dir_usable "$dir" || { cl_log "PostgreSQL user cannot use $dir"; return 1; }
+        {
+                echo "[databases]"
+                echo "* = host=127.0.0.1 port=$pg_port"
+                echo "[pgbouncer]"
+                echo "listen_addr = 127.0.0.1"
+                echo "listen_port = $port"
+                echo "unix_socket_dir ="
+                echo "auth_type = trust"
+                echo "auth_file = $dir/userlist.txt"
+                echo "pool_mode = $mode"
+                echo "max_client_conn = 2000"
+                # Session pooling holds a server connection per client
+                # connection: the pool must fit every client at once or
+                # the rest wait forever (tests open dozens per database).
+                if [ "$mode" = session ]; then
+                        echo "default_pool_size = 250"
+                else
+                        echo "default_pool_size = 40"
+                fi
+                echo "max_db_connections = 0"
+                echo "server_reset_query = DISCARD ALL"
+                # A database that went away fails queries in 10 s, not 120 s.
+                echo "query_wait_timeout = 10"
+                echo "ignore_startup_parameters = extra_float_digits"
+                echo "logfile = $dir/pgbouncer.log"
+                echo "pidfile = $dir/pgbouncer.pid"
+                echo "admin_users = postgres"
+        } | cl_as_pg tee "$dir/pgbouncer.ini" >/dev/null || return 1
+        echo '"postgres" ""' | cl_as_pg tee "$dir/userlist.txt" >/dev/null || return 1
+        cl_as_pg /usr/sbin/pgbouncer -q -d "$dir/pgbouncer.ini" </dev/null >/dev/null 2>&1 || {
+                cl_log "pgbouncer failed to start; last lines of $dir/pgbouncer.log:"
+                tail -n 20 "$dir/pgbouncer.log" >&2 2>/dev/null || true
+                return 1
+        }
+        for ((i = 0; i < 100; i++)); do
+                "$bindir/pg_isready" -q -h 127.0.0.1 -p "$port" -U postgres -d postgres && return 0
+                sleep 0.1
+        done
+        cl_log "pgbouncer on 127.0.0.1:$port not ready"
+        return 1
+}
+
+# cl_pgbouncer_stop DIR: stops the pgbouncer whose pid is in DIR/pgbouncer.pid.
+cl_pgbouncer_stop() {
+        cl_stop_pidfile "$1/pgbouncer.pid" pgbouncer 30
+}

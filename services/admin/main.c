@@ -13,6 +13,7 @@
 #include "cp/config.h"
 #include "cp/crypto.h"
 #include "cp/log.h"
+#include "cp/store.h"
 #include "cp/strbuf.h"
 #include "admin.h"
 
@@ -402,6 +403,9 @@ static int run_command(const command *cmd, int argc, char **argv) {
         for (size_t i = 0; i < cfg.source.n_warnings; i++)
                 cp_log(&log_main, CP_LOG_DEBUG, "%s", cfg.source.warnings[i]);
 
+        /* A one-shot tool gains nothing from prepared statements, and
+         * unnamed ones work through any pgbouncer pooling mode. */
+        cp_store_use_prepared(false);
         admin_ctx a = { .cfg = &cfg, .opts = &opts };
         r = cmd->run(&a);
 

@@ -6,6 +6,7 @@
 #include "cp/config.h"
 #include "cp/crypto.h"
 #include "cp/log.h"
+#include "cp/store.h"
 #include "cp/strbuf.h"
 #include "mgmt-cmd.h"
 #include "mgmt-netconf.h"
@@ -128,6 +129,7 @@ static int run_command(const command *cmd, int argc, char **argv) {
         for (size_t i = 0; i < cfg.source.n_warnings; i++)
                 cp_log(&log_config, CP_LOG_WARN, "%s", cfg.source.warnings[i]);
 
+        cp_store_use_prepared(cfg.db_prepared_statements);
         r = cmd->run(&cfg, extra);
 
 out:

@@ -50,6 +50,14 @@ typedef struct mgmt_post {
         void *userdata;
 } mgmt_post;
 
+/* Redis refused our password or ACL (cp_bus on_refused): the readiness
+ * checker's "bus" gate reads it from its thread. Apart from the manager
+ * because a checker stuck in the store outlives it (then it leaks). */
+typedef struct bus_refusal {
+        pthread_mutex_t lock;
+        char why[200];                  /* "" = not refused */
+} bus_refusal;
+
 struct mgmt_manager {
         const cp_config *config;        /* borrowed */
         mgmt_tls *tls;
@@ -74,6 +82,7 @@ struct mgmt_manager {
         cp_identity_options identity;   /* borrows config */
         mgmt_replica *replica;
         cp_bus *bus;                    /* NULL without --redis-url; loop thread */
+        bus_refusal *bus_refusal;       /* read by the readiness checker's "bus" gate */
         char replica_id[CP_ID_LEN + 1];
 
         struct event *sig_term, *sig_int, *wake, *deadline, *serial_tick, *expiry_tick,
@@ -418,6 +427,36 @@ void mgmt_manager_proxy_token_revoked(mgmt_manager *m, const char *token_id) {
         announce(MGMT_PROXY_BUS_TOKENS, cp_now_unix_ns() / 1000000, m);
 }
 
+/* Loop thread. A refusal is a configuration error (wrong password, ACL),
+ * not an outage: /readyz says so until Redis accepts us again. */
+static void on_bus_refused(const char *why, void *userdata) {
+        mgmt_manager *m = userdata;
+
+        pthread_mutex_lock(&m->bus_refusal->lock);
+        (void) snprintf(m->bus_refusal->why, sizeof m->bus_refusal->why, "%s", why ? why : "");
+        pthread_mutex_unlock(&m->bus_refusal->lock);
+        if (why)
+                cp_log_kv(&log_ctx, CP_LOG_ERROR, "the bus cannot work: not ready until Redis accepts us", "error",
+                          why, "hint", "check the password (and the ACL user) in --redis-url / NB_CACHE_REDIS_ADDRESS",
+                          NULL);
+        else
+                cp_log(&log_ctx, CP_LOG_INFO, "Redis accepts our credentials again");
+}
+
+/* Checker thread: the "bus" readiness gate. */
+static int bus_gate(void *userdata, char *why, size_t why_size) {
+        bus_refusal *b = userdata;
+        int r = 0;
+
+        pthread_mutex_lock(&b->lock);
+        if (b->why[0]) {
+                (void) snprintf(why, why_size, "%s", b->why);
+                r = -EACCES;
+        }
+        pthread_mutex_unlock(&b->lock);
+        return r;
+}
+
 static void on_bus_state(bool up, void *userdata) {
         mgmt_manager *m = userdata;
 
@@ -692,6 +731,8 @@ int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf,
         m->wake_fd = -1;
         m->posts_tail = &m->posts_head;
         pthread_mutex_init(&m->posts_lock, NULL);
+        m->bus_refusal = cp_xcalloc(1, sizeof *m->bus_refusal);
+        pthread_mutex_init(&m->bus_refusal->lock, NULL);
 
         m->base = event_base_new();
         if (!m->base) {
@@ -766,7 +807,8 @@ int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf,
         mgmt_keys_set_on_dropped(m->keys, on_key_dropped, m);
         if (cfg->redis_url && *cfg->redis_url) {
                 /* Redis being down is not fatal: the bus keeps trying. */
-                cp_bus_callbacks cb = { .on_message = on_bus_message, .on_state = on_bus_state, .userdata = m };
+                cp_bus_callbacks cb = { .on_message = on_bus_message, .on_state = on_bus_state,
+                                        .on_refused = on_bus_refused, .userdata = m };
                 r = cp_bus_new(m->base, cfg->redis_url, cfg->bus_channel_prefix, &cb, &m->bus, reterr);
                 if (r < 0) {
                         cp_error_prefix(reterr, "--redis-url");
@@ -780,7 +822,13 @@ int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf,
                 goto fail;
         mgmt_proxy_methods(m->proxy, methods + MGMT_SERVICE_N_METHODS);
         mgmt_proxy_set_unary(m->proxy, m->prpc);
-        r = mgmt_ready_new_gated(m->store, "data_key", mgmt_datakey_gate, m->store, &m->ready);
+        {
+                mgmt_ready_gate gates[] = {
+                        { "data_key", mgmt_datakey_gate, m->store },
+                        { "bus", bus_gate, m->bus_refusal },
+                };
+                r = mgmt_ready_new_gates(m->store, gates, ELEMENTSOF(gates), &m->ready);
+        }
         if (r < 0) {
                 r = cp_error_set(reterr, r, "cannot start the readiness checker: %s", strerror(-r));
                 goto fail;
@@ -955,9 +1003,13 @@ mgmt_manager *mgmt_manager_free(mgmt_manager *m) {
         mgmt_metrics_unwatch_store(m->store);
         mgmt_metrics_unwatch_ready(m->ready);
         bool store_free = mgmt_ready_stop(m->ready, READY_STOP_MS);
-        if (store_free)
+        if (store_free) {
                 m->store = cp_store_free(m->store);
-        else
+                if (m->bus_refusal) {
+                        pthread_mutex_destroy(&m->bus_refusal->lock);
+                        free(m->bus_refusal);
+                }
+        } else
                 cp_log(&log_ctx, CP_LOG_WARN, "readiness check stuck in the store; not closing the store");
         if (m->serial_tick)
                 event_free(m->serial_tick);

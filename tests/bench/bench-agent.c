@@ -171,7 +171,7 @@ static char **child_env(const char *key) {
         size_t n = 0;
         for (char **e = environ; *e; e++)
                 n++;
-        char **env = calloc(n + 3, sizeof *env);
+        char **env = calloc(n + 4, sizeof *env);
         size_t k = 0;
         for (char **e = environ; *e; e++)
                 if (strncmp(*e, "NB_", 3) != 0 && strncmp(*e, "NETBIRD_", 8) != 0)
@@ -181,6 +181,14 @@ static char **child_env(const char *key) {
         (void) snprintf(key_var, sizeof key_var, "NB_MGMT_DATA_STORE_ENCRYPTION_KEY=%s", key);
         env[k++] = dsn_var;
         env[k++] = key_var;
+        /* CP_BENCH_PREPARED=false: the server's --db-prepared-statements
+         * (docs/database-ha.md compares both). */
+        static char prep_var[64];
+        const char *prep = getenv("CP_BENCH_PREPARED");
+        if (prep && *prep) {
+                (void) snprintf(prep_var, sizeof prep_var, "NB_MGMT_DB_PREPARED_STATEMENTS=%s", prep);
+                env[k++] = prep_var;
+        }
         return env;
 }
 

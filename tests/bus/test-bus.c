@@ -28,7 +28,8 @@
 #define REDIS_SERVER "/usr/bin/redis-server"
 
 typedef struct probe {
-        int ups, downs, messages;
+        int ups, downs, messages, refusals, accepts;
+        char refused[256];
         char last_id[CP_BUS_ACCOUNT_ID_MAX + 1];
         int64_t last_serial;
         int64_t last_sent_ms;
@@ -50,8 +51,20 @@ static void on_state(bool up, void *userdata) {
                 p->downs++;
 }
 
+static void on_refused(const char *why, void *userdata) {
+        probe *p = userdata;
+        if (why) {
+                p->refusals++;
+                snprintf(p->refused, sizeof(p->refused), "%s", why);
+        } else {
+                p->accepts++;
+                p->refused[0] = '\0';
+        }
+}
+
 static cp_bus *bus_open(struct event_base *base, const char *url, const char *prefix, probe *p) {
-        cp_bus_callbacks cb = { .on_message = on_message, .on_state = on_state, .userdata = p };
+        cp_bus_callbacks cb = { .on_message = on_message, .on_state = on_state, .on_refused = on_refused,
+                                .userdata = p };
         cp_error err = { 0 };
         cp_bus *bus = NULL;
 
@@ -162,15 +175,9 @@ static int free_port(void) {
         return port;
 }
 
-static bool port_answers(int port) {
+static bool port_open(int port) {
         redisContext *c = redisConnect("127.0.0.1", port);
-        bool ok = false;
-        if (c && !c->err) {
-                redisReply *r = redisCommand(c, "PING");
-                ok = r && r->type == REDIS_REPLY_STATUS;
-                if (r)
-                        freeReplyObject(r);
-        }
+        bool ok = c && !c->err;
         if (c)
                 redisFree(c);
         return ok;
@@ -186,20 +193,36 @@ static void own_redis_init(own_redis *r) {
         snprintf(r->url, sizeof(r->url), "redis://127.0.0.1:%d", r->port);
 }
 
-static void own_redis_start(own_redis *r) {
-        char cmd[512];
+/* extra: more redis-server arguments (shell words), e.g. --requirepass. */
+static void own_redis_start_with(own_redis *r, const char *extra) {
+        char cmd[1024];
 
         snprintf(cmd, sizeof(cmd),
                  REDIS_SERVER " --bind 127.0.0.1 --port %d --save '' --appendonly no --daemonize yes"
-                 " --pidfile %s --dir %s --logfile %s/redis.log </dev/null >/dev/null 2>&1",
-                 r->port, r->pidfile, r->dir, r->dir);
+                 " --pidfile %s --dir %s --logfile %s/redis.log %s </dev/null >/dev/null 2>&1",
+                 r->port, r->pidfile, r->dir, r->dir, extra);
         ASSERT_EQ(0, system(cmd));
         for (int i = 0; i < 500; i++) {
-                if (port_answers(r->port))
+                /* With a password PING answers NOAUTH: any answer will do. */
+                redisContext *c = redisConnect("127.0.0.1", r->port);
+                bool up = false;
+                if (c && !c->err) {
+                        redisReply *rep = redisCommand(c, "PING");
+                        up = rep != NULL;
+                        if (rep)
+                                freeReplyObject(rep);
+                }
+                if (c)
+                        redisFree(c);
+                if (up)
                         return;
                 usleep(10000);
         }
         cptest_fail(__FILE__, __LINE__, "redis-server on port %d did not answer", r->port);
+}
+
+static void own_redis_start(own_redis *r) {
+        own_redis_start_with(r, "");
 }
 
 static pid_t own_redis_pid(own_redis *r) {
@@ -223,7 +246,7 @@ static void own_redis_stop(own_redis *r) {
         kill(pid, SIGTERM);
         for (int i = 0; i < 500; i++) {
                 struct stat st;
-                if (stat(r->pidfile, &st) != 0 && !port_answers(r->port))
+                if (stat(r->pidfile, &st) != 0 && !port_open(r->port))
                         return;
                 usleep(10000);
         }
@@ -277,7 +300,8 @@ TEST(new_rejects_bad_arguments) {
         struct event_base *base = event_base_new();
         static const char *const urls[] = {
                 "", "http://h:1", "redis://", "redis://:6379", "redis://h:0", "redis://h:65536",
-                "redis://h:x", "redis://h:1/x", "redis://u:p@h:1", "redis://[::1", "redis://h:1?x=1",
+                "redis://h:x", "redis://h:1/x", "redis://[::1", "redis://h:1?x=1", "redis://:%zz@h:1",
+                "redis://:%4@h:1", "redis://:a%00b@h:1", "redis://u:p@", "redis://u:p@:1", "redis://:p@h:1/0?x=1",
         };
         cp_error err = { 0 };
         cp_bus *bus = NULL;
@@ -294,6 +318,25 @@ TEST(new_rejects_bad_arguments) {
         bus = cp_bus_free(bus);
         ASSERT_OK(cp_bus_new(base, "redis://[::1]:1/3", "p", NULL, &bus, &err), &err);
         bus = cp_bus_free(bus);
+        /* NetBird's go-redis forms with credentials */
+        static const char *const good[] = {
+                "redis://:pw@127.0.0.1:1", "redis://user:p%40ss%2Fw@127.0.0.1:1/0", "redis://u:p@w@[::1]:1",
+                "redis://name@127.0.0.1", "redis://:@127.0.0.1:1",
+        };
+        for (size_t i = 0; i < ELEMENTSOF(good); i++) {
+                if (cp_bus_new(base, good[i], "p", NULL, &bus, &err) != 0)
+                        cptest_fail(__FILE__, __LINE__, "refused url \"%s\": %s", good[i], err.message);
+                bus = cp_bus_free(bus);
+        }
+        /* TLS: refused with its reason; no message quotes the password */
+        ASSERT_EQ(-EPROTONOSUPPORT, cp_bus_new(base, "rediss://:sekret@h:1", "p", NULL, &bus, &err));
+        ASSERT_TRUE(strstr(err.message, "TLS") != NULL);
+        ASSERT_TRUE(strstr(err.message, "sekret") == NULL);
+        ASSERT_EQ(-EINVAL, cp_bus_new(base, "redis://:sekret%zz@h:1", "p", NULL, &bus, &err));
+        ASSERT_TRUE(strstr(err.message, "sekret") == NULL);
+        ASSERT_EQ(-EINVAL, cp_bus_new(base, "redis://u:sekret@h:1/x", "p", NULL, &bus, &err));
+        ASSERT_TRUE(strstr(err.message, "sekret") == NULL);
+        ASSERT_EQ(-EPROTONOSUPPORT, cp_bus_publish_once("rediss://h:1", "p", "acct", 1, 100, &err));
         ASSERT_TRUE(cp_bus_free(NULL) == NULL);
         event_base_free(base);
 }
@@ -550,6 +593,134 @@ TEST(subscribe_attempt_times_out) {
         bus = cp_bus_free(bus);
         close(lfd);
         event_base_free(base);
+}
+
+/* ---- Redis with a password or an ACL user ------------------------------ */
+
+static bool cond_refused(void *arg) {
+        return ((probe *) arg)->refused[0] != '\0';
+}
+
+/* requirepass: the right password fans out; the wrong one and none are
+ * refused with Redis's own reason, counted, and never subscribed. */
+TEST(redis_password) {
+        struct event_base *base = event_base_new();
+        own_redis r;
+        probe pa = { 0 }, pb = { 0 }, pw = { 0 }, pn = { 0 };
+        char good[128], wrong[128];
+        cp_bus *a, *b, *w, *n;
+        cp_bus_stats st;
+        cp_error err = { 0 };
+
+        shared_url();
+        own_redis_init(&r);
+        /* A password with characters the URL must percent-encode. */
+        own_redis_start_with(&r, "--requirepass 'p@ss:w/rd'");
+        snprintf(good, sizeof good, "redis://:p%%40ss%%3Aw%%2Frd@127.0.0.1:%d/0", r.port);
+        snprintf(wrong, sizeof wrong, "redis://:nope@127.0.0.1:%d", r.port);
+        a = bus_open(base, good, "auth", &pa);
+        b = bus_open(base, good, "auth", &pb);
+        w = bus_open(base, wrong, "auth", &pw);
+        n = bus_open(base, r.url, "auth", &pn);
+        ASSERT_TRUE(run_until(base, cond_ready, a, 5000));
+        ASSERT_TRUE(run_until(base, cond_ready, b, 5000));
+        ASSERT_EQ(0, cp_bus_publish(a, "acct", 11));
+        ASSERT_TRUE(run_until(base, cond_messages, &(count_arg) { &pb, 1 }, 5000));
+        ASSERT_EQ(11, pb.last_serial);
+        ASSERT_EQ(0, pa.refusals);
+
+        ASSERT_TRUE(run_until(base, cond_refused, &pw, 5000));
+        ASSERT_TRUE(strstr(pw.refused, "Redis refused authentication: WRONGPASS") == pw.refused);
+        ASSERT_TRUE(strstr(pw.refused, "nope") == NULL);
+        ASSERT_TRUE(run_until(base, cond_refused, &pn, 5000));
+        ASSERT_TRUE(strstr(pn.refused, "NOAUTH") != NULL);
+        run_until(base, NULL, NULL, 300);
+        ASSERT_FALSE(cp_bus_is_subscribed(w));
+        ASSERT_FALSE(cp_bus_can_publish(w));
+        ASSERT_FALSE(cp_bus_is_subscribed(n));
+        ASSERT_EQ(0, pw.ups);
+        ASSERT_EQ(0, pn.ups);
+        cp_bus_get_stats(w, &st);
+        ASSERT_TRUE(st.auth_failures >= 2); /* both connections */
+        ASSERT_EQ(1, pw.refusals);          /* reported on change only */
+
+        /* The one-shot publish authenticates too. */
+        ASSERT_EQ(2, cp_bus_publish_once(good, "auth", "acct", 12, 2000, &err));
+        ASSERT_TRUE(run_until(base, cond_messages, &(count_arg) { &pb, 2 }, 5000));
+        ASSERT_EQ(12, pb.last_serial);
+        ASSERT_EQ(-EACCES, cp_bus_publish_once(wrong, "auth", "acct", 13, 2000, &err));
+        ASSERT_TRUE(strstr(err.message, "WRONGPASS") != NULL);
+        ASSERT_TRUE(strstr(err.message, "nope") == NULL);
+
+        /* Redis restarted: both connections AUTH again on reconnect. */
+        own_redis_stop(&r);
+        ASSERT_TRUE(run_until(base, cond_downs, &(count_arg) { &pb, 1 }, 5000));
+        own_redis_start_with(&r, "--requirepass 'p@ss:w/rd'");
+        ASSERT_TRUE(run_until(base, cond_ups, &(count_arg) { &pb, 2 }, 10000));
+        ASSERT_TRUE(run_until(base, cond_ready, a, 10000));
+        ASSERT_EQ(0, cp_bus_publish(a, "acct", 14));
+        ASSERT_TRUE(run_until(base, cond_messages, &(count_arg) { &pb, 3 }, 5000));
+        ASSERT_EQ(14, pb.last_serial);
+
+        a = cp_bus_free(a);
+        b = cp_bus_free(b);
+        w = cp_bus_free(w);
+        n = cp_bus_free(n);
+        event_base_free(base);
+        own_redis_cleanup(&r);
+}
+
+/* An ACL user with only what the bus needs: its channels, PUBLISH,
+ * SUBSCRIBE (and PING/AUTH, always allowed). One without the channel
+ * is refused with NOPERM. */
+TEST(redis_acl_user) {
+        struct event_base *base = event_base_new();
+        own_redis r;
+        probe pa = { 0 }, pb = { 0 }, px = { 0 };
+        char url[128], other[128];
+        cp_bus *a, *b, *x;
+        cp_error err = { 0 };
+
+        shared_url();
+        own_redis_init(&r);
+        own_redis_start_with(&r, "--user default off --user netbird on '>bus-pw' resetchannels"
+                                 " '&acl:account-serial' -@all +publish +subscribe +ping"
+                                 " --user other on '>other-pw' resetchannels '&elsewhere' -@all +publish"
+                                 " +subscribe +ping");
+        snprintf(url, sizeof url, "redis://netbird:bus-pw@127.0.0.1:%d", r.port);
+        snprintf(other, sizeof other, "redis://other:other-pw@127.0.0.1:%d", r.port);
+        a = bus_open(base, url, "acl", &pa);
+        b = bus_open(base, url, "acl", &pb);
+        x = bus_open(base, other, "acl", &px);
+        ASSERT_TRUE(run_until(base, cond_ready, a, 5000));
+        ASSERT_TRUE(run_until(base, cond_ready, b, 5000));
+        ASSERT_EQ(0, cp_bus_publish(a, "acct", 21));
+        ASSERT_TRUE(run_until(base, cond_messages, &(count_arg) { &pb, 1 }, 5000));
+        ASSERT_EQ(21, pb.last_serial);
+        ASSERT_EQ(2, cp_bus_publish_once(url, "acl", "acct", 22, 2000, &err));
+
+        ASSERT_TRUE(run_until(base, cond_refused, &px, 5000));
+        ASSERT_TRUE(strstr(px.refused, "NOPERM") != NULL);
+        ASSERT_FALSE(cp_bus_is_subscribed(x));
+        /* Its publish connection is up (nothing to check before the
+         * first PUBLISH); the refused PUBLISH drops it. */
+        ASSERT_TRUE(run_until(base, (cond_fn) cp_bus_can_publish, x, 5000));
+        cp_bus_stats before, after;
+        int seen = pa.messages;
+        cp_bus_get_stats(x, &before);
+        ASSERT_EQ(0, cp_bus_publish(x, "acct", 24));
+        run_until(base, NULL, NULL, 300);
+        cp_bus_get_stats(x, &after);
+        ASSERT_EQ(before.publish_dropped + 1, after.publish_dropped);
+        ASSERT_TRUE(after.auth_failures > before.auth_failures);
+        ASSERT_EQ(seen, pa.messages);       /* nothing reached the bus's channel */
+        ASSERT_EQ(-EACCES, cp_bus_publish_once(other, "acl", "acct", 23, 2000, &err));
+
+        a = cp_bus_free(a);
+        b = cp_bus_free(b);
+        x = cp_bus_free(x);
+        event_base_free(base);
+        own_redis_cleanup(&r);
 }
 
 int main(int argc, char **argv) {

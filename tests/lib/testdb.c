@@ -33,6 +33,10 @@ cptest_db *cptest_db_new(void) {
 
         if (!base || !*base)
                 cptest_skip("CP_TEST_PG_DSN not set (run through tests/run)");
+        /* tests/run --pgbouncer transaction: as docs/database-ha.md says. */
+        const char *bouncer = getenv("CP_TEST_PGBOUNCER");
+        if (bouncer && strcmp(bouncer, "transaction") == 0)
+                cp_store_use_prepared(false);
         cptest_db *db = cp_xcalloc(1, sizeof *db);
         cp_id_new(id);
         (void) snprintf(db->name, sizeof db->name, "t_%s", id);

@@ -198,6 +198,10 @@ def clean_env(extra=None):
     """The environment without any setting variables, plus extra."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("NB_", "NETBIRD_"))}
+    # tests/run --pgbouncer transaction: what docs/database-ha.md tells
+    # operators to set behind a transaction pooler.
+    if os.environ.get("CP_TEST_PGBOUNCER") == "transaction":
+        env["NB_MGMT_DB_PREPARED_STATEMENTS"] = "false"
     env.update(extra or {})
     return env
 

@@ -46,7 +46,7 @@ static struct {
         cp_histogram *fanout_seconds;
         cp_counter *fanout_maps;
         cp_metric *http_requests, *http_seconds;
-        cp_gauge *pool_size, *pool_busy, *pool_idle;
+        cp_gauge *pool_size, *pool_busy, *pool_idle, *pool_prepared;
         cp_counter *hb_ok, *hb_failed, *replica_lost, *reaped, *reaped_sessions;
         cp_gauge *hb_age;
         cp_gauge *ready;
@@ -61,7 +61,7 @@ static struct {
 
         /* Made by mgmt_metrics_watch_bus(), on the bus's loop thread. */
         bool bus_families;
-        cp_counter *bus_published, *bus_dropped, *bus_received, *bus_malformed, *bus_reconnects;
+        cp_counter *bus_published, *bus_dropped, *bus_received, *bus_malformed, *bus_reconnects, *bus_auth_failures;
         cp_gauge *bus_connected;
         cp_histogram *bus_lag;
         cp_bus_stats bus_base;          /* the counters of buses no longer watched */
@@ -135,6 +135,10 @@ static void init(void) {
         f = cp_metrics_gauge(reg, "netbird_cp_store_pool_connections",
                              "PostgreSQL connections of the pool: busy (lent out) or idle (open, free).",
                              CP_LABELS("state"));
+        mm.pool_prepared = cp_metrics_plain_gauge(reg, "netbird_cp_store_prepared_statements",
+                                                  "1 while the pool uses named prepared statements; 0 with "
+                                                  "--db-prepared-statements=false or after it switched to "
+                                                  "unnamed ones (a transaction pooler lost a statement).");
         mm.pool_busy = cp_metric_gauge(f, CP_LABELS("busy"));
         mm.pool_idle = cp_metric_gauge(f, CP_LABELS("idle"));
 
@@ -236,6 +240,7 @@ static void collect_store(cp_metrics *m, void *userdata) {
         cp_gauge_set(mm.pool_size, u.size);
         cp_gauge_set(mm.pool_busy, u.busy);
         cp_gauge_set(mm.pool_idle, u.idle);
+        cp_gauge_set(mm.pool_prepared, cp_store_uses_prepared(userdata) ? 1 : 0);
 }
 
 void mgmt_metrics_watch_store(cp_store *s) {
@@ -325,6 +330,7 @@ static void bus_counters_set(const cp_bus_stats *st) {
         cp_counter_set(mm.bus_received, mm.bus_base.received + st->received);
         cp_counter_set(mm.bus_malformed, mm.bus_base.malformed + st->malformed);
         cp_counter_set(mm.bus_reconnects, mm.bus_base.reconnects + st->reconnects);
+        cp_counter_set(mm.bus_auth_failures, mm.bus_base.auth_failures + st->auth_failures);
 }
 
 static void collect_bus(cp_metrics *m, void *userdata) {
@@ -352,6 +358,9 @@ static void bus_families(void) {
         mm.bus_reconnects = cp_metrics_plain_counter(reg, "netbird_cp_bus_reconnects_total",
                                                      "Bus connection attempts after the first (both "
                                                      "connections).");
+        mm.bus_auth_failures = cp_metrics_plain_counter(reg, "netbird_cp_bus_auth_failures_total",
+                                                        "Bus connections Redis refused (NOAUTH, WRONGPASS, an "
+                                                        "error to AUTH, NOPERM): a wrong password or ACL.");
         mm.bus_connected = cp_metrics_plain_gauge(reg, "netbird_cp_bus_connected",
                                                   "1 while subscribed to the bus, else 0.");
         mm.bus_lag = cp_metrics_plain_histogram(reg, "netbird_cp_bus_lag_seconds",
@@ -380,6 +389,7 @@ void mgmt_metrics_unwatch_bus(const cp_bus *bus) {
         mm.bus_base.received += st.received;
         mm.bus_base.malformed += st.malformed;
         mm.bus_base.reconnects += st.reconnects;
+        mm.bus_base.auth_failures += st.auth_failures;
         cp_gauge_set(mm.bus_connected, 0);
 }
 

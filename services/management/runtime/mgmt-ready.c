@@ -19,11 +19,11 @@ struct mgmt_ready {
         bool store_ok;
         int migrations;                 /* cp_store_migrations_current() */
         bool gate_ok;
+        const char *gate_failed;        /* the failing gate's name */
         char error[256];
         /* Set at creation, read-only after. */
-        const char *gate_name;
-        mgmt_ready_gate_fn gate;
-        void *gate_userdata;
+        mgmt_ready_gate gates[MGMT_READY_MAX_GATES];
+        size_t n_gates;
 };
 
 static const cp_log_ctx log_ctx = { .component = "ready" };
@@ -39,12 +39,16 @@ static void check_once(mgmt_ready *r) {
 
         char why[256] = "";
         int gate = 0;
+        const char *gate_failed = NULL;
 
         ping = cp_store_ping(r->store, &err);
         if (ping >= 0)
                 mig = cp_store_migrations_current(r->store, &err);
-        if (ping >= 0 && mig == 1 && r->gate)
-                gate = r->gate(r->gate_userdata, why, sizeof why);
+        for (size_t i = 0; ping >= 0 && mig == 1 && i < r->n_gates && gate >= 0; i++) {
+                gate = r->gates[i].fn(r->gates[i].userdata, why, sizeof why);
+                if (gate < 0)
+                        gate_failed = r->gates[i].name;
+        }
 
         pthread_mutex_lock(&r->lock);
         bool was_ready = r->have_result && r->store_ok && r->migrations == 1 && r->gate_ok;
@@ -54,6 +58,7 @@ static void check_once(mgmt_ready *r) {
         r->store_ok = ping >= 0;
         r->migrations = mig;
         r->gate_ok = gate >= 0;
+        r->gate_failed = gate_failed;
         if (ping < 0 || mig < 0)
                 (void) snprintf(r->error, sizeof r->error, "%s", err.message[0] ? err.message : strerror(-(ping < 0 ? ping : mig)));
         else if (mig == 0)
@@ -101,14 +106,28 @@ int mgmt_ready_new(cp_store *store, mgmt_ready **ret) {
 
 int mgmt_ready_new_gated(cp_store *store, const char *name, mgmt_ready_gate_fn gate, void *userdata,
                          mgmt_ready **ret) {
-        mgmt_ready *r = cp_xcalloc(1, sizeof *r);
+        mgmt_ready_gate g = { .name = name, .fn = gate, .userdata = userdata };
+
+        return mgmt_ready_new_gates(store, &g, gate ? 1 : 0, ret);
+}
+
+int mgmt_ready_new_gates(cp_store *store, const mgmt_ready_gate *gates, size_t n_gates, mgmt_ready **ret) {
+        mgmt_ready *r;
         pthread_condattr_t attr;
         int e;
 
+        if (n_gates > MGMT_READY_MAX_GATES)
+                return -E2BIG;
+        r = cp_xcalloc(1, sizeof *r);
         r->store = store;
-        r->gate_name = name ? name : "gate";
-        r->gate = gate;
-        r->gate_userdata = userdata;
+        for (size_t i = 0; i < n_gates; i++) {
+                if (!gates[i].fn)
+                        continue;
+                r->gates[r->n_gates] = gates[i];
+                if (!r->gates[r->n_gates].name)
+                        r->gates[r->n_gates].name = "gate";
+                r->n_gates++;
+        }
         pthread_mutex_init(&r->lock, NULL);
         pthread_condattr_init(&attr);
         pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
@@ -144,7 +163,7 @@ void mgmt_ready_get(mgmt_ready *r, mgmt_ready_state *ret) {
                 ret->failed = "migrations";
                 (void) snprintf(ret->error, sizeof ret->error, "%s", r->error);
         } else if (!r->gate_ok) {
-                ret->failed = r->gate_name;
+                ret->failed = r->gate_failed ? r->gate_failed : "gate";
                 (void) snprintf(ret->error, sizeof ret->error, "%s", r->error);
         } else
                 ret->ready = true;

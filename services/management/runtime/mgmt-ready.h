@@ -43,6 +43,18 @@ typedef int (*mgmt_ready_gate_fn)(void *userdata, char *why, size_t why_size);
 int mgmt_ready_new_gated(cp_store *store, const char *name, mgmt_ready_gate_fn gate, void *userdata,
                          mgmt_ready **ret);
 
+/* Several gates, run in order after the store's; the first that fails
+ * names /readyz's "failed" (e.g. "data_key", then "bus" for a Redis that
+ * refuses our password). gates[] is copied; names and userdata are
+ * borrowed and must outlive the checker. At most MGMT_READY_MAX_GATES. */
+#define MGMT_READY_MAX_GATES 4
+typedef struct mgmt_ready_gate {
+        const char *name;
+        mgmt_ready_gate_fn fn;
+        void *userdata;
+} mgmt_ready_gate;
+int mgmt_ready_new_gates(cp_store *store, const mgmt_ready_gate *gates, size_t n_gates, mgmt_ready **ret);
+
 void mgmt_ready_get(mgmt_ready *r, mgmt_ready_state *ret);
 
 /* Stops the thread, waiting at most timeout_ms for a check in progress.

@@ -58,6 +58,12 @@ typedef struct cp_bus_callbacks {
         /* true: subscribed (first time or again; resync now). false: the
          * subscription was lost; messages may be missed until true. */
         void (*on_state)(bool connected, void *userdata);
+        /* Redis refused us (not merely unreachable): why is e.g. "Redis
+         * refused authentication: WRONGPASS invalid username-password pair
+         * or user is disabled." (NOAUTH, WRONGPASS, NOPERM, an error to
+         * AUTH); never contains the password. NULL: both connections got
+         * through again. Called on changes only; may be NULL. */
+        void (*on_refused)(const char *why, void *userdata);
         void *userdata;
 } cp_bus_callbacks;
 
@@ -67,6 +73,7 @@ typedef struct cp_bus_stats {
         uint64_t received;         /* well-formed messages delivered to on_message */
         uint64_t malformed;        /* messages dropped by the payload parser */
         uint64_t reconnects;       /* connect attempts after the first, both connections */
+        uint64_t auth_failures;    /* AUTH or a command refused (NOAUTH, WRONGPASS, NOPERM) */
 } cp_bus_stats;
 
 /*
@@ -74,8 +81,14 @@ typedef struct cp_bus_stats {
  * happens until the loop runs). Redis being unreachable is not an error:
  * the bus keeps retrying and calls on_state(true) once subscribed.
  *
- * redis_url: "redis://host[:port][/db]" (port 6379 by default; host may be
- * "[v6addr]"; db is checked and ignored, pub/sub spans databases).
+ * redis_url: NetBird's (go-redis) form
+ * "redis://[[user]:password@]host[:port][/db]" (port 6379 by default; host
+ * may be "[v6addr]"; user and password percent-decoded; db is checked and
+ * ignored, pub/sub spans databases). With a password both connections send
+ * AUTH password (or AUTH user password, an ACL user) on every (re)connect,
+ * then PING, before SUBSCRIBE or PUBLISH. "rediss://" (TLS) is refused with
+ * -EPROTONOSUPPORT: Debian bookworm's hiredis 0.14 has no TLS. Query
+ * options are refused. Error messages never quote the user or password.
  * prefix: channel prefix, 1..64 bytes, no whitespace.
  * base, cb->userdata: borrowed; must outlive the bus. Strings are copied.
  *
@@ -127,8 +140,9 @@ int cp_bus_parse_payload(const char *payload, size_t len, char account_id[CP_BUS
  * "<prefix>:account-serial" once, and disconnects; blocks at most about
  * timeout_ms for the connect and for the reply each. Returns the number
  * of subscribers that got it (>= 0), -EINVAL for a bad URL, prefix, id or
- * serial, -ECONNREFUSED when Redis cannot be reached, -EIO when the
- * publish failed. Like every publish it is a hint only.
+ * serial, -ECONNREFUSED when Redis cannot be reached, -EACCES when Redis
+ * refused the AUTH or the PUBLISH (ACL), -EIO when the publish failed.
+ * Sends AUTH first when the URL has a password. Like every publish it is a hint only.
  */
 int cp_bus_publish_once(const char *redis_url, const char *prefix, const char *account_id, int64_t serial,
                         int64_t timeout_ms, cp_error *reterr);

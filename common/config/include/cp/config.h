@@ -191,6 +191,7 @@ typedef struct cp_config {
         char *trusted_proxies;          /* comma-separated prefixes; NULL: headers never trusted */
         char *dns_domain;
         int64_t db_pool_size;
+        bool db_prepared_statements;    /* false: unnamed statements (pgbouncer transaction mode) */
         int64_t shutdown_timeout_ms;
         int64_t drain_window_ms;                /* < shutdown_timeout_ms, or 0: streams end all at once */
         int64_t serial_check_interval_ms;       /* 0 = no periodic serial check */

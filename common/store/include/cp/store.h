@@ -34,6 +34,23 @@ int cp_store_open(const char *dsn, unsigned pool_size, cp_store **ret, cp_error 
 /* Closes every connection; waits for none. Accepts NULL; returns NULL. */
 cp_store *cp_store_free(cp_store *s);
 
+/*
+ * Whether stores opened from now on in this process use named prepared
+ * statements (PQprepare once per connection, then PQexecPrepared; the
+ * default) or send every statement unnamed (PQexecParams: parse and plan
+ * each time). A pgbouncer in transaction pooling mode (1.18 has no
+ * prepared-statement support) needs false: a statement prepared on one
+ * server connection is missing on the next. Either way, a store whose
+ * server answers "prepared statement ... does not exist" (26000) or
+ * "already exists" (42P05) switches to unnamed statements for good (the
+ * statement is retried once when no transaction was open; inside one the
+ * transaction fails and the caller's retry succeeds). Call before any
+ * thread opens a store.
+ */
+void cp_store_use_prepared(bool on);
+/* False once s sends unnamed statements (configured, or switched). */
+bool cp_store_uses_prepared(cp_store *s);
+
 /* Runs SELECT 1 on a pooled connection. */
 int cp_store_ping(cp_store *s, cp_error *reterr);
 
