@@ -705,6 +705,10 @@ TEST(redis_acl_user) {
         /* Its publish connection is up (nothing to check before the
          * first PUBLISH); the refused PUBLISH drops it. */
         ASSERT_TRUE(run_until(base, (cond_fn) cp_bus_can_publish, x, 5000));
+        /* serial 22 (cp_bus_publish_once above) may still be on its way
+         * to a: let it arrive before counting. */
+        ASSERT_TRUE(run_until(base, cond_messages, &(count_arg) { &pb, 2 }, 5000));
+        run_until(base, NULL, NULL, 300);
         cp_bus_stats before, after;
         int seen = pa.messages;
         cp_bus_get_stats(x, &before);
