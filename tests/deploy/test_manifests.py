@@ -475,11 +475,34 @@ def grace_period_covers_prestop_and_shutdown():
         raise AssertionError("accepted %r" % bad)
 
 
+def hpa_metric_types(objects):
+    return [m["type"] for m in one(objects, "HorizontalPodAutoscaler")["spec"]["metrics"]]
+
+
+@test
+def the_base_hpa_needs_no_custom_metrics():
+    """An HPA with a metric it cannot read refuses to scale down, so the
+    base scales on CPU alone (metrics-server) and the streams metric comes
+    only with components/hpa-streams, in the overlays that also need
+    prometheus-adapter."""
+    assert hpa_metric_types(rendered("base")) == ["Resource"], hpa_metric_types(rendered("base"))
+    with_streams = []
+    for n in k8s.overlays():
+        kz = k8s.load_yaml(os.path.join(k8s.K8S, "overlays", n, "kustomization.yaml"))
+        uses = any(os.path.basename(os.path.normpath(c)) == "hpa-streams" for c in kz.get("components") or [])
+        types = hpa_metric_types(rendered(n))
+        assert types == (["Resource", "Pods"] if uses else ["Resource"]), (n, types)
+        if uses:
+            with_streams.append(n)
+    print("# the streams metric in: %s" % ", ".join(with_streams))
+    assert set(with_streams) >= {"cnpg", "external-db"} and "dev" not in with_streams, with_streams
+
+
 @test
 def the_prometheus_adapter_rule_serves_the_hpa_metric():
     rule = k8s.load_yaml(os.path.join(k8s.K8S, "extras", "prometheus-adapter-rules.yaml"))
     custom = rule["rules"]["custom"]
-    hpa = one(rendered("base"), "HorizontalPodAutoscaler")
+    hpa = one(rendered("cnpg"), "HorizontalPodAutoscaler")
     names = [m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
     assert names, hpa
     for name in names:
@@ -542,7 +565,7 @@ def a_replica_started_as_the_manifests_say_serves_its_probes():
         time.sleep(0.5)
     sm = one(objs, "ServiceMonitor")
     st, _, body = svc.http("GET", s.url(sm["spec"]["endpoints"][0]["path"]))
-    hpa = one(objs, "HorizontalPodAutoscaler")
+    hpa = one(rendered("cnpg"), "HorizontalPodAutoscaler")     # dev's HPA has CPU only
     metric = [m for m in hpa["spec"]["metrics"] if m["type"] == "Pods"][0]["pods"]["metric"]["name"]
     assert st == 200 and ("\n%s " % metric).encode() in body, (st, metric)
     # the config loaded whole: no key of it was unknown to this binary
