@@ -308,6 +308,29 @@ def cloudnativepg_objects_hold_together():
         assert ref == {"name": cluster["metadata"]["name"] + "-app", "key": "password"}, (where, ref)
 
 
+def sync_wave(o):
+    return int((o["metadata"].get("annotations") or {}).get("argocd.argoproj.io/sync-wave", "0"))
+
+
+@test
+def the_migration_job_runs_after_the_database_under_argo():
+    """A PreSync hook runs before the Namespace and the Cluster exist, so a
+    first install fails: the Job is a Sync hook in a wave after the
+    Cluster's and before the Deployment's, and retries long enough for a
+    new Cluster to start."""
+    objs = rendered("cnpg")
+    job = one(objs, "Job", "netbird-cp-migrate")
+    ann = job["metadata"]["annotations"]
+    assert ann["argocd.argoproj.io/hook"] == "Sync", ann
+    assert job["spec"]["backoffLimit"] >= 15 and job["spec"]["activeDeadlineSeconds"] == 1800, job["spec"]
+    ns, cluster, pooler = one(objs, "Namespace"), one(objs, "Cluster"), one(objs, "Pooler")
+    dep = mgmt_deployment(objs)
+    waves = [sync_wave(x) for x in (ns, cluster, job, dep)]
+    print("# Argo CD sync waves: Namespace %d, Cluster %d, Job %d, Deployment %d" % tuple(waves))
+    assert waves == sorted(set(waves)), waves
+    assert sync_wave(pooler) <= sync_wave(job) - 1, sync_wave(pooler)
+
+
 # ---- the binaries ----------------------------------------------------------------
 
 @test
