@@ -470,25 +470,84 @@ def ports_probes_and_references_agree():
     assert len(services) == 2, services
 
 
+# What netbird-mgmt may take after SIGTERM beyond ShutdownTimeout
+# (services/management/mgmt-manager.c): SHUTDOWN_SLACK_MS (5 s) for gRPC to
+# finish cancelling, then REPLICA_STOP_MS (3 s) for the replicas row and
+# READY_STOP_MS (2 s) for a readiness check stuck in the store.
+SHUTDOWN_AFTER_TIMEOUT = 5 + 3 + 2
+GRACE_MARGIN = 2
+
+
+def setting(c, cfg_controlplane, flag, env_name, file_key, default):
+    """A duration setting as the binary resolves it: command line over
+    environment over management.json over the built-in default."""
+    args = list(c.get("args") or [])
+    for k, a in enumerate(args):
+        if a == flag and k + 1 < len(args):
+            return k8s.seconds(args[k + 1]), "args"
+        if a.startswith(flag + "="):
+            return k8s.seconds(a.split("=", 1)[1]), "args"
+    for e in c.get("env") or []:
+        if e["name"] == env_name and "value" in e:
+            return k8s.seconds(e["value"]), "env"
+    if file_key in cfg_controlplane:
+        return k8s.seconds(cfg_controlplane[file_key]), "management.json"
+    return k8s.seconds(default), "default"
+
+
+def shutdown_budget(objs, defaults):
+    """(preStop, ShutdownTimeout, DrainWindow, grace) of a rendering."""
+    spec = mgmt_deployment(objs)["spec"]["template"]["spec"]
+    c = main_container(spec)
+    prestop = c["lifecycle"]["preStop"]["sleep"]["seconds"]
+    cfg = json.loads(management_json(objs)[0])
+    cp = {k.lower(): v for k, v in cfg.get("ControlPlane", {}).items()}
+    shutdown, src = setting(c, cp, "--shutdown-timeout", "NB_MGMT_SHUTDOWN_TIMEOUT", "shutdowntimeout",
+                            defaults["--shutdown-timeout"])
+    drain, _ = setting(c, cp, "--drain-window", "NB_MGMT_DRAIN_WINDOW", "drainwindow",
+                       defaults["--drain-window"])
+    return prestop, shutdown, drain, spec["terminationGracePeriodSeconds"], src
+
+
+def grace_errors(prestop, shutdown, drain, grace):
+    errs = []
+    if drain >= shutdown:
+        errs.append("DrainWindow %ss >= ShutdownTimeout %ss" % (drain, shutdown))
+    need = prestop + shutdown + SHUTDOWN_AFTER_TIMEOUT + GRACE_MARGIN
+    if grace < need:
+        errs.append("grace %ss < preStop %ss + ShutdownTimeout %ss + %ss + margin %ss"
+                    % (grace, prestop, shutdown, SHUTDOWN_AFTER_TIMEOUT, GRACE_MARGIN))
+    return errs
+
+
 @test
 def grace_period_covers_prestop_and_shutdown():
+    """terminationGracePeriodSeconds >= preStop + ShutdownTimeout + the
+    10 s the binary may take after it (SHUTDOWN_AFTER_TIMEOUT) + a margin,
+    with ShutdownTimeout read as the binary does (args, env,
+    management.json, its default)."""
+    h = binaries().help(k8s.ENTRYPOINT, "management")
+    defaults = {f: h.flags[f]["default"] for f in ("--shutdown-timeout", "--drain-window")}
     for n in every_rendering():
         objs = rendered(n)
         dep = mgmt_deployment(objs)
-        spec = dep["spec"]["template"]["spec"]
-        c = main_container(spec)
-        prestop = c["lifecycle"]["preStop"]["sleep"]["seconds"]
-        cfg = json.loads(management_json(objs)[0])
-        cp = {k.lower(): v for k, v in cfg.get("ControlPlane", {}).items()}
-        shutdown = k8s.seconds(cp.get("shutdowntimeout", "10s"))
-        drain = k8s.seconds(cp.get("drainwindow", "3s"))
-        grace = spec["terminationGracePeriodSeconds"]
-        print("# %s: preStop %ss + ShutdownTimeout %ss (DrainWindow %ss inside it) < grace %ss"
-              % (n, prestop, shutdown, drain, grace))
-        assert drain < shutdown, (n, drain, shutdown)
-        assert grace >= prestop + shutdown + 5, (n, grace, prestop, shutdown)
+        prestop, shutdown, drain, grace, src = shutdown_budget(objs, defaults)
+        print("# %s: preStop %ss + ShutdownTimeout %ss (%s; DrainWindow %ss inside it) + %ss + %ss <= grace %ss"
+              % (n, prestop, shutdown, src, drain, SHUTDOWN_AFTER_TIMEOUT, GRACE_MARGIN, grace))
+        assert not grace_errors(prestop, shutdown, drain, grace), (n, grace_errors(prestop, shutdown, drain, grace))
         strat = dep["spec"]["strategy"]["rollingUpdate"]
         assert strat["maxUnavailable"] == 0 and strat["maxSurge"] >= 1, (n, strat)
+    # an override in env or args is what counts
+    base = rendered("base")
+    for mutate, want in ((lambda c: c.setdefault("env", []).append({"name": "NB_MGMT_SHUTDOWN_TIMEOUT",
+                                                                    "value": "25s"}), (25, "env")),
+                         (lambda c: c["args"].extend(["--shutdown-timeout", "40s"]), (40, "args")),
+                         (lambda c: c["args"].append("--shutdown-timeout=1m"), (60, "args"))):
+        x = copy.deepcopy(base)
+        mutate(main_container(mgmt_deployment(x)))
+        prestop, shutdown, drain, grace, src = shutdown_budget(x, defaults)
+        assert (shutdown, src) == want, (shutdown, src, want)
+        assert grace_errors(prestop, shutdown, drain, grace), (shutdown, grace)
     assert k8s.seconds("1m30s") == 90 and k8s.seconds("250ms") == 0.25 and k8s.seconds("7") == 7
     for bad in ("", "10x", "s10"):
         try:
