@@ -104,6 +104,33 @@ def render_component(cmd, name):
         shutil.rmtree(d, ignore_errors=True)
 
 
+def render_copy(cmd, overlay, files):
+    """Renders an overlay from a temporary copy of deploy/k8s with files
+    (name -> text) written into the overlay's directory first: the dev
+    overlay's secret.env and redis-users.acl, which git ignores and the
+    tests never write into the source tree."""
+    d = tempfile.mkdtemp(prefix="kz-copy-")
+    try:
+        root = os.path.join(d, "k8s")
+        shutil.copytree(K8S, root, ignore=shutil.ignore_patterns(*files))
+        for name, text in files.items():
+            with open(os.path.join(root, "overlays", overlay, name), "w") as f:
+                f.write(text)
+        return render(cmd, os.path.join(root, "overlays", overlay))
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def users_acl(password):
+    """components/redis/users-acl's output for password (the command the
+    guide tells operators to run)."""
+    p = subprocess.run([os.path.join(K8S, "components", "redis", "users-acl")], input=password,
+                       capture_output=True, text=True, timeout=30)
+    if p.returncode != 0:
+        raise AssertionError("users-acl failed: %s" % p.stderr)
+    return p.stdout
+
+
 def overlays():
     d = os.path.join(K8S, "overlays")
     return sorted(n for n in os.listdir(d) if os.path.isfile(os.path.join(d, n, "kustomization.yaml")))

@@ -45,12 +45,27 @@ def kustomize():
     return _cmd
 
 
+# The dev overlay's Secret comes from files the operator writes (git
+# ignores them); the tests render a temporary copy with these.
+DEV_REDIS_PASSWORD = "5f" * 32
+DEV_SECRET_ENV = ("postgres-dsn=host=postgres.netbird-dev.svc port=5432 dbname=netbird user=netbird "
+                  "password=test-only sslmode=prefer\n"
+                  "datastore-encryption-key=dGVzdC1vbmx5LXRlc3Qtb25seS10ZXN0LW9ubHktdGU=\n"
+                  "redis-password=%s\n" % DEV_REDIS_PASSWORD)
+
+
+def dev_files():
+    return {"secret.env": DEV_SECRET_ENV, "redis-users.acl": k8s.users_acl(DEV_REDIS_PASSWORD)}
+
+
 def rendered(name):
     """Objects of 'base', of an overlay, or of 'component:NAME' (the base
     with that component alone), rendered once."""
     if name not in _rendered:
         if name.startswith("component:"):
             _rendered[name] = k8s.render_component(kustomize(), name.split(":", 1)[1])
+        elif name == "dev":
+            _rendered[name] = k8s.render_copy(kustomize(), "dev", dev_files())
         else:
             path = os.path.join(k8s.K8S, "base") if name == "base" else os.path.join(k8s.K8S, "overlays", name)
             _rendered[name] = k8s.render(kustomize(), path)
@@ -137,6 +152,37 @@ def kustomize_renders_base_and_every_overlay():
             ns = {o["metadata"].get("namespace") for o in objs if o["kind"] != "Namespace"}
             assert len(ns) == 1 and None not in ns, (n, ns)
             assert any(o["kind"] == "Secret" for o in objs) or n != "dev", n
+
+
+@test
+def the_dev_overlay_needs_the_operators_secret_files():
+    """No secret is committed: the dev overlay renders only once the
+    operator has written secret.env and redis-users.acl (git ignores both;
+    the .example shows the format), and the generated Secret holds what
+    they say."""
+    dev = os.path.join(k8s.K8S, "overlays", "dev")
+    assert os.path.isfile(os.path.join(dev, "secret.env.example"))
+    names = ["deploy/k8s/overlays/dev/secret.env", "deploy/k8s/overlays/dev/redis-users.acl"]
+    ignored = subprocess.run(["git", "-C", k8s.ROOT, "check-ignore"] + names, capture_output=True, text=True)
+    assert ignored.stdout.split() == names, ("must be git-ignored", ignored.stdout, ignored.stderr)
+    tracked = subprocess.run(["git", "-C", k8s.ROOT, "ls-files", "deploy/k8s"], capture_output=True,
+                             text=True).stdout.split()
+    assert not [t for t in tracked if t.endswith(("/secret.env", "/redis-users.acl"))], tracked
+    for missing in ("secret.env", "redis-users.acl"):
+        files = dev_files()
+        del files[missing]
+        try:
+            k8s.render_copy(kustomize(), "dev", files)
+        except AssertionError as e:
+            assert missing in str(e), e
+            continue
+        raise AssertionError("the dev overlay rendered without %s" % missing)
+    import base64
+    secret = one(rendered("dev"), "Secret")
+    data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    assert set(data) == {"postgres-dsn", "datastore-encryption-key", "redis-password", "redis-users.acl"}, data
+    assert data["redis-password"] == DEV_REDIS_PASSWORD
+    assert DEV_REDIS_PASSWORD not in data["redis-users.acl"], "the ACL file holds the cleartext"
 
 
 @test
@@ -689,23 +735,46 @@ def redis_session(port, *commands):
         return out
 
 
-def start_manifest_redis(objs, password):
-    """redis-server with the Redis Deployment's args, on a free loopback port."""
+def start_manifest_redis(objs):
+    """redis-server as the Redis Deployment says: its args, with the ACL
+    file it mounts from the rendered Secret written to a temporary
+    directory at the mount's place; on a free loopback port."""
+    import base64
     server = shutil.which("redis-server")
     if not server:
         raise Skip("redis-server not installed")
     rdep = one(objs, "Deployment", "netbird-redis")
-    rc = rdep["spec"]["template"]["spec"]["containers"][0]
-    args = k8s.expand_args(rc["args"], {"REDIS_PASSWORD": password})
-    port = svc.free_port()
+    spec = rdep["spec"]["template"]["spec"]
+    rc = spec["containers"][0]
+    assert not rc.get("env"), "the Redis container needs no environment (no password in it)"
     d = svc.tmpdir()
+    args = list(rc["args"])
+    vols = {v["name"]: v for v in spec["volumes"]}
+    for m in rc.get("volumeMounts") or []:
+        sv = vols[m["name"]].get("secret")
+        if not sv:
+            continue
+        secret = one(objs, "Secret", sv["secretName"])
+        mdir = os.path.join(d, m["name"])
+        os.makedirs(mdir)
+        for item in sv["items"]:
+            with open(os.path.join(mdir, item["path"]), "wb") as f:
+                f.write(base64.b64decode(secret["data"][item["key"]]))
+        mount = m["mountPath"].rstrip("/") + "/"
+        args = [mdir + "/" + a[len(mount):] if a.startswith(mount) else a for a in args]
+    assert "--aclfile" in args and not any(DEV_REDIS_PASSWORD in a for a in args), args
+    port = svc.free_port()
     p = subprocess.Popen([server] + args + ["--port", str(port), "--bind", "127.0.0.1", "--dir", d],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     def stop():
         if p.poll() is None:
             p.terminate()
-            p.wait(10)
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(10)
     svc.defer(stop)
     deadline = time.monotonic() + 20
     while True:
@@ -720,42 +789,43 @@ def start_manifest_redis(objs, password):
 
 @test
 def the_redis_component_requires_its_acl_user():
+    """The ACL file from the Secret: no anonymous access, the default user
+    off, the user netbird-cp may PUBLISH and SUBSCRIBE on the bus channel
+    and PING, nothing else (another channel, a key, FLUSHALL: NOPERM)."""
     objs = rendered("dev")
-    pw = "5f" * 32
-    port = start_manifest_redis(objs, pw)
+    pw = DEV_REDIS_PASSWORD
+    port = start_manifest_redis(objs)
     assert redis_cmd(port, "PING").startswith("-NOAUTH"), "Redis answers without AUTH"
     assert redis_cmd(port, "AUTH", pw).startswith("-"), "the default user is on"
     assert redis_cmd(port, "AUTH", "netbird-cp", "wrong").startswith("-WRONGPASS")
     cfg = json.loads(management_json(objs)[0])
     prefix = {k.lower(): v for k, v in cfg["ControlPlane"].items()}.get("buschannelprefix", "netbird-cp")
     out = redis_session(port, ["AUTH", "netbird-cp", pw], ["PUBLISH", prefix + ":account-serial", "x"],
-                        ["PUBLISH", "other:account-serial", "x"], ["FLUSHALL"])
-    assert out[0] == "+OK" and out[1].startswith(":"), out
-    assert out[2].startswith("-NOPERM") and out[3].startswith("-NOPERM"), out
+                        ["PING"], ["PUBLISH", "other:account-serial", "x"],
+                        ["PUBLISH", prefix + ":other", "x"], ["FLUSHALL"],
+                        ["SET", prefix + ":k", "v"], ["GET", prefix + ":k"], ["CONFIG", "GET", "*"],
+                        ["SUBSCRIBE", prefix + ":account-serial"])
+    assert out[0] == "+OK" and out[1].startswith(":") and out[2] == "+PONG", out
+    for r in out[3:9]:
+        assert r.startswith("-NOPERM"), out
+    assert out[9] == "*3", out      # the subscription's confirmation
 
 
 @test
 def a_replica_uses_the_manifests_redis_url():
     """NB_CACHE_REDIS_ADDRESS as the Deployment composes it (user and
     password from the Secret) against the Redis component: the bus
-    subscribes, /readyz is not degraded."""
+    subscribes and publishes, /readyz is not degraded."""
     objs = rendered("dev")
-    pw = "a1" * 32
-    port = start_manifest_redis(objs, pw)
+    pw = DEV_REDIS_PASSWORD
+    port = start_manifest_redis(objs)
     dsn, _ = svc.new_db()
     c = main_container(mgmt_deployment(objs))
     env = k8s.container_env(c, dict(secret_values(objs, dsn), REDIS_PASSWORD=pw))
     url = env["NB_CACHE_REDIS_ADDRESS"]
     assert url.startswith("redis://netbird-cp:%s@netbird-redis:6379" % pw), url
     env["NB_CACHE_REDIS_ADDRESS"] = url.replace("@netbird-redis:6379", "@127.0.0.1:%d" % port)
-    s = svc.Server(svc.base_args(), env=env, wait=False)
-    try:
-        s.wait_listening()
-    except AssertionError:
-        if s.proc.poll() is not None and "redis url" in s.stderr():
-            raise Skip("this binary's bus URL takes no user:password yet (branch wt-dbha adds it): %s"
-                       % s.stderr().splitlines()[0])
-        raise
+    s = svc.Server(svc.base_args(), env=env)
     deadline = time.monotonic() + 30
     while True:
         st, _, body = svc.http_json("GET", s.url("/readyz"))
@@ -763,6 +833,8 @@ def a_replica_uses_the_manifests_redis_url():
             break
         assert time.monotonic() < deadline, (st, body)
         time.sleep(0.5)
+    st, _, metrics = svc.http("GET", s.url("/metrics"))
+    assert st == 200 and b"\nnetbird_cp_bus_connected 1" in metrics, metrics[-2000:]
     rc, _ = s.stop()
     assert rc == 0, s.stderr()
 
