@@ -354,6 +354,29 @@ def cloudnativepg_objects_hold_together():
         assert ref == {"name": cluster["metadata"]["name"] + "-app", "key": "password"}, (where, ref)
 
 
+@test
+def the_cnpg_overlay_narrows_the_replicas_egress():
+    """5432 only to the Pooler's pods, 6379 only to the Redis pods, DNS and
+    443 kept; the other overlays keep the base's open ports."""
+    objs = rendered("cnpg")
+    pol = one(objs, "NetworkPolicy", "netbird-mgmt")
+    pooler = one(objs, "Pooler")
+    redis_labels = one(objs, "Deployment", "netbird-redis")["spec"]["template"]["metadata"]["labels"]
+    by_port = {}
+    for rule in pol["spec"]["egress"]:
+        for p in rule["ports"]:
+            by_port.setdefault(p["port"], []).append(rule.get("to"))
+    assert set(by_port) == {53, 5432, 6379, 443}, by_port
+    assert by_port[5432] == [[{"podSelector": {"matchLabels": {"cnpg.io/poolerName": pooler["metadata"]["name"]}}}]], \
+        by_port[5432]
+    [[sel]] = by_port[6379]
+    ml = sel["podSelector"]["matchLabels"]
+    assert ml and ml.items() <= redis_labels.items() and ml.get("app.kubernetes.io/component") == "redis", ml
+    assert by_port[443] == [None] and all(t is None for t in by_port[53]), by_port
+    base = one(rendered("base"), "NetworkPolicy", "netbird-mgmt")
+    assert [p["port"] for r in base["spec"]["egress"] for p in r["ports"]] == [53, 53, 5432, 6379, 443], base
+
+
 def sync_wave(o):
     return int((o["metadata"].get("annotations") or {}).get("argocd.argoproj.io/sync-wave", "0"))
 
