@@ -337,6 +337,19 @@ def cloudnativepg_objects_hold_together():
     assert ps["pgbouncer"]["poolMode"] in ("session", "transaction"), ps
     for k, v in (ps["pgbouncer"].get("parameters") or {}).items():
         assert isinstance(v, str), (k, v)           # the CRD's map of strings
+    # Connections: every pooler instance's server connections together stay
+    # under max_connections with headroom, and one instance can hold every
+    # client (session mode: a client beyond the pool waits for good).
+    pp = ps["pgbouncer"]["parameters"]
+    per_instance = min(int(pp["default_pool_size"]), int(pp.get("max_db_connections", "0")) or 10 ** 9)
+    max_conn = int(cs["postgresql"]["parameters"]["max_connections"])
+    assert ps["instances"] * per_instance + 40 <= max_conn, (ps["instances"], per_instance, max_conn)
+    hpa = one(objs, "HorizontalPodAutoscaler")
+    h = binaries().help(k8s.ENTRYPOINT, "management")
+    clients = hpa["spec"]["maxReplicas"] * (int(h.flags["--db-pool-size"]["default"]) + 1) + 2
+    assert per_instance >= clients, (per_instance, clients)
+    print("# pooler: %d x %d server connections of max_connections %d; %d clients at most"
+          % (ps["instances"], per_instance, max_conn, clients))
     for k, v in (cs.get("postgresql", {}).get("parameters") or {}).items():
         assert isinstance(v, str), (k, v)
     kz = k8s.load_yaml(os.path.join(k8s.K8S, "overlays", "cnpg", "kustomization.yaml"))
