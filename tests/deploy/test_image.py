@@ -29,6 +29,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "service"))
 sys.path.insert(0, os.path.join(HERE, "..", "agent"))
 
+import k8s  # noqa: E402
 import svc  # noqa: E402
 from svc import test  # noqa: E402
 
@@ -98,17 +99,17 @@ def build_image():
 
 def _build_image():
     if os.geteuid() != 0:
-        raise svc.Skip("needs root: mmdebstrap's root mode, namespaces and chroot")
+        k8s.skip("needs root: mmdebstrap's root mode, namespaces and chroot")
     for tool in ("mmdebstrap", "umoci", "unshare", "nsenter", "chroot"):
         if subprocess.run(["sh", "-c", "command -v " + tool], capture_output=True).returncode:
-            raise svc.Skip("%s not installed (deploy/install-deps installs it)" % tool)
+            k8s.skip("%s not installed (deploy/install-deps installs it)" % tool)
     t0 = time.monotonic()
     p = subprocess.run([BUILD, "--out", OUT], capture_output=True, text=True, timeout=BUILD_TIMEOUT)
     print("# deploy/image/build: exit %d in %.0fs" % (p.returncode, time.monotonic() - t0))
     for line in p.stderr.splitlines()[-12:]:
         print("#   " + line)
     if p.returncode == 77:
-        raise svc.Skip("the Debian mirror is unreachable: " + p.stderr.strip().splitlines()[-1])
+        k8s.skip("the Debian mirror is unreachable: " + p.stderr.strip().splitlines()[-1])
     assert p.returncode == 0, "deploy/image/build failed:\n%s" % p.stderr[-4000:]
     env = {}
     with open(os.path.join(OUT, "image.env")) as f:

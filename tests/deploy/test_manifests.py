@@ -8,8 +8,10 @@ flags, environment, ports, probe paths, management.json, the Redis ACL)
 is what the binaries built here accept and serve. The binaries' paths:
 argv[1] = netbird-mgmt (meson), NETBIRD_ADMIN = netbird-cp-admin.
 
-Without kubectl or kustomize v4+ the cases that need rendered objects
-skip, saying so; without node and npm the schema cases skip.
+Without kubectl or kustomize v4+ the kubectl of an npm package pinned in
+k8s-validate/ renders; without any of them the cases that need rendered
+objects skip, saying so; without node and npm the schema cases skip. With
+CP_TEST_REQUIRE_DEPLOY=1 (.ci/run) each of those skips is a failure.
 """
 
 import copy
@@ -27,7 +29,7 @@ sys.path.insert(0, HERE)
 
 import k8s                                          # noqa: E402
 import svc                                          # noqa: E402
-from svc import test, Skip                          # noqa: E402
+from svc import test                                # noqa: E402
 
 CNPG = {("postgresql.cnpg.io/v1", "Cluster"), ("postgresql.cnpg.io/v1", "Pooler")}
 
@@ -38,9 +40,13 @@ _rendered = {}
 def kustomize():
     global _cmd
     if _cmd is None:
-        _cmd, version = k8s.kustomize_command()
+        try:
+            _cmd, version = k8s.kustomize_command()
+        except k8s.InstallError as e:
+            k8s.skip("no kubectl with kustomize v4+, and the npm package with one did not install: %s" % e)
         if _cmd is None:
-            raise Skip("no kubectl with kustomize v4+ and no kustomize (docs/kubernetes.md, 'Tests')")
+            k8s.skip("no kubectl with kustomize v4+, no kustomize, no node and npm for the packaged "
+                     "kubectl (docs/kubernetes.md, 'Tests')")
         print("# rendering with %s" % version)
     return _cmd
 
@@ -91,13 +97,13 @@ def every_rendering():
 def binaries():
     admin = os.environ.get("NETBIRD_ADMIN", "")
     if not admin or not os.access(admin, os.X_OK):
-        raise Skip("NETBIRD_ADMIN does not name netbird-cp-admin")
+        k8s.skip("NETBIRD_ADMIN does not name netbird-cp-admin")
     return k8s.Binaries(svc.BINARY, admin)
 
 
 def needs_node():
     if not shutil.which("node") or not shutil.which("npm"):
-        raise Skip("node and npm are needed for the schema validator")
+        k8s.skip("node and npm are needed for the schema validator")
     k8s.install_validator()
 
 
@@ -152,6 +158,29 @@ def kustomize_renders_base_and_every_overlay():
             ns = {o["metadata"].get("namespace") for o in objs if o["kind"] != "Namespace"}
             assert len(ns) == 1 and None not in ns, (n, ns)
             assert any(o["kind"] == "Secret" for o in objs) or n != "dev", n
+
+
+@test
+def the_packaged_kubectl_renders_like_the_machines():
+    """The fallback for machines without kubectl 1.21+: the kubectl of the
+    npm package pinned in k8s-validate's lockfile (checked by sha256)
+    renders every overlay to the same objects."""
+    if not shutil.which("node") or not shutil.which("npm"):
+        k8s.skip("node and npm are needed for the packaged kubectl")
+    packaged = k8s.packaged_kubectl()
+    out = subprocess.run([packaged, "version", "--client", "-o", "json"], capture_output=True, text=True,
+                         timeout=60).stdout
+    v = json.loads(out)
+    assert v["clientVersion"]["gitVersion"] == k8s.PACKAGED_KUBECTL[2], v
+    assert v["kustomizeVersion"].startswith("v5."), v
+    cmd = [packaged, "kustomize"]
+    if kustomize() == cmd:
+        print("# the packaged kubectl is the one rendering here")
+        return
+    for n in ("base", "cnpg", "external-db"):
+        path = os.path.join(k8s.K8S, "base") if n == "base" else os.path.join(k8s.K8S, "overlays", n)
+        assert k8s.render(cmd, path) == rendered(n), n
+    assert k8s.render_copy(cmd, "dev", dev_files()) == rendered("dev")
 
 
 @test
@@ -778,7 +807,7 @@ def start_manifest_redis(objs):
     import base64
     server = shutil.which("redis-server")
     if not server:
-        raise Skip("redis-server not installed")
+        k8s.skip("redis-server not installed")
     rdep = one(objs, "Deployment", "netbird-redis")
     spec = rdep["spec"]["template"]["spec"]
     rc = spec["containers"][0]
