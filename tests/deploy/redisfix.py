@@ -14,6 +14,21 @@ import svc
 REDIS_SERVER = "/usr/bin/redis-server"
 
 
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie (daemonized: its parent is init, which reaps it) counts as gone
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 class OwnRedis:
     def __init__(self, *extra):
         if not os.access(REDIS_SERVER, os.X_OK):
@@ -53,10 +68,27 @@ class OwnRedis:
         pid = self.pid()
         if pid <= 1:
             return
-        os.kill(pid, signal.SIGTERM)
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and os.path.exists(self.pidfile):
             time.sleep(0.05)
+        if os.path.exists(self.pidfile):
+            # Still there after 10 s: no graceful exit, kill it (the pid is
+            # the one its own pidfile names, ours).
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and _alive(pid):
+                time.sleep(0.05)
+            try:
+                os.unlink(self.pidfile)
+            except OSError:
+                pass
 
     def cleanup(self):
         self.stop()

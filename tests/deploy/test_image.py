@@ -29,6 +29,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "service"))
 sys.path.insert(0, os.path.join(HERE, "..", "agent"))
 
+import k8s  # noqa: E402
 import svc  # noqa: E402
 from svc import test  # noqa: E402
 
@@ -98,17 +99,17 @@ def build_image():
 
 def _build_image():
     if os.geteuid() != 0:
-        raise svc.Skip("needs root: mmdebstrap's root mode, namespaces and chroot")
+        k8s.skip("needs root: mmdebstrap's root mode, namespaces and chroot")
     for tool in ("mmdebstrap", "umoci", "unshare", "nsenter", "chroot"):
         if subprocess.run(["sh", "-c", "command -v " + tool], capture_output=True).returncode:
-            raise svc.Skip("%s not installed (deploy/install-deps installs it)" % tool)
+            k8s.skip("%s not installed (deploy/install-deps installs it)" % tool)
     t0 = time.monotonic()
     p = subprocess.run([BUILD, "--out", OUT], capture_output=True, text=True, timeout=BUILD_TIMEOUT)
     print("# deploy/image/build: exit %d in %.0fs" % (p.returncode, time.monotonic() - t0))
     for line in p.stderr.splitlines()[-12:]:
         print("#   " + line)
     if p.returncode == 77:
-        raise svc.Skip("the Debian mirror is unreachable: " + p.stderr.strip().splitlines()[-1])
+        k8s.skip("the Debian mirror is unreachable: " + p.stderr.strip().splitlines()[-1])
     assert p.returncode == 0, "deploy/image/build failed:\n%s" % p.stderr[-4000:]
     env = {}
     with open(os.path.join(OUT, "image.env")) as f:
@@ -245,6 +246,9 @@ def dockerfile_agrees_with_the_build_script():
     copies = [r for k, r in final if k == "COPY"]
     assert any("deploy/image/packages.txt" in c for c in copies), copies
     assert any("packages.txt" in r and "apt-get install" in r for r in runs), runs
+    # and strips setuid/setgid bits after it, as deploy/image/build does
+    assert any("-perm /6000" in r and "chmod a-s" in r for r in runs), runs
+    assert "-perm /6000" in open(BUILD).read()
     cfg = img["config"]["config"]
     one = {k: r for k, r in final if k in ("USER", "ENTRYPOINT", "CMD", "WORKDIR")}
     assert one["USER"] == cfg["User"], (one["USER"], cfg["User"])
@@ -419,14 +423,19 @@ def image_contents():
     for absent in ("/bin/sh", "/usr/bin/sh", "/bin/bash", "/usr/bin/apt", "/usr/bin/apt-get", "/usr/bin/dpkg"):
         assert not os.path.lexists(r + absent) or not os.path.exists(r + absent), absent
     # Writable by the image's user: nothing (the root filesystem may be read-only).
+    # Setuid or setgid: nothing (deploy/image/build strips the bits).
     writable = []
+    setid = []
     for d, dirs, files in os.walk(r):
         for n in dirs + files:
             p = os.path.join(d, n)
             st = os.lstat(p)
             if st.st_uid == UID or (not os.path.islink(p) and st.st_mode & 0o002 and p != r + "/tmp"):
                 writable.append(p[len(r):])
+            if not os.path.islink(p) and not os.path.isdir(p) and st.st_mode & 0o6000:
+                setid.append("%s %o" % (p[len(r):], st.st_mode))
     assert not writable, writable
+    assert not setid, setid
 
 
 @test

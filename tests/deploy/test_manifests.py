@@ -8,8 +8,10 @@ flags, environment, ports, probe paths, management.json, the Redis ACL)
 is what the binaries built here accept and serve. The binaries' paths:
 argv[1] = netbird-mgmt (meson), NETBIRD_ADMIN = netbird-cp-admin.
 
-Without kubectl or kustomize v4+ the cases that need rendered objects
-skip, saying so; without node and npm the schema cases skip.
+Without kubectl or kustomize v4+ the kubectl of an npm package pinned in
+k8s-validate/ renders; without any of them the cases that need rendered
+objects skip, saying so; without node and npm the schema cases skip. With
+CP_TEST_REQUIRE_DEPLOY=1 (.ci/run) each of those skips is a failure.
 """
 
 import copy
@@ -27,7 +29,7 @@ sys.path.insert(0, HERE)
 
 import k8s                                          # noqa: E402
 import svc                                          # noqa: E402
-from svc import test, Skip                          # noqa: E402
+from svc import test                                # noqa: E402
 
 CNPG = {("postgresql.cnpg.io/v1", "Cluster"), ("postgresql.cnpg.io/v1", "Pooler")}
 
@@ -38,11 +40,28 @@ _rendered = {}
 def kustomize():
     global _cmd
     if _cmd is None:
-        _cmd, version = k8s.kustomize_command()
+        try:
+            _cmd, version = k8s.kustomize_command()
+        except k8s.InstallError as e:
+            k8s.skip("no kubectl with kustomize v4+, and the npm package with one did not install: %s" % e)
         if _cmd is None:
-            raise Skip("no kubectl with kustomize v4+ and no kustomize (docs/kubernetes.md, 'Tests')")
+            k8s.skip("no kubectl with kustomize v4+, no kustomize, no node and npm for the packaged "
+                     "kubectl (docs/kubernetes.md, 'Tests')")
         print("# rendering with %s" % version)
     return _cmd
+
+
+# The dev overlay's Secret comes from files the operator writes (git
+# ignores them); the tests render a temporary copy with these.
+DEV_REDIS_PASSWORD = "5f" * 32
+DEV_SECRET_ENV = ("postgres-dsn=host=postgres.netbird-dev.svc port=5432 dbname=netbird user=netbird "
+                  "password=test-only sslmode=prefer\n"
+                  "datastore-encryption-key=dGVzdC1vbmx5LXRlc3Qtb25seS10ZXN0LW9ubHktdGU=\n"
+                  "redis-password=%s\n" % DEV_REDIS_PASSWORD)
+
+
+def dev_files():
+    return {"secret.env": DEV_SECRET_ENV, "redis-users.acl": k8s.users_acl(DEV_REDIS_PASSWORD)}
 
 
 def rendered(name):
@@ -51,6 +70,8 @@ def rendered(name):
     if name not in _rendered:
         if name.startswith("component:"):
             _rendered[name] = k8s.render_component(kustomize(), name.split(":", 1)[1])
+        elif name == "dev":
+            _rendered[name] = k8s.render_copy(kustomize(), "dev", dev_files())
         else:
             path = os.path.join(k8s.K8S, "base") if name == "base" else os.path.join(k8s.K8S, "overlays", name)
             _rendered[name] = k8s.render(kustomize(), path)
@@ -76,13 +97,13 @@ def every_rendering():
 def binaries():
     admin = os.environ.get("NETBIRD_ADMIN", "")
     if not admin or not os.access(admin, os.X_OK):
-        raise Skip("NETBIRD_ADMIN does not name netbird-cp-admin")
+        k8s.skip("NETBIRD_ADMIN does not name netbird-cp-admin")
     return k8s.Binaries(svc.BINARY, admin)
 
 
 def needs_node():
     if not shutil.which("node") or not shutil.which("npm"):
-        raise Skip("node and npm are needed for the schema validator")
+        k8s.skip("node and npm are needed for the schema validator")
     k8s.install_validator()
 
 
@@ -137,6 +158,60 @@ def kustomize_renders_base_and_every_overlay():
             ns = {o["metadata"].get("namespace") for o in objs if o["kind"] != "Namespace"}
             assert len(ns) == 1 and None not in ns, (n, ns)
             assert any(o["kind"] == "Secret" for o in objs) or n != "dev", n
+
+
+@test
+def the_packaged_kubectl_renders_like_the_machines():
+    """The fallback for machines without kubectl 1.21+: the kubectl of the
+    npm package pinned in k8s-validate's lockfile (checked by sha256)
+    renders every overlay to the same objects."""
+    if not shutil.which("node") or not shutil.which("npm"):
+        k8s.skip("node and npm are needed for the packaged kubectl")
+    packaged = k8s.packaged_kubectl()
+    out = subprocess.run([packaged, "version", "--client", "-o", "json"], capture_output=True, text=True,
+                         timeout=60).stdout
+    v = json.loads(out)
+    assert v["clientVersion"]["gitVersion"] == k8s.PACKAGED_KUBECTL[2], v
+    assert v["kustomizeVersion"].startswith("v5."), v
+    cmd = [packaged, "kustomize"]
+    if kustomize() == cmd:
+        print("# the packaged kubectl is the one rendering here")
+        return
+    for n in ("base", "cnpg", "external-db"):
+        path = os.path.join(k8s.K8S, "base") if n == "base" else os.path.join(k8s.K8S, "overlays", n)
+        assert k8s.render(cmd, path) == rendered(n), n
+    assert k8s.render_copy(cmd, "dev", dev_files()) == rendered("dev")
+
+
+@test
+def the_dev_overlay_needs_the_operators_secret_files():
+    """No secret is committed: the dev overlay renders only once the
+    operator has written secret.env and redis-users.acl (git ignores both;
+    the .example shows the format), and the generated Secret holds what
+    they say."""
+    dev = os.path.join(k8s.K8S, "overlays", "dev")
+    assert os.path.isfile(os.path.join(dev, "secret.env.example"))
+    names = ["deploy/k8s/overlays/dev/secret.env", "deploy/k8s/overlays/dev/redis-users.acl"]
+    ignored = subprocess.run(["git", "-C", k8s.ROOT, "check-ignore"] + names, capture_output=True, text=True)
+    assert ignored.stdout.split() == names, ("must be git-ignored", ignored.stdout, ignored.stderr)
+    tracked = subprocess.run(["git", "-C", k8s.ROOT, "ls-files", "deploy/k8s"], capture_output=True,
+                             text=True).stdout.split()
+    assert not [t for t in tracked if t.endswith(("/secret.env", "/redis-users.acl"))], tracked
+    for missing in ("secret.env", "redis-users.acl"):
+        files = dev_files()
+        del files[missing]
+        try:
+            k8s.render_copy(kustomize(), "dev", files)
+        except AssertionError as e:
+            assert missing in str(e), e
+            continue
+        raise AssertionError("the dev overlay rendered without %s" % missing)
+    import base64
+    secret = one(rendered("dev"), "Secret")
+    data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    assert set(data) == {"postgres-dsn", "datastore-encryption-key", "redis-password", "redis-users.acl"}, data
+    assert data["redis-password"] == DEV_REDIS_PASSWORD
+    assert DEV_REDIS_PASSWORD not in data["redis-users.acl"], "the ACL file holds the cleartext"
 
 
 @test
@@ -291,6 +366,19 @@ def cloudnativepg_objects_hold_together():
     assert ps["pgbouncer"]["poolMode"] in ("session", "transaction"), ps
     for k, v in (ps["pgbouncer"].get("parameters") or {}).items():
         assert isinstance(v, str), (k, v)           # the CRD's map of strings
+    # Connections: every pooler instance's server connections together stay
+    # under max_connections with headroom, and one instance can hold every
+    # client (session mode: a client beyond the pool waits for good).
+    pp = ps["pgbouncer"]["parameters"]
+    per_instance = min(int(pp["default_pool_size"]), int(pp.get("max_db_connections", "0")) or 10 ** 9)
+    max_conn = int(cs["postgresql"]["parameters"]["max_connections"])
+    assert ps["instances"] * per_instance + 40 <= max_conn, (ps["instances"], per_instance, max_conn)
+    hpa = one(objs, "HorizontalPodAutoscaler")
+    h = binaries().help(k8s.ENTRYPOINT, "management")
+    clients = hpa["spec"]["maxReplicas"] * (int(h.flags["--db-pool-size"]["default"]) + 1) + 2
+    assert per_instance >= clients, (per_instance, clients)
+    print("# pooler: %d x %d server connections of max_connections %d; %d clients at most"
+          % (ps["instances"], per_instance, max_conn, clients))
     for k, v in (cs.get("postgresql", {}).get("parameters") or {}).items():
         assert isinstance(v, str), (k, v)
     kz = k8s.load_yaml(os.path.join(k8s.K8S, "overlays", "cnpg", "kustomization.yaml"))
@@ -306,6 +394,52 @@ def cloudnativepg_objects_hold_together():
         assert pw, where
         ref = pw[0]["valueFrom"]["secretKeyRef"]
         assert ref == {"name": cluster["metadata"]["name"] + "-app", "key": "password"}, (where, ref)
+
+
+@test
+def the_cnpg_overlay_narrows_the_replicas_egress():
+    """5432 only to the Pooler's pods, 6379 only to the Redis pods, DNS and
+    443 kept; the other overlays keep the base's open ports."""
+    objs = rendered("cnpg")
+    pol = one(objs, "NetworkPolicy", "netbird-mgmt")
+    pooler = one(objs, "Pooler")
+    redis_labels = one(objs, "Deployment", "netbird-redis")["spec"]["template"]["metadata"]["labels"]
+    by_port = {}
+    for rule in pol["spec"]["egress"]:
+        for p in rule["ports"]:
+            by_port.setdefault(p["port"], []).append(rule.get("to"))
+    assert set(by_port) == {53, 5432, 6379, 443}, by_port
+    assert by_port[5432] == [[{"podSelector": {"matchLabels": {"cnpg.io/poolerName": pooler["metadata"]["name"]}}}]], \
+        by_port[5432]
+    [[sel]] = by_port[6379]
+    ml = sel["podSelector"]["matchLabels"]
+    assert ml and ml.items() <= redis_labels.items() and ml.get("app.kubernetes.io/component") == "redis", ml
+    assert by_port[443] == [None] and all(t is None for t in by_port[53]), by_port
+    base = one(rendered("base"), "NetworkPolicy", "netbird-mgmt")
+    assert [p["port"] for r in base["spec"]["egress"] for p in r["ports"]] == [53, 53, 5432, 6379, 443], base
+
+
+def sync_wave(o):
+    return int((o["metadata"].get("annotations") or {}).get("argocd.argoproj.io/sync-wave", "0"))
+
+
+@test
+def the_migration_job_runs_after_the_database_under_argo():
+    """A PreSync hook runs before the Namespace and the Cluster exist, so a
+    first install fails: the Job is a Sync hook in a wave after the
+    Cluster's and before the Deployment's, and retries long enough for a
+    new Cluster to start."""
+    objs = rendered("cnpg")
+    job = one(objs, "Job", "netbird-cp-migrate")
+    ann = job["metadata"]["annotations"]
+    assert ann["argocd.argoproj.io/hook"] == "Sync", ann
+    assert job["spec"]["backoffLimit"] >= 15 and job["spec"]["activeDeadlineSeconds"] == 1800, job["spec"]
+    ns, cluster, pooler = one(objs, "Namespace"), one(objs, "Cluster"), one(objs, "Pooler")
+    dep = mgmt_deployment(objs)
+    waves = [sync_wave(x) for x in (ns, cluster, job, dep)]
+    print("# Argo CD sync waves: Namespace %d, Cluster %d, Job %d, Deployment %d" % tuple(waves))
+    assert waves == sorted(set(waves)), waves
+    assert sync_wave(pooler) <= sync_wave(job) - 1, sync_wave(pooler)
 
 
 # ---- the binaries ----------------------------------------------------------------
@@ -447,25 +581,84 @@ def ports_probes_and_references_agree():
     assert len(services) == 2, services
 
 
+# What netbird-mgmt may take after SIGTERM beyond ShutdownTimeout
+# (services/management/mgmt-manager.c): SHUTDOWN_SLACK_MS (5 s) for gRPC to
+# finish cancelling, then REPLICA_STOP_MS (3 s) for the replicas row and
+# READY_STOP_MS (2 s) for a readiness check stuck in the store.
+SHUTDOWN_AFTER_TIMEOUT = 5 + 3 + 2
+GRACE_MARGIN = 2
+
+
+def setting(c, cfg_controlplane, flag, env_name, file_key, default):
+    """A duration setting as the binary resolves it: command line over
+    environment over management.json over the built-in default."""
+    args = list(c.get("args") or [])
+    for k, a in enumerate(args):
+        if a == flag and k + 1 < len(args):
+            return k8s.seconds(args[k + 1]), "args"
+        if a.startswith(flag + "="):
+            return k8s.seconds(a.split("=", 1)[1]), "args"
+    for e in c.get("env") or []:
+        if e["name"] == env_name and "value" in e:
+            return k8s.seconds(e["value"]), "env"
+    if file_key in cfg_controlplane:
+        return k8s.seconds(cfg_controlplane[file_key]), "management.json"
+    return k8s.seconds(default), "default"
+
+
+def shutdown_budget(objs, defaults):
+    """(preStop, ShutdownTimeout, DrainWindow, grace) of a rendering."""
+    spec = mgmt_deployment(objs)["spec"]["template"]["spec"]
+    c = main_container(spec)
+    prestop = c["lifecycle"]["preStop"]["sleep"]["seconds"]
+    cfg = json.loads(management_json(objs)[0])
+    cp = {k.lower(): v for k, v in cfg.get("ControlPlane", {}).items()}
+    shutdown, src = setting(c, cp, "--shutdown-timeout", "NB_MGMT_SHUTDOWN_TIMEOUT", "shutdowntimeout",
+                            defaults["--shutdown-timeout"])
+    drain, _ = setting(c, cp, "--drain-window", "NB_MGMT_DRAIN_WINDOW", "drainwindow",
+                       defaults["--drain-window"])
+    return prestop, shutdown, drain, spec["terminationGracePeriodSeconds"], src
+
+
+def grace_errors(prestop, shutdown, drain, grace):
+    errs = []
+    if drain >= shutdown:
+        errs.append("DrainWindow %ss >= ShutdownTimeout %ss" % (drain, shutdown))
+    need = prestop + shutdown + SHUTDOWN_AFTER_TIMEOUT + GRACE_MARGIN
+    if grace < need:
+        errs.append("grace %ss < preStop %ss + ShutdownTimeout %ss + %ss + margin %ss"
+                    % (grace, prestop, shutdown, SHUTDOWN_AFTER_TIMEOUT, GRACE_MARGIN))
+    return errs
+
+
 @test
 def grace_period_covers_prestop_and_shutdown():
+    """terminationGracePeriodSeconds >= preStop + ShutdownTimeout + the
+    10 s the binary may take after it (SHUTDOWN_AFTER_TIMEOUT) + a margin,
+    with ShutdownTimeout read as the binary does (args, env,
+    management.json, its default)."""
+    h = binaries().help(k8s.ENTRYPOINT, "management")
+    defaults = {f: h.flags[f]["default"] for f in ("--shutdown-timeout", "--drain-window")}
     for n in every_rendering():
         objs = rendered(n)
         dep = mgmt_deployment(objs)
-        spec = dep["spec"]["template"]["spec"]
-        c = main_container(spec)
-        prestop = c["lifecycle"]["preStop"]["sleep"]["seconds"]
-        cfg = json.loads(management_json(objs)[0])
-        cp = {k.lower(): v for k, v in cfg.get("ControlPlane", {}).items()}
-        shutdown = k8s.seconds(cp.get("shutdowntimeout", "10s"))
-        drain = k8s.seconds(cp.get("drainwindow", "3s"))
-        grace = spec["terminationGracePeriodSeconds"]
-        print("# %s: preStop %ss + ShutdownTimeout %ss (DrainWindow %ss inside it) < grace %ss"
-              % (n, prestop, shutdown, drain, grace))
-        assert drain < shutdown, (n, drain, shutdown)
-        assert grace >= prestop + shutdown + 5, (n, grace, prestop, shutdown)
+        prestop, shutdown, drain, grace, src = shutdown_budget(objs, defaults)
+        print("# %s: preStop %ss + ShutdownTimeout %ss (%s; DrainWindow %ss inside it) + %ss + %ss <= grace %ss"
+              % (n, prestop, shutdown, src, drain, SHUTDOWN_AFTER_TIMEOUT, GRACE_MARGIN, grace))
+        assert not grace_errors(prestop, shutdown, drain, grace), (n, grace_errors(prestop, shutdown, drain, grace))
         strat = dep["spec"]["strategy"]["rollingUpdate"]
         assert strat["maxUnavailable"] == 0 and strat["maxSurge"] >= 1, (n, strat)
+    # an override in env or args is what counts
+    base = rendered("base")
+    for mutate, want in ((lambda c: c.setdefault("env", []).append({"name": "NB_MGMT_SHUTDOWN_TIMEOUT",
+                                                                    "value": "25s"}), (25, "env")),
+                         (lambda c: c["args"].extend(["--shutdown-timeout", "40s"]), (40, "args")),
+                         (lambda c: c["args"].append("--shutdown-timeout=1m"), (60, "args"))):
+        x = copy.deepcopy(base)
+        mutate(main_container(mgmt_deployment(x)))
+        prestop, shutdown, drain, grace, src = shutdown_budget(x, defaults)
+        assert (shutdown, src) == want, (shutdown, src, want)
+        assert grace_errors(prestop, shutdown, drain, grace), (shutdown, grace)
     assert k8s.seconds("1m30s") == 90 and k8s.seconds("250ms") == 0.25 and k8s.seconds("7") == 7
     for bad in ("", "10x", "s10"):
         try:
@@ -475,11 +668,34 @@ def grace_period_covers_prestop_and_shutdown():
         raise AssertionError("accepted %r" % bad)
 
 
+def hpa_metric_types(objects):
+    return [m["type"] for m in one(objects, "HorizontalPodAutoscaler")["spec"]["metrics"]]
+
+
+@test
+def the_base_hpa_needs_no_custom_metrics():
+    """An HPA with a metric it cannot read refuses to scale down, so the
+    base scales on CPU alone (metrics-server) and the streams metric comes
+    only with components/hpa-streams, in the overlays that also need
+    prometheus-adapter."""
+    assert hpa_metric_types(rendered("base")) == ["Resource"], hpa_metric_types(rendered("base"))
+    with_streams = []
+    for n in k8s.overlays():
+        kz = k8s.load_yaml(os.path.join(k8s.K8S, "overlays", n, "kustomization.yaml"))
+        uses = any(os.path.basename(os.path.normpath(c)) == "hpa-streams" for c in kz.get("components") or [])
+        types = hpa_metric_types(rendered(n))
+        assert types == (["Resource", "Pods"] if uses else ["Resource"]), (n, types)
+        if uses:
+            with_streams.append(n)
+    print("# the streams metric in: %s" % ", ".join(with_streams))
+    assert set(with_streams) >= {"cnpg", "external-db"} and "dev" not in with_streams, with_streams
+
+
 @test
 def the_prometheus_adapter_rule_serves_the_hpa_metric():
     rule = k8s.load_yaml(os.path.join(k8s.K8S, "extras", "prometheus-adapter-rules.yaml"))
     custom = rule["rules"]["custom"]
-    hpa = one(rendered("base"), "HorizontalPodAutoscaler")
+    hpa = one(rendered("cnpg"), "HorizontalPodAutoscaler")
     names = [m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
     assert names, hpa
     for name in names:
@@ -542,7 +758,7 @@ def a_replica_started_as_the_manifests_say_serves_its_probes():
         time.sleep(0.5)
     sm = one(objs, "ServiceMonitor")
     st, _, body = svc.http("GET", s.url(sm["spec"]["endpoints"][0]["path"]))
-    hpa = one(objs, "HorizontalPodAutoscaler")
+    hpa = one(rendered("cnpg"), "HorizontalPodAutoscaler")     # dev's HPA has CPU only
     metric = [m for m in hpa["spec"]["metrics"] if m["type"] == "Pods"][0]["pods"]["metric"]["name"]
     assert st == 200 and ("\n%s " % metric).encode() in body, (st, metric)
     # the config loaded whole: no key of it was unknown to this binary
@@ -584,23 +800,46 @@ def redis_session(port, *commands):
         return out
 
 
-def start_manifest_redis(objs, password):
-    """redis-server with the Redis Deployment's args, on a free loopback port."""
+def start_manifest_redis(objs):
+    """redis-server as the Redis Deployment says: its args, with the ACL
+    file it mounts from the rendered Secret written to a temporary
+    directory at the mount's place; on a free loopback port."""
+    import base64
     server = shutil.which("redis-server")
     if not server:
-        raise Skip("redis-server not installed")
+        k8s.skip("redis-server not installed")
     rdep = one(objs, "Deployment", "netbird-redis")
-    rc = rdep["spec"]["template"]["spec"]["containers"][0]
-    args = k8s.expand_args(rc["args"], {"REDIS_PASSWORD": password})
-    port = svc.free_port()
+    spec = rdep["spec"]["template"]["spec"]
+    rc = spec["containers"][0]
+    assert not rc.get("env"), "the Redis container needs no environment (no password in it)"
     d = svc.tmpdir()
+    args = list(rc["args"])
+    vols = {v["name"]: v for v in spec["volumes"]}
+    for m in rc.get("volumeMounts") or []:
+        sv = vols[m["name"]].get("secret")
+        if not sv:
+            continue
+        secret = one(objs, "Secret", sv["secretName"])
+        mdir = os.path.join(d, m["name"])
+        os.makedirs(mdir)
+        for item in sv["items"]:
+            with open(os.path.join(mdir, item["path"]), "wb") as f:
+                f.write(base64.b64decode(secret["data"][item["key"]]))
+        mount = m["mountPath"].rstrip("/") + "/"
+        args = [mdir + "/" + a[len(mount):] if a.startswith(mount) else a for a in args]
+    assert "--aclfile" in args and not any(DEV_REDIS_PASSWORD in a for a in args), args
+    port = svc.free_port()
     p = subprocess.Popen([server] + args + ["--port", str(port), "--bind", "127.0.0.1", "--dir", d],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     def stop():
         if p.poll() is None:
             p.terminate()
-            p.wait(10)
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(10)
     svc.defer(stop)
     deadline = time.monotonic() + 20
     while True:
@@ -615,42 +854,43 @@ def start_manifest_redis(objs, password):
 
 @test
 def the_redis_component_requires_its_acl_user():
+    """The ACL file from the Secret: no anonymous access, the default user
+    off, the user netbird-cp may PUBLISH and SUBSCRIBE on the bus channel
+    and PING, nothing else (another channel, a key, FLUSHALL: NOPERM)."""
     objs = rendered("dev")
-    pw = "5f" * 32
-    port = start_manifest_redis(objs, pw)
+    pw = DEV_REDIS_PASSWORD
+    port = start_manifest_redis(objs)
     assert redis_cmd(port, "PING").startswith("-NOAUTH"), "Redis answers without AUTH"
     assert redis_cmd(port, "AUTH", pw).startswith("-"), "the default user is on"
     assert redis_cmd(port, "AUTH", "netbird-cp", "wrong").startswith("-WRONGPASS")
     cfg = json.loads(management_json(objs)[0])
     prefix = {k.lower(): v for k, v in cfg["ControlPlane"].items()}.get("buschannelprefix", "netbird-cp")
     out = redis_session(port, ["AUTH", "netbird-cp", pw], ["PUBLISH", prefix + ":account-serial", "x"],
-                        ["PUBLISH", "other:account-serial", "x"], ["FLUSHALL"])
-    assert out[0] == "+OK" and out[1].startswith(":"), out
-    assert out[2].startswith("-NOPERM") and out[3].startswith("-NOPERM"), out
+                        ["PING"], ["PUBLISH", "other:account-serial", "x"],
+                        ["PUBLISH", prefix + ":other", "x"], ["FLUSHALL"],
+                        ["SET", prefix + ":k", "v"], ["GET", prefix + ":k"], ["CONFIG", "GET", "*"],
+                        ["SUBSCRIBE", prefix + ":account-serial"])
+    assert out[0] == "+OK" and out[1].startswith(":") and out[2] == "+PONG", out
+    for r in out[3:9]:
+        assert r.startswith("-NOPERM"), out
+    assert out[9] == "*3", out      # the subscription's confirmation
 
 
 @test
 def a_replica_uses_the_manifests_redis_url():
     """NB_CACHE_REDIS_ADDRESS as the Deployment composes it (user and
     password from the Secret) against the Redis component: the bus
-    subscribes, /readyz is not degraded."""
+    subscribes and publishes, /readyz is not degraded."""
     objs = rendered("dev")
-    pw = "a1" * 32
-    port = start_manifest_redis(objs, pw)
+    pw = DEV_REDIS_PASSWORD
+    port = start_manifest_redis(objs)
     dsn, _ = svc.new_db()
     c = main_container(mgmt_deployment(objs))
     env = k8s.container_env(c, dict(secret_values(objs, dsn), REDIS_PASSWORD=pw))
     url = env["NB_CACHE_REDIS_ADDRESS"]
     assert url.startswith("redis://netbird-cp:%s@netbird-redis:6379" % pw), url
     env["NB_CACHE_REDIS_ADDRESS"] = url.replace("@netbird-redis:6379", "@127.0.0.1:%d" % port)
-    s = svc.Server(svc.base_args(), env=env, wait=False)
-    try:
-        s.wait_listening()
-    except AssertionError:
-        if s.proc.poll() is not None and "redis url" in s.stderr():
-            raise Skip("this binary's bus URL takes no user:password yet (branch wt-dbha adds it): %s"
-                       % s.stderr().splitlines()[0])
-        raise
+    s = svc.Server(svc.base_args(), env=env)
     deadline = time.monotonic() + 30
     while True:
         st, _, body = svc.http_json("GET", s.url("/readyz"))
@@ -658,6 +898,8 @@ def a_replica_uses_the_manifests_redis_url():
             break
         assert time.monotonic() < deadline, (st, body)
         time.sleep(0.5)
+    st, _, metrics = svc.http("GET", s.url("/metrics"))
+    assert st == 200 and b"\nnetbird_cp_bus_connected 1" in metrics, metrics[-2000:]
     rc, _ = s.stop()
     assert rc == 0, s.stderr()
 
