@@ -92,12 +92,6 @@ class Writer(threading.Thread):
             time.sleep(0.1)
 
 
-def metric(srv, name):
-    status, _, body = svc.http("GET", srv.url("/metrics"))
-    for line in body.decode().splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return None
 
 
 @test
@@ -190,7 +184,7 @@ def primary_killed_under_load():
     assert not lost, "acknowledged but lost: %s" % lost
     # The fence: nobody reaped anybody; every agent's peer is connected.
     for srv in servers:
-        assert metric(srv, "netbird_cp_replica_reaped_sessions_total") == 0
+        assert svc.metric(srv, "netbird_cp_replica_reaped_sessions_total") == 0
     keys = [a.pub_b64 for a in agents]
     rows = dep.sql("SELECT key, peer_status_connected FROM peers WHERE key = ANY(%s)", (keys,))
     assert len(rows) == AGENTS and all(r[1] for r in rows), rows

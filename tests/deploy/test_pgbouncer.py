@@ -103,26 +103,8 @@ def deployment_through(bouncer):
         svc.PG_DSN = saved
 
 
-def rest(srv, method, path, token, body=None):
-    import json
-    import urllib.error
-    import urllib.request
-    req = urllib.request.Request(srv.url(path), method=method,
-                                 data=json.dumps(body).encode() if body is not None else None,
-                                 headers={"Authorization": "Token " + token, "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"null")
 
 
-def metric(srv, name):
-    status, _, body = svc.http("GET", srv.url("/metrics"))
-    for line in body.decode().splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return None
 
 
 def serve_and_change(dep, srv_a, srv_b):
@@ -138,15 +120,15 @@ def serve_and_change(dep, srv_a, srv_b):
     sb.next(timeout=20)
     sa.wait_for(lambda m: b.pub_b64 in remote_keys(m), timeout=20)
     for i, srv in enumerate((srv_a, srv_b) * 5):
-        status, body = rest(srv, "POST", "/api/groups", dep.admin_token, {"name": "pgb-%d" % i})
+        status, body = svc.rest(srv, "POST", "/api/groups", dep.admin_token, {"name": "pgb-%d" % i})
         assert status == 200, (status, body)
-    status, body = rest(srv_b, "GET", "/api/groups", dep.admin_token)
+    status, body = svc.rest(srv_b, "GET", "/api/groups", dep.admin_token)
     assert status == 200 and {"pgb-%d" % i for i in range(10)} <= {g["name"] for g in body}, body
     # A policy change bumps the serial: both streams get the new map.
-    status, pols = rest(srv_a, "GET", "/api/policies", dep.admin_token)
+    status, pols = svc.rest(srv_a, "GET", "/api/policies", dep.admin_token)
     assert status == 200 and pols, pols
     before = dep.network_serial()
-    status, body = rest(srv_b, "DELETE", "/api/policies/" + pols[0]["id"], dep.admin_token)
+    status, body = svc.rest(srv_b, "DELETE", "/api/policies/" + pols[0]["id"], dep.admin_token)
     assert status == 200, (status, body)
     serial = dep.network_serial()
     assert serial > before
@@ -172,13 +154,13 @@ def transaction_pooling():
     # and switch by itself.
     r2 = dep.start("--serial-check-interval", "1s", env=NAMED)
     serve_and_change(dep, r1, r2)
-    assert metric(r1, "netbird_cp_store_prepared_statements") == 0
+    assert svc.metric(r1, "netbird_cp_store_prepared_statements") == 0
     # Which statement meets a server connection without it depends on the
     # pooler's choice: make sure some do.
     for i in range(40):
-        rest(r2, "GET", "/api/groups", dep.admin_token)
-        rest(r2, "GET", "/api/peers", dep.admin_token)
-    wait_until(lambda: metric(r2, "netbird_cp_store_prepared_statements") == 0, timeout=20,
+        svc.rest(r2, "GET", "/api/groups", dep.admin_token)
+        svc.rest(r2, "GET", "/api/peers", dep.admin_token)
+    wait_until(lambda: svc.metric(r2, "netbird_cp_store_prepared_statements") == 0, timeout=20,
                what="r2 switched to unnamed statements")
     assert svc.http("GET", r2.url("/readyz"))[0] == 200
     # A second start migrates again through the pooler (nothing pending).
@@ -196,7 +178,7 @@ def session_pooling():
     r2 = dep.start("--serial-check-interval", "1s", env=NAMED)
     serve_and_change(dep, r1, r2)
     # Session pooling keeps a server connection per client: nothing lost.
-    assert metric(r1, "netbird_cp_store_prepared_statements") == 1
+    assert svc.metric(r1, "netbird_cp_store_prepared_statements") == 1
 
 
 if __name__ == "__main__":

@@ -41,13 +41,6 @@ def readyz(srv):
     return status, body
 
 
-def metric(srv, name):
-    status, _, body = svc.http("GET", srv.url("/metrics"))
-    assert status == 200
-    for line in body.decode().splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return None
 
 
 def no_secret(srv, *texts):
@@ -82,14 +75,14 @@ def password_fans_out_and_never_shows():
     for srv in (r1, r2):
         status, body = readyz(srv)
         assert status == 200 and body == {"status": "ready"}, (status, body)
-        assert metric(srv, "netbird_cp_bus_connected") == 1
-        assert metric(srv, "netbird_cp_bus_auth_failures_total") == 0
+        assert svc.metric(srv, "netbird_cp_bus_connected") == 1
+        assert svc.metric(srv, "netbird_cp_bus_auth_failures_total") == 0
     # Redis restarts: both connections authenticate again.
     redis.stop()
     redis.start()
-    wait_until(lambda: metric(r1, "netbird_cp_bus_connected") == 1 and readyz(r1)[0] == 200, timeout=20,
+    wait_until(lambda: svc.metric(r1, "netbird_cp_bus_connected") == 1 and readyz(r1)[0] == 200, timeout=20,
                what="r1 back on the bus")
-    wait_until(lambda: metric(r2, "netbird_cp_bus_connected") == 1, timeout=20, what="r2 back on the bus")
+    wait_until(lambda: svc.metric(r2, "netbird_cp_bus_connected") == 1, timeout=20, what="r2 back on the bus")
     fan_out(dep, r1, r2)
     no_secret(r1)
     no_secret(r2)
@@ -116,9 +109,9 @@ def refused(dep, url, prefix, needle):
     assert body["status"] == "not ready" and body["failed"] == "bus", body
     assert body["error"].startswith("Redis refused "), body
     assert needle in body["error"], body
-    wait_until(lambda: (metric(srv, "netbird_cp_bus_auth_failures_total") or 0) >= 1, timeout=10,
+    wait_until(lambda: (svc.metric(srv, "netbird_cp_bus_auth_failures_total") or 0) >= 1, timeout=10,
                what="auth failures counted")
-    assert metric(srv, "netbird_cp_bus_connected") == 0
+    assert svc.metric(srv, "netbird_cp_bus_connected") == 0
     line = srv.wait_log(lambda o: o.get("msg", "").startswith("the bus cannot work"))
     assert needle in line.get("error", ""), line
     # Still alive and serving /healthz: only readiness is withdrawn.

@@ -382,6 +382,31 @@ def http_json(method, url, **kw):
     return status, headers, json.loads(body.decode()) if body else None
 
 
+def rest(srv, method, path, token, body=None, timeout=10):
+    """(status, parsed JSON body or None) of a REST call with a PAT."""
+    req = urllib.request.Request(srv.url(path), method=method,
+                                 data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"Authorization": "Token " + token, "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as e:
+        try:
+            return e.code, json.loads(e.read() or b"null")
+        except ValueError:
+            return e.code, None
+
+
+def metric(srv, name):
+    """The value of an unlabelled sample on srv's /metrics, or None."""
+    status, _, body = http("GET", srv.url("/metrics"))
+    assert status == 200, status
+    for line in body.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
 def dsn_env(dsn):
     return {"NB_STORE_ENGINE_POSTGRES_DSN": dsn}
 

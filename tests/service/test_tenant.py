@@ -85,19 +85,6 @@ def expect_rpc(fn, code, details):
     raise AssertionError("expected %s %r" % (code, details))
 
 
-def rest(srv, method, path, token, body=None):
-    """(status, parsed JSON body) of a REST call."""
-    import json
-    import urllib.error
-    import urllib.request
-    req = urllib.request.Request(srv.url(path), method=method,
-                                 data=json.dumps(body).encode() if body is not None else None,
-                                 headers={"Authorization": "Token " + token, "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"null")
 
 
 def peer_count(dep, account):
@@ -232,11 +219,11 @@ def suspend_ends_streams_on_both_replicas_and_resume_restores():
     check_suspended_refusals(dep, r2, a)
     assert peer_count(dep, dep.account_id) == peers_before
     # REST: reads allowed, writes refused.
-    status, body = rest(r1, "GET", "/api/peers", dep.admin_token)
+    status, body = svc.rest(r1, "GET", "/api/peers", dep.admin_token)
     assert status == 200 and len(body) == peers_before, (status, body)
-    status, body = rest(r2, "POST", "/api/groups", dep.admin_token, {"name": "nope"})
+    status, body = svc.rest(r2, "POST", "/api/groups", dep.admin_token, {"name": "nope"})
     assert status == 403 and body["message"] == "account is suspended", (status, body)
-    status, body = rest(r1, "GET", "/api/events", dep.admin_token)
+    status, body = svc.rest(r1, "GET", "/api/events", dep.admin_token)
     assert status == 200 and any(e["activity_code"] == "account.suspend" for e in body), body
     assert len(events(dep, dep.account_id, EV_SUSPENDED)) == 1
     # The other account is untouched: its stream still gets maps.
@@ -308,7 +295,7 @@ def delete_removes_every_row_of_the_tenant_and_nothing_else():
     register(dep, r1, other["SETUP_KEY"], "o-one")
     register(dep, r2, dep.setup_key, "msp-one")
     # More rows of the victim through its own REST API.
-    status, body = rest(r1, "POST", "/api/groups", victim["ADMIN_TOKEN"], {"name": "victim-devs"})
+    status, body = svc.rest(r1, "POST", "/api/groups", victim["ADMIN_TOKEN"], {"name": "victim-devs"})
     assert status == 200, (status, body)
     s1, s2 = v1.sync(), v2.sync()
     s1.next(timeout=15)
