@@ -211,6 +211,13 @@ static int parse_url(const char *url, bus_url *ret, cp_error *reterr) {
         for (const char *c = p; c < auth_end; c++)
                 if (*c == '@')
                         at = c;
+        /* An '@' past the authority: a user or password holding a raw
+         * '/', '?' or '#' cut it short.  Quote nothing: the rest is the
+         * secret. */
+        if (strchr(auth_end, '@'))
+                return cp_error_set(reterr, -EINVAL,
+                                    "redis url: the user or password contains an unencoded '/', '?' or '#'; "
+                                    "percent-encode it");
         if (at) {
                 const char *colon = memchr(p, ':', (size_t) (at - p));
                 if (colon) {
@@ -266,7 +273,7 @@ static int parse_url(const char *url, bus_url *ret, cp_error *reterr) {
                 buf[n] = '\0';
                 if (cp_parse_int64(buf, 1, 65535, &port) < 0) {
                         bus_url_release(&u);
-                        return cp_error_set(reterr, -EINVAL, "redis url: bad port \"%s\"", buf);
+                        return cp_error_set(reterr, -EINVAL, "redis url: bad port (1-65535)");
                 }
                 p = ps + n;
         }

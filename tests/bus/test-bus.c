@@ -336,6 +336,25 @@ TEST(new_rejects_bad_arguments) {
         ASSERT_TRUE(strstr(err.message, "sekret") == NULL);
         ASSERT_EQ(-EINVAL, cp_bus_new(base, "redis://u:sekret@h:1/x", "p", NULL, &bus, &err));
         ASSERT_TRUE(strstr(err.message, "sekret") == NULL);
+        /* A raw '/', '?' or '#' in the password ends the authority early:
+         * refused as such, quoting no part of the password. */
+        static const char *const raw[] = {
+                "redis://:Qx/Zk@h:1", "redis://:Qx?Zk@h:1", "redis://:Qx#Zk@h:1", "redis://u:Qx:12/Zk@h:1",
+                "redis://u:Wv:99999/Yj@h:1/0",
+        };
+        for (size_t i = 0; i < ELEMENTSOF(raw); i++) {
+                ASSERT_EQ(-EINVAL, cp_bus_new(base, raw[i], "p", NULL, &bus, &err));
+                ASSERT_TRUE(strstr(err.message, "unencoded") != NULL);
+                static const char *const parts[] = { "Qx", "Zk", "12", "Wv", "99999", "Yj" };
+                for (size_t j = 0; j < ELEMENTSOF(parts); j++)
+                        if (strstr(err.message, parts[j]))
+                                cptest_fail(__FILE__, __LINE__, "\"%s\" quotes \"%s\"", err.message, parts[j]);
+                ASSERT_EQ(-EINVAL, cp_bus_publish_once(raw[i], "p", "acct", 1, 100, &err));
+                ASSERT_TRUE(strstr(err.message, "Qx") == NULL && strstr(err.message, "Wv") == NULL);
+        }
+        /* The port text is never quoted either. */
+        ASSERT_EQ(-EINVAL, cp_bus_new(base, "redis://h:sekre", "p", NULL, &bus, &err));
+        ASSERT_TRUE(strstr(err.message, "sekre") == NULL);
         ASSERT_EQ(-EPROTONOSUPPORT, cp_bus_publish_once("rediss://h:1", "p", "acct", 1, 100, &err));
         ASSERT_TRUE(cp_bus_free(NULL) == NULL);
         event_base_free(base);
