@@ -57,7 +57,8 @@ typedef struct mgmt_post {
 typedef struct bus_refusal {
         pthread_mutex_t lock;
         char why[200];                  /* "" = not refused */
-        bool was_ready;                 /* every check passed once: a refusal only degrades */
+        bool subscribed;                /* the bus got through once (on_bus_state(true)) */
+        bool was_ready;                 /* every check passed once, on the bus: a refusal only degrades */
 } bus_refusal;
 
 struct mgmt_manager {
@@ -448,10 +449,11 @@ static void on_bus_refused(const char *why, void *userdata) {
 
 /* Checker thread: the "bus" readiness gate, the last one (reached only
  * when everything else passed). A refusal fails readiness only until this
- * replica has been ready once: a new pod with a bad Secret never takes
- * traffic and a rolling update stops at it, but a credential change on a
- * running Redis does not take every replica out at once (serving works
- * without the bus: the serial check); degraded() reports it then. */
+ * replica has been ready once with the bus working (the first checks run
+ * before Redis answered): a new pod with a bad Secret never takes traffic
+ * and a rolling update stops at it, but a credential change on a running
+ * Redis does not take every replica out at once (serving works without
+ * the bus: the serial check); degraded() reports it then. */
 static int bus_gate(void *userdata, char *why, size_t why_size) {
         bus_refusal *b = userdata;
         int r = 0;
@@ -460,7 +462,7 @@ static int bus_gate(void *userdata, char *why, size_t why_size) {
         if (b->why[0] && !b->was_ready) {
                 (void) snprintf(why, why_size, "%s", b->why);
                 r = -EACCES;
-        } else
+        } else if (b->subscribed)
                 b->was_ready = true;
         pthread_mutex_unlock(&b->lock);
         return r;
@@ -471,6 +473,9 @@ static void on_bus_state(bool up, void *userdata) {
 
         mgmt_metrics_bus_state(up);
         if (up) {
+                pthread_mutex_lock(&m->bus_refusal->lock);
+                m->bus_refusal->subscribed = true;
+                pthread_mutex_unlock(&m->bus_refusal->lock);
                 cp_log(&log_ctx, CP_LOG_INFO, "bus subscribed");
                 /* Whatever was published while we were away is gone:
                  * catch up from the database. */
