@@ -42,7 +42,7 @@
 enum { CONN_SUB, CONN_PUB };
 
 /* What Redis refused on a connection, so that only the matching success
- * clears it: a good AUTH or PONG clears an authentication refusal; a
+ * clears it: the PONG after AUTH clears an authentication refusal; a
  * NOPERM clears only once the refused command itself goes through
  * (SUBSCRIBE confirmed, PUBLISH answered with its count). */
 enum { REFUSED_NONE, REFUSED_AUTH, REFUSED_PERM };
@@ -369,7 +369,7 @@ static void conn_refused(bus_conn *conn, const char *err) {
         /* The attempt timer, still armed, drops this connection and retries. */
 }
 
-/* kind: what got through: REFUSED_AUTH (AUTH or PING answered) clears
+/* kind: what got through: REFUSED_AUTH (PING answered after AUTH) clears
  * only an authentication refusal; REFUSED_PERM (the refused command
  * itself) clears either. */
 static void conn_accepted(bus_conn *conn, int kind) {
@@ -498,8 +498,12 @@ static void on_ping_reply(redisAsyncContext *ac, void *r, void *privdata) {
         if (reply->type != REDIS_REPLY_STATUS || strcmp(reply->str, "PONG") != 0) {
                 /* Refused, or not ready (LOADING): the attempt timer,
                  * still armed, drops this connection and retries. */
-                if (reply->type == REDIS_REPLY_ERROR && is_refusal(reply->str))
+                if (reply->type == REDIS_REPLY_ERROR && is_refusal(reply->str)) {
                         conn_refused(conn, reply->str);
+                        /* Even a NOPERM (an ACL without +ping): the next
+                         * PONG is the refused command going through. */
+                        conn->refused = REFUSED_AUTH;
+                }
                 return;
         }
         evtimer_del(conn->timeout);
@@ -535,7 +539,8 @@ static void on_auth_reply(redisAsyncContext *ac, void *r, void *privdata) {
                 conn_refused(conn, reply->str);
                 return;
         }
-        conn_accepted(conn, REFUSED_AUTH);
+        /* Not cleared yet: only once SUBSCRIBE or PING went through too,
+         * so a refusal of those does not toggle on every reconnect. */
         conn_proceed(conn);
 }
 
