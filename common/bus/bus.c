@@ -41,13 +41,19 @@
 
 enum { CONN_SUB, CONN_PUB };
 
+/* What Redis refused on a connection, so that only the matching success
+ * clears it: the PONG after AUTH clears an authentication refusal; a
+ * NOPERM clears only once the refused command itself goes through
+ * (SUBSCRIBE confirmed, PUBLISH answered with its count). */
+enum { REFUSED_NONE, REFUSED_AUTH, REFUSED_PERM };
+
 typedef struct bus_conn {
         cp_bus *bus;
         int kind;
         redisAsyncContext *ac;  /* NULL: none (waiting to retry, or freed) */
         bool up;                /* publish: connected; subscribe: subscribed */
         bool started;           /* first attempt made (later ones count as reconnects) */
-        bool refused;           /* Redis refused AUTH or a command on this connection */
+        int refused;            /* REFUSED_*: what Redis refused on this connection */
         int backoff_ms;
         struct event *retry;    /* next attempt */
         struct event *timeout;  /* current attempt took too long */
@@ -211,6 +217,13 @@ static int parse_url(const char *url, bus_url *ret, cp_error *reterr) {
         for (const char *c = p; c < auth_end; c++)
                 if (*c == '@')
                         at = c;
+        /* An '@' past the authority: a user or password holding a raw
+         * '/', '?' or '#' cut it short.  Quote nothing: the rest is the
+         * secret. */
+        if (strchr(auth_end, '@'))
+                return cp_error_set(reterr, -EINVAL,
+                                    "redis url: the user or password contains an unencoded '/', '?' or '#'; "
+                                    "percent-encode it");
         if (at) {
                 const char *colon = memchr(p, ':', (size_t) (at - p));
                 if (colon) {
@@ -266,7 +279,7 @@ static int parse_url(const char *url, bus_url *ret, cp_error *reterr) {
                 buf[n] = '\0';
                 if (cp_parse_int64(buf, 1, 65535, &port) < 0) {
                         bus_url_release(&u);
-                        return cp_error_set(reterr, -EINVAL, "redis url: bad port \"%s\"", buf);
+                        return cp_error_set(reterr, -EINVAL, "redis url: bad port (1-65535)");
                 }
                 p = ps + n;
         }
@@ -342,10 +355,12 @@ static bool is_refusal(const char *err) {
 static void conn_refused(bus_conn *conn, const char *err) {
         char why[200];
 
+        bool perm = strncmp(err, "NOPERM", 6) == 0;
+
         COUNT(conn->bus, auth_failures);
-        conn->refused = true;
+        conn->refused = perm ? REFUSED_PERM : REFUSED_AUTH;
         (void) snprintf(why, sizeof why, "Redis refused %s: %s",
-                        strncmp(err, "NOPERM", 6) == 0 ? "a command (ACL permissions)" : "authentication", err);
+                        perm ? "a command (ACL permissions)" : "authentication", err);
         /* Control characters from the server are not for logs. */
         for (char *c = why; *c; c++)
                 if ((unsigned char) *c < 0x20 || *c == 0x7f)
@@ -354,10 +369,13 @@ static void conn_refused(bus_conn *conn, const char *err) {
         /* The attempt timer, still armed, drops this connection and retries. */
 }
 
-static void conn_accepted(bus_conn *conn) {
-        if (!conn->refused)
+/* kind: what got through: REFUSED_AUTH (PING answered after AUTH) clears
+ * only an authentication refusal; REFUSED_PERM (the refused command
+ * itself) clears either. */
+static void conn_accepted(bus_conn *conn, int kind) {
+        if (!conn->refused || (kind == REFUSED_AUTH && conn->refused != REFUSED_AUTH))
                 return;
-        conn->refused = false;
+        conn->refused = REFUSED_NONE;
         refusal_changed(conn->bus, NULL);
 }
 
@@ -406,7 +424,7 @@ static void on_pub_reply(redisAsyncContext *ac, void *r, void *privdata) {
         if (reply && reply->type == REDIS_REPLY_INTEGER) {
                 COUNT(bus, published);
                 if (!bus->freeing)
-                        conn_accepted(&bus->pub);
+                        conn_accepted(&bus->pub, REFUSED_PERM);
                 return;
         }
         COUNT(bus, publish_dropped);
@@ -462,28 +480,52 @@ static void on_sub_reply(redisAsyncContext *ac, void *r, void *privdata) {
                 evtimer_del(conn->timeout);
                 conn->up = true;
                 conn->backoff_ms = BUS_BACKOFF_MIN_MS;
-                conn_accepted(conn);
+                conn_accepted(conn, REFUSED_PERM);
                 notify_state(bus, true);
         }
+}
+
+/* The publish connection's PING (after AUTH when there is one): PONG
+ * makes it up. A Redis that wants a password we lack answers NOAUTH here,
+ * not at the first PUBLISH, and a refusal clears on the reconnect that
+ * gets through, with no PUBLISH needed. */
+static void on_ping_reply(redisAsyncContext *ac, void *r, void *privdata) {
+        bus_conn *conn = privdata;
+        redisReply *reply = r;
+
+        if (!reply || conn->bus->freeing)
+                return;
+        if (reply->type != REDIS_REPLY_STATUS || strcmp(reply->str, "PONG") != 0) {
+                /* Refused, or not ready (LOADING): the attempt timer,
+                 * still armed, drops this connection and retries. */
+                if (reply->type == REDIS_REPLY_ERROR && is_refusal(reply->str)) {
+                        conn_refused(conn, reply->str);
+                        /* Even a NOPERM (an ACL without +ping): the next
+                         * PONG is the refused command going through. */
+                        conn->refused = REFUSED_AUTH;
+                }
+                return;
+        }
+        evtimer_del(conn->timeout);
+        conn->up = true;
+        /* Still refused a command (NOPERM on PUBLISH): the backoff keeps
+         * growing, so a user without PUBLISH rights is not retried every
+         * 100 ms. */
+        if (!conn->refused)
+                conn->backoff_ms = BUS_BACKOFF_MIN_MS;
+        conn_accepted(conn, REFUSED_AUTH);
 }
 
 /* Connected, and authenticated when the URL has a password. */
 static void conn_proceed(bus_conn *conn) {
         cp_bus *bus = conn->bus;
 
+        /* Not checked: if PING or SUBSCRIBE cannot be queued, the attempt
+         * timer, still armed until Redis answers, cleans up. */
         if (conn->kind == CONN_PUB) {
-                evtimer_del(conn->timeout);
-                conn->up = true;
-                conn->backoff_ms = BUS_BACKOFF_MIN_MS;
-                /* Without a password a Redis that wants one answers the
-                 * first PUBLISH with NOAUTH (on_pub_reply); the subscriber
-                 * finds out at once. */
-                if (bus->password)
-                        conn_accepted(conn);
+                (void) redisAsyncCommand(conn->ac, on_ping_reply, conn, "PING");
                 return;
         }
-        /* Not checked: if SUBSCRIBE cannot be queued, the attempt timer,
-         * still armed until "subscribe" is confirmed, cleans up. */
         (void) redisAsyncCommand(conn->ac, on_sub_reply, conn, "SUBSCRIBE %s", bus->channel);
 }
 
@@ -497,6 +539,8 @@ static void on_auth_reply(redisAsyncContext *ac, void *r, void *privdata) {
                 conn_refused(conn, reply->str);
                 return;
         }
+        /* Not cleared yet: only once SUBSCRIBE or PING went through too,
+         * so a refusal of those does not toggle on every reconnect. */
         conn_proceed(conn);
 }
 
@@ -512,7 +556,7 @@ static void on_connect(const redisAsyncContext *c, int status) {
         }
         (void) redisEnableKeepAlive(&conn->ac->c);
         /* Every (re)connect: AUTH first when the URL has a password, and
-         * only once Redis accepted it SUBSCRIBE or "up" for PUBLISH. Not
+         * only once Redis accepted it SUBSCRIBE, or PING for PUBLISH. Not
          * disconnected from here (hiredis 0.14 would free the context
          * under its own feet): if AUTH cannot be queued, or is refused,
          * the attempt timer cleans up. */

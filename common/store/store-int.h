@@ -144,6 +144,11 @@ const char *cp_store__stmt_name(cp_store_stmt st);
 /* Its SQL text and parameter count, as prepared (static storage); for
  * tests/sql's scope checker, which lists every statement. */
 const char *cp_store__stmt_sql(cp_store_stmt st, int *ret_nparams);
+/* The name it is prepared under on the server: "<name>_<8 hex of the
+ * SHA-256 of its SQL>" (static storage), so that a statement another
+ * client prepared under the same name on a pooled server connection never
+ * runs in place of ours. */
+const char *cp_store__stmt_server_name(cp_store_stmt st);
 /* Monotonic nanoseconds, for cp_store__observe. */
 int64_t cp_store__clock_ns(void);
 /* Registration's admission (store-tenant.c), inside the registration's

@@ -1,5 +1,6 @@
 #include "cp/base.h"
 #include "cp/store-expose.h"
+#include "cp/crypto.h"
 #include "store-int.h"
 
 /* The peer record's columns, read by peer_from_row() in store-peers.c by
@@ -772,13 +773,39 @@ void cp_store__release(cp_store *s, cp_store_conn *c) {
         pthread_mutex_unlock(&s->lock);
 }
 
+/* The name a statement is prepared under on the server: its name, '_'
+ * and 8 hex digits of the SHA-256 of its SQL. Behind a transaction
+ * pooler a server connection may hold a statement another client (or
+ * another version of this one) prepared under the same name; with the
+ * hash a foreign statement never matches ours, so it is never run in
+ * place of ours (different SQL, or a different parameter count: 08P01):
+ * ours is missing (26000) or ours is there (42P05, the same SQL). Within
+ * PostgreSQL's 63 bytes; computed once. */
+static char server_names[_ST_MAX][64];
+static pthread_once_t server_names_once = PTHREAD_ONCE_INIT;
+
+static void server_names_init(void) {
+        for (int st = 0; st < _ST_MAX; st++) {
+                uint8_t h[CP_SHA256_LEN];
+
+                cp_crypto_sha256(statements[st].sql, strlen(statements[st].sql), h);
+                (void) snprintf(server_names[st], sizeof server_names[st], "%.54s_%02x%02x%02x%02x",
+                                statements[st].name, h[0], h[1], h[2], h[3]);
+        }
+}
+
+const char *cp_store__stmt_server_name(cp_store_stmt st) {
+        (void) pthread_once(&server_names_once, server_names_init);
+        return server_names[st];
+}
+
 static int prepare(cp_store_conn *c, cp_store_stmt st, cp_error *reterr) {
         PGresult *res;
         int r = 0;
 
         if (c->prepared[st])
                 return 0;
-        res = PQprepare(c->pg, statements[st].name, statements[st].sql, statements[st].nparams, NULL);
+        res = PQprepare(c->pg, cp_store__stmt_server_name(st), statements[st].sql, statements[st].nparams, NULL);
         if (PQresultStatus(res) != PGRES_COMMAND_OK) {
                 r = cp_store__error(c->pg, res, reterr);
                 cp_error_prefix(reterr, "preparing %s", statements[st].name);
@@ -817,7 +844,7 @@ again:
                 r = prepare(c, st, &own);
                 if (r < 0)
                         goto failed;
-                res = PQexecPrepared(c->pg, statements[st].name, statements[st].nparams, params,
+                res = PQexecPrepared(c->pg, cp_store__stmt_server_name(st), statements[st].nparams, params,
                                      NULL, NULL, 0);
         } else
                 res = PQexecParams(c->pg, statements[st].sql, statements[st].nparams, NULL, params, NULL, NULL, 0);
@@ -844,6 +871,12 @@ failed:
                         own = (cp_error) { 0 };
                         goto again;
                 }
+                /* Inside a transaction: it is aborted. A passing fault
+                 * (the caller's retry runs unnamed), like a lost
+                 * connection, not a bad statement. */
+                r = -ECONNRESET;
+                cp_error_prefix(&own, "prepared statement lost to a transaction pooler "
+                                "(--db-prepared-statements=false is required with transaction pooling)");
         }
         cp_store__observe(st, started, true);
         if (reterr)

@@ -51,11 +51,14 @@ typedef struct mgmt_post {
 } mgmt_post;
 
 /* Redis refused our password or ACL (cp_bus on_refused): the readiness
- * checker's "bus" gate reads it from its thread. Apart from the manager
- * because a checker stuck in the store outlives it (then it leaks). */
+ * checker's "bus" gate reads it from its thread, degraded() from the
+ * loop's. Apart from the manager because a checker stuck in the store
+ * outlives it (then it leaks). */
 typedef struct bus_refusal {
         pthread_mutex_t lock;
         char why[200];                  /* "" = not refused */
+        bool subscribed;                /* the bus got through once (on_bus_state(true)) */
+        bool was_ready;                 /* every check passed once, on the bus: a refusal only degrades */
 } bus_refusal;
 
 struct mgmt_manager {
@@ -428,7 +431,8 @@ void mgmt_manager_proxy_token_revoked(mgmt_manager *m, const char *token_id) {
 }
 
 /* Loop thread. A refusal is a configuration error (wrong password, ACL),
- * not an outage: /readyz says so until Redis accepts us again. */
+ * not an outage: /readyz says so until Redis accepts us again (503 for a
+ * replica never ready yet, "degraded" after). */
 static void on_bus_refused(const char *why, void *userdata) {
         mgmt_manager *m = userdata;
 
@@ -436,23 +440,30 @@ static void on_bus_refused(const char *why, void *userdata) {
         (void) snprintf(m->bus_refusal->why, sizeof m->bus_refusal->why, "%s", why ? why : "");
         pthread_mutex_unlock(&m->bus_refusal->lock);
         if (why)
-                cp_log_kv(&log_ctx, CP_LOG_ERROR, "the bus cannot work: not ready until Redis accepts us", "error",
+                cp_log_kv(&log_ctx, CP_LOG_ERROR, "the bus cannot work until Redis accepts us", "error",
                           why, "hint", "check the password (and the ACL user) in --redis-url / NB_CACHE_REDIS_ADDRESS",
                           NULL);
         else
                 cp_log(&log_ctx, CP_LOG_INFO, "Redis accepts our credentials again");
 }
 
-/* Checker thread: the "bus" readiness gate. */
+/* Checker thread: the "bus" readiness gate, the last one (reached only
+ * when everything else passed). A refusal fails readiness only until this
+ * replica has been ready once with the bus working (the first checks run
+ * before Redis answered): a new pod with a bad Secret never takes traffic
+ * and a rolling update stops at it, but a credential change on a running
+ * Redis does not take every replica out at once (serving works without
+ * the bus: the serial check); degraded() reports it then. */
 static int bus_gate(void *userdata, char *why, size_t why_size) {
         bus_refusal *b = userdata;
         int r = 0;
 
         pthread_mutex_lock(&b->lock);
-        if (b->why[0]) {
+        if (b->why[0] && !b->was_ready) {
                 (void) snprintf(why, why_size, "%s", b->why);
                 r = -EACCES;
-        }
+        } else if (b->subscribed)
+                b->was_ready = true;
         pthread_mutex_unlock(&b->lock);
         return r;
 }
@@ -462,6 +473,9 @@ static void on_bus_state(bool up, void *userdata) {
 
         mgmt_metrics_bus_state(up);
         if (up) {
+                pthread_mutex_lock(&m->bus_refusal->lock);
+                m->bus_refusal->subscribed = true;
+                pthread_mutex_unlock(&m->bus_refusal->lock);
                 cp_log(&log_ctx, CP_LOG_INFO, "bus subscribed");
                 /* Whatever was published while we were away is gone:
                  * catch up from the database. */
@@ -481,8 +495,19 @@ static const char *degraded(char *why, size_t n, void *userdata) {
         mgmt_manager *m = userdata;
         const char *part = NULL;
         char idp[400];
+        bool refused = false;
 
-        if (m->bus && !cp_bus_is_subscribed(m->bus)) {
+        if (m->bus_refusal) {
+                pthread_mutex_lock(&m->bus_refusal->lock);
+                if (m->bus_refusal->why[0]) {
+                        (void) snprintf(why, n, "%s", m->bus_refusal->why);
+                        refused = true;
+                }
+                pthread_mutex_unlock(&m->bus_refusal->lock);
+        }
+        if (refused) {
+                part = "bus";
+        } else if (m->bus && !cp_bus_is_subscribed(m->bus)) {
                 (void) snprintf(why, n, "not subscribed to Redis; changes from other replicas arrive by the "
                                 "serial check");
                 part = "bus";
@@ -825,7 +850,7 @@ int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf,
         {
                 mgmt_ready_gate gates[] = {
                         { "data_key", mgmt_datakey_gate, m->store },
-                        { "bus", bus_gate, m->bus_refusal },
+                        { "bus", bus_gate, m->bus_refusal },   /* last: see bus_gate() */
                 };
                 r = mgmt_ready_new_gates(m->store, gates, ELEMENTSOF(gates), &m->ready);
         }

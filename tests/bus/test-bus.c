@@ -336,6 +336,25 @@ TEST(new_rejects_bad_arguments) {
         ASSERT_TRUE(strstr(err.message, "sekret") == NULL);
         ASSERT_EQ(-EINVAL, cp_bus_new(base, "redis://u:sekret@h:1/x", "p", NULL, &bus, &err));
         ASSERT_TRUE(strstr(err.message, "sekret") == NULL);
+        /* A raw '/', '?' or '#' in the password ends the authority early:
+         * refused as such, quoting no part of the password. */
+        static const char *const raw[] = {
+                "redis://:Qx/Zk@h:1", "redis://:Qx?Zk@h:1", "redis://:Qx#Zk@h:1", "redis://u:Qx:12/Zk@h:1",
+                "redis://u:Wv:99999/Yj@h:1/0",
+        };
+        for (size_t i = 0; i < ELEMENTSOF(raw); i++) {
+                ASSERT_EQ(-EINVAL, cp_bus_new(base, raw[i], "p", NULL, &bus, &err));
+                ASSERT_TRUE(strstr(err.message, "unencoded") != NULL);
+                static const char *const parts[] = { "Qx", "Zk", "12", "Wv", "99999", "Yj" };
+                for (size_t j = 0; j < ELEMENTSOF(parts); j++)
+                        if (strstr(err.message, parts[j]))
+                                cptest_fail(__FILE__, __LINE__, "\"%s\" quotes \"%s\"", err.message, parts[j]);
+                ASSERT_EQ(-EINVAL, cp_bus_publish_once(raw[i], "p", "acct", 1, 100, &err));
+                ASSERT_TRUE(strstr(err.message, "Qx") == NULL && strstr(err.message, "Wv") == NULL);
+        }
+        /* The port text is never quoted either. */
+        ASSERT_EQ(-EINVAL, cp_bus_new(base, "redis://h:sekre", "p", NULL, &bus, &err));
+        ASSERT_TRUE(strstr(err.message, "sekre") == NULL);
         ASSERT_EQ(-EPROTONOSUPPORT, cp_bus_publish_once("rediss://h:1", "p", "acct", 1, 100, &err));
         ASSERT_TRUE(cp_bus_free(NULL) == NULL);
         event_base_free(base);
@@ -393,6 +412,9 @@ TEST(publish_receive) {
         ASSERT_EQ(0, st.reconnects);
         ASSERT_EQ(0, pa.downs);
 
+        /* Freed with publishes still waiting for their replies. */
+        ASSERT_EQ(0, cp_bus_publish(b, "acct", 8));
+        ASSERT_EQ(0, cp_bus_publish(b, "acct", 9));
         a = cp_bus_free(a);
         b = cp_bus_free(b);
         event_base_free(base);
@@ -553,15 +575,15 @@ TEST(free_in_any_state) {
         bus = cp_bus_free(bus);
         run_until(base, NULL, NULL, 50);
 
-        /* connected but SUBSCRIBE unanswered; then publishes pending */
+        /* connected but SUBSCRIBE and PING unanswered: not up, publishes
+         * dropped (publishes pending at free: publish_receive) */
         lfd = silent_listener(&port);
         snprintf(url, sizeof(url), "redis://127.0.0.1:%d", port);
         bus = bus_open(base, url, "free", &p);
-        ASSERT_TRUE(run_until(base, (cond_fn) cp_bus_can_publish, bus, 5000));
+        run_until(base, NULL, NULL, 300);
+        ASSERT_FALSE(cp_bus_can_publish(bus));
         ASSERT_FALSE(cp_bus_is_subscribed(bus));
-        ASSERT_EQ(0, cp_bus_publish(bus, "acct", 1));
-        ASSERT_EQ(0, cp_bus_publish(bus, "acct", 2));
-        run_until(base, NULL, NULL, 50);
+        ASSERT_EQ(-ENOTCONN, cp_bus_publish(bus, "acct", 1));
         bus = cp_bus_free(bus);
         run_until(base, NULL, NULL, 50);
         close(lfd);
@@ -572,7 +594,8 @@ TEST(free_in_any_state) {
         event_base_free(base);
 }
 
-/* No answer to SUBSCRIBE: the attempt times out (3 s) and is retried. */
+/* No answer to SUBSCRIBE nor to the publish connection's PING: both
+ * attempts time out (3 s) and are retried. */
 TEST(subscribe_attempt_times_out) {
         struct event_base *base = event_base_new();
         char url[64];
@@ -587,8 +610,9 @@ TEST(subscribe_attempt_times_out) {
         bus = bus_open(base, url, "timeout", &p);
         run_until(base, NULL, NULL, 3700);
         cp_bus_get_stats(bus, &st);
-        ASSERT_EQ(1, st.reconnects);
+        ASSERT_EQ(2, st.reconnects);
         ASSERT_FALSE(cp_bus_is_subscribed(bus));
+        ASSERT_FALSE(cp_bus_can_publish(bus));
         ASSERT_EQ(0, p.ups);
         bus = cp_bus_free(bus);
         close(lfd);
@@ -702,8 +726,8 @@ TEST(redis_acl_user) {
         ASSERT_TRUE(run_until(base, cond_refused, &px, 5000));
         ASSERT_TRUE(strstr(px.refused, "NOPERM") != NULL);
         ASSERT_FALSE(cp_bus_is_subscribed(x));
-        /* Its publish connection is up (nothing to check before the
-         * first PUBLISH); the refused PUBLISH drops it. */
+        /* Its publish connection is up (AUTH and PING went through);
+         * the refused PUBLISH drops it. */
         ASSERT_TRUE(run_until(base, (cond_fn) cp_bus_can_publish, x, 5000));
         /* serial 22 (cp_bus_publish_once above) may still be on its way
          * to a: let it arrive before counting. */
@@ -722,6 +746,106 @@ TEST(redis_acl_user) {
 
         a = cp_bus_free(a);
         b = cp_bus_free(b);
+        x = cp_bus_free(x);
+        event_base_free(base);
+        own_redis_cleanup(&r);
+}
+
+static bool cond_accepted_can_publish(void *arg) {
+        void **a = arg;
+        probe *p = a[0];
+        return p->accepts > 0 && !p->refused[0] && cp_bus_can_publish(a[1]);
+}
+
+/* Sets requirepass on r (whose password is now old_pw) to new_pw. */
+static void redis_set_requirepass(own_redis *r, const char *old_pw, const char *new_pw) {
+        redisContext *c = redisConnect("127.0.0.1", r->port);
+        redisReply *rep;
+
+        ASSERT_TRUE(c && !c->err);
+        rep = redisCommand(c, "AUTH %s", old_pw);
+        ASSERT_TRUE(rep && rep->type == REDIS_REPLY_STATUS);
+        freeReplyObject(rep);
+        rep = redisCommand(c, "CONFIG SET requirepass %s", new_pw);
+        ASSERT_TRUE(rep && rep->type == REDIS_REPLY_STATUS);
+        freeReplyObject(rep);
+        redisFree(c);
+}
+
+/* No password in the URL, Redis wants one: the publish connection's PING
+ * is refused (NOAUTH) at once, so nothing is published; once Redis stops
+ * wanting a password the refusal clears on reconnect, with no PUBLISH. */
+TEST(redis_noauth_clears_on_reconnect) {
+        struct event_base *base = event_base_new();
+        own_redis r;
+        probe pn = { 0 }, pr = { 0 };
+        cp_bus *n, *rx;
+        cp_bus_stats st;
+
+        shared_url();
+        own_redis_init(&r);
+        own_redis_start_with(&r, "--requirepass pw-1");
+        n = bus_open(base, r.url, "noauth", &pn);
+        ASSERT_TRUE(run_until(base, cond_refused, &pn, 5000));
+        ASSERT_TRUE(strstr(pn.refused, "NOAUTH") != NULL);
+        run_until(base, NULL, NULL, 300);
+        ASSERT_FALSE(cp_bus_can_publish(n));
+        ASSERT_EQ(-ENOTCONN, cp_bus_publish(n, "acct", 31));  /* refused: dropped */
+        cp_bus_get_stats(n, &st);
+        ASSERT_TRUE(st.auth_failures >= 2);                   /* SUBSCRIBE and PING */
+        ASSERT_EQ(1, st.publish_dropped);
+
+        redis_set_requirepass(&r, "pw-1", "");
+        ASSERT_TRUE(run_until(base, cond_accepted_can_publish, (void *[]) { &pn, n }, 20000));
+        ASSERT_EQ(1, pn.refusals);
+        ASSERT_TRUE(run_until(base, cond_subscribed, n, 10000));
+        rx = bus_open(base, r.url, "noauth", &pr);
+        ASSERT_TRUE(run_until(base, cond_ready, rx, 5000));
+        ASSERT_EQ(0, cp_bus_publish(n, "acct", 32));
+        ASSERT_TRUE(run_until(base, cond_messages, &(count_arg) { &pr, 1 }, 5000));
+        ASSERT_EQ(32, pr.last_serial);
+
+        n = cp_bus_free(n);
+        rx = cp_bus_free(rx);
+        event_base_free(base);
+        own_redis_cleanup(&r);
+}
+
+/* An ACL user that may subscribe but not publish: each reconnect's AUTH
+ * and PING succeed, yet the NOPERM refusal stays until a PUBLISH goes
+ * through, so on_refused does not toggle per publish. */
+TEST(redis_noperm_publish_does_not_flap) {
+        struct event_base *base = event_base_new();
+        own_redis r;
+        probe px = { 0 };
+        char url[128];
+        cp_bus *x;
+        cp_bus_stats st;
+        static const int gaps_ms[] = { 100, 250, 400, 150, 300, 100, 350, 200, 400, 120, 280, 100,
+                                       330, 180, 400, 100 };
+        int sent = 0;
+
+        shared_url();
+        own_redis_init(&r);
+        own_redis_start_with(&r, "--user default off --user nopub on '>np-pw' allchannels -@all +subscribe +ping");
+        snprintf(url, sizeof url, "redis://nopub:np-pw@127.0.0.1:%d", r.port);
+        x = bus_open(base, url, "noperm", &px);
+        ASSERT_TRUE(run_until(base, cond_ready, x, 5000));
+        /* Until three PUBLISHes went out on three connections (each
+         * refused, each dropping its connection), at most 60 tries. */
+        for (size_t i = 0; i < 60 && sent < 3; i++) {
+                if (cp_bus_publish(x, "acct", (int64_t) i) == 0)
+                        sent++;
+                run_until(base, NULL, NULL, gaps_ms[i % ELEMENTSOF(gaps_ms)]);
+        }
+        ASSERT_EQ(3, sent);
+        ASSERT_TRUE(strstr(px.refused, "NOPERM") != NULL);
+        ASSERT_EQ(1, px.refusals);
+        ASSERT_EQ(0, px.accepts);
+        ASSERT_TRUE(cp_bus_is_subscribed(x));
+        cp_bus_get_stats(x, &st);
+        ASSERT_EQ(0, (int) st.published);
+
         x = cp_bus_free(x);
         event_base_free(base);
         own_redis_cleanup(&r);

@@ -152,6 +152,10 @@ def drain_spreads_stream_endings_over_the_window():
     # The drain counter is on /metrics while the listener answers.
     st, _, text = svc.http("GET", srv.url("/metrics"))
     assert st == 200 and b"netbird_cp_sync_drained_total" in text, st
+    # ... and the readiness gauges say what /readyz says.
+    lines = text.decode().splitlines()
+    assert "netbird_cp_ready 0" in lines, [l for l in lines if l.startswith("netbird_cp_ready")]
+    assert 'netbird_cp_ready_failing{check="draining"} 1' in lines, [l for l in lines if "failing" in l]
     # A new Sync is refused (the agent would go to another replica).
     with grpc.insecure_channel(srv.grpc_target) as ch:
         try:

@@ -749,6 +749,9 @@ def ready_gauge_follows_readyz():
     assert value(v, "netbird_cp_ready") == 1, v
     assert value(v, "netbird_cp_ready_failing", check="store") == 0, v
     assert value(v, "netbird_cp_ready_failing", check="migrations") == 0, v
+    # Every gate the checker runs, and the drain, from the first scrape.
+    for check in ("data_key", "bus", "draining"):
+        assert value(v, "netbird_cp_ready_failing", check=check) == 0, (check, v)
 
     # A migration the database no longer records: pending, so not ready.
     row = dep.sql("DELETE FROM schema_migrations WHERE version = (SELECT max(version) FROM schema_migrations) "

@@ -1,8 +1,9 @@
 """The bus on a Redis with a password (requirepass) and with an ACL user
 of only what the bus needs: replicas authenticate on every connection and
 fan out through it; a wrong password (or none) is a clear 503 on /readyz
-(failed "bus") and a metric, not a silent loss of fan-out; the password
-appears in no log line and no /readyz body. docs/database-ha.md."""
+(failed "bus") for a replica never ready yet, "degraded" with Redis's
+reason for one that was, and a metric, not a silent loss of fan-out; the
+password appears in no log line and no /readyz body. docs/database-ha.md."""
 
 import os
 import secrets
@@ -135,6 +136,39 @@ def wrong_password_is_503_with_the_reason():
     redis.start()
     wait_until(lambda: readyz(srv2)[0] == 200, timeout=20, what="ready once Redis accepts us")
     srv2.wait_log(lambda o: o.get("msg") == "Redis accepts our credentials again")
+
+
+@test
+def credential_change_degrades_a_ready_replica():
+    """Redis's password changes under running replicas: they stay ready
+    (200 "degraded", failed part "bus" with Redis's reason; serving works
+    by the serial check) instead of all leaving the load balancer at once,
+    and count the refusals. A new replica with the old password is 503."""
+    svc.needs_db()
+    redis = OwnRedis("--requirepass", PASSWORD)
+    dep = Deployment()
+    url = redis.url(":" + ENCODED)
+    r1 = replica(dep, url, "nbcp-rot")
+    wait_until(lambda: readyz(r1)[0] == 200, timeout=20, what="r1 ready")
+    # Ready "once" is the readiness checker's verdict after the bus got
+    # through: let it run twice (MGMT_READY_INTERVAL_MS is 2 s).
+    time.sleep(4.5)
+    assert readyz(r1)[0] == 200
+    redis.stop()
+    redis.extra = ["--requirepass", "rotated-" + secrets.token_hex(4)]
+    redis.start()
+    wait_until(lambda: readyz(r1)[1].get("degraded") == "bus" and "WRONGPASS" in readyz(r1)[1].get("error", ""),
+               timeout=20, what="r1 degraded by the refusal")
+    status, body = readyz(r1)
+    assert status == 200 and body["status"] == "degraded", (status, body)
+    assert body["error"].startswith("Redis refused authentication"), body
+    wait_until(lambda: (metric(r1, "netbird_cp_bus_auth_failures_total") or 0) >= 1, timeout=10,
+               what="auth failures counted")
+    assert metric(r1, "netbird_cp_ready") == 1
+    no_secret(r1, str(body))
+    # A new pod with the old Secret never takes traffic.
+    refused(dep, url, "nbcp-rot", "WRONGPASS")
+    assert readyz(r1)[0] == 200
 
 
 @test

@@ -105,7 +105,9 @@ static void on_check_serials(mgmt_grpc *g, void *userdata) {
                 h->check_again = true;
                 return;
         }
-        if (h->draining || n == 0)
+        /* Until a spread drain has ended every stream, the ones left
+         * still catch up (docs/ops.md). */
+        if (atomic_load(&h->drain_done) || n == 0)
                 return;
         c = cp_xcalloc(1, sizeof *c);
         c->hub = h;

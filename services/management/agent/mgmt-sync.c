@@ -1190,7 +1190,9 @@ static void on_refresh_tick(mgmt_grpc *g, void *userdata) {
         int64_t now_ms = cp_now_mono_ms();
         refresh_job *j = NULL;
 
-        if (h->draining || h->refresh_ms <= 0)
+        /* While a drain is spread, the streams not yet ended still get
+         * their credentials (as their maps, fanout_start). */
+        if (atomic_load(&h->drain_done) || h->refresh_ms <= 0)
                 return;
         /* Streams put back are due after now_ms, so the loop ends. */
         while (h->refresh_head && h->refresh_head->refresh_due_ms <= now_ms) {
@@ -1241,8 +1243,9 @@ static void collect_stream(const char *key, void *value, void *userdata) {
 }
 
 /* CQ thread: ends with UNAVAILABLE every registered stream, or with key
- * set only those sealed with that server key. */
-static void end_streams(mgmt_sync *h, const char *key, const char *message, const char *reason) {
+ * set only those sealed with that server key. Returns how many it ended
+ * (not those already ending). */
+static size_t end_streams(mgmt_sync *h, const char *key, const char *message, const char *reason) {
         size_t n = mgmt_strmap_size(h->peers), ended = 0;
         sync_stream **all, **end;
         char count[32];
@@ -1253,13 +1256,14 @@ static void end_streams(mgmt_sync *h, const char *key, const char *message, cons
         /* Still registered, so on_close disconnects them with their own
          * tokens once the status went out. */
         for (sync_stream **p = all; p < end; p++)
-                if (!key || strcmp((*p)->server_key, key) == 0) {
+                if ((!key || strcmp((*p)->server_key, key) == 0) && !(*p)->ending && !(*p)->closed) {
                         mgmt_sync__stream_end(*p, GRPC_STATUS_UNAVAILABLE, message, reason);
                         ended++;
                 }
         free(all);
         (void) snprintf(count, sizeof count, "%zu", ended);
         cp_log_kv(&log_ctx, CP_LOG_INFO, "ending sync streams", "streams", count, "reason", reason, NULL);
+        return ended;
 }
 
 typedef struct drain_post {
@@ -1330,9 +1334,8 @@ static void on_drain(mgmt_grpc *g, void *userdata) {
                 return;
         h->draining = true;
         if (window <= 0) {
-                size_t n = mgmt_strmap_size(h->peers);
+                size_t n = end_streams(h, NULL, MSG_SHUTDOWN, "server shutting down");
 
-                end_streams(h, NULL, MSG_SHUTDOWN, "server shutting down");
                 atomic_store(&h->drain_done, true);
                 h->n_drained += n;
                 if (n)
@@ -1356,8 +1359,9 @@ static void on_drain_step(mgmt_grpc *g, void *userdata) {
 static void on_reconnect_all(mgmt_grpc *g, void *userdata) {
         mgmt_sync *h = userdata;
 
-        if (!h->draining)
-                end_streams(h, NULL, MSG_SESSION_LOST, "replica sessions lost");
+        /* During a spread drain the streams not ended yet end now. */
+        if (!atomic_load(&h->drain_done))
+                (void) end_streams(h, NULL, MSG_SESSION_LOST, "replica sessions lost");
 }
 
 void mgmt_sync_reconnect_all(mgmt_sync *h) {
@@ -1375,8 +1379,8 @@ typedef struct key_post {
 static void on_key_dropped(mgmt_grpc *g, void *userdata) {
         key_post *p = userdata;
 
-        if (!p->hub->draining)
-                end_streams(p->hub, p->key, MSG_KEY_RETIRED, "server key retired");
+        if (!atomic_load(&p->hub->drain_done))
+                (void) end_streams(p->hub, p->key, MSG_KEY_RETIRED, "server key retired");
         free(p);
 }
 
@@ -1389,7 +1393,8 @@ void mgmt_sync_end_key(mgmt_sync *h, const char *pub_b64) {
         p = cp_xcalloc(1, sizeof *p);
         p->hub = h;
         (void) snprintf(p->key, sizeof p->key, "%s", pub_b64);
-        mgmt_grpc_post(g, on_key_dropped, p);
+        if (!mgmt_grpc_post(g, on_key_dropped, p))
+                free(p);
 }
 
 void mgmt_sync_drain(mgmt_sync *h, int64_t window_ms) {
@@ -1403,7 +1408,11 @@ void mgmt_sync_drain(mgmt_sync *h, int64_t window_ms) {
         p = cp_xcalloc(1, sizeof *p);
         p->hub = h;
         p->window_ms = window_ms;
-        mgmt_grpc_post(g, on_drain, p);
+        if (!mgmt_grpc_post(g, on_drain, p)) {
+                /* The server stopped: no stream is left to end. */
+                free(p);
+                atomic_store(&h->drain_done, true);
+        }
 }
 
 bool mgmt_sync_drain_step(mgmt_sync *h) {

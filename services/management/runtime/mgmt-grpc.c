@@ -393,7 +393,7 @@ int64_t mgmt_call_started_ms(const mgmt_call *c) {
 
 /* ---- posts to the CQ thread and offloaded jobs ----------------------------- */
 
-void mgmt_grpc_post(mgmt_grpc *g, mgmt_grpc_post_fn fn, void *userdata) {
+bool mgmt_grpc_post(mgmt_grpc *g, mgmt_grpc_post_fn fn, void *userdata) {
         mgmt_post *p = cp_xcalloc(1, sizeof *p);
         bool closed;
 
@@ -422,6 +422,7 @@ void mgmt_grpc_post(mgmt_grpc *g, mgmt_grpc_post_fn fn, void *userdata) {
                 cp_log(&log_ctx, CP_LOG_DEBUG, "post after the gRPC server stopped; dropped");
                 free(p);
         }
+        return !closed;
 }
 
 /* CQ thread, on the wake tag: the flag is cleared and the list taken in

@@ -108,9 +108,10 @@ mgmt_grpc *mgmt_grpc_free(mgmt_grpc *g);
 /* Any thread: runs fn(g, userdata) on the CQ thread soon, in posting
  * order. Posts made before the server has stopped always run (shutdown
  * waits for them); a post after on_stopped is a bug: it is logged and
- * dropped. */
+ * dropped. Returns false when dropped: fn will not run, so userdata is
+ * still the caller's to free. */
 typedef void (*mgmt_grpc_post_fn)(mgmt_grpc *g, void *userdata);
-void mgmt_grpc_post(mgmt_grpc *g, mgmt_grpc_post_fn fn, void *userdata);
+bool mgmt_grpc_post(mgmt_grpc *g, mgmt_grpc_post_fn fn, void *userdata);
 
 /* CQ thread: runs work(userdata) on a worker (work may be NULL), then
  * done(g, userdata) on the CQ thread. Like mgmt_call_offload() but for

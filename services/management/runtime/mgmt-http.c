@@ -465,13 +465,17 @@ int mgmt_http_port(const mgmt_http *h) {
 }
 
 void mgmt_http_draining(mgmt_http *h) {
-        if (h)
+        if (h) {
                 h->closing = true;
+                mgmt_metrics_ready_draining();
+        }
 }
 
 void mgmt_http_stop_accepting(mgmt_http *h) {
-        if (h)
+        if (h) {
                 h->closing = true;
+                mgmt_metrics_ready_draining();
+        }
         if (h && h->sock) {
                 evhttp_del_accept_socket(h->http, h->sock);
                 h->sock = NULL;

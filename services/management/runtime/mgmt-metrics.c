@@ -19,6 +19,7 @@
 #include "mgmt-replica.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 
 #ifndef MGMT_VERSION
 #define MGMT_VERSION "dev"
@@ -294,14 +295,26 @@ static cp_gauge *ready_failing_child(const char *check) {
         return mm.failing[mm.n_failing++].g;
 }
 
+static atomic_bool ready_draining;
+
+void mgmt_metrics_ready_draining(void) {
+        atomic_store(&ready_draining, true);
+}
+
 static void collect_ready(cp_metrics *m, void *userdata) {
         mgmt_ready_state st;
+        cp_gauge *g;
 
         mgmt_ready_get(userdata, &st);
         for (size_t i = 0; i < mm.n_failing; i++)
                 cp_gauge_set(mm.failing[i].g, 0);
-        if (!st.ready && st.failed)
-                cp_gauge_set(ready_failing_child(st.failed), 1);
+        /* /readyz's order: draining first, then the checker's verdict. */
+        if (atomic_load(&ready_draining)) {
+                st.ready = false;
+                st.failed = "draining";
+        }
+        if (!st.ready && st.failed && (g = ready_failing_child(st.failed)))
+                cp_gauge_set(g, 1);
         cp_gauge_set(mm.ready, st.ready ? 1 : 0);
 }
 
@@ -309,9 +322,16 @@ void mgmt_metrics_watch_ready(mgmt_ready *r) {
         if (!r)
                 return;
         mgmt_metrics_init();
-        /* The checks every checker runs are there from the first scrape. */
+        /* Every check this checker runs, and the drain, are there from
+         * the first scrape. */
+        const char *gates[MGMT_READY_MAX_GATES];
+        size_t n = mgmt_ready_gate_names(r, gates, ELEMENTSOF(gates));
+
         (void) ready_failing_child("store");
         (void) ready_failing_child("migrations");
+        for (size_t i = 0; i < n; i++)
+                (void) ready_failing_child(gates[i]);
+        (void) ready_failing_child("draining");
         cp_metrics_add_collector(cp_metrics_global(), collect_ready, r);
 }
 

@@ -113,9 +113,14 @@ void mgmt_metrics_unwatch_jwt(cp_jwt *j);
 
 /* netbird_cp_ready (1 when GET /readyz answers 200, else 0) and
  * netbird_cp_ready_failing{check} (1 for the check that fails now: "store",
- * "migrations" or a gate's name; 0 for the others), read from
- * mgmt_ready_get() at each scrape. r is borrowed until
+ * "migrations", a gate's name or "draining"; 0 for the others, every one
+ * present from the first scrape), read from mgmt_ready_get() and the
+ * draining flag at each scrape. r is borrowed until
  * mgmt_metrics_unwatch_ready(r) returns; call that before
  * mgmt_ready_stop(). Both accept NULL. */
 void mgmt_metrics_watch_ready(mgmt_ready *r);
 void mgmt_metrics_unwatch_ready(mgmt_ready *r);
+/* Any thread (mgmt-http.c, from mgmt_http_draining()): /readyz answers
+ * 503 "draining" from now on, so netbird_cp_ready is 0 and
+ * failing{check="draining"} 1. Not undone (the process is ending). */
+void mgmt_metrics_ready_draining(void);

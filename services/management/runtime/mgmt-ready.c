@@ -192,3 +192,12 @@ bool mgmt_ready_stop(mgmt_ready *r, int64_t timeout_ms) {
         free(r);
         return true;
 }
+
+size_t mgmt_ready_gate_names(const mgmt_ready *r, const char **names, size_t max) {
+        size_t n = 0;
+
+        /* Set once by mgmt_ready_new_gates(), never changed. */
+        for (; r && n < r->n_gates && n < max; n++)
+                names[n] = r->gates[n].name;
+        return n;
+}

@@ -57,6 +57,10 @@ int mgmt_ready_new_gates(cp_store *store, const mgmt_ready_gate *gates, size_t n
 
 void mgmt_ready_get(mgmt_ready *r, mgmt_ready_state *ret);
 
+/* Any thread: the gates' names, in order (borrowed, as given to
+ * mgmt_ready_new_gates()), at most max of them; returns how many. */
+size_t mgmt_ready_gate_names(const mgmt_ready *r, const char **names, size_t max);
+
 /* Stops the thread, waiting at most timeout_ms for a check in progress.
  * Returns true when the thread is gone (r is freed); false when it is stuck
  * inside the store, in which case r is left alone and the store must not be

@@ -62,7 +62,9 @@ typedef struct cp_bus_callbacks {
          * refused authentication: WRONGPASS invalid username-password pair
          * or user is disabled." (NOAUTH, WRONGPASS, NOPERM, an error to
          * AUTH); never contains the password. NULL: both connections got
-         * through again. Called on changes only; may be NULL. */
+         * through again (a NOPERM only once the refused command went
+         * through, not on a reconnect's AUTH). Called on changes only; may
+         * be NULL. */
         void (*on_refused)(const char *why, void *userdata);
         void *userdata;
 } cp_bus_callbacks;
@@ -86,7 +88,11 @@ typedef struct cp_bus_stats {
  * may be "[v6addr]"; user and password percent-decoded; db is checked and
  * ignored, pub/sub spans databases). With a password both connections send
  * AUTH password (or AUTH user password, an ACL user) on every (re)connect,
- * then PING, before SUBSCRIBE or PUBLISH. "rediss://" (TLS) is refused with
+ * before SUBSCRIBE or, on the publish connection, PING; that connection
+ * can publish only once PING got its PONG (with or without a password, so
+ * a NOAUTH shows there and clears on the reconnect that gets through). A
+ * user or password holding a raw '/', '?' or '#' is refused (-EINVAL),
+ * quoting nothing of it. "rediss://" (TLS) is refused with
  * -EPROTONOSUPPORT: Debian bookworm's hiredis 0.14 has no TLS. Query
  * options are refused. Error messages never quote the user or password.
  * prefix: channel prefix, 1..64 bytes, no whitespace.

@@ -40,11 +40,15 @@ cp_store *cp_store_free(cp_store *s);
  * default) or send every statement unnamed (PQexecParams: parse and plan
  * each time). A pgbouncer in transaction pooling mode (1.18 has no
  * prepared-statement support) needs false: a statement prepared on one
- * server connection is missing on the next. Either way, a store whose
- * server answers "prepared statement ... does not exist" (26000) or
- * "already exists" (42P05) switches to unnamed statements for good (the
- * statement is retried once when no transaction was open; inside one the
- * transaction fails and the caller's retry succeeds). Call before any
+ * server connection is missing on the next. Named statements are
+ * prepared as "<name>_<8 hex of a hash of the SQL>", so one another client
+ * or version prepared under the same name on a pooled server connection is
+ * never run in place of ours. Either way, a store whose server answers
+ * "prepared statement ... does not exist" (26000) or "already exists"
+ * (42P05) switches to unnamed statements for good: the statement is
+ * retried once when no transaction was open; inside one the transaction
+ * is aborted and the call fails with -ECONNRESET (a passing fault: the
+ * request fails, and a retry by the client runs unnamed). Call before any
  * thread opens a store.
  */
 void cp_store_use_prepared(bool on);
