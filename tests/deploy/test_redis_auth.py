@@ -162,9 +162,9 @@ def credential_change_degrades_a_ready_replica():
     status, body = readyz(r1)
     assert status == 200 and body["status"] == "degraded", (status, body)
     assert body["error"].startswith("Redis refused authentication"), body
-    wait_until(lambda: (metric(r1, "netbird_cp_bus_auth_failures_total") or 0) >= 1, timeout=10,
+    wait_until(lambda: (svc.metric(r1, "netbird_cp_bus_auth_failures_total") or 0) >= 1, timeout=10,
                what="auth failures counted")
-    assert metric(r1, "netbird_cp_ready") == 1
+    assert svc.metric(r1, "netbird_cp_ready") == 1
     no_secret(r1, str(body))
     # A new pod with the old Secret never takes traffic.
     refused(dep, url, "nbcp-rot", "WRONGPASS")
