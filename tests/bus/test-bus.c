@@ -193,9 +193,35 @@ static void own_redis_init(own_redis *r) {
         snprintf(r->url, sizeof(r->url), "redis://127.0.0.1:%d", r->port);
 }
 
+/* Every redis-server this process started, by pidfile: a failed
+ * assertion leaves its test early, past own_redis_cleanup, so at exit
+ * whatever still runs is stopped (redis removes its pidfile on a clean
+ * shutdown, so those are skipped). */
+static char started_pidfiles[32][sizeof(((own_redis *) 0)->pidfile)];
+static int n_started;
+
+static void stop_leftover_redis(void) {
+        for (int i = 0; i < n_started; i++) {
+                FILE *f = fopen(started_pidfiles[i], "re");
+                long pid = 0;
+                if (!f)
+                        continue;
+                if (fscanf(f, "%ld", &pid) != 1)
+                        pid = 0;
+                fclose(f);
+                if (pid > 0)
+                        (void) kill((pid_t) pid, SIGKILL);
+        }
+}
+
 /* extra: more redis-server arguments (shell words), e.g. --requirepass. */
 static void own_redis_start_with(own_redis *r, const char *extra) {
         char cmd[1024];
+
+        if (n_started == 0)
+                atexit(stop_leftover_redis);
+        if (n_started < (int) ELEMENTSOF(started_pidfiles))
+                snprintf(started_pidfiles[n_started++], sizeof started_pidfiles[0], "%s", r->pidfile);
 
         snprintf(cmd, sizeof(cmd),
                  REDIS_SERVER " --bind 127.0.0.1 --port %d --save '' --appendonly no --daemonize yes"
