@@ -1,5 +1,6 @@
 /*
- * mgmt-sync-int.h: what mgmt-sync.c (streams, fan-out, refresh, drain) and
+ * mgmt-sync-int.h: what mgmt-sync.c (streams, fan-out, refresh),
+ * mgmt-sync-drain.c (the drain and other bulk endings) and
  * mgmt-sync-checks.c (the periodic serial and login expiry checks) share:
  * the hub, its per-account entries and the stream record, and the two
  * stream/fan-out entry points the checks call. Not for other modules:
