@@ -1,6 +1,7 @@
 #include "cp/base.h"
 #include "cp/crypto-pii.h"
 #include "cp/crypto.h"
+#include "cp/store-peers.h"
 #include "cp/store-tx.h"
 #include "cp/strbuf.h"
 #include "cp/util.h"
@@ -248,4 +249,23 @@ void cp_store_account_env(const cp_store_account_created *a, cp_strbuf *out) {
         cp_store_env_line(out, "SETUP_KEY", a->setup_key);
         cp_store_env_line(out, "ADMIN_TOKEN", a->admin_token);
         cp_store_env_line(out, "NETWORK", a->network_cidr);
+}
+
+int cp_store_account_serial_raise(cp_store *s, const char *account_id, int64_t min_serial, int64_t *ret_serial,
+                                  cp_error *reterr) {
+        _cleanup_pgresult_ PGresult *res = NULL;
+        char v[24];
+        const char *params[2] = { account_id, v };
+        int r;
+
+        if (!account_id || !*account_id || !ret_serial)
+                return cp_error_set(reterr, -EINVAL, "an account id and a result are required");
+        (void) snprintf(v, sizeof v, "%" PRId64, min_serial);
+        r = cp_store__run(s, ST_ACCOUNT_SERIAL_RAISE, params, &res, reterr);
+        if (r < 0)
+                return r;
+        if (PQntuples(res) != 1)
+                return cp_error_set(reterr, -ENOENT, "account %s not found", account_id);
+        *ret_serial = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+        return 0;
 }

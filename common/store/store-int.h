@@ -60,6 +60,7 @@ typedef enum cp_store_stmt {
         ST_PEER_DELETE,
         ST_DB_NOW,
         ST_ACCOUNT_SERIALS,
+        ST_ACCOUNT_SERIAL_RAISE,
         ST_PEER_EXPIRE_LOGINS,
         /* store-sso.c and the SSO registration */
         ST_JWT_CLAIM,

@@ -411,6 +411,12 @@ static const struct {
         [ST_ACCOUNT_SERIALS] = { "account_serials",
                 "SELECT a.network_serial FROM unnest($1::text[]) WITH ORDINALITY AS u(id, i)"
                 " LEFT JOIN accounts a ON a.id = u.id ORDER BY u.i", 1 },
+        /* A serial that went back (a restored database) raised past what
+         * the agents were sent (cp_store_account_serial_raise); never
+         * lowers it. */
+        [ST_ACCOUNT_SERIAL_RAISE] = { "account_serial_raise",
+                "UPDATE accounts SET network_serial = GREATEST(network_serial, $2::bigint) WHERE id = $1"
+                " RETURNING network_serial", 2 },
         /* Login expiration (cp_store_expire_logins): one statement. The
          * UPDATE's WHERE NOT peer_status_login_expired, re-checked under
          * the row lock, hands every expired peer to exactly one caller;

@@ -405,14 +405,18 @@ static void on_bus_message(const char *account_id, int64_t serial, int64_t sent_
         mgmt_manager *m = userdata;
 
         mgmt_metrics_bus_message(sent_ms);
+        /* Every message is a hint: the serial or sequence number it
+         * carries is never trusted (anyone who can publish on Redis could
+         * forge it); what changed is read from the database. */
+        (void) serial;
         if (account_id[0] == '~') {
                 if (strcmp(account_id, MGMT_PROXY_BUS_CHANGES) == 0)
-                        mgmt_proxy_changed(m->proxy, serial);
+                        mgmt_proxy_changed(m->proxy, 0);        /* every stream re-reads its change log */
                 else if (strcmp(account_id, MGMT_PROXY_BUS_TOKENS) == 0)
                         mgmt_proxy_token_revoked(m->proxy, NULL);
                 return;
         }
-        mgmt_sync_account_at(m->sync, account_id, serial);
+        mgmt_sync_account_hint(m->sync, account_id);
 }
 
 /* Any thread: this replica committed proxy mapping changes up to seq:

@@ -74,24 +74,36 @@ static void serial_check_done(mgmt_grpc *g, void *userdata) {
         for (size_t i = 0; i < c->n; i++) {
                 sync_acct *a = mgmt_strmap_get(h->accts, c->ids[i]);
                 char from[24], to[24];
+                int64_t lo = INT64_MAX, hi = 0;
 
-                /* Streams that registered meanwhile got a map at least
-                 * this new (they read after the query): latest_serial
-                 * already says so. */
-                /* -1: the account is gone (deleted elsewhere); the fan-out
-                 * finds it so and ends its streams. */
-                if (!a || a->n_streams == 0 || (c->serials[i] >= 0 && c->serials[i] <= a->latest_serial))
+                if (!a || a->n_streams == 0)
                         continue;
-                (void) snprintf(from, sizeof from, "%" PRId64, a->latest_serial);
+                /* Pushed when the database's serial differs from what the
+                 * streams have, in either direction (lower: a restored
+                 * database; the fan-out raises it). Streams that
+                 * registered meanwhile got a map read after the query: a
+                 * newer one makes the fan-out re-read and find no
+                 * difference. -1: the account is gone (deleted
+                 * elsewhere); the fan-out finds it so and ends its
+                 * streams. */
+                for (sync_stream *s = a->streams; s; s = s->acct_next) {
+                        if (s->ending)
+                                continue;
+                        if (s->last_serial < lo)
+                                lo = s->last_serial;
+                        if (s->last_serial > hi)
+                                hi = s->last_serial;
+                }
+                if (lo == INT64_MAX || (c->serials[i] == lo && c->serials[i] == hi))
+                        continue;
+                (void) snprintf(from, sizeof from, "%" PRId64, hi);
                 (void) snprintf(to, sizeof to, "%" PRId64, c->serials[i]);
                 cp_log_ctx ctx = { .component = "sync", .account = a->id };
                 cp_log_kv(&ctx, CP_LOG_DEBUG, "serial moved elsewhere; pushing", "from", from, "to", to, NULL);
-                if (c->serials[i] > a->latest_serial)
-                        a->latest_serial = c->serials[i];
                 if (a->building)
                         a->dirty = true;
                 else
-                        mgmt_sync__fanout_start(h, a);
+                        mgmt_sync__fanout_start(h, a, false);
         }
         serial_check_free(c);
 }

@@ -84,9 +84,17 @@ struct sync_acct {
         char id[64];
         sync_stream *streams;           /* registered streams */
         size_t n_streams;
-        bool building;                  /* a fan-out is running */
-        bool dirty;                     /* something changed since it started */
-        int64_t latest_serial;          /* newest serial heard of */
+        bool building;                  /* a fan-out (or a hint's serial read) is running */
+        /* Asked for again while one runs, or while the account has no
+         * stream here (an entry kept for opens in progress): one more
+         * run after it / after the open. dirty_force: one of those asks
+         * was a change committed here (rebuild), not only a hint. */
+        bool dirty, dirty_force;
+        /* The serial the newest fan-out read from the database. Not a
+         * maximum and never from a bus message: a restored database
+         * goes back, and a message may be forged (docs/architecture.md,
+         * "The bus"). */
+        int64_t db_serial;
         bool kept;                      /* on hub->kept: created for opens in progress */
         struct sync_acct *kept_next;
 };
@@ -132,4 +140,7 @@ struct mgmt_sync {
 
 /* mgmt-sync.c; CQ thread. */
 void mgmt_sync__stream_end(sync_stream *s, grpc_status_code status, const char *message, const char *reason);
-void mgmt_sync__fanout_start(mgmt_sync *h, sync_acct *a);
+/* One run for every stream registered now. force: rebuild and push (a
+ * change committed here); else a hint: read the account's serial first
+ * and rebuild only when it differs from what the streams have. */
+void mgmt_sync__fanout_start(mgmt_sync *h, sync_acct *a, bool force);

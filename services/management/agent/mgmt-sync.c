@@ -623,13 +623,20 @@ static void open_done(mgmt_call *c, void *userdata) {
         stream_queue(s, s->first, s->first_len, s->first_serial, false);
         s->first = NULL;
 
-        /* A change announced while we opened may be newer than our map. */
-        if (a->latest_serial < s->first_serial)
-                a->latest_serial = s->first_serial;
+        /* A change committed while we opened may be newer than our map:
+         * a fan-out running now did not include this stream (it runs once
+         * more after); hints or changes that came while the account had
+         * no stream here were kept for us; a fan-out that read another
+         * serial than our map's makes us read it again (a hint: no
+         * rebuild when the database has our serial). */
         if (a->building)
                 a->dirty = true;
-        else if (a->latest_serial > s->first_serial)
-                mgmt_sync__fanout_start(h, a);
+        else if (a->dirty)
+                mgmt_sync__fanout_start(h, a, a->dirty_force);
+        else if (a->n_streams == 1)
+                a->db_serial = s->first_serial;
+        else if (a->db_serial != s->first_serial)
+                mgmt_sync__fanout_start(h, a, false);
 
         /* Side effects, after the connect committed: our meta change, or
          * a re-login that cleared login_expired, changes others' maps. */
@@ -737,6 +744,13 @@ typedef struct fanout {
         size_t n;
         mgmt_map *map;                  /* loaded by the first job */
         bool suspended;                 /* the account is suspended: its streams end */
+        /* A hint (not a change committed here): read the serial, rebuild
+         * only when it differs from what the targets have. */
+        bool hint;
+        int64_t have_min, have_max;     /* the targets' last_serial when it started */
+        bool unchanged;                 /* hint: every target has the database's serial */
+        bool went_back;                 /* the database's serial was below have_max: raised */
+        int64_t read_serial;            /* the serial read, before any raise */
         int64_t serial;
         int64_t started_ns;             /* for netbird_cp_fanout_duration_seconds */
         uint64_t pushed;                /* maps queued */
@@ -777,11 +791,11 @@ static void fanout_finish(mgmt_sync *h, fanout *f) {
         free(f);
         a->building = false;
         if (a->dirty && a->n_streams > 0) {
-                a->dirty = false;
-                mgmt_sync__fanout_start(h, a);
-                return;
+                mgmt_sync__fanout_start(h, a, a->dirty_force);
+                if (a->building)
+                        return;
         }
-        a->dirty = false;
+        a->dirty = a->dirty_force = false;
         acct_maybe_free(h, a);
 }
 
@@ -851,20 +865,51 @@ static void chunk_done(mgmt_grpc *g, void *userdata) {
                 fanout_finish(f->hub, f);
 }
 
-/* Worker: the account's map at its newest serial; or that the account
- * is suspended (f->suspended) or gone (-ENOENT from the settings). */
+/* Worker: the account's serial, and what follows from it: that the
+ * account is suspended (f->suspended) or gone (-ENOENT from the
+ * settings); for a hint, that the targets have it already (f->unchanged:
+ * nothing to build); else its map at that serial. The serial decides,
+ * compared with what the targets have, never with anything a bus message
+ * said. A serial below the newest one a target was sent (a database
+ * restored from a backup, an operator in psql) is raised past it first:
+ * NetBird's agent ignores a map whose serial is lower than the one it
+ * holds (client/internal/engine.go, updateNetworkMap), so the map of the
+ * restored state must come with a higher serial to be taken at all. The
+ * raise is one conditional statement (never lowers a serial), announced
+ * in load_done so every replica's streams follow. */
 static void load_work(void *userdata) {
         fanout *f = userdata;
+        cp_store *store = f->hub->agent->store;
         cp_store_account_settings st;
 
-        f->r = cp_store_account_get_settings(f->hub->agent->store, f->account_id, &st, &f->err);
-        if (f->r == 0 && st.suspended) {
+        f->r = cp_store_account_get_settings(store, f->account_id, &st, &f->err);
+        if (f->r == -ENOENT) {
+                f->suspended = true;    /* deleted: same end, below */
+                return;
+        }
+        if (f->r < 0)
+                return;
+        if (st.suspended) {
                 f->suspended = true;
                 f->serial = st.network_serial;
-        } else if (f->r == 0)
-                f->r = mgmt_maps_get_at(f->hub->maps, f->account_id, st.network_serial, &f->map, &f->err);
-        else if (f->r == -ENOENT)
-                f->suspended = true;    /* deleted: same end, below */
+                return;
+        }
+        f->read_serial = st.network_serial;
+        if (f->n > 0 && st.network_serial < f->have_max && f->have_max < INT64_MAX) {
+                int64_t now = 0;
+                f->r = cp_store_account_serial_raise(store, f->account_id, f->have_max + 1, &now, &f->err);
+                if (f->r == -ENOENT)
+                        f->suspended = true;
+                if (f->r < 0)
+                        return;
+                f->went_back = true;
+                st.network_serial = now;
+        } else if (f->hint && st.network_serial == f->have_min && st.network_serial == f->have_max) {
+                f->unchanged = true;
+                f->serial = st.network_serial;
+                return;
+        }
+        f->r = mgmt_maps_get_at(f->hub->maps, f->account_id, st.network_serial, &f->map, &f->err);
 }
 
 /* CQ thread: the account was suspended or deleted (cp/store-tenant.h):
@@ -894,11 +939,10 @@ static void end_account_streams(fanout *f, bool deleted) {
 
 static void load_done(mgmt_grpc *g, void *userdata) {
         fanout *f = userdata;
+        mgmt_sync *h = f->hub;
         sync_acct *a = f->acct;
 
         if (f->suspended) {
-                if (f->r == 0 && a->latest_serial < f->serial)
-                        a->latest_serial = f->serial;
                 end_account_streams(f, f->r == -ENOENT);
                 fanout_finish(f->hub, f);
                 return;
@@ -910,9 +954,30 @@ static void load_done(mgmt_grpc *g, void *userdata) {
                 fanout_finish(f->hub, f);
                 return;
         }
+        if (f->went_back) {
+                char from[24], was[24], to[24];
+                cp_log_ctx ctx = { .component = "sync", .account = f->account_id };
+
+                (void) snprintf(from, sizeof from, "%" PRId64, f->have_max);
+                (void) snprintf(was, sizeof was, "%" PRId64, f->read_serial);
+                (void) snprintf(to, sizeof to, "%" PRId64, mgmt_map_serial(f->map));
+                cp_log_kv(&ctx, CP_LOG_WARN,
+                          "the account's serial went back (a restored database?); raised past what the streams had",
+                          "streams_had", from, "database", was, "raised_to", to, NULL);
+                mgmt_metrics_sync_serial_read(MGMT_SYNC_READ_WENT_BACK);
+                /* The other replicas' streams follow (their read finds a
+                 * serial above theirs). */
+                if (h->announce)
+                        h->announce(f->account_id, mgmt_map_serial(f->map), h->announce_userdata);
+        } else if (f->hint)
+                mgmt_metrics_sync_serial_read(f->unchanged ? MGMT_SYNC_READ_UNCHANGED : MGMT_SYNC_READ_CHANGED);
+        if (f->unchanged) {
+                a->db_serial = f->serial;
+                fanout_finish(h, f);
+                return;
+        }
         f->serial = mgmt_map_serial(f->map);
-        if (a->latest_serial < f->serial)
-                a->latest_serial = f->serial;
+        a->db_serial = f->serial;
         f->chunks_left = (f->n + FANOUT_CHUNK - 1) / FANOUT_CHUNK;
         if (f->chunks_left == 0) {
                 fanout_finish(f->hub, f);
@@ -933,8 +998,9 @@ static void load_done(mgmt_grpc *g, void *userdata) {
         }
 }
 
-/* CQ thread: one rebuild of the account for every stream registered now. */
-void mgmt_sync__fanout_start(mgmt_sync *h, sync_acct *a) {
+/* CQ thread: one run for every stream of the account registered now
+ * (mgmt-sync-int.h). */
+void mgmt_sync__fanout_start(mgmt_sync *h, sync_acct *a, bool force) {
         mgmt_grpc *g = atomic_load(&h->grpc);
         fanout *f;
         size_t n = 0;
@@ -946,20 +1012,33 @@ void mgmt_sync__fanout_start(mgmt_sync *h, sync_acct *a) {
         f = cp_xcalloc(1, sizeof *f);
         f->hub = h;
         f->acct = a;
+        f->hint = !force;
+        f->have_min = INT64_MAX;
         f->started_ns = mgmt_metrics_now_ns();
         (void) snprintf(f->account_id, sizeof f->account_id, "%s", a->id);
         f->targets = cp_xcalloc(a->n_streams, sizeof *f->targets);
-        for (sync_stream *s = a->streams; s; s = s->acct_next)
-                if (!s->ending)
-                        f->targets[n++].s = stream_ref(s);
+        for (sync_stream *s = a->streams; s; s = s->acct_next) {
+                if (s->ending)
+                        continue;
+                f->targets[n++].s = stream_ref(s);
+                if (s->last_serial < f->have_min)
+                        f->have_min = s->last_serial;
+                if (s->last_serial > f->have_max)
+                        f->have_max = s->last_serial;
+        }
         f->n = n;
+        a->dirty = a->dirty_force = false;
+        if (n == 0 && !force) {
+                /* A hint with every stream ending: nobody to push to. */
+                free(f->targets);
+                free(f);
+                return;
+        }
         a->building = true;
-        a->dirty = false;
         /* force: at most one rebuild per account runs at a time, so these
          * are bounded, and dropping one would lose the newest map. */
         if (mgmt_grpc_offload(g, load_work, load_done, f, true) < 0) {
                 /* Workers stopping: nothing more will be sent. */
-                a->dirty = false;
                 for (size_t i = 0; i < f->n; i++)
                         stream_unref(f->targets[i].s);
                 free(f->targets);
@@ -973,11 +1052,14 @@ typedef struct change_post {
         char account_id[64];
         char peer_id[64];
         int64_t serial;
-        bool only_if_newer;             /* a bus message: skip serials we have */
+        bool hint;                      /* a bus message: read the serial, push only what differs */
         uint8_t *msg;
         size_t len;
 } change_post;
 
+/* CQ thread: a change committed here (push) or a hint (read, then push
+ * what differs). Nothing here trusts a serial: p->serial is only logged
+ * by the callers. */
 static void on_account_changed(mgmt_grpc *g, void *userdata) {
         change_post *p = userdata;
         mgmt_sync *h = p->hub;
@@ -985,24 +1067,27 @@ static void on_account_changed(mgmt_grpc *g, void *userdata) {
          * register into this account with an older map. */
         sync_acct *a = acct_get(h, p->account_id, h->setups > 0);
 
-        if (a && p->only_if_newer && p->serial > 0 && p->serial <= a->latest_serial) {
-                /* Our own announcement coming back, or one we already
-                 * caught up with. */
+        if (!a) {
+                /* No stream here: nothing to read, nothing to push. */
+                if (p->hint)
+                        mgmt_metrics_sync_hint(MGMT_SYNC_HINT_NO_STREAMS);
+        } else if (a->building || a->n_streams == 0) {
+                /* One more run after the one in flight, or after the open
+                 * in progress that kept this entry registers. */
+                a->dirty = true;
+                a->dirty_force |= !p->hint;
+                if (p->hint)
+                        mgmt_metrics_sync_hint(a->building ? MGMT_SYNC_HINT_COALESCED : MGMT_SYNC_HINT_NO_STREAMS);
                 acct_maybe_free(h, a);
-        } else if (a) {
-                if (a->latest_serial < p->serial)
-                        a->latest_serial = p->serial;
-                if (a->building)
-                        a->dirty = true;
-                else if (a->n_streams > 0)
-                        mgmt_sync__fanout_start(h, a);
-                else
-                        acct_maybe_free(h, a);
+        } else {
+                if (p->hint)
+                        mgmt_metrics_sync_hint(MGMT_SYNC_HINT_READ);
+                mgmt_sync__fanout_start(h, a, !p->hint);
         }
         free(p);
 }
 
-static void post_change(mgmt_sync *h, const char *account_id, int64_t serial, bool only_if_newer) {
+static void post_change(mgmt_sync *h, const char *account_id, int64_t serial, bool hint) {
         mgmt_grpc *g = atomic_load(&h->grpc);
         change_post *p;
 
@@ -1012,7 +1097,7 @@ static void post_change(mgmt_sync *h, const char *account_id, int64_t serial, bo
         p->hub = h;
         (void) snprintf(p->account_id, sizeof p->account_id, "%s", account_id);
         p->serial = serial;
-        p->only_if_newer = only_if_newer;
+        p->hint = hint;
         mgmt_grpc_post(g, on_account_changed, p);
 }
 
@@ -1020,8 +1105,8 @@ void mgmt_sync_account_changed(mgmt_sync *h, const char *account_id, int64_t ser
         post_change(h, account_id, serial, false);
 }
 
-void mgmt_sync_account_at(mgmt_sync *h, const char *account_id, int64_t serial) {
-        post_change(h, account_id, serial, true);
+void mgmt_sync_account_hint(mgmt_sync *h, const char *account_id) {
+        post_change(h, account_id, 0, true);
 }
 
 void mgmt_sync_set_announce(mgmt_sync *h, mgmt_sync_announce_fn fn, void *userdata) {

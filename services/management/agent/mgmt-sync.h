@@ -17,9 +17,11 @@
  *                                bumped the serial, login expiry): announced
  *                                to the other replicas, then pushed here
  *   mgmt_sync_account_changed()  push here only (no announcement)
- *   mgmt_sync_account_at()       a bus message "account A is at serial S"
- *                                from any replica: pushed here unless we
- *                                already have S
+ *   mgmt_sync_account_hint()     a bus message "account A changed" from
+ *                                any replica (its serial is not trusted):
+ *                                the serial is read from the database and
+ *                                pushed here when it differs from what the
+ *                                streams have
  *   mgmt_sync_peer_deleted()     Logout: the peer's stream gets its last
  *                                map and ends
  *   mgmt_sync_check_serials()    periodic: notice serials moved elsewhere
@@ -67,10 +69,16 @@ void mgmt_sync_on_close(mgmt_sync *s, mgmt_call *c, bool cancelled);
  * the newest. */
 void mgmt_sync_account_changed(mgmt_sync *s, const char *account_id, int64_t serial);
 
-/* Any thread: like mgmt_sync_account_changed(), but only when serial is
- * newer than what this process knows for the account (0 = unknown: always).
- * For bus messages, which include this process's own announcements. */
-void mgmt_sync_account_at(mgmt_sync *s, const char *account_id, int64_t serial);
+/* Any thread: a hint that account_id may have changed (a bus message,
+ * this process's own announcements included). Whatever serial the
+ * message carried is not trusted and not taken: the account's serial is
+ * read from the database on a worker, and its streams here get a new map
+ * only when that serial differs from the one they have; a serial below
+ * theirs (a restored database) is raised past it first
+ * (cp_store_account_serial_raise), so the agents take the new map. An
+ * account without streams here costs nothing; hints that come while a
+ * read or rebuild for the account runs make one more read after it. */
+void mgmt_sync_account_hint(mgmt_sync *s, const char *account_id);
 
 /* Called, on the thread that committed the change, for every local change
  * (mgmt_sync_local_change, mgmt_sync_peer_deleted); must not block. The
@@ -94,8 +102,9 @@ void mgmt_sync_peer_deleted(mgmt_sync *s, const char *account_id, const char *pe
 
 /* Any thread: re-reads, in one query on a worker, the serials of the
  * accounts that have streams in this process, and pushes new maps to the
- * streams of every account whose serial moved past the newest this
- * process knew of: a change committed elsewhere (another replica, an API,
+ * streams of every account whose serial differs from the one its streams
+ * have (as mgmt_sync_account_hint(), a serial that went back included):
+ * a change committed elsewhere (another replica, an API,
  * an operator in psql who bumps network_serial) reaches connected peers.
  * The manager calls it every --serial-check-interval and when the bus
  * (re)subscribes. A call while a check runs makes one more check run after

@@ -46,6 +46,8 @@ static struct {
         cp_counter *logins[2][N_STATUS];                              /* [registration][status] */
         cp_histogram *fanout_seconds;
         cp_counter *fanout_maps;
+        cp_counter *sync_hints[MGMT_SYNC_HINT_N_];
+        cp_counter *sync_reads[MGMT_SYNC_READ_N_];
         cp_metric *http_requests, *http_seconds;
         cp_gauge *pool_size, *pool_busy, *pool_idle, *pool_prepared;
         cp_counter *hb_ok, *hb_failed, *replica_lost, *reaped, *reaped_sessions;
@@ -121,6 +123,23 @@ static void init(void) {
                                                        seconds_bounds, ELEMENTSOF(seconds_bounds));
         mm.fanout_maps = cp_metrics_plain_counter(reg, "netbird_cp_fanout_maps_pushed_total",
                                                   "Network maps queued to Sync streams by fan-out.");
+        f = cp_metrics_counter(reg, "netbird_cp_sync_hints_total",
+                               "Bus messages about an account, by what they caused: no_streams (no stream of "
+                               "the account here: nothing), coalesced (a read or rebuild for it was running: "
+                               "one more read after it), read (a read of its serial from the database).",
+                               CP_LABELS("outcome"));
+        mm.sync_hints[MGMT_SYNC_HINT_NO_STREAMS] = cp_metric_counter(f, CP_LABELS("no_streams"));
+        mm.sync_hints[MGMT_SYNC_HINT_COALESCED] = cp_metric_counter(f, CP_LABELS("coalesced"));
+        mm.sync_hints[MGMT_SYNC_HINT_READ] = cp_metric_counter(f, CP_LABELS("read"));
+        f = cp_metrics_counter(reg, "netbird_cp_sync_serial_reads_total",
+                               "Reads of an account's serial for a hint (a bus message, or the periodic serial "
+                               "check finding a difference), by result: unchanged (the streams had it: no "
+                               "rebuild), changed (rebuilt and pushed), went_back (below what the streams "
+                               "had, e.g. a restored database: raised past it, rebuilt and pushed).",
+                               CP_LABELS("result"));
+        mm.sync_reads[MGMT_SYNC_READ_UNCHANGED] = cp_metric_counter(f, CP_LABELS("unchanged"));
+        mm.sync_reads[MGMT_SYNC_READ_CHANGED] = cp_metric_counter(f, CP_LABELS("changed"));
+        mm.sync_reads[MGMT_SYNC_READ_WENT_BACK] = cp_metric_counter(f, CP_LABELS("went_back"));
         mm.http_requests = cp_metrics_counter(reg, "netbird_cp_http_requests_total",
                                               "REST API requests answered by this replica, by route pattern "
                                               "(e.g. /api/peers/{peerId}; \"other\" when none matched), "
@@ -213,6 +232,18 @@ void mgmt_metrics_fanout(int64_t started_ns, uint64_t maps) {
         mgmt_metrics_init();
         cp_histogram_observe(mm.fanout_seconds, (double) (mgmt_metrics_now_ns() - started_ns) / 1e9);
         cp_counter_add(mm.fanout_maps, maps);
+}
+
+void mgmt_metrics_sync_hint(mgmt_sync_hint_outcome outcome) {
+        mgmt_metrics_init();
+        if (outcome >= 0 && outcome < MGMT_SYNC_HINT_N_)
+                cp_counter_inc(mm.sync_hints[outcome]);
+}
+
+void mgmt_metrics_sync_serial_read(mgmt_sync_read_result result) {
+        mgmt_metrics_init();
+        if (result >= 0 && result < MGMT_SYNC_READ_N_)
+                cp_counter_inc(mm.sync_reads[result]);
 }
 
 void mgmt_metrics_login(bool registration, grpc_status_code status) {

@@ -56,6 +56,29 @@ int64_t mgmt_metrics_now_ns(void);
  * every stream of the account here; maps = the maps queued. */
 void mgmt_metrics_fanout(int64_t started_ns, uint64_t maps);
 
+/* What a bus message about an account caused (mgmt-sync.c, CQ thread):
+ * nothing (no stream of the account here), one more read after the one
+ * in flight (coalesced), or a read of the account's serial. */
+typedef enum mgmt_sync_hint_outcome {
+        MGMT_SYNC_HINT_NO_STREAMS,
+        MGMT_SYNC_HINT_COALESCED,
+        MGMT_SYNC_HINT_READ,
+        MGMT_SYNC_HINT_N_
+} mgmt_sync_hint_outcome;
+void mgmt_metrics_sync_hint(mgmt_sync_hint_outcome outcome);
+
+/* What a hint's read of an account's serial found (a bus message or the
+ * periodic serial check): the streams had it (no rebuild), it differed
+ * (rebuilt and pushed), or it was below what the streams had (a restored
+ * database: raised past it, rebuilt and pushed; counted for any fan-out). */
+typedef enum mgmt_sync_read_result {
+        MGMT_SYNC_READ_UNCHANGED,
+        MGMT_SYNC_READ_CHANGED,
+        MGMT_SYNC_READ_WENT_BACK,
+        MGMT_SYNC_READ_N_
+} mgmt_sync_read_result;
+void mgmt_metrics_sync_serial_read(mgmt_sync_read_result result);
+
 /* ---- Login (mgmt-agent.c, any thread) --------------------------------------------- */
 
 /* One Login call's outcome; registration: it took the setup-key path. */

@@ -227,6 +227,15 @@ int cp_store_peer_lookup(cp_store *s, const char *wg_pub_key, cp_store_peer **re
 int cp_store_account_serials(cp_store *s, const char *const *ids, size_t n, int64_t *ret_serials,
                              cp_error *reterr);
 
+/* Raises the account's network_serial to at least min_serial (never
+ * lowers it) and gives the serial it has now in *ret_serial. For a serial
+ * that went back below what agents were already sent (a database
+ * restored from a backup): an agent ignores a map whose serial is lower
+ * than the one it holds (docs/protocol.md, "Serials"). -ENOENT when the
+ * account does not exist. */
+int cp_store_account_serial_raise(cp_store *s, const char *account_id, int64_t min_serial, int64_t *ret_serial,
+                                  cp_error *reterr);
+
 /* ---- registration with a setup key (section 3.3) -------------------------
  * All inputs are borrowed for the duration of the call. */
 typedef struct cp_store_peer_register_req {
