@@ -240,5 +240,40 @@ def flood_of_forged_messages_costs_bounded_reads():
               and not remote_keys(m), "the map without policies at serial %d" % serial)
 
 
+@test
+def forged_proxy_sequence_does_not_silence_the_proxies():
+    """The ProxyService's bus messages are hints too: a forged
+    "~proxy 9223372036854775807", then a service created through the REST
+    API on r1 reaches a proxy's mapping stream on r2 (no poll: only the bus
+    can carry it)."""
+    svc.needs_redis()
+    import proxyclient as pc
+    from proxyclient import pb
+    dep = deployment()
+    r1, r2 = replica(dep), replica(dep)
+    cl = "hints.proxy.test"
+    st, t = pc.rest(r1, dep.admin_token, "POST", "/api/reverse-proxies/proxy-tokens", {"name": "edge"})
+    assert st == 200, (st, t)
+    p = pc.Proxy(r2.grpc_target, t["plain_token"])
+    svc.defer(p.close)
+    s = p.sync()
+    svc.defer(s.close)
+    s.send_init("hints-proxy", cl)
+    assert pc.snapshot(s)[0] == []
+    before = bus_received(r2)
+    publish_many(dep, ["~proxy %d" % INT64_MAX])
+    wait_until(lambda: bus_received(r2) > before, what="the forged message received")
+    pid = "peer" + secrets.token_hex(8)
+    dep.sql("INSERT INTO peers (id, account_id, key, ip, name, dns_label) VALUES (%s, %s, %s, %s, %s, %s)",
+            (pid, dep.account_id, secrets.token_hex(16) + "=", str(dep.network.network_address + 7), pid, pid))
+    body = {"name": "app", "domain": "app." + cl, "enabled": True,
+            "targets": [{"target_id": pid, "target_type": "peer", "protocol": "http", "port": 8080,
+                         "enabled": True}]}
+    st, created = pc.rest(r1, dep.admin_token, "POST", "/api/reverse-proxies/services", body)
+    assert st == 200, (st, created)
+    _, r = s.next(timeout=5)
+    assert [(m.id, m.type) for m in r.mapping] == [(created["id"], pb.UPDATE_TYPE_CREATED)], r
+
+
 if __name__ == "__main__":
     raise SystemExit(svc.run_all())
