@@ -42,6 +42,7 @@ typedef struct sync_stream {
         char server_key[CP_WG_KEY_B64_LEN];
         bool have_shared;
         int64_t token;                  /* session token; 0 until the open job took one */
+        uint64_t lost_hints;            /* the hub's lost_hints when the call came (CQ thread) */
 
         /* Results of the open job (CQ thread reads them in open_done). */
         mgmt_agent_op *op;              /* NULL once the open is done */
@@ -110,6 +111,12 @@ struct mgmt_sync {
         mgmt_strmap *accts;             /* account id -> sync_acct */
         int setups;                     /* opens in progress */
         sync_acct *kept;                /* entries kept only for opens in progress */
+        size_t n_kept;
+        /* Hints for accounts without an entry that came while opens were
+         * in progress and the kept entries were at their cap (a flood of
+         * messages naming made-up accounts must not grow them): an open
+         * that saw this move re-reads its account's serial. */
+        uint64_t lost_hints;
         bool draining;
         /* The drain spread over a window (mgmt_sync_drain): monotonic ms
          * of its end and of the previous step; 0 = not spreading. */

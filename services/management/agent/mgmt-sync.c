@@ -33,6 +33,9 @@
 
 /* Fan-out: targets per worker job once the account's map is loaded. */
 #define FANOUT_CHUNK 64
+/* Account entries kept for opens in progress by bus hints, at most
+ * (beyond: lost_hints, mgmt-sync-int.h). */
+#define KEPT_HINTS_MAX 4096
 
 #define MSG_NOT_REGISTERED "peer is not registered"
 #define MSG_TOO_MANY "too many concurrent sync requests, please try again later"
@@ -85,6 +88,7 @@ static void acct_maybe_free(mgmt_sync *h, sync_acct *a) {
                 a->kept = true;
                 a->kept_next = h->kept;
                 h->kept = a;
+                h->n_kept++;
                 return;
         }
         (void) mgmt_strmap_remove(h->accts, a->id);
@@ -99,6 +103,7 @@ static void accts_sweep(mgmt_sync *h) {
         while (h->kept) {
                 sync_acct *a = h->kept;
                 h->kept = a->kept_next;
+                h->n_kept--;
                 a->kept = false;
                 a->kept_next = NULL;
                 acct_maybe_free(h, a);
@@ -633,6 +638,8 @@ static void open_done(mgmt_call *c, void *userdata) {
                 a->dirty = true;
         else if (a->dirty)
                 mgmt_sync__fanout_start(h, a, a->dirty_force);
+        else if (h->lost_hints != s->lost_hints)
+                mgmt_sync__fanout_start(h, a, false);
         else if (a->n_streams == 1)
                 a->db_serial = s->first_serial;
         else if (a->db_serial != s->first_serial)
@@ -669,6 +676,7 @@ void mgmt_sync_on_call(mgmt_sync *h, mgmt_call *c) {
         s->hub = h;
         s->call = c;
         s->started_ms = mgmt_call_started_ms(c);
+        s->lost_hints = h->lost_hints;
         mgmt_call_ref(c);
         op = cp_xcalloc(1, sizeof *op);
         op->agent = h->agent;
@@ -1064,11 +1072,14 @@ static void on_account_changed(mgmt_grpc *g, void *userdata) {
         change_post *p = userdata;
         mgmt_sync *h = p->hub;
         /* Keep an entry while opens are in progress: one of them may
-         * register into this account with an older map. */
-        sync_acct *a = acct_get(h, p->account_id, h->setups > 0);
+         * register into this account with an older map. For hints only
+         * up to a cap (anyone on Redis can name any account). */
+        sync_acct *a = acct_get(h, p->account_id, h->setups > 0 && (!p->hint || h->n_kept < KEPT_HINTS_MAX));
 
         if (!a) {
                 /* No stream here: nothing to read, nothing to push. */
+                if (h->setups > 0)
+                        h->lost_hints++;
                 if (p->hint)
                         mgmt_metrics_sync_hint(MGMT_SYNC_HINT_NO_STREAMS);
         } else if (a->building || a->n_streams == 0) {
