@@ -813,6 +813,32 @@ TEST(account_serials_reads_many_accounts_in_order) {
         fixture_done(&f);
 }
 
+TEST(account_serial_raise_never_lowers_and_stays_in_its_account) {
+        fixture f;
+        cp_store_account_spec spec = { .name = "b" };
+        cp_store_account_created b;
+        cp_error err = { 0 };
+        int64_t now = 0, b_before;
+
+        fixture_init(&f, 1);
+        ASSERT_OK(cp_store_account_create(f.s, &spec, &b, &err), &err);
+        free(cptest_db_query2(f.db, "UPDATE accounts SET network_serial = 3 WHERE id = $1", f.a.account_id, NULL));
+        b_before = serial_of(&f, b.account_id);
+        /* Below what agents were sent (a restored database): raised. */
+        ASSERT_OK(cp_store_account_serial_raise(f.s, f.a.account_id, 42, &now, &err), &err);
+        ASSERT_EQ(42, now);
+        ASSERT_EQ(42, serial_of(&f, f.a.account_id));
+        /* Already above: left alone, the serial it has now comes back. */
+        ASSERT_OK(cp_store_account_serial_raise(f.s, f.a.account_id, 10, &now, &err), &err);
+        ASSERT_EQ(42, now);
+        ASSERT_EQ(42, serial_of(&f, f.a.account_id));
+        /* Another account is untouched; an unknown one is -ENOENT. */
+        ASSERT_EQ(b_before, serial_of(&f, b.account_id));
+        ASSERT_EQ(-ENOENT, cp_store_account_serial_raise(f.s, "no-such-account", 5, &now, &err));
+        ASSERT_EQ(-EINVAL, cp_store_account_serial_raise(f.s, "", 5, &now, &err));
+        fixture_done(&f);
+}
+
 TEST(expire_logins_marks_each_expired_sso_peer_once) {
         fixture f;
         cp_store_account_spec spec = { .name = "off" };
