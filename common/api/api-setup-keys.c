@@ -42,8 +42,6 @@ static const char SQL_LIST[] =
         " FROM setup_keys k WHERE k.account_id = $1";
 static const char SQL_GET[] =
         "SELECT " KEY_JSON("k", "k.key_secret") " FROM setup_keys k WHERE k.account_id = $1 AND k.id = $2";
-static const char SQL_GET_CLEAR[] =
-        "SELECT " KEY_JSON("k", "$3::text") " FROM setup_keys k WHERE k.account_id = $1 AND k.id = $2";
 /* The row, locked; auto_groups as a PostgreSQL array literal. */
 static const char SQL_FIND[] =
         "SELECT name, type, key_secret, revoked, auto_groups::text FROM setup_keys"
@@ -210,10 +208,37 @@ static int insert_key(api_ctx *c, const key_req *k, const char *id, const char *
         return api_sql(c, SQL_INSERT, 11, p, NULL);
 }
 
+/* The only response that carries the plain key: the row's JSON from the
+ * database (masked key), the plain key put in here. The plain key never
+ * goes to PostgreSQL, not even as a parameter: a server with statement
+ * logging would write it to its log. Every copy made here is wiped. */
+static int reply_created(api_ctx *c, const char *id, const char *plain) {
+        _cleanup_rows_ cp_store_rows *rows = NULL;
+        const char *p[2] = { c->account_id, id };
+        json_t *obj, *key;
+        int r = api_sql(c, SQL_GET, 2, p, &rows);
+
+        if (r < 0)
+                return r;
+        const char *text = cp_store_rows_get(rows, 0, 0);
+        if (!text)
+                return api_internal(c, "the new setup key is gone", NULL);
+        obj = json_loads(text, 0, NULL);
+        key = json_string(plain);
+        if (!obj || !key || json_object_set(obj, "key", key) < 0)
+                r = api_internal(c, "encoding the new setup key", NULL);
+        else
+                r = api_reply_json(c, 200, obj);
+        if (key)
+                cp_explicit_bzero((char *) json_string_value(key), json_string_length(key));
+        json_decref(key);
+        json_decref(obj);
+        return r;
+}
+
 static int create_key(api_ctx *c) {
         key_req k = { 0 };
         char id[CP_ID_LEN + 1], plain[CP_SETUP_KEY_LEN + 1];
-        bool found = false;
         int r;
 
         cp_strbuf_init(&k.groups);
@@ -229,14 +254,9 @@ static int create_key(api_ctx *c) {
                 r = key_event(c, API_ACT_SETUP_KEY_CREATED, id);
         if (r == 0)
                 r = group_events(c, id, k.name, "{}", k.groups.buf);
-        if (r == 0) {
-                /* The only response that carries the plain key. */
-                const char *p[3] = { c->account_id, id, plain };
-                r = api_sql_reply(c, 200, SQL_GET_CLEAR, 3, p, &found);
-                if (r == 0 && !found)
-                        r = api_internal(c, "the new setup key is gone", NULL);
-                cp_explicit_bzero(plain, sizeof plain);
-        }
+        if (r == 0)
+                r = reply_created(c, id, plain);
+        cp_explicit_bzero(plain, sizeof plain);
         cp_strbuf_release(&k.groups);
         return r;
 }

@@ -1,7 +1,9 @@
 #include "cp/base.h"
 #include "cp/util.h"
 
+#include <sys/prctl.h>
 #include <sys/random.h>
+#include <sys/resource.h>
 
 int64_t cp_now_unix_ns(void) {
         struct timespec ts;
@@ -162,4 +164,17 @@ void cp_format_rfc3339(int64_t unix_ns, char buf[32]) {
         gmtime_r(&secs, &tm);
         size_t n = strftime(buf, 32, "%Y-%m-%dT%H:%M:%S", &tm);
         (void) snprintf(buf + n, 32 - n, ".%06ldZ", usec);
+}
+
+int cp_core_dumps_disable(void) {
+        const char *allow = getenv(CP_CORE_DUMPS_ENV);
+        struct rlimit none = { 0, 0 };
+
+        if (allow && strcmp(allow, "1") == 0)
+                return 1;
+        if (setrlimit(RLIMIT_CORE, &none) < 0)
+                return -errno;
+        if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
+                return -errno;
+        return 0;
 }

@@ -64,6 +64,7 @@ int cp_crypto_setup_key_hash(const char *key, char out[CP_SHA256_B64_LEN]) {
         for (size_t i = 0; i < n; i++)
                 upper[i] = (char) toupper((unsigned char) key[i]);
         cp_crypto_sha256_b64(upper, n, out);
+        cp_explicit_bzero(upper, n);
         return 0;
 }
 

@@ -15,6 +15,7 @@
 #include "cp/log.h"
 #include "cp/store.h"
 #include "cp/strbuf.h"
+#include "cp/util.h"
 #include "admin.h"
 
 #include <signal.h>
@@ -427,6 +428,10 @@ int main(int argc, char **argv) {
         const char *verb = argc > 2 ? argv[2] : NULL;
         bool group_known = false;
 
+        /* Before anything is read: the CLI holds the data key, tokens and
+         * the keys it creates. It runs briefly and says nothing about a
+         * failure here (nothing to log to yet). */
+        (void) cp_core_dumps_disable();
         (void) signal(SIGPIPE, SIG_IGN);
         if (!group) {
                 usage(stderr);

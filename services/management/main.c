@@ -8,6 +8,7 @@
 #include "cp/log.h"
 #include "cp/store.h"
 #include "cp/strbuf.h"
+#include "cp/util.h"
 #include "mgmt-cmd.h"
 #include "mgmt-netconf.h"
 
@@ -18,6 +19,7 @@
 #endif
 
 static const cp_log_ctx log_main = { .component = "main" };
+static int core_dumps;          /* cp_core_dumps_disable()'s result */
 
 typedef struct command {
         const char *name;
@@ -125,6 +127,11 @@ static int run_command(const command *cmd, int argc, char **argv) {
 
         cp_log_kv(&log_main, CP_LOG_INFO, "starting", "version", MGMT_VERSION, "command", cmd->name,
                   "config_file", cfg.source.file_path ? cfg.source.file_path : "none", NULL);
+        if (core_dumps < 0)
+                cp_log_kv(&log_main, CP_LOG_WARN, "cannot disable core dumps", "error", strerror(-core_dumps), NULL);
+        else if (core_dumps == 1)
+                cp_log(&log_main, CP_LOG_WARN, "core dumps allowed (" CP_CORE_DUMPS_ENV "=1): a core file holds "
+                       "this process's secrets");
         static const cp_log_ctx log_config = { .component = "config" };
         for (size_t i = 0; i < cfg.source.n_warnings; i++)
                 cp_log(&log_config, CP_LOG_WARN, "%s", cfg.source.warnings[i]);
@@ -144,6 +151,9 @@ out:
 int main(int argc, char **argv) {
         const char *name = argc > 1 ? argv[1] : NULL;
 
+        /* Before anything is read (management.json holds secrets): a
+         * crash must not write keys and tokens to a core file. */
+        core_dumps = cp_core_dumps_disable();
         /* A peer closing its socket must not kill the process. */
         (void) signal(SIGPIPE, SIG_IGN);
 

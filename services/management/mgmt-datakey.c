@@ -2,6 +2,7 @@
 #include "cp/crypto-pii.h"
 #include "cp/log.h"
 #include "cp/store-pii.h"
+#include "cp/util.h"
 #include "mgmt-datakey.h"
 #include "mgmt-http.h"
 #include "mgmt-metrics.h"
@@ -19,6 +20,8 @@ static const cp_log_ctx log_ctx = { .component = "datakey" };
 /* What the gate saw last, so that transitions are logged once. */
 static atomic_int last_state;   /* 0 unknown, 1 accepted, -1 rejected */
 static char last_writer[CP_PII_FP_LEN];
+/* When a failed check was last logged (monotonic ms), 0 = not since a good one. */
+static _Atomic int64_t last_error_ms;
 
 static void log_rejected(const cp_store_pii_check *chk, const cp_error *err) {
         const char *prev = cp_pii_previous_fp();
@@ -54,9 +57,17 @@ int mgmt_datakey_gate(void *userdata, char *why, size_t why_size) {
                 return r;
         }
         if (r < 0) {
-                (void) snprintf(why, why_size, "data key check: %s", err.message);
+                /* why reaches /readyz: the database's text goes to the
+                 * log only, at most once per MGMT_READY_LOG_EVERY_MS. */
+                int64_t now = cp_now_mono_ms(), last = atomic_load(&last_error_ms);
+                if ((!last || now - last >= MGMT_READY_LOG_EVERY_MS) &&
+                    atomic_compare_exchange_strong(&last_error_ms, &last, now ? now : 1))
+                        cp_log_kv(&log_ctx, CP_LOG_WARN, "cannot check the DataStoreEncryptionKey against the database",
+                                  "error", err.message, NULL);
+                (void) snprintf(why, why_size, "data key check: %s", MGMT_READY_MSG_STORE);
                 return r;
         }
+        atomic_store(&last_error_ms, 0);
         if (chk.registered)
                 cp_log_kv(&log_ctx, CP_LOG_INFO, "recorded the deployment's DataStoreEncryptionKey", "key_fingerprint",
                           chk.current, NULL);

@@ -6,7 +6,7 @@ import json
 
 import apifix
 from apifix import svc
-from nbagent import build_meta
+from nbagent import build_meta, remote_keys
 
 test = svc.test
 
@@ -146,6 +146,98 @@ def unauthenticated_and_forged_requests_see_nothing():
                                                                          message="token invalid")
     # The PAT also works as a bearer, as in NetBird.
     assert api.as_token(dep.admin_token, scheme="Bearer").ok("GET", "/api/groups")
+
+
+@test
+def resource_references_stay_in_their_account():
+    """A policy rule's sourceResource / destinationResource names one
+    object by id: a peer (type "peer") or a network resource ("host",
+    "subnet", "domain"). Like a group id, it must be the account's own:
+    account A naming B's peer or B's resource, or an id that does not
+    exist, is refused with 422 and nothing is written, on POST and on PUT.
+    Route and network-router peers (peer, peer_groups) likewise. A's own
+    peer is accepted, and A's maps carry it."""
+    dep, srv, api_a = apifix.start()
+    b = apifix.second_account(dep)
+    api_b = apifix.api_for(srv, b["ADMIN_TOKEN"])
+
+    # A: two agents, no Default policy, so a map shows only what a rule opens.
+    agents = []
+    for name in ("src", "dst"):
+        a = dep.agent(srv)
+        a.register(dep.setup_key, meta=build_meta("iso-" + name))
+        a.peer_id = dep.peers()[a.pub_b64]["id"]
+        agents.append(a)
+    src, dst = agents
+    for p in api_a.ok("GET", "/api/policies"):
+        api_a.ok("DELETE", "/api/policies/" + p["id"])
+    g_dst = api_a.ok("POST", "/api/groups", {"name": "dst", "peers": [dst.peer_id]})
+    net_a = api_a.ok("POST", "/api/networks", {"name": "a-net"})
+
+    # B: a peer, a group, a network with a host resource.
+    pb = dep.agent(srv)
+    pb.register(b["SETUP_KEY"], meta=build_meta("iso-b"))
+    b_peer = dep.sql("SELECT id FROM peers WHERE key = %s", (pb.pub_b64,))[0][0]
+    b_group = api_b.ok("POST", "/api/groups", {"name": "b-grp", "peers": [b_peer]})["id"]
+    net_b = api_b.ok("POST", "/api/networks", {"name": "b-net"})
+    b_res = api_b.ok("POST", "/api/networks/%s/resources" % net_b["id"],
+                     {"name": "b-web", "address": "10.77.0.5", "enabled": True, "groups": [b_group]})["id"]
+
+    def rule(**kw):
+        r = {"name": "r", "enabled": True, "action": "accept", "bidirectional": False, "protocol": "all"}
+        r.update(kw)
+        return {"name": "p", "enabled": True, "rules": [r]}
+
+    def a_rows():
+        return {t: dep.sql("SELECT row_to_json(x)::text FROM %s x WHERE account_id = %%s ORDER BY 1" % t,
+                           (dep.account_id,)) for t in ("policies", "policy_rules", "routes", "network_routers")}
+
+    before_a, before_b, serial = a_rows(), snapshot(dep, b["ACCOUNT_ID"]), dep.network_serial()
+    refused = [
+        (rule(sourceResource={"id": b_peer, "type": "peer"}, destinations=[g_dst["id"]]), "peer %s not found" % b_peer),
+        (rule(sources=[g_dst["id"]], destinationResource={"id": b_peer, "type": "peer"}),
+         "peer %s not found" % b_peer),
+        (rule(sources=[g_dst["id"]], destinationResource={"id": b_res, "type": "host"}),
+         "network resource: %s not found" % b_res),
+        # B's resource named as a peer, and B's peer as a resource.
+        (rule(sources=[g_dst["id"]], destinationResource={"id": b_res, "type": "peer"}), "peer %s not found" % b_res),
+        (rule(sources=[g_dst["id"]], destinationResource={"id": b_peer, "type": "host"}),
+         "network resource: %s not found" % b_peer),
+        (rule(sourceResource={"id": "nosuchpeer", "type": "peer"}, destinations=[g_dst["id"]]),
+         "peer nosuchpeer not found"),
+        (rule(sourceResource={"id": b_group, "type": "group"}, destinations=[g_dst["id"]]),
+         "invalid resource type: group"),
+    ]
+    for body, msg in refused:
+        api_a.error("POST", "/api/policies", 422, body, message=msg)
+    own = api_a.ok("POST", "/api/policies", rule(sourceResource={"id": src.peer_id, "type": "peer"},
+                                                 destinations=[g_dst["id"]]))
+    assert own["rules"][0]["sourceResource"] == {"id": src.peer_id, "type": "peer"}, own
+    mid_a, mid_serial = a_rows(), dep.network_serial()
+    for body, msg in refused:
+        body["rules"][0]["id"] = own["rules"][0]["id"]
+        api_a.error("PUT", "/api/policies/" + own["id"], 422, body, message=msg)
+    # Route and network-router peers.
+    route = {"description": "", "network_id": "n", "enabled": True, "network": "10.99.0.0/16", "metric": 1,
+             "masquerade": False, "groups": [g_dst["id"]], "keep_route": False}
+    api_a.error("POST", "/api/routes", 422, dict(route, peer=b_peer), message="not found")
+    api_a.error("POST", "/api/routes", 422, dict(route, peer_groups=[b_group]), message="not found")
+    rp = "/api/networks/%s/routers" % net_a["id"]
+    router = {"metric": 100, "masquerade": True, "enabled": True}
+    api_a.error("POST", rp, 422, dict(router, peer=b_peer), message="peer with id %s not found" % b_peer)
+    api_a.error("POST", rp, 422, dict(router, peer_groups=[b_group]), message="group %s not found" % b_group)
+
+    # Nothing written on either side by the refusals; B untouched.
+    assert a_rows() == mid_a and dep.network_serial() == mid_serial
+    assert before_a != mid_a and mid_serial > serial
+    after_b = snapshot(dep, b["ACCOUNT_ID"])
+    for t in TENANT_TABLES:
+        assert before_b[t] == after_b[t], "table %s of account B changed" % t
+
+    # The accepted rule reaches the maps: dst sees src and only src.
+    m = dst.sync().wait_for(lambda m: m.NetworkMap.Serial >= mid_serial, timeout=10)
+    assert remote_keys(m) == {src.pub_b64}, m
+    assert pb.pub_b64 not in remote_keys(m)
 
 
 if __name__ == "__main__":

@@ -126,6 +126,40 @@ TEST(arena_alignment_big_blocks_and_strings) {
         mgmt_arena_release(&a);         /* empty again: fine */
 }
 
+/* A request that carried secrets, unpacked into an arena as the edge
+ * does (mgmt_agent_open_request): after mgmt_arena_wipe() neither secret
+ * is left in the arena's memory, which stays valid; then it is freed. */
+TEST(arena_wipe_clears_an_unpacked_login_request) {
+        static const char key[] = "A2C8E62B-38F5-4553-B31E-DD66C696CEBB";
+        static const char jwt[] = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl";
+        Management__LoginRequest in = MANAGEMENT__LOGIN_REQUEST__INIT;
+        mgmt_arena a;
+
+        in.setupkey = (char *) key;
+        in.jwttoken = (char *) jwt;
+        size_t len = management__login_request__get_packed_size(&in);
+        uint8_t *buf = cp_xmalloc(len);
+        ASSERT_EQ(len, management__login_request__pack(&in, buf));
+
+        mgmt_arena_init(&a);
+        (void) mgmt_arena_alloc(&a, 100000);    /* a big block of its own too */
+        Management__LoginRequest *req = management__login_request__unpack(mgmt_arena_pb(&a), len, buf);
+        free(buf);
+        ASSERT_TRUE(req != NULL);
+        ASSERT_TRUE(strcmp(req->setupkey, key) == 0 && strcmp(req->jwttoken, jwt) == 0);
+        char *k = req->setupkey, *j = req->jwttoken;
+        size_t nk = strlen(k), nj = strlen(j);
+        mgmt_arena_wipe(&a);
+        for (size_t i = 0; i < nk; i++)
+                ASSERT_EQ(0, k[i]);
+        for (size_t i = 0; i < nj; i++)
+                ASSERT_EQ(0, j[i]);
+        /* Still usable after a wipe. */
+        ASSERT_TRUE(strcmp(mgmt_arena_strdup(&a, "later"), "later") == 0);
+        mgmt_arena_release_wiped(&a);
+        mgmt_arena_release_wiped(&a);   /* empty: fine */
+}
+
 /* ---- netconf --------------------------------------------------------------- */
 
 /* An empty environment, so the runner's variables never leak in. */

@@ -5,6 +5,9 @@
 #include "cp/util.h"
 #include "cptest.h"
 
+#include <sys/prctl.h>
+#include <sys/resource.h>
+
 TEST(strbuf_grows_and_detaches) {
         cp_strbuf sb;
 
@@ -145,6 +148,22 @@ TEST(prefix_lists) {
                 ASSERT_TRUE(strstr(err.message, "is not an IP address or prefix") != NULL);
                 ASSERT_EQ(0, l.n);
         }
+}
+
+/* Last: it leaves this process without core dumps. */
+TEST(core_dumps_disabled_unless_allowed) {
+        struct rlimit lim;
+
+        ASSERT_OK(setenv(CP_CORE_DUMPS_ENV, "1", 1), NULL);
+        ASSERT_EQ(1, cp_core_dumps_disable());
+        ASSERT_EQ(1, prctl(PR_GET_DUMPABLE, 0, 0, 0, 0));
+        ASSERT_OK(setenv(CP_CORE_DUMPS_ENV, "yes", 1), NULL);  /* only "1" allows */
+        ASSERT_EQ(0, cp_core_dumps_disable());
+        ASSERT_EQ(0, prctl(PR_GET_DUMPABLE, 0, 0, 0, 0));
+        ASSERT_OK(getrlimit(RLIMIT_CORE, &lim), NULL);
+        ASSERT_EQ(0, lim.rlim_cur);
+        ASSERT_EQ(0, lim.rlim_max);
+        ASSERT_OK(unsetenv(CP_CORE_DUMPS_ENV), NULL);
 }
 
 int main(int argc, char **argv) {

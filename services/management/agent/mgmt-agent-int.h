@@ -56,6 +56,8 @@ typedef struct mgmt_agent_op {
                                                  * NULL = an empty message */
         char account[40];               /* for the log line, "" if unknown */
         bool registration;              /* Login took the setup-key path (metrics) */
+        bool wipe;                      /* the request carried a secret (setup key, JWT,
+                                         * password): the arena is wiped when released */
         char detail[200];               /* extra log text (a store error), "" if none */
 
         /* Filled by the edge after the handler: the bytes to send. */

@@ -248,7 +248,10 @@ static void op_done(mgmt_call *c, void *userdata) {
         mgmt_call_reply(c, op->status, op->message, op->reply, op->reply_len);
         if (op->payload)
                 grpc_byte_buffer_destroy(op->payload);
-        mgmt_arena_release(&op->arena);
+        if (op->wipe)
+                mgmt_arena_release_wiped(&op->arena);
+        else
+                mgmt_arena_release(&op->arena);
         free(op);
 }
 

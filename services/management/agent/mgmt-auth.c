@@ -187,6 +187,7 @@ void mgmt_extend_session(mgmt_agent_op *op) {
         cp_error err = { 0 };
         int r;
 
+        op->wipe = true;        /* the JWT: the arena is wiped when the call ends */
         if (!req->jwttoken || !req->jwttoken[0]) {
                 mgmt_agent_fail(op, GRPC_STATUS_INVALID_ARGUMENT, "jwt token is required");
                 return;

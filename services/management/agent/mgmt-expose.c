@@ -179,6 +179,9 @@ void mgmt_create_expose(mgmt_agent_op *op) {
         uint8_t key[CP_DATA_KEY_LEN];
         int r;
 
+        /* A password or PIN in the request: wiped with the arena. */
+        op->wipe = *req->password || *req->pin;
+
         p = expose_peer(op);
         if (!p)
                 return;

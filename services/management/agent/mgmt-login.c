@@ -372,7 +372,7 @@ static int sso_login(mgmt_agent_op *op, cp_store_peer *p, const mgmt_auth_user *
         return 0;
 }
 
-void mgmt_login(mgmt_agent_op *op) {
+static void login(mgmt_agent_op *op) {
         const Management__LoginRequest *req = (const Management__LoginRequest *) op->request;
         _cleanup_store_peer_ cp_store_peer *p = NULL;
         cp_store_account_settings st;
@@ -477,6 +477,18 @@ void mgmt_login(mgmt_agent_op *op) {
         }
         build_login_response(op, p, &st);
         login_checks(op, p, serial, (Management__LoginResponse *) op->response);
+}
+
+/* The setup key and the JWT are wiped as soon as Login is done with
+ * them, and the whole arena (every copy protobuf-c made while unpacking)
+ * when the call ends; calls without either skip that pass. */
+void mgmt_login(mgmt_agent_op *op) {
+        Management__LoginRequest *req = (Management__LoginRequest *) op->request;
+
+        op->wipe = req->setupkey[0] || req->jwttoken[0];
+        login(op);
+        cp_explicit_bzero(req->setupkey, strlen(req->setupkey));
+        cp_explicit_bzero(req->jwttoken, strlen(req->jwttoken));
 }
 
 /* ---- SyncMeta and Logout ---------------------------------------------------------- */

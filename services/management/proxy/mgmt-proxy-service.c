@@ -62,6 +62,17 @@ void mgmt_proxy_fail(mgmt_proxy_op *op, grpc_status_code status, const char *fmt
 
 /* ---- unary calls ------------------------------------------------------------------ */
 
+/* The calls whose request carries a user's secret: a password or PIN
+ * (Authenticate), a session token (ValidateSession), a one-time token
+ * (CreateProxyPeer). Their decoded request and the bytes it came from
+ * are wiped when the call ends; the others (access logs, status updates
+ * by the thousand) skip that pass. */
+static bool carries_secret(const mgmt_proxy_op *op) {
+        return op->method == &cp_proto_proxy_methods[CP_PROTO_PROXY_AUTHENTICATE] ||
+               op->method == &cp_proto_proxy_methods[CP_PROTO_PROXY_VALIDATE_SESSION] ||
+               op->method == &cp_proto_proxy_methods[CP_PROTO_PROXY_CREATE_PROXY_PEER];
+}
+
 /* Worker. */
 static void op_work(void *userdata) {
         mgmt_proxy_op *op = userdata;
@@ -84,6 +95,8 @@ static void op_work(void *userdata) {
         grpc_slice s = mgmt_payload_slice(op->payload);
         op->request = protobuf_c_message_unpack(op->method->request, mgmt_arena_pb(&op->arena),
                                                 GRPC_SLICE_LENGTH(s), GRPC_SLICE_START_PTR(s));
+        if (carries_secret(op))
+                cp_explicit_bzero(GRPC_SLICE_START_PTR(s), GRPC_SLICE_LENGTH(s));
         grpc_slice_unref(s);
         if (!op->request) {
                 mgmt_proxy_fail(op, GRPC_STATUS_INVALID_ARGUMENT, "cannot decode the %s request",
@@ -111,7 +124,10 @@ static void op_done(mgmt_call *c, void *userdata) {
         if (op->payload)
                 grpc_byte_buffer_destroy(op->payload);
         free(op->reply);
-        mgmt_arena_release(&op->arena);
+        if (carries_secret(op))
+                mgmt_arena_release_wiped(&op->arena);
+        else
+                mgmt_arena_release(&op->arena);
         free(op);
 }
 

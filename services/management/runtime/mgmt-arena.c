@@ -34,6 +34,16 @@ void mgmt_arena_release(mgmt_arena *a) {
         }
 }
 
+void mgmt_arena_wipe(mgmt_arena *a) {
+        for (mgmt_arena_chunk *c = a->chunks; c; c = c->next)
+                cp_explicit_bzero(c->data, c->used);
+}
+
+void mgmt_arena_release_wiped(mgmt_arena *a) {
+        mgmt_arena_wipe(a);
+        mgmt_arena_release(a);
+}
+
 void *mgmt_arena_alloc(mgmt_arena *a, size_t n) {
         mgmt_arena_chunk *c = a->chunks;
         size_t need = (n + ALIGN - 1) & ~(ALIGN - 1);

@@ -33,6 +33,16 @@ void mgmt_arena_init(mgmt_arena *a);
 /* Frees every allocation; the arena is empty and reusable afterwards. */
 void mgmt_arena_release(mgmt_arena *a);
 
+/* Overwrites every byte handed out so far with zeros (explicit_bzero, so
+ * the compiler keeps it); the allocations stay valid, now zeroed. For
+ * calls whose request carried a secret (a setup key, a JWT, a password):
+ * protobuf-c unpacks every string of the request into the arena. Costs
+ * one pass over the used bytes (a Login's few KiB: microseconds), so
+ * only such calls pay it, never a Sync fan-out. */
+void mgmt_arena_wipe(mgmt_arena *a);
+/* mgmt_arena_wipe() then mgmt_arena_release(). */
+void mgmt_arena_release_wiped(mgmt_arena *a);
+
 /* Zeroed memory, aligned for any type, valid until release. */
 void *mgmt_arena_alloc(mgmt_arena *a, size_t n);
 /* n elements of size each, zeroed; aborts on overflow. */

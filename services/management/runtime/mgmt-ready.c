@@ -20,7 +20,10 @@ struct mgmt_ready {
         int migrations;                 /* cp_store_migrations_current() */
         bool gate_ok;
         const char *gate_failed;        /* the failing gate's name */
-        char error[256];
+        char error[256];                /* what /readyz says: never a database's own text */
+        char detail[512];               /* the full reason, for the log only */
+        int64_t logged_ms;              /* when the detail was last logged, 0 = not since ready
+                                         * (checker thread only) */
         /* Set at creation, read-only after. */
         mgmt_ready_gate gates[MGMT_READY_MAX_GATES];
         size_t n_gates;
@@ -59,24 +62,43 @@ static void check_once(mgmt_ready *r) {
         r->migrations = mig;
         r->gate_ok = gate >= 0;
         r->gate_failed = gate_failed;
-        if (ping < 0 || mig < 0)
-                (void) snprintf(r->error, sizeof r->error, "%s", err.message[0] ? err.message : strerror(-(ping < 0 ? ping : mig)));
-        else if (mig == 0)
+        /* /readyz answers anyone who can reach the port: it says which
+         * check failed in words of ours; the database's own text (host
+         * names, user and database names, server messages) goes to the
+         * log only. Gates write reasons meant for the body. */
+        const char *raw = err.message[0] ? err.message : strerror(-(ping < 0 ? ping : mig));
+        if (ping < 0) {
+                (void) snprintf(r->error, sizeof r->error, "%s", MGMT_READY_MSG_STORE);
+                (void) snprintf(r->detail, sizeof r->detail, "%s", raw);
+        } else if (mig < 0) {
+                (void) snprintf(r->error, sizeof r->error, "%s", MGMT_READY_MSG_SCHEMA);
+                (void) snprintf(r->detail, sizeof r->detail, "%s", raw);
+        } else if (mig == 0) {
                 (void) snprintf(r->error, sizeof r->error, "database schema has pending migrations");
-        else if (gate < 0)
+                (void) snprintf(r->detail, sizeof r->detail, "%s", r->error);
+        } else if (gate < 0) {
                 (void) snprintf(r->error, sizeof r->error, "%s", why);
-        else
-                r->error[0] = '\0';
+                (void) snprintf(r->detail, sizeof r->detail, "%s", why);
+        } else
+                r->error[0] = r->detail[0] = '\0';
         bool now_ready = r->store_ok && r->migrations == 1 && r->gate_ok;
-        char error[sizeof r->error];
-        memcpy(error, r->error, sizeof error);
+        char detail[sizeof r->detail];
+        memcpy(detail, r->detail, sizeof detail);
         pthread_mutex_unlock(&r->lock);
 
-        /* Log transitions only, not every probe. */
-        if (was_ready && !now_ready)
-                cp_log_kv(&log_ctx, CP_LOG_WARN, "not ready", "error", error, NULL);
-        else if (!was_ready && now_ready)
-                cp_log(&log_ctx, CP_LOG_INFO, "ready");
+        /* The checker runs every MGMT_READY_INTERVAL_MS however often
+         * /readyz is probed. A failure is logged when readiness is lost
+         * (or never came), then at most once per MGMT_READY_LOG_EVERY_MS
+         * while it lasts. logged_ms belongs to this thread. */
+        int64_t now = cp_now_mono_ms();
+        if (now_ready) {
+                if (!was_ready)
+                        cp_log(&log_ctx, CP_LOG_INFO, "ready");
+                r->logged_ms = 0;
+        } else if (was_ready || !r->logged_ms || now - r->logged_ms >= MGMT_READY_LOG_EVERY_MS) {
+                cp_log_kv(&log_ctx, CP_LOG_WARN, "not ready", "error", detail, NULL);
+                r->logged_ms = now ? now : 1;
+        }
 }
 
 static void *ready_thread(void *userdata) {

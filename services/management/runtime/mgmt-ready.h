@@ -20,13 +20,21 @@
 
 #define MGMT_READY_INTERVAL_MS 2000
 #define MGMT_READY_STALE_MS 5000
+/* A failure's full reason is logged when readiness is lost, then when it
+ * changes, at most this often. /readyz's body never carries it. */
+#define MGMT_READY_LOG_EVERY_MS 60000
+
+/* /readyz's "error" when the database cannot be reached or read; the
+ * database's own message is in the log ("not ready", component ready). */
+#define MGMT_READY_MSG_STORE "database unavailable"
+#define MGMT_READY_MSG_SCHEMA "cannot read the database schema version"
 
 typedef struct mgmt_ready mgmt_ready;
 
 typedef struct mgmt_ready_state {
         bool ready;
         const char *failed;     /* "store", "migrations" or the gate's name when not ready */
-        char error[256];        /* why, when not ready */
+        char error[256];        /* why, when not ready: our words, safe to show anyone */
         int64_t age_ms;         /* since the result was produced */
 } mgmt_ready_state;
 

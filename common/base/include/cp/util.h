@@ -39,3 +39,13 @@ int cp_parse_duration_ms(const char *s, int64_t *ret);
 /* Formats Unix ns as RFC 3339 UTC with microseconds,
  * e.g. 2026-11-21T10:00:00.123456Z; buf needs 32 bytes. */
 void cp_format_rfc3339(int64_t unix_ns, char buf[32]);
+
+/* Core dumps off for this process, before it holds any secret: the core
+ * size limit (soft and hard) set to 0 and the process made non-dumpable
+ * (PR_SET_DUMPABLE 0: no core, no ptrace attach by non-root, its /proc
+ * files owned by root). Left alone when the environment variable
+ * CP_CORE_DUMPS_ENV is "1" (an operator who wants a core for a bug
+ * report; docs/ops.md, "Secrets"). Returns 1 when left alone, 0 when
+ * disabled, or a negative errno (the caller logs it and carries on). */
+#define CP_CORE_DUMPS_ENV "NB_CP_ALLOW_CORE_DUMPS"
+int cp_core_dumps_disable(void);
