@@ -51,11 +51,16 @@ class FleetAgent(threading.Thread):
         self.streams = 0
         self.errors = {}            # what ended streams / failed opens, counted
         self.messages = 0
+        self.trace = []             # (monotonic time, serial) of every map read
 
     def client(self, target):
         c = self.clients.get(target)
         if c is None:
-            c = self.clients[target] = nbagent.Agent(target, private_key=self.key, timeout=10)
+            # A small, fixed HTTP/2 receive window (no BDP growth), so an
+            # agent that stops reading backs the replica's sending up after
+            # a few maps instead of after megabytes.
+            c = self.clients[target] = nbagent.Agent(target, private_key=self.key, timeout=10, options=[
+                ("grpc.http2.lookahead_bytes", 16384), ("grpc.http2.bdp_probe", 0)])
         return c
 
     def last_message(self):
@@ -110,6 +115,7 @@ class FleetAgent(threading.Thread):
                 env = nbagent.parse(PB.EncryptedMessage, raw)
                 msg = nbagent.parse(PB.SyncResponse, nbagent.open_box(env.body, self.key, server_key))
                 self.messages += 1
+                self.trace.append((time.monotonic(), msg.NetworkMap.Serial))
                 with self.lock:
                     self.last = msg
                     s = msg.NetworkMap.Serial

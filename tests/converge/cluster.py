@@ -58,6 +58,16 @@ class Redis:
         wait_until(lambda: port_answers(self.port) or self.proc.poll() is not None, timeout=15, what="redis up")
         assert self.proc.poll() is None, "redis-server exited"
 
+    def publish(self, channel, message):
+        """PUBLISH over RESP; returns the number of subscribers reached."""
+        parts = [b"PUBLISH", channel.encode(), message.encode()]
+        cmd = b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as c:
+            c.sendall(cmd)
+            reply = c.recv(64)
+        assert reply.startswith(b":"), reply
+        return int(reply[1:].split(b"\r\n")[0])
+
     def stop(self):
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()           # exactly our pid
@@ -113,9 +123,9 @@ class Replica:
         self.http_port = svc.free_port()
         self.grpc_target = "127.0.0.1:%d" % self.grpc_port
         self.srv = None
+        self.runs = 0
         self.skew = None            # "+5s" while it runs under libfaketime
         self.ids = []               # replica ids it had, oldest first
-        svc.defer(self.stop)
 
     def start(self, skew=None):
         env = {"NB_STORE_ENGINE_POSTGRES_DSN": self.dsn}
@@ -129,8 +139,13 @@ class Replica:
                 "--redis-url", self.redis_url] + svc.KEY_ARGS + self.extra
         # A port of a replica killed a moment ago may still be in use by its
         # dying sockets for a short while: retry the start a few times.
+        self.runs += 1
         for attempt in range(5):
             self.srv = svc.Server(args, env=env, wait=False)
+            # Cleanups run last-in first-out: SIGTERM (and its checks), then
+            # the log is kept, then svc.Server's own kill finds it gone.
+            svc.defer(self.save_log, self.srv, self.runs)
+            svc.defer(fixture.stop_server, self.srv)
             try:
                 self.srv.wait_listening()
                 break
@@ -141,6 +156,16 @@ class Replica:
         self.skew = skew
         self.ids.append(fixture.replica_id(self.srv))
         return self
+
+    def save_log(self, srv, run):
+        """Keeps the process's log lines in CP_CONVERGE_LOG_DIR, if set
+        (tests/converge/run sets it to build/meson-logs/converge)."""
+        d = os.environ.get("CP_CONVERGE_LOG_DIR", "")
+        if not d:
+            return
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, "%s-run%d.log" % (self.name, run)), "w") as f:
+            f.write(srv.stdout() + "\n" + srv.stderr())
 
     @property
     def id(self):

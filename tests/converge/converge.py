@@ -33,6 +33,9 @@ from agents import AgentFleet  # noqa: E402
 from workload import Workload, Sampler  # noqa: E402
 
 LONG = os.environ.get("CP_CONVERGE_LONG", "") not in ("", "0")
+# An extra fault kind, on demand only: a forged bus message carrying a huge
+# serial (issue 15's first bullet; bus messages must be hints only).
+FORGE = os.environ.get("CP_CONVERGE_FORGE", "") not in ("", "0")
 SEED = int(os.environ.get("CP_CONVERGE_SEED", "0") or 0) or int(time.time())
 
 if LONG:
@@ -84,6 +87,12 @@ class Faults:
         self.redis.start()
         self.note("redis stopped", "redis :%d" % self.redis.port, "started again")
 
+    def forge(self, prefix, account):
+        msg = "%s 9223372036854775807" % account
+        n = self.redis.publish("%s:account-serial" % prefix, msg)
+        self.note("forged bus message", "redis :%d" % self.redis.port,
+                  "PUBLISH %s:account-serial %r reached %d subscriber(s)" % (prefix, msg, n))
+
     def pg_restart(self):
         self.pg.stop_immediate()
         self.note("postgres restart", "postgres :%d" % self.pg.port, "pg_ctl stop -m immediate")
@@ -109,11 +118,22 @@ class Faults:
         if a is None:
             self.note("slow consumer", "-", "no agent holds a stream; skipped")
             return
+        s0 = self.serial()
+        t0 = time.monotonic()
         a.pause(seconds)
         self.note("slow consumer", "agent %d (peer %s, on %s)" % (a.idx, a.peer_id, a.replica_name),
-                  "stops reading its stream for %.0f s" % seconds)
-        time.sleep(seconds + 0.5)
-        self.note("slow consumer", "agent %d" % a.idx, "reads again")
+                  "stops reading its stream for %.0f s (account serial %d)" % (seconds, s0))
+        time.sleep(seconds)
+        s1 = self.serial()
+        time.sleep(2)
+        got = sorted(set(s for t, s in list(a.trace) if t >= t0 and s0 < s <= s1))
+        self.note("slow consumer", "agent %d" % a.idx, "reads again; the serial moved %d -> %d meanwhile (%d "
+                  "changes), the agent then read %d maps for them: the replica %s" % (
+                      s0, s1, s1 - s0, len(got), "replaced the maps that waited (send side backed up)"
+                      if len(got) < s1 - s0 else "sent every one (its send side did not back up)"))
+
+    def serial(self):
+        return svc.query(self.pg.dsn, "SELECT max(network_serial) FROM accounts")[0][0]
 
 
 def fresh_equal(agent_msg, fresh_bytes):
@@ -168,7 +188,7 @@ def convergence_under_faults():
     sampler.start()
     wl.start()
     faults = Faults(pg, redis, replicas, fleet, say)
-    kinds = ["kill9", "redis", "postgres", "clock", "slow"]
+    kinds = ["kill9", "redis", "postgres", "clock", "slow"] + (["forge"] if FORGE else [])
     for rnd in range(ROUNDS):
         order = list(kinds)
         if rnd:
@@ -185,9 +205,17 @@ def convergence_under_faults():
                 faults.clock_ahead(replicas[2])
             elif kind == "slow":
                 faults.slow_consumer(SLOW_S)
+            elif kind == "forge":
+                faults.forge(prefix, account)
     time.sleep(SETTLE_S)
     wl.stop()
     say("workload stopped: %s" % wl.summary())
+    # One last change through one replica: the others' streams can only
+    # learn of it through the bus or the periodic serial check.
+    last = random.choice(replicas)
+    wl.final_change(last)
+    say("final change through %s only (serial %d): the other replicas must learn of it from the bus or the "
+        "serial check" % (last.name, faults.serial()))
 
     # ---- quiesce: a bounded wait for every agent to hold the newest serial
     # and the fresh map.
@@ -204,11 +232,12 @@ def convergence_under_faults():
             if not held or msg is None:
                 bad.append((a.idx, "no stream held", None))
             elif msg.NetworkMap.Serial != serial:
-                bad.append((a.idx, "serial %d, newest %d" % (msg.NetworkMap.Serial, serial), None))
+                bad.append((a.idx, "serial %d, newest %d, on %s" % (msg.NetworkMap.Serial, serial, a.replica_name),
+                            None))
             else:
                 ok, diff = fresh_equal(msg, fresh[a.peer_id])
                 if not ok:
-                    bad.append((a.idx, "map differs from the fresh one", diff))
+                    bad.append((a.idx, "map differs from the fresh one, on %s" % a.replica_name, diff))
         state.update(serial=serial, bad=bad, fresh=fresh)
         return not bad
     t_q = time.monotonic()
@@ -262,6 +291,7 @@ def convergence_under_faults():
     failed = sum(sum(1 for o in r.logs() if o.get("msg") == "cannot mark the peer disconnected") for r in replicas)
     say("INFO fenced-off disconnects logged by the running replicas: %d; failed disconnects: %d" % (fenced, failed))
     say("INFO agents: %s" % fleet.summary())
+    assert not fleet.protocol_errors, "undecryptable or unparsable Sync messages: %r" % fleet.protocol_errors[:5]
     say("SUMMARY %d faults injected (%s); checks passed: newest serial, fresh map, fence (sampled, token "
         "order, end state)" % (len(faults.injected), ", ".join(sorted(set(f[1] for f in faults.injected)))))
 

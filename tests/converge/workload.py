@@ -145,6 +145,18 @@ class Workload(threading.Thread):
             k = "%s %s" % (key, st if st is not None else "no answer")
             self.failed[k] = self.failed.get(k, 0) + 1
 
+    def final_change(self, rep):
+        """A rename of one peer through rep, retried until acknowledged."""
+        pid = random.choice(self.peers)
+        for _ in range(20):
+            st, b = self.call("PUT", "/api/peers/" + pid, {
+                "name": "conv-final", "ssh_enabled": False, "login_expiration_enabled": False,
+                "inactivity_expiration_enabled": False}, rep=rep)
+            if st == 200:
+                return
+            time.sleep(0.5)
+        raise AssertionError("the final change through %s failed: %r %r" % (rep.name, st, b))
+
     def run(self):
         try:
             while not self.stop_flag.is_set():
