@@ -2,8 +2,8 @@
 key, doing what NetBird's agent does (tests/agent/nbagent.py speaks the
 protocol): Login, then Sync, read the stream until it ends, then back off
 (exponential with jitter, 0.5 s to 4 s, reset after a stream that lived)
-and do it again on the next replica of its list (agents are given every
-replica's address: no load balancer in front).
+and do it again on a replica picked at random, as a load balancer would
+(agents are given every replica's address: no load balancer in front).
 
 The stream is read in the agent's own thread, one message at a time, so a
 paused agent (the slow-consumer fault) really stops reading: gRPC's flow
@@ -79,15 +79,16 @@ class FleetAgent(threading.Thread):
 
     def run(self):
         backoff = 0.5
-        k = self.idx
+        rep = self.fleet.replicas[self.idx % len(self.fleet.replicas)]
         while not self.stop_flag.is_set():
-            rep = self.fleet.replicas[k % len(self.fleet.replicas)]
-            k += 1
             lived = self.one_stream(rep)
             if self.stop_flag.is_set():
                 break
             backoff = 0.5 if lived > 5 else min(backoff * 2, 4.0)
             self.stop_flag.wait(backoff * random.uniform(0.5, 1.0))
+            # As behind a load balancer: any replica, the one that just
+            # failed included.
+            rep = random.choice(self.fleet.replicas)
 
     def one_stream(self, rep):
         """Login, Sync, read until the end; returns how long it held."""

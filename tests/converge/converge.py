@@ -290,7 +290,8 @@ def convergence_under_faults():
                  for r in replicas)
     failed = sum(sum(1 for o in r.logs() if o.get("msg") == "cannot mark the peer disconnected") for r in replicas)
     say("INFO fenced-off disconnects logged by the running replicas: %d; failed disconnects: %d" % (fenced, failed))
-    say("INFO agents: %s" % fleet.summary())
+    say("INFO agents: %s; streams at the end: %s (%s runs 5 s ahead)" % (
+        fleet.summary(), fleet.spread(), ", ".join(r.name for r in replicas if r.skew) or "no replica"))
     assert not fleet.protocol_errors, "undecryptable or unparsable Sync messages: %r" % fleet.protocol_errors[:5]
     say("SUMMARY %d faults injected (%s); checks passed: newest serial, fresh map, fence (sampled, token "
         "order, end state)" % (len(faults.injected), ", ".join(sorted(set(f[1] for f in faults.injected)))))
