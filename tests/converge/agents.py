@@ -46,6 +46,7 @@ class FleetAgent(threading.Thread):
         self.max_serial = {}        # generation -> highest serial read on it
         self.call = None
         self.pause_until = 0.0
+        self.next_rep = None        # move_to(): where the next stream goes
         self.stop_flag = threading.Event()
         self.clients = {}           # target -> nbagent.Agent
         self.streams = 0
@@ -84,6 +85,9 @@ class FleetAgent(threading.Thread):
             lived = self.one_stream(rep)
             if self.stop_flag.is_set():
                 break
+            if self.next_rep is not None:
+                rep, self.next_rep = self.next_rep, None
+                continue
             backoff = 0.5 if lived > 5 else min(backoff * 2, 4.0)
             self.stop_flag.wait(backoff * random.uniform(0.5, 1.0))
             # As behind a load balancer: any replica, the one that just
@@ -130,7 +134,7 @@ class FleetAgent(threading.Thread):
                     time.sleep(0.1)
             self.count("ended OK")
         except grpc.RpcError as e:
-            self.count("ended %s" % e.code().name)
+            self.count("ended %s" % ("(moved by us)" if e.code() == grpc.StatusCode.CANCELLED else e.code().name))
         except nbagent.ProtocolError as e:
             self.count("protocol error")
             self.fleet.protocol_errors.append((self.idx, str(e)))
@@ -139,6 +143,15 @@ class FleetAgent(threading.Thread):
                 self.holding = False
                 self.call = None
         return time.monotonic() - held_since if held_since else time.monotonic() - t_open - 10
+
+    def move_to(self, rep):
+        """Ends the stream from our side and opens the next one on rep at
+        once (an agent restarted by its user, landing on rep)."""
+        self.next_rep = rep
+        with self.lock:
+            call = self.call
+        if call is not None:
+            call.cancel()
 
     def stop(self):
         self.stop_flag.set()
@@ -190,6 +203,14 @@ class AgentFleet:
 
     def n_holding(self):
         return sum(1 for a in self.agents if a.snapshot()[0])
+
+    def rebalance(self, rep, n):
+        """Moves n agents that hold a stream elsewhere to rep; returns how many."""
+        others = [a for a in self.agents if a.snapshot()[0] and a.replica_name != rep.name]
+        moved = random.sample(others, min(n, len(others)))
+        for a in moved:
+            a.move_to(rep)
+        return len(moved)
 
     def pick_holding(self):
         held = [a for a in self.agents if a.snapshot()[0]]

@@ -76,7 +76,8 @@ class Faults:
         self.note("kill -9", "%s (%s)" % (rep.name, old), "SIGKILL; restarting in 3 s")
         time.sleep(3)
         rep.start(skew=rep.skew)
-        self.note("kill -9", rep.name, "restarted as %s" % rep.id)
+        self.note("kill -9", rep.name, "restarted as %s; %d agents move to it" % (
+            rep.id, self.fleet.rebalance(rep, len(self.fleet.agents) // 6)))
 
     def redis_down(self, seconds):
         self.redis.stop()
@@ -111,7 +112,9 @@ class Faults:
         skew, line = rep.log_skew()
         assert 4.0 <= skew <= 7.0, "replica %s under libfaketime logs %.2f s ahead (%r)" % (rep.name, skew, line)
         self.note("clock +5s", rep.name, "restarted under libfaketime (+5s) as %s; its log lines are %.1f s "
-                                         "ahead (checked: %r at %s)" % (rep.id, skew, line.get("msg"), line["time"]))
+                                         "ahead (checked: %r at %s); %d agents move to it" % (
+                                             rep.id, skew, line.get("msg"), line["time"],
+                                             self.fleet.rebalance(rep, len(self.fleet.agents) // 4)))
 
     def slow_consumer(self, seconds):
         a = self.fleet.pick_holding()
