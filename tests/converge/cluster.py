@@ -11,6 +11,7 @@ import base64
 import datetime
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -188,15 +189,19 @@ class Replica:
     def logs(self):
         return self.srv.logs() if self.srv else []
 
-    def log_skew(self):
-        """Seconds between this process's log timestamps and our clock,
-        from its newest log line (libfaketime must reach the thread that
-        writes logs, not only the main one)."""
-        lines = self.srv.logs()
-        t_ours = time.time()
-        last = lines[-1]
-        ts = datetime.datetime.fromisoformat(last["time"].replace("Z", "+00:00")).timestamp()
-        return ts - t_ours, last
+    def log_skew(self, token):
+        """How far ahead this process's clock runs, seen from the thread
+        that serves HTTP and logs (libfaketime must reach every thread,
+        not only main): a request for a unique path, bracketed by our
+        clock, and the timestamp of its "api request" log line. Returns
+        (lowest, highest) possible skew in seconds."""
+        path = "/api/peers/skew-probe-%d" % random.randrange(1 << 40)
+        t_before = time.time()
+        svc.rest(self, "GET", path, token)
+        t_after = time.time()
+        line = self.srv.wait_log(lambda o: o.get("msg") == "api request" and o.get("path") == path, timeout=10)
+        ts = datetime.datetime.fromisoformat(line["time"].replace("Z", "+00:00")).timestamp()
+        return ts - t_after, ts - t_before
 
 
 def netmaps(dsn, account):
