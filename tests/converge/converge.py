@@ -61,8 +61,9 @@ def bootstrap(dsn):
 class Faults:
     """The fault schedule: each kind once per round, the workload running."""
 
-    def __init__(self, pg, redis, replicas, fleet, token, log):
+    def __init__(self, pg, redis, replicas, fleet, workload, token, log):
         self.pg, self.redis, self.replicas, self.fleet, self.log = pg, redis, replicas, fleet, log
+        self.workload = workload
         self.token = token
         self.injected = []          # (seconds since start, kind, target, what happened)
 
@@ -130,9 +131,12 @@ class Faults:
         s0 = self.serial()
         t0 = time.monotonic()
         a.pause(seconds)
+        self.workload.burst.set()
         self.note("slow consumer", "agent %d (peer %s, on %s)" % (a.idx, a.peer_id, a.replica_name),
-                  "stops reading its stream for %.0f s (account serial %d)" % (seconds, s0))
+                  "stops reading its stream for %.0f s (account serial %d); the workload makes its changes back "
+                  "to back meanwhile" % (seconds, s0))
         time.sleep(seconds)
+        self.workload.burst.clear()
         s1 = self.serial()
         time.sleep(2)
         got = sorted(set(s for t, s in list(a.trace) if t >= t0 and s0 < s <= s1))
@@ -196,7 +200,7 @@ def convergence_under_faults():
     sampler = Sampler(pg.dsn, account, fleet)
     sampler.start()
     wl.start()
-    faults = Faults(pg, redis, replicas, fleet, token, say)
+    faults = Faults(pg, redis, replicas, fleet, wl, token, say)
     kinds = ["kill9", "redis", "postgres", "clock", "slow"] + (["forge"] if FORGE else [])
     for rnd in range(ROUNDS):
         order = list(kinds)

@@ -41,6 +41,7 @@ class Workload(threading.Thread):
         self.peers = list(peer_ids)
         self.log = log
         self.stop_flag = threading.Event()
+        self.burst = threading.Event()     # set: changes back to back (the slow-consumer fault)
         self.ok = {}
         self.failed = {}
         self.groups = []            # [id, name, members]
@@ -161,7 +162,8 @@ class Workload(threading.Thread):
         try:
             while not self.stop_flag.is_set():
                 self.step()
-                self.stop_flag.wait(random.uniform(0.1, 0.3))
+                if not self.burst.is_set():
+                    self.stop_flag.wait(random.uniform(0.1, 0.3))
         except Exception as e:
             self.error = e
 
