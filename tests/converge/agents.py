@@ -17,6 +17,7 @@ a database read).
 """
 
 import concurrent.futures
+import itertools
 import random
 import threading
 import time
@@ -85,30 +86,48 @@ class FleetAgent(threading.Thread):
             lived = self.one_stream(rep)
             if self.stop_flag.is_set():
                 break
-            if self.next_rep is not None:
-                rep, self.next_rep = self.next_rep, None
-                continue
+            while self.next_rep is not None and not self.stop_flag.is_set():
+                nxt, self.next_rep = self.next_rep, None
+                if isinstance(nxt, tuple):
+                    rep = nxt[3]
+                    self.one_stream(rep, opened=nxt[:3])
+                else:
+                    rep = nxt
+                    self.one_stream(rep)
             backoff = 0.5 if lived > 5 else min(backoff * 2, 4.0)
             self.stop_flag.wait(backoff * random.uniform(0.5, 1.0))
             # As behind a load balancer: any replica, the one that just
             # failed included.
             rep = random.choice(self.fleet.replicas)
 
-    def one_stream(self, rep):
-        """Login, Sync, read until the end; returns how long it held."""
-        t_open = time.monotonic()
+    def open_stream(self, rep):
+        """GetServerKey, Login, GetServerKey, Sync (as the agent does);
+        returns (call, server key) or None after counting why not."""
         try:
             c = self.client(rep.grpc_target)
             c.login(meta=nbagent.build_meta("conv-%d" % self.idx))
             server_key = c.get_server_key()
             env = c.envelope(PB.SyncRequest(meta=nbagent.build_meta("conv-%d" % self.idx)), server_key)
-            call = c.channel.unary_stream(nbagent.SERVICE + "Sync")(env.SerializeToString(), timeout=3600)
+            return c.channel.unary_stream(nbagent.SERVICE + "Sync")(env.SerializeToString(), timeout=3600), server_key
         except nbagent.RpcFailed as e:
             self.count("open: %s" % (e.code.name if e.code else e))
-            return 0
         except Exception as e:
             self.count("open: %s" % type(e).__name__)
-            return 0
+        return None
+
+    def one_stream(self, rep, opened=None):
+        """Opens a stream (or takes one opened by move_to, with its first
+        message already read) and reads it until it ends; returns how long
+        it held."""
+        t_open = time.monotonic()
+        first = None
+        if opened is None:
+            opened = self.open_stream(rep)
+            if opened is None:
+                return 0
+        else:
+            opened, first = opened[:2], opened[2]
+        call, server_key = opened
         with self.lock:
             self.gen += 1
             gen = self.gen
@@ -116,7 +135,7 @@ class FleetAgent(threading.Thread):
         self.streams += 1
         held_since = None
         try:
-            for raw in call:
+            for raw in itertools.chain([first] if first is not None else [], call):
                 env = nbagent.parse(PB.EncryptedMessage, raw)
                 msg = nbagent.parse(PB.SyncResponse, nbagent.open_box(env.body, self.key, server_key))
                 self.messages += 1
@@ -144,14 +163,27 @@ class FleetAgent(threading.Thread):
                 self.call = None
         return time.monotonic() - held_since if held_since else time.monotonic() - t_open - 10
 
-    def move_to(self, rep):
-        """Ends the stream from our side and opens the next one on rep at
-        once (an agent restarted by its user, landing on rep)."""
-        self.next_rep = rep
+    def move_to(self, rep, overlap=False):
+        """The agent's next stream goes to rep. Without overlap the current
+        stream is cancelled and the next opened right after (an agent
+        restarted by its user). With overlap the new stream is opened and
+        its first map read before the old one is cancelled (an agent that
+        reconnected while its old connection still looked alive to the old
+        replica): the old replica's disconnect must then be fenced off."""
+        handed = None
+        if overlap:
+            opened = self.open_stream(rep)
+            if opened is not None:
+                try:
+                    handed = (opened[0], opened[1], next(opened[0]), rep)
+                except Exception:
+                    opened[0].cancel()
+        self.next_rep = handed if handed is not None else rep
         with self.lock:
             call = self.call
         if call is not None:
             call.cancel()
+        return handed is not None
 
     def stop(self):
         self.stop_flag.set()
@@ -205,12 +237,13 @@ class AgentFleet:
         return sum(1 for a in self.agents if a.snapshot()[0])
 
     def rebalance(self, rep, n):
-        """Moves n agents that hold a stream elsewhere to rep; returns how many."""
+        """Moves n agents that hold a stream elsewhere to rep, every other
+        one with an overlap (move_to); returns what it did, as text."""
         others = [a for a in self.agents if a.snapshot()[0] and a.replica_name != rep.name]
         moved = random.sample(others, min(n, len(others)))
-        for a in moved:
-            a.move_to(rep)
-        return len(moved)
+        overlapped = sum(1 for i, a in enumerate(moved) if a.move_to(rep, overlap=i % 2 == 0))
+        return "%d agents move to it (%d of them open the new stream before ending the old)" % (
+            len(moved), overlapped)
 
     def pick_holding(self):
         held = [a for a in self.agents if a.snapshot()[0]]

@@ -79,7 +79,7 @@ class Faults:
         self.note("kill -9", "%s (%s)" % (rep.name, old), "SIGKILL; restarting in 3 s")
         time.sleep(3)
         rep.start(skew=rep.skew)
-        self.note("kill -9", rep.name, "restarted as %s; %d agents move to it" % (
+        self.note("kill -9", rep.name, "restarted as %s; %s" % (
             rep.id, self.fleet.rebalance(rep, len(self.fleet.agents) // 6)))
 
     def redis_down(self, seconds):
@@ -125,7 +125,7 @@ class Faults:
         assert lo <= 5.5 and hi >= 4.5, "replica %s under libfaketime: its HTTP thread's log lines are %.2f to " \
             "%.2f s ahead, not 5" % (rep.name, lo, hi)
         self.note("clock +5s", rep.name, "restarted under libfaketime (+5s) as %s; its HTTP thread logs %.2f to "
-                                         "%.2f s ahead (a probe request's log line); %d agents move to it" % (
+                                         "%.2f s ahead (a probe request's log line); %s" % (
                                              rep.id, lo, hi, self.fleet.rebalance(rep, len(self.fleet.agents) // 4)))
 
     def slow_consumer(self, seconds):
