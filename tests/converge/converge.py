@@ -291,7 +291,9 @@ def convergence_under_faults():
         "reconnect, %d undecidable), %d violations: %s" % (
             sampler.samples, len(sampler.candidates), reconnected, undecided, len(violations),
             "ok" if not violations else "FAILED"))
-    assert not violations, "peer rows marked disconnected while their stream was open: %r" % violations[:5]
+    assert not violations, "peer rows marked disconnected while their stream was open (agent, peer, stream " \
+        "generation, serial when its row read disconnected, a later serial that same stream read): %r" % (
+            violations[:5],)
     say("CHECK fence, token order: %d connected samples, %d tokens lower than one stored before: %s" % (
         sampler.token_samples, len(sampler.token_drops), "ok" if not sampler.token_drops else "FAILED"))
     assert not sampler.token_drops, "a connect landed with a lower token: %r" % sampler.token_drops[:5]
