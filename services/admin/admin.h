@@ -64,6 +64,7 @@ typedef struct admin_opts {
         char *groups;                   /* tenant create --groups ID:ROLE,... */
         int64_t batch_size;             /* data-key reencrypt */
         int64_t max_batches;
+        char *peer;                     /* netmap show --peer ID */
 
         /* --auto-group, every occurrence (main.c gathers them, since the
          * settings loader keeps only the last value of a flag). */
@@ -106,6 +107,7 @@ int admin_cmd_tenant_limit(const admin_ctx *a);
 int admin_cmd_data_key_status(const admin_ctx *a);      /* admin-datakey.c */
 int admin_cmd_data_key_reencrypt(const admin_ctx *a);
 int admin_cmd_data_key_retire(const admin_ctx *a);
+int admin_cmd_netmap_show(const admin_ctx *a);          /* admin-netmap.c */
 
 /* ---- shared helpers (admin-util.c) ------------------------------------------ */
 

@@ -139,6 +139,13 @@ static const cp_cfg_option reencrypt_rows[] = {
         { "json", CP_CFG_BOOL, O(json), "false", { NULL }, NULL, 0, 0, 0, NULL, NULL, "print JSON" },
 };
 
+static const cp_cfg_option netmap_show_rows[] = {
+        { "account", CP_CFG_STRING, O(account), NULL, { NULL }, NULL, 0, 0, 0, NULL, "ID", "the account (required)" },
+        { "peer", CP_CFG_STRING, O(peer), NULL, { NULL }, NULL, 0, 0, 0, NULL, "ID",
+          "only this peer (default: every peer of the account)" },
+        { "json", CP_CFG_BOOL, O(json), "false", { NULL }, NULL, 0, 0, 0, NULL, NULL, "print JSON" },
+};
+
 #undef O
 
 typedef struct command {
@@ -201,6 +208,8 @@ static const command commands[] = {
           admin_cmd_data_key_reencrypt, ROWS(reencrypt_rows), NEEDS_DATA_KEY },
         { "data-key", "retire", "forget an old key once nothing is sealed with it: data-key retire <fingerprint>",
           admin_cmd_data_key_retire, NULL, 0, NEEDS_DATA_KEY | TAKES_ARG },
+        { "netmap", "show", "the SyncResponse of a peer computed fresh from the database (base64 protobuf)",
+          admin_cmd_netmap_show, ROWS(netmap_show_rows), NEEDS_DNS },
 };
 
 /* The command's own flags: environment NB_ADMIN_<NAME>, no file. */
@@ -384,6 +393,7 @@ static int run_command(const command *cmd, int argc, char **argv) {
         empty_to_null(&opts.domain);
         empty_to_null(&opts.account_dns_domain);
         empty_to_null(&opts.msp);
+        empty_to_null(&opts.peer);
         r = cp_config_check_store(&cfg, &err);
         if (r < 0) {
                 r = config_error(cmd, &err);

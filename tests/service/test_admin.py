@@ -88,6 +88,7 @@ def help_for_every_command():
         ("server-key", "rotate"): ["--grace", "--force", "--data-store-encryption-key",
                                    "NB_MGMT_DATA_STORE_ENCRYPTION_KEY"],
         ("server-key", "show"): ["--json"],
+        ("netmap", "show"): ["--account", "--peer", "--json", "--dns-domain"],
     }
     for cmd, needles in cases.items():
         r = admin(list(cmd) + ["--help"])
@@ -260,6 +261,69 @@ def sessions_and_replicas_with_a_connected_agent():
     # The stream ends: the session goes away.
     s.cancel()
     wait_until(lambda: admin_json(["sessions", "list"], env) == [], timeout=15, what="session cleared")
+
+
+@test
+def netmap_show_is_what_a_stream_gets():
+    """netmap show computes a peer's SyncResponse from the database with
+    the replicas' map code: it equals the stream's first map (but for
+    netbirdConfig, sent only in a stream's first message) and its push
+    after a change; --peer picks one; errors are reported."""
+    import base64
+    dep = Deployment()
+    env = dep.env()
+    srv = dep.start()
+    a = dep.agent(srv)
+    a.register(dep.setup_key, meta=build_meta("map-a"))
+    b = dep.agent(srv)
+    b.register(dep.setup_key, meta=build_meta("map-b"))
+    s = a.sync()
+    first = s.next(timeout=15)
+    ids = {k: v["id"] for k, v in dep.peers().items()}
+
+    def fresh(peer_id):
+        doc = admin_json(["netmap", "show", "--account", dep.account_id], env)
+        assert doc["account"] == dep.account_id and doc["serial"] == dep.network_serial(), doc
+        assert sorted(p["peer_id"] for p in doc["peers"]) == sorted(ids.values()), doc
+        [p] = [p for p in doc["peers"] if p["peer_id"] == peer_id]
+        assert p["peer_key"] == a.pub_b64, p
+        m = nbagent.pb.SyncResponse()
+        m.ParseFromString(base64.b64decode(p["sync_response"]))
+        return m
+
+    def same(got, want):
+        g = nbagent.pb.SyncResponse()
+        g.CopyFrom(got)
+        g.ClearField("netbirdConfig")
+        return g.SerializeToString(deterministic=True) == want.SerializeToString(deterministic=True)
+
+    want = fresh(ids[a.pub_b64])
+    assert first.HasField("netbirdConfig") and not want.HasField("netbirdConfig"), want
+    assert same(first, want), (fixture.json_dump(first), fixture.json_dump(want))
+    assert remote_keys(want) == {b.pub_b64}, fixture.json_dump(want)
+    # One peer, plain output: "<peer id> <serial> <base64>".
+    line = ok(["netmap", "show", "--account", dep.account_id, "--peer", ids[a.pub_b64]], env).out.split()
+    assert line[:2] == [ids[a.pub_b64], str(dep.network_serial())] and len(line) == 3, line
+    one = nbagent.pb.SyncResponse()
+    one.ParseFromString(base64.b64decode(line[2]))
+    assert same(one, want), fixture.json_dump(one)
+
+    # A change: the push equals a fresh computation again.
+    status, _ = svc.rest(srv, "PUT", "/api/peers/" + ids[b.pub_b64], dep.admin_token, {
+        "name": "renamed-b", "ssh_enabled": False, "login_expiration_enabled": False,
+        "inactivity_expiration_enabled": False})
+    assert status == 200, status
+    serial = dep.network_serial()
+    pushed = s.wait_for(lambda m: m.NetworkMap.Serial == serial, timeout=15)
+    want = fresh(ids[a.pub_b64])
+    assert want.NetworkMap.Serial == serial and same(pushed, want), (
+        fixture.json_dump(pushed), fixture.json_dump(want))
+
+    svc.check_usage_error(admin(["netmap", "show"], env), "--account is required")
+    r = admin(["netmap", "show", "--account", dep.account_id, "--peer", "no-such-peer"], env)
+    assert r.rc == 1 and "peer no-such-peer is not in account" in r.err, r
+    r = admin(["netmap", "show", "--account", "no-such-account"], env)
+    assert r.rc == 1 and "cannot read the map of account no-such-account" in r.err, r
 
 
 # ---- setup keys and peers through the REST layer ----------------------------------------------

@@ -1,0 +1,214 @@
+"""The pieces the convergence checker (converge.py) runs and breaks: a
+PostgreSQL cluster and a Redis of its own (never the shared ones of
+tests/run), three netbird-mgmt replicas on fixed loopback ports (so a
+replica restarted after kill -9 comes back where its agents look for it),
+and netbird-cp-admin's fresh map (`netmap show`).
+
+Every process here is a child of the checker, stopped by its pid.
+"""
+
+import base64
+import datetime
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+import svc
+import fixture
+from fixture import wait_until
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+CLUSTER_SH = os.path.join(REPO, "deploy", "lib", "cluster.sh")
+FAKETIME_LIBS = ("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+                 "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+
+
+def port_answers(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class Redis:
+    """redis-server on a free port, no persistence; restartable on the same port."""
+
+    def __init__(self):
+        if not shutil.which("redis-server"):
+            raise svc.Skip("redis-server not installed")
+        self.dir = svc.tmpdir()
+        self.port = svc.free_port()
+        self.url = "redis://127.0.0.1:%d" % self.port
+        self.proc = None
+        self.start()
+        svc.defer(self.stop)
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--protected-mode", "yes",
+             "--save", "", "--appendonly", "no", "--dir", self.dir,
+             "--logfile", os.path.join(self.dir, "redis.log")],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: port_answers(self.port) or self.proc.poll() is not None, timeout=15, what="redis up")
+        assert self.proc.poll() is None, "redis-server exited"
+
+    def publish(self, channel, message):
+        """PUBLISH over RESP; returns the number of subscribers reached."""
+        parts = [b"PUBLISH", channel.encode(), message.encode()]
+        cmd = b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as c:
+            c.sendall(cmd)
+            reply = c.recv(64)
+        assert reply.startswith(b":"), reply
+        return int(reply[1:].split(b"\r\n")[0])
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()           # exactly our pid
+            self.proc.wait(15)
+        wait_until(lambda: not port_answers(self.port), timeout=10, what="redis port closed")
+
+
+class Postgres:
+    """A PostgreSQL cluster of our own (deploy/lib/cluster.sh), on a free port."""
+
+    def __init__(self):
+        bindir = os.environ.get("CP_TEST_PG_BINDIR", "")
+        if not bindir or not os.access(os.path.join(bindir, "pg_ctl"), os.X_OK):
+            raise svc.Skip("CP_TEST_PG_BINDIR not set (tests/run sets it)")
+        self.bindir = bindir
+        self.tmp = tempfile.mkdtemp(prefix="cp-conv.", dir="/tmp")
+        os.chmod(self.tmp, 0o711)
+        svc.defer(shutil.rmtree, self.tmp, True)
+        self.base = os.path.join(self.tmp, "pg")
+        self.port = svc.free_port()
+        self.dsn = "host=127.0.0.1 port=%d user=postgres dbname=postgres connect_timeout=5" % self.port
+        self._sh('cl_pg_init "$1" fast', self.base)
+        svc.defer(self.stop)
+        self.start()
+
+    def _sh(self, cmd, *args):
+        p = subprocess.run(["bash", "-c", ". '%s' && %s" % (CLUSTER_SH, cmd), "cluster"] + list(args),
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, "%s failed: %s%s" % (cmd, p.stdout, p.stderr)
+        return p.stdout
+
+    def start(self):
+        self._sh('cl_pg_start "$1" "$2"', self.base, str(self.port))
+
+    def stop(self):
+        self._sh('cl_pg_stop "$1"', self.base)
+
+    def stop_immediate(self):
+        """pg_ctl stop -m immediate: no checkpoint, every backend killed
+        (a crash as far as the clients can tell)."""
+        self._sh('cl_as_pg "$2/pg_ctl" stop -D "$1/data" -m immediate -w -t 30 -s', self.base, self.bindir)
+
+
+class Replica:
+    """One netbird-mgmt management process on fixed ports; restartable."""
+
+    def __init__(self, name, dsn, redis_url, extra):
+        self.name = name
+        self.dsn = dsn
+        self.redis_url = redis_url
+        self.extra = list(extra)
+        self.grpc_port = svc.free_port()
+        self.http_port = svc.free_port()
+        self.grpc_target = "127.0.0.1:%d" % self.grpc_port
+        self.srv = None
+        self.runs = 0
+        self.skew = None            # "+5s" while it runs under libfaketime
+        self.ids = []               # replica ids it had, oldest first
+
+    def start(self, skew=None):
+        env = {"NB_STORE_ENGINE_POSTGRES_DSN": self.dsn}
+        if skew:
+            lib = next((p for p in FAKETIME_LIBS if os.path.exists(p)), None)
+            if lib is None:
+                raise svc.Skip("libfaketime not installed (Debian package faketime)")
+            env.update({"LD_PRELOAD": lib, "FAKETIME": skew, "FAKETIME_DONT_RESET": "1"})
+        args = ["--listen-address", "127.0.0.1", "--port", str(self.grpc_port),
+                "--http-port", str(self.http_port), "--config=", "--shutdown-timeout", "2s",
+                "--redis-url", self.redis_url] + svc.KEY_ARGS + self.extra
+        # A port of a replica killed a moment ago may still be in use by its
+        # dying sockets for a short while: retry the start a few times.
+        self.runs += 1
+        for attempt in range(5):
+            self.srv = svc.Server(args, env=env, wait=False)
+            # Cleanups run last-in first-out: SIGTERM (and its checks), then
+            # the log is kept, then svc.Server's own kill finds it gone.
+            svc.defer(self.save_log, self.srv, self.runs)
+            svc.defer(fixture.stop_server, self.srv)
+            try:
+                self.srv.wait_listening()
+                break
+            except AssertionError:
+                if self.srv.proc.poll() is None or attempt == 4:
+                    raise
+                time.sleep(1)
+        self.skew = skew
+        self.ids.append(fixture.replica_id(self.srv))
+        return self
+
+    def save_log(self, srv, run):
+        """Keeps the process's log lines in CP_CONVERGE_LOG_DIR, if set
+        (tests/converge/run sets it to build/meson-logs/converge)."""
+        d = os.environ.get("CP_CONVERGE_LOG_DIR", "")
+        if not d:
+            return
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, "%s-run%d.log" % (self.name, run)), "w") as f:
+            f.write(srv.stdout() + "\n" + srv.stderr())
+
+    @property
+    def id(self):
+        return self.ids[-1] if self.ids else None
+
+    def alive(self):
+        return self.srv is not None and self.srv.proc.poll() is None
+
+    def url(self, path):
+        return "http://127.0.0.1:%d%s" % (self.http_port, path)
+
+    def kill9(self):
+        self.srv.proc.send_signal(signal.SIGKILL)
+        self.srv.proc.wait(10)
+
+    def stop(self):
+        if self.alive():
+            fixture.stop_server(self.srv)
+
+    def logs(self):
+        return self.srv.logs() if self.srv else []
+
+    def log_skew(self, token):
+        """How far ahead this process's clock runs, seen from the thread
+        that serves HTTP and logs (libfaketime must reach every thread,
+        not only main): a request for a unique path, bracketed by our
+        clock, and the timestamp of its "api request" log line. Returns
+        (lowest, highest) possible skew in seconds."""
+        path = "/api/peers/skew-probe-%d" % random.randrange(1 << 40)
+        t_before = time.time()
+        svc.rest(self, "GET", path, token)
+        t_after = time.time()
+        line = self.srv.wait_log(lambda o: o.get("msg") == "api request" and o.get("path") == path, timeout=10)
+        ts = datetime.datetime.fromisoformat(line["time"].replace("Z", "+00:00")).timestamp()
+        return ts - t_after, ts - t_before
+
+
+def netmaps(dsn, account):
+    """{peer id: SyncResponse bytes} computed fresh from the database by
+    netbird-cp-admin netmap show (the replicas' own map code, no cache),
+    and the serial it was computed at."""
+    r = svc.admin(["netmap", "show", "--account", account, "--json"], env={"NB_STORE_ENGINE_POSTGRES_DSN": dsn})
+    assert r.rc == 0, "netmap show failed: %r" % r
+    doc = json.loads(r.out)
+    return doc["serial"], {p["peer_id"]: base64.b64decode(p["sync_response"]) for p in doc["peers"]}
