@@ -34,9 +34,10 @@ from agents import AgentFleet  # noqa: E402
 from workload import Workload, Sampler  # noqa: E402
 
 LONG = os.environ.get("CP_CONVERGE_LONG", "") not in ("", "0")
-# An extra fault kind, on demand only: a forged bus message carrying a huge
-# serial (issue 15's first bullet; bus messages must be hints only).
-FORGE = os.environ.get("CP_CONVERGE_FORGE", "") not in ("", "0")
+# A forged bus message carrying a huge serial (issue 15's first bullet: bus
+# messages are hints only) is one of the default fault kinds;
+# CP_CONVERGE_FORGE=0 leaves it out (to compare with a tree without the fix).
+FORGE = os.environ.get("CP_CONVERGE_FORGE", "1") not in ("", "0")
 SEED = int(os.environ.get("CP_CONVERGE_SEED", "0") or 0) or int(time.time())
 
 if LONG:
