@@ -59,6 +59,7 @@ typedef struct mgmt_agent_op {
                                                  * NULL = an empty message */
         char account[40];               /* for the log line, "" if unknown */
         bool registration;              /* Login took the setup-key path (metrics) */
+        bool rate_limited;              /* refused by a rate limit (metrics) */
         char detail[200];               /* extra log text (a store error), "" if none */
 
         /* Filled by the edge after the handler: the bytes to send. */

@@ -238,7 +238,9 @@ static void op_work(void *userdata) {
         cp_crypto_box_shared_release(&shared);
 log:
         mgmt_agent_log_outcome(op->call, op->method, op->peer_key, op->account, op->status, op->message, op->detail);
-        if (op->method == &cp_proto_mgmt_methods[CP_PROTO_MGMT_LOGIN])
+        /* A rate limit's refusal is counted in netbird_cp_rate_limited_total
+         * only: it is no failure of the server (NetbirdCPLoginErrors). */
+        if (op->method == &cp_proto_mgmt_methods[CP_PROTO_MGMT_LOGIN] && !op->rate_limited)
                 mgmt_metrics_login(op->registration, op->status);
 }
 
@@ -266,7 +268,6 @@ static bool login_admitted(mgmt_call *c, const mgmt_agent *a) {
                         (long long) retry_ms);
         mgmt_agent_log_outcome(c, &cp_proto_mgmt_methods[CP_PROTO_MGMT_LOGIN], NULL, NULL,
                                GRPC_STATUS_RESOURCE_EXHAUSTED, MGMT_MSG_RATE_LIMITED, detail);
-        mgmt_metrics_login(false, GRPC_STATUS_RESOURCE_EXHAUSTED);
         mgmt_call_finish(c, GRPC_STATUS_RESOURCE_EXHAUSTED, MGMT_MSG_RATE_LIMITED);
         return false;
 }

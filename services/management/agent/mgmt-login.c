@@ -308,6 +308,7 @@ static cp_store_peer *register_peer(mgmt_agent_op *op, const Management__LoginRe
                 cp_crypto_sha256_b64(req->setupkey, strlen(req->setupkey), hash);
                 if (!mgmt_limits_take(op->agent->limits, MGMT_LIMIT_LOGIN_KEY, hash, strlen(hash), &retry_ms)) {
                         mgmt_agent_fail(op, GRPC_STATUS_RESOURCE_EXHAUSTED, MGMT_MSG_RATE_LIMITED);
+                        op->rate_limited = true;
                         (void) snprintf(op->detail, sizeof op->detail,
                                         "registration rate limit of the setup key (retry in %lld ms)",
                                         (long long) retry_ms);
