@@ -230,7 +230,7 @@ static const cp_cfg_option options[] = {
         { "rate-limit-keys", CP_CFG_INT, F(rate_limit_keys), "65536", { NULL }, "ControlPlane.RateLimitKeys", 0,
           8, 16777216, NULL, "N", "buckets each rate limit keeps (addresses, keys, tokens); the oldest are"
           " forgotten past it" },
-        { "grpc-max-streams-per-connection", CP_CFG_INT, F(grpc_max_streams_per_connection), "4096", { NULL },
+        { "grpc-max-streams-per-connection", CP_CFG_INT, F(grpc_max_streams_per_connection), "10000", { NULL },
           "ControlPlane.GrpcMaxStreamsPerConnection", 0, 0, 2147483647, NULL, "N",
           "concurrent gRPC calls per HTTP/2 connection (SETTINGS_MAX_CONCURRENT_STREAMS; 0 = gRPC's default)" },
         { "grpc-max-connections", CP_CFG_INT, F(grpc_max_connections), "50000", { NULL },
