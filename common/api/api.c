@@ -299,7 +299,9 @@ static int rate_limited(api_ctx *c, const char *limit, int64_t retry_after_ms) {
         return api_error(c, 429, "too many requests");
 }
 
-/* One request of a caller (key: "pat:<hash>" or "user:<id>"). */
+/* One request of a caller (key: "pat:<hash>" or "user:<id>"): an IdP
+ * user once signed in (authenticate_jwt), a PAT before the transaction
+ * begins (limit_before_auth). */
 static int take_token(api_ctx *c, const char *kind, const char *id) {
         char key[300];
         int64_t retry_ms = 0;
@@ -345,9 +347,6 @@ static int authenticate(api_ctx *c) {
         if (cp_crypto_pat_check(value) < 0)
                 return api_error(c, 401, "token invalid");
         cp_crypto_pat_hash(value, hash);
-        r = take_token(c, "pat", hash);
-        if (r < 0)
-                return r;
         const char *p[1] = { hash };
         r = api_sql(c, SQL_AUTH_TOKEN, 1, p, &rows);
         if (r < 0)
@@ -427,22 +426,44 @@ static int lock_for_write(api_ctx *c) {
         return 0;
 }
 
+/* The rate limits that need no database, before the transaction: an
+ * address that failed to authenticate too often is refused before its
+ * token is even looked at (guessing tokens stays slow), and a personal
+ * access token over its rate (keyed by its hash, as NetBird's limiter
+ * keys by the token) costs no connection. */
+static int limit_before_auth(api_ctx *c, const char *ip) {
+        const char *h = c->req->authorization;
+        int64_t retry_ms = 0;
+
+        if (ip && *ip && !cp_ratelimit_check(c->api->rest_addr_limit, ip, strlen(ip), cp_now_mono_ms(), &retry_ms))
+                return rate_limited(c, "rest_addr", retry_ms);
+        const char *sp = h ? strchr(h, ' ') : NULL;
+        if (!sp || strlen(h) > API_MAX_AUTHORIZATION)
+                return 0;
+        size_t sl = (size_t) (sp - h);
+        bool scheme_ok = (sl == 5 && strncasecmp(h, "token", 5) == 0) || (sl == 6 && strncasecmp(h, "bearer", 6) == 0);
+        if (!scheme_ok || strncmp(sp + 1, "nbp_", 4) != 0 || cp_crypto_pat_check(sp + 1) < 0)
+                return 0;       /* authenticate() answers it */
+        char hash[CP_SHA256_B64_LEN];
+        cp_crypto_pat_hash(sp + 1, hash);
+        return take_token(c, "pat", hash);
+}
+
 /* Runs the matched route inside one transaction. */
 static int run(api_ctx *c) {
+        const char *ip = c->req->as_user_id ? NULL : c->req->remote_ip;
         cp_error err = { 0 };
         int r;
 
+        if (c->route->module != API_MOD_PUBLIC && !c->req->as_user_id) {
+                r = limit_before_auth(c, ip);
+                if (r < 0)
+                        return r;
+        }
         r = cp_store_tx_begin(c->api->store, &c->tx, &err);
         if (r < 0)
                 return api_internal(c, "begin", &err);
         if (c->route->module != API_MOD_PUBLIC) {
-                /* An address that failed too often is refused before its
-                 * token is even looked at: guessing tokens stays slow. */
-                const char *ip = c->req->as_user_id ? NULL : c->req->remote_ip;
-                int64_t retry_ms = 0;
-                if (ip && *ip && !cp_ratelimit_check(c->api->rest_addr_limit, ip, strlen(ip), cp_now_mono_ms(),
-                                                     &retry_ms))
-                        return rate_limited(c, "rest_addr", retry_ms);
                 r = authenticate(c);
                 if (r < 0 && c->err_status == 401 && ip && *ip)
                         (void) cp_ratelimit_take(c->api->rest_addr_limit, ip, strlen(ip), cp_now_mono_ms(), NULL);
