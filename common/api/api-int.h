@@ -109,6 +109,8 @@ struct cp_api {
          * resolver. */
         uint32_t msp_dns_addr;
         uint16_t msp_dns_port;
+        struct cp_ratelimit *rest_token_limit;  /* borrowed; NULL = none */
+        struct cp_ratelimit *rest_addr_limit;   /* borrowed; NULL = none */
 };
 
 struct api_ctx {
@@ -153,6 +155,8 @@ struct api_ctx {
         char err_detail[512];           /* internal reason for logs (5xx) */
         bool retryable;                 /* failed on a deadlock or serialization
                                          * failure: the whole request may run again */
+        int64_t retry_after_ms;         /* a 429 of a rate limit (limited names it) */
+        const char *limited;
 
         /* Set by api_changed(): bump the serial before commit. */
         bool changed;

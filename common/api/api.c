@@ -4,6 +4,8 @@
  */
 #include "api-int.h"
 #include "cp/crypto.h"
+#include "cp/ratelimit.h"
+#include "cp/util.h"
 
 #include <ctype.h>
 
@@ -243,6 +245,8 @@ static int commit_provisioning(api_ctx *c, int64_t serial) {
         return 0;
 }
 
+static int take_token(api_ctx *c, const char *kind, const char *id);
+
 /* A bearer value that is not a PAT: an IdP token. */
 static int authenticate_jwt(api_ctx *c, const char *token) {
         _cleanup_jwt_claims_ cp_jwt_claims *claims = NULL;
@@ -268,6 +272,9 @@ static int authenticate_jwt(api_ctx *c, const char *token) {
         }
         if (r < 0)
                 return api_internal(c, "identity", &err);
+        r = take_token(c, "user", u.user_id);
+        if (r < 0)
+                return r;
         (void) snprintf(c->user_id, sizeof c->user_id, "%s", u.user_id);
         (void) snprintf(c->account_id, sizeof c->account_id, "%s", u.account_id);
         (void) snprintf(c->role, sizeof c->role, "%s", u.role);
@@ -283,6 +290,27 @@ static int authenticate_jwt(api_ctx *c, const char *token) {
                         return r;
         }
         return check_status(c, u.blocked, u.pending_approval);
+}
+
+/* 429 as NetBird's auth middleware answers it, with the time to wait. */
+static int rate_limited(api_ctx *c, const char *limit, int64_t retry_after_ms) {
+        c->limited = limit;
+        c->retry_after_ms = retry_after_ms;
+        return api_error(c, 429, "too many requests");
+}
+
+/* One request of a caller (key: "pat:<hash>" or "user:<id>"): an IdP
+ * user once signed in (authenticate_jwt), a PAT before the transaction
+ * begins (limit_before_auth). */
+static int take_token(api_ctx *c, const char *kind, const char *id) {
+        char key[300];
+        int64_t retry_ms = 0;
+        int n = snprintf(key, sizeof key, "%s:%s", kind, id);
+
+        if (n < 0 || cp_ratelimit_take(c->api->rest_token_limit, key, (size_t) n < sizeof key ? (size_t) n :
+                                       sizeof key - 1, cp_now_mono_ms(), &retry_ms))
+                return 0;
+        return rate_limited(c, "rest_token", retry_ms);
 }
 
 static int authenticate(api_ctx *c) {
@@ -349,6 +377,15 @@ static void respond_error(api_ctx *c, cp_api_response *resp) {
         cp_strbuf_add_json_escaped(&resp->body, msg);
         cp_strbuf_addf(&resp->body, "\",\"code\":%d}", status);
         (void) snprintf(resp->detail, sizeof resp->detail, "%s", c->err_detail);
+        resp->retry_after = 0;
+        resp->limited[0] = '\0';
+        if (status == 429 && c->limited) {
+                /* whole seconds, rounded up, at least 1 */
+                resp->retry_after = (int) ((c->retry_after_ms + 999) / 1000);
+                if (resp->retry_after < 1)
+                        resp->retry_after = 1;
+                (void) snprintf(resp->limited, sizeof resp->limited, "%s", c->limited);
+        }
 }
 
 /* How often a request that lost a deadlock runs at most. */
@@ -368,6 +405,8 @@ static void reset_for_retry(api_ctx *c) {
         c->gone_serial = 0;
         c->home_account_id[0] = c->home_role[0] = '\0';
         c->retryable = false;
+        c->retry_after_ms = 0;
+        c->limited = NULL;
         c->err_status = 0;
         c->err_message[0] = c->err_detail[0] = '\0';
 }
@@ -387,16 +426,47 @@ static int lock_for_write(api_ctx *c) {
         return 0;
 }
 
+/* The rate limits that need no database, before the transaction: an
+ * address that failed to authenticate too often is refused before its
+ * token is even looked at (guessing tokens stays slow), and a personal
+ * access token over its rate (keyed by its hash, as NetBird's limiter
+ * keys by the token) costs no connection. */
+static int limit_before_auth(api_ctx *c, const char *ip) {
+        const char *h = c->req->authorization;
+        int64_t retry_ms = 0;
+
+        if (ip && *ip && !cp_ratelimit_check(c->api->rest_addr_limit, ip, strlen(ip), cp_now_mono_ms(), &retry_ms))
+                return rate_limited(c, "rest_addr", retry_ms);
+        const char *sp = h ? strchr(h, ' ') : NULL;
+        if (!sp || strlen(h) > API_MAX_AUTHORIZATION)
+                return 0;
+        size_t sl = (size_t) (sp - h);
+        bool scheme_ok = (sl == 5 && strncasecmp(h, "token", 5) == 0) || (sl == 6 && strncasecmp(h, "bearer", 6) == 0);
+        if (!scheme_ok || strncmp(sp + 1, "nbp_", 4) != 0 || cp_crypto_pat_check(sp + 1) < 0)
+                return 0;       /* authenticate() answers it */
+        char hash[CP_SHA256_B64_LEN];
+        cp_crypto_pat_hash(sp + 1, hash);
+        return take_token(c, "pat", hash);
+}
+
 /* Runs the matched route inside one transaction. */
 static int run(api_ctx *c) {
+        const char *ip = c->req->as_user_id ? NULL : c->req->remote_ip;
         cp_error err = { 0 };
         int r;
 
+        if (c->route->module != API_MOD_PUBLIC && !c->req->as_user_id) {
+                r = limit_before_auth(c, ip);
+                if (r < 0)
+                        return r;
+        }
         r = cp_store_tx_begin(c->api->store, &c->tx, &err);
         if (r < 0)
                 return api_internal(c, "begin", &err);
         if (c->route->module != API_MOD_PUBLIC) {
                 r = authenticate(c);
+                if (r < 0 && c->err_status == 401 && ip && *ip)
+                        (void) cp_ratelimit_take(c->api->rest_addr_limit, ip, strlen(ip), cp_now_mono_ms(), NULL);
                 if (r < 0)
                         return r;
                 /* An MSP user acting inside a tenant (the dashboard adds
@@ -527,6 +597,8 @@ int cp_api_new(const cp_api_options *o, cp_api **ret, cp_error *reterr) {
         cp_api *api = cp_xcalloc(1, sizeof *api);
         api->msp_dns_addr = dns_addr;
         api->msp_dns_port = dns_port;
+        api->rest_token_limit = o->rest_token_limit;
+        api->rest_addr_limit = o->rest_addr_limit;
         api->store = o->store;
         api->dns_domain = cp_xstrdup(o->dns_domain ? o->dns_domain : "");
         api->version = cp_xstrdup(o->version ? o->version : "");

@@ -206,6 +206,41 @@ static const cp_cfg_option options[] = {
           "HttpConfig.IdpSignKeyRefreshEnabled", 0, 0, 0, NULL, NULL,
           "refetch the IdP's JWKS when a token names an unknown kid (at most every 30 s)" },
 
+        /* Limits (docs/ops.md "Limits"): per replica, per minute; 0 turns one off. */
+        { "login-rate", CP_CFG_INT, F(login_rate), "6000", { NULL }, "ControlPlane.LoginRate", 0, 0,
+          100000000, NULL, "N", "Login calls per minute per agent address (the real one behind"
+          " --trusted-proxies); over it RESOURCE_EXHAUSTED (0 = no limit)" },
+        { "login-burst", CP_CFG_INT, F(login_burst), "5000", { NULL }, "ControlPlane.LoginBurst", 0, 0,
+          100000000, NULL, "N", "Login calls one agent address may make at once" },
+        { "setup-key-rate", CP_CFG_INT, F(setup_key_rate), "3000", { NULL }, "ControlPlane.SetupKeyRate", 0, 0,
+          100000000, NULL, "N", "registrations per minute per setup key (0 = no limit)" },
+        { "setup-key-burst", CP_CFG_INT, F(setup_key_burst), "5000", { NULL }, "ControlPlane.SetupKeyBurst", 0,
+          0, 100000000, NULL, "N", "registrations one setup key may make at once" },
+        { "rest-rate", CP_CFG_INT, F(rest_rate), "6000", { NULL }, "ControlPlane.RestRate", 0, 0, 100000000,
+          NULL, "N", "REST requests per minute per token (PAT) or IdP user; over it 429 (0 = no limit)" },
+        { "rest-burst", CP_CFG_INT, F(rest_burst), "1000", { NULL }, "ControlPlane.RestBurst", 0, 0, 100000000,
+          NULL, "N", "REST requests one token may make at once" },
+        { "rest-auth-failure-rate", CP_CFG_INT, F(rest_auth_failure_rate), "600", { NULL },
+          "ControlPlane.RestAuthFailureRate", 0, 0, 100000000, NULL, "N",
+          "failed REST authentications per minute per client address; past it every request of that address"
+          " is refused 429 (0 = no limit)" },
+        { "rest-auth-failure-burst", CP_CFG_INT, F(rest_auth_failure_burst), "100", { NULL },
+          "ControlPlane.RestAuthFailureBurst", 0, 0, 100000000, NULL, "N",
+          "failed REST authentications one client address may make at once" },
+        { "rate-limit-keys", CP_CFG_INT, F(rate_limit_keys), "65536", { NULL }, "ControlPlane.RateLimitKeys", 0,
+          8, 16777216, NULL, "N", "buckets each rate limit keeps (addresses, keys, tokens); the oldest are"
+          " forgotten past it" },
+        { "grpc-max-streams-per-connection", CP_CFG_INT, F(grpc_max_streams_per_connection), "10000", { NULL },
+          "ControlPlane.GrpcMaxStreamsPerConnection", 0, 0, 2147483647, NULL, "N",
+          "concurrent gRPC calls per HTTP/2 connection (SETTINGS_MAX_CONCURRENT_STREAMS; 0 = gRPC's default)" },
+        { "grpc-max-connections", CP_CFG_INT, F(grpc_max_connections), "50000", { NULL },
+          "ControlPlane.GrpcMaxConnections", 0, 0, 100000000, NULL, "N",
+          "gRPC connections with calls in progress; a call on a further connection is refused"
+          " RESOURCE_EXHAUSTED (0 = no limit)" },
+        { "http-max-connections", CP_CFG_INT, F(http_max_connections), "4096", { NULL },
+          "ControlPlane.HttpMaxConnections", 0, 0, 100000000, NULL, "N",
+          "HTTP connections; a request on a further one is refused 503 and its connection closed (0 = no limit)" },
+
         /* NetBird flags we accept so existing command lines keep working. */
         { "disable-anonymous-metrics", CP_CFG_BOOL, 0, NULL, { NULL }, NULL, CP_CFG_IGNORED, 0, 0, NULL,
           NULL, "ignored (NetBird compatibility)" },

@@ -13,6 +13,7 @@
 #include "mgmt-metrics.h"
 #include "mgmt-proxy-rpc.h"
 #include "mgmt-proxy.h"
+#include "mgmt-limits.h"
 #include "mgmt-realip.h"
 #include "mgmt-ready.h"
 #include "mgmt-replica.h"
@@ -82,6 +83,7 @@ struct mgmt_manager {
         cp_jwt *jwt;                    /* IdP token validator; NULL without an IdP configured */
         cp_geo *geo;                    /* geolocation databases of the datadir (maybe none) */
         mgmt_realip *realip;            /* trusted reverse proxies; NULL = none */
+        mgmt_limits *limits;            /* rate limits of this replica (docs/ops.md "Limits") */
         cp_identity_options identity;   /* borrows config */
         mgmt_replica *replica;
         cp_bus *bus;                    /* NULL without --redis-url; loop thread */
@@ -817,11 +819,12 @@ int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf,
         r = mgmt_realip_new(cfg->trusted_proxies, &m->realip, reterr);
         if (r < 0)
                 goto fail;
+        m->limits = mgmt_limits_new(cfg);
         m->maps = mgmt_maps_new(m->store, cfg, m->netconf);
         m->agent = (mgmt_agent) { .store = m->store, .config = cfg, .netconf = m->netconf, .keys = m->keys,
                                   .maps = m->maps, .jwt = m->jwt, .identity = m->identity,
                                   .geo = m->geo, .proxy_changed = agent_proxy_changed,
-                                  .proxy_changed_userdata = m };
+                                  .proxy_changed_userdata = m, .limits = m->limits };
         m->sync = mgmt_sync_new(&m->agent, m->maps, max_syncs());
         m->agent.sync = m->sync;
         mgmt_sync_set_announce(m->sync, announce, m);
@@ -877,6 +880,8 @@ int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf,
                 .on_start = on_grpc_start,
                 .start_userdata = m,
                 .realip = m->realip,
+                .max_streams_per_connection = cfg->grpc_max_streams_per_connection,
+                .max_connections = cfg->grpc_max_connections,
         };
         r = mgmt_grpc_new(&go, &m->grpc, reterr);
         if (r < 0)
@@ -885,6 +890,7 @@ int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf,
         if (r < 0)
                 goto fail;
         mgmt_http_set_degraded(m->http, degraded, m);
+        mgmt_http_set_limits(m->http, m->limits, m->realip, cfg->http_max_connections);
         {
                 cp_api_options ao = { .store = m->store, .dns_domain = cfg->dns_domain, .version = MGMT_VERSION,
                                       .announce = api_announce, .announce_userdata = m,
@@ -894,7 +900,9 @@ int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf,
                                       .proxy_announce = api_proxy_announce, .proxy_announce_userdata = m,
                                       .proxy_token_revoked = api_proxy_token_revoked,
                                       .proxy_callback = proxy_callback, .proxy_callback_userdata = m,
-                                      .msp_dns_server = cfg->msp_dns_server };
+                                      .msp_dns_server = cfg->msp_dns_server,
+                                      .rest_token_limit = mgmt_limits_table(m->limits, MGMT_LIMIT_REST_TOKEN),
+                                      .rest_addr_limit = mgmt_limits_table(m->limits, MGMT_LIMIT_REST_ADDR) };
                 r = cp_api_new(&ao, &m->api, reterr);
                 if (r < 0)
                         goto fail;
@@ -1029,6 +1037,8 @@ mgmt_manager *mgmt_manager_free(mgmt_manager *m) {
         m->agent.geo = NULL;
         m->geo = cp_geo_free(m->geo);
         m->realip = mgmt_realip_free(m->realip);
+        m->agent.limits = NULL;
+        m->limits = mgmt_limits_free(m->limits);
         mgmt_metrics_unwatch_store(m->store);
         mgmt_metrics_unwatch_ready(m->ready);
         bool store_free = mgmt_ready_stop(m->ready, READY_STOP_MS);

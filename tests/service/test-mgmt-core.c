@@ -9,7 +9,9 @@
 #include "cptest.h"
 #include "mgmt-agent-int.h"
 #include "mgmt-arena.h"
+#include "mgmt-limits.h"
 #include "mgmt-netconf.h"
+#include "mgmt-realip.h"
 #include "mgmt-strmap.h"
 #include "mgmt-work.h"
 
@@ -471,6 +473,47 @@ TEST(strmap_put_get_remove_grow) {
 }
 
 /* ---- the EncryptedMessage of a stream ------------------------------------- */
+
+/* The REST client's address behind a trusted proxy (mgmt_realip_apply_headers),
+ * and the limit tables made from the settings. */
+TEST(realip_headers_and_limit_tables) {
+        mgmt_realip *r = NULL;
+        char ip[64];
+
+        ASSERT_OK(mgmt_realip_new("127.0.0.1/32, 10.0.0.0/8", &r, NULL), NULL);
+        snprintf(ip, sizeof ip, "127.0.0.1");
+        mgmt_realip_apply_headers(r, "198.51.100.1, 10.1.2.3", NULL, ip, sizeof ip);
+        ASSERT_STREQ("198.51.100.1", ip);
+        snprintf(ip, sizeof ip, "127.0.0.1");
+        mgmt_realip_apply_headers(r, NULL, " 198.51.100.2 ", ip, sizeof ip);
+        ASSERT_STREQ("198.51.100.2", ip);
+        snprintf(ip, sizeof ip, "127.0.0.1");
+        mgmt_realip_apply_headers(r, "not an address", NULL, ip, sizeof ip);
+        ASSERT_STREQ("127.0.0.1", ip);
+        snprintf(ip, sizeof ip, "192.0.2.9");           /* not a trusted proxy: headers ignored */
+        mgmt_realip_apply_headers(r, "198.51.100.1", "198.51.100.2", ip, sizeof ip);
+        ASSERT_STREQ("192.0.2.9", ip);
+        mgmt_realip_apply_headers(NULL, "198.51.100.1", NULL, ip, sizeof ip);
+        ASSERT_STREQ("192.0.2.9", ip);
+        mgmt_realip_free(r);
+
+        cp_config c = { .login_rate = 60, .login_burst = 2, .setup_key_rate = 0, .setup_key_burst = 5,
+                        .rest_rate = 1, .rest_burst = 1, .rest_auth_failure_rate = 1, .rest_auth_failure_burst = 1,
+                        .rate_limit_keys = 16 };
+        mgmt_limits *l = mgmt_limits_new(&c);
+        ASSERT_TRUE(mgmt_limits_take(l, MGMT_LIMIT_LOGIN_ADDR, "a", 1, NULL));
+        ASSERT_TRUE(mgmt_limits_take(l, MGMT_LIMIT_LOGIN_ADDR, "a", 1, NULL));
+        int64_t retry = 0;
+        ASSERT_FALSE(mgmt_limits_take(l, MGMT_LIMIT_LOGIN_ADDR, "a", 1, &retry));
+        ASSERT_TRUE(retry > 0 && retry <= 1001);
+        for (int i = 0; i < 100; i++)           /* rate 0: off */
+                ASSERT_TRUE(mgmt_limits_take(l, MGMT_LIMIT_LOGIN_KEY, "k", 1, NULL));
+        ASSERT_FALSE(cp_ratelimit_enabled(mgmt_limits_table(l, MGMT_LIMIT_LOGIN_KEY)));
+        ASSERT_EQ(16, cp_ratelimit_capacity(mgmt_limits_table(l, MGMT_LIMIT_REST_TOKEN)));
+        ASSERT_STREQ("rest_addr", mgmt_limit_name(MGMT_LIMIT_REST_ADDR));
+        ASSERT_TRUE(mgmt_limits_take(NULL, MGMT_LIMIT_LOGIN_ADDR, "a", 1, NULL));
+        mgmt_limits_free(l);
+}
 
 TEST(sealed_message_is_an_encrypted_message_that_opens) {
         uint8_t server_priv[CP_WG_KEY_LEN], server_pub[CP_WG_KEY_LEN], peer_priv[CP_WG_KEY_LEN],

@@ -20,12 +20,15 @@
 #include "management.pb-c.h"
 #include "mgmt-agent.h"
 #include "mgmt-arena.h"
+#include "mgmt-limits.h"
 
 /* NetBird's texts that more than one handler sends, verbatim (agents
  * match on some of them; netbird-protocol.md section 3.4). */
 #define MGMT_MSG_EXPIRED "peer login has expired, please log in once more"
 #define MGMT_MSG_NOT_OWNER "peer is already registered by a different User or a Setup Key"
 #define MGMT_MSG_BLOCKED "user is blocked"
+/* Ours (NetBird has no such limit): a Login over a rate limit. */
+#define MGMT_MSG_RATE_LIMITED "too many login attempts, please try again later"
 
 /* sessionExpiresAt in a's memory: the deadline, or present but empty for
  * 0 ("no expiry"; netbird-protocol.md section 6.4). mgmt-auth.c. */
@@ -58,6 +61,7 @@ typedef struct mgmt_agent_op {
         bool registration;              /* Login took the setup-key path (metrics) */
         bool wipe;                      /* the request carried a secret (setup key, JWT,
                                          * password): the arena is wiped when released */
+        bool rate_limited;              /* refused by a rate limit (metrics) */
         char detail[200];               /* extra log text (a store error), "" if none */
 
         /* Filled by the edge after the handler: the bytes to send. */

@@ -238,7 +238,9 @@ static void op_work(void *userdata) {
         cp_crypto_box_shared_release(&shared);
 log:
         mgmt_agent_log_outcome(op->call, op->method, op->peer_key, op->account, op->status, op->message, op->detail);
-        if (op->method == &cp_proto_mgmt_methods[CP_PROTO_MGMT_LOGIN])
+        /* A rate limit's refusal is counted in netbird_cp_rate_limited_total
+         * only: it is no failure of the server (NetbirdCPLoginErrors). */
+        if (op->method == &cp_proto_mgmt_methods[CP_PROTO_MGMT_LOGIN] && !op->rate_limited)
                 mgmt_metrics_login(op->registration, op->status);
 }
 
@@ -255,10 +257,30 @@ static void op_done(mgmt_call *c, void *userdata) {
         free(op);
 }
 
+/* Login per source address (--login-rate): refused here, on the CQ
+ * thread, before the envelope costs anything. RESOURCE_EXHAUSTED is what
+ * NetBird's agent retries with backoff (docs/ops.md "Limits"). */
+static bool login_admitted(mgmt_call *c, const mgmt_agent *a) {
+        const char *ip = mgmt_call_peer_ip(c);
+        int64_t retry_ms = 0;
+
+        if (!*ip || mgmt_limits_take(a->limits, MGMT_LIMIT_LOGIN_ADDR, ip, strlen(ip), &retry_ms))
+                return true;
+        char detail[64];
+        (void) snprintf(detail, sizeof detail, "login rate limit of the address (retry in %lld ms)",
+                        (long long) retry_ms);
+        mgmt_agent_log_outcome(c, &cp_proto_mgmt_methods[CP_PROTO_MGMT_LOGIN], NULL, NULL,
+                               GRPC_STATUS_RESOURCE_EXHAUSTED, MGMT_MSG_RATE_LIMITED, detail);
+        mgmt_call_finish(c, GRPC_STATUS_RESOURCE_EXHAUSTED, MGMT_MSG_RATE_LIMITED);
+        return false;
+}
+
 int mgmt_agent_offload(mgmt_call *c, const mgmt_agent *a, cp_proto_mgmt_method_id id, mgmt_agent_handler handler) {
         mgmt_agent_op *op;
         int r;
 
+        if (id == CP_PROTO_MGMT_LOGIN && !login_admitted(c, a))
+                return -EAGAIN;
         op = cp_xcalloc(1, sizeof *op);
         op->agent = a;
         op->call = c;

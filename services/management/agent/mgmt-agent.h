@@ -65,6 +65,10 @@ typedef struct mgmt_agent {
          * the proxies find the rows when they next read the log. */
         void (*proxy_changed)(void *userdata, int64_t seq);
         void *proxy_changed_userdata;
+        /* Rate limits (mgmt-limits.h): Login per source address (checked
+         * on the CQ thread before the job is queued) and registration per
+         * setup key; NULL = none. */
+        struct mgmt_limits *limits;
 } mgmt_agent;
 
 /* The handler of an encrypted RPC: runs on a worker with the opened

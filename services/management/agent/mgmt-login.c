@@ -6,6 +6,7 @@
  * (netbird-protocol.md section 3.4; the table is in docs/protocol.md).
  */
 #include "cp/base.h"
+#include "cp/crypto.h"
 #include "cp/netmap.h"
 #include "cp/store-peers.h"
 #include "cp/store-sso.h"
@@ -299,6 +300,21 @@ static cp_store_peer *register_peer(mgmt_agent_op *op, const Management__LoginRe
         /* For metrics: a bare Login of an unknown peer (the agent's first
          * step) stays kind "login"; only the setup-key attempt counts. */
         op->registration = true;
+        if (!user) {
+                /* Registrations per setup key (--setup-key-rate), keyed by
+                 * the key's hash: the plaintext goes into no table. */
+                char hash[CP_SHA256_B64_LEN];
+                int64_t retry_ms = 0;
+                cp_crypto_sha256_b64(req->setupkey, strlen(req->setupkey), hash);
+                if (!mgmt_limits_take(op->agent->limits, MGMT_LIMIT_LOGIN_KEY, hash, strlen(hash), &retry_ms)) {
+                        mgmt_agent_fail(op, GRPC_STATUS_RESOURCE_EXHAUSTED, MGMT_MSG_RATE_LIMITED);
+                        op->rate_limited = true;
+                        (void) snprintf(op->detail, sizeof op->detail,
+                                        "registration rate limit of the setup key (retry in %lld ms)",
+                                        (long long) retry_ms);
+                        return NULL;
+                }
+        }
         r = cp_store_peer_register(op->agent->store, &rr, &p, ret_serial, &err);
         switch (r) {
         case 0:

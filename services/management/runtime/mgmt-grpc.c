@@ -1,7 +1,9 @@
 #include "cp/base.h"
 #include "cp/util.h"
 #include "mgmt-grpc.h"
+#include "mgmt-limits.h"
 #include "mgmt-realip.h"
+#include "mgmt-strmap.h"
 
 #include <ctype.h>
 #include <grpc/byte_buffer_reader.h>
@@ -92,6 +94,7 @@ struct mgmt_call {
         bool has_status_details;
         char *method_name;              /* for logs */
         char *peer;                     /* gpr-allocated */
+        bool conn_counted;              /* holds a count in g->conns */
         char peer_ip[64];
         char request_id[65];
         cp_log_ctx log;
@@ -140,17 +143,54 @@ struct mgmt_grpc {
         bool cq_shut;
         size_t live_calls;
         size_t jobs;                    /* offloads not yet done */
+        /* Connections with calls: the peer string ("ipv4:a.b.c.d:port",
+         * one per HTTP/2 connection) -> number of live calls. */
+        mgmt_strmap *conns;
+        int64_t max_connections;        /* 0 = no limit */
 };
 
 static const cp_log_ctx log_ctx = { .component = "grpc" };
 
 /* ---- call lifetime ------------------------------------------------------- */
 
+/* CQ thread: one call less on its connection. */
+static void conn_release(mgmt_call *c) {
+        mgmt_grpc *g = c->g;
+        uintptr_t n = (uintptr_t) mgmt_strmap_get(g->conns, c->peer);
+
+        c->conn_counted = false;
+        if (n <= 1)
+                (void) mgmt_strmap_remove(g->conns, c->peer);
+        else
+                (void) mgmt_strmap_put(g->conns, c->peer, (void *) (n - 1));
+        mgmt_limits_connections(MGMT_LISTENER_GRPC, (int64_t) mgmt_strmap_size(g->conns));
+}
+
+/* CQ thread: counts the call on its connection; false when it would be
+ * one connection more than --grpc-max-connections. */
+static bool conn_admit(mgmt_call *c) {
+        mgmt_grpc *g = c->g;
+
+        if (!c->peer)
+                return true;
+        uintptr_t n = (uintptr_t) mgmt_strmap_get(g->conns, c->peer);
+        if (n == 0 && g->max_connections > 0 && (int64_t) mgmt_strmap_size(g->conns) >= g->max_connections) {
+                mgmt_limits_connection_refused(MGMT_LISTENER_GRPC);
+                return false;
+        }
+        (void) mgmt_strmap_put(g->conns, c->peer, (void *) (n + 1));
+        c->conn_counted = true;
+        mgmt_limits_connections(MGMT_LISTENER_GRPC, (int64_t) mgmt_strmap_size(g->conns));
+        return true;
+}
+
 static void call_unref(mgmt_call *c) {
         if (--c->refs > 0)
                 return;
         if (c->matched)
                 c->g->live_calls--;
+        if (c->conn_counted)
+                conn_release(c);
         if (c->call)
                 grpc_call_unref(c->call);
         grpc_call_details_destroy(&c->details);
@@ -616,6 +656,11 @@ static void on_new_call(mgmt_call *c, bool ok) {
         if (!call_batch(c, &op, 1, TAG_CLOSE))
                 return;
 
+        if (!conn_admit(c)) {
+                cp_log(&c->log, CP_LOG_WARN, "call refused: too many connections (--grpc-max-connections)");
+                mgmt_call_finish(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "too many connections, please try again later");
+                return;
+        }
         if (c->method == GENERIC_SLOT) {
                 char msg[300];
                 (void) snprintf(msg, sizeof msg, "method %s is not implemented", c->method_name);
@@ -777,8 +822,13 @@ int mgmt_grpc_new(const mgmt_grpc_options *o, mgmt_grpc **ret, cp_error *reterr)
                   .value.integer = 1 },
                 { .type = GRPC_ARG_INTEGER, .key = (char *) GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
                   .value.integer = MAX_RECV_MESSAGE },
+                /* last: left out when 0 (gRPC's default, no limit) */
+                { .type = GRPC_ARG_INTEGER, .key = (char *) GRPC_ARG_MAX_CONCURRENT_STREAMS,
+                  .value.integer = o->max_streams_per_connection > INT32_MAX ? INT32_MAX :
+                                   (int) o->max_streams_per_connection },
         };
-        grpc_channel_args chargs = { .num_args = ELEMENTSOF(args), .args = args };
+        grpc_channel_args chargs = { .num_args = ELEMENTSOF(args) - (o->max_streams_per_connection > 0 ? 0 : 1),
+                                     .args = args };
         char addr[300];
         int r, e;
 
@@ -793,6 +843,8 @@ int mgmt_grpc_new(const mgmt_grpc_options *o, mgmt_grpc **ret, cp_error *reterr)
         g->on_start = o->on_start;
         g->start_userdata = o->start_userdata;
         g->realip = o->realip;
+        g->conns = mgmt_strmap_new();
+        g->max_connections = o->max_connections;
         g->n_methods = o->n_methods;
         g->methods = cp_xcalloc(o->n_methods + 1, sizeof *g->methods);
         g->registered = cp_xcalloc(o->n_methods + 1, sizeof *g->registered);
@@ -904,6 +956,7 @@ mgmt_grpc *mgmt_grpc_free(mgmt_grpc *g) {
         pthread_mutex_destroy(&g->posts_lock);
         free(g->methods);
         free(g->registered);
+        mgmt_strmap_free(g->conns);
         free(g);
         return NULL;
 }

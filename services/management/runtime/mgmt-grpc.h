@@ -89,6 +89,14 @@ typedef struct mgmt_grpc_options {
         /* Reverse proxies trusted for the agent's address (mgmt-realip.h);
          * borrowed, must outlive the server; NULL = none. */
         const struct mgmt_realip *realip;
+        /* Limits (docs/ops.md "Limits"); 0 = none. Streams: advertised as
+         * SETTINGS_MAX_CONCURRENT_STREAMS (gRPC clients hold further
+         * calls until a stream ends). Connections: distinct peers
+         * (address and port) with calls in progress; a call from one more
+         * is answered RESOURCE_EXHAUSTED "too many connections". Counted
+         * in netbird_cp_connections{listener="grpc"} (mgmt-limits.h). */
+        int64_t max_streams_per_connection;
+        int64_t max_connections;
 } mgmt_grpc_options;
 
 /* Initialises gRPC, binds, starts the server and its CQ thread. On failure

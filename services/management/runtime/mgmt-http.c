@@ -4,7 +4,10 @@
 #include "cp/strbuf.h"
 #include "cp/util.h"
 #include "mgmt-http.h"
+#include "mgmt-limits.h"
 #include "mgmt-metrics.h"
+#include "mgmt-realip.h"
+#include "mgmt-strmap.h"
 
 #include <arpa/inet.h>
 #include <event2/buffer.h>
@@ -31,6 +34,12 @@ struct mgmt_http {
         bool closing;                   /* shutting down: no new API jobs */
         void (*on_idle)(void *userdata);
         void *idle_userdata;
+
+        /* Limits (mgmt_http_set_limits). */
+        struct mgmt_limits *limits;
+        const struct mgmt_realip *realip;
+        int64_t max_connections;        /* 0 = no limit */
+        mgmt_strmap *conns;             /* "%p" of each evhttp_connection that sent a request */
 };
 
 /* Per request, on the stack of the dispatcher: the request's log context
@@ -40,6 +49,7 @@ typedef struct http_op {
         struct evhttp_request *req;
         char request_id[65];
         char peer[64];
+        char peer_ip[64];               /* without port; the real one behind a trusted proxy */
         const char *method;
         const char *path;
         cp_log_ctx log;
@@ -201,6 +211,7 @@ typedef struct api_job {
         struct evhttp_request *req;
         char request_id[65];
         char peer[64];
+        char peer_ip[64];
         char *method, *path, *query, *authorization, *body;
         char *idempotency_key;          /* the Idempotency-Key header, NULL = none */
         size_t body_len;
@@ -242,6 +253,7 @@ static void api_work(void *arg) {
         cp_api_request areq = {
                 .method = j->method, .path = j->path, .query = j->query, .authorization = j->authorization,
                 .body = j->body, .body_len = j->body_len, .remote = j->peer,
+                .remote_ip = j->peer_ip[0] ? j->peer_ip : NULL,
                 .idempotency_key = j->idempotency_key,
         };
 
@@ -265,6 +277,14 @@ static void api_done(void *arg) {
         size_t len = j->resp.body.len;
         if (j->resp.location)
                 (void) evhttp_add_header(evhttp_request_get_output_headers(j->req), "Location", j->resp.location);
+        if (j->resp.retry_after > 0) {
+                char ra[16];
+                (void) snprintf(ra, sizeof ra, "%d", j->resp.retry_after);
+                (void) evhttp_add_header(evhttp_request_get_output_headers(j->req), "Retry-After", ra);
+        }
+        if (j->resp.limited[0])
+                mgmt_limits_count(strcmp(j->resp.limited, "rest_addr") == 0 ? MGMT_LIMIT_REST_ADDR :
+                                  MGMT_LIMIT_REST_TOKEN);
         send_body(&op, j->resp.status, NULL, "application/json; charset=UTF-8", cp_strbuf_detach(&j->resp.body), len,
                   true);
         mgmt_metrics_http(j->resp.route[0] ? j->resp.route : "other", j->method, j->resp.status, took);
@@ -305,6 +325,7 @@ static void handle_api(http_op *op) {
         j->req = op->req;
         memcpy(j->request_id, op->request_id, sizeof j->request_id);
         memcpy(j->peer, op->peer, sizeof j->peer);
+        memcpy(j->peer_ip, op->peer_ip, sizeof j->peer_ip);
         j->method = cp_xstrdup(op->method);
         j->path = cp_xstrdup(op->path);
         const char *q = uri ? evhttp_uri_get_query(uri) : NULL;
@@ -367,6 +388,46 @@ static void pick_request_id(http_op *op) {
         memcpy(op->request_id, id, sizeof id);
 }
 
+/* ---- the connection cap ------------------------------------------------------------ */
+
+static void conn_key(const struct evhttp_connection *conn, char out[32]) {
+        (void) snprintf(out, 32, "%p", (const void *) conn);
+}
+
+static void on_conn_close(struct evhttp_connection *conn, void *arg) {
+        mgmt_http *h = arg;
+        char key[32];
+
+        conn_key(conn, key);
+        (void) mgmt_strmap_remove(h->conns, key);
+        mgmt_limits_connections(MGMT_LISTENER_HTTP, (int64_t) mgmt_strmap_size(h->conns));
+}
+
+/* A request on conn: counts a connection seen for the first time; false
+ * when that would be one more than --http-max-connections. */
+static bool conn_admit(mgmt_http *h, struct evhttp_connection *conn) {
+        char key[32];
+
+        if (!conn)
+                return true;
+        conn_key(conn, key);
+        if (mgmt_strmap_get(h->conns, key))
+                return true;
+        if (h->max_connections > 0 && (int64_t) mgmt_strmap_size(h->conns) >= h->max_connections)
+                return false;
+        (void) mgmt_strmap_put(h->conns, key, h);
+        evhttp_connection_set_closecb(conn, on_conn_close, h);
+        mgmt_limits_connections(MGMT_LISTENER_HTTP, (int64_t) mgmt_strmap_size(h->conns));
+        return true;
+}
+
+void mgmt_http_set_limits(mgmt_http *h, struct mgmt_limits *limits, const struct mgmt_realip *realip,
+                          int64_t max_connections) {
+        h->limits = limits;
+        h->realip = realip;
+        h->max_connections = max_connections;
+}
+
 static void dispatch(struct evhttp_request *req, void *userdata) {
         http_op op = { .h = userdata, .req = req };
         struct evhttp_connection *conn = evhttp_request_get_connection(req);
@@ -384,10 +445,30 @@ static void dispatch(struct evhttp_request *req, void *userdata) {
                 ev_uint16_t port = 0;
                 evhttp_connection_get_peer(conn, &addr, &port);
                 (void) snprintf(op.peer, sizeof op.peer, "%s:%u", addr ? addr : "?", (unsigned) port);
+                (void) snprintf(op.peer_ip, sizeof op.peer_ip, "%s", addr ? addr : "");
+                struct evkeyvalq *in = evhttp_request_get_input_headers(req);
+                mgmt_realip_apply_headers(op.h->realip, evhttp_find_header(in, "X-Forwarded-For"),
+                                          evhttp_find_header(in, "X-Real-IP"), op.peer_ip, sizeof op.peer_ip);
         }
         op.log = (cp_log_ctx) { .component = "http", .request_id = op.request_id, .method = op.method,
                                 .peer = op.peer };
 
+        if (!conn_admit(op.h, conn)) {
+                /* Over --http-max-connections: this connection is not
+                 * kept. Probes are still answered (a pod at its cap must
+                 * not be restarted for it). */
+                (void) evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+                bool probe = strcmp(op.path, "/healthz") == 0 || strcmp(op.path, "/readyz") == 0 ||
+                             strcmp(op.path, "/metrics") == 0;
+                if (!probe) {
+                        mgmt_limits_connection_refused(MGMT_LISTENER_HTTP);
+                        reply_error(&op, HTTP_SERVUNAVAIL, "Service Unavailable", "too many connections");
+                        mgmt_metrics_http("other", op.method, HTTP_SERVUNAVAIL, 0);
+                        cp_log_kv(&op.log, CP_LOG_WARN, "http request refused: too many connections", "path",
+                                  op.path, NULL);
+                        return;
+                }
+        }
         if (op.h->api && cp_api_owns_path(op.path)) {
                 handle_api(&op);
                 return;         /* answered later, from a worker's result */
@@ -418,8 +499,10 @@ int mgmt_http_new(struct event_base *base, const char *address, int port, mgmt_r
         char host[256];
 
         h->ready = ready;
+        h->conns = mgmt_strmap_new();
         h->http = evhttp_new(base);
         if (!h->http) {
+                mgmt_strmap_free(h->conns);
                 free(h);
                 return cp_error_set(reterr, -ENOMEM, "cannot create the HTTP server");
         }
@@ -445,6 +528,7 @@ int mgmt_http_new(struct event_base *base, const char *address, int port, mgmt_r
         if (!h->sock) {
                 int e = errno ? errno : EADDRINUSE;
                 evhttp_free(h->http);
+                mgmt_strmap_free(h->conns);
                 free(h);
                 return cp_error_set(reterr, -e, "cannot listen for HTTP on %s port %d: %s", address, port,
                                     strerror(e));
@@ -486,7 +570,8 @@ mgmt_http *mgmt_http_free(mgmt_http *h) {
         if (!h)
                 return NULL;
         if (h->http)
-                evhttp_free(h->http);
+                evhttp_free(h->http);   /* may run on_conn_close */
+        mgmt_strmap_free(h->conns);
         free(h);
         return NULL;
 }

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "cp/api.h"
 #include "cp/error.h"
@@ -38,6 +39,20 @@ void mgmt_http_set_degraded(mgmt_http *h, mgmt_http_degraded_fn fn, void *userda
 typedef void (*mgmt_http_post_fn)(void (*fn)(void *arg), void *arg, void *userdata);
 void mgmt_http_set_api(mgmt_http *h, cp_api *api, mgmt_workers *workers, mgmt_http_post_fn post,
                        void *post_userdata);
+/* Limits (docs/ops.md "Limits"): the tables the REST API takes from are
+ * given to it by the manager (cp_api_options); here the client's address
+ * for them (the real one when the peer is one of realip's trusted
+ * proxies), the count of refusals, and the connection cap: at most
+ * max_connections connections that sent a request (0 = no limit); a
+ * request on one more is answered 503 "too many connections" and its
+ * connection closed. /healthz, /readyz and /metrics are answered over
+ * the cap too (probes), on a connection then closed. limits and realip
+ * are borrowed (may be NULL). */
+struct mgmt_limits;
+struct mgmt_realip;
+void mgmt_http_set_limits(mgmt_http *h, struct mgmt_limits *limits, const struct mgmt_realip *realip,
+                          int64_t max_connections);
+
 /* REST requests handed to workers and not yet answered. */
 unsigned mgmt_http_pending(const mgmt_http *h);
 /* Called on the loop thread when the pending count drops to 0 (shutdown

@@ -67,23 +67,20 @@ static bool take_address(const char *s, size_t len, char *out, size_t cap) {
         return true;
 }
 
-void mgmt_realip_apply(const mgmt_realip *r, const grpc_metadata_array *md, char *ip, size_t cap) {
-        const char *v;
-        size_t len;
-
-        if (!r || !md || !*ip || !cp_prefix_list_contains(&r->trusted, ip))
-                return;
-        v = header(md, "x-forwarded-for", &len);
-        if (v) {
+/* The rule of mgmt_realip_apply() on the two header values (either may
+ * be NULL). */
+static void apply_values(const mgmt_realip *r, const char *xff, size_t xff_len, const char *xri, size_t xri_len,
+                         char *ip, size_t cap) {
+        if (xff) {
                 /* Right to left: proxies append; the first entry that is
                  * not a trusted proxy is the client. */
-                size_t end = len;
+                size_t end = xff_len;
                 char cand[64];
                 while (end > 0) {
                         size_t start = end;
-                        while (start > 0 && v[start - 1] != ',')
+                        while (start > 0 && xff[start - 1] != ',')
                                 start--;
-                        if (!take_address(v + start, end - start, cand, sizeof cand))
+                        if (!take_address(xff + start, end - start, cand, sizeof cand))
                                 break;
                         if (!cp_prefix_list_contains(&r->trusted, cand) || start == 0) {
                                 (void) snprintf(ip, cap, "%s", cand);
@@ -92,7 +89,23 @@ void mgmt_realip_apply(const mgmt_realip *r, const grpc_metadata_array *md, char
                         end = start - 1;
                 }
         }
-        v = header(md, "x-real-ip", &len);
-        if (v)
-                (void) take_address(v, len, ip, cap);
+        if (xri)
+                (void) take_address(xri, xri_len, ip, cap);
+}
+
+void mgmt_realip_apply(const mgmt_realip *r, const grpc_metadata_array *md, char *ip, size_t cap) {
+        const char *xff, *xri;
+        size_t xff_len = 0, xri_len = 0;
+
+        if (!r || !md || !*ip || !cp_prefix_list_contains(&r->trusted, ip))
+                return;
+        xff = header(md, "x-forwarded-for", &xff_len);
+        xri = header(md, "x-real-ip", &xri_len);
+        apply_values(r, xff, xff_len, xri, xri_len, ip, cap);
+}
+
+void mgmt_realip_apply_headers(const mgmt_realip *r, const char *xff, const char *xri, char *ip, size_t cap) {
+        if (!r || !*ip || !cp_prefix_list_contains(&r->trusted, ip))
+                return;
+        apply_values(r, xff, xff ? strlen(xff) : 0, xri, xri ? strlen(xri) : 0, ip, cap);
 }

@@ -29,3 +29,6 @@ mgmt_realip *mgmt_realip_free(mgmt_realip *r);
 /* Replaces ip (the call's peer address, text, in a buffer of cap bytes)
  * with the forwarded address when ip is trusted. r may be NULL. */
 void mgmt_realip_apply(const mgmt_realip *r, const grpc_metadata_array *md, char *ip, size_t cap);
+/* The same for HTTP (the REST API's client address): the values of the
+ * X-Forwarded-For and X-Real-IP headers (NULL when absent). */
+void mgmt_realip_apply_headers(const mgmt_realip *r, const char *xff, const char *xri, char *ip, size_t cap);

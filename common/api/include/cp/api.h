@@ -84,6 +84,15 @@ typedef struct cp_api_options {
          * /api/integrations/msp/tenants/{id}/dns): "IPv4[:port]" (port 53
          * when absent); NULL or "" = the system resolver. */
         const char *msp_dns_server;
+        /* Rate limits (cp/ratelimit.h; borrowed, NULL = none): requests
+         * per token (a PAT by its hash before it is looked up, an IdP user
+         * by id once signed in) and failed authentications per client
+         * address (cp_api_request.remote_ip): an address past that limit
+         * is refused before its token is looked at. Both answer 429
+         * {"message":"too many requests","code":429} with
+         * cp_api_response.retry_after set. */
+        struct cp_ratelimit *rest_token_limit;
+        struct cp_ratelimit *rest_addr_limit;
 } cp_api_options;
 
 int cp_api_new(const cp_api_options *o, cp_api **ret, cp_error *reterr);
@@ -107,6 +116,10 @@ typedef struct cp_api_request {
         /* The client's "address:port" as the HTTP listener saw it, for
          * per-client limits; NULL = unknown. */
         const char *remote;
+        /* The client's address without port: the real one behind a
+         * trusted proxy (--trusted-proxies). NULL = unknown (no per-address
+         * limit). */
+        const char *remote_ip;
         /* The Idempotency-Key header (POST /api/integrations/msp/tenants);
          * NULL = none. */
         const char *idempotency_key;
@@ -121,6 +134,10 @@ typedef struct cp_api_response {
         char route[64];                 /* the matched pattern, e.g. "/api/peers/{peerId}" */
         char detail[512];               /* the internal reason of a 5xx, "" otherwise */
         char *location;                 /* a Location header to send (malloc'd), NULL = none */
+        /* A 429 from a rate limit: the Retry-After to send (seconds) and
+         * the limit's name ("rest_token", "rest_addr"); 0 and "" otherwise. */
+        int retry_after;
+        char limited[16];
 } cp_api_response;
 
 void cp_api_response_init(cp_api_response *resp);

@@ -205,6 +205,20 @@ typedef struct cp_config {
         bool disable_single_account_mode;       /* then the domain above is not used */
         bool idp_sign_key_refresh_enabled;      /* HttpConfig.IdpSignKeyRefreshEnabled */
         char *msp_dns_server;                   /* --msp-dns-server IPv4[:port]; NULL = system resolver */
+        /* Limits (docs/ops.md "Limits"), per replica. Rates are per
+         * minute; a rate or burst of 0 turns that limit off. */
+        int64_t login_rate;                     /* Logins per source address */
+        int64_t login_burst;
+        int64_t setup_key_rate;                 /* registrations per setup key */
+        int64_t setup_key_burst;
+        int64_t rest_rate;                      /* REST requests per token (PAT) or user (JWT) */
+        int64_t rest_burst;
+        int64_t rest_auth_failure_rate;         /* REST authentication failures per source address */
+        int64_t rest_auth_failure_burst;
+        int64_t rate_limit_keys;                /* buckets per limit (memory bound) */
+        int64_t grpc_max_streams_per_connection; /* 0 = gRPC's default (no limit) */
+        int64_t grpc_max_connections;           /* connections with calls; 0 = no limit */
+        int64_t http_max_connections;           /* 0 = no limit */
 
         /* management.json itself (source.file), warnings, origins. */
         cp_cfg_result source;
