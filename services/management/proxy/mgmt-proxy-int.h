@@ -116,14 +116,16 @@ struct mgmt_proxy_op {
 };
 
 /* Request sizes of ProxyService (mgmt-proxy-service.c). The largest
- * legitimate request is an access log entry: host (<= 253 B), path with
- * its query (<= 8 KiB, the usual HTTP request-line limit), ids, user,
- * method, protocol and a few metadata pairs (< 2 KiB): ~10 KiB; an
- * Authenticate carries a header value (<= 8 KiB), SendStatusUpdate an
- * error text, SyncMappings an init or an ack (< 1 KiB). 64 KiB leaves
- * six times that. Decoding may take MGMT_PROXY_UNPACK_BUDGET of the op's
- * arena (a legitimate 10 KiB entry takes ~30 KiB). */
-#define MGMT_PROXY_MAX_REQUEST (64 * 1024)
+ * legitimate request is an access log entry at the handler's own limits
+ * (mgmt-proxy-logs.c): 64 KiB of strings and 64 metadata pairs (6 B of
+ * framing each), the timestamp and numbers: ~66 KiB. Authenticate carries
+ * a header value (<= 8 KiB), SendStatusUpdate an error text,
+ * SyncMappings an init or an ack (< 1 KiB). 128 KiB leaves twice the
+ * largest, and an entry between 64 and 128 KiB still gets the handler's
+ * clearer "access log entry is too large". Decoding may take
+ * MGMT_PROXY_UNPACK_BUDGET of the op's arena (a 66 KiB entry with 64
+ * pairs takes ~80 KiB). */
+#define MGMT_PROXY_MAX_REQUEST (128 * 1024)
 #define MGMT_PROXY_UNPACK_BUDGET (1024 * 1024)
 
 /* Decodes a proxy's request: over MGMT_PROXY_MAX_REQUEST, or over the
