@@ -50,7 +50,8 @@ typedef struct mgmt_agent_op {
         mgmt_call *call;                /* only the "any thread" accessors */
         const cp_proto_method *method;
         mgmt_agent_handler handler;
-        grpc_byte_buffer *payload;
+        grpc_byte_buffer *payload;      /* freed by the worker once opened */
+        size_t queued;                  /* payload bytes counted as waiting for a worker */
         mgmt_arena arena;
 
         /* Filled by the edge before the handler runs. */

@@ -9,6 +9,7 @@
 #include <grpc/byte_buffer_reader.h>
 #include <grpc/slice.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 
 #include "management.pb-c.h"
 
@@ -40,6 +41,15 @@
 _Static_assert(MAX_PLAIN_META + CP_BOX_OVERHEAD + MAX_ENVELOPE_OVERHEAD <= MGMT_GRPC_MAX_RECV,
                "gRPC's receive limit is below the largest agent request");
 #define UNPACK_BUDGET MGMT_AGENT_UNPACK_BUDGET
+/* Payload bytes of encrypted unary RPCs waiting in the workers' queue
+ * (2,048 jobs with the default pool): without a cap, 2,048 requests of
+ * 288 KiB would hold 576 MiB before any of them is looked at. Past the
+ * cap a call is answered like a full queue (RESOURCE_EXHAUSTED "server
+ * is busy", which agents retry with backoff). 64 MiB is 230 requests at
+ * the limit, or tens of thousands of real ones (1-20 KiB). */
+#define MAX_QUEUED_BYTES (64 * 1024 * 1024)
+static atomic_size_t queued_bytes;
+
 /* The longest wgPubKey quoted back in an error message. */
 #define MAX_KEY_ECHO 64
 
@@ -297,13 +307,20 @@ static void op_work(void *userdata) {
         cp_crypto_box_shared shared = { { 0 } };
 
         op->status = GRPC_STATUS_OK;
+        atomic_fetch_sub(&queued_bytes, op->queued);
+        op->queued = 0;
         if (mgmt_call_is_over(op->call)) {
                 /* The client left, or shutdown cancelled the call, while
                  * the job was queued: nobody waits for the answer. */
                 mgmt_agent_fail(op, GRPC_STATUS_CANCELLED, "call cancelled");
                 goto log;
         }
-        if (mgmt_agent_open_request(op, &shared) == 0) {
+        int r = mgmt_agent_open_request(op, &shared);
+        /* Opened (or refused): the bytes are not needed any more. */
+        if (op->payload)
+                grpc_byte_buffer_destroy(op->payload);
+        op->payload = NULL;
+        if (r == 0) {
                 op->handler(op);
                 if (op->status == GRPC_STATUS_OK)
                         seal_response(op, &shared);
@@ -336,8 +353,15 @@ int mgmt_agent_offload(mgmt_call *c, const mgmt_agent *a, cp_proto_mgmt_method_i
         op->method = &cp_proto_mgmt_methods[id];
         op->payload = mgmt_call_take_payload(c);
         mgmt_arena_init(&op->arena);
-        r = mgmt_call_offload(c, op_work, op_done, op);
+        op->queued = op->payload ? grpc_byte_buffer_length(op->payload) : 0;
+        if (atomic_fetch_add(&queued_bytes, op->queued) + op->queued > MAX_QUEUED_BYTES)
+                r = -EAGAIN;
+        else
+                r = mgmt_call_offload(c, op_work, op_done, op);
         if (r < 0) {
+                atomic_fetch_sub(&queued_bytes, op->queued);
+                if (r == -EAGAIN)
+                        mgmt_metrics_refused("agent", MGMT_REFUSED_QUEUE);
                 const char *msg = "server is busy, please try again later";
                 grpc_status_code st = r == -EAGAIN ? GRPC_STATUS_RESOURCE_EXHAUSTED : GRPC_STATUS_UNAVAILABLE;
                 mgmt_agent_log_outcome(c, op->method, NULL, NULL, st, msg, r == -EAGAIN ? "worker queue full" : NULL);

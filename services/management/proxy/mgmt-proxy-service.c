@@ -204,6 +204,8 @@ static void unary_call(mgmt_call *c, const mgmt_proxy_rpc *rpc) {
         if (r < 0) {
                 const char *msg = "server is busy, please try again later";
                 grpc_status_code st = r == -EAGAIN ? GRPC_STATUS_RESOURCE_EXHAUSTED : GRPC_STATUS_UNAVAILABLE;
+                if (r == -EAGAIN)
+                        mgmt_metrics_refused("proxy", MGMT_REFUSED_QUEUE);
                 mgmt_proxy_log_outcome(c, op->method, NULL, st, msg, r == -EAGAIN ? "worker queue full" : NULL);
                 mgmt_call_finish(c, st, msg);
                 if (op->payload)

@@ -36,7 +36,7 @@ static const char *const status_labels[N_STATUS] = {
 
 static const char *const refused_labels[_MGMT_REFUSED_MAX] = {
         [MGMT_REFUSED_SIZE] = "size", [MGMT_REFUSED_ENVELOPE] = "envelope", [MGMT_REFUSED_BOX] = "box",
-        [MGMT_REFUSED_BUDGET] = "budget", [MGMT_REFUSED_DECODE] = "decode",
+        [MGMT_REFUSED_BUDGET] = "budget", [MGMT_REFUSED_DECODE] = "decode", [MGMT_REFUSED_QUEUE] = "queue",
 };
 
 /* Fan-out of one account (~1 ms for a few peers, seconds for thousands)
@@ -124,7 +124,8 @@ static void init(void) {
                                "Requests refused before their handler ran, by service (agent, proxy) and reason: "
                                "size (over the method's limit), envelope (malformed EncryptedMessage or key), box "
                                "(did not open), budget (decoding went over the per-call memory budget), decode "
-                               "(malformed message).",
+                               "(malformed message), queue (the workers' queue was full: jobs, or for agents 64 MiB of waiting "
+                               "requests).",
                                CP_LABELS("service", "reason"));
         for (int s = 0; s < 2; s++)
                 for (int r = 0; r < _MGMT_REFUSED_MAX; r++)

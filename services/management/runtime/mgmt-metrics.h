@@ -64,6 +64,7 @@ typedef enum mgmt_refused_reason {
         MGMT_REFUSED_BOX,               /* the box did not open */
         MGMT_REFUSED_BUDGET,            /* decoding went over the per-call memory budget */
         MGMT_REFUSED_DECODE,            /* the message did not decode */
+        MGMT_REFUSED_QUEUE,             /* the workers' queue (jobs or queued bytes) is full */
         _MGMT_REFUSED_MAX,
 } mgmt_refused_reason;
 
