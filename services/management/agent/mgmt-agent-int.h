@@ -31,14 +31,15 @@
  * PeerSystemMeta (Login, Sync, SyncMeta); the arithmetic is in
  * mgmt-agent.c. */
 #define MGMT_AGENT_MAX_PLAIN_META (256 * 1024)
-/* What protobuf-c may allocate in the op's arena for the inner message.
- * The largest legitimate LoginRequest (251 KiB) decodes into 514 KiB
+/* The most the op's arena may hold while protobuf-c decodes the inner
+ * message (the opened plaintext, up to 256 KiB, included). The largest
+ * legitimate LoginRequest (251 KiB) decodes into 514 KiB
  * (test-mgmt-envelope measures it: a struct and a pointer per entry, a
  * copy of each string, the unpacker's scratch); crafted input of the same
  * size reaches 60 bytes per byte (a 2-byte empty networkAddresses entry
  * becomes a pointer, a 48-byte struct and the unpacker's scratch): 15 MiB.
- * 2 MiB, four times the legitimate peak, refuses that early: 8 workers
- * hold at most 16 MiB of decoded requests. */
+ * 2 MiB, well over twice the legitimate peak with its plaintext, refuses
+ * that early: 8 workers hold at most 16 MiB of decoded requests. */
 #define MGMT_AGENT_UNPACK_BUDGET (2 * 1024 * 1024)
 
 /* sessionExpiresAt in a's memory: the deadline, or present but empty for
