@@ -170,7 +170,13 @@ def crafted_requests_concurrently():
     print("# VmHWM after a real login %.1f MiB, after the crafted calls %.1f MiB: growth %.1f MiB (bound %d)" %
           (base_kib / 1024, peak_kib / 1024, growth_mib, PEAK_GROWTH_MIB))
     assert not wrong, "answered otherwise than expected (first 5 of %d): %r" % (len(wrong), wrong[:5])
-    assert growth_mib < PEAK_GROWTH_MIB, "peak memory grew by %.1f MiB" % growth_mib
+    if "TSAN_OPTIONS" in os.environ:
+        # tests/run --tsan: ThreadSanitizer's shadow memory is several
+        # times the program's, so the bound does not apply (the line above
+        # still prints the figure).
+        print("# ThreadSanitizer build: the memory bound is not checked")
+    else:
+        assert growth_mib < PEAK_GROWTH_MIB, "peak memory grew by %.1f MiB" % growth_mib
 
     # The refusals are counted; the budget ones by their own reason.
     assert refused_total(srv, "budget") >= counts["repeated entries in a valid box"], refused_total(srv, "budget")
