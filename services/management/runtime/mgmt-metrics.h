@@ -79,6 +79,21 @@ typedef enum mgmt_sync_read_result {
 } mgmt_sync_read_result;
 void mgmt_metrics_sync_serial_read(mgmt_sync_read_result result);
 
+/* ---- requests refused before their handler (agent/, proxy/; any thread) ------------- */
+
+typedef enum mgmt_refused_reason {
+        MGMT_REFUSED_SIZE,              /* over the method's size limit */
+        MGMT_REFUSED_ENVELOPE,          /* EncryptedMessage or its wgPubKey malformed */
+        MGMT_REFUSED_BOX,               /* the box did not open */
+        MGMT_REFUSED_BUDGET,            /* decoding went over the per-call memory budget */
+        MGMT_REFUSED_DECODE,            /* the message did not decode */
+        MGMT_REFUSED_QUEUE,             /* the workers' queue (jobs or queued bytes) is full */
+        _MGMT_REFUSED_MAX,
+} mgmt_refused_reason;
+
+/* One request refused; service is "agent" or "proxy". */
+void mgmt_metrics_refused(const char *service, mgmt_refused_reason reason);
+
 /* ---- Login (mgmt-agent.c, any thread) --------------------------------------------- */
 
 /* One Login call's outcome; registration: it took the setup-key path. */
