@@ -22,6 +22,27 @@ def events(dep, target, codes):
                    " AND activity = ANY (%s) ORDER BY id", (dep.account_id, target, list(codes)))
 
 
+
+@test
+def fuzz_findings_are_client_errors():
+    """What tests/fuzz found (docs/fuzzing.md): a nameserver port too big
+    for an integer was undefined behaviour, and a path or query that is not
+    UTF-8 reached PostgreSQL, which refused it: a 500. Both are 4xx now and
+    nothing is written."""
+    dep, srv, api = apifix.start()
+    gall = all_group(api)
+    serial0 = dep.network_serial()
+    for port in (1e300, -1e300, 3e9):
+        api.error("POST", "/api/dns/nameservers", 422,
+                  ns_body([gall], nameservers=[{"ip": "10.0.0.53", "ns_type": "udp", "port": port}]),
+                  message="invalid NS servers format")
+    api.error("GET", "/api/dns/nameservers/%ff%fe", 400, message="invalid path")
+    api.error("DELETE", "/api/groups/%c0%af", 400, message="invalid path")
+    api.error("GET", "/api/peers?name=%ff", 400, message="invalid query")
+    # Valid UTF-8 still goes through.
+    api.error("GET", "/api/dns/nameservers/M%C3%BCnchen", 404)
+    assert dep.network_serial() == serial0
+
 @test
 def nameserver_group_crud():
     dep, srv, api = apifix.start()
