@@ -259,7 +259,7 @@ def check_usage_error(r, *needles):
 
 
 def check_sanitizer_clean(text):
-    for bad in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+    for bad in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:", "WARNING: ThreadSanitizer"):
         assert bad not in text, text
 
 

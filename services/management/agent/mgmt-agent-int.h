@@ -27,6 +27,21 @@
 #define MGMT_MSG_NOT_OWNER "peer is already registered by a different User or a Setup Key"
 #define MGMT_MSG_BLOCKED "user is blocked"
 
+/* The largest sealed plaintext of a request that carries a
+ * PeerSystemMeta (Login, Sync, SyncMeta); the arithmetic is in
+ * mgmt-agent.c. */
+#define MGMT_AGENT_MAX_PLAIN_META (256 * 1024)
+/* The most the op's arena may hold while protobuf-c decodes the inner
+ * message (the opened plaintext, up to 256 KiB, included). The largest
+ * legitimate LoginRequest (251 KiB) decodes into 514 KiB
+ * (test-mgmt-envelope measures it: a struct and a pointer per entry, a
+ * copy of each string, the unpacker's scratch); crafted input of the same
+ * size reaches 60 bytes per byte (a 2-byte empty networkAddresses entry
+ * becomes a pointer, a 48-byte struct and the unpacker's scratch): 15 MiB.
+ * 2 MiB, well over twice the legitimate peak with its plaintext, refuses
+ * that early: 8 workers hold at most 16 MiB of decoded requests. */
+#define MGMT_AGENT_UNPACK_BUDGET (2 * 1024 * 1024)
+
 /* sessionExpiresAt in a's memory: the deadline, or present but empty for
  * 0 ("no expiry"; netbird-protocol.md section 6.4). mgmt-auth.c. */
 Google__Protobuf__Timestamp *mgmt_session_expires(mgmt_arena *a, int64_t unix_ns);
@@ -36,7 +51,8 @@ typedef struct mgmt_agent_op {
         mgmt_call *call;                /* only the "any thread" accessors */
         const cp_proto_method *method;
         mgmt_agent_handler handler;
-        grpc_byte_buffer *payload;
+        grpc_byte_buffer *payload;      /* freed by the worker once opened */
+        size_t queued;                  /* payload bytes counted as waiting for a worker */
         mgmt_arena arena;
 
         /* Filled by the edge before the handler runs. */
@@ -63,9 +79,14 @@ typedef struct mgmt_agent_op {
         size_t reply_len;
 } mgmt_agent_op;
 
-/* Opens op->payload: the EncryptedMessage, the sender's key (op->peer_key,
- * op->peer_pub), the box (shared is initialised: the caller releases it,
- * also on failure) and the inner message (op->request). The box is tried
+/* Opens op->payload: its size against the method's limit, the
+ * EncryptedMessage (read in place by mgmt-envelope.h, nothing allocated),
+ * the sender's key (op->peer_key, op->peer_pub), the box (shared is
+ * initialised: the caller releases it, also on failure) and only then the
+ * inner message (op->request, unpacked under MGMT_AGENT_UNPACK_BUDGET).
+ * Sizes and the budget fail with RESOURCE_EXHAUSTED "request message too
+ * large", the rest with NetBird's INVALID_ARGUMENT texts; each refusal is
+ * counted (netbird_cp_requests_refused_total). The box is tried
  * with the current server key, then the previous one, then, when neither
  * opens it, once more after mgmt_keys_reload_after_miss() found newer
  * keys; op->server_key says which one opened it. Returns 0, or -1 with

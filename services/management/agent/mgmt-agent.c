@@ -2,19 +2,54 @@
 #include "cp/crypto.h"
 #include "cp/util.h"
 #include "mgmt-agent-int.h"
+#include "mgmt-envelope.h"
 #include "mgmt-metrics.h"
 
 #include <grpc/byte_buffer.h>
 #include <grpc/byte_buffer_reader.h>
 #include <grpc/slice.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 
 #include "management.pb-c.h"
 
-/* Largest plaintext inside an EncryptedMessage we open. Agents send a few
- * KiB; protobuf-c allocates a struct per repeated element, so an
- * unbounded body could make a small request cost a lot of memory. */
-#define MAX_SEALED_PLAIN (256 * 1024)
+/* Request sizes (docs/protocol-limits.md has the same arithmetic).
+ *
+ * The largest legitimate sealed plaintext is a LoginRequest (SyncRequest
+ * and SyncMetaRequest carry the same PeerSystemMeta, without the JWT)
+ * from an agent with everything at the limits the store keeps
+ * (cp/store-peers.h):
+ *
+ *   jwtToken (an IdP token with many group claims)         16 KiB
+ *   14 meta strings of <= 256 B, dnsLabels 32 x 64 B         6 KiB
+ *   networkAddresses: 1024 x (43 B IPv6 CIDR + 17 B MAC
+ *     + 6 B of tags and lengths)                            66 KiB
+ *   files: 1024 x (<= 160 B path + 8 B framing), the
+ *     process paths of the posture checks                  168 KiB
+ *   capabilities, flags, environment, peerKeys               < 1 KiB
+ *                                                   total ~ 256 KiB
+ *
+ * Real agents send 1-20 KiB. The other requests carry at most a JWT
+ * (ExtendAuthSession) or a few short strings (Expose, Job): 32 KiB.
+ * The sealed body adds CP_BOX_OVERHEAD (40 B); the envelope adds the
+ * key (2 + 44 B), the body's tag and length (<= 4 B) and the version
+ * (<= 6 B): MAX_ENVELOPE_OVERHEAD. gRPC's receive limit (MGMT_GRPC_MAX_RECV,
+ * 288 KiB) sits above the largest envelope. */
+#define MAX_PLAIN_META MGMT_AGENT_MAX_PLAIN_META
+#define MAX_PLAIN_OTHER (32 * 1024)
+#define MAX_ENVELOPE_OVERHEAD 64
+_Static_assert(MAX_PLAIN_META + CP_BOX_OVERHEAD + MAX_ENVELOPE_OVERHEAD <= MGMT_GRPC_MAX_RECV,
+               "gRPC's receive limit is below the largest agent request");
+#define UNPACK_BUDGET MGMT_AGENT_UNPACK_BUDGET
+/* Payload bytes of encrypted unary RPCs waiting in the workers' queue
+ * (2,048 jobs with the default pool): without a cap, 2,048 requests of
+ * 288 KiB would hold 576 MiB before any of them is looked at. Past the
+ * cap a call is answered like a full queue (RESOURCE_EXHAUSTED "server
+ * is busy", which agents retry with backoff). 64 MiB is 230 requests at
+ * the limit, or tens of thousands of real ones (1-20 KiB). */
+#define MAX_QUEUED_BYTES (64 * 1024 * 1024)
+static atomic_size_t queued_bytes;
+
 /* The longest wgPubKey quoted back in an error message. */
 #define MAX_KEY_ECHO 64
 
@@ -87,50 +122,98 @@ out:
         return r;
 }
 
-/* Opens the request: the outer EncryptedMessage, the sender's key, the
- * box, the inner message. Returns 0, or sets the failure NetBird reports
- * (parseRequest) and returns -1. */
-int mgmt_agent_open_request(mgmt_agent_op *op, cp_crypto_box_shared *shared) {
-        grpc_slice s = mgmt_payload_slice(op->payload);
-        Management__EncryptedMessage *em;
-        cp_error err = { 0 };
-        int r;
+/* The largest sealed plaintext a method's request may have. */
+static size_t max_plain(const cp_proto_method *m) {
+        if (m == &cp_proto_mgmt_methods[CP_PROTO_MGMT_LOGIN] || m == &cp_proto_mgmt_methods[CP_PROTO_MGMT_SYNC] ||
+            m == &cp_proto_mgmt_methods[CP_PROTO_MGMT_SYNC_META])
+                return MAX_PLAIN_META;
+        return MAX_PLAIN_OTHER;
+}
 
-        em = management__encrypted_message__unpack(mgmt_arena_pb(&op->arena), GRPC_SLICE_LENGTH(s),
-                                                    GRPC_SLICE_START_PTR(s));
-        grpc_slice_unref(s);
-        if (!em) {
-                mgmt_agent_fail(op, GRPC_STATUS_INVALID_ARGUMENT, "invalid request message");
-                (void) snprintf(op->detail, sizeof op->detail, "cannot decode EncryptedMessage");
+static void refuse_size(mgmt_agent_op *op, const char *what) {
+        mgmt_agent_fail(op, GRPC_STATUS_RESOURCE_EXHAUSTED, "request message too large");
+        (void) snprintf(op->detail, sizeof op->detail, "%s", what);
+}
+
+/* Opens the request in this order, so that nothing is decoded before the
+ * box is open: the payload's size against the method's limit; the
+ * envelope, read in place (mgmt-envelope.h: nothing allocated, unknown
+ * fields skipped); the sender's key; the box, with the server keys held
+ * (the shared key is looked up or derived); only then the inner message,
+ * by protobuf-c into the arena under UNPACK_BUDGET. Returns 0, or sets
+ * the failure NetBird reports (parseRequest: InvalidArgument "invalid
+ * request message"; RESOURCE_EXHAUSTED for sizes, as gRPC's own limit
+ * answers) and returns -1. */
+int mgmt_agent_open_request(mgmt_agent_op *op, cp_crypto_box_shared *shared) {
+        size_t limit = cp_crypto_box_sealed_len(max_plain(op->method));
+        grpc_slice s = grpc_empty_slice();
+        mgmt_envelope env;
+        cp_error err = { 0 };
+        const char *why;
+        char key[CP_WG_KEY_B64_LEN];
+        int r = -1;
+
+        if (op->payload && grpc_byte_buffer_length(op->payload) > limit + MAX_ENVELOPE_OVERHEAD) {
+                mgmt_metrics_refused("agent", MGMT_REFUSED_SIZE);
+                refuse_size(op, "the request is over the method's size limit");
                 return -1;
         }
-        if (cp_crypto_wg_key_parse(em->wgpubkey, op->peer_pub, &err) < 0) {
-                mgmt_agent_fail(op, GRPC_STATUS_INVALID_ARGUMENT, "provided wgPubKey %.*s is invalid",
-                                MAX_KEY_ECHO, em->wgpubkey);
-                return -1;
+        s = mgmt_payload_slice(op->payload);
+        if (mgmt_envelope_parse(GRPC_SLICE_START_PTR(s), GRPC_SLICE_LENGTH(s), &env, &why) < 0) {
+                mgmt_metrics_refused("agent", MGMT_REFUSED_ENVELOPE);
+                mgmt_agent_fail(op, GRPC_STATUS_INVALID_ARGUMENT, "invalid request message");
+                (void) snprintf(op->detail, sizeof op->detail, "cannot decode EncryptedMessage: %s", why);
+                goto out;
+        }
+        /* wgPubKey as a C string for the parser; a longer one is invalid
+         * anyway (a key is 44 characters) and quoted cut. */
+        size_t kn = env.key_len < sizeof key - 1 ? env.key_len : sizeof key - 1;
+        memcpy(key, env.key, kn);
+        key[kn] = '\0';
+        if (env.key_len != kn || strlen(key) != kn || cp_crypto_wg_key_parse(key, op->peer_pub, &err) < 0) {
+                mgmt_metrics_refused("agent", MGMT_REFUSED_ENVELOPE);
+                int echo = env.key_len < MAX_KEY_ECHO ? (int) env.key_len : MAX_KEY_ECHO;
+                mgmt_agent_fail(op, GRPC_STATUS_INVALID_ARGUMENT, "provided wgPubKey %.*s is invalid", echo,
+                                (const char *) env.key);
+                goto out;
         }
         cp_crypto_wg_key_format(op->peer_pub, op->peer_key);
-        if (em->body.len > cp_crypto_box_sealed_len(MAX_SEALED_PLAIN)) {
-                mgmt_agent_fail(op, GRPC_STATUS_RESOURCE_EXHAUSTED, "request message too large");
-                return -1;
+        if (env.body_len > limit) {
+                mgmt_metrics_refused("agent", MGMT_REFUSED_SIZE);
+                refuse_size(op, "the sealed body is over the method's size limit");
+                goto out;
         }
-        size_t cap = em->body.len > CP_BOX_OVERHEAD ? em->body.len - CP_BOX_OVERHEAD : 1;
+        ProtobufCBinaryData body = { .len = env.body_len, .data = (uint8_t *) env.body };
+        size_t cap = body.len > CP_BOX_OVERHEAD ? body.len - CP_BOX_OVERHEAD : 1;
         uint8_t *plain = mgmt_arena_alloc(&op->arena, cap);
-        r = open_body(op, &em->body, shared, plain, cap, &err);
-        if (r < 0) {
+        int n = open_body(op, &body, shared, plain, cap, &err);
+        if (n < 0) {
+                mgmt_metrics_refused("agent", MGMT_REFUSED_BOX);
                 mgmt_agent_fail(op, GRPC_STATUS_INVALID_ARGUMENT, "invalid request message");
                 (void) snprintf(op->detail, sizeof op->detail, "%s", err.message);
-                return -1;
+                goto out;
         }
+        mgmt_arena_set_budget(&op->arena, UNPACK_BUDGET);
         op->request = protobuf_c_message_unpack(op->method->request_body, mgmt_arena_pb(&op->arena),
-                                                (size_t) r, plain);
-        cp_explicit_bzero(plain, (size_t) r);
+                                                (size_t) n, plain);
+        bool over = mgmt_arena_over_budget(&op->arena);
+        mgmt_arena_set_budget(&op->arena, 0);
+        cp_explicit_bzero(plain, (size_t) n);
+        if (!op->request && over) {
+                mgmt_metrics_refused("agent", MGMT_REFUSED_BUDGET);
+                refuse_size(op, "decoding the request went over its memory budget");
+                goto out;
+        }
         if (!op->request) {
+                mgmt_metrics_refused("agent", MGMT_REFUSED_DECODE);
                 mgmt_agent_fail(op, GRPC_STATUS_INVALID_ARGUMENT, "invalid request message");
                 (void) snprintf(op->detail, sizeof op->detail, "cannot decode %s", op->method->request_body->name);
-                return -1;
+                goto out;
         }
-        return 0;
+        r = 0;
+out:
+        grpc_slice_unref(s);
+        return r;
 }
 
 static uint8_t *pack(mgmt_arena *a, const ProtobufCMessage *m, size_t *ret_len) {
@@ -224,13 +307,20 @@ static void op_work(void *userdata) {
         cp_crypto_box_shared shared = { { 0 } };
 
         op->status = GRPC_STATUS_OK;
+        atomic_fetch_sub(&queued_bytes, op->queued);
+        op->queued = 0;
         if (mgmt_call_is_over(op->call)) {
                 /* The client left, or shutdown cancelled the call, while
                  * the job was queued: nobody waits for the answer. */
                 mgmt_agent_fail(op, GRPC_STATUS_CANCELLED, "call cancelled");
                 goto log;
         }
-        if (mgmt_agent_open_request(op, &shared) == 0) {
+        int r = mgmt_agent_open_request(op, &shared);
+        /* Opened (or refused): the bytes are not needed any more. */
+        if (op->payload)
+                grpc_byte_buffer_destroy(op->payload);
+        op->payload = NULL;
+        if (r == 0) {
                 op->handler(op);
                 if (op->status == GRPC_STATUS_OK)
                         seal_response(op, &shared);
@@ -263,8 +353,15 @@ int mgmt_agent_offload(mgmt_call *c, const mgmt_agent *a, cp_proto_mgmt_method_i
         op->method = &cp_proto_mgmt_methods[id];
         op->payload = mgmt_call_take_payload(c);
         mgmt_arena_init(&op->arena);
-        r = mgmt_call_offload(c, op_work, op_done, op);
+        op->queued = op->payload ? grpc_byte_buffer_length(op->payload) : 0;
+        if (atomic_fetch_add(&queued_bytes, op->queued) + op->queued > MAX_QUEUED_BYTES)
+                r = -EAGAIN;
+        else
+                r = mgmt_call_offload(c, op_work, op_done, op);
         if (r < 0) {
+                atomic_fetch_sub(&queued_bytes, op->queued);
+                if (r == -EAGAIN)
+                        mgmt_metrics_refused("agent", MGMT_REFUSED_QUEUE);
                 const char *msg = "server is busy, please try again later";
                 grpc_status_code st = r == -EAGAIN ? GRPC_STATUS_RESOURCE_EXHAUSTED : GRPC_STATUS_UNAVAILABLE;
                 mgmt_agent_log_outcome(c, op->method, NULL, NULL, st, msg, r == -EAGAIN ? "worker queue full" : NULL);

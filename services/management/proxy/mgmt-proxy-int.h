@@ -115,6 +115,30 @@ struct mgmt_proxy_op {
         size_t reply_len;
 };
 
+/* Request sizes of ProxyService (mgmt-proxy-service.c). The largest
+ * legitimate request is an access log entry at the handler's own limits
+ * (mgmt-proxy-logs.c): 64 KiB of strings and 64 metadata pairs (6 B of
+ * framing each), the timestamp and numbers: ~66 KiB. Authenticate carries
+ * a header value (<= 8 KiB), SendStatusUpdate an error text,
+ * SyncMappings an init or an ack (< 1 KiB). 128 KiB leaves twice the
+ * largest, and an entry between 64 and 128 KiB still gets the handler's
+ * clearer "access log entry is too large". Decoding may take
+ * MGMT_PROXY_UNPACK_BUDGET of the op's arena (a 66 KiB entry with 64
+ * pairs takes ~80 KiB). */
+#define MGMT_PROXY_MAX_REQUEST (128 * 1024)
+#define MGMT_PROXY_UNPACK_BUDGET (1024 * 1024)
+
+/* Decodes a proxy's request: over MGMT_PROXY_MAX_REQUEST, or over the
+ * budget while decoding into a (when a is not NULL: otherwise with
+ * malloc, and the caller frees it with protobuf_c_message_free_unpacked),
+ * RESOURCE_EXHAUSTED "request message too large"; malformed,
+ * INVALID_ARGUMENT "cannot decode the <Method> request". NULL with
+ * *ret_status and msg set on failure, counted in
+ * netbird_cp_requests_refused_total unless quiet (a first try that a
+ * worker repeats). */
+ProtobufCMessage *mgmt_proxy_decode(const cp_proto_method *m, grpc_byte_buffer *bb, mgmt_arena *a, bool quiet,
+                                    grpc_status_code *ret_status, char *msg, size_t msg_size);
+
 /* Sets the op's outcome: a status and a formatted message (for clients). */
 void mgmt_proxy_fail(mgmt_proxy_op *op, grpc_status_code status, const char *fmt, ...) _printf_(3, 4);
 

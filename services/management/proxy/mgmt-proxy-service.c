@@ -9,6 +9,7 @@
 #include "cp/util.h"
 #include "mgmt-proxy-int.h"
 #include "mgmt-proxy-rpc.h"
+#include "mgmt-metrics.h"
 
 #include <grpc/byte_buffer.h>
 #include <grpc/byte_buffer_reader.h>
@@ -60,6 +61,40 @@ void mgmt_proxy_fail(mgmt_proxy_op *op, grpc_status_code status, const char *fmt
         op->response = NULL;
 }
 
+/* ---- decoding --------------------------------------------------------------------- */
+
+ProtobufCMessage *mgmt_proxy_decode(const cp_proto_method *m, grpc_byte_buffer *bb, mgmt_arena *a, bool quiet,
+                                    grpc_status_code *ret_status, char *msg, size_t msg_size) {
+        ProtobufCMessage *req;
+
+        if (bb && grpc_byte_buffer_length(bb) > MGMT_PROXY_MAX_REQUEST) {
+                if (!quiet)
+                        mgmt_metrics_refused("proxy", MGMT_REFUSED_SIZE);
+                *ret_status = GRPC_STATUS_RESOURCE_EXHAUSTED;
+                (void) snprintf(msg, msg_size, "request message too large");
+                return NULL;
+        }
+        grpc_slice s = mgmt_payload_slice(bb);
+        if (a)
+                mgmt_arena_set_budget(a, MGMT_PROXY_UNPACK_BUDGET);
+        req = protobuf_c_message_unpack(m->request, a ? mgmt_arena_pb(a) : NULL, GRPC_SLICE_LENGTH(s),
+                                        GRPC_SLICE_START_PTR(s));
+        grpc_slice_unref(s);
+        bool over = a && mgmt_arena_over_budget(a);
+        if (a)
+                mgmt_arena_set_budget(a, 0);
+        if (req)
+                return req;
+        if (!quiet)
+                mgmt_metrics_refused("proxy", over ? MGMT_REFUSED_BUDGET : MGMT_REFUSED_DECODE);
+        *ret_status = over ? GRPC_STATUS_RESOURCE_EXHAUSTED : GRPC_STATUS_INVALID_ARGUMENT;
+        if (over)
+                (void) snprintf(msg, msg_size, "request message too large");
+        else
+                (void) snprintf(msg, msg_size, "cannot decode the %s request", m->name);
+        return NULL;
+}
+
 /* ---- unary calls ------------------------------------------------------------------ */
 
 /* Worker. */
@@ -81,13 +116,9 @@ static void op_work(void *userdata) {
                 mgmt_proxy_fail(op, GRPC_STATUS_UNIMPLEMENTED, "method %s not implemented", op->method->name);
                 return;
         }
-        grpc_slice s = mgmt_payload_slice(op->payload);
-        op->request = protobuf_c_message_unpack(op->method->request, mgmt_arena_pb(&op->arena),
-                                                GRPC_SLICE_LENGTH(s), GRPC_SLICE_START_PTR(s));
-        grpc_slice_unref(s);
+        op->request = mgmt_proxy_decode(op->method, op->payload, &op->arena, false, &st, msg, sizeof msg);
         if (!op->request) {
-                mgmt_proxy_fail(op, GRPC_STATUS_INVALID_ARGUMENT, "cannot decode the %s request",
-                                op->method->name);
+                mgmt_proxy_fail(op, st, "%s", msg);
                 return;
         }
         op->status = GRPC_STATUS_OK;
@@ -126,10 +157,9 @@ static bool access_log_inline(mgmt_proxy_op *op) {
 
         if (!p->unary || !op->handler || !mgmt_proxy_token_cached(p, op->call, &op->token))
                 return false;
-        grpc_slice s = mgmt_payload_slice(op->payload);
-        op->request = protobuf_c_message_unpack(op->method->request, mgmt_arena_pb(&op->arena),
-                                                GRPC_SLICE_LENGTH(s), GRPC_SLICE_START_PTR(s));
-        grpc_slice_unref(s);
+        grpc_status_code st;
+        char msg[160];
+        op->request = mgmt_proxy_decode(op->method, op->payload, &op->arena, true, &st, msg, sizeof msg);
         if (!op->request)
                 return false;   /* the worker decodes again and answers */
         (void) snprintf(op->account, sizeof op->account, "%s", op->token.account_id);
@@ -174,6 +204,8 @@ static void unary_call(mgmt_call *c, const mgmt_proxy_rpc *rpc) {
         if (r < 0) {
                 const char *msg = "server is busy, please try again later";
                 grpc_status_code st = r == -EAGAIN ? GRPC_STATUS_RESOURCE_EXHAUSTED : GRPC_STATUS_UNAVAILABLE;
+                if (r == -EAGAIN)
+                        mgmt_metrics_refused("proxy", MGMT_REFUSED_QUEUE);
                 mgmt_proxy_log_outcome(c, op->method, NULL, st, msg, r == -EAGAIN ? "worker queue full" : NULL);
                 mgmt_call_finish(c, st, msg);
                 if (op->payload)

@@ -229,15 +229,10 @@ static void work_auth(job *j) {
         if (mgmt_proxy_authenticate(s->hub, s->call, &j->token, &j->status, j->msg, sizeof j->msg) < 0)
                 return;
         if (!s->bidi) {
-                grpc_slice sl = mgmt_payload_slice(j->payload);
-                j->req = management__get_mapping_update_request__unpack(NULL, GRPC_SLICE_LENGTH(sl),
-                                                                        GRPC_SLICE_START_PTR(sl));
-                grpc_slice_unref(sl);
-                if (!j->req) {
-                        j->status = GRPC_STATUS_INVALID_ARGUMENT;
-                        (void) snprintf(j->msg, sizeof j->msg, "cannot decode the GetMappingUpdate request");
+                j->req = (Management__GetMappingUpdateRequest *) mgmt_proxy_decode(
+                        s->method, j->payload, NULL, false, &j->status, j->msg, sizeof j->msg);
+                if (!j->req)
                         return;
-                }
         }
         j->status = GRPC_STATUS_OK;
 }
@@ -710,12 +705,13 @@ static void on_recv(mgmt_call *c, grpc_byte_buffer *msg, void *userdata) {
                     s->phase == PS_LIVE ? NULL : "stream closed by the proxy");
                 return;
         }
-        grpc_slice sl = mgmt_payload_slice(msg);
+        grpc_status_code st;
+        char why[160];
+        req = (Management__SyncMappingsRequest *) mgmt_proxy_decode(s->method, msg, NULL, false, &st, why,
+                                                                    sizeof why);
         grpc_byte_buffer_destroy(msg);
-        req = management__sync_mappings_request__unpack(NULL, GRPC_SLICE_LENGTH(sl), GRPC_SLICE_START_PTR(sl));
-        grpc_slice_unref(sl);
         if (!req) {
-                end(s, GRPC_STATUS_INVALID_ARGUMENT, "cannot decode the SyncMappings message");
+                end(s, st, st == GRPC_STATUS_INVALID_ARGUMENT ? "cannot decode the SyncMappings message" : why);
                 return;
         }
         if (s->phase == PS_INIT) {

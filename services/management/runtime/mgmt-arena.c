@@ -13,8 +13,10 @@ struct mgmt_arena_chunk {
         _Alignas(max_align_t) unsigned char data[];
 };
 
+static void *arena_alloc(mgmt_arena *a, size_t n, bool budgeted);
+
 static void *pb_alloc(void *userdata, size_t n) {
-        return mgmt_arena_alloc(userdata, n);
+        return arena_alloc(userdata, n, true);
 }
 
 static void pb_free(void *userdata, void *p) {
@@ -23,6 +25,9 @@ static void pb_free(void *userdata, void *p) {
 
 void mgmt_arena_init(mgmt_arena *a) {
         a->chunks = NULL;
+        a->held = 0;
+        a->budget = 0;
+        a->over_budget = false;
         a->pb = (ProtobufCAllocator) { .alloc = pb_alloc, .free = pb_free, .allocator_data = a };
 }
 
@@ -32,9 +37,15 @@ void mgmt_arena_release(mgmt_arena *a) {
                 a->chunks = c->next;
                 free(c);
         }
+        a->held = 0;
 }
 
-void *mgmt_arena_alloc(mgmt_arena *a, size_t n) {
+void mgmt_arena_set_budget(mgmt_arena *a, size_t bytes) {
+        a->budget = bytes;
+        a->over_budget = false;
+}
+
+static void *arena_alloc(mgmt_arena *a, size_t n, bool budgeted) {
         mgmt_arena_chunk *c = a->chunks;
         size_t need = (n + ALIGN - 1) & ~(ALIGN - 1);
 
@@ -44,9 +55,15 @@ void *mgmt_arena_alloc(mgmt_arena *a, size_t n) {
                 need = ALIGN;
         if (!c || c->cap - c->used < need) {
                 size_t cap = need > CHUNK_SIZE / 2 ? need : CHUNK_SIZE;
+                size_t take = sizeof(mgmt_arena_chunk) + cap;
+                if (budgeted && a->budget && (take > a->budget || a->held > a->budget - take)) {
+                        a->over_budget = true;
+                        return NULL;
+                }
                 mgmt_arena_chunk *nc = cp_xmalloc(sizeof *nc + cap);
                 nc->used = 0;
                 nc->cap = cap;
+                a->held += take;
                 if (c && need > CHUNK_SIZE / 2) {
                         /* A big block: keep filling the current chunk after it. */
                         nc->next = c->next;
@@ -61,6 +78,10 @@ void *mgmt_arena_alloc(mgmt_arena *a, size_t n) {
         c->used += need;
         memset(p, 0, n);
         return p;
+}
+
+void *mgmt_arena_alloc(mgmt_arena *a, size_t n) {
+        return arena_alloc(a, n, false);
 }
 
 void *mgmt_arena_array(mgmt_arena *a, size_t n, size_t size) {

@@ -19,11 +19,6 @@
  * whether the grace period is over. */
 #define POLL_IDLE_MS 250
 #define POLL_SHUTDOWN_MS 50
-/* Largest request message gRPC accepts; bigger ones are refused by gRPC
- * itself with RESOURCE_EXHAUSTED before any handler runs. Agents send a
- * few KiB (a LoginRequest with a large meta stays far below); the agent
- * edge bounds the sealed plaintext further (mgmt-agent.c). */
-#define MAX_RECV_MESSAGE (1024 * 1024)
 /* Keepalive: agents ping every 30 s even without calls (NetBird's client
  * settings); NetBird's server enforces a minimum of 15 s and permits pings
  * without streams. We accept pings down to 5 s apart. */
@@ -776,7 +771,7 @@ int mgmt_grpc_new(const mgmt_grpc_options *o, mgmt_grpc **ret, cp_error *reterr)
                 { .type = GRPC_ARG_INTEGER, .key = (char *) GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS,
                   .value.integer = 1 },
                 { .type = GRPC_ARG_INTEGER, .key = (char *) GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
-                  .value.integer = MAX_RECV_MESSAGE },
+                  .value.integer = MGMT_GRPC_MAX_RECV },
         };
         grpc_channel_args chargs = { .num_args = ELEMENTSOF(args), .args = args };
         char addr[300];

@@ -42,6 +42,14 @@
 #include "mgmt-work.h"
 #include "cp-methods.h"
 
+/* Largest request message gRPC accepts; bigger ones are refused by gRPC
+ * itself with RESOURCE_EXHAUSTED before any handler runs. It is the
+ * largest legitimate sealed agent request (a LoginRequest with a 256 KiB
+ * plaintext: the arithmetic is in agent/mgmt-agent.c) plus its 40 B box
+ * and 64 B envelope, rounded up; each edge bounds its methods further
+ * (agent: 256 KiB or 32 KiB of plaintext; proxy: 128 KiB). */
+#define MGMT_GRPC_MAX_RECV (288 * 1024)
+
 typedef struct mgmt_grpc mgmt_grpc;
 typedef struct mgmt_call mgmt_call;
 

@@ -34,6 +34,11 @@ static const char *const status_labels[N_STATUS] = {
         "unimplemented", "internal", "unavailable", "data_loss", "unauthenticated",
 };
 
+static const char *const refused_labels[_MGMT_REFUSED_MAX] = {
+        [MGMT_REFUSED_SIZE] = "size", [MGMT_REFUSED_ENVELOPE] = "envelope", [MGMT_REFUSED_BOX] = "box",
+        [MGMT_REFUSED_BUDGET] = "budget", [MGMT_REFUSED_DECODE] = "decode", [MGMT_REFUSED_QUEUE] = "queue",
+};
+
 /* Fan-out of one account (~1 ms for a few peers, seconds for thousands)
  * and the bus lag (ms on one host, more with clock skew): 1 ms to 10 s. */
 static const double seconds_bounds[] = { 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10 };
@@ -44,6 +49,7 @@ static struct {
         cp_counter *sync_drained;
         cp_counter *sync_opens[MGMT_SYNC_OPEN_FAILED + N_STATUS];    /* ok, stale, closed, then by status */
         cp_counter *logins[2][N_STATUS];                              /* [registration][status] */
+        cp_counter *refused[2][_MGMT_REFUSED_MAX];                    /* [proxy][reason] */
         cp_histogram *fanout_seconds;
         cp_counter *fanout_maps;
         cp_metric *http_requests, *http_seconds;
@@ -113,6 +119,18 @@ static void init(void) {
                 for (int s = 0; s < N_STATUS; s++)
                         mm.logins[k][s] = cp_metric_counter(f, CP_LABELS(k ? "registration" : "login",
                                                                           status_labels[s]));
+
+        f = cp_metrics_counter(reg, "netbird_cp_requests_refused_total",
+                               "Requests refused before their handler ran, by service (agent, proxy) and reason: "
+                               "size (over the method's limit), envelope (malformed EncryptedMessage or key), box "
+                               "(did not open), budget (decoding went over the per-call memory budget), decode "
+                               "(malformed message), queue (the workers' queue was full: jobs, or for agents 64 MiB of waiting "
+                               "requests).",
+                               CP_LABELS("service", "reason"));
+        for (int s = 0; s < 2; s++)
+                for (int r = 0; r < _MGMT_REFUSED_MAX; r++)
+                        mm.refused[s][r] = cp_metric_counter(f, CP_LABELS(s ? "proxy" : "agent",
+                                                                          refused_labels[r]));
 
         mm.fanout_seconds = cp_metrics_plain_histogram(reg, "netbird_cp_fanout_duration_seconds",
                                                        "One account change on this replica: map rebuild, "
@@ -219,6 +237,12 @@ void mgmt_metrics_login(bool registration, grpc_status_code status) {
         mgmt_metrics_init();
         if (status >= 0 && status < N_STATUS)
                 cp_counter_inc(mm.logins[registration][status]);
+}
+
+void mgmt_metrics_refused(const char *service, mgmt_refused_reason reason) {
+        mgmt_metrics_init();
+        if (reason >= 0 && reason < _MGMT_REFUSED_MAX)
+                cp_counter_inc(mm.refused[strcmp(service, "proxy") == 0][reason]);
 }
 
 /* ---- REST API (mgmt-http.c, loop thread) ---------------------------------------------- */

@@ -56,6 +56,21 @@ int64_t mgmt_metrics_now_ns(void);
  * every stream of the account here; maps = the maps queued. */
 void mgmt_metrics_fanout(int64_t started_ns, uint64_t maps);
 
+/* ---- requests refused before their handler (agent/, proxy/; any thread) ------------- */
+
+typedef enum mgmt_refused_reason {
+        MGMT_REFUSED_SIZE,              /* over the method's size limit */
+        MGMT_REFUSED_ENVELOPE,          /* EncryptedMessage or its wgPubKey malformed */
+        MGMT_REFUSED_BOX,               /* the box did not open */
+        MGMT_REFUSED_BUDGET,            /* decoding went over the per-call memory budget */
+        MGMT_REFUSED_DECODE,            /* the message did not decode */
+        MGMT_REFUSED_QUEUE,             /* the workers' queue (jobs or queued bytes) is full */
+        _MGMT_REFUSED_MAX,
+} mgmt_refused_reason;
+
+/* One request refused; service is "agent" or "proxy". */
+void mgmt_metrics_refused(const char *service, mgmt_refused_reason reason);
+
 /* ---- Login (mgmt-agent.c, any thread) --------------------------------------------- */
 
 /* One Login call's outcome; registration: it took the setup-key path. */
