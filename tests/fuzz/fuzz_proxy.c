@@ -1,10 +1,11 @@
 /*
  * fuzz_proxy: what the ProxyService parses from a reverse proxy (or from a
  * browser through one) before the store is asked:
- *   - every request type of proxy_service.proto, unpacked as
- *     services/management/proxy/mgmt-proxy-service.c and
- *     mgmt-proxy-stream.c unpack them (protobuf-c, into the call's arena),
- *     and packed back as answers are;
+ *   - every request type of proxy_service.proto through
+ *     mgmt_proxy_decode() (services/management/proxy), the one decoder of
+ *     the unary calls (into the call's arena, bit 6 clear) and the mapping
+ *     streams (malloc, bit 6 set), with its size limit and arena budget;
+ *     a decoded message is packed back as answers are;
  *   - session tokens (ValidateSession; common/proxyauth
  *     cp_proxyauth_session_verify) against a fixed service key: the
  *     bytes as the token text, or, in the signing mode, as the header and
@@ -15,7 +16,7 @@
  *     of a state the harness makes, which must come back unchanged.
  *
  * Input: byte 0 chooses (low 5 bits, modulo the choices; bit 7 = signing
- * mode), the rest is the message.
+ * mode, bit 6 = decode with malloc), the rest is the message.
  *
  * CP_FUZZ_WRITE_SEEDS=DIR writes the seed corpus to DIR and exits.
  */
@@ -23,8 +24,11 @@
 #include "cp/proxyauth.h"
 #include "cp-methods.h"
 #include "mgmt-arena.h"
+#include "mgmt-proxy-int.h"
 
 #include <fcntl.h>
+#include <grpc/byte_buffer.h>
+#include <grpc/slice.h>
 #include <sodium.h>
 
 #include "proxy_service.pb-c.h"
@@ -131,15 +135,29 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 state(p, n, sign);
                 return 0;
         }
+        /* Unary calls decode into the call's arena, the mapping streams
+         * with malloc (bit 6). */
+        bool in_arena = !(data[0] & 0x40);
         mgmt_arena arena;
+        grpc_slice slice = grpc_slice_from_copied_buffer((const char *) p, n);
+        grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&slice, 1);
+        grpc_status_code st = GRPC_STATUS_OK;
+        char msg[160] = "";
+
+        grpc_slice_unref(slice);
         mgmt_arena_init(&arena);
-        ProtobufCMessage *m = protobuf_c_message_unpack(messages[choice], mgmt_arena_pb(&arena), n, p);
+        ProtobufCMessage *m = mgmt_proxy_decode(&cp_proto_proxy_methods[choice], bb, in_arena ? &arena : NULL,
+                                                false, &st, msg, sizeof msg);
         if (m) {
                 size_t len = protobuf_c_message_get_packed_size(m);
                 uint8_t *out = mgmt_arena_alloc(&arena, len + 1);
                 if (protobuf_c_message_pack(m, out) != len)
                         abort();
-        }
+                if (!in_arena)
+                        protobuf_c_message_free_unpacked(m, NULL);
+        } else if (st == GRPC_STATUS_OK || !msg[0])
+                abort();        /* a refusal always says why */
+        grpc_byte_buffer_destroy(bb);
         mgmt_arena_release(&arena);
         return 0;
 }
