@@ -89,7 +89,7 @@ static int read_ttl(reader *r, const json_t *obj, const char *key, const char *w
         else if (json_is_real(v)) {
                 double d = json_real_value(v) / 1e6;
                 /* Bounded before the conversion, which is undefined out of
-                 * int64_t's range (found by tests/fuzz, fuzz_config). */
+                 * int64_t's range (tests/fuzz: fuzz_config's regress-ttl-real). */
                 if (!(d > -1e15 && d < 1e15))
                         return bad(r, w, "%g is out of range", json_real_value(v));
                 ms = (int64_t) d;
