@@ -118,8 +118,8 @@ static int normalise_server(json_t *e, json_t *out) {
         size_t n;
 
         /* Checked as a double: a port such as 1e300 must not reach the
-         * int64_t conversion, which is undefined out of range (found by
-         * tests/fuzz). */
+         * int64_t conversion, which is undefined out of range (the
+         * pattern tests/fuzz found in common/proxyauth). */
         if (!(dport >= 0 && dport <= INT32_MAX))
                 return -1;
         int64_t port = (int64_t) dport;
