@@ -113,9 +113,16 @@ static int parse_nsg(api_ctx *c, nsg_req *q) {
 static int normalise_server(json_t *e, json_t *out) {
         const char *ip = "", *type = "";
         json_t *jp = json_object_get(e, "port");
-        int64_t port = json_is_number(jp) ? (int64_t) json_number_value(jp) : 0;
+        double dport = json_is_number(jp) ? json_number_value(jp) : 0;
         char host[64], canon[64];
         size_t n;
+
+        /* Checked as a double: a port such as 1e300 must not reach the
+         * int64_t conversion, which is undefined out of range (the
+         * pattern tests/fuzz found in common/proxyauth). */
+        if (!(dport >= 0 && dport <= INT32_MAX))
+                return -1;
+        int64_t port = (int64_t) dport;
 
         if (json_is_string(json_object_get(e, "ip")))
                 ip = json_string_value(json_object_get(e, "ip"));

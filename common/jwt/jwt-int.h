@@ -101,6 +101,10 @@ struct cp_jwt {
         atomic_uint_fast64_t n_fetch_failures;
 };
 
+/* jwt.c: true when s[0..n) is base64url without padding that decodes
+ * (cjose asserts on some malformed input: check before cjose decodes). */
+bool cp_jwt_b64url_ok(const char *s, size_t n);
+
 /* jwt-keys.c */
 int cp_jwt_keys_start(cp_jwt *j, cp_error *reterr);
 void cp_jwt_keys_stop(cp_jwt *j);
@@ -116,4 +120,15 @@ cp_jwt_keyset *cp_jwt_keys_current(cp_jwt *j, char **ret_issuer);
 cp_jwt_keyset *cp_jwt_keys_refetch_unknown_kid(cp_jwt *j);
 /* Wakes the background thread (no keys yet and a token arrived). */
 void cp_jwt_keys_kick(cp_jwt *j);
+/* The parsers of what the IdP sends (also for tests/fuzz): a JWKS
+ * document into a new key set (-EBADMSG: not a JWKS, or no usable key),
+ * an OIDC discovery document into its issuer and jwks_uri (malloc'd), a
+ * Cache-Control value's max-age. url only names the source in messages. */
+int cp_jwt_parse_jwks(const char *data, size_t len, const char *url, cp_jwt_keyset **ret, cp_error *reterr);
+int cp_jwt_parse_discovery(const char *data, size_t len, const char *url, char **ret_issuer, char **ret_jwks,
+                           cp_error *reterr);
+bool cp_jwt_parse_max_age(const char *v, size_t len, int64_t *ret);
+/* Puts ks (the reference is taken) in force for max_age_s, as a fetch
+ * would (tests/fuzz: keys without an IdP). */
+void cp_jwt_keys_install(cp_jwt *j, cp_jwt_keyset *ks, int64_t max_age_s);
 const cp_jwt_key *cp_jwt_keyset_find(const cp_jwt_keyset *ks, const char *kid);

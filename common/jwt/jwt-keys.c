@@ -64,7 +64,7 @@ const cp_jwt_key *cp_jwt_keyset_find(const cp_jwt_keyset *ks, const char *kid) {
 }
 
 /* Cache-Control: ..., max-age=N, ... (directive names are case-insensitive). */
-static bool parse_max_age(const char *v, size_t len, int64_t *ret) {
+bool cp_jwt_parse_max_age(const char *v, size_t len, int64_t *ret) {
         size_t i = 0;
 
         while (i < len) {
@@ -98,7 +98,7 @@ static size_t on_header(char *p, size_t size, size_t nmemb, void *userdata) {
                 d->have_max_age = false;        /* a new response (after a redirect) */
         else if (n > sizeof name - 1 && strncasecmp(p, name, sizeof name - 1) == 0) {
                 int64_t v;
-                if (parse_max_age(p + sizeof name - 1, n - (sizeof name - 1), &v)) {
+                if (cp_jwt_parse_max_age(p + sizeof name - 1, n - (sizeof name - 1), &v)) {
                         d->max_age = v;
                         d->have_max_age = true;
                 }
@@ -190,10 +190,10 @@ static bool http_url(const char *s) {
                !strpbrk(s, " \t\r\n");
 }
 
-static int parse_discovery(const http_doc *d, const char *url, char **ret_issuer, char **ret_jwks,
+int cp_jwt_parse_discovery(const char *data, size_t len, const char *url, char **ret_issuer, char **ret_jwks,
                            cp_error *reterr) {
         json_error_t jerr;
-        json_t *root = json_loadb(d->data, d->len, 0, &jerr);
+        json_t *root = json_loadb(data, len, 0, &jerr);
         const char *iss, *jwks;
         int r = 0;
 
@@ -251,6 +251,14 @@ static bool import_key(json_t *o, cp_jwt_key *k) {
         } else
                 return false;
 
+        /* Every member cjose decodes must be base64url it can decode
+         * without tripping an assertion (cp_jwt_b64url_ok). */
+        static const char *const b64_members[] = { "n", "e", "d", "p", "q", "dp", "dq", "qi", "x", "y", "k" };
+        for (size_t i = 0; i < ELEMENTSOF(b64_members); i++) {
+                json_t *m = json_object_get(o, b64_members[i]);
+                if (m && (!json_is_string(m) || !cp_jwt_b64url_ok(json_string_value(m), json_string_length(m))))
+                        return false;
+        }
         _cleanup_free_ char *text = json_dumps(o, JSON_COMPACT);
         if (!text)
                 return false;
@@ -273,9 +281,9 @@ static bool import_key(json_t *o, cp_jwt_key *k) {
         return true;
 }
 
-static int parse_jwks(const http_doc *d, const char *url, cp_jwt_keyset **ret, cp_error *reterr) {
+int cp_jwt_parse_jwks(const char *data, size_t len, const char *url, cp_jwt_keyset **ret, cp_error *reterr) {
         json_error_t jerr;
-        json_t *root = json_loadb(d->data, d->len, 0, &jerr);
+        json_t *root = json_loadb(data, len, 0, &jerr);
         json_t *arr = json_object_get(root, "keys");
         cp_jwt_keyset *ks;
         size_t i;
@@ -322,7 +330,7 @@ static int fetch_unlocked(cp_jwt *j) {
         if (discover) {
                 r = http_get(j, j->oidc_endpoint, &d, &err);
                 if (r >= 0) {
-                        r = parse_discovery(&d, j->oidc_endpoint, &new_issuer, &new_jwks, &err);
+                        r = cp_jwt_parse_discovery(d.data, d.len, j->oidc_endpoint, &new_issuer, &new_jwks, &err);
                         free(d.data);
                 }
                 if (r < 0) {
@@ -334,7 +342,7 @@ static int fetch_unlocked(cp_jwt *j) {
         }
         r = http_get(j, url, &d, &err);
         if (r >= 0) {
-                r = parse_jwks(&d, url, &ks, &err);
+                r = cp_jwt_parse_jwks(d.data, d.len, url, &ks, &err);
                 free(d.data);
         }
         if (r < 0)
@@ -446,6 +454,19 @@ int cp_jwt_keys_start(cp_jwt *j, cp_error *reterr) {
                 return cp_error_set(reterr, -r, "cannot start the JWKS thread: %s", strerror(r));
         j->thread_started = true;
         return 0;
+}
+
+void cp_jwt_keys_install(cp_jwt *j, cp_jwt_keyset *ks, int64_t max_age_s) {
+        cp_jwt_keyset *old;
+
+        pthread_mutex_lock(&j->lock);
+        old = j->keys;
+        j->keys = ks;
+        j->keys_expire_ms = cp_now_mono_ms() + max_age_s * 1000;
+        (void) snprintf(j->reason, sizeof j->reason, "%zu signing keys installed", ks->n);
+        pthread_cond_broadcast(&j->cond);
+        pthread_mutex_unlock(&j->lock);
+        cp_jwt_keyset_unref(old);
 }
 
 void cp_jwt_keys_stop(cp_jwt *j) {

@@ -294,6 +294,36 @@ static int check_claims(cp_jwt *j, json_t *payload, const char *issuer, int64_t 
         return 0;
 }
 
+bool cp_jwt_b64url_ok(const char *s, size_t n) {
+        /* A length of 4k+1 leaves 6 bits that make no byte. */
+        if (n % 4 == 1)
+                return false;
+        for (size_t i = 0; i < n; i++) {
+                char c = s[i];
+                if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
+                      c == '_'))
+                        return false;
+        }
+        return true;
+}
+
+/* Three base64url segments (RFC 7515 compact form, no padding), checked
+ * before cjose decodes any: Debian's libcjose 0.6 aborts the process on an
+ * assertion for some malformed base64url (a stray '=' inside a segment;
+ * found by tests/fuzz, fuzz_jwt). */
+static bool compact_ok(const char *token, size_t len) {
+        const char *p = token, *end = token + len;
+
+        for (int part = 0; part < 3; part++) {
+                const char *dot = memchr(p, '.', (size_t) (end - p));
+                const char *e = part < 2 ? dot : end;
+                if (!e || (part == 2 && dot) || !cp_jwt_b64url_ok(p, (size_t) (e - p)))
+                        return false;
+                p = e + 1;
+        }
+        return true;
+}
+
 /* The protected header, decoded before cjose sees the token, so refused
  * algorithms get a precise message. */
 static json_t *decode_header(const char *token, size_t len) {
@@ -356,6 +386,8 @@ static int validate(cp_jwt *j, const char *token, cp_jwt_claims **ret, cp_error 
                 return cp_error_set(reterr, -EACCES, "no token");
         if (len > CP_JWT_MAX_TOKEN_LEN)
                 return cp_error_set(reterr, -E2BIG, "token longer than %d bytes", CP_JWT_MAX_TOKEN_LEN);
+        if (!compact_ok(token, len))
+                return cp_error_set(reterr, -EACCES, "malformed token (not three base64url segments)");
         if (!EVP_Digest(token, len, hash, &hlen, EVP_sha256(), NULL) || hlen != sizeof hash)
                 return cp_error_set(reterr, -EIO, "SHA-256 failed");
         for (size_t i = 0; i < sizeof hash; i++)

@@ -181,7 +181,9 @@ static int num_claim(const json_t *claims, const char *name, int64_t *ret, bool 
                 return 0;
         if (json_is_integer(v))
                 *ret = json_integer_value(v);
-        else if (json_is_real(v))
+        else if (json_is_real(v) && json_real_value(v) > -1e15 && json_real_value(v) < 1e15)
+                /* Bounded first: converting a double out of int64_t's
+                 * range is undefined (found by tests/fuzz, fuzz_proxy). */
                 *ret = (int64_t) json_real_value(v);
         else
                 return -EINVAL;

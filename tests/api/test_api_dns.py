@@ -22,6 +22,26 @@ def events(dep, target, codes):
                    " AND activity = ANY (%s) ORDER BY id", (dep.account_id, target, list(codes)))
 
 
+
+@test
+def fuzz_findings_are_client_errors():
+    """What tests/fuzz found (docs/fuzzing.md): a path or query that is not
+    UTF-8 reached PostgreSQL, which refused it: a 500; it is a 400 now and
+    nothing is written. Ports out of range, as integers and as numbers no
+    integer holds, are refused too (the conversion is bounded)."""
+    dep, srv, api = apifix.start()
+    gall = all_group(api)
+    serial0 = dep.network_serial()
+    for port, status in ((1e300, 400), (-1e300, 400), (3000000000, 422), (-1, 422)):
+        api.error("POST", "/api/dns/nameservers", status,
+                  ns_body([gall], nameservers=[{"ip": "10.0.0.53", "ns_type": "udp", "port": port}]))
+    api.error("GET", "/api/dns/nameservers/%ff%fe", 400, message="invalid path")
+    api.error("DELETE", "/api/groups/%c0%af", 400, message="invalid path")
+    api.error("GET", "/api/peers?name=%ff", 400, message="invalid query")
+    # Valid UTF-8 still goes through.
+    api.error("GET", "/api/dns/nameservers/M%C3%BCnchen", 404)
+    assert dep.network_serial() == serial0
+
 @test
 def nameserver_group_crud():
     dep, srv, api = apifix.start()

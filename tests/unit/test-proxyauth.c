@@ -81,6 +81,47 @@ TEST(verify_refuses_what_the_proxy_refuses) {
                   "a.example", T0, NULL, NULL));
 }
 
+/* header.claims signed with sk, as the server's signer would. */
+static char *sign_raw(const uint8_t sk[64], const char *claims) {
+        static const char hdr[] = "{\"alg\":\"EdDSA\",\"typ\":\"JWT\"}";
+        char h[128], c[512], sig64[128];
+        uint8_t sig[64];
+
+        sodium_bin2base64(h, sizeof h, (const uint8_t *) hdr, strlen(hdr), sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+        sodium_bin2base64(c, sizeof c, (const uint8_t *) claims, strlen(claims),
+                          sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+        _cleanup_free_ char *signing = cp_xasprintf("%s.%s", h, c);
+        crypto_sign_detached(sig, NULL, (const uint8_t *) signing, strlen(signing), sk);
+        sodium_bin2base64(sig64, sizeof sig64, sig, sizeof sig, sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+        return cp_xasprintf("%s.%s", signing, sig64);
+}
+
+/* tests/fuzz (fuzz_proxy) found a real-valued time claim converted to
+ * int64_t unchecked: undefined for 1e300 (x86 made it INT64_MIN, so the
+ * token read as expired). Out of range is a malformed claim now; a real
+ * in range still counts. */
+TEST(verify_time_claims_as_reals) {
+        uint8_t seed[32], pub[32], sk[64];
+        cp_error err = { 0 };
+
+        seed_0_31(seed);
+        crypto_sign_seed_keypair(pub, sk, seed);
+        static const char *const huge[] = { "exp", "nbf", "iat" };
+        for (size_t i = 0; i < ELEMENTSOF(huge); i++) {
+                _cleanup_free_ char *claims = cp_xasprintf(
+                        "{\"iss\":\"netbird-management\",\"sub\":\"u\",\"aud\":[\"a.example\"],\"%s\":1e300}", huge[i]);
+                _cleanup_free_ char *tok = sign_raw(sk, claims);
+                ASSERT_EQ(-EINVAL, cp_proxyauth_session_verify(pub, NULL, tok, "a.example", T0, NULL, NULL));
+                _cleanup_free_ char *neg = cp_xasprintf(
+                        "{\"iss\":\"netbird-management\",\"sub\":\"u\",\"aud\":[\"a.example\"],\"%s\":-1e300}", huge[i]);
+                _cleanup_free_ char *tok2 = sign_raw(sk, neg);
+                ASSERT_EQ(-EINVAL, cp_proxyauth_session_verify(pub, NULL, tok2, "a.example", T0, NULL, NULL));
+        }
+        _cleanup_free_ char *ok = sign_raw(sk, "{\"iss\":\"netbird-management\",\"sub\":\"u\",\"aud\":[\"a.example\"],"
+                                               "\"exp\":1700000060.5,\"nbf\":1699999999.5}");
+        ASSERT_OK(cp_proxyauth_session_verify(pub, NULL, ok, "a.example", T0, NULL, &err), &err);
+}
+
 TEST(keypair_sealed_with_the_data_key) {
         uint8_t key[32], other[32], seed[32], pub[32], pk[32], sk[64];
         _cleanup_free_ char *sealed = NULL;

@@ -24,7 +24,8 @@ typedef struct shared_slot {
 } shared_slot;
 
 struct mgmt_keys {
-        cp_store *store;                /* borrowed */
+        cp_store *store;                /* borrowed; NULL: the fixed set below (mgmt_keys_new_fixed) */
+        mgmt_key_set fixed;             /* wiped in mgmt_keys_free */
         uint8_t data_key[32];           /* wiped in mgmt_keys_free */
 
         pthread_mutex_t lock;           /* guards set; never held across I/O */
@@ -51,8 +52,13 @@ static void fill_key(mgmt_server_key *k, const uint8_t priv[32], const uint8_t p
 /* Reads the row into a fresh set (version not set). */
 static int load(mgmt_keys *k, mgmt_key_set *out, cp_error *reterr) {
         cp_store_server_keys sk;
-        int r = cp_store_server_keys_load(k->store, k->data_key, &sk, reterr);
+        int r;
 
+        if (!k->store) {
+                *out = k->fixed;
+                return 0;
+        }
+        r = cp_store_server_keys_load(k->store, k->data_key, &sk, reterr);
         if (r < 0)
                 return r;
         memset(out, 0, sizeof *out);
@@ -93,6 +99,34 @@ int mgmt_keys_new(cp_store *store, const uint8_t data_key[32], mgmt_keys **ret, 
         k->set.version = 1;
         cp_log_kv(&log_ctx, CP_LOG_INFO, "server key ready", "public_key", k->set.key[0].pub_b64,
                   "previous_key", k->set.n == 2 ? k->set.key[1].pub_b64 : NULL, NULL);
+        *ret = k;
+        return 0;
+}
+
+int mgmt_keys_new_fixed(const uint8_t priv[CP_WG_KEY_LEN], const uint8_t *prev_priv, mgmt_keys **ret,
+                        cp_error *reterr) {
+        mgmt_keys *k = cp_xcalloc(1, sizeof *k);
+        uint8_t pub[CP_WG_KEY_LEN];
+        int r;
+
+        pthread_mutex_init(&k->lock, NULL);
+        pthread_mutex_init(&k->reload_lock, NULL);
+        pthread_mutex_init(&k->cache_lock, NULL);
+        k->cache = cp_xcalloc((size_t) 1 << SHARED_CACHE_BITS, sizeof *k->cache);
+        for (unsigned i = 0; i < 2; i++) {
+                const uint8_t *p = i == 0 ? priv : prev_priv;
+                if (!p)
+                        break;
+                r = cp_crypto_wg_public_from_private(p, pub, reterr);
+                if (r < 0) {
+                        mgmt_keys_free(k);
+                        return r;
+                }
+                fill_key(&k->fixed.key[i], p, pub);
+                k->fixed.n = i + 1;
+        }
+        k->set = k->fixed;
+        k->set.version = 1;
         *ret = k;
         return 0;
 }

@@ -60,6 +60,11 @@ typedef struct mgmt_keys mgmt_keys;
  * mgmt_keys_free(). The store is borrowed and must outlive the keys.
  * Errors as cp_store_server_keys_load (-EKEYREJECTED: wrong data key). */
 int mgmt_keys_new(cp_store *store, const uint8_t data_key[32], mgmt_keys **ret, cp_error *reterr);
+/* Keys without a database (tests/fuzz): the pair of priv and, when
+ * prev_priv is not NULL, a previous pair; reloads find the same set.
+ * -EINVAL for a key that is not a usable X25519 private key. */
+int mgmt_keys_new_fixed(const uint8_t priv[CP_WG_KEY_LEN], const uint8_t *prev_priv, mgmt_keys **ret,
+                        cp_error *reterr);
 /* Accepts NULL; returns NULL. */
 mgmt_keys *mgmt_keys_free(mgmt_keys *k);
 /* Wipes the secrets held without freeing anything (an exit that leaves a

@@ -86,9 +86,14 @@ static int read_ttl(reader *r, const json_t *obj, const char *key, const char *w
                         return bad(r, w, "\"%.40s\" is not a duration (e.g. \"12h\", \"30m\")", s);
         } else if (json_is_integer(v))
                 ms = (int64_t) (json_integer_value(v) / 1000000);
-        else if (json_is_real(v))
-                ms = (int64_t) (json_real_value(v) / 1e6);
-        else
+        else if (json_is_real(v)) {
+                double d = json_real_value(v) / 1e6;
+                /* Bounded before the conversion, which is undefined out of
+                 * int64_t's range (tests/fuzz: fuzz_config's regress-ttl-real). */
+                if (!(d > -1e15 && d < 1e15))
+                        return bad(r, w, "%g is out of range", json_real_value(v));
+                ms = (int64_t) d;
+        } else
                 return want(r, w, v, false, "a duration string");
         *ret_s = ms >= 1000 ? ms / 1000 : DEFAULT_TTL_S;
         return 0;
