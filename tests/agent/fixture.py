@@ -178,6 +178,24 @@ class Deployment:
         return self.sql("SELECT network_serial FROM accounts WHERE id = %s", (self.account_id,))[0][0]
 
 
+def deployment_on(dsn):
+    """A Deployment bootstrapped in the database dsn names (a
+    svc.PrivatePostgres the test owns), instead of a new database on the
+    shared PostgreSQL."""
+    dep = Deployment.__new__(Deployment)
+    dep.dsn, dep.db = dsn, None
+    dep.enc_key = base64.b64encode(secrets.token_bytes(32)).decode()
+    dep.config_path = ""
+    dep.servers = []
+    r = svc.run(["bootstrap", "--config="], env=dep.env())
+    assert r.rc == 0, "bootstrap failed: %r" % r
+    v = parse_env_output(r.out)
+    dep.account_id, dep.setup_key, dep.user_id = v["ACCOUNT_ID"], v["SETUP_KEY"], v["USER_ID"]
+    dep.admin_token = v.get("ADMIN_TOKEN")
+    dep.network = ipaddress.ip_network(v["NETWORK"]) if v.get("NETWORK") else None
+    return dep
+
+
 def stop_server(srv):
     """SIGTERM and wait; SIGKILL after STOP_TIMEOUT (and fail the test)."""
     if srv.proc.poll() is not None:

@@ -19,14 +19,10 @@ a user would, and none of them may appear in that log:
 The log must hold those statements with their parameters (checked with
 the stored hash of a key), so an empty log cannot pass."""
 
-import base64
-import ipaddress
 import os
 import secrets
-import shutil
 import subprocess
 import sys
-import tempfile
 
 import apifix
 from apifix import sql_peer, svc
@@ -36,11 +32,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "agent"))
 
 import fixture  # noqa: E402
-from fixture import Deployment, parse_env_output, setup_key_hash  # noqa: E402
+from fixture import parse_env_output, setup_key_hash  # noqa: E402
 from nbagent import build_meta  # noqa: E402
 
-REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
-CLUSTER_SH = os.path.join(REPO, "deploy", "lib", "cluster.sh")
 CLUSTER = "secrets.proxy.test"
 
 # What makes PostgreSQL write every statement and its parameters.
@@ -48,54 +42,17 @@ LOGGING = {"log_statement": "all", "log_min_duration_statement": "0", "log_param
            "log_parameter_max_length_on_error": "-1", "log_min_error_statement": "error"}
 
 
-class LoggingPostgres:
-    """A PostgreSQL cluster of this test's own (deploy/lib/cluster.sh) on a
-    free port, with statement logging on; log() is its server log."""
+def logging_postgres():
+    """svc.PrivatePostgres with statement logging on; .log() is its server
+    log."""
+    pg = svc.PrivatePostgres(prefix="cp-seclog.")
+    for k, v in LOGGING.items():
+        svc.execute(pg.dsn, "ALTER SYSTEM SET %s = '%s'" % (k, v))
+    svc.execute(pg.dsn, "SELECT pg_reload_conf()")
+    fixture.wait_until(lambda: svc.query(pg.dsn, "SHOW log_statement") == [("all",)], timeout=10,
+                       what="log_statement = all")
+    return pg
 
-    def __init__(self):
-        bindir = os.environ.get("CP_TEST_PG_BINDIR", "")
-        if not bindir or not os.access(os.path.join(bindir, "initdb"), os.X_OK):
-            raise svc.Skip("CP_TEST_PG_BINDIR not set (tests/run sets it)")
-        self.tmp = tempfile.mkdtemp(prefix="cp-seclog.", dir="/tmp")
-        os.chmod(self.tmp, 0o711)        # the PostgreSQL user must reach it
-        svc.defer(shutil.rmtree, self.tmp, True)
-        self.base = os.path.join(self.tmp, "pg")
-        self.port = svc.free_port()
-        self.dsn = "host=127.0.0.1 port=%d user=postgres dbname=postgres connect_timeout=5" % self.port
-        self._sh('cl_pg_init "$1" fast', self.base)
-        svc.defer(self._sh, 'cl_pg_stop "$1"', self.base)
-        self._sh('cl_pg_start "$1" "$2"', self.base, str(self.port))
-        for k, v in LOGGING.items():
-            svc.execute(self.dsn, "ALTER SYSTEM SET %s = '%s'" % (k, v))
-        svc.execute(self.dsn, "SELECT pg_reload_conf()")
-        fixture.wait_until(lambda: svc.query(self.dsn, "SHOW log_statement") == [("all",)], timeout=10,
-                           what="log_statement = all")
-
-    def _sh(self, cmd, *args):
-        p = subprocess.run(["bash", "-c", ". '%s' && %s" % (CLUSTER_SH, cmd), "cluster"] + list(args),
-                           capture_output=True, text=True, timeout=120)
-        assert p.returncode == 0, "%s failed: %s%s" % (cmd, p.stdout, p.stderr)
-        return p.stdout
-
-    def log(self):
-        with open(os.path.join(self.base, "postgres.log"), errors="replace") as f:
-            return f.read()
-
-
-def deployment_on(dsn):
-    """fixture.Deployment bootstrapped in the database dsn names."""
-    dep = Deployment.__new__(Deployment)
-    dep.dsn, dep.db = dsn, None
-    dep.enc_key = base64.b64encode(secrets.token_bytes(32)).decode()
-    dep.config_path = ""
-    dep.servers = []
-    r = svc.run(["bootstrap", "--config="], env=dep.env())
-    assert r.rc == 0, "bootstrap failed: %r" % r
-    v = parse_env_output(r.out)
-    dep.account_id, dep.setup_key, dep.user_id = v["ACCOUNT_ID"], v["SETUP_KEY"], v["USER_ID"]
-    dep.admin_token = v["ADMIN_TOKEN"]
-    dep.network = ipaddress.ip_network(v["NETWORK"])
-    return dep
 
 
 def admin(dep, *args):
@@ -115,8 +72,8 @@ def variants(plain):
 
 @test
 def no_secret_reaches_the_postgresql_log():
-    pg = LoggingPostgres()
-    dep = deployment_on(pg.dsn)
+    pg = logging_postgres()
+    dep = fixture.deployment_on(pg.dsn)
     srv = dep.start()
     api = apifix.Api(srv.url(""), dep.admin_token)
     plain = {"bootstrap setup key": dep.setup_key, "bootstrap admin token": dep.admin_token}

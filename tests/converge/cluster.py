@@ -16,15 +16,12 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 
 import svc
 import fixture
 from fixture import wait_until
 
-REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-CLUSTER_SH = os.path.join(REPO, "deploy", "lib", "cluster.sh")
 FAKETIME_LIBS = ("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
                  "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 
@@ -76,40 +73,10 @@ class Redis:
         wait_until(lambda: not port_answers(self.port), timeout=10, what="redis port closed")
 
 
-class Postgres:
-    """A PostgreSQL cluster of our own (deploy/lib/cluster.sh), on a free port."""
-
-    def __init__(self):
-        bindir = os.environ.get("CP_TEST_PG_BINDIR", "")
-        if not bindir or not os.access(os.path.join(bindir, "pg_ctl"), os.X_OK):
-            raise svc.Skip("CP_TEST_PG_BINDIR not set (tests/run sets it)")
-        self.bindir = bindir
-        self.tmp = tempfile.mkdtemp(prefix="cp-conv.", dir="/tmp")
-        os.chmod(self.tmp, 0o711)
-        svc.defer(shutil.rmtree, self.tmp, True)
-        self.base = os.path.join(self.tmp, "pg")
-        self.port = svc.free_port()
-        self.dsn = "host=127.0.0.1 port=%d user=postgres dbname=postgres connect_timeout=5" % self.port
-        self._sh('cl_pg_init "$1" fast', self.base)
-        svc.defer(self.stop)
-        self.start()
-
-    def _sh(self, cmd, *args):
-        p = subprocess.run(["bash", "-c", ". '%s' && %s" % (CLUSTER_SH, cmd), "cluster"] + list(args),
-                           capture_output=True, text=True, timeout=120)
-        assert p.returncode == 0, "%s failed: %s%s" % (cmd, p.stdout, p.stderr)
-        return p.stdout
-
-    def start(self):
-        self._sh('cl_pg_start "$1" "$2"', self.base, str(self.port))
-
-    def stop(self):
-        self._sh('cl_pg_stop "$1"', self.base)
-
-    def stop_immediate(self):
-        """pg_ctl stop -m immediate: no checkpoint, every backend killed
-        (a crash as far as the clients can tell)."""
-        self._sh('cl_as_pg "$2/pg_ctl" stop -D "$1/data" -m immediate -w -t 30 -s', self.base, self.bindir)
+def Postgres():
+    """PostgreSQL of the checker's own (svc.PrivatePostgres): start, stop,
+    stop_immediate for the PostgreSQL fault."""
+    return svc.PrivatePostgres(prefix="cp-conv.")
 
 
 class Replica:

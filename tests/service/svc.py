@@ -8,6 +8,7 @@ binary's path is the first command-line argument (meson passes it).
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -179,6 +180,57 @@ def free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+CLUSTER_SH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "deploy", "lib", "cluster.sh")
+
+
+class PrivatePostgres:
+    """A PostgreSQL cluster of the test's own (deploy/lib/cluster.sh:
+    cl_pg_init fast, cl_pg_start, cl_pg_stop = pg_ctl stop -m fast on the
+    pid in postmaster.pid), on a free port, stopped and removed at exit;
+    dsn is its postgres database. For tests that stop, crash or
+    reconfigure PostgreSQL (the shared one of tests/run stays untouched)."""
+
+    def __init__(self, prefix="cp-pg."):
+        bindir = os.environ.get("CP_TEST_PG_BINDIR", "")
+        if not bindir or not os.access(os.path.join(bindir, "initdb"), os.X_OK):
+            raise Skip("CP_TEST_PG_BINDIR not set (tests/run sets it)")
+        self.bindir = bindir
+        # The PostgreSQL user must reach the directory (tests/run does the same).
+        self.tmp = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+        os.chmod(self.tmp, 0o711)
+        defer(shutil.rmtree, self.tmp, True)
+        self.base = os.path.join(self.tmp, "pg")
+        self.port = free_port()
+        self.dsn = "host=127.0.0.1 port=%d user=postgres dbname=postgres connect_timeout=5" % self.port
+        self._sh('cl_pg_init "$1" fast', self.base)
+        defer(self.stop)
+        self.start()
+
+    def _sh(self, cmd, *args, check=True):
+        p = subprocess.run(["bash", "-c", ". '%s' && %s" % (CLUSTER_SH, cmd), "cluster"] + list(args),
+                           capture_output=True, text=True, timeout=120)
+        assert not check or p.returncode == 0, "%s failed: %s%s" % (cmd, p.stdout, p.stderr)
+        return p
+
+    def start(self):
+        self._sh('cl_pg_start "$1" "$2"', self.base, str(self.port))
+
+    def stop(self):
+        self._sh('cl_pg_stop "$1"', self.base)
+
+    def stop_immediate(self):
+        """pg_ctl stop -m immediate: no checkpoint, every backend killed
+        (a crash as far as the clients can tell)."""
+        self._sh('cl_as_pg "$2/pg_ctl" stop -D "$1/data" -m immediate -w -t 30 -s', self.base, self.bindir)
+
+    def running(self):
+        return self._sh('cl_pg_pid "$1"', self.base, check=False).returncode == 0
+
+    def log(self):
+        with open(os.path.join(self.base, "postgres.log"), errors="replace") as f:
+            return f.read()
 
 
 def tmpdir():

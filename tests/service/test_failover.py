@@ -21,7 +21,6 @@ The Redis and PostgreSQL that get stopped are private to their test
 tests/run (CP_TEST_PG_DSN, CP_TEST_REDIS_URL) are never touched.
 """
 
-import base64
 import concurrent.futures
 import os
 import queue
@@ -30,7 +29,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -46,8 +44,6 @@ from nbagent import RpcFailed, StreamEnded, build_meta  # noqa: E402
 from svc import test  # noqa: E402
 
 SC = grpc.StatusCode
-REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
-CLUSTER_SH = os.path.join(REPO, "deploy", "lib", "cluster.sh")
 FAKETIME_LIBS = ("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
                  "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 REAP_MSG = "replica missed its heartbeats; its sessions are disconnected"
@@ -172,59 +168,6 @@ class PrivateRedis:
                 return f.read()[-2000:]
         except OSError:
             return ""
-
-
-class PrivatePostgres:
-    """A PostgreSQL cluster of this test's own (deploy/lib/cluster.sh:
-    cl_pg_init fast, cl_pg_start, cl_pg_stop = pg_ctl stop -m fast on the
-    pid in postmaster.pid), on a free port; dsn is its postgres database."""
-
-    def __init__(self):
-        bindir = os.environ.get("CP_TEST_PG_BINDIR", "")
-        if not bindir or not os.access(os.path.join(bindir, "initdb"), os.X_OK):
-            raise svc.Skip("CP_TEST_PG_BINDIR not set (tests/run sets it)")
-        # The PostgreSQL user must reach the directory (tests/run does the same).
-        self.tmp = tempfile.mkdtemp(prefix="cp-fo.", dir="/tmp")
-        os.chmod(self.tmp, 0o711)
-        svc.defer(shutil.rmtree, self.tmp, True)
-        self.base = os.path.join(self.tmp, "pg")
-        self.port = svc.free_port()
-        self.dsn = "host=127.0.0.1 port=%d user=postgres dbname=postgres connect_timeout=5" % self.port
-        self._sh('cl_pg_init "$1" fast', self.base)
-        svc.defer(self.stop)
-        self.start()
-
-    def _sh(self, cmd, *args):
-        p = subprocess.run(["bash", "-c", ". '%s' && %s" % (CLUSTER_SH, cmd), "cluster"] + list(args),
-                           capture_output=True, text=True, timeout=120)
-        assert p.returncode == 0, "%s failed: %s%s" % (cmd, p.stdout, p.stderr)
-        return p.stdout
-
-    def start(self):
-        self._sh('cl_pg_start "$1" "$2"', self.base, str(self.port))
-
-    def stop(self):
-        self._sh('cl_pg_stop "$1"', self.base)
-
-    def running(self):
-        p = subprocess.run(["bash", "-c", ". '%s' && cl_pg_pid \"$1\"" % CLUSTER_SH, "cluster", self.base],
-                           capture_output=True, text=True, timeout=30)
-        return p.returncode == 0
-
-
-def deployment_on(dsn):
-    """A fixture.Deployment bootstrapped in the database dsn names (whose
-    whole server the test owns), instead of a database on the shared one."""
-    dep = Deployment.__new__(Deployment)
-    dep.dsn, dep.db = dsn, None
-    dep.enc_key = base64.b64encode(secrets.token_bytes(32)).decode()
-    dep.config_path = ""
-    dep.servers = []
-    r = svc.run(["bootstrap", "--config="], env=dep.env())
-    assert r.rc == 0, "bootstrap failed: %r" % r
-    v = fixture.parse_env_output(r.out)
-    dep.account_id, dep.setup_key, dep.user_id = v["ACCOUNT_ID"], v["SETUP_KEY"], v["USER_ID"]
-    return dep
 
 
 def note(text):
@@ -428,8 +371,8 @@ def postgres_restart_under_two_replicas():
     looked old when the database came back), a new agent registers and
     syncs on each replica, the streams held across the outage stay open
     and still get pushes, and once they end no peer is marked connected."""
-    pg = PrivatePostgres()
-    dep = deployment_on(pg.dsn)
+    pg = svc.PrivatePostgres(prefix="cp-fo.")
+    dep = fixture.deployment_on(pg.dsn)
     # Different heartbeat intervals spread the moments the two come back,
     # so that reaping too early could not hide behind simultaneous returns.
     srvs = [dep.start("--heartbeat-interval", hb, "--replica-expiry", "1s", "--serial-check-interval", "1s")
@@ -500,8 +443,8 @@ def stream_ended_while_postgres_is_down_is_disconnected_later():
     connected: its owner is a live, heartbeating replica, so the reaper
     will never clear it, and every other peer would see it online until
     that replica exits. Bound: 10 s after /readyz is ready again."""
-    pg = PrivatePostgres()
-    dep = deployment_on(pg.dsn)
+    pg = svc.PrivatePostgres(prefix="cp-fo.")
+    dep = fixture.deployment_on(pg.dsn)
     srv = dep.start("--heartbeat-interval", "200ms", "--replica-expiry", "1s")
     rid = replica_id(srv)
     a = registered(dep, "leaves-during-outage", srv)
