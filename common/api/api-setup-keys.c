@@ -211,7 +211,9 @@ static int insert_key(api_ctx *c, const key_req *k, const char *id, const char *
 /* The only response that carries the plain key: the row's JSON from the
  * database (masked key), the plain key put in here. The plain key never
  * goes to PostgreSQL, not even as a parameter: a server with statement
- * logging would write it to its log. Every copy made here is wiped. */
+ * logging would write it to its log. The JSON string made here is
+ * wiped; the serialised response body (the REST layer's buffer, sent to
+ * the client) is freed without a wipe, as every response is. */
 static int reply_created(api_ctx *c, const char *id, const char *plain) {
         _cleanup_rows_ cp_store_rows *rows = NULL;
         const char *p[2] = { c->account_id, id };

@@ -640,7 +640,7 @@ static void open_done(mgmt_call *c, void *userdata) {
                 mgmt_sync__fanout_start(h, a, a->dirty_force);
         else if (h->lost_hints != s->lost_hints)
                 mgmt_sync__fanout_start(h, a, false);
-        else if (a->n_streams == 1)
+        else if (a->n_streams == 1 && a->db_serial <= s->first_serial)
                 a->db_serial = s->first_serial;
         else if (a->db_serial != s->first_serial)
                 mgmt_sync__fanout_start(h, a, false);
@@ -803,7 +803,11 @@ static void fanout_finish(mgmt_sync *h, fanout *f) {
                 if (a->building)
                         return;
         }
-        a->dirty = a->dirty_force = false;
+        /* No stream to run for now, but an open in progress may register
+         * into the entry (kept for it) with a map read before the change:
+         * it finds the entry dirty and runs once more (open_done). */
+        if (!(a->dirty && a->n_streams == 0 && h->setups > 0))
+                a->dirty = a->dirty_force = false;
         acct_maybe_free(h, a);
 }
 
@@ -1037,7 +1041,9 @@ void mgmt_sync__fanout_start(mgmt_sync *h, sync_acct *a, bool force) {
         f->n = n;
         a->dirty = a->dirty_force = false;
         if (n == 0 && !force) {
-                /* A hint with every stream ending: nobody to push to. */
+                /* A hint with every stream ending: nobody to push to now;
+                 * an open in progress runs it once it registers. */
+                a->dirty = h->setups > 0;
                 free(f->targets);
                 free(f);
                 return;
