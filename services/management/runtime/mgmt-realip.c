@@ -88,6 +88,9 @@ static void apply_values(const mgmt_realip *r, const char *xff, size_t xff_len, 
                         }
                         end = start - 1;
                 }
+                /* A proxy that sent X-Forwarded-For said it all: an
+                 * X-Real-IP beside it may be the client's own. */
+                return;
         }
         if (xri)
                 (void) take_address(xri, xri_len, ip, cap);

@@ -6,7 +6,9 @@
  * When the TCP peer of a call is inside one of the trusted prefixes, the
  * address comes from the headers NetBird reads, in its order:
  * X-Forwarded-For (the rightmost entry that is not itself a trusted
- * proxy), then X-Real-IP. Anything unparsable is ignored: the peer address
+ * proxy), X-Real-IP only when there is no X-Forwarded-For (a client
+ * may send its own X-Real-IP through a proxy that appends to
+ * X-Forwarded-For). Anything unparsable is ignored: the peer address
  * stays. Without trusted prefixes (the default) the headers are never
  * read. Immutable after creation; any thread.
  */
