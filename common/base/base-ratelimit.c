@@ -87,26 +87,31 @@ static void refill(const cp_ratelimit *rl, slot *s, int64_t now_ms) {
         }
 }
 
-/* Under the set's lock: the key's slot, made (full) when absent. */
-static slot *find(cp_ratelimit *rl, slot *set, uint64_t h, int64_t now_ms) {
-        slot *victim = NULL;
+/* Under the set's lock: the key's slot, made (full) when absent (only
+ * when make; else NULL). */
+static slot *find(cp_ratelimit *rl, slot *set, uint64_t h, int64_t now_ms, bool make) {
+        slot *victim = NULL, *oldest = &set[0];
 
         for (size_t i = 0; i < WAYS; i++)
                 if (set[i].h == h)
                         return &set[i];
+        if (!make)
+                return NULL;
         for (size_t i = 0; i < WAYS && !victim; i++)
                 if (set[i].h == 0)
                         victim = &set[i];
+        /* The least recently used, chosen before refill() moves every
+         * slot's last_ms to now. */
+        for (size_t i = 1; i < WAYS; i++)
+                if (set[i].last_ms < oldest->last_ms)
+                        oldest = &set[i];
         for (size_t i = 0; i < WAYS && !victim; i++) {
                 refill(rl, &set[i], now_ms);
                 if (set[i].tokens >= rl->burst)
                         victim = &set[i];
         }
         if (!victim) {
-                victim = &set[0];
-                for (size_t i = 1; i < WAYS; i++)
-                        if (set[i].last_ms < victim->last_ms)
-                                victim = &set[i];
+                victim = oldest;
                 atomic_fetch_add_explicit(&rl->evictions, 1, memory_order_relaxed);
         }
         *victim = (slot) { .h = h, .last_ms = now_ms, .tokens = rl->burst };
@@ -123,7 +128,13 @@ static bool run(cp_ratelimit *rl, const void *key, size_t len, int64_t now_ms, i
         bool ok;
 
         pthread_mutex_lock(lock);
-        slot *s = find(rl, &rl->slots[set * WAYS], h, now_ms);
+        /* A check of a key not in the table: its bucket would be full
+         * (>= 1 token); nothing is made, so checks evict nobody. */
+        slot *s = find(rl, &rl->slots[set * WAYS], h, now_ms, take);
+        if (!s) {
+                pthread_mutex_unlock(lock);
+                return true;
+        }
         refill(rl, s, now_ms);
         ok = s->tokens >= 1.0;
         if (ok && take)

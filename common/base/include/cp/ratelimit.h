@@ -42,7 +42,8 @@ bool cp_ratelimit_enabled(const cp_ratelimit *rl);
  * bucket is empty; *retry_after_ms (may be NULL) gets the time until the
  * next token (at least 1). A NULL or disabled table allows everything. */
 bool cp_ratelimit_take(cp_ratelimit *rl, const void *key, size_t len, int64_t now_ms, int64_t *retry_after_ms);
-/* Like cp_ratelimit_take() but takes nothing: would a take be allowed? */
+/* Like cp_ratelimit_take() but takes nothing: would a take be allowed?
+ * A key not in the table is allowed and not added (a check evicts nobody). */
 bool cp_ratelimit_check(cp_ratelimit *rl, const void *key, size_t len, int64_t now_ms, int64_t *retry_after_ms);
 
 /* Buckets in use, and how many buckets were forgotten while not full
