@@ -494,12 +494,14 @@ static int limit_before_auth(api_ctx *c) {
         return take_token(c, "pat", hash);
 }
 
-/* A 401 from ip: counted against the address; past its limit the
+/* A 401 from ip: counted against the address (an IPv6 one's /64); past its limit the
  * answer is 429 (guessing tokens stays slow) instead of 401. */
 static int failed_auth(api_ctx *c, const char *ip, int r) {
+        char key[CP_RATELIMIT_ADDR_KEY_LEN];
+        size_t len = cp_ratelimit_addr_key(ip, key);
         int64_t retry_ms = 0;
 
-        if (cp_ratelimit_take(c->api->rest_addr_limit, ip, strlen(ip), cp_now_mono_ms(), &retry_ms))
+        if (cp_ratelimit_take(c->api->rest_addr_limit, key, len, cp_now_mono_ms(), &retry_ms))
                 return r;
         return rate_limited(c, "rest_addr", retry_ms);
 }

@@ -2,6 +2,7 @@
 #include "cp/ratelimit.h"
 #include "cp/util.h"
 
+#include <arpa/inet.h>
 #include <pthread.h>
 #include <stdatomic.h>
 
@@ -176,4 +177,19 @@ uint64_t cp_ratelimit_evictions(const cp_ratelimit *rl) {
 
 size_t cp_ratelimit_capacity(const cp_ratelimit *rl) {
         return cp_ratelimit_enabled(rl) ? rl->n_sets * WAYS : 0;
+}
+
+size_t cp_ratelimit_addr_key(const char *ip, char out[CP_RATELIMIT_ADDR_KEY_LEN]) {
+        struct in6_addr a6;
+
+        if (ip && strchr(ip, ':') && inet_pton(AF_INET6, ip, &a6) == 1) {
+                memset(a6.s6_addr + 8, 0, 8);
+                if (inet_ntop(AF_INET6, &a6, out, CP_RATELIMIT_ADDR_KEY_LEN)) {
+                        size_t n = strlen(out);
+                        memcpy(out + n, "/64", 4);
+                        return n + 3;
+                }
+        }
+        (void) snprintf(out, CP_RATELIMIT_ADDR_KEY_LEN, "%s", ip ? ip : "");
+        return strlen(out);
 }

@@ -216,7 +216,12 @@ def rest_auth_failures_limited_per_address():
     status, _, body = rest(srv, "GET", "/api/peers", bad,
                            headers=dict(guesser, **{"X-Real-IP": "198.51.100.99"}))
     assert status == 429, (status, body)
-    assert labelled(srv, "netbird_cp_rate_limited_total", limit="rest_addr") == 2
+    # IPv6 addresses are keyed by their /64 (one host holds a whole one).
+    for a in ("2001:db8:5::1", "2001:db8:5::2"):
+        assert rest(srv, "GET", "/api/peers", bad, headers={"X-Forwarded-For": a})[0] == 401
+    assert rest(srv, "GET", "/api/peers", bad, headers={"X-Forwarded-For": "2001:db8:5::3"})[0] == 429
+    assert rest(srv, "GET", "/api/peers", bad, headers={"X-Forwarded-For": "2001:db8:6::1"})[0] == 401
+    assert labelled(srv, "netbird_cp_rate_limited_total", limit="rest_addr") == 3
 
 
 # ---- gRPC connections and streams -------------------------------------------------------------

@@ -108,6 +108,25 @@ TEST(table_is_bounded) {
         cp_ratelimit_free(rl);
 }
 
+TEST(address_keys) {
+        char key[CP_RATELIMIT_ADDR_KEY_LEN];
+
+        ASSERT_EQ(strlen("198.51.100.7"), cp_ratelimit_addr_key("198.51.100.7", key));
+        ASSERT_STREQ("198.51.100.7", key);
+        cp_ratelimit_addr_key("2001:db8:1:2:aaaa::1", key);
+        ASSERT_STREQ("2001:db8:1:2::/64", key);
+        cp_ratelimit_addr_key("2001:DB8:1:2:bbbb:cccc:dddd:eeee", key);
+        ASSERT_STREQ("2001:db8:1:2::/64", key);
+        cp_ratelimit_addr_key("2001:db8:1:3::1", key);
+        ASSERT_STREQ("2001:db8:1:3::/64", key);
+        cp_ratelimit_addr_key("::1", key);
+        ASSERT_STREQ("::/64", key);
+        cp_ratelimit_addr_key("not:an address", key);
+        ASSERT_STREQ("not:an address", key);
+        cp_ratelimit_addr_key(NULL, key);
+        ASSERT_STREQ("", key);
+}
+
 /* ---- threads ------------------------------------------------------------------------- */
 
 #define THREADS 8

@@ -322,9 +322,12 @@ static void login_charge(const mgmt_agent_op *op) {
         if (op->rate_limited)
                 return;
         ip = mgmt_call_peer_ip(op->call);
-        if (*ip)
-                (void) cp_ratelimit_take(mgmt_limits_table(op->agent->limits, MGMT_LIMIT_LOGIN_ADDR), ip, strlen(ip),
+        if (*ip) {
+                char key[CP_RATELIMIT_ADDR_KEY_LEN];
+                size_t len = cp_ratelimit_addr_key(ip, key);
+                (void) cp_ratelimit_take(mgmt_limits_table(op->agent->limits, MGMT_LIMIT_LOGIN_ADDR), key, len,
                                          cp_now_mono_ms(), NULL);
+        }
 }
 
 static void op_work(void *userdata) {
@@ -384,10 +387,14 @@ static void op_done(mgmt_call *c, void *userdata) {
  * (docs/ops.md "Limits"). */
 static bool login_admitted(mgmt_call *c, const mgmt_agent *a) {
         const char *ip = mgmt_call_peer_ip(c);
+        char key[CP_RATELIMIT_ADDR_KEY_LEN];
         int64_t retry_ms = 0;
 
-        if (!*ip || cp_ratelimit_check(mgmt_limits_table(a->limits, MGMT_LIMIT_LOGIN_ADDR), ip, strlen(ip),
-                                       cp_now_mono_ms(), &retry_ms))
+        if (!*ip)
+                return true;
+        size_t len = cp_ratelimit_addr_key(ip, key);
+        if (cp_ratelimit_check(mgmt_limits_table(a->limits, MGMT_LIMIT_LOGIN_ADDR), key, len, cp_now_mono_ms(),
+                               &retry_ms))
                 return true;
         mgmt_limits_count(MGMT_LIMIT_LOGIN_ADDR);
         char detail[64];
