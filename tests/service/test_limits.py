@@ -216,12 +216,24 @@ def rest_auth_failures_limited_per_address():
     status, _, body = rest(srv, "GET", "/api/peers", bad,
                            headers=dict(guesser, **{"X-Real-IP": "198.51.100.99"}))
     assert status == 429, (status, body)
+    # X-Forwarded-For on two lines (a proxy that adds a line of its own):
+    # the rightmost entry of them all is the client, not the first line.
+    conn = http.client.HTTPConnection("127.0.0.1", srv.http_port, timeout=10)
+    conn.putrequest("GET", "/api/peers")
+    conn.putheader("Authorization", "Token " + bad)
+    conn.putheader("X-Forwarded-For", "198.51.100.50")
+    conn.putheader("X-Forwarded-For", "203.0.113.5")
+    conn.endheaders()
+    resp = conn.getresponse()
+    resp.read()
+    conn.close()
+    assert resp.status == 429, resp.status
     # IPv6 addresses are keyed by their /64 (one host holds a whole one).
     for a in ("2001:db8:5::1", "2001:db8:5::2"):
         assert rest(srv, "GET", "/api/peers", bad, headers={"X-Forwarded-For": a})[0] == 401
     assert rest(srv, "GET", "/api/peers", bad, headers={"X-Forwarded-For": "2001:db8:5::3"})[0] == 429
     assert rest(srv, "GET", "/api/peers", bad, headers={"X-Forwarded-For": "2001:db8:6::1"})[0] == 401
-    assert labelled(srv, "netbird_cp_rate_limited_total", limit="rest_addr") == 3
+    assert labelled(srv, "netbird_cp_rate_limited_total", limit="rest_addr") == 4
 
 
 # ---- gRPC connections and streams -------------------------------------------------------------
@@ -306,6 +318,42 @@ def connections_capped():
 
 
 # ---- HTTP connections -------------------------------------------------------------------------
+
+@test
+def http_connections_capped_per_address():
+    dep = Deployment()
+    srv = dep.start("--http-max-connections", "32")     # 2 per address
+    conns = []
+    for _ in range(2):
+        c = http.client.HTTPConnection("127.0.0.1", srv.http_port, timeout=10)
+        svc.defer(c.close)
+        c.request("GET", "/api/peers", headers={"Authorization": "Token " + dep.admin_token})
+        r = c.getresponse()
+        assert r.status == 200, r.status
+        r.read()
+        conns.append(c)
+    third = http.client.HTTPConnection("127.0.0.1", srv.http_port, timeout=10)
+    svc.defer(third.close)
+    third.request("GET", "/api/peers", headers={"Authorization": "Token " + dep.admin_token})
+    r = third.getresponse()
+    body = json.loads(r.read())
+    assert r.status == 503 and body == {"message": "too many connections", "code": 503}, (r.status, body)
+    assert (r.getheader("Connection") or "").lower() == "close", r.getheaders()
+    third.close()
+    assert labelled(srv, "netbird_cp_connections_refused_total", listener="http") >= 1
+    # Once one closes, the address gets a connection again.
+    conns[0].close()
+    def fresh_ok():
+        c = http.client.HTTPConnection("127.0.0.1", srv.http_port, timeout=10)
+        try:
+            c.request("GET", "/api/peers", headers={"Authorization": "Token " + dep.admin_token})
+            r = c.getresponse()
+            r.read()
+            return r.status == 200
+        finally:
+            c.close()
+    wait_until(fresh_ok, timeout=20, what="a connection again once one closed")
+
 
 @test
 def http_connections_capped():

@@ -15,6 +15,7 @@
 #pragma once
 
 #include <grpc/grpc.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "cp/error.h"
@@ -27,6 +28,9 @@ typedef struct mgmt_realip mgmt_realip;
 int mgmt_realip_new(const char *list, mgmt_realip **ret, cp_error *reterr);
 /* Accepts NULL; returns NULL. */
 mgmt_realip *mgmt_realip_free(mgmt_realip *r);
+
+/* True when ip (text) is in a trusted prefix; false for a NULL r. */
+bool mgmt_realip_trusts(const mgmt_realip *r, const char *ip);
 
 /* Replaces ip (the call's peer address, text, in a buffer of cap bytes)
  * with the forwarded address when ip is trusted. r may be NULL. */
