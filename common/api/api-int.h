@@ -157,6 +157,8 @@ struct api_ctx {
                                          * failure: the whole request may run again */
         int64_t retry_after_ms;         /* a 429 of a rate limit (limited names it) */
         const char *limited;
+        bool rate_taken;                /* the caller's rest_token taken (once per
+                                         * request, not per deadlock retry) */
 
         /* Set by api_changed(): bump the serial before commit. */
         bool changed;

@@ -349,8 +349,12 @@ static int rate_limited(api_ctx *c, const char *limit, int64_t retry_after_ms) {
 static int take_token(api_ctx *c, const char *kind, const char *id) {
         char key[300];
         int64_t retry_ms = 0;
-        int n = snprintf(key, sizeof key, "%s:%s", kind, id);
+        int n;
 
+        if (c->rate_taken)
+                return 0;       /* a retry after a deadlock: taken once */
+        c->rate_taken = true;
+        n = snprintf(key, sizeof key, "%s:%s", kind, id);
         if (n < 0 || cp_ratelimit_take(c->api->rest_token_limit, key, (size_t) n < sizeof key ? (size_t) n :
                                        sizeof key - 1, cp_now_mono_ms(), &retry_ms))
                 return 0;
@@ -470,17 +474,14 @@ static int lock_for_write(api_ctx *c) {
         return 0;
 }
 
-/* The rate limits that need no database, before the transaction: an
- * address that failed to authenticate too often is refused before its
- * token is even looked at (guessing tokens stays slow), and a personal
- * access token over its rate (keyed by its hash, as NetBird's limiter
- * keys by the token) costs no connection. */
-static int limit_before_auth(api_ctx *c, const char *ip) {
+/* The rate limit that needs no database, before the transaction: a
+ * personal access token over its rate (keyed by its hash, as NetBird's
+ * limiter keys by the token) costs no connection. The failed
+ * authentications of an address are counted after authenticate()
+ * (failed_auth): a valid credential is never refused for what others
+ * behind the same address did. */
+static int limit_before_auth(api_ctx *c) {
         const char *h = c->req->authorization;
-        int64_t retry_ms = 0;
-
-        if (ip && *ip && !cp_ratelimit_check(c->api->rest_addr_limit, ip, strlen(ip), cp_now_mono_ms(), &retry_ms))
-                return rate_limited(c, "rest_addr", retry_ms);
         const char *sp = h ? strchr(h, ' ') : NULL;
         if (!sp || strlen(h) > API_MAX_AUTHORIZATION)
                 return 0;
@@ -493,6 +494,18 @@ static int limit_before_auth(api_ctx *c, const char *ip) {
         return take_token(c, "pat", hash);
 }
 
+/* A 401 from ip: counted against the address (an IPv6 one's /64); past its limit the
+ * answer is 429 (guessing tokens stays slow) instead of 401. */
+static int failed_auth(api_ctx *c, const char *ip, int r) {
+        char key[CP_RATELIMIT_ADDR_KEY_LEN];
+        size_t len = cp_ratelimit_addr_key(ip, key);
+        int64_t retry_ms = 0;
+
+        if (cp_ratelimit_take(c->api->rest_addr_limit, key, len, cp_now_mono_ms(), &retry_ms))
+                return r;
+        return rate_limited(c, "rest_addr", retry_ms);
+}
+
 /* Runs the matched route inside one transaction. */
 static int run(api_ctx *c) {
         const char *ip = c->req->as_user_id ? NULL : c->req->remote_ip;
@@ -500,7 +513,7 @@ static int run(api_ctx *c) {
         int r;
 
         if (c->route->module != API_MOD_PUBLIC && !c->req->as_user_id) {
-                r = limit_before_auth(c, ip);
+                r = limit_before_auth(c);
                 if (r < 0)
                         return r;
         }
@@ -510,7 +523,7 @@ static int run(api_ctx *c) {
         if (c->route->module != API_MOD_PUBLIC) {
                 r = authenticate(c);
                 if (r < 0 && c->err_status == 401 && ip && *ip)
-                        (void) cp_ratelimit_take(c->api->rest_addr_limit, ip, strlen(ip), cp_now_mono_ms(), NULL);
+                        return failed_auth(c, ip, r);
                 if (r < 0)
                         return r;
                 /* An MSP user acting inside a tenant (the dashboard adds

@@ -2,6 +2,7 @@
 #include "cp/ratelimit.h"
 #include "cp/util.h"
 
+#include <arpa/inet.h>
 #include <pthread.h>
 #include <stdatomic.h>
 
@@ -87,26 +88,31 @@ static void refill(const cp_ratelimit *rl, slot *s, int64_t now_ms) {
         }
 }
 
-/* Under the set's lock: the key's slot, made (full) when absent. */
-static slot *find(cp_ratelimit *rl, slot *set, uint64_t h, int64_t now_ms) {
-        slot *victim = NULL;
+/* Under the set's lock: the key's slot, made (full) when absent (only
+ * when make; else NULL). */
+static slot *find(cp_ratelimit *rl, slot *set, uint64_t h, int64_t now_ms, bool make) {
+        slot *victim = NULL, *oldest = &set[0];
 
         for (size_t i = 0; i < WAYS; i++)
                 if (set[i].h == h)
                         return &set[i];
+        if (!make)
+                return NULL;
         for (size_t i = 0; i < WAYS && !victim; i++)
                 if (set[i].h == 0)
                         victim = &set[i];
+        /* The least recently used, chosen before refill() moves every
+         * slot's last_ms to now. */
+        for (size_t i = 1; i < WAYS; i++)
+                if (set[i].last_ms < oldest->last_ms)
+                        oldest = &set[i];
         for (size_t i = 0; i < WAYS && !victim; i++) {
                 refill(rl, &set[i], now_ms);
                 if (set[i].tokens >= rl->burst)
                         victim = &set[i];
         }
         if (!victim) {
-                victim = &set[0];
-                for (size_t i = 1; i < WAYS; i++)
-                        if (set[i].last_ms < victim->last_ms)
-                                victim = &set[i];
+                victim = oldest;
                 atomic_fetch_add_explicit(&rl->evictions, 1, memory_order_relaxed);
         }
         *victim = (slot) { .h = h, .last_ms = now_ms, .tokens = rl->burst };
@@ -123,7 +129,13 @@ static bool run(cp_ratelimit *rl, const void *key, size_t len, int64_t now_ms, i
         bool ok;
 
         pthread_mutex_lock(lock);
-        slot *s = find(rl, &rl->slots[set * WAYS], h, now_ms);
+        /* A check of a key not in the table: its bucket would be full
+         * (>= 1 token); nothing is made, so checks evict nobody. */
+        slot *s = find(rl, &rl->slots[set * WAYS], h, now_ms, take);
+        if (!s) {
+                pthread_mutex_unlock(lock);
+                return true;
+        }
         refill(rl, s, now_ms);
         ok = s->tokens >= 1.0;
         if (ok && take)
@@ -165,4 +177,19 @@ uint64_t cp_ratelimit_evictions(const cp_ratelimit *rl) {
 
 size_t cp_ratelimit_capacity(const cp_ratelimit *rl) {
         return cp_ratelimit_enabled(rl) ? rl->n_sets * WAYS : 0;
+}
+
+size_t cp_ratelimit_addr_key(const char *ip, char out[CP_RATELIMIT_ADDR_KEY_LEN]) {
+        struct in6_addr a6;
+
+        if (ip && strchr(ip, ':') && inet_pton(AF_INET6, ip, &a6) == 1) {
+                memset(a6.s6_addr + 8, 0, 8);
+                if (inet_ntop(AF_INET6, &a6, out, CP_RATELIMIT_ADDR_KEY_LEN)) {
+                        size_t n = strlen(out);
+                        memcpy(out + n, "/64", 4);
+                        return n + 3;
+                }
+        }
+        (void) snprintf(out, CP_RATELIMIT_ADDR_KEY_LEN, "%s", ip ? ip : "");
+        return strlen(out);
 }

@@ -490,6 +490,32 @@ TEST(realip_headers_and_limit_tables) {
         snprintf(ip, sizeof ip, "127.0.0.1");
         mgmt_realip_apply_headers(r, "not an address", NULL, ip, sizeof ip);
         ASSERT_STREQ("127.0.0.1", ip);
+        /* X-Real-IP never overrides an X-Forwarded-For (the client's own
+         * X-Real-IP passed through the proxy). */
+        snprintf(ip, sizeof ip, "127.0.0.1");
+        mgmt_realip_apply_headers(r, "198.51.100.1", "203.0.113.9", ip, sizeof ip);
+        ASSERT_STREQ("198.51.100.1", ip);
+        snprintf(ip, sizeof ip, "127.0.0.1");
+        mgmt_realip_apply_headers(r, "junk, 10.1.2.3", "203.0.113.9", ip, sizeof ip);
+        ASSERT_STREQ("127.0.0.1", ip);
+        /* X-Forwarded-For on more than one line (the proxy added its
+         * own): every line, in order. */
+        grpc_metadata md[3] = {
+                { .key = grpc_slice_from_static_string("x-forwarded-for"),
+                  .value = grpc_slice_from_static_string("198.51.100.1") },
+                { .key = grpc_slice_from_static_string("x-real-ip"),
+                  .value = grpc_slice_from_static_string("198.51.100.2") },
+                { .key = grpc_slice_from_static_string("x-forwarded-for"),
+                  .value = grpc_slice_from_static_string("203.0.113.4, 10.1.2.3") },
+        };
+        grpc_metadata_array arr = { .count = 3, .capacity = 3, .metadata = md };
+        snprintf(ip, sizeof ip, "127.0.0.1");
+        mgmt_realip_apply(r, &arr, ip, sizeof ip);
+        ASSERT_STREQ("203.0.113.4", ip);
+        arr.count = 2;
+        snprintf(ip, sizeof ip, "127.0.0.1");
+        mgmt_realip_apply(r, &arr, ip, sizeof ip);
+        ASSERT_STREQ("198.51.100.1", ip);
         snprintf(ip, sizeof ip, "192.0.2.9");           /* not a trusted proxy: headers ignored */
         mgmt_realip_apply_headers(r, "198.51.100.1", "198.51.100.2", ip, sizeof ip);
         ASSERT_STREQ("192.0.2.9", ip);

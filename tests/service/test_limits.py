@@ -76,20 +76,40 @@ def rest(srv, method, path, token=None, headers=None):
 
 # ---- Login ----------------------------------------------------------------------------------
 
+def failed_login_limited(dep, ip):
+    """A Login of an unknown peer without setup key from ip: True when the
+    address is refused (RESOURCE_EXHAUSTED), False when it failed as such
+    a Login does (PERMISSION_DENIED)."""
+    try:
+        login_from(dep.agent(), ip)
+    except RpcFailed as e:
+        if e.code == SC.PERMISSION_DENIED:
+            return False
+        assert e.code == SC.RESOURCE_EXHAUSTED and e.details == LOGIN_LIMITED, e
+        return True
+    raise AssertionError("an unknown peer logged in without a setup key")
+
+
 @test
 def login_limited_per_source_address():
     dep = Deployment()
     srv = dep.start("--trusted-proxies", "127.0.0.1/32", "--login-rate", "600", "--login-burst", "3")
     a = dep.agent()
     a.register(dep.setup_key, meta=build_meta("lim"))
-    # From one address, Logins are refused once the burst is spent (10 a
-    # second refill: a loop of Logins outruns it).
+    # A known peer's Logins take nothing from its address (agents log in
+    # before every Sync: thousands behind one NAT are never refused).
+    for _ in range(20):
+        login_from(a, "198.51.100.6")
+    # Failed Logins from one address are refused once the burst is spent
+    # (10 a second refill: a loop of Logins outruns it).
     n = 0
-    while not limited(lambda: login_from(a, "198.51.100.7")):
+    while not failed_login_limited(dep, "198.51.100.7"):
         n += 1
         assert n < 200, "never limited"
     assert n >= 2, "limited before the burst was spent (%d Logins passed)" % n
-    # Another address is not affected.
+    # While its bucket is empty the address is refused before decoding;
+    # another address is not affected.
+    assert limited(lambda: login_from(a, "198.51.100.7"))
     login_from(a, "198.51.100.8")
     # The refused Login changed nothing and the address gets in again once
     # its bucket refilled.
@@ -124,12 +144,19 @@ def registration_limited_per_setup_key():
     except RpcFailed as e:
         assert e.code == SC.RESOURCE_EXHAUSTED and e.details == LOGIN_LIMITED, e
     assert len(dep.peers()) == before, "a refused registration wrote a peer"
+    # The key in another case is the same key to the store, and to its
+    # limit.
+    try:
+        dep.agent().register(dep.setup_key.lower(), meta=build_meta("reg3"))
+        raise AssertionError("the key in lower case passed the key's limit")
+    except RpcFailed as e:
+        assert e.code == SC.RESOURCE_EXHAUSTED and e.details == LOGIN_LIMITED, e
     # A peer already registered with that key still logs in (not a
     # registration), and another setup key registers.
     other = dep.add_setup_key()
     third.register(other, meta=build_meta("reg2"))
     assert len(dep.peers()) == before + 1
-    assert labelled(srv, "netbird_cp_rate_limited_total", limit="login_key") == 1
+    assert labelled(srv, "netbird_cp_rate_limited_total", limit="login_key") == 2
     text = srv.stdout() + srv.stderr()
     assert dep.setup_key not in text, "the setup key appears in the log"
 
@@ -171,18 +198,42 @@ def rest_auth_failures_limited_per_address():
     for _ in range(2):
         status, _, body = rest(srv, "GET", "/api/peers", bad, headers=guesser)
         assert status == 401, (status, body)
-    # Past the failures' burst the address is refused before any lookup,
-    # even with a good token.
-    for token in (bad, dep.admin_token):
-        status, headers, body = rest(srv, "GET", "/api/peers", token, headers=guesser)
-        assert status == 429 and body == {"message": "too many requests", "code": 429}, (status, body)
-        assert int(headers.get("Retry-After", "0")) >= 1, headers
-    # Another address (and a good token) is not affected; nor are
-    # unauthenticated probes.
+    # Past the failures' burst a failed authentication from the address
+    # is 429 instead of 401.
+    status, headers, body = rest(srv, "GET", "/api/peers", bad, headers=guesser)
+    assert status == 429 and body == {"message": "too many requests", "code": 429}, (status, body)
+    assert int(headers.get("Retry-After", "0")) >= 1, headers
+    # A valid token behind the same address (a NAT, a proxy) is never
+    # refused for the guesser's failures; nor is another address or an
+    # unauthenticated probe.
+    status, _, body = rest(srv, "GET", "/api/peers", dep.admin_token, headers=guesser)
+    assert status == 200, (status, body)
     status, _, body = rest(srv, "GET", "/api/peers", dep.admin_token, headers={"X-Forwarded-For": "203.0.113.6"})
     assert status == 200, (status, body)
     assert svc.http("GET", srv.url("/healthz"), headers=guesser)[0] == 200
-    assert labelled(srv, "netbird_cp_rate_limited_total", limit="rest_addr") == 2
+    # The client's own X-Real-IP passed through the proxy beside its
+    # X-Forwarded-For does not move it to a fresh address.
+    status, _, body = rest(srv, "GET", "/api/peers", bad,
+                           headers=dict(guesser, **{"X-Real-IP": "198.51.100.99"}))
+    assert status == 429, (status, body)
+    # X-Forwarded-For on two lines (a proxy that adds a line of its own):
+    # the rightmost entry of them all is the client, not the first line.
+    conn = http.client.HTTPConnection("127.0.0.1", srv.http_port, timeout=10)
+    conn.putrequest("GET", "/api/peers")
+    conn.putheader("Authorization", "Token " + bad)
+    conn.putheader("X-Forwarded-For", "198.51.100.50")
+    conn.putheader("X-Forwarded-For", "203.0.113.5")
+    conn.endheaders()
+    resp = conn.getresponse()
+    resp.read()
+    conn.close()
+    assert resp.status == 429, resp.status
+    # IPv6 addresses are keyed by their /64 (one host holds a whole one).
+    for a in ("2001:db8:5::1", "2001:db8:5::2"):
+        assert rest(srv, "GET", "/api/peers", bad, headers={"X-Forwarded-For": a})[0] == 401
+    assert rest(srv, "GET", "/api/peers", bad, headers={"X-Forwarded-For": "2001:db8:5::3"})[0] == 429
+    assert rest(srv, "GET", "/api/peers", bad, headers={"X-Forwarded-For": "2001:db8:6::1"})[0] == 401
+    assert labelled(srv, "netbird_cp_rate_limited_total", limit="rest_addr") == 4
 
 
 # ---- gRPC connections and streams -------------------------------------------------------------
@@ -267,6 +318,42 @@ def connections_capped():
 
 
 # ---- HTTP connections -------------------------------------------------------------------------
+
+@test
+def http_connections_capped_per_address():
+    dep = Deployment()
+    srv = dep.start("--http-max-connections", "32")     # 2 per address
+    conns = []
+    for _ in range(2):
+        c = http.client.HTTPConnection("127.0.0.1", srv.http_port, timeout=10)
+        svc.defer(c.close)
+        c.request("GET", "/api/peers", headers={"Authorization": "Token " + dep.admin_token})
+        r = c.getresponse()
+        assert r.status == 200, r.status
+        r.read()
+        conns.append(c)
+    third = http.client.HTTPConnection("127.0.0.1", srv.http_port, timeout=10)
+    svc.defer(third.close)
+    third.request("GET", "/api/peers", headers={"Authorization": "Token " + dep.admin_token})
+    r = third.getresponse()
+    body = json.loads(r.read())
+    assert r.status == 503 and body == {"message": "too many connections", "code": 503}, (r.status, body)
+    assert (r.getheader("Connection") or "").lower() == "close", r.getheaders()
+    third.close()
+    assert labelled(srv, "netbird_cp_connections_refused_total", listener="http") >= 1
+    # Once one closes, the address gets a connection again.
+    conns[0].close()
+    def fresh_ok():
+        c = http.client.HTTPConnection("127.0.0.1", srv.http_port, timeout=10)
+        try:
+            c.request("GET", "/api/peers", headers={"Authorization": "Token " + dep.admin_token})
+            r = c.getresponse()
+            r.read()
+            return r.status == 200
+        finally:
+            c.close()
+    wait_until(fresh_ok, timeout=20, what="a connection again once one closed")
+
 
 @test
 def http_connections_capped():

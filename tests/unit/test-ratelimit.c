@@ -89,7 +89,42 @@ TEST(table_is_bounded) {
         ASSERT_FALSE(cp_ratelimit_take(r2, K("victim"), 2, NULL));
         ASSERT_EQ(0, cp_ratelimit_evictions(r2));
         cp_ratelimit_free(r2);
+        /* Nothing full to give up: the least recently used bucket goes
+         * (not the first slot), and a check makes no bucket. */
+        r2 = cp_ratelimit_new(1, 1, 8);
+        for (int i = 0; i < 8; i++) {
+                int n = snprintf(key, sizeof key, "k%d", i);
+                ASSERT_TRUE(cp_ratelimit_take(r2, key, (size_t) n, 10 + i, NULL));
+        }
+        ASSERT_FALSE(cp_ratelimit_take(r2, K("k0"), 20, NULL));        /* k0 used last, k1 oldest */
+        ASSERT_TRUE(cp_ratelimit_check(r2, K("new"), 21, NULL));
+        ASSERT_EQ(0, cp_ratelimit_evictions(r2));
+        ASSERT_EQ(8, cp_ratelimit_size(r2));
+        ASSERT_TRUE(cp_ratelimit_take(r2, K("new"), 22, NULL));
+        ASSERT_EQ(1, cp_ratelimit_evictions(r2));
+        ASSERT_FALSE(cp_ratelimit_take(r2, K("k0"), 23, NULL));        /* survived */
+        ASSERT_TRUE(cp_ratelimit_take(r2, K("k1"), 24, NULL));         /* forgotten: full again */
+        cp_ratelimit_free(r2);
         cp_ratelimit_free(rl);
+}
+
+TEST(address_keys) {
+        char key[CP_RATELIMIT_ADDR_KEY_LEN];
+
+        ASSERT_EQ(strlen("198.51.100.7"), cp_ratelimit_addr_key("198.51.100.7", key));
+        ASSERT_STREQ("198.51.100.7", key);
+        cp_ratelimit_addr_key("2001:db8:1:2:aaaa::1", key);
+        ASSERT_STREQ("2001:db8:1:2::/64", key);
+        cp_ratelimit_addr_key("2001:DB8:1:2:bbbb:cccc:dddd:eeee", key);
+        ASSERT_STREQ("2001:db8:1:2::/64", key);
+        cp_ratelimit_addr_key("2001:db8:1:3::1", key);
+        ASSERT_STREQ("2001:db8:1:3::/64", key);
+        cp_ratelimit_addr_key("::1", key);
+        ASSERT_STREQ("::/64", key);
+        cp_ratelimit_addr_key("not:an address", key);
+        ASSERT_STREQ("not:an address", key);
+        cp_ratelimit_addr_key(NULL, key);
+        ASSERT_STREQ("", key);
 }
 
 /* ---- threads ------------------------------------------------------------------------- */

@@ -302,6 +302,34 @@ static void seal_response(mgmt_agent_op *op, const cp_crypto_box_shared *shared)
 
 /* ---- encrypted RPCs: worker side --------------------------------------------- */
 
+/* A Login that failed on what the client sent (a bad envelope or box,
+ * an unknown peer, a bad setup key) takes a token of its address's
+ * bucket (login_admitted). Not a server-side failure, nor a refusal by
+ * the setup key's own limit. */
+static void login_charge(const mgmt_agent_op *op) {
+        const char *ip;
+
+        switch (op->status) {
+        case GRPC_STATUS_INVALID_ARGUMENT:
+        case GRPC_STATUS_UNAUTHENTICATED:
+        case GRPC_STATUS_PERMISSION_DENIED:
+        case GRPC_STATUS_NOT_FOUND:
+        case GRPC_STATUS_RESOURCE_EXHAUSTED:
+                break;
+        default:
+                return;
+        }
+        if (op->rate_limited)
+                return;
+        ip = mgmt_call_peer_ip(op->call);
+        if (*ip) {
+                char key[CP_RATELIMIT_ADDR_KEY_LEN];
+                size_t len = cp_ratelimit_addr_key(ip, key);
+                (void) cp_ratelimit_take(mgmt_limits_table(op->agent->limits, MGMT_LIMIT_LOGIN_ADDR), key, len,
+                                         cp_now_mono_ms(), NULL);
+        }
+}
+
 static void op_work(void *userdata) {
         mgmt_agent_op *op = userdata;
         cp_crypto_box_shared shared = { { 0 } };
@@ -330,8 +358,11 @@ log:
         mgmt_agent_log_outcome(op->call, op->method, op->peer_key, op->account, op->status, op->message, op->detail);
         /* A rate limit's refusal is counted in netbird_cp_rate_limited_total
          * only: it is no failure of the server (NetbirdCPLoginErrors). */
-        if (op->method == &cp_proto_mgmt_methods[CP_PROTO_MGMT_LOGIN] && !op->rate_limited)
-                mgmt_metrics_login(op->registration, op->status);
+        if (op->method == &cp_proto_mgmt_methods[CP_PROTO_MGMT_LOGIN]) {
+                login_charge(op);
+                if (!op->rate_limited)
+                        mgmt_metrics_login(op->registration, op->status);
+        }
 }
 
 static void op_done(mgmt_call *c, void *userdata) {
@@ -347,15 +378,25 @@ static void op_done(mgmt_call *c, void *userdata) {
         free(op);
 }
 
-/* Login per source address (--login-rate): refused here, on the CQ
- * thread, before the envelope costs anything. RESOURCE_EXHAUSTED is what
- * NetBird's agent retries with backoff (docs/ops.md "Limits"). */
+/* Login per source address (--login-rate): only failed Logins take a
+ * token (login_charge); an address whose bucket they emptied is refused
+ * here, on the CQ thread, before the envelope costs anything. A known
+ * peer's Login (agents log in before every Sync) takes none, so agents
+ * behind one address are never refused for their own reconnects.
+ * RESOURCE_EXHAUSTED is what NetBird's agent retries with backoff
+ * (docs/ops.md "Limits"). */
 static bool login_admitted(mgmt_call *c, const mgmt_agent *a) {
         const char *ip = mgmt_call_peer_ip(c);
+        char key[CP_RATELIMIT_ADDR_KEY_LEN];
         int64_t retry_ms = 0;
 
-        if (!*ip || mgmt_limits_take(a->limits, MGMT_LIMIT_LOGIN_ADDR, ip, strlen(ip), &retry_ms))
+        if (!*ip)
                 return true;
+        size_t len = cp_ratelimit_addr_key(ip, key);
+        if (cp_ratelimit_check(mgmt_limits_table(a->limits, MGMT_LIMIT_LOGIN_ADDR), key, len, cp_now_mono_ms(),
+                               &retry_ms))
+                return true;
+        mgmt_limits_count(MGMT_LIMIT_LOGIN_ADDR);
         char detail[64];
         (void) snprintf(detail, sizeof detail, "login rate limit of the address (retry in %lld ms)",
                         (long long) retry_ms);

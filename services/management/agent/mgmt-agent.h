@@ -65,9 +65,9 @@ typedef struct mgmt_agent {
          * the proxies find the rows when they next read the log. */
         void (*proxy_changed)(void *userdata, int64_t seq);
         void *proxy_changed_userdata;
-        /* Rate limits (mgmt-limits.h): Login per source address (checked
-         * on the CQ thread before the job is queued) and registration per
-         * setup key; NULL = none. */
+        /* Rate limits (mgmt-limits.h): failed Logins per source address
+         * (an emptied bucket is refused on the CQ thread before the job
+         * is queued) and registration per setup key; NULL = none. */
         struct mgmt_limits *limits;
 } mgmt_agent;
 

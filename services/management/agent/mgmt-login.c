@@ -302,11 +302,13 @@ static cp_store_peer *register_peer(mgmt_agent_op *op, const Management__LoginRe
         op->registration = true;
         if (!user) {
                 /* Registrations per setup key (--setup-key-rate), keyed by
-                 * the key's hash: the plaintext goes into no table. */
+                 * the hash the store matches (case-insensitive): the
+                 * plaintext goes into no table. A key that has no such
+                 * hash matches no row either (the store refuses it). */
                 char hash[CP_SHA256_B64_LEN];
                 int64_t retry_ms = 0;
-                cp_crypto_sha256_b64(req->setupkey, strlen(req->setupkey), hash);
-                if (!mgmt_limits_take(op->agent->limits, MGMT_LIMIT_LOGIN_KEY, hash, strlen(hash), &retry_ms)) {
+                if (cp_crypto_setup_key_hash(req->setupkey, hash) == 0 &&
+                    !mgmt_limits_take(op->agent->limits, MGMT_LIMIT_LOGIN_KEY, hash, strlen(hash), &retry_ms)) {
                         mgmt_agent_fail(op, GRPC_STATUS_RESOURCE_EXHAUSTED, MGMT_MSG_RATE_LIMITED);
                         op->rate_limited = true;
                         (void) snprintf(op->detail, sizeof op->detail,

@@ -39,7 +39,10 @@ struct mgmt_http {
         struct mgmt_limits *limits;
         const struct mgmt_realip *realip;
         int64_t max_connections;        /* 0 = no limit */
-        mgmt_strmap *conns;             /* "%p" of each evhttp_connection that sent a request */
+        mgmt_strmap *conns;             /* "%p" of each evhttp_connection that sent a request ->
+                                         * its TCP peer address (owned) */
+        mgmt_strmap *per_addr;          /* TCP peer address -> its connections in conns
+                                         * (the count as a pointer) */
 };
 
 /* Per request, on the stack of the dispatcher: the request's log context
@@ -388,10 +391,47 @@ static void pick_request_id(http_op *op) {
         memcpy(op->request_id, id, sizeof id);
 }
 
+/* Every line of header name in order, joined with ", " (a proxy may add
+ * its X-Forwarded-For as a line of its own); NULL when there is none.
+ * The caller frees it. */
+static char *joined_header(struct evkeyvalq *in, const char *name) {
+        struct evkeyval *kv;
+        size_t total = 0;
+        char *out, *p;
+
+        for (kv = in->tqh_first; kv; kv = kv->next.tqe_next)
+                if (strcasecmp(kv->key, name) == 0)
+                        total += strlen(kv->value) + 2;
+        if (total == 0)
+                return NULL;
+        out = p = cp_xmalloc(total + 1);
+        for (kv = in->tqh_first; kv; kv = kv->next.tqe_next)
+                if (strcasecmp(kv->key, name) == 0) {
+                        size_t n = strlen(kv->value);
+                        if (p != out) {
+                                memcpy(p, ", ", 2);
+                                p += 2;
+                        }
+                        memcpy(p, kv->value, n);
+                        p += n;
+                }
+        *p = '\0';
+        return out;
+}
+
 /* ---- the connection cap ------------------------------------------------------------ */
 
 static void conn_key(const struct evhttp_connection *conn, char out[32]) {
         (void) snprintf(out, 32, "%p", (const void *) conn);
+}
+
+static void addr_count(mgmt_http *h, const char *addr, intptr_t delta) {
+        intptr_t n = (intptr_t) mgmt_strmap_get(h->per_addr, addr) + delta;
+
+        if (n > 0)
+                (void) mgmt_strmap_put(h->per_addr, addr, (void *) n);
+        else
+                (void) mgmt_strmap_remove(h->per_addr, addr);
 }
 
 static void on_conn_close(struct evhttp_connection *conn, void *arg) {
@@ -399,13 +439,20 @@ static void on_conn_close(struct evhttp_connection *conn, void *arg) {
         char key[32];
 
         conn_key(conn, key);
-        (void) mgmt_strmap_remove(h->conns, key);
+        char *addr = mgmt_strmap_remove(h->conns, key);
+        if (addr) {
+                addr_count(h, addr, -1);
+                free(addr);
+        }
         mgmt_limits_connections(MGMT_LISTENER_HTTP, (int64_t) mgmt_strmap_size(h->conns));
 }
 
-/* A request on conn: counts a connection seen for the first time; false
- * when that would be one more than --http-max-connections. */
-static bool conn_admit(mgmt_http *h, struct evhttp_connection *conn) {
+/* A request on conn from the TCP peer addr: counts a connection seen for
+ * the first time; false when that would be one more than
+ * --http-max-connections, or than a sixteenth of it (at least 1) from one
+ * address (one client cannot take every slot). A trusted proxy
+ * (--trusted-proxies) carries many clients: only the total applies. */
+static bool conn_admit(mgmt_http *h, struct evhttp_connection *conn, const char *addr) {
         char key[32];
 
         if (!conn)
@@ -413,9 +460,16 @@ static bool conn_admit(mgmt_http *h, struct evhttp_connection *conn) {
         conn_key(conn, key);
         if (mgmt_strmap_get(h->conns, key))
                 return true;
-        if (h->max_connections > 0 && (int64_t) mgmt_strmap_size(h->conns) >= h->max_connections)
-                return false;
-        (void) mgmt_strmap_put(h->conns, key, h);
+        if (h->max_connections > 0) {
+                int64_t per_addr = h->max_connections / 16 > 1 ? h->max_connections / 16 : 1;
+                if ((int64_t) mgmt_strmap_size(h->conns) >= h->max_connections)
+                        return false;
+                if (!mgmt_realip_trusts(h->realip, addr) &&
+                    (intptr_t) mgmt_strmap_get(h->per_addr, addr) >= per_addr)
+                        return false;
+        }
+        (void) mgmt_strmap_put(h->conns, key, cp_xstrdup(addr));
+        addr_count(h, addr, 1);
         evhttp_connection_set_closecb(conn, on_conn_close, h);
         mgmt_limits_connections(MGMT_LISTENER_HTTP, (int64_t) mgmt_strmap_size(h->conns));
         return true;
@@ -434,6 +488,7 @@ static void dispatch(struct evhttp_request *req, void *userdata) {
         const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
         enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
         const struct route *route = NULL;
+        char tcp_ip[64] = "";
 
         pick_request_id(&op);
         op.method = method_name(cmd);
@@ -446,14 +501,16 @@ static void dispatch(struct evhttp_request *req, void *userdata) {
                 evhttp_connection_get_peer(conn, &addr, &port);
                 (void) snprintf(op.peer, sizeof op.peer, "%s:%u", addr ? addr : "?", (unsigned) port);
                 (void) snprintf(op.peer_ip, sizeof op.peer_ip, "%s", addr ? addr : "");
+                (void) snprintf(tcp_ip, sizeof tcp_ip, "%s", addr ? addr : "");
                 struct evkeyvalq *in = evhttp_request_get_input_headers(req);
-                mgmt_realip_apply_headers(op.h->realip, evhttp_find_header(in, "X-Forwarded-For"),
-                                          evhttp_find_header(in, "X-Real-IP"), op.peer_ip, sizeof op.peer_ip);
+                _cleanup_free_ char *xff = op.h->realip ? joined_header(in, "X-Forwarded-For") : NULL;
+                mgmt_realip_apply_headers(op.h->realip, xff, evhttp_find_header(in, "X-Real-IP"), op.peer_ip,
+                                          sizeof op.peer_ip);
         }
         op.log = (cp_log_ctx) { .component = "http", .request_id = op.request_id, .method = op.method,
                                 .peer = op.peer };
 
-        if (!conn_admit(op.h, conn)) {
+        if (!conn_admit(op.h, conn, tcp_ip)) {
                 /* Over --http-max-connections: this connection is not
                  * kept. Probes are still answered (a pod at its cap must
                  * not be restarted for it). */
@@ -500,9 +557,11 @@ int mgmt_http_new(struct event_base *base, const char *address, int port, mgmt_r
 
         h->ready = ready;
         h->conns = mgmt_strmap_new();
+        h->per_addr = mgmt_strmap_new();
         h->http = evhttp_new(base);
         if (!h->http) {
                 mgmt_strmap_free(h->conns);
+                mgmt_strmap_free(h->per_addr);
                 free(h);
                 return cp_error_set(reterr, -ENOMEM, "cannot create the HTTP server");
         }
@@ -529,6 +588,7 @@ int mgmt_http_new(struct event_base *base, const char *address, int port, mgmt_r
                 int e = errno ? errno : EADDRINUSE;
                 evhttp_free(h->http);
                 mgmt_strmap_free(h->conns);
+                mgmt_strmap_free(h->per_addr);
                 free(h);
                 return cp_error_set(reterr, -e, "cannot listen for HTTP on %s port %d: %s", address, port,
                                     strerror(e));
@@ -566,12 +626,20 @@ void mgmt_http_stop_accepting(mgmt_http *h) {
         }
 }
 
+static void free_value(const char *key, void *value, void *userdata) {
+        (void) key;
+        (void) userdata;
+        free(value);
+}
+
 mgmt_http *mgmt_http_free(mgmt_http *h) {
         if (!h)
                 return NULL;
         if (h->http)
                 evhttp_free(h->http);   /* may run on_conn_close */
+        mgmt_strmap_foreach(h->conns, free_value, NULL);
         mgmt_strmap_free(h->conns);
+        mgmt_strmap_free(h->per_addr);
         free(h);
         return NULL;
 }

@@ -37,15 +37,40 @@ mgmt_realip *mgmt_realip_free(mgmt_realip *r) {
         return NULL;
 }
 
-/* The value of header key, or NULL (len in *len). */
-static const char *header(const grpc_metadata_array *md, const char *key, size_t *len) {
-        for (size_t i = 0; i < md->count; i++) {
+/* The values of header key, joined with ", " in order when the metadata
+ * holds it more than once (a proxy may add a line of its own), or NULL.
+ * *joined (freed by the caller) holds a joined value. */
+static const char *header(const grpc_metadata_array *md, const char *key, size_t *len, char **joined) {
+        const grpc_slice *first = NULL;
+        size_t total = 0, count = 0;
+
+        for (size_t i = 0; i < md->count; i++)
                 if (grpc_slice_str_cmp(md->metadata[i].key, key) == 0) {
-                        *len = GRPC_SLICE_LENGTH(md->metadata[i].value);
-                        return (const char *) GRPC_SLICE_START_PTR(md->metadata[i].value);
+                        if (!first)
+                                first = &md->metadata[i].value;
+                        total += GRPC_SLICE_LENGTH(md->metadata[i].value) + 2;
+                        count++;
                 }
+        if (!first)
+                return NULL;
+        if (count == 1) {
+                *len = GRPC_SLICE_LENGTH(*first);
+                return (const char *) GRPC_SLICE_START_PTR(*first);
         }
-        return NULL;
+        char *out = cp_xmalloc(total), *p = out;
+        for (size_t i = 0; i < md->count; i++)
+                if (grpc_slice_str_cmp(md->metadata[i].key, key) == 0) {
+                        size_t n = GRPC_SLICE_LENGTH(md->metadata[i].value);
+                        if (p != out) {
+                                memcpy(p, ", ", 2);
+                                p += 2;
+                        }
+                        memcpy(p, GRPC_SLICE_START_PTR(md->metadata[i].value), n);
+                        p += n;
+                }
+        *joined = out;
+        *len = (size_t) (p - out);
+        return out;
 }
 
 /* Copies the trimmed [s, s+len) into out when it is one address. */
@@ -88,19 +113,23 @@ static void apply_values(const mgmt_realip *r, const char *xff, size_t xff_len, 
                         }
                         end = start - 1;
                 }
+                /* A proxy that sent X-Forwarded-For said it all: an
+                 * X-Real-IP beside it may be the client's own. */
+                return;
         }
         if (xri)
                 (void) take_address(xri, xri_len, ip, cap);
 }
 
 void mgmt_realip_apply(const mgmt_realip *r, const grpc_metadata_array *md, char *ip, size_t cap) {
+        _cleanup_free_ char *joined = NULL, *unused = NULL;
         const char *xff, *xri;
         size_t xff_len = 0, xri_len = 0;
 
         if (!r || !md || !*ip || !cp_prefix_list_contains(&r->trusted, ip))
                 return;
-        xff = header(md, "x-forwarded-for", &xff_len);
-        xri = header(md, "x-real-ip", &xri_len);
+        xff = header(md, "x-forwarded-for", &xff_len, &joined);
+        xri = header(md, "x-real-ip", &xri_len, &unused);
         apply_values(r, xff, xff_len, xri, xri_len, ip, cap);
 }
 
@@ -108,4 +137,8 @@ void mgmt_realip_apply_headers(const mgmt_realip *r, const char *xff, const char
         if (!r || !*ip || !cp_prefix_list_contains(&r->trusted, ip))
                 return;
         apply_values(r, xff, xff ? strlen(xff) : 0, xri, xri ? strlen(xri) : 0, ip, cap);
+}
+
+bool mgmt_realip_trusts(const mgmt_realip *r, const char *ip) {
+        return r && ip && *ip && cp_prefix_list_contains(&r->trusted, ip);
 }

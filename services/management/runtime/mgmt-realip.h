@@ -6,13 +6,16 @@
  * When the TCP peer of a call is inside one of the trusted prefixes, the
  * address comes from the headers NetBird reads, in its order:
  * X-Forwarded-For (the rightmost entry that is not itself a trusted
- * proxy), then X-Real-IP. Anything unparsable is ignored: the peer address
+ * proxy), X-Real-IP only when there is no X-Forwarded-For (a client
+ * may send its own X-Real-IP through a proxy that appends to
+ * X-Forwarded-For). Anything unparsable is ignored: the peer address
  * stays. Without trusted prefixes (the default) the headers are never
  * read. Immutable after creation; any thread.
  */
 #pragma once
 
 #include <grpc/grpc.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "cp/error.h"
@@ -25,6 +28,9 @@ typedef struct mgmt_realip mgmt_realip;
 int mgmt_realip_new(const char *list, mgmt_realip **ret, cp_error *reterr);
 /* Accepts NULL; returns NULL. */
 mgmt_realip *mgmt_realip_free(mgmt_realip *r);
+
+/* True when ip (text) is in a trusted prefix; false for a NULL r. */
+bool mgmt_realip_trusts(const mgmt_realip *r, const char *ip);
 
 /* Replaces ip (the call's peer address, text, in a buffer of cap bytes)
  * with the forwarded address when ip is trusted. r may be NULL. */

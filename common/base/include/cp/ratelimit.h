@@ -42,8 +42,16 @@ bool cp_ratelimit_enabled(const cp_ratelimit *rl);
  * bucket is empty; *retry_after_ms (may be NULL) gets the time until the
  * next token (at least 1). A NULL or disabled table allows everything. */
 bool cp_ratelimit_take(cp_ratelimit *rl, const void *key, size_t len, int64_t now_ms, int64_t *retry_after_ms);
-/* Like cp_ratelimit_take() but takes nothing: would a take be allowed? */
+/* Like cp_ratelimit_take() but takes nothing: would a take be allowed?
+ * A key not in the table is allowed and not added (a check evicts nobody). */
 bool cp_ratelimit_check(cp_ratelimit *rl, const void *key, size_t len, int64_t now_ms, int64_t *retry_after_ms);
+
+/* The key of a client address for the per-address limits: an IPv4
+ * address as it is, an IPv6 address as its /64 ("2001:db8:1:2::/64"; one
+ * host usually holds a whole /64, so per address would be no limit).
+ * Anything else as it is (truncated). Returns the key's length. */
+#define CP_RATELIMIT_ADDR_KEY_LEN 64
+size_t cp_ratelimit_addr_key(const char *ip, char out[CP_RATELIMIT_ADDR_KEY_LEN]);
 
 /* Buckets in use, and how many buckets were forgotten while not full
  * (the table was full). */
