@@ -12,10 +12,7 @@ import datetime
 import json
 import os
 import random
-import shutil
 import signal
-import socket
-import subprocess
 import time
 
 import svc
@@ -26,51 +23,10 @@ FAKETIME_LIBS = ("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
                  "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 
 
-def port_answers(port):
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-class Redis:
-    """redis-server on a free port, no persistence; restartable on the same port."""
-
-    def __init__(self):
-        if not shutil.which("redis-server"):
-            raise svc.Skip("redis-server not installed")
-        self.dir = svc.tmpdir()
-        self.port = svc.free_port()
-        self.url = "redis://127.0.0.1:%d" % self.port
-        self.proc = None
-        self.start()
-        svc.defer(self.stop)
-
-    def start(self):
-        self.proc = subprocess.Popen(
-            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--protected-mode", "yes",
-             "--save", "", "--appendonly", "no", "--dir", self.dir,
-             "--logfile", os.path.join(self.dir, "redis.log")],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(lambda: port_answers(self.port) or self.proc.poll() is not None, timeout=15, what="redis up")
-        assert self.proc.poll() is None, "redis-server exited"
-
-    def publish(self, channel, message):
-        """PUBLISH over RESP; returns the number of subscribers reached."""
-        parts = [b"PUBLISH", channel.encode(), message.encode()]
-        cmd = b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
-        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as c:
-            c.sendall(cmd)
-            reply = c.recv(64)
-        assert reply.startswith(b":"), reply
-        return int(reply[1:].split(b"\r\n")[0])
-
-    def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()           # exactly our pid
-            self.proc.wait(15)
-        wait_until(lambda: not port_answers(self.port), timeout=10, what="redis port closed")
+def Redis():
+    """Redis of the checker's own (svc.PrivateRedis): stop/start for the
+    Redis fault, publish for the forged message."""
+    return svc.PrivateRedis()
 
 
 def Postgres():

@@ -14,7 +14,6 @@ check (what, how many, result).
 
 import os
 import random
-import subprocess
 import sys
 import threading
 import time
@@ -108,7 +107,7 @@ class Faults:
     def clock_ahead(self, rep):
         """rep runs 5 s ahead from now on; a replica that ran ahead before
         (the long form's later rounds pick another) gets its clock back."""
-        if binary_uses_asan():
+        if svc.binary_uses_asan():
             self.note("clock +5s", rep.name, "SKIPPED: libfaketime's LD_PRELOAD does not mix with ASan "
                                              "(tests/run --sanitize); the plain build runs it")
             return
@@ -153,14 +152,6 @@ class Faults:
 
     def serial(self):
         return svc.query(self.pg.dsn, "SELECT max(network_serial) FROM accounts")[0][0]
-
-
-def binary_uses_asan():
-    try:
-        out = subprocess.run(["ldd", svc.BINARY], capture_output=True, text=True, timeout=10).stdout
-    except Exception:
-        return False
-    return "libasan" in out
 
 
 def fresh_equal(agent_msg, fresh_bytes):

@@ -185,6 +185,90 @@ def free_port():
 CLUSTER_SH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "deploy", "lib", "cluster.sh")
 
 
+def port_answers(port):
+    """True when something accepts TCP connections on 127.0.0.1:port."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def binary_uses_asan():
+    """True when the server binary under test is built with ASan (some
+    faults, e.g. libfaketime, do not mix with it)."""
+    try:
+        out = subprocess.run(["ldd", BINARY], capture_output=True, text=True, timeout=10).stdout
+    except Exception:
+        return False
+    return "libasan" in out
+
+
+def _poll(pred, timeout, what):
+    deadline = time.time() + timeout
+    while not pred():
+        if time.time() > deadline:
+            raise AssertionError("timed out waiting for " + what)
+        time.sleep(0.05)
+
+
+class PrivateRedis:
+    """A redis-server of the test's own on a free port (no persistence),
+    our child, stopped by its pid at exit and restartable on the same port
+    (for tests that stop Redis; the shared one of tests/run stays up)."""
+
+    def __init__(self):
+        if not shutil.which("redis-server"):
+            raise Skip("redis-server not installed")
+        self.dir = tmpdir()
+        self.port = free_port()
+        self.url = "redis://127.0.0.1:%d" % self.port
+        self.proc = None
+        self.start()
+        defer(self.stop)
+
+    def start(self):
+        assert self.proc is None or self.proc.poll() is not None
+        self.proc = subprocess.Popen(
+            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--protected-mode", "yes",
+             "--save", "", "--appendonly", "no", "--dir", self.dir,
+             "--logfile", os.path.join(self.dir, "redis.log")],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _poll(lambda: self.ping() or self.proc.poll() is not None, 15, "redis up")
+        assert self.proc.poll() is None, "redis-server exited: %s" % self.log()
+
+    def ping(self):
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as c:
+                c.sendall(b"PING\r\n")
+                return c.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def publish(self, channel, message):
+        """PUBLISH over RESP; returns the number of subscribers reached."""
+        parts = [b"PUBLISH", channel.encode(), message.encode()]
+        cmd = b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as c:
+            c.sendall(cmd)
+            reply = c.recv(64)
+        assert reply.startswith(b":"), reply
+        return int(reply[1:].split(b"\r\n")[0])
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()           # exactly our pid
+            self.proc.wait(15)
+        _poll(lambda: not port_answers(self.port), 10, "redis port closed")
+
+    def log(self):
+        try:
+            with open(os.path.join(self.dir, "redis.log")) as f:
+                return f.read()[-2000:]
+        except OSError:
+            return ""
+
+
 class PrivatePostgres:
     """A PostgreSQL cluster of the test's own (deploy/lib/cluster.sh:
     cl_pg_init fast, cl_pg_start, cl_pg_stop = pg_ctl stop -m fast on the

@@ -25,9 +25,6 @@ import concurrent.futures
 import os
 import queue
 import secrets
-import shutil
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -106,68 +103,6 @@ def is_open(s):
 def parallel(fn, items, workers=16):
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as ex:
         return list(ex.map(fn, items))
-
-
-def binary_uses_asan():
-    try:
-        out = subprocess.run(["ldd", svc.BINARY], capture_output=True, text=True, timeout=10).stdout
-    except Exception:
-        return False
-    return "libasan" in out
-
-
-def port_answers(port):
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-class PrivateRedis:
-    """A redis-server of this test's own on a free port (no persistence),
-    our child, stopped by its pid and restartable on the same port."""
-
-    def __init__(self):
-        if not shutil.which("redis-server"):
-            raise svc.Skip("redis-server not installed")
-        self.dir = svc.tmpdir()
-        self.port = svc.free_port()
-        self.url = "redis://127.0.0.1:%d" % self.port
-        self.proc = None
-        self.start()
-        svc.defer(self.stop)
-
-    def start(self):
-        assert self.proc is None or self.proc.poll() is not None
-        self.proc = subprocess.Popen(
-            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--protected-mode", "yes",
-             "--save", "", "--appendonly", "no", "--dir", self.dir,
-             "--logfile", os.path.join(self.dir, "redis.log")],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(lambda: self.ping() or self.proc.poll() is not None, timeout=15, what="redis up")
-        assert self.proc.poll() is None, "redis-server exited: %s" % self.log()
-
-    def ping(self):
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as c:
-                c.sendall(b"PING\r\n")
-                return c.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()           # exactly our pid
-            self.proc.wait(15)
-        wait_until(lambda: not port_answers(self.port), timeout=10, what="redis port closed")
-
-    def log(self):
-        try:
-            with open(os.path.join(self.dir, "redis.log")) as f:
-                return f.read()[-2000:]
-        except OSError:
-            return ""
 
 
 def note(text):
@@ -279,7 +214,7 @@ def redis_restart_catches_up_every_stream():
     Redis comes back on the same port: every stream reaches the database's
     serial within 10 s (the resubscribe's catch-up), with the policy
     applied (no remote peers), and /readyz is ready again."""
-    redis = PrivateRedis()
+    redis = svc.PrivateRedis()
     dep = Deployment()
     prefix = "fo-" + secrets.token_hex(6)
     srvs = [dep.start("--heartbeat-interval", "200ms", "--replica-expiry", "2s",
@@ -506,7 +441,7 @@ def fence_race_across_three_replicas_one_clock_ahead():
     lib = next((p for p in FAKETIME_LIBS if os.path.exists(p)), None)
     if lib is None:
         raise svc.Skip("libfaketime not installed (Debian package faketime)")
-    if binary_uses_asan():
+    if svc.binary_uses_asan():
         raise svc.Skip("libfaketime's LD_PRELOAD does not mix with ASan")
     dep = Deployment()
     args = ("--log-level", "debug", "--serial-check-interval", "0s")
