@@ -271,3 +271,18 @@ def rest(srv, token, method, path, body=None):
     except urllib.error.HTTPError as e:
         raw = e.read()
         return e.code, json.loads(raw) if raw else None
+
+
+def add_peer_service(dep, srv, cluster):
+    """A peer row (IP .7 of the account's network) and, through the REST
+    API of srv, an HTTP service app.<cluster> targeting it on port 8080;
+    returns (the created service's JSON, the request body, for a PUT)."""
+    pid = "peer" + secrets.token_hex(8)
+    dep.sql("INSERT INTO peers (id, account_id, key, ip, name, dns_label) VALUES (%s, %s, %s, %s, %s, %s)",
+            (pid, dep.account_id, secrets.token_hex(16) + "=", str(dep.network.network_address + 7), pid, pid))
+    body = {"name": "app", "domain": "app." + cluster, "enabled": True,
+            "targets": [{"target_id": pid, "target_type": "peer", "protocol": "http", "port": 8080,
+                         "enabled": True}]}
+    st, created = rest(srv, dep.admin_token, "POST", "/api/reverse-proxies/services", body)
+    assert st == 200, (st, created)
+    return created, body

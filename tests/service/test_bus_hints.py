@@ -263,14 +263,7 @@ def forged_proxy_sequence_does_not_silence_the_proxies():
     before = bus_received(r2)
     publish_many(dep, ["~proxy %d" % INT64_MAX])
     wait_until(lambda: bus_received(r2) > before, what="the forged message received")
-    pid = "peer" + secrets.token_hex(8)
-    dep.sql("INSERT INTO peers (id, account_id, key, ip, name, dns_label) VALUES (%s, %s, %s, %s, %s, %s)",
-            (pid, dep.account_id, secrets.token_hex(16) + "=", str(dep.network.network_address + 7), pid, pid))
-    body = {"name": "app", "domain": "app." + cl, "enabled": True,
-            "targets": [{"target_id": pid, "target_type": "peer", "protocol": "http", "port": 8080,
-                         "enabled": True}]}
-    st, created = pc.rest(r1, dep.admin_token, "POST", "/api/reverse-proxies/services", body)
-    assert st == 200, (st, created)
+    created, _ = pc.add_peer_service(dep, r1, cl)
     _, r = s.next(timeout=5)
     assert [(m.id, m.type) for m in r.mapping] == [(created["id"], pb.UPDATE_TYPE_CREATED)], r
 

@@ -425,14 +425,7 @@ def rest_changes_and_revocation_across_replicas():
     s = stream(proxy(r3, t["plain_token"]))
     s.send_init("rest-proxy", cl)
     assert pc.snapshot(s)[0] == []
-    pid = "peer" + secrets.token_hex(8)
-    dep.sql("INSERT INTO peers (id, account_id, key, ip, name, dns_label) VALUES (%s, %s, %s, %s, %s, %s)",
-            (pid, dep.account_id, secrets.token_hex(16) + "=", str(dep.network.network_address + 7), pid, pid))
-    body = {"name": "app", "domain": "app." + cl, "enabled": True,
-            "targets": [{"target_id": pid, "target_type": "peer", "protocol": "http", "port": 8080,
-                         "enabled": True}]}
-    st, svc_ = pc.rest(r1, dep.admin_token, "POST", "/api/reverse-proxies/services", body)
-    assert st == 200, (st, svc_)
+    svc_, body = pc.add_peer_service(dep, r1, cl)
     _, r = s.next(timeout=10)
     assert [(m.id, m.type, m.domain) for m in r.mapping] == [(svc_["id"], pb.UPDATE_TYPE_CREATED, "app." + cl)]
     assert r.mapping[0].path[0].target == "http://%s:8080/" % (dep.network.network_address + 7), r.mapping[0]
