@@ -581,8 +581,9 @@ static const struct {
                 " FROM dead d ORDER BY d.id", 2 },
 
         /* Ephemeral peers (store-ephemeral.c, cp/store-ephemeral.h). The
-         * accounts with a peer due: the WHERE is the partial index
-         * idx_peers_ephemeral_last_seen's predicate. $1 = lifetime in us. */
+         * accounts with a peer due, through the partial index
+         * idx_peers_ephemeral (no index reads a status column: every
+         * connect is a HOT update, migration 0014). $1 = lifetime in us. */
         [ST_EPHEMERAL_ACCOUNTS] = { "ephemeral_accounts",
                 "SELECT DISTINCT account_id FROM peers WHERE ephemeral AND NOT peer_status_connected"
                 " AND peer_status_last_seen <= CURRENT_TIMESTAMP - $1::bigint * interval '1 microsecond'"
