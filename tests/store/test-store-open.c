@@ -4,7 +4,7 @@
  * path would have let the open go on with a plain connect, takes a token
  * above the stored one, and writes nothing at all otherwise. Also: no index
  * of peers reads a column the connect writes (so every connect can be a
- * HOT update; migration 0014).
+ * HOT update; migration 0014), and PostgreSQL counts them as HOT.
  */
 #include "cp/base.h"
 #include "cp/store.h"
@@ -247,6 +247,36 @@ TEST(no_index_of_peers_reads_a_column_the_connect_writes) {
                 "SELECT coalesce(string_agg(indexrelid::regclass::text, ',' ORDER BY 1), '') FROM pg_index"
                 " WHERE indrelid = 'peers'::regclass AND pg_get_indexdef(indexrelid) ~ $1",
                 "(peer_status_|location_|meta_)", NULL);
+        fixture_release(&f);
+}
+
+TEST(connects_and_disconnects_are_hot_updates) {
+        fixture f;
+        cp_store_peer_opened o = { 0 };
+        cp_error err = { 0 };
+
+        fixture_init(&f);
+        for (int i = 0; i < 10; i++) {
+                ASSERT_EQ(1, open_(&f, NULL, cp_now_unix_ns(), &o));
+                ASSERT_EQ(1, cp_store_peer_mark_disconnected(f.store, f.acct.account_id, f.peer_id, o.token, &err));
+                ASSERT_EQ(1, cp_store_peer_mark_connected(f.store, f.acct.account_id, f.peer_id, o.token + 1, &err));
+                ASSERT_EQ(1, cp_store_peer_mark_disconnected(f.store, f.acct.account_id, f.peer_id, o.token + 1,
+                                                             &err));
+        }
+        /* The store's backends report their counters when they exit. */
+        f.store = cp_store_free(f.store);
+        char *v = NULL;
+        for (int i = 0; i < 100; i++) {
+                free(v);
+                v = cptest_db_query(f.db,
+                        "SELECT n_tup_upd || '/' || n_tup_hot_upd FROM pg_stat_user_tables"
+                        " WHERE relname = 'peers' AND n_tup_upd >= 40", 0, NULL);
+                if (v && *v)
+                        break;
+                usleep(100 * 1000);
+        }
+        ASSERT_STREQ("40/40", v);
+        free(v);
         fixture_release(&f);
 }
 
