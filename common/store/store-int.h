@@ -24,6 +24,7 @@ typedef enum cp_store_stmt {
         ST_PING,
         ST_PEER_CONNECT,
         ST_PEER_CONNECT_VERSION,
+        ST_PEER_OPEN,
         ST_PEER_DISCONNECT,
         ST_PEER_STATUS,
         ST_ACCOUNT_COUNT,

@@ -22,7 +22,6 @@ enum {
         ACTIVITY_PEER_ADDED_BY_USER = 0,
         ACTIVITY_PEER_ADDED_WITH_SETUP_KEY = 1,
         ACTIVITY_PEER_REMOVED_BY_USER = 5,
-        ACTIVITY_PEER_LOGIN_EXPIRED = 50,
 };
 
 /* Random addresses tried before scanning for a free one. */
@@ -1320,6 +1319,52 @@ out:
         return r;
 }
 
+int cp_store_peer_open(cp_store *s, const cp_store_peer_open_req *req, cp_store_peer_opened *ret,
+                       cp_error *reterr) {
+        _cleanup_pgresult_ PGresult *res = NULL;
+        const char *params[27];
+        char now_us[24], gid[24];
+        meta_params mp;
+        int r;
+
+        if (!req || !req->wg_pub_key || !*req->wg_pub_key || !ret)
+                return cp_error_set(reterr, -EINVAL, "peer key and result are required");
+        if (req->connection_ip && !valid_ip(req->connection_ip))
+                return cp_error_set(reterr, -EINVAL, "invalid connection address \"%s\"", req->connection_ip);
+        (void) snprintf(now_us, sizeof now_us, "%" PRId64, req->now_unix_ns / 1000);
+        params[0] = req->wg_pub_key;
+        params[2] = now_us;
+        params[3] = s->replica_id;
+        params[4] = req->connection_ip;
+        r = meta_params_or_keep(req->meta, &mp, params + 5, reterr);
+        if (r < 0)
+                goto out;
+        /* The version the meta carries, which must be the stored one;
+         * no meta: the stored meta is kept, so is the version. */
+        params[1] = req->meta ? mp.v[7] : NULL;
+        params[24] = params[25] = params[26] = NULL;
+        if (req->location) {
+                (void) snprintf(gid, sizeof gid, "%" PRId64, req->location->geoname_id);
+                params[24] = cp_store__nz(req->location->country_code);
+                params[25] = cp_store__nz(req->location->city_name);
+                params[26] = gid;
+        }
+        r = cp_store__run(s, ST_PEER_OPEN, params, &res, reterr);
+        if (r < 0)
+                goto out;
+        r = PQntuples(res) == 1 ? 1 : 0;
+        if (r == 1) {
+                (void) snprintf(ret->peer_id, sizeof ret->peer_id, "%s", PQgetvalue(res, 0, 0));
+                (void) snprintf(ret->account_id, sizeof ret->account_id, "%s", PQgetvalue(res, 0, 1));
+                ret->token = cp_store__col_int64(res, 2);
+                ret->network_serial = cp_store__col_int64(res, 3);
+                cp_store__fenced(true, true);
+        }
+out:
+        meta_params_release(&mp);
+        return r;
+}
+
 /* ---- logout ------------------------------------------------------------------------ */
 
 int cp_store_peer_delete(cp_store *s, const char *account_id, const char *peer_id,
@@ -1404,87 +1449,5 @@ int cp_store_tx_peer_event(cp_store_tx *tx, int activity, const char *account_id
                 return r;
         if (cp_store__affected(res) != 1)
                 return cp_error_set(reterr, -ENOENT, "peer %s not found in account %s", peer_id, account_id);
-        return 0;
-}
-
-/* ---- login expiration ------------------------------------------------------------ */
-
-static int cmp_expired(const void *a, const void *b) {
-        return strcmp(((const cp_store_expired_account *) a)->account_id,
-                      ((const cp_store_expired_account *) b)->account_id);
-}
-
-static int cmp_expired_peer(const void *a, const void *b) {
-        const cp_store_expired_peer *x = a, *y = b;
-        int c = strcmp(x->account_id, y->account_id);
-
-        return c ? c : strcmp(x->peer_id, y->peer_id);
-}
-
-int cp_store_expire_logins(cp_store *s, const char *dns_domain, cp_store_expired_account **ret_accounts,
-                           size_t *ret_n, cp_store_expired_peer **ret_peers, size_t *ret_n_peers,
-                           cp_error *reterr) {
-        char code[12];
-        const char *params[2] = { code, cp_store__nz(dns_domain) };
-        cp_store_expired_account *out = NULL;
-        cp_store_expired_peer *peers = NULL;
-        size_t n = 0, n_peers = 0;
-        int r;
-
-        if (!ret_accounts || !ret_n || (ret_peers && !ret_n_peers))
-                return cp_error_set(reterr, -EINVAL, "result pointers are required");
-        (void) snprintf(code, sizeof code, "%d", ACTIVITY_PEER_LOGIN_EXPIRED);
-
-        for (int attempt = 0;; attempt++) {
-                _cleanup_pgresult_ PGresult *res = NULL;
-                cp_store_conn *c;
-                cp_error err = { 0 };
-
-                r = cp_store__acquire(s, &c, reterr);
-                if (r < 0)
-                        return r;
-                /* One statement: its own transaction. */
-                r = cp_store__exec(c, ST_PEER_EXPIRE_LOGINS, params, &res, &err);
-                cp_store__release(s, c);
-                if (r < 0) {
-                        /* A deadlock with a concurrent caller rolled everything back. */
-                        if (attempt < 3 && (strcmp(err.sqlstate, "40P01") == 0 ||
-                                            strcmp(err.sqlstate, "40001") == 0))
-                                continue;
-                        if (reterr)
-                                *reterr = err;
-                        return r;
-                }
-                /* One row per marked peer, sorted by account id then peer
-                 * id: the accounts are the runs of equal account ids. */
-                n_peers = (size_t) PQntuples(res);
-                if (n_peers > 0) {
-                        out = cp_xcalloc(n_peers, sizeof *out);
-                        peers = cp_xcalloc(n_peers, sizeof *peers);
-                        for (size_t i = 0; i < n_peers; i++) {
-                                const char *acc = PQgetvalue(res, (int) i, 0);
-                                (void) snprintf(peers[i].account_id, sizeof peers[i].account_id, "%s", acc);
-                                (void) snprintf(peers[i].peer_id, sizeof peers[i].peer_id, "%s",
-                                                PQgetvalue(res, (int) i, 2));
-                                if (n > 0 && strcmp(out[n - 1].account_id, acc) == 0)
-                                        continue;
-                                (void) snprintf(out[n].account_id, sizeof out[n].account_id, "%s", acc);
-                                out[n].serial = strtoll(PQgetvalue(res, (int) i, 1), NULL, 10);
-                                n++;
-                        }
-                        /* The ORDER BY sorts in the database's collation;
-                         * callers get strcmp order. */
-                        qsort(out, n, sizeof *out, cmp_expired);
-                        qsort(peers, n_peers, sizeof *peers, cmp_expired_peer);
-                }
-                break;
-        }
-        *ret_accounts = out;
-        *ret_n = n;
-        if (ret_peers) {
-                *ret_peers = peers;
-                *ret_n_peers = n_peers;
-        } else
-                free(peers);
         return 0;
 }

@@ -114,9 +114,10 @@
 /* What a landing fenced connect writes (both connect statements): the
  * session ($3 token, $4 owning replica), the connection address ($5) and
  * the meta ($6..$24), NULL meaning "keep what is stored". */
-#define PEER_CONNECT_SET(cc, city, gid) \
+#define PEER_CONNECT_SET(cc, city, gid) PEER_CONNECT_SET_TOKEN("$3::bigint", cc, city, gid)
+#define PEER_CONNECT_SET_TOKEN(tok, cc, city, gid) \
         "peer_status_connected = TRUE, peer_status_last_seen = CURRENT_TIMESTAMP," \
-        " peer_status_session_started_at = $3::bigint, peer_status_login_expired = FALSE," \
+        " peer_status_session_started_at = " tok ", peer_status_login_expired = FALSE," \
         " peer_status_replica_id = $4, location_connection_ip = COALESCE($5::inet, p.location_connection_ip)," \
         " (" PEER_META_COLUMNS ") = (" PEER_META_OR_KEPT_6 ")," \
         " location_country_code = COALESCE(" cc "::text, p.location_country_code)," \
@@ -129,7 +130,8 @@
  * files ($7 $11 $12 $15 $16 $22, NULL = keep), the connection address
  * ($5; NetBird's peer network range check reads it too) or the location's
  * country or city (cc, city; NULL = keep). Row alias p, before the write. */
-#define HAS_POSTURE_CHECKS "EXISTS (SELECT 1 FROM posture_checks pc WHERE pc.account_id = $1)"
+#define HAS_POSTURE_CHECKS HAS_POSTURE_CHECKS_OF("$1")
+#define HAS_POSTURE_CHECKS_OF(acc) "EXISTS (SELECT 1 FROM posture_checks pc WHERE pc.account_id = " acc ")"
 #define POSTURE_INPUTS_CHANGED(cc, city) POSTURE_INPUTS_CHANGED_IP("$5", cc, city)
 #define POSTURE_INPUTS_CHANGED_IP(ip, cc, city) \
         "(p.meta_go_os, p.meta_os, p.meta_os_version, p.meta_kernel_version, p.meta_network_addresses," \
@@ -193,6 +195,35 @@ static const struct {
                 " WHERE id = $1 AND (SELECT version OR posture FROM u) RETURNING network_serial)"
                 " SELECT u.version, COALESCE((SELECT network_serial FROM b),"
                 " (SELECT network_serial FROM accounts WHERE id = $1)), u.posture FROM u", 27 },
+        /* The Sync open in one round trip (cp_store_peer_open): the
+         * lookup by key ($1) and the plain fenced connect in one UPDATE,
+         * which lands only where the open needs nothing the lookup would
+         * have decided otherwise: the account not suspended, the peer's
+         * login not expired (flag clear; an SSO peer's deadline, by the
+         * replica's clock $3 in Unix microseconds, not passed; its owner
+         * not blocked), the agent version unchanged ($2, NULL = no meta)
+         * and no posture input changed while the account has posture
+         * checks. The token is the database clock, above the stored one
+         * (computed under the row lock, so the connect lands as the
+         * newest; a stored token at the top of the range is never
+         * beaten). $4 replica, $5 address, $6..$24 meta, $25..$27
+         * location, as peer_connect. One row: landed, with the peer, its
+         * account, the token and the serial; none: the caller takes the
+         * lookup and peer_connect(_version) path, which decides. */
+        [ST_PEER_OPEN] = { "peer_open",
+                "UPDATE peers p SET " PEER_CONNECT_SET_TOKEN(
+                        "GREATEST(" DB_NOW_NS ", p.peer_status_session_started_at + 1)", "$25", "$26", "$27")
+                " FROM accounts a WHERE p.key = $1 AND a.id = p.account_id AND a.suspended_at IS NULL"
+                " AND p.peer_status_session_started_at < 9223372036854775807"
+                " AND NOT p.peer_status_login_expired"
+                " AND ($2::text IS NULL OR p.meta_wt_version = $2)"
+                " AND NOT (COALESCE(p.user_id, '') <> '' AND (COALESCE((SELECT u.blocked FROM users u"
+                " WHERE u.account_id = p.account_id AND u.id = p.user_id), FALSE)"
+                " OR (a.settings_peer_login_expiration_enabled AND p.login_expiration_enabled"
+                " AND p.last_login IS NOT NULL AND p.last_login + (a.settings_peer_login_expiration / 1000)"
+                " * interval '1 microsecond' <= 'epoch'::timestamptz + $3::bigint * interval '1 microsecond')))"
+                " AND NOT (" HAS_POSTURE_CHECKS_OF("p.account_id") " AND " POSTURE_INPUTS_CHANGED("$25", "$26") ")"
+                " RETURNING p.id, p.account_id, p.peer_status_session_started_at, a.network_serial", 27 },
         [ST_PEER_DISCONNECT] = { "peer_disconnect",
                 "UPDATE peers SET peer_status_connected = FALSE,"
                 " peer_status_last_seen = CURRENT_TIMESTAMP,"
@@ -550,8 +581,9 @@ static const struct {
                 " FROM dead d ORDER BY d.id", 2 },
 
         /* Ephemeral peers (store-ephemeral.c, cp/store-ephemeral.h). The
-         * accounts with a peer due: the WHERE is the partial index
-         * idx_peers_ephemeral_last_seen's predicate. $1 = lifetime in us. */
+         * accounts with a peer due, through the partial index
+         * idx_peers_ephemeral (no index reads a status column: every
+         * connect is a HOT update, migration 0014). $1 = lifetime in us. */
         [ST_EPHEMERAL_ACCOUNTS] = { "ephemeral_accounts",
                 "SELECT DISTINCT account_id FROM peers WHERE ephemeral AND NOT peer_status_connected"
                 " AND peer_status_last_seen <= CURRENT_TIMESTAMP - $1::bigint * interval '1 microsecond'"

@@ -106,7 +106,8 @@ def cpu_ticks(pid):
 def explain_open(dsn, dump):
     """EXPLAIN (ANALYZE, BUFFERS, WAL) of one open's statements, the exact
     prepared texts (sql-scope-dump table), on a registered idle peer:
-    the lookup, the fenced connect and the fenced disconnect. Returns
+    the lookup, the fenced connect and the fenced disconnect, and the
+    one-round-trip open (peer_open) that replaces the first two. Returns
     {name: (ms, wal_records, wal_bytes, fpi, hit, dirtied)} or {}."""
     try:
         table = {s["name"]: s for s in json.loads(subprocess.run([dump, "table"], capture_output=True,
@@ -123,7 +124,7 @@ def explain_open(dsn, dump):
         if not row:
             return {}
         acc, pid, key, tok = row
-        for name in ("peer_lookup", "peer_connect", "peer_disconnect"):
+        for name in ("peer_lookup", "peer_connect", "peer_disconnect", "peer_open"):
             if name in table:
                 c.execute("PREPARE b_%s AS %s" % (name, table[name]["sql"]))
         # three rounds; the last one counts (catalog caches and plans warm)
@@ -142,6 +143,21 @@ def explain_open(dsn, dump):
                 out[name] = (plan.get("Execution Time", 0.0), top.get("WAL Records", 0), top.get("WAL Bytes", 0),
                              top.get("WAL FPI", 0), top.get("Shared Hit Blocks", 0) + top.get("Shared Read Blocks", 0),
                              top.get("Shared Dirtied Blocks", 0))
+        # The one-round-trip open (lookup and connect in one UPDATE, the
+        # token taken in it), then the disconnect of the token it took.
+        for i in range(3 if "peer_open" in table else 0):
+            params = [key, None, str(int(time.time() * 1e6)), "bench-replica", None] + [None] * 22
+            args = ", ".join("%s" for _ in params)
+            c.execute("EXPLAIN (ANALYZE, BUFFERS, WAL, FORMAT JSON) EXECUTE b_peer_open (%s)" % args, params)
+            plan = c.fetchone()[0][0]
+            top = plan["Plan"]
+            out["peer_open"] = (plan.get("Execution Time", 0.0), top.get("WAL Records", 0), top.get("WAL Bytes", 0),
+                                top.get("WAL FPI", 0),
+                                top.get("Shared Hit Blocks", 0) + top.get("Shared Read Blocks", 0),
+                                top.get("Shared Dirtied Blocks", 0))
+            c.execute("SELECT peer_status_session_started_at FROM peers WHERE account_id = %s AND id = %s",
+                      (acc, pid))
+            c.execute("EXECUTE b_peer_disconnect (%s, %s, %s)", (acc, pid, str(c.fetchone()[0])))
     conn.close()
     return out
 
@@ -306,7 +322,7 @@ def main():
     if plans:
         print("  EXPLAIN (ANALYZE, BUFFERS, WAL) of one open + close on an idle registered peer (the prepared"
               " texts; third run of each):")
-        for name in ("peer_lookup", "peer_connect", "peer_disconnect"):
+        for name in ("peer_lookup", "peer_connect", "peer_disconnect", "peer_open"):
             if name in plans:
                 p = plans[name]
                 print("    %-16s %.3f ms, WAL %d records %d B (%d full-page images), buffers %d touched %d dirtied"

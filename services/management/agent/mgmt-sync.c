@@ -454,6 +454,57 @@ static int open_first_message(sync_stream *s, mgmt_agent_op *op, int64_t serial)
         return 0;
 }
 
+/* The common open in one round trip (cp_store_peer_open: the lookup and
+ * the fenced connect in one UPDATE). 1 when it landed (s is set up as
+ * after the connect in open_work), 0 when it wrote nothing and the lookup
+ * path decides (unknown key, suspended account, expired or blocked
+ * login, a new agent version, posture inputs changed, bad meta), -1 when
+ * the open failed (op says why). */
+static int open_fast(sync_stream *s, mgmt_agent_op *op, const Management__SyncRequest *req) {
+        const mgmt_agent *ag = s->hub->agent;
+        const Management__PeerSystemMeta *pm = req->meta;
+        cp_store_peer_meta meta;
+        cp_store_peer_opened o;
+        cp_error err = { 0 };
+        int r;
+
+        /* Meta the lookup path refuses: it refuses it in its own order. */
+        if (pm && (pm->n_networkaddresses > CP_STORE_META_MAX_ADDRESSES || pm->n_files > CP_STORE_META_MAX_FILES ||
+                   pm->n_capabilities > CP_STORE_META_MAX_CAPABILITIES))
+                return 0;
+        if (pm && mgmt_login_meta(op, pm, &meta) < 0)
+                return -1;
+        const char *ip = mgmt_call_peer_ip(op->call);
+        cp_store_peer_location where;
+        cp_geo_location loc;
+        cp_store_peer_open_req oq = {
+                .wg_pub_key = op->peer_key,
+                .meta = pm ? &meta : NULL,
+                .connection_ip = ip && *ip ? ip : NULL,
+                .location = mgmt_peer_location(ag, ip, &loc, &where),
+                .now_unix_ns = cp_now_unix_ns(),
+        };
+        r = cp_store_peer_open(ag->store, &oq, &o, &err);
+        if (r == 0 || r == -EINVAL)
+                return 0;       /* nothing written */
+        if (r < 0) {
+                open_fail_internal(op, "cannot open the session", r, &err);
+                return -1;
+        }
+        (void) snprintf(s->peer_id, sizeof s->peer_id, "%s", o.peer_id);
+        (void) snprintf(s->account_id, sizeof s->account_id, "%s", o.account_id);
+        (void) snprintf(op->account, sizeof op->account, "%s", o.account_id);
+        s->token = o.token;
+        s->was_expired = false;
+        s->connect = 1;
+        if (open_first_message(s, op, o.network_serial) < 0) {
+                /* Undo our connect (fenced: only if still ours). */
+                (void) cp_store_peer_mark_disconnected(ag->store, o.account_id, o.peer_id, s->token, NULL);
+                s->connect = -1;
+        }
+        return 1;
+}
+
 static void open_work(void *userdata) {
         sync_stream *s = userdata;
         mgmt_agent_op *op = s->op;
@@ -476,6 +527,10 @@ static void open_work(void *userdata) {
         memcpy(s->peer_key, op->peer_key, sizeof s->peer_key);
         memcpy(s->server_key, op->server_key, sizeof s->server_key);
         const Management__SyncRequest *req = (const Management__SyncRequest *) op->request;
+
+        /* The common open: one round trip, which lands or writes nothing. */
+        if (open_fast(s, op, req) != 0)
+                return;
 
         /* Round trip 1: the peer, its account's settings, the clock. */
         r = cp_store_peer_lookup(ag->store, op->peer_key, &p, &st, &now_db, &err);

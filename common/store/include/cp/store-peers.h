@@ -442,6 +442,43 @@ int cp_store_peer_connect(cp_store *s, const char *account_id, const char *peer_
                           const cp_store_peer_connect_req *req, unsigned *ret_changed, int64_t *ret_serial,
                           cp_error *reterr);
 
+/* ---- the Sync open in one round trip ---------------------------------------
+ * cp_store_peer_lookup() and cp_store_peer_connect() in ONE fenced UPDATE,
+ * for the common open: it lands only when the lookup would have let the
+ * open go on and the plain connect would have landed -- the account is
+ * not suspended; the peer's login_expired flag is clear; an SSO peer's
+ * owner is not blocked and its login deadline (by now_unix_ns, the
+ * caller's clock, as mgmt_login_expired) has not passed; meta is NULL or
+ * carries the agent version stored; no posture input changes while the
+ * account has posture checks. Then it writes what cp_store_peer_connect
+ * writes, with the session token taken in the statement under the row
+ * lock: the database clock, above the stored token (so it lands as the
+ * newest session; a stored token of INT64_MAX is never beaten). The fence
+ * is the same: a later connect, or a disconnect, sees this token.
+ *
+ * Returns 1 and fills *ret when it landed; 0 when it wrote nothing (no
+ * such key, or one of the conditions above): the caller takes the
+ * lookup + connect path, which tells which; negative on error (-EINVAL:
+ * a bad address, meta over the limits; nothing written). Inputs are
+ * borrowed for the call. */
+typedef struct cp_store_peer_open_req {
+        const char *wg_pub_key;
+        const cp_store_peer_meta *meta; /* NULL = keep */
+        const char *connection_ip;      /* NULL = keep */
+        const cp_store_peer_location *location; /* NULL = keep */
+        int64_t now_unix_ns;            /* the caller's clock, for the login deadline */
+} cp_store_peer_open_req;
+
+typedef struct cp_store_peer_opened {
+        char peer_id[64];
+        char account_id[64];
+        int64_t token;                  /* the session token that landed */
+        int64_t network_serial;         /* the account's serial (unchanged by the open) */
+} cp_store_peer_opened;
+
+int cp_store_peer_open(cp_store *s, const cp_store_peer_open_req *req, cp_store_peer_opened *ret,
+                       cp_error *reterr);
+
 /* ---- logout (section 3.5) --------------------------------------------------
  * Deletes the peer (its group memberships go with it by cascade, and so do
  * routes whose routing peer it is: routes.peer is ON DELETE CASCADE), writes
