@@ -882,6 +882,7 @@ int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf,
                 .realip = m->realip,
                 .max_streams_per_connection = cfg->grpc_max_streams_per_connection,
                 .max_connections = cfg->grpc_max_connections,
+                .threads = (int) cfg->grpc_threads,
         };
         r = mgmt_grpc_new(&go, &m->grpc, reterr);
         if (r < 0)

@@ -26,6 +26,16 @@
  * fields fixed by the open job (ids, key, shared secret, token) and write
  * only the open job's results, which the CQ thread reads after the job's
  * post.
+ *
+ * "CQ thread" here means the handler lock of mgmt-grpc.h: the server has
+ * several CQ threads, and whichever one handles an event holds the lock,
+ * so everything marked CQ thread is still touched by one thread at a
+ * time. A fan-out chunk's done (chunk_done) runs on the worker that
+ * sealed it, under the same lock (mgmt_grpc_offload_here): the maps
+ * start their sends there, while other workers still seal, with the same
+ * rules as anywhere (no map goes backwards, a newer map replaces an unsent
+ * one, a credential refresh goes first, the status after the last
+ * message).
  */
 #include "mgmt-sync-int.h"
 
@@ -1001,7 +1011,7 @@ static void load_done(mgmt_grpc *g, void *userdata) {
                 ch->f = f;
                 ch->from = k * FANOUT_CHUNK;
                 ch->to = ch->from + FANOUT_CHUNK < f->n ? ch->from + FANOUT_CHUNK : f->n;
-                if (mgmt_grpc_offload(g, chunk_work, chunk_done, ch, true) < 0) {
+                if (mgmt_grpc_offload_here(g, chunk_work, chunk_done, ch) < 0) {
                         /* Workers stopping: nothing more will be sent. */
                         free(ch);
                         if (--f->chunks_left == 0)
