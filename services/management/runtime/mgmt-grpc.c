@@ -445,6 +445,10 @@ bool mgmt_call_is_over(const mgmt_call *c) {
         return atomic_load(&((mgmt_call *) c)->over);
 }
 
+size_t mgmt_call_queue(const mgmt_call *c) {
+        return c->cq;
+}
+
 int64_t mgmt_call_started_ms(const mgmt_call *c) {
         return c->started_ms;
 }

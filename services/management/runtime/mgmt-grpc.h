@@ -257,6 +257,10 @@ const char *mgmt_call_peer_ip(const mgmt_call *c);
  * client, past its deadline or cancelled at shutdown. Workers check it to
  * skip work nobody waits for any more. */
 bool mgmt_call_is_over(const mgmt_call *c);
+/* Any thread. The completion queue the call is bound to (0 ..
+ * mgmt_grpc_threads() - 1): its events are polled by that queue's
+ * thread. */
+size_t mgmt_call_queue(const mgmt_call *c);
 /* The time the call arrived, monotonic ms (for "took" in logs). */
 int64_t mgmt_call_started_ms(const mgmt_call *c);
 
