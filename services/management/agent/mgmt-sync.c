@@ -30,9 +30,11 @@
  * "CQ thread" here means the handler lock of mgmt-grpc.h: the server has
  * several CQ threads, and whichever one handles an event holds the lock,
  * so everything marked CQ thread is still touched by one thread at a
- * time. A fan-out chunk's done (chunk_done) runs on the worker that
- * sealed it, under the same lock (mgmt_grpc_offload_here): the maps
- * start their sends there, while other workers still seal, with the same
+ * time. A fan-out's load_done and each chunk's chunk_done run on the
+ * worker that did the work, under the same lock (mgmt_grpc_offload_here),
+ * with no hop through a queue: the chunks are queued as soon as the map
+ * is loaded, and the maps start their sends on the worker that sealed
+ * them while other workers still seal, with the same
  * rules as anywhere (no map goes backwards, a newer map replaces an unsent
  * one, a credential refresh goes first, the status after the last
  * message).
@@ -1061,7 +1063,7 @@ void mgmt_sync__fanout_start(mgmt_sync *h, sync_acct *a, bool force) {
         a->building = true;
         /* force: at most one rebuild per account runs at a time, so these
          * are bounded, and dropping one would lose the newest map. */
-        if (mgmt_grpc_offload(g, load_work, load_done, f, true) < 0) {
+        if (mgmt_grpc_offload_here(g, load_work, load_done, f) < 0) {
                 /* Workers stopping: nothing more will be sent. */
                 for (size_t i = 0; i < f->n; i++)
                         stream_unref(f->targets[i].s);
