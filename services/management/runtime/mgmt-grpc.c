@@ -15,9 +15,12 @@
 #include <stdatomic.h>
 
 /* Request slots kept posted per registered method and for unknown methods,
- * on each completion queue. */
+ * shared out over the completion queues (at least SLOTS_MIN on each): a
+ * call arriving on a connection whose queue has no free slot takes one of
+ * another queue. */
 #define SLOTS_PER_METHOD 16
 #define SLOTS_GENERIC 8
+#define SLOTS_MIN 4
 /* How often the CQ thread wakes when idle, and while shutting down, to see
  * whether the grace period is over. */
 #define POLL_IDLE_MS 250
@@ -981,11 +984,13 @@ int mgmt_grpc_new(const mgmt_grpc_options *o, mgmt_grpc **ret, cp_error *reterr)
                 goto fail;
         }
         grpc_server_start(g->server);
+        size_t per_method = SLOTS_PER_METHOD / g->n_cqs > SLOTS_MIN ? SLOTS_PER_METHOD / g->n_cqs : SLOTS_MIN;
+        size_t generic = SLOTS_GENERIC / g->n_cqs > SLOTS_MIN ? SLOTS_GENERIC / g->n_cqs : SLOTS_MIN;
         for (size_t q = 0; q < g->n_cqs; q++) {
                 for (size_t i = 0; i < g->n_methods; i++)
-                        for (int k = 0; k < SLOTS_PER_METHOD; k++)
+                        for (size_t k = 0; k < per_method; k++)
                                 request_slot(g, i, q);
-                for (int k = 0; k < SLOTS_GENERIC; k++)
+                for (size_t k = 0; k < generic; k++)
                         request_slot(g, GENERIC_SLOT, q);
         }
 
@@ -1043,7 +1048,7 @@ size_t mgmt_grpc_threads_for(int threads) {
                 return threads < CQS_MAX ? (size_t) threads : CQS_MAX;
         if (cores < 1)
                 cores = 1;
-        return cores * 2 < CQS_MAX ? (size_t) (cores < 1 ? 2 : cores * 2) : CQS_MAX;
+        return cores * 2 < CQS_MAX ? (size_t) cores * 2 : CQS_MAX;
 }
 
 size_t mgmt_grpc_threads(const mgmt_grpc *g) {
