@@ -209,3 +209,6 @@ async def main():
 
 if __name__ == "__main__":
     asyncio.run(main())
+    # grpcio's asyncio channels may keep the interpreter from exiting
+    sys.stdout.flush()
+    os._exit(0)
