@@ -1,6 +1,8 @@
 """mgmt-core's gRPC server through mgmt-grpc-harness (tests/service): the
-registered-method path, client cancellation, and shutdown that cancels
-calls still running when the grace period ends. Needs no database.
+registered-method path, client cancellation, shutdown that cancels
+calls still running when the grace period ends, and several completion
+queues serving streams at once with a fan-out reaching all of them. Needs
+no database.
 
 The harness path comes from MGMT_GRPC_HARNESS (set by meson).
 """
@@ -17,14 +19,18 @@ from svc import test, Server
 HARNESS = os.environ.get("MGMT_GRPC_HARNESS", "")
 
 
-def start(grace_ms):
+def start(grace_ms, threads=None):
     if not HARNESS:
         raise svc.Skip("harness binary not given")
-    return Server([str(grace_ms)], command=[HARNESS], protocols=("grpc",))
+    args = [str(grace_ms)] + ([str(threads)] if threads is not None else [])
+    return Server(args, command=[HARNESS], protocols=("grpc",))
 
 
-def channel(srv):
-    ch = grpc.insecure_channel("127.0.0.1:%d" % srv.grpc_port)
+def channel(srv, own_connection=False):
+    # own_connection: a TCP connection of its own (as every agent has),
+    # not one shared with the other channels of this process.
+    opts = [("grpc.use_local_subchannel_pool", 1)] if own_connection else []
+    ch = grpc.insecure_channel("127.0.0.1:%d" % srv.grpc_port, options=opts)
     # Keep the client reading its socket even with no call active, as a Go
     # agent does: an idle grpcio channel does not answer the PING of the
     # server's graceful GOAWAY, and shutdown would then wait for the grace
@@ -106,6 +112,75 @@ def shutdown_cancels_calls_after_the_grace_period():
     assert count(srv, "call closed", cancelled="true") == 3, srv.stdout()
     line = [l for l in srv.logs() if l.get("msg") == "shutdown grace period over, cancelling calls"]
     assert line and line[0]["calls"] == "3", srv.stdout()
+    svc.check_sanitizer_clean(srv.stderr())
+
+
+@test
+def several_queues_serve_streams_and_a_fanout_reaches_every_one():
+    queues, conns, per_conn = 4, 8, 6
+    srv = start(2000, threads=queues)
+    listening = [l for l in srv.logs() if l.get("msg") == "listening"]
+    assert listening and listening[0]["queues"] == str(queues), srv.stdout()
+    got = []            # per stream: the messages in the order received
+    ends = []
+    lock = threading.Lock()
+    calls = []
+
+    def watch(ch, k):
+        call = ch.unary_stream("/cptest.Harness/Watch")(b"", timeout=60)
+        with lock:
+            calls.append(call)
+        try:
+            for m in call:
+                with lock:
+                    got[k].append(m)
+        except grpc.RpcError as e:
+            with lock:
+                ends.append(e.code())
+
+    chans = [channel(srv, own_connection=True) for _ in range(conns)]
+    threads = []
+    for j, ch in enumerate(chans):
+        for _ in range(per_conn):
+            got.append([])
+            t = threading.Thread(target=watch, args=(ch, len(got) - 1), daemon=True)
+            t.start()
+            threads.append(t)
+    n = conns * per_conn
+    wait_count(srv, n, "watching call")
+    on = [l["queue"] for l in srv.logs() if l.get("msg") == "watching call"]
+    # the server spreads connections over its queues (round robin)
+    assert len(set(on)) >= 2, on
+
+    push = chans[0].unary_unary("/cptest.Harness/Push")
+    assert push(b"m-000", timeout=10) == str(n).encode()
+
+    def wait_all(last):
+        deadline = time.monotonic() + 20
+        while True:
+            with lock:
+                if all(g and g[-1] == last for g in got):
+                    return
+            assert time.monotonic() < deadline, [g[-1:] for g in got]
+            time.sleep(0.02)
+    wait_all(b"m-000")
+    assert all(g == [b"m-000"] for g in got), got
+    # pushes back to back: a newer message may replace one still unsent,
+    # but every stream ends with the newest and never goes backwards
+    for i in range(1, 30):
+        assert push(b"m-%03d" % i, timeout=10) == str(n).encode()
+    wait_all(b"m-029")
+    with lock:
+        for g in got:
+            assert g == sorted(set(g)), g
+    with lock:
+        for c in calls:
+            c.cancel()
+    for t in threads:
+        t.join(10)
+    wait_count(srv, n, "call closed", cancelled="true")
+    rc, took = srv.stop()
+    assert rc == 0 and took < 3, (rc, took, srv.stdout())
     svc.check_sanitizer_clean(srv.stderr())
 
 

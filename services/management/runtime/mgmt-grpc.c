@@ -14,9 +14,13 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
-/* Request slots kept posted per registered method and for unknown methods. */
+/* Request slots kept posted per registered method and for unknown methods,
+ * shared out over the completion queues (at least SLOTS_MIN on each): a
+ * call arriving on a connection whose queue has no free slot takes one of
+ * another queue. */
 #define SLOTS_PER_METHOD 16
 #define SLOTS_GENERIC 8
+#define SLOTS_MIN 4
 /* How often the CQ thread wakes when idle, and while shutting down, to see
  * whether the grace period is over. */
 #define POLL_IDLE_MS 250
@@ -25,6 +29,9 @@
  * settings); NetBird's server enforces a minimum of 15 s and permits pings
  * without streams. We accept pings down to 5 s apart. */
 #define MIN_PING_INTERVAL_MS 5000
+/* Completion queues (one thread each) when the caller leaves it to us:
+ * two per core, at least 2; and at most. */
+#define CQS_MAX 64
 
 typedef enum tag_kind {
         TAG_NEW,                /* the request slot matched a call (or was dropped) */
@@ -56,14 +63,25 @@ typedef struct offload {
         mgmt_call_done_fn done;
         mgmt_grpc_post_fn gdone;
         void *userdata;
+        bool done_here;                 /* gdone runs on the worker, under the handler lock */
 } offload;
+
+/* One completion queue and the thread that polls it. */
+typedef struct mgmt_cq {
+        mgmt_grpc *g;
+        grpc_completion_queue *cq;
+        size_t index;
+        pthread_t thread;
+        bool thread_started;
+} mgmt_cq;
 
 #define GENERIC_SLOT SIZE_MAX
 
 struct mgmt_call {
         mgmt_grpc *g;
         size_t method;                  /* index into g->methods, or GENERIC_SLOT */
-        unsigned refs;                  /* slot + outstanding batches + offloads; CQ thread only */
+        size_t cq;                      /* index into g->cqs: the queue the call is bound to */
+        unsigned refs;                  /* slot + outstanding batches + offloads; under the handler lock */
         atomic_bool over;               /* RECV_CLOSE_ON_SERVER came back; read by workers */
         int64_t started_ms;
         bool matched;                   /* counted in g->live_calls */
@@ -96,8 +114,10 @@ struct mgmt_call {
 };
 
 struct mgmt_grpc {
-        grpc_server *server;            /* set before the thread starts, never changed */
-        grpc_completion_queue *cq;
+        grpc_server *server;            /* set before the threads start, never changed */
+        mgmt_cq *cqs;                   /* n_cqs queues, each with its thread */
+        size_t n_cqs;
+        grpc_completion_queue *cq;      /* cqs[0].cq: posts' wake-ups and the shutdown tag */
         int port;
         mgmt_rpc_method *methods;
         void **registered;
@@ -109,9 +129,15 @@ struct mgmt_grpc {
         void (*on_start)(mgmt_grpc *g, void *userdata);
         void *start_userdata;
         const struct mgmt_realip *realip;       /* borrowed; NULL = none */
-        pthread_t thread;
-        bool thread_started;
         bool grpc_inited;
+
+        /* The handler lock: held by a CQ thread while it handles an event
+         * or runs posts, and by a worker while it runs a done function
+         * of mgmt_grpc_offload_here(); never while waiting on a queue.
+         * Everything below marked "CQ thread only", every mgmt_call's
+         * state and every handler's state is under it. */
+        pthread_mutex_t lock;
+        size_t n_running;               /* CQ loops not yet past GRPC_QUEUE_SHUTDOWN (under lock) */
 
         /* Written by any thread. */
         atomic_bool shutdown_requested;
@@ -131,7 +157,7 @@ struct mgmt_grpc {
         grpc_channel *lame;
         mgmt_tag wake_tag;
 
-        /* CQ thread only. */
+        /* CQ thread only (under the handler lock). */
         mgmt_tag shutdown_tag;
         bool server_destroyed;
         bool calls_cancelled;
@@ -422,6 +448,10 @@ bool mgmt_call_is_over(const mgmt_call *c) {
         return atomic_load(&((mgmt_call *) c)->over);
 }
 
+size_t mgmt_call_queue(const mgmt_call *c) {
+        return c->cq;
+}
+
 int64_t mgmt_call_started_ms(const mgmt_call *c) {
         return c->started_ms;
 }
@@ -493,12 +523,24 @@ static void offload_done(mgmt_grpc *g, void *userdata) {
                 call_unref(c);
 }
 
+static void maybe_close_cq(mgmt_grpc *g);
+
 static void offload_run(void *userdata) {
         offload *o = userdata;
+        mgmt_grpc *g = o->g;
 
         if (o->work)
                 o->work(o->userdata);
-        mgmt_grpc_post(o->g, offload_done, o);
+        if (!o->done_here) {
+                mgmt_grpc_post(g, offload_done, o);
+                return;
+        }
+        /* The queue stays open while a job is out (g->jobs), so this is
+         * always before the server stops, as a post would be. */
+        pthread_mutex_lock(&g->lock);
+        offload_done(g, o);
+        maybe_close_cq(g);
+        pthread_mutex_unlock(&g->lock);
 }
 
 static int submit(mgmt_grpc *g, offload *o, bool force) {
@@ -535,18 +577,27 @@ int mgmt_grpc_offload(mgmt_grpc *g, mgmt_work_fn work, mgmt_grpc_post_fn done, v
         return submit(g, o, force);
 }
 
+int mgmt_grpc_offload_here(mgmt_grpc *g, mgmt_work_fn work, mgmt_grpc_post_fn done, void *userdata) {
+        offload *o = cp_xcalloc(1, sizeof *o);
+
+        *o = (offload) { .g = g, .work = work, .gdone = done, .userdata = userdata, .done_here = true };
+        return submit(g, o, true);
+}
+
 bool mgmt_grpc_stopping(const mgmt_grpc *g) {
         return atomic_load(&((mgmt_grpc *) g)->shutdown_requested);
 }
 
 /* ---- request slots ------------------------------------------------------- */
 
-static void request_slot(mgmt_grpc *g, size_t method) {
+static void request_slot(mgmt_grpc *g, size_t method, size_t cqi) {
         mgmt_call *c = cp_xcalloc(1, sizeof *c);
+        grpc_completion_queue *cq = g->cqs[cqi].cq;
         grpc_call_error e;
 
         c->g = g;
         c->method = method;
+        c->cq = cqi;
         c->refs = 1;                    /* the slot's own reference */
         for (size_t k = 0; k < _TAG_MAX; k++)
                 c->tags[k] = (mgmt_tag) { .call = c, .kind = (tag_kind) k };
@@ -555,12 +606,12 @@ static void request_slot(mgmt_grpc *g, size_t method) {
         c->log = log_ctx;
 
         if (method == GENERIC_SLOT)
-                e = grpc_server_request_call(g->server, &c->call, &c->details, &c->request_md, g->cq, g->cq,
+                e = grpc_server_request_call(g->server, &c->call, &c->details, &c->request_md, cq, cq,
                                              &c->tags[TAG_NEW]);
         else
                 e = grpc_server_request_registered_call(
                         g->server, g->registered[method], &c->call, &c->deadline, &c->request_md,
-                        g->methods[method].kind == MGMT_RPC_BIDI ? NULL : &c->payload, g->cq, g->cq,
+                        g->methods[method].kind == MGMT_RPC_BIDI ? NULL : &c->payload, cq, cq,
                         &c->tags[TAG_NEW]);
         if (e != GRPC_CALL_OK) {
                 cp_log_kv(&log_ctx, CP_LOG_ERROR, "cannot post a request slot", "error",
@@ -624,7 +675,7 @@ static void on_new_call(mgmt_call *c, bool ok) {
         if (!ok)
                 return;                 /* slot given back at shutdown */
         if (!atomic_load(&g->shutdown_requested))
-                request_slot(g, c->method);     /* keep the pool full */
+                request_slot(g, c->method, c->cq);      /* keep this queue's pool full */
         c->matched = true;
         g->live_calls++;
 
@@ -732,7 +783,8 @@ static void maybe_cancel(mgmt_grpc *g) {
 }
 
 /* After the server is destroyed: once no offloaded job and no post can
- * still arrive, close the queue (it then drains to GRPC_QUEUE_SHUTDOWN). */
+ * still arrive, close every queue (each then drains to
+ * GRPC_QUEUE_SHUTDOWN). Under the handler lock. */
 static void maybe_close_cq(mgmt_grpc *g) {
         if (!g->server_destroyed || g->cq_shut || g->jobs > 0)
                 return;
@@ -747,45 +799,63 @@ static void maybe_close_cq(mgmt_grpc *g) {
                 g->lame = NULL;
         }
         pthread_mutex_unlock(&g->posts_lock);
-        grpc_completion_queue_shutdown(g->cq);
+        for (size_t i = 0; i < g->n_cqs; i++)
+                grpc_completion_queue_shutdown(g->cqs[i].cq);
         g->cq_shut = true;
 }
 
-static void *cq_thread(void *userdata) {
-        mgmt_grpc *g = userdata;
-
-        if (g->on_start)
-                g->on_start(g, g->start_userdata);
-        for (;;) {
-                int64_t poll = atomic_load(&g->shutdown_requested) ? POLL_SHUTDOWN_MS : POLL_IDLE_MS;
-                gpr_timespec deadline = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
-                                                     gpr_time_from_millis(poll, GPR_TIMESPAN));
-                grpc_event ev = grpc_completion_queue_next(g->cq, deadline, NULL);
-
-                if (ev.type == GRPC_QUEUE_SHUTDOWN)
-                        break;
-                if (ev.type == GRPC_OP_COMPLETE) {
-                        mgmt_tag *t = ev.tag;
-                        if (t == &g->shutdown_tag) {
-                                /* No call is matched any more; what is left are
-                                 * completions of calls already finishing, jobs
-                                 * still on workers and the slots given back. */
-                                grpc_server_destroy(g->server);
-                                g->server_destroyed = true;
-                                if (g->jobs > 0) {
-                                        char n[32];
-                                        (void) snprintf(n, sizeof n, "%zu", g->jobs);
-                                        cp_log_kv(&log_ctx, CP_LOG_INFO, "waiting for jobs on workers",
-                                                  "jobs", n, NULL);
-                                }
-                        } else if (t == &g->wake_tag)
-                                run_posts(g);
-                        else
-                                on_event(t, ev.success != 0);
-                }
-                maybe_cancel(g);
-                maybe_close_cq(g);
+/* Under the handler lock: one event of any queue. */
+static void handle_event(mgmt_grpc *g, grpc_event ev) {
+        if (ev.type == GRPC_OP_COMPLETE) {
+                mgmt_tag *t = ev.tag;
+                if (t == &g->shutdown_tag) {
+                        /* No call is matched any more; what is left are
+                         * completions of calls already finishing, jobs
+                         * still on workers and the slots given back. */
+                        grpc_server_destroy(g->server);
+                        g->server_destroyed = true;
+                        if (g->jobs > 0) {
+                                char n[32];
+                                (void) snprintf(n, sizeof n, "%zu", g->jobs);
+                                cp_log_kv(&log_ctx, CP_LOG_INFO, "waiting for jobs on workers", "jobs", n,
+                                          NULL);
+                        }
+                } else if (t == &g->wake_tag)
+                        run_posts(g);
+                else
+                        on_event(t, ev.success != 0);
         }
+        maybe_cancel(g);
+        maybe_close_cq(g);
+}
+
+/* One wait on queue q (outside the handler lock: this is where gRPC's
+ * own per-queue work happens, in parallel across queues) and what it
+ * returned. False once the queue is shut down and drained. */
+static bool poll_once(mgmt_cq *q, int64_t max_ms) {
+        mgmt_grpc *g = q->g;
+        int64_t poll = atomic_load(&g->shutdown_requested) ? POLL_SHUTDOWN_MS : POLL_IDLE_MS;
+        gpr_timespec deadline = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+                                             gpr_time_from_millis(poll < max_ms ? poll : max_ms, GPR_TIMESPAN));
+        grpc_event ev = grpc_completion_queue_next(q->cq, deadline, NULL);
+
+        if (ev.type == GRPC_QUEUE_SHUTDOWN)
+                return false;
+        pthread_mutex_lock(&g->lock);
+        handle_event(g, ev);
+        pthread_mutex_unlock(&g->lock);
+        return true;
+}
+
+/* After a queue's loop ended: the last one reports the server stopped. */
+static void loop_done(mgmt_grpc *g) {
+        bool last;
+
+        pthread_mutex_lock(&g->lock);
+        last = --g->n_running == 0;
+        pthread_mutex_unlock(&g->lock);
+        if (!last)
+                return;
         if (g->live_calls > 0) {
                 char n[32];
                 (void) snprintf(n, sizeof n, "%zu", g->live_calls);
@@ -794,7 +864,37 @@ static void *cq_thread(void *userdata) {
         cp_log(&log_ctx, CP_LOG_INFO, "grpc server stopped");
         if (g->on_stopped)
                 g->on_stopped(g, g->stopped_userdata);
+}
+
+static void *cq_thread(void *userdata) {
+        mgmt_cq *q = userdata;
+
+        while (poll_once(q, POLL_IDLE_MS))
+                ;
+        loop_done(q->g);
         return NULL;
+}
+
+/* Queues a thread could not be started for: polled here, round robin,
+ * until every one of them is shut down (only on the failure path of
+ * mgmt_grpc_new, with the server shutting down). */
+static void poll_unstarted(mgmt_grpc *g) {
+        bool *done = cp_xcalloc(g->n_cqs, sizeof *done);
+        size_t left = 0;
+
+        for (size_t i = 0; i < g->n_cqs; i++)
+                if (g->cqs[i].thread_started)
+                        done[i] = true;
+                else
+                        left++;
+        while (left > 0)
+                for (size_t i = 0; i < g->n_cqs; i++)
+                        if (!done[i] && !poll_once(&g->cqs[i], 5)) {
+                                done[i] = true;
+                                left--;
+                                loop_done(g);
+                        }
+        free(done);
 }
 
 /* ---- setup / teardown ---------------------------------------------------- */
@@ -830,6 +930,8 @@ int mgmt_grpc_new(const mgmt_grpc_options *o, mgmt_grpc **ret, cp_error *reterr)
         g->shutdown_tag = (mgmt_tag) { .call = NULL };
         g->wake_tag = (mgmt_tag) { .call = NULL };
         pthread_mutex_init(&g->posts_lock, NULL);
+        pthread_mutex_init(&g->lock, NULL);
+        g->n_cqs = mgmt_grpc_threads_for(o->threads);
         g->posts_tail = &g->posts_head;
         g->userdata = o->userdata;
         g->workers = o->workers;
@@ -849,8 +951,13 @@ int mgmt_grpc_new(const mgmt_grpc_options *o, mgmt_grpc **ret, cp_error *reterr)
         grpc_init();
         g->grpc_inited = true;
         g->server = grpc_server_create(&chargs, NULL);
-        g->cq = grpc_completion_queue_create_for_next(NULL);
-        grpc_server_register_completion_queue(g->server, g->cq, NULL);
+        g->cqs = cp_xcalloc(g->n_cqs, sizeof *g->cqs);
+        for (size_t i = 0; i < g->n_cqs; i++) {
+                g->cqs[i] = (mgmt_cq) { .g = g, .index = i, .cq = grpc_completion_queue_create_for_next(NULL) };
+                grpc_server_register_completion_queue(g->server, g->cqs[i].cq, NULL);
+        }
+        g->cq = g->cqs[0].cq;
+        g->n_running = g->n_cqs;
         g->lame = grpc_lame_client_channel_create("wake", GRPC_STATUS_UNAVAILABLE, "wake-up channel");
         for (size_t i = 0; i < g->n_methods; i++) {
                 grpc_server_register_method_payload_handling ph =
@@ -877,26 +984,39 @@ int mgmt_grpc_new(const mgmt_grpc_options *o, mgmt_grpc **ret, cp_error *reterr)
                 goto fail;
         }
         grpc_server_start(g->server);
-        for (size_t i = 0; i < g->n_methods; i++)
-                for (int k = 0; k < SLOTS_PER_METHOD; k++)
-                        request_slot(g, i);
-        for (int k = 0; k < SLOTS_GENERIC; k++)
-                request_slot(g, GENERIC_SLOT);
-
-        e = pthread_create(&g->thread, NULL, cq_thread, g);
-        if (e != 0) {
-                /* Nobody drains the queue yet: do it here, on this thread. */
-                atomic_store(&g->shutdown_requested, true);
-                atomic_store(&g->cancel_at_ms, 1);
-                g->on_stopped = NULL;
-                g->on_start = NULL;
-                grpc_server_shutdown_and_notify(g->server, g->cq, &g->shutdown_tag);
-                (void) cq_thread(g);
-                mgmt_grpc_free(g);
-                return cp_error_set(reterr, -e, "cannot start the gRPC thread: %s", strerror(e));
+        size_t per_method = SLOTS_PER_METHOD / g->n_cqs > SLOTS_MIN ? SLOTS_PER_METHOD / g->n_cqs : SLOTS_MIN;
+        size_t generic = SLOTS_GENERIC / g->n_cqs > SLOTS_MIN ? SLOTS_GENERIC / g->n_cqs : SLOTS_MIN;
+        for (size_t q = 0; q < g->n_cqs; q++) {
+                for (size_t i = 0; i < g->n_methods; i++)
+                        for (size_t k = 0; k < per_method; k++)
+                                request_slot(g, i, q);
+                for (size_t k = 0; k < generic; k++)
+                        request_slot(g, GENERIC_SLOT, q);
         }
-        (void) pthread_setname_np(g->thread, "grpc-cq");
-        g->thread_started = true;
+
+        /* Before any event is handled: no thread polls yet. */
+        if (g->on_start)
+                g->on_start(g, g->start_userdata);
+        for (size_t i = 0; i < g->n_cqs; i++) {
+                char name[16];
+                e = pthread_create(&g->cqs[i].thread, NULL, cq_thread, &g->cqs[i]);
+                if (e != 0) {
+                        /* The queues without a thread are drained here,
+                         * on this thread; the others by their own. */
+                        atomic_store(&g->shutdown_requested, true);
+                        atomic_store(&g->cancel_at_ms, 1);
+                        pthread_mutex_lock(&g->lock);
+                        g->on_stopped = NULL;
+                        pthread_mutex_unlock(&g->lock);
+                        grpc_server_shutdown_and_notify(g->server, g->cq, &g->shutdown_tag);
+                        poll_unstarted(g);
+                        mgmt_grpc_free(g);
+                        return cp_error_set(reterr, -e, "cannot start a gRPC thread: %s", strerror(e));
+                }
+                (void) snprintf(name, sizeof name, "grpc-cq%zu", i);
+                (void) pthread_setname_np(g->cqs[i].thread, name);
+                g->cqs[i].thread_started = true;
+        }
         *ret = g;
         return 0;
 
@@ -907,16 +1027,32 @@ fail:
         g->cq_closed = true;
         grpc_channel_destroy(g->lame);
         g->lame = NULL;
-        grpc_completion_queue_shutdown(g->cq);
-        while (grpc_completion_queue_next(g->cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL).type !=
-               GRPC_QUEUE_SHUTDOWN)
-                ;
+        for (size_t i = 0; i < g->n_cqs; i++) {
+                grpc_completion_queue_shutdown(g->cqs[i].cq);
+                while (grpc_completion_queue_next(g->cqs[i].cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL).type !=
+                       GRPC_QUEUE_SHUTDOWN)
+                        ;
+        }
         mgmt_grpc_free(g);
         return r;
 }
 
 int mgmt_grpc_port(const mgmt_grpc *g) {
         return g->port;
+}
+
+size_t mgmt_grpc_threads_for(int threads) {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+
+        if (threads > 0)
+                return threads < CQS_MAX ? (size_t) threads : CQS_MAX;
+        if (cores < 1)
+                cores = 1;
+        return cores * 2 < CQS_MAX ? (size_t) cores * 2 : CQS_MAX;
+}
+
+size_t mgmt_grpc_threads(const mgmt_grpc *g) {
+        return g->n_cqs;
 }
 
 void mgmt_grpc_shutdown(mgmt_grpc *g, int64_t grace_ms) {
@@ -935,12 +1071,14 @@ void mgmt_grpc_cancel_now(mgmt_grpc *g) {
 mgmt_grpc *mgmt_grpc_free(mgmt_grpc *g) {
         if (!g)
                 return NULL;
-        if (g->thread_started)
-                (void) pthread_join(g->thread, NULL);
+        for (size_t i = 0; i < g->n_cqs; i++)
+                if (g->cqs[i].thread_started)
+                        (void) pthread_join(g->cqs[i].thread, NULL);
         if (g->lame)
                 grpc_channel_destroy(g->lame);
-        if (g->cq)
-                grpc_completion_queue_destroy(g->cq);
+        for (size_t i = 0; i < g->n_cqs; i++)
+                grpc_completion_queue_destroy(g->cqs[i].cq);
+        free(g->cqs);
         if (g->grpc_inited)
                 grpc_shutdown();
         while (g->posts_head) {
@@ -949,6 +1087,7 @@ mgmt_grpc *mgmt_grpc_free(mgmt_grpc *g) {
                 free(p);
         }
         pthread_mutex_destroy(&g->posts_lock);
+        pthread_mutex_destroy(&g->lock);
         free(g->methods);
         free(g->registered);
         mgmt_strmap_free(g->conns);

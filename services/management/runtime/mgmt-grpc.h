@@ -1,17 +1,38 @@
 /*
  * mgmt-grpc.h: the gRPC server (C core API) for agents.
  *
- * Threads: one completion-queue thread owns every call. It is the only
- * thread that changes a mgmt_call or starts a batch on it; handlers run on
- * it. Work that may block (PostgreSQL, crypto) is handed to the worker
- * pool with mgmt_call_offload(): the job runs on a worker, and its result
- * comes back to the CQ thread through mgmt_grpc_post(), which queues a
- * function and wakes the CQ with an immediately-expiring watch on a lame
- * channel ("mode B" of grpc-c-core.md section 6). Other threads may call
- * only mgmt_grpc_post(), mgmt_grpc_shutdown(), mgmt_grpc_cancel_now() and
- * the read-only call accessors marked "any thread". The CQ thread never
- * touches the manager's event_base: it reports back through the
- * on_stopped callback, which the manager turns into an eventfd wake-up.
+ * Threads: several completion queues, each polled by its own thread
+ * (--grpc-threads; default two per core, at least 2). The server spreads
+ * connections over the queues and every queue has its own request slots,
+ * so each queue holds the calls of a share of the connections: gRPC's
+ * per-event work on a queue (Debian's libgrpc is built without NDEBUG and
+ * scans the queue's outstanding tags on every completion) grows with the
+ * calls on that queue only, and runs on the queue's thread in parallel
+ * with the others.
+ *
+ * The handler lock: handlers stay serialized. A thread takes the server's
+ * handler lock after grpc_completion_queue_next() returned and holds it
+ * while it handles that one event (or runs the posts); waiting on a queue
+ * is outside it. So "the CQ thread" below and in every handler's comments
+ * means "whichever CQ thread holds the handler lock": handler state needs
+ * no locking of its own, exactly as with one thread, but it must not be
+ * kept in thread-local storage and no handler may block (a handler that
+ * waits stalls every queue). A call is bound to one queue for its life;
+ * its batches may be started from any thread holding the lock.
+ *
+ * Work that may block (PostgreSQL, crypto) is handed to the worker pool
+ * with mgmt_call_offload(): the job runs on a worker, and its result comes
+ * back through mgmt_grpc_post(), which queues a function and wakes queue 0
+ * with an immediately-expiring watch on a lame channel ("mode B" of
+ * grpc-c-core.md section 6). mgmt_grpc_offload_here() instead runs the
+ * done function on the worker itself, under the handler lock, as soon as
+ * the work is over: a fan-out's sealed maps start their sends from the
+ * worker that sealed them while other workers still seal, with no hop
+ * through a queue. Other threads may call only mgmt_grpc_post(),
+ * mgmt_grpc_shutdown(), mgmt_grpc_cancel_now() and the read-only call
+ * accessors marked "any thread". No CQ thread touches the manager's
+ * event_base: the last one to stop reports back through the on_stopped
+ * callback, which the manager turns into an eventfd wake-up.
  *
  * Calls: each call is a mgmt_call whose tags (NEW, CLOSE, STATUS, ...) are
  * embedded in it; the call holds one reference per outstanding batch (and
@@ -85,13 +106,15 @@ typedef struct mgmt_grpc_options {
         /* Runs offloaded jobs (mgmt_call_offload); borrowed, must outlive
          * the server. NULL = offloading fails with -ENOSYS. */
         mgmt_workers *workers;
-        /* Called once on the CQ thread after the server is fully stopped;
-         * the thread exits right after it returns. */
+        /* Called once, on the last CQ thread to stop, after the server is
+         * fully stopped (outside the handler lock); the thread exits right
+         * after it returns. */
         void (*on_stopped)(mgmt_grpc *g, void *userdata);
         void *stopped_userdata;
-        /* Optional; called once on the CQ thread before it handles any
-         * event, so that modules posting to the server (mgmt_grpc_post)
-         * can learn the mgmt_grpc pointer before any call runs. */
+        /* Optional; called once, on the thread of mgmt_grpc_new() before
+         * any CQ thread starts, so that modules posting to the server
+         * (mgmt_grpc_post) can learn the mgmt_grpc pointer before any
+         * call runs. */
         void (*on_start)(mgmt_grpc *g, void *userdata);
         void *start_userdata;
         /* Reverse proxies trusted for the agent's address (mgmt-realip.h);
@@ -105,6 +128,9 @@ typedef struct mgmt_grpc_options {
          * in netbird_cp_connections{listener="grpc"} (mgmt-limits.h). */
         int64_t max_streams_per_connection;
         int64_t max_connections;
+        /* Completion queues, one thread each (--grpc-threads); 0 = two
+         * per core, at least 2 (mgmt_grpc_threads_for). */
+        int threads;
 } mgmt_grpc_options;
 
 /* Initialises gRPC, binds, starts the server and its CQ thread. On failure
@@ -112,6 +138,11 @@ typedef struct mgmt_grpc_options {
 int mgmt_grpc_new(const mgmt_grpc_options *o, mgmt_grpc **ret, cp_error *reterr);
 /* The port actually bound. */
 int mgmt_grpc_port(const mgmt_grpc *g);
+/* The number of completion queues (and CQ threads) for the option value
+ * threads (0 = two per online core, at least 2; at most 64), and the
+ * number a server runs. */
+size_t mgmt_grpc_threads_for(int threads);
+size_t mgmt_grpc_threads(const mgmt_grpc *g);
 /* Any thread, idempotent: stop accepting calls; cancel those still running
  * after grace_ms. */
 void mgmt_grpc_shutdown(mgmt_grpc *g, int64_t grace_ms);
@@ -135,6 +166,12 @@ bool mgmt_grpc_post(mgmt_grpc *g, mgmt_grpc_post_fn fn, void *userdata);
  * for it the same way. force: queue even when the worker queue is full.
  * Returns 0, or -EAGAIN / -ESHUTDOWN / -ENOSYS, and then neither runs. */
 int mgmt_grpc_offload(mgmt_grpc *g, mgmt_work_fn work, mgmt_grpc_post_fn done, void *userdata, bool force);
+/* CQ thread: the same, always queued (force), but done(g, userdata) runs
+ * on the worker right after work, under the handler lock, instead of
+ * being posted: for work whose result goes straight to the network
+ * (a fan-out chunk's sends). done may do anything a handler may; it must
+ * not rely on running after posts made before it. */
+int mgmt_grpc_offload_here(mgmt_grpc *g, mgmt_work_fn work, mgmt_grpc_post_fn done, void *userdata);
 /* Any thread: true once mgmt_grpc_shutdown() was called. */
 bool mgmt_grpc_stopping(const mgmt_grpc *g);
 
@@ -220,6 +257,10 @@ const char *mgmt_call_peer_ip(const mgmt_call *c);
  * client, past its deadline or cancelled at shutdown. Workers check it to
  * skip work nobody waits for any more. */
 bool mgmt_call_is_over(const mgmt_call *c);
+/* Any thread. The completion queue the call is bound to (0 ..
+ * mgmt_grpc_threads() - 1): its events are polled by that queue's
+ * thread. */
+size_t mgmt_call_queue(const mgmt_call *c);
 /* The time the call arrived, monotonic ms (for "took" in logs). */
 int64_t mgmt_call_started_ms(const mgmt_call *c);
 
