@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """tests/bench/shape.py: NetBird's benchmark shapes written into our
 PostgreSQL for one account, for end-to-end benchmarks (tests/bench/bench-e2e).
 

@@ -1205,8 +1205,10 @@ static void on_account_changed(mgmt_grpc *g, void *userdata) {
          * up to a cap (anyone on Redis can name any account). */
         sync_acct *a = acct_get(h, p->account_id, h->setups > 0 && (!p->hint || h->n_kept < KEPT_HINTS_MAX));
 
-        if (a && p->t0_ns > 0 && (a->t0_ns == 0 || p->t0_ns < a->t0_ns)) {
-                /* Coalesced: the earliest change not yet delivered. */
+        /* Coalesced: the earliest change not yet delivered. A hint never
+         * replaces a local change's time: it may be our own message
+         * coming back from Redis, for a change already on its way. */
+        if (a && p->t0_ns > 0 && (a->t0_ns == 0 || (p->t0_ns < a->t0_ns && (a->t0_bus || !p->hint)))) {
                 a->t0_ns = p->t0_ns;
                 a->t0_bus = p->hint;
         }
