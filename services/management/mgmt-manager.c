@@ -418,7 +418,7 @@ static void on_bus_message(const char *account_id, int64_t serial, int64_t sent_
                         mgmt_proxy_token_revoked(m->proxy, NULL);
                 return;
         }
-        mgmt_sync_account_hint(m->sync, account_id);
+        mgmt_sync_account_hint_sent(m->sync, account_id, sent_ms);
 }
 
 /* Any thread: this replica committed proxy mapping changes up to seq:

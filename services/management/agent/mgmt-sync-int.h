@@ -25,6 +25,20 @@
 
 typedef struct sync_acct sync_acct;
 
+/* One fan-out's delivery, for netbird_cp_sync_delivery_seconds: t0 (the
+ * earliest change the fan-out carries, monotonic ns) and a count: one per
+ * map it queued until that map is written or dropped (never sent: the
+ * stream closed, or a newer map replaced it, whose own write then counts
+ * for its fan-out), plus one the fan-out holds until it queued them all.
+ * Observed once when the count reaches 0, if a map of it was written.
+ * Any thread may drop a reference (atomics); freed by the last. */
+typedef struct sync_delivery {
+        atomic_uint refs;
+        atomic_bool written;
+        bool bus;                       /* t0 is a bus message's send time */
+        int64_t t0_ns;
+} sync_delivery;
+
 typedef struct sync_stream {
         unsigned refs;                  /* CQ thread */
         mgmt_sync *hub;
@@ -65,6 +79,9 @@ typedef struct sync_stream {
         int64_t last_serial;            /* newest map accepted (in flight or pending) */
         uint8_t *pending;               /* the one unsent map (malloc) */
         size_t pending_len;
+        /* The fan-outs of the pending map and of the map being sent (one
+         * reference each; NULL: a first or last map, a refresh). */
+        sync_delivery *pending_dlv, *sending_dlv;
         int64_t started_ms;
 
         /* Credential refresh (CQ thread; creds_ms is set by the open job). */
@@ -96,6 +113,10 @@ struct sync_acct {
          * goes back, and a message may be forged (docs/architecture.md,
          * "The bus"). */
         int64_t db_serial;
+        /* The earliest change not yet taken by a fan-out (monotonic ns;
+         * 0 = none) and whether it came as a bus hint. */
+        int64_t t0_ns;
+        bool t0_bus;
         bool kept;                      /* on hub->kept: created for opens in progress */
         struct sync_acct *kept_next;
 };

@@ -52,13 +52,55 @@ static sync_stream *stream_ref(sync_stream *s) {
         return s;
 }
 
+/* ---- delivery (netbird_cp_sync_delivery_seconds) ------------------------------ */
+
+static sync_delivery *dlv_new(int64_t t0_ns, bool bus) {
+        sync_delivery *d = cp_xcalloc(1, sizeof *d);
+
+        atomic_init(&d->refs, 1);       /* the fan-out's */
+        atomic_init(&d->written, false);
+        d->t0_ns = t0_ns;
+        d->bus = bus;
+        return d;
+}
+
+static sync_delivery *dlv_ref(sync_delivery *d) {
+        if (d)
+                atomic_fetch_add_explicit(&d->refs, 1, memory_order_relaxed);
+        return d;
+}
+
+/* One map of the fan-out was written (written) or dropped, or the fan-out
+ * queued them all (written false); the last one observes. */
+static void dlv_done(sync_delivery *d, bool written) {
+        if (!d)
+                return;
+        if (written)
+                atomic_store_explicit(&d->written, true, memory_order_relaxed);
+        if (atomic_fetch_sub_explicit(&d->refs, 1, memory_order_acq_rel) != 1)
+                return;
+        if (atomic_load_explicit(&d->written, memory_order_relaxed))
+                mgmt_metrics_sync_delivery(d->bus, d->t0_ns);
+        free(d);
+}
+
+/* Drops the unsent map, if any. */
+static void stream_drop_pending(sync_stream *s) {
+        free(s->pending);
+        s->pending = NULL;
+        s->pending_len = 0;
+        dlv_done(s->pending_dlv, false);
+        s->pending_dlv = NULL;
+}
+
 static void stream_unref(sync_stream *s) {
         if (!s || --s->refs > 0)
                 return;
         if (s->have_shared)
                 cp_crypto_box_shared_release(&s->shared);
         free(s->first);
-        free(s->pending);
+        stream_drop_pending(s);
+        dlv_done(s->sending_dlv, false);
         free(s->refresh);
         mgmt_call_unref(s->call);
         free(s);
@@ -214,11 +256,15 @@ static void pump(sync_stream *s) {
                 } else {
                         s->pending = NULL;
                         s->pending_len = 0;
+                        s->sending_dlv = s->pending_dlv;
+                        s->pending_dlv = NULL;
                 }
                 stream_ref(s);
                 int r = mgmt_call_send_take(s->call, m, n, on_sent, s);
                 if (r == 0)
                         return;
+                dlv_done(s->sending_dlv, false);
+                s->sending_dlv = NULL;
                 stream_unref(s);
                 /* -EPIPE: the client is gone and on_close is on its way. */
                 cp_log_kv(mgmt_call_log(s->call), r == -EPIPE ? CP_LOG_DEBUG : CP_LOG_WARN,
@@ -233,24 +279,28 @@ static void pump(sync_stream *s) {
 static void on_sent(mgmt_call *c, bool ok, void *userdata) {
         sync_stream *s = userdata;
 
+        dlv_done(s->sending_dlv, ok);
+        s->sending_dlv = NULL;
         if (ok)
                 pump(s);
         /* !ok: the call is dead; on_close says why. */
         stream_unref(s);
 }
 
-/* Queues one map (takes msg, malloc'd). Maps never go backwards on a
+/* Queues one map (takes msg, malloc'd) of the fan-out dlv (NULL: none;
+ * a reference is taken when queued). Maps never go backwards on a
  * stream; a newer map replaces one still waiting (the agent only needs
  * the newest full map). final: the stream ends after this map. */
-static void stream_queue(sync_stream *s, uint8_t *msg, size_t len, int64_t serial, bool final) {
+static void stream_queue(sync_stream *s, uint8_t *msg, size_t len, int64_t serial, bool final, sync_delivery *dlv) {
         if (s->closed || s->ending || serial < s->last_serial) {
                 free(msg);
                 return;
         }
         s->last_serial = serial;
-        free(s->pending);
+        stream_drop_pending(s);
         s->pending = msg;
         s->pending_len = len;
+        s->pending_dlv = dlv_ref(dlv);
         if (final) {
                 s->ending = true;
                 s->end_status = GRPC_STATUS_OK;
@@ -269,8 +319,7 @@ void mgmt_sync__stream_end(sync_stream *s, grpc_status_code status, const char *
         s->end_status = status;
         s->end_message = message;
         s->end_reason = reason;
-        free(s->pending);
-        s->pending = NULL;
+        stream_drop_pending(s);
         free(s->refresh);
         s->refresh = NULL;
         pump(s);
@@ -283,7 +332,7 @@ void mgmt_sync__stream_end(sync_stream *s, grpc_status_code status, const char *
 static void stream_end_deleted(sync_stream *s, uint8_t *last, size_t len, int64_t serial) {
         registry_remove(s->hub, s);
         s->connected = false;
-        stream_queue(s, last, len, s->last_serial > serial ? s->last_serial : serial, true);
+        stream_queue(s, last, len, s->last_serial > serial ? s->last_serial : serial, true, NULL);
         if (!s->ending)
                 mgmt_sync__stream_end(s, GRPC_STATUS_OK, NULL, "peer deleted");
 }
@@ -625,7 +674,7 @@ static void open_done(mgmt_call *c, void *userdata) {
         mgmt_metrics_sync_open(MGMT_SYNC_OPEN_OK, GRPC_STATUS_OK);
         s->opened = true;
         sync_acct *a = s->acct;
-        stream_queue(s, s->first, s->first_len, s->first_serial, false);
+        stream_queue(s, s->first, s->first_len, s->first_serial, false, NULL);
         s->first = NULL;
 
         /* A change committed while we opened may be newer than our map:
@@ -711,8 +760,7 @@ void mgmt_sync_on_close(mgmt_sync *h, mgmt_call *c, bool cancelled) {
                 return;
         mgmt_call_set_userdata(c, NULL);
         s->closed = true;
-        free(s->pending);
-        s->pending = NULL;
+        stream_drop_pending(s);
         free(s->refresh);
         s->refresh = NULL;
         if (!s->op) {
@@ -761,6 +809,7 @@ typedef struct fanout {
         int64_t read_serial;            /* the serial read, before any raise */
         int64_t serial;
         int64_t started_ns;             /* for netbird_cp_fanout_duration_seconds */
+        sync_delivery *dlv;             /* NULL: no change time known (a periodic check) */
         uint64_t pushed;                /* maps queued */
         size_t chunks_left;
         int r;
@@ -796,6 +845,7 @@ static void fanout_finish(mgmt_sync *h, fanout *f) {
                 }
         }
         f->map = mgmt_map_unref(f->map);
+        dlv_done(f->dlv, false);        /* every map is queued */
         free(f);
         a->building = false;
         if (a->dirty && a->n_streams > 0) {
@@ -872,7 +922,7 @@ static void chunk_done(mgmt_grpc *g, void *userdata) {
                         free(t->msg);
                         mgmt_sync__stream_end(t->s, GRPC_STATUS_OK, NULL, "login expired");
                 } else if (t->msg && t->s->registered) {
-                        stream_queue(t->s, t->msg, t->len, f->serial, false);
+                        stream_queue(t->s, t->msg, t->len, f->serial, false, f->dlv);
                         f->pushed++;
                 } else
                         free(t->msg);
@@ -1055,6 +1105,10 @@ void mgmt_sync__fanout_start(mgmt_sync *h, sync_acct *a, bool force) {
                 return;
         }
         a->building = true;
+        if (a->t0_ns > 0) {
+                f->dlv = dlv_new(a->t0_ns, a->t0_bus);
+                a->t0_ns = 0;
+        }
         /* force: at most one rebuild per account runs at a time, so these
          * are bounded, and dropping one would lose the newest map. */
         if (mgmt_grpc_offload(g, load_work, load_done, f, true) < 0) {
@@ -1062,6 +1116,7 @@ void mgmt_sync__fanout_start(mgmt_sync *h, sync_acct *a, bool force) {
                 for (size_t i = 0; i < f->n; i++)
                         stream_unref(f->targets[i].s);
                 free(f->targets);
+                dlv_done(f->dlv, false);
                 free(f);
                 a->building = false;
         }
@@ -1073,6 +1128,7 @@ typedef struct change_post {
         char peer_id[64];
         int64_t serial;
         bool hint;                      /* a bus message: read the serial, push only what differs */
+        int64_t t0_ns;                  /* the change's time (mgmt-sync-int.h, sync_acct) */
         uint8_t *msg;
         size_t len;
 } change_post;
@@ -1087,6 +1143,12 @@ static void on_account_changed(mgmt_grpc *g, void *userdata) {
          * register into this account with an older map. For hints only
          * up to a cap (anyone on Redis can name any account). */
         sync_acct *a = acct_get(h, p->account_id, h->setups > 0 && (!p->hint || h->n_kept < KEPT_HINTS_MAX));
+
+        if (a && p->t0_ns > 0 && (a->t0_ns == 0 || p->t0_ns < a->t0_ns)) {
+                /* Coalesced: the earliest change not yet delivered. */
+                a->t0_ns = p->t0_ns;
+                a->t0_bus = p->hint;
+        }
 
         if (!a) {
                 /* No stream here: nothing to read, nothing to push. */
@@ -1110,7 +1172,7 @@ static void on_account_changed(mgmt_grpc *g, void *userdata) {
         free(p);
 }
 
-static void post_change(mgmt_sync *h, const char *account_id, int64_t serial, bool hint) {
+static void post_change(mgmt_sync *h, const char *account_id, int64_t serial, bool hint, int64_t t0_ns) {
         mgmt_grpc *g = atomic_load(&h->grpc);
         change_post *p;
 
@@ -1121,15 +1183,20 @@ static void post_change(mgmt_sync *h, const char *account_id, int64_t serial, bo
         (void) snprintf(p->account_id, sizeof p->account_id, "%s", account_id);
         p->serial = serial;
         p->hint = hint;
+        p->t0_ns = t0_ns;
         mgmt_grpc_post(g, on_account_changed, p);
 }
 
 void mgmt_sync_account_changed(mgmt_sync *h, const char *account_id, int64_t serial) {
-        post_change(h, account_id, serial, false);
+        post_change(h, account_id, serial, false, mgmt_metrics_now_ns());
 }
 
 void mgmt_sync_account_hint(mgmt_sync *h, const char *account_id) {
-        post_change(h, account_id, 0, true);
+        mgmt_sync_account_hint_sent(h, account_id, 0);
+}
+
+void mgmt_sync_account_hint_sent(mgmt_sync *h, const char *account_id, int64_t sent_ms) {
+        post_change(h, account_id, 0, true, mgmt_metrics_bus_t0_ns(sent_ms));
 }
 
 void mgmt_sync_set_announce(mgmt_sync *h, mgmt_sync_announce_fn fn, void *userdata) {
@@ -1189,6 +1256,7 @@ void mgmt_sync_peer_deleted(mgmt_sync *h, const char *account_id, const char *pe
         (void) snprintf(p->account_id, sizeof p->account_id, "%s", account_id);
         (void) snprintf(p->peer_id, sizeof p->peer_id, "%s", peer_id);
         p->serial = serial;
+        p->t0_ns = mgmt_metrics_now_ns();
         if (msg && len) {
                 p->msg = cp_xmalloc(len);
                 memcpy(p->msg, msg, len);

@@ -79,6 +79,9 @@ void mgmt_sync_account_changed(mgmt_sync *s, const char *account_id, int64_t ser
  * account without streams here costs nothing; hints that come while a
  * read or rebuild for the account runs make one more read after it. */
 void mgmt_sync_account_hint(mgmt_sync *s, const char *account_id);
+/* The same with the message's send time (the publisher's Unix ms; 0 =
+ * absent), the start of netbird_cp_sync_delivery_seconds{origin="bus"}. */
+void mgmt_sync_account_hint_sent(mgmt_sync *s, const char *account_id, int64_t sent_ms);
 
 /* Called, on the thread that committed the change, for every local change
  * (mgmt_sync_local_change, mgmt_sync_peer_deleted); must not block. The

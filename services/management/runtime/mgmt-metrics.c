@@ -42,6 +42,9 @@ static const char *const refused_labels[_MGMT_REFUSED_MAX] = {
 /* Fan-out of one account (~1 ms for a few peers, seconds for thousands)
  * and the bus lag (ms on one host, more with clock skew): 1 ms to 10 s. */
 static const double seconds_bounds[] = { 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10 };
+/* Commit to the last stream write of one fan-out: 1 ms (a few peers) to
+ * 10 s (tens of thousands of streams, a busy box). */
+static const double delivery_bounds[] = { 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10 };
 
 static struct {
         cp_gauge *sync_streams;
@@ -52,6 +55,7 @@ static struct {
         cp_counter *refused[2][_MGMT_REFUSED_MAX];                    /* [proxy][reason] */
         cp_histogram *fanout_seconds;
         cp_counter *fanout_maps;
+        cp_histogram *delivery[2];      /* [bus] */
         cp_counter *sync_hints[MGMT_SYNC_HINT_N_];
         cp_counter *sync_reads[MGMT_SYNC_READ_N_];
         cp_metric *http_requests, *http_seconds;
@@ -141,6 +145,14 @@ static void init(void) {
                                                        seconds_bounds, ELEMENTSOF(seconds_bounds));
         mm.fanout_maps = cp_metrics_plain_counter(reg, "netbird_cp_fanout_maps_pushed_total",
                                                   "Network maps queued to Sync streams by fan-out.");
+        f = cp_metrics_histogram(reg, "netbird_cp_sync_delivery_seconds",
+                                 "One fan-out from the change to the last stream write: from the commit "
+                                 "on this replica (origin local) or the publisher's send time of a bus "
+                                 "hint (origin bus, replica clock skew included) to the send completion "
+                                 "of the last map it queued (coalesced changes: the earliest).",
+                                 CP_LABELS("origin"), delivery_bounds, ELEMENTSOF(delivery_bounds));
+        mm.delivery[0] = cp_metric_histogram(f, CP_LABELS("local"));
+        mm.delivery[1] = cp_metric_histogram(f, CP_LABELS("bus"));
         f = cp_metrics_counter(reg, "netbird_cp_sync_hints_total",
                                "Bus messages about an account, by what they caused: no_streams (no stream of "
                                "the account here: nothing), coalesced (a read or rebuild for it was running: "
@@ -250,6 +262,26 @@ void mgmt_metrics_fanout(int64_t started_ns, uint64_t maps) {
         mgmt_metrics_init();
         cp_histogram_observe(mm.fanout_seconds, (double) (mgmt_metrics_now_ns() - started_ns) / 1e9);
         cp_counter_add(mm.fanout_maps, maps);
+}
+
+void mgmt_metrics_sync_delivery(bool bus, int64_t t0_ns) {
+        int64_t d = mgmt_metrics_now_ns() - t0_ns;
+
+        mgmt_metrics_init();
+        cp_histogram_observe(mm.delivery[bus ? 1 : 0], d > 0 ? (double) d / 1e9 : 0);
+}
+
+int64_t mgmt_metrics_bus_t0_ns(int64_t sent_ms) {
+        int64_t now = mgmt_metrics_now_ns();
+        int64_t lag_ms = sent_ms > 0 ? cp_now_unix_ns() / 1000000 - sent_ms : 0;
+
+        /* Clamped: a clock ahead of ours is no lag; one behind by more
+         * than an hour (or a forged time) is counted as an hour. */
+        if (lag_ms < 0)
+                lag_ms = 0;
+        if (lag_ms > 3600 * 1000)
+                lag_ms = 3600 * 1000;
+        return now - lag_ms * 1000000 > 0 ? now - lag_ms * 1000000 : 1;
 }
 
 void mgmt_metrics_sync_hint(mgmt_sync_hint_outcome outcome) {

@@ -55,6 +55,14 @@ int64_t mgmt_metrics_now_ns(void);
 /* One account's fan-out finished: rebuild, encode, seal and queue for
  * every stream of the account here; maps = the maps queued. */
 void mgmt_metrics_fanout(int64_t started_ns, uint64_t maps);
+/* netbird_cp_sync_delivery_seconds{origin}: one fan-out's last map was
+ * written (any thread); t0_ns is the monotonic time of its change (the
+ * commit here, or mgmt_metrics_bus_t0_ns() of a bus hint; bus picks the
+ * label). */
+void mgmt_metrics_sync_delivery(bool bus, int64_t t0_ns);
+/* A bus message's send time (the publisher's Unix ms; 0 = absent: now) on
+ * this process's monotonic clock, lag clamped to [0, 1 h]. Never 0. */
+int64_t mgmt_metrics_bus_t0_ns(int64_t sent_ms);
 
 /* What a bus message about an account caused (mgmt-sync.c, CQ thread):
  * nothing (no stream of the account here), one more read after the one
