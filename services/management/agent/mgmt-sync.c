@@ -27,6 +27,7 @@
  * only the open job's results, which the CQ thread reads after the job's
  * post.
  */
+#include "mgmt-malloc.h"
 #include "mgmt-sync-int.h"
 
 #include "cp/store-tenant.h"
@@ -831,6 +832,7 @@ static void fanout_finish(mgmt_sync *h, fanout *f) {
         free(f->targets);
         if (f->map) {           /* loaded: a fan-out that ran */
                 mgmt_metrics_fanout(f->started_ns, f->pushed);
+                mgmt_malloc_fanout_done();
                 if (cp_log_enabled(CP_LOG_DEBUG)) {
                         /* Benchmarks (tests/bench/load) read these lines:
                          * the log time is when the last map was queued. */
