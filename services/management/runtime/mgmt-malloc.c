@@ -14,8 +14,11 @@ static size_t free_after_trim;          /* mallinfo2().fordblks after the last t
 static bool environment_sets_malloc(void) {
         if (getenv("GLIBC_TUNABLES"))
                 return true;
+        /* MALLOC_PERTURB_ and MALLOC_CHECK_ are debugging aids (meson test
+         * sets MALLOC_PERTURB_ for every test), not a memory policy. */
         for (char **e = environ; e && *e; e++)
-                if (strncmp(*e, "MALLOC_", 7) == 0)
+                if (strncmp(*e, "MALLOC_", 7) == 0 && strncmp(*e, "MALLOC_PERTURB_=", 16) != 0 &&
+                    strncmp(*e, "MALLOC_CHECK_=", 14) != 0)
                         return true;
         return false;
 }

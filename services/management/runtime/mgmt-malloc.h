@@ -21,8 +21,9 @@
  * would leave.
  *
  * An operator who sets glibc's own knobs (GLIBC_TUNABLES or any
- * MALLOC_*_ variable) keeps them: mgmt_malloc_tune() then changes nothing
- * and the idle trim stays off.
+ * MALLOC_*_ variable but the debugging aids MALLOC_PERTURB_ and
+ * MALLOC_CHECK_) keeps them: mgmt_malloc_tune() then changes nothing and
+ * the idle trim stays off.
  *
  * Threads: mgmt_malloc_tune() once, before any thread starts;
  * mgmt_malloc_fanout_done() from any thread; mgmt_malloc_idle_tick() from
