@@ -6,6 +6,7 @@
 #include "cp/strbuf.h"
 #include "mgmt-cmd.h"
 #include "mgmt-datakey.h"
+#include "mgmt-malloc.h"
 #include "mgmt-manager.h"
 #include "mgmt-netconf.h"
 #include "mgmt-tls.h"
@@ -88,6 +89,9 @@ int mgmt_cmd_management(const cp_config *cfg, void *extra) {
         cp_error err = { 0 };
         int r;
 
+        /* Before any thread: the fan-out's buffers stay in the process
+         * between fan-outs (mgmt-malloc.h). */
+        (void) mgmt_malloc_tune();
         r = require_data_key(cfg, data_key, &err);
         if (r < 0)
                 return config_error(r, &err);

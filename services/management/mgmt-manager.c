@@ -14,6 +14,7 @@
 #include "mgmt-proxy-rpc.h"
 #include "mgmt-proxy.h"
 #include "mgmt-limits.h"
+#include "mgmt-malloc.h"
 #include "mgmt-realip.h"
 #include "mgmt-ready.h"
 #include "mgmt-replica.h"
@@ -91,7 +92,7 @@ struct mgmt_manager {
         char replica_id[CP_ID_LEN + 1];
 
         struct event *sig_term, *sig_int, *wake, *deadline, *serial_tick, *expiry_tick,
-                *refresh_tick, *retry_tick, *key_tick, *proxy_tick, *drain_tick;
+                *refresh_tick, *retry_tick, *key_tick, *proxy_tick, *drain_tick, *malloc_tick;
         int wake_fd;
 
         pthread_mutex_t posts_lock;
@@ -208,6 +209,8 @@ static void begin_shutdown(mgmt_manager *m, const char *why) {
                 event_del(m->key_tick);
         if (m->proxy_tick)
                 event_del(m->proxy_tick);
+        if (m->malloc_tick)
+                event_del(m->malloc_tick);
         (void) snprintf(buf, sizeof buf, "%" PRId64 "ms", grace);
         (void) snprintf(wbuf, sizeof wbuf, "%" PRId64 "ms", window);
         cp_log_kv(&log_ctx, CP_LOG_INFO, "shutting down", "signal", why, "grace", buf, "drain_window", wbuf,
@@ -685,6 +688,15 @@ static void on_proxy_tick(evutil_socket_t fd, short what, void *userdata) {
                 mgmt_proxy_tick(m->proxy);
 }
 
+/* Every MGMT_MALLOC_TICK_MS: memory kept for fan-outs goes back to the
+ * kernel once they stop (mgmt-malloc.h). */
+static void on_malloc_tick(evutil_socket_t fd, short what, void *userdata) {
+        mgmt_manager *m = userdata;
+
+        if (!m->shutting_down)
+                (void) mgmt_malloc_idle_tick(cp_now_mono_ms());
+}
+
 /* A positive integer or duration from the environment ("NAME=30s");
  * 0 (the hub's default) when unset or invalid (logged). */
 static int64_t env_ms(const char *name) {
@@ -965,6 +977,14 @@ int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf,
                 }
         }
         {
+                struct timeval tv = { .tv_sec = MGMT_MALLOC_TICK_MS / 1000, .tv_usec = 0 };
+                m->malloc_tick = event_new(m->base, -1, EV_PERSIST, on_malloc_tick, m);
+                if (!m->malloc_tick || event_add(m->malloc_tick, &tv) < 0) {
+                        r = cp_error_set(reterr, -ENOMEM, "cannot register the memory trim timer");
+                        goto fail;
+                }
+        }
+        {
                 struct timeval tv = { .tv_sec = 1, .tv_usec = 0 };
                 m->retry_tick = event_new(m->base, -1, EV_PERSIST, on_retry_tick, m);
                 if (!m->retry_tick || event_add(m->retry_tick, &tv) < 0) {
@@ -1063,6 +1083,8 @@ mgmt_manager *mgmt_manager_free(mgmt_manager *m) {
                 event_free(m->key_tick);
         if (m->proxy_tick)
                 event_free(m->proxy_tick);
+        if (m->malloc_tick)
+                event_free(m->malloc_tick);
         if (m->drain_tick)
                 event_free(m->drain_tick);
         if (m->deadline)

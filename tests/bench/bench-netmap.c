@@ -31,13 +31,18 @@
  * NetBird's figure also includes loading the account and a 100 ms
  * buffer wait, so it is the whole change, not only the build).
  *
- * Usage: bench-netmap [runs]   (registered with meson benchmark(), not a test)
+ * Usage: bench-netmap [runs [SHAPE]]   (e.g. 3 5000/15; registered with meson benchmark(), not a test)
  */
 #include "cp/base.h"
 #include "cp/netmap.h"
+#include "mgmt-agent-int.h"
+#include "mgmt-malloc.h"
+#include "mgmt-map.h"
 
+#include <malloc.h>
 #include <pthread.h>
 #include <sodium.h>
+#include <sys/resource.h>
 
 typedef struct shape {
         const char *name;
@@ -300,13 +305,127 @@ static double box_all(int total, int threads, const size_t *lens, size_t max_len
         return now_ms() - t0;
 }
 
+/* ---- the server's per-map path (mgmt-sync.c chunk_work), every message kept ---------- */
+
+/* The server keeps each sealed message until its stream has sent it, so
+ * these runs keep all of them until the fan-out is done (then free them,
+ * untimed), on 2 threads like the workers:
+ *   kept box     crypto_box_easy_afternm into a fresh malloc per message
+ *                (the floor with the server's memory pattern)
+ *   before       f1187ae's chunk_work: mgmt_map_pack (encode, copy into the
+ *                arena), mgmt_agent_seal_msg, wipe the plaintext, release
+ *   now          chunk_work's mgmt_map_seal (encode, seal from the encode
+ *                buffer into the message) */
+enum { SRV_BOX, SRV_BEFORE, SRV_NOW };
+
+typedef struct srv_job {
+        mgmt_maps *maps;
+        const cp_netmap_account *a;
+        int first, step, total, mode;
+        const cp_crypto_box_shared *shared;
+        const size_t *lens;
+        size_t max_len;
+        uint8_t **msgs;
+} srv_job;
+
+static const char *SERVER_KEY = "mRmR9bRBG7Xi7lMsr5tQfPfP8Z7J1PSP2dAUaeb2EXI=";
+
+static void *run_srv(void *arg) {
+        srv_job *j = arg;
+        uint8_t *zeros = j->mode == SRV_BOX ? cp_xcalloc(1, j->max_len + 1) : NULL;
+        mgmt_arena arena;
+
+        mgmt_arena_init(&arena);
+        for (int i = j->first; i < j->total; i += j->step) {
+                const mgmt_map *map = (const mgmt_map *) j->a;
+                char id[32];
+                uint8_t *plain;
+                size_t plain_len, n;
+                cp_error err = { 0 };
+                int r = 0;
+
+                (void) snprintf(id, sizeof id, "peer%06d", i);
+                switch (j->mode) {
+                case SRV_BOX:
+                        j->msgs[i] = cp_xmalloc(cp_crypto_box_sealed_len(j->lens[i]));
+                        r = cp_crypto_box_seal_shared(&j->shared[i], zeros, j->lens[i], j->msgs[i],
+                                                      cp_crypto_box_sealed_len(j->lens[i]), &err);
+                        break;
+                case SRV_BEFORE:
+                        r = mgmt_map_pack(j->maps, map, id, NULL, &arena, &plain, &plain_len, &err);
+                        if (r < 0)
+                                break;
+                        j->msgs[i] = mgmt_agent_seal_msg(SERVER_KEY, &j->shared[i], plain, plain_len, &n, &err);
+                        cp_explicit_bzero(plain, plain_len);
+                        mgmt_arena_release(&arena);
+                        r = j->msgs[i] ? 0 : -EIO;
+                        break;
+                default:
+                        r = mgmt_map_seal(j->maps, map, id, NULL, 0, SERVER_KEY, &j->shared[i], &j->msgs[i], &n,
+                                          &err);
+                }
+                if (r < 0)
+                        die("server path", r, &err);
+        }
+        mgmt_arena_release(&arena);
+        free(zeros);
+        return NULL;
+}
+
+typedef struct srv_fig {
+        double ms;
+        double cpu_ms;          /* user + system CPU of the process during the run */
+        long faults;            /* minor page faults of the process during the run */
+} srv_fig;
+
+static long minflt(double *cpu_ms) {
+        struct rusage ru;
+        (void) getrusage(RUSAGE_SELF, &ru);
+        *cpu_ms = (double) (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e3 +
+                  (double) (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e3;
+        return ru.ru_minflt;
+}
+
+static srv_fig srv_all(mgmt_maps *maps, const cp_netmap_account *a, int total, int mode,
+                       const cp_crypto_box_shared *shared, const size_t *lens, size_t max_len) {
+        uint8_t **msgs = cp_xcalloc((size_t) total, sizeof *msgs);
+        pthread_t th[2];
+        srv_job jobs[2];
+        double c0, c1;
+        long f0 = minflt(&c0);
+        double t0 = now_ms();
+
+        for (int k = 0; k < 2; k++) {
+                jobs[k] = (srv_job) { maps, a, k, 2, total, mode, shared, lens, max_len, msgs };
+                if (pthread_create(&th[k], NULL, run_srv, &jobs[k]) != 0)
+                        die("pthread_create", -errno, NULL);
+        }
+        for (int k = 0; k < 2; k++)
+                (void) pthread_join(th[k], NULL);
+        double t1 = now_ms();
+        long f1 = minflt(&c1);
+        srv_fig fig = { t1 - t0, c1 - c0, f1 - f0 };
+        for (int i = 0; i < total; i++)
+                free(msgs[i]);
+        free(msgs);
+        return fig;
+}
+
+static srv_fig min_fig(srv_fig a, srv_fig b) {
+        return a.cpu_ms <= b.cpu_ms ? a : b;
+}
+
 static double min_d(double a, double b) {
         return a < b ? a : b;
 }
 
 static void bench(const shape *s, bool networks, int runs) {
         double t_fill = 1e30, t_pre = 1e30, t_enc1 = 1e30, t_enc2 = 1e30, t_box = 1e30, t_boxnm = 1e30,
-               t_boxnm2 = 1e30, t_fan = 1e30;
+               t_boxnm2 = 1e30, t_fan = 1e30, f_pre_min = 1e30;
+        srv_fig s_box = { 1e30, 1e30, 0 }, s_before = { 1e30, 1e30, 0 }, s_now = { 1e30, 1e30, 0 },
+                s_box_t = { 1e30, 1e30, 0 }, s_now_t = { 1e30, 1e30, 0 };
+        bool tuned = false;
+        mgmt_maps *maps = mgmt_maps_new(NULL, NULL, NULL);
         size_t bytes = 0, max_len = 0;
         int total = 0;
         cp_netmap_stats st = { 0 }, st_router = { 0 };
@@ -316,12 +435,14 @@ static void bench(const shape *s, bool networks, int runs) {
         uint8_t *pk = cp_xmalloc((size_t) n_keys * 32), sk[32], server_pk[32];
         uint8_t (*shared)[crypto_box_BEFORENMBYTES] = cp_xmalloc((size_t) n_keys * sizeof *shared);
         size_t *lens = cp_xcalloc((size_t) n_keys, sizeof *lens);
+        cp_crypto_box_shared *cshared = cp_xmalloc((size_t) n_keys * sizeof *cshared);
         crypto_box_keypair(server_pk, sk);
         for (int i = 0; i < n_keys; i++) {
                 uint8_t psk[32];
                 crypto_box_keypair(pk + (size_t) i * 32, psk);
                 if (crypto_box_beforenm(shared[i], pk + (size_t) i * 32, sk) != 0)
                         die("beforenm", -1, NULL);
+                memcpy(cshared[i].key, shared[i], sizeof cshared[i].key);
         }
 
         for (int run = 0; run < runs; run++) {
@@ -355,6 +476,24 @@ static void bench(const shape *s, bool networks, int runs) {
                         die("finish", r, &err);
                 double f_pre = now_ms() - f0;
                 t_fan = min_d(t_fan, f_pre + encode_all(a, total, 2, true, shared, NULL, NULL, NULL));
+                f_pre_min = min_d(f_pre_min, f_pre);
+                s_box = min_fig(s_box, srv_all(maps, a, total, SRV_BOX, cshared, lens, max_len));
+                s_before = min_fig(s_before, srv_all(maps, a, total, SRV_BEFORE, cshared, lens, max_len));
+                s_now = min_fig(s_now, srv_all(maps, a, total, SRV_NOW, cshared, lens, max_len));
+                /* netbird-mgmt's malloc policy (mgmt-malloc.h), then back
+                 * to glibc's default values for the next run's rows (its
+                 * dynamic mmap threshold stays off: no difference for
+                 * maps below 128 KiB) */
+                tuned = mgmt_malloc_tune();
+                if (tuned) {
+                        (void) srv_all(maps, a, total, SRV_BOX, cshared, lens, max_len);  /* the memory, once */
+                        s_box_t = min_fig(s_box_t, srv_all(maps, a, total, SRV_BOX, cshared, lens, max_len));
+                        s_now_t = min_fig(s_now_t, srv_all(maps, a, total, SRV_NOW, cshared, lens, max_len));
+                        (void) mallopt(M_MMAP_THRESHOLD, 128 * 1024);
+                        (void) mallopt(M_TRIM_THRESHOLD, 128 * 1024);
+                        (void) mallopt(M_TOP_PAD, 0);
+                        (void) malloc_trim(0);
+                }
                 cp_netmap_account_unref(a);
 
                 t_box = min_d(t_box, box_all(total, 1, lens, max_len, false, shared, pk, sk));
@@ -393,6 +532,28 @@ static void bench(const shape *s, bool networks, int runs) {
         if (s->ratio_target > 0)
                 printf(" (target <= %.1f)", s->ratio_target);
         printf("\n");
+        printf("  server's per-map path, 2 threads, every message kept until the end (as queued; best CPU of the runs):\n");
+        printf("    box afternm into a malloc each %8.2f ms  %8.2f CPU-ms  %7ld page faults\n", s_box.ms,
+               s_box.cpu_ms, s_box.faults);
+        printf("    before (pack, copy, seal, wipe)%8.2f ms  %8.2f CPU-ms  %7ld page faults  CPU %.2fx kept box\n",
+               s_before.ms, s_before.cpu_ms, s_before.faults, s_before.cpu_ms / s_box.cpu_ms);
+        printf("    now (mgmt_map_seal)            %8.2f ms  %8.2f CPU-ms  %7ld page faults  CPU %.2fx kept box\n",
+               s_now.ms, s_now.cpu_ms, s_now.faults, s_now.cpu_ms / s_box.cpu_ms);
+        if (tuned) {
+                printf("    with netbird-mgmt's malloc policy (freed memory kept between fan-outs):\n");
+                printf("    box afternm into a malloc each %8.2f ms  %8.2f CPU-ms  %7ld page faults\n", s_box_t.ms,
+                       s_box_t.cpu_ms, s_box_t.faults);
+                printf("    now (mgmt_map_seal)            %8.2f ms  %8.2f CPU-ms  %7ld page faults  CPU %.2fx kept box,"
+                       " %.2fx glibc defaults' before\n", s_now_t.ms, s_now_t.cpu_ms, s_now_t.faults,
+                       s_now_t.cpu_ms / s_box_t.cpu_ms, s_now_t.cpu_ms / s_before.cpu_ms);
+        } else
+                printf("    (malloc policy not applied: GLIBC_TUNABLES or MALLOC_* set)\n");
+        printf("    box afternm, reused buffer (2t)%8.2f ms  (the floor above: no page faults)\n", t_boxnm2);
+        if (tuned)
+                printf("    precompute + now (policy)      %8.2f ms  %s\n", f_pre_min + s_now_t.ms,
+                       against(s, f_pre_min + s_now_t.ms, cmp, sizeof cmp));
+        free(cshared);
+        maps = mgmt_maps_free(maps);
         free(pk);
         free(shared);
         free(lens);
@@ -412,6 +573,8 @@ int main(int argc, char **argv) {
                 die("sodium_init", -1, NULL);
         printf("bench-netmap: %ld CPUs online\n", sysconf(_SC_NPROCESSORS_ONLN));
         for (size_t i = 0; i < ELEMENTSOF(shapes); i++) {
+                if (argc > 2 && strcmp(argv[2], shapes[i].name) != 0)
+                        continue;
                 bench(&shapes[i], false, runs);
                 bench(&shapes[i], true, runs);
         }

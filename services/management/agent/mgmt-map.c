@@ -8,6 +8,7 @@
 #include "cp/base.h"
 #include "cp/netmap.h"
 #include "cp/store-peers.h"
+#include "mgmt-agent-int.h"
 #include "mgmt-map.h"
 #include "mgmt-strmap.h"
 
@@ -142,15 +143,17 @@ static uint8_t *pack_in(mgmt_arena *a, const ProtobufCMessage *msg, size_t *ret_
         return out;
 }
 
-int mgmt_map_pack(mgmt_maps *m, const mgmt_map *map, const char *peer_id,
-                  const Management__NetbirdConfig *netbird_config, mgmt_arena *a, uint8_t **ret, size_t *ret_len,
-                  cp_error *reterr) {
+const uint8_t *mgmt_map_jwt_config(mgmt_maps *m, mgmt_arena *a, size_t *ret_len) {
+        Management__JWTConfig *jwt = m->netconf ? mgmt_netconf_jwt_config(m->netconf, a) : NULL;
+
+        *ret_len = 0;
+        return jwt ? pack_in(a, &jwt->base, ret_len) : NULL;
+}
+
+static int encode(mgmt_maps *m, const mgmt_map *map, const char *peer_id, cp_netmap_encode_opts *opts,
+                  const uint8_t **ret, size_t *ret_len, cp_error *reterr) {
         const cp_netmap_account *acc = as_account(map);
         cp_netmap_worker *w = pthread_getspecific(m->worker_key);
-        cp_netmap_encode_opts opts = { 0 };
-        Management__JWTConfig *jwt;
-        const uint8_t *data;
-        size_t len;
         int64_t idx;
         int r;
 
@@ -162,20 +165,49 @@ int mgmt_map_pack(mgmt_maps *m, const mgmt_map *map, const char *peer_id,
                 w = cp_netmap_worker_new();
                 (void) pthread_setspecific(m->worker_key, w);
         }
+        r = cp_netmap_encode_sync(w, acc, (size_t) idx, opts, ret, ret_len, NULL);
+        if (r < 0)
+                return cp_error_set(reterr, r, "cannot encode the map of peer %s: %s", peer_id, strerror(-r));
+        return 0;
+}
+
+int mgmt_map_pack(mgmt_maps *m, const mgmt_map *map, const char *peer_id,
+                  const Management__NetbirdConfig *netbird_config, mgmt_arena *a, uint8_t **ret, size_t *ret_len,
+                  cp_error *reterr) {
+        cp_netmap_encode_opts opts = { 0 };
+        const uint8_t *data;
+        size_t len;
+        int r;
+
         if (netbird_config) {
                 opts.with_netbird_config = true;
                 opts.netbird_config = pack_in(a, &netbird_config->base, &opts.netbird_config_len);
         }
-        jwt = mgmt_netconf_jwt_config(m->netconf, a);
-        if (jwt)
-                opts.jwt_config = pack_in(a, &jwt->base, &opts.jwt_config_len);
-        r = cp_netmap_encode_sync(w, acc, (size_t) idx, &opts, &data, &len, NULL);
+        opts.jwt_config = mgmt_map_jwt_config(m, a, &opts.jwt_config_len);
+        r = encode(m, map, peer_id, &opts, &data, &len, reterr);
         if (r < 0)
-                return cp_error_set(reterr, r, "cannot encode the map of peer %s: %s", peer_id, strerror(-r));
+                return r;
         *ret = mgmt_arena_alloc(a, len ? len : 1);
         memcpy(*ret, data, len);
         *ret_len = len;
         return 0;
+}
+
+int mgmt_map_seal(mgmt_maps *m, const mgmt_map *map, const char *peer_id, const uint8_t *jwt_config,
+                  size_t jwt_config_len, const char *server_key, const cp_crypto_box_shared *shared, uint8_t **ret,
+                  size_t *ret_len, cp_error *reterr) {
+        cp_netmap_encode_opts opts = { .jwt_config = jwt_config, .jwt_config_len = jwt_config_len };
+        const uint8_t *data;
+        size_t len;
+        int r;
+
+        r = encode(m, map, peer_id, &opts, &data, &len, reterr);
+        if (r < 0)
+                return r;
+        /* Straight from the thread's encoding buffer (still in cache) into
+         * the one buffer the stream sends: no copy of the plaintext. */
+        *ret = mgmt_agent_seal_msg(server_key, shared, data, len, ret_len, reterr);
+        return *ret ? 0 : -EIO;
 }
 
 bool mgmt_map_peer_login_expired(const mgmt_map *map, const char *peer_id) {

@@ -25,6 +25,7 @@
 #include <stdint.h>
 
 #include "cp/config.h"
+#include "cp/crypto-box.h"
 #include "cp/error.h"
 #include "cp/store.h"
 #include "management.pb-c.h"
@@ -72,6 +73,24 @@ int64_t mgmt_map_serial(const mgmt_map *map);
 int mgmt_map_pack(mgmt_maps *m, const mgmt_map *map, const char *peer_id,
                   const Management__NetbirdConfig *netbird_config, mgmt_arena *a, uint8_t **ret, size_t *ret_len,
                   cp_error *reterr);
+
+/* PeerConfig.sshConfig.jwtConfig as a packed JWTConfig in a, or NULL
+ * (*ret_len 0) when the deployment has none (or m has no netconf): packed
+ * once for a batch of mgmt_map_seal() calls. */
+const uint8_t *mgmt_map_jwt_config(mgmt_maps *m, mgmt_arena *a, size_t *ret_len);
+
+/* The fan-out's path (mgmt-sync.c chunk_work): peer_id's SyncResponse as
+ * mgmt_map_pack() makes it without netbirdConfig, with jwt_config (from
+ * mgmt_map_jwt_config(), may be NULL), sealed with shared inside the
+ * EncryptedMessage carrying server_key: *ret is the one malloc'd buffer
+ * the stream sends (free(); mgmt_call_send_take() takes it). The
+ * plaintext is never copied: it is sealed from this thread's encoding
+ * buffer, which the thread's next map overwrites (a map is no secret of
+ * the kind ops.md wipes). -ENOENT: the peer is not in this map; -EIO
+ * (reterr says why) when sealing failed. */
+int mgmt_map_seal(mgmt_maps *m, const mgmt_map *map, const char *peer_id, const uint8_t *jwt_config,
+                  size_t jwt_config_len, const char *server_key, const cp_crypto_box_shared *shared, uint8_t **ret,
+                  size_t *ret_len, cp_error *reterr);
 
 /* Whether peer_id's SSO login had expired when the map was read (false
  * for a peer not in the map). */

@@ -39,6 +39,7 @@
  * one, a credential refresh goes first, the status after the last
  * message).
  */
+#include "mgmt-malloc.h"
 #include "mgmt-sync-int.h"
 
 #include "cp/store-tenant.h"
@@ -898,6 +899,7 @@ static void fanout_finish(mgmt_sync *h, fanout *f) {
         free(f->targets);
         if (f->map) {           /* loaded: a fan-out that ran */
                 mgmt_metrics_fanout(f->started_ns, f->pushed);
+                mgmt_malloc_fanout_done();
                 if (cp_log_enabled(CP_LOG_DEBUG)) {
                         /* Benchmarks (tests/bench/load) read these lines:
                          * the log time is when the last map was queued. */
@@ -928,38 +930,44 @@ static void fanout_finish(mgmt_sync *h, fanout *f) {
         acct_maybe_free(h, a);
 }
 
-/* Worker: build, pack and seal the maps of one slice of the targets. */
+/* Worker: build, pack and seal the maps of one slice of the targets.
+ * Each map is sealed straight from the thread's encoding buffer into the
+ * message the stream sends (mgmt_map_seal): one allocation per map, no
+ * copy of the plaintext; the JWTConfig is packed once per slice. */
 static void chunk_work(void *userdata) {
         fanout_chunk *ch = userdata;
         fanout *f = ch->f;
+        const uint8_t *jwt;
+        size_t jwt_len;
         mgmt_arena arena;
 
         mgmt_arena_init(&arena);
+        jwt = mgmt_map_jwt_config(f->hub->maps, &arena, &jwt_len);
         for (size_t i = ch->from; i < ch->to; i++) {
                 fanout_target *t = &f->targets[i];
-                uint8_t *plain, *sealed;
-                size_t plain_len, sealed_len;
                 cp_error err = { 0 };
 
-                int r = mgmt_map_pack(f->hub->maps, f->map, t->s->peer_id, NULL, &arena, &plain, &plain_len, &err);
+                int r = mgmt_map_seal(f->hub->maps, f->map, t->s->peer_id, jwt, jwt_len, t->s->server_key,
+                                      &t->s->shared, &t->msg, &t->len, &err);
                 if (r == -ENOENT) {
                         /* The peer was deleted (REST API, another replica's
                          * Logout): its stream gets the deleted-peer map
                          * Logout sends and ends, as NetBird's deletion
                          * does, instead of lingering without maps. */
+                        mgmt_arena deleted;
+                        uint8_t *plain;
+                        size_t plain_len;
+
                         t->gone = true;
-                        r = mgmt_map_pack_deleted(f->map, &arena, &plain, &plain_len);
+                        mgmt_arena_init(&deleted);
+                        (void) mgmt_map_pack_deleted(f->map, &deleted, &plain, &plain_len);
+                        t->msg = mgmt_agent_seal_msg(t->s->server_key, &t->s->shared, plain, plain_len, &t->len,
+                                                     &err);
+                        mgmt_arena_release(&deleted);
                 } else if (r == 0)
                         t->expired = mgmt_map_peer_login_expired(f->map, t->s->peer_id);
-                if (r < 0)
-                        continue;
-                sealed = mgmt_agent_seal_msg(t->s->server_key, &t->s->shared, plain, plain_len, &sealed_len, &err);
-                cp_explicit_bzero(plain, plain_len);
-                if (sealed) {
-                        t->msg = sealed;
-                        t->len = sealed_len;
-                }
-                mgmt_arena_release(&arena);
+                if (!t->msg)
+                        t->len = 0;
         }
         mgmt_arena_release(&arena);
 }
