@@ -10,6 +10,7 @@
 #include "mgmt-http.h"
 #include "mgmt-manager.h"
 #include "mgmt-map.h"
+#include "mgmt-memtrim.h"
 #include "mgmt-metrics.h"
 #include "mgmt-proxy-rpc.h"
 #include "mgmt-proxy.h"
@@ -35,6 +36,9 @@
 /* Jobs that may wait for a worker, per worker, before RPCs are refused
  * with RESOURCE_EXHAUSTED. */
 #define QUEUE_PER_WORKER 256
+/* How often a worker checks whether the heap holds enough free pages to
+ * trim (mgmt-memtrim.h). */
+#define MEM_TICK_S 2
 /* NB_MAX_CONCURRENT_SYNCS (NetBird's variable and default): Sync opens in
  * progress at once; a negative value lifts the cap. */
 #define DEFAULT_MAX_SYNCS 1000
@@ -70,6 +74,7 @@ struct mgmt_manager {
         mgmt_netconf *netconf;
         mgmt_keys *keys;                /* the server key pairs; wiped in mgmt_manager_free */
         atomic_bool key_reload_queued;  /* a poll job is waiting or running */
+        atomic_bool mem_trim_queued;    /* a trim check is waiting or running */
         mgmt_workers *workers;
         mgmt_agent agent;               /* borrows store, config, netconf, key, sync, maps */
         mgmt_maps *maps;
@@ -91,7 +96,7 @@ struct mgmt_manager {
         char replica_id[CP_ID_LEN + 1];
 
         struct event *sig_term, *sig_int, *wake, *deadline, *serial_tick, *expiry_tick,
-                *refresh_tick, *retry_tick, *key_tick, *proxy_tick, *drain_tick;
+                *refresh_tick, *retry_tick, *key_tick, *proxy_tick, *drain_tick, *mem_tick;
         int wake_fd;
 
         pthread_mutex_t posts_lock;
@@ -208,6 +213,8 @@ static void begin_shutdown(mgmt_manager *m, const char *why) {
                 event_del(m->key_tick);
         if (m->proxy_tick)
                 event_del(m->proxy_tick);
+        if (m->mem_tick)
+                event_del(m->mem_tick);
         (void) snprintf(buf, sizeof buf, "%" PRId64 "ms", grace);
         (void) snprintf(wbuf, sizeof wbuf, "%" PRId64 "ms", window);
         cp_log_kv(&log_ctx, CP_LOG_INFO, "shutting down", "signal", why, "grace", buf, "drain_window", wbuf,
@@ -268,6 +275,30 @@ static void on_expiry_tick(evutil_socket_t fd, short what, void *userdata) {
 
         if (!m->shutting_down)
                 mgmt_sync_expire_logins(m->sync);
+}
+
+/* Worker: give the heap's free pages back after a burst of opens
+ * (mgmt-memtrim.h). */
+static void mem_trim_work(void *userdata) {
+        mgmt_manager *m = userdata;
+        size_t released;
+
+        if (mgmt_memtrim_check(&released) && released >= (1u << 20)) {
+                char mb[32];
+                (void) snprintf(mb, sizeof mb, "%zu", released >> 20);
+                cp_log_kv(&log_ctx, CP_LOG_DEBUG, "heap trimmed", "released_mb", mb, NULL);
+        }
+        atomic_store(&m->mem_trim_queued, false);
+}
+
+/* Every MEM_TICK_S seconds: at most one trim check queued at a time. */
+static void on_mem_tick(evutil_socket_t fd, short what, void *userdata) {
+        mgmt_manager *m = userdata;
+
+        if (m->shutting_down || atomic_exchange(&m->mem_trim_queued, true))
+                return;
+        if (mgmt_workers_submit(m->workers, mem_trim_work, m, false) < 0)
+                atomic_store(&m->mem_trim_queued, false);
 }
 
 /* While time-based TURN credentials or relay tokens are configured: the
@@ -972,6 +1003,15 @@ int mgmt_manager_new(const cp_config *cfg, mgmt_tls *tls, mgmt_netconf *netconf,
                 }
         }
 
+        {
+                struct timeval tv = { .tv_sec = MEM_TICK_S, .tv_usec = 0 };
+                m->mem_tick = event_new(m->base, -1, EV_PERSIST, on_mem_tick, m);
+                if (!m->mem_tick || event_add(m->mem_tick, &tv) < 0) {
+                        r = cp_error_set(reterr, -ENOMEM, "cannot register the memory trim timer");
+                        goto fail;
+                }
+        }
+
         log_listening("grpc", cfg->listen_address, mgmt_grpc_port(m->grpc), m->tls ? "true" : "false");
         log_listening("http", cfg->listen_address, mgmt_http_port(m->http), "false");
         cp_log_kv(&log_ctx, CP_LOG_INFO, "replica started", "replica_id", m->replica_id, "bus",
@@ -1052,6 +1092,8 @@ mgmt_manager *mgmt_manager_free(mgmt_manager *m) {
                 cp_log(&log_ctx, CP_LOG_WARN, "readiness check stuck in the store; not closing the store");
         if (m->serial_tick)
                 event_free(m->serial_tick);
+        if (m->mem_tick)
+                event_free(m->mem_tick);
         if (m->expiry_tick)
                 event_free(m->expiry_tick);
         if (m->refresh_tick)

@@ -1,0 +1,41 @@
+#include "cp/base.h"
+#include "mgmt-memtrim.h"
+
+#include <malloc.h>
+#include <stdio.h>
+#include <unistd.h>
+
+/* Resident bytes of this process (/proc/self/statm), 0 when unknown. */
+static size_t resident_bytes(void) {
+        unsigned long size, resident;
+        FILE *f = fopen("/proc/self/statm", "re");
+        size_t r = 0;
+
+        if (!f)
+                return 0;
+        if (fscanf(f, "%lu %lu", &size, &resident) == 2)
+                r = (size_t) resident * (size_t) sysconf(_SC_PAGESIZE);
+        fclose(f);
+        return r;
+}
+
+void mgmt_memtrim_init(void) {
+        /* Nothing process-wide yet: see docs/benchmarks.md, part b, for
+         * the settings measured (arena count, trim threshold). */
+}
+
+bool mgmt_memtrim_check(size_t *ret_released) {
+        struct mallinfo2 mi = mallinfo2();
+        size_t before, after;
+
+        if (ret_released)
+                *ret_released = 0;
+        if (mi.fordblks < MGMT_MEMTRIM_MIN_FREE || mi.fordblks < mi.arena / 4)
+                return false;
+        before = resident_bytes();
+        (void) malloc_trim(0);
+        after = resident_bytes();
+        if (ret_released && before > after)
+                *ret_released = before - after;
+        return true;
+}
