@@ -24,14 +24,23 @@ void mgmt_memtrim_init(void) {
          * the settings measured (arena count, trim threshold). */
 }
 
+/* Free bytes in the arenas right after the last trim, lowered when they
+ * are reused: trimmed chunks still count as free in mallinfo2, so only
+ * what was freed since is worth a new walk. One check runs at a time
+ * (the manager queues at most one). */
+static size_t free_at_trim;
+
 bool mgmt_memtrim_check(size_t *ret_released) {
         struct mallinfo2 mi = mallinfo2();
         size_t before, after;
 
         if (ret_released)
                 *ret_released = 0;
-        if (mi.fordblks < MGMT_MEMTRIM_MIN_FREE || mi.fordblks < mi.arena / 4)
+        if (mi.fordblks < free_at_trim)
+                free_at_trim = mi.fordblks;
+        if (mi.fordblks - free_at_trim < MGMT_MEMTRIM_MIN_FREE || mi.fordblks < mi.arena / 4)
                 return false;
+        free_at_trim = mi.fordblks;
         before = resident_bytes();
         (void) malloc_trim(0);
         after = resident_bytes();

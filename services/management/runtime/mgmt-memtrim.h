@@ -27,8 +27,9 @@
 /* Process-wide malloc settings (mallopt); call before threads start. */
 void mgmt_memtrim_init(void);
 
-/* Trims when the arenas hold more than MGMT_MEMTRIM_MIN_FREE free bytes
- * and more than a quarter of what they took from the kernel is free.
+/* Trims when MGMT_MEMTRIM_MIN_FREE more bytes are free in the arenas than
+ * right after the last trim, and more than a quarter of what they took
+ * from the kernel is free.
  * Returns true when it trimmed; *ret_released (may be NULL) gets the
  * resident bytes given back, when known. */
 bool mgmt_memtrim_check(size_t *ret_released);
