@@ -7,6 +7,7 @@
 #include "mgmt-cmd.h"
 #include "mgmt-datakey.h"
 #include "mgmt-manager.h"
+#include "mgmt-memtrim.h"
 #include "mgmt-netconf.h"
 #include "mgmt-tls.h"
 
@@ -88,6 +89,7 @@ int mgmt_cmd_management(const cp_config *cfg, void *extra) {
         cp_error err = { 0 };
         int r;
 
+        mgmt_memtrim_init();
         r = require_data_key(cfg, data_key, &err);
         if (r < 0)
                 return config_error(r, &err);

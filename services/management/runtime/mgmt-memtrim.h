@@ -24,14 +24,14 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-/* Process-wide malloc settings (mallopt); call before threads start. */
+/* Process-wide malloc settings (mallopt): at most one arena per core
+ * (at least 2). Call before threads start. */
 void mgmt_memtrim_init(void);
 
 /* Trims when MGMT_MEMTRIM_MIN_FREE more bytes are free in the arenas than
- * right after the last trim, and more than a quarter of what they took
- * from the kernel is free.
+ * right after the last trim.
  * Returns true when it trimmed; *ret_released (may be NULL) gets the
  * resident bytes given back, when known. */
 bool mgmt_memtrim_check(size_t *ret_released);
 
-#define MGMT_MEMTRIM_MIN_FREE (16u << 20)
+#define MGMT_MEMTRIM_MIN_FREE (4u << 20)
