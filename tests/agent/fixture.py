@@ -237,6 +237,24 @@ def wait_until(pred, timeout=10.0, interval=0.05, what="condition"):
         time.sleep(interval)
 
 
+def meshed_streams(dep, placement, names=None):
+    """One agent per server in placement, registered on it (hostnames from
+    names, else d0, d1, ...), each with a Sync stream; returns (agents,
+    streams) once every stream holds a map with all the other agents."""
+    agents = []
+    for i, srv in enumerate(placement):
+        a = dep.agent(srv)
+        a.register(dep.setup_key, meta=nbagent.build_meta(names[i] if names else "d%d" % i))
+        agents.append(a)
+    streams = []
+    for a in agents:
+        s = a.sync()
+        others = {o.pub_b64 for o in agents if o is not a}
+        s.wait_for(lambda m, others=others: nbagent.remote_keys(m) == others, timeout=10)
+        streams.append(s)
+    return agents, streams
+
+
 def json_dump(msg):
     """A protobuf message as compact JSON, for assertion messages."""
     from google.protobuf import json_format

@@ -25,8 +25,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "agent"))
 
 import svc  # noqa: E402
-from fixture import Deployment, wait_until, json_dump  # noqa: E402
-from nbagent import build_meta, remote_keys  # noqa: E402
+from fixture import Deployment, meshed_streams, wait_until, json_dump  # noqa: E402
+from nbagent import remote_keys  # noqa: E402
 from svc import test  # noqa: E402
 
 INT64_MAX = 2 ** 63 - 1
@@ -89,17 +89,7 @@ def four_streams(dep):
     """Replicas r1, r2; agents a, b with streams on r1 and c, d on r2,
     each stream holding a map with the three others."""
     r1, r2 = replica(dep), replica(dep)
-    agents = []
-    for name, srv in (("alpha", r1), ("bravo", r1), ("charlie", r2), ("delta", r2)):
-        a = dep.agent(srv)
-        a.register(dep.setup_key, meta=build_meta(name))
-        agents.append(a)
-    streams = []
-    for a in agents:
-        s = a.sync()
-        others = {o.pub_b64 for o in agents if o is not a}
-        s.wait_for(lambda m, others=others: remote_keys(m) == others, timeout=10)
-        streams.append(s)
+    agents, streams = meshed_streams(dep, (r1, r1, r2, r2), ("alpha", "bravo", "charlie", "delta"))
     return r1, r2, agents, streams
 
 

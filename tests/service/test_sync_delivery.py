@@ -19,8 +19,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "agent"))
 
 import svc  # noqa: E402
-from fixture import Deployment, wait_until  # noqa: E402
-from nbagent import build_meta, remote_keys  # noqa: E402
+from fixture import Deployment, meshed_streams, wait_until  # noqa: E402
 from svc import test  # noqa: E402
 
 FAMILY = "netbird_cp_sync_delivery_seconds"
@@ -74,18 +73,7 @@ def add_policy(dep, srv, name):
 def streams_on(dep, placement):
     """Agents registered and streaming, placement: one server per agent;
     returns the streams once each holds a map with all the others."""
-    agents = []
-    for i, srv in enumerate(placement):
-        a = dep.agent(srv)
-        a.register(dep.setup_key, meta=build_meta("d%d" % i))
-        agents.append(a)
-    streams = []
-    for a in agents:
-        s = a.sync()
-        others = {o.pub_b64 for o in agents if o is not a}
-        s.wait_for(lambda m, others=others: remote_keys(m) == others, timeout=10)
-        streams.append(s)
-    return streams
+    return meshed_streams(dep, placement)[1]
 
 
 def all_at(streams, serial):
