@@ -71,6 +71,7 @@ struct mgmt_manager {
         mgmt_netconf *netconf;
         mgmt_keys *keys;                /* the server key pairs; wiped in mgmt_manager_free */
         atomic_bool key_reload_queued;  /* a poll job is waiting or running */
+        atomic_bool malloc_tick_queued; /* an idle-trim job is waiting or running */
         mgmt_workers *workers;
         mgmt_agent agent;               /* borrows store, config, netconf, key, sync, maps */
         mgmt_maps *maps;
@@ -688,13 +689,24 @@ static void on_proxy_tick(evutil_socket_t fd, short what, void *userdata) {
                 mgmt_proxy_tick(m->proxy);
 }
 
+static void malloc_tick_work(void *userdata) {
+        mgmt_manager *m = userdata;
+
+        (void) mgmt_malloc_idle_tick(cp_now_mono_ms());
+        atomic_store(&m->malloc_tick_queued, false);
+}
+
 /* Every MGMT_MALLOC_TICK_MS: memory kept for fan-outs goes back to the
- * kernel once they stop (mgmt-malloc.h). */
+ * kernel once they stop (mgmt-malloc.h). On a worker: a trim after a
+ * large fan-out walks every arena and may take tens of milliseconds,
+ * which this loop (HTTP, /readyz) must not wait for. One at a time. */
 static void on_malloc_tick(evutil_socket_t fd, short what, void *userdata) {
         mgmt_manager *m = userdata;
 
-        if (!m->shutting_down)
-                (void) mgmt_malloc_idle_tick(cp_now_mono_ms());
+        if (m->shutting_down || atomic_exchange(&m->malloc_tick_queued, true))
+                return;
+        if (mgmt_workers_submit(m->workers, malloc_tick_work, m, false) < 0)
+                atomic_store(&m->malloc_tick_queued, false);
 }
 
 /* A positive integer or duration from the environment ("NAME=30s");

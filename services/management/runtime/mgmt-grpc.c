@@ -25,6 +25,9 @@
  * whether the grace period is over. */
 #define POLL_IDLE_MS 250
 #define POLL_SHUTDOWN_MS 50
+/* After the server is destroyed, how long the queues stay open for calls
+ * whose last completions are still on their way (maybe_close_cq). */
+#define CLOSE_WAIT_CALLS_MS 5000
 /* Keepalive: agents ping every 30 s even without calls (NetBird's client
  * settings); NetBird's server enforces a minimum of 15 s and permits pings
  * without streams. We accept pings down to 5 s apart. */
@@ -163,6 +166,7 @@ struct mgmt_grpc {
         bool calls_cancelled;
         bool cq_shut;
         size_t live_calls;
+        int64_t destroyed_ms;           /* monotonic ms of grpc_server_destroy */
         size_t jobs;                    /* offloads not yet done */
         /* Connections with calls: the peer string ("ipv4:a.b.c.d:port",
          * one per HTTP/2 connection) -> number of live calls. */
@@ -550,6 +554,11 @@ static int submit(mgmt_grpc *g, offload *o, bool force) {
                 free(o);
                 return -ENOSYS;
         }
+        if (g->cq_shut) {
+                /* Too late: nothing could run its done function. */
+                free(o);
+                return -ESHUTDOWN;
+        }
         if (o->call)
                 o->call->refs++;
         g->jobs++;
@@ -788,6 +797,13 @@ static void maybe_cancel(mgmt_grpc *g) {
 static void maybe_close_cq(mgmt_grpc *g) {
         if (!g->server_destroyed || g->cq_shut || g->jobs > 0)
                 return;
+        /* The server's shutdown tag (queue 0) may be handled before the
+         * last completions of calls on other queues: their handlers can
+         * still start jobs (a stream's fenced disconnect). Wait for every
+         * matched call to be freed, bounded (a reference a handler never
+         * drops must not stop the process from exiting: it is logged). */
+        if (g->live_calls > 0 && cp_now_mono_ms() < g->destroyed_ms + CLOSE_WAIT_CALLS_MS)
+                return;
         pthread_mutex_lock(&g->posts_lock);
         if (g->wake_pending || g->posts_head) {
                 pthread_mutex_unlock(&g->posts_lock);
@@ -814,6 +830,7 @@ static void handle_event(mgmt_grpc *g, grpc_event ev) {
                          * still on workers and the slots given back. */
                         grpc_server_destroy(g->server);
                         g->server_destroyed = true;
+                        g->destroyed_ms = cp_now_mono_ms();
                         if (g->jobs > 0) {
                                 char n[32];
                                 (void) snprintf(n, sizeof n, "%zu", g->jobs);

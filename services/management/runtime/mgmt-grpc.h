@@ -48,8 +48,11 @@
  * Shutdown: mgmt_grpc_shutdown() stops accepting and lets in-flight calls
  * run for the grace period; then the CQ thread cancels what is left,
  * destroys the server, waits until every offloaded job and every post has
- * come back (a job still inside the database keeps the queue open),
- * drains the queue to GRPC_QUEUE_SHUTDOWN, calls on_stopped and exits.
+ * come back (a job still inside the database keeps the queue open) and
+ * every matched call is freed (the last completions of calls on other
+ * queues may still start jobs; bounded at 5 s, then logged), drains the
+ * queues to GRPC_QUEUE_SHUTDOWN, calls on_stopped and exits. A job
+ * offloaded after that is refused (-ESHUTDOWN).
  */
 #pragma once
 

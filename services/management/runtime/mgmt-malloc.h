@@ -27,7 +27,7 @@
  *
  * Threads: mgmt_malloc_tune() once, before any thread starts;
  * mgmt_malloc_fanout_done() from any thread; mgmt_malloc_idle_tick() from
- * one thread (the manager's event loop).
+ * one thread at a time (a worker job the manager queues, one at a time).
  */
 #pragma once
 
