@@ -109,10 +109,14 @@ def counters_move_with_agents():
     assert value(now, "netbird_cp_fanout_duration_seconds_count") == \
         value(now, "netbird_cp_fanout_duration_seconds_bucket", le="+Inf")
     assert delta(now, "netbird_cp_fanout_maps_pushed_total") >= 1
-    # The store: the connect ran once, lookups ran, COMMITs were timed.
-    assert delta(now, "netbird_cp_store_query_duration_seconds_count", statement="peer_connect") == 1
+    # The store: the Sync open's one-statement connect ran once (the
+    # lookup path's connect only when that wrote nothing), lookups ran,
+    # COMMITs were timed.
+    assert delta(now, "netbird_cp_store_query_duration_seconds_count", statement="peer_open") == 1
+    assert delta(now, "netbird_cp_store_query_duration_seconds_count", statement="peer_connect") <= 1
     assert value(now, "netbird_cp_store_query_duration_seconds_count", statement="peer_lookup") >= 3
     assert value(now, "netbird_cp_store_query_duration_seconds_count", statement="commit") >= 2
+    assert value(now, "netbird_cp_store_query_errors_total", statement="peer_open") == 0
     assert value(now, "netbird_cp_store_query_errors_total", statement="peer_connect") == 0
     pool = value(now, "netbird_cp_store_pool_size")
     busy = value(now, "netbird_cp_store_pool_connections", state="busy")

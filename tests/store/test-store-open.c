@@ -269,13 +269,19 @@ TEST(connects_and_disconnects_are_hot_updates) {
         for (int i = 0; i < 100; i++) {
                 free(v);
                 v = cptest_db_query(f.db,
-                        "SELECT n_tup_upd || '/' || n_tup_hot_upd FROM pg_stat_user_tables"
+                        "SELECT n_tup_upd || ' ' || n_tup_hot_upd FROM pg_stat_user_tables"
                         " WHERE relname = 'peers' AND n_tup_upd >= 40", 0, NULL);
                 if (v && *v)
                         break;
                 usleep(100 * 1000);
         }
-        ASSERT_STREQ("40/40", v);
+        /* HOT needs room on the row's page, which PostgreSQL does not
+         * promise for every update (a page not yet pruned): most, not
+         * all. Before 0014 none was (an index read peer_status_*). */
+        long upd = 0, hot = 0;
+        ASSERT_TRUE(v && sscanf(v, "%ld %ld", &upd, &hot) == 2);
+        ASSERT_EQ(40, upd);
+        ASSERT_TRUE(hot >= 30);
         free(v);
         fixture_release(&f);
 }
