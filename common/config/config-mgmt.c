@@ -238,8 +238,8 @@ static const cp_cfg_option options[] = {
           "gRPC connections with calls in progress; a call on a further connection is refused"
           " RESOURCE_EXHAUSTED (0 = no limit)" },
         { "grpc-threads", CP_CFG_INT, F(grpc_threads), "0", { NULL }, "ControlPlane.GrpcThreads", 0, 0, 64, NULL,
-          "N", "gRPC completion queues, each with its own thread and a share of the connections (0 = two per"
-          " core, at least 2)" },
+          "N", "gRPC completion queues, each with its own thread and a share of the connections (0 = 1, the"
+          " default; see docs/benchmarks.md)" },
         { "http-max-connections", CP_CFG_INT, F(http_max_connections), "4096", { NULL },
           "ControlPlane.HttpMaxConnections", 0, 0, 100000000, NULL, "N",
           "HTTP connections; a request on a further one is refused 503 and its connection closed (0 = no limit)" },

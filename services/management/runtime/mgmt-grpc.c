@@ -32,8 +32,10 @@
  * settings); NetBird's server enforces a minimum of 15 s and permits pings
  * without streams. We accept pings down to 5 s apart. */
 #define MIN_PING_INTERVAL_MS 5000
-/* Completion queues (one thread each) when the caller leaves it to us:
- * two per core, at least 2; and at most. */
+/* Completion queues (one thread each): when the caller leaves it to us,
+ * and at most. One by default: on 2 cores several cost more CPU per
+ * message than the tag scan they save (docs/benchmarks.md). */
+#define CQS_DEFAULT 1
 #define CQS_MAX 64
 
 typedef enum tag_kind {
@@ -1059,13 +1061,9 @@ int mgmt_grpc_port(const mgmt_grpc *g) {
 }
 
 size_t mgmt_grpc_threads_for(int threads) {
-        long cores = sysconf(_SC_NPROCESSORS_ONLN);
-
         if (threads > 0)
                 return threads < CQS_MAX ? (size_t) threads : CQS_MAX;
-        if (cores < 1)
-                cores = 1;
-        return cores * 2 < CQS_MAX ? (size_t) cores * 2 : CQS_MAX;
+        return CQS_DEFAULT;
 }
 
 size_t mgmt_grpc_threads(const mgmt_grpc *g) {

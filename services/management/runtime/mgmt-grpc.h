@@ -1,8 +1,9 @@
 /*
  * mgmt-grpc.h: the gRPC server (C core API) for agents.
  *
- * Threads: several completion queues, each polled by its own thread
- * (--grpc-threads; default two per core, at least 2). The server spreads
+ * Threads: one or several completion queues, each polled by its own
+ * thread (--grpc-threads; default 1: see docs/benchmarks.md "Several
+ * completion queues" for why several are not the default). The server spreads
  * connections over the queues and every queue has its own request slots,
  * so each queue holds the calls of a share of the connections: gRPC's
  * per-event work on a queue (Debian's libgrpc is built without NDEBUG and
@@ -131,8 +132,8 @@ typedef struct mgmt_grpc_options {
          * in netbird_cp_connections{listener="grpc"} (mgmt-limits.h). */
         int64_t max_streams_per_connection;
         int64_t max_connections;
-        /* Completion queues, one thread each (--grpc-threads); 0 = two
-         * per core, at least 2 (mgmt_grpc_threads_for). */
+        /* Completion queues, one thread each (--grpc-threads); 0 = the
+         * default, 1 (mgmt_grpc_threads_for). */
         int threads;
 } mgmt_grpc_options;
 
@@ -142,7 +143,7 @@ int mgmt_grpc_new(const mgmt_grpc_options *o, mgmt_grpc **ret, cp_error *reterr)
 /* The port actually bound. */
 int mgmt_grpc_port(const mgmt_grpc *g);
 /* The number of completion queues (and CQ threads) for the option value
- * threads (0 = two per online core, at least 2; at most 64), and the
+ * threads (0 = the default, 1; at most 64), and the
  * number a server runs. */
 size_t mgmt_grpc_threads_for(int threads);
 size_t mgmt_grpc_threads(const mgmt_grpc *g);

@@ -218,7 +218,7 @@ typedef struct cp_config {
         int64_t rate_limit_keys;                /* buckets per limit (memory bound) */
         int64_t grpc_max_streams_per_connection; /* 0 = gRPC's default (no limit) */
         int64_t grpc_max_connections;           /* connections with calls; 0 = no limit */
-        int64_t grpc_threads;                   /* completion queues, one thread each; 0 = 2 per core */
+        int64_t grpc_threads;                   /* completion queues, one thread each; 0 = 1 */
         int64_t http_max_connections;           /* 0 = no limit */
 
         /* management.json itself (source.file), warnings, origins. */
