@@ -319,37 +319,42 @@ def connections_capped():
 
 # ---- HTTP connections -------------------------------------------------------------------------
 
+def peers_on(srv, dep, c=None):
+    """GET /api/peers with the admin token on connection c (a new one,
+    closed with the test, when None); returns (connection, status, body)."""
+    if c is None:
+        c = http.client.HTTPConnection("127.0.0.1", srv.http_port, timeout=10)
+        svc.defer(c.close)
+    c.request("GET", "/api/peers", headers={"Authorization": "Token " + dep.admin_token})
+    r = c.getresponse()
+    return c, r, r.read()
+
+
+def assert_refused(c, r, body):
+    """The HTTP cap's answer: 503 {"message","code"}, then the connection closes."""
+    body = json.loads(body)
+    assert r.status == 503 and body == {"message": "too many connections", "code": 503}, (r.status, body)
+    assert (r.getheader("Connection") or "").lower() == "close", r.getheaders()
+    c.close()
+
+
 @test
 def http_connections_capped_per_address():
     dep = Deployment()
     srv = dep.start("--http-max-connections", "32")     # 2 per address
     conns = []
     for _ in range(2):
-        c = http.client.HTTPConnection("127.0.0.1", srv.http_port, timeout=10)
-        svc.defer(c.close)
-        c.request("GET", "/api/peers", headers={"Authorization": "Token " + dep.admin_token})
-        r = c.getresponse()
+        c, r, _ = peers_on(srv, dep)
         assert r.status == 200, r.status
-        r.read()
         conns.append(c)
-    third = http.client.HTTPConnection("127.0.0.1", srv.http_port, timeout=10)
-    svc.defer(third.close)
-    third.request("GET", "/api/peers", headers={"Authorization": "Token " + dep.admin_token})
-    r = third.getresponse()
-    body = json.loads(r.read())
-    assert r.status == 503 and body == {"message": "too many connections", "code": 503}, (r.status, body)
-    assert (r.getheader("Connection") or "").lower() == "close", r.getheaders()
-    third.close()
+    assert_refused(*peers_on(srv, dep))
     assert labelled(srv, "netbird_cp_connections_refused_total", listener="http") >= 1
     # Once one closes, the address gets a connection again.
     conns[0].close()
     def fresh_ok():
         c = http.client.HTTPConnection("127.0.0.1", srv.http_port, timeout=10)
         try:
-            c.request("GET", "/api/peers", headers={"Authorization": "Token " + dep.admin_token})
-            r = c.getresponse()
-            r.read()
-            return r.status == 200
+            return peers_on(srv, dep, c)[1].status == 200
         finally:
             c.close()
     wait_until(fresh_ok, timeout=20, what="a connection again once one closed")
@@ -359,27 +364,14 @@ def http_connections_capped_per_address():
 def http_connections_capped():
     dep = Deployment()
     srv = dep.start("--http-max-connections", "1")
-    first = http.client.HTTPConnection("127.0.0.1", srv.http_port, timeout=10)
-    svc.defer(first.close)
-    first.request("GET", "/api/peers", headers={"Authorization": "Token " + dep.admin_token})
-    r = first.getresponse()
+    first, r, _ = peers_on(srv, dep)
     assert r.status == 200, r.status
-    r.read()
-    second = http.client.HTTPConnection("127.0.0.1", srv.http_port, timeout=10)
-    svc.defer(second.close)
-    second.request("GET", "/api/peers", headers={"Authorization": "Token " + dep.admin_token})
-    r = second.getresponse()
-    body = json.loads(r.read())
-    assert r.status == 503 and body == {"message": "too many connections", "code": 503}, (r.status, body)
-    assert (r.getheader("Connection") or "").lower() == "close", r.getheaders()
-    second.close()
+    assert_refused(*peers_on(srv, dep))
     # Probes are answered over the cap.
     assert svc.http("GET", srv.url("/healthz"))[0] == 200
     # The first connection keeps working.
-    first.request("GET", "/api/peers", headers={"Authorization": "Token " + dep.admin_token})
-    r = first.getresponse()
+    r = peers_on(srv, dep, first)[1]
     assert r.status == 200, r.status
-    r.read()
     assert labelled(srv, "netbird_cp_connections_refused_total", listener="http") >= 1
     first.close()
     wait_until(lambda: rest(srv, "GET", "/api/peers", dep.admin_token)[0] == 200, timeout=20,
