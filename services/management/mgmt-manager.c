@@ -301,6 +301,15 @@ static void key_reload_work(void *userdata) {
         atomic_store(&m->key_reload_queued, false);
 }
 
+/* A periodic job on a worker, one at a time: queued unless the last one
+ * is still waiting or running (*queued, cleared by the job at its end). */
+static void submit_once(mgmt_manager *m, atomic_bool *queued, mgmt_work_fn fn) {
+        if (m->shutting_down || atomic_exchange(queued, true))
+                return;
+        if (mgmt_workers_submit(m->workers, fn, m, false) < 0)
+                atomic_store(queued, false);
+}
+
 /* Every serial-check interval (5 s when that is off): a rotation reaches
  * this replica within one interval even when no agent has the new key
  * yet; agents that do have it are served at once (mgmt_agent_open_request
@@ -308,10 +317,7 @@ static void key_reload_work(void *userdata) {
 static void on_key_tick(evutil_socket_t fd, short what, void *userdata) {
         mgmt_manager *m = userdata;
 
-        if (m->shutting_down || atomic_exchange(&m->key_reload_queued, true))
-                return;
-        if (mgmt_workers_submit(m->workers, key_reload_work, m, false) < 0)
-                atomic_store(&m->key_reload_queued, false);
+        submit_once(m, &m->key_reload_queued, key_reload_work);
 }
 
 /* ---- the bus between replicas -------------------------------------------------- */
@@ -703,10 +709,7 @@ static void malloc_tick_work(void *userdata) {
 static void on_malloc_tick(evutil_socket_t fd, short what, void *userdata) {
         mgmt_manager *m = userdata;
 
-        if (m->shutting_down || atomic_exchange(&m->malloc_tick_queued, true))
-                return;
-        if (mgmt_workers_submit(m->workers, malloc_tick_work, m, false) < 0)
-                atomic_store(&m->malloc_tick_queued, false);
+        submit_once(m, &m->malloc_tick_queued, malloc_tick_work);
 }
 
 /* A positive integer or duration from the environment ("NAME=30s");
