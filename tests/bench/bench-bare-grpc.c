@@ -11,12 +11,21 @@
  * Debian libgrpc as netbird-mgmt.
  *
  *   bench-bare-grpc --port N [--ready-file PATH] [--message-bytes N]
- *                   [--arg KEY=INT]...
+ *                   [--fanout-file PATH --fanout-bytes N] [--arg KEY=INT]...
  *
  * --arg adds an integer channel argument to the server (the ones
  * netbird-mgmt sets can be tried on the floor too, e.g.
  * --arg grpc.http2.lookahead_bytes=16384). The ready file gets
- * "listening PORT" once the port is bound. SIGTERM/SIGINT: shutdown,
+ * "listening PORT" once the port is bound.
+ *
+ * The fan-out floor (bench-e2e's "bare gRPC" baseline): with --fanout-file,
+ * SIGUSR1 sends one more message of --fanout-bytes random bytes to every
+ * Sync stream that has its first message out, all from the one thread as
+ * fast as gRPC takes them, the same slice shared by every stream (no
+ * sealing, no copy: the floor of the transport), and once the last of
+ * those sends completed appends "fanout STREAMS BYTES MS T0" to the file
+ * (MS: from the first send started to the last completion; T0: that start,
+ * CLOCK_MONOTONIC ms, the clock of netbird-load's report). SIGTERM/SIGINT: shutdown,
  * every call cancelled, exit 0. Listens on 127.0.0.1 only.
  */
 #include <errno.h>
@@ -43,9 +52,10 @@ static const char *const method_path[N_METHODS] = {
 
 /* The tag of a batch is the call's address plus one of these (the struct
  * is at least 8-aligned). */
-enum { T_NEW, T_CLOSE, T_SEND, T_STATUS };
+enum { T_NEW, T_CLOSE, T_SEND, T_STATUS, T_FAN };
 
 typedef struct bcall {
+        struct bcall *prev, *next;      /* open Sync calls (the fan-out's list) */
         grpc_call *call;
         gpr_timespec deadline;
         grpc_metadata_array md;
@@ -54,9 +64,17 @@ typedef struct bcall {
         int cancelled;
         unsigned char method;
         unsigned char refs;
+        bool linked;
+        bool fanning;                   /* a fan-out message is in flight */
 } bcall;
 
-static volatile sig_atomic_t stop;
+static volatile sig_atomic_t stop, fanout_req;
+static bcall *syncs;                    /* open Sync calls */
+static const char *fanout_file;
+static grpc_slice fan_msg;
+static size_t fan_pending, fan_streams;
+static long fan_bytes = 0;
+static struct timespec fan_t0;
 static grpc_server *server;
 static grpc_completion_queue *cq;
 static void *registered[N_METHODS];
@@ -66,6 +84,31 @@ static size_t live;
 static void on_signal(int sig) {
         (void) sig;
         stop = 1;
+}
+
+static void on_usr1(int sig) {
+        (void) sig;
+        fanout_req = 1;
+}
+
+static void link_sync(bcall *c) {
+        c->next = syncs;
+        if (syncs)
+                syncs->prev = c;
+        syncs = c;
+        c->linked = true;
+}
+
+static void unlink_sync(bcall *c) {
+        if (!c->linked)
+                return;
+        if (c->prev)
+                c->prev->next = c->next;
+        else
+                syncs = c->next;
+        if (c->next)
+                c->next->prev = c->prev;
+        c->linked = false;
 }
 
 static void *tag_of(bcall *c, int kind) {
@@ -92,6 +135,7 @@ static void post_slot(unsigned char method) {
 static void unref(bcall *c) {
         if (--c->refs > 0)
                 return;
+        unlink_sync(c);
         if (c->send)
                 grpc_byte_buffer_destroy(c->send);
         if (c->call) {
@@ -145,7 +189,45 @@ static void on_new(bcall *c, bool ok) {
                 c->send = grpc_raw_byte_buffer_create(&sync_msg, 1);
                 ops[1].data.send_message.send_message = c->send;
                 batch(c, ops, 2, T_SEND);
+                link_sync(c);
         }
+}
+
+static void fan_finish(void) {
+        struct timespec t1;
+        FILE *f;
+
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        double ms = (double) (t1.tv_sec - fan_t0.tv_sec) * 1e3 + (double) (t1.tv_nsec - fan_t0.tv_nsec) / 1e6;
+        f = fopen(fanout_file, "a");
+        if (!f || fprintf(f, "fanout %zu %ld %.3f %.3f\n", fan_streams, fan_bytes, ms,
+                              (double) fan_t0.tv_sec * 1e3 + (double) fan_t0.tv_nsec / 1e6) < 0 || fclose(f) != 0)
+                fprintf(stderr, "bench-bare-grpc: cannot write %s\n", fanout_file);
+}
+
+/* SIGUSR1: one message to every open Sync stream whose first message is
+ * out and which has no fan-out message in flight. */
+static void fan_start(void) {
+        grpc_op op;
+
+        if (fan_pending)
+                return;                 /* the last one is still going */
+        fan_streams = 0;
+        clock_gettime(CLOCK_MONOTONIC, &fan_t0);
+        for (bcall *c = syncs; c; c = c->next) {
+                if (c->send || c->fanning || c->cancelled)
+                        continue;
+                memset(&op, 0, sizeof op);
+                op.op = GRPC_OP_SEND_MESSAGE;
+                c->send = grpc_raw_byte_buffer_create(&fan_msg, 1);
+                op.data.send_message.send_message = c->send;
+                c->fanning = true;
+                fan_pending++;
+                fan_streams++;
+                batch(c, &op, 1, T_FAN);
+        }
+        if (!fan_pending)
+                fan_finish();
 }
 
 static void on_event(void *tag, bool ok) {
@@ -161,7 +243,16 @@ static void on_event(void *tag, bool ok) {
                 grpc_byte_buffer_destroy(c->send);
                 c->send = NULL;
                 break;
+        case T_FAN:
+                grpc_byte_buffer_destroy(c->send);
+                c->send = NULL;
+                c->fanning = false;
+                if (--fan_pending == 0)
+                        fan_finish();
+                break;
         case T_CLOSE:
+                unlink_sync(c);
+                break;
         case T_STATUS:
                 break;
         }
@@ -217,10 +308,25 @@ static void make_messages(size_t body_len) {
         sync_msg = grpc_slice_from_copied_buffer((const char *) sbuf, n);
         free(body);
         free(sbuf);
+        if (fan_bytes > 0) {
+                body = malloc((size_t) fan_bytes);
+                sbuf = malloc((size_t) fan_bytes + 80);
+                if (!body || !sbuf) {
+                        perror("bench-bare-grpc: malloc");
+                        exit(1);
+                }
+                randombytes_buf(body, (size_t) fan_bytes);
+                n = put_bytes(sbuf, 1, b64, strlen(b64));
+                n += put_bytes(sbuf + n, 2, body, (size_t) fan_bytes);
+                fan_msg = grpc_slice_from_copied_buffer((const char *) sbuf, n);
+                free(body);
+                free(sbuf);
+        }
 }
 
 static void usage(void) {
-        fprintf(stderr, "usage: bench-bare-grpc --port N [--ready-file PATH] [--message-bytes N] [--arg KEY=INT]...\n");
+        fprintf(stderr, "usage: bench-bare-grpc --port N [--ready-file PATH] [--message-bytes N]\n"
+                        "                       [--fanout-file PATH --fanout-bytes N] [--arg KEY=INT]...\n");
         exit(2);
 }
 
@@ -241,6 +347,10 @@ int main(int argc, char **argv) {
                         ready = v;
                 else if (strcmp(a, "--message-bytes") == 0)
                         body_len = strtol(v, NULL, 10);
+                else if (strcmp(a, "--fanout-file") == 0)
+                        fanout_file = v;
+                else if (strcmp(a, "--fanout-bytes") == 0)
+                        fan_bytes = strtol(v, NULL, 10);
                 else if (strcmp(a, "--arg") == 0) {
                         const char *eq = strchr(v, '=');
                         if (!eq || n_args == MAX_ARGS)
@@ -253,10 +363,13 @@ int main(int argc, char **argv) {
         }
         if (port < 0 || port > 65535 || body_len < 1 || body_len > 1 << 20)
                 usage();
+        if (!fanout_file != (fan_bytes == 0) || fan_bytes < 0 || fan_bytes > 4 << 20)
+                usage();
         if (sodium_init() < 0)
                 return 1;
         signal(SIGTERM, on_signal);
         signal(SIGINT, on_signal);
+        signal(SIGUSR1, on_usr1);
 
         grpc_init();
         make_messages((size_t) body_len);
@@ -303,6 +416,10 @@ int main(int argc, char **argv) {
                         }
                         on_event(ev.tag, ev.success != 0);
                 }
+                if (fanout_req && fanout_file && !shutting) {
+                        fanout_req = 0;
+                        fan_start();
+                }
                 if (stop && !shutting) {
                         shutting = true;
                         grpc_server_shutdown_and_notify(server, cq, &shutdown_tag);
@@ -312,6 +429,8 @@ int main(int argc, char **argv) {
         grpc_completion_queue_destroy(cq);
         grpc_slice_unref(key_msg);
         grpc_slice_unref(sync_msg);
+        if (fan_bytes > 0)
+                grpc_slice_unref(fan_msg);
         grpc_shutdown();
         for (size_t i = 0; i < n_args; i++)
                 free(args[i].key);

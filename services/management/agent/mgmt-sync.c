@@ -741,6 +741,8 @@ static void open_done(mgmt_call *c, void *userdata) {
         registry_add(h, s);
         mgmt_metrics_sync_open(MGMT_SYNC_OPEN_OK, GRPC_STATUS_OK);
         s->opened = true;
+        /* The open job was the last reader of the request's metadata. */
+        mgmt_call_drop_metadata(c);
         sync_acct *a = s->acct;
         stream_queue(s, s->first, s->first_len, s->first_serial, false, NULL);
         s->first = NULL;

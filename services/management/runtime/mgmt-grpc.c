@@ -410,6 +410,12 @@ bool mgmt_call_has_metadata(const mgmt_call *c) {
         return c->request_md.count > 0;
 }
 
+void mgmt_call_drop_metadata(mgmt_call *c) {
+        /* The array only: the slices in it belong to the call. */
+        grpc_metadata_array_destroy(&c->request_md);
+        grpc_metadata_array_init(&c->request_md);
+}
+
 void mgmt_call_ref(mgmt_call *c) {
         c->refs++;
 }

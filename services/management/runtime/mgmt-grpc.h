@@ -223,6 +223,12 @@ int mgmt_call_recv(mgmt_call *c, mgmt_call_recv_fn recv, void *userdata);
 int mgmt_call_metadata(const mgmt_call *c, const char *key, char *out, size_t cap);
 /* Any thread. False when the call came with no metadata at all. */
 bool mgmt_call_has_metadata(const mgmt_call *c);
+/* CQ thread (handler lock): frees the request's metadata array once the
+ * handler has read what it needs, so a stream held for hours does not
+ * keep it (gRPC sizes it for 8 entries, ~0.8 KB). Only when no job of
+ * the call reads the metadata any more: afterwards mgmt_call_metadata
+ * finds nothing and mgmt_call_has_metadata is false. */
+void mgmt_call_drop_metadata(mgmt_call *c);
 /* CQ thread: extra references for handlers that keep a call beyond
  * on_call (a Sync stream in the registry). The call is freed when the
  * last reference goes; unref accepts NULL. */
