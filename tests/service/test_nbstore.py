@@ -118,25 +118,45 @@ def sqlite_columns_of(db, table):
 
 @test
 def events_sqlite():
-    path = nbstore.write_events_sqlite(os.path.join(svc.tmpdir(), "events.db"), key=nbstore.KEY)
-    db = sqlite3.connect(path)
+    """events.db in its three shapes; deleted users' e-mail and name
+    encrypted (legacy CBC, then GCM) and taken out of the event's meta."""
+    gone = nbstore.deleted_users()
+    assert len(gone) == 1, gone
+    uid, email, name = gone[0]
+    for v in nbstore.EVENTS_VERSIONS:
+        path = nbstore.write_events_sqlite(os.path.join(svc.tmpdir(), "events.db"), key=nbstore.KEY, version=v)
+        assert sqlite_columns(path) == nbstore.tables(v, events=True), v
+        db = sqlite3.connect(path)
+        try:
+            assert db.execute("SELECT count(*), max(id) FROM events").fetchone() == (5, 5), v
+            row = db.execute("SELECT * FROM deleted_users").fetchone()
+            assert row[0] == uid, (v, row)
+            dec = nbstore.legacy_decrypt if v == "v0.28.0" else nbstore.field_decrypt
+            assert (dec(nbstore.KEY, row[1]), dec(nbstore.KEY, row[2])) == (email, name), v
+            if v != "v0.28.0":
+                assert row[3] == "GCM", row
+            meta = db.execute("SELECT meta FROM events WHERE target_id = ?", (uid,)).fetchone()[0]
+            assert meta == '{"created_at":"2025-01-20T10:00:00Z","issued":"api"}', meta
+            assert db.execute("SELECT meta FROM events WHERE activity = 4").fetchall() == [("null",), ("null",)]
+        finally:
+            db.close()
     try:
-        assert db.execute("SELECT count(*) FROM events").fetchone()[0] == 5
-        row = db.execute("SELECT id, email, name, enc_algo FROM deleted_users").fetchone()
-        gone = nbstore.dataset()["accounts"][0]["deleted_users"][0]
-        assert row[0] == gone["id"] and row[3] == "GCM", row
-        assert nbstore.field_decrypt(nbstore.KEY, row[1]) == gone["email"]
-        assert nbstore.field_decrypt(nbstore.KEY, row[2]) == gone["name"]
-        meta = db.execute("SELECT meta FROM events WHERE activity = 8").fetchone()[0]
-        assert '"email":"ben@rich.example.test"' in meta, meta
-    finally:
-        db.close()
+        nbstore.write_events_sqlite(os.path.join(svc.tmpdir(), "e.db"))
+        raise AssertionError("deleted users written without a key")
+    except ValueError:
+        pass
 
 
 @test
 def postgres_every_version():
     for v in nbstore.VERSIONS:
         dsn, _ = svc.new_db()
+        if v == "v0.27.4":          # NetBird's PostgreSQL store came with v0.28.0
+            try:
+                nbstore.write_postgres(dsn, v)
+                raise AssertionError("v0.27.4 written to PostgreSQL")
+            except ValueError:
+                continue
         nbstore.write_postgres(dsn, v, key=key_for(v))
         counts = {t: svc.query(dsn, 'SELECT count(*) FROM "%s"' % t)[0][0] for t in nbstore.tables(v)}
         assert counts == nbstore.row_counts(v), (v, counts)
@@ -148,11 +168,13 @@ def postgres_every_version():
         types = dict(cols["peers"])
         assert types["ephemeral"] == "boolean" and types["created_at"] == "timestamp with time zone", types
         assert types["location_geo_name_id"] == "bigint", types
-        assert types["ip"] == ("bytea" if v == "v0.27.4" else "text"), types
+        assert types["ip"] == "text", types
     dsn, _ = svc.new_db()
     nbstore.write_events_postgres(dsn, key=nbstore.KEY)
     assert svc.query(dsn, "SELECT count(*), max(id) FROM events")[0] == (5, 5)
     assert svc.query(dsn, "SELECT count(*) FROM deleted_users")[0][0] == 1
+    assert svc.query(dsn, "SELECT data_type FROM information_schema.columns WHERE table_name = 'events' "
+                          "AND column_name = 'activity'")[0][0] == "integer"
 
 
 @test
@@ -235,6 +257,13 @@ def expected_view():
     assert nbstore.subset_diff(rv, rv) == []
     moved = [dict(p, name="x") for p in rv["/api/peers"]]
     assert len(nbstore.subset_diff(moved, rv["/api/peers"])) == 8
+    ev = rv["/api/events"]
+    assert [e["activity_code"] for e in ev] == ["account.create", "peer.user.add", "peer.setupkey.add",
+                                                "user.delete"], ev
+    assert ev[3]["meta"] == {"email": "gone@rich.example.test", "username": "Gone Person",
+                             "created_at": "2025-01-20T10:00:00Z", "issued": "api"}, ev[3]
+    assert nbstore.subset_diff([dict(e, extra=1) for e in ev], ev) == []
+    assert nbstore.subset_diff(ev[:3], ev) != []
 
 
 if __name__ == "__main__":
