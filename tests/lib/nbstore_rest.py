@@ -77,7 +77,11 @@ def expected_rest(data=None, dns_domain="netbird.selfhosted"):
                 "ssh_enabled": p["ssh_enabled"], "user_id": p["user_id"],
                 "login_expiration_enabled": p["login_expiration_enabled"],
                 "inactivity_expiration_enabled": p["inactivity_expiration_enabled"],
-                "login_expired": p["login_expired"], "approval_required": p["requires_approval"],
+                "login_expired": p["login_expired"],
+                # NetBird's open-source validator approves every peer, so
+                # its API says false whatever peer_status_requires_approval
+                # holds (setApprovalRequiredFlag): check that column in SQL
+                "approval_required": False,
                 "ephemeral": p["ephemeral"], "serial_number": p["serial"],
                 "groups": sorted(groups_of.get(p["id"], []), key=lambda x: x["id"]),
             })
