@@ -1269,6 +1269,13 @@ def expected_events(data=None):
     return nbstore_rest.expected_events(data)
 
 
+def expected_zones(data=None):
+    """GET /api/dns/zones (and each zone's records) per account
+    (nbstore_rest.expected_zones)."""
+    import nbstore_rest
+    return nbstore_rest.expected_zones(data)
+
+
 def subset_diff(actual, expected, path=""):
     import nbstore_rest
     return nbstore_rest.subset_diff(actual, expected, path)

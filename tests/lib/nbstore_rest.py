@@ -219,6 +219,27 @@ def expected_events(data=None):
     return out
 
 
+def expected_zones(data=None):
+    """Custom DNS zones (NetBird v0.6x+, internals/modules/zones) per
+    account: {account_id: {"/api/dns/zones": [...],
+    "/api/dns/zones/<id>/records": [...]}}. Apart from expected_rest()
+    so loops over that one do not change; empty for versions without
+    zones (data_for() drops them)."""
+    data = data if data is not None else nbstore.dataset()
+    out = {}
+    for a in data["accounts"]:
+        view = {"/api/dns/zones": []}
+        for z in a["zones"]:
+            recs = [{"id": r["id"], "name": r["name"], "type": r["type"], "content": r["content"], "ttl": r["ttl"]}
+                    for r in z["records"]]
+            view["/api/dns/zones"].append({"id": z["id"], "name": z["name"], "domain": z["domain"],
+                                           "enabled": z["enabled"], "enable_search_domain": z["enable_search_domain"],
+                                           "distribution_groups": z["distribution_groups"], "records": recs})
+            view["/api/dns/zones/%s/records" % z["id"]] = recs
+        out[a["id"]] = view
+    return out
+
+
 def subset_diff(actual, expected, path=""):
     """[differences] where expected is not a subset of actual. Dicts:
     every expected key must match; lists of dicts with "id": matched by

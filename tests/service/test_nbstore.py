@@ -259,6 +259,9 @@ def expected_view():
                              "created_at": "2025-01-20T10:00:00Z", "issued": "api"}, ev[3]
     assert nbstore.subset_diff([dict(e, extra=1) for e in ev], ev) == []
     assert nbstore.subset_diff(ev[:3], ev) != []
+    zones = nbstore.expected_zones(data)[rich["id"]]["/api/dns/zones"]
+    assert len(zones) == 1 and len(zones[0]["records"]) == 2, zones
+    assert nbstore.expected_zones(nbstore.data_for("v0.52.0", data))[rich["id"]] == {"/api/dns/zones": []}
 
 
 if __name__ == "__main__":
