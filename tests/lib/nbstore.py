@@ -1112,8 +1112,36 @@ def _need_key(version, key):
 
 # ---------------------------------------------------------------- writers
 
-def write_sqlite(path, version, data=None, key=None):
-    """Write NetBird's store.db of this version to path (replaced)."""
+def _leftovers(version, data, engine, execute):
+    """What a store upgraded in place keeps (gorm's AutoMigrate never drops
+    a table or a column): the legacy `rules` table of NetBird before
+    policies (in AutoMigrate up to v0.2x), one disabled rule per account,
+    and, where Networks exist, network_resources.address of v0.35 (before
+    Address became gorm:"-"), filled as it was then."""
+    q = (lambda x: "`%s`" % x) if engine == "sqlite" else (lambda x: '"%s"' % x)
+    ph = "?" if engine == "sqlite" else "%s"
+    types = _SQLITE_TYPES if engine == "sqlite" else _PG_TYPES
+    execute("CREATE TABLE %s (%s text,%s text,%s text,%s text,%s %s,%s text,%s text,%s %s,PRIMARY KEY (%s))" % (
+        q("rules"), q("id"), q("account_id"), q("name"), q("description"), q("disabled"), types["bool"],
+        q("source"), q("destination"), q("flow"), types["int"], q("id")))
+    for a in data_for(version, data)["accounts"]:
+        all_group = [g["id"] for g in a["groups"] if g["name"] == "All"]
+        execute("INSERT INTO %s VALUES (%s)" % (q("rules"), ",".join([ph] * 8)),
+                [xid(a["id"] + "/legacy-rule"), a["id"], "Default", "a rule from before policies",
+                 _value("bool", True, engine), json.dumps(all_group), json.dumps(all_group), 0])
+        if "networks" not in _FEATURES[version]:
+            continue
+        for nw in a["networks"]:
+            for r in nw["resources"]:
+                execute("UPDATE %s SET %s = %s WHERE %s = %s" % (q("network_resources"), q("address"), ph, q("id"), ph),
+                        [r["address"], r["id"]])
+    return execute
+
+
+def write_sqlite(path, version, data=None, key=None, leftovers=False):
+    """Write NetBird's store.db of this version to path (replaced).
+    leftovers=True: as a store upgraded from older releases looks, with
+    a table and a column the current models no longer know (_leftovers)."""
     _check_version(version)
     _need_key(version, key)
     data = data if data is not None else dataset()
@@ -1124,6 +1152,10 @@ def write_sqlite(path, version, data=None, key=None):
         for stmt in ddl(version, "sqlite"):
             db.execute(stmt)
         _insert_all(_schema(version), _rows(version, data, key), "sqlite", db.execute)
+        if leftovers:
+            if "networks" in _FEATURES[version]:
+                db.execute("ALTER TABLE `network_resources` ADD COLUMN `address` text")
+            _leftovers(version, data, "sqlite", db.execute)
         db.commit()
     finally:
         db.close()
@@ -1167,7 +1199,7 @@ def _pg(dsn, statements_fn):
         conn.close()
 
 
-def write_postgres(dsn, version, data=None, key=None):
+def write_postgres(dsn, version, data=None, key=None, leftovers=False):
     """Create NetBird's PostgreSQL store tables of this version in the
     (empty) database or schema dsn points at, and fill them. NetBird has
     had a PostgreSQL store since v0.28.0: "v0.27.4" here (IPs as bytea) is
@@ -1180,6 +1212,10 @@ def write_postgres(dsn, version, data=None, key=None):
         for stmt in ddl(version, "postgres"):
             cur.execute(stmt)
         _insert_all(_schema(version), _rows(version, data, key), "postgres", cur.execute)
+        if leftovers:
+            if "networks" in _FEATURES[version]:
+                cur.execute('ALTER TABLE "network_resources" ADD COLUMN "address" text')
+            _leftovers(version, data, "postgres", cur.execute)
     _pg(dsn, run)
 
 

@@ -117,6 +117,29 @@ def sqlite_columns_of(db, table):
 
 
 @test
+def upgraded_store_leftovers():
+    """leftovers=True: the legacy rules table and network_resources.address
+    beside the version's own tables, in SQLite and PostgreSQL."""
+    path = nbstore.write_sqlite(os.path.join(svc.tmpdir(), "up.db"), "current", leftovers=True)
+    cols = sqlite_columns(path)
+    assert cols["rules"] == ["id", "account_id", "name", "description", "disabled", "source", "destination", "flow"]
+    assert cols["network_resources"][-1] == "address"
+    db = sqlite3.connect(path)
+    try:
+        assert db.execute("SELECT count(*) FROM rules").fetchone()[0] == 2
+        assert sorted(r[0] for r in db.execute("SELECT address FROM network_resources")) == \
+            ["*.intra.example.test", "10.30.0.5/32", "10.31.0.0/24"]
+    finally:
+        db.close()
+    path = nbstore.write_sqlite(os.path.join(svc.tmpdir(), "old.db"), "v0.30.0", leftovers=True)
+    assert "rules" in sqlite_columns(path) and "network_resources" not in sqlite_columns(path)
+    dsn, _ = svc.new_db()
+    nbstore.write_postgres(dsn, "v0.52.0", leftovers=True)
+    assert svc.query(dsn, "SELECT count(*) FROM rules WHERE disabled")[0][0] == 2
+    assert svc.query(dsn, "SELECT count(*) FROM network_resources WHERE address <> ''")[0][0] == 3
+
+
+@test
 def events_sqlite():
     """events.db in its three shapes; deleted users' e-mail and name
     encrypted (legacy CBC, then GCM) and taken out of the event's meta."""
