@@ -71,7 +71,9 @@ static int reseal_users(import_src *src, const uint8_t *nb_key) {
 
                         if (!v || !*v)
                                 continue;
-                        if (nb_key) {
+                        /* NetBird seals them only when it has a key: a
+                         * value that cannot be a sealed one is plain text. */
+                        if (nb_key && looks_sealed(v)) {
                                 if (cp_crypto_aead_decrypt_dup(nb_key, v, &plain, NULL, &err) < 0)
                                         return admin_fail(ADMIN_EXIT_FAILURE, NULL,
                                                           "user %s: its %s does not open with --encryption-key "
