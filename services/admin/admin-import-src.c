@@ -35,6 +35,44 @@ static const char *const table_names[_IMPORT_N_TABLES] = {
         [IMPORT_DELETED_USERS] = "deleted_users",
 };
 
+/* The columns without which a table's rows mean nothing: a source that
+ * lacks one is not a NetBird store we know. */
+static const char *const required[_IMPORT_N_TABLES][6] = {
+        [IMPORT_ACCOUNTS] = { "id", "network_net" },
+        [IMPORT_USERS] = { "id", "account_id", "role" },
+        [IMPORT_PATS] = { "id", "user_id", "hashed_token" },
+        [IMPORT_SETUP_KEYS] = { "id", "account_id", "key", "type" },
+        [IMPORT_PEERS] = { "id", "account_id", "key", "ip", "dns_label" },
+        [IMPORT_GROUPS] = { "id", "account_id", "name" },
+        [IMPORT_GROUP_PEERS] = { "group_id", "peer_id" },
+        [IMPORT_POLICIES] = { "id", "account_id" },
+        [IMPORT_POLICY_RULES] = { "id", "policy_id" },
+        [IMPORT_ROUTES] = { "id", "account_id", "network" },
+        [IMPORT_NS_GROUPS] = { "id", "account_id", "name_servers" },
+        [IMPORT_POSTURE] = { "id", "account_id", "checks" },
+        [IMPORT_NETWORKS] = { "id", "account_id" },
+        [IMPORT_NET_ROUTERS] = { "id", "network_id", "account_id" },
+        [IMPORT_NET_RESOURCES] = { "id", "network_id", "account_id", "type" },
+        [IMPORT_ZONES] = { "id", "account_id", "domain" },
+        [IMPORT_RECORDS] = { "id", "zone_id", "type" },
+        [IMPORT_EVENTS] = { "account_id", "activity" },
+};
+
+/* cols: the table's column names (a JSON array of strings). */
+static int check_columns(import_table t, const json_t *cols, const char *where, cp_error *reterr) {
+        for (size_t i = 0; i < ELEMENTSOF(required[t]) && required[t][i]; i++) {
+                bool found = false;
+                size_t k;
+                const json_t *c;
+                json_array_foreach(cols, k, c)
+                        found = found || strcmp(json_string_value(c) ?: "", required[t][i]) == 0;
+                if (!found)
+                        return cp_error_set(reterr, -EINVAL, "%s is not a NetBird store of a known schema (table %s "
+                                            "has no column %s)", where, table_names[t], required[t][i]);
+        }
+        return 0;
+}
+
 const char *import_table_name(import_table t) {
         return t < _IMPORT_N_TABLES ? table_names[t] : "?";
 }
@@ -123,8 +161,17 @@ static int sqlite_table(sqlite3 *db, const char *path, import_table t, import_sr
         r = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
         if (r != SQLITE_OK)
                 return sqlite_fail(db, -EBADMSG, reterr, "cannot read", path);
-        rows = json_array();
         int n_cols = sqlite3_column_count(st);
+        json_t *cols = json_array();
+        for (int c = 0; c < n_cols; c++)
+                (void) json_array_append_new(cols, json_string(sqlite3_column_name(st, c) ?: ""));
+        r = check_columns(t, cols, path, reterr);
+        json_decref(cols);
+        if (r < 0) {
+                sqlite3_finalize(st);
+                return r;
+        }
+        rows = json_array();
         while ((r = sqlite3_step(st)) == SQLITE_ROW) {
                 json_t *o = json_object();
                 for (int c = 0; c < n_cols; c++) {
@@ -261,7 +308,10 @@ static const struct pg_table {
         { IMPORT_DELETED_USERS, PG_DUMP("deleted_users") },
 };
 
-static const char SQL_PG_HAS_TABLE[] = "SELECT to_regclass(quote_ident($1)) IS NOT NULL";
+/* Whether the table exists, and its columns. */
+static const char SQL_PG_HAS_TABLE[] =
+        "SELECT to_regclass(quote_ident($1)) IS NOT NULL, (SELECT coalesce(json_agg(column_name::text), '[]')::text"
+        " FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1)";
 
 static int read_pg(const char *dsn, bool events, import_src *src, cp_error *reterr) {
         PGconn *conn = PQconnectdb(dsn);
@@ -287,9 +337,14 @@ static int read_pg(const char *dsn, bool events, import_src *src, cp_error *rete
                         break;
                 }
                 bool has = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+                json_t *cols = has ? json_loads(PQgetvalue(res, 0, 1), 0, NULL) : NULL;
                 PQclear(res);
                 if (!has)
                         continue;
+                r = check_columns(pt->t, cols, "the PostgreSQL database", reterr);
+                json_decref(cols);
+                if (r < 0)
+                        break;
                 res = PQexecParams(conn, pt->sql, 0, NULL, NULL, NULL, NULL, 0);
                 if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
                         r = cp_error_set(reterr, -EIO, "cannot read table %s of NetBird's PostgreSQL: %s", name,
