@@ -283,10 +283,12 @@ int import_src_read_events_sqlite(const char *path, import_src *src, cp_error *r
         "SELECT coalesce(json_agg((SELECT json_object_agg(e.key, e.value) FROM json_each_text(row_to_json(x)) e)),"\
         " '[]')::text FROM \"" t "\" x"
 
-static const struct pg_table {
+typedef struct pg_table {
         import_table t;
         const char *sql;
-} pg_tables[] = {
+} pg_table;
+
+static const pg_table pg_tables[] = {
         { IMPORT_ACCOUNTS, PG_DUMP("accounts") },
         { IMPORT_USERS, PG_DUMP("users") },
         { IMPORT_PATS, PG_DUMP("personal_access_tokens") },
@@ -324,7 +326,7 @@ static int read_pg(const char *dsn, bool events, import_src *src, cp_error *rete
                 return r;
         }
         for (size_t i = 0; i < ELEMENTSOF(pg_tables) && r >= 0; i++) {
-                const struct pg_table *pt = &pg_tables[i];
+                const pg_table *pt = &pg_tables[i];
                 const char *name = table_names[pt->t];
                 PGresult *res;
 
