@@ -589,7 +589,7 @@ static const import_sql SQL_MAP[] = {
         { "INSERT INTO events (\"timestamp\", activity, initiator_id, target_id, account_id, meta, pii_key)"
         " SELECT coalesce(" TS("timestamp") ", now()), " INT("activity", "0") "::integer, " TXT("initiator_id") ","
         " " TXT("target_id") ", $1, CASE WHEN jsonb_typeof(" JS("meta", "{}") ") = 'object' THEN " JS("meta", "{}")
-        "  ELSE '{}' END, ''" ROWS("events")
+        "  ELSE '{}' END, " TXT("pii_key") ROWS("events")
         " AND NOT EXISTS (SELECT 1 FROM events o WHERE o.account_id = $1"
         "  AND o.\"timestamp\" = coalesce(" TS("timestamp") ", now()) AND o.activity = " INT("activity", "0") "::integer"
         "  AND o.initiator_id = " TXT("initiator_id") " AND o.target_id = " TXT("target_id") ")" },

@@ -102,6 +102,103 @@ static int reseal_users(import_src *src, const uint8_t *nb_key) {
         return 0;
 }
 
+/* Opens one of NetBird's stored values: plain text as is, a sealed one
+ * with nb_key. Returns a new string, or NULL after reporting (exit code
+ * in *code). */
+static char *open_value(const char *v, const uint8_t *nb_key, const char *what, const char *id, int *code) {
+        char *plain = NULL;
+        cp_error err = { 0 };
+
+        if (!looks_sealed(v))
+                return cp_xstrdup(v);
+        if (!nb_key) {
+                fprintf(stderr, ADMIN_PROG ": error: %s is encrypted in this store; nothing imported\n"
+                                "hint: give NetBird's DataStoreEncryptionKey (from its management.json) as "
+                                "--encryption-key\n", what);
+                *code = ADMIN_EXIT_FAILURE;
+                return NULL;
+        }
+        if (cp_crypto_aead_decrypt_dup(nb_key, v, &plain, NULL, &err) < 0) {
+                *code = admin_fail(ADMIN_EXIT_FAILURE, NULL, "%s of %s does not open with --encryption-key (is it "
+                                   "NetBird's DataStoreEncryptionKey?); nothing imported", what, id);
+                return NULL;
+        }
+        return plain;
+}
+
+/* Events: NetBird keeps the e-mail and name of a deleted user in
+ * deleted_users (sealed), we in the meta of the events about them
+ * (api-events.c); both sealed with our key (pii_key) like users'. */
+static int reseal_events(import_src *src, const uint8_t *nb_key) {
+        json_t *gone = json_object(), *events = src->parsed[IMPORT_EVENTS], *e, *d;
+        size_t i;
+        int code = 0;
+
+        json_array_foreach(src->parsed[IMPORT_DELETED_USERS], i, d) {
+                const char *id = json_string_value(json_object_get(d, "id"));
+                const char *email = json_string_value(json_object_get(d, "email"));
+                const char *name = json_string_value(json_object_get(d, "name"));
+                if (!id)
+                        continue;
+                /* Not essential: without a key the events stay without
+                 * the e-mail (a wrong key still stops everything). */
+                if (!nb_key && (looks_sealed(email ?: "") || looks_sealed(name ?: ""))) {
+                        printf("skipped deleted_users %s: its e-mail and name are encrypted (give --encryption-key)\n",
+                               id);
+                        continue;
+                }
+                _cleanup_free_ char *pe = open_value(email ?: "", nb_key, "deleted_users' email", id, &code);
+                _cleanup_free_ char *pn = pe ? open_value(name ?: "", nb_key, "deleted_users' name", id, &code) : NULL;
+                if (!pe || !pn)
+                        goto out;
+                (void) json_object_set_new(gone, id, json_pack("{s:s, s:s}", "email", pe, "name", pn));
+        }
+        json_array_foreach(events, i, e) {
+                const char *target = json_string_value(json_object_get(e, "target_id"));
+                const char *text = json_string_value(json_object_get(e, "meta"));
+                json_t *meta = text ? json_loads(text, 0, NULL) : NULL, *who = target ? json_object_get(gone, target) : NULL;
+                char fp[CP_PII_FP_LEN] = "";
+                bool changed = false;
+
+                if (!json_is_object(meta)) {
+                        json_decref(meta);
+                        continue;
+                }
+                if (who && !json_object_get(meta, "email")) {
+                        (void) json_object_update(meta, who);
+                        changed = true;
+                }
+                static const char *const fields[] = { "email", "name" };
+                bool personal = json_is_string(json_object_get(meta, "email"));
+                for (size_t f = 0; personal && f < ELEMENTSOF(fields); f++) {
+                        const char *v = json_string_value(json_object_get(meta, fields[f]));
+                        if (!v)
+                                continue;
+                        char *sealed = cp_pii_seal(v, fp);
+                        if (!sealed) {
+                                json_decref(meta);
+                                code = admin_fail(ADMIN_EXIT_FAILURE, NULL, "%s", CP_PII_SEAL_ERROR);
+                                goto out;
+                        }
+                        (void) json_object_set_new(meta, fields[f], json_string(sealed));
+                        free(sealed);
+                        changed = true;
+                }
+                if (changed) {
+                        char *t = json_dumps(meta, JSON_COMPACT);
+                        (void) json_object_set_new(e, "meta", json_string(t ?: "{}"));
+                        free(t);
+                        (void) json_object_set_new(e, "pii_key", json_string(fp));
+                }
+                json_decref(meta);
+        }
+        if (events)
+                import_src_sync(src, IMPORT_EVENTS);
+out:
+        json_decref(gone);
+        return code;
+}
+
 static void publish(const admin_ctx *a, cp_store *s, const char *account_id) {
         _cleanup_rows_ cp_store_rows *rows = NULL;
         cp_error err = { 0 };
@@ -236,6 +333,8 @@ int admin_cmd_import(const admin_ctx *a) {
                 }
         }
         r = reseal_users(&src, have_nb_key ? nb_key : NULL);
+        if (r == 0)
+                r = reseal_events(&src, have_nb_key ? nb_key : NULL);
         if (r)
                 goto out;
 

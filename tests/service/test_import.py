@@ -37,10 +37,8 @@ def imp(dep, *args, env=None):
 
 
 def import_args(version, path):
-    args = ["--sqlite", path]
-    if key_for(version):
-        args += ["--encryption-key", key_for(version)]
-    return args
+    # events.db (beside store.db) always has its deleted users sealed
+    return ["--sqlite", path, "--encryption-key", nbstore.KEY]
 
 
 def account_ids(dep):
@@ -143,9 +141,7 @@ def postgres_store_imports():
         nbstore.write_postgres(src, v, key=key_for(v))
         ev, _ = svc.new_db()
         nbstore.write_events_postgres(ev, key=nbstore.KEY)
-        args = ["--postgres", src, "--events-postgres", ev]
-        if key_for(v):
-            args += ["--encryption-key", key_for(v)]
+        args = ["--postgres", src, "--events-postgres", ev, "--encryption-key", nbstore.KEY]
         r = imp(dep, *args)
         assert r.rc == 0, (v, r)
         data = nbstore.data_for(v)
@@ -164,11 +160,17 @@ def postgres_store_imports():
 @test
 def dry_run_prints_and_writes_nothing():
     dep = Deployment()
-    path = nbstore.write_sqlite(os.path.join(svc.tmpdir(), "store.db"), "current")
+    d = svc.tmpdir()
+    nbstore.write_datadir(d, "current", key=nbstore.KEY)
+    path = os.path.join(d, "store.db")
     before = account_ids(dep)
     n_events = dep.sql("SELECT count(*) FROM events")[0][0]
     r = imp(dep, "--sqlite", path, "--dry-run")
     assert r.rc == 0, r
+    # without --encryption-key a deleted user's sealed e-mail is left out, said once
+    gone = nbstore.dataset()["accounts"][0]["deleted_users"][0]["id"]
+    assert skipped_lines(r.out) == ["skipped deleted_users %s: its e-mail and name are encrypted "
+                                    "(give --encryption-key)" % gone], r
     data = nbstore.dataset()
     lines = result_lines(r.out, "would import")
     assert len(lines) == 2 and not result_lines(r.out, "imported"), r
@@ -242,7 +244,8 @@ def account_filter_imports_one():
 @test
 def encrypted_store_needs_the_right_key():
     d = svc.tmpdir()
-    path = nbstore.write_sqlite(os.path.join(d, "store.db"), "encrypted", key=nbstore.KEY)
+    nbstore.write_datadir(d, "encrypted", key=nbstore.KEY)
+    path = os.path.join(d, "store.db")
     dep = Deployment()
     before = account_ids(dep)
     wrong = base64.b64encode(b"\x01" * 32).decode()
@@ -265,6 +268,15 @@ def encrypted_store_needs_the_right_key():
     srv = start(dep)
     status, users = svc.rest(srv, "GET", "/api/users", owner_token(acc))
     assert status == 200 and owner["email"] in [u.get("email") for u in users], (status, users)
+    # a deleted user's e-mail (NetBird's deleted_users, sealed) is in the
+    # meta of the events about them, sealed with our key, and the API shows it
+    gone = acc["deleted_users"][0]
+    stored = dep.sql("SELECT meta->>'email', pii_key FROM events WHERE target_id = %s", (gone["id"],))
+    assert stored and stored[0][0] not in ("", None, gone["email"]) and stored[0][1] != "", stored
+    status, events = svc.rest(srv, "GET", "/api/events", owner_token(acc))
+    assert status == 200, (status, events)
+    mine = [e for e in events if e.get("target_id") == gone["id"]]
+    assert mine and gone["email"] in str(mine[0].get("meta")), mine
 
 
 # ---- bad input ------------------------------------------------------------------------------
