@@ -156,6 +156,9 @@ static const import_sql SQL_PARENTS[] = {
         { "CREATE INDEX IF NOT EXISTS nb_src_t ON nb_src (t, (r->>'account_id'))" },
         { "CREATE INDEX IF NOT EXISTS nb_src_id ON nb_src (t, (r->>'id'))" },
         { "CREATE INDEX IF NOT EXISTS nb_skip_id ON nb_skip (t, id)" },
+        /* TEMP tables have no statistics until analysed: without them the
+         * planner nests loops over thousands of peers. */
+        { "ANALYZE nb_src" },
 };
 
 /* Runs n statements, each with the n_params parameters params. */
@@ -250,6 +253,14 @@ static const import_sql SQL_CLEAR[] = {
         { "DELETE FROM setup_keys WHERE account_id = $1" },
         { "DELETE FROM personal_access_tokens WHERE account_id = $1" },
         { "DELETE FROM groups WHERE account_id = $1" },
+};
+
+/* --update, after the upserts: users and peers the store no longer has. */
+static const import_sql SQL_PRUNE[] = {
+        { "DELETE FROM users u WHERE u.account_id = $1 AND u.id NOT IN (SELECT s.r->>'id'" KEPT("users")
+        " AND s.r->>'id' IS NOT NULL)" },
+        { "DELETE FROM peers p WHERE p.account_id = $1 AND p.id NOT IN (SELECT s.r->>'id'" KEPT("peers")
+        " AND s.r->>'id' IS NOT NULL)" },
 };
 
 static const import_sql SQL_CHECKS[] = {
@@ -354,8 +365,10 @@ static const import_sql SQL_CHECKS[] = {
         " FROM (SELECT s.r->>'group_id' g, s.r->>'peer_id' p" ROWS("group_peers") " UNION"
         "  SELECT s.r->>'id', e FROM nb_src s CROSS JOIN unnest(" ARR("peers") ") e"
         "  WHERE s.t = 'groups' AND s.r->>'account_id' = $1) m"
-        " WHERE NOT EXISTS (SELECT 1 FROM nb_src x WHERE x.t = 'peers' AND x.r->>'account_id' = $1"
-        "  AND x.r->>'id' = m.p)" },
+        /* NOT IN: a hashed subplan, where a correlated NOT EXISTS was
+         * planned as a nested loop over the union */
+        " WHERE m.p NOT IN (SELECT x.r->>'id' FROM nb_src x WHERE x.t = 'peers' AND x.r->>'account_id' = $1"
+        "  AND x.r->>'id' IS NOT NULL)" },
 };
 
 static const char SQL_ACCOUNT[] =
@@ -426,8 +439,6 @@ static const import_sql SQL_MAP[] = {
         " pending_approval = EXCLUDED.pending_approval, last_login = EXCLUDED.last_login,"
         " created_at = EXCLUDED.created_at, issued = EXCLUDED.issued, name = EXCLUDED.name,"
         " email = EXCLUDED.email, pii_key = EXCLUDED.pii_key WHERE users.account_id = $1" },
-        { "DELETE FROM users u WHERE u.account_id = $1 AND NOT EXISTS (SELECT 1" KEPT("users")
-        " AND s.r->>'id' = u.id)" },
         /* peers: imported disconnected (session token 0), status kept on update */
         { "INSERT INTO peers (id, account_id, key, ip, ipv6, name, dns_label, meta_hostname, meta_go_os, meta_kernel,"
         " meta_core, meta_platform, meta_os, meta_os_version, meta_wt_version, meta_ui_version, meta_kernel_version,"
@@ -480,7 +491,6 @@ static const import_sql SQL_MAP[] = {
         " location_country_code = EXCLUDED.location_country_code, location_city_name = EXCLUDED.location_city_name,"
         " location_geo_name_id = EXCLUDED.location_geo_name_id, extra_dns_labels = EXCLUDED.extra_dns_labels,"
         " allow_extra_dns_labels = EXCLUDED.allow_extra_dns_labels WHERE peers.account_id = $1" },
-        { "DELETE FROM peers p WHERE p.account_id = $1 AND NOT EXISTS (SELECT 1" KEPT("peers") " AND s.r->>'id' = p.id)" },
         /* groups and their members (the group_peers table, or the JSON list of old stores) */
         { "INSERT INTO groups (id, account_id, name, issued, integration_ref_id, integration_ref_integration_type)"
         " SELECT s.r->>'id', $1, s.r->>'name',"
@@ -627,7 +637,11 @@ int import_map_account(cp_store_tx *tx, const char *account_id, bool update, imp
         if (r >= 0)
                 r = cp_store_tx_exec(tx, SQL_ACCOUNT, 1, &account_id, NULL, reterr);
         if (r >= 0)
+                r = cp_store_tx_exec(tx, "ANALYZE nb_skip", 0, NULL, NULL, reterr);
+        if (r >= 0)
                 r = exec_list(tx, SQL_MAP, ELEMENTSOF(SQL_MAP), 1, &account_id, reterr);
+        if (r >= 0 && update)
+                r = exec_list(tx, SQL_PRUNE, ELEMENTSOF(SQL_PRUNE), 1, &account_id, reterr);
         if (r >= 0)
                 r = cp_store_tx_exec(tx, SQL_SKIPPED, 0, NULL, &skipped, reterr);
         if (r >= 0)
