@@ -299,6 +299,12 @@ def broken_sources_import_nothing():
         assert r.rc == 1 and needle in r.err and "nothing imported" in r.err, (path, r)
         assert r.out == "", (path, r)
         assert account_ids(dep) == before, path
+    empty, _ = svc.new_db()
+    for dsn, needle in [(empty, "is not a NetBird store (it has no accounts table)"),
+                        ("host=127.0.0.1 port=1 dbname=none connect_timeout=5", "cannot connect to NetBird's PostgreSQL")]:
+        r = imp(dep, "--postgres", dsn)
+        assert r.rc == 1 and needle in r.err and "nothing imported" in r.err, (dsn, r)
+        assert account_ids(dep) == before, dsn
 
 
 @test
