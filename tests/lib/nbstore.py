@@ -45,9 +45,14 @@ shape (`git log -S` on store.go, `git describe --contains`):
   "encrypted" "current" with users' email/name encrypted under a
               DataStoreEncryptionKey (key=...) in util/crypt's FieldEncrypt
               format: base64(nonce(12) || AES-256-GCM(plain)), as NetBird's
-              User.EncryptSensitiveData writes them. The events store's
-              deleted_users email/name are always written so when a key is
-              given (enc_algo "GCM"); events.meta is plain JSON in NetBird.
+              User.EncryptSensitiveData writes them (NetBird encrypts
+              only when it has a key; "current" is a store without one).
+The events store (events.db) has versions of its own, EVENTS_VERSIONS
+("v0.28.0", "v0.44.0", "current"), dated in _events_schema(); its deleted
+users' email and name are always encrypted (key= needed), events.meta is
+plain JSON. On PostgreSQL NetBird has kept its store since v0.28.0 and its
+events since v0.46.0; write_postgres() still writes "v0.27.4" (bytea IPs)
+as a harder case that NetBird itself never produced.
 
 Values as gorm writes them. SQLite: bool -> numeric 0/1, time.Time ->
 "2006-01-02 15:04:05.999999-07:00" text (datetime), time.Duration -> integer
@@ -88,10 +93,14 @@ holds "id", "settings", "network", "users", "pats", "setup_keys", "peers",
 "groups" (with "peers" and "resources" member lists), "policies" (with
 "rules"), "posture_checks", "routes", "networks" (with "resources" and
 "routers"), "nameserver_groups", "dns" (disabled management groups),
-"zones" (with "records"), "events", "deleted_users". Secrets the tests
-need ride along in the same dicts and are never written to a store:
-peers[i]["private_key"] (base64 X25519, the agent's WireGuard key),
-setup_keys[i]["plain"], pats[i]["token"]. Helpers: by_name(), KEY, PAT.
+"zones" (with "records"), "events" (meta as NetBird's code passes it to the
+events store: the writer moves email+name to deleted_users as NetBird's
+Save does). Secrets the tests need ride along in the same dicts and are
+never written to a store: peers[i]["private_key"] (base64 X25519, the
+agent's WireGuard key), setup_keys[i]["plain"], pats[i]["token"]. Helpers:
+by_name(), KEY, field_encrypt()/field_decrypt(), legacy_decrypt().
+expected_rest() and expected_events() give what NetBird's REST API shows
+for a data set; subset_diff()/assert_subset() compare.
 """
 
 import base64
@@ -138,6 +147,15 @@ def wg_keypair(seed_label):
     priv = X25519PrivateKey.from_private_bytes(bytes(raw))
     pub = priv.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return base64.b64encode(bytes(raw)).decode(), base64.b64encode(pub).decode()
+
+
+def ssh_public_key(label):
+    """An OpenSSH ed25519 public key ("ssh-ed25519 AAAA..."), as agents
+    report theirs, from a fixed seed."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives import serialization
+    priv = Ed25519PrivateKey.from_private_bytes(hashlib.sha256(("nbstore ssh " + label).encode()).digest())
+    return priv.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
 
 
 def pat_token(label):
@@ -227,7 +245,7 @@ def dataset():
     g = {n: xid(A + "/group/" + n) for n in ("All", "devs", "servers", "ops", "routers", "ci", "office")}
     peers = [
         _peer(A, "laptop-anna", "100.90.0.1", user_id=owner, login_expiration_enabled=True,
-              ssh_enabled=True, ssh_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFixtureAnnaLaptopKeyOnlyForTests anna@laptop",
+              ssh_enabled=True, ssh_key=ssh_public_key(A + "/laptop-anna"),
               location={"ip": "192.0.2.10", "country": "DE", "city": "Berlin", "geoname_id": 2950159},
               goos="darwin", kernel="Darwin", os="macOS", os_version="14.5", platform="arm64",
               core="14.5", kernel_version="23.5.0", serial="C02FIXTURE01", product="MacBookPro18,3",
@@ -417,19 +435,25 @@ def dataset():
                   "content": "www.internal.rich.example.test", "ttl": 600}]},
         ],
         "events": [
-            {"id": 1, "timestamp": t("2025-01-10 08:00:00"), "activity": 0, "initiator_id": owner,
-             "target_id": owner, "meta": {}},
-            {"id": 2, "timestamp": t("2025-01-11 10:00:00"), "activity": 2, "initiator_id": owner,
-             "target_id": peers[1]["id"], "meta": {"name": "web-1", "fqdn": "web-1.netbird.cloud",
-                                                   "ip": "100.90.0.2"}},
-            {"id": 3, "timestamp": t("2025-02-01 10:00:00"), "activity": 8, "initiator_id": owner,
-             "target_id": regular, "meta": {"email": "ben@rich.example.test", "name": "Ben User"}},
-            {"id": 4, "timestamp": t("2025-03-01 10:00:00"), "activity": 9, "initiator_id": owner,
-             "target_id": "google-oauth2|100000000000000000099", "meta": {}},
-        ],
-        "deleted_users": [
-            {"id": "google-oauth2|100000000000000000099", "email": "gone@rich.example.test",
-             "name": "Gone Person"},
+            {"id": 1, "timestamp": t("2025-01-10 08:00:00"), "activity": 4, "initiator_id": owner,
+             "target_id": xid(A + "/account"), "meta": {}},
+            {"id": 2, "timestamp": t("2025-01-10 09:00:00"), "activity": 0, "initiator_id": owner,
+             "target_id": peers[0]["id"],
+             "meta": {"name": "laptop-anna", "fqdn": "laptop-anna.netbird.selfhosted", "ip": "100.90.0.1",
+                      "created_at": "2025-01-10T09:00:00Z", "location_city_name": "Berlin",
+                      "location_country_code": "DE", "location_geo_name_id": 2950159,
+                      "location_connection_ip": "192.0.2.10"}},
+            {"id": 3, "timestamp": t("2025-01-11 10:00:00"), "activity": 1, "initiator_id": xid(A + "/key/servers"),
+             "target_id": peers[1]["id"],
+             "meta": {"name": "web-1", "fqdn": "web-1.netbird.selfhosted", "ip": "100.90.0.2",
+                      "created_at": "2025-01-10T09:00:00Z", "location_city_name": "",
+                      "location_country_code": "", "location_geo_name_id": 0, "location_connection_ip": ""}},
+            # A user deleted: NetBird's events store moves the meta's email and
+            # name to deleted_users, encrypted, and shows them again on read.
+            {"id": 4, "timestamp": t("2025-03-01 10:00:00"), "activity": 47, "initiator_id": owner,
+             "target_id": "google-oauth2|100000000000000000099",
+             "meta": {"name": "Gone Person", "email": "gone@rich.example.test",
+                      "created_at": "2025-01-20T10:00:00Z", "issued": "api"}},
         ],
     }
     B = "small"
@@ -469,9 +493,8 @@ def dataset():
                                  "enabled": True, "action": "accept", "sources": [sg], "destinations": [sg],
                                  "bidirectional": True, "protocol": "all", "ports": [], "port_ranges": []}]}],
         "routes": [], "networks": [], "nameserver_groups": [], "zones": [],
-        "events": [{"id": 5, "timestamp": t("2025-02-01 08:00:00"), "activity": 0, "initiator_id": sowner,
-                    "target_id": sowner, "meta": {}}],
-        "deleted_users": [],
+        "events": [{"id": 5, "timestamp": t("2025-02-01 08:00:00"), "activity": 4, "initiator_id": sowner,
+                    "target_id": xid(B + "/account"), "meta": {}}],
     }
     for acct in (rich, small):
         for u in acct["users"]:
@@ -577,7 +600,6 @@ _SETTINGS_OLD = "settings_peer_login_expiration_enabled bool, settings_peer_logi
 def _schema(version):
     """[(table, columns, pk, [(index, cols, unique)], [(fk name, col, ref table, on delete)])]"""
     cur = version in ("current", "encrypted")
-    v52 = version == "v0.52.0"
     old = version in ("v0.27.4", "v0.30.0")
     T = []
 
@@ -754,18 +776,37 @@ def _schema(version):
     return T
 
 
-def _events_schema():
-    return [("events", _cols("timestamp time, activity int, id serial, initiator_id text, target_id text, "
-                             "account_id text, meta json"), ["id"],
-             [("idx_events_account_id", ["account_id"], False)], []),
-            ("deleted_users", _cols("id text, email text NOT_NULL, name text, enc_algo text NOT_NULL"),
-             ["id"], [], [])]
+EVENTS_VERSIONS = ("v0.28.0", "v0.44.0", "current")
 
 
-_SQLITE_TYPES = {"text": "text", "bool": "numeric", "int": "integer", "time": "datetime", "json": "text",
-                 "blob": "blob", "serial": "integer"}
-_PG_TYPES = {"text": "text", "bool": "boolean", "int": "bigint", "time": "timestamp with time zone",
-             "json": "text", "blob": "bytea", "serial": "bigserial"}
+def _events_schema(version="current"):
+    """NetBird's activity store (events.db). "current" (v0.45.0 on): gorm's
+    tables from activity.Event and activity.DeletedUser. "v0.44.0"
+    (v0.29.2 - v0.44.x): the hand-written SQLite tables of
+    activity/sqlite/sqlite.go, deleted users encrypted with AES-GCM and
+    enc_algo "GCM". "v0.28.0" (v0.23.3 - v0.29.1): the same tables before
+    enc_algo, deleted users encrypted with the legacy AES-CBC and static IV
+    (util/crypt/legacy.go), which NetBird's migrateLegacyEncryptedUsersToGCM
+    converts. Dated by `git describe --contains` of the commits that added
+    enc_algo/GCM (#2569) and moved the store to gorm (#3837)."""
+    if version == "current":
+        return [("events", _cols("timestamp time, activity int32, id serial, initiator_id text, target_id text, "
+                                 "account_id text, meta json"), ["id"],
+                 [("idx_events_account_id", ["account_id"], False)], []),
+                ("deleted_users", _cols("id text, email text NOT_NULL, name text, enc_algo text NOT_NULL"),
+                 ["id"], [], [])]
+    if version not in EVENTS_VERSIONS:
+        raise ValueError("unknown events store version %r (have %s)" % (version, ", ".join(EVENTS_VERSIONS)))
+    du = "id text NOT_NULL, email text NOT_NULL, name text" + (", enc_algo text NOT_NULL" if version == "v0.44.0" else "")
+    return [("events", _cols("id serial, activity int32, timestamp time, initiator_id text, account_id text, "
+                             "meta json, target_id text"), ["id"], [], []),
+            ("deleted_users", _cols(du), [], [], [])]
+
+
+_SQLITE_TYPES = {"text": "text", "bool": "numeric", "int": "integer", "int32": "integer", "time": "datetime",
+                 "json": "text", "blob": "blob", "serial": "integer"}
+_PG_TYPES = {"text": "text", "bool": "boolean", "int": "bigint", "int32": "integer",
+             "time": "timestamp with time zone", "json": "text", "blob": "bytea", "serial": "bigserial"}
 
 
 def _extra(extra, engine):
@@ -782,8 +823,9 @@ def _extra(extra, engine):
 
 
 def ddl(version, engine="sqlite", events=False):
-    """The CREATE statements of a version, for "sqlite" or "postgres"."""
-    schema = _events_schema() if events else _schema(version)
+    """The CREATE statements of a version, for "sqlite" or "postgres"
+    (events=True: of the events store; version then one of EVENTS_VERSIONS)."""
+    schema = _events_schema(version or "current") if events else _schema(version)
     q = (lambda s: "`%s`" % s) if engine == "sqlite" else (lambda s: '"%s"' % s)
     types = _SQLITE_TYPES if engine == "sqlite" else _PG_TYPES
     out = []
@@ -975,18 +1017,56 @@ def _rows(version, data, key):
     return rows
 
 
-def _events_rows(data, key):
+_LEGACY_IV = bytes([10, 22, 13, 79, 5, 8, 52, 91, 87, 98, 88, 98, 35, 25, 13, 5])
+
+
+def legacy_encrypt(key_b64, plain):
+    """util/crypt LegacyEncrypt: AES-CBC, static IV, PKCS#5 padding."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    raw = plain.encode()
+    pad = 16 - len(raw) % 16
+    raw += bytes([pad]) * pad
+    enc = Cipher(algorithms.AES(base64.b64decode(key_b64)), modes.CBC(_LEGACY_IV)).encryptor()
+    return base64.b64encode(enc.update(raw) + enc.finalize()).decode()
+
+
+def legacy_decrypt(key_b64, ct):
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    dec = Cipher(algorithms.AES(base64.b64decode(key_b64)), modes.CBC(_LEGACY_IV)).decryptor()
+    raw = dec.update(base64.b64decode(ct)) + dec.finalize()
+    return raw[:-raw[-1]].decode()
+
+
+def deleted_users(data=None):
+    """[(user id, email, name)] NetBird's events store keeps encrypted:
+    the targets of events whose meta held both email and name."""
+    data = data if data is not None else dataset()
+    out = {}
+    for a in data["accounts"]:
+        for e in a["events"]:
+            if "email" in e["meta"] and "name" in e["meta"]:
+                out[e["target_id"]] = (e["target_id"], e["meta"]["email"], e["meta"]["name"])
+    return list(out.values())
+
+
+def _events_rows(data, key, version="current"):
     rows = {"events": [], "deleted_users": []}
     for a in data["accounts"]:
         for e in a["events"]:
+            meta = dict(e["meta"])
+            if "email" in meta and "name" in meta:
+                del meta["email"], meta["name"]
             rows["events"].append(dict(timestamp=e["timestamp"], activity=e["activity"], id=e["id"],
                                        initiator_id=e["initiator_id"], target_id=e["target_id"],
-                                       account_id=a["id"], meta=e["meta"]))
-        for d in a["deleted_users"]:
-            if not key:
-                raise ValueError("deleted_users need key= (NetBird encrypts their email and name)")
-            rows["deleted_users"].append(dict(id=d["id"], email=field_encrypt(key, d["email"]),
-                                              name=field_encrypt(key, d["name"]), enc_algo="GCM"))
+                                       account_id=a["id"], meta=meta or None))
+    for uid, email, name in deleted_users(data):
+        if not key:
+            raise ValueError("deleted users need key= (NetBird encrypts their email and name)")
+        if version == "v0.28.0":
+            rows["deleted_users"].append(dict(id=uid, email=legacy_encrypt(key, email), name=legacy_encrypt(key, name)))
+        else:
+            rows["deleted_users"].append(dict(id=uid, email=field_encrypt(key, email), name=field_encrypt(key, name),
+                                              enc_algo="GCM"))
     return rows
 
 
@@ -1002,7 +1082,7 @@ def _go_time(v):
 
 def _value(kind, v, engine):
     if kind == "json":
-        return json.dumps(v, separators=(",", ":"))
+        return json.dumps(v, separators=(",", ":"), ensure_ascii=False)
     if v is None:
         return None
     if kind == "bool":
@@ -1032,8 +1112,36 @@ def _need_key(version, key):
 
 # ---------------------------------------------------------------- writers
 
-def write_sqlite(path, version, data=None, key=None):
-    """Write NetBird's store.db of this version to path (replaced)."""
+def _leftovers(version, data, engine, execute):
+    """What a store upgraded in place keeps (gorm's AutoMigrate never drops
+    a table or a column): the legacy `rules` table of NetBird before
+    policies (in AutoMigrate up to v0.2x), one disabled rule per account,
+    and, where Networks exist, network_resources.address of v0.35 (before
+    Address became gorm:"-"), filled as it was then."""
+    q = (lambda x: "`%s`" % x) if engine == "sqlite" else (lambda x: '"%s"' % x)
+    ph = "?" if engine == "sqlite" else "%s"
+    types = _SQLITE_TYPES if engine == "sqlite" else _PG_TYPES
+    execute("CREATE TABLE %s (%s text,%s text,%s text,%s text,%s %s,%s text,%s text,%s %s,PRIMARY KEY (%s))" % (
+        q("rules"), q("id"), q("account_id"), q("name"), q("description"), q("disabled"), types["bool"],
+        q("source"), q("destination"), q("flow"), types["int"], q("id")))
+    for a in data_for(version, data)["accounts"]:
+        all_group = [g["id"] for g in a["groups"] if g["name"] == "All"]
+        execute("INSERT INTO %s VALUES (%s)" % (q("rules"), ",".join([ph] * 8)),
+                [xid(a["id"] + "/legacy-rule"), a["id"], "Default", "a rule from before policies",
+                 _value("bool", True, engine), json.dumps(all_group), json.dumps(all_group), 0])
+        if "networks" not in _FEATURES[version]:
+            continue
+        for nw in a["networks"]:
+            for r in nw["resources"]:
+                execute("UPDATE %s SET %s = %s WHERE %s = %s" % (q("network_resources"), q("address"), ph, q("id"), ph),
+                        [r["address"], r["id"]])
+    return execute
+
+
+def write_sqlite(path, version, data=None, key=None, leftovers=False):
+    """Write NetBird's store.db of this version to path (replaced).
+    leftovers=True: as a store upgraded from older releases looks, with
+    a table and a column the current models no longer know (_leftovers)."""
     _check_version(version)
     _need_key(version, key)
     data = data if data is not None else dataset()
@@ -1044,22 +1152,28 @@ def write_sqlite(path, version, data=None, key=None):
         for stmt in ddl(version, "sqlite"):
             db.execute(stmt)
         _insert_all(_schema(version), _rows(version, data, key), "sqlite", db.execute)
+        if leftovers:
+            if "networks" in _FEATURES[version]:
+                db.execute("ALTER TABLE `network_resources` ADD COLUMN `address` text")
+            _leftovers(version, data, "sqlite", db.execute)
         db.commit()
     finally:
         db.close()
     return path
 
 
-def write_events_sqlite(path, data=None, key=None):
-    """Write NetBird's events.db (activity store) to path (replaced)."""
+def write_events_sqlite(path, data=None, key=None, version="current"):
+    """Write NetBird's events.db (activity store) of an EVENTS_VERSIONS
+    shape to path (replaced). key: the DataStoreEncryptionKey the deleted
+    users' email and name are encrypted with (needed when there are any)."""
     data = data if data is not None else dataset()
     if os.path.exists(path):
         os.unlink(path)
     db = sqlite3.connect(path)
     try:
-        for stmt in ddl(None, "sqlite", events=True):
+        for stmt in ddl(version, "sqlite", events=True):
             db.execute(stmt)
-        _insert_all(_events_schema(), _events_rows(data, key), "sqlite", db.execute)
+        _insert_all(_events_schema(version), _events_rows(data, key, version), "sqlite", db.execute)
         db.commit()
     finally:
         db.close()
@@ -1085,9 +1199,11 @@ def _pg(dsn, statements_fn):
         conn.close()
 
 
-def write_postgres(dsn, version, data=None, key=None):
+def write_postgres(dsn, version, data=None, key=None, leftovers=False):
     """Create NetBird's PostgreSQL store tables of this version in the
-    (empty) database or schema dsn points at, and fill them."""
+    (empty) database or schema dsn points at, and fill them. NetBird has
+    had a PostgreSQL store since v0.28.0: "v0.27.4" here (IPs as bytea) is
+    a shape NetBird never wrote to PostgreSQL, kept as a harder case."""
     _check_version(version)
     _need_key(version, key)
     data = data if data is not None else dataset()
@@ -1096,15 +1212,20 @@ def write_postgres(dsn, version, data=None, key=None):
         for stmt in ddl(version, "postgres"):
             cur.execute(stmt)
         _insert_all(_schema(version), _rows(version, data, key), "postgres", cur.execute)
+        if leftovers:
+            if "networks" in _FEATURES[version]:
+                cur.execute('ALTER TABLE "network_resources" ADD COLUMN "address" text')
+            _leftovers(version, data, "postgres", cur.execute)
     _pg(dsn, run)
 
 
 def write_events_postgres(dsn, data=None, key=None):
-    """NetBird's activity store in PostgreSQL (NB_ACTIVITY_EVENT_POSTGRES_DSN)."""
+    """NetBird's activity store in PostgreSQL (NB_ACTIVITY_EVENT_POSTGRES_DSN,
+    from v0.46.0 on; gorm's tables: SQLite-only before)."""
     data = data if data is not None else dataset()
 
     def run(cur):
-        for stmt in ddl(None, "postgres", events=True):
+        for stmt in ddl("current", "postgres", events=True):
             cur.execute(stmt)
         _insert_all(_events_schema(), _events_rows(data, key), "postgres", cur.execute)
         cur.execute("SELECT setval(pg_get_serial_sequence('events', 'id'), (SELECT COALESCE(max(id), 1) FROM events))")
@@ -1113,7 +1234,7 @@ def write_events_postgres(dsn, data=None, key=None):
 
 def tables(version, events=False):
     """{table: [columns]} of a version (what a store of it holds)."""
-    schema = _events_schema() if events else _schema(version)
+    schema = _events_schema(version or "current") if events else _schema(version)
     return {name: [c for c, _k, _e in cols] for name, cols, _pk, _i, _f in schema}
 
 
@@ -1169,215 +1290,33 @@ def write_unknown_schema(path, kind="no_accounts"):
 
 
 # ---------------------------------------------------------------- expected REST view
-
-def _rfc3339(v):
-    return v.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if v else None
-
-
-def _posture_api(c):
-    out = {}
-    if "NBVersionCheck" in c:
-        out["nb_version_check"] = {"min_version": c["NBVersionCheck"]["MinVersion"]}
-    if "OSVersionCheck" in c:
-        o = {}
-        for k, v in c["OSVersionCheck"].items():
-            if v:
-                o[k.lower()] = ({"min_version": v["MinVersion"]} if "MinVersion" in v
-                                else {"min_kernel_version": v["MinKernelVersion"]})
-        out["os_version_check"] = o
-    if "GeoLocationCheck" in c:
-        g = c["GeoLocationCheck"]
-        out["geo_location_check"] = {"action": g["Action"], "locations": [
-            dict({"country_code": x["CountryCode"]}, **({"city_name": x["CityName"]} if x["CityName"] else {}))
-            for x in g["Locations"]]}
-    if "PeerNetworkRangeCheck" in c:
-        g = c["PeerNetworkRangeCheck"]
-        out["peer_network_range_check"] = {"action": g["Action"], "ranges": g["Ranges"]}
-    if "ProcessCheck" in c:
-        out["process_check"] = {"processes": [
-            {k: v for k, v in (("linux_path", p["LinuxPath"]), ("mac_path", p["MacPath"]),
-                               ("windows_path", p["WindowsPath"])) if v} for p in c["ProcessCheck"]["Processes"]]}
-    return out
-
+# (in nbstore_rest.py; these keep the one import for the tests)
 
 def expected_rest(data=None, dns_domain="netbird.selfhosted"):
     """What NetBird's REST API shows for data, per account:
-    {account_id: {"/api/peers": [...], "/api/groups": [...], ...}}.
-    Only fields that come from the store (no live status, no computed
-    counts that depend on policies), so a test compares subsets with
-    assert_subset(). dns_domain: the server's DNS domain (peers'
-    dns_label in the API is label + "." + domain). Pass data_for(version)
-    for what a store of an older version can hold."""
-    data = data if data is not None else dataset()
-    out = {}
-    for a in data["accounts"]:
-        gname = {g["id"]: g["name"] for g in a["groups"]}
-        gmin = lambda ids: [{"id": i, "name": gname[i]} for i in ids]
-        groups_of = {}
-        for g in a["groups"]:
-            for pid in g["peers"]:
-                groups_of.setdefault(pid, []).append({"id": g["id"], "name": g["name"]})
-        dom = a["settings"]["dns_domain"] or dns_domain
-        peers = []
-        for p in a["peers"]:
-            loc = p["location"] or {}
-            peers.append({
-                "id": p["id"], "name": p["name"], "ip": p["ip"], "dns_label": p["dns_label"] + "." + dom,
-                "extra_dns_labels": [x + "." + dom for x in p["extra_dns_labels"]],
-                "hostname": p["hostname"], "os": "%s %s" % (p["os"], p["os_version"] or p["core"]),
-                "kernel_version": p["kernel_version"], "version": p["wt_version"],
-                "ssh_enabled": p["ssh_enabled"], "user_id": p["user_id"],
-                "login_expiration_enabled": p["login_expiration_enabled"],
-                "inactivity_expiration_enabled": p["inactivity_expiration_enabled"],
-                "login_expired": p["login_expired"], "approval_required": p["requires_approval"],
-                "ephemeral": p["ephemeral"], "serial_number": p["serial"],
-                "country_code": loc.get("country", ""), "city_name": loc.get("city", ""),
-                "connection_ip": loc.get("ip") or "",
-                "groups": sorted(groups_of.get(p["id"], []), key=lambda x: x["id"]),
-            })
-        pname = {p["id"]: p["name"] for p in a["peers"]}
-        groups = [{"id": g["id"], "name": g["name"], "issued": g["issued"],
-                   "peers": [{"id": i, "name": pname[i]} for i in g["peers"]], "peers_count": len(g["peers"]),
-                   "resources": [{"id": r["id"], "type": r["type"]} for r in g["resources"]],
-                   "resources_count": len(g["resources"])} for g in a["groups"]]
-        policies = []
-        for po in a["policies"]:
-            rules = []
-            for r in po["rules"]:
-                rr = {"id": r["id"], "name": r["name"], "description": r["description"], "enabled": r["enabled"],
-                      "action": r["action"], "bidirectional": r["bidirectional"], "protocol": r["protocol"],
-                      "sources": gmin(r["sources"]), "destinations": gmin(r["destinations"])}
-                if r["ports"]:
-                    rr["ports"] = r["ports"]
-                if r["port_ranges"]:
-                    rr["port_ranges"] = [{"start": x["start"], "end": x["end"]} for x in r["port_ranges"]]
-                rules.append(rr)
-            policies.append({"id": po["id"], "name": po["name"], "description": po["description"],
-                             "enabled": po["enabled"], "source_posture_checks": po["source_posture_checks"],
-                             "rules": rules})
-        routes = []
-        for r in a["routes"]:
-            rr = {"id": r["id"], "network_id": r["net_id"], "description": r["description"], "enabled": r["enabled"],
-                  "peer": r["peer"], "network_type": {1: "IPv4", 2: "IPv6", 3: "Domain"}[r["network_type"]],
-                  "masquerade": r["masquerade"], "metric": r["metric"], "groups": r["groups"],
-                  "keep_route": r["keep_route"]}
-            if r["network"]:
-                rr["network"] = r["network"]
-            if r["domains"]:
-                rr["domains"] = r["domains"]
-            if r["peer_groups"]:
-                rr["peer_groups"] = r["peer_groups"]
-            if r["access_control_groups"]:
-                rr["access_control_groups"] = r["access_control_groups"]
-            routes.append(rr)
-        keys = []
-        now = datetime.datetime.now(UTC)
-        for k in a["setup_keys"]:
-            expired = k["expires_at"] is not None and k["expires_at"] < now
-            limit = 1 if k["type"] == "one-off" else k["usage_limit"]
-            over = limit > 0 and k["used_times"] >= limit
-            state = "expired" if expired else "revoked" if k["revoked"] else "overused" if over else "valid"
-            keys.append({"id": k["id"], "name": k["name"], "type": k["type"], "key": hidden_key(k["plain"]),
-                         "revoked": k["revoked"], "used_times": k["used_times"], "state": state,
-                         "valid": state == "valid", "auto_groups": k["auto_groups"],
-                         "usage_limit": k["usage_limit"], "ephemeral": k["ephemeral"],
-                         "allow_extra_dns_labels": k["allow_extra_dns_labels"],
-                         "expires": _rfc3339(k["expires_at"])})
-        users = []
-        for u in a["users"]:
-            d = {"id": u["id"], "role": u["role"], "auto_groups": u["auto_groups"],
-                 "is_service_user": u["is_service_user"], "is_blocked": u["blocked"], "issued": u["issued"]}
-            if u["is_service_user"]:
-                d["name"] = u["service_user_name"]
-            elif u["name"] or u["email"]:
-                d["name"], d["email"] = u["name"], u["email"]
-            if u["blocked"]:
-                d["status"] = "blocked"
-            users.append(d)
-        nets, resources, routers = [], {}, {}
-        for nw in a["networks"]:
-            nets.append({"id": nw["id"], "name": nw["name"], "description": nw["description"],
-                         "resources": [r["id"] for r in nw["resources"]],
-                         "routers": [r["id"] for r in nw["routers"]]})
-            resources[nw["id"]] = [{"id": r["id"], "name": r["name"], "description": r["description"],
-                                    "type": r["type"], "address": r["address"], "enabled": r["enabled"],
-                                    "groups": gmin(r["groups"])} for r in nw["resources"]]
-            routers[nw["id"]] = [{"id": r["id"], "peer": r["peer"], "peer_groups": r["peer_groups"],
-                                  "masquerade": r["masquerade"], "metric": r["metric"], "enabled": r["enabled"]}
-                                 for r in nw["routers"]]
-        view = {
-            "/api/accounts": [{"id": a["id"], "domain": a["domain"], "domain_category": a["domain_category"],
-                               "created_by": a["created_by"], "settings": {
-                                   "peer_login_expiration_enabled": a["settings"]["peer_login_expiration_enabled"],
-                                   "peer_login_expiration": a["settings"]["peer_login_expiration"] // 10 ** 9,
-                                   "regular_users_view_blocked": a["settings"]["regular_users_view_blocked"],
-                                   "groups_propagation_enabled": a["settings"]["groups_propagation_enabled"],
-                                   "jwt_groups_enabled": a["settings"]["jwt_groups_enabled"],
-                                   "jwt_groups_claim_name": a["settings"]["jwt_groups_claim_name"],
-                                   "jwt_allow_groups": a["settings"]["jwt_allow_groups"],
-                                   "extra": {"peer_approval_enabled": a["settings"]["peer_approval_enabled"]}}}],
-            "/api/peers": peers, "/api/groups": groups, "/api/policies": policies, "/api/routes": routes,
-            "/api/setup-keys": keys, "/api/users": users,
-            "/api/posture-checks": [{"id": c["id"], "name": c["name"], "description": c["description"],
-                                     "checks": _posture_api(c["checks"])} for c in a["posture_checks"]],
-            "/api/networks": nets,
-            "/api/dns/nameservers": [{"id": n["id"], "name": n["name"], "description": n["description"],
-                                      "nameservers": n["nameservers"], "groups": n["groups"],
-                                      "primary": n["primary"], "domains": n["domains"], "enabled": n["enabled"],
-                                      "search_domains_enabled": n["search_domains_enabled"]}
-                                     for n in a["nameserver_groups"]],
-            "/api/dns/settings": {"disabled_management_groups": a["dns"]["disabled_management_groups"]},
-        }
-        for nid in resources:
-            view["/api/networks/%s/resources" % nid] = resources[nid]
-            view["/api/networks/%s/routers" % nid] = routers[nid]
-        if a["settings"]["peer_inactivity_expiration_enabled"] or a["settings"]["peer_inactivity_expiration"]:
-            s = view["/api/accounts"][0]["settings"]
-            s["peer_inactivity_expiration_enabled"] = a["settings"]["peer_inactivity_expiration_enabled"]
-            s["peer_inactivity_expiration"] = a["settings"]["peer_inactivity_expiration"] // 10 ** 9
-        out[a["id"]] = view
-    return out
+    {account_id: {"/api/peers": [...], ...}} (nbstore_rest.expected_rest)."""
+    import nbstore_rest
+    return nbstore_rest.expected_rest(data, dns_domain)
+
+
+def expected_events(data=None):
+    """GET /api/events per account, oldest first (nbstore_rest.expected_events)."""
+    import nbstore_rest
+    return nbstore_rest.expected_events(data)
+
+
+def expected_zones(data=None):
+    """GET /api/dns/zones (and each zone's records) per account
+    (nbstore_rest.expected_zones)."""
+    import nbstore_rest
+    return nbstore_rest.expected_zones(data)
 
 
 def subset_diff(actual, expected, path=""):
-    """[differences] where expected is not a subset of actual. Dicts:
-    every expected key must match; lists of dicts with "id": matched by
-    id, order ignored, no extra or missing ids; other lists: equal as
-    sorted lists of their JSON."""
-    if isinstance(expected, dict):
-        if not isinstance(actual, dict):
-            return ["%s: expected an object, got %r" % (path, actual)]
-        diffs = []
-        for k, v in expected.items():
-            if k not in actual:
-                diffs.append("%s.%s: missing (expected %r)" % (path, k, v))
-            else:
-                diffs += subset_diff(actual[k], v, path + "." + k)
-        return diffs
-    if isinstance(expected, list):
-        if not isinstance(actual, list):
-            return ["%s: expected a list, got %r" % (path, actual)]
-        if expected and all(isinstance(x, dict) and "id" in x for x in expected):
-            got = {x.get("id"): x for x in actual if isinstance(x, dict)}
-            diffs = []
-            for x in expected:
-                if x["id"] not in got:
-                    diffs.append("%s[%s]: missing" % (path, x["id"]))
-                else:
-                    diffs += subset_diff(got[x["id"]], x, "%s[%s]" % (path, x["id"]))
-            extra = set(got) - {x["id"] for x in expected}
-            if extra:
-                diffs.append("%s: unexpected ids %s" % (path, sorted(extra)))
-            return diffs
-        key = lambda x: json.dumps(x, sort_keys=True)
-        if sorted(map(key, actual)) != sorted(map(key, expected)):
-            return ["%s: %r != expected %r" % (path, actual, expected)]
-        return []
-    if actual != expected:
-        return ["%s: %r != expected %r" % (path, actual, expected)]
-    return []
+    import nbstore_rest
+    return nbstore_rest.subset_diff(actual, expected, path)
 
 
 def assert_subset(actual, expected, what=""):
-    d = subset_diff(actual, expected, what)
-    assert not d, "\n".join(d[:20])
+    import nbstore_rest
+    return nbstore_rest.assert_subset(actual, expected, what)

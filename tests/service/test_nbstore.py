@@ -117,20 +117,57 @@ def sqlite_columns_of(db, table):
 
 
 @test
-def events_sqlite():
-    path = nbstore.write_events_sqlite(os.path.join(svc.tmpdir(), "events.db"), key=nbstore.KEY)
+def upgraded_store_leftovers():
+    """leftovers=True: the legacy rules table and network_resources.address
+    beside the version's own tables, in SQLite and PostgreSQL."""
+    path = nbstore.write_sqlite(os.path.join(svc.tmpdir(), "up.db"), "current", leftovers=True)
+    cols = sqlite_columns(path)
+    assert cols["rules"] == ["id", "account_id", "name", "description", "disabled", "source", "destination", "flow"]
+    assert cols["network_resources"][-1] == "address"
     db = sqlite3.connect(path)
     try:
-        assert db.execute("SELECT count(*) FROM events").fetchone()[0] == 5
-        row = db.execute("SELECT id, email, name, enc_algo FROM deleted_users").fetchone()
-        gone = nbstore.dataset()["accounts"][0]["deleted_users"][0]
-        assert row[0] == gone["id"] and row[3] == "GCM", row
-        assert nbstore.field_decrypt(nbstore.KEY, row[1]) == gone["email"]
-        assert nbstore.field_decrypt(nbstore.KEY, row[2]) == gone["name"]
-        meta = db.execute("SELECT meta FROM events WHERE activity = 8").fetchone()[0]
-        assert '"email":"ben@rich.example.test"' in meta, meta
+        assert db.execute("SELECT count(*) FROM rules").fetchone()[0] == 2
+        assert sorted(r[0] for r in db.execute("SELECT address FROM network_resources")) == \
+            ["*.intra.example.test", "10.30.0.5/32", "10.31.0.0/24"]
     finally:
         db.close()
+    path = nbstore.write_sqlite(os.path.join(svc.tmpdir(), "old.db"), "v0.30.0", leftovers=True)
+    assert "rules" in sqlite_columns(path) and "network_resources" not in sqlite_columns(path)
+    dsn, _ = svc.new_db()
+    nbstore.write_postgres(dsn, "v0.52.0", leftovers=True)
+    assert svc.query(dsn, "SELECT count(*) FROM rules WHERE disabled")[0][0] == 2
+    assert svc.query(dsn, "SELECT count(*) FROM network_resources WHERE address <> ''")[0][0] == 3
+
+
+@test
+def events_sqlite():
+    """events.db in its three shapes; deleted users' e-mail and name
+    encrypted (legacy CBC, then GCM) and taken out of the event's meta."""
+    gone = nbstore.deleted_users()
+    assert len(gone) == 1, gone
+    uid, email, name = gone[0]
+    for v in nbstore.EVENTS_VERSIONS:
+        path = nbstore.write_events_sqlite(os.path.join(svc.tmpdir(), "events.db"), key=nbstore.KEY, version=v)
+        assert sqlite_columns(path) == nbstore.tables(v, events=True), v
+        db = sqlite3.connect(path)
+        try:
+            assert db.execute("SELECT count(*), max(id) FROM events").fetchone() == (5, 5), v
+            row = db.execute("SELECT * FROM deleted_users").fetchone()
+            assert row[0] == uid, (v, row)
+            dec = nbstore.legacy_decrypt if v == "v0.28.0" else nbstore.field_decrypt
+            assert (dec(nbstore.KEY, row[1]), dec(nbstore.KEY, row[2])) == (email, name), v
+            if v != "v0.28.0":
+                assert row[3] == "GCM", row
+            meta = db.execute("SELECT meta FROM events WHERE target_id = ?", (uid,)).fetchone()[0]
+            assert meta == '{"created_at":"2025-01-20T10:00:00Z","issued":"api"}', meta
+            assert db.execute("SELECT meta FROM events WHERE activity = 4").fetchall() == [("null",), ("null",)]
+        finally:
+            db.close()
+    try:
+        nbstore.write_events_sqlite(os.path.join(svc.tmpdir(), "e.db"))
+        raise AssertionError("deleted users written without a key")
+    except ValueError:
+        pass
 
 
 @test
@@ -153,6 +190,8 @@ def postgres_every_version():
     nbstore.write_events_postgres(dsn, key=nbstore.KEY)
     assert svc.query(dsn, "SELECT count(*), max(id) FROM events")[0] == (5, 5)
     assert svc.query(dsn, "SELECT count(*) FROM deleted_users")[0][0] == 1
+    assert svc.query(dsn, "SELECT data_type FROM information_schema.columns WHERE table_name = 'events' "
+                          "AND column_name = 'activity'")[0][0] == "integer"
 
 
 @test
@@ -235,6 +274,17 @@ def expected_view():
     assert nbstore.subset_diff(rv, rv) == []
     moved = [dict(p, name="x") for p in rv["/api/peers"]]
     assert len(nbstore.subset_diff(moved, rv["/api/peers"])) == 8
+    assert "/api/events" not in rv
+    ev = nbstore.expected_events(data)[rich["id"]]
+    assert [e["activity_code"] for e in ev] == ["account.create", "peer.user.add", "peer.setupkey.add",
+                                                "user.delete"], ev
+    assert ev[3]["meta"] == {"email": "gone@rich.example.test", "username": "Gone Person",
+                             "created_at": "2025-01-20T10:00:00Z", "issued": "api"}, ev[3]
+    assert nbstore.subset_diff([dict(e, extra=1) for e in ev], ev) == []
+    assert nbstore.subset_diff(ev[:3], ev) != []
+    zones = nbstore.expected_zones(data)[rich["id"]]["/api/dns/zones"]
+    assert len(zones) == 1 and len(zones[0]["records"]) == 2, zones
+    assert nbstore.expected_zones(nbstore.data_for("v0.52.0", data))[rich["id"]] == {"/api/dns/zones": []}
 
 
 if __name__ == "__main__":
