@@ -36,12 +36,18 @@
 #include "admin-import.h"
 
 #include <ctype.h>
+#include <openssl/evp.h>
+#include <sodium.h>
 #include <inttypes.h>
 #include <libgen.h>
 
 #define BUS_TIMEOUT_MS 3000
 
 static const cp_log_ctx log_ctx = { .component = "import" };
+
+static bool streq0(const char *a, const char *b) {
+        return a && strcmp(a, b) == 0;
+}
 
 /* A stored NetBird value that is not plain text: standard base64 of at
  * least nonce + tag, with no '@' or space (an e-mail or a name has). */
@@ -102,25 +108,55 @@ static int reseal_users(import_src *src, const uint8_t *nb_key) {
         return 0;
 }
 
-/* Opens one of NetBird's stored values: plain text as is, a sealed one
- * with nb_key. Returns a new string, or NULL after reporting (exit code
- * in *code). */
-static char *open_value(const char *v, const uint8_t *nb_key, const char *what, const char *id, int *code) {
+/* NetBird's events store before its GCM migration (enc_algo not "GCM"):
+ * AES-256-CBC with a static IV and PKCS#7 padding (util/crypt/legacy.go).
+ * Returns a new string or NULL (not base64, wrong key, not text). */
+static char *legacy_decrypt(const uint8_t key[CP_DATA_KEY_LEN], const char *b64) {
+        static const uint8_t iv[16] = { 10, 22, 13, 79, 5, 8, 52, 91, 87, 98, 88, 98, 35, 25, 13, 5 };
+        size_t n = strlen(b64), len = 0;
+        int out1 = 0, out2 = 0;
+        uint8_t *ct = cp_xmalloc(n + 1);
+        char *pt = NULL;
+        EVP_CIPHER_CTX *ctx = NULL;
+
+        if (sodium_base642bin(ct, n + 1, b64, n, NULL, &len, NULL, sodium_base64_VARIANT_ORIGINAL) != 0 || len == 0 ||
+            len % 16 != 0)
+                goto out;
+        pt = cp_xmalloc(len + 16 + 1);
+        ctx = EVP_CIPHER_CTX_new();
+        if (!ctx || EVP_DecryptInit_ex(ctx, EVP_aes_256_cbc(), NULL, key, iv) != 1 ||
+            EVP_DecryptUpdate(ctx, (unsigned char *) pt, &out1, ct, (int) len) != 1 ||
+            EVP_DecryptFinal_ex(ctx, (unsigned char *) pt + out1, &out2) != 1) {
+                cp_explicit_bzero(pt, len + 16 + 1);
+                free(pt);
+                pt = NULL;
+                goto out;
+        }
+        pt[out1 + out2] = '\0';
+        json_t *utf8 = json_string(pt);         /* NULL unless valid UTF-8 */
+        bool text = utf8 != NULL;
+        json_decref(utf8);
+        if (strlen(pt) != (size_t) (out1 + out2) || !text) {
+                free(pt);
+                pt = NULL;
+        }
+out:
+        EVP_CIPHER_CTX_free(ctx);
+        free(ct);
+        return pt;
+}
+
+/* One field of a deleted user: always sealed by NetBird, GCM or (older
+ * stores) legacy CBC. */
+static char *open_deleted(const char *v, bool gcm, const uint8_t *nb_key, const char *id, int *code) {
         char *plain = NULL;
         cp_error err = { 0 };
 
-        if (!looks_sealed(v))
-                return cp_xstrdup(v);
-        if (!nb_key) {
-                fprintf(stderr, ADMIN_PROG ": error: %s is encrypted in this store; nothing imported\n"
-                                "hint: give NetBird's DataStoreEncryptionKey (from its management.json) as "
-                                "--encryption-key\n", what);
-                *code = ADMIN_EXIT_FAILURE;
-                return NULL;
-        }
-        if (cp_crypto_aead_decrypt_dup(nb_key, v, &plain, NULL, &err) < 0) {
-                *code = admin_fail(ADMIN_EXIT_FAILURE, NULL, "%s of %s does not open with --encryption-key (is it "
-                                   "NetBird's DataStoreEncryptionKey?); nothing imported", what, id);
+        if (!*v)
+                return cp_xstrdup("");
+        if (gcm ? cp_crypto_aead_decrypt_dup(nb_key, v, &plain, NULL, &err) < 0 : !(plain = legacy_decrypt(nb_key, v))) {
+                *code = admin_fail(ADMIN_EXIT_FAILURE, NULL, "deleted user %s does not open with --encryption-key (is "
+                                   "it NetBird's DataStoreEncryptionKey?); nothing imported", id);
                 return NULL;
         }
         return plain;
@@ -142,13 +178,14 @@ static int reseal_events(import_src *src, const uint8_t *nb_key) {
                         continue;
                 /* Not essential: without a key the events stay without
                  * the e-mail (a wrong key still stops everything). */
-                if (!nb_key && (looks_sealed(email ?: "") || looks_sealed(name ?: ""))) {
+                if (!nb_key && ((email && *email) || (name && *name))) {
                         printf("skipped deleted_users %s: its e-mail and name are encrypted (give --encryption-key)\n",
                                id);
                         continue;
                 }
-                _cleanup_free_ char *pe = open_value(email ?: "", nb_key, "deleted_users' email", id, &code);
-                _cleanup_free_ char *pn = pe ? open_value(name ?: "", nb_key, "deleted_users' name", id, &code) : NULL;
+                bool gcm = streq0(json_string_value(json_object_get(d, "enc_algo")), "GCM");
+                _cleanup_free_ char *pe = nb_key ? open_deleted(email ?: "", gcm, nb_key, id, &code) : cp_xstrdup("");
+                _cleanup_free_ char *pn = pe && nb_key ? open_deleted(name ?: "", gcm, nb_key, id, &code) : NULL;
                 if (!pe || !pn)
                         goto out;
                 (void) json_object_set_new(gone, id, json_pack("{s:s, s:s}", "email", pe, "name", pn));

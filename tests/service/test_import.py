@@ -168,7 +168,7 @@ def dry_run_prints_and_writes_nothing():
     r = imp(dep, "--sqlite", path, "--dry-run")
     assert r.rc == 0, r
     # without --encryption-key a deleted user's sealed e-mail is left out, said once
-    gone = nbstore.dataset()["accounts"][0]["deleted_users"][0]["id"]
+    gone = nbstore.deleted_users(nbstore.dataset())[0][0]
     assert skipped_lines(r.out) == ["skipped deleted_users %s: its e-mail and name are encrypted "
                                     "(give --encryption-key)" % gone], r
     data = nbstore.dataset()
@@ -270,13 +270,37 @@ def encrypted_store_needs_the_right_key():
     assert status == 200 and owner["email"] in [u.get("email") for u in users], (status, users)
     # a deleted user's e-mail (NetBird's deleted_users, sealed) is in the
     # meta of the events about them, sealed with our key, and the API shows it
-    gone = acc["deleted_users"][0]
-    stored = dep.sql("SELECT meta->>'email', pii_key FROM events WHERE target_id = %s", (gone["id"],))
-    assert stored and stored[0][0] not in ("", None, gone["email"]) and stored[0][1] != "", stored
+    gone_id, gone_email, _ = nbstore.deleted_users(nbstore.dataset())[0]
+    stored = dep.sql("SELECT meta->>'email', pii_key FROM events WHERE target_id = %s", (gone_id,))
+    assert stored and stored[0][0] not in ("", None, gone_email) and stored[0][1] != "", stored
     status, events = svc.rest(srv, "GET", "/api/events", owner_token(acc))
     assert status == 200, (status, events)
-    mine = [e for e in events if e.get("target_id") == gone["id"]]
-    assert mine and gone["email"] in str(mine[0].get("meta")), mine
+    mine = [e for e in events if e.get("target_id") == gone_id]
+    assert mine and gone_email in str(mine[0].get("meta")), mine
+
+
+@test
+def every_events_version_imports():
+    """events.db as NetBird wrote it over time (legacy CBC deleted users,
+    GCM, gorm tables): /api/events shows nbstore.expected_events."""
+    data = nbstore.data_for("current")
+    want = nbstore.expected_events(data)
+    for ev in nbstore.EVENTS_VERSIONS:
+        d = svc.tmpdir()
+        path = nbstore.write_sqlite(os.path.join(d, "store.db"), "current")
+        nbstore.write_events_sqlite(os.path.join(d, "events.db"), key=nbstore.KEY, version=ev)
+        dep = Deployment()
+        r = imp(dep, "--sqlite", path, "--encryption-key", nbstore.KEY)
+        assert r.rc == 0 and not skipped_lines(r.out), (ev, r)
+        srv = start(dep)
+        for acc in data["accounts"]:
+            status, got = svc.rest(srv, "GET", "/api/events", owner_token(acc))
+            assert status == 200, (ev, status, got)
+            got = sorted(got, key=lambda e: (e.get("timestamp"), e.get("activity_code")))
+            assert len(got) == len(want[acc["id"]]), (ev, got, want[acc["id"]])
+            for g, w in zip(got, want[acc["id"]]):
+                nbstore.assert_subset(g, w, "%s %s /api/events" % (ev, acc["id"]))
+        srv.stop()
 
 
 # ---- bad input ------------------------------------------------------------------------------
