@@ -60,9 +60,12 @@ def owner_token(acc):
 
 def check_rest(srv, data, what):
     expected = nbstore.expected_rest(data, dns_domain=DNS_DOMAIN)
+    zones = nbstore.expected_zones(data)
     for acc in data["accounts"]:
         token = owner_token(acc)
-        for path, want in expected[acc["id"]].items():
+        paths = dict(expected[acc["id"]])
+        paths.update(zones.get(acc["id"], {}))
+        for path, want in paths.items():
             if path == "/api/peers":
                 # The store keeps peer_status_requires_approval (checked in
                 # SQL below); the API reports false as NetBird's open-source
@@ -128,6 +131,18 @@ def every_sqlite_version_imports_with_rest_and_agent():
         check_rest(srv, data, v)
         check_agent(dep, srv, data, v)
         srv.stop()
+
+
+@test
+def upgraded_store_leftovers_are_ignored():
+    """A store NetBird upgraded in place keeps the legacy rules table and
+    network_resources.address: neither changes what is imported."""
+    path = nbstore.write_sqlite(os.path.join(svc.tmpdir(), "store.db"), "current", leftovers=True)
+    dep = Deployment()
+    r = imp(dep, "--sqlite", path)
+    assert r.rc == 0 and not skipped_lines(r.out), r
+    srv = start(dep)
+    check_rest(srv, nbstore.data_for("current"), "leftovers")
 
 
 # ---- PostgreSQL source --------------------------------------------------------------------
