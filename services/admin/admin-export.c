@@ -873,7 +873,7 @@ int admin_cmd_export(const admin_ctx *a) {
         cp_strbuf out;
         int r, code;
 
-        if (!o->sqlite || !*o->sqlite) {
+        if (!o->export_sqlite || !*o->export_sqlite) {
                 fprintf(stderr, ADMIN_PROG ": error: --sqlite FILE is required (the NetBird store.db to write)\n");
                 return ADMIN_EXIT_USAGE;
         }
@@ -887,11 +887,11 @@ int admin_cmd_export(const admin_ctx *a) {
                         return admin_fail(ADMIN_EXIT_USAGE, &err, "invalid --encryption-key");
                 x.has_nb_key = true;
         }
-        if (o->events_sqlite && *o->events_sqlite && strcmp(o->events_sqlite, o->sqlite) == 0) {
+        if (o->events_sqlite && *o->events_sqlite && strcmp(o->events_sqlite, o->export_sqlite) == 0) {
                 fprintf(stderr, ADMIN_PROG ": error: --sqlite and --events-sqlite name the same file\n");
                 return ADMIN_EXIT_USAGE;
         }
-        code = check_target(o->sqlite, o->force);
+        code = check_target(o->export_sqlite, o->force);
         if (code == 0 && o->events_sqlite && *o->events_sqlite)
                 code = check_target(o->events_sqlite, o->force);
         if (code == 0)
@@ -906,7 +906,7 @@ int admin_cmd_export(const admin_ctx *a) {
 
         cp_strbuf_init(&out);
         x.insert = cp_xcalloc(n_store_tables, sizeof *x.insert);
-        r = file_open(&x.store, o->sqlite, &err);
+        r = file_open(&x.store, o->export_sqlite, &err);
         if (r >= 0 && o->events_sqlite && *o->events_sqlite)
                 r = file_open(&x.events, o->events_sqlite, &err);
         if (r >= 0)

@@ -65,9 +65,15 @@ typedef struct admin_opts {
         int64_t batch_size;             /* data-key reencrypt */
         int64_t max_batches;
         char *peer;                     /* netmap show --peer ID */
-        char *sqlite;                   /* export --sqlite FILE */
-        char *events_sqlite;            /* export --events-sqlite FILE */
-        char *encryption_key;           /* export --encryption-key KEY (NetBird's) */
+        char *import_sqlite;            /* import --sqlite FILE */
+        char *import_postgres;          /* import --postgres DSN */
+        char *events_sqlite;            /* import --events-sqlite FILE */
+        char *events_postgres;          /* import --events-postgres DSN */
+        char *encryption_key;           /* import --encryption-key: NetBird's DataStoreEncryptionKey */
+        bool dry_run;                   /* import --dry-run */
+        bool update;                    /* import --update */
+        char *export_sqlite;            /* export --sqlite FILE (events_sqlite, encryption_key:
+                                         * export's too) */
 
         /* --auto-group, every occurrence (main.c gathers them, since the
          * settings loader keeps only the last value of a flag). */
@@ -111,6 +117,7 @@ int admin_cmd_data_key_status(const admin_ctx *a);      /* admin-datakey.c */
 int admin_cmd_data_key_reencrypt(const admin_ctx *a);
 int admin_cmd_data_key_retire(const admin_ctx *a);
 int admin_cmd_netmap_show(const admin_ctx *a);          /* admin-netmap.c */
+int admin_cmd_import(const admin_ctx *a);               /* admin-import.c */
 int admin_cmd_export(const admin_ctx *a);               /* admin-export.c */
 
 /* ---- shared helpers (admin-util.c) ------------------------------------------ */

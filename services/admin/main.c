@@ -146,8 +146,27 @@ static const cp_cfg_option netmap_show_rows[] = {
         { "json", CP_CFG_BOOL, O(json), "false", { NULL }, NULL, 0, 0, 0, NULL, NULL, "print JSON" },
 };
 
+static const cp_cfg_option import_rows[] = {
+        { "sqlite", CP_CFG_STRING, O(import_sqlite), NULL, { NULL }, NULL, 0, 0, 0, NULL, "FILE",
+          "NetBird's SQLite store (store.db in its datadir)" },
+        { "postgres", CP_CFG_STRING, O(import_postgres), NULL, { NULL }, NULL, 0, 0, 0, NULL, "DSN",
+          "NetBird's PostgreSQL store (its NB_STORE_ENGINE_POSTGRES_DSN)" },
+        { "events-sqlite", CP_CFG_STRING, O(events_sqlite), NULL, { NULL }, NULL, 0, 0, 0, NULL, "FILE",
+          "NetBird's activity store (default: events.db beside --sqlite's file, if there)" },
+        { "events-postgres", CP_CFG_STRING, O(events_postgres), NULL, { NULL }, NULL, 0, 0, 0, NULL, "DSN",
+          "NetBird's activity store in PostgreSQL" },
+        { "encryption-key", CP_CFG_STRING, O(encryption_key), NULL, { NULL }, NULL, 0, 0, 0, NULL, "KEY",
+          "NetBird's DataStoreEncryptionKey (its management.json), to open users' encrypted fields" },
+        { "dry-run", CP_CFG_BOOL, O(dry_run), "false", { NULL }, NULL, 0, 0, 0, NULL, NULL,
+          "run each account's import and roll it back: prints what an import would do" },
+        { "update", CP_CFG_BOOL, O(update), "false", { NULL }, NULL, 0, 0, 0, NULL, NULL,
+          "replace the imported data of accounts that exist (else they are refused)" },
+        { "account", CP_CFG_STRING, O(account), NULL, { NULL }, NULL, 0, 0, 0, NULL, "ID",
+          "only this account of the store" },
+};
+
 static const cp_cfg_option export_rows[] = {
-        { "sqlite", CP_CFG_STRING, O(sqlite), NULL, { NULL }, NULL, 0, 0, 0, NULL, "FILE",
+        { "sqlite", CP_CFG_STRING, O(export_sqlite), NULL, { NULL }, NULL, 0, 0, 0, NULL, "FILE",
           "the NetBird store.db to write (required; NetBird v0.77.1's schema)" },
         { "events-sqlite", CP_CFG_STRING, O(events_sqlite), NULL, { NULL }, NULL, 0, 0, 0, NULL, "FILE",
           "also write the activity events as NetBird's events.db (needs --encryption-key)" },
@@ -224,6 +243,8 @@ static const command commands[] = {
           admin_cmd_data_key_retire, NULL, 0, NEEDS_DATA_KEY | TAKES_ARG },
         { "netmap", "show", "the SyncResponse of a peer computed fresh from the database (base64 protobuf)",
           admin_cmd_netmap_show, ROWS(netmap_show_rows), NEEDS_DNS },
+        { "import", NULL, "import a NetBird store (--sqlite FILE or --postgres DSN), one transaction per account",
+          admin_cmd_import, ROWS(import_rows), NEEDS_DATA_KEY | NEEDS_BUS },
         { "export", NULL, "write the accounts as a NetBird store.db (and events.db) that NetBird's server opens",
           admin_cmd_export, ROWS(export_rows), NEEDS_DATA_KEY },
 };
@@ -410,6 +431,11 @@ static int run_command(const command *cmd, int argc, char **argv) {
         empty_to_null(&opts.account_dns_domain);
         empty_to_null(&opts.msp);
         empty_to_null(&opts.peer);
+        empty_to_null(&opts.import_sqlite);
+        empty_to_null(&opts.import_postgres);
+        empty_to_null(&opts.events_sqlite);
+        empty_to_null(&opts.events_postgres);
+        empty_to_null(&opts.encryption_key);
         r = cp_config_check_store(&cfg, &err);
         if (r < 0) {
                 r = config_error(cmd, &err);
