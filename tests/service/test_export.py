@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "lib"))
 import svc  # noqa: E402
 import apifix  # noqa: E402
 import nbstore  # noqa: E402
+from fixture import Deployment  # noqa: E402
 
 test = svc.test
 admin = svc.admin
@@ -292,6 +293,82 @@ def account_flag_exports_one_account():
     r = export(dep, both)
     assert r.rc == 0 and r.out.count("exported account") == 2, r
     assert {x["id"] for x in rows(both, "SELECT id FROM accounts")} == {dep.account_id, second["ACCOUNT_ID"]}
+
+
+# ---- the round trip: import -> export -> import ------------------------------------------
+
+ROUND_TRIP_TABLES = ["users", "peers", "groups", "group_peers", "setup_keys", "personal_access_tokens", "policies",
+                     "policy_rules", "routes", "name_server_groups", "posture_checks", "networks",
+                     "network_resources", "network_routers", "group_resources", "dns_zones", "dns_records"]
+
+
+def opened(dep, value, fp):
+    """A value sealed under the deployment's key (pii_key fp), opened."""
+    return nbstore.field_decrypt(dep.enc_key, value) if fp and value else value
+
+
+def our_rows(dep, account):
+    """Every row of the account in our tables, ids included; sealed
+    e-mails and names opened (their nonces differ), the network serial
+    (an import moves it on) and the replicas' session columns left out."""
+    snap = {}
+    for t in ROUND_TRIP_TABLES:
+        rows_ = dep.sql("SELECT to_jsonb(x) - 'pii_key' - 'email' - 'name' - 'peer_status_connected'"
+                        " - 'peer_status_session_started_at' - 'peer_status_replica_id' FROM %s x"
+                        " WHERE account_id = %%s" % t, (account,))
+        snap[t] = sorted(json.dumps(r[0], sort_keys=True) for r in rows_)
+    snap["user_pii"] = sorted((i, opened(dep, e, fp), opened(dep, n, fp)) for i, e, n, fp in
+                              dep.sql("SELECT id, email, name, pii_key FROM users WHERE account_id = %s", (account,)))
+    ev = dep.sql("SELECT id, to_jsonb(e) - 'pii_key' - 'meta', meta - 'email' - 'name', meta->>'email',"
+                 " meta->>'name', pii_key FROM events e WHERE account_id = %s", (account,))
+    snap["events"] = sorted((i, json.dumps(row, sort_keys=True), json.dumps(meta, sort_keys=True))
+                            for i, row, meta, _, _, _ in ev)
+    snap["event_pii"] = {i: (opened(dep, em, fp), opened(dep, nm, fp)) for i, _, _, em, nm, fp in ev}
+    snap["account"] = dep.sql("SELECT to_jsonb(a) - 'network_serial' FROM accounts a WHERE id = %s", (account,))
+    return snap
+
+
+@test
+def import_export_import_yields_the_same_rows():
+    src = svc.tmpdir()
+    nbstore.write_datadir(src, "encrypted", key=NB_KEY)
+    first = Deployment()
+    r = admin(["import", "--sqlite", os.path.join(src, "store.db"), "--encryption-key", NB_KEY], first.env())
+    assert r.rc == 0 and r.out.count("imported account") == 2, r
+    accounts = [a["id"] for a in nbstore.dataset()["accounts"]]
+    before = {a: our_rows(first, a) for a in accounts}
+    assert before[accounts[0]]["peers"] and before[accounts[0]]["events"], before
+
+    out = svc.tmpdir()
+    store, events = os.path.join(out, "store.db"), os.path.join(out, "events.db")
+    r = export(first, store, events=events)
+    assert r.rc == 0 and r.out.count("exported account") == 3, r
+
+    second = Deployment()
+    r = admin(["import", "--sqlite", store, "--encryption-key", NB_KEY], second.env())
+    assert r.rc == 0 and r.out.count("imported account") == 3, r
+    assert not [l for l in r.out.splitlines() if l.startswith("skipped ")], r
+    for a in accounts:
+        after = our_rows(second, a)
+        for part in before[a]:
+            if part != "event_pii":
+                assert after[part] == before[a][part], (a, part, before[a][part], after[part])
+        # An event's e-mail and name travel as NetBird keeps them: in
+        # deleted_users (encrypted), not in meta. The import does not read
+        # deleted_users back yet (reported to the integrator): what comes
+        # back is the same or nothing, never something else.
+        for i, pii in after["event_pii"].items():
+            assert pii in (before[a]["event_pii"][i], (None, None)), (a, i, pii, before[a]["event_pii"][i])
+    du = {x["id"]: x for x in rows(events, "SELECT * FROM deleted_users")}
+    for acc in nbstore.dataset()["accounts"]:
+        for e in acc["events"]:
+            meta = e.get("meta") or {}
+            if "email" in meta and "name" in meta:
+                d = du[e["target_id"]]
+                assert nbstore.field_decrypt(NB_KEY, d["email"]) == meta["email"], (e, d)
+                assert nbstore.field_decrypt(NB_KEY, d["name"]) == meta["name"], (e, d)
+    # The first deployment's own account came along too.
+    assert second.sql("SELECT count(*) FROM accounts WHERE id = %s", (first.account_id,))[0][0] == 1
 
 
 if __name__ == "__main__":
