@@ -151,6 +151,13 @@ def export_writes_netbirds_schema_and_values():
         want = [(c["name"], c["type"].lower()) for c in rows(ref, "PRAGMA table_info(`%s`)" % table)]
         assert [n for n, _ in got] == cols, (table, got, cols)
         assert got == want, (table, got, want)
+    ref_events = os.path.join(d, "ref-events.db")
+    nbstore.write_events_sqlite(ref_events, key=NB_KEY)
+    for table in ("events", "deleted_users"):
+        got = [(c["name"], c["type"].lower(), c["notnull"]) for c in rows(events, "PRAGMA table_info(%s)" % table)]
+        want = [(c["name"], c["type"].lower(), c["notnull"])
+                for c in rows(ref_events, "PRAGMA table_info(%s)" % table)]
+        assert got == want, (table, got, want)
     idx = {x["name"] for x in rows(store, "SELECT name FROM sqlite_master WHERE type = 'index'")}
     for want in ("idx_account_ip", "idx_account_dnslabel", "idx_peers_key_unique", "idx_group_peers_account_id"):
         assert want in idx, (want, idx)
