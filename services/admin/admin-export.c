@@ -6,7 +6,7 @@
  *                           [--encryption-key KEY] [--force]
  *
  * Target: NetBird v0.77.1 (the commit this project pins); the tables and
- * what goes in each are in admin-export-schema.c. FILE is a store.db that
+ * what goes in each are below ("the tables"). FILE is a store.db that
  * NetBird's management server opens with its SQLite engine (its datadir's
  * store.db): its migrations find nothing to convert, AutoMigrate adds the
  * tables of features we do not have (agent networks, reverse-proxy
@@ -298,7 +298,9 @@ static const char DDL_POSTURE[] =
         "`public_id` text,`checks` text,PRIMARY KEY (`id`)" FK_ACCOUNT("fk_accounts_posture_checks") ");"
         "CREATE INDEX `idx_posture_checks_account_id` ON `posture_checks`(`account_id`);";
 
-/* The REST form we keep -> posture.ChecksDefinition. */
+/* The REST form we keep -> posture.ChecksDefinition: encoding/json leaves
+ * out the absent checks (omitempty) and writes null for an OS without a
+ * minimum. */
 #define PC(path) "c.checks->" path
 #define MINV(os)                                                                                        \
         "CASE WHEN " PC("'os_version_check'") " ? '" os "' THEN jsonb_build_object('MinVersion', "      \
@@ -307,7 +309,8 @@ static const char DDL_POSTURE[] =
         "CASE WHEN " PC("'os_version_check'") " ? '" os "' THEN jsonb_build_object('MinKernelVersion', " \
         PC("'os_version_check'->'" os "'->>'min_kernel_version'") ") END"
 #define SQL_POSTURE                                                                                             \
-        "SELECT c.id, c.name, c.description, c.account_id, '', jsonb_strip_nulls(jsonb_build_object("           \
+        "SELECT c.id, c.name, c.description, c.account_id, '',"                                                 \
+        " COALESCE((SELECT jsonb_object_agg(d.key, d.value) FROM jsonb_each(jsonb_build_object("                \
         " 'NBVersionCheck', CASE WHEN c.checks ? 'nb_version_check' THEN jsonb_build_object('MinVersion',"      \
         "  " PC("'nb_version_check'->>'min_version'") ") END,"                                                  \
         " 'OSVersionCheck', CASE WHEN c.checks ? 'os_version_check' THEN jsonb_build_object("                   \
@@ -325,7 +328,8 @@ static const char DDL_POSTURE[] =
         "  COALESCE((SELECT jsonb_agg(jsonb_build_object('LinuxPath', COALESCE(x.p->>'linux_path', ''),"        \
         "   'MacPath', COALESCE(x.p->>'mac_path', ''), 'WindowsPath', COALESCE(x.p->>'windows_path', ''))"      \
         "   ORDER BY x.o) FROM jsonb_array_elements(" PC("'process_check'->'processes'") ")"                    \
-        "   WITH ORDINALITY AS x(p, o)), '[]')) END))::text"                                                    \
+        "   WITH ORDINALITY AS x(p, o)), '[]')) END))"                                                          \
+        " d WHERE d.value <> 'null'::jsonb), '{}')::text"                                                       \
         " FROM posture_checks c WHERE c.account_id = $1 ORDER BY c.id"
 
 static const char DDL_POLICIES[] =
@@ -499,7 +503,7 @@ typedef struct export_run {
         sqlite3_stmt *event_insert, *deleted_user_insert;
         uint8_t nb_key[CP_DATA_KEY_LEN];
         bool has_nb_key;
-        int64_t counts[32];             /* per table, for the current account */
+        int64_t counts[ELEMENTSOF(store_tables)];       /* per table, for the current account */
         int64_t n_events;
 } export_run;
 
