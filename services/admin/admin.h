@@ -72,6 +72,8 @@ typedef struct admin_opts {
         char *encryption_key;           /* import --encryption-key: NetBird's DataStoreEncryptionKey */
         bool dry_run;                   /* import --dry-run */
         bool update;                    /* import --update */
+        char *export_sqlite;            /* export --sqlite FILE (events_sqlite, encryption_key:
+                                         * export's too) */
 
         /* --auto-group, every occurrence (main.c gathers them, since the
          * settings loader keeps only the last value of a flag). */
@@ -116,6 +118,7 @@ int admin_cmd_data_key_reencrypt(const admin_ctx *a);
 int admin_cmd_data_key_retire(const admin_ctx *a);
 int admin_cmd_netmap_show(const admin_ctx *a);          /* admin-netmap.c */
 int admin_cmd_import(const admin_ctx *a);               /* admin-import.c */
+int admin_cmd_export(const admin_ctx *a);               /* admin-export.c */
 
 /* ---- shared helpers (admin-util.c) ------------------------------------------ */
 

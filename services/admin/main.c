@@ -165,6 +165,20 @@ static const cp_cfg_option import_rows[] = {
           "only this account of the store" },
 };
 
+static const cp_cfg_option export_rows[] = {
+        { "sqlite", CP_CFG_STRING, O(export_sqlite), NULL, { NULL }, NULL, 0, 0, 0, NULL, "FILE",
+          "the NetBird store.db to write (required; NetBird v0.77.1's schema)" },
+        { "events-sqlite", CP_CFG_STRING, O(events_sqlite), NULL, { NULL }, NULL, 0, 0, 0, NULL, "FILE",
+          "also write the activity events as NetBird's events.db (needs --encryption-key)" },
+        { "encryption-key", CP_CFG_STRING, O(encryption_key), NULL, { NULL }, NULL, 0, 0, 0, NULL, "KEY",
+          "NetBird's DataStoreEncryptionKey: users' e-mails and names are written encrypted with it "
+          "(default: plain text)" },
+        { "account", CP_CFG_STRING, O(account), NULL, { NULL }, NULL, 0, 0, 0, NULL, "ID",
+          "only this account (default: every account)" },
+        { "force", CP_CFG_BOOL, O(force), "false", { NULL }, NULL, 0, 0, 0, NULL, NULL,
+          "replace the files if they exist" },
+};
+
 #undef O
 
 typedef struct command {
@@ -231,6 +245,8 @@ static const command commands[] = {
           admin_cmd_netmap_show, ROWS(netmap_show_rows), NEEDS_DNS },
         { "import", NULL, "import a NetBird store (--sqlite FILE or --postgres DSN), one transaction per account",
           admin_cmd_import, ROWS(import_rows), NEEDS_DATA_KEY | NEEDS_BUS },
+        { "export", NULL, "write the accounts as a NetBird store.db (and events.db) that NetBird's server opens",
+          admin_cmd_export, ROWS(export_rows), NEEDS_DATA_KEY },
 };
 
 /* The command's own flags: environment NB_ADMIN_<NAME>, no file. */
