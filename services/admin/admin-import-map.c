@@ -232,6 +232,12 @@ int import_map_exists(cp_store_tx *tx, const char *account_id, cp_error *reterr)
         "(CASE WHEN length(s.r->>'key') = 44 AND right(s.r->>'key', 1) = '=' THEN s.r->>'key'" \
         " ELSE encode(sha256(convert_to(upper(s.r->>'key'), 'UTF8')), 'base64') END)"
 
+/* The account's owner among the records the checks left out: an
+ * account without its owner cannot be administered, so it fails. */
+static const char SQL_OWNER_SKIPPED[] =
+        "SELECT k.id, k.reason FROM nb_src s JOIN nb_skip k ON k.t = 'users' AND k.id = s.r->>'id'"
+        " WHERE s.t = 'users' AND s.r->>'account_id' = $1 AND s.r->>'role' = 'owner' ORDER BY k.id LIMIT 1";
+
 static const char SQL_NETWORK[] =
         "SELECT pg_temp.nb_net(s.r->>'network_net') IS NOT NULL FROM nb_src s WHERE s.t = 'accounts' AND s.r->>'id' = $1";
 
@@ -461,7 +467,11 @@ static const import_sql SQL_MAP[] = {
         " CASE WHEN jsonb_typeof(" JS("meta_flags", "{}") ") = 'object' THEN " JS("meta_flags", "{}") " ELSE '{}' END,"
         " CASE WHEN jsonb_typeof(" JS("meta_files", "[]") ") = 'array' THEN " JS("meta_files", "[]") " ELSE '[]' END,"
         " pg_temp.nb_intarr(s.r->>'meta_capabilities'), " INT("meta_sync_message_version", "0") "::integer,"
-        " " TS("peer_status_last_seen") ", " BOOL("peer_status_login_expired", "false") ","
+        /* an ephemeral peer is seen "now": NetBird gives every stored
+         * ephemeral peer its idle time again when it starts, and our sweep
+         * would delete one last seen before the switch at once */
+        " CASE WHEN " BOOL("ephemeral", "false") " THEN now() ELSE " TS("peer_status_last_seen") " END,"
+        " " BOOL("peer_status_login_expired", "false") ","
         " " BOOL("peer_status_requires_approval", "false") ", nullif(s.r->>'user_id', ''), " TXT("ssh_key") ","
         " " BOOL("ssh_enabled", "false") ", " BOOL("login_expiration_enabled", "false") ","
         " " BOOL("inactivity_expiration_enabled", "false") ", " TS("last_login") ","
@@ -620,7 +630,7 @@ static const char SQL_COUNTS[] =
 
 int import_map_account(cp_store_tx *tx, const char *account_id, bool update, import_counts *ret, FILE *out,
                        cp_error *reterr) {
-        _cleanup_rows_ cp_store_rows *net = NULL, *skipped = NULL, *counts = NULL;
+        _cleanup_rows_ cp_store_rows *net = NULL, *owner = NULL, *skipped = NULL, *counts = NULL;
         int r;
 
         r = cp_store_tx_exec(tx, SQL_NETWORK, 1, &account_id, &net, reterr);
@@ -635,7 +645,15 @@ int import_map_account(cp_store_tx *tx, const char *account_id, bool update, imp
         if (r >= 0)
                 r = exec_list(tx, SQL_CHECKS, ELEMENTSOF(SQL_CHECKS), 1, &account_id, reterr);
         if (r >= 0)
-                r = cp_store_tx_exec(tx, SQL_ACCOUNT, 1, &account_id, NULL, reterr);
+                r = cp_store_tx_exec(tx, SQL_OWNER_SKIPPED, 1, &account_id, &owner, reterr);
+        if (r < 0)
+                return r;
+        if (cp_store_rows_count(owner) > 0)
+                return cp_error_set(reterr, -EEXIST,
+                                    "account %s: its owner %s cannot be imported (%s); delete the account of ours that "
+                                    "holds that user first, e.g. one a first sign-in to the cluster created",
+                                    account_id, cp_store_rows_get(owner, 0, 0), cp_store_rows_get(owner, 0, 1));
+        r = cp_store_tx_exec(tx, SQL_ACCOUNT, 1, &account_id, NULL, reterr);
         if (r >= 0)
                 r = cp_store_tx_exec(tx, "ANALYZE nb_skip", 0, NULL, NULL, reterr);
         if (r >= 0)

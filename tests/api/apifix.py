@@ -18,14 +18,15 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "service"))
 sys.path.insert(0, os.path.join(HERE, "..", "agent"))
+sys.path.insert(0, os.path.join(HERE, "..", "lib"))
 
 import svc  # noqa: E402
 import fixture  # noqa: E402
+import nbstore  # noqa: E402
 
 
 class Api:
@@ -160,12 +161,8 @@ BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
 def new_pat():
-    """A token in NetBird's format: nbp_ + 30 base62 + base62 CRC32 (6)."""
-    secret = "".join(secrets.choice(BASE62) for _ in range(30))
-    crc, tail = zlib.crc32(secret.encode()), ""
-    for _ in range(6):
-        tail, crc = BASE62[crc % 62] + tail, crc // 62
-    return "nbp_" + secret + tail
+    """A random token in NetBird's format (nbstore.pat_from_secret)."""
+    return nbstore.pat_from_secret("".join(secrets.choice(BASE62) for _ in range(30)))
 
 
 def pat_hash(token):

@@ -158,16 +158,23 @@ def ssh_public_key(label):
     return priv.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
 
 
-def pat_token(label):
-    """A NetBird personal access token: nbp_ + 30 base62 + base62 CRC32."""
-    h = int.from_bytes(hashlib.sha256(("nbstore pat " + label).encode()).digest(), "big")
-    secret = ""
-    for _ in range(30):
-        secret, h = secret + BASE62[h % 62], h // 62
+def pat_from_secret(secret):
+    """NetBird's personal access token of a 30-character base62 secret:
+    nbp_ + secret + its CRC32 in 6 base62 digits (tests/api/apifix.py
+    makes random ones with it)."""
     crc, tail = zlib.crc32(secret.encode()), ""
     for _ in range(6):
         tail, crc = BASE62[crc % 62] + tail, crc // 62
     return "nbp_" + secret + tail
+
+
+def pat_token(label):
+    """A deterministic NetBird personal access token for label."""
+    h = int.from_bytes(hashlib.sha256(("nbstore pat " + label).encode()).digest(), "big")
+    secret = ""
+    for _ in range(30):
+        secret, h = secret + BASE62[h % 62], h // 62
+    return pat_from_secret(secret)
 
 
 def sha256_b64(s):

@@ -253,6 +253,38 @@ def account_filter_imports_one():
     assert r.rc == 1 and "nosuchaccount is not in the NetBird store" in r.err, r
 
 
+@test
+def an_account_whose_owner_is_taken_fails_and_ephemeral_peers_get_their_idle_time():
+    """The account a first sign-in to the cluster made for the same IdP
+    user holds the owner's id: the store's account fails as a whole (an
+    account without its owner), the other one lands. Once that account is
+    gone it imports, and its ephemeral peer counts as seen at the import
+    (the sweep would delete one last seen before the switch at once)."""
+    dep = Deployment()
+    data = nbstore.dataset()
+    path = nbstore.write_sqlite(os.path.join(svc.tmpdir(), "store.db"), "current", data)
+    rich, small = data["accounts"]
+    owner = [u["id"] for u in rich["users"] if u["role"] == "owner"][0]
+    dep.sql("INSERT INTO accounts (id, network_net) VALUES ('firstsignin00000000', '100.64.0.0/16')")
+    dep.sql("INSERT INTO users (id, account_id, role) VALUES (%s, 'firstsignin00000000', 'owner')", (owner,))
+    r = imp(dep, *import_args("current", path))
+    assert r.rc == 1, r
+    assert "account %s: its owner %s cannot be imported" % (rich["id"], owner) in r.err, r
+    assert [l.split()[2] for l in result_lines(r.out, "imported")] == [small["id"]], r
+    assert dep.sql("SELECT count(*) FROM peers WHERE account_id = %s", (rich["id"],))[0][0] == 0
+    assert dep.sql("SELECT count(*) FROM accounts WHERE id = %s", (rich["id"],))[0][0] == 0
+
+    dep.sql("DELETE FROM accounts WHERE id = 'firstsignin00000000'")
+    r = imp(dep, "--sqlite", path, "--encryption-key", nbstore.KEY, "--account", rich["id"])
+    assert r.rc == 0, r
+    eph = [p for p in rich["peers"] if p.get("ephemeral")]
+    assert eph
+    for p in eph:
+        age = dep.sql("SELECT extract(epoch FROM now() - peer_status_last_seen) FROM peers WHERE id = %s",
+                      (p["id"],))
+        assert age and age[0][0] is not None and float(age[0][0]) < 120, (p["name"], age)
+
+
 # ---- secrets ------------------------------------------------------------------------------
 
 
