@@ -1162,6 +1162,19 @@ int cp_store_account_serials(cp_store *s, const char *const *ids, size_t n, int6
 
 /* ---- login update and fenced connect ------------------------------------------------- */
 
+/* The connection's location as three parameters (country, city, geoname
+ * id, written into gid), all NULL when it is unknown: the connect and the
+ * open keep the stored location then. */
+static void location_params(const cp_store_peer_location *loc, char gid[24], const char **params) {
+        params[0] = params[1] = params[2] = NULL;
+        if (!loc)
+                return;
+        (void) snprintf(gid, 24, "%" PRId64, loc->geoname_id);
+        params[0] = cp_store__nz(loc->country_code);
+        params[1] = cp_store__nz(loc->city_name);
+        params[2] = gid;
+}
+
 /* Both statements take the meta as $6..$24, NULL = keep what is stored.
  * mp is built from meta (when there is one) and released by the caller
  * in every case. */
@@ -1265,13 +1278,7 @@ int cp_store_peer_connect(cp_store *s, const char *account_id, const char *peer_
                 goto out;
         /* The location: $26..$28 of the plain connect, $25..$27 of the
          * other. */
-        params[25] = params[26] = params[27] = NULL;
-        if (req->location) {
-                (void) snprintf(gid, sizeof gid, "%" PRId64, req->location->geoname_id);
-                params[25] = cp_store__nz(req->location->country_code);
-                params[26] = cp_store__nz(req->location->city_name);
-                params[27] = gid;
-        }
+        location_params(req->location, gid, params + 25);
         memcpy(vparams, params, 24 * sizeof *params);
         memcpy(vparams + 24, params + 25, 3 * sizeof *params);
         r = cp_store__acquire(s, &c, reterr);
@@ -1342,13 +1349,7 @@ int cp_store_peer_open(cp_store *s, const cp_store_peer_open_req *req, cp_store_
         /* The version the meta carries, which must be the stored one;
          * no meta: the stored meta is kept, so is the version. */
         params[1] = req->meta ? mp.v[7] : NULL;
-        params[24] = params[25] = params[26] = NULL;
-        if (req->location) {
-                (void) snprintf(gid, sizeof gid, "%" PRId64, req->location->geoname_id);
-                params[24] = cp_store__nz(req->location->country_code);
-                params[25] = cp_store__nz(req->location->city_name);
-                params[26] = gid;
-        }
+        location_params(req->location, gid, params + 24);
         r = cp_store__run(s, ST_PEER_OPEN, params, &res, reterr);
         if (r < 0)
                 goto out;
